@@ -1,0 +1,1 @@
+"""Appliance: the edge daemon that keeps titles on tiered disks and serves them with sendfile."""

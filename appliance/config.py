@@ -1,0 +1,119 @@
+"""The appliance's TOML config (`edgeflix appliance … --config FILE`), typed and validated once.
+
+Every default works on one machine on loopback with data under ./var/. Environment
+overrides use the prefix EDGEFLIX_APPLIANCE (e.g. EDGEFLIX_APPLIANCE__SERVE__WORKERS=2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeflix.config import ConfigModel, load_config, parse_hostport
+
+ENV_PREFIX = "EDGEFLIX_APPLIANCE"
+Tier = Literal["ssd", "hdd"]
+
+
+class DiskConfig(ConfigModel):
+    path: Path
+    # Left out: detected from the block device under `path` (rotational flag).
+    tier: Tier | None = None
+    # Stop accepting new titles above `high`; tier moves and eviction aim for `low`.
+    high_watermark: float = Field(0.90, gt=0, le=1)
+    low_watermark: float = Field(0.80, gt=0, le=1)
+
+
+class StorageConfig(ConfigModel):
+    disks: tuple[DiskConfig, ...] = (DiskConfig(path=Path("var/appliance/disk0")),)
+    index: Path = Path("var/appliance/index.sqlite")
+    # Requests per second (decayed) above which a title belongs on the fast tier.
+    hot_rate: float = Field(1.0, ge=0)
+    decay_half_life_s: float = Field(600.0, gt=0)
+    # Background tier moves are throttled to this many bytes/s.
+    move_bytes_per_s: int = Field(50 * 1024 * 1024, gt=0)
+
+    @field_validator("disks")
+    @classmethod
+    def _some_disks(cls, disks: tuple[DiskConfig, ...]) -> tuple[DiskConfig, ...]:
+        if not disks:
+            raise ValueError("at least one disk is needed")
+        paths = [d.path.resolve() for d in disks]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a disk path is listed twice")
+        return disks
+
+
+class ServeConfig(ConfigModel):
+    listen: str = "127.0.0.1:8081"
+    workers: int = Field(1, ge=1, le=256)
+    header_timeout_s: float = Field(10.0, gt=0)
+    keepalive_timeout_s: float = Field(75.0, gt=0)
+    max_connections: int = Field(4096, ge=1)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
+class KeyConfig(ConfigModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    secret: str  # base64, at least 16 bytes once decoded
+
+    @field_validator("secret")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("secret must be base64") from None
+        if len(raw) < 16:
+            raise ValueError("secret must be at least 16 bytes")
+        return value
+
+    def secret_bytes(self) -> bytes:
+        return base64.b64decode(self.secret)
+
+
+class AuthConfig(ConfigModel):
+    tokens: Literal["required", "off"] = "off"
+    keys: tuple[KeyConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _keys_when_required(self) -> AuthConfig:
+        if self.tokens == "required" and not self.keys:
+            raise ValueError("tokens = 'required' needs at least one key in [auth] keys")
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a key id is listed twice")
+        return self
+
+
+class AdminConfig(ConfigModel):
+    listen: str = "127.0.0.1:8082"
+
+    @field_validator("listen")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        parse_hostport(value)
+        return value
+
+
+class ApplianceConfig(ConfigModel):
+    name: str = "appliance"
+    storage: StorageConfig = StorageConfig()
+    serve: ServeConfig = ServeConfig()
+    auth: AuthConfig = AuthConfig()
+    admin: AdminConfig = AdminConfig()
+
+
+def load(path: Path | None) -> ApplianceConfig:
+    """Load an appliance config. Relative disk/index paths are relative to the working directory."""
+    return load_config(ApplianceConfig, path, env_prefix=ENV_PREFIX)

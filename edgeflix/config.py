@@ -1,0 +1,107 @@
+"""TOML configuration into frozen, validated pydantic models, once, at start.
+
+Every daemon declares its schema as `ConfigModel` subclasses; unknown keys are errors
+that name the file and the key. Environment variables override file values:
+`<PREFIX>__SECTION__KEY=value` (value parsed as a TOML value, else taken as a string).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgeflix.errors import ConfigError
+
+
+class ConfigModel(BaseModel):
+    """Base of every config section: frozen, and strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+M = TypeVar("M", bound=ConfigModel)
+
+
+def parse_env_value(raw: str) -> Any:
+    """Parse an override as a TOML value (`8`, `true`, `["a"]`), else keep the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def apply_env_overrides(
+    data: dict[str, Any], env: Mapping[str, str], prefix: str
+) -> dict[str, Any]:
+    """Return a copy of `data` with `PREFIX__A__B=value` overrides set at data[a][b]."""
+    merged: dict[str, Any] = _deep_copy(data)
+    marker = prefix.upper() + "__"
+    for name, raw in sorted(env.items()):
+        if not name.startswith(marker):
+            continue
+        keys = [k.lower() for k in name[len(marker) :].split("__") if k]
+        if not keys:
+            continue
+        node = merged
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {'.'.join(keys)} is not inside a table")
+            node = child
+        node[keys[-1]] = parse_env_value(raw)
+    return merged
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def describe_validation_error(source: str, err: ValidationError) -> str:
+    """One line naming the source and the first offending key."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if first["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    return f"{source}: key '{key}': {first['msg']}"
+
+
+def load_config(
+    model: type[M],
+    path: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    env_prefix: str = "EDGEFLIX",
+) -> M:
+    """Read `path` (or nothing: all defaults), apply env overrides, validate into `model`."""
+    data: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = apply_env_overrides(data, os.environ if env is None else env, env_prefix)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc)) from None
+
+
+def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """`HOST:PORT`, `:PORT` or `[v6]:PORT` → (host, port); port 0 asks the kernel for one."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"'{value}' is not HOST:PORT")
+    host = host.strip("[]") or default_host
+    return host, int(port_text)

@@ -1,0 +1,175 @@
+"""`files.json`: the list of every file of a title with size and SHA-256, plus title metadata.
+
+It is the unit of fill: the origin writes it last when it packages a title, appliances verify
+every file against it before a title becomes servable, and the fleet compares titles by the
+SHA-256 of its bytes (`digest`). One reader and one writer live here so all agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgeflix.errors import EdgeflixError
+
+FORMAT = 1
+FILES_JSON = "files.json"
+# Title ids are path components in URLs and on disk: keep them boring.
+TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+CHUNK = 1 << 20
+
+
+class TitleFilesError(EdgeflixError):
+    """A files.json is missing, malformed, or does not match the files beside it."""
+
+
+def check_title_id(title_id: str) -> str:
+    """Return `title_id` if it is safe as one path component, else raise with the reason."""
+    if not TITLE_ID_RE.match(title_id) or ".." in title_id:
+        raise TitleFilesError(
+            f"invalid title id {title_id!r}: use letters, digits, '.', '_' or '-' "
+            "(no '/', no '..', at most 128 characters)"
+        )
+    return title_id
+
+
+def check_rel_path(path: str) -> str:
+    """A relative POSIX path inside a title: no absolute paths, no `..`, no empty parts."""
+    pure = PurePosixPath(path)
+    if (
+        not path
+        or pure.is_absolute()
+        or "\\" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise TitleFilesError(f"invalid file path {path!r} in title")
+    return path
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Model):
+    path: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("path")
+    @classmethod
+    def _safe_path(cls, value: str) -> str:
+        return check_rel_path(value)
+
+
+class RenditionInfo(_Model):
+    id: str
+    kind: Literal["video", "audio"]
+    codec: str  # h264 | hevc | av1 | aac
+    codecs: str  # RFC 6381 string, e.g. avc1.64001f
+    bandwidth: int  # peak bits/s over segments
+    average_bandwidth: int
+    width: int | None = None
+    height: int | None = None
+    frame_rate: float | None = None
+    vmaf: float | None = None
+    segments: int = 0
+
+
+class TitleFiles(_Model):
+    format: int = FORMAT
+    id: str
+    title: str
+    duration: float = Field(ge=0)
+    segment_seconds: float = Field(gt=0)
+    created: str  # ISO 8601 UTC
+    renditions: tuple[RenditionInfo, ...]
+    files: tuple[FileEntry, ...]
+    total_bytes: int = Field(ge=0)
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return check_title_id(value)
+
+    def entry(self, path: str) -> FileEntry | None:
+        return next((f for f in self.files if f.path == path), None)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def digest_bytes(raw: bytes) -> str:
+    """The title digest: SHA-256 of the files.json bytes exactly as published."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
+    try:
+        data: Any = json.loads(raw)
+        model = TitleFiles.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TitleFilesError(f"{source}: not a valid files.json: {first}") from None
+    if model.format != FORMAT:
+        raise TitleFilesError(f"{source}: unsupported files.json format {model.format}")
+    paths = [f.path for f in model.files]
+    if len(set(paths)) != len(paths):
+        raise TitleFilesError(f"{source}: duplicate file paths")
+    if sum(f.size for f in model.files) != model.total_bytes:
+        raise TitleFilesError(f"{source}: total_bytes does not match the file sizes")
+    return model
+
+
+def read(title_dir: Path) -> tuple[TitleFiles, str]:
+    """Read and validate `title_dir/files.json`; return it with its digest."""
+    path = title_dir / FILES_JSON
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TitleFilesError(f"{title_dir}: no files.json (not a packaged title)") from None
+    except OSError as exc:
+        raise TitleFilesError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(raw, str(path)), digest_bytes(raw)
+
+
+def render(model: TitleFiles) -> bytes:
+    """Canonical bytes for a files.json (stable, so equal titles have equal digests)."""
+    return (json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+
+
+def scan(title_dir: Path) -> list[FileEntry]:
+    """Hash every file under `title_dir` except files.json itself, sorted by path."""
+    entries = []
+    for path in sorted(p for p in title_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(title_dir).as_posix()
+        if rel == FILES_JSON:
+            continue
+        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
+    return entries
+
+
+def verify(title_dir: Path, model: TitleFiles) -> list[str]:
+    """Problems (one line each) between `model` and the files on disk; empty when all match."""
+    problems = []
+    for entry in model.files:
+        path = title_dir / entry.path
+        try:
+            size = path.stat().st_size
+        except OSError:
+            problems.append(f"{entry.path}: missing")
+            continue
+        if size != entry.size:
+            problems.append(f"{entry.path}: size {size} != {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path}: SHA-256 mismatch")
+    return problems

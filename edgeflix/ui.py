@@ -1,0 +1,69 @@
+"""Terminal output shared by every CLI: tables and colour on a terminal, plain text in a pipe,
+JSON on request, progress bars only when someone is watching.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def interactive() -> bool:
+    """True when a person is watching stdout (progress bars and colours make sense)."""
+    return console.is_terminal
+
+
+def print_json(value: Any) -> None:
+    """Machine output: compact-enough, stable key order, always to stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> None:
+    """A rich table on a terminal; tab-separated lines with a header in a pipe."""
+    if interactive():
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*(str(c) for c in row))
+        console.print(table)
+        return
+    sys.stdout.write("\t".join(columns) + "\n")
+    for row in rows:
+        sys.stdout.write("\t".join(str(c) for c in row) + "\n")
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr, then exit: the CLI's only way to report a user-facing error."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+@contextmanager
+def progress(transfer: bool = False) -> Iterator[Progress]:
+    """A rich Progress that draws only on a terminal (disabled, but still usable, in a pipe)."""
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
+    if transfer:
+        columns += [DownloadColumn(), TransferSpeedColumn()]
+    columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not interactive(), transient=False) as bar:
+        yield bar

@@ -1,0 +1,1 @@
+"""Fleet manager: the control plane (registry, steering, fill planning, key rotation)."""

@@ -1,0 +1,1 @@
+"""Services: small gRPC daemons (auth, catalog, billing, recommendations, playback), a gateway."""
