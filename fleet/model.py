@@ -1,0 +1,181 @@
+"""The fleet's view of the world as frozen values: sites, appliance snapshots, the fleet.
+
+Steering (fleet/steering.py) and planning (fleet/planner.py) are pure functions over a
+`FleetSnapshot`; the server rebuilds the snapshot on every heartbeat and never mutates one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fleet.errors import FleetInputError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+ApplianceState = Literal["ok", "degraded", "failing", "unreachable", "drained"]
+APPLIANCE_STATES: tuple[ApplianceState, ...] = (
+    "ok",
+    "degraded",
+    "failing",
+    "unreachable",
+    "drained",
+)
+# States in which an appliance may take new sessions (degraded ranks after ok).
+SERVING_STATES: frozenset[ApplianceState] = frozenset({"ok", "degraded"})
+
+
+def parse_prefix(text: str) -> Network:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise FleetInputError(f"'{text}' is not an IP prefix like 192.168.1.0/24") from None
+
+
+def parse_address(text: str) -> Address:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise FleetInputError(f"'{text}' is not an IPv4 or IPv6 address") from None
+
+
+@dataclass(frozen=True)
+class FillWindow:
+    """A daily local-time window such as 02:00-06:00; it may wrap past midnight."""
+
+    start: dt.time
+    end: dt.time
+
+    @classmethod
+    def parse(cls, text: str) -> FillWindow:
+        try:
+            start_s, end_s = text.split("-")
+            start = dt.time.fromisoformat(start_s.strip())
+            end = dt.time.fromisoformat(end_s.strip())
+        except ValueError:
+            raise FleetInputError(f"fill window '{text}' is not HH:MM-HH:MM") from None
+        if start == end:
+            raise FleetInputError(f"fill window '{text}' is empty")
+        return cls(start, end)
+
+    def contains(self, local: dt.time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    prefixes: tuple[Network, ...]
+    fill_window: FillWindow = FillWindow(dt.time(2, 0), dt.time(6, 0))
+    timezone: str = "UTC"
+
+    @classmethod
+    def build(
+        cls,
+        name: str,
+        prefixes: Iterable[str],
+        fill_window: str = "02:00-06:00",
+        timezone: str = "UTC",
+    ) -> Site:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise FleetInputError(f"site {name}: unknown timezone '{timezone}'") from None
+        return cls(
+            name=name,
+            prefixes=tuple(parse_prefix(p) for p in prefixes),
+            fill_window=FillWindow.parse(fill_window),
+            timezone=timezone,
+        )
+
+    def in_fill_window(self, now: dt.datetime) -> bool:
+        """`now` must be timezone-aware; it is converted to the site's local time."""
+        return self.fill_window.contains(now.astimezone(ZoneInfo(self.timezone)).time())
+
+
+@dataclass(frozen=True)
+class HeldTitle:
+    """A title on an appliance: `digest` identifies its bytes, `complete` once verified."""
+
+    digest: str
+    complete: bool = True
+    size_bytes: int = 0
+    tier: str = ""
+
+
+@dataclass(frozen=True)
+class TierSpace:
+    """Disk space of one storage tier of an appliance ("ssd" is the fast tier)."""
+
+    tier: str
+    capacity_bytes: int
+
+
+@dataclass(frozen=True)
+class Appliance:
+    """What the fleet last heard from one appliance (a heartbeat, plus registry state)."""
+
+    name: str
+    site: str
+    url: str
+    state: ApplianceState = "ok"
+    capacity_bps: float = 1e9
+    load_bps: float = 0.0
+    connections: int = 0
+    # title id → what is held; never mutated after construction.
+    titles: Mapping[str, HeldTitle] = field(default_factory=dict)
+    tiers: tuple[TierSpace, ...] = ()
+
+    @property
+    def utilisation(self) -> float:
+        return self.load_bps / self.capacity_bps if self.capacity_bps > 0 else float("inf")
+
+    @property
+    def spare_bps(self) -> float:
+        return max(self.capacity_bps - self.load_bps, 0.0)
+
+    def holds_complete(self, title_id: str) -> bool:
+        held = self.titles.get(title_id)
+        return held is not None and held.complete
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(t.capacity_bytes for t in self.tiers)
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """Sites and appliances at one instant, plus where the origin serves titles."""
+
+    sites: tuple[Site, ...]
+    appliances: tuple[Appliance, ...]
+    origin_url: str = ""
+
+    def site_of(self, address: Address) -> Site | None:
+        """Longest prefix match over every site's prefixes (IPv4 and IPv6 alike)."""
+        best: Site | None = None
+        best_len = -1
+        for site in self.sites:
+            for prefix in site.prefixes:
+                if (
+                    prefix.version == address.version
+                    and address in prefix
+                    and prefix.prefixlen > best_len
+                ):
+                    best, best_len = site, prefix.prefixlen
+        return best
+
+    def site(self, name: str) -> Site | None:
+        return next((s for s in self.sites if s.name == name), None)
+
+    def in_site(self, name: str) -> tuple[Appliance, ...]:
+        return tuple(a for a in self.appliances if a.site == name)

@@ -1,0 +1,198 @@
+"""Steering: client address + title → ranked appliances, as a pure function of a snapshot.
+
+The HTTP/gRPC shells count `SteeringDecision.outcome` and turn the ranked candidates into
+signed URLs; nothing here does I/O, so every rule is tested directly (tests/fleet).
+
+Ranking, best first:
+1. appliances of the client's site (longest prefix match) that hold the complete title, are
+   healthy and below `load_threshold` of capacity, ordered by capacity-weighted rendezvous
+   hashing on the title (cache affinity), ties by spare capacity — except that an appliance
+   above (1 + epsilon) x its site's mean utilisation drops behind those within the bound
+   (consistent hashing with bounded loads), so a hot title spills to peers instead of
+   saturating one box;
+2. eligible appliances of other sites, least utilised first (also for clients in no site);
+3. the origin, only when fewer than `min_urls` appliances qualify and the policy allows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from fleet.model import SERVING_STATES, Appliance, FleetSnapshot, Site, parse_address
+
+Outcome = Literal[
+    "in_site",
+    "outside_site_health_miss",
+    "outside_site_content_miss",
+    "no_site",
+    "origin",
+    "none",
+]
+OUTCOMES: tuple[Outcome, ...] = (
+    "in_site",
+    "outside_site_health_miss",
+    "outside_site_content_miss",
+    "no_site",
+    "origin",
+    "none",
+)
+ORIGIN_NAME = "origin"
+
+
+@dataclass(frozen=True)
+class SteeringPolicy:
+    # New sessions only go to appliances below this share of advertised capacity.
+    load_threshold: float = 0.9
+    # Bounded loads: skip appliances above (1 + epsilon) x the site's mean utilisation.
+    epsilon: float = 0.25
+    min_urls: int = 2
+    max_urls: int = 3
+    origin_fallback: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.load_threshold <= 1:
+            raise ValueError("load_threshold must be in (0, 1]")
+        if self.epsilon < 0:
+            raise ValueError("epsilon must be >= 0")
+        if not 1 <= self.min_urls <= self.max_urls:
+            raise ValueError("need 1 <= min_urls <= max_urls")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked URL target; `name` is stable so playback can make it an HLS/DASH pathway."""
+
+    name: str
+    site: str
+    url: str
+    reason: str
+    kind: Literal["appliance", "origin"] = "appliance"
+
+
+@dataclass(frozen=True)
+class SteeringDecision:
+    client_ip: str
+    title_id: str
+    client_site: str | None
+    outcome: Outcome
+    candidates: tuple[Candidate, ...]
+    # Why appliances were left out: "name: reason", for `edgeflix fleet steer`.
+    excluded: tuple[str, ...]
+
+
+def rendezvous_score(title_id: str, name: str, weight: float) -> float:
+    """Weighted rendezvous (highest random weight) score: higher wins.
+
+    -weight / ln(u) with u uniform in (0, 1) gives each appliance a share of titles
+    proportional to its weight, and removing one appliance moves only its own titles.
+    """
+    digest = hashlib.blake2b(f"{title_id}\0{name}".encode(), digest_size=8).digest()
+    u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
+    return -weight / math.log(u)
+
+
+def exclusion_reason(appliance: Appliance, title_id: str, policy: SteeringPolicy) -> str | None:
+    """Why `appliance` may not take a new session for `title_id`, or None if it may."""
+    if appliance.state not in SERVING_STATES:
+        return appliance.state
+    if not appliance.holds_complete(title_id):
+        return "partial title" if title_id in appliance.titles else "title not held"
+    if appliance.capacity_bps <= 0:
+        return "no capacity advertised"
+    if appliance.utilisation >= policy.load_threshold:
+        return f"load {appliance.utilisation:.0%} >= threshold {policy.load_threshold:.0%}"
+    return None
+
+
+def site_mean_utilisation(members: tuple[Appliance, ...]) -> float:
+    """Load over capacity of the site's serving appliances taken together."""
+    serving = [a for a in members if a.state in SERVING_STATES and a.capacity_bps > 0]
+    capacity = sum(a.capacity_bps for a in serving)
+    return sum(a.load_bps for a in serving) / capacity if capacity else 0.0
+
+
+def rank_in_site(
+    eligible: list[Appliance], members: tuple[Appliance, ...], title_id: str, eps: float
+) -> list[Candidate]:
+    bound = (1 + eps) * site_mean_utilisation(members)
+
+    def key(a: Appliance) -> tuple[bool, bool, float, float, str]:
+        over = a.load_bps > 0 and a.utilisation > bound
+        score = rendezvous_score(title_id, a.name, a.capacity_bps)
+        return (over, a.state != "ok", -score, -a.spare_bps, a.name)
+
+    ranked = sorted(eligible, key=key)
+    out = []
+    for a in ranked:
+        over = a.load_bps > 0 and a.utilisation > bound
+        why = f"over bound {a.utilisation:.0%} > {bound:.0%}" if over else "rendezvous"
+        out.append(Candidate(a.name, a.site, a.url, f"in site, {why}"))
+    return out
+
+
+def rank_least_loaded(eligible: list[Appliance], reason: str) -> list[Candidate]:
+    ranked = sorted(eligible, key=lambda a: (a.state != "ok", a.utilisation, a.name))
+    return [Candidate(a.name, a.site, a.url, reason) for a in ranked]
+
+
+def steer(
+    snapshot: FleetSnapshot,
+    client_ip: str,
+    title_id: str,
+    policy: SteeringPolicy | None = None,
+) -> SteeringDecision:
+    """Rank where `client_ip` should stream `title_id` from. Raises FleetInputError on a bad IP."""
+    policy = policy or SteeringPolicy()
+    site: Site | None = snapshot.site_of(parse_address(client_ip))
+    eligible: list[Appliance] = []
+    excluded: list[str] = []
+    for appliance in snapshot.appliances:
+        why = exclusion_reason(appliance, title_id, policy)
+        if why is None:
+            eligible.append(appliance)
+        else:
+            excluded.append(f"{appliance.name}: {why}")
+
+    ranked: list[Candidate] = []
+    if site is not None:
+        members = snapshot.in_site(site.name)
+        local = [a for a in eligible if a.site == site.name]
+        ranked += rank_in_site(local, members, title_id, policy.epsilon)
+        remote = [a for a in eligible if a.site != site.name]
+        ranked += rank_least_loaded(remote, "other site, least loaded")
+    else:
+        ranked += rank_least_loaded(eligible, "client in no site, least loaded")
+    ranked = ranked[: policy.max_urls]
+
+    if policy.origin_fallback and len(ranked) < policy.min_urls and snapshot.origin_url:
+        ranked.append(
+            Candidate(ORIGIN_NAME, "", snapshot.origin_url, "origin, last resort", "origin")
+        )
+    return SteeringDecision(
+        client_ip=client_ip,
+        title_id=title_id,
+        client_site=site.name if site else None,
+        outcome=classify(snapshot, site, title_id, ranked),
+        candidates=tuple(ranked),
+        excluded=tuple(excluded),
+    )
+
+
+def classify(
+    snapshot: FleetSnapshot, site: Site | None, title_id: str, ranked: list[Candidate]
+) -> Outcome:
+    """The offload figure an operator watches: where did the best URL point, and why."""
+    if not ranked:
+        return "none"
+    first = ranked[0]
+    if first.kind == "origin":
+        return "origin"
+    if site is None:
+        return "no_site"
+    if first.site == site.name:
+        return "in_site"
+    held_locally = any(a.holds_complete(title_id) for a in snapshot.in_site(site.name))
+    return "outside_site_health_miss" if held_locally else "outside_site_content_miss"

@@ -1,0 +1,50 @@
+"""Fleet model values: prefixes, fill windows in the site's timezone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from fleet.errors import FleetInputError
+from fleet.model import Appliance, FillWindow, HeldTitle, Site
+
+
+def test_fill_window_wraps_midnight() -> None:
+    w = FillWindow.parse("22:30-04:00")
+    assert w.contains(dt.time(23, 0)) and w.contains(dt.time(3, 59))
+    assert not w.contains(dt.time(4, 0)) and not w.contains(dt.time(12, 0))
+    assert str(w) == "22:30-04:00"
+
+
+@pytest.mark.parametrize("text", ["2-6", "02:00", "02:00-02:00", "25:00-03:00"])
+def test_bad_fill_windows_are_refused(text: str) -> None:
+    with pytest.raises(FleetInputError):
+        FillWindow.parse(text)
+
+
+def test_site_window_uses_the_site_timezone() -> None:
+    site = Site.build("home", ["192.168.1.0/24"], "02:00-06:00", "Europe/Berlin")
+    # 01:30 UTC in January is 02:30 in Berlin: inside; 05:30 UTC is 06:30: outside.
+    assert site.in_fill_window(dt.datetime(2026, 1, 5, 1, 30, tzinfo=dt.UTC))
+    assert not site.in_fill_window(dt.datetime(2026, 1, 5, 5, 30, tzinfo=dt.UTC))
+
+
+def test_bad_site_values_are_refused() -> None:
+    with pytest.raises(FleetInputError, match="unknown timezone"):
+        Site.build("x", [], timezone="Mars/Olympus")
+    with pytest.raises(FleetInputError, match="not an IP prefix"):
+        Site.build("x", ["192.168.1.0/33"])
+
+
+def test_appliance_derived_figures() -> None:
+    a = Appliance(
+        "a",
+        "home",
+        "u",
+        capacity_bps=1e9,
+        load_bps=2.5e8,
+        titles={"t": HeldTitle("d"), "p": HeldTitle("d", complete=False)},
+    )
+    assert a.utilisation == 0.25 and a.spare_bps == 7.5e8
+    assert a.holds_complete("t") and not a.holds_complete("p") and not a.holds_complete("x")
