@@ -1,0 +1,390 @@
+"""How healthy the appliance is: `ok`, `degraded` (with reasons) or `failing`, and which disks
+are out of service.
+
+Pure cores: `summarise` (inputs + thresholds-as-data → Health), `rates` (two counter snapshots
+→ per-second figures) and `decide_disks` (probe outcomes → disk states and actions). Thin
+shells: `HealthSampler` (psutil, injected clock) and `DiskWatch` (stat + canary read/write in
+a thread with a timeout, so a dead disk never hangs the caller). The daemon wires DiskWatch's
+actions to the storage index; hardware.py lowers advertised capacity from a Health.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+HealthState = Literal["ok", "degraded", "failing"]
+ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "io_error", "timeout"]
+DiskState = Literal["serving", "out", "rescanning"]
+CANARY = ".edgeflix-probe"
+
+
+@dataclass(frozen=True)
+class NicRate:
+    name: str
+    rx_bps: float
+    tx_bps: float
+    speed_bps: int | None
+
+
+@dataclass(frozen=True)
+class DiskSample:
+    path: str
+    used_fraction: float | None
+    io_errors: int  # failed probes / I/O errors seen in the last interval
+    latency_ms: float | None  # mean per I/O over the last interval
+    in_service: bool
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthInputs:
+    cpu_percent: float
+    memory_percent: float
+    load_per_core: float
+    nics: tuple[NicRate, ...] = ()
+    disks: tuple[DiskSample, ...] = ()
+    serving_error_rate: float = 0.0  # fraction of responses that were 5xx
+
+
+@dataclass(frozen=True)
+class Limit:
+    degraded: float
+    failing: float
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Levels at which a metric makes the box degraded or failing; data, so tests and
+    operators can change them without touching the rules."""
+
+    cpu_percent: Limit = Limit(90.0, 99.5)
+    memory_percent: Limit = Limit(90.0, 98.0)
+    load_per_core: Limit = Limit(2.0, 8.0)
+    nic_utilisation: Limit = Limit(0.90, 1.01)
+    disk_used_fraction: Limit = Limit(0.95, 0.995)
+    disk_latency_ms: Limit = Limit(200.0, 5000.0)
+    serving_error_rate: Limit = Limit(0.01, 0.25)
+
+
+@dataclass(frozen=True)
+class Health:
+    state: HealthState
+    reasons: tuple[str, ...] = ()
+    disks_out_of_service: tuple[str, ...] = ()
+
+
+def _grade(value: float | None, limit: Limit, what: str) -> tuple[int, str | None]:
+    """0 ok, 1 degraded, 2 failing, with a reason naming the figure."""
+    if value is None:
+        return 0, None
+    if value >= limit.failing:
+        return 2, f"{what} {value:.3g} >= {limit.failing:g}"
+    if value >= limit.degraded:
+        return 1, f"{what} {value:.3g} >= {limit.degraded:g}"
+    return 0, None
+
+
+def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Health:
+    t = thresholds or Thresholds()
+    graded: list[tuple[int, str | None]] = [
+        _grade(inputs.cpu_percent, t.cpu_percent, "cpu %"),
+        _grade(inputs.memory_percent, t.memory_percent, "memory %"),
+        _grade(inputs.load_per_core, t.load_per_core, "load per core"),
+        _grade(inputs.serving_error_rate, t.serving_error_rate, "serving 5xx rate"),
+    ]
+    for nic in inputs.nics:
+        if nic.speed_bps:
+            busiest = max(nic.rx_bps, nic.tx_bps) / nic.speed_bps
+            graded.append(_grade(busiest, t.nic_utilisation, f"nic {nic.name} utilisation"))
+    out = tuple(d.path for d in inputs.disks if not d.in_service)
+    for disk in inputs.disks:
+        if not disk.in_service:
+            graded.append((1, f"disk {disk.path} out of service: {disk.reason or 'unknown'}"))
+            continue
+        graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
+        graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
+        if disk.io_errors:
+            graded.append((1, f"disk {disk.path}: {disk.io_errors} I/O errors"))
+    if inputs.disks and len(out) == len(inputs.disks):
+        graded.append((2, "no disk in service"))
+    level = max((g for g, _ in graded), default=0)
+    reasons = tuple(r for g, r in graded if r is not None and g > 0)
+    state: HealthState = ("ok", "degraded", "failing")[level]
+    return Health(state=state, reasons=reasons, disks_out_of_service=out)
+
+
+# --- rates from counter snapshots ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IoCounters:
+    ops: int
+    busy_ms: int  # read_time + write_time
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float  # injected clock, seconds
+    cpu_busy: float
+    cpu_total: float
+    nic_bytes: Mapping[str, tuple[int, int]]  # name → (rx, tx)
+    disk_io: Mapping[str, IoCounters]  # block device name → counters
+
+
+@dataclass(frozen=True)
+class Rates:
+    cpu_percent: float
+    nic_bps: Mapping[str, tuple[float, float]]
+    disk_latency_ms: Mapping[str, float | None]
+
+
+def rates(prev: Snapshot, cur: Snapshot) -> Rates:
+    """Per-second figures between two snapshots; counters that went backwards (NIC reset,
+    wrap) count as zero rather than negative."""
+    dt = max(cur.at - prev.at, 1e-9)
+    total = cur.cpu_total - prev.cpu_total
+    cpu = 100.0 * max(cur.cpu_busy - prev.cpu_busy, 0.0) / total if total > 0 else 0.0
+    nics = {}
+    for name, (rx, tx) in cur.nic_bytes.items():
+        prx, ptx = prev.nic_bytes.get(name, (rx, tx))
+        nics[name] = (max(rx - prx, 0) * 8 / dt, max(tx - ptx, 0) * 8 / dt)
+    latency: dict[str, float | None] = {}
+    for dev, io in cur.disk_io.items():
+        before = prev.disk_io.get(dev, io)
+        ops = io.ops - before.ops
+        latency[dev] = (io.busy_ms - before.busy_ms) / ops if ops > 0 else None
+    return Rates(cpu_percent=min(cpu, 100.0), nic_bps=nics, disk_latency_ms=latency)
+
+
+# --- disk failure detection -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiskProbe:
+    path: str
+    outcome: ProbeOutcome
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class DiskStatus:
+    path: str
+    state: DiskState = "serving"
+    reason: str | None = None
+    ok_streak: int = 0
+    errors: int = 0  # failed probes since the last report
+
+
+@dataclass(frozen=True)
+class TakeOut:
+    """Stop serving this disk now: mark its files missing so requests 404 and players fail over."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rescan:
+    """The disk answers again: re-scan and re-verify it before it serves (`DiskWatch.rescanned`)."""
+
+    path: str
+
+
+DiskAction = TakeOut | Rescan
+
+
+def decide_disks(
+    statuses: Mapping[str, DiskStatus], probes: Sequence[DiskProbe], recover_after: int = 3
+) -> tuple[dict[str, DiskStatus], list[DiskAction]]:
+    """One failed probe takes a disk out at once; `recover_after` good probes in a row bring
+    it to re-scan, never straight back to serving."""
+    new = dict(statuses)
+    actions: list[DiskAction] = []
+    for p in probes:
+        cur = new.get(p.path, DiskStatus(p.path))
+        if p.outcome != "ok":
+            reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
+            if cur.state != "out":
+                actions.append(TakeOut(p.path, reason))
+            new[p.path] = replace(
+                cur, state="out", reason=reason, ok_streak=0, errors=cur.errors + 1
+            )
+        elif cur.state == "out":
+            streak = cur.ok_streak + 1
+            if streak >= recover_after:
+                actions.append(Rescan(p.path))
+                new[p.path] = replace(cur, state="rescanning", ok_streak=streak)
+            else:
+                new[p.path] = replace(cur, ok_streak=streak)
+        else:
+            new[p.path] = replace(cur, ok_streak=cur.ok_streak + 1)
+    return new, actions
+
+
+def _probe_once(path: Path) -> DiskProbe:
+    where = str(path)
+    try:
+        if not path.is_dir():
+            return DiskProbe(where, "missing", "directory is gone")
+        os.listdir(path)
+    except PermissionError as exc:
+        return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
+    except FileNotFoundError:
+        return DiskProbe(where, "missing", "directory is gone")
+    except OSError as exc:
+        return DiskProbe(where, "io_error", exc.strerror or str(exc))
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return DiskProbe(where, "read_only", "file system is mounted read-only")
+    canary = path / CANARY
+    payload = os.urandom(64)
+    try:
+        canary.write_bytes(payload)
+        if canary.read_bytes() != payload:
+            return DiskProbe(where, "io_error", "canary read back differently")
+    except PermissionError as exc:
+        return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
+    except OSError as exc:
+        outcome: ProbeOutcome = "read_only" if exc.errno == 30 else "io_error"  # 30: EROFS
+        return DiskProbe(where, outcome, exc.strerror or str(exc))
+    return DiskProbe(where, "ok")
+
+
+class DiskWatch:
+    """Probes every storage directory in its own daemon thread with a deadline; a probe still
+    stuck from last time counts as a timeout and is not stacked with another."""
+
+    def __init__(self, paths: Sequence[Path], timeout_s: float = 2.0, recover_after: int = 3):
+        self.paths = [Path(p) for p in paths]
+        self.timeout_s = timeout_s
+        self.recover_after = recover_after
+        self._statuses: dict[str, DiskStatus] = {str(p): DiskStatus(str(p)) for p in self.paths}
+        self._stuck: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def statuses(self) -> dict[str, DiskStatus]:
+        with self._lock:
+            return dict(self._statuses)
+
+    def probe_all(self) -> list[DiskProbe]:
+        results: dict[str, DiskProbe] = {}
+        threads: dict[str, threading.Thread] = {}
+        for path in self.paths:
+            key = str(path)
+            if key in self._stuck and self._stuck[key].is_alive():
+                results[key] = DiskProbe(key, "timeout", "previous probe still blocked")
+                continue
+
+            def run(p: Path = path, k: str = key) -> None:
+                results[k] = _probe_once(p)
+
+            thread = threading.Thread(target=run, name=f"diskprobe:{key}", daemon=True)
+            thread.start()
+            threads[key] = thread
+        deadline = time.monotonic() + self.timeout_s
+        for key, thread in threads.items():
+            thread.join(max(deadline - time.monotonic(), 0))
+            if thread.is_alive():
+                self._stuck[key] = thread
+                results[key] = DiskProbe(key, "timeout", f"no answer in {self.timeout_s:g}s")
+            else:
+                self._stuck.pop(key, None)
+        return [results[str(p)] for p in self.paths]
+
+    def poll(self) -> list[DiskAction]:
+        """Probe all disks and return what the caller must do (TakeOut / Rescan)."""
+        probes = self.probe_all()
+        with self._lock:
+            self._statuses, actions = decide_disks(self._statuses, probes, self.recover_after)
+        return actions
+
+    def rescanned(self, path: str, ok: bool, reason: str = "re-verify failed") -> None:
+        """The storage side finished re-scanning a returned disk."""
+        with self._lock:
+            cur = self._statuses[path]
+            if cur.state == "rescanning":
+                state: DiskState = "serving" if ok else "out"
+                self._statuses[path] = replace(
+                    cur, state=state, reason=None if ok else reason, ok_streak=0
+                )
+
+    def take_errors(self) -> dict[str, int]:
+        """Failed probes per disk since the last call (the health interval's I/O errors)."""
+        with self._lock:
+            errors = {k: s.errors for k, s in self._statuses.items()}
+            self._statuses = {k: replace(s, errors=0) for k, s in self._statuses.items()}
+        return errors
+
+
+# --- the sampler shell ---------------------------------------------------------------------
+
+
+@dataclass
+class HealthSampler:
+    """Turns psutil counters into HealthInputs each interval; `device_of` maps a storage path
+    to its block device name (from the hardware profile) for latency."""
+
+    disks: DiskWatch
+    device_of: Mapping[str, str | None] = field(default_factory=dict)
+    nic_speeds: Mapping[str, int | None] = field(default_factory=dict)
+    serving_errors: Callable[[], float] = lambda: 0.0
+    clock: Callable[[], float] = time.monotonic
+    _prev: Snapshot | None = None
+
+    def snapshot(self) -> Snapshot:
+        cpu = psutil.cpu_times()
+        busy = cpu.user + cpu.system + getattr(cpu, "irq", 0.0) + getattr(cpu, "softirq", 0.0)
+        total = busy + cpu.idle + getattr(cpu, "iowait", 0.0) + getattr(cpu, "nice", 0.0)
+        nics = {n: (c.bytes_recv, c.bytes_sent) for n, c in psutil.net_io_counters(True).items()}
+        io = psutil.disk_io_counters(perdisk=True) or {}
+        disk_io = {
+            d: IoCounters(c.read_count + c.write_count, c.read_time + c.write_time)
+            for d, c in io.items()
+        }
+        return Snapshot(self.clock(), busy, total, nics, disk_io)
+
+    def sample(self) -> HealthInputs:
+        cur = self.snapshot()
+        prev, self._prev = self._prev or cur, cur
+        r = rates(prev, cur)
+        errors = self.disks.take_errors()
+        disks = []
+        for path, status in self.disks.statuses().items():
+            used: float | None = None
+            if status.state == "serving":
+                try:
+                    usage = shutil.disk_usage(path)
+                    used = usage.used / usage.total if usage.total else None
+                except OSError:
+                    used = None
+            device = self.device_of.get(path)
+            disks.append(
+                DiskSample(
+                    path=path,
+                    used_fraction=used,
+                    io_errors=errors.get(path, 0),
+                    latency_ms=r.disk_latency_ms.get(device) if device else None,
+                    in_service=status.state == "serving",
+                    reason=status.reason,
+                )
+            )
+        nics = tuple(
+            NicRate(name, rx, tx, self.nic_speeds.get(name)) for name, (rx, tx) in r.nic_bps.items()
+        )
+        load1 = os.getloadavg()[0] / (psutil.cpu_count() or 1)
+        return HealthInputs(
+            cpu_percent=r.cpu_percent,
+            memory_percent=psutil.virtual_memory().percent,
+            load_per_core=load1,
+            nics=nics,
+            disks=tuple(disks),
+            serving_error_rate=self.serving_errors(),
+        )

@@ -1,0 +1,193 @@
+"""Health summary, rates, and disk failure detection on real directories."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.health import (
+    DiskProbe,
+    DiskSample,
+    DiskStatus,
+    DiskWatch,
+    HealthInputs,
+    HealthSampler,
+    IoCounters,
+    Limit,
+    NicRate,
+    Rescan,
+    Snapshot,
+    TakeOut,
+    Thresholds,
+    decide_disks,
+    rates,
+    summarise,
+)
+
+
+def _inputs(**kw: object) -> HealthInputs:
+    base: dict[str, object] = {"cpu_percent": 10.0, "memory_percent": 30.0, "load_per_core": 0.2}
+    base.update(kw)
+    return HealthInputs(**base)  # type: ignore[arg-type]
+
+
+def _disk(path: str, **kw: object) -> DiskSample:
+    base: dict[str, object] = {
+        "used_fraction": 0.5,
+        "io_errors": 0,
+        "latency_ms": 2.0,
+        "in_service": True,
+    }
+    base.update(kw)
+    return DiskSample(path=path, **base)  # type: ignore[arg-type]
+
+
+def test_ok_when_everything_is_quiet() -> None:
+    health = summarise(_inputs(disks=(_disk("/a"), _disk("/b"))))
+    assert (health.state, health.reasons, health.disks_out_of_service) == ("ok", (), ())
+
+
+def test_one_disk_out_is_degraded_with_reason() -> None:
+    health = summarise(
+        _inputs(disks=(_disk("/a", in_service=False, reason="missing"), _disk("/b")))
+    )
+    assert health.state == "degraded"
+    assert health.disks_out_of_service == ("/a",)
+    assert any("/a out of service: missing" in r for r in health.reasons)
+
+
+def test_all_disks_out_is_failing() -> None:
+    disks = (_disk("/a", in_service=False), _disk("/b", in_service=False))
+    assert summarise(_inputs(disks=disks)).state == "failing"
+
+
+def test_each_metric_degrades_and_fails() -> None:
+    assert summarise(_inputs(cpu_percent=95)).state == "degraded"
+    assert summarise(_inputs(memory_percent=99)).state == "failing"
+    assert summarise(_inputs(serving_error_rate=0.05)).state == "degraded"
+    assert summarise(_inputs(serving_error_rate=0.5)).state == "failing"
+    assert summarise(_inputs(disks=(_disk("/a", used_fraction=0.97),))).state == "degraded"
+    assert summarise(_inputs(disks=(_disk("/a", latency_ms=300.0),))).state == "degraded"
+    assert summarise(_inputs(disks=(_disk("/a", io_errors=2),))).state == "degraded"
+    busy = NicRate("eth0", rx_bps=1e6, tx_bps=0.95e9, speed_bps=10**9)
+    assert summarise(_inputs(nics=(busy,))).reasons == ("nic eth0 utilisation 0.95 >= 0.9",)
+    unknown_speed = NicRate("eth0", 1e12, 1e12, None)
+    assert summarise(_inputs(nics=(unknown_speed,))).state == "ok"
+
+
+def test_thresholds_are_data() -> None:
+    strict = Thresholds(cpu_percent=Limit(5.0, 50.0))
+    assert summarise(_inputs(cpu_percent=10), strict).state == "degraded"
+
+
+@given(
+    cpu=st.floats(0, 100),
+    mem=st.floats(0, 100),
+    load=st.floats(0, 50),
+    err=st.floats(0, 1),
+    in_service=st.lists(st.booleans(), max_size=5),
+)
+def test_state_is_worst_reason(
+    cpu: float, mem: float, load: float, err: float, in_service: list[bool]
+) -> None:
+    disks = tuple(_disk(f"/d{i}", in_service=s) for i, s in enumerate(in_service))
+    health = summarise(
+        _inputs(
+            cpu_percent=cpu,
+            memory_percent=mem,
+            load_per_core=load,
+            serving_error_rate=err,
+            disks=disks,
+        )
+    )
+    assert (health.state == "ok") == (health.reasons == ())
+    assert len(health.disks_out_of_service) == in_service.count(False)
+
+
+def test_rates_between_snapshots() -> None:
+    a = Snapshot(10.0, 50.0, 100.0, {"eth0": (1000, 2000)}, {"sda": IoCounters(10, 100)})
+    b = Snapshot(
+        12.0, 125.0, 200.0, {"eth0": (3000, 1000), "new": (5, 5)}, {"sda": IoCounters(30, 500)}
+    )
+    r = rates(a, b)
+    assert r.cpu_percent == 75.0
+    assert r.nic_bps["eth0"] == (8000.0, 0.0)  # tx went backwards (reset): zero, not negative
+    assert r.nic_bps["new"] == (0.0, 0.0)
+    assert r.disk_latency_ms["sda"] == 20.0
+    assert rates(b, b).disk_latency_ms["sda"] is None
+
+
+def test_decide_disks_takes_out_at_once_and_rescans_after_streak() -> None:
+    statuses: dict[str, DiskStatus] = {}
+    statuses, actions = decide_disks(
+        statuses, [DiskProbe("/a", "ok"), DiskProbe("/b", "missing")], 2
+    )
+    assert actions == [TakeOut("/b", "missing")]
+    assert statuses["/b"].state == "out"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/b", "io_error", "EIO")], 2)
+    assert actions == [] and statuses["/b"].errors == 2  # already out: no second TakeOut
+    statuses, actions = decide_disks(statuses, [DiskProbe("/b", "ok")], 2)
+    assert actions == [] and statuses["/b"].state == "out"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/b", "ok")], 2)
+    assert actions == [Rescan("/b")] and statuses["/b"].state == "rescanning"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/b", "timeout")], 2)
+    assert actions == [TakeOut("/b", "timeout")]
+
+
+def test_diskwatch_on_real_directories(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    watch = DiskWatch([a, b], timeout_s=2.0, recover_after=2)
+    assert watch.poll() == []
+    shutil.rmtree(b)
+    actions = watch.poll()
+    assert actions == [TakeOut(str(b), "missing: directory is gone")]
+    b.mkdir()
+    assert watch.poll() == []
+    assert watch.poll() == [Rescan(str(b))]
+    assert watch.statuses()[str(b)].state == "rescanning"
+    watch.rescanned(str(b), ok=True)
+    assert watch.statuses()[str(b)].state == "serving"
+
+
+def test_diskwatch_file_instead_of_directory_and_readonly_canary(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.write_text("not a dir")
+    watch = DiskWatch([a])
+    (action,) = watch.poll()
+    assert isinstance(action, TakeOut)
+
+
+def test_diskwatch_never_hangs_on_a_stuck_probe(tmp_path: Path, monkeypatch: object) -> None:
+    """A probe blocked in the kernel (simulated by a FIFO the canary write blocks on) ends as a
+    timeout within the deadline, and the next poll does not start a second stuck probe."""
+    import os
+
+    disk = tmp_path / "fifo-disk"
+    disk.mkdir()
+    os.mkfifo(disk / ".edgeflix-probe")  # opening it for write blocks until a reader comes
+    watch = DiskWatch([disk], timeout_s=0.3)
+    (action,) = watch.poll()
+    assert action == TakeOut(str(disk), "timeout: no answer in 0.3s")
+    assert watch.probe_all()[0].detail == "previous probe still blocked"
+    # Unblock the stuck thread so it does not outlive the test.
+    fd = os.open(disk / ".edgeflix-probe", os.O_RDONLY | os.O_NONBLOCK)
+    threading.Event().wait(0.2)
+    os.close(fd)
+
+
+def test_sampler_produces_inputs(tmp_path: Path) -> None:
+    clock = iter([0.0, 1.0])
+    watch = DiskWatch([tmp_path])
+    sampler = HealthSampler(disks=watch, clock=lambda: next(clock), serving_errors=lambda: 0.5)
+    first = sampler.sample()
+    second = sampler.sample()
+    assert first.disks[0].in_service and first.disks[0].used_fraction is not None
+    assert second.serving_error_rate == 0.5
+    assert 0 <= second.cpu_percent <= 100
+    assert summarise(second).state == "failing"  # 50% 5xx
