@@ -26,6 +26,15 @@ class DiskConfig(ConfigModel):
     # Stop accepting new titles above `high`; tier moves and eviction aim for `low`.
     high_watermark: float = Field(0.90, gt=0, le=1)
     low_watermark: float = Field(0.80, gt=0, le=1)
+    # Cap on the bytes the appliance keeps on this disk (a disk shared with other data, or
+    # tests); left out, the whole filesystem counts and the watermarks apply to its usage.
+    max_bytes: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _watermarks_ordered(self) -> DiskConfig:
+        if self.low_watermark > self.high_watermark:
+            raise ValueError("low_watermark must not exceed high_watermark")
+        return self
 
 
 class StorageConfig(ConfigModel):
