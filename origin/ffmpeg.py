@@ -1,0 +1,200 @@
+"""ffmpeg command lines, pure: the ladder encode (one process, one decode, a split filter and
+one CMAF output per rendition), the poster, per-title trial encodes and VMAF measurement,
+and the parser of `-progress` output. `origin/runner.py` runs what this builds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from origin.ladder import Rung
+
+AUDIO_ID = "audio"
+INIT_NAME = "init.mp4"
+SEGMENT_PATTERN = "seg_%05d.m4s"
+SCRATCH_PLAYLIST = ".ffmpeg.m3u8"  # ffmpeg's own playlist; we write ours from the real segments
+VMAF_MODEL = "version=vmaf_v0.6.1"
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    frame_rate: Fraction
+    segment_seconds: float
+    preset: str = "veryfast"
+    audio_kbps: int = 128
+    threads: int = 0  # 0: let each encoder decide
+
+    @property
+    def gop(self) -> int:
+        """Frames per segment: every segment is exactly one closed GOP."""
+        return max(1, round(self.segment_seconds * self.frame_rate))
+
+    @property
+    def hls_time(self) -> float:
+        return float(self.gop / self.frame_rate)
+
+
+def video_codec_args(rung: Rung, settings: EncodeSettings) -> list[str]:
+    """Encoder options for one rung: capped VBR, fixed closed GOP, no scene-cut keyframes."""
+    gop = settings.gop
+    kbps = rung.kbps
+    common = ["-b:v", f"{kbps}k", "-maxrate", f"{kbps * 3 // 2}k", "-bufsize", f"{kbps * 2}k"]
+    common += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+    common += ["-force_key_frames", f"expr:eq(mod(n,{gop}),0)", "-pix_fmt", "yuv420p"]
+    if settings.threads:
+        common += ["-threads", str(settings.threads)]
+    if rung.codec == "h264":
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0"
+        return ["-c:v", "libx264", "-preset", settings.preset, "-profile:v", "high",
+                *common, "-x264-params", params]  # fmt: skip
+    if rung.codec == "hevc":
+        params = f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0:log-level=error"
+        return ["-c:v", "libx265", "-preset", settings.preset, "-tag:v", "hvc1",
+                *common, "-x265-params", params]  # fmt: skip
+    if rung.codec == "av1":
+        # SVT-AV1 presets are numbers; map the x264 names onto its speed scale.
+        preset = {"ultrafast": "12", "superfast": "11", "veryfast": "10", "faster": "9",
+                  "fast": "8", "medium": "7", "slow": "5", "slower": "4"}  # fmt: skip
+        params = f"keyint={gop}:scd=0:irefresh-type=2"
+        return ["-c:v", "libsvtav1", "-preset", preset.get(settings.preset, "8"),
+                *common, "-svtav1-params", params]  # fmt: skip
+    raise ValueError(f"unknown codec {rung.codec!r}")
+
+
+def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
+    """The hls muxer writing fMP4: init.mp4 plus one file per segment, cut at every keyframe
+    once `hls_time` has passed, i.e. exactly at our forced GOP boundaries."""
+    return [
+        "-f", "hls",
+        "-hls_time", f"{settings.hls_time:.6f}",
+        "-hls_playlist_type", "vod",
+        "-hls_segment_type", "fmp4",
+        "-hls_fmp4_init_filename", INIT_NAME,
+        "-hls_segment_filename", str(folder / SEGMENT_PATTERN),
+        "-hls_flags", "independent_segments",
+        str(folder / SCRATCH_PLAYLIST),
+    ]  # fmt: skip
+
+
+def filter_graph(rungs: Sequence[Rung], frame_rate: Fraction) -> str:
+    """One decode, normalised to constant frame rate, split once per rendition and scaled."""
+    labels = "".join(f"[s{i}]" for i in range(len(rungs)))
+    parts = [f"[0:v:0]fps={frame_rate},split={len(rungs)}{labels}"]
+    for i, rung in enumerate(rungs):
+        parts.append(f"[s{i}]scale={rung.width}:{rung.height}:flags=bicubic,setsar=1[v{i}]")
+    return ";".join(parts)
+
+
+def base_args(ffmpeg: str, source: Path) -> list[str]:
+    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-progress", "pipe:1", "-nostats", "-i", str(source)]  # fmt: skip
+
+
+def encode_args(
+    ffmpeg: str,
+    source: Path,
+    rungs: Sequence[Rung],
+    settings: EncodeSettings,
+    out_dir: Path,
+    with_audio: bool,
+) -> list[str]:
+    """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`."""
+    args = base_args(ffmpeg, source)
+    args += ["-filter_complex", filter_graph(rungs, settings.frame_rate)]
+    for i, rung in enumerate(rungs):
+        args += ["-map", f"[v{i}]", "-an", *video_codec_args(rung, settings)]
+        args += cmaf_output_args(out_dir / rung.id, settings)
+    if with_audio:
+        args += ["-map", "0:a:0", "-vn", *audio_codec_args(settings)]
+        args += cmaf_output_args(out_dir / AUDIO_ID, settings)
+    return args
+
+
+def audio_codec_args(settings: EncodeSettings) -> list[str]:
+    return ["-c:a", "aac", "-b:a", f"{settings.audio_kbps}k", "-ac", "2", "-ar", "48000"]
+
+
+def poster_args(ffmpeg: str, source: Path, at_seconds: float, width: int, out: Path) -> list[str]:
+    """One JPEG frame, seeked (fast) to `at_seconds`, at most `width` wide."""
+    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-ss", f"{at_seconds:.3f}", "-i", str(source), "-frames:v", "1",
+            "-vf", f"scale='min({width},iw)':-2", "-q:v", "3", "-f", "image2",
+            str(out)]  # fmt: skip
+
+
+def poster_time(duration: float) -> float:
+    """A tenth into the title: past black openings, before anything important."""
+    return max(0.0, min(duration * 0.1, 30.0))
+
+
+def trial_args(
+    ffmpeg: str,
+    source: Path,
+    start: float,
+    length: float,
+    trials: Sequence[tuple[Rung, Path]],
+    settings: EncodeSettings,
+) -> list[str]:
+    """Trial encodes of an excerpt: one decode, one plain MP4 per (rung at a bitrate)."""
+    graph = filter_graph([r for r, _ in trials], settings.frame_rate)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-progress", "pipe:1", "-nostats",
+            "-ss", f"{start:.3f}", "-t", f"{length:.3f}", "-i", str(source),
+            "-filter_complex", graph]  # fmt: skip
+    for i, (rung, out) in enumerate(trials):
+        args += ["-map", f"[v{i}]", "-an", *video_codec_args(rung, settings)]
+        args += ["-f", "mp4", str(out)]
+    return args
+
+
+def vmaf_args(
+    ffmpeg: str,
+    reference: Path,
+    ref_start: float,
+    ref_length: float,
+    distorted: Sequence[tuple[Path, Path]],
+    width: int,
+    height: int,
+    frame_rate: Fraction,
+    subsample: int = 1,
+    threads: int = 2,
+) -> list[str]:
+    """VMAF of each distorted file (upscaled to `width`x`height`) against the reference
+    excerpt, all in one process; each score goes to its JSON log file."""
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-progress", "pipe:1", "-nostats"]  # fmt: skip
+    for path, _ in distorted:
+        args += ["-i", str(path)]
+    args += ["-ss", f"{ref_start:.3f}", "-t", f"{ref_length:.3f}", "-i", str(reference)]
+    n = len(distorted)
+    labels = "".join(f"[r{i}]" for i in range(n))
+    graph = [f"[{n}:v:0]fps={frame_rate},scale={width}:{height}:flags=bicubic,"
+             f"setpts=PTS-STARTPTS,split={n}{labels}"]  # fmt: skip
+    for i, (_, log) in enumerate(distorted):
+        graph.append(
+            f"[{i}:v:0]scale={width}:{height}:flags=bicubic,setpts=PTS-STARTPTS[d{i}];"
+            f"[d{i}][r{i}]libvmaf=model={VMAF_MODEL}:n_threads={threads}:"
+            f"n_subsample={subsample}:log_fmt=json:log_path={_escape(str(log))}[o{i}]"
+        )
+    args += ["-filter_complex", ";".join(graph)]
+    for i in range(n):
+        args += ["-map", f"[o{i}]", "-f", "null", "-"]
+    return args
+
+
+def _escape(value: str) -> str:
+    """Escape a filter option value (':' and '\\' are special inside a filter graph)."""
+    return value.replace("\\", "\\\\\\\\").replace(":", "\\\\:").replace("'", "\\\\'")
+
+
+def parse_progress(lines: Iterable[str]) -> float | None:
+    """The last `out_time_us` (seconds) in a chunk of `-progress` key=value lines."""
+    seconds = None
+    for line in lines:
+        key, _, value = line.strip().partition("=")
+        if key == "out_time_us" and value.lstrip("-").isdigit():
+            seconds = max(0.0, int(value) / 1_000_000)
+    return seconds

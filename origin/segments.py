@@ -1,0 +1,121 @@
+"""Measure what ffmpeg wrote (I/O shell over PyAV): per rendition the init segment's codec
+configuration and, per media segment, its size, start, duration, frame count and whether it
+opens on a keyframe. The manifests are written from these facts, never from intentions.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from origin.codecs import codec_string
+from origin.errors import EncodeError
+from origin.ffmpeg import INIT_NAME
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str  # file name inside the rendition folder
+    size: int
+    start: int  # earliest presentation time, in the rendition's timescale
+    duration: int  # in the rendition's timescale
+    frames: int
+    starts_with_keyframe: bool
+
+
+@dataclass(frozen=True)
+class Media:
+    """One packaged rendition: folder name, codec facts and its segments in order."""
+
+    id: str
+    kind: str  # video | audio
+    codec: str  # h264 | hevc | av1 | aac
+    codecs: str  # RFC 6381
+    timescale: int
+    segments: tuple[Segment, ...]
+    init_size: int
+    width: int | None = None
+    height: int | None = None
+    frame_rate: Fraction | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.duration for s in self.segments) / self.timescale
+
+    def peak_bps(self) -> int:
+        return max(
+            (round(s.size * 8 * self.timescale / s.duration) for s in self.segments), default=0
+        )
+
+    def average_bps(self) -> int:
+        total = sum(s.size for s in self.segments)
+        return round(total * 8 / self.seconds) if self.seconds else 0
+
+
+def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
+    """Read `folder/init.mp4` and every `seg_*.m4s` beside it, in order."""
+    init_path = folder / INIT_NAME
+    try:
+        init = init_path.read_bytes()
+    except OSError as exc:
+        raise EncodeError(f"{init_path}: ffmpeg wrote no init segment ({exc.strerror})") from None
+    # Numeric order: past seg_99999 the names grow a digit and would sort wrongly as text.
+    names = sorted((p.name for p in folder.glob("seg_*.m4s")), key=lambda n: int(n[4:-4]))
+    if not names:
+        raise EncodeError(f"{folder}: ffmpeg wrote no media segments")
+    with av.open(io.BytesIO(init)) as container:
+        stream = container.streams[0]
+        ctx = stream.codec_context
+        kind = stream.type
+        timescale = int(1 / stream.time_base) if stream.time_base else 0
+        codec = ctx.name
+        extradata = bytes(ctx.extradata) if ctx.extradata else None
+        facts = {}
+        if kind == "video":
+            facts = {"width": ctx.width, "height": ctx.height, "frame_rate": frame_rate}
+        elif kind == "audio":
+            facts = {"sample_rate": ctx.sample_rate, "channels": ctx.channels}
+    if kind not in ("video", "audio") or timescale <= 0:
+        raise EncodeError(f"{init_path}: not a video or audio init segment")
+    try:
+        codecs = codec_string(codec, extradata)
+    except ValueError as exc:
+        raise EncodeError(f"{init_path}: {exc}") from None
+    segments = [_segment(folder / name, init) for name in names]
+    return Media(
+        id=folder.name,
+        kind=kind,
+        codec=codec,
+        codecs=codecs,
+        timescale=timescale,
+        segments=tuple(segments),
+        init_size=len(init),
+        **facts,  # type: ignore[arg-type]
+    )
+
+
+def _segment(path: Path, init: bytes) -> Segment:
+    body = path.read_bytes()
+    try:
+        with av.open(io.BytesIO(init + body)) as container:
+            packets = [p for p in container.demux(container.streams[0]) if p.size]
+    except av.error.FFmpegError as exc:
+        raise EncodeError(f"{path}: unreadable media segment ({exc})") from None
+    if not packets:
+        raise EncodeError(f"{path}: empty media segment")
+    start = min(int(p.pts if p.pts is not None else p.dts or 0) for p in packets)
+    duration = sum(int(p.duration or 0) for p in packets)
+    return Segment(
+        name=path.name,
+        size=len(body),
+        start=start,
+        duration=duration,
+        frames=len(packets),
+        starts_with_keyframe=bool(packets[0].is_keyframe),
+    )

@@ -1,0 +1,226 @@
+"""The origin store on disk (I/O shell): `STORE/titles/<id>/` holds published titles; an
+ingest builds in a locked `STORE/.tmp-<id>-<random>/` and publishes with one rename, so a
+reader sees the old title or the new one, never half of one. `origin serve` lists titles here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from edgeflix.titlefiles import TitleFilesError, check_title_id, read
+from origin.errors import StoreError
+
+TITLES = "titles"
+TMP_PREFIX = ".tmp-"
+LOCK = ".lock"
+BUILD = "title"  # the title being built, inside the temp folder
+OLD = "old"  # a replaced title, parked inside the temp folder until it is deleted
+
+_RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class PublishedTitle:
+    id: str
+    title: str
+    duration: float
+    renditions: tuple[str, ...]
+    total_bytes: int
+    digest: str  # SHA-256 of files.json as published
+    path: Path
+
+
+def titles_dir(store: Path) -> Path:
+    return store / TITLES
+
+
+def list_titles(store: Path) -> list[PublishedTitle]:
+    """Every published title with a valid files.json, sorted by id (others are skipped)."""
+    root = titles_dir(store)
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        try:
+            model, digest = read(folder)
+        except TitleFilesError:
+            continue
+        found.append(
+            PublishedTitle(
+                id=model.id,
+                title=model.title,
+                duration=model.duration,
+                renditions=tuple(r.id for r in model.renditions),
+                total_bytes=model.total_bytes,
+                digest=digest,
+                path=folder,
+            )
+        )
+    return found
+
+
+def _renameat2(src: Path, dst: Path, flags: int) -> None:
+    """Linux renameat2(2); OSError(EINVAL/ENOSYS) where the libc or filesystem lacks it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    func = getattr(libc, "renameat2", None)
+    if func is None:
+        raise OSError(errno.ENOSYS, "renameat2 not available")
+    if func(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(dst))
+
+
+def _try_lock(lock_path: Path) -> int | None:
+    """An fd holding an exclusive flock on `lock_path`, or None if someone holds it."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def clean_stale(store: Path) -> list[str]:
+    """Remove temp folders left by ingests that died (their lock is free); if one died between
+    the two renames of a fallback replace, put the old title back first. Returns what went."""
+    removed = []
+    if not store.is_dir():
+        return removed
+    for tmp in sorted(p for p in store.iterdir() if p.name.startswith(TMP_PREFIX)):
+        fd = _try_lock(tmp / LOCK) if tmp.is_dir() else None
+        if tmp.is_dir() and fd is None:
+            continue  # a live ingest owns it
+        try:
+            title_id = tmp.name[len(TMP_PREFIX) :].rsplit("-", 1)[0]
+            live = titles_dir(store) / title_id
+            if (tmp / OLD).is_dir() and not live.exists():
+                os.rename(tmp / OLD, live)
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp.name)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed
+
+
+class Staging:
+    """A locked temp folder for one ingest; `publish()` moves its title into place, leaving
+    the context removes whatever is left (the half-built title, or the replaced old one)."""
+
+    def __init__(
+        self, store: Path, title_id: str, replace: bool, token: Callable[[], str] | None = None
+    ) -> None:
+        self.store = store
+        self.title_id = check_title_id(title_id)
+        self.replace = replace
+        self._token = token or (lambda: secrets.token_hex(6))
+        self._fd: int | None = None
+        self.root = store / f"{TMP_PREFIX}{title_id}-{self._token()}"
+        self.title_dir = self.root / BUILD
+        self.cleaned: list[str] = []
+
+    @property
+    def target(self) -> Path:
+        return titles_dir(self.store) / self.title_id
+
+    def __enter__(self) -> Staging:
+        try:
+            titles_dir(self.store).mkdir(parents=True, exist_ok=True)
+            self.cleaned = clean_stale(self.store)
+            self.check_free()
+            self.root.mkdir()
+            self._fd = _try_lock(self.root / LOCK)
+            if self._fd is None:
+                raise StoreError(f"cannot lock {self.root}")
+            self.title_dir.mkdir()
+        except OSError as exc:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise store_error(exc, self.store) from None
+        return self
+
+    def check_free(self) -> None:
+        if self.target.exists() and not self.replace:
+            raise StoreError(
+                f"title '{self.title_id}' already exists in {self.store}; use --replace"
+            )
+
+    def publish(self) -> None:
+        """Make the built title the live one in a single step a reader cannot see half of."""
+        self.check_free()
+        try:
+            _fsync_dir(self.title_dir)
+            if self.target.exists():
+                self._swap()
+            else:
+                self._rename_new()
+            _fsync_dir(titles_dir(self.store))
+        except OSError as exc:
+            raise store_error(exc, self.store) from None
+
+    def _rename_new(self) -> None:
+        try:
+            _renameat2(self.title_dir, self.target, _RENAME_NOREPLACE)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise StoreError(f"title '{self.title_id}' appeared while ingesting") from None
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            os.rename(self.title_dir, self.target)
+
+    def _swap(self) -> None:
+        try:
+            # Atomic exchange: the new title goes live and the old lands in our temp folder.
+            _renameat2(self.title_dir, self.target, _RENAME_EXCHANGE)
+            os.rename(self.title_dir, self.root / OLD)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                raise
+            # No exchange here: for an instant there is no title (never half of one); a
+            # crash in that instant is repaired by clean_stale() from OLD.
+            os.rename(self.target, self.root / OLD)
+            os.rename(self.title_dir, self.target)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def store_error(exc: OSError, store: Path) -> StoreError:
+    """An OSError from the store, as one line the operator can act on."""
+    if exc.errno == errno.ENOSPC:
+        return StoreError(f"disk full: no space left in store {store}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StoreError(f"store {store} is not writable ({exc.strerror})")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StoreError(f"store {store} is not a directory")
+    return StoreError(f"store {store}: {exc.strerror or exc}")
