@@ -1,0 +1,303 @@
+"""Fill planning: predicted demand + appliance disks → what every appliance should hold.
+
+A pure function over the snapshot (fleet/model.py), the demand from fleet/popularity.py,
+the catalog's sizes and the previous plan. Appliances reconcile towards their part of the
+plan inside their fill window; the server stores and versions plans and does no deciding.
+
+Per site: titles are taken by demand per byte stored (a greedy knapsack, which is what
+maximises bytes served from the edge), incumbents counted (1 + hysteresis) times so small
+rank changes cause no evict-and-refetch; a title whose demand share would overload one
+appliance gets more replicas; replicas go where the title already is, then by rendezvous
+(as steering ranks them); each placement takes the fastest tier with room, so the hottest
+titles land on the fast tier. One appliance per site fills a title from the origin, its
+peers fill from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fleet.model import Appliance, TierSpace
+from fleet.steering import rendezvous_score
+
+# Appliances in these states get new plans; the others keep their last one until they return.
+PLANNED_STATES = frozenset({"ok", "degraded", "drained"})
+# Only these may be the in-site source of a title for peers.
+SOURCE_STATES = frozenset({"ok", "degraded"})
+ORIGIN = "origin"
+
+
+@dataclass(frozen=True)
+class CatalogTitle:
+    size_bytes: int
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class PlannerPolicy:
+    # An incumbent's demand counts (1 + hysteresis) times against a newcomer's.
+    hysteresis: float = 0.25
+    min_replicas: int = 1
+    # A title gets another replica for each `replica_load_share` of one appliance's fair
+    # share of the site's demand it carries (0.5: no copy serves over half its box's share).
+    replica_load_share: float = 0.5
+    # Plan at most this share of each tier; the rest absorbs size drift and partial fills.
+    fill_ratio: float = 0.98
+    fast_tiers: tuple[str, ...] = ("nvme", "ssd")
+    # New bytes one appliance may be asked to fetch per plan (what its fill window carries).
+    max_fill_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.hysteresis < 0 or self.min_replicas < 1 or self.replica_load_share <= 0:
+            raise ValueError("need hysteresis >= 0, min_replicas >= 1, replica_load_share > 0")
+        if not 0 < self.fill_ratio <= 1:
+            raise ValueError("fill_ratio must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class PlannedTitle:
+    title_id: str
+    digest: str
+    size_bytes: int
+    tier: str
+    # "origin", or the name of the site peer to fill from (the appliance skips what it has).
+    source: str
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    retiered: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.retiered)
+
+
+@dataclass(frozen=True)
+class ApplianceFillPlan:
+    appliance: str
+    site: str
+    # Hottest first: the order in which to fill.
+    titles: tuple[PlannedTitle, ...]
+    diff: PlanDiff = PlanDiff()
+
+    @property
+    def title_ids(self) -> frozenset[str]:
+        return frozenset(t.title_id for t in self.titles)
+
+    @property
+    def planned_bytes(self) -> int:
+        return sum(t.size_bytes for t in self.titles)
+
+    def content(self) -> frozenset[tuple[str, str, str, str]]:
+        """What the appliance must do, without order: equal content means nothing to apply."""
+        return frozenset((t.title_id, t.digest, t.tier, t.source) for t in self.titles)
+
+
+@dataclass(frozen=True)
+class FillPlan:
+    """Every appliance's plan under one version; the version rises whenever content changes."""
+
+    version: int
+    appliances: Mapping[str, ApplianceFillPlan] = field(default_factory=dict)
+
+    def for_appliance(self, name: str) -> ApplianceFillPlan | None:
+        return self.appliances.get(name)
+
+
+def replicas_for(share: float, members: int, policy: PlannerPolicy) -> int:
+    wanted = math.ceil(share * members / policy.replica_load_share) if share > 0 else 1
+    return max(min(max(wanted, policy.min_replicas), members), 1)
+
+
+def tier_order(tiers: tuple[TierSpace, ...], fast: tuple[str, ...]) -> list[TierSpace]:
+    return sorted(tiers, key=lambda t: (t.tier not in fast, -t.capacity_bytes, t.tier))
+
+
+def holds_version(appliance: Appliance, title_id: str, entry: CatalogTitle) -> bool:
+    held = appliance.titles.get(title_id)
+    return held is not None and held.complete and (not entry.digest or held.digest == entry.digest)
+
+
+class _Bins:
+    """Free bytes per (appliance, tier) and the fill budget per appliance, while placing."""
+
+    def __init__(self, members: list[Appliance], policy: PlannerPolicy) -> None:
+        self.order = {a.name: tier_order(a.tiers, policy.fast_tiers) for a in members}
+        self.free = {
+            (a.name, t.tier): int(t.capacity_bytes * policy.fill_ratio)
+            for a in members
+            for t in a.tiers
+        }
+        budget = policy.max_fill_bytes
+        self.budget = {a.name: budget if budget is not None else math.inf for a in members}
+
+    def tier_with_room(self, name: str, size: int, new: bool) -> str | None:
+        if new and self.budget[name] < size:
+            return None
+        for tier in self.order[name]:
+            if self.free[(name, tier.tier)] >= size:
+                return tier.tier
+        return None
+
+    def take(self, name: str, tier: str, size: int, new: bool) -> None:
+        self.free[(name, tier)] -= size
+        if new:
+            self.budget[name] -= size
+
+
+def plan_site(
+    members: list[Appliance],
+    demand: Mapping[str, float],
+    catalog: Mapping[str, CatalogTitle],
+    incumbents: Mapping[str, frozenset[str]],
+    policy: PlannerPolicy,
+) -> dict[str, list[PlannedTitle]]:
+    """Place titles on one site's appliances; returns appliance name → titles, hottest first."""
+    site_incumbents = frozenset().union(*incumbents.values()) if incumbents else frozenset()
+    total = sum(v for t, v in demand.items() if t in catalog and v > 0)
+    candidates = [
+        t
+        for t, entry in catalog.items()
+        if entry.size_bytes > 0 and (demand.get(t, 0.0) > 0 or t in site_incumbents)
+    ]
+
+    def density(title: str) -> tuple[float, str]:
+        value = demand.get(title, 0.0) * (1 + policy.hysteresis * (title in site_incumbents))
+        return (-value / catalog[title].size_bytes, title)
+
+    candidates.sort(key=density)
+    bins = _Bins(members, policy)
+    placed: dict[str, list[tuple[str, str]]] = {a.name: [] for a in members}
+    weight = {a.name: float(max(a.disk_bytes, 1)) for a in members}
+    for title in candidates:
+        size = catalog[title].size_bytes
+        share = demand.get(title, 0.0) / total if total > 0 else 0.0
+        wanted = replicas_for(share, len(members), policy)
+        preference = sorted(
+            members,
+            key=lambda a: (
+                title not in incumbents.get(a.name, frozenset()),
+                -rendezvous_score(title, a.name, weight[a.name]),
+            ),
+        )
+        count = 0
+        for a in preference:
+            if count == wanted:
+                break
+            new = title not in incumbents.get(a.name, frozenset())
+            tier = bins.tier_with_room(a.name, size, new)
+            if tier is not None:
+                bins.take(a.name, tier, size, new)
+                placed[a.name].append((title, tier))
+                count += 1
+    return assign_sources(members, placed, catalog)
+
+
+def assign_sources(
+    members: list[Appliance],
+    placed: Mapping[str, list[tuple[str, str]]],
+    catalog: Mapping[str, CatalogTitle],
+) -> dict[str, list[PlannedTitle]]:
+    """One appliance per site takes each title from the origin; its peers take it from it."""
+    by_name = {a.name: a for a in members}
+    where: dict[str, list[str]] = {}
+    for name, titles in placed.items():
+        for title, _tier in titles:
+            where.setdefault(title, []).append(name)
+    filler: dict[str, str] = {}
+    for title, names in where.items():
+        entry = catalog[title]
+        # Only appliances keeping the title may serve it to peers (others will delete it).
+        holders = [
+            by_name[n]
+            for n in names
+            if by_name[n].state in SOURCE_STATES and holds_version(by_name[n], title, entry)
+        ]
+        if holders:
+            filler[title] = max(holders, key=lambda a: rendezvous_score(title, a.name, 1.0)).name
+        else:
+            able = [n for n in names if by_name[n].state in SOURCE_STATES] or names
+            filler[title] = max(able, key=lambda n: rendezvous_score(title, n, 1.0))
+    out: dict[str, list[PlannedTitle]] = {}
+    for name, titles in placed.items():
+        rows = []
+        for title, tier in titles:
+            entry = catalog[title]
+            # A holder keeps its source too: the appliance skips what it already has, and
+            # a plan must not change version just because a fill completed.
+            source = ORIGIN if filler[title] == name else filler[title]
+            rows.append(PlannedTitle(title, entry.digest, entry.size_bytes, tier, source))
+        out[name] = rows
+    return out
+
+
+def diff_plans(old: ApplianceFillPlan | None, new_titles: tuple[PlannedTitle, ...]) -> PlanDiff:
+    before = {t.title_id: t.tier for t in old.titles} if old else {}
+    after = {t.title_id: t.tier for t in new_titles}
+    return PlanDiff(
+        added=tuple(sorted(after.keys() - before.keys())),
+        removed=tuple(sorted(before.keys() - after.keys())),
+        retiered=tuple(sorted(t for t in after.keys() & before.keys() if after[t] != before[t])),
+    )
+
+
+def plan(
+    appliances: tuple[Appliance, ...],
+    demand: Mapping[str, float],
+    catalog: Mapping[str, CatalogTitle],
+    previous: FillPlan | None = None,
+    policy: PlannerPolicy | None = None,
+    site_demand: Mapping[str, Mapping[str, float]] | None = None,
+) -> FillPlan:
+    """Plan every appliance. `site_demand[site]`, when given, replaces `demand` for that site."""
+    policy = policy or PlannerPolicy()
+    sites = sorted({a.site for a in appliances})
+    rows: dict[str, tuple[str, tuple[PlannedTitle, ...]]] = {}
+    for site in sites:
+        members = sorted(
+            (a for a in appliances if a.site == site and a.state in PLANNED_STATES),
+            key=lambda a: a.name,
+        )
+        incumbents = {
+            a.name: frozenset(
+                {t for t in a.titles if t in catalog and holds_version(a, t, catalog[t])}
+                | (
+                    previous.appliances[a.name].title_ids
+                    if previous and a.name in previous.appliances
+                    else frozenset()
+                )
+            )
+            for a in members
+        }
+        wanted = (site_demand or {}).get(site, demand)
+        for name, titles in plan_site(members, wanted, catalog, incumbents, policy).items():
+            rows[name] = (site, tuple(titles))
+    for a in appliances:  # unreachable / failing: keep what they were told last
+        if a.name not in rows:
+            kept = previous.for_appliance(a.name) if previous else None
+            rows[a.name] = (a.site, kept.titles if kept else ())
+    plans = {
+        name: ApplianceFillPlan(
+            name,
+            site,
+            titles,
+            diff_plans(previous.for_appliance(name) if previous else None, titles),
+        )
+        for name, (site, titles) in sorted(rows.items())
+    }
+    return FillPlan(version=next_version(previous, plans), appliances=plans)
+
+
+def next_version(previous: FillPlan | None, plans: Mapping[str, ApplianceFillPlan]) -> int:
+    """Bump on any change of content, so an unchanged plan is not re-applied everywhere."""
+    if previous is None:
+        return 1
+    same = previous.appliances.keys() == plans.keys() and all(
+        previous.appliances[n].content() == p.content() for n, p in plans.items()
+    )
+    return previous.version if same else previous.version + 1
