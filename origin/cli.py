@@ -1,7 +1,155 @@
-"""`edgeflix origin …`: the origin's command line (I/O shell over the origin's cores)."""
+"""`edgeflix origin …`: the origin's command line (I/O shell over the origin's cores).
+
+`ingest` packages and publishes a title, `ls` lists the store; `serve` lives in server.py.
+"""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
 import typer
+from rich.progress import Progress, TaskID
+
+from edgeflix import ui
+from edgeflix.titlefiles import TitleFiles
+from origin import config
+from origin.errors import IngestCancelled, SourceError
+from origin.ingest import IngestRequest, ingest
+from origin.store import list_titles
 
 app = typer.Typer(no_args_is_help=True)
+
+
+class BarReporter:
+    """One rich bar per rendition; all renditions advance together (one ffmpeg, one decode)."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: list[TaskID] = []
+
+    def stage(self, name: str, total: float, labels: Sequence[str]) -> None:
+        for task in self.tasks:
+            self.bar.update(task, completed=self.bar.tasks[task].total)
+        self.tasks = [
+            self.bar.add_task(f"{name} {label}" if len(labels) > 1 else name, total=total)
+            for label in labels
+        ]
+
+    def update(self, done: float) -> None:
+        for task in self.tasks:
+            self.bar.update(task, completed=done)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise IngestCancelled("ingest stopped by SIGTERM; nothing was published")
+
+
+@contextmanager
+def _cancellable() -> Iterator[None]:
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise IngestCancelled("ingest interrupted; nothing was published") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise SourceError(f"{option} takes comma-separated heights, e.g. 720,360") from None
+
+
+def summary(model: TitleFiles, digest: str, path: Path | None = None) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "title": model.title,
+        "duration": model.duration,
+        "segment_seconds": model.segment_seconds,
+        "renditions": [r.model_dump(mode="json") for r in model.renditions],
+        "total_bytes": model.total_bytes,
+        "files": len(model.files),
+        "digest": digest,
+        **({"path": str(path)} if path else {}),
+    }
+
+
+@app.command("ingest")
+def ingest_cmd(
+    src: Path = typer.Argument(..., help="Source video file."),
+    title_id: str = typer.Option(..., "--id", help="Title id: letters, digits, '.', '_', '-'."),
+    title: str = typer.Option(..., "--title", help="Human-readable title."),
+    store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),
+    ladder: str = typer.Option("default", "--ladder", help="default (fixed) or auto (VMAF)."),
+    segment_seconds: float = typer.Option(4.0, "--segment-seconds", help="Segment length."),
+    codecs: str = typer.Option("h264", "--codecs", help="Comma-separated: h264,hevc,av1."),
+    heights: str | None = typer.Option(None, "--heights", help="Only these rungs, e.g. 720,360."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an existing title."),
+    config_file: Path | None = typer.Option(None, "--config", help="Origin TOML config."),
+    as_json: bool = typer.Option(False, "--json", help="Print the title summary as JSON."),
+) -> None:
+    """Encode SRC into an ABR ladder, package CMAF + HLS + DASH, publish atomically."""
+    if ladder not in ("default", "auto"):
+        raise SourceError("--ladder must be 'default' or 'auto'")
+    cfg = config.load(config_file)
+    req = IngestRequest(
+        source=src,
+        title_id=title_id,
+        title=title,
+        store=store,
+        ladder="auto" if ladder == "auto" else "default",
+        segment_seconds=segment_seconds,
+        codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()),
+        heights=_parse_ints(heights, "--heights"),
+        replace=replace,
+    )
+    with _cancellable(), ui.progress() as bar:
+        model, digest = ingest(req, cfg.encode, BarReporter(bar))
+    path = store / "titles" / model.id
+    if as_json:
+        ui.print_json(summary(model, digest, path))
+        return
+    rows = [
+        (r.id, f"{r.width}x{r.height}" if r.width else "-", r.codecs,
+         f"{r.average_bandwidth / 1000:.0f}", f"{r.vmaf:.1f}" if r.vmaf is not None else "-")
+        for r in model.renditions
+    ]  # fmt: skip
+    ui.print_table(["rendition", "size", "codecs", "kbit/s", "vmaf"], rows, title=str(path))
+
+
+@app.command("ls")
+def ls_cmd(
+    store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """List the published titles of a store."""
+    titles = list_titles(store)
+    if as_json:
+        ui.print_json(
+            [
+                {
+                    "id": t.id,
+                    "title": t.title,
+                    "duration": t.duration,
+                    "renditions": list(t.renditions),
+                    "total_bytes": t.total_bytes,
+                    "digest": t.digest,
+                }
+                for t in titles
+            ]
+        )
+        return
+    rows = [
+        (t.id, t.title, f"{t.duration:.1f}", len(t.renditions), t.total_bytes, t.digest[:16])
+        for t in titles
+    ]
+    ui.print_table(["id", "title", "seconds", "renditions", "bytes", "digest"], rows)

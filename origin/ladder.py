@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 # (height, H.264 kbit/s): a common VOD ladder for 16:9; other aspect ratios scale by area.
@@ -149,7 +149,7 @@ def pick_kbps(hull: Sequence[TrialPoint], knee_slope: float, ceiling: float) -> 
 
 def auto_ladder(
     rungs: Sequence[Rung],
-    trials: dict[str, Sequence[TrialPoint]],
+    trials: Mapping[str, Sequence[TrialPoint]],
     knee_slope: float = KNEE_SLOPE,
     ceiling: float = VMAF_CEILING,
 ) -> tuple[Rung, ...]:

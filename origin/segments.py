@@ -9,6 +9,7 @@ import io
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -69,14 +70,14 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
     names = sorted((p.name for p in folder.glob("seg_*.m4s")), key=lambda n: int(n[4:-4]))
     if not names:
         raise EncodeError(f"{folder}: ffmpeg wrote no media segments")
-    with av.open(io.BytesIO(init)) as container:
+    with av.open(io.BytesIO(init), "r") as container:
         stream = container.streams[0]
-        ctx = stream.codec_context
+        ctx: Any = stream.codec_context
         kind = stream.type
         timescale = int(1 / stream.time_base) if stream.time_base else 0
         codec = ctx.name
         extradata = bytes(ctx.extradata) if ctx.extradata else None
-        facts = {}
+        facts: dict[str, Any] = {}
         if kind == "video":
             facts = {"width": ctx.width, "height": ctx.height, "frame_rate": frame_rate}
         elif kind == "audio":
@@ -96,14 +97,14 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
         timescale=timescale,
         segments=tuple(segments),
         init_size=len(init),
-        **facts,  # type: ignore[arg-type]
+        **facts,
     )
 
 
 def _segment(path: Path, init: bytes) -> Segment:
     body = path.read_bytes()
     try:
-        with av.open(io.BytesIO(init + body)) as container:
+        with av.open(io.BytesIO(init + body), "r") as container:
             packets = [p for p in container.demux(container.streams[0]) if p.size]
     except av.error.FFmpegError as exc:
         raise EncodeError(f"{path}: unreadable media segment ({exc})") from None

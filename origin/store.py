@@ -98,7 +98,7 @@ def _try_lock(lock_path: Path) -> int | None:
 def clean_stale(store: Path) -> list[str]:
     """Remove temp folders left by ingests that died (their lock is free); if one died between
     the two renames of a fallback replace, put the old title back first. Returns what went."""
-    removed = []
+    removed: list[str] = []
     if not store.is_dir():
         return removed
     for tmp in sorted(p for p in store.iterdir() if p.name.startswith(TMP_PREFIX)):

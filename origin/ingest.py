@@ -1,0 +1,237 @@
+"""One ingest, start to publish: probe → ladder → one ffmpeg for the whole ladder → measure
+the segments → HLS + DASH + poster → files.json last → verify → atomic publish (store.py).
+The CLI (`origin/cli.py`) only parses options and shows progress through `Reporter`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+from edgeflix import titlefiles
+from edgeflix.log import event
+from edgeflix.titlefiles import FileEntry, RenditionInfo, TitleFiles, check_title_id
+from origin import dash, hls, pertitle
+from origin.config import EncodeConfig
+from origin.errors import EncodeError, SourceError
+from origin.ffmpeg import (
+    AUDIO_ID,
+    SCRATCH_PLAYLIST,
+    EncodeSettings,
+    encode_args,
+    poster_args,
+    poster_time,
+)
+from origin.ladder import CODECS, Rung, default_ladder
+from origin.probe import Source, probe
+from origin.runner import find_ffmpeg, run_ffmpeg
+from origin.segments import Media, measure
+from origin.store import Staging, store_error
+
+log = logging.getLogger("origin.ingest")
+POSTER = "poster.jpg"
+POSTER_WIDTH = 1280
+# A segment may differ from the target by this share (the last one may be shorter).
+SEGMENT_TOLERANCE = 0.10
+
+
+class Reporter(Protocol):
+    """Where progress goes: a rich bar per rendition on a terminal, nothing in a pipe."""
+
+    def stage(self, name: str, total: float, labels: Sequence[str]) -> None: ...
+    def update(self, done: float) -> None: ...
+
+
+class Silent:
+    def stage(self, name: str, total: float, labels: Sequence[str]) -> None:
+        pass
+
+    def update(self, done: float) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    source: Path
+    title_id: str
+    title: str
+    store: Path
+    ladder: Literal["default", "auto"] = "default"
+    segment_seconds: float = 4.0
+    codecs: tuple[str, ...] = ("h264",)
+    heights: tuple[int, ...] | None = None
+    replace: bool = False
+
+
+def check_request(req: IngestRequest) -> None:
+    check_title_id(req.title_id)
+    unknown = [c for c in req.codecs if c not in CODECS]
+    if unknown or not req.codecs:
+        raise SourceError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(CODECS)}")
+    if not 0.5 <= req.segment_seconds <= 30:
+        raise SourceError("--segment-seconds must be between 0.5 and 30")
+
+
+def ingest(
+    req: IngestRequest,
+    cfg: EncodeConfig,
+    reporter: Reporter | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> tuple[TitleFiles, str]:
+    """Package `req.source` and publish it; return its files.json model and digest."""
+    reporter = reporter or Silent()
+    check_request(req)
+    source = probe(req.source)
+    ffmpeg = find_ffmpeg(cfg.ffmpeg)
+    rungs = default_ladder(source.width, source.height, req.codecs, req.heights)
+    if not rungs:
+        raise SourceError(f"no ladder rung fits a {source.height}p source with these --heights")
+    settings = EncodeSettings(
+        frame_rate=source.frame_rate,
+        segment_seconds=req.segment_seconds,
+        preset=cfg.preset,
+        audio_kbps=cfg.audio_kbps,
+        threads=cfg.threads,
+    )
+    with Staging(req.store, req.title_id, req.replace) as staging:
+        for name in staging.cleaned:
+            event(log, "store.cleaned", folder=name)
+        if req.ladder == "auto":
+            reporter.stage("choosing ladder (VMAF trials)", 1.0, ["trials"])
+            rungs = pertitle.choose(
+                ffmpeg, source, rungs, settings, staging.root / "trials",
+                cfg.trial_seconds, reporter.update,
+            )  # fmt: skip
+        event(log, "ladder", id=req.title_id, rungs=",".join(f"{r.id}@{r.kbps}k" for r in rungs))
+        try:
+            model = package(ffmpeg, source, rungs, settings, staging.title_dir, req, reporter, now)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+                raise store_error(exc, req.store) from None
+            raise
+        raw = titlefiles.render(model)
+        staging.publish()
+    digest = titlefiles.digest_bytes(raw)
+    event(log, "title.published", id=req.title_id, bytes=model.total_bytes, digest=digest)
+    return model, digest
+
+
+def package(
+    ffmpeg: str,
+    source: Source,
+    rungs: Sequence[Rung],
+    settings: EncodeSettings,
+    out: Path,
+    req: IngestRequest,
+    reporter: Reporter,
+    now: Callable[[], datetime],
+) -> TitleFiles:
+    """Encode and package into `out` (a folder nobody reads yet); files.json last, verified."""
+    for rung in rungs:
+        (out / rung.id).mkdir()
+    if source.has_audio:
+        (out / AUDIO_ID).mkdir()
+    reporter.stage("encoding", source.duration, [r.id for r in rungs])
+    args = encode_args(ffmpeg, source.path, rungs, settings, out, source.has_audio)
+    run_ffmpeg(args, f"encoding {source.path.name}", reporter.update)
+    run_ffmpeg(
+        poster_args(ffmpeg, source.path, poster_time(source.duration), POSTER_WIDTH, out / POSTER),
+        "writing the poster",
+    )
+    videos = [measure(out / r.id, settings.frame_rate) for r in rungs]
+    audio = measure(out / AUDIO_ID) if source.has_audio else None
+    check_alignment(videos, req.segment_seconds, source.frames)
+    for media in [*videos, *([audio] if audio else [])]:
+        (out / media.id / SCRATCH_PLAYLIST).unlink(missing_ok=True)
+        (out / media.id / hls.MEDIA_PLAYLIST).write_text(hls.media_playlist(media))
+    duration = max(v.seconds for v in videos)
+    (out / hls.MASTER_PLAYLIST).write_text(hls.master_playlist(videos, audio))
+    (out / dash.MPD_NAME).write_text(dash.mpd(videos, audio, duration, req.segment_seconds))
+    files = titlefiles.scan(out)
+    model = TitleFiles(
+        id=req.title_id,
+        title=req.title,
+        duration=round(duration, 3),
+        segment_seconds=req.segment_seconds,
+        created=now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        renditions=tuple(_renditions(videos, rungs, audio)),
+        files=tuple(files),
+        total_bytes=sum(f.size for f in files),
+    )
+    write_files_json(out, model, files)
+    return model
+
+
+def check_alignment(videos: Sequence[Media], segment_seconds: float, source_frames: int) -> None:
+    """Refuse to publish a ladder a player could not switch in: every segment opens on a
+    keyframe, boundaries match across renditions, lengths are on target, no frame is lost."""
+    first = videos[0]
+    bounds = [s.start / first.timescale for s in first.segments]
+    for video in videos:
+        for seg in video.segments:
+            if not seg.starts_with_keyframe:
+                raise EncodeError(f"{video.id}/{seg.name} does not start on a keyframe")
+        mine = [s.start / video.timescale for s in video.segments]
+        if len(mine) != len(bounds) or any(abs(a - b) > 1e-3 for a, b in zip(mine, bounds)):  # noqa: B905
+            raise EncodeError(f"{video.id}: segment boundaries differ from {first.id}")
+        for seg in video.segments[:-1]:
+            seconds = seg.duration / video.timescale
+            if abs(seconds - segment_seconds) > segment_seconds * SEGMENT_TOLERANCE:
+                raise EncodeError(
+                    f"{video.id}/{seg.name} lasts {seconds:.3f}s, not ~{segment_seconds}s"
+                )
+        frames = sum(s.frames for s in video.segments)
+        if abs(frames - source_frames) > 1:
+            raise EncodeError(f"{video.id}: {frames} frames, the source has {source_frames}")
+
+
+def _renditions(
+    videos: Sequence[Media], rungs: Sequence[Rung], audio: Media | None
+) -> list[RenditionInfo]:
+    vmaf = {r.id: r.vmaf for r in rungs}
+    infos = [
+        RenditionInfo(
+            id=v.id,
+            kind="video",
+            codec=v.codec,
+            codecs=v.codecs,
+            bandwidth=v.peak_bps(),
+            average_bandwidth=v.average_bps(),
+            width=v.width,
+            height=v.height,
+            frame_rate=float(v.frame_rate) if v.frame_rate else None,
+            vmaf=vmaf.get(v.id),
+            segments=len(v.segments),
+        )
+        for v in videos
+    ]
+    if audio is not None:
+        infos.append(
+            RenditionInfo(
+                id=audio.id,
+                kind="audio",
+                codec=audio.codec,
+                codecs=audio.codecs,
+                bandwidth=audio.peak_bps(),
+                average_bandwidth=audio.average_bps(),
+                segments=len(audio.segments),
+            )
+        )
+    return infos
+
+
+def write_files_json(out: Path, model: TitleFiles, files: Sequence[FileEntry]) -> None:
+    path = out / titlefiles.FILES_JSON
+    path.write_bytes(titlefiles.render(model))
+    reread, _ = titlefiles.read(out)
+    problems = titlefiles.verify(out, reread)
+    on_disk = {f.path for f in titlefiles.scan(out)}
+    if on_disk != {f.path for f in files}:
+        problems.append("files on disk differ from files.json")
+    if problems:
+        raise EncodeError(f"packaged title failed verification: {problems[0]}")
