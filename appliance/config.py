@@ -115,12 +115,20 @@ class AdminConfig(ConfigModel):
         return value
 
 
+class FillConfig(ConfigModel):
+    # A JSON fill plan (appliance/fill/plan.py); the fleet manager delivers it later.
+    plan: Path | None = None
+    # Downloads land here, resumable, until a title is complete and verified.
+    staging: Path = Path("var/appliance/fill")
+
+
 class ApplianceConfig(ConfigModel):
     name: str = "appliance"
     storage: StorageConfig = StorageConfig()
     serve: ServeConfig = ServeConfig()
     auth: AuthConfig = AuthConfig()
     admin: AdminConfig = AdminConfig()
+    fill: FillConfig = FillConfig()
 
 
 def load(path: Path | None) -> ApplianceConfig:
