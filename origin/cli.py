@@ -153,3 +153,22 @@ def ls_cmd(
         for t in titles
     ]
     ui.print_table(["id", "title", "seconds", "renditions", "bytes", "digest"], rows)
+
+
+@app.command("serve")
+def serve_cmd(
+    store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),
+    listen: str = typer.Option("127.0.0.1:8080", "--listen", help="HOST:PORT (port 0: any)."),
+    sendfile: bool = typer.Option(
+        True, "--sendfile/--no-sendfile", help="Zero-copy bodies (off: copy via user space)."
+    ),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds per head."),
+) -> None:
+    """Serve STORE/titles over HTTP (Range, ETag) and list titles at GET /titles."""
+    from edgeflix.config import parse_hostport
+    from edgeflix.http.server import ServerSettings
+    from origin.server import serve
+
+    host, port = parse_hostport(listen)
+    settings = ServerSettings(header_timeout_s=header_timeout, use_sendfile=sendfile)
+    serve(store, host, port, settings)

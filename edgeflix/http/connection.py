@@ -1,0 +1,301 @@
+"""One client connection: read request heads, send one Prepared response at a time.
+
+Phases: IDLE (waiting for a request; keep-alive deadline, or the header deadline for a fresh
+connection), HEAD (part of a head received; header deadline counted from its first byte, so
+a slowloris client cannot extend it), SEND (a response in flight; deadline pushed on progress),
+LINGER (we answered and closed our side; reading and discarding until EOF so the peer sees
+the answer rather than a reset).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING
+
+from edgeflix.http.errors import HttpError
+from edgeflix.http.ranges import Span
+from edgeflix.http.request import parse_head
+from edgeflix.log import event
+
+if TYPE_CHECKING:
+    from edgeflix.http.server import FileServer, Prepared
+
+log = logging.getLogger("edgeflix.http")
+
+IDLE, HEAD, SEND, LINGER, CLOSED = range(5)
+RECV_BYTES = 64 * 1024
+FALLBACK_CHUNK = 256 * 1024
+LINGER_S = 2.0
+# sendfile cannot work on this file system or file: count it, then copy through user space.
+_SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+
+
+class Connection:
+    __slots__ = (
+        "buf",
+        "close_after",
+        "deadline",
+        "fd",
+        "file_fd",
+        "ip",
+        "phase",
+        "piece",
+        "piece_off",
+        "pieces",
+        "reading",
+        "sendfile",
+        "sent",
+        "server",
+        "sock",
+        "status",
+        "title",
+        "writing",
+    )
+
+    def __init__(self, server: FileServer, sock: socket.socket, ip: str) -> None:
+        self.server = server
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ip = ip
+        self.buf = bytearray()
+        self.phase = IDLE
+        self.deadline = 0.0
+        self.reading = False
+        self.writing = False
+        self.close_after = False
+        self.pieces: tuple[bytes | Span, ...] = ()
+        self.piece = 0
+        self.piece_off = 0
+        self.file_fd = -1
+        self.sent = 0
+        self.status = 0
+        self.title = ""
+        self.sendfile = server.settings.use_sendfile
+
+    def start(self) -> None:
+        # The first request must arrive within the header timeout, not the keep-alive one.
+        self.deadline = self.server.loop.time() + self.server.settings.header_timeout_s
+        self._resume_reading()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _resume_reading(self) -> None:
+        if not self.reading:
+            self.server.loop.add_reader(self.fd, self._on_readable)
+            self.reading = True
+
+    def _pause_reading(self) -> None:
+        if self.reading:
+            self.server.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:
+            self.close()
+            return
+        if self.phase == LINGER:
+            return
+        if self.phase == IDLE:
+            self.phase = HEAD
+            self.deadline = self.server.loop.time() + self.server.settings.header_timeout_s
+        self.buf += data
+        if self.phase == HEAD:
+            self._process()
+
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, one response at a time (pipelining)."""
+        server = self.server
+        limit = server.settings.max_header_bytes
+        while self.phase == HEAD:
+            try:
+                parsed = parse_head(self.buf, 0, limit)
+            except HttpError as exc:
+                self._begin(server.prepare_error(exc), keep_alive=False)
+                return
+            if parsed is None:
+                return  # wait for more bytes; the header deadline keeps running
+            request, end = parsed
+            del self.buf[:end]
+            keep_alive = request.keep_alive and not server.stopping
+            prepared = server.prepare(request, self.ip)
+            if not self._begin(prepared, keep_alive and not prepared.close):
+                return  # blocked on a slow reader: resumed by _on_writable
+            if self.phase == CLOSED or self.phase == LINGER:
+                return
+            if self.buf:
+                self.phase = HEAD
+                self.deadline = server.loop.time() + server.settings.header_timeout_s
+            else:
+                self.phase = IDLE
+                self.deadline = server.loop.time() + server.settings.keepalive_timeout_s
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _begin(self, prepared: Prepared, keep_alive: bool) -> bool:
+        """Start sending; True when the response went out completely right away."""
+        server = self.server
+        self.phase = SEND
+        self.close_after = not keep_alive
+        head = prepared.head + b"Date: " + server.dates.get() + b"\r\n"
+        head += _KEEP_ALIVE if keep_alive else _CLOSE
+        self.pieces = (head, *prepared.body)
+        self.piece = 0
+        self.piece_off = 0
+        self.file_fd = prepared.fd
+        self.sent = -len(head)  # count body bytes only
+        self.status = prepared.status
+        self.title = prepared.title
+        self.deadline = server.loop.time() + server.settings.keepalive_timeout_s
+        if self._flush():
+            self._finish()
+            return True
+        if self.phase == SEND:
+            self._pause_reading()
+            server.loop.add_writer(self.fd, self._on_writable)
+            self.writing = True
+        return False
+
+    def _on_writable(self) -> None:
+        if self._flush():
+            server = self.server
+            server.loop.remove_writer(self.fd)
+            self.writing = False
+            self._finish()
+            if self.phase == IDLE:
+                self.deadline = server.loop.time() + server.settings.keepalive_timeout_s
+                self._resume_reading()
+            elif self.phase == HEAD:
+                self.deadline = server.loop.time() + server.settings.header_timeout_s
+                self._resume_reading()
+                self._process()
+
+    def _flush(self) -> bool:
+        """Send what the socket takes; True when every piece is out, False if it would block."""
+        pieces = self.pieces
+        sock = self.sock
+        last = len(pieces) - 1
+        while self.piece <= last:
+            piece = pieces[self.piece]
+            off = self.piece_off
+            try:
+                if isinstance(piece, bytes):
+                    # MSG_MORE lets the kernel pack the head with the first body bytes.
+                    flags = socket.MSG_MORE if self.piece < last else 0
+                    n = sock.send(piece if not off else memoryview(piece)[off:], flags)
+                    done = off + n >= len(piece)
+                else:
+                    n = self._send_span(piece, off)
+                    if n == 0:
+                        event(log, "file.truncated", logging.WARNING, title=self.title)
+                        self._abort()
+                        return False
+                    done = off + n >= piece.length
+            except (BlockingIOError, InterruptedError):
+                self.deadline = self.server.loop.time() + self.server.settings.keepalive_timeout_s
+                return False
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT):
+                    event(log, "send.failed", logging.WARNING, error=exc.strerror)
+                self._abort()
+                return False
+            self.sent += n
+            if done:
+                self.piece += 1
+                self.piece_off = 0
+            else:
+                self.piece_off = off + n
+        return True
+
+    def _send_span(self, span: Span, off: int) -> int:
+        remaining = span.length - off
+        if self.sendfile:
+            try:
+                return os.sendfile(self.fd, self.file_fd, span.start + off, remaining)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EPIPE, errno.ECONNRESET):
+                    raise
+                self.server.stats.sendfile_errors += 1
+                if exc.errno not in _SENDFILE_UNSUPPORTED:
+                    raise
+                event(log, "sendfile.unsupported", logging.WARNING, error=exc.strerror)
+                self.sendfile = False
+        # Fallback: copy through user space in bounded chunks (never a whole body in memory).
+        data = os.pread(self.file_fd, min(remaining, FALLBACK_CHUNK), span.start + off)
+        if not data:
+            return 0
+        return self.sock.send(data)
+
+    def _finish(self) -> None:
+        self.server.stats.record(self.status, self.title, max(self.sent, 0))
+        self._release_file()
+        self.pieces = ()
+        if self.close_after:
+            self._linger()
+            return
+        self.phase = IDLE if not self.buf else HEAD
+
+    def _release_file(self) -> None:
+        if self.file_fd >= 0:
+            os.close(self.file_fd)
+            self.file_fd = -1
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def _linger(self) -> None:
+        """Half-close, then drain until EOF (or LINGER_S): unread input would turn our
+        close into a reset that can destroy the answer before the client reads it."""
+        self.phase = LINGER
+        self.buf.clear()
+        self.deadline = self.server.loop.time() + LINGER_S
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close()
+            return
+        self._resume_reading()
+
+    def expire(self) -> None:
+        """The phase deadline passed: a slow or silent client, or a finished linger."""
+        if self.phase == HEAD or (self.phase == IDLE and self.status == 0):
+            # Never finished a request head in time (a fresh connection counts too).
+            self.server.stats.header_timeouts += 1
+        self.close()
+
+    def drain(self) -> None:
+        """Server stopping: close now if idle, else after the response in flight."""
+        if self.phase in (IDLE, LINGER) and not self.buf:
+            self.close()
+        else:
+            self.close_after = True
+
+    def _abort(self) -> None:
+        if self.status:
+            self.server.stats.record(self.status, self.title, max(self.sent, 0))
+            self.status = 0
+        self.close()
+
+    def close(self) -> None:
+        if self.phase == CLOSED:
+            return
+        self.phase = CLOSED
+        loop = self.server.loop
+        if self.reading:
+            loop.remove_reader(self.fd)
+        if self.writing:
+            loop.remove_writer(self.fd)
+        self.reading = self.writing = False
+        self._release_file()
+        self.sock.close()
+        self.server.forget(self)

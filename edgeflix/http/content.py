@@ -1,0 +1,85 @@
+"""What a file is to HTTP: its content type, cache policy, validators (ETag, Last-Modified).
+
+The ETag formula lives here and only here: strong, from size and mtime in nanoseconds, so a
+file rewritten in place (or moved between disks with its mtime kept) keeps or changes it
+exactly when its bytes could have changed.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".m4a": "audio/mp4",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".json": "application/json",
+    ".vtt": "text/vtt",
+    ".ts": "video/mp2t",
+}
+DEFAULT_TYPE = "application/octet-stream"
+
+# Segments, init segments and posters never change under a name once published.
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Playlists, manifests and files.json change when a title is re-published.
+SHORT = "public, max-age=30"
+_IMMUTABLE_SUFFIXES = (".m4s", ".mp4", ".m4a", ".ts", ".jpg", ".jpeg", ".png", ".vtt")
+
+
+def _suffix(rel_path: str) -> str:
+    name = rel_path.rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+def content_type(rel_path: str) -> str:
+    return CONTENT_TYPES.get(_suffix(rel_path), DEFAULT_TYPE)
+
+
+def cache_control(rel_path: str) -> str:
+    return IMMUTABLE if _suffix(rel_path) in _IMMUTABLE_SUFFIXES else SHORT
+
+
+def etag_for(size: int, mtime_ns: int) -> str:
+    """The one ETag formula: strong, quoted, hex size and hex mtime in nanoseconds."""
+    return f'"{size:x}-{mtime_ns:x}"'
+
+
+def http_date(epoch_s: float) -> str:
+    """IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`."""
+    return email.utils.formatdate(epoch_s, usegmt=True)
+
+
+def parse_http_date(value: str) -> int | None:
+    """Seconds since the epoch, or None for anything that is not an HTTP date."""
+    try:
+        parsed: datetime = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return int(parsed.timestamp())
+
+
+class DateCache:
+    """The Date header, formatted once per second rather than once per response."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._second = -1
+        self._value = b""
+
+    def get(self) -> bytes:
+        now = int(self._clock())
+        if now != self._second:
+            self._second = now
+            self._value = http_date(now).encode("ascii")
+        return self._value

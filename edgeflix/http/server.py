@@ -1,0 +1,302 @@
+"""The I/O shell: accepts connections on uvloop and sends the cores' ResponsePlans.
+
+Connections are driven by the loop's readiness callbacks on raw non-blocking sockets rather
+than asyncio transports, because a transport owns its fd and cannot hand it to os.sendfile:
+bodies go out zero-copy (head with MSG_MORE, then sendfile), resumed when writable. A
+`Site` (origin or appliance) maps decoded paths to files; everything else is decided here
+or in the pure cores: parsing, plans, timeouts, caps, graceful stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import secrets
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgeflix.http.connection import Connection
+from edgeflix.http.content import DateCache
+from edgeflix.http.errors import HttpError
+from edgeflix.http.paths import split_path
+from edgeflix.http.plan import (
+    FileMeta,
+    ResponsePlan,
+    plan_error,
+    plan_options,
+    plan_response,
+    render_head,
+)
+from edgeflix.http.ranges import Span
+from edgeflix.http.request import RequestHead
+from edgeflix.http.stats import NO_TITLE, ServerStats
+from edgeflix.log import event
+
+log = logging.getLogger("edgeflix.http")
+
+_CONDITIONAL = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_PLAN_CACHE_MAX = 4096
+_Cached = tuple[int, bytes, tuple[bytes | Span, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class FileTarget:
+    """A file a Site wants served: absolute path, its name inside the title, and the title."""
+
+    path: str
+    rel_path: str
+    title_id: str
+    expected_size: int | None = None  # from an index: a different size on disk is damage
+
+
+class Site(Protocol):
+    """What a server serves: the origin store or an appliance's disks."""
+
+    def route(
+        self, request: RequestHead, segments: tuple[str, ...], client_ip: str
+    ) -> FileTarget | ResponsePlan: ...
+
+    def relocate(self, target: FileTarget) -> FileTarget | None:
+        """Called once when a located file vanished (e.g. moved between disks meanwhile)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 75.0
+    max_connections: int = 4096
+    max_header_bytes: int = 16 * 1024
+    use_sendfile: bool = True
+    server_name: str = "edgeflix"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A response ready to send: rendered head (minus Date/Connection) and body pieces."""
+
+    status: int
+    head: bytes
+    body: tuple[bytes | Span, ...]
+    fd: int  # -1 when no file is involved
+    title: str
+    close: bool = False
+
+
+class FileServer:
+    """One process's HTTP server over one or more listening sockets."""
+
+    def __init__(
+        self,
+        site: Site,
+        settings: ServerSettings,
+        *,
+        stats: ServerStats | None = None,
+        boundary: Callable[[], str] = lambda: secrets.token_hex(12),
+    ) -> None:
+        self.site = site
+        self.settings = settings
+        self.stats = stats or ServerStats()
+        self.loop = asyncio.get_running_loop()
+        self.dates = DateCache()
+        self.connections: set[Connection] = set()
+        self.stopping = False
+        self._boundary = boundary
+        self._listeners: list[socket.socket] = []
+        # Responses to plain GET/HEAD (no Range, no conditionals) depend only on the file:
+        # reuse the rendered head keyed by path, size and mtime.
+        self._plan_cache: dict[tuple[str, int, int, str], _Cached] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+        self._busy_msg = render_head(503, plan_error(503).headers) + b"Connection: close\r\n\r\n"
+        self._busy_msg += b"".join(p for p in plan_error(503).body if isinstance(p, bytes))
+
+    # -- listening -------------------------------------------------------------------------
+
+    def serve(self, sock: socket.socket) -> None:
+        """Start accepting on a bound, listening socket (made non-blocking here)."""
+        sock.setblocking(False)
+        self._listeners.append(sock)
+        self.loop.add_reader(sock.fileno(), self._on_accept, sock)
+        if self._sweeper is None:
+            self._schedule_sweep()
+
+    def _on_accept(self, lsock: socket.socket) -> None:
+        for _ in range(128):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE: leave the rest queued; the next readiness event retries.
+                event(log, "accept.failed", logging.WARNING, error=exc.strerror)
+                return
+            self.stats.connections_total += 1
+            if len(self.connections) >= self.settings.max_connections or self.stopping:
+                self.stats.rejected_connections += 1
+                self._reject(sock)
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            ip = addr[0] if isinstance(addr, tuple) else "127.0.0.1"
+            conn = Connection(self, sock, ip)
+            self.connections.add(conn)
+            self.stats.open_connections = len(self.connections)
+            self._idle.clear()
+            conn.start()
+
+    def _reject(self, sock: socket.socket) -> None:
+        # Best effort: a 503 fits in any socket buffer, so one non-blocking send is enough.
+        try:
+            sock.setblocking(False)
+            sock.send(self._busy_msg)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.stats.open_connections = len(self.connections)
+        if not self.connections:
+            self._idle.set()
+
+    # -- timeouts --------------------------------------------------------------------------
+
+    def _schedule_sweep(self) -> None:
+        s = self.settings
+        interval = min(max(min(s.header_timeout_s, s.keepalive_timeout_s) / 4, 0.05), 1.0)
+        self._sweeper = self.loop.call_later(interval, self._sweep)
+
+    def _sweep(self) -> None:
+        # One periodic pass instead of a timer per request keeps the hot path timer-free.
+        now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.expire()
+        self._schedule_sweep()
+
+    # -- requests --------------------------------------------------------------------------
+
+    def prepare(self, request: RequestHead, client_ip: str) -> Prepared:
+        """Decide the whole response to one parsed request; never raises for client input."""
+        try:
+            if request.method == "OPTIONS":
+                return self._generated(plan_options(request), request)
+            segments = split_path(request.path)
+            route = self.site.route(request, segments, client_ip)
+        except HttpError as exc:
+            return self._generated(plan_error(exc.status, request), request, close=exc.close)
+        if isinstance(route, ResponsePlan):
+            return self._generated(route, request)
+        return self._file(route, request)
+
+    def prepare_error(self, exc: HttpError) -> Prepared:
+        return self._generated(plan_error(exc.status), None, close=True)
+
+    def _generated(
+        self, plan: ResponsePlan, request: RequestHead | None, close: bool = False
+    ) -> Prepared:
+        body = plan.body if request is None or request.method != "HEAD" else ()
+        head = render_head(plan.status, plan.headers)
+        return Prepared(plan.status, head, body, -1, NO_TITLE, close)
+
+    def _file(self, target: FileTarget, request: RequestHead) -> Prepared:
+        fd = self._open(target)
+        if fd < 0:
+            return self._generated(plan_error(404, request), request)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (
+            target.expected_size is not None and st.st_size != target.expected_size
+        ):
+            os.close(fd)
+            if stat.S_ISREG(st.st_mode):
+                event(log, "file.size_mismatch", logging.WARNING, path=target.path, size=st.st_size)
+            return self._generated(plan_error(404, request), request)
+        headers = request.headers
+        plain = not any(h in headers for h in _CONDITIONAL)
+        key = (target.path, st.st_size, st.st_mtime_ns, request.method)
+        if plain:
+            cached = self._plan_cache.get(key)
+            if cached is not None:
+                return Prepared(cached[0], cached[1], cached[2], fd, target.title_id)
+        meta = FileMeta(st.st_size, st.st_mtime_ns, target.rel_path)
+        plan = plan_response(meta, request, self._boundary())
+        head = render_head(plan.status, plan.headers)
+        if plain:
+            if len(self._plan_cache) >= _PLAN_CACHE_MAX:
+                self._plan_cache.clear()
+            self._plan_cache[key] = (plan.status, head, plan.body)
+        return Prepared(plan.status, head, plan.body, fd, target.title_id)
+
+    def _open(self, target: FileTarget) -> int:
+        for attempt in range(2):
+            try:
+                return os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if attempt:
+                    return -1
+                # A background tier move may have just renamed it: ask the index once more.
+                moved = self.site.relocate(target)
+                if moved is None:
+                    return -1
+                target = moved
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG):
+                    event(log, "file.open_failed", logging.WARNING, path=target.path, error=exc)
+                return -1
+        return -1
+
+    # -- stopping --------------------------------------------------------------------------
+
+    async def stop(self, deadline_s: float) -> None:
+        """Graceful stop, in order:
+        1. stop accepting and close the listening sockets;
+        2. close idle keep-alive connections, ask busy ones to close after their response;
+        3. wait for in-flight responses up to `deadline_s`;
+        4. close whatever is left.
+        """
+        self.stopping = True
+        for sock in self._listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners.clear()
+        for conn in list(self.connections):
+            conn.drain()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._idle.wait(), deadline_s)
+            except TimeoutError:
+                event(log, "stop.forced", logging.WARNING, connections=len(self.connections))
+        for conn in list(self.connections):
+            conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket; with `reuse_port`, several processes can share the port and the
+    kernel spreads connections across them (SO_REUSEPORT)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,66 @@
+"""Counters one server process keeps: requests and bytes by status and title, connections,
+sendfile errors. Plain ints updated on the hot path; `snapshot()` is what a supervisor merges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+NO_TITLE = "-"  # requests that reached no file (404s, 400s): one label, not one per junk path
+
+
+@dataclass
+class ServerStats:
+    requests: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+    open_connections: int = 0
+    connections_total: int = 0
+    rejected_connections: int = 0  # over serve.max_connections
+    header_timeouts: int = 0  # dropped while still sending request headers (slowloris)
+    sendfile_errors: int = 0
+
+    def record(self, status: int, title: str, nbytes: int) -> None:
+        counts = self.requests.get((status, title))
+        if counts is None:
+            self.requests[(status, title)] = [1, nbytes]
+        else:
+            counts[0] += 1
+            counts[1] += nbytes
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": [[s, t, c[0], c[1]] for (s, t), c in sorted(self.requests.items())],
+            "open_connections": self.open_connections,
+            "connections_total": self.connections_total,
+            "rejected_connections": self.rejected_connections,
+            "header_timeouts": self.header_timeouts,
+            "sendfile_errors": self.sendfile_errors,
+        }
+
+
+def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
+    """Sum the snapshots of several worker processes into one ServerStats."""
+    total = ServerStats()
+    for snap in snapshots:
+        for status, title, count, nbytes in snap.get("requests", ()):
+            counts = total.requests.setdefault((int(status), str(title)), [0, 0])
+            counts[0] += int(count)
+            counts[1] += int(nbytes)
+        total.open_connections += int(snap.get("open_connections", 0))
+        total.connections_total += int(snap.get("connections_total", 0))
+        total.rejected_connections += int(snap.get("rejected_connections", 0))
+        total.header_timeouts += int(snap.get("header_timeouts", 0))
+        total.sendfile_errors += int(snap.get("sendfile_errors", 0))
+    return total
+
+
+def title_traffic(stats: ServerStats) -> dict[str, tuple[int, int]]:
+    """Served (2xx/304) requests and bytes per title: what tiering and telemetry consume."""
+    out: dict[str, tuple[int, int]] = {}
+    for (status, title), (count, nbytes) in stats.requests.items():
+        if title == NO_TITLE or not (200 <= status < 300 or status == 304):
+            continue
+        c, b = out.get(title, (0, 0))
+        out[title] = (c + count, b + nbytes)
+    return out
