@@ -1,0 +1,180 @@
+"""The appliance's disks: mount points from `[storage] disks`, their tier, and how full they are.
+
+A tier left out of the config is read from the block device under the path (sysfs
+`queue/rotational`, following partitions to their disk and dm/md/loop devices to what backs
+them). placement.py decides where files go on these disks; store.py writes them. The storage
+errors live here too, at the bottom of the storage stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import get_args
+
+from appliance.config import DiskConfig, Tier
+from appliance.placement import Bucket, Room
+from edgeflix.errors import EdgeflixError
+
+SYSFS = Path("/sys")
+TIERS: tuple[Tier, ...] = get_args(Tier)
+# Unknown hardware counts as slow: promoting a title to a tier we only guessed is worse than
+# leaving a fast disk underused.
+DEFAULT_TIER: Tier = "hdd"
+TITLES_DIR = "titles"
+_MAX_DEPTH = 8
+
+
+class StorageError(EdgeflixError):
+    """Root of the appliance storage errors."""
+
+
+class DiskError(StorageError):
+    """A configured disk is missing, not a folder, or not writable."""
+
+
+class CapacityError(StorageError):
+    """A title does not fit below the high watermark of the disks it would land on."""
+
+
+class UnknownTitle(StorageError):
+    """The title is not on this appliance."""
+
+
+class LoadError(StorageError):
+    """A title cannot be loaded: bad source folder, mismatching files, or already present."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    id: str  # the resolved mount path; also the disk's key in the index
+    path: Path
+    tier: Tier
+    capacity: int  # bytes the appliance may use here: max_bytes or the filesystem size
+    high_watermark: float
+    low_watermark: float
+    max_bytes: int | None
+
+    @property
+    def titles_dir(self) -> Path:
+        return self.path / TITLES_DIR
+
+    def bucket(self) -> Bucket:
+        return Bucket(id=self.id, weight=float(self.capacity))
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    disk: str
+    tier: Tier
+    capacity: int
+    used: int
+    free_below_high: int
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def rotational(major: int, minor: int, sysfs: Path = SYSFS, depth: int = 0) -> bool | None:
+    """The rotational flag of device MAJ:MIN (None when sysfs cannot say)."""
+    if depth > _MAX_DEPTH:
+        return None
+    try:
+        device = (sysfs / "dev" / "block" / f"{major}:{minor}").resolve(strict=True)
+    except OSError:
+        return None  # major 0 (tmpfs, overlay, btrfs subvolumes) or no sysfs at all
+    return _device_rotational(device, sysfs, depth)
+
+
+def _device_rotational(device: Path, sysfs: Path, depth: int) -> bool | None:
+    if (device / "partition").exists():
+        device = device.parent  # sda1 → sda: the queue belongs to the whole disk
+    backing = _read_text(device / "loop" / "backing_file")
+    if backing:
+        # A loop device is as fast as the disk its backing file sits on.
+        try:
+            st = os.stat(backing)
+        except OSError:
+            return None
+        return rotational(os.major(st.st_dev), os.minor(st.st_dev), sysfs, depth + 1)
+    slaves_dir = device / "slaves"
+    members = sorted(slaves_dir.iterdir()) if slaves_dir.is_dir() else []
+    if members:
+        # dm/md stack over real disks and often report a made-up flag themselves: one spinning
+        # member makes the whole device as slow as a spinning disk.
+        flags = [_device_rotational(m.resolve(), sysfs, depth + 1) for m in members]
+        if any(flag is True for flag in flags):
+            return True
+        if flags and all(flag is False for flag in flags):
+            return False
+    flag = _read_text(device / "queue" / "rotational")
+    if flag not in ("0", "1"):
+        return None
+    return flag == "1"
+
+
+def detect_tier(path: Path, sysfs: Path = SYSFS, default: Tier = DEFAULT_TIER) -> Tier:
+    """ssd or hdd for the block device holding `path`; `default` when it cannot be told."""
+    st = os.stat(path)
+    flag = rotational(os.major(st.st_dev), os.minor(st.st_dev), sysfs)
+    if flag is None:
+        return default
+    return "hdd" if flag else "ssd"
+
+
+def check_disk_path(path: Path) -> Path:
+    """The resolved path of a usable disk, or a DiskError saying what is wrong."""
+    if not path.exists():
+        raise DiskError(f"disk {path} does not exist (mount it or fix [storage] disks)")
+    if not path.is_dir():
+        raise DiskError(f"disk {path} is not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DiskError(f"disk {path} is not writable by this user")
+    return path.resolve()
+
+
+def open_disks(configs: Sequence[DiskConfig], sysfs: Path = SYSFS) -> tuple[Disk, ...]:
+    """Check every configured disk and work out its tier and capacity."""
+    disks = []
+    for cfg in configs:
+        path = check_disk_path(cfg.path)
+        tier = cfg.tier or detect_tier(path, sysfs)
+        total = shutil.disk_usage(path).total
+        capacity = min(cfg.max_bytes, total) if cfg.max_bytes else total
+        disks.append(
+            Disk(
+                id=str(path),
+                path=path,
+                tier=tier,
+                capacity=capacity,
+                high_watermark=cfg.high_watermark,
+                low_watermark=cfg.low_watermark,
+                max_bytes=cfg.max_bytes,
+            )
+        )
+    return tuple(disks)
+
+
+def measure(disk: Disk, indexed_bytes: int) -> DiskUsage:
+    """Usage of one disk. With max_bytes only what the index holds there counts as used."""
+    fs = shutil.disk_usage(disk.path)
+    used = indexed_bytes if disk.max_bytes else fs.total - fs.free
+    room = min(int(disk.capacity * disk.high_watermark) - used, fs.free)
+    return DiskUsage(
+        disk=disk.id,
+        tier=disk.tier,
+        capacity=disk.capacity,
+        used=used,
+        free_below_high=max(0, room),
+    )
+
+
+def room(usage: DiskUsage) -> Room:
+    return Room(disk=usage.disk, free=usage.free_below_high)

@@ -1,0 +1,223 @@
+"""The storage index: which file of a title is on which disk, with size and SHA-256 (SQLite, WAL).
+
+store.py is the one writer (each write a `BEGIN IMMEDIATE` transaction); serving workers read
+through `IndexReader` on their own read-only connections and never scan disks per request.
+A title is servable only while its state is 'ready' and only through files in state 'ok'.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance.disks import TITLES_DIR, StorageError
+
+# Title states: loading → ready (servable) → incomplete (a file went missing or bad);
+# removing while `rm` deletes files. Only 'ready' is served.
+LOADING, READY, INCOMPLETE, REMOVING = "loading", "ready", "incomplete", "removing"
+# File states: ok, or missing (gone, truncated or failed verification: kept for the record).
+OK, MISSING = "ok", "missing"
+_BUSY_TIMEOUT_MS = 30_000
+_CACHE_MAX = 65_536
+
+
+@dataclass(frozen=True)
+class LocatedFile:
+    """Where a servable file is, as the server needs it to open and describe it."""
+
+    title_id: str
+    rel_path: str
+    path: Path
+    size: int
+    sha256: str
+    mtime_ns: int
+    disk: str
+    tier: str
+
+
+@dataclass(frozen=True)
+class TitleRow:
+    id: str
+    digest: str
+    state: str
+    tier: str
+    bytes: int
+    loaded_at: float
+
+
+@dataclass(frozen=True)
+class FileRow:
+    title: str
+    path: str
+    disk: str
+    size: int
+    sha256: str
+    mtime_ns: int
+    state: str
+
+    @property
+    def location(self) -> Path:
+        return file_path(self.disk, self.title, self.path)
+
+
+def file_path(disk: str, title_id: str, rel_path: str) -> Path:
+    """Where a title's file lives on a disk: DISK/titles/TITLE/PATH."""
+    return Path(disk) / TITLES_DIR / title_id / rel_path
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    db["titles"].create(  # type: ignore[union-attr]
+        {"id": str, "digest": str, "state": str, "tier": str, "bytes": int, "loaded_at": float},
+        pk="id",
+        not_null={"digest", "state", "tier", "bytes", "loaded_at"},
+        if_not_exists=True,
+    )
+    db["files"].create(  # type: ignore[union-attr]
+        {
+            "title": str,
+            "path": str,
+            "disk": str,
+            "size": int,
+            "sha256": str,
+            "mtime_ns": int,
+            "state": str,
+        },
+        pk=("title", "path"),
+        not_null={"disk", "size", "sha256", "mtime_ns", "state"},
+        foreign_keys=[("title", "titles", "id")],
+        if_not_exists=True,
+    )
+    db["files"].create_index(["disk"], if_not_exists=True)  # type: ignore[union-attr]
+
+
+def connect_writer(index: Path) -> sqlite3.Connection:
+    """The writer's connection; creates the index and its folder on first use."""
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(index, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        # FULL: a committed row must outlive a power cut, like the fsynced file it describes.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        create_schema(conn)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open the index {index}: {exc}") from None
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taking the write lock up front so it never fails half-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def get_title(conn: sqlite3.Connection, title_id: str) -> TitleRow | None:
+    row = conn.execute(
+        "SELECT id, digest, state, tier, bytes, loaded_at FROM titles WHERE id = ?", (title_id,)
+    ).fetchone()
+    return TitleRow(*row) if row else None
+
+
+def all_titles(conn: sqlite3.Connection) -> list[TitleRow]:
+    rows = conn.execute(
+        "SELECT id, digest, state, tier, bytes, loaded_at FROM titles ORDER BY id"
+    ).fetchall()
+    return [TitleRow(*row) for row in rows]
+
+
+def title_files(conn: sqlite3.Connection, title_id: str) -> list[FileRow]:
+    rows = conn.execute(
+        "SELECT title, path, disk, size, sha256, mtime_ns, state FROM files "
+        "WHERE title = ? ORDER BY path",
+        (title_id,),
+    ).fetchall()
+    return [FileRow(*row) for row in rows]
+
+
+def bytes_by_disk(conn: sqlite3.Connection) -> dict[str, int]:
+    """Bytes the index places on each disk (all files, whatever their state)."""
+    rows = conn.execute("SELECT disk, SUM(size) FROM files GROUP BY disk").fetchall()
+    return {disk: int(total or 0) for disk, total in rows}
+
+
+class IndexReader:
+    """The serving side: `locate()` a title's file, cheaply, once per request.
+
+    One per worker process (or thread), on its own read-only connection. Answers are cached;
+    `PRAGMA data_version` changes whenever another connection commits, and then the cache is
+    dropped, so a load, rm or tier move is seen by the next request.
+    """
+
+    def __init__(self, index: Path) -> None:
+        if not index.exists():
+            raise StorageError(f"no index at {index}: open the store once (e.g. `appliance ls`)")
+        uri = f"{index.resolve().as_uri()}?mode=ro"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._version = self._data_version()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the index {index}: {exc}") from None
+        self._cache: dict[tuple[str, str], LocatedFile | None] = {}
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _fresh(self) -> None:
+        version = self._data_version()
+        if version != self._version or len(self._cache) > _CACHE_MAX:
+            self._cache.clear()
+            self._version = version
+
+    def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
+        """The servable file, or None (unknown title or path, title not ready, file missing)."""
+        self._fresh()
+        key = (title_id, rel_path)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        row = self._conn.execute(
+            "SELECT f.disk, f.size, f.sha256, f.mtime_ns, t.tier FROM files f "
+            "JOIN titles t ON t.id = f.title "
+            "WHERE f.title = ? AND f.path = ? AND f.state = ? AND t.state = ?",
+            (title_id, rel_path, OK, READY),
+        ).fetchone()
+        found = None
+        if row:
+            disk, size, sha256, mtime_ns, tier = row
+            found = LocatedFile(
+                title_id=title_id,
+                rel_path=rel_path,
+                path=file_path(disk, title_id, rel_path),
+                size=size,
+                sha256=sha256,
+                mtime_ns=mtime_ns,
+                disk=disk,
+                tier=tier,
+            )
+        self._cache[key] = found
+        return found
+
+    def titles(self) -> list[TitleRow]:
+        return all_titles(self._conn)
+
+    def bytes_by_disk(self) -> dict[str, int]:
+        return bytes_by_disk(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()

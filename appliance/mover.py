@@ -1,0 +1,242 @@
+"""Tier moves in the background: request counts from the serving workers in, title moves out.
+
+How counts travel: each serving worker counts hits per title in memory (`HitRecorder.hit`, the
+server's per-request callback) and every few seconds appends them to the `hits` table of a small
+SQLite file beside the index (`index.hits.sqlite`, so workers never contend with the index's
+writer). One process, the daemon's main process, owns a `Tiering`: `tick()` drains that table
+into decayed per-title rates (tiering.py; persisted in the same file, so a restart does not make
+every title look cold), plans moves and runs them through `Store.move`, throttled to
+`storage.move_bytes_per_s`. `MoverThread` calls `tick()` periodically; serving never waits on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlite_utils
+
+from appliance import tiering
+from appliance.config import StorageConfig, Tier
+from appliance.disks import StorageError
+from appliance.index import READY, all_titles
+from appliance.safefiles import Throttle
+from appliance.store import UNLINK_GRACE_S, Store
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.mover")
+FLUSH_EVERY_S = 5.0
+# A worker's flush gives up quickly when the file is busy and keeps its counts for next time:
+# it runs on the serving loop and must never hold requests up.
+_WORKER_BUSY_S = 0.05
+
+
+def hits_path(index: Path) -> Path:
+    return index.with_name(index.name + ".hits.sqlite")
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
+    db = sqlite_utils.Database(conn)
+    if db.journal_mode != "wal":
+        db.enable_wal()
+    db["hits"].create({"title": str, "count": int}, if_not_exists=True)  # type: ignore[union-attr]
+    db["rates"].create(  # type: ignore[union-attr]
+        {"title": str, "value": float, "at": float}, pk="title", if_not_exists=True
+    )
+    return conn
+
+
+class HitRecorder:
+    """The serving worker's side: `hit(title)` per request, `flush()` every few seconds."""
+
+    def __init__(
+        self,
+        index: Path,
+        *,
+        flush_every_s: float = FLUSH_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._path = hits_path(index)
+        self._pending: Counter[str] = Counter()
+        self._conn: sqlite3.Connection | None = None
+        self._every = flush_every_s
+        self._clock = clock
+        self._last = clock()
+
+    def hit(self, title_id: str, count: int = 1) -> None:
+        self._pending[title_id] += count
+
+    def due(self) -> bool:
+        return bool(self._pending) and self._clock() - self._last >= self._every
+
+    def flush(self) -> int:
+        """Write the pending counts; returns how many hits went out (0 if the file was busy)."""
+        self._last = self._clock()
+        if not self._pending:
+            return 0
+        batch = dict(self._pending)
+        try:
+            if self._conn is None:
+                self._conn = _connect(self._path, _WORKER_BUSY_S)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("INSERT INTO hits (title, count) VALUES (?, ?)", batch.items())
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            event(log, "hits.flush_deferred", logging.DEBUG, reason=str(exc))
+            return 0
+        self._pending.subtract(batch)
+        self._pending = +self._pending  # drop the zeros
+        return sum(batch.values())
+
+    def close(self) -> None:
+        self.flush()
+        if self._conn is not None:
+            self._conn.close()
+
+
+class RateBook:
+    """The main process's side: drains worker counts into decayed per-title rates."""
+
+    def __init__(
+        self, index: Path, half_life_s: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._conn = _connect(hits_path(index), 30.0)
+        self._half_life = half_life_s
+        self._clock = clock
+
+    def drain(self) -> dict[str, int]:
+        """Fold every pending hit into the rates; returns the counts folded in."""
+        now = self._clock()
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            counts = dict(
+                self._conn.execute("SELECT title, SUM(count) FROM hits GROUP BY title").fetchall()
+            )
+            for title_id, count in counts.items():
+                old = self._conn.execute(
+                    "SELECT value, at FROM rates WHERE title = ?", (title_id,)
+                ).fetchone()
+                new = tiering.observe(
+                    tiering.Rate(*old) if old else None, int(count), now, self._half_life
+                )
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO rates (title, value, at) VALUES (?, ?, ?)",
+                    (title_id, new.value, new.at),
+                )
+            self._conn.execute("DELETE FROM hits")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        return {title_id: int(count) for title_id, count in counts.items()}
+
+    def rates(self) -> dict[str, float]:
+        now = self._clock()
+        return {
+            title_id: tiering.decayed(tiering.Rate(value, at), now, self._half_life)
+            for title_id, value, at in self._conn.execute("SELECT title, value, at FROM rates")
+        }
+
+    def rate(self, title_id: str) -> float:
+        return self.rates().get(title_id, 0.0)
+
+    def forget(self, keep: set[str]) -> None:
+        """Drop the rates of titles no longer on the appliance."""
+        known = {row[0] for row in self._conn.execute("SELECT title FROM rates")}
+        gone = known - keep
+        if gone:
+            self._conn.executemany("DELETE FROM rates WHERE title = ?", [(t,) for t in gone])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Tiering:
+    """One round of tiering: drain hits, plan moves, run them (blocking; call off the loop)."""
+
+    def __init__(
+        self,
+        store: Store,
+        book: RateBook,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        grace_s: float = UNLINK_GRACE_S,
+    ) -> None:
+        self.store, self.book = store, book
+        self._clock, self._sleep, self._grace = clock, sleep, grace_s
+
+    def tick(self, should_stop: Callable[[], bool] = lambda: False) -> list[tiering.Move]:
+        """Returns the moves that were carried out."""
+        self.book.drain()
+        titles = all_titles(self.store.conn)
+        self.book.forget({t.id for t in titles})
+        placed: dict[str, Tier] = {t.id: t.tier for t in titles if t.state == READY}  # type: ignore[misc]
+        config = self.store.config
+        plan = tiering.plan_moves(placed, self.book.rates(), config.hot_rate, self.store.tiers)
+        throttle = Throttle(config.move_bytes_per_s, self._clock, self._sleep)
+        done = []
+        for move in plan:
+            if should_stop():
+                break
+            try:
+                moved = self.store.move(
+                    move.title_id,
+                    move.to_tier,
+                    throttle=throttle,
+                    should_stop=should_stop,
+                    grace_s=self._grace,
+                    sleep=self._sleep,
+                )
+            except (StorageError, OSError, InterruptedError) as exc:
+                event(
+                    log, "title.move_failed", logging.WARNING, title=move.title_id, reason=str(exc)
+                )
+                continue
+            if moved:
+                done.append(move)
+        return done
+
+
+class MoverThread(threading.Thread):
+    """Runs `Tiering.tick()` every `interval_s` in the background until `stop()`."""
+
+    def __init__(
+        self, config: StorageConfig, *, interval_s: float = 10.0, sysfs: Path | None = None
+    ):
+        super().__init__(name="tier-mover", daemon=True)
+        self._config, self._interval, self._sysfs = config, interval_s, sysfs
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        # The store's SQLite connection must be made on the thread that uses it.
+        store = (
+            Store(self._config) if self._sysfs is None else Store(self._config, sysfs=self._sysfs)
+        )
+        book = RateBook(self._config.index, self._config.decay_half_life_s)
+        tiers = Tiering(store, book, sleep=self._interruptible_sleep)
+        try:
+            while not self._stop_event.wait(self._interval):
+                try:
+                    tiers.tick(self._stop_event.is_set)
+                except (StorageError, sqlite3.Error, OSError) as exc:
+                    event(log, "tiering.tick_failed", logging.WARNING, reason=str(exc))
+        finally:
+            book.close()
+            store.close()
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        self._stop_event.wait(seconds)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)

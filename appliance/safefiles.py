@@ -1,0 +1,171 @@
+"""Crash-safe file primitives for the store: verified copies, directory fsyncs, per-title locks.
+
+A file reaches its final name only complete and fsynced (temporary name, fsync, rename, fsync of
+the directory), so after a crash a final name is either absent or whole; temporary names start
+with '.' and end with '.tmp' so reconcile can recognise and remove them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK = 1 << 20
+TMP_SUFFIX = ".tmp"
+
+
+class ChecksumMismatch(Exception):
+    """The bytes copied do not have the expected size or SHA-256."""
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """mkdir -p, fsyncing each parent of a folder it creates so the folder survives a crash."""
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        fsync_dir(folder.parent)
+
+
+def prune_empty_dirs(top: Path, stop: Path) -> None:
+    """Remove `top` and its empty parents up to (not including) `stop`."""
+    folder = top
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # not empty, or already gone
+        folder = folder.parent
+
+
+@dataclass
+class Throttle:
+    """Keeps a stream of writes under `bytes_per_s` (clock and sleep injected for tests)."""
+
+    bytes_per_s: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _start: float | None = None
+    _sent: int = 0
+
+    def consume(self, n: int) -> None:
+        now = self.clock()
+        if self._start is None:
+            self._start = now
+        self._sent += n
+        ahead = self._start + self._sent / self.bytes_per_s - now
+        if ahead > 0:
+            self.sleep(ahead)
+
+
+def copy_verified(
+    src: Path,
+    dst: Path,
+    size: int,
+    sha256: str,
+    *,
+    throttle: Throttle | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Copy `src` to `dst` crash-safely, keeping src's mtime; ChecksumMismatch if it is not
+    exactly `size` bytes with `sha256`. Nothing is left at `dst` unless the copy is whole."""
+    make_dirs(dst.parent)
+    tmp = dst.parent / f".{dst.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    digest = hashlib.sha256()
+    copied = 0
+    try:
+        with src.open("rb") as fin, tmp.open("xb") as fout:
+            while chunk := fin.read(CHUNK):
+                if should_stop and should_stop():
+                    raise InterruptedError("copy stopped")
+                copied += len(chunk)
+                if copied > size:
+                    break  # longer than announced: no need to read the rest
+                digest.update(chunk)
+                fout.write(chunk)
+                if throttle:
+                    throttle.consume(len(chunk))
+                if on_bytes:
+                    on_bytes(len(chunk))
+            if copied != size:
+                raise ChecksumMismatch(f"size {copied if copied <= size else 'more'} != {size}")
+            if digest.hexdigest() != sha256:
+                raise ChecksumMismatch("SHA-256 mismatch")
+            st = os.fstat(fin.fileno())
+            fout.flush()
+            # Same Last-Modified wherever and whenever a title is copied.
+            os.utime(fout.fileno(), ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def unlink_synced(paths: list[Path]) -> None:
+    """Unlink files (already gone is fine) and fsync each folder touched once."""
+    folders = set()
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        folders.add(path.parent)
+    for folder in folders:
+        if folder.exists():
+            fsync_dir(folder)
+
+
+class TitleLocks:
+    """One advisory lock file per title (flock), shared by every process using the store.
+
+    Loads, removals, tier moves and verification hold a title's lock while they work on it;
+    reconcile only touches titles whose lock it can take without waiting, so it never undoes
+    another process's work in progress. Lock files are never deleted (that would race).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+
+    @contextmanager
+    def hold(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
+        """Yield True with the lock held, or False at once if busy and `wait` is False."""
+        fd = os.open(self.folder / f"{title_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the lock

@@ -1,0 +1,390 @@
+"""The title store (I/O shell): load, list, remove and move titles across the disks, crash-safely.
+
+Decisions come from placement.py (which disk) and tiering.py (which tier); bytes go through
+safefiles.py (temporary name, fsync, rename, fsync directory) and only then into the index
+(index.py). repair.py reconciles the index with the disks and re-hashes on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance import tiering
+from appliance.config import StorageConfig, Tier
+from appliance.disks import (
+    SYSFS,
+    CapacityError,
+    Disk,
+    DiskError,
+    DiskUsage,
+    LoadError,
+    StorageError,
+    UnknownTitle,
+    measure,
+    open_disks,
+    room,
+)
+from appliance.index import (
+    LOADING,
+    MISSING,
+    OK,
+    READY,
+    REMOVING,
+    TitleRow,
+    all_titles,
+    bytes_by_disk,
+    connect_writer,
+    file_path,
+    get_title,
+    title_files,
+    transaction,
+)
+from appliance.placement import bytes_per_disk, place_title, shortfalls
+from appliance.safefiles import (
+    ChecksumMismatch,
+    Throttle,
+    TitleLocks,
+    copy_verified,
+    fsync_dir,
+    make_dirs,
+    prune_empty_dirs,
+    unlink_synced,
+)
+from edgeflix import titlefiles
+from edgeflix.log import event
+from edgeflix.titlefiles import FILES_JSON, FileEntry, check_title_id
+
+log = logging.getLogger("appliance.store")
+# After a tier move flips the index, old copies stay this long so a request that located the
+# old path just before the flip can still open it (open descriptors survive the unlink anyway).
+UNLINK_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class TitleListing:
+    id: str
+    state: str
+    tier: str
+    disks: tuple[str, ...]
+    bytes: int
+    files: int
+    missing: int
+    digest: str
+
+
+def locks_folder(index: Path) -> Path:
+    return index.parent / f"{index.name}.locks"
+
+
+class Store:
+    """The appliance's titles on its disks. One per process; the index serialises writers."""
+
+    def __init__(self, config: StorageConfig, *, sysfs: Path = SYSFS) -> None:
+        self.config = config
+        self.disks: tuple[Disk, ...] = open_disks(config.disks, sysfs)
+        for disk in self.disks:
+            try:
+                make_dirs(disk.titles_dir)
+            except OSError as exc:
+                raise DiskError(
+                    f"disk {disk.path}: cannot create {disk.titles_dir}: {exc}"
+                ) from None
+        self.index_path = config.index
+        self.conn = connect_writer(config.index)
+        self.locks = TitleLocks(locks_folder(config.index))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- questions ------------------------------------------------------------------------
+
+    @property
+    def tiers(self) -> frozenset[Tier]:
+        return frozenset(d.tier for d in self.disks)
+
+    def disks_of(self, tier: Tier) -> list[Disk]:
+        return [d for d in self.disks if d.tier == tier]
+
+    def usage(self) -> list[DiskUsage]:
+        indexed = bytes_by_disk(self.conn)
+        return [measure(d, indexed.get(d.id, 0)) for d in self.disks]
+
+    def servable_bytes(self) -> int:
+        row = self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE state = ?", (OK,))
+        return int(row.fetchone()[0])
+
+    def title(self, title_id: str) -> TitleRow:
+        row = get_title(self.conn, title_id)
+        if row is None:
+            raise UnknownTitle(f"no title {title_id!r} on this appliance (see `appliance ls`)")
+        return row
+
+    def listing(self) -> list[TitleListing]:
+        per_title: dict[str, list[tuple[str, int, str]]] = {}
+        for title, disk, size, state in self.conn.execute(
+            "SELECT title, disk, size, state FROM files ORDER BY title, disk"
+        ):
+            per_title.setdefault(title, []).append((disk, size, state))
+        result = []
+        for row in all_titles(self.conn):
+            files = per_title.get(row.id, [])
+            result.append(
+                TitleListing(
+                    id=row.id,
+                    state=row.state,
+                    tier=row.tier,
+                    disks=tuple(sorted({disk for disk, _, state in files if state == OK})),
+                    bytes=row.bytes,
+                    files=len(files),
+                    missing=sum(1 for _, _, state in files if state == MISSING),
+                    digest=row.digest,
+                )
+            )
+        return result
+
+    def _check_fit(
+        self, title_id: str, tier: Tier, needed: Mapping[str, int], freeing: Mapping[str, int]
+    ) -> None:
+        rooms = [room(u) for u in self.usage()]
+        rooms = [type(r)(disk=r.disk, free=r.free + freeing.get(r.disk, 0)) for r in rooms]
+        short = shortfalls(needed, rooms)
+        if short:
+            detail = "; ".join(
+                f"{s.needed} bytes on {s.disk} with {s.free} free below its high watermark"
+                for s in short
+            )
+            raise CapacityError(
+                f"title {title_id} does not fit on the {tier} tier: needs {sum(needed.values())} "
+                f"bytes in all, {detail}"
+            )
+
+    def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
+        return place_title(title_id, paths, [d.bucket() for d in self.disks_of(tier)])
+
+    # -- load ------------------------------------------------------------------------------
+
+    def load(
+        self,
+        title_id: str,
+        source: Path,
+        *,
+        replace: bool = False,
+        rate: float = 0.0,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> TitleRow:
+        """Copy a packaged title from `source`, verifying every file against its files.json.
+
+        The title becomes servable only once every file is in; on any failure nothing of it is
+        left behind. `rate` (decayed requests/s seen so far) picks the tier.
+        """
+        check_title_id(title_id)
+        if not source.is_dir():
+            raise LoadError(f"{source}: not a folder")
+        model, digest = titlefiles.read(source)
+        if model.id != title_id:
+            raise LoadError(f"{source}: files.json is for title {model.id!r}, not {title_id!r}")
+        manifest_size = (source / FILES_JSON).stat().st_size
+        entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
+        _check_sources(source, entries)
+        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
+        placement = self._placement(title_id, tier, [e.path for e in entries])
+        needed = bytes_per_disk(placement, {e.path: e.size for e in entries})
+        with self.locks.hold(title_id):
+            existing = get_title(self.conn, title_id)
+            if existing is not None and not replace:
+                raise LoadError(
+                    f"title {title_id} is already loaded ({existing.state}); "
+                    "use --replace to reload it"
+                )
+            freeing = self._bytes_on_disks(title_id) if existing else {}
+            self._check_fit(title_id, tier, needed, freeing)
+            if existing is not None:
+                # Check the new copy fully before dropping the old one it replaces.
+                problems = titlefiles.verify(source, model)
+                if problems:
+                    raise LoadError(f"{source}: {problems[0]}")
+                self.purge(title_id)
+            return self._copy_in(title_id, source, entries, placement, tier, digest, on_bytes)
+
+    def _copy_in(
+        self,
+        title_id: str,
+        source: Path,
+        entries: Sequence[FileEntry],
+        placement: Mapping[str, str],
+        tier: Tier,
+        digest: str,
+        on_bytes: Callable[[int], None] | None,
+    ) -> TitleRow:
+        total = sum(e.size for e in entries)
+        with transaction(self.conn) as conn:
+            conn.execute(
+                "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (title_id, digest, LOADING, tier, total, time.time()),
+            )
+        try:
+            rows = []
+            for entry in entries:
+                dst = file_path(placement[entry.path], title_id, entry.path)
+                try:
+                    copy_verified(
+                        source / entry.path, dst, entry.size, entry.sha256, on_bytes=on_bytes
+                    )
+                except ChecksumMismatch as exc:
+                    raise LoadError(
+                        f"{source / entry.path}: {exc} (files.json says otherwise)"
+                    ) from None
+                except OSError as exc:
+                    raise LoadError(f"cannot copy {entry.path} of {title_id}: {exc}") from None
+                st = dst.stat()
+                rows.append(
+                    (
+                        title_id,
+                        entry.path,
+                        placement[entry.path],
+                        entry.size,
+                        entry.sha256,
+                        st.st_mtime_ns,
+                        OK,
+                    )
+                )
+            with transaction(self.conn) as conn:
+                conn.executemany(
+                    "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute(
+                    "UPDATE titles SET state = ?, loaded_at = ? WHERE id = ?",
+                    (READY, time.time(), title_id),
+                )
+        except BaseException:
+            self.purge(title_id)
+            raise
+        event(log, "title.loaded", title=title_id, tier=tier, bytes=total, files=len(entries))
+        return self.title(title_id)
+
+    def _bytes_on_disks(self, title_id: str) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for f in title_files(self.conn, title_id):
+            totals[f.disk] = totals.get(f.disk, 0) + f.size
+        return totals
+
+    # -- remove ----------------------------------------------------------------------------
+
+    def remove(self, title_id: str) -> None:
+        check_title_id(title_id)
+        with self.locks.hold(title_id):
+            self.title(title_id)
+            self.purge(title_id)
+        event(log, "title.removed", title=title_id)
+
+    def purge(self, title_id: str) -> None:
+        """Take a title out of service, delete its files everywhere, then its rows.
+
+        The 'removing' state is committed first, so a crash half-way leaves a title that is
+        not served and that reconcile finishes removing."""
+        with transaction(self.conn) as conn:
+            conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
+        for disk in self.disks:
+            folder = disk.titles_dir / title_id
+            if folder.exists():
+                shutil.rmtree(folder)
+                fsync_dir(disk.titles_dir)
+        with transaction(self.conn) as conn:
+            conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
+            conn.execute("DELETE FROM titles WHERE id = ?", (title_id,))
+
+    # -- tier moves ------------------------------------------------------------------------
+
+    def move(
+        self,
+        title_id: str,
+        to_tier: Tier,
+        *,
+        throttle: Throttle | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        grace_s: float = UNLINK_GRACE_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> bool:
+        """Copy a ready title to `to_tier`, flip its rows in one transaction, then drop the old
+        copies. Serving continues from the old copies until the flip. False when there was
+        nothing to do or someone else holds the title."""
+        with self.locks.hold(title_id, wait=False) as held:
+            if not held:
+                return False
+            row = get_title(self.conn, title_id)
+            if row is None or row.state != READY or row.tier == to_tier:
+                return False
+            if not self.disks_of(to_tier):
+                return False
+            files = title_files(self.conn, title_id)
+            placement = self._placement(title_id, to_tier, [f.path for f in files])
+            self._check_fit(
+                title_id, to_tier, bytes_per_disk(placement, {f.path: f.size for f in files}), {}
+            )
+            copies: list[Path] = []
+            try:
+                for f in files:
+                    dst = file_path(placement[f.path], title_id, f.path)
+                    try:
+                        copy_verified(
+                            f.location,
+                            dst,
+                            f.size,
+                            f.sha256,
+                            throttle=throttle,
+                            should_stop=should_stop,
+                        )
+                    except ChecksumMismatch as exc:
+                        raise StorageError(
+                            f"cannot move {title_id}: {f.location} is damaged ({exc}); "
+                            "run `appliance verify`"
+                        ) from None
+                    copies.append(dst)
+            except BaseException:
+                self._drop_files(title_id, copies)
+                raise
+            with transaction(self.conn) as conn:
+                for f in files:
+                    dst = file_path(placement[f.path], title_id, f.path)
+                    conn.execute(
+                        "UPDATE files SET disk = ?, mtime_ns = ? WHERE title = ? AND path = ?",
+                        (placement[f.path], dst.stat().st_mtime_ns, title_id, f.path),
+                    )
+                conn.execute("UPDATE titles SET tier = ? WHERE id = ?", (to_tier, title_id))
+            event(log, "title.moved", title=title_id, frm=row.tier, to=to_tier, bytes=row.bytes)
+            sleep(grace_s)
+            self._drop_files(title_id, [f.location for f in files])
+            return True
+
+    def _drop_files(self, title_id: str, paths: list[Path]) -> None:
+        unlink_synced(paths)
+        for path in paths:
+            disk_titles = next(
+                (d.titles_dir for d in self.disks if d.titles_dir in path.parents), None
+            )
+            if disk_titles is not None:
+                prune_empty_dirs(path.parent, disk_titles)
+
+
+def _check_sources(source: Path, entries: Sequence[FileEntry]) -> None:
+    """Refuse before writing anything if a listed file is absent or of the wrong size."""
+    for entry in entries:
+        path = source / entry.path
+        try:
+            st = path.stat()
+        except OSError:
+            raise LoadError(f"{source}: {entry.path} is listed in files.json but missing") from None
+        if not path.is_file():
+            raise LoadError(f"{source}: {entry.path} is not a regular file")
+        if st.st_size != entry.size:
+            raise LoadError(
+                f"{source}: {entry.path} has {st.st_size} bytes, files.json says {entry.size}"
+            )

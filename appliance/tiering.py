@@ -1,0 +1,81 @@
+"""Which tier a title belongs on: per-title request rates with exponential decay, and the moves
+that follow from them. Pure: the caller passes the clock's readings in.
+
+A rate is an exponentially weighted average of requests/s with a configured half-life; titles
+at or above `hot_rate` belong on the ssd tier, the rest on hdd. mover.py feeds it hit counts
+and carries out the moves through store.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from appliance.config import Tier
+
+# A hot title is demoted only once its rate falls below half of hot_rate, so a title hovering
+# around the threshold is not copied back and forth between tiers.
+DEMOTE_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A decayed request rate (requests/s) as of time `at` (seconds, any epoch)."""
+
+    value: float
+    at: float
+
+
+@dataclass(frozen=True)
+class Move:
+    title_id: str
+    to_tier: Tier
+    rate: float
+
+
+def decayed(rate: Rate, now: float, half_life_s: float) -> float:
+    """The rate's value at `now`, decayed since it was last updated."""
+    elapsed = max(0.0, now - rate.at)
+    return rate.value * math.pow(0.5, elapsed / half_life_s)
+
+
+def observe(rate: Rate | None, count: int, now: float, half_life_s: float) -> Rate:
+    """Add `count` requests seen at `now`. Each request adds ln2/half_life, which makes the
+    value converge to the true requests/s of a steady stream."""
+    base = decayed(rate, now, half_life_s) if rate else 0.0
+    return Rate(
+        value=base + count * math.log(2) / half_life_s, at=max(now, rate.at if rate else now)
+    )
+
+
+def wanted_tier(rate: float, hot_rate: float, tiers: Iterable[Tier]) -> Tier:
+    """The tier a title with `rate` should live on, among the tiers this appliance has."""
+    available = set(tiers)
+    if len(available) == 1:
+        return next(iter(available))
+    return "ssd" if rate >= hot_rate else "hdd"
+
+
+def plan_moves(
+    placed: Mapping[str, Tier],
+    rates: Mapping[str, float],
+    hot_rate: float,
+    tiers: Iterable[Tier],
+    demote_fraction: float = DEMOTE_FRACTION,
+) -> list[Move]:
+    """Moves that put titles on the tier their rate asks for: promotions first, hottest first
+    (they help viewers most), then demotions, coldest first (they free the fast tier)."""
+    available = set(tiers)
+    if available != {"ssd", "hdd"}:
+        return []
+    promote, demote = [], []
+    for title_id, tier in placed.items():
+        rate = rates.get(title_id, 0.0)
+        if tier == "hdd" and rate >= hot_rate:
+            promote.append(Move(title_id, "ssd", rate))
+        elif tier == "ssd" and rate < hot_rate * demote_fraction:
+            demote.append(Move(title_id, "hdd", rate))
+    promote.sort(key=lambda m: (-m.rate, m.title_id))
+    demote.sort(key=lambda m: (m.rate, m.title_id))
+    return promote + demote
