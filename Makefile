@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/encode.py
+	$(PY) bench/plan_sim.py
 
 demo: setup
 	$(PY) -m edgeflix.demo
