@@ -64,6 +64,10 @@ class ServeConfig(ConfigModel):
     keepalive_timeout_s: float = Field(75.0, gt=0)
     max_connections: int = Field(4096, ge=1)
     max_header_bytes: int = Field(16 * 1024, ge=1024)
+    # Off: bodies are copied through user space (file systems without sendfile; tests of both).
+    sendfile: bool = True
+    # SIGTERM: stop accepting, let in-flight responses finish for this long, then close.
+    shutdown_timeout_s: float = Field(10.0, ge=0)
 
     @field_validator("listen")
     @classmethod
