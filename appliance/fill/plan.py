@@ -1,0 +1,105 @@
+"""The fill plan: which titles this appliance should hold, where to fetch each from, when
+(the fill window) and how fast (the bandwidth cap). Read from `[fill] plan` (a JSON file),
+built by `edgeflix appliance fill --from URL --title ID`, later delivered by the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from appliance.fill.window import FillWindow, WindowError, parse_window, resolve_zone
+from edgeflix.errors import EdgeflixError
+from edgeflix.titlefiles import TitleFilesError, check_title_id
+
+
+class PlanError(EdgeflixError):
+    """A fill plan that cannot be read or does not make sense."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")) or len(url) < 8:
+        raise ValueError(f"source {url!r} must be an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+class PlannedTitle(_Model):
+    id: str
+    # SHA-256 of the files.json bytes the plan means; None accepts whatever the source has.
+    digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # Tried in order: a peer first, the origin last, so a sick peer falls back to the origin.
+    sources: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        try:
+            return check_title_id(value)
+        except TitleFilesError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("sources")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_url(u) for u in value)
+
+
+class FillPlan(_Model):
+    titles: tuple[PlannedTitle, ...] = ()
+    # "HH:MM-HH:MM" local wall time in `timezone`; None fills at any hour.
+    window: str | None = None
+    timezone: str = "local"
+    # Bits per second over all streams together; None is uncapped.
+    cap_bps: int | None = Field(None, gt=0)
+    streams: int = Field(4, ge=1, le=64)
+    # Whether titles not in the plan are deleted once the plan's titles are complete.
+    prune: bool = True
+
+    @field_validator("titles")
+    @classmethod
+    def _unique(cls, value: tuple[PlannedTitle, ...]) -> tuple[PlannedTitle, ...]:
+        ids = [t.id for t in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a title is listed twice")
+        return value
+
+    def fill_window(self) -> FillWindow | None:
+        return parse_window(self.window, self.timezone) if self.window else None
+
+    def check(self) -> FillPlan:
+        """Validate what pydantic cannot: the window spec and the zone name."""
+        self.fill_window()
+        resolve_zone(self.timezone)
+        return self
+
+
+def parse_plan(raw: bytes, source: str) -> FillPlan:
+    try:
+        plan = FillPlan.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()
+        detail = first[0] if first else type(exc).__name__
+        if isinstance(exc, ValidationError) and exc.errors():
+            err = exc.errors()[0]
+            detail = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        raise PlanError(f"{source}: not a valid fill plan: {detail}") from None
+    try:
+        return plan.check()
+    except WindowError as exc:
+        raise PlanError(f"{source}: {exc}") from None
+
+
+def load_plan(path: Path) -> FillPlan:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such fill plan") from None
+    except OSError as exc:
+        raise PlanError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_plan(raw, str(path))

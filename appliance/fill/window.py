@@ -1,0 +1,109 @@
+"""Fill windows such as "02:00-06:00" in a time zone: is it open now, when does it next open
+or close. Pure: `now` is always passed in (an aware datetime), so tests drive the clock.
+
+A window is a daily interval of wall-clock time, across midnight when end < start (no window
+at all means always open). Each day's interval is turned into UTC instants through
+zoneinfo, so DST days are simply shorter or longer windows, never skipped or doubled.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from edgeflix.errors import EdgeflixError
+
+_SPEC = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+class WindowError(EdgeflixError):
+    """A fill window or time zone that cannot be understood."""
+
+
+@dataclass(frozen=True)
+class FillWindow:
+    start: time
+    end: time
+    zone: tzinfo
+
+    def intervals(self, around: datetime) -> list[tuple[datetime, datetime]]:
+        """The window's [open, close) instants for the local days near `around`, in order."""
+        local_day = around.astimezone(self.zone).date()
+        spans = []
+        for offset in range(-2, 3):
+            day = local_day + timedelta(days=offset)
+            spans.append(
+                (self._instant(day, self.start), self._instant(self._end_day(day), self.end))
+            )
+        return spans
+
+    def _end_day(self, day: date) -> date:
+        return day + timedelta(days=1) if self.end <= self.start else day
+
+    def _instant(self, day: date, at: time) -> datetime:
+        # A wall time inside a spring-forward gap resolves (fold=0) to the instant after it.
+        # Everything is compared in UTC: Python compares and subtracts datetimes sharing one
+        # tzinfo by wall time, which is wrong across a DST change.
+        return datetime.combine(day, at, tzinfo=self.zone).astimezone(UTC)
+
+    def is_open(self, now: datetime) -> bool:
+        now = _utc(now)
+        return any(a <= now < b for a, b in self.intervals(now))
+
+    def next_open(self, now: datetime) -> datetime:
+        """`now` itself when open, else the next opening instant (UTC)."""
+        now = _utc(now)
+        if self.is_open(now):
+            return now
+        return min(a for a, _ in self.intervals(now) if a > now)
+
+    def next_close(self, now: datetime) -> datetime:
+        """The end of the interval holding `now`, or of the next one when closed."""
+        now = _utc(now)
+        return min(b for _, b in self.intervals(now) if b > now)
+
+    def seconds_until_open(self, now: datetime) -> float:
+        return max((self.next_open(now) - _utc(now)).total_seconds(), 0.0)
+
+
+def _utc(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise WindowError("fill window needs an aware datetime (with a time zone)")
+    return now.astimezone(UTC)
+
+
+def parse_window(spec: str, zone: str = "local") -> FillWindow:
+    """`"02:00-06:00"` in `zone` (an IANA name such as "Europe/Berlin", or "local")."""
+    match = _SPEC.match(spec)
+    if not match:
+        raise WindowError(f"fill window {spec!r} is not HH:MM-HH:MM")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h2 == 24 and m2 == 0:
+        h2 = 0  # "22:00-24:00" means until midnight
+    if not (0 <= h1 < 24 and 0 <= h2 < 24 and m1 < 60 and m2 < 60):
+        raise WindowError(f"fill window {spec!r}: hours 00-23, minutes 00-59")
+    if (h1, m1) == (h2, m2):
+        raise WindowError(f"fill window {spec!r} is empty (leave it out to fill at any time)")
+    return FillWindow(time(h1, m1), time(h2, m2), resolve_zone(zone))
+
+
+def resolve_zone(name: str) -> tzinfo:
+    if name == "local":
+        return _local_zone()
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise WindowError(
+            f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)"
+        ) from None
+
+
+def _local_zone() -> tzinfo:
+    """The host's zone with its DST rules (/etc/localtime); a fixed offset only as a fallback."""
+    try:
+        with open("/etc/localtime", "rb") as fh:
+            return ZoneInfo.from_file(fh, key="localtime")
+    except (OSError, ValueError):
+        return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
