@@ -149,3 +149,78 @@ def verify_cmd(
         )
     if problems:
         raise typer.Exit(1)
+
+
+# -- fill and status ------------------------------------------------------------------------
+
+
+@app.command("fill")
+def fill_cmd(
+    sources: list[str] = typer.Option(
+        [], "--from", help="Source URL (origin or peer); repeat to give fallbacks in order."
+    ),
+    titles: list[str] = typer.Option([], "--title", help="Title id to fill; repeatable."),
+    plan: Path | None = typer.Option(None, "--plan", help="Fill plan JSON (default: [fill] plan)."),
+    cap_mbps: float | None = typer.Option(None, "--cap-mbps", help="Bandwidth cap, Mbit/s."),
+    streams: int | None = typer.Option(None, "--streams", min=1, max=64, help="Parallel streams."),
+    now: bool = typer.Option(False, "--now", help="Ignore the plan's fill window."),
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
+) -> None:
+    """Download titles from an origin or peer, verified, and make them servable when complete."""
+    from appliance import config as appliance_config
+    from appliance.fill.runner import raise_for_failures
+    from appliance.fill.session import plan_from_cli, run_foreground
+    from edgeflix import ui
+
+    cfg = appliance_config.load(config)
+    fill_plan = plan_from_cli(cfg, sources, titles, plan, cap_mbps, streams, now)
+    report = run_foreground(cfg, fill_plan)
+    if as_json:
+        ui.print_json(report.as_json())
+    else:
+        rows = [
+            (p.title, p.state, p.total, p.downloaded, p.error or "")
+            for p in report.titles.values()
+        ]
+        rows += [(t, "kept", "", "", "") for t in report.kept]
+        rows += [(t, "deleted", "", "", "") for t in report.deleted]
+        ui.print_table(["title", "state", "bytes", "downloaded", "error"], rows)
+    raise_for_failures(report)
+
+
+@app.command("status")
+def status_cmd(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Hardware profile, health (ok / degraded / failing, with reasons) and fill state."""
+    from appliance import config as appliance_config
+    from appliance.status import status_document
+    from edgeflix import ui
+
+    doc = status_document(appliance_config.load(config))
+    if as_json:
+        ui.print_json(doc)
+        return
+    health, profile = doc["health"], doc["profile"]
+    rows: list[tuple[str, str]] = [
+        ("health", health["state"]),
+        *(("reason", r) for r in health["reasons"]),
+        ("capacity", f"{doc['capacity_bps'] / 1e9:.2f} Gbit/s"),
+        ("cpu", f"{profile['cpu']['model']} ({profile['cpu']['logical_cores']} cores)"),
+        ("memory", f"{profile['memory_bytes'] / 2**30:.1f} GiB"),
+    ]
+    if profile["board"]:
+        rows.append(("board", profile["board"]))
+    for d in profile["disks"]:
+        rows.append(("disk", f"{d['path']} {d['kind']} {d['model'] or ''} on {d['mount']}"))
+    for n in profile["nics"]:
+        if not n["virtual"]:
+            speed = f"{n['speed_bps'] / 1e6:.0f} Mbit/s" if n["speed_bps"] else "speed unknown"
+            rows.append(("nic", f"{n['name']} {speed} mtu {n['mtu']}"))
+    for t in profile["temperatures"]:
+        rows.append(("temperature", f"{t['sensor']} {t['celsius']:.1f} C"))
+    for title_id, p in ((doc["fill"] or {}).get("titles") or {}).items():
+        rows.append(("fill", f"{title_id} {p['state']} {p['done']}/{p['total']} bytes"))
+    ui.print_table(["what", "value"], rows)

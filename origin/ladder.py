@@ -2,8 +2,8 @@
 
 The default ladder is a fixed table cut at the source's height (never upscale). The per-title
 (`--ladder auto`) ladder re-prices each rung from trial encodes measured with VMAF: on the
-upper convex hull of (log bitrate, VMAF) a rung stops where more bits buy little quality,
-so easy content spends fewer bits. `origin/pertitle.py` runs the trials; this decides.
+upper convex hulls of (log bitrate, VMAF) each rung gets its quality at the fewest bits, on
+whichever resolution is cheapest for it, so easy content spends fewer bits. `origin/pertitle.py` runs the trials; this decides.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ CODEC_FACTOR = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 # A source this much taller than the highest rung that fits gets a rung at its own height.
 NATIVE_RUNG_MARGIN = 1.10
 # Trial bitrates for --ladder auto, as multiples of the default rung bitrate.
-TRIAL_FACTORS = (0.3, 0.55, 1.0, 1.6)
-# --ladder auto: stop adding bits once a doubling buys fewer VMAF points than this...
-KNEE_SLOPE = 4.0
-# ...or once the rung reaches this VMAF (past it viewers see no difference).
+TRIAL_FACTORS = (0.35, 0.6, 1.0)
+# --ladder auto: no rung aims above this VMAF (past it viewers see no difference).
 VMAF_CEILING = 95.0
-# Neighbouring rungs differ by at least this bitrate ratio, or the lower one is pointless.
-MIN_RUNG_STEP = 1.25
+# A taller rung never gets fewer bits than the one below it (plus this margin).
+MIN_RUNG_STEP = 1.05
 
 
 @dataclass(frozen=True)
@@ -132,50 +130,61 @@ def vmaf_at(hull: Sequence[TrialPoint], kbps: float) -> float:
     return hull[-1].vmaf
 
 
-def pick_kbps(hull: Sequence[TrialPoint], knee_slope: float, ceiling: float) -> float:
-    """The cheapest point on the hull past which a doubling of bits buys < `knee_slope`
-    VMAF, or where the hull reaches `ceiling`, whichever comes first."""
+def kbps_for(hull: Sequence[TrialPoint], target: float) -> float | None:
+    """The fewest kbit/s at which the hull reaches `target` VMAF (log-linear), or None."""
+    if hull[0].vmaf >= target:
+        return hull[0].kbps
     for lo, hi in itertools.pairwise(hull):
-        if lo.vmaf >= ceiling:
-            return lo.kbps
-        if hi.vmaf >= ceiling:
-            t = (ceiling - lo.vmaf) / (hi.vmaf - lo.vmaf)
+        if hi.vmaf >= target:
+            t = (target - lo.vmaf) / (hi.vmaf - lo.vmaf)
             return lo.kbps * (hi.kbps / lo.kbps) ** t
-        slope = (hi.vmaf - lo.vmaf) / math.log2(hi.kbps / lo.kbps)
-        if slope < knee_slope:
-            return lo.kbps
-    return hull[-1].kbps
+    return None
 
 
 def auto_ladder(
     rungs: Sequence[Rung],
     trials: Mapping[str, Sequence[TrialPoint]],
-    knee_slope: float = KNEE_SLOPE,
     ceiling: float = VMAF_CEILING,
 ) -> tuple[Rung, ...]:
-    """Re-price `rungs` (any order) from their trial points (keyed by rung id).
+    """Re-price `rungs` (the default ladder) from their trial points, keyed by rung id.
 
-    Each rung gets its hull's knee bitrate; then, per codec from the bottom up, a rung that is
-    not at least MIN_RUNG_STEP above the one below is raised to that step, so the ladder
-    stays a ladder. The VMAF reported is the hull's at the final bitrate.
+    Each rung keeps the quality the fixed ladder gives it on this title, but never more than
+    `ceiling`, and gets it as cheaply as the convex hulls allow: at the fewest bits on any
+    resolution's hull (the cheapest resolution for that quality wins, one rung per size).
+    Bitrates then step up by at least MIN_RUNG_STEP from rung to rung so it stays a ladder.
     """
-    priced: dict[str, Rung] = {}
-    for rung in rungs:
-        hull = upper_hull(trials[rung.id])
+    hulls = {rung.id: upper_hull(trials.get(rung.id, ())) for rung in rungs}
+    for rung_id, hull in hulls.items():
         if not hull:
-            raise ValueError(f"no trial points for {rung.id}")
-        kbps = pick_kbps(hull, knee_slope, ceiling)
-        priced[rung.id] = replace(rung, kbps=round(kbps))
-    result: list[Rung] = []
+            raise ValueError(f"no trial points for {rung_id}")
+    result: dict[str, Rung] = {}
     for codec in dict.fromkeys(r.codec for r in rungs):
-        floor = 0.0
-        for rung in sorted((r for r in priced.values() if r.codec == codec), key=_height):
+        mine = sorted((r for r in rungs if r.codec == codec), key=_height, reverse=True)
+        taken: set[int] = set()
+        chosen: list[Rung] = []
+        for rung in mine:
+            target = min(vmaf_at(hulls[rung.id], rung.kbps), ceiling)
+            options = []
+            for other in mine:
+                kbps = kbps_for(hulls[other.id], target)
+                if kbps is not None and (other.height not in taken or other is rung):
+                    options.append((kbps, other.height != rung.height, other))
+            kbps, _, best = min(options, key=lambda o: (o[0], o[1]))
+            if best.height in taken:
+                best, kbps = rung, kbps_for(hulls[rung.id], target) or rung.kbps
+            taken.add(best.height)
+            chosen.append(replace(best, kbps=min(rung.kbps, math.ceil(kbps)), vmaf=target))
+        floor = 0
+        for rung in sorted(chosen, key=_height):
             kbps = max(rung.kbps, math.ceil(floor * MIN_RUNG_STEP))
-            hull = upper_hull(trials[rung.id])
-            result.append(replace(rung, kbps=kbps, vmaf=round(vmaf_at(hull, kbps), 2)))
+            vmaf = round(vmaf_at(hulls[_id(codec, rung.height)], kbps), 2)
+            result[rung.id] = replace(rung, kbps=kbps, vmaf=vmaf)
             floor = kbps
-    order = {r.id: i for i, r in enumerate(rungs)}
-    return tuple(sorted(result, key=lambda r: order[r.id]))
+    return tuple(sorted(result.values(), key=lambda r: (r.codec, -r.height)))
+
+
+def _id(codec: str, height: int) -> str:
+    return f"{codec}_{height}p"
 
 
 def _height(rung: Rung) -> int:
