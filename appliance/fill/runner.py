@@ -1,0 +1,182 @@
+"""One fill run: reconcile the plan with the titles held, download each missing title into
+staging (downloader.py), hand the complete folder to the storage side (the same operation as
+`appliance load --from DIR`, so a title becomes servable only when all of it is verified),
+then delete what the plan no longer wants. Progress is kept in staging/state.json for
+`appliance status`. The storage side is reached through the small `Storage` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import httpx
+
+from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
+from appliance.fill.plan import FillPlan
+from appliance.fill.reconcile import reconcile
+from appliance.fill.retry import RetryPolicy
+from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.fill")
+STATE_FILE = "state.json"
+T = TypeVar("T")
+
+
+class Storage(Protocol):
+    def held(self) -> dict[str, str]:
+        """Servable titles → files.json digest."""
+        ...
+
+    def load(self, title_id: str, folder: Path) -> None: ...
+
+    def remove(self, title_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class FillReport:
+    titles: dict[str, TitleProgress] = field(default_factory=dict)
+    kept: tuple[str, ...] = ()
+    deleted: tuple[str, ...] = ()
+
+    @property
+    def failed(self) -> list[TitleProgress]:
+        return [p for p in self.titles.values() if p.state == "failed"]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "titles": {k: asdict(v) for k, v in self.titles.items()},
+            "kept": list(self.kept),
+            "deleted": list(self.deleted),
+            "downloaded": sum(p.downloaded for p in self.titles.values()),
+        }
+
+
+def write_state(staging_root: Path, report: FillReport, now: float) -> None:
+    """Atomically publish progress for `appliance status` (another process reads it)."""
+    staging_root.mkdir(parents=True, exist_ok=True)
+    body = {"updated": now, **report.as_json()}
+    tmp = staging_root / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+    os.replace(tmp, staging_root / STATE_FILE)
+
+
+def read_state(staging_root: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((staging_root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass
+class FillRun:
+    plan: FillPlan
+    storage: Storage
+    staging_root: Path
+    pacer: Pacer
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    transport: httpx.AsyncBaseTransport | None = None
+    wall: Callable[[], float] = time.time
+    report: FillReport = field(default_factory=FillReport)
+    _thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fill-storage")
+    )
+
+    async def _storage(self, fn: Callable[..., T], *args: Any) -> T:
+        # One thread for every storage call: the store's SQLite connection is bound to it.
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def run(self) -> FillReport:
+        try:
+            return await self._run()
+        finally:
+            await self._storage(self.storage.close)
+            self._thread.shutdown(wait=False)
+
+    async def _run(self) -> FillReport:
+        rec = reconcile(self.plan, await self._storage(self.storage.held))
+        self.report.kept = rec.keep
+        for title in rec.fetch:
+            self.report.titles[title.id] = TitleProgress(title.id)
+        limits = httpx.Limits(
+            max_connections=self.plan.streams * 2, max_keepalive_connections=self.plan.streams
+        )
+        timeout = httpx.Timeout(30.0, connect=5.0)
+        ticker = asyncio.create_task(self._publish_every(1.0))
+        try:
+            async with httpx.AsyncClient(
+                limits=limits, timeout=timeout, transport=self.transport, follow_redirects=True
+            ) as client:
+                for title in rec.fetch:
+                    await self._fill_one(client, title.id)
+            if not self.report.failed:
+                self.report.deleted = await self._delete(rec.delete)
+        finally:
+            ticker.cancel()
+            write_state(self.staging_root, self.report, self.wall())
+        return self.report
+
+    async def _fill_one(self, client: httpx.AsyncClient, title_id: str) -> None:
+        title = next(t for t in self.plan.titles if t.id == title_id)
+        prog = self.report.titles[title_id]
+        folder = self.staging_root / title_id
+        started = time.monotonic()
+        try:
+            fetcher = TitleFetcher(
+                client, title, folder, self.pacer, self.policy, self.plan.streams, prog
+            )
+            await fetcher.run()
+            prog.state = "loading"
+            write_state(self.staging_root, self.report, self.wall())
+            await self._storage(self.storage.load, title_id, folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            prog.state = "ready"
+            event(
+                log,
+                "fill.title_ready",
+                title=title_id,
+                bytes=prog.total,
+                downloaded=prog.downloaded,
+                seconds=round(time.monotonic() - started, 2),
+            )
+        except EdgeflixError as exc:
+            prog.state, prog.error = "failed", str(exc)
+            event(log, "fill.title_failed", logging.WARNING, title=title_id, error=str(exc))
+        write_state(self.staging_root, self.report, self.wall())
+
+    async def _delete(self, ids: tuple[str, ...]) -> tuple[str, ...]:
+        deleted = []
+        for title_id in ids:
+            try:
+                await self._storage(self.storage.remove, title_id)
+                deleted.append(title_id)
+                event(log, "fill.title_deleted", title=title_id)
+            except EdgeflixError as exc:
+                event(log, "fill.delete_failed", logging.WARNING, title=title_id, error=str(exc))
+        return tuple(deleted)
+
+    async def _publish_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            write_state(self.staging_root, self.report, self.wall())
+
+
+def raise_for_failures(report: FillReport) -> None:
+    failed = report.failed
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise FillError(f"fill failed for {first.title}: {first.error}{more}")
