@@ -1,0 +1,59 @@
+"""Small real titles on disk for the storage tests: random bytes and a files.json from
+edgeflix.titlefiles (render + scan), exactly what `appliance load` expects from an origin."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgeflix import titlefiles
+
+DEFAULT_SIZES = (70_000, 50_000, 30_000, 20_000, 9_000, 1_000)
+
+
+def make_title(
+    root: Path, title_id: str, sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 0
+) -> Path:
+    """Write `root/title_id/` with segments of `sizes` bytes, a playlist and files.json."""
+    rng = random.Random(f"{title_id}-{seed}")
+    folder = root / title_id
+    for i, size in enumerate(sizes):
+        path = folder / f"v{i % 2}" / f"seg{i:04d}.m4s"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(size))
+    (folder / "master.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:7\n")
+    entries = titlefiles.scan(folder)
+    model = titlefiles.TitleFiles(
+        id=title_id,
+        title=f"Test {title_id}",
+        duration=float(len(sizes)),
+        segment_seconds=1.0,
+        created="2026-01-01T00:00:00Z",
+        renditions=(),
+        files=tuple(entries),
+        total_bytes=sum(e.size for e in entries),
+    )
+    (folder / titlefiles.FILES_JSON).write_bytes(titlefiles.render(model))
+    return folder
+
+
+def title_bytes(folder: Path) -> int:
+    """Everything `load` copies: the files plus files.json itself."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def storage_toml(
+    tmp_path: Path, *, max_bytes: int | None = None, tiers: Sequence[str] = ("ssd", "hdd")
+) -> Path:
+    """A config with one disk folder per tier under tmp_path, tiers set explicitly."""
+    lines = ["[storage]", f'index = "{tmp_path / "var" / "index.sqlite"}"', "disks = ["]
+    for i, tier in enumerate(tiers):
+        disk = tmp_path / f"{tier}{i}"
+        disk.mkdir(exist_ok=True)
+        cap = f", max_bytes = {max_bytes}" if max_bytes else ""
+        lines.append(f'  {{ path = "{disk}", tier = "{tier}"{cap} }},')
+    lines.append("]")
+    path = tmp_path / "appliance.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
