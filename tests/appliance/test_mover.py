@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.config import DiskConfig, StorageConfig
+from appliance.index import IndexReader
+from appliance.mover import HitRecorder, MoverThread, RateBook, Tiering, hits_path
+from appliance.store import Store
+from tests.appliance.storage_fixtures import make_title
+
+
+def two_tier_config(tmp_path: Path, **storage: float) -> StorageConfig:
+    disks = []
+    for tier in ("ssd", "hdd"):
+        path = tmp_path / tier
+        path.mkdir()
+        disks.append(DiskConfig(path=path, tier=tier))  # type: ignore[arg-type]
+    return StorageConfig(disks=tuple(disks), index=tmp_path / "var" / "index.sqlite", **storage)  # type: ignore[arg-type]
+
+
+def test_worker_counts_reach_the_rate_book(tmp_path: Path) -> None:
+    index = tmp_path / "index.sqlite"
+    now = [0.0]
+    recorder = HitRecorder(index, flush_every_s=5.0, clock=lambda: now[0])
+    book = RateBook(index, half_life_s=60.0, clock=lambda: 1000.0)
+    for _ in range(30):
+        recorder.hit("a")
+    recorder.hit("b", 6)
+    assert not recorder.due()
+    now[0] = 5.0
+    assert recorder.due()
+    assert recorder.flush() == 36
+    assert recorder.flush() == 0  # nothing pending any more
+    second = HitRecorder(index)  # another worker process writes to the same table
+    second.hit("a", 10)
+    second.close()
+    assert book.drain() == {"a": 40, "b": 6}
+    assert book.drain() == {}  # drained: counted exactly once
+    assert book.rate("a") == pytest.approx(40 * math.log(2) / 60.0)
+    assert book.rate("nobody") == 0.0
+    assert hits_path(index).exists()
+
+
+def test_busy_hits_file_keeps_counts_for_later(tmp_path: Path) -> None:
+    index = tmp_path / "index.sqlite"
+    recorder = HitRecorder(index)
+    book = RateBook(index, half_life_s=60.0)
+    recorder.hit("a", 3)
+    book._conn.execute("BEGIN IMMEDIATE")  # the main process holds the write lock
+    assert recorder.flush() == 0
+    book._conn.execute("COMMIT")
+    assert recorder.flush() == 3
+    assert book.drain() == {"a": 3}
+
+
+def test_tick_promotes_hot_and_demotes_cold_titles(tmp_path: Path) -> None:
+    config = two_tier_config(tmp_path, hot_rate=1.0, decay_half_life_s=60.0)
+    store = Store(config)
+    src = tmp_path / "src"
+    store.load("hot", make_title(src, "hot"))
+    store.load("cold", make_title(src, "cold"), rate=50.0)
+    assert (store.title("hot").tier, store.title("cold").tier) == ("hdd", "ssd")
+    clock = [10_000.0]
+    book = RateBook(config.index, 60.0, clock=lambda: clock[0])
+    recorder = HitRecorder(config.index)
+    recorder.hit("hot", 200)  # 200 * ln2/60 ≈ 2.3 requests/s
+    recorder.flush()
+    slept: list[float] = []
+    tiering = Tiering(store, book, clock=lambda: clock[0], sleep=slept.append, grace_s=0.0)
+    moves = tiering.tick()
+    assert [(m.title_id, m.to_tier) for m in moves] == [("hot", "ssd"), ("cold", "hdd")]
+    assert (store.title("hot").tier, store.title("cold").tier) == ("ssd", "hdd")
+    assert slept  # the throttle paced the copies on the injected clock
+    reader = IndexReader(config.index)
+    located = reader.locate("hot", "master.m3u8")
+    assert located and located.tier == "ssd" and located.path.is_file()
+    clock[0] += 600  # ten half-lives later the hot title has cooled down
+    assert [(m.title_id, m.to_tier) for m in tiering.tick()] == [("hot", "hdd")]
+
+
+def test_mover_thread_moves_in_the_background(tmp_path: Path) -> None:
+    config = two_tier_config(tmp_path, hot_rate=0.001, decay_half_life_s=600.0)
+    store = Store(config)
+    store.load("t", make_title(tmp_path / "src", "t"))
+    assert store.title("t").tier == "hdd"
+    recorder = HitRecorder(config.index)
+    recorder.hit("t", 5)
+    recorder.flush()
+    mover = MoverThread(config, interval_s=0.05)
+    mover.start()
+    try:
+        deadline = time.monotonic() + 20
+        while store.title("t").tier != "ssd" and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        mover.stop()
+    assert store.title("t").tier == "ssd" and not mover.is_alive()
