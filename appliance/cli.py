@@ -151,6 +151,49 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+# -- serving: run / sign -------------------------------------------------------------------
+
+
+@app.command("run")
+def run_cmd(
+    config: Path | None = typer.Option(None, "--config", help="Appliance config (TOML)."),
+) -> None:
+    """Run the appliance daemon: serving workers, admin listener, tier mover (until SIGTERM)."""
+    from appliance import config as appliance_config
+    from appliance.daemon import run
+
+    run(appliance_config.load(config))
+
+
+@app.command("sign")
+def sign_cmd(
+    title: str = typer.Option(..., "--title", help="Title id to grant."),
+    ttl: int = typer.Option(3600, "--ttl", min=1, help="Seconds the URL stays valid."),
+    client_ip: str | None = typer.Option(None, "--client-ip", help="Bind to one client."),
+    key_id: str | None = typer.Option(None, "--key", help="Key id (default: the first key)."),
+    config: Path | None = typer.Option(None, "--config", help="Appliance config (TOML)."),
+) -> None:
+    """Print a signed URL to the title's master.m3u8 on this appliance."""
+    import time
+
+    from appliance import config as appliance_config
+    from edgeflix import tokens
+    from edgeflix.config import parse_hostport
+    from edgeflix.errors import ConfigError
+    from edgeflix.titlefiles import check_title_id
+
+    cfg = appliance_config.load(config)
+    check_title_id(title)
+    keys = [k for k in cfg.auth.keys if key_id is None or k.id == key_id]
+    if not keys:
+        raise ConfigError("no such key in [auth] keys" if key_id else "[auth] keys is empty")
+    key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
+    token = tokens.sign(title, key, int(time.time()) + ttl, client_ip)
+    host, port = parse_hostport(cfg.serve.listen)
+    host = f"[{host}]" if ":" in host else host
+    typer.echo(f"http://{host}:{port}{tokens.signed_path(token, title, 'master.m3u8')}")
+
+
 # -- fill and status ------------------------------------------------------------------------
 
 

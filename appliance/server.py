@@ -1,0 +1,242 @@
+"""The appliance's HTTP site: token check, then the storage index says which disk holds a file.
+
+What it needs from storage is two narrow protocols: a `FileLocator` (the index reader) and a
+`HitSink` (per-title request counts for tiering). The file-serving core lives in edgeflix/http;
+the worker and supervisor processes in daemon.py; the admin site (/healthz, /metrics) here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from edgeflix import tokens
+from edgeflix.http.plan import ResponsePlan, plan_error, plan_simple
+from edgeflix.http.request import RequestHead
+from edgeflix.http.server import FileTarget
+from edgeflix.http.stats import ServerStats
+from edgeflix.log import event
+from edgeflix.metrics import Sample, render
+
+if TYPE_CHECKING:
+    # Only for types: serving workers stay free of pydantic to keep their memory small.
+    from appliance.config import ApplianceConfig
+
+log = logging.getLogger("appliance.server")
+# The rule of edgeflix.titlefiles.TITLE_ID_RE (a test keeps them equal), repeated so workers
+# need not import that pydantic-based module.
+TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class LocatedFile(Protocol):
+    """What the index knows of a servable file (appliance.index.LocatedFile fits)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def mtime_ns(self) -> int: ...
+
+
+class FileLocator(Protocol):
+    def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
+        """The file's place on disk, or None when the title or file is not servable."""
+        ...
+
+
+class HitSink(Protocol):
+    """Per-title request counts, fed from the worker's counters each tick (not per request)."""
+
+    def hit(self, title_id: str, count: int = 1) -> None: ...
+    def due(self) -> bool: ...
+    def flush(self) -> int: ...
+
+
+class DirectoryLocator:
+    """Files straight from DISK/titles/<id>/<path> on the first disk holding them (no index):
+    the locator for tests of the serving path alone and for read-only media."""
+
+    def __init__(self, disks: tuple[Path, ...]) -> None:
+        self.disks = disks
+
+    def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
+        for disk in self.disks:
+            path = disk / "titles" / title_id / rel_path
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            return _Found(path, st.st_size, "", st.st_mtime_ns)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    path: Path
+    size: int
+    sha256: str
+    mtime_ns: int
+
+
+class ApplianceSite:
+    """`/t/<token>/titles/<id>/<path>` (and `/titles/<id>/<path>` when tokens are off)."""
+
+    def __init__(
+        self,
+        locator: FileLocator,
+        *,
+        tokens_required: bool,
+        keys: Mapping[str, bytes],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.locator = locator
+        self.required = tokens_required
+        self.keys = dict(keys)
+        self.clock = clock
+        self.token_rejections: dict[str, int] = {}
+
+    def route(
+        self, request: RequestHead, segments: tuple[str, ...], client_ip: str
+    ) -> FileTarget | ResponsePlan:
+        if len(segments) >= 5 and segments[0] == "t" and segments[2] == "titles":
+            title_id, rel_parts = segments[3], segments[4:]
+            if self.required and not _title_ok(title_id):
+                return plan_error(403, request)
+            if self.required:
+                denied = self._check(segments[1], title_id, client_ip, request)
+                if denied is not None:
+                    return denied
+        elif len(segments) >= 3 and segments[0] == "titles":
+            if self.required:
+                return plan_error(403, request)
+            title_id, rel_parts = segments[1], segments[2:]
+        else:
+            return plan_error(404, request)
+        if not _title_ok(title_id):
+            return plan_error(404, request)
+        rel = "/".join(rel_parts)
+        found = self.locator.locate(title_id, rel)
+        if found is None:
+            return plan_error(404, request)
+        return FileTarget(os.fspath(found.path), rel, title_id, found.size)
+
+    def _check(
+        self, token: str, title_id: str, client_ip: str, request: RequestHead
+    ) -> ResponsePlan | None:
+        try:
+            tokens.verify(
+                token, title_id=title_id, client_ip=client_ip, keys=self.keys, now=self.clock()
+            )
+        except tokens.TokenError as exc:
+            self.token_rejections[exc.reason] = self.token_rejections.get(exc.reason, 0) + 1
+            return plan_error(403, request)
+        return None
+
+    def relocate(self, target: FileTarget) -> FileTarget | None:
+        found = self.locator.locate(target.title_id, target.rel_path)
+        if found is None or os.fspath(found.path) == target.path:
+            return None
+        event(log, "file.relocated", title=target.title_id, path=target.rel_path)
+        return FileTarget(os.fspath(found.path), target.rel_path, target.title_id, found.size)
+
+
+def _title_ok(title_id: str) -> bool:
+    return bool(TITLE_ID_RE.match(title_id)) and ".." not in title_id
+
+
+# -- admin: /healthz and /metrics ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AdminView:
+    """What the admin site reports, gathered by the supervisor on each scrape."""
+
+    stats: ServerStats
+    workers_alive: int
+    workers: int
+    token_rejections: Mapping[str, int]
+
+
+class AdminSite:
+    def __init__(self, config: ApplianceConfig, gather: Callable[[], AdminView]) -> None:
+        self.config = config
+        self.gather = gather
+
+    def route(
+        self, request: RequestHead, segments: tuple[str, ...], client_ip: str
+    ) -> FileTarget | ResponsePlan:
+        head_only = request.method == "HEAD"
+        if segments == ("healthz",):
+            view = self.gather()
+            healthy = view.workers_alive == view.workers
+            body = b"ok\n" if healthy else b"degraded: a serving worker is down\n"
+            return plan_simple(200 if healthy else 503, body, head_only=head_only)
+        if segments == ("metrics",):
+            text = metrics_text(self.config, self.gather())
+            ctype = "text/plain; version=0.0.4; charset=utf-8"
+            return plan_simple(200, text.encode(), ctype, head_only=head_only)
+        return plan_error(404, request)
+
+    def relocate(self, target: FileTarget) -> FileTarget | None:
+        return None
+
+
+def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
+    """Prometheus text exposition of the merged worker counters and disk usage."""
+    stats = view.stats
+    p = "edgeflix_appliance_"
+    requests = [
+        Sample({"status": str(s), "title": t}, c[0]) for (s, t), c in sorted(stats.requests.items())
+    ]
+    sent = [
+        Sample({"status": str(s), "title": t}, c[1]) for (s, t), c in sorted(stats.requests.items())
+    ]
+    families = [
+        (p + "requests_total", "counter", "Requests answered, by status and title.", requests),
+        (p + "response_bytes_total", "counter", "Body bytes sent, by status and title.", sent),
+        (p + "open_connections", "gauge", "Client connections open now.",
+         [Sample({}, stats.open_connections)]),
+        (p + "connections_total", "counter", "Client connections accepted.",
+         [Sample({}, stats.connections_total)]),
+        (p + "rejected_connections_total", "counter", "Connections refused over the cap.",
+         [Sample({}, stats.rejected_connections)]),
+        (p + "header_timeouts_total", "counter", "Connections dropped for slow request heads.",
+         [Sample({}, stats.header_timeouts)]),
+        (p + "sendfile_errors_total", "counter", "sendfile(2) failures.",
+         [Sample({}, stats.sendfile_errors)]),
+        (p + "token_rejections_total", "counter", "Requests refused for their URL token.",
+         [Sample({"reason": r}, n) for r, n in sorted(view.token_rejections.items())]),
+        (p + "workers", "gauge", "Serving worker processes alive.",
+         [Sample({}, view.workers_alive)]),
+    ]  # fmt: skip
+    families += disk_families(config)
+    return render(families)
+
+
+def disk_families(
+    config: ApplianceConfig,
+) -> list[tuple[str, str, str, list[Sample]]]:
+    from appliance.disks import detect_tier
+
+    size, used = [], []
+    for disk in config.storage.disks:
+        labels = {"disk": str(disk.path), "tier": disk.tier or detect_tier(disk.path)}
+        try:
+            vfs = os.statvfs(disk.path)
+        except OSError:
+            continue
+        size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))
+        used.append(Sample(labels, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize))
+    return [
+        ("edgeflix_appliance_disk_size_bytes", "gauge", "File system size per disk.", size),
+        ("edgeflix_appliance_disk_used_bytes", "gauge", "File system bytes used per disk.", used),
+    ]

@@ -1,0 +1,80 @@
+"""One serving worker of `appliance run` (started by daemon.py as `python -m appliance.worker`).
+
+Single-threaded uvloop server on a SO_REUSEPORT socket shared with its siblings; reads the
+index through its own read-only connection; writes its counters for the supervisor to merge.
+Kept free of pydantic and the storage writer so an idle worker stays small.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+
+from appliance.server import ApplianceSite, HitSink
+from edgeflix.http.runner import serve_forever
+from edgeflix.http.server import ServerSettings, bind
+from edgeflix.http.stats import ServerStats, title_traffic
+from edgeflix.log import setup_logging
+
+
+class CounterFile:
+    """The worker's counters as JSON, replaced atomically, and per-title deltas to the sink."""
+
+    def __init__(self, path: Path, site: ApplianceSite, hits: HitSink | None) -> None:
+        self.path, self.site, self.hits = path, site, hits
+        self._reported: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, stats: ServerStats) -> None:
+        snap = stats.snapshot()
+        snap["token_rejections"] = dict(self.site.token_rejections)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snap))
+        os.replace(tmp, self.path)
+        if self.hits is None:
+            return
+        traffic = title_traffic(stats)
+        for title, (count, _) in traffic.items():
+            delta = count - self._reported.get(title, (0, 0))[0]
+            if delta:
+                self.hits.hit(title, delta)
+        self._reported = traffic
+        if self.hits.due():
+            self.hits.flush()
+
+
+def main() -> None:
+    from appliance.index import IndexReader
+    from appliance.mover import HitRecorder
+
+    setup_logging()
+    spec = json.loads(sys.stdin.read())
+    index = Path(spec["index"])
+    locator = IndexReader(index)
+    hits = HitRecorder(index)
+    keys = {kid: base64.b64decode(secret) for kid, secret in spec["keys"].items()}
+    site = ApplianceSite(locator, tokens_required=spec["tokens_required"], keys=keys)
+    sock = bind(spec["host"], spec["port"], reuse_port=True)
+
+    def ready() -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+
+    try:
+        serve_forever(
+            site,
+            ServerSettings(**spec["settings"]),
+            sock,
+            ready=ready,
+            stop_timeout_s=spec["stop_timeout_s"],
+            tick=CounterFile(Path(spec["counters"]), site, hits),
+        )
+    finally:
+        hits.flush()
+        locator.close()
+
+
+if __name__ == "__main__":
+    main()
