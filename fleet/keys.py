@@ -1,0 +1,97 @@
+"""URL-token key rotation as a pure schedule: which key signs now, which keys verify.
+
+The server owns the clock, the randomness (`secrets.token_bytes`) and the storage; it calls
+`rotation_due` / `rotate` and hands `verification_keys` to appliances over the authenticated
+channel. A new key is handed out `lead_s` before it signs anything (appliances learn it on a
+heartbeat first), and a retired key keeps verifying for `max_token_ttl_s` after its last
+signature, so no URL issued before a rotation breaks before it expires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edgeflix.tokens import SigningKey
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    rotate_every_s: float = 24 * 3600.0
+    # Longest token lifetime the fleet issues: how long a retired key must still verify.
+    max_token_ttl_s: float = 6 * 3600.0
+    # How long a new key is distributed before it signs (several heartbeats).
+    lead_s: float = 60.0
+    # Clock differences between the fleet and appliances, added to every verification end.
+    skew_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.rotate_every_s <= self.lead_s or self.max_token_ttl_s <= 0 or self.lead_s < 0:
+            raise ValueError("need rotate_every_s > lead_s >= 0 and max_token_ttl_s > 0")
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    id: str
+    secret: bytes
+    activates: float  # signs from here ...
+    retires: float | None = None  # ... until here (None: until the next rotation)
+
+    def signs_at(self, now: float) -> bool:
+        return self.activates <= now and (self.retires is None or now < self.retires)
+
+    def verifies_at(self, now: float, policy: KeyPolicy) -> bool:
+        """Known to appliances from creation (before it signs) until its tokens expire."""
+        return self.retires is None or now < self.retires + policy.max_token_ttl_s + policy.skew_s
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """All keys the fleet remembers; `version` rises on every change, like plans."""
+
+    version: int = 0
+    keys: tuple[KeyRecord, ...] = ()
+
+
+def rotation_due(keys: KeySet, now: float, policy: KeyPolicy) -> bool:
+    """True when the newest key has signed for `rotate_every_s` (less the lead)."""
+    if not keys.keys:
+        return True
+    newest = max(keys.keys, key=lambda k: k.activates)
+    return now >= newest.activates + policy.rotate_every_s - policy.lead_s
+
+
+def rotate(
+    keys: KeySet, now: float, policy: KeyPolicy, secret: bytes, *, immediate: bool = False
+) -> KeySet:
+    """Add a key that signs from `now + lead_s` (or `now` if `immediate`, e.g. the very first
+    key); every key still open-ended retires at that moment; expired keys are dropped."""
+    starts = now if immediate or not keys.keys else now + policy.lead_s
+    version = keys.version + 1
+    new = KeyRecord(id=f"k{version}", secret=secret, activates=starts)
+    SigningKey(new.id, secret)  # refuse a short secret here, not at the first signature
+    kept = tuple(
+        replace(k, retires=starts) if k.retires is None or k.retires > starts else k
+        for k in keys.keys
+        if k.verifies_at(now, policy)
+    )
+    return KeySet(version=version, keys=(*kept, new))
+
+
+def revoke(keys: KeySet, key_id: str) -> KeySet:
+    """Forget a (compromised) key at once: its URLs stop working everywhere on next sync."""
+    kept = tuple(k for k in keys.keys if k.id != key_id)
+    return keys if len(kept) == len(keys.keys) else KeySet(keys.version + 1, kept)
+
+
+def signing_key(keys: KeySet, now: float) -> SigningKey | None:
+    """The key that signs at `now`: the latest-activated one inside its signing period."""
+    live = [k for k in keys.keys if k.signs_at(now)]
+    if not live:
+        return None
+    best = max(live, key=lambda k: k.activates)
+    return SigningKey(best.id, best.secret)
+
+
+def verification_keys(keys: KeySet, now: float, policy: KeyPolicy) -> dict[str, bytes]:
+    """What appliances must accept at `now`: key id → secret."""
+    return {k.id: k.secret for k in keys.keys if k.verifies_at(now, policy)}
