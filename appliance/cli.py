@@ -226,7 +226,6 @@ def fill_cmd(
             (p.title, p.state, p.total, p.downloaded, p.error or "")
             for p in report.titles.values()
         ]
-        rows += [(t, "kept", "", "", "") for t in report.kept]
         rows += [(t, "deleted", "", "", "") for t in report.deleted]
         ui.print_table(["title", "state", "bytes", "downloaded", "error"], rows)
     raise_for_failures(report)

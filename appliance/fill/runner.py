@@ -109,6 +109,9 @@ class FillRun:
     async def _run(self) -> FillReport:
         rec = reconcile(self.plan, await self._storage(self.storage.held))
         self.report.kept = rec.keep
+        for title_id in rec.keep:
+            # Already servable in the planned version: nothing to do, but status should say so.
+            self.report.titles[title_id] = TitleProgress(title_id, state="held")
         for title in rec.fetch:
             self.report.titles[title.id] = TitleProgress(title.id)
         limits = httpx.Limits(

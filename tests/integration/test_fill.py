@@ -1,0 +1,252 @@
+"""The fill client against a real `edgeflix origin serve` on loopback, through the CLI:
+from scratch, resume after SIGKILL, a corrupt byte at the source, a dead peer falling back
+to the origin, and a plan that prunes titles it no longer wants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeflix import titlefiles
+from edgeflix.titlefiles import TitleFiles
+from tests.conftest import run_cli
+
+MiB = 1 << 20
+
+
+def make_title(store: Path, title_id: str, sizes: list[int], seed: int = 1) -> TitleFiles:
+    """A fake packaged title: random segments plus a playlist, with a real files.json."""
+    folder = store / "titles" / title_id
+    rnd = random.Random(seed)
+    (folder / "v0").mkdir(parents=True)
+    (folder / "master.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:7\n")
+    for i, size in enumerate(sizes):
+        (folder / "v0" / f"seg{i:03d}.m4s").write_bytes(rnd.randbytes(size))
+    entries = tuple(titlefiles.scan(folder))
+    model = TitleFiles(
+        id=title_id,
+        title=title_id,
+        duration=float(len(sizes)),
+        segment_seconds=1.0,
+        created="2024-01-01T00:00:00Z",
+        renditions=(),
+        files=entries,
+        total_bytes=sum(e.size for e in entries),
+    )
+    (folder / "files.json").write_bytes(titlefiles.render(model))
+    return model
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    deadline = time.monotonic() + timeout
+    buf = ""
+    while time.monotonic() < deadline and "\n" not in buf:
+        buf += proc.stdout.readline() or ""
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    return buf.strip()
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    store = tmp_path_factory.mktemp("origin")
+    make_title(store, "small", [300_000, 200_000, 50_000], seed=1)
+    make_title(store, "big", [3 * MiB, 3 * MiB, 2 * MiB], seed=2)
+    make_title(store, "other", [100_000], seed=3)
+    make_title(store, "corrupt", [400_000, 400_000], seed=4)
+    victim = store / "titles/corrupt/v0/seg001.m4s"
+    data = bytearray(victim.read_bytes())
+    data[123_456] ^= 0x01  # one flipped bit, same size: only SHA-256 can tell
+    victim.write_bytes(bytes(data))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeflix.cli",
+            "origin",
+            "serve",
+            "--store",
+            str(store),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = _read_line(proc, 30)
+        assert line.startswith("listening on "), f"origin did not start: {line!r}"
+        yield line.removeprefix("listening on "), store
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def appliance_config(tmp: Path, plan: Path | None = None) -> Path:
+    for name in ("d0", "d1"):
+        (tmp / name).mkdir(exist_ok=True)
+    text = f"""
+[storage]
+disks = [ {{ path = "{tmp}/d0", tier = "ssd" }}, {{ path = "{tmp}/d1", tier = "ssd" }} ]
+index = "{tmp}/index.sqlite"
+[fill]
+staging = "{tmp}/staging"
+"""
+    if plan is not None:
+        text += f'plan = "{plan}"\n'
+    path = tmp / "appliance.toml"
+    path.write_text(text)
+    return path
+
+
+def listing(config: Path) -> dict[str, dict[str, object]]:
+    out = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True).stdout
+    return {t["id"]: t for t in json.loads(out)}
+
+
+def fill(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["appliance", "fill", "--config", str(config), "--json", *args], timeout=120)
+
+
+def test_fill_from_scratch_then_status(origin: tuple[str, Path], tmp_path: Path) -> None:
+    url, store = origin
+    config = appliance_config(tmp_path)
+    proc = fill(config, "--from", url, "--title", "small")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    small = report["titles"]["small"]
+    total = titlefiles.read(store / "titles/small")[0].total_bytes
+    assert small["state"] == "ready" and small["downloaded"] == total == small["total"]
+    assert listing(config)["small"]["state"] == "ready"
+    assert not (tmp_path / "staging/small").exists()
+    verify = run_cli(["appliance", "verify", "--config", str(config), "--json"], check=True)
+    assert json.loads(verify.stdout)["problems"] == []
+
+    again = fill(config, "--from", url, "--title", "small")
+    assert again.returncode == 0 and json.loads(again.stdout)["kept"] == ["small"]
+
+    status = run_cli(["appliance", "status", "--config", str(config), "--json"], check=True)
+    doc = json.loads(status.stdout)
+    assert doc["health"]["state"] in ("ok", "degraded")
+    assert doc["health"]["disks_out_of_service"] == []
+    assert len(doc["profile"]["disks"]) == 2 and doc["profile"]["cpu"]["logical_cores"] >= 1
+    assert doc["fill"]["titles"]["small"]["state"] == "held"
+
+
+def test_fill_resumes_after_sigkill(origin: tuple[str, Path], tmp_path: Path) -> None:
+    url, store = origin
+    config = appliance_config(tmp_path)
+    total = titlefiles.read(store / "titles/big")[0].total_bytes
+    # 16 Mbit/s: the 8 MiB title takes ~4 s, so the kill lands mid-file.
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeflix.cli",
+            "appliance",
+            "fill",
+            "--config",
+            str(config),
+            "--from",
+            url,
+            "--title",
+            "big",
+            "--cap-mbps",
+            "16",
+            "--streams",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    staging = tmp_path / "staging/big"
+    deadline = time.monotonic() + 30
+    partial = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        partial = sum(p.stat().st_size for p in staging.rglob("*.part")) if staging.exists() else 0
+        if partial > MiB:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert partial > MiB, "the fill finished or never started before the kill"
+    assert "big" not in listing(config)  # nothing half-filled is servable
+
+    again = fill(config, "--from", url, "--title", "big")
+    assert again.returncode == 0, again.stderr
+    big = json.loads(again.stdout)["titles"]["big"]
+    assert big["state"] == "ready"
+    assert 0 < big["downloaded"] < total - MiB  # the bytes before the kill were kept
+    verify = run_cli(["appliance", "verify", "--config", str(config), "--json"], check=True)
+    assert json.loads(verify.stdout)["problems"] == []
+    assert listing(config)["big"]["state"] == "ready"
+
+
+def test_corrupt_byte_at_source_is_caught(origin: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = origin
+    config = appliance_config(tmp_path)
+    proc = fill(config, "--from", url, "--title", "corrupt")
+    assert proc.returncode != 0
+    assert "SHA-256 mismatch" in proc.stderr and "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["titles"]["corrupt"]["state"] == "failed"
+    assert "corrupt" not in listing(config)
+    # The good file stays in staging for the next attempt; the bad one is not kept.
+    staging = tmp_path / "staging/corrupt/v0"
+    assert (staging / "seg000.m4s").exists() and not (staging / "seg001.m4s").exists()
+
+
+def _dead_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more
+
+
+def test_dead_peer_falls_back_to_origin(origin: tuple[str, Path], tmp_path: Path) -> None:
+    url, _ = origin
+    config = appliance_config(tmp_path)
+    proc = fill(config, "--from", _dead_url(), "--from", url, "--title", "other")
+    assert proc.returncode == 0, proc.stderr
+    assert "fill.source_failed" in proc.stderr
+    assert listing(config)["other"]["state"] == "ready"
+
+
+def test_plan_file_prunes_after_new_titles_are_complete(
+    origin: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, store = origin
+    plan = tmp_path / "plan.json"
+    config = appliance_config(tmp_path, plan)
+    digest = titlefiles.read(store / "titles/small")[1]
+    plan.write_text(json.dumps({"titles": [{"id": "small", "digest": digest, "sources": [url]}]}))
+    assert fill(config).returncode == 0
+    plan.write_text(json.dumps({"titles": [{"id": "other", "sources": [url]}], "streams": 2}))
+    proc = fill(config)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["deleted"] == ["small"]
+    assert set(listing(config)) == {"other"}
+    wrong = "0" * 64
+    plan.write_text(json.dumps({"titles": [{"id": "small", "digest": wrong, "sources": [url]}]}))
+    proc = fill(config)
+    assert proc.returncode != 0 and "digest" in proc.stderr
+    assert set(listing(config)) == {"other"}  # a failed fill deletes nothing
