@@ -1,0 +1,157 @@
+"""fleet.toml, typed and validated once: `[server]`, `[[sites]]` and the tuning sections.
+
+Every default works on one machine on loopback with data under ./var/. Environment
+overrides use the prefix EDGEFLIX_FLEET (e.g. EDGEFLIX_FLEET__SERVER__HTTP=127.0.0.1:0).
+The pure cores take their policies from here through the `*_policy()` helpers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgeflix.config import ConfigModel, load_config, parse_hostport
+from edgeflix.errors import ConfigError
+from fleet.errors import FleetInputError
+from fleet.keys import KeyPolicy
+from fleet.model import Site
+from fleet.planner import PlannerPolicy
+from fleet.popularity import PopularityPolicy
+from fleet.steering import SteeringPolicy
+
+ENV_PREFIX = "EDGEFLIX_FLEET"
+
+
+class ServerConfig(ConfigModel):
+    grpc: str = "127.0.0.1:7070"
+    http: str = "127.0.0.1:7080"
+    db: Path = Path("var/fleet/fleet.sqlite")
+    # "token": appliances need a one-time join token; "open": anyone on the network may
+    # enrol (loopback demos only).
+    enrolment: Literal["token", "open"] = "token"
+
+    @field_validator("grpc", "http")
+    @classmethod
+    def _hostport(cls, value: str) -> str:
+        try:
+            parse_hostport(value)
+        except ConfigError as exc:  # as ValueError, pydantic names the key
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class SiteConfig(ConfigModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    prefixes: tuple[str, ...] = ()
+    fill_window: str = "02:00-06:00"
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _valid_site(self) -> SiteConfig:
+        try:
+            self.to_site()
+        except FleetInputError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def to_site(self) -> Site:
+        return Site.build(self.name, self.prefixes, self.fill_window, self.timezone)
+
+
+class OriginConfig(ConfigModel):
+    # Where the origin serves /titles/<id>/…: the last-resort steering target and fill source.
+    url: str = "http://127.0.0.1:8080"
+
+
+class HeartbeatConfig(ConfigModel):
+    interval_s: float = Field(5.0, gt=0)
+    # An appliance missing this many beats in a row is `unreachable`.
+    missed_beats: int = Field(3, ge=1)
+
+
+class SteeringConfig(ConfigModel):
+    load_threshold: float = Field(0.9, gt=0, le=1)
+    epsilon: float = Field(0.25, ge=0)
+    min_urls: int = Field(2, ge=1)
+    max_urls: int = Field(3, ge=1)
+    origin_fallback: bool = True
+    token_ttl_s: int = Field(4 * 3600, gt=0)
+    # Bind URLs to the client address (breaks players that change address mid-session).
+    bind_client_ip: bool = False
+
+
+class PlannerConfig(ConfigModel):
+    hysteresis: float = Field(0.25, ge=0)
+    replica_load_share: float = Field(0.5, gt=0)
+    fill_ratio: float = Field(0.98, gt=0, le=1)
+    max_fill_bytes: int | None = Field(None, gt=0)
+    half_life_s: float = Field(3 * 86_400.0, gt=0)
+    boost_rank: int = Field(5, ge=1)
+    boost_factor: float = Field(1.0, ge=0)
+
+
+class KeysConfig(ConfigModel):
+    rotate_every_s: float = Field(24 * 3600.0, gt=0)
+    lead_s: float = Field(60.0, ge=0)
+    skew_s: float = Field(60.0, ge=0)
+
+
+class FleetConfig(ConfigModel):
+    server: ServerConfig = ServerConfig()
+    sites: tuple[SiteConfig, ...] = ()
+    origin: OriginConfig = OriginConfig()
+    heartbeat: HeartbeatConfig = HeartbeatConfig()
+    steering: SteeringConfig = SteeringConfig()
+    planner: PlannerConfig = PlannerConfig()
+    keys: KeysConfig = KeysConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FleetConfig:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError("a site name is listed twice")
+        if self.steering.min_urls > self.steering.max_urls:
+            raise ValueError("steering.min_urls must not exceed steering.max_urls")
+        if self.keys.rotate_every_s <= self.keys.lead_s:
+            raise ValueError("keys.rotate_every_s must exceed keys.lead_s")
+        return self
+
+    def site_list(self) -> tuple[Site, ...]:
+        return tuple(s.to_site() for s in self.sites)
+
+    def steering_policy(self) -> SteeringPolicy:
+        s = self.steering
+        return SteeringPolicy(
+            s.load_threshold, s.epsilon, s.min_urls, s.max_urls, s.origin_fallback
+        )
+
+    def planner_policy(self) -> PlannerPolicy:
+        p = self.planner
+        return PlannerPolicy(
+            hysteresis=p.hysteresis,
+            replica_load_share=p.replica_load_share,
+            fill_ratio=p.fill_ratio,
+            max_fill_bytes=p.max_fill_bytes,
+        )
+
+    def popularity_policy(self) -> PopularityPolicy:
+        p = self.planner
+        return PopularityPolicy(
+            half_life_s=p.half_life_s, boost_rank=p.boost_rank, boost_factor=p.boost_factor
+        )
+
+    def key_policy(self) -> KeyPolicy:
+        k = self.keys
+        return KeyPolicy(
+            rotate_every_s=k.rotate_every_s,
+            max_token_ttl_s=float(self.steering.token_ttl_s),
+            lead_s=k.lead_s,
+            skew_s=k.skew_s,
+        )
+
+
+def load(path: Path | None) -> FleetConfig:
+    """Load fleet.toml (or all defaults). Relative paths are relative to the working directory."""
+    return load_config(FleetConfig, path, env_prefix=ENV_PREFIX)
