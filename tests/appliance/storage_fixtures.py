@@ -50,10 +50,11 @@ def storage_toml(
     lines = ["[storage]", f'index = "{tmp_path / "var" / "index.sqlite"}"', "disks = ["]
     for i, tier in enumerate(tiers):
         disk = tmp_path / f"{tier}{i}"
-        disk.mkdir(exist_ok=True)
+        disk.mkdir(parents=True, exist_ok=True)
         cap = f", max_bytes = {max_bytes}" if max_bytes else ""
         lines.append(f'  {{ path = "{disk}", tier = "{tier}"{cap} }},')
     lines.append("]")
     path = tmp_path / "appliance.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
