@@ -250,3 +250,53 @@ def test_plan_file_prunes_after_new_titles_are_complete(
     proc = fill(config)
     assert proc.returncode != 0 and "digest" in proc.stderr
     assert set(listing(config)) == {"other"}  # a failed fill deletes nothing
+
+
+def test_window_closing_mid_title_pauses_then_resumes(
+    origin: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Through the library: the window closes after some chunks; the streams stop, wait for
+    the next opening (a fake sleep that moves the fake clock), then resume with Range."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    import httpx
+
+    from appliance.fill.downloader import Pacer, TitleFetcher, TitleProgress
+    from appliance.fill.plan import PlannedTitle
+    from appliance.fill.window import parse_window
+
+    url, store = origin
+    clock = {"now": datetime(2024, 5, 1, 5, 59, 59, tzinfo=UTC)}
+    slept: list[float] = []
+    chunks = {"n": 0}
+
+    def now() -> datetime:
+        chunks["n"] += 1
+        if chunks["n"] == 10:  # close the window after a few chunks have arrived
+            clock["now"] = datetime(2024, 5, 1, 6, 0, 1, tzinfo=UTC)
+        return clock["now"]
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock["now"] += timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+
+    window = parse_window("02:00-06:00", "UTC")
+    pacer = Pacer(None, window, now=now, sleep=sleep)
+    progress = TitleProgress("big")
+
+    async def run() -> None:
+        async with httpx.AsyncClient() as client:
+            title = PlannedTitle(id="big", sources=(url,))
+            fetcher = TitleFetcher(
+                client, title, tmp_path / "big", pacer, streams=2, progress=progress
+            )
+            await fetcher.run()
+
+    asyncio.run(run())
+    model = titlefiles.read(store / "titles/big")[0]
+    assert titlefiles.verify(tmp_path / "big", model) == []
+    assert slept and sum(slept) >= 19 * 3600  # waited for 02:00 the next day
+    assert clock["now"] >= datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
+    assert progress.downloaded == model.total_bytes  # resumed, not restarted

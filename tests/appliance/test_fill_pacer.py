@@ -1,0 +1,76 @@
+"""The pacer: fill window gating and the bandwidth cap, with an injected clock and sleep."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from appliance.fill.downloader import Pacer, WindowClosed
+from appliance.fill.window import parse_window
+
+
+class FakeTime:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def wall(self) -> datetime:
+        return self.now
+
+    def mono(self) -> float:
+        return (self.now - datetime(2024, 1, 1, tzinfo=UTC)).total_seconds()
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+def test_window_pauses_at_close_and_resumes_at_next_open() -> None:
+    t = FakeTime(datetime(2024, 5, 1, 5, 59, 0, tzinfo=UTC))
+    pacer = Pacer(None, parse_window("02:00-06:00", "UTC"), clock=t.mono, now=t.wall, sleep=t.sleep)
+
+    async def scenario() -> None:
+        await pacer.wait_open()
+        assert t.slept == []
+        await pacer.spend(1000)
+        t.now += timedelta(minutes=1)  # 06:00: the window has closed
+        with pytest.raises(WindowClosed):
+            await pacer.spend(1000)
+        await pacer.wait_open()
+        assert t.now == datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
+        assert sum(t.slept) == 20 * 3600
+        await pacer.spend(1000)
+
+    asyncio.run(scenario())
+
+
+def test_cap_makes_streams_wait() -> None:
+    t = FakeTime(datetime(2024, 5, 1, tzinfo=UTC))
+    pacer = Pacer(8000, None, clock=t.mono, now=t.wall, sleep=t.sleep)  # 1000 bytes/s
+
+    async def scenario() -> None:
+        await pacer.spend(250)  # the initial burst: a quarter second of line rate
+        assert t.slept == []
+        await pacer.spend(1000)
+        assert t.slept == [1.0]
+        for _ in range(10):
+            await pacer.spend(500)
+        # 5000 more bytes at 1000 B/s: 5 more seconds of waiting in all
+        assert sum(t.slept) == pytest.approx(6.0)
+
+    asyncio.run(scenario())
+
+
+def test_no_window_no_cap_never_waits() -> None:
+    t = FakeTime(datetime(2024, 5, 1, tzinfo=UTC))
+    pacer = Pacer(None, None, clock=t.mono, now=t.wall, sleep=t.sleep)
+
+    async def scenario() -> None:
+        await pacer.wait_open()
+        for _ in range(100):
+            await pacer.spend(1 << 20)
+
+    asyncio.run(scenario())
+    assert t.slept == []
