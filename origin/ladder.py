@@ -2,8 +2,9 @@
 
 The default ladder is a fixed table cut at the source's height (never upscale). The per-title
 (`--ladder auto`) ladder re-prices each rung from trial encodes measured with VMAF: on the
-upper convex hulls of (log bitrate, VMAF) each rung gets its quality at the fewest bits, on
-whichever resolution is cheapest for it, so easy content spends fewer bits. `origin/pertitle.py` runs the trials; this decides.
+upper convex hull of (log bitrate, VMAF) each rung stops where more bits stop buying visible
+quality, so easy content spends fewer bits.
+`origin/pertitle.py` runs the trials; this decides.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ CODEC_FACTOR = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 NATIVE_RUNG_MARGIN = 1.10
 # Trial bitrates for --ladder auto, as multiples of the default rung bitrate.
 TRIAL_FACTORS = (0.35, 0.6, 1.0)
-# --ladder auto: no rung aims above this VMAF (past it viewers see no difference).
+# --ladder auto: no rung aims above this VMAF (past it viewers see no difference)...
 VMAF_CEILING = 95.0
+# ...nor past the point where doubling its bits would buy fewer VMAF points than this
+# (about one just-noticeable difference): where content is easy that point comes early.
+KNEE_SLOPE = 5.0
 # A taller rung never gets fewer bits than the one below it (plus this margin).
 MIN_RUNG_STEP = 1.05
 
@@ -141,50 +145,44 @@ def kbps_for(hull: Sequence[TrialPoint], target: float) -> float | None:
     return None
 
 
+def knee_vmaf(hull: Sequence[TrialPoint], knee_slope: float = KNEE_SLOPE) -> float:
+    """VMAF at the first hull vertex after which a doubling of bits buys < `knee_slope`."""
+    for lo, hi in itertools.pairwise(hull):
+        if (hi.vmaf - lo.vmaf) / math.log2(hi.kbps / lo.kbps) < knee_slope:
+            return lo.vmaf
+    return hull[-1].vmaf
+
+
 def auto_ladder(
     rungs: Sequence[Rung],
     trials: Mapping[str, Sequence[TrialPoint]],
     ceiling: float = VMAF_CEILING,
+    knee_slope: float = KNEE_SLOPE,
 ) -> tuple[Rung, ...]:
     """Re-price `rungs` (the default ladder) from their trial points, keyed by rung id.
 
-    Each rung keeps the quality the fixed ladder gives it on this title, but never more than
-    `ceiling`, and gets it as cheaply as the convex hulls allow: at the fewest bits on any
-    resolution's hull (the cheapest resolution for that quality wins, one rung per size).
+    Each rung aims at the quality the fixed ladder gives it on this title, but not beyond
+    `ceiling` nor beyond its hull's knee (see KNEE_SLOPE), at the fewest bits its convex
+    hull allows — never more than the fixed ladder spends.
     Bitrates then step up by at least MIN_RUNG_STEP from rung to rung so it stays a ladder.
     """
     hulls = {rung.id: upper_hull(trials.get(rung.id, ())) for rung in rungs}
     for rung_id, hull in hulls.items():
         if not hull:
             raise ValueError(f"no trial points for {rung_id}")
-    result: dict[str, Rung] = {}
+    result: list[Rung] = []
     for codec in dict.fromkeys(r.codec for r in rungs):
-        mine = sorted((r for r in rungs if r.codec == codec), key=_height, reverse=True)
-        taken: set[int] = set()
-        chosen: list[Rung] = []
-        for rung in mine:
-            target = min(vmaf_at(hulls[rung.id], rung.kbps), ceiling)
-            options = []
-            for other in mine:
-                kbps = kbps_for(hulls[other.id], target)
-                if kbps is not None and (other.height not in taken or other is rung):
-                    options.append((kbps, other.height != rung.height, other))
-            kbps, _, best = min(options, key=lambda o: (o[0], o[1]))
-            if best.height in taken:
-                best, kbps = rung, kbps_for(hulls[rung.id], target) or rung.kbps
-            taken.add(best.height)
-            chosen.append(replace(best, kbps=min(rung.kbps, math.ceil(kbps)), vmaf=target))
         floor = 0
-        for rung in sorted(chosen, key=_height):
-            kbps = max(rung.kbps, math.ceil(floor * MIN_RUNG_STEP))
-            vmaf = round(vmaf_at(hulls[_id(codec, rung.height)], kbps), 2)
-            result[rung.id] = replace(rung, kbps=kbps, vmaf=vmaf)
+        for rung in sorted((r for r in rungs if r.codec == codec), key=_height):
+            full = hulls[rung.id]
+            hull = [p for p in full if p.kbps <= rung.kbps] or full[:1]
+            target = min(vmaf_at(hull, rung.kbps), ceiling, knee_vmaf(hull, knee_slope))
+            kbps = min(rung.kbps, math.ceil(kbps_for(full, target) or rung.kbps))
+            kbps = max(kbps, math.ceil(floor * MIN_RUNG_STEP))
+            result.append(replace(rung, kbps=kbps, vmaf=round(vmaf_at(full, kbps), 2)))
             floor = kbps
-    return tuple(sorted(result.values(), key=lambda r: (r.codec, -r.height)))
-
-
-def _id(codec: str, height: int) -> str:
-    return f"{codec}_{height}p"
+    order = {r.id: i for i, r in enumerate(rungs)}
+    return tuple(sorted(result, key=lambda r: order[r.id]))
 
 
 def _height(rung: Rung) -> int:
