@@ -1,0 +1,131 @@
+"""plan_response: statuses, headers and byte spans for every Range/conditional combination."""
+
+from __future__ import annotations
+
+from edgeflix.http.content import content_type, etag_for, http_date
+from edgeflix.http.plan import FileMeta, ResponsePlan, plan_options, plan_response
+from edgeflix.http.ranges import Span
+from edgeflix.http.request import RequestHead
+
+MTIME_NS = 1_700_000_000_123_456_789
+MTIME_S = MTIME_NS // 1_000_000_000
+META = FileMeta(1000, MTIME_NS, "v0/seg1.m4s")
+ETAG = etag_for(1000, MTIME_NS)
+
+
+def req(method: str = "GET", **headers: str) -> RequestHead:
+    hs = {k.replace("_", "-").lower(): v for k, v in headers.items()}
+    return RequestHead(method, "/x", "/x", "", 1, hs, True)
+
+
+def plan(method: str = "GET", **headers: str) -> ResponsePlan:
+    return plan_response(META, req(method, **headers), "BOUNDARY")
+
+
+def h(p: ResponsePlan, name: str) -> str | None:
+    return dict(p.headers).get(name)
+
+
+def test_whole_file() -> None:
+    p = plan()
+    assert p.status == 200
+    assert p.body == (Span(0, 1000),)
+    assert h(p, "Content-Length") == "1000"
+    assert h(p, "ETag") == ETAG
+    assert h(p, "Content-Type") == "video/iso.segment"
+    assert h(p, "Cache-Control") == "public, max-age=31536000, immutable"
+    assert h(p, "Last-Modified") == http_date(MTIME_S)
+    assert h(p, "Access-Control-Allow-Origin") == "*"
+    assert "Content-Range" in (h(p, "Access-Control-Expose-Headers") or "")
+
+
+def test_head_has_headers_but_no_body() -> None:
+    p = plan("HEAD")
+    assert p.status == 200 and p.body == () and h(p, "Content-Length") == "1000"
+
+
+def test_single_range() -> None:
+    p = plan(range="bytes=-10")
+    assert p.status == 206
+    assert p.body == (Span(990, 10),)
+    assert h(p, "Content-Range") == "bytes 990-999/1000"
+    assert h(p, "Content-Length") == "10"
+
+
+def test_multipart_ranges() -> None:
+    p = plan(range="bytes=0-1,10-11")
+    assert p.status == 206
+    assert h(p, "Content-Type") == "multipart/byteranges; boundary=BOUNDARY"
+    spans = [x for x in p.body if isinstance(x, Span)]
+    assert spans == [Span(0, 2), Span(10, 2)]
+    assert int(h(p, "Content-Length") or 0) == p.body_length
+    text = b"".join(x for x in p.body if isinstance(x, bytes)).decode()
+    assert "Content-Range: bytes 10-11/1000" in text and text.endswith("--BOUNDARY--\r\n")
+
+
+def test_unsatisfiable() -> None:
+    p = plan(range="bytes=5000-")
+    assert p.status == 416 and h(p, "Content-Range") == "bytes */1000" and p.body == ()
+
+
+def test_range_ignored_on_head() -> None:
+    assert plan("HEAD", range="bytes=0-1").status == 200
+
+
+def test_if_none_match_and_if_modified_since_give_304() -> None:
+    assert plan(if_none_match=ETAG).status == 304
+    assert plan(if_none_match=f'"nope", W/{ETAG}').status == 304  # weak comparison
+    assert plan(if_none_match="*").status == 304
+    assert plan(if_none_match='"nope"').status == 200
+    assert plan(if_modified_since=http_date(MTIME_S)).status == 304
+    assert plan(if_modified_since=http_date(MTIME_S - 1)).status == 200
+    # If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2 step 3 before 4).
+    assert plan(if_none_match='"nope"', if_modified_since=http_date(MTIME_S)).status == 200
+    assert plan(if_modified_since="garbage").status == 200
+    p = plan(if_none_match=ETAG)
+    assert h(p, "ETag") == ETAG and p.body == ()
+
+
+def test_if_match_and_if_unmodified_since_give_412() -> None:
+    assert plan(if_match='"other"').status == 412
+    assert plan(if_match=f"W/{ETAG}").status == 412  # strong comparison
+    assert plan(if_match=ETAG).status == 200
+    assert plan(if_unmodified_since=http_date(MTIME_S - 10)).status == 412
+    assert plan(if_unmodified_since=http_date(MTIME_S)).status == 200
+    # If-Match is evaluated first and makes If-Unmodified-Since irrelevant.
+    assert plan(if_match=ETAG, if_unmodified_since=http_date(0)).status == 200
+    # 412 beats 304 (step 1 before step 3).
+    assert plan(if_match='"other"', if_none_match=ETAG).status == 412
+
+
+def test_if_range() -> None:
+    assert plan(range="bytes=0-1", if_range=ETAG).status == 206
+    assert plan(range="bytes=0-1", if_range='"stale"').status == 200
+    assert plan(range="bytes=0-1", if_range=f"W/{ETAG}").status == 200
+    assert plan(range="bytes=0-1", if_range=http_date(MTIME_S)).status == 206
+    assert plan(range="bytes=0-1", if_range=http_date(MTIME_S - 1)).status == 200
+
+
+def test_etag_changes_with_size_or_mtime() -> None:
+    assert etag_for(1, 2) != etag_for(1, 3) != etag_for(2, 3)
+    assert ETAG.startswith('"') and not ETAG.startswith("W/")
+
+
+def test_content_types() -> None:
+    assert content_type("master.m3u8") == "application/vnd.apple.mpegurl"
+    assert content_type("manifest.mpd") == "application/dash+xml"
+    assert content_type("v/init.mp4") == "video/mp4"
+    assert content_type("poster.jpg") == "image/jpeg"
+    assert content_type("files.json") == "application/json"
+    assert content_type("README") == "application/octet-stream"
+
+
+def test_options_preflight() -> None:
+    p = plan_options(
+        req("OPTIONS", origin="https://player", access_control_request_method="GET",
+            access_control_request_headers="range")
+    )  # fmt: skip
+    assert p.status == 204
+    assert h(p, "Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
+    assert h(p, "Access-Control-Allow-Headers") == "range"
+    assert h(p, "Access-Control-Allow-Origin") == "*"

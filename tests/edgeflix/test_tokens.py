@@ -1,0 +1,89 @@
+"""URL tokens: sign and verify are pure; every refusal has its own error."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeflix import tokens
+
+KEY = tokens.SigningKey("k1", b"0123456789abcdef0123")
+KEYS = {"k1": KEY.secret, "k2": b"another-secret-of-20"}
+NOW = 1_800_000_000
+
+
+def check(token: str, title: str = "t1", ip: str | None = "10.0.0.1", now: float = NOW) -> object:
+    return tokens.verify(token, title_id=title, client_ip=ip, keys=KEYS, now=now)
+
+
+def test_round_trip() -> None:
+    token = tokens.sign("t1", KEY, NOW + 60)
+    claims = check(token)
+    assert claims == tokens.TokenClaims("k1", NOW + 60, "t1", None)
+    assert all(c.isalnum() or c in "-_." for c in token)
+
+
+def test_ip_bound_round_trip_and_mapped_v6() -> None:
+    token = tokens.sign("t1", KEY, NOW + 60, client_ip="10.0.0.1")
+    assert check(token, ip="10.0.0.1")
+    assert check(token, ip="::ffff:10.0.0.1")  # dual-stack sockets report this spelling
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda t: t + "x", tokens.WrongTitle),
+        (lambda t: "k9" + t[2:], tokens.UnknownKey),
+        (lambda t: t.replace(".any.", ".all."), tokens.MalformedToken),
+        (lambda t: "garbage", tokens.MalformedToken),
+        (lambda t: t.replace(str(NOW + 60), str(NOW + 6000)), tokens.WrongTitle),
+        (lambda t: t.replace(".any.", ".ip.") + ".AAAA", tokens.WrongTitle),  # scope is signed
+    ],
+)
+def test_tampering(mutate: object, error: type[tokens.TokenError]) -> None:
+    token = tokens.sign("t1", KEY, NOW + 60)
+    with pytest.raises(error):
+        check(mutate(token))  # type: ignore[operator]
+
+
+def test_expired() -> None:
+    token = tokens.sign("t1", KEY, NOW + 60)
+    assert check(token, now=NOW + 60)
+    with pytest.raises(tokens.ExpiredToken):
+        check(token, now=NOW + 61)
+
+
+def test_wrong_title() -> None:
+    with pytest.raises(tokens.WrongTitle):
+        check(tokens.sign("t1", KEY, NOW + 60), title="t2")
+
+
+def test_wrong_client() -> None:
+    token = tokens.sign("t1", KEY, NOW + 60, client_ip="10.0.0.1")
+    with pytest.raises(tokens.WrongClient):
+        check(token, ip="10.0.0.2")
+    with pytest.raises(tokens.WrongClient):
+        check(token, ip=None)
+
+
+def test_other_key_cannot_forge() -> None:
+    forged = tokens.sign("t1", tokens.SigningKey("k1", KEYS["k2"]), NOW + 60)
+    with pytest.raises(tokens.WrongTitle):
+        check(forged)
+
+
+def test_weak_keys_refused() -> None:
+    with pytest.raises(tokens.TokenError):
+        tokens.SigningKey("k1", b"short")
+    with pytest.raises(tokens.TokenError):
+        tokens.SigningKey("bad id", b"0123456789abcdef")
+
+
+def test_signed_path() -> None:
+    assert tokens.signed_path("TOK", "t1", "master.m3u8") == "/t/TOK/titles/t1/master.m3u8"
+
+
+def test_title_id_rule_matches_titlefiles() -> None:
+    from appliance.server import TITLE_ID_RE
+    from edgeflix.titlefiles import TITLE_ID_RE as SHARED
+
+    assert TITLE_ID_RE.pattern == SHARED.pattern

@@ -1,0 +1,78 @@
+"""`edgeflix origin serve`: the store over real HTTP, with sendfile and with the fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgeflix import titlefiles
+from tests.integration.serve_support import Server, make_title, raw, start
+
+
+@pytest.fixture(scope="module", params=["sendfile", "no-sendfile"])
+def origin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+    tuple[Server, Path]
+]:
+    store = tmp_path_factory.mktemp("store")
+    make_title(store / "titles" / "bunny", "bunny")
+    (store / "titles" / ".tmp-bunny-x").mkdir()  # staging folders are never served
+    (store / "titles" / ".tmp-bunny-x" / "secret").write_text("no")
+    server = start(
+        ["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0", f"--{request.param}"],
+        ("listening",),
+    )
+    yield server, store
+    assert server.stop() == 0
+
+
+def test_whole_file_range_and_etag(origin: tuple[Server, Path]) -> None:
+    server, store = origin
+    seg = (store / "titles/bunny/v0/seg1.m4s").read_bytes()
+    with httpx.Client(base_url=server.url) as client:
+        full = client.get("/titles/bunny/v0/seg1.m4s")
+        assert full.status_code == 200 and full.content == seg
+        assert full.headers["content-type"] == "video/iso.segment"
+        part = client.get("/titles/bunny/v0/seg1.m4s", headers={"Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == seg[100:200]
+        assert part.headers["content-range"] == f"bytes 100-199/{len(seg)}"
+        again = client.get(
+            "/titles/bunny/v0/seg1.m4s", headers={"If-None-Match": full.headers["etag"]}
+        )
+        assert again.status_code == 304 and again.content == b""
+        resume = client.get("/titles/bunny/v0/seg1.m4s", headers={"Range": "bytes=299000-"})
+        assert resume.content == seg[299000:]
+
+
+def test_titles_listing_carries_digests(origin: tuple[Server, Path]) -> None:
+    server, store = origin
+    listing = httpx.get(server.url + "/titles").json()
+    _, digest = titlefiles.read(store / "titles" / "bunny")
+    assert [(t["id"], t["digest"]) for t in listing["titles"]] == [("bunny", digest)]
+    files = httpx.get(server.url + listing["titles"][0]["files_json"])
+    assert titlefiles.digest_bytes(files.content) == digest
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/titles/bunny/../bunny/files.json",
+        "/titles/bunny/%2e%2e/%2e%2e/etc/passwd",
+        "/titles/bunny/..%2f..%2fetc%2fpasswd",
+        "/titles/bunny/%252e%252e/x",
+        "/titles/bunny/..\\..\\x",
+    ],
+)
+def test_traversal_refused(origin: tuple[Server, Path], path: str) -> None:
+    server, _ = origin
+    answer = raw(server.addr, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_staging_and_unknown_are_404(origin: tuple[Server, Path]) -> None:
+    server, _ = origin
+    assert httpx.get(server.url + "/titles/.tmp-bunny-x/secret").status_code == 404
+    assert httpx.get(server.url + "/titles/nope/master.m3u8").status_code == 404
+    assert httpx.get(server.url + "/titles/bunny/v0").status_code == 404  # a folder
