@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Literal, get_args
 
 from appliance.config import DiskConfig, Tier
 from appliance.placement import Bucket, Room
@@ -25,6 +25,9 @@ TIERS: tuple[Tier, ...] = get_args(Tier)
 # leaving a fast disk underused.
 DEFAULT_TIER: Tier = "hdd"
 TITLES_DIR = "titles"
+# Loads may fill a disk up to its high watermark; background tier moves stop at the low one,
+# so a tier filled by moves still has room for the next load.
+Watermark = Literal["high", "low"]
 _MAX_DEPTH = 8
 
 
@@ -73,6 +76,7 @@ class DiskUsage:
     capacity: int
     used: int
     free_below_high: int
+    free_below_low: int
 
 
 def _read_text(path: Path) -> str | None:
@@ -166,15 +170,18 @@ def measure(disk: Disk, indexed_bytes: int) -> DiskUsage:
     """Usage of one disk. With max_bytes only what the index holds there counts as used."""
     fs = shutil.disk_usage(disk.path)
     used = indexed_bytes if disk.max_bytes else fs.total - fs.free
-    room = min(int(disk.capacity * disk.high_watermark) - used, fs.free)
+    high = min(int(disk.capacity * disk.high_watermark) - used, fs.free)
+    low = min(int(disk.capacity * disk.low_watermark) - used, fs.free)
     return DiskUsage(
         disk=disk.id,
         tier=disk.tier,
         capacity=disk.capacity,
         used=used,
-        free_below_high=max(0, room),
+        free_below_high=max(0, high),
+        free_below_low=max(0, low),
     )
 
 
-def room(usage: DiskUsage) -> Room:
-    return Room(disk=usage.disk, free=usage.free_below_high)
+def room(usage: DiskUsage, watermark: Watermark = "high") -> Room:
+    free = usage.free_below_high if watermark == "high" else usage.free_below_low
+    return Room(disk=usage.disk, free=free)

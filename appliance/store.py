@@ -25,6 +25,7 @@ from appliance.disks import (
     LoadError,
     StorageError,
     UnknownTitle,
+    Watermark,
     measure,
     open_disks,
     room,
@@ -148,14 +149,19 @@ class Store:
         return result
 
     def _check_fit(
-        self, title_id: str, tier: Tier, needed: Mapping[str, int], freeing: Mapping[str, int]
+        self,
+        title_id: str,
+        tier: Tier,
+        needed: Mapping[str, int],
+        freeing: Mapping[str, int],
+        watermark: Watermark = "high",
     ) -> None:
-        rooms = [room(u) for u in self.usage()]
+        rooms = [room(u, watermark) for u in self.usage()]
         rooms = [type(r)(disk=r.disk, free=r.free + freeing.get(r.disk, 0)) for r in rooms]
         short = shortfalls(needed, rooms)
         if short:
             detail = "; ".join(
-                f"{s.needed} bytes on {s.disk} with {s.free} free below its high watermark"
+                f"{s.needed} bytes on {s.disk} with {s.free} free below its {watermark} watermark"
                 for s in short
             )
             raise CapacityError(
@@ -326,9 +332,8 @@ class Store:
                 return False
             files = title_files(self.conn, title_id)
             placement = self._placement(title_id, to_tier, [f.path for f in files])
-            self._check_fit(
-                title_id, to_tier, bytes_per_disk(placement, {f.path: f.size for f in files}), {}
-            )
+            needed = bytes_per_disk(placement, {f.path: f.size for f in files})
+            self._check_fit(title_id, to_tier, needed, {}, "low")
             copies: list[Path] = []
             try:
                 for f in files:

@@ -295,3 +295,16 @@ def test_throttle_paces_bytes() -> None:
         throttle.consume(500)
     assert now[0] == pytest.approx(2.5)
     assert slept[0] == pytest.approx(0.5)
+
+
+def test_moves_fill_a_tier_only_to_its_low_watermark(tmp_path: Path) -> None:
+    src = make_title(tmp_path / "src", "t")  # ~181 kB: under 90% of 215 kB, over 80%
+    store = make_store(tmp_path, tiers=("ssd", "hdd"), max_bytes=215_000)
+    store.load("t", src)
+    with pytest.raises(CapacityError, match="free below its low watermark"):
+        store.move("t", "ssd", grace_s=0)
+    assert store.title("t").tier == "hdd"
+    assert stored_files(store) == sorted(
+        p for p in store.disks[1].titles_dir.rglob("*") if p.is_file()
+    )
+    assert store.load("u", make_title(tmp_path / "src", "u"), rate=9.0).tier == "ssd"
