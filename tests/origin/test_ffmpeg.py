@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from origin.ffmpeg import (
+    EncodeSettings,
+    encode_args,
+    filter_graph,
+    parse_progress,
+    poster_time,
+    video_codec_args,
+    vmaf_args,
+)
+from origin.ladder import Rung
+
+RUNGS = [Rung("h264", 1280, 720, 2800), Rung("h264", 640, 360, 800)]
+
+
+def _value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_gop_is_one_segment_of_frames() -> None:
+    assert EncodeSettings(Fraction(25), 4).gop == 100
+    ntsc = EncodeSettings(Fraction(30000, 1001), 2)
+    assert ntsc.gop == 60 and ntsc.hls_time == pytest.approx(60 * 1001 / 30000)
+
+
+@pytest.mark.parametrize(
+    ("codec", "params_flag", "no_scenecut"),
+    [("h264", "-x264-params", "scenecut=0"), ("hevc", "-x265-params", "scenecut=0"),
+     ("av1", "-svtav1-params", "scd=0")],
+)  # fmt: skip
+def test_every_encoder_gets_fixed_gop_and_no_scene_cuts(
+    codec: str, params_flag: str, no_scenecut: str
+) -> None:
+    args = video_codec_args(Rung(codec, 640, 360, 800), EncodeSettings(Fraction(25), 2))
+    assert _value(args, "-g") == "50" and _value(args, "-keyint_min") == "50"
+    assert _value(args, "-sc_threshold") == "0"
+    assert _value(args, "-force_key_frames") == "expr:eq(mod(n,50),0)"
+    assert no_scenecut in _value(args, params_flag) and "keyint=50" in _value(args, params_flag)
+    assert _value(args, "-b:v") == "800k" and _value(args, "-maxrate") == "1200k"
+
+
+def test_one_process_one_output_per_rendition(tmp_path: Path) -> None:
+    args = encode_args(
+        "ffmpeg", Path("in.mp4"), RUNGS, EncodeSettings(Fraction(25), 2), tmp_path, True
+    )
+    assert args.count("-i") == 1 and args.count("hls") == 3  # two renditions + audio
+    assert _value(args, "-filter_complex").startswith("[0:v:0]fps=25,split=2[s0][s1]")
+    segs = [args[i + 1] for i, a in enumerate(args) if a == "-hls_segment_filename"]
+    assert segs == [str(tmp_path / d / "seg_%05d.m4s") for d in ("h264_720p", "h264_360p", "audio")]
+    assert all(args[i + 1] == "fmp4" for i, a in enumerate(args) if a == "-hls_segment_type")
+    audio = args[args.index("0:a:0") :]
+    assert _value(audio, "-c:a") == "aac" and _value(audio, "-ac") == "2"
+
+
+def test_no_audio_output_without_audio(tmp_path: Path) -> None:
+    args = encode_args(
+        "ffmpeg", Path("in.mp4"), RUNGS[:1], EncodeSettings(Fraction(25), 2), tmp_path, False
+    )
+    assert "0:a:0" not in args and args.count("hls") == 1
+
+
+def test_filter_graph_scales_each_rung() -> None:
+    graph = filter_graph(RUNGS, Fraction(30000, 1001))
+    assert "fps=30000/1001" in graph and "[s1]scale=640:360" in graph and graph.endswith("[v1]")
+
+
+def test_vmaf_graph_escapes_log_paths() -> None:
+    args = vmaf_args(
+        "ffmpeg",
+        Path("ref.mp4"),
+        1.0,
+        2.0,
+        [(Path("a.mp4"), Path("/t/a:b.json"))],
+        1280,
+        720,
+        Fraction(25),
+    )
+    graph = _value(args, "-filter_complex")
+    assert "log_path=/t/a\\\\:b.json" in graph and "model=version=vmaf_v0.6.1" in graph
+
+
+def test_progress_takes_the_last_out_time() -> None:
+    block = ["frame=10", "out_time_us=1500000", "out_time_us=2500000", "progress=continue"]
+    assert parse_progress(block) == 2.5
+    assert parse_progress(["out_time_us=N/A", "progress=continue"]) is None
+    assert parse_progress(["out_time_us=-5"]) == 0.0
+
+
+def test_poster_time_is_early_but_not_the_first_frame() -> None:
+    assert poster_time(5.3) == pytest.approx(0.53)
+    assert poster_time(7200) == 30.0
