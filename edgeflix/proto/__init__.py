@@ -1,0 +1,1 @@
+"""Generated gRPC stubs and the .proto files they come from (`make proto`)."""
