@@ -13,14 +13,17 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal
 
-from appliance.config import DiskConfig, Tier
 from appliance.placement import Bucket, Room
 from edgeflix.errors import EdgeflixError
 
+if TYPE_CHECKING:
+    # Types only: serving workers import this module (via index.py) and stay free of pydantic.
+    from appliance.config import DiskConfig, Tier
+
 SYSFS = Path("/sys")
-TIERS: tuple[Tier, ...] = get_args(Tier)
+TIERS: tuple[Tier, ...] = ("ssd", "hdd")
 # Unknown hardware counts as slow: promoting a title to a tier we only guessed is worse than
 # leaving a fast disk underused.
 DEFAULT_TIER: Tier = "hdd"

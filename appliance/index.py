@@ -13,8 +13,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from appliance.disks import TITLES_DIR, StorageError
 
 # Title states: loading → ready (servable) → incomplete (a file went missing or bad);
@@ -71,6 +69,8 @@ def file_path(disk: str, title_id: str, rel_path: str) -> Path:
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
+    import sqlite_utils  # the writer's only: serving workers never load it
+
     db = sqlite_utils.Database(conn)
     db.enable_wal()
     db["titles"].create(  # type: ignore[union-attr]

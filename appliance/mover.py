@@ -18,16 +18,18 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from appliance import tiering
-from appliance.config import StorageConfig, Tier
 from appliance.disks import StorageError
 from appliance.index import READY, all_titles
-from appliance.safefiles import Throttle
-from appliance.store import UNLINK_GRACE_S, Store
+from appliance.safefiles import UNLINK_GRACE_S, Throttle
 from edgeflix.log import event
+
+if TYPE_CHECKING:
+    # Serving workers import this module for HitRecorder: keep pydantic and the store out.
+    from appliance.config import StorageConfig, Tier
+    from appliance.store import Store
 
 log = logging.getLogger("appliance.mover")
 FLUSH_EVERY_S = 5.0
@@ -43,12 +45,12 @@ def hits_path(index: Path) -> Path:
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-    db = sqlite_utils.Database(conn)
-    if db.journal_mode != "wal":
-        db.enable_wal()
-    db["hits"].create({"title": str, "count": int}, if_not_exists=True)  # type: ignore[union-attr]
-    db["rates"].create(  # type: ignore[union-attr]
-        {"title": str, "value": float, "at": float}, pk="title", if_not_exists=True
+    # Plain SQL rather than sqlite-utils here: this runs in every serving worker.
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS hits (title TEXT NOT NULL, count INTEGER NOT NULL)")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS rates (title TEXT PRIMARY KEY, value REAL NOT NULL, "
+        "at REAL NOT NULL)"
     )
     return conn
 
@@ -218,6 +220,8 @@ class MoverThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        from appliance.store import Store
+
         # The store's SQLite connection must be made on the thread that uses it.
         store = (
             Store(self._config) if self._sysfs is None else Store(self._config, sysfs=self._sysfs)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+# After a tier move flips the index, old copies stay this long so a request that located the
+# old path just before the flip can still open it (open descriptors survive the unlink anyway).
+UNLINK_GRACE_S = 2.0
 TMP_SUFFIX = ".tmp"
 
 

@@ -47,6 +47,7 @@ from appliance.index import (
 )
 from appliance.placement import bytes_per_disk, place_title, shortfalls
 from appliance.safefiles import (
+    UNLINK_GRACE_S,
     ChecksumMismatch,
     Throttle,
     TitleLocks,
@@ -61,9 +62,6 @@ from edgeflix.log import event
 from edgeflix.titlefiles import FILES_JSON, FileEntry, check_title_id
 
 log = logging.getLogger("appliance.store")
-# After a tier move flips the index, old copies stay this long so a request that located the
-# old path just before the flip can still open it (open descriptors survive the unlink anyway).
-UNLINK_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from appliance.config import Tier
+if TYPE_CHECKING:
+    from appliance.config import Tier
 
 # A hot title is demoted only once its rate falls below half of hot_rate, so a title hovering
 # around the threshold is not copied back and forth between tiers.
