@@ -1,0 +1,77 @@
+"""Steering → signed URLs (edgeflix.tokens), and plans → what appliances read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from appliance.fill.plan import parse_plan  # contract check: the appliance reads our output
+from edgeflix.tokens import SigningKey, WrongClient, verify
+from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site
+from fleet.planner import ApplianceFillPlan, PlannedTitle
+from fleet.publish import to_document, to_proto
+from fleet.steering import steer
+from fleet.urls import playback_urls
+
+KEY = SigningKey("k1", b"s" * 32)
+HOME = Site.build("home", ["192.168.1.0/24"], "02:00-06:00", "Europe/Berlin")
+
+
+def snapshot() -> FleetSnapshot:
+    box = Appliance("h1", "home", "http://127.0.0.1:8081/", titles={"film": HeldTitle("d")})
+    return FleetSnapshot((HOME,), (box,), origin_url="http://127.0.0.1:8080")
+
+
+def test_appliance_urls_carry_a_token_that_verifies_and_origin_urls_do_not() -> None:
+    decision = steer(snapshot(), "192.168.1.5", "film")
+    got = playback_urls(decision, KEY, now=1000.0, ttl_s=600)
+    appliance_url, origin_url = got.urls
+    assert got.expires == 1600
+    assert appliance_url.startswith("http://127.0.0.1:8081/t/k1.1600.any.")
+    assert appliance_url.endswith("/titles/film/master.m3u8")
+    token = appliance_url.split("/t/", 1)[1].split("/", 1)[0]
+    claims = verify(
+        token, title_id="film", client_ip="10.9.9.9", keys={"k1": KEY.secret}, now=1500.0
+    )
+    assert claims.expires == 1600
+    assert origin_url == "http://127.0.0.1:8080/titles/film/master.m3u8"
+
+
+def test_bound_urls_refuse_another_client_and_no_key_means_no_token() -> None:
+    decision = steer(snapshot(), "192.168.1.5", "film")
+    url = playback_urls(decision, KEY, 0.0, 60, bind_client_ip=True).urls[0]
+    token = url.split("/t/", 1)[1].split("/", 1)[0]
+    verify(token, title_id="film", client_ip="192.168.1.5", keys={"k1": KEY.secret}, now=1)
+    with pytest.raises(WrongClient):
+        verify(token, title_id="film", client_ip="192.168.1.6", keys={"k1": KEY.secret}, now=1)
+    plain = playback_urls(decision, None, 0.0, 60).urls[0]
+    assert plain == "http://127.0.0.1:8081/titles/film/master.m3u8"
+
+
+DIGEST = "ab" * 32
+ENTRY = ApplianceFillPlan(
+    "h2",
+    "home",
+    (
+        PlannedTitle("film", DIGEST, 10, "ssd", "h1"),
+        PlannedTitle("show", "not-a-sha", 5, "hdd", "origin"),
+    ),
+)
+
+
+def test_plan_document_is_what_the_appliance_reads() -> None:
+    doc = to_document(ENTRY, HOME, {"h1": "http://10.0.0.1:8081/"}, "http://origin:8080")
+    parsed = parse_plan(json.dumps(doc).encode(), "fleet")
+    assert [t.id for t in parsed.titles] == ["film", "show"]
+    assert parsed.titles[0].sources == ("http://10.0.0.1:8081", "http://origin:8080")
+    assert parsed.titles[0].digest == DIGEST and parsed.titles[1].digest is None
+    assert parsed.titles[1].sources == ("http://origin:8080",)
+    assert (parsed.window, parsed.timezone) == ("02:00-06:00", "Europe/Berlin")
+
+
+def test_plan_proto_keeps_order_version_and_sources() -> None:
+    plan = to_proto(ENTRY, 4, HOME, {"h1": "http://10.0.0.1:8081"}, "http://origin:8080")
+    assert plan.version == 4 and plan.fill_window == "02:00-06:00"
+    assert [t.title_id for t in plan.titles] == ["film", "show"]
+    assert list(plan.titles[0].sources) == ["http://10.0.0.1:8081", "http://origin:8080"]
