@@ -4,8 +4,10 @@ sure the child dies with us — on an error, Ctrl-C or SIGTERM it is killed befo
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -14,6 +16,13 @@ from origin.errors import EncodeError, StoreError
 from origin.ffmpeg import parse_progress
 
 ProgressCallback = Callable[[float], None]
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if the ingest is SIGKILLed, the kernel kills ffmpeg too."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def find_ffmpeg(configured: str | None = None) -> str:
@@ -42,6 +51,7 @@ def run_ffmpeg(args: Sequence[str], what: str, on_progress: ProgressCallback | N
             stdout=subprocess.PIPE,
             stderr=errors,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
             text=True,
         )
         try:
