@@ -37,7 +37,6 @@ from edgeflix.titlefiles import FILES_JSON, FileEntry, TitleFiles
 log = logging.getLogger("appliance.fill")
 # httpx logs every request at INFO: thousands of lines per title. Our own events say enough.
 logging.getLogger("httpx").setLevel(logging.WARNING)
-CHUNK = 256 * 1024
 PART = ".part"
 
 
@@ -302,7 +301,7 @@ class TitleFetcher:
                     )
                 with part.open("r+b" if offset else "wb") as fh:
                     fh.seek(offset)
-                    async for chunk in resp.aiter_raw(CHUNK):
+                    async for chunk in resp.aiter_raw():
                         await self.pacer.spend(len(chunk))
                         offset += len(chunk)
                         if offset > entry.size:

@@ -1,0 +1,179 @@
+"""Fill throughput: the appliance's fill client vs curl, same files, same parallelism, same
+local `edgeflix origin serve`, alternating runs. Goal: fill >= 0.9x curl's bytes/s with
+SHA-256 verification on (curl verifies nothing).
+
+Rows: `fill` (download + verify into staging: the network part of a fill), `fill+load`
+(the whole `edgeflix appliance fill`, including the copy into the store), `curl`.
+
+    .venv/bin/python bench/fill.py [--files 48] [--size-mib 2] [--streams 4] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance.fill.downloader import Pacer, TitleFetcher  # noqa: E402
+from appliance.fill.plan import PlannedTitle  # noqa: E402
+from edgeflix import titlefiles  # noqa: E402
+from edgeflix.titlefiles import TitleFiles  # noqa: E402
+
+
+def make_title(store: Path, title_id: str, files: int, size: int) -> TitleFiles:
+    folder = store / "titles" / title_id
+    (folder / "v0").mkdir(parents=True)
+    for i in range(files):
+        (folder / "v0" / f"seg{i:04d}.m4s").write_bytes(os.urandom(size))
+    entries = tuple(titlefiles.scan(folder))
+    model = TitleFiles(
+        id=title_id,
+        title=title_id,
+        duration=float(files),
+        segment_seconds=1.0,
+        created="2024-01-01T00:00:00Z",
+        renditions=(),
+        files=entries,
+        total_bytes=sum(e.size for e in entries),
+    )
+    (folder / "files.json").write_bytes(titlefiles.render(model))
+    return model
+
+
+def start_origin(store: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeflix.cli",
+            "origin",
+            "serve",
+            "--store",
+            str(store),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"origin did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def run_fill(url: str, title_id: str, staging: Path, streams: int) -> float:
+    shutil.rmtree(staging, ignore_errors=True)
+
+    async def go() -> None:
+        limits = httpx.Limits(max_connections=streams * 2, max_keepalive_connections=streams)
+        async with httpx.AsyncClient(limits=limits) as client:
+            title = PlannedTitle(id=title_id, sources=(url,))
+            await TitleFetcher(client, title, staging, Pacer(None, None), streams=streams).run()
+
+    start = time.perf_counter()
+    asyncio.run(go())
+    return time.perf_counter() - start
+
+
+def run_fill_cli(url: str, title_id: str, work: Path, streams: int) -> float:
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "d0").mkdir(parents=True)
+    config = work / "appliance.toml"
+    config.write_text(
+        f'[storage]\ndisks = [ {{ path = "{work}/d0", tier = "ssd" }} ]\n'
+        f'index = "{work}/index.sqlite"\n[fill]\nstaging = "{work}/staging"\n'
+    )
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeflix.cli",
+            "appliance",
+            "fill",
+            "--config",
+            str(config),
+            "--from",
+            url,
+            "--title",
+            title_id,
+            "--streams",
+            str(streams),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
+    return time.perf_counter() - start
+
+
+def run_curl(url: str, model: TitleFiles, out: Path, streams: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    args = ["curl", "--silent", "--fail", "--parallel", "--parallel-max", str(streams)]
+    for entry in model.files:
+        args += [
+            "-o",
+            str(out / entry.path.replace("/", "_")),
+            f"{url}/titles/{model.id}/{entry.path}",
+        ]
+    start = time.perf_counter()
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=48)
+    parser.add_argument("--size-mib", type=float, default=2.0)
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    opts = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is needed (apt-get install curl)")
+    with tempfile.TemporaryDirectory(prefix="edgeflix-bench-fill-") as tmp_name:
+        tmp = Path(tmp_name)
+        model = make_title(tmp / "origin", "bench", opts.files, int(opts.size_mib * (1 << 20)))
+        origin, url = start_origin(tmp / "origin")
+        times: dict[str, list[float]] = {"fill": [], "fill+load": [], "curl": []}
+        try:
+            run_curl(url, model, tmp / "curl", opts.streams)  # warm the page cache
+            for _ in range(opts.rounds):
+                times["curl"].append(run_curl(url, model, tmp / "curl", opts.streams))
+                times["fill"].append(run_fill(url, "bench", tmp / "staging", opts.streams))
+                times["fill+load"].append(run_fill_cli(url, "bench", tmp / "cli", opts.streams))
+        finally:
+            origin.terminate()
+            origin.wait(10)
+    total = model.total_bytes
+    curl_rate = total / statistics.median(times["curl"])
+    print(
+        f"fill bench: {opts.files} files x {opts.size_mib} MiB = {total / 2**20:.0f} MiB, "
+        f"{opts.streams} streams, {opts.rounds} alternating rounds, loopback"
+    )
+    print(f"{'client':<10} {'median s':>9} {'MB/s':>9} {'vs curl':>8}")
+    for name, samples in times.items():
+        med = statistics.median(samples)
+        rate = total / med
+        print(f"{name:<10} {med:>9.3f} {rate / 1e6:>9.1f} {rate / curl_rate:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
