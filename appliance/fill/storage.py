@@ -1,6 +1,7 @@
-"""The fill client's view of the title store (appliance/store.py), through its public API:
-what is servable, load a finished staging folder, remove a title; and taking a dead disk's
-files out of service so those titles are re-filled onto the remaining disks.
+"""The fill client's view of the title store (appliance/store.py): what is servable, load a
+finished staging folder, remove a title; and DiskWatch's two actions on the index: a dead
+disk's files marked missing (their titles stop serving and are re-filled), and a returned
+disk re-verified before its files serve again.
 """
 
 from __future__ import annotations
@@ -8,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.config import StorageConfig
-from appliance.index import INCOMPLETE, MISSING, OK, READY, transaction
+from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
 from appliance.mover import RateBook
 from appliance.store import Store
+from edgeflix.titlefiles import sha256_file
 
 
 class StoreStorage:
@@ -66,3 +68,40 @@ def mark_disk_missing(store: Store, disk_id: str) -> list[str]:
             [(INCOMPLETE, t, READY) for t in titles],
         )
     return sorted(titles)
+
+
+def restore_disk(store: Store, disk_id: str) -> tuple[list[str], list[str]]:
+    """A disk answers again (DiskWatch's Rescan): re-hash every file the index placed on it
+    that is marked missing; good ones serve again, and a title whose files are all good is
+    ready again. Bad or absent files stay missing (the next fill replaces the title).
+    Returns (titles ready again, files still missing as "title/path")."""
+    rows = store.conn.execute(
+        "SELECT title, path, size, sha256 FROM files WHERE disk = ? AND state = ?",
+        (disk_id, MISSING),
+    ).fetchall()
+    good, bad = [], []
+    for title, path, size, sha in rows:
+        location = file_path(disk_id, title, path)
+        try:
+            ok = location.stat().st_size == size and sha256_file(location) == sha
+        except OSError:
+            ok = False
+        (good if ok else bad).append((title, path))
+    with transaction(store.conn) as conn:
+        conn.executemany(
+            "UPDATE files SET state = ? WHERE title = ? AND path = ? AND disk = ?",
+            [(OK, t, p, disk_id) for t, p in good],
+        )
+        titles = sorted({t for t, _ in good})
+        ready = []
+        for title in titles:
+            left = conn.execute(
+                "SELECT COUNT(*) FROM files WHERE title = ? AND state != ?", (title, OK)
+            ).fetchone()[0]
+            if left == 0:
+                conn.execute(
+                    "UPDATE titles SET state = ? WHERE id = ? AND state = ?",
+                    (READY, title, INCOMPLETE),
+                )
+                ready.append(title)
+    return ready, [f"{t}/{p}" for t, p in bad]
