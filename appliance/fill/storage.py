@@ -79,7 +79,8 @@ def restore_disk(store: Store, disk_id: str) -> tuple[list[str], list[str]]:
         "SELECT title, path, size, sha256 FROM files WHERE disk = ? AND state = ?",
         (disk_id, MISSING),
     ).fetchall()
-    good, bad = [], []
+    good: list[tuple[str, str]] = []
+    bad: list[tuple[str, str]] = []
     for title, path, size, sha in rows:
         location = file_path(disk_id, title, path)
         try:
