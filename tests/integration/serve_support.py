@@ -42,7 +42,7 @@ def make_title(folder: Path, title_id: str) -> Path:
 
 @dataclass
 class Server:
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[bytes]
     urls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -69,7 +69,7 @@ def start(args: list[str], want: tuple[str, ...], env: dict[str, str] | None = N
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeflix.cli", *args],
         stdout=subprocess.PIPE,
-        text=True,
+        bufsize=0,  # unbuffered: select() must see every line, none hidden in a buffer
         env={**os.environ, **(env or {})},
     )
     server = Server(proc)
@@ -78,7 +78,7 @@ def start(args: list[str], want: tuple[str, ...], env: dict[str, str] | None = N
     while set(want) - set(server.urls):
         left = deadline - time.monotonic()
         ready, _, _ = select.select([proc.stdout], [], [], max(left, 0))
-        line = proc.stdout.readline() if ready else ""
+        line = proc.stdout.readline().decode() if ready else ""
         if not line:
             server.stop()
             raise AssertionError(f"edgeflix {' '.join(args)} did not start")
