@@ -300,3 +300,32 @@ def test_window_closing_mid_title_pauses_then_resumes(
     assert slept and sum(slept) >= 19 * 3600  # waited for 02:00 the next day
     assert clock["now"] >= datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
     assert progress.downloaded == model.total_bytes  # resumed, not restarted
+
+
+def test_peer_fill_from_a_running_appliance(origin: tuple[str, Path], tmp_path: Path) -> None:
+    """Appliance A fills from the origin and serves; B fills from A alone (the peer path),
+    and for a title A lacks, B falls back from A (404) to the origin."""
+    from tests.integration.serve_support import start
+
+    url, store = origin
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a_config = appliance_config(a_dir)
+    with a_config.open("a") as fh:
+        fh.write('[serve]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    assert fill(a_config, "--from", url, "--title", "small").returncode == 0
+    peer = start(["appliance", "run", "--config", str(a_config)], ("listening", "admin"))
+    try:
+        b_config = appliance_config(b_dir)
+        proc = fill(b_config, "--from", peer.url, "--title", "small")
+        assert proc.returncode == 0, proc.stderr
+        total = titlefiles.read(store / "titles/small")[0].total_bytes
+        assert json.loads(proc.stdout)["titles"]["small"]["downloaded"] == total
+        assert "fill.source_failed" not in proc.stderr
+        proc = fill(b_config, "--from", peer.url, "--from", url, "--title", "other")
+        assert proc.returncode == 0, proc.stderr
+        assert "fill.source_failed" in proc.stderr  # the peer said 404, the origin had it
+        assert set(listing(b_config)) == {"small", "other"}
+    finally:
+        peer.stop()
