@@ -41,7 +41,9 @@ def video_codec_args(rung: Rung, settings: EncodeSettings) -> list[str]:
     """Encoder options for one rung: capped VBR, fixed closed GOP, no scene-cut keyframes."""
     gop = settings.gop
     kbps = rung.kbps
-    common = ["-b:v", f"{kbps}k", "-maxrate", f"{kbps * 3 // 2}k", "-bufsize", f"{kbps * 2}k"]
+    common = ["-b:v", f"{kbps}k"]
+    if rung.codec != "av1":  # SVT-AV1 takes no VBV cap in its VBR mode
+        common += ["-maxrate", f"{kbps * 3 // 2}k", "-bufsize", f"{kbps * 2}k"]
     common += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     common += ["-force_key_frames", f"expr:eq(mod(n,{gop}),0)", "-pix_fmt", "yuv420p"]
     if settings.threads:

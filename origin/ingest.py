@@ -171,12 +171,14 @@ def check_alignment(videos: Sequence[Media], segment_seconds: float, source_fram
     """Refuse to publish a ladder a player could not switch in: every segment opens on a
     keyframe, boundaries match across renditions, lengths are on target, no frame is lost."""
     first = videos[0]
-    bounds = [s.start / first.timescale for s in first.segments]
+    # Relative to each rendition's first frame: encoders differ in B-frame delay (an offset
+    # the manifests carry, e.g. DASH presentationTimeOffset), not in where segments cut.
+    bounds = [(s.start - first.segments[0].start) / first.timescale for s in first.segments]
     for video in videos:
         for seg in video.segments:
             if not seg.starts_with_keyframe:
                 raise EncodeError(f"{video.id}/{seg.name} does not start on a keyframe")
-        mine = [s.start / video.timescale for s in video.segments]
+        mine = [(s.start - video.segments[0].start) / video.timescale for s in video.segments]
         if len(mine) != len(bounds) or any(abs(a - b) > 1e-3 for a, b in zip(mine, bounds)):  # noqa: B905
             raise EncodeError(f"{video.id}: segment boundaries differ from {first.id}")
         for seg in video.segments[:-1]:

@@ -17,6 +17,8 @@ from origin.codecs import codec_string
 from origin.errors import EncodeError
 from origin.ffmpeg import INIT_NAME
 
+_DECODER_CODEC = {"libdav1d": "av1", "libaom-av1": "av1", "av1": "av1"}
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -75,7 +77,8 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
         ctx: Any = stream.codec_context
         kind = stream.type
         timescale = int(1 / stream.time_base) if stream.time_base else 0
-        codec = ctx.name
+        # Decoder names, not codec names, for some: map them back (libdav1d decodes av1).
+        codec = _DECODER_CODEC.get(ctx.name, ctx.name)
         extradata = bytes(ctx.extradata) if ctx.extradata else None
         facts: dict[str, Any] = {}
         if kind == "video":

@@ -81,7 +81,7 @@ def check_as_player(title_dir: Path, src: Path) -> None:
                 packets = [p for p in c.demux(video=0) if p.size]
                 assert packets[0].is_keyframe, f"{variant.uri} {seg.uri} opens on a non-keyframe"
                 starts.append(min(p.pts for p in packets) * packets[0].time_base)
-        boundaries.append(starts)
+        boundaries.append([t - starts[0] for t in starts])
         whole = init + b"".join((folder / s.uri).read_bytes() for s in media.segments)
         with open_bytes(whole) as c:
             decoded = list(c.decode(video=0))

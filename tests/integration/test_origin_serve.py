@@ -13,9 +13,9 @@ from tests.integration.serve_support import Server, make_title, raw, start
 
 
 @pytest.fixture(scope="module", params=["sendfile", "no-sendfile"])
-def origin(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    tuple[Server, Path]
-]:
+def origin(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, Path]]:
     store = tmp_path_factory.mktemp("store")
     make_title(store / "titles" / "bunny", "bunny")
     (store / "titles" / ".tmp-bunny-x").mkdir()  # staging folders are never served

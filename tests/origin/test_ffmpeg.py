@@ -42,7 +42,8 @@ def test_every_encoder_gets_fixed_gop_and_no_scene_cuts(
     assert _value(args, "-sc_threshold") == "0"
     assert _value(args, "-force_key_frames") == "expr:eq(mod(n,50),0)"
     assert no_scenecut in _value(args, params_flag) and "keyint=50" in _value(args, params_flag)
-    assert _value(args, "-b:v") == "800k" and _value(args, "-maxrate") == "1200k"
+    assert _value(args, "-b:v") == "800k"
+    assert codec == "av1" or _value(args, "-maxrate") == "1200k"
 
 
 def test_one_process_one_output_per_rendition(tmp_path: Path) -> None:
