@@ -222,7 +222,7 @@ def fill_cmd(
     if as_json:
         ui.print_json(report.as_json())
     else:
-        rows = [
+        rows: list[tuple[str, str, object, object, str]] = [
             (p.title, p.state, p.total, p.downloaded, p.error or "")
             for p in report.titles.values()
         ]
