@@ -1,0 +1,144 @@
+"""Origin encode benchmark (`make bench`): packaging overhead of `edgeflix origin ingest` over
+one plain ffmpeg command with the same encoder settings and as many outputs, and the per-title
+ladder (`--ladder auto`) against the fixed one: total bitrate and mean VMAF per title.
+Goals: overhead <= 10%; auto >= 20% fewer bits at equal or better VMAF.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from edgeflix.samples import sample_clip
+from edgeflix.ui import print_table
+from origin.ffmpeg import AUDIO_ID, EncodeSettings, audio_codec_args, filter_graph, video_codec_args
+from origin.ladder import default_ladder
+from origin.pertitle import score
+from origin.probe import Source, probe
+from origin.runner import find_ffmpeg, run_ffmpeg
+
+SEGMENT_SECONDS = 4.0
+REPEATS = 3
+
+
+def plain_ffmpeg(ffmpeg: str, source: Source, out: Path) -> list[str]:
+    """The reference: the same decode, filter graph and encoders, one plain MP4 per output."""
+    rungs = default_ladder(source.width, source.height, ["h264"])
+    settings = EncodeSettings(frame_rate=source.frame_rate, segment_seconds=SEGMENT_SECONDS)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", str(source.path)]
+    args += ["-filter_complex", filter_graph(rungs, source.frame_rate)]
+    for i, rung in enumerate(rungs):
+        args += [
+            "-map",
+            f"[v{i}]",
+            "-an",
+            *video_codec_args(rung, settings),
+            str(out / f"{rung.id}.mp4"),
+        ]
+    if source.has_audio:
+        args += ["-map", "0:a:0", "-vn", *audio_codec_args(settings), str(out / f"{AUDIO_ID}.mp4")]
+    return args
+
+
+def ingest(src: Path, store: Path, title_id: str, *extra: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "edgeflix.cli", "origin", "ingest", str(src), "--id", title_id,
+           "--title", title_id, "--store", str(store), "--segment-seconds", str(SEGMENT_SECONDS),
+           "--json", "--replace", *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"ingest failed: {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def overhead(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for name, src in clips.items():
+        source = probe(src)
+        plain_dir = work / f"plain-{name}"
+        plain_dir.mkdir()
+        ours, theirs = [], []
+        plain = partial(run_ffmpeg, plain_ffmpeg(ffmpeg, source, plain_dir), "bench")
+        ours_run = partial(ingest, src, work / "store", f"{name}-default")
+        for _ in range(REPEATS):  # interleaved, so drift in machine load hits both alike
+            theirs.append(timed(plain))
+            ours.append(timed(ours_run))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        rows.append(
+            (name, f"{source.duration:.1f}", f"{b:.2f}", f"{a:.2f}", f"{(a / b - 1) * 100:+.1f}%")
+        )
+    return rows
+
+
+def title_vmaf(
+    ffmpeg: str, source: Source, title: dict[str, Any], store: Path, work: Path
+) -> list[float]:
+    """VMAF of every video rendition of a published title, each decoded from init + segments."""
+    folder = store / "titles" / title["id"]
+    files = []
+    for rendition in title["renditions"]:
+        if rendition["kind"] != "video":
+            continue
+        rdir = folder / rendition["id"]
+        joined = work / f"{title['id']}-{rendition['id']}.mp4"
+        segments = sorted(rdir.glob("seg_*.m4s"), key=lambda p: int(p.stem[4:]))
+        joined.write_bytes(b"".join(p.read_bytes() for p in [rdir / "init.mp4", *segments]))
+        files.append(joined)
+    return score(ffmpeg, source, 0.0, source.duration, files, work)
+
+
+def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    store = work / "store"
+    for name, src in clips.items():
+        source = probe(src)
+        results = {}
+        for ladder in ("default", "auto"):
+            title = ingest(src, store, f"{name}-{ladder}", "--ladder", ladder)
+            videos = [r for r in title["renditions"] if r["kind"] == "video"]
+            kbps = sum(r["average_bandwidth"] for r in videos) / 1000
+            vmaf = statistics.mean(title_vmaf(ffmpeg, source, title, store, work))
+            results[ladder] = (kbps, vmaf)
+            rows.append((name, ladder, str(len(videos)), f"{kbps:.0f}", f"{vmaf:.2f}", "", ""))
+        (dk, dv), (ak, av) = results["default"], results["auto"]
+        rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}")
+    return rows
+
+
+def main() -> None:
+    ffmpeg = find_ffmpeg()
+    with tempfile.TemporaryDirectory(prefix="edgeflix-bench-") as tmp:
+        work = Path(tmp)
+        bunny, bikes = sample_clip("bigbuckbunny.mp4"), sample_clip("bikes.mp4")
+        # A longer title too: on a 5 s clip, Python start-up alone is a visible share.
+        looped = work / "bunny-x4.mp4"
+        subprocess.run([ffmpeg, "-loglevel", "error", "-stream_loop", "3", "-i", str(bunny),
+                        "-c", "copy", str(looped)], check=True)  # fmt: skip
+        clips = {"bunny": bunny, "bikes": bikes, "bunny-x4": looped}
+        print_table(
+            ["clip", "seconds", "plain ffmpeg s", "origin ingest s", "overhead"],
+            overhead(ffmpeg, clips, work),
+            title=f"Packaging overhead (default ladder, median of {REPEATS}; goal <= +10%)",
+        )
+        print_table(
+            ["clip", "ladder", "rungs", "video kbit/s", "mean VMAF", "bits saved", "VMAF diff"],
+            ladders(ffmpeg, {"bunny": bunny, "bikes": bikes}, work),
+            title="Per-title ladder (goal: auto >= 20% fewer bits at equal or better VMAF)",
+        )
+
+
+if __name__ == "__main__":
+    main()
