@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/encode.py
 	$(PY) bench/plan_sim.py
 	$(PY) bench/fill.py
+	$(PY) bench/serve.py
 
 # gRPC stubs from edgeflix/proto/*.proto into edgeflix/proto/gen/ (committed; never edited).
 # The -I mapping makes the generated modules import each other as edgeflix.proto.gen.*.
