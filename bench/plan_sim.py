@@ -153,7 +153,8 @@ def run_lru(trace: list[Request], capacity: int, measure_from: float) -> Result:
 
 def run_lfu(trace: list[Request], capacity: int, measure_from: float) -> Result:
     """LFU with complete history (counts survive eviction), evicting the least counted."""
-    res, counts, cache, heap, used = Result(), dict[str, int](), dict[str, int](), [], 0
+    res, counts, cache, used = Result(), dict[str, int](), dict[str, int](), 0
+    heap: list[tuple[int, float, str]] = []
     for req in trace:
         measure = req.at >= measure_from
         counts[req.title] = counts.get(req.title, 0) + 1
@@ -183,7 +184,8 @@ def run_belady(trace: list[Request], capacity: int, measure_from: float) -> Resu
     for i in range(len(trace) - 1, -1, -1):
         nxt[i] = seen.get(trace[i].title, math.inf)
         seen[trace[i].title] = i
-    res, cache, heap, used = Result(), dict[str, tuple[int, float]](), [], 0
+    res, cache, used = Result(), dict[str, tuple[int, float]](), 0
+    heap: list[tuple[float, str]] = []
     for i, req in enumerate(trace):
         measure = req.at >= measure_from
         hit = req.title in cache

@@ -32,6 +32,10 @@ def _mount() -> None:
     app.add_typer(origin_app, name="origin", help="Encode, package, publish and serve titles.")
     app.add_typer(appliance_app, name="appliance", help="Edge appliance: store, serve, fill.")
 
+    from fleet.cli import app as fleet_app
+
+    app.add_typer(fleet_app, name="fleet", help="Fleet manager: registry, steering, fill plans.")
+
     from edgeflix.demo import demo
 
     app.command("demo", help="Run the product on this machine from the sample clip.")(demo)

@@ -63,6 +63,8 @@ class SiteConfig(ConfigModel):
 class OriginConfig(ConfigModel):
     # Where the origin serves /titles/<id>/…: the last-resort steering target and fill source.
     url: str = "http://127.0.0.1:8080"
+    # How often the catalog (GET /titles) is read from the origin.
+    poll_s: float = Field(30.0, gt=0)
 
 
 class HeartbeatConfig(ConfigModel):
@@ -83,6 +85,8 @@ class SteeringConfig(ConfigModel):
 
 
 class PlannerConfig(ConfigModel):
+    # How often plans are recomputed (appliances fill only inside their window anyway).
+    interval_s: float = Field(300.0, gt=0)
     hysteresis: float = Field(0.25, ge=0)
     replica_load_share: float = Field(0.5, gt=0)
     fill_ratio: float = Field(0.98, gt=0, le=1)

@@ -1,0 +1,266 @@
+"""`edgeflix fleet …`: run the fleet manager (`serve`) and talk to a running one over its
+HTTP API (`--fleet URL` or EDGEFLIX_FLEET). Tables on a terminal, plain text in a pipe,
+`--json` everywhere; an unknown name or an unreachable manager is one clear line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from edgeflix import ui
+from fleet.errors import FleetError
+
+app = typer.Typer(no_args_is_help=True)
+keys_app = typer.Typer(no_args_is_help=True, help="URL-token signing keys.")
+app.add_typer(keys_app, name="keys")
+
+DEFAULT_FLEET = "http://127.0.0.1:7080"
+FleetOpt = typer.Option(
+    None, "--fleet", help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080)."
+)
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+class FleetUnreachable(FleetError):
+    """The fleet manager did not answer."""
+
+
+def _call(fleet: str | None, method: str, path: str, **kw: Any) -> Any:
+    base = (fleet or os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET).rstrip("/")
+    try:
+        resp = httpx.request(method, base + path, timeout=10.0, **kw)
+    except httpx.HTTPError as exc:
+        raise FleetUnreachable(f"fleet manager at {base} is unreachable: {exc}") from None
+    if resp.status_code >= 400:
+        try:
+            detail = resp.json().get("error") or resp.json().get("detail")
+        except ValueError:
+            detail = resp.text.strip()
+        raise FleetError(f"fleet manager: {detail or resp.reason_phrase}")
+    return resp.json()
+
+
+def _mbps(bps: float) -> str:
+    return f"{bps / 1e6:.0f}"
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Path | None = typer.Option(None, "--config", help="fleet.toml (defaults if left out)."),
+) -> None:
+    """Run the fleet manager: gRPC for appliances, HTTP for the CLI and services."""
+    from fleet.config import load
+    from fleet.server import serve
+
+    cfg = load(config)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(cfg))
+
+
+@app.command("ls")
+def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """Every enrolled appliance with its site, state and load."""
+    rows = _call(fleet, "GET", "/appliances")
+    if as_json:
+        ui.print_json(rows)
+        return
+    ui.print_table(
+        ["name", "site", "state", "load Mb/s", "capacity Mb/s", "conns", "titles", "seen s ago"],
+        [
+            [
+                r["name"],
+                r["site"],
+                r["state"],
+                _mbps(r["load_bps"]),
+                _mbps(r["capacity_bps"]),
+                r["connections"],
+                r["titles"],
+                r["last_seen_s"] if r["last_seen_s"] is not None else "-",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command("show")
+def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """One appliance: state, load, what it holds and what its plan wants."""
+    info = _call(fleet, "GET", f"/appliances/{name}")
+    if as_json:
+        ui.print_json(info)
+        return
+    for key in (
+        "name",
+        "site",
+        "url",
+        "state",
+        "health_detail",
+        "connections",
+        "plan_version",
+        "keys_version",
+        "last_seen_s",
+    ):
+        typer.echo(f"{key}: {info[key]}")
+    typer.echo(f"load: {_mbps(info['load_bps'])} of {_mbps(info['capacity_bps'])} Mb/s")
+    ui.print_table(
+        ["title", "complete", "tier", "GB"],
+        [
+            [t, h["complete"], h["tier"], f"{h['size_bytes'] / 1e9:.2f}"]
+            for t, h in info["held"].items()
+        ],
+        title="held",
+    )
+
+
+@app.command("drain")
+def drain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """Take an appliance out of steering (it keeps its titles) for maintenance."""
+    out = _call(fleet, "POST", f"/appliances/{name}/drain")
+    ui.print_json(out) if as_json else typer.echo(f"{name}: drained")
+
+
+@app.command("undrain")
+def undrain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """Put a drained appliance back into steering."""
+    out = _call(fleet, "POST", f"/appliances/{name}/undrain")
+    ui.print_json(out) if as_json else typer.echo(f"{name}: back in steering")
+
+
+@app.command("rm")
+def rm_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """Forget an appliance (it must enrol again with a new join token)."""
+    out = _call(fleet, "DELETE", f"/appliances/{name}")
+    ui.print_json(out) if as_json else typer.echo(f"{name}: removed")
+
+
+@app.command("sites")
+def sites_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """Configured sites with their prefixes and fill windows."""
+    rows = _call(fleet, "GET", "/sites")
+    if as_json:
+        ui.print_json(rows)
+        return
+    ui.print_table(
+        ["site", "prefixes", "fill window", "timezone", "filling now", "appliances"],
+        [
+            [
+                r["name"],
+                " ".join(r["prefixes"]),
+                r["fill_window"],
+                r["timezone"],
+                r["in_fill_window"],
+                r["appliances"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@app.command("steer")
+def steer_cmd(
+    client_ip: str = typer.Option(..., "--client-ip", help="The player's address."),
+    title: str = typer.Option(..., "--title", help="Title id."),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Where a client would stream a title from, best first, and why."""
+    out = _call(fleet, "GET", "/steer", params={"client_ip": client_ip, "title": title})
+    if as_json:
+        ui.print_json(out)
+        return
+    typer.echo(f"client site: {out['client_site'] or '(none)'}; outcome: {out['outcome']}")
+    ui.print_table(
+        ["#", "name", "site", "reason", "url"],
+        [
+            [i + 1, c["name"], c["site"], c["reason"], c["url"]]
+            for i, c in enumerate(out["candidates"])
+        ],
+    )
+    for line in out["excluded"]:
+        typer.echo(f"left out: {line}")
+
+
+@app.command("plan")
+def plan_cmd(
+    site: str | None = typer.Option(None, "--site", help="Only this site's appliances."),
+    now: bool = typer.Option(
+        False, "--now", help="Re-plan first instead of showing the last plan."
+    ),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The current fill plan per appliance and what changed since the previous one."""
+    params = {"site": site} if site else {}
+    out = _call(fleet, "POST" if now else "GET", "/plan", params=params)
+    if as_json:
+        ui.print_json(out)
+        return
+    typer.echo(f"plan version {out['version']}")
+    ui.print_table(
+        ["appliance", "site", "titles", "GB", "added", "removed", "retiered"],
+        [
+            [
+                p["name"],
+                p["site"],
+                len(p["titles"]),
+                f"{p['planned_bytes'] / 1e9:.1f}",
+                " ".join(p["diff"]["added"]) or "-",
+                " ".join(p["diff"]["removed"]) or "-",
+                " ".join(p["diff"]["retiered"]) or "-",
+            ]
+            for p in out["appliances"]
+        ],
+    )
+
+
+@app.command("fill")
+def fill_cmd(
+    now: bool = typer.Option(False, "--now", help="Fill now, outside the window (once)."),
+    site: str | None = typer.Option(None, "--site", help="Only this site."),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tell appliances to fill their plan now instead of waiting for the window."""
+    if not now:
+        raise FleetError("appliances fill inside their window by themselves; pass --now")
+    out = _call(fleet, "POST", "/fill-now", params={"site": site} if site else {})
+    ui.print_json(out) if as_json else typer.echo(
+        "fill now: " + (" ".join(out["appliances"]) or "(no appliances)")
+    )
+
+
+@app.command("join-token")
+def join_token_cmd(
+    site: str = typer.Option(..., "--site", help="The site the new appliance belongs to."),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Print a one-time join token for a new appliance (its fleet.join_token setting)."""
+    out = _call(fleet, "POST", "/join-tokens", json={"site": site})
+    ui.print_json(out) if as_json else typer.echo(out["token"])
+
+
+@keys_app.command("rotate")
+def keys_rotate_cmd(
+    immediate: bool = typer.Option(
+        False, "--immediate", help="Sign with the new key at once (else after the lead time)."
+    ),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rotate the URL-token signing key now; URLs already issued stay valid until they expire."""
+    out = _call(fleet, "POST", "/keys/rotate", params={"immediate": immediate})
+    ui.print_json(out) if as_json else typer.echo(
+        f"key set version {out['version']}: {' '.join(out['keys'])}"
+    )

@@ -1,0 +1,179 @@
+"""The gRPC shell for appliances (and services, for Steer): proto in, FleetService call,
+proto out. Every call but Enrol and Steer must carry the appliance's signature
+(edgeflix/proto/auth.py) made with the key it enrolled with.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from edgeflix.proto import auth
+from edgeflix.proto.codec import CodecError, pack_plan, unpack_counts
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.errors import FleetError, FleetInputError, UnknownNameError
+from fleet.model import HeldTitle, TierSpace
+from fleet.publish import to_proto
+from fleet.registry import Beat, Health
+from fleet.service import FleetService
+from fleet.store import EnrolmentRefused
+
+_HEALTH: dict[int, Health] = {
+    fleet_pb2.HEALTH_OK: "ok",
+    fleet_pb2.HEALTH_DEGRADED: "degraded",
+    fleet_pb2.HEALTH_FAILING: "failing",
+}
+_METHOD = "/edgeflix.fleet.v1.Fleet/"
+
+
+def _status(exc: FleetError) -> grpc.StatusCode:
+    if isinstance(exc, EnrolmentRefused):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, UnknownNameError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, FleetInputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    return grpc.StatusCode.INTERNAL
+
+
+def beat_from_proto(req: fleet_pb2.HeartbeatRequest, now: float) -> Beat:
+    return Beat(
+        at=now,
+        sequence=req.sequence,
+        health=_HEALTH.get(req.health, "failing"),
+        health_detail=req.health_detail[:200],
+        capacity_bps=max(req.capacity_bps, 0.0),
+        load_bps=max(req.load_bps, 0.0),
+        connections=req.connections,
+        tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
+        titles={
+            t.title_id: HeldTitle(t.digest, t.complete, t.size_bytes, t.tier) for t in req.titles
+        },
+        plan_version=req.plan_version,
+        keys_version=req.keys_version,
+        fill_done=req.fill.bytes_done,
+        fill_total=req.fill.bytes_total,
+    )
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    def __init__(self, service: FleetService) -> None:
+        self.service = service
+
+    async def _caller(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
+        metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
+        try:
+            name = auth.caller(metadata)
+            record = self.service.records.get(name)
+            if record is None:
+                raise auth.AuthError(f"appliance '{name}' is not enrolled")
+            return auth.verify_call(
+                metadata, record.public_key, _METHOD + method, body, self.service.clock()
+            )
+        except auth.AuthError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise  # abort raises; this keeps type checkers satisfied
+
+    async def Enrol(
+        self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.EnrolResponse:
+        try:
+            rec = self.service.enrol(
+                request.join_token, request.name, request.url, request.public_key
+            )
+        except FleetError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        return fleet_pb2.EnrolResponse(
+            appliance=rec.name,
+            site=rec.site,
+            heartbeat_interval_ms=int(self.service.config.heartbeat.interval_s * 1000),
+        )
+
+    async def Heartbeat(
+        self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.HeartbeatResponse:
+        body = request.SerializeToString(deterministic=True)
+        name = await self._caller(context, "Heartbeat", body)
+        if request.appliance and request.appliance != name:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "beat for another appliance")
+        try:
+            counts = unpack_counts(request.counts_zstd)
+        except CodecError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        svc = self.service
+        svc.heartbeat(
+            name, beat_from_proto(request, svc.clock()), {t: c.bytes for t, c in counts.items()}
+        )
+        current = svc.current_plan
+        return fleet_pb2.HeartbeatResponse(
+            plan_version=current.version if current and name in current.appliances else 0,
+            keys_version=svc.keys.version,
+            drained=svc.records[name].drained,
+            heartbeat_interval_ms=int(svc.config.heartbeat.interval_s * 1000),
+            fill_now=svc.take_fill_now(name),
+        )
+
+    async def GetPlan(
+        self, request: fleet_pb2.GetPlanRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.PlanResponse:
+        name = await self._caller(context, "GetPlan", request.SerializeToString(deterministic=True))
+        svc = self.service
+        current = svc.current_plan
+        entry = current.for_appliance(name) if current else None
+        if current is None or entry is None:
+            return fleet_pb2.PlanResponse(version=0, unchanged=request.have_version == 0)
+        if request.have_version == current.version:
+            return fleet_pb2.PlanResponse(version=current.version, unchanged=True)
+        snap = svc.snapshot()
+        peers = {a.name: a.url for a in snap.appliances if a.site == entry.site}
+        proto = to_proto(
+            entry, current.version, snap.site(entry.site), peers, svc.config.origin.url
+        )
+        return fleet_pb2.PlanResponse(version=current.version, plan_zstd=pack_plan(proto))
+
+    async def GetKeys(
+        self, request: fleet_pb2.GetKeysRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.KeysResponse:
+        await self._caller(context, "GetKeys", request.SerializeToString(deterministic=True))
+        svc = self.service
+        if request.have_version == svc.keys.version:
+            return fleet_pb2.KeysResponse(unchanged=True)
+        policy = svc.config.key_policy()
+        valid = svc.verification_keys()
+        keys = [
+            fleet_pb2.Key(
+                id=k.id,
+                secret=k.secret,
+                activates=k.activates,
+                retires=k.retires or 0.0,
+                verify_until=(k.retires + policy.max_token_ttl_s + policy.skew_s)
+                if k.retires is not None
+                else 0.0,
+            )
+            for k in svc.keys.keys
+            if k.id in valid
+        ]
+        return fleet_pb2.KeysResponse(keys=fleet_pb2.KeySet(version=svc.keys.version, keys=keys))
+
+    async def Steer(
+        self, request: fleet_pb2.SteerRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.SteerResponse:
+        try:
+            decision, urls = self.service.steer(request.client_ip, request.title_id)
+        except FleetError as exc:
+            await context.abort(_status(exc), str(exc))
+            raise
+        return fleet_pb2.SteerResponse(
+            urls=list(urls.urls),
+            candidates=[
+                fleet_pb2.SteerCandidate(
+                    name=c.name, site=c.site, url=u, reason=c.reason, kind=c.kind
+                )
+                for c, u in zip(decision.candidates, urls.urls, strict=True)
+            ],
+            outcome=decision.outcome,
+            client_site=decision.client_site or "",
+            expires=urls.expires,
+            excluded=list(decision.excluded),
+        )

@@ -1,0 +1,147 @@
+"""`edgeflix fleet serve`: gRPC (appliances; health checking and reflection on) and HTTP
+(FastAPI: CLI, services, /metrics) on one asyncio loop over one FleetService and SQLite.
+
+Background ticks rotate keys on schedule, re-plan, and read the origin's catalog. Prints
+`grpc on HOST:PORT` and `http on http://HOST:PORT` once bound (port 0 works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import uvicorn
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgeflix.config import parse_hostport
+from edgeflix.log import event
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.config import FleetConfig
+from fleet.errors import FleetError
+from fleet.grpc_api import FleetServicer
+from fleet.http import create_app
+from fleet.service import FleetService, OriginTitle
+from fleet.store import Store
+
+log = logging.getLogger("fleet")
+SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
+SHUTDOWN_GRACE_S = 5.0
+TICK_S = 1.0
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(address: str) -> socket.socket:
+    host, port = parse_hostport(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise FleetError(f"cannot listen on {address}: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def read_origin_catalog(client: httpx.AsyncClient, origin_url: str) -> list[OriginTitle]:
+    resp = await client.get(origin_url.rstrip("/") + "/titles")
+    resp.raise_for_status()
+    return [
+        OriginTitle(t["id"], t.get("digest", ""), int(t.get("total_bytes", 0)))
+        for t in resp.json().get("titles", [])
+    ]
+
+
+async def ticker(svc: FleetService, config: FleetConfig) -> None:
+    """Key rotation, re-planning and catalog reads; a failure is logged, never fatal."""
+    last_plan = last_poll = float("-inf")
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while True:
+            now = svc.clock()
+            try:
+                svc.maybe_rotate_keys()
+                if now - last_poll >= config.origin.poll_s:
+                    last_poll = now
+                    try:
+                        svc.set_origin_titles(await read_origin_catalog(client, config.origin.url))
+                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
+                if now - last_plan >= config.planner.interval_s:
+                    last_plan = now
+                    svc.replan()
+            except FleetError as exc:
+                event(log, "fleet.tick_failed", logging.ERROR, error=str(exc))
+            await asyncio.sleep(TICK_S)
+
+
+async def serve(config: FleetConfig) -> None:
+    store = Store(Path(config.server.db))
+    svc = FleetService(config, store)
+    svc.maybe_rotate_keys()
+
+    grpc_server = grpc.aio.server()
+    fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc), grpc_server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+    )
+    ghost, gport = parse_hostport(config.server.grpc)
+    try:
+        bound = grpc_server.add_insecure_port(_hostport(ghost, gport))
+    except RuntimeError as exc:
+        raise FleetError(f"cannot listen on {config.server.grpc}: {exc}") from None
+    http_sock = _bind(config.server.http)
+    hhost, hport = http_sock.getsockname()[:2]
+    http = _HttpServer(
+        uvicorn.Config(create_app(svc), log_level="warning", access_log=False, lifespan="off")
+    )
+
+    await grpc_server.start()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    http_task = asyncio.create_task(http.serve(sockets=[http_sock]))
+    tick_task = asyncio.create_task(ticker(svc, config))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"grpc on {_hostport(ghost, bound)}", flush=True)
+    print(f"http on http://{_hostport(hhost, hport)}", flush=True)
+    event(log, "fleet.started", grpc=_hostport(ghost, bound), http=_hostport(hhost, hport))
+    await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+
+    # Shutdown, in order: 1. health says NOT_SERVING so clients move on; 2. HTTP stops
+    # accepting and finishes requests in flight; 3. gRPC gets a grace period for calls in
+    # flight; 4. background ticks stop; 5. the database closes (every write is committed).
+    await health_servicer.enter_graceful_shutdown()
+    http.should_exit = True
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(http_task, SHUTDOWN_GRACE_S)
+    await grpc_server.stop(SHUTDOWN_GRACE_S)
+    tick_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tick_task
+    store.close()
+    event(log, "fleet.stopped")

@@ -1,0 +1,270 @@
+"""The fleet manager's state and operations, behind both wire shells (fleet/grpc_api.py for
+appliances, fleet/http.py for the CLI and services). Decisions are delegated to the pure
+cores (steering, planner, keys, registry); this class holds the state between calls.
+
+Clock and entropy are injected; nothing here blocks on the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from edgeflix.log import event
+from edgeflix.metrics import Sample, render
+from fleet.config import FleetConfig
+from fleet.errors import FleetInputError, UnknownNameError
+from fleet.keys import rotate, rotation_due, signing_key, verification_keys
+from fleet.model import FleetSnapshot, parse_address
+from fleet.planner import CatalogTitle, FillPlan, plan
+from fleet.popularity import DecayedCounts, predicted_demand
+from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
+from fleet.steering import OUTCOMES, SteeringDecision, steer
+from fleet.store import Store
+from fleet.urls import SignedUrls, playback_urls
+
+log = logging.getLogger("fleet")
+JOIN_TOKEN_TTL_S = 7 * 86_400.0
+SNAPSHOT_MAX_AGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class OriginTitle:
+    id: str
+    digest: str
+    total_bytes: int
+
+
+class FleetService:
+    def __init__(
+        self,
+        config: FleetConfig,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.entropy = entropy
+        self.sites = config.site_list()
+        self.records: dict[str, ApplianceRecord] = store.appliances()
+        self.beats: dict[str, Beat] = {}
+        self.popularity = DecayedCounts(config.planner.half_life_s, start=clock())
+        self.origin_titles: dict[str, OriginTitle] = {}
+        self.releases: dict[str, float] = {}
+        self.keys = store.keyset()
+        self.current_plan: FillPlan | None = store.plan()
+        self.outcomes: Counter[str] = Counter()
+        self.fill_now: set[str] = set()
+        self._snapshot: FleetSnapshot | None = None
+        self._snapshot_at = 0.0
+
+    # -- registry --------------------------------------------------------------------
+
+    def snapshot(self) -> FleetSnapshot:
+        """Rebuilt on each heartbeat and at least every second (liveness needs the clock)."""
+        now = self.clock()
+        if self._snapshot is None or now - self._snapshot_at > SNAPSHOT_MAX_AGE_S:
+            hb = self.config.heartbeat
+            self._snapshot = build_snapshot(
+                self.sites,
+                self.records,
+                self.beats,
+                now,
+                hb.interval_s,
+                hb.missed_beats,
+                self.config.origin.url,
+            )
+            self._snapshot_at = now
+        return self._snapshot
+
+    def _changed(self) -> None:
+        self._snapshot = None
+
+    def record(self, name: str) -> ApplianceRecord:
+        rec = self.records.get(name)
+        if rec is None:
+            raise UnknownNameError(f"no appliance named '{name}'")
+        return rec
+
+    def join_token(self, site: str) -> str:
+        if site not in {s.name for s in self.sites}:
+            known = ", ".join(s.name for s in self.sites) or "none configured"
+            raise UnknownNameError(f"no site named '{site}' (sites: {known})")
+        token = base64.urlsafe_b64encode(self.entropy(24)).decode().rstrip("=")
+        self.store.add_join_token(token, site, self.clock(), JOIN_TOKEN_TTL_S)
+        event(log, "fleet.join_token", site=site)
+        return token
+
+    def enrol(self, token: str, name: str, url: str, public_key: bytes) -> ApplianceRecord:
+        if not name or not url or len(public_key) != 32:
+            raise FleetInputError("enrolment needs a name, a URL and a 32-byte Ed25519 key")
+        open_mode = self.config.server.enrolment == "open" and not token
+        site = self._site_for_url(url) if open_mode else ""
+        rec = self.store.enrol(
+            None if open_mode else token, name, url, public_key, site, self.clock()
+        )
+        self.records[name] = rec
+        self._changed()
+        event(log, "fleet.enrolled", appliance=name, site=rec.site)
+        return rec
+
+    def _site_for_url(self, url: str) -> str:
+        """Open enrolment: the site whose prefixes hold the appliance's address, else the first."""
+        host = urlsplit(url).hostname or ""
+        try:
+            site = self.snapshot().site_of(parse_address(host))
+        except FleetInputError:
+            site = None
+        if site is None and not self.sites:
+            raise FleetInputError("open enrolment needs at least one [[sites]] entry")
+        return (site or self.sites[0]).name
+
+    def heartbeat(self, name: str, beat: Beat, counts: Mapping[str, int]) -> None:
+        self.record(name)
+        if not accept_beat(self.beats.get(name), beat):
+            return
+        self.beats[name] = beat
+        self.popularity.add({t: float(b) for t, b in counts.items()}, beat.at)
+        self._changed()
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        self.store.set_drained(name, drained)
+        self.records = self.store.appliances()
+        self._changed()
+        event(log, "fleet.drain" if drained else "fleet.undrain", appliance=name)
+
+    def remove(self, name: str) -> None:
+        self.store.remove(name)
+        self.records.pop(name, None)
+        self.beats.pop(name, None)
+        self._changed()
+        event(log, "fleet.removed", appliance=name)
+
+    # -- steering ----------------------------------------------------------------------
+
+    def steer(self, client_ip: str, title_id: str) -> tuple[SteeringDecision, SignedUrls]:
+        decision = steer(self.snapshot(), client_ip, title_id, self.config.steering_policy())
+        now = self.clock()
+        s = self.config.steering
+        urls = playback_urls(
+            decision,
+            signing_key(self.keys, now),
+            now,
+            s.token_ttl_s,
+            bind_client_ip=s.bind_client_ip,
+        )
+        self.outcomes[decision.outcome] += 1
+        return decision, urls
+
+    # -- keys --------------------------------------------------------------------------
+
+    def maybe_rotate_keys(self) -> bool:
+        if rotation_due(self.keys, self.clock(), self.config.key_policy()):
+            self.rotate_keys(immediate=not self.keys.keys)
+            return True
+        return False
+
+    def rotate_keys(self, immediate: bool = False) -> None:
+        keys = rotate(
+            self.keys, self.clock(), self.config.key_policy(), self.entropy(32), immediate=immediate
+        )
+        self.store.save_keyset(keys)
+        self.keys = keys
+        event(log, "fleet.keys_rotated", version=keys.version, newest=keys.keys[-1].id)
+
+    def verification_keys(self) -> dict[str, bytes]:
+        return verification_keys(self.keys, self.clock(), self.config.key_policy())
+
+    # -- catalog and planning ---------------------------------------------------------
+
+    def set_origin_titles(self, titles: Iterable[OriginTitle]) -> None:
+        self.origin_titles = {t.id: t for t in titles}
+        self.releases = self.store.first_seen(sorted(self.origin_titles), self.clock())
+
+    def catalog(self) -> dict[str, CatalogTitle]:
+        """Origin titles; titles only appliances report (origin unreachable) fill the gaps."""
+        out: dict[str, CatalogTitle] = {}
+        for beat in self.beats.values():
+            for tid, held in beat.titles.items():
+                if held.complete and held.size_bytes > 0:
+                    out.setdefault(tid, CatalogTitle(held.size_bytes, held.digest))
+        for t in self.origin_titles.values():
+            out[t.id] = CatalogTitle(t.total_bytes, t.digest)
+        return out
+
+    def replan(self) -> FillPlan:
+        now = self.clock()
+        catalog = self.catalog()
+        demand = predicted_demand(
+            self.popularity.at(now), self.releases, now, self.config.popularity_policy()
+        )
+        # A new catalogue with no traffic yet: every title a little demand, so fresh
+        # appliances fill with something (ordered by id, then by traffic as it comes).
+        floor = {t: 1.0 for t in catalog}
+        new = plan(
+            self.snapshot().appliances,
+            {**floor, **{t: v + 1.0 for t, v in demand.items()}},
+            catalog,
+            self.current_plan,
+            self.config.planner_policy(),
+        )
+        if self.current_plan is None or new.version != self.current_plan.version:
+            self.store.save_plan(new)
+            event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
+        self.current_plan = new
+        return new
+
+    def request_fill_now(self, site: str | None) -> list[str]:
+        names = [r.name for r in self.records.values() if site is None or r.site == site]
+        if site is not None and site not in {s.name for s in self.sites}:
+            raise UnknownNameError(f"no site named '{site}'")
+        self.fill_now.update(names)
+        return sorted(names)
+
+    def take_fill_now(self, name: str) -> bool:
+        if name in self.fill_now:
+            self.fill_now.discard(name)
+            return True
+        return False
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def metrics(self) -> str:
+        snap = self.snapshot()
+        states = Counter(a.state for a in snap.appliances)
+        return render(
+            [
+                (
+                    "edgeflix_fleet_steering_total",
+                    "counter",
+                    "Steering answers by outcome (where the best URL points, and why).",
+                    [Sample({"outcome": o}, self.outcomes[o]) for o in OUTCOMES],
+                ),
+                (
+                    "edgeflix_fleet_appliances",
+                    "gauge",
+                    "Enrolled appliances by state.",
+                    [Sample({"state": s}, n) for s, n in sorted(states.items())],
+                ),
+                (
+                    "edgeflix_fleet_plan_version",
+                    "gauge",
+                    "Version of the current fill plan.",
+                    [Sample({}, self.current_plan.version if self.current_plan else 0)],
+                ),
+                (
+                    "edgeflix_fleet_keys_version",
+                    "gauge",
+                    "Version of the URL-token key set.",
+                    [Sample({}, self.keys.version)],
+                ),
+            ]
+        )

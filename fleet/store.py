@@ -1,0 +1,223 @@
+"""The fleet manager's SQLite state (I/O shell): enrolled appliances, join tokens, URL-token
+keys, the current plan, and when each title was first seen. WAL mode; every write is one
+`BEGIN IMMEDIATE` transaction, so a crash leaves no half-made enrolment or plan.
+
+Heartbeats are not stored: they are rebuilt within seconds after a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import zstandard
+
+from fleet.errors import FleetError, UnknownNameError
+from fleet.keys import KeyRecord, KeySet
+from fleet.planner import ApplianceFillPlan, FillPlan, PlanDiff, PlannedTitle
+from fleet.registry import ApplianceRecord, token_hash
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS appliances (
+    name TEXT PRIMARY KEY, site TEXT NOT NULL, url TEXT NOT NULL,
+    public_key BLOB NOT NULL, enrolled_at REAL NOT NULL, drained INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS join_tokens (
+    hash TEXT PRIMARY KEY, site TEXT NOT NULL, created_at REAL NOT NULL,
+    expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY, secret BLOB NOT NULL, activates REAL NOT NULL, retires REAL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS plan (
+    id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (title TEXT PRIMARY KEY, first_seen REAL NOT NULL);
+"""
+
+
+class StoreError(FleetError):
+    """The fleet database cannot be opened or written."""
+
+
+class EnrolmentRefused(FleetError):
+    """A join token that is unknown, used or expired, or a name taken by another key."""
+
+    http_status = 403
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- appliances and enrolment ------------------------------------------------------
+
+    def appliances(self) -> dict[str, ApplianceRecord]:
+        rows = self.conn.execute(
+            "SELECT name, site, url, public_key, enrolled_at, drained FROM appliances"
+        ).fetchall()
+        return {r[0]: ApplianceRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
+
+    def add_join_token(self, token: str, site: str, now: float, ttl_s: float) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO join_tokens (hash, site, created_at, expires_at) VALUES (?,?,?,?)",
+                (token_hash(token), site, now, now + ttl_s),
+            )
+
+    def enrol(
+        self, token: str | None, name: str, url: str, public_key: bytes, site: str, now: float
+    ) -> ApplianceRecord:
+        """Consume `token` (None: open enrolment, `site` given) and record the appliance.
+
+        Enrolling again with the same key is idempotent (a lost reply); another key under
+        a taken name is refused until the operator removes the old one (`fleet rm`).
+        """
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT public_key, site FROM appliances WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != public_key:
+                raise EnrolmentRefused(
+                    f"appliance name '{name}' is enrolled with another key: "
+                    f"`edgeflix fleet rm {name}` first if it was reinstalled"
+                )
+            if token is not None:
+                tok = c.execute(
+                    "SELECT site, expires_at, used_at, used_by FROM join_tokens WHERE hash = ?",
+                    (token_hash(token),),
+                ).fetchone()
+                if tok is None:
+                    raise EnrolmentRefused("unknown join token")
+                if tok[2] is not None and not (row is not None and tok[3] == name):
+                    raise EnrolmentRefused("join token was already used")
+                if tok[2] is None and tok[1] < now:
+                    raise EnrolmentRefused("join token has expired")
+                site = tok[0]
+                c.execute(
+                    "UPDATE join_tokens SET used_at = ?, used_by = ? WHERE hash = ?",
+                    (now, name, token_hash(token)),
+                )
+            if row is None:
+                c.execute(
+                    "INSERT INTO appliances (name, site, url, public_key, enrolled_at, drained)"
+                    " VALUES (?,?,?,?,?,0)",
+                    (name, site, url, public_key, now),
+                )
+            else:
+                site = row[1]
+                c.execute("UPDATE appliances SET url = ? WHERE name = ?", (url, name))
+        record = self.appliances().get(name)
+        assert record is not None
+        return record
+
+    def set_drained(self, name: str, drained: bool) -> None:
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE appliances SET drained = ? WHERE name = ?", (int(drained), name)
+            )
+            if cur.rowcount == 0:
+                raise UnknownNameError(f"no appliance named '{name}'")
+
+    def remove(self, name: str) -> None:
+        with self.transaction() as c:
+            if c.execute("DELETE FROM appliances WHERE name = ?", (name,)).rowcount == 0:
+                raise UnknownNameError(f"no appliance named '{name}'")
+
+    # -- keys ----------------------------------------------------------------------
+
+    def keyset(self) -> KeySet:
+        rows = self.conn.execute(
+            "SELECT id, secret, activates, retires FROM keys ORDER BY activates"
+        ).fetchall()
+        version = int(self.meta("keys_version") or 0)
+        return KeySet(version, tuple(KeyRecord(*r) for r in rows))
+
+    def save_keyset(self, keys: KeySet) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM keys")
+            c.executemany(
+                "INSERT INTO keys (id, secret, activates, retires) VALUES (?,?,?,?)",
+                [(k.id, k.secret, k.activates, k.retires) for k in keys.keys],
+            )
+            self._set_meta(c, "keys_version", str(keys.version))
+
+    # -- plan, catalog, meta -------------------------------------------------------
+
+    def plan(self) -> FillPlan | None:
+        row = self.conn.execute("SELECT body FROM plan WHERE id = 1").fetchone()
+        return plan_from_json(zstandard.decompress(row[0])) if row else None
+
+    def save_plan(self, plan: FillPlan) -> None:
+        body = zstandard.compress(plan_to_json(plan))
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO plan (id, version, body) VALUES (1, ?, ?) ON CONFLICT(id) DO "
+                "UPDATE SET version = excluded.version, body = excluded.body",
+                (plan.version, body),
+            )
+
+    def first_seen(self, titles: list[str], now: float) -> dict[str, float]:
+        """When each title was first seen (recorded now if new): the release-boost date."""
+        with self.transaction() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO catalog (title, first_seen) VALUES (?, ?)",
+                [(t, now) for t in titles],
+            )
+        rows = self.conn.execute("SELECT title, first_seen FROM catalog").fetchall()
+        return dict(rows)
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            self._set_meta(c, key, value)
+
+    @staticmethod
+    def _set_meta(c: sqlite3.Connection, key: str, value: str) -> None:
+        c.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+
+def plan_to_json(plan: FillPlan) -> bytes:
+    doc = {
+        "version": plan.version,
+        "appliances": [dataclasses.asdict(p) for p in plan.appliances.values()],
+    }
+    return json.dumps(doc, sort_keys=True).encode()
+
+
+def plan_from_json(raw: bytes) -> FillPlan:
+    doc = json.loads(raw)
+    plans = {}
+    for p in doc["appliances"]:
+        titles = tuple(PlannedTitle(**t) for t in p["titles"])
+        diff = PlanDiff(**{k: tuple(v) for k, v in p["diff"].items()})
+        plans[p["appliance"]] = ApplianceFillPlan(p["appliance"], p["site"], titles, diff)
+    return FillPlan(doc["version"], plans)

@@ -1,0 +1,272 @@
+"""The fleet manager as a user runs it: `edgeflix fleet serve` on loopback, appliances
+talking real gRPC (signed with their enrolled Ed25519 key), the CLI over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgeflix.proto import auth
+from edgeflix.proto.codec import Counts, pack_counts, unpack_plan
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from edgeflix.tokens import verify
+from tests.conftest import run_cli
+from tests.integration.serve_support import Server, start
+
+FLEET_TOML = """
+[server]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{db}"
+[heartbeat]
+interval_s = 0.5
+missed_beats = 3
+[planner]
+interval_s = 0.5
+[origin]
+url = "http://127.0.0.1:9"
+[[sites]]
+name = "home"
+prefixes = ["192.168.1.0/24", "2001:db8::/48"]
+[[sites]]
+name = "lab"
+prefixes = ["10.1.0.0/16"]
+"""
+METHOD = "/edgeflix.fleet.v1.Fleet/"
+GB = 10**9
+
+
+class ApplianceClient:
+    """What an appliance's fleet agent sends: enrol once, then signed calls."""
+
+    def __init__(self, grpc_addr: str, name: str, url: str) -> None:
+        self.name, self.url = name, url
+        self.key = auth.new_private_key()
+        self.channel = grpc.insecure_channel(grpc_addr)
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+        self.sequence = 0
+
+    def _md(self, method: str, req: object) -> tuple[tuple[str, str], ...]:
+        body = req.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
+        return auth.sign_call(self.name, self.key, METHOD + method, body, time.time())
+
+    def enrol(self, token: str) -> fleet_pb2.EnrolResponse:
+        req = fleet_pb2.EnrolRequest(
+            name=self.name, join_token=token, public_key=auth.public_key(self.key), url=self.url
+        )
+        return self.stub.Enrol(req, timeout=10)
+
+    def beat(self, titles: dict[str, int], load: float = 1e8, health: int = 1) -> object:
+        self.sequence += 1
+        req = fleet_pb2.HeartbeatRequest(
+            appliance=self.name,
+            sequence=self.sequence,
+            health=health,
+            capacity_bps=1e9,
+            load_bps=load,
+            tiers=[fleet_pb2.TierSpace(tier="hdd", capacity_bytes=100 * GB)],
+            titles=[
+                fleet_pb2.HeldTitle(title_id=t, digest="d" + t, complete=True, size_bytes=s)
+                for t, s in titles.items()
+            ],
+            counts_zstd=pack_counts({t: Counts(1, 1000) for t in titles}),
+        )
+        return self.stub.Heartbeat(req, metadata=self._md("Heartbeat", req), timeout=10)
+
+    def keys(self) -> dict[str, bytes]:
+        req = fleet_pb2.GetKeysRequest(appliance=self.name)
+        resp = self.stub.GetKeys(req, metadata=self._md("GetKeys", req), timeout=10)
+        return {k.id: k.secret for k in resp.keys.keys}
+
+    def plan(self, have: int = 0) -> fleet_pb2.PlanResponse:
+        req = fleet_pb2.GetPlanRequest(appliance=self.name, have_version=have)
+        return self.stub.GetPlan(req, metadata=self._md("GetPlan", req), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fleet")
+    path = folder / "fleet.toml"
+    path.write_text(FLEET_TOML.format(db=folder / "fleet.sqlite"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fleet(config: Path) -> Iterator[Server]:
+    server = start(["fleet", "serve", "--config", str(config)], want=("grpc", "http"))
+    yield server
+    server.stop()
+
+
+def cli(fleet: Server, *args: str) -> object:
+    proc = run_cli(
+        ["fleet", *args, "--fleet", fleet.urls["http"], "--json"], check=True, timeout=60
+    )
+    return json.loads(proc.stdout)
+
+
+def token(fleet: Server, site: str) -> str:
+    out = cli(fleet, "join-token", "--site", site)
+    return out["token"]  # type: ignore[index]
+
+
+def wait_for(check: object, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not true within {seconds} s")
+
+
+class Agents:
+    """Beats for every appliance in `alive` every 0.2 s, as their fleet agents would."""
+
+    def __init__(self, boxes: dict[str, ApplianceClient]) -> None:
+        self.boxes = boxes
+        self.alive = set(boxes)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            with self.lock:
+                for name in sorted(self.alive):
+                    # While the manager restarts a real agent just retries on its next beat.
+                    with contextlib.suppress(grpc.RpcError):
+                        self.boxes[name].beat({"film": 2 * GB})
+
+    def set_alive(self, *names: str) -> None:
+        with self.lock:
+            self.alive = set(names)
+
+
+@pytest.fixture(scope="module")
+def boxes(fleet: Server) -> Iterator[dict[str, ApplianceClient]]:
+    addr = fleet.urls["grpc"]
+    out = {
+        "h1": ApplianceClient(addr, "h1", "http://127.0.0.11:8081"),
+        "h2": ApplianceClient(addr, "h2", "http://127.0.0.12:8081"),
+        "l1": ApplianceClient(addr, "l1", "http://127.0.0.21:8081"),
+    }
+    for name, box in out.items():
+        site = "lab" if name == "l1" else "home"
+        assert box.enrol(token(fleet, site)).site == site
+    yield out
+
+
+@pytest.fixture(scope="module")
+def agents(boxes: dict[str, ApplianceClient]) -> Iterator[Agents]:
+    running = Agents(boxes)
+    yield running
+    running.stop.set()
+    running.thread.join(10)
+
+
+def test_enrolment_refuses_bad_and_reused_tokens(fleet: Server) -> None:
+    box = ApplianceClient(fleet.urls["grpc"], "x1", "http://127.0.0.99:8081")
+    with pytest.raises(grpc.RpcError) as err:
+        box.enrol("not-a-token")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    good = token(fleet, "home")
+    assert box.enrol(good).site == "home"
+    other = ApplianceClient(fleet.urls["grpc"], "x2", "http://127.0.0.98:8081")
+    with pytest.raises(grpc.RpcError) as err:
+        other.enrol(good)
+    assert "already used" in (err.value.details() or "")
+    # Unsigned or wrongly signed calls are refused.
+    with pytest.raises(grpc.RpcError) as err:
+        other.beat({})
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    cli(fleet, "rm", "x1")
+
+
+def steer(fleet: Server, client_ip: str) -> dict:  # type: ignore[type-arg]
+    return cli(fleet, "steer", "--client-ip", client_ip, "--title", "film")  # type: ignore[return-value]
+
+
+def test_steering_per_site_with_signed_urls(
+    fleet: Server, boxes: dict[str, ApplianceClient], agents: Agents
+) -> None:
+    wait_for(lambda: steer(fleet, "10.1.2.3")["candidates"][0]["name"] == "l1", 15)
+    home = steer(fleet, "192.168.1.50")
+    assert home["client_site"] == "home" and home["outcome"] == "in_site"
+    names = [c["name"] for c in home["candidates"]]
+    assert set(names[:2]) == {"h1", "h2"} and names[2] == "l1"
+    v6 = steer(fleet, "2001:db8::7")
+    assert v6["client_site"] == "home" and v6["candidates"][0]["name"] in {"h1", "h2"}
+    url = home["urls"][0]
+    assert "/t/" in url and url.endswith("/titles/film/master.m3u8")
+    tok = url.split("/t/", 1)[1].split("/", 1)[0]
+    verify(tok, title_id="film", client_ip=None, keys=boxes["h1"].keys(), now=time.time())
+
+
+def test_drained_and_silent_appliances_leave_steering(fleet: Server, agents: Agents) -> None:
+    def names() -> list[str]:
+        return [c["name"] for c in steer(fleet, "192.168.1.50")["candidates"]]
+
+    cli(fleet, "drain", "h2")
+    assert "h2" not in names()
+    states = {a["name"]: a["state"] for a in cli(fleet, "ls")}  # type: ignore[attr-defined]
+    assert states["h2"] == "drained"
+    cli(fleet, "undrain", "h2")
+    agents.set_alive("h2", "l1")  # h1 goes silent, as if killed
+    started = time.monotonic()
+    wait_for(lambda: "h1" not in names(), 15)
+    assert time.monotonic() - started < 15
+    agents.set_alive("h1", "h2", "l1")
+    wait_for(lambda: "h1" in names(), 15)
+
+
+def test_plan_fills_one_appliance_per_site_from_origin_and_peers_from_it(
+    fleet: Server, boxes: dict[str, ApplianceClient], agents: Agents
+) -> None:
+    cli(fleet, "plan", "--now")
+    plans = {}
+    for name, box in boxes.items():
+        resp = box.plan()
+        plans[name] = unpack_plan(resp.plan_zstd)
+        assert box.plan(have=resp.version).unchanged
+    home_sources = {n: list(plans[n].titles[0].sources) for n in ("h1", "h2")}
+    assert sorted(len(s) for s in home_sources.values()) == [1, 2]
+    assert all(s[-1] == "http://127.0.0.1:9" for s in home_sources.values())
+    assert list(plans["l1"].titles[0].sources) == ["http://127.0.0.1:9"]
+
+
+def test_key_rotation_keeps_issued_urls_valid(
+    fleet: Server, boxes: dict[str, ApplianceClient], agents: Agents
+) -> None:
+    url = steer(fleet, "192.168.1.50")["urls"][0]
+    rotated = cli(fleet, "keys", "rotate", "--immediate")
+    tok = url.split("/t/", 1)[1].split("/", 1)[0]
+    verify(tok, title_id="film", client_ip=None, keys=boxes["h1"].keys(), now=time.time())
+    assert f"/t/{rotated['keys'][-1]}." in steer(fleet, "192.168.1.50")["urls"][0]  # type: ignore[index]
+
+
+def test_errors_are_one_line(fleet: Server) -> None:
+    proc = run_cli(["fleet", "show", "nope", "--fleet", fleet.urls["http"]], timeout=60)
+    assert proc.returncode != 0 and "no appliance named 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli(["fleet", "ls", "--fleet", "http://127.0.0.1:9"], timeout=60)
+    assert proc.returncode != 0 and "unreachable" in proc.stderr
+
+
+def test_restart_keeps_the_registry(
+    config: Path, fleet: Server, boxes: dict[str, ApplianceClient]
+) -> None:
+    fleet.stop()
+    again = start(["fleet", "serve", "--config", str(config)], want=("grpc", "http"))
+    try:
+        names = {a["name"] for a in cli(again, "ls")}  # type: ignore[attr-defined]
+        assert {"h1", "h2", "l1"} <= names
+    finally:
+        again.stop()
