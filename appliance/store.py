@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +83,18 @@ def locks_folder(index: Path) -> Path:
 class Store:
     """The appliance's titles on its disks. One per process; the index serialises writers."""
 
-    def __init__(self, config: StorageConfig, *, sysfs: Path = SYSFS) -> None:
+    def __init__(
+        self, config: StorageConfig, *, sysfs: Path = SYSFS, out_of_service: Collection[str] = ()
+    ) -> None:
+        """`out_of_service`: disk paths the daemon's DiskWatch took out (dead, read-only,
+        erroring). They are not opened or touched, and placement only sees the disks left, so
+        a re-fill after a disk loss lands on the remaining disks of the tier."""
         self.config = config
-        self.disks: tuple[Disk, ...] = open_disks(config.disks, sysfs)
+        out = {str(Path(p).resolve()) for p in out_of_service}
+        configured = {str(d.path.resolve()) for d in config.disks}
+        self.out_of_service: tuple[str, ...] = tuple(sorted(out & configured))
+        in_service = [d for d in config.disks if str(d.path.resolve()) not in out]
+        self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
         for disk in self.disks:
             try:
                 make_dirs(disk.titles_dir)
@@ -168,7 +177,10 @@ class Store:
             )
 
     def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
-        return place_title(title_id, paths, [d.bucket() for d in self.disks_of(tier)])
+        buckets = [d.bucket() for d in self.disks_of(tier)]
+        if not buckets:
+            raise DiskError(f"no disk of the {tier} tier is in service")
+        return place_title(title_id, paths, buckets)
 
     # -- load ------------------------------------------------------------------------------
 
