@@ -29,6 +29,7 @@ lint: setup
 bench: setup
 	$(PY) bench/encode.py
 	$(PY) bench/plan_sim.py
+	$(PY) bench/steer.py
 	$(PY) bench/fill.py
 	$(PY) bench/serve.py
 

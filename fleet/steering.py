@@ -118,19 +118,23 @@ def rank_in_site(
     eligible: list[Appliance], members: tuple[Appliance, ...], title_id: str, eps: float
 ) -> list[Candidate]:
     bound = (1 + eps) * site_mean_utilisation(members)
-
-    def key(a: Appliance) -> tuple[bool, bool, float, float, str]:
+    keyed = []
+    for a in eligible:
         over = a.load_bps > 0 and a.utilisation > bound
         score = rendezvous_score(title_id, a.name, a.capacity_bps)
-        return (over, a.state != "ok", -score, -a.spare_bps, a.name)
-
-    ranked = sorted(eligible, key=key)
-    out = []
-    for a in ranked:
-        over = a.load_bps > 0 and a.utilisation > bound
-        why = f"over bound {a.utilisation:.0%} > {bound:.0%}" if over else "rendezvous"
-        out.append(Candidate(a.name, a.site, a.url, f"in site, {why}"))
-    return out
+        keyed.append(((over, a.state != "ok", -score, -a.spare_bps, a.name), a, over))
+    keyed.sort(key=lambda k: k[0])
+    return [
+        Candidate(
+            a.name,
+            a.site,
+            a.url,
+            f"in site, over bound {a.utilisation:.0%} > {bound:.0%}"
+            if over
+            else "in site, rendezvous",
+        )
+        for _key, a, over in keyed
+    ]
 
 
 def rank_least_loaded(eligible: list[Appliance], reason: str) -> list[Candidate]:

@@ -1,0 +1,277 @@
+"""Steering through the fleet manager's HTTP endpoint: decisions per second and latency.
+
+Starts `edgeflix fleet serve` on loopback, enrols appliances in three sites over real gRPC
+and keeps them beating, then offers GET /steer at fixed rates (open loop: latency counts
+from when a request was due, so a stall is not hidden) over keep-alive connections.
+References in the same run: GET /healthz at the same rate (the HTTP stack's floor) and
+the pure steer() in-process (the decision's own cost). Goal: p99 < 5 ms at 2,000 req/s.
+
+Run: .venv/bin/python bench/steer.py [--seconds 8] [--rates 1000,2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import grpc
+import uvloop
+
+from edgeflix.proto import auth
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site
+from fleet.steering import steer
+
+SITES = {"home": "192.168.1", "lab": "10.1.0", "away": "172.20.0"}
+PER_SITE = 4
+TITLES = 400
+CONNECTIONS = 16
+METHOD = "/edgeflix.fleet.v1.Fleet/"
+
+CONFIG = """
+[server]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{db}"
+enrolment = "open"
+[origin]
+url = "http://127.0.0.1:9"
+[planner]
+interval_s = 3600
+""" + "".join(
+    f'[[sites]]\nname = "{name}"\nprefixes = ["{net}.0/24"]\n' for name, net in SITES.items()
+)
+
+
+def start_fleet(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    (folder / "fleet.toml").write_text(CONFIG.format(db=folder / "fleet.sqlite"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeflix.cli",
+            "fleet",
+            "serve",
+            "--config",
+            str(folder / "fleet.toml"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    urls: dict[str, str] = {}
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while len(urls) < 2 and time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        word, _, url = line.strip().partition(" on ")
+        if url:
+            urls[word] = url
+    if len(urls) < 2:
+        proc.kill()
+        raise SystemExit("fleet manager did not start")
+    return proc, urls
+
+
+def title_set(rng: random.Random) -> list[str]:
+    return [f"t{i:04d}" for i in range(TITLES) if rng.random() < 0.6]
+
+
+class Beater(threading.Thread):
+    """Appliances that enrolled with open enrolment and beat every second."""
+
+    def __init__(self, grpc_addr: str) -> None:
+        super().__init__(daemon=True)
+        self.stub = fleet_pb2_grpc.FleetStub(grpc.insecure_channel(grpc_addr))
+        self.stop = threading.Event()
+        rng = random.Random(1)
+        self.boxes = []
+        for site, net in SITES.items():
+            for i in range(PER_SITE):
+                name, key = f"{site}-{i}", auth.new_private_key()
+                url = f"http://{net}.{10 + i}:8081"
+                self.stub.Enrol(
+                    fleet_pb2.EnrolRequest(name=name, public_key=auth.public_key(key), url=url),
+                    timeout=10,
+                )
+                self.boxes.append((name, key, title_set(rng)))
+        self.sequence = 0
+
+    def beat_all(self) -> None:
+        self.sequence += 1
+        for name, key, titles in self.boxes:
+            req = fleet_pb2.HeartbeatRequest(
+                appliance=name,
+                sequence=self.sequence,
+                health=fleet_pb2.HEALTH_OK,
+                capacity_bps=10e9,
+                load_bps=random.uniform(1e9, 5e9),
+                titles=[fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in titles],
+            )
+            md = auth.sign_call(
+                name,
+                key,
+                METHOD + "Heartbeat",
+                req.SerializeToString(deterministic=True),
+                time.time(),
+            )
+            self.stub.Heartbeat(req, metadata=md, timeout=10)
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            with contextlib.suppress(grpc.RpcError):
+                self.beat_all()
+
+
+def paths(n: int, rng: random.Random) -> list[bytes]:
+    nets = [*SITES.values(), "203.0.113"]
+    out = []
+    for _ in range(n):
+        ip = f"{rng.choice(nets)}.{rng.randrange(1, 250)}"
+        title = f"t{rng.randrange(TITLES + 20):04d}"  # a few titles held nowhere
+        out.append(f"/steer?client_ip={ip}&title={title}".encode())
+    return out
+
+
+async def one_connection(
+    host: str, port: int, targets: list[bytes], interval: float, start: float, lat: list[float]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for i, target in enumerate(targets):
+            due = start + i * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: fleet\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            body = await reader.readexactly(length)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"{head.splitlines()[0]!r}: {body[:200]!r}")
+            lat.append(time.perf_counter() - due)
+    finally:
+        writer.close()
+
+
+async def offer(
+    host: str, port: int, route: str, rate: float, seconds: float
+) -> tuple[float, list[float]]:
+    rng = random.Random(int(rate))
+    total = int(rate * seconds)
+    per = total // CONNECTIONS
+    interval = CONNECTIONS / rate
+    lat: list[float] = []
+    start = time.perf_counter() + 0.2
+    if route == "healthz":
+        targets = [[b"/healthz"] * per for _ in range(CONNECTIONS)]
+    else:
+        targets = [paths(per, rng) for _ in range(CONNECTIONS)]
+    tasks = [
+        one_connection(host, port, targets[c], interval, start + c * interval / CONNECTIONS, lat)
+        for c in range(CONNECTIONS)
+    ]
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    return len(lat) / elapsed, lat
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
+
+
+def in_process_rate() -> float:
+    rng = random.Random(1)
+    sites = tuple(Site.build(n, [f"{net}.0/24"]) for n, net in SITES.items())
+    boxes = tuple(
+        Appliance(
+            f"{s}-{i}",
+            s,
+            "http://x",
+            capacity_bps=10e9,
+            load_bps=rng.uniform(1e9, 5e9),
+            titles={t: HeldTitle("d") for t in title_set(rng)},
+        )
+        for s in SITES
+        for i in range(PER_SITE)
+    )
+    snap = FleetSnapshot(sites, boxes, "http://o")
+    queries = [
+        (p.decode().split("=")[1].split("&")[0], p.decode().rsplit("=", 1)[1])
+        for p in paths(20_000, rng)
+    ]
+    started = time.perf_counter()
+    for ip, title in queries:
+        steer(snap, ip, title)
+    return len(queries) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--rates", default="1000,2000")
+    args = ap.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, urls = start_fleet(Path(tmp))
+        beater = None
+        try:
+            beater = Beater(urls["grpc"])
+            beater.beat_all()
+            beater.start()
+            host, port = urls["http"].removeprefix("http://").rsplit(":", 1)
+            print(
+                f"{len(beater.boxes)} appliances in {len(SITES)} sites, {TITLES} titles; "
+                f"{CONNECTIONS} keep-alive connections, open loop, {args.seconds:.0f} s a row"
+            )
+            print(
+                f"\n{'route':<9} {'offered/s':>10} {'done/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                f"{'max ms':>8}"
+            )
+            p99_at: dict[float, float] = {}
+            for rate in rates:
+                for route in ("healthz", "steer"):
+                    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                        done, lat = runner.run(offer(host, int(port), route, rate, args.seconds))
+                    print(
+                        f"{'/' + route:<9} {rate:>10.0f} {done:>9.0f} {pct(lat, 0.5):>8.2f} "
+                        f"{pct(lat, 0.99):>8.2f} {max(lat) * 1000:>8.2f}"
+                    )
+                    if route == "steer":
+                        p99_at[rate] = pct(lat, 0.99)
+            print(f"\nin-process steer(): {in_process_rate():,.0f} decisions/s on one core")
+            if 2000.0 in p99_at:
+                print(
+                    f"goal: p99 < 5 ms at 2,000 req/s -> {p99_at[2000.0]:.2f} ms "
+                    f"({'met' if p99_at[2000.0] < 5 else 'NOT met'})"
+                )
+        finally:
+            if beater is not None:
+                beater.stop.set()
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
