@@ -101,6 +101,7 @@ class ApplianceSite:
         self.locator = locator
         self.required = tokens_required
         self.keys = dict(keys)
+        self.keys_generation = 0  # which reload's keys these are (appliance/keyfile.py)
         self.clock = clock
         self.token_rejections: dict[str, int] = {}
 

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from appliance.keyfile import KeyFile
 from appliance.server import ApplianceSite, HitSink
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import ServerSettings, bind
@@ -30,6 +31,7 @@ class CounterFile:
     def __call__(self, stats: ServerStats) -> None:
         snap = stats.snapshot()
         snap["token_rejections"] = dict(self.site.token_rejections)
+        snap["keys_generation"] = self.site.keys_generation
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(snap))
         os.replace(tmp, self.path)
@@ -56,6 +58,16 @@ def main() -> None:
     hits = HitRecorder(index)
     keys = {kid: base64.b64decode(secret) for kid, secret in spec["keys"].items()}
     site = ApplianceSite(locator, tokens_required=spec["tokens_required"], keys=keys)
+    # SIGHUP reloads reach the worker through this file, checked on every tick.
+    key_file = KeyFile(Path(spec["keys_file"])) if spec.get("keys_file") else None
+    if key_file is not None:
+        key_file.refresh(site)
+    counters = CounterFile(Path(spec["counters"]), site, hits)
+
+    def tick(stats: ServerStats) -> None:
+        if key_file is not None:
+            key_file.refresh(site)
+        counters(stats)
     sock = bind(spec["host"], spec["port"], reuse_port=True)
 
     def ready() -> None:
@@ -69,7 +81,7 @@ def main() -> None:
             sock,
             ready=ready,
             stop_timeout_s=spec["stop_timeout_s"],
-            tick=CounterFile(Path(spec["counters"]), site, hits),
+            tick=tick,
         )
     finally:
         hits.flush()
