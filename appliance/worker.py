@@ -68,6 +68,7 @@ def main() -> None:
         if key_file is not None:
             key_file.refresh(site)
         counters(stats)
+
     sock = bind(spec["host"], spec["port"], reuse_port=True)
 
     def ready() -> None:
