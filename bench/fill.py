@@ -21,13 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.fill.downloader import Pacer, TitleFetcher  # noqa: E402
 from appliance.fill.plan import PlannedTitle  # noqa: E402
+from appliance.fill.transport import Pool  # noqa: E402
 from edgeflix import titlefiles  # noqa: E402
 from edgeflix.titlefiles import TitleFiles  # noqa: E402
 
@@ -82,10 +81,12 @@ def run_fill(url: str, title_id: str, staging: Path, streams: int) -> float:
     shutil.rmtree(staging, ignore_errors=True)
 
     async def go() -> None:
-        limits = httpx.Limits(max_connections=streams * 2, max_keepalive_connections=streams)
-        async with httpx.AsyncClient(limits=limits) as client:
+        pool = Pool(max_idle=streams * 2)
+        try:
             title = PlannedTitle(id=title_id, sources=(url,))
-            await TitleFetcher(client, title, staging, Pacer(None, None), streams=streams).run()
+            await TitleFetcher(pool, title, staging, Pacer(None, None), streams=streams).run()
+        finally:
+            pool.close()
 
     start = time.perf_counter()
     asyncio.run(go())

@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import httpx
-
 from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
 from appliance.fill.plan import FillPlan
 from appliance.fill.reconcile import reconcile
 from appliance.fill.retry import RetryPolicy
+from appliance.fill.transport import Pool, Timeouts
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 
@@ -88,7 +87,7 @@ class FillRun:
     staging_root: Path
     pacer: Pacer
     policy: RetryPolicy = field(default_factory=RetryPolicy)
-    transport: httpx.AsyncBaseTransport | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
     wall: Callable[[], float] = time.time
     report: FillReport = field(default_factory=FillReport)
     _thread: ThreadPoolExecutor = field(
@@ -114,17 +113,14 @@ class FillRun:
             self.report.titles[title_id] = TitleProgress(title_id, state="held")
         for title in rec.fetch:
             self.report.titles[title.id] = TitleProgress(title.id)
-        limits = httpx.Limits(
-            max_connections=self.plan.streams * 2, max_keepalive_connections=self.plan.streams
-        )
-        timeout = httpx.Timeout(30.0, connect=5.0)
         ticker = asyncio.create_task(self._publish_every(1.0))
+        pool = Pool(self.timeouts, max_idle=self.plan.streams * 2)
         try:
-            async with httpx.AsyncClient(
-                limits=limits, timeout=timeout, transport=self.transport, follow_redirects=True
-            ) as client:
+            try:
                 for title in rec.fetch:
-                    await self._fill_one(client, title.id)
+                    await self._fill_one(pool, title.id)
+            finally:
+                pool.close()
             if not self.report.failed:
                 self.report.deleted = await self._delete(rec.delete)
         finally:
@@ -132,14 +128,14 @@ class FillRun:
             write_state(self.staging_root, self.report, self.wall())
         return self.report
 
-    async def _fill_one(self, client: httpx.AsyncClient, title_id: str) -> None:
+    async def _fill_one(self, pool: Pool, title_id: str) -> None:
         title = next(t for t in self.plan.titles if t.id == title_id)
         prog = self.report.titles[title_id]
         folder = self.staging_root / title_id
         started = time.monotonic()
         try:
             fetcher = TitleFetcher(
-                client, title, folder, self.pacer, self.policy, self.plan.streams, prog
+                pool, title, folder, self.pacer, self.policy, self.plan.streams, prog
             )
             await fetcher.run()
             prog.state = "loading"

@@ -260,10 +260,9 @@ def test_window_closing_mid_title_pauses_then_resumes(
     import asyncio
     from datetime import UTC, datetime, timedelta
 
-    import httpx
-
     from appliance.fill.downloader import Pacer, TitleFetcher, TitleProgress
     from appliance.fill.plan import PlannedTitle
+    from appliance.fill.transport import Pool
     from appliance.fill.window import parse_window
 
     url, store = origin
@@ -287,12 +286,15 @@ def test_window_closing_mid_title_pauses_then_resumes(
     progress = TitleProgress("big")
 
     async def run() -> None:
-        async with httpx.AsyncClient() as client:
+        pool = Pool()
+        try:
             title = PlannedTitle(id="big", sources=(url,))
             fetcher = TitleFetcher(
-                client, title, tmp_path / "big", pacer, streams=2, progress=progress
+                pool, title, tmp_path / "big", pacer, streams=2, progress=progress
             )
             await fetcher.run()
+        finally:
+            pool.close()
 
     asyncio.run(run())
     model = titlefiles.read(store / "titles/big")[0]

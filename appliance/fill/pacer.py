@@ -1,0 +1,80 @@
+"""The pacer of a fill run: the shared bandwidth cap (a TokenBucket) and the fill window
+(streams stop when it closes and wait for the next opening). Stream threads call `charge`;
+the asyncio side waits with the injected sleep, so tests drive time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from appliance.fill.bucket import TokenBucket
+from appliance.fill.window import FillWindow
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.fill")
+BUFFER = 1 << 20  # most bytes a stream reads, writes and hashes in one go
+
+
+class WindowClosed(Exception):
+    """The fill window closed mid-stream: keep the .part, wait for the next opening."""
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class Pacer:
+    """Bandwidth cap and fill window shared by every stream of a fill run. `charge` is
+    called from the stream threads; waiting is always done with the injected async sleep."""
+
+    cap_bps: int | None
+    window: FillWindow | None
+    clock: Callable[[], float] = time.monotonic
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    sleep: Sleep = asyncio.sleep
+    _bucket: TokenBucket | None = None
+    _close_at: datetime | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.cap_bps:
+            self._bucket = TokenBucket.full(self.cap_bps / 8, None, self.clock())
+
+    async def wait_open(self) -> None:
+        if self.window is None:
+            return
+        while not self.window.is_open(self.now()):
+            wait = self.window.seconds_until_open(self.now())
+            event(log, "fill.window_wait", seconds=round(wait))
+            # Re-check at least hourly: the wall clock may be stepped by NTP meanwhile.
+            await self.sleep(min(max(wait, 0.05), 3600))
+        self._close_at = self.window.next_close(self.now())
+
+    def charge(self, nbytes: int) -> float:
+        """Account for `nbytes` received; WindowClosed once the window has closed, else the
+        seconds to wait before using them (the cap)."""
+        if self._close_at is not None and self.now() >= self._close_at:
+            raise WindowClosed
+        if self._bucket is None:
+            return 0.0
+        with self._lock:
+            self._bucket, wait = self._bucket.take(nbytes, self.clock())
+        return wait
+
+    async def spend(self, nbytes: int) -> None:
+        wait = self.charge(nbytes)
+        if wait > 0:
+            await self.sleep(wait)
+
+    def batch_bytes(self) -> int:
+        """Bytes a stream gathers between charges: under a cap about 1/16 s of it, so the
+        pacing stays smooth and a window close or SIGKILL loses little."""
+        if not self.cap_bps:
+            return BUFFER
+        return max(64 * 1024, min(BUFFER, self.cap_bps // 8 // 16))

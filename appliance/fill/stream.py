@@ -1,0 +1,241 @@
+"""One file (or files.json) over one stream, run on a stream thread: GET with `Range` from
+the `.part` offset, check the response against the request, then batches of body bytes into
+the file and the SHA-256, paced by the Pacer. downloader.py runs these and decides retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from appliance.fill import transport
+from appliance.fill.http1 import ProtocolError, parse_content_range
+from appliance.fill.pacer import BUFFER, Pacer, Sleep
+from appliance.fill.retry import Failure, failure_for_status
+from edgeflix import titlefiles
+from edgeflix.titlefiles import FILES_JSON, FileEntry
+
+PART = ".part"
+MAX_FILES_JSON = 64 << 20
+
+
+class SourceFailure(Exception):
+    def __init__(self, failure: Failure, detail: str):
+        super().__init__(detail)
+        self.failure = failure
+        self.detail = detail
+
+
+class Stopped(Exception):
+    """The asyncio side cancelled this stream (another stream gave up, or shutdown)."""
+
+
+@dataclass
+class TitleProgress:
+    title: str
+    total: int = 0
+    done: int = 0  # bytes present in staging (resumed bytes count from the start)
+    downloaded: int = 0  # bytes received over the wire in this run
+    state: str = "waiting"
+    error: str | None = None
+
+
+_counting = threading.Lock()  # stream threads add to the same TitleProgress
+
+
+def _count(prog: TitleProgress | None, done: int, downloaded: int) -> None:
+    if prog is not None:
+        with _counting:
+            prog.done += done
+            prog.downloaded += downloaded
+
+
+def url_for(source: str, title_id: str, rel_path: str) -> str:
+    return f"{source}/titles/{quote(title_id)}/{quote(rel_path)}"
+
+
+class StreamJob:
+    """The link between one awaited thread call and its thread: cancel() makes the thread
+    stop at its next read (a blocked recv is woken by shutting the socket down)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.stopped = False
+        self.response: transport.Response | None = None
+
+    def cancel(self) -> None:
+        self.stopped = True
+        if self.response is not None:
+            self.response.abort()
+
+    def check(self) -> None:
+        if self.stopped:
+            raise Stopped
+
+    def sleep(self, seconds: float, sleep: Sleep) -> None:
+        async def wait() -> None:
+            await sleep(seconds)
+
+        asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
+
+
+@dataclass
+class FileStream:
+    """What a stream thread needs to fetch files of one title."""
+
+    pool: transport.Pool
+    title_id: str
+    staging: Path
+    pacer: Pacer
+    progress: TitleProgress | None = None
+
+    def get_files_json(self, source: str, job: StreamJob) -> bytes:
+        try:
+            with self.pool.get(url_for(source, self.title_id, FILES_JSON)) as resp:
+                job.response = resp
+                if resp.status != 200:
+                    failure = failure_for_status(resp.status) or Failure.CLIENT
+                    raise SourceFailure(failure, f"{source}: files.json HTTP {resp.status}")
+                return resp.read_all(MAX_FILES_JSON)
+        except (transport.TransportError, ProtocolError) as exc:
+            raise SourceFailure(_failure_of(exc), f"{source}: {exc}") from None
+
+    def fetch_once(self, entry: FileEntry, source: str, job: StreamJob) -> None:
+        part = part_path(self.staging, entry)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > entry.size:
+            part.unlink()
+            offset = 0
+        hasher = _hash_prefix(part, offset)
+        if offset < entry.size:
+            offset, hasher = self._stream(entry, source, part, offset, hasher, job)
+        if offset != entry.size:
+            raise SourceFailure(Failure.TRUNCATED, f"{entry.path}: {offset} of {entry.size} bytes")
+        if hasher.hexdigest() != entry.sha256:
+            raise SourceFailure(Failure.DIGEST, f"{entry.path}: SHA-256 mismatch from {source}")
+        os.replace(part, self.staging / entry.path)
+
+    def _stream(
+        self,
+        entry: FileEntry,
+        source: str,
+        part: Path,
+        offset: int,
+        hasher: hashlib._Hash,
+        job: StreamJob,
+    ) -> tuple[int, hashlib._Hash]:
+        headers = (("Range", f"bytes={offset}-"),) if offset else ()
+        try:
+            with self.pool.get(url_for(source, self.title_id, entry.path), headers) as resp:
+                job.response = resp
+                start = self._accept(resp, entry, source, offset)
+                if start != offset:  # the source ignored Range: take the body from byte 0
+                    _count(self.progress, start - offset, 0)
+                    offset, hasher = start, hashlib.sha256()
+                return self._receive(resp, entry, part, offset, hasher, job), hasher
+        except (transport.TransportError, ProtocolError) as exc:
+            raise SourceFailure(_failure_of(exc), f"{entry.path}: {exc} at {source}") from None
+
+    def _accept(self, resp: transport.Response, entry: FileEntry, source: str, offset: int) -> int:
+        """Check a file response against what we asked; return the byte its body starts at."""
+        if resp.status == 200:
+            offset = 0
+        elif resp.status == 206:
+            got = parse_content_range(resp.head.get("content-range"))
+            if got is None or (got.first, got.last) != (offset, entry.size - 1):
+                raise SourceFailure(Failure.RANGE, f"{entry.path}: unexpected Content-Range")
+            if got.complete not in (None, entry.size):
+                raise SourceFailure(
+                    Failure.DIGEST, f"{entry.path}: {source} has {got.complete} bytes"
+                )
+        else:
+            failure = failure_for_status(resp.status) or Failure.CLIENT
+            raise SourceFailure(failure, f"{entry.path}: HTTP {resp.status} from {source}")
+        length = resp.content_length
+        if length is not None and offset + length != entry.size:
+            raise SourceFailure(
+                Failure.DIGEST,
+                f"{entry.path}: {source} sends {offset + length} bytes, files.json says "
+                f"{entry.size}",
+            )
+        return offset
+
+    def _receive(
+        self,
+        resp: transport.Response,
+        entry: FileEntry,
+        part: Path,
+        offset: int,
+        hasher: hashlib._Hash,
+        job: StreamJob,
+    ) -> int:
+        """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
+        pacer, write, hash. Bytes already written stay written when the body breaks off."""
+        view = memoryview(bytearray(BUFFER))
+        batch = self.pacer.batch_bytes()
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            while True:
+                job.check()
+                filled, broken = 0, None
+                try:
+                    while filled < batch and (n := resp.readinto(view[filled:batch])):
+                        filled += n
+                except transport.TransportError as exc:
+                    broken = exc
+                if filled:
+                    wait = self.pacer.charge(filled)
+                    if wait > 0:
+                        job.sleep(wait, self.pacer.sleep)
+                    if offset + filled > entry.size:
+                        raise SourceFailure(
+                            Failure.DIGEST, f"{entry.path}: longer than {entry.size}"
+                        )
+                    _write_all(fd, view[:filled])
+                    hasher.update(view[:filled])
+                    offset += filled
+                    _count(self.progress, filled, filled)
+                if broken is not None:
+                    raise broken
+                if filled < batch:
+                    return offset
+        finally:
+            os.close(fd)
+
+
+def _failure_of(exc: Exception) -> Failure:
+    if isinstance(exc, transport.Timeout):
+        return Failure.TIMEOUT
+    if isinstance(exc, transport.BodyTruncated):
+        return Failure.TRUNCATED
+    return Failure.CONNECT  # refused, reset, or a response we cannot parse: try again
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def part_path(staging: Path, entry: FileEntry) -> Path:
+    final = staging / entry.path
+    return final.with_name(final.name + PART)
+
+
+def _hash_prefix(part: Path, length: int) -> hashlib._Hash:
+    hasher = hashlib.sha256()
+    if length:
+        with part.open("rb") as fh:
+            while chunk := fh.read(min(titlefiles.CHUNK, length)):
+                hasher.update(chunk)
+                length -= len(chunk)
+                if not length:
+                    break
+    return hasher

@@ -1,0 +1,305 @@
+"""Blocking HTTP/1.1 GETs for the fill's worker threads (I/O shell): one connection per
+stream, kept alive and reused through a Pool, a timeout on connect and on every read, bodies
+read straight into the caller's buffer. http1.py parses; downloader.py decides what to fetch.
+
+Blocking sockets in threads rather than asyncio: `recv_into`, hashlib and `os.write` all
+release the GIL, so N streams use every core and a byte is copied once, kernel to buffer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import urlsplit
+
+from appliance.fill.http1 import (
+    BodyFraming,
+    ChunkedDecoder,
+    Framing,
+    ProtocolError,
+    ResponseHead,
+    body_framing,
+    head_end,
+    keep_alive,
+    parse_head,
+    render_get,
+)
+
+_RECV = 64 * 1024  # reads of heads and chunked bodies; plain bodies go to the caller's buffer
+
+
+class TransportError(Exception):
+    """The connection failed: refused, reset, timed out, closed early."""
+
+
+class ConnectFailed(TransportError):
+    pass
+
+
+class Timeout(TransportError):
+    pass
+
+
+class BodyTruncated(TransportError):
+    """The peer closed the connection before the end its framing announced."""
+
+
+class _Stale(Exception):
+    """A reused idle connection was closed by the peer before answering: retry on a new one."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0  # for each recv, not the whole body: a slow, steady source is fine
+
+
+@dataclass(frozen=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_field(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def split_url(url: str) -> tuple[Origin, str]:
+    """(origin, request target) of an http(s) URL; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Origin(parts.scheme, parts.hostname, port), target
+
+
+class Connection:
+    def __init__(self, origin: Origin, sock: socket.socket) -> None:
+        self.origin = origin
+        self.sock = sock
+        self.pending = bytearray()  # bytes received past the current head or chunked body
+
+    @classmethod
+    def open(cls, origin: Origin, timeouts: Timeouts, context: ssl.SSLContext | None) -> Connection:
+        try:
+            sock = socket.create_connection((origin.host, origin.port), timeout=timeouts.connect)
+        except TimeoutError:
+            raise Timeout(f"connect to {origin.host}:{origin.port} timed out") from None
+        except OSError as exc:
+            raise ConnectFailed(f"connect to {origin.host}:{origin.port}: {exc}") from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if origin.scheme == "https":
+                sock = (context or ssl.create_default_context()).wrap_socket(
+                    sock, server_hostname=origin.host
+                )
+            sock.settimeout(timeouts.read)
+        except OSError as exc:
+            sock.close()
+            raise ConnectFailed(f"TLS with {origin.host}:{origin.port}: {exc}") from None
+        return cls(origin, sock)
+
+    def read_head(self, reused: bool) -> ResponseHead:
+        """The next final (non-1xx) response head; bytes after it stay in `pending`."""
+        while True:
+            while not (end := head_end(self.pending)):
+                data = self.sock.recv(_RECV)
+                if not data:
+                    if reused and not self.pending:
+                        raise _Stale
+                    raise BodyTruncated("connection closed before a complete response head")
+                self.pending += data
+            head = parse_head(self.pending[:end])
+            del self.pending[:end]
+            if not 100 <= head.status < 200 or head.status == 101:
+                return head
+
+    def abort(self) -> None:
+        """Wake a recv blocked in another thread (it then sees the connection closed)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Response:
+    """One response's head and body; close() returns a reusable connection to the pool."""
+
+    def __init__(self, pool: Pool, conn: Connection, head: ResponseHead) -> None:
+        self._pool = pool
+        self._conn = conn
+        self.head = head
+        self.status = head.status
+        self.framing: BodyFraming = body_framing(head)
+        self._left = self.framing.length if self.framing.kind is Framing.LENGTH else 0
+        self._chunks = ChunkedDecoder() if self.framing.kind is Framing.CHUNKED else None
+        self._pieces: list[memoryview] = []
+        self._closed = False
+
+    @property
+    def content_length(self) -> int | None:
+        return self.framing.length if self.framing.kind is Framing.LENGTH else None
+
+    @property
+    def complete(self) -> bool:
+        if self._chunks is not None:
+            return self._chunks.done and not self._pieces
+        return self.framing.kind is not Framing.CLOSE and self._left == 0
+
+    def readinto(self, view: memoryview) -> int:
+        """Body bytes into `view`; 0 at the end of the body. BodyTruncated, Timeout and
+        ProtocolError as they happen."""
+        if not len(view) or self.complete:
+            return 0
+        try:
+            if self._chunks is not None:
+                return self._read_chunked(view)
+            if self.framing.kind is Framing.CLOSE:
+                raise ProtocolError("response body without Content-Length or chunked framing")
+            return self._read_length(view)
+        except TimeoutError:
+            raise Timeout("no data from the source within the read timeout") from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            raise BodyTruncated(f"connection lost mid-body: {exc}") from None
+
+    def _read_length(self, view: memoryview) -> int:
+        want = min(len(view), self._left)
+        pending = self._conn.pending
+        if pending:
+            n = min(want, len(pending))
+            view[:n] = pending[:n]
+            del pending[:n]
+        else:
+            n = self._conn.sock.recv_into(view, want)
+            if n == 0:
+                raise BodyTruncated(f"connection closed with {self._left} body bytes to come")
+        self._left -= n
+        return n
+
+    def _read_chunked(self, view: memoryview) -> int:
+        assert self._chunks is not None
+        while not self._pieces and not self._chunks.done:
+            data = bytes(self._conn.pending) or self._conn.sock.recv(_RECV)
+            self._conn.pending.clear()
+            if not data:
+                raise BodyTruncated("connection closed inside a chunked body")
+            pieces, used = self._chunks.feed(data)
+            self._pieces = [p for p in pieces if len(p)]
+            self._conn.pending += data[used:]  # the next response's bytes, if any
+        if not self._pieces:
+            return 0
+        piece = self._pieces[0]
+        n = min(len(view), len(piece))
+        view[:n] = piece[:n]
+        if n == len(piece):
+            self._pieces.pop(0)
+        else:
+            self._pieces[0] = piece[n:]
+        return n
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole body, refusing more than `limit` bytes (ProtocolError)."""
+        out = bytearray()
+        buf = memoryview(bytearray(_RECV))
+        while n := self.readinto(buf):
+            out += buf[:n]
+            if len(out) > limit:
+                raise ProtocolError(f"body longer than {limit} bytes")
+        return bytes(out)
+
+    def abort(self) -> None:
+        self._conn.abort()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.complete and keep_alive(self.head) and not self._conn.pending:
+            self._pool.put(self._conn)
+        else:
+            self._conn.close()
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            self._closed = True  # an error mid-body: the connection's state is unknown
+            self._conn.close()
+        self.close()
+
+
+class Pool:
+    """Idle keep-alive connections per origin, shared by the threads of a fill run."""
+
+    def __init__(
+        self,
+        timeouts: Timeouts | None = None,
+        context: ssl.SSLContext | None = None,
+        max_idle: int = 16,
+    ) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self.context = context
+        self.max_idle = max_idle
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self, url: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
+        """Send a GET and return the response once its head is in; the caller reads the body
+        and closes the response (a `with` block) to give the connection back."""
+        origin, target = split_url(url)
+        request = render_get(origin.host_field, target, headers)
+        # At most one retry, and only when a reused idle connection turned out to be closed.
+        for _ in range(2):
+            conn, reused = self._take(origin)
+            try:
+                conn.sock.sendall(request)
+                head = conn.read_head(reused)
+                return Response(self, conn, head)
+            except _Stale:
+                conn.close()
+                continue
+            except TimeoutError:
+                conn.close()
+                raise Timeout(f"no response from {origin.host}:{origin.port} in time") from None
+            except (ConnectionError, ssl.SSLError) as exc:
+                conn.close()
+                if reused:
+                    continue
+                raise BodyTruncated(f"connection to {origin.host}:{origin.port}: {exc}") from None
+            except BaseException:
+                conn.close()
+                raise
+        raise BodyTruncated(f"{origin.host}:{origin.port} closed two connections in a row")
+
+    def _take(self, origin: Origin) -> tuple[Connection, bool]:
+        with self._lock:
+            for i, conn in enumerate(self._idle):
+                if conn.origin == origin:
+                    return self._idle.pop(i), True
+        return Connection.open(origin, self.timeouts, self.context), False
+
+    def put(self, conn: Connection) -> None:
+        with self._lock:
+            if len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
