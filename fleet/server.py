@@ -87,7 +87,9 @@ async def ticker(svc: FleetService, config: FleetConfig) -> None:
                         svc.set_origin_titles(await read_origin_catalog(client, config.origin.url))
                     except (httpx.HTTPError, ValueError, KeyError) as exc:
                         event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
-                if now - last_plan >= config.planner.interval_s:
+                # A new appliance gets its first plan on its first beats, not minutes later.
+                fresh = svc.replan_due and all(n in svc.beats for n in svc.records)
+                if fresh or now - last_plan >= config.planner.interval_s:
                     last_plan = now
                     svc.replan()
             except FleetError as exc:

@@ -63,6 +63,8 @@ class FleetService:
         self.current_plan: FillPlan | None = store.plan()
         self.outcomes: Counter[str] = Counter()
         self.fill_now: set[str] = set()
+        # Set when the fleet changed enough that waiting for the next planning round is wasteful.
+        self.replan_due = True
         self._snapshot: FleetSnapshot | None = None
         self._snapshot_at = 0.0
 
@@ -113,6 +115,7 @@ class FleetService:
         )
         self.records[name] = rec
         self._changed()
+        self.replan_due = True
         event(log, "fleet.enrolled", appliance=name, site=rec.site)
         return rec
 
@@ -201,6 +204,7 @@ class FleetService:
         return out
 
     def replan(self) -> FillPlan:
+        self.replan_due = False
         now = self.clock()
         catalog = self.catalog()
         demand = predicted_demand(

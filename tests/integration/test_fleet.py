@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgeflix.proto import auth
 from edgeflix.proto.codec import Counts, pack_counts, unpack_plan
@@ -250,6 +252,22 @@ def test_key_rotation_keeps_issued_urls_valid(
     tok = url.split("/t/", 1)[1].split("/", 1)[0]
     verify(tok, title_id="film", client_ip=None, keys=boxes["h1"].keys(), now=time.time())
     assert f"/t/{rotated['keys'][-1]}." in steer(fleet, "192.168.1.50")["urls"][0]  # type: ignore[index]
+
+
+def test_metrics_count_outcomes_and_grpc_health_serves(fleet: Server, agents: Agents) -> None:
+    steer(fleet, "203.0.113.5")  # a client in no site
+    text = httpx.get(fleet.urls["http"] + "/metrics", timeout=10).text
+    counts = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edgeflix_fleet_steering_total{")
+    }
+    assert counts["in_site"] >= 1 and counts["no_site"] >= 1
+    channel = grpc.insecure_channel(fleet.urls["grpc"])
+    check = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="edgeflix.fleet.v1.Fleet"), timeout=10
+    )
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_errors_are_one_line(fleet: Server) -> None:
