@@ -162,7 +162,7 @@ def run_cmd(
     from appliance import config as appliance_config
     from appliance.daemon import run
 
-    run(appliance_config.load(config))
+    run(appliance_config.load(config), config)
 
 
 @app.command("sign")
