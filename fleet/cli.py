@@ -6,6 +6,7 @@ HTTP API (`--fleet URL` or EDGEFLIX_FLEET). Tables on a terminal, plain text in 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ import typer
 
 from edgeflix import ui
 from fleet.errors import FleetError
+
+# httpx logs every request at INFO: noise on a CLI whose output is the answer.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(no_args_is_help=True, help="URL-token signing keys.")
