@@ -1,8 +1,11 @@
-"""`edgeflix appliance run`: a supervisor process and `serve.workers` serving workers.
+"""`edgeflix appliance run`: the supervisor process of the appliance and its subsystems.
 
-Supervisor (here): reconciles the store, spawns workers (fresh interpreters running
-appliance/worker.py, their spec as JSON on stdin), restarts any that die, runs the tier mover
-and the admin listener, and merges the counters each worker writes to a small JSON file.
+The supervisor reconciles the store, runs `serve.workers` serving workers (fresh interpreters
+running appliance/worker.py, their spec as JSON on stdin, sharing the port by SO_REUSEPORT),
+restarts any that die, and runs the background subsystems, each a small object with
+start/stop: the health monitor (monitor.py: disks, health, hardware profile), the tier mover,
+the fill scheduler (fill/scheduler.py) and the admin listener (/healthz, /metrics, /status).
+Lifecycle (sd_notify READY/WATCHDOG/RELOADING/STOPPING, SIGTERM drain, SIGHUP reload) is here.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import select
 import shutil
 import signal
@@ -25,8 +29,12 @@ from typing import IO, Any
 
 import uvloop
 
+from appliance import sdnotify
 from appliance.config import ApplianceConfig
+from appliance.keyfile import KeySet, write_keys
+from appliance.monitor import HealthMonitor, ServingErrors, status_totals
 from appliance.server import AdminSite, AdminView
+from appliance.status import assemble
 from edgeflix.config import parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.http.server import FileServer, ServerSettings, bind, url_of
@@ -36,13 +44,19 @@ from edgeflix.log import event
 log = logging.getLogger("appliance.daemon")
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0
+TICK_S = 0.5
+KEYS_ACK_TIMEOUT_S = 10.0
+# The health thread goes round every second; this much silence means it is stuck.
+HEALTH_STALE_S = 15.0
 
 
 class DaemonError(EdgeflixError):
     """The daemon could not start (port taken, worker failed to start, bad store)."""
 
 
-def worker_spec(config: ApplianceConfig, host: str, port: int, counters: Path) -> dict[str, Any]:
+def worker_spec(
+    config: ApplianceConfig, host: str, port: int, counters: Path, keys_file: Path | None = None
+) -> dict[str, Any]:
     """Everything a worker needs, as plain JSON (workers never load pydantic: memory)."""
     s = config.serve
     return {
@@ -60,10 +74,16 @@ def worker_spec(config: ApplianceConfig, host: str, port: int, counters: Path) -
         "stop_timeout_s": s.shutdown_timeout_s,
         "tokens_required": config.auth.tokens == "required",
         "keys": {k.id: k.secret for k in config.auth.keys},
+        "keys_file": str(keys_file) if keys_file else None,
     }
 
 
-# -- supervisor -----------------------------------------------------------------------------
+def key_set(config: ApplianceConfig, generation: int) -> KeySet:
+    keys = {k.id: k.secret_bytes() for k in config.auth.keys}
+    return KeySet(generation, config.auth.tokens == "required", keys)
+
+
+# -- serving workers ------------------------------------------------------------------------
 
 
 class Worker:
@@ -95,6 +115,11 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def drain(self) -> None:
+        """SIGTERM: the worker stops accepting and finishes its in-flight responses."""
+        if self.alive() and self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def snapshot(self) -> dict[str, Any]:
         try:
             data: dict[str, Any] = json.loads(self.counters.read_text())
@@ -111,17 +136,31 @@ def _readline(stream: IO[bytes], timeout: float) -> bytes:
 
 
 class Supervisor:
+    """The serving workers: start, restart the dead, roll to a new spec, drain on stop."""
+
     def __init__(self, config: ApplianceConfig, run_dir: Path) -> None:
         self.config = config
         self.run_dir = run_dir
+        self.keys_file = run_dir / "keys.json"
+        self.keys_generation = 0
         self.workers: list[Worker] = []
+        self.draining: list[Worker] = []  # replaced by a reload, finishing their connections
         # Counters of replaced workers, so totals never go backwards after a restart.
         self.retired: list[dict[str, Any]] = []
+        self._spawned = 0
+        self.host, self.port = "", 0
+
+    def _new_worker(self, index: int) -> Worker:
+        self._spawned += 1
+        counters = self.run_dir / f"worker-{index}-{self._spawned}.json"
+        spec = worker_spec(self.config, self.host, self.port, counters, self.keys_file)
+        return Worker(index, spec)
 
     def start_workers(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        write_keys(self.keys_file, key_set(self.config, self.keys_generation))
         for i in range(self.config.serve.workers):
-            spec = worker_spec(self.config, host, port, self.run_dir / f"worker-{i}.json")
-            worker = Worker(i, spec)
+            worker = self._new_worker(i)
             worker.spawn()
             self.workers.append(worker)
         for worker in self.workers:
@@ -133,26 +172,72 @@ class Supervisor:
                 continue
             code = worker.proc.returncode if worker.proc else None
             event(log, "worker.died", logging.ERROR, worker=worker.index, code=code)
-            self.retired.append(worker.snapshot())
-            with contextlib.suppress(OSError):
-                worker.counters.unlink()
+            self._retire(worker)
             worker.spawn()
+        for worker in [w for w in self.draining if not w.alive()]:
+            self.draining.remove(worker)
+            self._retire(worker)
+            event(log, "worker.drained", worker=worker.index)
+
+    def _retire(self, worker: Worker) -> None:
+        self.retired.append(worker.snapshot())
+        with contextlib.suppress(OSError):
+            worker.counters.unlink()
+
+    def alive(self) -> int:
+        return sum(w.alive() for w in self.workers)
 
     def view(self) -> AdminView:
-        snaps = [w.snapshot() for w in self.workers] + self.retired
+        snaps = [w.snapshot() for w in [*self.workers, *self.draining]] + self.retired
         rejections: dict[str, int] = {}
         for snap in snaps:
             for reason, n in snap.get("token_rejections", {}).items():
                 rejections[reason] = rejections.get(reason, 0) + int(n)
-        alive = sum(w.alive() for w in self.workers)
-        return AdminView(merge(snaps), alive, len(self.workers), rejections)
+        return AdminView(merge(snaps), self.alive(), len(self.workers), rejections)
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def publish_keys(self, config: ApplianceConfig) -> bool:
+        """Hand new keys to the running workers; True once every live worker applied them."""
+        self.config = config
+        self.keys_generation += 1
+        write_keys(self.keys_file, key_set(config, self.keys_generation))
+        deadline = time.monotonic() + KEYS_ACK_TIMEOUT_S
+        while time.monotonic() < deadline:
+            live = [w for w in self.workers if w.alive()]
+            if all(w.snapshot().get("keys_generation") == self.keys_generation for w in live):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def roll(self, config: ApplianceConfig) -> None:
+        """New serving settings: replace workers one at a time. The new worker listens on the
+        shared port before the old one stops accepting, so the port never closes; the old one
+        finishes its connections (up to serve.shutdown_timeout_s) while draining."""
+        self.config = config
+        for i, old in enumerate(list(self.workers)):
+            new = self._new_worker(i)
+            new.spawn()
+            new.wait_ready(READY_TIMEOUT_S)
+            self.workers[i] = new
+            old.drain()
+            self.draining.append(old)
+        while len(self.workers) < config.serve.workers:
+            new = self._new_worker(len(self.workers))
+            new.spawn()
+            new.wait_ready(READY_TIMEOUT_S)
+            self.workers.append(new)
+        while len(self.workers) > config.serve.workers:
+            old = self.workers.pop()
+            old.drain()
+            self.draining.append(old)
 
     def stop_workers(self, timeout: float) -> None:
-        for worker in self.workers:
-            if worker.alive() and worker.proc is not None:
-                worker.proc.send_signal(signal.SIGTERM)
+        every = [*self.workers, *self.draining]
+        for worker in every:
+            worker.drain()
         deadline = time.monotonic() + timeout
-        for worker in self.workers:
+        for worker in every:
             if worker.proc is None:
                 continue
             try:
@@ -161,6 +246,9 @@ class Supervisor:
                 event(log, "worker.killed", logging.WARNING, worker=worker.index)
                 worker.proc.kill()
                 worker.proc.wait()
+
+
+# -- start-up helpers -----------------------------------------------------------------------
 
 
 def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -177,13 +265,24 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _prepare_store(config: ApplianceConfig) -> None:
-    """Open the store once (creates the index) and reconcile it with the disks."""
+def _prepare_store(config: ApplianceConfig, out_of_service: set[str]) -> None:
+    """Open the store on the disks in service (creates the index), give disks that are back
+    their files again after re-verifying them, then reconcile the index with the disks.
+    Restore runs before reconcile: reconcile would sweep a returned disk's files away."""
+    from appliance.fill.storage import restore_disk
+    from appliance.index import MISSING
     from appliance.repair import reconcile
     from appliance.store import Store
 
-    store = Store(config.storage)
+    store = Store(config.storage, out_of_service=out_of_service)
     try:
+        for disk in store.disks:
+            row = store.conn.execute(
+                "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
+            ).fetchone()
+            if row:
+                ready, bad = restore_disk(store, disk.id)
+                event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
         report = reconcile(store)
         for finding in report.findings:
             event(log, "store.reconciled", logging.WARNING, finding=finding)
@@ -191,49 +290,185 @@ def _prepare_store(config: ApplianceConfig) -> None:
         store.close()
 
 
-def run(config: ApplianceConfig) -> None:
-    """Run until SIGTERM/SIGINT. Prints `listening on URL` and `admin on URL` once serving."""
-    from appliance.mover import MoverThread
+# -- the daemon -----------------------------------------------------------------------------
 
-    _prepare_store(config)
-    host, port = parse_hostport(config.serve.listen)
-    reserved, port = _reserve_port(host, port)
-    admin_host, admin_port = parse_hostport(config.admin.listen)
-    try:
-        admin_sock = bind(admin_host, admin_port)
-    except OSError as exc:
-        reserved.close()
-        raise DaemonError(f"cannot listen on {config.admin.listen}: {exc.strerror}") from None
-    run_dir = Path(tempfile.mkdtemp(prefix="edgeflix-appliance-"))
-    supervisor = Supervisor(config, run_dir)
-    mover = MoverThread(config.storage)
-    try:
-        supervisor.start_workers(host, port)
-        reserved.close()
-        mover.start()
+
+class Daemon:
+    def __init__(self, config: ApplianceConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.run_dir = Path(tempfile.mkdtemp(prefix="edgeflix-appliance-"))
+        self.supervisor = Supervisor(config, self.run_dir)
+        self.monitor: HealthMonitor | None = None
+        self.mover: Any = None
+        self.admin_sock: socket.socket | None = None
+        self.admin_site: AdminSite | None = None
+        self.reloads = 0
+        self.reload_error: str | None = None
+        self.started = time.time()
+
+    # -- start, in order ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        from appliance.mover import MoverThread
+
+        config = self.config
+        # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
+        #    is out of service (its files marked missing) before anything serves.
+        errors = ServingErrors(lambda: status_totals(self.supervisor.view().stats.requests))
+        self.monitor = HealthMonitor(config, errors)
+        self.monitor.first_sample()
+        # 2. Store: restore disks that came back, reconcile the index with the disks.
+        _prepare_store(config, self.monitor.out_of_service())
+        # 3. Sockets: the serving port (reserved, shared by the workers) and the admin one.
+        host, port = parse_hostport(config.serve.listen)
+        reserved, port = _reserve_port(host, port)
+        admin_host, admin_port = parse_hostport(config.admin.listen)
+        try:
+            self.admin_sock = bind(admin_host, admin_port)
+        except OSError as exc:
+            reserved.close()
+            raise DaemonError(f"cannot listen on {config.admin.listen}: {exc.strerror}") from None
+        # 4. Serving workers; the reservation goes once they all listen.
+        try:
+            self.supervisor.start_workers(host, port)
+        finally:
+            reserved.close()
+        # 5. Background subsystems.
+        self.mover = MoverThread(config.storage)
+        self.mover.start()
+        self.monitor.start()
+        # 6. Announce: the URLs on stdout (tests and scripts wait for them), READY=1 to systemd.
         shown = f"[{host}]" if ":" in host else host
-        sys.stdout.write(f"listening on http://{shown}:{port}\nadmin on {url_of(admin_sock)}\n")
+        sys.stdout.write(
+            f"listening on http://{shown}:{port}\nadmin on {url_of(self.admin_sock)}\n"
+        )
         sys.stdout.flush()
         event(log, "appliance.started", port=port, workers=config.serve.workers)
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_supervise(supervisor, admin_sock))
-    finally:
-        reserved.close()
-        supervisor.stop_workers(config.serve.shutdown_timeout_s + 2.0)
-        mover.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        sdnotify.ready(status=f"serving on {shown}:{port}")
+
+    # -- the supervisor loop -----------------------------------------------------------------
+
+    async def supervise(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop, reload = asyncio.Event(), asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+        assert self.admin_sock is not None
+        self.admin_site = AdminSite(self.config, self.supervisor.view, self.status)
+        admin = FileServer(self.admin_site, ServerSettings())
+        admin.serve(self.admin_sock)
+        watchdog_s = sdnotify.watchdog_interval_s()
+        tick = min(TICK_S, watchdog_s / 2) if watchdog_s else TICK_S
+        next_watchdog = 0.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+            if stop.is_set():
+                break
+            self.supervisor.check_workers()
+            if watchdog_s and time.monotonic() >= next_watchdog and self.fit_to_serve():
+                sdnotify.watchdog()
+                next_watchdog = time.monotonic() + watchdog_s
+            if reload.is_set():
+                reload.clear()
+                await asyncio.to_thread(self.reload)
+        # SIGTERM: say so first, so systemd waits for the drain instead of counting a hang.
+        sdnotify.stopping()
+        event(log, "appliance.stopping")
+        await admin.stop(1.0)
+
+    def fit_to_serve(self) -> bool:
+        """What the watchdog vouches for: the loop turns (we are in it), a worker serves, and
+        the health thread is not stuck. A failing disk does not stop the pings: a restart
+        cannot mend hardware, and the box still serves what the other disks hold."""
+        fresh = self.monitor is not None and self.monitor.fresh(HEALTH_STALE_S)
+        return fresh and self.supervisor.alive() > 0
+
+    # -- SIGHUP ------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the config: keys go to the running workers (no connection dropped), new
+        serving settings roll the workers one by one; listen addresses and storage need a
+        restart and keep their running values."""
+        from appliance import config as appliance_config
+
+        sdnotify.reloading()
+        event(log, "appliance.reloading", config=str(self.config_path))
+        try:
+            fresh = appliance_config.load(self.config_path)
+        except EdgeflixError as exc:
+            self.reload_error = str(exc)
+            event(log, "appliance.reload_failed", logging.ERROR, reason=str(exc))
+            sdnotify.ready(status=f"reload failed, running the old config: {exc}")
+            return
+        old = self.config
+        pinned = []
+        for section in ("storage", "admin"):
+            if getattr(fresh, section) != getattr(old, section):
+                pinned.append(section)
+        if fresh.serve.listen != old.serve.listen:
+            pinned.append("serve.listen")
+        serve = fresh.serve.model_copy(update={"listen": old.serve.listen})
+        new = fresh.model_copy(update={"storage": old.storage, "admin": old.admin, "serve": serve})
+        if pinned:
+            event(log, "appliance.reload_needs_restart", logging.WARNING, sections=pinned)
+        applied = self.supervisor.publish_keys(new)
+        if new.serve != old.serve:
+            self.supervisor.roll(new)
+        self.config = new
+        if self.admin_site is not None:
+            self.admin_site.config = new
+        self.reloads += 1
+        self.reload_error = None if applied else "a worker did not confirm the new keys"
+        event(log, "appliance.reloaded", keys=len(new.auth.keys), needs_restart=pinned)
+        sdnotify.ready(status="serving (reloaded)")
+
+    # -- /status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.monitor is not None
+        report = self.monitor.report()
+        daemon = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "workers": self.supervisor.alive(),
+            "workers_wanted": self.config.serve.workers,
+            "draining_workers": len(self.supervisor.draining),
+            "reloads": self.reloads,
+            "reload_error": self.reload_error,
+            "keys": sorted(k.id for k in self.config.auth.keys),
+            "keys_generation": self.supervisor.keys_generation,
+            "health_age_s": round(time.monotonic() - report.at, 3),
+        }
+        return assemble(self.config, report.profile, report.inputs, report.health, daemon)
+
+    # -- stop, in order ----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        # 1. Serving workers drain: stop accepting, finish in-flight responses up to
+        #    serve.shutdown_timeout_s, then close (a little slack before SIGKILL).
+        self.supervisor.stop_workers(self.config.serve.shutdown_timeout_s + 2.0)
+        # 2. Background subsystems.
+        if self.mover is not None:
+            self.mover.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
+        # 3. Leftovers.
+        if self.admin_sock is not None:
+            self.admin_sock.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         event(log, "appliance.stopped")
 
 
-async def _supervise(supervisor: Supervisor, admin_sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    admin = FileServer(AdminSite(supervisor.config, supervisor.view), ServerSettings())
-    admin.serve(admin_sock)
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
-        supervisor.check_workers()
-    await admin.stop(1.0)
+def run(config: ApplianceConfig, config_path: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT. Prints `listening on URL` and `admin on URL` once serving;
+    SIGHUP re-reads `config_path`."""
+    daemon = Daemon(config, config_path)
+    try:
+        daemon.start()
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(daemon.supervise())
+    finally:
+        daemon.stop()

@@ -7,6 +7,7 @@ the worker and supervisor processes in daemon.py; the admin site (/healthz, /met
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -168,9 +169,16 @@ class AdminView:
 
 
 class AdminSite:
-    def __init__(self, config: ApplianceConfig, gather: Callable[[], AdminView]) -> None:
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        gather: Callable[[], AdminView],
+        status: Callable[[], Mapping[str, object]] | None = None,
+    ) -> None:
         self.config = config
         self.gather = gather
+        # /status: the same document as `edgeflix appliance status --json` (appliance/status.py).
+        self.status = status
 
     def route(
         self, request: RequestHead, segments: tuple[str, ...], client_ip: str
@@ -185,6 +193,11 @@ class AdminSite:
             text = metrics_text(self.config, self.gather())
             ctype = "text/plain; version=0.0.4; charset=utf-8"
             return plan_simple(200, text.encode(), ctype, head_only=head_only)
+        if segments == ("status",) and self.status is not None:
+            body = json.dumps(self.status(), indent=2, sort_keys=True).encode() + b"\n"
+            ctype = "application/json"
+            cache = (("Cache-Control", "no-store"),)
+            return plan_simple(200, body, ctype, cache, head_only=head_only)
         return plan_error(404, request)
 
     def relocate(self, target: FileTarget) -> FileTarget | None:

@@ -1,18 +1,20 @@
 """The appliance's status document: hardware profile, health and advertised capacity, and
-fill state per title. `edgeflix appliance status` prints it; the admin listener can serve
-the same dict as JSON at /status (the daemon passes its own long-lived sampler and watch).
+fill state per title. `edgeflix appliance status` builds it with a one-off sampler; the
+daemon's admin listener serves the same document at /status from its health thread's latest
+report (appliance/monitor.py), plus a `daemon` section (workers, reloads, fill schedule).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from appliance.config import ApplianceConfig
 from appliance.fill.runner import read_state
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
-from appliance.health import DiskWatch, HealthSampler, summarise
+from appliance.health import DiskWatch, Health, HealthInputs, HealthSampler, summarise
 
 
 def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSampler:
@@ -22,6 +24,27 @@ def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSamp
         device_of={d.path: d.device for d in profile.disks},
         nic_speeds={n.name: n.speed_bps for n in profile.nics},
     )
+
+
+def assemble(
+    config: ApplianceConfig,
+    profile: HardwareProfile,
+    inputs: HealthInputs,
+    health: Health,
+    daemon: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The document itself, from figures already gathered (cheap: /status calls it)."""
+    doc: dict[str, Any] = {
+        "name": config.name,
+        "health": asdict(health),
+        "capacity_bps": advertised_capacity_bps(profile, health),
+        "profile": asdict(profile),
+        "metrics": asdict(inputs),
+        "fill": read_state(config.fill.staging),
+    }
+    if daemon is not None:
+        doc["daemon"] = dict(daemon)
+    return doc
 
 
 def status_document(
@@ -39,12 +62,4 @@ def status_document(
         time.sleep(interval_s)
     sampler.disks.poll()
     inputs = sampler.sample()
-    health = summarise(inputs)
-    return {
-        "name": config.name,
-        "health": asdict(health),
-        "capacity_bps": advertised_capacity_bps(profile, health),
-        "profile": asdict(profile),
-        "metrics": asdict(inputs),
-        "fill": read_state(config.fill.staging),
-    }
+    return assemble(config, profile, inputs, summarise(inputs))

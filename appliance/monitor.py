@@ -1,0 +1,302 @@
+"""The daemon's health subsystem: a thread that probes the disks every second (DiskWatch), acts
+on what it finds (a dead disk's files marked missing at once, a returned disk re-verified
+before it serves), samples health every few seconds (HealthSampler + summarise) and rebuilds
+the hardware profile on udev block events (DiskEvents, pyudev) or every `profile_s`.
+
+daemon.py starts and stops it and reads `report()` for /status and the watchdog; storage
+changes go through `DiskService` (store.py, fill/storage.py) on this thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from appliance.config import ApplianceConfig
+from appliance.disks import StorageError
+from appliance.hardware import HardwareProfile, probe
+from appliance.health import (
+    DiskWatch,
+    Health,
+    HealthInputs,
+    HealthSampler,
+    Rescan,
+    TakeOut,
+    summarise,
+)
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.monitor")
+
+
+# -- serving error rate from the workers' counters (pure) -----------------------------------
+
+
+def status_totals(requests: Mapping[tuple[int, str], Sequence[int]]) -> dict[int, int]:
+    """Responses per status code, summed over titles (ServerStats.requests' shape)."""
+    totals: dict[int, int] = {}
+    for (status, _title), counts in requests.items():
+        totals[status] = totals.get(status, 0) + counts[0]
+    return totals
+
+
+def error_rate(prev: Mapping[int, int], cur: Mapping[int, int]) -> float:
+    """Share of the responses between two snapshots that were 5xx (0 when there were none).
+    Counters that went backwards (a worker restarted before its counts were retired) count
+    as zero, never negative."""
+    delta = {s: max(n - prev.get(s, 0), 0) for s, n in cur.items()}
+    total = sum(delta.values())
+    if total == 0:
+        return 0.0
+    return sum(n for s, n in delta.items() if 500 <= s < 600) / total
+
+
+class ServingErrors:
+    """The 5xx share since the previous call, from a callable returning status totals."""
+
+    def __init__(self, totals: Callable[[], Mapping[int, int]]) -> None:
+        self.totals = totals
+        self._prev: Mapping[int, int] = totals()
+
+    def __call__(self) -> float:
+        cur = self.totals()
+        rate, self._prev = error_rate(self._prev, cur), cur
+        return rate
+
+
+# -- storage side of DiskWatch's decisions ---------------------------------------------------
+
+
+class DiskService:
+    """Applies TakeOut / Rescan to the index through a short-lived Store (SQLite connections
+    belong to their thread, and these are rare events)."""
+
+    def __init__(self, config: ApplianceConfig) -> None:
+        self.config = config
+
+    def take_out(self, disk: str, out: set[str]) -> list[str]:
+        from appliance.fill.storage import mark_disk_missing
+        from appliance.store import Store
+
+        store = Store(self.config.storage, out_of_service=out | {disk})
+        try:
+            return mark_disk_missing(store, disk)
+        finally:
+            store.close()
+
+    def bring_back(self, disk: str, out: set[str]) -> tuple[list[str], list[str]]:
+        """Re-hash the disk's missing files (good ones serve again), then reconcile so stale
+        copies of titles re-filled elsewhere meanwhile are swept off it."""
+        from appliance.fill.storage import restore_disk
+        from appliance.repair import reconcile
+        from appliance.store import Store
+
+        store = Store(self.config.storage, out_of_service=out - {disk})
+        try:
+            ready, bad = restore_disk(store, disk)
+            reconcile(store)
+            return ready, bad
+        finally:
+            store.close()
+
+
+# -- udev block events -----------------------------------------------------------------------
+
+
+class DiskEvents(threading.Thread):
+    """pyudev netlink monitor on subsystem 'block': add/remove/change wake the health thread
+    at once. Where netlink is not available (containers, no udev) it ends at start and the
+    health thread's one-second polling is all there is."""
+
+    def __init__(self, on_event: Callable[[str, str], None]) -> None:
+        super().__init__(name="udev-block", daemon=True)
+        self.on_event = on_event
+        self.available = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            import pyudev
+
+            monitor = pyudev.Monitor.from_netlink(pyudev.Context())
+            monitor.filter_by(subsystem="block")
+            monitor.start()
+        except (ImportError, OSError, ValueError) as exc:
+            event(log, "udev.unavailable", reason=str(exc))
+            return
+        self.available = True
+        while not self._stop_event.is_set():
+            try:
+                device = monitor.poll(timeout=0.5)
+            except OSError as exc:
+                event(log, "udev.failed", logging.WARNING, reason=str(exc))
+                return
+            if device is not None and device.action in ("add", "remove", "change"):
+                self.on_event(device.action, device.sys_name)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+
+# -- the health thread ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    profile: HardwareProfile
+    inputs: HealthInputs
+    health: Health
+    at: float  # monotonic time of the sample
+
+
+class HealthMonitor(threading.Thread):
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        serving_errors: Callable[[], float],
+        *,
+        disk_interval_s: float = 1.0,
+        sample_interval_s: float = 3.0,
+        profile_s: float = 30.0,
+        probe_timeout_s: float = 1.5,
+        on_disk_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(name="health", daemon=True)
+        self.config = config
+        self.disk_interval_s = disk_interval_s
+        self.sample_interval_s = sample_interval_s
+        self.profile_s = profile_s
+        self.on_disk_change = on_disk_change
+        self.clock = clock
+        self.paths = [d.path.resolve() for d in config.storage.disks]
+        self.watch = DiskWatch(self.paths, timeout_s=probe_timeout_s)
+        self.storage = DiskService(config)
+        self.events = DiskEvents(self._udev)
+        self._wake = threading.Event()
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._profile = probe(self.paths)
+        self._profile_at = clock()
+        self._profile_stale = False
+        self.sampler = self._sampler(serving_errors)
+        self._report: HealthReport | None = None
+        self.beat = clock()
+
+    def _sampler(self, serving_errors: Callable[[], float]) -> HealthSampler:
+        return HealthSampler(
+            disks=self.watch,
+            device_of={d.path: d.device for d in self._profile.disks},
+            nic_speeds={n.name: n.speed_bps for n in self._profile.nics},
+            serving_errors=serving_errors,
+            clock=self.clock,
+        )
+
+    # -- what others ask -----------------------------------------------------------------
+
+    def out_of_service(self) -> set[str]:
+        return {p for p, s in self.watch.statuses().items() if s.state != "serving"}
+
+    def report(self) -> HealthReport:
+        with self._lock:
+            if self._report is None:
+                raise RuntimeError("health monitor has not sampled yet (call first_sample)")
+            return self._report
+
+    def fresh(self, max_age_s: float) -> bool:
+        """The thread is still going round (not stuck on something): the watchdog's test."""
+        return self.is_alive() and self.clock() - self.beat <= max_age_s
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def first_sample(self) -> None:
+        """Called before start(): a disk already dead at start is out before workers serve."""
+        self._check_disks()
+        self._publish()
+
+    def run(self) -> None:
+        self.events.start()
+        next_sample = self.clock() + self.sample_interval_s
+        while not self._stop_event.is_set():
+            woke = self._wake.wait(self.disk_interval_s)
+            self._wake.clear()
+            if self._stop_event.is_set():
+                break
+            try:
+                changed = self._check_disks()
+                if woke or self._profile_stale or self.clock() - self._profile_at > self.profile_s:
+                    self._reprobe()
+                if changed or woke or self.clock() >= next_sample:
+                    self._publish()
+                    next_sample = self.clock() + self.sample_interval_s
+            except (OSError, sqlite3.Error, StorageError) as exc:
+                event(log, "health.cycle_failed", logging.ERROR, reason=str(exc))
+            self.beat = self.clock()
+
+    def _udev(self, action: str, device: str) -> None:
+        event(log, "udev.block", action=action, device=device)
+        self._profile_stale = True
+        self._wake.set()
+
+    def _check_disks(self) -> bool:
+        actions = self.watch.poll()
+        for action in actions:
+            out = self.out_of_service()
+            if isinstance(action, TakeOut):
+                titles = self.storage.take_out(action.path, out)
+                event(
+                    log,
+                    "disk.out_of_service",
+                    logging.ERROR,
+                    disk=action.path,
+                    reason=action.reason,
+                    titles=len(titles),
+                )
+            elif isinstance(action, Rescan):
+                self._rescan(action.path, out)
+        if actions:
+            self._profile_stale = True
+            self.on_disk_change()
+        return bool(actions)
+
+    def _rescan(self, disk: str, out: set[str]) -> None:
+        try:
+            ready, bad = self.storage.bring_back(disk, out)
+        except (OSError, StorageError, sqlite3.Error) as exc:
+            self.watch.rescanned(disk, ok=False, reason=f"re-verify failed: {exc}")
+            event(log, "disk.rescan_failed", logging.ERROR, disk=disk, reason=str(exc))
+            return
+        self.watch.rescanned(disk, ok=True)
+        event(log, "disk.back_in_service", disk=disk, titles_ready=len(ready), bad_files=len(bad))
+
+    def _reprobe(self) -> None:
+        self._profile = probe(self.paths)
+        self._profile_at = self.clock()
+        self._profile_stale = False
+        self.sampler.device_of = {d.path: d.device for d in self._profile.disks}
+        self.sampler.nic_speeds = {n.name: n.speed_bps for n in self._profile.nics}
+
+    def _publish(self) -> None:
+        inputs = self.sampler.sample()
+        health = summarise(inputs)
+        with self._lock:
+            before = self._report.health.state if self._report else None
+            self._report = HealthReport(self._profile, inputs, health, self.clock())
+        if health.state != before:
+            event(log, "health.changed", state=health.state, reasons=list(health.reasons))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        self._wake.set()
+        self.events.stop()
+        if self.is_alive():
+            self.join(timeout)
