@@ -7,6 +7,7 @@ with '.' and end with '.tmp' so reconcile can recognise and remove them.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -130,6 +131,32 @@ def copy_verified(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def move_verified(src: Path, dst: Path, size: int) -> bool:
+    """Move `src` to `dst` by rename, for a file whose SHA-256 the caller verified in this
+    process (the fill's staging files): no copy, no re-hash. Its data is fsynced first, so
+    the final name never points at blocks that were not written; its size is checked (cheap).
+    False, with nothing changed, when `src` and `dst` are on different filesystems: the
+    caller copies instead. The caller fsyncs dst's folder once all its files are in."""
+    make_dirs(dst.parent)
+    if os.stat(src).st_dev != os.stat(dst.parent).st_dev:
+        return False
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if st.st_size != size:
+            raise ChecksumMismatch(f"size {st.st_size} != {size}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno == errno.EXDEV:  # same device number, yet another mount (bind mounts)
+            return False
+        raise
+    return True
 
 
 def unlink_synced(paths: list[Path]) -> None:

@@ -54,6 +54,7 @@ from appliance.safefiles import (
     copy_verified,
     fsync_dir,
     make_dirs,
+    move_verified,
     prune_empty_dirs,
     unlink_synced,
 )
@@ -192,11 +193,18 @@ class Store:
         replace: bool = False,
         rate: float = 0.0,
         on_bytes: Callable[[int], None] | None = None,
+        adopt_verified: bool = False,
     ) -> TitleRow:
         """Copy a packaged title from `source`, verifying every file against its files.json.
 
         The title becomes servable only once every file is in; on any failure nothing of it is
         left behind. `rate` (decayed requests/s seen so far) picks the tier.
+
+        `adopt_verified=True` is for a caller that has itself checked every file's SHA-256
+        against this files.json in this process (the fill client's staging folder): files
+        on the same filesystem as their disk are moved in (fsync, rename) instead of copied
+        and re-hashed, so `source` is consumed; sizes are still checked; files on another
+        filesystem are copied and verified as usual.
         """
         check_title_id(title_id)
         if not source.is_dir():
@@ -220,12 +228,15 @@ class Store:
             freeing = self._bytes_on_disks(title_id) if existing else {}
             self._check_fit(title_id, tier, needed, freeing)
             if existing is not None:
-                # Check the new copy fully before dropping the old one it replaces.
-                problems = titlefiles.verify(source, model)
+                # Check the new copy fully before dropping the old one it replaces (an
+                # adopting caller has just done so).
+                problems = [] if adopt_verified else titlefiles.verify(source, model)
                 if problems:
                     raise LoadError(f"{source}: {problems[0]}")
                 self.purge(title_id)
-            return self._copy_in(title_id, source, entries, placement, tier, digest, on_bytes)
+            return self._copy_in(
+                title_id, source, entries, placement, tier, digest, on_bytes, adopt_verified
+            )
 
     def _copy_in(
         self,
@@ -236,8 +247,10 @@ class Store:
         tier: Tier,
         digest: str,
         on_bytes: Callable[[int], None] | None,
+        adopt: bool,
     ) -> TitleRow:
         total = sum(e.size for e in entries)
+        moved: set[Path] = set()  # folders that received renamed files: fsynced once each
         with transaction(self.conn) as conn:
             conn.execute(
                 "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
@@ -249,9 +262,14 @@ class Store:
             for entry in entries:
                 dst = file_path(placement[entry.path], title_id, entry.path)
                 try:
-                    copy_verified(
-                        source / entry.path, dst, entry.size, entry.sha256, on_bytes=on_bytes
-                    )
+                    if adopt and move_verified(source / entry.path, dst, entry.size):
+                        moved.add(dst.parent)
+                        if on_bytes:
+                            on_bytes(entry.size)
+                    else:
+                        copy_verified(
+                            source / entry.path, dst, entry.size, entry.sha256, on_bytes=on_bytes
+                        )
                 except ChecksumMismatch as exc:
                     raise LoadError(
                         f"{source / entry.path}: {exc} (files.json says otherwise)"
@@ -270,6 +288,8 @@ class Store:
                         OK,
                     )
                 )
+            for folder in moved:
+                fsync_dir(folder)
             with transaction(self.conn) as conn:
                 conn.executemany(
                     "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "

@@ -38,13 +38,16 @@ class StoreStorage:
         return {t.id: t.digest for t in self.store.listing() if t.state == READY}
 
     def load(self, title_id: str, folder: Path) -> None:
+        """Take in a staging folder whose every file the downloader verified against its
+        files.json in this process: moved in where staging shares a filesystem with the
+        file's disk (no copy, no second hash), copied and verified elsewhere."""
         # The observed request rate picks the tier, exactly as `appliance load` does.
         book = RateBook(self.store.config.index, self.store.config.decay_half_life_s)
         try:
             rate = book.rate(title_id)
         finally:
             book.close()
-        self.store.load(title_id, folder, replace=True, rate=rate)
+        self.store.load(title_id, folder, replace=True, rate=rate, adopt_verified=True)
 
     def remove(self, title_id: str) -> None:
         self.store.remove(title_id)

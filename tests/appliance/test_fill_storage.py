@@ -1,14 +1,23 @@
 """The fill's storage adapter on a real Store: held titles, a disk taken out of service
-(its titles stop serving, the fill fetches them again), and a returned disk re-verified."""
+(its titles stop serving, the fill fetches them again), a returned disk re-verified, and
+the hand-off of a verified staging folder (moved in on one filesystem, copied across)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from appliance import config as appliance_config
+from appliance.disks import LoadError
 from appliance.fill.storage import StoreStorage, mark_disk_missing, restore_disk
 from appliance.index import IndexReader
+from appliance.repair import reconcile, verify
 from appliance.store import Store
+from edgeflix import titlefiles
 from tests.appliance.storage_fixtures import make_title, storage_toml
 
 SIZES = tuple(20_000 + i * 1000 for i in range(16))
@@ -48,7 +57,7 @@ def test_held_and_disk_out_then_back(tmp_path: Path) -> None:
 
 
 def test_returned_disk_with_a_damaged_file_stays_out(tmp_path: Path) -> None:
-    store, adapter, folder = _setup(tmp_path)
+    store, adapter, _ = _setup(tmp_path)
     try:
         disk = _disk_with_files(store)
         mark_disk_missing(store, disk)
@@ -57,7 +66,111 @@ def test_returned_disk_with_a_damaged_file_stays_out(tmp_path: Path) -> None:
         ready, still_missing = restore_disk(store, disk)
         assert ready == [] and len(still_missing) == 1
         assert adapter.held() == {}
-        adapter.load("bunny", folder)  # what the next fill does: a full reload
+        # What the next fill does: a full reload, from a fresh staging folder (the first
+        # load moved the files out of `folder`).
+        adapter.load("bunny", make_title(tmp_path / "again", "bunny", SIZES))
         assert "bunny" in adapter.held()
     finally:
         adapter.close()
+
+
+def _inodes(folder: Path) -> dict[str, int]:
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_ino for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _stored(store: Store, title_id: str) -> dict[str, Path]:
+    reader = IndexReader(store.config.index)
+    try:
+        out = {}
+        for entry in store.conn.execute("SELECT path FROM files WHERE title = ?", (title_id,)):
+            found = reader.locate(title_id, entry[0])
+            assert found is not None
+            out[entry[0]] = found.path
+        return out
+    finally:
+        reader.close()
+
+
+def test_verified_staging_on_the_same_filesystem_is_moved_in(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    adapter = StoreStorage(cfg.storage)
+    try:
+        folder = make_title(tmp_path / "staging", "bunny", SIZES)
+        model, digest = titlefiles.read(folder)
+        before = _inodes(folder)
+        adapter.load("bunny", folder)
+        stored = _stored(adapter.store, "bunny")
+        assert set(stored) == set(before) == {e.path for e in model.files} | {"files.json"}
+        # The very same inodes: renamed, not copied; nothing of them is left in staging.
+        assert {p: path.stat().st_ino for p, path in stored.items()} == before
+        assert not [p for p in folder.rglob("*") if p.is_file()]
+        assert adapter.held() == {"bunny": digest}
+        assert verify(adapter.store).findings == []
+        assert reconcile(adapter.store).findings == []
+    finally:
+        adapter.close()
+
+
+@pytest.fixture
+def other_filesystem(tmp_path: Path) -> Iterator[Path]:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the test's tmp_path")
+    with tempfile.TemporaryDirectory(dir=shm) as name:
+        yield Path(name)
+
+
+def test_verified_staging_on_another_filesystem_is_copied(
+    tmp_path: Path, other_filesystem: Path
+) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    adapter = StoreStorage(cfg.storage)
+    try:
+        folder = make_title(other_filesystem, "bunny", SIZES)
+        before = _inodes(folder)
+        adapter.load("bunny", folder)
+        stored = _stored(adapter.store, "bunny")
+        assert _inodes(folder) == before  # the source is untouched
+        for rel, path in stored.items():
+            assert path.read_bytes() == (folder / rel).read_bytes()
+        assert "bunny" in adapter.held()
+        assert verify(adapter.store).findings == []
+    finally:
+        adapter.close()
+
+
+def test_adopt_still_checks_sizes(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    store = Store(cfg.storage)
+    try:
+        folder = make_title(tmp_path / "staging", "bunny", SIZES)
+        victim = next(folder.rglob("*.m4s"))
+        victim.write_bytes(victim.read_bytes()[:-1])
+        with pytest.raises(LoadError, match=r"files\.json says"):
+            store.load("bunny", folder, adopt_verified=True)
+        assert store.listing() == []
+        assert not [p for d in store.disks for p in d.titles_dir.rglob("*") if p.is_file()]
+    finally:
+        store.close()
+
+
+def test_adopt_failing_half_way_leaves_nothing_visible(tmp_path: Path) -> None:
+    """A file that cannot take its place (a folder squats its name) after others were moved
+    in: the load fails, the title is not listed, and no file of it remains on the disks."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    store = Store(cfg.storage)
+    try:
+        folder = make_title(tmp_path / "staging", "bunny", SIZES)
+        for disk in store.disks:  # files.json is placed last of all; block it everywhere
+            (disk.titles_dir / "bunny" / "files.json" / "squat").mkdir(parents=True)
+        before = _inodes(folder)
+        with pytest.raises(LoadError):
+            store.load("bunny", folder, adopt_verified=True)
+        assert 0 < len(_inodes(folder)) < len(before)  # some were moved before the failure
+        assert store.listing() == []
+        assert not [p for d in store.disks for p in d.titles_dir.rglob("*") if p.is_file()]
+        assert reconcile(store).findings == []
+    finally:
+        store.close()
