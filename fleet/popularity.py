@@ -101,3 +101,20 @@ def predicted_demand(
             if boost > demand.get(title, 0.0):
                 demand[title] = boost
     return demand
+
+
+def blend_site_demand(
+    local: Mapping[str, float], fleet_wide: Mapping[str, float], weight: float
+) -> dict[str, float]:
+    """A site's own demand plus `weight` x the fleet's, scaled to the site's volume.
+
+    Regional taste leads, while titles the site has not asked for yet (a sparse or new site)
+    still rank by what everyone else watches.
+    """
+    local_total = sum(local.values())
+    fleet_total = sum(fleet_wide.values())
+    scale = weight * (local_total / fleet_total if fleet_total > 0 and local_total > 0 else 1.0)
+    out = {t: scale * v for t, v in fleet_wide.items()}
+    for title, value in local.items():
+        out[title] = out.get(title, 0.0) + value
+    return out

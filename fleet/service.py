@@ -23,7 +23,7 @@ from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import rotate, rotation_due, signing_key, verification_keys
 from fleet.model import FleetSnapshot, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
-from fleet.popularity import DecayedCounts, predicted_demand
+from fleet.popularity import DecayedCounts, blend_site_demand, predicted_demand
 from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
 from fleet.steering import OUTCOMES, SteeringDecision, steer
 from fleet.store import Store
@@ -32,6 +32,8 @@ from fleet.urls import SignedUrls, playback_urls
 log = logging.getLogger("fleet")
 JOIN_TOKEN_TTL_S = 7 * 86_400.0
 SNAPSHOT_MAX_AGE_S = 1.0
+# How much the fleet's taste counts in a site's demand, relative to the site's own.
+SITE_BLEND = 0.25
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,9 @@ class FleetService:
         self.records: dict[str, ApplianceRecord] = store.appliances()
         self.beats: dict[str, Beat] = {}
         self.popularity = DecayedCounts(config.planner.half_life_s, start=clock())
+        self.site_popularity = {
+            s.name: DecayedCounts(config.planner.half_life_s, start=clock()) for s in self.sites
+        }
         self.origin_titles: dict[str, OriginTitle] = {}
         self.releases: dict[str, float] = {}
         self.keys = store.keyset()
@@ -135,7 +140,11 @@ class FleetService:
         if not accept_beat(self.beats.get(name), beat):
             return
         self.beats[name] = beat
-        self.popularity.add({t: float(b) for t, b in counts.items()}, beat.at)
+        deltas = {t: float(b) for t, b in counts.items()}
+        self.popularity.add(deltas, beat.at)
+        site = self.site_popularity.get(self.records[name].site)
+        if site is not None:
+            site.add(deltas, beat.at)
         self._changed()
 
     def set_drained(self, name: str, drained: bool) -> None:
@@ -207,18 +216,27 @@ class FleetService:
         self.replan_due = False
         now = self.clock()
         catalog = self.catalog()
-        demand = predicted_demand(
-            self.popularity.at(now), self.releases, now, self.config.popularity_policy()
-        )
+        policy = self.config.popularity_policy()
+        fleet_wide = self.popularity.at(now)
         # A new catalogue with no traffic yet: every title a little demand, so fresh
-        # appliances fill with something (ordered by id, then by traffic as it comes).
-        floor = {t: 1.0 for t in catalog}
+        # appliances fill with something, then by traffic as it comes.
+        floor = dict.fromkeys(catalog, 1.0)
+
+        def demand(observed: dict[str, float]) -> dict[str, float]:
+            predicted = predicted_demand(observed, self.releases, now, policy)
+            return {**floor, **{t: v + 1.0 for t, v in predicted.items()}}
+
+        site_demand = {
+            site: demand(blend_site_demand(counts.at(now), fleet_wide, SITE_BLEND))
+            for site, counts in self.site_popularity.items()
+        }
         new = plan(
             self.snapshot().appliances,
-            {**floor, **{t: v + 1.0 for t, v in demand.items()}},
+            demand(fleet_wide),
             catalog,
             self.current_plan,
             self.config.planner_policy(),
+            site_demand=site_demand,
         )
         if self.current_plan is None or new.version != self.current_plan.version:
             self.store.save_plan(new)

@@ -54,3 +54,14 @@ def test_unseen_catalog_titles_are_listed_with_zero() -> None:
 def test_bad_policy_is_refused() -> None:
     with pytest.raises(ValueError):
         PopularityPolicy(half_life_s=0)
+
+
+def test_site_demand_leads_and_fleet_demand_fills_in() -> None:
+    from fleet.popularity import blend_site_demand
+
+    local = {"regional": 90.0, "global-hit": 10.0}
+    fleet_wide = {"global-hit": 900.0, "other": 100.0, "regional": 0.0}
+    got = blend_site_demand(local, fleet_wide, weight=0.25)
+    # Site volume is 100, fleet volume 1000: fleet values count 0.25 x 0.1.
+    assert got == pytest.approx({"regional": 90.0, "global-hit": 32.5, "other": 2.5})
+    assert blend_site_demand({}, {"a": 4.0}, 0.5) == {"a": 2.0}

@@ -1,0 +1,123 @@
+"""FleetService over a real SQLite store with an injected clock: enrolment, liveness,
+per-site planning, key rotation on schedule, and what survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeflix.proto import auth
+from fleet.config import FleetConfig, SiteConfig
+from fleet.errors import UnknownNameError
+from fleet.model import HeldTitle, TierSpace
+from fleet.registry import Beat
+from fleet.service import JOIN_TOKEN_TTL_S, FleetService, OriginTitle
+from fleet.store import EnrolmentRefused, Store
+
+GB = 10**9
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(tmp_path: Path) -> FleetConfig:
+    return FleetConfig.model_validate(
+        {
+            "server": {"db": str(tmp_path / "fleet.sqlite")},
+            "sites": [
+                SiteConfig(name="home", prefixes=("192.168.1.0/24",)).model_dump(),
+                SiteConfig(name="lab", prefixes=("10.1.0.0/16",)).model_dump(),
+            ],
+            "heartbeat": {"interval_s": 5.0, "missed_beats": 3},
+        }
+    )
+
+
+def service(tmp_path: Path, clock: Clock) -> FleetService:
+    counter = iter(range(1, 1000))
+    cfg = config(tmp_path)
+    return FleetService(cfg, Store(cfg.server.db), clock, lambda n: bytes([next(counter)]) * n)
+
+
+def enrol(svc: FleetService, name: str, site: str) -> None:
+    key = auth.public_key(auth.new_private_key())
+    svc.enrol(svc.join_token(site), name, f"http://{name}:8081", key)
+
+
+def beat(svc: FleetService, name: str, seq: int, counts: dict[str, int] | None = None) -> None:
+    b = Beat(
+        at=svc.clock(),
+        sequence=seq,
+        capacity_bps=1e9,
+        tiers=(TierSpace("hdd", 10 * GB),),
+        titles={"a": HeldTitle("da", True, GB)},
+    )
+    svc.heartbeat(name, b, counts or {})
+
+
+def test_tokens_are_one_time_site_bound_and_expire(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    tok = svc.join_token("lab")
+    key = auth.public_key(auth.new_private_key())
+    assert svc.enrol(tok, "l1", "http://l1", key).site == "lab"
+    assert svc.enrol(tok, "l1", "http://l1", key).site == "lab"  # a retry: same key, same name
+    with pytest.raises(EnrolmentRefused, match="already used"):
+        svc.enrol(tok, "l2", "http://l2", auth.public_key(auth.new_private_key()))
+    old = svc.join_token("home")
+    clock.now += JOIN_TOKEN_TTL_S + 1
+    with pytest.raises(EnrolmentRefused, match="expired"):
+        svc.enrol(old, "h9", "http://h9", key)
+    with pytest.raises(UnknownNameError, match="no site named 'mars'"):
+        svc.join_token("mars")
+
+
+def test_silence_makes_an_appliance_unreachable(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1)
+    assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"
+    clock.now += 16  # more than 3 beats of 5 s
+    decision, urls = svc.steer("192.168.1.2", "a")
+    assert [c.name for c in decision.candidates] == ["origin"]
+    assert urls.urls[0].endswith("/titles/a/master.m3u8")
+    assert svc.outcomes["in_site"] == 1 and svc.outcomes["origin"] == 1
+
+
+def test_plans_follow_each_sites_own_demand(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    enrol(svc, "l1", "lab")
+    svc.set_origin_titles(
+        [OriginTitle(t, "d" + t, 4 * GB) for t in ("a", "home-hit", "lab-hit", "cold")]
+    )
+    beat(svc, "h1", 1, {"home-hit": 50 * GB})
+    beat(svc, "l1", 1, {"lab-hit": 50 * GB})
+    p = svc.replan()
+    home = [t.title_id for t in p.appliances["h1"].titles]
+    lab = [t.title_id for t in p.appliances["l1"].titles]
+    assert home[0] == "home-hit" and lab[0] == "lab-hit"
+    assert len(home) == 2  # 10 GB at 98 %: two titles of 4 GB
+
+
+def test_keys_rotate_on_schedule_and_everything_survives_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    assert svc.maybe_rotate_keys() and not svc.maybe_rotate_keys()
+    clock.now += 24 * 3600
+    assert svc.maybe_rotate_keys()
+    enrol(svc, "h1", "home")
+    svc.set_drained("h1", True)
+    svc.replan()
+    again = service(tmp_path, clock)
+    assert again.keys == svc.keys
+    assert again.records["h1"].drained and again.records["h1"].site == "home"
+    assert again.current_plan == svc.current_plan
