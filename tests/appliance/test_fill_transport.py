@@ -1,0 +1,171 @@
+"""The fill's blocking HTTP/1.1 client against scripted servers on loopback: keep-alive
+reuse, a stale idle connection, Connection: close, chunked bodies, interim 1xx responses,
+read timeouts, truncated bodies, refused connections and an abort from another thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from appliance.fill.http1 import ProtocolError
+from appliance.fill.transport import (
+    BodyTruncated,
+    ConnectFailed,
+    Pool,
+    Timeout,
+    Timeouts,
+    split_url,
+)
+from tests.appliance.fill_server import read_request, scripted, serve_files
+
+
+def read_body(pool: Pool, url: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    with pool.get(url, headers) as resp:
+        assert resp.status in (200, 206)
+        return resp.read_all(1 << 24)
+
+
+def test_split_url() -> None:
+    origin, target = split_url("http://127.0.0.1:8080/titles/a/b.m4s?x=1")
+    assert (origin.host, origin.port, target) == ("127.0.0.1", 8080, "/titles/a/b.m4s?x=1")
+    assert split_url("https://example.org/")[0].host_field == "example.org"
+    assert split_url("http://[::1]:81/")[0].host_field == "[::1]:81"
+    with pytest.raises(ValueError):
+        split_url("ftp://example.org/x")
+
+
+def test_keep_alive_reuses_one_connection() -> None:
+    files = {"/a": os.urandom(300_000), "/b": b"small"}
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log)) as server:
+        pool = Pool()
+        try:
+            for _ in range(3):
+                assert read_body(pool, server.url + "/a") == files["/a"]
+                assert read_body(pool, server.url + "/b") == b"small"
+            assert (
+                read_body(pool, server.url + "/a", (("Range", "bytes=1000-"),))
+                == (files["/a"][1000:])
+            )
+        finally:
+            pool.close()
+        assert server.connections == 1
+        assert log[-1]["range"] == "bytes=1000-" and log[0]["host"] == server.url[7:]
+
+
+def test_stale_idle_connection_is_replaced() -> None:
+    """The server closes after each response without saying so: the next request on the
+    idle connection meets EOF and is sent again on a new one, invisibly."""
+    log: list[dict[str, str]] = []
+    with scripted(serve_files({"/a": b"x" * 1000}, log, close_after=1)) as server:
+        pool = Pool()
+        try:
+            for _ in range(3):
+                assert read_body(pool, server.url + "/a") == b"x" * 1000
+        finally:
+            pool.close()
+        assert server.connections == 3 and len(log) == 3
+
+
+def test_connection_close_is_not_reused() -> None:
+    def handler(sock: socket.socket, _: int) -> None:
+        while read_request(sock) is not None:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+
+    with scripted(handler) as server:
+        pool = Pool()
+        try:
+            assert read_body(pool, server.url + "/") == b"ok"
+            assert read_body(pool, server.url + "/") == b"ok"
+        finally:
+            pool.close()
+        assert server.connections == 2
+
+
+def test_chunked_body_and_interim_response() -> None:
+    body = os.urandom(70_000)
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while read_request(sock) is not None:
+            sock.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
+            sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(body), 9000):
+                piece = body[i : i + 9000]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sock.sendall(b"0\r\nX-Trailer: 1\r\n\r\n")
+
+    with scripted(handler) as server:
+        pool = Pool()
+        try:
+            with pool.get(server.url + "/") as resp:
+                assert resp.status == 200 and resp.content_length is None
+                out = bytearray()
+                small = memoryview(bytearray(777))
+                while n := resp.readinto(small):
+                    out += small[:n]
+                assert bytes(out) == body and resp.complete
+            assert read_body(pool, server.url + "/") == body  # the same connection again
+        finally:
+            pool.close()
+        assert server.connections == 1
+
+
+def test_read_timeout() -> None:
+    def handler(sock: socket.socket, _: int) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123")
+        sock.recv(1)  # stall until the client hangs up
+
+    with scripted(handler) as server:
+        pool = Pool(Timeouts(connect=2, read=0.3))
+        started = time.monotonic()
+        with pytest.raises(Timeout), pool.get(server.url + "/") as resp:
+            resp.read_all(1000)
+        assert time.monotonic() - started < 2.5
+        pool.close()
+
+
+def test_truncated_body_and_missing_framing() -> None:
+    def handler(sock: socket.socket, number: int) -> None:
+        read_request(sock)
+        if number == 1:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"a" * 50)
+        else:
+            sock.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + b"a" * 50)
+
+    with scripted(handler) as server:
+        pool = Pool()
+        with pytest.raises(BodyTruncated), pool.get(server.url + "/") as resp:
+            resp.read_all(1000)
+        with pytest.raises(ProtocolError), pool.get(server.url + "/") as resp:
+            resp.read_all(1000)
+        pool.close()
+
+
+def test_connect_refused() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ConnectFailed):
+        Pool().get(f"http://127.0.0.1:{port}/")
+
+
+def test_abort_wakes_a_blocked_read() -> None:
+    def handler(sock: socket.socket, _: int) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        sock.recv(1)  # stall until the client hangs up
+
+    with scripted(handler) as server:
+        pool = Pool(Timeouts(read=10))
+        with pool.get(server.url + "/") as resp:
+            threading.Timer(0.2, resp.abort).start()
+            started = time.monotonic()
+            with pytest.raises(BodyTruncated):
+                resp.read_all(1000)
+            assert time.monotonic() - started < 2
+        pool.close()
