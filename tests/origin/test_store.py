@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from edgeflix import titlefiles
+from edgeflix.titlefiles import TitleFiles
+from origin.errors import StoreError
+from origin.store import Staging, clean_stale, list_titles
+
+
+def build(staging: Staging, marker: str) -> None:
+    (staging.title_dir / "seg.m4s").write_text(marker)
+    files = titlefiles.scan(staging.title_dir)
+    model = TitleFiles(
+        id=staging.title_id, title=marker, duration=1.0, segment_seconds=1.0,
+        created="2026-01-01T00:00:00Z", renditions=(), files=tuple(files),
+        total_bytes=sum(f.size for f in files),
+    )  # fmt: skip
+    (staging.title_dir / "files.json").write_bytes(titlefiles.render(model))
+
+
+def test_publish_then_refuse_then_replace(tmp_path: Path) -> None:
+    with Staging(tmp_path, "t", replace=False) as s:
+        build(s, "one")
+        s.publish()
+    assert [t.title for t in list_titles(tmp_path)] == ["one"]
+    with pytest.raises(StoreError, match="--replace"), Staging(tmp_path, "t", replace=False):
+        pass
+    with Staging(tmp_path, "t", replace=True) as s:
+        build(s, "two")
+        s.publish()
+    (title,) = list_titles(tmp_path)
+    assert title.title == "two" and (title.path / "seg.m4s").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["titles"]
+
+
+def test_leaving_without_publish_removes_everything(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), Staging(tmp_path, "t", replace=False) as s:
+        build(s, "half")
+        raise RuntimeError("encoder crashed")
+    assert list_titles(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["titles"]
+
+
+def test_clean_stale_spares_live_ingests_and_restores_parked_titles(tmp_path: Path) -> None:
+    dead = tmp_path / ".tmp-a-0001"
+    (dead / "title").mkdir(parents=True)
+    parked = tmp_path / ".tmp-b-0002"
+    (parked / "old").mkdir(parents=True)
+    (parked / "old" / "x").write_text("old title")
+    live = tmp_path / ".tmp-c-0003"
+    live.mkdir()
+    fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        (tmp_path / "titles").mkdir()
+        removed = clean_stale(tmp_path)
+    finally:
+        os.close(fd)
+    assert sorted(removed) == [".tmp-a-0001", ".tmp-b-0002"]
+    assert live.exists()
+    assert (tmp_path / "titles" / "b" / "x").read_text() == "old title"
+
+
+def test_list_skips_folders_without_a_valid_files_json(tmp_path: Path) -> None:
+    (tmp_path / "titles" / "junk").mkdir(parents=True)
+    assert list_titles(tmp_path) == [] and list_titles(tmp_path / "missing") == []
