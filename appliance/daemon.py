@@ -31,6 +31,7 @@ import uvloop
 
 from appliance import sdnotify
 from appliance.config import ApplianceConfig
+from appliance.fill.scheduler import FillScheduler
 from appliance.keyfile import KeySet, write_keys
 from appliance.monitor import HealthMonitor, ServingErrors, status_totals
 from appliance.server import AdminSite, AdminView
@@ -301,6 +302,7 @@ class Daemon:
         self.supervisor = Supervisor(config, self.run_dir)
         self.monitor: HealthMonitor | None = None
         self.mover: Any = None
+        self.scheduler: FillScheduler | None = None
         self.admin_sock: socket.socket | None = None
         self.admin_site: AdminSite | None = None
         self.reloads = 0
@@ -316,7 +318,7 @@ class Daemon:
         # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
         #    is out of service (its files marked missing) before anything serves.
         errors = ServingErrors(lambda: status_totals(self.supervisor.view().stats.requests))
-        self.monitor = HealthMonitor(config, errors)
+        self.monitor = HealthMonitor(config, errors, on_disk_change=self._disks_changed)
         self.monitor.first_sample()
         # 2. Store: restore disks that came back, reconcile the index with the disks.
         _prepare_store(config, self.monitor.out_of_service())
@@ -338,6 +340,10 @@ class Daemon:
         self.mover = MoverThread(config.storage)
         self.mover.start()
         self.monitor.start()
+        self.scheduler = FillScheduler(
+            config, self.monitor.out_of_service, plan_file=config.fill.plan
+        )
+        self.scheduler.start()
         # 6. Announce: the URLs on stdout (tests and scripts wait for them), READY=1 to systemd.
         shown = f"[{host}]" if ":" in host else host
         sys.stdout.write(
@@ -346,6 +352,11 @@ class Daemon:
         sys.stdout.flush()
         event(log, "appliance.started", port=port, workers=config.serve.workers)
         sdnotify.ready(status=f"serving on {shown}:{port}")
+
+    def _disks_changed(self) -> None:
+        # A lost disk's titles are re-filled onto the disks left, in the open or next window.
+        if self.scheduler is not None:
+            self.scheduler.kick()
 
     # -- the supervisor loop -----------------------------------------------------------------
 
@@ -417,6 +428,8 @@ class Daemon:
         applied = self.supervisor.publish_keys(new)
         if new.serve != old.serve:
             self.supervisor.roll(new)
+        if self.scheduler is not None and new.fill.plan != old.fill.plan:
+            self.scheduler.watch(new.fill.plan)
         self.config = new
         if self.admin_site is not None:
             self.admin_site.config = new
@@ -441,6 +454,7 @@ class Daemon:
             "keys": sorted(k.id for k in self.config.auth.keys),
             "keys_generation": self.supervisor.keys_generation,
             "health_age_s": round(time.monotonic() - report.at, 3),
+            "fill_schedule": self.scheduler.state() if self.scheduler else None,
         }
         return assemble(self.config, report.profile, report.inputs, report.health, daemon)
 
@@ -450,7 +464,9 @@ class Daemon:
         # 1. Serving workers drain: stop accepting, finish in-flight responses up to
         #    serve.shutdown_timeout_s, then close (a little slack before SIGKILL).
         self.supervisor.stop_workers(self.config.serve.shutdown_timeout_s + 2.0)
-        # 2. Background subsystems.
+        # 2. Background subsystems (a fill in progress keeps its .part files for later).
+        if self.scheduler is not None:
+            self.scheduler.stop()
         if self.mover is not None:
             self.mover.stop()
         if self.monitor is not None:

@@ -1,0 +1,244 @@
+"""The daemon's fill scheduler: holds the current fill plan and runs FillRun (runner.py) inside
+the plan's window, in its own thread with its own event loop.
+
+A plan arrives by `submit_plan()` (the fleet link will call it) or from `[fill] plan`, re-read
+when the file's mtime changes. A run starts when the window is open; the Pacer inside the run
+pauses downloads at the window's close and resumes them at the next opening. After a run the
+next one is due at the next window (or `recheck_s` later without a window), sooner when the
+plan changes or `kick()` says storage changed (a disk lost: its titles are re-filled onto the
+disks left, in the open window or the next). `next_due` and `start_at` are the pure rules.
+The clock is injected: tests set it and `wake()` the loop instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from appliance.config import ApplianceConfig
+from appliance.fill.downloader import Pacer
+from appliance.fill.plan import FillPlan, PlanError, load_plan
+from appliance.fill.runner import FillReport, FillRun
+from appliance.fill.storage import StoreStorage
+from appliance.fill.window import FillWindow
+from appliance.store import Store
+from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.fill")
+RETRY_AFTER_ERROR_S = 60.0
+
+
+def start_at(window: FillWindow | None, now: datetime) -> datetime:
+    """When a due run may start: now inside the window (or without one), else its opening."""
+    return now if window is None else window.next_open(now)
+
+
+def next_due(window: FillWindow | None, finished: datetime, recheck_s: float) -> datetime:
+    """After a run that finished at `finished`: the next window's opening (a run that ended
+    inside a window waits for the following one), or `recheck_s` later without a window."""
+    if window is None:
+        return finished + timedelta(seconds=recheck_s)
+    if window.is_open(finished):
+        return window.next_open(window.next_close(finished))
+    return window.next_open(finished)
+
+
+class ServiceStorage(StoreStorage):
+    """StoreStorage on the disks in service only (the health monitor's view at run start)."""
+
+    def __init__(self, config: ApplianceConfig, out_of_service: Callable[[], set[str]]) -> None:
+        super().__init__(config.storage)
+        self._out = out_of_service
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.config, out_of_service=self._out())
+        return self._store
+
+
+@dataclass
+class _Schedule:
+    plan: FillPlan | None = None
+    source: str | None = None  # the plan file, or "submitted"
+    due: datetime | None = None  # a run is due at (or after) this instant
+    running: bool = False
+    runs: int = 0
+    last_error: str | None = None
+    last_report: dict[str, Any] | None = None
+
+
+class FillScheduler:
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        out_of_service: Callable[[], set[str]] = set,
+        *,
+        plan_file: Path | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        recheck_s: float = 3600.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.out_of_service = out_of_service
+        self.plan_file = plan_file
+        self.now = now
+        self.recheck_s = recheck_s
+        self.poll_s = poll_s
+        self._sched = _Schedule()
+        self._plan_stamp: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name="fill-scheduler", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._started = threading.Event()
+
+    # -- what others call (any thread) ------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self.wake()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def submit_plan(self, plan: FillPlan, source: str = "submitted") -> None:
+        """Take a new plan; a run for it is due now (it starts once the window is open)."""
+        with self._lock:
+            self._sched.plan, self._sched.source = plan, source
+            self._sched.due = self.now()
+        event(log, "fill.plan", source=source, titles=len(plan.titles), window=plan.window)
+        self.wake()
+
+    def watch(self, plan_file: Path | None) -> None:
+        """Follow another plan file (a SIGHUP changed `[fill] plan`)."""
+        with self._lock:
+            self.plan_file, self._plan_stamp = plan_file, None
+        self.wake()
+
+    def kick(self) -> None:
+        """Storage changed (a disk out or back): reconcile again in the open or next window."""
+        with self._lock:
+            if self._sched.plan is not None:
+                self._sched.due = self.now()  # during a run: another one right after it
+        self.wake()
+
+    def wake(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(wake.set)
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            s = self._sched
+            window = s.plan.fill_window() if s.plan else None
+            now = self.now()
+            return {
+                "plan": s.source,
+                "titles": [t.id for t in s.plan.titles] if s.plan else [],
+                "window": s.plan.window if s.plan else None,
+                "window_open": window.is_open(now) if window else True,
+                "next_run": s.due.isoformat() if s.due and not s.running else None,
+                "running": s.running,
+                "runs": s.runs,
+                "last_error": s.last_error,
+            }
+
+    # -- the scheduler thread ---------------------------------------------------------------
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._started.set()
+        while not self._stopping:
+            self._read_plan_file()
+            plan, due = self._sched.plan, self._sched.due
+            now = self.now()
+            ready = plan is not None and due is not None and now >= due
+            if plan is not None and ready and start_at(plan.fill_window(), now) <= now:
+                await self._run(plan)
+                continue
+            await self._nap()
+
+    async def _nap(self) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.poll_s)
+        self._wake.clear()
+
+    def _read_plan_file(self) -> None:
+        path = self.plan_file
+        if path is None:
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._plan_stamp:
+            return
+        self._plan_stamp = stamp
+        try:
+            plan = load_plan(path)
+        except PlanError as exc:
+            with self._lock:
+                self._sched.last_error = str(exc)
+            event(log, "fill.plan_rejected", logging.ERROR, reason=str(exc))
+            return
+        self.submit_plan(plan, str(path))
+
+    async def _run(self, plan: FillPlan) -> None:
+        """One FillRun; a new plan cancels it (downloads resume later from their .part)."""
+        with self._lock:
+            self._sched.running, self._sched.due = True, None
+        pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window(), now=self.now)
+        storage = ServiceStorage(self.config, self.out_of_service)
+        run = FillRun(plan, storage, self.config.fill.staging, pacer)
+        task = asyncio.create_task(run.run())
+        error: str | None = None
+        report: FillReport | None = None
+        while not task.done():
+            await self._nap()
+            self._read_plan_file()
+            if self._stopping or self._sched.plan is not plan:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                event(log, "fill.run_cancelled", reason="stop" if self._stopping else "new plan")
+                break
+        else:
+            try:
+                report = task.result()
+            except Exception as exc:  # the scheduler outlives any one run; the log says why
+                error = str(exc) if isinstance(exc, EdgeflixError) else repr(exc)
+                event(log, "fill.run_failed", logging.ERROR, reason=error)
+        finished = self.now()
+        with self._lock:
+            s = self._sched
+            s.running = False
+            s.runs += 1
+            if report is not None:
+                failed = report.failed
+                s.last_error = f"{len(failed)} titles failed" if failed else None
+                s.last_report = report.as_json()
+            elif error is not None:
+                s.last_error = error
+            if s.plan is plan and s.due is None:
+                wait_s = RETRY_AFTER_ERROR_S if error else self.recheck_s
+                s.due = next_due(plan.fill_window(), finished, wait_s)

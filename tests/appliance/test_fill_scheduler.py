@@ -1,0 +1,127 @@
+"""The daemon's fill scheduler: the pure timing rules, and the scheduler thread on a real
+Store driven by an injected clock (a held title needs no network, so a run is observable
+through the fill state file without an origin)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance import config as appliance_config
+from appliance.fill.plan import FillPlan, PlannedTitle
+from appliance.fill.runner import read_state
+from appliance.fill.scheduler import FillScheduler, next_due, start_at
+from appliance.fill.window import parse_window
+from appliance.store import Store
+from tests.appliance.storage_fixtures import make_title, storage_toml
+
+WINDOW = parse_window("02:00-03:00", "UTC")
+
+
+def at(hour: int, minute: int = 0, day: int = 10) -> datetime:
+    return datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+
+
+def test_start_at_waits_for_the_window() -> None:
+    assert start_at(None, at(12)) == at(12)
+    assert start_at(WINDOW, at(2, 30)) == at(2, 30)
+    assert start_at(WINDOW, at(1)) == at(2)
+    assert start_at(WINDOW, at(4)) == at(2, day=11)
+
+
+def test_next_due_is_the_following_window() -> None:
+    # A run that ended inside tonight's window waits for tomorrow's, not this one again.
+    assert next_due(WINDOW, at(2, 40), 3600) == at(2, day=11)
+    # One that ended before the window (nothing to fetch) is due at tonight's opening.
+    assert next_due(WINDOW, at(1), 3600) == at(2)
+    assert next_due(None, at(12), 600) == at(12, 10)
+
+
+@given(st.integers(0, 24 * 60 * 3 - 1))
+def test_next_due_is_always_a_future_opening(minutes: int) -> None:
+    finished = at(0) + timedelta(minutes=minutes)
+    due = next_due(WINDOW, finished, 3600)
+    assert due > finished
+    assert WINDOW.is_open(due) and not WINDOW.is_open(due - timedelta(seconds=1))
+    assert due - finished <= timedelta(days=1)
+
+
+def _wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_scheduler_runs_inside_the_window_only(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    cfg = cfg.model_copy(
+        update={"fill": cfg.fill.model_copy(update={"staging": tmp_path / "staging"})}
+    )
+    store = Store(cfg.storage)
+    store.load("bunny", make_title(tmp_path / "src", "bunny", (5000, 6000)))
+    store.close()
+    clock = {"now": at(1)}
+    sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
+    plan = FillPlan(
+        titles=(PlannedTitle(id="bunny", sources=("http://127.0.0.1:9",)),),
+        window="02:00-03:00",
+        timezone="UTC",
+        prune=False,
+    )
+    sched.start()
+    try:
+        sched.submit_plan(plan)
+        time.sleep(0.2)  # several scheduler turns with the window shut
+        assert sched.state()["runs"] == 0
+        assert read_state(cfg.fill.staging) is None
+        assert sched.state()["window_open"] is False
+
+        clock["now"] = at(2, 5)
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 1)
+        state = read_state(cfg.fill.staging)
+        assert state is not None and state["titles"]["bunny"]["state"] == "held"
+        assert sched.state()["next_run"] == at(2, day=11).isoformat()
+
+        # A kick (disk lost) inside the window runs again now; outside it waits.
+        clock["now"] = at(5)
+        sched.kick()
+        time.sleep(0.2)
+        assert sched.state()["runs"] == 1
+        clock["now"] = at(2, 1, day=11)
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 2)
+    finally:
+        sched.stop()
+
+
+def _replace(path: Path, text: str) -> None:
+    """As an editor or the fleet link saves: a new file renamed over the old one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_plan_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    plan_file = tmp_path / "plan.json"
+    _replace(plan_file, '{"titles": [], "window": "02:00-03:00", "timezone": "UTC"}')
+    sched = FillScheduler(cfg, plan_file=plan_file, now=lambda: at(12), poll_s=0.02)
+    sched.start()
+    try:
+        assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
+        _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')
+        assert _wait_for(lambda: sched.state()["window"] == "04:00-05:30")
+        _replace(plan_file, "{not json")
+        assert _wait_for(lambda: sched.state()["last_error"] is not None)
+        assert sched.state()["window"] == "04:00-05:30"  # a bad file keeps the last good plan
+    finally:
+        sched.stop()
