@@ -1,0 +1,61 @@
+"""The daemon's health pieces that decide: the 5xx share between two counter snapshots, and
+the key file that carries a SIGHUP reload to the workers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.keyfile import KeyFile, KeySet, read_keys, write_keys
+from appliance.monitor import error_rate, status_totals
+
+counts = st.dictionaries(st.sampled_from([200, 206, 304, 404, 500, 503]), st.integers(0, 10**6))
+
+
+def test_error_rate_counts_only_the_interval() -> None:
+    assert error_rate({200: 90, 500: 10}, {200: 180, 500: 10}) == 0.0
+    assert error_rate({200: 90}, {200: 93, 503: 1}) == 0.25
+    assert error_rate({}, {}) == 0.0
+    assert error_rate({200: 50, 500: 5}, {200: 10}) == 0.0  # a restart reset the counters
+
+
+@given(counts, counts)
+def test_error_rate_is_a_share(prev: dict[int, int], cur: dict[int, int]) -> None:
+    assert 0.0 <= error_rate(prev, cur) <= 1.0
+
+
+def test_status_totals_sums_titles() -> None:
+    requests = {(200, "a"): [3, 100], (200, "b"): [4, 50], (404, "-"): [2, 0]}
+    assert status_totals(requests) == {200: 7, 404: 2}
+
+
+class _Site:
+    def __init__(self) -> None:
+        self.required = False
+        self.keys: dict[str, bytes] = {}
+        self.keys_generation = 0
+
+
+def test_key_file_reaches_the_site_once_per_change(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    write_keys(path, KeySet(1, True, {"k1": b"a" * 16}))
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    site, keyfile = _Site(), KeyFile(path)
+    assert keyfile.refresh(site) and site.keys == {"k1": b"a" * 16} and site.required
+    assert not keyfile.refresh(site)  # unchanged: one stat, nothing re-read
+    write_keys(path, KeySet(2, True, {"k1": b"a" * 16, "k2": b"b" * 16}))
+    assert keyfile.refresh(site) and site.keys_generation == 2 and set(site.keys) == {"k1", "k2"}
+    assert read_keys(path).generation == 2
+
+
+def test_damaged_key_file_keeps_the_old_keys(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    write_keys(path, KeySet(1, True, {"k1": b"a" * 16}))
+    site, keyfile = _Site(), KeyFile(path)
+    keyfile.refresh(site)
+    path.write_text("{half")
+    assert not keyfile.refresh(site)
+    assert site.keys == {"k1": b"a" * 16} and site.keys_generation == 1
