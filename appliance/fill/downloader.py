@@ -34,6 +34,7 @@ from appliance.fill.stream import (
     SourceFailure,
     StreamJob,
     TitleProgress,
+    count_progress,
     part_path,
 )
 from edgeflix import titlefiles
@@ -204,7 +205,10 @@ class TitleFetcher:
                 if outcome is Outcome.GIVE_UP:
                     raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
                 if outcome is Outcome.RESTART_FILE:
-                    part_path(self.staging, entry).unlink(missing_ok=True)
+                    part = part_path(self.staging, entry)
+                    lost = part.stat().st_size if part.exists() else 0
+                    part.unlink(missing_ok=True)
+                    count_progress(self.progress, -lost, 0)
                 elif outcome is Outcome.NEXT_SOURCE:
                     attempts = digest_failures = 0
                     if not await self._advance_source(source):

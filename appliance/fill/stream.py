@@ -48,7 +48,7 @@ class TitleProgress:
 _counting = threading.Lock()  # stream threads add to the same TitleProgress
 
 
-def _count(prog: TitleProgress | None, done: int, downloaded: int) -> None:
+def count_progress(prog: TitleProgress | None, done: int, downloaded: int) -> None:
     if prog is not None:
         with _counting:
             prog.done += done
@@ -136,7 +136,7 @@ class FileStream:
                 job.response = resp
                 start = self._accept(resp, entry, source, offset)
                 if start != offset:  # the source ignored Range: take the body from byte 0
-                    _count(self.progress, start - offset, 0)
+                    count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
                 return self._receive(resp, entry, part, offset, hasher, job), hasher
         except (transport.TransportError, ProtocolError) as exc:
@@ -202,7 +202,7 @@ class FileStream:
                     _write_all(fd, view[:filled])
                     hasher.update(view[:filled])
                     offset += filled
-                    _count(self.progress, filled, filled)
+                    count_progress(self.progress, filled, filled)
                 if broken is not None:
                     raise broken
                 if filled < batch:

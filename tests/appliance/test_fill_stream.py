@@ -1,0 +1,184 @@
+"""TitleFetcher's streams against scripted loopback sources that misbehave: Range resume of a
+.part file, a source that ignores Range, a wrong Content-Range, a body cut short, a length
+that disagrees with files.json, and the bandwidth cap paid through the injected sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from pathlib import Path
+
+import pytest
+
+from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
+from appliance.fill.plan import PlannedTitle
+from appliance.fill.retry import RetryPolicy
+from appliance.fill.transport import Pool
+from edgeflix import titlefiles
+from edgeflix.titlefiles import TitleFiles
+from tests.appliance.fill_server import Handler, read_request, scripted, serve_files
+
+FAST = RetryPolicy(base_s=0.001, max_delay_s=0.01)
+
+
+def make_source(tmp_path: Path, sizes: list[int]) -> tuple[TitleFiles, dict[str, bytes]]:
+    folder = tmp_path / "src"
+    rnd = random.Random(7)
+    (folder / "v0").mkdir(parents=True)
+    for i, size in enumerate(sizes):
+        (folder / "v0" / f"seg{i}.m4s").write_bytes(rnd.randbytes(size))
+    entries = tuple(titlefiles.scan(folder))
+    model = TitleFiles(
+        id="t",
+        title="t",
+        duration=1.0,
+        segment_seconds=1.0,
+        created="2024-01-01T00:00:00Z",
+        renditions=(),
+        files=entries,
+        total_bytes=sum(e.size for e in entries),
+    )
+    files = {f"/titles/t/{e.path}": (folder / e.path).read_bytes() for e in entries}
+    files["/titles/t/files.json"] = titlefiles.render(model)
+    return model, files
+
+
+class FakeSleep:
+    """Returns at once but moves its own clock, so the pacer sees the time pass."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def fill(url: str, staging: Path, pacer: Pacer | None = None, streams: int = 2) -> TitleProgress:
+    progress = TitleProgress("t")
+    pacer = pacer or Pacer(None, None, sleep=FakeSleep())
+
+    async def go() -> None:
+        pool = Pool()
+        try:
+            title = PlannedTitle(id="t", sources=(url,))
+            await TitleFetcher(pool, title, staging, pacer, FAST, streams, progress).run()
+        finally:
+            pool.close()
+
+    asyncio.run(go())
+    return progress
+
+
+def assert_verified(staging: Path, model: TitleFiles) -> None:
+    assert titlefiles.verify(staging, model) == []
+    assert not list(staging.rglob("*.part"))
+
+
+def test_resume_from_part_file_with_range(tmp_path: Path) -> None:
+    model, files = make_source(tmp_path, [500_000, 300_000])
+    seg = "/titles/t/v0/seg0.m4s"
+    part = tmp_path / "staging/v0/seg0.m4s.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(files[seg][:123_456])
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log)) as server:
+        progress = fill(server.url, tmp_path / "staging")
+    assert_verified(tmp_path / "staging", model)
+    assert progress.downloaded == model.total_bytes - 123_456
+    assert progress.done == model.total_bytes
+    assert [r.get("range") for r in log if r[":target"] == seg] == ["bytes=123456-"]
+
+
+def _misbehaving(files: dict[str, bytes], on_range: str) -> Handler:
+    """Answers requests without Range well; a ranged request gets `on_range` treatment."""
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while (req := read_request(sock)) is not None:
+            body = files[req[":target"]]
+            if "range" not in req or on_range == "ignore":
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                continue
+            start = int(req["range"][6:-1])
+            bad = f"bytes {start + 1}-{len(body) - 1}/{len(body)}"
+            sock.sendall(
+                f"HTTP/1.1 206 Partial Content\r\nContent-Range: {bad}\r\n"
+                f"Content-Length: {len(body) - start - 1}\r\n\r\n".encode()
+                + body[start + 1 :]
+            )
+
+    return handler
+
+
+@pytest.mark.parametrize("on_range", ["ignore", "wrong_content_range"])
+def test_source_that_botches_range_still_yields_the_right_file(
+    tmp_path: Path, on_range: str
+) -> None:
+    model, files = make_source(tmp_path, [200_000])
+    part = tmp_path / "staging/v0/seg0.m4s.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(files["/titles/t/v0/seg0.m4s"][:50_000])
+    with scripted(_misbehaving(files, on_range)) as server:
+        progress = fill(server.url, tmp_path / "staging")
+    assert_verified(tmp_path / "staging", model)
+    assert progress.done == model.total_bytes
+
+
+def test_body_cut_short_is_resumed(tmp_path: Path) -> None:
+    model, files = make_source(tmp_path, [400_000])
+    seg = "/titles/t/v0/seg0.m4s"
+    log: list[dict[str, str]] = []
+    cut = {"done": False}
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while (req := read_request(sock)) is not None:
+            log.append(req)
+            body = files[req[":target"]]
+            start = int(req["range"][6:-1]) if "range" in req else 0
+            status = "206 Partial Content" if start else "200 OK"
+            head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body) - start}\r\n"
+            if start:
+                head += f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}\r\n"
+            sock.sendall(head.encode() + b"\r\n")
+            if req[":target"] == seg and not cut["done"]:
+                cut["done"] = True  # the segment's first answer: 150 kB, then hang up
+                sock.sendall(body[:150_000])
+                return
+            sock.sendall(body[start:])
+
+    with scripted(handler) as server:
+        progress = fill(server.url, tmp_path / "staging", streams=1)
+        assert server.connections == 2
+    assert_verified(tmp_path / "staging", model)
+    ranges = [r.get("range") for r in log if r[":target"] == seg]
+    assert ranges[0] is None and ranges[1] is not None
+    assert int(ranges[1][6:-1]) > 0  # resumed past what had arrived, not from zero
+    assert progress.downloaded == model.total_bytes
+
+
+def test_length_disagreeing_with_files_json_fails_the_title(tmp_path: Path) -> None:
+    _, files = make_source(tmp_path, [10_000])
+    files["/titles/t/v0/seg0.m4s"] += b"extra"
+    with scripted(serve_files(files, [])) as server, pytest.raises(FillError, match="says"):
+        fill(server.url, tmp_path / "staging")
+    assert not (tmp_path / "staging/v0/seg0.m4s").exists()
+
+
+def test_cap_waits_through_the_injected_sleep(tmp_path: Path) -> None:
+    model, files = make_source(tmp_path, [400_000, 400_000])
+    sleep = FakeSleep()
+    rate = 1_000_000  # bytes/s
+    # Time passes only by sleeping: every byte past the initial burst is paid for exactly.
+    pacer = Pacer(rate * 8, None, clock=sleep.clock, sleep=sleep)
+    with scripted(serve_files(files, [])) as server:
+        fill(server.url, tmp_path / "staging", pacer, streams=1)
+    assert_verified(tmp_path / "staging", model)
+    owed = (model.total_bytes - rate / 4) / rate  # files.json is not counted
+    assert sum(sleep.slept) == pytest.approx(owed)
+    assert max(sleep.slept) < 0.2  # small batches under a cap: smooth pacing
