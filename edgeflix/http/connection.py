@@ -21,6 +21,7 @@ from edgeflix.http.request import parse_head
 from edgeflix.log import event
 
 if TYPE_CHECKING:
+    from edgeflix.http.filecache import OpenFile
     from edgeflix.http.server import FileServer, Prepared
 
 log = logging.getLogger("edgeflix.http")
@@ -31,8 +32,7 @@ FALLBACK_CHUNK = 256 * 1024
 LINGER_S = 2.0
 # sendfile cannot work on this file system or file: count it, then copy through user space.
 _SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
-_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
-_CLOSE = b"Connection: close\r\n\r\n"
+_MSG_MORE = socket.MSG_MORE
 
 
 class Connection:
@@ -41,6 +41,7 @@ class Connection:
         "close_after",
         "deadline",
         "fd",
+        "file",
         "file_fd",
         "ip",
         "phase",
@@ -71,6 +72,7 @@ class Connection:
         self.pieces: tuple[bytes | Span, ...] = ()
         self.piece = 0
         self.piece_off = 0
+        self.file: OpenFile | None = None
         self.file_fd = -1
         self.sent = 0
         self.status = 0
@@ -148,12 +150,13 @@ class Connection:
         server = self.server
         self.phase = SEND
         self.close_after = not keep_alive
-        head = prepared.head + b"Date: " + server.dates.get() + b"\r\n"
-        head += _KEEP_ALIVE if keep_alive else _CLOSE
-        self.pieces = (head, *prepared.body)
+        head = prepared.head + server.tail(keep_alive)
+        body = prepared.body
+        self.pieces = (head, body[0]) if len(body) == 1 else (head, *body)
         self.piece = 0
         self.piece_off = 0
-        self.file_fd = prepared.fd
+        file = self.file = prepared.file
+        self.file_fd = file.fd if file is not None else -1
         self.sent = -len(head)  # count body bytes only
         self.status = prepared.status
         self.title = prepared.title
@@ -192,7 +195,7 @@ class Connection:
             try:
                 if isinstance(piece, bytes):
                     # MSG_MORE lets the kernel pack the head with the first body bytes.
-                    flags = socket.MSG_MORE if self.piece < last else 0
+                    flags = _MSG_MORE if self.piece < last else 0
                     n = sock.send(piece if not off else memoryview(piece)[off:], flags)
                     done = off + n >= len(piece)
                 else:
@@ -247,8 +250,9 @@ class Connection:
         self.phase = IDLE if not self.buf else HEAD
 
     def _release_file(self) -> None:
-        if self.file_fd >= 0:
-            os.close(self.file_fd)
+        if self.file is not None:
+            self.server.files.release(self.file)
+            self.file = None
             self.file_fd = -1
 
     # -- ending ----------------------------------------------------------------------------

@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import secrets
 import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from edgeflix.http.connection import Connection
 from edgeflix.http.content import DateCache
 from edgeflix.http.errors import HttpError
+from edgeflix.http.filecache import FileCache, OpenFile
 from edgeflix.http.paths import split_path
 from edgeflix.http.plan import (
     FileMeta,
@@ -39,9 +38,10 @@ from edgeflix.log import event
 
 log = logging.getLogger("edgeflix.http")
 
-_CONDITIONAL = ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
-_PLAN_CACHE_MAX = 4096
-_Cached = tuple[int, bytes, tuple[bytes | Span, ...]]
+_CONDITIONAL = frozenset(
+    ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range")
+)
+_CACHED_HEADS = ("GET", "HEAD")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +74,18 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     use_sendfile: bool = True
     server_name: str = "edgeflix"
+    # Files kept open between requests (one fstat per hit instead of open+fstat+close).
+    open_files: int = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A response ready to send: rendered head (minus Date/Connection) and body pieces."""
+class Prepared(NamedTuple):
+    """A response ready to send: rendered head (minus Date/Connection) and body pieces.
+    (A NamedTuple rather than a frozen dataclass: one is built per request on the hot path.)"""
 
     status: int
     head: bytes
     body: tuple[bytes | Span, ...]
-    fd: int  # -1 when no file is involved
+    file: OpenFile | None  # in use until the connection releases it
     title: str
     close: bool = False
 
@@ -108,9 +110,9 @@ class FileServer:
         self.stopping = False
         self._boundary = boundary
         self._listeners: list[socket.socket] = []
-        # Responses to plain GET/HEAD (no Range, no conditionals) depend only on the file:
-        # reuse the rendered head keyed by path, size and mtime.
-        self._plan_cache: dict[tuple[str, int, int, str], _Cached] = {}
+        self.files = FileCache(settings.open_files)
+        self._tail_date = b""
+        self._tails = (b"", b"")
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._busy_msg = render_head(503, plan_error(503).headers) + b"Connection: close\r\n\r\n"
@@ -178,7 +180,18 @@ class FileServer:
         now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
+        self.files.sweep()
         self._schedule_sweep()
+
+    def tail(self, keep_alive: bool) -> bytes:
+        """`Date` and `Connection` fields and the blank line, rendered once per second."""
+        date = self.dates.get()
+        if date is not self._tail_date:
+            self._tail_date = date
+            prefix = b"Date: " + date + b"\r\n"
+            self._tails = (prefix + b"Connection: close\r\n\r\n",
+                           prefix + b"Connection: keep-alive\r\n\r\n")  # fmt: skip
+        return self._tails[keep_alive]
 
     # -- requests --------------------------------------------------------------------------
 
@@ -203,53 +216,55 @@ class FileServer:
     ) -> Prepared:
         body = plan.body if request is None or request.method != "HEAD" else ()
         head = render_head(plan.status, plan.headers)
-        return Prepared(plan.status, head, body, -1, NO_TITLE, close)
+        return Prepared(plan.status, head, body, None, NO_TITLE, close)
 
     def _file(self, target: FileTarget, request: RequestHead) -> Prepared:
-        fd = self._open(target)
-        if fd < 0:
+        file = self._open(target)
+        if file is None:
             return self._generated(plan_error(404, request), request)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (
-            target.expected_size is not None and st.st_size != target.expected_size
-        ):
-            os.close(fd)
-            if stat.S_ISREG(st.st_mode):
-                event(log, "file.size_mismatch", logging.WARNING, path=target.path, size=st.st_size)
+        if target.expected_size is not None and file.size != target.expected_size:
+            # Truncated or grown behind the index's back: damage, never a short or long body.
+            event(log, "file.size_mismatch", logging.WARNING, path=target.path, size=file.size)
+            self.files.discard(file)
+            self.files.release(file)
             return self._generated(plan_error(404, request), request)
-        headers = request.headers
-        plain = not any(h in headers for h in _CONDITIONAL)
-        key = (target.path, st.st_size, st.st_mtime_ns, request.method)
-        if plain:
-            cached = self._plan_cache.get(key)
-            if cached is not None:
-                return Prepared(cached[0], cached[1], cached[2], fd, target.title_id)
-        meta = FileMeta(st.st_size, st.st_mtime_ns, target.rel_path)
+        method = request.method
+        if request.headers.keys().isdisjoint(_CONDITIONAL) and method in _CACHED_HEADS:
+            # A plain GET/HEAD depends only on the file: its head is rendered once per version.
+            head = file.heads.get(method)
+            if head is None:
+                meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
+                plan = plan_response(meta, request, "")
+                head = file.heads[method] = render_head(plan.status, plan.headers)
+            body = (Span(0, file.size),) if method == "GET" and file.size else ()
+            return Prepared(200, head, body, file, target.title_id)
+        meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
         plan = plan_response(meta, request, self._boundary())
         head = render_head(plan.status, plan.headers)
-        if plain:
-            if len(self._plan_cache) >= _PLAN_CACHE_MAX:
-                self._plan_cache.clear()
-            self._plan_cache[key] = (plan.status, head, plan.body)
-        return Prepared(plan.status, head, plan.body, fd, target.title_id)
+        if not plan.body:
+            self.files.release(file)
+            return Prepared(plan.status, head, (), None, target.title_id)
+        return Prepared(plan.status, head, plan.body, file, target.title_id)
 
-    def _open(self, target: FileTarget) -> int:
+    def _open(self, target: FileTarget) -> OpenFile | None:
         for attempt in range(2):
             try:
-                return os.open(target.path, os.O_RDONLY | os.O_CLOEXEC)
+                return self.files.acquire(target.path)
             except FileNotFoundError:
                 if attempt:
-                    return -1
+                    return None
                 # A background tier move may have just renamed it: ask the index once more.
                 moved = self.site.relocate(target)
                 if moved is None:
-                    return -1
+                    return None
                 target = moved
+            except IsADirectoryError:
+                return None
             except OSError as exc:
                 if exc.errno not in (errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG):
                     event(log, "file.open_failed", logging.WARNING, path=target.path, error=exc)
-                return -1
-        return -1
+                return None
+        return None
 
     # -- stopping --------------------------------------------------------------------------
 
@@ -276,6 +291,7 @@ class FileServer:
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.files.clear()
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024) -> socket.socket:

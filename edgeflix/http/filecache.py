@@ -1,0 +1,124 @@
+"""Open files kept between requests: an fd and its rendered heads per path, in a bounded LRU.
+
+Used by server.py so a hot segment costs one fstat per request instead of open+fstat+close.
+Never stale: every use re-fstats the cached fd (no path lookup). A file truncated or rewritten
+in place shows its new size and mtime; a file unlinked or replaced by a rename shows
+st_nlink == 0 and is reopened by path (so an fd is only used while its inode still sits at
+that path, e.g. never after a tier move unlinked the old copy). Entries in use by a response
+are counted: eviction closes such an fd only when its last response is done.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import OrderedDict
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+
+
+class OpenFile:
+    """One open file: fd, the stat seen by the last use, responses using it, cached heads."""
+
+    __slots__ = ("evicted", "fd", "heads", "mtime_ns", "path", "refs", "size")
+
+    def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
+        self.fd = fd
+        self.path = path
+        self.refs = 0
+        self.evicted = False
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        # Rendered heads of plain GET/HEAD answers: valid for this size and mtime only.
+        self.heads: dict[str, bytes] = {}
+
+    def refresh(self, st: os.stat_result) -> None:
+        if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
+            self.heads = {}
+
+
+class FileCache:
+    """Path → OpenFile, at most `capacity` entries (0 turns caching off: open per request)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._files: OrderedDict[str, OpenFile] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def acquire(self, path: str) -> OpenFile:
+        """The open, current file at `path`, counted as in use until `release`.
+
+        Raises OSError as os.open does (FileNotFoundError when it is gone), and
+        IsADirectoryError for anything that is not a regular file.
+        """
+        files = self._files
+        entry = files.get(path)
+        if entry is not None:
+            try:
+                st = os.fstat(entry.fd)
+            except OSError:
+                st = None
+            if st is not None and st.st_nlink:
+                entry.refresh(st)
+                files.move_to_end(path)
+                entry.refs += 1
+                return entry
+            self._drop(entry)
+        fd = os.open(path, _OPEN_FLAGS)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise IsADirectoryError(path)
+        entry = OpenFile(fd, path, st)
+        entry.refs = 1
+        if self.capacity:
+            files[path] = entry
+            while len(files) > self.capacity:
+                self._drop(files[next(iter(files))])
+        else:
+            entry.evicted = True  # closed by its release
+        return entry
+
+    def release(self, entry: OpenFile) -> None:
+        entry.refs -= 1
+        if entry.evicted and entry.refs <= 0:
+            os.close(entry.fd)
+
+    def discard(self, entry: OpenFile) -> None:
+        """Stop caching `entry` (damaged or unexpected): closed once no response uses it."""
+        if self._files.get(entry.path) is entry:
+            self._drop(entry)
+
+    def sweep(self) -> int:
+        """Close idle fds whose file was unlinked (a move or rm freed it): the space they pin
+        returns to the disk within one sweep. Returns how many were closed."""
+        gone = []
+        for entry in self._files.values():
+            if entry.refs:
+                continue
+            try:
+                linked = os.fstat(entry.fd).st_nlink > 0
+            except OSError:
+                linked = False
+            if not linked:
+                gone.append(entry)
+        for entry in gone:
+            self._drop(entry)
+        return len(gone)
+
+    def clear(self) -> None:
+        for entry in list(self._files.values()):
+            self._drop(entry)
+
+    def _drop(self, entry: OpenFile) -> None:
+        del self._files[entry.path]
+        entry.evicted = True
+        if entry.refs <= 0:
+            os.close(entry.fd)

@@ -1,0 +1,111 @@
+"""FileCache on real files: fds reused, never stale after truncation, unlink, replace or move."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edgeflix.http.filecache import FileCache
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_hit_reuses_the_fd(tmp_path: Path) -> None:
+    path = tmp_path / "a.m4s"
+    path.write_bytes(b"x" * 100)
+    cache = FileCache(4)
+    first = cache.acquire(str(path))
+    cache.release(first)
+    second = cache.acquire(str(path))
+    assert second is first and second.size == 100
+    cache.release(second)
+    assert _is_open(first.fd)
+    cache.clear()
+    assert not _is_open(first.fd)
+
+
+def test_truncated_in_place_shows_new_size_and_drops_heads(tmp_path: Path) -> None:
+    path = tmp_path / "a.m4s"
+    path.write_bytes(b"x" * 100)
+    cache = FileCache(4)
+    entry = cache.acquire(str(path))
+    entry.heads["GET"] = b"HTTP/1.1 200 OK\r\n"
+    cache.release(entry)
+    os.truncate(path, 10)
+    again = cache.acquire(str(path))
+    assert again.size == 10 and again.heads == {}
+    cache.release(again)
+    cache.clear()
+
+
+@pytest.mark.parametrize("how", ["unlink", "replace"])
+def test_unlinked_or_replaced_file_is_reopened(tmp_path: Path, how: str) -> None:
+    path = tmp_path / "a.m4s"
+    path.write_bytes(b"old")
+    cache = FileCache(4)
+    old = cache.acquire(str(path))
+    cache.release(old)
+    if how == "unlink":
+        path.unlink()
+        with pytest.raises(FileNotFoundError):
+            cache.acquire(str(path))
+        path.write_bytes(b"new!")
+    else:
+        (tmp_path / "tmp").write_bytes(b"new!")
+        os.replace(tmp_path / "tmp", path)
+    new = cache.acquire(str(path))
+    assert new is not old and os.pread(new.fd, 10, 0) == b"new!"
+    assert not _is_open(old.fd)
+    cache.release(new)
+    cache.clear()
+
+
+def test_eviction_waits_for_the_last_user(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.m4s")
+        paths[-1].write_bytes(bytes([i]) * 10)
+    cache = FileCache(2)
+    busy = cache.acquire(str(paths[0]))
+    for p in paths[1:]:
+        cache.release(cache.acquire(str(p)))
+    assert len(cache) == 2 and busy.evicted
+    assert os.pread(busy.fd, 10, 0) == b"\x00" * 10  # still usable by its response
+    cache.release(busy)
+    assert not _is_open(busy.fd)
+    cache.clear()
+
+
+def test_sweep_closes_idle_unlinked_files_only(tmp_path: Path) -> None:
+    kept, gone, busy_path = tmp_path / "kept", tmp_path / "gone", tmp_path / "busy"
+    for p in (kept, gone, busy_path):
+        p.write_bytes(b"data")
+    cache = FileCache(8)
+    for p in (kept, gone):
+        cache.release(cache.acquire(str(p)))
+    busy = cache.acquire(str(busy_path))
+    gone.unlink()
+    busy_path.unlink()
+    assert cache.sweep() == 1
+    assert len(cache) == 2
+    cache.release(busy)
+    cache.clear()
+
+
+def test_capacity_zero_opens_per_use_and_refuses_directories(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    path.write_bytes(b"abc")
+    cache = FileCache(0)
+    entry = cache.acquire(str(path))
+    cache.release(entry)
+    assert len(cache) == 0 and not _is_open(entry.fd)
+    with pytest.raises(IsADirectoryError):
+        cache.acquire(str(tmp_path))
