@@ -2,7 +2,9 @@
 
 store.py is the one writer (each write a `BEGIN IMMEDIATE` transaction); serving workers read
 through `IndexReader` on their own read-only connections and never scan disks per request.
-A title is servable only while its state is 'ready' and only through files in state 'ok'.
+A title is served once 'ready', and only through files in state 'ok'; when it becomes
+'incomplete' (a disk lost, a file dropped) its files still verified keep serving and the lost
+ones 404, so a playing client fails over per segment while the fill replaces the title.
 """
 
 from __future__ import annotations
@@ -184,7 +186,8 @@ class IndexReader:
             self._version = version
 
     def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
-        """The servable file, or None (unknown title or path, title not ready, file missing)."""
+        """The servable file, or None (unknown title or path, title loading or being removed,
+        file missing)."""
         self._fresh()
         key = (title_id, rel_path)
         try:
@@ -194,8 +197,8 @@ class IndexReader:
         row = self._conn.execute(
             "SELECT f.disk, f.size, f.sha256, f.mtime_ns, t.tier FROM files f "
             "JOIN titles t ON t.id = f.title "
-            "WHERE f.title = ? AND f.path = ? AND f.state = ? AND t.state = ?",
-            (title_id, rel_path, OK, READY),
+            "WHERE f.title = ? AND f.path = ? AND f.state = ? AND t.state IN (?, ?)",
+            (title_id, rel_path, OK, READY, INCOMPLETE),
         ).fetchone()
         found = None
         if row:

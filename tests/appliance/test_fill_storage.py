@@ -14,7 +14,7 @@ import pytest
 from appliance import config as appliance_config
 from appliance.disks import LoadError
 from appliance.fill.storage import StoreStorage, mark_disk_missing, restore_disk
-from appliance.index import IndexReader
+from appliance.index import IndexReader, title_files
 from appliance.repair import reconcile, verify
 from appliance.store import Store
 from edgeflix import titlefiles
@@ -46,7 +46,8 @@ def test_held_and_disk_out_then_back(tmp_path: Path) -> None:
         assert adapter.held() == {}  # incomplete: the fill will fetch it again
         reader = IndexReader(store.config.index)
         try:
-            assert reader.locate("bunny", "master.m3u8") is None  # not served: 404, fail over
+            lost = [f.path for f in title_files(store.conn, "bunny") if f.disk == disk]
+            assert lost and all(reader.locate("bunny", p) is None for p in lost)  # 404s
         finally:
             reader.close()
         ready, still_missing = restore_disk(store, disk)

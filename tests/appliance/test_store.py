@@ -154,7 +154,8 @@ def test_reconcile_drops_truncated_and_missing_files(tmp_path: Path, src: Path) 
     }
     assert store.title("bunny").state == INCOMPLETE
     assert not truncated.path.exists()
-    assert reader.locate("bunny", "master.m3u8") is None  # an incomplete title is not served
+    assert reader.locate("bunny", "v0/seg0000.m4s") is None  # dropped files are not served
+    assert reader.locate("bunny", "master.m3u8") is not None  # verified ones keep serving
     (listing,) = store.listing()
     assert listing.missing == 2 and listing.state == INCOMPLETE
     assert reconcile(store).findings == []  # settled: nothing new to report
