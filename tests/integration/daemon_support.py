@@ -1,0 +1,78 @@
+"""Helpers for the appliance daemon's health and lifecycle tests: a config with two disk
+folders on one tier, a title spread over both, /status polled with a bound."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import run_cli
+from tests.integration.serve_support import Server, make_title, start
+
+
+def write_config(tmp: Path, extra: str = "", workers: int = 1) -> Path:
+    for name in ("d0", "d1"):
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+    path = tmp / "appliance.toml"
+    path.write_text(
+        f"""
+[storage]
+index = "{tmp / "index.sqlite"}"
+disks = [ {{ path = "{tmp / "d0"}", tier = "ssd" }}, {{ path = "{tmp / "d1"}", tier = "ssd" }} ]
+[serve]
+listen = "127.0.0.1:0"
+workers = {workers}
+shutdown_timeout_s = 10
+[admin]
+listen = "127.0.0.1:0"
+[fill]
+staging = "{tmp / "staging"}"
+{extra}
+"""
+    )
+    return path
+
+
+def load_spread_title(tmp: Path, config: Path, title_id: str = "spread") -> None:
+    """A title with enough files that rendezvous hashing puts some on each disk."""
+    folder = tmp / "src" / title_id
+    (folder / "v0").mkdir(parents=True)
+    for i in range(12):
+        (folder / "v0" / f"extra{i:02d}.m4s").write_bytes(bytes([i]) * 40_000)
+    make_title(folder, title_id)  # writes the rest and a files.json over everything
+    run_cli(["appliance", "load", "--config", str(config), "--title", title_id, "--from",
+             str(folder)], check=True)  # fmt: skip
+
+
+def files_on(disk: Path, title_id: str = "spread") -> list[str]:
+    top = disk / "titles" / title_id
+    return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())
+
+
+def start_daemon(config: Path, env: dict[str, str] | None = None) -> Server:
+    return start(["appliance", "run", "--config", str(config)], ("listening", "admin"), env)
+
+
+def status(server: Server) -> dict[str, Any]:
+    reply = httpx.get(server.urls["admin"] + "/status", timeout=10)
+    assert reply.status_code == 200
+    doc: dict[str, Any] = json.loads(reply.content)
+    return doc
+
+
+def poll(
+    server: Server, cond: Callable[[dict[str, Any]], bool], timeout: float, step: float = 0.1
+) -> dict[str, Any] | None:
+    """The first /status document that satisfies `cond`, or None after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = status(server)
+        if cond(doc):
+            return doc
+        time.sleep(step)
+    return None

@@ -1,0 +1,143 @@
+"""The appliance daemon on loopback with two disk folders on one tier and a title spread
+over both: a disk folder removed while serving turns health degraded within 5 s, its files
+404 at once while the other disk's keep serving, and it serves again after re-verification
+when it comes back. A plan with its window open fills from a real origin and re-fills a lost
+disk's files onto the disk left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.daemon_support import (
+    files_on,
+    load_spread_title,
+    poll,
+    start_daemon,
+    status,
+    write_config,
+)
+from tests.integration.serve_support import Server, make_title, start
+
+
+@pytest.fixture()
+def spread(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+    config = write_config(tmp_path)
+    load_spread_title(tmp_path, config)
+    server = start_daemon(config)
+    try:
+        yield server, tmp_path
+    finally:
+        server.stop()
+
+
+def _get(server: Server, rel: str, title: str = "spread") -> httpx.Response:
+    # The timeout is the "never hangs" bound: a request to a dead disk must answer, not stall.
+    return httpx.get(f"{server.url}/titles/{title}/{rel}", timeout=5)
+
+
+def test_disk_removed_while_serving_then_back(spread: tuple[Server, Path]) -> None:
+    server, tmp = spread
+    d1 = tmp / "d1"
+    lost, kept = files_on(d1), files_on(tmp / "d0")
+    assert lost and kept, "the title must be spread over both disks"
+    bodies = {rel: (d1 / "titles" / "spread" / rel).read_bytes() for rel in lost}
+    assert all(_get(server, rel).status_code == 200 for rel in (lost[0], kept[0]))
+    before = status(server)
+    assert before["health"]["disks_out_of_service"] == []
+    assert {d["path"] for d in before["profile"]["disks"]} == {str(tmp / "d0"), str(d1)}
+
+    # As root no chmod stops us: renaming the folder away is the disk vanishing.
+    os.rename(d1, tmp / "d1.gone")
+    doc = poll(server, lambda d: str(d1) in d["health"]["disks_out_of_service"], timeout=5)
+    assert doc is not None, "health did not notice the lost disk within 5 s"
+    assert doc["health"]["state"] in ("degraded", "failing")
+    assert any(str(d1) in r and "out of service" in r for r in doc["health"]["reasons"])
+    for rel in lost:
+        assert _get(server, rel).status_code == 404  # players fail over, nothing hangs
+    for rel in kept:
+        reply = _get(server, rel)
+        assert reply.status_code == 200
+        assert reply.content == (tmp / "d0" / "titles" / "spread" / rel).read_bytes()
+
+    # The disk returns: re-scanned and re-verified before its files serve again.
+    os.rename(tmp / "d1.gone", d1)
+    doc = poll(server, lambda d: d["health"]["disks_out_of_service"] == [], timeout=20)
+    assert doc is not None, "the returned disk was not taken back into service"
+    for rel in lost:
+        reply = _get(server, rel)
+        assert reply.status_code == 200 and reply.content == bodies[rel]
+
+
+def _window_open_now() -> str:
+    now = datetime.now(UTC)
+    start_at, end_at = now - timedelta(minutes=5), now + timedelta(hours=2)
+    return f"{start_at:%H:%M}-{end_at:%H:%M}"
+
+
+@pytest.fixture()
+def origin(tmp_path: Path) -> Iterator[Server]:
+    store = tmp_path / "origin"
+    folder = store / "titles" / "film"
+    (folder / "v0").mkdir(parents=True)
+    for i in range(12):
+        (folder / "v0" / f"part{i:02d}.m4s").write_bytes(os.urandom(60_000))
+    make_title(folder, "film")
+    server = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
+                   ("listening",))  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_plan_fills_in_window_and_refills_a_lost_disk(tmp_path: Path, origin: Server) -> None:
+    plan = tmp_path / "plan.json"
+    body = {
+        "titles": [{"id": "film", "sources": [origin.url]}],
+        "window": _window_open_now(),
+        "timezone": "UTC",
+    }
+    plan.write_text(json.dumps(body))
+    config = write_config(tmp_path / "app", extra=f'plan = "{plan}"')
+    server = start_daemon(config)
+    try:
+
+        def film(doc: dict) -> str | None:  # type: ignore[type-arg]
+            titles = (doc.get("fill") or {}).get("titles") or {}
+            return titles.get("film", {}).get("state")
+
+        doc = poll(server, lambda d: film(d) == "ready", timeout=60, step=0.2)
+        assert doc is not None, f"the plan did not fill: {status(server)['daemon']}"
+        assert doc["daemon"]["fill_schedule"]["window_open"] is True
+        source = tmp_path / "origin" / "titles" / "film"
+        every = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.m4s"))
+        assert all(_get(server, rel, "film").status_code == 200 for rel in every)
+
+        # Lose a disk with its files: the next run (the window is open) puts them on d0.
+        d1 = tmp_path / "app" / "d1"
+        lost = files_on(d1, "film")
+        assert lost, "the filled title must be spread over both disks"
+        shutil.rmtree(d1)
+        runs = doc["daemon"]["fill_schedule"]["runs"]
+        doc = poll(
+            server,
+            lambda d: d["daemon"]["fill_schedule"]["runs"] > runs and film(d) == "ready",
+            timeout=60,
+            step=0.2,
+        )
+        assert doc is not None, f"no re-fill after the disk loss: {status(server)['daemon']}"
+        assert str(d1) in doc["health"]["disks_out_of_service"]
+        for rel in every:
+            reply = _get(server, rel, "film")
+            assert reply.status_code == 200 and reply.content == (source / rel).read_bytes()
+        assert set(lost) <= set(files_on(tmp_path / "app" / "d0", "film"))
+    finally:
+        server.stop()
