@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,9 +111,10 @@ def test_plan_fills_in_window_and_refills_a_lost_disk(tmp_path: Path, origin: Se
     server = start_daemon(config)
     try:
 
-        def film(doc: dict) -> str | None:  # type: ignore[type-arg]
+        def film(doc: dict[str, Any]) -> str | None:
             titles = (doc.get("fill") or {}).get("titles") or {}
-            return titles.get("film", {}).get("state")
+            state: str | None = titles.get("film", {}).get("state")
+            return state
 
         doc = poll(server, lambda d: film(d) == "ready", timeout=60, step=0.2)
         assert doc is not None, f"the plan did not fill: {status(server)['daemon']}"
