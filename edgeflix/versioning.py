@@ -3,7 +3,8 @@
 A plan or key set carries a version that only rises. A receiver (an appliance, or the fleet
 replaying its own store) applies a document completely or not at all, ignores one older
 than what it runs, and reports the version it runs; the sender pushes only when that report
-is behind. Both sides call these functions, so the rules live in one place.
+is behind. Both sides call these functions (fleet/ sends, appliance/fleetlink.py receives),
+so the rules live here in edgeflix/, the one package both may import.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.versioning import Versioned, needs_push, receive
+from edgeflix.versioning import Versioned, needs_push, receive
 
 
 def nonempty(payload: tuple[str, ...]) -> None:
