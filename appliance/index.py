@@ -159,10 +159,12 @@ class IndexReader:
 
     One per worker process (or thread), on its own read-only connection. Answers are cached;
     `PRAGMA data_version` changes whenever another connection commits, and then the cache is
-    dropped, so a load, rm or tier move is seen by the next request.
+    dropped, so a load, rm or tier move is seen by the next request. A serving worker passes
+    `refresh_per_call=False` and calls `refresh()` once per event-loop iteration instead: the
+    requests of one iteration arrived together, so one check (3 syscalls) serves them all.
     """
 
-    def __init__(self, index: Path) -> None:
+    def __init__(self, index: Path, *, refresh_per_call: bool = True) -> None:
         if not index.exists():
             raise StorageError(f"no index at {index}: open the store once (e.g. `appliance ls`)")
         uri = f"{index.resolve().as_uri()}?mode=ro"
@@ -175,11 +177,13 @@ class IndexReader:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the index {index}: {exc}") from None
         self._cache: dict[tuple[str, str], LocatedFile | None] = {}
+        self._auto = refresh_per_call
 
     def _data_version(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def _fresh(self) -> None:
+    def refresh(self) -> None:
+        """Forget cached answers if another connection committed since the last check."""
         version = self._data_version()
         if version != self._version or len(self._cache) > _CACHE_MAX:
             self._cache.clear()
@@ -188,7 +192,8 @@ class IndexReader:
     def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
         """The servable file, or None (unknown title or path, title loading or being removed,
         file missing)."""
-        self._fresh()
+        if self._auto:
+            self.refresh()
         key = (title_id, rel_path)
         try:
             return self._cache[key]
