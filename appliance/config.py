@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgeflix.config import ConfigModel, load_config, parse_hostport
+from edgeflix.errors import ConfigError
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -100,9 +101,8 @@ class AuthConfig(ConfigModel):
     keys: tuple[KeyConfig, ...] = ()
 
     @model_validator(mode="after")
-    def _keys_when_required(self) -> AuthConfig:
-        if self.tokens == "required" and not self.keys:
-            raise ValueError("tokens = 'required' needs at least one key in [auth] keys")
+    def _unique_ids(self) -> AuthConfig:
+        # "required" with no keys is checked in ApplianceConfig: the fleet may supply them.
         ids = [k.id for k in self.keys]
         if len(set(ids)) != len(ids):
             raise ValueError("a key id is listed twice")
@@ -126,6 +126,40 @@ class FillConfig(ConfigModel):
     staging: Path = Path("var/appliance/fill")
 
 
+class FleetLinkConfig(ConfigModel):
+    """`[fleet]`: enrol with the fleet manager and heartbeat to it (appliance/fleetlink.py).
+    Without `url` the appliance runs on its own config alone."""
+
+    # The fleet manager's gRPC address, HOST:PORT.
+    url: str | None = None
+    # Name in the fleet registry (and on the steering answer); left out: the top-level name.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
+    join_token: str = ""
+    # Base URL players and peers reach this appliance at; left out: http://<serve.listen>.
+    public_url: str | None = None
+    # Until the fleet states its own interval (EnrolResponse / HeartbeatResponse).
+    heartbeat_s: float = Field(5.0, gt=0)
+    # Serve on cached keys and plan this long after the last answer from the fleet.
+    grace_period_s: float = Field(72 * 3600.0, gt=0)
+    # Past the grace period: "degrade" keeps serving with the cached keys, reports degraded
+    # health and deletes nothing on the stale plan; "stop" also drops the keys, so token
+    # URLs are refused (Open Connect's behaviour).
+    after_grace: Literal["degrade", "stop"] = "degrade"
+    # Key pair, enrolment, plan and keys; left out: `fleet/` next to the storage index.
+    state_dir: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _hostport(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_hostport(value)
+            except ConfigError as exc:  # as ValueError, pydantic names the key
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class ApplianceConfig(ConfigModel):
     name: str = "appliance"
     storage: StorageConfig = StorageConfig()
@@ -133,6 +167,18 @@ class ApplianceConfig(ConfigModel):
     auth: AuthConfig = AuthConfig()
     admin: AdminConfig = AdminConfig()
     fill: FillConfig = FillConfig()
+    fleet: FleetLinkConfig = FleetLinkConfig()
+
+    @model_validator(mode="after")
+    def _keys_when_required(self) -> ApplianceConfig:
+        if self.auth.tokens == "required" and not self.auth.keys and self.fleet.url is None:
+            raise ValueError(
+                "tokens = 'required' needs at least one key in [auth] keys or a [fleet] url"
+            )
+        return self
+
+    def fleet_state_dir(self) -> Path:
+        return self.fleet.state_dir or self.storage.index.parent / "fleet"
 
 
 def load(path: Path | None) -> ApplianceConfig:
