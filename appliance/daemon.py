@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -46,6 +47,7 @@ log = logging.getLogger("appliance.daemon")
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0
 TICK_S = 0.5
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 KEYS_ACK_TIMEOUT_S = 10.0
 # The health thread goes round every second; this much silence means it is stuck.
 HEALTH_STALE_S = 15.0
@@ -100,6 +102,7 @@ class Worker:
             [sys.executable, "-m", "appliance.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(self.spec).encode())
@@ -129,6 +132,16 @@ class Worker:
         if not self.alive():
             data["open_connections"] = 0
         return data
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM it (a graceful drain) if the supervisor dies, even by
+    SIGKILL, so no orphaned worker keeps the port. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _readline(stream: IO[bytes], timeout: float) -> bytes:
