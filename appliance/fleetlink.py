@@ -1,0 +1,470 @@
+"""The appliance's link to the fleet manager (I/O shell): enrol once with `[fleet] join_token`
+and a key pair of its own, then heartbeat over signed gRPC calls, fetch newer plans and key
+sets, hand them to the fill scheduler and the serving workers, and keep serving on the
+cached ones while the fleet is away (`grace_period_s`, then degrade as configured).
+
+Decisions live in fleetlink_core.py, the files in fleetlink_state.py. daemon.py builds one
+FleetLink with callables for its figures (health, traffic) and its sinks (plan, keys), and
+start()s / stop()s it; everything here runs on the link's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from appliance.config import ApplianceConfig, FleetLinkConfig
+from appliance.fill.plan import FillPlan
+from appliance.fill.runner import read_state
+from appliance.fleetlink_core import (
+    BeatFigures,
+    CountLedger,
+    FleetKey,
+    Phase,
+    build_beat,
+    check_keys,
+    check_plan,
+    fill_progress,
+    keys_from_proto,
+    link_health,
+    load_bps,
+    phase,
+    plan_document,
+    plan_sizes,
+    to_fill_plan,
+    usable_keys,
+)
+from appliance.fleetlink_figures import BoxHealth, Traffic, held_titles, tier_space
+from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
+from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
+from edgeflix.proto import auth
+from edgeflix.proto.codec import CodecError, unpack_plan
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from edgeflix.versioning import Versioned, receive
+
+log = logging.getLogger("appliance.fleet")
+METHOD = "/edgeflix.fleet.v1.Fleet/"
+CALL_TIMEOUT_S = 5.0
+ENROL_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+CONTACT_SAVE_S = 60.0
+# gRPC's own reconnect backoff grows to minutes; a fleet manager back from a restart
+# should see its appliances within a beat or two.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+
+@dataclass
+class LinkSinks:
+    """Where the link's results go (the daemon's fill scheduler and serving workers) and
+    what it reads from the daemon."""
+
+    health: Callable[[], BoxHealth]
+    traffic: Callable[[], Traffic]
+    submit_plan: Callable[[FillPlan], None]
+    set_keys: Callable[[dict[str, bytes]], None]
+    fill_state: Callable[[], dict[str, Any]] = dict
+    out_of_service: Callable[[], set[str]] = set
+
+
+class FleetLink:
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        url: str,
+        sinks: LinkSinks,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        fleet = config.fleet
+        if fleet.url is None:
+            raise ValueError("FleetLink needs [fleet] url")
+        self.config = config
+        self.fleet: FleetLinkConfig = fleet
+        self.name = fleet.name or config.name
+        self.url = fleet.public_url or url
+        self.sinks = sinks
+        self.clock = clock
+        self.state_store = LinkState(config.fleet_state_dir())
+        self.key = self.state_store.private_key()
+        self.ledger = CountLedger()
+        self.enrolment: Enrolment | None = None
+        self.plan: StoredPlan | None = None
+        self.keys: Versioned[tuple[FleetKey, ...]] | None = None
+        self.last_contact: float | None = None
+        self.refused: str | None = None
+        self.drained = False
+        self.phase: Phase = "unenrolled"
+        self.last_error: str | None = None
+        self.beats = 0
+        self._published_keys: dict[str, bytes] | None = None
+        self._fill_now_runs: int | None = None
+        self._fill_now_pending = False
+        self._contact_saved = 0.0
+        self._load_prev: tuple[float, int] | None = None
+        self._interval_s = fleet.heartbeat_s
+        self._enrol_attempts = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="fleet-link", daemon=True)
+        self.channel = grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Apply what the last run kept (keys, plan) at once, then go on in the thread."""
+        self.restore()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.last_contact is not None:
+            try:
+                self.state_store.save_contact(self.last_contact)
+            except LinkStateError as exc:
+                event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
+        self.channel.close()
+
+    def reconfigure(self, fleet: FleetLinkConfig) -> None:
+        """A SIGHUP with a new `[fleet]` section: a refused token may be tried again."""
+        with self._lock:
+            if fleet.join_token != self.fleet.join_token:
+                self.refused = None
+                self._enrol_attempts = 0
+            self.fleet = fleet
+        self._wake.set()
+
+    def state(self) -> dict[str, Any]:
+        """The link for /status."""
+        with self._lock:
+            e = self.enrolment
+            return {
+                "fleet": self.fleet.url,
+                "appliance": e.appliance if e else None,
+                "site": e.site if e else None,
+                "phase": self.phase,
+                "refused": self.refused,
+                "last_contact": self.last_contact,
+                "last_error": self.last_error,
+                "beats": self.beats,
+                "drained": self.drained,
+                "plan_version": self.plan.version if self.plan else 0,
+                "keys_version": self.keys.version if self.keys else 0,
+                "counts_unacknowledged": len(self.ledger.unsent()),
+            }
+
+    def restore(self) -> None:
+        st = self.state_store
+        e = st.enrolment()
+        if e is not None and e.appliance == self.name and e.fleet == self.fleet.url:
+            self.enrolment = e
+            self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
+        self.plan, self.keys = st.plan(), st.keys()
+        self.last_contact = st.last_contact() or (e.enrolled_at if e else None)
+        self._update_phase()
+        self._publish_keys()
+        if self.plan is not None:
+            self._submit(self.plan)
+        event(
+            log,
+            "fleet.restored",
+            enrolled=self.enrolment is not None,
+            plan=self.plan.version if self.plan else 0,
+            keys=self.keys.version if self.keys else 0,
+        )
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            wait = self._interval_s
+            try:
+                if self.enrolment is None:
+                    wait = self._try_enrol()
+                else:
+                    self._beat()
+                self.check_grace()
+                self._follow_fill_now()
+            except (EdgeflixError, OSError) as exc:  # the link outlives any one failure
+                self._note_error(str(exc))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _note_error(self, why: str) -> None:
+        if why != self.last_error:
+            event(log, "fleet.call_failed", logging.WARNING, reason=why)
+        self.last_error = why
+
+    def _metadata(self, method: str, request: Any) -> tuple[tuple[str, str], ...]:
+        body = request.SerializeToString(deterministic=True)
+        return auth.sign_call(self.name, self.key, METHOD + method, body, self.clock())
+
+    def _contact(self) -> None:
+        now = self.clock()
+        with self._lock:
+            self.last_contact = now
+            self.last_error = None
+        if now - self._contact_saved >= CONTACT_SAVE_S:
+            self.state_store.save_contact(now)
+            self._contact_saved = now
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def _try_enrol(self) -> float:
+        if self.refused is not None:
+            return 3600.0  # final until the config changes (reconfigure wakes us)
+        req = fleet_pb2.EnrolRequest(
+            name=self.name,
+            join_token=self.fleet.join_token,
+            public_key=auth.public_key(self.key),
+            url=self.url,
+        )
+        try:
+            resp = self.stub.Enrol(req, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            detail = exc.details() or str(code)
+            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+                with self._lock:
+                    self.refused = detail
+                event(
+                    log,
+                    "fleet.enrolment_refused",
+                    logging.ERROR,
+                    reason=detail,
+                    action="serving what it holds; not retrying until [fleet] join_token "
+                    "changes (new token: `edgeflix fleet join-token --site S`, then SIGHUP)",
+                )
+                return 3600.0
+            self._note_error(f"enrolment: {detail}")
+            backoff = ENROL_BACKOFF_S[min(self._enrol_attempts, len(ENROL_BACKOFF_S) - 1)]
+            self._enrol_attempts += 1
+            return backoff
+        e = Enrolment(
+            appliance=resp.appliance or self.name,
+            site=resp.site,
+            fleet=self.fleet.url or "",
+            url=self.url,
+            heartbeat_interval_ms=resp.heartbeat_interval_ms,
+            enrolled_at=self.clock(),
+        )
+        self.state_store.save_enrolment(e)
+        with self._lock:
+            self.enrolment = e
+        self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
+        self._contact()
+        event(log, "fleet.enrolled", appliance=e.appliance, site=e.site, fleet=e.fleet)
+        return 0.0  # first beat right away
+
+    # -- heartbeats ------------------------------------------------------------------------
+
+    def figures(self) -> BeatFigures:
+        now = self.clock()
+        box = self.sinks.health()
+        traffic = self.sinks.traffic()
+        self.ledger.observe(traffic.titles)
+        bps = load_bps(self._load_prev, now, traffic.bytes_total)
+        self._load_prev = (now, traffic.bytes_total)
+        titles = held_titles(self.config.storage.index)
+        plan = to_fill_plan(self.plan.document) if self.plan else None
+        done, total = fill_progress(
+            plan,
+            self.plan.sizes if self.plan else {},
+            {t.id: t.digest for t in titles if t.complete},
+        )
+        fill = read_state(self.config.fill.staging) or {}
+        failed = tuple(
+            sorted(t for t, p in fill.get("titles", {}).items() if p.get("state") == "failed")
+        )
+        lost = now - self.last_contact if self.last_contact else 0.0
+        state, reasons = link_health(box.state, box.reasons, self.phase, lost)
+        return BeatFigures(
+            health=state,
+            reasons=reasons,
+            capacity_bps=box.capacity_bps,
+            load_bps=bps,
+            connections=traffic.connections,
+            tiers=tier_space(self.config, self.sinks.out_of_service()),
+            titles=titles,
+            plan_version=self.plan.version if self.plan else 0,
+            keys_version=self.keys.version if self.keys else 0,
+            fill_done=done,
+            fill_total=total,
+            fill_failed=failed,
+        )
+
+    def _beat(self) -> None:
+        assert self.enrolment is not None
+        figures = self.figures()
+        batch = self.ledger.next_batch()
+        req = build_beat(self.enrolment.appliance, batch, figures)
+        try:
+            resp = self.stub.Heartbeat(
+                req, metadata=self._metadata("Heartbeat", req), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as exc:
+            self._note_error(f"heartbeat: {exc.details() or exc.code()}")
+            return
+        self.ledger.acknowledge(batch.sequence)
+        self._contact()
+        self.beats += 1
+        if resp.heartbeat_interval_ms:
+            self._interval_s = resp.heartbeat_interval_ms / 1000
+        if resp.drained != self.drained:
+            event(log, "fleet.drained" if resp.drained else "fleet.undrained")
+            self.drained = resp.drained
+        if self.keys is None or resp.keys_version > self.keys.version:
+            self._fetch_keys()
+        if resp.plan_version and (self.plan is None or resp.plan_version > self.plan.version):
+            self._fetch_plan()
+        if resp.fill_now:
+            self._fill_now_pending = True
+        if self._fill_now_pending and self.plan is not None:
+            self._start_fill_now()
+
+    # -- plans -----------------------------------------------------------------------------
+
+    def _fetch_plan(self) -> None:
+        have = self.plan.version if self.plan else 0
+        req = fleet_pb2.GetPlanRequest(appliance=self.name, have_version=have)
+        try:
+            resp = self.stub.GetPlan(
+                req, metadata=self._metadata("GetPlan", req), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as exc:
+            self._note_error(f"plan: {exc.details() or exc.code()}")
+            return
+        if resp.unchanged or resp.version == 0:
+            return
+        try:
+            proto = unpack_plan(resp.plan_zstd)
+        except CodecError as exc:
+            event(log, "fleet.plan_rejected", logging.ERROR, version=resp.version, reason=str(exc))
+            return
+        self.apply_plan(resp.version, plan_document(proto), plan_sizes(proto))
+
+    def apply_plan(self, version: int, document: dict[str, Any], sizes: dict[str, int]) -> str:
+        """Whole or not at all, never backwards; persisted before the scheduler sees it."""
+        running = Versioned("plan", self.plan.version, self.plan.document) if self.plan else None
+        result = receive(running, Versioned("plan", version, document), check_plan)
+        if result.action != "applied":
+            level = logging.ERROR if result.action == "rejected" else logging.INFO
+            event(log, f"fleet.plan_{result.action}", level, version=version, reason=result.reason)
+            return result.action
+        stored = StoredPlan(version, document, sizes)
+        self.state_store.save_plan(stored)
+        with self._lock:
+            self.plan = stored
+        self._submit(stored)
+        event(log, "fleet.plan_applied", version=version, titles=len(document["titles"]))
+        return "applied"
+
+    def _submit(self, stored: StoredPlan, *, window: bool = True) -> None:
+        doc = dict(stored.document)
+        if self.phase == "expired" and self.fleet.after_grace == "degrade":
+            # A plan the fleet may have replaced long ago deletes nothing.
+            doc["prune"] = False
+        if not window:
+            doc["window"] = None
+        self.sinks.submit_plan(to_fill_plan(doc))
+
+    def _start_fill_now(self) -> None:
+        """`edgeflix fleet fill --now`: one run outside the window, then the window again."""
+        assert self.plan is not None
+        self._fill_now_pending = False
+        self._fill_now_runs = int(self.sinks.fill_state().get("runs", 0))
+        self._submit(self.plan, window=False)
+        event(log, "fleet.fill_now", plan=self.plan.version)
+
+    def _follow_fill_now(self) -> None:
+        if self._fill_now_runs is None or self.plan is None:
+            return
+        st = self.sinks.fill_state()
+        if int(st.get("runs", 0)) > self._fill_now_runs and not st.get("running"):
+            self._fill_now_runs = None
+            self._submit(self.plan)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _fetch_keys(self) -> None:
+        have = self.keys.version if self.keys else 0
+        req = fleet_pb2.GetKeysRequest(appliance=self.name, have_version=have)
+        try:
+            resp = self.stub.GetKeys(
+                req, metadata=self._metadata("GetKeys", req), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as exc:
+            self._note_error(f"keys: {exc.details() or exc.code()}")
+            return
+        if not resp.unchanged:
+            self.apply_keys(keys_from_proto(resp.keys))
+
+    def apply_keys(self, incoming: Versioned[tuple[FleetKey, ...]]) -> str:
+        result = receive(self.keys, incoming, check_keys)
+        if result.action != "applied":
+            level = logging.ERROR if result.action == "rejected" else logging.INFO
+            event(
+                log,
+                f"fleet.keys_{result.action}",
+                level,
+                version=incoming.version,
+                reason=result.reason,
+            )
+            return result.action
+        self.state_store.save_keys(incoming)
+        with self._lock:
+            self.keys = incoming
+        self._publish_keys()
+        event(log, "fleet.keys_applied", version=incoming.version, keys=len(incoming.payload))
+        return "applied"
+
+    def _publish_keys(self) -> None:
+        """Hand the workers the keys usable now, when that set changed (a key's verification
+        period ended, a new set arrived, the grace period ran out)."""
+        keys = self.keys.payload if self.keys else ()
+        usable = usable_keys(keys, self.clock(), self.phase, self.fleet.after_grace)
+        if usable != self._published_keys:
+            self.sinks.set_keys(usable)
+            self._published_keys = usable
+
+    # -- the grace period ------------------------------------------------------------------
+
+    def check_grace(self) -> None:
+        """Where the control plane stands now; the keys the workers hold follow it."""
+        self._update_phase()
+        self._publish_keys()
+
+    def _update_phase(self) -> None:
+        now = self.clock()
+        new = phase(
+            self.enrolment is not None,
+            self.last_contact,
+            now,
+            self._interval_s,
+            self.fleet.grace_period_s,
+        )
+        if new == self.phase:
+            return
+        old, self.phase = self.phase, new
+        level = logging.ERROR if new == "expired" else logging.WARNING
+        if new == "connected":
+            level = logging.INFO
+        event(
+            log, "fleet.phase", level, phase=new, previous=old, after_grace=self.fleet.after_grace
+        )
+        if self.plan is not None and (new == "expired" or old == "expired"):
+            self._submit(self.plan)  # prune off while expired, back on once resynced

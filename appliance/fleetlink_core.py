@@ -1,0 +1,290 @@
+"""The fleet link's decisions, without I/O: per-title counts kept until the fleet acknowledges
+them, the heartbeat a set of figures becomes, plans and key sets checked whole before they
+apply (edgeflix/versioning.py), and where the control plane stands against the grace period.
+
+appliance/fleetlink.py is the shell that gathers the figures, calls the fleet and persists
+what these functions decide; tests/appliance/test_fleetlink_core.py drives them directly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from appliance.fill.plan import FillPlan, PlanError, parse_plan
+from edgeflix.proto.codec import Counts, pack_counts
+from edgeflix.proto.gen import fleet_pb2
+from edgeflix.versioning import Versioned
+
+Phase = Literal["unenrolled", "connected", "grace", "expired"]
+HealthState = Literal["ok", "degraded", "failing"]
+_HEALTH = {
+    "ok": fleet_pb2.HEALTH_OK,
+    "degraded": fleet_pb2.HEALTH_DEGRADED,
+    "failing": fleet_pb2.HEALTH_FAILING,
+}
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MIN_SECRET_BYTES = 16
+
+
+# -- counts: exactly once across failed beats ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CountBatch:
+    sequence: int
+    counts: Mapping[str, Counts]
+
+
+@dataclass
+class CountLedger:
+    """Per-title (requests, bytes) between beats.
+
+    The workers' counters only rise (the supervisor keeps a replaced worker's totals), so
+    each beat takes the difference to the totals it saw last. A batch stays outstanding,
+    resent unchanged under the same sequence, until a beat carrying it is answered: the
+    fleet drops a sequence it already has (the answer was lost, not the beat), so counts
+    are neither lost nor added twice. Sequence 1 (a restart, which the fleet always
+    accepts) carries no counts for the same reason.
+    """
+
+    sequence: int = 0
+    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    pending: dict[str, Counts] = field(default_factory=dict)
+    outstanding: CountBatch | None = None
+
+    def observe(self, totals: Mapping[str, tuple[int, int]]) -> None:
+        for title, (requests, nbytes) in totals.items():
+            r0, b0 = self.seen.get(title, (0, 0))
+            # A total below the last one (counters reset) counts from zero, never negative.
+            dr = requests - r0 if requests >= r0 else requests
+            db = nbytes - b0 if nbytes >= b0 else nbytes
+            if dr or db:
+                prev = self.pending.get(title, Counts(0, 0))
+                self.pending[title] = Counts(prev.requests + dr, prev.bytes + db)
+        self.seen = dict(totals)
+
+    def next_batch(self) -> CountBatch:
+        if self.outstanding is not None:
+            return self.outstanding
+        self.sequence += 1
+        if self.sequence == 1:
+            self.outstanding = CountBatch(1, {})
+        else:
+            self.outstanding = CountBatch(self.sequence, dict(self.pending))
+            self.pending.clear()
+        return self.outstanding
+
+    def acknowledge(self, sequence: int) -> None:
+        if self.outstanding is not None and self.outstanding.sequence == sequence:
+            self.outstanding = None
+
+    def unsent(self) -> dict[str, Counts]:
+        """Everything not yet acknowledged (for /status)."""
+        out = dict(self.pending)
+        for title, c in (self.outstanding.counts if self.outstanding else {}).items():
+            prev = out.get(title, Counts(0, 0))
+            out[title] = Counts(prev.requests + c.requests, prev.bytes + c.bytes)
+        return out
+
+
+# -- the heartbeat --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeldTitle:
+    id: str
+    digest: str
+    complete: bool
+    size_bytes: int
+    tier: str
+
+
+@dataclass(frozen=True)
+class BeatFigures:
+    """What the appliance says about itself on one beat (gathered by the shell)."""
+
+    health: HealthState
+    reasons: tuple[str, ...]
+    capacity_bps: float
+    load_bps: float
+    connections: int
+    tiers: Mapping[str, tuple[int, int]]  # tier → (capacity bytes, used bytes)
+    titles: tuple[HeldTitle, ...]
+    plan_version: int
+    keys_version: int
+    fill_done: int = 0
+    fill_total: int = 0
+    fill_failed: tuple[str, ...] = ()
+
+
+def link_health(
+    state: HealthState, reasons: tuple[str, ...], phase: Phase, lost_for_s: float
+) -> tuple[HealthState, tuple[str, ...]]:
+    """The box's own health, lowered to degraded once the grace period is over."""
+    if phase != "expired":
+        return state, reasons
+    why = f"fleet manager unreachable for {lost_for_s / 3600:.1f} h (grace period over)"
+    return ("failing" if state == "failing" else "degraded"), (*reasons, why)
+
+
+def build_beat(name: str, batch: CountBatch, f: BeatFigures) -> fleet_pb2.HeartbeatRequest:
+    return fleet_pb2.HeartbeatRequest(
+        appliance=name,
+        sequence=batch.sequence,
+        health=_HEALTH[f.health],
+        health_detail="; ".join(f.reasons)[:200],
+        capacity_bps=max(f.capacity_bps, 0.0),
+        load_bps=max(f.load_bps, 0.0),
+        connections=max(f.connections, 0),
+        tiers=[
+            fleet_pb2.TierSpace(tier=t, capacity_bytes=cap, used_bytes=used)
+            for t, (cap, used) in sorted(f.tiers.items())
+        ],
+        titles=[
+            fleet_pb2.HeldTitle(
+                title_id=t.id,
+                digest=t.digest,
+                complete=t.complete,
+                size_bytes=t.size_bytes,
+                tier=t.tier,
+            )
+            for t in sorted(f.titles, key=lambda t: t.id)
+        ],
+        counts_zstd=pack_counts(batch.counts),
+        plan_version=f.plan_version,
+        keys_version=f.keys_version,
+        fill=fleet_pb2.FillProgress(
+            plan_version=f.plan_version,
+            bytes_done=f.fill_done,
+            bytes_total=f.fill_total,
+            failed_titles=list(f.fill_failed),
+        ),
+    )
+
+
+def load_bps(prev: tuple[float, int] | None, now: float, total_bytes: int) -> float:
+    """Bits/s served between two readings of the byte total (0 on the first reading)."""
+    if prev is None or now <= prev[0] or total_bytes < prev[1]:
+        return 0.0
+    return (total_bytes - prev[1]) * 8 / (now - prev[0])
+
+
+def fill_progress(
+    plan: FillPlan | None, sizes: Mapping[str, int], held: Mapping[str, str]
+) -> tuple[int, int]:
+    """(bytes held, bytes wanted) of the plan's titles; `held` maps title → digest."""
+    if plan is None:
+        return 0, 0
+    done = total = 0
+    for t in plan.titles:
+        size = sizes.get(t.id, 0)
+        total += size
+        if t.id in held and (t.digest is None or held[t.id] == t.digest):
+            done += size
+    return done, total
+
+
+# -- plans and keys, checked whole ---------------------------------------------------------
+
+
+def plan_document(plan: fleet_pb2.Plan) -> dict[str, Any]:
+    """A fleet Plan → the appliance's fill-plan JSON (appliance/fill/plan.py), the format
+    fleet/publish.py writes and `[fill] plan` files use."""
+    return {
+        "titles": [
+            {
+                "id": t.title_id,
+                "digest": t.digest if _SHA256.match(t.digest) else None,
+                "sources": list(t.sources),
+            }
+            for t in plan.titles
+        ],
+        "window": plan.fill_window or None,
+        "timezone": plan.timezone or "UTC",
+        "cap_bps": plan.cap_bps or None,
+        "prune": True,
+    }
+
+
+def plan_sizes(plan: fleet_pb2.Plan) -> dict[str, int]:
+    return {t.title_id: t.size_bytes for t in plan.titles}
+
+
+def check_plan(document: Mapping[str, Any]) -> None:
+    """ValueError unless every part of the plan is usable (then none of it applies)."""
+    to_fill_plan(document)
+
+
+def to_fill_plan(document: Mapping[str, Any]) -> FillPlan:
+    import json
+
+    try:
+        return parse_plan(json.dumps(document).encode(), "fleet plan")
+    except PlanError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class FleetKey:
+    id: str
+    secret: bytes
+    activates: float
+    retires: float  # 0: still signing
+    verify_until: float  # 0: open-ended
+
+
+def keys_from_proto(keyset: fleet_pb2.KeySet) -> Versioned[tuple[FleetKey, ...]]:
+    keys = tuple(
+        FleetKey(k.id, bytes(k.secret), k.activates, k.retires, k.verify_until) for k in keyset.keys
+    )
+    return Versioned("keys", keyset.version, keys)
+
+
+def check_keys(keys: tuple[FleetKey, ...]) -> None:
+    if not keys:
+        raise ValueError("an empty key set")
+    ids = [k.id for k in keys]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a key id is listed twice")
+    for k in keys:
+        if not _KEY_ID.match(k.id):
+            raise ValueError(f"key id {k.id!r} is not valid")
+        if len(k.secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"key {k.id} is shorter than {MIN_SECRET_BYTES} bytes")
+
+
+def usable_keys(
+    keys: tuple[FleetKey, ...], now: float, phase: Phase, after_grace: str
+) -> dict[str, bytes]:
+    """Keys the workers verify tokens with: those whose verification period has not ended;
+    none once the grace period is over under `after_grace = "stop"`."""
+    if phase == "expired" and after_grace == "stop":
+        return {}
+    return {k.id: k.secret for k in keys if k.verify_until == 0 or k.verify_until > now}
+
+
+# -- the control plane against the grace period --------------------------------------------
+
+
+def phase(
+    enrolled: bool,
+    last_contact: float | None,
+    now: float,
+    interval_s: float,
+    grace_s: float,
+    missed: int = 3,
+) -> Phase:
+    """connected: the fleet answered within `missed` beats; grace: silent for longer, cached
+    keys and plan in force; expired: silent for longer than the grace period."""
+    if not enrolled:
+        return "unenrolled"
+    if last_contact is None:
+        return "expired"
+    silent = now - last_contact
+    if silent <= missed * interval_s:
+        return "connected"
+    return "grace" if silent <= grace_s else "expired"

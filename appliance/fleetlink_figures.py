@@ -1,0 +1,82 @@
+"""What the fleet link reports about the box, gathered from the daemon's parts: traffic from
+the serving workers' counters, health and advertised capacity from the health monitor,
+titles and tier space from the storage index (read-only). Read by fleetlink.py each beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config import ApplianceConfig
+from appliance.fleetlink_core import HealthState, HeldTitle
+from appliance.hardware import advertised_capacity_bps
+from appliance.monitor import HealthReport
+from edgeflix.http.stats import ServerStats, title_traffic
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """The workers' counters, summed: per-title served (requests, bytes), all bytes sent,
+    connections open now."""
+
+    titles: dict[str, tuple[int, int]]
+    bytes_total: int
+    connections: int
+
+
+def traffic_of(stats: ServerStats) -> Traffic:
+    total = sum(c[1] for c in stats.requests.values())
+    return Traffic(title_traffic(stats), total, stats.open_connections)
+
+
+@dataclass(frozen=True)
+class BoxHealth:
+    state: HealthState
+    reasons: tuple[str, ...]
+    capacity_bps: float
+
+
+def held_titles(index: Path) -> tuple[HeldTitle, ...]:
+    """Servable titles (ready) and titles with missing files (incomplete) from the index."""
+    from appliance.index import INCOMPLETE, READY, IndexReader
+
+    reader = IndexReader(index)
+    try:
+        rows = reader.titles()
+    finally:
+        reader.close()
+    return tuple(
+        HeldTitle(r.id, r.digest, r.state == READY, r.bytes, r.tier)
+        for r in rows
+        if r.state in (READY, INCOMPLETE)
+    )
+
+
+def tier_space(config: ApplianceConfig, out_of_service: set[str]) -> dict[str, tuple[int, int]]:
+    """Tier → (capacity, used) over the disks in service."""
+    from appliance.disks import StorageError, measure, open_disks
+    from appliance.index import IndexReader
+
+    reader = IndexReader(config.storage.index)
+    try:
+        indexed = reader.bytes_by_disk()
+    finally:
+        reader.close()
+    out: dict[str, tuple[int, int]] = {}
+    for cfg in config.storage.disks:
+        if str(cfg.path.resolve()) in out_of_service:
+            continue
+        try:
+            (disk,) = open_disks([cfg])
+            usage = measure(disk, indexed.get(disk.id, 0))
+        except (StorageError, OSError):
+            continue
+        cap, used = out.get(disk.tier, (0, 0))
+        out[disk.tier] = (cap + usage.capacity, used + usage.used)
+    return out
+
+
+def box_health(report: HealthReport) -> BoxHealth:
+    h = report.health
+    return BoxHealth(h.state, tuple(h.reasons), float(advertised_capacity_bps(report.profile, h)))
