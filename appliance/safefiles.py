@@ -13,7 +13,8 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,23 +134,34 @@ def copy_verified(
         raise
 
 
+def fsync_files(paths: Sequence[Path], workers: int = 8) -> None:
+    """fsync many files at once: concurrent fsyncs share journal commits (ext4, xfs), so
+    this costs about one flush instead of one per file."""
+
+    def sync(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    with ThreadPoolExecutor(max(1, min(workers, len(paths)))) as pool:
+        for done in [pool.submit(sync, p) for p in paths]:
+            done.result()
+
+
 def move_verified(src: Path, dst: Path, size: int) -> bool:
     """Move `src` to `dst` by rename, for a file whose SHA-256 the caller verified in this
-    process (the fill's staging files): no copy, no re-hash. Its data is fsynced first, so
-    the final name never points at blocks that were not written; its size is checked (cheap).
-    False, with nothing changed, when `src` and `dst` are on different filesystems: the
-    caller copies instead. The caller fsyncs dst's folder once all its files are in."""
+    process (the fill's staging files): no copy, no re-hash. The caller has fsynced `src`
+    (fsync_files), so the final name never points at unwritten blocks; its size is checked
+    here (cheap). False, with nothing changed, when `src` and `dst` are on different
+    filesystems: the caller copies instead. The caller fsyncs dst's folder afterwards."""
     make_dirs(dst.parent)
-    if os.stat(src).st_dev != os.stat(dst.parent).st_dev:
+    st = os.stat(src)
+    if st.st_dev != os.stat(dst.parent).st_dev:
         return False
-    fd = os.open(src, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        if st.st_size != size:
-            raise ChecksumMismatch(f"size {st.st_size} != {size}")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    if st.st_size != size:
+        raise ChecksumMismatch(f"size {st.st_size} != {size}")
     try:
         os.rename(src, dst)
     except OSError as exc:

@@ -53,6 +53,7 @@ from appliance.safefiles import (
     TitleLocks,
     copy_verified,
     fsync_dir,
+    fsync_files,
     make_dirs,
     move_verified,
     prune_empty_dirs,
@@ -258,6 +259,8 @@ class Store:
                 (title_id, digest, LOADING, tier, total, time.time()),
             )
         try:
+            if adopt:
+                fsync_files([source / e.path for e in entries])
             rows = []
             for entry in entries:
                 dst = file_path(placement[entry.path], title_id, entry.path)

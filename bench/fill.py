@@ -2,8 +2,13 @@
 local `edgeflix origin serve`, alternating runs. Goal: fill >= 0.9x curl's bytes/s with
 SHA-256 verification on (curl verifies nothing).
 
-Rows: `fill` (download + verify into staging: the network part of a fill), `fill+load`
-(the whole `edgeflix appliance fill`, including the copy into the store), `curl`.
+Rows: `curl` (the reference), `fill` (download + SHA-256 into staging: the network part of
+a fill), `fill+load` (the same plus the hand-off into a store on the same filesystem, where
+verified staging files are moved in: appliance.fill.runner.FillRun in-process, into an
+existing store from which the title was removed before each round, untimed), and
+`fill CLI` (the whole `edgeflix appliance fill` process, whose interpreter start-up and
+imports are a fixed cost that curl does not have; `CLI start` measures that cost alone with
+`appliance fill --help`). The load average is printed before and after: the machine is shared.
 
     .venv/bin/python bench/fill.py [--files 48] [--size-mib 2] [--streams 4] [--rounds 3]
 """
@@ -24,9 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from appliance import config as appliance_config  # noqa: E402
 from appliance.fill.downloader import Pacer, TitleFetcher  # noqa: E402
-from appliance.fill.plan import PlannedTitle  # noqa: E402
+from appliance.fill.plan import FillPlan, PlannedTitle  # noqa: E402
+from appliance.fill.runner import FillRun  # noqa: E402
+from appliance.fill.storage import StoreStorage  # noqa: E402
 from appliance.fill.transport import Pool  # noqa: E402
+from appliance.store import Store  # noqa: E402
 from edgeflix import titlefiles  # noqa: E402
 from edgeflix.titlefiles import TitleFiles  # noqa: E402
 
@@ -93,7 +102,7 @@ def run_fill(url: str, title_id: str, staging: Path, streams: int) -> float:
     return time.perf_counter() - start
 
 
-def run_fill_cli(url: str, title_id: str, work: Path, streams: int) -> float:
+def appliance_toml(work: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     (work / "d0").mkdir(parents=True)
     config = work / "appliance.toml"
@@ -101,28 +110,47 @@ def run_fill_cli(url: str, title_id: str, work: Path, streams: int) -> float:
         f'[storage]\ndisks = [ {{ path = "{work}/d0", tier = "ssd" }} ]\n'
         f'index = "{work}/index.sqlite"\n[fill]\nstaging = "{work}/staging"\n'
     )
+    return config
+
+
+def fresh_title(config_path: Path, title_id: str) -> appliance_config.ApplianceConfig:
+    """An appliance whose store exists (index, disks) but does not hold the title: what a
+    fill meets in the field. Untimed."""
+    config = appliance_config.load(config_path)
+    store = Store(config.storage)
+    try:
+        if any(t.id == title_id for t in store.listing()):
+            store.remove(title_id)
+    finally:
+        store.close()
+    shutil.rmtree(config.fill.staging, ignore_errors=True)
+    return config
+
+
+def run_fill_load(url: str, title_id: str, config_path: Path, streams: int) -> float:
+    config = fresh_title(config_path, title_id)
+    plan = FillPlan(titles=(PlannedTitle(id=title_id, sources=(url,)),), streams=streams)
+    start = time.perf_counter()
+    fill = FillRun(plan, StoreStorage(config.storage), config.fill.staging, Pacer(None, None))
+    report = asyncio.run(fill.run())
+    elapsed = time.perf_counter() - start
+    if report.titles[title_id].state != "ready":
+        raise SystemExit(f"fill+load failed: {report.titles[title_id]}")
+    return elapsed
+
+
+def run_cli(args: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeflix.cli",
-            "appliance",
-            "fill",
-            "--config",
-            str(config),
-            "--from",
-            url,
-            "--title",
-            title_id,
-            "--streams",
-            str(streams),
-        ],
-        check=True,
-        capture_output=True,
-        cwd=ROOT,
+        [sys.executable, "-m", "edgeflix.cli", *args], check=True, capture_output=True, cwd=ROOT
     )
     return time.perf_counter() - start
+
+
+def run_fill_cli(url: str, title_id: str, config_path: Path, streams: int) -> float:
+    fresh_title(config_path, title_id)
+    fill = ["appliance", "fill", "--config", str(config_path), "--from", url, "--title", title_id]
+    return run_cli([*fill, "--streams", str(streams)])
 
 
 def run_curl(url: str, model: TitleFiles, out: Path, streams: int) -> float:
@@ -153,27 +181,37 @@ def main() -> None:
         tmp = Path(tmp_name)
         model = make_title(tmp / "origin", "bench", opts.files, int(opts.size_mib * (1 << 20)))
         origin, url = start_origin(tmp / "origin")
-        times: dict[str, list[float]] = {"fill": [], "fill+load": [], "curl": []}
+        times: dict[str, list[float]] = {"curl": [], "fill": [], "fill+load": [], "fill CLI": []}
+        startup: list[float] = []
+        load_before = os.getloadavg()
+        load_config, cli_config = appliance_toml(tmp / "load"), appliance_toml(tmp / "cli")
         try:
             run_curl(url, model, tmp / "curl", opts.streams)  # warm the page cache
+            run_fill_load(url, "bench", load_config, opts.streams)  # create the store's files
+            run_fill_cli(url, "bench", cli_config, opts.streams)
             for _ in range(opts.rounds):
                 times["curl"].append(run_curl(url, model, tmp / "curl", opts.streams))
                 times["fill"].append(run_fill(url, "bench", tmp / "staging", opts.streams))
-                times["fill+load"].append(run_fill_cli(url, "bench", tmp / "cli", opts.streams))
+                times["fill+load"].append(run_fill_load(url, "bench", load_config, opts.streams))
+                times["fill CLI"].append(run_fill_cli(url, "bench", cli_config, opts.streams))
+                startup.append(run_cli(["appliance", "fill", "--help"]))
         finally:
             origin.terminate()
             origin.wait(10)
+        load_after = os.getloadavg()
     total = model.total_bytes
     curl_rate = total / statistics.median(times["curl"])
     print(
         f"fill bench: {opts.files} files x {opts.size_mib} MiB = {total / 2**20:.0f} MiB, "
         f"{opts.streams} streams, {opts.rounds} alternating rounds, loopback"
     )
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
     print(f"{'client':<10} {'median s':>9} {'MB/s':>9} {'vs curl':>8}")
     for name, samples in times.items():
         med = statistics.median(samples)
         rate = total / med
         print(f"{name:<10} {med:>9.3f} {rate / 1e6:>9.1f} {rate / curl_rate:>7.2f}x")
+    print(f"{'CLI start':<10} {statistics.median(startup):>9.3f}  (`appliance fill --help`)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ class StoreStorage:
     def __init__(self, config: StorageConfig) -> None:
         self.config = config
         self._store: Store | None = None
+        self._rates: RateBook | None = None
 
     @property
     def store(self) -> Store:
@@ -30,6 +31,8 @@ class StoreStorage:
         return self._store
 
     def close(self) -> None:
+        if self._rates is not None:
+            self._rates.close()
         if self._store is not None:
             self._store.close()
 
@@ -42,11 +45,9 @@ class StoreStorage:
         files.json in this process: moved in where staging shares a filesystem with the
         file's disk (no copy, no second hash), copied and verified elsewhere."""
         # The observed request rate picks the tier, exactly as `appliance load` does.
-        book = RateBook(self.store.config.index, self.store.config.decay_half_life_s)
-        try:
-            rate = book.rate(title_id)
-        finally:
-            book.close()
+        if self._rates is None:
+            self._rates = RateBook(self.store.config.index, self.store.config.decay_half_life_s)
+        rate = self._rates.rate(title_id)
         self.store.load(title_id, folder, replace=True, rate=rate, adopt_verified=True)
 
     def remove(self, title_id: str) -> None:
