@@ -177,7 +177,7 @@ class FileStream:
     ) -> int:
         """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
         pacer, write, hash. Bytes already written stay written when the body breaks off."""
-        view = memoryview(bytearray(BUFFER))
+        view = _buffer()
         batch = self.pacer.batch_bytes()
         fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -209,6 +209,17 @@ class FileStream:
                     return offset
         finally:
             os.close(fd)
+
+
+_per_thread = threading.local()
+
+
+def _buffer() -> memoryview:
+    """This stream thread's read buffer, allocated once (1 MiB, reused for every file)."""
+    view: memoryview | None = getattr(_per_thread, "view", None)
+    if view is None:
+        view = _per_thread.view = memoryview(bytearray(BUFFER))
+    return view
 
 
 def _failure_of(exc: Exception) -> Failure:
