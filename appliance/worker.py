@@ -54,7 +54,8 @@ def main() -> None:
     setup_logging()
     spec = json.loads(sys.stdin.read())
     index = Path(spec["index"])
-    locator = IndexReader(index)
+    # Freshness is checked once per loop iteration (on_batch), not once per request.
+    locator = IndexReader(index, refresh_per_call=False)
     hits = HitRecorder(index)
     keys = {kid: base64.b64decode(secret) for kid, secret in spec["keys"].items()}
     site = ApplianceSite(locator, tokens_required=spec["tokens_required"], keys=keys)
@@ -83,6 +84,7 @@ def main() -> None:
             ready=ready,
             stop_timeout_s=spec["stop_timeout_s"],
             tick=tick,
+            on_batch=locator.refresh,
         )
     finally:
         hits.flush()

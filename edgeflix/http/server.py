@@ -100,6 +100,7 @@ class FileServer:
         *,
         stats: ServerStats | None = None,
         boundary: Callable[[], str] = lambda: secrets.token_hex(12),
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
         self.site = site
         self.settings = settings
@@ -113,6 +114,10 @@ class FileServer:
         self.files = FileCache(settings.open_files)
         self._tail_date = b""
         self._tails = (b"", b"")
+        # Called before the first request of each event-loop iteration (e.g. the index
+        # reader's freshness check), rather than once per request.
+        self._on_batch = on_batch
+        self._in_batch = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._busy_msg = render_head(503, plan_error(503).headers) + b"Connection: close\r\n\r\n"
@@ -197,6 +202,10 @@ class FileServer:
 
     def prepare(self, request: RequestHead, client_ip: str) -> Prepared:
         """Decide the whole response to one parsed request; never raises for client input."""
+        if not self._in_batch and self._on_batch is not None:
+            self._in_batch = True
+            self.loop.call_soon(self._end_batch)
+            self._on_batch()
         try:
             if request.method == "OPTIONS":
                 return self._generated(plan_options(request), request)
@@ -207,6 +216,9 @@ class FileServer:
         if isinstance(route, ResponsePlan):
             return self._generated(route, request)
         return self._file(route, request)
+
+    def _end_batch(self) -> None:
+        self._in_batch = False
 
     def prepare_error(self, exc: HttpError) -> Prepared:
         return self._generated(plan_error(exc.status), None, close=True)
