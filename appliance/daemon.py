@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,8 +82,11 @@ def worker_spec(
     }
 
 
-def key_set(config: ApplianceConfig, generation: int) -> KeySet:
-    keys = {k.id: k.secret_bytes() for k in config.auth.keys}
+def key_set(
+    config: ApplianceConfig, generation: int, fleet_keys: Mapping[str, bytes] | None = None
+) -> KeySet:
+    # The fleet's keys (appliance/fleetlink.py) join the configured ones.
+    keys = {**{k.id: k.secret_bytes() for k in config.auth.keys}, **(fleet_keys or {})}
     return KeySet(generation, config.auth.tokens == "required", keys)
 
 
@@ -157,6 +161,8 @@ class Supervisor:
         self.run_dir = run_dir
         self.keys_file = run_dir / "keys.json"
         self.keys_generation = 0
+        self.fleet_keys: dict[str, bytes] = {}
+        self._keys_lock = threading.Lock()  # SIGHUP and the fleet link both publish
         self.workers: list[Worker] = []
         self.draining: list[Worker] = []  # replaced by a reload, finishing their connections
         # Counters of replaced workers, so totals never go backwards after a restart.
@@ -172,7 +178,7 @@ class Supervisor:
 
     def start_workers(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        write_keys(self.keys_file, key_set(self.config, self.keys_generation))
+        write_keys(self.keys_file, key_set(self.config, self.keys_generation, self.fleet_keys))
         for i in range(self.config.serve.workers):
             worker = self._new_worker(i)
             worker.spawn()
@@ -213,13 +219,15 @@ class Supervisor:
 
     def publish_keys(self, config: ApplianceConfig) -> bool:
         """Hand new keys to the running workers; True once every live worker applied them."""
-        self.config = config
-        self.keys_generation += 1
-        write_keys(self.keys_file, key_set(config, self.keys_generation))
+        with self._keys_lock:
+            self.config = config
+            self.keys_generation += 1
+            generation = self.keys_generation
+            write_keys(self.keys_file, key_set(config, generation, self.fleet_keys))
         deadline = time.monotonic() + KEYS_ACK_TIMEOUT_S
         while time.monotonic() < deadline:
             live = [w for w in self.workers if w.alive()]
-            if all(w.snapshot().get("keys_generation") == self.keys_generation for w in live):
+            if all(w.snapshot().get("keys_generation", 0) >= generation for w in live):
                 return True
             time.sleep(0.05)
         return False
@@ -316,6 +324,7 @@ class Daemon:
         self.monitor: HealthMonitor | None = None
         self.mover: Any = None
         self.scheduler: FillScheduler | None = None
+        self.link: Any = None  # appliance/fleetlink.py, with a [fleet] url
         self.admin_sock: socket.socket | None = None
         self.admin_site: AdminSite | None = None
         self.reloads = 0
@@ -357,6 +366,8 @@ class Daemon:
             config, self.monitor.out_of_service, plan_file=config.fill.plan
         )
         self.scheduler.start()
+        if config.fleet.url is not None:
+            self._start_fleet_link(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
         # 6. Announce: the URLs on stdout (tests and scripts wait for them), READY=1 to systemd.
         shown = f"[{host}]" if ":" in host else host
         sys.stdout.write(
@@ -365,6 +376,29 @@ class Daemon:
         sys.stdout.flush()
         event(log, "appliance.started", port=port, workers=config.serve.workers)
         sdnotify.ready(status=f"serving on {shown}:{port}")
+
+    def _start_fleet_link(self, url: str) -> None:
+        """Enrol and heartbeat (a thread); cached keys and plan apply before start() returns."""
+        from appliance.fleetlink import FleetLink, LinkSinks
+        from appliance.fleetlink_figures import box_health, traffic_of
+
+        assert self.monitor is not None and self.scheduler is not None
+        monitor, scheduler, supervisor = self.monitor, self.scheduler, self.supervisor
+
+        def set_keys(keys: dict[str, bytes]) -> None:
+            supervisor.fleet_keys = dict(keys)
+            supervisor.publish_keys(self.config)
+
+        sinks = LinkSinks(
+            health=lambda: box_health(monitor.report()),
+            traffic=lambda: traffic_of(supervisor.view().stats),
+            submit_plan=scheduler.submit_plan,
+            set_keys=set_keys,
+            fill_state=scheduler.state,
+            out_of_service=monitor.out_of_service,
+        )
+        self.link = FleetLink(self.config, url, sinks)
+        self.link.start()
 
     def _disks_changed(self) -> None:
         # A lost disk's titles are re-filled onto the disks left, in the open or next window.
@@ -441,6 +475,8 @@ class Daemon:
         applied = self.supervisor.publish_keys(new)
         if new.serve != old.serve:
             self.supervisor.roll(new)
+        if self.link is not None:
+            self.link.reconfigure(new.fleet)
         if self.scheduler is not None and new.fill.plan != old.fill.plan:
             self.scheduler.watch(new.fill.plan)
         self.config = new
@@ -468,6 +504,7 @@ class Daemon:
             "keys_generation": self.supervisor.keys_generation,
             "health_age_s": round(time.monotonic() - report.at, 3),
             "fill_schedule": self.scheduler.state() if self.scheduler else None,
+            "fleet": self.link.state() if self.link else None,
         }
         return assemble(self.config, report.profile, report.inputs, report.health, daemon)
 
@@ -478,6 +515,8 @@ class Daemon:
         #    serve.shutdown_timeout_s, then close (a little slack before SIGKILL).
         self.supervisor.stop_workers(self.config.serve.shutdown_timeout_s + 2.0)
         # 2. Background subsystems (a fill in progress keeps its .part files for later).
+        if self.link is not None:
+            self.link.stop()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.mover is not None:

@@ -37,6 +37,7 @@ from appliance.fleetlink_core import (
     phase,
     plan_document,
     plan_sizes,
+    sign_peer_sources,
     to_fill_plan,
     usable_keys,
 )
@@ -54,6 +55,9 @@ METHOD = "/edgeflix.fleet.v1.Fleet/"
 CALL_TIMEOUT_S = 5.0
 ENROL_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CONTACT_SAVE_S = 60.0
+# Fill requests to site peers carry a token this long-lived; a plan whose window opens later
+# than that falls back to the origin for those titles.
+PEER_TOKEN_TTL_S = 2 * 86_400.0
 # gRPC's own reconnect backoff grows to minutes; a fleet manager back from a restart
 # should see its appliances within a beat or two.
 CHANNEL_OPTIONS = (
@@ -374,7 +378,8 @@ class FleetLink:
         return "applied"
 
     def _submit(self, stored: StoredPlan, *, window: bool = True) -> None:
-        doc = dict(stored.document)
+        keys = self.keys.payload if self.keys else ()
+        doc = sign_peer_sources(stored.document, keys, self.clock(), PEER_TOKEN_TTL_S)
         if self.phase == "expired" and self.fleet.after_grace == "degrade":
             # A plan the fleet may have replaced long ago deletes nothing.
             doc["prune"] = False

@@ -288,3 +288,34 @@ def phase(
     if silent <= missed * interval_s:
         return "connected"
     return "grace" if silent <= grace_s else "expired"
+
+
+# -- peer fill through token-checking peers -------------------------------------------------
+
+
+def signing_key(keys: tuple[FleetKey, ...], now: float) -> FleetKey | None:
+    """The key the fleet signs with now (the newest active, unretired one)."""
+    active = [k for k in keys if k.activates <= now and k.retires == 0]
+    return max(active, key=lambda k: k.activates, default=None)
+
+
+def sign_peer_sources(
+    document: Mapping[str, Any], keys: tuple[FleetKey, ...], now: float, ttl_s: float
+) -> dict[str, Any]:
+    """Peers check URL tokens like players do, and share the fleet's keys: every source but
+    the last (the origin, fleet/publish.py puts it last) becomes `PEER/t/<token>`, so the
+    fill client's `SOURCE/titles/<id>/<path>` is a signed appliance URL."""
+    from edgeflix import tokens
+
+    key = signing_key(keys, now)
+    if key is None:
+        return dict(document)
+    signer = tokens.SigningKey(key.id, key.secret)
+    titles = []
+    for t in document["titles"]:
+        sources = list(t["sources"])
+        if len(sources) > 1:
+            token = tokens.sign(t["id"], signer, int(now + ttl_s))
+            sources = [f"{s.rstrip('/')}/t/{token}" for s in sources[:-1]] + sources[-1:]
+        titles.append({**t, "sources": sources})
+    return {**document, "titles": titles}
