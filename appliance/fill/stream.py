@@ -66,12 +66,17 @@ class StreamJob:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.stopped = False
-        self.response: transport.Response | None = None
+        self.conn: transport.Connection | None = None
+
+    def watch(self, conn: transport.Connection) -> None:
+        self.conn = conn
+        if self.stopped:  # cancelled while connecting: abort() came too early to see it
+            conn.abort()
 
     def cancel(self) -> None:
         self.stopped = True
-        if self.response is not None:
-            self.response.abort()
+        if self.conn is not None:
+            self.conn.abort()
 
     def check(self) -> None:
         if self.stopped:
@@ -96,8 +101,8 @@ class FileStream:
 
     def get_files_json(self, source: str, job: StreamJob) -> bytes:
         try:
-            with self.pool.get(url_for(source, self.title_id, FILES_JSON)) as resp:
-                job.response = resp
+            url = url_for(source, self.title_id, FILES_JSON)
+            with self.pool.get(url, watch=job.watch) as resp:
                 if resp.status != 200:
                     failure = failure_for_status(resp.status) or Failure.CLIENT
                     raise SourceFailure(failure, f"{source}: files.json HTTP {resp.status}")
@@ -130,10 +135,10 @@ class FileStream:
         hasher: hashlib._Hash,
         job: StreamJob,
     ) -> tuple[int, hashlib._Hash]:
+        url = url_for(source, self.title_id, entry.path)
         headers = (("Range", f"bytes={offset}-"),) if offset else ()
         try:
-            with self.pool.get(url_for(source, self.title_id, entry.path), headers) as resp:
-                job.response = resp
+            with self.pool.get(url, headers, job.watch) as resp:
                 start = self._accept(resp, entry, source, offset)
                 if start != offset:  # the source ignored Range: take the body from byte 0
                     count_progress(self.progress, start - offset, 0)

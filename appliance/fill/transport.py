@@ -12,7 +12,7 @@ import contextlib
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -256,14 +256,22 @@ class Pool:
         self._idle: list[Connection] = []
         self._lock = threading.Lock()
 
-    def get(self, url: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
+    def get(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]] = (),
+        watch: Callable[[Connection], None] | None = None,
+    ) -> Response:
         """Send a GET and return the response once its head is in; the caller reads the body
-        and closes the response (a `with` block) to give the connection back."""
+        and closes the response (a `with` block) to give the connection back. `watch` is
+        told each connection used, so another thread can abort() it while we wait."""
         origin, target = split_url(url)
         request = render_get(origin.host_field, target, headers)
         # At most one retry, and only when a reused idle connection turned out to be closed.
         for _ in range(2):
             conn, reused = self._take(origin)
+            if watch is not None:
+                watch(conn)
             try:
                 conn.sock.sendall(request)
                 head = conn.read_head(reused)

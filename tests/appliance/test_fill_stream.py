@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,26 @@ def test_cap_waits_through_the_injected_sleep(tmp_path: Path) -> None:
     owed = (model.total_bytes - rate / 4) / rate  # files.json is not counted
     assert sum(sleep.slept) == pytest.approx(owed)
     assert max(sleep.slept) < 0.2  # small batches under a cap: smooth pacing
+
+
+def test_a_stream_giving_up_stops_one_stuck_waiting_for_a_head(tmp_path: Path) -> None:
+    """One file is refused (403: the title fails); the other's source never answers. The
+    stuck stream is aborted at once, not after its 30 s read timeout."""
+    _, files = make_source(tmp_path, [10_000, 20_000])
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while (req := read_request(sock)) is not None:
+            target = req[":target"]
+            if target.endswith("seg0.m4s"):
+                sock.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            elif target.endswith("seg1.m4s"):
+                sock.recv(1)  # never answer; returns when the client hangs up
+                return
+            else:
+                body = files[target]
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+
+    started = time.monotonic()
+    with scripted(handler) as server, pytest.raises(FillError, match="403"):
+        fill(server.url, tmp_path / "staging")
+    assert time.monotonic() - started < 10
