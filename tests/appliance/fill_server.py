@@ -5,6 +5,7 @@ bytes the test wants (well-formed, truncated, stalled...). Real sockets, port 0.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,11 +31,13 @@ def read_request(sock: socket.socket, limit: int = 65536) -> dict[str, str] | No
 
 
 class ScriptedServer:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
         self.connections = 0
         self.requests: list[dict[str, str]] = []
         self._stop = threading.Event()
@@ -60,6 +63,8 @@ class ScriptedServer:
     def _serve(self, sock: socket.socket, number: int) -> None:
         sock.settimeout(10)
         try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
             self.handler(sock, number)
         except OSError:
             pass  # the client went away: fine for a scripted peer
@@ -75,8 +80,8 @@ class ScriptedServer:
 
 
 @contextmanager
-def scripted(handler: Handler) -> Iterator[ScriptedServer]:
-    server = ScriptedServer(handler)
+def scripted(handler: Handler, tls: ssl.SSLContext | None = None) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(handler, tls)
     try:
         yield server
     finally:

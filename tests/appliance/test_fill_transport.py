@@ -1,13 +1,18 @@
 """The fill's blocking HTTP/1.1 client against scripted servers on loopback: keep-alive
 reuse, a stale idle connection, Connection: close, chunked bodies, interim 1xx responses,
-read timeouts, truncated bodies, refused connections and an abort from another thread."""
+read timeouts, truncated bodies, refused connections, an abort from another thread, and
+HTTPS with a certificate that is (and one that is not) trusted."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import os
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +174,58 @@ def test_abort_wakes_a_blocked_read() -> None:
                 resp.read_all(1000)
             assert time.monotonic() - started < 2
         pool.close()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeflix test origin")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    files = {"/a": os.urandom(200_000)}
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log), server_tls) as server:
+        assert server.url.startswith("https://")
+        trusting = Pool(context=ssl.create_default_context(cafile=str(cert)))
+        try:
+            for _ in range(2):
+                assert read_body(trusting, server.url + "/a") == files["/a"]
+        finally:
+            trusting.close()
+        assert server.connections == 1
+        with pytest.raises(ConnectFailed, match="TLS"):
+            Pool().get(server.url + "/a")  # the system's CAs do not know this certificate
