@@ -46,6 +46,8 @@ class StorageConfig(ConfigModel):
     decay_half_life_s: float = Field(600.0, gt=0)
     # Background tier moves are throttled to this many bytes/s.
     move_bytes_per_s: int = Field(50 * 1024 * 1024, gt=0)
+    # How often the background mover folds request counts into rates and plans moves.
+    move_interval_s: float = Field(10.0, gt=0)
 
     @field_validator("disks")
     @classmethod

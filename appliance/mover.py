@@ -210,13 +210,15 @@ class Tiering:
 
 
 class MoverThread(threading.Thread):
-    """Runs `Tiering.tick()` every `interval_s` in the background until `stop()`."""
+    """Runs `Tiering.tick()` every `interval_s` (default: `storage.move_interval_s`) in the
+    background until `stop()`."""
 
     def __init__(
-        self, config: StorageConfig, *, interval_s: float = 10.0, sysfs: Path | None = None
+        self, config: StorageConfig, *, interval_s: float | None = None, sysfs: Path | None = None
     ):
         super().__init__(name="tier-mover", daemon=True)
-        self._config, self._interval, self._sysfs = config, interval_s, sysfs
+        self._config, self._sysfs = config, sysfs
+        self._interval = config.move_interval_s if interval_s is None else interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
