@@ -3,6 +3,11 @@ staging (downloader.py), hand the complete folder to the storage side (the same 
 `appliance load --from DIR`, so a title becomes servable only when all of it is verified),
 then delete what the plan no longer wants. Progress is kept in staging/state.json for
 `appliance status`. The storage side is reached through the small `Storage` protocol.
+
+Where staging lives matters: files the downloader verified are renamed into the store when
+`[fill] staging` is on the same filesystem as the disk a file is placed on, and copied (and
+hashed again) otherwise. One staging folder serves every disk, so with several data disks
+only the files placed on staging's disk are renamed; per-disk staging is future work.
 """
 
 from __future__ import annotations
