@@ -8,6 +8,7 @@ The tests share one module-scoped cluster and run in file order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,6 +165,7 @@ disks = [ {{ path = "{root}/d0", tier = "hdd", max_bytes = 2000000000 }} ]
 index = "{root}/index.sqlite"
 [serve]
 listen = "127.0.0.1:{free_port()}"
+shutdown_timeout_s = 1.0
 [admin]
 listen = "127.0.0.1:0"
 [auth]
@@ -190,27 +193,31 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     config = fleet_toml(top, origin.url, grpc_port, http_port)
     fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
     c = Cluster(config, fleet, fleet.urls["http"], origin, store, {})
+
+    def prepare(name: str, site: str) -> Box:
+        root = top / name
+        token = c.cli("join-token", "--site", site)["token"]
+        cfg = appliance_toml(root, name, fleet.urls["grpc"], token)
+        film = str(store / "titles/film")
+        run_cli(
+            ["appliance", "load", "--title", "film", "--from", film, "--config", str(cfg)],
+            check=True,
+        )
+        box = Box(name, root, cfg, root / "log.jsonl")
+        box.server = launch(["appliance", "run", "--config", str(cfg)], box.log)
+        return box
+
     try:
-        for name, site in (("a1", "home"), ("a2", "home"), ("b1", "lab")):
-            root = top / name
-            token = c.cli("join-token", "--site", site)["token"]
-            cfg = appliance_toml(root, name, fleet.urls["grpc"], token)
-            run_cli(
-                [
-                    "appliance",
-                    "load",
-                    "--title",
-                    "film",
-                    "--from",
-                    str(store / "titles/film"),
-                    "--config",
-                    str(cfg),
-                ],
-                check=True,
-            )
-            c.boxes[name] = Box(name, root, cfg, root / "log.jsonl")
-        for box in c.boxes.values():
-            box.server = launch(["appliance", "run", "--config", str(box.config)], box.log)
+        # Side by side: each box is three CLI processes and a daemon start.
+        with ThreadPoolExecutor(3) as pool:
+            sites = (("a1", "home"), ("a2", "home"), ("b1", "lab"))
+            futures = [pool.submit(prepare, n, s) for n, s in sites]
+            for future in futures:
+                with contextlib.suppress(Exception):  # result() below re-raises
+                    box = future.result()
+                    c.boxes[box.name] = box
+            for future in futures:
+                future.result()
         yield c
     finally:
         for box in c.boxes.values():
