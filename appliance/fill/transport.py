@@ -224,7 +224,8 @@ class Response:
         if self._closed:
             return
         self._closed = True
-        if self.complete and keep_alive(self.head) and not self._conn.pending:
+        reusable = self.status >= 200 and keep_alive(self.head)  # not after a 101 switch
+        if reusable and self.complete and not self._conn.pending:
             self._pool.put(self._conn)
         else:
             self._conn.close()
