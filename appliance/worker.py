@@ -54,7 +54,7 @@ def main() -> None:
     setup_logging()
     spec = json.loads(sys.stdin.read())
     index = Path(spec["index"])
-    # Freshness is checked once per loop iteration (on_batch), not once per request.
+    # Freshness is checked once per loop iteration (the server's `refresh`), not per request.
     locator = IndexReader(index, refresh_per_call=False)
     hits = HitRecorder(index)
     keys = {kid: base64.b64decode(secret) for kid, secret in spec["keys"].items()}
@@ -84,7 +84,7 @@ def main() -> None:
             ready=ready,
             stop_timeout_s=spec["stop_timeout_s"],
             tick=tick,
-            on_batch=locator.refresh,
+            refresh=locator.refresh,
         )
     finally:
         hits.flush()

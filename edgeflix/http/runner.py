@@ -27,11 +27,11 @@ def serve_forever(
     stop_timeout_s: float = 10.0,
     tick: Callable[[ServerStats], None] | None = None,
     tick_s: float = 0.5,
-    on_batch: Callable[[], None] | None = None,
+    refresh: Callable[[], None] | None = None,
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = FileServer(site, settings, on_batch=on_batch)
+        server = FileServer(site, settings, refresh=refresh)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

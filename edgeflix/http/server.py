@@ -100,7 +100,7 @@ class FileServer:
         *,
         stats: ServerStats | None = None,
         boundary: Callable[[], str] = lambda: secrets.token_hex(12),
-        on_batch: Callable[[], None] | None = None,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.site = site
         self.settings = settings
@@ -114,9 +114,10 @@ class FileServer:
         self.files = FileCache(settings.open_files)
         self._tail_date = b""
         self._tails = (b"", b"")
-        # Called before the first request of each event-loop iteration (e.g. the index
-        # reader's freshness check), rather than once per request.
-        self._on_batch = on_batch
+        # Brings the site's view of storage up to date (the index reader's freshness check):
+        # once before the first request of each event-loop iteration rather than per request,
+        # and again before relocating a file that vanished.
+        self._refresh = refresh
         self._in_batch = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
@@ -202,10 +203,10 @@ class FileServer:
 
     def prepare(self, request: RequestHead, client_ip: str) -> Prepared:
         """Decide the whole response to one parsed request; never raises for client input."""
-        if not self._in_batch and self._on_batch is not None:
+        if not self._in_batch and self._refresh is not None:
             self._in_batch = True
             self.loop.call_soon(self._end_batch)
-            self._on_batch()
+            self._refresh()
         try:
             if request.method == "OPTIONS":
                 return self._generated(plan_options(request), request)
@@ -266,6 +267,8 @@ class FileServer:
                 if attempt:
                     return None
                 # A background tier move may have just renamed it: ask the index once more.
+                if self._refresh is not None:
+                    self._refresh()
                 moved = self.site.relocate(target)
                 if moved is None:
                     return None

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlsplit
 
 from edgeflix import titlefiles
@@ -64,10 +65,17 @@ class Server:
             return self.proc.wait(5)
 
 
-def start(args: list[str], want: tuple[str, ...], env: dict[str, str] | None = None) -> Server:
-    """Run `edgeflix ARGS` and wait (bounded) for a `<word> on URL` line per word in `want`."""
+def start(
+    args: list[str],
+    want: tuple[str, ...],
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | None = None,
+) -> Server:
+    """Run `edgeflix ARGS` and wait (bounded) for a `<word> on URL` line per word in `want`;
+    `stderr` (a file) captures the server's log when a test reads it."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeflix.cli", *args],
+        stderr=stderr,
         stdout=subprocess.PIPE,
         bufsize=0,  # unbuffered: select() must see every line, none hidden in a buffer
         env={**os.environ, **(env or {})},

@@ -1,0 +1,208 @@
+"""`edgeflix appliance run` when files change under it: damage behind the daemon's back (404,
+never a short body; reconciled and reported on restart) and tier moves under load (no failed
+request while the mover copies a title to the ssd tier and drops the hdd copies)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from edgeflix import titlefiles
+from tests.conftest import run_cli
+from tests.integration.serve_support import Server, connect, make_title, read_response, start
+
+RUN_S = 40.0  # upper bound on the load phase of the tier-move test
+
+
+def write_config(root: Path, *, sendfile: bool = True, storage: str = "") -> Path:
+    for disk in ("ssd0", "hdd0"):
+        (root / disk).mkdir(parents=True, exist_ok=True)
+    config = root / "appliance.toml"
+    config.write_text(
+        "[storage]\n"
+        f'disks = [ {{ path = "{root}/ssd0", tier = "ssd" }}, '
+        f'{{ path = "{root}/hdd0", tier = "hdd" }} ]\n'
+        f'index = "{root}/index.sqlite"\n{storage}'
+        "[serve]\n"
+        'listen = "127.0.0.1:0"\n'
+        f"workers = 1\nsendfile = {'true' if sendfile else 'false'}\n"
+        '[admin]\nlisten = "127.0.0.1:0"\n'
+        '[auth]\ntokens = "off"\n'
+    )
+    return config
+
+
+def seed(config: Path, source: Path, title: str) -> None:
+    run_cli(["appliance", "load", "--config", str(config), "--title", title, "--from", str(source)],
+            check=True, timeout=120)  # fmt: skip
+
+
+def listing(config: Path) -> dict[str, dict[str, object]]:
+    out = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True, timeout=60)
+    return {t["id"]: t for t in json.loads(out.stdout)}
+
+
+def on_disk(root: Path, title: str, rel: str) -> Path:
+    found = [p for p in (root / d / "titles" / title / rel for d in ("ssd0", "hdd0")) if p.exists()]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def get(server: Server, path: str, extra: bytes = b"") -> tuple[int, bytes]:
+    with connect(server.addr) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+        r = read_response(sock, bytearray())
+    return r.status, r.body
+
+
+# -- damage behind the daemon's back --------------------------------------------------------
+
+
+@pytest.mark.parametrize("sendfile", [True, False], ids=["sendfile", "fallback"])
+def test_damage_is_404_while_running_and_reported_after_restart(
+    tmp_path: Path, sendfile: bool
+) -> None:
+    sources = {t: make_title(tmp_path / "src" / t, t) for t in ("bunny", "bikes", "intact")}
+    config = write_config(tmp_path, sendfile=sendfile)
+    for title, source in sources.items():
+        seed(config, source, title)
+    seg = (sources["bunny"] / "v0/seg1.m4s").read_bytes()
+
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    try:
+        # Served once first, so the worker holds the file open (its fd cache) when it shrinks.
+        assert get(server, "/titles/bunny/v0/seg1.m4s") == (200, seg)
+        os.truncate(on_disk(tmp_path, "bunny", "v0/seg1.m4s"), 1000)
+        assert get(server, "/titles/bunny/v0/seg1.m4s")[0] == 404
+        assert get(server, "/titles/bunny/v0/seg1.m4s", b"Range: bytes=0-99\r\n")[0] == 404
+        assert get(server, "/titles/bikes/poster.jpg")[0] == 200
+        assert get(server, "/titles/intact/v0/seg1.m4s")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+    # Stopped: a file goes missing too. The restart reconciles index and disks.
+    on_disk(tmp_path, "bikes", "poster.jpg").unlink()
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        again = start(["appliance", "run", "--config", str(config)], ("listening", "admin"),
+                      stderr=err)  # fmt: skip
+    try:
+        assert get(again, "/titles/bunny/v0/seg1.m4s")[0] == 404
+        assert get(again, "/titles/bikes/poster.jpg")[0] == 404
+        for entry in titlefiles.read(sources["intact"])[0].files:
+            status, body = get(again, f"/titles/intact/{entry.path}")
+            assert status == 200 and hashlib.sha256(body).hexdigest() == entry.sha256
+    finally:
+        assert again.stop() == 0
+    text = log.read_text()
+    assert "bunny/v0/seg1.m4s: size 1000 != 300000" in text
+    assert "bikes/poster.jpg: missing from its disk" in text
+    titles = listing(config)
+    assert titles["bunny"]["state"] == titles["bikes"]["state"] == "incomplete"
+    assert titles["bunny"]["missing"] == titles["bikes"]["missing"] == 1
+    assert titles["intact"]["state"] == "ready" and titles["intact"]["missing"] == 0
+
+
+# -- tier moves under load ------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    ok: int = 0
+    ranged: int = 0
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def client(
+    server: Server, files: dict[str, bytes], digests: dict[str, str], stop: threading.Event,
+    tally: Tally, seed_no: int,
+) -> None:  # fmt: skip
+    """Keep-alive GETs, whole files and ranges, checking every byte, until `stop` (bounded)."""
+    rels = sorted(files)
+    deadline = time.monotonic() + RUN_S + 30
+    sock: socket.socket | None = None
+    buf = bytearray()
+    i = seed_no
+    while not stop.is_set() and time.monotonic() < deadline:
+        i += 1
+        rel = rels[i % len(rels)]
+        data = files[rel]
+        ranged = i % 3 == 0 and len(data) > 3
+        start_at = (i * 7919) % (len(data) // 2) if ranged else 0
+        end = start_at + len(data) // 3 if ranged else len(data) - 1
+        extra = f"Range: bytes={start_at}-{end}\r\n" if ranged else ""
+        try:
+            if sock is None:
+                sock, buf = connect(server.addr), bytearray()
+            sock.sendall(f"GET /titles/bunny/{rel} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+            r = read_response(sock, buf)
+        except (OSError, AssertionError) as exc:
+            with tally.lock:
+                tally.failures.append(f"{rel}: {exc!r}")
+            if sock is not None:
+                sock.close()
+            sock = None
+            continue
+        if ranged:
+            good = r.status == 206 and r.body == data[start_at : end + 1]
+        else:
+            good = r.status == 200 and hashlib.sha256(r.body).hexdigest() == digests[rel]
+        with tally.lock:
+            if good:
+                tally.ok += 1
+                tally.ranged += ranged
+            else:
+                tally.failures.append(f"{rel} {extra.strip()}: {r.status}, {len(r.body)} bytes")
+    if sock is not None:
+        sock.close()
+
+
+def test_tier_move_under_load_fails_no_request(tmp_path: Path) -> None:
+    source = make_title(tmp_path / "src" / "bunny", "bunny")
+    # Hot after a handful of requests; the mover looks every 0.5 s and copies at full speed.
+    storage = (
+        "hot_rate = 1.0\ndecay_half_life_s = 5.0\nmove_interval_s = 0.5\n"
+        "move_bytes_per_s = 1000000000\n"
+    )
+    config = write_config(tmp_path, storage=storage)
+    seed(config, source, "bunny")
+    assert listing(config)["bunny"]["tier"] == "hdd"  # loaded cold
+    model, _ = titlefiles.read(source)
+    digests = {e.path: e.sha256 for e in model.files}
+    files = {rel: (source / rel).read_bytes() for rel in digests}
+
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    stop, tally = threading.Event(), Tally()
+    threads = [
+        threading.Thread(target=client, args=(server, files, digests, stop, tally, n))
+        for n in range(2)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + RUN_S
+        tier = "hdd"
+        while tier != "ssd" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            tier = str(listing(config)["bunny"]["tier"])
+        # Keep requesting past the unlink grace (2 s), so the hdd copies go away under load.
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert server.stop() == 0
+    assert tier == "ssd", "the mover never promoted the hot title"
+    assert not tally.failures, tally.failures[:5]
+    assert tally.ok > 50 and tally.ranged > 10
+    assert not list((tmp_path / "hdd0" / "titles").rglob("*.m4s"))
+    assert (tmp_path / "ssd0" / "titles" / "bunny" / "v0" / "seg1.m4s").exists()
