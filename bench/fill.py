@@ -10,7 +10,7 @@ existing store from which the title was removed before each round, untimed), and
 imports are a fixed cost that curl does not have; `CLI start` measures that cost alone with
 `appliance fill --help`). The load average is printed before and after: the machine is shared.
 
-    .venv/bin/python bench/fill.py [--files 48] [--size-mib 2] [--streams 4] [--rounds 3]
+    .venv/bin/python bench/fill.py [--files 48] [--size-mib 2] [--streams 4] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=48)
     parser.add_argument("--size-mib", type=float, default=2.0)
     parser.add_argument("--streams", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
     if shutil.which("curl") is None:
         raise SystemExit("curl is needed (apt-get install curl)")
