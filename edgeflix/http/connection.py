@@ -150,7 +150,7 @@ class Connection:
         server = self.server
         self.phase = SEND
         self.close_after = not keep_alive
-        head = prepared.head + server.tail(keep_alive)
+        head = prepared.head + server.tails[keep_alive]
         body = prepared.body
         self.pieces = (head, body[0]) if len(body) == 1 else (head, *body)
         self.piece = 0
@@ -160,7 +160,6 @@ class Connection:
         self.sent = -len(head)  # count body bytes only
         self.status = prepared.status
         self.title = prepared.title
-        self.deadline = server.loop.time() + server.settings.keepalive_timeout_s
         if self._flush():
             self._finish()
             return True

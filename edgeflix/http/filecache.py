@@ -13,6 +13,12 @@ from __future__ import annotations
 import os
 import stat
 from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeflix.http.ranges import Span
+
+Planned = tuple[bytes, tuple["bytes | Span", ...]]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
@@ -29,8 +35,8 @@ class OpenFile:
         self.evicted = False
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
-        # Rendered heads of plain GET/HEAD answers: valid for this size and mtime only.
-        self.heads: dict[str, bytes] = {}
+        # Plain GET/HEAD answers (rendered head, body pieces): valid for this size and mtime.
+        self.heads: dict[str, Planned] = {}
 
     def refresh(self, st: os.stat_result) -> None:
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:

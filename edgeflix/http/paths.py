@@ -14,6 +14,9 @@ from edgeflix.http.errors import BadRequest
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f/\\%]")
+# The common case, checked over the whole path at once: nothing to decode, nothing forbidden.
+_PLAIN = re.compile(r"[^\x00-\x1f\x7f\\%]*")
+_DOTS = frozenset(("", ".", ".."))
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -22,6 +25,10 @@ def split_path(path: str) -> tuple[str, ...]:
         raise BadRequest("path must start with '/'")
     if path == "/":
         return ()
+    if _PLAIN.fullmatch(path):
+        segments = tuple(path[1:].split("/"))
+        if _DOTS.isdisjoint(segments):
+            return segments
     if "\\" in path:
         raise BadRequest("backslash in path")
     return tuple(_segment(raw) for raw in path[1:].split("/"))

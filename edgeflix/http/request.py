@@ -23,6 +23,9 @@ _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # The request-target may only hold visible ASCII (RFC 3986 characters and a few tolerated ones).
 _BAD_TARGET = re.compile(r"[^\x21-\x7e]|#")
 _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
+# The common well-formed request line in one match; anything else takes the checks below,
+# which name the exact error.
+_PLAIN_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x22\x24-\x7e]+) HTTP/1\.(\d)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,13 @@ def parse_head(
         return None
     if end + 4 - start > max_bytes:
         raise HeadersTooLarge()
-    text = bytes(buf[start:end]).decode("latin-1")
+    text = buf[start:end].decode("latin-1")
     lines = text.split("\r\n")
-    method, target, minor = _request_line(lines[0])
+    plain = _PLAIN_LINE.fullmatch(lines[0])
+    if plain is not None and len(plain[2]) <= MAX_TARGET_BYTES:
+        method, target, minor = plain[1], plain[2], int(plain[3])
+    else:
+        method, target, minor = _request_line(lines[0])
     headers = _fields(lines[1:])
     return _finish(method, target, minor, headers), end + 4
 

@@ -113,7 +113,7 @@ class FileServer:
         self._listeners: list[socket.socket] = []
         self.files = FileCache(settings.open_files)
         self._tail_date = b""
-        self._tails = (b"", b"")
+        self.tails = (b"", b"")
         # Brings the site's view of storage up to date (the index reader's freshness check):
         # once before the first request of each event-loop iteration rather than per request,
         # and again before relocating a file that vanished.
@@ -189,24 +189,30 @@ class FileServer:
         self.files.sweep()
         self._schedule_sweep()
 
-    def tail(self, keep_alive: bool) -> bytes:
-        """`Date` and `Connection` fields and the blank line, rendered once per second."""
+    def _begin_batch(self) -> None:
+        """Once per event-loop iteration, before its first request (as nginx updates its
+        cached time once per iteration): the Date tails and the site's view of storage."""
+        self._in_batch = True
+        self.loop.call_soon(self._end_batch)
         date = self.dates.get()
         if date is not self._tail_date:
             self._tail_date = date
             prefix = b"Date: " + date + b"\r\n"
-            self._tails = (prefix + b"Connection: close\r\n\r\n",
-                           prefix + b"Connection: keep-alive\r\n\r\n")  # fmt: skip
-        return self._tails[keep_alive]
+            # Indexed by keep-alive: `Date`, `Connection` and the blank line ending the head.
+            self.tails = (prefix + b"Connection: close\r\n\r\n",
+                          prefix + b"Connection: keep-alive\r\n\r\n")  # fmt: skip
+        if self._refresh is not None:
+            self._refresh()
+
+    def _end_batch(self) -> None:
+        self._in_batch = False
 
     # -- requests --------------------------------------------------------------------------
 
     def prepare(self, request: RequestHead, client_ip: str) -> Prepared:
         """Decide the whole response to one parsed request; never raises for client input."""
-        if not self._in_batch and self._refresh is not None:
-            self._in_batch = True
-            self.loop.call_soon(self._end_batch)
-            self._refresh()
+        if not self._in_batch:
+            self._begin_batch()
         try:
             if request.method == "OPTIONS":
                 return self._generated(plan_options(request), request)
@@ -218,10 +224,9 @@ class FileServer:
             return self._generated(route, request)
         return self._file(route, request)
 
-    def _end_batch(self) -> None:
-        self._in_batch = False
-
     def prepare_error(self, exc: HttpError) -> Prepared:
+        if not self._in_batch:
+            self._begin_batch()
         return self._generated(plan_error(exc.status), None, close=True)
 
     def _generated(
@@ -243,14 +248,13 @@ class FileServer:
             return self._generated(plan_error(404, request), request)
         method = request.method
         if request.headers.keys().isdisjoint(_CONDITIONAL) and method in _CACHED_HEADS:
-            # A plain GET/HEAD depends only on the file: its head is rendered once per version.
-            head = file.heads.get(method)
-            if head is None:
+            # A plain GET/HEAD depends only on the file: its answer is planned once per version.
+            cached = file.heads.get(method)
+            if cached is None:
                 meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
                 plan = plan_response(meta, request, "")
-                head = file.heads[method] = render_head(plan.status, plan.headers)
-            body = (Span(0, file.size),) if method == "GET" and file.size else ()
-            return Prepared(200, head, body, file, target.title_id)
+                cached = file.heads[method] = (render_head(plan.status, plan.headers), plan.body)
+            return Prepared(200, cached[0], cached[1], file, target.title_id)
         meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
         plan = plan_response(meta, request, self._boundary())
         head = render_head(plan.status, plan.headers)
