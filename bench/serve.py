@@ -139,7 +139,21 @@ def child_rss_mb(pid: int) -> list[float]:
     return rss
 
 
+def cpu_ticks(pid: int) -> int:
+    """utime + stime (clock ticks) of the serving processes: the children of `pid`."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    total = 0
+    for child in out.stdout.split():
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port: int, name: str, connections: int, seconds: int, threads: int) -> tuple[float, float]:
@@ -198,24 +212,32 @@ def main() -> None:
         time.sleep(1.0)
         idle = {"appliance": child_rss_mb(app.pid), "nginx": child_rss_mb(ngx.pid)}
         print(f"appliance on port {app_port}, nginx on port {ngx_port}", file=sys.stderr)
-        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        load_before = os.getloadavg()
+        results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
         for _ in range(args.rounds):
             for name in SIZES:
-                for who, port in (("appliance", app_port), ("nginx", ngx_port)):
-                    run = wrk(port, name, args.connections, args.seconds, args.threads)
-                    results.setdefault((name, who), []).append(run)
+                for who, proc, port in (("appliance", app, app_port), ("nginx", ngx, ngx_port)):
+                    ticks = cpu_ticks(proc.pid)
+                    rps, bps = wrk(port, name, args.connections, args.seconds, args.threads)
+                    # CPU the servers spent per request: on a shared box the client competes
+                    # with them for the same cores, so this is what decides the ratios.
+                    cpu_us = (cpu_ticks(proc.pid) - ticks) * _TICK_S * 1e6 / (rps * args.seconds)
+                    results.setdefault((name, who), []).append((rps, bps, cpu_us))
+        load_after = os.getloadavg()
         print(f"\nserve bench: {args.workers} workers each, wrk -t{args.threads} "
               f"-c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds "
-              f"(medians)\n")  # fmt: skip
-        print(f"{'size':<7} {'server':<10} {'req/s':>10} {'MB/s':>10}")
+              f"(medians); {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+              f"{load_after[0]:.2f} after\n")  # fmt: skip
+        print(f"{'size':<7} {'server':<10} {'req/s':>10} {'MB/s':>10} {'CPU us/req':>11}")
         for name in SIZES:
             meds = {}
             for who in ("appliance", "nginx"):
                 runs = results[(name, who)]
                 rps = statistics.median(r[0] for r in runs)
                 bps = statistics.median(r[1] for r in runs)
+                cpu = statistics.median(r[2] for r in runs)
                 meds[who] = (rps, bps)
-                print(f"{name:<7} {who:<10} {rps:>10.0f} {bps / 1e6:>10.1f}")
+                print(f"{name:<7} {who:<10} {rps:>10.0f} {bps / 1e6:>10.1f} {cpu:>11.0f}")
             ratio_r = meds["appliance"][0] / meds["nginx"][0]
             ratio_b = meds["appliance"][1] / meds["nginx"][1]
             print(f"{name:<7} {'ratio':<10} {ratio_r:>9.2f}x {ratio_b:>9.2f}x")
