@@ -17,6 +17,8 @@ INIT_NAME = "init.mp4"
 SEGMENT_PATTERN = "seg_%05d.m4s"
 SCRATCH_PLAYLIST = ".ffmpeg.m3u8"  # ffmpeg's own playlist; we write ours from the real segments
 VMAF_MODEL = "version=vmaf_v0.6.1"
+# Per-title (CRF) rungs: peak bitrate cap as a multiple of the predicted average.
+CRF_CAP = 2.0
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,25 @@ class EncodeSettings:
         return float(self.gop / self.frame_rate)
 
 
-def video_codec_args(rung: Rung, settings: EncodeSettings) -> list[str]:
-    """Encoder options for one rung: capped VBR, fixed closed GOP, no scene-cut keyframes."""
-    gop = settings.gop
+def rate_args(rung: Rung) -> list[str]:
+    """Fixed rungs: capped VBR at the table bitrate. Per-title rungs: capped CRF, the quality
+    their trials picked; the cap (CRF_CAP x the predicted average) only bites on scenes far
+    harder than the trial excerpt. Trial encodes (kbps 0) run uncapped."""
     kbps = rung.kbps
-    common = ["-b:v", f"{kbps}k"]
-    if rung.codec != "av1":  # SVT-AV1 takes no VBV cap in its VBR mode
-        common += ["-maxrate", f"{kbps * 3 // 2}k", "-bufsize", f"{kbps * 2}k"]
+    if rung.crf is not None:
+        args, cap = ["-crf", f"{rung.crf:g}"], round(kbps * CRF_CAP)
+    else:
+        args, cap = ["-b:v", f"{kbps}k"], kbps * 3 // 2
+    if cap and rung.codec != "av1":  # SVT-AV1 takes no VBV cap in these modes
+        bufsize = cap * 2 if rung.crf is not None else kbps * 2
+        args += ["-maxrate", f"{cap}k", "-bufsize", f"{bufsize}k"]
+    return args
+
+
+def video_codec_args(rung: Rung, settings: EncodeSettings) -> list[str]:
+    """Encoder options for one rung: its rate control, fixed closed GOP, no scene-cut keyframes."""
+    gop = settings.gop
+    common = rate_args(rung)
     common += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
     common += ["-force_key_frames", f"expr:eq(mod(n,{gop}),0)", "-pix_fmt", "yuv420p"]
     if settings.threads:

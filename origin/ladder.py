@@ -1,10 +1,10 @@
 """Ladder choice, pure: which renditions (codec, size, bitrate) a source gets.
 
 The default ladder is a fixed table cut at the source's height (never upscale). The per-title
-(`--ladder auto`) ladder re-prices each rung from trial encodes measured with VMAF: on the
-upper convex hull of (log bitrate, VMAF) each rung stops where more bits stop buying visible
-quality, so easy content spends fewer bits.
-`origin/pertitle.py` runs the trials; this decides.
+(`--ladder auto`) ladder comes from trial encodes (every candidate resolution at a few CRFs,
+scored with VMAF at the display size): their rate-quality convex hull across resolutions, on
+which each rung takes the (resolution, CRF) point that keeps the fixed ladder's quality at the
+fewest bits. `origin/pertitle.py` runs the trials; this decides.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
 
 # (height, H.264 kbit/s): a common VOD ladder for 16:9; other aspect ratios scale by area.
 DEFAULT_LADDER: tuple[tuple[int, int], ...] = (
@@ -27,15 +28,6 @@ CODECS = ("h264", "hevc", "av1")
 CODEC_FACTOR = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 # A source this much taller than the highest rung that fits gets a rung at its own height.
 NATIVE_RUNG_MARGIN = 1.10
-# Trial bitrates for --ladder auto, as multiples of the default rung bitrate.
-TRIAL_FACTORS = (0.35, 0.6, 1.0)
-# --ladder auto: no rung aims above this VMAF (past it viewers see no difference)...
-VMAF_CEILING = 95.0
-# ...nor past the point where doubling its bits would buy fewer VMAF points than this
-# (about one just-noticeable difference): where content is easy that point comes early.
-KNEE_SLOPE = 5.0
-# A taller rung never gets fewer bits than the one below it (plus this margin).
-MIN_RUNG_STEP = 1.05
 
 
 @dataclass(frozen=True)
@@ -45,17 +37,16 @@ class Rung:
     height: int
     kbps: int
     vmaf: float | None = None
+    # Per-title rungs encode at a constant quality (capped at `kbps` times a margin, see
+    # origin/ffmpeg.py) instead of an average bitrate; `kbps` is then the predicted average.
+    crf: float | None = None
+    # Tells apart two rungs at one size (a per-title ladder may keep both), e.g. `400k`.
+    label: str = ""
 
     @property
     def id(self) -> str:
-        """Folder and DASH Representation id, e.g. `h264_720p`."""
-        return f"{self.codec}_{self.height}p"
-
-
-@dataclass(frozen=True)
-class TrialPoint:
-    kbps: float
-    vmaf: float
+        """Folder and DASH Representation id, e.g. `h264_720p` (`h264_720p_400k`)."""
+        return f"{self.codec}_{self.height}p" + (f"_{self.label}" if self.label else "")
 
 
 def even(value: float) -> int:
@@ -100,30 +91,87 @@ def default_ladder(
     return tuple(rungs)
 
 
-def trial_kbps(rung: Rung) -> list[int]:
-    return [max(30, round(rung.kbps * f)) for f in TRIAL_FACTORS]
+# --- per-title (--ladder auto) ---
+
+# Trial CRFs per codec, on the encoder's own scale (x264/x265 0-51, SVT-AV1 0-63): from near
+# transparent to below the lowest rung's quality. Points in between are interpolated.
+TRIAL_CRF: dict[str, tuple[float, ...]] = {
+    "h264": (18.0, 23.0, 28.0, 33.0),
+    "hevc": (20.0, 25.0, 30.0, 35.0),
+    "av1": (24.0, 32.0, 40.0, 48.0),
+}
+# Interpolated hull points lie this many CRF apart (the encoders take fractional CRFs).
+CRF_STEP = 0.25
+# A rung may give up this much VMAF against the fixed ladder's rung — a third of a
+# just-noticeable difference (~6 VMAF) — while the ladder as a whole keeps its mean quality...
+MAX_RUNG_LOSS = 2.0
+# ...and that mean aims this far above the fixed ladder's, for trial-to-title noise.
+MEAN_MARGIN = 0.3
+# Neighbouring rungs differ in bitrate by at least this factor: closer ones buy a player nothing.
+MIN_RUNG_STEP = 1.15
 
 
-def upper_hull(points: Iterable[TrialPoint]) -> list[TrialPoint]:
-    """Upper concave envelope in (log2 kbps, VMAF), non-decreasing: noise and dominated
-    encodes (more bits, no more quality) fall off."""
-    pts = sorted({(p.kbps, p.vmaf) for p in points if p.kbps > 0})
-    hull: list[tuple[float, float]] = []
-    for kbps, vmaf in pts:
-        if hull and vmaf <= hull[-1][1]:
+class Rated(Protocol):
+    @property
+    def kbps(self) -> float: ...
+    @property
+    def vmaf(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    """A measured encode: average kbit/s and mean VMAF."""
+
+    kbps: float
+    vmaf: float
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One size of one codec at one CRF (a trial encode, or interpolated between two)."""
+
+    codec: str
+    width: int
+    height: int
+    crf: float
+    kbps: float
+    vmaf: float
+
+
+P = TypeVar("P", bound=Rated)
+
+
+def trial_rungs(rungs: Sequence[Rung]) -> list[Rung]:
+    """What --ladder auto encodes on the excerpt: every fixed rung as it is (the quality to
+    keep) and, per codec, every size of its ladder at each trial CRF (uncapped: kbps 0)."""
+    trials = list(rungs)
+    for codec in dict.fromkeys(r.codec for r in rungs):
+        sizes = dict.fromkeys((r.width, r.height) for r in rungs if r.codec == codec)
+        trials += [Rung(codec, w, h, 0, crf=crf) for w, h in sizes for crf in TRIAL_CRF[codec]]
+    return trials
+
+
+def upper_hull(points: Iterable[P]) -> list[P]:
+    """Upper concave envelope in (log2 kbps, VMAF), increasing: noise and dominated encodes
+    (more bits, no more quality) fall off; points on a hull edge stay."""
+    pts = sorted((p for p in points if p.kbps > 0), key=lambda p: (p.kbps, -p.vmaf))
+    hull: list[P] = []
+    for p in pts:
+        if hull and p.vmaf <= hull[-1].vmaf:
             continue  # dominated: more bits for no more quality
-        while len(hull) >= 2 and _cross(hull[-2], hull[-1], (kbps, vmaf)) >= 0:
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) > 1e-9:
             hull.pop()
-        hull.append((kbps, vmaf))
-    return [TrialPoint(k, v) for k, v in hull]
+        hull.append(p)
+    return hull
 
 
-def _cross(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> float:
-    ax, bx, cx = math.log2(a[0]), math.log2(b[0]), math.log2(c[0])
-    return (bx - ax) * (c[1] - a[1]) - (b[1] - a[1]) * (cx - ax)
+def _cross(a: Rated, b: Rated, c: Rated) -> float:
+    """> 0 when b lies under the chord a-c (in log2 kbps)."""
+    ax, bx, cx = math.log2(a.kbps), math.log2(b.kbps), math.log2(c.kbps)
+    return (bx - ax) * (c.vmaf - a.vmaf) - (b.vmaf - a.vmaf) * (cx - ax)
 
 
-def vmaf_at(hull: Sequence[TrialPoint], kbps: float) -> float:
+def vmaf_at(hull: Sequence[Rated], kbps: float) -> float:
     """VMAF on the hull at `kbps`, linear in log bitrate, flat beyond the ends."""
     if kbps <= hull[0].kbps:
         return hull[0].vmaf
@@ -134,56 +182,129 @@ def vmaf_at(hull: Sequence[TrialPoint], kbps: float) -> float:
     return hull[-1].vmaf
 
 
-def kbps_for(hull: Sequence[TrialPoint], target: float) -> float | None:
-    """The fewest kbit/s at which the hull reaches `target` VMAF (log-linear), or None."""
-    if hull[0].vmaf >= target:
-        return hull[0].kbps
+def resolution_curve(points: Iterable[RatePoint], step: float = CRF_STEP) -> list[RatePoint]:
+    """One size's trial points, trimmed to their hull and filled in every `step` CRF:
+    bitrate log-linear and VMAF linear in CRF (x264 bits halve every ~6 CRF), so the filled
+    points lie on the hull's edges, on the safe side of the real (concave) curve."""
+    hull = upper_hull(points)
+    curve = hull[:1]
     for lo, hi in itertools.pairwise(hull):
-        if hi.vmaf >= target:
-            t = (target - lo.vmaf) / (hi.vmaf - lo.vmaf)
-            return lo.kbps * (hi.kbps / lo.kbps) ** t
-    return None
+        n = max(1, round(abs(lo.crf - hi.crf) / step))
+        for k in range(1, n + 1):
+            t = k / n
+            curve.append(
+                replace(
+                    lo,
+                    crf=lo.crf + t * (hi.crf - lo.crf),
+                    kbps=lo.kbps * (hi.kbps / lo.kbps) ** t,
+                    vmaf=lo.vmaf + t * (hi.vmaf - lo.vmaf),
+                )
+            )
+    return curve
 
 
-def knee_vmaf(hull: Sequence[TrialPoint], knee_slope: float = KNEE_SLOPE) -> float:
-    """VMAF at the first hull vertex after which a doubling of bits buys < `knee_slope`."""
-    for lo, hi in itertools.pairwise(hull):
-        if (hi.vmaf - lo.vmaf) / math.log2(hi.kbps / lo.kbps) < knee_slope:
-            return lo.vmaf
-    return hull[-1].vmaf
+def rate_quality_hull(points: Iterable[RatePoint]) -> list[RatePoint]:
+    """The rate-quality hull across sizes: each size's convex hull (filled in every CRF_STEP),
+    and of all of them, for every bitrate, the size (and CRF) giving the most VMAF — small
+    sizes win at low bitrates, large ones at high. Every point is one real encode (no
+    time-sharing between sizes), so any of them can be a rung."""
+    by_size: dict[tuple[str, int, int], list[RatePoint]] = {}
+    for p in points:
+        by_size.setdefault((p.codec, p.width, p.height), []).append(p)
+    dense = [p for pts in by_size.values() for p in resolution_curve(pts)]
+    envelope: list[RatePoint] = []
+    for p in sorted(dense, key=lambda p: (p.kbps, -p.vmaf)):
+        if not envelope or p.vmaf > envelope[-1].vmaf:
+            envelope.append(p)
+    return envelope
+
+
+def select(
+    hull: Sequence[Rated],
+    floors: Sequence[float],
+    caps: Sequence[float],
+    target_mean: float,
+    step: float = MIN_RUNG_STEP,
+) -> list[int]:
+    """A hull index per rung (rungs from the lowest up): each rung at the fewest bits that
+    reach its floor VMAF, no more bits than its cap, bitrates climbing by `step`; then, while
+    the mean VMAF misses `target_mean`, one hull step up for the rung whose next step buys
+    the most VMAF per kbit/s (along a concave hull the cheapest quality is always there)."""
+    picks: list[int] = []
+    for floor, cap in zip(floors, caps, strict=True):
+        i = next((k for k, p in enumerate(hull) if p.vmaf >= floor), len(hull) - 1)
+        while i > 0 and hull[i].kbps > cap:
+            i -= 1
+        if picks:  # climbing wins over the cap: it stays a ladder
+            while i + 1 < len(hull) and hull[i].kbps < hull[picks[-1]].kbps * step:
+                i += 1
+        picks.append(i)
+    for _ in range(len(hull) * len(picks)):
+        if sum(hull[i].vmaf for i in picks) >= target_mean * len(picks):
+            break
+        best: tuple[float, int] | None = None
+        for rung, i in enumerate(picks):
+            j = i + 1
+            if j >= len(hull) or hull[j].kbps > caps[rung]:
+                continue
+            if rung + 1 < len(picks) and hull[j].kbps * step > hull[picks[rung + 1]].kbps:
+                continue
+            gain = (hull[j].vmaf - hull[i].vmaf) / (hull[j].kbps - hull[i].kbps)
+            if best is None or gain > best[0]:
+                best = (gain, rung)
+        if best is None:
+            break
+        picks[best[1]] += 1
+    return picks
 
 
 def auto_ladder(
     rungs: Sequence[Rung],
-    trials: Mapping[str, Sequence[TrialPoint]],
-    ceiling: float = VMAF_CEILING,
-    knee_slope: float = KNEE_SLOPE,
+    reference: Mapping[str, TrialPoint],
+    points: Iterable[RatePoint],
+    max_loss: float = MAX_RUNG_LOSS,
+    margin: float = MEAN_MARGIN,
+    step: float = MIN_RUNG_STEP,
 ) -> tuple[Rung, ...]:
-    """Re-price `rungs` (the default ladder) from their trial points, keyed by rung id.
+    """The per-title ladder replacing `rungs` (the fixed ladder): `reference` is each fixed
+    rung's measured trial (by rung id), `points` the CRF trials of every size.
 
-    Each rung aims at the quality the fixed ladder gives it on this title, but not beyond
-    `ceiling` nor beyond its hull's knee (see KNEE_SLOPE), at the fewest bits its convex
-    hull allows — never more than the fixed ladder spends.
-    Bitrates then step up by at least MIN_RUNG_STEP from rung to rung so it stays a ladder.
+    Per codec, every rung becomes a point of the rate-quality hull across sizes (no size
+    above the fixed ladder's top, so never above the source): at most `max_loss` VMAF under
+    its fixed rung, at most the fixed rung's bits, and the ladder's mean VMAF at least the
+    fixed ladder's (+ `margin`), at the fewest total bits. Two rungs that land on one point
+    become one. Tallest first per codec, like the fixed ladder.
     """
-    hulls = {rung.id: upper_hull(trials.get(rung.id, ())) for rung in rungs}
-    for rung_id, hull in hulls.items():
-        if not hull:
-            raise ValueError(f"no trial points for {rung_id}")
+    points = list(points)
     result: list[Rung] = []
     for codec in dict.fromkeys(r.codec for r in rungs):
-        floor = 0
-        for rung in sorted((r for r in rungs if r.codec == codec), key=_height):
-            full = hulls[rung.id]
-            hull = [p for p in full if p.kbps <= rung.kbps] or full[:1]
-            target = min(vmaf_at(hull, rung.kbps), ceiling, knee_vmaf(hull, knee_slope))
-            kbps = min(rung.kbps, math.ceil(kbps_for(full, target) or rung.kbps))
-            kbps = max(kbps, math.ceil(floor * MIN_RUNG_STEP))
-            result.append(replace(rung, kbps=kbps, vmaf=round(vmaf_at(full, kbps), 2)))
-            floor = kbps
-    order = {r.id: i for i, r in enumerate(rungs)}
-    return tuple(sorted(result, key=lambda r: order[r.id]))
+        mine = sorted((r for r in rungs if r.codec == codec), key=lambda r: (r.height, r.kbps))
+        missing = [r.id for r in mine if r.id not in reference]
+        if missing:
+            raise ValueError(f"no reference trial for {', '.join(missing)}")
+        refs = [reference[r.id] for r in mine]
+        top = max(r.height for r in mine)
+        hull = rate_quality_hull(p for p in points if p.codec == codec and p.height <= top)
+        if not hull:
+            raise ValueError(f"no CRF trials for {codec}")
+        target = sum(r.vmaf for r in refs) / len(refs) + margin
+        picks = select(
+            hull, [r.vmaf - max_loss for r in refs], [r.kbps for r in refs], target, step
+        )
+        chosen = [hull[i] for i in sorted(set(picks), reverse=True)]
+        result += _rungs(chosen)
+    return tuple(result)
 
 
-def _height(rung: Rung) -> int:
-    return rung.height
+def _rungs(points: Sequence[RatePoint]) -> list[Rung]:
+    """Rungs for hull points (highest bitrate first); a size taken twice gets a label."""
+    rungs = []
+    seen: set[int] = set()
+    for p in points:
+        kbps = math.ceil(p.kbps)
+        label = f"{kbps}k" if p.height in seen else ""
+        seen.add(p.height)
+        rungs.append(
+            Rung(p.codec, p.width, p.height, kbps, round(p.vmaf, 2), round(p.crf, 2), label)
+        )
+    return rungs

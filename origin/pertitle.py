@@ -1,24 +1,30 @@
-"""Per-title ladder (`--ladder auto`, I/O shell): trial-encode an excerpt of the source at a
-few bitrates per rung, score each with VMAF (libvmaf in the ffmpeg binary), and let the pure
-`origin.ladder.auto_ladder` pick each rung's bitrate on its convex hull.
+"""Per-title ladder (`--ladder auto`, I/O shell): trial-encode an excerpt of the source — the
+fixed ladder's rungs as they are, and every ladder size at a few CRFs — score each with VMAF
+against the source at its display size (libvmaf in the ffmpeg binary), and let the pure
+`origin.ladder.auto_ladder` pick each rung on the rate-quality hull across sizes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
+from edgeflix.log import event
 from origin.errors import EncodeError
 from origin.ffmpeg import EncodeSettings, trial_args, vmaf_args
-from origin.ladder import Rung, TrialPoint, auto_ladder, trial_kbps
+from origin.ladder import RatePoint, Rung, TrialPoint, auto_ladder, trial_rungs
 from origin.probe import Source
 from origin.runner import ProgressCallback, run_ffmpeg
 
+log = logging.getLogger("origin.pertitle")
 # VMAF is computed at the source's size, but never above 1080p (the model's design point).
 MAX_SCORE_HEIGHT = 1080
+# Trials score every 3rd frame: the mean moves by a small fraction of a VMAF point, the time
+# by a factor of ~2 (decoding and scaling still see every frame).
+TRIAL_SUBSAMPLE = 3
 
 
 def excerpt(duration: float, seconds: float) -> tuple[float, float]:
@@ -76,22 +82,18 @@ def choose(
     trial_seconds: float,
     on_progress: ProgressCallback | None = None,
 ) -> tuple[Rung, ...]:
-    """The per-title ladder for `rungs` (default-priced), from trials run inside `work`."""
+    """The per-title ladder replacing `rungs` (the fixed ladder), from trials run in `work`."""
     work.mkdir(parents=True, exist_ok=True)
     start, length = excerpt(source.duration, trial_seconds)
-    trials = [
-        (replace(rung, kbps=kbps), work / f"{rung.id}-{kbps}.mp4")
-        for rung in rungs
-        for kbps in trial_kbps(rung)
-    ]
+    trials = [(rung, work / f"trial-{i}.mp4") for i, rung in enumerate(trial_rungs(rungs))]
 
     def encode_progress(seconds: float) -> None:
         if on_progress:
-            on_progress(seconds / length / 2)
+            on_progress(seconds / length / 3)
 
     def vmaf_progress(seconds: float) -> None:
         if on_progress:
-            on_progress(0.5 + seconds / length / 2)
+            on_progress(1 / 3 + seconds / length * 2 / 3)
 
     try:
         run_ffmpeg(
@@ -99,12 +101,27 @@ def choose(
             "trial-encoding for --ladder auto",
             encode_progress,
         )
-        scores = score(
-            ffmpeg, source, start, length, [p for _, p in trials], work, 2, vmaf_progress
-        )
+        paths = [p for _, p in trials]
+        scores = score(ffmpeg, source, start, length, paths, work, TRIAL_SUBSAMPLE, vmaf_progress)
+        kbps = [p.stat().st_size * 8 / length / 1000 for p in paths]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    points: dict[str, list[TrialPoint]] = {}
-    for (rung, _), vmaf in zip(trials, scores, strict=True):
-        points.setdefault(rung.id, []).append(TrialPoint(rung.kbps, vmaf))
-    return auto_ladder(rungs, points)
+    for (rung, _), rate, quality in zip(trials, kbps, scores, strict=True):
+        event(log, "ladder.trial", logging.DEBUG, rung=rung.id, crf=rung.crf,
+              kbps=round(rate), vmaf=round(quality, 2))  # fmt: skip
+    reference, points = split_trials([r for r, _ in trials], kbps, scores)
+    return auto_ladder(rungs, reference, points)
+
+
+def split_trials(
+    trials: Sequence[Rung], kbps: Sequence[float], vmaf: Sequence[float]
+) -> tuple[dict[str, TrialPoint], list[RatePoint]]:
+    """Measured trials into the fixed rungs' results (by id) and the CRF points of each size."""
+    reference: dict[str, TrialPoint] = {}
+    points: list[RatePoint] = []
+    for rung, rate, quality in zip(trials, kbps, vmaf, strict=True):
+        if rung.crf is None:
+            reference[rung.id] = TrialPoint(rate, quality)
+        else:
+            points.append(RatePoint(rung.codec, rung.width, rung.height, rung.crf, rate, quality))
+    return reference, points

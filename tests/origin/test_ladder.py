@@ -1,16 +1,25 @@
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from origin.ladder import (
     DEFAULT_LADDER,
+    TRIAL_CRF,
+    RatePoint,
+    Rung,
     TrialPoint,
     auto_ladder,
     default_ladder,
-    kbps_for,
     ladder_heights,
+    rate_quality_hull,
+    resolution_curve,
+    select,
+    trial_rungs,
     upper_hull,
     vmaf_at,
 )
@@ -62,56 +71,144 @@ def test_interpolation_is_log_linear() -> None:
     hull = [TrialPoint(100, 50), TrialPoint(400, 90)]
     assert vmaf_at(hull, 200) == pytest.approx(70)
     assert vmaf_at(hull, 50) == 50 and vmaf_at(hull, 1000) == 90
-    assert kbps_for(hull, 70) == pytest.approx(200)
-    assert kbps_for(hull, 95) is None
 
 
-def _curve(kbps: float, half: float, top: float) -> float:
-    """A saturating rate-quality curve: easy content has a small `half`."""
-    return top * kbps / (kbps + half)
+# Synthetic rate-quality model: VMAF follows the CRF, towards a ceiling that falls with the
+# size (upscaling blurs); bits halve every 6 CRF from a start that grows with the size and
+# with `ease` (animation: small). Sizes overlap, so the hull switches between them.
+BASE_KBPS = {720: 2700.0, 480: 1600.0, 360: 1000.0, 240: 560.0}
+CEILING = {720: 100.0, 480: 93.0, 360: 85.0, 240: 72.0}
 
 
-def _trials(rungs, half: dict[int, float], top: dict[int, float]) -> dict[str, list[TrialPoint]]:
-    return {
-        r.id: [
-            TrialPoint(k, _curve(k, half[r.height], top[r.height]))
-            for k in (r.kbps * 0.35, r.kbps * 0.6, r.kbps)
-        ]
-        for r in rungs
-    }
+def _vmaf(height: int, crf: float) -> float:
+    return CEILING[height] * (1 - 2 ** ((crf - 40) / 5))
 
 
-def test_auto_spends_fewer_bits_on_easy_content_and_never_more() -> None:
+def _kbps(height: int, crf: float, ease: float) -> float:
+    return BASE_KBPS[height] * ease * 2 ** ((18 - crf) / 6)
+
+
+def _points(ease: float, heights: tuple[int, ...] = (720, 480, 360, 240)) -> list[RatePoint]:
+    return [
+        RatePoint("h264", h * 16 // 9, h, crf, _kbps(h, crf, ease), _vmaf(h, crf))
+        for h in heights
+        for crf in TRIAL_CRF["h264"]
+    ]
+
+
+def _reference(rungs: tuple[Rung, ...], ease: float) -> dict[str, TrialPoint]:
+    """The fixed rungs: VBR, 10% less efficient than CRF at the same bits."""
+    ref = {}
+    for r in rungs:
+        crf = 18 - 6 * math.log2(0.9 * r.kbps / (BASE_KBPS[r.height] * ease))
+        ref[r.id] = TrialPoint(r.kbps, _vmaf(r.height, crf))
+    return ref
+
+
+def test_resolution_curve_fills_in_on_the_hull_edges() -> None:
+    pts = [p for p in _points(1.0) if p.height == 720]
+    curve = resolution_curve(pts, step=0.5)
+    assert len(curve) == (max(TRIAL_CRF["h264"]) - min(TRIAL_CRF["h264"])) / 0.5 + 1
+    kbps = [p.kbps for p in curve]
+    assert kbps == sorted(kbps) and [p.vmaf for p in curve] == sorted(p.vmaf for p in curve)
+    mid = next(p for p in curve if p.crf == 20.5)  # halfway from CRF 18 to 23, log-linear
+    assert mid.kbps == pytest.approx((_kbps(720, 18, 1) * _kbps(720, 23, 1)) ** 0.5)
+    assert mid.vmaf == pytest.approx((_vmaf(720, 18) + _vmaf(720, 23)) / 2)
+
+
+def test_hull_switches_to_smaller_sizes_at_low_bitrates() -> None:
+    hull = rate_quality_hull(_points(1.0))
+    heights = [p.height for p in hull]
+    assert heights[0] < 720 and heights[-1] == 720
+    # Sizes take over upwards (near a crossing two sizes may alternate for a step or two).
+    firsts = list(dict.fromkeys(heights))
+    assert firsts == sorted(firsts) and len(firsts) >= 3
+    # At every hull point, no size's own curve does better at that bitrate (within one
+    # CRF_STEP of it: the hull holds real encodes, not points between two of them).
+    curves = {h: resolution_curve([p for p in _points(1.0) if p.height == h]) for h in heights}
+    for p in hull[::5]:
+        for curve in curves.values():
+            if curve[0].kbps <= p.kbps:
+                assert vmaf_at(curve, p.kbps) <= p.vmaf + 0.5
+
+
+def test_hull_is_monotone_and_drops_noise() -> None:
+    noisy = [*_points(1.0), RatePoint("h264", 1280, 720, 40.0, 5000, 10.0)]
+    hull = rate_quality_hull(noisy)
+    assert all(a.kbps < b.kbps and a.vmaf < b.vmaf for a, b in itertools.pairwise(hull))
+    assert all(p.kbps != 5000 for p in hull)
+
+
+def test_select_meets_floors_caps_and_mean_with_climbing_bitrates() -> None:
+    hull = [TrialPoint(100 * 1.1**k, 30 + 2 * k) for k in range(34)]  # 30..96 VMAF
+    floors, caps = [40.0, 60.0, 80.0], [300.0, 900.0, 3000.0]
+    picks = select(hull, floors, caps, target_mean=70.0, step=1.2)
+    chosen = [hull[i] for i in picks]
+    assert all(p.vmaf >= f for p, f in zip(chosen, floors, strict=True))
+    assert all(p.kbps <= c for p, c in zip(chosen, caps, strict=True))
+    assert all(b.kbps >= a.kbps * 1.2 for a, b in itertools.pairwise(chosen))
+    assert sum(p.vmaf for p in chosen) / 3 >= 70.0
+    # Fewest bits: one step down for any rung breaks a constraint.
+    for r, i in enumerate(picks):
+        lower = [*picks[:r], i - 1, *picks[r + 1 :]]
+        pts = [hull[j] for j in lower]
+        ok = pts[r].vmaf >= floors[r] and all(
+            b.kbps >= a.kbps * 1.2 for a, b in itertools.pairwise(pts)
+        )
+        assert not ok or sum(p.vmaf for p in pts) / 3 < 70.0
+
+
+@given(st.floats(min_value=0.1, max_value=3.0))
+def test_auto_ladder_is_a_ladder_and_never_upscales(ease: float) -> None:
     rungs = default_ladder(1280, 720, ["h264"])
-    top = {720: 100, 480: 95, 360: 88, 240: 75}
-    easy = auto_ladder(rungs, _trials(rungs, {720: 150, 480: 100, 360: 60, 240: 30}, top))
-    hard = auto_ladder(rungs, _trials(rungs, {720: 1500, 480: 900, 360: 600, 240: 300}, top))
-    assert sum(r.kbps for r in easy) < 0.8 * sum(r.kbps for r in rungs)
-    assert sum(r.kbps for r in easy) < sum(r.kbps for r in hard)
-    for auto, fixed in zip(hard, rungs, strict=True):
-        assert auto.kbps <= fixed.kbps
-    assert all(r.vmaf is not None for r in easy)
-    # Easy content: the top rung stops at its knee instead of spending the full 2800k.
-    assert easy[0].kbps <= 0.65 * 2800 and easy[0].vmaf is not None and easy[0].vmaf > 90
+    ref = _reference(rungs, ease)
+    # A taller size in the trials (e.g. a stray point) must never become a rung.
+    tall = RatePoint("h264", 1920, 1080, 18.0, 100.0, 99.0)
+    auto = auto_ladder(rungs, ref, [*_points(ease), tall])
+    assert all(r.height <= 720 and r.crf is not None and r.vmaf is not None for r in auto)
+    kbps = [r.kbps for r in auto]
+    assert kbps == sorted(kbps, reverse=True) and len(set(kbps)) == len(kbps)
+    assert [r.height for r in auto] == sorted((r.height for r in auto), reverse=True)
+    assert len({r.id for r in auto}) == len(auto)
+    assert sum(r.kbps for r in auto) <= sum(p.kbps for p in ref.values())
 
 
-def test_auto_stops_at_the_vmaf_ceiling() -> None:
-    rungs = default_ladder(1280, 720, ["h264"], only=[720])
-    steep = {rungs[0].id: [TrialPoint(980, 80), TrialPoint(1680, 93), TrialPoint(2800, 99)]}
-    (top,) = auto_ladder(rungs, steep)
-    assert top.vmaf == pytest.approx(95, abs=0.1) and 1680 < top.kbps < 2800
-
-
-def test_auto_keeps_the_ladder_increasing() -> None:
+def test_easy_content_saves_bits_at_the_same_mean_quality() -> None:
     rungs = default_ladder(1280, 720, ["h264"])
-    flat = {r.id: [TrialPoint(r.kbps * f, 96.0) for f in (0.35, 0.6, 1.0)] for r in rungs}
-    result = auto_ladder(rungs, flat)
-    kbps = [r.kbps for r in sorted(result, key=lambda r: r.height)]
-    assert kbps == sorted(kbps) and len(set(kbps)) == len(kbps)
-    assert len({r.height for r in result}) == len(rungs)
+    for ease in (0.7, 1.0, 1.5):  # fixed rungs within the trials' reach (CRF 18 and up)
+        ref = _reference(rungs, ease)
+        auto = auto_ladder(rungs, ref, _points(ease))
+        assert len(auto) == len(rungs)
+        mean_ref = sum(p.vmaf for p in ref.values()) / len(ref)
+        assert sum(r.vmaf or 0 for r in auto) / len(auto) >= mean_ref
+        by_slot = sorted(auto, key=lambda r: r.kbps)
+        fixed = sorted(rungs, key=lambda r: r.kbps)
+        for a, f in zip(by_slot, fixed, strict=True):
+            assert (a.vmaf or 0) >= ref[f.id].vmaf - 2.0  # MAX_RUNG_LOSS
+    easy = auto_ladder(rungs, _reference(rungs, 0.3), _points(0.3))
+    assert sum(r.kbps for r in easy) < 0.5 * sum(r.kbps for r in rungs)
+    # Past the trials' best (CRF 18, about transparent) the top rung stops there.
+    assert easy[0].crf == min(TRIAL_CRF["h264"]) and easy[0].height == 720
 
 
-def test_auto_needs_trials_for_every_rung() -> None:
+def test_low_rung_moves_to_a_larger_size_when_that_is_cheaper() -> None:
+    rungs = default_ladder(1280, 720, ["h264"])
+    auto = auto_ladder(rungs, _reference(rungs, 0.3), _points(0.3))
+    assert min(auto, key=lambda r: r.kbps).height > 240
+
+
+def test_trials_cover_every_size_at_every_crf_plus_the_fixed_rungs() -> None:
+    rungs = default_ladder(1280, 720, ["h264", "hevc"], only=[720, 360])
+    trials = trial_rungs(rungs)
+    assert trials[: len(rungs)] == list(rungs)
+    crf = [t for t in trials if t.crf is not None]
+    assert len(crf) == 2 * 2 * len(TRIAL_CRF["h264"]) and all(t.kbps == 0 for t in crf)
+    assert {(t.codec, t.height) for t in crf} == {(r.codec, r.height) for r in rungs}
+
+
+def test_auto_needs_a_reference_and_points() -> None:
     rungs = default_ladder(1280, 720, ["h264"])
     with pytest.raises(ValueError):
-        auto_ladder(rungs, {})
+        auto_ladder(rungs, {}, _points(1.0))
+    with pytest.raises(ValueError):
+        auto_ladder(rungs, _reference(rungs, 1.0), [])
