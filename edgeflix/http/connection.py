@@ -240,8 +240,12 @@ class Connection:
         return self.sock.send(data)
 
     def _finish(self) -> None:
-        self.server.stats.record(self.status, self.title, max(self.sent, 0))
-        self._release_file()
+        sent = self.sent
+        self.server.stats.record(self.status, self.title, sent if sent > 0 else 0)
+        if self.file is not None:
+            self.server.files.release(self.file)
+            self.file = None
+            self.file_fd = -1
         self.pieces = ()
         if self.close_after:
             self._linger()

@@ -44,9 +44,9 @@ _CONDITIONAL = frozenset(
 _CACHED_HEADS = ("GET", "HEAD")
 
 
-@dataclass(frozen=True, slots=True)
-class FileTarget:
-    """A file a Site wants served: absolute path, its name inside the title, and the title."""
+class FileTarget(NamedTuple):
+    """A file a Site wants served: absolute path, its name inside the title, and the title.
+    (Immutable like the frozen dataclasses elsewhere, but cheaper to build once per request.)"""
 
     path: str
     rel_path: str
@@ -150,6 +150,10 @@ class FileServer:
                 self._reject(sock)
                 continue
             sock.setblocking(False)
+            # No Nagle: a head or a short last segment must not wait for an ACK; the head still
+            # shares a packet with the body through MSG_MORE. SO_SNDBUF stays with the kernel's
+            # autotuning (setting it switches that off): it grows until one sendfile moves a
+            # whole segment.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             ip = addr[0] if isinstance(addr, tuple) else "127.0.0.1"
             conn = Connection(self, sock, ip)
