@@ -28,9 +28,12 @@ TRIAL_SUBSAMPLE = 3
 
 
 def excerpt(duration: float, seconds: float) -> tuple[float, float]:
-    """(start, length) of the trial window: the middle of the title, past openings."""
-    length = min(seconds, duration)
-    return max(0.0, (duration - length) / 2), length
+    """(start, length) of the trial window: the middle of the title, past openings — or the
+    whole title when it is under twice the window (a part of a short title predicts it badly,
+    and the whole costs little more)."""
+    if duration <= 2 * seconds:
+        return 0.0, duration
+    return (duration - seconds) / 2, seconds
 
 
 def score_size(source: Source) -> tuple[int, int]:

@@ -22,6 +22,7 @@ def _value(args: list[str], flag: str) -> str:
 
 def test_excerpt_is_the_middle_or_the_whole_short_title() -> None:
     assert excerpt(5.28, 6.0) == (0.0, 5.28)
+    assert excerpt(10.0, 6.0) == (0.0, 10.0)  # under twice the window: all of it
     assert excerpt(100.0, 6.0) == (47.0, 6.0)
 
 
