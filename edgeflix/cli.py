@@ -6,6 +6,7 @@ at the edge, so no user ever sees a traceback for a mistake they can fix.
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -23,22 +24,30 @@ app = typer.Typer(
 )
 
 
-def _mount() -> None:
-    # Imported here so `edgeflix --version` stays fast and one broken component
-    # cannot hide the others' help.
-    from appliance.cli import app as appliance_app
-    from origin.cli import app as origin_app
+# name → (module, attribute, help). Only the component a command names is imported, so
+# `edgeflix appliance …` does not pay for the origin's video libraries (seconds on a Pi).
+COMPONENTS: dict[str, tuple[str, str, str]] = {
+    "origin": ("origin.cli", "app", "Encode, package, publish and serve titles."),
+    "appliance": ("appliance.cli", "app", "Edge appliance: store, serve, fill."),
+    "fleet": ("fleet.cli", "app", "Fleet manager: registry, steering, fill plans."),
+    "demo": ("edgeflix.demo", "demo", "Run the product on this machine from the sample clip."),
+}
 
-    app.add_typer(origin_app, name="origin", help="Encode, package, publish and serve titles.")
-    app.add_typer(appliance_app, name="appliance", help="Edge appliance: store, serve, fill.")
 
-    from fleet.cli import app as fleet_app
+def wanted_components(argv: list[str]) -> list[str]:
+    """The components to mount for `argv`: the one it names, or all (for help and errors)."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return [first] if first in COMPONENTS else list(COMPONENTS)
 
-    app.add_typer(fleet_app, name="fleet", help="Fleet manager: registry, steering, fill plans.")
 
-    from edgeflix.demo import demo
-
-    app.command("demo", help="Run the product on this machine from the sample clip.")(demo)
+def _mount(names: list[str]) -> None:
+    for name in names:
+        module_name, attribute, help_text = COMPONENTS[name]
+        target = getattr(importlib.import_module(module_name), attribute)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name, help=help_text)
+        else:
+            app.command(name, help=help_text)(target)
 
 
 @app.callback(invoke_without_command=True)
@@ -52,7 +61,7 @@ def root(
 
 def main(argv: list[str] | None = None) -> None:
     setup_logging()
-    _mount()
+    _mount(wanted_components(sys.argv[1:] if argv is None else argv))
     try:
         app(args=argv, prog_name="edgeflix", standalone_mode=True)
     except EdgeflixError as exc:
