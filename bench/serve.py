@@ -241,6 +241,11 @@ def main() -> None:
             ratio_r = meds["appliance"][0] / meds["nginx"][0]
             ratio_b = meds["appliance"][1] / meds["nginx"][1]
             print(f"{name:<7} {'ratio':<10} {ratio_r:>9.2f}x {ratio_b:>9.2f}x")
+            # Each round's appliance run against the nginx run right after it: the spread
+            # shows how much the shared machine moved the figures.
+            runs_a, runs_n = results[(name, "appliance")], results[(name, "nginx")]
+            paired = [a[1] / n[1] for a, n in zip(runs_a, runs_n, strict=True)]
+            print(f"{'':<7} {'per round':<10} " + " ".join(f"{r:.2f}x" for r in paired))
         for who, rss in idle.items():
             shown = ", ".join(f"{r:.1f}" for r in rss)
             print(f"idle RSS per worker, {who}: {shown} MB")
