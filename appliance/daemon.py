@@ -359,7 +359,7 @@ class Daemon:
         finally:
             reserved.close()
         # 5. Background subsystems.
-        self.mover = MoverThread(config.storage)
+        self.mover = MoverThread(config.storage, out_of_service=self.monitor.out_of_service)
         self.mover.start()
         self.monitor.start()
         self.scheduler = FillScheduler(

@@ -214,30 +214,40 @@ class MoverThread(threading.Thread):
     background until `stop()`."""
 
     def __init__(
-        self, config: StorageConfig, *, interval_s: float | None = None, sysfs: Path | None = None
+        self,
+        config: StorageConfig,
+        *,
+        interval_s: float | None = None,
+        sysfs: Path | None = None,
+        out_of_service: Callable[[], set[str]] = set,
     ):
         super().__init__(name="tier-mover", daemon=True)
-        self._config, self._sysfs = config, sysfs
+        self._config, self._sysfs, self._out_of_service = config, sysfs, out_of_service
         self._interval = config.move_interval_s if interval_s is None else interval_s
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        from appliance.store import Store
-
-        # The store's SQLite connection must be made on the thread that uses it.
-        store = (
-            Store(self._config) if self._sysfs is None else Store(self._config, sysfs=self._sysfs)
-        )
         book = RateBook(self._config.index, self._config.decay_half_life_s)
-        tiers = Tiering(store, book, sleep=self._interruptible_sleep)
         try:
             while not self._stop_event.wait(self._interval):
                 try:
-                    tiers.tick(self._stop_event.is_set)
+                    self._tick(book)
                 except (StorageError, sqlite3.Error, OSError) as exc:
                     event(log, "tiering.tick_failed", logging.WARNING, reason=str(exc))
         finally:
             book.close()
+
+    def _tick(self, book: RateBook) -> None:
+        from appliance.store import Store
+
+        # A store per round: disks the health monitor took out (or gave back) since the last
+        # round are left out of placement, and a disk dead at start cannot kill the thread.
+        # The store's SQLite connection must be made on the thread that uses it.
+        extra = {} if self._sysfs is None else {"sysfs": self._sysfs}
+        store = Store(self._config, out_of_service=self._out_of_service(), **extra)
+        try:
+            Tiering(store, book, sleep=self._interruptible_sleep).tick(self._stop_event.is_set)
+        finally:
             store.close()
 
     def _interruptible_sleep(self, seconds: float) -> None:

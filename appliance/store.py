@@ -54,7 +54,6 @@ from appliance.safefiles import (
     copy_verified,
     fsync_dir,
     fsync_files,
-    make_dirs,
     move_verified,
     prune_empty_dirs,
     unlink_synced,
@@ -99,7 +98,11 @@ class Store:
         self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
         for disk in self.disks:
             try:
-                make_dirs(disk.titles_dir)
+                # Only the folder inside the disk: never re-create a vanished mount point,
+                # which would put titles on the root filesystem (and race a disk's removal).
+                if not disk.titles_dir.is_dir():
+                    disk.titles_dir.mkdir()
+                    fsync_dir(disk.path)
             except OSError as exc:
                 raise DiskError(
                     f"disk {disk.path}: cannot create {disk.titles_dir}: {exc}"

@@ -128,6 +128,9 @@ def test_plan_fills_in_window_and_refills_a_lost_disk(tmp_path: Path, origin: Se
         lost = files_on(d1, "film")
         assert lost, "the filled title must be spread over both disks"
         shutil.rmtree(d1)
+        # The loss is noticed first; only a fill run that starts after that can re-fill.
+        doc = poll(server, lambda d: str(d1) in d["health"]["disks_out_of_service"], timeout=5)
+        assert doc is not None, "the lost disk was not taken out of service within 5 s"
         runs = doc["daemon"]["fill_schedule"]["runs"]
         doc = poll(
             server,
