@@ -5,7 +5,9 @@ Never stale: every use re-fstats the cached fd (no path lookup). A file truncate
 in place shows its new size and mtime; a file unlinked or replaced by a rename shows
 st_nlink == 0 and is reopened by path (so an fd is only used while its inode still sits at
 that path, e.g. never after a tier move unlinked the old copy). Entries in use by a response
-are counted: eviction closes such an fd only when its last response is done.
+are counted: eviction closes such an fd only when its last response is done. Idle entries are
+closed after a few sweeps unused, so no fd keeps a removed title's space or a failed disk
+(which an operator must unmount) pinned for long.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 class OpenFile:
     """One open file: fd, the stat seen by the last use, responses using it, cached heads."""
 
-    __slots__ = ("evicted", "fd", "heads", "mtime_ns", "path", "refs", "size")
+    __slots__ = ("evicted", "fd", "heads", "idle", "mtime_ns", "path", "refs", "size")
 
     def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
         self.fd = fd
         self.path = path
         self.refs = 0
+        self.idle = 0  # sweeps since the last use
         self.evicted = False
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
@@ -47,8 +50,9 @@ class OpenFile:
 class FileCache:
     """Path → OpenFile, at most `capacity` entries (0 turns caching off: open per request)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_idle_sweeps: int = 10) -> None:
         self.capacity = capacity
+        self.max_idle_sweeps = max_idle_sweeps
         self._files: OrderedDict[str, OpenFile] = OrderedDict()
 
     def __len__(self) -> int:
@@ -71,6 +75,7 @@ class FileCache:
                 entry.refresh(st)
                 files.move_to_end(path)
                 entry.refs += 1
+                entry.idle = 0
                 return entry
             self._drop(entry)
         fd = os.open(path, _OPEN_FLAGS)
@@ -103,11 +108,16 @@ class FileCache:
             self._drop(entry)
 
     def sweep(self) -> int:
-        """Close idle fds whose file was unlinked (a move or rm freed it): the space they pin
-        returns to the disk within one sweep. Returns how many were closed."""
+        """Close fds no response uses whose file was unlinked (a move or rm freed it: the space
+        returns to the disk within one sweep) or that went unused for `max_idle_sweeps`
+        sweeps. Returns how many were closed."""
         gone = []
         for entry in self._files.values():
             if entry.refs:
+                continue
+            entry.idle += 1
+            if entry.idle > self.max_idle_sweeps:
+                gone.append(entry)
                 continue
             try:
                 linked = os.fstat(entry.fd).st_nlink > 0

@@ -109,3 +109,17 @@ def test_capacity_zero_opens_per_use_and_refuses_directories(tmp_path: Path) -> 
     assert len(cache) == 0 and not _is_open(entry.fd)
     with pytest.raises(IsADirectoryError):
         cache.acquire(str(tmp_path))
+
+
+def test_sweep_closes_files_left_unused(tmp_path: Path) -> None:
+    hot, cold = tmp_path / "hot", tmp_path / "cold"
+    for p in (hot, cold):
+        p.write_bytes(b"data")
+    cache = FileCache(8, max_idle_sweeps=2)
+    for p in (hot, cold):
+        cache.release(cache.acquire(str(p)))
+    for _ in range(3):
+        cache.release(cache.acquire(str(hot)))
+        cache.sweep()
+    assert len(cache) == 1  # only the file still in use stayed open
+    cache.clear()
