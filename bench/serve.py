@@ -245,7 +245,8 @@ def main() -> None:
             # shows how much the shared machine moved the figures.
             runs_a, runs_n = results[(name, "appliance")], results[(name, "nginx")]
             paired = [a[1] / n[1] for a, n in zip(runs_a, runs_n, strict=True)]
-            print(f"{'':<7} {'per round':<10} " + " ".join(f"{r:.2f}x" for r in paired))
+            shown = " ".join(f"{r:.2f}x" for r in paired)
+            print(f"{'':<7} {'per round':<10} {shown} (median {statistics.median(paired):.2f}x)")
         for who, rss in idle.items():
             shown = ", ".join(f"{r:.1f}" for r in rss)
             print(f"idle RSS per worker, {who}: {shown} MB")
