@@ -330,6 +330,7 @@ class Daemon:
         self.reloads = 0
         self.reload_error: str | None = None
         self.started = time.time()
+        self.early_signals: list[int] = []  # signals that arrived before the loop ran
 
     # -- start, in order ---------------------------------------------------------------------
 
@@ -413,6 +414,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload.set)
+        for signum in self.early_signals:
+            (reload if signum == signal.SIGHUP else stop).set()
         assert self.admin_sock is not None
         self.admin_site = AdminSite(self.config, self.supervisor.view, self.status)
         admin = FileServer(self.admin_site, ServerSettings())
@@ -534,6 +537,10 @@ def run(config: ApplianceConfig, config_path: Path | None = None) -> None:
     """Run until SIGTERM/SIGINT. Prints `listening on URL` and `admin on URL` once serving;
     SIGHUP re-reads `config_path`."""
     daemon = Daemon(config, config_path)
+    # Until the loop's handlers exist, a signal is only remembered: a SIGTERM that lands while
+    # workers start must still drain them (not kill the supervisor with the default action).
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: daemon.early_signals.append(signum))
     try:
         daemon.start()
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

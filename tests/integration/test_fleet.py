@@ -255,6 +255,8 @@ def test_key_rotation_keeps_issued_urls_valid(
 
 
 def test_metrics_count_outcomes_and_grpc_health_serves(fleet: Server, agents: Agents) -> None:
+    # Both outcomes steered here: under xdist this test may not share a fleet with the others.
+    steer(fleet, "192.168.1.50")  # a client of the home site
     steer(fleet, "203.0.113.5")  # a client in no site
     text = httpx.get(fleet.urls["http"] + "/metrics", timeout=10).text
     counts = {
