@@ -184,6 +184,7 @@ class DiskStatus:
     reason: str | None = None
     ok_streak: int = 0
     errors: int = 0  # failed probes since the last report
+    slow_streak: int = 0  # timed-out probes in a row
 
 
 @dataclass(frozen=True)
@@ -205,14 +206,26 @@ DiskAction = TakeOut | Rescan
 
 
 def decide_disks(
-    statuses: Mapping[str, DiskStatus], probes: Sequence[DiskProbe], recover_after: int = 3
+    statuses: Mapping[str, DiskStatus],
+    probes: Sequence[DiskProbe],
+    recover_after: int = 3,
+    timeouts_to_fail: int = 2,
 ) -> tuple[dict[str, DiskStatus], list[DiskAction]]:
-    """One failed probe takes a disk out at once; `recover_after` good probes in a row bring
-    it to re-scan, never straight back to serving."""
+    """A definite failure (gone, unreadable, read-only, I/O error) takes a disk out at once;
+    a slow answer only after `timeouts_to_fail` in a row, so a box whose CPU is saturated does
+    not throw away its own healthy disks. `recover_after` good probes in a row bring a disk
+    to re-scan, never straight back to serving."""
     new = dict(statuses)
     actions: list[DiskAction] = []
     for p in probes:
         cur = new.get(p.path, DiskStatus(p.path))
+        if p.outcome == "timeout" and cur.state != "out":
+            cur = replace(cur, slow_streak=cur.slow_streak + 1)
+            if cur.slow_streak < timeouts_to_fail:
+                new[p.path] = replace(cur, errors=cur.errors + 1)
+                continue
+        elif p.outcome == "ok":
+            cur = replace(cur, slow_streak=0)
         if p.outcome != "ok":
             reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
             if cur.state != "out":
@@ -246,12 +259,14 @@ def _probe_once(path: Path) -> DiskProbe:
         return DiskProbe(where, "io_error", exc.strerror or str(exc))
     if os.statvfs(path).f_flag & os.ST_RDONLY:
         return DiskProbe(where, "read_only", "file system is mounted read-only")
-    canary = path / CANARY
+    # One canary per process: the daemon and an `appliance status` may probe the same disk.
+    canary = path / f"{CANARY}.{os.getpid()}"
     payload = os.urandom(64)
     try:
         canary.write_bytes(payload)
         if canary.read_bytes() != payload:
             return DiskProbe(where, "io_error", "canary read back differently")
+        canary.unlink()
     except PermissionError as exc:
         return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
     except OSError as exc:

@@ -135,7 +135,21 @@ def test_decide_disks_takes_out_at_once_and_rescans_after_streak() -> None:
     statuses, actions = decide_disks(statuses, [DiskProbe("/b", "ok")], 2)
     assert actions == [Rescan("/b")] and statuses["/b"].state == "rescanning"
     statuses, actions = decide_disks(statuses, [DiskProbe("/b", "timeout")], 2)
+    assert actions == [] and statuses["/b"].errors == 3  # one slow answer is not a dead disk
+    statuses, actions = decide_disks(statuses, [DiskProbe("/b", "timeout")], 2)
     assert actions == [TakeOut("/b", "timeout")]
+
+
+def test_slow_probes_take_a_disk_out_only_in_a_row() -> None:
+    statuses: dict[str, DiskStatus] = {}
+    for outcome in ("timeout", "ok", "timeout", "ok"):
+        statuses, actions = decide_disks(statuses, [DiskProbe("/a", outcome)], 2)  # type: ignore[arg-type]
+        assert actions == []
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "timeout")], 2, 3)
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "timeout")], 2, 3)
+    assert actions == []
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "timeout")], 2, 3)
+    assert actions == [TakeOut("/a", "timeout")] and statuses["/a"].state == "out"
 
 
 def test_diskwatch_on_real_directories(tmp_path: Path) -> None:
@@ -170,13 +184,15 @@ def test_diskwatch_never_hangs_on_a_stuck_probe(tmp_path: Path, monkeypatch: obj
 
     disk = tmp_path / "fifo-disk"
     disk.mkdir()
-    os.mkfifo(disk / ".edgeflix-probe")  # opening it for write blocks until a reader comes
+    canary = disk / f".edgeflix-probe.{os.getpid()}"
+    os.mkfifo(canary)  # opening it for write blocks until a reader comes
     watch = DiskWatch([disk], timeout_s=0.3)
+    assert watch.poll() == []  # one slow answer: not yet
     (action,) = watch.poll()
-    assert action == TakeOut(str(disk), "timeout: no answer in 0.3s")
+    assert action == TakeOut(str(disk), "timeout: previous probe still blocked")
     assert watch.probe_all()[0].detail == "previous probe still blocked"
     # Unblock the stuck thread so it does not outlive the test.
-    fd = os.open(disk / ".edgeflix-probe", os.O_RDONLY | os.O_NONBLOCK)
+    fd = os.open(canary, os.O_RDONLY | os.O_NONBLOCK)
     threading.Event().wait(0.2)
     os.close(fd)
 
