@@ -13,8 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import ConfigModel, load_config, parse_hostport
-from edgeflix.errors import ConfigError
+from edgeflix.config import ConfigModel, HostPort, load_config
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -61,7 +60,7 @@ class StorageConfig(ConfigModel):
 
 
 class ServeConfig(ConfigModel):
-    listen: str = "127.0.0.1:8081"
+    listen: HostPort = "127.0.0.1:8081"
     workers: int = Field(1, ge=1, le=256)
     header_timeout_s: float = Field(10.0, gt=0)
     keepalive_timeout_s: float = Field(75.0, gt=0)
@@ -71,12 +70,6 @@ class ServeConfig(ConfigModel):
     sendfile: bool = True
     # SIGTERM: stop accepting, let in-flight responses finish for this long, then close.
     shutdown_timeout_s: float = Field(10.0, ge=0)
-
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, value: str) -> str:
-        parse_hostport(value)
-        return value
 
 
 class KeyConfig(ConfigModel):
@@ -112,13 +105,7 @@ class AuthConfig(ConfigModel):
 
 
 class AdminConfig(ConfigModel):
-    listen: str = "127.0.0.1:8082"
-
-    @field_validator("listen")
-    @classmethod
-    def _hostport(cls, value: str) -> str:
-        parse_hostport(value)
-        return value
+    listen: HostPort = "127.0.0.1:8082"
 
 
 class FillConfig(ConfigModel):
@@ -133,7 +120,7 @@ class FleetLinkConfig(ConfigModel):
     Without `url` the appliance runs on its own config alone."""
 
     # The fleet manager's gRPC address, HOST:PORT.
-    url: str | None = None
+    url: HostPort | None = None
     # Name in the fleet registry (and on the steering answer); left out: the top-level name.
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
@@ -150,16 +137,6 @@ class FleetLinkConfig(ConfigModel):
     after_grace: Literal["degrade", "stop"] = "degrade"
     # Key pair, enrolment, plan and keys; left out: `fleet/` next to the storage index.
     state_dir: Path | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _hostport(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse_hostport(value)
-            except ConfigError as exc:  # as ValueError, pydantic names the key
-                raise ValueError(str(exc)) from None
-        return value
 
 
 class ApplianceConfig(ConfigModel):

@@ -11,9 +11,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from edgeflix.errors import ConfigError
 
@@ -69,7 +69,8 @@ def describe_validation_error(source: str, err: ValidationError) -> str:
         return f"{source}: unknown key '{key}'"
     if first["type"] == "missing":
         return f"{source}: missing key '{key}'"
-    return f"{source}: key '{key}': {first['msg']}"
+    message = first["msg"].removeprefix("Value error, ")  # pydantic's wrapper for ValueError
+    return f"{source}: key '{key}': {message}"
 
 
 def load_config(
@@ -105,3 +106,15 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
         raise ConfigError(f"'{value}' is not HOST:PORT")
     host = host.strip("[]") or default_host
     return host, int(port_text)
+
+
+def _valid_hostport(value: str) -> str:
+    try:
+        parse_hostport(value)
+    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
+        raise ValueError(str(exc)) from None
+    return value
+
+
+# A config field holding `HOST:PORT` (checked at load, kept as the string the user wrote).
+HostPort = Annotated[str, AfterValidator(_valid_hostport)]

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from edgeflix.config import ConfigModel, load_config, parse_hostport
-from edgeflix.errors import ConfigError
+from edgeflix.config import ConfigModel, HostPort, load_config
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
 from fleet.model import Site
@@ -25,21 +24,12 @@ ENV_PREFIX = "EDGEFLIX_FLEET"
 
 
 class ServerConfig(ConfigModel):
-    grpc: str = "127.0.0.1:7070"
-    http: str = "127.0.0.1:7080"
+    grpc: HostPort = "127.0.0.1:7070"
+    http: HostPort = "127.0.0.1:7080"
     db: Path = Path("var/fleet/fleet.sqlite")
     # "token": appliances need a one-time join token; "open": anyone on the network may
     # enrol (loopback demos only).
     enrolment: Literal["token", "open"] = "token"
-
-    @field_validator("grpc", "http")
-    @classmethod
-    def _hostport(cls, value: str) -> str:
-        try:
-            parse_hostport(value)
-        except ConfigError as exc:  # as ValueError, pydantic names the key
-            raise ValueError(str(exc)) from None
-        return value
 
 
 class SiteConfig(ConfigModel):

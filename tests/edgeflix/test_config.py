@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgeflix.config import ConfigModel, load_config, parse_hostport
+from edgeflix.config import ConfigModel, HostPort, load_config, parse_hostport
 from edgeflix.errors import ConfigError
 
 
@@ -79,3 +79,13 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
 def test_parse_hostport_rejects(text: str) -> None:
     with pytest.raises(ConfigError):
         parse_hostport(text)
+
+
+class Listener(ConfigModel):
+    listen: HostPort = "127.0.0.1:1"
+
+
+def test_hostport_field_names_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"d\.toml: key 'listen': .*not HOST:PORT"):
+        load_config(Listener, write(tmp_path, 'listen = "nowhere"\n'), env={})
+    assert load_config(Listener, write(tmp_path, 'listen = "[::1]:80"\n'), env={}).listen
