@@ -1,19 +1,23 @@
 """`make demo` / `edgeflix demo`: the product on one machine, from the real sample clip.
 
 Runs each component as its own process through the same CLI a user has (they talk over
-the wire, never by import): ingest the clip into ./var/origin, start the origin server,
-seed an appliance from the origin store and start it, then print URLs to play.
-`--check` fetches the master playlist through the appliance once and exits (smoke test).
+the wire, never by import): ingest the clip into ./var/origin, start the origin server and
+the fleet manager, seed an appliance from the origin store (sneakernet) and start it with
+URL tokens required; it enrols with the fleet and takes its signing keys from it. A player
+asks the fleet's steering for the title and gets a signed appliance URL, printed here.
+`--check` plays that URL's playlist once and exits (the smoke test CI runs).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,16 +74,51 @@ def background(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait()
 
 
-def write_appliance_config(var: Path, listen: str, admin: str) -> Path:
+def write_appliance_config(var: Path, listen: str, admin: str, fleet_grpc: str) -> Path:
     config = var / "appliance.toml"
     disk = var / "appliance" / "disk0"
     disk.mkdir(parents=True, exist_ok=True)
     config.write_text(
         f'name = "demo-edge"\n\n[storage]\nindex = "{var / "appliance" / "index.sqlite"}"\n'
         f'disks = [ {{ path = "{disk}", tier = "ssd" }} ]\n\n'
-        f'[serve]\nlisten = "{listen}"\n\n[admin]\nlisten = "{admin}"\n'
+        f'[serve]\nlisten = "{listen}"\n\n[admin]\nlisten = "{admin}"\n\n'
+        f'[auth]\ntokens = "required"\n\n'
+        f'[fill]\nstaging = "{var / "appliance" / "staging"}"\n\n'
+        f'[fleet]\nurl = "{fleet_grpc}"\nheartbeat_s = 1.0\n'
     )
     return config
+
+
+def write_fleet_config(var: Path, grpc: str, http: str, origin_url: str) -> Path:
+    """Open enrolment (loopback only) and one site holding every loopback client. Its fill
+    window opens twelve hours from now: the demo's appliance is seeded by hand, not filled."""
+    config = var / "fleet.toml"
+    opens = (time.gmtime().tm_hour + 12) % 24
+    config.write_text(
+        f'[server]\ngrpc = "{grpc}"\nhttp = "{http}"\ndb = "{var / "fleet" / "fleet.sqlite"}"\n'
+        f'enrolment = "open"\n\n[origin]\nurl = "{origin_url}"\n\n'
+        f'[[sites]]\nname = "home"\nprefixes = ["127.0.0.0/8", "::1/128"]\n'
+        f'fill_window = "{opens:02d}:00-{(opens + 1) % 24:02d}:00"\ntimezone = "UTC"\n'
+    )
+    (var / "fleet").mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def steer_until_edge(fleet_http: str, edge_base: str, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
+    """Ask steering as a player on loopback would, until the appliance has enrolled, reported
+    the title and got its keys: the first URL is then a signed appliance URL."""
+    query = urllib.parse.urlencode({"client_ip": "127.0.0.1", "title": TITLE_ID})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(f"{fleet_http}/steer?{query}", timeout=2) as resp:
+                urls = json.loads(resp.read()).get("urls") or []
+            if urls and str(urls[0]).startswith(edge_base):
+                with contextlib.suppress(EdgeflixError):  # keys may not have reached it yet
+                    wait_for(str(urls[0]), timeout_s=2)
+                    return str(urls[0])
+        time.sleep(0.5)
+    raise EdgeflixError(f"steering gave no working appliance URL within {timeout_s:.0f} s")
 
 
 def demo(
@@ -87,11 +126,13 @@ def demo(
     origin_listen: str = typer.Option("127.0.0.1:8080", help="Origin HTTP address."),
     appliance_listen: str = typer.Option("127.0.0.1:8081", help="Appliance HTTP address."),
     admin_listen: str = typer.Option("127.0.0.1:8082", help="Appliance admin address."),
+    fleet_grpc: str = typer.Option("127.0.0.1:7070", help="Fleet manager gRPC address."),
+    fleet_http: str = typer.Option("127.0.0.1:7080", help="Fleet manager HTTP address."),
     check: bool = typer.Option(
         False, help="Fetch the playlist once through the appliance and exit."
     ),
 ) -> None:
-    """Ingest the sample clip, start an origin and an appliance, print what to play."""
+    """Ingest the sample clip, start origin, fleet manager and appliance, print what to play."""
     store = var / "origin"
     if not (store / "titles" / TITLE_ID / "files.json").exists():
         clip = sample_clip("bigbuckbunny.mp4")
@@ -109,32 +150,30 @@ def demo(
                 str(store),
             ),
         )
-    config = write_appliance_config(var.resolve(), appliance_listen, admin_listen)
+    var = var.resolve()
+    config = write_appliance_config(var, appliance_listen, admin_listen, fleet_grpc)
+    fleet_config = write_fleet_config(var, fleet_grpc, fleet_http, f"http://{origin_listen}")
     run_step(
         "load the title onto the appliance",
-        edgeflix(
-            "appliance",
-            "load",
-            "--config",
-            str(config),
-            "--title",
-            TITLE_ID,
-            "--from",
-            str(store / "titles" / TITLE_ID),
-            "--replace",
-        ),
-    )
+        edgeflix("appliance", "load", "--config", str(config), "--title", TITLE_ID,
+                 "--from", str(store / "titles" / TITLE_ID), "--replace"),
+    )  # fmt: skip
     with (
         background(edgeflix("origin", "serve", "--store", str(store), "--listen", origin_listen)),
+        background(edgeflix("fleet", "serve", "--config", str(fleet_config))),
         background(edgeflix("appliance", "run", "--config", str(config))),
     ):
         origin_url = f"http://{origin_listen}/titles/{TITLE_ID}/master.m3u8"
-        edge_url = f"http://{appliance_listen}/titles/{TITLE_ID}/master.m3u8"
         wait_for(origin_url)
-        wait_for(edge_url)
+        wait_for(f"http://{fleet_http}/healthz")
+        wait_for(f"http://{admin_listen}/healthz")
+        played = steer_until_edge(f"http://{fleet_http}", f"http://{appliance_listen}/")
         typer.echo(
-            f"\norigin:    {origin_url}\nappliance: {edge_url}\n"
-            f"metrics:   http://{admin_listen}/metrics\n"
+            f"\norigin:     {origin_url}\n"
+            f"steering:   http://{fleet_http}/steer?client_ip=127.0.0.1&title={TITLE_ID}\n"
+            f"play:       {played}\n"
+            f"appliance:  http://{admin_listen}/status  http://{admin_listen}/metrics\n"
+            f"fleet CLI:  edgeflix fleet ls --fleet http://{fleet_http}\n"
         )
         if check:
             return

@@ -1,5 +1,6 @@
-"""`edgeflix demo --check`: the one-command product starts, serves the title through origin and
-appliance, and stops its daemons (the same path `make demo` takes)."""
+"""`edgeflix demo --check`: the one-command product starts origin, fleet manager and appliance,
+steering hands out a signed appliance URL that plays, and the daemons stop (the path
+`make demo` takes)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def free_port() -> int:
 
 
 def test_demo_check_serves_the_sample_through_the_appliance(tmp_path: Path) -> None:
-    ports = [free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(5)]
     proc = run_cli(
         [
             "demo",
@@ -33,7 +34,9 @@ def test_demo_check_serves_the_sample_through_the_appliance(tmp_path: Path) -> N
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"http://127.0.0.1:{ports[1]}/titles/bbb/master.m3u8" in proc.stdout
+    # The player's URL came from steering: the appliance, with a path token.
+    assert f"play:       http://127.0.0.1:{ports[1]}/t/" in proc.stdout
+    assert "/titles/bbb/master.m3u8" in proc.stdout
     assert (tmp_path / "var" / "origin" / "titles" / "bbb" / "files.json").is_file()
     # Nothing left listening: the demo stopped the daemons it started.
     for port in ports:
