@@ -129,7 +129,9 @@ class ApplianceSite:
         found = self.locator.locate(title_id, rel)
         if found is None:
             return plan_error(404, request)
-        return FileTarget(os.fspath(found.path), rel, title_id, found.size)
+        # Without tokens the answer depends on nothing but the path and the index: the server
+        # may reuse it for identical request heads until the index changes.
+        return FileTarget(os.fspath(found.path), rel, title_id, found.size, not self.required)
 
     def _check(
         self, token: str, title_id: str, client_ip: str, request: RequestHead

@@ -72,6 +72,12 @@ def main() -> None:
 
     sock = bind(spec["host"], spec["port"], reuse_port=True)
 
+    def refresh() -> object:
+        # The server forgets routes it remembered whenever this value changes: the reader's
+        # last-seen data_version moves exactly when its cached answers were dropped.
+        locator.refresh()
+        return locator._version
+
     def ready() -> None:
         sys.stdout.write("ready\n")
         sys.stdout.flush()
@@ -84,7 +90,7 @@ def main() -> None:
             ready=ready,
             stop_timeout_s=spec["stop_timeout_s"],
             tick=tick,
-            refresh=locator.refresh,
+            refresh=refresh,
         )
     finally:
         hits.flush()

@@ -119,24 +119,40 @@ class Connection:
     def _process(self) -> None:
         """Answer every complete request in the buffer, one response at a time (pipelining)."""
         server = self.server
+        server.fresh()
+        fast = server.fast
         limit = server.settings.max_header_bytes
         while self.phase == HEAD:
-            try:
-                parsed = parse_head(self.buf, 0, limit)
-            except HttpError as exc:
-                self._begin(server.prepare_error(exc), keep_alive=False)
-                return
-            if parsed is None:
-                return  # wait for more bytes; the header deadline keeps running
-            request, end = parsed
-            del self.buf[:end]
-            keep_alive = request.keep_alive and not server.stopping
-            prepared = server.prepare(request, self.ip)
-            if not self._begin(prepared, keep_alive and not prepared.close):
+            buf = self.buf
+            end = buf.find(b"\r\n\r\n") + 4
+            prepared = None
+            key = b""
+            if 4 < end <= limit:
+                # A head seen before, byte for byte, means the same request: its remembered
+                # route skips parsing and routing (the file is still checked by fstat).
+                key = bytes(buf[:end])
+                route = fast.get(key)
+                if route is not None:
+                    prepared = server.prepare_fast(route)
+                    keep_alive = route.keep_alive
+            if prepared is None:
+                try:
+                    parsed = parse_head(buf, 0, limit)
+                except HttpError as exc:
+                    self._begin(server.prepare_error(exc), keep_alive=False)
+                    return
+                if parsed is None:
+                    return  # wait for more bytes; the header deadline keeps running
+                request, end = parsed
+                keep_alive = request.keep_alive
+                prepared = server.prepare(request, self.ip, key if len(key) == end else b"")
+            del buf[:end]
+            keep_alive = keep_alive and not prepared.close and not server.stopping
+            if not self._begin(prepared, keep_alive):
                 return  # blocked on a slow reader: resumed by _on_writable
             if self.phase == CLOSED or self.phase == LINGER:
                 return
-            if self.buf:
+            if buf:
                 self.phase = HEAD
                 self.deadline = server.loop.time() + server.settings.header_timeout_s
             else:
@@ -152,14 +168,26 @@ class Connection:
         self.close_after = not keep_alive
         head = prepared.head + server.tails[keep_alive]
         body = prepared.body
-        self.pieces = (head, body[0]) if len(body) == 1 else (head, *body)
-        self.piece = 0
-        self.piece_off = 0
         file = self.file = prepared.file
-        self.file_fd = file.fd if file is not None else -1
-        self.sent = -len(head)  # count body bytes only
         self.status = prepared.status
         self.title = prepared.title
+        self.piece = 0
+        self.piece_off = 0
+        self.sent = -len(head)  # count body bytes only
+        if file is not None:
+            self.file_fd = file.fd
+            if len(body) == 1 and self.sendfile:
+                # The common file answer, head then one span: two syscalls when the socket
+                # takes it all (MSG_MORE packs the head with the first body bytes).
+                self.pieces = pieces = (head, body[0])
+                if self._send_whole(head, pieces[1]):
+                    self._finish()
+                    return True
+            else:
+                self.pieces = (head, *body)
+        else:
+            self.file_fd = -1
+            self.pieces = (head, body[0]) if len(body) == 1 else (head, *body)
         if self._flush():
             self._finish()
             return True
@@ -167,6 +195,32 @@ class Connection:
             self._pause_reading()
             server.loop.add_writer(self.fd, self._on_writable)
             self.writing = True
+        return False
+
+    def _send_whole(self, head: bytes, span: bytes | Span) -> bool:
+        """Try head and span in one go; on anything short of complete, leave the piece
+        position where it stopped for `_flush` (which also handles every error)."""
+        assert isinstance(span, Span)
+        try:
+            n = self.sock.send(head, _MSG_MORE)
+        except OSError:
+            return False
+        if n != len(head):
+            self.piece_off = n
+            self.sent += n
+            return False
+        self.piece = 1
+        self.sent = 0
+        try:
+            n = os.sendfile(self.fd, self.file_fd, span.start, span.length)
+        except OSError:
+            return False
+        self.sent = n
+        if n == span.length:
+            return True
+        if n == 0:
+            return False  # `_flush` tries again and reports a truncated file
+        self.piece_off = n
         return False
 
     def _on_writable(self) -> None:

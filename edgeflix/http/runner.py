@@ -27,7 +27,7 @@ def serve_forever(
     stop_timeout_s: float = 10.0,
     tick: Callable[[ServerStats], None] | None = None,
     tick_s: float = 0.5,
-    refresh: Callable[[], None] | None = None,
+    refresh: Callable[[], object] | None = None,
 ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()

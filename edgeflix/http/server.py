@@ -52,6 +52,18 @@ class FileTarget(NamedTuple):
     rel_path: str
     title_id: str
     expected_size: int | None = None  # from an index: a different size on disk is damage
+    # The routing decision depends only on the request bytes and the site's storage view (no
+    # clock, no client address): the server may reuse it for identical request heads until
+    # `refresh` reports a change.
+    reusable: bool = False
+
+
+class FastRoute(NamedTuple):
+    """A plain GET/HEAD already routed once, keyed by its exact head bytes."""
+
+    target: FileTarget
+    method: str
+    keep_alive: bool
 
 
 class Site(Protocol):
@@ -76,6 +88,9 @@ class ServerSettings:
     server_name: str = "edgeflix"
     # Files kept open between requests (one fstat per hit instead of open+fstat+close).
     open_files: int = 256
+    # Routed plain requests remembered by their exact head bytes (players repeat the same
+    # head for every segment but the path): a hit skips parsing and routing.
+    fast_routes: int = 1024
 
 
 class Prepared(NamedTuple):
@@ -100,7 +115,7 @@ class FileServer:
         *,
         stats: ServerStats | None = None,
         boundary: Callable[[], str] = lambda: secrets.token_hex(12),
-        refresh: Callable[[], None] | None = None,
+        refresh: Callable[[], object] | None = None,
     ) -> None:
         self.site = site
         self.settings = settings
@@ -114,11 +129,14 @@ class FileServer:
         self.files = FileCache(settings.open_files)
         self._tail_date = b""
         self.tails = (b"", b"")
-        # Brings the site's view of storage up to date (the index reader's freshness check):
-        # once before the first request of each event-loop iteration rather than per request,
-        # and again before relocating a file that vanished.
+        # Brings the site's view of storage up to date (the index reader's freshness check) and
+        # returns a value that changes whenever that view did: checked when the loop's cached
+        # clock moved (at most once per iteration and per millisecond on uvloop) rather than
+        # per request, and again before relocating a file that vanished.
         self._refresh = refresh
-        self._in_batch = False
+        self._storage_view: object = None
+        self._checked_at = -1.0
+        self.fast: dict[bytes, FastRoute] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._busy_msg = render_head(503, plan_error(503).headers) + b"Connection: close\r\n\r\n"
@@ -193,11 +211,13 @@ class FileServer:
         self.files.sweep()
         self._schedule_sweep()
 
-    def _begin_batch(self) -> None:
-        """Once per event-loop iteration, before its first request (as nginx updates its
-        cached time once per iteration): the Date tails and the site's view of storage."""
-        self._in_batch = True
-        self.loop.call_soon(self._end_batch)
+    def fresh(self) -> None:
+        """Before answering requests: the Date tails and the site's view of storage, updated
+        when the loop's clock moved (as nginx updates its cached time once per iteration)."""
+        now = self.loop.time()
+        if now == self._checked_at:
+            return
+        self._checked_at = now
         date = self.dates.get()
         if date is not self._tail_date:
             self._tail_date = date
@@ -206,17 +226,20 @@ class FileServer:
             self.tails = (prefix + b"Connection: close\r\n\r\n",
                           prefix + b"Connection: keep-alive\r\n\r\n")  # fmt: skip
         if self._refresh is not None:
-            self._refresh()
+            self._check_storage()
 
-    def _end_batch(self) -> None:
-        self._in_batch = False
+    def _check_storage(self) -> None:
+        assert self._refresh is not None
+        view = self._refresh()
+        if view != self._storage_view:
+            self._storage_view = view
+            self.fast.clear()
 
     # -- requests --------------------------------------------------------------------------
 
-    def prepare(self, request: RequestHead, client_ip: str) -> Prepared:
-        """Decide the whole response to one parsed request; never raises for client input."""
-        if not self._in_batch:
-            self._begin_batch()
+    def prepare(self, request: RequestHead, client_ip: str, key: bytes = b"") -> Prepared:
+        """Decide the whole response to one parsed request; never raises for client input.
+        `key`: the request's head bytes, under which a reusable plain route is remembered."""
         try:
             if request.method == "OPTIONS":
                 return self._generated(plan_options(request), request)
@@ -226,11 +249,23 @@ class FileServer:
             return self._generated(plan_error(exc.status, request), request, close=exc.close)
         if isinstance(route, ResponsePlan):
             return self._generated(route, request)
-        return self._file(route, request)
+        return self._file(route, request, key)
+
+    def prepare_fast(self, route: FastRoute) -> Prepared | None:
+        """The answer to a remembered plain request, or None when anything about its file
+        changed (vanished, moved, resized): then the caller takes the full path."""
+        target = route.target
+        try:
+            file = self.files.acquire(target.path)
+        except OSError:
+            return None
+        cached = file.heads.get(route.method)
+        if cached is None or file.size != target.expected_size:
+            self.files.release(file)
+            return None
+        return Prepared(200, cached[0], cached[1], file, target.title_id)
 
     def prepare_error(self, exc: HttpError) -> Prepared:
-        if not self._in_batch:
-            self._begin_batch()
         return self._generated(plan_error(exc.status), None, close=True)
 
     def _generated(
@@ -240,7 +275,7 @@ class FileServer:
         head = render_head(plan.status, plan.headers)
         return Prepared(plan.status, head, body, None, NO_TITLE, close)
 
-    def _file(self, target: FileTarget, request: RequestHead) -> Prepared:
+    def _file(self, target: FileTarget, request: RequestHead, key: bytes = b"") -> Prepared:
         file = self._open(target)
         if file is None:
             return self._generated(plan_error(404, request), request)
@@ -258,6 +293,16 @@ class FileServer:
                 meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
                 plan = plan_response(meta, request, "")
                 cached = file.heads[method] = (render_head(plan.status, plan.headers), plan.body)
+            if (
+                key
+                and target.reusable
+                and target.expected_size is not None
+                and self._storage_view is not None  # a view that can report its changes
+            ):
+                fast = self.fast
+                if len(fast) >= self.settings.fast_routes:
+                    fast.clear()  # junk or a huge catalogue: start over rather than track LRU
+                fast[key] = FastRoute(target, method, request.keep_alive)
             return Prepared(200, cached[0], cached[1], file, target.title_id)
         meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
         plan = plan_response(meta, request, self._boundary())
@@ -276,7 +321,7 @@ class FileServer:
                     return None
                 # A background tier move may have just renamed it: ask the index once more.
                 if self._refresh is not None:
-                    self._refresh()
+                    self._check_storage()
                 moved = self.site.relocate(target)
                 if moved is None:
                     return None
