@@ -1,6 +1,10 @@
 """The HTTP/JSON shell (FastAPI) for the CLI and the services: registry, steering, plans,
 keys and `/metrics`. Handlers are `async` so they run on the loop that also serves gRPC,
 and FleetService is only ever touched from that one thread.
+
+`GET /steer` is the one hot route (players ask it per session, thousands a second): a plain
+ASGI handler in front of FastAPI answers it, skipping the middleware stack, parameter
+models and response validation that cost several times the decision itself.
 """
 
 from __future__ import annotations
@@ -8,19 +12,83 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
-from fleet.errors import FleetError
+from fleet.errors import FleetError, FleetInputError
 from fleet.model import Appliance
 from fleet.service import FleetService
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON_HEADERS = (b"content-type", b"application/json")
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class JoinTokenRequest(BaseModel):
     site: str
+
+
+def steer_json(svc: FleetService, client_ip: str, title: str) -> bytes:
+    """The /steer answer: `urls` best first, plus each candidate and why (the CLI shows it)."""
+    decision, urls = svc.steer(client_ip, title)
+    body = {
+        "urls": list(urls.urls),
+        "candidates": [
+            {"name": c.name, "site": c.site, "url": u, "reason": c.reason, "kind": c.kind}
+            for c, u in zip(decision.candidates, urls.urls, strict=True)
+        ],
+        "outcome": decision.outcome,
+        "client_ip": decision.client_ip,
+        "client_site": decision.client_site,
+        "title": decision.title_id,
+        "expires": urls.expires,
+        "excluded": list(decision.excluded),
+    }
+    return _encode(body).encode()
+
+
+def steer_params(query_string: bytes) -> tuple[str, str]:
+    """`client_ip` and `title` from a query string; the last one wins, as in FastAPI."""
+    params = dict(parse_qsl(query_string.decode("latin-1")))
+    missing = [p for p in ("client_ip", "title") if not params.get(p)]
+    if missing:
+        raise FleetInputError(f"/steer needs the query parameter(s) {', '.join(missing)}")
+    return params["client_ip"], params["title"]
+
+
+class SteerFastPath:
+    """`GET /steer` answered here, every other request passed on to the FastAPI app."""
+
+    def __init__(self, svc: FleetService, api: FastAPI) -> None:
+        self.svc = svc
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/steer":
+            await self.api(scope, receive, send)
+            return
+        headers = [_JSON_HEADERS]
+        try:
+            if scope["method"] != "GET":
+                headers.append((b"allow", b"GET"))
+                status, body = 405, _encode({"error": "/steer only answers GET"}).encode()
+            else:
+                client_ip, title = steer_params(scope["query_string"])
+                status, body = 200, steer_json(self.svc, client_ip, title)
+        except FleetError as exc:
+            status, body = exc.http_status, _encode({"error": str(exc)}).encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
@@ -64,7 +132,12 @@ def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
     }
 
 
-def create_app(svc: FleetService) -> FastAPI:
+def create_app(svc: FleetService) -> SteerFastPath:
+    return SteerFastPath(svc, create_api(svc))
+
+
+def create_api(svc: FleetService) -> FastAPI:
+    """Every route but the hot `GET /steer` (see SteerFastPath)."""
     app = FastAPI(title="Edgeflix fleet manager", version="1")
 
     @app.exception_handler(FleetError)
@@ -78,25 +151,6 @@ def create_app(svc: FleetService) -> FastAPI:
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
         return svc.metrics()
-
-    @app.get("/steer")
-    async def steer(client_ip: str = Query(...), title: str = Query(...)) -> Response:
-        # The hot path: encoded here, skipping FastAPI's generic response validation.
-        decision, urls = svc.steer(client_ip, title)
-        body = {
-            "urls": list(urls.urls),
-            "candidates": [
-                {**dataclasses.asdict(c), "url": u}
-                for c, u in zip(decision.candidates, urls.urls, strict=True)
-            ],
-            "outcome": decision.outcome,
-            "client_ip": decision.client_ip,
-            "client_site": decision.client_site,
-            "title": decision.title_id,
-            "expires": urls.expires,
-            "excluded": list(decision.excluded),
-        }
-        return Response(json.dumps(body).encode(), media_type="application/json")
 
     @app.get("/appliances")
     async def appliances() -> list[dict[str, Any]]:
