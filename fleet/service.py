@@ -18,16 +18,17 @@ from urllib.parse import urlsplit
 
 from edgeflix.log import event
 from edgeflix.metrics import Sample, render
+from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
-from fleet.keys import rotate, rotation_due, signing_key, verification_keys
+from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
 from fleet.model import FleetSnapshot, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
 from fleet.popularity import DecayedCounts, blend_site_demand, predicted_demand
 from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
 from fleet.steering import OUTCOMES, SteeringDecision, steer
 from fleet.store import Store
-from fleet.urls import SignedUrls, playback_urls
+from fleet.urls import SignedUrls, TokenCache, playback_urls
 
 log = logging.getLogger("fleet")
 JOIN_TOKEN_TTL_S = 7 * 86_400.0
@@ -72,6 +73,11 @@ class FleetService:
         self.replan_due = True
         self._snapshot: FleetSnapshot | None = None
         self._snapshot_at = 0.0
+        # The steering path's per-request work, done once: the policy (config is frozen),
+        # the signing key (until the key set changes or a key activates or retires), tokens.
+        self._steering_policy = config.steering_policy()
+        self._signing: tuple[KeySet, float, float, SigningKey | None] | None = None
+        self._tokens = TokenCache()
 
     # -- registry --------------------------------------------------------------------
 
@@ -163,18 +169,34 @@ class FleetService:
     # -- steering ----------------------------------------------------------------------
 
     def steer(self, client_ip: str, title_id: str) -> tuple[SteeringDecision, SignedUrls]:
-        decision = steer(self.snapshot(), client_ip, title_id, self.config.steering_policy())
+        decision = steer(self.snapshot(), client_ip, title_id, self._steering_policy)
         now = self.clock()
         s = self.config.steering
         urls = playback_urls(
             decision,
-            signing_key(self.keys, now),
+            self._signing_key(now),
             now,
             s.token_ttl_s,
             bind_client_ip=s.bind_client_ip,
+            signer=self._tokens,
         )
         self.outcomes[decision.outcome] += 1
         return decision, urls
+
+    def _signing_key(self, now: float) -> SigningKey | None:
+        """signing_key(), recomputed only when the key set changes or `now` crosses a key's
+        activation or retirement (the only instants its answer can change)."""
+        cached = self._signing
+        if cached is not None and cached[0] is self.keys and cached[1] <= now < cached[2]:
+            return cached[3]
+        edges = [k.activates for k in self.keys.keys] + [
+            k.retires for k in self.keys.keys if k.retires is not None
+        ]
+        since = max((t for t in edges if t <= now), default=float("-inf"))
+        until = min((t for t in edges if t > now), default=float("inf"))
+        key = signing_key(self.keys, now)
+        self._signing = (self.keys, since, until, key)
+        return key
 
     # -- keys --------------------------------------------------------------------------
 

@@ -7,12 +7,17 @@ endpoint in normal operation and takes no token: `/titles/<id>/master.m3u8`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeflix.tokens import SigningKey, sign, signed_path, title_prefix
 from fleet.steering import SteeringDecision
 
 MANIFEST = "master.m3u8"
+Signer = Callable[[str, SigningKey, int, "str | None"], str]
+# Enough for every title of a big catalogue in one second; bound-to-client tokens beyond it
+# are signed without being remembered.
+TOKEN_CACHE_ENTRIES = 50_000
 
 
 @dataclass(frozen=True)
@@ -29,13 +34,14 @@ def playback_urls(
     *,
     bind_client_ip: bool = False,
     manifest: str = MANIFEST,
+    signer: Signer = sign,
 ) -> SignedUrls:
     """One URL per candidate; unsigned `/titles/…` URLs when tokens are off (no key)."""
     expires = int(now) + ttl_s
     token: str | None = None
     if key is not None:
         client = decision.client_ip if bind_client_ip else None
-        token = sign(decision.title_id, key, expires, client)
+        token = signer(decision.title_id, key, expires, client)
     plain = f"{title_prefix(decision.title_id)}{manifest}"
     urls = []
     for c in decision.candidates:
@@ -45,3 +51,27 @@ def playback_urls(
         else:
             urls.append(base + plain)
     return SignedUrls(tuple(urls), expires)
+
+
+class TokenCache:
+    """`sign` remembered for the current key and expiry second: every answer for a title in
+    the same second carries the same token, so it is signed (HMAC + base64) once, not per
+    request. A new key or a new second starts afresh, so nothing stale is ever handed out."""
+
+    def __init__(self, max_entries: int = TOKEN_CACHE_ENTRIES) -> None:
+        self.max_entries = max_entries
+        self._for: tuple[SigningKey, int] | None = None
+        self._tokens: dict[tuple[str, str | None], str] = {}
+
+    def __call__(
+        self, title_id: str, key: SigningKey, expires: int, client_ip: str | None = None
+    ) -> str:
+        if self._for != (key, expires):
+            self._for = (key, expires)
+            self._tokens = {}
+        token = self._tokens.get((title_id, client_ip))
+        if token is None:
+            token = sign(title_id, key, expires, client_ip)
+            if len(self._tokens) < self.max_entries:
+                self._tokens[title_id, client_ip] = token
+        return token

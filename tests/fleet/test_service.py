@@ -121,3 +121,28 @@ def test_keys_rotate_on_schedule_and_everything_survives_a_restart(tmp_path: Pat
     assert again.keys == svc.keys
     assert again.records["h1"].drained and again.records["h1"].site == "home"
     assert again.current_plan == svc.current_plan
+
+
+def test_steering_signs_with_the_new_key_from_the_instant_it_activates(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.maybe_rotate_keys()
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1)
+    first = svc.keys.keys[0].id
+
+    def signer() -> str:
+        return svc.steer("192.168.1.2", "a")[1].urls[0].split("/t/", 1)[1].split(".", 1)[0]
+
+    assert signer() == first
+    clock.now += 24 * 3600 - 60  # the next key is handed out 60 s (lead_s) before it signs
+    assert svc.maybe_rotate_keys()
+    beat(svc, "h1", 2)
+    newest = svc.keys.keys[-1]
+    assert newest.id != first and newest.activates == clock.now + 60
+    assert signer() == first
+    clock.now = newest.activates - 0.001
+    beat(svc, "h1", 3)
+    assert signer() == first
+    clock.now = newest.activates
+    assert signer() == newest.id

@@ -75,3 +75,20 @@ def test_plan_proto_keeps_order_version_and_sources() -> None:
     assert plan.version == 4 and plan.fill_window == "02:00-06:00"
     assert [t.title_id for t in plan.titles] == ["film", "show"]
     assert list(plan.titles[0].sources) == ["http://10.0.0.1:8081", "http://origin:8080"]
+
+
+def test_token_cache_hands_out_what_sign_would_and_starts_afresh_each_second() -> None:
+    from edgeflix.tokens import sign
+    from fleet.urls import TokenCache
+
+    cache = TokenCache(max_entries=2)
+    other = SigningKey("k2", b"t" * 32)
+    for key, expires, client in [(KEY, 1600, None), (KEY, 1600, "10.0.0.1"), (other, 1600, None)]:
+        for title in ("film", "show", "clip"):  # the third is past max_entries
+            assert cache(title, key, expires, client) == sign(title, key, expires, client)
+            assert cache(title, key, expires, client) == sign(title, key, expires, client)
+    assert cache("film", KEY, 1601) == sign("film", KEY, 1601)
+    decision = steer(snapshot(), "192.168.1.5", "film")
+    assert playback_urls(decision, KEY, 1000.0, 600, signer=cache) == playback_urls(
+        decision, KEY, 1000.0, 600
+    )
