@@ -8,19 +8,12 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+
+if TYPE_CHECKING:  # imported where used: a command in a pipe never pays for them
+    from rich.progress import Progress
 
 console = Console()
 err_console = Console(stderr=True)
@@ -42,6 +35,8 @@ def print_table(
 ) -> None:
     """A rich table on a terminal; tab-separated lines with a header in a pipe."""
     if interactive():
+        from rich.table import Table
+
         table = Table(*columns, title=title)
         for row in rows:
             table.add_row(*(str(c) for c in row))
@@ -61,6 +56,16 @@ def fail(message: str, code: int = 1) -> None:
 @contextmanager
 def progress(transfer: bool = False) -> Iterator[Progress]:
     """A rich Progress that draws only on a terminal (disabled, but still usable, in a pipe)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
     if transfer:
         columns += [DownloadColumn(), TransferSpeedColumn()]

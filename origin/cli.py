@@ -10,17 +10,19 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import Progress, TaskID
 
 from edgeflix import ui
 from edgeflix.titlefiles import TitleFiles
 from origin import config
 from origin.errors import IngestCancelled, SourceError
-from origin.ingest import IngestRequest, ingest
+from origin.ingest import IngestRequest, Silent, ingest
 from origin.store import list_titles
+
+if TYPE_CHECKING:  # rich.progress is imported only when a terminal shows the bars
+    from rich.progress import Progress, TaskID
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -112,8 +114,12 @@ def ingest_cmd(
         heights=_parse_ints(heights, "--heights"),
         replace=replace,
     )
-    with _cancellable(), ui.progress() as bar:
-        model, digest = ingest(req, cfg.encode, BarReporter(bar))
+    with _cancellable():
+        if ui.interactive():
+            with ui.progress() as bar:
+                model, digest = ingest(req, cfg.encode, BarReporter(bar))
+        else:
+            model, digest = ingest(req, cfg.encode, Silent())
     path = store / "titles" / model.id
     if as_json:
         ui.print_json(summary(model, digest, path))

@@ -1,6 +1,7 @@
 """ffmpeg command lines, pure: the ladder encode (one process, one decode, a split filter and
-one CMAF output per rendition), the poster, per-title trial encodes and VMAF measurement,
-and the parser of `-progress` output. `origin/runner.py` runs what this builds.
+one CMAF output per rendition, plus the poster JPEG as one more output), per-title trial
+encodes and VMAF measurement, and the parser of `-progress` output. `origin/runner.py` runs
+what this builds.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ SCRATCH_PLAYLIST = ".ffmpeg.m3u8"  # ffmpeg's own playlist; we write ours from t
 VMAF_MODEL = "version=vmaf_v0.6.1"
 # Per-title (CRF) rungs: peak bitrate cap as a multiple of the predicted average.
 CRF_CAP = 2.0
+
+
+@dataclass(frozen=True)
+class Poster:
+    """The poster output of the ladder encode: one frame (by index, counted after the fps
+    filter) as a JPEG at most `width` wide. A branch of the same decode: no second process,
+    no second seek."""
+
+    frame: int
+    width: int
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -95,12 +107,19 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
     ]  # fmt: skip
 
 
-def filter_graph(rungs: Sequence[Rung], frame_rate: Fraction) -> str:
-    """One decode, normalised to constant frame rate, split once per rendition and scaled."""
-    labels = "".join(f"[s{i}]" for i in range(len(rungs)))
-    parts = [f"[0:v:0]fps={frame_rate},split={len(rungs)}{labels}"]
+def filter_graph(rungs: Sequence[Rung], frame_rate: Fraction, poster: Poster | None = None) -> str:
+    """One decode, normalised to constant frame rate, split once per rendition and scaled;
+    with a poster, one more branch keeps only its frame (then ends) and scales that one."""
+    branches = len(rungs) + (1 if poster else 0)
+    labels = "".join(f"[s{i}]" for i in range(branches))
+    parts = [f"[0:v:0]fps={frame_rate},split={branches}{labels}"]
     for i, rung in enumerate(rungs):
         parts.append(f"[s{i}]scale={rung.width}:{rung.height}:flags=bicubic,setsar=1[v{i}]")
+    if poster:
+        parts.append(
+            f"[s{len(rungs)}]trim=start_frame={poster.frame}:end_frame={poster.frame + 1},"
+            f"scale='min({poster.width},iw)':-2[poster]"
+        )
     return ";".join(parts)
 
 
@@ -116,16 +135,21 @@ def encode_args(
     settings: EncodeSettings,
     out_dir: Path,
     with_audio: bool,
+    poster: Poster | None = None,
 ) -> list[str]:
-    """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`."""
+    """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`, and the
+    poster when asked."""
     args = base_args(ffmpeg, source)
-    args += ["-filter_complex", filter_graph(rungs, settings.frame_rate)]
+    args += ["-filter_complex", filter_graph(rungs, settings.frame_rate, poster)]
     for i, rung in enumerate(rungs):
         args += ["-map", f"[v{i}]", "-an", *video_codec_args(rung, settings)]
         args += cmaf_output_args(out_dir / rung.id, settings)
     if with_audio:
         args += ["-map", "0:a:0", "-vn", *audio_codec_args(settings)]
         args += cmaf_output_args(out_dir / AUDIO_ID, settings)
+    if poster:
+        args += ["-map", "[poster]", "-an", "-frames:v", "1", "-q:v", "3",
+                 "-f", "image2", "-update", "1", str(poster.path)]  # fmt: skip
     return args
 
 
@@ -133,17 +157,14 @@ def audio_codec_args(settings: EncodeSettings) -> list[str]:
     return ["-c:a", "aac", "-b:a", f"{settings.audio_kbps}k", "-ac", "2", "-ar", "48000"]
 
 
-def poster_args(ffmpeg: str, source: Path, at_seconds: float, width: int, out: Path) -> list[str]:
-    """One JPEG frame, seeked (fast) to `at_seconds`, at most `width` wide."""
-    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-ss", f"{at_seconds:.3f}", "-i", str(source), "-frames:v", "1",
-            "-vf", f"scale='min({width},iw)':-2", "-q:v", "3", "-f", "image2",
-            str(out)]  # fmt: skip
-
-
 def poster_time(duration: float) -> float:
     """A tenth into the title: past black openings, before anything important."""
     return max(0.0, min(duration * 0.1, 30.0))
+
+
+def poster_frame(duration: float, frame_rate: Fraction, frames: int) -> int:
+    """The index of the poster's frame (see `poster_time`), inside a title of `frames`."""
+    return max(0, min(round(poster_time(duration) * frame_rate), frames - 1))
 
 
 def trial_args(

@@ -1,5 +1,6 @@
-"""One ingest, start to publish: probe → ladder → one ffmpeg for the whole ladder → measure
-the segments → HLS + DASH + poster → files.json last → verify → atomic publish (store.py).
+"""One ingest, start to publish: probe → ladder → one ffmpeg for the whole ladder and the
+poster → measure the segments → HLS + DASH → files.json last → verify → atomic publish
+(store.py).
 The CLI (`origin/cli.py`) only parses options and shows progress through `Reporter`.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,14 +20,14 @@ from edgeflix.log import event
 from edgeflix.titlefiles import FileEntry, RenditionInfo, TitleFiles, check_title_id
 from origin import dash, hls, pertitle
 from origin.config import EncodeConfig
-from origin.errors import EncodeError, SourceError
+from origin.errors import EncodeError, SourceError, StoreError
 from origin.ffmpeg import (
     AUDIO_ID,
     SCRATCH_PLAYLIST,
     EncodeSettings,
+    Poster,
     encode_args,
-    poster_args,
-    poster_time,
+    poster_frame,
 )
 from origin.ladder import CODECS, Rung, default_ladder
 from origin.probe import Source, probe
@@ -137,12 +139,13 @@ def package(
     if source.has_audio:
         (out / AUDIO_ID).mkdir()
     reporter.stage("encoding", source.duration, [r.id for r in rungs])
-    args = encode_args(ffmpeg, source.path, rungs, settings, out, source.has_audio)
+    frame = poster_frame(source.duration, settings.frame_rate, source.frames)
+    poster = Poster(frame, POSTER_WIDTH, out / POSTER)
+    args = encode_args(ffmpeg, source.path, rungs, settings, out, source.has_audio, poster)
     run_ffmpeg(args, f"encoding {source.path.name}", reporter.update)
-    run_ffmpeg(
-        poster_args(ffmpeg, source.path, poster_time(source.duration), POSTER_WIDTH, out / POSTER),
-        "writing the poster",
-    )
+    check_space(out, f"encoding {source.path.name}")
+    if not poster.path.is_file() or poster.path.stat().st_size == 0:
+        raise EncodeError(f"ffmpeg wrote no poster (frame {frame} of {source.path.name})")
     videos = [measure(out / r.id, settings.frame_rate) for r in rungs]
     audio = measure(out / AUDIO_ID) if source.has_audio else None
     check_alignment(videos, req.segment_seconds, source.frames)
@@ -165,6 +168,13 @@ def package(
     )
     write_files_json(out, model, files)
     return model
+
+
+def check_space(folder: Path, what: str) -> None:
+    """ffmpeg's hls muxer logs nothing and exits 0 when a segment write hits ENOSPC (the
+    segment is just cut short), so ask the filesystem whether it ran out while we wrote."""
+    if os.statvfs(folder).f_bavail == 0:
+        raise StoreError(f"disk full while {what}: no space left on device")
 
 
 def check_alignment(videos: Sequence[Media], segment_seconds: float, source_frames: int) -> None:

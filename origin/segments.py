@@ -72,7 +72,11 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
     names = sorted((p.name for p in folder.glob("seg_*.m4s")), key=lambda n: int(n[4:-4]))
     if not names:
         raise EncodeError(f"{folder}: ffmpeg wrote no media segments")
-    with av.open(io.BytesIO(init), "r") as container:
+    try:
+        container = av.open(io.BytesIO(init), "r")
+    except av.error.FFmpegError as exc:
+        raise EncodeError(f"{init_path}: unreadable init segment ({exc})") from None
+    with container:
         stream = container.streams[0]
         ctx: Any = stream.codec_context
         kind = stream.type

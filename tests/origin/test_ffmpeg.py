@@ -7,9 +7,11 @@ import pytest
 
 from origin.ffmpeg import (
     EncodeSettings,
+    Poster,
     encode_args,
     filter_graph,
     parse_progress,
+    poster_frame,
     poster_time,
     video_codec_args,
     vmaf_args,
@@ -96,3 +98,22 @@ def test_progress_takes_the_last_out_time() -> None:
 def test_poster_time_is_early_but_not_the_first_frame() -> None:
     assert poster_time(5.3) == pytest.approx(0.53)
     assert poster_time(7200) == 30.0
+
+
+def test_poster_is_one_more_branch_of_the_same_decode(tmp_path: Path) -> None:
+    poster = Poster(frame=13, width=1280, path=tmp_path / "poster.jpg")
+    args = encode_args(
+        "ffmpeg", Path("in.mp4"), RUNGS, EncodeSettings(Fraction(25), 2), tmp_path, True, poster
+    )
+    graph = _value(args, "-filter_complex")
+    assert args.count("-i") == 1 and graph.startswith("[0:v:0]fps=25,split=3[s0][s1][s2]")
+    assert "[s2]trim=start_frame=13:end_frame=14,scale='min(1280,iw)':-2[poster]" in graph
+    tail = args[args.index("[poster]") :]
+    assert _value(tail, "-frames:v") == "1" and tail[-1] == str(tmp_path / "poster.jpg")
+
+
+def test_poster_frame_stays_inside_the_title() -> None:
+    assert poster_frame(5.3, Fraction(25), 132) == 13
+    assert poster_frame(7200, Fraction(25), 180000) == 750
+    assert poster_frame(0.04, Fraction(25), 1) == 0
+    assert poster_frame(10, Fraction(25), 20) == 19  # container said fewer frames than rate x time
