@@ -9,6 +9,7 @@ models and response validation that cost several times the decision itself.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -19,6 +20,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fleet.errors import FleetError, FleetInputError
 from fleet.model import Appliance
@@ -89,6 +91,43 @@ class SteerFastPath:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+class _CoalescingTransport:
+    """A transport whose writes made in one loop step leave in one send: uvicorn writes a
+    response's head and body separately, and on loopback each send costs a delivery and a
+    wake-up of the reader, worth more than the whole /steer decision."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()  # a close after a write (Connection: close) must still send it
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol over a _CoalescingTransport (`uvicorn.Config(http=…)`)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
 
 def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:

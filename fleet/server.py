@@ -27,7 +27,7 @@ from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.config import FleetConfig
 from fleet.errors import FleetError
 from fleet.grpc_api import FleetServicer
-from fleet.http import create_app
+from fleet.http import CoalescingHttpToolsProtocol, create_app
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store
 
@@ -117,7 +117,14 @@ async def serve(config: FleetConfig) -> None:
     http_sock = _bind(config.server.http)
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
-        uvicorn.Config(create_app(svc), log_level="warning", access_log=False, lifespan="off")
+        uvicorn.Config(
+            create_app(svc),
+            http=CoalescingHttpToolsProtocol,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,  # players reach the manager directly; no proxy to trust
+        )
     )
 
     await grpc_server.start()
