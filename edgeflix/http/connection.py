@@ -180,9 +180,13 @@ class Connection:
                 # The common file answer, head then one span: two syscalls when the socket
                 # takes it all (MSG_MORE packs the head with the first body bytes).
                 self.pieces = pieces = (head, body[0])
-                if self._send_whole(head, pieces[1]):
+                sent = self._send_whole(head, pieces[1])
+                if sent is True:
                     self._finish()
                     return True
+                if sent is False:
+                    self._wait_writable()
+                    return False
             else:
                 self.pieces = (head, *body)
         else:
@@ -192,19 +196,24 @@ class Connection:
             self._finish()
             return True
         if self.phase == SEND:
-            self._pause_reading()
-            server.loop.add_writer(self.fd, self._on_writable)
-            self.writing = True
+            self._wait_writable()
         return False
 
-    def _send_whole(self, head: bytes, span: bytes | Span) -> bool:
-        """Try head and span in one go; on anything short of complete, leave the piece
-        position where it stopped for `_flush` (which also handles every error)."""
+    def _wait_writable(self) -> None:
+        self.deadline = self.server.loop.time() + self.server.settings.keepalive_timeout_s
+        self._pause_reading()
+        self.server.loop.add_writer(self.fd, self._on_writable)
+        self.writing = True
+
+    def _send_whole(self, head: bytes, span: bytes | Span) -> bool | None:
+        """Try head and span in one go: True when all went out, False when the socket is
+        full (a short write), None to let `_flush` retry from where this stopped (errors,
+        an empty read of a truncated file): it reports and handles them."""
         assert isinstance(span, Span)
         try:
             n = self.sock.send(head, _MSG_MORE)
         except OSError:
-            return False
+            return None
         if n != len(head):
             self.piece_off = n
             self.sent += n
@@ -214,12 +223,12 @@ class Connection:
         try:
             n = os.sendfile(self.fd, self.file_fd, span.start, span.length)
         except OSError:
-            return False
+            return None
         self.sent = n
         if n == span.length:
             return True
         if n == 0:
-            return False  # `_flush` tries again and reports a truncated file
+            return None
         self.piece_off = n
         return False
 
@@ -272,6 +281,13 @@ class Connection:
                 self.piece_off = 0
             else:
                 self.piece_off = off + n
+                if self.sendfile or isinstance(piece, bytes):
+                    # A short write to a non-blocking socket means its buffer is full: wait
+                    # for writable rather than spend a syscall on the EAGAIN.
+                    self.deadline = (
+                        self.server.loop.time() + self.server.settings.keepalive_timeout_s
+                    )
+                    return False
         return True
 
     def _send_span(self, span: Span, off: int) -> int:
