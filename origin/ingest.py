@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 from edgeflix import titlefiles
 from edgeflix.log import event
 from edgeflix.titlefiles import FileEntry, RenditionInfo, TitleFiles, check_title_id
-from origin import dash, hls, pertitle
+from origin import dash, hls
 from origin.config import EncodeConfig
 from origin.errors import EncodeError, SourceError, StoreError
 from origin.ffmpeg import (
@@ -104,6 +104,8 @@ def ingest(
         for name in staging.cleaned:
             event(log, "store.cleaned", folder=name)
         if req.ladder == "auto":
+            from origin import pertitle  # only per-title ingests pay for it
+
             reporter.stage("choosing ladder (VMAF trials)", 1.0, ["trials"])
             rungs = pertitle.choose(
                 ffmpeg, source, rungs, settings, staging.root / "trials",
