@@ -1,11 +1,13 @@
-"""Measure what ffmpeg wrote (I/O shell over PyAV): per rendition the init segment's codec
-configuration and, per media segment, its size, start, duration, frame count and whether it
-opens on a keyframe. The manifests are written from these facts, never from intentions.
+"""Measure what ffmpeg wrote (I/O shell): per rendition the init segment's codec
+configuration (PyAV) and, per media segment, its size, start, duration, frame count and
+whether it opens on a keyframe (its fragment boxes, origin/fmp4.py). The manifests are
+written from these facts, never from intentions.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import av
 
+from origin import fmp4
 from origin.codecs import codec_string
 from origin.errors import EncodeError
 from origin.ffmpeg import INIT_NAME
@@ -95,7 +98,8 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
         codecs = codec_string(codec, extradata)
     except ValueError as exc:
         raise EncodeError(f"{init_path}: {exc}") from None
-    segments = [_segment(folder / name, init) for name in names]
+    defaults = fmp4.track_defaults(init)
+    segments = [_segment(folder / name, defaults) for name in names]
     return Media(
         id=folder.name,
         kind=kind,
@@ -108,22 +112,19 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
     )
 
 
-def _segment(path: Path, init: bytes) -> Segment:
+def _segment(path: Path, defaults: fmp4.TrackDefaults) -> Segment:
+    """The segment's facts from its moof boxes (sample flags, counts, durations, composition
+    offsets): what a demuxer would report, without demuxing or decoding anything."""
     body = path.read_bytes()
     try:
-        with av.open(io.BytesIO(init + body), "r") as container:
-            packets = [p for p in container.demux(container.streams[0]) if p.size]
-    except av.error.FFmpegError as exc:
+        facts = fmp4.fragments(body, defaults)
+    except (fmp4.BoxError, struct.error) as exc:
         raise EncodeError(f"{path}: unreadable media segment ({exc})") from None
-    if not packets:
-        raise EncodeError(f"{path}: empty media segment")
-    start = min(int(p.pts if p.pts is not None else p.dts or 0) for p in packets)
-    duration = sum(int(p.duration or 0) for p in packets)
     return Segment(
         name=path.name,
         size=len(body),
-        start=start,
-        duration=duration,
-        frames=len(packets),
-        starts_with_keyframe=bool(packets[0].is_keyframe),
+        start=facts.start,
+        duration=facts.duration,
+        frames=facts.samples,
+        starts_with_keyframe=facts.first_is_sync,
     )
