@@ -131,8 +131,9 @@ class FileServer:
         self.tails = (b"", b"")
         # Brings the site's view of storage up to date (the index reader's freshness check) and
         # returns a value that changes whenever that view did: checked when the loop's cached
-        # clock moved (at most once per iteration and per millisecond on uvloop) rather than
-        # per request, and again before relocating a file that vanished.
+        # clock moved (at most once per iteration and per millisecond on uvloop, so a change
+        # is seen within a millisecond) rather than per request, and again before relocating
+        # a file that vanished (a tier move's unlink is never missed).
         self._refresh = refresh
         self._storage_view: object = None
         self._checked_at = -1.0

@@ -4,6 +4,7 @@ outlive what they were decided on: the index (rm, reload) and the file itself.""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -49,6 +50,7 @@ def test_repeated_heads_follow_index_and_file_changes(tmp_path: Path) -> None:
             with sqlite3.connect(tmp_path / "index.sqlite") as db:
                 db.execute("UPDATE files SET state = 'missing' WHERE title = 'bunny'")
             db.close()
+            time.sleep(0.005)  # the server looks at the index at most once per millisecond
             sock.sendall(head)
             assert read_response(sock, buf).status == 404
 
