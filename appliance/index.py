@@ -160,8 +160,8 @@ class IndexReader:
     One per worker process (or thread), on its own read-only connection. Answers are cached;
     `PRAGMA data_version` changes whenever another connection commits, and then the cache is
     dropped, so a load, rm or tier move is seen by the next request. A serving worker passes
-    `refresh_per_call=False` and calls `refresh()` once per event-loop iteration instead: the
-    requests of one iteration arrived together, so one check (3 syscalls) serves them all.
+    `refresh_per_call=False` and calls `refresh()` itself, at most once per loop-clock tick
+    (about a millisecond): one check (3 syscalls) then serves every request of that tick.
     """
 
     def __init__(self, index: Path, *, refresh_per_call: bool = True) -> None:
@@ -182,12 +182,15 @@ class IndexReader:
     def _data_version(self) -> int:
         return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def refresh(self) -> None:
-        """Forget cached answers if another connection committed since the last check."""
+    def refresh(self) -> int:
+        """Forget cached answers if another connection committed since the last check; returns
+        the index's data version, which moves exactly when the answers were dropped for a
+        change (callers caching routes on top of locate() drop theirs when it moves)."""
         version = self._data_version()
         if version != self._version or len(self._cache) > _CACHE_MAX:
             self._cache.clear()
             self._version = version
+        return version
 
     def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
         """The servable file, or None (unknown title or path, title loading or being removed,

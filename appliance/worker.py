@@ -73,10 +73,8 @@ def main() -> None:
     sock = bind(spec["host"], spec["port"], reuse_port=True)
 
     def refresh() -> object:
-        # The server forgets routes it remembered whenever this value changes: the reader's
-        # last-seen data_version moves exactly when its cached answers were dropped.
-        locator.refresh()
-        return locator._version
+        # The server forgets the routes it remembered whenever this value moves.
+        return locator.refresh()
 
     def ready() -> None:
         sys.stdout.write("ready\n")
