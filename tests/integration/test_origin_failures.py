@@ -108,9 +108,12 @@ def test_full_disk(tmp_path: Path, bunny: Path) -> None:
 
 def start_slow_ingest(src: Path, store: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "EDGEFLIX_ORIGIN__ENCODE__PRESET": "slower"}
+    # A job started in the background by a non-interactive shell inherits SIGINT ignored;
+    # the user pressing Ctrl-C at a terminal has it at its default, so the child gets that.
     return subprocess.Popen(
         [sys.executable, "-m", "edgeflix.cli", *ingest_args(src, store)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
