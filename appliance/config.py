@@ -137,6 +137,17 @@ class FleetLinkConfig(ConfigModel):
     after_grace: Literal["degrade", "stop"] = "degrade"
     # Key pair, enrolment, plan and keys; left out: `fleet/` next to the storage index.
     state_dir: Path | None = None
+    # A fleet with `[server] tls = true`: its CA certificate (fleet-ca.pem, copied by the
+    # operator) and its enrolment listener (`[server] enrol_grpc`); after enrolment the
+    # link uses `url` with the client certificate the fleet issued.
+    ca: Path | None = None
+    enrol_url: HostPort | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> FleetLinkConfig:
+        if (self.ca is None) != (self.enrol_url is None):
+            raise ValueError("[fleet] ca and enrol_url go together (a fleet running TLS)")
+        return self
 
 
 class ApplianceConfig(ConfigModel):

@@ -121,8 +121,26 @@ class FleetLink:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._main, name="fleet-link", daemon=True)
-        self.channel = grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
+        self.channel = self._open_channel()
         self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+
+    def _open_channel(self) -> grpc.Channel:
+        """Plaintext without `[fleet] ca`; else TLS: to `enrol_url` with the CA alone until
+        the fleet has issued a client certificate, then mutual TLS to `url`."""
+        fleet = self.fleet
+        assert fleet.url is not None
+        if fleet.ca is None or fleet.enrol_url is None:
+            return grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
+        try:
+            ca = fleet.ca.read_bytes()
+        except OSError as exc:
+            raise LinkStateError(f"cannot read [fleet] ca {fleet.ca}: {exc.strerror}") from None
+        cert = self.state_store.client_cert()
+        if cert is None:
+            creds = grpc.ssl_channel_credentials(ca)
+            return grpc.secure_channel(fleet.enrol_url, creds, options=CHANNEL_OPTIONS)
+        creds = grpc.ssl_channel_credentials(ca, self.state_store.tls_key(), cert)
+        return grpc.secure_channel(fleet.url, creds, options=CHANNEL_OPTIONS)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -236,6 +254,7 @@ class FleetLink:
             join_token=self.fleet.join_token,
             public_key=auth.public_key(self.key),
             url=self.url,
+            tls_public_key=self.state_store.tls_public_key() if self.fleet.ca else b"",
         )
         try:
             resp = self.stub.Enrol(req, timeout=CALL_TIMEOUT_S)
@@ -266,6 +285,14 @@ class FleetLink:
             heartbeat_interval_ms=resp.heartbeat_interval_ms,
             enrolled_at=self.clock(),
         )
+        if self.fleet.ca is not None:
+            if not resp.client_cert_pem:
+                self._note_error("enrolment: the fleet issued no client certificate (no TLS?)")
+                return ENROL_BACKOFF_S[-1]
+            self.state_store.save_client_cert(resp.client_cert_pem)
+            old, self.channel = self.channel, self._open_channel()
+            self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+            old.close()
         self.state_store.save_enrolment(e)
         with self._lock:
             self.enrolment = e

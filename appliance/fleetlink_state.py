@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from appliance.fleetlink_core import FleetKey
 from appliance.safefiles import fsync_dir
 from edgeflix.errors import EdgeflixError
@@ -27,6 +30,8 @@ ENROLMENT_FILE = "enrolment.json"
 PLAN_FILE = "plan.json"
 KEYS_FILE = "keys.json"
 CONTACT_FILE = "contact.json"
+TLS_KEY_FILE = "tls.key"  # P-256: grpc's BoringSSL takes no Ed25519 client certificate
+TLS_CERT_FILE = "tls.crt"  # issued by the fleet's CA at enrolment
 
 
 class LinkStateError(EdgeflixError):
@@ -99,6 +104,44 @@ class LinkState:
         if len(raw) != 32:
             raise LinkStateError(f"{path} is not a 32-byte Ed25519 key; remove it to re-enrol")
         return raw
+
+    def tls_key(self) -> bytes:
+        """The TLS client key (PEM), created (0600) on first use and never sent anywhere."""
+        path = self.folder / TLS_KEY_FILE
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            key = ec.generate_private_key(ec.SECP256R1())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            write_atomic(path, pem)
+            return pem
+        except OSError as exc:
+            raise LinkStateError(f"cannot read {path}: {exc.strerror}") from None
+
+    def tls_public_key(self) -> bytes:
+        """DER SubjectPublicKeyInfo of the TLS key, for the EnrolRequest."""
+        try:
+            key = serialization.load_pem_private_key(self.tls_key(), None)
+        except ValueError:
+            raise LinkStateError(f"{self.folder / TLS_KEY_FILE} is damaged; remove it") from None
+        return key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def client_cert(self) -> bytes | None:
+        try:
+            return (self.folder / TLS_CERT_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LinkStateError(f"cannot read {self.folder / TLS_CERT_FILE}: {exc}") from None
+
+    def save_client_cert(self, pem: bytes) -> None:
+        write_atomic(self.folder / TLS_CERT_FILE, pem, 0o644)
 
     def enrolment(self) -> Enrolment | None:
         data = _read_json(self.folder / ENROLMENT_FILE)

@@ -30,6 +30,20 @@ class ServerConfig(ConfigModel):
     # "token": appliances need a one-time join token; "open": anyone on the network may
     # enrol (loopback demos only).
     enrolment: Literal["token", "open"] = "token"
+    # TLS on gRPC (fleet/tls.py): `grpc` then requires a client certificate issued at
+    # enrolment; `enrol_grpc` is a second, server-authenticated listener where appliances
+    # without a certificate yet call Enrol (and services call Steer). The CA is made at
+    # first start beside `db` (fleet-ca.pem: copy it to appliances as `[fleet] ca`).
+    tls: bool = False
+    enrol_grpc: HostPort | None = None
+    # Extra names (DNS or IP) for the server certificate, beyond the listeners' hosts.
+    tls_names: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _tls_listeners(self) -> ServerConfig:
+        if self.tls and self.enrol_grpc is None:
+            raise ValueError("server.tls needs server.enrol_grpc (HOST:PORT for enrolment)")
+        return self
 
 
 class SiteConfig(ConfigModel):

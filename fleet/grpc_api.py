@@ -1,6 +1,7 @@
 """The gRPC shell for appliances (and services, for Steer): proto in, FleetService call,
 proto out. Every call but Enrol and Steer must carry the appliance's signature
-(edgeflix/proto/auth.py) made with the key it enrolled with.
+(edgeflix/proto/auth.py) made with the key it enrolled with; with `[server] tls` it must
+also come over a TLS connection whose client certificate (fleet/tls.py) names that appliance.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fleet.publish import to_proto
 from fleet.registry import Beat, Health
 from fleet.service import FleetService
 from fleet.store import EnrolmentRefused
+from fleet.tls import CertAuthority
 
 _HEALTH: dict[int, Health] = {
     fleet_pb2.HEALTH_OK: "ok",
@@ -56,8 +58,9 @@ def beat_from_proto(req: fleet_pb2.HeartbeatRequest, now: float) -> Beat:
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, service: FleetService) -> None:
+    def __init__(self, service: FleetService, authority: CertAuthority | None = None) -> None:
         self.service = service
+        self.authority = authority
 
     async def _caller(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
         metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
@@ -66,9 +69,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             record = self.service.records.get(name)
             if record is None:
                 raise auth.AuthError(f"appliance '{name}' is not enrolled")
-            return auth.verify_call(
+            verified = auth.verify_call(
                 metadata, record.public_key, _METHOD + method, body, self.service.clock()
             )
+            if self.authority is not None:
+                # The mTLS listener verified the chain against our CA; the enrolment
+                # listener asks for no certificate, so nothing but Enrol/Steer passes there.
+                names = (context.auth_context() or {}).get("x509_common_name", [])
+                if names != [verified.encode()]:
+                    raise auth.AuthError(
+                        f"no client certificate for '{verified}' on this connection"
+                    )
+            return verified
         except auth.AuthError as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # abort raises; this keeps type checkers satisfied
@@ -76,10 +88,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def Enrol(
         self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.EnrolResponse:
+        ca = self.authority
         try:
+            if ca is not None:
+                if not request.tls_public_key:
+                    raise FleetInputError(
+                        "this fleet runs TLS: set [fleet] ca so the appliance sends a TLS key"
+                    )
+                # Checked before the join token is spent.
+                cert = ca.client_cert(request.name, request.tls_public_key)
             rec = self.service.enrol(
                 request.join_token, request.name, request.url, request.public_key
             )
+            if ca is not None and rec.name != request.name:
+                cert = ca.client_cert(rec.name, request.tls_public_key)
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
             raise
@@ -87,6 +109,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             appliance=rec.name,
             site=rec.site,
             heartbeat_interval_ms=int(self.service.config.heartbeat.interval_s * 1000),
+            client_cert_pem=cert if ca is not None else b"",
+            ca_cert_pem=ca.ca_pem if ca is not None else b"",
         )
 
     async def Heartbeat(

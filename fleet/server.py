@@ -30,6 +30,7 @@ from fleet.grpc_api import FleetServicer
 from fleet.http import CoalescingHttpToolsProtocol, create_app
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store
+from fleet.tls import CertAuthority, listener_hosts
 
 log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
@@ -102,16 +103,30 @@ async def serve(config: FleetConfig) -> None:
     svc = FleetService(config, store)
     svc.maybe_rotate_keys()
 
+    tls = config.server
+    authority = CertAuthority.load_or_create(Path(tls.db).parent) if tls.tls else None
     grpc_server = grpc.aio.server()
-    fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc), grpc_server)
+    fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc, authority), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
     ghost, gport = parse_hostport(config.server.grpc)
+    enrol_at = ""
     try:
-        bound = grpc_server.add_insecure_port(_hostport(ghost, gport))
+        if authority is None or tls.enrol_grpc is None:
+            bound = grpc_server.add_insecure_port(_hostport(ghost, gport))
+        else:
+            ehost, eport = parse_hostport(tls.enrol_grpc)
+            ident = authority.server_identity(listener_hosts([ghost, ehost], tls.tls_names))
+            pairs = [(ident.key_pem, ident.cert_pem)]
+            mtls = grpc.ssl_server_credentials(pairs, ident.ca_pem, require_client_auth=True)
+            bound = grpc_server.add_secure_port(_hostport(ghost, gport), mtls)
+            ebound = grpc_server.add_secure_port(
+                _hostport(ehost, eport), grpc.ssl_server_credentials(pairs)
+            )
+            enrol_at = _hostport(ehost, ebound)
     except RuntimeError as exc:
         raise FleetError(f"cannot listen on {config.server.grpc}: {exc}") from None
     http_sock = _bind(config.server.http)
@@ -138,6 +153,8 @@ async def serve(config: FleetConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"grpc on {_hostport(ghost, bound)}", flush=True)
     print(f"http on http://{_hostport(hhost, hport)}", flush=True)
+    if enrol_at:
+        print(f"grpc-enrol on {enrol_at}", flush=True)
     event(log, "fleet.started", grpc=_hostport(ghost, bound), http=_hostport(hhost, hport))
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
 

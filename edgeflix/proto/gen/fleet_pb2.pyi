@@ -19,16 +19,18 @@ HEALTH_DEGRADED: Health
 HEALTH_FAILING: Health
 
 class EnrolRequest(_message.Message):
-    __slots__ = ("name", "join_token", "public_key", "url")
+    __slots__ = ("name", "join_token", "public_key", "url", "tls_public_key")
     NAME_FIELD_NUMBER: _ClassVar[int]
     JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    TLS_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     name: str
     join_token: str
     public_key: bytes
     url: str
-    def __init__(self, name: _Optional[str] = ..., join_token: _Optional[str] = ..., public_key: _Optional[bytes] = ..., url: _Optional[str] = ...) -> None: ...
+    tls_public_key: bytes
+    def __init__(self, name: _Optional[str] = ..., join_token: _Optional[str] = ..., public_key: _Optional[bytes] = ..., url: _Optional[str] = ..., tls_public_key: _Optional[bytes] = ...) -> None: ...
 
 class EnrolResponse(_message.Message):
     __slots__ = ("appliance", "site", "heartbeat_interval_ms", "client_cert_pem", "ca_cert_pem")

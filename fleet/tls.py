@@ -1,0 +1,172 @@
+"""The fleet's own certificate authority for `[server] tls = true`: a P-256 CA made at first
+start and kept (0600) next to the database, a server certificate for the gRPC listeners, and
+client certificates issued at enrolment (fleet/grpc_api.py) for the appliance's TLS key.
+
+P-256 throughout: grpc's BoringSSL refuses Ed25519 client certificates, so the appliance's
+Ed25519 call-signing key (edgeflix/proto/auth.py) stays separate from its TLS key.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fleet.errors import FleetError, FleetInputError
+
+CA_KEY = "fleet-ca.key"
+CA_CERT = "fleet-ca.pem"
+CA_DAYS = 3650
+# No renewal protocol yet: a client certificate lives as long as the CA; `fleet rm` plus a
+# new enrolment is how an appliance's certificate is replaced.
+CLIENT_DAYS = 3650
+SERVER_DAYS = 825
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def listener_hosts(addresses: list[str], extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Names the server certificate must carry: each listener's host (a wildcard bind
+    stands for this machine's name and loopback) plus the operator's extra names."""
+    hosts: list[str] = []
+    for host in addresses:
+        if host in ("0.0.0.0", "::", ""):
+            hosts += [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
+        else:
+            hosts.append(host)
+    return tuple(dict.fromkeys([*hosts, *extra]))
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+
+class CertAuthority:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        self.key = key
+        self.cert = cert
+        self.ca_pem = cert.public_bytes(serialization.Encoding.PEM)
+
+    @classmethod
+    def load_or_create(cls, folder: Path) -> CertAuthority:
+        key_path, cert_path = folder / CA_KEY, folder / CA_CERT
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if key_path.exists() and cert_path.exists():
+                key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+                if not isinstance(key, ec.EllipticCurvePrivateKey):
+                    raise FleetError(f"{key_path} is not an EC key; remove both CA files")
+                return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+            key = ec.generate_private_key(ec.SECP256R1())
+            now = _now()
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(_name("edgeflix fleet CA"))
+                .issuer_name(_name("edgeflix fleet CA"))
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .sign(key, hashes.SHA256())
+            )
+            _write_secret(key_path, _pem_key(key))
+            _write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            return cls(key, cert)
+        except OSError as exc:
+            raise FleetError(f"cannot keep the fleet CA in {folder}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise FleetError(f"the fleet CA in {folder} is unreadable ({exc})") from None
+
+    def _issue(
+        self,
+        cn: str,
+        public_key: ec.EllipticCurvePublicKey,
+        sans: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        days: int,
+    ) -> bytes:
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def server_identity(self, hosts: tuple[str, ...]) -> ServerIdentity:
+        """A fresh server certificate each start, so a changed listener address is covered."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._issue(
+            "edgeflix fleet",
+            key.public_key(),
+            [_san(h) for h in hosts],
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            SERVER_DAYS,
+        )
+        return ServerIdentity(_pem_key(key), cert, self.ca_pem)
+
+    def client_cert(self, appliance: str, tls_public_key: bytes) -> bytes:
+        """A client certificate naming `appliance` (CN and DNS SAN) for its P-256 key (DER)."""
+        try:
+            key = serialization.load_der_public_key(tls_public_key)
+        except (ValueError, UnsupportedAlgorithm):
+            raise FleetInputError("tls_public_key is not a DER public key") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise FleetInputError("tls_public_key must be an ECDSA P-256 key")
+        return self._issue(
+            appliance, key, [x509.DNSName(appliance)], ExtendedKeyUsageOID.CLIENT_AUTH, CLIENT_DAYS
+        )
