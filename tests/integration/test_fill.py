@@ -21,6 +21,7 @@ import pytest
 from edgeflix import titlefiles
 from edgeflix.titlefiles import TitleFiles
 from tests.conftest import run_cli
+from tests.integration.serve_support import start
 
 MiB = 1 << 20
 
@@ -48,19 +49,6 @@ def make_title(store: Path, title_id: str, sizes: list[int], seed: int = 1) -> T
     return model
 
 
-def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    deadline = time.monotonic() + timeout
-    buf = ""
-    while time.monotonic() < deadline and "\n" not in buf:
-        buf += proc.stdout.readline() or ""
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    return buf.strip()
-
-
 @pytest.fixture(scope="module")
 def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     store = tmp_path_factory.mktemp("origin")
@@ -72,33 +60,14 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     data = bytearray(victim.read_bytes())
     data[123_456] ^= 0x01  # one flipped bit, same size: only SHA-256 can tell
     victim.write_bytes(bytes(data))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeflix.cli",
-            "origin",
-            "serve",
-            "--store",
-            str(store),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    # stderr to a file: an unread pipe could fill and stall the origin under load.
+    with (store / "origin.log").open("wb") as log:
+        origin = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
+                       ("listening",), stderr=log)  # fmt: skip
     try:
-        line = _read_line(proc, 30)
-        assert line.startswith("listening on "), f"origin did not start: {line!r}"
-        yield line.removeprefix("listening on "), store
+        yield origin.url, store
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        origin.stop()
 
 
 def appliance_config(tmp: Path, plan: Path | None = None) -> Path:
@@ -307,7 +276,6 @@ def test_window_closing_mid_title_pauses_then_resumes(
 def test_peer_fill_from_a_running_appliance(origin: tuple[str, Path], tmp_path: Path) -> None:
     """Appliance A fills from the origin and serves; B fills from A alone (the peer path),
     and for a title A lacks, B falls back from A (404) to the origin."""
-    from tests.integration.serve_support import start
 
     url, store = origin
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
