@@ -11,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -81,25 +78,10 @@ class Box:
 def launch(args: list[str], log: Path) -> Server:
     """`edgeflix ARGS` with stderr (the structured log) to `log`; waits for its URL lines."""
     with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeflix.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            bufsize=0,
-        )
-    server = Server(proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 60
-    while {"listening", "admin"} - set(server.urls):
-        ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0))
-        line = proc.stdout.readline().decode() if ready else ""
-        if not line:
-            server.stop()
-            raise AssertionError(f"edgeflix {' '.join(args)} did not start: {log.read_text()}")
-        word, _, url = line.strip().partition(" on ")
-        if url:
-            server.urls[word] = url
-    return server
+        try:
+            return start(args, ("listening", "admin"), stderr=err)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {log.read_text()}") from None
 
 
 @dataclass
