@@ -17,11 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from appliance.config import ApplianceConfig, FleetLinkConfig
 from appliance.fill.plan import FillPlan
-from appliance.fill.runner import read_state
 from appliance.fleetlink_core import (
     BeatFigures,
     CountLedger,
@@ -30,7 +27,6 @@ from appliance.fleetlink_core import (
     build_beat,
     check_keys,
     check_plan,
-    fill_progress,
     keys_from_proto,
     link_health,
     load_bps,
@@ -41,30 +37,28 @@ from appliance.fleetlink_core import (
     to_fill_plan,
     usable_keys,
 )
-from appliance.fleetlink_figures import BoxHealth, Traffic, held_titles, tier_space
+from appliance.fleetlink_figures import (
+    BoxHealth,
+    Traffic,
+    fill_figures,
+    held_titles,
+    tier_space,
+)
+from appliance.fleetlink_rpc import CallFailed, FleetRpc
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
 from edgeflix.proto.codec import CodecError, unpack_plan
-from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
 
 log = logging.getLogger("appliance.fleet")
-METHOD = "/edgeflix.fleet.v1.Fleet/"
-CALL_TIMEOUT_S = 5.0
 ENROL_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 CONTACT_SAVE_S = 60.0
 # Fill requests to site peers carry a token this long-lived; a plan whose window opens later
 # than that falls back to the origin for those titles.
 PEER_TOKEN_TTL_S = 2 * 86_400.0
-# gRPC's own reconnect backoff grows to minutes; a fleet manager back from a restart
-# should see its appliances within a beat or two.
-CHANNEL_OPTIONS = (
-    ("grpc.initial_reconnect_backoff_ms", 500),
-    ("grpc.min_reconnect_backoff_ms", 500),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
 
 
 @dataclass
@@ -121,26 +115,7 @@ class FleetLink:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._main, name="fleet-link", daemon=True)
-        self.channel = self._open_channel()
-        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
-
-    def _open_channel(self) -> grpc.Channel:
-        """Plaintext without `[fleet] ca`; else TLS: to `enrol_url` with the CA alone until
-        the fleet has issued a client certificate, then mutual TLS to `url`."""
-        fleet = self.fleet
-        assert fleet.url is not None
-        if fleet.ca is None or fleet.enrol_url is None:
-            return grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
-        try:
-            ca = fleet.ca.read_bytes()
-        except OSError as exc:
-            raise LinkStateError(f"cannot read [fleet] ca {fleet.ca}: {exc.strerror}") from None
-        cert = self.state_store.client_cert()
-        if cert is None:
-            creds = grpc.ssl_channel_credentials(ca)
-            return grpc.secure_channel(fleet.enrol_url, creds, options=CHANNEL_OPTIONS)
-        creds = grpc.ssl_channel_credentials(ca, self.state_store.tls_key(), cert)
-        return grpc.secure_channel(fleet.url, creds, options=CHANNEL_OPTIONS)
+        self.rpc = FleetRpc(fleet, self.state_store, self.name, self.key, clock)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -159,7 +134,7 @@ class FleetLink:
                 self.state_store.save_contact(self.last_contact)
             except LinkStateError as exc:
                 event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
-        self.channel.close()
+        self.rpc.close()
 
     def reconfigure(self, fleet: FleetLinkConfig) -> None:
         """A SIGHUP with a new `[fleet]` section: a refused token may be tried again."""
@@ -231,9 +206,13 @@ class FleetLink:
             event(log, "fleet.call_failed", logging.WARNING, reason=why)
         self.last_error = why
 
-    def _metadata(self, method: str, request: Any) -> tuple[tuple[str, str], ...]:
-        body = request.SerializeToString(deterministic=True)
-        return auth.sign_call(self.name, self.key, METHOD + method, body, self.clock())
+    def _call(self, method: str, request: Any) -> Any | None:
+        """A signed call; None (and the error noted for /status) when it failed."""
+        try:
+            return self.rpc.call(method, request)
+        except CallFailed as exc:
+            self._note_error(str(exc))
+            return None
 
     def _contact(self) -> None:
         now = self.clock()
@@ -257,23 +236,21 @@ class FleetLink:
             tls_public_key=self.state_store.tls_public_key() if self.fleet.ca else b"",
         )
         try:
-            resp = self.stub.Enrol(req, timeout=CALL_TIMEOUT_S)
-        except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details() or str(code)
-            if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            resp = self.rpc.enrol(req)
+        except CallFailed as exc:
+            if exc.final:
                 with self._lock:
-                    self.refused = detail
+                    self.refused = str(exc)
                 event(
                     log,
                     "fleet.enrolment_refused",
                     logging.ERROR,
-                    reason=detail,
+                    reason=str(exc),
                     action="serving what it holds; not retrying until [fleet] join_token "
                     "changes (new token: `edgeflix fleet join-token --site S`, then SIGHUP)",
                 )
                 return 3600.0
-            self._note_error(f"enrolment: {detail}")
+            self._note_error(str(exc))
             backoff = ENROL_BACKOFF_S[min(self._enrol_attempts, len(ENROL_BACKOFF_S) - 1)]
             self._enrol_attempts += 1
             return backoff
@@ -290,9 +267,7 @@ class FleetLink:
                 self._note_error("enrolment: the fleet issued no client certificate (no TLS?)")
                 return ENROL_BACKOFF_S[-1]
             self.state_store.save_client_cert(resp.client_cert_pem)
-            old, self.channel = self.channel, self._open_channel()
-            self.stub = fleet_pb2_grpc.FleetStub(self.channel)
-            old.close()
+            self.rpc.reopen()
         self.state_store.save_enrolment(e)
         with self._lock:
             self.enrolment = e
@@ -311,16 +286,7 @@ class FleetLink:
         bps = load_bps(self._load_prev, now, traffic.bytes_total)
         self._load_prev = (now, traffic.bytes_total)
         titles = held_titles(self.config.storage.index)
-        plan = to_fill_plan(self.plan.document) if self.plan else None
-        done, total = fill_progress(
-            plan,
-            self.plan.sizes if self.plan else {},
-            {t.id: t.digest for t in titles if t.complete},
-        )
-        fill = read_state(self.config.fill.staging) or {}
-        failed = tuple(
-            sorted(t for t, p in fill.get("titles", {}).items() if p.get("state") == "failed")
-        )
+        done, total, failed = fill_figures(self.config, self.plan, titles)
         lost = now - self.last_contact if self.last_contact else 0.0
         state, reasons = link_health(box.state, box.reasons, self.phase, lost)
         return BeatFigures(
@@ -343,12 +309,8 @@ class FleetLink:
         figures = self.figures()
         batch = self.ledger.next_batch()
         req = build_beat(self.enrolment.appliance, batch, figures)
-        try:
-            resp = self.stub.Heartbeat(
-                req, metadata=self._metadata("Heartbeat", req), timeout=CALL_TIMEOUT_S
-            )
-        except grpc.RpcError as exc:
-            self._note_error(f"heartbeat: {exc.details() or exc.code()}")
+        resp = self._call("Heartbeat", req)
+        if resp is None:
             return
         self.ledger.acknowledge(batch.sequence)
         self._contact()
@@ -372,14 +334,8 @@ class FleetLink:
     def _fetch_plan(self) -> None:
         have = self.plan.version if self.plan else 0
         req = fleet_pb2.GetPlanRequest(appliance=self.name, have_version=have)
-        try:
-            resp = self.stub.GetPlan(
-                req, metadata=self._metadata("GetPlan", req), timeout=CALL_TIMEOUT_S
-            )
-        except grpc.RpcError as exc:
-            self._note_error(f"plan: {exc.details() or exc.code()}")
-            return
-        if resp.unchanged or resp.version == 0:
+        resp = self._call("GetPlan", req)
+        if resp is None or resp.unchanged or resp.version == 0:
             return
         try:
             proto = unpack_plan(resp.plan_zstd)
@@ -435,14 +391,8 @@ class FleetLink:
     def _fetch_keys(self) -> None:
         have = self.keys.version if self.keys else 0
         req = fleet_pb2.GetKeysRequest(appliance=self.name, have_version=have)
-        try:
-            resp = self.stub.GetKeys(
-                req, metadata=self._metadata("GetKeys", req), timeout=CALL_TIMEOUT_S
-            )
-        except grpc.RpcError as exc:
-            self._note_error(f"keys: {exc.details() or exc.code()}")
-            return
-        if not resp.unchanged:
+        resp = self._call("GetKeys", req)
+        if resp is not None and not resp.unchanged:
             self.apply_keys(keys_from_proto(resp.keys))
 
     def apply_keys(self, incoming: Versioned[tuple[FleetKey, ...]]) -> str:

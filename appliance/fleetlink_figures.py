@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import ApplianceConfig
-from appliance.fleetlink_core import HealthState, HeldTitle
+from appliance.fill.runner import read_state
+from appliance.fleetlink_core import HealthState, HeldTitle, fill_progress, to_fill_plan
+from appliance.fleetlink_state import StoredPlan
 from appliance.hardware import advertised_capacity_bps
 from appliance.monitor import HealthReport
 from edgeflix.http.stats import ServerStats, title_traffic
@@ -51,6 +53,20 @@ def held_titles(index: Path) -> tuple[HeldTitle, ...]:
         for r in rows
         if r.state in (READY, INCOMPLETE)
     )
+
+
+def fill_figures(
+    config: ApplianceConfig, plan: StoredPlan | None, titles: tuple[HeldTitle, ...]
+) -> tuple[int, int, tuple[str, ...]]:
+    """Bytes of the running plan held and planned, and the titles the last fill run failed."""
+    done, total = fill_progress(
+        to_fill_plan(plan.document) if plan else None,
+        plan.sizes if plan else {},
+        {t.id: t.digest for t in titles if t.complete},
+    )
+    fill = read_state(config.fill.staging) or {}
+    failed = (t for t, p in fill.get("titles", {}).items() if p.get("state") == "failed")
+    return done, total, tuple(sorted(failed))
 
 
 def tier_space(config: ApplianceConfig, out_of_service: set[str]) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,100 @@
+"""The fleet link's gRPC plumbing: the channel (plaintext, or TLS with the fleet's CA and,
+once enrolled, the client certificate it issued) and calls signed with the appliance's
+Ed25519 key, every failure raised in one shape (CallFailed). appliance/fleetlink.py
+decides what to call and when; this module only knows how.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from appliance.config import FleetLinkConfig
+from appliance.fleetlink_state import LinkState, LinkStateError
+from edgeflix.errors import EdgeflixError
+from edgeflix.proto import auth
+from edgeflix.proto.gen import fleet_pb2_grpc
+
+METHOD = "/edgeflix.fleet.v1.Fleet/"
+CALL_TIMEOUT_S = 5.0
+# gRPC's own reconnect backoff grows to minutes; a fleet manager back from a restart
+# should see its appliances within a beat or two.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+# The fleet's answers to an enrolment that retrying cannot change.
+FINAL_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+class CallFailed(EdgeflixError):
+    """A call to the fleet did not complete; `final` when the fleet refused it outright."""
+
+    def __init__(self, message: str, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
+    """Plaintext without `[fleet] ca`; else TLS: to `enrol_url` with the CA alone until the
+    fleet has issued a client certificate, then mutual TLS to `url`."""
+    assert fleet.url is not None
+    if fleet.ca is None or fleet.enrol_url is None:
+        return grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
+    try:
+        ca = fleet.ca.read_bytes()
+    except OSError as exc:
+        raise LinkStateError(f"cannot read [fleet] ca {fleet.ca}: {exc.strerror}") from None
+    cert = state.client_cert()
+    if cert is None:
+        creds = grpc.ssl_channel_credentials(ca)
+        return grpc.secure_channel(fleet.enrol_url, creds, options=CHANNEL_OPTIONS)
+    creds = grpc.ssl_channel_credentials(ca, state.tls_key(), cert)
+    return grpc.secure_channel(fleet.url, creds, options=CHANNEL_OPTIONS)
+
+
+class FleetRpc:
+    """One channel to the fleet; `call` signs as `name`, `enrol` goes unsigned (the join
+    token is the credential). Both raise CallFailed naming the call."""
+
+    def __init__(
+        self,
+        fleet: FleetLinkConfig,
+        state: LinkState,
+        name: str,
+        key: bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.fleet, self.state, self.name, self.key, self.clock = fleet, state, name, key, clock
+        self.channel = open_channel(fleet, state)
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+
+    def reopen(self) -> None:
+        """A new channel (after enrolment issued a client certificate)."""
+        old, self.channel = self.channel, open_channel(self.fleet, self.state)
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+        old.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def enrol(self, request: Any) -> Any:
+        return self._invoke("Enrol", request, None)
+
+    def call(self, method: str, request: Any) -> Any:
+        body = request.SerializeToString(deterministic=True)
+        metadata = auth.sign_call(self.name, self.key, METHOD + method, body, self.clock())
+        return self._invoke(method, request, metadata)
+
+    def _invoke(self, method: str, request: Any, metadata: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            raise CallFailed(
+                f"{method.lower()}: {exc.details() or code}", final=code in FINAL_REFUSALS
+            ) from None
