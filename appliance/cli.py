@@ -223,8 +223,7 @@ def fill_cmd(
         ui.print_json(report.as_json())
     else:
         rows: list[tuple[str, str, object, object, str]] = [
-            (p.title, p.state, p.total, p.downloaded, p.error or "")
-            for p in report.titles.values()
+            (p.title, p.state, p.total, p.downloaded, p.error or "") for p in report.titles.values()
         ]
         rows += [(t, "deleted", "", "", "") for t in report.deleted]
         ui.print_table(["title", "state", "bytes", "downloaded", "error"], rows)

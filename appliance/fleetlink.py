@@ -308,7 +308,7 @@ class FleetLink:
         assert self.enrolment is not None
         figures = self.figures()
         batch = self.ledger.next_batch()
-        req = build_beat(self.enrolment.appliance, batch, figures)
+        req = build_beat(self.enrolment.appliance, batch, figures, self.url)
         resp = self._call("Heartbeat", req)
         if resp is None:
             return

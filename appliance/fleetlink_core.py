@@ -131,9 +131,13 @@ def link_health(
     return ("failing" if state == "failing" else "degraded"), (*reasons, why)
 
 
-def build_beat(name: str, batch: CountBatch, f: BeatFigures) -> fleet_pb2.HeartbeatRequest:
+def build_beat(
+    name: str, batch: CountBatch, f: BeatFigures, url: str = ""
+) -> fleet_pb2.HeartbeatRequest:
+    """`url`: where the box serves now, so the fleet follows a change since enrolment."""
     return fleet_pb2.HeartbeatRequest(
         appliance=name,
+        url=url,
         sequence=batch.sequence,
         health=_HEALTH[f.health],
         health_detail="; ".join(f.reasons)[:200],

@@ -126,9 +126,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         svc = self.service
-        svc.heartbeat(
-            name, beat_from_proto(request, svc.clock()), {t: c.bytes for t, c in counts.items()}
-        )
+        try:
+            svc.heartbeat(
+                name,
+                beat_from_proto(request, svc.clock()),
+                {t: c.bytes for t, c in counts.items()},
+                request.url,
+            )
+        except FleetInputError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         current = svc.current_plan
         return fleet_pb2.HeartbeatResponse(
             plan_version=current.version if current and name in current.appliances else 0,

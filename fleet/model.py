@@ -11,6 +11,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fleet.errors import FleetInputError
@@ -41,6 +42,25 @@ def parse_address(text: str) -> Address:
         return ipaddress.ip_address(text.strip())
     except ValueError:
         raise FleetInputError(f"'{text}' is not an IPv4 or IPv6 address") from None
+
+
+def check_appliance_url(url: str) -> str:
+    """The base URL players and peers reach an appliance at: http(s)://HOST[:PORT]."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise FleetInputError(f"appliance URL '{url}' is not http(s)://HOST[:PORT]")
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
-from fleet.model import FleetSnapshot, parse_address
+from fleet.model import FleetSnapshot, check_appliance_url, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
 from fleet.popularity import DecayedCounts, blend_site_demand, predicted_demand
 from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
@@ -119,6 +119,7 @@ class FleetService:
     def enrol(self, token: str, name: str, url: str, public_key: bytes) -> ApplianceRecord:
         if not name or not url or len(public_key) != 32:
             raise FleetInputError("enrolment needs a name, a URL and a 32-byte Ed25519 key")
+        url = check_appliance_url(url)
         open_mode = self.config.server.enrolment == "open" and not token
         site = self._site_for_url(url) if open_mode else ""
         rec = self.store.enrol(
@@ -141,10 +142,17 @@ class FleetService:
             raise FleetInputError("open enrolment needs at least one [[sites]] entry")
         return (site or self.sites[0]).name
 
-    def heartbeat(self, name: str, beat: Beat, counts: Mapping[str, int]) -> None:
-        self.record(name)
+    def heartbeat(self, name: str, beat: Beat, counts: Mapping[str, int], url: str = "") -> None:
+        """Record a beat; `url` (when sent) is where the appliance serves now: a box whose
+        address or port changed since it enrolled is steered to its new one."""
+        rec = self.record(name)
+        url = check_appliance_url(url) if url else rec.url  # a bad one refuses the whole beat
         if not accept_beat(self.beats.get(name), beat):
             return
+        if url != rec.url:
+            self.store.set_url(name, url)
+            self.records = self.store.appliances()
+            event(log, "fleet.url_changed", appliance=name, url=url, previous=rec.url)
         self.beats[name] = beat
         deltas = {t: float(b) for t, b in counts.items()}
         self.popularity.add(deltas, beat.at)

@@ -140,6 +140,12 @@ class Store:
             if cur.rowcount == 0:
                 raise UnknownNameError(f"no appliance named '{name}'")
 
+    def set_url(self, name: str, url: str) -> None:
+        with self.transaction() as c:
+            cur = c.execute("UPDATE appliances SET url = ? WHERE name = ?", (url, name))
+            if cur.rowcount == 0:
+                raise UnknownNameError(f"no appliance named '{name}'")
+
     def remove(self, name: str) -> None:
         with self.transaction() as c:
             if c.execute("DELETE FROM appliances WHERE name = ?", (name,)).rowcount == 0:

@@ -135,8 +135,11 @@ def test_beat_carries_the_figures_and_compressed_counts() -> None:
     ledger = CountLedger(sequence=1)
     ledger.observe({"b": (7, 7000)})
     batch = ledger.next_batch()
-    req = build_beat("h1", batch, figures(health="degraded", reasons=("disk d1 slow",)))
+    req = build_beat(
+        "h1", batch, figures(health="degraded", reasons=("disk d1 slow",)), "http://h1:8081"
+    )
     assert (req.appliance, req.sequence, req.health) == ("h1", 2, fleet_pb2.HEALTH_DEGRADED)
+    assert req.url == "http://h1:8081"
     assert req.health_detail == "disk d1 slow"
     assert [t.title_id for t in req.titles] == ["a", "b"] and not req.titles[0].complete
     assert [(t.tier, t.capacity_bytes, t.used_bytes) for t in req.tiers] == [

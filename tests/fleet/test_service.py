@@ -9,7 +9,7 @@ import pytest
 
 from edgeflix.proto import auth
 from fleet.config import FleetConfig, SiteConfig
-from fleet.errors import UnknownNameError
+from fleet.errors import FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace
 from fleet.registry import Beat
 from fleet.service import JOIN_TOKEN_TTL_S, FleetService, OriginTitle
@@ -50,7 +50,9 @@ def enrol(svc: FleetService, name: str, site: str) -> None:
     svc.enrol(svc.join_token(site), name, f"http://{name}:8081", key)
 
 
-def beat(svc: FleetService, name: str, seq: int, counts: dict[str, int] | None = None) -> None:
+def beat(
+    svc: FleetService, name: str, seq: int, counts: dict[str, int] | None = None, url: str = ""
+) -> None:
     b = Beat(
         at=svc.clock(),
         sequence=seq,
@@ -58,7 +60,7 @@ def beat(svc: FleetService, name: str, seq: int, counts: dict[str, int] | None =
         tiers=(TierSpace("hdd", 10 * GB),),
         titles={"a": HeldTitle("da", True, GB)},
     )
-    svc.heartbeat(name, b, counts or {})
+    svc.heartbeat(name, b, counts or {}, url)
 
 
 def test_tokens_are_one_time_site_bound_and_expire(tmp_path: Path) -> None:
@@ -89,6 +91,32 @@ def test_silence_makes_an_appliance_unreachable(tmp_path: Path) -> None:
     assert [c.name for c in decision.candidates] == ["origin"]
     assert urls.urls[0].endswith("/titles/a/master.m3u8")
     assert svc.outcomes["in_site"] == 1 and svc.outcomes["origin"] == 1
+
+
+def test_a_beat_from_a_new_address_moves_steering_there(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1)
+    assert svc.steer("192.168.1.2", "a")[1].urls[0].startswith("http://h1:8081/")
+    beat(svc, "h1", 2, url="http://192.168.1.40:9000/")
+    assert svc.steer("192.168.1.2", "a")[1].urls[0].startswith("http://192.168.1.40:9000/titles/")
+    # A bad URL refuses the whole beat: the sequence is not taken, the address stays.
+    with pytest.raises(FleetInputError, match="not http"):
+        beat(svc, "h1", 3, url="ftp://elsewhere")
+    assert svc.beats["h1"].sequence == 2
+    # It lasts: a restarted fleet manager steers to the new address.
+    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    assert again.records["h1"].url == "http://192.168.1.40:9000"
+
+
+def test_enrolment_refuses_a_url_players_cannot_use(tmp_path: Path) -> None:
+    svc = service(tmp_path, Clock())
+    key = auth.public_key(auth.new_private_key())
+    for bad in ("h1:8081", "http://", "http://h1:99999", "http://h1/titles", "gopher://h1"):
+        with pytest.raises(FleetInputError, match="not http"):
+            svc.enrol(svc.join_token("home"), "h1", bad, key)
+    assert "h1" not in svc.records
 
 
 def test_plans_follow_each_sites_own_demand(tmp_path: Path) -> None:

@@ -65,10 +65,13 @@ class ApplianceClient:
         )
         return self.stub.Enrol(req, timeout=10)
 
-    def beat(self, titles: dict[str, int], load: float = 1e8, health: int = 1) -> object:
+    def beat(
+        self, titles: dict[str, int], load: float = 1e8, health: int = 1, url: str = ""
+    ) -> object:
         self.sequence += 1
         req = fleet_pb2.HeartbeatRequest(
             appliance=self.name,
+            url=url,
             sequence=self.sequence,
             health=health,
             capacity_bps=1e9,
@@ -189,6 +192,13 @@ def test_enrolment_refuses_bad_and_reused_tokens(fleet: Server) -> None:
     with pytest.raises(grpc.RpcError) as err:
         other.beat({})
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A box that moved since it enrolled says so in its beats; a URL no player can use is
+    # refused as a bad argument.
+    box.beat({}, url="http://127.0.0.97:9090")
+    assert cli(fleet, "show", "x1")["url"] == "http://127.0.0.97:9090"  # type: ignore[index]
+    with pytest.raises(grpc.RpcError) as err:
+        box.beat({}, url="127.0.0.97:9090")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     cli(fleet, "rm", "x1")
 
 
