@@ -1,28 +1,26 @@
 """`edgeflix origin …`: the origin's command line (I/O shell over the origin's cores).
 
 `ingest` packages and publishes a title, `ls` lists the store; `serve` lives in server.py.
+Each command imports what it uses when it runs: an ingest starts ffmpeg before it loads rich.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from edgeflix import ui
-from edgeflix.titlefiles import TitleFiles
-from origin import config
 from origin.errors import IngestCancelled, SourceError
-from origin.ingest import IngestRequest, Silent, ingest
-from origin.store import list_titles
 
 if TYPE_CHECKING:  # rich.progress is imported only when a terminal shows the bars
     from rich.progress import Progress, TaskID
+
+    from edgeflix.titlefiles import TitleFiles
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -45,6 +43,30 @@ class BarReporter:
     def update(self, done: float) -> None:
         for task in self.tasks:
             self.bar.update(task, completed=done)
+
+
+class Bars:
+    """Bars on a terminal, nothing in a pipe. Decided (and rich loaded) at the first stage:
+    by then the encode's ffmpeg runs, so that import overlaps it instead of delaying it."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._bars: BarReporter | None = None
+        self._decided = False
+
+    def stage(self, name: str, total: float, labels: Sequence[str]) -> None:
+        if not self._decided:
+            self._decided = True
+            from edgeflix import ui
+
+            if ui.interactive():
+                self._bars = BarReporter(self._stack.enter_context(ui.progress()))
+        if self._bars is not None:
+            self._bars.stage(name, total, labels)
+
+    def update(self, done: float) -> None:
+        if self._bars is not None:
+            self._bars.update(done)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -100,6 +122,9 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the title summary as JSON."),
 ) -> None:
     """Encode SRC into an ABR ladder, package CMAF + HLS + DASH, publish atomically."""
+    from origin import config
+    from origin.ingest import IngestRequest, ingest
+
     if ladder not in ("default", "auto"):
         raise SourceError("--ladder must be 'default' or 'auto'")
     cfg = config.load(config_file)
@@ -114,12 +139,10 @@ def ingest_cmd(
         heights=_parse_ints(heights, "--heights"),
         replace=replace,
     )
-    with _cancellable():
-        if ui.interactive():
-            with ui.progress() as bar:
-                model, digest = ingest(req, cfg.encode, BarReporter(bar))
-        else:
-            model, digest = ingest(req, cfg.encode, Silent())
+    with _cancellable(), ExitStack() as stack:
+        model, digest = ingest(req, cfg.encode, Bars(stack))
+    from edgeflix import ui
+
     path = store / "titles" / model.id
     if as_json:
         ui.print_json(summary(model, digest, path))
@@ -138,6 +161,9 @@ def ls_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List the published titles of a store."""
+    from edgeflix import ui
+    from origin.store import list_titles
+
     titles = list_titles(store)
     if as_json:
         ui.print_json(

@@ -2,6 +2,8 @@
 poster → measure the segments → HLS + DASH → files.json last → verify → atomic publish
 (store.py).
 The CLI (`origin/cli.py`) only parses options and shows progress through `Reporter`.
+ffmpeg starts as soon as its command line is known: what only the packaging needs (PyAV's
+segment reader, the manifest writers) is imported while it encodes, not before.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from edgeflix import titlefiles
 from edgeflix.log import event
 from edgeflix.titlefiles import FileEntry, RenditionInfo, TitleFiles, check_title_id
-from origin import dash, hls
 from origin.config import EncodeConfig
 from origin.errors import EncodeError, SourceError, StoreError
 from origin.ffmpeg import (
@@ -31,9 +32,11 @@ from origin.ffmpeg import (
 )
 from origin.ladder import CODECS, Rung, default_ladder
 from origin.probe import Source, probe
-from origin.runner import find_ffmpeg, run_ffmpeg
-from origin.segments import Media, measure
+from origin.runner import FfmpegLookup, start_ffmpeg
 from origin.store import Staging, store_error
+
+if TYPE_CHECKING:  # imported by package() once ffmpeg runs
+    from origin.segments import Media
 
 log = logging.getLogger("origin.ingest")
 POSTER = "poster.jpg"
@@ -88,8 +91,9 @@ def ingest(
     """Package `req.source` and publish it; return its files.json model and digest."""
     reporter = reporter or Silent()
     check_request(req)
+    lookup = FfmpegLookup(cfg.ffmpeg)  # checks the binary while the probe runs
     source = probe(req.source)
-    ffmpeg = find_ffmpeg(cfg.ffmpeg)
+    ffmpeg = lookup.result()
     rungs = default_ladder(source.width, source.height, req.codecs, req.heights)
     if not rungs:
         raise SourceError(f"no ladder rung fits a {source.height}p source with these --heights")
@@ -140,11 +144,16 @@ def package(
         (out / rung.id).mkdir()
     if source.has_audio:
         (out / AUDIO_ID).mkdir()
-    reporter.stage("encoding", source.duration, [r.id for r in rungs])
     frame = poster_frame(source.duration, settings.frame_rate, source.frames)
     poster = Poster(frame, POSTER_WIDTH, out / POSTER)
     args = encode_args(ffmpeg, source.path, rungs, settings, out, source.has_audio, poster)
-    run_ffmpeg(args, f"encoding {source.path.name}", reporter.update)
+    with start_ffmpeg(args, f"encoding {source.path.name}") as encode:
+        # ffmpeg is running: load the packaging code now (its -progress lines wait in the pipe).
+        from origin import dash, hls
+        from origin.segments import measure
+
+        reporter.stage("encoding", source.duration, [r.id for r in rungs])
+        encode.wait(reporter.update)
     check_space(out, f"encoding {source.path.name}")
     if not poster.path.is_file() or poster.path.stat().st_size == 0:
         raise EncodeError(f"ffmpeg wrote no poster (frame {frame} of {source.path.name})")

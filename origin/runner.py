@@ -1,5 +1,6 @@
 """Run ffmpeg (I/O shell): locate the binary, stream `-progress` to a callback, and make
 sure the child dies with us — on an error, Ctrl-C or SIGTERM it is killed before we return.
+`start_ffmpeg` hands back the running child so a caller can work while it encodes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import IO
 
 from origin.errors import EncodeError, StoreError
 from origin.ffmpeg import parse_progress
@@ -41,41 +45,97 @@ def find_ffmpeg(configured: str | None = None) -> str:
         raise EncodeError(f"no ffmpeg binary: {exc} (run `make setup`)") from None
 
 
+class FfmpegLookup:
+    """`find_ffmpeg` on a thread: imageio-ffmpeg checks its binary by running `ffmpeg
+    -version` (tens of ms, mostly waiting on that child), which can overlap the probe."""
+
+    def __init__(self, configured: str | None = None) -> None:
+        self._configured = configured
+        self._found: str | None = None
+        self._error: EncodeError | None = None
+        self._thread = threading.Thread(target=self._run, name="find-ffmpeg", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._found = find_ffmpeg(self._configured)
+        except EncodeError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._found is not None
+        return self._found
+
+
+class FfmpegRun:
+    """One running ffmpeg. Leaving the `with` block before `wait()` returned (an error in
+    the caller, Ctrl-C, SIGTERM) kills the child and reaps it."""
+
+    def __init__(self, args: Sequence[str], what: str) -> None:
+        self.what = what
+        # ffmpeg's stderr goes to a file, not a pipe nobody drains while we read -progress;
+        # closed in __exit__.
+        self._errors: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        try:
+            # Own session: a terminal's Ctrl-C reaches us only, and we decide how ffmpeg ends.
+            self.proc = subprocess.Popen(
+                list(args),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+                text=True,
+            )
+        except OSError as exc:
+            self._errors.close()
+            raise EncodeError(f"cannot run ffmpeg '{args[0]}': {exc.strerror or exc}") from None
+
+    def wait(self, on_progress: ProgressCallback | None = None) -> None:
+        """Follow `-progress` to the end; raise EncodeError (StoreError for a full disk)."""
+        assert self.proc.stdout is not None
+        block: list[str] = []
+        for line in self.proc.stdout:
+            block.append(line)
+            if line.startswith("progress="):
+                seconds = parse_progress(block)
+                if seconds is not None and on_progress is not None:
+                    on_progress(seconds)
+                block = []
+        code = self.proc.wait()
+        if code != 0:
+            self._errors.seek(0)
+            raise _failure(self.what, code, self._errors.read().decode(errors="replace"))
+
+    def __enter__(self) -> FfmpegRun:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._errors.close()
+
+
+def start_ffmpeg(args: Sequence[str], what: str) -> FfmpegRun:
+    """Spawn ffmpeg and return at once; use the result as a context manager."""
+    return FfmpegRun(args, what)
+
+
 def run_ffmpeg(args: Sequence[str], what: str, on_progress: ProgressCallback | None = None) -> None:
     """Run one ffmpeg to completion; raise EncodeError (or StoreError for a full disk)."""
-    with tempfile.TemporaryFile() as errors:
-        # Own session: a terminal's Ctrl-C reaches us only, and we decide how ffmpeg ends.
-        proc = subprocess.Popen(
-            list(args),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            block: list[str] = []
-            for line in proc.stdout:
-                block.append(line)
-                if line.startswith("progress="):
-                    seconds = parse_progress(block)
-                    if seconds is not None and on_progress is not None:
-                        on_progress(seconds)
-                    block = []
-            code = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
-        if code != 0:
-            errors.seek(0)
-            text = errors.read().decode(errors="replace")
-            raise _failure(what, code, text)
+    with start_ffmpeg(args, what) as run:
+        run.wait(on_progress)
 
 
 def _failure(what: str, code: int, stderr: str) -> Exception:
