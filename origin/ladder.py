@@ -2,9 +2,11 @@
 
 The default ladder is a fixed table cut at the source's height (never upscale). The per-title
 (`--ladder auto`) ladder comes from trial encodes (every candidate resolution at a few CRFs,
-scored with VMAF at the display size): their rate-quality convex hull across resolutions, on
-which each rung takes the (resolution, CRF) point that keeps the fixed ladder's quality at the
-fewest bits. `origin/pertitle.py` runs the trials; this decides.
+scored with VMAF at the display size): their rate-quality hull across resolutions, on which
+each rung takes the (resolution, CRF) point that keeps the fixed ladder's mean quality at the
+fewest bits — as many rungs, none dearer than its fixed rung nor more than 2 VMAF worse, at
+least 1.2x apart (the policy in full above MAX_RUNG_LOSS). `origin/pertitle.py` runs the
+trials; this decides.
 """
 
 from __future__ import annotations
@@ -102,13 +104,26 @@ TRIAL_CRF: dict[str, tuple[float, ...]] = {
 }
 # Interpolated hull points lie this many CRF apart (the encoders take fractional CRFs).
 CRF_STEP = 0.25
-# A rung may give up this much VMAF against the fixed ladder's rung — a third of a
-# just-noticeable difference (~6 VMAF) — while the ladder as a whole keeps its mean quality...
+# The per-title policy (auto_ladder), per codec, on the rate-quality hull across sizes:
+# - as many rungs as the fixed ladder (players keep as many switch points; two at least when
+#   it has two), from hull points only: sizes up to the fixed ladder's top (never upscale),
+#   as many distinct sizes as the hull wants (small or easy sources: often just the top one);
+# - each rung at most its fixed rung's bits — so the lowest rung never costs more than the
+#   fixed floor and weak networks keep it — and at most MAX_RUNG_LOSS VMAF under it (the top
+#   rung included);
+# - neighbouring rungs at least MIN_RUNG_STEP apart in bitrate;
+# - the ladder's mean VMAF at least the fixed ladder's plus a margin, at the fewest total bits.
+# A rung may give up a third of a just-noticeable difference (~6 VMAF) against its fixed rung
+# while the ladder as a whole keeps its mean quality...
 MAX_RUNG_LOSS = 2.0
-# ...and that mean aims this far above the fixed ladder's, for trial-to-title noise.
+# ...and that mean aims this far above the fixed ladder's, for trial-to-title noise: a middle
+# excerpt mispredicts a title by a few tenths; trials of the whole title only carry the curve
+# fit's error (within 0.15 VMAF of real encodes at interpolated CRFs on both sample clips).
 MEAN_MARGIN = 0.3
-# Neighbouring rungs differ in bitrate by at least this factor: closer ones buy a player nothing.
-MIN_RUNG_STEP = 1.15
+MEAN_MARGIN_WHOLE_TITLE = 0.15
+# Neighbouring rungs differ in bitrate by at least this factor (the fixed ladder's closest
+# pair, 272p and 240p of a 272p source, are 1.22 apart): closer ones buy a player nothing.
+MIN_RUNG_STEP = 1.2
 
 
 class Rated(Protocol):
@@ -141,13 +156,27 @@ class RatePoint:
 P = TypeVar("P", bound=Rated)
 
 
+def trial_crfs(codec: str, rank: int, sizes: int) -> tuple[float, ...]:
+    """The trial CRFs of the `rank`-th tallest of `sizes` ladder sizes. The tallest size
+    skips the lowest quality and the others the highest: there a neighbouring size always
+    won on the hull (at the bits of 720p at CRF 33, 480p at CRF 28 looks better; at those of
+    480p at CRF 18, 720p at CRF 23), so those encodes and their VMAF were wasted."""
+    crfs = TRIAL_CRF[codec]
+    if sizes == 1:
+        return crfs
+    return crfs[:-1] if rank == 0 else crfs[1:]
+
+
 def trial_rungs(rungs: Sequence[Rung]) -> list[Rung]:
     """What --ladder auto encodes on the excerpt: every fixed rung as it is (the quality to
-    keep) and, per codec, every size of its ladder at each trial CRF (uncapped: kbps 0)."""
+    keep) and, per codec, every size of its ladder at its trial CRFs (uncapped: kbps 0)."""
     trials = list(rungs)
     for codec in dict.fromkeys(r.codec for r in rungs):
-        sizes = dict.fromkeys((r.width, r.height) for r in rungs if r.codec == codec)
-        trials += [Rung(codec, w, h, 0, crf=crf) for w, h in sizes for crf in TRIAL_CRF[codec]]
+        sizes = sorted(
+            {(r.width, r.height) for r in rungs if r.codec == codec}, key=lambda s: -s[1]
+        )
+        for rank, (w, h) in enumerate(sizes):
+            trials += [Rung(codec, w, h, 0, crf=c) for c in trial_crfs(codec, rank, len(sizes))]
     return trials
 
 
@@ -183,24 +212,70 @@ def vmaf_at(hull: Sequence[Rated], kbps: float) -> float:
 
 
 def resolution_curve(points: Iterable[RatePoint], step: float = CRF_STEP) -> list[RatePoint]:
-    """One size's trial points, trimmed to their hull and filled in every `step` CRF:
-    bitrate log-linear and VMAF linear in CRF (x264 bits halve every ~6 CRF), so the filled
-    points lie on the hull's edges, on the safe side of the real (concave) curve."""
-    hull = upper_hull(points)
+    """One size's trial points, trimmed to their hull and filled in every `step` CRF: bitrate
+    log-linear in CRF (x264 bits halve every ~6 CRF, measured straight to within 1%), VMAF a
+    monotone cubic through the trials (`pchip`). VMAF falls faster and faster with CRF, so a
+    straight chord between two trials sits ~0.5 VMAF under the real curve mid-way (bikes
+    272p at CRF 20.5: chord 95.7, cubic 96.2, encode 96.2): bits a rung then pays for nothing."""
+    hull = sorted(upper_hull(points), key=lambda p: p.crf)
+    slopes = pchip_slopes([p.crf for p in hull], [p.vmaf for p in hull])
     curve = hull[:1]
-    for lo, hi in itertools.pairwise(hull):
-        n = max(1, round(abs(lo.crf - hi.crf) / step))
-        for k in range(1, n + 1):
-            t = k / n
+    for k, (lo, hi) in enumerate(itertools.pairwise(hull)):
+        n = max(1, round((hi.crf - lo.crf) / step))
+        for i in range(1, n + 1):
+            t = i / n
             curve.append(
                 replace(
                     lo,
                     crf=lo.crf + t * (hi.crf - lo.crf),
                     kbps=lo.kbps * (hi.kbps / lo.kbps) ** t,
-                    vmaf=lo.vmaf + t * (hi.vmaf - lo.vmaf),
+                    vmaf=_hermite(lo, hi, slopes[k], slopes[k + 1], t),
                 )
             )
-    return curve
+    return sorted(curve, key=lambda p: p.kbps)
+
+
+def pchip_slopes(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
+    """Fritsch-Carlson slopes of the monotone piecewise-cubic (PCHIP) through (xs, ys), xs
+    increasing: the interpolant never leaves the range of two neighbouring points, so a
+    curve through noisy trials cannot overshoot. (SciPy's PchipInterpolator, in 20 lines
+    rather than a dependency on NumPy and SciPy.)"""
+    n = len(xs)
+    if n < 2:
+        return [0.0] * n
+    h = [b - a for a, b in itertools.pairwise(xs)]
+    d = [(y1 - y0) / dx for (y0, y1), dx in zip(itertools.pairwise(ys), h, strict=True)]
+    if n == 2:
+        return [d[0], d[0]]
+    m = [0.0] * n
+    for k in range(1, n - 1):
+        if d[k - 1] * d[k] > 0:  # weighted harmonic mean; 0 at a turn keeps it monotone
+            w1, w2 = 2 * h[k] + h[k - 1], h[k] + 2 * h[k - 1]
+            m[k] = (w1 + w2) / (w1 / d[k - 1] + w2 / d[k])
+    m[0] = _end_slope(h[0], h[1], d[0], d[1])
+    m[-1] = _end_slope(h[-1], h[-2], d[-1], d[-2])
+    return m
+
+
+def _end_slope(h0: float, h1: float, d0: float, d1: float) -> float:
+    m = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+    if m * d0 <= 0:
+        return 0.0
+    if d0 * d1 <= 0 and abs(m) > 3 * abs(d0):
+        return 3 * d0
+    return m
+
+
+def _hermite(lo: RatePoint, hi: RatePoint, m0: float, m1: float, t: float) -> float:
+    """The cubic Hermite between two points (slopes in VMAF per CRF) at fraction t."""
+    dx = hi.crf - lo.crf
+    t2, t3 = t * t, t * t * t
+    return (
+        (2 * t3 - 3 * t2 + 1) * lo.vmaf
+        + (t3 - 2 * t2 + t) * dx * m0
+        + (-2 * t3 + 3 * t2) * hi.vmaf
+        + (t3 - t2) * dx * m1
+    )
 
 
 def rate_quality_hull(points: Iterable[RatePoint]) -> list[RatePoint]:
@@ -227,9 +302,11 @@ def select(
     step: float = MIN_RUNG_STEP,
 ) -> list[int]:
     """A hull index per rung (rungs from the lowest up): each rung at the fewest bits that
-    reach its floor VMAF, no more bits than its cap, bitrates climbing by `step`; then, while
-    the mean VMAF misses `target_mean`, one hull step up for the rung whose next step buys
-    the most VMAF per kbit/s (along a concave hull the cheapest quality is always there)."""
+    reach its floor VMAF, no more bits than its cap, bitrates climbing by `step` (at the
+    hull's top end the lower rungs step down instead); then, while the mean VMAF misses
+    `target_mean`, one hull step up for the rung whose next step buys the most VMAF per
+    kbit/s (along a concave hull the cheapest quality is always there); last, steps back
+    down wherever the mean, floors and spacing still hold (greedy steps overshoot)."""
     picks: list[int] = []
     for floor, cap in zip(floors, caps, strict=True):
         i = next((k for k, p in enumerate(hull) if p.vmaf >= floor), len(hull) - 1)
@@ -239,9 +316,22 @@ def select(
             while i + 1 < len(hull) and hull[i].kbps < hull[picks[-1]].kbps * step:
                 i += 1
         picks.append(i)
+    # A rung that climbed into the hull's top end pushes the ones under it down: still a
+    # ladder (and as many rungs), not two copies of the hull's best point.
+    for k in range(len(picks) - 2, -1, -1):
+        while picks[k] > 0 and hull[picks[k]].kbps * step > hull[picks[k + 1]].kbps:
+            picks[k] -= 1
+    _raise_to_mean(hull, picks, caps, target_mean, step)
+    _trim(hull, picks, floors, target_mean, step)
+    return picks
+
+
+def _raise_to_mean(
+    hull: Sequence[Rated], picks: list[int], caps: Sequence[float], target: float, step: float
+) -> None:
     for _ in range(len(hull) * len(picks)):
-        if sum(hull[i].vmaf for i in picks) >= target_mean * len(picks):
-            break
+        if sum(hull[i].vmaf for i in picks) >= target * len(picks):
+            return
         best: tuple[float, int] | None = None
         for rung, i in enumerate(picks):
             j = i + 1
@@ -253,9 +343,31 @@ def select(
             if best is None or gain > best[0]:
                 best = (gain, rung)
         if best is None:
-            break
+            return
         picks[best[1]] += 1
-    return picks
+
+
+def _trim(
+    hull: Sequence[Rated], picks: list[int], floors: Sequence[float], target: float, step: float
+) -> None:
+    """Step rungs down while every constraint holds, the most kbit/s saved per VMAF first."""
+    if sum(hull[i].vmaf for i in picks) < target * len(picks):
+        return  # the mean was out of reach: nothing to give back
+    for _ in range(len(hull) * len(picks)):
+        slack = sum(hull[i].vmaf for i in picks) - target * len(picks)
+        best: tuple[float, int] | None = None
+        for rung, i in enumerate(picks):
+            j = i - 1
+            if j < 0 or hull[j].vmaf < floors[rung] or hull[i].vmaf - hull[j].vmaf > slack:
+                continue
+            if rung > 0 and hull[picks[rung - 1]].kbps * step > hull[j].kbps:
+                continue
+            saving = (hull[i].kbps - hull[j].kbps) / max(hull[i].vmaf - hull[j].vmaf, 1e-9)
+            if best is None or saving > best[0]:
+                best = (saving, rung)
+        if best is None:
+            return
+        picks[best[1]] -= 1
 
 
 def auto_ladder(
@@ -271,9 +383,11 @@ def auto_ladder(
 
     Per codec, every rung becomes a point of the rate-quality hull across sizes (no size
     above the fixed ladder's top, so never above the source): at most `max_loss` VMAF under
-    its fixed rung, at most the fixed rung's bits, and the ladder's mean VMAF at least the
-    fixed ladder's (+ `margin`), at the fewest total bits. Two rungs that land on one point
-    become one. Tallest first per codec, like the fixed ladder.
+    its fixed rung, at most the fixed rung's bits (the lowest rung never above the fixed
+    floor), neighbours `step` apart in bitrate, and the ladder's mean VMAF at least the
+    fixed ladder's (+ `margin`), at the fewest total bits. As many rungs as the fixed ladder;
+    only a hull too short for them all (a tiny source) merges two. Tallest first per codec,
+    like the fixed ladder.
     """
     points = list(points)
     result: list[Rung] = []

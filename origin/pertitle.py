@@ -15,7 +15,15 @@ from pathlib import Path
 from edgeflix.log import event
 from origin.errors import EncodeError
 from origin.ffmpeg import EncodeSettings, trial_args, vmaf_args
-from origin.ladder import RatePoint, Rung, TrialPoint, auto_ladder, trial_rungs
+from origin.ladder import (
+    MEAN_MARGIN,
+    MEAN_MARGIN_WHOLE_TITLE,
+    RatePoint,
+    Rung,
+    TrialPoint,
+    auto_ladder,
+    trial_rungs,
+)
 from origin.probe import Source
 from origin.runner import ProgressCallback, run_ffmpeg
 
@@ -113,7 +121,10 @@ def choose(
         event(log, "ladder.trial", logging.DEBUG, rung=rung.id, crf=rung.crf,
               kbps=round(rate), vmaf=round(quality, 2))  # fmt: skip
     reference, points = split_trials([r for r, _ in trials], kbps, scores)
-    return auto_ladder(rungs, reference, points)
+    whole = start == 0.0 and length >= source.duration
+    return auto_ladder(
+        rungs, reference, points, margin=MEAN_MARGIN_WHOLE_TITLE if whole else MEAN_MARGIN
+    )
 
 
 def split_trials(

@@ -9,16 +9,22 @@ from hypothesis import strategies as st
 
 from origin.ladder import (
     DEFAULT_LADDER,
+    MAX_RUNG_LOSS,
+    MEAN_MARGIN_WHOLE_TITLE,
+    MIN_RUNG_STEP,
     TRIAL_CRF,
     RatePoint,
     Rung,
     TrialPoint,
+    _hermite,
     auto_ladder,
     default_ladder,
     ladder_heights,
+    pchip_slopes,
     rate_quality_hull,
     resolution_curve,
     select,
+    trial_crfs,
     trial_rungs,
     upper_hull,
     vmaf_at,
@@ -113,7 +119,34 @@ def test_resolution_curve_fills_in_on_the_hull_edges() -> None:
     assert kbps == sorted(kbps) and [p.vmaf for p in curve] == sorted(p.vmaf for p in curve)
     mid = next(p for p in curve if p.crf == 20.5)  # halfway from CRF 18 to 23, log-linear
     assert mid.kbps == pytest.approx((_kbps(720, 18, 1) * _kbps(720, 23, 1)) ** 0.5)
-    assert mid.vmaf == pytest.approx((_vmaf(720, 18) + _vmaf(720, 23)) / 2)
+    # VMAF bends down with CRF: the cubic follows it, the chord between the trials does not.
+    chord = (_vmaf(720, 18) + _vmaf(720, 23)) / 2
+    assert abs(mid.vmaf - _vmaf(720, 20.5)) < 0.15 < abs(chord - _vmaf(720, 20.5))
+
+
+# Measured (bikes.mp4, 272p, x264 veryfast, VMAF every 3rd frame): (CRF, kbit/s, VMAF).
+BIKES_272P_TRIALS = [(18.0, 592.1, 97.68), (23.0, 347.7, 93.67), (28.0, 201.0, 84.43)]
+BIKES_272P_ENCODES = [(19.0, 531.5, 97.14), (20.0, 476.8, 96.52), (20.5, 451.9, 96.17),
+                      (21.0, 428.9, 95.75), (22.0, 387.3, 94.76), (25.0, 279.4, 90.61)]  # fmt: skip
+
+
+def test_curve_through_real_trials_predicts_real_encodes_in_between() -> None:
+    trials = [RatePoint("h264", 640, 272, c, k, v) for c, k, v in BIKES_272P_TRIALS]
+    curve = {p.crf: p for p in resolution_curve(trials)}
+    for crf, kbps, vmaf in BIKES_272P_ENCODES:
+        assert curve[crf].kbps == pytest.approx(kbps, rel=0.015)
+        assert curve[crf].vmaf == pytest.approx(vmaf, abs=0.15)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=100), min_size=2, max_size=6))
+def test_pchip_never_overshoots_its_points(ys: list[float]) -> None:
+    xs = [float(5 * k) for k in range(len(ys))]
+    pts = [RatePoint("h264", 2, 2, x, 100.0, y) for x, y in zip(xs, ys, strict=True)]
+    slopes = pchip_slopes(xs, ys)
+    for k, (lo, hi) in enumerate(itertools.pairwise(pts)):
+        for t in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0):
+            v = _hermite(lo, hi, slopes[k], slopes[k + 1], t)
+            assert min(lo.vmaf, hi.vmaf) - 1e-9 <= v <= max(lo.vmaf, hi.vmaf) + 1e-9
 
 
 def test_hull_switches_to_smaller_sizes_at_low_bitrates() -> None:
@@ -197,13 +230,50 @@ def test_low_rung_moves_to_a_larger_size_when_that_is_cheaper() -> None:
     assert min(auto, key=lambda r: r.kbps).height > 240
 
 
-def test_trials_cover_every_size_at_every_crf_plus_the_fixed_rungs() -> None:
+def test_trials_cover_every_size_plus_the_fixed_rungs() -> None:
     rungs = default_ladder(1280, 720, ["h264", "hevc"], only=[720, 360])
     trials = trial_rungs(rungs)
     assert trials[: len(rungs)] == list(rungs)
     crf = [t for t in trials if t.crf is not None]
-    assert len(crf) == 2 * 2 * len(TRIAL_CRF["h264"]) and all(t.kbps == 0 for t in crf)
+    assert len(crf) == 2 * 2 * (len(TRIAL_CRF["h264"]) - 1) and all(t.kbps == 0 for t in crf)
     assert {(t.codec, t.height) for t in crf} == {(r.codec, r.height) for r in rungs}
+    # The tallest size from the best CRF, smaller ones down to the worst; one size: all.
+    by_size: dict[tuple[str, int], list[float]] = {(t.codec, t.height): [] for t in crf}
+    for t in crf:
+        by_size[(t.codec, t.height)].append(t.crf or 0)
+    assert by_size[("h264", 720)] == list(TRIAL_CRF["h264"][:-1])
+    assert by_size[("hevc", 360)] == list(TRIAL_CRF["hevc"][1:])
+    assert trial_crfs("h264", 0, 1) == TRIAL_CRF["h264"]
+
+
+def test_rungs_at_the_hull_top_step_down_instead_of_merging() -> None:
+    hull = [TrialPoint(100 * 1.1**k, 90 + k * 0.5) for k in range(10)]  # saturating
+    picks = select(hull, [99.0, 99.0, 99.0], [1e9, 1e9, 1e9], target_mean=0.0, step=1.2)
+    chosen = [hull[i] for i in picks]
+    assert picks[-1] == len(hull) - 1 and len(set(picks)) == 3
+    assert all(b.kbps >= a.kbps * 1.2 for a, b in itertools.pairwise(chosen))
+
+
+# Measured trials of bikes.mp4 (640x272; VMAF every 3rd frame): a small, easy source whose
+# fixed ladder is 272p and 240p, where 272p wins the hull at every bitrate.
+BIKES_FIXED = {"h264_272p": TrialPoint(599, 97.32), "h264_240p": TrialPoint(489, 94.89)}
+BIKES_240P_TRIALS = [(23.0, 299.0, 90.92), (28.0, 169.0, 80.7), (33.0, 100.0, 64.89)]
+
+
+def test_small_source_ladder_keeps_floor_spacing_and_mean_with_fewer_bits() -> None:
+    rungs = default_ladder(640, 272, ["h264"])
+    points = [RatePoint("h264", 640, 272, c, k, v) for c, k, v in BIKES_272P_TRIALS]
+    points += [RatePoint("h264", 564, 240, c, k, v) for c, k, v in BIKES_240P_TRIALS]
+    auto = auto_ladder(rungs, BIKES_FIXED, points, margin=MEAN_MARGIN_WHOLE_TITLE)
+    assert len(auto) == 2 and {r.height for r in auto} == {272}  # one size: it dominates
+    top, low = auto
+    assert low.kbps <= BIKES_FIXED["h264_240p"].kbps  # weak networks keep their floor
+    assert top.kbps >= low.kbps * MIN_RUNG_STEP
+    assert (top.vmaf or 0) >= BIKES_FIXED["h264_272p"].vmaf - MAX_RUNG_LOSS
+    fixed_mean = sum(p.vmaf for p in BIKES_FIXED.values()) / 2
+    assert ((top.vmaf or 0) + (low.vmaf or 0)) / 2 >= fixed_mean + MEAN_MARGIN_WHOLE_TITLE
+    fixed_kbps = sum(p.kbps for p in BIKES_FIXED.values())
+    assert top.kbps + low.kbps < 0.9 * fixed_kbps
 
 
 def test_auto_needs_a_reference_and_points() -> None:
