@@ -95,7 +95,9 @@ class PlannerConfig(ConfigModel):
     replica_load_share: float = Field(0.5, gt=0)
     fill_ratio: float = Field(0.98, gt=0, le=1)
     max_fill_bytes: int | None = Field(None, gt=0)
-    half_life_s: float = Field(3 * 86_400.0, gt=0)
+    half_life_s: float = Field(14 * 86_400.0, gt=0)
+    young_half_life_s: float = Field(86_400.0, gt=0)
+    young_age_s: float = Field(28 * 86_400.0, ge=0)
     boost_rank: int = Field(5, ge=1)
     boost_factor: float = Field(1.0, ge=0)
 
@@ -147,7 +149,11 @@ class FleetConfig(ConfigModel):
     def popularity_policy(self) -> PopularityPolicy:
         p = self.planner
         return PopularityPolicy(
-            half_life_s=p.half_life_s, boost_rank=p.boost_rank, boost_factor=p.boost_factor
+            half_life_s=p.half_life_s,
+            young_half_life_s=p.young_half_life_s,
+            young_age_s=p.young_age_s,
+            boost_rank=p.boost_rank,
+            boost_factor=p.boost_factor,
         )
 
     def key_policy(self) -> KeyPolicy:

@@ -1,20 +1,33 @@
 """Title popularity: exponentially decayed byte counts from heartbeat deltas, plus a boost.
 
-The server feeds every heartbeat's per-title deltas into `DecayedCounts` with the clock it
-owns; the planner (fleet/planner.py) reads `predicted_demand`, which adds a burst for titles
-released recently or about to be (release dates are known from the catalog in advance).
+The server feeds every heartbeat's per-title deltas into `Popularity` with the clock it
+owns; the planner (fleet/planner.py) reads `predicted_demand` over `Popularity.rates`, which
+adds a burst for titles released recently or about to be (release dates are known from the
+catalog in advance).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+DAY_S = 86_400.0
 
 
 @dataclass(frozen=True)
 class PopularityPolicy:
-    # Half-life of a byte served: a few days follows trends without forgetting catalogue hits.
-    half_life_s: float = 3 * 86_400.0
+    # Half-life of a byte served for established titles: their demand is steady, and a long
+    # memory averages out the noise of a small site's few sessions per title per day.
+    half_life_s: float = 14 * DAY_S
+    # Titles released (or first seen) less than `young_age_s` ago rise and fade within days:
+    # they are judged on a short half-life, as a share of the traffic since their release.
+    young_half_life_s: float = DAY_S
+    # Four weeks: by then a release's burst weighs little even in the long count.
+    young_age_s: float = 28 * DAY_S
+    # A title seen for minutes is judged on at least this much traffic: one early session
+    # must not look like a hit (the release boost covers its first days anyway).
+    min_exposure_s: float = 6 * 3600.0
     # A new title is predicted as popular as the title ranked `boost_rank` today ...
     boost_rank: int = 5
     boost_factor: float = 1.0
@@ -23,8 +36,10 @@ class PopularityPolicy:
     boost_window_s: float = 2 * 86_400.0
 
     def __post_init__(self) -> None:
-        if self.half_life_s <= 0 or self.boost_window_s < 0 or self.boost_lead_s < 0:
-            raise ValueError("half-life must be > 0 and boost windows >= 0")
+        if self.half_life_s <= 0 or self.young_half_life_s <= 0:
+            raise ValueError("half-lives must be > 0")
+        if min(self.boost_window_s, self.boost_lead_s, self.young_age_s, self.min_exposure_s) < 0:
+            raise ValueError("boost windows, young_age_s and min_exposure_s must be >= 0")
         if self.boost_rank < 1 or self.boost_factor < 0:
             raise ValueError("boost_rank must be >= 1 and boost_factor >= 0")
 
@@ -34,18 +49,27 @@ class DecayedCounts:
 
     Values are stored scaled to a reference time (`_t0`): a count c added at time t is kept
     as c * 2^((t - t0) / half_life), so nothing needs touching when time passes. The
-    reference moves forward before the scale could overflow.
+    reference moves forward before the scale could overflow. The total over all titles is
+    kept the same way, with a checkpoint every `checkpoint_s`, so the decayed traffic since
+    any moment (a title's exposure since its release) is one subtraction.
     """
 
     _REBASE_HALF_LIVES = 400.0
+    # Older than this many half-lives, traffic since then is the whole total (to 0.4%).
+    _HORIZON_HALF_LIVES = 8.0
 
-    def __init__(self, half_life_s: float, start: float) -> None:
+    def __init__(self, half_life_s: float, start: float, checkpoint_s: float = 900.0) -> None:
         if half_life_s <= 0:
             raise ValueError("half_life_s must be > 0")
         self.half_life_s = half_life_s
+        self.start = start
         self._t0 = start
         self._last = start
         self._scaled: dict[str, float] = {}
+        self._total = 0.0
+        self._checkpoint_s = checkpoint_s
+        self._times: list[float] = []
+        self._totals: list[float] = []  # scaled total before anything added at _times[i]
 
     def add(self, deltas: Mapping[str, float], now: float) -> None:
         """Record counts observed at `now` (a heartbeat's deltas). Time never runs back."""
@@ -53,20 +77,86 @@ class DecayedCounts:
         self._last = now
         if (now - self._t0) / self.half_life_s > self._REBASE_HALF_LIVES:
             self._rebase(now)
+        if not self._times or now - self._times[-1] >= self._checkpoint_s:
+            self._checkpoint(now)
         scale = 2.0 ** ((now - self._t0) / self.half_life_s)
         for title, count in deltas.items():
             if count > 0:
                 self._scaled[title] = self._scaled.get(title, 0.0) + count * scale
+                self._total += count * scale
+
+    def _checkpoint(self, now: float) -> None:
+        self._times.append(now)
+        self._totals.append(self._total)
+        horizon = now - self._HORIZON_HALF_LIVES * self.half_life_s
+        if self._times[0] < horizon:
+            keep = bisect.bisect_left(self._times, horizon)
+            del self._times[:keep], self._totals[:keep]
 
     def _rebase(self, now: float) -> None:
         factor = 2.0 ** (-(now - self._t0) / self.half_life_s)
         self._scaled = {t: v * factor for t, v in self._scaled.items() if v * factor > 1e-12}
+        self._total *= factor
+        self._totals = [v * factor for v in self._totals]
         self._t0 = now
 
     def at(self, now: float) -> dict[str, float]:
         """Every title's decayed count as of `now`."""
         factor = 2.0 ** (-(now - self._t0) / self.half_life_s)
         return {t: v * factor for t, v in self._scaled.items()}
+
+    def total_since(self, since: float, now: float) -> float:
+        """Decayed count over all titles of what was added after `since`, as of `now`.
+
+        Counts from the first checkpoint at or after `since`, so the resolution is one
+        checkpoint interval; beyond the horizon it is (to 0.4%) the whole total.
+        """
+        i = bisect.bisect_left(self._times, since)
+        before = self._totals[i] if i < len(self._totals) else self._total
+        return (self._total - before) * 2.0 ** (-(now - self._t0) / self.half_life_s)
+
+
+class Popularity:
+    """Demand per title from heartbeat byte counts, on two time scales.
+
+    Established titles are judged on the long half-life. A title released (or first seen)
+    less than `young_age_s` ago is judged on the short one, and as a share of the traffic
+    since its release rather than of a whole window: a film out since last night has had a
+    fraction of the time to collect counts that an old favourite had, and undercounting it
+    would drop it from tonight's fill while it is at its hottest. Both come out in the long
+    counter's units (bytes per long window), so they rank against each other.
+    """
+
+    def __init__(self, policy: PopularityPolicy, start: float) -> None:
+        self.policy = policy
+        self.long = DecayedCounts(policy.half_life_s, start)
+        self.short = DecayedCounts(policy.young_half_life_s, start)
+
+    def add(self, deltas: Mapping[str, float], now: float) -> None:
+        self.long.add(deltas, now)
+        self.short.add(deltas, now)
+
+    def rates(self, now: float, releases: Mapping[str, float]) -> dict[str, float]:
+        """Each title's expected bytes per long window, from what has been observed."""
+        out = self.long.at(now)
+        window = self.long.total_since(self.long.start, now)
+        if window <= 0:
+            return out
+        short = self.short.at(now)
+        for title in set(out) | set(short):
+            released = releases.get(title)
+            if released is None:
+                continue  # no date: a plain long-window count
+            young = now - released < self.policy.young_age_s
+            counter, counts = (self.short, short) if young else (self.long, out)
+            # Counting starts at the later of the release and our own start (a restart).
+            exposure = max(
+                counter.total_since(max(released, counter.start), now),
+                counter.total_since(now - self.policy.min_exposure_s, now),
+            )
+            if exposure > 0:
+                out[title] = counts.get(title, 0.0) / exposure * window
+        return out
 
 
 def boost_reference(scores: Mapping[str, float], rank: int) -> float:

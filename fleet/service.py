@@ -24,7 +24,7 @@ from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
 from fleet.model import FleetSnapshot, check_appliance_url, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
-from fleet.popularity import DecayedCounts, blend_site_demand, predicted_demand
+from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
 from fleet.steering import OUTCOMES, SteeringDecision, steer
 from fleet.store import Store
@@ -59,10 +59,9 @@ class FleetService:
         self.sites = config.site_list()
         self.records: dict[str, ApplianceRecord] = store.appliances()
         self.beats: dict[str, Beat] = {}
-        self.popularity = DecayedCounts(config.planner.half_life_s, start=clock())
-        self.site_popularity = {
-            s.name: DecayedCounts(config.planner.half_life_s, start=clock()) for s in self.sites
-        }
+        popularity = config.popularity_policy()
+        self.popularity = Popularity(popularity, start=clock())
+        self.site_popularity = {s.name: Popularity(popularity, start=clock()) for s in self.sites}
         self.origin_titles: dict[str, OriginTitle] = {}
         self.releases: dict[str, float] = {}
         self.keys = store.keyset()
@@ -247,7 +246,7 @@ class FleetService:
         now = self.clock()
         catalog = self.catalog()
         policy = self.config.popularity_policy()
-        fleet_wide = self.popularity.at(now)
+        fleet_wide = self.popularity.rates(now, self.releases)
         # A new catalogue with no traffic yet: every title a little demand, so fresh
         # appliances fill with something, then by traffic as it comes.
         floor = dict.fromkeys(catalog, 1.0)
@@ -257,7 +256,9 @@ class FleetService:
             return {**floor, **{t: v + 1.0 for t, v in predicted.items()}}
 
         site_demand = {
-            site: demand(blend_site_demand(counts.at(now), fleet_wide, SITE_BLEND))
+            site: demand(
+                blend_site_demand(counts.rates(now, self.releases), fleet_wide, SITE_BLEND)
+            )
             for site, counts in self.site_popularity.items()
         }
         new = plan(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.popularity import DecayedCounts, PopularityPolicy, predicted_demand
+from fleet.popularity import DecayedCounts, Popularity, PopularityPolicy, predicted_demand
 
 DAY = 86_400.0
 
@@ -65,3 +65,67 @@ def test_site_demand_leads_and_fleet_demand_fills_in() -> None:
     # Site volume is 100, fleet volume 1000: fleet values count 0.25 x 0.1.
     assert got == pytest.approx({"regional": 90.0, "global-hit": 32.5, "other": 2.5})
     assert blend_site_demand({}, {"a": 4.0}, 0.5) == {"a": 2.0}
+
+
+def test_total_since_counts_only_later_traffic_decayed() -> None:
+    c = DecayedCounts(half_life_s=DAY, start=0.0, checkpoint_s=3600.0)
+    c.add({"a": 100.0}, now=0.0)
+    c.add({"b": 40.0, "a": 10.0}, now=DAY)
+    c.add({"c": 8.0}, now=2 * DAY)
+    assert c.total_since(0.0, 2 * DAY) == pytest.approx(100 / 4 + 50 / 2 + 8)
+    assert c.total_since(DAY, 2 * DAY) == pytest.approx(50 / 2 + 8)
+    assert c.total_since(1.5 * DAY, 2 * DAY) == pytest.approx(8.0)
+    assert c.total_since(-5.0, 2 * DAY) == pytest.approx(c.total_since(0.0, 2 * DAY))
+
+
+def test_a_new_title_ranks_by_its_share_of_traffic_since_release() -> None:
+    """Same share of traffic as an old favourite, one day out: same rate, not a fifth."""
+    policy = PopularityPolicy(half_life_s=14 * DAY, young_half_life_s=DAY, min_exposure_s=0)
+    pop = Popularity(policy, start=0.0)
+    releases = {"new": 30 * DAY}
+    for hour in range(31 * 24):
+        at = hour * 3600.0
+        out = at >= 30 * DAY
+        deltas = {"old": 10.0, "rest": 80.0 if out else 90.0} | ({"new": 10.0} if out else {})
+        pop.add(deltas, at)
+    now = 31 * 24 * 3600.0
+    raw = pop.long.at(now)
+    assert raw["new"] < 0.1 * raw["old"]  # what a plain decayed count says
+    got = pop.rates(now, releases)
+    assert got["old"] == pytest.approx(raw["old"])
+    assert got["new"] == pytest.approx(got["old"], rel=1e-6)
+
+
+def test_a_young_title_that_faded_is_judged_on_the_short_half_life() -> None:
+    policy = PopularityPolicy(half_life_s=14 * DAY, young_half_life_s=DAY, young_age_s=28 * DAY)
+    pop = Popularity(policy, start=0.0)
+    releases = {"flash": 20 * DAY, "steady": 0.0}
+    for day in range(30):
+        burst = 1000.0 if 20 <= day < 23 else 0.0
+        pop.add({"flash": burst, "steady": 50.0, "rest": 500.0}, day * DAY)
+    now = 30 * DAY
+    assert pop.long.at(now)["flash"] > pop.long.at(now)["steady"]  # still carries the burst
+    got = pop.rates(now, releases)
+    assert got["flash"] < 0.5 * got["steady"]  # 7 quiet days: the short count has let go
+
+
+def test_one_early_session_is_judged_on_the_minimum_exposure() -> None:
+    def rates(min_exposure_s: float) -> dict[str, float]:
+        pop = Popularity(PopularityPolicy(min_exposure_s=min_exposure_s), start=0.0)
+        for hour in range(48):
+            pop.add({"old": 100.0, "rest": 1900.0}, hour * 3600.0)
+        pop.add({"new": 100.0, "rest": 100.0}, 48 * 3600.0)  # out a minute, one session
+        return pop.rates(48 * 3600.0, {"new": 48 * 3600.0 - 60.0})
+
+    assert rates(0.0)["new"] > 5 * rates(0.0)["old"]  # half the traffic since its release
+    assert rates(6 * 3600.0)["new"] < rates(6 * 3600.0)["old"]
+
+
+def test_a_restart_counts_a_young_title_from_its_own_start() -> None:
+    """Released before the counters started (a fleet restart): exposure from the start."""
+    policy = PopularityPolicy(min_exposure_s=0)
+    pop = Popularity(policy, start=10 * DAY)
+    for hour in range(24):
+        pop.add({"a": 10.0, "b": 10.0}, 10 * DAY + hour * 3600.0)
+    got = pop.rates(11 * DAY, {"a": 9 * DAY})  # a: young, released before the start
+    assert got["a"] == pytest.approx(got["b"], rel=1e-6)
