@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet.model import Appliance, TierSpace
 from fleet.planner import CatalogTitle, PlannerPolicy, plan
-from fleet.popularity import DecayedCounts, PopularityPolicy, predicted_demand
+from fleet.popularity import Popularity, PopularityPolicy, predicted_demand
 
 HOUR = 3600.0
 DAY = 24 * HOUR
 GB = 10**9
 PLAN_HOUR = 4  # the planner runs, and the fill completes, in the night's trough
+BEAT = HOUR  # heartbeats deliver counts this often (real ones every few seconds)
 
 
 @dataclass(frozen=True)
@@ -249,26 +250,31 @@ def run_planner(
     planner_policy: PlannerPolicy,
     oracle: Callable[[int, float], dict[str, float]] | None = None,
 ) -> Result:
-    """Nightly plans from observed, decayed byte counts; the day is served from the plan.
+    """Nightly plans from observed byte counts (fleet/popularity.py, fed as heartbeats would
+    feed it); the day is served from the plan.
 
     With an `oracle` (trace position, night → demand) the plan is made from knowledge no
     real planner has; those runs are printed as references, marked with '*'.
     """
     sizes = {t.title_id: CatalogTitle(t.size, t.title_id) for t in catalog}
     releases = {t.title_id: t.released for t in catalog if t.released >= 0}
-    counts = DecayedCounts(pop_policy.half_life_s, start=0.0)
+    popularity = Popularity(pop_policy, start=0.0)
     box = Appliance("edge", "home", "", tiers=(TierSpace("hdd", capacity),))
     res, previous, held = Result(), None, frozenset[str]()
-    next_plan, i = PLAN_HOUR * HOUR, 0
+    next_plan, next_beat, i = PLAN_HOUR * HOUR, BEAT, 0
     pending: dict[str, float] = {}
     while i < len(trace):
+        if trace[i].at >= next_beat and next_beat < next_plan:
+            popularity.add(pending, next_beat)
+            pending, next_beat = {}, next_beat + BEAT
+            continue
         if trace[i].at >= next_plan:
-            counts.add(pending, next_plan)
-            pending = {}
+            popularity.add(pending, next_plan)
+            pending, next_beat = {}, next_plan + BEAT
             if oracle is not None:
                 demand = oracle(i, next_plan)
             else:
-                observed = counts.at(next_plan)
+                observed = popularity.rates(next_plan, releases)
                 demand = predicted_demand(observed, releases, next_plan, pop_policy)
             previous = plan((box,), demand, sizes, previous, planner_policy)
             new_held = previous.appliances["edge"].title_ids
