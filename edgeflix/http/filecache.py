@@ -18,9 +18,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgeflix.http.ranges import Span
-
-Planned = tuple[bytes, tuple["bytes | Span", ...]]
+    from edgeflix.http.server import Prepared
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
 
@@ -38,8 +36,9 @@ class OpenFile:
         self.evicted = False
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
-        # Plain GET/HEAD answers (rendered head, body pieces): valid for this size and mtime.
-        self.heads: dict[str, Planned] = {}
+        # Plain GET/HEAD answers by method, ready to send: valid for this size and mtime. (They
+        # point back at this entry; `_drop` and `refresh` clear them, which breaks the cycle.)
+        self.heads: dict[str, Prepared] = {}
 
     def refresh(self, st: os.stat_result) -> None:
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
@@ -136,5 +135,6 @@ class FileCache:
     def _drop(self, entry: OpenFile) -> None:
         del self._files[entry.path]
         entry.evicted = True
+        entry.heads = {}
         if entry.refs <= 0:
             os.close(entry.fd)

@@ -91,6 +91,11 @@ class ServerSettings:
     # Routed plain requests remembered by their exact head bytes (players repeat the same
     # head for every segment but the path): a hit skips parsing and routing.
     fast_routes: int = 1024
+    # How stale the site's view of storage may get: a change (load, rm, repair) is seen by
+    # requests arriving this long after it at most. Each look costs a SQLite read transaction
+    # (3 syscalls and the pager's code, cold after a large sendfile), so it is not done per
+    # request; a file that vanished meanwhile is still caught (fstat, then a forced look).
+    storage_check_s: float = 0.01
 
 
 class Prepared(NamedTuple):
@@ -137,6 +142,7 @@ class FileServer:
         self._refresh = refresh
         self._storage_view: object = None
         self._checked_at = -1.0
+        self._storage_due = -1.0
         self.fast: dict[bytes, FastRoute] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
@@ -226,7 +232,8 @@ class FileServer:
             # Indexed by keep-alive: `Date`, `Connection` and the blank line ending the head.
             self.tails = (prefix + b"Connection: close\r\n\r\n",
                           prefix + b"Connection: keep-alive\r\n\r\n")  # fmt: skip
-        if self._refresh is not None:
+        if self._refresh is not None and now >= self._storage_due:
+            self._storage_due = now + self.settings.storage_check_s
             self._check_storage()
 
     def _check_storage(self) -> None:
@@ -261,10 +268,10 @@ class FileServer:
         except OSError:
             return None
         cached = file.heads.get(route.method)
-        if cached is None or file.size != target.expected_size:
+        if cached is None or file.size != target.expected_size or cached.title != target.title_id:
             self.files.release(file)
             return None
-        return Prepared(200, cached[0], cached[1], file, target.title_id)
+        return cached
 
     def prepare_error(self, exc: HttpError) -> Prepared:
         return self._generated(plan_error(exc.status), None, close=True)
@@ -288,12 +295,15 @@ class FileServer:
             return self._generated(plan_error(404, request), request)
         method = request.method
         if request.headers.keys().isdisjoint(_CONDITIONAL) and method in _CACHED_HEADS:
-            # A plain GET/HEAD depends only on the file: its answer is planned once per version.
+            # A plain GET/HEAD depends only on the file: its answer is planned once per version,
+            # and the Prepared itself kept (nothing to build per request on the hot path).
             cached = file.heads.get(method)
-            if cached is None:
+            if cached is None or cached.title != target.title_id:
                 meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
                 plan = plan_response(meta, request, "")
-                cached = file.heads[method] = (render_head(plan.status, plan.headers), plan.body)
+                head = render_head(plan.status, plan.headers)
+                cached = Prepared(plan.status, head, plan.body, file, target.title_id)
+                file.heads[method] = cached
             if (
                 key
                 and target.reusable
@@ -304,7 +314,7 @@ class FileServer:
                 if len(fast) >= self.settings.fast_routes:
                     fast.clear()  # junk or a huge catalogue: start over rather than track LRU
                 fast[key] = FastRoute(target, method, request.keep_alive)
-            return Prepared(200, cached[0], cached[1], file, target.title_id)
+            return cached
         meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
         plan = plan_response(meta, request, self._boundary())
         head = render_head(plan.status, plan.headers)
