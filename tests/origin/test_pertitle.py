@@ -10,7 +10,7 @@ import pytest
 
 from origin.ffmpeg import CRF_CAP, EncodeSettings, trial_args, video_codec_args
 from origin.ladder import Rung, default_ladder, trial_rungs
-from origin.pertitle import excerpt, score_size, split_trials
+from origin.pertitle import MIN_SCORED_FRAMES, excerpt, score_size, split_trials, trial_subsample
 from origin.probe import Source
 
 SETTINGS = EncodeSettings(Fraction(25), 4)
@@ -74,3 +74,11 @@ def test_split_trials_separates_reference_from_crf_points() -> None:
     }
     with pytest.raises(ValueError):
         split_trials(trials, kbps[:-1], vmaf)
+
+
+def test_trial_vmaf_stride_is_an_odd_prime_that_keeps_enough_frames() -> None:
+    assert trial_subsample(132) == 7  # bunny, 5.3 s at 25 fps: 18 frames scored
+    assert trial_subsample(100) == 5 and trial_subsample(60) == 3 and trial_subsample(40) == 1
+    for frames in range(1, 400):
+        n = trial_subsample(frames)
+        assert n == 1 or (n % 2 == 1 and frames // n >= MIN_SCORED_FRAMES)
