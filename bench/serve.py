@@ -1,11 +1,13 @@
 """Serving benchmark: the appliance (tokens off) against nginx (`sendfile on`) on loopback.
 
-Same files (2 MiB and 64 KiB segments, loaded into the appliance with `appliance load`), same
-worker count, same wrk connections, alternating A/B rounds; prints req/s and bytes/s of each,
-their ratio, and idle RSS per worker. Goals: >= 1.0x nginx bytes/s on 2 MiB, >= 0.75x nginx
-req/s on 64 KiB, idle RSS < 40 MB per worker.
+Same files (2 MiB and 64 KiB segments, loaded into the appliance with `appliance load`; nginx
+serves the appliance's own copies, so both read the same inodes and page cache), same worker
+count, same wrk connections; a warm-up run of each, then rounds in ABBA order (who goes first
+alternates, so neither always meets the other's leftovers); prints req/s and bytes/s of each,
+their ratio with the per-round pairs, and idle RSS per worker. Goals: >= 1.0x nginx bytes/s
+on 2 MiB, >= 0.75x nginx req/s on 64 KiB, idle RSS < 40 MB per worker.
 
-    .venv/bin/python bench/serve.py [--workers 2] [--connections 32] [--seconds 8] [--rounds 3]
+    .venv/bin/python bench/serve.py [--workers 2] [--connections 32] [--seconds 8] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -192,7 +194,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     ensure_tools()
@@ -207,16 +209,21 @@ def main() -> None:
         (root / "ngx" / "nginx-tmp").mkdir()
         app, app_port = start_appliance(root / "app", source, args.workers)
         servers.append(app)
-        ngx, ngx_port = start_nginx(root / "ngx", source, args.workers)
+        served = root / "app" / "disk0" / "titles" / "bench"  # the appliance's copies
+        ngx, ngx_port = start_nginx(root / "ngx", served, args.workers)
         servers.append(ngx)
         time.sleep(1.0)
         idle = {"appliance": child_rss_mb(app.pid), "nginx": child_rss_mb(ngx.pid)}
         print(f"appliance on port {app_port}, nginx on port {ngx_port}", file=sys.stderr)
+        both = (("appliance", app, app_port), ("nginx", ngx, ngx_port))
+        for name in SIZES:  # warm-up, not counted: connections, sndbuf autotuning, caches
+            for _, _, port in both:
+                wrk(port, name, args.connections, 2, args.threads)
         load_before = os.getloadavg()
         results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
-        for _ in range(args.rounds):
+        for round_no in range(args.rounds):
             for name in SIZES:
-                for who, proc, port in (("appliance", app, app_port), ("nginx", ngx, ngx_port)):
+                for who, proc, port in both if round_no % 2 == 0 else both[::-1]:
                     ticks = cpu_ticks(proc.pid)
                     rps, bps = wrk(port, name, args.connections, args.seconds, args.threads)
                     # CPU the servers spent per request: on a shared box the client competes
@@ -225,7 +232,7 @@ def main() -> None:
                     results.setdefault((name, who), []).append((rps, bps, cpu_us))
         load_after = os.getloadavg()
         print(f"\nserve bench: {args.workers} workers each, wrk -t{args.threads} "
-              f"-c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds "
+              f"-c{args.connections} -d{args.seconds}s, {args.rounds} ABBA rounds "
               f"(medians); {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
               f"{load_after[0]:.2f} after\n")  # fmt: skip
         print(f"{'size':<7} {'server':<10} {'req/s':>10} {'MB/s':>10} {'CPU us/req':>11}")
@@ -241,8 +248,8 @@ def main() -> None:
             ratio_r = meds["appliance"][0] / meds["nginx"][0]
             ratio_b = meds["appliance"][1] / meds["nginx"][1]
             print(f"{name:<7} {'ratio':<10} {ratio_r:>9.2f}x {ratio_b:>9.2f}x")
-            # Each round's appliance run against the nginx run right after it: the spread
-            # shows how much the shared machine moved the figures.
+            # Each round's appliance run against that round's nginx run (adjacent in time):
+            # the spread shows how much the shared machine moved the figures.
             runs_a, runs_n = results[(name, "appliance")], results[(name, "nginx")]
             paired = [a[1] / n[1] for a, n in zip(runs_a, runs_n, strict=True)]
             shown = " ".join(f"{r:.2f}x" for r in paired)
