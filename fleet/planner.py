@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from fleet.model import Appliance, TierSpace
 from fleet.steering import rendezvous_score
@@ -144,6 +145,9 @@ class _Bins:
                 return tier.tier
         return None
 
+    def largest_free(self) -> int:
+        return max(self.free.values(), default=0)
+
     def take(self, name: str, tier: str, size: int, new: bool) -> None:
         self.free[(name, tier)] -= size
         if new:
@@ -174,8 +178,15 @@ def plan_site(
     bins = _Bins(members, policy)
     placed: dict[str, list[tuple[str, str]]] = {a.name: [] for a in members}
     weight = {a.name: float(max(a.disk_bytes, 1)) for a in members}
-    for title in candidates:
+    # Smallest size from each position on: once no tier has room for it, planning is done.
+    smallest = list(accumulate(reversed([catalog[t].size_bytes for t in candidates]), min))[::-1]
+    for i, title in enumerate(candidates):
+        room = bins.largest_free()
+        if room < smallest[i]:
+            break
         size = catalog[title].size_bytes
+        if size > room:
+            continue  # leftover space goes to the next smaller title that fits
         share = demand.get(title, 0.0) / total if total > 0 else 0.0
         wanted = replicas_for(share, len(members), policy)
         preference = sorted(
