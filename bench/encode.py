@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -112,7 +113,9 @@ def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, 
         source = probe(src)
         results = {}
         for ladder in ("default", "auto"):
+            before = _children_cpu()
             title = ingest(src, store, f"{name}-{ladder}", "--ladder", ladder)
+            cpu = _children_cpu() - before  # the ingest and its ffmpegs: trials cost this
             videos = [r for r in title["renditions"] if r["kind"] == "video"]
             scores = title_vmaf(ffmpeg, source, title, store, work)
             kbps = sum(r["average_bandwidth"] for r in videos) / 1000
@@ -122,10 +125,17 @@ def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, 
                 f"{r['height']}p@{r['average_bandwidth'] / 1000:.0f}k:{v:.1f}"
                 for r, v in zip(videos, scores, strict=True)
             )
-            rows.append((name, ladder, per_rung, f"{kbps:.0f}", f"{vmaf:.2f}", "", ""))
+            rows.append(
+                (name, ladder, per_rung, f"{kbps:.0f}", f"{vmaf:.2f}", "", "", f"{cpu:.1f}")
+            )
         (dk, dv), (ak, av) = results["default"], results["auto"]
-        rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}")
+        rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}", rows[-1][7])
     return rows
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -166,6 +176,7 @@ def main() -> None:
                 "mean VMAF",
                 "bits saved",
                 "VMAF diff",
+                "ingest CPU s",
             ],
             ladders(ffmpeg, {"bunny": bunny, "bikes": bikes}, work),
             title="Per-title ladder (goal: auto >= 20% fewer bits at equal or better VMAF)",
