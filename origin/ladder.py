@@ -4,9 +4,9 @@ The default ladder is a fixed table cut at the source's height (never upscale). 
 (`--ladder auto`) ladder comes from trial encodes (every candidate resolution at a few CRFs,
 scored with VMAF at the display size): their rate-quality hull across resolutions, on which
 each rung takes the (resolution, CRF) point that keeps the fixed ladder's mean quality at the
-fewest bits — as many rungs, none dearer than its fixed rung nor more than 2 VMAF worse, at
-least 1.2x apart (the policy in full above MAX_RUNG_LOSS). `origin/pertitle.py` runs the
-trials; this decides.
+fewest bits — as many rungs, none dearer than its fixed rung nor more than 2 VMAF worse (the
+top one 1), at least 1.2x apart (the policy in full above MAX_RUNG_LOSS).
+`origin/pertitle.py` runs the trials; this decides.
 """
 
 from __future__ import annotations
@@ -110,12 +110,15 @@ CRF_STEP = 0.25
 #   as many distinct sizes as the hull wants (small or easy sources: often just the top one);
 # - each rung at most its fixed rung's bits — so the lowest rung never costs more than the
 #   fixed floor and weak networks keep it — and at most MAX_RUNG_LOSS VMAF under it (the top
-#   rung included);
+#   rung MAX_TOP_RUNG_LOSS; or the trials' best, about transparent, if the fixed one is
+#   better still);
 # - neighbouring rungs at least MIN_RUNG_STEP apart in bitrate;
 # - the ladder's mean VMAF at least the fixed ladder's plus a margin, at the fewest total bits.
 # A rung may give up a third of a just-noticeable difference (~6 VMAF) against its fixed rung
 # while the ladder as a whole keeps its mean quality...
 MAX_RUNG_LOSS = 2.0
+# The top rung, what most viewers on a good connection watch, gives up at most a sixth.
+MAX_TOP_RUNG_LOSS = 1.0
 # ...and that mean aims this far above the fixed ladder's, for trial-to-title noise: a middle
 # excerpt mispredicts a title by a few tenths; trials of the whole title only carry the curve
 # fit's error (within 0.15 VMAF of real encodes at interpolated CRFs on both sample clips) and
@@ -376,6 +379,7 @@ def auto_ladder(
     reference: Mapping[str, TrialPoint],
     points: Iterable[RatePoint],
     max_loss: float = MAX_RUNG_LOSS,
+    top_loss: float = MAX_TOP_RUNG_LOSS,
     margin: float = MEAN_MARGIN,
     step: float = MIN_RUNG_STEP,
 ) -> tuple[Rung, ...]:
@@ -384,11 +388,11 @@ def auto_ladder(
 
     Per codec, every rung becomes a point of the rate-quality hull across sizes (no size
     above the fixed ladder's top, so never above the source): at most `max_loss` VMAF under
-    its fixed rung, at most the fixed rung's bits (the lowest rung never above the fixed
-    floor), neighbours `step` apart in bitrate, and the ladder's mean VMAF at least the
-    fixed ladder's (+ `margin`), at the fewest total bits. As many rungs as the fixed ladder;
-    only a hull too short for them all (a tiny source) merges two. Tallest first per codec,
-    like the fixed ladder.
+    its fixed rung (the top one `top_loss`), at most the fixed rung's bits (the lowest rung
+    never above the fixed floor), neighbours `step` apart in bitrate, and the ladder's mean
+    VMAF at least the fixed ladder's (+ `margin`), at the fewest total bits. As many rungs
+    as the fixed ladder; only a hull too short for them all (a tiny source) merges two.
+    Tallest first per codec, like the fixed ladder.
     """
     points = list(points)
     result: list[Rung] = []
@@ -403,9 +407,8 @@ def auto_ladder(
         if not hull:
             raise ValueError(f"no CRF trials for {codec}")
         target = sum(r.vmaf for r in refs) / len(refs) + margin
-        picks = select(
-            hull, [r.vmaf - max_loss for r in refs], [r.kbps for r in refs], target, step
-        )
+        floors = [r.vmaf - max_loss for r in refs[:-1]] + [refs[-1].vmaf - top_loss]
+        picks = select(hull, floors, [r.kbps for r in refs], target, step)
         chosen = [hull[i] for i in sorted(set(picks), reverse=True)]
         result += _rungs(chosen)
     return tuple(result)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from origin.ladder import (
     DEFAULT_LADDER,
     MAX_RUNG_LOSS,
+    MAX_TOP_RUNG_LOSS,
     MEAN_MARGIN_WHOLE_TITLE,
     MIN_RUNG_STEP,
     TRIAL_CRF,
@@ -217,7 +218,13 @@ def test_easy_content_saves_bits_at_the_same_mean_quality() -> None:
         by_slot = sorted(auto, key=lambda r: r.kbps)
         fixed = sorted(rungs, key=lambda r: r.kbps)
         for a, f in zip(by_slot, fixed, strict=True):
-            assert (a.vmaf or 0) >= ref[f.id].vmaf - 2.0  # MAX_RUNG_LOSS
+            assert (a.vmaf or 0) >= ref[f.id].vmaf - MAX_RUNG_LOSS
+        # The top rung: within MAX_TOP_RUNG_LOSS, or the trials' best (CRF 18) when the fixed
+        # rung is better still (easy content at the table's 720p bitrate).
+        best = max(p.vmaf for p in _points(ease))
+        top = by_slot[-1].vmaf or 0
+        floor = ref[fixed[-1].id].vmaf - MAX_TOP_RUNG_LOSS
+        assert top >= floor or top == pytest.approx(best, abs=0.01)
     easy = auto_ladder(rungs, _reference(rungs, 0.3), _points(0.3))
     assert sum(r.kbps for r in easy) < 0.5 * sum(r.kbps for r in rungs)
     # Past the trials' best (CRF 18, about transparent) the top rung stops there.
@@ -269,7 +276,7 @@ def test_small_source_ladder_keeps_floor_spacing_and_mean_with_fewer_bits() -> N
     top, low = auto
     assert low.kbps <= BIKES_FIXED["h264_240p"].kbps  # weak networks keep their floor
     assert top.kbps >= low.kbps * MIN_RUNG_STEP
-    assert (top.vmaf or 0) >= BIKES_FIXED["h264_272p"].vmaf - MAX_RUNG_LOSS
+    assert (top.vmaf or 0) >= BIKES_FIXED["h264_272p"].vmaf - MAX_TOP_RUNG_LOSS
     fixed_mean = sum(p.vmaf for p in BIKES_FIXED.values()) / 2
     assert ((top.vmaf or 0) + (low.vmaf or 0)) / 2 >= fixed_mean + MEAN_MARGIN_WHOLE_TITLE
     fixed_kbps = sum(p.kbps for p in BIKES_FIXED.values())
