@@ -61,12 +61,8 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    # Importing the components allocates a large heap of objects that live until exit:
-    # collecting while it grows only walks it again and again.
-    gc.disable()
     setup_logging()
     _mount(wanted_components(sys.argv[1:] if argv is None else argv))
-    gc.enable()
     try:
         app(args=argv, prog_name="edgeflix", standalone_mode=True)
     except EdgeflixError as exc:
