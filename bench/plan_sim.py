@@ -3,11 +3,12 @@ LRU and LFU caches of the same size and against Belady's offline heuristic.
 
 A seeded synthetic trace: a catalog of films (lognormal around 3 GB) and episodes (around
 0.8 GB) with Zipf-like demand, a daily cycle, new releases every day that burst and fade.
-The planner (fleet/planner.py) runs once per simulated night (04:00) from the decayed
-popularity it has observed so far plus the release boost (release dates are in the catalog
-ahead of time, as in reality); it never sees the future. Its cache then holds exactly the
-plan for the day. Offload = bytes served from the edge / bytes requested, measured after a
-warm-up so every policy starts from a cache it built itself.
+The planner (fleet/planner.py) runs once per simulated night (04:00) from the popularity
+(fleet/popularity.py) it has observed so far plus the release boost (release dates are in
+the catalog ahead of time, as in reality); it never sees the future, and it sees only what
+the fleet manager does: bytes served at the edge, and sessions steered to the origin. Its
+cache then holds exactly the plan for the day. Offload = bytes served from the edge / bytes
+requested, measured after a warm-up so every policy starts from a cache it built itself.
 
 References marked * know what no planner can. online* re-plans every hour from the
 generator's true demand with free fills: since requests are independent draws given that
@@ -308,8 +309,12 @@ def run_planner(
             next_plan += plan_every
             continue
         req = trace[i]
-        res.count(req, req.title in held, req.at >= measure_from)
-        pending[req.title] = pending.get(req.title, 0.0) + req.watched
+        hit = req.title in held
+        res.count(req, hit, req.at >= measure_from)
+        # What the fleet manager sees: the bytes an appliance served, in its heartbeat; for a
+        # session sent to the origin only the steering answer (FleetService._count_unserved).
+        seen = req.watched if hit else req.size * pop_policy.miss_session_share
+        pending[req.title] = pending.get(req.title, 0.0) + seen
         i += 1
     return res
 

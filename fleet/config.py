@@ -98,6 +98,7 @@ class PlannerConfig(ConfigModel):
     half_life_s: float = Field(14 * 86_400.0, gt=0)
     young_half_life_s: float = Field(86_400.0, gt=0)
     young_age_s: float = Field(28 * 86_400.0, ge=0)
+    miss_session_share: float = Field(0.5, gt=0, le=1)
     boost_rank: int = Field(5, ge=1)
     boost_factor: float = Field(1.0, ge=0)
 
@@ -152,6 +153,7 @@ class FleetConfig(ConfigModel):
             half_life_s=p.half_life_s,
             young_half_life_s=p.young_half_life_s,
             young_age_s=p.young_age_s,
+            miss_session_share=p.miss_session_share,
             boost_rank=p.boost_rank,
             boost_factor=p.boost_factor,
         )

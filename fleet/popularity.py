@@ -28,6 +28,9 @@ class PopularityPolicy:
     # A title seen for minutes is judged on at least this much traffic: one early session
     # must not look like a hit (the release boost covers its first days anyway).
     min_exposure_s: float = 6 * 3600.0
+    # A session steered away from its site's appliances sends that site no heartbeat bytes
+    # (nor any appliance, if the origin serves it); it counts as this share of its title.
+    miss_session_share: float = 0.5
     # A new title is predicted as popular as the title ranked `boost_rank` today ...
     boost_rank: int = 5
     boost_factor: float = 1.0
@@ -40,6 +43,8 @@ class PopularityPolicy:
             raise ValueError("half-lives must be > 0")
         if min(self.boost_window_s, self.boost_lead_s, self.young_age_s, self.min_exposure_s) < 0:
             raise ValueError("boost windows, young_age_s and min_exposure_s must be >= 0")
+        if not 0 < self.miss_session_share <= 1:
+            raise ValueError("miss_session_share must be in (0, 1]")
         if self.boost_rank < 1 or self.boost_factor < 0:
             raise ValueError("boost_rank must be >= 1 and boost_factor >= 0")
 

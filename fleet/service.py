@@ -60,6 +60,7 @@ class FleetService:
         self.records: dict[str, ApplianceRecord] = store.appliances()
         self.beats: dict[str, Beat] = {}
         popularity = config.popularity_policy()
+        self._miss_share = popularity.miss_session_share
         self.popularity = Popularity(popularity, start=clock())
         self.site_popularity = {s.name: Popularity(popularity, start=clock()) for s in self.sites}
         self.origin_titles: dict[str, OriginTitle] = {}
@@ -188,7 +189,23 @@ class FleetService:
             signer=self._tokens,
         )
         self.outcomes[decision.outcome] += 1
+        if decision.outcome != "in_site":
+            self._count_unserved(decision, now)
         return decision, urls
+
+    def _count_unserved(self, decision: SteeringDecision, now: float) -> None:
+        """Demand that no heartbeat will report: without it a title that no appliance holds
+        could never earn its place in a plan. The client's site did not serve the session;
+        nobody at the edge did when it went to the origin (or nowhere)."""
+        title = self.origin_titles.get(decision.title_id)
+        if title is None or title.total_bytes <= 0:
+            return
+        delta = {decision.title_id: title.total_bytes * self._miss_share}
+        if decision.outcome in ("origin", "none"):
+            self.popularity.add(delta, now)
+        site = self.site_popularity.get(decision.client_site or "")
+        if site is not None:
+            site.add(delta, now)
 
     def _signing_key(self, now: float) -> SigningKey | None:
         """signing_key(), recomputed only when the key set changes or `now` crosses a key's

@@ -174,3 +174,24 @@ def test_steering_signs_with_the_new_key_from_the_instant_it_activates(tmp_path:
     assert signer() == first
     clock.now = newest.activates
     assert signer() == newest.id
+
+
+def test_sessions_no_appliance_serves_still_count_as_demand(tmp_path: Path) -> None:
+    """Heartbeats only report what appliances hold; steering sees the rest."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    svc.set_origin_titles([OriginTitle(t, "d" + t, 4 * GB) for t in ("a", "held", "wanted")])
+    beat(svc, "h1", 1, {"held": 2 * GB})
+    for _ in range(10):  # ten sessions for a title h1 does not hold: they go to the origin
+        assert svc.steer("192.168.1.2", "wanted")[0].outcome == "origin"
+    assert svc.steer("10.9.9.9", "wanted")[0].outcome == "origin"  # in no site
+    assert svc.steer("10.9.9.9", "a")[0].outcome == "no_site"  # h1 serves it: its beats count
+    clock.now += 60
+    fleet_wide, home = svc.popularity.long.at(clock.now), svc.site_popularity["home"]
+    assert fleet_wide["wanted"] == pytest.approx(11 * 2 * GB, rel=1e-3)
+    assert home.long.at(clock.now)["wanted"] == pytest.approx(10 * 2 * GB, rel=1e-3)
+    assert "a" not in fleet_wide
+    beat(svc, "h1", 2)  # still alive: planned afresh
+    p = svc.replan()
+    assert p.appliances["h1"].titles[0].title_id == "wanted"  # hottest first
