@@ -11,14 +11,24 @@ from edgeflix import titlefiles
 from tests.integration.test_origin_ingest import check_as_player, ingest
 
 
-def test_auto_ladder_reports_vmaf_and_spends_no_more(tmp_path: Path, bikes: Path) -> None:
-    fixed = ingest(bikes, tmp_path, "fixed", "--heights", "240")
-    auto = ingest(bikes, tmp_path, "auto", "--heights", "240", "--ladder", "auto")
-    (rung,) = [r for r in auto["renditions"] if r["kind"] == "video"]
-    assert rung["vmaf"] is not None and 50 < rung["vmaf"] <= 100
-    assert rung["average_bandwidth"] <= fixed["renditions"][0]["average_bandwidth"] * 1.1
+def test_auto_ladder_is_an_abr_ladder_with_fewer_bits(tmp_path: Path, bikes: Path) -> None:
+    """bikes (272p): the fixed ladder's 272p and 240p become two rungs of the size that wins
+    the hull, spaced apart, the lower one no dearer than the fixed floor, VMAF reported."""
+    fixed = ingest(bikes, tmp_path, "fixed")
+    auto = ingest(bikes, tmp_path, "auto", "--ladder", "auto")
+    fixed_v = [r for r in fixed["renditions"] if r["kind"] == "video"]
+    auto_v = [r for r in auto["renditions"] if r["kind"] == "video"]
+    assert len(auto_v) == len(fixed_v) == 2
+    assert all(r["height"] <= 272 and r["vmaf"] is not None and 50 < r["vmaf"] <= 100
+               for r in auto_v)  # fmt: skip
+    rates = sorted(r["average_bandwidth"] for r in auto_v)
+    assert rates[0] <= min(r["average_bandwidth"] for r in fixed_v)  # weak networks' floor
+    assert rates[1] >= 1.15 * rates[0]  # chosen 1.2x apart; a whole-title CRF lands near
+    assert sum(rates) < sum(r["average_bandwidth"] for r in fixed_v)
     model, _ = titlefiles.read(tmp_path / "titles" / "auto")
-    assert model.renditions[0].vmaf == rung["vmaf"]
+    assert {r.id: r.vmaf for r in model.renditions if r.vmaf is not None} == {
+        r["id"]: r["vmaf"] for r in auto_v
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["titles"]  # trials cleaned up
 
 
