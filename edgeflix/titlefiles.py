@@ -147,15 +147,22 @@ def render(model: TitleFiles) -> bytes:
     return (json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
 
 
-def scan(title_dir: Path) -> list[FileEntry]:
-    """Hash every file under `title_dir` except files.json itself, sorted by path."""
-    entries = []
+def sizes(title_dir: Path) -> dict[str, int]:
+    """Every file under `title_dir` except files.json itself: relative path → size, sorted."""
+    found = {}
     for path in sorted(p for p in title_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(title_dir).as_posix()
-        if rel == FILES_JSON:
-            continue
-        entries.append(FileEntry(path=rel, size=path.stat().st_size, sha256=sha256_file(path)))
-    return entries
+        if rel != FILES_JSON:
+            found[rel] = path.stat().st_size
+    return found
+
+
+def scan(title_dir: Path) -> list[FileEntry]:
+    """Hash every file under `title_dir` except files.json itself, sorted by path."""
+    return [
+        FileEntry(path=rel, size=size, sha256=sha256_file(title_dir / rel))
+        for rel, size in sizes(title_dir).items()
+    ]
 
 
 def verify(title_dir: Path, model: TitleFiles) -> list[str]:

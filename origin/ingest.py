@@ -249,12 +249,17 @@ def _renditions(
 
 
 def write_files_json(out: Path, model: TitleFiles, files: Sequence[FileEntry]) -> None:
+    """Write files.json last and read it back as an appliance will: it must parse to the model
+    written and list exactly the files on disk, with their sizes. Their SHA-256 come from
+    `scan` over these same finished files a moment ago; hashing them again would only repeat
+    it (appliances verify every hash when they fill)."""
     path = out / titlefiles.FILES_JSON
     path.write_bytes(titlefiles.render(model))
     reread, _ = titlefiles.read(out)
-    problems = titlefiles.verify(out, reread)
-    on_disk = {f.path for f in titlefiles.scan(out)}
-    if on_disk != {f.path for f in files}:
+    problems = []
+    if reread != model:
+        problems.append("files.json does not read back as written")
+    if titlefiles.sizes(out) != {f.path: f.size for f in files}:
         problems.append("files on disk differ from files.json")
     if problems:
         raise EncodeError(f"packaged title failed verification: {problems[0]}")
