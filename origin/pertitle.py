@@ -17,15 +17,8 @@ from pathlib import Path
 from edgeflix.log import event
 from origin.errors import EncodeError
 from origin.ffmpeg import EncodeSettings, trial_args, vmaf_args
-from origin.ladder import (
-    MEAN_MARGIN,
-    MEAN_MARGIN_WHOLE_TITLE,
-    RatePoint,
-    Rung,
-    TrialPoint,
-    auto_ladder,
-    trial_rungs,
-)
+from origin.ladder import MEAN_MARGIN, MEAN_MARGIN_WHOLE_TITLE, Rung, auto_ladder, trial_rungs
+from origin.ladder_hull import RatePoint, TrialPoint
 from origin.probe import Source
 from origin.runner import ProgressCallback, run_ffmpeg
 
