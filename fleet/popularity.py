@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 DAY_S = 86_400.0
 
@@ -105,6 +106,33 @@ class DecayedCounts:
         self._totals = [v * factor for v in self._totals]
         self._t0 = now
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state as JSON-ready values, for keeping across a restart."""
+        return {
+            "half_life_s": self.half_life_s,
+            "start": self.start,
+            "t0": self._t0,
+            "last": self._last,
+            "scaled": self._scaled,
+            "total": self._total,
+            "checkpoint_s": self._checkpoint_s,
+            "times": self._times,
+            "totals": self._totals,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> DecayedCounts:
+        """The inverse of to_dict; ValueError (or KeyError/TypeError) on a damaged one."""
+        out = cls(float(doc["half_life_s"]), float(doc["start"]), float(doc["checkpoint_s"]))
+        out._t0, out._last = float(doc["t0"]), float(doc["last"])
+        out._scaled = {str(t): float(v) for t, v in doc["scaled"].items()}
+        out._total = float(doc["total"])
+        out._times = [float(x) for x in doc["times"]]
+        out._totals = [float(x) for x in doc["totals"]]
+        if len(out._times) != len(out._totals) or out._last < out._t0:
+            raise ValueError("inconsistent decayed counts")
+        return out
+
     def at(self, now: float) -> dict[str, float]:
         """Every title's decayed count as of `now`."""
         factor = 2.0 ** (-(now - self._t0) / self.half_life_s)
@@ -140,6 +168,25 @@ class Popularity:
     def add(self, deltas: Mapping[str, float], now: float) -> None:
         self.long.add(deltas, now)
         self.short.add(deltas, now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"long": self.long.to_dict(), "short": self.short.to_dict()}
+
+    @classmethod
+    def restore(cls, policy: PopularityPolicy, doc: Mapping[str, Any], start: float) -> Popularity:
+        """Counts kept by to_dict, when they were kept under the same half-lives (a changed
+        policy starts afresh: old counts would read on the wrong time scale)."""
+        out = cls(policy, start)
+        try:
+            long, short = (
+                DecayedCounts.from_dict(doc["long"]),
+                DecayedCounts.from_dict(doc["short"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return out
+        if (long.half_life_s, short.half_life_s) == (policy.half_life_s, policy.young_half_life_s):
+            out.long, out.short = long, short
+        return out
 
     def rates(self, now: float, releases: Mapping[str, float]) -> dict[str, float]:
         """Each title's expected bytes per long window, from what has been observed."""

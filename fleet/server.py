@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +37,7 @@ log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
 SHUTDOWN_GRACE_S = 5.0
 TICK_S = 1.0
+POPULARITY_SAVE_S = 300.0
 
 
 class _HttpServer(uvicorn.Server):
@@ -75,8 +77,10 @@ async def read_origin_catalog(client: httpx.AsyncClient, origin_url: str) -> lis
 
 
 async def ticker(svc: FleetService, config: FleetConfig) -> None:
-    """Key rotation, re-planning and catalog reads; a failure is logged, never fatal."""
+    """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
+    logged, never fatal."""
     last_plan = last_poll = float("-inf")
+    last_save = svc.clock()
     async with httpx.AsyncClient(timeout=10.0) as client:
         while True:
             now = svc.clock()
@@ -93,7 +97,10 @@ async def ticker(svc: FleetService, config: FleetConfig) -> None:
                 if fresh or now - last_plan >= config.planner.interval_s:
                     last_plan = now
                     svc.replan()
-            except FleetError as exc:
+                if now - last_save >= POPULARITY_SAVE_S:
+                    last_save = now
+                    svc.save_popularity()
+            except (FleetError, sqlite3.Error) as exc:
                 event(log, "fleet.tick_failed", logging.ERROR, error=str(exc))
             await asyncio.sleep(TICK_S)
 
@@ -169,5 +176,9 @@ async def serve(config: FleetConfig) -> None:
     tick_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await tick_task
+    try:
+        svc.save_popularity()
+    except sqlite3.Error as exc:
+        event(log, "fleet.popularity_unsaved", logging.ERROR, error=str(exc))
     store.close()
     event(log, "fleet.stopped")

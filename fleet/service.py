@@ -8,12 +8,14 @@ Clock and entropy are injected; nothing here blocks on the network.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from edgeflix.log import event
@@ -33,6 +35,7 @@ from fleet.urls import SignedUrls, TokenCache, playback_urls
 log = logging.getLogger("fleet")
 JOIN_TOKEN_TTL_S = 7 * 86_400.0
 SNAPSHOT_MAX_AGE_S = 1.0
+POPULARITY_META = "popularity"
 # How much the fleet's taste counts in a site's demand, relative to the site's own.
 SITE_BLEND = 0.25
 
@@ -61,8 +64,14 @@ class FleetService:
         self.beats: dict[str, Beat] = {}
         popularity = config.popularity_policy()
         self._miss_share = popularity.miss_session_share
-        self.popularity = Popularity(popularity, start=clock())
-        self.site_popularity = {s.name: Popularity(popularity, start=clock()) for s in self.sites}
+        # Weeks of counts (the long half-life) survive a restart: kept in the store.
+        kept = _json_or_empty(store.meta(POPULARITY_META))
+        now = clock()
+        self.popularity = Popularity.restore(popularity, kept.get("fleet", {}), now)
+        self.site_popularity = {
+            s.name: Popularity.restore(popularity, kept.get("sites", {}).get(s.name, {}), now)
+            for s in self.sites
+        }
         self.origin_titles: dict[str, OriginTitle] = {}
         self.releases: dict[str, float] = {}
         self.keys = store.keyset()
@@ -78,6 +87,14 @@ class FleetService:
         self._steering_policy = config.steering_policy()
         self._signing: tuple[KeySet, float, float, SigningKey | None] | None = None
         self._tokens = TokenCache()
+
+    def save_popularity(self) -> None:
+        """Keep the decayed counts (the server calls this every few minutes and on stop)."""
+        doc = {
+            "fleet": self.popularity.to_dict(),
+            "sites": {name: p.to_dict() for name, p in self.site_popularity.items()},
+        }
+        self.store.set_meta(POPULARITY_META, json.dumps(doc, separators=(",", ":")))
 
     # -- registry --------------------------------------------------------------------
 
@@ -338,3 +355,12 @@ class FleetService:
                 ),
             ]
         )
+
+
+def _json_or_empty(raw: str | None) -> dict[str, Any]:
+    """Kept state, or nothing when it is missing or unreadable (counts rebuild from beats)."""
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}

@@ -129,3 +129,28 @@ def test_a_restart_counts_a_young_title_from_its_own_start() -> None:
         pop.add({"a": 10.0, "b": 10.0}, 10 * DAY + hour * 3600.0)
     got = pop.rates(11 * DAY, {"a": 9 * DAY})  # a: young, released before the start
     assert got["a"] == pytest.approx(got["b"], rel=1e-6)
+
+
+def test_counts_survive_a_restart_through_their_dict() -> None:
+    import json
+
+    policy = PopularityPolicy()
+    pop = Popularity(policy, start=0.0)
+    for hour in range(48):
+        pop.add({"a": 100.0, "b": float(hour)}, now=hour * 3600.0)
+    doc = json.loads(json.dumps(pop.to_dict()))  # what the store keeps
+    again = Popularity.restore(policy, doc, start=50 * 3600.0)
+    now, releases = 50 * 3600.0, {"b": 0.0}
+    assert again.rates(now, releases) == pytest.approx(pop.rates(now, releases))
+    again.add({"a": 5.0}, now=now)
+    pop.add({"a": 5.0}, now=now)
+    assert again.long.at(now) == pytest.approx(pop.long.at(now))
+
+
+def test_kept_counts_under_other_half_lives_or_damaged_start_afresh() -> None:
+    pop = Popularity(PopularityPolicy(half_life_s=DAY), start=0.0)
+    pop.add({"a": 1.0}, now=10.0)
+    other = Popularity.restore(PopularityPolicy(half_life_s=2 * DAY), pop.to_dict(), start=99.0)
+    assert other.long.at(100.0) == {} and other.long.start == 99.0
+    broken = {"long": {"half_life_s": DAY}, "short": None}
+    assert Popularity.restore(PopularityPolicy(), broken, start=5.0).long.at(6.0) == {}

@@ -119,6 +119,24 @@ def test_enrolment_refuses_a_url_players_cannot_use(tmp_path: Path) -> None:
     assert "h1" not in svc.records
 
 
+def test_popularity_survives_a_restart_of_the_manager(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1, {"home-hit": 50 * GB})
+    clock.now += 600
+    svc.save_popularity()
+    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    assert again.popularity.rates(clock.now, {}) == pytest.approx(
+        svc.popularity.rates(clock.now, {})
+    )
+    assert again.site_popularity["home"].long.at(clock.now)["home-hit"] > 0
+    # A damaged value costs the history, not the start.
+    again.store.set_meta("popularity", "{not json")
+    third = FleetService(svc.config, Store(svc.config.server.db), clock)
+    assert third.popularity.rates(clock.now, {}) == {}
+
+
 def test_plans_follow_each_sites_own_demand(tmp_path: Path) -> None:
     clock = Clock()
     svc = service(tmp_path, clock)
