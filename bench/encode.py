@@ -125,11 +125,13 @@ def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, 
                 f"{r['height']}p@{r['average_bandwidth'] / 1000:.0f}k:{v:.1f}"
                 for r, v in zip(videos, scores, strict=True)
             )
-            rows.append(
-                (name, ladder, per_rung, f"{kbps:.0f}", f"{vmaf:.2f}", "", "", f"{cpu:.1f}")
-            )
+            # The lowest rung is what a player on a weak network gets: average and peak.
+            low = min(videos, key=lambda r: r["average_bandwidth"])
+            floor = f"{low['average_bandwidth'] / 1000:.0f}/{low['bandwidth'] / 1000:.0f}"
+            rows.append((name, ladder, per_rung, f"{kbps:.0f}", f"{vmaf:.2f}", "", "", floor,
+                         f"{cpu:.1f}"))  # fmt: skip
         (dk, dv), (ak, av) = results["default"], results["auto"]
-        rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}", rows[-1][7])
+        rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}", *rows[-1][7:])
     return rows
 
 
@@ -176,6 +178,7 @@ def main() -> None:
                 "mean VMAF",
                 "bits saved",
                 "VMAF diff",
+                "lowest rung kbit/s avg/peak",
                 "ingest CPU s",
             ],
             ladders(ffmpeg, {"bunny": bunny, "bikes": bikes}, work),
