@@ -1,5 +1,7 @@
 """Probe a source file with PyAV (no ffprobe binary needed): video geometry, frame rate,
 duration, frame count, and whether there is audio. Feeds the ladder choice and the encoder.
+PyAV is imported by `probe()` itself, so whatever an ingest starts before probing (the check
+of the ffmpeg binary) runs while PyAV loads.
 """
 
 from __future__ import annotations
@@ -7,10 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import av
+from typing import TYPE_CHECKING
 
 from origin.errors import SourceError
+
+if TYPE_CHECKING:
+    import av.container
+    import av.video.stream
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ def probe(path: Path) -> Source:
         raise SourceError(f"{path}: no such file")
     if not path.is_file():
         raise SourceError(f"{path}: not a regular file")
+    import av
+
     try:
         container = av.open(str(path))
     except av.error.PermissionError:
@@ -76,5 +83,7 @@ def _duration(container: av.container.InputContainer, video: av.video.stream.Vid
     if video.duration is not None and video.time_base is not None:
         return float(video.duration * video.time_base)
     if container.duration is not None:
+        import av
+
         return container.duration / av.time_base
     return 0.0
