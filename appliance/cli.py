@@ -24,12 +24,12 @@ def _open_store(config: Path | None) -> Store:
     from appliance import config as appliance_config
     from appliance.repair import reconcile
     from appliance.store import Store
-    from edgeflix.ui import err_console
+    from edgeflix.ui import warn
 
     store = Store(appliance_config.load(config).storage)
     report = reconcile(store)
     for finding in report.findings:
-        err_console.print(f"warning: {finding}", highlight=False, soft_wrap=True)
+        warn(str(finding))
     return store
 
 

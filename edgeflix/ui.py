@@ -4,24 +4,35 @@ JSON on request, progress bars only when someone is watching.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
 if TYPE_CHECKING:  # imported where used: a command in a pipe never pays for them
+    from rich.console import Console
     from rich.progress import Progress
 
-console = Console()
-err_console = Console(stderr=True)
+
+@functools.cache
+def console(stderr: bool = False) -> Console:
+    """rich's console for stdout (or stderr), made on first use: loading rich costs a short
+    command (an ingest whose ffmpeg is already running) tens of milliseconds."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
 
 
 def interactive() -> bool:
     """True when a person is watching stdout (progress bars and colours make sense)."""
-    return console.is_terminal
+    return sys.stdout.isatty() and console().is_terminal
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr that does not stop the command."""
+    console(stderr=True).print(f"warning: {message}", highlight=False, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:
@@ -40,7 +51,7 @@ def print_table(
         table = Table(*columns, title=title)
         for row in rows:
             table.add_row(*(str(c) for c in row))
-        console.print(table)
+        console().print(table)
         return
     sys.stdout.write("\t".join(columns) + "\n")
     for row in rows:
@@ -49,7 +60,7 @@ def print_table(
 
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit: the CLI's only way to report a user-facing error."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -70,5 +81,5 @@ def progress(transfer: bool = False) -> Iterator[Progress]:
     if transfer:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not interactive(), transient=False) as bar:
+    with Progress(*columns, console=console(), disable=not interactive(), transient=False) as bar:
         yield bar
