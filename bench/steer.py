@@ -3,8 +3,10 @@
 Starts `edgeflix fleet serve` on loopback, enrols appliances in three sites over real gRPC
 and keeps them beating, then offers GET /steer at fixed rates (open loop: latency counts
 from when a request was due, so a stall is not hidden) over keep-alive connections.
-References in the same run: GET /healthz at the same rate (the HTTP stack's floor) and
-the pure steer() in-process (the decision's own cost). The `cpu us/req` column is the fleet
+The manager reads a catalogue from a stand-in origin, as in production, so answers that
+leave the client's site feed popularity on the measured path. References in the same run:
+GET /healthz at the same rate (the HTTP stack's floor) and the pure steer() in-process
+(the decision's own cost). The `cpu us/req` column is the fleet
 process's own CPU time per answered request (from /proc), which other load on a shared
 machine inflates far less than latency. Goal: p99 < 5 ms at 2,000 req/s.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.server
+import json
 import os
 import random
 import signal
@@ -49,7 +53,8 @@ http = "127.0.0.1:0"
 db = "{db}"
 enrolment = "open"
 [origin]
-url = "http://127.0.0.1:9"
+url = "{origin}"
+poll_s = 5
 [planner]
 interval_s = 3600
 """ + "".join(
@@ -57,8 +62,38 @@ interval_s = 3600
 )
 
 
-def start_fleet(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    (folder / "fleet.toml").write_text(CONFIG.format(db=folder / "fleet.sqlite"))
+class Catalog(threading.Thread):
+    """The origin's GET /titles, so the manager knows every title's size as in production:
+    answers that leave the client's site (or go to the origin) then feed popularity."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        doc = {"titles": [{"id": f"t{i:04d}", "digest": "d", "total_bytes": 3 * 10**9}
+                          for i in range(TITLES + 20)]}  # fmt: skip
+        body = json.dumps(doc).encode()
+        read = self.read = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                read.set()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever(poll_interval=0.2)
+
+
+def start_fleet(folder: Path, origin: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    (folder / "fleet.toml").write_text(CONFIG.format(db=folder / "fleet.sqlite", origin=origin))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -241,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        proc, urls = start_fleet(Path(tmp))
+        catalog = Catalog()
+        catalog.start()
+        proc, urls = start_fleet(Path(tmp), catalog.url)
         beater = None
         try:
             beater = Beater(urls["grpc"])
             beater.beat_all()
             beater.start()
+            if not catalog.read.wait(30):
+                raise SystemExit("the fleet manager never read the origin's catalogue")
             host, port = urls["http"].removeprefix("http://").rsplit(":", 1)
             print(
                 f"{len(beater.boxes)} appliances in {len(SITES)} sites, {TITLES} titles; "
@@ -279,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if beater is not None:
                 beater.stop.set()
+            catalog.server.shutdown()
             os.kill(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(20)
