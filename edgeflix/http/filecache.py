@@ -1,10 +1,12 @@
 """Open files kept between requests: an fd and its rendered heads per path, in a bounded LRU.
 
 Used by server.py so a hot segment costs one fstat per request instead of open+fstat+close.
-Never stale: every use re-fstats the cached fd (no path lookup). A file truncated or rewritten
-in place shows its new size and mtime; a file unlinked or replaced by a rename shows
+Never stale: every acquire re-fstats the cached fd (no path lookup). A file truncated or
+rewritten in place shows its new size and mtime; a file unlinked or replaced by a rename shows
 st_nlink == 0 and is reopened by path (so an fd is only used while its inode still sits at
-that path, e.g. never after a tier move unlinked the old copy). Entries in use by a response
+that path, e.g. never after a tier move unlinked the old copy). (A route armed in routes.py
+skips acquire: it checks the size per request and the whole stat once per 100 ms; a move or rm
+through the index drops it within 10 ms anyway.) Entries in use by a response
 are counted: eviction closes such an fd only when its last response is done. Idle entries are
 closed after a few sweeps unused, so no fd keeps a removed title's space or a failed disk
 (which an operator must unmount) pinned for long.
@@ -53,6 +55,9 @@ class FileCache:
         self.capacity = capacity
         self.max_idle_sweeps = max_idle_sweeps
         self._files: OrderedDict[str, OpenFile] = OrderedDict()
+        # Marks the entry at a path (one not evicted, hence present) most recently used: the
+        # dict's own C method, so the hot path pays no Python call for it.
+        self.touch = self._files.move_to_end
 
     def __len__(self) -> int:
         return len(self._files)

@@ -33,6 +33,7 @@ from edgeflix.http.plan import (
 )
 from edgeflix.http.ranges import Span
 from edgeflix.http.request import RequestHead
+from edgeflix.http.routes import FastRoute
 from edgeflix.http.stats import NO_TITLE, ServerStats
 from edgeflix.log import event
 
@@ -42,6 +43,12 @@ _CONDITIONAL = frozenset(
     ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range")
 )
 _CACHED_HEADS = ("GET", "HEAD")
+# How old the Date header and idle deadline may get (see FileServer.fresh).
+_TICK_S = 0.01
+# How long an armed route (routes.py) may go on sending a file that was unlinked, replaced or
+# rewritten in place at the same size behind our back: its full fstat (~3k instructions,
+# mostly building the stat_result) is done once per this, its size (lseek) per request.
+_VERIFY_S = 0.1
 
 
 class FileTarget(NamedTuple):
@@ -56,14 +63,6 @@ class FileTarget(NamedTuple):
     # clock, no client address): the server may reuse it for identical request heads until
     # `refresh` reports a change.
     reusable: bool = False
-
-
-class FastRoute(NamedTuple):
-    """A plain GET/HEAD already routed once, keyed by its exact head bytes."""
-
-    target: FileTarget
-    method: str
-    keep_alive: bool
 
 
 class Site(Protocol):
@@ -141,8 +140,16 @@ class FileServer:
         # a file that vanished (a tier move's unlink is never missed).
         self._refresh = refresh
         self._storage_view: object = None
-        self._checked_at = -1.0
         self._storage_due = -1.0
+        # Set by a timer _TICK_S after each `fresh()` (armed only while requests come, so an
+        # idle worker does not wake): the hot path tests one flag instead of reading the clock.
+        self.stale = True
+        self._tick_s = min(settings.storage_check_s, _TICK_S)
+        # Advanced every _VERIFY_S: an armed route fully re-checks its file once per epoch.
+        self.epoch = 0
+        self._verify_due = -1.0
+        # Keep-alive deadline of a connection that just finished a response, as of `fresh()`.
+        self.idle_deadline = 0.0
         self.fast: dict[bytes, FastRoute] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
@@ -219,12 +226,16 @@ class FileServer:
         self._schedule_sweep()
 
     def fresh(self) -> None:
-        """Before answering requests: the Date tails and the site's view of storage, updated
-        when the loop's clock moved (as nginx updates its cached time once per iteration)."""
+        """Before answering requests while `stale`: the Date tails, the idle deadline and the
+        site's view of storage, brought up to date at most every _TICK_S (as nginx updates its
+        cached time once per loop iteration, not per request)."""
+        self.stale = False
+        self.loop.call_later(self._tick_s, self._mark_stale)
         now = self.loop.time()
-        if now == self._checked_at:
-            return
-        self._checked_at = now
+        if now >= self._verify_due:
+            self._verify_due = now + _VERIFY_S
+            self.epoch += 1
+        self.idle_deadline = now + self.settings.keepalive_timeout_s
         date = self.dates.get()
         if date is not self._tail_date:
             self._tail_date = date
@@ -235,6 +246,9 @@ class FileServer:
         if self._refresh is not None and now >= self._storage_due:
             self._storage_due = now + self.settings.storage_check_s
             self._check_storage()
+
+    def _mark_stale(self) -> None:
+        self.stale = True
 
     def _check_storage(self) -> None:
         assert self._refresh is not None
@@ -271,6 +285,8 @@ class FileServer:
         if cached is None or file.size != target.expected_size or cached.title != target.title_id:
             self.files.release(file)
             return None
+        if route.file is not file or route.size != file.size or route.mtime_ns != file.mtime_ns:
+            route.arm(file, cached, self.stats, self.files.touch)
         return cached
 
     def prepare_error(self, exc: HttpError) -> Prepared:
@@ -313,7 +329,8 @@ class FileServer:
                 fast = self.fast
                 if len(fast) >= self.settings.fast_routes:
                     fast.clear()  # junk or a huge catalogue: start over rather than track LRU
-                fast[key] = FastRoute(target, method, request.keep_alive)
+                route = fast[key] = FastRoute(target, method, request.keep_alive)
+                route.arm(file, cached, self.stats, self.files.touch)
             return cached
         meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
         plan = plan_response(meta, request, self._boundary())

@@ -28,6 +28,14 @@ class ServerStats:
             counts[0] += 1
             counts[1] += nbytes
 
+    def counter(self, status: int, title: str) -> list[int]:
+        """The [requests, bytes] list kept for (status, title), for a caller that adds to it
+        directly (an armed fast route: no tuple key and dict lookup per response)."""
+        counts = self.requests.get((status, title))
+        if counts is None:
+            counts = self.requests[(status, title)] = [0, 0]
+        return counts
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "requests": [[s, t, c[0], c[1]] for (s, t), c in sorted(self.requests.items())],
