@@ -100,7 +100,7 @@ class Connection:
 
     def _on_readable(self) -> None:
         try:
-            data = self.sock.recv(RECV_BYTES)
+            data = os.read(self.fd, RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
