@@ -343,38 +343,21 @@ def main(argv: list[str] | None = None) -> int:
     # The same bytes as the reactive caches: no headroom kept back in the simulation.
     planner_policy = PlannerPolicy(fill_ratio=1.0)
     exact = PlannerPolicy(hysteresis=0.0, fill_ratio=1.0)
+
+    def planned(
+        policy: PlannerPolicy,
+        oracle: Callable[[int, float], dict[str, float]] | None = None,
+        every: float = DAY,
+    ) -> Callable[[int], Result]:
+        return lambda cap: run_planner(
+            trace, catalog, cap, measure_from, pop_policy, policy, oracle, every
+        )
+
     policies: dict[str, Callable[[int], Result]] = {
-        "planner": lambda cap: run_planner(
-            trace, catalog, cap, measure_from, pop_policy, planner_policy
-        ),
-        "model*": lambda cap: run_planner(
-            trace,
-            catalog,
-            cap,
-            measure_from,
-            pop_policy,
-            exact,
-            lambda _i, night: model_demand(sc, catalog, night),
-        ),
-        "nextday*": lambda cap: run_planner(
-            trace,
-            catalog,
-            cap,
-            measure_from,
-            pop_policy,
-            exact,
-            lambda i, night: next_day_demand(trace, i, night + DAY),
-        ),
-        "online*": lambda cap: run_planner(
-            trace,
-            catalog,
-            cap,
-            measure_from,
-            pop_policy,
-            exact,
-            lambda _i, at: model_demand_now(sc, catalog, at),
-            plan_every=HOUR,
-        ),
+        "planner": planned(planner_policy),
+        "model*": planned(exact, lambda _i, night: model_demand(sc, catalog, night)),
+        "nextday*": planned(exact, lambda i, night: next_day_demand(trace, i, night + DAY)),
+        "online*": planned(exact, lambda _i, at: model_demand_now(sc, catalog, at), HOUR),
         "LRU": lambda cap: run_lru(trace, cap, measure_from),
         "LFU": lambda cap: run_lfu(trace, cap, measure_from),
         "Belady": lambda cap: run_belady(trace, cap, measure_from),
