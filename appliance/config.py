@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import ConfigModel, HostPort, load_config
+from edgeflix.config import BaseUrl, ConfigModel, HostPort, load_config
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -126,7 +126,7 @@ class FleetLinkConfig(ConfigModel):
     # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
     join_token: str = ""
     # Base URL players and peers reach this appliance at; left out: http://<serve.listen>.
-    public_url: str | None = None
+    public_url: BaseUrl | None = None
     # Until the fleet states its own interval (EnrolResponse / HeartbeatResponse).
     heartbeat_s: float = Field(5.0, gt=0)
     # Serve on cached keys and plan this long after the last answer from the fleet.

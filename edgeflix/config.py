@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
@@ -118,3 +119,34 @@ def _valid_hostport(value: str) -> str:
 
 # A config field holding `HOST:PORT` (checked at load, kept as the string the user wrote).
 HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+
+
+def parse_base_url(value: str) -> str:
+    """`http(s)://HOST[:PORT]` (a trailing slash is dropped): where players and peers reach
+    a server, to which paths such as /titles/... are appended."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(f"'{value}' is not http(s)://HOST[:PORT]")
+    return value.rstrip("/")
+
+
+def _valid_base_url(value: str) -> str:
+    try:
+        return parse_base_url(value)
+    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
+        raise ValueError(str(exc)) from None
+
+
+# A config field holding a base URL, checked at load (see parse_base_url).
+BaseUrl = Annotated[str, AfterValidator(_valid_base_url)]

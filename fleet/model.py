@@ -11,9 +11,10 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edgeflix.config import parse_base_url
+from edgeflix.errors import ConfigError
 from fleet.errors import FleetInputError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -47,20 +48,9 @@ def parse_address(text: str) -> Address:
 def check_appliance_url(url: str) -> str:
     """The base URL players and peers reach an appliance at: http(s)://HOST[:PORT]."""
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        parts = None
-    if (
-        parts is None
-        or parts.scheme not in ("http", "https")
-        or not parts.hostname
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
-        raise FleetInputError(f"appliance URL '{url}' is not http(s)://HOST[:PORT]")
-    return url.rstrip("/")
+        return parse_base_url(url)
+    except ConfigError:
+        raise FleetInputError(f"appliance URL '{url}' is not http(s)://HOST[:PORT]") from None
 
 
 @dataclass(frozen=True)

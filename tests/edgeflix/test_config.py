@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgeflix.config import ConfigModel, HostPort, load_config, parse_hostport
+from edgeflix.config import (
+    BaseUrl,
+    ConfigModel,
+    HostPort,
+    load_config,
+    parse_base_url,
+    parse_hostport,
+)
 from edgeflix.errors import ConfigError
 
 
@@ -89,3 +96,30 @@ def test_hostport_field_names_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"d\.toml: key 'listen': .*not HOST:PORT"):
         load_config(Listener, write(tmp_path, 'listen = "nowhere"\n'), env={})
     assert load_config(Listener, write(tmp_path, 'listen = "[::1]:80"\n'), env={}).listen
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("http://h1:8081/", "http://h1:8081"), ("https://[::1]", "https://[::1]")],
+)
+def test_parse_base_url(text: str, expected: str) -> None:
+    assert parse_base_url(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["h1:8081", "http://", "http://h1:99999", "http://h1/titles", "ftp://h1", "http://h?x"]
+)
+def test_parse_base_url_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="not http"):
+        parse_base_url(text)
+
+
+class Public(ConfigModel):
+    public_url: BaseUrl | None = None
+
+
+def test_base_url_field_names_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"d\.toml: key 'public_url': .*not http"):
+        load_config(Public, write(tmp_path, 'public_url = "10.0.0.5:8081"\n'), env={})
+    cfg = load_config(Public, write(tmp_path, 'public_url = "http://10.0.0.5:8081/"\n'), env={})
+    assert cfg.public_url == "http://10.0.0.5:8081"
