@@ -323,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--days", type=int, default=21)
+    ap.add_argument(
+        "--requests-per-day", type=int, default=Scenario.requests_per_day,
+        help="sessions the site serves per day",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smaller trace, for a smoke run")
     args = ap.parse_args(argv)
-    sc = Scenario(seed=args.seed, days=args.days)
+    sc = Scenario(seed=args.seed, days=args.days, requests_per_day=args.requests_per_day)
     if args.quick:
         sc = Scenario(seed=args.seed, titles=800, days=10, warmup_days=4, requests_per_day=2000)
     rng = random.Random(sc.seed)
