@@ -6,8 +6,11 @@ HTTP API (`--fleet URL` or EDGEFLIX_FLEET). Tables on a terminal, plain text in 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,10 @@ import httpx
 import typer
 
 from edgeflix import ui
-from fleet.errors import FleetError
+from edgeflix.config import parse_base_url
+from edgeflix.errors import ConfigError
+from fleet.errors import FleetError, FleetInputError, UnknownNameError
+from fleet.model import check_name
 
 # httpx logs every request at INFO: noise on a CLI whose output is the answer.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -25,6 +31,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="URL-token signing keys.")
 app.add_typer(keys_app, name="keys")
 
 DEFAULT_FLEET = "http://127.0.0.1:7080"
+# A manager that accepts and never answers is reported after this long, not waited on.
+CALL_TIMEOUT_S = 10.0
 FleetOpt = typer.Option(
     None, "--fleet", help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080)."
 )
@@ -35,19 +43,64 @@ class FleetUnreachable(FleetError):
     """The fleet manager did not answer."""
 
 
-def _call(fleet: str | None, method: str, path: str, **kw: Any) -> Any:
-    base = (fleet or os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET).rstrip("/")
+def fleet_url(fleet: str | None) -> str:
+    """The manager's base URL from --fleet, else $EDGEFLIX_FLEET, else the default."""
+    raw = fleet or os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET
     try:
-        resp = httpx.request(method, base + path, timeout=10.0, **kw)
-    except httpx.HTTPError as exc:
+        return parse_base_url(raw.strip())
+    except ConfigError:
+        raise FleetError(
+            f"fleet manager URL '{raw}' is not http(s)://HOST[:PORT] (--fleet or EDGEFLIX_FLEET)"
+        ) from None
+
+
+def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
+    base = fleet_url(fleet)
+    try:
+        resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, **kw)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise FleetUnreachable(f"fleet manager at {base} is unreachable: {exc}") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
     if resp.status_code >= 400:
+        detail = body.get("error") or body.get("detail") if isinstance(body, dict) else None
+        if not isinstance(detail, str):
+            # FastAPI's validation errors are a list; anything else is not ours.
+            detail = json.dumps(detail) if detail else resp.text.strip()[:200]
+        raise FleetError(f"fleet manager: {detail or resp.reason_phrase} (HTTP {resp.status_code})")
+    if body is None:
+        raise FleetError(_NOT_A_FLEET.format(base=base, what="an answer that is not JSON"))
+    if not isinstance(body, want):
+        raise FleetError(_NOT_A_FLEET.format(base=base, what=f"JSON that is not a {want.__name__}"))
+    return body
+
+
+_NOT_A_FLEET = "{base} sent {what}: is it the fleet manager's HTTP address?"
+
+
+def _shaped(command: Callable[..., None]) -> Callable[..., None]:
+    """Rendering an answer of the wrong shape (another server's JSON) is one line, too."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
         try:
-            detail = resp.json().get("error") or resp.json().get("detail")
-        except ValueError:
-            detail = resp.text.strip()
-        raise FleetError(f"fleet manager: {detail or resp.reason_phrase}")
-    return resp.json()
+            command(*args, **kwargs)
+        except (KeyError, TypeError, AttributeError, IndexError):
+            what = "JSON of another shape than the fleet manager's"
+            base = fleet_url(kwargs.get("fleet"))
+            raise FleetError(_NOT_A_FLEET.format(base=base, what=what)) from None
+
+    return run
+
+
+def _path_name(name: str) -> str:
+    """An appliance name as a URL path segment; no enrolled name can be anything else."""
+    try:
+        return check_name(name, "appliance")
+    except FleetInputError:
+        raise UnknownNameError(f"no appliance named '{name}' (not a valid name)") from None
 
 
 def _mbps(bps: float) -> str:
@@ -73,9 +126,10 @@ def serve_cmd(
 
 
 @app.command("ls")
+@_shaped
 def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Every enrolled appliance with its site, state and load."""
-    rows = _call(fleet, "GET", "/appliances")
+    rows = _call(fleet, "GET", "/appliances", list)
     if as_json:
         ui.print_json(rows)
         return
@@ -98,9 +152,10 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("show")
+@_shaped
 def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """One appliance: state, load, what it holds and what its plan wants."""
-    info = _call(fleet, "GET", f"/appliances/{name}")
+    info = _call(fleet, "GET", f"/appliances/{_path_name(name)}")
     if as_json:
         ui.print_json(info)
         return
@@ -128,30 +183,34 @@ def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -
 
 
 @app.command("drain")
+@_shaped
 def drain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Take an appliance out of steering (it keeps its titles) for maintenance."""
-    out = _call(fleet, "POST", f"/appliances/{name}/drain")
+    out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/drain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: drained")
 
 
 @app.command("undrain")
+@_shaped
 def undrain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Put a drained appliance back into steering."""
-    out = _call(fleet, "POST", f"/appliances/{name}/undrain")
+    out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/undrain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: back in steering")
 
 
 @app.command("rm")
+@_shaped
 def rm_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Forget an appliance (it must enrol again with a new join token)."""
-    out = _call(fleet, "DELETE", f"/appliances/{name}")
+    out = _call(fleet, "DELETE", f"/appliances/{_path_name(name)}")
     ui.print_json(out) if as_json else typer.echo(f"{name}: removed")
 
 
 @app.command("sites")
+@_shaped
 def sites_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Configured sites with their prefixes and fill windows."""
-    rows = _call(fleet, "GET", "/sites")
+    rows = _call(fleet, "GET", "/sites", list)
     if as_json:
         ui.print_json(rows)
         return
@@ -172,6 +231,7 @@ def sites_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
 
 
 @app.command("steer")
+@_shaped
 def steer_cmd(
     client_ip: str = typer.Option(..., "--client-ip", help="The player's address."),
     title: str = typer.Option(..., "--title", help="Title id."),
@@ -196,6 +256,7 @@ def steer_cmd(
 
 
 @app.command("plan")
+@_shaped
 def plan_cmd(
     site: str | None = typer.Option(None, "--site", help="Only this site's appliances."),
     now: bool = typer.Option(
@@ -229,6 +290,7 @@ def plan_cmd(
 
 
 @app.command("fill")
+@_shaped
 def fill_cmd(
     now: bool = typer.Option(False, "--now", help="Fill now, outside the window (once)."),
     site: str | None = typer.Option(None, "--site", help="Only this site."),
@@ -245,6 +307,7 @@ def fill_cmd(
 
 
 @app.command("join-token")
+@_shaped
 def join_token_cmd(
     site: str = typer.Option(..., "--site", help="The site the new appliance belongs to."),
     fleet: str | None = FleetOpt,
@@ -256,6 +319,7 @@ def join_token_cmd(
 
 
 @keys_app.command("rotate")
+@_shaped
 def keys_rotate_cmd(
     immediate: bool = typer.Option(
         False, "--immediate", help="Sign with the new key at once (else after the lead time)."

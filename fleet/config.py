@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from edgeflix.config import ConfigModel, HostPort, load_config
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
-from fleet.model import Site
+from fleet.model import Network, Site
 from fleet.planner import PlannerPolicy
 from fleet.popularity import PopularityPolicy
 from fleet.steering import SteeringPolicy
@@ -123,6 +123,13 @@ class FleetConfig(ConfigModel):
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ValueError("a site name is listed twice")
+        owner: dict[Network, str] = {}
+        for site in self.site_list():
+            for prefix in site.prefixes:
+                other = owner.setdefault(prefix, site.name)
+                if other != site.name:
+                    # Longest-prefix match cannot choose between equal prefixes.
+                    raise ValueError(f"prefix {prefix} is listed in sites {other} and {site.name}")
         if self.steering.min_urls > self.steering.max_urls:
             raise ValueError("steering.min_urls must not exceed steering.max_urls")
         if self.keys.rotate_every_s <= self.keys.lead_s:

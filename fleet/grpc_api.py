@@ -6,13 +6,15 @@ also come over a TLS connection whose client certificate (fleet/tls.py) names th
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from edgeflix.proto import auth
 from edgeflix.proto.codec import CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
-from fleet.model import HeldTitle, TierSpace
+from fleet.model import HeldTitle, TierSpace, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, Health
 from fleet.service import FleetService
@@ -37,7 +39,22 @@ def _status(exc: FleetError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def valid_title(title_id: str) -> bool:
+    try:
+        check_title(title_id)
+    except FleetInputError:
+        return False
+    return True
+
+
 def beat_from_proto(req: fleet_pb2.HeartbeatRequest, now: float) -> Beat:
+    """The beat as the registry keeps it; FleetInputError for figures no appliance sends:
+    a NaN or infinite rate would pass every load comparison (NaN >= x is False) and, in a
+    site's mean, switch off bounded loads for all its appliances. A title id no origin can
+    have is left out (it would become a path in URLs and plans), not the whole beat."""
+    for field in ("capacity_bps", "load_bps"):
+        if not math.isfinite(getattr(req, field)):
+            raise FleetInputError(f"heartbeat: {field} is not a finite number")
     return Beat(
         at=now,
         sequence=req.sequence,
@@ -48,7 +65,9 @@ def beat_from_proto(req: fleet_pb2.HeartbeatRequest, now: float) -> Beat:
         connections=req.connections,
         tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
         titles={
-            t.title_id: HeldTitle(t.digest, t.complete, t.size_bytes, t.tier) for t in req.titles
+            t.title_id: HeldTitle(t.digest, t.complete, t.size_bytes, t.tier)
+            for t in req.titles
+            if valid_title(t.title_id)
         },
         plan_version=req.plan_version,
         keys_version=req.keys_version,
@@ -120,20 +139,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         name = await self._caller(context, "Heartbeat", body)
         if request.appliance and request.appliance != name:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "beat for another appliance")
-        try:
-            counts = unpack_counts(request.counts_zstd)
-        except CodecError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
         svc = self.service
         try:
+            counts = unpack_counts(request.counts_zstd)
             svc.heartbeat(
                 name,
                 beat_from_proto(request, svc.clock()),
-                {t: c.bytes for t, c in counts.items()},
+                {t: c.bytes for t, c in counts.items() if valid_title(t)},
                 request.url,
             )
-        except FleetInputError as exc:
+        except (CodecError, FleetInputError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         current = svc.current_plan
         return fleet_pb2.HeartbeatResponse(

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fleet.errors import FleetError, FleetInputError
+from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import Appliance
 from fleet.service import FleetService
 
@@ -153,6 +153,9 @@ def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
 
 
 def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
+    if site is not None and svc.snapshot().site(site) is None:
+        known = ", ".join(s.name for s in svc.sites) or "none configured"
+        raise UnknownNameError(f"no site named '{site}' (sites: {known})")
     current = svc.current_plan
     entries = [] if current is None else list(current.appliances.values())
     return {
@@ -245,6 +248,7 @@ def create_api(svc: FleetService) -> FastAPI:
 
     @app.post("/plan")
     async def replan(site: str | None = None) -> dict[str, Any]:
+        plan_json(svc, site)  # an unknown site is refused before any work
         svc.replan()
         return plan_json(svc, site)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from edgeflix.config import parse_base_url
 from edgeflix.errors import ConfigError
+from edgeflix.titlefiles import TitleFilesError, check_title_id
 from fleet.errors import FleetInputError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,6 +33,29 @@ APPLIANCE_STATES: tuple[ApplianceState, ...] = (
 SERVING_STATES: frozenset[ApplianceState] = frozenset({"ok", "degraded"})
 
 
+# Appliance and site names: one URL path segment, a TLS common name, a log field.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_RE.match(name):
+        raise FleetInputError(
+            f"{what} name {name[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def check_title(title_id: str) -> str:
+    """A title id as the origin and appliances accept it (one safe path component)."""
+    try:
+        return check_title_id(title_id)
+    except TitleFilesError:
+        raise FleetInputError(
+            f"invalid title id {title_id[:80]!r}: use letters, digits, '.', '_' or '-' "
+            "(no '/', no '..', at most 128 characters)"
+        ) from None
+
+
 def parse_prefix(text: str) -> Network:
     try:
         return ipaddress.ip_network(text.strip(), strict=False)
@@ -39,10 +64,15 @@ def parse_prefix(text: str) -> Network:
 
 
 def parse_address(text: str) -> Address:
+    """An address; IPv4-mapped IPv6 (what a dual-stack socket reports for an IPv4 client)
+    is the IPv4 address, so it matches the site's IPv4 prefixes."""
     try:
-        return ipaddress.ip_address(text.strip())
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
-        raise FleetInputError(f"'{text}' is not an IPv4 or IPv6 address") from None
+        raise FleetInputError(f"'{text[:80]}' is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def check_appliance_url(url: str) -> str:

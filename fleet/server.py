@@ -112,7 +112,9 @@ async def serve(config: FleetConfig) -> None:
 
     tls = config.server
     authority = CertAuthority.load_or_create(Path(tls.db).parent) if tls.tls else None
-    grpc_server = grpc.aio.server()
+    # No SO_REUSEPORT: a second manager started on the same port must fail, not silently
+    # take half of the appliances' connections.
+    grpc_server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
     fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc, authority), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

@@ -24,7 +24,7 @@ from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
-from fleet.model import FleetSnapshot, check_appliance_url, parse_address
+from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
@@ -136,6 +136,7 @@ class FleetService:
     def enrol(self, token: str, name: str, url: str, public_key: bytes) -> ApplianceRecord:
         if not name or not url or len(public_key) != 32:
             raise FleetInputError("enrolment needs a name, a URL and a 32-byte Ed25519 key")
+        check_name(name, "appliance")
         url = check_appliance_url(url)
         open_mode = self.config.server.enrolment == "open" and not token
         site = self._site_for_url(url) if open_mode else ""

@@ -21,7 +21,14 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from fleet.model import SERVING_STATES, Appliance, FleetSnapshot, Site, parse_address
+from fleet.model import (
+    SERVING_STATES,
+    Appliance,
+    FleetSnapshot,
+    Site,
+    check_title,
+    parse_address,
+)
 
 Outcome = Literal[
     "in_site",
@@ -148,8 +155,10 @@ def steer(
     title_id: str,
     policy: SteeringPolicy | None = None,
 ) -> SteeringDecision:
-    """Rank where `client_ip` should stream `title_id` from. Raises FleetInputError on a bad IP."""
+    """Rank where `client_ip` should stream `title_id` from. Raises FleetInputError on a bad IP
+    or title id (it becomes a path in every URL)."""
     policy = policy or SteeringPolicy()
+    check_title(title_id)
     site: Site | None = snapshot.site_of(parse_address(client_ip))
     eligible: list[Appliance] = []
     excluded: list[str] = []

@@ -1,0 +1,201 @@
+"""Inputs the fleet manager must refuse or normalise (found by an adversarial audit):
+IPv4-mapped client addresses, title ids that would become paths, appliance names that
+would become paths and certificate names, non-finite heartbeat figures, ambiguous site
+prefixes, plans of unknown sites, and the CLI's handling of a manager URL or answer that
+is not what it expects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeflix.proto import auth
+from edgeflix.proto.gen import fleet_pb2
+from fleet.cli import fleet_url
+from fleet.config import FleetConfig, SiteConfig
+from fleet.errors import FleetError, FleetInputError, UnknownNameError
+from fleet.grpc_api import beat_from_proto
+from fleet.http import create_app, plan_json
+from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site, check_name, parse_address
+from fleet.registry import Beat
+from fleet.service import FleetService
+from fleet.steering import steer
+from fleet.store import Store
+
+SITES = (
+    Site.build("home", ["192.168.1.0/24"]),
+    Site.build("wide", ["192.168.0.0/16"]),
+)
+
+
+def snapshot() -> FleetSnapshot:
+    box = Appliance("h1", "home", "http://h1:8081", titles={"film": HeldTitle("d")})
+    return FleetSnapshot(SITES, (box,), "http://origin:8080")
+
+
+def test_ipv4_mapped_client_matches_the_ipv4_prefix() -> None:
+    decision = steer(snapshot(), "::ffff:192.168.1.5", "film")
+    assert decision.client_site == "home"
+    assert decision.outcome == "in_site"
+    assert str(parse_address("::ffff:10.0.0.1")) == "10.0.0.1"
+    # Longest prefix wins between nested prefixes of two sites.
+    assert steer(snapshot(), "::ffff:192.168.7.1", "film").client_site == "wide"
+
+
+def test_zone_ids_and_garbage_addresses() -> None:
+    assert steer(snapshot(), "fe80::1%eth0", "film").client_site is None
+    for bad in ("192.168.1.5%eth0", "", "x" * 10_000, "1.2.3.4/24"):
+        with pytest.raises(FleetInputError, match="not an IPv4 or IPv6 address"):
+            steer(snapshot(), bad, "film")
+
+
+@pytest.mark.parametrize("title", ["../x", "a/b", "", "x" * 129, "..", "é", "a b"])
+def test_a_title_id_that_is_no_path_component_is_refused(title: str) -> None:
+    with pytest.raises(FleetInputError, match="invalid title id"):
+        steer(snapshot(), "192.168.1.5", title)
+
+
+@given(st.text(max_size=80))
+def test_any_appliance_name_is_one_safe_path_segment_or_refused(name: str) -> None:
+    try:
+        check_name(name, "appliance")
+    except FleetInputError:
+        return
+    assert "/" not in name and name not in (".", "..") and name.isascii()
+    assert name == name.strip() and "\n" not in name
+
+
+def config(tmp_path: Path, **extra: Any) -> FleetConfig:
+    return FleetConfig.model_validate(
+        {
+            "server": {"db": str(tmp_path / "fleet.sqlite"), "enrolment": "open"},
+            "sites": [
+                SiteConfig(name="home", prefixes=("192.168.1.0/24",)).model_dump(),
+                SiteConfig(name="lab", prefixes=("10.1.0.0/16",)).model_dump(),
+            ],
+            "origin": {"url": "http://127.0.0.1:9"},
+            **extra,
+        }
+    )
+
+
+def service(tmp_path: Path) -> FleetService:
+    cfg = config(tmp_path)
+    svc = FleetService(cfg, Store(cfg.server.db), lambda: 1_000_000.0)
+    svc.maybe_rotate_keys()
+    return svc
+
+
+@pytest.mark.parametrize("name", ["a/b", "../x", "a\nb", "n" * 65, "-x", "a b"])
+def test_enrolment_refuses_a_name_that_is_no_path_segment(tmp_path: Path, name: str) -> None:
+    svc = service(tmp_path)
+    key = auth.public_key(auth.new_private_key())
+    with pytest.raises(FleetInputError, match="appliance name"):
+        svc.enrol(svc.join_token("home"), name, "http://192.168.1.20:8081", key)
+    assert svc.records == {}
+
+
+@pytest.mark.parametrize("field", ["capacity_bps", "load_bps"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_heartbeat_figures_are_refused(field: str, value: float) -> None:
+    req = fleet_pb2.HeartbeatRequest(sequence=1, capacity_bps=1e9, load_bps=1e8)
+    setattr(req, field, value)
+    with pytest.raises(FleetInputError, match=field):
+        beat_from_proto(req, 0.0)
+
+
+def test_absurd_heartbeat_figures_are_clamped_and_odd_titles_left_out() -> None:
+    req = fleet_pb2.HeartbeatRequest(
+        sequence=2**64 - 1,
+        capacity_bps=-1.0,
+        load_bps=-5.0,
+        connections=2**32 - 1,
+        titles=[
+            fleet_pb2.HeldTitle(title_id="../etc", digest="x", complete=True),
+            fleet_pb2.HeldTitle(title_id="film", digest="d", complete=True, size_bytes=2**64 - 1),
+        ],
+    )
+    beat = beat_from_proto(req, 5.0)
+    assert (beat.capacity_bps, beat.load_bps) == (0.0, 0.0)
+    assert set(beat.titles) == {"film"}
+
+
+def test_equal_prefixes_in_two_sites_are_refused_nested_ones_allowed(tmp_path: Path) -> None:
+    both = [
+        SiteConfig(name="a", prefixes=("192.168.1.0/24",)).model_dump(),
+        SiteConfig(name="b", prefixes=("192.168.1.7/24",)).model_dump(),
+    ]
+    with pytest.raises(ValueError, match=r"192\.168\.1\.0/24 is listed in sites a and b"):
+        FleetConfig.model_validate({"sites": both})
+    both[1]["prefixes"] = ("192.168.0.0/16",)
+    assert len(FleetConfig.model_validate({"sites": both}).site_list()) == 2
+
+
+def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))
+    svc.heartbeat("h1", Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
+    svc.replan()
+    assert [p["name"] for p in plan_json(svc, "home")["appliances"]] == ["h1"]
+    assert plan_json(svc, "lab")["appliances"] == []
+    with pytest.raises(UnknownNameError, match="no site named 'mars'"):
+        plan_json(svc, "mars")
+    status, body = asgi(svc, "POST", "/plan", b"site=mars")
+    assert status == 404 and "mars" in json.loads(body)["error"]
+    status, body = asgi(svc, "GET", "/steer", b"client_ip=192.168.1.5&title=..%2Fx")
+    assert status == 400 and "invalid title id" in json.loads(body)["error"]
+
+
+def asgi(svc: FleetService, method: str, path: str, query: bytes) -> tuple[int, bytes]:
+    app = create_app(svc)
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"fleet")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 7080),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+@pytest.mark.parametrize(
+    "url", ["http//x", "ftp://x:80", "127.0.0.1:7080", "http://127.0.0.1:abc", "http://", " "]
+)
+def test_a_malformed_manager_url_is_one_clear_error(url: str) -> None:
+    with pytest.raises(FleetError, match="is not http"):
+        fleet_url(url)
+
+
+def test_manager_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEFLIX_FLEET", "http://10.0.0.1:7080/")
+    assert fleet_url(None) == "http://10.0.0.1:7080"
+    assert fleet_url("https://fleet.example") == "https://fleet.example"
+    monkeypatch.setenv("EDGEFLIX_FLEET", "")
+    assert fleet_url(None) == "http://127.0.0.1:7080"
+    monkeypatch.setenv("EDGEFLIX_FLEET", "ftp://x")
+    with pytest.raises(FleetError, match="EDGEFLIX_FLEET"):
+        fleet_url(None)
