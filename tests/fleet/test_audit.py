@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> N
 
 def asgi(svc: FleetService, method: str, path: str, query: bytes) -> tuple[int, bytes]:
     app = create_app(svc)
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -174,7 +175,7 @@ def asgi(svc: FleetService, method: str, path: str, query: bytes) -> tuple[int, 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     asyncio.run(app(scope, receive, send))
