@@ -26,6 +26,19 @@ _VERSION = re.compile(r"HTTP/(\d)\.(\d)")
 # The common well-formed request line in one match; anything else takes the checks below,
 # which name the exact error.
 _PLAIN_LINE = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([\x21-\x22\x24-\x7e]+) HTTP/1\.(\d)")
+# Empty lines before a request line, skipped in one C-level match (a Python loop per CRLF made
+# a stream of them cost quadratic time while the buffer grew).
+_BLANK_LINES = re.compile(rb"(?:\r\n)*")
+# What an unfinished head can never go on to become a request: a control byte, a bare LF or a
+# CR not before LF (and a first byte that cannot start a method). Checked while waiting for the
+# rest, so a TLS ClientHello or an LF-only client is answered at once, not at the header timeout.
+_NEVER_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|(?<!\r)\n|\r(?=[^\n])")
+# A head starts with a method, or with the CR of an empty line whose LF is still on its way.
+_HEAD_START = frozenset(
+    b"\r!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+# uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986): IP-literal or reg-name, which covers IPv4.
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +63,23 @@ def parse_head(
     Raises HeadersTooLarge (431) once the head outgrows `max_bytes`, BadRequest (400) on
     malformed input, HttpError 405/505/413 for what is well-formed but not served.
     """
-    # RFC 9112 §2.2: ignore empty lines before a request line (some clients add CRLF).
-    while buf.startswith(b"\r\n", start):
-        start += 2
+    # RFC 9112 §2.2: ignore empty lines before a request line (some clients add CRLF), but
+    # count them against the head's limit: they are bytes a client makes us buffer.
+    if buf.startswith(b"\r\n", start):
+        first = start
+        match = _BLANK_LINES.match(buf, start)
+        assert match is not None  # the pattern matches the empty string
+        start = match.end()
+        if start - first > max_bytes:
+            raise BadRequest("too many empty lines before a request")
     end = buf.find(b"\r\n\r\n", start)
     if end < 0:
         if len(buf) - start > max_bytes:
-            raise HeadersTooLarge()
+            raise _too_large(buf, start, max_bytes)
+        _check_unfinished(buf, start)
         return None
     if end + 4 - start > max_bytes:
-        raise HeadersTooLarge()
+        raise _too_large(buf, start, max_bytes)
     text = buf[start:end].decode("latin-1")
     lines = text.split("\r\n")
     plain = _PLAIN_LINE.fullmatch(lines[0])
@@ -69,6 +89,23 @@ def parse_head(
         method, target, minor = _request_line(lines[0])
     headers = _fields(lines[1:])
     return _finish(method, target, minor, headers), end + 4
+
+
+def _too_large(buf: bytes | bytearray, start: int, max_bytes: int) -> HttpError:
+    """414 when the request line alone does not fit (nginx's choice too), else 431."""
+    line_end = buf.find(b"\r\n", start, start + max_bytes + 2)
+    if line_end < 0 or line_end - start > MAX_TARGET_BYTES:
+        return HttpError(414, "request line too long", close=True)
+    return HeadersTooLarge()
+
+
+def _check_unfinished(buf: bytes | bytearray, start: int) -> None:
+    """Refuse a partial head at once when no more bytes could make it a request."""
+    if (start < len(buf) and buf[start] not in _HEAD_START) or _NEVER_IN_HEAD.search(buf, start):
+        raise BadRequest("not an HTTP/1 request")
+    line_end = buf.find(b"\r\n", start)
+    if line_end >= 0:
+        _request_line(buf[start:line_end].decode("latin-1"))
 
 
 def _request_line(line: str) -> tuple[str, str, int]:
@@ -113,12 +150,24 @@ def _fields(lines: list[str]) -> dict[str, str]:
 
 
 def _finish(method: str, target: str, minor: int, headers: dict[str, str]) -> RequestHead:
-    if minor >= 1 and "host" not in headers:
-        raise BadRequest("HTTP/1.1 request without Host")
+    host = headers.get("host")
+    if host is None:
+        if minor >= 1:
+            raise BadRequest("HTTP/1.1 request without Host")
+    elif not _HOST.fullmatch(host):
+        raise BadRequest("malformed Host")  # RFC 9112 §3.2: a MUST
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or not length.isascii()):
         raise BadRequest("malformed Content-Length")
-    has_body = "transfer-encoding" in headers or (length is not None and int(length) != 0)
+    coding = headers.get("transfer-encoding")
+    if coding is not None and (
+        length is not None  # RFC 9112 §6.3: both framings at once is how requests are smuggled
+        or minor == 0  # §6.1: HTTP/1.0 has no transfer codings; the framing is faulty
+        or coding.rpartition(",")[2].strip(" \t").lower() != "chunked"  # §6.3: length unknown
+    ):
+        raise BadRequest("request framing is ambiguous (Transfer-Encoding)")
+    # Any digit but 0 means a body; never int() it (a 5000-digit value raises ValueError).
+    has_body = coding is not None or (length is not None and length.strip("0") != "")
     if method not in ALLOWED_METHODS:
         # A body we will not read would be parsed as the next request: close after answering.
         raise HttpError(405, f"method {method} not allowed", close=has_body)
@@ -126,8 +175,13 @@ def _finish(method: str, target: str, minor: int, headers: dict[str, str]) -> Re
         raise HttpError(413, "request bodies are not accepted", close=True)
     target = _origin_form(method, target)
     path, _, query = target.partition("?")
-    conn = headers.get("connection", "").lower()
-    keep_alive = "keep-alive" in conn if minor == 0 else "close" not in conn
+    conn = headers.get("connection")
+    if conn is None:
+        keep_alive = minor >= 1
+    else:
+        # Connection is a list of tokens (RFC 9110 §7.6.1): `close` anywhere wins.
+        options = [o.strip(" \t").lower() for o in conn.split(",")]
+        keep_alive = "close" not in options and (minor >= 1 or "keep-alive" in options)
     return RequestHead(method, target, path, query, minor, headers, keep_alive)
 
 
