@@ -44,8 +44,15 @@ def _matches(value: str, etag: str, *, strong: bool) -> bool:
     return any(tag == etag and not (strong and weak) for weak, tag in tags)
 
 
-def evaluate(method: str, headers: Mapping[str, str], etag: str, modified_s: int) -> Precondition:
-    """Our ETag is strong and the representation exists (we only evaluate for found files)."""
+def evaluate(
+    method: str,
+    headers: Mapping[str, str],
+    etag: str,
+    modified_s: int,
+    now_s: float | None = None,
+) -> Precondition:
+    """Our ETag is strong and the representation exists (we only evaluate for found files).
+    `now_s`: the server's clock, against which an If-Modified-Since in the future is invalid."""
     if_match = headers.get("if-match")
     if if_match is not None:
         if not _matches(if_match, etag, strong=True):
@@ -63,7 +70,10 @@ def evaluate(method: str, headers: Mapping[str, str], etag: str, modified_s: int
     elif safe:
         since = headers.get("if-modified-since")
         stamp = parse_http_date(since) if since is not None else None
-        if stamp is not None and modified_s <= stamp:
+        # A date later than our clock is invalid (RFC 2616 §14.25, Apache; nginx's default
+        # matches exactly): else a client with a clock ahead would keep a playlist re-published
+        # meanwhile as "not modified" until its clock's date passed.
+        if stamp is not None and modified_s <= stamp and (now_s is None or stamp <= now_s):
             return Precondition.NOT_MODIFIED
     return Precondition.PROCEED
 

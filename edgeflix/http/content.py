@@ -8,9 +8,10 @@ exactly when its bytes could have changed.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -58,14 +59,25 @@ def http_date(epoch_s: float) -> str:
     return email.utils.formatdate(epoch_s, usegmt=True)
 
 
+# ANSI C's asctime() format, which RFC 9110 §5.6.7 obliges recipients to accept: it names no
+# zone (it is always UTC), so email.utils returns it as a naive datetime.
+_ASCTIME = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"[ \d]\d \d\d:\d\d:\d\d \d{4}"
+)
+
+
 def parse_http_date(value: str) -> int | None:
-    """Seconds since the epoch, or None for anything that is not an HTTP date."""
+    """Seconds since the epoch, or None for anything that is not an HTTP date (IMF-fixdate,
+    RFC 850 or asctime; other zones email.utils understands are tolerated)."""
     try:
         parsed: datetime = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed.tzinfo is None:
-        return None
+        if not _ASCTIME.fullmatch(value.strip(" \t")):
+            return None  # a local time of unknown zone (e.g. `-0000`): not an HTTP date
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp())
 
 
@@ -76,6 +88,10 @@ class DateCache:
         self._clock = clock
         self._second = -1
         self._value = b""
+
+    def now(self) -> float:
+        """Seconds since the epoch by the same clock (conditionals compare dates with it)."""
+        return self._clock()
 
     def get(self) -> bytes:
         now = int(self._clock())

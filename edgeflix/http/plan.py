@@ -47,8 +47,11 @@ class ResponsePlan:
         return sum(len(p) if isinstance(p, bytes) else p.length for p in self.body)
 
 
-def plan_response(meta: FileMeta, request: RequestHead, boundary: str) -> ResponsePlan:
-    """The full answer for a found file; `boundary` (random, injected) separates multipart parts."""
+def plan_response(
+    meta: FileMeta, request: RequestHead, boundary: str, now_s: float | None = None
+) -> ResponsePlan:
+    """The full answer for a found file; `boundary` (random, injected) separates multipart parts,
+    `now_s` (the server's clock, injected) dates conditionals."""
     etag = etag_for(meta.size, meta.mtime_ns)
     modified_s = meta.mtime_ns // 1_000_000_000
     validators: Headers = (
@@ -57,7 +60,7 @@ def plan_response(meta: FileMeta, request: RequestHead, boundary: str) -> Respon
         ("Cache-Control", cache_control(meta.rel_path)),
     )
     headers = request.headers
-    outcome = evaluate(request.method, headers, etag, modified_s)
+    outcome = evaluate(request.method, headers, etag, modified_s, now_s)
     if outcome is Precondition.NOT_MODIFIED:
         return ResponsePlan(304, validators + CORS, (), 0)
     if outcome is Precondition.FAILED:

@@ -333,7 +333,7 @@ class FileServer:
                 route.arm(file, cached, self.stats, self.files.touch)
             return cached
         meta = FileMeta(file.size, file.mtime_ns, target.rel_path)
-        plan = plan_response(meta, request, self._boundary())
+        plan = plan_response(meta, request, self._boundary(), self.dates.now())
         head = render_head(plan.status, plan.headers)
         if not plan.body:
             self.files.release(file)

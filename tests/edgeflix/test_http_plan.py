@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from edgeflix.http.content import content_type, etag_for, http_date
+import time
+
+from edgeflix.http.content import content_type, etag_for, http_date, parse_http_date
 from edgeflix.http.plan import FileMeta, ResponsePlan, plan_options, plan_response
 from edgeflix.http.ranges import Span
 from edgeflix.http.request import RequestHead
@@ -129,3 +131,29 @@ def test_options_preflight() -> None:
     assert h(p, "Access-Control-Allow-Methods") == "GET, HEAD, OPTIONS"
     assert h(p, "Access-Control-Allow-Headers") == "range"
     assert h(p, "Access-Control-Allow-Origin") == "*"
+
+
+def test_http_dates_in_all_three_formats() -> None:
+    # RFC 9110 §5.6.7: a recipient MUST accept IMF-fixdate, RFC 850 and asctime.
+    stamp = 784111777  # Sun, 06 Nov 1994 08:49:37 GMT
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT") == stamp
+    assert parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT") == stamp
+    assert parse_http_date("Sun Nov  6 08:49:37 1994") == stamp
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37 -0000") is None  # zone unknown
+    assert parse_http_date("Sun, 06 Nov 1994 08:49:37") is None
+    assert parse_http_date("Sun Nov  6 08:49:37 99999") is None
+    asctime = time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(MTIME_S))
+    assert plan(if_modified_since=asctime).status == 304
+
+
+def test_if_modified_since_later_than_the_server_clock_is_ignored() -> None:
+    now = MTIME_S + 3600
+    ahead = http_date(now + 86400)
+    assert plan_response(META, req(if_modified_since=ahead), "B", now_s=now).status == 200
+    behind = http_date(now - 60)
+    assert plan_response(META, req(if_modified_since=behind), "B", now_s=now).status == 304
+    # If-None-Match still decides on its own, whatever the dates.
+    assert (
+        plan_response(META, req(if_none_match=ETAG, if_modified_since=ahead), "B", now_s=now).status
+        == 304
+    )
