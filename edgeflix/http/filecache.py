@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgeflix.http.server import Prepared
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+# O_NOFOLLOW: a file in a store is never a symlink (load, fill and ingest write real files), so
+# one there was planted to point outside the store; it is refused (ELOOP), not served.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class OpenFile:
@@ -65,8 +67,8 @@ class FileCache:
     def acquire(self, path: str) -> OpenFile:
         """The open, current file at `path`, counted as in use until `release`.
 
-        Raises OSError as os.open does (FileNotFoundError when it is gone), and
-        IsADirectoryError for anything that is not a regular file.
+        Raises OSError as os.open does (FileNotFoundError when it is gone, ELOOP for a
+        symlink), and IsADirectoryError for anything that is not a regular file.
         """
         files = self._files
         entry = files.get(path)

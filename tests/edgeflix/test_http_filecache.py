@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -122,4 +123,25 @@ def test_sweep_closes_files_left_unused(tmp_path: Path) -> None:
         cache.release(cache.acquire(str(hot)))
         cache.sweep()
     assert len(cache) == 1  # only the file still in use stayed open
+    cache.clear()
+
+
+def test_a_symlink_is_never_followed(tmp_path: Path) -> None:
+    # A symlink planted in a store (pointing outside it) must not be served.
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "seg.m4s").write_bytes(b"segment")
+    cache = FileCache(8)
+    cache.release(cache.acquire(str(store / "seg.m4s")))
+    (store / "link.m4s").symlink_to(outside)
+    with pytest.raises(OSError) as info:
+        cache.acquire(str(store / "link.m4s"))
+    assert info.value.errno == errno.ELOOP
+    # Swapped in for a file already open: the cached fd sees its unlink, the reopen refuses.
+    (store / "swap").symlink_to(outside)
+    os.replace(store / "swap", store / "seg.m4s")
+    with pytest.raises(OSError):
+        cache.acquire(str(store / "seg.m4s"))
     cache.clear()
