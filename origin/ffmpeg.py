@@ -153,8 +153,16 @@ def encode_args(
     return args
 
 
+# Audio from the title's zero on, in step with the video: each rendition is its own output,
+# so audio whose first sample comes after the video's (a late start, a capture's gap) would
+# otherwise start at 0 and play early — its muxer records the delay only as an empty edit in
+# init.mp4, which MSE players may ignore. Real silence fills that gap (and any later one).
+AUDIO_SYNC = "aresample=async=1:first_pts=0"
+
+
 def audio_codec_args(settings: EncodeSettings) -> list[str]:
-    return ["-c:a", "aac", "-b:a", f"{settings.audio_kbps}k", "-ac", "2", "-ar", "48000"]
+    return ["-af", AUDIO_SYNC, "-c:a", "aac", "-b:a", f"{settings.audio_kbps}k",
+            "-ac", "2", "-ar", "48000"]  # fmt: skip
 
 
 def poster_time(duration: float) -> float:

@@ -2,6 +2,7 @@
 sample count, decode start, total duration, earliest presentation time and whether the first
 sample is a sync sample, from moof/traf (tfhd, tfdt, trun) and the init segment's trex
 defaults. No demuxer, no decoder: `origin/segments.py` calls this once per segment.
+Also the display matrix of a source's video track (`quarter_turned`), for the probe.
 """
 
 from __future__ import annotations
@@ -168,3 +169,22 @@ def _tfhd(body: memoryview, duration: int, flags: int) -> tuple[int, int]:
     if tf_flags & 0x20:
         (flags,) = struct.unpack_from(">I", body, pos)
     return duration, flags
+
+
+def quarter_turned(moov: bytes | memoryview) -> bool:
+    """Whether the first video track's tkhd matrix turns the picture by 90 or 270 degrees
+    (a phone held upright: landscape pixels shown portrait)."""
+    for kind, trak in boxes(moov):
+        if kind != b"trak":
+            continue
+        mdia = child(trak, b"mdia")
+        hdlr = child(mdia, b"hdlr") if mdia is not None else None
+        tkhd = child(trak, b"tkhd")
+        if hdlr is None or bytes(hdlr[8:12]) != b"vide" or tkhd is None:
+            continue
+        at = 52 if tkhd[0] == 1 else 40  # matrix offset after the version 1 / 0 fields
+        if len(tkhd) < at + 8:
+            return False
+        a, b = struct.unpack_from(">ii", tkhd, at)
+        return abs(a) < abs(b)
+    return False

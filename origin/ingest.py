@@ -159,6 +159,12 @@ def package(
         raise EncodeError(f"ffmpeg wrote no poster (frame {frame} of {source.path.name})")
     videos = [measure(out / r.id, settings.frame_rate) for r in rungs]
     audio = measure(out / AUDIO_ID) if source.has_audio else None
+    decoded = sum(s.frames for s in videos[0].segments)
+    if decoded < source.frames - 1:  # ffmpeg exits 0 at the end of a file cut short
+        raise SourceError(
+            f"{source.path}: only {decoded} of its {source.frames} frames could be read "
+            "(truncated or damaged file?)"
+        )
     check_alignment(videos, req.segment_seconds, source.frames)
     for media in [*videos, *([audio] if audio else [])]:
         (out / media.id / SCRATCH_PLAYLIST).unlink(missing_ok=True)

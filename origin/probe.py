@@ -6,6 +6,8 @@ of the ffmpeg binary) runs while PyAV loads.
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -60,13 +62,15 @@ def probe(path: Path) -> Source:
         if not rate or rate <= 0:
             raise SourceError(f"{path}: video stream has no frame rate")
         frame_rate = Fraction(rate).limit_denominator(1001)
-        duration = _duration(container, video)
+        duration, frames = _length(container, video, frame_rate)
         if duration <= 0:
             raise SourceError(f"{path}: video stream has no duration")
         sar = video.sample_aspect_ratio
         if sar and sar > 0 and sar != 1:
             width = round(width * float(sar) / 2) * 2
-        frames = int(video.frames) or round(duration * float(frame_rate))
+        if _quarter_turned(path, container):
+            # ffmpeg turns the frames upright before our filters: the ladder is of those.
+            width, height = height, width
         return Source(
             path=path,
             width=width,
@@ -79,11 +83,69 @@ def probe(path: Path) -> Source:
         )
 
 
-def _duration(container: av.container.InputContainer, video: av.video.stream.VideoStream) -> float:
+def _quarter_turned(path: Path, container: av.container.InputContainer) -> bool:
+    """Whether the video's display matrix turns it a quarter. MP4/MOV (phones): from the
+    tkhd box, reading only the moov; other containers: from the first decoded frame (a
+    decode costs ~15 ms for a 720p frame, before ffmpeg can start; the box walk well under 1)."""
+    if container.format.name.startswith("mov,"):
+        return _moov_quarter_turned(path)
+    import av
+
+    try:
+        frame = next(container.decode(video=0), None)
+    except av.error.FFmpegError:
+        return False  # ffmpeg will say what is wrong with it
+    return frame is not None and round(frame.rotation) % 180 == 90
+
+
+def _moov_quarter_turned(path: Path) -> bool:
+    from origin import fmp4
+
+    try:
+        with path.open("rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            pos = 0
+            while pos + 8 <= end:  # top-level boxes: headers only, up to the moov
+                f.seek(pos)
+                head = f.read(16)
+                size, kind = struct.unpack_from(">I4s", head)
+                header = 8
+                if size == 1 and len(head) == 16:
+                    (size,) = struct.unpack_from(">Q", head, 8)
+                    header = 16
+                elif size == 0:
+                    size = end - pos
+                if size < header:
+                    return False
+                if kind == b"moov":
+                    f.seek(pos + header)
+                    return fmp4.quarter_turned(f.read(size - header))
+                pos += size
+    except (OSError, struct.error, fmp4.BoxError):
+        pass  # PyAV read this file: a moov we cannot walk is one without a turn we know of
+    return False
+
+
+def _length(
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    frame_rate: Fraction,
+) -> tuple[float, int]:
+    """Seconds and frames of the title the encode makes: from the container's start (its
+    earliest stream), because ffmpeg repeats the first frame back to there when the video
+    starts after the audio."""
     if video.duration is not None and video.time_base is not None:
-        return float(video.duration * video.time_base)
-    if container.duration is not None:
+        lead = 0.0
+        if video.start_time is not None and container.start_time is not None:
+            import av
+
+            start = float(video.start_time * video.time_base)
+            lead = max(0.0, start - container.start_time / av.time_base)
+        frames = int(video.frames) or round(float(video.duration * video.time_base * frame_rate))
+        return lead + float(video.duration * video.time_base), frames + round(lead * frame_rate)
+    if container.duration is not None:  # it already spans from the container's start
         import av
 
-        return container.duration / av.time_base
-    return 0.0
+        duration = container.duration / av.time_base
+        return duration, round(duration * frame_rate)
+    return 0.0, 0

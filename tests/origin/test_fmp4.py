@@ -4,6 +4,7 @@ and a segment cut off a keyframe is caught by the ingest's alignment check."""
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -89,3 +90,28 @@ def test_any_bytes_give_facts_or_a_box_error(data: bytes) -> None:
     except (fmp4.BoxError, IndexError, ValueError):
         return
     assert facts.samples > 0
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+def _trak(handler: bytes, a: int, b: int, version: int) -> bytes:
+    times = bytes(32 if version else 20)  # creation … duration
+    matrix = struct.pack(">9i", a, b, 0, -b, a, 0, 0, 0, 1 << 30)
+    tkhd = bytes([version, 0, 0, 3]) + times + bytes(16) + matrix + bytes(8)
+    hdlr = bytes(8) + handler + bytes(13)
+    return _box(b"trak", _box(b"tkhd", tkhd) + _box(b"mdia", _box(b"hdlr", hdlr)))
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_quarter_turned_reads_the_video_tracks_matrix(version: int) -> None:
+    one = 1 << 16
+    turned = _trak(b"vide", 0, one, version)
+    upright = _trak(b"vide", one, 0, version)
+    assert fmp4.quarter_turned(_box(b"mvhd", bytes(100)) + turned)
+    assert fmp4.quarter_turned(_trak(b"vide", 0, -one, version))  # 270 degrees
+    assert not fmp4.quarter_turned(upright)
+    assert not fmp4.quarter_turned(_trak(b"vide", -one, 0, version))  # 180 degrees
+    # The first video track counts; a turned audio track (nonsense) does not.
+    assert not fmp4.quarter_turned(_trak(b"soun", 0, one, version) + upright)

@@ -1,0 +1,261 @@
+"""Sources a real operator feeds `origin ingest`: NTSC and odd frame rates, variable frame
+rate, odd and anamorphic sizes, rotated phone video, audio or video starting late, other
+containers, broken files. Each becomes a title a player can play, or one line and a non-zero
+exit. Clips are generated once per session with the same ffmpeg the origin uses.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import m3u8
+import pytest
+
+from edgeflix import titlefiles
+from origin.runner import find_ffmpeg
+from tests.conftest import run_cli
+from tests.integration.test_origin_failures import assert_one_line_error
+
+SEGMENT = 1.0
+NS = "{urn:mpeg:dash:schema:mpd:2011}"
+SINE = "sine=frequency=440:sample_rate={rate}:duration={seconds}"
+X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
+
+
+def video(size: str = "320x180", rate: str = "25", seconds: float = 2) -> list[str]:
+    return ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
+
+
+def sine(seconds: float = 2, rate: int = 48000) -> list[str]:
+    return ["-f", "lavfi", "-i", SINE.format(rate=rate, seconds=seconds)]
+
+
+# name -> ffmpeg arguments between the inputs and the output file.
+CLIPS: dict[str, list[str]] = {
+    "ntsc.mp4": [*video(rate="30000/1001"), *sine(), *X264, "-c:a", "aac", "-shortest"],
+    "film.mkv": [*video(rate="24000/1001"), *X264],
+    "r5994.mp4": [*video(rate="60000/1001"), *X264],
+    # 1 s at 30 fps then 1 s at 15 fps: variable frame rate, averaging 22.5.
+    "vfr.mp4": [*video(rate="30", seconds=1), *video(rate="15", seconds=1),
+                "-filter_complex", "[0:v][1:v]concat=n=2:v=1:a=0", "-fps_mode", "vfr", *X264],
+    "odd.mp4": [*video(size="642x362"), *X264],
+    "pal_wide.mp4": [*video(size="720x576"), "-vf", "setsar=64/45", *X264],
+    # A phone held upright: landscape pixels, a display matrix turning them a quarter.
+    "phone.mp4": ["-display_rotation:v:0", "90", *video(size="640x360"), *X264],
+    "phone.mkv": ["-display_rotation:v:0", "-90", *video(size="640x360"), *X264],
+    # Audio whose first sample plays at 1 s (a timestamp offset, no silence in the file).
+    "audio_late.mp4": [*video(), "-itsoffset", "1", *sine(1), *X264, "-c:a", "aac"],
+    # Video whose first frame shows at 0.5 s, the audio from 0.
+    "video_late.mp4": ["-itsoffset", "0.5", *video(seconds=1.5), *sine(), *X264, "-c:a", "aac"],
+    "ten_bit.webm": [*video(), *sine(rate=22050), "-pix_fmt", "yuv420p10le", "-c:v",
+                     "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus"],
+    "surround.ts": [*video(), *sine(), *X264, "-c:a", "aac", "-ac", "6"],
+    "one_frame.mp4": [*video(seconds=0.04), *X264],
+    "my clip ü 映画.mov": [*video(), *sine(), *X264, "-c:a", "aac"],
+    "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    ffmpeg = find_ffmpeg()
+    made = {}
+    for name, args in CLIPS.items():
+        if args[0] == "-display_rotation:v:0":
+            # A display matrix is set on an input and copied into the output.
+            plain = folder / f"plain-{name}"
+            subprocess.run([ffmpeg, "-loglevel", "error", "-y", *args[2:], str(plain)],
+                           check=True, timeout=60)  # fmt: skip
+            args = [args[0], args[1], "-i", str(plain), "-c", "copy"]
+        subprocess.run([ffmpeg, "-loglevel", "error", "-y", *args, str(folder / name)],
+                       check=True, timeout=60)  # fmt: skip
+        made[name] = folder / name
+    return made
+
+
+def ingest(src: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(["origin", "ingest", str(src), "--id", "t", "--title", "T", "--store",
+                    str(store), "--segment-seconds", str(SEGMENT), "--json", *extra])  # fmt: skip
+
+
+def decode_rendition(folder: Path) -> tuple[list[Any], list[float], m3u8.M3U8]:
+    """Every frame of a rendition from init + segments, and each segment's duration; every
+    segment must open on a keyframe."""
+    playlist = m3u8.load(str(folder / "index.m3u8"))
+    init = (folder / playlist.segment_map[0].uri).read_bytes()
+    for seg in playlist.segments:
+        with av.open(io.BytesIO(init + (folder / seg.uri).read_bytes())) as c:
+            packets = [p for p in c.demux(video=0) if p.size]
+            assert packets[0].is_keyframe, f"{folder.name}/{seg.uri} opens on a non-keyframe"
+    whole = init + b"".join((folder / s.uri).read_bytes() for s in playlist.segments)
+    with av.open(io.BytesIO(whole)) as c:
+        frames = list(c.decode(video=0))
+    return frames, [s.duration for s in playlist.segments], playlist
+
+
+def check_title(store: Path, frames: int, rate: Fraction) -> dict[str, Any]:
+    """The title plays: files.json matches the disk, every rendition decodes to `frames`
+    frames at `rate` in keyframe-aligned segments on target, HLS and DASH agree."""
+    title_dir = store / "titles" / "t"
+    model, _ = titlefiles.read(title_dir)
+    assert titlefiles.verify(title_dir, model) == []
+    assert {e.path for e in titlefiles.scan(title_dir)} == {f.path for f in model.files}
+    master = m3u8.load(str(title_dir / "master.m3u8"))
+    mpd = ET.parse(title_dir / "manifest.mpd").getroot()
+    reps = {r.get("id"): r for r in mpd.iter(f"{NS}Representation")}
+    sizes = {}
+    for variant in master.playlists:
+        folder = title_dir / Path(variant.uri).parent
+        decoded, durations, _ = decode_rendition(folder)
+        assert abs(len(decoded) - frames) <= 1, (folder.name, len(decoded), frames)
+        for d in durations[:-1]:
+            assert abs(d - SEGMENT) <= 0.1 * SEGMENT, (folder.name, durations)
+        info = variant.stream_info
+        assert info.frame_rate == round(float(rate), 3)
+        assert info.resolution == (decoded[0].width, decoded[0].height)
+        rep = reps[folder.name]
+        assert Fraction(rep.get("frameRate")) == rate
+        assert (int(rep.get("width")), int(rep.get("height"))) == info.resolution
+        timeline = rep.find(f"{NS}SegmentTemplate/{NS}SegmentTimeline")
+        assert timeline is not None
+        assert sum(int(s.get("r", "0")) + 1 for s in timeline) == len(durations)
+        sizes[folder.name] = info.resolution
+    return {"sizes": sizes, "model": model, "dir": title_dir}
+
+
+def first_sound(title_dir: Path) -> float:
+    """Seconds of audio before the first audible sample, counted in decoded samples: a
+    player that ignores the init segment's edit list (MSE players may) hears a late start
+    only if the silence is really there."""
+    playlist = m3u8.load(str(title_dir / "audio" / "index.m3u8"))
+    data = (title_dir / "audio" / "init.mp4").read_bytes() + b"".join(
+        (title_dir / "audio" / s.uri).read_bytes() for s in playlist.segments
+    )
+    before = 0
+    with av.open(io.BytesIO(data)) as c:
+        for frame in c.decode(audio=0):
+            assert frame.format.name == "fltp"
+            left = array.array("f", bytes(frame.planes[0]))[: frame.samples]
+            loud = next((i for i, x in enumerate(left) if abs(x) > 0.05), None)
+            if loud is not None:
+                return (before + loud) / frame.sample_rate
+            before += frame.samples
+    raise AssertionError("the audio is silent")
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "rate"),
+    [
+        ("ntsc.mp4", 59, Fraction(30000, 1001)),
+        ("film.mkv", 48, Fraction(24000, 1001)),
+        ("r5994.mp4", 120, Fraction(60000, 1001)),
+        ("vfr.mp4", 45, Fraction(45, 2)),
+    ],
+)
+def test_frame_rates(
+    clips: dict[str, Path], tmp_path: Path, name: str, frames: int, rate: Fraction
+) -> None:
+    proc = ingest(clips[name], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    check_title(tmp_path, frames, rate)
+
+
+def test_odd_size_keeps_its_shape(clips: dict[str, Path], tmp_path: Path) -> None:
+    assert ingest(clips["odd.mp4"], tmp_path).returncode == 0
+    sizes = check_title(tmp_path, 50, Fraction(25))["sizes"]
+    assert sizes == {"h264_360p": (638, 360), "h264_240p": (426, 240)}
+
+
+def test_anamorphic_uses_display_geometry(clips: dict[str, Path], tmp_path: Path) -> None:
+    assert ingest(clips["pal_wide.mp4"], tmp_path, "--heights", "576,240").returncode == 0
+    sizes = check_title(tmp_path, 50, Fraction(25))["sizes"]
+    assert sizes == {"h264_576p": (1024, 576), "h264_240p": (426, 240)}
+
+
+@pytest.mark.parametrize("name", ["phone.mp4", "phone.mkv"])
+def test_rotated_phone_video_stays_upright(
+    clips: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    """ffmpeg turns the frames upright before our filters: the ladder must be portrait too,
+    or every rung squashes a 360x640 picture into 640x360."""
+    proc = ingest(clips[name], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    sizes = check_title(tmp_path, 50, Fraction(25))["sizes"]
+    assert all(h > w for w, h in sizes.values()), sizes
+    assert sizes["h264_640p"] == (360, 640)
+    with av.open(str(tmp_path / "titles" / "t" / "poster.jpg")) as c:
+        poster = c.streams.video[0].codec_context
+        assert poster.height > poster.width
+
+
+def test_audio_starting_late_stays_in_sync(clips: dict[str, Path], tmp_path: Path) -> None:
+    proc = ingest(clips["audio_late.mp4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
+    assert first_sound(title_dir) == pytest.approx(1.0, abs=0.05)
+
+
+def test_video_starting_late_is_padded_not_refused(clips: dict[str, Path], tmp_path: Path) -> None:
+    proc = ingest(clips["video_late.mp4"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
+    assert first_sound(title_dir) == pytest.approx(0.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("name", "frames"),
+    [("ten_bit.webm", 50), ("surround.ts", 50), ("one_frame.mp4", 1), ("my clip ü 映画.mov", 50)],
+)
+def test_other_containers_and_names(
+    clips: dict[str, Path], tmp_path: Path, name: str, frames: int
+) -> None:
+    proc = ingest(clips[name], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    title = check_title(tmp_path, frames, Fraction(25))
+    has_audio = name != "one_frame.mp4"
+    assert (title["dir"] / "audio").is_dir() == has_audio
+    summary = json.loads(proc.stdout)
+    audio = [r for r in summary["renditions"] if r["kind"] == "audio"]
+    assert len(audio) == has_audio
+    if has_audio:  # AAC stereo whatever came in (Opus at 22.05 kHz, 5.1 AAC)
+        assert audio[0]["codecs"] == "mp4a.40.2"
+        master = (title["dir"] / "master.m3u8").read_text()
+        assert 'CHANNELS="2"' in master
+
+
+def test_truncated_source_is_named_as_such(clips: dict[str, Path], tmp_path: Path) -> None:
+    """The index (moov first) promises 75 frames, the file ends halfway: say so."""
+    whole = clips["whole.mp4"].read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert_one_line_error(ingest(cut, tmp_path / "s"), "cut.mp4", "truncated")
+    assert not (tmp_path / "s" / "titles" / "t").exists()
+
+
+def test_broken_files_are_one_line_errors(clips: dict[str, Path], tmp_path: Path) -> None:
+    ffmpeg = find_ffmpeg()
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    assert_one_line_error(ingest(empty, tmp_path / "s"), "not a video")
+    moov_last = tmp_path / "moov_last.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(clips["whole.mp4"]), "-c", "copy",
+                    "-movflags", "-faststart", str(moov_last)], check=True)  # fmt: skip
+    half = tmp_path / "half.mp4"
+    half.write_bytes(moov_last.read_bytes()[: moov_last.stat().st_size // 2])
+    assert_one_line_error(ingest(half, tmp_path / "s"), "not a video")
+    subs = tmp_path / "subs.mkv"
+    srt = tmp_path / "s.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    subprocess.run([ffmpeg, "-loglevel", "error", *sine(1), "-i", str(srt), "-c:a", "libopus",
+                    "-c:s", "srt", str(subs)], check=True)  # fmt: skip
+    assert_one_line_error(ingest(subs, tmp_path / "s"), "no video stream")
+    assert not (tmp_path / "s" / "titles" / "t").exists()
