@@ -18,7 +18,7 @@ from fleet.model import HeldTitle, TierSpace, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, Health
 from fleet.service import FleetService
-from fleet.store import EnrolmentRefused
+from fleet.store import EnrolmentRefused, StoreError
 from fleet.tls import CertAuthority
 
 _HEALTH: dict[int, Health] = {
@@ -36,6 +36,8 @@ def _status(exc: FleetError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, FleetInputError):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, StoreError):
+        return grpc.StatusCode.UNAVAILABLE  # retryable: the appliance tries again later
     return grpc.StatusCode.INTERNAL
 
 
@@ -148,8 +150,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 {t: c.bytes for t, c in counts.items() if valid_title(t)},
                 request.url,
             )
-        except (CodecError, FleetInputError) as exc:
+        except CodecError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except FleetError as exc:
+            await context.abort(_status(exc), str(exc))
         current = svc.current_plan
         return fleet_pb2.HeartbeatResponse(
             plan_version=current.version if current and name in current.appliances else 0,

@@ -180,7 +180,7 @@ async def serve(config: FleetConfig) -> None:
         await tick_task
     try:
         svc.save_popularity()
-    except sqlite3.Error as exc:
+    except (FleetError, sqlite3.Error) as exc:
         event(log, "fleet.popularity_unsaved", logging.ERROR, error=str(exc))
     store.close()
     event(log, "fleet.stopped")

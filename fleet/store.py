@@ -38,7 +38,16 @@ CREATE TABLE IF NOT EXISTS catalog (title TEXT PRIMARY KEY, first_seen REAL NOT 
 
 
 class StoreError(FleetError):
-    """The fleet database cannot be opened or written."""
+    """The fleet database cannot be opened or written (locked by another process, disk
+    full): the request may be retried, nothing of it was kept."""
+
+    http_status = 503
+
+
+# Every write runs on the event loop that also answers heartbeats and /steer: waiting on a
+# lock another process holds (a backup, an operator's sqlite3 shell) stalls all of them,
+# so a write gives up after this long and the caller gets a retryable error instead.
+BUSY_TIMEOUT_S = 2.0
 
 
 class EnrolmentRefused(FleetError):
@@ -51,7 +60,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+            self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.executescript(SCHEMA)
@@ -63,13 +72,20 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One write, whole or not at all; SQLite's failures come out as StoreError."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"the fleet database is not writable now: {exc}") from None
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"the fleet database is not writable now: {exc}") from None
             raise
-        self.conn.execute("COMMIT")
 
     # -- appliances and enrolment ------------------------------------------------------
 

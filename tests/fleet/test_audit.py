@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sqlite3
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,13 +24,13 @@ from edgeflix.proto.gen import fleet_pb2
 from fleet.cli import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
-from fleet.grpc_api import beat_from_proto
+from fleet.grpc_api import _status, beat_from_proto
 from fleet.http import create_app, plan_json
 from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site, check_name, parse_address
 from fleet.registry import Beat
 from fleet.service import FleetService
 from fleet.steering import steer
-from fleet.store import Store
+from fleet.store import Store, StoreError
 
 SITES = (
     Site.build("home", ["192.168.1.0/24"]),
@@ -200,3 +202,28 @@ def test_manager_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("EDGEFLIX_FLEET", "ftp://x")
     with pytest.raises(FleetError, match="EDGEFLIX_FLEET"):
         fleet_url(None)
+
+
+def test_a_locked_database_is_a_retryable_error_not_a_stall(tmp_path: Path) -> None:
+    """Another process holding the write lock (a backup, a sqlite3 shell): the write gives
+    up after BUSY_TIMEOUT_S with StoreError (HTTP 503, gRPC UNAVAILABLE), keeps nothing,
+    and the next write after the lock is gone succeeds."""
+    svc = service(tmp_path)
+    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))
+    other = sqlite3.connect(tmp_path / "fleet.sqlite", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="not writable now") as info:
+            svc.set_drained("h1", True)
+        assert info.value.http_status == 503
+        assert _status(info.value) == grpc.StatusCode.UNAVAILABLE
+        keys = svc.keys
+        with pytest.raises(StoreError):
+            svc.rotate_keys()
+        assert svc.keys is keys
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not svc.records["h1"].drained
+    svc.set_drained("h1", True)
+    assert Store(tmp_path / "fleet.sqlite").appliances()["h1"].drained
