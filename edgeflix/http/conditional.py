@@ -78,7 +78,9 @@ def evaluate(
     return Precondition.PROCEED
 
 
-def range_allowed(headers: Mapping[str, str], etag: str, modified_s: int) -> bool:
+def range_allowed(
+    headers: Mapping[str, str], etag: str, modified_s: int, now_s: float | None = None
+) -> bool:
     """If-Range (RFC 9110 §13.1.5): honour Range only if the validator still matches."""
     value = headers.get("if-range")
     if value is None:
@@ -89,4 +91,8 @@ def range_allowed(headers: Mapping[str, str], etag: str, modified_s: int) -> boo
         # A weak tag can never satisfy If-Range: strong comparison only.
         return tags is not None and len(tags) == 1 and tags[0] == (False, etag)
     stamp = parse_http_date(value)
-    return stamp is not None and stamp == modified_s
+    # A date validates only while Last-Modified is strong (§8.8.2.2): the file last changed a
+    # full second before now, so no second version can share that second. (mtime is truncated
+    # to seconds, hence two.)
+    strong = now_s is None or now_s >= modified_s + 2
+    return stamp is not None and stamp == modified_s and strong

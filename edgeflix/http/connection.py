@@ -31,6 +31,10 @@ IDLE, HEAD, SEND, LINGER, CLOSED = range(5)
 RECV_BYTES = 64 * 1024
 FALLBACK_CHUNK = 256 * 1024
 LINGER_S = 2.0
+# Heads longer than this are never remembered as routes (routes.py): a player's are a few hundred
+# bytes, while 1024 remembered 16 KiB heads (junk query strings, padded headers) held 16 MB more
+# per worker.
+ROUTE_KEY_MAX = 4096
 # sendfile cannot work on this file system or file: count it, then copy through user space.
 _SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
 _MSG_MORE = socket.MSG_MORE
@@ -175,7 +179,7 @@ class Connection:
             end = buf.find(b"\r\n\r\n") + 4
             prepared = None
             key = b""
-            if 4 < end <= limit:
+            if 4 < end <= ROUTE_KEY_MAX:
                 # A head seen before, byte for byte, means the same request: its remembered
                 # route skips parsing and routing (the file is still checked by fstat).
                 key = bytes(buf[:end])

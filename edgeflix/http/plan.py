@@ -69,7 +69,11 @@ def plan_response(
     common = (("Accept-Ranges", "bytes"), *validators, *CORS)
     spans: tuple[Span, ...] | Unsatisfiable | None = None
     value = headers.get("range")
-    if value is not None and request.method == "GET" and range_allowed(headers, etag, modified_s):
+    if (
+        value is not None
+        and request.method == "GET"
+        and range_allowed(headers, etag, modified_s, now_s)
+    ):
         spans = parse_range(value, meta.size)
     if isinstance(spans, Unsatisfiable):
         extra = (("Content-Range", f"bytes */{meta.size}"), ("Content-Length", "0"))

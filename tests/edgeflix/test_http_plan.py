@@ -157,3 +157,13 @@ def test_if_modified_since_later_than_the_server_clock_is_ignored() -> None:
         plan_response(META, req(if_none_match=ETAG, if_modified_since=ahead), "B", now_s=now).status
         == 304
     )
+
+
+def test_if_range_date_needs_a_strong_last_modified() -> None:
+    # A file changed within the last second could change again in that same second: its
+    # Last-Modified is weak and a matching date must not select a range (RFC 9110 §13.1.5).
+    at = http_date(MTIME_S)
+    fresh = plan_response(META, req(range="bytes=0-1", if_range=at), "B", now_s=MTIME_S + 0.5)
+    assert fresh.status == 200
+    old = plan_response(META, req(range="bytes=0-1", if_range=at), "B", now_s=MTIME_S + 5)
+    assert old.status == 206
