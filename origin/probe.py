@@ -51,9 +51,11 @@ def probe(path: Path) -> Source:
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
         raise SourceError(f"{path}: not a video file (no container ffmpeg can read)") from None
     with container:
-        if not container.streams.video:
+        # Cover art (a song's album picture) is a one-frame "video" stream: not the video.
+        cover = av.stream.Disposition.attached_pic
+        video = next((s for s in container.streams.video if not s.disposition & cover), None)
+        if video is None:
             raise SourceError(f"{path}: has no video stream (audio-only or data file)")
-        video = container.streams.video[0]
         ctx = video.codec_context
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
@@ -68,7 +70,7 @@ def probe(path: Path) -> Source:
         sar = video.sample_aspect_ratio
         if sar and sar > 0 and sar != 1:
             width = round(width * float(sar) / 2) * 2
-        if _quarter_turned(path, container):
+        if _quarter_turned(path, container, video):
             # ffmpeg turns the frames upright before our filters: the ladder is of those.
             width, height = height, width
         return Source(
@@ -83,7 +85,9 @@ def probe(path: Path) -> Source:
         )
 
 
-def _quarter_turned(path: Path, container: av.container.InputContainer) -> bool:
+def _quarter_turned(
+    path: Path, container: av.container.InputContainer, video: av.video.stream.VideoStream
+) -> bool:
     """Whether the video's display matrix turns it a quarter. MP4/MOV (phones): from the
     tkhd box, reading only the moov; other containers: from the first decoded frame (a
     decode costs ~15 ms for a 720p frame, before ffmpeg can start; the box walk well under 1)."""
@@ -92,7 +96,7 @@ def _quarter_turned(path: Path, container: av.container.InputContainer) -> bool:
     import av
 
     try:
-        frame = next(container.decode(video=0), None)
+        frame = next(container.decode(video), None)
     except av.error.FFmpegError:
         return False  # ffmpeg will say what is wrong with it
     return frame is not None and round(frame.rotation) % 180 == 90

@@ -10,18 +10,22 @@ import array
 import io
 import json
 import subprocess
+import threading
+import time
 import xml.etree.ElementTree as ET
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+import httpx
 import m3u8
 import pytest
 
 from edgeflix import titlefiles
 from origin.runner import find_ffmpeg
 from tests.conftest import run_cli
+from tests.integration.serve_support import start
 from tests.integration.test_origin_failures import assert_one_line_error
 
 SEGMENT = 1.0
@@ -60,6 +64,10 @@ CLIPS: dict[str, list[str]] = {
     "surround.ts": [*video(), *sine(), *X264, "-c:a", "aac", "-ac", "6"],
     "one_frame.mp4": [*video(seconds=0.04), *X264],
     "my clip ü 映画.mov": [*video(), *sine(), *X264, "-c:a", "aac"],
+    # A song with its album cover: an attached picture is a video stream to ffmpeg.
+    "song.m4a": [*sine(), *video(size="300x300", rate="1", seconds=1), "-map", "0:a", "-map",
+                 "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
+                 "-disposition:v:0", "attached_pic"],
     "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
 }  # fmt: skip
 
@@ -258,4 +266,43 @@ def test_broken_files_are_one_line_errors(clips: dict[str, Path], tmp_path: Path
     subprocess.run([ffmpeg, "-loglevel", "error", *sine(1), "-i", str(srt), "-c:a", "libopus",
                     "-c:s", "srt", str(subs)], check=True)  # fmt: skip
     assert_one_line_error(ingest(subs, tmp_path / "s"), "no video stream")
+    assert_one_line_error(ingest(clips["song.m4a"], tmp_path / "s"), "no video stream")
     assert not (tmp_path / "s" / "titles" / "t").exists()
+
+
+def test_replace_while_serving(clips: dict[str, Path], tmp_path: Path) -> None:
+    """Readers polling a title while `--replace` swaps it get the old or the new files.json,
+    never an error or a mix, and the new one as soon as the ingest has returned."""
+    assert ingest(clips["ntsc.mp4"], tmp_path).returncode == 0
+    title_dir = tmp_path / "titles" / "t"
+    old = (title_dir / "files.json").read_bytes()
+    server = start(["origin", "serve", "--store", str(tmp_path), "--listen", "127.0.0.1:0"],
+                   ("listening",))  # fmt: skip
+    seen: list[tuple[int, bytes]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            for _ in range(20_000):  # bounded; the ingest takes a few seconds
+                if done.is_set():
+                    return
+                reply = client.get("/titles/t/files.json")
+                seen.append((reply.status_code, reply.content))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        replaced = ingest(clips["odd.mp4"], tmp_path, "--replace")
+        new = (title_dir / "files.json").read_bytes()
+        time.sleep(0.3)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/titles/t/files.json").content == new
+            listed = client.get("/titles").json()["titles"]
+    finally:
+        done.set()
+        poller.join(30)
+        assert server.stop() == 0
+    assert replaced.returncode == 0, replaced.stderr
+    assert seen and {status for status, _ in seen} == {200}
+    assert {body for _, body in seen} <= {old, new}
+    assert [t["digest"] for t in listed] == [titlefiles.digest_bytes(new)]
