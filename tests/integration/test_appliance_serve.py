@@ -105,6 +105,7 @@ def test_token_refusals(appliance: Appliance) -> None:
     expired = tokens.signed_path(tokens.sign("bunny", key, int(time.time()) - 5), "bunny", "x")
     other_key = tokens.SigningKey("k2", SECRET)
     unknown = tokens.signed_path(tokens.sign("bunny", other_key, 2**33), "bunny", "master.m3u8")
+    good = appliance.path("master.m3u8").partition("/titles/")[0]  # "/t/<token>"
     for path in [
         "/titles/bunny/master.m3u8",  # no token while tokens are required
         expired,
@@ -112,6 +113,10 @@ def test_token_refusals(appliance: Appliance) -> None:
         appliance.path("master.m3u8", title="other").replace("/other/", "/bunny/"),
         appliance.path("master.m3u8", client_ip="10.9.9.9"),
         "/t/not-a-token/titles/bunny/master.m3u8",
+        good[:-4] + "/titles/bunny/master.m3u8",  # truncated
+        good[:-2] + "+=/titles/bunny/master.m3u8",  # not url-safe base64
+        good + "AA/titles/bunny/master.m3u8",  # a longer MAC
+        "/titles/bunny/master.m3u8?token=" + good[3:],  # in the query instead of the path
     ]:
         assert httpx.get(base + path).status_code == 403, path
     assert httpx.get(appliance.url("master.m3u8", client_ip="127.0.0.1")).status_code == 200
