@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from appliance.config import ApplianceConfig, FleetLinkConfig
 from appliance.fill.plan import FillPlan
 from appliance.fleetlink_core import (
@@ -111,6 +113,9 @@ class FleetLink:
         self._load_prev: tuple[float, int] | None = None
         self._interval_s = fleet.heartbeat_s
         self._enrol_attempts = 0
+        # Set when the fleet no longer knows this appliance's key (`edgeflix fleet rm`): the
+        # next round enrols again with `[fleet] join_token`; cached keys and plan stay.
+        self._reenrol = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -188,18 +193,23 @@ class FleetLink:
 
     def _main(self) -> None:
         while not self._stop.is_set():
-            wait = self._interval_s
-            try:
-                if self.enrolment is None:
-                    wait = self._try_enrol()
-                else:
-                    self._beat()
-                self.check_grace()
-                self._follow_fill_now()
-            except (EdgeflixError, OSError) as exc:  # the link outlives any one failure
-                self._note_error(str(exc))
-            self._wake.wait(wait)
+            self._wake.wait(self.step())
             self._wake.clear()
+
+    def step(self) -> float:
+        """One round of the link (enrol or beat, then the grace period and fill-now);
+        returns how long to wait before the next."""
+        wait = self._interval_s
+        try:
+            if self.enrolment is None or self._reenrol:
+                wait = self._try_enrol()
+            else:
+                self._beat()
+            self.check_grace()
+            self._follow_fill_now()
+        except (EdgeflixError, OSError) as exc:  # the link outlives any one failure
+            self._note_error(str(exc))
+        return wait
 
     def _note_error(self, why: str) -> None:
         if why != self.last_error:
@@ -271,6 +281,7 @@ class FleetLink:
         self.state_store.save_enrolment(e)
         with self._lock:
             self.enrolment = e
+            self._reenrol = False
         self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
         self._contact()
         event(log, "fleet.enrolled", appliance=e.appliance, site=e.site, fleet=e.fleet)
@@ -309,8 +320,21 @@ class FleetLink:
         figures = self.figures()
         batch = self.ledger.next_batch()
         req = build_beat(self.enrolment.appliance, batch, figures, self.url)
-        resp = self._call("Heartbeat", req)
-        if resp is None:
+        try:
+            resp = self.rpc.call("Heartbeat", req)
+        except CallFailed as exc:
+            self._note_error(str(exc))
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED and not self._reenrol:
+                # Removed from the fleet (or its registry was reset): without enrolling
+                # again it would beat unheard for ever, whatever token the operator gives.
+                self._reenrol = True
+                event(
+                    log,
+                    "fleet.not_enrolled",
+                    logging.ERROR,
+                    reason=str(exc),
+                    action="enrolling again with [fleet] join_token",
+                )
             return
         self.ledger.acknowledge(batch.sequence)
         self._contact()

@@ -34,9 +34,12 @@ FINAL_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARG
 class CallFailed(EdgeflixError):
     """A call to the fleet did not complete; `final` when the fleet refused it outright."""
 
-    def __init__(self, message: str, *, final: bool = False) -> None:
+    def __init__(
+        self, message: str, *, final: bool = False, code: grpc.StatusCode | None = None
+    ) -> None:
         super().__init__(message)
         self.final = final
+        self.code = code
 
 
 def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
@@ -96,5 +99,7 @@ class FleetRpc:
         except grpc.RpcError as exc:
             code = exc.code()
             raise CallFailed(
-                f"{method.lower()}: {exc.details() or code}", final=code in FINAL_REFUSALS
+                f"{method.lower()}: {exc.details() or code}",
+                final=code in FINAL_REFUSALS,
+                code=code,
             ) from None

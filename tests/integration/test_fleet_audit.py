@@ -21,6 +21,10 @@ import grpc
 import httpx
 import pytest
 
+from appliance.config import ApplianceConfig
+from appliance.fleetlink import FleetLink, LinkSinks
+from appliance.fleetlink_figures import BoxHealth, Traffic
+from appliance.store import Store
 from edgeflix.proto.gen import fleet_pb2
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, start
@@ -350,3 +354,45 @@ def test_bad_fleet_toml_is_one_line(tmp_path: Path, sites: str, words: str) -> N
     proc = run_cli(["fleet", "serve", "--config", str(config)], timeout=60)
     one_line_error(proc.returncode, proc.stdout, proc.stderr, words)
     assert not (tmp_path / "f.sqlite").exists()
+
+
+def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
+    fleet: Server, tmp_path: Path
+) -> None:
+    """`edgeflix fleet rm` under a running fleet link: its beats become UNAUTHENTICATED;
+    it must not beat unheard for ever but enrol again, refused on its spent token until
+    the operator gives it a new one (config + SIGHUP → reconfigure)."""
+    cfg = ApplianceConfig.model_validate(
+        {
+            "name": "rm1",
+            "storage": {"disks": [{"path": str(tmp_path / "d0")}], "index": str(tmp_path / "i")},
+            "fleet": {"url": fleet.urls["grpc"], "join_token": join_token(fleet)},
+        }
+    )
+    (tmp_path / "d0").mkdir()
+    Store(cfg.storage).close()
+    sinks = LinkSinks(
+        health=lambda: BoxHealth("ok", (), 1e9),
+        traffic=lambda: Traffic({}, 0, 0),
+        submit_plan=lambda plan: None,
+        set_keys=lambda keys: None,
+    )
+    link = FleetLink(cfg, "http://127.0.0.80:8081", sinks)
+    link.restore()
+    assert link.step() == 0.0  # enrolled: beat at once
+    link.step()
+    assert link.state()["beats"] == 1
+    http = fleet.urls["http"]
+    httpx.delete(http + "/appliances/rm1", timeout=10).raise_for_status()
+    link.step()
+    assert "not enrolled" in (link.state()["last_error"] or "")
+    link.step()  # enrols again: the spent token is refused, clearly and finally
+    assert "already used" in (link.state()["refused"] or "")
+    assert link.step() == 3600.0  # nothing more until the operator acts
+    link.reconfigure(cfg.fleet.model_copy(update={"join_token": join_token(fleet)}))
+    assert link.step() == 0.0
+    link.step()
+    assert link.state()["beats"] == 2 and link.state()["refused"] is None
+    listed = httpx.get(http + "/appliances/rm1", timeout=10).json()
+    assert listed["state"] == "ok"
+    link.rpc.close()
