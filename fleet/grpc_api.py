@@ -14,7 +14,7 @@ from edgeflix.proto import auth
 from edgeflix.proto.codec import CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
-from fleet.model import HeldTitle, TierSpace, check_title
+from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, Health
 from fleet.service import FleetService
@@ -116,7 +116,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     raise FleetInputError(
                         "this fleet runs TLS: set [fleet] ca so the appliance sends a TLS key"
                     )
-                # Checked before the join token is spent.
+                # Checked before the join token is spent; the name becomes the
+                # certificate's CN and SAN, which take no more than a safe name.
+                check_name(request.name, "appliance")
                 cert = ca.client_cert(request.name, request.tls_public_key)
             rec = self.service.enrol(
                 request.join_token, request.name, request.url, request.public_key

@@ -146,6 +146,13 @@ def test_plaintext_foreign_and_wrong_name_clients_are_refused(
         stub.Enrol(bare, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # A name no certificate can carry is a bad argument, not an internal error.
+    for name in ("n" * 65, "ü", "a b"):
+        with pytest.raises(grpc.RpcError) as err:
+            enrol_as(name)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert "appliance name" in (err.value.details() or "")
+
     x1_sign, x1_tls, x1_cert = enrol_as("x1")
     x2_sign, _, _ = enrol_as("x2")
 
