@@ -139,7 +139,8 @@ def plan_error(status: int, request: RequestHead | None = None) -> ResponsePlan:
 
 def plan_options(request: RequestHead) -> ResponsePlan:
     """OPTIONS: a CORS preflight gets its grants; a plain OPTIONS learns what we allow."""
-    headers: list[tuple[str, str]] = [("Allow", ALLOW_HEADER), ("Content-Length", "0")]
+    # No Content-Length: RFC 9110 §8.6 forbids it on a 204 (which never has content).
+    headers: list[tuple[str, str]] = [("Allow", ALLOW_HEADER)]
     if "access-control-request-method" in request.headers:
         headers += [
             ("Access-Control-Allow-Methods", ALLOW_HEADER),

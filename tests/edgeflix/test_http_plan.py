@@ -167,3 +167,12 @@ def test_if_range_date_needs_a_strong_last_modified() -> None:
     assert fresh.status == 200
     old = plan_response(META, req(range="bytes=0-1", if_range=at), "B", now_s=MTIME_S + 5)
     assert old.status == 206
+
+
+def test_no_content_length_on_204() -> None:
+    # RFC 9110 §8.6: a server MUST NOT send Content-Length in a 204.
+    for p in (
+        plan_options(req("OPTIONS")),
+        plan_options(req("OPTIONS", access_control_request_method="GET")),
+    ):
+        assert p.status == 204 and h(p, "Content-Length") is None and p.body == ()

@@ -270,6 +270,7 @@ def test_options(appliance: Appliance) -> None:
     star = talk(appliance, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert star.responses[0].status == 204 and not star.closed
     assert star.responses[0].headers["allow"] == "GET, HEAD, OPTIONS"
+    assert "content-length" not in star.responses[0].headers  # RFC 9110 §8.6: never on a 204
     pre = talk(
         appliance,
         get(
