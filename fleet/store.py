@@ -130,6 +130,13 @@ class Store:
                     raise EnrolmentRefused("join token was already used")
                 if tok[2] is None and tok[1] < now:
                     raise EnrolmentRefused("join token has expired")
+                if row is not None and row[1] != tok[0]:
+                    # The site comes from the token: one for another site would be spent
+                    # while the appliance silently stayed where it was.
+                    raise EnrolmentRefused(
+                        f"appliance '{name}' is enrolled in site {row[1]}, the token is for "
+                        f"site {tok[0]}: `edgeflix fleet rm {name}` first to move it"
+                    )
                 site = tok[0]
                 c.execute(
                     "UPDATE join_tokens SET used_at = ?, used_by = ? WHERE hash = ?",

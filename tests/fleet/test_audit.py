@@ -30,7 +30,7 @@ from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site, check_name, p
 from fleet.registry import Beat
 from fleet.service import FleetService
 from fleet.steering import steer
-from fleet.store import Store, StoreError
+from fleet.store import EnrolmentRefused, Store, StoreError
 
 SITES = (
     Site.build("home", ["192.168.1.0/24"]),
@@ -227,3 +227,14 @@ def test_a_locked_database_is_a_retryable_error_not_a_stall(tmp_path: Path) -> N
     assert not svc.records["h1"].drained
     svc.set_drained("h1", True)
     assert Store(tmp_path / "fleet.sqlite").appliances()["h1"].drained
+
+
+def test_a_token_of_another_site_does_not_move_an_enrolled_appliance(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    key = auth.public_key(auth.new_private_key())
+    assert svc.enrol(svc.join_token("home"), "h1", "http://192.168.1.20:8081", key).site == "home"
+    lab = svc.join_token("lab")
+    with pytest.raises(EnrolmentRefused, match="enrolled in site home, the token is for site lab"):
+        svc.enrol(lab, "h1", "http://192.168.1.20:8081", key)
+    svc.remove("h1")  # as the message says: then the unspent token moves it
+    assert svc.enrol(lab, "h1", "http://10.1.0.20:8081", key).site == "lab"
