@@ -189,7 +189,10 @@ class FleetService:
         self.store.remove(name)
         self.records.pop(name, None)
         self.beats.pop(name, None)
+        self.fill_now.discard(name)
         self._changed()
+        # Its titles go to its site peers on the next tick, not the next planning round.
+        self.replan_due = True
         event(log, "fleet.removed", appliance=name)
 
     # -- steering ----------------------------------------------------------------------

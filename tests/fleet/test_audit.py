@@ -238,3 +238,15 @@ def test_a_token_of_another_site_does_not_move_an_enrolled_appliance(tmp_path: P
         svc.enrol(lab, "h1", "http://192.168.1.20:8081", key)
     svc.remove("h1")  # as the message says: then the unspent token moves it
     assert svc.enrol(lab, "h1", "http://10.1.0.20:8081", key).site == "lab"
+
+
+def test_a_removed_appliance_leaves_the_plan_at_the_next_tick(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    for name in ("h1", "h2"):
+        svc.enrol("", name, f"http://192.168.1.2{name[1]}:8081", auth.public_key(b"k" * 32))
+        svc.heartbeat(name, Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
+    svc.replan()
+    assert not svc.replan_due
+    svc.remove("h1")
+    assert svc.replan_due  # what the ticker re-plans on at once
+    assert set(svc.replan().appliances) == {"h2"}
