@@ -107,13 +107,20 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
     ]  # fmt: skip
 
 
+# Frames flagged interlaced (25i/30i broadcast, camcorders) become progressive, one frame per
+# frame: woven fields, once scaled and shown progressively, comb every moving edge. Progressive
+# frames pass untouched (a reference, no copy).
+DEINTERLACE = "bwdif=mode=send_frame:deint=interlaced"
+
+
 def filter_graph(rungs: Sequence[Rung], frame_rate: Fraction, poster: Poster | None = None) -> str:
-    """One decode, normalised to constant frame rate, split once per rendition and scaled;
-    with a poster, one more branch keeps only its frame (then ends) and scales that one."""
+    """One decode, deinterlaced where flagged, normalised to constant frame rate, split once
+    per rendition and scaled; with a poster, one more branch keeps only its frame (then ends)
+    and scales that one."""
     # `V`: the first video stream that is no cover art (an attached picture, as the probe).
     branches = len(rungs) + (1 if poster else 0)
     labels = "".join(f"[s{i}]" for i in range(branches))
-    parts = [f"[0:V:0]fps={frame_rate},split={branches}{labels}"]
+    parts = [f"[0:V:0]{DEINTERLACE},fps={frame_rate},split={branches}{labels}"]
     for i, rung in enumerate(rungs):
         parts.append(f"[s{i}]scale={rung.width}:{rung.height}:flags=bicubic,setsar=1[v{i}]")
     if poster:
@@ -217,7 +224,7 @@ def vmaf_args(
     args += ["-ss", f"{ref_start:.3f}", "-t", f"{ref_length:.3f}", "-i", str(reference)]
     n = len(distorted)
     labels = "".join(f"[r{i}]" for i in range(n))
-    graph = [f"[{n}:V:0]fps={frame_rate},scale={width}:{height}:flags=bicubic,"
+    graph = [f"[{n}:V:0]{DEINTERLACE},fps={frame_rate},scale={width}:{height}:flags=bicubic,"
              f"setpts=PTS-STARTPTS,split={n}{labels}"]  # fmt: skip
     for i, (_, log) in enumerate(distorted):
         graph.append(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import io
 import json
+import re
 import subprocess
 import threading
 import time
@@ -31,6 +32,10 @@ from tests.integration.test_origin_failures import assert_one_line_error
 SEGMENT = 1.0
 NS = "{urn:mpeg:dash:schema:mpd:2011}"
 SINE = "sine=frequency=440:sample_rate={rate}:duration={seconds}"
+BOX = (
+    "color=c=gray:s=320x180:r=50:d=2[bg];color=c=white:s=40x100:r=50:d=2[fg];"
+    "[bg][fg]overlay=x='mod(t*400\\,280)':y=40:eval=frame"
+)
 X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
 
 
@@ -64,6 +69,10 @@ CLIPS: dict[str, list[str]] = {
     "surround.ts": [*video(), *sine(), *X264, "-c:a", "aac", "-ac", "6"],
     "one_frame.mp4": [*video(seconds=0.04), *X264],
     "my clip ü 映画.mov": [*video(), *sine(), *X264, "-c:a", "aac"],
+    # 25i: 50 fields a second woven into 25 frames, top field first (a broadcast master), of
+    # a box moving fast across a flat background: combs on its edges, nothing else to misread.
+    "interlaced.mp4": ["-f", "lavfi", "-i", BOX, "-vf", "interlace=scan=tff",
+                       "-flags", "+ildct+ilme", *X264, "-x264-params", "tff=1"],
     # A song with its album cover: an attached picture is a video stream to ffmpeg.
     "song.m4a": [*sine(), *video(size="300x300", rate="1", seconds=1), "-map", "0:a", "-map",
                  "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
@@ -306,3 +315,31 @@ def test_replace_while_serving(clips: dict[str, Path], tmp_path: Path) -> None:
     assert seen and {status for status, _ in seen} == {200}
     assert {body for _, body in seen} <= {old, new}
     assert [t["digest"] for t in listed] == [titlefiles.digest_bytes(new)]
+
+
+def combed_frames(data: bytes, tmp: Path) -> int:
+    """Frames ffmpeg's interlace detector calls interlaced (combing) in an MP4."""
+    path = tmp / "probe.mp4"
+    path.write_bytes(data)
+    proc = subprocess.run([find_ffmpeg(), "-hide_banner", "-nostats", "-i", str(path), "-vf",
+                           "idet", "-f", "null", "-"], capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    # The last report: ffmpeg may configure (and report) the filter more than once.
+    line = [ln for ln in proc.stderr.splitlines() if "Multi frame detection" in ln][-1]
+    counts = dict(re.findall(r"(TFF|BFF|Progressive):\s*(\d+)", line))
+    return int(counts["TFF"]) + int(counts["BFF"])
+
+
+def test_interlaced_source_is_deinterlaced(clips: dict[str, Path], tmp_path: Path) -> None:
+    """Fields woven into one frame show as combs on every moving edge once scaled and played
+    progressively: the renditions must come out progressive, frame for frame."""
+    woven = clips["interlaced.mp4"].read_bytes()
+    assert combed_frames(woven, tmp_path) > 40  # the detector sees the source for what it is
+    assert ingest(clips["interlaced.mp4"], tmp_path).returncode == 0
+    title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
+    folder = title_dir / "h264_180p"
+    playlist = m3u8.load(str(folder / "index.m3u8"))
+    data = (folder / "init.mp4").read_bytes() + b"".join(
+        (folder / s.uri).read_bytes() for s in playlist.segments
+    )
+    assert combed_frames(data, tmp_path) <= 2

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from origin.ffmpeg import (
+    DEINTERLACE,
     EncodeSettings,
     Poster,
     encode_args,
@@ -53,7 +54,8 @@ def test_one_process_one_output_per_rendition(tmp_path: Path) -> None:
         "ffmpeg", Path("in.mp4"), RUNGS, EncodeSettings(Fraction(25), 2), tmp_path, True
     )
     assert args.count("-i") == 1 and args.count("hls") == 3  # two renditions + audio
-    assert _value(args, "-filter_complex").startswith("[0:V:0]fps=25,split=2[s0][s1]")
+    graph = _value(args, "-filter_complex")
+    assert graph.startswith(f"[0:V:0]{DEINTERLACE},fps=25,split=2[s0][s1]")
     segs = [args[i + 1] for i, a in enumerate(args) if a == "-hls_segment_filename"]
     assert segs == [str(tmp_path / d / "seg_%05d.m4s") for d in ("h264_720p", "h264_360p", "audio")]
     assert all(args[i + 1] == "fmp4" for i, a in enumerate(args) if a == "-hls_segment_type")
@@ -106,7 +108,9 @@ def test_poster_is_one_more_branch_of_the_same_decode(tmp_path: Path) -> None:
         "ffmpeg", Path("in.mp4"), RUNGS, EncodeSettings(Fraction(25), 2), tmp_path, True, poster
     )
     graph = _value(args, "-filter_complex")
-    assert args.count("-i") == 1 and graph.startswith("[0:V:0]fps=25,split=3[s0][s1][s2]")
+    assert args.count("-i") == 1 and graph.startswith(
+        f"[0:V:0]{DEINTERLACE},fps=25,split=3[s0][s1][s2]"
+    )
     assert "[s2]trim=start_frame=13:end_frame=14,scale='min(1280,iw)':-2[poster]" in graph
     tail = args[args.index("[poster]") :]
     assert _value(tail, "-frames:v") == "1" and tail[-1] == str(tmp_path / "poster.jpg")
