@@ -14,6 +14,7 @@ closed after a few sweeps unused, so no fd keeps a removed title's space or a fa
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections import OrderedDict
@@ -64,8 +65,9 @@ class FileCache:
     def __len__(self) -> int:
         return len(self._files)
 
-    def acquire(self, path: str) -> OpenFile:
-        """The open, current file at `path`, counted as in use until `release`.
+    def acquire(self, path: str, title_id: str = "", rel_path: str = "") -> OpenFile:
+        """The open, current file at `path`, counted as in use until `release`. When `path`
+        ends in `title_id/rel_path`, the folders from the title's down must be real ones.
 
         Raises OSError as os.open does (FileNotFoundError when it is gone, ELOOP for a
         symlink), and IsADirectoryError for anything that is not a regular file.
@@ -84,6 +86,8 @@ class FileCache:
                 entry.idle = 0
                 return entry
             self._drop(entry)
+        if title_id:
+            _refuse_symlinked_folders(path, f"{title_id}/{rel_path}")
         fd = os.open(path, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
@@ -145,3 +149,16 @@ class FileCache:
         entry.heads = {}
         if entry.refs <= 0:
             os.close(entry.fd)
+
+
+def _refuse_symlinked_folders(path: str, inside: str) -> None:
+    """O_NOFOLLOW guards the last name only: the title's folder and those within it must not
+    be symlinks either (one there was planted to lead outside the store). An lstat each, paid
+    when a file is opened, not per request."""
+    if not path.endswith("/" + inside):
+        return
+    folder = path
+    for _ in range(inside.count("/")):
+        folder = folder.rpartition("/")[0]
+        if stat.S_ISLNK(os.lstat(folder).st_mode):
+            raise OSError(errno.ELOOP, "symlinked folder in a store", folder)

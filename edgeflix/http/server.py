@@ -278,7 +278,7 @@ class FileServer:
         changed (vanished, moved, resized): then the caller takes the full path."""
         target = route.target
         try:
-            file = self.files.acquire(target.path)
+            file = self.files.acquire(target.path, target.title_id, target.rel_path)
         except OSError:
             return None
         cached = file.heads.get(route.method)
@@ -343,7 +343,7 @@ class FileServer:
     def _open(self, target: FileTarget) -> OpenFile | None:
         for attempt in range(2):
             try:
-                return self.files.acquire(target.path)
+                return self.files.acquire(target.path, target.title_id, target.rel_path)
             except FileNotFoundError:
                 if attempt:
                     return None

@@ -145,3 +145,27 @@ def test_a_symlink_is_never_followed(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         cache.acquire(str(store / "seg.m4s"))
     cache.clear()
+
+
+def test_a_symlinked_folder_inside_a_title_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "seg.m4s").write_bytes(b"secret")
+    title = tmp_path / "store" / "titles" / "bunny"
+    title.mkdir(parents=True)
+    (title / "v0").symlink_to(outside)
+    cache = FileCache(8)
+    path = str(title / "v0" / "seg.m4s")
+    with pytest.raises(OSError) as info:
+        cache.acquire(path, "bunny", "v0/seg.m4s")
+    assert info.value.errno == errno.ELOOP
+    # The whole title folder swapped for a symlink: refused too.
+    (title / "v0").unlink()
+    (title / "v0").mkdir()
+    (title / "v0" / "seg.m4s").write_bytes(b"segment")
+    cache.release(cache.acquire(path, "bunny", "v0/seg.m4s"))
+    cache.clear()
+    title.rename(tmp_path / "moved")
+    title.symlink_to(tmp_path / "moved")
+    with pytest.raises(OSError):
+        cache.acquire(path, "bunny", "v0/seg.m4s")

@@ -52,14 +52,20 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         '[admin]\nlisten = "127.0.0.1:0"\n[auth]\ntokens = "off"\n'
     )
     seed(config, source, "bunny")
+    seed(config, make_title(root / "src" / "other", "other"), "other")
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
-    # A symlink planted in the store while it runs, in place of a file the index lists and of
-    # the same size, pointing outside the store.
+    # Symlinks planted in the store while it runs, pointing outside it at files of the sizes
+    # the index lists: one in place of a file, one in place of a title's folder.
     poster = on_disk(root, "bunny", "poster.jpg")
-    outside = root / "outside.bin"
-    outside.write_bytes(b"S" * poster.stat().st_size)
-    (root / "link").symlink_to(outside)
+    outside = root / "outside"
+    outside.mkdir()
+    (outside / "poster.jpg").write_bytes(b"S" * poster.stat().st_size)
+    (root / "link").symlink_to(outside / "poster.jpg")
     os.replace(root / "link", poster)
+    folder = on_disk(root, "other", "v0/init.mp4").parent
+    (outside / "init.mp4").write_bytes(b"S" * (folder / "init.mp4").stat().st_size)
+    folder.rename(root / "other-v0")
+    folder.symlink_to(outside)
     yield Appliance(server, root, source)
     assert server.proc.poll() is None, "the daemon died during the conformance run"
     assert server.stop() == 0
@@ -425,6 +431,8 @@ def test_conditionals(appliance: Appliance) -> None:
         ("/titles/bunny/v0", 404),  # a directory
         ("/titles/bunny", 404),
         ("/titles/bunny/poster.jpg", 404),  # a symlink pointing outside the store (was served)
+        ("/titles/other/v0/init.mp4", 404),  # in a symlinked folder (was served)
+        ("/titles/other/master.m3u8", 200),
     ],
 )
 def test_paths(appliance: Appliance, path: str, status: int) -> None:
