@@ -307,9 +307,12 @@ class FleetService:
             self.config.planner_policy(),
             site_demand=site_demand,
         )
-        if self.current_plan is None or new.version != self.current_plan.version:
-            self.store.save_plan(new)
-            event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
+        if self.current_plan is not None and new.version == self.current_plan.version:
+            # Same content: keep the version as made, with its diff against the one before
+            # (a new diff against itself would say nothing changed, unlike the stored one).
+            return self.current_plan
+        self.store.save_plan(new)
+        event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
         self.current_plan = new
         return new
 

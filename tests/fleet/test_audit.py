@@ -26,9 +26,17 @@ from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.grpc_api import _status, beat_from_proto
 from fleet.http import create_app, plan_json
-from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site, check_name, parse_address
+from fleet.model import (
+    Appliance,
+    FleetSnapshot,
+    HeldTitle,
+    Site,
+    TierSpace,
+    check_name,
+    parse_address,
+)
 from fleet.registry import Beat
-from fleet.service import FleetService
+from fleet.service import FleetService, OriginTitle
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
 
@@ -250,3 +258,21 @@ def test_a_removed_appliance_leaves_the_plan_at_the_next_tick(tmp_path: Path) ->
     svc.remove("h1")
     assert svc.replan_due  # what the ticker re-plans on at once
     assert set(svc.replan().appliances) == {"h2"}
+
+
+def test_a_replan_that_changes_nothing_keeps_what_changed_in_that_version(
+    tmp_path: Path,
+) -> None:
+    svc = service(tmp_path)
+    svc.set_origin_titles([OriginTitle("film", "d", 10**9)])
+    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(b"k" * 32))
+    beat = Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=(TierSpace("hdd", 10**12),))
+    svc.heartbeat("h1", beat, {})
+    svc.replan()
+    first = plan_json(svc, None)
+    assert list(first["appliances"][0]["diff"]["added"]) == ["film"]
+    svc.replan()  # the planner's next round: nothing changed
+    assert plan_json(svc, None) == first
+    # ... and it is what a restarted manager reads back from the store.
+    again = FleetService(svc.config, Store(svc.config.server.db), svc.clock)
+    assert plan_json(again, None) == first
