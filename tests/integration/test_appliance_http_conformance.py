@@ -1,7 +1,7 @@
 """HTTP/1.1 conformance and abuse of `edgeflix appliance run`, in raw bytes over real sockets
-(RFC 9110 / 9112, compared with what nginx does): framing, Range, conditionals, paths. Every
-case also checks the connection afterwards (closed, or the next request on it works) and that
-the daemon and other clients are unharmed."""
+(RFC 9110 / 9112, compared with what nginx does): framing, Range, conditionals, paths, once with
+sendfile and once with the user-space fallback. Every case also checks the connection afterwards
+(closed, or the next request on it works) and that the daemon and other clients are unharmed."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ class Appliance:
         return (self.source / rel).read_bytes()
 
 
-@pytest.fixture(scope="module")
-def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+@pytest.fixture(scope="module", params=[True, False], ids=["sendfile", "fallback"])
+def appliance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Appliance]:
     root = tmp_path_factory.mktemp("conformance")
     source = make_title(root / "src" / "bunny", "bunny")
     for disk in ("ssd0", "hdd0"):
@@ -49,6 +51,7 @@ def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
         f'[storage]\ndisks = [ {{ path = "{root}/ssd0", tier = "ssd" }}, '
         f'{{ path = "{root}/hdd0", tier = "hdd" }} ]\nindex = "{root}/index.sqlite"\n'
         f'[serve]\nlisten = "127.0.0.1:0"\nworkers = 1\nheader_timeout_s = {HEADER_TIMEOUT_S}\n'
+        f"sendfile = {'true' if request.param else 'false'}\n"
         '[admin]\nlisten = "127.0.0.1:0"\n[auth]\ntokens = "off"\n'
     )
     seed(config, source, "bunny")
