@@ -37,8 +37,11 @@ _NEVER_IN_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|(?<!\r)\n|\r(?=[
 _HEAD_START = frozenset(
     b"\r!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
-# uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986): IP-literal or reg-name, which covers IPv4.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# uri-host [ ":" port ] (RFC 9112 §3.2, RFC 3986): IP-literal (with zone ids and IPvFuture) or
+# reg-name, which covers IPv4.
+_HOST = re.compile(
+    r"(?:\[[0-9A-Za-z\-._~!$&'()*+,;=%:]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,9 @@ def test_malformed_host_is_400(host: bytes) -> None:
     assert status_of(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") == 400
 
 
-@pytest.mark.parametrize("host", [b"h", b"h:8080", b"127.0.0.1:1", b"[::1]:80", b"xn--a.b", b""])
+@pytest.mark.parametrize(
+    "host", [b"h", b"h:8080", b"127.0.0.1:1", b"[::1]:80", b"[fe80::1%25eth0]", b"xn--a.b", b""]
+)
 def test_wellformed_host_is_accepted(host: bytes) -> None:
     assert parse(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n") is not None
 
