@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from appliance.repair import Finding
     from appliance.store import Store
 
 app = typer.Typer(no_args_is_help=True)
@@ -19,8 +20,9 @@ app = typer.Typer(no_args_is_help=True)
 _CONFIG_HELP = "Appliance config (TOML); defaults when left out."
 
 
-def _open_store(config: Path | None) -> Store:
-    """Load the config, open the store and reconcile it, reporting findings on stderr."""
+def _open_store(config: Path | None, findings: list[Finding] | None = None) -> Store:
+    """Load the config, open the store and reconcile it, reporting findings on stderr (and
+    into `findings`, for a command that reports them itself)."""
     from appliance import config as appliance_config
     from appliance.repair import reconcile
     from appliance.store import Store
@@ -30,6 +32,8 @@ def _open_store(config: Path | None) -> Store:
     report = reconcile(store)
     for finding in report.findings:
         warn(str(finding))
+    if findings is not None:
+        findings.extend(report.findings)
     return store
 
 
@@ -122,7 +126,10 @@ def verify_cmd(
     from appliance.repair import verify
     from edgeflix import ui
 
-    store = _open_store(config)
+    # Files the start-up reconcile dropped (missing, truncated, replaced by a link) are damage
+    # too: counted with what re-hashing finds, so the exit status tells of either.
+    found: list[Finding] = []
+    store = _open_store(config, found)
     try:
         total = store.servable_bytes()
         with ui.progress(transfer=True) as bar:
@@ -130,6 +137,7 @@ def verify_cmd(
             report = verify(store, on_bytes=lambda n: bar.advance(task, n))
     finally:
         store.close()
+    report.findings[:0] = [f for f in found if f.damage]
     problems = [{"title": f.title, "path": f.path, "problem": f.problem} for f in report.findings]
     if as_json:
         ui.print_json(

@@ -23,6 +23,9 @@ LOADING, READY, INCOMPLETE, REMOVING = "loading", "ready", "incomplete", "removi
 # File states: ok, or missing (gone, truncated or failed verification: kept for the record).
 OK, MISSING = "ok", "missing"
 _BUSY_TIMEOUT_MS = 30_000
+# Titles are recorded in the index only, but every title's files.json is on its disks:
+# reconcile adopts complete titles it finds there (repair.py), so a new index loses nothing.
+_DAMAGED_HINT = "; move it (and its -wal and -shm files) aside and start again to rebuild it"
 _CACHE_MAX = 65_536
 
 
@@ -108,21 +111,46 @@ def connect_writer(index: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
         create_schema(conn)
+        # A damaged page otherwise surfaces in whichever query first reads it, half-way
+        # through a command; the index is small (a row per file), so the check is cheap.
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
     except (OSError, sqlite3.Error) as exc:
-        raise StorageError(f"cannot open the index {index}: {exc}") from None
+        raise StorageError(f"cannot open the index {index}: {exc}{_DAMAGED_HINT}") from None
+    if problem != "ok":
+        conn.close()
+        detail = " ".join(str(problem).split())  # one line: SQLite's report spans several
+        raise StorageError(f"the index {index} is damaged ({detail}){_DAMAGED_HINT}")
     return conn
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction, taking the write lock up front so it never fails half-way."""
-    conn.execute("BEGIN IMMEDIATE")
+def _index_errors(conn: sqlite3.Connection) -> Iterator[None]:
     try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StorageError(
+                f"the index is locked by another process (waited {_BUSY_TIMEOUT_MS // 1000} s "
+                "for its write lock); try again once that process is done"
+            ) from None
+        raise StorageError(f"cannot write the index: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot write the index: {exc}{_DAMAGED_HINT}") from None
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taking the write lock up front so it never fails half-way.
+    SQLite's errors (locked past the busy timeout, disk full, damage) become StorageErrors."""
+    with _index_errors(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def get_title(conn: sqlite3.Connection, title_id: str) -> TitleRow | None:

@@ -43,15 +43,38 @@ def hits_path(index: Path) -> Path:
 
 
 def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    try:
+        return _open_hits(path, timeout)
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError):
+            raise  # busy or unopenable: the caller retries later
+        # Damaged. It holds only request counts and decayed rates, which rebuild themselves
+        # from traffic: start a fresh one rather than stop loads and tiering for good.
+        event(log, "hits.damaged", logging.WARNING, path=str(path), reason=str(exc))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return _open_hits(path, timeout)
+
+
+def _open_hits(path: Path, timeout: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, timeout=timeout)
-    # Plain SQL rather than sqlite-utils here: this runs in every serving worker.
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS hits (title TEXT NOT NULL, count INTEGER NOT NULL)")
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS rates (title TEXT PRIMARY KEY, value REAL NOT NULL, "
-        "at REAL NOT NULL)"
-    )
+    try:
+        # Plain SQL rather than sqlite-utils here: this runs in every serving worker.
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hits (title TEXT NOT NULL, count INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS rates (title TEXT PRIMARY KEY, value REAL NOT NULL, "
+            "at REAL NOT NULL)"
+        )
+        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            raise sqlite3.DatabaseError(problem)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,25 @@ from appliance.index import (
     title_files,
     transaction,
 )
-from appliance.safefiles import fsync_dir, is_temp_name, prune_empty_dirs, unlink_synced
+from appliance.safefiles import (
+    fsync_dir,
+    is_temp_name,
+    prune_empty_dirs,
+    remove_entry,
+    through_symlink,
+    unlink_synced,
+)
 from appliance.store import Store
+from edgeflix import titlefiles
 from edgeflix.log import event
-from edgeflix.titlefiles import TITLE_ID_RE, sha256_file
+from edgeflix.titlefiles import (
+    FILES_JSON,
+    TITLE_ID_RE,
+    FileEntry,
+    TitleFiles,
+    TitleFilesError,
+    sha256_file,
+)
 
 log = logging.getLogger("appliance.repair")
 
@@ -42,6 +58,9 @@ class Finding:
     title: str
     path: str  # file path inside the title, or "" for the whole title
     problem: str
+    # True when a stored file was lost (missing, damaged, replaced); False for crash leftovers
+    # cleaned up (partial files, interrupted loads, strays), which cost no stored data.
+    damage: bool = False
 
     def __str__(self) -> str:
         where = f"{self.title}/{self.path}" if self.path else self.title
@@ -55,8 +74,8 @@ class Report:
     checked_files: int = 0
     checked_bytes: int = 0
 
-    def add(self, title: str, path: str, problem: str) -> None:
-        finding = Finding(title, path, problem)
+    def add(self, title: str, path: str, problem: str, damage: bool = False) -> None:
+        finding = Finding(title, path, problem, damage)
         self.findings.append(finding)
         event(log, "storage.finding", logging.WARNING, title=title, path=path, problem=problem)
 
@@ -65,7 +84,10 @@ def _title_ids_on_disks(store: Store) -> set[str]:
     ids = set()
     for disk in store.disks:
         for entry in os.scandir(disk.titles_dir):
-            if entry.is_dir(follow_symlinks=False) and TITLE_ID_RE.match(entry.name):
+            # A link named like a title is someone's placement, never ours: swept like a stray.
+            if (entry.is_dir(follow_symlinks=False) or entry.is_symlink()) and TITLE_ID_RE.match(
+                entry.name
+            ):
                 ids.add(entry.name)
     return ids
 
@@ -85,8 +107,10 @@ def reconcile(store: Store) -> Report:
 
 def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
     row = get_title(store.conn, title_id)
+    if row is None and _adopt(store, title_id, report):
+        row = get_title(store.conn, title_id)
     if row is None:
-        removed = _wipe(store, title_id)
+        removed = _wipe(store, title_id, report)
         if removed:
             report.add(title_id, "", f"removed {removed} stray files of a title not in the index")
         return
@@ -100,15 +124,75 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
         if f.state != OK:
             continue
         report.checked_files += 1
-        try:
-            size = f.location.stat().st_size
-        except FileNotFoundError:
-            dropped.append((f, "missing from its disk"))
-            continue
-        if size != f.size:
-            dropped.append((f, f"size {size} != {f.size} in the index"))
+        problem = _check_size(f)
+        if problem:
+            dropped.append((f, problem))
     _drop(store, title_id, dropped, report)
     _sweep(store, title_id, report)
+
+
+def _adopt(store: Store, title_id: str, report: Report) -> bool:
+    """Record a complete title found on the disks but not in the index (the index was lost,
+    damaged and moved aside, or restored from an old copy). Files only ever reach their final
+    names whole and verified (safefiles.py), so a title whose files.json lists files that are
+    all present with their sizes on the disks of one tier is the title as it was loaded;
+    `appliance verify` re-hashes it like any other. Anything less is left for the sweep."""
+    found = _stored_files_json(store, title_id)
+    if found is None:
+        return False
+    model, digest, manifest_size = found
+    entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
+    for tier in sorted(store.tiers):
+        disks = store.disks_of(tier)
+        where: dict[str, tuple[str, int]] = {}  # path → (disk, mtime_ns)
+        for entry in entries:
+            for disk in disks:
+                path = disk.titles_dir / title_id / entry.path
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                regular = stat.S_ISREG(st.st_mode) and not through_symlink(path)
+                if regular and st.st_size == entry.size:
+                    where[entry.path] = (disk.id, st.st_mtime_ns)
+                    break
+            else:
+                break  # this entry is on no disk of the tier
+        if len(where) != len(entries):
+            continue
+        with transaction(store.conn) as conn:
+            conn.execute(
+                "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (title_id, digest, READY, tier, sum(e.size for e in entries), time.time()),
+            )
+            conn.executemany(
+                "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (title_id, e.path, where[e.path][0], e.size, e.sha256, where[e.path][1], OK)
+                    for e in entries
+                ],
+            )
+        report.add(title_id, "", f"adopted from its files on the {tier} tier (not in the index)")
+        return True
+    return False
+
+
+def _stored_files_json(store: Store, title_id: str) -> tuple[TitleFiles, str, int] | None:
+    for disk in store.disks:
+        top = disk.titles_dir / title_id
+        manifest = top / FILES_JSON
+        try:
+            st = os.lstat(manifest)
+            if not stat.S_ISREG(st.st_mode) or through_symlink(manifest):
+                continue
+            model, digest = titlefiles.read(top)
+        except (OSError, TitleFilesError):
+            continue
+        if model.id == title_id and FILES_JSON not in {e.path for e in model.files}:
+            return model, digest, st.st_size
+    return None
 
 
 def _drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report: Report) -> None:
@@ -123,9 +207,13 @@ def _drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], repor
         conn.execute(
             "UPDATE titles SET state = ? WHERE id = ? AND state = ?", (INCOMPLETE, title_id, READY)
         )
-    unlink_synced([f.location for f, _ in dropped])
     for f, why in dropped:
-        report.add(title_id, f.path, f"{why}; dropped, title not served until reloaded")
+        report.add(title_id, f.path, f"{why}; dropped, title not served until reloaded", True)
+        try:
+            unlink_synced([f.location])
+        except OSError as exc:
+            # The row already says missing, so nothing serves it; the next start tries again.
+            report.add(title_id, f.path, f"cannot delete it ({exc.strerror})")
 
 
 def _sweep(store: Store, title_id: str, report: Report) -> None:
@@ -133,6 +221,10 @@ def _sweep(store: Store, title_id: str, report: Report) -> None:
     wanted = {(f.disk, f.path) for f in title_files(store.conn, title_id) if f.state == OK}
     for disk in store.disks:
         top = disk.titles_dir / title_id
+        if not top.is_dir() or top.is_symlink():
+            if _remove(top, title_id, report):
+                report.add(title_id, "", f"removed a non-folder in the title's place on {disk.id}")
+            continue
         strays = [
             p for p in _walk_files(top) if (disk.id, p.relative_to(top).as_posix()) not in wanted
         ]
@@ -145,21 +237,35 @@ def _sweep(store: Store, title_id: str, report: Report) -> None:
 
 
 def _walk_files(top: Path) -> Iterator[Path]:
-    if not top.is_dir():
+    """Every non-folder under `top`, links to folders included (never followed)."""
+    if not top.is_dir() or top.is_symlink():
         return
-    for folder, _dirs, names in os.walk(top):
+    for folder, dirs, names in os.walk(top):
         for name in names:
             yield Path(folder) / name
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                yield Path(folder) / name
 
 
-def _wipe(store: Store, title_id: str) -> int:
+def _remove(path: Path, title_id: str, report: Report) -> bool:
+    try:
+        removed = remove_entry(path)
+    except OSError as exc:
+        report.add(title_id, "", f"cannot delete {path} ({exc.strerror})")
+        return False
+    if removed:
+        fsync_dir(path.parent)
+    return removed
+
+
+def _wipe(store: Store, title_id: str, report: Report) -> int:
     removed = 0
     for disk in store.disks:
         top = disk.titles_dir / title_id
-        if top.is_dir():
-            removed += sum(1 for _ in _walk_files(top))
-            shutil.rmtree(top)
-            fsync_dir(disk.titles_dir)
+        count = sum(1 for _ in _walk_files(top)) or 1  # a placed link counts as one
+        if _remove(top, title_id, report):
+            removed += count
     return removed
 
 
@@ -183,11 +289,31 @@ def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Repor
     return report
 
 
-def _check_content(f: FileRow) -> str | None:
+def _check_size(f: FileRow) -> str | None:
+    """What is wrong with a stored file short of its content, or None. Only a regular file
+    reached without symbolic links counts: the server would follow a link anywhere."""
     try:
-        size = f.location.stat().st_size
-        if size != f.size:
-            return f"size {size} != {f.size} in the index"
+        st = os.lstat(f.location)
+    except FileNotFoundError:
+        return "missing from its disk"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link in the file's place"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if through_symlink(f.location):
+        return "reached through a symbolic link"
+    if st.st_size != f.size:
+        return f"size {st.st_size} != {f.size} in the index"
+    return None
+
+
+def _check_content(f: FileRow) -> str | None:
+    problem = _check_size(f)
+    if problem:
+        return problem
+    try:
         if sha256_file(f.location) != f.sha256:
             return "SHA-256 does not match the index"
     except FileNotFoundError:

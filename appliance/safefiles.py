@@ -12,6 +12,8 @@ import fcntl
 import hashlib
 import os
 import secrets
+import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -171,14 +173,33 @@ def move_verified(src: Path, dst: Path, size: int) -> bool:
     return True
 
 
+def through_symlink(path: Path) -> bool:
+    """True when a folder on the way to `path` is a symbolic link (store paths are built from
+    resolved disk paths, so any difference is a link someone placed inside the store)."""
+    return os.path.realpath(path.parent) != str(path.parent)
+
+
+def remove_entry(path: Path) -> bool:
+    """Remove whatever sits at `path` (file, symbolic link, folder tree) without following a
+    link; False when nothing was there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    return True
+
+
 def unlink_synced(paths: list[Path]) -> None:
-    """Unlink files (already gone is fine) and fsync each folder touched once."""
+    """Remove files (already gone is fine; a folder or link in a file's place too, never
+    what a link points to) and fsync each folder touched once."""
     folders = set()
     for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            continue
+        if through_symlink(path) or not remove_entry(path):
+            continue  # reached through a placed link: reconcile's sweep removes the link
         folders.add(path.parent)
     for folder in folders:
         if folder.exists():

@@ -8,7 +8,6 @@ safefiles.py (temporary name, fsync, rename, fsync directory) and only then into
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from appliance.safefiles import (
     fsync_files,
     move_verified,
     prune_empty_dirs,
+    remove_entry,
     unlink_synced,
 )
 from edgeflix import titlefiles
@@ -336,9 +336,15 @@ class Store:
             conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
         for disk in self.disks:
             folder = disk.titles_dir / title_id
-            if folder.exists():
-                shutil.rmtree(folder)
-                fsync_dir(disk.titles_dir)
+            try:
+                # A link in the folder's place is removed itself, never what it points to.
+                if remove_entry(folder):
+                    fsync_dir(disk.titles_dir)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot delete {folder}: {exc.strerror}; title {title_id} is out of "
+                    "service and its removal is finished at the next start or `appliance ls`"
+                ) from None
         with transaction(self.conn) as conn:
             conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
             conn.execute("DELETE FROM titles WHERE id = ?", (title_id,))
