@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,6 +35,9 @@ from fleet.urls import SignedUrls, TokenCache, playback_urls
 log = logging.getLogger("fleet")
 JOIN_TOKEN_TTL_S = 7 * 86_400.0
 SNAPSHOT_MAX_AGE_S = 1.0
+# A version reported above ours by more than this is an appliance's bug, not a restored
+# backup: it is not followed (a version near 2**64 would not fit the wire or the table).
+MAX_VERSION_JUMP = 1_000_000
 POPULARITY_META = "popularity"
 # How much the fleet's taste counts in a site's demand, relative to the site's own.
 SITE_BLEND = 0.25
@@ -172,12 +175,46 @@ class FleetService:
             self.records = self.store.appliances()
             event(log, "fleet.url_changed", appliance=name, url=url, previous=rec.url)
         self.beats[name] = beat
+        self._catch_up_versions(name, beat)
         deltas = {t: float(b) for t, b in counts.items()}
         self.popularity.add(deltas, beat.at)
         site = self.site_popularity.get(self.records[name].site)
         if site is not None:
             site.add(deltas, beat.at)
         self._changed()
+
+    def _catch_up_versions(self, name: str, beat: Beat) -> None:
+        """An appliance runs a newer plan or key set than this manager has: the database
+        was restored from a backup (or replaced). Appliances ignore every version up to
+        their own as stale, so without this no new plan would reach them and, worse, the
+        next key would sign URLs no appliance accepts. Ours is re-stamped above theirs
+        (same content), which they then fetch and apply whole."""
+        keys, current = self.keys, self.current_plan
+        if keys.version < beat.keys_version <= keys.version + MAX_VERSION_JUMP:
+            self.store.save_keyset(replace(keys, version=beat.keys_version + 1))
+            self.keys = self.store.keyset()
+            event(
+                log,
+                "fleet.keys_version_caught_up",
+                logging.WARNING,
+                appliance=name,
+                reported=beat.keys_version,
+                version=self.keys.version,
+            )
+        if current is not None and (
+            current.version < beat.plan_version <= current.version + MAX_VERSION_JUMP
+        ):
+            plan = replace(current, version=beat.plan_version + 1)
+            self.store.save_plan(plan)
+            self.current_plan = plan
+            event(
+                log,
+                "fleet.plan_version_caught_up",
+                logging.WARNING,
+                appliance=name,
+                reported=beat.plan_version,
+                version=plan.version,
+            )
 
     def set_drained(self, name: str, drained: bool) -> None:
         self.store.set_drained(name, drained)

@@ -11,6 +11,7 @@ import json
 import math
 import sqlite3
 from collections.abc import MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
+from edgeflix.versioning import Versioned, receive
 from fleet.cli import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
@@ -276,3 +278,48 @@ def test_a_replan_that_changes_nothing_keeps_what_changed_in_that_version(
     # ... and it is what a restarted manager reads back from the store.
     again = FleetService(svc.config, Store(svc.config.server.db), svc.clock)
     assert plan_json(again, None) == first
+
+
+def test_a_manager_restored_from_a_backup_overtakes_the_versions_appliances_run(
+    tmp_path: Path,
+) -> None:
+    """Appliances ignore versions up to their own as stale: a manager whose database came
+    back from yesterday's backup must not hand out key sets (or plans) they ignore."""
+    svc = service(tmp_path)
+    svc.set_origin_titles([OriginTitle("film", "d", 10**9)])
+    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(b"k" * 32))
+    beat = Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=(TierSpace("hdd", 10**12),))
+    svc.heartbeat("h1", beat, {})
+    svc.replan()
+    backup = tmp_path / "backup" / "fleet.sqlite"
+    backup.parent.mkdir()
+    with sqlite3.connect(backup) as copy:
+        svc.store.conn.backup(copy)  # what `sqlite3 fleet.sqlite .backup` does
+    for _ in range(3):
+        svc.rotate_keys()
+    svc.set_origin_titles([OriginTitle("film", "d", 10**9), OriginTitle("new", "e", 10**9)])
+    svc.replan()
+    assert svc.current_plan is not None
+    running_keys, running_plan = svc.keys.version, svc.current_plan.version
+
+    server = svc.config.server.model_copy(update={"db": backup})
+    cfg = svc.config.model_copy(update={"server": server})
+    restored = FleetService(cfg, Store(backup), svc.clock)
+    assert restored.keys.version < running_keys
+    restored.heartbeat(
+        "h1",
+        replace(beat, sequence=2, keys_version=running_keys, plan_version=running_plan),
+        {},
+    )
+    assert restored.keys.version > running_keys
+    assert restored.current_plan is not None and restored.current_plan.version > running_plan
+    # What an appliance does with the versions it now hears of: applies them.
+    mine = Versioned("keys", running_keys, ("lost timeline",))
+    theirs = Versioned("keys", restored.keys.version, ("restored",))
+    assert receive(mine, theirs, lambda _: None).action == "applied"
+    # Kept: a restart of the restored manager stays ahead.
+    again = FleetService(cfg, Store(backup), svc.clock)
+    assert again.keys == restored.keys and again.current_plan == restored.current_plan
+    # A version no backup explains is not followed.
+    restored.heartbeat("h1", replace(beat, sequence=3, keys_version=2**64 - 1), {})
+    assert restored.keys == again.keys
