@@ -1,7 +1,8 @@
 """Request heads: bytes in, a frozen `RequestHead` out, or an `HttpError` naming the status.
 
-Strict by design (RFC 9112): CRLF line ends, no obs-fold, no space before a colon, one Host, no
-request bodies. Callers feed a buffer and an offset, so pipelined requests parse one by one.
+Strict by design (RFC 9112): CRLF line ends, no obs-fold, no space before a colon, one valid
+Host, no request bodies, no ambiguous framing. Callers feed a buffer and an offset, so pipelined
+requests parse one by one; a partial head no more bytes could mend is refused at once.
 """
 
 from __future__ import annotations
