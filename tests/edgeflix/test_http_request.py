@@ -241,3 +241,11 @@ def test_every_prefix_of_valid_pipelines_waits_for_more(
     assert parsed <= len(heads)
     for raw in heads:  # and each one whole parses
         assert parse(raw) is not None
+
+
+@given(st.binary(max_size=400), st.integers(1024, 4096))
+def test_arbitrary_partial_bytes_wait_or_refuse_cleanly(raw: bytes, limit: int) -> None:
+    try:
+        parse_head(raw, 0, limit)
+    except HttpError as exc:
+        assert exc.status in (400, 405, 413, 414, 431, 505)
