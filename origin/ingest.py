@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +81,10 @@ def check_request(req: IngestRequest) -> None:
         raise SourceError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(CODECS)}")
     if not 0.5 <= req.segment_seconds <= 30:
         raise SourceError("--segment-seconds must be between 0.5 and 30")
+    if re.search(r"%\d*d", str(req.store.absolute())):
+        # ffmpeg's hls muxer numbers segments by replacing the first such pattern in the
+        # whole path (no escape exists), so segments would land in another folder.
+        raise StoreError(f"store {req.store}: ffmpeg cannot write under a path with '%d' in it")
 
 
 def ingest(

@@ -44,8 +44,11 @@ def probe(path: Path) -> Source:
         raise SourceError(f"{path}: not a regular file")
     import av
 
+    # Absolute: ffmpeg and PyAV read `name:rest` as a protocol (`take2:final.mp4`), and a
+    # path starting with `/` never is one. Everything downstream gets this path.
+    target = path.absolute()
     try:
-        container = av.open(str(path))
+        container = av.open(str(target))
     except av.error.PermissionError:
         raise SourceError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
@@ -70,11 +73,11 @@ def probe(path: Path) -> Source:
         sar = video.sample_aspect_ratio
         if sar and sar > 0 and sar != 1:
             width = round(width * float(sar) / 2) * 2
-        if _quarter_turned(path, container, video):
+        if _quarter_turned(target, container, video):
             # ffmpeg turns the frames upright before our filters: the ladder is of those.
             width, height = height, width
         return Source(
-            path=path,
+            path=target,
             width=width,
             height=height,
             frame_rate=frame_rate,

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -343,3 +344,24 @@ def test_interlaced_source_is_deinterlaced(clips: dict[str, Path], tmp_path: Pat
         (folder / s.uri).read_bytes() for s in playlist.segments
     )
     assert combed_frames(data, tmp_path) <= 2
+
+
+def test_names_ffmpeg_would_misread(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A colon in a file name ("take2:final.mp4") is a protocol prefix to ffmpeg: here it is
+    just a name. A '%d' in the store's path is a segment number to ffmpeg's hls muxer (with
+    no escape): a clear refusal before encoding, not 'ffmpeg wrote no media segments'."""
+    src = tmp_path / "in" / "take2:final.mp4"
+    src.parent.mkdir()
+    src.write_bytes(clips["one_frame.mp4"].read_bytes())
+    for store, ok in ((tmp_path / "store", True), (tmp_path / "store 100%d", False)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgeflix.cli", "origin", "ingest", src.name, "--id", "t",
+             "--title", "T", "--store", str(store), "--segment-seconds", "1"],
+            cwd=src.parent, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+            check_title(store, 1, Fraction(25))
+        else:
+            assert_one_line_error(proc, "%d")
+            assert not store.exists()
