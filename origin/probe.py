@@ -76,6 +76,8 @@ def probe(path: Path) -> Source:
         if _quarter_turned(target, container, video):
             # ffmpeg turns the frames upright before our filters: the ladder is of those.
             width, height = height, width
+        if min(width, height) < 2:  # the smallest rung is 2 pixels (4:2:0), never upscaled
+            raise SourceError(f"{path}: a {width}x{height} picture is too small to encode")
         return Source(
             path=target,
             width=width,

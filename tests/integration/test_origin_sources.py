@@ -78,6 +78,7 @@ CLIPS: dict[str, list[str]] = {
     "song.m4a": [*sine(), *video(size="300x300", rate="1", seconds=1), "-map", "0:a", "-map",
                  "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
                  "-disposition:v:0", "attached_pic"],
+    "dot.mkv": [*video(), "-vf", "scale=1:1,format=yuv444p", "-c:v", "ffv1"],
     "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
 }  # fmt: skip
 
@@ -277,6 +278,7 @@ def test_broken_files_are_one_line_errors(clips: dict[str, Path], tmp_path: Path
                     "-c:s", "srt", str(subs)], check=True)  # fmt: skip
     assert_one_line_error(ingest(subs, tmp_path / "s"), "no video stream")
     assert_one_line_error(ingest(clips["song.m4a"], tmp_path / "s"), "no video stream")
+    assert_one_line_error(ingest(clips["dot.mkv"], tmp_path / "s"), "too small")
     assert not (tmp_path / "s" / "titles" / "t").exists()
 
 
