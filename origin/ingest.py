@@ -87,6 +87,17 @@ def check_request(req: IngestRequest) -> None:
         raise StoreError(f"store {req.store}: ffmpeg cannot write under a path with '%d' in it")
 
 
+def check_segments(settings: EncodeSettings, segment_seconds: float) -> None:
+    """A segment is one GOP of whole frames: refuse, before encoding, a target that the
+    nearest whole GOP misses by more than the tolerance (a slideshow's few frames a second)."""
+    if abs(settings.hls_time - segment_seconds) > segment_seconds * SEGMENT_TOLERANCE:
+        raise SourceError(
+            f"a {float(settings.frame_rate):.3f} fps source cannot be cut into "
+            f"{segment_seconds:g} s segments of whole frames; use --segment-seconds "
+            f"{settings.hls_time:.3g}"
+        )
+
+
 def ingest(
     req: IngestRequest,
     cfg: EncodeConfig,
@@ -109,6 +120,7 @@ def ingest(
         audio_kbps=cfg.audio_kbps,
         threads=cfg.threads,
     )
+    check_segments(settings, req.segment_seconds)
     with Staging(req.store, req.title_id, req.replace) as staging:
         for name in staging.cleaned:
             event(log, "store.cleaned", folder=name)

@@ -79,6 +79,8 @@ CLIPS: dict[str, list[str]] = {
                  "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
                  "-disposition:v:0", "attached_pic"],
     "dot.mkv": [*video(), "-vf", "scale=1:1,format=yuv444p", "-c:v", "ffv1"],
+    # A still image every 3 s (a podcast's slideshow): no whole number of frames lasts 4 s.
+    "slides.mp4": [*video(rate="1/3", seconds=12), *X264],
     "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
 }  # fmt: skip
 
@@ -367,3 +369,13 @@ def test_names_ffmpeg_would_misread(clips: dict[str, Path], tmp_path: Path) -> N
         else:
             assert_one_line_error(proc, "%d")
             assert not store.exists()
+
+
+def test_segments_no_whole_gop_can_fill_are_refused_up_front(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    proc = run_cli(["origin", "ingest", str(clips["slides.mp4"]), "--id", "t", "--title", "T",
+                    "--store", str(tmp_path), "--segment-seconds", "4"])  # fmt: skip
+    assert_one_line_error(proc, "0.333 fps", "--segment-seconds 3")
+    assert not (tmp_path / "titles" / "t").exists()
+    assert ingest(clips["slides.mp4"], tmp_path, "--segment-seconds", "3").returncode == 0

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from origin.errors import SourceError
 from origin.ffmpeg import (
     DEINTERLACE,
     EncodeSettings,
@@ -17,6 +18,7 @@ from origin.ffmpeg import (
     video_codec_args,
     vmaf_args,
 )
+from origin.ingest import check_segments
 from origin.ladder import Rung
 
 RUNGS = [Rung("h264", 1280, 720, 2800), Rung("h264", 640, 360, 800)]
@@ -121,3 +123,23 @@ def test_poster_frame_stays_inside_the_title() -> None:
     assert poster_frame(7200, Fraction(25), 180000) == 750
     assert poster_frame(0.04, Fraction(25), 1) == 0
     assert poster_frame(10, Fraction(25), 20) == 19  # container said fewer frames than rate x time
+
+
+@pytest.mark.parametrize(
+    ("rate", "seconds", "ok"),
+    [
+        (Fraction(30000, 1001), 4.0, True),
+        (Fraction(24000, 1001), 0.5, True),
+        (Fraction(15), 0.5, True),  # 8 frames: 0.533 s, within 10%
+        (Fraction(5), 0.5, False),  # 2 frames: 0.4 s
+        (Fraction(1, 3), 4.0, False),  # 1 frame: 3 s
+        (Fraction(1, 3), 3.0, True),
+    ],
+)
+def test_check_segments(rate: Fraction, seconds: float, ok: bool) -> None:
+    settings = EncodeSettings(frame_rate=rate, segment_seconds=seconds)
+    if ok:
+        check_segments(settings, seconds)
+    else:
+        with pytest.raises(SourceError, match="--segment-seconds"):
+            check_segments(settings, seconds)
