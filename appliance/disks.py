@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from appliance.placement import Bucket, Room
+from appliance.placement import Bucket, Room, Shortfall
 from edgeflix.errors import EdgeflixError
 
 if TYPE_CHECKING:
@@ -188,3 +188,23 @@ def measure(disk: Disk, indexed_bytes: int) -> DiskUsage:
 def room(usage: DiskUsage, watermark: Watermark = "high") -> Room:
     free = usage.free_below_high if watermark == "high" else usage.free_below_low
     return Room(disk=usage.disk, free=free)
+
+
+def shared_fs_shortfalls(
+    disks: Sequence[Disk], needed: Mapping[str, int], freeing: Mapping[str, int]
+) -> list[Shortfall]:
+    """Disks that share one filesystem each see all of its free space: together they must
+    still fit in it, or a copy runs out of space half-way."""
+    by_fs: dict[int, list[Disk]] = {}
+    for disk in disks:
+        by_fs.setdefault(os.stat(disk.path).st_dev, []).append(disk)
+    short = []
+    for group in by_fs.values():
+        if len(group) < 2:
+            continue
+        wanted = sum(needed.get(d.id, 0) for d in group)
+        free = shutil.disk_usage(group[0].path).free + sum(freeing.get(d.id, 0) for d in group)
+        if wanted > free:
+            names = "+".join(d.id for d in group)
+            short.append(Shortfall(disk=f"{names} (one filesystem)", needed=wanted, free=free))
+    return short

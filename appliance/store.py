@@ -28,6 +28,7 @@ from appliance.disks import (
     measure,
     open_disks,
     room,
+    shared_fs_shortfalls,
 )
 from appliance.index import (
     LOADING,
@@ -170,7 +171,7 @@ class Store:
     ) -> None:
         rooms = [room(u, watermark) for u in self.usage()]
         rooms = [type(r)(disk=r.disk, free=r.free + freeing.get(r.disk, 0)) for r in rooms]
-        short = shortfalls(needed, rooms)
+        short = shortfalls(needed, rooms) or shared_fs_shortfalls(self.disks, needed, freeing)
         if short:
             detail = "; ".join(
                 f"{s.needed} bytes on {s.disk} with {s.free} free below its {watermark} watermark"
