@@ -323,3 +323,14 @@ def test_a_manager_restored_from_a_backup_overtakes_the_versions_appliances_run(
     # A version no backup explains is not followed.
     restored.heartbeat("h1", replace(beat, sequence=3, keys_version=2**64 - 1), {})
     assert restored.keys == again.keys
+
+
+def test_a_database_path_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(StoreError, match="cannot open the fleet database"):
+        Store(tmp_path / "afile" / "fleet.sqlite")  # its folder would be a file
+    with pytest.raises(StoreError, match="cannot open the fleet database"):
+        Store(tmp_path)  # a folder, not a database file
+    deep = tmp_path / "missing" / "deeper" / "fleet.sqlite"
+    Store(deep).close()  # a missing folder is made
+    assert deep.exists()
