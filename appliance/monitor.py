@@ -44,15 +44,24 @@ def status_totals(requests: Mapping[tuple[int, str], Sequence[int]]) -> dict[int
     return totals
 
 
+# 5xx that a client provokes by itself (a protocol version or a feature we do not speak):
+# one client must not be able to turn an appliance's health to failing.
+CLIENT_CAUSED_5XX = frozenset({501, 505})
+# Below this many responses in an interval the share is taken over this many, so three
+# requests with one error read as a hint (degraded), not as a third of all traffic failing.
+MIN_SAMPLE = 20
+
+
 def error_rate(prev: Mapping[int, int], cur: Mapping[int, int]) -> float:
-    """Share of the responses between two snapshots that were 5xx (0 when there were none).
-    Counters that went backwards (a worker restarted before its counts were retired) count
-    as zero, never negative."""
+    """Share of the responses between two snapshots that were server-side 5xx (0 when there
+    were none), over at least MIN_SAMPLE responses. Counters that went backwards (a worker
+    restarted before its counts were retired) count as zero, never negative."""
     delta = {s: max(n - prev.get(s, 0), 0) for s, n in cur.items()}
     total = sum(delta.values())
     if total == 0:
         return 0.0
-    return sum(n for s, n in delta.items() if 500 <= s < 600) / total
+    errors = sum(n for s, n in delta.items() if 500 <= s < 600 and s not in CLIENT_CAUSED_5XX)
+    return errors / max(total, MIN_SAMPLE)
 
 
 class ServingErrors:

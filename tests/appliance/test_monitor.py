@@ -12,14 +12,29 @@ from hypothesis import strategies as st
 from appliance.keyfile import KeyFile, KeySet, read_keys, write_keys
 from appliance.monitor import error_rate, status_totals
 
-counts = st.dictionaries(st.sampled_from([200, 206, 304, 404, 500, 503]), st.integers(0, 10**6))
+counts = st.dictionaries(
+    st.sampled_from([200, 206, 304, 404, 500, 501, 503, 505]), st.integers(0, 10**6)
+)
 
 
 def test_error_rate_counts_only_the_interval() -> None:
     assert error_rate({200: 90, 500: 10}, {200: 180, 500: 10}) == 0.0
-    assert error_rate({200: 90}, {200: 93, 503: 1}) == 0.25
+    assert error_rate({200: 90}, {200: 123, 503: 7}) == 7 / 40
     assert error_rate({}, {}) == 0.0
     assert error_rate({200: 50, 500: 5}, {200: 10}) == 0.0  # a restart reset the counters
+
+
+def test_error_rate_ignores_what_a_client_provokes() -> None:
+    # An HTTP/2 request line (505) or an unknown transfer coding (501) is the client's doing.
+    assert error_rate({}, {200: 2, 505: 1}) == 0.0
+    assert error_rate({}, {200: 100, 501: 50, 500: 50}) == 0.25
+
+
+def test_error_rate_dilutes_a_handful_of_responses() -> None:
+    # One 500 among three answers is a hint (degraded), not a third of the traffic failing;
+    # a disk failing every request still reads as failing once there is traffic.
+    assert error_rate({}, {200: 2, 500: 1}) == 1 / 20
+    assert error_rate({}, {500: 40}) == 1.0
 
 
 @given(counts, counts)
