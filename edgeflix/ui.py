@@ -32,7 +32,7 @@ def interactive() -> bool:
 
 def warn(message: str) -> None:
     """A warning line on stderr that does not stop the command."""
-    console(stderr=True).print(f"warning: {message}", highlight=False, soft_wrap=True)
+    console(stderr=True).print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:
@@ -60,7 +60,12 @@ def print_table(
 
 def fail(message: str, code: int = 1) -> None:
     """One line on stderr, then exit: the CLI's only way to report a user-facing error."""
-    console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: a message quoting `[storage]` or a path with brackets is text, not markup.
+    console(stderr=True).print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
     raise SystemExit(code)
 
 

@@ -271,3 +271,13 @@ def test_daemon_killed_mid_tier_move_keeps_one_whole_copy(
     assert files_under(ssd) == [], "the half-done copy was not swept"
     code, out, _ = cli("verify", "--config", str(config), "--json")
     assert code == 0 and json.loads(out)["checked_files"] == 32
+
+
+def test_errors_quoting_brackets_are_one_line_not_a_crash(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [(tmp_path / "hdd0", "hdd")])
+    odd = tmp_path / "[/]odd"
+    code, _, err = cli("load", "--config", str(config), "--title", "film", "--from", str(odd))
+    assert code == 1 and error_line(err) == f"error: {odd}: not a folder"
+    (tmp_path / "hdd0").rmdir()
+    code, _, err = cli("ls", "--config", str(config))
+    assert code == 1 and "fix [storage] disks" in error_line(err)  # was eaten as markup
