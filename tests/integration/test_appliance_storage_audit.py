@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -278,6 +279,6 @@ def test_errors_quoting_brackets_are_one_line_not_a_crash(tmp_path: Path) -> Non
     odd = tmp_path / "[/]odd"
     code, _, err = cli("load", "--config", str(config), "--title", "film", "--from", str(odd))
     assert code == 1 and error_line(err) == f"error: {odd}: not a folder"
-    (tmp_path / "hdd0").rmdir()
+    shutil.rmtree(tmp_path / "hdd0")
     code, _, err = cli("ls", "--config", str(config))
     assert code == 1 and "fix [storage] disks" in error_line(err)  # was eaten as markup
