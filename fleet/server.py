@@ -15,6 +15,7 @@ import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -26,9 +27,10 @@ from edgeflix.config import parse_hostport
 from edgeflix.log import event
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.config import FleetConfig
-from fleet.errors import FleetError
+from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
 from fleet.http import CoalescingHttpToolsProtocol, create_app
+from fleet.model import check_title
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store
 from fleet.tls import CertAuthority, listener_hosts
@@ -70,10 +72,28 @@ def _hostport(host: str, port: int) -> str:
 async def read_origin_catalog(client: httpx.AsyncClient, origin_url: str) -> list[OriginTitle]:
     resp = await client.get(origin_url.rstrip("/") + "/titles")
     resp.raise_for_status()
-    return [
-        OriginTitle(t["id"], t.get("digest", ""), int(t.get("total_bytes", 0)))
-        for t in resp.json().get("titles", [])
-    ]
+    return catalog_from_json(resp.json())
+
+
+def catalog_from_json(doc: Any) -> list[OriginTitle]:
+    """The origin's `GET /titles` answer; ValueError when it is not one (`[origin] url`
+    names another server). Entries no origin makes (a title id that is no safe path
+    component, a record that is not an object) are left out, not planned."""
+    titles = doc.get("titles") if isinstance(doc, dict) else None
+    if not isinstance(titles, list):
+        raise ValueError("the answer to GET /titles has no 'titles' list: is [origin] url right?")
+    out = []
+    for t in titles:
+        if not isinstance(t, dict) or not isinstance(t.get("id"), str):
+            continue
+        try:
+            title_id = check_title(t["id"])
+            total = int(t.get("total_bytes") or 0)
+        except (FleetInputError, TypeError, ValueError):
+            continue
+        digest = t.get("digest")
+        out.append(OriginTitle(title_id, digest if isinstance(digest, str) else "", total))
+    return out
 
 
 async def ticker(svc: FleetService, config: FleetConfig) -> None:
@@ -102,6 +122,10 @@ async def ticker(svc: FleetService, config: FleetConfig) -> None:
                     svc.save_popularity()
             except (FleetError, sqlite3.Error) as exc:
                 event(log, "fleet.tick_failed", logging.ERROR, error=str(exc))
+            except Exception as exc:
+                # Anything else too: a ticker that died would silently stop key rotation
+                # and planning for as long as the manager runs.
+                event(log, "fleet.tick_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(TICK_S)
 
 

@@ -38,6 +38,7 @@ from fleet.model import (
     parse_address,
 )
 from fleet.registry import Beat
+from fleet.server import catalog_from_json
 from fleet.service import FleetService, OriginTitle
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
@@ -334,3 +335,25 @@ def test_a_database_path_that_cannot_be_made_is_one_clear_error(tmp_path: Path) 
     deep = tmp_path / "missing" / "deeper" / "fleet.sqlite"
     Store(deep).close()  # a missing folder is made
     assert deep.exists()
+
+
+@pytest.mark.parametrize("doc", [[1, 2], {"titles": 5}, {}, "html", None])
+def test_an_origin_catalog_of_another_shape_is_a_value_error(doc: Any) -> None:
+    """What the ticker catches and logs; before, an AttributeError from a list killed the
+    ticker task, and with it key rotation and planning, without a word."""
+    with pytest.raises(ValueError, match="no 'titles' list"):
+        catalog_from_json(doc)
+
+
+def test_origin_catalog_entries_no_origin_makes_are_left_out() -> None:
+    doc = {
+        "titles": [
+            {"id": "film", "digest": "d", "total_bytes": 5},
+            {"id": "../etc", "total_bytes": 1},
+            {"id": 7},
+            "junk",
+            {"id": "big", "total_bytes": "lots", "digest": 3},
+            {"id": "bare"},
+        ]
+    }
+    assert catalog_from_json(doc) == [OriginTitle("film", "d", 5), OriginTitle("bare", "", 0)]
