@@ -144,9 +144,12 @@ def encode_args(
     out_dir: Path,
     with_audio: bool,
     poster: Poster | None = None,
+    seconds: float | None = None,
 ) -> list[str]:
     """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`, and the
-    poster when asked."""
+    poster when asked. With `seconds` (the picture's length) the audio ends there too: sound
+    running on past the last frame would make the title longer in HLS (players play to
+    the longest playlist, on a frozen frame) than in DASH (mediaPresentationDuration)."""
     args = base_args(ffmpeg, source)
     args += ["-filter_complex", filter_graph(rungs, settings.frame_rate, poster)]
     for i, rung in enumerate(rungs):
@@ -154,6 +157,7 @@ def encode_args(
         args += cmaf_output_args(out_dir / rung.id, settings)
     if with_audio:
         args += ["-map", "0:a:0", "-vn", *audio_codec_args(settings)]
+        args += ["-t", f"{seconds:.6f}"] if seconds else []
         args += cmaf_output_args(out_dir / AUDIO_ID, settings)
     if poster:
         args += ["-map", "[poster]", "-an", "-frames:v", "1", "-q:v", "3",

@@ -163,7 +163,9 @@ def package(
         (out / AUDIO_ID).mkdir()
     frame = poster_frame(source.duration, settings.frame_rate, source.frames)
     poster = Poster(frame, POSTER_WIDTH, out / POSTER)
-    args = encode_args(ffmpeg, source.path, rungs, settings, out, source.has_audio, poster)
+    args = encode_args(
+        ffmpeg, source.path, rungs, settings, out, source.has_audio, poster, source.duration
+    )
     with start_ffmpeg(args, f"encoding {source.path.name}") as encode:
         # ffmpeg is running: load the packaging code now (its -progress lines wait in the pipe).
         from origin import dash, hls
