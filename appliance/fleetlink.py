@@ -281,9 +281,12 @@ class FleetLink:
         self.state_store.save_enrolment(e)
         with self._lock:
             self.enrolment = e
-            self._reenrol = False
+            again, self._reenrol = self._reenrol, False
         self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
-        self._contact()
+        if not again:
+            # Enrolling again proves nothing about the beats (a clock too far off is also
+            # UNAUTHENTICATED): only an answered beat holds off the grace period's end.
+            self._contact()
         event(log, "fleet.enrolled", appliance=e.appliance, site=e.site, fleet=e.fleet)
         return 0.0  # first beat right away
 

@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -395,4 +396,40 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
     assert link.state()["beats"] == 2 and link.state()["refused"] is None
     listed = httpx.get(http + "/appliances/rm1", timeout=10).json()
     assert listed["state"] == "ok"
+    link.rpc.close()
+
+
+def test_enrolling_again_does_not_hold_off_the_grace_period(fleet: Server, tmp_path: Path) -> None:
+    """A box whose clock is far off gets UNAUTHENTICATED beats too: it enrols again (the
+    unsigned Enrol succeeds, same key) but that is no contact, so the grace period runs."""
+    cfg = ApplianceConfig.model_validate(
+        {
+            "name": "skew1",
+            "storage": {"disks": [{"path": str(tmp_path / "d0")}], "index": str(tmp_path / "i")},
+            "fleet": {"url": fleet.urls["grpc"], "join_token": join_token(fleet)},
+        }
+    )
+    (tmp_path / "d0").mkdir()
+    Store(cfg.storage).close()
+    sinks = LinkSinks(
+        health=lambda: BoxHealth("ok", (), 1e9),
+        traffic=lambda: Traffic({}, 0, 0),
+        submit_plan=lambda plan: None,
+        set_keys=lambda keys: None,
+    )
+    clock = {"skew": 0.0}
+    link = FleetLink(
+        cfg, "http://127.0.0.81:8081", sinks, clock=lambda: time.time() + clock["skew"]
+    )
+    link.restore()
+    link.step()
+    link.step()
+    assert link.state()["beats"] == 1
+    contact = link.state()["last_contact"]
+    clock["skew"] = 1000.0  # beyond the fleet's 120 s for signed calls
+    for _ in range(4):
+        link.step()
+    state = link.state()
+    assert "too far" in (state["last_error"] or "")
+    assert state["beats"] == 1 and state["last_contact"] == contact
     link.rpc.close()
