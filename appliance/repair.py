@@ -217,8 +217,10 @@ def _drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], repor
 
 
 def _sweep(store: Store, title_id: str, report: Report) -> None:
-    """Delete files under the title's folders that the index does not place there."""
-    wanted = {(f.disk, f.path) for f in title_files(store.conn, title_id) if f.state == OK}
+    """Delete files under the title's folders that the index does not place there. A file
+    the index marks missing is kept: its disk was out of service and is back, and the
+    daemon re-verifies it (fill/storage.py restore_disk) rather than filling it again."""
+    wanted = {(f.disk, f.path) for f in title_files(store.conn, title_id)}
     for disk in store.disks:
         top = disk.titles_dir / title_id
         if not top.is_dir() or top.is_symlink():

@@ -13,6 +13,7 @@ import pytest
 
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import StorageError
+from appliance.fill.storage import mark_disk_missing, restore_disk
 from appliance.index import INCOMPLETE, MISSING, READY, IndexReader, connect_writer
 from appliance.mover import RateBook, hits_path
 from appliance.repair import reconcile, verify
@@ -185,3 +186,23 @@ def test_files_of_a_load_in_progress_are_neither_adopted_nor_swept(tmp_path: Pat
         report = reconcile(Store(store.config))
     assert report.findings == [] and report.busy == ["bunny"]
     assert (top / "files.json").exists() and store.listing() == []
+
+
+def test_files_of_a_disk_back_from_out_of_service_wait_for_restore(tmp_path: Path) -> None:
+    # The daemon took a disk out (its files marked missing), then stopped; the disk is back
+    # when a CLI command reconciles: its files must wait for the daemon's re-verification,
+    # not be swept as strays (that cost a full re-fill of a disk that was only unplugged).
+    store = make_store(tmp_path, ("ssd", "ssd"))
+    store.load("bunny", make_title(tmp_path / "src", "bunny", sizes=[9_000] * 16))
+    lost = store.disks[1]
+    kept = sorted(p for p in lost.titles_dir.rglob("*") if p.is_file())
+    assert kept, "the title must be spread over both disks"
+    mark_disk_missing(store, lost.id)
+    assert store.title("bunny").state == INCOMPLETE
+
+    report = reconcile(Store(store.config))
+    assert report.findings == []
+    assert sorted(p for p in lost.titles_dir.rglob("*") if p.is_file()) == kept
+    ready, bad = restore_disk(store, lost.id)
+    assert ready == ["bunny"] and bad == []
+    assert store.title("bunny").state == READY
