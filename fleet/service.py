@@ -175,13 +175,15 @@ class FleetService:
             self.records = self.store.appliances()
             event(log, "fleet.url_changed", appliance=name, url=url, previous=rec.url)
         self.beats[name] = beat
-        self._catch_up_versions(name, beat)
         deltas = {t: float(b) for t, b in counts.items()}
         self.popularity.add(deltas, beat.at)
         site = self.site_popularity.get(self.records[name].site)
         if site is not None:
             site.add(deltas, beat.at)
         self._changed()
+        # Last: if its write fails, the beat and its counts are in, and the appliance's
+        # resend of the same sequence is dropped, so nothing is counted twice.
+        self._catch_up_versions(name, beat)
 
     def _catch_up_versions(self, name: str, beat: Beat) -> None:
         """An appliance runs a newer plan or key set than this manager has: the database
