@@ -68,8 +68,10 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
         detail = body.get("error") or body.get("detail") if isinstance(body, dict) else None
         if not isinstance(detail, str):
             # FastAPI's validation errors are a list; anything else is not ours.
-            detail = json.dumps(detail) if detail else resp.text.strip()[:200]
-        raise FleetError(f"fleet manager: {detail or resp.reason_phrase} (HTTP {resp.status_code})")
+            detail = json.dumps(detail) if detail else resp.text
+        # One line, even for a proxy's HTML error page.
+        detail = " ".join(detail.split())[:200] or resp.reason_phrase
+        raise FleetError(f"fleet manager: {detail} (HTTP {resp.status_code})")
     if body is None:
         raise FleetError(_NOT_A_FLEET.format(base=base, what="an answer that is not JSON"))
     if not isinstance(body, want):

@@ -111,6 +111,7 @@ def other_server(kind: str) -> Iterator[str]:
         "html": (b"<html>origin</html>", "text/html", 200),
         "json": (b'{"titles": []}', "application/json", 200),
         "error": (b"[1, 2]", "application/json", 500),
+        "proxy": (b"<html>\n<h1>502 Bad Gateway</h1>\n</html>\n", "text/html", 502),
     }[kind]
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -136,7 +137,7 @@ def other_server(kind: str) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.mark.parametrize("kind", ["html", "json", "error"])
+@pytest.mark.parametrize("kind", ["html", "json", "error", "proxy"])
 def test_cli_pointed_at_another_server_says_so_in_one_line(kind: str) -> None:
     with other_server(kind) as url:
         for args in (("ls", "--json"), ("show", "h1")):
