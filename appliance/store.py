@@ -214,6 +214,10 @@ class Store:
         check_title_id(title_id)
         if not source.is_dir():
             raise LoadError(f"{source}: not a folder")
+        inside = next((d for d in self.disks if d.titles_dir in source.resolve().parents), None)
+        if inside is not None:
+            # A --replace from the stored copy itself would delete its own source first.
+            raise LoadError(f"{source}: is inside the store on {inside.id}; load from a copy")
         model, digest = titlefiles.read(source)
         if model.id != title_id:
             raise LoadError(f"{source}: files.json is for title {model.id!r}, not {title_id!r}")

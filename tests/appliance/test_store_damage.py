@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import DiskConfig, StorageConfig
-from appliance.disks import StorageError
+from appliance.disks import LoadError, StorageError
 from appliance.fill.storage import mark_disk_missing, restore_disk
 from appliance.index import INCOMPLETE, MISSING, READY, IndexReader, connect_writer
 from appliance.mover import RateBook, hits_path
@@ -206,3 +206,12 @@ def test_files_of_a_disk_back_from_out_of_service_wait_for_restore(tmp_path: Pat
     ready, bad = restore_disk(store, lost.id)
     assert ready == ["bunny"] and bad == []
     assert store.title("bunny").state == READY
+
+
+def test_loading_from_the_store_itself_is_refused(loaded: Store) -> None:
+    # `load --replace --from <its own stored folder>` used to purge the title, then fail to
+    # copy from the folder it had just deleted: the title was gone.
+    with pytest.raises(LoadError, match="inside the store"):
+        loaded.load("bunny", stored(loaded, ""), replace=True)
+    assert loaded.title("bunny").state == READY
+    assert verify(loaded).findings == []
