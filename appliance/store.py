@@ -98,6 +98,13 @@ class Store:
         in_service = [d for d in config.disks if str(d.path.resolve()) not in out]
         self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
         for disk in self.disks:
+            if disk.titles_dir.is_symlink():
+                # Reconcile deletes what it finds there that is not indexed: through a link
+                # that would be someone else's folders.
+                raise DiskError(
+                    f"disk {disk.path}: {disk.titles_dir} is a symbolic link, not the store's "
+                    "own folder; remove the link (point the disk's path at the target instead)"
+                )
             try:
                 # Only the folder inside the disk: never re-create a vanished mount point,
                 # which would put titles on the root filesystem (and race a disk's removal).

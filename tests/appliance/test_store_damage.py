@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import DiskConfig, StorageConfig
-from appliance.disks import LoadError, StorageError
+from appliance.disks import DiskError, LoadError, StorageError
 from appliance.fill.storage import mark_disk_missing, restore_disk
 from appliance.index import INCOMPLETE, MISSING, READY, IndexReader, connect_writer
 from appliance.mover import RateBook, hits_path
@@ -215,3 +215,19 @@ def test_loading_from_the_store_itself_is_refused(loaded: Store) -> None:
         loaded.load("bunny", stored(loaded, ""), replace=True)
     assert loaded.title("bunny").state == READY
     assert verify(loaded).findings == []
+
+
+def test_a_linked_titles_folder_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    # `titles` inside a disk made a link to some other folder: reconcile used to delete every
+    # folder there named like a title id, as strays.
+    store = make_store(tmp_path)
+    store.close()
+    victim = tmp_path / "victim"
+    (victim / "important").mkdir(parents=True)
+    (victim / "important" / "data").write_bytes(b"precious")
+    titles = store.disks[0].titles_dir
+    titles.rmdir()
+    titles.symlink_to(victim)
+    with pytest.raises(DiskError, match="symbolic link"):
+        Store(store.config)
+    assert (victim / "important" / "data").read_bytes() == b"precious"
