@@ -103,6 +103,11 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
         "-hls_fmp4_init_filename", INIT_NAME,
         "-hls_segment_filename", str(folder / SEGMENT_PATTERN),
         "-hls_flags", "independent_segments",
+        # Signed composition offsets (trun v1, as CMAF prefers): the first frame shows at 0
+        # on the segments' own timeline, where HLS players place it, instead of two B-frames
+        # (80 ms at 25 fps) after the audio — the init segment's edit list, which would
+        # correct that, is not read by every player.
+        "-hls_segment_options", "movflags=+negative_cts_offsets",
         str(folder / SCRATCH_PLAYLIST),
     ]  # fmt: skip
 

@@ -80,7 +80,10 @@ def check_as_player(title_dir: Path, src: Path) -> None:
             with open_bytes(init + (folder / seg.uri).read_bytes()) as c:
                 packets = [p for p in c.demux(video=0) if p.size]
                 assert packets[0].is_keyframe, f"{variant.uri} {seg.uri} opens on a non-keyframe"
-                starts.append(min(p.pts for p in packets) * packets[0].time_base)
+                # The opening keyframe's decode time (tfdt): FFmpeg's demuxer, reading a lone
+                # segment, shifts presentation times by the most negative composition offset
+                # it saw in that segment, which differs with each rendition's last B-frames.
+                starts.append(packets[0].dts * packets[0].time_base)
         boundaries.append([t - starts[0] for t in starts])
         whole = init + b"".join((folder / s.uri).read_bytes() for s in media.segments)
         with open_bytes(whole) as c:

@@ -26,6 +26,7 @@ import pytest
 
 from edgeflix import titlefiles
 from origin.runner import find_ffmpeg
+from origin.segments import measure
 from tests.conftest import run_cli
 from tests.integration.serve_support import start
 from tests.integration.test_origin_failures import assert_one_line_error
@@ -394,3 +395,17 @@ def test_audio_longer_than_the_video_ends_with_it(clips: dict[str, Path], tmp_pa
     seconds = sum(s.duration for s in audio.segments)
     assert seconds == pytest.approx(sum(s.duration for s in video.segments), abs=0.05)
     assert title["model"].duration == pytest.approx(2.0, abs=0.05)
+
+
+def test_picture_and_sound_start_together_on_the_segment_timeline(
+    clips: dict[str, Path], tmp_path: Path
+) -> None:
+    """HLS players place fMP4 samples by their decode time plus composition offset (tfdt,
+    trun), not by init.mp4's edit list: there the first frame and the first sound must both
+    sit at 0. B-frames delay the first frame's presentation by two frames (80 ms at 25 fps,
+    past lip-sync tolerance) unless the composition offsets may go negative."""
+    assert ingest(clips["my clip ü 映画.mov"], tmp_path).returncode == 0
+    title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
+    for rendition, slack in (("h264_180p", 0.001), ("audio", 0.025)):
+        media = measure(title_dir / rendition)
+        assert media.segments[0].start / media.timescale == pytest.approx(0, abs=slack)
