@@ -52,6 +52,12 @@ def probe(path: Path) -> Source:
     except av.error.PermissionError:
         raise SourceError(f"{path}: permission denied") from None
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError):
+        if _starts_like_mp4(target):
+            # Cameras and encoders write the index last: a copy cut short has none.
+            raise SourceError(
+                f"{path}: an MP4/MOV without its index (moov box): truncated, or still "
+                "being written?"
+            ) from None
         raise SourceError(f"{path}: not a video file (no container ffmpeg can read)") from None
     with container:
         # Cover art (a song's album picture) is a one-frame "video" stream: not the video.
@@ -88,6 +94,14 @@ def probe(path: Path) -> Source:
             video_codec=ctx.name or "unknown",
             has_audio=bool(container.streams.audio),
         )
+
+
+def _starts_like_mp4(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(8)[4:] == b"ftyp"
+    except OSError:
+        return False
 
 
 def _quarter_turned(

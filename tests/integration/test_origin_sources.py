@@ -275,7 +275,7 @@ def test_broken_files_are_one_line_errors(clips: dict[str, Path], tmp_path: Path
                     "-movflags", "-faststart", str(moov_last)], check=True)  # fmt: skip
     half = tmp_path / "half.mp4"
     half.write_bytes(moov_last.read_bytes()[: moov_last.stat().st_size // 2])
-    assert_one_line_error(ingest(half, tmp_path / "s"), "not a video")
+    assert_one_line_error(ingest(half, tmp_path / "s"), "half.mp4", "moov", "truncated")
     subs = tmp_path / "subs.mkv"
     srt = tmp_path / "s.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
