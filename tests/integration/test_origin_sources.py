@@ -409,3 +409,12 @@ def test_picture_and_sound_start_together_on_the_segment_timeline(
     for rendition, slack in (("h264_180p", 0.001), ("audio", 0.025)):
         media = measure(title_dir / rendition)
         assert media.segments[0].start / media.timescale == pytest.approx(0, abs=slack)
+
+
+@pytest.mark.parametrize("title", ["", "  ", "Part 1\nPart 2", "tab\there"])
+def test_title_is_one_printable_line(clips: dict[str, Path], tmp_path: Path, title: str) -> None:
+    """A newline or tab in a title splits its row in `origin ls` (tab-separated in a pipe)."""
+    proc = run_cli(["origin", "ingest", str(clips["one_frame.mp4"]), "--id", "t", "--title",
+                    title, "--store", str(tmp_path)])  # fmt: skip
+    assert_one_line_error(proc, "--title")
+    assert not (tmp_path / "titles" / "t").exists()
