@@ -115,7 +115,12 @@ def connect_writer(index: Path) -> sqlite3.Connection:
         # through a command; the index is small (a row per file), so the check is cheap.
         problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
     except (OSError, sqlite3.Error) as exc:
-        raise StorageError(f"cannot open the index {index}: {exc}{_DAMAGED_HINT}") from None
+        # Only damage is mended by a new index; I/O errors, a full disk or a lock are not.
+        damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+            exc, sqlite3.OperationalError
+        )
+        hint = _DAMAGED_HINT if damaged else ""
+        raise StorageError(f"cannot open the index {index}: {exc}{hint}") from None
     if problem != "ok":
         conn.close()
         detail = " ".join(str(problem).split())  # one line: SQLite's report spans several

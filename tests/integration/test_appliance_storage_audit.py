@@ -282,3 +282,28 @@ def test_errors_quoting_brackets_are_one_line_not_a_crash(tmp_path: Path) -> Non
     shutil.rmtree(tmp_path / "hdd0")
     code, _, err = cli("ls", "--config", str(config))
     assert code == 1 and "fix [storage] disks" in error_line(err)  # was eaten as markup
+
+
+def test_index_on_a_full_filesystem_is_one_line_and_writes_nothing(
+    tmp_path: Path, small_fs: Path
+) -> None:
+    disk = tmp_path / "hdd0"
+    config = write_config(tmp_path, [(disk, "hdd")])
+    text = config.read_text().replace(str(tmp_path / "var"), str(small_fs / "var"))
+    config.write_text(text)
+    src = make_title(tmp_path / "src", "film")
+    assert cli("load", "--config", str(config), "--title", "film", "--from", str(src))[0] == 0
+    with (small_fs / "ballast").open("wb") as ballast:
+        try:
+            for _ in range(200):  # 3 MiB fills in 48 of these
+                ballast.write(b"\0" * 65536)
+                ballast.flush()
+        except OSError:
+            pass
+    other = make_title(tmp_path / "src", "other")
+    code, _, err = cli("load", "--config", str(config), "--title", "other", "--from", str(other))
+    assert code == 1
+    assert "aside" not in error_line(err)  # a full disk is not damage: no new index advised
+    assert not (disk / "titles" / "other").exists()
+    (small_fs / "ballast").unlink()
+    assert set(ls(config)) == {"film"}
