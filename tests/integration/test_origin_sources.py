@@ -10,6 +10,8 @@ import array
 import io
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -418,3 +420,33 @@ def test_title_is_one_printable_line(clips: dict[str, Path], tmp_path: Path, tit
                     title, "--store", str(tmp_path)])  # fmt: skip
     assert_one_line_error(proc, "--title")
     assert not (tmp_path / "titles" / "t").exists()
+
+
+def test_store_on_a_read_only_mount(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A read-only filesystem stops root too (permission bits do not): a tmpfs mounted ro
+    in a user namespace, holding a published title, then a fresh one."""
+    if (
+        not shutil.which("unshare")
+        or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode
+    ):
+        pytest.skip("needs unprivileged user+mount namespaces")
+    store = tmp_path / "ro"
+    store.mkdir()
+    cli = [sys.executable, "-m", "edgeflix.cli", "origin", "ingest",
+           shlex.quote(str(clips["one_frame.mp4"])), "--id", "t", "--title", "T",
+           "--store", str(store), "--segment-seconds", "1"]  # fmt: skip
+    once, replace = " ".join(cli), " ".join([*cli, "--replace"])
+    script = (
+        f"mount -t tmpfs -o size=4m tmpfs {store} || exit 99; {once} >/dev/null 2>&1 || exit 98;"
+        f" mount -o remount,ro {store} || exit 97; {replace}; echo rc=$? >&2;"
+        f" ls -A {store} {store}/titles >&2; umount {store};"
+        f" mount -t tmpfs -o ro tmpfs {store}; {once}; echo rc=$? >&2"
+    )
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert "rc=9" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and all("not writable" in e for e in errors), proc.stderr
+    assert proc.stderr.count("rc=1") == 2 and "Traceback" not in proc.stderr
+    assert ".tmp-" not in proc.stderr  # nothing half-made beside the old title
+    assert f"{store}/titles:\nt\n" in proc.stderr  # which is still there
