@@ -97,7 +97,13 @@ class Store:
         self.out_of_service: tuple[str, ...] = tuple(sorted(out & configured))
         in_service = [d for d in config.disks if str(d.path.resolve()) not in out]
         self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
+        index_at = config.index.resolve()
         for disk in self.disks:
+            if disk.titles_dir in index_at.parents:
+                raise DiskError(
+                    f"the index {config.index} is inside {disk.titles_dir}, where everything "
+                    "is a title's; put [storage] index elsewhere"
+                )
             if disk.titles_dir.is_symlink():
                 # Reconcile deletes what it finds there that is not indexed: through a link
                 # that would be someone else's folders.

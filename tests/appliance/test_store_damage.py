@@ -231,3 +231,15 @@ def test_a_linked_titles_folder_is_refused_and_its_target_left_alone(tmp_path: P
     with pytest.raises(DiskError, match="symbolic link"):
         Store(store.config)
     assert (victim / "important" / "data").read_bytes() == b"precious"
+
+
+def test_an_index_inside_a_disks_titles_folder_is_refused(tmp_path: Path) -> None:
+    # Reconcile took the index's folder for a stray title and deleted the index (and the
+    # lock files of the command running).
+    disk = tmp_path / "disk0"
+    (disk / "titles").mkdir(parents=True)
+    index = disk / "titles" / "var" / "index.sqlite"
+    config = StorageConfig(disks=(DiskConfig(path=disk, tier="hdd"),), index=index)
+    with pytest.raises(DiskError, match=r"index .* is inside"):
+        Store(config)
+    assert not index.exists()
