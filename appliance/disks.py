@@ -208,3 +208,23 @@ def shared_fs_shortfalls(
             names = "+".join(d.id for d in group)
             short.append(Shortfall(disk=f"{names} (one filesystem)", needed=wanted, free=free))
     return short
+
+
+def check_layout(disks: Sequence[Disk], index: Path) -> None:
+    """Refuse layouts where reconcile, which deletes what it does not know from a disk's
+    titles folder, would delete the index, another disk, or someone else's folders."""
+    index_at = index.resolve()
+    for disk in disks:
+        if disk.titles_dir in index_at.parents:
+            raise DiskError(
+                f"the index {index} is inside {disk.titles_dir}, where everything is a "
+                "title's; put [storage] index elsewhere"
+            )
+        outer = next((d for d in disks if d.titles_dir in (disk.path, *disk.path.parents)), None)
+        if outer is not None:
+            raise DiskError(f"disk {disk.path} is inside disk {outer.path}'s titles folder")
+        if disk.titles_dir.is_symlink():
+            raise DiskError(
+                f"disk {disk.path}: {disk.titles_dir} is a symbolic link, not the store's own "
+                "folder; remove the link (point the disk's path at the target instead)"
+            )

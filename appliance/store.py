@@ -25,6 +25,7 @@ from appliance.disks import (
     StorageError,
     UnknownTitle,
     Watermark,
+    check_layout,
     measure,
     open_disks,
     room,
@@ -97,20 +98,8 @@ class Store:
         self.out_of_service: tuple[str, ...] = tuple(sorted(out & configured))
         in_service = [d for d in config.disks if str(d.path.resolve()) not in out]
         self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
-        index_at = config.index.resolve()
+        check_layout(self.disks, config.index)
         for disk in self.disks:
-            if disk.titles_dir in index_at.parents:
-                raise DiskError(
-                    f"the index {config.index} is inside {disk.titles_dir}, where everything "
-                    "is a title's; put [storage] index elsewhere"
-                )
-            if disk.titles_dir.is_symlink():
-                # Reconcile deletes what it finds there that is not indexed: through a link
-                # that would be someone else's folders.
-                raise DiskError(
-                    f"disk {disk.path}: {disk.titles_dir} is a symbolic link, not the store's "
-                    "own folder; remove the link (point the disk's path at the target instead)"
-                )
             try:
                 # Only the folder inside the disk: never re-create a vanished mount point,
                 # which would put titles on the root filesystem (and race a disk's removal).

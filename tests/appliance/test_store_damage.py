@@ -243,3 +243,17 @@ def test_an_index_inside_a_disks_titles_folder_is_refused(tmp_path: Path) -> Non
     with pytest.raises(DiskError, match=r"index .* is inside"):
         Store(config)
     assert not index.exists()
+
+
+def test_a_disk_inside_another_disks_titles_folder_is_refused(tmp_path: Path) -> None:
+    outer = tmp_path / "disk0"
+    inner = outer / "titles" / "more"
+    inner.mkdir(parents=True)
+    (inner / "keep").write_bytes(b"x")
+    config = StorageConfig(
+        disks=(DiskConfig(path=outer, tier="hdd"), DiskConfig(path=inner, tier="hdd")),
+        index=tmp_path / "var" / "index.sqlite",
+    )
+    with pytest.raises(DiskError, match="inside disk"):
+        Store(config)
+    assert (inner / "keep").exists()
