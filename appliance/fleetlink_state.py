@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.fleetlink_core import FleetKey
-from appliance.safefiles import fsync_dir
+from edgeflix import atomicfile
 from edgeflix.errors import EdgeflixError
 from edgeflix.proto import auth
 from edgeflix.versioning import Versioned
@@ -56,19 +55,8 @@ class StoredPlan:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        atomicfile.write_atomic(path, data, mode)
     except OSError as exc:
         raise LinkStateError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -20,6 +20,7 @@ import typer
 from edgeflix import ui
 from edgeflix.config import parse_base_url
 from edgeflix.errors import ConfigError
+from fleet.admin import ENV_TOKEN
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import check_name
 
@@ -57,7 +58,7 @@ def fleet_url(fleet: str | None) -> str:
 def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
     base = fleet_url(fleet)
     try:
-        resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, **kw)
+        resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), **kw)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise FleetUnreachable(f"fleet manager at {base} is unreachable: {exc}") from None
     try:
@@ -77,6 +78,12 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
     if not isinstance(body, want):
         raise FleetError(_NOT_A_FLEET.format(base=base, what=f"JSON that is not a {want.__name__}"))
     return body
+
+
+def _auth() -> dict[str, str]:
+    """The admin token from the environment (fleet/admin.py), when there is one."""
+    token = os.environ.get(ENV_TOKEN, "").strip()
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 _NOT_A_FLEET = "{base} sent {what}: is it the fleet manager's HTTP address?"

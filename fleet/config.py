@@ -30,6 +30,10 @@ class ServerConfig(ConfigModel):
     # "token": appliances need a one-time join token; "open": anyone on the network may
     # enrol (loopback demos only).
     enrolment: Literal["token", "open"] = "token"
+    # The HTTP admin API (all but /steer, /healthz, /metrics; fleet/admin.py): "loopback"
+    # lets callers on this machine in without the token (admin-token beside `db`), "token"
+    # asks every caller for it.
+    admin: Literal["loopback", "token"] = "loopback"
     # TLS on gRPC (fleet/tls.py): `grpc` then requires a client certificate issued at
     # enrolment; `enrol_grpc` is a second, server-authenticated listener where appliances
     # without a certificate yet call Enrol (and services call Steer). The CA is made at

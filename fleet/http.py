@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from fleet.admin import AdminAccess
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import Appliance
 from fleet.service import FleetService
@@ -70,12 +71,15 @@ def steer_params(query_string: bytes) -> tuple[str, str]:
 class SteerFastPath:
     """`GET /steer` answered here, every other request passed on to the FastAPI app."""
 
-    def __init__(self, svc: FleetService, api: FastAPI) -> None:
+    def __init__(self, svc: FleetService, api: FastAPI, admin: AdminAccess) -> None:
         self.svc = svc
         self.api = api
+        self.admin = admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/steer":
+            if scope["type"] == "http" and await self._refused(scope, send):
+                return
             await self.api(scope, receive, send)
             return
         headers = [_JSON_HEADERS]
@@ -91,6 +95,23 @@ class SteerFastPath:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    async def _refused(self, scope: Scope, send: Send) -> bool:
+        """Answer 401 when the admin API is not this caller's to use (fleet/admin.py)."""
+        client = scope.get("client")
+        auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        refusal = self.admin.check(scope["path"], client[0] if client else None, auth)
+        if refusal is None:
+            return False
+        body = _encode({"error": refusal.message}).encode()
+        headers = [
+            _JSON_HEADERS,
+            (b"www-authenticate", b'Bearer realm="edgeflix-fleet"'),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return True
 
 
 class _CoalescingTransport:
@@ -174,8 +195,8 @@ def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
     }
 
 
-def create_app(svc: FleetService) -> SteerFastPath:
-    return SteerFastPath(svc, create_api(svc))
+def create_app(svc: FleetService, admin: AdminAccess) -> SteerFastPath:
+    return SteerFastPath(svc, create_api(svc), admin)
 
 
 def create_api(svc: FleetService) -> FastAPI:

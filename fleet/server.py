@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from edgeflix.config import parse_hostport
 from edgeflix.log import event
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.admin import AdminAccess, load_or_create_token
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
@@ -162,11 +163,18 @@ async def serve(config: FleetConfig) -> None:
             enrol_at = _hostport(ehost, ebound)
     except RuntimeError as exc:
         raise FleetError(f"cannot listen on {config.server.grpc}: {exc}") from None
+    try:
+        token, token_path = load_or_create_token(Path(config.server.db).parent)
+    except OSError as exc:
+        raise FleetError(
+            f"cannot keep the admin token beside {config.server.db}: {exc.strerror}"
+        ) from None
+    admin = AdminAccess(config.server.admin, token, str(token_path))
     http_sock = _bind(config.server.http)
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
         uvicorn.Config(
-            create_app(svc),
+            create_app(svc, admin),
             http=CoalescingHttpToolsProtocol,
             log_level="warning",
             access_log=False,
@@ -188,7 +196,8 @@ async def serve(config: FleetConfig) -> None:
     print(f"http on http://{_hostport(hhost, hport)}", flush=True)
     if enrol_at:
         print(f"grpc-enrol on {enrol_at}", flush=True)
-    event(log, "fleet.started", grpc=_hostport(ghost, bound), http=_hostport(hhost, hport))
+    event(log, "fleet.started", grpc=_hostport(ghost, bound), http=_hostport(hhost, hport),
+          admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Shutdown, in order: 1. health says NOT_SERVING so clients move on; 2. HTTP stops

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgeflix.atomicfile import write_atomic
 from fleet.errors import FleetError, FleetInputError
 
 CA_KEY = "fleet-ca.key"
@@ -53,18 +53,6 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def listener_hosts(addresses: list[str], extra: tuple[str, ...]) -> tuple[str, ...]:
@@ -115,8 +103,8 @@ class CertAuthority:
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .sign(key, hashes.SHA256())
             )
-            _write_secret(key_path, _pem_key(key))
-            _write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            write_atomic(key_path, _pem_key(key))
+            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
             return cls(key, cert)
         except OSError as exc:
             raise FleetError(f"cannot keep the fleet CA in {folder}: {exc.strerror}") from None

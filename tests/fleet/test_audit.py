@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
+from fleet.admin import AdminAccess
 from fleet.cli import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
@@ -47,6 +48,8 @@ SITES = (
     Site.build("home", ["192.168.1.0/24"]),
     Site.build("wide", ["192.168.0.0/16"]),
 )
+
+ADMIN = AdminAccess("loopback", b"secret-admin-token")
 
 
 def snapshot() -> FleetSnapshot:
@@ -168,7 +171,7 @@ def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> N
 
 
 def asgi(svc: FleetService, method: str, path: str, query: bytes) -> tuple[int, bytes]:
-    app = create_app(svc)
+    app = create_app(svc, ADMIN)
     sent: list[MutableMapping[str, Any]] = []
     scope = {
         "type": "http",

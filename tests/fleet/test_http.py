@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeflix.proto import auth
+from fleet.admin import AdminAccess
 from fleet.config import FleetConfig, SiteConfig
 from fleet.http import create_app
 from fleet.model import HeldTitle
 from fleet.registry import Beat
 from fleet.service import FleetService
 from fleet.store import Store
+
+ADMIN = AdminAccess("loopback", b"secret-admin-token")
 
 
 def service(tmp_path: Path) -> FleetService:
@@ -34,7 +37,13 @@ def service(tmp_path: Path) -> FleetService:
     return svc
 
 
-def get(svc: FleetService, target: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    svc: FleetService,
+    target: str,
+    method: str = "GET",
+    client: str = "127.0.0.1",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[int, dict[str, str], bytes]:
     path, _, query = target.partition("?")
     scope = {
         "type": "http",
@@ -46,8 +55,8 @@ def get(svc: FleetService, target: str, method: str = "GET") -> tuple[int, dict[
         "raw_path": path.encode(),
         "query_string": query.encode(),
         "root_path": "",
-        "headers": [(b"host", b"fleet")],
-        "client": ("127.0.0.1", 40000),
+        "headers": [(b"host", b"fleet"), *headers],
+        "client": (client, 40000),
         "server": ("127.0.0.1", 7080),
     }
     sent: list[dict[str, Any]] = []
@@ -58,7 +67,7 @@ def get(svc: FleetService, target: str, method: str = "GET") -> tuple[int, dict[
     async def send(message: Any) -> None:
         sent.append(dict(message))
 
-    asyncio.run(create_app(svc)(scope, receive, send))
+    asyncio.run(create_app(svc, ADMIN)(scope, receive, send))
     start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
     headers = {k.decode(): v.decode() for k, v in start["headers"]}
     return start["status"], headers, body

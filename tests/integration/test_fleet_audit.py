@@ -434,3 +434,24 @@ def test_enrolling_again_does_not_hold_off_the_grace_period(fleet: Server, tmp_p
     assert "too far" in (state["last_error"] or "")
     assert state["beats"] == 1 and state["last_contact"] == contact
     link.rpc.close()
+
+
+def test_admin_api_asks_for_the_token_when_configured_to(tmp_path: Path) -> None:
+    """`admin = "token"`: the CLI without $EDGEFLIX_FLEET_TOKEN gets one line naming it, with
+    the token made at first start it works; players' /steer needs nothing."""
+    toml = FLEET_TOML.replace('db = "{db}"', 'db = "{db}"\nadmin = "token"')
+    (tmp_path / "fleet.toml").write_text(toml.format(db=tmp_path / "fleet.sqlite"))
+    server = start(["fleet", "serve", "--config", str(tmp_path / "fleet.toml")], ("grpc", "http"))
+    try:
+        url = server.urls["http"]
+        env = {k: v for k, v in os.environ.items() if k != "EDGEFLIX_FLEET_TOKEN"}
+        one_line_error(*fleet_cli(url, "ls", env=env), "EDGEFLIX_FLEET_TOKEN", "401")
+        one_line_error(*fleet_cli(url, "keys", "rotate", env=env), "admin-token")
+        token = (tmp_path / "admin-token").read_text().strip()
+        one_line_error(*fleet_cli(url, "ls", env={**env, "EDGEFLIX_FLEET_TOKEN": "x"}), "refused")
+        rc, out, err = fleet_cli(url, "ls", "--json", env={**env, "EDGEFLIX_FLEET_TOKEN": token})
+        assert rc == 0 and json.loads(out) == [], err
+        resp = httpx.get(url + "/steer", params={"client_ip": "192.168.1.5", "title": "x"})
+        assert resp.status_code == 200, resp.text
+    finally:
+        server.stop()
