@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.disks import StorageError
+
 CHUNK = 1 << 20
 # After a tier move flips the index, old copies stay this long so a request that located the
 # old path just before the flip can still open it (open descriptors survive the unlink anyway).
@@ -215,13 +217,20 @@ class TitleLocks:
     """
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the lock folder {folder}: {exc.strerror}") from None
         self.folder = folder
 
     @contextmanager
     def hold(self, title_id: str, *, wait: bool = True) -> Iterator[bool]:
         """Yield True with the lock held, or False at once if busy and `wait` is False."""
-        fd = os.open(self.folder / f"{title_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.folder / f"{title_id}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:
             flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
             try:

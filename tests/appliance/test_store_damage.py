@@ -257,3 +257,11 @@ def test_a_disk_inside_another_disks_titles_folder_is_refused(tmp_path: Path) ->
     with pytest.raises(DiskError, match="inside disk"):
         Store(config)
     assert (inner / "keep").exists()
+
+
+def test_a_broken_lock_file_is_a_storage_error(loaded: Store, tmp_path: Path) -> None:
+    lock = loaded.locks.folder / "other.lock"
+    lock.mkdir()
+    with pytest.raises(StorageError, match="cannot open the lock file"):
+        loaded.load("other", make_title(tmp_path / "src", "other"))
+    assert [t.id for t in loaded.listing()] == ["bunny"]
