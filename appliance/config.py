@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import BaseUrl, ConfigModel, HostPort, load_config
+from edgeflix.config import BaseUrl, ConfigModel, HostPort, Name, load_config
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -122,7 +122,7 @@ class FleetLinkConfig(ConfigModel):
     # The fleet manager's gRPC address, HOST:PORT.
     url: HostPort | None = None
     # Name in the fleet registry (and on the steering answer); left out: the top-level name.
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: Name | None = None
     # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
     join_token: str = ""
     # Base URL players and peers reach this appliance at; left out: http://<serve.listen>.
@@ -151,7 +151,7 @@ class FleetLinkConfig(ConfigModel):
 
 
 class ApplianceConfig(ConfigModel):
-    name: str = "appliance"
+    name: Name = "appliance"
     storage: StorageConfig = StorageConfig()
     serve: ServeConfig = ServeConfig()
     auth: AuthConfig = AuthConfig()

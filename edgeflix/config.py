@@ -8,6 +8,7 @@ that name the file and the key. Environment variables override file values:
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,3 +151,16 @@ def _valid_base_url(value: str) -> str:
 
 # A config field holding a base URL, checked at load (see parse_base_url).
 BaseUrl = Annotated[str, AfterValidator(_valid_base_url)]
+
+# Names of appliances and sites: one safe token for URLs, logs, certificates and the registry.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _valid_name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError(f"{value[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+# A config field holding such a name.
+Name = Annotated[str, AfterValidator(_valid_name)]

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgeflix.config import ConfigModel, HostPort, load_config
+from edgeflix.config import ConfigModel, HostPort, Name, load_config
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
 from fleet.model import Network, Site
@@ -51,7 +51,7 @@ class ServerConfig(ConfigModel):
 
 
 class SiteConfig(ConfigModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: Name
     prefixes: tuple[str, ...] = ()
     fill_window: str = "02:00-06:00"
     timezone: str = "UTC"

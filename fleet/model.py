@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edgeflix.config import parse_base_url
+from edgeflix.config import NAME_RE, parse_base_url
 from edgeflix.errors import ConfigError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
 from fleet.errors import FleetInputError
@@ -34,7 +33,6 @@ SERVING_STATES: frozenset[ApplianceState] = frozenset({"ok", "degraded"})
 
 
 # Appliance and site names: one URL path segment, a TLS common name, a log field.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_name(name: str, what: str) -> str:

@@ -3,12 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from edgeflix.config import (
     BaseUrl,
     ConfigModel,
     HostPort,
+    Name,
     load_config,
     parse_base_url,
     parse_hostport,
@@ -123,3 +124,10 @@ def test_base_url_field_names_file_and_key(tmp_path: Path) -> None:
         load_config(Public, write(tmp_path, 'public_url = "10.0.0.5:8081"\n'), env={})
     cfg = load_config(Public, write(tmp_path, 'public_url = "http://10.0.0.5:8081/"\n'), env={})
     assert cfg.public_url == "http://10.0.0.5:8081"
+
+
+@pytest.mark.parametrize("bad", ["my box", "", "-x", "a/b", "é", "x" * 65, "a\nb"])
+def test_names_are_one_safe_token(bad: str) -> None:
+    with pytest.raises(ValidationError, match="1-64 letters"):
+        TypeAdapter(Name).validate_python(bad)
+    assert TypeAdapter(Name).validate_python("home-1.lab_2") == "home-1.lab_2"
