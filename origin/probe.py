@@ -73,7 +73,7 @@ def probe(path: Path) -> Source:
         if not rate or rate <= 0:
             raise SourceError(f"{path}: video stream has no frame rate")
         frame_rate = Fraction(rate).limit_denominator(1001)
-        duration, frames = _length(container, video, frame_rate)
+        duration, frames = _length(container, video, frame_rate, target)
         if duration <= 0:
             raise SourceError(f"{path}: video stream has no duration")
         sar = video.sample_aspect_ratio
@@ -153,6 +153,7 @@ def _length(
     container: av.container.InputContainer,
     video: av.video.stream.VideoStream,
     frame_rate: Fraction,
+    path: Path,
 ) -> tuple[float, int]:
     """Seconds and frames of the title the encode makes: from the container's start (its
     earliest stream), because ffmpeg repeats the first frame back to there when the video
@@ -171,4 +172,19 @@ def _length(
 
         duration = container.duration / av.time_base
         return duration, round(duration * frame_rate)
-    return 0.0, 0
+    # Nothing says (a raw .h264 stream, Matroska written live to a pipe): count the frames,
+    # reading packets only, in a container of its own (the caller's still decodes from 0).
+    return _counted(path, video.index, frame_rate)
+
+
+def _counted(path: Path, index: int, frame_rate: Fraction) -> tuple[float, int]:
+    import av
+
+    frames = 0
+    try:
+        with av.open(str(path)) as again:
+            for packet in again.demux(again.streams[index]):
+                frames += packet.size > 0  # the last, empty packet only flushes
+    except av.error.FFmpegError:
+        pass  # a damaged tail: the frames before it are the title
+    return float(frames / frame_rate), frames

@@ -72,6 +72,10 @@ CLIPS: dict[str, list[str]] = {
                      "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus"],
     "surround.ts": [*video(), *sine(), *X264, "-c:a", "aac", "-ac", "6"],
     "one_frame.mp4": [*video(seconds=0.04), *X264],
+    # No duration anywhere: a raw H.264 stream (CCTV exports), and Matroska written to a
+    # pipe (a live recording: no Duration element, no cues).
+    "raw.h264": [*video(), *X264],
+    "live.mkv": [*video(), *sine(), *X264, "-c:a", "aac", "-f", "matroska"],
     "my clip ü 映画.mov": [*video(), *sine(), *X264, "-c:a", "aac"],
     # 25i: 50 fields a second woven into 25 frames, top field first (a broadcast master), of
     # a box moving fast across a flat background: combs on its edges, nothing else to misread.
@@ -102,8 +106,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             subprocess.run([ffmpeg, "-loglevel", "error", "-y", *args[2:], str(plain)],
                            check=True, timeout=60)  # fmt: skip
             args = [args[0], args[1], "-i", str(plain), "-c", "copy"]
-        subprocess.run([ffmpeg, "-loglevel", "error", "-y", *args, str(folder / name)],
-                       check=True, timeout=60)  # fmt: skip
+        if name.startswith("live"):  # written to a pipe, as a live recorder does
+            with (folder / name).open("wb") as out:
+                subprocess.run([ffmpeg, "-loglevel", "error", *args, "pipe:1"], stdout=out,
+                               check=True, timeout=60)  # fmt: skip
+        else:
+            subprocess.run([ffmpeg, "-loglevel", "error", "-y", *args, str(folder / name)],
+                           check=True, timeout=60)  # fmt: skip
         made[name] = folder / name
     return made
 
@@ -239,15 +248,16 @@ def test_video_starting_late_is_padded_not_refused(clips: dict[str, Path], tmp_p
 
 @pytest.mark.parametrize(
     ("name", "frames"),
-    [("ten_bit.webm", 50), ("surround.ts", 50), ("one_frame.mp4", 1), ("my clip ü 映画.mov", 50)],
-)
+    [("ten_bit.webm", 50), ("surround.ts", 50), ("one_frame.mp4", 1), ("my clip ü 映画.mov", 50),
+     ("raw.h264", 50), ("live.mkv", 50)],
+)  # fmt: skip
 def test_other_containers_and_names(
     clips: dict[str, Path], tmp_path: Path, name: str, frames: int
 ) -> None:
     proc = ingest(clips[name], tmp_path)
     assert proc.returncode == 0, proc.stderr
     title = check_title(tmp_path, frames, Fraction(25))
-    has_audio = name != "one_frame.mp4"
+    has_audio = name not in ("one_frame.mp4", "raw.h264")
     assert (title["dir"] / "audio").is_dir() == has_audio
     summary = json.loads(proc.stdout)
     audio = [r for r in summary["renditions"] if r["kind"] == "audio"]
