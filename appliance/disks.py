@@ -214,7 +214,16 @@ def check_layout(disks: Sequence[Disk], index: Path) -> None:
     """Refuse layouts where reconcile, which deletes what it does not know from a disk's
     titles folder, would delete the index, another disk, or someone else's folders."""
     index_at = index.resolve()
+    seen: dict[tuple[int, int], Disk] = {}
     for disk in disks:
+        st = os.stat(disk.path)
+        twin = seen.setdefault((st.st_dev, st.st_ino), disk)
+        if twin is not disk:
+            # Each disk's reconcile would delete the other's files as strays.
+            raise DiskError(
+                f"disks {twin.path} and {disk.path} are the same folder (a bind mount or a "
+                "second mount of one filesystem); list it once"
+            )
         if disk.titles_dir in index_at.parents:
             raise DiskError(
                 f"the index {index} is inside {disk.titles_dir}, where everything is a "

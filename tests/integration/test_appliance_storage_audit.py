@@ -307,3 +307,31 @@ def test_index_on_a_full_filesystem_is_one_line_and_writes_nothing(
     assert not (disk / "titles" / "other").exists()
     (small_fs / "ballast").unlink()
     assert set(ls(config)) == {"film"}
+
+
+@pytest.fixture
+def bind_alias(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """One folder at two paths (a bind mount; root only), unmounted afterwards."""
+    real, alias = tmp_path / "real", tmp_path / "alias"
+    real.mkdir()
+    alias.mkdir()
+    made = subprocess.run(["mount", "--bind", str(real), str(alias)],
+                          capture_output=True, check=False)  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {made.stderr.decode().strip()}")
+    try:
+        yield real, alias
+    finally:
+        subprocess.run(["umount", "-l", str(alias)], check=False)
+
+
+def test_one_folder_listed_as_two_disks_is_refused(
+    tmp_path: Path, bind_alias: tuple[Path, Path]
+) -> None:
+    # Each disk's reconcile took the other's files for strays: `ls` deleted the whole title.
+    real, alias = bind_alias
+    config = write_config(tmp_path, [(real, "hdd"), (alias, "hdd")])
+    src = make_title(tmp_path / "src", "film")
+    code, _, err = cli("load", "--config", str(config), "--title", "film", "--from", str(src))
+    assert code == 1 and "are the same folder" in error_line(err)
+    assert files_under(real) == []
