@@ -335,3 +335,18 @@ def test_one_folder_listed_as_two_disks_is_refused(
     code, _, err = cli("load", "--config", str(config), "--title", "film", "--from", str(src))
     assert code == 1 and "are the same folder" in error_line(err)
     assert files_under(real) == []
+
+
+def test_verify_counts_what_its_reconcile_dropped(tmp_path: Path) -> None:
+    # verify reconciles first (size checks), and that used to swallow the damage: a truncated
+    # file was a warning on stderr, `problems: []` and exit 0.
+    disk = tmp_path / "hdd0"
+    config = write_config(tmp_path, [(disk, "hdd")])
+    src = make_title(tmp_path / "src", "film")
+    assert cli("load", "--config", str(config), "--title", "film", "--from", str(src))[0] == 0
+    os.truncate(disk / "titles/film/v0/seg0000.m4s", 10)
+    code, out, _ = cli("verify", "--config", str(config), "--json")
+    assert code == 1
+    assert [(p["path"], p["problem"].split(";")[0]) for p in json.loads(out)["problems"]] == [
+        ("v0/seg0000.m4s", "size 10 != 70000 in the index")
+    ]
