@@ -165,8 +165,10 @@ def _length(
 
             start = float(video.start_time * video.time_base)
             lead = max(0.0, start - container.start_time / av.time_base)
-        frames = int(video.frames) or round(float(video.duration * video.time_base * frame_rate))
-        return lead + float(video.duration * video.time_base), frames + round(lead * frame_rate)
+        # From the duration, not the track's sample count: an edit list (a cut made without
+        # re-encoding) hides samples that still count there.
+        seconds = lead + float(video.duration * video.time_base)
+        return seconds, round(seconds * frame_rate)
     if container.duration is not None:  # it already spans from the container's start
         import av
 

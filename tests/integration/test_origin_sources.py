@@ -460,3 +460,15 @@ def test_store_on_a_read_only_mount(clips: dict[str, Path], tmp_path: Path) -> N
     assert proc.stderr.count("rc=1") == 2 and "Traceback" not in proc.stderr
     assert ".tmp-" not in proc.stderr  # nothing half-made beside the old title
     assert f"{store}/titles:\nt\n" in proc.stderr  # which is still there
+
+
+def test_trimmed_by_an_edit_list(clips: dict[str, Path], tmp_path: Path) -> None:
+    """A cut without re-encoding (`ffmpeg -ss 1.2 -c copy`, a phone's Trim) keeps the GOP
+    before the cut and hides it with an edit list: 100 frames in the track, 70 shown."""
+    trimmed = tmp_path / "trimmed.mp4"
+    subprocess.run([find_ffmpeg(), "-loglevel", "error", "-ss", "1.2", "-i",
+                    str(clips["whole.mp4"]), "-c", "copy", str(trimmed)],
+                   check=True, timeout=60)  # fmt: skip
+    proc = ingest(trimmed, tmp_path / "s")
+    assert proc.returncode == 0, proc.stderr
+    check_title(tmp_path / "s", 45, Fraction(25))
