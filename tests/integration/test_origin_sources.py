@@ -1,7 +1,9 @@
 """Sources a real operator feeds `origin ingest`: NTSC and odd frame rates, variable frame
-rate, odd and anamorphic sizes, rotated phone video, audio or video starting late, other
-containers, broken files. Each becomes a title a player can play, or one line and a non-zero
-exit. Clips are generated once per session with the same ffmpeg the origin uses.
+rate, odd and anamorphic sizes, rotated phone video, interlaced masters, audio or video
+starting late or running long, other containers, streams that state no duration, cuts made
+by edit lists, songs with cover art, names ffmpeg misreads, broken files; and the store:
+read-only, replaced while served. Each becomes a title a player can play, or one line and a
+non-zero exit. Clips are generated once per session with the same ffmpeg the origin uses.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def sine(seconds: float = 2, rate: int = 48000) -> list[str]:
     return ["-f", "lavfi", "-i", SINE.format(rate=rate, seconds=seconds)]
 
 
-# name -> ffmpeg arguments between the inputs and the output file.
+# name -> ffmpeg arguments (inputs, then output options) before the output file.
 CLIPS: dict[str, list[str]] = {
     "ntsc.mp4": [*video(rate="30000/1001"), *sine(), *X264, "-c:a", "aac", "-shortest"],
     "film.mkv": [*video(rate="24000/1001"), *X264],
