@@ -26,6 +26,7 @@ from appliance.index import (
     REMOVING,
     FileRow,
     all_titles,
+    file_path,
     get_title,
     title_files,
     transaction,
@@ -119,6 +120,7 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
         what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
         report.add(title_id, "", f"removed {what}")
         return
+    _rehome(store, title_id, report)
     dropped = []
     for f in title_files(store.conn, title_id):
         if f.state != OK:
@@ -129,6 +131,38 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
             dropped.append((f, problem))
     _drop(store, title_id, dropped, report)
     _sweep(store, title_id, report)
+
+
+def _rehome(store: Store, title_id: str, report: Report) -> None:
+    """Files the index places on a disk path no longer configured (its mount point was
+    renamed or moved in the config): found at the same place on a configured disk with
+    their size, the index follows them there; otherwise the checks below drop them as
+    missing (and the sweep would have deleted them as strays on their new path)."""
+    known = {d.id for d in store.disks} | set(store.out_of_service)
+    moved = []
+    for f in title_files(store.conn, title_id):
+        if f.disk in known:
+            continue
+        for disk in store.disks:
+            path = file_path(disk.id, title_id, f.path)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == f.size and not through_symlink(path):
+                moved.append((disk.id, f))
+                break
+    if not moved:
+        return
+    with transaction(store.conn) as conn:
+        conn.executemany(
+            "UPDATE files SET disk = ? WHERE title = ? AND path = ?",
+            [(disk, title_id, f.path) for disk, f in moved],
+        )
+    for old in sorted({f.disk for _, f in moved}):
+        count = sum(1 for _, f in moved if f.disk == old)
+        new = sorted({disk for disk, f in moved if f.disk == old})
+        report.add(title_id, "", f"{count} files of {old} found on {', '.join(new)}")
 
 
 def _adopt(store: Store, title_id: str, report: Report) -> bool:

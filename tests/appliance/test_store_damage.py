@@ -265,3 +265,21 @@ def test_a_broken_lock_file_is_a_storage_error(loaded: Store, tmp_path: Path) ->
     with pytest.raises(StorageError, match="cannot open the lock file"):
         loaded.load("other", make_title(tmp_path / "src", "other"))
     assert [t.id for t in loaded.listing()] == ["bunny"]
+
+
+def test_a_disk_whose_mount_path_changed_keeps_its_titles(tmp_path: Path) -> None:
+    # The index names disks by path; with the path changed in the config, every file was
+    # "missing" on the old path and then swept as a stray from the new one.
+    store = make_store(tmp_path)
+    store.load("bunny", make_title(tmp_path / "src", "bunny"))
+    store.close()
+    old = store.disks[0].path
+    new = tmp_path / "renamed"
+    old.rename(new)
+    config = StorageConfig(disks=(DiskConfig(path=new, tier="hdd"),), index=store.index_path)
+    moved = Store(config)
+    report = reconcile(moved)
+    assert [f.problem for f in report.findings] == [f"8 files of {old} found on {new}"]
+    assert moved.title("bunny").state == READY
+    assert moved.listing()[0].disks == (str(new),)
+    assert verify(moved).findings == []
