@@ -45,14 +45,12 @@ def load_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
 ) -> None:
     """Load a packaged title from a local folder, verifying every file against files.json."""
-    from appliance.mover import RateBook
+    from appliance.mover import title_rate
     from edgeflix import titlefiles, ui
 
     store = _open_store(config)
     try:
-        book = RateBook(store.config.index, store.config.decay_half_life_s)
-        rate = book.rate(title)
-        book.close()
+        rate = title_rate(store.config.index, store.config.decay_half_life_s, title)
         try:
             total = titlefiles.read(source)[0].total_bytes
         except titlefiles.TitleFilesError:

@@ -185,6 +185,20 @@ class RateBook:
         self._conn.close()
 
 
+def title_rate(index: Path, half_life_s: float, title_id: str) -> float:
+    """A title's decayed request rate for choosing its tier at load; 0 (cold) when the hit
+    file cannot be read, since a tier hint is no reason to refuse a load."""
+    try:
+        book = RateBook(index, half_life_s)
+        try:
+            return book.rate(title_id)
+        finally:
+            book.close()
+    except (sqlite3.Error, OSError) as exc:
+        event(log, "hits.unreadable", logging.WARNING, path=str(hits_path(index)), reason=str(exc))
+        return 0.0
+
+
 class Tiering:
     """One round of tiering: drain hits, plan moves, run them (blocking; call off the loop)."""
 
@@ -250,15 +264,20 @@ class MoverThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        book = RateBook(self._config.index, self._config.decay_half_life_s)
+        # The book is opened inside the loop: a hits file that cannot be opened now (a
+        # folder in its place, a full disk) must not end tiering for the daemon's lifetime.
+        book: RateBook | None = None
         try:
             while not self._stop_event.wait(self._interval):
                 try:
+                    if book is None:
+                        book = RateBook(self._config.index, self._config.decay_half_life_s)
                     self._tick(book)
                 except (StorageError, sqlite3.Error, OSError) as exc:
                     event(log, "tiering.tick_failed", logging.WARNING, reason=str(exc))
         finally:
-            book.close()
+            if book is not None:
+                book.close()
 
     def _tick(self, book: RateBook) -> None:
         from appliance.store import Store

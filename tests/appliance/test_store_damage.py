@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import DiskError, LoadError, StorageError
 from appliance.fill.storage import mark_disk_missing, restore_disk
 from appliance.index import INCOMPLETE, MISSING, READY, IndexReader, connect_writer
-from appliance.mover import RateBook, hits_path
+from appliance.mover import MoverThread, RateBook, hits_path, title_rate
 from appliance.repair import reconcile, verify
 from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title
@@ -283,3 +284,17 @@ def test_a_disk_whose_mount_path_changed_keeps_its_titles(tmp_path: Path) -> Non
     assert moved.title("bunny").state == READY
     assert moved.listing()[0].disks == (str(new),)
     assert verify(moved).findings == []
+
+
+def test_an_unopenable_hits_file_neither_fails_loads_nor_ends_tiering(loaded: Store) -> None:
+    hits_path(loaded.index_path).mkdir()  # a folder where the hit counts live
+    assert title_rate(loaded.index_path, 60.0, "bunny") == 0.0
+    mover = MoverThread(loaded.config, interval_s=0.02)
+    mover.start()
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and mover.is_alive():
+            time.sleep(0.05)  # several failed rounds
+        assert mover.is_alive(), "the tier mover died on the first failed round"
+    finally:
+        mover.stop(5)
