@@ -251,13 +251,16 @@ def _probe_once(path: Path) -> DiskProbe:
         if not path.is_dir():
             return DiskProbe(where, "missing", "directory is gone")
         os.listdir(path)
+        # Inside the try: an I/O error here must be a probe outcome, not the end of the
+        # probing thread (probe_all would then have no result for this disk).
+        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
     except PermissionError as exc:
         return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
     except FileNotFoundError:
         return DiskProbe(where, "missing", "directory is gone")
     except OSError as exc:
         return DiskProbe(where, "io_error", exc.strerror or str(exc))
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
+    if read_only:
         return DiskProbe(where, "read_only", "file system is mounted read-only")
     # One canary per process: the daemon and an `appliance status` may probe the same disk.
     canary = path / f"{CANARY}.{os.getpid()}"
