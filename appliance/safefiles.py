@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.disks import StorageError
+from edgeflix.atomicfile import fsync_dir
 
 CHUNK = 1 << 20
 # After a tier move flips the index, old copies stay this long so a request that located the
@@ -36,14 +37,6 @@ class ChecksumMismatch(Exception):
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TMP_SUFFIX)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_dirs(path: Path) -> None:

@@ -1,6 +1,7 @@
 """Small files written whole or not at all: temporary name, fsync, rename, fsync of the folder.
 For keys, tokens and control-plane state (fleet/tls.py, fleet/admin.py,
-appliance/fleetlink_state.py); segment files have their own path (appliance/safefiles.py).
+appliance/fleetlink_state.py); segment files have their own path (appliance/safefiles.py),
+which shares `fsync_dir` with it and with the origin's publish (origin/store.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edgeflix.atomicfile import fsync_dir
 from edgeflix.titlefiles import TitleFilesError, check_title_id, read
 from origin.errors import StoreError
 
@@ -163,12 +164,12 @@ class Staging:
         """Make the built title the live one in a single step a reader cannot see half of."""
         self.check_free()
         try:
-            _fsync_dir(self.title_dir)
+            fsync_dir(self.title_dir)
             if self.target.exists():
                 self._swap()
             else:
                 self._rename_new()
-            _fsync_dir(titles_dir(self.store))
+            fsync_dir(titles_dir(self.store))
         except OSError as exc:
             raise store_error(exc, self.store) from None
 
@@ -205,14 +206,6 @@ class Staging:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def store_error(exc: OSError, store: Path) -> StoreError:
