@@ -2,7 +2,9 @@
 and the `FleetSnapshot` that steering and planning read.
 
 fleet/store.py persists records and join tokens; fleet/service.py keeps the last beat of
-every appliance in memory and calls `build_snapshot` whenever one arrives or time passes.
+every appliance in memory (saved now and then, `beat_to_dict`, so a restarted manager steers
+from it until the first real beats) and calls `build_snapshot` whenever one arrives or time
+passes.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fleet.model import Appliance, ApplianceState, FleetSnapshot, HeldTitle, Site, TierSpace
 
@@ -31,7 +33,7 @@ class ApplianceRecord:
 
 @dataclass(frozen=True)
 class Beat:
-    """The latest heartbeat of one appliance; kept in memory only."""
+    """The latest heartbeat of one appliance (in memory; a copy is saved every few minutes)."""
 
     at: float
     sequence: int
@@ -85,6 +87,51 @@ def build_snapshot(
             )
         )
     return FleetSnapshot(sites=sites, appliances=tuple(appliances), origin_url=origin_url)
+
+
+def beat_to_dict(beat: Beat) -> dict[str, Any]:
+    """A beat as JSON-ready data (the soft state a restarted manager starts from)."""
+    return {
+        "sequence": beat.sequence,
+        "health": beat.health,
+        "health_detail": beat.health_detail,
+        "capacity_bps": beat.capacity_bps,
+        "load_bps": beat.load_bps,
+        "connections": beat.connections,
+        "tiers": [[t.tier, t.capacity_bytes] for t in beat.tiers],
+        "titles": {k: [v.digest, v.complete, v.size_bytes, v.tier] for k, v in beat.titles.items()},
+        "plan_version": beat.plan_version,
+        "keys_version": beat.keys_version,
+        "fill_done": beat.fill_done,
+        "fill_total": beat.fill_total,
+    }
+
+
+def beat_from_dict(doc: Mapping[str, Any], at: float) -> Beat:
+    """The saved beat, as if it had just arrived at `at` (so the appliance has the usual
+    missed-beats grace to send a real one). Raises KeyError, TypeError or ValueError on a
+    document of another shape."""
+    health = doc["health"]
+    if health not in ("ok", "degraded", "failing"):
+        raise ValueError(f"health {health!r}")
+    return Beat(
+        at=at,
+        sequence=int(doc["sequence"]),
+        health=health,
+        health_detail=str(doc["health_detail"]),
+        capacity_bps=float(doc["capacity_bps"]),
+        load_bps=float(doc["load_bps"]),
+        connections=int(doc["connections"]),
+        tiers=tuple(TierSpace(str(t), int(c)) for t, c in doc["tiers"]),
+        titles={
+            str(k): HeldTitle(str(d), bool(c), int(n), str(t))
+            for k, (d, c, n, t) in doc["titles"].items()
+        },
+        plan_version=int(doc["plan_version"]),
+        keys_version=int(doc["keys_version"]),
+        fill_done=int(doc["fill_done"]),
+        fill_total=int(doc["fill_total"]),
+    )
 
 
 def accept_beat(previous: Beat | None, incoming: Beat) -> bool:

@@ -40,7 +40,7 @@ log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
 SHUTDOWN_GRACE_S = 5.0
 TICK_S = 1.0
-POPULARITY_SAVE_S = 300.0
+SOFT_STATE_SAVE_S = 300.0
 
 
 class _HttpServer(uvicorn.Server):
@@ -118,9 +118,9 @@ async def ticker(svc: FleetService, config: FleetConfig) -> None:
                 if fresh or now - last_plan >= config.planner.interval_s:
                     last_plan = now
                     svc.replan()
-                if now - last_save >= POPULARITY_SAVE_S:
+                if now - last_save >= SOFT_STATE_SAVE_S:
                     last_save = now
-                    svc.save_popularity()
+                    svc.save_soft_state()
             except (FleetError, sqlite3.Error) as exc:
                 event(log, "fleet.tick_failed", logging.ERROR, error=str(exc))
             except Exception as exc:
@@ -212,8 +212,8 @@ async def serve(config: FleetConfig) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await tick_task
     try:
-        svc.save_popularity()
+        svc.save_soft_state()
     except (FleetError, sqlite3.Error) as exc:
-        event(log, "fleet.popularity_unsaved", logging.ERROR, error=str(exc))
+        event(log, "fleet.soft_state_unsaved", logging.ERROR, error=str(exc))
     store.close()
     event(log, "fleet.stopped")

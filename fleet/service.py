@@ -27,7 +27,14 @@ from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_k
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planner import CatalogTitle, FillPlan, plan
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
-from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot
+from fleet.registry import (
+    ApplianceRecord,
+    Beat,
+    accept_beat,
+    beat_from_dict,
+    beat_to_dict,
+    build_snapshot,
+)
 from fleet.steering import OUTCOMES, SteeringDecision, steer
 from fleet.store import Store
 from fleet.urls import SignedUrls, TokenCache, playback_urls
@@ -39,6 +46,7 @@ SNAPSHOT_MAX_AGE_S = 1.0
 # backup: it is not followed (a version near 2**64 would not fit the wire or the table).
 MAX_VERSION_JUMP = 1_000_000
 POPULARITY_META = "popularity"
+BEATS_META = "last_beats"
 # How much the fleet's taste counts in a site's demand, relative to the site's own.
 SITE_BLEND = 0.25
 
@@ -64,12 +72,15 @@ class FleetService:
         self.entropy = entropy
         self.sites = config.site_list()
         self.records: dict[str, ApplianceRecord] = store.appliances()
-        self.beats: dict[str, Beat] = {}
+        now = clock()
+        # The last beats saved before a restart, as if just received: appliances stay
+        # steerable for the usual missed-beats grace instead of every session going to the
+        # origin until each one beats again (gRPC reconnects within 2 s of our return).
+        self.beats: dict[str, Beat] = _restore_beats(store.meta(BEATS_META), self.records, now)
         popularity = config.popularity_policy()
         self._miss_share = popularity.miss_session_share
         # Weeks of counts (the long half-life) survive a restart: kept in the store.
         kept = _json_or_empty(store.meta(POPULARITY_META))
-        now = clock()
         self.popularity = Popularity.restore(popularity, kept.get("fleet", {}), now)
         self.site_popularity = {
             s.name: Popularity.restore(popularity, kept.get("sites", {}).get(s.name, {}), now)
@@ -91,13 +102,16 @@ class FleetService:
         self._signing: tuple[KeySet, float, float, SigningKey | None] | None = None
         self._tokens = TokenCache()
 
-    def save_popularity(self) -> None:
-        """Keep the decayed counts (the server calls this every few minutes and on stop)."""
+    def save_soft_state(self) -> None:
+        """Keep the decayed counts and the last beats (the server calls this every few
+        minutes and on stop): what a restart would otherwise have to learn again."""
         doc = {
             "fleet": self.popularity.to_dict(),
             "sites": {name: p.to_dict() for name, p in self.site_popularity.items()},
         }
         self.store.set_meta(POPULARITY_META, json.dumps(doc, separators=(",", ":")))
+        beats = {name: beat_to_dict(b) for name, b in self.beats.items() if name in self.records}
+        self.store.set_meta(BEATS_META, json.dumps(beats, separators=(",", ":")))
 
     # -- registry --------------------------------------------------------------------
 
@@ -410,3 +424,19 @@ def _json_or_empty(raw: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def _restore_beats(
+    raw: str | None, records: Mapping[str, ApplianceRecord], now: float
+) -> dict[str, Beat]:
+    """Saved beats of appliances still enrolled; one of another shape is skipped (its
+    appliance is unreachable until it beats, as it would be with nothing saved)."""
+    beats = {}
+    for name, doc in _json_or_empty(raw).items():
+        if name not in records or not isinstance(doc, dict):
+            continue
+        try:
+            beats[name] = beat_from_dict(doc, now)
+        except (KeyError, TypeError, ValueError):
+            event(log, "fleet.beat_unrestored", logging.WARNING, appliance=name)
+    return beats

@@ -3,6 +3,7 @@ per-site planning, key rotation on schedule, and what survives a restart."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_popularity_survives_a_restart_of_the_manager(tmp_path: Path) -> None:
     enrol(svc, "h1", "home")
     beat(svc, "h1", 1, {"home-hit": 50 * GB})
     clock.now += 600
-    svc.save_popularity()
+    svc.save_soft_state()
     again = FleetService(svc.config, Store(svc.config.server.db), clock)
     assert again.popularity.rates(clock.now, {}) == pytest.approx(
         svc.popularity.rates(clock.now, {})
@@ -213,3 +214,38 @@ def test_sessions_no_appliance_serves_still_count_as_demand(tmp_path: Path) -> N
     beat(svc, "h1", 2)  # still alive: planned afresh
     p = svc.replan()
     assert p.appliances["h1"].titles[0].title_id == "wanted"  # hottest first
+
+
+def test_a_restarted_manager_steers_from_the_saved_beats_until_real_ones_come(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    for name in ("h1", "h2"):
+        enrol(svc, name, "home")
+        beat(svc, name, 7)
+    svc.remove("h2")
+    svc.save_soft_state()
+    clock.now += 3600  # down for an hour
+    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    assert set(again.beats) == {"h1"}  # a removed appliance is not brought back
+    assert again.beats["h1"] == replace(svc.beats["h1"], at=clock.now)
+    decision, answer = again.steer("192.168.1.2", "a")
+    assert decision.outcome == "in_site" and answer.urls[0].startswith("http://h1:8081/")
+    # The usual grace (3 beats of 5 s) for the first real beat, then unreachable as ever.
+    clock.now += 16
+    assert {a.name: a.state for a in again.snapshot().appliances} == {"h1": "unreachable"}
+    # A replay of the saved sequence is still dropped; a beat after it counts.
+    beat(again, "h1", 7, {"a": 10})
+    assert "a" not in again.popularity.rates(clock.now, {})
+    beat(again, "h1", 8)
+    assert again.snapshot().appliances[0].state == "ok"
+
+
+def test_saved_beats_of_another_shape_are_skipped(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    for raw in ('{"h1": {"health": "ok"}}', '{"h1": 5}', "[1]", "{not json"):
+        svc.store.set_meta("last_beats", raw)
+        assert FleetService(svc.config, Store(svc.config.server.db), clock).beats == {}

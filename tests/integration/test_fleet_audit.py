@@ -455,3 +455,27 @@ def test_admin_api_asks_for_the_token_when_configured_to(tmp_path: Path) -> None
         assert resp.status_code == 200, resp.text
     finally:
         server.stop()
+
+
+def test_a_restarted_manager_steers_to_appliances_before_they_beat_again(tmp_path: Path) -> None:
+    """The last beats are kept on stop: right after a restart players are steered to the
+    appliances that held their title, not all sent to the origin until each one beats."""
+    (tmp_path / "fleet.toml").write_text(FLEET_TOML.format(db=tmp_path / "fleet.sqlite"))
+    argv = ["fleet", "serve", "--config", str(tmp_path / "fleet.toml")]
+    server = start(argv, ("grpc", "http"))
+    try:
+        box = ApplianceClient(server.urls["grpc"], "h1", "http://127.0.0.11:8081")
+        box.enrol(join_token(server))
+        box.beat({"film": 10**9})
+    finally:
+        server.stop()
+    again = start(argv, ("grpc", "http"))
+    try:
+        rc, out, err = fleet_cli(
+            again.urls["http"], "steer", "--client-ip", "192.168.1.5", "--title", "film", "--json"
+        )
+        assert rc == 0, err
+        answer = json.loads(out)
+        assert answer["urls"][0].startswith("http://127.0.0.11:8081/"), answer
+    finally:
+        again.stop()
