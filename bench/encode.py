@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from quiet import wait_for_quiet
+
 from edgeflix.samples import sample_clip
 from edgeflix.ui import print_table
 from origin.ffmpeg import AUDIO_ID, EncodeSettings, audio_codec_args, filter_graph, video_codec_args
@@ -75,6 +77,7 @@ def overhead(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str,
         ours, theirs = [], []
         plain = partial(run_ffmpeg, plain_ffmpeg(ffmpeg, source, plain_dir), "bench")
         ours_run = partial(ingest, src, work / "store", f"{name}-default")
+        wait_for_quiet()
         for _ in range(REPEATS):  # interleaved, so drift in machine load hits both alike
             theirs.append(timed(plain))
             ours.append(timed(ours_run))

@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from quiet import wait_for_quiet  # noqa: E402
+
 from appliance import config as appliance_config  # noqa: E402
 from appliance.fill.downloader import Pacer, TitleFetcher  # noqa: E402
 from appliance.fill.plan import FillPlan, PlannedTitle  # noqa: E402
@@ -183,6 +185,7 @@ def main() -> None:
         origin, url = start_origin(tmp / "origin")
         times: dict[str, list[float]] = {"curl": [], "fill": [], "fill+load": [], "fill CLI": []}
         startup: list[float] = []
+        wait_for_quiet()
         load_before = os.getloadavg()
         load_config, cli_config = appliance_toml(tmp / "load"), appliance_toml(tmp / "cli")
         try:

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from quiet import wait_for_quiet
+
 from edgeflix import titlefiles
 
 SIZES = {"2MiB": 2 << 20, "64KiB": 64 << 10}
@@ -216,6 +218,7 @@ def main() -> None:
         idle = {"appliance": child_rss_mb(app.pid), "nginx": child_rss_mb(ngx.pid)}
         print(f"appliance on port {app_port}, nginx on port {ngx_port}", file=sys.stderr)
         both = (("appliance", app, app_port), ("nginx", ngx, ngx_port))
+        wait_for_quiet()
         for name in SIZES:  # warm-up, not counted: connections, sndbuf autotuning, caches
             for _, _, port in both:
                 wrk(port, name, args.connections, 2, args.threads)

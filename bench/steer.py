@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import uvloop
+from quiet import wait_for_quiet
 
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{'max ms':>8} {'cpu us/req':>10}"
             )
             p99_at: dict[float, float] = {}
+            wait_for_quiet()
             for rate in rates:
                 for route in ("healthz", "steer"):
                     cpu = cpu_seconds(proc.pid)
