@@ -196,6 +196,9 @@ class HealthMonitor(threading.Thread):
         self._profile_stale = False
         self.sampler = self._sampler(serving_errors)
         self._report: HealthReport | None = None
+        # Take-outs whose index write failed (the index locked past its timeout): retried
+        # every cycle, since the watch reports a disk going out only once.
+        self._pending_out: dict[str, str] = {}
         self.beat = clock()
 
     def _sampler(self, serving_errors: Callable[[], float]) -> HealthSampler:
@@ -256,23 +259,29 @@ class HealthMonitor(threading.Thread):
     def _check_disks(self) -> bool:
         actions = self.watch.poll()
         for action in actions:
-            out = self.out_of_service()
             if isinstance(action, TakeOut):
-                titles = self.storage.take_out(action.path, out)
-                event(
-                    log,
-                    "disk.out_of_service",
-                    logging.ERROR,
-                    disk=action.path,
-                    reason=action.reason,
-                    titles=len(titles),
-                )
+                self._pending_out[action.path] = action.reason
             elif isinstance(action, Rescan):
-                self._rescan(action.path, out)
+                self._pending_out.pop(action.path, None)
+                self._rescan(action.path, self.out_of_service())
+        for path, reason in list(self._pending_out.items()):
+            self._take_out(path, reason)
         if actions:
             self._profile_stale = True
             self.on_disk_change()
         return bool(actions)
+
+    def _take_out(self, disk: str, reason: str) -> None:
+        """Mark the dead disk's files missing; on failure it stays pending for the next cycle."""
+        try:
+            titles = self.storage.take_out(disk, self.out_of_service())
+        except (OSError, StorageError, sqlite3.Error) as exc:
+            event(log, "disk.take_out_failed", logging.ERROR, disk=disk, error=str(exc))
+            return
+        del self._pending_out[disk]
+        event(
+            log, "disk.out_of_service", logging.ERROR, disk=disk, reason=reason, titles=len(titles)
+        )
 
     def _rescan(self, disk: str, out: set[str]) -> None:
         try:

@@ -4,13 +4,18 @@ the key file that carries a SIGHUP reload to the workers."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance import config, index
 from appliance.keyfile import KeyFile, KeySet, read_keys, write_keys
-from appliance.monitor import error_rate, status_totals
+from appliance.monitor import HealthMonitor, error_rate, status_totals
+from appliance.store import Store
+from tests.appliance.storage_fixtures import make_title, storage_toml
 
 counts = st.dictionaries(
     st.sampled_from([200, 206, 304, 404, 500, 501, 503, 505]), st.integers(0, 10**6)
@@ -74,3 +79,30 @@ def test_damaged_key_file_keeps_the_old_keys(tmp_path: Path) -> None:
     path.write_text("{half")
     assert not keyfile.refresh(site)
     assert site.keys == {"k1": b"a" * 16} and site.keys_generation == 1
+
+
+def test_a_take_out_the_index_refused_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk dies while another process holds the index's write lock: marking its files
+    missing fails; the watch reports the disk out only once, so the monitor keeps the
+    take-out pending and completes it on a later cycle."""
+    monkeypatch.setattr(index, "_BUSY_TIMEOUT_MS", 100)
+    cfg = config.load(storage_toml(tmp_path, tiers=("hdd",)))
+    store = Store(cfg.storage)
+    store.load("film", make_title(tmp_path / "src", "film"))
+    store.close()
+    monitor = HealthMonitor(cfg, lambda: 0.0, probe_timeout_s=1.0)
+    cfg.storage.disks[0].path.rename(tmp_path / "pulled")
+    locker = sqlite3.connect(cfg.storage.index, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        monitor.first_sample()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    reader = sqlite3.connect(cfg.storage.index)
+    assert reader.execute("SELECT state FROM titles").fetchall() == [("ready",)]
+    monitor.first_sample()
+    assert reader.execute("SELECT state FROM titles").fetchall() == [("incomplete",)]
+    reader.close()
