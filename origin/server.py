@@ -15,7 +15,7 @@ from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
 from edgeflix.titlefiles import TITLE_ID_RE
-from origin.store import list_titles, titles_dir
+from origin.store import check_store, list_titles, titles_dir
 
 
 class OriginSite:
@@ -68,6 +68,7 @@ def _is_title_id(text: str) -> bool:
 
 def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:
     """Serve until SIGTERM/SIGINT; prints `listening on URL` once the socket is bound."""
+    check_store(store)
     sock = bind(host, port)
 
     def ready() -> None:

@@ -46,8 +46,18 @@ def titles_dir(store: Path) -> Path:
     return store / TITLES
 
 
+def check_store(store: Path) -> None:
+    """A store that is not there yet is an empty one (nothing ingested); a file or a titles
+    entry that is not a folder is a mistake in the path, said as such."""
+    if store.exists() and not store.is_dir():
+        raise StoreError(f"store {store} is not a folder")
+    if titles_dir(store).exists() and not titles_dir(store).is_dir():
+        raise StoreError(f"store {store}: {titles_dir(store)} is not a folder")
+
+
 def list_titles(store: Path) -> list[PublishedTitle]:
     """Every published title with a valid files.json, sorted by id (others are skipped)."""
+    check_store(store)
     root = titles_dir(store)
     if not root.is_dir():
         return []

@@ -69,6 +69,16 @@ def test_store_is_a_file(tmp_path: Path, bikes: Path) -> None:
     assert_one_line_error(run_cli(ingest_args(bikes, blocker / "store")), "not a directory")
 
 
+@pytest.mark.parametrize("command", [["ls"], ["serve", "--listen", "127.0.0.1:0"]])
+def test_listing_or_serving_a_store_that_is_a_file(tmp_path: Path, command: list[str]) -> None:
+    (tmp_path / "store").write_text("not a store")
+    (tmp_path / "other" / "titles").parent.mkdir()
+    (tmp_path / "other" / "titles").write_text("not a folder")
+    for store, words in (("store", "is not a folder"), ("other", "titles is not a folder")):
+        proc = run_cli(["origin", *command, "--store", str(tmp_path / store)], timeout=30)
+        assert_one_line_error(proc, words)
+
+
 def test_store_not_writable(tmp_path: Path, bikes: Path) -> None:
     store = tmp_path / "ro"
     store.mkdir()
