@@ -111,7 +111,8 @@ class AdminConfig(ConfigModel):
 class FillConfig(ConfigModel):
     # A JSON fill plan (appliance/fill/plan.py); the fleet manager delivers it later.
     plan: Path | None = None
-    # Downloads land here, resumable, until a title is complete and verified.
+    # Fill state and each title's files.json; the files themselves download, resumable,
+    # into `.staging/` on the disk each will be stored on (renamed in once verified).
     staging: Path = Path("var/appliance/fill")
 
 

@@ -8,6 +8,7 @@ safefiles.py (temporary name, fsync, rename, fsync directory) and only then into
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from appliance.index import (
     title_files,
     transaction,
 )
-from appliance.placement import bytes_per_disk, place_title, shortfalls
+from appliance.placement import Bucket, bytes_per_disk, choose, file_key, place_title, shortfalls
 from appliance.safefiles import (
     UNLINK_GRACE_S,
     ChecksumMismatch,
@@ -184,11 +185,20 @@ class Store:
                 f"bytes in all, {detail}"
             )
 
-    def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
+    def _buckets(self, tier: Tier) -> list[Bucket]:
         buckets = [d.bucket() for d in self.disks_of(tier)]
         if not buckets:
             raise DiskError(f"no disk of the {tier} tier is in service")
-        return place_title(title_id, paths, buckets)
+        return buckets
+
+    def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
+        return place_title(title_id, paths, self._buckets(tier))
+
+    def placer(self, title_id: str, rate: float) -> Callable[[str], str]:
+        """Where `load` would put each file of `title_id` at request rate `rate`: file
+        path → disk id (for the fill, which stages each file on its disk)."""
+        buckets = self._buckets(tiering.wanted_tier(rate, self.config.hot_rate, self.tiers))
+        return lambda path: choose(file_key(title_id, path), buckets)
 
     # -- load ------------------------------------------------------------------------------
 
@@ -201,6 +211,7 @@ class Store:
         rate: float = 0.0,
         on_bytes: Callable[[int], None] | None = None,
         adopt_verified: bool = False,
+        located: Callable[[str], Path] | None = None,
     ) -> TitleRow:
         """Copy a packaged title from `source`, verifying every file against its files.json.
 
@@ -211,8 +222,10 @@ class Store:
         against this files.json in this process (the fill client's staging folder): files
         on the same filesystem as their disk are moved in (fsync, rename) instead of copied
         and re-hashed, so `source` is consumed; sizes are still checked; files on another
-        filesystem are copied and verified as usual.
+        filesystem are copied and verified as usual. `located` says where each file of
+        files.json is when not at `source / path` (the fill stages files on their disks).
         """
+        where = located or (lambda path: source / path)
         check_title_id(title_id)
         if not source.is_dir():
             raise LoadError(f"{source}: not a folder")
@@ -225,7 +238,7 @@ class Store:
             raise LoadError(f"{source}: files.json is for title {model.id!r}, not {title_id!r}")
         manifest_size = (source / FILES_JSON).stat().st_size
         entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
-        _check_sources(source, entries)
+        _check_sources(source, entries, where)
         tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
         placement = self._placement(title_id, tier, [e.path for e in entries])
         needed = bytes_per_disk(placement, {e.path: e.size for e in entries})
@@ -237,22 +250,41 @@ class Store:
                     "use --replace to reload it"
                 )
             freeing = self._bytes_on_disks(title_id) if existing else {}
+            if adopt_verified:
+                # Staged on the very filesystem: renamed in, they take no more room there.
+                staged = self._staged_bytes(entries, placement, where)
+                freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
             self._check_fit(title_id, tier, needed, freeing)
             if existing is not None:
                 # Check the new copy fully before dropping the old one it replaces (an
                 # adopting caller has just done so).
                 problems = [] if adopt_verified else titlefiles.verify(source, model)
+                # (`located` only comes with adopt_verified: a plain folder is verified here.)
                 if problems:
                     raise LoadError(f"{source}: {problems[0]}")
                 self.purge(title_id)
             return self._copy_in(
-                title_id, source, entries, placement, tier, digest, on_bytes, adopt_verified
+                title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
             )
+
+    def _staged_bytes(
+        self,
+        entries: Sequence[FileEntry],
+        placement: Mapping[str, str],
+        where: Callable[[str], Path],
+    ) -> dict[str, int]:
+        devices = {d.id: os.stat(d.path).st_dev for d in self.disks}
+        staged: dict[str, int] = {}
+        for entry in entries:
+            disk = placement[entry.path]
+            if os.stat(where(entry.path)).st_dev == devices.get(disk):
+                staged[disk] = staged.get(disk, 0) + entry.size
+        return staged
 
     def _copy_in(
         self,
         title_id: str,
-        source: Path,
+        where: Callable[[str], Path],
         entries: Sequence[FileEntry],
         placement: Mapping[str, str],
         tier: Tier,
@@ -270,22 +302,22 @@ class Store:
             )
         try:
             if adopt:
-                fsync_files([source / e.path for e in entries])
+                fsync_files([where(e.path) for e in entries])
             rows = []
             for entry in entries:
                 dst = file_path(placement[entry.path], title_id, entry.path)
                 try:
-                    if adopt and move_verified(source / entry.path, dst, entry.size):
+                    if adopt and move_verified(where(entry.path), dst, entry.size):
                         moved.add(dst.parent)
                         if on_bytes:
                             on_bytes(entry.size)
                     else:
                         copy_verified(
-                            source / entry.path, dst, entry.size, entry.sha256, on_bytes=on_bytes
+                            where(entry.path), dst, entry.size, entry.sha256, on_bytes=on_bytes
                         )
                 except ChecksumMismatch as exc:
                     raise LoadError(
-                        f"{source / entry.path}: {exc} (files.json says otherwise)"
+                        f"{where(entry.path)}: {exc} (files.json says otherwise)"
                     ) from None
                 except OSError as exc:
                     raise LoadError(f"cannot copy {entry.path} of {title_id}: {exc}") from None
@@ -428,10 +460,12 @@ class Store:
                 prune_empty_dirs(path.parent, disk_titles)
 
 
-def _check_sources(source: Path, entries: Sequence[FileEntry]) -> None:
+def _check_sources(
+    source: Path, entries: Sequence[FileEntry], where: Callable[[str], Path]
+) -> None:
     """Refuse before writing anything if a listed file is absent or of the wrong size."""
     for entry in entries:
-        path = source / entry.path
+        path = where(entry.path)
         try:
             st = path.stat()
         except OSError:

@@ -33,6 +33,7 @@ from quiet import wait_for_quiet  # noqa: E402
 
 from appliance import config as appliance_config  # noqa: E402
 from appliance.fill.downloader import Pacer, TitleFetcher  # noqa: E402
+from appliance.fill.layout import StagingLayout  # noqa: E402
 from appliance.fill.plan import FillPlan, PlannedTitle  # noqa: E402
 from appliance.fill.runner import FillRun  # noqa: E402
 from appliance.fill.storage import StoreStorage  # noqa: E402
@@ -95,7 +96,9 @@ def run_fill(url: str, title_id: str, staging: Path, streams: int) -> float:
         pool = Pool(max_idle=streams * 2)
         try:
             title = PlannedTitle(id=title_id, sources=(url,))
-            await TitleFetcher(pool, title, staging, Pacer(None, None), streams=streams).run()
+            await TitleFetcher(
+                pool, title, StagingLayout(staging), Pacer(None, None), streams=streams
+            ).run()
         finally:
             pool.close()
 

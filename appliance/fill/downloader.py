@@ -1,4 +1,4 @@
-"""Download one title into a staging folder: files.json from the first source that has the
+"""Download one title into staging (layout.py): files.json from the first source that has the
 planned version, then every missing file over N parallel streams, resumed with `Range` from
 its `.part` file, SHA-256 verified before it takes its final name.
 
@@ -6,7 +6,7 @@ Each stream's bytes move in a worker thread over our own keep-alive HTTP/1.1 cli
 (transport.py): recv_into a preallocated buffer, os.write, hashlib; all release the GIL, so
 streams use every core. The asyncio side keeps the decisions: retries and source fallback
 (retry.py), the fill window and the shared bandwidth cap (the Pacer). runner.py hands the
-finished folder to the storage side. Clock, sleep and jitter are injected.
+finished title to the storage side. Clock, sleep and jitter are injected.
 """
 
 from __future__ import annotations
@@ -20,22 +20,20 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from appliance.fill import transport
+from appliance.fill.layout import PART, StagingLayout
 from appliance.fill.pacer import Pacer, WindowClosed
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.reconcile import FileTask, file_tasks
 from appliance.fill.retry import Failure, Outcome, RetryPolicy
 from appliance.fill.stream import (
-    PART,
     FileStream,
     SourceFailure,
     StreamJob,
     TitleProgress,
     count_progress,
-    part_path,
 )
 from edgeflix import titlefiles
 from edgeflix.errors import EdgeflixError
@@ -55,7 +53,7 @@ class FillError(EdgeflixError):
 class TitleFetcher:
     pool: transport.Pool
     title: PlannedTitle
-    staging: Path  # this title's staging folder
+    staging: StagingLayout  # where this title's files wait (layout.py)
     pacer: Pacer
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     streams: int = 4
@@ -205,7 +203,7 @@ class TitleFetcher:
                 if outcome is Outcome.GIVE_UP:
                     raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
                 if outcome is Outcome.RESTART_FILE:
-                    part = part_path(self.staging, entry)
+                    part = self.staging.part(entry.path)
                     lost = part.stat().st_size if part.exists() else 0
                     part.unlink(missing_ok=True)
                     count_progress(self.progress, -lost, 0)
@@ -220,23 +218,27 @@ class TitleFetcher:
         raise FillError(f"title {self.title.id}: {entry.path}: too many failed attempts")
 
 
-def _prepare_staging(staging: Path, raw: bytes, digest: str) -> None:
-    """Start over when staging holds a different version of the title; then write files.json."""
-    current = staging / FILES_JSON
+def _prepare_staging(staging: StagingLayout, raw: bytes, digest: str) -> None:
+    """Start over (on every disk) when staging holds a different version of the title;
+    then write files.json."""
+    current = staging.folder / FILES_JSON
     if current.exists() and titlefiles.digest_bytes(current.read_bytes()) != digest:
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
-    tmp = staging / (FILES_JSON + PART)
+        for folder in staging.folders():
+            shutil.rmtree(folder, ignore_errors=True)
+    staging.folder.mkdir(parents=True, exist_ok=True)
+    tmp = staging.folder / (FILES_JSON + PART)
     tmp.write_bytes(raw)
     os.replace(tmp, current)
 
 
-def _scan_staging(staging: Path, model: TitleFiles) -> tuple[dict[str, int], dict[str, int]]:
+def _scan_staging(
+    staging: StagingLayout, model: TitleFiles
+) -> tuple[dict[str, int], dict[str, int]]:
     """Files already verified (final name) and partial downloads (.part) in staging."""
     complete, partial = {}, {}
     for entry in model.files:
-        final = staging / entry.path
-        part = part_path(staging, entry)
+        final = staging.file(entry.path)
+        part = staging.part(entry.path)
         if final.is_file():
             complete[entry.path] = final.stat().st_size
         if part.is_file():

@@ -4,10 +4,9 @@ staging (downloader.py), hand the complete folder to the storage side (the same 
 then delete what the plan no longer wants. Progress is kept in staging/state.json for
 `appliance status`. The storage side is reached through the small `Storage` protocol.
 
-Where staging lives matters: files the downloader verified are renamed into the store when
-`[fill] staging` is on the same filesystem as the disk a file is placed on, and copied (and
-hashed again) otherwise. One staging folder serves every disk, so with several data disks
-only the files placed on staging's disk are renamed; per-disk staging is future work.
+Each file is staged on the disk it will be stored on (layout.py), so the hand-off renames
+it into the store: no second write or hash, and a title being updated is out of service
+only for the renames.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
+from appliance.fill.layout import StagingLayout
 from appliance.fill.plan import FillPlan
 from appliance.fill.reconcile import reconcile
 from appliance.fill.retry import RetryPolicy
@@ -42,9 +42,14 @@ class Storage(Protocol):
         """Servable titles → files.json digest."""
         ...
 
-    def load(self, title_id: str, folder: Path) -> None:
-        """Make the title servable from `folder`, whose files this process has verified
-        against its files.json; the folder may be consumed (files moved out)."""
+    def staging(self, title_id: str, folder: Path) -> StagingLayout:
+        """Where the title's files should wait: `folder` for files.json, each file on the
+        disk it will be stored on."""
+        ...
+
+    def load(self, title_id: str, staged: StagingLayout) -> None:
+        """Make the title servable from `staged`, whose files this process has verified
+        against its files.json; the files may be consumed (moved in)."""
         ...
 
     def remove(self, title_id: str) -> None: ...
@@ -139,17 +144,20 @@ class FillRun:
     async def _fill_one(self, pool: Pool, title_id: str) -> None:
         title = next(t for t in self.plan.titles if t.id == title_id)
         prog = self.report.titles[title_id]
-        folder = self.staging_root / title_id
         started = time.monotonic()
         try:
+            staged = await self._storage(
+                self.storage.staging, title_id, self.staging_root / title_id
+            )
             fetcher = TitleFetcher(
-                pool, title, folder, self.pacer, self.policy, self.plan.streams, prog
+                pool, title, staged, self.pacer, self.policy, self.plan.streams, prog
             )
             await fetcher.run()
             prog.state = "loading"
             write_state(self.staging_root, self.report, self.wall())
-            await self._storage(self.storage.load, title_id, folder)
-            shutil.rmtree(folder, ignore_errors=True)
+            await self._storage(self.storage.load, title_id, staged)
+            for folder in staged.folders():
+                shutil.rmtree(folder, ignore_errors=True)
             prog.state = "ready"
             event(
                 log,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from appliance.config import StorageConfig
+from appliance.disks import DiskError
+from appliance.fill.layout import StagingLayout, disk_staging
 from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
 from appliance.mover import RateBook
 from appliance.store import Store
@@ -40,15 +42,42 @@ class StoreStorage:
         # Incomplete titles (a file lost with a disk) are not held: the fill fetches them again.
         return {t.id: t.digest for t in self.store.listing() if t.state == READY}
 
-    def load(self, title_id: str, folder: Path) -> None:
-        """Take in a staging folder whose every file the downloader verified against its
-        files.json in this process: moved in where staging shares a filesystem with the
-        file's disk (no copy, no second hash), copied and verified elsewhere."""
+    def _rate(self, title_id: str) -> float:
         # The observed request rate picks the tier, exactly as `appliance load` does.
         if self._rates is None:
             self._rates = RateBook(self.store.config.index, self.store.config.decay_half_life_s)
-        rate = self._rates.rate(title_id)
-        self.store.load(title_id, folder, replace=True, rate=rate, adopt_verified=True)
+        return self._rates.rate(title_id)
+
+    def staging(self, title_id: str, folder: Path) -> StagingLayout:
+        """Each file staged on the disk the store will place it on (at the tier today's rate
+        picks; a tier change by hand-off time only costs a copy). No disk of the tier in
+        service: everything in `folder`, copied in later as before."""
+        disks = self.store.disks
+        try:
+            place = self.store.placer(title_id, self._rate(title_id))
+        except DiskError:
+            return StagingLayout(
+                folder, disk_folders=tuple(disk_staging(d.path, title_id) for d in disks)
+            )
+        roots = {d.id: d.path for d in disks}
+        return StagingLayout(
+            folder,
+            place=lambda path: disk_staging(roots[place(path)], title_id),
+            disk_folders=tuple(disk_staging(d.path, title_id) for d in disks),
+        )
+
+    def load(self, title_id: str, staged: StagingLayout) -> None:
+        """Take in staged files the downloader verified against files.json in this process:
+        moved in where a file shares a filesystem with its disk (no copy, no second hash),
+        copied and verified elsewhere."""
+        self.store.load(
+            title_id,
+            staged.folder,
+            replace=True,
+            rate=self._rate(title_id),
+            adopt_verified=True,
+            located=staged.file,
+        )
 
     def remove(self, title_id: str) -> None:
         self.store.remove(title_id)

@@ -15,12 +15,12 @@ from urllib.parse import quote
 
 from appliance.fill import transport
 from appliance.fill.http1 import ProtocolError, parse_content_range
+from appliance.fill.layout import StagingLayout
 from appliance.fill.pacer import BUFFER, Pacer, Sleep
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
 from edgeflix.titlefiles import FILES_JSON, FileEntry
 
-PART = ".part"
 MAX_FILES_JSON = 64 << 20
 
 
@@ -95,7 +95,7 @@ class FileStream:
 
     pool: transport.Pool
     title_id: str
-    staging: Path
+    staging: StagingLayout
     pacer: Pacer
     progress: TitleProgress | None = None
 
@@ -111,7 +111,7 @@ class FileStream:
             raise SourceFailure(_failure_of(exc), f"{source}: {exc}") from None
 
     def fetch_once(self, entry: FileEntry, source: str, job: StreamJob) -> None:
-        part = part_path(self.staging, entry)
+        part = self.staging.part(entry.path)
         part.parent.mkdir(parents=True, exist_ok=True)
         offset = part.stat().st_size if part.exists() else 0
         if offset > entry.size:
@@ -124,7 +124,7 @@ class FileStream:
             raise SourceFailure(Failure.TRUNCATED, f"{entry.path}: {offset} of {entry.size} bytes")
         if hasher.hexdigest() != entry.sha256:
             raise SourceFailure(Failure.DIGEST, f"{entry.path}: SHA-256 mismatch from {source}")
-        os.replace(part, self.staging / entry.path)
+        os.replace(part, self.staging.file(entry.path))
 
     def _stream(
         self,
@@ -238,11 +238,6 @@ def _failure_of(exc: Exception) -> Failure:
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
-
-
-def part_path(staging: Path, entry: FileEntry) -> Path:
-    final = staging / entry.path
-    return final.with_name(final.name + PART)
 
 
 def _hash_prefix(part: Path, length: int) -> hashlib._Hash:

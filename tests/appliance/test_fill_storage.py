@@ -5,6 +5,7 @@ the hand-off of a verified staging folder (moved in on one filesystem, copied ac
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,9 @@ import pytest
 
 from appliance import config as appliance_config
 from appliance.disks import LoadError
+from appliance.fill.layout import StagingLayout
 from appliance.fill.storage import StoreStorage, mark_disk_missing, restore_disk
-from appliance.index import IndexReader, title_files
+from appliance.index import IndexReader, file_path, title_files
 from appliance.repair import reconcile, verify
 from appliance.store import Store
 from edgeflix import titlefiles
@@ -27,7 +29,7 @@ def _setup(tmp_path: Path) -> tuple[Store, StoreStorage, Path]:
     cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
     adapter = StoreStorage(cfg.storage)
     folder = make_title(tmp_path / "src", "bunny", SIZES)
-    adapter.load("bunny", folder)
+    adapter.load("bunny", StagingLayout(folder))
     return adapter.store, adapter, folder
 
 
@@ -69,7 +71,7 @@ def test_returned_disk_with_a_damaged_file_stays_out(tmp_path: Path) -> None:
         assert adapter.held() == {}
         # What the next fill does: a full reload, from a fresh staging folder (the first
         # load moved the files out of `folder`).
-        adapter.load("bunny", make_title(tmp_path / "again", "bunny", SIZES))
+        adapter.load("bunny", StagingLayout(make_title(tmp_path / "again", "bunny", SIZES)))
         assert "bunny" in adapter.held()
     finally:
         adapter.close()
@@ -101,7 +103,7 @@ def test_verified_staging_on_the_same_filesystem_is_moved_in(tmp_path: Path) -> 
         folder = make_title(tmp_path / "staging", "bunny", SIZES)
         model, digest = titlefiles.read(folder)
         before = _inodes(folder)
-        adapter.load("bunny", folder)
+        adapter.load("bunny", StagingLayout(folder))
         stored = _stored(adapter.store, "bunny")
         assert set(stored) == set(before) == {e.path for e in model.files} | {"files.json"}
         # The very same inodes: renamed, not copied; nothing of them is left in staging.
@@ -131,7 +133,7 @@ def test_verified_staging_on_another_filesystem_is_copied(
     try:
         folder = make_title(other_filesystem, "bunny", SIZES)
         before = _inodes(folder)
-        adapter.load("bunny", folder)
+        adapter.load("bunny", StagingLayout(folder))
         stored = _stored(adapter.store, "bunny")
         assert _inodes(folder) == before  # the source is untouched
         for rel, path in stored.items():
@@ -175,3 +177,32 @@ def test_adopt_failing_half_way_leaves_nothing_visible(tmp_path: Path) -> None:
         assert reconcile(store).findings == []
     finally:
         store.close()
+
+
+def test_each_file_is_staged_on_its_disk_and_renamed_in(tmp_path: Path) -> None:
+    """The layout puts every file in the staging folder of the disk the store will place it
+    on (both disks get some), and the hand-off moves those very files in (same inode)."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    adapter = StoreStorage(cfg.storage)
+    source = make_title(tmp_path / "src", "bunny", SIZES)
+    model = titlefiles.read(source)[0]
+    layout = adapter.staging("bunny", tmp_path / "staging" / "bunny")
+    place = adapter.store.placer("bunny", 0.0)
+    inodes = {}
+    layout.folder.mkdir(parents=True)
+    shutil.copy(source / titlefiles.FILES_JSON, layout.folder / titlefiles.FILES_JSON)
+    for entry in model.files:  # as the downloader leaves them: verified, final names
+        staged = layout.file(entry.path)
+        assert Path(place(entry.path)) / ".staging" / "bunny" in staged.parents
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / entry.path, staged)
+        inodes[entry.path] = staged.stat().st_ino
+    assert len({place(e.path) for e in model.files}) == 2
+    adapter.load("bunny", layout)
+    stored = {
+        f.path: file_path(f.disk, "bunny", f.path) for f in title_files(adapter.store.conn, "bunny")
+    }
+    assert {p: stored[p].stat().st_ino for p in inodes} == inodes
+    assert not any(p.is_file() for folder in layout.disk_folders for p in folder.rglob("*"))
+    assert adapter.held() == {"bunny": titlefiles.read(source)[1]}
+    adapter.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
+from appliance.fill.layout import StagingLayout
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.retry import RetryPolicy
 from appliance.fill.transport import Pool
@@ -69,7 +70,9 @@ def fill(url: str, staging: Path, pacer: Pacer | None = None, streams: int = 2) 
         pool = Pool()
         try:
             title = PlannedTitle(id="t", sources=(url,))
-            await TitleFetcher(pool, title, staging, pacer, FAST, streams, progress).run()
+            await TitleFetcher(
+                pool, title, StagingLayout(staging), pacer, FAST, streams, progress
+            ).run()
         finally:
             pool.close()
 

@@ -147,11 +147,10 @@ def test_fill_resumes_after_sigkill(origin: tuple[str, Path], tmp_path: Path) ->
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    staging = tmp_path / "staging/big"
     deadline = time.monotonic() + 30
     partial = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        partial = sum(p.stat().st_size for p in staging.rglob("*.part")) if staging.exists() else 0
+        partial = sum(p.stat().st_size for p in staged(tmp_path, "big", "*.part"))
         if partial > MiB:
             break
         time.sleep(0.05)
@@ -179,9 +178,16 @@ def test_corrupt_byte_at_source_is_caught(origin: tuple[str, Path], tmp_path: Pa
     report = json.loads(proc.stdout)
     assert report["titles"]["corrupt"]["state"] == "failed"
     assert "corrupt" not in listing(config)
-    # The good file stays in staging for the next attempt; the bad one is not kept.
-    staging = tmp_path / "staging/corrupt/v0"
-    assert (staging / "seg000.m4s").exists() and not (staging / "seg001.m4s").exists()
+    # The good file stays in staging (on its disk) for the next attempt; the bad one is not kept.
+    names = {p.name for p in staged(tmp_path, "corrupt", "v0/*")}
+    assert "seg000.m4s" in names and "seg001.m4s" not in names
+
+
+def staged(tmp_path: Path, title: str, pattern: str) -> list[Path]:
+    """A title's files waiting in staging: files.json under [fill] staging, each media file
+    in the staging folder of the disk it will be stored on (appliance/fill/layout.py)."""
+    roots = [tmp_path / "staging" / title, *(tmp_path.glob(f"d*/.staging/{title}"))]
+    return [p for root in roots for p in root.rglob(pattern) if p.is_file()]
 
 
 def _dead_url() -> str:
@@ -230,6 +236,7 @@ def test_window_closing_mid_title_pauses_then_resumes(
     from datetime import UTC, datetime, timedelta
 
     from appliance.fill.downloader import Pacer, TitleFetcher, TitleProgress
+    from appliance.fill.layout import StagingLayout
     from appliance.fill.plan import PlannedTitle
     from appliance.fill.transport import Pool
     from appliance.fill.window import parse_window
@@ -259,7 +266,7 @@ def test_window_closing_mid_title_pauses_then_resumes(
         try:
             title = PlannedTitle(id="big", sources=(url,))
             fetcher = TitleFetcher(
-                pool, title, tmp_path / "big", pacer, streams=2, progress=progress
+                pool, title, StagingLayout(tmp_path / "big"), pacer, streams=2, progress=progress
             )
             await fetcher.run()
         finally:
