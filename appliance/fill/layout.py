@@ -9,7 +9,7 @@ updated is gone only for the renames, not for a copy. Where the storage side can
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,24 @@ DISK_STAGING = ".staging"  # at a disk's root, beside its titles/ folder (which 
 
 def disk_staging(disk_root: Path, title_id: str) -> Path:
     return disk_root / DISK_STAGING / title_id
+
+
+# Staging of a title no run is fetching is swept once nothing in it changed for this long:
+# longer than any fill window's pause, so a title another process (`appliance fill` beside
+# the daemon) is filling, or will resume in tonight's window, is left alone.
+STALE_AFTER_S = 2 * 24 * 3600.0
+
+
+def stale_folders(
+    newest_change: Mapping[Path, float], keep: Collection[str], now: float
+) -> list[Path]:
+    """Title staging folders (named by title id) to sweep: not wanted by this run, and idle
+    for STALE_AFTER_S (`newest_change`: the latest mtime inside each folder)."""
+    return sorted(
+        folder
+        for folder, changed in newest_change.items()
+        if folder.name not in keep and now - changed >= STALE_AFTER_S
+    )
 
 
 @dataclass(frozen=True)

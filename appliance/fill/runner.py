@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +53,10 @@ class Storage(Protocol):
         ...
 
     def remove(self, title_id: str) -> None: ...
+
+    def sweep_staging(self, keep: Collection[str], now: float) -> list[str]:
+        """Remove long-idle staged files of titles this run does not fetch; return them."""
+        ...
 
     def close(self) -> None: ...
 
@@ -126,6 +130,9 @@ class FillRun:
             self.report.titles[title_id] = TitleProgress(title_id, state="held")
         for title in rec.fetch:
             self.report.titles[title.id] = TitleProgress(title.id)
+        wanted = [t.id for t in rec.fetch]
+        for title_id in await self._storage(self.storage.sweep_staging, wanted, self.wall()):
+            event(log, "fill.staging_swept", title=title_id)
         ticker = asyncio.create_task(self._publish_every(1.0))
         pool = Pool(self.timeouts, max_idle=self.plan.streams * 2)
         try:

@@ -6,11 +6,14 @@ disk re-verified before its files serve again.
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 from appliance.config import StorageConfig
 from appliance.disks import DiskError
-from appliance.fill.layout import StagingLayout, disk_staging
+from appliance.fill.layout import DISK_STAGING, StagingLayout, disk_staging, stale_folders
 from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
 from appliance.mover import RateBook
 from appliance.store import Store
@@ -65,6 +68,23 @@ class StoreStorage:
             place=lambda path: disk_staging(roots[place(path)], title_id),
             disk_folders=tuple(disk_staging(d.path, title_id) for d in disks),
         )
+
+    def sweep_staging(self, keep: Collection[str], now: float) -> list[str]:
+        """Remove staged files no fill will finish (layout.stale_folders) from every disk's
+        `.staging`; return the titles swept. Only there: `[fill] staging` is a path the
+        operator chose, where we delete nothing we did not just finish with."""
+        roots = [d.path / DISK_STAGING for d in self.store.disks]
+        candidates = {
+            title: _newest_change(title)
+            for root in roots
+            if root.is_dir()
+            for title in root.iterdir()
+            if title.is_dir()
+        }
+        swept = stale_folders(candidates, keep, now)
+        for title in swept:
+            shutil.rmtree(title, ignore_errors=True)
+        return sorted({t.name for t in swept})
 
     def load(self, title_id: str, staged: StagingLayout) -> None:
         """Take in staged files the downloader verified against files.json in this process:
@@ -139,3 +159,15 @@ def restore_disk(store: Store, disk_id: str) -> tuple[list[str], list[str]]:
                 )
                 ready.append(title)
     return ready, [f"{t}/{p}" for t, p in bad]
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest mtime of `folder` and anything in it (a download in progress keeps it fresh)."""
+    newest = folder.stat().st_mtime
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                continue  # renamed in meanwhile
+    return newest

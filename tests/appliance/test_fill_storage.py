@@ -14,7 +14,7 @@ import pytest
 
 from appliance import config as appliance_config
 from appliance.disks import LoadError
-from appliance.fill.layout import StagingLayout
+from appliance.fill.layout import STALE_AFTER_S, StagingLayout, disk_staging, stale_folders
 from appliance.fill.storage import StoreStorage, mark_disk_missing, restore_disk
 from appliance.index import IndexReader, file_path, title_files
 from appliance.repair import reconcile, verify
@@ -206,3 +206,31 @@ def test_each_file_is_staged_on_its_disk_and_renamed_in(tmp_path: Path) -> None:
     assert not any(p.is_file() for folder in layout.disk_folders for p in folder.rglob("*"))
     assert adapter.held() == {"bunny": titlefiles.read(source)[1]}
     adapter.close()
+
+
+def test_long_idle_staging_of_titles_no_one_fetches_is_swept(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    adapter = StoreStorage(cfg.storage)
+    now = 1_900_000_000.0
+    disks = [d.path for d in adapter.store.disks]
+    made = {}
+    for name, disk, age_days in (("dropped", 0, 3), ("fresh", 0, 0.5), ("wanted", 1, 9)):
+        folder = disk_staging(disks[disk], name)
+        part = folder / "v0" / "seg0001.m4s.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x" * 100)
+        for path in (part, part.parent, folder):
+            os.utime(path, (now - age_days * 86400, now - age_days * 86400))
+        made[name] = folder
+    assert adapter.sweep_staging(["wanted"], now) == ["dropped"]
+    assert not made["dropped"].exists() and made["fresh"].exists() and made["wanted"].exists()
+    assert adapter.sweep_staging(["wanted"], now) == []
+    adapter.close()
+
+
+def test_stale_folders_rule() -> None:
+    now = 10 * STALE_AFTER_S
+    ages = {Path("/d/.staging/a"): now - STALE_AFTER_S, Path("/d/.staging/b"): now - 1.0}
+    ages[Path("/e/.staging/a")] = now - 2 * STALE_AFTER_S
+    assert stale_folders(ages, keep=(), now=now) == [Path("/d/.staging/a"), Path("/e/.staging/a")]
+    assert stale_folders(ages, keep=("a",), now=now) == []
