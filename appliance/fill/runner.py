@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -53,6 +54,10 @@ class Storage(Protocol):
         ...
 
     def remove(self, title_id: str) -> None: ...
+
+    def exclusive(self) -> AbstractContextManager[None]:
+        """Held for the whole run: one fill per store at a time (FillError when busy)."""
+        ...
 
     def sweep_staging(self, keep: Collection[str], now: float) -> list[str]:
         """Remove long-idle staged files of titles this run does not fetch; return them."""
@@ -117,7 +122,8 @@ class FillRun:
 
     async def run(self) -> FillReport:
         try:
-            return await self._run()
+            with self.storage.exclusive():
+                return await self._run()
         finally:
             await self._storage(self.storage.close)
             self._thread.shutdown(wait=False)

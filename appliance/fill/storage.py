@@ -6,18 +6,24 @@ disk re-verified before its files serve again.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.config import StorageConfig
 from appliance.disks import DiskError
+from appliance.fill.downloader import FillError
 from appliance.fill.layout import DISK_STAGING, StagingLayout, disk_staging, stale_folders
 from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
 from appliance.mover import RateBook
-from appliance.store import Store
+from appliance.store import Store, locks_folder
 from edgeflix.titlefiles import sha256_file
+
+# The fill's run lock, beside the titles' locks; no ".lock" suffix, so no title's lock file.
+RUN_LOCK = "fill-run"
 
 
 class StoreStorage:
@@ -68,6 +74,29 @@ class StoreStorage:
             place=lambda path: disk_staging(roots[place(path)], title_id),
             disk_folders=tuple(disk_staging(d.path, title_id) for d in disks),
         )
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Held for a whole fill run: one fill per store at a time. The daemon's fill and an
+        `appliance fill` stage into the same disks' .staging and would append to the same
+        .part files (and each sweeps what the other may still want)."""
+        path = locks_folder(self.config.index) / RUN_LOCK
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise FillError(f"cannot open the fill lock {path}: {exc.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FillError(
+                    "another fill is running on this appliance (the daemon's or another "
+                    "`appliance fill`); try again when it has finished"
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def sweep_staging(self, keep: Collection[str], now: float) -> list[str]:
         """Remove staged files no fill will finish (layout.stale_folders) from every disk's

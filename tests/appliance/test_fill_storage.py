@@ -14,6 +14,7 @@ import pytest
 
 from appliance import config as appliance_config
 from appliance.disks import LoadError
+from appliance.fill.downloader import FillError
 from appliance.fill.layout import STALE_AFTER_S, StagingLayout, disk_staging, stale_folders
 from appliance.fill.storage import StoreStorage, mark_disk_missing, restore_disk
 from appliance.index import IndexReader, file_path, title_files
@@ -234,3 +235,18 @@ def test_stale_folders_rule() -> None:
     ages[Path("/e/.staging/a")] = now - 2 * STALE_AFTER_S
     assert stale_folders(ages, keep=(), now=now) == [Path("/d/.staging/a"), Path("/e/.staging/a")]
     assert stale_folders(ages, keep=("a",), now=now) == []
+
+
+def test_one_fill_per_store_at_a_time(tmp_path: Path) -> None:
+    """The daemon's fill and an `appliance fill` share the disks' staging: the second one
+    to start is refused in one line while the first runs, and may run once it is done."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    first, second = StoreStorage(cfg.storage), StoreStorage(cfg.storage)
+    with (
+        first.exclusive(),
+        pytest.raises(FillError, match="another fill is running"),
+        second.exclusive(),
+    ):
+        pass
+    with second.exclusive():
+        pass
