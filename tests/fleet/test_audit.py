@@ -6,11 +6,9 @@ is not what it expects."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import sqlite3
-from collections.abc import MutableMapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,11 @@ from hypothesis import strategies as st
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
-from fleet.admin import AdminAccess
 from fleet.cli import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.grpc_api import _status, beat_from_proto
-from fleet.http import create_app, plan_json
+from fleet.http import plan_json
 from fleet.model import (
     Appliance,
     FleetSnapshot,
@@ -43,13 +40,12 @@ from fleet.server import catalog_from_json
 from fleet.service import FleetService, OriginTitle
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
+from tests.fleet.test_http import get
 
 SITES = (
     Site.build("home", ["192.168.1.0/24"]),
     Site.build("wide", ["192.168.0.0/16"]),
 )
-
-ADMIN = AdminAccess("loopback", b"secret-admin-token")
 
 
 def snapshot() -> FleetSnapshot:
@@ -171,32 +167,8 @@ def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> N
 
 
 def asgi(svc: FleetService, method: str, path: str, query: bytes) -> tuple[int, bytes]:
-    app = create_app(svc, ADMIN)
-    sent: list[MutableMapping[str, Any]] = []
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"fleet")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 7080),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return sent[0]["status"], body
+    status, _headers, body = get(svc, f"{path}?{query.decode()}", method)
+    return status, body
 
 
 @pytest.mark.parametrize(
@@ -266,15 +238,21 @@ def test_a_removed_appliance_leaves_the_plan_at_the_next_tick(tmp_path: Path) ->
     assert set(svc.replan().appliances) == {"h2"}
 
 
-def test_a_replan_that_changes_nothing_keeps_what_changed_in_that_version(
-    tmp_path: Path,
-) -> None:
+def one_appliance_planned(tmp_path: Path) -> FleetService:
+    """A manager with one title at the origin, one appliance (h1) with room, one plan."""
     svc = service(tmp_path)
     svc.set_origin_titles([OriginTitle("film", "d", 10**9)])
     svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(b"k" * 32))
     beat = Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=(TierSpace("hdd", 10**12),))
     svc.heartbeat("h1", beat, {})
     svc.replan()
+    return svc
+
+
+def test_a_replan_that_changes_nothing_keeps_what_changed_in_that_version(
+    tmp_path: Path,
+) -> None:
+    svc = one_appliance_planned(tmp_path)
     first = plan_json(svc, None)
     assert list(first["appliances"][0]["diff"]["added"]) == ["film"]
     svc.replan()  # the planner's next round: nothing changed
@@ -289,12 +267,8 @@ def test_a_manager_restored_from_a_backup_overtakes_the_versions_appliances_run(
 ) -> None:
     """Appliances ignore versions up to their own as stale: a manager whose database came
     back from yesterday's backup must not hand out key sets (or plans) they ignore."""
-    svc = service(tmp_path)
-    svc.set_origin_titles([OriginTitle("film", "d", 10**9)])
-    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(b"k" * 32))
-    beat = Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=(TierSpace("hdd", 10**12),))
-    svc.heartbeat("h1", beat, {})
-    svc.replan()
+    svc = one_appliance_planned(tmp_path)
+    beat = svc.beats["h1"]
     backup = tmp_path / "backup" / "fleet.sqlite"
     backup.parent.mkdir()
     with sqlite3.connect(backup) as copy:

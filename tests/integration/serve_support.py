@@ -101,20 +101,27 @@ def connect(addr: tuple[str, int], timeout: float = 10) -> socket.socket:
     return sock
 
 
-def recv_all(sock: socket.socket, timeout: float = 10) -> bytes:
-    """Everything until the server closes (bounded by `timeout`)."""
+def read_until_closed(sock: socket.socket, timeout: float = 10) -> tuple[bytes, bool]:
+    """What arrives until the server closes; closed is False when `timeout` passed first."""
     sock.settimeout(timeout)
     chunks = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
+            return b"".join(chunks), True
+        except TimeoutError:
             break
         if not data:
-            break
+            return b"".join(chunks), True
         chunks.append(data)
-    return b"".join(chunks)
+    return b"".join(chunks), False
+
+
+def recv_all(sock: socket.socket, timeout: float = 10) -> bytes:
+    """Everything until the server closes (bounded by `timeout`)."""
+    return read_until_closed(sock, timeout)[0]
 
 
 def raw(addr: tuple[str, int], request: bytes, timeout: float = 10) -> bytes:

@@ -17,7 +17,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.serve_support import Response, Server, make_title, read_response, start
+from tests.integration.serve_support import (
+    Response,
+    Server,
+    make_title,
+    read_response,
+    read_until_closed,
+    start,
+)
 from tests.integration.test_appliance_serve_more import on_disk, seed
 
 # Longer than any wait below: an answer that comes is an answer, not the header timeout firing.
@@ -79,24 +86,6 @@ def get(path: str, extra: str = "", method: str = "GET", version: str = "1.1") -
     return f"{method} {path} HTTP/{version}\r\n{host}{extra}\r\n".encode("latin-1")
 
 
-def read_until_closed(sock: socket.socket, timeout: float = WAIT_S) -> tuple[bytes, bool]:
-    """What arrives until the server closes; closed is False when `timeout` passed first."""
-    sock.settimeout(timeout)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            return b"".join(chunks), True
-        except TimeoutError:
-            break
-        if not data:
-            return b"".join(chunks), True
-        chunks.append(data)
-    return b"".join(chunks), False
-
-
 @dataclass
 class Exchange:
     responses: list[Response]
@@ -136,7 +125,7 @@ def refused(appliance: Appliance, data: bytes) -> bytes:
     """A request the server must answer with an error and then close on: the answer's bytes."""
     with socket.create_connection(appliance.server.addr, timeout=WAIT_S) as sock:
         sock.sendall(data)
-        answer, closed = read_until_closed(sock)
+        answer, closed = read_until_closed(sock, WAIT_S)
     assert closed, f"not closed within {WAIT_S}s; got {answer[:120]!r}"
     return answer
 
@@ -203,7 +192,7 @@ def test_crlf_flood_is_cut_off_while_others_are_served(appliance: Appliance) -> 
                     sock.sendall(b"\r\n" * 32768)
             except OSError:
                 pass
-            answer.append(read_until_closed(sock)[0])
+            answer.append(read_until_closed(sock, WAIT_S)[0])
 
     thread = threading.Thread(target=flood)
     thread.start()
@@ -230,7 +219,7 @@ def test_http10_and_connection_close(appliance: Appliance) -> None:
     # `close` mid-pipeline: that response is the last; what follows is never answered.
     with socket.create_connection(appliance.server.addr, timeout=WAIT_S) as sock:
         sock.sendall(get(INIT) + get(INIT, "Connection: close\r\n") + get(INIT))
-        answer, closed = read_until_closed(sock)
+        answer, closed = read_until_closed(sock, WAIT_S)
     assert closed and answer.count(b"HTTP/1.1 200 ") == 2
     assert answer.endswith(init)
 

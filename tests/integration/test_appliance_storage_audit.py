@@ -24,18 +24,7 @@ import pytest
 from tests.appliance.storage_fixtures import make_title
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, connect, read_response, start
-
-
-def cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
-    proc = run_cli(["appliance", *args], timeout=timeout)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
+from tests.integration.test_appliance_store import cli, error_line
 
 
 def write_config(tmp: Path, disks: list[tuple[Path, str]], extra: str = "") -> Path:

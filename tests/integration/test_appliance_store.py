@@ -11,8 +11,8 @@ from tests.appliance.storage_fixtures import make_title, storage_toml, title_byt
 from tests.conftest import run_cli
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    proc = run_cli(["appliance", *args], timeout=120)
+def cli(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    proc = run_cli(["appliance", *args], timeout=timeout)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -358,15 +358,11 @@ def test_bad_fleet_toml_is_one_line(tmp_path: Path, sites: str, words: str) -> N
     assert not (tmp_path / "f.sqlite").exists()
 
 
-def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
-    fleet: Server, tmp_path: Path
-) -> None:
-    """`edgeflix fleet rm` under a running fleet link: its beats become UNAUTHENTICATED;
-    it must not beat unheard for ever but enrol again, refused on its spent token until
-    the operator gives it a new one (config + SIGHUP → reconfigure)."""
+def link_setup(fleet: Server, tmp_path: Path, name: str) -> tuple[ApplianceConfig, LinkSinks]:
+    """A real fleet link's config (one empty disk, a fresh join token) and quiet sinks."""
     cfg = ApplianceConfig.model_validate(
         {
-            "name": "rm1",
+            "name": name,
             "storage": {"disks": [{"path": str(tmp_path / "d0")}], "index": str(tmp_path / "i")},
             "fleet": {"url": fleet.urls["grpc"], "join_token": join_token(fleet)},
         }
@@ -379,6 +375,16 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
         submit_plan=lambda plan: None,
         set_keys=lambda keys: None,
     )
+    return cfg, sinks
+
+
+def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
+    fleet: Server, tmp_path: Path
+) -> None:
+    """`edgeflix fleet rm` under a running fleet link: its beats become UNAUTHENTICATED;
+    it must not beat unheard for ever but enrol again, refused on its spent token until
+    the operator gives it a new one (config + SIGHUP → reconfigure)."""
+    cfg, sinks = link_setup(fleet, tmp_path, "rm1")
     link = FleetLink(cfg, "http://127.0.0.80:8081", sinks)
     link.restore()
     assert link.step() == 0.0  # enrolled: beat at once
@@ -403,21 +409,7 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
 def test_enrolling_again_does_not_hold_off_the_grace_period(fleet: Server, tmp_path: Path) -> None:
     """A box whose clock is far off gets UNAUTHENTICATED beats too: it enrols again (the
     unsigned Enrol succeeds, same key) but that is no contact, so the grace period runs."""
-    cfg = ApplianceConfig.model_validate(
-        {
-            "name": "skew1",
-            "storage": {"disks": [{"path": str(tmp_path / "d0")}], "index": str(tmp_path / "i")},
-            "fleet": {"url": fleet.urls["grpc"], "join_token": join_token(fleet)},
-        }
-    )
-    (tmp_path / "d0").mkdir()
-    Store(cfg.storage).close()
-    sinks = LinkSinks(
-        health=lambda: BoxHealth("ok", (), 1e9),
-        traffic=lambda: Traffic({}, 0, 0),
-        submit_plan=lambda plan: None,
-        set_keys=lambda keys: None,
-    )
+    cfg, sinks = link_setup(fleet, tmp_path, "skew1")
     clock = {"skew": 0.0}
     link = FleetLink(
         cfg, "http://127.0.0.81:8081", sinks, clock=lambda: time.time() + clock["skew"]

@@ -31,6 +31,16 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -
         assert word in lines[0], lines[0]
 
 
+def skip_without_mount_namespaces() -> None:
+    """The tests that need a small or read-only file system mount one as root of a user
+    namespace (no privileges, nothing outside the test changes)."""
+    if (
+        not shutil.which("unshare")
+        or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode
+    ):
+        pytest.skip("needs unprivileged user+mount namespaces")
+
+
 def no_title(store: Path, title_id: str = "t") -> bool:
     return not (store / "titles" / title_id).exists()
 
@@ -96,11 +106,7 @@ def test_store_not_writable(tmp_path: Path, bikes: Path) -> None:
 
 def test_full_disk(tmp_path: Path, bunny: Path) -> None:
     """A 600 KiB tmpfs as the store (in a user namespace): ffmpeg hits ENOSPC mid-encode."""
-    if (
-        not shutil.which("unshare")
-        or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode
-    ):
-        pytest.skip("needs unprivileged user+mount namespaces")
+    skip_without_mount_namespaces()
     store = tmp_path / "small"
     store.mkdir()
     cli = " ".join([sys.executable, "-m", "edgeflix.cli", *ingest_args(bunny, store)])

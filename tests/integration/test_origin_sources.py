@@ -13,7 +13,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -33,7 +32,10 @@ from origin.runner import find_ffmpeg
 from origin.segments import measure
 from tests.conftest import run_cli
 from tests.integration.serve_support import start
-from tests.integration.test_origin_failures import assert_one_line_error
+from tests.integration.test_origin_failures import (
+    assert_one_line_error,
+    skip_without_mount_namespaces,
+)
 
 SEGMENT = 1.0
 NS = "{urn:mpeg:dash:schema:mpd:2011}"
@@ -437,11 +439,7 @@ def test_title_is_one_printable_line(clips: dict[str, Path], tmp_path: Path, tit
 def test_store_on_a_read_only_mount(clips: dict[str, Path], tmp_path: Path) -> None:
     """A read-only filesystem stops root too (permission bits do not): a tmpfs mounted ro
     in a user namespace, holding a published title, then a fresh one."""
-    if (
-        not shutil.which("unshare")
-        or subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode
-    ):
-        pytest.skip("needs unprivileged user+mount namespaces")
+    skip_without_mount_namespaces()
     store = tmp_path / "ro"
     store.mkdir()
     cli = [sys.executable, "-m", "edgeflix.cli", "origin", "ingest",
