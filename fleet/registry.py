@@ -110,7 +110,7 @@ def beat_to_dict(beat: Beat) -> dict[str, Any]:
 def beat_from_dict(doc: Mapping[str, Any], at: float) -> Beat:
     """The saved beat, as if it had just arrived at `at` (so the appliance has the usual
     missed-beats grace to send a real one). Raises KeyError, TypeError or ValueError on a
-    document of another shape."""
+    document of another shape (AttributeError where a mapping is a list)."""
     health = doc["health"]
     if health not in ("ok", "degraded", "failing"):
         raise ValueError(f"health {health!r}")

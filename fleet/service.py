@@ -437,6 +437,6 @@ def _restore_beats(
             continue
         try:
             beats[name] = beat_from_dict(doc, now)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             event(log, "fleet.beat_unrestored", logging.WARNING, appliance=name)
     return beats

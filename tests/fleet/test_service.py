@@ -3,6 +3,7 @@ per-site planning, key rotation on schedule, and what survives a restart."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from edgeflix.proto import auth
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace
-from fleet.registry import Beat
+from fleet.registry import Beat, beat_to_dict
 from fleet.service import JOIN_TOKEN_TTL_S, FleetService, OriginTitle
 from fleet.store import EnrolmentRefused, Store
 
@@ -246,6 +247,16 @@ def test_saved_beats_of_another_shape_are_skipped(tmp_path: Path) -> None:
     clock = Clock()
     svc = service(tmp_path, clock)
     enrol(svc, "h1", "home")
-    for raw in ('{"h1": {"health": "ok"}}', '{"h1": 5}', "[1]", "{not json"):
+    svc.heartbeat("h1", Beat(at=clock.now, sequence=1), {})
+    good = beat_to_dict(svc.beats["h1"])
+    for raw in (
+        '{"h1": {"health": "ok"}}',
+        '{"h1": 5}',
+        "[1]",
+        "{not json",
+        json.dumps({"h1": {**good, "titles": ["a"]}}),
+        json.dumps({"h1": {**good, "tiers": [1]}}),
+        json.dumps({"h1": {**good, "health": "great"}}),
+    ):
         svc.store.set_meta("last_beats", raw)
         assert FleetService(svc.config, Store(svc.config.server.db), clock).beats == {}
