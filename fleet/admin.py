@@ -7,6 +7,7 @@ must not be enough.
 any other caller a bearer token. `"token"`: every caller needs it. The token is made at
 first start beside the database (`admin-token`, mode 0600); the CLI sends it from
 `$EDGEFLIX_FLEET_TOKEN`. http.py asks `AdminAccess.check` before passing a request on.
+Behind a reverse proxy on the same machine every caller looks local: use "token" there.
 """
 
 from __future__ import annotations

@@ -62,17 +62,16 @@ class StoreStorage:
         picks; a tier change by hand-off time only costs a copy). No disk of the tier in
         service: everything in `folder`, copied in later as before."""
         disks = self.store.disks
+        on_disks = tuple(disk_staging(d.path, title_id) for d in disks)
         try:
-            place = self.store.placer(title_id, self._rate(title_id))
+            disk_of = self.store.placer(title_id, self._rate(title_id))
         except DiskError:
-            return StagingLayout(
-                folder, disk_folders=tuple(disk_staging(d.path, title_id) for d in disks)
-            )
+            return StagingLayout(folder, disk_folders=on_disks)
         roots = {d.id: d.path for d in disks}
         return StagingLayout(
             folder,
-            place=lambda path: disk_staging(roots[place(path)], title_id),
-            disk_folders=tuple(disk_staging(d.path, title_id) for d in disks),
+            place=lambda path: disk_staging(roots[disk_of(path)], title_id),
+            disk_folders=on_disks,
         )
 
     @contextmanager
