@@ -83,7 +83,12 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
 def _auth() -> dict[str, str]:
     """The admin token from the environment (fleet/admin.py), when there is one."""
     token = os.environ.get(ENV_TOKEN, "").strip()
-    return {"authorization": f"Bearer {token}"} if token else {}
+    if not token:
+        return {}
+    if not token.isascii() or not token.isprintable() or " " in token:
+        # It goes into an HTTP header: refuse it here, in one line, not as an encoding error.
+        raise FleetInputError(f"${ENV_TOKEN} is not a token (printable ASCII, no spaces)")
+    return {"authorization": f"Bearer {token}"}
 
 
 _NOT_A_FLEET = "{base} sent {what}: is it the fleet manager's HTTP address?"

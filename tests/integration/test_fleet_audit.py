@@ -471,3 +471,9 @@ def test_a_restarted_manager_steers_to_appliances_before_they_beat_again(tmp_pat
         assert answer["urls"][0].startswith("http://127.0.0.11:8081/"), answer
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("token", ["tökén", "a\nb", "a b"])
+def test_an_admin_token_no_header_can_carry_is_one_line(token: str) -> None:
+    env = {**os.environ, "EDGEFLIX_FLEET_TOKEN": token}
+    one_line_error(*fleet_cli("http://127.0.0.1:9", "ls", env=env), "EDGEFLIX_FLEET_TOKEN")
