@@ -329,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smaller trace, for a smoke run")
     args = ap.parse_args(argv)
+    if args.requests_per_day < 100:
+        ap.error("--requests-per-day must be at least 100 (fewer leave most days empty)")
     sc = Scenario(seed=args.seed, days=args.days, requests_per_day=args.requests_per_day)
     if args.quick:
         sc = Scenario(seed=args.seed, titles=800, days=10, warmup_days=4, requests_per_day=2000)
