@@ -24,11 +24,22 @@ def _open_store(config: Path | None, findings: list[Finding] | None = None) -> S
     """Load the config, open the store and reconcile it, reporting findings on stderr (and
     into `findings`, for a command that reports them itself)."""
     from appliance import config as appliance_config
+    from appliance.health import DiskWatch, unusable
     from appliance.repair import reconcile
     from appliance.store import Store
     from edgeflix.ui import warn
 
-    store = Store(appliance_config.load(config).storage)
+    storage = appliance_config.load(config).storage
+    # A dead disk (EIO, gone, hung) is left alone rather than failing the command or having
+    # its files dropped: the daemon takes it out and re-verifies it when it is back.
+    probes = DiskWatch([d.path.resolve() for d in storage.disks]).probe_all()
+    dead = unusable(probes)
+    for path, why in sorted(dead.items()):
+        warn(f"disk {path} is out of service ({why}): its files are not checked or changed")
+    for probe in probes:
+        if probe.outcome == "read_only":
+            warn(f"disk {probe.path} is read-only: its files are read, new files go elsewhere")
+    store = Store(storage, out_of_service=dead)
     report = reconcile(store)
     for finding in report.findings:
         warn(str(finding))
@@ -144,16 +155,19 @@ def verify_cmd(
                 "checked_bytes": report.checked_bytes,
                 "problems": problems,
                 "busy": report.busy,
+                "unchecked": report.unchecked,
             }
         )
     else:
         for finding in report.findings:
             typer.echo(str(finding))
+        for disk, count in sorted(report.unchecked.items()):
+            typer.echo(f"disk {disk} is out of service: {count} files not checked")
         typer.echo(
             f"checked {report.checked_files} files, {report.checked_bytes} bytes: "
             f"{len(problems)} problems"
         )
-    if problems:
+    if problems or report.unchecked:
         raise typer.Exit(1)
 
 

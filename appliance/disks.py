@@ -63,6 +63,8 @@ class Disk:
     high_watermark: float
     low_watermark: float
     max_bytes: int | None
+    # False on a read-only filesystem: its files serve, nothing new is placed there.
+    writable: bool = True
 
     @property
     def titles_dir(self) -> Path:
@@ -136,13 +138,22 @@ def detect_tier(path: Path, sysfs: Path = SYSFS, default: Tier = DEFAULT_TIER) -
     return "hdd" if flag else "ssd"
 
 
+def read_only_fs(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
 def check_disk_path(path: Path) -> Path:
-    """The resolved path of a usable disk, or a DiskError saying what is wrong."""
-    if not path.exists():
-        raise DiskError(f"disk {path} does not exist (mount it or fix [storage] disks)")
-    if not path.is_dir():
-        raise DiskError(f"disk {path} is not a folder")
-    if not os.access(path, os.W_OK | os.X_OK):
+    """The resolved path of a usable disk, or a DiskError saying what is wrong. A disk on a
+    read-only filesystem (ext4 remounted itself read-only on errors) is usable for reading."""
+    try:
+        if not path.exists():
+            raise DiskError(f"disk {path} does not exist (mount it or fix [storage] disks)")
+        if not path.is_dir():
+            raise DiskError(f"disk {path} is not a folder")
+        wanted = os.R_OK | os.X_OK if read_only_fs(path) else os.W_OK | os.X_OK
+    except OSError as exc:
+        raise DiskError(f"disk {path}: {exc.strerror or exc} (is the disk failing?)") from None
+    if not os.access(path, wanted):
         raise DiskError(f"disk {path} is not writable by this user")
     return path.resolve()
 
@@ -152,8 +163,12 @@ def open_disks(configs: Sequence[DiskConfig], sysfs: Path = SYSFS) -> tuple[Disk
     disks = []
     for cfg in configs:
         path = check_disk_path(cfg.path)
-        tier = cfg.tier or detect_tier(path, sysfs)
-        total = shutil.disk_usage(path).total
+        try:
+            tier = cfg.tier or detect_tier(path, sysfs)
+            total = shutil.disk_usage(path).total
+            writable = not read_only_fs(path)
+        except OSError as exc:
+            raise DiskError(f"disk {path}: {exc.strerror or exc} (is the disk failing?)") from None
         capacity = min(cfg.max_bytes, total) if cfg.max_bytes else total
         disks.append(
             Disk(
@@ -164,6 +179,7 @@ def open_disks(configs: Sequence[DiskConfig], sysfs: Path = SYSFS) -> tuple[Disk
                 high_watermark=cfg.high_watermark,
                 low_watermark=cfg.low_watermark,
                 max_bytes=cfg.max_bytes,
+                writable=writable,
             )
         )
     return tuple(disks)

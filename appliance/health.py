@@ -24,7 +24,9 @@ import psutil
 
 HealthState = Literal["ok", "degraded", "failing"]
 ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "io_error", "timeout"]
-DiskState = Literal["serving", "out", "rescanning"]
+# read_only: its files keep serving, but nothing new is written there (ext4 remounted itself
+# read-only on errors, or an operator did): loads, fills and moves go to the other disks.
+DiskState = Literal["serving", "read_only", "out", "rescanning"]
 CANARY = ".edgeflix-probe"
 
 
@@ -44,6 +46,7 @@ class DiskSample:
     latency_ms: float | None  # mean per I/O over the last interval
     in_service: bool
     reason: str | None = None
+    writable: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
         if not disk.in_service:
             graded.append((1, f"disk {disk.path} out of service: {disk.reason or 'unknown'}"))
             continue
+        if not disk.writable:
+            why = disk.reason or "read-only"
+            graded.append((1, f"disk {disk.path} read-only ({why}): serving, no new writes"))
         graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
         graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
         if disk.io_errors:
@@ -224,8 +230,17 @@ def decide_disks(
             if cur.slow_streak < timeouts_to_fail:
                 new[p.path] = replace(cur, errors=cur.errors + 1)
                 continue
-        elif p.outcome == "ok":
+        elif p.outcome in ("ok", "read_only"):
             cur = replace(cur, slow_streak=0)
+        if p.outcome == "read_only" and cur.state in ("serving", "read_only"):
+            # Reads still work: keep serving its files, only writes must go elsewhere.
+            reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
+            new[p.path] = replace(cur, state="read_only", reason=reason, ok_streak=0)
+            continue
+        if p.outcome == "read_only":
+            # An out disk that comes back read-only is re-verified like any other; it then
+            # serves read-only (the next probe after the re-scan says so).
+            p = replace(p, outcome="ok")
         if p.outcome != "ok":
             reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
             if cur.state != "out":
@@ -241,8 +256,22 @@ def decide_disks(
             else:
                 new[p.path] = replace(cur, ok_streak=streak)
         else:
-            new[p.path] = replace(cur, ok_streak=cur.ok_streak + 1)
+            cur = replace(cur, ok_streak=cur.ok_streak + 1)
+            if cur.state == "read_only":
+                # Remounted read-write: it serves on (its files never stopped) and takes writes.
+                cur = replace(cur, state="serving", reason=None)
+            new[p.path] = cur
     return new, actions
+
+
+def unusable(probes: Sequence[DiskProbe]) -> dict[str, str]:
+    """Disks a one-off command (`appliance ls`, `load`, `verify`) must leave alone, with the
+    reason: every failed probe but read-only (a read-only disk is read, just not written)."""
+    return {
+        p.path: f"{p.outcome}: {p.detail}" if p.detail else p.outcome
+        for p in probes
+        if p.outcome not in ("ok", "read_only")
+    }
 
 
 def _probe_once(path: Path) -> DiskProbe:
@@ -379,7 +408,7 @@ class HealthSampler:
         disks = []
         for path, status in self.disks.statuses().items():
             used: float | None = None
-            if status.state == "serving":
+            if status.state in ("serving", "read_only"):
                 try:
                     usage = shutil.disk_usage(path)
                     used = usage.used / usage.total if usage.total else None
@@ -392,8 +421,9 @@ class HealthSampler:
                     used_fraction=used,
                     io_errors=errors.get(path, 0),
                     latency_ms=r.disk_latency_ms.get(device) if device else None,
-                    in_service=status.state == "serving",
+                    in_service=status.state in ("serving", "read_only"),
                     reason=status.reason,
+                    writable=status.state != "read_only",
                 )
             )
         nics = tuple(

@@ -213,7 +213,7 @@ class HealthMonitor(threading.Thread):
     # -- what others ask -----------------------------------------------------------------
 
     def out_of_service(self) -> set[str]:
-        return {p for p, s in self.watch.statuses().items() if s.state != "serving"}
+        return {p for p, s in self.watch.statuses().items() if s.state in ("out", "rescanning")}
 
     def report(self) -> HealthReport:
         with self._lock:

@@ -74,6 +74,7 @@ class Report:
     busy: list[str] = field(default_factory=list)  # titles another process was working on
     checked_files: int = 0
     checked_bytes: int = 0
+    unchecked: dict[str, int] = field(default_factory=dict)  # disk out of service → its files
 
     def add(self, title: str, path: str, problem: str, damage: bool = False) -> None:
         finding = Finding(title, path, problem, damage)
@@ -84,6 +85,8 @@ class Report:
 def _title_ids_on_disks(store: Store) -> set[str]:
     ids = set()
     for disk in store.disks:
+        if not disk.titles_dir.is_dir():
+            continue  # a read-only disk that never held a title
         for entry in os.scandir(disk.titles_dir):
             # A link named like a title is someone's placement, never ours: swept like a stray.
             if (entry.is_dir(follow_symlinks=False) or entry.is_symlink()) and TITLE_ID_RE.match(
@@ -123,8 +126,8 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
     _rehome(store, title_id, report)
     dropped = []
     for f in title_files(store.conn, title_id):
-        if f.state != OK:
-            continue
+        if f.state != OK or f.disk in store.out_of_service:
+            continue  # a disk out of service: the daemon's take-out and re-scan own its files
         report.checked_files += 1
         problem = _check_size(f)
         if problem:
@@ -313,6 +316,9 @@ def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Repor
             dropped = []
             for f in title_files(store.conn, title.id):
                 if f.state != OK:
+                    continue
+                if f.disk in store.out_of_service:
+                    report.unchecked[f.disk] = report.unchecked.get(f.disk, 0) + 1
                     continue
                 report.checked_files += 1
                 problem = _check_content(f)

@@ -101,6 +101,8 @@ class Store:
         self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
         check_layout(self.disks, config.index)
         for disk in self.disks:
+            if not disk.writable:
+                continue  # nothing can be created there; its titles (if any) still serve
             try:
                 # Only the folder inside the disk: never re-create a vanished mount point,
                 # which would put titles on the root filesystem (and race a disk's removal).
@@ -185,10 +187,16 @@ class Store:
                 f"bytes in all, {detail}"
             )
 
+    def writable_disks_of(self, tier: Tier) -> list[Disk]:
+        return [d for d in self.disks_of(tier) if d.writable]
+
     def _buckets(self, tier: Tier) -> list[Bucket]:
-        buckets = [d.bucket() for d in self.disks_of(tier)]
+        """Where new files of `tier` may go: its writable disks in service."""
+        buckets = [d.bucket() for d in self.writable_disks_of(tier)]
         if not buckets:
-            raise DiskError(f"no disk of the {tier} tier is in service")
+            read_only = [d.id for d in self.disks_of(tier)]
+            why = f" (read-only: {', '.join(read_only)})" if read_only else ""
+            raise DiskError(f"no writable disk of the {tier} tier is in service{why}")
         return buckets
 
     def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
@@ -409,7 +417,7 @@ class Store:
             row = get_title(self.conn, title_id)
             if row is None or row.state != READY or row.tier == to_tier:
                 return False
-            if not self.disks_of(to_tier):
+            if not self.writable_disks_of(to_tier):
                 return False
             files = title_files(self.conn, title_id)
             placement = self._placement(title_id, to_tier, [f.path for f in files])

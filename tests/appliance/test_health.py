@@ -140,6 +140,32 @@ def test_decide_disks_takes_out_at_once_and_rescans_after_streak() -> None:
     assert actions == [TakeOut("/b", "timeout")]
 
 
+def test_read_only_disk_keeps_serving_and_takes_writes_again_once_rw() -> None:
+    """ext4's errors=remount-ro leaves every file readable: never a take-out (its files would
+    404), only a state that keeps writes away; read-write again, it simply serves on."""
+    statuses, actions = decide_disks({}, [DiskProbe("/a", "read_only", "mounted read-only")])
+    assert actions == [] and statuses["/a"].state == "read_only"
+    assert statuses["/a"].reason == "read_only: mounted read-only"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "read_only")])
+    assert actions == [] and statuses["/a"].state == "read_only"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "ok")])
+    assert actions == [] and statuses["/a"].state == "serving" and statuses["/a"].reason is None
+    # A read-only disk that then dies is taken out; back read-only, it is re-scanned first.
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "io_error", "EIO")], 2)
+    assert actions == [TakeOut("/a", "io_error: EIO")]
+    statuses, _ = decide_disks(statuses, [DiskProbe("/a", "read_only")], 2)
+    assert statuses["/a"].state == "out"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "read_only")], 2)
+    assert actions == [Rescan("/a")] and statuses["/a"].state == "rescanning"
+
+
+def test_summarise_read_only_disk_is_in_service_but_degraded() -> None:
+    ro = DiskSample("/a", 0.5, 0, None, in_service=True, reason="read_only: x", writable=False)
+    health = summarise(HealthInputs(1.0, 1.0, 0.1, disks=(ro,)))
+    assert health.state == "degraded" and health.disks_out_of_service == ()
+    assert health.reasons == ("disk /a read-only (read_only: x): serving, no new writes",)
+
+
 def test_slow_probes_take_a_disk_out_only_in_a_row() -> None:
     statuses: dict[str, DiskStatus] = {}
     for outcome in ("timeout", "ok", "timeout", "ok"):
