@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/steer.py
 	$(PY) bench/fill.py
 	$(PY) bench/serve.py
+	$(PY) bench/soak.py
 
 # gRPC stubs from edgeflix/proto/*.proto into edgeflix/proto/gen/ (committed; never edited).
 # The -I mapping makes the generated modules import each other as edgeflix.proto.gen.*.

@@ -22,6 +22,8 @@ from typing import Literal
 
 import psutil
 
+from appliance.disks import TITLES_DIR
+
 HealthState = Literal["ok", "degraded", "failing"]
 ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "io_error", "timeout"]
 # read_only: its files keep serving, but nothing new is written there (ext4 remounted itself
@@ -274,11 +276,15 @@ def unusable(probes: Sequence[DiskProbe]) -> dict[str, str]:
     }
 
 
-def _probe_once(path: Path) -> DiskProbe:
+def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
+    """`held_titles`: the disk had its titles folder when last seen; without it now, the
+    mount point is there but the disk is not (unmounted, or mounted elsewhere)."""
     where = str(path)
     try:
         if not path.is_dir():
             return DiskProbe(where, "missing", "directory is gone")
+        if held_titles and not (path / TITLES_DIR).is_dir():
+            return DiskProbe(where, "missing", f"no {TITLES_DIR} folder (is the disk mounted?)")
         os.listdir(path)
         # Inside the try: an I/O error here must be a probe outcome, not the end of the
         # probing thread (probe_all would then have no result for this disk).
@@ -317,6 +323,7 @@ class DiskWatch:
         self.recover_after = recover_after
         self._statuses: dict[str, DiskStatus] = {str(p): DiskStatus(str(p)) for p in self.paths}
         self._stuck: dict[str, threading.Thread] = {}
+        self._held_titles: set[str] = set()  # disks seen with their titles folder
         self._lock = threading.Lock()
 
     def statuses(self) -> dict[str, DiskStatus]:
@@ -332,8 +339,10 @@ class DiskWatch:
                 results[key] = DiskProbe(key, "timeout", "previous probe still blocked")
                 continue
 
-            def run(p: Path = path, k: str = key) -> None:
-                results[k] = _probe_once(p)
+            def run(p: Path = path, k: str = key, held: bool = key in self._held_titles) -> None:
+                results[k] = _probe_once(p, held)
+                if results[k].outcome in ("ok", "read_only") and (p / TITLES_DIR).is_dir():
+                    self._held_titles.add(k)
 
             thread = threading.Thread(target=run, name=f"diskprobe:{key}", daemon=True)
             thread.start()

@@ -315,10 +315,11 @@ def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Repor
         with store.locks.hold(title.id) as _held:
             dropped = []
             for f in title_files(store.conn, title.id):
-                if f.state != OK:
-                    continue
                 if f.disk in store.out_of_service:
+                    # Missing (the daemon took the disk out) or not: unknown until it is back.
                     report.unchecked[f.disk] = report.unchecked.get(f.disk, 0) + 1
+                    continue
+                if f.state != OK:
                     continue
                 report.checked_files += 1
                 problem = _check_content(f)

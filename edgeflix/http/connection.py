@@ -362,6 +362,11 @@ class Connection:
             except OSError as exc:
                 if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT):
                     event(log, "send.failed", logging.WARNING, error=exc.strerror)
+                if exc.errno == errno.EIO and self.file is not None:
+                    # The disk failed under the file: stop reusing its fd (and the route armed
+                    # on it), so the next request opens it afresh and gets an error status
+                    # instead of a head and a cut connection.
+                    self.server.files.discard(self.file)
                 self._abort()
                 return False
             self.sent += n

@@ -222,6 +222,10 @@ class FileServer:
         now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
+        if self._refresh is not None:
+            # Requests look at storage too, but an idle worker must also let go of the fds of
+            # a disk taken out meanwhile (_check_storage), or an operator cannot unmount it.
+            self._check_storage()
         self.files.sweep()
         self._schedule_sweep()
 
@@ -256,6 +260,11 @@ class FileServer:
         if view != self._storage_view:
             self._storage_view = view
             self.fast.clear()
+            # Open fds too: one on a disk just taken out would pin the dead filesystem (an
+            # operator's umount), and after the disk came back it would still read the dead
+            # one (EIO) where the path now leads to the re-verified file. Reopening is cheap,
+            # and the index changes only on loads, removals, moves and disk changes.
+            self.files.clear()
 
     # -- requests --------------------------------------------------------------------------
 

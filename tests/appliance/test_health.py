@@ -195,6 +195,20 @@ def test_diskwatch_on_real_directories(tmp_path: Path) -> None:
     assert watch.statuses()[str(b)].state == "serving"
 
 
+def test_diskwatch_mount_point_without_its_disk_is_missing(tmp_path: Path) -> None:
+    """An unmounted disk leaves its empty mount point behind, where a canary write works:
+    a disk seen with its titles folder and now without one is missing, not ok."""
+    fresh, held = tmp_path / "fresh", tmp_path / "held"
+    fresh.mkdir()
+    (held / "titles").mkdir(parents=True)
+    watch = DiskWatch([fresh, held], recover_after=1)
+    assert watch.poll() == []  # a new disk has no titles folder yet: fine
+    (held / "titles").rename(tmp_path / "elsewhere")
+    assert watch.poll() == [TakeOut(str(held), "missing: no titles folder (is the disk mounted?)")]
+    (tmp_path / "elsewhere").rename(held / "titles")
+    assert watch.poll() == [Rescan(str(held))]
+
+
 def test_diskwatch_file_instead_of_directory_and_readonly_canary(tmp_path: Path) -> None:
     a = tmp_path / "a"
     a.write_text("not a dir")

@@ -72,11 +72,15 @@ class LoopDisk:
         """`ro` or `rw`, in place: what ext4 does itself on errors=remount-ro."""
         _run("mount", "-o", f"remount,{mode}", str(self.mount))
 
-    def unmount(self) -> None:
+    def unmount(self, lazy: bool = True) -> None:
+        """umount; if busy (a daemon's open file) and `lazy`, detach it now (freed when the
+        last fd closes), else raise."""
         if not self.mounted:
             return
-        if _run("umount", str(self.mount), check=False).returncode != 0:
-            # Still held (a daemon's open file): detach now, freed when the last fd closes.
+        result = _run("umount", str(self.mount), check=False)
+        if result.returncode != 0:
+            if not lazy:
+                raise AssertionError(f"umount {self.mount}: {result.stderr.strip()}")
             _run("umount", "-l", str(self.mount), check=False)
         self.mounted = False
 

@@ -1,0 +1,205 @@
+"""The appliance daemon on real ext4 filesystems (loop devices) that die as real disks do:
+every I/O failing with EIO under load and the disk coming back after fsck, a read-only
+remount, ENOSPC, a start with a disk already dead, and the CLI beside a dead disk
+(realdisk_support.py makes the disks)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import run_cli
+from tests.integration.daemon_support import load_spread_title, poll, start_daemon, status
+from tests.integration.realdisk_support import (
+    LoopDisk,
+    MakeDisks,
+    files_on,
+    real_disks,
+    write_config,
+)
+from tests.integration.serve_support import Server, make_title
+
+__all__ = ["real_disks"]  # the fixture, imported for pytest to find
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rel: str
+    at: float
+    status: int | None  # None: the connection failed or was closed mid-response
+    exact: bool
+    took: float
+    error: str = ""
+
+
+def _hammer(
+    server: Server, rels: list[str], bodies: dict[str, bytes], stop: threading.Event,
+    out: list[Outcome],
+) -> None:  # fmt: skip
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        for i in range(20_000):
+            if stop.is_set():
+                return
+            rel = rels[i % len(rels)]
+            t0 = time.monotonic()
+            try:
+                reply = client.get(f"/titles/spread/{rel}")
+            except httpx.HTTPError as exc:
+                out.append(Outcome(rel, t0, None, False, time.monotonic() - t0, repr(exc)))
+                continue
+            exact = reply.status_code == 200 and reply.content == bodies[rel]
+            out.append(Outcome(rel, t0, reply.status_code, exact, time.monotonic() - t0))
+
+
+def _metric(server: Server, name: str) -> float:
+    text = httpx.get(server.urls["admin"] + "/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))  # fmt: skip
+
+
+def _spread(tmp: Path, disks: list[LoopDisk]) -> tuple[Path, list[str], list[str], dict[str, bytes]]:
+    """Config over two disks and a title spread over both: (config, on d0, on d1, bodies)."""
+    config = write_config(tmp, disks)
+    load_spread_title(tmp, config)
+    kept, lost = files_on(disks[0], "spread"), files_on(disks[1], "spread")
+    assert kept and lost, "the title must be spread over both disks"
+    bodies = {rel: (d.mount / "titles" / "spread" / rel).read_bytes()
+              for d, rels in zip(disks, (kept, lost), strict=True) for rel in rels}  # fmt: skip
+    return config, kept, lost, bodies
+
+
+def _out(server: Server, disk: LoopDisk) -> bool:
+    return str(disk.mount) in status(server)["health"]["disks_out_of_service"]
+
+
+def test_disk_dies_with_eio_under_load_then_comes_back(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    d0, d1 = real_disks(2)
+    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    server = start_daemon(config)
+    try:
+        stop = threading.Event()
+        outcomes: list[Outcome] = []
+        every = [*lost, *kept]
+        threads = [threading.Thread(target=_hammer, args=(server, every[k:] + every[:k], bodies,
+                                                          stop, outcomes)) for k in range(4)]  # fmt: skip
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        died = time.monotonic()
+        d1.shutdown()  # from here every I/O on d1 fails with EIO, open files included
+        doc = poll(server, lambda d: str(d1.mount) in d["health"]["disks_out_of_service"], 5)
+        assert doc is not None, "health did not take the dead disk out within 5 s"
+        assert any(str(d1.mount) in r and "io_error" in r for r in doc["health"]["reasons"])
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+
+        # The live disk served every request byte-exact, before and after the death.
+        on_d0 = [o for o in outcomes if o.rel in kept]
+        assert on_d0 and all(o.exact for o in on_d0), {o.error or o.status for o in on_d0}
+        # The dead disk's files answered quickly: an error status, or (a response already
+        # started when the disk died) a closed connection, never a wait into the timeout.
+        after = [o for o in outcomes if o.rel in lost and o.at > died]
+        assert after and max(o.took for o in after) < 2.0
+        assert all(o.status in (None, 404) for o in after if not o.exact)
+        assert not any("Timeout" in o.error for o in outcomes)
+        # Once a worker saw EIO on a file it stops reusing that fd: a cut connection at most
+        # once per file, worker and in-flight client, then error statuses.
+        cut = [o for o in after if o.status is None]
+        assert len(cut) <= len(lost) * 2 + 4, f"{len(cut)} responses cut"
+        assert sum(o.status == 404 for o in after) > len(cut)
+        assert _metric(server, "edgeflix_appliance_sendfile_errors_total") >= 1
+        assert status(server)["daemon"]["workers"] == 2  # no worker crashed
+        assert httpx.get(server.urls["admin"] + "/healthz", timeout=5).status_code == 200
+
+        # Taken out, the daemon holds nothing open there: a plain umount works, fsck, mount.
+        d1.unmount(lazy=False)
+        assert d1.fsck() in (0, 1), d1.log[-1]
+        d1.mount_fs()
+        doc = poll(server, lambda d: d["health"]["disks_out_of_service"] == [], timeout=20)
+        assert doc is not None, "the disk back from fsck was not re-verified into service"
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            for _ in range(3):  # both workers, cached or not
+                for rel in lost:
+                    reply = client.get(f"/titles/spread/{rel}")
+                    assert reply.status_code == 200 and reply.content == bodies[rel], rel
+    finally:
+        server.stop()
+
+
+def test_start_with_a_disk_already_dead_then_cli(tmp_path: Path, real_disks: MakeDisks) -> None:
+    d0, d1 = real_disks(2)
+    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    d1.shutdown()
+    server = start_daemon(config)
+    try:
+        doc = status(server)
+        assert doc["health"]["disks_out_of_service"] == [str(d1.mount)]
+        assert doc["health"]["state"] == "degraded"
+        for rel in kept:
+            reply = httpx.get(f"{server.url}/titles/spread/{rel}", timeout=5)
+            assert reply.status_code == 200 and reply.content == bodies[rel]
+        for rel in lost:
+            assert httpx.get(f"{server.url}/titles/spread/{rel}", timeout=5).status_code == 404
+    finally:
+        server.stop()
+    # The CLI beside the dead disk: one warning line, no traceback, the rest checked.
+    ls = run_cli(["appliance", "ls", "--config", str(config), "--json"])
+    assert ls.returncode == 0, ls.stderr
+    assert [t["id"] for t in json.loads(ls.stdout)] == ["spread"]
+    assert f"disk {d1.mount} is out of service (io_error" in ls.stderr
+    verify = run_cli(["appliance", "verify", "--config", str(config)])
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr + verify.stdout
+    assert f"disk {d1.mount} is out of service: {len(lost)} files not checked" in verify.stdout
+    assert f"checked {len(kept)} files" in verify.stdout
+    source = make_title(tmp_path / "src" / "two", "two")
+    load = run_cli(["appliance", "load", "--config", str(config), "--title", "two", "--from",
+                    str(source)])  # fmt: skip
+    assert load.returncode == 0, load.stderr
+    assert files_on(d0, "two") and not (d1.mount / "titles" / "two").exists()
+
+
+def test_read_only_disk_keeps_serving_and_writes_go_elsewhere(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    d0, d1 = real_disks(2)
+    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    server = start_daemon(config)
+    try:
+        d1.remount("ro")
+        doc = poll(server, lambda d: any("read-only" in r for r in d["health"]["reasons"]), 5)
+        assert doc is not None, "health did not notice the read-only disk"
+        assert doc["health"]["disks_out_of_service"] == []  # reads keep serving
+        for rel in [*kept, *lost]:
+            reply = httpx.get(f"{server.url}/titles/spread/{rel}", timeout=5)
+            assert reply.status_code == 200 and reply.content == bodies[rel], rel
+        source = make_title(tmp_path / "src" / "two", "two")
+        load = run_cli(["appliance", "load", "--config", str(config), "--title", "two",
+                        "--from", str(source)])  # fmt: skip
+        assert load.returncode == 0, load.stderr
+        assert files_on(d0, "two") and not (d1.mount / "titles" / "two").exists()
+        assert httpx.get(f"{server.url}/titles/two/v0/seg1.m4s", timeout=5).status_code == 200
+        # No writable disk left: a clear one-line refusal, nothing half-written.
+        d0.remount("ro")
+        source = make_title(tmp_path / "src" / "three", "three")
+        load = run_cli(["appliance", "load", "--config", str(config), "--title", "three",
+                        "--from", str(source)])  # fmt: skip
+        assert load.returncode == 1
+        assert "error: no writable disk of the ssd tier is in service" in load.stderr
+        assert "Traceback" not in load.stderr
+        d0.remount("rw")
+        d1.remount("rw")
+        doc = poll(server, lambda d: d["health"]["reasons"] == [] or d["health"]["state"] == "ok"
+                   or not any("read-only" in r for r in d["health"]["reasons"]), 10)  # fmt: skip
+        assert doc is not None, "health still reports read-only disks after remount rw"
+    finally:
+        server.stop()
