@@ -62,7 +62,10 @@ def _metric(server: Server, name: str) -> float:
                if line.startswith(name))  # fmt: skip
 
 
-def _spread(tmp: Path, disks: list[LoopDisk]) -> tuple[Path, list[str], list[str], dict[str, bytes]]:
+Spread = tuple[Path, list[str], list[str], dict[str, bytes]]
+
+
+def _spread(tmp: Path, disks: list[LoopDisk]) -> Spread:
     """Config over two disks and a title spread over both: (config, on d0, on d1, bodies)."""
     config = write_config(tmp, disks)
     load_spread_title(tmp, config)
@@ -71,10 +74,6 @@ def _spread(tmp: Path, disks: list[LoopDisk]) -> tuple[Path, list[str], list[str
     bodies = {rel: (d.mount / "titles" / "spread" / rel).read_bytes()
               for d, rels in zip(disks, (kept, lost), strict=True) for rel in rels}  # fmt: skip
     return config, kept, lost, bodies
-
-
-def _out(server: Server, disk: LoopDisk) -> bool:
-    return str(disk.mount) in status(server)["health"]["disks_out_of_service"]
 
 
 def test_disk_dies_with_eio_under_load_then_comes_back(
@@ -87,8 +86,12 @@ def test_disk_dies_with_eio_under_load_then_comes_back(
         stop = threading.Event()
         outcomes: list[Outcome] = []
         every = [*lost, *kept]
-        threads = [threading.Thread(target=_hammer, args=(server, every[k:] + every[:k], bodies,
-                                                          stop, outcomes)) for k in range(4)]  # fmt: skip
+        threads = [
+            threading.Thread(
+                target=_hammer, args=(server, every[k:] + every[:k], bodies, stop, outcomes)
+            )
+            for k in range(4)
+        ]
         for t in threads:
             t.start()
         time.sleep(1.0)
@@ -201,5 +204,26 @@ def test_read_only_disk_keeps_serving_and_writes_go_elsewhere(
         doc = poll(server, lambda d: d["health"]["reasons"] == [] or d["health"]["state"] == "ok"
                    or not any("read-only" in r for r in d["health"]["reasons"]), 10)  # fmt: skip
         assert doc is not None, "health still reports read-only disks after remount rw"
+    finally:
+        server.stop()
+
+
+def test_idle_daemon_lets_go_of_a_dead_disk(tmp_path: Path, real_disks: MakeDisks) -> None:
+    """Files opened before the disk died and not asked for since: once the disk is out,
+    the workers close them within a sweep, so the operator's plain umount works."""
+    d0, d1 = real_disks(2)
+    config, _kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    server = start_daemon(config)
+    try:
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            for _ in range(4):  # new connections each round: both workers open them
+                for rel in lost:
+                    reply = client.get(f"/titles/spread/{rel}", headers={"Connection": "close"})
+                    assert reply.content == bodies[rel]
+        d1.shutdown()
+        doc = poll(server, lambda d: str(d1.mount) in d["health"]["disks_out_of_service"], 5)
+        assert doc is not None, "health did not take the dead disk out within 5 s"
+        time.sleep(1.5)  # one sweep of each worker
+        d1.unmount(lazy=False)
     finally:
         server.stop()
