@@ -6,6 +6,7 @@ remount, ENOSPC, a start with a disk already dead, and the CLI beside a dead dis
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -227,3 +228,41 @@ def test_idle_daemon_lets_go_of_a_dead_disk(tmp_path: Path, real_disks: MakeDisk
         d1.unmount(lazy=False)
     finally:
         server.stop()
+
+
+def _title_of(folder: Path, title_id: str, files: dict[str, int]) -> Path:
+    (folder / "v0").mkdir(parents=True)
+    for name, size in files.items():
+        (folder / "v0" / name).write_bytes(os.urandom(size))
+    return make_title(folder, title_id)
+
+
+def test_enospc_during_load_leaves_nothing_half_written(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    (disk,) = real_disks(1, mib=8)
+    config = write_config(tmp_path, [disk])
+    # Watermarks at 100%: the fit check passes and the disk itself runs out mid-load.
+    text = config.read_text().replace('tier = "ssd" }', 'tier = "ssd", high_watermark = 1.0 }')
+    config.write_text(text)
+    kept = _title_of(tmp_path / "src" / "kept", "kept", {"a.m4s": 50_000})
+    run_cli(["appliance", "load", "--config", str(config), "--title", "kept", "--from",
+             str(kept)], check=True)  # fmt: skip
+    # Out of inodes (the disk has ~500) half-way through a title of 700 small files ...
+    many = _title_of(tmp_path / "src" / "many", "many", {f"s{i:03d}.m4s": 10 for i in range(700)})
+    # ... and out of blocks: the files fit the free space, their folders and metadata do not.
+    vfs = os.statvfs(disk.mount)
+    big = _title_of(tmp_path / "src" / "big", "big", {"big.m4s": vfs.f_bavail * vfs.f_frsize
+                                                      - 305_000})  # fmt: skip
+    for title_id, source in (("many", many), ("big", big)):
+        load = run_cli(["appliance", "load", "--config", str(config), "--title", title_id,
+                        "--from", str(source)])  # fmt: skip
+        assert load.returncode == 1, load.stdout
+        errors = [line for line in load.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "No space left on device" in errors[0], load.stderr
+        assert "Traceback" not in load.stderr
+        assert not (disk.mount / "titles" / title_id).exists()  # nothing half-written
+    listing = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+    assert [(t["id"], t["state"]) for t in json.loads(listing.stdout)] == [("kept", "ready")]
+    verify = run_cli(["appliance", "verify", "--config", str(config)])
+    assert verify.returncode == 0, verify.stdout + verify.stderr
