@@ -138,6 +138,18 @@ class Worker:
         return data
 
 
+def fold_retired(total: Mapping[str, Any], snap: Mapping[str, Any]) -> dict[str, Any]:
+    """One snapshot holding the sums of both: a replaced worker's counters added to those of
+    the workers replaced before it. Open connections are 0 (a retired worker has none)."""
+    folded = merge([total, snap]).snapshot()
+    folded["open_connections"] = 0
+    rejections = {str(k): int(v) for k, v in total.get("token_rejections", {}).items()}
+    for reason, n in snap.get("token_rejections", {}).items():
+        rejections[str(reason)] = rejections.get(str(reason), 0) + int(n)
+    folded["token_rejections"] = rejections
+    return folded
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM it (a graceful drain) if the supervisor dies, even by
     SIGKILL, so no orphaned worker keeps the port. Linux only; elsewhere a no-op."""
@@ -165,8 +177,10 @@ class Supervisor:
         self._keys_lock = threading.Lock()  # SIGHUP and the fleet link both publish
         self.workers: list[Worker] = []
         self.draining: list[Worker] = []  # replaced by a reload, finishing their connections
-        # Counters of replaced workers, so totals never go backwards after a restart.
-        self.retired: list[dict[str, Any]] = []
+        # Counters of replaced workers, so totals never go backwards after a restart: one
+        # running sum, not a snapshot per replaced worker (restarts and reloads over months
+        # would grow that list, and every scrape and beat would sum it again).
+        self.retired: dict[str, Any] = {}
         self._spawned = 0
         self.host, self.port = "", 0
 
@@ -200,7 +214,7 @@ class Supervisor:
             event(log, "worker.drained", worker=worker.index)
 
     def _retire(self, worker: Worker) -> None:
-        self.retired.append(worker.snapshot())
+        self.retired = fold_retired(self.retired, worker.snapshot())
         with contextlib.suppress(OSError):
             worker.counters.unlink()
 
@@ -208,7 +222,8 @@ class Supervisor:
         return sum(w.alive() for w in self.workers)
 
     def view(self) -> AdminView:
-        snaps = [w.snapshot() for w in [*self.workers, *self.draining]] + self.retired
+        snaps = [w.snapshot() for w in [*self.workers, *self.draining]]
+        snaps.append(self.retired)
         rejections: dict[str, int] = {}
         for snap in snaps:
             for reason, n in snap.get("token_rejections", {}).items():
