@@ -48,6 +48,7 @@ class StoreError(FleetError):
 # lock another process holds (a backup, an operator's sqlite3 shell) stalls all of them,
 # so a write gives up after this long and the caller gets a retryable error instead.
 BUSY_TIMEOUT_S = 2.0
+EXPIRED_TOKENS_KEPT_S = 30 * 86_400.0
 
 
 class EnrolmentRefused(FleetError):
@@ -97,6 +98,11 @@ class Store:
 
     def add_join_token(self, token: str, site: str, now: float, ttl_s: float) -> None:
         with self.transaction() as c:
+            # Tokens long expired go as new ones come: over the years of a fleet they add up.
+            # A month after expiry, so an operator trying an old one still hears "expired".
+            c.execute(
+                "DELETE FROM join_tokens WHERE expires_at < ?", (now - EXPIRED_TOKENS_KEPT_S,)
+            )
             c.execute(
                 "INSERT INTO join_tokens (hash, site, created_at, expires_at) VALUES (?,?,?,?)",
                 (token_hash(token), site, now, now + ttl_s),
