@@ -12,6 +12,7 @@ only for the renames.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -165,7 +166,21 @@ class FillRun:
             fetcher = TitleFetcher(
                 pool, title, staged, self.pacer, self.policy, self.plan.streams, prog
             )
-            await fetcher.run()
+            try:
+                await fetcher.run()
+            except (OSError, ExceptionGroup) as exc:
+                local = local_failure(exc)
+                if local is None:
+                    raise
+                if local.errno == errno.ENOSPC:
+                    # The title cannot finish on this disk: its partial files would only keep
+                    # the disk full for every other load (the next run starts it afresh).
+                    for folder in staged.folders():
+                        shutil.rmtree(folder, ignore_errors=True)
+                raise FillError(
+                    f"title {title_id}: cannot write its files on this appliance: "
+                    f"{local.strerror or local}"
+                ) from None
             prog.state = "loading"
             write_state(self.staging_root, self.report, self.wall())
             await self._storage(self.storage.load, title_id, staged)
@@ -200,6 +215,22 @@ class FillRun:
         while True:
             await asyncio.sleep(seconds)
             write_state(self.staging_root, self.report, self.wall())
+
+
+# Errors of this appliance's own disks while staging (network errors are source failures).
+LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def local_failure(exc: BaseException) -> OSError | None:
+    """The local I/O error (disk full, disk failing) behind a download stream's failure, or
+    None when anything else failed too (a bug must still surface as itself)."""
+    if isinstance(exc, OSError):
+        return exc if exc.errno in LOCAL_ERRNOS else None
+    if isinstance(exc, ExceptionGroup):
+        match, rest = exc.split(lambda e: isinstance(e, OSError) and e.errno in LOCAL_ERRNOS)
+        if match is not None and rest is None:
+            return local_failure(match.exceptions[0])
+    return None
 
 
 def raise_for_failures(report: FillReport) -> None:

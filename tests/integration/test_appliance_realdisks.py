@@ -23,7 +23,7 @@ from tests.integration.realdisk_support import (
     real_disks,
     write_config,
 )
-from tests.integration.serve_support import Server, make_title
+from tests.integration.serve_support import Server, make_title, start
 
 __all__ = ["real_disks"]  # the fixture, imported for pytest to find
 
@@ -266,3 +266,28 @@ def test_enospc_during_load_leaves_nothing_half_written(
     assert [(t["id"], t["state"]) for t in json.loads(listing.stdout)] == [("kept", "ready")]
     verify = run_cli(["appliance", "verify", "--config", str(config)])
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_enospc_during_fill_is_one_line_and_frees_the_disk(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    (disk,) = real_disks(1, mib=8)
+    store = tmp_path / "origin"
+    _title_of(store / "titles" / "film", "film", {f"p{i}.m4s": 1_400_000 for i in range(6)})
+    origin = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
+                   ("listening",))  # fmt: skip
+    try:
+        config = write_config(tmp_path, [disk])
+        fill = run_cli(["appliance", "fill", "--config", str(config), "--from", origin.url,
+                        "--title", "film", "--now"], timeout=120)  # fmt: skip
+    finally:
+        origin.stop()
+    assert fill.returncode == 1
+    assert "error: fill failed for film: title film: cannot write its files on this " \
+        "appliance: No space left on device" in fill.stderr  # fmt: skip
+    assert "Traceback (most recent call last):\n" not in fill.stdout
+    assert not (disk.mount / "titles" / "film").exists()
+    staged = [p for p in disk.mount.rglob("*") if p.is_file()]
+    assert staged == [], "a title that cannot fit must not keep the disk full"
+    listing = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+    assert json.loads(listing.stdout) == []
