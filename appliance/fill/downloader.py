@@ -27,7 +27,13 @@ from appliance.fill.layout import PART, StagingLayout
 from appliance.fill.pacer import Pacer, WindowClosed
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.reconcile import FileTask, file_tasks
-from appliance.fill.retry import Failure, Outcome, RetryPolicy
+from appliance.fill.retry import (
+    Failure,
+    Outcome,
+    RetryPolicy,
+    discard_partial,
+    retry_after_s,
+)
 from appliance.fill.stream import (
     FileStream,
     SourceFailure,
@@ -64,6 +70,8 @@ class TitleFetcher:
     _checked: set[int] = field(default_factory=set)
     _threads: ThreadPoolExecutor | None = None
     _files: FileStream | None = None
+    _last: str = "no source answered"
+    _advancing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self) -> tuple[TitleFiles, str]:
         """Fill the staging folder; return the title's files.json model and digest."""
@@ -106,22 +114,63 @@ class TitleFetcher:
     # --- files.json and sources ---------------------------------------------------------
 
     async def _files_json(self) -> TitleFiles:
-        last = "no source answered"
+        model = await self._settle()
+        if model is None:
+            raise FillError(
+                f"title {self.title.id}: no source could provide files.json ({self._last})"
+            )
+        return model
+
+    async def _settle(self) -> TitleFiles | None:
+        """From the current source on, the first whose files.json is the title's; each
+        source is retried with backoff like any file (a blip on the only source must not
+        fail the title). None when no source is left."""
+        attempts = 0
         while self._source < len(self.title.sources):
+            index = self._source
             await self.pacer.wait_open()
             try:
-                return await self._check_source(self._source)
+                return await self._check_source(index)
             except SourceFailure as exc:
-                last = exc.detail
+                attempts += 1
+                left = len(self.title.sources) - index - 1
+                outcome = self.policy.decide(exc.failure, attempts, left, 0)
+                self._note(exc, FILES_JSON, outcome, attempts)
+                if outcome is Outcome.RETRY:
+                    await self.pacer.sleep(self._delay(attempts, exc))
+                    continue
                 event(
                     log,
                     "fill.source_failed",
                     title=self.title.id,
-                    source=self.title.sources[self._source],
+                    source=self.title.sources[index],
                     reason=exc.detail,
                 )
-                self._source += 1
-        raise FillError(f"title {self.title.id}: no source could provide files.json ({last})")
+                self._last, self._source, attempts = exc.detail, index + 1, 0
+        return None
+
+    def _note(self, exc: SourceFailure, path: str, outcome: Outcome, attempt: int) -> None:
+        """Count and log one failed attempt (status and metrics read the counts)."""
+        prog = self.progress
+        if prog is not None:
+            prog.retries += 1
+            prog.digest_failures += exc.failure is Failure.DIGEST
+            prog.last_failure = exc.detail
+        event(
+            log,
+            "fill.file_failed",
+            logging.WARNING if exc.failure is Failure.DIGEST else logging.INFO,
+            title=self.title.id,
+            path=path,
+            reason=exc.detail,
+            next=outcome.value,
+            attempt=attempt,
+        )
+
+    def _delay(self, attempts: int, exc: SourceFailure) -> float:
+        """Backoff with jitter, and never sooner than the source's Retry-After asked."""
+        asked = retry_after_s(exc.retry_after, self.policy.max_delay_s)
+        return max(self.policy.delay(attempts, self.draw()), asked)
 
     async def _check_source(self, index: int) -> TitleFiles:
         """Fetch files.json from source `index`; it must be the planned (or first seen) version."""
@@ -142,26 +191,18 @@ class TitleFetcher:
             raise SourceFailure(Failure.CLIENT, f"{source}: files.json is for {model.id}")
         self._digest = digest
         self._checked.add(index)
+        if self.progress is not None:
+            self.progress.source = source
         _prepare_staging(self.staging, raw, digest)
         return model
 
     async def _advance_source(self, failed: int) -> bool:
         """Move every stream past a failed source (once); False when none is left."""
-        if self._source == failed:
-            self._source += 1
-        while self._source < len(self.title.sources) and self._source not in self._checked:
-            try:
-                await self._check_source(self._source)
-            except SourceFailure as exc:
-                event(
-                    log,
-                    "fill.source_failed",
-                    title=self.title.id,
-                    source=self.title.sources[self._source],
-                    reason=exc.detail,
-                )
+        async with self._advancing:
+            if self._source == failed:
                 self._source += 1
-        return self._source < len(self.title.sources)
+                await self._settle()
+            return self._source < len(self.title.sources)
 
     # --- one file ------------------------------------------------------------------------
 
@@ -173,49 +214,52 @@ class TitleFetcher:
     async def _fetch_with_retries(self, entry: FileEntry) -> None:
         files = self._files
         assert files is not None
-        attempts = digest_failures = 0
-        # Bounded: each source gets attempts_per_source tries plus its digest restarts.
+        attempts = digest_failures = failures = 0
+        # Bounded: each source gets attempts_per_source tries plus its digest restarts, and
+        # attempts that made progress (which do not count there) are bounded by the bytes.
+        # A closing window is no failure: waiting for the next one bounds those.
         budget = len(self.title.sources) * (
             self.policy.attempts_per_source + self.policy.digest_restarts + 2
-        )
-        for _ in range(budget):
+        ) + entry.size // max(self.policy.progress_bytes, 1)
+        while True:
             await self.pacer.wait_open()
             source = self._source
+            before = self._part_size(entry)
             try:
                 await self._in_thread(files.fetch_once, entry, self.title.sources[source])
                 return
             except WindowClosed:
                 continue
             except SourceFailure as exc:
-                attempts += 1
+                failures += 1
+                attempts = self.policy.attempts_after(attempts, self._part_size(entry) - before)
                 digest_failures += exc.failure is Failure.DIGEST
                 left = len(self.title.sources) - source - 1
                 outcome = self.policy.decide(exc.failure, attempts, left, digest_failures)
-                event(
-                    log,
-                    "fill.file_failed",
-                    title=self.title.id,
-                    path=entry.path,
-                    reason=exc.detail,
-                    next=outcome.value,
-                    attempt=attempts,
-                )
+                if failures >= budget:
+                    outcome = Outcome.GIVE_UP
+                self._note(exc, entry.path, outcome, attempts)
                 if outcome is Outcome.GIVE_UP:
                     raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
-                if outcome is Outcome.RESTART_FILE:
-                    part = self.staging.part(entry.path)
-                    lost = part.stat().st_size if part.exists() else 0
-                    part.unlink(missing_ok=True)
+                if discard_partial(exc.failure, outcome):
+                    lost = self._part_size(entry)
+                    self.staging.part(entry.path).unlink(missing_ok=True)
                     count_progress(self.progress, -lost, 0)
-                elif outcome is Outcome.NEXT_SOURCE:
+                if outcome is Outcome.NEXT_SOURCE:
                     attempts = digest_failures = 0
                     if not await self._advance_source(source):
                         raise FillError(
-                            f"title {self.title.id}: no source left for {entry.path}"
+                            f"title {self.title.id}: no source left for {entry.path} "
+                            f"(last: {exc.detail})"
                         ) from None
-                else:
-                    await self.pacer.sleep(self.policy.delay(attempts, self.draw()))
-        raise FillError(f"title {self.title.id}: {entry.path}: too many failed attempts")
+                elif outcome is Outcome.RETRY:
+                    await self.pacer.sleep(self._delay(attempts, exc))
+
+    def _part_size(self, entry: FileEntry) -> int:
+        try:
+            return self.staging.part(entry.path).stat().st_size
+        except OSError:
+            return 0
 
 
 def _prepare_staging(staging: StagingLayout, raw: bytes, digest: str) -> None:

@@ -7,7 +7,7 @@ backoff with full jitter; the random draw is passed in so tests choose it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 
@@ -64,11 +64,20 @@ class RetryPolicy:
     # retried from zero this many times in all, then the title fails (a corrupt source).
     attempts_per_source: int = 4
     digest_restarts: int = 2
+    # An attempt that moved the file on by this many bytes before it broke does not count
+    # against attempts_per_source: a flaky link that resets every few MB still gets a big
+    # file through by resuming, and the bytes bound the extra attempts.
+    progress_bytes: int = 1 << 20
 
     def delay(self, attempt: int, draw: float) -> float:
         """Seconds before attempt number `attempt` (1 = first retry); `draw` in [0, 1)."""
         ceiling = min(self.max_delay_s, self.base_s * self.factor ** max(attempt - 1, 0))
         return ceiling * min(max(draw, 0.0), 1.0)
+
+    def attempts_after(self, attempts: int, progressed: int) -> int:
+        """Failed attempts on this source once one more failed after receiving `progressed`
+        bytes: one more, or none left over when it made real progress."""
+        return 0 if progressed >= self.progress_bytes else attempts + 1
 
     def decide(
         self, failure: Failure, attempts_here: int, sources_left: int, digest_failures: int
@@ -83,3 +92,42 @@ class RetryPolicy:
         if outcome is Outcome.NEXT_SOURCE and sources_left == 0:
             return Outcome.GIVE_UP
         return outcome
+
+
+def discard_partial(failure: Failure, outcome: Outcome) -> bool:
+    """Whether the file's partial bytes go: on a restart, and when leaving a source whose
+    bytes failed the hash (kept, they would fail again at the next source, counted against
+    a good source). Bytes from a source that merely broke off are kept: the hash at the end
+    still checks every one of them."""
+    if outcome is Outcome.RESTART_FILE:
+        return True
+    return outcome is Outcome.NEXT_SOURCE and failure in (Failure.DIGEST, Failure.RANGE)
+
+
+@dataclass(frozen=True)
+class SpeedFloor:
+    """curl's --speed-limit/--speed-time for one response: fewer than `min_bps` bytes per
+    second of time spent waiting on the socket, over a stretch of `period_s`, is a stalled
+    source. Only the wait for bytes counts, so the bandwidth cap's pauses, the disk writes
+    and the hashing never make a good source look slow. `feed` returns None when too slow."""
+
+    min_bps: float
+    period_s: float
+    waited: float = 0.0  # seconds waited for data in this stretch
+    got: int = 0  # bytes received in this stretch
+
+    def feed(self, waited: float, nbytes: int) -> SpeedFloor | None:
+        waited, got = self.waited + max(waited, 0.0), self.got + nbytes
+        if waited < self.period_s:
+            return replace(self, waited=waited, got=got)
+        if got < self.min_bps * waited:
+            return None
+        return replace(self, waited=0.0, got=0)
+
+
+def retry_after_s(value: str | None, cap_s: float) -> float:
+    """A Retry-After in seconds (the HTTP-date form is not worth a clock here), capped so a
+    wrong header cannot park a stream for a day; 0 when absent or not a number."""
+    if value is None or not value.strip().isdigit():
+        return 0.0
+    return min(float(value.strip()), cap_s)

@@ -25,10 +25,11 @@ MAX_FILES_JSON = 64 << 20
 
 
 class SourceFailure(Exception):
-    def __init__(self, failure: Failure, detail: str):
+    def __init__(self, failure: Failure, detail: str, retry_after: str | None = None):
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
+        self.retry_after = retry_after  # the answer's Retry-After field, if it had one
 
 
 class Stopped(Exception):
@@ -43,6 +44,12 @@ class TitleProgress:
     downloaded: int = 0  # bytes received over the wire in this run
     state: str = "waiting"
     error: str | None = None
+    # What went wrong on the way, for an operator: failed attempts (every kind), files whose
+    # bytes failed their SHA-256 (never stored), the last failure, the source in use.
+    retries: int = 0
+    digest_failures: int = 0
+    last_failure: str | None = None
+    source: str | None = None
 
 
 _counting = threading.Lock()  # stream threads add to the same TitleProgress
@@ -105,7 +112,11 @@ class FileStream:
             with self.pool.get(url, watch=job.watch) as resp:
                 if resp.status != 200:
                     failure = failure_for_status(resp.status) or Failure.CLIENT
-                    raise SourceFailure(failure, f"{source}: files.json HTTP {resp.status}")
+                    raise SourceFailure(
+                        failure,
+                        f"{source}: files.json HTTP {resp.status}",
+                        resp.head.get("retry-after"),
+                    )
                 return resp.read_all(MAX_FILES_JSON)
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{source}: {exc}") from None
@@ -161,7 +172,11 @@ class FileStream:
                 )
         else:
             failure = failure_for_status(resp.status) or Failure.CLIENT
-            raise SourceFailure(failure, f"{entry.path}: HTTP {resp.status} from {source}")
+            raise SourceFailure(
+                failure,
+                f"{entry.path}: HTTP {resp.status} from {source}",
+                resp.head.get("retry-after"),
+            )
         length = resp.content_length
         if length is not None and offset + length != entry.size:
             raise SourceFailure(

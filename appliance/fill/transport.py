@@ -12,6 +12,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -29,6 +30,7 @@ from appliance.fill.http1 import (
     parse_head,
     render_get,
 )
+from appliance.fill.retry import SpeedFloor
 
 _RECV = 64 * 1024  # reads of heads and chunked bodies; plain bodies go to the caller's buffer
 
@@ -57,6 +59,12 @@ class _Stale(Exception):
 class Timeouts:
     connect: float = 5.0
     read: float = 30.0  # for each recv, not the whole body: a slow, steady source is fine
+    # The whole response head, however it dribbles in (each byte inside `read` or not).
+    head: float = 30.0
+    # A body slower than this over `low_speed_s` of waiting is a stalled source (a trickle
+    # of a few bytes a second never trips the per-recv timeout). retry.SpeedFloor.
+    low_speed_bps: float = 1024.0
+    low_speed_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -108,10 +116,17 @@ class Connection:
             raise ConnectFailed(f"TLS with {origin.host}:{origin.port}: {exc}") from None
         return cls(origin, sock)
 
-    def read_head(self, reused: bool) -> ResponseHead:
-        """The next final (non-1xx) response head; bytes after it stay in `pending`."""
+    def read_head(self, reused: bool, within: float) -> ResponseHead:
+        """The next final (non-1xx) response head, all of it within `within` seconds (else
+        TimeoutError); bytes after it stay in `pending`."""
+        deadline = time.monotonic() + within
+        read_timeout = self.sock.gettimeout()
         while True:
             while not (end := head_end(self.pending)):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(min(left, read_timeout or left))
                 data = self.sock.recv(_RECV)
                 if not data:
                     if reused and not self.pending:
@@ -121,6 +136,7 @@ class Connection:
             head = parse_head(self.pending[:end])
             del self.pending[:end]
             if not 100 <= head.status < 200 or head.status == 101:
+                self.sock.settimeout(read_timeout)
                 return head
 
     def abort(self) -> None:
@@ -137,6 +153,7 @@ class Response:
 
     def __init__(self, pool: Pool, conn: Connection, head: ResponseHead) -> None:
         self._pool = pool
+        self._floor = SpeedFloor(pool.timeouts.low_speed_bps, pool.timeouts.low_speed_s)
         self._conn = conn
         self.head = head
         self.status = head.status
@@ -161,16 +178,23 @@ class Response:
         ProtocolError as they happen."""
         if not len(view) or self.complete:
             return 0
+        if self.framing.kind is Framing.CLOSE:
+            raise ProtocolError("response body without Content-Length or chunked framing")
+        started = time.monotonic()
         try:
-            if self._chunks is not None:
-                return self._read_chunked(view)
-            if self.framing.kind is Framing.CLOSE:
-                raise ProtocolError("response body without Content-Length or chunked framing")
-            return self._read_length(view)
+            n = self._read_chunked(view) if self._chunks is not None else self._read_length(view)
         except TimeoutError:
             raise Timeout("no data from the source within the read timeout") from None
         except (ConnectionError, ssl.SSLError) as exc:
             raise BodyTruncated(f"connection lost mid-body: {exc}") from None
+        floor = self._floor.feed(time.monotonic() - started, n)
+        if floor is None:
+            raise Timeout(
+                f"source too slow: under {self._floor.min_bps:.0f} bytes/s for "
+                f"{self._floor.period_s:g} s"
+            )
+        self._floor = floor
+        return n
 
     def _read_length(self, view: memoryview) -> int:
         want = min(len(view), self._left)
@@ -275,7 +299,7 @@ class Pool:
                 watch(conn)
             try:
                 conn.sock.sendall(request)
-                head = conn.read_head(reused)
+                head = conn.read_head(reused, self.timeouts.head)
                 return Response(self, conn, head)
             except _Stale:
                 conn.close()

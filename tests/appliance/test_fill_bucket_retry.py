@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.fill.bucket import TokenBucket
-from appliance.fill.retry import Failure, Outcome, RetryPolicy, failure_for_status
+from appliance.fill.retry import (
+    Failure,
+    Outcome,
+    RetryPolicy,
+    SpeedFloor,
+    discard_partial,
+    failure_for_status,
+    retry_after_s,
+)
 
 
 def test_bucket_grants_burst_then_paces() -> None:
@@ -78,3 +86,62 @@ def test_delays_are_capped_and_jittered(attempt: int, draw: float) -> None:
     assert 0 <= d <= 30
     assert d <= 0.5 * 2 ** (attempt - 1) + 1e-9
     assert p.delay(attempt, 0.0) == 0.0
+
+
+def test_progress_forgives_an_attempt() -> None:
+    p = RetryPolicy(attempts_per_source=3, progress_bytes=1000)
+    assert p.attempts_after(2, 999) == 3
+    assert p.attempts_after(2, 1000) == 0  # moved the file on: a flaky link, not a dead one
+    assert p.attempts_after(0, 0) == 1
+
+
+def test_partial_bytes_go_with_a_corrupt_source() -> None:
+    assert discard_partial(Failure.DIGEST, Outcome.RESTART_FILE)
+    assert discard_partial(Failure.DIGEST, Outcome.NEXT_SOURCE)  # else they fail again
+    assert discard_partial(Failure.RANGE, Outcome.NEXT_SOURCE)
+    assert not discard_partial(Failure.TIMEOUT, Outcome.NEXT_SOURCE)  # good bytes, kept
+    assert not discard_partial(Failure.TRUNCATED, Outcome.RETRY)
+    assert not discard_partial(Failure.DIGEST, Outcome.GIVE_UP)  # the next run re-checks
+
+
+def test_speed_floor_catches_a_trickle_not_a_pause() -> None:
+    floor: SpeedFloor | None = SpeedFloor(min_bps=1000, period_s=10)
+    for _ in range(9):  # 9 s of waiting for 10 bytes a second: not judged before 10 s
+        assert floor is not None
+        floor = floor.feed(1.0, 10)
+    assert floor is not None and floor.feed(1.0, 10) is None
+    fast = SpeedFloor(min_bps=1000, period_s=10).feed(10.0, 20_000)
+    assert fast is not None and (fast.waited, fast.got) == (0.0, 0)  # a new stretch
+    # Time not spent waiting (the cap's sleeps, disk writes) is never fed: a capped stream
+    # that gets its bytes at once is not slow, however long its pauses.
+    capped = SpeedFloor(min_bps=1000, period_s=10)
+    for _ in range(1000):
+        assert capped is not None
+        capped = capped.feed(0.001, 65536)
+    assert capped is not None
+
+
+@given(
+    steps=st.lists(st.tuples(st.floats(0, 5), st.integers(0, 10_000)), max_size=200),
+    rate=st.floats(1, 5000),
+)
+def test_speed_floor_judges_only_slow_stretches(
+    steps: list[tuple[float, int]], rate: float
+) -> None:
+    floor: SpeedFloor | None = SpeedFloor(min_bps=rate, period_s=10)
+    for waited, got in steps:
+        assert floor is not None
+        before = floor
+        floor = floor.feed(waited, got)
+        if floor is None:
+            total_wait, total_got = before.waited + waited, before.got + got
+            assert total_wait >= 10 and total_got < rate * total_wait
+            return
+
+
+def test_retry_after() -> None:
+    assert retry_after_s("3", 30) == 3.0
+    assert retry_after_s(" 120 ", 30) == 30.0  # capped
+    assert retry_after_s(None, 30) == 0.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", 30) == 0.0
+    assert retry_after_s("-1", 30) == 0.0
