@@ -114,6 +114,20 @@ class FillConfig(ConfigModel):
     # Fill state and each title's files.json; the files themselves download, resumable,
     # into `.staging/` on the disk each will be stored on (renamed in once verified).
     staging: Path = Path("var/appliance/fill")
+    # Against sick sources (appliance/fill/transport.py Timeouts, retry.py RetryPolicy):
+    # a response head must arrive whole within head_timeout_s, each read within
+    # read_timeout_s, and a body slower than low_speed_bps over low_speed_s is dropped.
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    head_timeout_s: float = Field(30.0, gt=0)
+    low_speed_bps: float = Field(1024.0, ge=0)
+    low_speed_s: float = Field(60.0, gt=0)
+    # Failed attempts per source before the next one (backoff from retry_base_s, doubling
+    # up to retry_max_s, with jitter); a file failing its SHA-256 is fetched again this often.
+    attempts_per_source: int = Field(4, ge=1, le=100)
+    digest_restarts: int = Field(2, ge=0, le=20)
+    retry_base_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
 
 
 class FleetLinkConfig(ConfigModel):
