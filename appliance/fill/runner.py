@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from appliance.config import FillConfig
 from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
 from appliance.fill.layout import StagingLayout
 from appliance.fill.plan import FillPlan
@@ -84,6 +85,24 @@ class FillReport:
             "deleted": list(self.deleted),
             "downloaded": sum(p.downloaded for p in self.titles.values()),
         }
+
+
+def tuning(config: FillConfig) -> tuple[RetryPolicy, Timeouts]:
+    """The retry policy and timeouts `[fill]` asks for."""
+    policy = RetryPolicy(
+        base_s=config.retry_base_s,
+        max_delay_s=max(config.retry_max_s, config.retry_base_s),
+        attempts_per_source=config.attempts_per_source,
+        digest_restarts=config.digest_restarts,
+    )
+    timeouts = Timeouts(
+        connect=config.connect_timeout_s,
+        read=config.read_timeout_s,
+        head=config.head_timeout_s,
+        low_speed_bps=config.low_speed_bps,
+        low_speed_s=config.low_speed_s,
+    )
+    return policy, timeouts
 
 
 def write_state(staging_root: Path, report: FillReport, now: float) -> None:

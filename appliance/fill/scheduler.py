@@ -25,7 +25,7 @@ from typing import Any
 from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, load_plan
-from appliance.fill.runner import FillReport, FillRun
+from appliance.fill.runner import FillReport, FillRun, tuning
 from appliance.fill.storage import StoreStorage
 from appliance.fill.window import FillWindow
 from appliance.store import Store
@@ -209,7 +209,8 @@ class FillScheduler:
             self._sched.running, self._sched.due = True, None
         pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window(), now=self.now)
         storage = ServiceStorage(self.config, self.out_of_service)
-        run = FillRun(plan, storage, self.config.fill.staging, pacer)
+        policy, timeouts = tuning(self.config.fill)
+        run = FillRun(plan, storage, self.config.fill.staging, pacer, policy, timeouts)
         task = asyncio.create_task(run.run())
         error: str | None = None
         report: FillReport | None = None

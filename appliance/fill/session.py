@@ -14,7 +14,7 @@ from rich.progress import TaskID
 from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, PlannedTitle, load_plan
-from appliance.fill.runner import FillReport, FillRun
+from appliance.fill.runner import FillReport, FillRun, tuning
 from edgeflix import ui
 
 
@@ -53,7 +53,8 @@ def run_foreground(config: ApplianceConfig, plan: FillPlan) -> FillReport:
     from appliance.fill.storage import StoreStorage
 
     pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window())
-    fill = FillRun(plan, StoreStorage(config.storage), config.fill.staging, pacer)
+    policy, timeouts = tuning(config.fill)
+    fill = FillRun(plan, StoreStorage(config.storage), config.fill.staging, pacer, policy, timeouts)
     return asyncio.run(_with_bar(fill))
 
 
