@@ -27,6 +27,10 @@ _BUSY_TIMEOUT_MS = 30_000
 # reconcile adopts complete titles it finds there (repair.py), so a new index loses nothing.
 _DAMAGED_HINT = "; move it (and its -wal and -shm files) aside and start again to rebuild it"
 _CACHE_MAX = 65_536
+# Paths that found nothing are remembered too (a player retrying a missing segment), but few:
+# they come from clients, and 65,536 junk paths of up to 16 KiB each would hold hundreds of
+# MB in every worker for as long as the index does not change.
+_MISSES_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,8 @@ class IndexReader:
             self._version = self._data_version()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the index {index}: {exc}") from None
-        self._cache: dict[tuple[str, str], LocatedFile | None] = {}
+        self._cache: dict[tuple[str, str], LocatedFile] = {}
+        self._misses: set[tuple[str, str]] = set()
         self._auto = refresh_per_call
 
     def _data_version(self) -> int:
@@ -222,6 +227,7 @@ class IndexReader:
         version = self._data_version()
         if version != self._version or len(self._cache) > _CACHE_MAX:
             self._cache.clear()
+            self._misses.clear()
             self._version = version
         return version
 
@@ -235,6 +241,8 @@ class IndexReader:
             return self._cache[key]
         except KeyError:
             pass
+        if key in self._misses:
+            return None
         row = self._conn.execute(
             "SELECT f.disk, f.size, f.sha256, f.mtime_ns, t.tier FROM files f "
             "JOIN titles t ON t.id = f.title "
@@ -254,7 +262,11 @@ class IndexReader:
                 disk=disk,
                 tier=tier,
             )
-        self._cache[key] = found
+            self._cache[key] = found
+        else:
+            if len(self._misses) >= _MISSES_MAX:
+                self._misses.clear()
+            self._misses.add(key)
         return found
 
     def titles(self) -> list[TitleRow]:
