@@ -235,6 +235,9 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
          [Sample({}, view.workers_alive)]),
     ]  # fmt: skip
     families += disk_families(config)
+    from appliance.fill.figures import read_families
+
+    families += read_families(config.fill.staging, time.time())
     return render(families)
 
 

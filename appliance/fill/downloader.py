@@ -196,11 +196,19 @@ class TitleFetcher:
         _prepare_staging(self.staging, raw, digest)
         return model
 
-    async def _advance_source(self, failed: int) -> bool:
+    async def _advance_source(self, failed: int, reason: str) -> bool:
         """Move every stream past a failed source (once); False when none is left."""
         async with self._advancing:
             if self._source == failed:
-                self._source += 1
+                event(
+                    log,
+                    "fill.source_failed",
+                    logging.WARNING,
+                    title=self.title.id,
+                    source=self.title.sources[failed],
+                    reason=reason,
+                )
+                self._last, self._source = reason, failed + 1
                 await self._settle()
             return self._source < len(self.title.sources)
 
@@ -247,7 +255,7 @@ class TitleFetcher:
                     count_progress(self.progress, -lost, 0)
                 if outcome is Outcome.NEXT_SOURCE:
                     attempts = digest_failures = 0
-                    if not await self._advance_source(source):
+                    if not await self._advance_source(source, exc.detail):
                         raise FillError(
                             f"title {self.title.id}: no source left for {entry.path} "
                             f"(last: {exc.detail})"
