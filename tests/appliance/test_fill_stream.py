@@ -209,3 +209,31 @@ def test_a_stream_giving_up_stops_one_stuck_waiting_for_a_head(tmp_path: Path) -
     with scripted(handler) as server, pytest.raises(FillError, match="403"):
         fill(server.url, tmp_path / "staging")
     assert time.monotonic() - started < 10
+
+
+def test_a_file_longer_than_many_windows_is_not_given_up(tmp_path: Path) -> None:
+    """Under a cap, each window lets a few batches through before it closes; a file that
+    needs more windows than the retry budget still completes (a closing window is no
+    failure), resumed each time, nothing fetched twice."""
+    from datetime import UTC, datetime, timedelta
+
+    from appliance.fill.window import parse_window
+
+    model, files = make_source(tmp_path, [3_000_000])
+    at = [datetime(2024, 5, 1, 5, 59, tzinfo=UTC)]
+    closes = [0]
+
+    async def sleep(seconds: float) -> None:
+        if seconds >= 60 and (at[0].hour, at[0].minute) == (6, 0):
+            closes[0] += 1  # the first wait after a window closed
+        at[0] += timedelta(seconds=seconds)
+        await asyncio.sleep(0)
+
+    # A one-minute window each night and 32 kbit/s: each 64 KiB batch costs 16 s.
+    window = parse_window("05:59-06:00", "UTC")
+    pacer = Pacer(32_000, window, lambda: at[0].timestamp(), lambda: at[0], sleep)
+    with scripted(serve_files(files, [])) as server:
+        progress = fill(server.url, tmp_path / "staging", pacer, streams=1)
+    assert_verified(tmp_path / "staging", model)
+    assert closes[0] > FAST.attempts_per_source + FAST.digest_restarts + 2  # the old budget
+    assert progress.downloaded == model.total_bytes and progress.retries == 0
