@@ -128,7 +128,7 @@ class TitleFetcher:
         attempts = 0
         while self._source < len(self.title.sources):
             index = self._source
-            await self.pacer.wait_open()
+            await self._wait_window()
             try:
                 return await self._check_source(index)
             except SourceFailure as exc:
@@ -148,6 +148,15 @@ class TitleFetcher:
                 )
                 self._last, self._source, attempts = exc.detail, index + 1, 0
         return None
+
+    async def _wait_window(self) -> None:
+        """Wait for the fill window; meanwhile the title shows as paused in status."""
+        prog = self.progress
+        if prog is not None and not self.pacer.open_now():
+            prog.state = "paused"
+        await self.pacer.wait_open()
+        if prog is not None:
+            prog.state = "downloading"
 
     def _note(self, exc: SourceFailure, path: str, outcome: Outcome, attempt: int) -> None:
         """Count and log one failed attempt (status and metrics read the counts)."""
@@ -230,7 +239,7 @@ class TitleFetcher:
             self.policy.attempts_per_source + self.policy.digest_restarts + 2
         ) + entry.size // max(self.policy.progress_bytes, 1)
         while True:
-            await self.pacer.wait_open()
+            await self._wait_window()
             source = self._source
             before = self._part_size(entry)
             try:

@@ -46,6 +46,9 @@ class Pacer:
         if self.cap_bps:
             self._bucket = TokenBucket.full(self.cap_bps / 8, None, self.clock())
 
+    def open_now(self) -> bool:
+        return self.window is None or self.window.is_open(self.now())
+
     async def wait_open(self) -> None:
         if self.window is None:
             return

@@ -244,6 +244,7 @@ def test_window_closing_mid_title_pauses_then_resumes(
     url, store = origin
     clock = {"now": datetime(2024, 5, 1, 5, 59, 59, tzinfo=UTC)}
     slept: list[float] = []
+    waiting: set[str] = set()
     chunks = {"n": 0}
 
     def now() -> datetime:
@@ -254,6 +255,8 @@ def test_window_closing_mid_title_pauses_then_resumes(
 
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
+        if seconds >= 60:
+            waiting.add(progress.state)  # what status shows while the window is shut
         clock["now"] += timedelta(seconds=seconds)
         await asyncio.sleep(0)
 
@@ -278,6 +281,7 @@ def test_window_closing_mid_title_pauses_then_resumes(
     assert slept and sum(slept) >= 19 * 3600  # waited for 02:00 the next day
     assert clock["now"] >= datetime(2024, 5, 2, 2, 0, tzinfo=UTC)
     assert progress.downloaded == model.total_bytes  # resumed, not restarted
+    assert waiting == {"paused"} and progress.state == "downloading"
 
 
 def test_peer_fill_from_a_running_appliance(origin: tuple[str, Path], tmp_path: Path) -> None:

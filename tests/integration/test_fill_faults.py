@@ -63,6 +63,7 @@ def run_fill(
     policy: RetryPolicy = FAST,
     timeouts: Timeouts = QUICK,
     streams: int = 2,
+    pacer: Pacer | None = None,
 ) -> FillReport:
     config = appliance_config.load(write_config(tmp))
     plan = FillPlan(titles=(PlannedTitle(id=title, sources=tuple(sources)),), streams=streams)
@@ -70,7 +71,7 @@ def run_fill(
         plan,
         StoreStorage(config.storage),
         config.fill.staging,
-        Pacer(None, None),
+        pacer or Pacer(None, None),
         policy=policy,
         timeouts=timeouts,
     )
@@ -296,3 +297,19 @@ def test_flaky_link_that_makes_progress_gets_a_big_file_through(
     assert proxy.applied == clip.retries + 1  # the last answer came through whole
     assert clip.downloaded == clip.total
     assert_clean_and_served(tmp_path, origin[1])
+
+
+def test_retry_after_is_honoured(
+    origin: tuple[str, Path], proxy: FaultProxy, tmp_path: Path
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)  # recorded, not waited: the policy's backoff alone is < 0.05 s
+
+    proxy.set(Fault(fp.STATUS, status=503, retry_after=7, match="seg001", times=2))
+    policy = RetryPolicy(base_s=0.01, max_delay_s=30.0)
+    pacer = Pacer(None, None, sleep=sleep)
+    report = run_fill(tmp_path, [proxy.url], policy=policy, pacer=pacer)
+    assert report.titles["clip"].state == "ready", report.titles["clip"].error
+    assert slept.count(7.0) == 2  # the source's Retry-After, not the 10 ms backoff
