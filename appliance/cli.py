@@ -63,8 +63,10 @@ def load_cmd(
     try:
         rate = title_rate(store.config.index, store.config.decay_half_life_s, title)
         try:
+            # files.json is copied in too: the bar ends at 100%, not past it.
             total = titlefiles.read(source)[0].total_bytes
-        except titlefiles.TitleFilesError:
+            total += (source / titlefiles.FILES_JSON).stat().st_size
+        except (titlefiles.TitleFilesError, OSError):
             total = 0  # store.load says what is wrong with the folder
         with ui.progress(transfer=True) as bar:
             task = bar.add_task(f"load {title}", total=total)
@@ -224,7 +226,9 @@ def fill_cmd(
     ),
     titles: list[str] = typer.Option([], "--title", help="Title id to fill; repeatable."),
     plan: Path | None = typer.Option(None, "--plan", help="Fill plan JSON (default: [fill] plan)."),
-    cap_mbps: float | None = typer.Option(None, "--cap-mbps", help="Bandwidth cap, Mbit/s."),
+    cap_mbps: float | None = typer.Option(
+        None, "--cap-mbps", min=0, help="Bandwidth cap, Mbit/s (0: none; default: the plan's)."
+    ),
     streams: int | None = typer.Option(None, "--streams", min=1, max=64, help="Parallel streams."),
     now: bool = typer.Option(False, "--now", help="Ignore the plan's fill window."),
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
@@ -275,7 +279,9 @@ def status_cmd(
     if profile["board"]:
         rows.append(("board", profile["board"]))
     for d in profile["disks"]:
-        rows.append(("disk", f"{d['path']} {d['kind']} {d['model'] or ''} on {d['mount']}"))
+        rows.append(
+            ("disk", " ".join(filter(None, (d["path"], d["kind"], d["model"], "on", d["mount"]))))
+        )
     for n in profile["nics"]:
         if not n["virtual"]:
             speed = f"{n['speed_bps'] / 1e6:.0f} Mbit/s" if n["speed_bps"] else "speed unknown"

@@ -61,22 +61,34 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edgeflix import ui
+
     setup_logging()
     _mount(wanted_components(sys.argv[1:] if argv is None else argv))
+    ui.plain_help_unless_terminal()
+    click = ui.click_exceptions()
     try:
-        app(args=argv, prog_name="edgeflix", standalone_mode=True)
+        # Not standalone: usage errors and Ctrl-C come back here, to be told the house way
+        # (one line, exit 2 or 130) instead of typer's panels or a silent exit.
+        code = app(args=argv, prog_name="edgeflix", standalone_mode=False)
+    except click.UsageError as exc:
+        ui.usage_error(exc)
+    except click.ClickException as exc:
+        ui.fail(exc.format_message(), exc.exit_code)
+    except typer.Abort:  # Ctrl-C or end of input at a prompt
+        ui.interrupted()
     except EdgeflixError as exc:
-        from edgeflix.ui import fail
-
-        fail(str(exc), exc.exit_code)
+        ui.fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        raise SystemExit(130) from None
+        ui.interrupted()
     finally:
         # The interpreter's collections at exit would walk every object still alive (tens of
         # ms for typer's and pydantic's schemas, ~0.1 s after an ingest): nothing left needs
         # them, and the standard streams are flushed regardless.
         gc.freeze()
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130, silently
+        ui.interrupted()
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -184,12 +184,12 @@ def demo(
 
 
 def main() -> None:
+    """`make demo`: the umbrella CLI's `edgeflix demo`, so it reports usage errors, failures
+    and Ctrl-C the same way (one line; exit 2, 1 or 130)."""
+    from edgeflix.cli import main as cli_main
+
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    try:
-        typer.run(demo)
-    except EdgeflixError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(1) from None
+    cli_main(["demo", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

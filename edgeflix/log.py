@@ -46,12 +46,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each line: while progress bars draw, rich puts a
+    proxy there that prints the line above the bars instead of through them (edgeflix/ui.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stderr, looked up per line
+
+
 def setup_logging(level: str | None = None) -> None:
     """Configure the root logger once per process; idempotent."""
     root = logging.getLogger()
     if any(getattr(h, "_edgeflix", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler._edgeflix = True  # type: ignore[attr-defined]
     as_json = os.environ.get("EDGEFLIX_LOG_JSON") == "1"
     handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter())

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:  # imported where used: a command in a pipe never pays for them
+    from types import ModuleType
+
     from rich.console import Console
     from rich.progress import Progress
 
@@ -48,7 +51,11 @@ def print_table(
     if interactive():
         from rich.table import Table
 
-        table = Table(*columns, title=title)
+        table = Table(title=title)
+        for column in columns:
+            # Folded, never cut short with '…': a narrow terminal must still show the whole
+            # URL, path or digest a user copies out of the table.
+            table.add_column(column, overflow="fold")
         for row in rows:
             table.add_row(*(str(c) for c in row))
         console().print(table)
@@ -58,7 +65,7 @@ def print_table(
         sys.stdout.write("\t".join(str(c) for c in row) + "\n")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """One line on stderr, then exit: the CLI's only way to report a user-facing error."""
     from rich.markup import escape
 
@@ -86,5 +93,61 @@ def progress(transfer: bool = False) -> Iterator[Progress]:
     if transfer:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=console(), disable=not interactive(), transient=False) as bar:
+    shown = interactive()
+    # Log lines written while the bars draw go above them, not through them: rich swaps
+    # sys.stderr for a proxy, which the log handler looks up per line (edgeflix/log.py).
+    # Only when stderr is that same terminal; a log sent to a file stays in the file.
+    redirect = shown and sys.stderr.isatty()
+    with Progress(
+        *columns,
+        console=console(),
+        disable=not shown,
+        transient=False,
+        redirect_stderr=redirect,
+        redirect_stdout=False,
+    ) as bar:
         yield bar
+
+
+# -- the command line's edges: help, usage errors, Ctrl-C -------------------------------------
+
+
+def plain_help_unless_terminal() -> None:
+    """typer draws help and usage errors in rich panels; in a pipe (or a file) they must be
+    plain text, so turn its rich formatting off for this process when nobody is watching."""
+    if not interactive():
+        import typer.core
+
+        typer.core.HAS_RICH = False  # read per call by typer's help and error formatting
+
+
+def click_exceptions() -> ModuleType:
+    """The click exceptions typer raises: its own copy of click since typer 0.2x, click itself
+    before."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+def usage_error(exc: Any) -> NoReturn:
+    """A mistake on the command line (unknown option, bad value, missing argument): one line
+    naming the command's --help, exit 2. `edgeflix fleet` alone prints its help instead."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        # Rich help has printed itself while the error was made; plain help is the message.
+        if not interactive():
+            sys.stdout.write(exc.format_message() + "\n")
+        raise SystemExit(2)
+    # (typer passes pydantic's "Value error, " prefix through for Enum choices)
+    message = " ".join(exc.format_message().replace("Value error, ", "").split())
+    if exc.ctx is not None:
+        message += f" (see '{exc.ctx.command_path} --help')"
+    fail(message, 2)
+
+
+def interrupted(message: str = "interrupted") -> NoReturn:
+    """Ctrl-C: one line and the shell's 128 + SIGINT, whatever was running."""
+    logging.disable(logging.CRITICAL)  # threads still winding down must not add lines
+    fail(message, 130)

@@ -312,8 +312,10 @@ def fill_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Tell appliances to fill their plan now instead of waiting for the window."""
-    if not now:
-        raise FleetError("appliances fill inside their window by themselves; pass --now")
+    if not now:  # a usage error (exit 2): the command does nothing without it
+        raise ui.click_exceptions().UsageError(
+            "appliances fill inside their window by themselves; pass --now to fill at once"
+        )
     out = _call(fleet, "POST", "/fill-now", params={"site": site} if site else {})
     ui.print_json(out) if as_json else typer.echo(
         "fill now: " + (" ".join(out["appliances"]) or "(no appliances)")

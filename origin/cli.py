@@ -9,13 +9,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from origin.errors import IngestCancelled, SourceError
+from origin.errors import IngestCancelled
 
 if TYPE_CHECKING:  # rich.progress is imported only when a terminal shows the bars
     from rich.progress import Progress, TaskID
@@ -84,13 +85,23 @@ def _cancellable() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class Ladder(StrEnum):
+    """--ladder's choices (typer lists them in --help and refuses others as a usage error)."""
+
+    default = "default"
+    auto = "auto"
+
+
 def _parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
     if not text:
         return None
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise SourceError(f"{option} takes comma-separated heights, e.g. 720,360") from None
+        # A usage error like any other bad option value: exit 2, pointing at --help.
+        raise typer.BadParameter(
+            "takes comma-separated heights, e.g. 720,360", param_hint=option
+        ) from None
 
 
 def summary(model: TitleFiles, digest: str, path: Path | None = None) -> dict[str, Any]:
@@ -113,7 +124,9 @@ def ingest_cmd(
     title_id: str = typer.Option(..., "--id", help="Title id: letters, digits, '.', '_', '-'."),
     title: str = typer.Option(..., "--title", help="Human-readable title."),
     store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),
-    ladder: str = typer.Option("default", "--ladder", help="default (fixed) or auto (VMAF)."),
+    ladder: Ladder = typer.Option(
+        Ladder.default, "--ladder", help="default (fixed rungs) or auto (per title, from VMAF)."
+    ),
     segment_seconds: float = typer.Option(4.0, "--segment-seconds", help="Segment length."),
     codecs: str = typer.Option("h264", "--codecs", help="Comma-separated: h264,hevc,av1."),
     heights: str | None = typer.Option(None, "--heights", help="Only these rungs, e.g. 720,360."),
@@ -125,15 +138,13 @@ def ingest_cmd(
     from origin import config
     from origin.ingest import IngestRequest, ingest
 
-    if ladder not in ("default", "auto"):
-        raise SourceError("--ladder must be 'default' or 'auto'")
     cfg = config.load(config_file)
     req = IngestRequest(
         source=src,
         title_id=title_id,
         title=title,
         store=store,
-        ladder="auto" if ladder == "auto" else "default",
+        ladder="auto" if ladder is Ladder.auto else "default",
         segment_seconds=segment_seconds,
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()),
         heights=_parse_ints(heights, "--heights"),
@@ -165,6 +176,8 @@ def ls_cmd(
     from origin.store import list_titles
 
     titles = list_titles(store)
+    if not store.exists():  # a typo, or nothing ingested yet: say so, the listing is empty
+        ui.warn(f"store {store} does not exist (nothing ingested into it yet)")
     if as_json:
         ui.print_json(
             [
@@ -194,7 +207,9 @@ def serve_cmd(
     sendfile: bool = typer.Option(
         True, "--sendfile/--no-sendfile", help="Zero-copy bodies (off: copy via user space)."
     ),
-    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds per head."),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", min=0.1, help="Seconds a client has to send its request head."
+    ),
 ) -> None:
     """Serve STORE/titles over HTTP (Range, ETag) and list titles at GET /titles."""
     from edgeflix.config import parse_hostport

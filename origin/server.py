@@ -15,6 +15,7 @@ from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
 from edgeflix.titlefiles import TITLE_ID_RE
+from origin.errors import OriginError
 from origin.store import check_store, list_titles, titles_dir
 
 
@@ -69,7 +70,10 @@ def _is_title_id(text: str) -> bool:
 def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:
     """Serve until SIGTERM/SIGINT; prints `listening on URL` once the socket is bound."""
     check_store(store)
-    sock = bind(host, port)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:  # taken, not ours, privileged, or a name that does not resolve
+        raise OriginError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
     def ready() -> None:
         sys.stdout.write(f"listening on {url_of(sock)}\n")

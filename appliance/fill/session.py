@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.progress import TaskID
 
 from appliance.config import ApplianceConfig
@@ -32,7 +33,10 @@ def plan_from_cli(
     if titles or sources:
         if not (titles and sources):
             raise PlanError("give both --from URL and at least one --title ID")
-        picked = tuple(PlannedTitle(id=t, sources=tuple(sources)) for t in titles)
+        try:
+            picked = tuple(PlannedTitle(id=t, sources=tuple(sources)) for t in titles)
+        except ValidationError as exc:  # a bad --title or --from: one line, not pydantic's
+            raise PlanError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         plan = FillPlan(titles=picked, prune=False)
     else:
         path = plan_file or config.fill.plan

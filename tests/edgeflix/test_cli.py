@@ -1,6 +1,16 @@
 from __future__ import annotations
 
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from edgeflix.cli import COMPONENTS, wanted_components
+from tests.appliance.storage_fixtures import storage_toml
 from tests.conftest import run_cli
 
 
@@ -15,3 +25,104 @@ def test_help_lists_every_component_and_unknown_command_fails() -> None:
     listing = run_cli(["--help"], check=True).stdout
     assert all(name in listing for name in COMPONENTS)
     assert run_cli(["nosuch"]).returncode == 2
+
+
+# -- the house rules at the command line's edges, in a pipe -----------------------------------
+
+BOX_OR_ANSI = re.compile(r"[\x1b─│╭╮╰╯┏┓┗┛━┃]")
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "level=" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert not BOX_OR_ANSI.search(stderr), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["origin", "ls", "--jsn"],
+        ["appliance", "sign", "--title", "t", "--ttl", "abc"],
+        ["fleet", "show"],
+        ["nosuch"],
+        ["origin", "ingest", "x.mp4", "--id", "a", "--title", "a", "--ladder", "fast"],
+        ["origin", "ingest", "x.mp4", "--id", "a", "--title", "a", "--heights", "tall"],
+        ["origin", "serve", "--header-timeout", "0"],
+        ["appliance", "fill", "--from", "http://127.0.0.1:9", "--title", "a", "--cap-mbps", "-1"],
+        ["fleet", "fill", "--fleet", "http://127.0.0.1:9"],
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_usage_mistakes_are_one_plain_line_and_exit_2(args: list[str]) -> None:
+    proc = run_cli(args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "--help" in one_error_line(proc.stderr)
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["fleet", "--help"], ["appliance", "load", "--help"], []])
+def test_help_in_a_pipe_is_plain_text(args: list[str]) -> None:
+    proc = run_cli(args, timeout=60)
+    assert proc.returncode == (0 if args else 2)  # bare `edgeflix` shows help as a usage error
+    assert proc.stdout.startswith("Usage: edgeflix"), proc.stdout
+    assert not BOX_OR_ANSI.search(proc.stdout + proc.stderr), proc.stdout
+
+
+def test_bad_fill_source_or_title_is_one_line(tmp_path: Path) -> None:
+    config = storage_toml(tmp_path)
+    for bad in (
+        ["--from", "notaurl", "--title", "t"],
+        ["--from", "http://127.0.0.1:9", "--title", "../t"],
+    ):
+        proc = run_cli(["appliance", "fill", "--config", str(config), *bad], timeout=60)
+        assert proc.returncode == 1
+        assert "notaurl" in one_error_line(proc.stderr) or "'../t'" in proc.stderr
+
+
+def test_origin_serve_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["origin", "serve", "--store", str(tmp_path), "--listen", f"127.0.0.1:{port}"]
+        proc = run_cli(args, timeout=60)
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in one_error_line(proc.stderr)
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path: Path) -> None:
+    """`edgeflix … | head -1` once head has gone: the write fails, quietly."""
+    for args in (["fleet", "--help"], ["origin", "ls", "--store", str(tmp_path), "--json"]):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeflix.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first line is written
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) != 0
+        assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_ctrl_c_is_one_line_and_exit_130() -> None:
+    """SIGINT while the command waits (on a manager that accepts and never answers)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(60)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeflix.cli", "fleet", "ls", "--fleet", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        conn, _ = silent.accept()  # the command is now waiting on its call
+        with conn:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert one_error_line(err) == "error: interrupted"
+    assert out == ""
