@@ -1,0 +1,54 @@
+"""The CLI under a real pseudo-terminal and in a pipe: progress bars only for a person,
+log lines above the bars rather than through them, tables that fold instead of cutting
+values short on a narrow terminal, no colour with NO_COLOR."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.appliance.storage_fixtures import make_title, storage_toml
+from tests.conftest import run_cli
+from tests.integration.tty_support import run_in_pty
+
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)[0-9;]*m")
+BAR = "━"
+
+
+def test_load_shows_a_bar_on_a_terminal_that_ends_at_100_and_logs_above_it(
+    tmp_path: Path,
+) -> None:
+    config = storage_toml(tmp_path)
+    source = make_title(tmp_path / "src", "tty", sizes=[300_000, 200_000, 5_000])
+    args = ["appliance", "load", "--config", str(config), "--title", "tty", "--from", str(source)]
+    run = run_in_pty(args)
+    assert run.returncode == 0, run.output
+    assert BAR in run.output and "100%" in run.output
+    # The last frame's count: done equals total (files.json is part of what is copied).
+    done, total = re.findall(r"([\d.]+)/([\d.]+) kB", run.output)[-1]
+    assert done == total, run.output
+    # Each redraw starts after a \r: a log line must never share one with the bar.
+    for frame in re.split(r"[\r\n]", run.output):
+        assert not ("load tty" in frame and "event=" in frame), repr(frame)
+
+    piped = run_cli([*args, "--replace"], check=True)
+    assert BAR not in piped.stdout + piped.stderr and "\x1b" not in piped.stdout + piped.stderr
+    assert piped.stdout.startswith("loaded tty: ")
+
+
+def test_tables_fold_on_a_narrow_terminal_and_no_color_has_none(tmp_path: Path) -> None:
+    store = tmp_path / "origin"
+    long_id = "a-rather-long-title-id-that-cannot-fit-forty-columns"
+    make_title(store / "titles", long_id, sizes=[1_000])
+    args = ["origin", "ls", "--store", str(store)]
+
+    narrow = run_in_pty(args, columns=40)
+    assert narrow.returncode == 0, narrow.output
+    assert "…" not in narrow.output  # nothing cut short: cells fold onto more lines
+    rows = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in narrow.output.split("\r\n")]
+    first_column = "".join(row.split("│")[1].strip() for row in rows if row.startswith("│"))
+    assert first_column == long_id, narrow.output
+
+    plain = run_in_pty([*args, "--nosuch"], env={"NO_COLOR": "1"})
+    assert plain.returncode == 2 and "error:" in plain.output  # red on a terminal, but...
+    assert not ANSI_COLOUR.search(plain.output), repr(plain.output)  # ...not with NO_COLOR
