@@ -134,6 +134,32 @@ def test_read_timeout() -> None:
         pool.close()
 
 
+def test_a_dribbled_head_and_a_trickled_body_time_out() -> None:
+    """Each byte comes well inside the read timeout, so only the head deadline and the
+    speed floor end these."""
+
+    def handler(sock: socket.socket, number: int) -> None:
+        read_request(sock)
+        if number == 1:
+            for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
+                sock.sendall(bytes([ch]))
+                time.sleep(0.05)
+        else:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            for _ in range(1000):
+                sock.sendall(b"x" * 10)
+                time.sleep(0.05)
+
+    with scripted(handler) as server:
+        pool = Pool(Timeouts(read=2, head=0.5, low_speed_bps=1000, low_speed_s=0.5))
+        with pytest.raises(Timeout, match="no response"):
+            pool.get(server.url + "/")
+        with pytest.raises(Timeout, match="too slow"), pool.get(server.url + "/") as resp:
+            resp.read_all(200_000)
+        pool.close()
+        assert server.connections == 2
+
+
 def test_truncated_body_and_missing_framing() -> None:
     def handler(sock: socket.socket, number: int) -> None:
         read_request(sock)
