@@ -36,6 +36,11 @@ APPLIANCES = (
 )
 HELD = 40  # titles each appliance holds at a time
 CHURN_EVERY = 400  # calls between one title leaving the window and a new one arriving
+# A join token (one write) every this many calls: with key rotations and plans, enough WAL
+# traffic that SQLite must checkpoint (at 1000 pages) within the run.
+TOKEN_EVERY = 40
+# Live join tokens are kept by design (pruned a month after expiry; tests/fleet): not a leak.
+GROWING_BY_DESIGN = frozenset(("join_tokens",))
 
 
 def start_manager(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -181,7 +186,7 @@ def soak_fleet(root: Path, calls: int, max_seconds: float) -> dict[str, Any]:
                         steers += 1
                         if resp.status != 200 and len(errors) < 20:
                             errors.append(f"/steer: {resp.status}")
-                    if done % 2000 == 1999:
+                    if done % TOKEN_EVERY == TOKEN_EVERY - 1:
                         web.request(
                             "POST",
                             "/join-tokens",
@@ -213,11 +218,16 @@ def soak_fleet(root: Path, calls: int, max_seconds: float) -> dict[str, Any]:
     after_stop = db_figures(db)  # the soft state (popularity, last beats) is saved on stop
     rows = growth_rows(base, end, done - warm)
     first_db = series[0][1]["db"]
-    wal_bound = 4 * 1024 * 1024 + 64 * 1024  # SQLite checkpoints at 1000 pages of 4 KiB
-    if last_db["wal_bytes"] > wal_bound:
-        rows[0]["flags"].append(f"WAL {last_db['wal_bytes']} B > {wal_bound} B")
+    wal_bound = 5 * 1024 * 1024  # SQLite checkpoints at 1000 pages of 4 KiB
+    wal_max = max(s["db"]["wal_bytes"] for _, s in series)
+    if wal_max > wal_bound:
+        rows[0]["flags"].append(f"WAL {wal_max} B > {wal_bound} B: not checkpointed")
     for table, n in last_db["rows"].items():
-        if n > max(first_db["rows"].get(table, 0), 1) * 3 and n > 50:
+        if (
+            table not in GROWING_BY_DESIGN
+            and n > max(first_db["rows"].get(table, 0), 1) * 3
+            and n > 50
+        ):
             rows[0]["flags"].append(f"table {table}: {first_db['rows'].get(table, 0)} → {n} rows")
     return {
         "calls": done,
@@ -230,6 +240,7 @@ def soak_fleet(root: Path, calls: int, max_seconds: float) -> dict[str, Any]:
         "db_start": first_db,
         "db_end": last_db,
         "db_after_stop": after_stop,
+        "wal_max_bytes": wal_max,
         "series": [(n, {"fleet": _fig(s["proc"]), "wal": s["db"]["wal_bytes"]}) for n, s in series],
     }
 
@@ -251,6 +262,8 @@ def print_fleet(f: dict[str, Any]) -> None:
         f"  SQLite file {a['db_bytes']} → {b['db_bytes']} B, WAL {a['wal_bytes']} → "
         f"{b['wal_bytes']} B; rows {a['rows']} → {b['rows']}"
     )
+    wal = [s["wal"] for _, s in f["series"]]
+    print(f"  WAL over the run (B): {wal}, largest {f['wal_max_bytes']}")
     print(f"  meta values (B) at the end, after the stop's save: {c['meta_bytes']}")
     for err in f["errors"][:5]:
         print(f"  error: {err}")
