@@ -256,12 +256,12 @@ class TitleFetcher:
                 if failures >= budget:
                     outcome = Outcome.GIVE_UP
                 self._note(exc, entry.path, outcome, attempts)
-                if outcome is Outcome.GIVE_UP:
-                    raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
                 if discard_partial(exc.failure, outcome):
                     lost = self._part_size(entry)
                     self.staging.part(entry.path).unlink(missing_ok=True)
                     count_progress(self.progress, -lost, 0)
+                if outcome is Outcome.GIVE_UP:
+                    raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
                 if outcome is Outcome.NEXT_SOURCE:
                     attempts = digest_failures = 0
                     if not await self._advance_source(source, exc.detail):

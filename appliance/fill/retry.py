@@ -95,13 +95,13 @@ class RetryPolicy:
 
 
 def discard_partial(failure: Failure, outcome: Outcome) -> bool:
-    """Whether the file's partial bytes go: on a restart, and when leaving a source whose
-    bytes failed the hash (kept, they would fail again at the next source, counted against
-    a good source). Bytes from a source that merely broke off are kept: the hash at the end
-    still checks every one of them."""
+    """Whether the file's partial bytes go: on a restart, and when leaving a source (or
+    giving up) after its bytes failed the hash (kept, they would fail again at the next
+    source or run, a strike against a good source). Bytes from a source that merely broke
+    off are kept: the hash at the end still checks every one of them."""
     if outcome is Outcome.RESTART_FILE:
         return True
-    return outcome is Outcome.NEXT_SOURCE and failure in (Failure.DIGEST, Failure.RANGE)
+    return outcome is not Outcome.RETRY and failure in (Failure.DIGEST, Failure.RANGE)
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def test_partial_bytes_go_with_a_corrupt_source() -> None:
     assert discard_partial(Failure.RANGE, Outcome.NEXT_SOURCE)
     assert not discard_partial(Failure.TIMEOUT, Outcome.NEXT_SOURCE)  # good bytes, kept
     assert not discard_partial(Failure.TRUNCATED, Outcome.RETRY)
-    assert not discard_partial(Failure.DIGEST, Outcome.GIVE_UP)  # the next run re-checks
+    assert discard_partial(Failure.DIGEST, Outcome.GIVE_UP)  # not a strike next run
+    assert not discard_partial(Failure.TIMEOUT, Outcome.GIVE_UP)  # resumed next run
 
 
 def test_speed_floor_catches_a_trickle_not_a_pause() -> None:
