@@ -47,22 +47,41 @@ def print_json(value: Any) -> None:
 def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> None:
-    """A rich table on a terminal; tab-separated lines with a header in a pipe."""
-    if interactive():
-        from rich.table import Table
-
-        table = Table(title=title)
-        for column in columns:
-            # Folded, never cut short with '…': a narrow terminal must still show the whole
-            # URL, path or digest a user copies out of the table.
-            table.add_column(column, overflow="fold")
+    """A rich table on a terminal (one record per block when the table is wider than the
+    terminal); tab-separated lines with a header in a pipe."""
+    if not interactive():
+        sys.stdout.write("\t".join(columns) + "\n")
         for row in rows:
-            table.add_row(*(str(c) for c in row))
-        console().print(table)
+            sys.stdout.write("\t".join(str(c) for c in row) + "\n")
         return
-    sys.stdout.write("\t".join(columns) + "\n")
+    from rich.table import Table
+
+    out = console()
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
     for row in rows:
-        sys.stdout.write("\t".join(str(c) for c in row) + "\n")
+        table.add_row(*(str(c) for c in row))
+    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
+    if natural <= out.width:
+        out.print(table)
+        return
+    # Too wide: folded cells would split the URL, path or digest a user copies out of the
+    # table, and '…' would hide it. One block per record instead, each value on its line.
+    from rich.markup import escape
+
+    if title:
+        out.print(f"[italic]{escape(title)}[/]", highlight=False)
+    width = max(len(c) for c in columns)
+    for i, row in enumerate(rows):
+        if i:
+            out.print()
+        for column, cell in zip(columns, row, strict=True):
+            out.print(
+                f"[bold]{escape(column.rjust(width))}[/]  {escape(str(cell))}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

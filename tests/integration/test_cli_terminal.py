@@ -1,6 +1,6 @@
 """The CLI under a real pseudo-terminal and in a pipe: progress bars only for a person,
-log lines above the bars rather than through them, tables that fold instead of cutting
-values short on a narrow terminal, no colour with NO_COLOR."""
+log lines above the bars rather than through them, tables that turn into one block per
+record on a terminal too narrow for them (no value cut short), no colour with NO_COLOR."""
 
 from __future__ import annotations
 
@@ -36,18 +36,23 @@ def test_load_shows_a_bar_on_a_terminal_that_ends_at_100_and_logs_above_it(
     assert piped.stdout.startswith("loaded tty: ")
 
 
-def test_tables_fold_on_a_narrow_terminal_and_no_color_has_none(tmp_path: Path) -> None:
+def test_tables_too_wide_for_the_terminal_become_records_and_no_color_has_none(
+    tmp_path: Path,
+) -> None:
     store = tmp_path / "origin"
     long_id = "a-rather-long-title-id-that-cannot-fit-forty-columns"
     make_title(store / "titles", long_id, sizes=[1_000])
     args = ["origin", "ls", "--store", str(store)]
 
+    wide = run_in_pty(args, columns=200)
+    assert wide.returncode == 0 and "┏" in wide.output and long_id in wide.output, wide.output
     narrow = run_in_pty(args, columns=40)
     assert narrow.returncode == 0, narrow.output
-    assert "…" not in narrow.output  # nothing cut short: cells fold onto more lines
-    rows = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in narrow.output.split("\r\n")]
-    first_column = "".join(row.split("│")[1].strip() for row in rows if row.startswith("│"))
-    assert first_column == long_id, narrow.output
+    # Wider than the terminal: one block per record, every value whole on its line (no '…',
+    # no value folded over several table lines), still no table borders cut in half.
+    assert "…" not in narrow.output and "┏" not in narrow.output, narrow.output
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in narrow.output.split("\r\n")]
+    assert f"id  {long_id}" in lines, lines
 
     plain = run_in_pty([*args, "--nosuch"], env={"NO_COLOR": "1"})
     assert plain.returncode == 2 and "error:" in plain.output  # red on a terminal, but...
