@@ -54,6 +54,7 @@ def load_cmd(
     source: Path = typer.Option(..., "--from", help="Folder holding the title and its files.json."),
     replace: bool = typer.Option(False, "--replace", help="Reload a title already present."),
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Load a packaged title from a local folder, verifying every file against files.json."""
     from appliance.mover import title_rate
@@ -79,6 +80,10 @@ def load_cmd(
             )
     finally:
         store.close()
+    if as_json:
+        ui.print_json({"id": row.id, "state": row.state, "tier": row.tier, "bytes": row.bytes,
+                       "digest": row.digest})  # fmt: skip
+        return
     typer.echo(f"loaded {row.id}: {row.bytes} bytes on the {row.tier} tier")
 
 
@@ -118,13 +123,19 @@ def ls_cmd(
 def rm_cmd(
     title: str = typer.Option(..., "--title", help="Title id to remove."),
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Remove a title and all its files from this appliance."""
+    from edgeflix import ui
+
     store = _open_store(config)
     try:
         store.remove(title)
     finally:
         store.close()
+    if as_json:
+        ui.print_json({"id": title, "removed": True})
+        return
     typer.echo(f"removed {title}")
 
 
@@ -194,6 +205,7 @@ def sign_cmd(
     client_ip: str | None = typer.Option(None, "--client-ip", help="Bind to one client."),
     key_id: str | None = typer.Option(None, "--key", help="Key id (default: the first key)."),
     config: Path | None = typer.Option(None, "--config", help="Appliance config (TOML)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Print a signed URL to the title's master.m3u8 on this appliance."""
     import time
@@ -210,10 +222,22 @@ def sign_cmd(
     if not keys:
         raise ConfigError("no such key in [auth] keys" if key_id else "[auth] keys is empty")
     key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
-    token = tokens.sign(title, key, int(time.time()) + ttl, client_ip)
+    expires = int(time.time()) + ttl
+    token = tokens.sign(title, key, expires, client_ip)
     host, port = parse_hostport(cfg.serve.listen)
     host = f"[{host}]" if ":" in host else host
-    typer.echo(f"http://{host}:{port}{tokens.signed_path(token, title, 'master.m3u8')}")
+    url = f"http://{host}:{port}{tokens.signed_path(token, title, 'master.m3u8')}"
+    if port == 0:  # the daemon picks its port at start: only the path part is usable
+        from edgeflix.ui import warn
+
+        warn("[serve] listen has port 0, so the URL's port is not the daemon's; use its path")
+    if as_json:
+        from edgeflix.ui import print_json
+
+        print_json({"url": url, "title": title, "key": key.id, "expires": expires,
+                    "client_ip": client_ip})  # fmt: skip
+        return
+    typer.echo(url)
 
 
 # -- fill and status ------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -
         "keys_version",
         "last_seen_s",
     ):
-        typer.echo(f"{key}: {info[key]}")
+        typer.echo(f"{key}: {'-' if info[key] in (None, '') else info[key]}")
     typer.echo(f"load: {_mbps(info['load_bps'])} of {_mbps(info['capacity_bps'])} Mb/s")
     ui.print_table(
         ["title", "complete", "tier", "GB"],

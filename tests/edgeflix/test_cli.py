@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeflix.cli import COMPONENTS, wanted_components
-from tests.appliance.storage_fixtures import storage_toml
+from tests.appliance.storage_fixtures import make_title, storage_toml
 from tests.conftest import run_cli
 
 
@@ -126,3 +127,24 @@ def test_ctrl_c_is_one_line_and_exit_130() -> None:
     assert proc.returncode == 130
     assert one_error_line(err) == "error: interrupted"
     assert out == ""
+
+
+def test_appliance_actions_take_json_too(tmp_path: Path) -> None:
+    """load, sign and rm answer --json like every listing: JSON alone on stdout."""
+    config = storage_toml(tmp_path)
+    with config.open("a") as f:
+        f.write('[auth]\nkeys = [ { id = "k1", secret = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0" } ]\n')
+    source = make_title(tmp_path / "src", "js")
+    base = ["--config", str(config), "--title", "js", "--json"]
+    loaded = json.loads(
+        run_cli(["appliance", "load", *base, "--from", str(source)], check=True).stdout
+    )
+    assert loaded["id"] == "js" and loaded["state"] == "ready" and loaded["bytes"] > 0
+    signed = run_cli(["appliance", "sign", *base, "--ttl", "60"], check=True)
+    doc = json.loads(signed.stdout)
+    assert doc["key"] == "k1" and "/titles/js/master.m3u8" in doc["url"]
+    assert "port 0" not in signed.stderr  # the fixture's default listen has a real port
+    assert json.loads(run_cli(["appliance", "rm", *base], check=True).stdout) == {
+        "id": "js",
+        "removed": True,
+    }
