@@ -208,6 +208,20 @@ class Store:
         buckets = self._buckets(tiering.wanted_tier(rate, self.config.hot_rate, self.tiers))
         return lambda path: choose(file_key(title_id, path), buckets)
 
+    def check_room(
+        self, title_id: str, sizes: Mapping[str, int], rate: float, staged: Mapping[str, int]
+    ) -> None:
+        """CapacityError now for a title `load` would refuse for room: the fill asks before
+        it downloads, so a title that cannot fit does not first fill a disk with staged
+        files. `sizes`: file path → bytes (files.json included); `staged`: bytes of it
+        already staged on each disk's own filesystem (a resumed fill), which `load` renames
+        in and so counts as free, as it does here."""
+        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
+        needed = bytes_per_disk(self._placement(title_id, tier, list(sizes)), sizes)
+        freeing = self._bytes_on_disks(title_id) if get_title(self.conn, title_id) else {}
+        freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
+        self._check_fit(title_id, tier, needed, freeing)
+
     # -- load ------------------------------------------------------------------------------
 
     def load(

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -71,6 +71,8 @@ class TitleFetcher:
     _threads: ThreadPoolExecutor | None = None
     _files: FileStream | None = None
     _last: str = "no source answered"
+    # Asked with files.json before any download; raises to refuse the title (no room).
+    admit: Callable[[TitleFiles], Awaitable[None]] | None = None
     _advancing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self) -> tuple[TitleFiles, str]:
@@ -82,6 +84,8 @@ class TitleFetcher:
         with ThreadPoolExecutor(self.streams, thread_name_prefix="fill-stream") as threads:
             self._threads = threads
             model = await self._files_json()
+            if self.admit is not None:
+                await self.admit(model)
             complete, partial = _scan_staging(self.staging, model)
             tasks = file_tasks(model, complete, partial)
             prog.total = model.total_bytes

@@ -34,6 +34,7 @@ from appliance.fill.retry import RetryPolicy
 from appliance.fill.transport import Pool, Timeouts
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
+from edgeflix.titlefiles import TitleFiles
 
 log = logging.getLogger("appliance.fill")
 STATE_FILE = "state.json"
@@ -48,6 +49,10 @@ class Storage(Protocol):
     def staging(self, title_id: str, folder: Path) -> StagingLayout:
         """Where the title's files should wait: `folder` for files.json, each file on the
         disk it will be stored on."""
+        ...
+
+    def check_room(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> None:
+        """Raise (an EdgeflixError) when the title cannot fit: asked before downloading."""
         ...
 
     def load(self, title_id: str, staged: StagingLayout) -> None:
@@ -183,8 +188,11 @@ class FillRun:
                 self.storage.staging, title_id, self.staging_root / title_id
             )
             fetcher = TitleFetcher(
-                pool, title, staged, self.pacer, self.policy, self.plan.streams, prog
-            )
+                pool, title, staged, self.pacer, self.policy, self.plan.streams, prog,
+                admit=lambda model: self._storage(
+                    self.storage.check_room, title_id, model, staged
+                ),
+            )  # fmt: skip
             try:
                 await fetcher.run()
             except (OSError, ExceptionGroup) as exc:

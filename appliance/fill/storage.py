@@ -20,7 +20,8 @@ from appliance.fill.layout import DISK_STAGING, StagingLayout, disk_staging, sta
 from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
 from appliance.mover import RateBook
 from appliance.store import Store, locks_folder
-from edgeflix.titlefiles import sha256_file
+from edgeflix import titlefiles
+from edgeflix.titlefiles import FILES_JSON, TitleFiles, sha256_file
 
 # The fill's run lock, beside the titles' locks; no ".lock" suffix, so no title's lock file.
 RUN_LOCK = "fill-run"
@@ -113,6 +114,25 @@ class StoreStorage:
         for title in swept:
             shutil.rmtree(title, ignore_errors=True)
         return sorted({t.name for t in swept})
+
+    def check_room(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> None:
+        """CapacityError before any download when the title will not fit where `load` puts
+        it (bytes already staged on a disk's own filesystem count as in place there)."""
+        sizes = {f.path: f.size for f in model.files}
+        sizes[FILES_JSON] = len(titlefiles.render(model))
+        devices = {d.id: os.stat(d.path).st_dev for d in self.store.disks}
+        placed = self.store.placer(title_id, self._rate(title_id))
+        in_place: dict[str, int] = {}
+        for entry in model.files:
+            disk = placed(entry.path)
+            for candidate in (staged.file(entry.path), staged.part(entry.path)):
+                try:
+                    st = os.stat(candidate)
+                except OSError:
+                    continue
+                if st.st_dev == devices.get(disk):
+                    in_place[disk] = in_place.get(disk, 0) + min(st.st_size, entry.size)
+        self.store.check_room(title_id, sizes, self._rate(title_id), in_place)
 
     def load(self, title_id: str, staged: StagingLayout) -> None:
         """Take in staged files the downloader verified against files.json in this process:

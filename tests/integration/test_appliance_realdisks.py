@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -268,20 +269,44 @@ def test_enospc_during_load_leaves_nothing_half_written(
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_enospc_during_fill_is_one_line_and_frees_the_disk(
-    tmp_path: Path, real_disks: MakeDisks
-) -> None:
-    (disk,) = real_disks(1, mib=8)
-    store = tmp_path / "origin"
-    _title_of(store / "titles" / "film", "film", {f"p{i}.m4s": 1_400_000 for i in range(6)})
+def _fill(
+    tmp: Path, disk: LoopDisk, files: dict[str, int]
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`appliance fill --now` of title `film` (these files) from a real origin onto `disk`."""
+    store = tmp / "origin"
+    _title_of(store / "titles" / "film", "film", files)
     origin = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
                    ("listening",))  # fmt: skip
     try:
-        config = write_config(tmp_path, [disk])
+        config = write_config(tmp, [disk])
         fill = run_cli(["appliance", "fill", "--config", str(config), "--from", origin.url,
                         "--title", "film", "--now"], timeout=120)  # fmt: skip
     finally:
         origin.stop()
+    return config, fill
+
+
+def test_fill_of_a_title_that_cannot_fit_is_refused_before_downloading(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    (disk,) = real_disks(1, mib=8)
+    config, fill = _fill(tmp_path, disk, {f"p{i}.m4s": 1_400_000 for i in range(6)})
+    assert fill.returncode == 1
+    errors = [line for line in fill.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "title film does not fit on the ssd tier" in errors[0], fill.stderr
+    assert "Traceback" not in fill.stderr
+    # Refused from files.json alone: not one segment byte was staged on the disk.
+    assert [p for p in disk.mount.rglob("*.m4s*") if p.is_file()] == []
+    listing = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+    assert json.loads(listing.stdout) == []
+
+
+def test_enospc_during_fill_is_one_line_and_frees_the_disk(
+    tmp_path: Path, real_disks: MakeDisks
+) -> None:
+    (disk,) = real_disks(1, mib=8)
+    # Few bytes, many files: the room check passes, the disk's ~500 inodes run out mid-fill.
+    config, fill = _fill(tmp_path, disk, {f"s{i:03d}.m4s": 10 for i in range(700)})
     assert fill.returncode == 1
     assert "error: fill failed for film: title film: cannot write its files on this " \
         "appliance: No space left on device" in fill.stderr  # fmt: skip
