@@ -78,6 +78,8 @@ def load_cmd(
                 rate=rate,
                 on_bytes=lambda n: bar.advance(task, n),
             )
+    except KeyboardInterrupt:
+        ui.interrupted(f"load interrupted; no part of {title} was kept")
     finally:
         store.close()
     if as_json:
@@ -266,7 +268,10 @@ def fill_cmd(
 
     cfg = appliance_config.load(config)
     fill_plan = plan_from_cli(cfg, sources, titles, plan, cap_mbps, streams, now)
-    report = run_foreground(cfg, fill_plan)
+    try:
+        report = run_foreground(cfg, fill_plan)
+    except KeyboardInterrupt:
+        ui.interrupted("fill interrupted; downloaded parts are kept and the next fill resumes them")
     if as_json:
         ui.print_json(report.as_json())
     else:

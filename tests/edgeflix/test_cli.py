@@ -119,6 +119,8 @@ def test_ctrl_c_is_one_line_and_exit_130() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # as from a person's shell (a background job would inherit SIGINT ignored)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         conn, _ = silent.accept()  # the command is now waiting on its call
         with conn:

@@ -4,11 +4,17 @@ record on a terminal too narrow for them (no value cut short), no colour with NO
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from tests.appliance.storage_fixtures import make_title, storage_toml
 from tests.conftest import run_cli
+from tests.integration.serve_support import start
 from tests.integration.tty_support import run_in_pty
 
 ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-9]|9[0-7]|38;)[0-9;]*m")
@@ -57,3 +63,42 @@ def test_tables_too_wide_for_the_terminal_become_records_and_no_color_has_none(
     plain = run_in_pty([*args, "--nosuch"], env={"NO_COLOR": "1"})
     assert plain.returncode == 2 and "error:" in plain.output  # red on a terminal, but...
     assert not ANSI_COLOUR.search(plain.output), repr(plain.output)  # ...not with NO_COLOR
+
+
+def sigint_default() -> None:
+    """A command started from a background job inherits SIGINT ignored; a person's shell
+    gives it the default, which is what these tests are about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_during_a_fill_is_one_line_and_no_title(tmp_path: Path) -> None:
+    """SIGINT once the first bytes are staged (a 1 Mbit/s cap keeps the fill going): exit
+    130 with one line, and the title is not on the appliance."""
+    config = storage_toml(tmp_path)
+    with config.open("a") as f:
+        f.write(f'[fill]\nstaging = "{tmp_path / "staging"}"\n')
+    make_title(tmp_path / "origin" / "titles", "slow", sizes=[1_500_000, 1_500_000])
+    origin = start(["origin", "serve", "--store", str(tmp_path / "origin"),
+                    "--listen", "127.0.0.1:0"], want=("listening",))  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeflix.cli", "appliance", "fill", "--config", str(config),
+             "--from", origin.url, "--title", "slow", "--cap-mbps", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while not any(tmp_path.rglob("*.part")) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        origin.stop()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if "level=" not in line]
+    assert lines == [
+        "error: fill interrupted; downloaded parts are kept and the next fill resumes them"
+    ]
+    assert out == ""
+    listing = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+    assert json.loads(listing.stdout) == []
