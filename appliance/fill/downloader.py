@@ -111,6 +111,10 @@ class TitleFetcher:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
+            # Once cancelled, shield stops watching `future`: whatever the thread ends with is
+            # moot (a sibling stream's failure cancelled us), so take it here or asyncio logs
+            # "Future exception was never retrieved" with a traceback on the user's terminal.
+            future.add_done_callback(_moot)
             job.cancel()
             await asyncio.wait([future])
             raise
@@ -281,6 +285,11 @@ class TitleFetcher:
             return self.staging.part(entry.path).stat().st_size
         except OSError:
             return 0
+
+
+def _moot(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _prepare_staging(staging: StagingLayout, raw: bytes, digest: str) -> None:
