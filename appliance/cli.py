@@ -193,7 +193,8 @@ def verify_cmd(
 def run_cmd(
     config: Path | None = typer.Option(None, "--config", help="Appliance config (TOML)."),
 ) -> None:
-    """Run the appliance daemon: serving workers, admin listener, tier mover (until SIGTERM)."""
+    """Run the appliance daemon: serving workers, admin listener, tier mover (until SIGTERM
+    or Ctrl-C)."""
     from appliance import config as appliance_config
     from appliance.daemon import run
 

@@ -38,6 +38,7 @@ FleetOpt = typer.Option(
     None, "--fleet", help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080)."
 )
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+NameArg = typer.Argument(..., help="The appliance's name (as `edgeflix fleet ls` lists it).")
 
 
 class FleetUnreachable(FleetError):
@@ -167,7 +168,7 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
 
 @app.command("show")
 @_shaped
-def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """One appliance: state, load, what it holds and what its plan wants."""
     info = _call(fleet, "GET", f"/appliances/{_path_name(name)}")
     if as_json:
@@ -198,7 +199,7 @@ def show_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -
 
 @app.command("drain")
 @_shaped
-def drain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+def drain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Take an appliance out of steering (it keeps its titles) for maintenance."""
     out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/drain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: drained")
@@ -206,7 +207,7 @@ def drain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) 
 
 @app.command("undrain")
 @_shaped
-def undrain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+def undrain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Put a drained appliance back into steering."""
     out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/undrain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: back in steering")
@@ -214,7 +215,7 @@ def undrain_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt
 
 @app.command("rm")
 @_shaped
-def rm_cmd(name: str, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+def rm_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Forget an appliance (it must enrol again with a new join token)."""
     out = _call(fleet, "DELETE", f"/appliances/{_path_name(name)}")
     ui.print_json(out) if as_json else typer.echo(f"{name}: removed")
@@ -306,7 +307,9 @@ def plan_cmd(
 @app.command("fill")
 @_shaped
 def fill_cmd(
-    now: bool = typer.Option(False, "--now", help="Fill now, outside the window (once)."),
+    now: bool = typer.Option(
+        False, "--now", help="Fill now, outside the window (once); required, as a safeguard."
+    ),
     site: str | None = typer.Option(None, "--site", help="Only this site."),
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,
