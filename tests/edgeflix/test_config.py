@@ -64,6 +64,15 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(Daemon, tmp_path / "nope.toml", env={})
 
 
+def test_a_folder_or_a_binary_file_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(Daemon, tmp_path, env={})
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypiso6\xe5\x00\xff")
+    with pytest.raises(ConfigError, match=r"clip\.mp4: not a TOML config \(not UTF-8 text\)$"):
+        load_config(Daemon, clip, env={})
+
+
 def test_env_overrides_parse_toml_values(tmp_path: Path) -> None:
     env = {"EDGEFLIX__SERVE__WORKERS": "3", "EDGEFLIX__NAME": "edge one", "OTHER": "x"}
     cfg = load_config(Daemon, write(tmp_path, "[serve]\nworkers = 4\n"), env=env)
