@@ -108,10 +108,13 @@ def progress(transfer: bool = False) -> Iterator[Progress]:
         TransferSpeedColumn,
     )
 
+    # A narrow terminal keeps the bar on one line: bytes and rate go first, then the ETA.
+    width = console().width
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
-    if transfer:
+    if transfer and width >= 80:
         columns += [DownloadColumn(), TransferSpeedColumn()]
-    columns.append(TimeRemainingColumn())
+    if width >= 50:
+        columns.append(TimeRemainingColumn())
     shown = interactive()
     # Log lines written while the bars draw go above them, not through them: rich swaps
     # sys.stderr for a proxy, which the log handler looks up per line (edgeflix/log.py).

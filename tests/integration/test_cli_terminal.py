@@ -37,6 +37,13 @@ def test_load_shows_a_bar_on_a_terminal_that_ends_at_100_and_logs_above_it(
     for frame in re.split(r"[\r\n]", run.output):
         assert not ("load tty" in frame and "event=" in frame), repr(frame)
 
+    narrow = run_in_pty([*args, "--replace"], columns=40)
+    assert narrow.returncode == 0 and BAR in narrow.output, narrow.output
+    for line in re.split(r"\r\n|\r", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", narrow.output)):
+        # the bar fits: rich would otherwise wrap its columns onto a second line
+        assert not line.startswith("load tty") or len(line) <= 40, repr(line)
+        assert not line.strip().startswith("kB"), repr(line)
+
     piped = run_cli([*args, "--replace"], check=True)
     assert BAR not in piped.stdout + piped.stderr and "\x1b" not in piped.stdout + piped.stderr
     assert piped.stdout.startswith("loaded tty: ")
