@@ -102,8 +102,13 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
         assert code != 0 and expected in error_line(err), (args, err)
     missing_disk = tmp_path / "missing.toml"
     missing_disk.write_text(f'[storage]\ndisks = [ {{ path = "{tmp_path / "gone"}" }} ]\n')
+    # A missing disk is one out of service (a dead or unmounted disk looks the same): `ls`
+    # still lists from the index and says so in one line; writing to it is an error.
     code, _, err = cli("ls", "--config", str(missing_disk))
-    assert code != 0 and "gone does not exist" in error_line(err)
+    assert code == 0 and "gone is out of service (missing" in err, err
+    code, _, err = cli("load", "--title", "bunny", "--from", str(src), "--config",
+                       str(missing_disk))  # fmt: skip
+    assert code != 0 and error_line(err).startswith("error: "), err
     bad_key = tmp_path / "bad.toml"
     bad_key.write_text("[storage]\nhot_rat = 3\n")
     code, _, err = cli("ls", "--config", str(bad_key))
