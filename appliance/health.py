@@ -10,6 +10,7 @@ actions to the storage index; hardware.py lowers advertised capacity from a Heal
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -297,20 +298,38 @@ def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
         return DiskProbe(where, "io_error", exc.strerror or str(exc))
     if read_only:
         return DiskProbe(where, "read_only", "file system is mounted read-only")
-    # One canary per process: the daemon and an `appliance status` may probe the same disk.
-    canary = path / f"{CANARY}.{os.getpid()}"
     payload = os.urandom(64)
     try:
-        canary.write_bytes(payload)
-        if canary.read_bytes() != payload:
+        if _canary(path, payload) != payload:
             return DiskProbe(where, "io_error", "canary read back differently")
-        canary.unlink()
     except PermissionError as exc:
         return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
     except OSError as exc:
         outcome: ProbeOutcome = "read_only" if exc.errno == 30 else "io_error"  # 30: EROFS
         return DiskProbe(where, outcome, exc.strerror or str(exc))
     return DiskProbe(where, "ok")
+
+
+def _canary(path: Path, payload: bytes) -> bytes:
+    """Write `payload` to a file on the disk and read it back. An unnamed file (O_TMPFILE)
+    where the filesystem has them: a process killed mid-probe leaves nothing on the disk.
+    Else a named one per process (the daemon and an `appliance status` may probe at once)."""
+    try:
+        fd = os.open(path, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+        canary = path / f"{CANARY}.{os.getpid()}"
+        try:
+            canary.write_bytes(payload)
+            return canary.read_bytes()
+        finally:
+            canary.unlink(missing_ok=True)
+    try:
+        os.write(fd, payload)
+        return os.pread(fd, len(payload), 0)
+    finally:
+        os.close(fd)
 
 
 class DiskWatch:

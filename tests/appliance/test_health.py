@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 from hypothesis import given
@@ -247,3 +252,22 @@ def test_sampler_produces_inputs(tmp_path: Path) -> None:
     assert second.serving_error_rate == 0.5
     assert 0 <= second.cpu_percent <= 100
     assert summarise(second).state == "failing"  # 50% 5xx
+
+
+def test_a_probe_killed_midway_leaves_nothing_on_the_disk(tmp_path: Path) -> None:
+    """The canary is an unnamed file: SIGKILL at any moment of a probe (an `appliance load`
+    killed by its user) leaves no stray file in the disk's root."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom appliance.health import _probe_once\n"
+        "print('ready', flush=True)\nend = time.monotonic() + 30\n"
+        "while time.monotonic() < end:\n    _probe_once(Path(sys.argv[1]))\n"
+    )
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(disk)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(0.2)  # thousands of probes by now, each mostly write-read-unlink
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert list(disk.iterdir()) == []
