@@ -336,8 +336,15 @@ class DiskWatch:
     """Probes every storage directory in its own daemon thread with a deadline; a probe still
     stuck from last time counts as a timeout and is not stacked with another."""
 
-    def __init__(self, paths: Sequence[Path], timeout_s: float = 2.0, recover_after: int = 3):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        timeout_s: float = 2.0,
+        recover_after: int = 3,
+        probe: Callable[[Path, bool], DiskProbe] | None = None,
+    ):
         self.paths = [Path(p) for p in paths]
+        self._probe = probe or _probe_once  # tests stand in a probe the kernel blocks
         self.timeout_s = timeout_s
         self.recover_after = recover_after
         self._statuses: dict[str, DiskStatus] = {str(p): DiskStatus(str(p)) for p in self.paths}
@@ -359,7 +366,7 @@ class DiskWatch:
                 continue
 
             def run(p: Path = path, k: str = key, held: bool = key in self._held_titles) -> None:
-                results[k] = _probe_once(p, held)
+                results[k] = self._probe(p, held)
                 if results[k].outcome in ("ok", "read_only") and (p / TITLES_DIR).is_dir():
                     self._held_titles.add(k)
 

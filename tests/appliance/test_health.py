@@ -222,24 +222,28 @@ def test_diskwatch_file_instead_of_directory_and_readonly_canary(tmp_path: Path)
     assert isinstance(action, TakeOut)
 
 
-def test_diskwatch_never_hangs_on_a_stuck_probe(tmp_path: Path, monkeypatch: object) -> None:
-    """A probe blocked in the kernel (simulated by a FIFO the canary write blocks on) ends as a
-    timeout within the deadline, and the next poll does not start a second stuck probe."""
-    import os
+def test_diskwatch_never_hangs_on_a_stuck_probe(tmp_path: Path) -> None:
+    """A probe blocked in the kernel (a dead NFS or USB disk: here a probe that waits on an
+    event) ends as a timeout within the deadline, and the next poll does not start a second
+    stuck probe."""
+    release, calls = threading.Event(), []
 
-    disk = tmp_path / "fifo-disk"
+    def stuck(path: Path, held: bool) -> DiskProbe:
+        calls.append(path)
+        release.wait(10)
+        return DiskProbe(str(path), "ok")
+
+    disk = tmp_path / "disk"
     disk.mkdir()
-    canary = disk / f".edgeflix-probe.{os.getpid()}"
-    os.mkfifo(canary)  # opening it for write blocks until a reader comes
-    watch = DiskWatch([disk], timeout_s=0.3)
-    assert watch.poll() == []  # one slow answer: not yet
-    (action,) = watch.poll()
-    assert action == TakeOut(str(disk), "timeout: previous probe still blocked")
-    assert watch.probe_all()[0].detail == "previous probe still blocked"
-    # Unblock the stuck thread so it does not outlive the test.
-    fd = os.open(canary, os.O_RDONLY | os.O_NONBLOCK)
-    threading.Event().wait(0.2)
-    os.close(fd)
+    watch = DiskWatch([disk], timeout_s=0.3, probe=stuck)
+    try:
+        assert watch.poll() == []  # one slow answer: not yet
+        (action,) = watch.poll()
+        assert action == TakeOut(str(disk), "timeout: previous probe still blocked")
+        assert watch.probe_all()[0].detail == "previous probe still blocked"
+        assert len(calls) == 1  # never a second thread stacked on the stuck one
+    finally:
+        release.set()  # so the stuck thread does not outlive the test
 
 
 def test_sampler_produces_inputs(tmp_path: Path) -> None:
