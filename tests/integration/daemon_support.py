@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +15,30 @@ from tests.conftest import run_cli
 from tests.integration.serve_support import Server, make_title, start
 
 
-def write_config(tmp: Path, extra: str = "", workers: int = 1) -> Path:
-    for name in ("d0", "d1"):
-        (tmp / name).mkdir(parents=True, exist_ok=True)
+def write_config(
+    tmp: Path,
+    extra: str = "",
+    workers: int = 1,
+    disks: Sequence[Path] | None = None,
+    shutdown_timeout_s: int = 10,
+) -> Path:
+    """An appliance config over `disks` (default: folders d0 and d1 under `tmp`, made here),
+    all one tier, with the index and fill staging under `tmp`."""
+    if disks is None:
+        disks = [tmp / "d0", tmp / "d1"]
+        for disk in disks:
+            disk.mkdir(parents=True, exist_ok=True)
+    listed = ", ".join(f'{{ path = "{d}", tier = "ssd" }}' for d in disks)
     path = tmp / "appliance.toml"
     path.write_text(
         f"""
 [storage]
 index = "{tmp / "index.sqlite"}"
-disks = [ {{ path = "{tmp / "d0"}", tier = "ssd" }}, {{ path = "{tmp / "d1"}", tier = "ssd" }} ]
+disks = [ {listed} ]
 [serve]
 listen = "127.0.0.1:0"
 workers = {workers}
-shutdown_timeout_s = 10
+shutdown_timeout_s = {shutdown_timeout_s}
 [admin]
 listen = "127.0.0.1:0"
 [fill]

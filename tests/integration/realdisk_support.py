@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import daemon_support
+
 # _IOR('X', 125, __u32): the ioctl xfstests' godown uses; flag 2 = EXT4_GOING_FLAGS_NOLOGFLUSH
 # (no journal flush: what a disk that fell off the bus leaves behind).
 EXT4_IOC_SHUTDOWN = 0x8004587D
@@ -137,25 +139,9 @@ def real_disks(tmp_path: Path) -> Iterator[MakeDisks]:
 
 def write_config(tmp: Path, disks: list[LoopDisk], extra: str = "") -> Path:
     """An appliance config over `disks` (one tier), with the index and staging off them."""
-    listed = ", ".join(f'{{ path = "{d.mount}", tier = "ssd" }}' for d in disks)
-    path = tmp / "appliance.toml"
-    path.write_text(
-        f"""
-[storage]
-index = "{tmp / "index.sqlite"}"
-disks = [ {listed} ]
-[serve]
-listen = "127.0.0.1:0"
-workers = 2
-shutdown_timeout_s = 5
-[admin]
-listen = "127.0.0.1:0"
-[fill]
-staging = "{tmp / "staging"}"
-{extra}
-"""
+    return daemon_support.write_config(
+        tmp, extra, workers=2, disks=[d.mount for d in disks], shutdown_timeout_s=5
     )
-    return path
 
 
 def files_on(disk: LoopDisk, title_id: str) -> list[str]:

@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -94,6 +96,19 @@ def start(
         if url:
             server.urls[word] = url
     return server
+
+
+@contextmanager
+def serving_origin(store: Path) -> Iterator[Server]:
+    """`edgeflix origin serve` on `store` at a free loopback port, its log in
+    `store/origin.log` (an unread pipe could fill and stall the origin under load)."""
+    with (store / "origin.log").open("wb") as log:
+        server = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
+                       ("listening",), stderr=log)  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def connect(addr: tuple[str, int], timeout: float = 10) -> socket.socket:

@@ -21,7 +21,7 @@ import pytest
 from edgeflix import titlefiles
 from edgeflix.titlefiles import TitleFiles
 from tests.conftest import run_cli
-from tests.integration.serve_support import start
+from tests.integration.serve_support import serving_origin, start
 
 MiB = 1 << 20
 
@@ -60,14 +60,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     data = bytearray(victim.read_bytes())
     data[123_456] ^= 0x01  # one flipped bit, same size: only SHA-256 can tell
     victim.write_bytes(bytes(data))
-    # stderr to a file: an unread pipe could fill and stall the origin under load.
-    with (store / "origin.log").open("wb") as log:
-        origin = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
-                       ("listening",), stderr=log)  # fmt: skip
-    try:
+    with serving_origin(store) as origin:
         yield origin.url, store
-    finally:
-        origin.stop()
 
 
 def appliance_config(tmp: Path, plan: Path | None = None) -> Path:

@@ -26,7 +26,7 @@ from tests.integration.daemon_support import (
     write_config,
 )
 from tests.integration.faultproxy import Fault, FaultProxy
-from tests.integration.serve_support import start
+from tests.integration.serve_support import serving_origin
 from tests.integration.test_fill import make_title
 
 MiB = 1 << 20
@@ -44,13 +44,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     store = tmp_path_factory.mktemp("origin")
     make_title(store, "film", [2 * MiB] * 8, seed=21)
     make_title(store, "short", [300_000, 200_000], seed=22)
-    with (store / "origin.log").open("wb") as log:
-        server = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
-                       ("listening",), stderr=log)  # fmt: skip
-    try:
+    with serving_origin(store) as server:
         yield server.url, store
-    finally:
-        server.stop()
 
 
 @pytest.fixture()

@@ -26,7 +26,7 @@ from appliance.store import Store
 from edgeflix import titlefiles
 from tests.integration import faultproxy as fp
 from tests.integration.faultproxy import Fault, FaultProxy
-from tests.integration.serve_support import start
+from tests.integration.serve_support import serving_origin
 from tests.integration.test_fill import appliance_config as write_config
 from tests.integration.test_fill import make_title
 
@@ -41,13 +41,8 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     store = tmp_path_factory.mktemp("origin")
     make_title(store, "clip", [700_000, 500_000, 300_000], seed=11)
     make_title(store, "tiny", [40_000], seed=12)
-    with (store / "origin.log").open("wb") as log:
-        server = start(["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"],
-                       ("listening",), stderr=log)  # fmt: skip
-    try:
+    with serving_origin(store) as server:
         yield server.url, store
-    finally:
-        server.stop()
 
 
 @pytest.fixture()
