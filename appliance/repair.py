@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.disks import StorageError
 from appliance.index import (
     INCOMPLETE,
     LOADING,
@@ -119,8 +120,14 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
             report.add(title_id, "", f"removed {removed} stray files of a title not in the index")
         return
     if row.state in (LOADING, REMOVING):
-        store.purge(title_id)
         what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
+        try:
+            store.purge(title_id)
+        except StorageError as exc:
+            # A read-only disk holds some of it: the title stays out of service and the next
+            # reconcile finishes it; the other titles and disks must still be checked.
+            report.add(title_id, "", f"cannot finish {what}: {exc}")
+            return
         report.add(title_id, "", f"removed {what}")
         return
     _rehome(store, title_id, report)
@@ -267,7 +274,14 @@ def _sweep(store: Store, title_id: str, report: Report) -> None:
         strays = [
             p for p in _walk_files(top) if (disk.id, p.relative_to(top).as_posix()) not in wanted
         ]
-        unlink_synced(strays)
+        if strays and not disk.writable:
+            continue  # a read-only disk: its strays are swept once it is writable again
+        try:
+            unlink_synced(strays)
+        except OSError as exc:
+            # Gone read-only (or failing) since the store was opened: the rest still counts.
+            report.add(title_id, "", f"cannot delete stray files on {disk.id} ({exc.strerror})")
+            continue
         for path in strays:
             rel = path.relative_to(top).as_posix()
             what = "partial file" if is_temp_name(path.name) else "file not in the index"

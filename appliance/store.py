@@ -385,6 +385,18 @@ class Store:
         check_title_id(title_id)
         with self.locks.hold(title_id):
             self.title(title_id)
+            # Refuse before changing anything: purge would take the title out of service and
+            # delete its files on the other disks, then fail on the read-only one.
+            read_only = sorted(
+                {f.disk for f in title_files(self.conn, title_id)}
+                & {d.id for d in self.disks if not d.writable}
+            )
+            if read_only:
+                raise StorageError(
+                    f"cannot remove {title_id}: its files on {', '.join(read_only)} cannot be "
+                    "deleted (read-only file system); it keeps serving: remount the disk "
+                    "read-write, then remove it"
+                )
             self.purge(title_id)
         event(log, "title.removed", title=title_id)
 
