@@ -99,9 +99,13 @@ class Store:
     def add_join_token(self, token: str, site: str, now: float, ttl_s: float) -> None:
         with self.transaction() as c:
             # Tokens long expired go as new ones come: over the years of a fleet they add up.
-            # A month after expiry, so an operator trying an old one still hears "expired".
+            # A month after expiry, so an operator trying an old one still hears "expired";
+            # never one an enrolled appliance used (its lost-reply re-enrolment needs it, and
+            # it is still "already used" to anyone else): those go when the appliance does.
             c.execute(
-                "DELETE FROM join_tokens WHERE expires_at < ?", (now - EXPIRED_TOKENS_KEPT_S,)
+                "DELETE FROM join_tokens WHERE expires_at < ? AND (used_by IS NULL"
+                " OR used_by NOT IN (SELECT name FROM appliances))",
+                (now - EXPIRED_TOKENS_KEPT_S,),
             )
             c.execute(
                 "INSERT INTO join_tokens (hash, site, created_at, expires_at) VALUES (?,?,?,?)",
