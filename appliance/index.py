@@ -215,6 +215,7 @@ class IndexReader:
             raise StorageError(f"cannot read the index {index}: {exc}") from None
         self._cache: dict[tuple[str, str], LocatedFile] = {}
         self._misses: set[tuple[str, str]] = set()
+        self._known: dict[str, bool] = {}  # title id → in the index (bounded like misses)
         self._auto = refresh_per_call
 
     def _data_version(self) -> int:
@@ -228,6 +229,7 @@ class IndexReader:
         if version != self._version or len(self._cache) > _CACHE_MAX:
             self._cache.clear()
             self._misses.clear()
+            self._known.clear()
             self._version = version
         return version
 
@@ -268,6 +270,20 @@ class IndexReader:
                 self._misses.clear()
             self._misses.add(key)
         return found
+
+    def knows(self, title_id: str) -> bool:
+        """The index has this title (in any state): a miss for one of its files is counted
+        under its id, where a junk id from a client is not (one label per index title)."""
+        if self._auto:
+            self.refresh()
+        known = self._known.get(title_id)
+        if known is None:
+            row = self._conn.execute("SELECT 1 FROM titles WHERE id = ?", (title_id,)).fetchone()
+            known = row is not None
+            if len(self._known) >= _MISSES_MAX:
+                self._known.clear()
+            self._known[title_id] = known
+        return known
 
     def titles(self) -> list[TitleRow]:
         return all_titles(self._conn)

@@ -7,6 +7,7 @@ the worker and supervisor processes in daemon.py; the admin site (/healthz, /met
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -128,7 +129,12 @@ class ApplianceSite:
         rel = "/".join(rel_parts)
         found = self.locator.locate(title_id, rel)
         if found is None:
-            return plan_error(404, request)
+            plan = plan_error(404, request)
+            knows = getattr(self.locator, "knows", None)
+            if knows is not None and knows(title_id):
+                # Its disk is out of service (or the file was dropped): the title's own 404s.
+                plan = dataclasses.replace(plan, title=title_id)
+            return plan
         # Without tokens the answer depends on nothing but the path and the index: the server
         # may reuse it for identical request heads until the index changes.
         return FileTarget(os.fspath(found.path), rel, title_id, found.size, not self.required)
@@ -229,6 +235,10 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
          [Sample({}, stats.header_timeouts)]),
         (p + "sendfile_errors_total", "counter", "sendfile(2) failures.",
          [Sample({}, stats.sendfile_errors)]),
+        (p + "responses_aborted_total", "counter",
+         "Responses cut after their head by a disk error or a truncated file, by title "
+         "(not in requests_total).",
+         [Sample({"title": t}, n) for t, n in sorted(stats.aborted.items())]),
         (p + "token_rejections_total", "counter", "Requests refused for their URL token.",
          [Sample({"reason": r}, n) for r, n in sorted(view.token_rejections.items())]),
         (p + "workers", "gauge", "Serving worker processes alive.",

@@ -37,6 +37,8 @@ LINGER_S = 2.0
 ROUTE_KEY_MAX = 4096
 # sendfile cannot work on this file system or file: count it, then copy through user space.
 _SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+# The client went away (or stalled out): its cut response is not a failure of ours.
+_PEER_GONE = (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT)
 _MSG_MORE = socket.MSG_MORE
 _SEEK_END = os.SEEK_END
 
@@ -353,21 +355,22 @@ class Connection:
                     n = self._send_span(piece, off)
                     if n == 0:
                         event(log, "file.truncated", logging.WARNING, title=self.title)
-                        self._abort()
+                        self._abort(local=True)
                         return False
                     done = off + n >= piece.length
             except (BlockingIOError, InterruptedError):
                 self.deadline = self.server.loop.time() + self.server.settings.keepalive_timeout_s
                 return False
             except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ETIMEDOUT):
+                if exc.errno not in _PEER_GONE:
                     event(log, "send.failed", logging.WARNING, error=exc.strerror)
                 if exc.errno == errno.EIO and self.file is not None:
                     # The disk failed under the file: stop reusing its fd (and the route armed
                     # on it), so the next request opens it afresh and gets an error status
                     # instead of a head and a cut connection.
                     self.server.files.discard(self.file)
-                self._abort()
+                # A file piece failing other than on the socket is our failure, not the client's.
+                self._abort(local=not isinstance(piece, bytes) and exc.errno not in _PEER_GONE)
                 return False
             self.sent += n
             if done:
@@ -451,9 +454,15 @@ class Connection:
         else:
             self.close_after = True
 
-    def _abort(self) -> None:
+    def _abort(self, local: bool = False) -> None:
+        """Close mid-response. `local`: cut by a failure on our side (disk, truncated file),
+        counted apart from the status its head announced; a client that left is not."""
         if self.status:
-            self.server.stats.record(self.status, self.title, max(self.sent, 0))
+            stats = self.server.stats
+            if local:
+                stats.aborted[self.title] = stats.aborted.get(self.title, 0) + 1
+            else:
+                stats.record(self.status, self.title, max(self.sent, 0))
             self.status = 0
         self.close()
 

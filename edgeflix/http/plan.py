@@ -41,6 +41,9 @@ class ResponsePlan:
     headers: Headers  # without Date/Connection/Server, which the shell adds per connection
     body: tuple[bytes | Span, ...]  # empty for HEAD and body-less statuses
     content_length: int  # of the body as GET would send it
+    # The title a generated answer is about, for the counters (a 404 for a known title's file
+    # on a disk out of service); None for one that reached no title.
+    title: str | None = None
 
     @property
     def body_length(self) -> int:

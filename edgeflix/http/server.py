@@ -15,7 +15,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
 from edgeflix.http.connection import Connection
@@ -306,18 +306,18 @@ class FileServer:
     ) -> Prepared:
         body = plan.body if request is None or request.method != "HEAD" else ()
         head = render_head(plan.status, plan.headers)
-        return Prepared(plan.status, head, body, None, NO_TITLE, close)
+        return Prepared(plan.status, head, body, None, plan.title or NO_TITLE, close)
 
     def _file(self, target: FileTarget, request: RequestHead, key: bytes = b"") -> Prepared:
         file = self._open(target)
         if file is None:
-            return self._generated(plan_error(404, request), request)
+            return self._missed(target, request)
         if target.expected_size is not None and file.size != target.expected_size:
             # Truncated or grown behind the index's back: damage, never a short or long body.
             event(log, "file.size_mismatch", logging.WARNING, path=target.path, size=file.size)
             self.files.discard(file)
             self.files.release(file)
-            return self._generated(plan_error(404, request), request)
+            return self._missed(target, request)
         method = request.method
         if request.headers.keys().isdisjoint(_CONDITIONAL) and method in _CACHED_HEADS:
             # A plain GET/HEAD depends only on the file: its answer is planned once per version,
@@ -348,6 +348,15 @@ class FileServer:
             self.files.release(file)
             return Prepared(plan.status, head, (), None, target.title_id)
         return Prepared(plan.status, head, plan.body, file, target.title_id)
+
+    def _missed(self, target: FileTarget, request: RequestHead) -> Prepared:
+        """404 for a routed file that cannot be served. A target an index located (it has an
+        expected size) is a real title, counted under it; a path straight from the client
+        (the origin's) stays "-", or junk ids would each get a counter."""
+        plan = plan_error(404, request)
+        if target.expected_size is not None:
+            plan = replace(plan, title=target.title_id)
+        return self._generated(plan, request)
 
     def _open(self, target: FileTarget) -> OpenFile | None:
         for attempt in range(2):

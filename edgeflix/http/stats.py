@@ -19,6 +19,9 @@ class ServerStats:
     rejected_connections: int = 0  # over serve.max_connections
     header_timeouts: int = 0  # dropped while still sending request headers (slowloris)
     sendfile_errors: int = 0
+    # Responses cut after their head by a failure on our side (the disk's EIO, a file
+    # truncated under us), by title: not in `requests`, whose status the client never got whole.
+    aborted: dict[str, int] = field(default_factory=dict)
 
     def record(self, status: int, title: str, nbytes: int) -> None:
         counts = self.requests.get((status, title))
@@ -44,6 +47,7 @@ class ServerStats:
             "rejected_connections": self.rejected_connections,
             "header_timeouts": self.header_timeouts,
             "sendfile_errors": self.sendfile_errors,
+            "aborted": dict(sorted(self.aborted.items())),
         }
 
 
@@ -60,6 +64,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
         total.rejected_connections += int(snap.get("rejected_connections", 0))
         total.header_timeouts += int(snap.get("header_timeouts", 0))
         total.sendfile_errors += int(snap.get("sendfile_errors", 0))
+        for title, n in snap.get("aborted", {}).items():
+            total.aborted[str(title)] = total.aborted.get(str(title), 0) + int(n)
     return total
 
 

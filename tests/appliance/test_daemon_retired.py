@@ -49,3 +49,14 @@ def test_fold_of_nothing_is_the_snapshot() -> None:
     assert folded["requests"] == [[200, "a", 1, 5]]
     assert folded["connections_total"] == 1
     assert fold_retired(folded, {})["requests"] == [[200, "a", 1, 5]]
+
+
+def test_aborted_responses_survive_a_worker_replacement(tmp_path: Path) -> None:
+    sup = Supervisor(ApplianceConfig(), tmp_path)
+    for n in range(3):
+        worker = _dead_worker(tmp_path, n)
+        snap = json.loads(Path(worker.spec["counters"]).read_text())
+        snap["aborted"] = {"bunny": 2}
+        Path(worker.spec["counters"]).write_text(json.dumps(snap))
+        sup._retire(worker)
+    assert sup.view().stats.aborted == {"bunny": 6}
