@@ -55,6 +55,8 @@ def figures(pid: int) -> Figures | None:
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "VmRSS" not in fields:  # exited, not yet reaped (a zombie has no memory): gone
+        return None
     return Figures(int(fields["VmRSS"].split()[0]), fds, int(fields["Threads"]))
 
 
@@ -139,11 +141,13 @@ def start_appliance(
         f'[admin]\nlisten = "127.0.0.1:0"\n[auth]\n{auth}'
     )
     cli = [sys.executable, "-m", "edgeflix.cli", "appliance"]
-    subprocess.run(
+    loaded = subprocess.run(
         [*cli, "load", "--config", str(config), "--title", "soak", "--from", str(source)],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if loaded.returncode != 0:  # its one error line, not a CalledProcessError hiding it
+        raise SystemExit(f"appliance load failed: {loaded.stderr.strip()}")
     with open(root / "appliance.log", "wb") as log:
         proc = subprocess.Popen(
             [*cli, "run", "--config", str(config)], stdout=subprocess.PIPE, stderr=log, bufsize=0
@@ -160,7 +164,15 @@ def start_appliance(
         if ready and not line:
             break
     stop(proc)
-    raise SystemExit(f"the appliance did not start (see {root / 'appliance.log'})")
+    raise SystemExit(f"the appliance did not start:\n{log_tail(root / 'appliance.log')}")
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """A failed daemon's last log lines, for the message: its folder is removed on exit."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
@@ -328,6 +340,10 @@ def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
         )
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -343,6 +359,9 @@ def main() -> None:
     parser.add_argument("--skip-appliance", action="store_true")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
+    # A SIGTERM (`timeout`, a CI job stopped) unwinds like Ctrl-C: the daemons started here
+    # are stopped and the temporary folder removed by the `finally`s, not left running.
+    signal.signal(signal.SIGTERM, _terminated)
     root = Path(tempfile.mkdtemp(prefix="edgeflix-soak-"))
     report: dict[str, Any] = {
         "bounds": {"rss_mb": RSS_BOUND_MB, "fds": FD_BOUND, "threads": THREAD_BOUND},

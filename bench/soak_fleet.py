@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from soak import figures, growth_rows, print_rows, settle, stop
+from soak import figures, growth_rows, log_tail, print_rows, settle, stop
 
 from appliance.fleetlink_core import BeatFigures, CountBatch, HeldTitle, build_beat
 from edgeflix.proto import auth
@@ -77,7 +77,7 @@ def start_manager(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
             found[word] = where
     if len(found) < 2:
         stop(proc)
-        raise SystemExit(f"the fleet manager did not start (see {root / 'fleet.log'})")
+        raise SystemExit(f"the fleet manager did not start:\n{log_tail(root / 'fleet.log')}")
     return proc, found["grpc"], found["http"].removeprefix("http://")
 
 
