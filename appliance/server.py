@@ -258,9 +258,11 @@ def disk_families(
 
     size, used = [], []
     for disk in config.storage.disks:
-        labels = {"disk": str(disk.path), "tier": disk.tier or detect_tier(disk.path)}
         try:
+            # Both inside: a missing or dead disk must not fail the whole scrape (its stat
+            # for the tier raised out of the admin site, and /metrics never answered).
             vfs = os.statvfs(disk.path)
+            labels = {"disk": str(disk.path), "tier": disk.tier or detect_tier(disk.path)}
         except OSError:
             continue
         size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))

@@ -5,6 +5,7 @@ for the dead disk's files are counted under their title, not "-"."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import run_cli
+from tests.integration import daemon_support
 from tests.integration.daemon_support import load_spread_title, poll, start_daemon
 from tests.integration.realdisk_support import MakeDisks, files_on, real_disks, write_config
 from tests.integration.serve_support import Server, make_title, read_until_closed
@@ -93,5 +95,21 @@ def test_404s_for_a_dead_disks_files_are_counted_under_their_title(
                 break
             time.sleep(0.1)
         assert got == want
+    finally:
+        server.stop()
+
+
+def test_metrics_answer_with_a_missing_disk_of_detected_tier(tmp_path: Path) -> None:
+    config = daemon_support.write_config(tmp_path)
+    config.write_text(config.read_text().replace(', tier = "ssd"', ""))  # tier detected
+    server = start_daemon(config)
+    try:
+        shutil.rmtree(tmp_path / "d1")
+        doc = poll(server, lambda d: str(tmp_path / "d1") in d["health"]["disks_out_of_service"], 5)
+        assert doc is not None, "health did not take the missing disk out within 5 s"
+        reply = httpx.get(server.urls["admin"] + "/metrics", timeout=5)
+        assert reply.status_code == 200
+        assert f'disk="{tmp_path / "d0"}"' in reply.text
+        assert f'disk="{tmp_path / "d1"}"' not in reply.text
     finally:
         server.stop()
