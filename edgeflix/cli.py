@@ -10,11 +10,15 @@ import gc
 import importlib
 import sys
 
-import typer
+try:  # Ctrl-C while the libraries load (a tenth of a second here, more on a Pi): one line
+    import typer
 
-from edgeflix import __version__
-from edgeflix.errors import EdgeflixError
-from edgeflix.log import setup_logging
+    from edgeflix import __version__
+    from edgeflix.errors import EdgeflixError
+    from edgeflix.log import setup_logging
+except KeyboardInterrupt:
+    sys.stderr.write("error: interrupted\n")
+    raise SystemExit(130) from None
 
 app = typer.Typer(
     name="edgeflix",
@@ -61,6 +65,15 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> None:
+    from edgeflix import ui
+
+    try:
+        _main(argv)
+    except KeyboardInterrupt:  # before the command ran (its imports) or while reporting
+        ui.interrupted()
+
+
+def _main(argv: list[str] | None) -> None:
     from edgeflix import ui
 
     setup_logging()
