@@ -140,6 +140,7 @@ class FileServer:
         # a file that vanished (a tier move's unlink is never missed).
         self._refresh = refresh
         self._storage_view: object = None
+        self._refresh_failing = False  # logged once per failing spell, not per request
         self._storage_due = -1.0
         # Set by a timer _TICK_S after each `fresh()` (armed only while requests come, so an
         # idle worker does not wake): the hot path tests one flag instead of reading the clock.
@@ -222,12 +223,15 @@ class FileServer:
         now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.expire()
-        if self._refresh is not None:
-            # Requests look at storage too, but an idle worker must also let go of the fds of
-            # a disk taken out meanwhile (_check_storage), or an operator cannot unmount it.
-            self._check_storage()
-        self.files.sweep()
-        self._schedule_sweep()
+        try:
+            if self._refresh is not None:
+                # Requests look at storage too, but an idle worker must also let go of the fds
+                # of a disk taken out meanwhile (_check_storage), or an operator cannot unmount.
+                self._check_storage()
+            self.files.sweep()
+        finally:
+            # Whatever happened, the next pass comes: it is what enforces every timeout.
+            self._schedule_sweep()
 
     def fresh(self) -> None:
         """Before answering requests while `stale`: the Date tails, the idle deadline and the
@@ -256,7 +260,17 @@ class FileServer:
 
     def _check_storage(self) -> None:
         assert self._refresh is not None
-        view = self._refresh()
+        try:
+            view = self._refresh()
+        except Exception as exc:  # the index's own disk failing, say
+            # Keep the last view: cached answers still serve, and timeouts keep running.
+            if not self._refresh_failing:
+                event(log, "storage.check_failed", logging.ERROR, error=exc)
+            self._refresh_failing = True
+            return
+        if self._refresh_failing:
+            event(log, "storage.check_recovered")
+            self._refresh_failing = False
         if view != self._storage_view:
             self._storage_view = view
             self.fast.clear()
