@@ -199,6 +199,12 @@ class HealthMonitor(threading.Thread):
         # Take-outs whose index write failed (the index locked past its timeout): retried
         # every cycle, since the watch reports a disk going out only once.
         self._pending_out: dict[str, str] = {}
+        # Re-verifying a returned disk re-hashes its files (hours for a big one): it runs in
+        # its own thread, so the other disks are still probed and this thread still beats
+        # (the watchdog restarts a daemon whose health thread looks stuck).
+        self._rescan_lock = threading.Lock()
+        self._rescanning: set[str] = set()
+        self._rescan_again: set[str] = set()
         self.beat = clock()
 
     def _sampler(self, serving_errors: Callable[[], float]) -> HealthSampler:
@@ -260,11 +266,15 @@ class HealthMonitor(threading.Thread):
         actions = self.watch.poll()
         for action in actions:
             if isinstance(action, TakeOut):
-                self._pending_out[action.path] = action.reason
+                with self._rescan_lock:
+                    self._pending_out[action.path] = action.reason
             elif isinstance(action, Rescan):
-                self._pending_out.pop(action.path, None)
-                self._rescan(action.path, self.out_of_service())
-        for path, reason in list(self._pending_out.items()):
+                with self._rescan_lock:
+                    self._pending_out.pop(action.path, None)
+                self._start_rescan(action.path)
+        with self._rescan_lock:
+            pending = list(self._pending_out.items())
+        for path, reason in pending:
             self._take_out(path, reason)
         if actions:
             self._profile_stale = True
@@ -278,10 +288,36 @@ class HealthMonitor(threading.Thread):
         except (OSError, StorageError, sqlite3.Error) as exc:
             event(log, "disk.take_out_failed", logging.ERROR, disk=disk, error=str(exc))
             return
-        del self._pending_out[disk]
+        with self._rescan_lock:
+            self._pending_out.pop(disk, None)
         event(
             log, "disk.out_of_service", logging.ERROR, disk=disk, reason=reason, titles=len(titles)
         )
+
+    def _start_rescan(self, disk: str) -> None:
+        with self._rescan_lock:
+            if disk in self._rescanning:
+                # Back again while its last re-verify still runs: one more full pass after it.
+                self._rescan_again.add(disk)
+                return
+            self._rescanning.add(disk)
+        threading.Thread(
+            target=self._rescan_passes, args=(disk,), name=f"rescan:{disk}", daemon=True
+        ).start()
+
+    def _rescan_passes(self, disk: str) -> None:
+        while True:
+            self._rescan(disk, self.out_of_service())
+            with self._rescan_lock:
+                if disk not in self._rescan_again or self._stop_event.is_set():
+                    self._rescanning.discard(disk)
+                    return
+                self._rescan_again.discard(disk)
+
+    def rescanning(self) -> set[str]:
+        """Disks being re-verified in the background now."""
+        with self._rescan_lock:
+            return set(self._rescanning)
 
     def _rescan(self, disk: str, out: set[str]) -> None:
         try:
@@ -289,9 +325,16 @@ class HealthMonitor(threading.Thread):
         except (OSError, StorageError, sqlite3.Error) as exc:
             self.watch.rescanned(disk, ok=False, reason=f"re-verify failed: {exc}")
             event(log, "disk.rescan_failed", logging.ERROR, disk=disk, reason=str(exc))
-            return
-        self.watch.rescanned(disk, ok=True)
-        event(log, "disk.back_in_service", disk=disk, titles_ready=len(ready), bad_files=len(bad))
+        else:
+            self.watch.rescanned(disk, ok=True)
+            event(log, "disk.back_in_service", disk=disk, titles_ready=len(ready),
+                  bad_files=len(bad))  # fmt: skip
+        if self.watch.statuses()[disk].state == "out":
+            # It died again while being re-verified, after its take-out had marked its files
+            # missing: files the re-verify brought back since must be marked missing again.
+            with self._rescan_lock:
+                self._pending_out.setdefault(disk, "went out during its re-verify")
+        self._wake.set()  # publish the change now, not at the next sample
 
     def _reprobe(self) -> None:
         self._profile = probe(self.paths)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ from hypothesis import strategies as st
 
 from appliance import config, index
 from appliance.keyfile import KeyFile, KeySet, read_keys, write_keys
-from appliance.monitor import HealthMonitor, error_rate, status_totals
+from appliance.monitor import DiskService, HealthMonitor, error_rate, status_totals
 from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title, storage_toml
 
@@ -106,3 +109,58 @@ def test_a_take_out_the_index_refused_is_retried(
     monitor.first_sample()
     assert reader.execute("SELECT state FROM titles").fetchall() == [("incomplete",)]
     reader.close()
+
+
+class _SlowRehash(DiskService):
+    """Re-verification that takes as long as the test says: a multi-TB disk re-hashing."""
+
+    def __init__(self, cfg: config.ApplianceConfig, release: threading.Event) -> None:
+        super().__init__(cfg)
+        self.release = release
+        self.started = threading.Event()
+
+    def bring_back(self, disk: str, out: set[str]) -> tuple[list[str], list[str]]:
+        self.started.set()
+        self.release.wait(30)
+        return super().bring_back(disk, out)
+
+
+def _until(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_a_long_re_verify_does_not_stall_health(tmp_path: Path) -> None:
+    """While a returned disk re-hashes, the health thread keeps beating (or the watchdog
+    restarts the daemon mid-way, every time) and keeps probing the other disks (a second
+    dying disk is taken out meanwhile), and the first serves once its re-verify is done."""
+    cfg = config.load(storage_toml(tmp_path, tiers=("hdd", "hdd")))
+    store = Store(cfg.storage)
+    store.load("film", make_title(tmp_path / "src", "film"))
+    store.close()
+    first, second = (str(d.path.resolve()) for d in cfg.storage.disks)
+    release = threading.Event()
+    monitor = HealthMonitor(cfg, lambda: 0.0, disk_interval_s=0.05, probe_timeout_s=1.0)
+    monitor.storage = slow = _SlowRehash(cfg, release)
+    monitor.first_sample()
+    monitor.start()
+    try:
+        Path(first).rename(tmp_path / "pulled")
+        assert _until(lambda: first in monitor.out_of_service())
+        (tmp_path / "pulled").rename(first)
+        assert slow.started.wait(10), "the returned disk was never re-verified"
+        beats = monitor.beat
+        Path(second).rename(tmp_path / "pulled2")  # a second disk dies during the re-hash
+        assert _until(lambda: second in monitor.out_of_service()), "second disk not noticed"
+        assert monitor.beat > beats and monitor.fresh(2.0), "health thread stalled"
+        assert first in monitor.rescanning()
+        release.set()
+        assert _until(lambda: monitor.out_of_service() == {second})
+        assert _until(lambda: not monitor.rescanning())
+    finally:
+        release.set()
+        monitor.stop()
