@@ -144,6 +144,20 @@ def write_config(tmp: Path, disks: list[LoopDisk], extra: str = "") -> Path:
     )
 
 
+Spread = tuple[Path, list[str], list[str], dict[str, bytes]]
+
+
+def spread_over(tmp: Path, disks: list[LoopDisk]) -> Spread:
+    """Config over two disks and a title spread over both: (config, on d0, on d1, bodies)."""
+    config = write_config(tmp, disks)
+    daemon_support.load_spread_title(tmp, config)
+    kept, lost = files_on(disks[0], "spread"), files_on(disks[1], "spread")
+    assert kept and lost, "the title must be spread over both disks"
+    bodies = {rel: (d.mount / "titles" / "spread" / rel).read_bytes()
+              for d, rels in zip(disks, (kept, lost), strict=True) for rel in rels}  # fmt: skip
+    return config, kept, lost, bodies
+
+
 def files_on(disk: LoopDisk, title_id: str) -> list[str]:
     top = disk.mount / "titles" / title_id
     return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())

@@ -14,8 +14,14 @@ import httpx
 
 from tests.conftest import run_cli
 from tests.integration import daemon_support
-from tests.integration.daemon_support import load_spread_title, poll, start_daemon
-from tests.integration.realdisk_support import MakeDisks, files_on, real_disks, write_config
+from tests.integration.daemon_support import poll, start_daemon
+from tests.integration.realdisk_support import (
+    MakeDisks,
+    files_on,
+    real_disks,
+    spread_over,
+    write_config,
+)
 from tests.integration.serve_support import Server, make_title, read_until_closed
 
 __all__ = ["real_disks"]  # the fixture, imported for pytest to find
@@ -74,8 +80,7 @@ def test_404s_for_a_dead_disks_files_are_counted_under_their_title(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config = write_config(tmp_path, [d0, d1])
-    load_spread_title(tmp_path, config)
+    config, *_ = spread_over(tmp_path, [d0, d1])
     lost = files_on(d1, "spread")
     server = start_daemon(config)
     try:

@@ -12,7 +12,12 @@ import httpx
 
 from tests.conftest import run_cli
 from tests.integration.daemon_support import load_spread_title, start_daemon
-from tests.integration.realdisk_support import MakeDisks, files_on, real_disks, write_config
+from tests.integration.realdisk_support import (
+    MakeDisks,
+    files_on,
+    real_disks,
+    spread_over,
+)
 
 __all__ = ["real_disks"]  # the fixture, imported for pytest to find
 
@@ -28,8 +33,7 @@ def test_stray_on_a_read_only_disk_is_left_and_the_rest_still_serves(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config = write_config(tmp_path, [d0, d1])
-    load_spread_title(tmp_path, config)
+    config, *_ = spread_over(tmp_path, [d0, d1])
     stray = d1.mount / "titles" / "spread" / "left-by-a-crash.m4s"
     stray.write_bytes(b"x" * 100)
     d1.remount("ro")
@@ -52,8 +56,7 @@ def test_rm_of_a_title_on_a_read_only_disk_is_refused_before_anything_changes(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config = write_config(tmp_path, [d0, d1])
-    load_spread_title(tmp_path, config)
+    config, *_ = spread_over(tmp_path, [d0, d1])
     before = files_on(d0, "spread"), files_on(d1, "spread")
     d1.remount("ro")
     rm = run_cli(["appliance", "rm", "--config", str(config), "--title", "spread"])
@@ -69,8 +72,7 @@ def test_an_interrupted_removal_on_a_read_only_disk_does_not_stop_ls_or_the_daem
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config = write_config(tmp_path, [d0, d1])
-    load_spread_title(tmp_path, config)
+    config, *_ = spread_over(tmp_path, [d0, d1])
     load_spread_title(tmp_path, config, "other")
     # An rm killed after it marked the title (store.purge's first step), then the disk went
     # read-only: the removal cannot be finished until it is writable again.

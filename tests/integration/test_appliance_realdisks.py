@@ -16,12 +16,13 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import run_cli
-from tests.integration.daemon_support import load_spread_title, poll, start_daemon, status
+from tests.integration.daemon_support import poll, start_daemon, status
 from tests.integration.realdisk_support import (
     LoopDisk,
     MakeDisks,
     files_on,
     real_disks,
+    spread_over,
     write_config,
 )
 from tests.integration.serve_support import Server, make_title, start
@@ -64,25 +65,11 @@ def _metric(server: Server, name: str) -> float:
                if line.startswith(name))  # fmt: skip
 
 
-Spread = tuple[Path, list[str], list[str], dict[str, bytes]]
-
-
-def _spread(tmp: Path, disks: list[LoopDisk]) -> Spread:
-    """Config over two disks and a title spread over both: (config, on d0, on d1, bodies)."""
-    config = write_config(tmp, disks)
-    load_spread_title(tmp, config)
-    kept, lost = files_on(disks[0], "spread"), files_on(disks[1], "spread")
-    assert kept and lost, "the title must be spread over both disks"
-    bodies = {rel: (d.mount / "titles" / "spread" / rel).read_bytes()
-              for d, rels in zip(disks, (kept, lost), strict=True) for rel in rels}  # fmt: skip
-    return config, kept, lost, bodies
-
-
 def test_disk_dies_with_eio_under_load_then_comes_back(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    config, kept, lost, bodies = spread_over(tmp_path, [d0, d1])
     server = start_daemon(config)
     try:
         stop = threading.Event()
@@ -144,7 +131,7 @@ def test_disk_dies_with_eio_under_load_then_comes_back(
 
 def test_start_with_a_disk_already_dead_then_cli(tmp_path: Path, real_disks: MakeDisks) -> None:
     d0, d1 = real_disks(2)
-    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    config, kept, lost, bodies = spread_over(tmp_path, [d0, d1])
     d1.shutdown()
     server = start_daemon(config)
     try:
@@ -178,7 +165,7 @@ def test_read_only_disk_keeps_serving_and_writes_go_elsewhere(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
     d0, d1 = real_disks(2)
-    config, kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    config, kept, lost, bodies = spread_over(tmp_path, [d0, d1])
     server = start_daemon(config)
     try:
         d1.remount("ro")
@@ -215,7 +202,7 @@ def test_idle_daemon_lets_go_of_a_dead_disk(tmp_path: Path, real_disks: MakeDisk
     """Files opened before the disk died and not asked for since: once the disk is out,
     the workers close them within a sweep, so the operator's plain umount works."""
     d0, d1 = real_disks(2)
-    config, _kept, lost, bodies = _spread(tmp_path, [d0, d1])
+    config, _kept, lost, bodies = spread_over(tmp_path, [d0, d1])
     server = start_daemon(config)
     try:
         with httpx.Client(base_url=server.url, timeout=5) as client:
