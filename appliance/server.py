@@ -54,6 +54,10 @@ class FileLocator(Protocol):
         """The file's place on disk, or None when the title or file is not servable."""
         ...
 
+    def knows(self, title_id: str) -> bool:
+        """The title exists here, servable or not: its misses are counted under its id."""
+        ...
+
 
 class HitSink(Protocol):
     """Per-title request counts, fed from the worker's counters each tick (not per request)."""
@@ -79,6 +83,9 @@ class DirectoryLocator:
                 continue
             return _Found(path, st.st_size, "", st.st_mtime_ns)
         return None
+
+    def knows(self, title_id: str) -> bool:
+        return any((disk / "titles" / title_id).is_dir() for disk in self.disks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +137,7 @@ class ApplianceSite:
         found = self.locator.locate(title_id, rel)
         if found is None:
             plan = plan_error(404, request)
-            knows = getattr(self.locator, "knows", None)
-            if knows is not None and knows(title_id):
+            if self.locator.knows(title_id):
                 # Its disk is out of service (or the file was dropped): the title's own 404s.
                 plan = dataclasses.replace(plan, title=title_id)
             return plan
