@@ -129,6 +129,12 @@ class FillConfig(ConfigModel):
     retry_base_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _retry_order(self) -> FillConfig:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must be at least retry_base_s")
+        return self
+
 
 class FleetLinkConfig(ConfigModel):
     """`[fleet]`: enrol with the fleet manager and heartbeat to it (appliance/fleetlink.py).

@@ -359,6 +359,11 @@ def main() -> None:
     parser.add_argument("--skip-appliance", action="store_true")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     args = parser.parse_args()
+    # Below these the phases have nothing after warm-up to measure (or no client at all).
+    if args.requests < 1000 or args.fleet_calls < 100 or not 1 <= args.clients <= 64:
+        parser.error("--requests >= 1000, --fleet-calls >= 100 and --clients 1..64, please")
+    if args.max_seconds <= 0:
+        parser.error("--max-seconds must be above 0")
     # A SIGTERM (`timeout`, a CI job stopped) unwinds like Ctrl-C: the daemons started here
     # are stopped and the temporary folder removed by the `finally`s, not left running.
     signal.signal(signal.SIGTERM, _terminated)

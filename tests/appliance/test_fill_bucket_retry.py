@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance import config as appliance_config
 from appliance.fill.bucket import TokenBucket
 from appliance.fill.retry import (
     Failure,
@@ -16,6 +19,7 @@ from appliance.fill.retry import (
     failure_for_status,
     retry_after_s,
 )
+from edgeflix.errors import ConfigError
 
 
 def test_bucket_grants_burst_then_paces() -> None:
@@ -146,3 +150,13 @@ def test_retry_after() -> None:
     assert retry_after_s(None, 30) == 0.0
     assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", 30) == 0.0
     assert retry_after_s("-1", 30) == 0.0
+
+
+def test_fill_retry_settings_must_be_ordered(tmp_path: Path) -> None:
+    """A backoff cap below its base is refused when the config loads, naming the keys."""
+    path = tmp_path / "appliance.toml"
+    path.write_text("[fill]\nretry_base_s = 10\nretry_max_s = 1\n")
+    with pytest.raises(ConfigError, match="retry_max_s must be at least retry_base_s"):
+        appliance_config.load(path)
+    path.write_text("[fill]\nretry_base_s = 1\nretry_max_s = 1\n")
+    assert appliance_config.load(path).fill.retry_max_s == 1
