@@ -86,9 +86,8 @@ def test_disk_dies_with_eio_under_load_then_comes_back(
         time.sleep(1.0)
         died = time.monotonic()
         d1.shutdown()  # from here every I/O on d1 fails with EIO, open files included
-        # Bounds are "never hangs", with room for a loaded CI box (2 cores, -n 2).
-        doc = poll(server, lambda d: str(d1.mount) in d["health"]["disks_out_of_service"], 10)
-        assert doc is not None, "health did not take the dead disk out within 10 s"
+        doc = poll(server, lambda d: str(d1.mount) in d["health"]["disks_out_of_service"], 5)
+        assert doc is not None, "health did not take the dead disk out within 5 s"
         assert any(str(d1.mount) in r and "io_error" in r for r in doc["health"]["reasons"])
         time.sleep(1.0)
         stop.set()
@@ -102,7 +101,7 @@ def test_disk_dies_with_eio_under_load_then_comes_back(
         # The dead disk's files answered quickly: an error status, or (a response already
         # started when the disk died) a closed connection, never a wait into the timeout.
         after = [o for o in outcomes if o.rel in lost and o.at > died]
-        assert after and max(o.took for o in after) < 4.0  # the client's timeout is 5 s
+        assert after and max(o.took for o in after) < 2.0
         assert all(o.status in (None, 404) for o in after if not o.exact)
         assert not any("Timeout" in o.error for o in outcomes)
         # Once a worker saw EIO on a file it stops reusing that fd: a cut connection at most
