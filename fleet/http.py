@@ -2,9 +2,12 @@
 keys and `/metrics`. Handlers are `async` so they run on the loop that also serves gRPC,
 and FleetService is only ever touched from that one thread.
 
-`GET /steer` is the one hot route (players ask it per session, thousands a second): a plain
-ASGI handler in front of FastAPI answers it, skipping the middleware stack, parameter
-models and response validation that cost several times the decision itself.
+`GET /steer` is the one hot route (players ask it per session, thousands a second). The
+HTTP protocol answers it straight from the parser's callback (SteeringHttpProtocol): no
+ASGI request cycle, task, event or header re-validation, which together cost more than the
+decision itself. Whatever that path does not take (another HTTP version, a request queued
+behind one in flight) reaches a plain ASGI handler in front of FastAPI, with the same
+answer; every other route goes to FastAPI.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import httptools
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from fleet.admin import AdminAccess
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
@@ -149,6 +153,62 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+
+class _Answered:
+    """Stands in for uvicorn's request cycle after a request answered inline: complete,
+    so the parser's later callbacks for it (body, message complete) have nothing to do."""
+
+    response_complete = True
+    keep_alive = True
+
+
+_ANSWERED = _Answered()
+
+
+class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
+    """Answers `GET /steer` inline when nothing else is in flight on the connection
+    (see the module's docstring); made per service by `steering_protocol`."""
+
+    svc: FleetService
+
+    def on_headers_complete(self) -> None:
+        if not self._answer_steer():
+            super().on_headers_complete()
+
+    def _answer_steer(self) -> bool:
+        parser = self.parser
+        if parser.get_method() != b"GET" or parser.get_http_version() != "1.1":
+            return False
+        if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
+            return False  # answers leave in request order: queue behind the one in flight
+        url = httptools.parse_url(self.url)
+        if url.path != b"/steer":
+            return False
+        try:
+            client_ip, title = steer_params(url.query or b"")
+            status, body = 200, steer_json(self.svc, client_ip, title)
+        except FleetError as exc:
+            status, body = exc.http_status, _encode({"error": str(exc)}).encode()
+        keep_alive = parser.should_keep_alive()
+        out = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            out += [name, b": ", value, b"\r\n"]
+        out += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
+        out += [b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n", body]
+        self.transport.write(b"".join(out))
+        self.cycle = _ANSWERED  # type: ignore[assignment]
+        if keep_alive:
+            self.on_response_complete()  # re-arms the keep-alive timer, as uvicorn's own
+        else:
+            self.server_state.total_requests += 1
+            self.transport.close()
+        return True
+
+
+def steering_protocol(svc: FleetService) -> type[SteeringHttpProtocol]:
+    """The protocol class for `uvicorn.Config(http=…)`, bound to this service."""
+    return type("BoundSteeringHttpProtocol", (SteeringHttpProtocol,), {"svc": svc})
 
 
 def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -30,7 +31,7 @@ from fleet.admin import AdminAccess, load_or_create_token
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
-from fleet.http import CoalescingHttpToolsProtocol, create_app
+from fleet.http import create_app, steering_protocol
 from fleet.model import check_title
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store
@@ -175,7 +176,7 @@ async def serve(config: FleetConfig) -> None:
     http = _HttpServer(
         uvicorn.Config(
             create_app(svc, admin),
-            http=CoalescingHttpToolsProtocol,
+            http=steering_protocol(svc),
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -192,6 +193,11 @@ async def serve(config: FleetConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # What is alive now (modules, schemas, the registry, the loaded state) lives as long as
+    # the process. Frozen, it is out of the collector's sight: a full collection walked it
+    # all, ~35 ms with the loop stopped, which was most of /steer's p99.
+    gc.collect()
+    gc.freeze()
     print(f"grpc on {_hostport(ghost, bound)}", flush=True)
     print(f"http on http://{_hostport(hhost, hport)}", flush=True)
     if enrol_at:

@@ -140,6 +140,27 @@ def test_absurd_heartbeat_figures_are_clamped_and_odd_titles_left_out() -> None:
     assert set(beat.titles) == {"film"}
 
 
+def test_a_beat_reuses_unchanged_titles_and_takes_changed_ones() -> None:
+    def req(film_digest: str, tier: str) -> fleet_pb2.HeartbeatRequest:
+        return fleet_pb2.HeartbeatRequest(
+            sequence=1,
+            titles=[
+                fleet_pb2.HeldTitle(title_id="film", digest=film_digest, complete=True),
+                fleet_pb2.HeldTitle(title_id="show", digest="s", complete=False, tier=tier),
+            ],
+        )
+
+    first = beat_from_proto(req("d1", "hdd"), 1.0)
+    same = beat_from_proto(req("d1", "hdd"), 2.0, first)
+    assert same.titles == first.titles
+    assert same.titles["film"] is first.titles["film"]  # no new object per title per beat
+    changed = beat_from_proto(req("d2", "ssd"), 3.0, same)
+    assert changed.titles["film"].digest == "d2" and changed.titles["show"].tier == "ssd"
+    assert (
+        set(beat_from_proto(fleet_pb2.HeartbeatRequest(sequence=1), 4.0, changed).titles) == set()
+    )
+
+
 def test_equal_prefixes_in_two_sites_are_refused_nested_ones_allowed(tmp_path: Path) -> None:
     both = [
         SiteConfig(name="a", prefixes=("192.168.1.0/24",)).model_dump(),

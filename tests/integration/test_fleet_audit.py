@@ -199,6 +199,55 @@ def test_steer_http_errors_are_json_4xx(fleet: Server, h1: ApplianceClient) -> N
     assert resp.status_code == 405 and resp.json()
 
 
+def read_response(f: Any) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response (Content-Length framed) from a socket's file."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline().rstrip(b"\r\n")) != b"":
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    return status, headers, f.read(int(headers["content-length"]))
+
+
+def test_steer_on_the_wire_keeps_order_keep_alive_and_close(
+    fleet: Server, h1: ApplianceClient
+) -> None:
+    """/steer is answered inline by the HTTP protocol unless a request is in flight: pipelined
+    with FastAPI routes its answers still leave in order, and HTTP/1.0 and Connection: close
+    are honoured on both paths."""
+    host, port = fleet.urls["http"].removeprefix("http://").rsplit(":", 1)
+    steer = b"GET /steer?client_ip=192.168.1.5&title=film HTTP/1.1\r\nHost: f\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        f = sock.makefile("rb")
+        sock.sendall(
+            b"GET /appliances HTTP/1.1\r\nHost: f\r\n\r\n"
+            + steer
+            + b"GET /steer?title=film HTTP/1.1\r\nHost: f\r\n\r\n"
+            + b"GET /healthz HTTP/1.1\r\nHost: f\r\n\r\n"
+            + steer
+        )
+        answers = [read_response(f) for _ in range(5)]
+        assert [a[0] for a in answers] == [200, 200, 400, 200, 200]
+        assert isinstance(json.loads(answers[0][2]), list)
+        assert json.loads(answers[1][2])["urls"][0].startswith("http://127.0.0.11:8081/t/")
+        assert "client_ip" in json.loads(answers[2][2])["error"]
+        assert json.loads(answers[4][2])["outcome"] == "in_site"
+        for _, headers, _ in (answers[1], answers[4]):
+            assert headers["content-type"] == "application/json" and "date" in headers
+        for _ in range(3):  # keep-alive: one steer after another on the same connection
+            sock.sendall(steer)
+            assert read_response(f)[0] == 200
+        sock.sendall(steer.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        status, headers, _ = read_response(f)
+        assert status == 200 and headers["connection"] == "close"
+        assert f.read() == b""  # and closed
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(steer.replace(b"HTTP/1.1", b"HTTP/1.0"))
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"HTTP/1.1 200")
+        assert b"film" in f.read()  # the whole answer, then the close HTTP/1.0 asks for
+
+
 def test_grpc_refusals(fleet: Server, h1: ApplianceClient) -> None:
     addr = fleet.urls["grpc"]
     stranger = ApplianceClient(addr, "ghost", "http://127.0.0.50:8081")
