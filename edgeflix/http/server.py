@@ -43,6 +43,8 @@ _CONDITIONAL = frozenset(
     ("range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range")
 )
 _CACHED_HEADS = ("GET", "HEAD")
+# Errors opening a file that mean "not ours to serve" (404), not a failure of the box (500).
+_NOT_SERVABLE = frozenset((errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG))
 # How old the Date header and idle deadline may get (see FileServer.fresh).
 _TICK_S = 0.01
 # How long an armed route (routes.py) may go on sending a file that was unlinked, replaced or
@@ -324,8 +326,8 @@ class FileServer:
 
     def _file(self, target: FileTarget, request: RequestHead, key: bytes = b"") -> Prepared:
         file = self._open(target)
-        if file is None:
-            return self._missed(target, request)
+        if isinstance(file, int):
+            return self._missed(target, request, file)
         if target.expected_size is not None and file.size != target.expected_size:
             # Truncated or grown behind the index's back: damage, never a short or long body.
             event(log, "file.size_mismatch", logging.WARNING, path=target.path, size=file.size)
@@ -363,36 +365,41 @@ class FileServer:
             return Prepared(plan.status, head, (), None, target.title_id)
         return Prepared(plan.status, head, plan.body, file, target.title_id)
 
-    def _missed(self, target: FileTarget, request: RequestHead) -> Prepared:
-        """404 for a routed file that cannot be served. A target an index located (it has an
-        expected size) is a real title, counted under it; a path straight from the client
-        (the origin's) stays "-", or junk ids would each get a counter."""
-        plan = plan_error(404, request)
+    def _missed(self, target: FileTarget, request: RequestHead, status: int = 404) -> Prepared:
+        """404 (or `status`) for a routed file that cannot be served. A target an index
+        located (it has an expected size) is a real title, counted under it; a path straight
+        from the client (the origin's) stays "-", or junk ids would each get a counter."""
+        plan = plan_error(status, request)
         if target.expected_size is not None:
             plan = replace(plan, title=target.title_id)
         return self._generated(plan, request)
 
-    def _open(self, target: FileTarget) -> OpenFile | None:
+    def _open(self, target: FileTarget) -> OpenFile | int:
+        """The open file, or the status to answer instead: 404 when it is not there or not
+        ours to serve (a directory, a symlink, no permission), 500 when opening it failed
+        otherwise (EIO from a dying disk, no fds left), as nginx does: an error of this box,
+        which a player answers by moving to its next URL, not an absence to be cached."""
         for attempt in range(2):
             try:
                 return self.files.acquire(target.path, target.title_id, target.rel_path)
             except FileNotFoundError:
                 if attempt:
-                    return None
+                    return 404
                 # A background tier move may have just renamed it: ask the index once more.
                 if self._refresh is not None:
                     self._check_storage()
                 moved = self.site.relocate(target)
                 if moved is None:
-                    return None
+                    return 404
                 target = moved
             except IsADirectoryError:
-                return None
+                return 404
             except OSError as exc:
-                if exc.errno not in (errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG):
-                    event(log, "file.open_failed", logging.WARNING, path=target.path, error=exc)
-                return None
-        return None
+                if exc.errno in _NOT_SERVABLE:
+                    return 404
+                event(log, "file.open_failed", logging.WARNING, path=target.path, error=exc)
+                return 404 if exc.errno == errno.ELOOP else 500  # a planted symlink: refused
+        return 404
 
     # -- stopping --------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +78,23 @@ def test_staging_and_unknown_are_404(origin: tuple[Server, Path]) -> None:
     assert httpx.get(server.url + "/titles/.tmp-bunny-x/secret").status_code == 404
     assert httpx.get(server.url + "/titles/nope/master.m3u8").status_code == 404
     assert httpx.get(server.url + "/titles/bunny/v0").status_code == 404  # a folder
+
+
+def test_a_file_that_fails_to_open_is_500_not_404(origin: tuple[Server, Path]) -> None:
+    """A failure of the box (here ENXIO: a device node whose driver is not there, standing in
+    for a dying disk's EIO, which cannot be made on demand) is a 5xx, as nginx answers it:
+    the player moves on to its next URL, and nothing caches an absence. Not ours to serve
+    (a folder, a symlink) stays 404."""
+    server, store = origin
+    node = store / "titles" / "bunny" / "v0" / "dead.m4s"
+    if not node.exists():
+        try:
+            os.mknod(node, 0o644 | stat.S_IFCHR, os.makedev(250, 123))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+    assert httpx.get(server.url + "/titles/bunny/v0/dead.m4s").status_code == 500
+    link = store / "titles" / "bunny" / "v0" / "link.m4s"
+    if not link.is_symlink():
+        link.symlink_to(store / "titles" / "bunny" / "files.json")
+    assert httpx.get(server.url + "/titles/bunny/v0/link.m4s").status_code == 404
+    assert httpx.get(server.url + "/titles/bunny/files.json").status_code == 200
