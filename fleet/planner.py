@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 from fleet.model import Appliance, TierSpace
-from fleet.steering import rendezvous_score
+from fleet.steering import rendezvous_keys, rendezvous_score, rendezvous_scores
 
 # Appliances in these states get new plans; the others keep their last one until they return.
 PLANNED_STATES = frozenset({"ok", "degraded", "drained"})
@@ -34,6 +34,9 @@ ORIGIN = "origin"
 class CatalogTitle:
     size_bytes: int
     digest: str = ""
+
+    def __reduce__(self) -> tuple[type[CatalogTitle], tuple[int, str]]:
+        return CatalogTitle, (self.size_bytes, self.digest)  # see HeldTitle.__reduce__
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,10 @@ def plan_site(
     candidates.sort(key=density)
     bins = _Bins(members, policy)
     placed: dict[str, list[tuple[str, str]]] = {a.name: [] for a in members}
-    weight = {a.name: float(max(a.disk_bytes, 1)) for a in members}
+    keys = rendezvous_keys(
+        [a.name for a in members], [float(max(a.disk_bytes, 1)) for a in members]
+    )
+    held = [incumbents.get(a.name, frozenset()) for a in members]
     # Smallest size from each position on: once no tier has room for it, planning is done.
     smallest = list(accumulate(reversed([catalog[t].size_bytes for t in candidates]), min))[::-1]
     for i, title in enumerate(candidates):
@@ -189,18 +195,17 @@ def plan_site(
             continue  # leftover space goes to the next smaller title that fits
         share = demand.get(title, 0.0) / total if total > 0 else 0.0
         wanted = replicas_for(share, len(members), policy)
+        # Holders first (no churn), then by rendezvous score (the order steering uses).
+        scores = rendezvous_scores(title, keys)
         preference = sorted(
-            members,
-            key=lambda a: (
-                title not in incumbents.get(a.name, frozenset()),
-                -rendezvous_score(title, a.name, weight[a.name]),
-            ),
-        )
+            zip([title not in h for h in held], [-x for x in scores], range(len(members)),
+                strict=True)
+        )  # fmt: skip
         count = 0
-        for a in preference:
+        for new, _, k in preference:
             if count == wanted:
                 break
-            new = title not in incumbents.get(a.name, frozenset())
+            a = members[k]
             tier = bins.tier_with_room(a.name, size, new)
             if tier is not None:
                 bins.take(a.name, tier, size, new)

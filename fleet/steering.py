@@ -16,8 +16,10 @@ Ranking, best first:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,15 +92,44 @@ class SteeringDecision:
     excluded: tuple[str, ...]
 
 
-def rendezvous_score(title_id: str, name: str, weight: float) -> float:
-    """Weighted rendezvous (highest random weight) score: higher wins.
+_MASK64 = (1 << 64) - 1
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hash64(text: str) -> int:
+    """A name's or title id's 64-bit hash, cached: the same names and hot titles recur in
+    every steering answer and, titles x appliances times, in every plan."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def rendezvous_keys(names: Iterable[str], weights: Iterable[float]) -> list[tuple[int, float]]:
+    """What `rendezvous_scores` needs of each appliance, made once for many titles."""
+    return [(_hash64(n), w) for n, w in zip(names, weights, strict=True)]
+
+
+def rendezvous_scores(title_id: str, keys: Sequence[tuple[int, float]]) -> list[float]:
+    """Weighted rendezvous (highest random weight) scores of one title on each appliance
+    (`rendezvous_keys`): higher wins.
 
     -weight / ln(u) with u uniform in (0, 1) gives each appliance a share of titles
     proportional to its weight, and removing one appliance moves only its own titles.
+    u comes from the pair's two cached hashes, combined and mixed by splitmix64's
+    finaliser (a bijection with full avalanche): a hash per pair cost most of a plan.
     """
-    digest = hashlib.blake2b(f"{title_id}\0{name}".encode(), digest_size=8).digest()
-    u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)
-    return -weight / math.log(u)
+    title = _hash64(title_id)
+    log = math.log
+    out = []
+    for name, weight in keys:
+        z = title ^ name
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z ^= z >> 31
+        out.append(-weight / log((z + 1) / (2**64 + 1)))
+    return out
+
+
+def rendezvous_score(title_id: str, name: str, weight: float) -> float:
+    return rendezvous_scores(title_id, [(_hash64(name), weight)])[0]
 
 
 def exclusion_reason(appliance: Appliance, title_id: str, policy: SteeringPolicy) -> str | None:
