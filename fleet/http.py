@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from fleet.admin import AdminAccess
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import Appliance
+from fleet.planning import Planning
 from fleet.service import FleetService
 
 Scope = MutableMapping[str, Any]
@@ -255,11 +256,13 @@ def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
     }
 
 
-def create_app(svc: FleetService, admin: AdminAccess) -> SteerFastPath:
-    return SteerFastPath(svc, create_api(svc), admin)
+def create_app(
+    svc: FleetService, admin: AdminAccess, planning: Planning | None = None
+) -> SteerFastPath:
+    return SteerFastPath(svc, create_api(svc, planning or Planning(svc, in_process=True)), admin)
 
 
-def create_api(svc: FleetService) -> FastAPI:
+def create_api(svc: FleetService, planning: Planning) -> FastAPI:
     """Every route but the hot `GET /steer` (see SteerFastPath)."""
     app = FastAPI(title="Edgeflix fleet manager", version="1")
 
@@ -330,7 +333,7 @@ def create_api(svc: FleetService) -> FastAPI:
     @app.post("/plan")
     async def replan(site: str | None = None) -> dict[str, Any]:
         plan_json(svc, site)  # an unknown site is refused before any work
-        svc.replan()
+        await planning.replan()
         return plan_json(svc, site)
 
     @app.post("/fill-now")

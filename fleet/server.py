@@ -33,6 +33,7 @@ from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
 from fleet.http import create_app, steering_protocol
 from fleet.model import check_title
+from fleet.planning import Planning
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store
 from fleet.tls import CertAuthority, listener_hosts
@@ -98,7 +99,7 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
     return out
 
 
-async def ticker(svc: FleetService, config: FleetConfig) -> None:
+async def ticker(svc: FleetService, config: FleetConfig, planning: Planning) -> None:
     """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
     logged, never fatal."""
     last_plan = last_poll = float("-inf")
@@ -118,7 +119,7 @@ async def ticker(svc: FleetService, config: FleetConfig) -> None:
                 fresh = svc.replan_due and all(n in svc.beats for n in svc.records)
                 if fresh or now - last_plan >= config.planner.interval_s:
                     last_plan = now
-                    svc.replan()
+                    await planning.replan()
                 if now - last_save >= SOFT_STATE_SAVE_S:
                     last_save = now
                     svc.save_soft_state()
@@ -172,10 +173,11 @@ async def serve(config: FleetConfig) -> None:
         ) from None
     admin = AdminAccess(config.server.admin, token, str(token_path))
     http_sock = _bind(config.server.http)
+    planning = Planning(svc)  # its process starts now, ready by the first round
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
         uvicorn.Config(
-            create_app(svc, admin),
+            create_app(svc, admin, planning),
             http=steering_protocol(svc),
             log_level="warning",
             access_log=False,
@@ -188,7 +190,7 @@ async def serve(config: FleetConfig) -> None:
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     http_task = asyncio.create_task(http.serve(sockets=[http_sock]))
-    tick_task = asyncio.create_task(ticker(svc, config))
+    tick_task = asyncio.create_task(ticker(svc, config, planning))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -217,6 +219,7 @@ async def serve(config: FleetConfig) -> None:
     tick_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await tick_task
+    planning.close()
     try:
         svc.save_soft_state()
     except (FleetError, sqlite3.Error) as exc:

@@ -25,7 +25,8 @@ from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
-from fleet.planner import CatalogTitle, FillPlan, plan
+from fleet.planner import CatalogTitle, FillPlan
+from fleet.planning import PlanJob
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import (
     ApplianceRecord,
@@ -332,7 +333,8 @@ class FleetService:
             out[t.id] = CatalogTitle(t.total_bytes, t.digest)
         return out
 
-    def replan(self) -> FillPlan:
+    def plan_job(self) -> PlanJob:
+        """A planning round's inputs as they are now (fleet/planning.py plans them)."""
         self.replan_due = False
         now = self.clock()
         catalog = self.catalog()
@@ -352,22 +354,38 @@ class FleetService:
             )
             for site, counts in self.site_popularity.items()
         }
-        new = plan(
+        return PlanJob(
             self.snapshot().appliances,
             demand(fleet_wide),
             catalog,
             self.current_plan,
             self.config.planner_policy(),
-            site_demand=site_demand,
+            site_demand,
         )
-        if self.current_plan is not None and new.version == self.current_plan.version:
+
+    def adopt_plan(self, job: PlanJob, new: FillPlan) -> FillPlan | None:
+        """Make `new` (planned from `job`) the current plan. Dropped, and planned again on
+        the next tick, when the current plan moved on while it was made (an appliance's
+        version caught up): versions only ever rise, from the plan they were made from."""
+        current = self.current_plan
+        if current is not job.previous:
+            self.replan_due = True
+            return current
+        if current is not None and new.version == current.version:
             # Same content: keep the version as made, with its diff against the one before
             # (a new diff against itself would say nothing changed, unlike the stored one).
-            return self.current_plan
+            return current
         self.store.save_plan(new)
         event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
         self.current_plan = new
         return new
+
+    def replan(self) -> FillPlan:
+        """A planning round on this thread (tests; the server plans in fleet/planning.py)."""
+        job = self.plan_job()
+        adopted = self.adopt_plan(job, job.run())
+        assert adopted is not None  # nothing can move the plan on between the two calls
+        return adopted
 
     def request_fill_now(self, site: str | None) -> list[str]:
         names = [r.name for r in self.records.values() if site is None or r.site == site]

@@ -172,6 +172,28 @@ def test_equal_prefixes_in_two_sites_are_refused_nested_ones_allowed(tmp_path: P
     assert len(FleetConfig.model_validate({"sites": both}).site_list()) == 2
 
 
+def test_a_plan_made_while_the_plan_moved_on_is_dropped_and_made_again(tmp_path: Path) -> None:
+    """Planning runs beside the loop (fleet/planning.py): when the current plan changed in
+    the meantime (an appliance's version caught up), the result was made from an old plan
+    and is not adopted; the next tick plans again."""
+    svc = service(tmp_path)
+    svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))
+    svc.heartbeat("h1", Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
+    first = svc.replan()
+    job = svc.plan_job()
+    assert not svc.replan_due
+    # Meanwhile h1 reports a plan version above ours (a database restored from a backup).
+    svc.heartbeat(
+        "h1", Beat(at=svc.clock(), sequence=2, capacity_bps=1e9, plan_version=first.version + 5),
+        {},
+    )  # fmt: skip
+    moved = svc.current_plan
+    assert moved is not None and moved.version == first.version + 6
+    assert svc.adopt_plan(job, job.run()) is moved and svc.current_plan is moved
+    assert svc.replan_due
+    assert svc.replan().version == moved.version  # made from the current one: same content
+
+
 def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> None:
     svc = service(tmp_path)
     svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))

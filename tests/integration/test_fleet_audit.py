@@ -311,6 +311,73 @@ def test_one_token_two_appliances_at_once_exactly_one_wins(fleet: Server) -> Non
     assert [a["name"] for a in listed if a["name"].startswith("race")] == winners
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+def planner_of(manager: Server) -> int:
+    """The manager's planner process (fleet/planning.py), once it is up."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for pid in children(manager.proc.pid):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+        time.sleep(0.1)
+    raise AssertionError("no planner process")
+
+
+def gone(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_plans_are_made_in_a_planner_process_replaced_if_it_dies(
+    fleet: Server, h1: ApplianceClient
+) -> None:
+    """Planning runs beside the loop that answers /steer (seconds of CPU for a large
+    catalogue), in a process of its own; one that dies is replaced for the same round."""
+    http = fleet.urls["http"]
+    first = planner_of(fleet)
+    version = httpx.post(http + "/plan", timeout=30).json()["version"]
+    assert version >= 1
+    os.kill(first, signal.SIGKILL)
+    assert gone(first)
+    h1.beat({"film": 10**9, "other": 10**9})
+    again = httpx.post(http + "/plan", timeout=30)
+    assert again.status_code == 200 and again.json()["version"] >= version
+    assert planner_of(fleet) != first
+    ok = httpx.get(http + "/steer", params={"client_ip": "192.168.1.5", "title": "film"})
+    assert ok.status_code == 200
+
+
+def test_the_planner_process_goes_with_a_sigkilled_manager(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(FLEET_TOML.format(db=tmp_path / "fleet.sqlite"))
+    manager = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
+    try:
+        planner = planner_of(manager)
+    finally:
+        os.kill(manager.proc.pid, signal.SIGKILL)
+        manager.proc.wait(10)
+    assert gone(planner), "the planner outlived its manager"
+
+
 def test_sigkill_in_a_heartbeat_burst_loses_nothing(tmp_path: Path) -> None:
     config = tmp_path / "fleet.toml"
     db = tmp_path / "fleet.sqlite"

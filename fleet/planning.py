@@ -1,0 +1,118 @@
+"""Planning off the event loop. A plan is pure CPU (fleet/planner.py): a few hundred ms for
+thousands of titles, seconds for tens of thousands on dozens of appliances. On the loop that
+also answers /steer and the heartbeats, every planning round stopped both for that long, and
+a player waited out the whole plan to start playing. The round's inputs are gathered on the
+loop (`FleetService.plan_job`), planned in a process of its own, and the result adopted back
+on the loop (`FleetService.adopt_plan`), one round at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fleet.errors import FleetError
+from fleet.model import Appliance
+from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
+
+if TYPE_CHECKING:
+    from fleet.service import FleetService
+
+# A planner process that died (the OOM killer, say) costs this many retries per round.
+_RETRIES = 1
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@dataclass(frozen=True)
+class PlanJob:
+    """One planning round's inputs, as plain values (they cross to the planner process)."""
+
+    appliances: tuple[Appliance, ...]
+    demand: Mapping[str, float]
+    catalog: Mapping[str, CatalogTitle]
+    previous: FillPlan | None
+    policy: PlannerPolicy
+    site_demand: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def run(self) -> FillPlan:
+        return plan(self.appliances, self.demand, self.catalog, self.previous, self.policy,
+                    site_demand=self.site_demand)  # fmt: skip
+
+
+def die_with(manager_pid: int) -> None:
+    """The planner process's first act: go when the manager goes, even by SIGKILL. Its end
+    of the job queue holds the queue's write side too, so it would never see the manager
+    close it, and would wait for work forever."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != manager_pid:  # it went before the line above
+        os._exit(0)
+
+
+def run_job(job: PlanJob) -> FillPlan:
+    """The planner process's entry point (a module-level function: it is sent by name)."""
+    return job.run()
+
+
+class Planning:
+    """Runs planning rounds in one long-lived process, started with the manager (a spawned
+    interpreter, never a fork of a process with gRPC's threads). `in_process=True` plans on
+    the caller's thread instead (unit tests)."""
+
+    def __init__(self, svc: FleetService, in_process: bool = False) -> None:
+        self.svc = svc
+        self._lock = asyncio.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        if not in_process:
+            self._start()
+
+    def _start(self) -> None:
+        self._pool = ProcessPoolExecutor(
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with,
+            initargs=(os.getpid(),),
+        )
+        self._pool.submit(int)  # start it now, not at the first round
+
+    async def replan(self) -> FillPlan | None:
+        """Plan with the fleet as it is now and adopt the result; one round at a time. None
+        when there is no plan yet and this round's was dropped (see adopt_plan)."""
+        async with self._lock:
+            job = self.svc.plan_job()
+            new = await self._run(job)
+            return self.svc.adopt_plan(job, new)
+
+    async def _run(self, job: PlanJob) -> FillPlan:
+        if self._pool is None:
+            return job.run()
+        loop = asyncio.get_running_loop()
+        for attempt in range(_RETRIES + 1):
+            try:
+                return await loop.run_in_executor(self._pool, run_job, job)
+            except BrokenProcessPool:
+                self._pool.shutdown(wait=False)
+                self._start()
+                if attempt == _RETRIES:
+                    break
+        raise FleetError("the planner process died twice in one round")
+
+    def close(self) -> None:
+        """Stop the planner process now, even mid-round (the round is simply not adopted)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # shutdown() waits for a running round to finish: seconds of a stopping manager.
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
