@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 from fleet.model import Appliance, TierSpace
 from fleet.steering import rendezvous_keys, rendezvous_score, rendezvous_scores
@@ -93,6 +94,18 @@ class ApplianceFillPlan:
     def title_ids(self) -> frozenset[str]:
         return frozenset(t.title_id for t in self.titles)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Titles as columns, as Appliance.__reduce__: plans cross to and from the planner.
+        t = self.titles
+        columns = (
+            tuple(x.title_id for x in t),
+            tuple(x.digest for x in t),
+            tuple(x.size_bytes for x in t),
+            tuple(x.tier for x in t),
+            tuple(x.source for x in t),
+        )
+        return _fill_plan_from_columns, (self.appliance, self.site, columns, self.diff)
+
     @property
     def planned_bytes(self) -> int:
         return sum(t.size_bytes for t in self.titles)
@@ -111,6 +124,18 @@ class FillPlan:
 
     def for_appliance(self, name: str) -> ApplianceFillPlan | None:
         return self.appliances.get(name)
+
+
+def _fill_plan_from_columns(
+    appliance: str,
+    site: str,
+    columns: tuple[
+        tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...]
+    ],
+    diff: PlanDiff,
+) -> ApplianceFillPlan:
+    titles = tuple(PlannedTitle(*row) for row in zip(*columns, strict=True))
+    return ApplianceFillPlan(appliance, site, titles, diff)
 
 
 def replicas_for(share: float, members: int, policy: PlannerPolicy) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleet.errors import FleetError
 from fleet.model import Appliance
@@ -43,9 +43,35 @@ class PlanJob:
     policy: PlannerPolicy
     site_demand: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The catalogue as columns (see Appliance.__reduce__).
+        entries = list(self.catalog.values())
+        catalog = (tuple(self.catalog), tuple(e.size_bytes for e in entries),
+                   tuple(e.digest for e in entries))  # fmt: skip
+        return _job_from_columns, (
+            self.appliances,
+            self.demand,
+            catalog,
+            self.previous,
+            self.policy,
+            self.site_demand,
+        )
+
     def run(self) -> FillPlan:
         return plan(self.appliances, self.demand, self.catalog, self.previous, self.policy,
                     site_demand=self.site_demand)  # fmt: skip
+
+
+def _job_from_columns(
+    appliances: tuple[Appliance, ...],
+    demand: Mapping[str, float],
+    catalog: tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]],
+    previous: FillPlan | None,
+    policy: PlannerPolicy,
+    site_demand: Mapping[str, Mapping[str, float]],
+) -> PlanJob:
+    entries = {t: CatalogTitle(n, d) for t, n, d in zip(*catalog, strict=True)}
+    return PlanJob(appliances, demand, entries, previous, policy, site_demand)
 
 
 def die_with(manager_pid: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import logging
 import signal
 import socket
@@ -72,10 +73,25 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def read_origin_catalog(client: httpx.AsyncClient, origin_url: str) -> list[OriginTitle]:
-    resp = await client.get(origin_url.rstrip("/") + "/titles")
-    resp.raise_for_status()
-    return catalog_from_json(resp.json())
+class OriginCatalog:
+    """The origin's `GET /titles`, read every poll and parsed only when its bytes changed:
+    thousands of titles parsed and looked up in the database every few seconds were, on
+    the loop that answers /steer, tens of ms of stall for a catalogue that rarely moves."""
+
+    def __init__(self, origin_url: str) -> None:
+        self.url = origin_url.rstrip("/") + "/titles"
+        self._digest = b""
+
+    async def read(self, client: httpx.AsyncClient) -> list[OriginTitle] | None:
+        """The titles, or None when the answer is the one read last time."""
+        resp = await client.get(self.url)
+        resp.raise_for_status()
+        digest = hashlib.sha256(resp.content).digest()
+        if digest == self._digest:
+            return None
+        titles = catalog_from_json(resp.json())
+        self._digest = digest  # only once it parsed: a bad answer is tried again
+        return titles
 
 
 def catalog_from_json(doc: Any) -> list[OriginTitle]:
@@ -104,6 +120,7 @@ async def ticker(svc: FleetService, config: FleetConfig, planning: Planning) -> 
     logged, never fatal."""
     last_plan = last_poll = float("-inf")
     last_save = svc.clock()
+    origin = OriginCatalog(config.origin.url)
     async with httpx.AsyncClient(timeout=10.0) as client:
         while True:
             now = svc.clock()
@@ -112,7 +129,9 @@ async def ticker(svc: FleetService, config: FleetConfig, planning: Planning) -> 
                 if now - last_poll >= config.origin.poll_s:
                     last_poll = now
                     try:
-                        svc.set_origin_titles(await read_origin_catalog(client, config.origin.url))
+                        titles = await origin.read(client)
+                        if titles is not None:
+                            svc.set_origin_titles(titles)
                     except (httpx.HTTPError, ValueError, KeyError) as exc:
                         event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
                 # A new appliance gets its first plan on its first beats, not minutes later.

@@ -6,14 +6,18 @@ is not what it expects."""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
 import json
 import math
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,7 +40,7 @@ from fleet.model import (
     parse_address,
 )
 from fleet.registry import Beat
-from fleet.server import catalog_from_json
+from fleet.server import OriginCatalog, catalog_from_json
 from fleet.service import FleetService, OriginTitle
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
@@ -377,3 +381,46 @@ def test_origin_catalog_entries_no_origin_makes_are_left_out() -> None:
         ]
     }
     assert catalog_from_json(doc) == [OriginTitle("film", "d", 5), OriginTitle("bare", "", 0)]
+
+
+def test_the_origin_catalog_is_parsed_only_when_it_changed() -> None:
+    """A real HTTP origin stand-in: the same answer twice is None the second time (nothing
+    parsed, nothing looked up); a changed one is read; a bad one raises, and is tried again
+    at the next poll rather than remembered."""
+    bodies = [b'{"titles": [{"id": "film", "total_bytes": 5}]}']
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(bodies[-1])))
+            self.end_headers()
+            self.wfile.write(bodies[-1])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    origin = OriginCatalog(f"http://127.0.0.1:{server.server_address[1]}/")
+
+    async def polls() -> list[Any]:
+        seen: list[Any] = []
+        async with httpx.AsyncClient(timeout=10) as client:
+            seen.append(await origin.read(client))
+            seen.append(await origin.read(client))
+            bodies.append(b'{"titles": "not a list"}')
+            with pytest.raises(ValueError):
+                await origin.read(client)
+            with pytest.raises(ValueError):
+                await origin.read(client)  # not remembered as read
+            bodies.append(b'{"titles": [{"id": "film", "total_bytes": 5}, {"id": "new"}]}')
+            seen.append(await origin.read(client))
+            seen.append(await origin.read(client))
+        return seen
+
+    try:
+        first, same, changed, again = asyncio.run(polls())
+    finally:
+        server.shutdown()
+    assert first == [OriginTitle("film", "", 5)] and same is None
+    assert changed == [OriginTitle("film", "", 5), OriginTitle("new", "", 0)] and again is None

@@ -1,0 +1,45 @@
+"""What crosses to the planner process (fleet/planning.py) arrives whole: appliances, the
+catalogue and plans pickle as columns, and must come back equal, field for field."""
+
+from __future__ import annotations
+
+import pickle
+
+from fleet.model import Appliance, HeldTitle, TierSpace
+from fleet.planner import (
+    ApplianceFillPlan,
+    CatalogTitle,
+    FillPlan,
+    PlanDiff,
+    PlannedTitle,
+    PlannerPolicy,
+)
+from fleet.planning import PlanJob, run_job
+
+
+def test_a_plan_job_and_its_plan_survive_pickling_field_for_field() -> None:
+    boxes = (
+        Appliance("a", "home", "http://192.168.1.2:8081", "degraded", 2e9, 1e8, 7,
+                  {"film": HeldTitle("d1", True, 10, "ssd"), "show": HeldTitle("d2", False)},
+                  (TierSpace("ssd", 100), TierSpace("hdd", 1000))),
+        Appliance("b", "home", "http://192.168.1.3:8081"),
+    )  # fmt: skip
+    previous = FillPlan(
+        3,
+        {"a": ApplianceFillPlan("a", "home", (PlannedTitle("film", "d1", 10, "ssd", "origin"),),
+                                PlanDiff(added=("film",)))},
+    )  # fmt: skip
+    job = PlanJob(
+        boxes,
+        {"film": 2.0, "show": 1.0},
+        {"film": CatalogTitle(10, "d1"), "show": CatalogTitle(20, "d2")},
+        previous,
+        PlannerPolicy(),
+        {"home": {"film": 1.0}},
+    )
+    back = pickle.loads(pickle.dumps(job))
+    assert back == job
+    assert back.appliances[0].titles["show"] == HeldTitle("d2", False)
+    made = run_job(back)
+    assert pickle.loads(pickle.dumps(made)) == made == job.run()
+    assert made.appliances["a"].titles  # something was planned, so columns were exercised
