@@ -8,8 +8,9 @@ what these functions decide; tests/appliance/test_fleetlink_core.py drives them 
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -131,10 +132,20 @@ def link_health(
     return ("failing" if state == "failing" else "degraded"), (*reasons, why)
 
 
+def titles_digest(titles: Iterable[HeldTitle]) -> bytes:
+    """What the held titles are, in 16 bytes: every field of every title, in order (the
+    manager keeps the list it read last while this stays the same)."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in titles:
+        h.update(f"{t.id}\0{t.digest}\0{t.complete:d}\0{t.size_bytes}\0{t.tier}\n".encode())
+    return h.digest()
+
+
 def build_beat(
     name: str, batch: CountBatch, f: BeatFigures, url: str = ""
 ) -> fleet_pb2.HeartbeatRequest:
     """`url`: where the box serves now, so the fleet follows a change since enrolment."""
+    held = sorted(f.titles, key=lambda t: t.id)
     return fleet_pb2.HeartbeatRequest(
         appliance=name,
         url=url,
@@ -156,8 +167,9 @@ def build_beat(
                 size_bytes=t.size_bytes,
                 tier=t.tier,
             )
-            for t in sorted(f.titles, key=lambda t: t.id)
+            for t in held
         ],
+        titles_digest=titles_digest(held),
         counts_zstd=pack_counts(batch.counts),
         plan_version=f.plan_version,
         keys_version=f.keys_version,

@@ -44,6 +44,8 @@ import grpc
 import uvloop
 from quiet import wait_for_quiet
 
+from appliance.fleetlink_core import HeldTitle as HeldTitleFigure
+from appliance.fleetlink_core import titles_digest
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site
@@ -153,12 +155,14 @@ class Beater(threading.Thread):
                     fleet_pb2.EnrolRequest(name=name, public_key=auth.public_key(key), url=url),
                     timeout=10,
                 )
-                self.boxes.append((name, key, title_set(rng)))
+                titles = title_set(rng)
+                held = [HeldTitleFigure(t, "d", True, 0, "") for t in titles]
+                self.boxes.append((name, key, titles, titles_digest(held)))
         self.sequence = 0
 
     def beat_all(self) -> None:
         self.sequence += 1
-        for name, key, titles in self.boxes:
+        for name, key, titles, digest in self.boxes:
             req = fleet_pb2.HeartbeatRequest(
                 appliance=name,
                 sequence=self.sequence,
@@ -166,6 +170,7 @@ class Beater(threading.Thread):
                 capacity_bps=10e9,
                 load_bps=random.uniform(1e9, 5e9),
                 titles=[fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in titles],
+                titles_digest=digest,  # as appliances send it (appliance/fleetlink_core.py)
             )
             md = auth.sign_call(
                 name,

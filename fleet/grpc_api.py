@@ -69,7 +69,12 @@ def beat_from_proto(
         load_bps=max(req.load_bps, 0.0),
         connections=req.connections,
         tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
-        titles=held_titles(req.titles, previous.titles if previous else {}),
+        titles=(
+            previous.titles
+            if previous and req.titles_digest and req.titles_digest == previous.titles_digest
+            else held_titles(req.titles, previous.titles if previous else {})
+        ),
+        titles_digest=req.titles_digest[:64],
         plan_version=req.plan_version,
         keys_version=req.keys_version,
         fill_done=req.fill.bytes_done,

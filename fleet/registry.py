@@ -48,6 +48,8 @@ class Beat:
     keys_version: int = 0
     fill_done: int = 0
     fill_total: int = 0
+    # The appliance's identifier of `titles` (HeartbeatRequest.titles_digest); b"": none.
+    titles_digest: bytes = b""
 
 
 def state_of(

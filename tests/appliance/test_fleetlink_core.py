@@ -150,6 +150,27 @@ def test_beat_carries_the_figures_and_compressed_counts() -> None:
     assert unpack_counts(req.counts_zstd) == {"b": Counts(7, 7000)}
 
 
+def test_the_titles_digest_moves_with_any_field_of_any_title_and_only_then() -> None:
+    ledger = CountLedger(sequence=1)
+    base = figures()
+    digest = build_beat("h1", ledger.next_batch(), base).titles_digest
+    assert len(digest) == 16
+    assert build_beat("h1", ledger.next_batch(), figures(load_bps=9e9)).titles_digest == digest
+    a, b = base.titles[1], base.titles[0]
+    # Order as sent (sorted by id), not as held: the same set is the same digest.
+    assert build_beat("h1", ledger.next_batch(), figures(titles=(a, b))).titles_digest == digest
+    for changed in (
+        HeldTitle("b", SHA, False, 500, "hdd"),
+        HeldTitle("b", "f" * 64, True, 500, "hdd"),
+        HeldTitle("b", SHA, True, 501, "hdd"),
+        HeldTitle("b", SHA, True, 500, "ssd"),
+        HeldTitle("c", SHA, True, 500, "hdd"),
+    ):
+        other = build_beat("h1", ledger.next_batch(), figures(titles=(a, changed)))
+        assert other.titles_digest != digest, changed
+    assert build_beat("h1", ledger.next_batch(), figures(titles=(a,))).titles_digest != digest
+
+
 def test_load_is_a_rate_over_the_byte_total() -> None:
     assert load_bps(None, 10.0, 5000) == 0.0
     assert load_bps((10.0, 1000), 12.0, 3000) == pytest.approx(8000.0)

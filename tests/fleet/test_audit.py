@@ -165,6 +165,23 @@ def test_a_beat_reuses_unchanged_titles_and_takes_changed_ones() -> None:
     )
 
 
+def test_a_beat_with_the_previous_titles_digest_keeps_the_titles_read_before() -> None:
+    def req(digest: bytes, *ids: str) -> fleet_pb2.HeartbeatRequest:
+        held = [fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in ids]
+        return fleet_pb2.HeartbeatRequest(sequence=1, titles=held, titles_digest=digest)
+
+    first = beat_from_proto(req(b"v1", "film", "show"), 1.0)
+    assert set(first.titles) == {"film", "show"} and first.titles_digest == b"v1"
+    # Same digest: the list is not read again (the appliance says it is the same).
+    same = beat_from_proto(req(b"v1", "film", "show"), 2.0, first)
+    assert same.titles is first.titles
+    changed = beat_from_proto(req(b"v2", "film"), 3.0, same)
+    assert set(changed.titles) == {"film"}
+    # No digest (an older appliance): always read.
+    plain = beat_from_proto(req(b"", "show"), 4.0, beat_from_proto(req(b"", "film"), 3.5))
+    assert set(plain.titles) == {"show"}
+
+
 def test_equal_prefixes_in_two_sites_are_refused_nested_ones_allowed(tmp_path: Path) -> None:
     both = [
         SiteConfig(name="a", prefixes=("192.168.1.0/24",)).model_dump(),

@@ -99,7 +99,7 @@ class FillProgress(_message.Message):
     def __init__(self, plan_version: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., failed_titles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url")
+    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest")
     APPLIANCE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +114,7 @@ class HeartbeatRequest(_message.Message):
     KEYS_VERSION_FIELD_NUMBER: _ClassVar[int]
     FILL_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
+    TITLES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     appliance: str
     sequence: int
     health: Health
@@ -128,7 +129,8 @@ class HeartbeatRequest(_message.Message):
     keys_version: int
     fill: FillProgress
     url: str
-    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ...) -> None: ...
+    titles_digest: bytes
+    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ..., titles_digest: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("plan_version", "keys_version", "drained", "heartbeat_interval_ms", "fill_now")
