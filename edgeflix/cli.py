@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import signal
 import sys
 
 try:  # Ctrl-C while the libraries load (a tenth of a second here, more on a Pi): one line
@@ -71,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         _main(argv)
     except KeyboardInterrupt:  # before the command ran (its imports) or while reporting
         ui.interrupted()
+    finally:
+        # The command is over and has said so: a Ctrl-C now would land in the interpreter's
+        # teardown (joining threads, exit hooks) as "Exception ignored" and a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _main(argv: list[str] | None) -> None:
