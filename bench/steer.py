@@ -14,6 +14,8 @@ process's own CPU time per answered request (from /proc), which other load on a 
 machine inflates far less than latency. Goal: p99 < 5 ms at 2,000 req/s.
 
 Run: .venv/bin/python bench/steer.py [--seconds 8] [--rates 1000,2000]
+A larger fleet's catalogue (what planning, heartbeats and the catalogue poll then cost the
+loop that answers /steer): --titles 8000 --beat-seconds 5 [--plan-seconds 60]
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from fleet.steering import steer
 
 SITES = {"home": "192.168.1", "lab": "10.1.0", "away": "172.20.0"}
 PER_SITE = 4
-TITLES = 400
+TITLES = 400  # default catalogue; --titles for a larger one
 CONNECTIONS = 16
 METHOD = "/edgeflix.fleet.v1.Fleet/"
 
@@ -67,7 +69,7 @@ enrolment = "open"
 url = "{origin}"
 poll_s = 5
 [planner]
-interval_s = 3600
+interval_s = {plan_s}
 """ + "".join(
     f'[[sites]]\nname = "{name}"\nprefixes = ["{net}.0/24"]\n' for name, net in SITES.items()
 )
@@ -77,10 +79,10 @@ class Catalog(threading.Thread):
     """The origin's GET /titles, so the manager knows every title's size as in production:
     answers that leave the client's site (or go to the origin) then feed popularity."""
 
-    def __init__(self) -> None:
+    def __init__(self, titles: int) -> None:
         super().__init__(daemon=True)
         doc = {"titles": [{"id": f"t{i:04d}", "digest": "d", "total_bytes": 3 * 10**9}
-                          for i in range(TITLES + 20)]}  # fmt: skip
+                          for i in range(titles + 20)]}  # fmt: skip
         body = json.dumps(doc).encode()
         read = self.read = threading.Event()
 
@@ -103,8 +105,12 @@ class Catalog(threading.Thread):
         self.server.serve_forever(poll_interval=0.2)
 
 
-def start_fleet(folder: Path, origin: str) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    (folder / "fleet.toml").write_text(CONFIG.format(db=folder / "fleet.sqlite", origin=origin))
+def start_fleet(
+    folder: Path, origin: str, plan_s: float = 3600.0
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    (folder / "fleet.toml").write_text(
+        CONFIG.format(db=folder / "fleet.sqlite", origin=origin, plan_s=plan_s)
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -134,14 +140,14 @@ def start_fleet(folder: Path, origin: str) -> tuple[subprocess.Popen[bytes], dic
     return proc, urls
 
 
-def title_set(rng: random.Random) -> list[str]:
-    return [f"t{i:04d}" for i in range(TITLES) if rng.random() < 0.6]
+def title_set(rng: random.Random, titles: int) -> list[str]:
+    return [f"t{i:04d}" for i in range(titles) if rng.random() < 0.6]
 
 
 class Beater(threading.Thread):
     """Appliances that enrolled with open enrolment and beat every second."""
 
-    def __init__(self, grpc_addr: str) -> None:
+    def __init__(self, grpc_addr: str, titles: int, beat_s: float) -> None:
         super().__init__(daemon=True)
         self.stub = fleet_pb2_grpc.FleetStub(grpc.insecure_channel(grpc_addr))
         self.stop = threading.Event()
@@ -155,10 +161,11 @@ class Beater(threading.Thread):
                     fleet_pb2.EnrolRequest(name=name, public_key=auth.public_key(key), url=url),
                     timeout=10,
                 )
-                titles = title_set(rng)
-                held = [HeldTitleFigure(t, "d", True, 0, "") for t in titles]
-                self.boxes.append((name, key, titles, titles_digest(held)))
+                held_ids = title_set(rng, titles)
+                held = [HeldTitleFigure(t, "d", True, 0, "") for t in held_ids]
+                self.boxes.append((name, key, held_ids, titles_digest(held)))
         self.sequence = 0
+        self.beat_s = beat_s
 
     def beat_all(self) -> None:
         self.sequence += 1
@@ -182,19 +189,19 @@ class Beater(threading.Thread):
             self.stub.Heartbeat(req, metadata=md, timeout=10)
 
     def run(self) -> None:
-        while not self.stop.wait(1.0):
+        while not self.stop.wait(self.beat_s):
             with contextlib.suppress(grpc.RpcError):
                 self.beat_all()
 
 
-def run_neighbours(conn: Connection, stop: Event) -> None:
+def run_neighbours(conn: Connection, stop: Event, titles: int, beat_s: float) -> None:
     """The other boxes (a separate process): serve the catalogue, say where, wait for the
     manager's gRPC address, enrol and beat every second until `stop`, after saying "ready"
     once the catalogue has been read (or "no catalogue read" after 30 s)."""
-    catalog = Catalog()
+    catalog = Catalog(titles)
     catalog.start()
     conn.send(catalog.url)
-    beater = Beater(conn.recv())
+    beater = Beater(conn.recv(), titles, beat_s)
     beater.beat_all()
     beater.start()
     conn.send("ready" if catalog.read.wait(30) else "no catalogue read")
@@ -203,12 +210,12 @@ def run_neighbours(conn: Connection, stop: Event) -> None:
     catalog.server.shutdown()
 
 
-def paths(n: int, rng: random.Random) -> list[bytes]:
+def paths(n: int, rng: random.Random, titles: int) -> list[bytes]:
     nets = [*SITES.values(), "203.0.113"]
     out = []
     for _ in range(n):
         ip = f"{rng.choice(nets)}.{rng.randrange(1, 250)}"
-        title = f"t{rng.randrange(TITLES + 20):04d}"  # a few titles held nowhere
+        title = f"t{rng.randrange(titles + 20):04d}"  # a few titles held nowhere
         out.append(f"/steer?client_ip={ip}&title={title}".encode())
     return out
 
@@ -242,7 +249,7 @@ async def one_connection(
 
 
 async def offer(
-    host: str, port: int, route: str, rate: float, seconds: float
+    host: str, port: int, route: str, rate: float, seconds: float, titles: int = TITLES
 ) -> tuple[float, list[float]]:
     rng = random.Random(int(rate))
     total = int(rate * seconds)
@@ -252,7 +259,7 @@ async def offer(
     if route == "healthz":
         targets = [[b"/healthz"] * per for _ in range(CONNECTIONS)]
     else:
-        targets = [paths(per, rng) for _ in range(CONNECTIONS)]
+        targets = [paths(per, rng, titles) for _ in range(CONNECTIONS)]
     # Connected before the clock starts: keep-alive connections are the premise, and 16
     # handshakes at once would otherwise land on the first requests' latency.
     conns = [await asyncio.open_connection(host, port) for _ in range(CONNECTIONS)]
@@ -293,7 +300,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
 
 
-def in_process_rate() -> float:
+def in_process_rate(titles: int) -> float:
     rng = random.Random(1)
     sites = tuple(Site.build(n, [f"{net}.0/24"]) for n, net in SITES.items())
     boxes = tuple(
@@ -303,7 +310,7 @@ def in_process_rate() -> float:
             "http://x",
             capacity_bps=10e9,
             load_bps=rng.uniform(1e9, 5e9),
-            titles={t: HeldTitle("d") for t in title_set(rng)},
+            titles={t: HeldTitle("d") for t in title_set(rng, titles)},
         )
         for s in SITES
         for i in range(PER_SITE)
@@ -311,7 +318,7 @@ def in_process_rate() -> float:
     snap = FleetSnapshot(sites, boxes, "http://o")
     queries = [
         (p.decode().split("=")[1].split("&")[0], p.decode().rsplit("=", 1)[1])
-        for p in paths(20_000, rng)
+        for p in paths(20_000, rng, titles)
     ]
     started = time.perf_counter()
     for ip, title in queries:
@@ -323,19 +330,41 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rates", default="1000,2000")
+    ap.add_argument(
+        "--titles",
+        type=int,
+        default=TITLES,
+        help="catalogue size; each appliance holds about 60%% of it",
+    )
+    ap.add_argument(
+        "--beat-seconds",
+        type=float,
+        default=1.0,
+        help="heartbeat interval of the stand-in appliances",
+    )
+    ap.add_argument(
+        "--plan-seconds",
+        type=float,
+        default=3600.0,
+        help="the manager's planning interval ([planner] interval_s)",
+    )
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         to_neighbours, from_main = ctx.Pipe()
         stop = ctx.Event()
-        neighbours = ctx.Process(target=run_neighbours, args=(from_main, stop), daemon=True)
+        neighbours = ctx.Process(
+            target=run_neighbours,
+            args=(from_main, stop, args.titles, args.beat_seconds),
+            daemon=True,
+        )
         neighbours.start()
         proc = None
         try:
             if not to_neighbours.poll(60):
                 raise SystemExit("the stand-in origin did not start")
-            proc, urls = start_fleet(Path(tmp), to_neighbours.recv())
+            proc, urls = start_fleet(Path(tmp), to_neighbours.recv(), args.plan_seconds)
             to_neighbours.send(urls["grpc"])
             if not to_neighbours.poll(60):
                 raise SystemExit("the appliances did not enrol")
@@ -343,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the fleet manager never read the origin's catalogue")
             host, port = urls["http"].removeprefix("http://").rsplit(":", 1)
             print(
-                f"{len(SITES) * PER_SITE} appliances in {len(SITES)} sites, {TITLES} titles; "
+                f"{len(SITES) * PER_SITE} appliances in {len(SITES)} sites, {args.titles} titles; "
                 f"{CONNECTIONS} keep-alive connections, open loop, {args.seconds:.0f} s a row"
             )
             print(
@@ -356,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                 for route in ("healthz", "steer"):
                     cpu = cpu_seconds(proc.pid)
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, no_gc():
-                        done, lat = runner.run(offer(host, int(port), route, rate, args.seconds))
+                        done, lat = runner.run(
+                            offer(host, int(port), route, rate, args.seconds, args.titles)
+                        )
                     cpu_us = (cpu_seconds(proc.pid) - cpu) / len(lat) * 1e6
                     print(
                         f"{'/' + route:<9} {rate:>10.0f} {done:>9.0f} {pct(lat, 0.5):>8.2f} "
@@ -365,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                     if route == "steer":
                         p99_at[rate] = pct(lat, 0.99)
             print(f"\nload average {os.getloadavg()[0]:.2f} (1 min) at the end")
-            print(f"in-process steer(): {in_process_rate():,.0f} decisions/s on one core")
+            print(
+                f"in-process steer(): {in_process_rate(args.titles):,.0f} decisions/s on one core"
+            )
             if 2000.0 in p99_at:
                 print(
                     f"goal: p99 < 5 ms at 2,000 req/s -> {p99_at[2000.0]:.2f} ms "
