@@ -24,6 +24,7 @@ import httptools
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from fleet.admin import AdminAccess
@@ -128,15 +129,21 @@ class _CoalescingTransport:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def write(self, data: bytes) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(bytes(data))
+        self._pending_bytes += len(data)
+
+    def get_write_buffer_size(self) -> int:
+        # What is not yet sent includes what waits here for the flush.
+        return self._pending_bytes + self._transport.get_write_buffer_size()
 
     def _flush(self) -> None:
         if self._pending:
-            data, self._pending = b"".join(self._pending), []
+            data, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
             if not self._transport.is_closing():
                 self._transport.write(data)
 
@@ -156,12 +163,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
 
 
+class _NoEvent:
+    def set(self) -> None:
+        pass
+
+
 class _Answered:
     """Stands in for uvicorn's request cycle after a request answered inline: complete,
-    so the parser's later callbacks for it (body, message complete) have nothing to do."""
+    so the parser's later callbacks for it (body, message complete) have nothing to do.
+    connection_lost still wakes its `message_event` and reads `disconnected`."""
 
     response_complete = True
     keep_alive = True
+    disconnected = False
+    message_event = _NoEvent()
 
 
 _ANSWERED = _Answered()
@@ -183,6 +198,10 @@ class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
             return False
         if (self.cycle is not None and not self.cycle.response_complete) or self.pipeline:
             return False  # answers leave in request order: queue behind the one in flight
+        if self.flow.write_paused or self.transport.get_write_buffer_size() > HIGH_WATER_LIMIT:
+            # The client does not read: uvicorn's cycle waits for it to, and queues (and
+            # stops reading) what comes next, where answering inline would buffer without end.
+            return False
         url = httptools.parse_url(self.url)
         if url.path != b"/steer":
             return False
