@@ -14,7 +14,8 @@ import ctypes
 import multiprocessing
 import os
 import signal
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -77,7 +78,10 @@ def _job_from_columns(
 def die_with(manager_pid: int) -> None:
     """The planner process's first act: go when the manager goes, even by SIGKILL. Its end
     of the job queue holds the queue's write side too, so it would never see the manager
-    close it, and would wait for work forever."""
+    close it, and would wait for work forever. Ctrl-C reaches the whole process group: the
+    manager stops on it and stops the planner (Planning.close); the planner's own
+    KeyboardInterrupt was only a traceback on the operator's terminal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != manager_pid:  # it went before the line above
@@ -87,6 +91,22 @@ def die_with(manager_pid: int) -> None:
 def run_job(job: PlanJob) -> FillPlan:
     """The planner process's entry point (a module-level function: it is sent by name)."""
     return job.run()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a planner process is spawned (see die_with). Only the main
+    thread may change a handler, and one not set from Python could not be put back:
+    otherwise nothing changes."""
+    before = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or before is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 class Planning:
@@ -108,7 +128,8 @@ class Planning:
             initializer=die_with,
             initargs=(os.getpid(),),
         )
-        self._pool.submit(int)  # start it now, not at the first round
+        with _sigint_ignored():  # inherited through exec: no Ctrl-C while it starts either
+            self._pool.submit(int)  # start it now, not at the first round
 
     async def replan(self) -> FillPlan | None:
         """Plan with the fleet as it is now and adopt the result; one round at a time. None
