@@ -118,6 +118,7 @@ class Planning:
         self.svc = svc
         self._lock = asyncio.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._in_process = in_process
         if not in_process:
             self._start()
 
@@ -140,14 +141,19 @@ class Planning:
             return self.svc.adopt_plan(job, new)
 
     async def _run(self, job: PlanJob) -> FillPlan:
-        if self._pool is None:
+        if self._in_process:
             return job.run()
         loop = asyncio.get_running_loop()
         for attempt in range(_RETRIES + 1):
+            pool = self._pool
+            if pool is None:  # closed: never plan on the loop instead
+                raise FleetError("the fleet manager is stopping")
             try:
-                return await loop.run_in_executor(self._pool, run_job, job)
+                return await loop.run_in_executor(pool, run_job, job)
             except BrokenProcessPool:
-                self._pool.shutdown(wait=False)
+                if self._pool is not pool:
+                    raise FleetError("the fleet manager is stopping") from None
+                pool.shutdown(wait=False)
                 self._start()
                 if attempt == _RETRIES:
                     break

@@ -3,8 +3,13 @@ catalogue and plans pickle as columns, and must come back equal, field for field
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+from pathlib import Path
 
+import pytest
+
+from fleet.errors import FleetError
 from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import (
     ApplianceFillPlan,
@@ -14,7 +19,8 @@ from fleet.planner import (
     PlannedTitle,
     PlannerPolicy,
 )
-from fleet.planning import PlanJob, run_job
+from fleet.planning import PlanJob, Planning, run_job
+from tests.fleet.test_audit import service
 
 
 def test_a_plan_job_and_its_plan_survive_pickling_field_for_field() -> None:
@@ -43,3 +49,17 @@ def test_a_plan_job_and_its_plan_survive_pickling_field_for_field() -> None:
     made = run_job(back)
     assert pickle.loads(pickle.dumps(made)) == made == job.run()
     assert made.appliances["a"].titles  # something was planned, so columns were exercised
+
+
+def test_a_closed_planning_refuses_a_round_rather_than_plan_on_the_loop(tmp_path: Path) -> None:
+    """A `POST /plan` arriving while the manager stops: after close() there is no planner
+    process, and a round must not fall back to planning on the loop (seconds of stall)."""
+    svc = service(tmp_path)
+
+    async def round_after_close() -> None:
+        planning = Planning(svc)  # a real planner process
+        planning.close()
+        with pytest.raises(FleetError, match="stopping"):
+            await planning.replan()
+
+    asyncio.run(round_after_close())
