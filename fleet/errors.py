@@ -25,3 +25,9 @@ class UnknownNameError(FleetError):
     """A site or appliance name the fleet does not know."""
 
     http_status = 404
+
+
+class UnavailableError(FleetError):
+    """The manager cannot do it now but will (it is stopping, or its planner is down)."""
+
+    http_status = 503

@@ -21,7 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fleet.errors import FleetError
+from fleet.errors import UnavailableError
 from fleet.model import Appliance
 from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
 
@@ -147,17 +147,17 @@ class Planning:
         for attempt in range(_RETRIES + 1):
             pool = self._pool
             if pool is None:  # closed: never plan on the loop instead
-                raise FleetError("the fleet manager is stopping")
+                raise UnavailableError("the fleet manager is stopping")
             try:
                 return await loop.run_in_executor(pool, run_job, job)
             except BrokenProcessPool:
                 if self._pool is not pool:
-                    raise FleetError("the fleet manager is stopping") from None
+                    raise UnavailableError("the fleet manager is stopping") from None
                 pool.shutdown(wait=False)
                 self._start()
                 if attempt == _RETRIES:
                     break
-        raise FleetError("the planner process died twice in one round")
+        raise UnavailableError("the planner process died twice in one round")
 
     def close(self) -> None:
         """Stop the planner process now, even mid-round (the round is simply not adopted)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import FleetError
+from fleet.errors import UnavailableError
 from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import (
     ApplianceFillPlan,
@@ -59,7 +59,7 @@ def test_a_closed_planning_refuses_a_round_rather_than_plan_on_the_loop(tmp_path
     async def round_after_close() -> None:
         planning = Planning(svc)  # a real planner process
         planning.close()
-        with pytest.raises(FleetError, match="stopping"):
+        with pytest.raises(UnavailableError, match="stopping"):
             await planning.replan()
 
     asyncio.run(round_after_close())
