@@ -349,7 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the manager's planning interval ([planner] interval_s)",
     )
     args = ap.parse_args(argv)
-    rates = [float(r) for r in args.rates.split(",")]
+    try:
+        rates = [float(r) for r in args.rates.split(",")]
+    except ValueError:
+        ap.error(f"--rates must be numbers separated by commas, not {args.rates!r}")
+    if not all(r > 0 for r in rates) or args.seconds <= 0:
+        ap.error("--rates and --seconds must be above 0")
+    if args.titles < 1 or args.beat_seconds <= 0 or args.plan_seconds <= 0:
+        ap.error("--titles must be at least 1, --beat-seconds and --plan-seconds above 0")
     ctx = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         to_neighbours, from_main = ctx.Pipe()
