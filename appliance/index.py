@@ -55,6 +55,7 @@ class TitleRow:
     tier: str
     bytes: int
     loaded_at: float
+    folder: str  # its folder on every disk: the id, or `id~tag` after an update (see below)
 
 
 @dataclass(frozen=True)
@@ -66,15 +67,16 @@ class FileRow:
     sha256: str
     mtime_ns: int
     state: str
+    folder: str  # the title's folder (TitleRow.folder)
 
     @property
     def location(self) -> Path:
-        return file_path(self.disk, self.title, self.path)
+        return file_path(self.disk, self.folder, self.path)
 
 
-def file_path(disk: str, title_id: str, rel_path: str) -> Path:
-    """Where a title's file lives on a disk: DISK/titles/TITLE/PATH."""
-    return Path(disk) / TITLES_DIR / title_id / rel_path
+def file_path(disk: str, folder: str, rel_path: str) -> Path:
+    """Where a title's file lives on a disk: DISK/titles/FOLDER/PATH (FOLDER: see store.py)."""
+    return Path(disk) / TITLES_DIR / folder / rel_path
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -82,12 +84,23 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
     db = sqlite_utils.Database(conn)
     db.enable_wal()
-    db["titles"].create(  # type: ignore[union-attr]
-        {"id": str, "digest": str, "state": str, "tier": str, "bytes": int, "loaded_at": float},
+    titles = db["titles"]
+    titles.create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "digest": str,
+            "state": str,
+            "tier": str,
+            "bytes": int,
+            "loaded_at": float,
+            "folder": str,  # NULL: the id (every title of an index made before updates kept it)
+        },
         pk="id",
         not_null={"digest", "state", "tier", "bytes", "loaded_at"},
         if_not_exists=True,
     )
+    if "folder" not in titles.columns_dict:
+        titles.add_column("folder", str)  # type: ignore[union-attr]
     db["files"].create(  # type: ignore[union-attr]
         {
             "title": str,
@@ -162,24 +175,24 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("COMMIT")
 
 
+_TITLE_COLUMNS = "id, digest, state, tier, bytes, loaded_at, COALESCE(folder, id)"
+
+
 def get_title(conn: sqlite3.Connection, title_id: str) -> TitleRow | None:
-    row = conn.execute(
-        "SELECT id, digest, state, tier, bytes, loaded_at FROM titles WHERE id = ?", (title_id,)
-    ).fetchone()
+    row = conn.execute(f"SELECT {_TITLE_COLUMNS} FROM titles WHERE id = ?", (title_id,)).fetchone()
     return TitleRow(*row) if row else None
 
 
 def all_titles(conn: sqlite3.Connection) -> list[TitleRow]:
-    rows = conn.execute(
-        "SELECT id, digest, state, tier, bytes, loaded_at FROM titles ORDER BY id"
-    ).fetchall()
+    rows = conn.execute(f"SELECT {_TITLE_COLUMNS} FROM titles ORDER BY id").fetchall()
     return [TitleRow(*row) for row in rows]
 
 
 def title_files(conn: sqlite3.Connection, title_id: str) -> list[FileRow]:
     rows = conn.execute(
-        "SELECT title, path, disk, size, sha256, mtime_ns, state FROM files "
-        "WHERE title = ? ORDER BY path",
+        "SELECT f.title, f.path, f.disk, f.size, f.sha256, f.mtime_ns, f.state, "
+        "COALESCE(t.folder, t.id) FROM files f JOIN titles t ON t.id = f.title "
+        "WHERE f.title = ? ORDER BY f.path",
         (title_id,),
     ).fetchall()
     return [FileRow(*row) for row in rows]
@@ -246,18 +259,18 @@ class IndexReader:
         if key in self._misses:
             return None
         row = self._conn.execute(
-            "SELECT f.disk, f.size, f.sha256, f.mtime_ns, t.tier FROM files f "
-            "JOIN titles t ON t.id = f.title "
+            "SELECT f.disk, f.size, f.sha256, f.mtime_ns, t.tier, COALESCE(t.folder, t.id) "
+            "FROM files f JOIN titles t ON t.id = f.title "
             "WHERE f.title = ? AND f.path = ? AND f.state = ? AND t.state IN (?, ?)",
             (title_id, rel_path, OK, READY, INCOMPLETE),
         ).fetchone()
         found = None
         if row:
-            disk, size, sha256, mtime_ns, tier = row
+            disk, size, sha256, mtime_ns, tier, folder = row
             found = LocatedFile(
                 title_id=title_id,
                 rel_path=rel_path,
-                path=file_path(disk, title_id, rel_path),
+                path=file_path(disk, folder, rel_path),
                 size=size,
                 sha256=sha256,
                 mtime_ns=mtime_ns,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import tiering
-from appliance.disks import StorageError
+from appliance.disks import SYSFS, StorageError
 from appliance.index import READY, all_titles
 from appliance.safefiles import UNLINK_GRACE_S, Throttle
 from edgeflix.log import event
@@ -285,8 +285,8 @@ class MoverThread(threading.Thread):
         # A store per round: disks the health monitor took out (or gave back) since the last
         # round are left out of placement, and a disk dead at start cannot kill the thread.
         # The store's SQLite connection must be made on the thread that uses it.
-        extra = {} if self._sysfs is None else {"sysfs": self._sysfs}
-        store = Store(self._config, out_of_service=self._out_of_service(), **extra)
+        sysfs = SYSFS if self._sysfs is None else self._sysfs
+        store = Store(self._config, out_of_service=self._out_of_service(), sysfs=sysfs)
         try:
             Tiering(store, book, sleep=self._interruptible_sleep).tick(self._stop_event.is_set)
         finally:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.config import Tier
 from appliance.disks import StorageError
 from appliance.index import (
     INCOMPLETE,
@@ -26,6 +27,7 @@ from appliance.index import (
     READY,
     REMOVING,
     FileRow,
+    TitleRow,
     all_titles,
     file_path,
     get_title,
@@ -40,12 +42,11 @@ from appliance.safefiles import (
     through_symlink,
     unlink_synced,
 )
-from appliance.store import Store
+from appliance.store import Store, folder_title
 from edgeflix import titlefiles
 from edgeflix.log import event
 from edgeflix.titlefiles import (
     FILES_JSON,
-    TITLE_ID_RE,
     FileEntry,
     TitleFiles,
     TitleFilesError,
@@ -83,42 +84,44 @@ class Report:
         event(log, "storage.finding", logging.WARNING, title=title, path=path, problem=problem)
 
 
-def _title_ids_on_disks(store: Store) -> set[str]:
-    ids = set()
+def _folders_on_disks(store: Store) -> dict[str, set[str]]:
+    """Title id → the names of its folders on the disks (its id, and `id~tag` versions)."""
+    folders: dict[str, set[str]] = {}
     for disk in store.disks:
         if not disk.titles_dir.is_dir():
             continue  # a read-only disk that never held a title
         for entry in os.scandir(disk.titles_dir):
             # A link named like a title is someone's placement, never ours: swept like a stray.
-            if (entry.is_dir(follow_symlinks=False) or entry.is_symlink()) and TITLE_ID_RE.match(
-                entry.name
-            ):
-                ids.add(entry.name)
-    return ids
+            title_id = folder_title(entry.name)
+            if title_id and (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+                folders.setdefault(title_id, set()).add(entry.name)
+    return folders
 
 
 def reconcile(store: Store) -> Report:
     """Check every title the index or the disks know; skip titles another process holds."""
     report = Report()
-    ids = {t.id for t in all_titles(store.conn)} | _title_ids_on_disks(store)
+    folders = _folders_on_disks(store)
+    ids = {t.id for t in all_titles(store.conn)} | set(folders)
     for title_id in sorted(ids):
         with store.locks.hold(title_id, wait=False) as held:
             if not held:
                 report.busy.append(title_id)
                 continue
-            _reconcile_title(store, title_id, report)
+            _reconcile_title(store, title_id, folders.get(title_id, set()), report)
     return report
 
 
-def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
+def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Report) -> None:
     row = get_title(store.conn, title_id)
-    if row is None and _adopt(store, title_id, report):
+    if row is None and _adopt(store, title_id, folders, report):
         row = get_title(store.conn, title_id)
     if row is None:
-        removed = _wipe(store, title_id, report)
+        removed = sum(_wipe(store, folder, title_id, report) for folder in sorted(folders))
         if removed:
             report.add(title_id, "", f"removed {removed} stray files of a title not in the index")
         return
+    _drop_other_versions(store, row, folders, report)
     if row.state in (LOADING, REMOVING):
         what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
         try:
@@ -130,7 +133,7 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
             return
         report.add(title_id, "", f"removed {what}")
         return
-    _rehome(store, title_id, report)
+    _rehome(store, row, report)
     dropped = []
     for f in title_files(store.conn, title_id):
         if f.state != OK or f.disk in store.out_of_service:
@@ -140,21 +143,32 @@ def _reconcile_title(store: Store, title_id: str, report: Report) -> None:
         if problem:
             dropped.append((f, problem))
     _drop(store, title_id, dropped, report)
-    _sweep(store, title_id, report)
+    _sweep(store, row, report)
 
 
-def _rehome(store: Store, title_id: str, report: Report) -> None:
+def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report: Report) -> None:
+    """Folders of the title other than the one the index names: a version an update was
+    writing when it stopped, or the one it replaced (store.py, FOLDER_TAG_SEP)."""
+    for folder in sorted(folders - {row.folder}):
+        removed = _wipe(store, folder, row.id, report)
+        if removed:
+            report.add(row.id, "", f"removed {removed} files of an unfinished or replaced "
+                       f"version ({folder})")  # fmt: skip
+
+
+def _rehome(store: Store, row: TitleRow, report: Report) -> None:
     """Files the index places on a disk path no longer configured (its mount point was
     renamed or moved in the config): found at the same place on a configured disk with
     their size, the index follows them there; otherwise the checks below drop them as
     missing (and the sweep would have deleted them as strays on their new path)."""
+    title_id = row.id
     known = {d.id for d in store.disks} | set(store.out_of_service)
     moved = []
     for f in title_files(store.conn, title_id):
         if f.disk in known:
             continue
         for disk in store.disks:
-            path = file_path(disk.id, title_id, f.path)
+            path = file_path(disk.id, row.folder, f.path)
             try:
                 st = os.lstat(path)
             except OSError:
@@ -175,57 +189,70 @@ def _rehome(store: Store, title_id: str, report: Report) -> None:
         report.add(title_id, "", f"{count} files of {old} found on {', '.join(new)}")
 
 
-def _adopt(store: Store, title_id: str, report: Report) -> bool:
+def _adopt(store: Store, title_id: str, folders: set[str], report: Report) -> bool:
     """Record a complete title found on the disks but not in the index (the index was lost,
     damaged and moved aside, or restored from an old copy). Files only ever reach their final
     names whole and verified (safefiles.py), so a title whose files.json lists files that are
     all present with their sizes on the disks of one tier is the title as it was loaded;
-    `appliance verify` re-hashes it like any other. Anything less is left for the sweep."""
-    found = _stored_files_json(store, title_id)
-    if found is None:
-        return False
-    model, digest, manifest_size = found
-    entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
-    for tier in sorted(store.tiers):
-        disks = store.disks_of(tier)
-        where: dict[str, tuple[str, int]] = {}  # path → (disk, mtime_ns)
-        for entry in entries:
-            for disk in disks:
-                path = disk.titles_dir / title_id / entry.path
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                regular = stat.S_ISREG(st.st_mode) and not through_symlink(path)
-                if regular and st.st_size == entry.size:
-                    where[entry.path] = (disk.id, st.st_mtime_ns)
-                    break
-            else:
-                break  # this entry is on no disk of the tier
-        if len(where) != len(entries):
-            continue
-        with transaction(store.conn) as conn:
-            conn.execute(
-                "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (title_id, digest, READY, tier, sum(e.size for e in entries), time.time()),
+    `appliance verify` re-hashes it like any other. Anything less is left for the sweep. Of
+    several versions (an update stopped half-way), the newest whole one is taken."""
+    found = [f for f in (_stored_files_json(store, folder, title_id) for folder in folders) if f]
+    for folder, model, digest, manifest_size, _mtime in sorted(found, key=lambda f: -f[4]):
+        entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
+        for tier in sorted(store.tiers):
+            where = _whole_on_tier(store, tier, folder, entries)
+            if where is None:
+                continue
+            with transaction(store.conn) as conn:
+                conn.execute(
+                    "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at, folder) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (title_id, digest, READY, tier, sum(e.size for e in entries), time.time(),
+                     None if folder == title_id else folder),
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (title_id, e.path, where[e.path][0], e.size, e.sha256, where[e.path][1], OK)
+                        for e in entries
+                    ],
+                )
+            report.add(
+                title_id, "", f"adopted from its files on the {tier} tier (not in the index)"
             )
-            conn.executemany(
-                "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (title_id, e.path, where[e.path][0], e.size, e.sha256, where[e.path][1], OK)
-                    for e in entries
-                ],
-            )
-        report.add(title_id, "", f"adopted from its files on the {tier} tier (not in the index)")
-        return True
+            return True
     return False
 
 
-def _stored_files_json(store: Store, title_id: str) -> tuple[TitleFiles, str, int] | None:
+def _whole_on_tier(
+    store: Store, tier: Tier, folder: str, entries: list[FileEntry]
+) -> dict[str, tuple[str, int]] | None:
+    """path → (disk, mtime_ns) when every entry is on a disk of `tier` with its size."""
+    disks = store.disks_of(tier)
+    where: dict[str, tuple[str, int]] = {}
+    for entry in entries:
+        for disk in disks:
+            path = disk.titles_dir / folder / entry.path
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            regular = stat.S_ISREG(st.st_mode) and not through_symlink(path)
+            if regular and st.st_size == entry.size:
+                where[entry.path] = (disk.id, st.st_mtime_ns)
+                break
+        else:
+            return None  # this entry is on no disk of the tier
+    return where
+
+
+def _stored_files_json(
+    store: Store, folder: str, title_id: str
+) -> tuple[str, TitleFiles, str, int, int] | None:
+    """(folder, model, digest, size, mtime_ns) of the files.json in a folder of the title."""
     for disk in store.disks:
-        top = disk.titles_dir / title_id
+        top = disk.titles_dir / folder
         manifest = top / FILES_JSON
         try:
             st = os.lstat(manifest)
@@ -235,7 +262,7 @@ def _stored_files_json(store: Store, title_id: str) -> tuple[TitleFiles, str, in
         except (OSError, TitleFilesError):
             continue
         if model.id == title_id and FILES_JSON not in {e.path for e in model.files}:
-            return model, digest, st.st_size
+            return folder, model, digest, st.st_size, st.st_mtime_ns
     return None
 
 
@@ -260,13 +287,14 @@ def _drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], repor
             report.add(title_id, f.path, f"cannot delete it ({exc.strerror})")
 
 
-def _sweep(store: Store, title_id: str, report: Report) -> None:
+def _sweep(store: Store, row: TitleRow, report: Report) -> None:
     """Delete files under the title's folders that the index does not place there. A file
     the index marks missing is kept: its disk was out of service and is back, and the
     daemon re-verifies it (fill/storage.py restore_disk) rather than filling it again."""
+    title_id = row.id
     wanted = {(f.disk, f.path) for f in title_files(store.conn, title_id)}
     for disk in store.disks:
-        top = disk.titles_dir / title_id
+        top = disk.titles_dir / row.folder
         if not top.is_dir() or top.is_symlink():
             if _remove(top, title_id, report):
                 report.add(title_id, "", f"removed a non-folder in the title's place on {disk.id}")
@@ -312,10 +340,11 @@ def _remove(path: Path, title_id: str, report: Report) -> bool:
     return removed
 
 
-def _wipe(store: Store, title_id: str, report: Report) -> int:
+def _wipe(store: Store, folder: str, title_id: str, report: Report) -> int:
+    """Delete a folder of the title on every disk; returns the files removed."""
     removed = 0
     for disk in store.disks:
-        top = disk.titles_dir / title_id
+        top = disk.titles_dir / folder
         count = sum(1 for _ in _walk_files(top)) or 1  # a placed link counts as one
         if _remove(top, title_id, report):
             removed += count

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,9 +65,33 @@ from appliance.safefiles import (
 )
 from edgeflix import titlefiles
 from edgeflix.log import event
-from edgeflix.titlefiles import FILES_JSON, FileEntry, check_title_id
+from edgeflix.titlefiles import FILES_JSON, FileEntry, TitleFilesError, check_title_id
 
 log = logging.getLogger("appliance.store")
+
+# A title's files live in DISK/titles/FOLDER/ (index.file_path). FOLDER is the title's id, or
+# `ID~TAG` (TAG: hex) for a version loaded over another: it is written beside the one being
+# served, one transaction points the title at it, and the old folder goes after a grace. So
+# an update never takes a title out of service, and after a crash at any point the folder the
+# index names is whole; any other folder of the title is swept by reconcile. `~` is never in
+# an id, so no folder of one title can be another's.
+FOLDER_TAG_SEP = "~"
+_TAG_RE = re.compile(r"[0-9a-f]{1,32}")
+
+
+def new_folder(title_id: str) -> str:
+    return f"{title_id}{FOLDER_TAG_SEP}{secrets.token_hex(4)}"
+
+
+def folder_title(name: str) -> str | None:
+    """The title a folder under DISK/titles belongs to, or None when it is no title's."""
+    base, sep, tag = name.partition(FOLDER_TAG_SEP)
+    if sep and not _TAG_RE.fullmatch(tag):
+        return None
+    try:
+        return check_title_id(base)
+    except TitleFilesError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,30 @@ class TitleListing:
     digest: str
 
 
+_INSERT_FILE = (
+    "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """What `load` writes: every file of a title, where it comes from and which disk takes it."""
+
+    title_id: str
+    where: Callable[[str], Path]  # file path in files.json → where its bytes are now
+    entries: Sequence[FileEntry]
+    placement: Mapping[str, str]  # file path → disk id
+    tier: Tier
+    digest: str
+    on_bytes: Callable[[int], None] | None
+    adopt: bool  # moved in when on the disk's filesystem (verified by the caller)
+
+    @property
+    def total(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
 def locks_folder(index: Path) -> Path:
     return index.parent / f"{index.name}.locks"
 
@@ -88,11 +138,23 @@ class Store:
     """The appliance's titles on its disks. One per process; the index serialises writers."""
 
     def __init__(
-        self, config: StorageConfig, *, sysfs: Path = SYSFS, out_of_service: Collection[str] = ()
+        self,
+        config: StorageConfig,
+        *,
+        sysfs: Path = SYSFS,
+        out_of_service: Collection[str] = (),
+        grace_s: float = UNLINK_GRACE_S,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`out_of_service`: disk paths the daemon's DiskWatch took out (dead, read-only,
         erroring). They are not opened or touched, and placement only sees the disks left, so
-        a re-fill after a disk loss lands on the remaining disks of the tier."""
+        a re-fill after a disk loss lands on the remaining disks of the tier. `grace_s`: how
+        long the old version of an updated title stays after the swap (see UNLINK_GRACE_S)."""
+        self.grace_s = grace_s
+        self.sleep = sleep
+        # Folders of replaced versions, deleted once their grace is over: (due on the
+        # monotonic clock, title, folder). Left behind by a crash, reconcile sweeps them.
+        self._retired: list[tuple[float, str, str]] = []
         self.config = config
         out = {str(Path(p).resolve()) for p in out_of_service}
         configured = {str(d.path.resolve()) for d in config.disks}
@@ -118,7 +180,22 @@ class Store:
         self.locks = TitleLocks(locks_folder(config.index))
 
     def close(self) -> None:
-        self.conn.close()
+        """Delete the replaced versions still in their grace (waiting it out), then close."""
+        try:
+            self._drop_retired(wait=True)
+        finally:
+            self.conn.close()
+
+    def _drop_retired(self, *, wait: bool = False) -> None:
+        if not self._retired:
+            return
+        if wait:
+            self.sleep(max(0.0, max(due for due, _, _ in self._retired) - time.monotonic()))
+        now = time.monotonic()
+        done = [r for r in self._retired if wait or r[0] <= now]
+        self._retired = [r for r in self._retired if r not in done]
+        for _, title_id, folder in done:
+            self._remove_folder(title_id, folder)
 
     # -- questions ------------------------------------------------------------------------
 
@@ -187,6 +264,15 @@ class Store:
                 f"bytes in all, {detail}"
             )
 
+    def _fits(
+        self, title_id: str, tier: Tier, needed: Mapping[str, int], freeing: Mapping[str, int]
+    ) -> bool:
+        try:
+            self._check_fit(title_id, tier, needed, freeing)
+        except CapacityError:
+            return False
+        return True
+
     def writable_disks_of(self, tier: Tier) -> list[Disk]:
         return [d for d in self.disks_of(tier) if d.writable]
 
@@ -247,6 +333,7 @@ class Store:
         filesystem are copied and verified as usual. `located` says where each file of
         files.json is when not at `source / path` (the fill stages files on their disks).
         """
+        self._drop_retired()
         where = located or (lambda path: source / path)
         check_title_id(title_id)
         if not source.is_dir():
@@ -272,22 +359,30 @@ class Store:
                     "use --replace to reload it"
                 )
             freeing = self._bytes_on_disks(title_id) if existing else {}
-            if adopt_verified:
-                # Staged on the very filesystem: renamed in, they take no more room there.
-                staged = self._staged_bytes(entries, placement, where)
-                freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
+            # Staged on the very filesystem (an adopting caller's): renamed in, they take no
+            # more room there.
+            staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
+            freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
             self._check_fit(title_id, tier, needed, freeing)
-            if existing is not None:
-                # Check the new copy fully before dropping the old one it replaces (an
-                # adopting caller has just done so).
-                problems = [] if adopt_verified else titlefiles.verify(source, model)
-                # (`located` only comes with adopt_verified: a plain folder is verified here.)
-                if problems:
-                    raise LoadError(f"{source}: {problems[0]}")
-                self.purge(title_id)
-            return self._copy_in(
+            copy = _Copy(
                 title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
             )
+            if existing is None:
+                return self._copy_in(copy)
+            if self._fits(title_id, tier, needed, staged):
+                # The old version serves until the new one is whole beside it.
+                return self._replace(existing, copy)
+            # No room for both: the old copy goes first, and the title is out of service
+            # until the new one is in. Check the new copy fully before dropping the old one
+            # (an adopting caller has just done so; `located` only comes with adopt_verified,
+            # so a plain folder is verified here).
+            problems = [] if adopt_verified else titlefiles.verify(source, model)
+            if problems:
+                raise LoadError(f"{source}: {problems[0]}")
+            event(log, "title.replace.in_place", logging.WARNING, title=title_id,
+                  why="no room for the new version beside the old one")  # fmt: skip
+            self.purge(title_id)
+            return self._copy_in(copy)
 
     def _staged_bytes(
         self,
@@ -303,66 +398,20 @@ class Store:
                 staged[disk] = staged.get(disk, 0) + entry.size
         return staged
 
-    def _copy_in(
-        self,
-        title_id: str,
-        where: Callable[[str], Path],
-        entries: Sequence[FileEntry],
-        placement: Mapping[str, str],
-        tier: Tier,
-        digest: str,
-        on_bytes: Callable[[int], None] | None,
-        adopt: bool,
-    ) -> TitleRow:
-        total = sum(e.size for e in entries)
-        moved: set[Path] = set()  # folders that received renamed files: fsynced once each
+    def _copy_in(self, copy: _Copy) -> TitleRow:
+        """A title new to the index: recorded as loading first, so that a crash half-way
+        leaves a row reconcile purges; ready once every file is in."""
+        title_id = copy.title_id
         with transaction(self.conn) as conn:
             conn.execute(
                 "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (title_id, digest, LOADING, tier, total, time.time()),
+                (title_id, copy.digest, LOADING, copy.tier, copy.total, time.time()),
             )
         try:
-            if adopt:
-                fsync_files([where(e.path) for e in entries])
-            rows = []
-            for entry in entries:
-                dst = file_path(placement[entry.path], title_id, entry.path)
-                try:
-                    if adopt and move_verified(where(entry.path), dst, entry.size):
-                        moved.add(dst.parent)
-                        if on_bytes:
-                            on_bytes(entry.size)
-                    else:
-                        copy_verified(
-                            where(entry.path), dst, entry.size, entry.sha256, on_bytes=on_bytes
-                        )
-                except ChecksumMismatch as exc:
-                    raise LoadError(
-                        f"{where(entry.path)}: {exc} (files.json says otherwise)"
-                    ) from None
-                except OSError as exc:
-                    raise LoadError(f"cannot copy {entry.path} of {title_id}: {exc}") from None
-                st = dst.stat()
-                rows.append(
-                    (
-                        title_id,
-                        entry.path,
-                        placement[entry.path],
-                        entry.size,
-                        entry.sha256,
-                        st.st_mtime_ns,
-                        OK,
-                    )
-                )
-            for folder in moved:
-                fsync_dir(folder)
+            rows = self._write_files(copy, title_id)
             with transaction(self.conn) as conn:
-                conn.executemany(
-                    "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                conn.executemany(_INSERT_FILE, rows)
                 conn.execute(
                     "UPDATE titles SET state = ?, loaded_at = ? WHERE id = ?",
                     (READY, time.time(), title_id),
@@ -370,8 +419,76 @@ class Store:
         except BaseException:
             self.purge(title_id)
             raise
-        event(log, "title.loaded", title=title_id, tier=tier, bytes=total, files=len(entries))
+        event(log, "title.loaded", title=title_id, tier=copy.tier, bytes=copy.total,
+              files=len(copy.entries))  # fmt: skip
         return self.title(title_id)
+
+    def _replace(self, old: TitleRow, copy: _Copy) -> TitleRow:
+        """A new version of a title in the index, written into a folder of its own beside the
+        old one (which keeps serving, and is all that is left after a failure); then one
+        transaction swaps the title's rows, and the old folder goes after a grace."""
+        title_id = copy.title_id
+        folder = new_folder(title_id)
+        try:
+            rows = self._write_files(copy, folder)
+            with transaction(self.conn) as conn:
+                conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
+                conn.execute(
+                    "UPDATE titles SET digest = ?, state = ?, tier = ?, bytes = ?, loaded_at = ?, "
+                    "folder = ? WHERE id = ?",
+                    (copy.digest, READY, copy.tier, copy.total, time.time(), folder, title_id),
+                )
+                conn.executemany(_INSERT_FILE, rows)
+        except BaseException:
+            self._remove_folder(title_id, folder)
+            raise
+        event(log, "title.replaced", title=title_id, tier=copy.tier, bytes=copy.total,
+              files=len(copy.entries), old=old.digest[:12], new=copy.digest[:12])  # fmt: skip
+        # A worker that located a file of the old version just before the swap still opens
+        # it: the folder goes after the grace, at a later load or at close (a fill replacing
+        # many titles does not wait out a grace for each).
+        self._retired.append((time.monotonic() + self.grace_s, title_id, old.folder))
+        self._drop_retired()
+        return self.title(title_id)
+
+    def _write_files(self, copy: _Copy, folder: str) -> list[tuple[object, ...]]:
+        """Every file of `copy` at its final name in DISK/titles/`folder`, whole and synced;
+        returns the index rows that describe them."""
+        if copy.adopt:
+            fsync_files([copy.where(e.path) for e in copy.entries])
+        moved: set[Path] = set()  # folders that received renamed files: fsynced once each
+        rows: list[tuple[object, ...]] = []
+        for entry in copy.entries:
+            disk = copy.placement[entry.path]
+            src, dst = copy.where(entry.path), file_path(disk, folder, entry.path)
+            try:
+                if copy.adopt and move_verified(src, dst, entry.size):
+                    moved.add(dst.parent)
+                    if copy.on_bytes:
+                        copy.on_bytes(entry.size)
+                else:
+                    copy_verified(src, dst, entry.size, entry.sha256, on_bytes=copy.on_bytes)
+            except ChecksumMismatch as exc:
+                raise LoadError(f"{src}: {exc} (files.json says otherwise)") from None
+            except OSError as exc:
+                raise LoadError(f"cannot copy {entry.path} of {copy.title_id}: {exc}") from None
+            mtime_ns = dst.stat().st_mtime_ns
+            rows.append((copy.title_id, entry.path, disk, entry.size, entry.sha256, mtime_ns, OK))
+        for moved_to in moved:
+            fsync_dir(moved_to)
+        return rows
+
+    def _remove_folder(self, title_id: str, folder: str) -> None:
+        """Delete a folder of a title that the index no longer names, on every disk; what
+        cannot be deleted now (a disk gone read-only) is swept by the next reconcile."""
+        for disk in self.disks:
+            path = disk.titles_dir / folder
+            try:
+                if remove_entry(path):
+                    fsync_dir(disk.titles_dir)
+            except OSError as exc:
+                event(log, "title.folder.left", logging.WARNING, title=title_id, path=str(path),
+                      error=exc.strerror or str(exc))  # fmt: skip
 
     def _bytes_on_disks(self, title_id: str) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -405,10 +522,11 @@ class Store:
 
         The 'removing' state is committed first, so a crash half-way leaves a title that is
         not served and that reconcile finishes removing."""
+        row = get_title(self.conn, title_id)
         with transaction(self.conn) as conn:
             conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
         for disk in self.disks:
-            folder = disk.titles_dir / title_id
+            folder = disk.titles_dir / (row.folder if row else title_id)
             try:
                 # A link in the folder's place is removed itself, never what it points to.
                 if remove_entry(folder):
@@ -452,7 +570,7 @@ class Store:
             copies: list[Path] = []
             try:
                 for f in files:
-                    dst = file_path(placement[f.path], title_id, f.path)
+                    dst = file_path(placement[f.path], row.folder, f.path)
                     try:
                         copy_verified(
                             f.location,
@@ -473,7 +591,7 @@ class Store:
                 raise
             with transaction(self.conn) as conn:
                 for f in files:
-                    dst = file_path(placement[f.path], title_id, f.path)
+                    dst = file_path(placement[f.path], row.folder, f.path)
                     conn.execute(
                         "UPDATE files SET disk = ?, mtime_ns = ? WHERE title = ? AND path = ?",
                         (placement[f.path], dst.stat().st_mtime_ns, title_id, f.path),

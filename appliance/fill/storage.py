@@ -177,13 +177,14 @@ def restore_disk(store: Store, disk_id: str) -> tuple[list[str], list[str]]:
     ready again. Bad or absent files stay missing (the next fill replaces the title).
     Returns (titles ready again, files still missing as "title/path")."""
     rows = store.conn.execute(
-        "SELECT title, path, size, sha256 FROM files WHERE disk = ? AND state = ?",
+        "SELECT f.title, f.path, f.size, f.sha256, COALESCE(t.folder, t.id) FROM files f "
+        "JOIN titles t ON t.id = f.title WHERE f.disk = ? AND f.state = ?",
         (disk_id, MISSING),
     ).fetchall()
     good: list[tuple[str, str]] = []
     bad: list[tuple[str, str]] = []
-    for title, path, size, sha in rows:
-        location = file_path(disk_id, title, path)
+    for title, path, size, sha, folder in rows:
+        location = file_path(disk_id, folder, path)
         try:
             ok = location.stat().st_size == size and sha256_file(location) == sha
         except OSError:

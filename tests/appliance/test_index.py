@@ -15,7 +15,7 @@ def test_reader_sees_commits_of_other_connections(tmp_path: Path) -> None:
     assert reader.locate("a", "x.m4s") is None
     writer = connect_writer(index)
     with transaction(writer) as conn:
-        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'loading', 'hdd', 5, 0)")
+        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'loading', 'hdd', 5, 0, NULL)")
         conn.execute("INSERT INTO files VALUES ('a', 'x.m4s', '/d0', 5, 'ab', 7, 'ok')")
     assert reader.locate("a", "x.m4s") is None  # not ready: not served (cached answer redone)
     with transaction(writer) as conn:
@@ -41,7 +41,7 @@ def test_reader_sees_commits_of_other_connections(tmp_path: Path) -> None:
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
     writer = connect_writer(tmp_path / "index.sqlite")
     with pytest.raises(RuntimeError), transaction(writer) as conn:
-        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'ready', 'hdd', 5, 0)")
+        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'ready', 'hdd', 5, 0, NULL)")
         raise RuntimeError("crash half-way")
     assert writer.execute("SELECT COUNT(*) FROM titles").fetchone()[0] == 0
 

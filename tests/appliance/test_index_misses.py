@@ -13,7 +13,7 @@ def _index(tmp_path: Path) -> Path:
     index = tmp_path / "index.sqlite"
     writer = connect_writer(index)
     with transaction(writer) as conn:
-        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'ready', 'hdd', 5, 0)")
+        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'ready', 'hdd', 5, 0, NULL)")
         conn.execute("INSERT INTO files VALUES ('a', 'x.m4s', '/d0', 5, 'ab', 7, 'ok')")
     writer.close()
     return index

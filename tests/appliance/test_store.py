@@ -33,7 +33,7 @@ def make_store(
     config = StorageConfig(
         disks=tuple(disks), index=tmp_path / "var" / "index.sqlite", hot_rate=hot_rate
     )
-    return Store(config)
+    return Store(config, grace_s=0)  # an update deletes the old version at once
 
 
 def stored_files(store: Store) -> list[Path]:
@@ -174,7 +174,7 @@ def test_reconcile_cleans_up_after_crashes(tmp_path: Path, src: Path) -> None:
     # A load that died half-way: its title row says 'loading' and one file made it to disk.
     with transaction(store.conn) as conn:
         conn.execute(
-            "INSERT INTO titles VALUES ('dead', 'x', 'loading', 'hdd', 10, 0)",
+            "INSERT INTO titles VALUES ('dead', 'x', 'loading', 'hdd', 10, 0, NULL)",
         )
     partial = store.disks[1].titles_dir / "dead" / "v0" / "seg0000.m4s"
     partial.parent.mkdir(parents=True)
@@ -192,7 +192,7 @@ def test_reconcile_cleans_up_after_crashes(tmp_path: Path, src: Path) -> None:
 def test_reconcile_leaves_titles_another_process_holds(tmp_path: Path, src: Path) -> None:
     store = make_store(tmp_path)
     with transaction(store.conn) as conn:
-        conn.execute("INSERT INTO titles VALUES ('busy', 'x', 'loading', 'hdd', 10, 0)")
+        conn.execute("INSERT INTO titles VALUES ('busy', 'x', 'loading', 'hdd', 10, 0, NULL)")
     with store.locks.hold("busy"):
         report = reconcile(store)
     assert report.busy == ["busy"] and store.title("busy").state == "loading"

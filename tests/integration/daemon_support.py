@@ -61,8 +61,12 @@ def load_spread_title(tmp: Path, config: Path, title_id: str = "spread") -> None
 
 
 def files_on(disk: Path, title_id: str = "spread") -> list[str]:
-    top = disk / "titles" / title_id
-    return sorted(p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file())
+    """The title's files on `disk`, from its folder and any version folder (`ID~TAG`, written
+    by an update or a re-fill) beside it."""
+    found = set()
+    for top in [disk / "titles" / title_id, *(disk / "titles").glob(f"{title_id}~*")]:
+        found |= {p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_file()}
+    return sorted(found)
 
 
 def start_daemon(config: Path, env: dict[str, str] | None = None) -> Server:

@@ -1,6 +1,7 @@
 """`edgeflix appliance run` when files change under it: damage behind the daemon's back (404,
-never a short body; reconciled and reported on restart) and tier moves under load (no failed
-request while the mover copies a title to the ssd tier and drops the hdd copies)."""
+never a short body; reconciled and reported on restart), tier moves under load (no failed
+request while the mover copies a title to the ssd tier and drops the hdd copies) and title
+updates under load (every answer the old version or the new one, whole)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def write_config(root: Path, *, sendfile: bool = True, storage: str = "") -> Pat
         '[auth]\ntokens = "off"\n'
     )
     return config
+
+
+def title_bytes(source: Path) -> dict[str, bytes]:
+    """Every file files.json lists: path → its bytes."""
+    model, _ = titlefiles.read(source)
+    return {e.path: (source / e.path).read_bytes() for e in model.files}
 
 
 def seed(config: Path, source: Path, title: str) -> None:
@@ -123,10 +130,13 @@ class Tally:
 
 
 def client(
-    server: Server, files: dict[str, bytes], digests: dict[str, str], stop: threading.Event,
-    tally: Tally, seed_no: int,
+    server: Server, versions: list[dict[str, bytes]], stop: threading.Event, tally: Tally,
+    seed_no: int,
 ) -> None:  # fmt: skip
-    """Keep-alive GETs, whole files and ranges, checking every byte, until `stop` (bounded)."""
+    """Keep-alive GETs, whole files and ranges, checking every byte, until `stop` (bounded).
+    `versions`: the title's files (path → bytes) as each version the daemon may serve has
+    them, all of one layout; every answer must be one of those, whole."""
+    files = versions[0]
     rels = sorted(files)
     deadline = time.monotonic() + RUN_S + 30
     sock: socket.socket | None = None
@@ -153,9 +163,9 @@ def client(
             sock = None
             continue
         if ranged:
-            good = r.status == 206 and r.body == data[start_at : end + 1]
+            good = r.status == 206 and any(r.body == v[rel][start_at : end + 1] for v in versions)
         else:
-            good = r.status == 200 and hashlib.sha256(r.body).hexdigest() == digests[rel]
+            good = r.status == 200 and any(r.body == v[rel] for v in versions)
         with tally.lock:
             if good:
                 tally.ok += 1
@@ -176,15 +186,12 @@ def test_tier_move_under_load_fails_no_request(tmp_path: Path) -> None:
     config = write_config(tmp_path, storage=storage)
     seed(config, source, "bunny")
     assert listing(config)["bunny"]["tier"] == "hdd"  # loaded cold
-    model, _ = titlefiles.read(source)
-    digests = {e.path: e.sha256 for e in model.files}
-    files = {rel: (source / rel).read_bytes() for rel in digests}
+    files = title_bytes(source)
 
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
     stop, tally = threading.Event(), Tally()
     threads = [
-        threading.Thread(target=client, args=(server, files, digests, stop, tally, n))
-        for n in range(2)
+        threading.Thread(target=client, args=(server, [files], stop, tally, n)) for n in range(2)
     ]
     try:
         for thread in threads:
@@ -206,3 +213,41 @@ def test_tier_move_under_load_fails_no_request(tmp_path: Path) -> None:
     assert tally.ok > 50 and tally.ranged > 10
     assert not list((tmp_path / "hdd0" / "titles").rglob("*.m4s"))
     assert (tmp_path / "ssd0" / "titles" / "bunny" / "v0" / "seg1.m4s").exists()
+
+
+# -- title updates under load ---------------------------------------------------------------
+
+
+def test_title_update_under_load_fails_no_request(tmp_path: Path) -> None:
+    old = make_title(tmp_path / "old" / "bunny", "bunny")
+    new = make_title(tmp_path / "new" / "bunny", "bunny")  # same layout, other bytes
+    config = write_config(tmp_path)
+    seed(config, old, "bunny")
+    versions = [title_bytes(old), title_bytes(new)]
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    stop, tally = threading.Event(), Tally()
+    threads = [
+        threading.Thread(target=client, args=(server, versions, stop, tally, n)) for n in range(2)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        before = tally.ok
+        # The update copies and verifies every file, swaps, and deletes the old folder after
+        # its grace: the clients run through all of it and on past it.
+        run_cli(["appliance", "load", "--config", str(config), "--title", "bunny", "--from",
+                 str(new), "--replace"], check=True, timeout=120)  # fmt: skip
+        time.sleep(0.5)
+        seg = get(server, "/titles/bunny/v0/seg1.m4s")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+        assert server.stop() == 0
+    assert not tally.failures, tally.failures[:5]
+    assert before > 5 and tally.ok > before + 20
+    assert seg == (200, versions[1]["v0/seg1.m4s"])
+    # The old version's files are gone; the new version sits in a folder of its own.
+    folders = [p.name for d in ("ssd0", "hdd0") for p in (tmp_path / d / "titles").iterdir()]
+    assert folders and all(name.startswith("bunny~") for name in folders), folders
