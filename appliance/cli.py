@@ -25,6 +25,7 @@ def _open_store(config: Path | None, findings: list[Finding] | None = None) -> S
     into `findings`, for a command that reports them itself)."""
     from appliance import config as appliance_config
     from appliance.health import DiskWatch, unusable
+    from appliance.index import disks_with_files
     from appliance.repair import reconcile
     from appliance.store import Store
     from edgeflix.ui import warn
@@ -32,7 +33,8 @@ def _open_store(config: Path | None, findings: list[Finding] | None = None) -> S
     storage = appliance_config.load(config).storage
     # A dead disk (EIO, gone, hung) is left alone rather than failing the command or having
     # its files dropped: the daemon takes it out and re-verifies it when it is back.
-    probes = DiskWatch([d.path.resolve() for d in storage.disks]).probe_all()
+    held = disks_with_files(storage.index)
+    probes = DiskWatch([d.path.resolve() for d in storage.disks], held=held).probe_all()
     dead = unusable(probes)
     for path, why in sorted(dead.items()):
         warn(f"disk {path} is out of service ({why}): its files are not checked or changed")

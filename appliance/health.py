@@ -16,7 +16,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -285,7 +285,12 @@ def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
         if not path.is_dir():
             return DiskProbe(where, "missing", "directory is gone")
         if held_titles and not (path / TITLES_DIR).is_dir():
-            return DiskProbe(where, "missing", f"no {TITLES_DIR} folder (is the disk mounted?)")
+            return DiskProbe(
+                where,
+                "missing",
+                f"no {TITLES_DIR} folder (is the disk mounted? a new, empty disk in its place: "
+                f"create {path / TITLES_DIR})",
+            )
         os.listdir(path)
         # Inside the try: an I/O error here must be a probe outcome, not the end of the
         # probing thread (probe_all would then have no result for this disk).
@@ -342,14 +347,20 @@ class DiskWatch:
         timeout_s: float = 2.0,
         recover_after: int = 3,
         probe: Callable[[Path, bool], DiskProbe] | None = None,
+        held: Collection[str] = (),
     ):
+        """`held`: disks the index places files on (index.disks_with_files). Without their
+        titles folder they are missing from the first probe on, so a command or a daemon
+        started while a disk is not mounted leaves its empty mount point alone: no titles
+        folder made there, no fill onto the root filesystem, no files dropped as lost."""
         self.paths = [Path(p) for p in paths]
         self._probe = probe or _probe_once  # tests stand in a probe the kernel blocks
         self.timeout_s = timeout_s
         self.recover_after = recover_after
         self._statuses: dict[str, DiskStatus] = {str(p): DiskStatus(str(p)) for p in self.paths}
         self._stuck: dict[str, threading.Thread] = {}
-        self._held_titles: set[str] = set()  # disks seen with their titles folder
+        # Disks seen with their titles folder (or known to the index to hold files).
+        self._held_titles: set[str] = {str(p) for p in self.paths} & set(held)
         self._lock = threading.Lock()
 
     def statuses(self) -> dict[str, DiskStatus]:

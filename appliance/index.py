@@ -204,6 +204,22 @@ def bytes_by_disk(conn: sqlite3.Connection) -> dict[str, int]:
     return {disk: int(total or 0) for disk, total in rows}
 
 
+def disks_with_files(index: Path) -> set[str]:
+    """Disks the index places any file on, read without opening the store (for the disk
+    probes that run before it); nothing when there is no index yet or it cannot be read
+    (opening the store then says why)."""
+    if not index.exists():
+        return set()
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in conn.execute("SELECT DISTINCT disk FROM files")}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set()
+
+
 class IndexReader:
     """The serving side: `locate()` a title's file, cheaply, once per request.
 

@@ -28,6 +28,7 @@ from appliance.health import (
     TakeOut,
     summarise,
 )
+from appliance.index import disks_with_files
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.monitor")
@@ -185,7 +186,9 @@ class HealthMonitor(threading.Thread):
         self.on_disk_change = on_disk_change
         self.clock = clock
         self.paths = [d.path.resolve() for d in config.storage.disks]
-        self.watch = DiskWatch(self.paths, timeout_s=probe_timeout_s)
+        self.watch = DiskWatch(
+            self.paths, timeout_s=probe_timeout_s, held=disks_with_files(config.storage.index)
+        )
         self.storage = DiskService(config)
         self.events = DiskEvents(self._udev)
         self._wake = threading.Event()

@@ -15,10 +15,12 @@ from appliance.config import ApplianceConfig
 from appliance.fill.runner import read_state
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
 from appliance.health import DiskWatch, Health, HealthInputs, HealthSampler, summarise
+from appliance.index import disks_with_files
 
 
 def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSampler:
-    watch = DiskWatch([d.path.resolve() for d in config.storage.disks])
+    paths = [d.path.resolve() for d in config.storage.disks]
+    watch = DiskWatch(paths, held=disks_with_files(config.storage.index))
     return HealthSampler(
         disks=watch,
         device_of={d.path: d.device for d in profile.disks},

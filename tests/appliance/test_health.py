@@ -209,9 +209,28 @@ def test_diskwatch_mount_point_without_its_disk_is_missing(tmp_path: Path) -> No
     watch = DiskWatch([fresh, held], recover_after=1)
     assert watch.poll() == []  # a new disk has no titles folder yet: fine
     (held / "titles").rename(tmp_path / "elsewhere")
-    assert watch.poll() == [TakeOut(str(held), "missing: no titles folder (is the disk mounted?)")]
+    assert watch.poll() == [TakeOut(str(held), _unmounted(held))]
     (tmp_path / "elsewhere").rename(held / "titles")
     assert watch.poll() == [Rescan(str(held))]
+
+
+def _unmounted(disk: Path) -> str:
+    return (
+        "missing: no titles folder (is the disk mounted? a new, empty disk in its place: "
+        f"create {disk / 'titles'})"
+    )
+
+
+def test_diskwatch_knows_from_the_index_which_disks_hold_titles(tmp_path: Path) -> None:
+    """Started (a daemon, a one-off command) while a disk is not mounted: the index says the
+    disk holds files, so its empty mount point is missing from the very first probe."""
+    fresh, unmounted = tmp_path / "fresh", tmp_path / "unmounted"
+    fresh.mkdir()
+    unmounted.mkdir()
+    watch = DiskWatch([fresh, unmounted], recover_after=1, held={str(unmounted), "/elsewhere"})
+    assert watch.poll() == [TakeOut(str(unmounted), _unmounted(unmounted))]
+    (unmounted / "titles").mkdir()  # mounted (or a new disk's folder made by hand)
+    assert watch.poll() == [Rescan(str(unmounted))]
 
 
 def test_diskwatch_file_instead_of_directory_and_readonly_canary(tmp_path: Path) -> None:

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from appliance.disks import StorageError
-from appliance.index import IndexReader, connect_writer, transaction
+from appliance.index import IndexReader, connect_writer, disks_with_files, transaction
 
 
 def test_reader_sees_commits_of_other_connections(tmp_path: Path) -> None:
@@ -49,3 +50,17 @@ def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
 def test_reader_needs_an_index(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no index at"):
         IndexReader(tmp_path / "none.sqlite")
+
+
+def test_disks_with_files_reads_the_index_without_the_store(tmp_path: Path) -> None:
+    index = tmp_path / "var" / "index.sqlite"
+    assert disks_with_files(index) == set()  # no index yet
+    with closing(connect_writer(index)) as conn:
+        assert disks_with_files(index) == set()
+        conn.execute("INSERT INTO titles VALUES ('a', 'd', 'ready', 'hdd', 5, 0, NULL)")
+        conn.execute("INSERT INTO files VALUES ('a', 'x', '/d1', 5, 's', 0, 'missing')")
+        conn.execute("INSERT INTO files VALUES ('a', 'y', '/d2', 5, 's', 0, 'ok')")
+    assert disks_with_files(index) == {"/d1", "/d2"}
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(b"not a database" * 100)
+    assert disks_with_files(damaged) == set()

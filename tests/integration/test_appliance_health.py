@@ -1,8 +1,9 @@
 """The appliance daemon on loopback with two disk folders on one tier and a title spread
 over both: a disk folder removed while serving turns health degraded within 5 s, its files
 404 at once while the other disk's keep serving, and it serves again after re-verification
-when it comes back. A plan with its window open fills from a real origin and re-fills a lost
-disk's files onto the disk left."""
+when it comes back. A disk not mounted when a command or the daemon starts (its empty mount
+point left) is out of service from the start, never written to. A plan with its window open
+fills from a real origin and re-fills a lost disk's files onto the disk left."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import run_cli
 from tests.integration.daemon_support import (
     files_on,
     load_spread_title,
@@ -75,6 +77,40 @@ def test_disk_removed_while_serving_then_back(spread: tuple[Server, Path]) -> No
     for rel in lost:
         reply = _get(server, rel)
         assert reply.status_code == 200 and reply.content == bodies[rel]
+
+
+def test_a_disk_not_mounted_at_start_is_left_alone(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    load_spread_title(tmp_path, config)
+    d1 = tmp_path / "d1"
+    lost, kept = files_on(d1), files_on(tmp_path / "d0")
+    assert lost and kept, "the title must be spread over both disks"
+    bodies = {rel: (d1 / "titles" / "spread" / rel).read_bytes() for rel in lost}
+    # Not mounted: the mount point is there, empty (the disk's folder moved away).
+    os.rename(d1 / "titles", tmp_path / "d1-disk")
+
+    out = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+    assert f"disk {d1} is out of service (missing: no titles folder (is the disk mounted?" in (
+        out.stderr
+    )
+    (title,) = json.loads(out.stdout)
+    assert (title["state"], title["missing"]) == ("ready", 0)  # nothing dropped as lost
+    assert os.listdir(d1) == []  # and nothing made on the root filesystem in its place
+
+    server = start_daemon(config)
+    try:
+        assert str(d1) in status(server)["health"]["disks_out_of_service"]
+        assert os.listdir(d1) == []
+        assert all(_get(server, rel).status_code == 200 for rel in kept)
+        assert all(_get(server, rel).status_code == 404 for rel in lost)
+        os.rename(tmp_path / "d1-disk", d1 / "titles")  # mounted: re-verified, then served
+        doc = poll(server, lambda d: d["health"]["disks_out_of_service"] == [], timeout=20)
+        assert doc is not None, "the mounted disk was not taken back into service"
+        for rel in lost:
+            reply = _get(server, rel)
+            assert reply.status_code == 200 and reply.content == bodies[rel]
+    finally:
+        server.stop()
 
 
 def _window_open_now() -> str:
