@@ -40,6 +40,7 @@ class EncodeSettings:
     preset: str = "veryfast"
     audio_kbps: int = 128
     threads: int = 0  # 0: let each encoder decide
+    hdr_transfer: str | None = None  # an HDR source's transfer (probe.Source): tone-mapped
 
     @property
     def gop(self) -> int:
@@ -118,14 +119,40 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
 DEINTERLACE = "bwdif=mode=send_frame:deint=interlaced"
 
 
-def filter_graph(rungs: Sequence[Rung], frame_rate: Fraction, poster: Poster | None = None) -> str:
-    """One decode, deinterlaced where flagged, normalised to constant frame rate, split once
-    per rendition and scaled; with a poster, one more branch keeps only its frame (then ends)
-    and scales that one."""
+def tone_map(transfer: str) -> str:
+    """HDR (PQ or HLG, BT.2020) to SDR (BT.709, 8-bit), which every player shows as meant: an
+    8-bit stream of HDR code values shows washed out, or banded where a display honours its
+    HDR tag. Linear light with SDR white at 100 nits, BT.709 primaries, then Möbius tone
+    mapping: colours within SDR's range stay as they are, highlights above it roll off.
+    The primaries and matrix are set first: HDR files often leave them unsaid, and BT.2100
+    HDR is BT.2020."""
+    return (
+        f"setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc,"
+        "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
+        "tonemap=tonemap=mobius:desat=0,zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
+    )
+
+
+def picture(frame_rate: Fraction, hdr_transfer: str | None = None) -> str:
+    """The source's pictures as every rendition starts from: deinterlaced where flagged, at
+    a constant frame rate, SDR."""
+    chain = f"{DEINTERLACE},fps={frame_rate}"
+    return f"{chain},{tone_map(hdr_transfer)}" if hdr_transfer else chain
+
+
+def filter_graph(
+    rungs: Sequence[Rung],
+    frame_rate: Fraction,
+    poster: Poster | None = None,
+    hdr_transfer: str | None = None,
+) -> str:
+    """One decode, made the `picture` every rendition starts from, split once per rendition
+    and scaled; with a poster, one more branch keeps only its frame (then ends) and scales
+    that one."""
     # `V`: the first video stream that is no cover art (an attached picture, as the probe).
     branches = len(rungs) + (1 if poster else 0)
     labels = "".join(f"[s{i}]" for i in range(branches))
-    parts = [f"[0:V:0]{DEINTERLACE},fps={frame_rate},split={branches}{labels}"]
+    parts = [f"[0:V:0]{picture(frame_rate, hdr_transfer)},split={branches}{labels}"]
     for i, rung in enumerate(rungs):
         parts.append(f"[s{i}]scale={rung.width}:{rung.height}:flags=bicubic,setsar=1[v{i}]")
     if poster:
@@ -156,7 +183,8 @@ def encode_args(
     running on past the last frame would make the title longer in HLS (players play to
     the longest playlist, on a frozen frame) than in DASH (mediaPresentationDuration)."""
     args = base_args(ffmpeg, source)
-    args += ["-filter_complex", filter_graph(rungs, settings.frame_rate, poster)]
+    graph = filter_graph(rungs, settings.frame_rate, poster, settings.hdr_transfer)
+    args += ["-filter_complex", graph]
     for i, rung in enumerate(rungs):
         args += ["-map", f"[v{i}]", "-an", *video_codec_args(rung, settings)]
         args += cmaf_output_args(out_dir / rung.id, settings)
@@ -201,7 +229,7 @@ def trial_args(
     settings: EncodeSettings,
 ) -> list[str]:
     """Trial encodes of an excerpt: one decode, one plain MP4 per (rung at a bitrate)."""
-    graph = filter_graph([r for r, _ in trials], settings.frame_rate)
+    graph = filter_graph([r for r, _ in trials], settings.frame_rate, None, settings.hdr_transfer)
     args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-progress", "pipe:1", "-nostats",
             "-ss", f"{start:.3f}", "-t", f"{length:.3f}", "-i", str(source),
@@ -223,9 +251,11 @@ def vmaf_args(
     frame_rate: Fraction,
     subsample: int = 1,
     threads: int = 2,
+    hdr_transfer: str | None = None,
 ) -> list[str]:
     """VMAF of each distorted file (upscaled to `width`x`height`) against the reference
-    excerpt, all in one process; each score goes to its JSON log file."""
+    excerpt made the `picture` the renditions start from, all in one process; each score
+    goes to its JSON log file."""
     args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
             "-progress", "pipe:1", "-nostats"]  # fmt: skip
     for path, _ in distorted:
@@ -233,8 +263,8 @@ def vmaf_args(
     args += ["-ss", f"{ref_start:.3f}", "-t", f"{ref_length:.3f}", "-i", str(reference)]
     n = len(distorted)
     labels = "".join(f"[r{i}]" for i in range(n))
-    graph = [f"[{n}:V:0]{DEINTERLACE},fps={frame_rate},scale={width}:{height}:flags=bicubic,"
-             f"setpts=PTS-STARTPTS,split={n}{labels}"]  # fmt: skip
+    graph = [f"[{n}:V:0]{picture(frame_rate, hdr_transfer)},scale={width}:{height}:"
+             f"flags=bicubic,setpts=PTS-STARTPTS,split={n}{labels}"]  # fmt: skip
     for i, (_, log) in enumerate(distorted):
         graph.append(
             f"[{i}:v:0]scale={width}:{height}:flags=bicubic,setpts=PTS-STARTPTS[d{i}];"

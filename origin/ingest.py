@@ -121,6 +121,7 @@ def ingest(
         preset=cfg.preset,
         audio_kbps=cfg.audio_kbps,
         threads=cfg.threads,
+        hdr_transfer=source.hdr_transfer,
     )
     check_segments(settings, req.segment_seconds)
     with Staging(req.store, req.title_id, req.replace) as staging:
@@ -134,7 +135,8 @@ def ingest(
                 ffmpeg, source, rungs, settings, staging.root / "trials",
                 cfg.trial_seconds, reporter.update,
             )  # fmt: skip
-        event(log, "ladder", id=req.title_id, rungs=",".join(f"{r.id}@{r.kbps}k" for r in rungs))
+        event(log, "ladder", id=req.title_id, rungs=",".join(f"{r.id}@{r.kbps}k" for r in rungs),
+              tone_map=source.hdr_transfer or "no")  # fmt: skip
         try:
             model = package(ffmpeg, source, rungs, settings, staging.title_dir, req, reporter, now)
         except OSError as exc:

@@ -78,6 +78,7 @@ def score(
         height,
         source.frame_rate,
         subsample=subsample,
+        hdr_transfer=source.hdr_transfer,
     )
     run_ffmpeg(args, "measuring VMAF", on_progress)
     scores = []

@@ -1,5 +1,5 @@
 """Probe a source file with PyAV (no ffprobe binary needed): video geometry, frame rate,
-duration, frame count, and whether there is audio. Feeds the ladder choice and the encoder.
+duration, frame count, HDR, and whether there is audio. Feeds the ladder choice and the encoder.
 PyAV is imported by `probe()` itself, so whatever an ingest starts before probing (the check
 of the ffmpeg binary) runs while PyAV loads.
 """
@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     import av.video.stream
 
 
+# AVColorTransferCharacteristic values of HDR video → ffmpeg's names for them.
+HDR_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
+
+
 @dataclass(frozen=True)
 class Source:
     path: Path
@@ -30,6 +34,9 @@ class Source:
     frames: int  # estimated from duration x frame rate when the container does not say
     video_codec: str
     has_audio: bool
+    # HDR: the source's transfer, as ffmpeg names it ("smpte2084" for PQ, "arib-std-b67"
+    # for HLG); None for SDR. Every rendition is tone-mapped to SDR (origin/ffmpeg.py).
+    hdr_transfer: str | None = None
 
     @property
     def fps(self) -> float:
@@ -93,6 +100,7 @@ def probe(path: Path) -> Source:
             frames=frames,
             video_codec=ctx.name or "unknown",
             has_audio=bool(container.streams.audio),
+            hdr_transfer=HDR_TRANSFERS.get(int(ctx.color_trc or 0)),
         )
 
 

@@ -1,5 +1,5 @@
 """Sources a real operator feeds `origin ingest`: NTSC and odd frame rates, variable frame
-rate, odd and anamorphic sizes, rotated phone video, interlaced masters, audio or video
+rate, odd and anamorphic sizes, rotated phone video, interlaced masters, HDR, audio or video
 starting late or running long, other containers, streams that state no duration, cuts made
 by edit lists, songs with cover art, names ffmpeg misreads, broken files; and the store:
 read-only, replaced while served. Each becomes a title a player can play, or one line and a
@@ -45,6 +45,19 @@ BOX = (
     "[bg][fg]overlay=x='mod(t*400\\,280)':y=40:eval=frame"
 )
 X264 = ["-c:v", "libx264", "-preset", "ultrafast"]
+
+
+X265 = ["-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error"]
+
+
+def hdr(transfer: str, nits: int) -> str:
+    """The filter that turns SDR BT.709 into 10-bit HDR (BT.2020, `transfer`), SDR white at
+    `nits`, tagged as such."""
+    return (
+        "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,"
+        f"zscale=t=linear:npl={nits},format=gbrpf32le,"
+        f"zscale=p=bt2020:t={transfer}:m=bt2020nc:r=tv:npl={nits},format=yuv420p10le"
+    )
 
 
 def video(size: str = "320x180", rate: str = "25", seconds: float = 2) -> list[str]:
@@ -95,6 +108,12 @@ CLIPS: dict[str, list[str]] = {
     # A still image every 3 s (a podcast's slideshow): no whole number of frames lasts 4 s.
     "slides.mp4": [*video(rate="1/3", seconds=12), *X264],
     "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
+    # HDR as a phone or a grading suite writes it: the SDR test picture, its white at the
+    # BT.2408 reference (203 nits) in PQ, or HLG for a 1000-nit display; 10-bit HEVC. And
+    # that SDR picture, lossless, to compare the renditions' tone-mapped pictures with.
+    "hdr_pq.mp4": [*video(), "-vf", hdr("smpte2084", 203), *X265],
+    "hdr_hlg.mkv": [*video(), "-vf", hdr("arib-std-b67", 1000), *X265],
+    "sdr_ref.mp4": [*video(), *X264, "-qp", "0", "-pix_fmt", "yuv420p"],
 }  # fmt: skip
 
 
@@ -472,3 +491,35 @@ def test_trimmed_by_an_edit_list(clips: dict[str, Path], tmp_path: Path) -> None
     proc = ingest(trimmed, tmp_path / "s")
     assert proc.returncode == 0, proc.stderr
     check_title(tmp_path / "s", 45, Fraction(25))
+
+
+def luma(frames: list[Any]) -> tuple[int, int]:
+    """The 5th and 99th percentile of luma over `frames`: where blacks and whites sit."""
+    values = []
+    for frame in frames:
+        gray = frame.reformat(format="gray")
+        plane = gray.planes[0]
+        data = bytes(plane)
+        for row in range(gray.height):
+            values.extend(data[row * plane.line_size : row * plane.line_size + gray.width])
+    values.sort()
+    return values[len(values) * 5 // 100], values[len(values) * 99 // 100]
+
+
+@pytest.mark.parametrize("name", ["hdr_pq.mp4", "hdr_hlg.mkv"])
+def test_hdr_is_tone_mapped_to_sdr(clips: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """Every rendition is SDR BT.709 with blacks and whites where the SDR picture has them;
+    left as HDR code values in 8 bits they would sit grey (PQ: whites at 138 of 235; HLG:
+    blacks at 90)."""
+    store = tmp_path / "store"
+    assert ingest(clips[name], store).returncode == 0
+    title = check_title(store, 50, Fraction(25))
+    with av.open(str(clips["sdr_ref.mp4"])) as c:
+        black, white = luma(list(c.decode(video=0)))
+    for rendition in title["sizes"]:
+        frames, _, _ = decode_rendition(title["dir"] / rendition)
+        low, high = luma(frames)
+        assert abs(low - black) <= 12 and abs(high - white) <= 30, (rendition, low, high)
+        with av.open(str(title["dir"] / rendition / "init.mp4")) as c:
+            ctx = c.streams.video[0].codec_context
+            assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace) == (1, 1, 1)  # BT.709

@@ -92,6 +92,30 @@ def test_vmaf_graph_escapes_log_paths() -> None:
     assert "log_path=/t/a\\\\:b.json" in graph and "model=version=vmaf_v0.6.1" in graph
 
 
+def test_hdr_is_tone_mapped_once_before_every_branch_and_the_vmaf_reference(
+    tmp_path: Path,
+) -> None:
+    """One tone map per decode (before the split), and VMAF compares the renditions with the
+    same SDR picture they were made from."""
+    settings = EncodeSettings(Fraction(25), 2, hdr_transfer="arib-std-b67")
+    poster = Poster(frame=3, width=640, path=tmp_path / "poster.jpg")
+    graph = _value(
+        encode_args("ffmpeg", Path("in.mp4"), RUNGS, settings, tmp_path, False, poster),
+        "-filter_complex",
+    )
+    head, _, branches = graph.partition(",split=3")
+    assert head.startswith(f"[0:V:0]{DEINTERLACE},fps=25,setparams=")
+    assert "color_trc=arib-std-b67" in head and "tonemap=tonemap=mobius" in head
+    assert head.endswith("zscale=t=bt709:m=bt709:r=tv,format=yuv420p")
+    assert "tonemap" not in branches and graph.count("tonemap=tonemap") == 1
+    assert "tonemap" not in filter_graph(RUNGS, Fraction(25))  # SDR: untouched
+    vmaf = vmaf_args("ffmpeg", Path("ref.mp4"), 0.0, 2.0, [(Path("a.mp4"), Path("a.json"))],
+                     1280, 720, Fraction(25), hdr_transfer="smpte2084")  # fmt: skip
+    reference = _value(vmaf, "-filter_complex").split(";")[0]
+    assert reference.startswith("[1:V:0]") and "color_trc=smpte2084" in reference
+    assert "tonemap=tonemap=mobius" in reference
+
+
 def test_progress_takes_the_last_out_time() -> None:
     block = ["frame=10", "out_time_us=1500000", "out_time_us=2500000", "progress=continue"]
     assert parse_progress(block) == 2.5
