@@ -76,13 +76,18 @@ def title_prefix(title_id: str) -> str:
 
 
 def normalise_ip(ip: str) -> str:
-    """Canonical text of an address; IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4."""
+    """Canonical text of an address; IPv4-mapped IPv6 (dual-stack sockets) becomes IPv4, and
+    an IPv6 zone (`fe80::1%eth0`, as a socket reports a link-local peer) is dropped: it names
+    an interface of the host that wrote it, so the signer's and the appliance's differ."""
     try:
         addr = ipaddress.ip_address(ip.strip())
     except ValueError:
         raise TokenError(f"{ip!r} is not an IP address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        if addr.scope_id is not None:
+            return str(ipaddress.IPv6Address(addr.packed))
     return str(addr)
 
 

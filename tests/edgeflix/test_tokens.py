@@ -28,6 +28,16 @@ def test_ip_bound_round_trip_and_mapped_v6() -> None:
     assert check(token, ip="::ffff:10.0.0.1")  # dual-stack sockets report this spelling
 
 
+def test_ip_bound_link_local_ignores_the_zone() -> None:
+    """A zone names an interface of one host: the fleet signs for `fe80::1` (or its own zone),
+    the appliance's socket reports the peer as `fe80::1%eth0`."""
+    token = tokens.sign("t1", KEY, NOW + 60, client_ip="fe80::1%wlan0")
+    assert check(token, ip="fe80::1%eth0") and check(token, ip="FE80::1")
+    assert tokens.normalise_ip("fe80::1%eth0") == "fe80::1"
+    with pytest.raises(tokens.WrongClient):
+        check(token, ip="fe80::2%eth0")
+
+
 @pytest.mark.parametrize(
     ("mutate", "error"),
     [
