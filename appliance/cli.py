@@ -9,7 +9,7 @@ import typer
 
 if TYPE_CHECKING:
     from appliance.repair import Finding
-    from appliance.store import Store
+    from appliance.store import Store, TitleListing
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -109,18 +109,14 @@ def ls_cmd(
     if as_json:
         ui.print_json([asdict(t) for t in titles])
         return
-    rows = [
-        (
-            t.id,
-            t.state,
-            t.tier,
-            ",".join(t.disks),
-            t.bytes,
-            f"{t.files} ({t.missing} missing)" if t.missing else t.files,
-        )
-        for t in titles
-    ]
+    rows = [(t.id, t.state, t.tier, ",".join(t.disks), t.bytes, _files_cell(t)) for t in titles]
     ui.print_table(("title", "state", "tier", "disks", "bytes", "files"), rows)
+
+
+def _files_cell(t: TitleListing) -> str | int:
+    notes = [f"{t.missing} missing"] if t.missing else []
+    notes += [f"{t.unavailable} on disks out of service"] if t.unavailable else []
+    return f"{t.files} ({', '.join(notes)})" if notes else t.files
 
 
 @app.command("rm")

@@ -104,6 +104,9 @@ class TitleListing:
     files: int
     missing: int
     digest: str
+    # Files the index has on disks out of service (dead, unmounted): not checked, not listed
+    # in `disks`; the daemon marks them missing when it takes the disk out.
+    unavailable: int = 0
 
 
 _INSERT_FILE = (
@@ -227,18 +230,21 @@ class Store:
         ):
             per_title.setdefault(title, []).append((disk, size, state))
         result = []
+        out = set(self.out_of_service)
         for row in all_titles(self.conn):
             files = per_title.get(row.id, [])
+            ok = [disk for disk, _, state in files if state == OK]
             result.append(
                 TitleListing(
                     id=row.id,
                     state=row.state,
                     tier=row.tier,
-                    disks=tuple(sorted({disk for disk, _, state in files if state == OK})),
+                    disks=tuple(sorted({disk for disk in ok if disk not in out})),
                     bytes=row.bytes,
                     files=len(files),
                     missing=sum(1 for _, _, state in files if state == MISSING),
                     digest=row.digest,
+                    unavailable=sum(1 for disk in ok if disk in out),
                 )
             )
         return result

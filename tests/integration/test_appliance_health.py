@@ -95,6 +95,9 @@ def test_a_disk_not_mounted_at_start_is_left_alone(tmp_path: Path) -> None:
     )
     (title,) = json.loads(out.stdout)
     assert (title["state"], title["missing"]) == ("ready", 0)  # nothing dropped as lost
+    assert title["disks"] == [str(tmp_path / "d0")] and title["unavailable"] == len(lost)
+    table = run_cli(["appliance", "ls", "--config", str(config)], check=True).stdout
+    assert f"({len(lost)} on disks out of service)" in table
     assert os.listdir(d1) == []  # and nothing made on the root filesystem in its place
 
     server = start_daemon(config)
