@@ -47,6 +47,9 @@ class StorageConfig(ConfigModel):
     move_bytes_per_s: int = Field(50 * 1024 * 1024, gt=0)
     # How often the background mover folds request counts into rates and plans moves.
     move_interval_s: float = Field(10.0, gt=0)
+    # The background scrub re-reads every stored file at this many bytes/s, forever, to find
+    # damage that keeps a file's size (appliance/scrub.py); 0 turns it off.
+    scrub_bytes_per_s: int = Field(10 * 1024 * 1024, ge=0)
 
     @field_validator("disks")
     @classmethod

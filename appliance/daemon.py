@@ -338,6 +338,7 @@ class Daemon:
         self.supervisor = Supervisor(config, self.run_dir)
         self.monitor: HealthMonitor | None = None
         self.mover: Any = None
+        self.scrub: Any = None  # appliance/scrub.py, unless [storage] scrub_bytes_per_s = 0
         self.scheduler: FillScheduler | None = None
         self.link: Any = None  # appliance/fleetlink.py, with a [fleet] url
         self.admin_sock: socket.socket | None = None
@@ -351,6 +352,7 @@ class Daemon:
 
     def start(self) -> None:
         from appliance.mover import MoverThread
+        from appliance.scrub import ScrubThread
 
         config = self.config
         # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
@@ -377,6 +379,9 @@ class Daemon:
         # 5. Background subsystems.
         self.mover = MoverThread(config.storage, out_of_service=self.monitor.out_of_service)
         self.mover.start()
+        if config.storage.scrub_bytes_per_s:
+            self.scrub = ScrubThread(config.storage, out_of_service=self.monitor.out_of_service)
+            self.scrub.start()
         self.monitor.start()
         self.scheduler = FillScheduler(
             config, self.monitor.out_of_service, plan_file=config.fill.plan
@@ -539,6 +544,8 @@ class Daemon:
             self.scheduler.stop()
         if self.mover is not None:
             self.mover.stop()
+        if self.scrub is not None:
+            self.scrub.stop()
         if self.monitor is not None:
             self.monitor.stop()
         # 3. Leftovers.

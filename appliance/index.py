@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.disks import TITLES_DIR, StorageError
 
@@ -117,6 +118,11 @@ def create_schema(conn: sqlite3.Connection) -> None:
         if_not_exists=True,
     )
     db["files"].create_index(["disk"], if_not_exists=True)  # type: ignore[union-attr]
+    # The background scrub's cursor (appliance/scrub.py): one row.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS scrub (id INTEGER PRIMARY KEY CHECK (id = 0), "
+        "title TEXT NOT NULL, path TEXT NOT NULL, passes INTEGER NOT NULL, bad INTEGER NOT NULL)"
+    )
 
 
 def connect_writer(index: Path) -> sqlite3.Connection:
@@ -204,20 +210,26 @@ def bytes_by_disk(conn: sqlite3.Connection) -> dict[str, int]:
     return {disk: int(total or 0) for disk, total in rows}
 
 
-def disks_with_files(index: Path) -> set[str]:
-    """Disks the index places any file on, read without opening the store (for the disk
-    probes that run before it); nothing when there is no index yet or it cannot be read
-    (opening the store then says why)."""
+def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on the index, read without opening the store (no writer, no schema
+    made); none when there is no index yet or it cannot be read (opening the store says
+    why)."""
     if not index.exists():
-        return set()
+        return []
     try:
         conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            return {row[0] for row in conn.execute("SELECT DISTINCT disk FROM files")}
+            return conn.execute(sql).fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
-        return set()
+        return []
+
+
+def disks_with_files(index: Path) -> set[str]:
+    """Disks the index places any file on (for the disk probes that run before the store
+    is opened)."""
+    return {row[0] for row in query_read_only(index, "SELECT DISTINCT disk FROM files")}
 
 
 class IndexReader:

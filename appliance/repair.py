@@ -139,10 +139,10 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         if f.state != OK or f.disk in store.out_of_service:
             continue  # a disk out of service: the daemon's take-out and re-scan own its files
         report.checked_files += 1
-        problem = _check_size(f)
+        problem = check_size(f)
         if problem:
             dropped.append((f, problem))
-    _drop(store, title_id, dropped, report)
+    drop(store, title_id, dropped, report)
     _sweep(store, row, report)
 
 
@@ -266,7 +266,7 @@ def _stored_files_json(
     return None
 
 
-def _drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report: Report) -> None:
+def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report: Report) -> None:
     """Mark files missing, delete what is left of them, and take the title out of service."""
     if not dropped:
         return
@@ -365,17 +365,17 @@ def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Repor
                 if f.state != OK:
                     continue
                 report.checked_files += 1
-                problem = _check_content(f)
+                problem = check_content(f)
                 report.checked_bytes += f.size
                 if on_bytes:
                     on_bytes(f.size)
                 if problem:
                     dropped.append((f, problem))
-            _drop(store, title.id, dropped, report)
+            drop(store, title.id, dropped, report)
     return report
 
 
-def _check_size(f: FileRow) -> str | None:
+def check_size(f: FileRow) -> str | None:
     """What is wrong with a stored file short of its content, or None. Only a regular file
     reached without symbolic links counts: the server would follow a link anywhere."""
     try:
@@ -395,12 +395,14 @@ def _check_size(f: FileRow) -> str | None:
     return None
 
 
-def _check_content(f: FileRow) -> str | None:
-    problem = _check_size(f)
+def check_content(f: FileRow, on_chunk: Callable[[int], None] | None = None) -> str | None:
+    """What is wrong with a stored file, its content included, or None. `on_chunk` sees the
+    bytes of each chunk read (a throttle)."""
+    problem = check_size(f)
     if problem:
         return problem
     try:
-        if sha256_file(f.location) != f.sha256:
+        if sha256_file(f.location, on_chunk) != f.sha256:
             return "SHA-256 does not match the index"
     except FileNotFoundError:
         return "missing from its disk"

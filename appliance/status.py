@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from appliance import scrub
 from appliance.config import ApplianceConfig
 from appliance.fill.runner import read_state
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
@@ -43,6 +44,7 @@ def assemble(
         "profile": asdict(profile),
         "metrics": asdict(inputs),
         "fill": read_state(config.fill.staging),
+        "scrub": scrub.status(config.storage),
     }
     if daemon is not None:
         doc["daemon"] = dict(daemon)

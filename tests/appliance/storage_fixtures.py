@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.safefiles import Throttle
 from edgeflix import titlefiles
 
 DEFAULT_SIZES = (70_000, 50_000, 30_000, 20_000, 9_000, 1_000)
@@ -58,3 +59,15 @@ def storage_toml(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def fake_throttle(bytes_per_s: float) -> tuple[Throttle, list[float]]:
+    """A Throttle on a fake clock that its sleeps move on; the sleeps are recorded."""
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    return Throttle(bytes_per_s, clock=lambda: now[0], sleep=sleep), slept

@@ -12,11 +12,10 @@ from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError, LoadError, UnknownTitle
 from appliance.index import INCOMPLETE, READY, IndexReader, transaction
 from appliance.repair import reconcile, verify
-from appliance.safefiles import Throttle
 from appliance.store import Store
 from edgeflix import titlefiles
 from edgeflix.titlefiles import TitleFilesError
-from tests.appliance.storage_fixtures import make_title, title_bytes
+from tests.appliance.storage_fixtures import fake_throttle, make_title, title_bytes
 
 
 def make_store(
@@ -284,17 +283,10 @@ def test_move_under_concurrent_reads_never_fails_a_read(tmp_path: Path, src: Pat
 
 
 def test_throttle_paces_bytes() -> None:
-    now = [0.0]
-    slept: list[float] = []
-
-    def sleep(s: float) -> None:
-        slept.append(s)
-        now[0] += s
-
-    throttle = Throttle(1000.0, clock=lambda: now[0], sleep=sleep)
+    throttle, slept = fake_throttle(1000.0)
     for _ in range(5):
         throttle.consume(500)
-    assert now[0] == pytest.approx(2.5)
+    assert sum(slept) == pytest.approx(2.5)
     assert slept[0] == pytest.approx(0.5)
 
 

@@ -18,9 +18,14 @@ from appliance.store import Store, folder_title
 from tests.appliance.storage_fixtures import make_title
 
 
-def make_store(tmp_path: Path, max_bytes: int | None = None, **kwargs: object) -> Store:
+def make_store(
+    tmp_path: Path,
+    max_bytes: int | None = None,
+    tiers: tuple[str, ...] = ("ssd", "hdd", "hdd"),
+    **kwargs: object,
+) -> Store:
     disks = []
-    for i, tier in enumerate(("ssd", "hdd", "hdd")):
+    for i, tier in enumerate(tiers):
         path = tmp_path / f"disk{i}-{tier}"
         path.mkdir(parents=True, exist_ok=True)
         disks.append(DiskConfig(path=path, tier=tier, max_bytes=max_bytes))
@@ -172,8 +177,9 @@ def test_without_room_for_both_versions_the_update_goes_in_place(
     tmp_path: Path, versions: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     v1, v2 = versions
-    # Two hdd disks of 400 kB: one version (~400 kB over both) fits, two do not.
-    store = make_store(tmp_path, max_bytes=400_000, grace_s=0)
+    # One hdd disk (placement over several depends on their paths) of 550 kB, 495 kB below
+    # its high watermark: one version (~357 kB) fits, two do not.
+    store = make_store(tmp_path, max_bytes=550_000, tiers=("ssd", "hdd"), grace_s=0)
     store.load("bunny", v1)
     store.load("bunny", v2, replace=True)
     assert folders(store) == ["bunny"]

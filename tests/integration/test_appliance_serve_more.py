@@ -18,6 +18,7 @@ import pytest
 
 from edgeflix import titlefiles
 from tests.conftest import run_cli
+from tests.integration.daemon_support import poll
 from tests.integration.serve_support import Server, connect, make_title, read_response, start
 
 RUN_S = 40.0  # upper bound on the load phase of the tier-move test
@@ -78,7 +79,9 @@ def test_damage_is_404_while_running_and_reported_after_restart(
     tmp_path: Path, sendfile: bool
 ) -> None:
     sources = {t: make_title(tmp_path / "src" / t, t) for t in ("bunny", "bikes", "intact")}
-    config = write_config(tmp_path, sendfile=sendfile)
+    # The scrub off: it would find the damage while running (test_scrub_finds_...), before
+    # the restart whose reconcile this checks.
+    config = write_config(tmp_path, sendfile=sendfile, storage="scrub_bytes_per_s = 0\n")
     for title, source in sources.items():
         seed(config, source, title)
     seg = (sources["bunny"] / "v0/seg1.m4s").read_bytes()
@@ -116,6 +119,31 @@ def test_damage_is_404_while_running_and_reported_after_restart(
     assert titles["bunny"]["state"] == titles["bikes"]["state"] == "incomplete"
     assert titles["bunny"]["missing"] == titles["bikes"]["missing"] == 1
     assert titles["intact"]["state"] == "ready" and titles["intact"]["missing"] == 0
+
+
+def test_scrub_finds_damage_that_keeps_the_size(tmp_path: Path) -> None:
+    """A flipped byte keeps the file's size: reconcile (sizes) and serving cannot tell, so it
+    was served damaged until someone ran `appliance verify`. The daemon's scrub finds it."""
+    source = make_title(tmp_path / "src" / "bunny", "bunny")
+    config = write_config(tmp_path, storage="scrub_bytes_per_s = 50000000\n")
+    seed(config, source, "bunny")
+    victim = on_disk(tmp_path, "bunny", "v0/seg1.m4s")
+    data = bytearray(victim.read_bytes())
+    data[1000] ^= 0x01
+    victim.write_bytes(bytes(data))
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    try:
+        doc = poll(server, lambda d: d["scrub"]["bad_files"] == 1, timeout=45)
+        assert doc is not None, "the scrub did not find the damaged file within 45 s"
+        assert doc["scrub"]["passes"] >= 1 and doc["scrub"]["bytes_per_s"] == 50_000_000
+        assert get(server, "/titles/bunny/v0/seg1.m4s")[0] == 404  # players fail over
+        assert get(server, "/titles/bunny/poster.jpg") == (
+            200,
+            (source / "poster.jpg").read_bytes(),
+        )
+    finally:
+        assert server.stop() == 0
+    assert listing(config)["bunny"]["state"] == "incomplete"  # the next fill replaces it
 
 
 # -- tier moves under load ------------------------------------------------------------------
