@@ -73,6 +73,8 @@ class TitleFetcher:
     _last: str = "no source answered"
     # Asked with files.json before any download; raises to refuse the title (no room).
     admit: Callable[[TitleFiles], Awaitable[None]] | None = None
+    # Then asked to stage the files the appliance already stores the same; returns bytes.
+    reuse: Callable[[TitleFiles], Awaitable[int]] | None = None
     _advancing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self) -> tuple[TitleFiles, str]:
@@ -86,6 +88,8 @@ class TitleFetcher:
             model = await self._files_json()
             if self.admit is not None:
                 await self.admit(model)
+            if self.reuse is not None:
+                prog.reused = await self.reuse(model)
             complete, partial = _scan_staging(self.staging, model)
             tasks = file_tasks(model, complete, partial)
             prog.total = model.total_bytes

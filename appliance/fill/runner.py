@@ -55,6 +55,11 @@ class Storage(Protocol):
         """Raise (an EdgeflixError) when the title cannot fit: asked before downloading."""
         ...
 
+    def reuse(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> int:
+        """Stage, verified, the files of `model` the appliance already stores the same (an
+        update of a held title): they need no download. Returns their bytes."""
+        ...
+
     def load(self, title_id: str, staged: StagingLayout) -> None:
         """Make the title servable from `staged`, whose files this process has verified
         against its files.json; the files may be consumed (moved in)."""
@@ -192,6 +197,7 @@ class FillRun:
                 admit=lambda model: self._storage(
                     self.storage.check_room, title_id, model, staged
                 ),
+                reuse=lambda model: self._storage(self.storage.reuse, title_id, model, staged),
             )  # fmt: skip
             try:
                 await fetcher.run()

@@ -17,7 +17,15 @@ from appliance.config import StorageConfig
 from appliance.disks import DiskError
 from appliance.fill.downloader import FillError
 from appliance.fill.layout import DISK_STAGING, StagingLayout, disk_staging, stale_folders
-from appliance.index import INCOMPLETE, MISSING, OK, READY, file_path, transaction
+from appliance.index import (
+    INCOMPLETE,
+    MISSING,
+    OK,
+    READY,
+    file_path,
+    title_files,
+    transaction,
+)
 from appliance.mover import RateBook
 from appliance.store import Store, locks_folder
 from edgeflix import titlefiles
@@ -133,6 +141,37 @@ class StoreStorage:
                 if st.st_dev == devices.get(disk):
                     in_place[disk] = in_place.get(disk, 0) + min(st.st_size, entry.size)
         self.store.check_room(title_id, sizes, self._rate(title_id), in_place)
+
+    def reuse(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> int:
+        """An update of a stored title: each file the new version has with the same path,
+        size and SHA-256 is hard-linked from the store into staging and re-hashed there, so
+        it counts as downloaded and verified and only what changed crosses the network. A
+        file on another filesystem than its staging place (another disk, another tier) or
+        that fails its hash is downloaded as usual. Returns the bytes staged."""
+        stored = {
+            f.path: f
+            for f in title_files(self.store.conn, title_id)
+            if f.state == OK and f.disk not in self.store.out_of_service
+        }
+        reused = 0
+        for entry in model.files:
+            f = stored.get(entry.path)
+            staged_at = staged.file(entry.path)
+            if f is None or (f.size, f.sha256) != (entry.size, entry.sha256):
+                continue
+            try:
+                if staged_at.exists():
+                    continue  # already downloaded (a resumed run)
+                staged_at.parent.mkdir(parents=True, exist_ok=True)
+                os.link(f.location, staged_at)
+                # The link's own bytes, hashed here: the staged file is what the fill trusts.
+                if sha256_file(staged_at) != entry.sha256:
+                    staged_at.unlink()
+                    continue
+            except OSError:
+                continue  # another filesystem (EXDEV), a file gone meanwhile: download it
+            reused += entry.size
+        return reused
 
     def load(self, title_id: str, staged: StagingLayout) -> None:
         """Take in staged files the downloader verified against files.json in this process:

@@ -42,6 +42,7 @@ class TitleProgress:
     total: int = 0
     done: int = 0  # bytes present in staging (resumed bytes count from the start)
     downloaded: int = 0  # bytes received over the wire in this run
+    reused: int = 0  # bytes of files already stored the same (an update): not downloaded
     state: str = "waiting"
     error: str | None = None
     # What went wrong on the way, for an operator: failed attempts (every kind), files whose

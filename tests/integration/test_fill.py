@@ -34,11 +34,16 @@ def make_title(store: Path, title_id: str, sizes: list[int], seed: int = 1) -> T
     (folder / "master.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:7\n")
     for i, size in enumerate(sizes):
         (folder / "v0" / f"seg{i:03d}.m4s").write_bytes(rnd.randbytes(size))
+    return write_files_json(folder, title_id, len(sizes))
+
+
+def write_files_json(folder: Path, title_id: str, segments: int) -> TitleFiles:
+    (folder / "files.json").unlink(missing_ok=True)
     entries = tuple(titlefiles.scan(folder))
     model = TitleFiles(
         id=title_id,
         title=title_id,
-        duration=float(len(sizes)),
+        duration=float(segments),
         segment_seconds=1.0,
         created="2024-01-01T00:00:00Z",
         renditions=(),
@@ -113,6 +118,35 @@ def test_fill_from_scratch_then_status(origin: tuple[str, Path], tmp_path: Path)
     assert doc["health"]["disks_out_of_service"] == []
     assert len(doc["profile"]["disks"]) == 2 and doc["profile"]["cpu"]["logical_cores"] >= 1
     assert doc["fill"]["titles"]["small"]["state"] == "held"
+
+
+def test_an_update_downloads_only_what_changed(tmp_path: Path) -> None:
+    """A new version of a held title (one segment re-encoded, a new playlist): the files it
+    shares with the stored version are linked from the store and re-hashed, not fetched."""
+    store = tmp_path / "origin"
+    make_title(store, "film", [300_000, 200_000, 100_000], seed=5)
+    (tmp_path / "app").mkdir()
+    config = appliance_config(tmp_path / "app")
+    folder = store / "titles/film"
+    with serving_origin(store) as origin:
+        assert fill(config, "--from", origin.url, "--title", "film").returncode == 0
+        (folder / "v0/seg001.m4s").write_bytes(random.Random(6).randbytes(250_000))
+        (folder / "master.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:7\n# v2\n")
+        model = write_files_json(folder, "film", 3)
+        # The new digest, as the fleet's plan names it (a plain --title keeps what is held).
+        plan = tmp_path / "plan.json"
+        wanted = {"id": "film", "sources": [origin.url], "digest": titlefiles.read(folder)[1]}
+        plan.write_text(json.dumps({"titles": [wanted]}))
+        proc = fill(config, "--plan", str(plan))
+    assert proc.returncode == 0, proc.stderr
+    film = json.loads(proc.stdout)["titles"]["film"]
+    changed = 250_000 + (folder / "master.m3u8").stat().st_size
+    assert (film["state"], film["downloaded"], film["reused"]) == ("ready", changed, 400_000)
+    held = listing(config)["film"]
+    assert held["state"] == "ready" and held["digest"] == titlefiles.read(folder)[1]
+    verify = run_cli(["appliance", "verify", "--config", str(config), "--json"], check=True)
+    assert json.loads(verify.stdout)["problems"] == []
+    assert model.total_bytes == film["total"]
 
 
 def test_fill_resumes_after_sigkill(origin: tuple[str, Path], tmp_path: Path) -> None:
