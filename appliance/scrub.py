@@ -29,6 +29,7 @@ from appliance.repair import Report, check_content, drop
 from appliance.safefiles import Throttle
 from appliance.store import Store
 from edgeflix.log import event
+from edgeflix.metrics import Sample
 
 log = logging.getLogger("appliance.scrub")
 _BATCH = 256  # index rows read per query
@@ -67,6 +68,19 @@ def status(config: StorageConfig) -> dict[str, Any]:
         "position": state.position,
         "bad_files": state.bad,
     }
+
+
+def metric_families(config: StorageConfig) -> list[tuple[str, str, str, list[Sample]]]:
+    """The scrub's Prometheus families for the admin /metrics (from the saved state)."""
+    doc = status(config)
+    p = "edgeflix_appliance_scrub_"
+    return [
+        (p + "passes_total", "counter", "Whole passes of the background scrub over the store.",
+         [Sample({}, doc["passes"])]),
+        (p + "damaged_files_total", "counter",
+         "Stored files the scrub found damaged and dropped (their titles are filled again).",
+         [Sample({}, doc["bad_files"])]),
+    ]  # fmt: skip
 
 
 def save_state(conn: sqlite3.Connection, state: ScrubState) -> None:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import pytest
 
 from edgeflix import titlefiles
@@ -137,6 +138,8 @@ def test_scrub_finds_damage_that_keeps_the_size(tmp_path: Path) -> None:
         assert doc is not None, "the scrub did not find the damaged file within 45 s"
         assert doc["scrub"]["passes"] >= 1 and doc["scrub"]["bytes_per_s"] == 50_000_000
         assert get(server, "/titles/bunny/v0/seg1.m4s")[0] == 404  # players fail over
+        metrics = httpx.get(server.urls["admin"] + "/metrics", timeout=10).text
+        assert "edgeflix_appliance_scrub_damaged_files_total 1" in metrics.splitlines()
         assert get(server, "/titles/bunny/poster.jpg") == (
             200,
             (source / "poster.jpg").read_bytes(),
