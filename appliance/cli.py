@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
+    from appliance.config import StorageConfig
     from appliance.repair import Finding
     from appliance.store import Store, TitleListing
 
@@ -20,19 +21,14 @@ app = typer.Typer(no_args_is_help=True)
 _CONFIG_HELP = "Appliance config (TOML); defaults when left out."
 
 
-def _open_store(config: Path | None, findings: list[Finding] | None = None) -> Store:
-    """Load the config, open the store and reconcile it, reporting findings on stderr (and
-    into `findings`, for a command that reports them itself)."""
-    from appliance import config as appliance_config
+def _disks_out_of_service(storage: StorageConfig) -> set[str]:
+    """Probe the disks once, for a one-off command: a dead disk (EIO, gone, hung), or one not
+    mounted, is left alone rather than failing the command or having its files dropped (the
+    daemon takes it out and re-verifies it when it is back). Warnings on stderr."""
     from appliance.health import DiskWatch, unusable
     from appliance.index import disks_with_files
-    from appliance.repair import reconcile
-    from appliance.store import Store
     from edgeflix.ui import warn
 
-    storage = appliance_config.load(config).storage
-    # A dead disk (EIO, gone, hung) is left alone rather than failing the command or having
-    # its files dropped: the daemon takes it out and re-verifies it when it is back.
     held = disks_with_files(storage.index)
     probes = DiskWatch([d.path.resolve() for d in storage.disks], held=held).probe_all()
     dead = unusable(probes)
@@ -41,7 +37,19 @@ def _open_store(config: Path | None, findings: list[Finding] | None = None) -> S
     for probe in probes:
         if probe.outcome == "read_only":
             warn(f"disk {probe.path} is read-only: its files are read, new files go elsewhere")
-    store = Store(storage, out_of_service=dead)
+    return set(dead)
+
+
+def _open_store(config: Path | None, findings: list[Finding] | None = None) -> Store:
+    """Load the config, open the store and reconcile it, reporting findings on stderr (and
+    into `findings`, for a command that reports them itself)."""
+    from appliance import config as appliance_config
+    from appliance.repair import reconcile
+    from appliance.store import Store
+    from edgeflix.ui import warn
+
+    storage = appliance_config.load(config).storage
+    store = Store(storage, out_of_service=_disks_out_of_service(storage))
     report = reconcile(store)
     for finding in report.findings:
         warn(str(finding))
@@ -267,8 +275,9 @@ def fill_cmd(
 
     cfg = appliance_config.load(config)
     fill_plan = plan_from_cli(cfg, sources, titles, plan, cap_mbps, streams, now)
+    out_of_service = _disks_out_of_service(cfg.storage)
     try:
-        report = run_foreground(cfg, fill_plan)
+        report = run_foreground(cfg, fill_plan, out_of_service)
     except KeyboardInterrupt:
         ui.interrupted("fill interrupted; downloaded parts are kept and the next fill resumes them")
     if as_json:

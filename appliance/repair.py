@@ -42,7 +42,7 @@ from appliance.safefiles import (
     through_symlink,
     unlink_synced,
 )
-from appliance.store import Store, folder_title
+from appliance.store import Store, folder_title, recently_retired
 from edgeflix import titlefiles
 from edgeflix.log import event
 from edgeflix.titlefiles import (
@@ -149,7 +149,10 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
 def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report: Report) -> None:
     """Folders of the title other than the one the index names: a version an update was
     writing when it stopped, or the one it replaced (store.py, FOLDER_TAG_SEP)."""
+    now = time.time()
     for folder in sorted(folders - {row.folder}):
+        if any(recently_retired(d.titles_dir / folder, now) for d in store.disks):
+            continue  # retired by an update moments ago: its own process deletes it
         removed = _wipe(store, folder, row.id, report)
         if removed:
             report.add(row.id, "", f"removed {removed} files of an unfinished or replaced "
@@ -250,7 +253,7 @@ def _whole_on_tier(
 def _stored_files_json(
     store: Store, folder: str, title_id: str
 ) -> tuple[str, TitleFiles, str, int, int] | None:
-    """(folder, model, digest, size, mtime_ns) of the files.json in a folder of the title."""
+    """(folder, model, digest, size, ctime_ns) of the files.json in a folder of the title."""
     for disk in store.disks:
         top = disk.titles_dir / folder
         manifest = top / FILES_JSON
@@ -262,7 +265,9 @@ def _stored_files_json(
         except (OSError, TitleFilesError):
             continue
         if model.id == title_id and FILES_JSON not in {e.path for e in model.files}:
-            return folder, model, digest, st.st_size, st.st_mtime_ns
+            # ctime, not mtime: a copy keeps its source's mtime, but the rename into place
+            # sets the ctime, so it says which version was loaded last.
+            return folder, model, digest, st.st_size, st.st_ctime_ns
     return None
 
 

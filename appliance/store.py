@@ -7,6 +7,7 @@ safefiles.py (temporary name, fsync, rename, fsync directory) and only then into
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -198,7 +199,12 @@ class Store:
         done = [r for r in self._retired if wait or r[0] <= now]
         self._retired = [r for r in self._retired if r not in done]
         for _, title_id, folder in done:
-            self._remove_folder(title_id, folder)
+            # Under the title's lock, and only while no load since (here or in another
+            # process: a removal, then a fresh load into the bare id) made it current again.
+            with self.locks.hold(title_id):
+                row = get_title(self.conn, title_id)
+                if row is None or row.folder != folder:
+                    self._remove_folder(title_id, folder)
 
     # -- questions ------------------------------------------------------------------------
 
@@ -377,18 +383,26 @@ class Store:
                 return self._copy_in(copy)
             if self._fits(title_id, tier, needed, staged):
                 # The old version serves until the new one is whole beside it.
-                return self._replace(existing, copy)
-            # No room for both: the old copy goes first, and the title is out of service
-            # until the new one is in. Check the new copy fully before dropping the old one
-            # (an adopting caller has just done so; `located` only comes with adopt_verified,
-            # so a plain folder is verified here).
-            problems = [] if adopt_verified else titlefiles.verify(source, model)
-            if problems:
-                raise LoadError(f"{source}: {problems[0]}")
-            event(log, "title.replace.in_place", logging.WARNING, title=title_id,
-                  why="no room for the new version beside the old one")  # fmt: skip
-            self.purge(title_id)
-            return self._copy_in(copy)
+                row = self._replace(existing, copy)
+            else:
+                row = self._replace_in_place(source, model, copy, adopt_verified)
+        self._drop_retired()  # a grace of 0 (tests) is over at once
+        return row
+
+    def _replace_in_place(
+        self, source: Path, model: titlefiles.TitleFiles, copy: _Copy, adopt_verified: bool
+    ) -> TitleRow:
+        """No room for both versions: the old copy goes first, and the title is out of
+        service until the new one is in. The new copy is checked fully before the old one is
+        dropped (an adopting caller has just done so; `located` only comes with
+        adopt_verified, so a plain folder is verified here)."""
+        problems = [] if adopt_verified else titlefiles.verify(source, model)
+        if problems:
+            raise LoadError(f"{source}: {problems[0]}")
+        event(log, "title.replace.in_place", logging.WARNING, title=copy.title_id,
+              why="no room for the new version beside the old one")  # fmt: skip
+        self.purge(copy.title_id)
+        return self._copy_in(copy)
 
     def _staged_bytes(
         self,
@@ -454,7 +468,7 @@ class Store:
         # it: the folder goes after the grace, at a later load or at close (a fill replacing
         # many titles does not wait out a grace for each).
         self._retired.append((time.monotonic() + self.grace_s, title_id, old.folder))
-        self._drop_retired()
+        _mark_retired(self.disks, old.folder)
         return self.title(title_id)
 
     def _write_files(self, copy: _Copy, folder: str) -> list[tuple[object, ...]]:
@@ -634,3 +648,22 @@ def _check_sources(
             raise LoadError(
                 f"{source}: {entry.path} has {st.st_size} bytes, files.json says {entry.size}"
             )
+
+
+# A folder of a title that an update retired is left alone by any reconcile for this long (its
+# mtime is set at retirement): the process that retired it deletes it after its own grace,
+# and a request that located a file there just before the swap can still open it.
+RETIRED_GRACE_S = 60.0
+
+
+def _mark_retired(disks: Sequence[Disk], folder: str) -> None:
+    for disk in disks:
+        with contextlib.suppress(OSError):  # a disk gone read-only: reconcile sweeps it later
+            os.utime(disk.titles_dir / folder)
+
+
+def recently_retired(path: Path, now: float) -> bool:
+    try:
+        return now - path.stat().st_mtime < RETIRED_GRACE_S
+    except OSError:
+        return False

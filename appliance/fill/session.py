@@ -6,7 +6,7 @@ rate, ETA) on a terminal and returns the report. The daemon uses runner.FillRun 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -53,12 +53,16 @@ def plan_from_cli(
     return FillPlan.model_validate({**plan.model_dump(), **update}).check()
 
 
-def run_foreground(config: ApplianceConfig, plan: FillPlan) -> FillReport:
-    from appliance.fill.storage import StoreStorage
+def run_foreground(
+    config: ApplianceConfig, plan: FillPlan, out_of_service: Collection[str] = ()
+) -> FillReport:
+    """`out_of_service`: disks the command's probe left alone (dead, not mounted)."""
+    from appliance.fill.scheduler import ServiceStorage
 
     pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window())
     policy, timeouts = tuning(config.fill)
-    fill = FillRun(plan, StoreStorage(config.storage), config.fill.staging, pacer, policy, timeouts)
+    storage = ServiceStorage(config, lambda: set(out_of_service))
+    fill = FillRun(plan, storage, config.fill.staging, pacer, policy, timeouts)
     return asyncio.run(_with_bar(fill))
 
 

@@ -4,8 +4,10 @@ failures and crashes at any point leave one whole version, and reconcile sweeps 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,12 @@ def loaded(tmp_path: Path, source: Path) -> tuple[Store, Disk]:
     store = make_store(tmp_path, grace_s=0)
     store.load("bunny", source)
     return store, next(d for d in store.disks if (d.titles_dir / "bunny").is_dir())
+
+
+def aged(path: Path, seconds: float = 3600) -> None:
+    """Set a folder's mtime back, as if it had been retired (or left) that long ago."""
+    when = time.time() - seconds
+    os.utime(path, (when, when))
 
 
 def folders(store: Store) -> list[str]:
@@ -133,6 +141,8 @@ def test_reconcile_sweeps_what_a_crash_mid_update_left(
     shutil.copytree(v1, disk.titles_dir / "bunny")
     # Not a folder of this title (nor of any): left alone.
     (disk.titles_dir / "bunny~not-hex").mkdir()
+    for leftover in (half, disk.titles_dir / "bunny"):
+        aged(leftover)  # the crash was a while ago
     report = reconcile(store)
     assert sorted(str(f) for f in report.findings) == [
         "bunny: removed 12 files of an unfinished or replaced version (bunny)",
@@ -148,29 +158,67 @@ def test_reconcile_sweeps_what_a_crash_mid_update_left(
     assert reconcile(store).findings == []
 
 
-def test_a_lost_index_adopts_the_newest_whole_version(
+def test_a_lost_index_adopts_the_version_loaded_last(
     tmp_path: Path, versions: tuple[Path, Path]
 ) -> None:
+    """Killed during the grace, then the index lost: both versions are whole on the disks.
+    The one loaded last wins, even when it is the older package (a rollback): a copy keeps
+    its source's mtime, so files.json's mtime would pick the wrong one."""
     v1, v2 = versions
-    store, disk = loaded(tmp_path, v1)
-    kept_old = tmp_path / "kept-old"
-    shutil.copytree(disk.titles_dir / "bunny", kept_old)
-    store.load("bunny", v2, replace=True)  # spread over the hdd disks in bunny~TAG
-    new_folder = folders(store)[0]
-    # The old whole version back on one disk (as a crash before its deletion leaves it, its
-    # files.json older), then the index is lost.
-    shutil.copytree(kept_old, disk.titles_dir / "bunny")
-    store.close()
+    for manifest, when in ((v1 / "files.json", 2_000_000_000), (v2 / "files.json", 1_000_000)):
+        os.utime(manifest, (when, when))  # v2, loaded last, is the older package
+    store = make_store(tmp_path, sleep=lambda s: None)  # the grace never ends: a kill in it
+    store.load("bunny", v1)
+    store.load("bunny", v2, replace=True)
+    (current,) = [f for f in folders(store) if f != "bunny"]
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store.index_path}{suffix}").unlink(missing_ok=True)
     fresh = make_store(tmp_path, grace_s=0)
     report = reconcile(fresh)
     assert any("adopted" in str(f) for f in report.findings), report.findings
     row = get_title(fresh.conn, "bunny")
-    assert row is not None and row.folder == new_folder and row.state == READY
-    assert folders(fresh) == [new_folder]
+    assert row is not None and row.folder == current and row.state == READY
     reader = IndexReader(fresh.index_path)
     assert served(reader, "v1/seg0003.m4s") == (v2 / "v1" / "seg0003.m4s").read_bytes()
+    # The other version was retired moments ago: a later reconcile sweeps it.
+    assert folders(fresh) == sorted(["bunny", current])
+    for disk in fresh.disks:
+        if (disk.titles_dir / "bunny").exists():
+            aged(disk.titles_dir / "bunny")
+    reconcile(fresh)
+    assert folders(fresh) == [current]
+
+
+def test_a_version_in_its_grace_is_left_to_the_process_that_retired_it(
+    tmp_path: Path, versions: tuple[Path, Path]
+) -> None:
+    """Another process's reconcile (an `appliance ls` during a fill) keeps the folder an
+    update just retired: a request may still open a file there."""
+    v1, v2 = versions
+    store = make_store(tmp_path, grace_s=60)
+    store.load("bunny", v1)
+    store.load("bunny", v2, replace=True)
+    other = make_store(tmp_path)
+    assert reconcile(other).findings == []
+    assert "bunny" in folders(other)
+
+
+def test_a_retired_folder_made_current_again_is_not_deleted(
+    tmp_path: Path, versions: tuple[Path, Path]
+) -> None:
+    """Within one process's grace, another removes the title and loads it afresh, into the
+    bare id: the first process's clean-up must not delete it."""
+    v1, v2 = versions
+    fill = make_store(tmp_path, grace_s=60, sleep=lambda s: None)
+    fill.load("bunny", v1)
+    fill.load("bunny", v2, replace=True)  # retires folder "bunny"
+    operator = make_store(tmp_path, grace_s=0)
+    operator.remove("bunny")
+    operator.load("bunny", v1)  # back in folder "bunny"
+    fill.close()
+    reader = IndexReader(operator.index_path)
+    assert served(reader, "v0/seg0000.m4s") == (v1 / "v0" / "seg0000.m4s").read_bytes()
+    assert reconcile(operator).findings == []
 
 
 def test_without_room_for_both_versions_the_update_goes_in_place(

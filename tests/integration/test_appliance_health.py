@@ -99,6 +99,11 @@ def test_a_disk_not_mounted_at_start_is_left_alone(tmp_path: Path) -> None:
     table = run_cli(["appliance", "ls", "--config", str(config)], check=True).stdout
     assert f"({len(lost)} on disks out of service)" in table
     assert os.listdir(d1) == []  # and nothing made on the root filesystem in its place
+    # A foreground fill too (this one finds no source): it must not place anything there.
+    fill = run_cli(["appliance", "fill", "--config", str(config), "--from",
+                    "http://127.0.0.1:9", "--title", "other", "--now"])  # fmt: skip
+    assert fill.returncode != 0 and f"disk {d1} is out of service" in fill.stderr
+    assert os.listdir(d1) == []
 
     server = start_daemon(config)
     try:
