@@ -66,11 +66,11 @@ def root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from edgeflix import ui
-
     try:
         _main(argv)
-    except KeyboardInterrupt:  # before the command ran (its imports) or while reporting
+    except KeyboardInterrupt:  # before the command ran (its imports, ui's too) or reporting
+        from edgeflix import ui  # imported again if the Ctrl-C cut its first import short
+
         ui.interrupted()
     finally:
         # The command is over and has said so: a Ctrl-C now would land in the interpreter's
