@@ -50,11 +50,9 @@ class ScrubState:
 
 
 def load_state(conn: sqlite3.Connection) -> ScrubState | None:
-    """The saved state (index.py's `scrub` table), or None when no scrub has run here."""
-    try:
-        row = conn.execute("SELECT title, path, passes, bad FROM scrub WHERE id = 0").fetchone()
-    except sqlite3.OperationalError:  # an index from before the table, opened read-only
-        return None
+    """The saved state (the `scrub` table index.py makes with the writer's connection), or
+    None when no scrub has run here. Readers that only look go through `status`."""
+    row = conn.execute("SELECT title, path, passes, bad FROM scrub WHERE id = 0").fetchone()
     return ScrubState(*row) if row else None
 
 
