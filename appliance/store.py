@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from appliance import tiering
 from appliance.config import StorageConfig, Tier
@@ -116,6 +117,15 @@ _INSERT_FILE = (
 )
 
 
+class _Retired(NamedTuple):
+    """The folder of a replaced version, deleted after its grace."""
+
+    due: float  # on the monotonic clock
+    title_id: str
+    folder: str
+    bytes_on: dict[str, int]  # disk id → bytes it holds there
+
+
 @dataclass(frozen=True)
 class _Copy:
     """What `load` writes: every file of a title, where it comes from and which disk takes it."""
@@ -156,9 +166,9 @@ class Store:
         long the old version of an updated title stays after the swap (see UNLINK_GRACE_S)."""
         self.grace_s = grace_s
         self.sleep = sleep
-        # Folders of replaced versions, deleted once their grace is over: (due on the
-        # monotonic clock, title, folder). Left behind by a crash, reconcile sweeps them.
-        self._retired: list[tuple[float, str, str]] = []
+        # Folders of replaced versions, deleted once their grace is over. Left behind by a
+        # crash, reconcile sweeps them.
+        self._retired: list[_Retired] = []
         self.config = config
         out = {str(Path(p).resolve()) for p in out_of_service}
         configured = {str(d.path.resolve()) for d in config.disks}
@@ -194,11 +204,11 @@ class Store:
         if not self._retired:
             return
         if wait:
-            self.sleep(max(0.0, max(due for due, _, _ in self._retired) - time.monotonic()))
+            self.sleep(max(0.0, max(r.due for r in self._retired) - time.monotonic()))
         now = time.monotonic()
-        done = [r for r in self._retired if wait or r[0] <= now]
+        done = [r for r in self._retired if wait or r.due <= now]
         self._retired = [r for r in self._retired if r not in done]
-        for _, title_id, folder in done:
+        for _, title_id, folder, _bytes in done:
             # Under the title's lock, and only while no load since (here or in another
             # process: a removal, then a fresh load into the bare id) made it current again.
             with self.locks.hold(title_id):
@@ -217,6 +227,11 @@ class Store:
 
     def usage(self) -> list[DiskUsage]:
         indexed = bytes_by_disk(self.conn)
+        # A version in its grace is out of the index but still on disk: under max_bytes,
+        # where only the index counts as used, it must count too.
+        for retired in self._retired:
+            for disk, size in retired.bytes_on.items():
+                indexed[disk] = indexed.get(disk, 0) + size
         return [measure(d, indexed.get(d.id, 0)) for d in self.disks]
 
     def servable_bytes(self) -> int:
@@ -316,9 +331,7 @@ class Store:
         in and so counts as free, as it does here."""
         tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
         needed = bytes_per_disk(self._placement(title_id, tier, list(sizes)), sizes)
-        freeing = self._bytes_on_disks(title_id) if get_title(self.conn, title_id) else {}
-        freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
-        self._check_fit(title_id, tier, needed, freeing)
+        self._check_fit(title_id, tier, needed, self._freeing(title_id, staged))
 
     # -- load ------------------------------------------------------------------------------
 
@@ -370,18 +383,14 @@ class Store:
                     f"title {title_id} is already loaded ({existing.state}); "
                     "use --replace to reload it"
                 )
-            freeing = self._bytes_on_disks(title_id) if existing else {}
-            # Staged on the very filesystem (an adopting caller's): renamed in, they take no
-            # more room there.
             staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
-            freeing = {d: freeing.get(d, 0) + staged.get(d, 0) for d in {*freeing, *staged}}
-            self._check_fit(title_id, tier, needed, freeing)
+            self._check_fit(title_id, tier, needed, self._freeing(title_id, staged))
             copy = _Copy(
                 title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
             )
             if existing is None:
                 return self._copy_in(copy)
-            if self._fits(title_id, tier, needed, staged):
+            if self._fits(title_id, tier, needed, self._freeing(None, staged)):
                 # The old version serves until the new one is whole beside it.
                 row = self._replace(existing, copy)
             else:
@@ -403,6 +412,23 @@ class Store:
               why="no room for the new version beside the old one")  # fmt: skip
         self.purge(copy.title_id)
         return self._copy_in(copy)
+
+    def _freeing(self, title_id: str | None, staged: Mapping[str, int]) -> dict[str, int]:
+        """Room per disk that a load does not need to find: `staged` bytes (an adopting
+        caller's, already on the disk's own filesystem, renamed in) and, with `title_id`,
+        what purging its stored version frees (the in-place path). Under max_bytes only
+        indexed bytes count as used, so staged files gain nothing there and the old version
+        frees all it is indexed at; on a whole filesystem, purging frees only the files that
+        no hard link (the fill's reuse of unchanged files) keeps alive."""
+        quota = {d.id for d in self.disks if d.max_bytes}
+        gained = {d: size for d, size in staged.items() if d not in quota}
+        for f in title_files(self.conn, title_id) if title_id is not None else ():
+            try:
+                if f.disk in quota or f.location.stat().st_nlink == 1:
+                    gained[f.disk] = gained.get(f.disk, 0) + f.size
+            except OSError:
+                continue  # gone already: it frees nothing
+        return gained
 
     def _staged_bytes(
         self,
@@ -449,6 +475,7 @@ class Store:
         transaction swaps the title's rows, and the old folder goes after a grace."""
         title_id = copy.title_id
         folder = new_folder(title_id)
+        old_bytes = self._bytes_on_disks(title_id)
         try:
             rows = self._write_files(copy, folder)
             with transaction(self.conn) as conn:
@@ -467,7 +494,8 @@ class Store:
         # A worker that located a file of the old version just before the swap still opens
         # it: the folder goes after the grace, at a later load or at close (a fill replacing
         # many titles does not wait out a grace for each).
-        self._retired.append((time.monotonic() + self.grace_s, title_id, old.folder))
+        due = time.monotonic() + self.grace_s
+        self._retired.append(_Retired(due, title_id, old.folder, old_bytes))
         _mark_retired(self.disks, old.folder)
         return self.title(title_id)
 

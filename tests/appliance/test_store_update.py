@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import DiskConfig, StorageConfig
-from appliance.disks import Disk, LoadError
+from appliance.disks import CapacityError, Disk, LoadError
 from appliance.index import READY, IndexReader, get_title
 from appliance.repair import reconcile
 from appliance.store import Store, folder_title
@@ -291,3 +291,59 @@ def test_an_index_from_before_versions_gains_the_column_and_serves_on(
 )
 def test_folder_names_map_to_their_title(name: str, title: str | None) -> None:
     assert folder_title(name) == title
+
+
+def on_disk(store: Store) -> int:
+    """Bytes of every file under the disks' titles folders, retired versions included."""
+    files = [p for d in store.disks for p in d.titles_dir.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files)
+
+
+def test_a_version_in_its_grace_counts_against_max_bytes(
+    tmp_path: Path, versions: tuple[Path, Path]
+) -> None:
+    v1, v2 = versions
+    # One hdd disk with 810 kB below its high watermark: two versions (~357 kB each) fit
+    # beside each other, three do not.
+    store = make_store(
+        tmp_path, max_bytes=900_000, tiers=("ssd", "hdd"), grace_s=600, sleep=lambda _s: None
+    )
+    store.load("bunny", v1)
+    store.load("bunny", v2, replace=True)  # v1 retired, in its grace
+    store.load("bunny", v1, replace=True)  # v2 retired too: no room for a third beside
+    assert on_disk(store) <= 810_000
+    reader = IndexReader(store.index_path)
+    assert served(reader, "v0/seg0000.m4s") == (v1 / "v0" / "seg0000.m4s").read_bytes()
+    store.close()
+
+
+def test_staged_files_take_room_under_max_bytes(tmp_path: Path) -> None:
+    """Under max_bytes only indexed bytes count as used: a file staged on the disk's own
+    filesystem (the fill's) is not yet counted, so renaming it in takes quota like a copy."""
+    sizes = [30_000 + i * 1000 for i in range(10)]
+    first = make_title(tmp_path / "src", "first", sizes=sizes)
+    second = make_title(tmp_path / "staging", "second", sizes=sizes)
+    store = make_store(tmp_path, max_bytes=550_000, tiers=("ssd", "hdd"), grace_s=0)
+    store.load("first", first)
+    with pytest.raises(CapacityError):
+        store.load("second", second, adopt_verified=True)
+    assert get_title(store.conn, "second") is None
+    assert on_disk(store) <= 495_000
+    store.close()
+
+
+def test_purging_frees_only_files_no_hard_link_keeps(
+    tmp_path: Path, versions: tuple[Path, Path]
+) -> None:
+    """On a whole filesystem, the in-place path counts the old version as freed room; a
+    file the fill hard-linked into staging (reused) stays allocated, so it does not count."""
+    v1, _ = versions
+    store, disk = loaded(tmp_path, v1)
+    kept = next(p for p in (disk.titles_dir / "bunny").rglob("*.m4s"))
+    (tmp_path / "staging").mkdir()
+    os.link(kept, tmp_path / "staging" / kept.name)
+    freed = store._freeing("bunny", {})
+    total = sum(store._bytes_on_disks("bunny").values())
+    assert sum(freed.values()) == total - kept.stat().st_size
+    assert store._freeing(None, {disk.id: 5}) == {disk.id: 5}
+    store.close()
