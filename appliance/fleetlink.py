@@ -36,6 +36,7 @@ from appliance.fleetlink_core import (
     plan_document,
     plan_sizes,
     sign_peer_sources,
+    signing_key,
     to_fill_plan,
     usable_keys,
 )
@@ -116,6 +117,12 @@ class FleetLink:
         # Set when the fleet no longer knows this appliance's key (`edgeflix fleet rm`): the
         # next round enrols again with `[fleet] join_token`; cached keys and plan stay.
         self._reenrol = False
+        # Set by every enrolment: the fleet's versions may belong to another lineage (its
+        # database was reset, or this is another fleet), so its key set and plan are taken
+        # as they are, not compared with the cached ones (an equal version with other
+        # content would otherwise be refused, and every URL it signs with them).
+        self._rebase = False
+        self._peer_key: str | None = None  # the key the submitted plan's peer URLs carry
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -282,6 +289,7 @@ class FleetLink:
         with self._lock:
             self.enrolment = e
             again, self._reenrol = self._reenrol, False
+            self._rebase = True
         self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
         if not again:
             # Enrolling again proves nothing about the beats (a clock too far off is also
@@ -320,6 +328,11 @@ class FleetLink:
 
     def _beat(self) -> None:
         assert self.enrolment is not None
+        if self._rebase and self._fetch_keys(rebase=True) and self._fetch_plan(rebase=True):
+            # Before the first beat after enrolling: that beat then reports the fleet's
+            # key set, and steering (which leaves out an appliance without the current
+            # key) takes this appliance from its first beat on.
+            self._rebase = False
         figures = self.figures()
         batch = self.ledger.next_batch()
         req = build_beat(self.enrolment.appliance, batch, figures, self.url)
@@ -358,22 +371,36 @@ class FleetLink:
 
     # -- plans -----------------------------------------------------------------------------
 
-    def _fetch_plan(self) -> None:
-        have = self.plan.version if self.plan else 0
+    def _fetch_plan(self, rebase: bool = False) -> bool:
+        """Fetch and apply the fleet's plan if newer; False when the fleet did not answer."""
+        have = self.plan.version if self.plan and not rebase else 0
         req = fleet_pb2.GetPlanRequest(appliance=self.name, have_version=have)
         resp = self._call("GetPlan", req)
-        if resp is None or resp.unchanged or resp.version == 0:
-            return
+        if resp is None:
+            return False
+        if resp.unchanged or resp.version == 0:
+            return True
         try:
             proto = unpack_plan(resp.plan_zstd)
         except CodecError as exc:
             event(log, "fleet.plan_rejected", logging.ERROR, version=resp.version, reason=str(exc))
-            return
-        self.apply_plan(resp.version, plan_document(proto), plan_sizes(proto))
+            return True
+        self.apply_plan(resp.version, plan_document(proto), plan_sizes(proto), rebase=rebase)
+        return True
 
-    def apply_plan(self, version: int, document: dict[str, Any], sizes: dict[str, int]) -> str:
-        """Whole or not at all, never backwards; persisted before the scheduler sees it."""
+    def apply_plan(
+        self,
+        version: int,
+        document: dict[str, Any],
+        sizes: dict[str, int],
+        *,
+        rebase: bool = False,
+    ) -> str:
+        """Whole or not at all, never backwards (but see `_rebase`); persisted before the
+        scheduler sees it."""
         running = Versioned("plan", self.plan.version, self.plan.document) if self.plan else None
+        if rebase:
+            running = None
         result = receive(running, Versioned("plan", version, document), check_plan)
         if result.action != "applied":
             level = logging.ERROR if result.action == "rejected" else logging.INFO
@@ -389,7 +416,10 @@ class FleetLink:
 
     def _submit(self, stored: StoredPlan, *, window: bool = True) -> None:
         keys = self.keys.payload if self.keys else ()
-        doc = sign_peer_sources(stored.document, keys, self.clock(), PEER_TOKEN_TTL_S)
+        now = self.clock()
+        doc = sign_peer_sources(stored.document, keys, now, PEER_TOKEN_TTL_S)
+        key = signing_key(keys, now)
+        self._peer_key = key.id if key else None
         if self.phase == "expired" and self.fleet.after_grace == "degrade":
             # A plan the fleet may have replaced long ago deletes nothing.
             doc["prune"] = False
@@ -415,15 +445,19 @@ class FleetLink:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def _fetch_keys(self) -> None:
-        have = self.keys.version if self.keys else 0
+    def _fetch_keys(self, rebase: bool = False) -> bool:
+        """Fetch and apply the fleet's key set if newer; False when the fleet did not answer."""
+        have = self.keys.version if self.keys and not rebase else 0
         req = fleet_pb2.GetKeysRequest(appliance=self.name, have_version=have)
         resp = self._call("GetKeys", req)
-        if resp is not None and not resp.unchanged:
-            self.apply_keys(keys_from_proto(resp.keys))
+        if resp is None:
+            return False
+        if not resp.unchanged:
+            self.apply_keys(keys_from_proto(resp.keys), rebase=rebase)
+        return True
 
-    def apply_keys(self, incoming: Versioned[tuple[FleetKey, ...]]) -> str:
-        result = receive(self.keys, incoming, check_keys)
+    def apply_keys(self, incoming: Versioned[tuple[FleetKey, ...]], *, rebase: bool = False) -> str:
+        result = receive(None if rebase else self.keys, incoming, check_keys)
         if result.action != "applied":
             level = logging.ERROR if result.action == "rejected" else logging.INFO
             event(
@@ -453,9 +487,22 @@ class FleetLink:
     # -- the grace period ------------------------------------------------------------------
 
     def check_grace(self) -> None:
-        """Where the control plane stands now; the keys the workers hold follow it."""
+        """Where the control plane stands now; the keys the workers hold follow it, and so
+        do the peer URLs of the plan."""
         self._update_phase()
         self._publish_keys()
+        self._resign_peer_sources()
+
+    def _resign_peer_sources(self) -> None:
+        """Peer fill URLs are signed when the plan is handed to the fill; a key the fleet
+        has retired verifies only for hours, so the plan is handed over again, signed anew,
+        once the fleet signs with another key (daily): else tomorrow night's fill from a
+        peer would be refused, and fall back to the origin."""
+        if self.plan is None or self._fill_now_runs is not None:
+            return
+        key = signing_key(self.keys.payload if self.keys else (), self.clock())
+        if (key.id if key else None) != self._peer_key:
+            self._submit(self.plan)
 
     def _update_phase(self) -> None:
         now = self.clock()

@@ -310,8 +310,10 @@ def phase(
 
 
 def signing_key(keys: tuple[FleetKey, ...], now: float) -> FleetKey | None:
-    """The key the fleet signs with now (the newest active, unretired one)."""
-    active = [k for k in keys if k.activates <= now and k.retires == 0]
+    """The key the fleet signs with now, by the fleet's own rule (fleet/keys.py): the
+    latest-activated key inside its signing period. A key due to retire still signs until
+    then: during a rotation's lead its successor is known but not yet active."""
+    active = [k for k in keys if k.activates <= now and (k.retires == 0 or now < k.retires)]
     return max(active, key=lambda k: k.activates, default=None)
 
 

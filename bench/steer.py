@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import uvloop
+from google.protobuf.message import Message
 from quiet import wait_for_quiet
 
 from appliance.fleetlink_core import HeldTitle as HeldTitleFigure
@@ -166,12 +167,31 @@ class Beater(threading.Thread):
                 self.boxes.append((name, key, held_ids, titles_digest(held)))
         self.sequence = 0
         self.beat_s = beat_s
+        # As appliances do: hold the fleet's URL keys before beating (steering leaves out
+        # an appliance that reports no current key set), and fetch each new set it reports.
+        self.keys_version = self.fetch_keys_version()
+
+    def metadata(
+        self, name: str, key: bytes, method: str, req: Message
+    ) -> tuple[tuple[str, str], ...]:
+        body = req.SerializeToString(deterministic=True)
+        return auth.sign_call(name, key, METHOD + method, body, time.time())
+
+    def fetch_keys_version(self) -> int:
+        version = 0
+        for name, key, _titles, _digest in self.boxes:
+            req = fleet_pb2.GetKeysRequest(appliance=name)
+            md = self.metadata(name, key, "GetKeys", req)
+            version = self.stub.GetKeys(req, metadata=md, timeout=10).keys.version
+        return int(version)
 
     def beat_all(self) -> None:
         self.sequence += 1
+        newest = 0
         for name, key, titles, digest in self.boxes:
             req = fleet_pb2.HeartbeatRequest(
                 appliance=name,
+                keys_version=self.keys_version,
                 sequence=self.sequence,
                 health=fleet_pb2.HEALTH_OK,
                 capacity_bps=10e9,
@@ -179,14 +199,10 @@ class Beater(threading.Thread):
                 titles=[fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in titles],
                 titles_digest=digest,  # as appliances send it (appliance/fleetlink_core.py)
             )
-            md = auth.sign_call(
-                name,
-                key,
-                METHOD + "Heartbeat",
-                req.SerializeToString(deterministic=True),
-                time.time(),
-            )
-            self.stub.Heartbeat(req, metadata=md, timeout=10)
+            md = self.metadata(name, key, "Heartbeat", req)
+            newest = max(newest, self.stub.Heartbeat(req, metadata=md, timeout=10).keys_version)
+        if newest > self.keys_version:
+            self.keys_version = self.fetch_keys_version()
 
     def run(self) -> None:
         while not self.stop.wait(self.beat_s):

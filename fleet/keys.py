@@ -9,6 +9,7 @@ signature, so no URL issued before a rotation breaks before it expires.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 from edgeflix.tokens import SigningKey
@@ -35,6 +36,9 @@ class KeyRecord:
     secret: bytes
     activates: float  # signs from here ...
     retires: float | None = None  # ... until here (None: until the next rotation)
+    # The key set version that first carried it: an appliance that reports running this
+    # version or a later one holds it.
+    since: int = 0
 
     def signs_at(self, now: float) -> bool:
         return self.activates <= now and (self.retires is None or now < self.retires)
@@ -67,7 +71,10 @@ def rotate(
     key); every key still open-ended retires at that moment; expired keys are dropped."""
     starts = now if immediate or not keys.keys else now + policy.lead_s
     version = keys.version + 1
-    new = KeyRecord(id=f"k{version}", secret=secret, activates=starts)
+    # The tag keeps ids unique across fleet databases: after a reset an appliance still
+    # holding the old `k1` must not take the new one for it (it would refuse every URL).
+    tag = hashlib.blake2b(secret, digest_size=4, person=b"edgeflix-keyid").hexdigest()
+    new = KeyRecord(id=f"k{version}-{tag}", secret=secret, activates=starts, since=version)
     SigningKey(new.id, secret)  # refuse a short secret here, not at the first signature
     kept = tuple(
         replace(k, retires=starts) if k.retires is None or k.retires > starts else k
@@ -90,6 +97,33 @@ def signing_key(keys: KeySet, now: float) -> SigningKey | None:
         return None
     best = max(live, key=lambda k: k.activates)
     return SigningKey(best.id, best.secret)
+
+
+@dataclass(frozen=True)
+class Signer:
+    key: SigningKey
+    since: int  # the key set version an appliance must run to hold it
+
+
+def signers(keys: KeySet, now: float, policy: KeyPolicy) -> tuple[Signer, ...]:
+    """The keys a URL may be signed with at `now`, best first: the signing key, then, for
+    appliances that have not fetched the key set carrying it yet (for a heartbeat or two
+    after a rotation, longer for one that cannot reach the fleet), the keys it replaced,
+    within `skew_s` of their retirement, so a token signed with one still expires inside
+    that key's verification period."""
+    usable = [
+        k
+        for k in keys.keys
+        if k.activates <= now and (k.retires is None or now < k.retires + policy.skew_s)
+    ]
+    usable.sort(key=lambda k: (k.activates, k.since), reverse=True)
+    return tuple(Signer(SigningKey(k.id, k.secret), k.since) for k in usable)
+
+
+def key_for(signers: tuple[Signer, ...], keys_version: int) -> SigningKey | None:
+    """The best key an appliance running key set `keys_version` holds; None if it holds
+    none of them (new, or not synced since a rotation): its URLs would be refused."""
+    return next((s.key for s in signers if s.since <= keys_version), None)
 
 
 def verification_keys(keys: KeySet, now: float, policy: KeyPolicy) -> dict[str, bytes]:

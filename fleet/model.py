@@ -177,6 +177,7 @@ class Appliance:
     # title id → what is held; never mutated after construction.
     titles: Mapping[str, HeldTitle] = field(default_factory=dict)
     tiers: tuple[TierSpace, ...] = ()
+    keys_version: int = 0  # the URL-token key set it reported running
 
     @property
     def utilisation(self) -> float:
@@ -208,7 +209,7 @@ class Appliance:
         )
         return _appliance_from_columns, (
             self.name, self.site, self.url, self.state, self.capacity_bps, self.load_bps,
-            self.connections, self.tiers, columns,
+            self.connections, self.tiers, columns, self.keys_version,
         )  # fmt: skip
 
 
@@ -222,9 +223,12 @@ def _appliance_from_columns(
     connections: int,
     tiers: tuple[TierSpace, ...],
     columns: tuple[tuple[str, ...], tuple[str, ...], bytes, tuple[int, ...], tuple[str, ...]],
+    keys_version: int,
 ) -> Appliance:
     titles = {t: HeldTitle(d, bool(c), n, tier) for t, d, c, n, tier in zip(*columns, strict=True)}
-    return Appliance(name, site, url, state, capacity_bps, load_bps, connections, titles, tiers)
+    return Appliance(
+        name, site, url, state, capacity_bps, load_bps, connections, titles, tiers, keys_version
+    )
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,10 @@ class FleetSnapshot:
     sites: tuple[Site, ...]
     appliances: tuple[Appliance, ...]
     origin_url: str = ""
+    # The oldest key set that holds a key URLs may be signed with now (fleet/keys.py
+    # signers): an appliance running an older one (just enrolled, or not synced since a
+    # rotation) would refuse its URLs. 0: tokens are off, or no key yet.
+    min_keys_version: int = 0
 
     def site_of(self, address: Address) -> Site | None:
         """Longest prefix match over every site's prefixes (IPv4 and IPv6 alike)."""

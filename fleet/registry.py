@@ -71,6 +71,7 @@ def build_snapshot(
     interval_s: float,
     missed: int,
     origin_url: str,
+    min_keys_version: int = 0,
 ) -> FleetSnapshot:
     appliances = []
     for name in sorted(records):
@@ -86,9 +87,10 @@ def build_snapshot(
                 connections=beat.connections if beat else 0,
                 titles=beat.titles if beat else {},
                 tiers=beat.tiers if beat else (),
+                keys_version=beat.keys_version if beat else 0,
             )
         )
-    return FleetSnapshot(sites=sites, appliances=tuple(appliances), origin_url=origin_url)
+    return FleetSnapshot(sites, tuple(appliances), origin_url, min_keys_version)
 
 
 def beat_to_dict(beat: Beat) -> dict[str, Any]:

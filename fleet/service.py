@@ -23,7 +23,7 @@ from edgeflix.metrics import Sample, render
 from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
-from fleet.keys import KeySet, rotate, rotation_due, signing_key, verification_keys
+from fleet.keys import KeySet, Signer, key_for, rotate, rotation_due, signers, verification_keys
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planner import CatalogTitle, FillPlan
 from fleet.planning import PlanJob
@@ -36,7 +36,7 @@ from fleet.registry import (
     beat_to_dict,
     build_snapshot,
 )
-from fleet.steering import OUTCOMES, SteeringDecision, steer
+from fleet.steering import OUTCOMES, Candidate, SteeringDecision, steer
 from fleet.store import Store
 from fleet.urls import SignedUrls, TokenCache, playback_urls
 
@@ -100,7 +100,7 @@ class FleetService:
         # The steering path's per-request work, done once: the policy (config is frozen),
         # the signing key (until the key set changes or a key activates or retires), tokens.
         self._steering_policy = config.steering_policy()
-        self._signing: tuple[KeySet, float, float, SigningKey | None] | None = None
+        self._signing: tuple[KeySet, float, float, tuple[Signer, ...]] | None = None
         self._tokens = TokenCache()
 
     def save_soft_state(self) -> None:
@@ -129,6 +129,7 @@ class FleetService:
                 hb.interval_s,
                 hb.missed_beats,
                 self.config.origin.url,
+                min((s.since for s in self._signers(now)), default=0),
             )
             self._snapshot_at = now
         return self._snapshot
@@ -210,6 +211,7 @@ class FleetService:
         if keys.version < beat.keys_version <= keys.version + MAX_VERSION_JUMP:
             self.store.save_keyset(replace(keys, version=beat.keys_version + 1))
             self.keys = self.store.keyset()
+            self._changed()
             event(
                 log,
                 "fleet.keys_version_caught_up",
@@ -255,9 +257,18 @@ class FleetService:
         decision = steer(self.snapshot(), client_ip, title_id, self._steering_policy)
         now = self.clock()
         s = self.config.steering
+        usable = self._signers(now)
+        beats = self.beats
+
+        def key_of(c: Candidate) -> SigningKey | None:
+            # The best key this appliance holds: after a rotation, one that has not fetched
+            # the new key set yet gets the key it replaced (steering left out any with none).
+            beat = beats.get(c.name)
+            return key_for(usable, beat.keys_version if beat else 0)
+
         urls = playback_urls(
             decision,
-            self._signing_key(now),
+            key_of,
             now,
             s.token_ttl_s,
             bind_client_ip=s.bind_client_ip,
@@ -282,20 +293,21 @@ class FleetService:
         if site is not None:
             site.add(delta, now)
 
-    def _signing_key(self, now: float) -> SigningKey | None:
-        """signing_key(), recomputed only when the key set changes or `now` crosses a key's
-        activation or retirement (the only instants its answer can change)."""
+    def _signers(self, now: float) -> tuple[Signer, ...]:
+        """signers(), recomputed only when the key set changes or `now` crosses an instant
+        where its answer can change (an activation, a retirement plus the skew)."""
         cached = self._signing
         if cached is not None and cached[0] is self.keys and cached[1] <= now < cached[2]:
             return cached[3]
+        skew = self.config.key_policy().skew_s
         edges = [k.activates for k in self.keys.keys] + [
-            k.retires for k in self.keys.keys if k.retires is not None
+            k.retires + skew for k in self.keys.keys if k.retires is not None
         ]
         since = max((t for t in edges if t <= now), default=float("-inf"))
         until = min((t for t in edges if t > now), default=float("inf"))
-        key = signing_key(self.keys, now)
-        self._signing = (self.keys, since, until, key)
-        return key
+        found = signers(self.keys, now, self.config.key_policy())
+        self._signing = (self.keys, since, until, found)
+        return found
 
     # -- keys --------------------------------------------------------------------------
 
@@ -311,6 +323,7 @@ class FleetService:
         )
         self.store.save_keyset(keys)
         self.keys = keys
+        self._changed()  # which appliances hold a usable key may change with it
         event(log, "fleet.keys_rotated", version=keys.version, newest=keys.keys[-1].id)
 
     def verification_keys(self) -> dict[str, bytes]:

@@ -132,10 +132,14 @@ def rendezvous_score(title_id: str, name: str, weight: float) -> float:
     return rendezvous_scores(title_id, [(_hash64(name), weight)])[0]
 
 
-def exclusion_reason(appliance: Appliance, title_id: str, policy: SteeringPolicy) -> str | None:
+def exclusion_reason(
+    appliance: Appliance, title_id: str, policy: SteeringPolicy, min_keys_version: int = 0
+) -> str | None:
     """Why `appliance` may not take a new session for `title_id`, or None if it may."""
     if appliance.state not in SERVING_STATES:
         return appliance.state
+    if appliance.keys_version < min_keys_version:
+        return f"no current URL key (runs key set {appliance.keys_version})"
     if not appliance.holds_complete(title_id):
         return "partial title" if title_id in appliance.titles else "title not held"
     if appliance.capacity_bps <= 0:
@@ -194,7 +198,7 @@ def steer(
     eligible: list[Appliance] = []
     excluded: list[str] = []
     for appliance in snapshot.appliances:
-        why = exclusion_reason(appliance, title_id, policy)
+        why = exclusion_reason(appliance, title_id, policy, snapshot.min_keys_version)
         if why is None:
             eligible.append(appliance)
         else:

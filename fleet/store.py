@@ -29,12 +29,31 @@ CREATE TABLE IF NOT EXISTS join_tokens (
     hash TEXT PRIMARY KEY, site TEXT NOT NULL, created_at REAL NOT NULL,
     expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
 CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY, secret BLOB NOT NULL, activates REAL NOT NULL, retires REAL);
+    id TEXT PRIMARY KEY, secret BLOB NOT NULL, activates REAL NOT NULL, retires REAL,
+    since INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plan (
     id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS catalog (title TEXT PRIMARY KEY, first_seen REAL NOT NULL);
 """
+
+
+def _add_key_since(conn: sqlite3.Connection) -> None:
+    """Databases from before `keys.since`: their keys were named `k<version of the set that
+    added them>`, which is what the column records."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+    if "since" in columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE keys ADD COLUMN since INTEGER NOT NULL DEFAULT 0")
+        conn.execute(
+            "UPDATE keys SET since = CAST(substr(id, 2) AS INTEGER) WHERE id GLOB 'k[0-9]*'"
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class StoreError(FleetError):
@@ -65,6 +84,7 @@ class Store:
             self.conn.execute("PRAGMA journal_mode = WAL")
             self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.executescript(SCHEMA)
+            _add_key_since(self.conn)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
 
@@ -188,7 +208,7 @@ class Store:
 
     def keyset(self) -> KeySet:
         rows = self.conn.execute(
-            "SELECT id, secret, activates, retires FROM keys ORDER BY activates"
+            "SELECT id, secret, activates, retires, since FROM keys ORDER BY activates"
         ).fetchall()
         version = int(self.meta("keys_version") or 0)
         return KeySet(version, tuple(KeyRecord(*r) for r in rows))
@@ -197,8 +217,8 @@ class Store:
         with self.transaction() as c:
             c.execute("DELETE FROM keys")
             c.executemany(
-                "INSERT INTO keys (id, secret, activates, retires) VALUES (?,?,?,?)",
-                [(k.id, k.secret, k.activates, k.retires) for k in keys.keys],
+                "INSERT INTO keys (id, secret, activates, retires, since) VALUES (?,?,?,?,?)",
+                [(k.id, k.secret, k.activates, k.retires, k.since) for k in keys.keys],
             )
             self._set_meta(c, "keys_version", str(keys.version))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeflix.tokens import SigningKey, sign, signed_path, title_prefix
-from fleet.steering import SteeringDecision
+from fleet.steering import Candidate, SteeringDecision
 
 MANIFEST = "master.m3u8"
 Signer = Callable[[str, SigningKey, int, "str | None"], str]
@@ -28,7 +28,7 @@ class SignedUrls:
 
 def playback_urls(
     decision: SteeringDecision,
-    key: SigningKey | None,
+    key_of: Callable[[Candidate], SigningKey | None],
     now: float,
     ttl_s: int,
     *,
@@ -36,17 +36,17 @@ def playback_urls(
     manifest: str = MANIFEST,
     signer: Signer = sign,
 ) -> SignedUrls:
-    """One URL per candidate; unsigned `/titles/…` URLs when tokens are off (no key)."""
+    """One URL per candidate, signed with the key `key_of` gives for its appliance; unsigned
+    `/titles/…` URLs when tokens are off (no key)."""
     expires = int(now) + ttl_s
-    token: str | None = None
-    if key is not None:
-        client = decision.client_ip if bind_client_ip else None
-        token = signer(decision.title_id, key, expires, client)
+    client = decision.client_ip if bind_client_ip else None
     plain = f"{title_prefix(decision.title_id)}{manifest}"
     urls = []
     for c in decision.candidates:
         base = c.url.rstrip("/")
-        if c.kind == "appliance" and token is not None:
+        key = key_of(c) if c.kind == "appliance" else None
+        if key is not None:
+            token = signer(decision.title_id, key, expires, client)
             urls.append(base + signed_path(token, decision.title_id, manifest))
         else:
             urls.append(base + plain)

@@ -152,3 +152,49 @@ def test_peer_sources_carry_a_token_the_peer_accepts_the_origin_none() -> None:
         tokens.verify(token, title_id="film", client_ip=None, keys={"k1": b"s" * 32}, now=200.0)
     alone = sign_peer_sources(doc("film"), keys, 100.0, 60.0)
     assert alone["titles"][0]["sources"] == [ORIGIN]
+
+
+def peer_key(plan: FillPlan) -> str:
+    """The key id in the first title's peer URL (a token is `<key id>.<expiry>...`)."""
+    return plan.titles[0].sources[0].split("/t/", 1)[1].split(".", 1)[0]
+
+
+def test_peer_urls_are_signed_during_a_rotations_lead_and_again_once_it_signs(
+    tmp_path: Path,
+) -> None:
+    clock = Clock(10_000.0)
+    lk, sinks = grace_link(tmp_path, clock)
+    # The daily rotation: k1 retires at 10_060, where k2 starts to sign (60 s of lead).
+    rotating = Versioned(
+        "keys",
+        2,
+        (
+            FleetKey("k1", b"k1" * 16, 0.0, 10_060.0, 30_000.0),
+            FleetKey("k2", b"k2" * 16, 10_060.0, 0.0, 0.0),
+        ),
+    )
+    assert lk.apply_keys(rotating) == "applied"
+    assert lk.apply_plan(2, doc("film", sources=("http://peer:1", ORIGIN)), {}) == "applied"
+    assert peer_key(sinks.plans[-1]) == "k1"  # signed in the lead, not left bare
+    submitted = len(sinks.plans)
+    clock.now = 10_030.0
+    lk.check_grace()
+    assert len(sinks.plans) == submitted  # nothing changed: not handed over again
+    clock.now = 10_060.0
+    lk.check_grace()
+    # k1's tokens verify only until 30_000: the plan is handed over signed with k2.
+    assert len(sinks.plans) == submitted + 1 and peer_key(sinks.plans[-1]) == "k2"
+
+
+def test_after_enrolling_again_the_fleets_versions_are_taken_as_they_are(
+    tmp_path: Path,
+) -> None:
+    """A fleet whose database was reset starts its versions again: its key set 1 is not
+    the cached key set 1, and must replace it."""
+    clock = Clock(10_000.0)
+    lk, sinks = grace_link(tmp_path, clock)  # runs key set 1 ("k1") and plan 1
+    assert lk.apply_keys(keyset(1, "k1-new")) == "rejected"  # same version, other content
+    assert lk.apply_keys(keyset(1, "k1-new"), rebase=True) == "applied"
+    assert sinks.keys[-1] == {"k1-new": b"k1-new" * 16}
+    assert lk.apply_plan(1, doc("other"), {}, rebase=True) == "applied"
+    assert [t.id for t in sinks.plans[-1].titles] == ["other"]

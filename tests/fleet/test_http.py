@@ -32,7 +32,13 @@ def service(tmp_path: Path) -> FleetService:
     svc.maybe_rotate_keys()
     for name in ("h1", "h2"):
         svc.enrol("", name, f"http://{name}:8081", auth.public_key(auth.new_private_key()))
-        beat = Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, titles={"film": HeldTitle("d")})
+        beat = Beat(
+            at=svc.clock(),
+            sequence=1,
+            capacity_bps=1e9,
+            titles={"film": HeldTitle("d")},
+            keys_version=svc.keys.version,
+        )
         svc.heartbeat(name, beat, {})
     return svc
 

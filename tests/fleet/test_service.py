@@ -53,7 +53,12 @@ def enrol(svc: FleetService, name: str, site: str) -> None:
 
 
 def beat(
-    svc: FleetService, name: str, seq: int, counts: dict[str, int] | None = None, url: str = ""
+    svc: FleetService,
+    name: str,
+    seq: int,
+    counts: dict[str, int] | None = None,
+    url: str = "",
+    keys_version: int | None = None,
 ) -> None:
     b = Beat(
         at=svc.clock(),
@@ -61,6 +66,8 @@ def beat(
         capacity_bps=1e9,
         tiers=(TierSpace("hdd", 10 * GB),),
         titles={"a": HeldTitle("da", True, GB)},
+        # Synced, as a real appliance is within a beat, unless the test says otherwise.
+        keys_version=svc.keys.version if keys_version is None else keys_version,
     )
     svc.heartbeat(name, b, counts or {}, url)
 
@@ -260,3 +267,50 @@ def test_saved_beats_of_another_shape_are_skipped(tmp_path: Path) -> None:
     ):
         svc.store.set_meta("last_beats", raw)
         assert FleetService(svc.config, Store(svc.config.server.db), clock).beats == {}
+
+
+def signed_with(svc: FleetService, client_ip: str = "192.168.1.2") -> list[str]:
+    return [u.split("/t/", 1)[1].split(".", 1)[0] for u in svc.steer(client_ip, "a")[1].urls]
+
+
+def test_an_appliance_without_the_current_key_gets_no_sessions(tmp_path: Path) -> None:
+    """Just enrolled, it has not fetched the key set yet: its URLs would all be refused."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.maybe_rotate_keys()
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1, keys_version=0)
+    decision, _ = svc.steer("192.168.1.2", "a")
+    assert all(c.name != "h1" for c in decision.candidates)
+    assert any(e.startswith("h1: no current URL key") for e in decision.excluded)
+    beat(svc, "h1", 2)  # fetched the keys: reports their version
+    assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"
+
+
+def test_after_an_immediate_rotation_each_appliance_gets_a_key_it_holds(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.maybe_rotate_keys()
+    for name in ("h1", "h2"):
+        enrol(svc, name, "home")
+        beat(svc, name, 1)
+    old = svc.keys.keys[0]
+    svc.rotate_keys(immediate=True)
+    new = svc.keys.keys[-1]
+    beat(svc, "h1", 2)  # h1 fetched the new set; h2 has not beaten since
+    by_name = dict(
+        zip(
+            [c.name for c in svc.steer("192.168.1.2", "a")[0].candidates],
+            signed_with(svc),
+            strict=True,
+        )
+    )
+    assert by_name == {"h1": new.id, "h2": old.id}
+    # The old key signs for a laggard only within the skew of its retirement, so every
+    # token it signs expires inside the old key's verification period; then h2 is left out.
+    clock.now += svc.config.key_policy().skew_s
+    beat(svc, "h1", 3)
+    beat(svc, "h2", 2, keys_version=1)  # still on the old set (its fetch keeps failing)
+    decision = svc.steer("192.168.1.2", "a")[0]
+    assert [c.name for c in decision.candidates] == ["h1", "origin"]
+    assert any(e.startswith("h2: no current URL key") for e in decision.excluded)

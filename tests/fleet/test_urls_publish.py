@@ -25,7 +25,7 @@ def snapshot() -> FleetSnapshot:
 
 def test_appliance_urls_carry_a_token_that_verifies_and_origin_urls_do_not() -> None:
     decision = steer(snapshot(), "192.168.1.5", "film")
-    got = playback_urls(decision, KEY, now=1000.0, ttl_s=600)
+    got = playback_urls(decision, lambda _c: KEY, now=1000.0, ttl_s=600)
     appliance_url, origin_url = got.urls
     assert got.expires == 1600
     assert appliance_url.startswith("http://127.0.0.1:8081/t/k1.1600.any.")
@@ -40,12 +40,12 @@ def test_appliance_urls_carry_a_token_that_verifies_and_origin_urls_do_not() -> 
 
 def test_bound_urls_refuse_another_client_and_no_key_means_no_token() -> None:
     decision = steer(snapshot(), "192.168.1.5", "film")
-    url = playback_urls(decision, KEY, 0.0, 60, bind_client_ip=True).urls[0]
+    url = playback_urls(decision, lambda _c: KEY, 0.0, 60, bind_client_ip=True).urls[0]
     token = url.split("/t/", 1)[1].split("/", 1)[0]
     verify(token, title_id="film", client_ip="192.168.1.5", keys={"k1": KEY.secret}, now=1)
     with pytest.raises(WrongClient):
         verify(token, title_id="film", client_ip="192.168.1.6", keys={"k1": KEY.secret}, now=1)
-    plain = playback_urls(decision, None, 0.0, 60).urls[0]
+    plain = playback_urls(decision, lambda _c: None, 0.0, 60).urls[0]
     assert plain == "http://127.0.0.1:8081/titles/film/master.m3u8"
 
 
@@ -89,6 +89,6 @@ def test_token_cache_hands_out_what_sign_would_and_starts_afresh_each_second() -
             assert cache(title, key, expires, client) == sign(title, key, expires, client)
     assert cache("film", KEY, 1601) == sign("film", KEY, 1601)
     decision = steer(snapshot(), "192.168.1.5", "film")
-    assert playback_urls(decision, KEY, 1000.0, 600, signer=cache) == playback_urls(
-        decision, KEY, 1000.0, 600
+    assert playback_urls(decision, lambda _c: KEY, 1000.0, 600, signer=cache) == playback_urls(
+        decision, lambda _c: KEY, 1000.0, 600
     )

@@ -54,6 +54,7 @@ class ApplianceClient:
         self.channel = grpc.insecure_channel(grpc_addr)
         self.stub = fleet_pb2_grpc.FleetStub(self.channel)
         self.sequence = 0
+        self.keys_version = 0  # the URL-token key set it runs (steering needs it current)
 
     def _md(self, method: str, req: object) -> tuple[tuple[str, str], ...]:
         body = req.SerializeToString(deterministic=True)  # type: ignore[attr-defined]
@@ -68,9 +69,12 @@ class ApplianceClient:
     def beat(
         self, titles: dict[str, int], load: float = 1e8, health: int = 1, url: str = ""
     ) -> object:
+        if self.keys_version == 0:
+            self.keys()  # as the real link does right after enrolling
         self.sequence += 1
         req = fleet_pb2.HeartbeatRequest(
             appliance=self.name,
+            keys_version=self.keys_version,
             url=url,
             sequence=self.sequence,
             health=health,
@@ -83,11 +87,15 @@ class ApplianceClient:
             ],
             counts_zstd=pack_counts({t: Counts(1, 1000) for t in titles}),
         )
-        return self.stub.Heartbeat(req, metadata=self._md("Heartbeat", req), timeout=10)
+        resp = self.stub.Heartbeat(req, metadata=self._md("Heartbeat", req), timeout=10)
+        if resp.keys_version > self.keys_version:
+            self.keys()  # reported from the next beat on, as the real link does
+        return resp
 
     def keys(self) -> dict[str, bytes]:
         req = fleet_pb2.GetKeysRequest(appliance=self.name)
         resp = self.stub.GetKeys(req, metadata=self._md("GetKeys", req), timeout=10)
+        self.keys_version = resp.keys.version
         return {k.id: k.secret for k in resp.keys.keys}
 
     def plan(self, have: int = 0) -> fleet_pb2.PlanResponse:
