@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,17 @@ def fleet_url(fleet: str | None) -> str:
         return parse_base_url(raw.strip())
     except ConfigError:
         raise FleetError(
-            f"fleet manager URL '{raw}' is not http(s)://HOST[:PORT] (--fleet or EDGEFLIX_FLEET)"
+            f"fleet manager URL '{_redacted(raw)}' is not http(s)://HOST[:PORT] "
+            "(--fleet or EDGEFLIX_FLEET)"
         ) from None
+
+
+def _redacted(url: str) -> str:
+    """`url` fit for a message: a password given in it (user:pw@host) is not echoed."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
 
 
 def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
@@ -61,7 +71,8 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
     try:
         resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), **kw)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise FleetUnreachable(f"fleet manager at {base} is unreachable: {exc}") from None
+        shown = _redacted(base)
+        raise FleetUnreachable(f"fleet manager at {shown} is unreachable: {exc}") from None
     try:
         body = resp.json()
     except ValueError:

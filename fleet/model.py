@@ -55,10 +55,16 @@ def check_title(title_id: str) -> str:
 
 
 def parse_prefix(text: str) -> Network:
+    """A site prefix. An IPv4-mapped IPv6 one (::ffff:10.0.0.0/104) is the IPv4 prefix it
+    maps, as parse_address makes the clients in it IPv4 addresses."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        prefix = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         raise FleetInputError(f"'{text}' is not an IP prefix like 192.168.1.0/24") from None
+    mapped = prefix.network_address.ipv4_mapped if prefix.version == 6 else None
+    if mapped is not None and prefix.prefixlen >= 96:
+        return ipaddress.IPv4Network((mapped, prefix.prefixlen - 96))
+    return prefix
 
 
 def parse_address(text: str) -> Address:

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from fleet.errors import FleetInputError
-from fleet.model import Appliance, FillWindow, HeldTitle, Site
+from fleet.model import Appliance, FillWindow, FleetSnapshot, HeldTitle, Site, parse_address
 
 
 def test_fill_window_wraps_midnight() -> None:
@@ -48,3 +48,11 @@ def test_appliance_derived_figures() -> None:
     )
     assert a.utilisation == 0.25 and a.spare_bps == 7.5e8
     assert a.holds_complete("t") and not a.holds_complete("p") and not a.holds_complete("x")
+
+
+def test_an_ipv4_mapped_site_prefix_matches_its_ipv4_clients() -> None:
+    site = Site.build("home", ["::ffff:10.0.0.0/104"], "02:00-06:00", "UTC")
+    snap = FleetSnapshot(sites=(site,), appliances=())
+    for client in ("10.1.2.3", "::ffff:10.1.2.3"):
+        assert snap.site_of(parse_address(client)) == site, client
+    assert snap.site_of(parse_address("11.0.0.1")) is None

@@ -154,6 +154,10 @@ def test_cli_with_no_manager_or_a_bad_url() -> None:
     one_line_error(*fleet_cli("http://127.0.0.1:abc", "ls"), "is not http(s)://HOST[:PORT]")
     env = {"EDGEFLIX_FLEET": refused}
     one_line_error(*fleet_cli("", "sites", env=env), refused)
+    with_password = refused.replace("//", "//ops:hunter2@")
+    code, out, err = fleet_cli(with_password, "ls")
+    one_line_error(code, out, err, "ops:***@127.0.0.1")
+    assert "hunter2" not in out + err
 
 
 def test_every_listing_is_valid_json_in_a_pipe(fleet: Server, h1: ApplianceClient) -> None:
