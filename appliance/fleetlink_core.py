@@ -26,8 +26,8 @@ _HEALTH = {
     "degraded": fleet_pb2.HEALTH_DEGRADED,
     "failing": fleet_pb2.HEALTH_FAILING,
 }
-_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 MIN_SECRET_BYTES = 16
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.server")
 # The rule of edgeflix.titlefiles.TITLE_ID_RE (a test keeps them equal), repeated so workers
 # need not import that pydantic-based module.
-TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class LocatedFile(Protocol):

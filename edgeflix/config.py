@@ -157,7 +157,7 @@ def _valid_base_url(value: str) -> str:
 BaseUrl = Annotated[str, AfterValidator(_valid_base_url)]
 
 # Names of appliances and sites: one safe token for URLs, logs, certificates and the registry.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 
 
 def _valid_name(value: str) -> str:

@@ -21,7 +21,7 @@ from edgeflix.errors import EdgeflixError
 FORMAT = 1
 FILES_JSON = "files.json"
 # Title ids are path components in URLs and on disk: keep them boring.
-TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 CHUNK = 1 << 20
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from edgeflix.errors import EdgeflixError
 
 _VERSION = "edgeflix-token-v1"
-_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_B64 = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
+_B64 = re.compile(r"^[A-Za-z0-9_-]+\Z")
 CLIENT_MAC_BYTES = 16
 
 

@@ -15,7 +15,7 @@ from edgeflix.proto.gen import fleet_pb2
 from fleet.model import Site
 from fleet.planner import ORIGIN, ApplianceFillPlan, PlannedTitle
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def source_urls(title: PlannedTitle, peers: Mapping[str, str], origin_url: str) -> list[str]:

@@ -76,6 +76,8 @@ class IngestRequest:
 
 def check_request(req: IngestRequest) -> None:
     check_title_id(req.title_id)
+    if len(set(req.codecs)) != len(req.codecs):
+        raise SourceError(f"--codecs names a codec twice: {','.join(req.codecs)}")
     if not req.title.strip() or not req.title.isprintable():
         raise SourceError("--title must be one line of printable text")
     unknown = [c for c in req.codecs if c not in CODECS]

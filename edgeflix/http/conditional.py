@@ -13,6 +13,7 @@ from enum import Enum
 from edgeflix.http.content import parse_http_date
 
 _ETAG = re.compile(r'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
+_EMPTY_ELEMENTS = re.compile(r"(?:\s*,)+")
 
 
 class Precondition(Enum):
@@ -27,6 +28,10 @@ def _tags(value: str) -> list[tuple[bool, str]] | None:
     pos = 0
     value = value.strip()
     while pos < len(value):
+        empty = _EMPTY_ELEMENTS.match(value, pos)  # RFC 9110 5.6.1: ignore empty elements
+        pos = empty.end() if empty else pos
+        if pos == len(value):
+            break
         match = _ETAG.match(value, pos)
         if match is None:
             return None

@@ -79,6 +79,9 @@ def test_if_none_match_and_if_modified_since_give_304() -> None:
     assert plan(if_none_match=f'"nope", W/{ETAG}').status == 304  # weak comparison
     assert plan(if_none_match="*").status == 304
     assert plan(if_none_match='"nope"').status == 200
+    # RFC 9110 5.6.1: empty list elements are ignored, not a malformed list.
+    assert plan(if_none_match=f", {ETAG}").status == 304
+    assert plan(if_none_match=f'"nope", ,{ETAG},').status == 304
     assert plan(if_modified_since=http_date(MTIME_S)).status == 304
     assert plan(if_modified_since=http_date(MTIME_S - 1)).status == 200
     # If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2 step 3 before 4).

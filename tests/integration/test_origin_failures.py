@@ -67,10 +67,15 @@ def test_audio_only_container(tmp_path: Path, bunny: Path) -> None:
     assert_one_line_error(run_cli(ingest_args(audio, tmp_path / "s")), "no video stream")
 
 
-@pytest.mark.parametrize("bad_id", ["a/b", "..", "../etc", "x..y", "", "-x"])
+@pytest.mark.parametrize("bad_id", ["a/b", "..", "../etc", "x..y", "", "-x", "nl\n"])
 def test_bad_title_ids(tmp_path: Path, bikes: Path, bad_id: str) -> None:
     assert_one_line_error(run_cli(ingest_args(bikes, tmp_path, bad_id)), "invalid title id")
     assert not (tmp_path / "titles").exists() or not any((tmp_path / "titles").iterdir())
+
+
+def test_a_codec_named_twice(tmp_path: Path, bikes: Path) -> None:
+    args = [*ingest_args(bikes, tmp_path), "--codecs", "h264,h264"]
+    assert_one_line_error(run_cli(args), "names a codec twice")
 
 
 def test_store_is_a_file(tmp_path: Path, bikes: Path) -> None:
