@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -16,6 +19,65 @@ import uvloop
 
 from edgeflix.http.server import FileServer, ServerSettings, Site
 from edgeflix.http.stats import ServerStats
+from edgeflix.log import event
+
+log = logging.getLogger("edgeflix.http")
+
+
+# Descriptors a worker needs beside its client connections: listening socket, the index,
+# files being sent (one per connection at most, counted in), logs, the counters file.
+FD_RESERVE = 64
+
+
+def nofile_plan(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
+    """(the soft descriptor limit to ask for, the connection cap that fits in it). Each
+    connection holds a socket and, while sending, a file: the soft limit is raised toward
+    the hard one (a shell's 1024 is common); where the hard limit is lower, the cap is
+    lowered to fit, so a crowd gets 503s rather than failed accepts."""
+    infinite = resource.RLIM_INFINITY
+    wanted = 2 * max_connections + FD_RESERVE
+    if soft == infinite or soft >= wanted:
+        return soft, max_connections
+    raised = wanted if hard == infinite else max(soft, min(wanted, hard))
+    if raised >= wanted:
+        return raised, max_connections
+    return raised, max(1, (raised - FD_RESERVE) // 2)
+
+
+def fit_connections(settings: ServerSettings) -> ServerSettings:
+    """Apply nofile_plan to this process and `settings`."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new_soft, cap = nofile_plan(settings.max_connections, soft, hard)
+    if new_soft != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (OSError, ValueError):
+            new_soft, cap = soft, nofile_plan(settings.max_connections, soft, soft)[1]
+    if cap == settings.max_connections:
+        return settings
+    configured = settings.max_connections
+    event(log, "serve.max_connections.lowered", logging.WARNING, configured=configured,
+          now=cap, nofile=new_soft)  # fmt: skip
+    return dataclasses.replace(settings, max_connections=cap)
+
+
+class _Ticker:
+    """`tick` that outlives a failure: a full or vanished run folder must not end the
+    worker (and every connection on it); logged once per failing spell."""
+
+    def __init__(self, tick: Callable[[ServerStats], None]) -> None:
+        self.tick = tick
+        self.failing = False
+
+    def __call__(self, stats: ServerStats) -> None:
+        try:
+            self.tick(stats)
+        except OSError as exc:
+            if not self.failing:
+                event(log, "tick.failed", logging.WARNING, error=exc.strerror or str(exc))
+            self.failing = True
+        else:
+            self.failing = False
 
 
 def serve_forever(
@@ -29,6 +91,8 @@ def serve_forever(
     tick_s: float = 0.5,
     refresh: Callable[[], object] | None = None,
 ) -> None:
+    settings = fit_connections(settings)
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = FileServer(site, settings, refresh=refresh)
@@ -40,11 +104,12 @@ def serve_forever(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), tick_s)
-            if tick is not None:
-                tick(server.stats)
+            if ticker is not None:
+                ticker(server.stats)
         await server.stop(stop_timeout_s)
-        if tick is not None:
-            tick(server.stats)
+        if ticker is not None:
+            ticker(server.stats)
 
+    ticker = _Ticker(tick) if tick is not None else None
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

@@ -47,6 +47,8 @@ _CACHED_HEADS = ("GET", "HEAD")
 _NOT_SERVABLE = frozenset((errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG))
 # How old the Date header and idle deadline may get (see FileServer.fresh).
 _TICK_S = 0.01
+# Out of file descriptors, accepting pauses this long before it is tried again.
+ACCEPT_PAUSE_S = 0.1
 # How long an armed route (routes.py) may go on sending a file that was unlinked, replaced or
 # rewritten in place at the same size behind our back: its full fstat (~3k instructions,
 # mostly building the stat_result) is done once per this, its size (lseek) per request.
@@ -132,6 +134,7 @@ class FileServer:
         self.stopping = False
         self._boundary = boundary
         self._listeners: list[socket.socket] = []
+        self._accept_failing = False  # in a spell of failed accepts (logged once)
         self.files = FileCache(settings.open_files)
         self._tail_date = b""
         self.tails = (b"", b"")
@@ -176,9 +179,12 @@ class FileServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                # EMFILE/ENFILE: leave the rest queued; the next readiness event retries.
-                event(log, "accept.failed", logging.WARNING, error=exc.strerror)
+                # EMFILE/ENFILE (or ENOBUFS): the listening socket stays readable, so retrying
+                # on the next readiness event would spin; pause accepting briefly instead,
+                # leaving the rest queued, and say so once per spell.
+                self._pause_accept(lsock, exc)
                 return
+            self._accept_failing = False
             self.stats.connections_total += 1
             if len(self.connections) >= self.settings.max_connections or self.stopping:
                 self.stats.rejected_connections += 1
@@ -196,6 +202,20 @@ class FileServer:
             self.stats.open_connections = len(self.connections)
             self._idle.clear()
             conn.start()
+
+    def _pause_accept(self, lsock: socket.socket, exc: OSError) -> None:
+        self.stats.accept_errors += 1
+        if not self._accept_failing:
+            event(log, "accept.failed", logging.WARNING, error=exc.strerror or str(exc),
+                  action=f"pausing accepts for {ACCEPT_PAUSE_S} s at a time")  # fmt: skip
+            self._accept_failing = True
+        self.loop.remove_reader(lsock.fileno())
+
+        def resume() -> None:
+            if lsock in self._listeners and not self.stopping:
+                self.loop.add_reader(lsock.fileno(), self._on_accept, lsock)
+
+        self.loop.call_later(ACCEPT_PAUSE_S, resume)
 
     def _reject(self, sock: socket.socket) -> None:
         # Best effort: a 503 fits in any socket buffer, so one non-blocking send is enough.

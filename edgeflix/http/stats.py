@@ -18,6 +18,7 @@ class ServerStats:
     connections_total: int = 0
     rejected_connections: int = 0  # over serve.max_connections
     header_timeouts: int = 0  # dropped while still sending request headers (slowloris)
+    accept_errors: int = 0  # accept() failed: out of file descriptors (EMFILE/ENFILE)
     sendfile_errors: int = 0
     # Responses cut after their head by a failure on our side (the disk's EIO, a file
     # truncated under us), by title: not in `requests`, whose status the client never got whole.
@@ -46,6 +47,7 @@ class ServerStats:
             "connections_total": self.connections_total,
             "rejected_connections": self.rejected_connections,
             "header_timeouts": self.header_timeouts,
+            "accept_errors": self.accept_errors,
             "sendfile_errors": self.sendfile_errors,
             "aborted": dict(sorted(self.aborted.items())),
         }
@@ -63,6 +65,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
         total.connections_total += int(snap.get("connections_total", 0))
         total.rejected_connections += int(snap.get("rejected_connections", 0))
         total.header_timeouts += int(snap.get("header_timeouts", 0))
+        total.accept_errors += int(snap.get("accept_errors", 0))
         total.sendfile_errors += int(snap.get("sendfile_errors", 0))
         for title, n in snap.get("aborted", {}).items():
             total.aborted[str(title)] = total.aborted.get(str(title), 0) + int(n)
