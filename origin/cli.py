@@ -70,19 +70,36 @@ class Bars:
             self._bars.update(done)
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise IngestCancelled("ingest stopped by SIGTERM; nothing was published")
+class _Cancel:
+    """SIGINT/SIGTERM during an ingest: cancel it until it has published; after that the
+    title is live and only the summary is left, so the command finishes (ingest holds the
+    signals while it publishes, so one that lands then arrives after `published`)."""
+
+    def __init__(self) -> None:
+        self.published = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.published:
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise IngestCancelled("ingest stopped by SIGTERM; nothing was published")
+
+    def set_published(self) -> None:
+        self.published = True
 
 
 @contextmanager
-def _cancellable() -> Iterator[None]:
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+def _cancellable() -> Iterator[_Cancel]:
+    cancel = _Cancel()
+    previous = {s: signal.signal(s, cancel.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield cancel
     except KeyboardInterrupt:
         raise IngestCancelled("ingest interrupted; nothing was published") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Ladder(StrEnum):
@@ -150,8 +167,8 @@ def ingest_cmd(
         heights=_parse_ints(heights, "--heights"),
         replace=replace,
     )
-    with _cancellable(), ExitStack() as stack:
-        model, digest = ingest(req, cfg.encode, Bars(stack))
+    with _cancellable() as cancel, ExitStack() as stack:
+        model, digest = ingest(req, cfg.encode, Bars(stack), on_published=cancel.set_published)
     from edgeflix import ui
 
     path = store / "titles" / model.id

@@ -12,7 +12,9 @@ import errno
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,8 +109,12 @@ def ingest(
     cfg: EncodeConfig,
     reporter: Reporter | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    on_published: Callable[[], None] | None = None,
 ) -> tuple[TitleFiles, str]:
-    """Package `req.source` and publish it; return its files.json model and digest."""
+    """Package `req.source` and publish it; return its files.json model and digest.
+
+    SIGINT and SIGTERM are held while the title is published, until `on_published` has
+    run, so a caller that cancels on a signal knows whether the title went live."""
     reporter = reporter or Silent()
     check_request(req)
     lookup = FfmpegLookup(cfg.ffmpeg)  # checks the binary while the probe runs
@@ -146,10 +152,24 @@ def ingest(
                 raise store_error(exc, req.store) from None
             raise
         raw = titlefiles.render(model)
-        staging.publish()
+        with _signals_held():
+            staging.publish()
+            if on_published is not None:
+                on_published()
     digest = titlefiles.digest_bytes(raw)
     event(log, "title.published", id=req.title_id, bytes=model.total_bytes, digest=digest)
     return model, digest
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait for the end of the block, then arrive (this thread)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def package(
