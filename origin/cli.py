@@ -71,22 +71,39 @@ class Bars:
 
 
 class _Cancel:
-    """SIGINT/SIGTERM during an ingest: cancel it until it has published; after that the
-    title is live and only the summary is left, so the command finishes (ingest holds the
-    signals while it publishes, so one that lands then arrives after `published`)."""
+    """SIGINT/SIGTERM during an ingest cancel it, until it publishes. A signal that lands
+    while the title is made live waits for the end of that step; once the title is live,
+    only the summary is left and the command finishes. (Python runs handlers in the main
+    thread between bytecodes, whichever thread the kernel picked: a flag, not a signal
+    mask, is what holds here.)"""
 
     def __init__(self) -> None:
         self.published = False
+        self._publishing = False
+        self._deferred: int | None = None
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.published:
             return
+        if self._publishing:
+            self._deferred = signum
+            return
+        self._cancel(signum)
+
+    @staticmethod
+    def _cancel(signum: int) -> None:
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise IngestCancelled("ingest stopped by SIGTERM; nothing was published")
 
-    def set_published(self) -> None:
-        self.published = True
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        self._publishing = True
+        try:
+            yield
+        finally:
+            self._publishing = False
+        self.published = True  # only when the step returned: the title is live
 
 
 @contextmanager
@@ -168,7 +185,7 @@ def ingest_cmd(
         replace=replace,
     )
     with _cancellable() as cancel, ExitStack() as stack:
-        model, digest = ingest(req, cfg.encode, Bars(stack), on_published=cancel.set_published)
+        model, digest = ingest(req, cfg.encode, Bars(stack), publishing=cancel.publishing)
     from edgeflix import ui
 
     path = store / "titles" / model.id

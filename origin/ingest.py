@@ -12,9 +12,8 @@ import errno
 import logging
 import os
 import re
-import signal
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,12 +108,12 @@ def ingest(
     cfg: EncodeConfig,
     reporter: Reporter | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
-    on_published: Callable[[], None] | None = None,
+    publishing: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> tuple[TitleFiles, str]:
     """Package `req.source` and publish it; return its files.json model and digest.
 
-    SIGINT and SIGTERM are held while the title is published, until `on_published` has
-    run, so a caller that cancels on a signal knows whether the title went live."""
+    `publishing()`, if given, is entered around the step that makes the title live (the
+    CLI defers a cancelling signal there, and ignores one once it is over)."""
     reporter = reporter or Silent()
     check_request(req)
     lookup = FfmpegLookup(cfg.ffmpeg)  # checks the binary while the probe runs
@@ -152,24 +151,11 @@ def ingest(
                 raise store_error(exc, req.store) from None
             raise
         raw = titlefiles.render(model)
-        with _signals_held():
+        with publishing() if publishing is not None else nullcontext():
             staging.publish()
-            if on_published is not None:
-                on_published()
     digest = titlefiles.digest_bytes(raw)
     event(log, "title.published", id=req.title_id, bytes=model.total_bytes, digest=digest)
     return model, digest
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait for the end of the block, then arrive (this thread)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def package(

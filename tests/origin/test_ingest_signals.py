@@ -1,11 +1,13 @@
-"""A signal that lands while an ingest publishes: held until the title is live, then the
-command finishes instead of claiming that nothing was published (a real encode, in-process,
-so the signal can be sent at exactly that moment)."""
+"""A signal that lands while an ingest publishes: deferred until the title is live, then
+the command finishes instead of claiming that nothing was published (a real encode,
+in-process, so the signal can be sent at exactly that moment)."""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,11 +24,13 @@ def test_a_signal_while_publishing_waits_and_the_ingest_completes(
     req = IngestRequest(bikes, "t", "T", tmp_path, heights=(240,))
     with _cancellable() as cancel:
 
-        def published() -> None:
-            os.kill(os.getpid(), sig)  # held: arrives once publishing is over
-            cancel.set_published()
+        @contextmanager
+        def publishing() -> Iterator[None]:
+            with cancel.publishing():
+                os.kill(os.getpid(), sig)  # lands while the title is made live
+                yield
 
-        model, _digest = ingest(req, EncodeConfig(), on_published=published)
+        model, _digest = ingest(req, EncodeConfig(), publishing=publishing)
     assert model.id == "t"
     assert (tmp_path / "titles" / "t" / "files.json").is_file()
 
