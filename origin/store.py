@@ -5,12 +5,14 @@ reader sees the old title or the new one, never half of one. `origin serve` list
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,9 @@ from origin.errors import StoreError
 TITLES = "titles"
 TMP_PREFIX = ".tmp-"
 LOCK = ".lock"
+# A temp folder without its lock file is an ingest setting up (microseconds); older than
+# this, it is one that died there.
+UNLOCKED_GRACE_S = 600.0
 BUILD = "title"  # the title being built, inside the temp folder
 OLD = "old"  # a replaced title, parked inside the temp folder until it is deleted
 
@@ -93,9 +98,10 @@ def _renameat2(src: Path, dst: Path, flags: int) -> None:
 
 
 def _try_lock(lock_path: Path) -> int | None:
-    """An fd holding an exclusive flock on `lock_path`, or None if someone holds it."""
+    """An fd holding an exclusive flock on the existing `lock_path`, or None if someone
+    holds it. Never creates it: a lock file appears already locked (Staging._lock)."""
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR)
     except OSError:
         return None
     try:
@@ -106,16 +112,25 @@ def _try_lock(lock_path: Path) -> int | None:
     return fd
 
 
-def clean_stale(store: Path) -> list[str]:
+def clean_stale(store: Path, now: Callable[[], float] = time.time) -> list[str]:
     """Remove temp folders left by ingests that died (their lock is free); if one died between
-    the two renames of a fallback replace, put the old title back first. Returns what went."""
+    the two renames of a fallback replace, put the old title back first. A temp folder
+    without its lock file is an ingest being set up, unless older than UNLOCKED_GRACE_S
+    (one that died then). Returns what went."""
     removed: list[str] = []
     if not store.is_dir():
         return removed
     for tmp in sorted(p for p in store.iterdir() if p.name.startswith(TMP_PREFIX)):
-        fd = _try_lock(tmp / LOCK) if tmp.is_dir() else None
-        if tmp.is_dir() and fd is None:
-            continue  # a live ingest owns it
+        fd = None
+        if tmp.is_dir():
+            if not (tmp / LOCK).exists():
+                with contextlib.suppress(OSError):
+                    if now() - tmp.stat().st_mtime < UNLOCKED_GRACE_S:
+                        continue
+            else:
+                fd = _try_lock(tmp / LOCK)
+                if fd is None:
+                    continue  # a live ingest owns it
         try:
             title_id = tmp.name[len(TMP_PREFIX) :].rsplit("-", 1)[0]
             live = titles_dir(store) / title_id
@@ -155,14 +170,26 @@ class Staging:
             self.cleaned = clean_stale(self.store)
             self.check_free()
             self.root.mkdir()
-            self._fd = _try_lock(self.root / LOCK)
-            if self._fd is None:
-                raise StoreError(f"cannot lock {self.root}")
+            self._fd = self._lock()
             self.title_dir.mkdir()
         except OSError as exc:
             shutil.rmtree(self.root, ignore_errors=True)
             raise store_error(exc, self.store) from None
         return self
+
+    def _lock(self) -> int:
+        """The lock file, locked before it takes its name: another ingest's clean_stale
+        never finds it unlocked (between an open and a flock) and takes the folder for a
+        dead one's."""
+        part = self.root / f"{LOCK}.{self._token()}"
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(part, self.root / LOCK)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def check_free(self) -> None:
         if self.target.exists() and not self.replace:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -48,9 +49,11 @@ def test_leaving_without_publish_removes_everything(tmp_path: Path) -> None:
 def test_clean_stale_spares_live_ingests_and_restores_parked_titles(tmp_path: Path) -> None:
     dead = tmp_path / ".tmp-a-0001"
     (dead / "title").mkdir(parents=True)
+    (dead / ".lock").touch()  # its lock file, which nobody holds any more
     parked = tmp_path / ".tmp-b-0002"
     (parked / "old").mkdir(parents=True)
     (parked / "old" / "x").write_text("old title")
+    (parked / ".lock").touch()
     live = tmp_path / ".tmp-c-0003"
     live.mkdir()
     fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
@@ -68,3 +71,20 @@ def test_clean_stale_spares_live_ingests_and_restores_parked_titles(tmp_path: Pa
 def test_list_skips_folders_without_a_valid_files_json(tmp_path: Path) -> None:
     (tmp_path / "titles" / "junk").mkdir(parents=True)
     assert list_titles(tmp_path) == [] and list_titles(tmp_path / "missing") == []
+
+
+def test_a_temp_folder_without_its_lock_yet_is_spared_until_it_is_old(tmp_path: Path) -> None:
+    """An ingest between creating its folder and locking it is alive: cleaning must not
+    delete its folder (or create its lock file, and so hold it)."""
+    setting_up = tmp_path / ".tmp-a-0001"
+    setting_up.mkdir()
+    assert clean_stale(tmp_path) == [] and setting_up.is_dir()
+    assert not (setting_up / ".lock").exists()
+    later = time.time() + 3600
+    assert clean_stale(tmp_path, now=lambda: later) == [".tmp-a-0001"]
+
+
+def test_staging_locks_its_folder_from_the_start(tmp_path: Path) -> None:
+    with Staging(tmp_path, "t", replace=False) as s:
+        assert clean_stale(tmp_path) == [] and s.root.is_dir()
+        assert sorted(p.name for p in s.root.iterdir()) == [".lock", "title"]
