@@ -30,6 +30,7 @@ CODECS = ("h264", "hevc", "av1")
 CODEC_FACTOR = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 # A source this much taller than the highest rung that fits gets a rung at its own height.
 NATIVE_RUNG_MARGIN = 1.10
+MAX_RUNG_PIXELS = 3840 * 2160
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,26 @@ def rung_width(src_width: int, src_height: int, height: int) -> int:
     return even(height * src_width / src_height)
 
 
-def ladder_heights(src_height: int, only: Iterable[int] | None = None) -> list[int]:
-    """Rung heights for a source, tallest first, none above the source."""
-    fitting = [h for h, _ in DEFAULT_LADDER if h <= src_height]
-    if not fitting or src_height > fitting[0] * NATIVE_RUNG_MARGIN:
-        fitting.insert(0, src_height - src_height % 2)  # encoders want even sizes
+def top_height(src_width: int, src_height: int) -> int:
+    """The tallest rung a source gets: its own height, but no picture over MAX_RUNG_PIXELS
+    (4K UHD). Beyond it, players and H.264 levels give out, and no service streams more."""
+    height = src_height
+    if src_width * src_height > MAX_RUNG_PIXELS:
+        height = int((MAX_RUNG_PIXELS * src_height / src_width) ** 0.5)
+        while height > 2 and rung_width(src_width, src_height, height) * height > MAX_RUNG_PIXELS:
+            height -= 1
+    return height - height % 2  # encoders want even sizes
+
+
+def ladder_heights(
+    src_height: int, only: Iterable[int] | None = None, src_width: int | None = None
+) -> list[int]:
+    """Rung heights for a source, tallest first, none above the source (nor above
+    top_height when the width is given)."""
+    top = top_height(src_width, src_height) if src_width else src_height
+    fitting = [h for h, _ in DEFAULT_LADDER if h <= top]
+    if not fitting or top > fitting[0] * NATIVE_RUNG_MARGIN:
+        fitting.insert(0, top - top % 2)  # encoders want even sizes
     if only is not None:
         wanted = set(only)
         fitting = [h for h in fitting if h in wanted]
@@ -87,7 +103,7 @@ def default_ladder(
     for codec in codecs:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
-        for height in ladder_heights(src_height, only):
+        for height in ladder_heights(src_height, only, src_width):
             width = rung_width(src_width, src_height, height)
             rungs.append(Rung(codec, width, height, default_kbps(width, height, codec)))
     return tuple(rungs)

@@ -53,6 +53,22 @@ def test_tall_source_between_rungs_gets_a_native_rung() -> None:
     assert ladder_heights(2160)[:2] == [2160, 1080]
 
 
+@given(st.integers(min_value=16, max_value=8640), st.integers(min_value=16, max_value=15360))
+def test_no_rung_above_4k_pixels(height: int, width: int) -> None:
+    rungs = default_ladder(width, height, ["h264"])
+    assert rungs and all(r.width * r.height <= 3840 * 2160 for r in rungs)
+
+
+def test_a_source_above_4k_gets_a_4k_top_rung() -> None:
+    assert [(r.width, r.height) for r in default_ladder(7680, 4320, ["h264"])][:2] == [
+        (3840, 2160),
+        (1920, 1080),
+    ]
+    top = default_ladder(9000, 5000, ["h264"])[0]
+    assert top.height == 2146 and top.width * top.height <= 3840 * 2160
+    assert default_ladder(2160, 3840, ["h264"])[0].height == 3840  # portrait 4K stays whole
+
+
 def test_only_heights_filters_but_never_adds() -> None:
     assert ladder_heights(720, [1080, 360, 240]) == [360, 240]
 
