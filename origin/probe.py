@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 # AVColorTransferCharacteristic values of HDR video → ffmpeg's names for them.
 HDR_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
+# Rungs are never upscaled, and the poster (a JPEG) fails below a few pixels: smaller
+# sources are refused with that reason rather than with ffmpeg's.
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,11 @@ def probe(path: Path) -> Source:
         if _quarter_turned(target, container, video):
             # ffmpeg turns the frames upright before our filters: the ladder is of those.
             width, height = height, width
-        if min(width, height) < 2:  # the smallest rung is 2 pixels (4:2:0), never upscaled
-            raise SourceError(f"{path}: a {width}x{height} picture is too small to encode")
+        if min(width, height) < MIN_SIDE:
+            raise SourceError(
+                f"{path}: a {width}x{height} picture is too small to encode "
+                f"(at least {MIN_SIDE}x{MIN_SIDE})"
+            )
         return Source(
             path=target,
             width=width,

@@ -105,6 +105,7 @@ CLIPS: dict[str, list[str]] = {
                  "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
                  "-disposition:v:0", "attached_pic"],
     "dot.mkv": [*video(), "-vf", "scale=1:1,format=yuv444p", "-c:v", "ffv1"],
+    "speck.mp4": [*video(), "-vf", "scale=2:2", *X264],
     # A still image every 3 s (a podcast's slideshow): no whole number of frames lasts 4 s.
     "slides.mp4": [*video(rate="1/3", seconds=12), *X264],
     "whole.mp4": [*video(seconds=3), *X264, "-movflags", "+faststart"],
@@ -319,6 +320,7 @@ def test_broken_files_are_one_line_errors(clips: dict[str, Path], tmp_path: Path
     assert_one_line_error(ingest(subs, tmp_path / "s"), "no video stream")
     assert_one_line_error(ingest(clips["song.m4a"], tmp_path / "s"), "no video stream")
     assert_one_line_error(ingest(clips["dot.mkv"], tmp_path / "s"), "too small")
+    assert_one_line_error(ingest(clips["speck.mp4"], tmp_path / "s"), "too small", "8x8")
     assert not (tmp_path / "s" / "titles" / "t").exists()
 
 
