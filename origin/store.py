@@ -61,7 +61,8 @@ def check_store(store: Path) -> None:
 
 
 def list_titles(store: Path) -> list[PublishedTitle]:
-    """Every published title with a valid files.json, sorted by id (others are skipped)."""
+    """Every published title with a valid files.json naming its folder, sorted by id
+    (others are skipped)."""
     check_store(store)
     root = titles_dir(store)
     if not root.is_dir():
@@ -72,6 +73,8 @@ def list_titles(store: Path) -> list[PublishedTitle]:
             model, digest = read(folder)
         except TitleFilesError:
             continue
+        if model.id != folder.name:
+            continue  # copied or renamed by hand: its URLs (by id) would not find it
         found.append(
             PublishedTitle(
                 id=model.id,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -71,6 +72,14 @@ def test_clean_stale_spares_live_ingests_and_restores_parked_titles(tmp_path: Pa
 def test_list_skips_folders_without_a_valid_files_json(tmp_path: Path) -> None:
     (tmp_path / "titles" / "junk").mkdir(parents=True)
     assert list_titles(tmp_path) == [] and list_titles(tmp_path / "missing") == []
+
+
+def test_list_skips_a_title_folder_copied_under_another_name(tmp_path: Path) -> None:
+    with Staging(tmp_path, "t", replace=False) as s:
+        build(s, "one")
+        s.publish()
+    shutil.copytree(tmp_path / "titles" / "t", tmp_path / "titles" / "copy")
+    assert [t.id for t in list_titles(tmp_path)] == ["t"]
 
 
 def test_a_temp_folder_without_its_lock_yet_is_spared_until_it_is_old(tmp_path: Path) -> None:
