@@ -26,3 +26,25 @@ def test_ctrl_c_while_a_command_starts_is_one_line() -> None:
         if proc.returncode != 1:  # 1: it had already failed to reach the fleet manager
             assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
             assert err.strip() == "error: interrupted", err
+
+
+def test_a_ctrl_c_that_lands_where_python_cannot_raise_it_still_arrives() -> None:
+    """In a weakref callback or a __del__ (the import machinery's module locks, during a
+    command's start), Python prints a KeyboardInterrupt as "Exception ignored" and drops
+    it; the CLI sends it again, so it stops the command as any Ctrl-C does."""
+    code = (
+        "import edgeflix.cli\n"
+        "class Dying:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt\n"
+        "import time\n"
+        "try:\n"
+        "    Dying()\n"
+        "    for _ in range(100):\n"
+        "        time.sleep(0.01)\n"
+        "    print('lost')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('arrived')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "arrived" and "Exception ignored" not in proc.stderr, proc
