@@ -504,25 +504,34 @@ class Store:
         returns the index rows that describe them."""
         if copy.adopt:
             fsync_files([copy.where(e.path) for e in copy.entries])
-        moved: set[Path] = set()  # folders that received renamed files: fsynced once each
+        moved: list[tuple[Path, Path]] = []  # (from, to) of renamed files
         rows: list[tuple[object, ...]] = []
-        for entry in copy.entries:
-            disk = copy.placement[entry.path]
-            src, dst = copy.where(entry.path), file_path(disk, folder, entry.path)
-            try:
-                if copy.adopt and move_verified(src, dst, entry.size):
-                    moved.add(dst.parent)
-                    if copy.on_bytes:
-                        copy.on_bytes(entry.size)
-                else:
-                    copy_verified(src, dst, entry.size, entry.sha256, on_bytes=copy.on_bytes)
-            except ChecksumMismatch as exc:
-                raise LoadError(f"{src}: {exc} (files.json says otherwise)") from None
-            except OSError as exc:
-                raise LoadError(f"cannot copy {entry.path} of {copy.title_id}: {exc}") from None
-            mtime_ns = dst.stat().st_mtime_ns
-            rows.append((copy.title_id, entry.path, disk, entry.size, entry.sha256, mtime_ns, OK))
-        for moved_to in moved:
+        try:
+            for entry in copy.entries:
+                disk = copy.placement[entry.path]
+                src, dst = copy.where(entry.path), file_path(disk, folder, entry.path)
+                try:
+                    if copy.adopt and move_verified(src, dst, entry.size):
+                        moved.append((src, dst))
+                        if copy.on_bytes:
+                            copy.on_bytes(entry.size)
+                    else:
+                        copy_verified(src, dst, entry.size, entry.sha256, on_bytes=copy.on_bytes)
+                except ChecksumMismatch as exc:
+                    raise LoadError(f"{src}: {exc} (files.json says otherwise)") from None
+                except OSError as exc:
+                    raise LoadError(f"cannot copy {entry.path} of {copy.title_id}: {exc}") from None
+                mtime_ns = dst.stat().st_mtime_ns
+                row = (copy.title_id, entry.path, disk, entry.size, entry.sha256, mtime_ns, OK)
+                rows.append(row)
+        except BaseException:
+            # The caller deletes the new folder: renamed files go back to where they came from
+            # first (the fill's staging), so a retry need not download them again.
+            for src, dst in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.rename(dst, src)
+            raise
+        for moved_to in {dst.parent for _, dst in moved}:
             fsync_dir(moved_to)
         return rows
 

@@ -4,6 +4,7 @@ failures and crashes at any point leave one whole version, and reconcile sweeps 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import sqlite3
@@ -346,4 +347,34 @@ def test_purging_frees_only_files_no_hard_link_keeps(
     total = sum(store._bytes_on_disks("bunny").values())
     assert sum(freed.values()) == total - kept.stat().st_size
     assert store._freeing(None, {disk.id: 5}) == {disk.id: 5}
+    store.close()
+
+
+@pytest.mark.parametrize("update", [False, True])
+def test_a_failed_adopting_load_puts_the_moved_files_back(
+    tmp_path: Path, versions: tuple[Path, Path], update: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fill's staged files are moved in; when the load fails half-way (here the disk
+    fills up at files.json, which goes in last) they go back to staging, so the next fill
+    resumes instead of downloading them again."""
+    v1, v2 = versions
+    store = make_store(tmp_path, tiers=("hdd",), grace_s=0)
+    if update:
+        store.load("bunny", v1)
+    staged = tmp_path / "staging" / "bunny"
+    shutil.copytree(v2, staged)
+    before = sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
+    rename = os.rename
+
+    def full_at_files_json(src: str | Path, dst: str | Path) -> None:
+        if Path(dst).name == "files.json" and staged in Path(src).parents:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", full_at_files_json)
+    with pytest.raises(LoadError, match="No space left"):
+        store.load("bunny", staged, adopt_verified=True, replace=update)
+    monkeypatch.undo()
+    assert sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file()) == before
+    assert folders(store) == (["bunny"] if update else [])
     store.close()
