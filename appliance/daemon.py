@@ -250,24 +250,48 @@ class Supervisor:
     def roll(self, config: ApplianceConfig) -> None:
         """New serving settings: replace workers one at a time. The new worker listens on the
         shared port before the old one stops accepting, so the port never closes; the old one
-        finishes its connections (up to serve.shutdown_timeout_s) while draining."""
-        self.config = config
+        finishes its connections (up to serve.shutdown_timeout_s) while draining.
+
+        A replacement that does not start (settings that cannot work, an index gone bad)
+        leaves its old worker serving, and DaemonError follows once the roll is over; when
+        the very first one fails, nothing has changed."""
+        previous, self.config = self.config, config
+        kept: list[int] = []
         for i, old in enumerate(list(self.workers)):
             new = self._new_worker(i)
-            new.spawn()
-            new.wait_ready(READY_TIMEOUT_S)
+            if not self._started(new):
+                if i == 0:
+                    self.config = previous
+                    raise DaemonError(
+                        "a worker with the new settings failed to start (see log above); "
+                        "the old workers go on serving"
+                    )
+                kept.append(i)
+                continue
             self.workers[i] = new
             old.drain()
             self.draining.append(old)
         while len(self.workers) < config.serve.workers:
             new = self._new_worker(len(self.workers))
-            new.spawn()
-            new.wait_ready(READY_TIMEOUT_S)
+            if not self._started(new):
+                kept.append(len(self.workers))
+                break
             self.workers.append(new)
         while len(self.workers) > config.serve.workers:
             old = self.workers.pop()
             old.drain()
             self.draining.append(old)
+        if kept:
+            raise DaemonError(f"worker slots {kept} kept their old settings (see log above)")
+
+    @staticmethod
+    def _started(worker: Worker) -> bool:
+        try:
+            worker.spawn()
+            worker.wait_ready(READY_TIMEOUT_S)
+        except (DaemonError, OSError):
+            return False
+        return True
 
     def stop_workers(self, timeout: float) -> None:
         every = [*self.workers, *self.draining]
@@ -495,9 +519,16 @@ class Daemon:
         new = fresh.model_copy(update={"storage": old.storage, "admin": old.admin, "serve": serve})
         if pinned:
             event(log, "appliance.reload_needs_restart", logging.WARNING, sections=pinned)
-        applied = self.supervisor.publish_keys(new)
-        if new.serve != old.serve:
-            self.supervisor.roll(new)
+        try:
+            applied = self.supervisor.publish_keys(new)
+            if new.serve != old.serve:
+                self.supervisor.roll(new)
+        except (EdgeflixError, OSError) as exc:
+            # The daemon goes on with what runs: a reload never stops a serving box.
+            self.reload_error = str(exc)
+            event(log, "appliance.reload_failed", logging.ERROR, reason=str(exc))
+            sdnotify.ready(status=f"reload failed, serving as before: {exc}")
+            return
         if self.link is not None:
             self.link.reconfigure(new.fleet)
         if self.scheduler is not None and new.fill.plan != old.fill.plan:

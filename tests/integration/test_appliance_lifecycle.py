@@ -197,3 +197,38 @@ def test_status_matches_the_cli_document(tmp_path: Path) -> None:
         assert doc["daemon"]["workers"] == 1
     finally:
         server.stop()
+
+
+def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path: Path) -> None:
+    """New serving settings roll the workers; when a new one cannot start (here the index
+    went missing: it cannot open it), the daemon and its old workers go on serving, and
+    the reload says it failed. It used to stop the whole daemon."""
+    config = write_config(tmp_path, workers=2)
+    load_spread_title(tmp_path, config)
+    server = start_daemon(config)
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    try:
+        path = "/titles/spread/master.m3u8"
+        with connect(server.addr) as sock:
+            assert _get(sock, bytearray(), path) == 200
+        for index in tmp_path.glob("index.sqlite*"):
+            index.rename(aside / index.name)
+        config.write_text(
+            config.read_text().replace("[serve]", "[serve]\nkeepalive_timeout_s = 30")
+        )
+        os.kill(server.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while status(server)["daemon"]["reload_error"] is None:
+            assert time.monotonic() < deadline, "the reload did not report its failure"
+            time.sleep(0.2)
+        assert "failed to start" in status(server)["daemon"]["reload_error"]
+        assert server.proc.poll() is None
+        for _ in range(4):  # both old workers, whichever takes the connection
+            with connect(server.addr) as sock:
+                assert _get(sock, bytearray(), path) == 200
+    finally:
+        for index in aside.iterdir():
+            index.rename(tmp_path / index.name)
+        code = server.stop()
+    assert code == 0
