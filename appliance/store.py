@@ -305,6 +305,9 @@ class Store:
 
     def _buckets(self, tier: Tier) -> list[Bucket]:
         """Where new files of `tier` may go: its writable disks in service."""
+        if not self.disks:
+            configured = ", ".join(str(d.path) for d in self.config.disks)
+            raise DiskError(f"no disk is in service: all are out ({configured}; see above)")
         buckets = [d.bucket() for d in self.writable_disks_of(tier)]
         if not buckets:
             read_only = [d.id for d in self.disks_of(tier)]

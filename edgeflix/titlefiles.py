@@ -40,13 +40,15 @@ def check_title_id(title_id: str) -> str:
 
 
 def check_rel_path(path: str) -> str:
-    """A relative POSIX path inside a title: no absolute paths, no `..`, no empty parts."""
+    """A relative POSIX path inside a title: no absolute paths, no `..`, no empty parts, no
+    control characters (a NUL cannot name a file; a newline would break playlists)."""
     pure = PurePosixPath(path)
     if (
         not path
         or pure.is_absolute()
         or "\\" in path
         or any(part in ("", ".", "..") for part in path.split("/"))
+        or not path.isprintable()
     ):
         raise TitleFilesError(f"invalid file path {path!r} in title")
     return path

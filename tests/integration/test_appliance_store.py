@@ -108,7 +108,16 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert code == 0 and "gone is out of service (missing" in err, err
     code, _, err = cli("load", "--title", "bunny", "--from", str(src), "--config",
                        str(missing_disk))  # fmt: skip
-    assert code != 0 and error_line(err).startswith("error: "), err
+    assert code != 0 and "no disk is in service: all are out" in error_line(err), err
+    # A NUL or a newline in a files.json path: one line, not a traceback.
+    lying = make_title(tmp_path / "lying", "liar")
+    doc = json.loads((lying / "files.json").read_text())
+    for bad in ("a\u0000b", "a\nb"):
+        doc["files"][0]["path"] = bad
+        (lying / "files.json").write_text(json.dumps(doc))
+        code, _, err = cli("load", "--config", str(config), "--title", "liar", "--from",
+                           str(lying))  # fmt: skip
+        assert code != 0 and "invalid file path" in error_line(err), err
     bad_key = tmp_path / "bad.toml"
     bad_key.write_text("[storage]\nhot_rat = 3\n")
     code, _, err = cli("ls", "--config", str(bad_key))
