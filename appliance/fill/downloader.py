@@ -88,6 +88,8 @@ class TitleFetcher:
             model = await self._files_json()
             if self.admit is not None:
                 await self.admit(model)
+            # Before reuse: a staged file found corrupt is removed, so reuse can link it again.
+            await self._in_thread(_reverify_staged, self.staging, model)
             if self.reuse is not None:
                 prog.reused = await self.reuse(model)
             complete, partial = _scan_staging(self.staging, model)
@@ -309,10 +311,38 @@ def _prepare_staging(staging: StagingLayout, raw: bytes, digest: str) -> None:
     os.replace(tmp, current)
 
 
+def _reverify_staged(staging: StagingLayout, model: TitleFiles, job: StreamJob) -> None:
+    """Hash again each file an earlier process left verified in staging (a run killed or
+    failed after it staged): the store adopts staged files without a second look, and a
+    crash, a torn write or a rotting disk may have changed one since. A file that no longer
+    matches files.json is removed, so it is downloaded (or reused) again."""
+    for entry in model.files:
+        job.check()
+        final = staging.file(entry.path)
+        try:
+            if not final.is_file():
+                continue
+            size = final.stat().st_size
+            if size == entry.size and titlefiles.sha256_file(final) == entry.sha256:
+                continue
+            final.unlink()
+        except FileNotFoundError:
+            continue  # removed meanwhile: downloaded again (a failing disk's EIO goes up)
+        event(
+            log,
+            "fill.staged_file_corrupt",
+            logging.WARNING,
+            title=model.id,
+            path=entry.path,
+            size=size,
+        )
+
+
 def _scan_staging(
     staging: StagingLayout, model: TitleFiles
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Files already verified (final name) and partial downloads (.part) in staging."""
+    """Files already verified (final name, in this process: _reverify_staged ran first) and
+    partial downloads (.part) in staging."""
     complete, partial = {}, {}
     for entry in model.files:
         final = staging.file(entry.path)

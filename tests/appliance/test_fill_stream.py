@@ -237,3 +237,24 @@ def test_a_file_longer_than_many_windows_is_not_given_up(tmp_path: Path) -> None
     assert_verified(tmp_path / "staging", model)
     assert closes[0] > FAST.attempts_per_source + FAST.digest_restarts + 2  # the old budget
     assert progress.downloaded == model.total_bytes and progress.retries == 0
+
+
+def test_a_staged_file_left_by_an_earlier_run_is_hashed_again(tmp_path: Path) -> None:
+    """A finished file in staging (an earlier, killed run verified it) was overwritten with
+    zeros of the same size: it is hashed again, removed and downloaded afresh, never trusted
+    on its size."""
+    model, files = make_source(tmp_path, [300_000, 200_000])
+    staging = tmp_path / "staging"
+    good = staging / "v0/seg1.m4s"
+    bad = staging / "v0/seg0.m4s"
+    good.parent.mkdir(parents=True)
+    good.write_bytes(files["/titles/t/v0/seg1.m4s"])
+    bad.write_bytes(bytes(300_000))
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log)) as server:
+        progress = fill(server.url, staging)
+    assert_verified(staging, model)
+    fetched = [r[":target"] for r in log]
+    assert "/titles/t/v0/seg0.m4s" in fetched  # the zeroed one came again
+    assert "/titles/t/v0/seg1.m4s" not in fetched  # the intact one was kept
+    assert progress.downloaded == 300_000
