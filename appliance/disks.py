@@ -142,6 +142,22 @@ def read_only_fs(path: Path) -> bool:
     return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
+def titles_read_only(path: Path) -> str | None:
+    """Why nothing new can be written on the disk at `path`, or None: its filesystem is
+    read-only, or its titles folder is (a read-only bind mount over it, or permissions
+    this user cannot write through), which the disk's own root does not show."""
+    if read_only_fs(path):
+        return "file system is mounted read-only"
+    titles = path / TITLES_DIR
+    if not titles.is_dir():
+        return None
+    if read_only_fs(titles):
+        return f"{TITLES_DIR} folder is mounted read-only"
+    if not os.access(titles, os.W_OK | os.X_OK):
+        return f"{TITLES_DIR} folder is not writable by this user"
+    return None
+
+
 def check_disk_path(path: Path) -> Path:
     """The resolved path of a usable disk, or a DiskError saying what is wrong. A disk on a
     read-only filesystem (ext4 remounted itself read-only on errors) is usable for reading."""
@@ -166,7 +182,7 @@ def open_disks(configs: Sequence[DiskConfig], sysfs: Path = SYSFS) -> tuple[Disk
         try:
             tier = cfg.tier or detect_tier(path, sysfs)
             total = shutil.disk_usage(path).total
-            writable = not read_only_fs(path)
+            writable = titles_read_only(path) is None
         except OSError as exc:
             raise DiskError(f"disk {path}: {exc.strerror or exc} (is the disk failing?)") from None
         capacity = min(cfg.max_bytes, total) if cfg.max_bytes else total

@@ -23,7 +23,7 @@ from typing import Literal
 
 import psutil
 
-from appliance.disks import TITLES_DIR
+from appliance.disks import TITLES_DIR, titles_read_only
 
 HealthState = Literal["ok", "degraded", "failing"]
 ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "io_error", "timeout"]
@@ -294,7 +294,7 @@ def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
         os.listdir(path)
         # Inside the try: an I/O error here must be a probe outcome, not the end of the
         # probing thread (probe_all would then have no result for this disk).
-        read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+        read_only = titles_read_only(path)
     except PermissionError as exc:
         return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
     except FileNotFoundError:
@@ -302,7 +302,7 @@ def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
     except OSError as exc:
         return DiskProbe(where, "io_error", exc.strerror or str(exc))
     if read_only:
-        return DiskProbe(where, "read_only", "file system is mounted read-only")
+        return DiskProbe(where, "read_only", read_only)
     payload = os.urandom(64)
     try:
         if _canary(path, payload) != payload:

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import run_cli
-from tests.integration.daemon_support import load_spread_title, start_daemon
+from tests.integration.daemon_support import load_spread_title, start_daemon, write_config
 from tests.integration.realdisk_support import (
     MakeDisks,
     files_on,
     real_disks,
     spread_over,
+    unavailable,
 )
+from tests.integration.serve_support import make_title
 
 __all__ = ["real_disks"]  # the fixture, imported for pytest to find
 
@@ -93,3 +97,31 @@ def test_an_interrupted_removal_on_a_read_only_disk_does_not_stop_ls_or_the_daem
     titles, _ = _ls(config)
     assert [t["id"] for t in titles] == ["other"]
     assert files_on(d0, "spread") == files_on(d1, "spread") == []
+
+
+def test_a_read_only_titles_folder_counts_as_a_read_only_disk(tmp_path: Path) -> None:
+    """Read-only where the disk's root does not show it: a read-only bind mount over its
+    titles folder (or, for a service user, permissions). `rm` used to take the title out
+    of service, then fail half-way, and loads kept placing files there and failing."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    config = write_config(tmp_path)
+    load_spread_title(tmp_path, config)
+    titles = tmp_path / "d1" / "titles"
+    before = sorted(p.name for p in (titles / "spread").rglob("*"))
+    subprocess.run(["mount", "--bind", str(titles), str(titles)], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(titles)], check=True, timeout=30)
+        rm = run_cli(["appliance", "rm", "--config", str(config), "--title", "spread"])
+        assert rm.returncode == 1 and "read-only" in rm.stderr, rm.stderr
+        assert sorted(p.name for p in (titles / "spread").rglob("*")) == before
+        src = make_title(tmp_path / "src" / "fresh", "fresh")
+        load = run_cli(["appliance", "load", "--config", str(config), "--title", "fresh",
+                        "--from", str(src)])  # fmt: skip
+        assert load.returncode == 0, load.stderr
+        assert not (titles / "fresh").exists()  # every file went to d0
+        listed, _ = _ls(config)
+        assert {(t["id"], t["state"]) for t in listed} == {("spread", "ready"), ("fresh", "ready")}
+    finally:
+        subprocess.run(["umount", str(titles)], check=False, timeout=30)
