@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance.fill.http1 import render_get
+from appliance.fill.transport import split_url
 from appliance.fill.window import FillWindow, WindowError, parse_window, resolve_zone
 from edgeflix.errors import EdgeflixError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
@@ -24,9 +26,17 @@ class _Model(BaseModel):
 
 
 def _check_url(url: str) -> str:
+    """A source the fill can make requests of (the same checks as transport's), so one bad
+    URL is refused with the plan instead of failing every run that reaches it."""
     if not url.startswith(("http://", "https://")) or len(url) < 8:
         raise ValueError(f"source {url!r} must be an http:// or https:// URL")
-    return url.rstrip("/")
+    url = url.rstrip("/")
+    try:
+        origin, target = split_url(url)
+        render_get(origin.host_field, target.rstrip("/") + "/titles/")
+    except ValueError as exc:
+        raise ValueError(f"source {url!r} is not a usable URL: {exc}") from None
+    return url
 
 
 class PlannedTitle(_Model):

@@ -247,6 +247,8 @@ def _buffer() -> memoryview:
 
 
 def _failure_of(exc: Exception) -> Failure:
+    if isinstance(exc, transport.BadURL):
+        return Failure.CLIENT  # asking again cannot help: the next source
     if isinstance(exc, transport.Timeout):
         return Failure.TIMEOUT
     if isinstance(exc, transport.BodyTruncated):

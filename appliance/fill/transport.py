@@ -80,12 +80,21 @@ class Origin:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+class BadURL(TransportError):
+    """A URL we cannot make a request of (bad port, bad host, bad characters)."""
+
+
 def split_url(url: str) -> tuple[Origin, str]:
-    """(origin, request target) of an http(s) URL; ValueError for anything else."""
+    """(origin, request target) of an http(s) URL; ValueError for anything else (a port
+    out of range, an unclosed IPv6 bracket, a host name the resolver cannot take)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = parts.port
+    if port == 0:
+        raise ValueError("port 0 is not a port to connect to")
+    port = port or (443 if parts.scheme == "https" else 80)
+    parts.hostname.encode("idna")  # UnicodeError (a ValueError) where connect would raise it
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return Origin(parts.scheme, parts.hostname, port), target
 
@@ -290,8 +299,11 @@ class Pool:
         """Send a GET and return the response once its head is in; the caller reads the body
         and closes the response (a `with` block) to give the connection back. `watch` is
         told each connection used, so another thread can abort() it while we wait."""
-        origin, target = split_url(url)
-        request = render_get(origin.host_field, target, headers)
+        try:
+            origin, target = split_url(url)
+            request = render_get(origin.host_field, target, headers)
+        except ValueError as exc:  # the source's fault, not a bug: that source fails
+            raise BadURL(f"cannot request {url!r}: {exc}") from None
         # At most one retry, and only when a reused idle connection turned out to be closed.
         for _ in range(2):
             conn, reused = self._take(origin)

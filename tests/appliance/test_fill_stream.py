@@ -258,3 +258,27 @@ def test_a_staged_file_left_by_an_earlier_run_is_hashed_again(tmp_path: Path) ->
     assert "/titles/t/v0/seg0.m4s" in fetched  # the zeroed one came again
     assert "/titles/t/v0/seg1.m4s" not in fetched  # the intact one was kept
     assert progress.downloaded == 300_000
+
+
+def test_a_source_no_request_can_be_made_of_fails_over_to_the_next(tmp_path: Path) -> None:
+    """A plan that slipped past validation (built in code) with an unusable first source:
+    that source fails (no ValueError escapes) and the title fills from the next one."""
+    model, files = make_source(tmp_path, [100_000])
+    progress = TitleProgress("t")
+    with scripted(serve_files(files, [])) as server:
+        title = PlannedTitle.model_construct(
+            id="t", digest=None, sources=("http://127.0.0.1:99999", server.url)
+        )
+
+        async def go() -> None:
+            pool = Pool()
+            try:
+                pacer = Pacer(None, None, sleep=FakeSleep())
+                staging = StagingLayout(tmp_path / "staging")
+                await TitleFetcher(pool, title, staging, pacer, FAST, 2, progress).run()
+            finally:
+                pool.close()
+
+        asyncio.run(go())
+    assert_verified(tmp_path / "staging", model)
+    assert progress.source == server.url

@@ -18,6 +18,7 @@ import pytest
 
 from appliance.fill.http1 import ProtocolError
 from appliance.fill.transport import (
+    BadURL,
     BodyTruncated,
     ConnectFailed,
     Pool,
@@ -41,6 +42,20 @@ def test_split_url() -> None:
     assert split_url("http://[::1]:81/")[0].host_field == "[::1]:81"
     with pytest.raises(ValueError):
         split_url("ftp://example.org/x")
+    for bad in ("http://127.0.0.1:99999/", "http://[::1", "http://h:0/", f"http://{'a' * 70}/"):
+        with pytest.raises(ValueError):
+            split_url(bad)
+
+
+def test_a_url_no_request_can_be_made_of_is_a_transport_error() -> None:
+    """Not a bare ValueError: the fill treats it as that source failing, not as a bug."""
+    pool = Pool()
+    try:
+        for bad in ("http://127.0.0.1:99999/x", "http://[::1/x", "http://h/a b"):
+            with pytest.raises(BadURL, match="cannot request"):
+                pool.get(bad)
+    finally:
+        pool.close()
 
 
 def test_keep_alive_reuses_one_connection() -> None:
