@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -23,6 +24,9 @@ from pathlib import Path
 
 from appliance.disks import StorageError
 from edgeflix.atomicfile import fsync_dir
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.store")
 
 CHUNK = 1 << 20
 # After a tier move flips the index, old copies stay this long so a request that located the
@@ -225,12 +229,17 @@ class TitleLocks:
         except OSError as exc:
             raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
         try:
-            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
             try:
-                fcntl.flock(fd, flags)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                yield False
-                return
+                if not wait:
+                    yield False
+                    return
+                # Another process works on the title (a tier move of a big title, a fill):
+                # that can take minutes, so say why this one waits rather than hang silent.
+                busy = "another process is working on it (a tier move, a fill or a load)"
+                event(log, "title.waiting", title=title_id, reason=busy)
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield True
         finally:
             os.close(fd)  # closing releases the lock

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+from appliance import config as appliance_config
+from appliance.safefiles import TitleLocks
+from appliance.store import locks_folder
 from tests.appliance.storage_fixtures import make_title, storage_toml, title_bytes
 from tests.conftest import run_cli
 
@@ -158,3 +164,27 @@ def test_files_changed_behind_our_back_are_found_on_restart(tmp_path: Path) -> N
         "load", "--config", str(config), "--title", "c", "--from", str(src_c), "--replace"
     )
     assert code == 0 and {t["id"]: t["state"] for t in ls(config)}["c"] == "ready"
+
+
+def test_a_command_waiting_for_a_busy_title_says_so(tmp_path: Path) -> None:
+    """`rm` (or `load --replace`) of a title another process works on waits for it, which
+    for a tier move of a big title can take minutes: it says why instead of hanging silent."""
+    config = storage_toml(tmp_path)
+    src = make_title(tmp_path / "src", "bunny")
+    code, _, err = cli("load", "--config", str(config), "--title", "bunny", "--from", str(src))
+    assert code == 0, err
+    locks = TitleLocks(locks_folder(appliance_config.load(config).storage.index))
+    with locks.hold("bunny"):  # as a tier move would
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeflix.cli", "appliance", "rm", "--config", str(config),
+             "--title", "bunny"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "title.waiting" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            seen += proc.stderr.readline()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "removed bunny" in out, err
