@@ -6,7 +6,8 @@ when the file's mtime changes. A run starts when the window is open; the Pacer i
 pauses downloads at the window's close and resumes them at the next opening. After a run the
 next one is due at the next window (or `recheck_s` later without a window), sooner when the
 plan changes or `kick()` says storage changed (a disk lost: its titles are re-filled onto the
-disks left, in the open window or the next). `next_due` and `start_at` are the pure rules.
+disks left, in the open window or the next), or a minute after a failed run (backing off) when
+the window is still open then. `next_due` and `start_at` are the pure rules.
 The clock is injected: tests set it and `wake()` the loop instead of sleeping.
 """
 
@@ -33,7 +34,8 @@ from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.fill")
-RETRY_AFTER_ERROR_S = 60.0
+RETRY_AFTER_ERROR_S = 60.0  # after the first failed run in a row; doubling from there
+RETRY_MAX_S = 3600.0
 
 
 def start_at(window: FillWindow | None, now: datetime) -> datetime:
@@ -41,9 +43,29 @@ def start_at(window: FillWindow | None, now: datetime) -> datetime:
     return now if window is None else window.next_open(now)
 
 
-def next_due(window: FillWindow | None, finished: datetime, recheck_s: float) -> datetime:
+def retry_delay_s(failures: int) -> float:
+    """How long after the `failures`-th failed run in a row to try again: a minute, doubling,
+    at most an hour (a corrupt source is not re-downloaded every minute all night)."""
+    return min(RETRY_AFTER_ERROR_S * 2 ** min(max(failures - 1, 0), 32), RETRY_MAX_S)
+
+
+def next_due(
+    window: FillWindow | None,
+    finished: datetime,
+    recheck_s: float,
+    retry_s: float | None = None,
+) -> datetime:
     """After a run that finished at `finished`: the next window's opening (a run that ended
-    inside a window waits for the following one), or `recheck_s` later without a window."""
+    inside a window waits for the following one), or `recheck_s` later without a window.
+    A failed run (`retry_s` given) is tried again `retry_s` later when that is still inside
+    the window it ended in: an origin down for a minute at the window's start must not cost
+    the whole night."""
+    if retry_s is not None:
+        soon = finished + timedelta(seconds=retry_s)
+        if window is None:
+            return soon
+        if window.is_open(finished) and soon < window.next_close(finished):
+            return soon
     if window is None:
         return finished + timedelta(seconds=recheck_s)
     if window.is_open(finished):
@@ -72,6 +94,7 @@ class _Schedule:
     due: datetime | None = None  # a run is due at (or after) this instant
     running: bool = False
     runs: int = 0
+    failures: int = 0  # failed runs in a row (an error, or titles that failed)
     last_error: str | None = None
     last_report: dict[str, Any] | None = None
 
@@ -118,7 +141,7 @@ class FillScheduler:
         """Take a new plan; a run for it is due now (it starts once the window is open)."""
         with self._lock:
             self._sched.plan, self._sched.source = plan, source
-            self._sched.due = self.now()
+            self._sched.due, self._sched.failures = self.now(), 0
         event(log, "fill.plan", source=source, titles=len(plan.titles), window=plan.window)
         self.wake()
 
@@ -234,12 +257,15 @@ class FillScheduler:
             s = self._sched
             s.running = False
             s.runs += 1
+            failed = error is not None
             if report is not None:
-                failed = report.failed
-                s.last_error = f"{len(failed)} titles failed" if failed else None
+                failed = bool(report.failed)
+                s.last_error = f"{len(report.failed)} titles failed" if failed else None
                 s.last_report = report.as_json()
             elif error is not None:
                 s.last_error = error
+            if report is not None or error is not None:  # not a cancelled run
+                s.failures = s.failures + 1 if failed else 0
             if s.plan is plan and s.due is None:
-                wait_s = RETRY_AFTER_ERROR_S if error else self.recheck_s
-                s.due = next_due(plan.fill_window(), finished, wait_s)
+                retry_s = retry_delay_s(s.failures) if failed else None
+                s.due = next_due(plan.fill_window(), finished, self.recheck_s, retry_s)

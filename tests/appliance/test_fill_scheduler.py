@@ -4,6 +4,7 @@ through the fill state file without an origin)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 from appliance import config as appliance_config
 from appliance.fill.plan import FillPlan, PlannedTitle
 from appliance.fill.runner import read_state
-from appliance.fill.scheduler import FillScheduler, next_due, start_at
+from appliance.fill.scheduler import FillScheduler, next_due, retry_delay_s, start_at
+from appliance.fill.storage import RUN_LOCK
 from appliance.fill.window import parse_window
-from appliance.store import Store
+from appliance.store import Store, locks_folder
 from tests.appliance.storage_fixtures import make_title, storage_toml
 
 WINDOW = parse_window("02:00-03:00", "UTC")
@@ -40,6 +42,17 @@ def test_next_due_is_the_following_window() -> None:
     # One that ended before the window (nothing to fetch) is due at tonight's opening.
     assert next_due(WINDOW, at(1), 3600) == at(2)
     assert next_due(None, at(12), 600) == at(12, 10)
+
+
+def test_a_failed_run_is_retried_inside_the_same_window() -> None:
+    assert next_due(WINDOW, at(2), 3600, retry_s=60) == at(2, 1)
+    # Past the window's close: the next window, as after a good run.
+    assert next_due(WINDOW, at(2, 59), 3600, retry_s=120) == at(2, day=11)
+    # A run that overran the window does not retry before the next opening.
+    assert next_due(WINDOW, at(4), 3600, retry_s=60) == at(2, day=11)
+    assert next_due(None, at(12), 3600, retry_s=60) == at(12, 1)
+    assert [retry_delay_s(n) for n in (1, 2, 3)] == [60, 120, 240]
+    assert retry_delay_s(10_000) == 3600
 
 
 @given(st.integers(0, 24 * 60 * 3 - 1))
@@ -123,5 +136,48 @@ def test_plan_file_is_reread_when_it_changes(tmp_path: Path) -> None:
         _replace(plan_file, "{not json")
         assert _wait_for(lambda: sched.state()["last_error"] is not None)
         assert sched.state()["window"] == "04:00-05:30"  # a bad file keeps the last good plan
+    finally:
+        sched.stop()
+
+
+def test_a_run_that_fails_inside_the_window_is_retried_in_it(tmp_path: Path) -> None:
+    """`appliance fill` holds the run lock at 02:00: the daemon's run fails. It is tried
+    again a minute later (then two), not at tomorrow's window, and once it succeeds the next
+    run is tomorrow's."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    cfg = cfg.model_copy(
+        update={"fill": cfg.fill.model_copy(update={"staging": tmp_path / "staging"})}
+    )
+    store = Store(cfg.storage)
+    store.load("bunny", make_title(tmp_path / "src", "bunny", (5000, 6000)))
+    store.close()
+    lock = locks_folder(cfg.storage.index) / RUN_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    clock = {"now": at(2)}
+    sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
+    plan = FillPlan(
+        titles=(PlannedTitle(id="bunny", sources=("http://127.0.0.1:9",)),),
+        window="02:00-03:00",
+        timezone="UTC",
+        prune=False,
+    )
+    sched.start()
+    try:
+        sched.submit_plan(plan)
+        assert _wait_for(lambda: sched.state()["runs"] == 1)
+        assert "another fill" in (sched.state()["last_error"] or "")
+        assert sched.state()["next_run"] == at(2, 1).isoformat()
+        clock["now"] = at(2, 1)
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 2)
+        assert sched.state()["next_run"] == at(2, 3).isoformat()  # backing off
+        os.close(fd)  # the other fill is done
+        clock["now"] = at(2, 3)
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 3)
+        assert sched.state()["last_error"] is None
+        assert sched.state()["next_run"] == at(2, day=11).isoformat()
     finally:
         sched.stop()
