@@ -12,6 +12,7 @@ only for the renames.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -116,12 +117,18 @@ def tuning(config: FillConfig) -> tuple[RetryPolicy, Timeouts]:
 
 
 def write_state(staging_root: Path, report: FillReport, now: float) -> None:
-    """Atomically publish progress for `appliance status` (another process reads it)."""
-    staging_root.mkdir(parents=True, exist_ok=True)
+    """Atomically publish progress for `appliance status` (another process reads it).
+    OSError when it cannot (a full disk); no half-written temporary file is left."""
     body = {"updated": now, **report.as_json()}
     tmp = staging_root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
-    os.replace(tmp, staging_root / STATE_FILE)
+    try:
+        staging_root.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+        os.replace(tmp, staging_root / STATE_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_state(staging_root: Path) -> dict[str, Any] | None:
@@ -142,6 +149,7 @@ class FillRun:
     timeouts: Timeouts = field(default_factory=Timeouts)
     wall: Callable[[], float] = time.time
     report: FillReport = field(default_factory=FillReport)
+    _state_failed: bool = False  # the state file could not be written: said once per run
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fill-storage")
     )
@@ -181,7 +189,7 @@ class FillRun:
                 self.report.deleted = await self._delete(rec.delete)
         finally:
             ticker.cancel()
-            write_state(self.staging_root, self.report, self.wall())
+            self._publish()
         return self.report
 
     async def _fill_one(self, pool: Pool, title_id: str) -> None:
@@ -215,7 +223,7 @@ class FillRun:
                     f"{local.strerror or local}"
                 ) from None
             prog.state = "loading"
-            write_state(self.staging_root, self.report, self.wall())
+            self._publish()
             await self._storage(self.storage.load, title_id, staged)
             for folder in staged.folders():
                 shutil.rmtree(folder, ignore_errors=True)
@@ -231,7 +239,7 @@ class FillRun:
         except EdgeflixError as exc:
             prog.state, prog.error = "failed", str(exc)
             event(log, "fill.title_failed", logging.WARNING, title=title_id, error=str(exc))
-        write_state(self.staging_root, self.report, self.wall())
+        self._publish()
 
     async def _delete(self, ids: tuple[str, ...]) -> tuple[str, ...]:
         deleted = []
@@ -247,7 +255,23 @@ class FillRun:
     async def _publish_every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds)
+            self._publish()
+
+    def _publish(self) -> None:
+        """Best effort: status is for an operator, and a full staging disk must not turn a
+        fill (or the report of why it failed) into a traceback."""
+        try:
             write_state(self.staging_root, self.report, self.wall())
+        except OSError as exc:
+            if not self._state_failed:
+                self._state_failed = True
+                event(
+                    log,
+                    "fill.state_unwritable",
+                    logging.WARNING,
+                    path=str(self.staging_root / STATE_FILE),
+                    error=exc.strerror or str(exc),
+                )
 
 
 # Errors of this appliance's own disks while staging (network errors are source failures).
