@@ -457,8 +457,9 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (title_id, copy.digest, LOADING, copy.tier, copy.total, time.time()),
             )
+        moved: list[tuple[Path, Path]] = []
         try:
-            rows = self._write_files(copy, title_id)
+            rows = self._write_files(copy, title_id, moved)
             with transaction(self.conn) as conn:
                 conn.executemany(_INSERT_FILE, rows)
                 conn.execute(
@@ -466,6 +467,7 @@ class Store:
                     (READY, time.time(), title_id),
                 )
         except BaseException:
+            _put_back(moved)
             self.purge(title_id)
             raise
         event(log, "title.loaded", title=title_id, tier=copy.tier, bytes=copy.total,
@@ -479,8 +481,9 @@ class Store:
         title_id = copy.title_id
         folder = new_folder(title_id)
         old_bytes = self._bytes_on_disks(title_id)
+        moved: list[tuple[Path, Path]] = []
         try:
-            rows = self._write_files(copy, folder)
+            rows = self._write_files(copy, folder, moved)
             with transaction(self.conn) as conn:
                 conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
                 conn.execute(
@@ -490,6 +493,7 @@ class Store:
                 )
                 conn.executemany(_INSERT_FILE, rows)
         except BaseException:
+            _put_back(moved)
             self._remove_folder(title_id, folder)
             raise
         event(log, "title.replaced", title=title_id, tier=copy.tier, bytes=copy.total,
@@ -502,38 +506,32 @@ class Store:
         _mark_retired(self.disks, old.folder)
         return self.title(title_id)
 
-    def _write_files(self, copy: _Copy, folder: str) -> list[tuple[object, ...]]:
+    def _write_files(
+        self, copy: _Copy, folder: str, moved: list[tuple[Path, Path]]
+    ) -> list[tuple[object, ...]]:
         """Every file of `copy` at its final name in DISK/titles/`folder`, whole and synced;
-        returns the index rows that describe them."""
+        returns the index rows that describe them. Files renamed in (adopted) are added to
+        `moved` as they go: a caller that fails, here or after, puts them back (_put_back)
+        before it deletes the folder."""
         if copy.adopt:
             fsync_files([copy.where(e.path) for e in copy.entries])
-        moved: list[tuple[Path, Path]] = []  # (from, to) of renamed files
         rows: list[tuple[object, ...]] = []
-        try:
-            for entry in copy.entries:
-                disk = copy.placement[entry.path]
-                src, dst = copy.where(entry.path), file_path(disk, folder, entry.path)
-                try:
-                    if copy.adopt and move_verified(src, dst, entry.size):
-                        moved.append((src, dst))
-                        if copy.on_bytes:
-                            copy.on_bytes(entry.size)
-                    else:
-                        copy_verified(src, dst, entry.size, entry.sha256, on_bytes=copy.on_bytes)
-                except ChecksumMismatch as exc:
-                    raise LoadError(f"{src}: {exc} (files.json says otherwise)") from None
-                except OSError as exc:
-                    raise LoadError(f"cannot copy {entry.path} of {copy.title_id}: {exc}") from None
-                mtime_ns = dst.stat().st_mtime_ns
-                row = (copy.title_id, entry.path, disk, entry.size, entry.sha256, mtime_ns, OK)
-                rows.append(row)
-        except BaseException:
-            # The caller deletes the new folder: renamed files go back to where they came from
-            # first (the fill's staging), so a retry need not download them again.
-            for src, dst in reversed(moved):
-                with contextlib.suppress(OSError):
-                    os.rename(dst, src)
-            raise
+        for entry in copy.entries:
+            disk = copy.placement[entry.path]
+            src, dst = copy.where(entry.path), file_path(disk, folder, entry.path)
+            try:
+                if copy.adopt and move_verified(src, dst, entry.size):
+                    moved.append((src, dst))
+                    if copy.on_bytes:
+                        copy.on_bytes(entry.size)
+                else:
+                    copy_verified(src, dst, entry.size, entry.sha256, on_bytes=copy.on_bytes)
+            except ChecksumMismatch as exc:
+                raise LoadError(f"{src}: {exc} (files.json says otherwise)") from None
+            except OSError as exc:
+                raise LoadError(f"cannot copy {entry.path} of {copy.title_id}: {exc}") from None
+            mtime_ns = dst.stat().st_mtime_ns
+            rows.append((copy.title_id, entry.path, disk, entry.size, entry.sha256, mtime_ns, OK))
         for moved_to in {dst.parent for _, dst in moved}:
             fsync_dir(moved_to)
         return rows
@@ -694,6 +692,14 @@ def _check_sources(
 # mtime is set at retirement): the process that retired it deletes it after its own grace,
 # and a request that located a file there just before the swap can still open it.
 RETIRED_GRACE_S = 60.0
+
+
+def _put_back(moved: Sequence[tuple[Path, Path]]) -> None:
+    """Files a failed load had renamed in go back where they came from (the fill's
+    staging), so a retry need not download them again."""
+    for src, dst in reversed(moved):
+        with contextlib.suppress(OSError):
+            os.rename(dst, src)
 
 
 def _mark_retired(disks: Sequence[Disk], folder: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import DiskConfig, StorageConfig
-from appliance.disks import CapacityError, Disk, LoadError
+from appliance.disks import CapacityError, Disk, LoadError, StorageError
 from appliance.index import READY, IndexReader, get_title
 from appliance.repair import reconcile
 from appliance.store import Store, folder_title
@@ -351,12 +351,17 @@ def test_purging_frees_only_files_no_hard_link_keeps(
 
 
 @pytest.mark.parametrize("update", [False, True])
+@pytest.mark.parametrize("fails_at", ["files.json", "index"])
 def test_a_failed_adopting_load_puts_the_moved_files_back(
-    tmp_path: Path, versions: tuple[Path, Path], update: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    versions: tuple[Path, Path],
+    update: bool,
+    fails_at: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The fill's staged files are moved in; when the load fails half-way (here the disk
-    fills up at files.json, which goes in last) they go back to staging, so the next fill
-    resumes instead of downloading them again."""
+    """The fill's staged files are moved in; when the load fails (the disk fills up at
+    files.json, which goes in last; or the index write after every file is in) they go back
+    to staging, so the next fill resumes instead of downloading them again."""
     v1, v2 = versions
     store = make_store(tmp_path, tiers=("hdd",), grace_s=0)
     if update:
@@ -364,15 +369,23 @@ def test_a_failed_adopting_load_puts_the_moved_files_back(
     staged = tmp_path / "staging" / "bunny"
     shutil.copytree(v2, staged)
     before = sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file())
-    rename = os.rename
+    if fails_at == "index":  # a real SQLite failure of the transaction that makes it live
+        conn = sqlite3.connect(store.index_path)
+        conn.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON files BEGIN SELECT RAISE(ABORT, 'full'); END"
+        )
+        conn.commit()
+        conn.close()
+    else:
+        rename = os.rename
 
-    def full_at_files_json(src: str | Path, dst: str | Path) -> None:
-        if Path(dst).name == "files.json" and staged in Path(src).parents:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        rename(src, dst)
+        def full_at_files_json(src: str | Path, dst: str | Path) -> None:
+            if Path(dst).name == "files.json" and staged in Path(src).parents:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            rename(src, dst)
 
-    monkeypatch.setattr(os, "rename", full_at_files_json)
-    with pytest.raises(LoadError, match="No space left"):
+        monkeypatch.setattr(os, "rename", full_at_files_json)
+    with pytest.raises(StorageError):
         store.load("bunny", staged, adopt_verified=True, replace=update)
     monkeypatch.undo()
     assert sorted(p.relative_to(staged) for p in staged.rglob("*") if p.is_file()) == before
