@@ -92,6 +92,8 @@ class FillPlan(_Model):
 def parse_plan(raw: bytes, source: str) -> FillPlan:
     try:
         plan = FillPlan.model_validate(json.loads(raw))
+    except RecursionError:  # json's decoder recurses per level: "[[[[…" exhausts the stack
+        raise PlanError(f"{source}: not a valid fill plan: nested too deeply") from None
     except (ValueError, ValidationError) as exc:
         first = str(exc).splitlines()
         detail = first[0] if first else type(exc).__name__

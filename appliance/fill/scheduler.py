@@ -190,14 +190,36 @@ class FillScheduler:
         self._wake = asyncio.Event()
         self._started.set()
         while not self._stopping:
-            self._read_plan_file()
-            plan, due = self._sched.plan, self._sched.due
-            now = self.now()
-            ready = plan is not None and due is not None and now >= due
-            if plan is not None and ready and start_at(plan.fill_window(), now) <= now:
-                await self._run(plan)
-                continue
+            try:
+                if await self._turn():
+                    continue
+            except Exception as exc:  # this thread is the daemon's only fill: it must not die
+                self._failed_turn(exc)
             await self._nap()
+
+    async def _turn(self) -> bool:
+        """Read the plan file; run a fill when one is due and the window is open. True when
+        a run happened (look again at once), False to nap."""
+        self._read_plan_file()
+        plan, due = self._sched.plan, self._sched.due
+        now = self.now()
+        ready = plan is not None and due is not None and now >= due
+        if plan is not None and ready and start_at(plan.fill_window(), now) <= now:
+            await self._run(plan)
+            return True
+        return False
+
+    def _failed_turn(self, exc: Exception) -> None:
+        """A bug or an unforeseen error in a turn: logged, shown in status, and the plan is
+        tried again later rather than in a tight loop."""
+        reason = str(exc) if isinstance(exc, EdgeflixError) else repr(exc)
+        event(log, "fill.scheduler_error", logging.ERROR, reason=reason)
+        with self._lock:
+            s = self._sched
+            s.running, s.last_error = False, reason
+            if s.plan is not None and s.due is None:
+                with contextlib.suppress(Exception):  # the clock itself may be what failed
+                    s.due = self.now() + timedelta(seconds=RETRY_AFTER_ERROR_S)
 
     async def _nap(self) -> None:
         assert self._wake is not None

@@ -55,6 +55,11 @@ def test_bad_plans(body: dict[str, object], match: str) -> None:
         parse_plan(json.dumps(body).encode(), "plan.json")
 
 
+def test_a_plan_nested_too_deeply_is_one_error() -> None:
+    with pytest.raises(PlanError, match="nested too deeply"):
+        parse_plan(b"[" * 200_000 + b"]" * 200_000, "plan.json")
+
+
 def test_missing_plan_file(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="no such fill plan"):
         load_plan(tmp_path / "nope.json")

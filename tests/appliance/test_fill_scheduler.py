@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -179,5 +180,49 @@ def test_a_run_that_fails_inside_the_window_is_retried_in_it(tmp_path: Path) -> 
         assert _wait_for(lambda: sched.state()["runs"] == 3)
         assert sched.state()["last_error"] is None
         assert sched.state()["next_run"] == at(2, day=11).isoformat()
+    finally:
+        sched.stop()
+
+
+def test_a_deeply_nested_plan_file_is_refused_and_the_next_one_followed(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    plan_file = tmp_path / "plan.json"
+    _replace(plan_file, '{"titles": [], "window": "02:00-03:00", "timezone": "UTC"}')
+    sched = FillScheduler(cfg, plan_file=plan_file, now=lambda: at(12), poll_s=0.02)
+    sched.start()
+    try:
+        assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
+        _replace(plan_file, "[" * 200_000 + "]" * 200_000)
+        assert _wait_for(lambda: "nested too deeply" in (sched.state()["last_error"] or ""))
+        _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')
+        assert _wait_for(lambda: sched.state()["window"] == "04:00-05:30")
+    finally:
+        sched.stop()
+
+
+def test_an_error_in_a_scheduler_turn_does_not_end_the_thread(tmp_path: Path) -> None:
+    """Whatever goes wrong in one turn (here the injected clock fails once, in the scheduler
+    thread only) is logged and shown; the thread goes on following the plan file."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
+    plan_file = tmp_path / "plan.json"
+    _replace(plan_file, '{"titles": [], "window": "02:00-03:00", "timezone": "UTC"}')
+    fail = threading.Event()
+
+    def now() -> datetime:
+        if fail.is_set() and threading.current_thread().name == "fill-scheduler":
+            fail.clear()
+            raise RuntimeError("the clock broke")
+        return at(12)
+
+    sched = FillScheduler(cfg, plan_file=plan_file, now=now, poll_s=0.02)
+    sched.start()
+    try:
+        assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
+        fail.set()
+        sched.wake()
+        assert _wait_for(lambda: "the clock broke" in (sched.state()["last_error"] or ""))
+        _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')
+        assert _wait_for(lambda: sched.state()["window"] == "04:00-05:30")
+        assert sched._thread.is_alive()
     finally:
         sched.stop()
