@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,14 +39,34 @@ CREATE TABLE IF NOT EXISTS catalog (title TEXT PRIMARY KEY, first_seen REAL NOT 
 """
 
 
+def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
+    """WAL, the schema and its migrations; idempotent. Two processes opening one database
+    at once (the manager and a CLI command, after an upgrade) can get "database is locked"
+    at once from the journal-mode switch or a lock upgrade, where SQLite skips its busy
+    wait to avoid a deadlock: those are retried until `deadline`."""
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(SCHEMA)
+            _add_key_since(conn)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _add_key_since(conn: sqlite3.Connection) -> None:
     """Databases from before `keys.since`: their keys were named `k<version of the set that
     added them>`, which is what the column records."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
-    if "since" in columns:
+    if "since" in _key_columns(conn):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if "since" in _key_columns(conn):  # another process migrated it meanwhile
+            conn.execute("COMMIT")
+            return
         conn.execute("ALTER TABLE keys ADD COLUMN since INTEGER NOT NULL DEFAULT 0")
         conn.execute(
             "UPDATE keys SET since = CAST(substr(id, 2) AS INTEGER) WHERE id GLOB 'k[0-9]*'"
@@ -54,6 +75,10 @@ def _add_key_since(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _key_columns(conn: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
 
 
 class StoreError(FleetError):
@@ -81,10 +106,7 @@ class Store:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = FULL")
-            self.conn.executescript(SCHEMA)
-            _add_key_since(self.conn)
+            _set_up(self.conn, time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
 

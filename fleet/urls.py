@@ -54,24 +54,26 @@ def playback_urls(
 
 
 class TokenCache:
-    """`sign` remembered for the current key and expiry second: every answer for a title in
+    """`sign` remembered per key for the current expiry second: every answer for a title in
     the same second carries the same token, so it is signed (HMAC + base64) once, not per
-    request. A new key or a new second starts afresh, so nothing stale is ever handed out."""
+    request. A new second starts afresh, so nothing stale is ever handed out. After a
+    rotation one answer can carry two keys (appliances that have the new one, and those
+    that have not fetched it yet): each keeps its own tokens."""
 
     def __init__(self, max_entries: int = TOKEN_CACHE_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._for: tuple[SigningKey, int] | None = None
-        self._tokens: dict[tuple[str, str | None], str] = {}
+        self._expires: int | None = None
+        self._tokens: dict[tuple[SigningKey, str, str | None], str] = {}
 
     def __call__(
         self, title_id: str, key: SigningKey, expires: int, client_ip: str | None = None
     ) -> str:
-        if self._for != (key, expires):
-            self._for = (key, expires)
+        if self._expires != expires:
+            self._expires = expires
             self._tokens = {}
-        token = self._tokens.get((title_id, client_ip))
+        token = self._tokens.get((key, title_id, client_ip))
         if token is None:
             token = sign(title_id, key, expires, client_ip)
             if len(self._tokens) < self.max_entries:
-                self._tokens[title_id, client_ip] = token
+                self._tokens[key, title_id, client_ip] = token
         return token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,39 @@ def test_a_database_from_before_key_since_gains_it_from_the_key_ids(tmp_path: Pa
     keys = store.keyset()
     assert keys.version == 4 and [(k.id, k.since) for k in keys.keys] == [("k3", 3), ("k4", 4)]
     store.close()
+
+
+def test_two_processes_opening_an_old_database_at_once_both_succeed(tmp_path: Path) -> None:
+    """The manager and a CLI command starting together after an upgrade: the WAL switch and
+    the migration's lock upgrade fail at once with "database is locked" (SQLite skips its
+    busy wait there to avoid a deadlock), so opening retries them for a bounded time."""
+    for i in range(10):
+        db = tmp_path / f"fleet{i}.sqlite"
+        conn = sqlite3.connect(db)
+        conn.executescript(
+            "CREATE TABLE keys (id TEXT PRIMARY KEY, secret BLOB NOT NULL,"
+            " activates REAL NOT NULL, retires REAL);"
+            "INSERT INTO keys VALUES ('k1', x'00', 0, NULL);"
+        )
+        conn.close()
+        start = threading.Barrier(2)
+        errors: list[str] = []
+
+        def open_it(
+            path: Path = db, barrier: threading.Barrier = start, errors: list[str] = errors
+        ) -> None:
+            barrier.wait()
+            try:
+                Store(path).close()
+            except Exception as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == [], errors
+        store = Store(db)
+        assert [(k.id, k.since) for k in store.keyset().keys] == [("k1", 1)]
+        store.close()

@@ -92,3 +92,17 @@ def test_token_cache_hands_out_what_sign_would_and_starts_afresh_each_second() -
     assert playback_urls(decision, lambda _c: KEY, 1000.0, 600, signer=cache) == playback_urls(
         decision, lambda _c: KEY, 1000.0, 600
     )
+
+
+def test_token_cache_keeps_each_keys_tokens_while_two_keys_sign() -> None:
+    """After a rotation one answer signs for appliances on the new key and on the old one;
+    switching between them must not throw the other key's tokens away."""
+    from edgeflix.tokens import sign
+    from fleet.urls import TokenCache
+
+    cache = TokenCache()
+    other = SigningKey("k2", b"t" * 32)
+    for _ in range(10):
+        for key in (KEY, other):
+            assert cache("film", key, 1600) == sign("film", key, 1600)
+    assert len(cache._tokens) == 2  # one signature per key, not one per switch
