@@ -283,7 +283,7 @@ class TitleFetcher:
                             f"title {self.title.id}: no source left for {entry.path} "
                             f"(last: {exc.detail})"
                         ) from None
-                elif outcome is Outcome.RETRY:
+                else:  # RETRY or RESTART_FILE: back off before asking the source again
                     await self.pacer.sleep(self._delay(attempts, exc))
 
     def _part_size(self, entry: FileEntry) -> int:

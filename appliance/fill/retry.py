@@ -87,7 +87,12 @@ class RetryPolicy:
         outcome = _TABLE[failure]
         if failure is Failure.DIGEST and digest_failures > self.digest_restarts:
             outcome = Outcome.NEXT_SOURCE
-        if outcome is Outcome.RETRY and attempts_here >= self.attempts_per_source:
+        # A restart counts like a retry (a source that answers every request with 416 must
+        # not be asked again and again), except after a bad hash: digest_restarts bound those.
+        again = outcome is Outcome.RETRY or (
+            outcome is Outcome.RESTART_FILE and failure is not Failure.DIGEST
+        )
+        if again and attempts_here >= self.attempts_per_source:
             outcome = Outcome.NEXT_SOURCE
         if outcome is Outcome.NEXT_SOURCE and sources_left == 0:
             return Outcome.GIVE_UP

@@ -81,6 +81,13 @@ def test_policy_decisions() -> None:
     assert p.decide(Failure.DIGEST, 1, 0, 1) is Outcome.RESTART_FILE
     assert p.decide(Failure.DIGEST, 2, 0, 2) is Outcome.GIVE_UP
     assert p.decide(Failure.DIGEST, 2, 1, 2) is Outcome.NEXT_SOURCE
+    # Restarts after a refused range count as attempts: a source that always refuses is left.
+    assert p.decide(Failure.RANGE, 3, 1, 0) is Outcome.NEXT_SOURCE
+    assert p.decide(Failure.RANGE, 3, 0, 0) is Outcome.GIVE_UP
+    # Hash failures are bounded by digest_restarts alone (small files count attempts too).
+    assert RetryPolicy(attempts_per_source=1).decide(Failure.DIGEST, 1, 0, 1) is (
+        Outcome.RESTART_FILE
+    )
 
 
 @given(attempt=st.integers(1, 100), draw=st.floats(0, 1, exclude_max=True))

@@ -282,3 +282,37 @@ def test_a_source_no_request_can_be_made_of_fails_over_to_the_next(tmp_path: Pat
         asyncio.run(go())
     assert_verified(tmp_path / "staging", model)
     assert progress.source == server.url
+
+
+@pytest.mark.parametrize("answer", ["416", "wrong_content_range"])
+def test_a_source_that_always_refuses_the_range_is_not_asked_in_a_loop(
+    tmp_path: Path, answer: str
+) -> None:
+    """Every request for the segment gets a 416 (or a 206 for other bytes): each restart
+    counts as an attempt and waits its backoff, so the source is given up after
+    attempts_per_source requests, not hammered until the byte budget runs out."""
+    _, files = make_source(tmp_path, [300_000])
+    seg = "/titles/t/v0/seg0.m4s"
+    asked: list[str] = []
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while (req := read_request(sock)) is not None:
+            body = files[req[":target"]]
+            if req[":target"] != seg:
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            elif answer == "416":
+                asked.append(seg)
+                sock.sendall(b"HTTP/1.1 416 Range Not Satisfiable\r\nContent-Length: 0\r\n\r\n")
+            else:
+                asked.append(seg)
+                sock.sendall(
+                    b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 1-9/%d\r\n"
+                    b"Content-Length: 9\r\n\r\n" % len(body) + body[1:10]
+                )
+
+    sleep = FakeSleep()
+    pacer = Pacer(None, None, clock=sleep.clock, sleep=sleep)
+    with scripted(handler) as server, pytest.raises(FillError, match="seg0"):
+        fill(server.url, tmp_path / "staging", pacer, streams=1)
+    assert len(asked) == FAST.attempts_per_source
+    assert len(sleep.slept) == FAST.attempts_per_source - 1  # a backoff before each restart
