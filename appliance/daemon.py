@@ -118,6 +118,7 @@ class Worker:
         line = _readline(self.proc.stdout, timeout)
         if line.strip() != b"ready":
             self.proc.kill()
+            self.proc.wait()  # reaped: no zombie left per failed start
             raise DaemonError(f"serving worker {self.index} failed to start (see log above)")
 
     def alive(self) -> bool:
@@ -254,7 +255,8 @@ class Supervisor:
 
         A replacement that does not start (settings that cannot work, an index gone bad)
         leaves its old worker serving, and DaemonError follows once the roll is over; when
-        the very first one fails, nothing has changed."""
+        the very first one fails, nothing has changed. After a failure, workers that die are
+        restarted with the previous settings."""
         previous, self.config = self.config, config
         kept: list[int] = []
         for i, old in enumerate(list(self.workers)):
@@ -282,6 +284,8 @@ class Supervisor:
             old.drain()
             self.draining.append(old)
         if kept:
+            # A worker that dies later is restarted with settings known to start.
+            self.config = previous
             raise DaemonError(f"worker slots {kept} kept their old settings (see log above)")
 
     @staticmethod

@@ -48,7 +48,7 @@ def check_rel_path(path: str) -> str:
         or pure.is_absolute()
         or "\\" in path
         or any(part in ("", ".", "..") for part in path.split("/"))
-        or not path.isprintable()
+        or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in path)
     ):
         raise TitleFilesError(f"invalid file path {path!r} in title")
     return path

@@ -29,30 +29,33 @@ log = logging.getLogger("edgeflix.http")
 FD_RESERVE = 64
 
 
-def nofile_plan(max_connections: int, soft: int, hard: int) -> tuple[int, int]:
+def nofile_plan(max_connections: int, soft: int, hard: int, open_files: int = 0) -> tuple[int, int]:
     """(the soft descriptor limit to ask for, the connection cap that fits in it). Each
-    connection holds a socket and, while sending, a file: the soft limit is raised toward
-    the hard one (a shell's 1024 is common); where the hard limit is lower, the cap is
-    lowered to fit, so a crowd gets 503s rather than failed accepts."""
+    connection holds a socket and, while sending, a file, and the file cache keeps up to
+    `open_files` more open: the soft limit is raised toward the hard one (a shell's 1024 is
+    common); where the hard limit is lower, the cap is lowered to fit, so a crowd gets 503s
+    rather than failed accepts."""
     infinite = resource.RLIM_INFINITY
-    wanted = 2 * max_connections + FD_RESERVE
+    fixed = FD_RESERVE + open_files
+    wanted = 2 * max_connections + fixed
     if soft == infinite or soft >= wanted:
         return soft, max_connections
     raised = wanted if hard == infinite else max(soft, min(wanted, hard))
     if raised >= wanted:
         return raised, max_connections
-    return raised, max(1, (raised - FD_RESERVE) // 2)
+    return raised, max(1, (raised - fixed) // 2)
 
 
 def fit_connections(settings: ServerSettings) -> ServerSettings:
     """Apply nofile_plan to this process and `settings`."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    new_soft, cap = nofile_plan(settings.max_connections, soft, hard)
+    cached = settings.open_files
+    new_soft, cap = nofile_plan(settings.max_connections, soft, hard, cached)
     if new_soft != soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
         except (OSError, ValueError):
-            new_soft, cap = soft, nofile_plan(settings.max_connections, soft, soft)[1]
+            new_soft, cap = soft, nofile_plan(settings.max_connections, soft, soft, cached)[1]
     if cap == settings.max_connections:
         return settings
     configured = settings.max_connections

@@ -23,3 +23,8 @@ def test_a_low_hard_limit_lowers_the_cap_to_fit() -> None:
     assert nofile_plan(4096, 200, 200) == (200, (200 - FD_RESERVE) // 2)
     assert nofile_plan(4096, 100, 1000) == (1000, (1000 - FD_RESERVE) // 2)
     assert nofile_plan(4096, 10, 10) == (10, 1)  # never below one connection
+
+
+def test_the_file_cache_is_counted_in() -> None:
+    assert nofile_plan(100, 1024, 1024, open_files=256) == (1024, 100)
+    assert nofile_plan(1000, 1024, 1024, open_files=256) == (1024, (1024 - FD_RESERVE - 256) // 2)

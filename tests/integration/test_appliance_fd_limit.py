@@ -16,11 +16,12 @@ from pathlib import Path
 import httpx
 
 from edgeflix.http.runner import FD_RESERVE
+from edgeflix.http.server import ServerSettings
 from tests.conftest import run_cli
 from tests.integration.daemon_support import write_config
 from tests.integration.serve_support import Server, connect, make_title, raw
 
-LIMIT = 200
+LIMIT = 600
 
 
 def until(cond: Callable[[], bool], seconds: float) -> None:
@@ -71,7 +72,7 @@ def test_a_crowd_beyond_the_descriptor_limit_gets_503_and_the_worker_lives(
              str(source)], check=True)  # fmt: skip
     log = tmp_path / "daemon.log"
     server = start_limited(config, log)
-    cap = (LIMIT - FD_RESERVE) // 2
+    cap = (LIMIT - FD_RESERVE - ServerSettings().open_files) // 2
     request = b"GET /titles/bunny/master.m3u8 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     crowd: list[socket.socket] = []
     try:
