@@ -6,6 +6,7 @@ rate, ETA) on a terminal and returns the report. The daemon uses runner.FillRun 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -29,15 +30,12 @@ def plan_from_cli(
     ignore_window: bool,
 ) -> FillPlan:
     """`--from/--title` make an ad-hoc plan (no window, never deletes other titles); else the
-    plan file (`--plan` or `[fill] plan`). Options override the plan's cap and streams."""
+    plan file (`--plan` or `[fill] plan`). Options override the plan's cap and streams.
+    PlanError (one line) for anything the command line got wrong."""
     if titles or sources:
         if not (titles and sources):
             raise PlanError("give both --from URL and at least one --title ID")
-        try:
-            picked = tuple(PlannedTitle(id=t, sources=tuple(sources)) for t in titles)
-        except ValidationError as exc:  # a bad --title or --from: one line, not pydantic's
-            raise PlanError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
-        plan = FillPlan(titles=picked, prune=False)
+        plan = _adhoc_plan(titles, sources)
     else:
         path = plan_file or config.fill.plan
         if path is None:
@@ -45,12 +43,48 @@ def plan_from_cli(
         plan = load_plan(path)
     update: dict[str, object] = {}
     if cap_mbps is not None:
-        update["cap_bps"] = int(cap_mbps * 1_000_000) if cap_mbps > 0 else None
+        update["cap_bps"] = cap_bps_of(cap_mbps)
     if streams is not None:
         update["streams"] = streams
     if ignore_window:
         update["window"] = None
-    return FillPlan.model_validate({**plan.model_dump(), **update}).check()
+    try:
+        return FillPlan.model_validate({**plan.model_dump(), **update}).check()
+    except ValidationError as exc:
+        raise PlanError(_first_error(exc, with_field=True)) from None
+
+
+def _adhoc_plan(titles: Sequence[str], sources: Sequence[str]) -> FillPlan:
+    # A title (or source) given twice is meant once: the plan would refuse it as listed twice.
+    unique_sources = tuple(dict.fromkeys(u.rstrip("/") for u in sources))
+    try:
+        picked = tuple(PlannedTitle(id=t, sources=unique_sources) for t in dict.fromkeys(titles))
+        return FillPlan(titles=picked, prune=False)
+    except ValidationError as exc:  # a bad --title or --from: one line, not pydantic's
+        raise PlanError(_first_error(exc)) from None
+
+
+def cap_bps_of(cap_mbps: float) -> int | None:
+    """`--cap-mbps` in bits per second; 0 is no cap. Not a finite number, or a cap that
+    rounds to nothing, is refused (not silently uncapped, nor an OverflowError)."""
+    if not math.isfinite(cap_mbps):
+        raise PlanError(f"--cap-mbps {cap_mbps}: give a number of Mbit/s (0 for no cap)")
+    if cap_mbps <= 0:
+        return None
+    bps = int(cap_mbps * 1_000_000)
+    if bps < 1:
+        raise PlanError(f"--cap-mbps {cap_mbps:g} is under 1 bit/s (0 for no cap)")
+    return bps
+
+
+def _first_error(exc: ValidationError, with_field: bool = False) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc).splitlines()[0]
+    err = errors[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {msg}" if with_field and where else msg
 
 
 def run_foreground(
