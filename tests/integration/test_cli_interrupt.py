@@ -10,6 +10,13 @@ import sys
 import time
 
 
+def _in_python_start_up(err: str) -> bool:
+    """A traceback whose every frame is the interpreter's own bootstrap (runpy reading the
+    module, importlib checking its cache): no line of ours had run, nothing could catch it."""
+    frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
+    return bool(frames) and all('"<frozen ' in line for line in frames)
+
+
 def test_ctrl_c_while_a_command_starts_is_one_line() -> None:
     for i in range(10):
         proc = subprocess.Popen(
@@ -21,6 +28,8 @@ def test_ctrl_c_while_a_command_starts_is_one_line() -> None:
         time.sleep(0.1 + i * 0.05)  # from the imports to the failed connection
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
+        if "Traceback" in err and _in_python_start_up(err):
+            continue  # a loaded host: the Ctrl-C came before the interpreter ran any of ours
         assert "Traceback" not in err, err
         assert out == ""
         if proc.returncode != 1:  # 1: it had already failed to reach the fleet manager
