@@ -6,40 +6,41 @@ at the edge, so no user ever sees a traceback for a mistake they can fix.
 
 from __future__ import annotations
 
-import gc
-import importlib
-import signal
-import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
-
-
-def _resend_interrupts(hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """A Ctrl-C that lands where Python cannot raise it (a weakref callback of the import
-    machinery, a __del__) is printed as "Exception ignored" with a traceback, then dropped,
-    and the command goes on. Send it again instead, from another thread 10 ms later, so that
-    it arrives once this hook has returned (sent from here, it lands in the hook)."""
-
-    def on_unraisable(unraisable: Any) -> None:
-        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
-            import _thread
-            import threading
-
-            resend = threading.Timer(0.01, _thread.interrupt_main)
-            resend.daemon = True
-            resend.start()
-            return
-        hook(unraisable)
-
-    return on_unraisable
-
-
-sys.unraisablehook = _resend_interrupts(sys.unraisablehook)
+import sys  # built in, loaded with the interpreter: importing it runs no code
 
 try:  # Ctrl-C while the libraries load (a tenth of a second here, more on a Pi): one line
+    import gc
+    import importlib
+    import signal
+    from typing import TYPE_CHECKING
+
+    if TYPE_CHECKING:
+        from collections.abc import Callable
+        from typing import Any
+
+    def _resend_interrupts(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+        """A Ctrl-C that lands where Python cannot raise it (a weakref callback of the
+        import machinery, a __del__) is printed as "Exception ignored" with a traceback,
+        then dropped, and the command goes on. Send it again instead, from another thread
+        10 ms later, so that it arrives once this hook has returned (sent from here, it
+        lands in the hook)."""
+
+        def on_unraisable(unraisable: Any) -> None:
+            exc_type = unraisable.exc_type
+            if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+                import _thread
+                import threading
+
+                resend = threading.Timer(0.01, _thread.interrupt_main)
+                resend.daemon = True
+                resend.start()
+                return
+            hook(unraisable)
+
+        return on_unraisable
+
+    sys.unraisablehook = _resend_interrupts(sys.unraisablehook)
+
     import typer
 
     from edgeflix import __version__
