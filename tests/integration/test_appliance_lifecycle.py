@@ -229,7 +229,7 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path
             with connect(server.addr) as sock:
                 assert _get(sock, bytearray(), path) == 200
     finally:
+        code = server.stop()
         for index in aside.iterdir():
             index.rename(tmp_path / index.name)
-        code = server.stop()
     assert code == 0
