@@ -51,7 +51,8 @@ class PlannerPolicy:
     # Plan at most this share of each tier; the rest absorbs size drift and partial fills.
     fill_ratio: float = 0.98
     fast_tiers: tuple[str, ...] = ("nvme", "ssd")
-    # New bytes one appliance may be asked to fetch per plan (what its fill window carries).
+    # Bytes one appliance may be asked to fetch, all planned titles it does not hold complete
+    # counted (what its fill window carries).
     max_fill_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -165,8 +166,8 @@ class _Bins:
         budget = policy.max_fill_bytes
         self.budget = {a.name: budget if budget is not None else math.inf for a in members}
 
-    def tier_with_room(self, name: str, size: int, new: bool) -> str | None:
-        if new and self.budget[name] < size:
+    def tier_with_room(self, name: str, size: int, fetch: bool) -> str | None:
+        if fetch and self.budget[name] < size:
             return None
         for tier in self.order[name]:
             if self.free[(name, tier.tier)] >= size:
@@ -176,9 +177,9 @@ class _Bins:
     def largest_free(self) -> int:
         return max(self.free.values(), default=0)
 
-    def take(self, name: str, tier: str, size: int, new: bool) -> None:
+    def take(self, name: str, tier: str, size: int, fetch: bool) -> None:
         self.free[(name, tier)] -= size
-        if new:
+        if fetch:
             self.budget[name] -= size
 
 
@@ -227,13 +228,16 @@ def plan_site(
                 strict=True)
         )  # fmt: skip
         count = 0
-        for new, _, k in preference:
+        for _, _, k in preference:
             if count == wanted:
                 break
             a = members[k]
-            tier = bins.tier_with_room(a.name, size, new)
+            # Bytes it must still fetch: a title planned last round but not yet fetched
+            # (outside the window, say) is charged again, or the budget added up per round.
+            fetch = not holds_version(a, title, catalog[title])
+            tier = bins.tier_with_room(a.name, size, fetch)
             if tier is not None:
-                bins.take(a.name, tier, size, new)
+                bins.take(a.name, tier, size, fetch)
                 placed[a.name].append((title, tier))
                 count += 1
     return assign_sources(members, placed, catalog)
