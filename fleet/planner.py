@@ -189,8 +189,10 @@ def plan_site(
     catalog: Mapping[str, CatalogTitle],
     incumbents: Mapping[str, frozenset[str]],
     policy: PlannerPolicy,
+    fillers: Mapping[str, str] | None = None,
 ) -> dict[str, list[PlannedTitle]]:
-    """Place titles on one site's appliances; returns appliance name → titles, hottest first."""
+    """Place titles on one site's appliances; returns appliance name → titles, hottest first.
+    `fillers`: title → the appliance the previous plan had fill it from the origin."""
     site_incumbents = frozenset().union(*incumbents.values()) if incumbents else frozenset()
     total = sum(v for t, v in demand.items() if t in catalog and v > 0)
     candidates = [
@@ -240,15 +242,18 @@ def plan_site(
                 bins.take(a.name, tier, size, fetch)
                 placed[a.name].append((title, tier))
                 count += 1
-    return assign_sources(members, placed, catalog)
+    return assign_sources(members, placed, catalog, fillers or {})
 
 
 def assign_sources(
     members: list[Appliance],
     placed: Mapping[str, list[tuple[str, str]]],
     catalog: Mapping[str, CatalogTitle],
+    fillers: Mapping[str, str],
 ) -> dict[str, list[PlannedTitle]]:
-    """One appliance per site takes each title from the origin; its peers take it from it."""
+    """One appliance per site takes each title from the origin; its peers take it from it.
+    The previous filler stays while it is still placed: choosing again among holders as
+    fills complete flipped sources, and with them the plan's version, for nothing."""
     by_name = {a.name: a for a in members}
     where: dict[str, list[str]] = {}
     for name, titles in placed.items():
@@ -257,6 +262,10 @@ def assign_sources(
     filler: dict[str, str] = {}
     for title, names in where.items():
         entry = catalog[title]
+        kept = fillers.get(title)
+        if kept is not None and kept in names and by_name[kept].state in SOURCE_STATES:
+            filler[title] = kept
+            continue
         # Only appliances keeping the title may serve it to peers (others will delete it).
         holders = [
             by_name[n]
@@ -320,7 +329,9 @@ def plan(
             for a in members
         }
         wanted = (site_demand or {}).get(site, demand)
-        for name, titles in plan_site(members, wanted, catalog, incumbents, policy).items():
+        fillers = previous_fillers(members, previous, catalog)
+        placed = plan_site(members, wanted, catalog, incumbents, policy, fillers)
+        for name, titles in placed.items():
             rows[name] = (site, tuple(titles))
     for a in appliances:  # unreachable / failing: keep what they were told last
         if a.name not in rows:
@@ -336,6 +347,21 @@ def plan(
         for name, (site, titles) in sorted(rows.items())
     }
     return FillPlan(version=next_version(previous, plans), appliances=plans)
+
+
+def previous_fillers(
+    members: list[Appliance], previous: FillPlan | None, catalog: Mapping[str, CatalogTitle]
+) -> dict[str, str]:
+    """Title → the member the previous plan had fetch this version of it from the origin
+    (so it holds it or is filling it)."""
+    out: dict[str, str] = {}
+    for a in members:  # sorted by name: the first wins if a past plan had two
+        entry = previous.for_appliance(a.name) if previous else None
+        for t in entry.titles if entry else ():
+            current = catalog.get(t.title_id)
+            if t.source == ORIGIN and current is not None and t.digest == current.digest:
+                out.setdefault(t.title_id, a.name)
+    return out
 
 
 def next_version(previous: FillPlan | None, plans: Mapping[str, ApplianceFillPlan]) -> int:

@@ -30,3 +30,33 @@ def test_the_fill_budget_counts_planned_titles_not_yet_fetched() -> None:
     # Once it holds them, the budget is for the next ones.
     p = plan((holding(empty, p, cat),), demand, cat, p, policy)
     assert sorted(p.appliances["e1"].title_ids) == ["t0", "t1", "t2", "t3"]
+
+
+def sources(p: FillPlan, title: str) -> dict[str, str]:
+    return {n: t.source for n, e in p.appliances.items() for t in e.titles if t.title_id == title}
+
+
+def test_fills_completing_change_no_source_and_no_version() -> None:
+    cat = catalog(hot=1)
+    boxes = tuple(box(n) for n in ("a", "b", "c"))
+    first = plan(boxes, {"hot": 100.0}, cat)
+    assert len(sources(first, "hot")) == 3
+    filler = next(n for n, s in sources(first, "hot").items() if s == "origin")
+    peers = [n for n in ("a", "b", "c") if n != filler]
+    p = first
+    for done in ([peers[0]], [peers[0], filler], ["a", "b", "c"]):
+        now = tuple(holding(b, first, cat) if b.name in done else b for b in boxes)
+        p = plan(now, {"hot": 100.0}, cat, p)
+        assert p.version == first.version, done
+        assert sources(p, "hot") == sources(first, "hot")
+    # The filler gone, a peer holding the title takes over.
+    gone = tuple(
+        Appliance(b.name, b.site, b.url, "unreachable", tiers=b.tiers)
+        if b.name == filler
+        else holding(b, first, cat)
+        if b.name == peers[1]
+        else b
+        for b in boxes
+    )
+    p = plan(gone, {"hot": 100.0}, cat, p)
+    assert sources(p, "hot") == {filler: "origin", peers[0]: peers[1], peers[1]: "origin"}
