@@ -314,8 +314,7 @@ def plan(
     rows: dict[str, tuple[str, tuple[PlannedTitle, ...]]] = {}
     for site in sites:
         members = sorted(
-            (a for a in appliances if a.site == site and a.state in PLANNED_STATES),
-            key=lambda a: a.name,
+            (a for a in appliances if a.site == site and plannable(a)), key=lambda a: a.name
         )
         incumbents = {
             a.name: frozenset(
@@ -333,7 +332,7 @@ def plan(
         placed = plan_site(members, wanted, catalog, incumbents, policy, fillers)
         for name, titles in placed.items():
             rows[name] = (site, tuple(titles))
-    for a in appliances:  # unreachable / failing: keep what they were told last
+    for a in appliances:  # not plannable now: keep what they were told last
         if a.name not in rows:
             kept = previous.for_appliance(a.name) if previous else None
             rows[a.name] = (a.site, kept.titles if kept else ())
@@ -362,6 +361,13 @@ def previous_fillers(
             if t.source == ORIGIN and current is not None and t.digest == current.digest:
                 out.setdefault(t.title_id, a.name)
     return out
+
+
+def plannable(a: Appliance) -> bool:
+    """Whether this beat says enough to plan the appliance afresh. No disk space reported
+    (tiers unreadable for a moment) is not knowing its disks, not having none: planned as
+    empty it would be told to prune everything, and to fetch it all again a beat later."""
+    return a.state in PLANNED_STATES and a.disk_bytes > 0
 
 
 def next_version(previous: FillPlan | None, plans: Mapping[str, ApplianceFillPlan]) -> int:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from fleet.model import Appliance, HeldTitle
+from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
 
 from .test_planner import GB, box, catalog
@@ -60,3 +60,18 @@ def test_fills_completing_change_no_source_and_no_version() -> None:
     )
     p = plan(gone, {"hot": 100.0}, cat, p)
     assert sources(p, "hot") == {filler: "origin", peers[0]: peers[1], peers[1]: "origin"}
+
+
+def test_an_appliance_reporting_no_disks_keeps_its_last_plan() -> None:
+    cat = catalog(**{f"t{i}": 1 for i in range(10)})
+    demand = {f"t{i}": 100.0 - i for i in range(10)}
+    a = box("a1", hdd=10 * GB)
+    first = plan((a,), demand, cat)
+    held = holding(a, first, cat)
+    # A beat while its disks were unreadable: no tiers, the titles still reported.
+    blind = Appliance("a1", "home", "http://a1", tiers=(), titles=held.titles)
+    p = plan((blind,), demand, cat, first)
+    assert p.appliances["a1"].titles == first.appliances["a1"].titles
+    assert p.appliances["a1"].diff.empty and p.version == first.version
+    zero = Appliance("a1", "home", "http://a1", tiers=(TierSpace("hdd", 0),), titles=held.titles)
+    assert plan((zero,), demand, cat, first).version == first.version
