@@ -25,7 +25,9 @@ from fleet.model import Appliance, TierSpace
 from fleet.steering import rendezvous_keys, rendezvous_score, rendezvous_scores
 
 # Appliances in these states get new plans; the others keep their last one until they return.
-PLANNED_STATES = frozenset({"ok", "degraded", "drained"})
+# A drained one is left out too: counted as a replica it kept serving peers from taking
+# titles only it held, and keeping its last plan prunes nothing from it while drained.
+PLANNED_STATES = frozenset({"ok", "degraded"})
 # Only these may be the in-site source of a title for peers.
 SOURCE_STATES = frozenset({"ok", "degraded"})
 ORIGIN = "origin"

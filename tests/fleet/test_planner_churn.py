@@ -75,3 +75,21 @@ def test_an_appliance_reporting_no_disks_keeps_its_last_plan() -> None:
     assert p.appliances["a1"].diff.empty and p.version == first.version
     zero = Appliance("a1", "home", "http://a1", tiers=(TierSpace("hdd", 0),), titles=held.titles)
     assert plan((zero,), demand, cat, first).version == first.version
+
+
+def test_serving_peers_take_the_titles_of_a_drained_appliance() -> None:
+    cat = catalog(**{f"t{i}": 1 for i in range(10)})
+    demand = {f"t{i}": 10.0 for i in range(10)}
+    boxes = (box("a1", hdd=6 * GB), box("a2", hdd=8 * GB))
+    first = plan(boxes, demand, cat)
+    only_a1 = first.appliances["a1"].title_ids - first.appliances["a2"].title_ids
+    assert len(only_a1) == 5
+    a1, a2 = (holding(b, first, cat) for b in boxes)
+    drained = Appliance("a1", "home", "http://a1", "drained", tiers=a1.tiers, titles=a1.titles)
+    p = plan((drained, a2), demand, cat, first)
+    # a2 has room for two more (7.84 GB planned of 8): it takes two of a1's titles, from
+    # the origin (a drained appliance is no source), and a1 is told nothing new.
+    gained = p.appliances["a2"].title_ids - first.appliances["a2"].title_ids
+    assert len(gained) == 2 and gained <= only_a1
+    assert all(t.source == "origin" for t in p.appliances["a2"].titles)
+    assert p.appliances["a1"].titles == first.appliances["a1"].titles
