@@ -265,7 +265,10 @@ def steer_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Where a client would stream a title from, best first, and why."""
-    out = _call(fleet, "GET", "/steer", params={"client_ip": client_ip, "title": title})
+    # A probe: the manager answers as for a player, but counts it neither as an outcome
+    # nor as demand for the title.
+    params = {"client_ip": client_ip, "title": title, "probe": "1"}
+    out = _call(fleet, "GET", "/steer", params=params)
     if as_json:
         ui.print_json(out)
         return

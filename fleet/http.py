@@ -46,9 +46,11 @@ class JoinTokenRequest(BaseModel):
     site: str
 
 
-def steer_json(svc: FleetService, client_ip: str, title: str) -> bytes:
-    """The /steer answer: `urls` best first, plus each candidate and why (the CLI shows it)."""
-    decision, urls = svc.steer(client_ip, title)
+def steer_json(svc: FleetService, client_ip: str, title: str, probe: bool = False) -> bytes:
+    """The /steer answer: `urls` best first, plus each candidate and why (the CLI shows it).
+    `probe` (`&probe=1`, what `fleet steer` sends): an operator asking, not a session, so
+    neither the outcome counters nor the demand the planner sees count it."""
+    decision, urls = svc.steer(client_ip, title, count=not probe)
     body = {
         "urls": list(urls.urls),
         "candidates": [
@@ -65,13 +67,14 @@ def steer_json(svc: FleetService, client_ip: str, title: str) -> bytes:
     return _encode(body).encode()
 
 
-def steer_params(query_string: bytes) -> tuple[str, str]:
-    """`client_ip` and `title` from a query string; the last one wins, as in FastAPI."""
+def steer_params(query_string: bytes) -> tuple[str, str, bool]:
+    """`client_ip`, `title` and `probe` from a query string; the last one wins, as in
+    FastAPI."""
     params = dict(parse_qsl(query_string.decode("latin-1")))
     missing = [p for p in ("client_ip", "title") if not params.get(p)]
     if missing:
         raise FleetInputError(f"/steer needs the query parameter(s) {', '.join(missing)}")
-    return params["client_ip"], params["title"]
+    return params["client_ip"], params["title"], params.get("probe") in ("1", "true")
 
 
 class SteerFastPath:
@@ -94,8 +97,8 @@ class SteerFastPath:
                 headers.append((b"allow", b"GET"))
                 status, body = 405, _encode({"error": "/steer only answers GET"}).encode()
             else:
-                client_ip, title = steer_params(scope["query_string"])
-                status, body = 200, steer_json(self.svc, client_ip, title)
+                client_ip, title, probe = steer_params(scope["query_string"])
+                status, body = 200, steer_json(self.svc, client_ip, title, probe)
         except FleetError as exc:
             status, body = exc.http_status, _encode({"error": str(exc)}).encode()
         headers.append((b"content-length", str(len(body)).encode()))
@@ -206,8 +209,8 @@ class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
         if url.path != b"/steer":
             return False
         try:
-            client_ip, title = steer_params(url.query or b"")
-            status, body = 200, steer_json(self.svc, client_ip, title)
+            client_ip, title, probe = steer_params(url.query or b"")
+            status, body = 200, steer_json(self.svc, client_ip, title, probe)
         except FleetError as exc:
             status, body = exc.http_status, _encode({"error": str(exc)}).encode()
         keep_alive = parser.should_keep_alive()

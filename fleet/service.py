@@ -88,6 +88,7 @@ class FleetService:
             for s in self.sites
         }
         self.origin_titles: dict[str, OriginTitle] = {}
+        self.origin_read = False  # its catalogue read at least once (see catalog)
         self.releases: dict[str, float] = {}
         self.keys = store.keyset()
         self.current_plan: FillPlan | None = store.plan()
@@ -239,6 +240,7 @@ class FleetService:
         self.store.set_drained(name, drained)
         self.records = self.store.appliances()
         self._changed()
+        self.replan_due = True  # its site peers take over its titles at the next tick
         event(log, "fleet.drain" if drained else "fleet.undrain", appliance=name)
 
     def remove(self, name: str) -> None:
@@ -253,7 +255,9 @@ class FleetService:
 
     # -- steering ----------------------------------------------------------------------
 
-    def steer(self, client_ip: str, title_id: str) -> tuple[SteeringDecision, SignedUrls]:
+    def steer(
+        self, client_ip: str, title_id: str, *, count: bool = True
+    ) -> tuple[SteeringDecision, SignedUrls]:
         decision = steer(self.snapshot(), client_ip, title_id, self._steering_policy)
         now = self.clock()
         s = self.config.steering
@@ -274,9 +278,10 @@ class FleetService:
             bind_client_ip=s.bind_client_ip,
             signer=self._tokens,
         )
-        self.outcomes[decision.outcome] += 1
-        if decision.outcome != "in_site":
-            self._count_unserved(decision, now)
+        if count:
+            self.outcomes[decision.outcome] += 1
+            if decision.outcome != "in_site":
+                self._count_unserved(decision, now)
         return decision, urls
 
     def _count_unserved(self, decision: SteeringDecision, now: float) -> None:
@@ -333,15 +338,20 @@ class FleetService:
 
     def set_origin_titles(self, titles: Iterable[OriginTitle]) -> None:
         self.origin_titles = {t.id: t for t in titles}
+        self.origin_read = True
         self.releases = self.store.first_seen(sorted(self.origin_titles), self.clock())
 
     def catalog(self) -> dict[str, CatalogTitle]:
-        """Origin titles; titles only appliances report (origin unreachable) fill the gaps."""
+        """The origin's titles. Until its catalogue has been read once (unreachable since
+        the manager started), the titles appliances report stand in for it; after that, a
+        title the origin no longer lists (withdrawn) is planned nowhere, so appliances
+        prune it."""
         out: dict[str, CatalogTitle] = {}
-        for beat in self.beats.values():
-            for tid, held in beat.titles.items():
-                if held.complete and held.size_bytes > 0:
-                    out.setdefault(tid, CatalogTitle(held.size_bytes, held.digest))
+        if not self.origin_read:
+            for beat in self.beats.values():
+                for tid, held in beat.titles.items():
+                    if held.complete and held.size_bytes > 0:
+                        out.setdefault(tid, CatalogTitle(held.size_bytes, held.digest))
         for t in self.origin_titles.values():
             out[t.id] = CatalogTitle(t.total_bytes, t.digest)
         return out
@@ -401,9 +411,17 @@ class FleetService:
         return adopted
 
     def request_fill_now(self, site: str | None) -> list[str]:
-        names = [r.name for r in self.records.values() if site is None or r.site == site]
+        """Flag the site's appliances to fill once now; those not heard from lately are
+        left out (one would take the flag days later, at whatever hour it came back)."""
         if site is not None and site not in {s.name for s in self.sites}:
             raise UnknownNameError(f"no site named '{site}'")
+        states = {a.name: a.state for a in self.snapshot().appliances}
+        wanted = [r.name for r in self.records.values() if site is None or r.site == site]
+        names = [n for n in wanted if states.get(n) not in (None, "unreachable")]
+        skipped = sorted(set(wanted) - set(names))
+        if skipped:
+            event(log, "fleet.fill_now.skipped", appliances=",".join(skipped),
+                  reason="unreachable")  # fmt: skip
         self.fill_now.update(names)
         return sorted(names)
 

@@ -95,6 +95,9 @@ def test_steer_answers_ranked_signed_urls_and_counts_the_outcome(tmp_path: Path)
     # An IPv6 client arrives percent-encoded; a title held nowhere goes to the origin.
     _, _, body = get(svc, "/steer?client_ip=2001%3Adb8%3A%3A7&title=other")
     assert json.loads(body)["outcome"] == "origin"
+    # `fleet steer` probes: answered the same, counted nowhere.
+    _, _, body = get(svc, "/steer?client_ip=192.168.1.7&title=film&probe=1")
+    assert json.loads(body)["outcome"] == "in_site"
     _, _, metrics = get(svc, "/metrics")
     assert 'edgeflix_fleet_steering_total{outcome="in_site"} 1' in metrics.decode()
     assert 'edgeflix_fleet_steering_total{outcome="origin"} 1' in metrics.decode()

@@ -314,3 +314,42 @@ def test_after_an_immediate_rotation_each_appliance_gets_a_key_it_holds(tmp_path
     decision = svc.steer("192.168.1.2", "a")[0]
     assert [c.name for c in decision.candidates] == ["h1", "origin"]
     assert any(e.startswith("h2: no current URL key") for e in decision.excluded)
+
+
+def test_a_title_the_origin_withdraws_is_planned_nowhere(tmp_path: Path) -> None:
+    """Appliances' titles stand in for the catalogue only until the origin's has been
+    read; after that a title it no longer lists (licence ended) leaves every plan."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1)  # holds "a"
+    assert "a" in svc.catalog()  # origin never read: what appliances hold stands in
+    svc.set_origin_titles([OriginTitle(t, "d" + t, GB) for t in ("a", "b")])
+    assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a", "b"]
+    svc.set_origin_titles([OriginTitle("b", "db", GB)])  # "a" withdrawn
+    assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["b"]
+
+
+def test_fill_now_leaves_out_unreachable_appliances(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    for name in ("h1", "h2"):
+        enrol(svc, name, "home")
+        beat(svc, name, 1)
+    clock.now += 60  # both silent for 12 beats
+    beat(svc, "h1", 2)
+    assert svc.request_fill_now("home") == ["h1"]
+    assert svc.take_fill_now("h1") and not svc.take_fill_now("h2")
+
+
+def test_a_probe_of_steering_counts_neither_outcome_nor_demand(tmp_path: Path) -> None:
+    """`fleet steer` asks as an operator: no session follows it."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    svc.set_origin_titles([OriginTitle("wanted", "dw", 4 * GB)])
+    beat(svc, "h1", 1)
+    for _ in range(5):
+        assert svc.steer("192.168.1.2", "wanted", count=False)[0].outcome == "origin"
+    assert sum(svc.outcomes.values()) == 0
+    assert "wanted" not in svc.popularity.long.at(clock.now + 60)

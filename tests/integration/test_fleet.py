@@ -273,9 +273,11 @@ def test_key_rotation_keeps_issued_urls_valid(
 
 
 def test_metrics_count_outcomes_and_grpc_health_serves(fleet: Server, agents: Agents) -> None:
-    # Both outcomes steered here: under xdist this test may not share a fleet with the others.
-    steer(fleet, "192.168.1.50")  # a client of the home site
-    steer(fleet, "203.0.113.5")  # a client in no site
+    # Both outcomes steered here, as players ask (`fleet steer` probes count nowhere);
+    # under xdist this test may not share a fleet with the others.
+    for client in ("192.168.1.50", "203.0.113.5"):  # of the home site; in no site
+        params = {"client_ip": client, "title": "film"}
+        assert httpx.get(fleet.urls["http"] + "/steer", params=params, timeout=10).is_success
     text = httpx.get(fleet.urls["http"] + "/metrics", timeout=10).text
     counts = {
         line.split('"')[1]: float(line.rsplit(" ", 1)[1])
