@@ -141,9 +141,16 @@ def _fill_plan_from_columns(
     return ApplianceFillPlan(appliance, site, titles, diff)
 
 
-def replicas_for(share: float, members: int, policy: PlannerPolicy) -> int:
-    wanted = math.ceil(share * members / policy.replica_load_share) if share > 0 else 1
-    return max(min(max(wanted, policy.min_replicas), members), 1)
+def replicas_for(share: float, members: int, policy: PlannerPolicy, holders: int = 0) -> int:
+    """Copies of a title carrying `share` of its site's demand. Of `holders` copies one goes
+    only once the others would carry its load with a (1 + hysteresis) margin: at a hard
+    boundary a change of 0.02% in demand evicted a copy, and the next one fetched it back."""
+
+    def needed(load: float) -> int:
+        wanted = math.ceil(load * members / policy.replica_load_share) if load > 0 else 1
+        return max(min(max(wanted, policy.min_replicas), members), 1)
+
+    return max(needed(share), min(holders, needed(share * (1 + policy.hysteresis))))
 
 
 def tier_order(tiers: tuple[TierSpace, ...], fast: tuple[str, ...]) -> list[TierSpace]:
@@ -214,6 +221,7 @@ def plan_site(
         [a.name for a in members], [float(max(a.disk_bytes, 1)) for a in members]
     )
     held = [incumbents.get(a.name, frozenset()) for a in members]
+    spare: list[tuple[str, int]] = []  # (title, member) held copies beyond the wanted count
     # Smallest size from each position on: once no tier has room for it, planning is done.
     smallest = list(accumulate(reversed([catalog[t].size_bytes for t in candidates]), min))[::-1]
     for i, title in enumerate(candidates):
@@ -224,7 +232,8 @@ def plan_site(
         if size > room:
             continue  # leftover space goes to the next smaller title that fits
         share = demand.get(title, 0.0) / total if total > 0 else 0.0
-        wanted = replicas_for(share, len(members), policy)
+        holders = sum(title in h for h in held)
+        wanted = replicas_for(share, len(members), policy, holders)
         # Holders first (no churn), then by rendezvous score (the order steering uses).
         scores = rendezvous_scores(title, keys)
         preference = sorted(
@@ -232,8 +241,9 @@ def plan_site(
                 strict=True)
         )  # fmt: skip
         count = 0
-        for _, _, k in preference:
+        for j, (_, _, k) in enumerate(preference):
             if count == wanted:
+                spare.extend((title, m) for new, _, m in preference[j:] if not new)
                 break
             a = members[k]
             # Bytes it must still fetch: a title planned last round but not yet fetched
@@ -244,7 +254,32 @@ def plan_site(
                 bins.take(a.name, tier, size, fetch)
                 placed[a.name].append((title, tier))
                 count += 1
+    if keep_spare_replicas(members, spare, catalog, bins, placed):
+        rank = {t: i for i, t in enumerate(candidates)}
+        for rows in placed.values():
+            rows.sort(key=lambda row: rank[row[0]])  # hottest first again
     return assign_sources(members, placed, catalog, fillers or {})
+
+
+def keep_spare_replicas(
+    members: list[Appliance],
+    spare: list[tuple[str, int]],
+    catalog: Mapping[str, CatalogTitle],
+    bins: _Bins,
+    placed: dict[str, list[tuple[str, str]]],
+) -> bool:
+    """Held copies beyond what a title needs stay where no title wanted the room: deleting
+    them frees nothing of use, and a rise in demand would fetch them again. True if any."""
+    kept = False
+    for title, k in spare:  # hottest first
+        a, size = members[k], catalog[title].size_bytes
+        fetch = not holds_version(a, title, catalog[title])
+        tier = bins.tier_with_room(a.name, size, fetch)
+        if tier is not None:
+            bins.take(a.name, tier, size, fetch)
+            placed[a.name].append((title, tier))
+            kept = True
+    return kept
 
 
 def assign_sources(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
 
-from .test_planner import GB, box, catalog
+from .test_planner import EXACT, GB, box, catalog
 
 
 def holding(a: Appliance, p: FillPlan, cat: dict[str, CatalogTitle]) -> Appliance:
@@ -93,3 +93,49 @@ def test_serving_peers_take_the_titles_of_a_drained_appliance() -> None:
     assert len(gained) == 2 and gained <= only_a1
     assert all(t.source == "origin" for t in p.appliances["a2"].titles)
     assert p.appliances["a1"].titles == first.appliances["a1"].titles
+
+
+def hot_and_nineteen(hot: float) -> dict[str, float]:
+    # t0's share of demand is hot / (hot + 190): a third, at hot = 95, is where the
+    # replicas it needs on three appliances go from 2 to 3 (a copy per half a box's share).
+    return {"t0": hot} | {f"t{i}": 10.0 for i in range(1, 20)}
+
+
+def replay(boxes: tuple[Appliance, ...], demands: list[float], policy: PlannerPolicy) -> None:
+    """Plan each demand in turn, the appliances fetching each plan completely in between;
+    after the first no plan may change."""
+    cat = catalog(**{f"t{i}": 1 for i in range(20)})
+    first = plan(boxes, hot_and_nineteen(demands[0]), cat, policy=policy)
+    assert sum("t0" in e.title_ids for e in first.appliances.values()) == 3
+    p = first
+    for hot in demands[1:]:
+        now = tuple(holding(b, p, cat) for b in boxes)
+        p = plan(now, hot_and_nineteen(hot), cat, p, policy)
+        assert p.version == first.version, hot
+        assert all(e.diff.empty for e in p.appliances.values())
+
+
+def test_a_tiny_demand_change_near_a_replica_boundary_changes_nothing() -> None:
+    boxes = tuple(box(f"a{i}", hdd=50 * GB) for i in range(3))
+    replay(boxes, [95.01, 94.99, 95.01, 94.99], PlannerPolicy())
+
+
+def test_replica_hysteresis_holds_when_the_appliances_are_full() -> None:
+    # 15 slots for 20 titles: a replica t0 gave up would go to t13 at once.
+    boxes = tuple(box(f"a{i}", hdd=5 * GB) for i in range(3))
+    replay(boxes, [95.01, 94.99, 90.0, 95.01], EXACT)
+
+
+def test_spare_replicas_stay_while_their_appliances_have_room() -> None:
+    boxes = tuple(box(f"a{i}", hdd=50 * GB) for i in range(3))
+    replay(boxes, [500.0, 10.0, 0.5], PlannerPolicy())
+
+
+def test_spare_replicas_give_way_to_titles_that_need_the_room() -> None:
+    cat = catalog(**{f"t{i}": 1 for i in range(20)})
+    boxes = tuple(box(f"a{i}", hdd=5 * GB) for i in range(3))
+    first = plan(boxes, hot_and_nineteen(500.0), cat, policy=EXACT)
+    now = tuple(holding(b, first, cat) for b in boxes)
+    p = plan(now, hot_and_nineteen(10.0), cat, first, EXACT)
+    assert sum("t0" in e.title_ids for e in p.appliances.values()) == 1
+    assert sum(len(e.titles) for e in p.appliances.values()) == 15
