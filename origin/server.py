@@ -14,25 +14,46 @@ from edgeflix.http.plan import ResponsePlan, plan_error, plan_simple
 from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
-from edgeflix.titlefiles import TITLE_ID_RE
 from origin.errors import OriginError
-from origin.store import check_store, list_titles, titles_dir
+from origin.store import PublishedTitles, check_store, titles_dir
 
 
 class OriginSite:
-    """Maps `/titles/<id>/<path>` onto STORE/titles/<id>/<path>; nothing else is a file."""
+    """Maps `/titles/<id>/<path>` onto STORE/titles/<id>/<path> for published titles only
+    (a folder without a valid files.json naming it is not one); nothing else is a file."""
 
     def __init__(self, store: Path) -> None:
         self.store = store
         self.root = titles_dir(store).resolve()
+        self.catalog = PublishedTitles(store)
+        self._view: tuple[int, int] | None = None
+        self._ids: frozenset[str] = frozenset()
+        self.refresh()
+
+    def refresh(self) -> object:
+        """The titles folder's (inode, mtime): it moves at every publish or removal (a
+        rename in it), and the server then drops the files it holds open and the routes it
+        remembers: else the old title's open files would keep serving at its paths until
+        the replaced folder is deleted."""
+        try:
+            st = self.root.stat()
+            view = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            view = (0, 0)
+        if view != self._view:
+            self._view = view
+            self._ids = frozenset(t.id for t in self.catalog.titles())
+        return view
 
     def route(
         self, request: RequestHead, segments: tuple[str, ...], client_ip: str
     ) -> FileTarget | ResponsePlan:
         if segments == ("titles",):
             return self.listing(request)
-        if len(segments) < 3 or segments[0] != "titles" or not _is_title_id(segments[1]):
+        if len(segments) < 3 or segments[0] != "titles" or segments[1] not in self._ids:
             return plan_error(404, request)
+        if any(part.startswith(".") for part in segments[2:]):
+            return plan_error(404, request)  # no title has hidden files (.git, editor swaps)
         rel = "/".join(segments[2:])
         return FileTarget(str(self.root / segments[1] / rel), rel, segments[1])
 
@@ -50,7 +71,7 @@ class OriginSite:
                 "total_bytes": t.total_bytes,
                 "files_json": f"/titles/{t.id}/files.json",
             }
-            for t in list_titles(self.store)
+            for t in self.catalog.titles()
         ]
         body = (json.dumps({"titles": titles}, indent=2, sort_keys=True) + "\n").encode()
         return plan_simple(
@@ -60,11 +81,6 @@ class OriginSite:
             (("Cache-Control", "no-cache"),),
             head_only=request.method == "HEAD",
         )
-
-
-def _is_title_id(text: str) -> bool:
-    # Folders such as `.tmp-<id>-…` (ingest staging) never match, so they are never served.
-    return bool(TITLE_ID_RE.match(text)) and ".." not in text
 
 
 def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:
@@ -79,4 +95,5 @@ def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:
         sys.stdout.write(f"listening on {url_of(sock)}\n")
         sys.stdout.flush()
 
-    serve_forever(OriginSite(store), settings, sock, ready=ready)
+    site = OriginSite(store)
+    serve_forever(site, settings, sock, ready=ready, refresh=site.refresh)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from edgeflix.atomicfile import fsync_dir
-from edgeflix.titlefiles import TitleFilesError, check_title_id, read
+from edgeflix.titlefiles import FILES_JSON, TitleFilesError, check_title_id, read
 from origin.errors import StoreError
 
 TITLES = "titles"
@@ -63,30 +63,58 @@ def check_store(store: Path) -> None:
 def list_titles(store: Path) -> list[PublishedTitle]:
     """Every published title with a valid files.json naming its folder, sorted by id
     (others are skipped)."""
-    check_store(store)
-    root = titles_dir(store)
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        try:
-            model, digest = read(folder)
-        except TitleFilesError:
-            continue
-        if model.id != folder.name:
-            continue  # copied or renamed by hand: its URLs (by id) would not find it
-        found.append(
-            PublishedTitle(
-                id=model.id,
-                title=model.title,
-                duration=model.duration,
-                renditions=tuple(r.id for r in model.renditions),
-                total_bytes=model.total_bytes,
-                digest=digest,
-                path=folder,
-            )
-        )
-    return found
+    return PublishedTitles(store).titles()
+
+
+# What identifies a title folder's files.json as read: the folder's inode (a publish
+# swaps folders), and the file's inode, size and mtime.
+_FileKey = tuple[int, int, int, int]
+
+
+class PublishedTitles:
+    """list_titles for a long-lived reader (`origin serve`): a files.json is read, checked
+    and hashed again only when its folder or the file itself changed, so listing a store
+    of long titles (MBs of files.json each) costs a stat per title, not seconds."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self._seen: dict[str, tuple[_FileKey, PublishedTitle | None]] = {}
+
+    def titles(self) -> list[PublishedTitle]:
+        check_store(self.store)
+        root = titles_dir(self.store)
+        if not root.is_dir():
+            return []
+        seen: dict[str, tuple[_FileKey, PublishedTitle | None]] = {}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            try:
+                dir_st = folder.stat()
+                st = (folder / FILES_JSON).stat()
+            except OSError:
+                continue
+            key = (dir_st.st_ino, st.st_ino, st.st_size, st.st_mtime_ns)
+            cached = self._seen.get(folder.name)
+            seen[folder.name] = cached if cached and cached[0] == key else (key, _published(folder))
+        self._seen = seen
+        return [title for _, title in seen.values() if title is not None]
+
+
+def _published(folder: Path) -> PublishedTitle | None:
+    try:
+        model, digest = read(folder)
+    except TitleFilesError:
+        return None
+    if model.id != folder.name:
+        return None  # copied or renamed by hand: its URLs (by id) would not find it
+    return PublishedTitle(
+        id=model.id,
+        title=model.title,
+        duration=model.duration,
+        renditions=tuple(r.id for r in model.renditions),
+        total_bytes=model.total_bytes,
+        digest=digest,
+        path=folder,
+    )
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import httpx
 import pytest
 
 from edgeflix import titlefiles
+from origin.store import Staging
 from tests.integration.serve_support import Server, make_title, raw, start
 
 
@@ -22,6 +25,9 @@ def origin(
     make_title(store / "titles" / "bunny", "bunny")
     (store / "titles" / ".tmp-bunny-x").mkdir()  # staging folders are never served
     (store / "titles" / ".tmp-bunny-x" / "secret").write_text("no")
+    (store / "titles" / "unpublished").mkdir()  # no files.json: not a title
+    (store / "titles" / "unpublished" / "notes.txt").write_text("no")
+    (store / "titles" / "bunny" / ".git-credentials").write_text("no")
     server = start(
         ["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0", f"--{request.param}"],
         ("listening",),
@@ -78,6 +84,35 @@ def test_staging_and_unknown_are_404(origin: tuple[Server, Path]) -> None:
     assert httpx.get(server.url + "/titles/.tmp-bunny-x/secret").status_code == 404
     assert httpx.get(server.url + "/titles/nope/master.m3u8").status_code == 404
     assert httpx.get(server.url + "/titles/bunny/v0").status_code == 404  # a folder
+    assert httpx.get(server.url + "/titles/unpublished/notes.txt").status_code == 404
+    assert httpx.get(server.url + "/titles/bunny/.git-credentials").status_code == 404
+
+
+def test_a_replaced_title_is_served_new_from_the_moment_it_is_published(tmp_path: Path) -> None:
+    """Publishing swaps the title's folder with the new one and deletes the old one after;
+    meanwhile files the server held open (its file cache) must not keep serving the old
+    bytes at the title's paths."""
+    make_title(tmp_path / "titles" / "bunny", "bunny")
+    server = start(
+        ["origin", "serve", "--store", str(tmp_path), "--listen", "127.0.0.1:0"], ("listening",)
+    )
+    try:
+        names = ("files.json", "v0/init.mp4", "v0/seg1.m4s")
+        for name in names:  # now open in the server's file cache
+            assert httpx.get(f"{server.url}/titles/bunny/{name}").status_code == 200
+        with Staging(tmp_path, "bunny", replace=True) as staging:
+            make_title(tmp_path / "new" / "bunny", "bunny")  # random bytes: all new
+            shutil.copytree(tmp_path / "new" / "bunny", staging.title_dir, dirs_exist_ok=True)
+            staging.publish()  # the old folder is parked, still whole, until the with ends
+            live = tmp_path / "titles" / "bunny"
+            deadline = time.monotonic() + 5
+            for name in names:
+                want = (live / name).read_bytes()
+                while httpx.get(f"{server.url}/titles/bunny/{name}").content != want:
+                    assert time.monotonic() < deadline, f"{name}: still the old bytes"
+                    time.sleep(0.01)
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_file_that_fails_to_open_is_500_not_404(origin: tuple[Server, Path]) -> None:
