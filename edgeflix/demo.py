@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import typer
 
@@ -43,11 +45,19 @@ def run_step(description: str, argv: list[str]) -> None:
         raise EdgeflixError(f"demo step failed: {description} (exit {proc.returncode})")
 
 
-def wait_for(url: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-    """Poll `url` until it answers 200; bounded by `timeout_s`."""
+def wait_for(
+    url: str,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+    proc: subprocess.Popen[bytes] | None = None,
+    name: str = "",
+) -> None:
+    """Poll `url` until it answers 200; bounded by `timeout_s`, and over at once when
+    `proc`, the daemon that should answer, has exited (its own error is above)."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise EdgeflixError(f"{name} exited with {proc.returncode} (its error is above)")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
@@ -72,6 +82,29 @@ def background(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def check_free(addresses: dict[str, str]) -> None:
+    """Every address the demo listens on must be free: else its checks would be answered
+    by whatever holds it (a demo left running, say), not by the daemons it starts."""
+    for name, address in addresses.items():
+        host, _, port = address.rpartition(":")
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            # As the daemons bind: a port in TIME_WAIT from an earlier run is free to use.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host.strip("[]"), int(port)))
+            except OSError as exc:
+                raise EdgeflixError(
+                    f"{address} ({name}) is taken: {exc.strerror or exc}; another demo still "
+                    "running? stop it, or pass other addresses (see --help)"
+                ) from None
+            except ValueError:
+                raise EdgeflixError(f"{address} ({name}) is not HOST:PORT") from None
+
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: every daemon started is stopped
 
 
 def write_appliance_config(var: Path, listen: str, admin: str, fleet_grpc: str) -> Path:
@@ -133,6 +166,16 @@ def demo(
     ),
 ) -> None:
     """Ingest the sample clip, start origin, fleet manager and appliance, print what to play."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    check_free(
+        {
+            "origin": origin_listen,
+            "appliance": appliance_listen,
+            "appliance admin": admin_listen,
+            "fleet gRPC": fleet_grpc,
+            "fleet HTTP": fleet_http,
+        }
+    )
     store = var / "origin"
     if not (store / "titles" / TITLE_ID / "files.json").exists():
         clip = sample_clip("bigbuckbunny.mp4")
@@ -159,14 +202,16 @@ def demo(
                  "--from", str(store / "titles" / TITLE_ID), "--replace"),
     )  # fmt: skip
     with (
-        background(edgeflix("origin", "serve", "--store", str(store), "--listen", origin_listen)),
-        background(edgeflix("fleet", "serve", "--config", str(fleet_config))),
-        background(edgeflix("appliance", "run", "--config", str(config))),
+        background(
+            edgeflix("origin", "serve", "--store", str(store), "--listen", origin_listen)
+        ) as origin,
+        background(edgeflix("fleet", "serve", "--config", str(fleet_config))) as fleet,
+        background(edgeflix("appliance", "run", "--config", str(config))) as appliance,
     ):
         origin_url = f"http://{origin_listen}/titles/{TITLE_ID}/master.m3u8"
-        wait_for(origin_url)
-        wait_for(f"http://{fleet_http}/healthz")
-        wait_for(f"http://{admin_listen}/healthz")
+        wait_for(origin_url, proc=origin, name="origin serve")
+        wait_for(f"http://{fleet_http}/healthz", proc=fleet, name="fleet serve")
+        wait_for(f"http://{admin_listen}/healthz", proc=appliance, name="appliance run")
         played = steer_until_edge(f"http://{fleet_http}", f"http://{appliance_listen}/")
         typer.echo(
             f"\norigin:     {origin_url}\n"
