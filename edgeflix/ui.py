@@ -29,8 +29,14 @@ def console(stderr: bool = False) -> Console:
 
 
 def interactive() -> bool:
-    """True when a person is watching stdout (progress bars and colours make sense)."""
+    """True when a person is watching stdout (tables and colours make sense)."""
     return sys.stdout.isatty() and console().is_terminal
+
+
+def bars_shown() -> bool:
+    """True when a person is watching stderr, where progress bars draw: never on stdout,
+    so `--json` output stays clean on a terminal too (`ssh -t host edgeflix ... --json`)."""
+    return sys.stderr.isatty() and console(stderr=True).is_terminal
 
 
 def warn(message: str) -> None:
@@ -97,7 +103,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 @contextmanager
 def progress(transfer: bool = False) -> Iterator[Progress]:
-    """A rich Progress that draws only on a terminal (disabled, but still usable, in a pipe)."""
+    """A rich Progress that draws on stderr when it is a terminal (disabled, but still
+    usable, otherwise)."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -109,23 +116,21 @@ def progress(transfer: bool = False) -> Iterator[Progress]:
     )
 
     # A narrow terminal keeps the bar on one line: bytes and rate go first, then the ETA.
-    width = console().width
+    width = console(stderr=True).width
     columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
     if transfer and width >= 80:
         columns += [DownloadColumn(), TransferSpeedColumn()]
     if width >= 50:
         columns.append(TimeRemainingColumn())
-    shown = interactive()
+    shown = bars_shown()
     # Log lines written while the bars draw go above them, not through them: rich swaps
     # sys.stderr for a proxy, which the log handler looks up per line (edgeflix/log.py).
-    # Only when stderr is that same terminal; a log sent to a file stays in the file.
-    redirect = shown and sys.stderr.isatty()
     with Progress(
         *columns,
-        console=console(),
+        console=console(stderr=True),
         disable=not shown,
         transient=False,
-        redirect_stderr=redirect,
+        redirect_stderr=shown,
         redirect_stdout=False,
     ) as bar:
         yield bar

@@ -47,7 +47,7 @@ class BarReporter:
 
 
 class Bars:
-    """Bars on a terminal, nothing in a pipe. Decided (and rich loaded) at the first stage:
+    """Bars on a terminal (stderr), nothing otherwise. Decided (and rich loaded) at the first stage:
     by then the encode's ffmpeg runs, so that import overlaps it instead of delaying it."""
 
     def __init__(self, stack: ExitStack) -> None:
@@ -60,7 +60,7 @@ class Bars:
             self._decided = True
             from edgeflix import ui
 
-            if ui.interactive():
+            if ui.bars_shown():
                 self._bars = BarReporter(self._stack.enter_context(ui.progress()))
         if self._bars is not None:
             self._bars.stage(name, total, labels)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -109,3 +110,43 @@ def test_ctrl_c_during_a_fill_is_one_line_and_no_title(tmp_path: Path) -> None:
     assert out == ""
     listing = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
     assert json.loads(listing.stdout) == []
+
+
+def test_bars_draw_on_stderr_so_json_on_stdout_stays_clean(tmp_path: Path) -> None:
+    """`edgeflix ... --json > out.json` on a terminal (or `ssh -t`): the bar shows on the
+    terminal, stdout holds the JSON alone."""
+    import os
+    import pty
+
+    config = storage_toml(tmp_path)
+    source = make_title(tmp_path / "src", "tty", sizes=[300_000, 200_000, 5_000])
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "EDGEFLIX_LOG_JSON")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeflix.cli", "appliance", "load", "--config", str(config),
+         "--title", "tty", "--from", str(source), "--json"],
+        stdout=subprocess.PIPE, stderr=slave, stdin=slave, env={**env, "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(slave)
+    seen: list[bytes] = []
+
+    def drain() -> None:  # the terminal's side, read as it comes (a full pty would block)
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=120)
+        reader.join(10)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"\x1b" not in out and json.loads(out)["id"] == "tty"
+    assert BAR in b"".join(seen).decode(errors="replace")
