@@ -241,7 +241,9 @@ class Store:
     def title(self, title_id: str) -> TitleRow:
         row = get_title(self.conn, title_id)
         if row is None:
-            raise UnknownTitle(f"no title {title_id!r} on this appliance (see `appliance ls`)")
+            raise UnknownTitle(
+                f"no title {title_id!r} on this appliance (see `edgeflix appliance ls`)"
+            )
         return row
 
     def listing(self) -> list[TitleListing]:

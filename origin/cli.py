@@ -252,4 +252,8 @@ def serve_cmd(
 
     host, port = parse_hostport(listen)
     settings = ServerSettings(header_timeout_s=header_timeout, use_sendfile=sendfile)
+    if not store.exists():  # a typo in --store would otherwise serve an empty catalogue
+        from edgeflix import ui
+
+        ui.warn(f"store {store} does not exist yet: serving no titles until one is ingested")
     serve(store, host, port, settings)
