@@ -175,9 +175,12 @@ class _Bins:
         budget = policy.max_fill_bytes
         self.budget = {a.name: budget if budget is not None else math.inf for a in members}
 
-    def tier_with_room(self, name: str, size: int, fetch: bool) -> str | None:
+    def tier_with_room(self, name: str, size: int, fetch: bool, keep: str = "") -> str | None:
+        """The tier `keep` (where the title is now) if it has room, else the fastest that has."""
         if fetch and self.budget[name] < size:
             return None
+        if self.free.get((name, keep), -1) >= size:
+            return keep
         for tier in self.order[name]:
             if self.free[(name, tier.tier)] >= size:
                 return tier.tier
@@ -196,11 +199,12 @@ def plan_site(
     members: list[Appliance],
     demand: Mapping[str, float],
     catalog: Mapping[str, CatalogTitle],
-    incumbents: Mapping[str, frozenset[str]],
+    incumbents: Mapping[str, Mapping[str, str]],
     policy: PlannerPolicy,
     fillers: Mapping[str, str] | None = None,
 ) -> dict[str, list[PlannedTitle]]:
     """Place titles on one site's appliances; returns appliance name → titles, hottest first.
+    `incumbents`: appliance → the titles it holds or was planned, each with its tier there.
     `fillers`: title → the appliance the previous plan had fill it from the origin."""
     site_incumbents = frozenset().union(*incumbents.values()) if incumbents else frozenset()
     total = sum(v for t, v in demand.items() if t in catalog and v > 0)
@@ -220,8 +224,9 @@ def plan_site(
     keys = rendezvous_keys(
         [a.name for a in members], [float(max(a.disk_bytes, 1)) for a in members]
     )
-    held = [incumbents.get(a.name, frozenset()) for a in members]
-    spare: list[tuple[str, int]] = []  # (title, member) held copies beyond the wanted count
+    held = [incumbents.get(a.name, {}) for a in members]
+    # (title, member, tier) held copies beyond the wanted count
+    spare: list[tuple[str, int, str]] = []
     # Smallest size from each position on: once no tier has room for it, planning is done.
     smallest = list(accumulate(reversed([catalog[t].size_bytes for t in candidates]), min))[::-1]
     for i, title in enumerate(candidates):
@@ -243,13 +248,15 @@ def plan_site(
         count = 0
         for j, (_, _, k) in enumerate(preference):
             if count == wanted:
-                spare.extend((title, m) for new, _, m in preference[j:] if not new)
+                spare.extend((title, m, held[m][title]) for new, _, m in preference[j:] if not new)
                 break
             a = members[k]
             # Bytes it must still fetch: a title planned last round but not yet fetched
             # (outside the window, say) is charged again, or the budget added up per round.
             fetch = not holds_version(a, title, catalog[title])
-            tier = bins.tier_with_room(a.name, size, fetch)
+            # An incumbent stays on its tier: taking the fast tier because a title a hair
+            # hotter was placed first left no room for the one that was there.
+            tier = bins.tier_with_room(a.name, size, fetch, held[k].get(title, ""))
             if tier is not None:
                 bins.take(a.name, tier, size, fetch)
                 placed[a.name].append((title, tier))
@@ -263,7 +270,7 @@ def plan_site(
 
 def keep_spare_replicas(
     members: list[Appliance],
-    spare: list[tuple[str, int]],
+    spare: list[tuple[str, int, str]],
     catalog: Mapping[str, CatalogTitle],
     bins: _Bins,
     placed: dict[str, list[tuple[str, str]]],
@@ -271,10 +278,10 @@ def keep_spare_replicas(
     """Held copies beyond what a title needs stay where no title wanted the room: deleting
     them frees nothing of use, and a rise in demand would fetch them again. True if any."""
     kept = False
-    for title, k in spare:  # hottest first
+    for title, k, keep in spare:  # hottest first
         a, size = members[k], catalog[title].size_bytes
         fetch = not holds_version(a, title, catalog[title])
-        tier = bins.tier_with_room(a.name, size, fetch)
+        tier = bins.tier_with_room(a.name, size, fetch, keep)
         if tier is not None:
             bins.take(a.name, tier, size, fetch)
             placed[a.name].append((title, tier))
@@ -353,17 +360,7 @@ def plan(
         members = sorted(
             (a for a in appliances if a.site == site and plannable(a)), key=lambda a: a.name
         )
-        incumbents = {
-            a.name: frozenset(
-                {t for t in a.titles if t in catalog and holds_version(a, t, catalog[t])}
-                | (
-                    previous.appliances[a.name].title_ids
-                    if previous and a.name in previous.appliances
-                    else frozenset()
-                )
-            )
-            for a in members
-        }
+        incumbents = {a.name: incumbent_tiers(a, previous, catalog) for a in members}
         wanted = (site_demand or {}).get(site, demand)
         fillers = previous_fillers(members, previous, catalog)
         placed = plan_site(members, wanted, catalog, incumbents, policy, fillers)
@@ -397,6 +394,19 @@ def previous_fillers(
             current = catalog.get(t.title_id)
             if t.source == ORIGIN and current is not None and t.digest == current.digest:
                 out.setdefault(t.title_id, a.name)
+    return out
+
+
+def incumbent_tiers(
+    a: Appliance, previous: FillPlan | None, catalog: Mapping[str, CatalogTitle]
+) -> dict[str, str]:
+    """Title → tier of what `a` holds complete or was planned last: the tier of its plan,
+    which it is moving towards, before the one it reports."""
+    out = {
+        t: h.tier for t, h in a.titles.items() if t in catalog and holds_version(a, t, catalog[t])
+    }
+    entry = previous.for_appliance(a.name) if previous else None
+    out.update((t.title_id, t.tier) for t in (entry.titles if entry else ()))
     return out
 
 

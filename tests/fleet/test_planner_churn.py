@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
 
@@ -139,3 +142,48 @@ def test_spare_replicas_give_way_to_titles_that_need_the_room() -> None:
     p = plan(now, hot_and_nineteen(10.0), cat, first, EXACT)
     assert sum("t0" in e.title_ids for e in p.appliances.values()) == 1
     assert sum(len(e.titles) for e in p.appliances.values()) == 15
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=30),
+    demands=st.lists(st.floats(0, 1000), min_size=30, max_size=30),
+    disks=st.lists(st.tuples(st.integers(0, 10), st.integers(1, 30)), min_size=1, max_size=4),
+    budget=st.one_of(st.none(), st.integers(0, 20)),
+    wobble=st.lists(st.floats(-0.001, 0.001), min_size=30, max_size=30),
+)
+def test_rounds_keep_the_budget_and_finished_fills_change_nothing(
+    sizes: list[int],
+    demands: list[float],
+    disks: list[tuple[int, int]],
+    budget: int | None,
+    wobble: list[float],
+) -> None:
+    cat = catalog(**{f"t{i}": s for i, s in enumerate(sizes)})
+    demand = {f"t{i}": demands[i] for i in range(len(sizes))}
+    boxes = tuple(
+        box(f"b{i}", site="home" if i % 2 == 0 else "away", ssd=s * GB, hdd=h * GB)
+        for i, (s, h) in enumerate(disks)
+    )
+    policy = PlannerPolicy(max_fill_bytes=None if budget is None else budget * GB)
+    p = plan(boxes, demand, cat, policy=policy)
+    for _ in range(2):  # nothing fetched meanwhile: still at most the budget to fetch
+        p = plan(boxes, demand, cat, p, policy)
+        if budget is not None:
+            assert all(e.planned_bytes <= budget * GB for e in p.appliances.values())
+    done = tuple(holding(b, p, cat) for b in boxes)
+    if budget is None:  # everything fetched, demand a hair off: nothing to do
+        nudged = {f"t{i}": v * (1 + wobble[i]) for i, v in enumerate(demand.values())}
+        again = plan(done, nudged, cat, p, policy)
+        assert again.version == p.version
+
+
+def test_titles_keep_their_tier_when_their_order_flips() -> None:
+    # t5 on the ssd and t0 on the hdd; t0 turning a hair denser than t5 must not move it
+    # to the ssd first, leaving t5 (7 GB) no room on the hdd (6.86 GB).
+    cat = catalog(t0=6, t5=7)
+    a = box("b0", ssd=8 * GB, hdd=7 * GB)
+    first = plan((a,), {"t0": 808.5, "t5": 943.5}, cat)
+    assert {t.title_id: t.tier for t in first.appliances["b0"].titles} == {"t5": "ssd", "t0": "hdd"}
+    again = plan((holding(a, first, cat),), {"t0": 809.0, "t5": 943.5}, cat, first)
+    assert again.version == first.version
