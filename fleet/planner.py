@@ -7,10 +7,11 @@ plan inside their fill window; the server stores and versions plans and does no 
 Per site: titles are taken by demand per byte stored (a greedy knapsack, which is what
 maximises bytes served from the edge), incumbents counted (1 + hysteresis) times so small
 rank changes cause no evict-and-refetch; a title whose demand share would overload one
-appliance gets more replicas; replicas go where the title already is, then by rendezvous
-(as steering ranks them); each placement takes the fastest tier with room, so the hottest
-titles land on the fast tier. One appliance per site fills a title from the origin, its
-peers fill from it.
+appliance gets more replicas (a held one dropped only past the same hysteresis, and kept
+anyway while its appliance has room); replicas go where the title already is, then by
+rendezvous (as steering ranks them); a new placement takes the fastest tier with room, so
+the hottest titles land on the fast tier, and an incumbent stays on its tier. One appliance
+per site fills a title from the origin, its peers fill from it, and it stays their source.
 """
 
 from __future__ import annotations
