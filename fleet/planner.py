@@ -297,8 +297,9 @@ def assign_sources(
     fillers: Mapping[str, str],
 ) -> dict[str, list[PlannedTitle]]:
     """One appliance per site takes each title from the origin; its peers take it from it.
-    The previous filler stays while it is still placed: choosing again among holders as
-    fills complete flipped sources, and with them the plan's version, for nothing."""
+    The previous filler stays while it is still placed and holds the title (or nobody does
+    yet): choosing again among holders as fills complete flipped sources, and with them the
+    plan's version, for nothing."""
     by_name = {a.name: a for a in members}
     where: dict[str, list[str]] = {}
     for name, titles in placed.items():
@@ -307,16 +308,23 @@ def assign_sources(
     filler: dict[str, str] = {}
     for title, names in where.items():
         entry = catalog[title]
-        kept = fillers.get(title)
-        if kept is not None and kept in names and by_name[kept].state in SOURCE_STATES:
-            filler[title] = kept
-            continue
         # Only appliances keeping the title may serve it to peers (others will delete it).
         holders = [
             by_name[n]
             for n in names
             if by_name[n].state in SOURCE_STATES and holds_version(by_name[n], title, entry)
         ]
+        kept = fillers.get(title)
+        if (
+            kept is not None
+            and kept in names
+            and by_name[kept].state in SOURCE_STATES
+            and (not holders or any(h.name == kept for h in holders))
+        ):
+            # Still filling with nobody holding it yet, or holding it: it stays. A filler
+            # still fetching from the origin gives way to a peer that holds the title whole.
+            filler[title] = kept
+            continue
         if holders:
             filler[title] = max(holders, key=lambda a: rendezvous_score(title, a.name, 1.0)).name
         else:

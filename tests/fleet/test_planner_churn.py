@@ -47,11 +47,23 @@ def test_fills_completing_change_no_source_and_no_version() -> None:
     filler = next(n for n, s in sources(first, "hot").items() if s == "origin")
     peers = [n for n in ("a", "b", "c") if n != filler]
     p = first
-    for done in ([peers[0]], [peers[0], filler], ["a", "b", "c"]):
+    for done in ([filler], [filler, peers[0]], ["a", "b", "c"]):  # the usual order
         now = tuple(holding(b, first, cat) if b.name in done else b for b in boxes)
         p = plan(now, {"hot": 100.0}, cat, p)
         assert p.version == first.version, done
         assert sources(p, "hot") == sources(first, "hot")
+    usual = p
+    # A peer done first (its filler was slow, so it fell back to the origin): the others,
+    # the filler too, take it from that holder from then on; once, not at every completion.
+    p = first
+    now = tuple(holding(b, first, cat) if b.name == peers[0] else b for b in boxes)
+    p = plan(now, {"hot": 100.0}, cat, p)
+    moved = sources(p, "hot")
+    assert moved == {peers[0]: "origin", filler: peers[0], peers[1]: peers[0]}
+    for done in ([peers[0], filler], ["a", "b", "c"]):
+        now = tuple(holding(b, first, cat) if b.name in done else b for b in boxes)
+        again = plan(now, {"hot": 100.0}, cat, p)
+        assert again.version == p.version and sources(again, "hot") == moved, done
     # The filler gone, a peer holding the title takes over.
     gone = tuple(
         Appliance(b.name, b.site, b.url, "unreachable", tiers=b.tiers)
@@ -61,7 +73,7 @@ def test_fills_completing_change_no_source_and_no_version() -> None:
         else b
         for b in boxes
     )
-    p = plan(gone, {"hot": 100.0}, cat, p)
+    p = plan(gone, {"hot": 100.0}, cat, usual)
     assert sources(p, "hot") == {filler: "origin", peers[0]: peers[1], peers[1]: "origin"}
 
 
