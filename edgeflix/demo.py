@@ -213,17 +213,19 @@ def demo(
         wait_for(f"http://{fleet_http}/healthz", proc=fleet, name="fleet serve")
         wait_for(f"http://{admin_listen}/healthz", proc=appliance, name="appliance run")
         played = steer_until_edge(f"http://{fleet_http}", f"http://{appliance_listen}/")
-        typer.echo(
-            f"\norigin:     {origin_url}\n"
-            f"steering:   http://{fleet_http}/steer?client_ip=127.0.0.1&title={TITLE_ID}\n"
-            f"play:       {played}\n"
-            f"appliance:  http://{admin_listen}/status  http://{admin_listen}/metrics\n"
-            f"fleet CLI:  edgeflix fleet ls --fleet http://{fleet_http}\n"
-        )
-        if check:
-            return
-        typer.echo("Press Ctrl-C to stop.")
+        # Up and running: from here Ctrl-C (or SIGTERM) is how the demo is meant to end,
+        # a normal stop with status 0, not an interruption.
         with contextlib.suppress(KeyboardInterrupt):
+            typer.echo(
+                f"\norigin:     {origin_url}\n"
+                f"steering:   http://{fleet_http}/steer?client_ip=127.0.0.1&title={TITLE_ID}\n"
+                f"play:       {played}\n"
+                f"appliance:  http://{admin_listen}/status  http://{admin_listen}/metrics\n"
+                f"fleet CLI:  edgeflix fleet ls --fleet http://{fleet_http}\n"
+            )
+            if check:
+                return
+            typer.echo("Press Ctrl-C to stop.")
             while True:
                 time.sleep(3600)
 

@@ -99,7 +99,7 @@ def test_sigterm_stops_every_daemon_the_demo_started(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130
+    assert proc.returncode == 0  # how a running demo is meant to end, as Ctrl-C
     for port in ports:  # stopped, not orphaned: nothing listens any more
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0
