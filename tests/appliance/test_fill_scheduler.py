@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance import config as appliance_config
+from appliance.config import ApplianceConfig
 from appliance.fill.plan import FillPlan, PlannedTitle
 from appliance.fill.runner import read_state
 from appliance.fill.scheduler import FillScheduler, next_due, retry_delay_s, start_at
@@ -74,7 +75,7 @@ def _wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-d
     return False
 
 
-def test_scheduler_runs_inside_the_window_only(tmp_path: Path) -> None:
+def _appliance_holding_bunny(tmp_path: Path) -> ApplianceConfig:
     cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
     cfg = cfg.model_copy(
         update={"fill": cfg.fill.model_copy(update={"staging": tmp_path / "staging"})}
@@ -82,14 +83,24 @@ def test_scheduler_runs_inside_the_window_only(tmp_path: Path) -> None:
     store = Store(cfg.storage)
     store.load("bunny", make_title(tmp_path / "src", "bunny", (5000, 6000)))
     store.close()
-    clock = {"now": at(1)}
-    sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
-    plan = FillPlan(
+    return cfg
+
+
+def _bunny_plan() -> FillPlan:
+    """Bunny (held already) from an origin that is not there, in a 02:00-03:00 window."""
+    return FillPlan(
         titles=(PlannedTitle(id="bunny", sources=("http://127.0.0.1:9",)),),
         window="02:00-03:00",
         timezone="UTC",
         prune=False,
     )
+
+
+def test_scheduler_runs_inside_the_window_only(tmp_path: Path) -> None:
+    cfg = _appliance_holding_bunny(tmp_path)
+    clock = {"now": at(1)}
+    sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
+    plan = _bunny_plan()
     sched.start()
     try:
         sched.submit_plan(plan)
@@ -124,14 +135,20 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def test_plan_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+def _watching(tmp_path: Path) -> tuple[FillScheduler, Path]:
+    """A started scheduler following plan.json, which names a 02:00-03:00 window."""
     cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
     plan_file = tmp_path / "plan.json"
     _replace(plan_file, '{"titles": [], "window": "02:00-03:00", "timezone": "UTC"}')
     sched = FillScheduler(cfg, plan_file=plan_file, now=lambda: at(12), poll_s=0.02)
     sched.start()
+    assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
+    return sched, plan_file
+
+
+def test_plan_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    sched, plan_file = _watching(tmp_path)
     try:
-        assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
         _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')
         assert _wait_for(lambda: sched.state()["window"] == "04:00-05:30")
         _replace(plan_file, "{not json")
@@ -145,25 +162,14 @@ def test_a_run_that_fails_inside_the_window_is_retried_in_it(tmp_path: Path) -> 
     """`appliance fill` holds the run lock at 02:00: the daemon's run fails. It is tried
     again a minute later (then two), not at tomorrow's window, and once it succeeds the next
     run is tomorrow's."""
-    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
-    cfg = cfg.model_copy(
-        update={"fill": cfg.fill.model_copy(update={"staging": tmp_path / "staging"})}
-    )
-    store = Store(cfg.storage)
-    store.load("bunny", make_title(tmp_path / "src", "bunny", (5000, 6000)))
-    store.close()
+    cfg = _appliance_holding_bunny(tmp_path)
     lock = locks_folder(cfg.storage.index) / RUN_LOCK
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     clock = {"now": at(2)}
     sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
-    plan = FillPlan(
-        titles=(PlannedTitle(id="bunny", sources=("http://127.0.0.1:9",)),),
-        window="02:00-03:00",
-        timezone="UTC",
-        prune=False,
-    )
+    plan = _bunny_plan()
     sched.start()
     try:
         sched.submit_plan(plan)
@@ -185,13 +191,8 @@ def test_a_run_that_fails_inside_the_window_is_retried_in_it(tmp_path: Path) -> 
 
 
 def test_a_deeply_nested_plan_file_is_refused_and_the_next_one_followed(tmp_path: Path) -> None:
-    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd",)))
-    plan_file = tmp_path / "plan.json"
-    _replace(plan_file, '{"titles": [], "window": "02:00-03:00", "timezone": "UTC"}')
-    sched = FillScheduler(cfg, plan_file=plan_file, now=lambda: at(12), poll_s=0.02)
-    sched.start()
+    sched, plan_file = _watching(tmp_path)
     try:
-        assert _wait_for(lambda: sched.state()["window"] == "02:00-03:00")
         _replace(plan_file, "[" * 200_000 + "]" * 200_000)
         assert _wait_for(lambda: "nested too deeply" in (sched.state()["last_error"] or ""))
         _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')

@@ -21,6 +21,19 @@ def catalog(**sizes_gb: float) -> dict[str, CatalogTitle]:
     return {t: CatalogTitle(int(s * GB), digest="d-" + t) for t, s in sizes_gb.items()}
 
 
+def random_fleet(
+    sizes: list[int], demands: list[float], disks: list[tuple[int, int]]
+) -> tuple[dict[str, CatalogTitle], dict[str, float], tuple[Appliance, ...]]:
+    """A catalogue, its demand and appliances in two sites from hypothesis's draws."""
+    cat = catalog(**{f"t{i}": s for i, s in enumerate(sizes)})
+    demand = {f"t{i}": demands[i] for i in range(len(sizes))}
+    boxes = tuple(
+        box(f"b{i}", site="home" if i % 2 == 0 else "away", ssd=s * GB, hdd=h * GB)
+        for i, (s, h) in enumerate(disks)
+    )
+    return cat, demand, boxes
+
+
 def ids(p: FillPlan, name: str) -> list[str]:
     entry = p.for_appliance(name)
     assert entry is not None
@@ -142,12 +155,7 @@ def test_fill_budget_caps_new_bytes_per_plan() -> None:
 def test_plans_fit_every_tier_and_sources_are_site_peers(
     sizes: list[int], demands: list[float], disks: list[tuple[int, int]]
 ) -> None:
-    cat = catalog(**{f"t{i}": s for i, s in enumerate(sizes)})
-    demand = {f"t{i}": demands[i] for i in range(len(sizes))}
-    boxes = tuple(
-        box(f"b{i}", site="home" if i % 2 == 0 else "away", ssd=s * GB, hdd=h * GB)
-        for i, (s, h) in enumerate(disks)
-    )
+    cat, demand, boxes = random_fleet(sizes, demands, disks)
     p = plan(boxes, demand, cat)
     for b in boxes:
         entry = p.appliances[b.name]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from fleet.model import Appliance, HeldTitle, TierSpace
 from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
 
-from .test_planner import EXACT, GB, box, catalog
+from .test_planner import EXACT, GB, box, catalog, random_fleet
 
 
 def holding(a: Appliance, p: FillPlan, cat: dict[str, CatalogTitle]) -> Appliance:
@@ -171,12 +171,7 @@ def test_rounds_keep_the_budget_and_finished_fills_change_nothing(
     budget: int | None,
     wobble: list[float],
 ) -> None:
-    cat = catalog(**{f"t{i}": s for i, s in enumerate(sizes)})
-    demand = {f"t{i}": demands[i] for i in range(len(sizes))}
-    boxes = tuple(
-        box(f"b{i}", site="home" if i % 2 == 0 else "away", ssd=s * GB, hdd=h * GB)
-        for i, (s, h) in enumerate(disks)
-    )
+    cat, demand, boxes = random_fleet(sizes, demands, disks)
     policy = PlannerPolicy(max_fill_bytes=None if budget is None else budget * GB)
     p = plan(boxes, demand, cat, policy=policy)
     for _ in range(2):  # nothing fetched meanwhile: still at most the budget to fetch
