@@ -36,7 +36,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fleet.model import Appliance, TierSpace
-from fleet.planner import CatalogTitle, PlannerPolicy, plan
+from fleet.planner import plan
+from fleet.plans import CatalogTitle, PlannerPolicy
 from fleet.popularity import Popularity, PopularityPolicy, predicted_demand
 
 HOUR = 3600.0

@@ -16,7 +16,7 @@ from edgeflix.config import ConfigModel, HostPort, Name, load_config
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
 from fleet.model import Network, Site
-from fleet.planner import PlannerPolicy
+from fleet.plans import PlannerPolicy
 from fleet.popularity import PopularityPolicy
 from fleet.steering import SteeringPolicy
 

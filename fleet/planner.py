@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any
 
 from fleet.model import Appliance, TierSpace
+from fleet.plans import (
+    ORIGIN,
+    ApplianceFillPlan,
+    CatalogTitle,
+    FillPlan,
+    PlannedTitle,
+    PlannerPolicy,
+    diff_plans,
+    next_version,
+)
 from fleet.steering import rendezvous_keys, rendezvous_score, rendezvous_scores
 
 # Appliances in these states get new plans; the others keep their last one until they return.
@@ -31,115 +39,6 @@ from fleet.steering import rendezvous_keys, rendezvous_score, rendezvous_scores
 PLANNED_STATES = frozenset({"ok", "degraded"})
 # Only these may be the in-site source of a title for peers.
 SOURCE_STATES = frozenset({"ok", "degraded"})
-ORIGIN = "origin"
-
-
-@dataclass(frozen=True)
-class CatalogTitle:
-    size_bytes: int
-    digest: str = ""
-
-    def __reduce__(self) -> tuple[type[CatalogTitle], tuple[int, str]]:
-        return CatalogTitle, (self.size_bytes, self.digest)  # see HeldTitle.__reduce__
-
-
-@dataclass(frozen=True)
-class PlannerPolicy:
-    # An incumbent's demand counts (1 + hysteresis) times against a newcomer's.
-    hysteresis: float = 0.25
-    min_replicas: int = 1
-    # A title gets another replica for each `replica_load_share` of one appliance's fair
-    # share of the site's demand it carries (0.5: no copy serves over half its box's share).
-    replica_load_share: float = 0.5
-    # Plan at most this share of each tier; the rest absorbs size drift and partial fills.
-    fill_ratio: float = 0.98
-    fast_tiers: tuple[str, ...] = ("nvme", "ssd")
-    # Bytes one appliance may be asked to fetch, all planned titles it does not hold complete
-    # counted (what its fill window carries).
-    max_fill_bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.hysteresis < 0 or self.min_replicas < 1 or self.replica_load_share <= 0:
-            raise ValueError("need hysteresis >= 0, min_replicas >= 1, replica_load_share > 0")
-        if not 0 < self.fill_ratio <= 1:
-            raise ValueError("fill_ratio must be in (0, 1]")
-
-
-@dataclass(frozen=True)
-class PlannedTitle:
-    title_id: str
-    digest: str
-    size_bytes: int
-    tier: str
-    # "origin", or the name of the site peer to fill from (the appliance skips what it has).
-    source: str
-
-
-@dataclass(frozen=True)
-class PlanDiff:
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    retiered: tuple[str, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.retiered)
-
-
-@dataclass(frozen=True)
-class ApplianceFillPlan:
-    appliance: str
-    site: str
-    # Hottest first: the order in which to fill.
-    titles: tuple[PlannedTitle, ...]
-    diff: PlanDiff = PlanDiff()
-
-    @property
-    def title_ids(self) -> frozenset[str]:
-        return frozenset(t.title_id for t in self.titles)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Titles as columns, as Appliance.__reduce__: plans cross to and from the planner.
-        t = self.titles
-        columns = (
-            tuple(x.title_id for x in t),
-            tuple(x.digest for x in t),
-            tuple(x.size_bytes for x in t),
-            tuple(x.tier for x in t),
-            tuple(x.source for x in t),
-        )
-        return _fill_plan_from_columns, (self.appliance, self.site, columns, self.diff)
-
-    @property
-    def planned_bytes(self) -> int:
-        return sum(t.size_bytes for t in self.titles)
-
-    def content(self) -> frozenset[tuple[str, str, str, str]]:
-        """What the appliance must do, without order: equal content means nothing to apply."""
-        return frozenset((t.title_id, t.digest, t.tier, t.source) for t in self.titles)
-
-
-@dataclass(frozen=True)
-class FillPlan:
-    """Every appliance's plan under one version; the version rises whenever content changes."""
-
-    version: int
-    appliances: Mapping[str, ApplianceFillPlan] = field(default_factory=dict)
-
-    def for_appliance(self, name: str) -> ApplianceFillPlan | None:
-        return self.appliances.get(name)
-
-
-def _fill_plan_from_columns(
-    appliance: str,
-    site: str,
-    columns: tuple[
-        tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...]
-    ],
-    diff: PlanDiff,
-) -> ApplianceFillPlan:
-    titles = tuple(PlannedTitle(*row) for row in zip(*columns, strict=True))
-    return ApplianceFillPlan(appliance, site, titles, diff)
 
 
 def replicas_for(share: float, members: int, policy: PlannerPolicy, holders: int = 0) -> int:
@@ -343,16 +242,6 @@ def assign_sources(
     return out
 
 
-def diff_plans(old: ApplianceFillPlan | None, new_titles: tuple[PlannedTitle, ...]) -> PlanDiff:
-    before = {t.title_id: t.tier for t in old.titles} if old else {}
-    after = {t.title_id: t.tier for t in new_titles}
-    return PlanDiff(
-        added=tuple(sorted(after.keys() - before.keys())),
-        removed=tuple(sorted(before.keys() - after.keys())),
-        retiered=tuple(sorted(t for t in after.keys() & before.keys() if after[t] != before[t])),
-    )
-
-
 def plan(
     appliances: tuple[Appliance, ...],
     demand: Mapping[str, float],
@@ -424,13 +313,3 @@ def plannable(a: Appliance) -> bool:
     (tiers unreadable for a moment) is not knowing its disks, not having none: planned as
     empty it would be told to prune everything, and to fetch it all again a beat later."""
     return a.state in PLANNED_STATES and a.disk_bytes > 0
-
-
-def next_version(previous: FillPlan | None, plans: Mapping[str, ApplianceFillPlan]) -> int:
-    """Bump on any change of content, so an unchanged plan is not re-applied everywhere."""
-    if previous is None:
-        return 1
-    same = previous.appliances.keys() == plans.keys() and all(
-        previous.appliances[n].content() == p.content() for n, p in plans.items()
-    )
-    return previous.version if same else previous.version + 1

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from fleet.errors import UnavailableError
 from fleet.model import Appliance
-from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
+from fleet.planner import plan
+from fleet.plans import CatalogTitle, FillPlan, PlannerPolicy
 
 if TYPE_CHECKING:
     from fleet.service import FleetService

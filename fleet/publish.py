@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeflix.proto.gen import fleet_pb2
 from fleet.model import Site
-from fleet.planner import ORIGIN, ApplianceFillPlan, PlannedTitle
+from fleet.plans import ORIGIN, ApplianceFillPlan, PlannedTitle
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 

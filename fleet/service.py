@@ -25,8 +25,8 @@ from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, Signer, key_for, rotate, rotation_due, signers, verification_keys
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
-from fleet.planner import CatalogTitle, FillPlan
 from fleet.planning import PlanJob
+from fleet.plans import CatalogTitle, FillPlan
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import (
     ApplianceRecord,

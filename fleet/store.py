@@ -19,7 +19,7 @@ import zstandard
 
 from fleet.errors import FleetError, UnknownNameError
 from fleet.keys import KeyRecord, KeySet
-from fleet.planner import ApplianceFillPlan, FillPlan, PlanDiff, PlannedTitle
+from fleet.plans import ApplianceFillPlan, FillPlan, PlanDiff, PlannedTitle
 from fleet.registry import ApplianceRecord, token_hash
 
 SCHEMA = """

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.model import Appliance, HeldTitle, TierSpace
-from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
+from fleet.planner import plan
+from fleet.plans import CatalogTitle, FillPlan, PlannerPolicy
 
 GB = 10**9
 EXACT = PlannerPolicy(fill_ratio=1.0)

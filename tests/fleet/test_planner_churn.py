@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.model import Appliance, HeldTitle, TierSpace
-from fleet.planner import CatalogTitle, FillPlan, PlannerPolicy, plan
+from fleet.planner import plan
+from fleet.plans import CatalogTitle, FillPlan, PlannerPolicy
 
 from .test_planner import EXACT, GB, box, catalog, random_fleet
 

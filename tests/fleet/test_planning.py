@@ -11,7 +11,8 @@ import pytest
 
 from fleet.errors import UnavailableError
 from fleet.model import Appliance, HeldTitle, TierSpace
-from fleet.planner import (
+from fleet.planning import PlanJob, Planning, run_job
+from fleet.plans import (
     ApplianceFillPlan,
     CatalogTitle,
     FillPlan,
@@ -19,7 +20,6 @@ from fleet.planner import (
     PlannedTitle,
     PlannerPolicy,
 )
-from fleet.planning import PlanJob, Planning, run_job
 from tests.fleet.test_audit import service
 
 

@@ -9,7 +9,7 @@ import pytest
 from appliance.fill.plan import parse_plan  # contract check: the appliance reads our output
 from edgeflix.tokens import SigningKey, WrongClient, verify
 from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site
-from fleet.planner import ApplianceFillPlan, PlannedTitle
+from fleet.plans import ApplianceFillPlan, PlannedTitle
 from fleet.publish import to_document, to_proto
 from fleet.steering import steer
 from fleet.urls import playback_urls
