@@ -9,10 +9,8 @@ ones 404, so a playing client fails over per segment while the fill replaces the
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +24,6 @@ LOADING, READY, INCOMPLETE, REMOVING = "loading", "ready", "incomplete", "removi
 # File states: ok, or missing (gone, truncated or failed verification: kept for the record).
 OK, MISSING = "ok", "missing"
 _BUSY_TIMEOUT_MS = 30_000
-# How often a reader checks that the index file is still the one it has open.
-_FILE_CHECK_S = 1.0
 # Titles are recorded in the index only, but every title's files.json is on its disks:
 # reconcile adopts complete titles it finds there (repair.py), so a new index loses nothing.
 _DAMAGED_HINT = "; move it (and its -wal and -shm files) aside and start again to rebuild it"
@@ -246,80 +242,37 @@ class IndexReader:
     (about a millisecond): one check (3 syscalls) then serves every request of that tick.
     """
 
-    def __init__(
-        self,
-        index: Path,
-        *,
-        refresh_per_call: bool = True,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, index: Path, *, refresh_per_call: bool = True) -> None:
         if not index.exists():
             raise StorageError(f"no index at {index}: open the store once (e.g. `appliance ls`)")
-        self._path = index.resolve()
-        self._clock = clock
-        self._conn, self._file = self._open()
-        self._version = self._data_version()
-        self._epoch = 0  # index files opened before this one (see refresh)
-        self._file_checked = clock()
+        uri = f"{index.resolve().as_uri()}?mode=ro"
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._version = self._data_version()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read the index {index}: {exc}") from None
         self._cache: dict[tuple[str, str], LocatedFile] = {}
         self._misses: set[tuple[str, str]] = set()
         self._known: dict[str, bool] = {}  # title id → in the index (bounded like misses)
         self._auto = refresh_per_call
 
-    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
-        try:
-            st = os.stat(self._path)
-            conn = sqlite3.connect(
-                f"{self._path.as_uri()}?mode=ro",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot read the index {self._path}: {exc}") from None
-        return conn, (st.st_dev, st.st_ino)
-
     def _data_version(self) -> int:
-        try:
-            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot read the index {self._path}: {exc}") from None
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def refresh(self) -> int:
         """Forget cached answers if another connection committed since the last check; returns
-        a value that moves exactly when the answers were dropped for a change (callers
-        caching routes on top of locate() drop theirs when it moves).
-
-        Once a second it also checks that the index file is still the one it reads: one
-        deleted and made anew (`appliance ls` rebuilds a lost index from the disks) is
-        reopened, where a connection would go on reading the deleted one for ever."""
-        now = self._clock()
-        if now - self._file_checked >= _FILE_CHECK_S:
-            self._file_checked = now
-            self._reopen_if_replaced()
-        version = self._data_version() + (self._epoch << 40)
+        the index's data version, which moves exactly when the answers were dropped for a
+        change (callers caching routes on top of locate() drop theirs when it moves)."""
+        version = self._data_version()
         if version != self._version or len(self._cache) > _CACHE_MAX:
             self._cache.clear()
             self._misses.clear()
             self._known.clear()
             self._version = version
         return version
-
-    def _reopen_if_replaced(self) -> None:
-        try:
-            st = os.stat(self._path)
-        except OSError:
-            return  # gone for now (being replaced?): the open one serves what it knew
-        if (st.st_dev, st.st_ino) == self._file:
-            return
-        try:
-            conn, file = self._open()
-        except StorageError:
-            return  # not readable yet: tried again at the next check
-        self._conn.close()
-        self._conn, self._file = conn, file
-        self._epoch += 1
 
     def locate(self, title_id: str, rel_path: str) -> LocatedFile | None:
         """The servable file, or None (unknown title or path, title loading or being removed,

@@ -55,25 +55,3 @@ def test_misses_and_hits_are_still_remembered(tmp_path: Path) -> None:
     assert reader.locate("a", "missing.m4s") is not None
     assert reader.locate("a", "x.m4s") is None
     reader.close()
-
-
-def test_an_index_deleted_and_made_anew_is_reopened(tmp_path: Path) -> None:
-    """`appliance ls` rebuilds a lost index from the disks; a serving worker must read the
-    new file, not go on with the deleted one it has open."""
-    now = [0.0]
-    index = _index(tmp_path)
-    reader = IndexReader(index, refresh_per_call=False, clock=lambda: now[0])
-    version = reader.refresh()
-    assert reader.locate("a", "x.m4s") is not None
-    for path in tmp_path.glob("index.sqlite*"):
-        path.unlink()
-    writer = connect_writer(index)
-    with transaction(writer) as conn:
-        conn.execute("INSERT INTO titles VALUES ('b', 'd', 'ready', 'hdd', 5, 0, NULL)")
-        conn.execute("INSERT INTO files VALUES ('b', 'y.m4s', '/d0', 5, 'ab', 7, 'ok')")
-    writer.close()
-    assert reader.refresh() == version  # checked once a second, not on every call
-    now[0] = 1.0
-    assert reader.refresh() != version  # callers drop what they built on the old answers
-    assert reader.locate("b", "y.m4s") is not None and reader.locate("a", "x.m4s") is None
-    reader.close()
