@@ -201,7 +201,7 @@ def test_status_matches_the_cli_document(tmp_path: Path) -> None:
 
 def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path: Path) -> None:
     """New serving settings roll the workers; when a new one cannot start (here the index
-    went missing: it cannot open it), the daemon and its old workers go on serving, and
+    went bad: a folder where it was), the daemon and its old workers go on serving, and
     the reload says it failed. It used to stop the whole daemon."""
     config = write_config(tmp_path, workers=2)
     load_spread_title(tmp_path, config)
@@ -215,6 +215,9 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path
         for index in tmp_path.glob("index.sqlite*"):
             if index.is_file():  # the database, its WAL and shared memory: not the locks
                 index.rename(aside / index.name)
+        # A folder in its place: the daemon's own writers would otherwise make a new, empty
+        # index within a second, and a new worker could open that.
+        (tmp_path / "index.sqlite").mkdir()
         config.write_text(
             config.read_text().replace("[serve]", "[serve]\nkeepalive_timeout_s = 30")
         )
@@ -230,6 +233,8 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path
                 assert _get(sock, bytearray(), path) == 200
     finally:
         code = server.stop()
+        if (tmp_path / "index.sqlite").is_dir():
+            (tmp_path / "index.sqlite").rmdir()
         for index in aside.iterdir():
             index.rename(tmp_path / index.name)
     assert code == 0
