@@ -338,13 +338,18 @@ class FleetService:
 
     def set_origin_titles(self, titles: Iterable[OriginTitle]) -> None:
         self.origin_titles = {t.id: t for t in titles}
-        self.origin_read = True
+        # An empty listing is not taken as every title withdrawn (an origin pointed at the
+        # wrong or a fresh store): that would prune every appliance of the fleet at once.
+        self.origin_read = bool(self.origin_titles)
+        if not self.origin_titles:
+            event(log, "fleet.origin_empty", logging.WARNING,
+                  action="titles the appliances hold stay planned until it lists some")  # fmt: skip
         self.releases = self.store.first_seen(sorted(self.origin_titles), self.clock())
 
     def catalog(self) -> dict[str, CatalogTitle]:
-        """The origin's titles. Until its catalogue has been read once (unreachable since
-        the manager started), the titles appliances report stand in for it; after that, a
-        title the origin no longer lists (withdrawn) is planned nowhere, so appliances
+        """The origin's titles. Until it has listed some (unreachable since the manager
+        started, or listing none), the titles appliances report stand in for it; after that,
+        a title the origin no longer lists (withdrawn) is planned nowhere, so appliances
         prune it."""
         out: dict[str, CatalogTitle] = {}
         if not self.origin_read:

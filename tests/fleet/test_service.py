@@ -328,6 +328,9 @@ def test_a_title_the_origin_withdraws_is_planned_nowhere(tmp_path: Path) -> None
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a", "b"]
     svc.set_origin_titles([OriginTitle("b", "db", GB)])  # "a" withdrawn
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["b"]
+    # An origin listing nothing (a wrong or fresh store) is not every title withdrawn.
+    svc.set_origin_titles([])
+    assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a"]
 
 
 def test_fill_now_leaves_out_unreachable_appliances(tmp_path: Path) -> None:
