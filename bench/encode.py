@@ -103,8 +103,10 @@ def title_vmaf(
             continue
         rdir = folder / rendition["id"]
         joined = work / f"{title['id']}-{rendition['id']}.mp4"
-        segments = sorted(rdir.glob("seg_*.m4s"), key=lambda p: int(p.stem[4:]))
-        joined.write_bytes(b"".join(p.read_bytes() for p in [rdir / "init.mp4", *segments]))
+        # seg_<tag>_00000.m4s, numbered in order (see origin/segments.py name_by_content)
+        segments = sorted(rdir.glob("seg_*.m4s"), key=lambda p: int(p.stem.rpartition("_")[2]))
+        init = next(rdir.glob("init_*.mp4"))
+        joined.write_bytes(b"".join(p.read_bytes() for p in [init, *segments]))
         files.append(joined)
     return score(ffmpeg, source, 0.0, source.duration, files, work)
 

@@ -9,7 +9,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from fractions import Fraction
 
-from origin.ffmpeg import INIT_NAME
 from origin.segments import Media
 
 MPD_NAME = "manifest.mpd"
@@ -39,6 +38,13 @@ def _frame_rate(rate: Fraction) -> str:
     return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 
+def _number_template(name: str) -> str:
+    """`seg_<tag>_00000.m4s` → `seg_<tag>_$Number%05d$.m4s`: every segment of a rendition is
+    named alike, numbered from 0 (startNumber) with five digits."""
+    stem, _, number = name.rpartition("_")
+    return f"{stem}_$Number%0{len(number) - len('.m4s')}d$.m4s"
+
+
 def _template(parent: ET.Element, media: Media) -> None:
     first = media.segments[0].start
     template = ET.SubElement(
@@ -46,8 +52,8 @@ def _template(parent: ET.Element, media: Media) -> None:
         "SegmentTemplate",
         timescale=str(media.timescale),
         presentationTimeOffset=str(first),
-        initialization=f"$RepresentationID$/{INIT_NAME}",
-        media="$RepresentationID$/seg_$Number%05d$.m4s",
+        initialization=f"$RepresentationID$/{media.init_name}",
+        media=f"$RepresentationID$/{_number_template(media.segments[0].name)}",
         startNumber="0",
     )
     line = ET.SubElement(template, "SegmentTimeline")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from origin.ffmpeg import INIT_NAME
 from origin.segments import Media
 
 MEDIA_PLAYLIST = "index.m3u8"
@@ -27,7 +26,7 @@ def media_playlist(media: Media) -> str:
         "#EXT-X-MEDIA-SEQUENCE:0",
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",
-        f'#EXT-X-MAP:URI="{INIT_NAME}"',
+        f'#EXT-X-MAP:URI="{media.init_name}"',
     ]
     for segment, seconds in zip(media.segments, durations, strict=True):
         lines += [f"#EXTINF:{seconds:.6f},", segment.name]

@@ -181,7 +181,7 @@ def package(
     with start_ffmpeg(args, f"encoding {source.path.name}") as encode:
         # ffmpeg is running: load the packaging code now (its -progress lines wait in the pipe).
         from origin import dash, hls
-        from origin.segments import measure
+        from origin.segments import measure, name_by_content
 
         reporter.stage("encoding", source.duration, [r.id for r in rungs])
         encode.wait(reporter.update)
@@ -197,6 +197,8 @@ def package(
             "(truncated or damaged file?)"
         )
     check_alignment(videos, req.segment_seconds, source.frames)
+    videos = [name_by_content(out / v.id, v) for v in videos]
+    audio = name_by_content(out / AUDIO_ID, audio) if audio else None
     for media in [*videos, *([audio] if audio else [])]:
         (out / media.id / SCRATCH_PLAYLIST).unlink(missing_ok=True)
         (out / media.id / hls.MEDIA_PLAYLIST).write_text(hls.media_playlist(media))

@@ -1,20 +1,24 @@
 """Measure what ffmpeg wrote (I/O shell): per rendition the init segment's codec
 configuration (PyAV) and, per media segment, its size, start, duration, frame count and
 whether it opens on a keyframe (its fragment boxes, origin/fmp4.py). The manifests are
-written from these facts, never from intentions.
+written from these facts, never from intentions. Then each rendition's files take names
+made from a digest of their bytes (`name_by_content`), which caches may keep for ever.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 
+from edgeflix.http.content import content_tag, init_name, segment_name
 from origin import fmp4
 from origin.codecs import codec_string
 from origin.errors import EncodeError
@@ -44,6 +48,9 @@ class Media:
     timescale: int
     segments: tuple[Segment, ...]
     init_size: int
+    # Hex SHA-256 over the init segment and every media segment, in order (length-prefixed).
+    digest: str
+    init_name: str = INIT_NAME
     width: int | None = None
     height: int | None = None
     frame_rate: Fraction | None = None
@@ -65,14 +72,18 @@ class Media:
 
 
 def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
-    """Read `folder/init.mp4` and every `seg_*.m4s` beside it, in order."""
-    init_path = folder / INIT_NAME
+    """Read the init segment in `folder` and every `seg_*.m4s` beside it, in order: as ffmpeg
+    wrote them (`init.mp4`, `seg_00000.m4s`) or as published (`name_by_content`)."""
+    inits = [p.name for p in folder.glob("init*.mp4")]
+    init_path = folder / (inits[0] if len(inits) == 1 else INIT_NAME)
     try:
         init = init_path.read_bytes()
     except OSError as exc:
         raise EncodeError(f"{init_path}: ffmpeg wrote no init segment ({exc.strerror})") from None
-    # Numeric order: past seg_99999 the names grow a digit and would sort wrongly as text.
-    names = sorted((p.name for p in folder.glob("seg_*.m4s")), key=lambda n: int(n[4:-4]))
+    # Numeric order: past 99999 the numbers grow a digit and would sort wrongly as text.
+    names = sorted(
+        (p.name for p in folder.glob("seg_*.m4s")), key=lambda n: int(n[:-4].rpartition("_")[2])
+    )
     if not names:
         raise EncodeError(f"{folder}: ffmpeg wrote no media segments")
     try:
@@ -99,7 +110,9 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
     except ValueError as exc:
         raise EncodeError(f"{init_path}: {exc}") from None
     defaults = fmp4.track_defaults(init)
-    segments = [_segment(folder / name, defaults) for name in names]
+    digest = hashlib.sha256()
+    _feed(digest, init)
+    segments = [_segment(folder / name, defaults, digest) for name in names]
     return Media(
         id=folder.name,
         kind=kind,
@@ -108,14 +121,23 @@ def measure(folder: Path, frame_rate: Fraction | None = None) -> Media:
         timescale=timescale,
         segments=tuple(segments),
         init_size=len(init),
+        digest=digest.hexdigest(),
+        init_name=init_path.name,
         **facts,
     )
 
 
-def _segment(path: Path, defaults: fmp4.TrackDefaults) -> Segment:
+def _feed(digest: Any, data: bytes) -> None:
+    # Length-prefixed, so no two different sequences of files hash alike.
+    digest.update(len(data).to_bytes(8, "big"))
+    digest.update(data)
+
+
+def _segment(path: Path, defaults: fmp4.TrackDefaults, digest: Any) -> Segment:
     """The segment's facts from its moof boxes (sample flags, counts, durations, composition
     offsets): what a demuxer would report, without demuxing or decoding anything."""
     body = path.read_bytes()
+    _feed(digest, body)
     try:
         facts = fmp4.fragments(body, defaults)
     except (fmp4.BoxError, struct.error) as exc:
@@ -128,3 +150,18 @@ def _segment(path: Path, defaults: fmp4.TrackDefaults) -> Segment:
         frames=facts.samples,
         starts_with_keyframe=facts.first_is_sync,
     )
+
+
+def name_by_content(folder: Path, media: Media) -> Media:
+    """Rename the rendition's init and media segments after their content (see
+    edgeflix/http/content.py), numbered from 0 in order; return `media` with the new names.
+    The same bytes get the same names: a title re-encoded to identical bytes keeps its URLs."""
+    tag = content_tag(media.digest)
+    new_init = init_name(tag)
+    os.rename(folder / media.init_name, folder / new_init)
+    segments = []
+    for number, seg in enumerate(media.segments):
+        name = segment_name(tag, number)
+        os.rename(folder / seg.name, folder / name)
+        segments.append(replace(seg, name=name))
+    return replace(media, init_name=new_init, segments=tuple(segments))

@@ -28,11 +28,30 @@ CONTENT_TYPES = {
 }
 DEFAULT_TYPE = "application/octet-stream"
 
-# Segments, init segments and posters never change under a name once published.
+# A media file named by its content never changes under its name: the origin names every
+# init and media segment `init_<tag>.mp4` / `seg_<tag>_00001.m4s`, the tag a digest of its
+# rendition's bytes, so a title re-encoded and published over the old one gets new names and
+# caches may keep these for ever. Any other name (a playlist, files.json, the poster, or
+# segments another packager named `seg1.m4s`) can change on a re-publish: a short max-age,
+# then a revalidation (ETag), which costs a 304.
 IMMUTABLE = "public, max-age=31536000, immutable"
-# Playlists, manifests and files.json change when a title is re-published.
 SHORT = "public, max-age=30"
-_IMMUTABLE_SUFFIXES = (".m4s", ".mp4", ".m4a", ".ts", ".jpg", ".jpeg", ".png", ".vtt")
+CONTENT_TAG_LEN = 10
+_TAG = f"[0-9a-f]{{{CONTENT_TAG_LEN}}}"
+_CONTENT_NAMED = re.compile(rf"init_{_TAG}\.mp4|seg_{_TAG}_[0-9]+\.m4s")
+
+
+def content_tag(hex_digest: str) -> str:
+    """The tag of content-named files, from a hex digest of their rendition's bytes."""
+    return hex_digest[:CONTENT_TAG_LEN]
+
+
+def init_name(tag: str) -> str:
+    return f"init_{tag}.mp4"
+
+
+def segment_name(tag: str, number: int) -> str:
+    return f"seg_{tag}_{number:05d}.m4s"
 
 
 def _suffix(rel_path: str) -> str:
@@ -46,7 +65,8 @@ def content_type(rel_path: str) -> str:
 
 
 def cache_control(rel_path: str) -> str:
-    return IMMUTABLE if _suffix(rel_path) in _IMMUTABLE_SUFFIXES else SHORT
+    name = rel_path.rpartition("/")[2]
+    return IMMUTABLE if _CONTENT_NAMED.fullmatch(name) else SHORT
 
 
 def etag_for(size: int, mtime_ns: int) -> str:

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import time
 
-from edgeflix.http.content import content_type, etag_for, http_date, parse_http_date
+from edgeflix.http.content import (
+    cache_control,
+    content_type,
+    etag_for,
+    http_date,
+    parse_http_date,
+)
 from edgeflix.http.plan import FileMeta, ResponsePlan, plan_options, plan_response
 from edgeflix.http.ranges import Span
 from edgeflix.http.request import RequestHead
 
 MTIME_NS = 1_700_000_000_123_456_789
 MTIME_S = MTIME_NS // 1_000_000_000
-META = FileMeta(1000, MTIME_NS, "v0/seg1.m4s")
+META = FileMeta(1000, MTIME_NS, "v0/seg_0123456789_00001.m4s")
 ETAG = etag_for(1000, MTIME_NS)
 
 
@@ -114,6 +120,28 @@ def test_if_range() -> None:
 def test_etag_changes_with_size_or_mtime() -> None:
     assert etag_for(1, 2) != etag_for(1, 3) != etag_for(2, 3)
     assert ETAG.startswith('"') and not ETAG.startswith("W/")
+
+
+def test_only_content_named_files_are_immutable() -> None:
+    # Names the origin makes from a digest of the bytes never change content; any other name
+    # may, when a title is published again, so caches revalidate it after a short while.
+    forever = "public, max-age=31536000, immutable"
+    assert cache_control("h264_720p/init_0123456789.mp4") == forever
+    assert cache_control("audio/seg_abcdef0123_00000.m4s") == forever
+    assert cache_control("a/seg_abcdef0123_123456.m4s") == forever
+    for changeable in (
+        "v0/seg1.m4s",  # another packager's name
+        "v0/init.mp4",
+        "h264_720p/seg_00000.m4s",  # ffmpeg's scratch name
+        "v/seg_ABCDEF0123_00000.m4s",  # not our hex
+        "v/seg_abcdef012_00000.m4s",  # a tag too short
+        "v/init_0123456789.mp4.part",
+        "poster.jpg",
+        "master.m3u8",
+        "h264_720p/index.m3u8",
+        "files.json",
+    ):
+        assert cache_control(changeable) == "public, max-age=30", changeable
 
 
 def test_content_types() -> None:

@@ -88,7 +88,8 @@ def test_token_url_serves_whole_file(appliance: Appliance) -> None:
     seg = (appliance.source / "v0/seg1.m4s").read_bytes()
     r = httpx.get(appliance.url("v0/seg1.m4s"))
     assert r.status_code == 200 and r.content == seg
-    assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+    # Not named by its content (origin/segments.py name_by_content): it may change on a re-publish.
+    assert r.headers["cache-control"] == "public, max-age=30"
     assert r.headers["access-control-allow-origin"] == "*"
     m = httpx.get(appliance.url("master.m3u8"))
     assert m.headers["content-type"] == "application/vnd.apple.mpegurl"

@@ -13,6 +13,7 @@ import m3u8
 import pytest
 
 from edgeflix import titlefiles
+from edgeflix.http.content import IMMUTABLE, cache_control
 from tests.conftest import run_cli
 
 SEGMENT = 2.0
@@ -118,7 +119,7 @@ def test_bunny_title_plays(bunny_title: tuple[Path, dict], bunny: Path) -> None:
     assert len(master.media) == 1 and master.media[0].type == "AUDIO"
     assert all(p.stream_info.codecs.endswith(",mp4a.40.2") for p in master.playlists)
     audio = m3u8.load(str(title_dir / "audio" / "index.m3u8"))
-    data = (title_dir / "audio" / "init.mp4").read_bytes() + b"".join(
+    data = (title_dir / "audio" / audio.segment_map[0].uri).read_bytes() + b"".join(
         (title_dir / "audio" / s.uri).read_bytes() for s in audio.segments
     )
     with open_bytes(data) as c:
@@ -163,3 +164,32 @@ def test_reingest_refuses_then_replace_swaps(bikes: Path, tmp_path: Path) -> Non
     model, digest = titlefiles.read(title_dir)
     assert digest == second["digest"] and titlefiles.verify(title_dir, model) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["titles"]  # no temp left behind
+
+
+def test_published_again_never_reuses_a_cacheable_name(bikes: Path, tmp_path: Path) -> None:
+    """Init and media segments are served as immutable, so browsers and proxies keep them for
+    ever under their names: a title published again with other bytes must name every changed
+    file anew, and bytes that did not change keep their names (and the caches' copies)."""
+    title_dir = tmp_path / "titles" / "rep"
+
+    def publish(seconds: str, *extra: str) -> dict[str, str]:
+        run_cli(["origin", "ingest", str(bikes), "--id", "rep", "--title", "x", "--store",
+                 str(tmp_path), "--heights", "240", "--segment-seconds", seconds, *extra],
+                check=True)  # fmt: skip
+        model, _ = titlefiles.read(title_dir)
+        return {f.path: f.sha256 for f in model.files}
+
+    def cacheable(files: dict[str, str]) -> set[str]:
+        return {path for path in files if cache_control(path) == IMMUTABLE}
+
+    first = publish("2")
+    # Every init and media segment is cacheable for ever; playlists and the rest are not.
+    media = {p for p in first if p.endswith(".m4s") or p.rpartition("/")[2].startswith("init")}
+    assert media and cacheable(first) == media
+    again = publish("2", "--replace")
+    for path in cacheable(first) & cacheable(again):
+        assert first[path] == again[path]  # a name kept is the same bytes
+    second = publish("1", "--replace")
+    assert cacheable(second) and not cacheable(again) & cacheable(second)
+    for playlist in ("master.m3u8", "h264_240p/index.m3u8", "manifest.mpd"):
+        assert again[playlist] != second[playlist]  # they name the new files

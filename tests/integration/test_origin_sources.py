@@ -196,7 +196,7 @@ def first_sound(title_dir: Path) -> float:
     player that ignores the init segment's edit list (MSE players may) hears a late start
     only if the silence is really there."""
     playlist = m3u8.load(str(title_dir / "audio" / "index.m3u8"))
-    data = (title_dir / "audio" / "init.mp4").read_bytes() + b"".join(
+    data = (title_dir / "audio" / playlist.segment_map[0].uri).read_bytes() + b"".join(
         (title_dir / "audio" / s.uri).read_bytes() for s in playlist.segments
     )
     before = 0
@@ -384,7 +384,7 @@ def test_interlaced_source_is_deinterlaced(clips: dict[str, Path], tmp_path: Pat
     title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
     folder = title_dir / "h264_180p"
     playlist = m3u8.load(str(folder / "index.m3u8"))
-    data = (folder / "init.mp4").read_bytes() + b"".join(
+    data = (folder / playlist.segment_map[0].uri).read_bytes() + b"".join(
         (folder / s.uri).read_bytes() for s in playlist.segments
     )
     assert combed_frames(data, tmp_path) <= 2
@@ -522,6 +522,7 @@ def test_hdr_is_tone_mapped_to_sdr(clips: dict[str, Path], tmp_path: Path, name:
         frames, _, _ = decode_rendition(title["dir"] / rendition)
         low, high = luma(frames)
         assert abs(low - black) <= 12 and abs(high - white) <= 30, (rendition, low, high)
-        with av.open(str(title["dir"] / rendition / "init.mp4")) as c:
+        init = m3u8.load(str(title["dir"] / rendition / "index.m3u8")).segment_map[0].uri
+        with av.open(str(title["dir"] / rendition / init)) as c:
             ctx = c.streams.video[0].codec_context
             assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace) == (1, 1, 1)  # BT.709

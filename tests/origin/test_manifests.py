@@ -10,6 +10,7 @@ from origin.hls import master_playlist, media_playlist
 from origin.segments import Media, Segment
 
 NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+TAG = "0123456789"
 
 
 def _video(height: int, sizes: list[int], codec: str = "h264") -> Media:
@@ -19,9 +20,10 @@ def _video(height: int, sizes: list[int], codec: str = "h264") -> Media:
     return Media(
         id=f"{codec}_{height}p", kind="video", codec=codec,
         codecs="avc1.64001f" if codec == "h264" else "hvc1.1.6.L93.90", timescale=12800,
-        segments=tuple(Segment(f"seg_{i:05d}.m4s", s, t, d, 50, True)
+        segments=tuple(Segment(f"seg_{TAG}_{i:05d}.m4s", s, t, d, 50, True)
                        for i, (s, t, d) in enumerate(zip(sizes, starts, durations, strict=True))),
-        init_size=800, width=height * 16 // 9, height=height, frame_rate=Fraction(25),
+        init_size=800, digest=TAG * 6, init_name=f"init_{TAG}.mp4",
+        width=height * 16 // 9, height=height, frame_rate=Fraction(25),
     )  # fmt: skip
 
 
@@ -29,7 +31,7 @@ AUDIO = Media(
     id="audio", kind="audio", codec="aac", codecs="mp4a.40.2", timescale=48000,
     segments=(Segment("seg_00000.m4s", 32000, 0, 96000, 94, True),
               Segment("seg_00001.m4s", 16000, 96000, 48000, 47, True)),
-    init_size=700, sample_rate=48000, channels=2,
+    init_size=700, digest="ab" * 32, sample_rate=48000, channels=2,
 )  # fmt: skip
 
 
@@ -37,8 +39,8 @@ def test_media_playlist_has_real_durations_and_map() -> None:
     video = _video(720, [500_000, 400_000, 100_000])
     parsed = m3u8.loads(media_playlist(video))
     assert [s.duration for s in parsed.segments] == [2.0, 2.0, 1.28]
-    assert [s.uri for s in parsed.segments] == ["seg_00000.m4s", "seg_00001.m4s", "seg_00002.m4s"]
-    assert parsed.segment_map[0].uri == "init.mp4"
+    assert [s.uri for s in parsed.segments] == [f"seg_{TAG}_0000{i}.m4s" for i in range(3)]
+    assert parsed.segment_map[0].uri == f"init_{TAG}.mp4"
     assert parsed.target_duration == 2 and parsed.is_endlist and parsed.playlist_type == "vod"
 
 
@@ -75,7 +77,10 @@ def test_mpd_lists_the_same_representations() -> None:
     assert reps == ["h264_720p", "h264_360p", "hevc_720p", "audio"]
     template = sets[0].find("d:Representation/d:SegmentTemplate", NS)
     assert template is not None
-    assert template.get("media") == "$RepresentationID$/seg_$Number%05d$.m4s"
+    assert template.get("media") == f"$RepresentationID$/seg_{TAG}_$Number%05d$.m4s"
+    assert template.get("initialization") == f"$RepresentationID$/init_{TAG}.mp4"
+    audio = sets[2].find("d:Representation/d:SegmentTemplate", NS)
+    assert audio is not None and audio.get("media") == "$RepresentationID$/seg_$Number%05d$.m4s"
     assert template.get("presentationTimeOffset") == "1024" and template.get("startNumber") == "0"
     runs = template.findall("d:SegmentTimeline/d:S", NS)
     assert [(s.get("t"), s.get("d"), s.get("r")) for s in runs] == [
