@@ -296,15 +296,18 @@ def status_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Hardware profile, health (ok / degraded / failing, with reasons) and fill state."""
+    """Hardware profile, health (ok / degraded / failing, with reasons) and fill state.
+
+    Exit status: 0 healthy, 2 degraded (serving, with reasons), 1 failing."""
     from appliance import config as appliance_config
-    from appliance.status import status_document
+    from appliance.status import exit_code, status_document
     from edgeflix import ui
 
     doc = status_document(appliance_config.load(config))
+    code = exit_code(doc["health"]["state"])
     if as_json:
         ui.print_json(doc)
-        return
+        raise typer.Exit(code)
     health, profile = doc["health"], doc["profile"]
     rows: list[tuple[str, str]] = [
         ("health", health["state"]),
@@ -328,3 +331,4 @@ def status_cmd(
     for title_id, p in ((doc["fill"] or {}).get("titles") or {}).items():
         rows.append(("fill", f"{title_id} {p['state']} {p['done']}/{p['total']} bytes"))
     ui.print_table(["what", "value"], rows)
+    raise typer.Exit(code)

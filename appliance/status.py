@@ -15,8 +15,23 @@ from appliance import scrub
 from appliance.config import ApplianceConfig
 from appliance.fill.runner import read_state
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
-from appliance.health import DiskWatch, Health, HealthInputs, HealthSampler, summarise
+from appliance.health import (
+    DiskWatch,
+    Health,
+    HealthInputs,
+    HealthSampler,
+    summarise,
+)
 from appliance.index import disks_with_files
+
+# `appliance status` exit codes, so a monitoring script need not parse the output: 1 for
+# failing like any command failure, 2 (distinct) for degraded, a box that still serves.
+EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 2, "failing": 1}
+
+
+def exit_code(state: str) -> int:
+    """The exit status of `appliance status` for a health state (unknown counts as failing)."""
+    return EXIT_CODES.get(state, 1)
 
 
 def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSampler:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from appliance.status import exit_code
 from tests.conftest import run_cli
 from tests.integration.daemon_support import (
     load_spread_title,
@@ -186,8 +187,10 @@ def test_status_matches_the_cli_document(tmp_path: Path) -> None:
     try:
         doc = poll(server, lambda d: d["health"]["state"] in ("ok", "degraded", "failing"), 5)
         assert doc is not None
-        cli = run_cli(["appliance", "status", "--config", str(config), "--json"], check=True)
+        # Exit 2 (degraded) or 1 (failing) on a busy test machine: the document is the same.
+        cli = run_cli(["appliance", "status", "--config", str(config), "--json"])
         offline = json.loads(cli.stdout)
+        assert cli.returncode == exit_code(offline["health"]["state"]), cli.stderr
         assert set(offline) <= set(doc)  # the daemon adds its own section, nothing less
 
         def disks(d: dict[str, Any]) -> list[tuple[str, str, str | None]]:

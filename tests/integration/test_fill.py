@@ -112,9 +112,11 @@ def test_fill_from_scratch_then_status(origin: tuple[str, Path], tmp_path: Path)
     again = fill(config, "--from", url, "--title", "small")
     assert again.returncode == 0 and json.loads(again.stdout)["kept"] == ["small"]
 
-    status = run_cli(["appliance", "status", "--config", str(config), "--json"], check=True)
+    # Exit 2 when degraded (a busy test machine can be): the state is checked, not a 0.
+    status = run_cli(["appliance", "status", "--config", str(config), "--json"])
     doc = json.loads(status.stdout)
     assert doc["health"]["state"] in ("ok", "degraded")
+    assert status.returncode == {"ok": 0, "degraded": 2}[doc["health"]["state"]], status.stderr
     assert doc["health"]["disks_out_of_service"] == []
     assert len(doc["profile"]["disks"]) == 2 and doc["profile"]["cpu"]["logical_cores"] >= 1
     assert doc["fill"]["titles"]["small"]["state"] == "held"
