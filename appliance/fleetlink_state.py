@@ -10,7 +10,10 @@ secret ones are mode 0600. appliance/fleetlink.py is the only user.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.fleetlink_core import FleetKey
+from appliance.fleetlink_core import FleetKey, check_keys, check_plan
 from edgeflix import atomicfile
 from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
 from edgeflix.proto import auth
 from edgeflix.versioning import Versioned
 
@@ -31,6 +35,8 @@ KEYS_FILE = "keys.json"
 CONTACT_FILE = "contact.json"
 TLS_KEY_FILE = "tls.key"  # P-256: grpc's BoringSSL takes no Ed25519 client certificate
 TLS_CERT_FILE = "tls.crt"  # issued by the fleet's CA at enrolment
+
+log = logging.getLogger("appliance.fleet")
 
 
 class LinkStateError(EdgeflixError):
@@ -59,6 +65,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         atomicfile.write_atomic(path, data, mode)
     except OSError as exc:
         raise LinkStateError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _number(value: Any) -> float:
+    """A finite JSON number (not a bool, a string or null); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
 
 
 def _read_json(path: Path) -> Any:
@@ -136,8 +149,15 @@ class LinkState:
         if not isinstance(data, dict):
             return None
         try:
-            return Enrolment(**data)
-        except TypeError:
+            e = Enrolment(**data)
+            texts = (e.appliance, e.site, e.fleet, e.url)
+            if not all(isinstance(t, str) for t in texts) or not e.appliance:
+                raise ValueError("a name or address is not text")
+            interval = e.heartbeat_interval_ms
+            if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+                raise ValueError("heartbeat_interval_ms is not a whole number of ms")
+            return Enrolment(e.appliance, e.site, e.fleet, e.url, interval, _number(e.enrolled_at))
+        except (TypeError, ValueError):
             raise LinkStateError(f"{self.folder / ENROLMENT_FILE} is damaged; remove it") from None
 
     def save_enrolment(self, e: Enrolment) -> None:
@@ -149,7 +169,19 @@ class LinkState:
         if not isinstance(data, dict):
             return None
         try:
-            return StoredPlan(int(data["version"]), dict(data["document"]), dict(data["sizes"]))
+            version, document, sizes = data["version"], data["document"], data["sizes"]
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError("version is not a positive whole number")
+            if not isinstance(document, dict) or not isinstance(sizes, dict):
+                raise ValueError("document and sizes are not objects")
+            if not isinstance(document.get("titles"), list):
+                raise ValueError("the document lists no titles")
+            # The plan goes to the fill scheduler (and its titles are walked to sign peer
+            # URLs) at once: checked here as a plan from the fleet is, whole.
+            check_plan(document)
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
+                raise ValueError("a size is not a whole number")
+            return StoredPlan(version, document, sizes)
         except (KeyError, TypeError, ValueError):
             raise LinkStateError(f"{self.folder / PLAN_FILE} is damaged; remove it") from None
 
@@ -165,15 +197,16 @@ class LinkState:
             keys = tuple(
                 FleetKey(
                     str(k["id"]),
-                    base64.b64decode(k["secret"]),
-                    float(k["activates"]),
-                    float(k["retires"]),
-                    float(k["verify_until"]),
+                    base64.b64decode(k["secret"], validate=True),
+                    _number(k["activates"]),
+                    _number(k["retires"]),
+                    _number(k["verify_until"]),
                 )
                 for k in data["keys"]
             )
+            check_keys(keys)  # what the fleet's key sets must pass, before the workers see it
             return Versioned("keys", int(data["version"]), keys)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, binascii.Error):
             raise LinkStateError(f"{self.folder / KEYS_FILE} is damaged; remove it") from None
 
     def save_keys(self, keys: Versioned[tuple[FleetKey, ...]]) -> None:
@@ -186,8 +219,29 @@ class LinkState:
         write_atomic(self.folder / KEYS_FILE, json.dumps(body, sort_keys=True).encode())
 
     def last_contact(self) -> float | None:
-        data = _read_json(self.folder / CONTACT_FILE)
-        return float(data["at"]) if isinstance(data, dict) else None
+        """When the fleet last answered; None when unknown. A damaged contact.json counts as
+        absent (with a warning): it only feeds the grace clock, which then starts from the
+        enrolment, earlier than any real contact, so the grace period can only end sooner,
+        never later than configured; the first answered beat writes it anew. Refusing to
+        start would instead stop a box serving over a file that guards nothing."""
+        path = self.folder / CONTACT_FILE
+        try:
+            data = _read_json(path)
+            if data is None:
+                return None
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            return _number(data["at"])
+        except (LinkStateError, KeyError, ValueError):
+            event(
+                log,
+                "fleet.state_damaged",
+                logging.WARNING,
+                file=str(path),
+                action="ignored: the grace period counts from the enrolment until the fleet "
+                "answers",
+            )
+            return None
 
     def save_contact(self, at: float) -> None:
         write_atomic(self.folder / CONTACT_FILE, json.dumps({"at": at}).encode(), 0o644)
