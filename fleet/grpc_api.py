@@ -106,20 +106,27 @@ def held_titles(
     return out
 
 
+async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerContext) -> None:
+    """A request naming an appliance (optional) must name the caller: one appliance's
+    beats, plan and keys are never another's business."""
+    if asked and asked != caller:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
+
+
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def __init__(self, service: FleetService, authority: CertAuthority | None = None) -> None:
         self.service = service
         self.authority = authority
 
+    def _public_key(self, name: str) -> bytes | None:
+        record = self.service.records.get(name)
+        return record.public_key if record is not None else None
+
     async def _caller(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
         metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
         try:
-            name = auth.caller(metadata)
-            record = self.service.records.get(name)
-            if record is None:
-                raise auth.AuthError(f"appliance '{name}' is not enrolled")
             verified = auth.verify_call(
-                metadata, record.public_key, _METHOD + method, body, self.service.clock()
+                metadata, self._public_key, _METHOD + method, body, self.service.clock()
             )
             if self.authority is not None:
                 # The mTLS listener verified the chain against our CA; the enrolment
@@ -169,8 +176,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.HeartbeatResponse:
         body = request.SerializeToString(deterministic=True)
         name = await self._caller(context, "Heartbeat", body)
-        if request.appliance and request.appliance != name:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "beat for another appliance")
+        await _only_its_own(request.appliance, name, context)
         svc = self.service
         try:
             counts = unpack_counts(request.counts_zstd)
@@ -197,6 +203,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.GetPlanRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.PlanResponse:
         name = await self._caller(context, "GetPlan", request.SerializeToString(deterministic=True))
+        await _only_its_own(request.appliance, name, context)
         svc = self.service
         current = svc.current_plan
         entry = current.for_appliance(name) if current else None
@@ -214,7 +221,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def GetKeys(
         self, request: fleet_pb2.GetKeysRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.KeysResponse:
-        await self._caller(context, "GetKeys", request.SerializeToString(deterministic=True))
+        name = await self._caller(context, "GetKeys", request.SerializeToString(deterministic=True))
+        await _only_its_own(request.appliance, name, context)
         svc = self.service
         if request.have_version == svc.keys.version:
             return fleet_pb2.KeysResponse(unchanged=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -60,41 +60,51 @@ def sign_call(
     return ((NAME, name), (TIME, at), (SIGNATURE, base64.b64encode(sig).decode()))
 
 
-def caller(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    """The appliance name a call claims to come from (not yet verified)."""
+def _signed_fields(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The three signing headers, each exactly once. A repeated one is refused outright:
+    a proxy or library may keep the first of two values and another part the last, and
+    then the key is looked up for one name while the signature is checked over the other
+    (an enrolled appliance could act as any other)."""
+    fields: dict[str, str] = {}
     for key, value in metadata:
-        if key == NAME:
-            return value if isinstance(value, str) else value.decode(errors="replace")
-    raise AuthError("call carries no appliance name")
+        if key not in (NAME, TIME, SIGNATURE):
+            continue
+        if key in fields:
+            raise AuthError(f"call carries the header {key} more than once")
+        fields[key] = value if isinstance(value, str) else value.decode(errors="replace")
+    if len(fields) != 3:
+        raise AuthError("call is not signed")
+    return fields
 
 
 def verify_call(
     metadata: Iterable[tuple[str, str | bytes]],
-    public: bytes,
+    key_of: Callable[[str], bytes | None],
     method: str,
     body: bytes,
     now: float,
     max_skew_s: float = MAX_SKEW_S,
 ) -> str:
-    """The verified appliance name, or AuthError (bad signature, stale or future time)."""
-    fields = {
-        k: v if isinstance(v, str) else v.decode(errors="replace")
-        for k, v in metadata
-        if k in (NAME, TIME, SIGNATURE)
-    }
-    if len(fields) != 3:
-        raise AuthError("call is not signed")
+    """The verified appliance name, or AuthError (repeated or missing header, unknown
+    name, bad signature, stale or future time). `key_of` gives the enrolled public key of
+    a name (None: not enrolled). The one name read from the headers is the one whose key
+    is looked up, the one the signature covers and the one returned."""
+    fields = _signed_fields(metadata)
+    name = fields[NAME]
+    public = key_of(name)
+    if public is None:
+        raise AuthError(f"appliance '{name[:80]}' is not enrolled")
     try:
         at = float(fields[TIME])
         sig = base64.b64decode(fields[SIGNATURE], validate=True)
     except ValueError:
         raise AuthError("call signature is malformed") from None
-    if abs(now - at) > max_skew_s:
+    if not abs(now - at) <= max_skew_s:  # also refuses a NaN time
         raise AuthError("call time is too far from the fleet manager's clock")
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(
-            sig, _message(fields[NAME], method, fields[TIME], body)
+            sig, _message(name, method, fields[TIME], body)
         )
     except (InvalidSignature, ValueError):
         raise AuthError("call signature does not match the enrolled key") from None
-    return fields[NAME]
+    return name

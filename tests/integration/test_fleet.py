@@ -210,6 +210,52 @@ def test_enrolment_refuses_bad_and_reused_tokens(fleet: Server) -> None:
     cli(fleet, "rm", "x1")
 
 
+def test_an_appliance_cannot_call_as_another(fleet: Server) -> None:
+    """The reviewer's impersonation: `ev1` sends the name header twice (its own, then the
+    victim's), signed with its own key over the victim's name. The manager looked the key
+    up by the first name and trusted the last, so ev1's beats moved v1's URL (players
+    followed) and ev1 read v1's plan. Every signed call now refuses a repeated header."""
+    grpc_addr = fleet.urls["grpc"]
+    victim = ApplianceClient(grpc_addr, "v1", "http://127.0.0.31:8081")
+    evil = ApplianceClient(grpc_addr, "ev1", "http://10.1.0.32:8081")
+    victim.enrol(token(fleet, "home"))
+    evil.enrol(token(fleet, "lab"))
+    victim.beat({})
+    try:
+        calls = {
+            "Heartbeat": fleet_pb2.HeartbeatRequest(
+                sequence=2**62, health=1, capacity_bps=1e9, url="http://127.0.0.1:6666"
+            ),
+            "GetPlan": fleet_pb2.GetPlanRequest(appliance="v1"),
+            "GetKeys": fleet_pb2.GetKeysRequest(appliance="v1"),
+        }
+        for method, req in calls.items():
+            body = req.SerializeToString(deterministic=True)
+            signed = dict(auth.sign_call("v1", evil.key, METHOD + method, body, time.time()))
+            rest = [(k, v) for k, v in signed.items() if k != auth.NAME]
+            for names in (["ev1", "v1"], ["v1", "ev1"]):
+                md = [(auth.NAME, n) for n in names] + rest
+                with pytest.raises(grpc.RpcError) as err:
+                    getattr(evil.stub, method)(req, metadata=md, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, method
+                assert "more than once" in (err.value.details() or "")
+        # Signed properly, as itself, ev1 still may not ask for v1's plan or keys.
+        for method in ("GetPlan", "GetKeys"):
+            req = calls[method]
+            body = req.SerializeToString(deterministic=True)
+            md2 = auth.sign_call("ev1", evil.key, METHOD + method, body, time.time())
+            with pytest.raises(grpc.RpcError) as err:
+                getattr(evil.stub, method)(req, metadata=md2, timeout=10)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        # v1 is untouched: its own URL, and its own next beat (sequence 2) still counts.
+        assert cli(fleet, "show", "v1")["url"] == "http://127.0.0.31:8081"  # type: ignore[index]
+        victim.beat({}, url="http://127.0.0.31:8082")
+        assert cli(fleet, "show", "v1")["url"] == "http://127.0.0.31:8082"  # type: ignore[index]
+    finally:
+        cli(fleet, "rm", "v1")
+        cli(fleet, "rm", "ev1")
+
+
 def steer(fleet: Server, client_ip: str) -> dict:  # type: ignore[type-arg]
     return cli(fleet, "steer", "--client-ip", client_ip, "--title", "film")  # type: ignore[return-value]
 
