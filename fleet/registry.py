@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edgeflix.proto import auth
 from fleet.model import Appliance, ApplianceState, FleetSnapshot, HeldTitle, Site, TierSpace
 
 Health = Literal["ok", "degraded", "failing"]
@@ -138,12 +139,27 @@ def beat_from_dict(doc: Mapping[str, Any], at: float) -> Beat:
     )
 
 
-def accept_beat(previous: Beat | None, incoming: Beat) -> bool:
+# A signed call is accepted only within auth.MAX_SKEW_S of our clock either way, so a
+# copy of a beat can reach us at most this long after the beat itself was accepted.
+REPLAY_WINDOW_S = 2 * auth.MAX_SKEW_S
+
+
+def accept_beat(
+    previous: Beat | None, incoming: Beat, replay_window_s: float = REPLAY_WINDOW_S
+) -> bool:
     """A beat counts once: a repeat or a late one (sequence not above the last) is dropped.
 
-    Sequence 1 after a higher one is an appliance restart, so it counts again.
+    Sequence 1 after a higher one is an appliance restart, so it counts again (the
+    appliance keeps its sequence in memory only, and its beat 1 carries no counts).
+    The last sequence is a floor for `replay_window_s` only: a beat below it arriving
+    later than that after the last accepted one was signed after it, so it is neither a
+    late beat nor a replayed one, and it counts. Otherwise one sequence far ahead (a
+    bug, or whoever held the key once) would drop every real beat for ever. The same
+    sequence is always a resend (its answer was lost) and never counts twice.
     """
-    return previous is None or incoming.sequence > previous.sequence or incoming.sequence == 1
+    if previous is None or incoming.sequence == 1 or incoming.sequence > previous.sequence:
+        return True
+    return incoming.sequence < previous.sequence and incoming.at - previous.at > replay_window_s
 
 
 def token_hash(token: str) -> str:

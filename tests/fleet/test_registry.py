@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgeflix.proto import auth
 from fleet.model import HeldTitle, Site
-from fleet.registry import ApplianceRecord, Beat, accept_beat, build_snapshot, state_of
+from fleet.registry import (
+    REPLAY_WINDOW_S,
+    ApplianceRecord,
+    Beat,
+    accept_beat,
+    build_snapshot,
+    state_of,
+)
 
 REC = ApplianceRecord("h1", "home", "http://h1", b"k" * 32, 0.0)
 
@@ -24,6 +35,36 @@ def test_beats_count_once_and_restarts_count_again() -> None:
     assert accept_beat(last, Beat(at=2.0, sequence=8))
     assert accept_beat(last, Beat(at=2.0, sequence=1))
     assert accept_beat(None, Beat(at=2.0, sequence=42))
+
+
+def test_a_sequence_far_ahead_holds_the_floor_only_for_the_replay_window() -> None:
+    """A forged or buggy 2**62 once dropped the real appliance's beats for ever."""
+    far = Beat(at=100.0, sequence=2**62)
+    assert accept_beat(Beat(at=99.0, sequence=40), far)  # accepted: signed with its key
+    within = 100.0 + REPLAY_WINDOW_S
+    assert not accept_beat(far, Beat(at=within, sequence=41))  # a late or replayed beat
+    assert accept_beat(far, Beat(at=within + 0.001, sequence=41))  # signed after `far`
+    # The same sequence is a resend whose answer was lost: never counted twice.
+    assert not accept_beat(far, Beat(at=within + 1e6, sequence=2**62))
+    assert REPLAY_WINDOW_S >= 2 * auth.MAX_SKEW_S
+
+
+@given(
+    last=st.integers(1, 2**64 - 1),
+    seq=st.integers(1, 2**64 - 1),
+    after=st.floats(0.0, 10 * REPLAY_WINDOW_S, allow_nan=False),
+)
+def test_beats_count_once_within_the_window_and_nothing_locks_out(
+    last: int, seq: int, after: float
+) -> None:
+    previous = Beat(at=1000.0, sequence=last)
+    accepted = accept_beat(previous, Beat(at=1000.0 + after, sequence=seq))
+    if seq == last and seq != 1:
+        assert not accepted  # a resend, however late
+    elif seq > last or seq == 1 or after > REPLAY_WINDOW_S:
+        assert accepted
+    else:
+        assert not accepted  # below the floor while a copy could still be replayed
 
 
 def test_snapshot_carries_beats_into_appliances() -> None:

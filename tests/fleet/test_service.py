@@ -13,7 +13,7 @@ from edgeflix.proto import auth
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace
-from fleet.registry import Beat, beat_to_dict
+from fleet.registry import REPLAY_WINDOW_S, Beat, beat_to_dict
 from fleet.service import JOIN_TOKEN_TTL_S, FleetService, OriginTitle
 from fleet.store import EnrolmentRefused, Store
 
@@ -117,6 +117,27 @@ def test_a_beat_from_a_new_address_moves_steering_there(tmp_path: Path) -> None:
     # It lasts: a restarted fleet manager steers to the new address.
     again = FleetService(svc.config, Store(svc.config.server.db), clock)
     assert again.records["h1"].url == "http://192.168.1.40:9000"
+
+
+def test_a_sequence_far_ahead_does_not_lock_the_appliance_out(tmp_path: Path) -> None:
+    """One beat with sequence 2**62 (a bug, or a forger while it held the key) dropped
+    every later real beat of the appliance, which kept beating from where it was."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 7)
+    beat(svc, "h1", 2**62, url="http://192.168.1.66:6666")
+    seq, started = 8, clock.now
+    while clock.now - started < REPLAY_WINDOW_S + 10:  # beats every 5 s, as h1 would
+        clock.now += 5
+        beat(svc, "h1", seq, url="http://h1:8081")
+        seq += 1
+        if svc.beats["h1"].sequence == seq - 1:
+            break
+    assert svc.beats["h1"].sequence == seq - 1, "the real beats never counted again"
+    assert clock.now - started > REPLAY_WINDOW_S  # not before a copy could be replayed
+    assert svc.records["h1"].url == "http://h1:8081"
+    assert svc.steer("192.168.1.2", "a")[1].urls[0].startswith("http://h1:8081/")
 
 
 def test_enrolment_refuses_a_url_players_cannot_use(tmp_path: Path) -> None:
