@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import BaseUrl, ConfigModel, HostPort, Name, load_config
+from edgeflix.config import BaseUrl, ConfigModel, HostPort, Name, load_config, parse_hostport
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -149,7 +150,8 @@ class FleetLinkConfig(ConfigModel):
     name: Name | None = None
     # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
     join_token: str = ""
-    # Base URL players and peers reach this appliance at; left out: http://<serve.listen>.
+    # Base URL players and peers reach this appliance at; left out: http://<serve.listen>
+    # (so needed when that listens on all interfaces, 0.0.0.0 or [::]).
     public_url: BaseUrl | None = None
     # Until the fleet states its own interval (EnrolResponse / HeartbeatResponse).
     heartbeat_s: float = Field(5.0, gt=0)
@@ -188,6 +190,25 @@ class ApplianceConfig(ConfigModel):
         if self.auth.tokens == "required" and not self.auth.keys and self.fleet.url is None:
             raise ValueError(
                 "tokens = 'required' needs at least one key in [auth] keys or a [fleet] url"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _public_url_when_wildcard(self) -> ApplianceConfig:
+        # The URL the fleet steers players to is http://<serve.listen> unless given; a
+        # wildcard address (all interfaces) is no address a player can reach.
+        if self.fleet.url is None or self.fleet.public_url is not None:
+            return self
+        host, _ = parse_hostport(self.serve.listen)
+        try:
+            wildcard = ipaddress.ip_address(host).is_unspecified
+        except ValueError:
+            wildcard = False  # a host name
+        if wildcard:
+            raise ValueError(
+                f"[serve] listen = '{self.serve.listen}' listens on all interfaces: set "
+                "[fleet] public_url to the URL players reach this appliance at "
+                "(e.g. http://192.168.1.10:8081)"
             )
         return self
 
