@@ -172,6 +172,17 @@ def _length(
     """Seconds and frames of the title the encode makes: from the container's start (its
     earliest stream), because ffmpeg repeats the first frame back to there when the video
     starts after the audio."""
+    if container.format.name.startswith("matroska"):
+        # Matroska/WebM state no stream's length: the video stream has no duration or is
+        # given the container's, its longest stream's. Sound running past the picture would
+        # count as frames never decoded (and a poster past the last one).
+        import av
+
+        hint = (container.duration or 0) / av.time_base
+        end = _video_end(path, video.index, hint)
+        if end is not None:
+            seconds = end - (container.start_time or 0) / av.time_base
+            return seconds, round(seconds * frame_rate)
     if video.duration is not None and video.time_base is not None:
         lead = 0.0
         if video.start_time is not None and container.start_time is not None:
@@ -204,3 +215,42 @@ def _counted(path: Path, index: int, frame_rate: Fraction) -> tuple[float, int]:
     except av.error.FFmpegError:
         pass  # a damaged tail: the frames before it are the title
     return float(frames / frame_rate), frames
+
+
+# How far before the container's end the tail read starts: the last keyframe before it is
+# where the demuxer lands (Matroska's cues index video keyframes), so only the last GOP or
+# two are read, never the whole file.
+TAIL_SECONDS = 10.0
+
+
+def _video_end(path: Path, index: int, hint: float) -> float | None:
+    """When the video stream's last picture ends (pts + duration of its latest packet), in
+    seconds on the container's clock; from packets only, no decoding. Reads the tail from a
+    seek `TAIL_SECONDS` before `hint` (the container's duration), or the whole stream if
+    that seek fails; None if no packet says."""
+    import av
+
+    end: float | None = None
+    try:
+        with av.open(str(path)) as again:
+            stream = again.streams[index]
+            tb = stream.time_base
+            if tb is None:
+                return None
+            rate = stream.average_rate or stream.guessed_rate
+            frame = float(1 / rate) if rate else 0.0
+            target = max(0.0, hint - TAIL_SECONDS)
+            if target > 0:
+                try:
+                    again.seek(int(target / float(tb)), stream=stream, backward=True)
+                except av.error.FFmpegError:
+                    again.seek(0, stream=stream, backward=True)
+            for packet in again.demux(stream):
+                if packet.pts is None or not packet.size:
+                    continue
+                length = float(packet.duration * tb) if packet.duration else frame
+                finish = float(packet.pts * tb) + length
+                end = finish if end is None else max(end, finish)
+    except av.error.FFmpegError:
+        pass  # a damaged tail: what was read before it stands (the encode will say more)
+    return end
