@@ -104,6 +104,8 @@ CLIPS: dict[str, list[str]] = {
     "audio_longer.mkv": [*video(), *sine(3.5), *X264, "-c:a", "aac"],
     "audio_longer.webm": [*video(), *sine(3.5), "-c:v", "libvpx-vp9", "-deadline", "realtime",
                           "-cpu-used", "8", "-c:a", "libopus"],
+    # One picture and 2 s of sound (a podcast's still, cut by a tool that keeps one frame).
+    "still.mkv": [*video(seconds=0.04), *sine(), *X264, "-c:a", "aac"],
     # A song with its album cover: an attached picture is a video stream to ffmpeg.
     "song.m4a": [*sine(), *video(size="300x300", rate="1", seconds=1), "-map", "0:a", "-map",
                  "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-frames:v", "1",
@@ -442,6 +444,18 @@ def test_audio_longer_than_the_video_ends_with_it(
     seconds = sum(s.duration for s in audio.segments)
     assert seconds == pytest.approx(sum(s.duration for s in video.segments), abs=0.05)
     assert title["model"].duration == pytest.approx(2.0, abs=0.05)
+
+
+def test_one_picture_and_longer_sound_in_matroska(clips: dict[str, Path], tmp_path: Path) -> None:
+    """One frame and 2 s of sound publishes as the 0.04 s title it is (as from MP4), its
+    poster that frame, not one picked 0.2 s in, past the only frame there is."""
+    proc = ingest(clips["still.mkv"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    title = check_title(tmp_path, 1, Fraction(25))
+    assert title["model"].duration == pytest.approx(0.04, abs=0.01)
+    assert (title["dir"] / "poster.jpg").stat().st_size > 0
+    audio = m3u8.load(str(title["dir"] / "audio" / "index.m3u8"))
+    assert sum(s.duration for s in audio.segments) < 0.1  # cut to the picture's length
 
 
 def test_picture_and_sound_start_together_on_the_segment_timeline(
