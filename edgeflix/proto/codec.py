@@ -1,8 +1,8 @@
 """zstd framing for the large fields of fleet.proto: per-title counts and plans.
 
 Shared by the appliance (which packs counts and unpacks plans) and the fleet manager (the
-reverse), so both agree byte for byte. Decompression is size-capped: a peer cannot make us
-allocate more than `max_bytes`.
+reverse), so both agree byte for byte. Decompression is size-capped before anything is
+allocated: a peer cannot make us hold more than `max_bytes`, whatever its frame declares.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from edgeflix.proto.gen import fleet_pb2
 
 MAX_BYTES = 32 * 1024 * 1024
 _LEVEL = 3
+_PIECE = 64 * 1024
 
 
 class CodecError(EdgeflixError):
@@ -35,13 +36,39 @@ def _compress(raw: bytes) -> bytes:
 
 
 def _decompress(blob: bytes, what: str, max_bytes: int) -> bytes:
+    """The one frame in `blob`, never more than `max_bytes` of it held at once.
+
+    python-zstandard's max_output_size caps only frames that do not state their size: a
+    frame that declares one gets a buffer of that size, so 32 KB declaring 1 GiB made us
+    allocate 1 GiB (and a 4 MiB gRPC message can declare far more). The declared size is
+    therefore read and refused first; a frame without one is measured as a stream, in
+    bounded pieces, before it is decompressed."""
     if not blob:
         return b""
     try:
-        # With write_content_size the frame states its size; max_output_size caps it.
-        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_bytes)
+        declared = zstandard.frame_content_size(blob)
+        if declared > max_bytes:
+            raise CodecError(f"{what}: the zstd frame declares {declared} bytes, over {max_bytes}")
+        # No size in the header (not what our packers write): measured, so that the
+        # buffer allocated is the frame's size, not the limit. 0 would mean "no limit".
+        size = declared if declared >= 0 else max(_measure(blob, what, max_bytes), 1)
+        return zstandard.ZstdDecompressor().decompress(
+            blob, max_output_size=size, allow_extra_data=False
+        )
     except zstandard.ZstdError as exc:
         raise CodecError(f"{what}: not a valid zstd frame under {max_bytes} bytes: {exc}") from None
+
+
+def _measure(blob: bytes, what: str, max_bytes: int) -> int:
+    """The size of the frame's output, decompressed in 64 KiB pieces and dropped;
+    CodecError as soon as it passes `max_bytes`. A truncated frame may measure short:
+    the decompression after it says so."""
+    size = 0
+    for piece in zstandard.ZstdDecompressor().read_to_iter(blob, write_size=_PIECE):
+        size += len(piece)
+        if size > max_bytes:
+            raise CodecError(f"{what}: the zstd frame holds more than {max_bytes} bytes")
+    return size
 
 
 def pack_counts(counts: Mapping[str, Counts]) -> bytes:

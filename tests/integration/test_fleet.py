@@ -20,6 +20,7 @@ from edgeflix.proto.codec import Counts, pack_counts, unpack_plan
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from edgeflix.tokens import verify
 from tests.conftest import run_cli
+from tests.edgeflix.test_proto_codec import GIB, rle_frame
 from tests.integration.serve_support import Server, start
 
 FLEET_TOML = """
@@ -254,6 +255,31 @@ def test_an_appliance_cannot_call_as_another(fleet: Server) -> None:
     finally:
         cli(fleet, "rm", "v1")
         cli(fleet, "rm", "ev1")
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_zstd_bomb_in_a_beat_is_refused_unread(fleet: Server) -> None:
+    """32 KB of counts declaring 1 GiB made the manager allocate all of it (and stall
+    its loop); it is refused from the frame's header."""
+    box = ApplianceClient(fleet.urls["grpc"], "bz1", "http://127.0.0.41:8081")
+    box.enrol(token(fleet, "home"))
+    try:
+        before = _peak_rss_bytes(fleet.proc.pid)
+        req = fleet_pb2.HeartbeatRequest(appliance="bz1", sequence=1, counts_zstd=rle_frame(GIB))
+        with pytest.raises(grpc.RpcError) as err:
+            box.stub.Heartbeat(req, metadata=box._md("Heartbeat", req), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"declares {GIB} bytes" in (err.value.details() or "")
+        assert _peak_rss_bytes(fleet.proc.pid) - before < GIB // 4
+        box.beat({})  # the appliance itself is not refused for good
+    finally:
+        cli(fleet, "rm", "bz1")
 
 
 def steer(fleet: Server, client_ip: str) -> dict:  # type: ignore[type-arg]
