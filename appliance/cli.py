@@ -37,6 +37,9 @@ def _disks_out_of_service(storage: StorageConfig) -> set[str]:
     for probe in probes:
         if probe.outcome == "read_only":
             warn(f"disk {probe.path} is read-only: its files are read, new files go elsewhere")
+        elif probe.outcome == "full":
+            warn(f"disk {probe.path} is full ({probe.detail}): its files are read and can be "
+                 "removed; nothing new fits there")  # fmt: skip
     return set(dead)
 
 
@@ -133,18 +136,26 @@ def rm_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Remove a title and all its files from this appliance."""
+    """Remove a title and all its files from this appliance. Files on a disk out of service
+    are deleted when it is back (the title is `removing` meanwhile, not served)."""
     from edgeflix import ui
 
     store = _open_store(config)
     try:
-        store.remove(title)
+        pending = store.remove(title)
     finally:
         store.close()
     if as_json:
-        ui.print_json({"id": title, "removed": True})
+        ui.print_json({"id": title, "removed": not pending, "pending": pending})
         return
-    typer.echo(f"removed {title}")
+    if not pending:
+        typer.echo(f"removed {title}")
+        return
+    where = ", ".join(f"{n} files on {disk}" for disk, n in sorted(pending.items()))
+    typer.echo(
+        f"{title} is out of service, but not all removed: {where} (out of service) cannot be "
+        "deleted now; they are deleted when the disk is back in service"
+    )
 
 
 @app.command("verify")

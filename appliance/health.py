@@ -26,9 +26,12 @@ import psutil
 from appliance.disks import TITLES_DIR, titles_read_only
 
 HealthState = Literal["ok", "degraded", "failing"]
-ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "io_error", "timeout"]
+ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "full", "io_error", "timeout"]
 # read_only: its files keep serving, but nothing new is written there (ext4 remounted itself
 # read-only on errors, or an operator did): loads, fills and moves go to the other disks.
+# full: the canary write found no space (ENOSPC, EDQUOT): the disk reads and deletes fine, so
+# it is kept serving like a read-only one, and takes writes again once it has room.
+WRITE_ONLY_FAILURES: frozenset[ProbeOutcome] = frozenset({"read_only", "full"})
 DiskState = Literal["serving", "read_only", "out", "rescanning"]
 CANARY = ".edgeflix-probe"
 
@@ -118,10 +121,15 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
         if not disk.in_service:
             graded.append((1, f"disk {disk.path} out of service: {disk.reason or 'unknown'}"))
             continue
+        used_limit = t.disk_used_fraction
         if not disk.writable:
             why = disk.reason or "read-only"
-            graded.append((1, f"disk {disk.path} read-only ({why}): serving, no new writes"))
-        graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
+            what = "full" if why.startswith("full") else "read-only"
+            graded.append((1, f"disk {disk.path} {what} ({why}): serving, no new writes"))
+            # Nothing is written there any more, so how full it is cannot fail a write: it
+            # serves on, and the box is degraded, not failing (capacity 0) for it.
+            used_limit = Limit(used_limit.degraded, math.inf)
+        graded.append(_grade(disk.used_fraction, used_limit, f"disk {disk.path} used"))
         graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
         if disk.io_errors:
             graded.append((1, f"disk {disk.path}: {disk.io_errors} I/O errors"))
@@ -233,16 +241,16 @@ def decide_disks(
             if cur.slow_streak < timeouts_to_fail:
                 new[p.path] = replace(cur, errors=cur.errors + 1)
                 continue
-        elif p.outcome in ("ok", "read_only"):
+        elif p.outcome == "ok" or p.outcome in WRITE_ONLY_FAILURES:
             cur = replace(cur, slow_streak=0)
-        if p.outcome == "read_only" and cur.state in ("serving", "read_only"):
+        if p.outcome in WRITE_ONLY_FAILURES and cur.state in ("serving", "read_only"):
             # Reads still work: keep serving its files, only writes must go elsewhere.
             reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
             new[p.path] = replace(cur, state="read_only", reason=reason, ok_streak=0)
             continue
-        if p.outcome == "read_only":
-            # An out disk that comes back read-only is re-verified like any other; it then
-            # serves read-only (the next probe after the re-scan says so).
+        if p.outcome in WRITE_ONLY_FAILURES:
+            # An out disk that comes back read-only (or full) is re-verified like any other;
+            # it then serves without writes (the next probe after the re-scan says so).
             p = replace(p, outcome="ok")
         if p.outcome != "ok":
             reason = f"{p.outcome}: {p.detail}" if p.detail else p.outcome
@@ -261,7 +269,8 @@ def decide_disks(
         else:
             cur = replace(cur, ok_streak=cur.ok_streak + 1)
             if cur.state == "read_only":
-                # Remounted read-write: it serves on (its files never stopped) and takes writes.
+                # Remounted read-write, or room made: it serves on (its files never stopped)
+                # and takes writes.
                 cur = replace(cur, state="serving", reason=None)
             new[p.path] = cur
     return new, actions
@@ -269,11 +278,12 @@ def decide_disks(
 
 def unusable(probes: Sequence[DiskProbe]) -> dict[str, str]:
     """Disks a one-off command (`appliance ls`, `load`, `verify`) must leave alone, with the
-    reason: every failed probe but read-only (a read-only disk is read, just not written)."""
+    reason: every failed probe but read-only or full (such a disk is read, just not written,
+    and a title's files on it can be deleted)."""
     return {
         p.path: f"{p.outcome}: {p.detail}" if p.detail else p.outcome
         for p in probes
-        if p.outcome not in ("ok", "read_only")
+        if p.outcome != "ok" and p.outcome not in WRITE_ONLY_FAILURES
     }
 
 
@@ -310,9 +320,18 @@ def _probe_once(path: Path, held_titles: bool = False) -> DiskProbe:
     except PermissionError as exc:
         return DiskProbe(where, "unreadable", exc.strerror or "permission denied")
     except OSError as exc:
-        outcome: ProbeOutcome = "read_only" if exc.errno == 30 else "io_error"  # 30: EROFS
-        return DiskProbe(where, outcome, exc.strerror or str(exc))
+        return DiskProbe(where, _write_failure(exc.errno), exc.strerror or str(exc))
     return DiskProbe(where, "ok")
+
+
+def _write_failure(code: int | None) -> ProbeOutcome:
+    """What a failed canary write says of the disk: a full disk (or quota) still reads and
+    deletes, as does a read-only one; any other error is the disk failing."""
+    if code == errno.EROFS:
+        return "read_only"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "full"
+    return "io_error"
 
 
 def _canary(path: Path, payload: bytes) -> bytes:
@@ -378,7 +397,9 @@ class DiskWatch:
 
             def run(p: Path = path, k: str = key, held: bool = key in self._held_titles) -> None:
                 results[k] = self._probe(p, held)
-                if results[k].outcome in ("ok", "read_only") and (p / TITLES_DIR).is_dir():
+                outcome = results[k].outcome
+                served = outcome == "ok" or outcome in WRITE_ONLY_FAILURES
+                if served and (p / TITLES_DIR).is_dir():
                     self._held_titles.add(k)
 
             thread = threading.Thread(target=run, name=f"diskprobe:{key}", daemon=True)

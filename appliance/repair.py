@@ -125,13 +125,16 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
     if row.state in (LOADING, REMOVING):
         what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
         try:
-            store.purge(title_id)
+            pending = store.purge(title_id)
         except StorageError as exc:
             # A read-only disk holds some of it: the title stays out of service and the next
             # reconcile finishes it; the other titles and disks must still be checked.
             report.add(title_id, "", f"cannot finish {what}: {exc}")
             return
-        report.add(title_id, "", f"removed {what}")
+        if not pending:
+            report.add(title_id, "", f"removed {what}")
+        # else: its last files are on a disk out of service (`appliance rm` said so, and
+        # `ls` shows it removing): the reconcile after that disk's return finishes it.
         return
     _rehome(store, row, report)
     dropped = []

@@ -415,7 +415,9 @@ class Store:
             raise LoadError(f"{source}: {problems[0]}")
         event(log, "title.replace.in_place", logging.WARNING, title=copy.title_id,
               why="no room for the new version beside the old one")  # fmt: skip
-        self.purge(copy.title_id)
+        # The new version takes the title's row at once: old files on a disk out of service
+        # are not waited for; reconcile sweeps them off it when it is back (not indexed).
+        self.purge(copy.title_id, wait_for_disks=False)
         return self._copy_in(copy)
 
     def _freeing(self, title_id: str | None, staged: Mapping[str, int]) -> dict[str, int]:
@@ -558,7 +560,11 @@ class Store:
 
     # -- remove ----------------------------------------------------------------------------
 
-    def remove(self, title_id: str) -> None:
+    def remove(self, title_id: str) -> dict[str, int]:
+        """Delete a title's files and forget it. Returns its files left on disks out of
+        service (disk id → count): they cannot be deleted now, so the title stays in the
+        index, `removing` and not served, with their rows only, and the reconcile that runs
+        when the disk is back (the daemon's re-scan, or any command) deletes them."""
         check_title_id(title_id)
         with self.locks.hold(title_id):
             self.title(title_id)
@@ -574,14 +580,23 @@ class Store:
                     "deleted (read-only file system); it keeps serving: remount the disk "
                     "read-write, then remove it"
                 )
-            self.purge(title_id)
-        event(log, "title.removed", title=title_id)
+            pending = self.purge(title_id)
+        if pending:
+            event(log, "title.removal_pending", logging.WARNING, title=title_id,
+                  files=pending)  # fmt: skip
+        else:
+            event(log, "title.removed", title=title_id)
+        return pending
 
-    def purge(self, title_id: str) -> None:
+    def purge(self, title_id: str, *, wait_for_disks: bool = True) -> dict[str, int]:
         """Take a title out of service, delete its files everywhere, then its rows.
 
         The 'removing' state is committed first, so a crash half-way leaves a title that is
-        not served and that reconcile finishes removing."""
+        not served and that reconcile finishes removing. Files on a disk out of service
+        (dead, unmounted) cannot be deleted now: with `wait_for_disks` their rows and the
+        title's stay, so the removal is finished when the disk is back rather than its
+        files forgotten there (a whole title left there would even be adopted back).
+        Returns those files' count per disk."""
         row = get_title(self.conn, title_id)
         with transaction(self.conn) as conn:
             conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
@@ -596,9 +611,22 @@ class Store:
                     f"cannot delete {folder}: {exc.strerror}; title {title_id} is out of "
                     "service and its removal is finished at the next start or `appliance ls`"
                 ) from None
+        out = set(self.out_of_service) if wait_for_disks else set()
+        pending: dict[str, int] = {}
+        for f in title_files(self.conn, title_id):
+            if f.disk in out:
+                pending[f.disk] = pending.get(f.disk, 0) + 1
         with transaction(self.conn) as conn:
-            conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
-            conn.execute("DELETE FROM titles WHERE id = ?", (title_id,))
+            if pending:
+                marks = ", ".join("?" * len(pending))
+                conn.execute(
+                    f"DELETE FROM files WHERE title = ? AND disk NOT IN ({marks})",
+                    (title_id, *pending),
+                )
+            else:
+                conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
+                conn.execute("DELETE FROM titles WHERE id = ?", (title_id,))
+        return pending
 
     # -- tier moves ------------------------------------------------------------------------
 

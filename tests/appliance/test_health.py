@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -28,9 +29,11 @@ from appliance.health import (
     Snapshot,
     TakeOut,
     Thresholds,
+    _write_failure,
     decide_disks,
     rates,
     summarise,
+    unusable,
 )
 
 
@@ -169,6 +172,48 @@ def test_summarise_read_only_disk_is_in_service_but_degraded() -> None:
     health = summarise(HealthInputs(1.0, 1.0, 0.1, disks=(ro,)))
     assert health.state == "degraded" and health.disks_out_of_service == ()
     assert health.reasons == ("disk /a read-only (read_only: x): serving, no new writes",)
+
+
+def test_a_canary_write_that_finds_no_space_is_a_full_disk_not_a_dead_one() -> None:
+    assert _write_failure(errno.ENOSPC) == "full"
+    assert _write_failure(errno.EDQUOT) == "full"
+    assert _write_failure(errno.EROFS) == "read_only"
+    assert _write_failure(errno.EIO) == "io_error"
+    assert _write_failure(None) == "io_error"
+
+
+def test_full_disk_keeps_serving_without_writes_and_takes_them_again_with_room() -> None:
+    """A full disk reads (and deletes) fine: never a take-out, which would 404 its titles
+    and keep `rm` from freeing it; with room again it takes writes."""
+    full = DiskProbe("/a", "full", "No space left on device")
+    statuses, actions = decide_disks({}, [full])
+    assert actions == [] and statuses["/a"].state == "read_only"
+    assert statuses["/a"].reason == "full: No space left on device"
+    statuses, actions = decide_disks(statuses, [full])
+    assert actions == [] and statuses["/a"].state == "read_only"
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "ok")])
+    assert actions == [] and statuses["/a"].state == "serving"
+    # A dead disk that comes back full is re-verified first, like any other.
+    statuses, actions = decide_disks(statuses, [DiskProbe("/a", "io_error", "EIO")], 1)
+    assert actions == [TakeOut("/a", "io_error: EIO")]
+    statuses, actions = decide_disks(statuses, [full], 1)
+    assert actions == [Rescan("/a")]
+    # A one-off command leaves only the dead alone.
+    probes = [full, DiskProbe("/b", "read_only"), DiskProbe("/c", "io_error", "EIO")]
+    assert unusable(probes) == {"/c": "io_error: EIO"}
+
+
+def test_summarise_full_disk_is_degraded_not_failing() -> None:
+    full = DiskSample("/a", 1.0, 0, None, in_service=True, reason="full: no space", writable=False)
+    health = summarise(HealthInputs(1.0, 1.0, 0.1, disks=(full,)))
+    assert health.state == "degraded" and health.disks_out_of_service == ()
+    assert health.reasons == (
+        "disk /a full (full: no space): serving, no new writes",
+        "disk /a used 1 >= 0.95",
+    )
+    # A disk still taking writes that is nearly full is failing, as before.
+    nearly = DiskSample("/a", 0.999, 0, None, in_service=True)
+    assert summarise(HealthInputs(1.0, 1.0, 0.1, disks=(nearly,))).state == "failing"
 
 
 def test_slow_probes_take_a_disk_out_only_in_a_row() -> None:

@@ -11,7 +11,8 @@ import pytest
 from appliance import config as appliance_config
 from appliance.disks import DiskError
 from appliance.fill.storage import mark_disk_missing
-from appliance.index import READY, title_files
+from appliance.index import READY, REMOVING, get_title, title_files
+from appliance.repair import reconcile
 from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title, storage_toml
 
@@ -53,5 +54,63 @@ def test_a_tier_with_every_disk_out_refuses_loads(tmp_path: Path) -> None:
     try:
         with pytest.raises(DiskError, match="in service"):
             store.load("bunny", folder)
+    finally:
+        store.close()
+
+
+def test_removing_a_title_with_files_on_a_disk_out_finishes_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """`rm` cannot delete files on a dead or unmounted disk: it must not forget them there
+    (the disk would never free, and a whole title there would be adopted back). The title
+    stays, removing and with those files' rows only, until a reconcile sees the disk again."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    folder = make_title(tmp_path / "src", "bunny", SIZES)
+    store = Store(cfg.storage)
+    store.load("bunny", folder)
+    files = title_files(store.conn, "bunny")
+    dead = sorted({f.disk for f in files})[0]
+    left = sum(1 for f in files if f.disk == dead)
+    mark_disk_missing(store, dead)
+    store.close()
+
+    store = Store(cfg.storage, out_of_service=[dead])
+    try:
+        assert store.remove("bunny") == {dead: left}
+        assert store.title("bunny").state == REMOVING
+        rows = title_files(store.conn, "bunny")
+        assert {f.disk for f in rows} == {dead} and len(rows) == left
+        for disk in store.disks:  # the disk in service is cleared at once
+            assert not (disk.titles_dir / "bunny").exists()
+        assert (Path(dead) / "titles" / "bunny").is_dir()
+        # A reconcile while the disk is still out changes nothing and reports nothing.
+        assert reconcile(store).findings == []
+        assert store.title("bunny").state == REMOVING
+        assert store.remove("bunny") == {dead: left}  # asked again: said again
+    finally:
+        store.close()
+
+    store = Store(cfg.storage)  # the disk is back
+    try:
+        report = reconcile(store)
+        assert [(f.title, f.problem) for f in report.findings] == [
+            ("bunny", "removed an interrupted removal")
+        ]
+        assert get_title(store.conn, "bunny") is None
+        assert title_files(store.conn, "bunny") == []
+        assert not (Path(dead) / "titles" / "bunny").exists()
+    finally:
+        store.close()
+
+
+def test_a_removal_with_every_disk_in_service_leaves_nothing(tmp_path: Path) -> None:
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    folder = make_title(tmp_path / "src", "bunny", SIZES[:6])
+    store = Store(cfg.storage)
+    try:
+        store.load("bunny", folder)
+        assert store.remove("bunny") == {}
+        assert get_title(store.conn, "bunny") is None
+        assert all(not (d.titles_dir / "bunny").exists() for d in store.disks)
     finally:
         store.close()
