@@ -1,4 +1,4 @@
-"""Fleet model values: prefixes, fill windows in the site's timezone."""
+"""Fleet model values: prefixes, fill windows in the site's timezone, appliance URLs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import datetime as dt
 import pytest
 
 from fleet.errors import FleetInputError
-from fleet.model import Appliance, FillWindow, FleetSnapshot, HeldTitle, Site, parse_address
+from fleet.model import (
+    Appliance,
+    FillWindow,
+    FleetSnapshot,
+    HeldTitle,
+    Site,
+    check_appliance_url,
+    parse_address,
+)
 
 
 def test_fill_window_wraps_midnight() -> None:
@@ -56,3 +64,37 @@ def test_an_ipv4_mapped_site_prefix_matches_its_ipv4_clients() -> None:
     for client in ("10.1.2.3", "::ffff:10.1.2.3"):
         assert snap.site_of(parse_address(client)) == site, client
     assert snap.site_of(parse_address("11.0.0.1")) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://0.0.0.0:8081",
+        "http://[::]:8081",
+        "https://0.0.0.0",
+        "http://[0:0:0:0:0:0:0:0]:8081",
+        "http://[::ffff:0.0.0.0]:8081",
+        "http://0:8081",  # what a player's resolver reads as 0.0.0.0
+        "http://0.0.0.1:8081",  # 0.0.0.0/8 is "this network", never a destination
+    ],
+)
+def test_a_wildcard_appliance_url_is_refused_naming_public_url(url: str) -> None:
+    """An appliance on all interfaces with no public URL registered http://0.0.0.0:PORT,
+    and players were steered there."""
+    with pytest.raises(FleetInputError, match=r"wildcard address.*\[fleet\] public_url"):
+        check_appliance_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8081",
+        "http://[::1]:8081",
+        "http://192.168.1.10:8081/",
+        "https://edge1.example.com",
+        "http://h0:8081",
+        "http://10.0.0.0:8081",
+    ],
+)
+def test_reachable_appliance_urls_are_kept(url: str) -> None:
+    assert check_appliance_url(url) == url.rstrip("/")

@@ -149,6 +149,17 @@ def test_enrolment_refuses_a_url_players_cannot_use(tmp_path: Path) -> None:
     assert "h1" not in svc.records
 
 
+def test_a_wildcard_url_is_neither_enrolled_nor_taken_from_a_beat(tmp_path: Path) -> None:
+    svc = service(tmp_path, Clock())
+    key = auth.public_key(auth.new_private_key())
+    with pytest.raises(FleetInputError, match="public_url"):
+        svc.enrol(svc.join_token("home"), "h1", "http://0.0.0.0:8081", key)
+    enrol(svc, "h1", "home")
+    with pytest.raises(FleetInputError, match="public_url"):
+        beat(svc, "h1", 1, url="http://[::]:8081")
+    assert svc.records["h1"].url == "http://h1:8081" and "h1" not in svc.beats
+
+
 def test_popularity_survives_a_restart_of_the_manager(tmp_path: Path) -> None:
     clock = Clock()
     svc = service(tmp_path, clock)

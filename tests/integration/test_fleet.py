@@ -208,6 +208,12 @@ def test_enrolment_refuses_bad_and_reused_tokens(fleet: Server) -> None:
     with pytest.raises(grpc.RpcError) as err:
         box.beat({}, url="127.0.0.97:9090")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # One on all interfaces (no [fleet] public_url) is no address a player can reach.
+    with pytest.raises(grpc.RpcError) as err:
+        box.beat({}, url="http://0.0.0.0:9090")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "[fleet] public_url" in (err.value.details() or "")
+    assert cli(fleet, "show", "x1")["url"] == "http://127.0.0.97:9090"  # type: ignore[index]
     cli(fleet, "rm", "x1")
 
 
