@@ -104,11 +104,13 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
         "-hls_fmp4_init_filename", INIT_NAME,
         "-hls_segment_filename", str(folder / SEGMENT_PATTERN),
         "-hls_flags", "independent_segments",
-        # Signed composition offsets (trun v1, as CMAF prefers): the first frame shows at 0
-        # on the segments' own timeline, where HLS players place it, instead of two B-frames
-        # (80 ms at 25 fps) after the audio — the init segment's edit list, which would
-        # correct that, is not read by every player.
-        "-hls_segment_options", "movflags=+negative_cts_offsets",
+        # No edit lists, no negative composition offsets: every reader then places a sample
+        # at its decode time plus its offset, and nowhere else. MSE players (hls.js) ignore
+        # edit lists; FFmpeg's mov demuxer (ffplay, mpv, VLC) shows every picture late by
+        # the largest negative offset it has read (`dts_shift`), and with an edit list on
+        # top by that too. B-frames thus start the picture a frame or two after 0; ingest
+        # moves the other renditions' timelines to start with it (`align_starts`).
+        "-hls_segment_options", "use_editlist=0",
         str(folder / SCRATCH_PLAYLIST),
     ]  # fmt: skip
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -197,6 +198,7 @@ def package(
             "(truncated or damaged file?)"
         )
     check_alignment(videos, req.segment_seconds, source.frames)
+    videos, audio = align_starts(out, videos, audio)
     videos = [name_by_content(out / v.id, v) for v in videos]
     audio = name_by_content(out / AUDIO_ID, audio) if audio else None
     for media in [*videos, *([audio] if audio else [])]:
@@ -218,6 +220,26 @@ def package(
     )
     write_files_json(out, model, files)
     return model
+
+
+def align_starts(
+    out: Path, videos: Sequence[Media], audio: Media | None
+) -> tuple[list[Media], Media | None]:
+    """Start every rendition's timeline where the latest starts. B-frames put a video's
+    first picture a frame or two after 0 (its earlier samples decode first, and offsets
+    never go negative: origin/ffmpeg.py), by as much as its encoder reorders; the audio
+    starts at 0. Each player places samples by their own times alone, so the sound moves
+    with the picture, not the picture to the sound (no edit list, which MSE ignores, and
+    no negative offsets, which FFmpeg's demuxer shows late)."""
+    from origin.segments import shift_timeline
+
+    medias = [*videos, *([audio] if audio else [])]
+    latest = max(Fraction(m.segments[0].start, m.timescale) for m in medias)
+    moved = []
+    for media in medias:
+        ticks = round(latest * media.timescale) - media.segments[0].start
+        moved.append(shift_timeline(out / media.id, media, ticks) if ticks > 0 else media)
+    return moved[: len(videos)], (moved[-1] if audio else None)
 
 
 def check_space(folder: Path, what: str) -> None:

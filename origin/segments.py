@@ -1,8 +1,9 @@
 """Measure what ffmpeg wrote (I/O shell): per rendition the init segment's codec
 configuration (PyAV) and, per media segment, its size, start, duration, frame count and
 whether it opens on a keyframe (its fragment boxes, origin/fmp4.py). The manifests are
-written from these facts, never from intentions. Then each rendition's files take names
-made from a digest of their bytes (`name_by_content`), which caches may keep for ever.
+written from these facts, never from intentions. A rendition's timeline can be moved
+later (`shift_timeline`, its tfdt boxes), and then each rendition's files take names made
+from a digest of their bytes (`name_by_content`), which caches may keep for ever.
 """
 
 from __future__ import annotations
@@ -165,3 +166,50 @@ def name_by_content(folder: Path, media: Media) -> Media:
         os.rename(folder / seg.name, folder / name)
         segments.append(replace(seg, name=name))
     return replace(media, init_name=new_init, segments=tuple(segments))
+
+
+def shift_timeline(folder: Path, media: Media, ticks: int) -> Media:
+    """Add `ticks` (the rendition's timescale) to the decode time (tfdt) of every fragment
+    of every segment, in place: every sample presents that much later, nothing else
+    changes. Return `media` with its starts and digest as they now are."""
+    digest = hashlib.sha256()
+    _feed(digest, (folder / media.init_name).read_bytes())
+    segments = []
+    for seg in media.segments:
+        path = folder / seg.name
+        body = bytearray(path.read_bytes())
+        try:
+            _shift_tfdt(body, ticks)
+        except (fmp4.BoxError, struct.error) as exc:
+            raise EncodeError(f"{path}: unreadable media segment ({exc})") from None
+        path.write_bytes(body)
+        _feed(digest, bytes(body))
+        segments.append(replace(seg, start=seg.start + ticks))
+    return replace(media, segments=tuple(segments), digest=digest.hexdigest())
+
+
+def _shift_tfdt(body: bytearray, ticks: int) -> None:
+    """moof/traf/tfdt: the only boxes holding an absolute time in a CMAF segment."""
+    for kind, moof in _spans(body, 0, len(body)):
+        if kind == b"moof":
+            for tkind, traf in _spans(body, *moof):
+                if tkind == b"traf":
+                    for bkind, (at, _) in _spans(body, *traf):
+                        if bkind == b"tfdt":
+                            fmt = ">Q" if body[at] == 1 else ">I"
+                            (value,) = struct.unpack_from(fmt, body, at + 4)
+                            if value + ticks >= 1 << (64 if body[at] == 1 else 32):
+                                raise fmp4.BoxError("tfdt overflows its field")
+                            struct.pack_into(fmt, body, at + 4, value + ticks)
+
+
+def _spans(body: bytearray, start: int, end: int) -> list[tuple[bytes, tuple[int, int]]]:
+    """(type, (payload start, payload end)) of the boxes in body[start:end], by offset:
+    `fmp4.boxes` gives payloads, not where they sit."""
+    spans = []
+    for kind, payload in fmp4.boxes(memoryview(body), start, end):  # checks sizes
+        (size,) = struct.unpack_from(">I", body, start)
+        at = start + (16 if size == 1 else 8)  # size 1: a 64-bit size follows the type
+        spans.append((kind, (at, at + payload.nbytes)))
+        start = at + payload.nbytes
+    return spans
