@@ -26,6 +26,7 @@ from appliance.fleetlink_core import (
     CountLedger,
     FleetKey,
     Phase,
+    auth_refusal,
     build_beat,
     check_keys,
     check_plan,
@@ -117,6 +118,8 @@ class FleetLink:
         # Set when the fleet no longer knows this appliance's key (`edgeflix fleet rm`): the
         # next round enrols again with `[fleet] join_token`; cached keys and plan stay.
         self._reenrol = False
+        self._auth_failures = 0  # beats refused in a row (UNAUTHENTICATED): the backoff
+        self._skewed = False  # the fleet said this box's clock is off (logged once)
         # Set by every enrolment: the fleet's versions may belong to another lineage (its
         # database was reset, or this is another fleet), so its key set and plan are taken
         # as they are, not compared with the cached ones (an equal version with other
@@ -208,10 +211,8 @@ class FleetLink:
         returns how long to wait before the next."""
         wait = self._interval_s
         try:
-            if self.enrolment is None or self._reenrol:
-                wait = self._try_enrol()
-            else:
-                self._beat()
+            enrol = self.enrolment is None or self._reenrol
+            wait = self._try_enrol() if enrol else self._beat()
             self.check_grace()
             self._follow_fill_now()
         except (EdgeflixError, OSError) as exc:  # the link outlives any one failure
@@ -242,9 +243,17 @@ class FleetLink:
 
     # -- enrolment -------------------------------------------------------------------------
 
+    def _backoff(self, attempts: int) -> float:
+        return max(self._interval_s, ENROL_BACKOFF_S[min(attempts, len(ENROL_BACKOFF_S) - 1)])
+
     def _try_enrol(self) -> float:
-        if self.refused is not None:
+        # Enrolling again (the fleet refused a beat): the enrolment this box has stays, and
+        # a refusal of the token is not final, as the fleet may still know the key.
+        reenrolling = self.enrolment is not None
+        if self.refused is not None and not reenrolling:
             return 3600.0  # final until the config changes (reconfigure wakes us)
+        if reenrolling and not self.fleet.join_token:
+            return self._keep_enrolment("no [fleet] join_token to enrol again with")
         req = fleet_pb2.EnrolRequest(
             name=self.name,
             join_token=self.fleet.join_token,
@@ -255,6 +264,8 @@ class FleetLink:
         try:
             resp = self.rpc.enrol(req)
         except CallFailed as exc:
+            if exc.final and reenrolling:
+                return self._keep_enrolment(str(exc))
             if exc.final:
                 with self._lock:
                     self.refused = str(exc)
@@ -298,6 +309,24 @@ class FleetLink:
         event(log, "fleet.enrolled", appliance=e.appliance, site=e.site, fleet=e.fleet)
         return 0.0  # first beat right away
 
+    def _keep_enrolment(self, why: str) -> float:
+        """Enrolling again failed for good: beat on with the enrolment this box has (the
+        fleet answers again once it knows the key, e.g. its database came back), with
+        backoff; `refused` shows why on /status until a beat is answered."""
+        with self._lock:
+            self.refused = why
+            self._reenrol = False
+        event(
+            log,
+            "fleet.reenrolment_refused",
+            logging.ERROR,
+            reason=why,
+            action="beating on with the enrolment it has; if the fleet has forgotten this "
+            "appliance: `edgeflix fleet join-token --site S` into [fleet] join_token, SIGHUP",
+        )
+        self._auth_failures += 1
+        return self._backoff(self._auth_failures)
+
     # -- heartbeats ------------------------------------------------------------------------
 
     def figures(self) -> BeatFigures:
@@ -326,7 +355,8 @@ class FleetLink:
             fill_failed=failed,
         )
 
-    def _beat(self) -> None:
+    def _beat(self) -> float:
+        """One heartbeat and what its answer asks for; returns the wait before the next."""
         assert self.enrolment is not None
         if self._rebase and self._fetch_keys(rebase=True) and self._fetch_plan(rebase=True):
             # Before the first beat after enrolling: that beat then reports the fleet's
@@ -339,22 +369,14 @@ class FleetLink:
         try:
             resp = self.rpc.call("Heartbeat", req)
         except CallFailed as exc:
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+                return self._beat_refused(exc)
             self._note_error(str(exc))
-            if exc.code == grpc.StatusCode.UNAUTHENTICATED and not self._reenrol:
-                # Removed from the fleet (or its registry was reset): without enrolling
-                # again it would beat unheard for ever, whatever token the operator gives.
-                self._reenrol = True
-                event(
-                    log,
-                    "fleet.not_enrolled",
-                    logging.ERROR,
-                    reason=str(exc),
-                    action="enrolling again with [fleet] join_token",
-                )
-            return
+            return self._interval_s
         self.ledger.acknowledge(batch.sequence)
         self._contact()
         self.beats += 1
+        self._heard()
         if resp.heartbeat_interval_ms:
             self._interval_s = resp.heartbeat_interval_ms / 1000
         if resp.drained != self.drained:
@@ -368,6 +390,54 @@ class FleetLink:
             self._fill_now_pending = True
         if self._fill_now_pending and self.plan is not None:
             self._start_fill_now()
+        return self._interval_s
+
+    def _beat_refused(self, exc: CallFailed) -> float:
+        """The fleet refused the beat's signature: only its saying it does not know this
+        appliance (or knows another key for it) leads to enrolling again. A clock too far
+        off is this box's to fix, and enrolling again would neither help nor, with the
+        one-time token spent, succeed."""
+        wait = self._backoff(self._auth_failures)
+        self._auth_failures += 1
+        if auth_refusal(exc.details) == "clock_skew":
+            with self._lock:
+                self.last_error = str(exc)
+            if not self._skewed:
+                self._skewed = True
+                event(
+                    log,
+                    "fleet.clock_skew",
+                    logging.ERROR,
+                    reason=str(exc),
+                    clock=self.clock(),
+                    action="set this box's clock right (NTP): beats go on, with backoff, "
+                    "and the enrolment stays",
+                )
+            return wait
+        self._note_error(str(exc))
+        if self._reenrol or self.refused is not None:
+            return wait  # this token was refused already: beat on until it changes
+        # Removed from the fleet (or its registry was reset): without enrolling again it
+        # would beat unheard for ever, whatever token the operator gives.
+        self._reenrol = True
+        event(
+            log,
+            "fleet.not_enrolled",
+            logging.ERROR,
+            reason=str(exc),
+            action="enrolling again with [fleet] join_token",
+        )
+        return wait
+
+    def _heard(self) -> None:
+        """A beat was answered: the enrolment works here, whatever failed before."""
+        assert self.enrolment is not None
+        self._auth_failures = 0
+        if self._skewed:
+            self._skewed = False
+            event(log, "fleet.clock_skew_over", clock=self.clock())
+        with self._lock:
+            self.refused = None
 
     # -- plans -----------------------------------------------------------------------------
 

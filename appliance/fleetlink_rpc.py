@@ -35,11 +35,17 @@ class CallFailed(EdgeflixError):
     """A call to the fleet did not complete; `final` when the fleet refused it outright."""
 
     def __init__(
-        self, message: str, *, final: bool = False, code: grpc.StatusCode | None = None
+        self,
+        message: str,
+        *,
+        final: bool = False,
+        code: grpc.StatusCode | None = None,
+        details: str = "",
     ) -> None:
         super().__init__(message)
         self.final = final
         self.code = code
+        self.details = details  # the fleet's own words, for fleetlink_core.auth_refusal
 
 
 def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
@@ -102,4 +108,5 @@ class FleetRpc:
                 f"{method.lower()}: {exc.details() or code}",
                 final=code in FINAL_REFUSALS,
                 code=code,
+                details=exc.details() or "",
             ) from None

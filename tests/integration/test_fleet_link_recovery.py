@@ -1,0 +1,156 @@
+"""An enrolled appliance stays enrolled through what it can recover from: its clock off for
+a while, the fleet refusing its token when it enrols again. The link
+(appliance/fleetlink.py) runs in this process with its clock injected, against a real
+`edgeflix fleet serve` on loopback; its one-time join token is spent and gone from its
+config, as an operator leaves it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.config import ApplianceConfig
+from appliance.fleetlink import FleetLink, LinkSinks
+from appliance.fleetlink_figures import BoxHealth, Traffic
+from appliance.index import connect_writer
+from tests.conftest import run_cli
+from tests.integration.serve_support import Server, start
+
+FLEET_TOML = """
+[server]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{db}"
+[heartbeat]
+interval_s = 0.5
+missed_beats = 3
+[planner]
+interval_s = 0.5
+[origin]
+url = "http://127.0.0.1:9"
+[[sites]]
+name = "home"
+prefixes = ["192.168.1.0/24"]
+"""
+
+
+class Clock:
+    """The appliance's clock: the real time plus a skew the test sets."""
+
+    def __init__(self) -> None:
+        self.skew = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.skew
+
+
+@pytest.fixture
+def fleet_config(tmp_path: Path) -> Path:
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET_TOML.format(db=tmp_path / "fleet.sqlite"))
+    return path
+
+
+@pytest.fixture
+def fleet(fleet_config: Path) -> Iterator[Server]:
+    server = start(["fleet", "serve", "--config", str(fleet_config)], ("grpc", "http"))
+    yield server
+    server.stop()
+
+
+def join_token(fleet: Server) -> str:
+    out = run_cli(
+        ["fleet", "join-token", "--site", "home", "--fleet", fleet.urls["http"], "--json"],
+        check=True,
+        timeout=60,
+    )
+    return str(json.loads(out.stdout)["token"])
+
+
+def link(tmp: Path, grpc: str, clock: Clock, token: str = "") -> FleetLink:
+    connect_writer(tmp / "index.sqlite").close()  # an empty store: beats report no titles
+    config = ApplianceConfig.model_validate(
+        {
+            "name": "a1",
+            "storage": {"disks": [{"path": str(tmp / "d0")}], "index": str(tmp / "index.sqlite")},
+            "fill": {"staging": str(tmp / "staging")},
+            "fleet": {"url": grpc, "join_token": token, "heartbeat_s": 0.5},
+        }
+    )
+    sinks = LinkSinks(
+        health=lambda: BoxHealth("ok", (), 1e9),
+        traffic=lambda: Traffic({}, 0, 0),
+        submit_plan=lambda plan: None,
+        set_keys=lambda keys: None,
+    )
+    lk = FleetLink(config, "http://192.168.1.20:8081", sinks, clock=clock)
+    lk.restore()
+    return lk
+
+
+def steps(lk: FleetLink, count: int) -> list[float]:
+    """`count` rounds of the link, as its thread runs them (without the waits)."""
+    return [lk.step() for _ in range(count)]
+
+
+def enrolled(tmp: Path, fleet: Server, clock: Clock) -> None:
+    """Enrol a1 with a one-time token and beat; the process then stops."""
+    first = link(tmp, fleet.urls["grpc"], clock, join_token(fleet))
+    steps(first, 3)
+    assert first.state()["beats"] >= 2, first.state()
+    first.stop()
+
+
+def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+def test_a_clock_off_for_a_while_is_not_a_lost_enrolment(
+    tmp_path: Path, fleet: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    enrolled(tmp_path, fleet, clock)
+    clock.skew = 600.0  # booted without a real-time clock, NTP not synced yet
+    caplog.set_level(logging.INFO, logger="appliance.fleet")
+    lk = link(tmp_path, fleet.urls["grpc"], clock)  # the spent token is gone from the config
+    waits = steps(lk, 4)
+    st = lk.state()
+    assert st["beats"] == 0 and st["refused"] is None and st["appliance"] == "a1"
+    assert "clock" in (st["last_error"] or "")
+    assert waits == sorted(waits) and waits[-1] > waits[0]  # backing off, not giving up
+    assert len(events(caplog, "fleet.clock_skew")) == 1  # one clear event, not one a beat
+    assert not events(caplog, "fleet.enrolment_refused")
+    assert not events(caplog, "fleet.not_enrolled")
+
+    clock.skew = 0.0  # NTP synced
+    steps(lk, 3)
+    st = lk.state()
+    assert st["beats"] >= 2 and st["phase"] == "connected", st
+    assert st["refused"] is None and st["last_error"] is None
+    lk.stop()
+
+
+def test_a_refused_reenrolment_is_not_final(tmp_path: Path, fleet: Server) -> None:
+    clock = Clock()
+    enrolled(tmp_path, fleet, clock)
+    spent = json.loads((tmp_path / "fleet" / "enrolment.json").read_text())
+    assert spent["appliance"] == "a1"
+    run_cli(["fleet", "rm", "a1", "--fleet", fleet.urls["http"]], check=True, timeout=60)
+    lk = link(tmp_path, fleet.urls["grpc"], clock, token="spent-or-unknown")
+    waits = steps(lk, 4)  # beat: not enrolled; enrol: refused; beat on
+    st: dict[str, Any] = lk.state()
+    assert st["refused"] and "join token" in st["refused"], st
+    assert st["appliance"] == "a1"  # the enrolment is kept, and so are keys and plan
+    assert max(waits) <= 30.0  # retried with backoff, not once an hour
+    # The operator hands it a new token (SIGHUP): it enrols again and beats.
+    lk.reconfigure(lk.fleet.model_copy(update={"join_token": join_token(fleet)}))
+    steps(lk, 4)
+    st = lk.state()
+    assert st["refused"] is None and st["beats"] >= 1 and st["phase"] == "connected", st
+    lk.stop()
