@@ -37,11 +37,13 @@ from appliance.disks import (
     shared_fs_shortfalls,
 )
 from appliance.index import (
+    INCOMPLETE,
     LOADING,
     MISSING,
     OK,
     READY,
     REMOVING,
+    FileRow,
     TitleRow,
     all_titles,
     bytes_by_disk,
@@ -674,21 +676,55 @@ class Store:
                             "run `appliance verify`"
                         ) from None
                     copies.append(dst)
+                self._flip(row, to_tier, files, placement)
             except BaseException:
                 self._drop_files(title_id, copies)
                 raise
-            with transaction(self.conn) as conn:
-                for f in files:
-                    dst = file_path(placement[f.path], row.folder, f.path)
-                    conn.execute(
-                        "UPDATE files SET disk = ?, mtime_ns = ? WHERE title = ? AND path = ?",
-                        (placement[f.path], dst.stat().st_mtime_ns, title_id, f.path),
-                    )
-                conn.execute("UPDATE titles SET tier = ? WHERE id = ?", (to_tier, title_id))
             event(log, "title.moved", title=title_id, frm=row.tier, to=to_tier, bytes=row.bytes)
             sleep(grace_s)
-            self._drop_files(title_id, [f.location for f in files])
+            try:
+                self._drop_files(title_id, [f.location for f in files])
+            except OSError as exc:
+                # The source disk died since (the daemon took it out): its old copies are no
+                # longer in the index, and reconcile sweeps them when it is back.
+                event(log, "title.move.old_copies_left", logging.WARNING, title=title_id,
+                      error=exc.strerror or str(exc))  # fmt: skip
             return True
+
+    def _flip(
+        self, row: TitleRow, to_tier: Tier, files: Sequence[FileRow], placement: Mapping[str, str]
+    ) -> None:
+        """Point the title's rows at their verified copies on `to_tier`, in one transaction.
+
+        The rows were read before the copy, without a lock the daemon's health thread would
+        take: a source disk taken out meanwhile marked them missing and the title incomplete.
+        The copies are whole and verified on a disk in service, so they serve: state OK, and
+        the title ready again once none of its files is missing. A row that no longer
+        describes the file copied (another disk, another hash) aborts the move instead."""
+        title_id = row.id
+        with transaction(self.conn) as conn:
+            for f in files:
+                dst = file_path(placement[f.path], row.folder, f.path)
+                changed = conn.execute(
+                    "UPDATE files SET disk = ?, mtime_ns = ?, state = ? "
+                    "WHERE title = ? AND path = ? AND disk = ? AND sha256 = ?",
+                    (placement[f.path], dst.stat().st_mtime_ns, OK, title_id, f.path, f.disk,
+                     f.sha256),
+                ).rowcount  # fmt: skip
+                if changed != 1:
+                    raise StorageError(
+                        f"cannot move {title_id}: {f.path} changed while it was copied; "
+                        "the move is tried again later"
+                    )
+            conn.execute("UPDATE titles SET tier = ? WHERE id = ?", (to_tier, title_id))
+            left = conn.execute(
+                "SELECT COUNT(*) FROM files WHERE title = ? AND state != ?", (title_id, OK)
+            ).fetchone()[0]
+            if left == 0:
+                conn.execute(
+                    "UPDATE titles SET state = ? WHERE id = ? AND state = ?",
+                    (READY, title_id, INCOMPLETE),
+                )
 
     def _drop_files(self, title_id: str, paths: list[Path]) -> None:
         unlink_synced(paths)
