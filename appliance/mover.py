@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from appliance import tiering
 from appliance.disks import SYSFS, StorageError
-from appliance.index import READY, all_titles
+from appliance.index import READY, all_titles, title_files
 from appliance.safefiles import UNLINK_GRACE_S, Throttle
 from edgeflix.log import event
 
@@ -240,10 +240,33 @@ class Tiering:
                 event(
                     log, "title.move_failed", logging.WARNING, title=move.title_id, reason=str(exc)
                 )
+                self._drop_if_damaged(exc)
                 continue
             if moved:
                 done.append(move)
         return done
+
+    def _drop_if_damaged(self, exc: BaseException) -> None:
+        """A file the move found damaged is dropped as verify and the scrub drop one
+        (repair.drop): missing, its title incomplete, so no longer served, and no longer
+        moved either (only ready titles are), until a fill brings it back whole. Under the
+        title's lock, and only while the file is the one the move read and still fails its
+        check: nothing changed in between."""
+        from appliance.repair import Report, check_content, drop
+        from appliance.store import DamagedSource
+
+        if not isinstance(exc, DamagedSource):
+            return
+        found, store = exc.file, self.store
+        with store.locks.hold(found.title, wait=False) as held:
+            if not held:
+                return  # someone else has it now; the next round looks again
+            current = [f for f in title_files(store.conn, found.title) if f.path == found.path]
+            if current != [found]:
+                return
+            problem = check_content(found)
+            if problem:
+                drop(store, found.title, [(found, f"{problem} (found by a tier move)")], Report())
 
 
 class MoverThread(threading.Thread):

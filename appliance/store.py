@@ -119,6 +119,15 @@ _INSERT_FILE = (
 )
 
 
+class DamagedSource(StorageError):
+    """A tier move found a stored file whose bytes no longer match the index: the caller
+    drops it (repair.drop) rather than serve it on and copy the title again every round."""
+
+    def __init__(self, message: str, file: FileRow) -> None:
+        super().__init__(message)
+        self.file = file
+
+
 class _Retired(NamedTuple):
     """The folder of a replaced version, deleted after its grace."""
 
@@ -644,7 +653,8 @@ class Store:
     ) -> bool:
         """Copy a ready title to `to_tier`, flip its rows in one transaction, then drop the old
         copies. Serving continues from the old copies until the flip. False when there was
-        nothing to do or someone else holds the title."""
+        nothing to do or someone else holds the title. DamagedSource when a stored file
+        no longer matches its hash (the caller drops it)."""
         with self.locks.hold(title_id, wait=False) as held:
             if not held:
                 return False
@@ -671,9 +681,8 @@ class Store:
                             should_stop=should_stop,
                         )
                     except ChecksumMismatch as exc:
-                        raise StorageError(
-                            f"cannot move {title_id}: {f.location} is damaged ({exc}); "
-                            "run `appliance verify`"
+                        raise DamagedSource(
+                            f"cannot move {title_id}: {f.location} is damaged ({exc})", f
                         ) from None
                     copies.append(dst)
                 self._flip(row, to_tier, files, placement)

@@ -1,9 +1,11 @@
 """Tier moves when something goes wrong under them: the source disk taken out of service
-mid-copy (the daemon's take-out, from another connection). An intact title is never left
-unserved."""
+mid-copy (the daemon's take-out, from another connection) and a damaged source file. An
+intact title is never left unserved, and a damaged file is dropped, not served on and not
+copied again every round."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,8 @@ import pytest
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import StorageError
 from appliance.fill.storage import mark_disk_missing
-from appliance.index import OK, READY, IndexReader, title_files
+from appliance.index import INCOMPLETE, MISSING, OK, READY, IndexReader, title_files
+from appliance.mover import HitRecorder, RateBook, Tiering
 from appliance.store import Store
 from edgeflix import titlefiles
 from tests.appliance.storage_fixtures import make_title
@@ -78,4 +81,43 @@ def test_a_move_whose_source_rows_changed_mid_copy_aborts_cleanly(tmp_path: Path
         ssd = store.disks_of("ssd")[0].titles_dir
         assert not [p for p in ssd.rglob("*") if p.is_file()]  # the copies are gone
     finally:
+        store.close()
+
+
+def _hot(config: StorageConfig) -> RateBook:
+    book = RateBook(config.index, 60.0)
+    recorder = HitRecorder(config.index)
+    recorder.hit("film", 1000)
+    recorder.close()
+    return book
+
+
+def test_mover_drops_a_damaged_file_and_does_not_retry_the_move(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = two_tiers(tmp_path)
+    store = Store(config)
+    store.load("film", make_title(tmp_path / "src", "film"))
+    damaged = next(f for f in title_files(store.conn, "film") if f.path == "v0/seg0000.m4s")
+    with damaged.location.open("r+b") as fh:  # same size, other bytes: only a hash sees it
+        fh.seek(100)
+        fh.write(b"\xff\xff\xff\xff")
+    book = _hot(config)
+    tiering = Tiering(store, book, sleep=lambda _s: None, grace_s=0.0)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert tiering.tick() == []
+            assert tiering.tick() == []  # an incomplete title is not moved again
+        failed = [r for r in caplog.records if "title.move_failed" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in failed]
+        row = store.title("film")
+        assert (row.state, row.tier) == (INCOMPLETE, "hdd")  # no longer served
+        states = {f.path: f.state for f in title_files(store.conn, "film")}
+        assert states.pop(damaged.path) == MISSING and set(states.values()) == {OK}
+        assert not damaged.location.exists()  # dropped like verify and the scrub drop it
+        assert IndexReader(config.index).locate("film", damaged.path) is None
+        ssd = store.disks_of("ssd")[0].titles_dir
+        assert not [p for p in ssd.rglob("*") if p.is_file()]  # no copy left half-way
+    finally:
+        book.close()
         store.close()
