@@ -10,6 +10,7 @@ start()s / stop()s it; everything here runs on the link's own thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -120,6 +121,7 @@ class FleetLink:
         self._reenrol = False
         self._auth_failures = 0  # beats refused in a row (UNAUTHENTICATED): the backoff
         self._skewed = False  # the fleet said this box's clock is off (logged once)
+        self._reopen = False  # a SIGHUP changed the fleet's address: a new channel
         # Set by every enrolment: the fleet's versions may belong to another lineage (its
         # database was reset, or this is another fleet), so its key set and plan are taken
         # as they are, not compared with the cached ones (an equal version with other
@@ -154,9 +156,15 @@ class FleetLink:
     def reconfigure(self, fleet: FleetLinkConfig) -> None:
         """A SIGHUP with a new `[fleet]` section: a refused token may be tried again."""
         with self._lock:
-            if fleet.join_token != self.fleet.join_token:
+            moved = (fleet.url, fleet.ca, fleet.enrol_url) != (
+                self.fleet.url,
+                self.fleet.ca,
+                self.fleet.enrol_url,
+            )
+            if fleet.join_token != self.fleet.join_token or moved:
                 self.refused = None
                 self._enrol_attempts = 0
+            self._reopen = self._reopen or moved
             self.fleet = fleet
         self._wake.set()
 
@@ -182,9 +190,23 @@ class FleetLink:
     def restore(self) -> None:
         st = self.state_store
         e = st.enrolment()
-        if e is not None and e.appliance == self.name and e.fleet == self.fleet.url:
+        if e is not None and e.appliance == self.name:
             self.enrolment = e
             self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
+            if e.fleet != self.fleet.url:
+                # Most likely the same manager at a new address: its key stays enrolled
+                # there, and the one-time join token may be spent (or gone from the
+                # config). Only the fleet's "not enrolled" leads to enrolling again.
+                self._rebase = True  # its versions are taken as they are, once
+                event(
+                    log,
+                    "fleet.moved",
+                    logging.WARNING,
+                    previous=e.fleet,
+                    fleet=self.fleet.url,
+                    action="beating with the enrolment it has; enrolling again only if "
+                    "the fleet there does not know this appliance",
+                )
         self.plan, self.keys = st.plan(), st.keys()
         self.last_contact = st.last_contact() or (e.enrolled_at if e else None)
         self._update_phase()
@@ -211,6 +233,10 @@ class FleetLink:
         returns how long to wait before the next."""
         wait = self._interval_s
         try:
+            if self._reopen:
+                self._reopen = False
+                self.rpc.fleet = self.fleet
+                self.rpc.reopen()
             enrol = self.enrolment is None or self._reenrol
             wait = self._try_enrol() if enrol else self._beat()
             self.check_grace()
@@ -438,6 +464,11 @@ class FleetLink:
             event(log, "fleet.clock_skew_over", clock=self.clock())
         with self._lock:
             self.refused = None
+        if self.fleet.url is not None and self.enrolment.fleet != self.fleet.url:
+            moved = dataclasses.replace(self.enrolment, fleet=self.fleet.url)
+            self.state_store.save_enrolment(moved)
+            with self._lock:
+                self.enrolment = moved
 
     # -- plans -----------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """An enrolled appliance stays enrolled through what it can recover from: its clock off for
-a while, the fleet refusing its token when it enrols again. The link
-(appliance/fleetlink.py) runs in this process with its clock injected, against a real
-`edgeflix fleet serve` on loopback; its one-time join token is spent and gone from its
-config, as an operator leaves it."""
+a while, the fleet manager at a new address, the fleet refusing its token when it enrols
+again. The link (appliance/fleetlink.py) runs in this process with its clock injected,
+against a real `edgeflix fleet serve` on loopback; its one-time join token is spent and
+gone from its config, as an operator leaves it."""
 
 from __future__ import annotations
 
@@ -134,6 +134,48 @@ def test_a_clock_off_for_a_while_is_not_a_lost_enrolment(
     assert st["beats"] >= 2 and st["phase"] == "connected", st
     assert st["refused"] is None and st["last_error"] is None
     lk.stop()
+
+
+def test_the_fleet_at_a_new_address_keeps_the_enrolment(
+    tmp_path: Path, fleet_config: Path, fleet: Server
+) -> None:
+    clock = Clock()
+    enrolled(tmp_path, fleet, clock)
+    fleet.stop()
+    # The same manager and database; port 0 gives it a new gRPC address.
+    moved = start(["fleet", "serve", "--config", str(fleet_config)], ("grpc", "http"))
+    try:
+        assert moved.urls["grpc"] != fleet.urls["grpc"]
+        lk = link(tmp_path, moved.urls["grpc"], clock)
+        assert lk.state()["appliance"] == "a1"  # still enrolled, before any call
+        steps(lk, 3)
+        st = lk.state()
+        assert st["beats"] >= 2 and st["phase"] == "connected" and st["refused"] is None, st
+        kept = json.loads((tmp_path / "fleet" / "enrolment.json").read_text())
+        assert kept["fleet"] == moved.urls["grpc"]  # answered there: the new address is kept
+        lk.stop()
+    finally:
+        moved.stop()
+
+
+def test_a_sighup_to_a_new_fleet_address_beats_there(
+    tmp_path: Path, fleet_config: Path, fleet: Server
+) -> None:
+    clock = Clock()
+    lk = link(tmp_path, fleet.urls["grpc"], clock, join_token(fleet))
+    steps(lk, 3)
+    fleet.stop()
+    moved = start(["fleet", "serve", "--config", str(fleet_config)], ("grpc", "http"))
+    try:
+        before = lk.state()["beats"]
+        lk.reconfigure(lk.fleet.model_copy(update={"url": moved.urls["grpc"], "join_token": ""}))
+        steps(lk, 3)
+        st = lk.state()
+        assert st["beats"] > before and st["phase"] == "connected", st
+        assert st["fleet"] == moved.urls["grpc"]
+        lk.stop()
+    finally:
+        moved.stop()
 
 
 def test_a_refused_reenrolment_is_not_final(tmp_path: Path, fleet: Server) -> None:
