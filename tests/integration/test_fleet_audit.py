@@ -503,7 +503,8 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
 ) -> None:
     """`edgeflix fleet rm` under a running fleet link: its beats become UNAUTHENTICATED;
     it must not beat unheard for ever but enrol again, refused on its spent token until
-    the operator gives it a new one (config + SIGHUP → reconfigure)."""
+    the operator gives it a new one (config + SIGHUP → reconfigure). The refusal is not
+    final: it keeps its enrolment and beats on with backoff (the fleet may know it again)."""
     cfg, sinks = link_setup(fleet, tmp_path, "rm1")
     link = FleetLink(cfg, "http://127.0.0.80:8081", sinks)
     link.restore()
@@ -514,10 +515,12 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
     httpx.delete(http + "/appliances/rm1", timeout=10).raise_for_status()
     link.step()
     assert "not enrolled" in (link.state()["last_error"] or "")
-    link.step()  # enrols again: the spent token is refused, clearly and finally
+    link.step()  # enrols again: the spent token is refused, clearly
     assert "already used" in (link.state()["refused"] or "")
-    assert link.step() == 3600.0  # nothing more until the operator acts
+    assert link.state()["appliance"] == "rm1"
+    assert link.step() <= 30.0  # beats on (unheard) with backoff, not once an hour
     link.reconfigure(cfg.fleet.model_copy(update={"join_token": join_token(fleet)}))
+    link.step()  # a beat: still not enrolled, and a new token to enrol again with
     assert link.step() == 0.0
     link.step()
     assert link.state()["beats"] == 2 and link.state()["refused"] is None
@@ -527,8 +530,8 @@ def test_an_appliance_removed_while_beating_enrols_again_with_a_new_token(
 
 
 def test_enrolling_again_does_not_hold_off_the_grace_period(fleet: Server, tmp_path: Path) -> None:
-    """A box whose clock is far off gets UNAUTHENTICATED beats too: it enrols again (the
-    unsigned Enrol succeeds, same key) but that is no contact, so the grace period runs."""
+    """A box whose clock is far off gets UNAUTHENTICATED beats: it beats on, without
+    enrolling again, but a refused beat is no contact, so the grace period runs."""
     cfg, sinks = link_setup(fleet, tmp_path, "skew1")
     clock = {"skew": 0.0}
     link = FleetLink(
