@@ -146,7 +146,10 @@ def rm_cmd(
     finally:
         store.close()
     if as_json:
-        ui.print_json({"id": title, "removed": not pending, "pending": pending})
+        # `pending` only when files wait for a disk out of service (the shape is otherwise
+        # what it always was).
+        ui.print_json({"id": title, "removed": True} if not pending else
+                      {"id": title, "removed": False, "pending": pending})  # fmt: skip
         return
     if not pending:
         typer.echo(f"removed {title}")
