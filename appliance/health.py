@@ -81,7 +81,9 @@ class Thresholds:
     memory_percent: Limit = Limit(90.0, 98.0)
     load_per_core: Limit = Limit(2.0, math.inf)
     nic_utilisation: Limit = Limit(0.90, 1.01)
-    disk_used_fraction: Limit = Limit(0.95, 0.995)
+    # A cache fills its disks by design, and a full disk serves on (it only takes no new
+    # titles): full is at worst degraded, never failing (capacity 0, out of steering).
+    disk_used_fraction: Limit = Limit(0.95, math.inf)
     disk_latency_ms: Limit = Limit(200.0, 5000.0)
     serving_error_rate: Limit = Limit(0.01, 0.25)
 
@@ -121,15 +123,11 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
         if not disk.in_service:
             graded.append((1, f"disk {disk.path} out of service: {disk.reason or 'unknown'}"))
             continue
-        used_limit = t.disk_used_fraction
         if not disk.writable:
             why = disk.reason or "read-only"
             what = "full" if why.startswith("full") else "read-only"
             graded.append((1, f"disk {disk.path} {what} ({why}): serving, no new writes"))
-            # Nothing is written there any more, so how full it is cannot fail a write: it
-            # serves on, and the box is degraded, not failing (capacity 0) for it.
-            used_limit = Limit(used_limit.degraded, math.inf)
-        graded.append(_grade(disk.used_fraction, used_limit, f"disk {disk.path} used"))
+        graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
         graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
         if disk.io_errors:
             graded.append((1, f"disk {disk.path}: {disk.io_errors} I/O errors"))

@@ -79,6 +79,8 @@ def test_each_metric_degrades_and_fails() -> None:
     assert summarise(_inputs(serving_error_rate=0.05)).state == "degraded"
     assert summarise(_inputs(serving_error_rate=0.5)).state == "failing"
     assert summarise(_inputs(disks=(_disk("/a", used_fraction=0.97),))).state == "degraded"
+    # Full serves on: a cache that filled its disk stays in steering.
+    assert summarise(_inputs(disks=(_disk("/a", used_fraction=1.0),))).state == "degraded"
     assert summarise(_inputs(disks=(_disk("/a", latency_ms=300.0),))).state == "degraded"
     assert summarise(_inputs(disks=(_disk("/a", io_errors=2),))).state == "degraded"
     busy = NicRate("eth0", rx_bps=1e6, tx_bps=0.95e9, speed_bps=10**9)
@@ -211,9 +213,9 @@ def test_summarise_full_disk_is_degraded_not_failing() -> None:
         "disk /a full (full: no space): serving, no new writes",
         "disk /a used 1 >= 0.95",
     )
-    # A disk still taking writes that is nearly full is failing, as before.
+    # So is one still taking writes that is nearly full: a cache fills its disks.
     nearly = DiskSample("/a", 0.999, 0, None, in_service=True)
-    assert summarise(HealthInputs(1.0, 1.0, 0.1, disks=(nearly,))).state == "failing"
+    assert summarise(HealthInputs(1.0, 1.0, 0.1, disks=(nearly,))).state == "degraded"
 
 
 def test_slow_probes_take_a_disk_out_only_in_a_row() -> None:
