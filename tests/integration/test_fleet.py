@@ -352,7 +352,9 @@ def test_key_rotation_keeps_issued_urls_valid(
 
 def test_metrics_count_outcomes_and_grpc_health_serves(fleet: Server, agents: Agents) -> None:
     # Both outcomes steered here, as players ask (`fleet steer` probes count nowhere);
-    # under xdist this test may not share a fleet with the others.
+    # under xdist this test may not share a fleet with the others, nor run after them:
+    # first the agents' beats must have made a home appliance steerable.
+    wait_for(lambda: steer(fleet, "192.168.1.50")["outcome"] == "in_site", 15)
     for client in ("192.168.1.50", "203.0.113.5"):  # of the home site; in no site
         params = {"client_ip": client, "title": "film"}
         assert httpx.get(fleet.urls["http"] + "/steer", params=params, timeout=10).is_success
