@@ -27,7 +27,6 @@ from appliance.fleetlink_core import (
     CountLedger,
     FleetKey,
     Phase,
-    auth_refusal,
     build_beat,
     check_keys,
     check_plan,
@@ -425,7 +424,7 @@ class FleetLink:
         one-time token spent, succeed."""
         wait = self._backoff(self._auth_failures)
         self._auth_failures += 1
-        if auth_refusal(exc.details) == "clock_skew":
+        if auth.refusal_of(exc.details) == "clock_skew":
             with self._lock:
                 self.last_error = str(exc)
             if not self._skewed:

@@ -283,24 +283,6 @@ def usable_keys(
     return {k.id: k.secret for k in keys if k.verify_until == 0 or k.verify_until > now}
 
 
-# -- why the fleet refused a signed call ----------------------------------------------------
-
-AuthRefusal = Literal["clock_skew", "unknown", "other"]
-
-
-def auth_refusal(details: str) -> AuthRefusal:
-    """Why the fleet answered a signed call UNAUTHENTICATED, from the status details it
-    sends (edgeflix/proto/auth.py verify_call, fleet/grpc_api.py): the call's time too far
-    from its clock (this box's clock is off: beat on, it is heard once the clock is right),
-    the name not enrolled (the fleet does not know this key: enrol again), or anything
-    else (a signature the enrolled key does not match, no client certificate)."""
-    if "too far from the fleet manager's clock" in details:
-        return "clock_skew"
-    if "is not enrolled" in details:
-        return "unknown"
-    return "other"
-
-
 # -- the control plane against the grace period --------------------------------------------
 
 

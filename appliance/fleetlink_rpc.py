@@ -45,7 +45,7 @@ class CallFailed(EdgeflixError):
         super().__init__(message)
         self.final = final
         self.code = code
-        self.details = details  # the fleet's own words, for fleetlink_core.auth_refusal
+        self.details = details  # the fleet's own words, for edgeflix.proto.auth.refusal_of
 
 
 def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -77,6 +78,22 @@ def _signed_fields(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str
     return fields
 
 
+# The two refusals an appliance acts on, told apart by the status details (the appliance
+# reads them with `refusal_of`, so wording lives in one place): its clock is off (beat on),
+# or the fleet does not know it (enrol again). Any other refusal is neither.
+CLOCK_SKEW = "call time is too far from the fleet manager's clock"
+NOT_ENROLLED = "is not enrolled"
+
+
+def refusal_of(details: str) -> Literal["clock_skew", "unknown", "other"]:
+    """Which refusal the details of an UNAUTHENTICATED answer from `verify_call` name."""
+    if CLOCK_SKEW in details:
+        return "clock_skew"
+    if NOT_ENROLLED in details:
+        return "unknown"
+    return "other"
+
+
 def verify_call(
     metadata: Iterable[tuple[str, str | bytes]],
     key_of: Callable[[str], bytes | None],
@@ -93,14 +110,14 @@ def verify_call(
     name = fields[NAME]
     public = key_of(name)
     if public is None:
-        raise AuthError(f"appliance '{name[:80]}' is not enrolled")
+        raise AuthError(f"appliance '{name[:80]}' {NOT_ENROLLED}")
     try:
         at = float(fields[TIME])
         sig = base64.b64decode(fields[SIGNATURE], validate=True)
     except ValueError:
         raise AuthError("call signature is malformed") from None
     if not abs(now - at) <= max_skew_s:  # also refuses a NaN time
-        raise AuthError("call time is too far from the fleet manager's clock")
+        raise AuthError(CLOCK_SKEW)
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(
             sig, _message(name, method, fields[TIME], body)

@@ -78,3 +78,20 @@ def test_a_time_that_is_no_instant_is_refused(at: str) -> None:
     md = [(auth.NAME, "h1"), (auth.TIME, at), (auth.SIGNATURE, base64.b64encode(raw).decode())]
     with pytest.raises(auth.AuthError, match="too far"):
         auth.verify_call(md, _keys(h1=key).get, "/x/K", b"", now=NOW)
+
+
+def test_the_appliance_tells_the_refusals_it_acts_on_apart() -> None:
+    """The appliance beats on through a clock skew and enrols again only when not enrolled:
+    it reads which from the details of the very errors verify_call raises."""
+    key = auth.new_private_key()
+    md = auth.sign_call("h1", key, "/x/Heartbeat", b"body", now=NOW)
+
+    def refusal(keys: dict[str, bytes], now: float, body: bytes = b"body") -> str:
+        with pytest.raises(auth.AuthError) as caught:
+            auth.verify_call(md, keys.get, "/x/Heartbeat", body, now=now)
+        return auth.refusal_of(str(caught.value))
+
+    assert refusal(_keys(h1=key), NOW + 1000) == "clock_skew"
+    assert refusal({}, NOW) == "unknown"
+    assert refusal(_keys(h1=key), NOW, b"tampered") == "other"
+    assert refusal(_keys(h1=auth.new_private_key()), NOW) == "other"
