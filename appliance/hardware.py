@@ -9,6 +9,7 @@ supplies what `advertised_capacity_bps` lowers the figure for.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,15 +130,23 @@ def parse_cpu_model(cpuinfo: str) -> str:
 def parse_mounts(text: str) -> list[tuple[str, str]]:
     """(device, mount point) pairs from /proc/self/mounts, octal escapes decoded."""
     pairs = []
-    for line in text.splitlines():
-        fields = line.split()
+    # Split on the kernel's own separators only: str.splitlines() and str.split() also break
+    # on characters a name may hold unescaped (form feed, U+2028, a no-break space).
+    for line in text.split("\n"):
+        fields = line.split(" ")
         if len(fields) >= 2:
             pairs.append((_unescape(fields[0]), _unescape(fields[1])))
     return pairs
 
 
+# The kernel escapes exactly these four bytes in /proc mounts (fs/proc_namespace.c, mangle());
+# every other byte, UTF-8 included, is written as it is. A backslash in a name is itself
+# escaped (\\134), so one left-to-right pass undoes the escaping exactly.
+_MOUNT_ESCAPE = re.compile(r"\\(040|011|012|134)")
+
+
 def _unescape(text: str) -> str:
-    return text.encode().decode("unicode_escape") if "\\" in text else text
+    return _MOUNT_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), text)
 
 
 def mount_of(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
@@ -201,6 +210,15 @@ def _read(path: Path) -> str | None:
         return path.read_text(errors="replace").strip()
     except OSError:
         return None
+
+
+def _read_fs_names(path: Path) -> str:
+    """A file of path names, decoded as os decodes names (bytes that are not UTF-8 too), so
+    they compare equal to the paths Path.resolve() gives."""
+    try:
+        return os.fsdecode(path.read_bytes())
+    except OSError:
+        return ""
 
 
 def _read_int(path: Path) -> int | None:
@@ -307,7 +325,7 @@ def probe(
 ) -> HardwareProfile:
     """Build the profile of this host (or of the fixture tree under `roots`)."""
     roots = roots or HostRoots()
-    mounts = parse_mounts(_read(roots.proc / "self" / "mounts") or "")
+    mounts = parse_mounts(_read_fs_names(roots.proc / "self" / "mounts"))
     board = _read(roots.proc / "device-tree" / "model")
     throttled_text = _read(roots.sys / "devices/platform/soc/soc:firmware/get_throttled")
     return HardwareProfile(

@@ -152,6 +152,45 @@ def test_mounts_longest_prefix_and_escapes() -> None:
     assert mount_of("/srv/m", mounts) == "/srv/m"
 
 
+def _kernel_escape(name: bytes) -> bytes:
+    """What the kernel writes for a name in /proc mounts: only these four bytes escaped."""
+    for byte in b"\\ \t\n":
+        name = name.replace(bytes([byte]), b"\\%03o" % byte)
+    return name
+
+
+def test_mounts_decode_exactly_the_kernel_escapes() -> None:
+    # vidéos as the kernel writes it: the UTF-8 bytes as they are, the space as \040
+    mounts = parse_mounts(
+        "/dev/sdb1 /srv/vid\u00e9os\\040disk ext4 rw 0 0\n"
+        "/dev/sdc1 /srv/a\\134040b\\011\\012\\134x xfs rw 0 0\n"
+        "/dev/sda1 / ext4 rw 0 0\n"
+    )
+    assert mounts[0] == ("/dev/sdb1", "/srv/vid\u00e9os disk")
+    assert mounts[1] == ("/dev/sdc1", "/srv/a\\040b\t\n\\x")
+    assert mount_of("/srv/vid\u00e9os disk/store", mounts) == "/srv/vid\u00e9os disk"
+
+
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b))
+def test_mount_names_round_trip(raw: bytes) -> None:
+    line = b"/dev/sdb1 /srv/" + _kernel_escape(raw) + b" ext4 rw 0 0\n/dev/sda1 / ext4 rw 0 0\n"
+    mounts = parse_mounts(os.fsdecode(line))
+    assert mounts[0] == ("/dev/sdb1", "/srv/" + os.fsdecode(raw))
+
+
+@pytest.mark.parametrize("name", [b"vid\xc3\xa9os disk", b"caf\xe9\\x", b"a\xc2\xa0b"])
+def test_probe_finds_the_mount_of_a_non_ascii_folder(tmp_path: Path, name: bytes) -> None:
+    mount = Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+    storage = mount / "store"
+    storage.mkdir(parents=True)
+    # tmp_path: the same st_dev as `storage`, and a name the tree builder can write as text
+    roots = build_pi_tree(tmp_path / "host", tmp_path, rotational=1)
+    (roots.proc / "self/mounts").write_bytes(
+        b"/dev/sda1 " + _kernel_escape(bytes(mount)) + b" ext4 rw 0 0\n/dev/root / ext4 rw 0 0\n"
+    )
+    assert probe([storage], roots, nic_stats={}).disks[0].mount == str(mount)
+
+
 @pytest.mark.parametrize(
     ("text", "now"), [("0x0", False), ("0x50000", False), ("0x4", True), ("junk", False)]
 )
