@@ -20,7 +20,7 @@ import psutil
 
 from appliance.health import Health
 
-DiskKind = Literal["hdd", "ssd", "nvme", "unknown"]
+DiskKind = Literal["hdd", "ssd", "nvme", "sd", "unknown"]
 
 
 class NicStat(Protocol):
@@ -100,7 +100,11 @@ class CapacityPolicy:
             "hdd": 1_200_000_000,  # ~150 MB/s
             "ssd": 4_000_000_000,  # ~500 MB/s SATA
             "nvme": 16_000_000_000,  # ~2 GB/s
-            "unknown": 1_200_000_000,  # assume the worst of the real kinds
+            # SD card or eMMC (mmcblk*): ~40-90 MB/s; a Pi 4's SD bus tops out near 50 MB/s
+            "sd": 400_000_000,
+            # No block device to read (overlay, tmpfs, btrfs): assume a spinning disk. SD
+            # cards always show as mmcblk, so an unknown device need not be priced as one.
+            "unknown": 1_200_000_000,
         }
     )
     hot_celsius: float = 80.0
@@ -170,6 +174,10 @@ def parse_throttled(text: str) -> bool:
 def disk_kind(device: str, rotational: bool | None) -> DiskKind:
     if device.startswith("nvme"):
         return "nvme"
+    if device.startswith("mmcblk"):
+        # SD cards and eMMC say rotational=0 but read at a tenth of a SATA SSD. (An SD card in
+        # a USB reader shows as sdX and cannot be told from a USB SSD: it stays "ssd".)
+        return "sd"
     if rotational is None:
         return "unknown"
     return "hdd" if rotational else "ssd"

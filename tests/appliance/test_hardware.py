@@ -107,6 +107,19 @@ def test_probe_nvme_and_no_pi(tmp_path: Path) -> None:
     assert profile.disks[0].kind == "nvme"
 
 
+def test_probe_sd_card_is_its_own_slow_kind(tmp_path: Path) -> None:
+    # A Pi booted from its SD card: mmcblk0 says rotational=0, like an SSD, but reads at
+    # well under 1 Gb/s, so even a 2.5 GbE USB NIC does not make the box a 1 Gb/s server.
+    storage = tmp_path / "sd"
+    storage.mkdir()
+    roots = build_pi_tree(tmp_path / "host", storage, rotational=0, device="mmcblk0")
+    (roots.sys / "devices/platform/soc/soc:firmware/get_throttled").write_text("0x0\n")
+    _write(roots.sys / "class/thermal/thermal_zone0/temp", "50000\n")
+    profile = probe([storage], roots, nic_stats={"eth0": Stat(True, 2500, 1500)})
+    assert profile.disks[0].device == "mmcblk0" and profile.disks[0].kind == "sd"
+    assert advertised_capacity_bps(profile) == 400_000_000
+
+
 def test_probe_unknown_device_and_missing_path(tmp_path: Path) -> None:
     roots = HostRoots(sys=tmp_path / "empty-sys", proc=tmp_path / "empty-proc")
     profile = probe([tmp_path, tmp_path / "gone"], roots, nic_stats={})
@@ -235,7 +248,9 @@ def test_capacity_lowered_by_heat_throttle_and_health() -> None:
 
 
 @given(
-    kinds=st.lists(st.sampled_from(["hdd", "ssd", "nvme", "unknown"]), min_size=1, max_size=6),
+    kinds=st.lists(
+        st.sampled_from(["hdd", "ssd", "nvme", "sd", "unknown"]), min_size=1, max_size=6
+    ),
     nics=st.lists(st.one_of(st.none(), st.integers(1, 100_000)), max_size=4),
     temp=st.one_of(st.none(), st.floats(0, 120)),
     throttled=st.booleans(),
