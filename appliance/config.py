@@ -51,6 +51,9 @@ class StorageConfig(ConfigModel):
     # The background scrub re-reads every stored file at this many bytes/s, forever, to find
     # damage that keeps a file's size (appliance/scrub.py); 0 turns it off.
     scrub_bytes_per_s: int = Field(10 * 1024 * 1024, ge=0)
+    # The running daemon reconciles the index with the disks this often (appliance/sweeper.py):
+    # what a one-off command killed mid-way left behind goes without a restart.
+    reconcile_interval_s: float = Field(300.0, gt=0)
 
     @field_validator("disks")
     @classmethod

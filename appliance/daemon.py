@@ -367,6 +367,7 @@ class Daemon:
         self.monitor: HealthMonitor | None = None
         self.mover: Any = None
         self.scrub: Any = None  # appliance/scrub.py, unless [storage] scrub_bytes_per_s = 0
+        self.sweeper: Any = None  # appliance/sweeper.py
         self.scheduler: FillScheduler | None = None
         self.link: Any = None  # appliance/fleetlink.py, with a [fleet] url
         self.admin_sock: socket.socket | None = None
@@ -381,6 +382,7 @@ class Daemon:
     def start(self) -> None:
         from appliance.mover import MoverThread
         from appliance.scrub import ScrubThread
+        from appliance.sweeper import SweepThread
 
         config = self.config
         # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
@@ -410,6 +412,8 @@ class Daemon:
         if config.storage.scrub_bytes_per_s:
             self.scrub = ScrubThread(config.storage, out_of_service=self.monitor.out_of_service)
             self.scrub.start()
+        self.sweeper = SweepThread(config.storage, out_of_service=self.monitor.out_of_service)
+        self.sweeper.start()
         self.monitor.start()
         self.scheduler = FillScheduler(
             config, self.monitor.out_of_service, plan_file=config.fill.plan
@@ -581,6 +585,8 @@ class Daemon:
             self.mover.stop()
         if self.scrub is not None:
             self.scrub.stop()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         if self.monitor is not None:
             self.monitor.stop()
         # 3. Leftovers.

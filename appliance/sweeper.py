@@ -1,0 +1,55 @@
+"""The running daemon's reconcile (appliance/repair.py), every few minutes in the background:
+what a one-off command killed mid-way left on the disks (an unfinished version's folder of
+`load --replace`, a title stuck loading or half removed) goes without waiting for the next
+start, so its space comes back and the accounting matches the disks. Titles another process
+is working on are skipped (their lock), as every reconcile does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+
+from appliance.config import StorageConfig
+from appliance.disks import SYSFS, StorageError
+from edgeflix.log import event
+
+log = logging.getLogger("appliance.sweeper")
+
+
+class SweepThread(threading.Thread):
+    """Runs `repair.reconcile` every `storage.reconcile_interval_s` until `stop()`."""
+
+    def __init__(
+        self, config: StorageConfig, *, out_of_service: Callable[[], set[str]] = set
+    ) -> None:
+        super().__init__(name="sweeper", daemon=True)
+        self._config, self._out_of_service = config, out_of_service
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._config.reconcile_interval_s):
+            try:
+                self.sweep()
+            except (StorageError, sqlite3.Error, OSError) as exc:
+                event(log, "sweep.failed", logging.WARNING, reason=str(exc))
+
+    def sweep(self) -> None:
+        from appliance.repair import reconcile
+        from appliance.store import Store
+
+        # A store per round, made on this thread (SQLite), leaving out the disks the health
+        # monitor holds out of service now: their files are its take-out's and re-scan's.
+        store = Store(self._config, out_of_service=self._out_of_service(), sysfs=SYSFS)
+        try:
+            report = reconcile(store)
+        finally:
+            store.close()
+        if report.findings:
+            event(log, "sweep.done", findings=len(report.findings), busy=len(report.busy))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop_event.set()
+        self.join(timeout)
