@@ -222,16 +222,27 @@ def room(usage: DiskUsage, watermark: Watermark = "high") -> Room:
     return Room(disk=usage.disk, free=free)
 
 
+def filesystem_id(path: Path) -> int:
+    """The filesystem holding `path`. Disks on one filesystem share its space (and its block
+    device): whatever is per filesystem counts once for them, not once per disk."""
+    return os.stat(path).st_dev
+
+
+def by_filesystem(disks: Sequence[Disk]) -> list[list[Disk]]:
+    """The disks grouped by filesystem, groups and disks in config order."""
+    groups: dict[int, list[Disk]] = {}
+    for disk in disks:
+        groups.setdefault(filesystem_id(disk.path), []).append(disk)
+    return list(groups.values())
+
+
 def shared_fs_shortfalls(
     disks: Sequence[Disk], needed: Mapping[str, int], freeing: Mapping[str, int]
 ) -> list[Shortfall]:
     """Disks that share one filesystem each see all of its free space: together they must
     still fit in it, or a copy runs out of space half-way."""
-    by_fs: dict[int, list[Disk]] = {}
-    for disk in disks:
-        by_fs.setdefault(os.stat(disk.path).st_dev, []).append(disk)
     short = []
-    for group in by_fs.values():
+    for group in by_filesystem(disks):
         if len(group) < 2:
             continue
         wanted = sum(needed.get(d.id, 0) for d in group)

@@ -18,6 +18,7 @@ from typing import Literal, Protocol
 
 import psutil
 
+from appliance.disks import filesystem_id
 from appliance.health import Health
 
 DiskKind = Literal["hdd", "ssd", "nvme", "sd", "unknown"]
@@ -60,6 +61,7 @@ class DiskInfo:
     mount: str | None  # mount point holding `path`
     fs_total_bytes: int | None
     fs_free_bytes: int | None
+    filesystem: int | None = None  # disks.filesystem_id of `path`: equal for shared folders
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,16 @@ def disk_kind(device: str, rotational: bool | None) -> DiskKind:
     return "hdd" if rotational else "ssd"
 
 
+def _rate_key(disk: DiskInfo) -> str:
+    """What one read rate belongs to: the whole block device, else the filesystem, else (no
+    stat at all) the folder itself."""
+    if disk.device is not None:
+        return f"device {disk.device}"
+    if disk.filesystem is not None:
+        return f"filesystem {disk.filesystem}"
+    return f"folder {disk.path}"
+
+
 def advertised_capacity_bps(
     profile: HardwareProfile, health: Health | None = None, policy: CapacityPolicy | None = None
 ) -> int:
@@ -191,7 +203,10 @@ def advertised_capacity_bps(
     """
     policy = policy or CapacityPolicy()
     out = set(health.disks_out_of_service) if health else set()
-    disk_total = sum(policy.disk_bps[d.kind] for d in profile.disks if d.path not in out)
+    # A disk's read rate is the block device's: folders sharing one (two folders of one
+    # filesystem, two partitions of one disk) share it and count once.
+    rates = {_rate_key(d): policy.disk_bps[d.kind] for d in profile.disks if d.path not in out}
+    disk_total = sum(rates.values())
     nic_speeds = [n.speed_bps for n in profile.nics if n.up and not n.virtual and n.speed_bps]
     # Titles are spread over all disks and every NIC can carry players, so both sum.
     limits = [disk_total] + ([sum(nic_speeds)] if nic_speeds else [])
@@ -253,9 +268,10 @@ def describe_disk(path: Path, roots: HostRoots, mounts: Sequence[tuple[str, str]
     """Everything we can learn about the storage directory `path` without root tools."""
     resolved = str(path.resolve())
     device: Path | None = None
-    fs_total = fs_free = None
+    fs_total = fs_free = filesystem = None
     try:
         st = os.stat(path)
+        filesystem = filesystem_id(path)
         device = block_device(roots, os.major(st.st_dev), os.minor(st.st_dev))
         usage = shutil.disk_usage(path)
         fs_total, fs_free = usage.total, usage.free
@@ -272,6 +288,7 @@ def describe_disk(path: Path, roots: HostRoots, mounts: Sequence[tuple[str, str]
             mount_of(resolved, mounts),
             fs_total,
             fs_free,
+            filesystem,
         )
     rot = _read_int(device / "queue" / "rotational")
     rotational = None if rot is None else rot == 1
@@ -286,6 +303,7 @@ def describe_disk(path: Path, roots: HostRoots, mounts: Sequence[tuple[str, str]
         mount=mount_of(resolved, mounts),
         fs_total_bytes=fs_total,
         fs_free_bytes=fs_free,
+        filesystem=filesystem,
     )
 
 

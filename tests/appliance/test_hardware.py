@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -212,9 +213,13 @@ def test_parse_throttled(text: str, now: bool) -> None:
 
 
 def _profile(
-    kinds: list[str], nic_mbps: list[int | None], temp: float | None = None, throttled: bool = False
+    kinds: list[str],
+    nic_mbps: list[int | None],
+    temp: float | None = None,
+    throttled: bool = False,
+    disks: tuple[DiskInfo, ...] = (),
 ) -> HardwareProfile:
-    disks = tuple(
+    disks += tuple(
         DiskInfo(f"/d{i}", None, None, None, k, None, None, None, None)  # type: ignore[arg-type]
         for i, k in enumerate(kinds)
     )
@@ -233,6 +238,38 @@ def test_capacity_is_min_of_nic_and_disks() -> None:
     assert advertised_capacity_bps(_profile(["nvme"] * 4, [1000])) == 10**9
     # unknown NIC speed (virtio): only the disks count
     assert advertised_capacity_bps(_profile(["ssd"], [None])) == 4 * 10**9
+
+
+def test_probe_two_folders_of_one_filesystem_read_at_one_disk_rate(tmp_path: Path) -> None:
+    # The README's layout: disk0 and disk1 are folders of one filesystem on one HDD.
+    disks = [tmp_path / "var" / "disk0", tmp_path / "var" / "disk1"]
+    for disk in disks:
+        disk.mkdir(parents=True)
+    roots = build_pi_tree(tmp_path / "host", disks[0], rotational=1)
+    profile = probe(disks, roots, nic_stats={"eth0": Stat(True, 10_000, 1500)})
+    cool = replace(profile, temperatures=(), throttled=False)
+    assert advertised_capacity_bps(cool) == 1_200_000_000
+    assert profile.disks[0].filesystem == profile.disks[1].filesystem is not None
+
+
+def test_capacity_counts_each_block_device_once() -> None:
+    def disk(path: str, device: str | None, filesystem: int | None) -> DiskInfo:
+        return DiskInfo(path, device, None, None, "hdd", True, None, None, None, filesystem)
+
+    def capacity(*disks: DiskInfo) -> int:
+        return advertised_capacity_bps(_profile([], [10_000], disks=disks))
+
+    hdd = 1_200_000_000
+    # no block device known (overlay, tmpfs): one filesystem is one rate
+    assert capacity(disk("/a", None, 7), disk("/b", None, 7)) == hdd
+    assert capacity(disk("/a", None, 7), disk("/b", None, 8)) == 2 * hdd
+    # two partitions of one disk share its heads; two disks do not
+    assert capacity(disk("/a", "sda", 2049), disk("/b", "sda", 2050)) == hdd
+    assert capacity(disk("/a", "sda", 2049), disk("/b", "sdb", 2065)) == 2 * hdd
+    # one of two folders out of service: the device still serves the other at full rate
+    one_out = Health("ok", (), disks_out_of_service=("/a",))
+    shared = _profile([], [10_000], disks=(disk("/a", None, 7), disk("/b", None, 7)))
+    assert advertised_capacity_bps(shared, one_out) == hdd
 
 
 def test_capacity_lowered_by_heat_throttle_and_health() -> None:
