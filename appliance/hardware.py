@@ -19,6 +19,7 @@ from typing import Literal, Protocol
 import psutil
 
 from appliance.disks import filesystem_id
+from appliance.disks import rotational as rotational_of
 from appliance.health import Health
 
 DiskKind = Literal["hdd", "ssd", "nvme", "sd", "unknown"]
@@ -269,6 +270,7 @@ def describe_disk(path: Path, roots: HostRoots, mounts: Sequence[tuple[str, str]
     resolved = str(path.resolve())
     device: Path | None = None
     fs_total = fs_free = filesystem = None
+    st: os.stat_result | None = None
     try:
         st = os.stat(path)
         filesystem = filesystem_id(path)
@@ -290,8 +292,10 @@ def describe_disk(path: Path, roots: HostRoots, mounts: Sequence[tuple[str, str]
             fs_free,
             filesystem,
         )
-    rot = _read_int(device / "queue" / "rotational")
-    rotational = None if rot is None else rot == 1
+    # Through loop devices to their backing file's disk and through dm/md to their members
+    # (disks.py): their own flags are made up (a loop device says "rotational" on any disk).
+    assert st is not None  # a device was found from it
+    rotational = rotational_of(os.major(st.st_dev), os.minor(st.st_dev), roots.sys)
     sectors = _read_int(device / "size")
     return DiskInfo(
         path=resolved,

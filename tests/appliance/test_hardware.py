@@ -298,3 +298,26 @@ def test_capacity_never_exceeds_unthrottled_cool_figure(
     cool = advertised_capacity_bps(_profile(kinds, nics))
     hot = advertised_capacity_bps(_profile(kinds, nics, temp=temp, throttled=throttled))
     assert 0 < hot <= cool
+
+
+def test_a_device_mapper_disk_is_as_fast_as_its_members(tmp_path: Path) -> None:
+    """dm/md devices report a flag of their own that says nothing about the disks beneath:
+    the kind comes from the members, as disks.py decides the tier."""
+    storage = tmp_path / "store"
+    storage.mkdir()
+    sys_root, proc_root = tmp_path / "sys", tmp_path / "proc"
+    ssd = sys_root / "devices/pci0000:00/ata1/block/sda"
+    _write(ssd / "queue/rotational", "0\n")
+    _write(ssd / "sda2/partition", "2\n")
+    dm = sys_root / "devices/virtual/block/dm-0"
+    _write(dm / "queue/rotational", "1\n")  # made up: an LVM volume on an SSD
+    _write(dm / "size", "1000\n")
+    (dm / "slaves").mkdir()
+    (dm / "slaves/sda2").symlink_to(ssd / "sda2")
+    st_dev = os.stat(storage).st_dev
+    link = sys_root / "dev/block" / f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(dm)
+    _write(proc_root / "cpuinfo", "processor\t: 0\n")
+    (disk,) = probe([storage], HostRoots(sys=sys_root, proc=proc_root), nic_stats={}).disks
+    assert disk.device == "dm-0" and disk.kind == "ssd" and disk.rotational is False
