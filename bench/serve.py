@@ -108,6 +108,9 @@ http {{
     tcp_nopush on;
     tcp_nodelay on;
     keepalive_requests 1000000;
+    # Open files kept, as the appliance keeps them (edgeflix/http/filecache.py): without it
+    # nginx opens, stats and closes every file on every request.
+    open_file_cache max=10000 inactive=60s;
     types {{ video/iso.segment m4s; }}
     client_body_temp_path {root}/nginx-tmp;
     server {{

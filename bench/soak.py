@@ -244,7 +244,8 @@ def soak_appliance(
             f"{root}/{'app-tokens' if tokens_on else 'app-plain'}/index.sqlite.hits.sqlite-wal"
         )
         with ProcessPoolExecutor(clients) as pool:
-            warm = max(requests // 10, 2000)
+            # At least 2000 (caches, pools, JIT-less but warm), never more than half the run.
+            warm = min(max(requests // 10, 2000), requests // 2)
             tally = run_load(pool, clients, target, warm, max_seconds / 4, 1, overflow=True)
             since = time.monotonic() - started
             base = settle(pids, max(KEEPALIVE_S + 3, 3 * MOVE_INTERVAL_S - since))
@@ -389,6 +390,7 @@ def main() -> None:
     flagged = [r for p in report["phases"] for r in p["rows"] if r["flags"]]
     flagged += [r for r in report.get("fleet", {}).get("rows", []) if r["flags"]]
     unexpected = sum(p["outcomes"].get("unexpected", 0) for p in report["phases"])
+    unexpected += len(report.get("fleet", {}).get("errors", []))
     if args.json:
         print(json.dumps(report, indent=1))
     else:

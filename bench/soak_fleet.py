@@ -200,7 +200,7 @@ def soak_fleet(root: Path, calls: int, max_seconds: float) -> dict[str, Any]:
                         errors.append(f"{type(exc).__name__}: {exc}")
                 done += 1
 
-        run(max(calls // 10, 1000))
+        run(min(max(calls // 10, 1000), calls // 2))  # warm-up: never more than half
         warm = done
         base = settle(pids, 1.0, 10.0)
         series.append((0, {"proc": base, "db": db_figures(db)}))
