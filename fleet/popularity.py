@@ -9,6 +9,7 @@ catalog in advance).
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,8 +79,9 @@ class DecayedCounts:
         self._totals: list[float] = []  # scaled total before anything added at _times[i]
 
     def add(self, deltas: Mapping[str, float], now: float) -> None:
-        """Record counts observed at `now` (a heartbeat's deltas). Time never runs back."""
-        now = max(now, self._last)
+        """Record counts observed at `now` (a heartbeat's deltas)."""
+        if now < self._last:
+            self.clock_back(now)
         self._last = now
         if (now - self._t0) / self.half_life_s > self._REBASE_HALF_LIVES:
             self._rebase(now)
@@ -99,8 +101,27 @@ class DecayedCounts:
             keep = bisect.bisect_left(self._times, horizon)
             del self._times[:keep], self._totals[:keep]
 
+    def clock_back(self, now: float) -> None:
+        """The clock reads before the latest time seen (it was stepped back): what was
+        counted at a later time is taken as counted `now`. Without this the reference time
+        could stay ahead of the clock, and a scale of 2^((t0 - now) / half_life) overflows
+        once the clock is more than 1024 half-lives behind it (an hour's half-life: 43 days).
+        Decayed to the latest time first, so no count weighs more than it did then."""
+        if now >= self._last:
+            return
+        self._rebase(self._last)
+        self._t0 = self._last = now
+        self.start = min(self.start, now)
+        # Still sorted; a checkpoint "from the future" now marks the present.
+        self._times = [min(t, now) for t in self._times]
+
+    def _factor(self, now: float) -> float:
+        """The decay from the reference time to `now`; a `now` before it (a clock stepped
+        back, and not counted at since) reads as the reference time itself, never as growth."""
+        return 2.0 ** (-max(now - self._t0, 0.0) / self.half_life_s)
+
     def _rebase(self, now: float) -> None:
-        factor = 2.0 ** (-(now - self._t0) / self.half_life_s)
+        factor = self._factor(now)
         self._scaled = {t: v * factor for t, v in self._scaled.items() if v * factor > 1e-12}
         self._total *= factor
         self._totals = [v * factor for v in self._totals]
@@ -131,11 +152,16 @@ class DecayedCounts:
         out._totals = [float(x) for x in doc["totals"]]
         if len(out._times) != len(out._totals) or out._last < out._t0:
             raise ValueError("inconsistent decayed counts")
+        values = [out._t0, out._last, out.start, out._total, *out._scaled.values()]
+        if not all(math.isfinite(v) for v in [*values, *out._times, *out._totals]):
+            raise ValueError("decayed counts that are not finite")
+        if out._times != sorted(out._times):
+            raise ValueError("checkpoints out of order")
         return out
 
     def at(self, now: float) -> dict[str, float]:
         """Every title's decayed count as of `now`."""
-        factor = 2.0 ** (-(now - self._t0) / self.half_life_s)
+        factor = self._factor(now)
         return {t: v * factor for t, v in self._scaled.items()}
 
     def total_since(self, since: float, now: float) -> float:
@@ -146,7 +172,7 @@ class DecayedCounts:
         """
         i = bisect.bisect_left(self._times, since)
         before = self._totals[i] if i < len(self._totals) else self._total
-        return (self._total - before) * 2.0 ** (-(now - self._t0) / self.half_life_s)
+        return (self._total - before) * self._factor(now)
 
 
 class Popularity:
@@ -185,6 +211,9 @@ class Popularity:
         except (KeyError, TypeError, ValueError, AttributeError):
             return out
         if (long.half_life_s, short.half_life_s) == (policy.half_life_s, policy.young_half_life_s):
+            # Kept while the clock was ahead (and set right since): taken as counted now.
+            long.clock_back(start)
+            short.clock_back(start)
             out.long, out.short = long, short
         return out
 
