@@ -94,9 +94,12 @@ def resolve_zone(name: str) -> tzinfo:
         return _local_zone()
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    # OSError too: a folder of zones ("Europe") is IsADirectoryError, a 300-character name
+    # "File name too long"; both are a wrong name, not an I/O failure to report as one.
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        shown = name if len(name) <= 40 else name[:40] + "..."
         raise WindowError(
-            f"unknown time zone {name!r} (use an IANA name like Europe/Berlin)"
+            f"unknown time zone {shown!r} (use an IANA name like Europe/Berlin)"
         ) from None
 
 
