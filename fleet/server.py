@@ -15,7 +15,8 @@ import logging
 import signal
 import socket
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,22 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
     return out
 
 
-async def ticker(svc: FleetService, config: FleetConfig, planning: Planning) -> None:
+async def ticker(
+    svc: FleetService,
+    config: FleetConfig,
+    planning: Planning,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> None:
     """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
-    logged, never fatal."""
+    logged, never fatal. Intervals are timed on `monotonic`, not the wall clock: a wall
+    clock stepped back (NTP, an RTC kept in local time) stopped planning, origin polls and
+    soft-state saves for as long as the step, for good after a step of years."""
     last_plan = last_poll = float("-inf")
-    last_save = svc.clock()
+    last_save = monotonic()
     origin = OriginCatalog(config.origin.url)
     async with httpx.AsyncClient(timeout=10.0) as client:
         while True:
-            now = svc.clock()
+            now = monotonic()
             try:
                 svc.maybe_rotate_keys()
                 if now - last_poll >= config.origin.poll_s:

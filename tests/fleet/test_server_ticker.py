@@ -1,0 +1,101 @@
+"""The manager's background ticker under a wall clock stepped back: origin polls and
+soft-state saves go on (intervals are timed on the monotonic clock, not the wall clock).
+A real loopback origin, a real SQLite store and a real planner process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from fleet import server
+from fleet.config import FleetConfig, SiteConfig
+from fleet.planning import Planning
+from fleet.service import POPULARITY_META, FleetService
+from fleet.store import Store
+
+
+class _Origin(BaseHTTPRequestHandler):
+    reads = 0
+
+    def do_GET(self) -> None:
+        type(self).reads += 1
+        body = b'{"titles": [{"id": "film", "digest": "d", "total_bytes": 10}]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def origin() -> Iterator[tuple[str, type[_Origin]]]:
+    handler = type("Origin", (_Origin,), {"reads": 0})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+class SteppingClock:
+    def __init__(self) -> None:
+        self.now = 1.78e9
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_wall_clock_stepped_back_stops_no_poll_and_no_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "TICK_S", 0.05)
+    monkeypatch.setattr(server, "SOFT_STATE_SAVE_S", 0.3)
+    clock = SteppingClock()
+    with origin() as (url, handler):
+        cfg = FleetConfig.model_validate(
+            {
+                "server": {"db": str(tmp_path / "fleet.sqlite")},
+                "sites": [SiteConfig(name="home", prefixes=("192.168.1.0/24",)).model_dump()],
+                "origin": {"url": url, "poll_s": 0.2},
+            }
+        )
+        store = Store(cfg.server.db)
+        svc = FleetService(cfg, store, clock)
+
+        async def run() -> tuple[int, bool]:
+            planning = Planning(svc)
+            task = asyncio.create_task(server.ticker(svc, cfg, planning))
+            try:
+                for _ in range(100):  # the first poll, in at most 10 s
+                    if handler.reads:
+                        break
+                    await asyncio.sleep(0.1)
+                assert handler.reads, "the ticker never read the origin"
+                clock.now -= 30 * 86_400.0  # NTP steps the wall clock back a month
+                store.set_meta(POPULARITY_META, "")
+                before = handler.reads
+                await asyncio.sleep(1.5)  # several poll and save intervals
+                return handler.reads - before, bool(store.meta(POPULARITY_META))
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                planning.close()
+
+        polls, saved = asyncio.run(run())
+        store.close()
+    assert polls >= 2, "origin polls stopped when the wall clock went back"
+    assert saved, "soft-state saves stopped when the wall clock went back"
