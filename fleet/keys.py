@@ -56,11 +56,22 @@ class KeySet:
     keys: tuple[KeyRecord, ...] = ()
 
 
+def _newest(keys: KeySet) -> KeyRecord:
+    # By the key set version that brought it, not `activates`: a key made while the clock
+    # was ahead activates later than the ones made after the clock was set right.
+    return max(keys.keys, key=lambda k: (k.since, k.activates))
+
+
 def rotation_due(keys: KeySet, now: float, policy: KeyPolicy) -> bool:
-    """True when the newest key has signed for `rotate_every_s` (less the lead)."""
+    """True when the newest key has signed for `rotate_every_s` (less the lead), or when it
+    activates further ahead than a rotation would put it (by more than the skew): it was
+    made while the clock was ahead, and waiting for its schedule would keep one key for as
+    long as the clock was wrong (years, after an RTC reset to a date in the future)."""
     if not keys.keys:
         return True
-    newest = max(keys.keys, key=lambda k: k.activates)
+    newest = _newest(keys)
+    if newest.activates > now + policy.lead_s + policy.skew_s:
+        return True
     return now >= newest.activates + policy.rotate_every_s - policy.lead_s
 
 
@@ -91,11 +102,17 @@ def revoke(keys: KeySet, key_id: str) -> KeySet:
 
 
 def signing_key(keys: KeySet, now: float) -> SigningKey | None:
-    """The key that signs at `now`: the latest-activated one inside its signing period."""
+    """The key that signs at `now`: the latest-activated one inside its signing period;
+    when the clock reads before every key's activation, the newest unretired key (see
+    `signers`)."""
     live = [k for k in keys.keys if k.signs_at(now)]
-    if not live:
-        return None
-    best = max(live, key=lambda k: k.activates)
+    if live:
+        best = max(live, key=lambda k: k.activates)
+    else:
+        early = [k for k in keys.keys if k.retires is None or now < k.retires]
+        if not early:
+            return None
+        best = max(early, key=lambda k: (k.since, k.activates))
     return SigningKey(best.id, best.secret)
 
 
@@ -110,13 +127,21 @@ def signers(keys: KeySet, now: float, policy: KeyPolicy) -> tuple[Signer, ...]:
     appliances that have not fetched the key set carrying it yet (for a heartbeat or two
     after a rotation, longer for one that cannot reach the fleet), the keys it replaced,
     within `skew_s` of their retirement, so a token signed with one still expires inside
-    that key's verification period."""
-    usable = [
-        k
-        for k in keys.keys
-        if k.activates <= now and (k.retires is None or now < k.retires + policy.skew_s)
-    ]
-    usable.sort(key=lambda k: (k.activates, k.since), reverse=True)
+    that key's verification period.
+
+    When the clock reads before a key's activation because the key was made while the
+    clock was ahead (and it was set right since), that key signs anyway: while no key has
+    activated, the newest one; once a later key has replaced it (rotation_due makes one at
+    once), until its retirement plus the skew, like any retired key. `activates` only
+    orders the schedule, giving appliances a lead to fetch a key before URLs carry it.
+    Appliances verify a token with any key they hold until its `verify_until`
+    (appliance/fleetlink_core.py usable_keys) and never look at `activates`, so such a URL
+    is accepted by every appliance holding the key (`since`, see key_for), while an
+    unsigned one is refused by each with tokens required. Best first is by key set
+    version: after a clock step back, the newest key is not the one activating last."""
+    alive = [k for k in keys.keys if k.retires is None or now < k.retires + policy.skew_s]
+    usable = [k for k in alive if k.activates <= now or k.retires is not None] or alive
+    usable.sort(key=lambda k: (k.since, k.activates), reverse=True)
     return tuple(Signer(SigningKey(k.id, k.secret), k.since) for k in usable)
 
 
