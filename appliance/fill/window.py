@@ -3,7 +3,8 @@ or close. Pure: `now` is always passed in (an aware datetime), so tests drive th
 
 A window is a daily interval of wall-clock time, across midnight when end < start (no window
 at all means always open). Each day's interval is turned into UTC instants through
-zoneinfo, so DST days are simply shorter or longer windows, never skipped or doubled.
+zoneinfo, so DST days are simply shorter or longer windows, never skipped or doubled: a
+time inside a spring-forward gap means the gap's end, a time that happens twice its first.
 """
 
 from __future__ import annotations
@@ -36,24 +37,44 @@ class FillWindow:
     zone: tzinfo
 
     def intervals(self, around: datetime) -> list[tuple[datetime, datetime]]:
-        """The window's [open, close) instants for the local days near `around`, in order."""
+        """The window's [open, close) instants for the local days near `around`, in order;
+        spans that touch (a window closing as it reopens) are one span."""
         local_day = around.astimezone(self.zone).date()
-        spans = []
+        spans: list[tuple[datetime, datetime]] = []
         for offset in range(-2, 3):
             day = local_day + timedelta(days=offset)
-            spans.append(
-                (self._instant(day, self.start), self._instant(self._end_day(day), self.end))
-            )
+            opens = self._instant(day, self.start)
+            closes = self._instant(self._end_day(day), self.end)
+            if closes <= opens:
+                # The whole window lies in a spring-forward gap ("02:00-02:30" the night 02:00
+                # jumps to 03:00): rather than skip that night's fill, it opens when the gap
+                # ends, for its usual length (03:00-03:30).
+                closes = opens + self._length()
+            if spans and opens <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(closes, spans[-1][1]))
+            else:
+                spans.append((opens, closes))
         return spans
 
     def _end_day(self, day: date) -> date:
         return day + timedelta(days=1) if self.end <= self.start else day
 
+    def _length(self) -> timedelta:
+        minutes = (self.end.hour - self.start.hour) * 60 + self.end.minute - self.start.minute
+        return timedelta(minutes=minutes % (24 * 60))
+
     def _instant(self, day: date, at: time) -> datetime:
-        # A wall time inside a spring-forward gap resolves (fold=0) to the instant after it.
-        # Everything is compared in UTC: Python compares and subtracts datetimes sharing one
-        # tzinfo by wall time, which is wrong across a DST change.
-        return datetime.combine(day, at, tzinfo=self.zone).astimezone(UTC)
+        """The UTC instant of wall time `at` on `day`. A time that happens twice (fall back) is
+        its first occurrence, so a window never opens twice in a night. A time that does not
+        happen (spring forward) is the end of the gap: zoneinfo's fold=0 reading would apply
+        the old offset and push it an hour late ("02:30-03:30" opening at 03:30, empty).
+        Everything is compared in UTC: Python compares and subtracts datetimes sharing one
+        tzinfo by wall time, which is wrong across a DST change."""
+        wall = datetime.combine(day, at)
+        first = wall.replace(tzinfo=self.zone).astimezone(UTC)
+        if first.astimezone(self.zone).replace(tzinfo=None) == wall:
+            return first
+        return _gap_end(self.zone, wall, first)
 
     def is_open(self, now: datetime) -> bool:
         now = _utc(now)
@@ -73,6 +94,23 @@ class FillWindow:
 
     def seconds_until_open(self, now: datetime) -> float:
         return max((self.next_open(now) - _utc(now)).total_seconds(), 0.0)
+
+
+def _gap_end(zone: tzinfo, wall: datetime, after: datetime) -> datetime:
+    """The instant a spring-forward gap holding naive `wall` ends: the first second whose wall
+    time is past `wall`. It lies between the readings of `wall` with the new offset (fold=1,
+    before the gap) and the old one (`after`); zone changes fall on whole seconds."""
+    lo = int(wall.replace(tzinfo=zone, fold=1).timestamp())
+    hi = int(after.timestamp())
+    for _ in range(64):  # about 17 halvings for an hour's gap; bounded all the same
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, UTC)
 
 
 def _utc(now: datetime) -> datetime:
