@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from edgeflix.tokens import MAX_TTL_S
+
 if TYPE_CHECKING:
     from appliance.config import StorageConfig
     from appliance.repair import Finding
@@ -224,7 +226,9 @@ def run_cmd(
 @app.command("sign")
 def sign_cmd(
     title: str = typer.Option(..., "--title", help="Title id to grant."),
-    ttl: int = typer.Option(3600, "--ttl", min=1, help="Seconds the URL stays valid."),
+    ttl: int = typer.Option(
+        3600, "--ttl", min=1, max=MAX_TTL_S, help="Seconds the URL stays valid (10 years at most)."
+    ),
     client_ip: str | None = typer.Option(None, "--client-ip", help="Bind to one client."),
     key_id: str | None = typer.Option(None, "--key", help="Key id (default: the first key)."),
     config: Path | None = typer.Option(None, "--config", help="Appliance config (TOML)."),

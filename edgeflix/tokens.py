@@ -23,6 +23,11 @@ _VERSION = "edgeflix-token-v1"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 _B64 = re.compile(r"^[A-Za-z0-9_-]+\Z")
 CLIENT_MAC_BYTES = 16
+# verify() refuses an expiry of more than 12 digits, so no token may be signed past it.
+MAX_EXPIRES = 10**12 - 1
+# The longest lifetime a signer hands out (`appliance sign --ttl`, fleet's token_ttl_s): ten
+# years, far inside MAX_EXPIRES, and bounded so a typo cannot mint a URL valid forever.
+MAX_TTL_S = 10 * 365 * 24 * 3600
 
 
 class TokenError(EdgeflixError):
@@ -108,6 +113,8 @@ def _client_mac(secret: bytes, mac: bytes, client_ip: str) -> bytes:
 
 def sign(title_id: str, key: SigningKey, expires: int, client_ip: str | None = None) -> str:
     """A token for every file of `title_id` until `expires`, optionally for one client only."""
+    if not 0 <= expires <= MAX_EXPIRES:
+        raise TokenError(f"token expiry {expires} is out of range (0 to {MAX_EXPIRES})")
     scope = "ip" if client_ip is not None else "any"
     mac = _mac(key.secret, key.id, expires, scope, title_id)
     token = f"{key.id}.{expires}.{scope}.{_b64(mac)}"

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edgeflix.config import ConfigModel, HostPort, Name, load_config
+from edgeflix.tokens import MAX_TTL_S
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
 from fleet.model import Network, Site
@@ -87,7 +88,8 @@ class SteeringConfig(ConfigModel):
     min_urls: int = Field(2, ge=1)
     max_urls: int = Field(3, ge=1)
     origin_fallback: bool = True
-    token_ttl_s: int = Field(4 * 3600, gt=0)
+    # At most what `appliance sign` allows: a longer lifetime makes URLs no token can carry.
+    token_ttl_s: int = Field(4 * 3600, gt=0, le=MAX_TTL_S)
     # Bind URLs to the client address (breaks players that change address mid-session).
     bind_client_ip: bool = False
 
