@@ -36,7 +36,7 @@ class ApplianceRecord:
 class Beat:
     """The latest heartbeat of one appliance (in memory; a copy is saved every few minutes)."""
 
-    at: float
+    at: float  # wall time of receipt: for people, popularity and the replay window
     sequence: int
     health: Health = "ok"
     health_detail: str = ""
@@ -51,15 +51,24 @@ class Beat:
     fill_total: int = 0
     # The appliance's identifier of `titles` (HeartbeatRequest.titles_digest); b"": none.
     titles_digest: bytes = b""
+    # Monotonic reading at receipt (the service stamps it), what silence is measured on: on
+    # the wall clock, a step back kept a dead appliance "ok" and steered to for the size of
+    # the step, and a step forward over 3 beats made every appliance unreachable at once.
+    # None: measured on `at` (a caller with one clock).
+    seen: float | None = None
 
 
 def state_of(
     record: ApplianceRecord, beat: Beat | None, now: float, interval_s: float, missed: int
 ) -> ApplianceState:
-    """Drained wins (operator intent); then silence (`missed` beats late); then health."""
+    """Drained wins (operator intent); then silence (`missed` beats late); then health.
+    `now` is on the clock of `beat.seen` (monotonic), or of `beat.at` when it has none."""
     if record.drained:
         return "drained"
-    if beat is None or now - beat.at > missed * interval_s:
+    if beat is None:
+        return "unreachable"
+    received = beat.seen if beat.seen is not None else beat.at
+    if now - received > missed * interval_s:
         return "unreachable"
     return beat.health
 
@@ -112,15 +121,17 @@ def beat_to_dict(beat: Beat) -> dict[str, Any]:
     }
 
 
-def beat_from_dict(doc: Mapping[str, Any], at: float) -> Beat:
-    """The saved beat, as if it had just arrived at `at` (so the appliance has the usual
-    missed-beats grace to send a real one). Raises KeyError, TypeError or ValueError on a
-    document of another shape (AttributeError where a mapping is a list)."""
+def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None) -> Beat:
+    """The saved beat, as if it had just arrived at `at` (`seen` on the monotonic clock),
+    so the appliance has the usual missed-beats grace to send a real one. Raises KeyError,
+    TypeError or ValueError on a document of another shape (AttributeError where a mapping
+    is a list)."""
     health = doc["health"]
     if health not in ("ok", "degraded", "failing"):
         raise ValueError(f"health {health!r}")
     return Beat(
         at=at,
+        seen=seen,
         sequence=int(doc["sequence"]),
         health=health,
         health_detail=str(doc["health_detail"]),

@@ -66,10 +66,12 @@ class FleetService:
         store: Store,
         clock: Callable[[], float] = time.time,
         entropy: Callable[[int], bytes] = secrets.token_bytes,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
-        self.clock = clock
+        self.clock = clock  # wall time: keys, tokens, popularity, what people read
+        self.monotonic = monotonic  # intervals: an appliance's silence, the snapshot's age
         self.entropy = entropy
         self.sites = config.site_list()
         self.records: dict[str, ApplianceRecord] = store.appliances()
@@ -77,7 +79,9 @@ class FleetService:
         # The last beats saved before a restart, as if just received: appliances stay
         # steerable for the usual missed-beats grace instead of every session going to the
         # origin until each one beats again (gRPC reconnects within 2 s of our return).
-        self.beats: dict[str, Beat] = _restore_beats(store.meta(BEATS_META), self.records, now)
+        self.beats: dict[str, Beat] = _restore_beats(
+            store.meta(BEATS_META), self.records, now, monotonic()
+        )
         popularity = config.popularity_policy()
         self._miss_share = popularity.miss_session_share
         # Weeks of counts (the long half-life) survive a restart: kept in the store.
@@ -119,20 +123,20 @@ class FleetService:
 
     def snapshot(self) -> FleetSnapshot:
         """Rebuilt on each heartbeat and at least every second (liveness needs the clock)."""
-        now = self.clock()
-        if self._snapshot is None or now - self._snapshot_at > SNAPSHOT_MAX_AGE_S:
+        mono = self.monotonic()
+        if self._snapshot is None or not 0 <= mono - self._snapshot_at <= SNAPSHOT_MAX_AGE_S:
             hb = self.config.heartbeat
             self._snapshot = build_snapshot(
                 self.sites,
                 self.records,
                 self.beats,
-                now,
+                mono,
                 hb.interval_s,
                 hb.missed_beats,
                 self.config.origin.url,
-                min((s.since for s in self._signers(now)), default=0),
+                min((s.since for s in self._signers(self.clock())), default=0),
             )
-            self._snapshot_at = now
+            self._snapshot_at = mono
         return self._snapshot
 
     def _changed(self) -> None:
@@ -185,6 +189,7 @@ class FleetService:
         address or port changed since it enrolled is steered to its new one."""
         rec = self.record(name)
         url = check_appliance_url(url) if url else rec.url  # a bad one refuses the whole beat
+        beat = replace(beat, seen=self.monotonic())  # silence is measured from here
         if not accept_beat(self.beats.get(name), beat):
             return
         if url != rec.url:
@@ -481,7 +486,7 @@ def _json_or_empty(raw: str | None) -> dict[str, Any]:
 
 
 def _restore_beats(
-    raw: str | None, records: Mapping[str, ApplianceRecord], now: float
+    raw: str | None, records: Mapping[str, ApplianceRecord], now: float, mono: float
 ) -> dict[str, Beat]:
     """Saved beats of appliances still enrolled; one of another shape is skipped (its
     appliance is unreachable until it beats, as it would be with nothing saved)."""
@@ -490,7 +495,7 @@ def _restore_beats(
         if name not in records or not isinstance(doc, dict):
             continue
         try:
-            beats[name] = beat_from_dict(doc, now)
+            beats[name] = beat_from_dict(doc, now, mono)
         except (AttributeError, KeyError, TypeError, ValueError):
             event(log, "fleet.beat_unrestored", logging.WARNING, appliance=name)
     return beats

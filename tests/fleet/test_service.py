@@ -44,7 +44,9 @@ def config(tmp_path: Path) -> FleetConfig:
 def service(tmp_path: Path, clock: Clock) -> FleetService:
     counter = iter(range(1, 1000))
     cfg = config(tmp_path)
-    return FleetService(cfg, Store(cfg.server.db), clock, lambda n: bytes([next(counter)]) * n)
+    entropy = lambda n: bytes([next(counter)]) * n  # noqa: E731
+    # One test clock for both: the tests step it to make appliances fall silent.
+    return FleetService(cfg, Store(cfg.server.db), clock, entropy, monotonic=clock)
 
 
 def enrol(svc: FleetService, name: str, site: str) -> None:
@@ -115,7 +117,7 @@ def test_a_beat_from_a_new_address_moves_steering_there(tmp_path: Path) -> None:
         beat(svc, "h1", 3, url="ftp://elsewhere")
     assert svc.beats["h1"].sequence == 2
     # It lasts: a restarted fleet manager steers to the new address.
-    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    again = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
     assert again.records["h1"].url == "http://192.168.1.40:9000"
 
 
@@ -167,14 +169,14 @@ def test_popularity_survives_a_restart_of_the_manager(tmp_path: Path) -> None:
     beat(svc, "h1", 1, {"home-hit": 50 * GB})
     clock.now += 600
     svc.save_soft_state()
-    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    again = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
     assert again.popularity.rates(clock.now, {}) == pytest.approx(
         svc.popularity.rates(clock.now, {})
     )
     assert again.site_popularity["home"].long.at(clock.now)["home-hit"] > 0
     # A damaged value costs the history, not the start.
     again.store.set_meta("popularity", "{not json")
-    third = FleetService(svc.config, Store(svc.config.server.db), clock)
+    third = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
     assert third.popularity.rates(clock.now, {}) == {}
 
 
@@ -267,9 +269,9 @@ def test_a_restarted_manager_steers_from_the_saved_beats_until_real_ones_come(
     svc.remove("h2")
     svc.save_soft_state()
     clock.now += 3600  # down for an hour
-    again = FleetService(svc.config, Store(svc.config.server.db), clock)
+    again = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
     assert set(again.beats) == {"h1"}  # a removed appliance is not brought back
-    assert again.beats["h1"] == replace(svc.beats["h1"], at=clock.now)
+    assert again.beats["h1"] == replace(svc.beats["h1"], at=clock.now, seen=clock.now)
     decision, answer = again.steer("192.168.1.2", "a")
     assert decision.outcome == "in_site" and answer.urls[0].startswith("http://h1:8081/")
     # The usual grace (3 beats of 5 s) for the first real beat, then unreachable as ever.
@@ -298,7 +300,8 @@ def test_saved_beats_of_another_shape_are_skipped(tmp_path: Path) -> None:
         json.dumps({"h1": {**good, "health": "great"}}),
     ):
         svc.store.set_meta("last_beats", raw)
-        assert FleetService(svc.config, Store(svc.config.server.db), clock).beats == {}
+        again = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
+        assert again.beats == {}
 
 
 def signed_with(svc: FleetService, client_ip: str = "192.168.1.2") -> list[str]:
