@@ -164,8 +164,13 @@ class Site:
     ) -> Site:
         try:
             ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise FleetInputError(f"site {name}: unknown timezone '{timezone}'") from None
+        # OSError too: a folder of zones ("Europe") is IsADirectoryError, a 300-character
+        # name "File name too long"; both are a wrong name, not an I/O failure.
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            shown = timezone if len(timezone) <= 40 else timezone[:40] + "..."
+            raise FleetInputError(
+                f"site {name}: unknown time zone {shown!r} (use an IANA name like Europe/Berlin)"
+            ) from None
         return cls(
             name=name,
             prefixes=tuple(parse_prefix(p) for p in prefixes),

@@ -64,7 +64,7 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("[server]\ngrpc = 'nohost'\n", "server.grpc"),
         ("[[sites]]\nname = 'a'\nprefixes = ['300.1.1.0/24']\n", "not an IP prefix"),
         ("[[sites]]\nname = 'a'\nfill_window = '6-2'\n", "HH:MM-HH:MM"),
-        ("[[sites]]\nname = 'a'\ntimezone = 'Nowhere/Land'\n", "unknown timezone"),
+        ("[[sites]]\nname = 'a'\ntimezone = 'Nowhere/Land'\n", "unknown time zone"),
         ("[[sites]]\nname = 'a'\n[[sites]]\nname = 'a'\n", "listed twice"),
         ("[steering]\nmin_urls = 4\n", "min_urls"),
     ],

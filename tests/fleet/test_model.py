@@ -39,7 +39,7 @@ def test_site_window_uses_the_site_timezone() -> None:
 
 
 def test_bad_site_values_are_refused() -> None:
-    with pytest.raises(FleetInputError, match="unknown timezone"):
+    with pytest.raises(FleetInputError, match="unknown time zone"):
         Site.build("x", [], timezone="Mars/Olympus")
     with pytest.raises(FleetInputError, match="not an IP prefix"):
         Site.build("x", ["192.168.1.0/33"])

@@ -467,7 +467,10 @@ def test_a_second_manager_on_the_same_grpc_port_fails_to_start(
             'prefixes = ["10.0.0.0/8"]',
             "listed in sites a and b",
         ),
-        ('[[sites]]\nname = "a"\ntimezone = "Mars/Olympus"', "unknown timezone"),
+        ('[[sites]]\nname = "a"\ntimezone = "Mars/Olympus"', "unknown time zone"),
+        # A folder of zones, and a name too long for a file name: no traceback either.
+        ('[[sites]]\nname = "a"\ntimezone = "Europe"', "unknown time zone 'Europe'"),
+        (f'[[sites]]\nname = "a"\ntimezone = "{"a" * 300}"', "unknown time zone"),
     ],
 )
 def test_bad_fleet_toml_is_one_line(tmp_path: Path, sites: str, words: str) -> None:
