@@ -143,8 +143,52 @@ class FillWindow:
             return self.start <= local < self.end
         return local >= self.start or local < self.end
 
+    def is_open(self, now: dt.datetime, zone: dt.tzinfo) -> bool:
+        """Open at instant `now` (aware) in `zone`, by the appliance's rule
+        (appliance/fill/window.py), which decides when it really fills: each local day's
+        window as UTC instants; a time inside a spring-forward gap means the gap's end (a
+        window wholly inside it opens then, for its usual length), a time that happens
+        twice its first occurrence. Comparing naive wall times, as `contains` does, said
+        "filling" through a repeated fall-back hour and not on a spring-forward night."""
+        utc = now.astimezone(dt.UTC)
+        today = utc.astimezone(zone).date()
+        for offset in range(-2, 3):
+            day = today + dt.timedelta(days=offset)
+            end_day = day + dt.timedelta(days=1) if self.end <= self.start else day
+            opens, closes = _instant(zone, day, self.start), _instant(zone, end_day, self.end)
+            if closes <= opens:
+                closes = opens + self._length()
+            if opens <= utc < closes:
+                return True
+        return False
+
+    def _length(self) -> dt.timedelta:
+        minutes = (self.end.hour - self.start.hour) * 60 + self.end.minute - self.start.minute
+        return dt.timedelta(minutes=minutes % (24 * 60))
+
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+def _instant(zone: dt.tzinfo, day: dt.date, at: dt.time) -> dt.datetime:
+    """The UTC instant of wall time `at` on `day` in `zone`: its first occurrence, or the
+    end of the spring-forward gap holding it (as appliance/fill/window.py reads it)."""
+    wall = dt.datetime.combine(day, at)
+    first = wall.replace(tzinfo=zone).astimezone(dt.UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    # In a gap: the first second whose wall time is past `wall`, between the readings with
+    # the new offset (fold=1, before the gap) and the old one; bounded bisection.
+    lo, hi = int(wall.replace(tzinfo=zone, fold=1).timestamp()), int(first.timestamp())
+    for _ in range(64):
+        if hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        if dt.datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return dt.datetime.fromtimestamp(hi, dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -179,8 +223,8 @@ class Site:
         )
 
     def in_fill_window(self, now: dt.datetime) -> bool:
-        """`now` must be timezone-aware; it is converted to the site's local time."""
-        return self.fill_window.contains(now.astimezone(ZoneInfo(self.timezone)).time())
+        """`now` must be timezone-aware; DST nights as the appliance reads them."""
+        return self.fill_window.is_open(now, ZoneInfo(self.timezone))
 
 
 @dataclass(frozen=True)
