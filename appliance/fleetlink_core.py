@@ -310,11 +310,15 @@ def phase(
 
 
 def signing_key(keys: tuple[FleetKey, ...], now: float) -> FleetKey | None:
-    """The key the fleet signs with now, by the fleet's own rule (fleet/keys.py): the
+    """The key the fleet signs with now, by the fleet's own rule (fleet/keys.py signers): the
     latest-activated key inside its signing period. A key due to retire still signs until
-    then: during a rotation's lead its successor is known but not yet active."""
-    active = [k for k in keys if k.activates <= now and (k.retires == 0 or now < k.retires)]
-    return max(active, key=lambda k: k.activates, default=None)
+    then: during a rotation's lead its successor is known but not yet active. A key made
+    while the fleet's clock was ahead (and set right since) has not activated yet, and signs
+    anyway: alone, or until its retirement once a successor replaced it. Peers verify any
+    key they hold, and never look at `activates`."""
+    alive = [k for k in keys if k.retires == 0 or now < k.retires]
+    usable = [k for k in alive if k.activates <= now or k.retires != 0] or alive
+    return max(usable, key=lambda k: k.activates, default=None)
 
 
 def sign_peer_sources(

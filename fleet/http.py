@@ -31,6 +31,7 @@ from fleet.admin import AdminAccess
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import Appliance
 from fleet.planning import Planning
+from fleet.registry import Beat
 from fleet.service import FleetService
 
 Scope = MutableMapping[str, Any]
@@ -234,6 +235,16 @@ def steering_protocol(svc: FleetService) -> type[SteeringHttpProtocol]:
     return type("BoundSteeringHttpProtocol", (SteeringHttpProtocol,), {"svc": svc})
 
 
+def _silence(svc: FleetService, beat: Beat | None) -> float | None:
+    """Seconds since the appliance's last beat arrived, on the clock liveness uses
+    (monotonic: a wall clock stepped back does not make it negative)."""
+    if beat is None:
+        return None
+    if beat.seen is None:
+        return round(svc.clock() - beat.at, 1)
+    return round(svc.monotonic() - beat.seen, 1)
+
+
 def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
     beat = svc.beats.get(a.name)
     current = svc.current_plan
@@ -248,7 +259,7 @@ def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
         "connections": a.connections,
         "titles": sum(1 for t in a.titles.values() if t.complete),
         "disk_bytes": a.disk_bytes,
-        "last_seen_s": round(svc.clock() - beat.at, 1) if beat else None,
+        "last_seen_s": _silence(svc, beat),
         "health_detail": beat.health_detail if beat else "",
         "plan_version": beat.plan_version if beat else 0,
         "keys_version": beat.keys_version if beat else 0,

@@ -22,6 +22,7 @@ from appliance.fleetlink_core import (
     load_bps,
     phase,
     plan_document,
+    signing_key,
     to_fill_plan,
     usable_keys,
 )
@@ -202,6 +203,20 @@ def test_keys_usable_until_their_verification_ends_and_none_after_grace_with_sto
     assert set(usable_keys(keys, 60.0, "grace", "degrade")) == {"k2"}
     assert set(usable_keys(keys, 60.0, "expired", "degrade")) == {"k2"}
     assert usable_keys(keys, 60.0, "expired", "stop") == {}
+
+
+def test_peer_urls_are_signed_by_the_fleets_rule_after_its_clock_was_set_back() -> None:
+    """Keys made while the fleet's clock ran ahead activate later than now: they sign anyway,
+    as the fleet signs player URLs with them (fleet/keys.py signers), so peer sources are
+    never left unsigned while a key exists."""
+    ahead = FleetKey("k1", b"s" * 32, 7200.0, 0.0, 0.0)
+    assert signing_key((ahead,), 0.0) == ahead
+    # Replaced at once by a key on the right schedule: the old one signs until its retirement.
+    retiring = FleetKey("k1", b"s" * 32, 7200.0, 60.0, 0.0)
+    successor = FleetKey("k2", b"t" * 32, 60.0, 0.0, 0.0)
+    assert signing_key((retiring, successor), 30.0) == retiring
+    assert signing_key((retiring, successor), 60.0) == successor
+    assert signing_key((), 0.0) is None
 
 
 def test_a_key_set_is_checked_whole() -> None:
