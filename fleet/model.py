@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edgeflix import fillwindow
 from edgeflix.config import NAME_RE, parse_base_url
 from edgeflix.errors import ConfigError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
@@ -121,7 +121,8 @@ def _is_wildcard(host: str) -> bool:
 
 @dataclass(frozen=True)
 class FillWindow:
-    """A daily local-time window such as 02:00-06:00; it may wrap past midnight."""
+    """A site's daily local-time window such as 02:00-06:00; it may wrap past midnight. Open
+    or not by the appliances' own rule, DST nights included (edgeflix/fillwindow.py)."""
 
     start: dt.time
     end: dt.time
@@ -129,66 +130,16 @@ class FillWindow:
     @classmethod
     def parse(cls, text: str) -> FillWindow:
         try:
-            start_s, end_s = text.split("-")
-            start = dt.time.fromisoformat(start_s.strip())
-            end = dt.time.fromisoformat(end_s.strip())
-        except ValueError:
-            raise FleetInputError(f"fill window '{text}' is not HH:MM-HH:MM") from None
-        if start == end:
-            raise FleetInputError(f"fill window '{text}' is empty")
-        return cls(start, end)
-
-    def contains(self, local: dt.time) -> bool:
-        if self.start < self.end:
-            return self.start <= local < self.end
-        return local >= self.start or local < self.end
+            return cls(*fillwindow.parse_times(text))
+        except fillwindow.WindowError as exc:
+            raise FleetInputError(str(exc)) from None
 
     def is_open(self, now: dt.datetime, zone: dt.tzinfo) -> bool:
-        """Open at instant `now` (aware) in `zone`, by the appliance's rule
-        (appliance/fill/window.py), which decides when it really fills: each local day's
-        window as UTC instants; a time inside a spring-forward gap means the gap's end (a
-        window wholly inside it opens then, for its usual length), a time that happens
-        twice its first occurrence. Comparing naive wall times, as `contains` does, said
-        "filling" through a repeated fall-back hour and not on a spring-forward night."""
-        utc = now.astimezone(dt.UTC)
-        today = utc.astimezone(zone).date()
-        for offset in range(-2, 3):
-            day = today + dt.timedelta(days=offset)
-            end_day = day + dt.timedelta(days=1) if self.end <= self.start else day
-            opens, closes = _instant(zone, day, self.start), _instant(zone, end_day, self.end)
-            if closes <= opens:
-                closes = opens + self._length()
-            if opens <= utc < closes:
-                return True
-        return False
-
-    def _length(self) -> dt.timedelta:
-        minutes = (self.end.hour - self.start.hour) * 60 + self.end.minute - self.start.minute
-        return dt.timedelta(minutes=minutes % (24 * 60))
+        """Open at instant `now` (aware) in `zone`, as the site's appliances decide it."""
+        return fillwindow.FillWindow(self.start, self.end, zone).is_open(now)
 
     def __str__(self) -> str:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
-
-
-def _instant(zone: dt.tzinfo, day: dt.date, at: dt.time) -> dt.datetime:
-    """The UTC instant of wall time `at` on `day` in `zone`: its first occurrence, or the
-    end of the spring-forward gap holding it (as appliance/fill/window.py reads it)."""
-    wall = dt.datetime.combine(day, at)
-    first = wall.replace(tzinfo=zone).astimezone(dt.UTC)
-    if first.astimezone(zone).replace(tzinfo=None) == wall:
-        return first
-    # In a gap: the first second whose wall time is past `wall`, between the readings with
-    # the new offset (fold=1, before the gap) and the old one; bounded bisection.
-    lo, hi = int(wall.replace(tzinfo=zone, fold=1).timestamp()), int(first.timestamp())
-    for _ in range(64):
-        if hi - lo <= 1:
-            break
-        mid = (lo + hi) // 2
-        if dt.datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= wall:
-            hi = mid
-        else:
-            lo = mid
-    return dt.datetime.fromtimestamp(hi, dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -207,14 +158,9 @@ class Site:
         timezone: str = "UTC",
     ) -> Site:
         try:
-            ZoneInfo(timezone)
-        # OSError too: a folder of zones ("Europe") is IsADirectoryError, a 300-character
-        # name "File name too long"; both are a wrong name, not an I/O failure.
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            shown = timezone if len(timezone) <= 40 else timezone[:40] + "..."
-            raise FleetInputError(
-                f"site {name}: unknown time zone {shown!r} (use an IANA name like Europe/Berlin)"
-            ) from None
+            fillwindow.iana_zone(timezone)
+        except fillwindow.WindowError as exc:
+            raise FleetInputError(f"site {name}: {exc}") from None
         return cls(
             name=name,
             prefixes=tuple(parse_prefix(p) for p in prefixes),
@@ -224,7 +170,7 @@ class Site:
 
     def in_fill_window(self, now: dt.datetime) -> bool:
         """`now` must be timezone-aware; DST nights as the appliance reads them."""
-        return self.fill_window.is_open(now, ZoneInfo(self.timezone))
+        return self.fill_window.is_open(now, fillwindow.iana_zone(self.timezone))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from appliance.fill.bucket import TokenBucket
-from appliance.fill.window import FillWindow
+from edgeflix.fillwindow import FillWindow
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.fill")

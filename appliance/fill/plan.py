@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from appliance.fill.http1 import render_get
 from appliance.fill.transport import split_url
-from appliance.fill.window import FillWindow, WindowError, parse_window, resolve_zone
+from appliance.fill.window import parse_window, resolve_zone
 from edgeflix.errors import EdgeflixError
+from edgeflix.fillwindow import FillWindow, WindowError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
 
 

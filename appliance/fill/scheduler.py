@@ -28,9 +28,9 @@ from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, load_plan
 from appliance.fill.runner import FillReport, FillRun, tuning
 from appliance.fill.storage import StoreStorage
-from appliance.fill.window import FillWindow
 from appliance.store import Store
 from edgeflix.errors import EdgeflixError
+from edgeflix.fillwindow import FillWindow
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.fill")

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.fill.window import WindowError, parse_window
+from appliance.fill.window import parse_window
+from edgeflix.fillwindow import WindowError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

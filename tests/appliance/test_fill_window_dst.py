@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.fill.window import FillWindow, parse_window
+from appliance.fill.window import parse_window
+from edgeflix.fillwindow import FillWindow
 
 BERLIN = ZoneInfo("Europe/Berlin")
 SPRING = (2027, 3, 28)  # Berlin: 02:00 CET jumps to 03:00 CEST (01:00 UTC)

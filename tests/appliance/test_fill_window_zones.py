@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from appliance.fill.plan import PlanError, parse_plan
-from appliance.fill.window import WindowError, parse_window
+from appliance.fill.window import parse_window
+from edgeflix.fillwindow import WindowError
 
 
 @pytest.mark.parametrize("name", ["Europe", "America", "America/Argentina", "a" * 300])

@@ -20,8 +20,12 @@ from fleet.model import (
 
 def test_fill_window_wraps_midnight() -> None:
     w = FillWindow.parse("22:30-04:00")
-    assert w.contains(dt.time(23, 0)) and w.contains(dt.time(3, 59))
-    assert not w.contains(dt.time(4, 0)) and not w.contains(dt.time(12, 0))
+
+    def at(hour: int, minute: int) -> bool:
+        return w.is_open(dt.datetime(2026, 5, 4, hour, minute, tzinfo=dt.UTC), dt.UTC)
+
+    assert at(23, 0) and at(3, 59)
+    assert not at(4, 0) and not at(12, 0)
     assert str(w) == "22:30-04:00"
 
 
