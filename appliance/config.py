@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import BaseUrl, ConfigModel, HostPort, Name, load_config, parse_hostport
+from edgeflix.config import (
+    BaseUrl,
+    ConfigModel,
+    HostPort,
+    Name,
+    is_wildcard_host,
+    load_config,
+    parse_hostport,
+)
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
@@ -203,11 +210,7 @@ class ApplianceConfig(ConfigModel):
         if self.fleet.url is None or self.fleet.public_url is not None:
             return self
         host, _ = parse_hostport(self.serve.listen)
-        try:
-            wildcard = ipaddress.ip_address(host).is_unspecified
-        except ValueError:
-            wildcard = False  # a host name
-        if wildcard:
+        if is_wildcard_host(host):
             raise ValueError(
                 f"[serve] listen = '{self.serve.listen}' listens on all interfaces: set "
                 "[fleet] public_url to the URL players reach this appliance at "

@@ -7,8 +7,10 @@ that name the file and the key. Environment variables override file values:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -124,6 +126,28 @@ def _valid_hostport(value: str) -> str:
 
 # A config field holding `HOST:PORT` (checked at load, kept as the string the user wrote).
 HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+
+
+def is_wildcard_host(host: str) -> bool:
+    """0.0.0.0 (and all of 0.0.0.0/8, "this network", no destination), ::, ::ffff:0.0.0.0,
+    and the short forms a client's resolver reads as them (http://0:8081)."""
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the forms inet_aton takes: "0", "0.0", "0x0"...; a name raises
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_unspecified:
+            return True
+        if address.ipv4_mapped is None:
+            return False
+        address = address.ipv4_mapped
+    return address in _THIS_NETWORK
 
 
 def parse_base_url(value: str) -> str:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edgeflix import fillwindow
-from edgeflix.config import NAME_RE, parse_base_url
+from edgeflix.config import NAME_RE, is_wildcard_host, parse_base_url
 from edgeflix.errors import ConfigError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
 from fleet.errors import FleetInputError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 ApplianceState = Literal["ok", "degraded", "failing", "unreachable", "drained"]
 APPLIANCE_STATES: tuple[ApplianceState, ...] = (
     "ok",
@@ -91,32 +89,13 @@ def check_appliance_url(url: str) -> str:
     except ConfigError:
         raise FleetInputError(f"appliance URL '{url}' is not http(s)://HOST[:PORT]") from None
     host = urlsplit(base).hostname or ""
-    if _is_wildcard(host):
+    if is_wildcard_host(host):
         raise FleetInputError(
             f"appliance URL '{base}' is a wildcard address (all interfaces), which no "
             "player can reach: set [fleet] public_url in the appliance's config to the URL "
             "players reach it at (e.g. http://192.168.1.10:8081)"
         )
     return base
-
-
-def _is_wildcard(host: str) -> bool:
-    """0.0.0.0 (and all of 0.0.0.0/8, "this network", no destination), ::, ::ffff:0.0.0.0,
-    and the short forms a client's resolver reads as them (http://0:8081)."""
-    try:
-        address: Address = ipaddress.ip_address(host)
-    except ValueError:
-        try:  # the forms inet_aton takes: "0", "0.0", "0x0"...; a name raises
-            address = ipaddress.IPv4Address(socket.inet_aton(host))
-        except (OSError, ValueError):
-            return False
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.is_unspecified:
-            return True
-        if address.ipv4_mapped is None:
-            return False
-        address = address.ipv4_mapped
-    return address in _THIS_NETWORK
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,11 @@ def validate(listen: str, **fleet: Any) -> ApplianceConfig:
     )
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:8081", "[::]:8081", "[0:0::0]:0"])
+@pytest.mark.parametrize(
+    "listen",
+    # The short forms and the IPv4-mapped one too: the fleet refuses all of them.
+    ["0.0.0.0:8081", "[::]:8081", "[0:0::0]:0", "0:8081", "0.0:8081", "[::ffff:0.0.0.0]:8081"],
+)
 def test_a_wildcard_listen_with_a_fleet_needs_a_public_url(listen: str) -> None:
     with pytest.raises(ValidationError, match=r"set \[fleet\] public_url"):
         validate(listen)
