@@ -14,6 +14,10 @@ from pathlib import Path
 from origin.ladder import Rung
 
 AUDIO_ID = "audio"
+# FFmpeg's AAC encoder starts every stream with this many samples of encoder delay
+# (priming), which the edit list we do not write would have skipped: the sound proper
+# begins that much after the audio's first sample.
+AAC_PRIMING_SAMPLES = 1024
 INIT_NAME = "init.mp4"
 SEGMENT_PATTERN = "seg_%05d.m4s"
 SCRATCH_PLAYLIST = ".ffmpeg.m3u8"  # ffmpeg's own playlist; we write ours from the real segments

@@ -26,6 +26,7 @@ from edgeflix.titlefiles import FileEntry, RenditionInfo, TitleFiles, check_titl
 from origin.config import EncodeConfig
 from origin.errors import EncodeError, SourceError, StoreError
 from origin.ffmpeg import (
+    AAC_PRIMING_SAMPLES,
     AUDIO_ID,
     SCRATCH_PLAYLIST,
     EncodeSettings,
@@ -225,19 +226,28 @@ def package(
 def align_starts(
     out: Path, videos: Sequence[Media], audio: Media | None
 ) -> tuple[list[Media], Media | None]:
-    """Start every rendition's timeline where the latest starts. B-frames put a video's
+    """Start every rendition's content where the latest starts. B-frames put a video's
     first picture a frame or two after 0 (its earlier samples decode first, and offsets
     never go negative: origin/ffmpeg.py), by as much as its encoder reorders; the audio
-    starts at 0. Each player places samples by their own times alone, so the sound moves
+    starts at 0, and its sound proper 1024 samples of encoder priming later (21 ms). Each
+    player places samples by their own times alone, so the sound moves
     with the picture, not the picture to the sound (no edit list, which MSE ignores, and
     no negative offsets, which FFmpeg's demuxer shows late)."""
     from origin.segments import shift_timeline
 
+    def content_start(media: Media) -> Fraction:
+        """When the rendition's content begins: its first sample, or for the sound the
+        first sample after the encoder's priming (played as silence by every player)."""
+        start = Fraction(media.segments[0].start, media.timescale)
+        if media.kind == "audio" and media.codec == "aac" and media.sample_rate:
+            start += Fraction(AAC_PRIMING_SAMPLES, media.sample_rate)
+        return start
+
     medias = [*videos, *([audio] if audio else [])]
-    latest = max(Fraction(m.segments[0].start, m.timescale) for m in medias)
+    latest = max(content_start(m) for m in medias)
     moved = []
     for media in medias:
-        ticks = round(latest * media.timescale) - media.segments[0].start
+        ticks = round((latest - content_start(media)) * media.timescale)
         moved.append(shift_timeline(out / media.id, media, ticks) if ticks > 0 else media)
     return moved[: len(videos)], (moved[-1] if audio else None)
 
