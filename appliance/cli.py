@@ -27,12 +27,10 @@ def _disks_out_of_service(storage: StorageConfig) -> set[str]:
     """Probe the disks once, for a one-off command: a dead disk (EIO, gone, hung), or one not
     mounted, is left alone rather than failing the command or having its files dropped (the
     daemon takes it out and re-verifies it when it is back). Warnings on stderr."""
-    from appliance.health import DiskWatch, unusable
-    from appliance.index import disks_with_files
+    from appliance.health import probe_disks, unusable
     from edgeflix.ui import warn
 
-    held = disks_with_files(storage.index)
-    probes = DiskWatch([d.path.resolve() for d in storage.disks], held=held).probe_all()
+    probes = probe_disks([d.path for d in storage.disks], storage.index)
     dead = unusable(probes)
     for path, why in sorted(dead.items()):
         warn(f"disk {path} is out of service ({why}): its files are not checked or changed")

@@ -274,6 +274,15 @@ def decide_disks(
     return new, actions
 
 
+def probe_disks(disks: Sequence[Path], index: Path) -> list[DiskProbe]:
+    """Probe every disk once, as a one-off command or a background round does before it
+    opens the store: a disk the index places files on but without its titles folder is
+    missing (not mounted), not empty."""
+    from appliance.index import disks_with_files
+
+    return DiskWatch([d.resolve() for d in disks], held=disks_with_files(index)).probe_all()
+
+
 def unusable(probes: Sequence[DiskProbe]) -> dict[str, str]:
     """Disks a one-off command (`appliance ls`, `load`, `verify`) must leave alone, with the
     reason: every failed probe but read-only or full (such a disk is read, just not written,

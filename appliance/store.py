@@ -48,6 +48,7 @@ from appliance.index import (
     all_titles,
     bytes_by_disk,
     connect_writer,
+    disks_with_files,
     file_path,
     get_title,
     title_files,
@@ -185,7 +186,15 @@ class Store:
         configured = {str(d.path.resolve()) for d in config.disks}
         self.out_of_service: tuple[str, ...] = tuple(sorted(out & configured))
         in_service = [d for d in config.disks if str(d.path.resolve()) not in out]
-        self.disks: tuple[Disk, ...] = open_disks(in_service, sysfs)
+        opened = open_disks(in_service, sysfs)
+        # A disk the index places files on, without its titles folder, is not mounted (or
+        # not yet back): it is out of service for this store, whatever the caller was told
+        # a moment ago. Making the folder there would put titles on the bare mount point and
+        # make the health probe find the disk "back"; checking it would drop its files.
+        held = disks_with_files(config.index)
+        vanished = {d.id for d in opened if d.id in held and not d.titles_dir.is_dir()}
+        self.out_of_service = tuple(sorted({*self.out_of_service, *vanished}))
+        self.disks: tuple[Disk, ...] = tuple(d for d in opened if d.id not in vanished)
         check_layout(self.disks, config.index)
         for disk in self.disks:
             if not disk.writable:

@@ -37,12 +37,17 @@ class SweepThread(threading.Thread):
                 event(log, "sweep.failed", logging.WARNING, reason=str(exc))
 
     def sweep(self) -> None:
+        from appliance.health import probe_disks, unusable
         from appliance.repair import reconcile
         from appliance.store import Store
 
         # A store per round, made on this thread (SQLite), leaving out the disks the health
-        # monitor holds out of service now: their files are its take-out's and re-scan's.
-        store = Store(self._config, out_of_service=self._out_of_service(), sysfs=SYSFS)
+        # monitor holds out of service now (their files are its take-out's and re-scan's),
+        # and any a probe of our own finds failing: the monitor notices a dead or unmounted
+        # disk within a second, and a reconcile in that second would drop its files.
+        probed = unusable(probe_disks([d.path for d in self._config.disks], self._config.index))
+        out = self._out_of_service() | set(probed)
+        store = Store(self._config, out_of_service=out, sysfs=SYSFS)
         try:
             report = reconcile(store)
         finally:

@@ -114,3 +114,33 @@ def test_a_removal_with_every_disk_in_service_leaves_nothing(tmp_path: Path) -> 
         assert all(not (d.titles_dir / "bunny").exists() for d in store.disks)
     finally:
         store.close()
+
+
+def test_a_disk_whose_titles_folder_vanished_is_left_alone(tmp_path: Path) -> None:
+    """A disk unmounted under a running daemon leaves its bare mount point: every background
+    round opens a store before the health monitor has noticed. That store must not make a
+    titles folder there (the monitor would then find the disk "back", never take it out,
+    and a reconcile would drop its files as lost) nor check what it cannot see."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    folder = make_title(tmp_path / "src", "bunny", SIZES)
+    store = Store(cfg.storage)
+    store.load("bunny", folder)
+    gone = sorted({f.disk for f in title_files(store.conn, "bunny")})[0]
+    store.close()
+    titles = Path(gone) / "titles"
+    titles.rename(Path(gone) / "elsewhere")  # unmounted: the mount point stays, empty
+
+    store = Store(cfg.storage)  # told nothing: the monitor has not seen it yet
+    try:
+        assert store.out_of_service == (gone,) and gone not in {d.id for d in store.disks}
+        assert not titles.exists()
+        reconcile(store)
+        assert all(f.state == "ok" for f in title_files(store.conn, "bunny"))
+    finally:
+        store.close()
+    (Path(gone) / "elsewhere").rename(titles)  # mounted again: served as before
+    store = Store(cfg.storage)
+    try:
+        assert store.out_of_service == () and get_title(store.conn, "bunny").state == READY  # type: ignore[union-attr]
+    finally:
+        store.close()
