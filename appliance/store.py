@@ -403,7 +403,9 @@ class Store:
         needed = bytes_per_disk(placement, {e.path: e.size for e in entries})
         with self.locks.hold(title_id):
             existing = get_title(self.conn, title_id)
-            if existing is not None and not replace:
+            # A title being removed (its files on a disk that is out wait for it: `purge`)
+            # is no longer loaded: the new version replaces what waits.
+            if existing is not None and not replace and existing.state != REMOVING:
                 raise LoadError(
                     f"title {title_id} is already loaded ({existing.state}); "
                     "use --replace to reload it"

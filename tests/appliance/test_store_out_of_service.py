@@ -3,7 +3,9 @@ disk is never touched, and a re-load after the loss places every file on the dis
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -142,5 +144,43 @@ def test_a_disk_whose_titles_folder_vanished_is_left_alone(tmp_path: Path) -> No
     store = Store(cfg.storage)
     try:
         assert store.out_of_service == () and get_title(store.conn, "bunny").state == READY  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+def test_a_title_removed_while_a_disk_is_out_can_be_loaded_again(tmp_path: Path) -> None:
+    """`rm` keeps the title's row (removing) for the files on the disk that is out; loading
+    it again is not "already loaded": the new version replaces what waits, and the old
+    files on that disk are swept once it is back."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "ssd")))
+    folder = make_title(tmp_path / "src", "bunny", SIZES)
+    store = Store(cfg.storage)
+    store.load("bunny", folder)
+    dead = sorted({f.disk for f in title_files(store.conn, "bunny")})[0]
+    mark_disk_missing(store, dead)
+    store.close()
+
+    store = Store(cfg.storage, out_of_service=[dead])
+    try:
+        store.remove("bunny")
+        assert store.title("bunny").state == REMOVING
+        row = store.load("bunny", folder)
+        assert row.state == READY
+        assert {f.disk for f in title_files(store.conn, "bunny")} == {d.id for d in store.disks}
+    finally:
+        store.close()
+
+    # The disk is back, a while later (a folder retired in the last minute is left to the
+    # process that retired it): the old version's files go from it.
+    old = time.time() - 120
+    os.utime(Path(dead) / "titles" / "bunny", (old, old))
+    store = Store(cfg.storage)
+    try:
+        reconcile(store)
+        assert get_title(store.conn, "bunny").state == READY  # type: ignore[union-attr]
+        files = title_files(store.conn, "bunny")
+        assert all(f.location.is_file() for f in files)
+        kept = {str(f.location) for f in files}
+        assert all(str(p) in kept for p in (Path(dead) / "titles").rglob("*") if p.is_file())
     finally:
         store.close()
