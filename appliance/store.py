@@ -325,25 +325,34 @@ class Store:
     def writable_disks_of(self, tier: Tier) -> list[Disk]:
         return [d for d in self.disks_of(tier) if d.writable]
 
-    def _buckets(self, tier: Tier) -> list[Bucket]:
-        """Where new files of `tier` may go: its writable disks in service."""
+    def _buckets(self, tier: Tier, title_id: str) -> list[Bucket]:
+        """Where new files of `title_id` on `tier` may go: its writable disks in service,
+        but not one already full to its high watermark (other data filled it, or its share
+        of titles did) while another has room: that one would refuse the whole title,
+        where the rest of the tier can take it. Room a replaced version frees counts."""
         if not self.disks:
             configured = ", ".join(str(d.path) for d in self.config.disks)
             raise DiskError(f"no disk is in service: all are out ({configured}; see above)")
-        buckets = [d.bucket() for d in self.writable_disks_of(tier)]
-        if not buckets:
+        disks = self.writable_disks_of(tier)
+        if not disks:
             read_only = [d.id for d in self.disks_of(tier)]
             why = f" (read-only: {', '.join(read_only)})" if read_only else ""
             raise DiskError(f"no writable disk of the {tier} tier is in service{why}")
-        return buckets
+        if len(disks) > 1:
+            freeing = self._freeing(title_id, {})
+            free = {r.disk: r.free for r in (room(u) for u in self.usage())}
+            roomy = [d for d in disks if free.get(d.id, 0) + freeing.get(d.id, 0) > 0]
+            disks = roomy or disks  # none has room: the fit check says where it falls short
+        return [d.bucket() for d in disks]
 
     def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
-        return place_title(title_id, paths, self._buckets(tier))
+        return place_title(title_id, paths, self._buckets(tier, title_id))
 
     def placer(self, title_id: str, rate: float) -> Callable[[str], str]:
         """Where `load` would put each file of `title_id` at request rate `rate`: file
         path → disk id (for the fill, which stages each file on its disk)."""
-        buckets = self._buckets(tiering.wanted_tier(rate, self.config.hot_rate, self.tiers))
+        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
+        buckets = self._buckets(tier, title_id)
         return lambda path: choose(file_key(title_id, path), buckets)
 
     def check_room(
