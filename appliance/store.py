@@ -325,11 +325,13 @@ class Store:
     def writable_disks_of(self, tier: Tier) -> list[Disk]:
         return [d for d in self.disks_of(tier) if d.writable]
 
-    def _buckets(self, tier: Tier, title_id: str) -> list[Bucket]:
+    def _buckets(self, tier: Tier, title_id: str, keep: Collection[str] = ()) -> list[Bucket]:
         """Where new files of `title_id` on `tier` may go: its writable disks in service,
         but not one already full to its high watermark (other data filled it, or its share
         of titles did) while another has room: that one would refuse the whole title,
-        where the rest of the tier can take it. Room a replaced version frees counts."""
+        where the rest of the tier can take it. Room a replaced version frees counts, and
+        disks in `keep` stay: the fill staged files of this title there, which fill the disk
+        only until they are renamed into place."""
         if not self.disks:
             configured = ", ".join(str(d.path) for d in self.config.disks)
             raise DiskError(f"no disk is in service: all are out ({configured}; see above)")
@@ -341,12 +343,16 @@ class Store:
         if len(disks) > 1:
             freeing = self._freeing(title_id, {})
             free = {r.disk: r.free for r in (room(u) for u in self.usage())}
-            roomy = [d for d in disks if free.get(d.id, 0) + freeing.get(d.id, 0) > 0]
+            roomy = [
+                d for d in disks if d.id in keep or free.get(d.id, 0) + freeing.get(d.id, 0) > 0
+            ]
             disks = roomy or disks  # none has room: the fit check says where it falls short
         return [d.bucket() for d in disks]
 
-    def _placement(self, title_id: str, tier: Tier, paths: Sequence[str]) -> dict[str, str]:
-        return place_title(title_id, paths, self._buckets(tier, title_id))
+    def _placement(
+        self, title_id: str, tier: Tier, paths: Sequence[str], keep: Collection[str] = ()
+    ) -> dict[str, str]:
+        return place_title(title_id, paths, self._buckets(tier, title_id, keep))
 
     def placer(self, title_id: str, rate: float) -> Callable[[str], str]:
         """Where `load` would put each file of `title_id` at request rate `rate`: file
@@ -408,7 +414,8 @@ class Store:
         entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
         _check_sources(source, entries, where)
         tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
-        placement = self._placement(title_id, tier, [e.path for e in entries])
+        keep = self._staging_disks(entries, where) if adopt_verified else set()
+        placement = self._placement(title_id, tier, [e.path for e in entries], keep)
         needed = bytes_per_disk(placement, {e.path: e.size for e in entries})
         with self.locks.hold(title_id):
             existing = get_title(self.conn, title_id)
@@ -467,6 +474,15 @@ class Store:
             except OSError:
                 continue  # gone already: it frees nothing
         return gained
+
+    def _staging_disks(
+        self, entries: Sequence[FileEntry], where: Callable[[str], Path]
+    ) -> set[str]:
+        """Disks whose filesystem holds staged files of this load, which are renamed in, not
+        copied: the room they take there is theirs already. Not under max_bytes, where only
+        indexed bytes count as used and staged files take none of the quota."""
+        devices = {os.stat(where(e.path)).st_dev for e in entries}
+        return {d.id for d in self.disks if not d.max_bytes and os.stat(d.path).st_dev in devices}
 
     def _staged_bytes(
         self,
