@@ -21,23 +21,7 @@ from appliance.fleetlink_figures import BoxHealth, Traffic
 from appliance.index import connect_writer
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, start
-
-FLEET_TOML = """
-[server]
-grpc = "127.0.0.1:0"
-http = "127.0.0.1:0"
-db = "{db}"
-[heartbeat]
-interval_s = 0.5
-missed_beats = 3
-[planner]
-interval_s = 0.5
-[origin]
-url = "http://127.0.0.1:9"
-[[sites]]
-name = "home"
-prefixes = ["192.168.1.0/24"]
-"""
+from tests.integration.test_fleet import FLEET_TOML  # two sites, fast beats and planning
 
 
 class Clock:
