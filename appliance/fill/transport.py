@@ -1,6 +1,7 @@
 """Blocking HTTP/1.1 GETs for the fill's worker threads (I/O shell): one connection per
 stream, kept alive and reused through a Pool, a timeout on connect and on every read, bodies
-read straight into the caller's buffer. http1.py parses; downloader.py decides what to fetch.
+read straight into the caller's buffer, redirects followed (a few, never https → http).
+http1.py parses; downloader.py decides what to fetch.
 
 Blocking sockets in threads rather than asyncio: `recv_into`, hashlib and `os.write` all
 release the GIL, so N streams use every core and a byte is copied once, kernel to buffer.
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 from appliance.fill.http1 import (
     BodyFraming,
@@ -82,6 +83,36 @@ class Origin:
 
 class BadURL(TransportError):
     """A URL we cannot make a request of (bad port, bad host, bad characters)."""
+
+
+class BadRedirect(BadURL):
+    """A redirect we will not follow: a loop, too many, https → http, no Location. The
+    source is misconfigured; asking it again cannot help (as for any BadURL)."""
+
+
+# 303 too: for a GET it means "fetch that instead", like the others.
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+_DRAIN = 64 * 1024  # a redirect body up to this is read, to keep the connection alive
+
+
+def redirect_target(url: str, location: str | None, seen: Sequence[str]) -> str:
+    """Where a redirect from `url` (the last of `seen`, the URLs asked so far) leads, as an
+    absolute URL without fragment; BadRedirect, naming the first URL, when not to follow."""
+    first = seen[0] if seen else url
+    if location is None or not location.strip():
+        raise BadRedirect(f"{first}: redirect without a Location at {url}")
+    target = urldefrag(urljoin(url, location.strip())).url
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise BadRedirect(f"{first}: redirect from {url} to a {scheme or 'schemeless'} URL")
+    if urlsplit(url).scheme == "https" and scheme == "http":
+        raise BadRedirect(f"{first}: refused to follow a redirect from {url} to {target}")
+    if target in seen:
+        raise BadRedirect(f"{first}: redirect loop at {target}")
+    if len(seen) > MAX_REDIRECTS:
+        raise BadRedirect(f"{first}: more than {MAX_REDIRECTS} redirects")
+    return target
 
 
 def split_url(url: str) -> tuple[Origin, str]:
@@ -296,9 +327,26 @@ class Pool:
         headers: Sequence[tuple[str, str]] = (),
         watch: Callable[[Connection], None] | None = None,
     ) -> Response:
-        """Send a GET and return the response once its head is in; the caller reads the body
-        and closes the response (a `with` block) to give the connection back. `watch` is
-        told each connection used, so another thread can abort() it while we wait."""
+        """Send a GET and return the response once its head is in, after following any
+        redirects (with the same `headers`: Range and If-Range hold for the file wherever it
+        moved); the caller reads the body and closes the response (a `with` block) to give
+        the connection back. `watch` is told each connection used, so another thread can
+        abort() it while we wait."""
+        seen = [url]
+        while True:
+            resp = self._get_once(seen[-1], headers, watch)
+            if resp.status not in REDIRECTS:
+                return resp
+            location = resp.head.get("location")
+            _discard(resp)
+            seen.append(redirect_target(seen[-1], location, seen))
+
+    def _get_once(
+        self,
+        url: str,
+        headers: Sequence[tuple[str, str]],
+        watch: Callable[[Connection], None] | None,
+    ) -> Response:
         try:
             origin, target = split_url(url)
             request = render_get(origin.host_field, target, headers)
@@ -348,3 +396,11 @@ class Pool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _discard(resp: Response) -> None:
+    """Done with a redirect: a small body is read so its connection can be reused, anything
+    else (large, chunked, until close) closes the connection instead of being read."""
+    with resp:
+        if resp.framing.kind is Framing.LENGTH and resp.framing.length <= _DRAIN:
+            resp.read_all(_DRAIN)
