@@ -61,6 +61,9 @@ class StorageConfig(ConfigModel):
     # The running daemon reconciles the index with the disks this often (appliance/sweeper.py):
     # what a one-off command killed mid-way left behind goes without a restart.
     reconcile_interval_s: float = Field(300.0, gt=0)
+    # After a title is replaced, the old version's segments the new one lacks stay servable
+    # this long for the players that started on it (appliance/replaced.py); 0: not kept.
+    replaced_keep_s: float = Field(6 * 3600.0, ge=0)
 
     @field_validator("disks")
     @classmethod

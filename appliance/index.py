@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.disks import TITLES_DIR, StorageError
+from edgeflix.http.content import is_content_named
 
 # Title states: loading → ready (servable) → incomplete (a file went missing or bad);
 # removing while `rm` deletes files. Only 'ready' is served.
@@ -118,6 +119,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
         if_not_exists=True,
     )
     db["files"].create_index(["disk"], if_not_exists=True)  # type: ignore[union-attr]
+    # Files of a replaced version kept for the sessions that started on it (replaced.py).
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS superseded (title TEXT NOT NULL, path TEXT NOT NULL, "
+        "disk TEXT NOT NULL, folder TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+        "mtime_ns INTEGER NOT NULL, until REAL NOT NULL, PRIMARY KEY (title, path))"
+    )
     # The background scrub's cursor (appliance/scrub.py): one row.
     conn.execute(
         "CREATE TABLE IF NOT EXISTS scrub (id INTEGER PRIMARY KEY CHECK (id = 0), "
@@ -205,8 +212,12 @@ def title_files(conn: sqlite3.Connection, title_id: str) -> list[FileRow]:
 
 
 def bytes_by_disk(conn: sqlite3.Connection) -> dict[str, int]:
-    """Bytes the index places on each disk (all files, whatever their state)."""
-    rows = conn.execute("SELECT disk, SUM(size) FROM files GROUP BY disk").fetchall()
+    """Bytes the index places on each disk (all files, whatever their state, and the files
+    of replaced versions still kept)."""
+    rows = conn.execute(
+        "SELECT disk, SUM(size) FROM (SELECT disk, size FROM files UNION ALL "
+        "SELECT disk, size FROM superseded) GROUP BY disk"
+    ).fetchall()
     return {disk: int(total or 0) for disk, total in rows}
 
 
@@ -229,7 +240,9 @@ def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:
 def disks_with_files(index: Path) -> set[str]:
     """Disks the index places any file on (for the disk probes that run before the store
     is opened)."""
-    return {row[0] for row in query_read_only(index, "SELECT DISTINCT disk FROM files")}
+    found = query_read_only(index, "SELECT DISTINCT disk FROM files")
+    kept = query_read_only(index, "SELECT DISTINCT disk FROM superseded")  # none: older index
+    return {row[0] for row in (*found, *kept)}
 
 
 class IndexReader:
@@ -292,6 +305,8 @@ class IndexReader:
             "WHERE f.title = ? AND f.path = ? AND f.state = ? AND t.state IN (?, ?)",
             (title_id, rel_path, OK, READY, INCOMPLETE),
         ).fetchone()
+        if row is None and is_content_named(rel_path):
+            row = self._superseded(title_id, rel_path)
         found = None
         if row:
             disk, size, sha256, mtime_ns, tier, folder = row
@@ -311,6 +326,20 @@ class IndexReader:
                 self._misses.clear()
             self._misses.add(key)
         return found
+
+    def _superseded(self, title_id: str, rel_path: str) -> tuple[Any, ...] | None:
+        """A file of a replaced version kept for sessions that started on it: a name the
+        current version lacks, so never an old copy of a current file."""
+        try:
+            row: tuple[Any, ...] | None = self._conn.execute(
+                "SELECT s.disk, s.size, s.sha256, s.mtime_ns, t.tier, s.folder "
+                "FROM superseded s JOIN titles t ON t.id = s.title "
+                "WHERE s.title = ? AND s.path = ? AND t.state IN (?, ?)",
+                (title_id, rel_path, READY, INCOMPLETE),
+            ).fetchone()
+        except sqlite3.OperationalError:
+            return None  # an index made before the table: nothing kept
+        return row
 
     def knows(self, title_id: str) -> bool:
         """The index has this title (in any state): a miss for one of its files is counted

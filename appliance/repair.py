@@ -13,10 +13,11 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance import replaced
 from appliance.config import Tier
 from appliance.disks import StorageError
 from appliance.index import (
@@ -41,6 +42,7 @@ from appliance.safefiles import (
     remove_entry,
     through_symlink,
     unlink_synced,
+    walk_files,
 )
 from appliance.store import Store, folder_title, recently_retired
 from edgeflix import titlefiles
@@ -101,6 +103,7 @@ def _folders_on_disks(store: Store) -> dict[str, set[str]]:
 def reconcile(store: Store) -> Report:
     """Check every title the index or the disks know; skip titles another process holds."""
     report = Report()
+    store.drop_replaced()  # kept long enough for the sessions of the versions they were in
     folders = _folders_on_disks(store)
     ids = {t.id for t in all_titles(store.conn)} | set(folders)
     for title_id in sorted(ids):
@@ -117,6 +120,7 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
     if row is None and _adopt(store, title_id, folders, report):
         row = get_title(store.conn, title_id)
     if row is None:
+        store.drop_replaced(title_id=title_id, everything=True)  # a title gone: nothing kept
         removed = sum(_wipe(store, folder, title_id, report) for folder in sorted(folders))
         if removed:
             report.add(title_id, "", f"removed {removed} stray files of a title not in the index")
@@ -156,6 +160,10 @@ def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report:
     for folder in sorted(folders - {row.folder}):
         if any(recently_retired(d.titles_dir / folder, now) for d in store.disks):
             continue  # retired by an update moments ago: its own process deletes it
+        keep = replaced.kept_in(store.conn, row.id, folder)
+        if keep:  # a replaced version's files kept for its sessions: only the rest goes
+            replaced.prune(store.disks, folder, keep)
+            continue
         removed = _wipe(store, folder, row.id, report)
         if removed:
             report.add(row.id, "", f"removed {removed} files of an unfinished or replaced "
@@ -308,7 +316,7 @@ def _sweep(store: Store, row: TitleRow, report: Report) -> None:
                 report.add(title_id, "", f"removed a non-folder in the title's place on {disk.id}")
             continue
         strays = [
-            p for p in _walk_files(top) if (disk.id, p.relative_to(top).as_posix()) not in wanted
+            p for p in walk_files(top) if (disk.id, p.relative_to(top).as_posix()) not in wanted
         ]
         if strays and not disk.writable:
             continue  # a read-only disk: its strays are swept once it is writable again
@@ -323,18 +331,6 @@ def _sweep(store: Store, row: TitleRow, report: Report) -> None:
             what = "partial file" if is_temp_name(path.name) else "file not in the index"
             report.add(title_id, rel, f"removed {what} on {disk.id}")
             prune_empty_dirs(path.parent, disk.titles_dir)
-
-
-def _walk_files(top: Path) -> Iterator[Path]:
-    """Every non-folder under `top`, links to folders included (never followed)."""
-    if not top.is_dir() or top.is_symlink():
-        return
-    for folder, dirs, names in os.walk(top):
-        for name in names:
-            yield Path(folder) / name
-        for name in dirs:
-            if os.path.islink(os.path.join(folder, name)):
-                yield Path(folder) / name
 
 
 def _remove(path: Path, title_id: str, report: Report) -> bool:
@@ -353,7 +349,7 @@ def _wipe(store: Store, folder: str, title_id: str, report: Report) -> int:
     removed = 0
     for disk in store.disks:
         top = disk.titles_dir / folder
-        count = sum(1 for _ in _walk_files(top)) or 1  # a placed link counts as one
+        count = sum(1 for _ in walk_files(top)) or 1  # a placed link counts as one
         if _remove(top, title_id, report):
             removed += count
     return removed

@@ -205,6 +205,18 @@ def unlink_synced(paths: list[Path]) -> None:
             fsync_dir(folder)
 
 
+def walk_files(top: Path) -> Iterator[Path]:
+    """Every non-folder under `top`, links to folders included (never followed)."""
+    if not top.is_dir() or top.is_symlink():
+        return
+    for folder, dirs, names in os.walk(top):
+        for name in names:
+            yield Path(folder) / name
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                yield Path(folder) / name
+
+
 class TitleLocks:
     """One advisory lock file per title (flock), shared by every process using the store.
 

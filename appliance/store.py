@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from appliance import tiering
+from appliance import replaced, tiering
 from appliance.config import StorageConfig, Tier
 from appliance.disks import (
     SYSFS,
@@ -233,8 +233,29 @@ class Store:
             # process: a removal, then a fresh load into the bare id) made it current again.
             with self.locks.hold(title_id):
                 row = get_title(self.conn, title_id)
-                if row is None or row.folder != folder:
+                if row is not None and row.folder == folder:
+                    continue
+                keep = replaced.kept_in(self.conn, title_id, folder)
+                if keep:
+                    replaced.prune(self.disks, folder, keep)
+                else:
                     self._remove_folder(title_id, folder)
+
+    def drop_replaced(self, *, everything: bool = False, title_id: str | None = None) -> int:
+        """Delete the kept files of replaced versions (replaced.py) whose time is up, or all
+        of them (`everything`: a load needs their room), or one title's; returns how many
+        folders went. Their rows go first, so no worker is sent to a file being deleted."""
+        with transaction(self.conn) as conn:
+            taken = replaced.take(conn, time.time(), title_id=title_id, everything=everything)
+        gone = 0
+        for title, folder in taken:
+            if not replaced.still_named(self.conn, title, folder):
+                self._remove_folder(title, folder)
+                gone += 1
+        if gone:
+            event(log, "replaced.dropped", folders=gone,
+                  why="needed the room" if everything else "kept long enough")  # fmt: skip
+        return gone
 
     # -- questions ------------------------------------------------------------------------
 
@@ -371,7 +392,11 @@ class Store:
         in and so counts as free, as it does here."""
         tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
         needed = bytes_per_disk(self._placement(title_id, tier, list(sizes)), sizes)
-        self._check_fit(title_id, tier, needed, self._freeing(title_id, staged))
+        freeing = self._freeing(title_id, staged)
+        # Files kept for sessions of replaced versions make way for the load (see load).
+        for disk, size in replaced.bytes_on_disks(self.conn).items():
+            freeing[disk] = freeing.get(disk, 0) + size
+        self._check_fit(title_id, tier, needed, freeing)
 
     # -- load ------------------------------------------------------------------------------
 
@@ -399,6 +424,7 @@ class Store:
         files.json is when not at `source / path` (the fill stages files on their disks).
         """
         self._drop_retired()
+        self.drop_replaced()
         where = located or (lambda path: source / path)
         check_title_id(title_id)
         if not source.is_dir():
@@ -427,6 +453,12 @@ class Store:
                     "use --replace to reload it"
                 )
             staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
+            # Files kept for sessions of replaced versions go before a title is refused or
+            # taken out of service for its update (in place).
+            if replaced.bytes_on_disks(self.conn) and not self._fits(
+                title_id, tier, needed, self._freeing(None, staged)
+            ):
+                self.drop_replaced(everything=True)
             self._check_fit(title_id, tier, needed, self._freeing(title_id, staged))
             copy = _Copy(
                 title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
@@ -531,11 +563,21 @@ class Store:
         transaction swaps the title's rows, and the old folder goes after a grace."""
         title_id = copy.title_id
         folder = new_folder(title_id)
-        old_bytes = self._bytes_on_disks(title_id)
+        new_paths = {e.path for e in copy.entries}
+        old_files = title_files(self.conn, title_id)
+        keep_s = self.config.replaced_keep_s
+        kept = replaced.kept_files(old_files, new_paths) if keep_s > 0 else []
+        kept_paths = {f.path for f in kept}
+        # What the old folder holds beyond the kept files (counted in the index) until it goes.
+        old_bytes: dict[str, int] = {}
+        for f in old_files:
+            if f.path not in kept_paths:
+                old_bytes[f.disk] = old_bytes.get(f.disk, 0) + f.size
         moved: list[tuple[Path, Path]] = []
         try:
             rows = self._write_files(copy, folder, moved)
             with transaction(self.conn) as conn:
+                emptied = replaced.record(conn, title_id, kept, new_paths, time.time() + keep_s)
                 conn.execute("DELETE FROM files WHERE title = ?", (title_id,))
                 conn.execute(
                     "UPDATE titles SET digest = ?, state = ?, tier = ?, bytes = ?, loaded_at = ?, "
@@ -548,13 +590,18 @@ class Store:
             self._remove_folder(title_id, folder)
             raise
         event(log, "title.replaced", title=title_id, tier=copy.tier, bytes=copy.total,
-              files=len(copy.entries), old=old.digest[:12], new=copy.digest[:12])  # fmt: skip
+              files=len(copy.entries), old=old.digest[:12], new=copy.digest[:12],
+              kept=len(kept))  # fmt: skip
         # A worker that located a file of the old version just before the swap still opens
         # it: the folder goes after the grace, at a later load or at close (a fill replacing
         # many titles does not wait out a grace for each).
         due = time.monotonic() + self.grace_s
         self._retired.append(_Retired(due, title_id, old.folder, old_bytes))
         _mark_retired(self.disks, old.folder)
+        # Older versions whose kept names the new version has again: pruned to what is still
+        # kept there, or gone, after the same grace.
+        for older in sorted(emptied - {old.folder}):
+            self._retired.append(_Retired(due, title_id, older, {}))
         return self.title(title_id)
 
     def _write_files(
@@ -599,12 +646,6 @@ class Store:
                 event(log, "title.folder.left", logging.WARNING, title=title_id, path=str(path),
                       error=exc.strerror or str(exc))  # fmt: skip
 
-    def _bytes_on_disks(self, title_id: str) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for f in title_files(self.conn, title_id):
-            totals[f.disk] = totals.get(f.disk, 0) + f.size
-        return totals
-
     # -- remove ----------------------------------------------------------------------------
 
     def remove(self, title_id: str) -> dict[str, int]:
@@ -647,6 +688,7 @@ class Store:
         row = get_title(self.conn, title_id)
         with transaction(self.conn) as conn:
             conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
+        self.drop_replaced(title_id=title_id, everything=True)
         for disk in self.disks:
             folder = disk.titles_dir / (row.folder if row else title_id)
             try:

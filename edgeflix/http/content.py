@@ -64,9 +64,13 @@ def content_type(rel_path: str) -> str:
     return CONTENT_TYPES.get(_suffix(rel_path), DEFAULT_TYPE)
 
 
+def is_content_named(rel_path: str) -> bool:
+    """The file's name is its content's (never reused for other bytes)."""
+    return _CONTENT_NAMED.fullmatch(rel_path.rpartition("/")[2]) is not None
+
+
 def cache_control(rel_path: str) -> str:
-    name = rel_path.rpartition("/")[2]
-    return IMMUTABLE if _CONTENT_NAMED.fullmatch(name) else SHORT
+    return IMMUTABLE if is_content_named(rel_path) else SHORT
 
 
 def etag_for(size: int, mtime_ns: int) -> str:

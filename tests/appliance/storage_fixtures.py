@@ -3,24 +3,37 @@ edgeflix.titlefiles (render + scan), exactly what `appliance load` expects from 
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.safefiles import Throttle
 from edgeflix import titlefiles
+from edgeflix.http.content import content_tag, segment_name
 
 DEFAULT_SIZES = (70_000, 50_000, 30_000, 20_000, 9_000, 1_000)
 
 
 def make_title(
-    root: Path, title_id: str, sizes: Sequence[int] = DEFAULT_SIZES, seed: int = 0
+    root: Path,
+    title_id: str,
+    sizes: Sequence[int] = DEFAULT_SIZES,
+    seed: int = 0,
+    *,
+    content_named: bool = False,
 ) -> Path:
-    """Write `root/title_id/` with segments of `sizes` bytes, a playlist and files.json."""
+    """Write `root/title_id/` with segments of `sizes` bytes, a playlist and files.json.
+    `content_named`: segments named as the origin names them (seg_<tag>_00000.m4s, the tag
+    differing per seed, as a re-encode's does), else seg0000.m4s."""
     rng = random.Random(f"{title_id}-{seed}")
     folder = root / title_id
     for i, size in enumerate(sizes):
-        path = folder / f"v{i % 2}" / f"seg{i:04d}.m4s"
+        name = f"seg{i:04d}.m4s"
+        if content_named:
+            digest = hashlib.sha256(f"{title_id}-{seed}-v{i % 2}".encode()).hexdigest()
+            name = segment_name(content_tag(digest), i)
+        path = folder / f"v{i % 2}" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(rng.randbytes(size))
     (folder / "master.m3u8").write_text("#EXTM3U\n#EXT-X-VERSION:7\n")

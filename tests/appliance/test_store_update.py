@@ -15,7 +15,7 @@ import pytest
 
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError, Disk, LoadError, StorageError
-from appliance.index import READY, IndexReader, get_title
+from appliance.index import READY, IndexReader, get_title, title_files
 from appliance.repair import reconcile
 from appliance.store import Store, folder_title
 from tests.appliance.storage_fixtures import make_title
@@ -344,7 +344,7 @@ def test_purging_frees_only_files_no_hard_link_keeps(
     (tmp_path / "staging").mkdir()
     os.link(kept, tmp_path / "staging" / kept.name)
     freed = store._freeing("bunny", {})
-    total = sum(store._bytes_on_disks("bunny").values())
+    total = sum(f.size for f in title_files(store.conn, "bunny"))
     assert sum(freed.values()) == total - kept.stat().st_size
     assert store._freeing(None, {disk.id: 5}) == {disk.id: 5}
     store.close()

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from edgeflix import titlefiles
+from tests.appliance.storage_fixtures import make_title as storage_title
 from tests.conftest import run_cli
 from tests.integration.daemon_support import poll
 from tests.integration.serve_support import Server, connect, make_title, read_response, start
@@ -282,3 +283,27 @@ def test_title_update_under_load_fails_no_request(tmp_path: Path) -> None:
     # The old version's files are gone; the new version sits in a folder of its own.
     folders = [p.name for d in ("ssd0", "hdd0") for p in (tmp_path / d / "titles").iterdir()]
     assert folders and all(name.startswith("bunny~") for name in folders), folders
+
+
+def test_a_player_that_started_on_a_replaced_version_plays_on(tmp_path: Path) -> None:
+    """A re-encoded title loaded over the old one: a player holding the old playlists asks
+    for the old segment names, which keep answering (appliance/replaced.py); everything
+    else answers from the new version."""
+    v1 = storage_title(tmp_path / "v1", "film", seed=1, content_named=True)
+    v2 = storage_title(tmp_path / "v2", "film", seed=2, content_named=True)
+    old, new = title_bytes(v1), title_bytes(v2)
+    old_seg = sorted(p for p in old if p.endswith(".m4s"))[-1]
+    new_seg = sorted(p for p in new if p.endswith(".m4s"))[-1]
+    assert old_seg not in new
+    config = write_config(tmp_path)
+    seed(config, v1, "film")
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    try:
+        assert get(server, f"/titles/film/{old_seg}") == (200, old[old_seg])
+        run_cli(["appliance", "load", "--config", str(config), "--title", "film", "--from",
+                 str(v2), "--replace"], check=True, timeout=120)  # fmt: skip
+        assert get(server, f"/titles/film/{old_seg}") == (200, old[old_seg])
+        assert get(server, f"/titles/film/{new_seg}") == (200, new[new_seg])
+        assert get(server, "/titles/film/files.json") == (200, (v2 / "files.json").read_bytes())
+    finally:
+        assert server.stop() == 0

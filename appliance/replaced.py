@@ -1,0 +1,120 @@
+"""Files of a replaced version, kept for the sessions that started on it.
+
+A player that loaded a title's playlists before an update (`load --replace`, a fill) swapped
+in a new version goes on asking for the segments those playlists name, for as long as it
+plays. The old version's content-named files (init_<tag>.mp4, seg_<tag>_N.m4s:
+edgeflix/http/content.py) that the new version lacks stay servable from the old version's
+folder for [storage] replaced_keep_s (index table `superseded`; index.IndexReader looks
+there when the current version has no such file). Playlists and other names always answer
+from the new version, and a name the new version has is never served from an old one.
+Kept files count as used space, go first when a load needs room, and go for good once their
+time is up (store.py calls in here; so does reconcile, every few minutes in the daemon).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Sequence
+
+from appliance.disks import Disk
+from appliance.index import OK, FileRow
+from appliance.safefiles import fsync_dir, prune_empty_dirs, walk_files
+from edgeflix.http.content import is_content_named
+
+
+def kept_files(old: Sequence[FileRow], new_paths: Collection[str]) -> list[FileRow]:
+    """The files of the version being replaced that its sessions may still ask for: named by
+    their content, whole, and not in the new version (which serves those names itself)."""
+    return [
+        f for f in old if f.state == OK and f.path not in new_paths and is_content_named(f.path)
+    ]
+
+
+def record(
+    conn: sqlite3.Connection,
+    title_id: str,
+    kept: Sequence[FileRow],
+    new_paths: Collection[str],
+    until: float,
+) -> set[str]:
+    """Inside the replacing transaction: names the new version has are served from it from
+    now on, so older versions' rows for them go; `kept` are served from the old folder.
+    Returns the older folders that lost rows (the caller deletes any no row names now)."""
+    named = set(new_paths)
+    rows = conn.execute(
+        "SELECT path, folder FROM superseded WHERE title = ?", (title_id,)
+    ).fetchall()
+    touched = {folder for path, folder in rows if path in named}
+    conn.executemany(
+        "DELETE FROM superseded WHERE title = ? AND path = ?",
+        [(title_id, path) for path, _ in rows if path in named],
+    )
+    conn.executemany(
+        "INSERT OR REPLACE INTO superseded (title, path, disk, folder, size, sha256, mtime_ns, "
+        "until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(title_id, f.path, f.disk, f.folder, f.size, f.sha256, f.mtime_ns, until) for f in kept],
+    )
+    return touched
+
+
+def kept_in(conn: sqlite3.Connection, title_id: str, folder: str) -> set[tuple[str, str]]:
+    """(disk, path) of the files kept in one old folder of a title."""
+    rows = conn.execute(
+        "SELECT disk, path FROM superseded WHERE title = ? AND folder = ?", (title_id, folder)
+    ).fetchall()
+    return {(disk, path) for disk, path in rows}
+
+
+def bytes_on_disks(conn: sqlite3.Connection) -> dict[str, int]:
+    rows = conn.execute("SELECT disk, SUM(size) FROM superseded GROUP BY disk").fetchall()
+    return {disk: int(total or 0) for disk, total in rows}
+
+
+def take(
+    conn: sqlite3.Connection, now: float, *, title_id: str | None = None, everything: bool = False
+) -> list[tuple[str, str]]:
+    """Delete the rows whose time is up (all of them with `everything`; only `title_id`'s
+    when given) in the caller's transaction; returns the (title, folder) pairs they named,
+    whose files the caller deletes once no row names the folder."""
+    where, args = "1 = 1", list[object]()
+    if title_id is not None:
+        where, args = "title = ?", [title_id]
+    if not everything:
+        where += " AND until <= ?"
+        args.append(now)
+    folders = conn.execute(
+        f"SELECT DISTINCT title, folder FROM superseded WHERE {where}", args
+    ).fetchall()
+    conn.execute(f"DELETE FROM superseded WHERE {where}", args)
+    return [(title, folder) for title, folder in folders]
+
+
+def still_named(conn: sqlite3.Connection, title_id: str, folder: str) -> bool:
+    """Some row still names the folder: the title's current one, or kept files in it."""
+    current = conn.execute(
+        "SELECT 1 FROM titles WHERE id = ? AND COALESCE(folder, id) = ?", (title_id, folder)
+    ).fetchone()
+    return current is not None or bool(kept_in(conn, title_id, folder))
+
+
+def prune(disks: Sequence[Disk], folder: str, keep: Collection[tuple[str, str]]) -> int:
+    """Delete the files of an old version's folder that are not kept (its playlists, the
+    files the new version shares): only the kept ones hold space for their sessions.
+    Returns the files deleted."""
+    removed = 0
+    for disk in disks:
+        top = disk.titles_dir / folder
+        if not disk.writable:
+            continue  # read-only: pruned by a later reconcile
+        for path in list(walk_files(top)):
+            if (disk.id, path.relative_to(top).as_posix()) in keep:
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            prune_empty_dirs(path.parent, disk.titles_dir)
+        if removed:
+            fsync_dir(disk.titles_dir)
+    return removed
