@@ -49,7 +49,18 @@ class Timeout(TransportError):
 
 
 class BodyTruncated(TransportError):
-    """The peer closed the connection before the end its framing announced."""
+    """The connection ended before the response did: closed early, reset, or the network
+    gone (no route to the host any more, interface down)."""
+
+
+def connection_lost(exc: OSError, where: str) -> TransportError:
+    """The TransportError for a socket error once connected: every errno (reset, broken
+    pipe, EHOSTUNREACH, ENETUNREACH, ENETDOWN, a TLS alert...) is the network's, transient,
+    and resumable from the bytes already staged; never a bare OSError, which the fill would
+    take for a bug (or a local disk's error) and stop on."""
+    if isinstance(exc, TimeoutError):
+        return Timeout(f"{where}: timed out")
+    return BodyTruncated(f"{where}: {exc.strerror or exc}")
 
 
 class _Stale(Exception):
@@ -225,8 +236,8 @@ class Response:
             n = self._read_chunked(view) if self._chunks is not None else self._read_length(view)
         except TimeoutError:
             raise Timeout("no data from the source within the read timeout") from None
-        except (ConnectionError, ssl.SSLError) as exc:
-            raise BodyTruncated(f"connection lost mid-body: {exc}") from None
+        except OSError as exc:  # not only ConnectionError: EHOSTUNREACH is a plain OSError
+            raise connection_lost(exc, "connection lost mid-body") from None
         floor = self._floor.feed(time.monotonic() - started, n)
         if floor is None:
             raise Timeout(
@@ -367,11 +378,11 @@ class Pool:
             except TimeoutError:
                 conn.close()
                 raise Timeout(f"no response from {origin.host}:{origin.port} in time") from None
-            except (ConnectionError, ssl.SSLError) as exc:
+            except OSError as exc:  # reset, no route to host, a TLS alert: all the network's
                 conn.close()
                 if reused:
                     continue
-                raise BodyTruncated(f"connection to {origin.host}:{origin.port}: {exc}") from None
+                raise connection_lost(exc, f"connection to {origin.host}:{origin.port}") from None
             except BaseException:
                 conn.close()
                 raise

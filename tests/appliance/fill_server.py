@@ -31,13 +31,16 @@ def read_request(sock: socket.socket, limit: int = 65536) -> dict[str, str] | No
 
 
 class ScriptedServer:
-    def __init__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, handler: Handler, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.handler = handler
         self.tls = tls
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((host, 0))
         self.listener.settimeout(0.2)
         scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.port = self.listener.getsockname()[1]
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.connections = 0
         self.requests: list[dict[str, str]] = []
         self._stop = threading.Event()
