@@ -1,6 +1,6 @@
 """Download one title into staging (layout.py): files.json from the first source that has the
-planned version, then every missing file over N parallel streams, resumed with `Range` from
-its `.part` file, SHA-256 verified before it takes its final name.
+planned version, then every missing file over N parallel streams, resumed with `Range` (and
+`If-Range`) from its `.part` file, SHA-256 verified before it takes its final name.
 
 Each stream's bytes move in a worker thread over our own keep-alive HTTP/1.1 client
 (transport.py): recv_into a preallocated buffer, os.write, hashlib; all release the GIL, so
@@ -40,6 +40,7 @@ from appliance.fill.stream import (
     StreamJob,
     TitleProgress,
     count_progress,
+    discard_part,
 )
 from edgeflix import titlefiles
 from edgeflix.errors import EdgeflixError
@@ -272,7 +273,7 @@ class TitleFetcher:
                 self._note(exc, entry.path, outcome, attempts)
                 if discard_partial(exc.failure, outcome):
                     lost = self._part_size(entry)
-                    self.staging.part(entry.path).unlink(missing_ok=True)
+                    discard_part(self.staging.part(entry.path))
                     count_progress(self.progress, -lost, 0)
                 if outcome is Outcome.GIVE_UP:
                     raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None

@@ -1,12 +1,14 @@
 """One file (or files.json) over one stream, run on a stream thread: GET with `Range` from
-the `.part` offset, check the response against the request, then batches of body bytes into
-the file and the SHA-256, paced by the Pacer. downloader.py runs these and decides retries.
+the `.part` offset (and `If-Range` with the validator kept beside it), check the response
+against the request, then batches of body bytes into the file and the SHA-256, paced by the
+Pacer. downloader.py runs these and decides retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -14,14 +16,18 @@ from pathlib import Path
 from urllib.parse import quote
 
 from appliance.fill import transport
-from appliance.fill.http1 import ProtocolError, parse_content_range
+from appliance.fill.http1 import ProtocolError, ResponseHead, parse_content_range
 from appliance.fill.layout import StagingLayout
 from appliance.fill.pacer import BUFFER, Pacer, Sleep
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
+from edgeflix.http.content import parse_http_date
 from edgeflix.titlefiles import FILES_JSON, FileEntry
 
 MAX_FILES_JSON = 64 << 20
+VALIDATOR = ".validator"  # beside `<file>.part`: where its bytes came from, for If-Range
+# RFC 9110 8.8.2.2: a Last-Modified at least this long before the response's Date is strong.
+_STRONG_DATE_S = 60
 
 
 class SourceFailure(Exception):
@@ -127,7 +133,7 @@ class FileStream:
         part.parent.mkdir(parents=True, exist_ok=True)
         offset = part.stat().st_size if part.exists() else 0
         if offset > entry.size:
-            part.unlink()
+            discard_part(part)
             offset = 0
         hasher = _hash_prefix(part, offset)
         if offset < entry.size:
@@ -141,6 +147,7 @@ class FileStream:
         # finished in staging again (downloader._scan_staging), and the hand-off fsyncs
         # before the store takes the file.
         os.replace(part, self.staging.file(entry.path))
+        validator_path(part).unlink(missing_ok=True)
 
     def _stream(
         self,
@@ -152,18 +159,34 @@ class FileStream:
         job: StreamJob,
     ) -> tuple[int, hashlib._Hash]:
         url = url_for(source, self.title_id, entry.path)
-        headers = (("Range", f"bytes={offset}-"),) if offset else ()
+        # If-Range only with the validator of this source: another source's file has other
+        # validators (its own mtime) though the same bytes, as files.json's digest says.
+        known = _read_validator(part) if offset else None
+        if_range = known[1] if known is not None and known[0] == source else None
+        headers = [("Range", f"bytes={offset}-")] if offset else []
+        if if_range is not None:
+            headers.append(("If-Range", if_range))
         try:
             with self.pool.get(url, headers, job.watch) as resp:
-                start = self._accept(resp, entry, source, offset)
-                if start != offset:  # the source ignored Range: take the body from byte 0
+                start = self._accept(resp, entry, source, offset, if_range)
+                if start != offset:  # a changed file, or Range ignored: take it from byte 0
+                    os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
+                if if_range is None or start == 0:
+                    _write_validator(part, source, if_range_value(resp.head))
                 return self._receive(resp, entry, part, offset, hasher, job), hasher
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{entry.path}: {exc} at {source}") from None
 
-    def _accept(self, resp: transport.Response, entry: FileEntry, source: str, offset: int) -> int:
+    def _accept(
+        self,
+        resp: transport.Response,
+        entry: FileEntry,
+        source: str,
+        offset: int,
+        if_range: str | None,
+    ) -> int:
         """Check a file response against what we asked; return the byte its body starts at."""
         if resp.status == 200:
             offset = 0
@@ -171,6 +194,9 @@ class FileStream:
             got = parse_content_range(resp.head.get("content-range"))
             if got is None or (got.first, got.last) != (offset, entry.size - 1):
                 raise SourceFailure(Failure.RANGE, f"{entry.path}: unexpected Content-Range")
+            if not _same_version(resp.head, if_range):
+                # The source ignored If-Range: these are another version's bytes.
+                raise SourceFailure(Failure.RANGE, f"{entry.path}: changed at {source}")
             if got.complete not in (None, entry.size):
                 raise SourceFailure(
                     Failure.DIGEST, f"{entry.path}: {source} has {got.complete} bytes"
@@ -255,6 +281,64 @@ def _failure_of(exc: Exception) -> Failure:
     if isinstance(exc, transport.BodyTruncated):
         return Failure.TRUNCATED
     return Failure.CONNECT  # refused, reset, or a response we cannot parse: try again
+
+
+def if_range_value(head: ResponseHead) -> str | None:
+    """What to send in If-Range to resume this response's body later (RFC 9110 13.1.5): its
+    strong ETag; else its Last-Modified if that is a strong validator (a minute or more
+    before the response's Date); else None, and resumes go without If-Range."""
+    etag = (head.get("etag") or "").strip()
+    if len(etag) >= 2 and etag[0] == etag[-1] == '"':
+        return etag
+    modified, date = head.get("last-modified"), head.get("date")
+    stamp = parse_http_date(modified) if modified else None
+    sent = parse_http_date(date) if date else None
+    if modified and stamp is not None and sent is not None and sent - stamp >= _STRONG_DATE_S:
+        return modified.strip()
+    return None
+
+
+def _same_version(head: ResponseHead, if_range: str | None) -> bool:
+    """A 206 to a request with If-Range: False when its own validator says another version."""
+    if if_range is None:
+        return True
+    field = "etag" if if_range.startswith('"') else "last-modified"
+    value = head.get(field)
+    return value is None or value.strip() == if_range
+
+
+def validator_path(part: Path) -> Path:
+    return part.with_name(part.name + VALIDATOR)
+
+
+def discard_part(part: Path) -> None:
+    """Drop partial bytes and the validator they were fetched under."""
+    part.unlink(missing_ok=True)
+    validator_path(part).unlink(missing_ok=True)
+
+
+def _read_validator(part: Path) -> tuple[str, str] | None:
+    """(source, If-Range value) kept for `part`; None when absent or unreadable (a .part
+    from an older version, a torn write): the resume then goes without If-Range."""
+    try:
+        kept = json.loads(validator_path(part).read_text(encoding="utf-8"))
+        source, value = kept["source"], kept["if_range"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(source, str) and isinstance(value, str):
+        return source, value
+    return None
+
+
+def _write_validator(part: Path, source: str, value: str | None) -> None:
+    """Keep the validator of the bytes about to be appended to `part` (none: remove it)."""
+    path = validator_path(part)
+    if value is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"source": source, "if_range": value}), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _write_all(fd: int, data: memoryview) -> None:
