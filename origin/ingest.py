@@ -155,8 +155,12 @@ def ingest(
         raw = titlefiles.render(model)
         with publishing() if publishing is not None else nullcontext():
             staging.publish()
+        if staging.keep_error is not None:
+            event(log, "replaced.not_kept", logging.WARNING, id=req.title_id,
+                  error=staging.keep_error)  # fmt: skip
     digest = titlefiles.digest_bytes(raw)
-    event(log, "title.published", id=req.title_id, bytes=model.total_bytes, digest=digest)
+    event(log, "title.published", id=req.title_id, bytes=model.total_bytes, digest=digest,
+          kept=staging.kept)  # fmt: skip
     return model, digest
 
 

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 
 from edgeflix.http.plan import ResponsePlan, plan_error, plan_simple
@@ -15,6 +17,7 @@ from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
 from origin.errors import OriginError
+from origin.replaced import replaced_dir, servable
 from origin.store import PublishedTitles, check_store, titles_dir
 
 
@@ -26,23 +29,29 @@ class OriginSite:
         self.store = store
         self.root = titles_dir(store).resolve()
         self.catalog = PublishedTitles(store)
-        self._view: tuple[int, int] | None = None
+        self._view: tuple[int, ...] | None = None
         self._ids: frozenset[str] = frozenset()
+        self._kept: dict[tuple[str, str], Path] = {}
         self.refresh()
 
     def refresh(self) -> object:
         """The titles folder's (inode, mtime): it moves at every publish or removal (a
         rename in it), and the server then drops the files it holds open and the routes it
         remembers: else the old title's open files would keep serving at its paths until
-        the replaced folder is deleted."""
-        try:
+        the replaced folder is deleted. The segments kept for players of replaced
+        versions (origin/replaced.py) are looked up again then too."""
+        view: tuple[int, ...] = (0, 0, 0, 0)
+        with contextlib.suppress(OSError):
             st = self.root.stat()
-            view = (st.st_ino, st.st_mtime_ns)
-        except OSError:
-            view = (0, 0)
+            view = (st.st_ino, st.st_mtime_ns, 0, 0)
+            kept = replaced_dir(self.store).stat()
+            view = (st.st_ino, st.st_mtime_ns, kept.st_ino, kept.st_mtime_ns)
         if view != self._view:
             self._view = view
-            self._ids = frozenset(t.id for t in self.catalog.titles())
+            titles = self.catalog.titles()
+            self._ids = frozenset(t.id for t in titles)
+            live = {t.id: t.path for t in titles}
+            self._kept = servable(self.store, live, time.time())
         return view
 
     def route(
@@ -55,6 +64,9 @@ class OriginSite:
         if any(part.startswith(".") for part in segments[2:]):
             return plan_error(404, request)  # no title has hidden files (.git, editor swaps)
         rel = "/".join(segments[2:])
+        kept = self._kept.get((segments[1], rel))
+        if kept is not None:  # a segment only the replaced version has
+            return FileTarget(str(kept), rel, segments[1])
         return FileTarget(str(self.root / segments[1] / rel), rel, segments[1])
 
     def relocate(self, target: FileTarget) -> FileTarget | None:

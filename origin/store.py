@@ -20,6 +20,7 @@ from types import TracebackType
 
 from edgeflix.atomicfile import fsync_dir
 from edgeflix.titlefiles import FILES_JSON, TitleFilesError, check_title_id, read
+from origin import replaced
 from origin.errors import StoreError
 
 TITLES = "titles"
@@ -180,9 +181,15 @@ class Staging:
     the context removes whatever is left (the half-built title, or the replaced old one)."""
 
     def __init__(
-        self, store: Path, title_id: str, replace: bool, token: Callable[[], str] | None = None
+        self,
+        store: Path,
+        title_id: str,
+        replace: bool,
+        token: Callable[[], str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.title_id = check_title_id(title_id)
         self.replace = replace
         self._token = token or (lambda: secrets.token_hex(6))
@@ -190,6 +197,8 @@ class Staging:
         self.root = store / f"{TMP_PREFIX}{title_id}-{self._token()}"
         self.title_dir = self.root / BUILD
         self.cleaned: list[str] = []
+        self.kept = 0  # segments of the replaced version kept for its players (replaced.py)
+        self.keep_error: str | None = None
 
     @property
     def target(self) -> Path:
@@ -198,7 +207,7 @@ class Staging:
     def __enter__(self) -> Staging:
         try:
             titles_dir(self.store).mkdir(parents=True, exist_ok=True)
-            self.cleaned = clean_stale(self.store)
+            self.cleaned = clean_stale(self.store) + replaced.sweep(self.store, self.clock())
             self.check_free()
             self.root.mkdir()
             self._fd = self._lock()
@@ -234,12 +243,25 @@ class Staging:
         try:
             fsync_dir(self.title_dir)
             if self.target.exists():
+                self._keep_old()
                 self._swap()
             else:
                 self._rename_new()
             fsync_dir(titles_dir(self.store))
         except OSError as exc:
             raise store_error(exc, self.store) from None
+
+    def _keep_old(self) -> None:
+        """Link the live version's segments the new one lacks aside, before the swap, for
+        the players still on it. Best effort: without them those players fail over, as
+        before, but the new version is published all the same."""
+        try:
+            model, _ = read(self.title_dir)
+            new_paths = {e.path for e in model.files}
+            until = self.clock() + replaced.KEEP_S
+            self.kept = replaced.keep(self.store, self.title_id, self.target, new_paths, until)
+        except (OSError, TitleFilesError) as exc:
+            self.keep_error = str(exc)
 
     def _rename_new(self) -> None:
         try:

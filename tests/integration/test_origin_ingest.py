@@ -163,7 +163,10 @@ def test_reingest_refuses_then_replace_swaps(bikes: Path, tmp_path: Path) -> Non
     assert not (title_dir / "h264_240p").exists()
     model, digest = titlefiles.read(title_dir)
     assert digest == second["digest"] and titlefiles.verify(title_dir, model) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["titles"]  # no temp left behind
+    # No temp folder left behind; the 240p segments kept for players on the first version.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".replaced", "titles"]
+    (kept,) = (tmp_path / ".replaced").iterdir()
+    assert {p.name for p in kept.iterdir()} == {"h264_240p"}
 
 
 def test_published_again_never_reuses_a_cacheable_name(bikes: Path, tmp_path: Path) -> None:

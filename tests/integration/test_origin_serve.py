@@ -14,6 +14,7 @@ import pytest
 
 from edgeflix import titlefiles
 from origin.store import Staging
+from tests.conftest import run_cli
 from tests.integration.serve_support import Server, make_title, raw, start
 
 
@@ -133,3 +134,35 @@ def test_a_file_that_fails_to_open_is_500_not_404(origin: tuple[Server, Path]) -
         link.symlink_to(store / "titles" / "bunny" / "files.json")
     assert httpx.get(server.url + "/titles/bunny/v0/link.m4s").status_code == 404
     assert httpx.get(server.url + "/titles/bunny/files.json").status_code == 200
+
+
+def test_a_player_on_the_replaced_version_gets_its_segments(
+    tmp_path: Path, bunny: Path, bikes: Path
+) -> None:
+    """A real re-ingest under the same id: the old segment names keep answering from the
+    origin (origin/replaced.py) while files.json and the playlists are the new version's."""
+    store = tmp_path / "store"
+
+    def ingest(src: Path, *extra: str) -> None:
+        run_cli(["origin", "ingest", str(src), "--id", "film", "--title", "Film", "--store",
+                 str(store), *extra], check=True, timeout=300)  # fmt: skip
+
+    ingest(bikes)
+    old_model, _ = titlefiles.read(store / "titles" / "film")
+    old = {e.path: (store / "titles" / "film" / e.path).read_bytes() for e in old_model.files}
+    server = start(
+        ["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"], ("listening",)
+    )
+    try:
+        ingest(bunny, "--replace")
+        new_model, _ = titlefiles.read(store / "titles" / "film")
+        gone = sorted(set(old) - {e.path for e in new_model.files})
+        assert any(rel.endswith(".m4s") for rel in gone)
+        for rel in gone:
+            if rel.endswith((".m4s", ".mp4")):
+                got = httpx.get(f"{server.url}/titles/film/{rel}")
+                assert got.status_code == 200 and got.content == old[rel], rel
+        files_json = httpx.get(f"{server.url}/titles/film/files.json")
+        assert files_json.content == (store / "titles" / "film" / "files.json").read_bytes()
+    finally:
+        assert server.stop() == 0

@@ -1,0 +1,121 @@
+"""`ingest --replace` keeps the old version's segments for the players still on it
+(origin/replaced.py): linked aside before the swap, answered by `origin serve` for names
+the new version lacks, deleted by the first ingest after their time is up."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from edgeflix import titlefiles
+from edgeflix.http.content import content_tag, init_name, segment_name
+from edgeflix.http.request import RequestHead
+from edgeflix.http.server import FileTarget
+from edgeflix.titlefiles import TitleFiles
+from origin import replaced
+from origin.server import OriginSite
+from origin.store import Staging, list_titles
+
+NOW = 1_800_000_000.0
+
+
+def build(staging: Staging, version: str, shared: str = "") -> dict[str, bytes]:
+    """A title with one rendition named after `version` (its content), one named after
+    `shared` when given (bytes both versions have), a playlist and files.json."""
+    files: dict[str, bytes] = {"master.m3u8": f"#EXTM3U\n# {version}\n".encode()}
+    for rendition, content in (("v0", version), ("v1", shared)):
+        if not content:
+            continue
+        tag = content_tag(hashlib.sha256(content.encode()).hexdigest())
+        files[f"{rendition}/{init_name(tag)}"] = f"init {content}".encode()
+        for n in range(3):
+            files[f"{rendition}/{segment_name(tag, n)}"] = f"{content} {n}".encode() * 100
+    for rel, body in files.items():
+        (staging.title_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging.title_dir / rel).write_bytes(body)
+    entries = titlefiles.scan(staging.title_dir)
+    model = TitleFiles(
+        id=staging.title_id, title=version, duration=1.0, segment_seconds=1.0,
+        created="2026-01-01T00:00:00Z", renditions=(), files=tuple(entries),
+        total_bytes=sum(f.size for f in entries),
+    )  # fmt: skip
+    (staging.title_dir / "files.json").write_bytes(titlefiles.render(model))
+    return files
+
+
+def publish(store: Path, version: str, shared: str = "", now: float = NOW) -> dict[str, bytes]:
+    with Staging(store, "film", replace=True, clock=lambda: now) as staging:
+        files = build(staging, version, shared)
+        staging.publish()
+    return files
+
+
+def route(site: OriginSite, rel: str) -> object:
+    path = f"/titles/film/{rel}"
+    head = RequestHead("GET", path, path, "", 1, {}, True)
+    return site.route(head, ("titles", "film", *rel.split("/")), "127.0.0.1")
+
+
+def served(site: OriginSite, rel: str) -> bytes | None:
+    site.refresh()
+    target = route(site, rel)
+    if not isinstance(target, FileTarget):
+        return None
+    try:
+        return Path(target.path).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_old_segments_answer_for_players_on_the_old_version(tmp_path: Path) -> None:
+    old = publish(tmp_path, "one", shared="same")
+    site = OriginSite(tmp_path)
+    new = publish(tmp_path, "two", shared="same", now=NOW + 60)
+    gone = sorted(set(old) - set(new))
+    assert gone and all(rel.startswith("v0/") for rel in gone)
+    for rel in gone:  # only the old version had these names
+        assert served(site, rel) == old[rel]
+    for rel in new:
+        assert served(site, rel) == new[rel]
+    assert served(site, "master.m3u8") == new["master.m3u8"]
+    # Only what the new version lacks was kept: v1 (shared) and the playlist were not.
+    (folder,) = replaced.replaced_dir(tmp_path).iterdir()
+    kept = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert kept == set(gone)
+    assert [t.title for t in list_titles(tmp_path)] == ["two"]
+
+
+def test_kept_segments_go_with_the_first_ingest_after_their_time(tmp_path: Path) -> None:
+    old = publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60)
+    site = OriginSite(tmp_path)
+    rel = sorted(r for r in old if r.endswith(".m4s"))[0]
+    assert served(site, rel) == old[rel]
+    # Still kept by an ingest within the time; gone with one after it.
+    publish(tmp_path, "two", now=NOW + 120)
+    assert served(site, rel) == old[rel]
+    publish(tmp_path, "three", now=NOW + 60 + replaced.KEEP_S + 1)
+    assert served(site, rel) is None
+    names = [p.name for p in replaced.replaced_dir(tmp_path).iterdir()]
+    assert len(names) == 1 and names[0].startswith("film~")  # only two's, kept for three's
+
+
+def test_a_name_the_live_version_has_again_answers_from_it(tmp_path: Path) -> None:
+    one = publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60)
+    back = publish(tmp_path, "one", now=NOW + 120)  # same bytes as one: same names
+    site = OriginSite(tmp_path)
+    for rel in back:
+        target = route(site, rel)
+        assert isinstance(target, FileTarget)
+        assert "/titles/film/" in target.path and Path(target.path).read_bytes() == one[rel]
+
+
+def test_a_store_where_nothing_can_be_kept_still_publishes(tmp_path: Path) -> None:
+    publish(tmp_path, "one")
+    replaced.replaced_dir(tmp_path).write_text("not a folder")  # linking under it fails
+    with Staging(tmp_path, "film", replace=True, clock=lambda: NOW) as staging:
+        build(staging, "two")
+        staging.publish()
+    assert staging.keep_error is not None and staging.kept == 0
+    assert [t.title for t in list_titles(tmp_path)] == ["two"]
