@@ -16,10 +16,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Sequence
 
+from appliance.config import StorageConfig
 from appliance.disks import Disk
-from appliance.index import OK, FileRow
+from appliance.index import OK, FileRow, query_read_only
 from appliance.safefiles import fsync_dir, prune_empty_dirs, walk_files
 from edgeflix.http.content import is_content_named
+from edgeflix.metrics import Sample
 
 
 def kept_files(old: Sequence[FileRow], new_paths: Collection[str]) -> list[FileRow]:
@@ -118,3 +120,18 @@ def prune(disks: Sequence[Disk], folder: str, keep: Collection[tuple[str, str]])
         if removed:
             fsync_dir(disk.titles_dir)
     return removed
+
+
+def metric_families(storage: StorageConfig) -> list[tuple[str, str, str, list[Sample]]]:
+    """For the admin /metrics: what replaced versions still take, per disk (read-only)."""
+    rows = query_read_only(
+        storage.index, "SELECT disk, COUNT(*), SUM(size) FROM superseded GROUP BY disk"
+    )
+    return [
+        ("edgeflix_appliance_replaced_kept_files", "gauge",
+         "Files of replaced versions kept for the sessions that started on them, per disk.",
+         [Sample({"disk": disk}, count) for disk, count, _ in rows]),
+        ("edgeflix_appliance_replaced_kept_bytes", "gauge",
+         "Bytes those files take, per disk (they go first when a load needs room).",
+         [Sample({"disk": disk}, int(size or 0)) for disk, _, size in rows]),
+    ]  # fmt: skip

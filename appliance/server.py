@@ -255,11 +255,12 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
     ]  # fmt: skip
     families += disk_families(config)
     # Imported here: the serving workers import this module and never need these.
-    from appliance import scrub
+    from appliance import replaced, scrub
     from appliance.fill.figures import read_families
 
     families += read_families(config.fill.staging, time.time())
     families += scrub.metric_families(config.storage)
+    families += replaced.metric_families(config.storage)
     return render(families)
 
 

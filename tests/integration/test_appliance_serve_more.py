@@ -305,5 +305,8 @@ def test_a_player_that_started_on_a_replaced_version_plays_on(tmp_path: Path) ->
         assert get(server, f"/titles/film/{old_seg}") == (200, old[old_seg])
         assert get(server, f"/titles/film/{new_seg}") == (200, new[new_seg])
         assert get(server, "/titles/film/files.json") == (200, (v2 / "files.json").read_bytes())
+        metrics = httpx.get(server.urls["admin"] + "/metrics", timeout=10).text.splitlines()
+        kept = [line for line in metrics if line.startswith("edgeflix_appliance_replaced_kept_b")]
+        assert kept and sum(float(line.rsplit(" ", 1)[1]) for line in kept) >= len(old[old_seg])
     finally:
         assert server.stop() == 0
