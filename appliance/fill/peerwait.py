@@ -11,7 +11,7 @@ those waits are spent or when waiting longer would leave too little of the fill 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from edgeflix.fillwindow import FillWindow
 
@@ -83,6 +83,6 @@ def decide(
     left = (closes - now).total_seconds()
     length = (closes - opens).total_seconds()
     reserve = max(policy.window_share * length, transfer_s(size_bytes, cap_bps))
-    if now + timedelta(seconds=wait_s + reserve) > closes:
+    if wait_s + reserve > left:  # in seconds: a huge title at a tiny cap is no datetime
         return PeerDecision(None, WINDOW_SHORT, left, reserve)
     return PeerDecision(wait_s, None, left, reserve)
