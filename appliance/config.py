@@ -145,6 +145,13 @@ class FillConfig(ConfigModel):
     digest_restarts: int = Field(2, ge=0, le=20)
     retry_base_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
+    # A title whose site peer lacks it yet (still filling it from the origin) waits for it
+    # (appliance/fill/peerwait.py): peer_wait_s first, doubling up to 4x, at most peer_waits
+    # times a run (0: straight to the origin), never into the last peer_window_share of the
+    # window (nor into the title's transfer time at the cap): that is kept for the origin.
+    peer_wait_s: float = Field(120.0, gt=0)
+    peer_waits: int = Field(4, ge=0, le=20)
+    peer_window_share: float = Field(0.25, ge=0, le=1)
 
     @model_validator(mode="after")
     def _retry_order(self) -> FillConfig:

@@ -5,8 +5,9 @@ planned version, then every missing file over N parallel streams, resumed with `
 Each stream's bytes move in a worker thread over our own keep-alive HTTP/1.1 client
 (transport.py): recv_into a preallocated buffer, os.write, hashlib; all release the GIL, so
 streams use every core. The asyncio side keeps the decisions: retries and source fallback
-(retry.py), the fill window and the shared bandwidth cap (the Pacer). runner.py hands the
-finished title to the storage side. Clock, sleep and jitter are injected.
+(retry.py), waiting for a site peer still filling the title (peerwait.py), the fill window
+and the shared bandwidth cap (the Pacer). runner.py hands the finished title to the storage
+side and defers a title its peer lacks yet. Clock, sleep and jitter are injected.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any, TypeVar
 from appliance.fill import transport
 from appliance.fill.layout import PART, StagingLayout
 from appliance.fill.pacer import Pacer, WindowClosed
+from appliance.fill.peerwait import PeerWaitPolicy
+from appliance.fill.peerwait import decide as decide_peer_wait
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.reconcile import FileTask, file_tasks
 from appliance.fill.retry import (
@@ -47,13 +50,27 @@ from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.titlefiles import FILES_JSON, FileEntry, TitleFiles
 
-__all__ = ["FillError", "Pacer", "TitleFetcher", "TitleProgress", "WindowClosed"]
+__all__ = ["FillError", "Pacer", "PeerNotReady", "TitleFetcher", "TitleProgress", "WindowClosed"]
 log = logging.getLogger("appliance.fill")
 T = TypeVar("T")
 
 
 class FillError(EdgeflixError):
     """A title could not be filled from any of its sources."""
+
+
+class PeerNotReady(Exception):
+    """The title's site peer lacks its planned version yet (it is still filling it): try the
+    title again in `wait_s`, after the run's other titles. Not a failure."""
+
+    def __init__(self, wait_s: float, detail: str) -> None:
+        super().__init__(detail)
+        self.wait_s = wait_s
+        self.detail = detail
+
+
+# What a peer that has not finished filling the title answers for its files.json.
+PEER_LACKS = frozenset({Failure.NOT_FOUND, Failure.TITLE_CHANGED})
 
 
 @dataclass
@@ -77,6 +94,11 @@ class TitleFetcher:
     # Then asked to stage the files the appliance already stores the same; returns bytes.
     reuse: Callable[[TitleFiles], Awaitable[int]] | None = None
     _advancing: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A peer source (any but the last) lacking the planned version defers the title under
+    # this policy (None: the next source at once); `waited`: its deferrals so far this run.
+    peer_wait: PeerWaitPolicy | None = None
+    waited: int = 0
+    _peer_bytes: int | None = None  # the size of the version the peer has, an estimate
 
     async def run(self) -> tuple[TitleFiles, str]:
         """Fill the staging folder; return the title's files.json model and digest."""
@@ -86,7 +108,7 @@ class TitleFetcher:
         self._files = FileStream(self.pool, self.title.id, self.staging, self.pacer, prog)
         with ThreadPoolExecutor(self.streams, thread_name_prefix="fill-stream") as threads:
             self._threads = threads
-            model = await self._files_json()
+            model = await self._files_json()  # PeerNotReady: nothing is downloaded yet
             if self.admit is not None:
                 await self.admit(model)
             # Before reuse: a staged file found corrupt is removed, so reuse can link it again.
@@ -129,17 +151,18 @@ class TitleFetcher:
     # --- files.json and sources ---------------------------------------------------------
 
     async def _files_json(self) -> TitleFiles:
-        model = await self._settle()
+        model = await self._settle(may_defer=True)
         if model is None:
             raise FillError(
                 f"title {self.title.id}: no source could provide files.json ({self._last})"
             )
         return model
 
-    async def _settle(self) -> TitleFiles | None:
+    async def _settle(self, may_defer: bool = False) -> TitleFiles | None:
         """From the current source on, the first whose files.json is the title's; each
         source is retried with backoff like any file (a blip on the only source must not
-        fail the title). None when no source is left."""
+        fail the title). None when no source is left. `may_defer` (before any download):
+        PeerNotReady when a peer lacks the title yet and waiting for it is still worth it."""
         attempts = 0
         while self._source < len(self.title.sources):
             index = self._source
@@ -150,19 +173,62 @@ class TitleFetcher:
                 attempts += 1
                 left = len(self.title.sources) - index - 1
                 outcome = self.policy.decide(exc.failure, attempts, left, 0)
-                self._note(exc, FILES_JSON, outcome, attempts)
-                if outcome is Outcome.RETRY:
-                    await self.pacer.sleep(self._delay(attempts, exc))
-                    continue
-                event(
-                    log,
-                    "fill.source_failed",
-                    title=self.title.id,
-                    source=self.title.sources[index],
-                    reason=exc.detail,
-                )
+                waits = may_defer and left > 0 and exc.failure in PEER_LACKS
+                if waits and self.peer_wait is not None:
+                    self._peer_lacks(index, exc)  # raises PeerNotReady, or says why not
+                else:
+                    self._note(exc, FILES_JSON, outcome, attempts)
+                    if outcome is Outcome.RETRY:
+                        await self.pacer.sleep(self._delay(attempts, exc))
+                        continue
+                    event(
+                        log,
+                        "fill.source_failed",
+                        title=self.title.id,
+                        source=self.title.sources[index],
+                        reason=exc.detail,
+                    )
                 self._last, self._source, attempts = exc.detail, index + 1, 0
         return None
+
+    def _peer_lacks(self, index: int, exc: SourceFailure) -> None:
+        """Source `index`, a site peer, lacks the planned version: PeerNotReady to defer the
+        title, or one log line on why it goes to the next source (the origin) now."""
+        assert self.peer_wait is not None
+        decision = decide_peer_wait(
+            self.peer_wait,
+            self.waited,
+            self.pacer.now(),
+            self.pacer.window,
+            self.pacer.cap_bps,
+            self._peer_bytes,
+        )
+        if self.progress is not None:
+            self.progress.last_failure = exc.detail
+        source = self.title.sources[index]
+        if decision.wait_s is not None:
+            event(
+                log,
+                "fill.title_deferred",
+                title=self.title.id,
+                source=source,
+                wait_s=round(decision.wait_s),
+                waited=self.waited,
+                reason=exc.detail,
+            )
+            raise PeerNotReady(decision.wait_s, exc.detail)
+        window = {"window_left_s": decision.window_left_s, "reserve_s": decision.reserve_s}
+        event(
+            log,
+            "fill.peer_bypassed",
+            logging.WARNING,
+            title=self.title.id,
+            source=source,
+            reason=decision.reason,
+            waited=self.waited,
+            peer=exc.detail,
+            **{k: round(v) for k, v in window.items() if v is not None},
+        )
 
     async def _wait_window(self) -> None:
         """Wait for the fill window; meanwhile the title shows as paused in status."""
@@ -204,6 +270,7 @@ class TitleFetcher:
         digest = titlefiles.digest_bytes(raw)
         want = self.title.digest or self._digest
         if want is not None and digest != want:
+            self._peer_bytes = _total_bytes(raw)  # another version: about the title's size
             raise SourceFailure(
                 Failure.TITLE_CHANGED, f"{source}: files.json digest {digest[:12]}…"
             )
@@ -292,6 +359,13 @@ class TitleFetcher:
             return self.staging.part(entry.path).stat().st_size
         except OSError:
             return 0
+
+
+def _total_bytes(raw: bytes) -> int | None:
+    try:
+        return titlefiles.parse(raw, FILES_JSON).total_bytes
+    except titlefiles.TitleFilesError:
+        return None
 
 
 def _moot(future: asyncio.Future[Any]) -> None:

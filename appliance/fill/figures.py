@@ -13,7 +13,7 @@ from typing import Any
 from edgeflix.metrics import Sample
 
 P = "edgeflix_appliance_fill_"
-STATES = ("waiting", "downloading", "paused", "loading", "ready", "held", "failed")
+STATES = ("waiting", "downloading", "paused", "deferred", "loading", "ready", "held", "failed")
 Family = tuple[str, str, str, list[Sample]]
 
 

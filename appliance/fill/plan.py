@@ -71,6 +71,10 @@ class FillPlan(_Model):
     streams: int = Field(4, ge=1, le=64)
     # Whether titles not in the plan are deleted once the plan's titles are complete.
     prune: bool = True
+    # Whether a title whose site peer (any source but the last) lacks it yet waits for the
+    # peer (runner.py, peerwait.py) rather than taking it from the origin at once. The
+    # fleet's plans do; `appliance fill --from` does not (an operator asked for it now).
+    wait_for_peers: bool = True
 
     @field_validator("titles")
     @classmethod

@@ -1,8 +1,11 @@
 """One fill run: reconcile the plan with the titles held, download each missing title into
 staging (downloader.py), hand the complete folder to the storage side (the same operation as
 `appliance load --from DIR`, so a title becomes servable only when all of it is verified),
-then delete what the plan no longer wants. Progress is kept in staging/state.json for
-`appliance status`. The storage side is reached through the small `Storage` protocol.
+then delete what the plan no longer wants. A title whose site peer lacks it yet (still
+filling it from the origin) is deferred: the other titles go first, and it comes back after
+its wait (peerwait.py decides, a bounded number of times). Progress is kept in
+staging/state.json for `appliance status`. The storage side is reached through the small
+`Storage` protocol.
 
 Each file is staged on the disk it will be stored on (layout.py), so the hand-off renames
 it into the store: no second write or hash, and a title being updated is out of service
@@ -14,21 +17,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
+import itertools
 import json
 import logging
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from appliance.config import FillConfig
-from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgress
+from appliance.fill.downloader import FillError, Pacer, PeerNotReady, TitleFetcher, TitleProgress
 from appliance.fill.layout import StagingLayout
+from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.plan import FillPlan
 from appliance.fill.reconcile import reconcile
 from appliance.fill.retry import RetryPolicy
@@ -116,6 +124,13 @@ def tuning(config: FillConfig) -> tuple[RetryPolicy, Timeouts]:
     return policy, timeouts
 
 
+def peer_waiting(config: FillConfig) -> PeerWaitPolicy:
+    """How long a title waits for a site peer still filling it, as `[fill]` asks."""
+    return PeerWaitPolicy(
+        first_s=config.peer_wait_s, waits=config.peer_waits, window_share=config.peer_window_share
+    )
+
+
 def write_state(staging_root: Path, report: FillReport, now: float) -> None:
     """Atomically publish progress for `appliance status` (another process reads it).
     OSError when it cannot (a full disk); no half-written temporary file is left."""
@@ -139,6 +154,12 @@ def read_state(staging_root: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+@dataclass(frozen=True)
+class Deferral:
+    title: str
+    wait_s: float
+
+
 @dataclass
 class FillRun:
     plan: FillPlan
@@ -148,6 +169,8 @@ class FillRun:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     timeouts: Timeouts = field(default_factory=Timeouts)
     wall: Callable[[], float] = time.time
+    # Waiting for site peers (when the plan's wait_for_peers is on).
+    peer_wait: PeerWaitPolicy = field(default_factory=PeerWaitPolicy)
     report: FillReport = field(default_factory=FillReport)
     _state_failed: bool = False  # the state file could not be written: said once per run
     _thread: ThreadPoolExecutor = field(
@@ -181,8 +204,7 @@ class FillRun:
         pool = Pool(self.timeouts, max_idle=self.plan.streams * 2)
         try:
             try:
-                for title in rec.fetch:
-                    await self._fill_one(pool, title.id)
+                await self._fill_all(pool, [t.id for t in rec.fetch])
             finally:
                 pool.close()
             if not self.report.failed:
@@ -192,7 +214,29 @@ class FillRun:
             self._publish()
         return self.report
 
-    async def _fill_one(self, pool: Pool, title_id: str) -> None:
+    async def _fill_all(self, pool: Pool, ids: list[str]) -> None:
+        """Each title in plan order; a deferred one joins the queue again once its wait is
+        over, and when only deferred titles are left the run sleeps until the first is due.
+        Bounded: each title is deferred at most peer_wait.waits times, each sleep at most its
+        wait (a wall clock stepped back cannot stretch it)."""
+        queue = deque(ids)
+        deferred: list[tuple[datetime, int, str, float]] = []  # heap: (due, seq, title, wait)
+        order = itertools.count()
+        while queue or deferred:
+            if not queue:
+                due, _, title_id, wait_s = heapq.heappop(deferred)
+                left = (due - self.pacer.now()).total_seconds()
+                await self.pacer.sleep(min(max(left, 0.0), wait_s))
+                queue.append(title_id)
+            wait = await self._fill_one(pool, queue.popleft())
+            if wait is not None:
+                due = self.pacer.now() + timedelta(seconds=wait.wait_s)
+                heapq.heappush(deferred, (due, next(order), wait.title, wait.wait_s))
+            while deferred and deferred[0][0] <= self.pacer.now():
+                queue.append(heapq.heappop(deferred)[2])
+
+    async def _fill_one(self, pool: Pool, title_id: str) -> Deferral | None:
+        """Fill one title; a Deferral when its peer lacks it yet (it is tried again later)."""
         title = next(t for t in self.plan.titles if t.id == title_id)
         prog = self.report.titles[title_id]
         started = time.monotonic()
@@ -206,9 +250,15 @@ class FillRun:
                     self.storage.check_room, title_id, model, staged
                 ),
                 reuse=lambda model: self._storage(self.storage.reuse, title_id, model, staged),
+                peer_wait=self.peer_wait if self.plan.wait_for_peers else None,
+                waited=prog.deferrals,
             )  # fmt: skip
             try:
                 await fetcher.run()
+            except PeerNotReady as exc:
+                prog.state, prog.deferrals = "deferred", prog.deferrals + 1
+                self._publish()
+                return Deferral(title_id, exc.wait_s)
             except (OSError, ExceptionGroup) as exc:
                 local = local_failure(exc)
                 if local is None:
@@ -240,6 +290,7 @@ class FillRun:
             prog.state, prog.error = "failed", str(exc)
             event(log, "fill.title_failed", logging.WARNING, title=title_id, error=str(exc))
         self._publish()
+        return None
 
     async def _delete(self, ids: tuple[str, ...]) -> tuple[str, ...]:
         deleted = []

@@ -26,7 +26,7 @@ from typing import Any
 from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, load_plan
-from appliance.fill.runner import FillReport, FillRun, tuning
+from appliance.fill.runner import FillReport, FillRun, peer_waiting, tuning
 from appliance.fill.storage import StoreStorage
 from appliance.store import Store
 from edgeflix.errors import EdgeflixError
@@ -255,7 +255,10 @@ class FillScheduler:
         pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window(), now=self.now)
         storage = ServiceStorage(self.config, self.out_of_service)
         policy, timeouts = tuning(self.config.fill)
-        run = FillRun(plan, storage, self.config.fill.staging, pacer, policy, timeouts)
+        run = FillRun(
+            plan, storage, self.config.fill.staging, pacer, policy, timeouts,
+            peer_wait=peer_waiting(self.config.fill),
+        )  # fmt: skip
         task = asyncio.create_task(run.run())
         error: str | None = None
         report: FillReport | None = None

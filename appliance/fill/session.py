@@ -16,7 +16,7 @@ from rich.progress import TaskID
 from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, PlannedTitle, load_plan
-from appliance.fill.runner import FillReport, FillRun, tuning
+from appliance.fill.runner import FillReport, FillRun, peer_waiting, tuning
 from edgeflix import ui
 
 
@@ -59,7 +59,7 @@ def _adhoc_plan(titles: Sequence[str], sources: Sequence[str]) -> FillPlan:
     unique_sources = tuple(dict.fromkeys(u.rstrip("/") for u in sources))
     try:
         picked = tuple(PlannedTitle(id=t, sources=unique_sources) for t in dict.fromkeys(titles))
-        return FillPlan(titles=picked, prune=False)
+        return FillPlan(titles=picked, prune=False, wait_for_peers=False)
     except ValidationError as exc:  # a bad --title or --from: one line, not pydantic's
         raise PlanError(_first_error(exc)) from None
 
@@ -96,7 +96,10 @@ def run_foreground(
     pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window())
     policy, timeouts = tuning(config.fill)
     storage = ServiceStorage(config, lambda: set(out_of_service))
-    fill = FillRun(plan, storage, config.fill.staging, pacer, policy, timeouts)
+    fill = FillRun(
+        plan, storage, config.fill.staging, pacer, policy, timeouts,
+        peer_wait=peer_waiting(config.fill),
+    )  # fmt: skip
     return asyncio.run(_with_bar(fill))
 
 

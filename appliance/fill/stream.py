@@ -57,6 +57,7 @@ class TitleProgress:
     digest_failures: int = 0
     last_failure: str | None = None
     source: str | None = None
+    deferrals: int = 0  # times the title waited for its site peer to finish filling it
 
 
 _counting = threading.Lock()  # stream threads add to the same TitleProgress

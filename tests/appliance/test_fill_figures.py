@@ -30,4 +30,6 @@ def test_no_run_yet_still_has_the_families() -> None:
     text = render(fill_families(None, now=0.0))
     assert "# TYPE edgeflix_appliance_fill_titles gauge" in text
     assert 'edgeflix_appliance_fill_titles{state="failed"} 0' in text
+    # A dashboard can chart titles waiting for their site peer before any has had to.
+    assert 'edgeflix_appliance_fill_titles{state="deferred"} 0' in text
     assert "edgeflix_appliance_fill_state_age_seconds" in text  # HELP/TYPE, no sample
