@@ -2,7 +2,8 @@
 window and under the bandwidth cap, from a peer or the origin, verified before they serve.
 
 Pure cores: plan (the model), window, bucket (token bucket), retry (backoff and error
-classes), reconcile (what to fetch and delete), http1 (HTTP/1.1 responses). I/O shells:
-transport (our keep-alive HTTP client), stream and downloader (files into staging, verified),
-pacer (cap and window), runner (staging → storage hand-off).
+classes), peerwait (wait for a site peer still filling a title, or take the origin),
+reconcile (what to fetch and delete), http1 (HTTP/1.1 responses). I/O shells: transport (our
+keep-alive HTTP client), stream, staged and downloader (files into staging, verified), pacer
+(cap and window), runner (staging → storage hand-off, deferred titles).
 """

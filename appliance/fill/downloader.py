@@ -15,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import random
-import shutil
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from appliance.fill import transport
-from appliance.fill.layout import PART, StagingLayout
+from appliance.fill.layout import StagingLayout
 from appliance.fill.pacer import Pacer, WindowClosed
 from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.peerwait import decide as decide_peer_wait
@@ -37,6 +35,7 @@ from appliance.fill.retry import (
     discard_partial,
     retry_after_s,
 )
+from appliance.fill.staged import prepare_staging, reverify_staged, scan_staging
 from appliance.fill.stream import (
     FileStream,
     SourceFailure,
@@ -112,10 +111,10 @@ class TitleFetcher:
             if self.admit is not None:
                 await self.admit(model)
             # Before reuse: a staged file found corrupt is removed, so reuse can link it again.
-            await self._in_thread(_reverify_staged, self.staging, model)
+            await self._in_thread(reverify_staged, self.staging, model)
             if self.reuse is not None:
                 prog.reused = await self.reuse(model)
-            complete, partial = _scan_staging(self.staging, model)
+            complete, partial = scan_staging(self.staging, model)
             tasks = file_tasks(model, complete, partial)
             prog.total = model.total_bytes
             prog.done = model.total_bytes - sum(t.entry.size - t.offset for t in tasks)
@@ -284,7 +283,7 @@ class TitleFetcher:
         self._checked.add(index)
         if self.progress is not None:
             self.progress.source = source
-        _prepare_staging(self.staging, raw, digest)
+        prepare_staging(self.staging, raw, digest)
         return model
 
     async def _advance_source(self, failed: int, reason: str) -> bool:
@@ -371,59 +370,3 @@ def _total_bytes(raw: bytes) -> int | None:
 def _moot(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _prepare_staging(staging: StagingLayout, raw: bytes, digest: str) -> None:
-    """Start over (on every disk) when staging holds a different version of the title;
-    then write files.json."""
-    current = staging.folder / FILES_JSON
-    if current.exists() and titlefiles.digest_bytes(current.read_bytes()) != digest:
-        for folder in staging.folders():
-            shutil.rmtree(folder, ignore_errors=True)
-    staging.folder.mkdir(parents=True, exist_ok=True)
-    tmp = staging.folder / (FILES_JSON + PART)
-    tmp.write_bytes(raw)
-    os.replace(tmp, current)
-
-
-def _reverify_staged(staging: StagingLayout, model: TitleFiles, job: StreamJob) -> None:
-    """Hash again each file an earlier process left verified in staging (a run killed or
-    failed after it staged): the store adopts staged files without a second look, and a
-    crash, a torn write or a rotting disk may have changed one since. A file that no longer
-    matches files.json is removed, so it is downloaded (or reused) again."""
-    for entry in model.files:
-        job.check()
-        final = staging.file(entry.path)
-        try:
-            if not final.is_file():
-                continue
-            size = final.stat().st_size
-            if size == entry.size and titlefiles.sha256_file(final) == entry.sha256:
-                continue
-            final.unlink()
-        except FileNotFoundError:
-            continue  # removed meanwhile: downloaded again (a failing disk's EIO goes up)
-        event(
-            log,
-            "fill.staged_file_corrupt",
-            logging.WARNING,
-            title=model.id,
-            path=entry.path,
-            size=size,
-        )
-
-
-def _scan_staging(
-    staging: StagingLayout, model: TitleFiles
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Files already verified (final name, in this process: _reverify_staged ran first) and
-    partial downloads (.part) in staging."""
-    complete, partial = {}, {}
-    for entry in model.files:
-        final = staging.file(entry.path)
-        part = staging.part(entry.path)
-        if final.is_file():
-            complete[entry.path] = final.stat().st_size
-        if part.is_file():
-            partial[entry.path] = part.stat().st_size
-    return complete, partial

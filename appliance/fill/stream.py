@@ -145,7 +145,7 @@ class FileStream:
             raise SourceFailure(Failure.DIGEST, f"{entry.path}: SHA-256 mismatch from {source}")
         # No fsync here (it halved fill throughput): a crash can leave a renamed file whose
         # bytes never reached the disk, but a resumed fill hashes every file it finds
-        # finished in staging again (downloader._scan_staging), and the hand-off fsyncs
+        # finished in staging again (staged.reverify_staged), and the hand-off fsyncs
         # before the store takes the file.
         os.replace(part, self.staging.file(entry.path))
         validator_path(part).unlink(missing_ok=True)
