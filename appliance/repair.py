@@ -177,19 +177,14 @@ def _rehome(store: Store, row: TitleRow, report: Report) -> None:
     missing (and the sweep would have deleted them as strays on their new path)."""
     title_id = row.id
     known = {d.id for d in store.disks} | set(store.out_of_service)
-    moved = []
-    for f in title_files(store.conn, title_id):
-        if f.disk in known:
-            continue
-        for disk in store.disks:
-            path = file_path(disk.id, row.folder, f.path)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_size == f.size and not through_symlink(path):
-                moved.append((disk.id, f))
-                break
+    moved = _found_elsewhere(store, known, title_files(store.conn, title_id))
+    kept = _found_elsewhere(store, known, replaced.kept_of(store.conn, title_id))
+    if kept:  # files kept for replaced versions' sessions follow their disk too, silently
+        with transaction(store.conn) as conn:
+            conn.executemany(
+                "UPDATE superseded SET disk = ? WHERE title = ? AND path = ?",
+                [(disk, title_id, f.path) for disk, f in kept],
+            )
     if not moved:
         return
     with transaction(store.conn) as conn:
@@ -201,6 +196,27 @@ def _rehome(store: Store, row: TitleRow, report: Report) -> None:
         count = sum(1 for _, f in moved if f.disk == old)
         new = sorted({disk for disk, f in moved if f.disk == old})
         report.add(title_id, "", f"{count} files of {old} found on {', '.join(new)}")
+
+
+def _found_elsewhere(
+    store: Store, known: set[str], files: list[FileRow]
+) -> list[tuple[str, FileRow]]:
+    """Files placed on a disk no longer configured, found whole at the same place on one
+    that is: (that disk's id, the file)."""
+    moved = []
+    for f in files:
+        if f.disk in known:
+            continue
+        for disk in store.disks:
+            path = file_path(disk.id, f.folder, f.path)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_size == f.size and not through_symlink(path):
+                moved.append((disk.id, f))
+                break
+    return moved
 
 
 def _adopt(store: Store, title_id: str, folders: set[str], report: Report) -> bool:

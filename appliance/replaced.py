@@ -67,20 +67,37 @@ def kept_in(conn: sqlite3.Connection, title_id: str, folder: str) -> set[tuple[s
     return {(disk, path) for disk, path in rows}
 
 
+def kept_of(conn: sqlite3.Connection, title_id: str) -> list[FileRow]:
+    """A title's kept files, as rows (folder: the old version's)."""
+    rows = conn.execute(
+        "SELECT title, path, disk, size, sha256, mtime_ns, ?, folder FROM superseded "
+        "WHERE title = ? ORDER BY path",
+        (OK, title_id),
+    ).fetchall()
+    return [FileRow(*row) for row in rows]
+
+
 def bytes_on_disks(conn: sqlite3.Connection) -> dict[str, int]:
     rows = conn.execute("SELECT disk, SUM(size) FROM superseded GROUP BY disk").fetchall()
     return {disk: int(total or 0) for disk, total in rows}
 
 
 def take(
-    conn: sqlite3.Connection, now: float, *, title_id: str | None = None, everything: bool = False
+    conn: sqlite3.Connection,
+    now: float,
+    *,
+    title_id: str | None = None,
+    folder: str | None = None,
+    everything: bool = False,
 ) -> list[tuple[str, str]]:
-    """Delete the rows whose time is up (all of them with `everything`; only `title_id`'s
-    when given) in the caller's transaction; returns the (title, folder) pairs they named,
-    whose files the caller deletes once no row names the folder."""
+    """Delete the rows whose time is up (all of them with `everything`; only `title_id`'s,
+    or its `folder`'s, when given) in the caller's transaction; returns the (title, folder)
+    pairs they named, whose files the caller deletes once no row names the folder."""
     where, args = "1 = 1", list[object]()
     if title_id is not None:
         where, args = "title = ?", [title_id]
+        if folder is not None:
+            where, args = "title = ? AND folder = ?", [title_id, folder]
     if not everything:
         where += " AND until <= ?"
         args.append(now)
@@ -89,6 +106,16 @@ def take(
     ).fetchall()
     conn.execute(f"DELETE FROM superseded WHERE {where}", args)
     return [(title, folder) for title, folder in folders]
+
+
+def oldest_first(conn: sqlite3.Connection) -> list[tuple[str, str, frozenset[str]]]:
+    """(title, folder, disks it has kept files on) of every old version with kept files,
+    the soonest due first."""
+    rows = conn.execute(
+        "SELECT title, folder, GROUP_CONCAT(DISTINCT disk) FROM superseded "
+        "GROUP BY title, folder ORDER BY MIN(until), title, folder"
+    ).fetchall()
+    return [(title, folder, frozenset(disks.split(","))) for title, folder, disks in rows]
 
 
 def still_named(conn: sqlite3.Connection, title_id: str, folder: str) -> bool:

@@ -30,6 +30,7 @@ from appliance.disks import (
     StorageError,
     UnknownTitle,
     Watermark,
+    by_filesystem,
     check_layout,
     measure,
     open_disks,
@@ -241,12 +242,17 @@ class Store:
                 else:
                     self._remove_folder(title_id, folder)
 
-    def drop_replaced(self, *, everything: bool = False, title_id: str | None = None) -> int:
+    def drop_replaced(
+        self, *, everything: bool = False, title_id: str | None = None, folder: str | None = None
+    ) -> int:
         """Delete the kept files of replaced versions (replaced.py) whose time is up, or all
-        of them (`everything`: a load needs their room), or one title's; returns how many
-        folders went. Their rows go first, so no worker is sent to a file being deleted."""
+        of them (`everything`: a load needs their room), or one title's (or one folder's of
+        it); returns how many folders went. Their rows go first, so no worker is sent to a
+        file being deleted."""
         with transaction(self.conn) as conn:
-            taken = replaced.take(conn, time.time(), title_id=title_id, everything=everything)
+            taken = replaced.take(
+                conn, time.time(), title_id=title_id, folder=folder, everything=everything
+            )
         gone = 0
         for title, folder in taken:
             if not replaced.still_named(self.conn, title, folder):
@@ -343,6 +349,36 @@ class Store:
             return False
         return True
 
+    def _plus_kept(self, freeing: Mapping[str, int]) -> dict[str, int]:
+        """`freeing` and the room the files kept for replaced versions' sessions take: room
+        a load may have (_make_room frees it, oldest first, when it is needed)."""
+        total = dict(freeing)
+        for disk, size in replaced.bytes_on_disks(self.conn).items():
+            total[disk] = total.get(disk, 0) + size
+        return total
+
+    def _make_room(
+        self, title_id: str, tier: Tier, needed: Mapping[str, int], freeing: Mapping[str, int]
+    ) -> bool:
+        """True when `needed` fits, deleting kept files of replaced versions for it, oldest
+        first and only as many as it takes; none at all when even all of them would not do."""
+        if self._fits(title_id, tier, needed, freeing):
+            return True
+        if not self._fits(title_id, tier, needed, self._plus_kept(freeing)):
+            return False
+        # Only room on the disks the title goes to helps, or on the others of their
+        # filesystem when the filesystem's own free space is what counts (no max_bytes).
+        wanted = {disk for disk, size in needed.items() if size > 0}
+        for group in by_filesystem([d for d in self.disks if not d.max_bytes]):
+            if wanted & {d.id for d in group}:
+                wanted |= {d.id for d in group}
+        for title, folder, disks in replaced.oldest_first(self.conn):
+            if disks & wanted:
+                self.drop_replaced(title_id=title, folder=folder, everything=True)
+                if self._fits(title_id, tier, needed, freeing):
+                    return True
+        return False
+
     def writable_disks_of(self, tier: Tier) -> list[Disk]:
         return [d for d in self.disks_of(tier) if d.writable]
 
@@ -362,7 +398,7 @@ class Store:
             why = f" (read-only: {', '.join(read_only)})" if read_only else ""
             raise DiskError(f"no writable disk of the {tier} tier is in service{why}")
         if len(disks) > 1:
-            freeing = self._freeing(title_id, {})
+            freeing = self._plus_kept(self._freeing(title_id, {}))
             free = {r.disk: r.free for r in (room(u) for u in self.usage())}
             roomy = [
                 d for d in disks if d.id in keep or free.get(d.id, 0) + freeing.get(d.id, 0) > 0
@@ -393,10 +429,10 @@ class Store:
         tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
         needed = bytes_per_disk(self._placement(title_id, tier, list(sizes)), sizes)
         freeing = self._freeing(title_id, staged)
-        # Files kept for sessions of replaced versions make way for the load (see load).
-        for disk, size in replaced.bytes_on_disks(self.conn).items():
-            freeing[disk] = freeing.get(disk, 0) + size
-        self._check_fit(title_id, tier, needed, freeing)
+        self._check_fit(title_id, tier, needed, self._plus_kept(freeing))
+        # The fill stages the files on the disks before `load`: the room they take must be
+        # free now, so kept files of replaced versions go here when it needs theirs.
+        self._make_room(title_id, tier, needed, freeing)
 
     # -- load ------------------------------------------------------------------------------
 
@@ -453,22 +489,24 @@ class Store:
                     "use --replace to reload it"
                 )
             staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
-            # Files kept for sessions of replaced versions go before a title is refused or
-            # taken out of service for its update (in place).
-            if replaced.bytes_on_disks(self.conn) and not self._fits(
-                title_id, tier, needed, self._freeing(None, staged)
-            ):
-                self.drop_replaced(everything=True)
-            self._check_fit(title_id, tier, needed, self._freeing(title_id, staged))
+            beside, in_place = self._freeing(None, staged), self._freeing(title_id, staged)
+            # Refused before anything is dropped when it cannot fit even in place.
+            self._check_fit(title_id, tier, needed, self._plus_kept(in_place))
             copy = _Copy(
                 title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
             )
+            # Files kept for sessions of replaced versions go before a title is taken out
+            # of service for its update (in place), and before one is refused.
             if existing is None:
+                self._make_room(title_id, tier, needed, beside)
+                self._check_fit(title_id, tier, needed, beside)
                 return self._copy_in(copy)
-            if self._fits(title_id, tier, needed, self._freeing(None, staged)):
+            if self._make_room(title_id, tier, needed, beside):
                 # The old version serves until the new one is whole beside it.
                 row = self._replace(existing, copy)
             else:
+                self._make_room(title_id, tier, needed, in_place)
+                self._check_fit(title_id, tier, needed, in_place)
                 row = self._replace_in_place(source, model, copy, adopt_verified)
         self._drop_retired()  # a grace of 0 (tests) is over at once
         return row

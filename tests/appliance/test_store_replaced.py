@@ -21,10 +21,17 @@ SIZES = [30_000 + i * 1000 for i in range(10)]
 
 
 def make_store(
-    tmp_path: Path, *, keep_s: float = 3600.0, max_bytes: int | None = None, grace_s: float = 0
+    tmp_path: Path,
+    *,
+    keep_s: float = 3600.0,
+    max_bytes: int | None = None,
+    grace_s: float = 0,
+    disks_n: int = 2,
 ) -> Store:
+    """Two disks by default; one where the capacity arithmetic must not depend on how the
+    hash spreads files (disk ids are tmp paths, different each run)."""
     disks = []
-    for i, tier in enumerate(("ssd", "ssd")):
+    for i, tier in enumerate(("ssd",) * disks_n):
         path = tmp_path / f"disk{i}"
         path.mkdir(parents=True, exist_ok=True)
         disks.append(DiskConfig(path=path, tier=tier, max_bytes=max_bytes))
@@ -152,8 +159,8 @@ def test_reconcile_keeps_the_kept_files_and_drops_them_once_due(tmp_path: Path) 
 def test_kept_files_make_way_for_a_load(tmp_path: Path) -> None:
     v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
     other = make_title(tmp_path / "o", "other", sizes=SIZES, seed=3, content_named=True)
-    one = sum(SIZES) + 2_000  # a version, roughly, per disk pair
-    store = make_store(tmp_path, max_bytes=int(one * 1.6))  # two versions fit, not three
+    # 810,000 below the high watermark: two versions (about 347,000 each) fit, not three.
+    store = make_store(tmp_path, max_bytes=900_000, disks_n=1)
     store.load("film", v1)
     store.load("film", v2, replace=True)
     used = sum(u.used for u in store.usage())
@@ -198,3 +205,92 @@ def test_a_name_back_in_the_current_version_serves_from_it(tmp_path: Path) -> No
     folders = {p.partition("/")[0] for p in on_disks(store)}
     assert first not in folders and {second, current} <= folders
     assert served(reader, "film", sorted(segments(v2))[0]) == segments(v2)[sorted(segments(v2))[0]]
+
+
+def kept_version(store: Store, title_id: str, disk: int, size: int, until: float) -> str:
+    """An old version's kept segment on one disk, as a replace leaves it (its file and
+    its row), for capacity cases that need the kept bytes on a chosen disk."""
+    folder = f"{title_id}~{int(until) % 10**8:08x}"
+    rel = f"v0/seg_{int(until) % 10**10:010x}_00000.m4s"
+    d = store.disks[disk]
+    path = d.titles_dir / folder / rel
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"k" * size)
+    with store.conn:
+        store.conn.execute(
+            "INSERT INTO superseded VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (title_id, rel, d.id, folder, size, "0" * 64, path.stat().st_mtime_ns, until),
+        )
+    return folder
+
+
+def kept_folders(store: Store) -> set[str]:
+    rows = store.conn.execute("SELECT DISTINCT folder FROM superseded").fetchall()
+    return {folder for (folder,) in rows}
+
+
+def test_a_load_that_cannot_fit_anyway_leaves_the_kept_files(tmp_path: Path) -> None:
+    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
+    big = make_title(tmp_path / "b", "big", sizes=[400_000] * 4, seed=5, content_named=True)
+    store = make_store(tmp_path, max_bytes=900_000, disks_n=1)
+    store.load("film", v1)
+    store.load("film", v2, replace=True)
+    before = kept_folders(store)
+    assert before
+    with pytest.raises(CapacityError):
+        store.load("big", big)
+    with pytest.raises(CapacityError):
+        store.check_room("big", {"v0/a": 1_600_000}, 0.0, {})
+    assert kept_folders(store) == before  # players on film's old version still play
+    store.close()
+
+
+def test_the_fills_room_check_frees_kept_files_oldest_first_as_needed(tmp_path: Path) -> None:
+    """The fill stages a title's files before `load`: the room must be free when it asks,
+    and only the kept files whose room it needs go, the soonest due first."""
+    store = make_store(tmp_path, max_bytes=1_000_000)  # 900,000 below the high watermark
+    now = time.time()
+    older = kept_version(store, "a", 0, 300_000, now + 100)
+    newer = kept_version(store, "b", 0, 300_000, now + 200)
+    other = kept_version(store, "c", 1, 300_000, now + 50)  # the soonest due, another disk
+    placed = store.placer("news", 0.0)
+    on_d0 = [f"v0/{i}.m4s" for i in range(400) if placed(f"v0/{i}.m4s") == store.disks[0].id]
+    store.check_room("news", dict.fromkeys(on_d0[:3], 100_000), 0.0, {})  # 300,000: room
+    assert kept_folders(store) == {older, newer, other}
+    store.check_room("news", dict.fromkeys(on_d0[:5], 100_000), 0.0, {})  # one version's room
+    assert kept_folders(store) == {newer, other}
+    store.close()
+
+
+def test_a_disk_with_room_only_in_kept_files_still_takes_its_share(tmp_path: Path) -> None:
+    store = make_store(tmp_path, max_bytes=500_000)  # 450,000 below the high watermark each
+    kept_version(store, "old", 0, 450_000, time.time() + 3600)  # disk 0 full of kept bytes
+    # 600,000 bytes in 60 files: only fits across both disks (about 300,000 on each, the
+    # hash's spread being a few tens of thousands).
+    news = make_title(tmp_path / "n", "news", sizes=[10_000] * 60, seed=6, content_named=True)
+    row = store.load("news", news)
+    assert row.state == "ready"
+    assert {d for t in store.listing() for d in t.disks} == {d.id for d in store.disks}
+    assert kept_folders(store) == set()
+    store.close()
+
+
+def test_kept_files_follow_a_disk_renamed_in_the_config(tmp_path: Path) -> None:
+    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
+    store = make_store(tmp_path)
+    store.load("film", v1)
+    store.load("film", v2, replace=True)
+    store.close()
+    old = segments(v1)
+    (tmp_path / "disk1").rename(tmp_path / "disk1b")
+    disks = (
+        DiskConfig(path=tmp_path / "disk0", tier="ssd"),
+        DiskConfig(path=tmp_path / "disk1b", tier="ssd"),
+    )
+    config = StorageConfig(disks=disks, index=tmp_path / "var" / "index.sqlite")
+    store = Store(config, grace_s=0)
+    reconcile(store)
+    reconcile(store)  # and again, after the old folder's grace: nothing kept is pruned
+    reader = IndexReader(store.index_path, refresh_per_call=False)
+    assert {rel: served(reader, "film", rel) for rel in old} == old
+    store.close()
