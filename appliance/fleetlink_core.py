@@ -216,6 +216,7 @@ def plan_document(plan: fleet_pb2.Plan) -> dict[str, Any]:
                 "id": t.title_id,
                 "digest": t.digest if _SHA256.match(t.digest) else None,
                 "sources": list(t.sources),
+                "size": t.size_bytes or None,
             }
             for t in plan.titles
         ],

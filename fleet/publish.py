@@ -67,6 +67,7 @@ def to_document(
                 "id": t.title_id,
                 "digest": t.digest if _SHA256.match(t.digest) else None,
                 "sources": source_urls(t, peers, origin_url),
+                "size": t.size_bytes or None,
             }
             for t in entry.titles
         ],

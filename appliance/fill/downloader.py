@@ -200,7 +200,7 @@ class TitleFetcher:
             self.pacer.now(),
             self.pacer.window,
             self.pacer.cap_bps,
-            self._peer_bytes,
+            self.title.size or self._peer_bytes,
         )
         if self.progress is not None:
             self.progress.last_failure = exc.detail

@@ -46,6 +46,9 @@ class PlannedTitle(_Model):
     digest: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     # Tried in order: a peer first, the origin last, so a sick peer falls back to the origin.
     sources: tuple[str, ...] = Field(min_length=1)
+    # Bytes of the whole title when the planner knows them: a title waiting for its site
+    # peer keeps its transfer time at the cap for the origin (peerwait.py).
+    size: int | None = Field(None, ge=0)
 
     @field_validator("id")
     @classmethod

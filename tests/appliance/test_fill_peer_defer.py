@@ -100,17 +100,21 @@ def run_fill(
     *,
     window: FillWindow | None = None,
     wait_for_peers: bool = True,
+    size: int | None = None,
+    cap_bps: int | None = None,
 ) -> FillReport:
     config = appliance_config.load(storage_toml(tmp / "app"))
     plan = FillPlan(
         titles=(
-            PlannedTitle(id="a", digest=site.digest("a"), sources=(site.peer.url, site.origin.url)),
+            PlannedTitle(
+                id="a", digest=site.digest("a"), sources=(site.peer.url, site.origin.url), size=size
+            ),
             PlannedTitle(id="b", digest=site.digest("b"), sources=(site.origin.url,)),
         ),
         wait_for_peers=wait_for_peers,
         streams=2,
     )
-    pacer = Pacer(None, window, now=lambda: clock.now, sleep=clock.sleep)
+    pacer = Pacer(cap_bps, window, now=lambda: clock.now, sleep=clock.sleep)
     run = FillRun(
         plan, StoreStorage(config.storage), tmp / "staging", pacer, peer_wait=PeerWaitPolicy()
     )
@@ -212,3 +216,19 @@ def test_an_operator_fill_from_the_command_line_does_not_wait(tmp_path: Path, si
     clock = Clock()
     report = run_fill(tmp_path, site, clock, wait_for_peers=False)
     assert report.titles["a"].source == site.origin.url and clock.slept == []
+
+
+def test_a_title_the_cap_needs_the_rest_of_the_window_for_goes_to_the_origin_at_once(
+    tmp_path: Path, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plan says how big the title is (the peer, answering 404, cannot): at the cap its
+    transfer takes longer than the window has left, so waiting for the peer would lose it."""
+    caplog.set_level(logging.INFO, "appliance.fill")
+    clock = Clock()  # 02:00 of a 02:00-06:00 window: 4 h left, a quarter of it 1 h
+    window = parse_window("02:00-06:00", "UTC")
+    # 1.2 GB at 600 kbit/s: 4.4 h, more than the window has left after any wait.
+    report = run_fill(tmp_path, site, clock, window=window, size=1_200_000_000, cap_bps=600_000)
+    assert report.titles["a"].state == "ready" and report.titles["a"].source == site.origin.url
+    assert not events(caplog, "fill.title_deferred")
+    (bypassed,) = events(caplog, "fill.peer_bypassed")
+    assert bypassed["reason"] == "window_short"

@@ -249,7 +249,7 @@ def test_a_fleet_plan_becomes_the_fill_plan_format() -> None:
     assert plan.window == "02:00-06:00" and plan.timezone == "Europe/Berlin"
     assert plan.cap_bps is None and plan.prune
     assert plan.titles[0] == PlannedTitle(
-        id="film", digest=SHA, sources=("http://10.0.0.2:8081", "http://origin:8080")
+        id="film", digest=SHA, sources=("http://10.0.0.2:8081", "http://origin:8080"), size=10
     )
     assert plan.titles[1].digest is None  # no usable digest: whatever the source has
 

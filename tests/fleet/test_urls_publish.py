@@ -67,6 +67,7 @@ def test_plan_document_is_what_the_appliance_reads() -> None:
     assert parsed.titles[0].sources == ("http://10.0.0.1:8081", "http://origin:8080")
     assert parsed.titles[0].digest == DIGEST and parsed.titles[1].digest is None
     assert parsed.titles[1].sources == ("http://origin:8080",)
+    assert [t.size for t in parsed.titles] == [10, 5]  # for the fill's wait for a peer
     assert (parsed.window, parsed.timezone) == ("02:00-06:00", "Europe/Berlin")
 
 
