@@ -47,7 +47,10 @@ def plan_from_cli(
     if streams is not None:
         update["streams"] = streams
     if ignore_window:
+        # `--now` is an operator at a terminal asking for the titles now: no window, and no
+        # minutes of waiting for a site peer either (the daemon's fills still wait).
         update["window"] = None
+        update["wait_for_peers"] = False
     try:
         return FillPlan.model_validate({**plan.model_dump(), **update}).check()
     except ValidationError as exc:

@@ -51,3 +51,19 @@ def test_a_bad_override_of_a_plan_file_is_one_line(cfg: ApplianceConfig, tmp_pat
     with pytest.raises(PlanError, match=r"^streams: .*64") as info:
         plan_from_cli(cfg, [], [], plan, None, 65, False)
     assert "\n" not in str(info.value)
+
+
+def test_now_from_the_command_line_does_not_wait_for_site_peers(
+    cfg: ApplianceConfig, tmp_path: Path
+) -> None:
+    """A plan file's fill run waits minutes for a site peer still filling a title; an
+    operator typing `--now` wants the titles now (the daemon's fills still wait)."""
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(
+        '{"titles": [{"id": "a", "sources": ["http://10.0.0.2:8081", "http://o:8080"]}],'
+        ' "window": "03:00-04:00", "timezone": "UTC"}'
+    )
+    scheduled = plan_from_cli(cfg, [], [], plan_file, None, None, False)
+    assert scheduled.wait_for_peers and scheduled.window == "03:00-04:00"
+    now = plan_from_cli(cfg, [], [], plan_file, None, None, True)
+    assert not now.wait_for_peers and now.window is None
