@@ -149,7 +149,7 @@ class FillConfig(ConfigModel):
     # (appliance/fill/peerwait.py): peer_wait_s first, doubling up to 4x, at most peer_waits
     # times a run (0: straight to the origin), never into the last peer_window_share of the
     # window (nor into the title's transfer time at the cap): that is kept for the origin.
-    peer_wait_s: float = Field(120.0, gt=0)
+    peer_wait_s: float = Field(120.0, gt=0, le=24 * 3600.0)
     peer_waits: int = Field(4, ge=0, le=20)
     peer_window_share: float = Field(0.25, ge=0, le=1)
 

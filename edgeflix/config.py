@@ -25,7 +25,9 @@ from edgeflix.errors import ConfigError
 class ConfigModel(BaseModel):
     """Base of every config section: frozen, and strict about unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan: `peer_wait_s = inf` is valid TOML and reads as "for ever", but every
+    # duration and rate here ends in arithmetic that cannot take it (timedelta, round()).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 M = TypeVar("M", bound=ConfigModel)
