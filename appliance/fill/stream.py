@@ -160,22 +160,21 @@ class FileStream:
         job: StreamJob,
     ) -> tuple[int, hashlib._Hash]:
         url = url_for(source, self.title_id, entry.path)
-        # If-Range only with the validator of this source: another source's file has other
-        # validators (its own mtime) though the same bytes, as files.json's digest says.
+        # If-Range only to the server whose validator it is (the URL that answered, after
+        # redirects): another server's file has other validators (its own mtime) though the
+        # same bytes, as files.json's digest says, so it gets a plain Range.
         known = _read_validator(part) if offset else None
-        if_range = known[1] if known is not None and known[0] == source else None
         headers = [("Range", f"bytes={offset}-")] if offset else []
-        if if_range is not None:
-            headers.append(("If-Range", if_range))
         try:
-            with self.pool.get(url, headers, job.watch) as resp:
+            with self.pool.get(url, headers, job.watch, known) as resp:
+                if_range = known[1] if known is not None and known[0] == resp.url else None
                 start = self._accept(resp, entry, source, offset, if_range)
                 if start != offset:  # a changed file, or Range ignored: take it from byte 0
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
                 if if_range is None or start == 0:
-                    _write_validator(part, source, if_range_value(resp.head))
+                    _write_validator(part, resp.url, if_range_value(resp.head))
                 return self._receive(resp, entry, part, offset, hasher, job), hasher
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{entry.path}: {exc} at {source}") from None
@@ -319,8 +318,8 @@ def discard_part(part: Path) -> None:
 
 
 def _read_validator(part: Path) -> tuple[str, str] | None:
-    """(source, If-Range value) kept for `part`; None when absent or unreadable (a .part
-    from an older version, a torn write): the resume then goes without If-Range."""
+    """(URL that answered, If-Range value) kept for `part`; None when absent or unreadable
+    (a .part from an older version, a torn write): the resume then goes without If-Range."""
     try:
         kept = json.loads(validator_path(part).read_text(encoding="utf-8"))
         source, value = kept["source"], kept["if_range"]

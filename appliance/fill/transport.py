@@ -113,8 +113,11 @@ def redirect_target(url: str, location: str | None, seen: Sequence[str]) -> str:
     first = seen[0] if seen else url
     if location is None or not location.strip():
         raise BadRedirect(f"{first}: redirect without a Location at {url}")
-    target = urldefrag(urljoin(url, location.strip())).url
-    scheme = urlsplit(target).scheme
+    try:
+        target = urldefrag(urljoin(url, location.strip())).url
+        scheme = urlsplit(target).scheme
+    except ValueError as exc:  # an unclosed IPv6 bracket, say: the source's fault
+        raise BadRedirect(f"{first}: redirect from {url} to a bad URL ({exc})") from None
     if scheme not in ("http", "https"):
         raise BadRedirect(f"{first}: redirect from {url} to a {scheme or 'schemeless'} URL")
     if urlsplit(url).scheme == "https" and scheme == "http":
@@ -208,6 +211,7 @@ class Response:
         self._conn = conn
         self.head = head
         self.status = head.status
+        self.url = ""  # the URL that answered, after any redirects (Pool.get)
         self.framing: BodyFraming = body_framing(head)
         self._left = self.framing.length if self.framing.kind is Framing.LENGTH else 0
         self._chunks = ChunkedDecoder() if self.framing.kind is Framing.CHUNKED else None
@@ -337,16 +341,23 @@ class Pool:
         url: str,
         headers: Sequence[tuple[str, str]] = (),
         watch: Callable[[Connection], None] | None = None,
+        if_range: tuple[str, str] | None = None,
     ) -> Response:
         """Send a GET and return the response once its head is in, after following any
-        redirects (with the same `headers`: Range and If-Range hold for the file wherever it
-        moved); the caller reads the body and closes the response (a `with` block) to give
-        the connection back. `watch` is told each connection used, so another thread can
-        abort() it while we wait."""
+        redirects (with the same `headers`: a Range holds for the file wherever it moved);
+        the caller reads the body and closes the response (a `with` block) to give the
+        connection back. `if_range` (URL, validator) adds If-Range only on a request to that
+        URL: a validator belongs to the server that gave it, and a redirect (a balancer in
+        front of replicas) may lead elsewhere this time. `watch` is told each connection
+        used, so another thread can abort() it while we wait."""
         seen = [url]
         while True:
-            resp = self._get_once(seen[-1], headers, watch)
+            asked = headers
+            if if_range is not None and if_range[0] == seen[-1]:
+                asked = [*headers, ("If-Range", if_range[1])]
+            resp = self._get_once(seen[-1], asked, watch)
             if resp.status not in REDIRECTS:
+                resp.url = seen[-1]
                 return resp
             location = resp.head.get("location")
             _discard(resp)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -192,3 +193,51 @@ def test_the_next_run_resumes_with_the_validator_kept_on_disk(
         fill(server.url, staging, streams=1)
     assert_verified(staging, model)
     assert [(r.get("range"), r.get("if-range")) for r in log] == [("bytes=80000-", value)]
+
+
+def test_a_resume_through_a_balancer_to_another_replica_keeps_its_bytes(tmp_path: Path) -> None:
+    """An origin of two replicas behind a redirecting balancer: the same bytes, each with
+    its own ETag (its own mtimes). The partial came from replica 1; the resume lands on
+    replica 2, which would answer If-Range "r1" with the whole file. The validator is kept
+    for the server that gave it, so replica 2 gets a plain Range and the bytes are kept."""
+    model, files = make_source(tmp_path, [300_000])
+    logs: dict[str, list[dict[str, str]]] = {"r1": [], "r2": []}
+
+    def replica(name: str) -> Callable[[socket.socket, int], None]:
+        def handler(sock: socket.socket, _: int) -> None:
+            while (req := read_request(sock)) is not None:
+                logs[name].append(req)
+                body = files[req[":target"]]
+                start = int(req["range"][6:-1]) if "range" in req else 0
+                if req.get("if-range", f'"{name}"') != f'"{name}"':
+                    start = 0  # RFC 9110: another validator, the whole file
+                fields = f'ETag: "{name}"\r\nContent-Length: {len(body) - start}\r\n'
+                if start:
+                    fields += f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}\r\n"
+                status = "206 Partial Content" if start else "200 OK"
+                out = f"HTTP/1.1 {status}\r\n{fields}\r\n".encode() + body[start:]
+                if name == "r1" and req[":target"] == SEG:
+                    sock.sendall(out[: len(out) - 200_000])  # cut off mid-body
+                    return
+                sock.sendall(out)
+
+        return handler
+
+    with scripted(replica("r1")) as r1, scripted(replica("r2")) as r2:
+        first = [True]
+
+        def balancer(sock: socket.socket, _: int) -> None:
+            while (req := read_request(sock)) is not None:
+                to = r1 if req[":target"] == SEG and first[0] else r2
+                first[0] = first[0] and req[":target"] != SEG
+                sock.sendall(
+                    f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {to.url}{req[':target']}"
+                    "\r\nContent-Length: 0\r\n\r\n".encode()
+                )
+
+        with scripted(balancer) as lb:
+            progress = fill(lb.url, tmp_path / "staging", streams=1)
+    assert_verified(tmp_path / "staging", model)
+    assert progress.digest_failures == 0
+    (resumed,) = [r for r in logs["r2"] if r[":target"] == SEG]
+    assert resumed.get("range") is not None and "if-range" not in resumed

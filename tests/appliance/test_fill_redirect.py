@@ -145,3 +145,23 @@ def test_https_to_http_is_refused(tmp_path: Path) -> None:
             finally:
                 pool.close()
         assert plain.connections == 0
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x", "http://[zz]/x"])
+def test_a_location_that_is_no_url_fails_the_source_in_one_line(
+    tmp_path: Path, location: str
+) -> None:
+    """It raised a bare ValueError out of the fill (a traceback, the next source never
+    tried); it is a misconfigured source like any bad redirect."""
+
+    def handler(sock: socket.socket, _: int) -> None:
+        while read_request(sock) is not None:
+            sock.sendall(
+                f"HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
+            )
+
+    with pytest.raises(BadRedirect, match="bad URL"):
+        redirect_target("http://127.0.0.1:1/titles/t/files.json", location, [])
+    with scripted(handler) as server, pytest.raises(FillError) as failed:
+        fill(server.url, tmp_path / "staging")
+    assert "\n" not in str(failed.value) and "bad URL" in str(failed.value)
