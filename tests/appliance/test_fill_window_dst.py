@@ -4,12 +4,12 @@ length, a time that happens twice means its first occurrence."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from appliance.fill.window import parse_window
@@ -118,6 +118,8 @@ def just_after_a_gap(w: FillWindow, instant: datetime) -> bool:
 
 
 @settings(max_examples=300, deadline=None)
+# Found by hypothesis: Santiago's clocks jump at midnight, swallowing 00:00-00:15's pause.
+@example(zone="America/Santiago", which=1, shift_min=-121, h1=0, m1=15, h2=0, m2=0)
 @given(
     zone=st.sampled_from(ZONES),
     which=st.integers(0, 9),
@@ -139,7 +141,14 @@ def test_openings_near_dst_changes(
     assert now <= opened <= now + timedelta(hours=25)
     assert w.is_open(opened)
     closed = w.next_close(opened)
-    assert opened < closed <= opened + timedelta(hours=25)
+    # A pause that lies wholly in a spring-forward gap does not happen that night, and the
+    # spans either side are one (test_a_window_closing_as_it_reopens_stays_open): up to two
+    # days open when the pause is no longer than the gap.
+    pause = timedelta(days=1) - (
+        datetime.combine(date.min, w.end) - datetime.combine(date.min, w.start)
+    ) % timedelta(days=1)
+    longest = timedelta(hours=49) if pause <= timedelta(hours=1) else timedelta(hours=25)
+    assert opened < closed <= opened + longest
     assert not w.is_open(closed)
     if opened > now:
         wall = opened.astimezone(w.zone).time()
