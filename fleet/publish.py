@@ -2,7 +2,8 @@
 document `appliance/fill/plan.py` reads (`[fill] plan`), with source URLs resolved.
 
 Sources are tried in order: the in-site peer that fills from the origin first, the origin
-last, so a sick or unfinished peer falls back to the origin.
+last. A sick peer falls back to the origin; one still filling the title is waited for a
+while first (appliance/fill/peerwait.py), using the title's size sent here.
 """
 
 from __future__ import annotations
