@@ -86,6 +86,17 @@ staging = "{tmp}/staging"
     return path
 
 
+def peer_pair(tmp: Path) -> tuple[Path, Path]:
+    """Configs of appliance A, which serves (a peer for B), and B, which fills."""
+    a_dir, b_dir = tmp / "a", tmp / "b"
+    a_dir.mkdir()
+    b_dir.mkdir()
+    a_config = appliance_config(a_dir)
+    with a_config.open("a") as fh:
+        fh.write('[serve]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    return a_config, appliance_config(b_dir)
+
+
 def listing(config: Path) -> dict[str, dict[str, object]]:
     out = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True).stdout
     return {t["id"]: t for t in json.loads(out)}
@@ -319,16 +330,10 @@ def test_peer_fill_from_a_running_appliance(origin: tuple[str, Path], tmp_path: 
     and for a title A lacks, B falls back from A (404) to the origin."""
 
     url, store = origin
-    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a_dir.mkdir()
-    b_dir.mkdir()
-    a_config = appliance_config(a_dir)
-    with a_config.open("a") as fh:
-        fh.write('[serve]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    a_config, b_config = peer_pair(tmp_path)
     assert fill(a_config, "--from", url, "--title", "small").returncode == 0
     peer = start(["appliance", "run", "--config", str(a_config)], ("listening", "admin"))
     try:
-        b_config = appliance_config(b_dir)
         proc = fill(b_config, "--from", peer.url, "--title", "small")
         assert proc.returncode == 0, proc.stderr
         total = titlefiles.read(store / "titles/small")[0].total_bytes

@@ -14,20 +14,15 @@ from pathlib import Path
 
 from edgeflix import titlefiles
 from tests.integration.serve_support import serving_origin, start
-from tests.integration.test_fill import MiB, appliance_config, make_title, staged
+from tests.integration.test_fill import MiB, make_title, peer_pair, staged
 
 
 def test_an_appliance_waits_for_its_peer_to_finish_filling(tmp_path: Path) -> None:
     store = tmp_path / "origin"
     make_title(store, "big", [3 * MiB, 3 * MiB, 2 * MiB], seed=2)
     digest = titlefiles.read(store / "titles/big")[1]
-    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
-    a_dir.mkdir()
-    b_dir.mkdir()
-    a_config = appliance_config(a_dir)
-    with a_config.open("a") as fh:
-        fh.write('[serve]\nlisten = "127.0.0.1:0"\n[admin]\nlisten = "127.0.0.1:0"\n')
-    b_config = appliance_config(b_dir)
+    a_config, b_config = peer_pair(tmp_path)
+    a_dir, b_dir = a_config.parent, b_config.parent
     with b_config.open("a") as fh:  # waits of 1, 2, 4, 4... s: A needs about 8 s
         fh.write("peer_wait_s = 1\npeer_waits = 12\n")
 

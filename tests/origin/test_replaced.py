@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from edgeflix import titlefiles
 from edgeflix.http.content import content_tag, init_name, segment_name
 from edgeflix.http.request import RequestHead
 from edgeflix.http.server import FileTarget
-from edgeflix.titlefiles import TitleFiles
 from origin import replaced
 from origin.server import OriginSite
 from origin.store import Staging, list_titles
+from tests.origin.test_store import seal
 
 NOW = 1_800_000_000.0
 
@@ -33,13 +32,7 @@ def build(staging: Staging, version: str, shared: str = "") -> dict[str, bytes]:
     for rel, body in files.items():
         (staging.title_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (staging.title_dir / rel).write_bytes(body)
-    entries = titlefiles.scan(staging.title_dir)
-    model = TitleFiles(
-        id=staging.title_id, title=version, duration=1.0, segment_seconds=1.0,
-        created="2026-01-01T00:00:00Z", renditions=(), files=tuple(entries),
-        total_bytes=sum(f.size for f in entries),
-    )  # fmt: skip
-    (staging.title_dir / "files.json").write_bytes(titlefiles.render(model))
+    seal(staging, version)
     return files
 
 

@@ -16,9 +16,14 @@ from origin.store import Staging, clean_stale, list_titles
 
 def build(staging: Staging, marker: str) -> None:
     (staging.title_dir / "seg.m4s").write_text(marker)
+    seal(staging, marker)
+
+
+def seal(staging: Staging, title: str) -> None:
+    """files.json for whatever the staging folder holds."""
     files = titlefiles.scan(staging.title_dir)
     model = TitleFiles(
-        id=staging.title_id, title=marker, duration=1.0, segment_seconds=1.0,
+        id=staging.title_id, title=title, duration=1.0, segment_seconds=1.0,
         created="2026-01-01T00:00:00Z", renditions=(), files=tuple(files),
         total_bytes=sum(f.size for f in files),
     )  # fmt: skip
