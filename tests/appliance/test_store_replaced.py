@@ -60,6 +60,15 @@ def version(tmp_path: Path, seed: int, title_id: str = "film") -> Path:
     return make_title(tmp_path / f"v{seed}", title_id, sizes=SIZES, seed=seed, content_named=True)
 
 
+def replaced_film(tmp_path: Path, **store_args: object) -> tuple[Store, Path, Path]:
+    """A store where `film` was loaded (v1), then replaced (v2): v1's segments are kept."""
+    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
+    store = make_store(tmp_path, **store_args)  # type: ignore[arg-type]
+    store.load("film", v1)
+    store.load("film", v2, replace=True)
+    return store, v1, v2
+
+
 def on_disks(store: Store) -> set[str]:
     """Every file under the disks' titles folders, as folder/path."""
     found = set()
@@ -93,11 +102,8 @@ def test_a_replaced_versions_segments_keep_serving_its_sessions(tmp_path: Path) 
 
 
 def test_nothing_is_kept_with_keep_0_or_for_names_not_content(tmp_path: Path) -> None:
-    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
-    store = make_store(tmp_path, keep_s=0)
+    store, v1, _ = replaced_film(tmp_path, keep_s=0)
     reader = IndexReader(store.index_path, refresh_per_call=False)
-    store.load("film", v1)
-    store.load("film", v2, replace=True)
     store.close()
     assert all(served(reader, "film", rel) is None for rel in segments(v1))
     # Segments another packager named seg0001.m4s are never kept: the name may come back
@@ -113,11 +119,8 @@ def test_nothing_is_kept_with_keep_0_or_for_names_not_content(tmp_path: Path) ->
 
 
 def test_kept_files_go_when_their_time_is_up(tmp_path: Path) -> None:
-    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
-    store = make_store(tmp_path, keep_s=1.0)
+    store, v1, _ = replaced_film(tmp_path, keep_s=1.0)
     reader = IndexReader(store.index_path, refresh_per_call=False)
-    store.load("film", v1)
-    store.load("film", v2, replace=True)
     rel = sorted(segments(v1))[0]
     assert served(reader, "film", rel) is not None
     assert store.drop_replaced() == 0  # not yet
@@ -176,10 +179,7 @@ def test_kept_files_make_way_for_a_load(tmp_path: Path) -> None:
 
 
 def test_removing_a_title_drops_its_kept_files(tmp_path: Path) -> None:
-    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
-    store = make_store(tmp_path)
-    store.load("film", v1)
-    store.load("film", v2, replace=True)
+    store, _, _ = replaced_film(tmp_path)
     store.remove("film")
     assert on_disks(store) == set()
     assert store.conn.execute("SELECT COUNT(*) FROM superseded").fetchone()[0] == 0
@@ -276,10 +276,7 @@ def test_a_disk_with_room_only_in_kept_files_still_takes_its_share(tmp_path: Pat
 
 
 def test_kept_files_follow_a_disk_renamed_in_the_config(tmp_path: Path) -> None:
-    v1, v2 = version(tmp_path, 1), version(tmp_path, 2)
-    store = make_store(tmp_path)
-    store.load("film", v1)
-    store.load("film", v2, replace=True)
+    store, v1, _ = replaced_film(tmp_path)
     store.close()
     old = segments(v1)
     (tmp_path / "disk1").rename(tmp_path / "disk1b")
