@@ -71,6 +71,10 @@ class ApplianceFillPlan:
     # Hottest first: the order in which to fill.
     titles: tuple[PlannedTitle, ...]
     diff: PlanDiff = PlanDiff()
+    # What the plan is published with besides its titles (the site's fill window and time
+    # zone, the origin's URL): set by the fleet service, part of the content, so a change of
+    # them in fleet.toml reaches appliances as a new version (FleetService.adopt_plan).
+    schedule: str = ""
 
     @property
     def title_ids(self) -> frozenset[str]:
@@ -86,15 +90,19 @@ class ApplianceFillPlan:
             tuple(x.tier for x in t),
             tuple(x.source for x in t),
         )
-        return _fill_plan_from_columns, (self.appliance, self.site, columns, self.diff)
+        return _fill_plan_from_columns, (
+            self.appliance, self.site, columns, self.diff, self.schedule
+        )  # fmt: skip
 
     @property
     def planned_bytes(self) -> int:
         return sum(t.size_bytes for t in self.titles)
 
-    def content(self) -> frozenset[tuple[str, str, str, str]]:
+    def content(self) -> tuple[frozenset[tuple[str, str, str, str]], str]:
         """What the appliance must do, without order: equal content means nothing to apply."""
-        return frozenset((t.title_id, t.digest, t.tier, t.source) for t in self.titles)
+        return frozenset((t.title_id, t.digest, t.tier, t.source) for t in self.titles), (
+            self.schedule
+        )
 
 
 @dataclass(frozen=True)
@@ -115,9 +123,10 @@ def _fill_plan_from_columns(
         tuple[str, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...], tuple[str, ...]
     ],
     diff: PlanDiff,
+    schedule: str = "",
 ) -> ApplianceFillPlan:
     titles = tuple(PlannedTitle(*row) for row in zip(*columns, strict=True))
-    return ApplianceFillPlan(appliance, site, titles, diff)
+    return ApplianceFillPlan(appliance, site, titles, diff, schedule)
 
 
 def diff_plans(old: ApplianceFillPlan | None, new_titles: tuple[PlannedTitle, ...]) -> PlanDiff:

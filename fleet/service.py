@@ -8,6 +8,7 @@ Clock and entropy are injected; nothing here blocks on the network.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import secrets
@@ -26,7 +27,7 @@ from fleet.errors import FleetInputError, UnknownNameError
 from fleet.keys import KeySet, Signer, key_for, rotate, rotation_due, signers, verification_keys
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planning import PlanJob
-from fleet.plans import CatalogTitle, FillPlan
+from fleet.plans import CatalogTitle, FillPlan, next_version
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import (
     ApplianceRecord,
@@ -404,6 +405,7 @@ class FleetService:
         if current is not job.previous:
             self.replan_due = True
             return current
+        new = self.with_schedules(new, job.previous)
         if current is not None and new.version == current.version:
             # Same content: keep the version as made, with its diff against the one before
             # (a new diff against itself would say nothing changed, unlike the stored one).
@@ -412,6 +414,24 @@ class FleetService:
         event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
         self.current_plan = new
         return new
+
+    def with_schedules(self, new: FillPlan, previous: FillPlan | None) -> FillPlan:
+        """`new` with what each appliance's part is published with (its site's window and
+        time zone, the origin's URL) in its content, and its version counted again: an
+        operator's change of those in fleet.toml then reaches the appliances, which only
+        fetch a plan of a higher version."""
+        sites = {s.name: s for s in self.sites}
+        origin = self.config.origin.url
+
+        def schedule(site: str) -> str:
+            s = sites.get(site)
+            return json.dumps([str(s.fill_window), s.timezone, origin] if s else [None, origin])
+
+        plans = {
+            name: dataclasses.replace(p, schedule=schedule(p.site))
+            for name, p in new.appliances.items()
+        }
+        return FillPlan(next_version(previous, plans), plans)
 
     def replan(self) -> FillPlan:
         """A planning round on this thread (tests; the server plans in fleet/planning.py)."""

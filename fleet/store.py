@@ -300,5 +300,7 @@ def plan_from_json(raw: bytes) -> FillPlan:
     for p in doc["appliances"]:
         titles = tuple(PlannedTitle(**t) for t in p["titles"])
         diff = PlanDiff(**{k: tuple(v) for k, v in p["diff"].items()})
-        plans[p["appliance"]] = ApplianceFillPlan(p["appliance"], p["site"], titles, diff)
+        plans[p["appliance"]] = ApplianceFillPlan(
+            p["appliance"], p["site"], titles, diff, p.get("schedule", "")
+        )
     return FillPlan(doc["version"], plans)

@@ -391,3 +391,31 @@ def test_a_probe_of_steering_counts_neither_outcome_nor_demand(tmp_path: Path) -
         assert svc.steer("192.168.1.2", "wanted", count=False)[0].outcome == "origin"
     assert sum(svc.outcomes.values()) == 0
     assert "wanted" not in svc.popularity.long.at(clock.now + 60)
+
+
+def test_a_sites_new_fill_window_reaches_its_appliances_as_a_new_version(tmp_path: Path) -> None:
+    """The window travels in the plan, and appliances only fetch a higher version: a window
+    moved in fleet.toml (then a restart) must raise the version, though no title changed."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    enrol(svc, "l1", "lab")
+    svc.set_origin_titles([OriginTitle("a", "da", 4 * GB)])
+    first = svc.replan()
+    assert svc.replan().version == first.version  # nothing changed: no new version
+    moved = FleetConfig.model_validate(
+        {**svc.config.model_dump(), "sites": [
+            SiteConfig(name="home", prefixes=("192.168.1.0/24",),
+                       fill_window="22:00-23:00").model_dump(),
+            SiteConfig(name="lab", prefixes=("10.1.0.0/16",)).model_dump(),
+        ]}
+    )  # fmt: skip
+    again = FleetService(moved, Store(moved.server.db), clock, monotonic=clock)
+    again.set_origin_titles([OriginTitle("a", "da", 4 * GB)])
+    plan = again.replan()
+    assert plan.version == first.version + 1
+    home = plan.for_appliance("h1")
+    assert home is not None and "22:00-23:00" in home.schedule
+    restarted = FleetService(moved, Store(moved.server.db), clock, monotonic=clock)
+    restarted.set_origin_titles([OriginTitle("a", "da", 4 * GB)])
+    assert restarted.replan().version == plan.version  # the stored plan knows its schedule
