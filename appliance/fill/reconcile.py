@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appliance.fill.plan import FillPlan, PlannedTitle
+from edgeflix.http.content import is_content_named
 from edgeflix.titlefiles import FileEntry, TitleFiles
 
 
@@ -42,15 +43,21 @@ class FileTask:
 def file_tasks(
     model: TitleFiles, complete: Mapping[str, int], partial: Mapping[str, int]
 ) -> list[FileTask]:
-    """Files still to download, largest first (so the slowest finish while small ones fill
-    the gaps). `complete`: verified files in staging → size; `partial`: .part → bytes."""
+    """Files still to download: those not named by their content first (playlists, the
+    poster: a re-publish at the source changes them under the same name, while it keeps the
+    old version's content-named segments for hours, origin/replaced.py, so a fill that has
+    these can finish the version it started), then largest first (so the slowest finish
+    while small ones fill the gaps). `complete`: verified files in staging → size;
+    `partial`: .part → bytes."""
     tasks = []
     for entry in model.files:
         if complete.get(entry.path) == entry.size:
             continue
         have = partial.get(entry.path, 0)
         tasks.append(FileTask(entry, have if 0 <= have <= entry.size else 0))
-    return sorted(tasks, key=lambda t: (-t.entry.size, t.entry.path))
+    return sorted(
+        tasks, key=lambda t: (is_content_named(t.entry.path), -t.entry.size, t.entry.path)
+    )
 
 
 def remaining_bytes(tasks: list[FileTask]) -> int:

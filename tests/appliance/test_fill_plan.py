@@ -97,3 +97,15 @@ def test_file_tasks_skip_complete_resume_partial_largest_first() -> None:
     tasks = file_tasks(model, complete={"a": 10, "d": 4}, partial={"b": 40, "c": 60})
     assert [(t.entry.path, t.offset) for t in tasks] == [("b", 40), ("c", 0), ("d", 0)]
     assert remaining_bytes(tasks) == 60 + 50 + 5
+
+
+def test_files_a_re_publish_changes_under_their_name_come_first() -> None:
+    """A re-publish at the origin changes master.m3u8 or the poster under the same name but
+    keeps the old segments for hours (origin/replaced.py): a fill that took the small
+    mutable files first finishes the version it started instead of failing on them last."""
+    seg = "v0/seg_0123456789_00000.m4s"
+    model = _model({seg: 900, "v0/init_0123456789.mp4": 50, "master.m3u8": 10, "poster.jpg": 80})
+    tasks = file_tasks(model, complete={}, partial={})
+    assert [t.entry.path for t in tasks] == [
+        "poster.jpg", "master.m3u8", seg, "v0/init_0123456789.mp4",
+    ]  # fmt: skip
