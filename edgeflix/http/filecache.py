@@ -67,7 +67,8 @@ class FileCache:
 
     def acquire(self, path: str, title_id: str = "", rel_path: str = "") -> OpenFile:
         """The open, current file at `path`, counted as in use until `release`. When `path`
-        ends in `title_id/rel_path`, the folders from the title's down must be real ones.
+        ends in `rel_path`, the folders from the title's (the one holding it) down must be
+        real ones.
 
         Raises OSError as os.open does (FileNotFoundError when it is gone, ELOOP for a
         symlink), and IsADirectoryError for anything that is not a regular file.
@@ -87,7 +88,7 @@ class FileCache:
                 return entry
             self._drop(entry)
         if title_id:
-            _refuse_symlinked_folders(path, f"{title_id}/{rel_path}")
+            _refuse_symlinked_folders(path, rel_path)
         fd = os.open(path, _OPEN_FLAGS)
         try:
             st = os.fstat(fd)
@@ -151,14 +152,15 @@ class FileCache:
             os.close(entry.fd)
 
 
-def _refuse_symlinked_folders(path: str, inside: str) -> None:
-    """O_NOFOLLOW guards the last name only: the title's folder and those within it must not
-    be symlinks either (one there was planted to lead outside the store). An lstat each, paid
-    when a file is opened, not per request."""
-    if not path.endswith("/" + inside):
+def _refuse_symlinked_folders(path: str, rel_path: str) -> None:
+    """O_NOFOLLOW guards the last name only: the title's folder (the one holding `rel_path`,
+    whatever its name: `id`, an appliance's `id~tag`, the origin's kept `id~until~token`)
+    and those within it must not be symlinks either (one there was planted to lead outside
+    the store). An lstat each, paid when a file is opened, not per request."""
+    if not rel_path or not path.endswith("/" + rel_path):
         return
     folder = path
-    for _ in range(inside.count("/")):
+    for _ in range(rel_path.count("/") + 1):
         folder = folder.rpartition("/")[0]
         if stat.S_ISLNK(os.lstat(folder).st_mode):
             raise OSError(errno.ELOOP, "symlinked folder in a store", folder)

@@ -169,3 +169,21 @@ def test_a_symlinked_folder_inside_a_title_is_refused(tmp_path: Path) -> None:
     title.symlink_to(tmp_path / "moved")
     with pytest.raises(OSError):
         cache.acquire(path, "bunny", "v0/seg.m4s")
+
+
+@pytest.mark.parametrize("folder", ["titles/bunny~0a1b2c3d", ".replaced/bunny~1800000000~0a1b"])
+def test_a_symlinked_folder_is_refused_in_a_folder_not_named_as_the_title(
+    tmp_path: Path, folder: str
+) -> None:
+    """An appliance's updated title lives in `id~tag`, the origin's kept segments in
+    `.replaced/id~until~token`: the guard went by the title's id in the path and so was
+    skipped for both (a reviewer read a file outside the store through the origin)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "seg.m4s").write_bytes(b"secret")
+    title = tmp_path / "store" / folder
+    title.mkdir(parents=True)
+    (title / "v0").symlink_to(outside)
+    with pytest.raises(OSError) as info:
+        FileCache(8).acquire(str(title / "v0" / "seg.m4s"), "bunny", "v0/seg.m4s")
+    assert info.value.errno == errno.ELOOP
