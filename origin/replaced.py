@@ -13,9 +13,10 @@ from the live title. Each ingest deletes the folders whose time is up.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 from edgeflix.http.content import is_content_named
@@ -32,12 +33,13 @@ def replaced_dir(store: Path) -> Path:
     return store / REPLACED
 
 
+_NAME = re.compile(r"([^~]+)~([0-9]{1,12})~([0-9a-f]+)", re.ASCII)
+
+
 def parse(name: str) -> tuple[str, float] | None:
     """(title id, until) of a folder under .replaced, or None for anything else."""
-    parts = name.split(SEP)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
-        return None
-    return parts[0], float(parts[1])
+    match = _NAME.fullmatch(name)
+    return (match.group(1), float(match.group(2))) if match else None
 
 
 def keep(store: Path, title_id: str, live: Path, new_paths: Collection[str], until: float) -> int:
@@ -73,41 +75,76 @@ def sweep(store: Path, now: float) -> list[str]:
         parsed = parse(entry.name)
         if parsed is not None and parsed[1] > now:
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+        try:  # best effort: what cannot go now is tried again at the next ingest
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        except OSError:
+            continue
         gone.append(entry.name)
     return gone
 
 
-def servable(store: Path, live: Mapping[str, Path], now: float) -> dict[tuple[str, str], Path]:
-    """(title id, path) → the kept file that answers it: titles still published (`live`:
-    id → folder), folders not yet due, names the live version does not have; the newest
-    folder wins when two kept the same name."""
-    root = replaced_dir(store)
-    if not root.is_dir():
-        return {}
-    found: list[tuple[float, str, Path]] = []
-    for entry in root.iterdir():
-        parsed = parse(entry.name)
-        if parsed is None or parsed[1] <= now or parsed[0] not in live:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            found.append((parsed[1], parsed[0], entry))
-    current: dict[str, set[str]] = {}
-    kept: dict[tuple[str, str], Path] = {}
-    for _until, title_id, folder in sorted(found, key=lambda f: f[0]):
-        if title_id not in current:
-            try:
-                model, _ = read(live[title_id])
-                current[title_id] = {e.path for e in model.files} | {FILES_JSON}
-            except TitleFilesError:
-                current[title_id] = set()
-        for sub, _dirs, names in os.walk(folder):
-            for name in names:
-                path = Path(sub) / name
-                rel = path.relative_to(folder).as_posix()
-                if is_content_named(rel) and rel not in current[title_id]:
-                    kept[(title_id, rel)] = path
-    return kept
+class KeptSegments:
+    """For `origin serve`: (title id, path) → the kept file that answers it, and until when.
+    Rebuilt when the store changes (a publish, a sweep), from caches, since a store keeps
+    many long titles: a kept folder never changes once made (so it is walked once), and a
+    live files.json is read again only when its folder or the file changed."""
+
+    def __init__(self, store: Path) -> None:
+        self.store = store
+        self._walked: dict[str, frozenset[str]] = {}  # kept folder name → its content paths
+        self._live: dict[str, tuple[tuple[int, int, int, int], frozenset[str]]] = {}
+        self._kept: dict[tuple[str, str], tuple[Path, float]] = {}
+
+    def refresh(self, live: Mapping[str, Path]) -> None:
+        """`live`: the published titles, id → folder. Folders of titles no longer
+        published, and names the live version has, answer nothing."""
+        root = replaced_dir(self.store)
+        found: list[tuple[float, str, str]] = []
+        if root.is_dir():
+            for entry in root.iterdir():
+                parsed = parse(entry.name)
+                if parsed and parsed[0] in live and entry.is_dir() and not entry.is_symlink():
+                    found.append((parsed[1], parsed[0], entry.name))
+        walked: dict[str, frozenset[str]] = {}
+        kept: dict[tuple[str, str], tuple[Path, float]] = {}
+        for until, title_id, name in sorted(found):  # the newest last: it wins a name
+            paths = self._walked.get(name)
+            if paths is None:
+                paths = frozenset(_content_paths(root / name))
+            walked[name] = paths
+            current = self._current(title_id, live[title_id])
+            for rel in paths - current:
+                kept[(title_id, rel)] = (root / name / rel, until)
+        self._walked, self._kept = walked, kept
+
+    def lookup(self, title_id: str, rel: str, now: float) -> Path | None:
+        found = self._kept.get((title_id, rel))
+        return found[0] if found is not None and found[1] > now else None
+
+    def _current(self, title_id: str, folder: Path) -> frozenset[str]:
+        try:
+            dir_st, st = folder.stat(), (folder / FILES_JSON).stat()
+        except OSError:
+            return frozenset()
+        key = (dir_st.st_ino, st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._live.get(title_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            model, _ = read(folder)
+            paths = frozenset({e.path for e in model.files} | {FILES_JSON})
+        except TitleFilesError:
+            paths = frozenset()
+        self._live[title_id] = (key, paths)
+        return paths
+
+
+def _content_paths(folder: Path) -> Iterator[str]:
+    for sub, _dirs, names in os.walk(folder):
+        for name in names:
+            rel = (Path(sub) / name).relative_to(folder).as_posix()
+            if is_content_named(rel):
+                yield rel

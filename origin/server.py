@@ -17,7 +17,7 @@ from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
 from origin.errors import OriginError
-from origin.replaced import replaced_dir, servable
+from origin.replaced import KeptSegments, replaced_dir
 from origin.store import PublishedTitles, check_store, titles_dir
 
 
@@ -31,7 +31,7 @@ class OriginSite:
         self.catalog = PublishedTitles(store)
         self._view: tuple[int, ...] | None = None
         self._ids: frozenset[str] = frozenset()
-        self._kept: dict[tuple[str, str], Path] = {}
+        self._kept = KeptSegments(store)
         self.refresh()
 
     def refresh(self) -> object:
@@ -47,11 +47,10 @@ class OriginSite:
             kept = replaced_dir(self.store).stat()
             view = (st.st_ino, st.st_mtime_ns, kept.st_ino, kept.st_mtime_ns)
         if view != self._view:
-            self._view = view
             titles = self.catalog.titles()
+            self._kept.refresh({t.id: t.path for t in titles})
             self._ids = frozenset(t.id for t in titles)
-            live = {t.id: t.path for t in titles}
-            self._kept = servable(self.store, live, time.time())
+            self._view = view  # only once all is read: a failure is tried again next time
         return view
 
     def route(
@@ -64,8 +63,8 @@ class OriginSite:
         if any(part.startswith(".") for part in segments[2:]):
             return plan_error(404, request)  # no title has hidden files (.git, editor swaps)
         rel = "/".join(segments[2:])
-        kept = self._kept.get((segments[1], rel))
-        if kept is not None:  # a segment only the replaced version has
+        kept = self._kept.lookup(segments[1], rel, time.time())
+        if kept is not None:  # a segment only the replaced version has, until it is due
             return FileTarget(str(kept), rel, segments[1])
         return FileTarget(str(self.root / segments[1] / rel), rel, segments[1])
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pytest
+
 from edgeflix.http.content import content_tag, init_name, segment_name
 from edgeflix.http.request import RequestHead
 from edgeflix.http.server import FileTarget
@@ -112,3 +114,54 @@ def test_a_store_where_nothing_can_be_kept_still_publishes(tmp_path: Path) -> No
         staging.publish()
     assert staging.keep_error is not None and staging.kept == 0
     assert [t.title for t in list_titles(tmp_path)] == ["two"]
+
+
+def test_odd_names_under_replaced_are_swept_not_a_traceback(tmp_path: Path) -> None:
+    publish(tmp_path, "one")
+    root = replaced.replaced_dir(tmp_path)
+    root.mkdir()
+    for name in ("film~²~x", "film~1e3~ab", "junk"):  # '²'.isdigit(), float('²') raises
+        (root / name).mkdir()
+    (root / "stray.txt").write_text("x")
+    site = OriginSite(tmp_path)  # reads .replaced: no traceback
+    assert served(site, "master.m3u8") is not None
+    publish(tmp_path, "two", now=NOW + 60)  # the ingest's sweep takes them all
+    assert sorted(p.name.split("~")[0] for p in root.iterdir()) == ["film"]
+    assert replaced.parse("film~²~x") is None and replaced.parse("film~17~0a") == ("film", 17.0)
+
+
+def test_a_running_server_stops_answering_kept_segments_when_due(tmp_path: Path) -> None:
+    old = publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60)
+    rel = sorted(r for r in old if r.endswith(".m4s"))[0]
+    kept = replaced.KeptSegments(tmp_path)
+    kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
+    due = NOW + 60 + replaced.KEEP_S
+    assert kept.lookup("film", rel, due - 1) is not None
+    assert kept.lookup("film", rel, due + 1) is None  # no new ingest needed to stop it
+
+
+def test_refreshing_reads_each_files_json_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of long titles: every publish or sweep refreshes the kept map on the server's
+    loop, so unchanged files.json and kept folders must not be read again (a review saw
+    1.7 s stalls with five long titles replaced)."""
+    publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60)
+    reads: list[Path] = []
+    real = replaced.read
+
+    def counting(folder: Path) -> object:
+        reads.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(replaced, "read", counting)
+    kept = replaced.KeptSegments(tmp_path)
+    live = {t.id: t.path for t in list_titles(tmp_path)}
+    for _ in range(3):
+        kept.refresh(live)
+    assert len(reads) == 1
+    publish(tmp_path, "three", now=NOW + 120)
+    kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
+    assert len(reads) == 2  # the new version's, once
