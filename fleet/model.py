@@ -203,6 +203,11 @@ class Appliance:
         held = self.titles.get(title_id)
         return held is not None and held.complete
 
+    def holds_older(self, title_id: str, digest: str | None) -> bool:
+        """Holds the title complete, but not the version `digest` (when one is known)."""
+        held = self.titles.get(title_id)
+        return bool(digest) and held is not None and held.digest != digest
+
     @property
     def disk_bytes(self) -> int:
         return sum(t.capacity_bytes for t in self.tiers)
@@ -254,6 +259,9 @@ class FleetSnapshot:
     # signers): an appliance running an older one (just enrolled, or not synced since a
     # rotation) would refuse its URLs. 0: tokens are off, or no key yet.
     min_keys_version: int = 0
+    # The origin's current files.json digest per title: steering prefers appliances holding
+    # that version (a title being updated is on some appliances in both versions a while).
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     def site_of(self, address: Address) -> Site | None:
         """Longest prefix match over every site's prefixes (IPv4 and IPv6 alike)."""

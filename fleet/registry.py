@@ -82,6 +82,7 @@ def build_snapshot(
     missed: int,
     origin_url: str,
     min_keys_version: int = 0,
+    digests: Mapping[str, str] | None = None,
 ) -> FleetSnapshot:
     appliances = []
     for name in sorted(records):
@@ -100,7 +101,7 @@ def build_snapshot(
                 keys_version=beat.keys_version if beat else 0,
             )
         )
-    return FleetSnapshot(sites, tuple(appliances), origin_url, min_keys_version)
+    return FleetSnapshot(sites, tuple(appliances), origin_url, min_keys_version, digests or {})
 
 
 def beat_to_dict(beat: Beat) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class FleetService:
                 hb.missed_beats,
                 self.config.origin.url,
                 min((s.since for s in self._signers(self.clock())), default=0),
+                {t.id: t.digest for t in self.origin_titles.values()},
             )
             self._snapshot_at = mono
         return self._snapshot
@@ -344,6 +345,7 @@ class FleetService:
 
     def set_origin_titles(self, titles: Iterable[OriginTitle]) -> None:
         self.origin_titles = {t.id: t for t in titles}
+        self._changed()  # steering prefers holders of each title's current version
         # An empty listing is not taken as every title withdrawn (an origin pointed at the
         # wrong or a fresh store): that would prune every appliance of the fleet at once.
         self.origin_read = bool(self.origin_titles)

@@ -156,32 +156,45 @@ def site_mean_utilisation(members: tuple[Appliance, ...]) -> float:
     return sum(a.load_bps for a in serving) / capacity if capacity else 0.0
 
 
+_OLDER = {False: "", True: ", older version"}  # in a candidate's reason
+
+
 def rank_in_site(
-    eligible: list[Appliance], members: tuple[Appliance, ...], title_id: str, eps: float
+    eligible: list[Appliance],
+    members: tuple[Appliance, ...],
+    title_id: str,
+    eps: float,
+    digest: str | None = None,
 ) -> list[Candidate]:
+    """Appliances holding the title's current version (`digest`) first: while an update
+    fills, a new session goes to the new version, and the others stay as fallbacks."""
     bound = (1 + eps) * site_mean_utilisation(members)
     keyed = []
     for a in eligible:
         over = a.load_bps > 0 and a.utilisation > bound
+        older = a.holds_older(title_id, digest)
         score = rendezvous_score(title_id, a.name, a.capacity_bps)
-        keyed.append(((over, a.state != "ok", -score, -a.spare_bps, a.name), a, over))
+        keyed.append(((older, over, a.state != "ok", -score, -a.spare_bps, a.name), a, over))
     keyed.sort(key=lambda k: k[0])
+    ranked = []
+    for key, a, over in keyed:
+        why = f"in site, over bound {a.utilisation:.0%} > {bound:.0%}" if over else "in site"
+        why = why if over else why + ", rendezvous"
+        ranked.append(Candidate(a.name, a.site, a.url, why + _OLDER[key[0]]))
+    return ranked
+
+
+def rank_least_loaded(
+    eligible: list[Appliance], reason: str, title_id: str = "", digest: str | None = None
+) -> list[Candidate]:
+    ranked = sorted(
+        eligible,
+        key=lambda a: (a.holds_older(title_id, digest), a.state != "ok", a.utilisation, a.name),
+    )
     return [
-        Candidate(
-            a.name,
-            a.site,
-            a.url,
-            f"in site, over bound {a.utilisation:.0%} > {bound:.0%}"
-            if over
-            else "in site, rendezvous",
-        )
-        for _key, a, over in keyed
+        Candidate(a.name, a.site, a.url, reason + _OLDER[a.holds_older(title_id, digest)])
+        for a in ranked
     ]
-
-
-def rank_least_loaded(eligible: list[Appliance], reason: str) -> list[Candidate]:
-    ranked = sorted(eligible, key=lambda a: (a.state != "ok", a.utilisation, a.name))
-    return [Candidate(a.name, a.site, a.url, reason) for a in ranked]
 
 
 def steer(
@@ -205,14 +218,15 @@ def steer(
             excluded.append(f"{appliance.name}: {why}")
 
     ranked: list[Candidate] = []
+    digest = snapshot.digests.get(title_id)
     if site is not None:
         members = snapshot.in_site(site.name)
         local = [a for a in eligible if a.site == site.name]
-        ranked += rank_in_site(local, members, title_id, policy.epsilon)
+        ranked += rank_in_site(local, members, title_id, policy.epsilon, digest)
         remote = [a for a in eligible if a.site != site.name]
-        ranked += rank_least_loaded(remote, "other site, least loaded")
+        ranked += rank_least_loaded(remote, "other site, least loaded", title_id, digest)
     else:
-        ranked += rank_least_loaded(eligible, "client in no site, least loaded")
+        ranked += rank_least_loaded(eligible, "client in no site, least loaded", title_id, digest)
     ranked = ranked[: policy.max_urls]
 
     if policy.origin_fallback and len(ranked) < policy.min_urls and snapshot.origin_url:

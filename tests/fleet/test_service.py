@@ -419,3 +419,11 @@ def test_a_sites_new_fill_window_reaches_its_appliances_as_a_new_version(tmp_pat
     restarted = FleetService(moved, Store(moved.server.db), clock, monotonic=clock)
     restarted.set_origin_titles([OriginTitle("a", "da", 4 * GB)])
     assert restarted.replan().version == plan.version  # the stored plan knows its schedule
+
+
+def test_the_snapshot_steering_reads_knows_each_titles_current_version(tmp_path: Path) -> None:
+    svc = service(tmp_path, Clock())
+    enrol(svc, "h1", "home")
+    assert svc.snapshot().digests == {}
+    svc.set_origin_titles([OriginTitle("a", "da", GB), OriginTitle("b", "db", GB)])
+    assert svc.snapshot().digests == {"a": "da", "b": "db"}  # at once, not a second later

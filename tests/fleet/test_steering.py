@@ -261,3 +261,31 @@ def test_bounded_loads_without_departures_bound_the_maximum() -> None:
         assert max(ld / c for ld, c in zip(loads, caps, strict=True)) <= (
             (1 + eps) * mean + rate / min(caps) + 1e-12
         )
+
+
+def test_holders_of_the_current_version_come_first_while_an_update_fills() -> None:
+    """A title re-published at the origin: until every appliance has the new version, new
+    sessions go to one that has it (in the site, and elsewhere), the others after."""
+    wide = SteeringPolicy(max_urls=8)
+    boxes = [box(f"h{i}", "home", "t1", capacity_bps=1e9) for i in range(3)]
+    away = [box(f"a{i}", "away", "t1", capacity_bps=1e9) for i in range(2)]
+    snap = fleet(*boxes, *away)
+    ranked = names(steer(snap, "192.168.1.7", "t1", wide))
+    # The site's last in rendezvous order and one away box have the new version.
+    updated = {ranked[2], "a1"}
+    for b in (*boxes, *away):
+        if b.name in updated:
+            b.titles["t1"] = HeldTitle(digest="new")
+    snap = FleetSnapshot(
+        sites=snap.sites, appliances=snap.appliances, origin_url=snap.origin_url,
+        digests={"t1": "new"},
+    )  # fmt: skip
+    d = steer(snap, "192.168.1.7", "t1", wide)
+    assert names(d)[:3] == [ranked[2], ranked[0], ranked[1]]
+    assert d.candidates[0].reason == "in site, rendezvous"
+    assert d.candidates[1].reason.endswith(", older version")
+    assert names(d)[3] == "a1"  # elsewhere too
+    assert names(steer(snap, "172.16.0.1", "t1", wide))[0] in updated  # a client in no site
+    # Without a known digest (no origin listing yet), nothing changes.
+    plain = FleetSnapshot(sites=snap.sites, appliances=snap.appliances, origin_url="x")
+    assert names(steer(plain, "192.168.1.7", "t1", wide))[:3] == ranked[:3]
