@@ -302,7 +302,7 @@ def plan_cmd(
         return
     typer.echo(f"plan version {out['version']}")
     ui.print_table(
-        ["appliance", "site", "titles", "GB", "added", "removed", "retiered"],
+        ["appliance", "site", "titles", "GB", "added", "removed", "retiered", "updated"],
         [
             [
                 p["name"],
@@ -312,6 +312,7 @@ def plan_cmd(
                 " ".join(p["diff"]["added"]) or "-",
                 " ".join(p["diff"]["removed"]) or "-",
                 " ".join(p["diff"]["retiered"]) or "-",
+                " ".join(p["diff"].get("updated", ())) or "-",
             ]
             for p in out["appliances"]
         ],

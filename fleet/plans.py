@@ -58,10 +58,11 @@ class PlanDiff:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     retiered: tuple[str, ...] = ()
+    updated: tuple[str, ...] = ()  # kept, in a new version (the origin re-published it)
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.retiered)
+        return not (self.added or self.removed or self.retiered or self.updated)
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,14 @@ def _fill_plan_from_columns(
 
 
 def diff_plans(old: ApplianceFillPlan | None, new_titles: tuple[PlannedTitle, ...]) -> PlanDiff:
-    before = {t.title_id: t.tier for t in old.titles} if old else {}
-    after = {t.title_id: t.tier for t in new_titles}
+    before = {t.title_id: (t.tier, t.digest) for t in old.titles} if old else {}
+    after = {t.title_id: (t.tier, t.digest) for t in new_titles}
+    both = after.keys() & before.keys()
     return PlanDiff(
         added=tuple(sorted(after.keys() - before.keys())),
         removed=tuple(sorted(before.keys() - after.keys())),
-        retiered=tuple(sorted(t for t in after.keys() & before.keys() if after[t] != before[t])),
+        retiered=tuple(sorted(t for t in both if after[t][0] != before[t][0])),
+        updated=tuple(sorted(t for t in both if after[t][1] != before[t][1])),
     )
 
 

@@ -127,6 +127,12 @@ def test_versions_rise_only_when_content_changes_and_diffs_say_what() -> None:
     assert moved.version == 2
     assert moved.appliances["h1"].diff.added == ("c",)
     assert moved.appliances["h1"].diff.removed == ("b",)
+    # The origin re-published "a": same titles and tiers, a new version that says so.
+    republished = {**cat, "a": CatalogTitle(cat["a"].size_bytes, "d-a-v2")}
+    updated = plan(boxes, {"a": 10.0, "b": 1.0, "c": 9.0}, republished, moved, EXACT)
+    assert updated.version == 3
+    diff = updated.appliances["h1"].diff
+    assert diff.updated == ("a",) and not (diff.added or diff.removed or diff.retiered)
 
 
 def test_unreachable_appliances_keep_their_last_plan() -> None:
