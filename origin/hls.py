@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edgeflix.http.content import media_playlist_name
 from origin.segments import Media
 
-MEDIA_PLAYLIST = "index.m3u8"
 MASTER_PLAYLIST = "master.m3u8"
 AUDIO_GROUP = "audio"
 VERSION = 7  # EXT-X-MAP with fMP4 media segments needs version 7
+
+
+def playlist_name(media: Media) -> str:
+    """Where the rendition's playlist goes, in its folder: index_<tag>.m3u8, named by the
+    rendition's content like its segments (edgeflix/http/content.py)."""
+    return media_playlist_name(media.init_name)
 
 
 def media_playlist(media: Media) -> str:
@@ -40,7 +46,8 @@ def master_playlist(videos: Sequence[Media], audio: Media | None) -> str:
     if audio is not None:
         lines.append(
             f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="Main",DEFAULT=YES,'
-            f'AUTOSELECT=YES,CHANNELS="{audio.channels or 2}",URI="{audio.id}/{MEDIA_PLAYLIST}"'
+            f'AUTOSELECT=YES,CHANNELS="{audio.channels or 2}",'
+            f'URI="{audio.id}/{playlist_name(audio)}"'
         )
     for video in videos:
         # BANDWIDTH covers everything a client fetches for the variant: video plus audio.
@@ -57,5 +64,5 @@ def master_playlist(videos: Sequence[Media], audio: Media | None) -> str:
             attrs.append(f"FRAME-RATE={float(video.frame_rate):.3f}")
         if audio is not None:
             attrs.append(f'AUDIO="{AUDIO_GROUP}"')
-        lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{video.id}/{MEDIA_PLAYLIST}"]
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attrs), f"{video.id}/{playlist_name(video)}"]
     return "\n".join(lines) + "\n"

@@ -208,7 +208,7 @@ def package(
     audio = name_by_content(out / AUDIO_ID, audio) if audio else None
     for media in [*videos, *([audio] if audio else [])]:
         (out / media.id / SCRATCH_PLAYLIST).unlink(missing_ok=True)
-        (out / media.id / hls.MEDIA_PLAYLIST).write_text(hls.media_playlist(media))
+        (out / media.id / hls.playlist_name(media)).write_text(hls.media_playlist(media))
     duration = max(v.seconds for v in videos)
     (out / hls.MASTER_PLAYLIST).write_text(hls.master_playlist(videos, audio))
     (out / dash.MPD_NAME).write_text(dash.mpd(videos, audio, duration, req.segment_seconds))

@@ -46,3 +46,11 @@ def run_cli(
             f"edgeflix {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
         )
     return proc
+
+
+def media_playlist(folder: Path) -> Path:
+    """A rendition folder's HLS playlist: index_<tag>.m3u8 (named by content, as its
+    segments are), or index.m3u8 in titles packaged before."""
+    found = sorted(folder.glob("index*.m3u8"))
+    assert len(found) == 1, found
+    return found[0]

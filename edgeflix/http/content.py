@@ -38,7 +38,11 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 SHORT = "public, max-age=30"
 CONTENT_TAG_LEN = 10
 _TAG = f"[0-9a-f]{{{CONTENT_TAG_LEN}}}"
-_CONTENT_NAMED = re.compile(rf"init_{_TAG}\.mp4|seg_{_TAG}_[0-9]+\.m4s")
+# A rendition's HLS playlist too (index_<tag>.m3u8): it lists that rendition's segments, so
+# its bytes follow from theirs, and an old master playlist's variants stay whole after a
+# re-publish (a player switching rendition mid-session gets the version it started on).
+_CONTENT_NAMED = re.compile(rf"init_{_TAG}\.mp4|seg_{_TAG}_[0-9]+\.m4s|index_{_TAG}\.m3u8")
+_INIT = re.compile(rf"init_({_TAG})\.mp4")
 
 
 def content_tag(hex_digest: str) -> str:
@@ -52,6 +56,13 @@ def init_name(tag: str) -> str:
 
 def segment_name(tag: str, number: int) -> str:
     return f"seg_{tag}_{number:05d}.m4s"
+
+
+def media_playlist_name(init: str) -> str:
+    """A rendition's HLS playlist, named after its init segment's tag; `index.m3u8` for a
+    rendition whose files are not named by content (titles packaged before)."""
+    match = _INIT.fullmatch(init)
+    return f"index_{match.group(1)}.m3u8" if match else "index.m3u8"
 
 
 def _suffix(rel_path: str) -> str:

@@ -158,8 +158,11 @@ def test_a_player_on_the_replaced_version_gets_its_segments(
         new_model, _ = titlefiles.read(store / "titles" / "film")
         gone = sorted(set(old) - {e.path for e in new_model.files})
         assert any(rel.endswith(".m4s") for rel in gone)
+        # The old rendition playlists too (index_<tag>.m3u8): a player switching variant
+        # with the old master.m3u8 in hand gets the version it started on.
+        assert any(rel.endswith(".m3u8") for rel in gone)
         for rel in gone:
-            if rel.endswith((".m4s", ".mp4")):
+            if rel.endswith((".m4s", ".mp4", ".m3u8")):
                 got = httpx.get(f"{server.url}/titles/film/{rel}")
                 assert got.status_code == 200 and got.content == old[rel], rel
         files_json = httpx.get(f"{server.url}/titles/film/files.json")

@@ -30,7 +30,7 @@ import pytest
 from edgeflix import titlefiles
 from origin.runner import find_ffmpeg
 from origin.segments import measure
-from tests.conftest import run_cli
+from tests.conftest import media_playlist, run_cli
 from tests.integration.serve_support import start
 from tests.integration.test_origin_failures import (
     assert_one_line_error,
@@ -155,7 +155,7 @@ def ingest(src: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[s
 def decode_rendition(folder: Path) -> tuple[list[Any], list[float], m3u8.M3U8]:
     """Every frame of a rendition from init + segments, and each segment's duration; every
     segment must open on a keyframe."""
-    playlist = m3u8.load(str(folder / "index.m3u8"))
+    playlist = m3u8.load(str(media_playlist(folder)))
     init = (folder / playlist.segment_map[0].uri).read_bytes()
     for seg in playlist.segments:
         with av.open(io.BytesIO(init + (folder / seg.uri).read_bytes())) as c:
@@ -201,7 +201,7 @@ def first_sound(title_dir: Path) -> float:
     """Seconds of audio before the first audible sample, counted in decoded samples: a
     player that ignores the init segment's edit list (MSE players may) hears a late start
     only if the silence is really there."""
-    playlist = m3u8.load(str(title_dir / "audio" / "index.m3u8"))
+    playlist = m3u8.load(str(media_playlist(title_dir / "audio")))
     data = (title_dir / "audio" / playlist.segment_map[0].uri).read_bytes() + b"".join(
         (title_dir / "audio" / s.uri).read_bytes() for s in playlist.segments
     )
@@ -389,7 +389,7 @@ def test_interlaced_source_is_deinterlaced(clips: dict[str, Path], tmp_path: Pat
     assert ingest(clips["interlaced.mp4"], tmp_path).returncode == 0
     title_dir = check_title(tmp_path, 50, Fraction(25))["dir"]
     folder = title_dir / "h264_180p"
-    playlist = m3u8.load(str(folder / "index.m3u8"))
+    playlist = m3u8.load(str(media_playlist(folder)))
     data = (folder / playlist.segment_map[0].uri).read_bytes() + b"".join(
         (folder / s.uri).read_bytes() for s in playlist.segments
     )
@@ -439,8 +439,8 @@ def test_audio_longer_than_the_video_ends_with_it(
     proc = ingest(clips[name], tmp_path)
     assert proc.returncode == 0, proc.stderr
     title = check_title(tmp_path, 50, Fraction(25))
-    video = m3u8.load(str(title["dir"] / "h264_180p" / "index.m3u8"))
-    audio = m3u8.load(str(title["dir"] / "audio" / "index.m3u8"))
+    video = m3u8.load(str(media_playlist(title["dir"] / "h264_180p")))
+    audio = m3u8.load(str(media_playlist(title["dir"] / "audio")))
     seconds = sum(s.duration for s in audio.segments)
     assert seconds == pytest.approx(sum(s.duration for s in video.segments), abs=0.05)
     assert title["model"].duration == pytest.approx(2.0, abs=0.05)
@@ -454,7 +454,7 @@ def test_one_picture_and_longer_sound_in_matroska(clips: dict[str, Path], tmp_pa
     title = check_title(tmp_path, 1, Fraction(25))
     assert title["model"].duration == pytest.approx(0.04, abs=0.01)
     assert (title["dir"] / "poster.jpg").stat().st_size > 0
-    audio = m3u8.load(str(title["dir"] / "audio" / "index.m3u8"))
+    audio = m3u8.load(str(media_playlist(title["dir"] / "audio")))
     assert sum(s.duration for s in audio.segments) < 0.1  # cut to the picture's length
 
 
@@ -467,7 +467,7 @@ def first_times(title_dir: Path) -> dict[str, dict[str, float]]:
     for rendition, kind in (("h264_180p", "video"), ("audio", "audio")):
         media = measure(title_dir / rendition)
         times["segments"][kind] = media.segments[0].start / media.timescale
-        playlist = m3u8.load(str(title_dir / rendition / "index.m3u8"))
+        playlist = m3u8.load(str(media_playlist(title_dir / rendition)))
         data = (title_dir / rendition / playlist.segment_map[0].uri).read_bytes() + b"".join(
             (title_dir / rendition / s.uri).read_bytes() for s in playlist.segments
         )
@@ -573,7 +573,7 @@ def test_hdr_is_tone_mapped_to_sdr(clips: dict[str, Path], tmp_path: Path, name:
         frames, _, _ = decode_rendition(title["dir"] / rendition)
         low, high = luma(frames)
         assert abs(low - black) <= 12 and abs(high - white) <= 30, (rendition, low, high)
-        init = m3u8.load(str(title["dir"] / rendition / "index.m3u8")).segment_map[0].uri
+        init = m3u8.load(str(media_playlist(title["dir"] / rendition))).segment_map[0].uri
         with av.open(str(title["dir"] / rendition / init)) as c:
             ctx = c.streams.video[0].codec_context
             assert (ctx.color_primaries, ctx.color_trc, ctx.colorspace) == (1, 1, 1)  # BT.709

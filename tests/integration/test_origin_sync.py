@@ -15,13 +15,13 @@ import imageio_ffmpeg
 import m3u8
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import media_playlist, run_cli
 
 EVENT_S = 1.0  # the flash and the beep, in the source
 
 
 def joined(folder: Path) -> bytes:
-    playlist = m3u8.load(str(folder / "index.m3u8"))
+    playlist = m3u8.load(str(media_playlist(folder)))
     parts = [playlist.segment_map[0].uri, *(s.uri for s in playlist.segments)]
     return b"".join((folder / p).read_bytes() for p in parts)
 

@@ -52,7 +52,9 @@ def test_master_bandwidth_includes_audio_and_peak() -> None:
     assert first.average_bandwidth == hi.average_bps() + AUDIO.average_bps()
     assert first.codecs == "avc1.64001f,mp4a.40.2"
     assert first.resolution == (1280, 720) and first.frame_rate == 25.0
-    assert [p.uri for p in parsed.playlists] == ["h264_720p/index.m3u8", "h264_360p/index.m3u8"]
+    # Named by content, as their segments are; the audio (packaged before) keeps index.m3u8.
+    playlist = f"index_{TAG}.m3u8"
+    assert [p.uri for p in parsed.playlists] == [f"h264_720p/{playlist}", f"h264_360p/{playlist}"]
     (audio,) = parsed.media
     assert audio.type == "AUDIO" and audio.uri == "audio/index.m3u8"
     assert all(p.stream_info.audio == audio.group_id for p in parsed.playlists)
