@@ -42,9 +42,19 @@ def parse(name: str) -> tuple[str, float] | None:
     return (match.group(1), float(match.group(2))) if match else None
 
 
-def keep(store: Path, title_id: str, live: Path, new_paths: Collection[str], until: float) -> int:
+def keep(
+    store: Path,
+    title_id: str,
+    live: Path,
+    new_paths: Collection[str],
+    until: float,
+    scratch: Path,
+) -> int:
     """Link the live version's content-named files that `new_paths` lacks under .replaced;
-    returns how many. All or nothing: a failure leaves no folder behind and raises."""
+    returns how many. The folder is built in `scratch` (the ingest's own locked temp folder,
+    on the store's filesystem) and renamed in whole: `origin serve` walks a kept folder once
+    (KeptSegments), so it must never see one half-linked. All or nothing: a failure leaves
+    no folder behind and raises."""
     wanted = []
     for folder, _dirs, names in os.walk(live):
         for name in names:
@@ -54,13 +64,16 @@ def keep(store: Path, title_id: str, live: Path, new_paths: Collection[str], unt
                 wanted.append((path, rel))
     if not wanted:
         return 0
-    target = replaced_dir(store) / f"{title_id}{SEP}{int(until)}{SEP}{secrets.token_hex(4)}"
+    name = f"{title_id}{SEP}{int(until)}{SEP}{secrets.token_hex(4)}"
+    building = scratch / name
     try:
         for path, rel in wanted:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.link(path, target / rel)
+            (building / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, building / rel)
+        replaced_dir(store).mkdir(exist_ok=True)
+        os.rename(building, replaced_dir(store) / name)
     except OSError:
-        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(building, ignore_errors=True)
         raise
     return len(wanted)
 

@@ -259,7 +259,9 @@ class Staging:
             model, _ = read(self.title_dir)
             new_paths = {e.path for e in model.files}
             until = self.clock() + replaced.KEEP_S
-            self.kept = replaced.keep(self.store, self.title_id, self.target, new_paths, until)
+            self.kept = replaced.keep(
+                self.store, self.title_id, self.target, new_paths, until, self.root
+            )
         except (OSError, TitleFilesError) as exc:
             self.keep_error = str(exc)
 

@@ -5,6 +5,7 @@ the new version lacks, deleted by the first ingest after their time is up."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,25 @@ def test_refreshing_reads_each_files_json_once(
     publish(tmp_path, "three", now=NOW + 120)
     kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
     assert len(reads) == 2  # the new version's, once
+
+
+def test_a_server_refreshing_while_segments_are_linked_aside_sees_them_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`origin serve` refreshes every few ms and walks a kept folder once: one it saw half
+    linked (a long film has thousands of segments) would answer 404 for the rest for hours.
+    Here it refreshes after every single link."""
+    old = publish(tmp_path, "one")
+    kept = replaced.KeptSegments(tmp_path)
+    real_link = os.link
+
+    def link_then_refresh(src: object, dst: object) -> None:
+        real_link(src, dst)  # type: ignore[arg-type]
+        kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
+
+    monkeypatch.setattr(os, "link", link_then_refresh)
+    new = publish(tmp_path, "two", now=NOW + 60)
+    monkeypatch.undo()
+    kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
+    gone = sorted(set(old) - set(new) - {"master.m3u8"})
+    assert gone and all(kept.lookup("film", rel, NOW + 120) is not None for rel in gone)
