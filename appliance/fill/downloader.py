@@ -144,7 +144,13 @@ class TitleFetcher:
             # "Future exception was never retrieved" with a traceback on the user's terminal.
             future.add_done_callback(_moot)
             job.cancel()
-            await asyncio.wait([future])
+            while not future.done():
+                try:
+                    await asyncio.wait([future])
+                except asyncio.CancelledError:
+                    # Cancelled again (the task group, then asyncio.run's shutdown): still
+                    # wait, or the executor's exit blocks the loop on this very thread.
+                    continue
             raise
 
     # --- files.json and sources ---------------------------------------------------------

@@ -7,6 +7,7 @@ Pacer. downloader.py runs these and decides retries.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -36,6 +37,9 @@ class SourceFailure(Exception):
         self.failure = failure
         self.detail = detail
         self.retry_after = retry_after  # the answer's Retry-After field, if it had one
+
+
+_SLEEP_POLL_S = 0.1  # how soon a stream thread waiting on the pacer notices cancel()
 
 
 class Stopped(Exception):
@@ -98,10 +102,23 @@ class StreamJob:
             raise Stopped
 
     def sleep(self, seconds: float, sleep: Sleep) -> None:
+        """The pacer's wait, on the loop. Never blocks past cancel(): on the way out the
+        loop may be busy waiting for this very thread (an executor's shutdown), and a
+        thread waiting for the loop would hang the process (a Ctrl-C that never exits)."""
+
         async def wait() -> None:
             await sleep(seconds)
 
-        asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
+        self.check()
+        done = asyncio.run_coroutine_threadsafe(wait(), self.loop)
+        while True:
+            try:
+                done.result(timeout=_SLEEP_POLL_S)
+                return
+            except concurrent.futures.TimeoutError:
+                if self.stopped:
+                    done.cancel()
+                    raise Stopped from None
 
 
 @dataclass

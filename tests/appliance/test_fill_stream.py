@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from appliance.fill.downloader import FillError, Pacer, TitleFetcher, TitleProgr
 from appliance.fill.layout import StagingLayout
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.retry import RetryPolicy
+from appliance.fill.stream import Stopped, StreamJob
 from appliance.fill.transport import Pool
 from edgeflix import titlefiles
 from edgeflix.titlefiles import TitleFiles
@@ -316,3 +318,31 @@ def test_a_source_that_always_refuses_the_range_is_not_asked_in_a_loop(
         fill(server.url, tmp_path / "staging", pacer, streams=1)
     assert len(asked) == FAST.attempts_per_source
     assert len(sleep.slept) == FAST.attempts_per_source - 1  # a backoff before each restart
+
+
+def test_a_stream_thread_waiting_on_the_pacer_stops_when_cancelled() -> None:
+    """Its wait runs on the loop; on the way out of a Ctrl-C the loop can be busy waiting for
+    this very thread (a thread pool's exit), so the thread must not wait on the loop past
+    cancel(), or the command hangs. Here the loop is not running at all."""
+    loop = asyncio.new_event_loop()
+    job = StreamJob(loop)
+    outcome: list[BaseException | None] = []
+
+    def stream_thread() -> None:
+        try:
+            job.sleep(30.0, asyncio.sleep)
+            outcome.append(None)
+        except BaseException as exc:  # the test reports what ended it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=stream_thread, daemon=True)
+    thread.start()
+    time.sleep(0.3)
+    job.cancel()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), "the stream thread still waits on a loop that is busy"
+        assert len(outcome) == 1 and isinstance(outcome[0], Stopped)
+    finally:
+        loop.run_until_complete(asyncio.sleep(0.01))  # the cancelled wait, never started
+        loop.close()
