@@ -1,12 +1,13 @@
 """Files of a replaced version, kept for the sessions that started on it.
 
 A player that loaded a title's playlists before an update (`load --replace`, a fill) swapped
-in a new version goes on asking for the segments those playlists name, for as long as it
-plays. The old version's content-named files (init_<tag>.mp4, seg_<tag>_N.m4s:
-edgeflix/http/content.py) that the new version lacks stay servable from the old version's
-folder for [storage] replaced_keep_s (index table `superseded`; index.IndexReader looks
-there when the current version has no such file). Playlists and other names always answer
-from the new version, and a name the new version has is never served from an old one.
+in a new version goes on asking for the names those playlists hold, for as long as it
+plays. The old version's content-named files (init_<tag>.mp4, seg_<tag>_N.m4s,
+index_<tag>.m3u8: edgeflix/http/content.py) that the new version lacks stay servable from the
+old version's folder for [storage] replaced_keep_s (index table `superseded`;
+index.IndexReader looks there when the current version has no such file). master.m3u8,
+manifest.mpd, files.json and other names always answer from the new version, and a name the
+new version has is never served from an old one.
 Kept files count as used space, go first when a load needs room, and go for good once their
 time is up (store.py calls in here; so does reconcile, every few minutes in the daemon).
 """

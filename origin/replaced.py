@@ -1,13 +1,14 @@
 """Segments of a replaced title, kept for the players that started on it.
 
-`ingest --replace` publishes a new version whose segments have new names (they are named by
-their content). A player, or an appliance filling the old version, still holds the old
-playlists or files.json and asks for the old names for as long as it plays: those answer
-404 once the old folder is gone. So before the swap, the old version's content-named files
-that the new one lacks are hard-linked into STORE/.replaced/<id>~<until>~<token>/ (no copy,
-no extra space while the old folder lives), and `origin serve` answers those names from there
-until <until>. Everything else (playlists, files.json, names the new version has) answers
-from the live title. Each ingest deletes the folders whose time is up.
+`ingest --replace` publishes a new version whose segments and rendition playlists have new
+names (they are named by their content). A player, or an appliance filling the old version,
+still holds the old master.m3u8 or files.json and asks for the old names for as long as it
+plays: those answer 404 once the old folder is gone. So before the swap, the old version's
+content-named files that the new one lacks are hard-linked into
+STORE/.replaced/<id>~<until>~<token>/ (no copy, no extra space while the old folder lives),
+and `origin serve` answers those names from there until <until>. Everything else
+(master.m3u8, manifest.mpd, files.json, the poster, names the new version has) answers from
+the live title. Each ingest deletes the folders whose time is up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Collection, Iterator, Mapping
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 
 from edgeflix.http.content import is_content_named
@@ -133,9 +135,11 @@ class KeptSegments:
                 kept[(title_id, rel)] = (root / name / rel, until)
         self._walked, self._kept = walked, kept
 
-    def lookup(self, title_id: str, rel: str, now: float) -> Path | None:
+    def lookup(self, title_id: str, rel: str, now: Callable[[], float] = time.time) -> Path | None:
+        """The kept file for the name, or None (the clock is read only for a kept name: this
+        runs for every request)."""
         found = self._kept.get((title_id, rel))
-        return found[0] if found is not None and found[1] > now else None
+        return found[0] if found is not None and found[1] > now() else None
 
     def _current(self, title_id: str, folder: Path) -> frozenset[str]:
         try:

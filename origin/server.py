@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 from edgeflix.http.plan import ResponsePlan, plan_error, plan_simple
@@ -63,7 +62,7 @@ class OriginSite:
         if any(part.startswith(".") for part in segments[2:]):
             return plan_error(404, request)  # no title has hidden files (.git, editor swaps)
         rel = "/".join(segments[2:])
-        kept = self._kept.lookup(segments[1], rel, time.time())
+        kept = self._kept.lookup(segments[1], rel)
         if kept is not None:  # a segment only the replaced version has, until it is due
             return FileTarget(str(kept), rel, segments[1])
         return FileTarget(str(self.root / segments[1] / rel), rel, segments[1])

@@ -138,8 +138,8 @@ def test_a_running_server_stops_answering_kept_segments_when_due(tmp_path: Path)
     kept = replaced.KeptSegments(tmp_path)
     kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
     due = NOW + 60 + replaced.KEEP_S
-    assert kept.lookup("film", rel, due - 1) is not None
-    assert kept.lookup("film", rel, due + 1) is None  # no new ingest needed to stop it
+    assert kept.lookup("film", rel, lambda: due - 1) is not None
+    assert kept.lookup("film", rel, lambda: due + 1) is None  # no new ingest needed to stop it
 
 
 def test_refreshing_reads_each_files_json_once(
@@ -187,4 +187,4 @@ def test_a_server_refreshing_while_segments_are_linked_aside_sees_them_all(
     monkeypatch.undo()
     kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
     gone = sorted(set(old) - set(new) - {"master.m3u8"})
-    assert gone and all(kept.lookup("film", rel, NOW + 120) is not None for rel in gone)
+    assert gone and all(kept.lookup("film", rel, lambda: NOW + 120) is not None for rel in gone)
