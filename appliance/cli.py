@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +128,9 @@ def ls_cmd(
 def _files_cell(t: TitleListing) -> str | int:
     notes = [f"{t.missing} missing"] if t.missing else []
     notes += [f"{t.unavailable} on disks out of service"] if t.unavailable else []
+    if t.kept_files and t.kept_until is not None:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.kept_until))
+        notes += [f"+{t.kept_files} of older versions kept until {until}"]
     return f"{t.files} ({', '.join(notes)})" if notes else t.files
 
 

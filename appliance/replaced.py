@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from appliance.config import StorageConfig
 from appliance.disks import Disk
@@ -76,6 +77,22 @@ def kept_of(conn: sqlite3.Connection, title_id: str) -> list[FileRow]:
         (OK, title_id),
     ).fetchall()
     return [FileRow(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class KeptSummary:
+    """What a title's replaced versions still hold, for `appliance ls`."""
+
+    files: int
+    bytes: int
+    until: float  # when the last of them goes
+
+
+def summaries(conn: sqlite3.Connection) -> dict[str, KeptSummary]:
+    rows = conn.execute(
+        "SELECT title, COUNT(*), SUM(size), MAX(until) FROM superseded GROUP BY title"
+    ).fetchall()
+    return {title: KeptSummary(n, int(size or 0), until) for title, n, size, until in rows}
 
 
 def bytes_on_disks(conn: sqlite3.Connection) -> dict[str, int]:

@@ -113,6 +113,12 @@ class TitleListing:
     # Files the index has on disks out of service (dead, unmounted): not checked, not listed
     # in `disks`; the daemon marks them missing when it takes the disk out.
     unavailable: int = 0
+    # Files of replaced versions still served to the sessions that started on them
+    # (appliance/replaced.py), their bytes (counted as used space, not in `bytes`) and when
+    # the last of them goes (Unix time; None when there are none).
+    kept_files: int = 0
+    kept_bytes: int = 0
+    kept_until: float | None = None
 
 
 _INSERT_FILE = (
@@ -301,8 +307,10 @@ class Store:
             per_title.setdefault(title, []).append((disk, size, state))
         result = []
         out = set(self.out_of_service)
+        kept = replaced.summaries(self.conn)
         for row in all_titles(self.conn):
             files = per_title.get(row.id, [])
+            old = kept.get(row.id)
             ok = [disk for disk, _, state in files if state == OK]
             result.append(
                 TitleListing(
@@ -315,6 +323,9 @@ class Store:
                     missing=sum(1 for _, _, state in files if state == MISSING),
                     digest=row.digest,
                     unavailable=sum(1 for disk in ok if disk in out),
+                    kept_files=old.files if old else 0,
+                    kept_bytes=old.bytes if old else 0,
+                    kept_until=old.until if old else None,
                 )
             )
         return result

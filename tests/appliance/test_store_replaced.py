@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cli import _files_cell
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError
 from appliance.index import IndexReader
@@ -99,6 +100,22 @@ def test_a_replaced_versions_segments_keep_serving_its_sessions(tmp_path: Path) 
     # The old folder keeps its segments and nothing else.
     kept = {p.partition("/")[2] for p in on_disks(store) if not p.startswith(current)}
     assert kept == set(old)
+
+
+def test_the_listing_shows_what_replaced_versions_keep(tmp_path: Path) -> None:
+    v1 = version(tmp_path, 1)
+    kept_sizes = {rel: (v1 / rel).stat().st_size for rel in segments(v1)}
+    kept_sizes |= {p.name: p.stat().st_size for p in v1.rglob("init_*.mp4")}
+    kept_sizes |= {p.name: p.stat().st_size for p in v1.rglob("index_*.m3u8")}
+    before = time.time()
+    store, _, _ = replaced_film(tmp_path, keep_s=600.0)
+    try:
+        (film,) = store.listing()
+    finally:
+        store.close()
+    assert (film.kept_files, film.kept_bytes) == (len(kept_sizes), sum(kept_sizes.values()))
+    assert film.kept_until is not None and before + 600 <= film.kept_until <= time.time() + 600
+    assert "of older versions kept until" in str(_files_cell(film))
 
 
 def test_nothing_is_kept_with_keep_0_or_for_names_not_content(tmp_path: Path) -> None:
