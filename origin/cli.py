@@ -183,6 +183,7 @@ def ingest_cmd(
         codecs=tuple(c.strip() for c in codecs.split(",") if c.strip()),
         heights=_parse_ints(heights, "--heights"),
         replace=replace,
+        replaced_keep_s=cfg.publish.replaced_keep_s,
     )
     with _cancellable() as cancel, ExitStack() as stack:
         model, digest = ingest(req, cfg.encode, Bars(stack), publishing=cancel.publishing)

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgeflix.config import ConfigModel, load_config
+from origin.replaced import KEEP_S
 
 ENV_PREFIX = "EDGEFLIX_ORIGIN"
 Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"]
@@ -27,8 +28,15 @@ class EncodeConfig(ConfigModel):
     trial_seconds: float = Field(6.0, gt=0)
 
 
+class PublishConfig(ConfigModel):
+    # After `ingest --replace`, the old version's segments the new one lacks stay servable
+    # this long for the players that started on it (origin/replaced.py); 0: not kept.
+    replaced_keep_s: float = Field(KEEP_S, ge=0, le=30 * 86400)
+
+
 class OriginConfig(ConfigModel):
     encode: EncodeConfig = EncodeConfig()
+    publish: PublishConfig = PublishConfig()
 
 
 def load(path: Path | None) -> OriginConfig:

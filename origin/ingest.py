@@ -36,6 +36,7 @@ from origin.ffmpeg import (
 )
 from origin.ladder import CODECS, Rung, default_ladder
 from origin.probe import Source, probe
+from origin.replaced import KEEP_S
 from origin.runner import FfmpegLookup, start_ffmpeg
 from origin.store import Staging, store_error
 
@@ -75,6 +76,8 @@ class IngestRequest:
     codecs: tuple[str, ...] = ("h264",)
     heights: tuple[int, ...] | None = None
     replace: bool = False
+    # How long the replaced version's segments stay servable ([publish] replaced_keep_s).
+    replaced_keep_s: float = KEEP_S
 
 
 def check_request(req: IngestRequest) -> None:
@@ -133,7 +136,7 @@ def ingest(
         hdr_transfer=source.hdr_transfer,
     )
     check_segments(settings, req.segment_seconds)
-    with Staging(req.store, req.title_id, req.replace) as staging:
+    with Staging(req.store, req.title_id, req.replace, keep_s=req.replaced_keep_s) as staging:
         for name in staging.cleaned:
             event(log, "store.cleaned", folder=name)
         if req.ladder == "auto":

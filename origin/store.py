@@ -187,9 +187,11 @@ class Staging:
         replace: bool,
         token: Callable[[], str] | None = None,
         clock: Callable[[], float] = time.time,
+        keep_s: float = replaced.KEEP_S,
     ) -> None:
         self.store = store
         self.clock = clock
+        self.keep_s = keep_s
         self.title_id = check_title_id(title_id)
         self.replace = replace
         self._token = token or (lambda: secrets.token_hex(6))
@@ -255,10 +257,12 @@ class Staging:
         """Link the live version's segments the new one lacks aside, before the swap, for
         the players still on it. Best effort: without them those players fail over, as
         before, but the new version is published all the same."""
+        if self.keep_s <= 0:
+            return
         try:
             model, _ = read(self.title_dir)
             new_paths = {e.path for e in model.files}
-            until = self.clock() + replaced.KEEP_S
+            until = self.clock() + self.keep_s
             self.kept = replaced.keep(
                 self.store, self.title_id, self.target, new_paths, until, self.root
             )

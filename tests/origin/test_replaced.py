@@ -39,8 +39,10 @@ def build(staging: Staging, version: str, shared: str = "") -> dict[str, bytes]:
     return files
 
 
-def publish(store: Path, version: str, shared: str = "", now: float = NOW) -> dict[str, bytes]:
-    with Staging(store, "film", replace=True, clock=lambda: now) as staging:
+def publish(
+    store: Path, version: str, shared: str = "", now: float = NOW, keep_s: float = replaced.KEEP_S
+) -> dict[str, bytes]:
+    with Staging(store, "film", replace=True, clock=lambda: now, keep_s=keep_s) as staging:
         files = build(staging, version, shared)
         staging.publish()
     return files
@@ -94,6 +96,18 @@ def test_kept_segments_go_with_the_first_ingest_after_their_time(tmp_path: Path)
     assert served(site, rel) is None
     names = [p.name for p in replaced.replaced_dir(tmp_path).iterdir()]
     assert len(names) == 1 and names[0].startswith("film~")  # only two's, kept for three's
+
+
+def test_the_keep_time_is_a_setting_and_0_keeps_nothing(tmp_path: Path) -> None:
+    publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60, keep_s=90)
+    (folder,) = replaced.replaced_dir(tmp_path).iterdir()
+    assert replaced.parse(folder.name) == ("film", NOW + 60 + 90)
+    publish(tmp_path, "three", now=NOW + 120, keep_s=0)
+    site = OriginSite(tmp_path)
+    assert [p.name for p in replaced.replaced_dir(tmp_path).iterdir()] == [folder.name]
+    two_only = {rel for rel in publish(tmp_path / "x", "two") if rel.endswith(".m4s")}
+    assert two_only and all(served(site, rel) is None for rel in two_only)
 
 
 def test_a_name_the_live_version_has_again_answers_from_it(tmp_path: Path) -> None:
