@@ -235,6 +235,25 @@ def ls_cmd(
     ui.print_table(["id", "title", "seconds", "renditions", "bytes", "digest"], rows)
 
 
+@app.command("rm")
+def rm_cmd(
+    title_id: str = typer.Option(..., "--id", help="Id of the title to remove."),
+    store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Remove a published title (and the segments kept for its earlier versions' players).
+    The fleet then plans it nowhere, so appliances drop it too (unless the store is left
+    empty: an origin listing no titles is not taken as every title withdrawn)."""
+    from edgeflix import ui
+    from origin.store import remove_title
+
+    freed = remove_title(store, title_id)
+    if as_json:
+        ui.print_json({"id": title_id, "removed": True, "bytes": freed})
+        return
+    typer.echo(f"removed {title_id} ({freed} bytes)")
+
+
 @app.command("serve")
 def serve_cmd(
     store: Path = typer.Option(Path("var/origin"), "--store", help="Origin store folder."),

@@ -80,15 +80,16 @@ def keep(
     return len(wanted)
 
 
-def sweep(store: Path, now: float) -> list[str]:
-    """Delete the folders whose time is up (and anything under .replaced not ours)."""
+def sweep(store: Path, now: float, all_of: str | None = None) -> list[str]:
+    """Delete the folders whose time is up (and anything under .replaced not ours), and
+    every folder of title `all_of` (it was removed from the store)."""
     root = replaced_dir(store)
     if not root.is_dir():
         return []
     gone = []
     for entry in sorted(root.iterdir()):
         parsed = parse(entry.name)
-        if parsed is not None and parsed[1] > now:
+        if parsed is not None and parsed[1] > now and parsed[0] != all_of:
             continue
         try:  # best effort: what cannot go now is tried again at the next ingest
             if entry.is_dir() and not entry.is_symlink():

@@ -31,6 +31,8 @@ LOCK = ".lock"
 UNLOCKED_GRACE_S = 600.0
 BUILD = "title"  # the title being built, inside the temp folder
 OLD = "old"  # a replaced title, parked inside the temp folder until it is deleted
+# A removed title (`origin rm`), parked likewise; unlike OLD, never put back by clean_stale.
+REMOVED = "removed"
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -253,6 +255,21 @@ class Staging:
         except OSError as exc:
             raise store_error(exc, self.store) from None
 
+    def remove(self) -> int:
+        """Take the live title out of the store (`origin rm`): one rename stops its listing
+        and serving (appliances prune it when the fleet sees it gone), then the segments
+        kept for its replaced versions' players go too. Returns the bytes it held."""
+        if not self.target.is_dir() or self.target.is_symlink():
+            raise StoreError(f"no title '{self.title_id}' in store {self.store}")
+        parked = self.root / REMOVED
+        try:
+            os.rename(self.target, parked)
+            fsync_dir(titles_dir(self.store))
+        except OSError as exc:
+            raise store_error(exc, self.store) from None
+        replaced.sweep(self.store, self.clock(), all_of=self.title_id)
+        return sum(p.stat().st_size for p in parked.rglob("*") if p.is_file())
+
     def _keep_old(self) -> None:
         """Link the live version's segments the new one lacks aside, before the swap, for
         the players still on it. Best effort: without them those players fail over, as
@@ -302,6 +319,16 @@ class Staging:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def remove_title(store: Path, title_id: str) -> int:
+    """`origin rm`: Staging.remove in a temp folder of its own, so a crash halfway leaves a
+    folder the next ingest's clean_stale deletes. Returns the bytes the title held."""
+    check_store(store)
+    if not (titles_dir(store) / check_title_id(title_id)).is_dir():  # not a store made here
+        raise StoreError(f"no title '{title_id}' in store {store}")
+    with Staging(store, title_id, replace=True) as staging:
+        return staging.remove()
 
 
 def store_error(exc: OSError, store: Path) -> StoreError:

@@ -177,3 +177,21 @@ def test_every_command_and_parameter_has_help() -> None:
     for name, sub in root.commands.items():  # type: ignore[attr-defined]
         walk(sub, name)
     assert missing == []
+
+
+def test_origin_rm_removes_a_title_and_says_so_in_one_line_when_it_cannot(
+    tmp_path: Path,
+) -> None:
+    from tests.origin.test_replaced import publish
+
+    publish(tmp_path, "one")
+    args = ["origin", "rm", "--id", "film", "--store", str(tmp_path)]
+    done = json.loads(run_cli([*args, "--json"], check=True, timeout=60).stdout)
+    assert done["id"] == "film" and done["removed"] is True and done["bytes"] > 0
+    listing = run_cli(["origin", "ls", "--store", str(tmp_path), "--json"], check=True).stdout
+    assert json.loads(listing) == []
+    again = run_cli(args, timeout=60)
+    assert again.returncode == 1
+    assert "no title 'film'" in one_error_line(again.stderr)
+    bad = run_cli(["origin", "rm", "--id", "../film", "--store", str(tmp_path)], timeout=60)
+    assert bad.returncode == 1 and "../film" in one_error_line(bad.stderr)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from edgeflix.errors import EdgeflixError
 from edgeflix.http.content import content_tag, init_name, segment_name
 from edgeflix.http.request import RequestHead
 from edgeflix.http.server import FileTarget
 from origin import replaced
+from origin.errors import StoreError
 from origin.server import OriginSite
-from origin.store import Staging, list_titles
+from origin.store import REMOVED, Staging, clean_stale, list_titles, remove_title
 from tests.origin.test_store import seal
 
 NOW = 1_800_000_000.0
@@ -202,3 +204,36 @@ def test_a_server_refreshing_while_segments_are_linked_aside_sees_them_all(
     kept.refresh({t.id: t.path for t in list_titles(tmp_path)})
     gone = sorted(set(old) - set(new) - {"master.m3u8"})
     assert gone and all(kept.lookup("film", rel, lambda: NOW + 120) is not None for rel in gone)
+
+
+def test_removing_a_title_takes_it_and_its_kept_segments_away(tmp_path: Path) -> None:
+    publish(tmp_path, "one")
+    publish(tmp_path, "two", now=NOW + 60)
+    site = OriginSite(tmp_path)
+    assert any(replaced.replaced_dir(tmp_path).iterdir())
+    live = tmp_path / "titles" / "film"
+    held = sum(p.stat().st_size for p in live.rglob("*") if p.is_file())
+    assert remove_title(tmp_path, "film") == held
+    assert list_titles(tmp_path) == [] and not any(replaced.replaced_dir(tmp_path).iterdir())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+    assert served(site, "master.m3u8") is None
+    with pytest.raises(StoreError, match="no title 'film'"):
+        remove_title(tmp_path, "film")
+
+
+def test_a_removal_cut_short_is_finished_not_undone(tmp_path: Path) -> None:
+    publish(tmp_path, "one")
+    staging = Staging(tmp_path, "film", replace=True).__enter__()
+    os.rename(staging.target, staging.root / REMOVED)
+    assert staging._fd is not None
+    os.close(staging._fd)  # the process died here: its lock is free, its folder left
+    assert clean_stale(tmp_path) == [staging.root.name]
+    assert list_titles(tmp_path) == [] and not (tmp_path / "titles" / "film").exists()
+
+
+def test_remove_refuses_ids_and_stores_that_are_not_there(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no title"):
+        remove_title(tmp_path / "nowhere", "film")
+    assert not (tmp_path / "nowhere").exists()  # a typo makes no store
+    with pytest.raises(EdgeflixError):
+        remove_title(tmp_path, "../film")
