@@ -22,7 +22,7 @@ class FleetInputError(FleetError):
 
 
 class UnknownNameError(FleetError):
-    """A site or appliance name the fleet does not know."""
+    """A site, appliance or title name the fleet does not know."""
 
     http_status = 404
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.errors import FleetInputError
+from fleet.errors import FleetInputError, UnknownNameError
 from fleet.model import Appliance, FleetSnapshot, HeldTitle, Site
 from fleet.steering import SteeringPolicy, steer
 
@@ -289,3 +289,17 @@ def test_holders_of_the_current_version_come_first_while_an_update_fills() -> No
     # Without a known digest (no origin listing yet), nothing changes.
     plain = FleetSnapshot(sites=snap.sites, appliances=snap.appliances, origin_url="x")
     assert names(steer(plain, "192.168.1.7", "t1", wide))[:3] == ranked[:3]
+
+
+def test_a_title_missing_from_the_origins_catalog_is_not_steered() -> None:
+    """Withdrawn at the origin (`origin rm`): appliances still hold it until their next
+    fill, but no new session starts on it. No catalog yet (the origin not read, or listing
+    nothing): steering goes by what the appliances hold."""
+    snap = fleet(box("h0", "home", "t1"), box("h1", "home", "t2"))
+    catalog = FleetSnapshot(
+        sites=snap.sites, appliances=snap.appliances, origin_url="http://o", digests={"t2": "d"}
+    )
+    with pytest.raises(UnknownNameError, match="'t1' is not in the origin's catalog"):
+        steer(catalog, "192.168.1.7", "t1")
+    assert names(steer(catalog, "192.168.1.7", "t2"))[0] == "h1"
+    assert names(steer(snap, "192.168.1.7", "t1"))[0] == "h0"
