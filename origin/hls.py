@@ -23,12 +23,10 @@ def playlist_name(media: Media) -> str:
 
 def media_playlist(media: Media) -> str:
     durations = [s.duration / media.timescale for s in media.segments]
-    # Every EXTINF rounded to the nearest integer must be <= the target duration (RFC 8216 4.3.3.1).
-    target = max(1, *(int(d + 0.5) for d in durations))
     lines = [
         "#EXTM3U",
         f"#EXT-X-VERSION:{VERSION}",
-        f"#EXT-X-TARGETDURATION:{target}",
+        f"#EXT-X-TARGETDURATION:{media.target_seconds}",
         "#EXT-X-MEDIA-SEQUENCE:0",
         "#EXT-X-PLAYLIST-TYPE:VOD",
         "#EXT-X-INDEPENDENT-SEGMENTS",

@@ -62,10 +62,30 @@ class Media:
     def seconds(self) -> float:
         return sum(s.duration for s in self.segments) / self.timescale
 
+    @property
+    def target_seconds(self) -> int:
+        """The HLS target duration: every segment's duration, rounded to the nearest whole
+        second, is at most this (RFC 8216 4.3.3.1)."""
+        return max(1, *(int(s.duration / self.timescale + 0.5) for s in self.segments))
+
     def peak_bps(self) -> int:
-        return max(
-            (round(s.size * 8 * self.timescale / s.duration) for s in self.segments), default=0
-        )
+        """The peak segment bit rate of RFC 8216 (4.3.4.2's BANDWIDTH; DASH's @bandwidth
+        too): the highest bit rate of any run of consecutive segments lasting 0.5 to 1.5
+        times the target duration. A short last segment alone (a GOP's tail: a few frames,
+        one of them a keyframe) would claim many times the real rate, and players pick
+        renditions by this figure. A rendition too short for any run: its average."""
+        low = self.target_seconds * self.timescale / 2
+        high = low * 3
+        best = 0
+        for i in range(len(self.segments)):
+            size = duration = 0
+            for segment in self.segments[i:]:
+                size, duration = size + segment.size, duration + segment.duration
+                if duration > high:
+                    break
+                if duration >= low:
+                    best = max(best, round(size * 8 * self.timescale / duration))
+        return best or self.average_bps()
 
     def average_bps(self) -> int:
         total = sum(s.size for s in self.segments)

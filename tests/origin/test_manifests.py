@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from fractions import Fraction
 
 import m3u8
@@ -58,6 +59,31 @@ def test_master_bandwidth_includes_audio_and_peak() -> None:
     (audio,) = parsed.media
     assert audio.type == "AUDIO" and audio.uri == "audio/index.m3u8"
     assert all(p.stream_info.audio == audio.group_id for p in parsed.playlists)
+
+
+def test_a_short_last_segment_does_not_claim_a_peak_of_its_own() -> None:
+    """RFC 8216's peak segment bit rate: runs of segments lasting 0.5-1.5 target durations.
+    A 0.04 s tail (one keyframe) alone would claim ten times the real rate."""
+    ticks = 12800
+    tail = Media(
+        id="h264_720p", kind="video", codec="h264", codecs="avc1.64001f", timescale=ticks,
+        segments=(Segment("a.m4s", 1_172_640, 0, 4 * ticks, 100, True),
+                  Segment("b.m4s", 118_885, 4 * ticks, 512, 1, True)),
+        init_size=800, digest=TAG * 6, width=1280, height=720, frame_rate=Fraction(25),
+    )  # fmt: skip
+    assert tail.target_seconds == 4
+    # The densest run is a with the tail (4.04 s, within 2-6 s): 2.56 Mbit/s, not 23.8.
+    assert tail.peak_bps() == round((1_172_640 + 118_885) * 8 * ticks / (4 * ticks + 512))
+    # The tail joins the run before it when that one alone is too short to count.
+    short = replace(tail, segments=(replace(tail.segments[0], duration=ticks), tail.segments[1]))
+    assert short.target_seconds == 1
+    assert short.peak_bps() == round((1_172_640 + 118_885) * 8 * ticks / (ticks + 512))
+    # Too short for any run: the average.
+    only = replace(tail, segments=(tail.segments[1],))
+    assert only.peak_bps() == only.average_bps() > 0
+    # What the manifests say.
+    assert "BANDWIDTH=2557475," in master_playlist([tail], None)
+    assert 'bandwidth="2557475"' in mpd([tail], None, 4.04, 4.0)
 
 
 def test_master_without_audio_has_no_group() -> None:
