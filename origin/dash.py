@@ -45,13 +45,14 @@ def _number_template(name: str) -> str:
     return f"{stem}_$Number%0{len(number) - len('.m4s')}d$.m4s"
 
 
-def _template(parent: ET.Element, media: Media) -> None:
-    first = media.segments[0].start
+def _template(parent: ET.Element, media: Media, start: Fraction) -> None:
+    """`start`: the media time (seconds) where the period begins, the same for every
+    Representation, so that each keeps its place against the others."""
     template = ET.SubElement(
         parent,
         "SegmentTemplate",
         timescale=str(media.timescale),
-        presentationTimeOffset=str(first),
+        presentationTimeOffset=str(round(start * media.timescale)),
         initialization=f"$RepresentationID$/{media.init_name}",
         media=f"$RepresentationID$/{_number_template(media.segments[0].name)}",
         startNumber="0",
@@ -87,6 +88,11 @@ def mpd(
         minBufferTime=iso_duration(segment_seconds),
     )
     period = ET.SubElement(root, "Period", id="0", start="PT0S")
+    # The period begins with the first picture. The audio's own first sample comes earlier:
+    # the AAC encoder's priming (origin/ingest.py align_starts puts the sound proper with the
+    # picture), which an offset of its own would play 21 ms late; before the offset, it is
+    # not played, as HLS players skip it by the samples' times.
+    start = max(Fraction(v.segments[0].start, v.timescale) for v in videos)
     for index, codec in enumerate(dict.fromkeys(v.codec for v in videos)):
         group = [v for v in videos if v.codec == codec]
         aset = ET.SubElement(
@@ -113,7 +119,7 @@ def mpd(
             )
             if video.frame_rate:
                 rep.set("frameRate", _frame_rate(video.frame_rate))
-            _template(rep, video)
+            _template(rep, video, start)
     if audio is not None:
         aset = ET.SubElement(
             period,
@@ -139,6 +145,6 @@ def mpd(
             schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011",
             value=str(audio.channels or 2),
         )
-        _template(rep, audio)
+        _template(rep, audio, start)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -110,6 +110,9 @@ def test_mpd_lists_the_same_representations() -> None:
     audio = sets[2].find("d:Representation/d:SegmentTemplate", NS)
     assert audio is not None and audio.get("media") == "$RepresentationID$/seg_$Number%05d$.m4s"
     assert template.get("presentationTimeOffset") == "1024" and template.get("startNumber") == "0"
+    # One period start for all: the first picture's time (1024/12800 s = 3840/48000 s), so
+    # audio samples before it (AAC priming) are not played, as in HLS, and none plays late.
+    assert audio.get("presentationTimeOffset") == "3840"
     runs = template.findall("d:SegmentTimeline/d:S", NS)
     assert [(s.get("t"), s.get("d"), s.get("r")) for s in runs] == [
         ("1024", "25600", "1"),
