@@ -241,7 +241,7 @@ def sign_cmd(
 
     from appliance import config as appliance_config
     from edgeflix import tokens
-    from edgeflix.config import parse_hostport
+    from edgeflix.config import is_wildcard_host, parse_hostport
     from edgeflix.errors import ConfigError
     from edgeflix.titlefiles import check_title_id
 
@@ -253,13 +253,21 @@ def sign_cmd(
     key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
     expires = int(time.time()) + ttl
     token = tokens.sign(title, key, expires, client_ip)
-    host, port = parse_hostport(cfg.serve.listen)
-    host = f"[{host}]" if ":" in host else host
-    url = f"http://{host}:{port}{tokens.signed_path(token, title, 'master.m3u8')}"
-    if port == 0:  # the daemon picks its port at start: only the path part is usable
+    path = tokens.signed_path(token, title, "master.m3u8")
+    if cfg.fleet.public_url is not None:  # where players reach this appliance
+        url = cfg.fleet.public_url.rstrip("/") + path
+    else:
         from edgeflix.ui import warn
 
-        warn("[serve] listen has port 0, so the URL's port is not the daemon's; use its path")
+        host, port = parse_hostport(cfg.serve.listen)
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
+        if port == 0:  # the daemon picks its port at start: only the path part is usable
+            warn("[serve] listen has port 0, so the URL's port is not the daemon's; use its path")
+        elif is_wildcard_host(host):
+            warn(
+                f"[serve] listen is on all interfaces, so {host} in the URL is no address a "
+                "player can reach; set [fleet] public_url, or use the URL's path"
+            )
     if as_json:
         from edgeflix.ui import print_json
 

@@ -58,3 +58,18 @@ def test_sign_cli_at_the_bound_gives_a_url_that_verifies(tmp_path: Path) -> None
     keys = {"k1": b"secret" * 4}
     claims = tokens.verify(token, title_id="t", client_ip=None, keys=keys, now=time.time())
     assert claims.expires == doc["expires"]
+
+
+def test_sign_uses_the_public_url_and_warns_of_an_unreachable_host(tmp_path: Path) -> None:
+    config = signing_config(tmp_path)
+    base = config.read_text()
+    args = ["appliance", "sign", "--config", str(config), "--title", "t"]
+    config.write_text(base + '[serve]\nlisten = "0.0.0.0:8081"\n')
+    wildcard = run_cli(args, check=True)
+    assert wildcard.stdout.startswith("http://0.0.0.0:8081/t/")
+    assert "all interfaces" in wildcard.stderr and "public_url" in wildcard.stderr
+    config.write_text(
+        base + '[serve]\nlisten = "0.0.0.0:8081"\n[fleet]\npublic_url = "http://edge1.lan:8081/"\n'
+    )
+    public = run_cli(args, check=True)
+    assert public.stdout.startswith("http://edge1.lan:8081/t/") and public.stderr == ""
