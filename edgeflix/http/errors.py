@@ -16,6 +16,9 @@ class HttpError(EdgeflixError):
         self.status = status
         # A framing error leaves the byte stream unusable: answer, then close.
         self.close = close
+        # Refused once its method was read as HEAD: the answer has no content (RFC 9110
+        # §9.3.2), or a client that pipelined after it would read the text as a response.
+        self.head = False
 
 
 class BadRequest(HttpError):

@@ -135,9 +135,12 @@ def plan_simple(
     return ResponsePlan(status, full, () if head_only else (body,), len(body))
 
 
-def plan_error(status: int, request: RequestHead | None = None) -> ResponsePlan:
+def plan_error(
+    status: int, request: RequestHead | None = None, *, head_only: bool = False
+) -> ResponsePlan:
     extra: Headers = (("Allow", ALLOW_HEADER),) if status == 405 else ()
-    return plan_simple(status, headers=extra, head_only=bool(request and request.method == "HEAD"))
+    head_only = head_only or bool(request and request.method == "HEAD")
+    return plan_simple(status, headers=extra, head_only=head_only)
 
 
 def plan_options(request: RequestHead) -> ResponsePlan:

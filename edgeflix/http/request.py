@@ -91,8 +91,11 @@ def parse_head(
         method, target, minor = plain[1], plain[2], int(plain[3])
     else:
         method, target, minor = _request_line(lines[0])
-    headers = _fields(lines[1:])
-    return _finish(method, target, minor, headers), end + 4
+    try:
+        return _finish(method, target, minor, _fields(lines[1:])), end + 4
+    except HttpError as exc:
+        exc.head = method == "HEAD"
+        raise
 
 
 def _too_large(buf: bytes | bytearray, start: int, max_bytes: int) -> HttpError:
@@ -197,7 +200,13 @@ def _origin_form(method: str, target: str) -> str:
     lower = target[:8].lower()
     for scheme in ("http://", "https://"):
         if lower.startswith(scheme):
-            # Absolute-form (RFC 9112 §3.2.2): servers must accept it; the authority is ignored.
-            slash = target.find("/", len(scheme))
-            return target[slash:] if slash >= 0 else "/"
+            # Absolute-form (RFC 9112 §3.2.2): servers must accept it; the authority, which
+            # ends at the first '/', '?' or '#' (RFC 3986 §3.2), is ignored but not empty
+            # (RFC 9110 §4.2.1).
+            rest = target[len(scheme) :]
+            end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+            if end == 0:
+                raise BadRequest("absolute-form request target without a host")
+            path = rest[end:]
+            return path if path.startswith("/") else "/" + path
     raise BadRequest("request target is not a path")

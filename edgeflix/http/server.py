@@ -335,7 +335,7 @@ class FileServer:
         return cached
 
     def prepare_error(self, exc: HttpError) -> Prepared:
-        return self._generated(plan_error(exc.status), None, close=True)
+        return self._generated(plan_error(exc.status, head_only=exc.head), None, close=True)
 
     def _generated(
         self, plan: ResponsePlan, request: RequestHead | None, close: bool = False

@@ -91,6 +91,27 @@ def test_absolute_form_and_keep_alive_rules() -> None:
     assert parsed is not None and not parsed[0].keep_alive
 
 
+def test_absolute_form_authority_ends_at_a_query_and_is_never_empty() -> None:
+    """RFC 3986 §3.2: the authority ends at '/', '?' or '#'; RFC 9110 §4.2.1: an http URI
+    with an empty host is invalid."""
+    parsed = parse(b"GET http://y?/titles/a/master.m3u8 HTTP/1.1\r\nHost: y\r\n\r\n")
+    assert parsed is not None
+    assert (parsed[0].path, parsed[0].query) == ("/", "/titles/a/master.m3u8")
+    for target in (b"http:///titles/a/x", b"http://?x", b"https://"):
+        with pytest.raises(HttpError) as refused:
+            parse(b"GET " + target + b" HTTP/1.1\r\nHost: y\r\n\r\n")
+        assert refused.value.status == 400
+
+
+def test_a_refused_head_request_is_marked_so_its_answer_has_no_body() -> None:
+    with pytest.raises(HttpError) as refused:
+        parse(b"HEAD /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+    assert refused.value.status == 413 and refused.value.head
+    with pytest.raises(HttpError) as refused:
+        parse(b"GET /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc")
+    assert not refused.value.head
+
+
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_parse_or_refuse_cleanly(raw: bytes) -> None:
     try:

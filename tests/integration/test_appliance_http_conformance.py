@@ -289,6 +289,20 @@ def test_expect_100_continue_and_absolute_form(appliance: Appliance) -> None:
     assert r.responses[0].status == 200 and not r.closed
     r = talk(appliance, b"GET http://elsewhere" + INIT.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert r.responses[0].body == appliance.body("v0/init.mp4") and not r.closed
+    # The authority ends at '?': what follows is the query of '/', not a path.
+    r = talk(appliance, b"GET http://y?" + PLAYLIST.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert r.responses[0].status == 404
+    answer = refused(
+        appliance, b"GET http://" + PLAYLIST.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_refused_head_request_gets_no_body(appliance: Appliance) -> None:
+    """RFC 9110 §9.3.2, also for a HEAD refused while its head is parsed (a body sent)."""
+    answer = refused(appliance, get(SEG, "Content-Length: 3\r\n", method="HEAD") + b"abc")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and body == b""
 
 
 # -- Range (RFC 9110 §14) -----------------------------------------------------------------
