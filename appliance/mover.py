@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance import tiering
-from appliance.disks import SYSFS, StorageError
+from appliance.disks import SYSFS, CapacityError, StorageError
 from appliance.index import READY, all_titles, title_files
 from appliance.safefiles import UNLINK_GRACE_S, Throttle
 from edgeflix.log import event
@@ -213,6 +213,9 @@ class Tiering:
     ) -> None:
         self.store, self.book = store, book
         self._clock, self._sleep, self._grace = clock, sleep, grace_s
+        # Titles whose move waits for room: said once, not every round (the figures in the
+        # reason drift with every write), and tried each round, to move once room appears.
+        self._waiting: set[str] = set()
 
     def tick(self, should_stop: Callable[[], bool] = lambda: False) -> list[tiering.Move]:
         """Returns the moves that were carried out."""
@@ -224,6 +227,8 @@ class Tiering:
         plan = tiering.plan_moves(placed, self.book.rates(), config.hot_rate, self.store.tiers)
         throttle = Throttle(config.move_bytes_per_s, self._clock, self._sleep)
         done = []
+        planned = {m.title_id for m in plan}
+        self._waiting &= planned
         for move in plan:
             if should_stop():
                 break
@@ -236,12 +241,19 @@ class Tiering:
                     grace_s=self._grace,
                     sleep=self._sleep,
                 )
+            except CapacityError as exc:
+                if move.title_id not in self._waiting:
+                    event(log, "title.move_waits_for_room", logging.INFO,
+                          title=move.title_id, to=move.to_tier, reason=str(exc))  # fmt: skip
+                self._waiting.add(move.title_id)
+                continue
             except (StorageError, OSError, InterruptedError) as exc:
                 event(
                     log, "title.move_failed", logging.WARNING, title=move.title_id, reason=str(exc)
                 )
                 self._drop_if_damaged(exc)
                 continue
+            self._waiting.discard(move.title_id)
             if moved:
                 done.append(move)
         return done

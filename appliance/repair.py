@@ -311,7 +311,13 @@ def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report
             "UPDATE titles SET state = ? WHERE id = ? AND state = ?", (INCOMPLETE, title_id, READY)
         )
     for f, why in dropped:
-        report.add(title_id, f.path, f"{why}; dropped, title not served until reloaded", True)
+        report.add(
+            title_id,
+            f.path,
+            f"{why}; dropped: title incomplete (its other files still serve) until a fill "
+            "or reload",
+            True,
+        )
         try:
             unlink_synced([f.location])
         except OSError as exc:

@@ -127,6 +127,15 @@ _INSERT_FILE = (
 )
 
 
+class _Layout(NamedTuple):
+    """A title's files on one tier: file path → disk, bytes each disk must take, and bytes
+    of it already staged on each disk's own filesystem (renamed in, so no room needed)."""
+
+    placement: dict[str, str]
+    needed: dict[str, int]
+    staged: Mapping[str, int]
+
+
 class DamagedSource(StorageError):
     """A tier move found a stored file whose bytes no longer match the index: the caller
     drops it (repair.drop) rather than serve it on and copy the title again every round."""
@@ -422,28 +431,65 @@ class Store:
     ) -> dict[str, str]:
         return place_title(title_id, paths, self._buckets(tier, title_id, keep))
 
+    def choose_tier(
+        self, title_id: str, rate: float, layout: Callable[[Tier], _Layout] | None = None
+    ) -> Tier:
+        """The tier its rate asks for (tiering.wanted_tier), unless that one cannot take the
+        title and another can: no writable disk of it in service, or, given its `layout`
+        there (what each disk must take, what is staged), no room even counting what loading
+        it frees. The tier asked for when none can (its error is the one to report)."""
+        wanted = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
+        for tier in tiering.tier_preference(wanted, self.tiers):
+            if not self.writable_disks_of(tier):
+                continue
+            if layout is None:
+                return tier
+            try:
+                fit = layout(tier)
+            except DiskError:
+                continue
+            in_place = self._freeing(title_id, fit.staged)
+            if self._fits(title_id, tier, fit.needed, self._plus_kept(in_place)):
+                return tier
+        return wanted
+
     def placer(self, title_id: str, rate: float) -> Callable[[str], str]:
-        """Where `load` would put each file of `title_id` at request rate `rate`: file
-        path → disk id (for the fill, which stages each file on its disk)."""
-        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
+        """Where `load` would put each file of `title_id` at request rate `rate`, before its
+        files' sizes are known: file path → disk id (for the fill, which stages each file
+        on its disk; check_room then says where they go once their sizes are known)."""
+        return self._chooser(title_id, self.choose_tier(title_id, rate))
+
+    def _chooser(self, title_id: str, tier: Tier) -> Callable[[str], str]:
         buckets = self._buckets(tier, title_id)
         return lambda path: choose(file_key(title_id, path), buckets)
 
     def check_room(
-        self, title_id: str, sizes: Mapping[str, int], rate: float, staged: Mapping[str, int]
-    ) -> None:
+        self,
+        title_id: str,
+        sizes: Mapping[str, int],
+        rate: float,
+        staged_on: Callable[[Mapping[str, str]], Mapping[str, int]] | None = None,
+    ) -> Callable[[str], str]:
         """CapacityError now for a title `load` would refuse for room: the fill asks before
         it downloads, so a title that cannot fit does not first fill a disk with staged
-        files. `sizes`: file path → bytes (files.json included); `staged`: bytes of it
-        already staged on each disk's own filesystem (a resumed fill), which `load` renames
-        in and so counts as free, as it does here."""
-        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
-        needed = bytes_per_disk(self._placement(title_id, tier, list(sizes)), sizes)
+        files. Returns where `load` will put each file (the fill stages them there).
+        `sizes`: file path → bytes (files.json included); `staged_on(placement)`: bytes of
+        it already staged on each disk's own filesystem where `placement` (file path →
+        disk) puts them (a resumed fill), which `load` renames in and so counts as free."""
+
+        def layout(tier: Tier) -> _Layout:
+            placement = self._placement(title_id, tier, list(sizes))
+            staged = staged_on(placement) if staged_on is not None else {}
+            return _Layout(placement, bytes_per_disk(placement, sizes), staged)
+
+        tier = self.choose_tier(title_id, rate, layout)
+        _, needed, staged = layout(tier)
         freeing = self._freeing(title_id, staged)
         self._check_fit(title_id, tier, needed, self._plus_kept(freeing))
         # The fill stages the files on the disks before `load`: the room they take must be
         # free now, so kept files of replaced versions go here when it needs theirs.
         self._make_room(title_id, tier, needed, freeing)
+        return self._chooser(title_id, tier)
 
     # -- load ------------------------------------------------------------------------------
 
@@ -486,10 +532,16 @@ class Store:
         manifest_size = (source / FILES_JSON).stat().st_size
         entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
         _check_sources(source, entries, where)
-        tier = tiering.wanted_tier(rate, self.config.hot_rate, self.tiers)
         keep = self._staging_disks(entries, where) if adopt_verified else set()
-        placement = self._placement(title_id, tier, [e.path for e in entries], keep)
-        needed = bytes_per_disk(placement, {e.path: e.size for e in entries})
+        sizes = {e.path: e.size for e in entries}
+
+        def layout(tier: Tier) -> _Layout:
+            placement = self._placement(title_id, tier, list(sizes), keep)
+            staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
+            return _Layout(placement, bytes_per_disk(placement, sizes), staged)
+
+        tier = self.choose_tier(title_id, rate, layout)
+        placement, needed, staged = layout(tier)
         with self.locks.hold(title_id):
             existing = get_title(self.conn, title_id)
             # A title being removed (its files on a disk that is out wait for it: `purge`)
@@ -499,7 +551,6 @@ class Store:
                     f"title {title_id} is already loaded ({existing.state}); "
                     "use --replace to reload it"
                 )
-            staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
             beside, in_place = self._freeing(None, staged), self._freeing(title_id, staged)
             # Refused before anything is dropped when it cannot fit even in place.
             self._check_fit(title_id, tier, needed, self._plus_kept(in_place))

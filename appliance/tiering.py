@@ -59,6 +59,13 @@ def wanted_tier(rate: float, hot_rate: float, tiers: Iterable[Tier]) -> Tier:
     return "ssd" if rate >= hot_rate else "hdd"
 
 
+def tier_preference(wanted: Tier, tiers: Iterable[Tier]) -> list[Tier]:
+    """The tiers to try for a title, best first: the one its rate asks for, then the others
+    (a hot title waits on the slow tier until the fast one has room, rather than being
+    refused; a cold one takes the fast tier rather than none)."""
+    return [wanted, *sorted(t for t in set(tiers) if t != wanted)]
+
+
 def plan_moves(
     placed: Mapping[str, Tier],
     rates: Mapping[str, float],

@@ -9,14 +9,14 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.config import StorageConfig
 from appliance.disks import DiskError
 from appliance.fill.downloader import FillError
-from appliance.fill.layout import DISK_STAGING, StagingLayout, disk_staging, stale_folders
+from appliance.fill.layout import DISK_STAGING, PART, StagingLayout, disk_staging, stale_folders
 from appliance.index import (
     INCOMPLETE,
     MISSING,
@@ -43,6 +43,10 @@ class StoreStorage:
         self.config = config
         self._store: Store | None = None
         self._rates: RateBook | None = None
+        # Title → file path → disk id: where staging puts each file, set before files.json
+        # is known (the tier its rate asks for), then by check_room from the files' sizes
+        # (the tier that has room for them), before any file is downloaded.
+        self._placers: dict[str, Callable[[str], str]] = {}
 
     @property
     def store(self) -> Store:
@@ -73,13 +77,14 @@ class StoreStorage:
         disks = self.store.disks
         on_disks = tuple(disk_staging(d.path, title_id) for d in disks)
         try:
-            disk_of = self.store.placer(title_id, self._rate(title_id))
+            self._placers[title_id] = self.store.placer(title_id, self._rate(title_id))
         except DiskError:
             return StagingLayout(folder, disk_folders=on_disks)
         roots = {d.id: d.path for d in disks}
+        placers = self._placers
         return StagingLayout(
             folder,
-            place=lambda path: disk_staging(roots[disk_of(path)], title_id),
+            place=lambda path: disk_staging(roots[placers[title_id](path)], title_id),
             disk_folders=on_disks,
         )
 
@@ -125,22 +130,31 @@ class StoreStorage:
 
     def check_room(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> None:
         """CapacityError before any download when the title will not fit where `load` puts
-        it (bytes already staged on a disk's own filesystem count as in place there)."""
+        it (bytes already staged on a disk's own filesystem count as in place there); then
+        staging follows where that is, on the tier that has room."""
         sizes = {f.path: f.size for f in model.files}
         sizes[FILES_JSON] = len(titlefiles.render(model))
+        disks = {d.id: d.path for d in self.store.disks}
         devices = {d.id: os.stat(d.path).st_dev for d in self.store.disks}
-        placed = self.store.placer(title_id, self._rate(title_id))
-        in_place: dict[str, int] = {}
-        for entry in model.files:
-            disk = placed(entry.path)
-            for candidate in (staged.file(entry.path), staged.part(entry.path)):
-                try:
-                    st = os.stat(candidate)
-                except OSError:
-                    continue
-                if st.st_dev == devices.get(disk):
-                    in_place[disk] = in_place.get(disk, 0) + min(st.st_size, entry.size)
-        self.store.check_room(title_id, sizes, self._rate(title_id), in_place)
+
+        def staged_on(placement: Mapping[str, str]) -> dict[str, int]:
+            in_place: dict[str, int] = {}
+            for entry in model.files:
+                disk = placement[entry.path]
+                at = disk_staging(disks[disk], title_id) / entry.path
+                for candidate in (at, at.with_name(at.name + PART), staged.file(entry.path)):
+                    try:
+                        st = os.stat(candidate)
+                    except OSError:
+                        continue
+                    if st.st_dev == devices.get(disk):
+                        in_place[disk] = in_place.get(disk, 0) + min(st.st_size, entry.size)
+                        break
+            return in_place
+
+        placed = self.store.check_room(title_id, sizes, self._rate(title_id), staged_on)
+        if title_id in self._placers:
+            self._placers[title_id] = placed  # staging follows
 
     def reuse(self, title_id: str, model: TitleFiles, staged: StagingLayout) -> int:
         """An update of a stored title: each file the new version has with the same path,

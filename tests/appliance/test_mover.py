@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -99,3 +100,35 @@ def test_mover_thread_moves_in_the_background(tmp_path: Path) -> None:
     finally:
         mover.stop()
     assert store.title("t").tier == "ssd" and not mover.is_alive()
+
+
+def test_a_promotion_waiting_for_room_is_said_once_and_done_once_there_is_room(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    disks = []
+    for tier, size in (("ssd", 300_000), ("hdd", None)):
+        (tmp_path / tier).mkdir()
+        disks.append(DiskConfig(path=tmp_path / tier, tier=tier, max_bytes=size))  # type: ignore[arg-type]
+    config = StorageConfig(disks=tuple(disks), index=tmp_path / "var" / "index.sqlite")
+    store = Store(config, grace_s=0)
+    src = tmp_path / "src"
+    store.load("filler", make_title(src, "filler"), rate=50.0)  # ~180 kB of 240 kB (low)
+    store.load("hot", make_title(src, "hot"))
+    clock = [10_000.0]
+    book = RateBook(config.index, 60.0, clock=lambda: clock[0])
+    tiering = Tiering(store, book, clock=lambda: clock[0], sleep=lambda _: None, grace_s=0.0)
+    recorder = HitRecorder(config.index)
+    with caplog.at_level(logging.INFO, logger="appliance"):
+        for _ in range(3):
+            recorder.hit("hot", 200)
+            recorder.hit("filler", 200)
+            recorder.flush()
+            assert tiering.tick() == []
+    said = [r for r in caplog.records if "move_" in r.getMessage()]
+    assert len(said) == 1 and "move_waits_for_room" in said[0].getMessage()
+    assert said[0].levelno == logging.INFO
+    store.remove("filler")
+    recorder.hit("hot", 200)
+    recorder.flush()
+    assert [(m.title_id, m.to_tier) for m in tiering.tick()] == [("hot", "ssd")]
+    store.close()

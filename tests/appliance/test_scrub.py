@@ -47,8 +47,8 @@ def test_damage_of_the_same_size_is_found_and_dropped(tmp_path: Path) -> None:
 
     state, report = scrub_step(store, ScrubState(), budget_bytes=10**9)
     assert [str(f) for f in report.findings] == [
-        "bunny/v1/seg0003.m4s: SHA-256 does not match the index; dropped, title not served "
-        "until reloaded"
+        "bunny/v1/seg0003.m4s: SHA-256 does not match the index; dropped: title incomplete "
+        "(its other files still serve) until a fill or reload"
     ]
     assert report.checked_files == 2 * 10 and state == ScrubState(passes=1, bad=1)
     assert reader.locate("bunny", "v1/seg0003.m4s") is None and not victim.location.exists()

@@ -257,7 +257,7 @@ def test_a_load_that_cannot_fit_anyway_leaves_the_kept_files(tmp_path: Path) -> 
     with pytest.raises(CapacityError):
         store.load("big", big)
     with pytest.raises(CapacityError):
-        store.check_room("big", {"v0/a": 1_600_000}, 0.0, {})
+        store.check_room("big", {"v0/a": 1_600_000}, 0.0)
     assert kept_folders(store) == before  # players on film's old version still play
     store.close()
 
@@ -272,9 +272,9 @@ def test_the_fills_room_check_frees_kept_files_oldest_first_as_needed(tmp_path: 
     other = kept_version(store, "c", 1, 300_000, now + 50)  # the soonest due, another disk
     placed = store.placer("news", 0.0)
     on_d0 = [f"v0/{i}.m4s" for i in range(400) if placed(f"v0/{i}.m4s") == store.disks[0].id]
-    store.check_room("news", dict.fromkeys(on_d0[:3], 100_000), 0.0, {})  # 300,000: room
+    store.check_room("news", dict.fromkeys(on_d0[:3], 100_000), 0.0)  # 300,000: room
     assert kept_folders(store) == {older, newer, other}
-    store.check_room("news", dict.fromkeys(on_d0[:5], 100_000), 0.0, {})  # one version's room
+    store.check_room("news", dict.fromkeys(on_d0[:5], 100_000), 0.0)  # one version's room
     assert kept_folders(store) == {newer, other}
     store.close()
 
