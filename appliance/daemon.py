@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -453,6 +454,10 @@ class Daemon:
         self.link = FleetLink(self.config, url, sinks)
         self.link.start()
 
+    def _admin_view(self) -> AdminView:
+        out = self.monitor.out_of_service() if self.monitor is not None else set()
+        return dataclasses.replace(self.supervisor.view(), out_of_service=frozenset(out))
+
     def _disks_changed(self) -> None:
         # A lost disk's titles are re-filled onto the disks left, in the open or next window.
         if self.scheduler is not None:
@@ -469,7 +474,7 @@ class Daemon:
         for signum in self.early_signals:
             (reload if signum == signal.SIGHUP else stop).set()
         assert self.admin_sock is not None
-        self.admin_site = AdminSite(self.config, self.supervisor.view, self.status)
+        self.admin_site = AdminSite(self.config, self._admin_view, self.status)
         admin = FileServer(self.admin_site, ServerSettings())
         admin.serve(self.admin_sock)
         watchdog_s = sdnotify.watchdog_interval_s()

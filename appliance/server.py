@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -180,6 +180,8 @@ class AdminView:
     workers_alive: int
     workers: int
     token_rejections: Mapping[str, int]
+    # Disk ids (resolved paths) the health monitor has taken out of service.
+    out_of_service: frozenset[str] = frozenset()
 
 
 class AdminSite:
@@ -253,7 +255,7 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
         (p + "workers", "gauge", "Serving worker processes alive.",
          [Sample({}, view.workers_alive)]),
     ]  # fmt: skip
-    families += disk_families(config)
+    families += disk_families(config, view.out_of_service)
     # Imported here: the serving workers import this module and never need these.
     from appliance import replaced, scrub
     from appliance.fill.figures import read_families
@@ -265,12 +267,16 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
 
 
 def disk_families(
-    config: ApplianceConfig,
+    config: ApplianceConfig, out_of_service: Collection[str] = ()
 ) -> list[tuple[str, str, str, list[Sample]]]:
     from appliance.disks import detect_tier
 
-    size, used = [], []
+    size, used, serving = [], [], []
     for disk in config.storage.disks:
+        out = str(disk.path.resolve()) in out_of_service
+        serving.append(Sample({"disk": str(disk.path)}, 0 if out else 1))
+        if out:
+            continue  # unmounted, its mount point's figures are the root filesystem's
         try:
             # Both inside: a missing or dead disk must not fail the whole scrape (its stat
             # for the tier raised out of the admin site, and /metrics never answered).
@@ -281,6 +287,11 @@ def disk_families(
         size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))
         used.append(Sample(labels, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize))
     return [
-        ("edgeflix_appliance_disk_size_bytes", "gauge", "File system size per disk.", size),
-        ("edgeflix_appliance_disk_used_bytes", "gauge", "File system bytes used per disk.", used),
-    ]
+        ("edgeflix_appliance_disk_in_service", "gauge",
+         "1 while the disk serves and takes titles; 0 once taken out (dead, unmounted).",
+         serving),
+        ("edgeflix_appliance_disk_size_bytes", "gauge", "File system size per disk in service.",
+         size),
+        ("edgeflix_appliance_disk_used_bytes", "gauge",
+         "File system bytes used per disk in service.", used),
+    ]  # fmt: skip

@@ -63,6 +63,10 @@ def test_disk_removed_while_serving_then_back(spread: tuple[Server, Path]) -> No
     assert doc is not None, "health did not notice the lost disk within 5 s"
     assert doc["health"]["state"] in ("degraded", "failing")
     assert any(str(d1) in r and "out of service" in r for r in doc["health"]["reasons"])
+    metrics = httpx.get(server.urls["admin"] + "/metrics", timeout=10).text
+    assert f'edgeflix_appliance_disk_in_service{{disk="{d1}"}} 0' in metrics
+    assert f'edgeflix_appliance_disk_in_service{{disk="{tmp / "d0"}"}} 1' in metrics
+    assert f'disk_size_bytes{{disk="{d1}"' not in metrics  # not its mount point's figures
     for rel in lost:
         assert _get(server, rel).status_code == 404  # players fail over, nothing hangs
     for rel in kept:
