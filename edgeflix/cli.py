@@ -101,23 +101,48 @@ def main(argv: list[str] | None = None) -> None:
         from edgeflix import ui  # imported again if the Ctrl-C cut its first import short
 
         ui.interrupted()
+    except (SystemExit, BrokenPipeError):
+        # Done, or stopped by a write to a pipe whose reader has gone (click turns that into
+        # exit 1, our own writes raise): the latter ends quietly, as `cat` would.
+        try:
+            _unless_stdout_gone()
+        except KeyboardInterrupt:
+            from edgeflix import ui
+
+            ui.interrupted()
+        raise
     finally:
         # The command is over and has said so: a Ctrl-C now would land in the interpreter's
         # teardown (joining threads, exit hooks) as "Exception ignored" and a traceback.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _unless_stdout_gone() -> None:
+    from edgeflix import ui
+
+    try:  # what a table left buffered is written now, not in the interpreter's teardown
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        ui.stdout_gone()
+    if ui.stdout_reader_gone():
+        ui.stdout_gone()
+
+
 def _main(argv: list[str] | None) -> None:
     from edgeflix import ui
 
+    ui.standard_streams()
     setup_logging()
     _mount(wanted_components(sys.argv[1:] if argv is None else argv))
     ui.plain_help_unless_terminal()
     click = ui.click_exceptions()
+    command = typer.main.get_command(app)  # what app() runs, with its arguments checked
+    ui.require_text(command)
     try:
         # Not standalone: usage errors and Ctrl-C come back here, to be told the house way
         # (one line, exit 2 or 130) instead of typer's panels or a silent exit.
-        code = app(args=argv, prog_name="edgeflix", standalone_mode=False)
+        code = command.main(args=argv, prog_name="edgeflix", standalone_mode=False)
     except click.UsageError as exc:
         ui.usage_error(exc)
     except click.ClickException as exc:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -136,7 +137,108 @@ def progress(transfer: bool = False) -> Iterator[Progress]:
         yield bar
 
 
-# -- the command line's edges: help, usage errors, Ctrl-C -------------------------------------
+# -- the command line's edges: closed streams, help, usage errors, Ctrl-C ---------------------
+
+
+def standard_streams() -> None:
+    """A command started with stdin, stdout or stderr closed (`edgeflix … >&-`, a careless
+    service manager) gets /dev/null there: Python leaves sys.stdout None, which every
+    print and isatty would trip over, and the next file or socket opened would take the
+    free descriptor, where a child's output (ffmpeg's) would land. What it writes is
+    dropped; the command still does its work (a daemon or an ingest hardly needs stdout)."""
+    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY),
+                            (2, "stderr", os.O_WRONLY)):  # fmt: skip
+        if getattr(sys, name) is not None:
+            continue
+        null = os.open(os.devnull, flags)
+        try:
+            os.fstat(fd)
+        except OSError:  # still closed: fill the gap itself (the usual case)
+            os.dup2(null, fd)
+            os.close(null)
+            null = fd
+        mode = "r" if fd == 0 else "w"
+        stream = open(null, mode, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def stdout_reader_gone() -> bool:
+    """True when stdout is a pipe (or socket) nobody reads any more: `edgeflix … | head -1`
+    once head has its line. Asked of the descriptor, not guessed from an EPIPE, which a
+    socket or stderr could have raised as well."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(1, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fd 1, or no poll on this system
+        return False
+
+
+def stdout_gone() -> NoReturn:
+    """End the command as `cat` or `ls` end when their reader has gone: killed by SIGPIPE,
+    without a word (closing the pipe was the reader's choice, not a mistake). The shell
+    reports 128 + 13 = 141, so `set -o pipefail` judges `edgeflix … | head -1` as it would
+    `cat … | head -1`, and systemd counts a SIGPIPE death as a clean exit. An exit status
+    of 1 (click's choice) would read as a failure of the command itself."""
+    import signal
+
+    try:
+        sys.stderr.flush()
+        # Whatever is still buffered for stdout goes nowhere: no "Exception ignored" line.
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    raise SystemExit(128 + signal.SIGPIPE)  # not reached where SIGPIPE stops a process
+
+
+def require_text(command: Any) -> None:
+    """Every text parameter of `command` and its sub-commands must be text. Python hands
+    argv bytes that are not UTF-8 over as lone surrogates, which pass every check and then
+    fail as a traceback where they are encoded: a URL, a JSON body, a header, a log line.
+    Refused here, once for every command, as a usage error naming the option. Paths are
+    left alone: a file name is bytes, and may be any."""
+    click = click_exceptions()
+    for sub in getattr(command, "commands", {}).values():
+        require_text(sub)
+    invoke = command.invoke
+
+    def checked(ctx: Any) -> Any:
+        for param in ctx.command.params:
+            value = ctx.params.get(param.name)
+            for text in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(text, str) and not _is_text(text):
+                    shown = _shown_bytes(text)
+                    raise click.BadParameter(f"{shown} is not UTF-8 text", ctx=ctx, param=param)
+        return invoke(ctx)
+
+    command.invoke = checked
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_bytes(value: str) -> str:
+    """`value` as the user typed it, its undecodable bytes as \\xNN: 'caf\\xe9'."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return ascii(value)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
+
+
+# -- help, usage errors, Ctrl-C -------------------------------------------------------------
 
 
 def plain_help_unless_terminal() -> None:
