@@ -287,8 +287,12 @@ def fill_cmd(
     ),
     titles: list[str] = typer.Option([], "--title", help="Title id to fill; repeatable."),
     plan: Path | None = typer.Option(None, "--plan", help="Fill plan JSON (default: [fill] plan)."),
-    cap_mbps: float | None = typer.Option(
-        None, "--cap-mbps", min=0, help="Bandwidth cap, Mbit/s (0: none; default: the plan's)."
+    cap_mbps: float | None = typer.Option(  # at most 1 Tbit/s: 1e308 overflowed to bit/s
+        None,
+        "--cap-mbps",
+        min=0,
+        max=1_000_000,
+        help="Bandwidth cap, Mbit/s (0: none; default: the plan's).",
     ),
     streams: int | None = typer.Option(None, "--streams", min=1, max=64, help="Parallel streams."),
     now: bool = typer.Option(False, "--now", help="Ignore the plan's fill window."),

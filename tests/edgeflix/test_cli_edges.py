@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
 from tests.edgeflix.test_cli import one_error_line
 
 
@@ -91,3 +92,13 @@ def test_a_file_name_may_be_any_bytes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == b"[]"
+
+
+@pytest.mark.parametrize("cap", ["1e308", "1000000.5"])
+def test_an_absurd_fill_cap_is_a_usage_error(cap: str) -> None:
+    """A cap above 1 Tbit/s: 1e308 Mbit/s passed the finite check and overflowed to bit/s."""
+    args = ["appliance", "fill", "--from", "http://127.0.0.1:9", "--title", "movie", "--now"]
+    proc = run_cli([*args, "--cap-mbps", cap], timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "--cap-mbps" in line and "1000000" in line, line
