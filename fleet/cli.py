@@ -35,11 +35,26 @@ app.add_typer(keys_app, name="keys")
 DEFAULT_FLEET = "http://127.0.0.1:7080"
 # A manager that accepts and never answers is reported after this long, not waited on.
 CALL_TIMEOUT_S = 10.0
+
+
+def _given(value: str | None) -> str | None:
+    """An option or argument given empty is a mistake, not "left out": `--site ""` read as
+    no site told every site to fill, and `--fleet ""` fell back to the default manager."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
 FleetOpt = typer.Option(
-    None, "--fleet", help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080)."
+    None,
+    "--fleet",
+    callback=_given,
+    help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080).",
 )
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
-NameArg = typer.Argument(..., help="The appliance's name (as `edgeflix fleet ls` lists it).")
+NameArg = typer.Argument(
+    ..., callback=_given, help="The appliance's name (as `edgeflix fleet ls` lists it)."
+)
 
 
 class FleetUnreachable(FleetError):
@@ -48,7 +63,7 @@ class FleetUnreachable(FleetError):
 
 def fleet_url(fleet: str | None) -> str:
     """The manager's base URL from --fleet, else $EDGEFLIX_FLEET, else the default."""
-    raw = fleet or os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET
+    raw = fleet if fleet is not None else os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET
     try:
         return parse_base_url(raw.strip())
     except ConfigError:
@@ -198,13 +213,26 @@ def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = 
     ):
         typer.echo(f"{key}: {'-' if info[key] in (None, '') else info[key]}")
     typer.echo(f"load: {_mbps(info['load_bps'])} of {_mbps(info['capacity_bps'])} Mb/s")
+    typer.echo(f"disk: {info['disk_bytes'] / 1e9:.2f} GB")
+    typer.echo(f"held: {len(info['held'])} titles")
     ui.print_table(
-        ["title", "complete", "tier", "GB"],
+        ["title", "complete", "tier", "GB", "digest"],
         [
-            [t, h["complete"], h["tier"], f"{h['size_bytes'] / 1e9:.2f}"]
+            [t, h["complete"], h["tier"], f"{h['size_bytes'] / 1e9:.2f}", h["digest"]]
             for t, h in info["held"].items()
         ],
         title="held",
+    )
+    if not ui.interactive():
+        typer.echo()  # two tables in a pipe: a blank line ends the first
+    typer.echo(f"plan: {len(info['plan'])} titles")
+    ui.print_table(
+        ["title", "tier", "GB", "source", "digest"],
+        [
+            [p["title_id"], p["tier"], f"{p['size_bytes'] / 1e9:.2f}", p["source"], p["digest"]]
+            for p in info["plan"]
+        ],
+        title="plan",
     )
 
 
@@ -259,8 +287,10 @@ def sites_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
 @app.command("steer")
 @_shaped
 def steer_cmd(
-    client_ip: str = typer.Option(..., "--client-ip", help="The player's address."),
-    title: str = typer.Option(..., "--title", help="Title id."),
+    client_ip: str = typer.Option(
+        ..., "--client-ip", callback=_given, help="The player's address."
+    ),
+    title: str = typer.Option(..., "--title", callback=_given, help="Title id."),
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -287,7 +317,9 @@ def steer_cmd(
 @app.command("plan")
 @_shaped
 def plan_cmd(
-    site: str | None = typer.Option(None, "--site", help="Only this site's appliances."),
+    site: str | None = typer.Option(
+        None, "--site", callback=_given, help="Only this site's appliances."
+    ),
     now: bool = typer.Option(
         False, "--now", help="Re-plan first instead of showing the last plan."
     ),
@@ -295,7 +327,7 @@ def plan_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """The current fill plan per appliance and what changed since the previous one."""
-    params = {"site": site} if site else {}
+    params = {"site": site} if site is not None else {}
     out = _call(fleet, "POST" if now else "GET", "/plan", params=params)
     if as_json:
         ui.print_json(out)
@@ -325,7 +357,7 @@ def fill_cmd(
     now: bool = typer.Option(
         False, "--now", help="Fill now, outside the window (once); required, as a safeguard."
     ),
-    site: str | None = typer.Option(None, "--site", help="Only this site."),
+    site: str | None = typer.Option(None, "--site", callback=_given, help="Only this site."),
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -334,7 +366,7 @@ def fill_cmd(
         raise ui.click_exceptions().UsageError(
             "appliances fill inside their window by themselves; pass --now to fill at once"
         )
-    out = _call(fleet, "POST", "/fill-now", params={"site": site} if site else {})
+    out = _call(fleet, "POST", "/fill-now", params={"site": site} if site is not None else {})
     ui.print_json(out) if as_json else typer.echo(
         "fill now: " + (" ".join(out["appliances"]) or "(no appliances)")
     )
@@ -343,7 +375,9 @@ def fill_cmd(
 @app.command("join-token")
 @_shaped
 def join_token_cmd(
-    site: str = typer.Option(..., "--site", help="The site the new appliance belongs to."),
+    site: str = typer.Option(
+        ..., "--site", callback=_given, help="The site the new appliance belongs to."
+    ),
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,
 ) -> None:

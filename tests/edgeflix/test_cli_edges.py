@@ -102,3 +102,30 @@ def test_an_absurd_fill_cap_is_a_usage_error(cap: str) -> None:
     assert proc.returncode == 2, proc.stderr
     line = one_error_line(proc.stderr)
     assert "--cap-mbps" in line and "1000000" in line, line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fill", "--now", "--site", ""],
+        ["plan", "--site", ""],
+        ["ls", "--fleet", ""],
+        ["show", ""],
+        ["drain", " "],
+        ["undrain", ""],
+        ["rm", ""],
+        ["join-token", "--site", ""],
+        ["steer", "--client-ip", "", "--title", "film"],
+        ["steer", "--client-ip", "192.168.1.50", "--title", ""],
+    ],
+    ids=lambda args: " ".join(repr(a) if not a.strip() else a for a in args),
+)
+def test_an_empty_fleet_name_is_a_usage_error_not_every_name(args: list[str]) -> None:
+    """`--site ""` told every site to fill; `--fleet ""` fell back to the default manager.
+    Refused before any call: the manager given here does not answer."""
+    extra = [] if "--fleet" in args else ["--fleet", "http://127.0.0.1:9"]
+    proc = run_cli(["fleet", *args, *extra], timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    line = one_error_line(proc.stderr)
+    assert "must not be empty" in line and "--help" in line, line
+    assert proc.stdout == ""
