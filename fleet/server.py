@@ -70,6 +70,14 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
+def _check_free(address: str) -> None:
+    """Refuse a gRPC address another process holds, or no interface has, in one line of our
+    own: gRPC only says "Failed to add port", after logging its own line to stderr."""
+    if parse_hostport(address)[1] == 0:  # any free port: nothing to check
+        return
+    _bind(address).close()  # as the HTTP listener binds, so the same words for the same fault
+
+
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -160,6 +168,10 @@ async def ticker(
 
 
 async def serve(config: FleetConfig) -> None:
+    # Before anything is made or logged: a second manager on the same ports stops here.
+    for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
+        if address is not None:
+            _check_free(address)
     store = Store(Path(config.server.db))
     svc = FleetService(config, store)
     svc.maybe_rotate_keys()
