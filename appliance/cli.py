@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from appliance.config import StorageConfig
     from appliance.repair import Finding
     from appliance.store import Store, TitleListing
+    from edgeflix.tokens import SigningKey
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -248,9 +249,12 @@ def sign_cmd(
     cfg = appliance_config.load(config)
     check_title_id(title)
     keys = [k for k in cfg.auth.keys if key_id is None or k.id == key_id]
-    if not keys:
+    if keys:
+        key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
+    elif not cfg.auth.keys and cfg.fleet.url is not None:  # the fleet's keys, as cached
+        key = _fleet_signing_key(cfg.fleet_state_dir(), key_id, time.time())
+    else:
         raise ConfigError("no such key in [auth] keys" if key_id else "[auth] keys is empty")
-    key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
     expires = int(time.time()) + ttl
     token = tokens.sign(title, key, expires, client_ip)
     path = tokens.signed_path(token, title, "master.m3u8")
@@ -275,6 +279,39 @@ def sign_cmd(
                     "client_ip": client_ip})  # fmt: skip
         return
     typer.echo(url)
+
+
+def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float) -> SigningKey:
+    """A fleet-managed appliance verifies with the fleet's keys, cached by its fleet link in
+    `state_dir`: sign with the one the fleet signs with now (or `key_id`, while it verifies)."""
+    import os
+
+    from appliance.fleetlink_core import signing_key
+    from appliance.fleetlink_state import KEYS_FILE, LinkState
+    from edgeflix.errors import ConfigError
+    from edgeflix.tokens import SigningKey
+
+    path = state_dir / KEYS_FILE
+    if not path.is_file():
+        raise ConfigError(
+            f"[auth] keys is empty and no fleet keys are cached in {path} yet (the daemon "
+            "fetches them once enrolled); until then the fleet signs: `edgeflix fleet steer`"
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"cannot read {path}: run this as the appliance daemon's user")
+    cached = LinkState(state_dir).keys()
+    held = cached.payload if cached is not None else ()
+    if key_id is None:
+        picked = signing_key(held, now)
+    else:
+        picked = next(
+            (k for k in held if k.id == key_id and (k.verify_until == 0 or now < k.verify_until)),
+            None,
+        )
+    if picked is None:
+        raise ConfigError(f"no such key in the fleet's keys ({path})" if key_id else
+                          f"no fleet key in {path} signs now")  # fmt: skip
+    return SigningKey(picked.id, picked.secret)
 
 
 # -- fill and status ------------------------------------------------------------------------
