@@ -102,6 +102,7 @@ class FleetLink:
         self.enrolment: Enrolment | None = None
         self.plan: StoredPlan | None = None
         self.keys: Versioned[tuple[FleetKey, ...]] | None = None
+        self.keys_digest = b""  # KeySet.digest of `keys`, reported in every beat
         self.last_contact: float | None = None
         self.refused: str | None = None
         self.drained = False
@@ -207,6 +208,7 @@ class FleetLink:
                     "the fleet there does not know this appliance",
                 )
         self.plan, self.keys = st.plan(), st.keys()
+        self.keys_digest = st.keys_digest() if self.keys is not None else b""
         self.last_contact = st.last_contact() or (e.enrolled_at if e else None)
         self._update_phase()
         self._publish_keys()
@@ -375,6 +377,8 @@ class FleetLink:
             titles=titles,
             plan_version=self.plan.version if self.plan else 0,
             keys_version=self.keys.version if self.keys else 0,
+            keys_digest=self.keys_digest,
+            plan_digest=self.plan.digest if self.plan else b"",
             fill_done=done,
             fill_total=total,
             fill_failed=failed,
@@ -390,7 +394,7 @@ class FleetLink:
             self._rebase = False
         figures = self.figures()
         batch = self.ledger.next_batch()
-        req = build_beat(self.enrolment.appliance, batch, figures, self.url)
+        req = build_beat(self.enrolment.appliance, batch, figures, self.url, self.ledger.boot)
         try:
             resp = self.rpc.call("Heartbeat", req)
         except CallFailed as exc:
@@ -398,7 +402,12 @@ class FleetLink:
                 return self._beat_refused(exc)
             self._note_error(str(exc))
             return self._interval_s
-        self.ledger.acknowledge(batch.sequence)
+        if resp.stale:
+            # Answered, but its counts were not taken (the fleet holds a later sequence of
+            # this boot): they go again with the next beat, not lost as acknowledged.
+            self.ledger.requeue(batch.sequence)
+        else:
+            self.ledger.acknowledge(batch.sequence)
         self._contact()
         self.beats += 1
         self._heard()
@@ -485,7 +494,9 @@ class FleetLink:
         except CodecError as exc:
             event(log, "fleet.plan_rejected", logging.ERROR, version=resp.version, reason=str(exc))
             return True
-        self.apply_plan(resp.version, plan_document(proto), plan_sizes(proto), rebase=rebase)
+        self.apply_plan(
+            resp.version, plan_document(proto), plan_sizes(proto), rebase=rebase, digest=resp.digest
+        )
         return True
 
     def apply_plan(
@@ -495,9 +506,10 @@ class FleetLink:
         sizes: dict[str, int],
         *,
         rebase: bool = False,
+        digest: bytes = b"",
     ) -> str:
         """Whole or not at all, never backwards (but see `_rebase`); persisted before the
-        scheduler sees it."""
+        scheduler sees it. `digest` (PlanResponse.digest) goes back to the fleet in beats."""
         running = Versioned("plan", self.plan.version, self.plan.document) if self.plan else None
         if rebase:
             running = None
@@ -506,7 +518,7 @@ class FleetLink:
             level = logging.ERROR if result.action == "rejected" else logging.INFO
             event(log, f"fleet.plan_{result.action}", level, version=version, reason=result.reason)
             return result.action
-        stored = StoredPlan(version, document, sizes)
+        stored = StoredPlan(version, document, sizes, digest)
         self.state_store.save_plan(stored)
         with self._lock:
             self.plan = stored
@@ -553,10 +565,16 @@ class FleetLink:
         if resp is None:
             return False
         if not resp.unchanged:
-            self.apply_keys(keys_from_proto(resp.keys), rebase=rebase)
+            self.apply_keys(keys_from_proto(resp.keys), rebase=rebase, digest=resp.keys.digest)
         return True
 
-    def apply_keys(self, incoming: Versioned[tuple[FleetKey, ...]], *, rebase: bool = False) -> str:
+    def apply_keys(
+        self,
+        incoming: Versioned[tuple[FleetKey, ...]],
+        *,
+        rebase: bool = False,
+        digest: bytes = b"",
+    ) -> str:
         result = receive(None if rebase else self.keys, incoming, check_keys)
         if result.action != "applied":
             level = logging.ERROR if result.action == "rejected" else logging.INFO
@@ -568,9 +586,10 @@ class FleetLink:
                 reason=result.reason,
             )
             return result.action
-        self.state_store.save_keys(incoming)
+        self.state_store.save_keys(incoming, digest)
         with self._lock:
             self.keys = incoming
+            self.keys_digest = digest
         self._publish_keys()
         event(log, "fleet.keys_applied", version=incoming.version, keys=len(incoming.payload))
         return "applied"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,6 +54,9 @@ class CountLedger:
     """
 
     sequence: int = 0
+    # Chosen at each start (HeartbeatRequest.boot): the fleet compares sequences within
+    # one boot only, so a restart is never taken for a late beat.
+    boot: bytes = field(default_factory=lambda: secrets.token_bytes(16))
     seen: dict[str, tuple[int, int]] = field(default_factory=dict)
     pending: dict[str, Counts] = field(default_factory=dict)
     outstanding: CountBatch | None = None
@@ -82,6 +86,17 @@ class CountLedger:
     def acknowledge(self, sequence: int) -> None:
         if self.outstanding is not None and self.outstanding.sequence == sequence:
             self.outstanding = None
+
+    def requeue(self, sequence: int) -> None:
+        """The fleet answered the beat but did not take its counts (HeartbeatResponse.stale):
+        they go back with what came since, under the next sequence."""
+        batch = self.outstanding
+        if batch is None or batch.sequence != sequence:
+            return
+        self.outstanding = None
+        for title, c in batch.counts.items():
+            prev = self.pending.get(title, Counts(0, 0))
+            self.pending[title] = Counts(prev.requests + c.requests, prev.bytes + c.bytes)
 
     def unsent(self) -> dict[str, Counts]:
         """Everything not yet acknowledged (for /status)."""
@@ -120,6 +135,9 @@ class BeatFigures:
     fill_done: int = 0
     fill_total: int = 0
     fill_failed: tuple[str, ...] = ()
+    # KeySet.digest / PlanResponse.digest of what it runs (b"": unknown).
+    keys_digest: bytes = b""
+    plan_digest: bytes = b""
 
 
 def link_health(
@@ -142,7 +160,7 @@ def titles_digest(titles: Iterable[HeldTitle]) -> bytes:
 
 
 def build_beat(
-    name: str, batch: CountBatch, f: BeatFigures, url: str = ""
+    name: str, batch: CountBatch, f: BeatFigures, url: str = "", boot: bytes = b""
 ) -> fleet_pb2.HeartbeatRequest:
     """`url`: where the box serves now, so the fleet follows a change since enrolment."""
     held = sorted(f.titles, key=lambda t: t.id)
@@ -173,6 +191,9 @@ def build_beat(
         counts_zstd=pack_counts(batch.counts),
         plan_version=f.plan_version,
         keys_version=f.keys_version,
+        keys_digest=f.keys_digest,
+        plan_digest=f.plan_digest,
+        boot=boot,
         fill=fleet_pb2.FillProgress(
             plan_version=f.plan_version,
             bytes_done=f.fill_done,

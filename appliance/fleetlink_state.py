@@ -58,6 +58,7 @@ class StoredPlan:
     version: int
     document: dict[str, Any]  # the fill-plan JSON (appliance/fill/plan.py)
     sizes: dict[str, int]  # title → bytes, for fill progress
+    digest: bytes = b""  # PlanResponse.digest: reported in beats (b"": unknown)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -72,6 +73,14 @@ def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{value!r} is not a number")
     return float(value)
+
+
+def _digest(data: dict[str, Any]) -> bytes:
+    """The fleet's digest kept beside a plan or key set (files from before it: none)."""
+    raw = data.get("digest", "")
+    if not isinstance(raw, str):
+        raise ValueError("digest is not a string")
+    return bytes.fromhex(raw)
 
 
 def _read_json(path: Path) -> Any:
@@ -181,12 +190,17 @@ class LinkState:
             check_plan(document)
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
                 raise ValueError("a size is not a whole number")
-            return StoredPlan(version, document, sizes)
+            return StoredPlan(version, document, sizes, _digest(data))
         except (KeyError, TypeError, ValueError):
             raise LinkStateError(f"{self.folder / PLAN_FILE} is damaged; remove it") from None
 
     def save_plan(self, plan: StoredPlan) -> None:
-        body = {"version": plan.version, "document": plan.document, "sizes": plan.sizes}
+        body = {
+            "version": plan.version,
+            "document": plan.document,
+            "sizes": plan.sizes,
+            "digest": plan.digest.hex(),
+        }
         write_atomic(self.folder / PLAN_FILE, json.dumps(body, sort_keys=True).encode(), 0o644)
 
     def keys(self) -> Versioned[tuple[FleetKey, ...]] | None:
@@ -209,8 +223,17 @@ class LinkState:
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise LinkStateError(f"{self.folder / KEYS_FILE} is damaged; remove it") from None
 
-    def save_keys(self, keys: Versioned[tuple[FleetKey, ...]]) -> None:
+    def keys_digest(self) -> bytes:
+        """KeySet.digest of the saved key set (b"": none saved, or saved without one)."""
+        data = _read_json(self.folder / KEYS_FILE)
+        try:
+            return _digest(data) if isinstance(data, dict) else b""
+        except ValueError:
+            return b""
+
+    def save_keys(self, keys: Versioned[tuple[FleetKey, ...]], digest: bytes = b"") -> None:
         body = {
+            "digest": digest.hex(),
             "version": keys.version,
             "keys": [
                 {**k.__dict__, "secret": base64.b64encode(k.secret).decode()} for k in keys.payload

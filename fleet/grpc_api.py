@@ -79,6 +79,9 @@ def beat_from_proto(
         keys_version=req.keys_version,
         fill_done=req.fill.bytes_done,
         fill_total=req.fill.bytes_total,
+        boot=req.boot[:32],
+        keys_digest=req.keys_digest[:64],
+        plan_digest=req.plan_digest[:64],
     )
 
 
@@ -178,9 +181,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         name = await self._caller(context, "Heartbeat", body)
         await _only_its_own(request.appliance, name, context)
         svc = self.service
+        verdict = "taken"
         try:
             counts = unpack_counts(request.counts_zstd)
-            svc.heartbeat(
+            verdict = svc.heartbeat(
                 name,
                 beat_from_proto(request, svc.clock(), svc.beats.get(name)),
                 {t: c.bytes for t, c in counts.items() if valid_title(t)},
@@ -197,6 +201,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             drained=svc.records[name].drained,
             heartbeat_interval_ms=int(svc.config.heartbeat.interval_s * 1000),
             fill_now=svc.take_fill_now(name),
+            stale=verdict == "stale",
         )
 
     async def GetPlan(
@@ -210,13 +215,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if current is None or entry is None:
             return fleet_pb2.PlanResponse(version=0, unchanged=request.have_version == 0)
         if request.have_version == current.version:
+            # No digest: the appliance keeps the one it has, which its beats compare.
             return fleet_pb2.PlanResponse(version=current.version, unchanged=True)
         snap = svc.snapshot()
         peers = {a.name: a.url for a in snap.appliances if a.site == entry.site}
         proto = to_proto(
             entry, current.version, snap.site(entry.site), peers, svc.config.origin.url
         )
-        return fleet_pb2.PlanResponse(version=current.version, plan_zstd=pack_plan(proto))
+        return fleet_pb2.PlanResponse(
+            version=current.version, plan_zstd=pack_plan(proto), digest=svc.plan_digest()
+        )
 
     async def GetKeys(
         self, request: fleet_pb2.GetKeysRequest, context: grpc.aio.ServicerContext
@@ -234,14 +242,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 secret=k.secret,
                 activates=k.activates,
                 retires=k.retires or 0.0,
-                verify_until=(k.retires + policy.max_token_ttl_s + policy.skew_s)
-                if k.retires is not None
-                else 0.0,
+                verify_until=k.verify_until(policy) or 0.0,
             )
             for k in svc.keys.keys
             if k.id in valid
         ]
-        return fleet_pb2.KeysResponse(keys=fleet_pb2.KeySet(version=svc.keys.version, keys=keys))
+        return fleet_pb2.KeysResponse(
+            keys=fleet_pb2.KeySet(version=svc.keys.version, keys=keys, digest=svc.keys_digest())
+        )
 
     async def Steer(
         self, request: fleet_pb2.SteerRequest, context: grpc.aio.ServicerContext

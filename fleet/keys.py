@@ -3,8 +3,9 @@
 The server owns the clock, the randomness (`secrets.token_bytes`) and the storage; it calls
 `rotation_due` / `rotate` and hands `verification_keys` to appliances over the authenticated
 channel. A new key is handed out `lead_s` before it signs anything (appliances learn it on a
-heartbeat first), and a retired key keeps verifying for `max_token_ttl_s` after its last
-signature, so no URL issued before a rotation breaks before it expires.
+heartbeat first), and a retired key keeps verifying, after its last signature, for the
+longest token lifetime ever signed with it (`KeyRecord.token_ttl_s`, kept with the key, not
+read from today's config), so no URL issued before a rotation breaks before it expires.
 """
 
 from __future__ import annotations
@@ -39,13 +40,28 @@ class KeyRecord:
     # The key set version that first carried it: an appliance that reports running this
     # version or a later one holds it.
     since: int = 0
+    # The longest token lifetime signed with it, a high-water mark kept in the database:
+    # how long it verifies after retiring. Not the config's current TTL: lowered (600 s to
+    # 10 s) before a rotation, that broke every URL issued under the old one long before
+    # it expired. 0: unknown (a database from before the mark); the policy's stands in.
+    token_ttl_s: float = 0.0
+
+    def ttl_s(self, policy: KeyPolicy) -> float:
+        return self.token_ttl_s or policy.max_token_ttl_s
+
+    def verify_until(self, policy: KeyPolicy) -> float | None:
+        """When its last token expires (None: it still signs)."""
+        if self.retires is None:
+            return None
+        return self.retires + self.ttl_s(policy) + policy.skew_s
 
     def signs_at(self, now: float) -> bool:
         return self.activates <= now and (self.retires is None or now < self.retires)
 
     def verifies_at(self, now: float, policy: KeyPolicy) -> bool:
         """Known to appliances from creation (before it signs) until its tokens expire."""
-        return self.retires is None or now < self.retires + policy.max_token_ttl_s + policy.skew_s
+        until = self.verify_until(policy)
+        return until is None or now < until
 
 
 @dataclass(frozen=True)
@@ -85,7 +101,13 @@ def rotate(
     # The tag keeps ids unique across fleet databases: after a reset an appliance still
     # holding the old `k1` must not take the new one for it (it would refuse every URL).
     tag = hashlib.blake2b(secret, digest_size=4, person=b"edgeflix-keyid").hexdigest()
-    new = KeyRecord(id=f"k{version}-{tag}", secret=secret, activates=starts, since=version)
+    new = KeyRecord(
+        id=f"k{version}-{tag}",
+        secret=secret,
+        activates=starts,
+        since=version,
+        token_ttl_s=policy.max_token_ttl_s,
+    )
     SigningKey(new.id, secret)  # refuse a short secret here, not at the first signature
     kept = tuple(
         replace(k, retires=starts) if k.retires is None or k.retires > starts else k
@@ -93,6 +115,34 @@ def rotate(
         if k.verifies_at(now, policy)
     )
     return KeySet(version=version, keys=(*kept, new))
+
+
+def cover_token_ttl(keys: KeySet, now: float, policy: KeyPolicy) -> KeySet:
+    """`keys` with every key that may still sign (see `signers`) marked as signing tokens
+    of `policy.max_token_ttl_s`, under a new version when a mark rose (appliances must learn
+    the later end of its verification); the same object when none did. A mark never falls:
+    a lowered TTL leaves every key verifying as long as its longest-lived token needs."""
+    changed = False
+    out = []
+    for k in keys.keys:
+        may_sign = k.retires is None or now < k.retires + policy.skew_s
+        if may_sign and k.token_ttl_s < policy.max_token_ttl_s:
+            k = replace(k, token_ttl_s=policy.max_token_ttl_s)
+            changed = True
+        out.append(k)
+    return KeySet(keys.version + 1, tuple(out)) if changed else keys
+
+
+def digest(keys: KeySet) -> bytes:
+    """Identifies a key set's content at its version: appliances report it back beside the
+    version, so one version number issued twice with other content (a database restored
+    from a backup, then a rotation) is seen and moved past (fleet/service.py)."""
+    h = hashlib.blake2b(digest_size=16, person=b"edgeflix-keyset")
+    h.update(str(keys.version).encode())
+    for k in sorted(keys.keys, key=lambda k: k.id):
+        h.update(repr((k.id, k.activates, k.retires, k.since, k.token_ttl_s)).encode())
+        h.update(k.secret)
+    return h.digest()
 
 
 def revoke(keys: KeySet, key_id: str) -> KeySet:

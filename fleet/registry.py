@@ -56,6 +56,12 @@ class Beat:
     # the step, and a step forward over 3 beats made every appliance unreachable at once.
     # None: measured on `at` (a caller with one clock).
     seen: float | None = None
+    # Chosen by the appliance at each start (HeartbeatRequest.boot): sequences compare
+    # within one boot only. b"": an appliance that sends none.
+    boot: bytes = b""
+    # What the appliance runs, beside the versions (KeySet.digest, PlanResponse.digest).
+    keys_digest: bytes = b""
+    plan_digest: bytes = b""
 
 
 def state_of(
@@ -108,6 +114,7 @@ def beat_to_dict(beat: Beat) -> dict[str, Any]:
     """A beat as JSON-ready data (the soft state a restarted manager starts from)."""
     return {
         "sequence": beat.sequence,
+        "boot": beat.boot.hex(),
         "health": beat.health,
         "health_detail": beat.health_detail,
         "capacity_bps": beat.capacity_bps,
@@ -126,14 +133,20 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
     """The saved beat, as if it had just arrived at `at` (`seen` on the monotonic clock),
     so the appliance has the usual missed-beats grace to send a real one. Raises KeyError,
     TypeError or ValueError on a document of another shape (AttributeError where a mapping
-    is a list)."""
+    is a list).
+
+    Its sequence is a floor for later beats only when it names its boot: without one, a
+    beat of the appliance restarted while this manager was down (sequence from 1 again)
+    would be dropped as late until its sequence passed the saved one."""
     health = doc["health"]
+    boot = bytes.fromhex(str(doc.get("boot", "")))
     if health not in ("ok", "degraded", "failing"):
         raise ValueError(f"health {health!r}")
     return Beat(
         at=at,
         seen=seen,
-        sequence=int(doc["sequence"]),
+        sequence=int(doc["sequence"]) if boot else 0,
+        boot=boot,
         health=health,
         health_detail=str(doc["health_detail"]),
         capacity_bps=float(doc["capacity_bps"]),
@@ -156,22 +169,34 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
 REPLAY_WINDOW_S = 2 * auth.MAX_SKEW_S
 
 
+BeatVerdict = Literal["taken", "repeat", "stale"]
+
+
 def accept_beat(
     previous: Beat | None, incoming: Beat, replay_window_s: float = REPLAY_WINDOW_S
-) -> bool:
-    """A beat counts once: a repeat or a late one (sequence not above the last) is dropped.
+) -> BeatVerdict:
+    """A beat counts once. "taken": it counts. "repeat": the same sequence as the last one
+    of its boot, a resend whose answer was lost; its counts were taken with the first copy.
+    "stale": a sequence below the last one of its boot, a late or replayed copy; its counts
+    are not taken, and the appliance is told so (HeartbeatResponse.stale) and keeps them.
 
-    Sequence 1 after a higher one is an appliance restart, so it counts again (the
-    appliance keeps its sequence in memory only, and its beat 1 carries no counts).
-    The last sequence is a floor for `replay_window_s` only: a beat below it arriving
-    later than that after the last accepted one was signed after it, so it is neither a
-    late beat nor a replayed one, and it counts. Otherwise one sequence far ahead (a
-    bug, or whoever held the key once) would drop every real beat for ever. The same
-    sequence is always a resend (its answer was lost) and never counts twice.
+    A beat of another boot than the last one is a restart: it counts whatever its sequence
+    (sequences restart at 1 with each boot). Appliances that send no boot: sequence 1
+    after a higher one is a restart (their beat 1 carries no counts). The last sequence is
+    a floor for `replay_window_s` only: a beat below it arriving later than that after the
+    last accepted one was signed after it, so it is neither a late beat nor a replayed
+    one, and it counts. Otherwise one sequence far ahead (a bug, or whoever held the key
+    once) would drop every real beat for ever.
     """
-    if previous is None or incoming.sequence == 1 or incoming.sequence > previous.sequence:
-        return True
-    return incoming.sequence < previous.sequence and incoming.at - previous.at > replay_window_s
+    if previous is None or incoming.sequence > previous.sequence:
+        return "taken"
+    if incoming.boot != previous.boot and incoming.boot:
+        return "taken"
+    if not incoming.boot and incoming.sequence == 1 and previous.sequence != 1:
+        return "taken"
+    if incoming.sequence == previous.sequence:
+        return "repeat"
+    return "taken" if incoming.at - previous.at > replay_window_s else "stale"
 
 
 def token_hash(token: str) -> str:

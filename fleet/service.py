@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import logging
 import secrets
@@ -24,7 +25,17 @@ from edgeflix.metrics import Sample, render
 from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
 from fleet.errors import FleetInputError, UnknownNameError
-from fleet.keys import KeySet, Signer, key_for, rotate, rotation_due, signers, verification_keys
+from fleet.keys import (
+    KeySet,
+    Signer,
+    cover_token_ttl,
+    digest,
+    key_for,
+    rotate,
+    rotation_due,
+    signers,
+    verification_keys,
+)
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planning import PlanJob
 from fleet.plans import CatalogTitle, FillPlan, next_version
@@ -32,13 +43,14 @@ from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import (
     ApplianceRecord,
     Beat,
+    BeatVerdict,
     accept_beat,
     beat_from_dict,
     beat_to_dict,
     build_snapshot,
 )
 from fleet.steering import OUTCOMES, Candidate, SteeringDecision, steer
-from fleet.store import Store
+from fleet.store import Store, plan_to_json
 from fleet.urls import SignedUrls, TokenCache, playback_urls
 
 log = logging.getLogger("fleet")
@@ -96,7 +108,15 @@ class FleetService:
         self.origin_read = False  # its catalogue read at least once (see catalog)
         self.releases: dict[str, float] = {}
         self.keys = store.keyset()
+        # Every key that may sign from now on is marked with this config's token TTL (its
+        # verification after retiring lasts that long), raised, never lowered.
+        covered = cover_token_ttl(self.keys, now, config.key_policy())
+        if covered is not self.keys:
+            store.save_keyset(covered)
+            self.keys = covered
+        self._keys_digest: tuple[KeySet, bytes] | None = None
         self.current_plan: FillPlan | None = store.plan()
+        self._plan_digest: tuple[FillPlan, bytes] | None = None
         self.outcomes: Counter[str] = Counter()
         self.fill_now: set[str] = set()
         # Set when the fleet changed enough that waiting for the next planning round is wasteful.
@@ -186,18 +206,30 @@ class FleetService:
             raise FleetInputError("open enrolment needs at least one [[sites]] entry")
         return (site or self.sites[0]).name
 
-    def heartbeat(self, name: str, beat: Beat, counts: Mapping[str, int], url: str = "") -> None:
+    def heartbeat(
+        self, name: str, beat: Beat, counts: Mapping[str, int], url: str = ""
+    ) -> BeatVerdict:
         """Record a beat; `url` (when sent) is where the appliance serves now: a box whose
-        address or port changed since it enrolled is steered to its new one."""
+        address or port changed since it enrolled is steered to its new one. Returns what
+        became of it: only a "taken" beat's counts were added (a "repeat" one's were, with
+        its first copy; a "stale" one's never: the appliance is told to keep them)."""
         rec = self.record(name)
         url = check_appliance_url(url) if url else rec.url  # a bad one refuses the whole beat
         beat = replace(beat, seen=self.monotonic())  # silence is measured from here
-        if not accept_beat(self.beats.get(name), beat):
-            return
+        verdict = accept_beat(self.beats.get(name), beat)
+        if verdict != "taken":
+            return verdict
         if url != rec.url:
             self.store.set_url(name, url)
             self.records = self.store.appliances()
             event(log, "fleet.url_changed", appliance=name, url=url, previous=rec.url)
+        reported = beat
+        if self._foreign_keys(beat):
+            # Its key set is not one this fleet issued (see _catch_up_versions): which of our
+            # keys it holds is unknown, so none is assumed. Steering leaves it out, rather
+            # than sign URLs it would refuse, until it fetches ours (on this beat's answer)
+            # and reports it, one beat later.
+            beat = replace(beat, keys_version=0)
         self.beats[name] = beat
         deltas = {t: float(b) for t, b in counts.items()}
         self.popularity.add(deltas, beat.at)
@@ -207,17 +239,60 @@ class FleetService:
         self._changed()
         # Last: if its write fails, the beat and its counts are in, and the appliance's
         # resend of the same sequence is dropped, so nothing is counted twice.
-        self._catch_up_versions(name, beat)
+        self._catch_up_versions(name, reported)
+        return verdict
+
+    def keys_digest(self) -> bytes:
+        """KeySet.digest of the current key set (appliances report it back)."""
+        cached = self._keys_digest
+        if cached is None or cached[0] is not self.keys:
+            cached = self._keys_digest = (self.keys, digest(self.keys))
+        return cached[1]
+
+    def plan_digest(self) -> bytes:
+        """PlanResponse.digest of the current plan: of the whole plan as stored, version
+        included (b"" when there is none)."""
+        plan = self.current_plan
+        if plan is None:
+            return b""
+        cached = self._plan_digest
+        if cached is None or cached[0] is not plan:
+            h = hashlib.blake2b(plan_to_json(plan), digest_size=16, person=b"edgeflix-plan")
+            cached = self._plan_digest = (plan, h.digest())
+        return cached[1]
+
+    def _foreign_keys(self, beat: Beat) -> bool:
+        """The beat reports a key set this fleet did not issue: a version above ours, or
+        ours with other content (by digest; appliances that send none are taken at their
+        word)."""
+        ours = self.keys.version
+        if beat.keys_version > ours:
+            return True
+        return (
+            beat.keys_version == ours
+            and bool(beat.keys_digest)
+            and beat.keys_digest != self.keys_digest()
+        )
 
     def _catch_up_versions(self, name: str, beat: Beat) -> None:
-        """An appliance runs a newer plan or key set than this manager has: the database
-        was restored from a backup (or replaced). Appliances ignore every version up to
-        their own as stale, so without this no new plan would reach them and, worse, the
-        next key would sign URLs no appliance accepts. Ours is re-stamped above theirs
-        (same content), which they then fetch and apply whole."""
+        """An appliance runs a plan or key set this manager did not issue: the database was
+        restored from a backup (or replaced) and the versions went on from there, so an
+        appliance may run a higher version, or the same version with other content (the
+        backup's next rotation made another key under the number the appliance already
+        runs). Appliances fetch only a version above their own and never apply one version
+        twice with other content; so ours is re-stamped above theirs (same content), which
+        they then fetch and apply whole.
+
+        Why this rules the race out rather than narrowing it: a version number may be
+        reused, but never silently. Every beat carries the digest of what the appliance
+        runs; the only case where an appliance would not fetch ours, its version equal to
+        ours, is exactly the case compared here, so whenever an appliance reports (its
+        first beat to a restored manager, or days later, back from an outage), a conflict
+        is seen and moved past. Learning the highest version before issuing one could not
+        do that: an appliance that is off during the restore reports only later."""
         keys, current = self.keys, self.current_plan
-        if keys.version < beat.keys_version <= keys.version + MAX_VERSION_JUMP:
-            self.store.save_keyset(replace(keys, version=beat.keys_version + 1))
+        if self._foreign_keys(beat) and beat.keys_version <= keys.version + MAX_VERSION_JUMP:
+            self.store.save_keyset(replace(keys, version=max(beat.keys_version, keys.version) + 1))
             self.keys = self.store.keyset()
             self._changed()
             event(
@@ -230,8 +305,13 @@ class FleetService:
             )
         if current is not None and (
             current.version < beat.plan_version <= current.version + MAX_VERSION_JUMP
+            or (
+                beat.plan_version == current.version
+                and beat.plan_digest
+                and beat.plan_digest != self.plan_digest()
+            )
         ):
-            plan = replace(current, version=beat.plan_version + 1)
+            plan = replace(current, version=max(beat.plan_version, current.version) + 1)
             self.store.save_plan(plan)
             self.current_plan = plan
             event(

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS join_tokens (
     expires_at REAL NOT NULL, used_at REAL, used_by TEXT);
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, secret BLOB NOT NULL, activates REAL NOT NULL, retires REAL,
-    since INTEGER NOT NULL DEFAULT 0);
+    since INTEGER NOT NULL DEFAULT 0, token_ttl_s REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plan (
     id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, body BLOB NOT NULL);
@@ -50,6 +50,7 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
             _add_key_since(conn)
+            _add_key_column(conn, "token_ttl_s", "REAL NOT NULL DEFAULT 0")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
@@ -71,6 +72,20 @@ def _add_key_since(conn: sqlite3.Connection) -> None:
         conn.execute(
             "UPDATE keys SET since = CAST(substr(id, 2) AS INTEGER) WHERE id GLOB 'k[0-9]*'"
         )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _add_key_column(conn: sqlite3.Connection, name: str, decl: str) -> None:
+    """A column added to `keys` since the database was made (its default for old rows)."""
+    if name in _key_columns(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if name not in _key_columns(conn):  # another process may have added it meanwhile
+            conn.execute(f"ALTER TABLE keys ADD COLUMN {name} {decl}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -230,7 +245,7 @@ class Store:
 
     def keyset(self) -> KeySet:
         rows = self.conn.execute(
-            "SELECT id, secret, activates, retires, since FROM keys ORDER BY activates"
+            "SELECT id, secret, activates, retires, since, token_ttl_s FROM keys ORDER BY activates"
         ).fetchall()
         version = int(self.meta("keys_version") or 0)
         return KeySet(version, tuple(KeyRecord(*r) for r in rows))
@@ -239,8 +254,12 @@ class Store:
         with self.transaction() as c:
             c.execute("DELETE FROM keys")
             c.executemany(
-                "INSERT INTO keys (id, secret, activates, retires, since) VALUES (?,?,?,?,?)",
-                [(k.id, k.secret, k.activates, k.retires, k.since) for k in keys.keys],
+                "INSERT INTO keys (id, secret, activates, retires, since, token_ttl_s)"
+                " VALUES (?,?,?,?,?,?)",
+                [
+                    (k.id, k.secret, k.activates, k.retires, k.since, k.token_ttl_s)
+                    for k in keys.keys
+                ],
             )
             self._set_meta(c, "keys_version", str(keys.version))
 

@@ -71,6 +71,36 @@ def test_counts_wait_for_an_answer_and_go_out_once() -> None:
     assert fleet.totals == {"film": Counts(5, 5000)}
 
 
+def test_a_stale_answer_keeps_the_counts_for_the_next_beat() -> None:
+    """A beat the fleet answered but did not take (HeartbeatResponse.stale: it holds a later
+    sequence of this boot) was acknowledged as if taken: its counts were lost."""
+    ledger = CountLedger()
+    ledger.acknowledge(ledger.next_batch().sequence)
+    ledger.observe({"film": (3, 3000)})
+    dropped = ledger.next_batch()
+    assert dropped.counts == {"film": Counts(3, 3000)}
+    ledger.requeue(dropped.sequence)
+    assert ledger.unsent() == {"film": Counts(3, 3000)}
+    ledger.observe({"film": (5, 5000)})
+    after = ledger.next_batch()
+    assert after.sequence == dropped.sequence + 1
+    assert after.counts == {"film": Counts(5, 5000)}
+    ledger.requeue(dropped.sequence)  # an answer for a batch no longer outstanding: nothing
+    assert ledger.outstanding == after
+
+
+def test_each_start_beats_under_a_boot_of_its_own() -> None:
+    first, second = CountLedger(), CountLedger()
+    assert len(first.boot) == 16 and first.boot != second.boot
+    req = build_beat(
+        "h1",
+        first.next_batch(),
+        figures(keys_digest=b"k" * 16, plan_digest=b"p" * 16),
+        boot=first.boot,
+    )
+    assert (req.boot, req.keys_digest, req.plan_digest) == (first.boot, b"k" * 16, b"p" * 16)
+
+
 def test_a_counter_reset_counts_from_zero() -> None:
     ledger = CountLedger()
     ledger.observe({"a": (10, 100)})

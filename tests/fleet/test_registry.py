@@ -30,22 +30,35 @@ def test_state_from_beats_and_drain() -> None:
 
 def test_beats_count_once_and_restarts_count_again() -> None:
     last = Beat(at=1.0, sequence=7)
-    assert not accept_beat(last, Beat(at=2.0, sequence=7))
-    assert not accept_beat(last, Beat(at=2.0, sequence=3))
-    assert accept_beat(last, Beat(at=2.0, sequence=8))
-    assert accept_beat(last, Beat(at=2.0, sequence=1))
-    assert accept_beat(None, Beat(at=2.0, sequence=42))
+    assert accept_beat(last, Beat(at=2.0, sequence=7)) == "repeat"
+    assert accept_beat(last, Beat(at=2.0, sequence=3)) == "stale"
+    assert accept_beat(last, Beat(at=2.0, sequence=8)) == "taken"
+    assert accept_beat(last, Beat(at=2.0, sequence=1)) == "taken"
+    assert accept_beat(None, Beat(at=2.0, sequence=42)) == "taken"
+
+
+def test_sequences_compare_within_one_boot_only() -> None:
+    """An appliance restarted (new boot, sequence from 1) while the manager held a beat of
+    its previous boot with sequence 121: every beat was dropped as late for 240 s."""
+    last = Beat(at=1.0, sequence=121, boot=b"A" * 16)
+    for seq in (1, 2, 3):
+        assert accept_beat(last, Beat(at=2.0, sequence=seq, boot=b"B" * 16)) == "taken"
+        last = Beat(at=2.0, sequence=seq, boot=b"B" * 16)
+    # Within one boot, the floor holds as before.
+    assert accept_beat(last, Beat(at=3.0, sequence=2, boot=b"B" * 16)) == "stale"
+    assert accept_beat(last, Beat(at=3.0, sequence=3, boot=b"B" * 16)) == "repeat"
+    assert accept_beat(last, Beat(at=3.0, sequence=1, boot=b"B" * 16)) == "stale"
 
 
 def test_a_sequence_far_ahead_holds_the_floor_only_for_the_replay_window() -> None:
     """A forged or buggy 2**62 once dropped the real appliance's beats for ever."""
     far = Beat(at=100.0, sequence=2**62)
-    assert accept_beat(Beat(at=99.0, sequence=40), far)  # accepted: signed with its key
+    assert accept_beat(Beat(at=99.0, sequence=40), far) == "taken"  # signed with its key
     within = 100.0 + REPLAY_WINDOW_S
-    assert not accept_beat(far, Beat(at=within, sequence=41))  # a late or replayed beat
-    assert accept_beat(far, Beat(at=within + 0.001, sequence=41))  # signed after `far`
+    assert accept_beat(far, Beat(at=within, sequence=41)) == "stale"  # late or replayed
+    assert accept_beat(far, Beat(at=within + 0.001, sequence=41)) == "taken"  # signed after
     # The same sequence is a resend whose answer was lost: never counted twice.
-    assert not accept_beat(far, Beat(at=within + 1e6, sequence=2**62))
+    assert accept_beat(far, Beat(at=within + 1e6, sequence=2**62)) == "repeat"
     assert REPLAY_WINDOW_S >= 2 * auth.MAX_SKEW_S
 
 
@@ -58,13 +71,13 @@ def test_beats_count_once_within_the_window_and_nothing_locks_out(
     last: int, seq: int, after: float
 ) -> None:
     previous = Beat(at=1000.0, sequence=last)
-    accepted = accept_beat(previous, Beat(at=1000.0 + after, sequence=seq))
-    if seq == last and seq != 1:
-        assert not accepted  # a resend, however late
+    verdict = accept_beat(previous, Beat(at=1000.0 + after, sequence=seq))
+    if seq == last:
+        assert verdict == "repeat"  # a resend, however late
     elif seq > last or seq == 1 or after > REPLAY_WINDOW_S:
-        assert accepted
+        assert verdict == "taken"
     else:
-        assert not accepted  # below the floor while a copy could still be replayed
+        assert verdict == "stale"  # below the floor while a copy could still be replayed
 
 
 def test_snapshot_carries_beats_into_appliances() -> None:

@@ -61,7 +61,8 @@ def beat(
     counts: dict[str, int] | None = None,
     url: str = "",
     keys_version: int | None = None,
-) -> None:
+    boot: bytes = b"",
+) -> str:
     b = Beat(
         at=svc.clock(),
         sequence=seq,
@@ -70,8 +71,9 @@ def beat(
         titles={"a": HeldTitle("da", True, GB)},
         # Synced, as a real appliance is within a beat, unless the test says otherwise.
         keys_version=svc.keys.version if keys_version is None else keys_version,
+        boot=boot,
     )
-    svc.heartbeat(name, b, counts or {}, url)
+    return svc.heartbeat(name, b, counts or {}, url)
 
 
 def test_tokens_are_one_time_site_bound_and_expire(tmp_path: Path) -> None:
@@ -265,7 +267,7 @@ def test_a_restarted_manager_steers_from_the_saved_beats_until_real_ones_come(
     svc = service(tmp_path, clock)
     for name in ("h1", "h2"):
         enrol(svc, name, "home")
-        beat(svc, name, 7)
+        beat(svc, name, 7, boot=b"A" * 16)
     svc.remove("h2")
     svc.save_soft_state()
     clock.now += 3600  # down for an hour
@@ -277,11 +279,38 @@ def test_a_restarted_manager_steers_from_the_saved_beats_until_real_ones_come(
     # The usual grace (3 beats of 5 s) for the first real beat, then unreachable as ever.
     clock.now += 16
     assert {a.name: a.state for a in again.snapshot().appliances} == {"h1": "unreachable"}
-    # A replay of the saved sequence is still dropped; a beat after it counts.
-    beat(again, "h1", 7, {"a": 10})
+    # A replay of the saved sequence of its boot is still dropped; a beat after it counts.
+    assert beat(again, "h1", 7, {"a": 10}, boot=b"A" * 16) == "repeat"
     assert "a" not in again.popularity.rates(clock.now, {})
-    beat(again, "h1", 8)
+    assert beat(again, "h1", 6, {"a": 10}, boot=b"A" * 16) == "stale"
+    assert "a" not in again.popularity.rates(clock.now, {})
+    assert beat(again, "h1", 8, boot=b"A" * 16) == "taken"
     assert again.snapshot().appliances[0].state == "ok"
+
+
+@pytest.mark.parametrize("boot", [b"A" * 16, b""])
+def test_an_appliance_restarted_while_the_manager_was_down_is_heard_at_once(
+    tmp_path: Path, boot: bytes
+) -> None:
+    """/tmp/rev_fleet/crash.sh: the manager restored a saved beat with sequence 121; the
+    appliance had restarted meanwhile (sequence from 1), and its beats were dropped as
+    late, and answered as taken, until its sequence passed 121: `unreachable`, out of
+    steering, for up to the 240 s replay window while it said `connected`."""
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    enrol(svc, "h1", "home")
+    for seq in range(1, 122):
+        beat(svc, "h1", seq, boot=boot)
+    svc.save_soft_state()
+    clock.now += 30
+    again = FleetService(svc.config, Store(svc.config.server.db), clock, monotonic=clock)
+    new_boot = b"B" * 16 if boot else b""
+    for seq in range(1, 6):  # a beat every 5 s from the restarted appliance
+        verdict = beat(again, "h1", seq, {"a": 1000} if seq > 1 else None, boot=new_boot)
+        assert verdict == "taken", seq
+        clock.now += 5
+        assert again.snapshot().appliances[0].state == "ok", seq
+    assert again.popularity.rates(clock.now, {})["a"] > 0  # its counts were taken
 
 
 def test_saved_beats_of_another_shape_are_skipped(tmp_path: Path) -> None:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64geflix/proto/gen/fleet.proto\x12\x11\x65\x64geflix.fleet.v1\"i\n\x0c\x45nrolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x16\n\x0etls_public_key\x18\x05 \x01(\x0c\"}\n\rEnrolResponse\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x63lient_cert_pem\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x61_cert_pem\x18\x05 \x01(\x0c\"E\n\tTierSpace\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"a\n\tHeldTitle\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04tier\x18\x05 \x01(\t\"@\n\x0bTitleCounts\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"B\n\x10TitleCountsBatch\x12.\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1e.edgeflix.fleet.v1.TitleCounts\"d\n\x0c\x46illProgress\x12\x14\n\x0cplan_version\x18\x01 \x01(\x04\x12\x12\n\nbytes_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x04\x12\x15\n\rfailed_titles\x18\x04 \x03(\t\"\xa5\x03\n\x10HeartbeatRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.edgeflix.fleet.v1.Health\x12\x15\n\rhealth_detail\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pacity_bps\x18\x05 \x01(\x01\x12\x10\n\x08load_bps\x18\x06 \x01(\x01\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\r\x12+\n\x05tiers\x18\x08 \x03(\x0b\x32\x1c.edgeflix.fleet.v1.TierSpace\x12,\n\x06titles\x18\t \x03(\x0b\x32\x1c.edgeflix.fleet.v1.HeldTitle\x12\x13\n\x0b\x63ounts_zstd\x18\n \x01(\x0c\x12\x14\n\x0cplan_version\x18\x0b \x01(\x04\x12\x14\n\x0ckeys_version\x18\x0c \x01(\x04\x12-\n\x04\x66ill\x18\r \x01(\x0b\x32\x1f.edgeflix.fleet.v1.FillProgress\x12\x0b\n\x03url\x18\x0e \x01(\t\x12\x15\n\rtitles_digest\x18\x0f \x01(\x0c\"\x81\x01\n\x11HeartbeatResponse\x12\x14\n\x0cplan_version\x18\x01 \x01(\x04\x12\x14\n\x0ckeys_version\x18\x02 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x10\n\x08\x66ill_now\x18\x05 \x01(\x08\"9\n\x0eGetPlanRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"c\n\x0cPlannedTitle\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x0f\n\x07sources\x18\x05 \x03(\t\"\x8e\x01\n\x04Plan\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x66ill_window\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12/\n\x06titles\x18\x05 \x03(\x0b\x32\x1f.edgeflix.fleet.v1.PlannedTitle\x12\x0f\n\x07\x63\x61p_bps\x18\x06 \x01(\x04\"E\n\x0cPlanResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x11\n\tplan_zstd\x18\x03 \x01(\x0c\"[\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\x12\x11\n\tactivates\x18\x03 \x01(\x01\x12\x0f\n\x07retires\x18\x04 \x01(\x01\x12\x14\n\x0cverify_until\x18\x05 \x01(\x01\"?\n\x06KeySet\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x04keys\x18\x02 \x03(\x0b\x32\x16.edgeflix.fleet.v1.Key\"9\n\x0eGetKeysRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"J\n\x0cKeysResponse\x12\x11\n\tunchanged\x18\x01 \x01(\x08\x12\'\n\x04keys\x18\x02 \x01(\x0b\x32\x19.edgeflix.fleet.v1.KeySet\"3\n\x0cSteerRequest\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x10\n\x08title_id\x18\x02 \x01(\t\"W\n\x0eSteerCandidate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\"\x9d\x01\n\rSteerResponse\x12\x0c\n\x04urls\x18\x01 \x03(\t\x12\x35\n\ncandidates\x18\x02 \x03(\x0b\x32!.edgeflix.fleet.v1.SteerCandidate\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x13\n\x0b\x63lient_site\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x03\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\t*X\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n\tHEALTH_OK\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x32\x95\x03\n\x05\x46leet\x12J\n\x05\x45nrol\x12\x1f.edgeflix.fleet.v1.EnrolRequest\x1a .edgeflix.fleet.v1.EnrolResponse\x12V\n\tHeartbeat\x12#.edgeflix.fleet.v1.HeartbeatRequest\x1a$.edgeflix.fleet.v1.HeartbeatResponse\x12M\n\x07GetPlan\x12!.edgeflix.fleet.v1.GetPlanRequest\x1a\x1f.edgeflix.fleet.v1.PlanResponse\x12M\n\x07GetKeys\x12!.edgeflix.fleet.v1.GetKeysRequest\x1a\x1f.edgeflix.fleet.v1.KeysResponse\x12J\n\x05Steer\x12\x1f.edgeflix.fleet.v1.SteerRequest\x1a .edgeflix.fleet.v1.SteerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x64geflix/proto/gen/fleet.proto\x12\x11\x65\x64geflix.fleet.v1\"i\n\x0c\x45nrolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\njoin_token\x18\x02 \x01(\t\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x16\n\x0etls_public_key\x18\x05 \x01(\x0c\"}\n\rEnrolResponse\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x17\n\x0f\x63lient_cert_pem\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x61_cert_pem\x18\x05 \x01(\x0c\"E\n\tTierSpace\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61pacity_bytes\x18\x02 \x01(\x04\x12\x12\n\nused_bytes\x18\x03 \x01(\x04\"a\n\tHeldTitle\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x0c\n\x04tier\x18\x05 \x01(\t\"@\n\x0bTitleCounts\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\r\n\x05\x62ytes\x18\x03 \x01(\x04\"B\n\x10TitleCountsBatch\x12.\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x1e.edgeflix.fleet.v1.TitleCounts\"d\n\x0c\x46illProgress\x12\x14\n\x0cplan_version\x18\x01 \x01(\x04\x12\x12\n\nbytes_done\x18\x02 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x03 \x01(\x04\x12\x15\n\rfailed_titles\x18\x04 \x03(\t\"\xdd\x03\n\x10HeartbeatRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12)\n\x06health\x18\x03 \x01(\x0e\x32\x19.edgeflix.fleet.v1.Health\x12\x15\n\rhealth_detail\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pacity_bps\x18\x05 \x01(\x01\x12\x10\n\x08load_bps\x18\x06 \x01(\x01\x12\x13\n\x0b\x63onnections\x18\x07 \x01(\r\x12+\n\x05tiers\x18\x08 \x03(\x0b\x32\x1c.edgeflix.fleet.v1.TierSpace\x12,\n\x06titles\x18\t \x03(\x0b\x32\x1c.edgeflix.fleet.v1.HeldTitle\x12\x13\n\x0b\x63ounts_zstd\x18\n \x01(\x0c\x12\x14\n\x0cplan_version\x18\x0b \x01(\x04\x12\x14\n\x0ckeys_version\x18\x0c \x01(\x04\x12-\n\x04\x66ill\x18\r \x01(\x0b\x32\x1f.edgeflix.fleet.v1.FillProgress\x12\x0b\n\x03url\x18\x0e \x01(\t\x12\x15\n\rtitles_digest\x18\x0f \x01(\x0c\x12\x13\n\x0bkeys_digest\x18\x10 \x01(\x0c\x12\x13\n\x0bplan_digest\x18\x11 \x01(\x0c\x12\x0c\n\x04\x62oot\x18\x12 \x01(\x0c\"\x90\x01\n\x11HeartbeatResponse\x12\x14\n\x0cplan_version\x18\x01 \x01(\x04\x12\x14\n\x0ckeys_version\x18\x02 \x01(\x04\x12\x0f\n\x07\x64rained\x18\x03 \x01(\x08\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\r\x12\x10\n\x08\x66ill_now\x18\x05 \x01(\x08\x12\r\n\x05stale\x18\x06 \x01(\x08\"9\n\x0eGetPlanRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"c\n\x0cPlannedTitle\x12\x10\n\x08title_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04tier\x18\x04 \x01(\t\x12\x0f\n\x07sources\x18\x05 \x03(\t\"\x8e\x01\n\x04Plan\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x13\n\x0b\x66ill_window\x18\x03 \x01(\t\x12\x10\n\x08timezone\x18\x04 \x01(\t\x12/\n\x06titles\x18\x05 \x03(\x0b\x32\x1f.edgeflix.fleet.v1.PlannedTitle\x12\x0f\n\x07\x63\x61p_bps\x18\x06 \x01(\x04\"U\n\x0cPlanResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12\x11\n\tplan_zstd\x18\x03 \x01(\x0c\x12\x0e\n\x06\x64igest\x18\x04 \x01(\x0c\"[\n\x03Key\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06secret\x18\x02 \x01(\x0c\x12\x11\n\tactivates\x18\x03 \x01(\x01\x12\x0f\n\x07retires\x18\x04 \x01(\x01\x12\x14\n\x0cverify_until\x18\x05 \x01(\x01\"O\n\x06KeySet\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12$\n\x04keys\x18\x02 \x03(\x0b\x32\x16.edgeflix.fleet.v1.Key\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\"9\n\x0eGetKeysRequest\x12\x11\n\tappliance\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"J\n\x0cKeysResponse\x12\x11\n\tunchanged\x18\x01 \x01(\x08\x12\'\n\x04keys\x18\x02 \x01(\x0b\x32\x19.edgeflix.fleet.v1.KeySet\"3\n\x0cSteerRequest\x12\x11\n\tclient_ip\x18\x01 \x01(\t\x12\x10\n\x08title_id\x18\x02 \x01(\t\"W\n\x0eSteerCandidate\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04site\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\"\x9d\x01\n\rSteerResponse\x12\x0c\n\x04urls\x18\x01 \x03(\t\x12\x35\n\ncandidates\x18\x02 \x03(\x0b\x32!.edgeflix.fleet.v1.SteerCandidate\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\x13\n\x0b\x63lient_site\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x03\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\t*X\n\x06Health\x12\x16\n\x12HEALTH_UNSPECIFIED\x10\x00\x12\r\n\tHEALTH_OK\x10\x01\x12\x13\n\x0fHEALTH_DEGRADED\x10\x02\x12\x12\n\x0eHEALTH_FAILING\x10\x03\x32\x95\x03\n\x05\x46leet\x12J\n\x05\x45nrol\x12\x1f.edgeflix.fleet.v1.EnrolRequest\x1a .edgeflix.fleet.v1.EnrolResponse\x12V\n\tHeartbeat\x12#.edgeflix.fleet.v1.HeartbeatRequest\x1a$.edgeflix.fleet.v1.HeartbeatResponse\x12M\n\x07GetPlan\x12!.edgeflix.fleet.v1.GetPlanRequest\x1a\x1f.edgeflix.fleet.v1.PlanResponse\x12M\n\x07GetKeys\x12!.edgeflix.fleet.v1.GetKeysRequest\x1a\x1f.edgeflix.fleet.v1.KeysResponse\x12J\n\x05Steer\x12\x1f.edgeflix.fleet.v1.SteerRequest\x1a .edgeflix.fleet.v1.SteerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgeflix.proto.gen.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HEALTH']._serialized_start=2220
-  _globals['_HEALTH']._serialized_end=2308
+  _globals['_HEALTH']._serialized_start=2323
+  _globals['_HEALTH']._serialized_end=2411
   _globals['_ENROLREQUEST']._serialized_start=53
   _globals['_ENROLREQUEST']._serialized_end=158
   _globals['_ENROLRESPONSE']._serialized_start=160
@@ -48,31 +48,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILLPROGRESS']._serialized_start=591
   _globals['_FILLPROGRESS']._serialized_end=691
   _globals['_HEARTBEATREQUEST']._serialized_start=694
-  _globals['_HEARTBEATREQUEST']._serialized_end=1115
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1118
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1247
-  _globals['_GETPLANREQUEST']._serialized_start=1249
-  _globals['_GETPLANREQUEST']._serialized_end=1306
-  _globals['_PLANNEDTITLE']._serialized_start=1308
-  _globals['_PLANNEDTITLE']._serialized_end=1407
-  _globals['_PLAN']._serialized_start=1410
-  _globals['_PLAN']._serialized_end=1552
-  _globals['_PLANRESPONSE']._serialized_start=1554
-  _globals['_PLANRESPONSE']._serialized_end=1623
-  _globals['_KEY']._serialized_start=1625
-  _globals['_KEY']._serialized_end=1716
-  _globals['_KEYSET']._serialized_start=1718
-  _globals['_KEYSET']._serialized_end=1781
-  _globals['_GETKEYSREQUEST']._serialized_start=1783
-  _globals['_GETKEYSREQUEST']._serialized_end=1840
-  _globals['_KEYSRESPONSE']._serialized_start=1842
-  _globals['_KEYSRESPONSE']._serialized_end=1916
-  _globals['_STEERREQUEST']._serialized_start=1918
-  _globals['_STEERREQUEST']._serialized_end=1969
-  _globals['_STEERCANDIDATE']._serialized_start=1971
-  _globals['_STEERCANDIDATE']._serialized_end=2058
-  _globals['_STEERRESPONSE']._serialized_start=2061
-  _globals['_STEERRESPONSE']._serialized_end=2218
-  _globals['_FLEET']._serialized_start=2311
-  _globals['_FLEET']._serialized_end=2716
+  _globals['_HEARTBEATREQUEST']._serialized_end=1171
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1174
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1318
+  _globals['_GETPLANREQUEST']._serialized_start=1320
+  _globals['_GETPLANREQUEST']._serialized_end=1377
+  _globals['_PLANNEDTITLE']._serialized_start=1379
+  _globals['_PLANNEDTITLE']._serialized_end=1478
+  _globals['_PLAN']._serialized_start=1481
+  _globals['_PLAN']._serialized_end=1623
+  _globals['_PLANRESPONSE']._serialized_start=1625
+  _globals['_PLANRESPONSE']._serialized_end=1710
+  _globals['_KEY']._serialized_start=1712
+  _globals['_KEY']._serialized_end=1803
+  _globals['_KEYSET']._serialized_start=1805
+  _globals['_KEYSET']._serialized_end=1884
+  _globals['_GETKEYSREQUEST']._serialized_start=1886
+  _globals['_GETKEYSREQUEST']._serialized_end=1943
+  _globals['_KEYSRESPONSE']._serialized_start=1945
+  _globals['_KEYSRESPONSE']._serialized_end=2019
+  _globals['_STEERREQUEST']._serialized_start=2021
+  _globals['_STEERREQUEST']._serialized_end=2072
+  _globals['_STEERCANDIDATE']._serialized_start=2074
+  _globals['_STEERCANDIDATE']._serialized_end=2161
+  _globals['_STEERRESPONSE']._serialized_start=2164
+  _globals['_STEERRESPONSE']._serialized_end=2321
+  _globals['_FLEET']._serialized_start=2414
+  _globals['_FLEET']._serialized_end=2819
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,7 @@ class FillProgress(_message.Message):
     def __init__(self, plan_version: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., failed_titles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest")
+    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest", "keys_digest", "plan_digest", "boot")
     APPLIANCE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,9 @@ class HeartbeatRequest(_message.Message):
     FILL_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TITLES_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KEYS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BOOT_FIELD_NUMBER: _ClassVar[int]
     appliance: str
     sequence: int
     health: Health
@@ -130,21 +133,26 @@ class HeartbeatRequest(_message.Message):
     fill: FillProgress
     url: str
     titles_digest: bytes
-    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ..., titles_digest: _Optional[bytes] = ...) -> None: ...
+    keys_digest: bytes
+    plan_digest: bytes
+    boot: bytes
+    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ..., titles_digest: _Optional[bytes] = ..., keys_digest: _Optional[bytes] = ..., plan_digest: _Optional[bytes] = ..., boot: _Optional[bytes] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("plan_version", "keys_version", "drained", "heartbeat_interval_ms", "fill_now")
+    __slots__ = ("plan_version", "keys_version", "drained", "heartbeat_interval_ms", "fill_now", "stale")
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_VERSION_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     FILL_NOW_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     plan_version: int
     keys_version: int
     drained: bool
     heartbeat_interval_ms: int
     fill_now: bool
-    def __init__(self, plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., drained: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., fill_now: _Optional[bool] = ...) -> None: ...
+    stale: bool
+    def __init__(self, plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., drained: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., fill_now: _Optional[bool] = ..., stale: _Optional[bool] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
     __slots__ = ("appliance", "have_version")
@@ -185,14 +193,16 @@ class Plan(_message.Message):
     def __init__(self, version: _Optional[int] = ..., site: _Optional[str] = ..., fill_window: _Optional[str] = ..., timezone: _Optional[str] = ..., titles: _Optional[_Iterable[_Union[PlannedTitle, _Mapping]]] = ..., cap_bps: _Optional[int] = ...) -> None: ...
 
 class PlanResponse(_message.Message):
-    __slots__ = ("version", "unchanged", "plan_zstd")
+    __slots__ = ("version", "unchanged", "plan_zstd", "digest")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     PLAN_ZSTD_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     version: int
     unchanged: bool
     plan_zstd: bytes
-    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan_zstd: _Optional[bytes] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan_zstd: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Key(_message.Message):
     __slots__ = ("id", "secret", "activates", "retires", "verify_until")
@@ -209,12 +219,14 @@ class Key(_message.Message):
     def __init__(self, id: _Optional[str] = ..., secret: _Optional[bytes] = ..., activates: _Optional[float] = ..., retires: _Optional[float] = ..., verify_until: _Optional[float] = ...) -> None: ...
 
 class KeySet(_message.Message):
-    __slots__ = ("version", "keys")
+    __slots__ = ("version", "keys", "digest")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     version: int
     keys: _containers.RepeatedCompositeFieldContainer[Key]
-    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ...) -> None: ...
+    digest: bytes
+    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class GetKeysRequest(_message.Message):
     __slots__ = ("appliance", "have_version")
