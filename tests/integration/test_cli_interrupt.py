@@ -12,9 +12,10 @@ import time
 
 def _in_python_start_up(err: str) -> bool:
     """A traceback whose every frame is the interpreter's own bootstrap (runpy reading the
-    module, importlib checking its cache): no line of ours had run, nothing could catch it."""
+    module, importlib checking its cache, the editable install's import finder that pip
+    wrote into site-packages): no line of ours had run, nothing could catch it."""
     frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
-    return bool(frames) and all('"<frozen ' in line for line in frames)
+    return bool(frames) and all('"<frozen ' in line or "/__editable__" in line for line in frames)
 
 
 def test_ctrl_c_while_a_command_starts_is_one_line() -> None:
