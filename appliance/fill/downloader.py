@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from appliance.fill.pacer import Pacer, WindowClosed
 from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.peerwait import decide as decide_peer_wait
 from appliance.fill.plan import PlannedTitle
-from appliance.fill.reconcile import FileTask, file_tasks
+from appliance.fill.reconcile import file_tasks
 from appliance.fill.retry import (
     Failure,
     Outcome,
@@ -37,6 +38,7 @@ from appliance.fill.retry import (
 )
 from appliance.fill.staged import prepare_staging, reverify_staged, scan_staging
 from appliance.fill.stream import (
+    Attempt,
     FileStream,
     SourceFailure,
     StreamJob,
@@ -118,9 +120,8 @@ class TitleFetcher:
             tasks = file_tasks(model, complete, partial)
             prog.total = model.total_bytes
             prog.done = model.total_bytes - sum(t.entry.size - t.offset for t in tasks)
-            queue: asyncio.Queue[FileTask] = asyncio.Queue()
-            for task in tasks:
-                queue.put_nowait(task)
+            # Taken by the stream threads themselves (deque.popleft is atomic).
+            queue = deque(t.entry for t in tasks)
             try:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(min(self.streams, len(tasks))):
@@ -310,14 +311,32 @@ class TitleFetcher:
 
     # --- one file ------------------------------------------------------------------------
 
-    async def _worker(self, queue: asyncio.Queue[FileTask]) -> None:
-        while not queue.empty():
-            task = queue.get_nowait()
-            await self._fetch_with_retries(task.entry)
-
-    async def _fetch_with_retries(self, entry: FileEntry) -> None:
+    async def _worker(self, tasks: deque[FileEntry]) -> None:
+        """One stream: a thread call fetches files from `tasks` until it is empty; a file
+        that fails comes back here for the retry decisions, then the thread goes on."""
         files = self._files
         assert files is not None
+        while tasks:
+            await self._wait_window()
+            try:
+                failed = await self._in_thread(
+                    files.fetch_many, tasks, self.title.sources, self._current_source
+                )
+            except WindowClosed:
+                continue
+            if failed is None:
+                return
+            await self._fetch_with_retries(failed)
+
+    def _current_source(self) -> int:
+        return self._source
+
+    async def _fetch_with_retries(self, first: Attempt) -> None:
+        """Decide on a failed attempt at a file, and try it again until it is staged (or
+        the title fails). Each try runs on a stream thread, with its .part checks."""
+        files = self._files
+        assert files is not None
+        entry, tried = first.entry, first
         attempts = digest_failures = failures = 0
         # Bounded: each source gets attempts_per_source tries plus its digest restarts, and
         # attempts that made progress (which do not count there) are bounded by the bytes.
@@ -326,17 +345,10 @@ class TitleFetcher:
             self.policy.attempts_per_source + self.policy.digest_restarts + 2
         ) + entry.size // max(self.policy.progress_bytes, 1)
         while True:
-            await self._wait_window()
-            source = self._source
-            before = self._part_size(entry)
-            try:
-                await self._in_thread(files.fetch_once, entry, self.title.sources[source])
-                return
-            except WindowClosed:
-                continue
-            except SourceFailure as exc:
+            exc, source = tried.error, tried.source
+            if isinstance(exc, SourceFailure):
                 failures += 1
-                attempts = self.policy.attempts_after(attempts, self._part_size(entry) - before)
+                attempts = self.policy.attempts_after(attempts, tried.after - tried.before)
                 digest_failures += exc.failure is Failure.DIGEST
                 left = len(self.title.sources) - source - 1
                 outcome = self.policy.decide(exc.failure, attempts, left, digest_failures)
@@ -344,9 +356,8 @@ class TitleFetcher:
                     outcome = Outcome.GIVE_UP
                 self._note(exc, entry.path, outcome, attempts)
                 if discard_partial(exc.failure, outcome):
-                    lost = self._part_size(entry)
                     discard_part(self.staging.part(entry.path))
-                    count_progress(self.progress, -lost, 0)
+                    count_progress(self.progress, -tried.after, 0)
                 if outcome is Outcome.GIVE_UP:
                     raise FillError(f"title {self.title.id}: {entry.path}: {exc.detail}") from None
                 if outcome is Outcome.NEXT_SOURCE:
@@ -358,12 +369,11 @@ class TitleFetcher:
                         ) from None
                 else:  # RETRY or RESTART_FILE: back off before asking the source again
                     await self.pacer.sleep(self._delay(attempts, exc))
-
-    def _part_size(self, entry: FileEntry) -> int:
-        try:
-            return self.staging.part(entry.path).stat().st_size
-        except OSError:
-            return 0
+            elif exc is None:
+                return
+            # WindowClosed: no failure, the next opening is waited for
+            await self._wait_window()
+            tried = await self._in_thread(files.attempt, entry, self.title.sources, self._source)
 
 
 def _total_bytes(raw: bytes) -> int | None:

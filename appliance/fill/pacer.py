@@ -59,10 +59,15 @@ class Pacer:
             await self.sleep(min(max(wait, 0.05), 3600))
         self._close_at = self.window.next_close(self.now())
 
+    def closed(self) -> bool:
+        """The window this run's streams started in has closed (a stream thread stops before
+        its next file, as `charge` stops it mid-file)."""
+        return self._close_at is not None and self.now() >= self._close_at
+
     def charge(self, nbytes: int) -> float:
         """Account for `nbytes` received; WindowClosed once the window has closed, else the
         seconds to wait before using them (the cap)."""
-        if self._close_at is not None and self.now() >= self._close_at:
+        if self.closed():
             raise WindowClosed
         if self._bucket is None:
             return 0.0

@@ -12,14 +12,16 @@ import hashlib
 import json
 import os
 import threading
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from appliance.fill import transport
 from appliance.fill.http1 import ProtocolError, ResponseHead, parse_content_range
-from appliance.fill.layout import StagingLayout
-from appliance.fill.pacer import BUFFER, Pacer, Sleep
+from appliance.fill.layout import PART, StagingLayout
+from appliance.fill.pacer import BUFFER, Pacer, Sleep, WindowClosed
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
 from edgeflix.http.content import parse_http_date
@@ -92,6 +94,11 @@ class StreamJob:
         if self.stopped:  # cancelled while connecting: abort() came too early to see it
             conn.abort()
 
+    def unwatch(self) -> None:
+        """Done with the connection (back in the pool, another thread's next): not ours to
+        abort any more."""
+        self.conn = None
+
     def cancel(self) -> None:
         self.stopped = True
         if self.conn is not None:
@@ -146,16 +153,64 @@ class FileStream:
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{source}: {exc}") from None
 
-    def fetch_once(self, entry: FileEntry, source: str, job: StreamJob) -> None:
+    def fetch_many(
+        self,
+        tasks: deque[FileEntry],
+        sources: Sequence[str],
+        current: Callable[[], int],
+        job: StreamJob,
+    ) -> Attempt | None:
+        """Take files from `tasks` (shared by every stream thread) and fetch them one after
+        another from `sources[current()]`, all on this thread: a hand-off to the event loop
+        per file cost more than a small file's transfer. None once `tasks` is empty; the
+        first failed attempt (a file to retry, on the asyncio side) as soon as one fails;
+        WindowClosed before taking a file once the fill window has closed."""
+        while True:
+            job.check()
+            if self.pacer.closed():
+                raise WindowClosed
+            try:
+                entry = tasks.popleft()  # atomic: no two threads take the same file
+            except IndexError:
+                return None
+            attempt = self.attempt(entry, sources, current(), job)
+            job.unwatch()
+            if attempt.error is not None:
+                return attempt
+
+    def attempt(
+        self, entry: FileEntry, sources: Sequence[str], source: int, job: StreamJob
+    ) -> Attempt:
+        """One try at `entry` from `sources[source]`, with the .part size before and after
+        (a retry that made progress is no failure, retry.RetryPolicy.attempts_after)."""
         part = self.staging.part(entry.path)
-        part.parent.mkdir(parents=True, exist_ok=True)
-        offset = part.stat().st_size if part.exists() else 0
+        before = _size(part)
+        try:
+            self.fetch_once(entry, sources[source], job, part, before)
+        except (SourceFailure, WindowClosed) as exc:
+            return Attempt(entry, source, before, _size(part), exc)
+        return Attempt(entry, source, before, entry.size, None)
+
+    def fetch_once(
+        self,
+        entry: FileEntry,
+        source: str,
+        job: StreamJob,
+        part: Path | None = None,
+        offset: int | None = None,
+    ) -> None:
+        """Fetch `entry` into its .part (resumed from `offset`, its size, when known), check
+        its SHA-256, give it its final name."""
+        part = part or self.staging.part(entry.path)
+        offset = _size(part) if offset is None else offset
         if offset > entry.size:
             discard_part(part)
             offset = 0
         hasher = _hash_prefix(part, offset)
         if offset < entry.size:
             offset, hasher = self._stream(entry, source, part, offset, hasher, job)
+        elif entry.size == 0:
+            os.close(_open_part(part, 0))  # nothing to fetch, but a file to stage
         if offset != entry.size:
             raise SourceFailure(Failure.TRUNCATED, f"{entry.path}: {offset} of {entry.size} bytes")
         if hasher.hexdigest() != entry.sha256:
@@ -164,7 +219,8 @@ class FileStream:
         # bytes never reached the disk, but a resumed fill hashes every file it finds
         # finished in staging again (staged.reverify_staged), and the hand-off fsyncs
         # before the store takes the file.
-        os.replace(part, self.staging.file(entry.path))
+        final = part.with_name(part.name[: -len(PART)])
+        os.replace(part, final)
         validator_path(part).unlink(missing_ok=True)
 
     def _stream(
@@ -186,13 +242,20 @@ class FileStream:
             with self.pool.get(url, headers, job.watch, known) as resp:
                 if_range = known[1] if known is not None and known[0] == resp.url else None
                 start = self._accept(resp, entry, source, offset, if_range)
+                validator: tuple[str, str | None] | None = None
                 if start != offset:  # a changed file, or Range ignored: take it from byte 0
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
-                if if_range is None or start == 0:
                     _write_validator(part, resp.url, if_range_value(resp.head))
-                return self._receive(resp, entry, part, offset, hasher, job), hasher
+                elif start == 0:
+                    # Written only if bytes reach the .part before the body ends (_receive):
+                    # a file received whole in one batch never needs it, and this saves two
+                    # file creations and a rename per small file.
+                    validator = (resp.url, if_range_value(resp.head))
+                elif if_range is None:
+                    _write_validator(part, resp.url, if_range_value(resp.head))
+                return self._receive(resp, entry, part, offset, hasher, job, validator), hasher
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{entry.path}: {exc} at {source}") from None
 
@@ -242,15 +305,16 @@ class FileStream:
         offset: int,
         hasher: hashlib._Hash,
         job: StreamJob,
+        validator: tuple[str, str | None] | None = None,
     ) -> int:
         """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
-        pacer, write, hash. Bytes already written stay written when the body breaks off."""
+        pacer, write, hash. Bytes already written stay written when the body breaks off.
+        `validator` (URL, If-Range value), when given, is kept beside the .part before the
+        first bytes that leave it short of the whole file (the only .part a resume sees)."""
         view = _buffer()
         batch = self.pacer.batch_bytes()
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = -1
         try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
             while True:
                 job.check()
                 filled, broken = 0, None
@@ -267,6 +331,11 @@ class FileStream:
                         raise SourceFailure(
                             Failure.DIGEST, f"{entry.path}: longer than {entry.size}"
                         )
+                    if fd < 0:
+                        fd = _open_part(part, offset)
+                    if validator is not None and offset + filled < entry.size:
+                        _write_validator(part, *validator)
+                        validator = None
                     _write_all(fd, view[:filled])
                     hasher.update(view[:filled])
                     offset += filled
@@ -276,7 +345,45 @@ class FileStream:
                 if filled < batch:
                     return offset
         finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at a file on a stream thread: the source index it used, its .part size
+    before and after, and how it failed (None: the file is verified and staged)."""
+
+    entry: FileEntry
+    source: int
+    before: int
+    after: int
+    error: SourceFailure | WindowClosed | None
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _open_part(part: Path, offset: int) -> int:
+    """The .part, open for writing at `offset` (cut there), its folder made if need be."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0)
+    try:
+        fd = os.open(part, flags, 0o644)
+    except FileNotFoundError:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(part, flags, 0o644)
+    if offset:
+        try:
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+        except BaseException:
             os.close(fd)
+            raise
+    return fd
 
 
 _per_thread = threading.local()
