@@ -13,13 +13,14 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import replaced
 from appliance.config import Tier
 from appliance.disks import StorageError
+from appliance.folderscan import FolderScan, scan_folder
 from appliance.index import (
     INCOMPLETE,
     LOADING,
@@ -86,8 +87,9 @@ class Report:
         event(log, "storage.finding", logging.WARNING, title=title, path=path, problem=problem)
 
 
-def _folders_on_disks(store: Store) -> dict[str, set[str]]:
-    """Title id → the names of its folders on the disks (its id, and `id~tag` versions)."""
+def _folders_on_disks(store: Store, only: Collection[str] | None) -> dict[str, set[str]]:
+    """Title id → the names of its folders on the disks (its id, and `id~tag` versions), of
+    the titles in `only` (None: of all)."""
     folders: dict[str, set[str]] = {}
     for disk in store.disks:
         if not disk.titles_dir.is_dir():
@@ -95,17 +97,24 @@ def _folders_on_disks(store: Store) -> dict[str, set[str]]:
         for entry in os.scandir(disk.titles_dir):
             # A link named like a title is someone's placement, never ours: swept like a stray.
             title_id = folder_title(entry.name)
-            if title_id and (entry.is_dir(follow_symlinks=False) or entry.is_symlink()):
+            if not title_id or (only is not None and title_id not in only):
+                continue
+            if entry.is_dir(follow_symlinks=False) or entry.is_symlink():
                 folders.setdefault(title_id, set()).add(entry.name)
     return folders
 
 
-def reconcile(store: Store) -> Report:
-    """Check every title the index or the disks know; skip titles another process holds."""
+def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
+    """Check every title the index or the disks know, or only the titles in `only` (a
+    command about one title need not pay for a scan of them all); skip titles another
+    process holds."""
     report = Report()
-    store.drop_replaced()  # kept long enough for the sessions of the versions they were in
-    folders = _folders_on_disks(store)
-    ids = {t.id for t in all_titles(store.conn)} | set(folders)
+    folders = _folders_on_disks(store, only)
+    if only is None:
+        store.drop_replaced()  # kept long enough for the sessions of the versions they were in
+        ids = {t.id for t in all_titles(store.conn)} | set(folders)
+    else:  # a title neither indexed nor on a disk has nothing to check (nor a valid id, maybe)
+        ids = {t for t in only if t in folders or get_title(store.conn, t) is not None}
     for title_id in sorted(ids):
         with store.locks.hold(title_id, wait=False) as held:
             if not held:
@@ -140,17 +149,38 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         # else: its last files are on a disk out of service (`appliance rm` said so, and
         # `ls` shows it removing): the reconcile after that disk's return finishes it.
         return
-    _rehome(store, row, report)
+    files = _rehome(store, row, report)
+    # One scan of the title's folder per disk serves both the size checks and the sweep.
+    scans = _scan(store, row)
     dropped = []
-    for f in title_files(store.conn, title_id):
+    for f in files:
         if f.state != OK or f.disk in store.out_of_service:
             continue  # a disk out of service: the daemon's take-out and re-scan own its files
         report.checked_files += 1
-        problem = check_size(f)
+        problem = _size_problem(f, scans.get(f.disk))
         if problem:
             dropped.append((f, problem))
     drop(store, title_id, dropped, report)
-    _sweep(store, row, report)
+    if dropped:  # their deletion changed the folders: the sweep sees them as they are now
+        scans = _scan(store, row)
+    _sweep(store, row, files, scans, report)
+
+
+def _scan(store: Store, row: TitleRow) -> dict[str, FolderScan | None]:
+    return {disk.id: scan_folder(disk.titles_dir / row.folder) for disk in store.disks}
+
+
+def _size_problem(f: FileRow, scan: FolderScan | None) -> str | None:
+    """check_size's answer, from the folder's scan when it holds the file as a regular file
+    (the common case, at no system call); anything else gets the full check, which says
+    what is wrong (missing, a link, reached through a link, unreadable) or finds it fine."""
+    if scan is not None and scan.direct:
+        size = scan.sizes.get(f.path)
+        if size == f.size:
+            return None
+        if size is not None:
+            return f"size {size} != {f.size} in the index"
+    return check_size(f)
 
 
 def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report: Report) -> None:
@@ -170,14 +200,16 @@ def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report:
                        f"version ({folder})")  # fmt: skip
 
 
-def _rehome(store: Store, row: TitleRow, report: Report) -> None:
+def _rehome(store: Store, row: TitleRow, report: Report) -> list[FileRow]:
     """Files the index places on a disk path no longer configured (its mount point was
     renamed or moved in the config): found at the same place on a configured disk with
     their size, the index follows them there; otherwise the checks below drop them as
-    missing (and the sweep would have deleted them as strays on their new path)."""
+    missing (and the sweep would have deleted them as strays on their new path). Returns
+    the title's files as the index has them now."""
     title_id = row.id
     known = {d.id for d in store.disks} | set(store.out_of_service)
-    moved = _found_elsewhere(store, known, title_files(store.conn, title_id))
+    files = title_files(store.conn, title_id)
+    moved = _found_elsewhere(store, known, files)
     kept = _found_elsewhere(store, known, replaced.kept_of(store.conn, title_id))
     if kept:  # files kept for replaced versions' sessions follow their disk too, silently
         with transaction(store.conn) as conn:
@@ -186,7 +218,7 @@ def _rehome(store: Store, row: TitleRow, report: Report) -> None:
                 [(disk, title_id, f.path) for disk, f in kept],
             )
     if not moved:
-        return
+        return files
     with transaction(store.conn) as conn:
         conn.executemany(
             "UPDATE files SET disk = ? WHERE title = ? AND path = ?",
@@ -196,6 +228,7 @@ def _rehome(store: Store, row: TitleRow, report: Report) -> None:
         count = sum(1 for _, f in moved if f.disk == old)
         new = sorted({disk for disk, f in moved if f.disk == old})
         report.add(title_id, "", f"{count} files of {old} found on {', '.join(new)}")
+    return title_files(store.conn, title_id)
 
 
 def _found_elsewhere(
@@ -325,22 +358,28 @@ def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report
             report.add(title_id, f.path, f"cannot delete it ({exc.strerror})")
 
 
-def _sweep(store: Store, row: TitleRow, report: Report) -> None:
-    """Delete files under the title's folders that the index does not place there. A file
-    the index marks missing is kept: its disk was out of service and is back, and the
-    daemon re-verifies it (fill/storage.py restore_disk) rather than filling it again."""
+def _sweep(
+    store: Store,
+    row: TitleRow,
+    files: list[FileRow],
+    scans: dict[str, FolderScan | None],
+    report: Report,
+) -> None:
+    """Delete files under the title's folders (as `scans` found them) that the index does not
+    place there. A file the index marks missing is kept: its disk was out of service and is
+    back, and the daemon re-verifies it (fill/storage.py restore_disk) rather than filling it
+    again."""
     title_id = row.id
-    wanted = {(f.disk, f.path) for f in title_files(store.conn, title_id)}
+    wanted = {(f.disk, f.path) for f in files}
     for disk in store.disks:
         top = disk.titles_dir / row.folder
-        if not top.is_dir() or top.is_symlink():
+        scan = scans.get(disk.id)
+        if scan is None:  # absent, or a link or file in the folder's place
             if _remove(top, title_id, report):
                 report.add(title_id, "", f"removed a non-folder in the title's place on {disk.id}")
             continue
-        strays = [
-            p for p in walk_files(top) if (disk.id, p.relative_to(top).as_posix()) not in wanted
-        ]
-        if strays and not disk.writable:
+        strays = [top / rel for rel in scan.entries if (disk.id, rel) not in wanted]
+        if not strays or not disk.writable:
             continue  # a read-only disk: its strays are swept once it is writable again
         try:
             unlink_synced(strays)
