@@ -11,6 +11,8 @@ import typer
 from edgeflix.tokens import MAX_TTL_S
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from appliance.config import StorageConfig
     from appliance.repair import Finding
     from appliance.store import Store, TitleListing
@@ -45,9 +47,17 @@ def _disks_out_of_service(storage: StorageConfig) -> set[str]:
     return set(dead)
 
 
-def _open_store(config: Path | None, findings: list[Finding] | None = None) -> Store:
-    """Load the config, open the store and reconcile it, reporting findings on stderr (and
-    into `findings`, for a command that reports them itself)."""
+def _open_store(
+    config: Path | None,
+    findings: list[Finding] | None = None,
+    *,
+    check: bool = True,
+    only: Collection[str] | None = None,
+) -> Store:
+    """Load the config, open the store and, with `check`, reconcile it (only the titles in
+    `only`, when given), reporting findings on stderr (and into `findings`, for a command
+    that reports them itself). A reconcile reads every stored file's folder: a command that
+    only reads the index (`ls`) does without, or it would take minutes on a full appliance."""
     from appliance import config as appliance_config
     from appliance.repair import reconcile
     from appliance.store import Store
@@ -55,7 +65,9 @@ def _open_store(config: Path | None, findings: list[Finding] | None = None) -> S
 
     storage = appliance_config.load(config).storage
     store = Store(storage, out_of_service=_disks_out_of_service(storage))
-    report = reconcile(store)
+    if not check:
+        return store
+    report = reconcile(store, only)
     for finding in report.findings:
         warn(str(finding))
     if findings is not None:
@@ -109,12 +121,14 @@ def ls_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """List the titles on this appliance with state, tier, disks and bytes."""
+    """List the titles on this appliance with state, tier, disks and bytes, as the index has
+    them: the disks are checked by the daemon (at start and every reconcile_interval_s),
+    `appliance reconcile` and `appliance verify`."""
     from dataclasses import asdict
 
     from edgeflix import ui
 
-    store = _open_store(config)
+    store = _open_store(config, check=False)
     try:
         titles = store.listing()
     finally:
@@ -145,7 +159,9 @@ def rm_cmd(
     are deleted when it is back (the title is `removing` meanwhile, not served)."""
     from edgeflix import ui
 
-    store = _open_store(config)
+    # Only this title is reconciled (an interrupted load or removal of it finished, a copy
+    # of it found on the disks but not in the index adopted): the others wait for theirs.
+    store = _open_store(config, only=[title])
     try:
         pending = store.remove(title)
     finally:
@@ -164,6 +180,43 @@ def rm_cmd(
         f"{title} is out of service, but not all removed: {where} (out of service) cannot be "
         "deleted now; they are deleted when the disk is back in service"
     )
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Bring the index and the disks into agreement now, as the daemon does at start: finish
+    interrupted loads and removals, drop missing or truncated files, delete partial and stray
+    files. Exit status 1 when a stored file was lost (its title is marked incomplete)."""
+    from appliance.repair import reconcile
+    from edgeflix import ui
+
+    store = _open_store(config, check=False)
+    try:
+        report = reconcile(store)
+    finally:
+        store.close()
+    if as_json:
+        ui.print_json(
+            {
+                "checked_files": report.checked_files,
+                "findings": [
+                    {"title": f.title, "path": f.path, "problem": f.problem, "damage": f.damage}
+                    for f in report.findings
+                ],
+                "busy": report.busy,
+            }
+        )
+    else:
+        for finding in report.findings:
+            typer.echo(str(finding))
+        for title_id in report.busy:
+            typer.echo(f"{title_id}: not checked (another process is working on it)")
+        typer.echo(f"checked {report.checked_files} files: {len(report.findings)} findings")
+    if any(f.damage for f in report.findings):
+        raise typer.Exit(1)
 
 
 @app.command("verify")

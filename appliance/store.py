@@ -798,7 +798,8 @@ class Store:
             except OSError as exc:
                 raise StorageError(
                     f"cannot delete {folder}: {exc.strerror}; title {title_id} is out of "
-                    "service and its removal is finished at the next start or `appliance ls`"
+                    "service and its removal is finished by the next reconcile (the daemon's, or "
+                    "`appliance reconcile`)"
                 ) from None
         out = set(self.out_of_service) if wait_for_disks else set()
         pending: dict[str, int] = {}

@@ -1,5 +1,5 @@
 """Reconcile and removal beside a read-only disk (ext4 remounted itself read-only): what
-cannot be deleted there is left for later, never a failed `ls`, a daemon that will not start
+cannot be deleted there is left for later, never a failed reconcile, a daemon that will not start
 or a title half-removed (realdisk_support.py makes the disks)."""
 
 from __future__ import annotations
@@ -33,6 +33,14 @@ def _ls(config: Path) -> tuple[list[dict[str, object]], str]:
     return json.loads(ls.stdout), ls.stderr
 
 
+def _reconcile(config: Path) -> str:
+    """`appliance reconcile` (what the daemon does at start): its findings."""
+    done = run_cli(["appliance", "reconcile", "--config", str(config)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
 def test_stray_on_a_read_only_disk_is_left_and_the_rest_still_serves(
     tmp_path: Path, real_disks: MakeDisks
 ) -> None:
@@ -41,6 +49,7 @@ def test_stray_on_a_read_only_disk_is_left_and_the_rest_still_serves(
     stray = d1.mount / "titles" / "spread" / "left-by-a-crash.m4s"
     stray.write_bytes(b"x" * 100)
     d1.remount("ro")
+    _reconcile(config)
     titles, _ = _ls(config)
     assert [(t["id"], t["state"]) for t in titles] == [("spread", "ready")]
     assert stray.exists()  # nothing can be deleted there; swept once it is writable
@@ -52,7 +61,7 @@ def test_stray_on_a_read_only_disk_is_left_and_the_rest_still_serves(
     finally:
         server.stop()
     d1.remount("rw")
-    _ls(config)
+    assert "left-by-a-crash.m4s: removed file not in the index" in _reconcile(config)
     assert not stray.exists()
 
 
@@ -84,9 +93,9 @@ def test_an_interrupted_removal_on_a_read_only_disk_does_not_stop_ls_or_the_daem
         conn.execute("UPDATE titles SET state = 'removing' WHERE id = 'spread'")
     conn.close()
     d1.remount("ro")
-    titles, stderr = _ls(config)
+    assert "cannot finish an interrupted removal" in _reconcile(config)
+    titles, _ = _ls(config)
     assert [t["id"] for t in titles if t["state"] == "ready"] == ["other"]
-    assert "cannot finish an interrupted removal" in stderr
     server = start_daemon(config)
     try:
         for rel in files_on(d0, "other") + files_on(d1, "other"):
@@ -94,6 +103,7 @@ def test_an_interrupted_removal_on_a_read_only_disk_does_not_stop_ls_or_the_daem
     finally:
         server.stop()
     d1.remount("rw")
+    assert "spread: removed an interrupted removal" in _reconcile(config)
     titles, _ = _ls(config)
     assert [t["id"] for t in titles] == ["other"]
     assert files_on(d0, "spread") == files_on(d1, "spread") == []
