@@ -115,6 +115,8 @@ def test_metrics_answer_with_a_missing_disk_of_detected_tier(tmp_path: Path) -> 
         reply = httpx.get(server.urls["admin"] + "/metrics", timeout=5)
         assert reply.status_code == 200
         assert f'disk="{tmp_path / "d0"}"' in reply.text
-        assert f'disk="{tmp_path / "d1"}"' not in reply.text
+        # Said out of service, with no figures (its mount point's would be another disk's).
+        assert f'edgeflix_appliance_disk_in_service{{disk="{tmp_path / "d1"}"}} 0' in reply.text
+        assert f'_bytes{{disk="{tmp_path / "d1"}"' not in reply.text
     finally:
         server.stop()

@@ -15,7 +15,7 @@ from tests.integration.test_fill import appliance_config, fill
     [
         (["--from", "http://127.0.0.1:99999", "--title", "clip"], "Port out of range"),
         (["--from", "http://[::1", "--title", "clip"], "not a usable URL"),
-        (["--from", "http://127.0.0.1:9", "--title", "clip", "--cap-mbps", "inf"], "number"),
+        (["--from", "http://127.0.0.1:9", "--title", "clip", "--cap-mbps", "inf"], "1000000"),
         (["--from", "http://127.0.0.1:9", "--title", "clip", "--cap-mbps", "1e-7"], "1 bit/s"),
         (["--from", "http://127.0.0.1:9", "--title", "../x"], "title id"),
     ],
