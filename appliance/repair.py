@@ -157,7 +157,7 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         if f.state != OK or f.disk in store.out_of_service:
             continue  # a disk out of service: the daemon's take-out and re-scan own its files
         report.checked_files += 1
-        problem = _size_problem(f, scans.get(f.disk))
+        problem = scanned_size_problem(f, scans.get(f.disk))
         if problem:
             dropped.append((f, problem))
     drop(store, title_id, dropped, report)
@@ -170,7 +170,7 @@ def _scan(store: Store, row: TitleRow) -> dict[str, FolderScan | None]:
     return {disk.id: scan_folder(disk.titles_dir / row.folder) for disk in store.disks}
 
 
-def _size_problem(f: FileRow, scan: FolderScan | None) -> str | None:
+def scanned_size_problem(f: FileRow, scan: FolderScan | None) -> str | None:
     """check_size's answer, from the folder's scan when it holds the file as a regular file
     (the common case, at no system call); anything else gets the full check, which says
     what is wrong (missing, a link, reached through a link, unreadable) or finds it fine."""
