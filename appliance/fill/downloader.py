@@ -28,7 +28,7 @@ from appliance.fill.pacer import Pacer, WindowClosed
 from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.peerwait import decide as decide_peer_wait
 from appliance.fill.plan import PlannedTitle
-from appliance.fill.reconcile import file_tasks
+from appliance.fill.reconcile import FileTask, file_tasks
 from appliance.fill.retry import (
     Failure,
     Outcome,
@@ -49,7 +49,7 @@ from appliance.fill.stream import (
 from edgeflix import titlefiles
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
-from edgeflix.titlefiles import FILES_JSON, FileEntry, TitleFiles
+from edgeflix.titlefiles import FILES_JSON, TitleFiles
 
 __all__ = ["FillError", "Pacer", "PeerNotReady", "TitleFetcher", "TitleProgress", "WindowClosed"]
 log = logging.getLogger("appliance.fill")
@@ -121,7 +121,7 @@ class TitleFetcher:
             prog.total = model.total_bytes
             prog.done = model.total_bytes - sum(t.entry.size - t.offset for t in tasks)
             # Taken by the stream threads themselves (deque.popleft is atomic).
-            queue = deque(t.entry for t in tasks)
+            queue = deque(tasks)
             try:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(min(self.streams, len(tasks))):
@@ -311,7 +311,7 @@ class TitleFetcher:
 
     # --- one file ------------------------------------------------------------------------
 
-    async def _worker(self, tasks: deque[FileEntry]) -> None:
+    async def _worker(self, tasks: deque[FileTask]) -> None:
         """One stream: a thread call fetches files from `tasks` until it is empty; a file
         that fails comes back here for the retry decisions, then the thread goes on."""
         files = self._files

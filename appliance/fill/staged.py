@@ -5,6 +5,7 @@ verified (hashed again before the store adopts them), and partial downloads to r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,13 +37,15 @@ def reverify_staged(staging: StagingLayout, model: TitleFiles, job: StreamJob) -
     failed after it staged): the store adopts staged files without a second look, and a
     crash, a torn write or a rotting disk may have changed one since. A file that no longer
     matches files.json is removed, so it is downloaded (or reused) again."""
+    present = _files_in(staging, model)
     for entry in model.files:
         job.check()
         final = staging.file(entry.path)
+        found = present.get(str(final))
+        if found is None:
+            continue
         try:
-            if not final.is_file():
-                continue
-            size = final.stat().st_size
+            size = found.stat().st_size
             if size == entry.size and titlefiles.sha256_file(final) == entry.sha256:
                 continue
             final.unlink()
@@ -63,12 +66,30 @@ def scan_staging(
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Files already verified (final name, in this process: reverify_staged ran first) and
     partial downloads (.part) in staging."""
-    complete, partial = {}, {}
+    present = _files_in(staging, model)
+    complete: dict[str, int] = {}
+    partial: dict[str, int] = {}
     for entry in model.files:
         final = staging.file(entry.path)
-        part = staging.part(entry.path)
-        if final.is_file():
-            complete[entry.path] = final.stat().st_size
-        if part.is_file():
-            partial[entry.path] = part.stat().st_size
+        for found, into in (
+            (present.get(str(final)), complete),
+            (present.get(f"{final}{PART}"), partial),
+        ):
+            if found is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    into[entry.path] = found.stat().st_size
     return complete, partial
+
+
+def _files_in(staging: StagingLayout, model: TitleFiles) -> dict[str, os.DirEntry[str]]:
+    """The regular files (by path) in the staging folders of `model`'s files, one listing
+    per folder: a stat per file, absent or not, cost a second for a 2,409-file title."""
+    folders = {str(staging.file(entry.path).parent) for entry in model.files}
+    found: dict[str, os.DirEntry[str]] = {}
+    for folder in folders:
+        try:
+            with os.scandir(folder) as listing:
+                found.update((e.path, e) for e in listing if e.is_file())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found

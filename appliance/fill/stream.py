@@ -22,6 +22,7 @@ from appliance.fill import transport
 from appliance.fill.http1 import ProtocolError, ResponseHead, parse_content_range
 from appliance.fill.layout import PART, StagingLayout
 from appliance.fill.pacer import BUFFER, Pacer, Sleep, WindowClosed
+from appliance.fill.reconcile import FileTask
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
 from edgeflix.http.content import parse_http_date
@@ -155,7 +156,7 @@ class FileStream:
 
     def fetch_many(
         self,
-        tasks: deque[FileEntry],
+        tasks: deque[FileTask],
         sources: Sequence[str],
         current: Callable[[], int],
         job: StreamJob,
@@ -170,21 +171,28 @@ class FileStream:
             if self.pacer.closed():
                 raise WindowClosed
             try:
-                entry = tasks.popleft()  # atomic: no two threads take the same file
+                task = tasks.popleft()  # atomic: no two threads take the same file
             except IndexError:
                 return None
-            attempt = self.attempt(entry, sources, current(), job)
+            # The .part size found by scan_staging: nothing else writes it (the run lock).
+            attempt = self.attempt(task.entry, sources, current(), job, task.offset)
             job.unwatch()
             if attempt.error is not None:
                 return attempt
 
     def attempt(
-        self, entry: FileEntry, sources: Sequence[str], source: int, job: StreamJob
+        self,
+        entry: FileEntry,
+        sources: Sequence[str],
+        source: int,
+        job: StreamJob,
+        before: int | None = None,
     ) -> Attempt:
-        """One try at `entry` from `sources[source]`, with the .part size before and after
-        (a retry that made progress is no failure, retry.RetryPolicy.attempts_after)."""
+        """One try at `entry` from `sources[source]`, with the .part size before (`before`
+        when known) and after (a retry that made progress is no failure,
+        retry.RetryPolicy.attempts_after)."""
         part = self.staging.part(entry.path)
-        before = _size(part)
+        before = _size(part) if before is None else before
         try:
             self.fetch_once(entry, sources[source], job, part, before)
         except (SourceFailure, WindowClosed) as exc:
@@ -242,7 +250,7 @@ class FileStream:
             with self.pool.get(url, headers, job.watch, known) as resp:
                 if_range = known[1] if known is not None and known[0] == resp.url else None
                 start = self._accept(resp, entry, source, offset, if_range)
-                validator: tuple[str, str | None] | None = None
+                validator: tuple[str, ResponseHead] | None = None
                 if start != offset:  # a changed file, or Range ignored: take it from byte 0
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
@@ -252,7 +260,7 @@ class FileStream:
                     # Written only if bytes reach the .part before the body ends (_receive):
                     # a file received whole in one batch never needs it, and this saves two
                     # file creations and a rename per small file.
-                    validator = (resp.url, if_range_value(resp.head))
+                    validator = (resp.url, resp.head)
                 elif if_range is None:
                     _write_validator(part, resp.url, if_range_value(resp.head))
                 return self._receive(resp, entry, part, offset, hasher, job, validator), hasher
@@ -305,11 +313,11 @@ class FileStream:
         offset: int,
         hasher: hashlib._Hash,
         job: StreamJob,
-        validator: tuple[str, str | None] | None = None,
+        validator: tuple[str, ResponseHead] | None = None,
     ) -> int:
         """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
         pacer, write, hash. Bytes already written stay written when the body breaks off.
-        `validator` (URL, If-Range value), when given, is kept beside the .part before the
+        `validator` (URL and head that answered), when given, is kept beside the .part before the
         first bytes that leave it short of the whole file (the only .part a resume sees)."""
         view = _buffer()
         batch = self.pacer.batch_bytes()
@@ -334,7 +342,7 @@ class FileStream:
                     if fd < 0:
                         fd = _open_part(part, offset)
                     if validator is not None and offset + filled < entry.size:
-                        _write_validator(part, *validator)
+                        _write_validator(part, validator[0], if_range_value(validator[1]))
                         validator = None
                     _write_all(fd, view[:filled])
                     hasher.update(view[:filled])

@@ -33,6 +33,9 @@ from appliance.fill.http1 import (
 )
 from appliance.fill.retry import SpeedFloor
 
+# How late past its head deadline a response may be noticed (a shorter recv timeout is set
+# only when the deadline is nearer than the one in force by more than this).
+_HEAD_SLACK_S = 0.05
 _RECV = 64 * 1024  # reads of heads and chunked bodies; plain bodies go to the caller's buffer
 
 
@@ -174,13 +177,24 @@ class Connection:
         """The next final (non-1xx) response head, all of it within `within` seconds (else
         TimeoutError); bytes after it stay in `pending`."""
         deadline = time.monotonic() + within
-        read_timeout = self.sock.gettimeout()
+        read_timeout = timeout = self.sock.gettimeout()
+        try:
+            return self._read_head(reused, deadline, timeout)
+        finally:
+            if self.sock.gettimeout() != read_timeout:
+                self.sock.settimeout(read_timeout)
+
+    def _read_head(self, reused: bool, deadline: float, timeout: float | None) -> ResponseHead:
         while True:
             while not (end := head_end(self.pending)):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
-                self.sock.settimeout(min(left, read_timeout or left))
+                # Shortened only when the deadline is nearer than the timeout in force by
+                # more than _HEAD_SLACK_S: a settimeout per recv was an ioctl per request.
+                if timeout is None or left < timeout - _HEAD_SLACK_S:
+                    timeout = left
+                    self.sock.settimeout(left)
                 data = self.sock.recv(_RECV)
                 if not data:
                     if reused and not self.pending:
@@ -190,7 +204,6 @@ class Connection:
             head = parse_head(self.pending[:end])
             del self.pending[:end]
             if not 100 <= head.status < 200 or head.status == 101:
-                self.sock.settimeout(read_timeout)
                 return head
 
     def abort(self) -> None:

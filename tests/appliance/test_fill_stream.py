@@ -346,3 +346,46 @@ def test_a_stream_thread_waiting_on_the_pacer_stops_when_cancelled() -> None:
     finally:
         loop.run_until_complete(asyncio.sleep(0.01))  # the cancelled wait, never started
         loop.close()
+
+
+def test_a_window_closing_between_files_stops_the_stream_before_its_next_file(
+    tmp_path: Path,
+) -> None:
+    """A stream thread takes file after file itself: once the window has closed (here as
+    each file is staged) it asks for no next file until the window opens again."""
+    from datetime import UTC, datetime, timedelta
+
+    from appliance.fill.window import parse_window
+
+    model, files = make_source(tmp_path, [1_000, 2_000, 3_000])
+    staging = tmp_path / "staging"
+    nights = [0]
+    log: list[dict[str, str]] = []
+
+    def now() -> datetime:
+        # Open (05:59) each night until that night's file is staged, then closed (06:00:30).
+        evening = datetime(2024, 5, 1, 5, 59, tzinfo=UTC) + timedelta(days=nights[0])
+        staged = len(list(staging.glob("v0/*.m4s")))
+        return evening + timedelta(seconds=90) if staged > nights[0] else evening
+
+    async def sleep(seconds: float) -> None:
+        log.append({":target": "wait"})
+        nights[0] += 1
+        await asyncio.sleep(0)
+
+    pacer = Pacer(None, parse_window("05:59-06:00", "UTC"), now=now, sleep=sleep)
+    with scripted(serve_files(files, log)) as server:
+        progress = fill(server.url, staging, pacer, streams=1)
+    assert_verified(staging, model)
+    asked = [r[":target"].rsplit("/", 1)[-1] for r in log if "files.json" not in r[":target"]]
+    assert asked == ["seg2.m4s", "wait", "seg1.m4s", "wait", "seg0.m4s"]
+    assert progress.retries == 0
+
+
+def test_an_empty_file_is_staged_without_a_request(tmp_path: Path) -> None:
+    model, files = make_source(tmp_path, [0, 5_000])
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log)) as server:
+        fill(server.url, tmp_path / "staging")
+    assert_verified(tmp_path / "staging", model)
+    assert "/titles/t/v0/seg0.m4s" not in [r[":target"] for r in log]
