@@ -193,7 +193,7 @@ def test_a_lost_index_adopts_the_version_loaded_last(
 def test_a_version_in_its_grace_is_left_to_the_process_that_retired_it(
     tmp_path: Path, versions: tuple[Path, Path]
 ) -> None:
-    """Another process's reconcile (an `appliance ls` during a fill) keeps the folder an
+    """Another process's reconcile (an `appliance load` during a fill) keeps the folder an
     update just retired: a request may still open a file there."""
     v1, v2 = versions
     store = make_store(tmp_path, grace_s=60)
