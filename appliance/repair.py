@@ -4,7 +4,9 @@
 Reconcile removes what a crash left behind (temporary files, half-loaded or half-removed titles,
 copies a tier move did not finish, stray files) and drops files whose size no longer matches the
 index; verify does the same for content. A title with a dropped file is marked incomplete and is
-no longer served. Both work title by title under store.py's per-title locks.
+no longer served. Both work title by title under store.py's per-title locks. A title found
+on the disks but not in the index is adopted back (adopt.py); each title folder is read once
+(folderscan.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance import replaced
-from appliance.config import Tier
+from appliance.adopt import adopt
 from appliance.disks import StorageError
 from appliance.folderscan import FolderScan, scan_folder
 from appliance.index import (
@@ -46,15 +48,8 @@ from appliance.safefiles import (
     walk_files,
 )
 from appliance.store import Store, folder_title, recently_retired
-from edgeflix import titlefiles
 from edgeflix.log import event
-from edgeflix.titlefiles import (
-    FILES_JSON,
-    FileEntry,
-    TitleFiles,
-    TitleFilesError,
-    sha256_file,
-)
+from edgeflix.titlefiles import sha256_file
 
 log = logging.getLogger("appliance.repair")
 
@@ -126,7 +121,9 @@ def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
 
 def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Report) -> None:
     row = get_title(store.conn, title_id)
-    if row is None and _adopt(store, title_id, folders, report):
+    tier = adopt(store, title_id, folders) if row is None else None
+    if tier is not None:
+        report.add(title_id, "", f"adopted from its files on the {tier} tier (not in the index)")
         row = get_title(store.conn, title_id)
     if row is None:
         store.drop_replaced(title_id=title_id, everything=True)  # a title gone: nothing kept
@@ -250,85 +247,6 @@ def _found_elsewhere(
                 moved.append((disk.id, f))
                 break
     return moved
-
-
-def _adopt(store: Store, title_id: str, folders: set[str], report: Report) -> bool:
-    """Record a complete title found on the disks but not in the index (the index was lost,
-    damaged and moved aside, or restored from an old copy). Files only ever reach their final
-    names whole and verified (safefiles.py), so a title whose files.json lists files that are
-    all present with their sizes on the disks of one tier is the title as it was loaded;
-    `appliance verify` re-hashes it like any other. Anything less is left for the sweep. Of
-    several versions (an update stopped half-way), the newest whole one is taken."""
-    found = [f for f in (_stored_files_json(store, folder, title_id) for folder in folders) if f]
-    for folder, model, digest, manifest_size, _mtime in sorted(found, key=lambda f: -f[4]):
-        entries = [*model.files, FileEntry(path=FILES_JSON, size=manifest_size, sha256=digest)]
-        for tier in sorted(store.tiers):
-            where = _whole_on_tier(store, tier, folder, entries)
-            if where is None:
-                continue
-            with transaction(store.conn) as conn:
-                conn.execute(
-                    "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at, folder) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (title_id, digest, READY, tier, sum(e.size for e in entries), time.time(),
-                     None if folder == title_id else folder),
-                )  # fmt: skip
-                conn.executemany(
-                    "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (title_id, e.path, where[e.path][0], e.size, e.sha256, where[e.path][1], OK)
-                        for e in entries
-                    ],
-                )
-            report.add(
-                title_id, "", f"adopted from its files on the {tier} tier (not in the index)"
-            )
-            return True
-    return False
-
-
-def _whole_on_tier(
-    store: Store, tier: Tier, folder: str, entries: list[FileEntry]
-) -> dict[str, tuple[str, int]] | None:
-    """path → (disk, mtime_ns) when every entry is on a disk of `tier` with its size."""
-    disks = store.disks_of(tier)
-    where: dict[str, tuple[str, int]] = {}
-    for entry in entries:
-        for disk in disks:
-            path = disk.titles_dir / folder / entry.path
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            regular = stat.S_ISREG(st.st_mode) and not through_symlink(path)
-            if regular and st.st_size == entry.size:
-                where[entry.path] = (disk.id, st.st_mtime_ns)
-                break
-        else:
-            return None  # this entry is on no disk of the tier
-    return where
-
-
-def _stored_files_json(
-    store: Store, folder: str, title_id: str
-) -> tuple[str, TitleFiles, str, int, int] | None:
-    """(folder, model, digest, size, ctime_ns) of the files.json in a folder of the title."""
-    for disk in store.disks:
-        top = disk.titles_dir / folder
-        manifest = top / FILES_JSON
-        try:
-            st = os.lstat(manifest)
-            if not stat.S_ISREG(st.st_mode) or through_symlink(manifest):
-                continue
-            model, digest = titlefiles.read(top)
-        except (OSError, TitleFilesError):
-            continue
-        if model.id == title_id and FILES_JSON not in {e.path for e in model.files}:
-            # ctime, not mtime: a copy keeps its source's mtime, but the rename into place
-            # sets the ctime, so it says which version was loaded last.
-            return folder, model, digest, st.st_size, st.st_ctime_ns
-    return None
 
 
 def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report: Report) -> None:
