@@ -52,12 +52,14 @@ class Pacer:
     async def wait_open(self) -> None:
         if self.window is None:
             return
-        while not self.window.is_open(self.now()):
-            wait = self.window.seconds_until_open(self.now())
+        # One reading for the check and the close time: read twice, a window closing in
+        # between would be taken as open until its next day's close.
+        while not self.window.is_open(now := self.now()):
+            wait = self.window.seconds_until_open(now)
             event(log, "fill.window_wait", seconds=round(wait))
             # Re-check at least hourly: the wall clock may be stepped by NTP meanwhile.
             await self.sleep(min(max(wait, 0.05), 3600))
-        self._close_at = self.window.next_close(self.now())
+        self._close_at = self.window.next_close(now)
 
     def closed(self) -> bool:
         """The window this run's streams started in has closed (a stream thread stops before

@@ -80,12 +80,11 @@ class StoreStorage:
             self._placers[title_id] = self.store.placer(title_id, self._rate(title_id))
         except DiskError:
             return StagingLayout(folder, disk_folders=on_disks)
-        roots = {d.id: d.path for d in disks}
+        # Asked for every file several times a run: the folders are made once.
+        staged = {d.id: where for d, where in zip(disks, on_disks, strict=True)}
         placers = self._placers
         return StagingLayout(
-            folder,
-            place=lambda path: disk_staging(roots[placers[title_id](path)], title_id),
-            disk_folders=on_disks,
+            folder, place=lambda path: staged[placers[title_id](path)], disk_folders=on_disks
         )
 
     @contextmanager

@@ -215,10 +215,14 @@ class FileStream:
             discard_part(part)
             offset = 0
         hasher = _hash_prefix(part, offset)
+        kept = offset > 0  # a validator may be beside the .part (see _receive for offset 0)
         if offset < entry.size:
-            offset, hasher = self._stream(entry, source, part, offset, hasher, job)
-        elif entry.size == 0:
-            os.close(_open_part(part, 0))  # nothing to fetch, but a file to stage
+            offset, hasher, wrote = self._stream(entry, source, part, offset, hasher, job)
+            kept = kept or wrote
+        elif entry.size == 0:  # nothing to fetch, but a file to stage
+            fd, existed = _open_part(part, 0)
+            os.close(fd)
+            kept = existed
         if offset != entry.size:
             raise SourceFailure(Failure.TRUNCATED, f"{entry.path}: {offset} of {entry.size} bytes")
         if hasher.hexdigest() != entry.sha256:
@@ -227,9 +231,9 @@ class FileStream:
         # bytes never reached the disk, but a resumed fill hashes every file it finds
         # finished in staging again (staged.reverify_staged), and the hand-off fsyncs
         # before the store takes the file.
-        final = part.with_name(part.name[: -len(PART)])
-        os.replace(part, final)
-        validator_path(part).unlink(missing_ok=True)
+        if kept:  # first: a crash between the two leaves a complete .part, no validator
+            validator_path(part).unlink(missing_ok=True)
+        os.replace(part, part.with_name(part.name[: -len(PART)]))
 
     def _stream(
         self,
@@ -239,7 +243,9 @@ class FileStream:
         offset: int,
         hasher: hashlib._Hash,
         job: StreamJob,
-    ) -> tuple[int, hashlib._Hash]:
+    ) -> tuple[int, hashlib._Hash, bool]:
+        """The body from `offset` into the .part; (end offset, hasher, whether a validator
+        was written beside the .part)."""
         url = url_for(source, self.title_id, entry.path)
         # If-Range only to the server whose validator it is (the URL that answered, after
         # redirects): another server's file has other validators (its own mtime) though the
@@ -251,11 +257,13 @@ class FileStream:
                 if_range = known[1] if known is not None and known[0] == resp.url else None
                 start = self._accept(resp, entry, source, offset, if_range)
                 validator: tuple[str, ResponseHead] | None = None
+                wrote = False
                 if start != offset:  # a changed file, or Range ignored: take it from byte 0
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
                     _write_validator(part, resp.url, if_range_value(resp.head))
+                    wrote = True
                 elif start == 0:
                     # Written only if bytes reach the .part before the body ends (_receive):
                     # a file received whole in one batch never needs it, and this saves two
@@ -263,7 +271,9 @@ class FileStream:
                     validator = (resp.url, resp.head)
                 elif if_range is None:
                     _write_validator(part, resp.url, if_range_value(resp.head))
-                return self._receive(resp, entry, part, offset, hasher, job, validator), hasher
+                    wrote = True
+                end, kept = self._receive(resp, entry, part, offset, hasher, job, validator)
+                return end, hasher, wrote or kept
         except (transport.TransportError, ProtocolError) as exc:
             raise SourceFailure(_failure_of(exc), f"{entry.path}: {exc} at {source}") from None
 
@@ -314,14 +324,16 @@ class FileStream:
         hasher: hashlib._Hash,
         job: StreamJob,
         validator: tuple[str, ResponseHead] | None = None,
-    ) -> int:
+    ) -> tuple[int, bool]:
         """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
         pacer, write, hash. Bytes already written stay written when the body breaks off.
         `validator` (URL and head that answered), when given, is kept beside the .part before the
-        first bytes that leave it short of the whole file (the only .part a resume sees)."""
+        first bytes that leave it short of the whole file (the only .part a resume sees).
+        Returns the end offset and whether a validator may be beside the .part (written
+        now, or the .part was there before)."""
         view = _buffer()
         batch = self.pacer.batch_bytes()
-        fd = -1
+        fd, kept = -1, False
         try:
             while True:
                 job.check()
@@ -340,10 +352,11 @@ class FileStream:
                             Failure.DIGEST, f"{entry.path}: longer than {entry.size}"
                         )
                     if fd < 0:
-                        fd = _open_part(part, offset)
+                        fd, existed = _open_part(part, offset)
+                        kept = kept or existed  # an old validator may be beside it
                     if validator is not None and offset + filled < entry.size:
                         _write_validator(part, validator[0], if_range_value(validator[1]))
-                        validator = None
+                        validator, kept = None, True
                     _write_all(fd, view[:filled])
                     hasher.update(view[:filled])
                     offset += filled
@@ -351,7 +364,7 @@ class FileStream:
                 if broken is not None:
                     raise broken
                 if filled < batch:
-                    return offset
+                    return offset, kept
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -376,14 +389,16 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _open_part(part: Path, offset: int) -> int:
-    """The .part, open for writing at `offset` (cut there), its folder made if need be."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0)
-    try:
-        fd = os.open(part, flags, 0o644)
-    except FileNotFoundError:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(part, flags, 0o644)
+def _open_part(part: Path, offset: int) -> tuple[int, bool]:
+    """The .part, open for writing at `offset` (cut there), its folder made if need be;
+    and whether it existed (offset 0: a new .part has no validator beside it)."""
+    if offset:
+        fd, existed = _create(part, 0), True
+    else:
+        try:
+            fd, existed = _create(part, os.O_EXCL), False
+        except FileExistsError:
+            fd, existed = _create(part, os.O_TRUNC), True
     if offset:
         try:
             os.ftruncate(fd, offset)
@@ -391,7 +406,16 @@ def _open_part(part: Path, offset: int) -> int:
         except BaseException:
             os.close(fd)
             raise
-    return fd
+    return fd, existed
+
+
+def _create(part: Path, flag: int) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | flag
+    try:
+        return os.open(part, flags, 0o644)
+    except FileNotFoundError:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(part, flags, 0o644)
 
 
 _per_thread = threading.local()
@@ -444,9 +468,10 @@ def validator_path(part: Path) -> Path:
 
 
 def discard_part(part: Path) -> None:
-    """Drop partial bytes and the validator they were fetched under."""
-    part.unlink(missing_ok=True)
+    """Drop partial bytes and the validator they were fetched under (the validator first:
+    it never outlives its .part, fetch_once relies on that)."""
     validator_path(part).unlink(missing_ok=True)
+    part.unlink(missing_ok=True)
 
 
 def _read_validator(part: Path) -> tuple[str, str] | None:

@@ -19,7 +19,7 @@ from appliance.fill.downloader import FillError, Pacer
 from appliance.fill.http1 import ResponseHead
 from appliance.fill.stream import if_range_value
 from appliance.fill.window import parse_window
-from tests.appliance.fill_server import read_request, scripted
+from tests.appliance.fill_server import read_request, scripted, serve_files
 from tests.appliance.test_fill_stream import assert_verified, fill, make_source
 from tests.integration.serve_support import serving_origin
 from tests.integration.test_fill import make_title
@@ -241,3 +241,25 @@ def test_a_resume_through_a_balancer_to_another_replica_keeps_its_bytes(tmp_path
     assert progress.digest_failures == 0
     (resumed,) = [r for r in logs["r2"] if r[":target"] == SEG]
     assert resumed.get("range") is not None and "if-range" not in resumed
+
+
+def test_an_empty_part_left_with_a_validator_is_fetched_whole_and_both_go(
+    tmp_path: Path,
+) -> None:
+    """A run killed after it kept the validator but before the first bytes reached the
+    .part: the next run asks for the whole file (nothing to resume) and leaves neither
+    behind, though a file received in one go writes no validator of its own."""
+    model, files = make_source(tmp_path, [20_000])
+    staging = tmp_path / "staging"
+    part = staging / "v0/seg0.m4s.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"")
+    validator = part.with_name(part.name + ".validator")
+    validator.write_text('{"source": "http://elsewhere/x", "if_range": "\\"v1\\""}')
+    log: list[dict[str, str]] = []
+    with scripted(serve_files(files, log)) as server:
+        fill(server.url, staging, streams=1)
+    assert_verified(staging, model)
+    assert [(r.get("range"), r.get("if-range")) for r in log if r[":target"] == SEG] == [
+        (None, None)
+    ]

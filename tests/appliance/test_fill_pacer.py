@@ -46,6 +46,21 @@ def test_window_pauses_at_close_and_resumes_at_next_open() -> None:
     asyncio.run(scenario())
 
 
+def test_a_window_closing_as_it_is_checked_is_not_taken_for_open_until_tomorrow() -> None:
+    """The clock passes the close while wait_open looks (stream threads read it too): the
+    streams are stopped at today's close, not let run until tomorrow's."""
+    readings = iter([datetime(2024, 5, 1, 5, 59, 59, tzinfo=UTC)])
+    late = datetime(2024, 5, 1, 6, 0, 1, tzinfo=UTC)
+    pacer = Pacer(None, parse_window("02:00-06:00", "UTC"), now=lambda: next(readings, late))
+
+    async def scenario() -> None:
+        await pacer.wait_open()  # open at its one reading
+        with pytest.raises(WindowClosed):
+            pacer.charge(1000)
+
+    asyncio.run(scenario())
+
+
 def test_cap_makes_streams_wait() -> None:
     t = FakeTime(datetime(2024, 5, 1, tzinfo=UTC))
     pacer = Pacer(8000, None, clock=t.mono, now=t.wall, sleep=t.sleep)  # 1000 bytes/s

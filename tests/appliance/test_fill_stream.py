@@ -85,6 +85,7 @@ def fill(url: str, staging: Path, pacer: Pacer | None = None, streams: int = 2) 
 def assert_verified(staging: Path, model: TitleFiles) -> None:
     assert titlefiles.verify(staging, model) == []
     assert not list(staging.rglob("*.part"))
+    assert not list(staging.rglob("*.validator*"))  # each gone with its .part
 
 
 def test_resume_from_part_file_with_range(tmp_path: Path) -> None:
