@@ -20,6 +20,11 @@ MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions, or one trailer f
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)")
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
+# The same, for all of a head's field lines at once (a value's own spaces and tabs are in
+# its character class, so the lines are the same language as _FIELD's).
+_NAME = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_FIELD_LINES = re.compile(rb"(?:" + _NAME + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD_PAIR = re.compile(rb"(" + _NAME + rb"):([^\r\n]*)\r\n")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")  # < 2**63: no absurd lengths
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18}|\*)")
@@ -88,7 +93,31 @@ def parse_head(raw: bytes | bytearray) -> ResponseHead:
     """Parse one complete head (as delimited by head_end) into a ResponseHead."""
     if not raw.endswith(b"\r\n\r\n"):
         raise ProtocolError("response head does not end with an empty line")
-    lines = bytes(raw[:-4]).split(b"\r\n")
+    data = bytes(raw)
+    eol = data.find(b"\r\n")
+    status = _STATUS_LINE.fullmatch(data, 0, eol)
+    block = data[eol + 2 : -2]  # the field lines, each with its CRLF
+    # Every head the fill reads goes through here (one per file): a well-formed one is
+    # checked by one match over all its lines; anything else goes line by line below,
+    # which says what is wrong.
+    if status is not None and _FIELD_LINES.fullmatch(block):
+        pairs = _FIELD_PAIR.findall(block)
+        if len(pairs) <= MAX_FIELDS:
+            return ResponseHead(
+                version=10 + int(status[1]),
+                status=int(status[2]),
+                reason=status[3].decode("latin-1"),
+                fields=tuple(
+                    (name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1"))
+                    for name, value in pairs
+                ),
+                size=len(raw),
+            )
+    return _parse_head_by_line(data)
+
+
+def _parse_head_by_line(raw: bytes) -> ResponseHead:
+    lines = raw[:-4].split(b"\r\n")
     status = _STATUS_LINE.fullmatch(lines[0])
     if status is None:
         raise ProtocolError(f"bad status line {lines[0][:80]!r}")

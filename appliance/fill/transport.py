@@ -10,6 +10,7 @@ release the GIL, so N streams use every core and a byte is copied once, kernel t
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
 import threading
@@ -136,15 +137,26 @@ def split_url(url: str) -> tuple[Origin, str]:
     """(origin, request target) of an http(s) URL; ValueError for anything else (a port
     out of range, an unclosed IPv6 bracket, a host name the resolver cannot take)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    origin = _origin(parts.scheme, parts.netloc)
+    if origin is None:
         raise ValueError(f"not an http(s) URL: {url!r}")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return origin, target
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(scheme: str, netloc: str) -> Origin | None:
+    """The Origin of every URL with this scheme and netloc (None: not http(s)), worked out
+    once: the fill asks it for every file, and host, port and IDNA checks add up."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
     port = parts.port
     if port == 0:
         raise ValueError("port 0 is not a port to connect to")
-    port = port or (443 if parts.scheme == "https" else 80)
+    port = port or (443 if scheme == "https" else 80)
     parts.hostname.encode("idna")  # UnicodeError (a ValueError) where connect would raise it
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Origin(parts.scheme, parts.hostname, port), target
+    return Origin(scheme, parts.hostname, port)
 
 
 class Connection:

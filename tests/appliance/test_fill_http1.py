@@ -192,3 +192,31 @@ def test_chunked_any_split(
 def test_chunked_rejects(data: bytes) -> None:
     with pytest.raises(ProtocolError):
         ChunkedDecoder().feed(data)
+
+
+_VALUE = st.sampled_from([b"", b" ", b"\t", b"5", b'"v1"', b"a b", b"\xe9", b"\r", b"\n", b"\x00"])
+_LINE = st.tuples(
+    st.sampled_from([b"Content-Length", b"ETag", b"X-a", b"", b" X", b"a(b", b"HTTP/1.1"]),
+    st.sampled_from([b":", b": ", b":\t", b" :", b""]),
+    st.lists(_VALUE, max_size=4),
+).map(lambda t: t[0] + t[1] + b"".join(t[2]))
+
+
+@given(st.lists(_LINE, max_size=8), st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 2x"]))
+def test_a_head_parses_the_same_in_one_match_as_line_by_line(
+    lines: list[bytes], status: bytes
+) -> None:
+    """parse_head checks a head's field lines in one regex match; whatever the bytes, it
+    must accept and refuse exactly what the line-by-line parser does, with the same result."""
+    from appliance.fill.http1 import _parse_head_by_line
+
+    raw = b"\r\n".join([status, *lines]) + b"\r\n\r\n"
+    try:
+        expected: object = _parse_head_by_line(raw)
+    except ProtocolError:
+        expected = ProtocolError
+    try:
+        got: object = parse_head(raw)
+    except ProtocolError:
+        got = ProtocolError
+    assert got == expected
