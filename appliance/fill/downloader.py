@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from appliance.fill import transport
 from appliance.fill.layout import StagingLayout
 from appliance.fill.pacer import Pacer, WindowClosed
+from appliance.fill.partfile import discard_part
 from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.peerwait import decide as decide_peer_wait
 from appliance.fill.plan import PlannedTitle
@@ -44,7 +45,6 @@ from appliance.fill.stream import (
     StreamJob,
     TitleProgress,
     count_progress,
-    discard_part,
 )
 from edgeflix import titlefiles
 from edgeflix.errors import EdgeflixError

@@ -1,7 +1,8 @@
 """One file (or files.json) over one stream, run on a stream thread: GET with `Range` from
 the `.part` offset (and `If-Range` with the validator kept beside it), check the response
 against the request, then batches of body bytes into the file and the SHA-256, paced by the
-Pacer. downloader.py runs these and decides retries.
+Pacer; the .part and its validator are partfile.py's. downloader.py runs these and decides
+retries.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import json
 import os
 import threading
 from collections import deque
@@ -22,16 +22,22 @@ from appliance.fill import transport
 from appliance.fill.http1 import ProtocolError, ResponseHead, parse_content_range
 from appliance.fill.layout import PART, StagingLayout
 from appliance.fill.pacer import BUFFER, Pacer, Sleep, WindowClosed
+from appliance.fill.partfile import (
+    discard_part,
+    if_range_value,
+    open_part,
+    part_size,
+    read_validator,
+    same_version,
+    validator_path,
+    write_validator,
+)
 from appliance.fill.reconcile import FileTask
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
-from edgeflix.http.content import parse_http_date
 from edgeflix.titlefiles import FILES_JSON, FileEntry
 
 MAX_FILES_JSON = 64 << 20
-VALIDATOR = ".validator"  # beside `<file>.part`: where its bytes came from, for If-Range
-# RFC 9110 8.8.2.2: a Last-Modified at least this long before the response's Date is strong.
-_STRONG_DATE_S = 60
 
 
 class SourceFailure(Exception):
@@ -192,11 +198,11 @@ class FileStream:
         when known) and after (a retry that made progress is no failure,
         retry.RetryPolicy.attempts_after)."""
         part = self.staging.part(entry.path)
-        before = _size(part) if before is None else before
+        before = part_size(part) if before is None else before
         try:
             self.fetch_once(entry, sources[source], job, part, before)
         except (SourceFailure, WindowClosed) as exc:
-            return Attempt(entry, source, before, _size(part), exc)
+            return Attempt(entry, source, before, part_size(part), exc)
         return Attempt(entry, source, before, entry.size, None)
 
     def fetch_once(
@@ -210,7 +216,7 @@ class FileStream:
         """Fetch `entry` into its .part (resumed from `offset`, its size, when known), check
         its SHA-256, give it its final name."""
         part = part or self.staging.part(entry.path)
-        offset = _size(part) if offset is None else offset
+        offset = part_size(part) if offset is None else offset
         if offset > entry.size:
             discard_part(part)
             offset = 0
@@ -220,7 +226,7 @@ class FileStream:
             offset, hasher, wrote = self._stream(entry, source, part, offset, hasher, job)
             kept = kept or wrote
         elif entry.size == 0:  # nothing to fetch, but a file to stage
-            fd, existed = _open_part(part, 0)
+            fd, existed = open_part(part, 0)
             os.close(fd)
             kept = existed
         if offset != entry.size:
@@ -250,7 +256,7 @@ class FileStream:
         # If-Range only to the server whose validator it is (the URL that answered, after
         # redirects): another server's file has other validators (its own mtime) though the
         # same bytes, as files.json's digest says, so it gets a plain Range.
-        known = _read_validator(part) if offset else None
+        known = read_validator(part) if offset else None
         headers = [("Range", f"bytes={offset}-")] if offset else []
         try:
             with self.pool.get(url, headers, job.watch, known) as resp:
@@ -262,7 +268,7 @@ class FileStream:
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
-                    _write_validator(part, resp.url, if_range_value(resp.head))
+                    write_validator(part, resp.url, if_range_value(resp.head))
                     wrote = True
                 elif start == 0:
                     # Written only if bytes reach the .part before the body ends (_receive):
@@ -270,7 +276,7 @@ class FileStream:
                     # file creations and a rename per small file.
                     validator = (resp.url, resp.head)
                 elif if_range is None:
-                    _write_validator(part, resp.url, if_range_value(resp.head))
+                    write_validator(part, resp.url, if_range_value(resp.head))
                     wrote = True
                 end, kept = self._receive(resp, entry, part, offset, hasher, job, validator)
                 return end, hasher, wrote or kept
@@ -292,7 +298,7 @@ class FileStream:
             got = parse_content_range(resp.head.get("content-range"))
             if got is None or (got.first, got.last) != (offset, entry.size - 1):
                 raise SourceFailure(Failure.RANGE, f"{entry.path}: unexpected Content-Range")
-            if not _same_version(resp.head, if_range):
+            if not same_version(resp.head, if_range):
                 # The source ignored If-Range: these are another version's bytes.
                 raise SourceFailure(Failure.RANGE, f"{entry.path}: changed at {source}")
             if got.complete not in (None, entry.size):
@@ -352,10 +358,10 @@ class FileStream:
                             Failure.DIGEST, f"{entry.path}: longer than {entry.size}"
                         )
                     if fd < 0:
-                        fd, existed = _open_part(part, offset)
+                        fd, existed = open_part(part, offset)
                         kept = kept or existed  # an old validator may be beside it
                     if validator is not None and offset + filled < entry.size:
-                        _write_validator(part, validator[0], if_range_value(validator[1]))
+                        write_validator(part, validator[0], if_range_value(validator[1]))
                         validator, kept = None, True
                     _write_all(fd, view[:filled])
                     hasher.update(view[:filled])
@@ -382,42 +388,6 @@ class Attempt:
     error: SourceFailure | WindowClosed | None
 
 
-def _size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _open_part(part: Path, offset: int) -> tuple[int, bool]:
-    """The .part, open for writing at `offset` (cut there), its folder made if need be;
-    and whether it existed (offset 0: a new .part has no validator beside it)."""
-    if offset:
-        fd, existed = _create(part, 0), True
-    else:
-        try:
-            fd, existed = _create(part, os.O_EXCL), False
-        except FileExistsError:
-            fd, existed = _create(part, os.O_TRUNC), True
-    if offset:
-        try:
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
-        except BaseException:
-            os.close(fd)
-            raise
-    return fd, existed
-
-
-def _create(part: Path, flag: int) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | flag
-    try:
-        return os.open(part, flags, 0o644)
-    except FileNotFoundError:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(part, flags, 0o644)
-
-
 _per_thread = threading.local()
 
 
@@ -437,65 +407,6 @@ def _failure_of(exc: Exception) -> Failure:
     if isinstance(exc, transport.BodyTruncated):
         return Failure.TRUNCATED
     return Failure.CONNECT  # refused, reset, or a response we cannot parse: try again
-
-
-def if_range_value(head: ResponseHead) -> str | None:
-    """What to send in If-Range to resume this response's body later (RFC 9110 13.1.5): its
-    strong ETag; else its Last-Modified if that is a strong validator (a minute or more
-    before the response's Date); else None, and resumes go without If-Range."""
-    etag = (head.get("etag") or "").strip()
-    if len(etag) >= 2 and etag[0] == etag[-1] == '"':
-        return etag
-    modified, date = head.get("last-modified"), head.get("date")
-    stamp = parse_http_date(modified) if modified else None
-    sent = parse_http_date(date) if date else None
-    if modified and stamp is not None and sent is not None and sent - stamp >= _STRONG_DATE_S:
-        return modified.strip()
-    return None
-
-
-def _same_version(head: ResponseHead, if_range: str | None) -> bool:
-    """A 206 to a request with If-Range: False when its own validator says another version."""
-    if if_range is None:
-        return True
-    field = "etag" if if_range.startswith('"') else "last-modified"
-    value = head.get(field)
-    return value is None or value.strip() == if_range
-
-
-def validator_path(part: Path) -> Path:
-    return part.with_name(part.name + VALIDATOR)
-
-
-def discard_part(part: Path) -> None:
-    """Drop partial bytes and the validator they were fetched under (the validator first:
-    it never outlives its .part, fetch_once relies on that)."""
-    validator_path(part).unlink(missing_ok=True)
-    part.unlink(missing_ok=True)
-
-
-def _read_validator(part: Path) -> tuple[str, str] | None:
-    """(URL that answered, If-Range value) kept for `part`; None when absent or unreadable
-    (a .part from an older version, a torn write): the resume then goes without If-Range."""
-    try:
-        kept = json.loads(validator_path(part).read_text(encoding="utf-8"))
-        source, value = kept["source"], kept["if_range"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if isinstance(source, str) and isinstance(value, str):
-        return source, value
-    return None
-
-
-def _write_validator(part: Path, source: str, value: str | None) -> None:
-    """Keep the validator of the bytes about to be appended to `part` (none: remove it)."""
-    path = validator_path(part)
-    if value is None:
-        path.unlink(missing_ok=True)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"source": source, "if_range": value}), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from appliance.fill.downloader import FillError, Pacer
 from appliance.fill.http1 import ResponseHead
-from appliance.fill.stream import if_range_value
+from appliance.fill.partfile import if_range_value
 from appliance.fill.window import parse_window
 from tests.appliance.fill_server import read_request, scripted, serve_files
 from tests.appliance.test_fill_stream import assert_verified, fill, make_source
