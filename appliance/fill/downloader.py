@@ -2,9 +2,11 @@
 planned version, then every missing file over N parallel streams, resumed with `Range` (and
 `If-Range`) from its `.part` file, SHA-256 verified before it takes its final name.
 
-Each stream's bytes move in a worker thread over our own keep-alive HTTP/1.1 client
-(transport.py): recv_into a preallocated buffer, os.write, hashlib; all release the GIL, so
-streams use every core. The asyncio side keeps the decisions: retries and source fallback
+Each stream is a worker thread that takes file after file from a shared queue itself (a
+hand-off to the loop per file cost more than a small file's transfer) over our own
+keep-alive HTTP/1.1 client (transport.py): recv_into a preallocated buffer, os.write,
+hashlib; all release the GIL, so streams use every core. A failed attempt comes back to the
+asyncio side, which keeps the decisions: retries and source fallback
 (retry.py), waiting for a site peer still filling the title (peerwait.py), the fill window
 and the shared bandwidth cap (the Pacer). runner.py hands the finished title to the storage
 side and defers a title its peer lacks yet. Clock, sleep and jitter are injected.
