@@ -130,15 +130,20 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     assert code != 0 and "unknown key 'storage.hot_rat'" in error_line(err)
 
 
-def test_rm_reconciles_its_own_title_only(tmp_path: Path) -> None:
-    """Removing one title must not pay for a scan of every stored file: the other titles'
-    leftovers wait for the next full reconcile (the daemon's, or `appliance reconcile`)."""
+def two_titles_loaded(tmp_path: Path) -> tuple[Path, Path]:
+    """Titles `a` and `b` loaded by the CLI: (config, the titles folder they are on)."""
     config = storage_toml(tmp_path)
     for title_id in ("a", "b"):
         src = make_title(tmp_path / "src", title_id)
         code, _, err = cli("load", "--config", str(config), "--title", title_id, "--from", str(src))
         assert code == 0, err
-    stored = tmp_path / "hdd1" / "titles"
+    return config, tmp_path / "hdd1" / "titles"
+
+
+def test_rm_reconciles_its_own_title_only(tmp_path: Path) -> None:
+    """Removing one title must not pay for a scan of every stored file: the other titles'
+    leftovers wait for the next full reconcile (the daemon's, or `appliance reconcile`)."""
+    config, stored = two_titles_loaded(tmp_path)
     partial = stored / "b" / "v1" / ".seg0001.m4s.dead.tmp"
     partial.write_bytes(b"partial")
     ghost = stored / "ghost" / "seg.m4s"  # a title not in the index
@@ -162,12 +167,7 @@ def test_rm_reconciles_its_own_title_only(tmp_path: Path) -> None:
 
 
 def test_files_changed_behind_our_back_are_found_on_restart(tmp_path: Path) -> None:
-    config = storage_toml(tmp_path)
-    for title_id in ("a", "b"):
-        src = make_title(tmp_path / "src", title_id)
-        code, _, err = cli("load", "--config", str(config), "--title", title_id, "--from", str(src))
-        assert code == 0, err
-    stored = tmp_path / "hdd1" / "titles"
+    config, stored = two_titles_loaded(tmp_path)
     os.truncate(stored / "a" / "v0" / "seg0000.m4s", 10)
     (stored / "b" / "master.m3u8").unlink()
     (stored / "b" / "v1" / ".seg0001.m4s.dead.tmp").write_bytes(b"partial")
