@@ -262,6 +262,10 @@ class FleetSnapshot:
     # The origin's current files.json digest per title: steering prefers appliances holding
     # that version (a title being updated is on some appliances in both versions a while).
     digests: Mapping[str, str] = field(default_factory=dict)
+    # Titles the origin listed once and no longer does (`origin rm`): not steered, though
+    # appliances hold them until their next fill prunes them. A title the fleet has not
+    # seen listed yet (published since the last poll) is not among them.
+    withdrawn: frozenset[str] = frozenset()
 
     def site_of(self, address: Address) -> Site | None:
         """Longest prefix match over every site's prefixes (IPv4 and IPv6 alike)."""

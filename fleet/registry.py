@@ -89,6 +89,7 @@ def build_snapshot(
     origin_url: str,
     min_keys_version: int = 0,
     digests: Mapping[str, str] | None = None,
+    withdrawn: frozenset[str] = frozenset(),
 ) -> FleetSnapshot:
     appliances = []
     for name in sorted(records):
@@ -107,7 +108,9 @@ def build_snapshot(
                 keys_version=beat.keys_version if beat else 0,
             )
         )
-    return FleetSnapshot(sites, tuple(appliances), origin_url, min_keys_version, digests or {})
+    return FleetSnapshot(
+        sites, tuple(appliances), origin_url, min_keys_version, digests or {}, withdrawn
+    )
 
 
 def beat_to_dict(beat: Beat) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class FleetService:
         self.origin_titles: dict[str, OriginTitle] = {}
         self.origin_read = False  # its catalogue read at least once (see catalog)
         self.releases: dict[str, float] = {}
+        self.withdrawn: frozenset[str] = frozenset()  # see FleetSnapshot.withdrawn
         self.keys = store.keyset()
         # Every key that may sign from now on is marked with this config's token TTL (its
         # verification after retiring lasts that long), raised, never lowered.
@@ -157,6 +158,7 @@ class FleetService:
                 self.config.origin.url,
                 min((s.since for s in self._signers(self.clock())), default=0),
                 {t.id: t.digest for t in self.origin_titles.values()},
+                self.withdrawn,
             )
             self._snapshot_at = mono
         return self._snapshot
@@ -433,6 +435,10 @@ class FleetService:
             event(log, "fleet.origin_empty", logging.WARNING,
                   action="titles the appliances hold stay planned until it lists some")  # fmt: skip
         self.releases = self.store.first_seen(sorted(self.origin_titles), self.clock())
+        # Every title ever listed is in `releases` (the fleet's database keeps them).
+        self.withdrawn = frozenset(
+            t for t in self.releases if self.origin_read and t not in self.origin_titles
+        )
 
     def catalog(self) -> dict[str, CatalogTitle]:
         """The origin's titles. Until it has listed some (unreachable since the manager

@@ -208,10 +208,10 @@ def steer(
     or title id (it becomes a path in every URL)."""
     policy = policy or SteeringPolicy()
     check_title(title_id)
-    if snapshot.digests and title_id not in snapshot.digests:
-        # Withdrawn (`origin rm`) or never published: appliances still holding it drop it at
-        # their next fill, but no new session starts on it meanwhile.
-        raise UnknownNameError(f"title '{title_id}' is not in the origin's catalog")
+    if title_id in snapshot.withdrawn:
+        # `origin rm`: appliances still holding it drop it at their next fill, but no new
+        # session starts on it meanwhile.
+        raise UnknownNameError(f"title '{title_id}' was withdrawn from the origin")
     site: Site | None = snapshot.site_of(parse_address(client_ip))
     eligible: list[Appliance] = []
     excluded: list[str] = []

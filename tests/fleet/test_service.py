@@ -392,9 +392,18 @@ def test_a_title_the_origin_withdraws_is_planned_nowhere(tmp_path: Path) -> None
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a", "b"]
     svc.set_origin_titles([OriginTitle("b", "db", GB)])  # "a" withdrawn
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["b"]
+    # Nor steered, though h1 holds it until its next fill; a title published since the
+    # last read is (the origin serves it).
+    with pytest.raises(UnknownNameError, match="withdrawn"):
+        svc.steer("192.168.1.2", "a")
+    assert svc.steer("192.168.1.2", "new")[0].candidates[-1].name == "origin"
     # An origin listing nothing (a wrong or fresh store) is not every title withdrawn.
     svc.set_origin_titles([])
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a"]
+    assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"
+    # Published again: steered again.
+    svc.set_origin_titles([OriginTitle(t, "d" + t, GB) for t in ("a", "b")])
+    assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"
 
 
 def test_fill_now_leaves_out_unreachable_appliances(tmp_path: Path) -> None:

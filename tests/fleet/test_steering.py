@@ -291,15 +291,17 @@ def test_holders_of_the_current_version_come_first_while_an_update_fills() -> No
     assert names(steer(plain, "192.168.1.7", "t1", wide))[:3] == ranked[:3]
 
 
-def test_a_title_missing_from_the_origins_catalog_is_not_steered() -> None:
-    """Withdrawn at the origin (`origin rm`): appliances still hold it until their next
-    fill, but no new session starts on it. No catalog yet (the origin not read, or listing
-    nothing): steering goes by what the appliances hold."""
+def test_a_title_withdrawn_at_the_origin_is_not_steered() -> None:
+    """Withdrawn (`origin rm`): appliances still hold it until their next fill, but no new
+    session starts on it. A title not listed yet (published since the fleet last read the
+    catalog) is steered as before: the origin serves it already."""
     snap = fleet(box("h0", "home", "t1"), box("h1", "home", "t2"))
-    catalog = FleetSnapshot(
-        sites=snap.sites, appliances=snap.appliances, origin_url="http://o", digests={"t2": "d"}
-    )
-    with pytest.raises(UnknownNameError, match="'t1' is not in the origin's catalog"):
-        steer(catalog, "192.168.1.7", "t1")
-    assert names(steer(catalog, "192.168.1.7", "t2"))[0] == "h1"
+    read = FleetSnapshot(
+        sites=snap.sites, appliances=snap.appliances, origin_url="http://o",
+        digests={"t2": "d"}, withdrawn=frozenset({"t1"}),
+    )  # fmt: skip
+    with pytest.raises(UnknownNameError, match="'t1' was withdrawn from the origin"):
+        steer(read, "192.168.1.7", "t1")
+    assert names(steer(read, "192.168.1.7", "t2"))[0] == "h1"
+    assert names(steer(read, "192.168.1.7", "new"))[-1] == "origin"  # not listed yet
     assert names(steer(snap, "192.168.1.7", "t1"))[0] == "h0"
