@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> None:
         from edgeflix import ui  # imported again if the Ctrl-C cut its first import short
 
         ui.interrupted()
-    except (SystemExit, BrokenPipeError):
+    except (SystemExit, BrokenPipeError) as exc:
         # Done, or stopped by a write to a pipe whose reader has gone (click turns that into
-        # exit 1, our own writes raise): the latter ends quietly, as `cat` would.
+        # exit 1, our own writes raise): the latter ends quietly, as `cat` would. A command
+        # that succeeded and got its output out exits 0, whoever reads it now.
+        failed = isinstance(exc, BrokenPipeError) or exc.code not in (None, 0)
         try:
-            _unless_stdout_gone()
+            _unless_stdout_gone(failed)
         except KeyboardInterrupt:
             from edgeflix import ui
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _unless_stdout_gone() -> None:
+def _unless_stdout_gone(failed: bool) -> None:
     from edgeflix import ui
 
     try:  # what a table left buffered is written now, not in the interpreter's teardown
@@ -125,7 +127,7 @@ def _unless_stdout_gone() -> None:
             sys.stdout.flush()
     except BrokenPipeError:
         ui.stdout_gone()
-    if ui.stdout_reader_gone():
+    if failed and ui.stdout_reader_gone():
         ui.stdout_gone()
 
 
