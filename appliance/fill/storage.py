@@ -190,14 +190,17 @@ class StoreStorage:
         """Take in staged files the downloader verified against files.json in this process:
         moved in where a file shares a filesystem with its disk (no copy, no second hash),
         copied and verified elsewhere."""
-        self.store.load(
-            title_id,
-            staged.folder,
-            replace=True,
-            rate=self._rate(title_id),
-            adopt_verified=True,
-            located=staged.file,
-        )
+        try:
+            self.store.load(
+                title_id,
+                staged.folder,
+                replace=True,
+                rate=self._rate(title_id),
+                adopt_verified=True,
+                located=staged.file,
+            )
+        finally:
+            self._placers.pop(title_id, None)  # a later fill of it lays out staging anew
 
     def remove(self, title_id: str) -> None:
         self.store.remove(title_id)
