@@ -77,8 +77,13 @@ def _end_of_previous(line: ET.Element) -> int:
 
 
 def mpd(
-    videos: Sequence[Media], audio: Media | None, duration: float, segment_seconds: float
+    videos: Sequence[Media],
+    audio: Media | None,
+    duration: float,
+    segment_seconds: float,
+    language: str | None = None,
 ) -> str:
+    """The MPD; `language`: the audio's (RFC 5646, origin/languages.py), "und" if unsaid."""
     root = ET.Element(
         "MPD",
         xmlns=NS,
@@ -129,7 +134,7 @@ def mpd(
             mimeType="audio/mp4",
             segmentAlignment="true",
             startWithSAP="1",
-            lang="und",
+            lang=language or "und",
         )
         rep = ET.SubElement(
             aset,

@@ -24,6 +24,10 @@ SCRATCH_PLAYLIST = ".ffmpeg.m3u8"  # ffmpeg's own playlist; we write ours from t
 VMAF_MODEL = "version=vmaf_v0.6.1"
 # Per-title (CRF) rungs: peak bitrate cap as a multiple of the predicted average.
 CRF_CAP = 2.0
+# Errors only, each line tagged with its level: a failure is told by its first error (the
+# cause), not by the last (what the cause made fail in turn, e.g. the poster output that
+# "received no packets" once an encoder refused to open).
+LOGLEVEL = "level+error"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,10 @@ class EncodeSettings:
     audio_kbps: int = 128
     threads: int = 0  # 0: let each encoder decide
     hdr_transfer: str | None = None  # an HDR source's transfer (probe.Source): tone-mapped
+    # The source's streams the title is made of, by index (probe.Source's choice): ffmpeg's
+    # own picks would be the first video that is no cover art and the first audio.
+    video_stream: int = 0
+    audio_stream: int | None = None  # None: no sound
 
     @property
     def gop(self) -> int:
@@ -147,18 +155,15 @@ def picture(frame_rate: Fraction, hdr_transfer: str | None = None) -> str:
 
 
 def filter_graph(
-    rungs: Sequence[Rung],
-    frame_rate: Fraction,
-    poster: Poster | None = None,
-    hdr_transfer: str | None = None,
+    rungs: Sequence[Rung], settings: EncodeSettings, poster: Poster | None = None
 ) -> str:
-    """One decode, made the `picture` every rendition starts from, split once per rendition
-    and scaled; with a poster, one more branch keeps only its frame (then ends) and scales
-    that one."""
-    # `V`: the first video stream that is no cover art (an attached picture, as the probe).
+    """One decode of the source's video stream, made the `picture` every rendition starts
+    from, split once per rendition and scaled; with a poster, one more branch keeps only its
+    frame (then ends) and scales that one."""
     branches = len(rungs) + (1 if poster else 0)
     labels = "".join(f"[s{i}]" for i in range(branches))
-    parts = [f"[0:V:0]{picture(frame_rate, hdr_transfer)},split={branches}{labels}"]
+    start = picture(settings.frame_rate, settings.hdr_transfer)
+    parts = [f"[0:{settings.video_stream}]{start},split={branches}{labels}"]
     for i, rung in enumerate(rungs):
         parts.append(f"[s{i}]scale={rung.width}:{rung.height}:flags=bicubic,setsar=1[v{i}]")
     if poster:
@@ -170,7 +175,7 @@ def filter_graph(
 
 
 def base_args(ffmpeg: str, source: Path) -> list[str]:
-    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+    return [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", LOGLEVEL, "-y",
             "-progress", "pipe:1", "-nostats", "-i", str(source)]  # fmt: skip
 
 
@@ -180,23 +185,19 @@ def encode_args(
     rungs: Sequence[Rung],
     settings: EncodeSettings,
     out_dir: Path,
-    with_audio: bool,
     poster: Poster | None = None,
     seconds: float | None = None,
 ) -> list[str]:
-    """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`, and the
-    poster when asked. With `seconds` (the picture's length) the audio ends there too: sound
-    running on past the last frame would make the title longer in HLS (players play to
-    the longest playlist, on a frozen frame) than in DASH (mediaPresentationDuration)."""
+    """The whole ladder in one ffmpeg: every rendition into `out_dir/<rung id>/`, the
+    source's chosen audio stream (if any) into `out_dir/audio/`, and the poster when asked.
+    With `seconds` (the picture's length) the audio lasts exactly that (audio_codec_args)."""
     args = base_args(ffmpeg, source)
-    graph = filter_graph(rungs, settings.frame_rate, poster, settings.hdr_transfer)
-    args += ["-filter_complex", graph]
+    args += ["-filter_complex", filter_graph(rungs, settings, poster)]
     for i, rung in enumerate(rungs):
         args += ["-map", f"[v{i}]", "-an", *video_codec_args(rung, settings)]
         args += cmaf_output_args(out_dir / rung.id, settings)
-    if with_audio:
-        args += ["-map", "0:a:0", "-vn", *audio_codec_args(settings)]
-        args += ["-t", f"{seconds:.6f}"] if seconds else []
+    if settings.audio_stream is not None:
+        args += ["-map", f"0:{settings.audio_stream}", "-vn", *audio_codec_args(settings, seconds)]
         args += cmaf_output_args(out_dir / AUDIO_ID, settings)
     if poster:
         args += ["-map", "[poster]", "-an", "-frames:v", "1", "-q:v", "3",
@@ -211,9 +212,16 @@ def encode_args(
 AUDIO_SYNC = "aresample=async=1:first_pts=0"
 
 
-def audio_codec_args(settings: EncodeSettings) -> list[str]:
-    return ["-af", AUDIO_SYNC, "-c:a", "aac", "-b:a", f"{settings.audio_kbps}k",
+def audio_codec_args(settings: EncodeSettings, seconds: float | None = None) -> list[str]:
+    """The sound's filters and encoder. With `seconds` (the picture's length) it lasts
+    exactly that: silence after sound that ends early (players buffering both kinds stall
+    where one runs out, before the title's end), and sound running on past the last frame
+    cut (else the title is longer in HLS, whose players play to the longest playlist on a
+    frozen frame, than in DASH's mediaPresentationDuration)."""
+    filters = AUDIO_SYNC + (f",apad=whole_dur={seconds:.6f}" if seconds else "")
+    args = ["-af", filters, "-c:a", "aac", "-b:a", f"{settings.audio_kbps}k",
             "-ac", "2", "-ar", "48000"]  # fmt: skip
+    return [*args, "-t", f"{seconds:.6f}"] if seconds else args
 
 
 def poster_time(duration: float) -> float:
@@ -235,8 +243,8 @@ def trial_args(
     settings: EncodeSettings,
 ) -> list[str]:
     """Trial encodes of an excerpt: one decode, one plain MP4 per (rung at a bitrate)."""
-    graph = filter_graph([r for r, _ in trials], settings.frame_rate, None, settings.hdr_transfer)
-    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+    graph = filter_graph([r for r, _ in trials], settings)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", LOGLEVEL, "-y",
             "-progress", "pipe:1", "-nostats",
             "-ss", f"{start:.3f}", "-t", f"{length:.3f}", "-i", str(source),
             "-filter_complex", graph]  # fmt: skip
@@ -258,18 +266,20 @@ def vmaf_args(
     subsample: int = 1,
     threads: int = 2,
     hdr_transfer: str | None = None,
+    *,
+    video_stream: int,
 ) -> list[str]:
     """VMAF of each distorted file (upscaled to `width`x`height`) against the reference
-    excerpt made the `picture` the renditions start from, all in one process; each score
-    goes to its JSON log file."""
-    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+    excerpt (its stream `video_stream`) made the `picture` the renditions start from, all
+    in one process; each score goes to its JSON log file."""
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", LOGLEVEL, "-y",
             "-progress", "pipe:1", "-nostats"]  # fmt: skip
     for path, _ in distorted:
         args += ["-i", str(path)]
     args += ["-ss", f"{ref_start:.3f}", "-t", f"{ref_length:.3f}", "-i", str(reference)]
     n = len(distorted)
     labels = "".join(f"[r{i}]" for i in range(n))
-    graph = [f"[{n}:V:0]{picture(frame_rate, hdr_transfer)},scale={width}:{height}:"
+    graph = [f"[{n}:{video_stream}]{picture(frame_rate, hdr_transfer)},scale={width}:{height}:"
              f"flags=bicubic,setpts=PTS-STARTPTS,split={n}{labels}"]  # fmt: skip
     for i, (_, log) in enumerate(distorted):
         graph.append(

@@ -38,12 +38,16 @@ def media_playlist(media: Media) -> str:
     return "\n".join(lines) + "\n"
 
 
-def master_playlist(videos: Sequence[Media], audio: Media | None) -> str:
-    """Variants in the order given (the first is where most players start)."""
+def master_playlist(
+    videos: Sequence[Media], audio: Media | None, language: str | None = None
+) -> str:
+    """Variants in the order given (the first is where most players start); the audio's
+    `language` (RFC 5646, origin/languages.py) when the source states it."""
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
     if audio is not None:
+        tagged = f'LANGUAGE="{language}",' if language else ""
         lines.append(
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="Main",DEFAULT=YES,'
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="Main",{tagged}DEFAULT=YES,'
             f'AUTOSELECT=YES,CHANNELS="{audio.channels or 2}",'
             f'URI="{audio.id}/{playlist_name(audio)}"'
         )

@@ -34,7 +34,7 @@ from origin.ffmpeg import (
     encode_args,
     poster_frame,
 )
-from origin.ladder import CODECS, Rung, default_ladder
+from origin.ladder import CODECS, Rung, TooSmall, default_ladder
 from origin.probe import Source, probe
 from origin.replaced import KEEP_S
 from origin.runner import FfmpegLookup, start_ffmpeg
@@ -124,7 +124,10 @@ def ingest(
     lookup = FfmpegLookup(cfg.ffmpeg)  # checks the binary while the probe runs
     source = probe(req.source)
     ffmpeg = lookup.result()
-    rungs = default_ladder(source.width, source.height, req.codecs, req.heights)
+    try:
+        rungs = default_ladder(source.width, source.height, req.codecs, req.heights, fps=source.fps)
+    except TooSmall as exc:
+        raise SourceError(f"{req.source}: {exc}") from None
     if not rungs:
         raise SourceError(f"no ladder rung fits a {source.height}p source with these --heights")
     settings = EncodeSettings(
@@ -134,6 +137,8 @@ def ingest(
         audio_kbps=cfg.audio_kbps,
         threads=cfg.threads,
         hdr_transfer=source.hdr_transfer,
+        video_stream=source.video_stream,
+        audio_stream=source.audio.index if source.audio else None,
     )
     check_segments(settings, req.segment_seconds)
     with Staging(req.store, req.title_id, req.replace, keep_s=req.replaced_keep_s) as staging:
@@ -184,9 +189,7 @@ def package(
         (out / AUDIO_ID).mkdir()
     frame = poster_frame(source.duration, settings.frame_rate, source.frames)
     poster = Poster(frame, POSTER_WIDTH, out / POSTER)
-    args = encode_args(
-        ffmpeg, source.path, rungs, settings, out, source.has_audio, poster, source.duration
-    )
+    args = encode_args(ffmpeg, source.path, rungs, settings, out, poster, source.duration)
     with start_ffmpeg(args, f"encoding {source.path.name}") as encode:
         # ffmpeg is running: load the packaging code now (its -progress lines wait in the pipe).
         from origin import dash, hls
@@ -213,8 +216,10 @@ def package(
         (out / media.id / SCRATCH_PLAYLIST).unlink(missing_ok=True)
         (out / media.id / hls.playlist_name(media)).write_text(hls.media_playlist(media))
     duration = max(v.seconds for v in videos)
-    (out / hls.MASTER_PLAYLIST).write_text(hls.master_playlist(videos, audio))
-    (out / dash.MPD_NAME).write_text(dash.mpd(videos, audio, duration, req.segment_seconds))
+    language = source.audio.language if source.audio else None
+    (out / hls.MASTER_PLAYLIST).write_text(hls.master_playlist(videos, audio, language))
+    mpd = dash.mpd(videos, audio, duration, req.segment_seconds, language)
+    (out / dash.MPD_NAME).write_text(mpd)
     files = titlefiles.scan(out)
     model = TitleFiles(
         id=req.title_id,

@@ -31,6 +31,17 @@ CODEC_FACTOR = {"h264": 1.0, "hevc": 0.65, "av1": 0.55}
 # A source this much taller than the highest rung that fits gets a rung at its own height.
 NATIVE_RUNG_MARGIN = 1.10
 MAX_RUNG_PIXELS = 3840 * 2160
+# The shortest picture side each codec's rungs may have: libx265 refuses pictures under 16
+# pixels a side and SVT-AV1 (in bitrate mode) under 64. libx264 takes 2x2, but a rung that
+# narrow shows nothing: 8, the smallest source origin/probe.py takes. A rung under it on
+# either side is left out of that codec's ladder.
+MIN_SIDE = {"h264": 8, "hevc": 16, "av1": 64}
+# The table's rates are for up to 30 fps. Above, more pictures a second need more bits, but
+# less than in proportion (neighbouring pictures differ less): (fps/30)^0.8, ~x1.26 at 40 fps,
+# capped at x1.5 from 50 fps on — YouTube's step from 24-30 fps to 48-60 fps at every size.
+STANDARD_FPS = 30.0
+FPS_EXPONENT = 0.8
+MAX_FPS_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -86,26 +97,51 @@ def ladder_heights(
     return fitting
 
 
-def default_kbps(width: int, height: int, codec: str) -> int:
-    """Table bitrate for `height`, scaled by picture area for other aspect ratios and sizes."""
+def fps_factor(fps: float) -> float:
+    """How many more bits than the table's a rung at `fps` needs (1 up to STANDARD_FPS)."""
+    if fps <= STANDARD_FPS:
+        return 1.0
+    return min(MAX_FPS_FACTOR, (fps / STANDARD_FPS) ** FPS_EXPONENT)
+
+
+def default_kbps(width: int, height: int, codec: str, fps: float = STANDARD_FPS) -> int:
+    """Table bitrate for `height`, scaled by picture area for other aspect ratios and sizes,
+    and up for frame rates above the table's (`fps_factor`)."""
     nearest_h, nearest_kbps = min(DEFAULT_LADDER, key=lambda row: abs(row[0] - height))
     table_area = (nearest_h * 16 / 9) * nearest_h
     # Bits grow slower than pixels (^0.75 is the usual rule of thumb).
     kbps = nearest_kbps * (width * height / table_area) ** 0.75 * CODEC_FACTOR[codec]
-    return max(50, round(kbps / 10) * 10)
+    return max(50, round(kbps * fps_factor(fps) / 10) * 10)
+
+
+class TooSmall(ValueError):
+    """A codec gets no rung at all: every size the source allows is under its MIN_SIDE."""
 
 
 def default_ladder(
-    src_width: int, src_height: int, codecs: Sequence[str], only: Iterable[int] | None = None
+    src_width: int,
+    src_height: int,
+    codecs: Sequence[str],
+    only: Iterable[int] | None = None,
+    fps: float = STANDARD_FPS,
 ) -> tuple[Rung, ...]:
-    """The fixed ladder for a source: every codec x every fitting height."""
+    """The fixed ladder for a source: every codec x every fitting height, but no rung under
+    the codec's MIN_SIDE on either side (a narrow source's lower rungs would round to 2 px
+    wide). Raise TooSmall if that leaves a codec with none."""
+    heights = ladder_heights(src_height, only, src_width)
+    sizes = [(rung_width(src_width, src_height, h), h) for h in heights]
     rungs = []
     for codec in codecs:
         if codec not in CODECS:
             raise ValueError(f"unknown codec {codec!r}; choose from {', '.join(CODECS)}")
-        for height in ladder_heights(src_height, only, src_width):
-            width = rung_width(src_width, src_height, height)
-            rungs.append(Rung(codec, width, height, default_kbps(width, height, codec)))
+        mine = [(w, h) for w, h in sizes if min(w, h) >= MIN_SIDE[codec]]
+        if sizes and not mine:
+            side = MIN_SIDE[codec]
+            raise TooSmall(
+                f"a {src_width}x{src_height} source is too small for {codec}: its pictures "
+                f"must be at least {side} pixels on each side"
+            )
+        rungs += [Rung(codec, w, h, default_kbps(w, h, codec, fps)) for w, h in mine]
     return tuple(rungs)
 
 

@@ -79,6 +79,7 @@ def score(
         source.frame_rate,
         subsample=subsample,
         hdr_transfer=source.hdr_transfer,
+        video_stream=source.video_stream,
     )
     run_ffmpeg(args, "measuring VMAF", on_progress)
     scores = []

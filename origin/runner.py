@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,38 @@ def run_ffmpeg(args: Sequence[str], what: str, on_progress: ProgressCallback | N
 def _failure(what: str, code: int, stderr: str) -> Exception:
     if "No space left on device" in stderr:
         return StoreError(f"disk full while {what}: no space left on device")
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    last = lines[-1] if lines else f"exit status {code}"
-    return EncodeError(f"ffmpeg failed while {what}: {last}")
+    return EncodeError(
+        f"ffmpeg failed while {what}: {first_error(stderr) or f'exit status {code}'}"
+    )
+
+
+# ffmpeg's own lines at `-loglevel level+...` (origin/ffmpeg.py LOGLEVEL): the contexts that
+# logged it (`[vost#0:0/libx265 @ 0x5614f0721040] [enc:libx265 @ 0x...] `), the level tag.
+_FFMPEG_LINE = re.compile(r"((?:\[[^\]]* @ 0x[0-9a-f]+\] )*)\[(\w+)\] (.*)")
+_CONTEXT = re.compile(r"\[(?:\w+:)?([^\]@]*?) @ 0x[0-9a-f]+\]")
+# Encoder libraries write to stderr themselves, past ffmpeg's log: `Svt[error]: ...`,
+# `x265 [error]: ...`.
+_LIBRARY_ERROR = re.compile(r"(\S+?) ?\[(?:error|fatal)\]: (.*)", re.IGNORECASE)
+
+
+def first_error(stderr: str) -> str | None:
+    """The first error-level line of ffmpeg's stderr, named by what logged it (`libx265:
+    Image size is too small (12x12).`): the cause of a failure, where the last line is what
+    failed in its wake (an output that received no packets). Lines nothing tags (another
+    ffmpeg's log format): the last of them."""
+    untagged = None
+    for raw in stderr.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        ours = _FFMPEG_LINE.fullmatch(line)
+        if ours is not None:
+            if ours.group(2) not in ("error", "fatal", "panic"):
+                continue
+            contexts = _CONTEXT.findall(ours.group(1))
+            return f"{contexts[-1]}: {ours.group(3)}" if contexts else ours.group(3)
+        library = _LIBRARY_ERROR.fullmatch(line)
+        if library is not None:
+            return f"{library.group(1)}: {library.group(2)}"
+        untagged = line
+    return untagged

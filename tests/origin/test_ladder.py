@@ -8,15 +8,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from origin.ladder import (
+    CODECS,
     DEFAULT_LADDER,
     MAX_RUNG_LOSS,
     MAX_TOP_RUNG_LOSS,
     MEAN_MARGIN_WHOLE_TITLE,
     MIN_RUNG_STEP,
+    MIN_SIDE,
     TRIAL_CRF,
     Rung,
+    TooSmall,
     auto_ladder,
+    default_kbps,
     default_ladder,
+    fps_factor,
     ladder_heights,
     select,
     trial_crfs,
@@ -81,6 +86,55 @@ def test_codecs_multiply_and_cheaper_codecs_get_fewer_bits() -> None:
     assert by_id["av1_1080p"].kbps < by_id["hevc_1080p"].kbps
     with pytest.raises(ValueError):
         default_ladder(1920, 1080, ["vp8"])
+
+
+def _sizes(rungs: tuple[Rung, ...]) -> list[tuple[int, int]]:
+    return [(r.width, r.height) for r in rungs]
+
+
+def test_a_codec_gets_no_rung_under_its_minimum_side() -> None:
+    """x265 refuses pictures under 16 pixels a side, SVT-AV1 under 64: such rungs would fail
+    the whole encode. A very narrow source's lower rungs round to 2-6 pixels wide."""
+    assert _sizes(default_ladder(8, 1000, ["h264"])) == [(8, 1000)]  # not 6x720 ... 2x240
+    assert _sizes(default_ladder(96, 480, ["h264"])) == [(96, 480), (72, 360), (48, 240)]
+    assert _sizes(default_ladder(96, 480, ["av1"])) == [(96, 480), (72, 360)]
+    assert _sizes(default_ladder(3000, 8, ["h264"])) == [(3000, 8)]
+    with pytest.raises(TooSmall, match=r"96x54 source is too small for av1: .* at least 64"):
+        default_ladder(96, 54, ["h264", "av1"])
+    with pytest.raises(TooSmall, match=r"too small for hevc: .* at least 16"):
+        default_ladder(3000, 8, ["hevc"])
+    assert default_ladder(1280, 720, ["h264"], only=[1080]) == ()  # --heights: not too small
+
+
+@given(
+    st.integers(min_value=8, max_value=4000),
+    st.integers(min_value=8, max_value=4000),
+    st.sampled_from(CODECS),
+)
+def test_every_rung_fits_its_codec(width: int, height: int, codec: str) -> None:
+    try:
+        rungs = default_ladder(width, height, [codec])
+    except TooSmall:
+        assert min(width, height) < MIN_SIDE[codec] + 2  # + even rounding
+        return
+    assert rungs and all(min(r.width, r.height) >= MIN_SIDE[codec] for r in rungs)
+
+
+def test_high_frame_rates_get_more_bits_up_to_a_cap() -> None:
+    base = default_kbps(1920, 1080, "h264")
+    for fps in (23.976, 25.0, 29.97, 30.0):
+        assert default_kbps(1920, 1080, "h264", fps) == base
+    assert base < default_kbps(1920, 1080, "h264", 40) < default_kbps(1920, 1080, "h264", 50)
+    assert default_kbps(1920, 1080, "h264", 50) == default_kbps(1920, 1080, "h264", 60) == 7500
+    assert default_kbps(1920, 1080, "h264", 120) == 7500  # capped
+    factors = [fps_factor(tenths / 10) for tenths in range(300, 1300)]
+    assert factors == sorted(factors) and max(b - a for a, b in itertools.pairwise(factors)) < 0.01
+    assert [r.kbps for r in default_ladder(1280, 720, ["hevc"], fps=59.94)] == [
+        default_kbps(r.width, r.height, "hevc", 59.94) for r in default_ladder(1280, 720, ["hevc"])
+    ]
+    assert default_ladder(1280, 720, ["hevc"], fps=59.94)[0].kbps > 1.45 * default_kbps(
+        1280, 720, "hevc"
+    )
 
 
 # Synthetic rate-quality model: VMAF follows the CRF, towards a ceiling that falls with the

@@ -118,3 +118,14 @@ def test_mpd_lists_the_same_representations() -> None:
         ("1024", "25600", "1"),
         (None, "16384", None),
     ]
+
+
+def test_the_audio_s_language_is_stated_when_known() -> None:
+    videos = [_video(720, [5, 4, 1])]
+    (media,) = m3u8.loads(master_playlist(videos, AUDIO, "fr")).media
+    assert media.language == "fr" and media.default == "YES"
+    assert "LANGUAGE" not in master_playlist(videos, AUDIO)
+    for language, lang in (("fr", "fr"), (None, "und")):
+        root = ET.fromstring(mpd(videos, AUDIO, 5.28, 2.0, language))
+        sets = root.findall("d:Period/d:AdaptationSet", NS)
+        assert sets[-1].get("lang") == lang

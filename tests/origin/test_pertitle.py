@@ -28,7 +28,7 @@ def test_excerpt_is_the_middle_or_the_whole_short_title() -> None:
 
 def test_vmaf_is_scored_at_the_source_size_up_to_1080p() -> None:
     def src(w: int, h: int) -> Source:
-        return Source(Path("x"), w, h, Fraction(25), 1.0, 25, "h264", False)
+        return Source(Path("x"), 0, w, h, Fraction(25), 1.0, 25, "h264", None)
 
     assert score_size(src(1280, 720)) == (1280, 720)
     assert score_size(src(640, 272)) == (640, 272)
