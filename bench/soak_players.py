@@ -312,11 +312,18 @@ class Player:
         self.idle = still
 
     def overflow(self) -> None:
-        """Open more connections at once than the workers together accept: the surplus must
-        get a 503 and a close, and every one must go away when we let go."""
+        """Fill every connection the workers together accept with a request in progress, then
+        open more: the surplus must get a 503 and a close, and every one must go away when we
+        let go. (Idle connections are not enough: the server closes the oldest idle one to
+        make room for a newcomer, as nginx does.)"""
         conns: list[Conn] = []
         try:
-            for _ in range(self.t.cap + 32):
+            for _ in range(self.t.cap):
+                conn = Conn(self.t, timeout=5)
+                conns.append(conn)
+                conn.send(b"GET /healthz HTTP/1.1\r\nHost: soak\r\n")  # head not finished
+            time.sleep(0.3)  # the server has read them all: every slot is busy
+            for _ in range(32):
                 conns.append(Conn(self.t, timeout=5))
             time.sleep(0.3)
             for conn in conns:

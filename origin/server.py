@@ -1,23 +1,78 @@
 """`edgeflix origin serve`: the origin store over HTTP for appliances to fill from.
 
 `/titles/<id>/<path>` through the shared file-serving core (Range, ETag, sendfile) and
-`GET /titles`: every published title with its files.json digest, as JSON.
+`GET /titles`: every published title with its files.json digest, as JSON, encoded once per
+view of the store (a publish or removal) and answered from memory with an ETag in between.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from edgeflix.http.plan import ResponsePlan, plan_error, plan_simple
+from edgeflix.http.conditional import Precondition, evaluate
+from edgeflix.http.plan import CORS, Headers, ResponsePlan, plan_error, plan_simple
 from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
 from origin.errors import OriginError
 from origin.replaced import KeptSegments, replaced_dir
-from origin.store import PublishedTitles, check_store, titles_dir
+from origin.store import PublishedTitle, PublishedTitles, check_store, titles_dir
+
+# The listing has no Last-Modified, so only the entity-tag preconditions apply to it.
+_TAG_CONDITIONS = ("if-match", "if-none-match")
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """`GET /titles` as sent: the plans for GET and HEAD, built once, reused per request."""
+
+    etag: str
+    get: ResponsePlan
+    head: ResponsePlan
+
+
+def encode_listing(titles: Sequence[PublishedTitle]) -> Listing:
+    entries = [
+        {
+            "id": t.id,
+            "title": t.title,
+            "digest": t.digest,
+            "duration": t.duration,
+            "renditions": list(t.renditions),
+            "total_bytes": t.total_bytes,
+            "files_json": f"/titles/{t.id}/files.json",
+        }
+        for t in titles
+    ]
+    body = (json.dumps({"titles": entries}, indent=2, sort_keys=True) + "\n").encode()
+    # Of the bytes, not of the view: the same catalogue keeps its tag across restarts and
+    # across changes that leave the listing as it was (a .replaced folder expiring).
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers: Headers = (("ETag", etag), ("Cache-Control", "no-cache"))
+    get = plan_simple(200, body, "application/json", headers)
+    head = plan_simple(200, body, "application/json", headers, head_only=True)
+    return Listing(etag, get, head)
+
+
+def plan_listing(listing: Listing, request: RequestHead) -> ResponsePlan:
+    """The listing's answer to one request: 304 to a client holding the current tag."""
+    headers = request.headers
+    if not any(name in headers for name in _TAG_CONDITIONS):
+        return listing.head if request.method == "HEAD" else listing.get
+    tags = {name: headers[name] for name in _TAG_CONDITIONS if name in headers}
+    outcome = evaluate(request.method, tags, listing.etag, 0)
+    if outcome is Precondition.NOT_MODIFIED:
+        validators: Headers = (("ETag", listing.etag), ("Cache-Control", "no-cache"))
+        return ResponsePlan(304, validators + CORS, (), 0)
+    if outcome is Precondition.FAILED:
+        return ResponsePlan(412, (("Content-Length", "0"), *CORS), (), 0)
+    return listing.head if request.method == "HEAD" else listing.get
 
 
 class OriginSite:
@@ -30,6 +85,8 @@ class OriginSite:
         self.catalog = PublishedTitles(store)
         self._view: tuple[int, ...] | None = None
         self._ids: frozenset[str] = frozenset()
+        self._titles: list[PublishedTitle] = []
+        self._listing: Listing | None = None  # encoded on first ask after each view change
         self._kept = KeptSegments(store)
         self.refresh()
 
@@ -38,7 +95,8 @@ class OriginSite:
         rename in it), and the server then drops the files it holds open and the routes it
         remembers: else the old title's open files would keep serving at its paths until
         the replaced folder is deleted. The segments kept for players of replaced
-        versions (origin/replaced.py) are looked up again then too."""
+        versions (origin/replaced.py) are looked up again then too, and `GET /titles` is
+        encoded afresh: between changes it is the same bytes, so it is kept, not rebuilt."""
         view: tuple[int, ...] = (0, 0, 0, 0)
         with contextlib.suppress(OSError):
             st = self.root.stat()
@@ -49,6 +107,8 @@ class OriginSite:
             titles = self.catalog.titles()
             self._kept.refresh({t.id: t.path for t in titles})
             self._ids = frozenset(t.id for t in titles)
+            self._titles = titles
+            self._listing = None
             self._view = view  # only once all is read: a failure is tried again next time
         return view
 
@@ -71,26 +131,10 @@ class OriginSite:
         return None  # the origin never moves files behind a request
 
     def listing(self, request: RequestHead) -> ResponsePlan:
-        titles = [
-            {
-                "id": t.id,
-                "title": t.title,
-                "digest": t.digest,
-                "duration": t.duration,
-                "renditions": list(t.renditions),
-                "total_bytes": t.total_bytes,
-                "files_json": f"/titles/{t.id}/files.json",
-            }
-            for t in self.catalog.titles()
-        ]
-        body = (json.dumps({"titles": titles}, indent=2, sort_keys=True) + "\n").encode()
-        return plan_simple(
-            200,
-            body,
-            "application/json",
-            (("Cache-Control", "no-cache"),),
-            head_only=request.method == "HEAD",
-        )
+        listing = self._listing
+        if listing is None:
+            listing = self._listing = encode_listing(self._titles)
+        return plan_listing(listing, request)
 
 
 def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:

@@ -14,6 +14,7 @@ import errno
 import logging
 import secrets
 import socket
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
@@ -131,6 +132,9 @@ class FileServer:
         self.loop = asyncio.get_running_loop()
         self.dates = DateCache()
         self.connections: set[Connection] = set()
+        # Connections with no request in progress, longest idle first (O(1) to add, drop,
+        # take the first): at the cap, one of them is closed to make room (`make_room`).
+        self.idle: OrderedDict[Connection, None] = OrderedDict()
         self.stopping = False
         self._boundary = boundary
         self._listeners: list[socket.socket] = []
@@ -186,7 +190,9 @@ class FileServer:
                 return
             self._accept_failing = False
             self.stats.connections_total += 1
-            if len(self.connections) >= self.settings.max_connections or self.stopping:
+            if self.stopping or (
+                len(self.connections) >= self.settings.max_connections and not self.make_room()
+            ):
                 self.stats.rejected_connections += 1
                 self._reject(sock)
                 continue
@@ -217,6 +223,17 @@ class FileServer:
 
         self.loop.call_later(ACCEPT_PAUSE_S, resume)
 
+    def make_room(self) -> bool:
+        """At the cap, close the connection idle the longest (no request in progress, as
+        nginx reuses its keep-alive connections): one client holding every slot with idle
+        keep-alives must not lock everyone else out for the keep-alive timeout. False when
+        every connection is busy: then the newcomer gets a 503."""
+        if not self.idle:
+            return False
+        oldest = next(iter(self.idle))
+        oldest.close()  # leaves `idle` and `connections` through forget()
+        return True
+
     def _reject(self, sock: socket.socket) -> None:
         # Best effort: a 503 fits in any socket buffer, so one non-blocking send is enough.
         try:
@@ -229,6 +246,7 @@ class FileServer:
 
     def forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
+        self.idle.pop(conn, None)
         self.stats.open_connections = len(self.connections)
         if not self.connections:
             self._idle.set()

@@ -1,5 +1,5 @@
 """A worker short of file descriptors: the daemon started under a low hard RLIMIT_NOFILE
-lowers its connection cap to fit, so a crowd of idle connections gets 503s rather than
+lowers its connection cap to fit, so a crowd of connections beyond it gets 503s rather than
 failed accepts, and the worker keeps serving (it used to spin on accept, then die)."""
 
 from __future__ import annotations
@@ -77,7 +77,11 @@ def test_a_crowd_beyond_the_descriptor_limit_gets_503_and_the_worker_lives(
     crowd: list[socket.socket] = []
     try:
         assert "serve.max_connections.lowered" in log.read_text()
-        for _ in range(LIMIT + 50):  # idle connections, more than the worker has descriptors
+        for _ in range(cap):  # each mid-request (an idle one would be closed to make room)
+            crowd.append(connect(server.addr))
+            crowd[-1].sendall(request[:20])
+        time.sleep(0.5)  # the half heads reach the worker: every connection is busy
+        for _ in range(LIMIT + 50 - cap):  # more connections than the worker has descriptors
             crowd.append(connect(server.addr))
         until(lambda: raw(server.addr, request).startswith(b"HTTP/1.1 503"), 15)
         for sock in crowd:

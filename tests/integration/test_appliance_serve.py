@@ -264,11 +264,13 @@ def test_connection_cap_restart_and_tokens_off(tmp_path: Path) -> None:
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
     try:
         held = [connect(server.addr), connect(server.addr)]
+        for sock in held:  # mid-request: an idle one would be closed to make room
+            sock.sendall(b"GET /titles/bunny/master.m3u8 HTTP/1.1\r\n")
         time.sleep(0.3)
         refused = raw(server.addr, b"GET /titles/bunny/master.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 503 ")
         for sock in held:
-            sock.sendall(b"GET /titles/bunny/master.m3u8 HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.sendall(b"Host: x\r\n\r\n")
             assert read_response(sock, bytearray()).status == 200
             sock.close()
         time.sleep(0.3)
