@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
@@ -59,6 +59,7 @@ def _open_store(
     that reports them itself). A reconcile reads every stored file's folder: a command that
     only reads the index (`ls`) does without, or it would take minutes on a full appliance."""
     from appliance import config as appliance_config
+    from appliance.findings import grouped, summary_line
     from appliance.repair import reconcile
     from appliance.store import Store
     from edgeflix.ui import warn
@@ -68,8 +69,8 @@ def _open_store(
     if not check:
         return store
     report = reconcile(store, only)
-    for finding in report.findings:
-        warn(str(finding))
+    for group in grouped(report.findings):  # a lost disk's thousands of files: a few lines
+        warn(summary_line(group))
     if findings is not None:
         findings.extend(report.findings)
     return store
@@ -302,13 +303,14 @@ def sign_cmd(
     cfg = appliance_config.load(config)
     check_title_id(title)
     keys = [k for k in cfg.auth.keys if key_id is None or k.id == key_id]
+    now = time.time()
+    expires = int(now) + ttl
     if keys:
         key = tokens.SigningKey(keys[0].id, keys[0].secret_bytes())
     elif not cfg.auth.keys and cfg.fleet.url is not None:  # the fleet's keys, as cached
-        key = _fleet_signing_key(cfg.fleet_state_dir(), key_id, time.time())
+        key = _fleet_signing_key(cfg.fleet_state_dir(), key_id, now, expires)
     else:
         raise ConfigError("no such key in [auth] keys" if key_id else "[auth] keys is empty")
-    expires = int(time.time()) + ttl
     token = tokens.sign(title, key, expires, client_ip)
     path = tokens.signed_path(token, title, "master.m3u8")
     if cfg.fleet.public_url is not None:  # where players reach this appliance
@@ -334,12 +336,14 @@ def sign_cmd(
     typer.echo(url)
 
 
-def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float) -> SigningKey:
+def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float, expires: int) -> SigningKey:
     """A fleet-managed appliance verifies with the fleet's keys, cached by its fleet link in
-    `state_dir`: sign with the one the fleet signs with now (or `key_id`, while it verifies)."""
+    `state_dir`: sign with the one the fleet signs with now (or `key_id`, while it verifies).
+    A token expiring after the fleet stops having the key verified is refused (a usage
+    error naming the longest --ttl): the URL would die early, when the fleet rotates keys."""
     import os
 
-    from appliance.fleetlink_core import signing_key
+    from appliance.fleetlink_core import signing_key, verified_until
     from appliance.fleetlink_state import KEYS_FILE, LinkState
     from edgeflix.errors import ConfigError
     from edgeflix.tokens import SigningKey
@@ -364,7 +368,32 @@ def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float) -> Signi
     if picked is None:
         raise ConfigError(f"no such key in the fleet's keys ({path})" if key_id else
                           f"no fleet key in {path} signs now")  # fmt: skip
+    until = verified_until(picked, now)
+    if until is None:
+        from edgeflix.ui import warn
+
+        warn(
+            f"the fleet's key set does not say how long key {picked.id} verifies once retired "
+            "(a fleet manager from before that): the URL may stop working at its next key "
+            "rotation, before it expires"
+        )
+    elif expires > until:
+        _refuse_ttl(picked.id, until, now)
     return SigningKey(picked.id, picked.secret)
+
+
+def _refuse_ttl(key_id: str, until: float, now: float) -> NoReturn:
+    """--ttl past what the fleet's key set guarantees: one line naming the longest one."""
+    from datetime import UTC, datetime
+
+    longest = int(until) - int(now)
+    at = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    advice = f"use --ttl {longest} or less" if longest >= 1 else "leave out --key"
+    raise typer.BadParameter(
+        f"the fleet's key {key_id} is only sure to be verified until {at}, and a URL "
+        f"signed with it stops working then; {advice}",
+        param_hint="--ttl",
+    )
 
 
 # -- fill and status ------------------------------------------------------------------------

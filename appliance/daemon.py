@@ -39,7 +39,8 @@ from appliance.keyfile import KeySet, write_keys
 from appliance.monitor import HealthMonitor, ServingErrors, status_totals
 from appliance.server import AdminSite, AdminView
 from appliance.status import assemble
-from edgeflix.config import parse_hostport
+from edgeflix import pidlock
+from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.http.server import FileServer, ServerSettings, bind, url_of
 from edgeflix.http.stats import merge
@@ -319,15 +320,24 @@ class Supervisor:
 
 def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     """Bind (without listening) so port 0 becomes one concrete port all workers share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Resolved as edgeflix.http.server.bind resolves it (a name may have only an IPv6
+    # address); that one also listens, which a reservation must not: the kernel would
+    # hand the reservation connections no worker accepts.
+    sock: socket.socket | None = None
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError as exc:  # gaierror too: a name that does not resolve
+        if sock is not None:
+            sock.close()
+        raise DaemonError(
+            f"cannot listen on {format_hostport(host, port)}: {exc.strerror}"
+        ) from None
     return sock, sock.getsockname()[1]
 
 
@@ -349,9 +359,13 @@ def _prepare_store(config: ApplianceConfig, out_of_service: set[str]) -> None:
             if row:
                 ready, bad = restore_disk(store, disk.id)
                 event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
+        # reconcile logs what it found, summarised per title and disk: only the totals here.
         report = reconcile(store)
-        for finding in report.findings:
-            event(log, "store.reconciled", logging.WARNING, finding=finding)
+        if report.findings:
+            lost = sum(1 for f in report.findings if f.damage)
+            event(log, "store.reconciled", logging.WARNING if lost else logging.INFO,
+                  findings=len(report.findings), lost=lost,
+                  titles=len({f.title for f in report.findings if f.title}))  # fmt: skip
     finally:
         store.close()
 
@@ -601,9 +615,41 @@ class Daemon:
         event(log, "appliance.stopped")
 
 
+def single_instance(config: ApplianceConfig) -> contextlib.ExitStack:
+    """Locks held for the daemon's life (the kernel drops them if it dies): a second daemon
+    on the same index would run movers and sweepers over the same store, and one on the
+    same fleet state would heartbeat under the same name from another URL. One-shot
+    commands (load, rm, reconcile, fill) do not take them: they coordinate with a running
+    daemon through the title and fill locks."""
+    guarded = [(config.storage.index, "index", Path(f"{config.storage.index}.daemon.lock"))]
+    if config.fleet.url is not None:
+        state = config.fleet_state_dir()
+        # Beside the folder, not in it: LinkState makes the folder 0700 (it holds the key).
+        guarded.append((state, "fleet state folder", Path(f"{state.resolve()}.daemon.lock")))
+    held = contextlib.ExitStack()
+    try:
+        for what, kind, lock in guarded:
+            try:
+                held.enter_context(pidlock.take(lock))
+            except pidlock.LockHeld as exc:
+                pid = f" (pid {exc.pid})" if exc.pid else ""
+                raise DaemonError(
+                    f"another appliance daemon{pid} uses this {kind}: {what}"
+                ) from None
+    except BaseException:
+        held.close()
+        raise
+    return held
+
+
 def run(config: ApplianceConfig, config_path: Path | None = None) -> None:
     """Run until SIGTERM/SIGINT. Prints `listening on URL` and `admin on URL` once serving;
     SIGHUP re-reads `config_path`."""
+    with single_instance(config):
+        _run(config, config_path)
+
+
+def _run(config: ApplianceConfig, config_path: Path | None) -> None:
     daemon = Daemon(config, config_path)
     # Until the loop's handlers exist, a signal is only remembered: a SIGTERM that lands while
     # workers start must still drain them (not kill the supervisor with the default action).

@@ -9,6 +9,7 @@ ones 404, so a playing client fails over per segment while the fill replaces the
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ _CACHE_MAX = 65_536
 # they come from clients, and 65,536 junk paths of up to 16 KiB each would hold hundreds of
 # MB in every worker for as long as the index does not change.
 _MISSES_MAX = 1024
+# Less room than this and SQLite cannot make or grow the index's -shm (32 KiB) and -wal:
+# its "disk I/O error" then means a full filesystem, which is how the operator is told.
+INDEX_ROOM_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -150,12 +154,49 @@ def connect_writer(index: Path) -> sqlite3.Connection:
             exc, sqlite3.OperationalError
         )
         hint = _DAMAGED_HINT if damaged else ""
-        raise StorageError(f"cannot open the index {index}: {exc}{hint}") from None
+        why = (None if damaged else full_filesystem(index)) or exc
+        raise StorageError(f"cannot open the index {index}: {why}{hint}") from None
     if problem != "ok":
         conn.close()
         detail = " ".join(str(problem).split())  # one line: SQLite's report spans several
         raise StorageError(f"the index {index} is damaged ({detail}){_DAMAGED_HINT}")
     return conn
+
+
+def full_filesystem(index: Path) -> str | None:
+    """What to say when the filesystem holding the index has less than INDEX_ROOM_BYTES
+    this process may write (root may use the reserved blocks); None when it has room."""
+    try:
+        st = os.statvfs(index.parent)
+    except OSError:
+        return None  # no folder yet (or none reachable): nothing to say about its space
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free >= INDEX_ROOM_BYTES:
+        return None
+    return f"the filesystem holding the index is full ({free} bytes free)"
+
+
+def open_problem(index: Path) -> str | None:
+    """Why the writer could not open the index, found read-only (nothing made or changed but
+    what SQLite itself needs to read a WAL database): unreadable, damaged, or on a full
+    filesystem. None when it opens and passes SQLite's quick check, or when there is no
+    index yet (the daemon makes one)."""
+    if not index.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            problem = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        damaged = not isinstance(exc, sqlite3.OperationalError)
+        why = (None if damaged else full_filesystem(index)) or exc
+        return f"cannot open the index {index}: {why}{_DAMAGED_HINT if damaged else ''}"
+    if problem != "ok":
+        detail = " ".join(problem.split())
+        return f"the index {index} is damaged ({detail}){_DAMAGED_HINT}"
+    return None
 
 
 @contextmanager

@@ -6,7 +6,8 @@ copies a tier move did not finish, stray files) and drops files whose size no lo
 index; verify does the same for content. A title with a dropped file is marked incomplete and is
 no longer served. Both work title by title under store.py's per-title locks. A title found
 on the disks but not in the index is adopted back (adopt.py); each title folder is read once
-(folderscan.py).
+(folderscan.py); edits of [storage] disks are followed (diskconfig.py). What they find is a
+Report of Findings, logged summarised (findings.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import stat
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance import replaced
+from appliance import diskconfig, replaced
 from appliance.adopt import adopt
 from appliance.disks import StorageError
+from appliance.findings import Finding as Finding  # re-exported: the CLI reports them
+from appliance.findings import Report, log_findings
 from appliance.folderscan import FolderScan, scan_folder
 from appliance.index import (
     INCOMPLETE,
@@ -33,7 +35,6 @@ from appliance.index import (
     FileRow,
     TitleRow,
     all_titles,
-    file_path,
     get_title,
     title_files,
     transaction,
@@ -48,38 +49,9 @@ from appliance.safefiles import (
     walk_files,
 )
 from appliance.store import Store, folder_title, recently_retired
-from edgeflix.log import event
 from edgeflix.titlefiles import sha256_file
 
 log = logging.getLogger("appliance.repair")
-
-
-@dataclass(frozen=True)
-class Finding:
-    title: str
-    path: str  # file path inside the title, or "" for the whole title
-    problem: str
-    # True when a stored file was lost (missing, damaged, replaced); False for crash leftovers
-    # cleaned up (partial files, interrupted loads, strays), which cost no stored data.
-    damage: bool = False
-
-    def __str__(self) -> str:
-        where = f"{self.title}/{self.path}" if self.path else self.title
-        return f"{where}: {self.problem}"
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
-    busy: list[str] = field(default_factory=list)  # titles another process was working on
-    checked_files: int = 0
-    checked_bytes: int = 0
-    unchecked: dict[str, int] = field(default_factory=dict)  # disk out of service → its files
-
-    def add(self, title: str, path: str, problem: str, damage: bool = False) -> None:
-        finding = Finding(title, path, problem, damage)
-        self.findings.append(finding)
-        event(log, "storage.finding", logging.WARNING, title=title, path=path, problem=problem)
 
 
 def _folders_on_disks(store: Store, only: Collection[str] | None) -> dict[str, set[str]]:
@@ -116,6 +88,8 @@ def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
                 report.busy.append(title_id)
                 continue
             _reconcile_title(store, title_id, folders.get(title_id, set()), report)
+    diskconfig.add_findings(report)
+    log_findings(report.findings)
     return report
 
 
@@ -146,7 +120,7 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         # else: its last files are on a disk out of service (`appliance rm` said so, and
         # `ls` shows it removing): the reconcile after that disk's return finishes it.
         return
-    files = _rehome(store, row, report)
+    files = diskconfig.set_aside(store, row, diskconfig.rehome(store, row, report), report)
     # One scan of the title's folder per disk serves both the size checks and the sweep.
     scans = _scan(store, row)
     dropped = []
@@ -157,10 +131,11 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         problem = scanned_size_problem(f, scans.get(f.disk))
         if problem:
             dropped.append((f, problem))
-    drop(store, title_id, dropped, report)
+    drop(store, title_id, dropped, report, announce=False)
     if dropped:  # their deletion changed the folders: the sweep sees them as they are now
         scans = _scan(store, row)
     _sweep(store, row, files, scans, report)
+    diskconfig.align_tier(store, row, report)
 
 
 def _scan(store: Store, row: TitleRow) -> dict[str, FolderScan | None]:
@@ -197,60 +172,16 @@ def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report:
                        f"version ({folder})")  # fmt: skip
 
 
-def _rehome(store: Store, row: TitleRow, report: Report) -> list[FileRow]:
-    """Files the index places on a disk path no longer configured (its mount point was
-    renamed or moved in the config): found at the same place on a configured disk with
-    their size, the index follows them there; otherwise the checks below drop them as
-    missing (and the sweep would have deleted them as strays on their new path). Returns
-    the title's files as the index has them now."""
-    title_id = row.id
-    known = {d.id for d in store.disks} | set(store.out_of_service)
-    files = title_files(store.conn, title_id)
-    moved = _found_elsewhere(store, known, files)
-    kept = _found_elsewhere(store, known, replaced.kept_of(store.conn, title_id))
-    if kept:  # files kept for replaced versions' sessions follow their disk too, silently
-        with transaction(store.conn) as conn:
-            conn.executemany(
-                "UPDATE superseded SET disk = ? WHERE title = ? AND path = ?",
-                [(disk, title_id, f.path) for disk, f in kept],
-            )
-    if not moved:
-        return files
-    with transaction(store.conn) as conn:
-        conn.executemany(
-            "UPDATE files SET disk = ? WHERE title = ? AND path = ?",
-            [(disk, title_id, f.path) for disk, f in moved],
-        )
-    for old in sorted({f.disk for _, f in moved}):
-        count = sum(1 for _, f in moved if f.disk == old)
-        new = sorted({disk for disk, f in moved if f.disk == old})
-        report.add(title_id, "", f"{count} files of {old} found on {', '.join(new)}")
-    return title_files(store.conn, title_id)
-
-
-def _found_elsewhere(
-    store: Store, known: set[str], files: list[FileRow]
-) -> list[tuple[str, FileRow]]:
-    """Files placed on a disk no longer configured, found whole at the same place on one
-    that is: (that disk's id, the file)."""
-    moved = []
-    for f in files:
-        if f.disk in known:
-            continue
-        for disk in store.disks:
-            path = file_path(disk.id, f.folder, f.path)
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_size == f.size and not through_symlink(path):
-                moved.append((disk.id, f))
-                break
-    return moved
-
-
-def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report: Report) -> None:
-    """Mark files missing, delete what is left of them, and take the title out of service."""
+def drop(
+    store: Store,
+    title_id: str,
+    dropped: list[tuple[FileRow, str]],
+    report: Report,
+    *,
+    announce: bool = True,
+) -> None:
+    """Mark files missing, delete what is left of them, and take the title out of service.
+    `announce`: log what was dropped (summarised) now; reconcile logs all it found at its end."""
     if not dropped:
         return
     with transaction(store.conn) as conn:
@@ -261,19 +192,25 @@ def drop(store: Store, title_id: str, dropped: list[tuple[FileRow, str]], report
         conn.execute(
             "UPDATE titles SET state = ? WHERE id = ? AND state = ?", (INCOMPLETE, title_id, READY)
         )
+        serving = conn.execute(
+            "SELECT disk FROM files WHERE title = ? AND state = ?", (title_id, OK)
+        ).fetchall()
+    if any(disk not in store.out_of_service for (disk,) in serving):
+        outcome = "title incomplete (its other files still serve)"
+    else:
+        outcome = "title incomplete, none of its files serve"
+    added = len(report.findings)
     for f, why in dropped:
         report.add(
-            title_id,
-            f.path,
-            f"{why}; dropped: title incomplete (its other files still serve) until a fill "
-            "or reload",
-            True,
+            title_id, f.path, f"{why}; dropped: {outcome} until a fill or reload", True, f.disk
         )
         try:
             unlink_synced([f.location])
         except OSError as exc:
             # The row already says missing, so nothing serves it; the next start tries again.
-            report.add(title_id, f.path, f"cannot delete it ({exc.strerror})")
+            report.add(title_id, f.path, f"cannot delete it ({exc.strerror})", disk=f.disk)
+    if announce:
+        log_findings(report.findings[added:])
 
 
 def _sweep(
@@ -303,12 +240,15 @@ def _sweep(
             unlink_synced(strays)
         except OSError as exc:
             # Gone read-only (or failing) since the store was opened: the rest still counts.
-            report.add(title_id, "", f"cannot delete stray files on {disk.id} ({exc.strerror})")
+            report.add(
+                title_id, "", f"cannot delete stray files on {disk.id} ({exc.strerror})",
+                disk=disk.id,
+            )  # fmt: skip
             continue
         for path in strays:
             rel = path.relative_to(top).as_posix()
             what = "partial file" if is_temp_name(path.name) else "file not in the index"
-            report.add(title_id, rel, f"removed {what} on {disk.id}")
+            report.add(title_id, rel, f"removed {what} on {disk.id}", disk=disk.id)
             prune_empty_dirs(path.parent, disk.titles_dir)
 
 

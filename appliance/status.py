@@ -6,9 +6,11 @@ report (appliance/monitor.py), plus a `daemon` section (workers, reloads, fill s
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from appliance import scrub
@@ -20,9 +22,10 @@ from appliance.health import (
     Health,
     HealthInputs,
     HealthSampler,
+    HealthState,
     summarise,
 )
-from appliance.index import disks_with_files
+from appliance.index import disks_with_files, full_filesystem, open_problem
 
 # `appliance status` exit codes, so a monitoring script need not parse the output: 1 for
 # failing like any command failure, 2 (distinct) for degraded, a box that still serves.
@@ -32,6 +35,22 @@ EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 2, "failing": 1}
 def exit_code(state: str) -> int:
     """The exit status of `appliance status` for a health state (unknown counts as failing)."""
     return EXIT_CODES.get(state, 1)
+
+
+def index_health(health: Health, index: Path) -> Health:
+    """`health` with what the index says: one the daemon could not open (unreadable,
+    damaged, on a full filesystem) is failing, as `appliance run` refuses to start on it;
+    one that opens on a full filesystem is degraded (it serves; nothing new is recorded)."""
+    problem = open_problem(index)
+    level = 2
+    if problem is None:
+        full = full_filesystem(index)
+        if full is None:
+            return health
+        problem, level = f"{full}: loads, fills and tier moves cannot be recorded", 1
+    states: tuple[HealthState, ...] = ("ok", "degraded", "failing")
+    state = states[max(level, states.index(health.state))]
+    return dataclasses.replace(health, state=state, reasons=(problem, *health.reasons))
 
 
 def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSampler:
@@ -81,4 +100,4 @@ def status_document(
         time.sleep(interval_s)
     sampler.disks.poll()
     inputs = sampler.sample()
-    return assemble(config, profile, inputs, summarise(inputs))
+    return assemble(config, profile, inputs, index_health(summarise(inputs), config.storage.index))

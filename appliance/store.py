@@ -119,6 +119,9 @@ class TitleListing:
     kept_files: int = 0
     kept_bytes: int = 0
     kept_until: float | None = None
+    # Files the index has on a disk no longer in [storage] disks: not listed in `disks`; the
+    # next reconcile (the daemon's start, or a command's) marks them missing.
+    unconfigured: int = 0
 
 
 _INSERT_FILE = (
@@ -316,6 +319,7 @@ class Store:
             per_title.setdefault(title, []).append((disk, size, state))
         result = []
         out = set(self.out_of_service)
+        configured = out | {d.id for d in self.disks}
         kept = replaced.summaries(self.conn)
         for row in all_titles(self.conn):
             files = per_title.get(row.id, [])
@@ -326,7 +330,7 @@ class Store:
                     id=row.id,
                     state=row.state,
                     tier=row.tier,
-                    disks=tuple(sorted({disk for disk in ok if disk not in out})),
+                    disks=tuple(sorted({d for d in ok if d in configured and d not in out})),
                     bytes=row.bytes,
                     files=len(files),
                     missing=sum(1 for _, _, state in files if state == MISSING),
@@ -335,6 +339,7 @@ class Store:
                     kept_files=old.files if old else 0,
                     kept_bytes=old.bytes if old else 0,
                     kept_until=old.until if old else None,
+                    unconfigured=sum(1 for disk in ok if disk not in configured),
                 )
             )
         return result
@@ -844,12 +849,19 @@ class Store:
                 return False
             files = title_files(self.conn, title_id)
             placement = self._placement(title_id, to_tier, [f.path for f in files])
-            needed = bytes_per_disk(placement, {f.path: f.size for f in files})
+            # A file already where the placement puts it (its disk's tier was changed in the
+            # config) is only relabelled: copied onto itself, its "old copy" would be dropped
+            # after the flip, and with it the only one.
+            moving = [f for f in files if _destination(f, placement) != f.location]
+            staying = len(files) - len(moving)
+            needed = bytes_per_disk(
+                {f.path: placement[f.path] for f in moving}, {f.path: f.size for f in moving}
+            )
             self._check_fit(title_id, to_tier, needed, {}, "low")
             copies: list[Path] = []
             try:
-                for f in files:
-                    dst = file_path(placement[f.path], row.folder, f.path)
+                for f in moving:
+                    dst = _destination(f, placement)
                     try:
                         copy_verified(
                             f.location,
@@ -864,14 +876,18 @@ class Store:
                             f"cannot move {title_id}: {f.location} is damaged ({exc})", f
                         ) from None
                     copies.append(dst)
-                self._flip(row, to_tier, files, placement)
+                self._flip(row, to_tier, moving, placement)
             except BaseException:
-                self._drop_files(title_id, copies)
+                self._drop_files(title_id, copies, keep=[f.location for f in files])
                 raise
-            event(log, "title.moved", title=title_id, frm=row.tier, to=to_tier, bytes=row.bytes)
+            event(log, "title.moved", title=title_id, frm=row.tier, to=to_tier, bytes=row.bytes,
+                  relabelled=staying)  # fmt: skip
+            if not moving:
+                return True  # nothing copied: no old copy to wait for or drop
             sleep(grace_s)
             try:
-                self._drop_files(title_id, [f.location for f in files])
+                now_at = [_destination(f, placement) for f in files]
+                self._drop_files(title_id, [f.location for f in moving], keep=now_at)
             except OSError as exc:
                 # The source disk died since (the daemon took it out): its old copies are no
                 # longer in the index, and reconcile sweeps them when it is back.
@@ -880,9 +896,10 @@ class Store:
             return True
 
     def _flip(
-        self, row: TitleRow, to_tier: Tier, files: Sequence[FileRow], placement: Mapping[str, str]
+        self, row: TitleRow, to_tier: Tier, copied: Sequence[FileRow], placement: Mapping[str, str]
     ) -> None:
         """Point the title's rows at their verified copies on `to_tier`, in one transaction.
+        `copied`: the files copied (those already in place keep their rows as they are).
 
         The rows were read before the copy, without a lock the daemon's health thread would
         take: a source disk taken out meanwhile marked them missing and the title incomplete.
@@ -891,8 +908,8 @@ class Store:
         describes the file copied (another disk, another hash) aborts the move instead."""
         title_id = row.id
         with transaction(self.conn) as conn:
-            for f in files:
-                dst = file_path(placement[f.path], row.folder, f.path)
+            for f in copied:
+                dst = _destination(f, placement)
                 changed = conn.execute(
                     "UPDATE files SET disk = ?, mtime_ns = ?, state = ? "
                     "WHERE title = ? AND path = ? AND disk = ? AND sha256 = ?",
@@ -914,7 +931,11 @@ class Store:
                     (READY, title_id, INCOMPLETE),
                 )
 
-    def _drop_files(self, title_id: str, paths: list[Path]) -> None:
+    def _drop_files(self, title_id: str, paths: list[Path], *, keep: Collection[Path] = ()) -> None:
+        """Delete `paths`, never one in `keep` (what the index names after a move): a path
+        both dropped and kept is the title's only copy."""
+        kept = set(keep)
+        paths = [p for p in paths if p not in kept]
         unlink_synced(paths)
         for path in paths:
             disk_titles = next(
@@ -922,6 +943,11 @@ class Store:
             )
             if disk_titles is not None:
                 prune_empty_dirs(path.parent, disk_titles)
+
+
+def _destination(f: FileRow, placement: Mapping[str, str]) -> Path:
+    """Where a tier move puts a stored file: its placed disk, in the title's folder."""
+    return file_path(placement[f.path], f.folder, f.path)
 
 
 def _check_sources(

@@ -26,7 +26,9 @@ import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from edgeflix.config import parse_hostport
+from edgeflix import pidlock
+from edgeflix.config import format_hostport, parse_hostport
+from edgeflix.http.server import bind
 from edgeflix.log import event
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.admin import AdminAccess, load_or_create_token
@@ -56,16 +58,13 @@ class _HttpServer(uvicorn.Server):
 
 
 def _bind(address: str) -> socket.socket:
+    """A listening socket, its family from resolving the host (a name may have only an
+    IPv6 address), as every other listener here binds."""
     host, port = parse_hostport(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise FleetError(f"cannot listen on {address}: {exc.strerror}") from None
-    sock.listen(1024)
+        sock = bind(host, port)
+    except OSError as exc:  # gaierror too: a name that does not resolve
+        raise FleetError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     sock.setblocking(False)
     return sock
 
@@ -76,10 +75,6 @@ def _check_free(address: str) -> None:
     if parse_hostport(address)[1] == 0:  # any free port: nothing to check
         return
     _bind(address).close()  # as the HTTP listener binds, so the same words for the same fault
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class OriginCatalog:
@@ -148,7 +143,9 @@ async def ticker(
                         titles = await origin.read(client)
                         if titles is not None:
                             svc.set_origin_titles(titles)
-                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's
+                    # fault, not a failed tick that skips planning and saves.
+                    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
                         event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
                 # A new appliance gets its first plan on its first beats, not minutes later.
                 fresh = svc.replan_due and all(n in svc.beats for n in svc.records)
@@ -167,8 +164,24 @@ async def ticker(
             await asyncio.sleep(TICK_S)
 
 
+def sole_manager(db: Path) -> pidlock.ProcessLock:
+    """A lock beside `db` held for the manager's life (the kernel drops it if it dies): two
+    managers on one database would each rotate keys and plan, and one's writes be lost."""
+    try:
+        return pidlock.take(Path(f"{db}.lock"))
+    except pidlock.LockHeld as exc:
+        pid = f" (pid {exc.pid})" if exc.pid else ""
+        raise FleetError(f"another fleet manager{pid} uses this database: {db}") from None
+
+
 async def serve(config: FleetConfig) -> None:
-    # Before anything is made or logged: a second manager on the same ports stops here.
+    with sole_manager(Path(config.server.db)):
+        await _serve(config)
+
+
+async def _serve(config: FleetConfig) -> None:
+    # Before anything else is made or logged (only the lock above is): a second manager on
+    # the same ports stops here.
     for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
         if address is not None:
             _check_free(address)
@@ -191,17 +204,17 @@ async def serve(config: FleetConfig) -> None:
     enrol_at = ""
     try:
         if authority is None or tls.enrol_grpc is None:
-            bound = grpc_server.add_insecure_port(_hostport(ghost, gport))
+            bound = grpc_server.add_insecure_port(format_hostport(ghost, gport))
         else:
             ehost, eport = parse_hostport(tls.enrol_grpc)
             ident = authority.server_identity(listener_hosts([ghost, ehost], tls.tls_names))
             pairs = [(ident.key_pem, ident.cert_pem)]
             mtls = grpc.ssl_server_credentials(pairs, ident.ca_pem, require_client_auth=True)
-            bound = grpc_server.add_secure_port(_hostport(ghost, gport), mtls)
+            bound = grpc_server.add_secure_port(format_hostport(ghost, gport), mtls)
             ebound = grpc_server.add_secure_port(
-                _hostport(ehost, eport), grpc.ssl_server_credentials(pairs)
+                format_hostport(ehost, eport), grpc.ssl_server_credentials(pairs)
             )
-            enrol_at = _hostport(ehost, ebound)
+            enrol_at = format_hostport(ehost, ebound)
     except RuntimeError as exc:
         raise FleetError(f"cannot listen on {config.server.grpc}: {exc}") from None
     try:
@@ -239,12 +252,13 @@ async def serve(config: FleetConfig) -> None:
     # all, ~35 ms with the loop stopped, which was most of /steer's p99.
     gc.collect()
     gc.freeze()
-    print(f"grpc on {_hostport(ghost, bound)}", flush=True)
-    print(f"http on http://{_hostport(hhost, hport)}", flush=True)
+    grpc_at, http_at = format_hostport(ghost, bound), format_hostport(hhost, hport)
+    print(f"grpc on {grpc_at}", flush=True)
+    print(f"http on http://{http_at}", flush=True)
     if enrol_at:
         print(f"grpc-enrol on {enrol_at}", flush=True)
-    event(log, "fleet.started", grpc=_hostport(ghost, bound), http=_hostport(hhost, hport),
-          admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
+    event(log, "fleet.started", grpc=grpc_at, http=http_at, admin=config.server.admin,
+          admin_token=str(token_path))  # fmt: skip
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
 
     # Shutdown, in order: 1. health says NOT_SERVING so clients move on; 2. HTTP stops
