@@ -14,10 +14,10 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgeflix.config import (
-    BaseUrl,
     ConfigModel,
     HostPort,
     Name,
+    ReachableUrl,
     is_wildcard_host,
     load_config,
     parse_hostport,
@@ -172,7 +172,8 @@ class FleetLinkConfig(ConfigModel):
     join_token: str = ""
     # Base URL players and peers reach this appliance at; left out: http://<serve.listen>
     # (so needed when that listens on all interfaces, 0.0.0.0 or [::]).
-    public_url: BaseUrl | None = None
+    # A wildcard host (0.0.0.0, [::]) is refused: the fleet sends players to this URL.
+    public_url: ReachableUrl | None = None
     # Until the fleet states its own interval (EnrolResponse / HeartbeatResponse).
     heartbeat_s: float = Field(5.0, gt=0)
     # Serve on cached keys and plan this long after the last answer from the fleet.

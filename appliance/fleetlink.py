@@ -86,6 +86,7 @@ class FleetLink:
         sinks: LinkSinks,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         fleet = config.fleet
         if fleet.url is None:
@@ -95,7 +96,10 @@ class FleetLink:
         self.name = fleet.name or config.name
         self.url = fleet.public_url or url
         self.sinks = sinks
-        self.clock = clock
+        self.clock = clock  # the wall clock: what is saved, signed and shown
+        # Silence within a run is measured on this: a wall clock stepped back (NTP) would
+        # read as "connected" while the fleet is away, one stepped ahead as a lost fleet.
+        self.monotonic = monotonic
         self.state_store = LinkState(config.fleet_state_dir())
         self.key = self.state_store.private_key()
         self.ledger = CountLedger()
@@ -103,7 +107,8 @@ class FleetLink:
         self.plan: StoredPlan | None = None
         self.keys: Versioned[tuple[FleetKey, ...]] | None = None
         self.keys_digest = b""  # KeySet.digest of `keys`, reported in every beat
-        self.last_contact: float | None = None
+        self.last_contact: float | None = None  # wall clock, for /status and contact.json
+        self._contact_mono: float | None = None  # the same contact on `monotonic`
         self.refused: str | None = None
         self.drained = False
         self.phase: Phase = "unenrolled"
@@ -112,7 +117,7 @@ class FleetLink:
         self._published_keys: dict[str, bytes] | None = None
         self._fill_now_runs: int | None = None
         self._fill_now_pending = False
-        self._contact_saved = 0.0
+        self._contact_saved: float | None = None  # `monotonic` at the last save
         self._load_prev: tuple[float, int] | None = None
         self._interval_s = fleet.heartbeat_s
         self._enrol_attempts = 0
@@ -146,9 +151,9 @@ class FleetLink:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
-        if self.last_contact is not None:
+        if self._contact_mono is not None:
             try:
-                self.state_store.save_contact(self.last_contact)
+                self.state_store.save_contact(self._contact_on_wall_clock())
             except LinkStateError as exc:
                 event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
         self.rpc.close()
@@ -161,12 +166,38 @@ class FleetLink:
                 self.fleet.ca,
                 self.fleet.enrol_url,
             )
-            if fleet.join_token != self.fleet.join_token or moved:
+            new_token = fleet.join_token != self.fleet.join_token
+            # Enrolled and heard: the fleet knows this key, so a token is only ever used to
+            # enrol again if it forgets it. Said, as an operator moving the box to another
+            # site expects the new token to take.
+            e = self.enrolment
+            unused = new_token and e is not None and not self._forgotten()
+            if new_token or moved:
                 self.refused = None
                 self._enrol_attempts = 0
+                # Beats refused before (`fleet rm`, then a new token) must not hold the
+                # enrolment with it back by up to the longest backoff.
+                self._auth_failures = 0
             self._reopen = self._reopen or moved
             self.fleet = fleet
+        if unused and e is not None:
+            event(
+                log,
+                "fleet.join_token_unused",
+                logging.WARNING,
+                appliance=e.appliance,
+                site=e.site,
+                reason=f"enrolled as {e.appliance} (site {e.site}): a join token is used only "
+                "to enrol again if the fleet forgets this appliance",
+                action=f"to move it to the new token's site, run `edgeflix fleet rm "
+                f"{e.appliance}` first: it then enrols with this token",
+            )
         self._wake.set()
+
+    def _forgotten(self) -> bool:
+        """The fleet refused this enrolment (its beats, or enrolling again): a new token is
+        what enrolls it again."""
+        return self._reenrol or self.refused is not None
 
     def state(self) -> dict[str, Any]:
         """The link for /status."""
@@ -190,6 +221,20 @@ class FleetLink:
     def restore(self) -> None:
         st = self.state_store
         e = st.enrolment()
+        if e is not None and e.appliance != self.name:
+            # Renamed in the config: enrolling under the new name needs an unused token,
+            # and the fleet lists the old name (steering to it) until it is removed.
+            event(
+                log,
+                "fleet.renamed",
+                logging.WARNING,
+                enrolled_as=e.appliance,
+                config_name=self.name,
+                reason=f"enrolled as {e.appliance}, config now says {self.name}",
+                action=f"enrolling as {self.name} with [fleet] join_token: run `edgeflix fleet "
+                f"rm {e.appliance}` and give a new join token (`edgeflix fleet join-token "
+                f"--site {e.site}`), or put the old name back",
+            )
         if e is not None and e.appliance == self.name:
             self.enrolment = e
             self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
@@ -209,7 +254,13 @@ class FleetLink:
                 )
         self.plan, self.keys = st.plan(), st.keys()
         self.keys_digest = st.keys_digest() if self.keys is not None else b""
-        self.last_contact = st.last_contact() or (e.enrolled_at if e else None)
+        now = self.clock()
+        # Neither a contact nor an enrolment saved while the clock was ahead counts as later
+        # than now (LinkState.last_contact): the grace period runs from then at the latest.
+        contact = st.last_contact(now) or (min(e.enrolled_at, now) if e else None)
+        with self._lock:
+            self.last_contact = contact
+            self._contact_mono = None if contact is None else self.monotonic() - (now - contact)
         self._update_phase()
         self._publish_keys()
         if self.plan is not None:
@@ -260,13 +311,25 @@ class FleetLink:
             return None
 
     def _contact(self) -> None:
-        now = self.clock()
+        now, mono = self.clock(), self.monotonic()
         with self._lock:
-            self.last_contact = now
+            self.last_contact, self._contact_mono = now, mono
             self.last_error = None
-        if now - self._contact_saved >= CONTACT_SAVE_S:
+        if self._contact_saved is None or mono - self._contact_saved >= CONTACT_SAVE_S:
             self.state_store.save_contact(now)
-            self._contact_saved = now
+            self._contact_saved = mono
+
+    def _silent_s(self) -> float:
+        """Seconds since the fleet last answered, on the monotonic clock (0: never)."""
+        if self._contact_mono is None:
+            return 0.0
+        return max(self.monotonic() - self._contact_mono, 0.0)
+
+    def _contact_on_wall_clock(self) -> float:
+        """The last contact on the wall clock as it reads now: after a step back, the
+        reading taken at the contact lies ahead of it, and saved so it would stretch the
+        grace period of the next start (which clamps it to its now, LinkState)."""
+        return self.clock() - self._silent_s()
 
     # -- enrolment -------------------------------------------------------------------------
 
@@ -365,7 +428,7 @@ class FleetLink:
         self._load_prev = (now, traffic.bytes_total)
         titles = held_titles(self.config.storage.index)
         done, total, failed = fill_figures(self.config, self.plan, titles)
-        lost = now - self.last_contact if self.last_contact else 0.0
+        lost = self._silent_s()
         state, reasons = link_health(box.state, box.reasons, self.phase, lost)
         return BeatFigures(
             health=state,
@@ -624,11 +687,10 @@ class FleetLink:
             self._submit(self.plan)
 
     def _update_phase(self) -> None:
-        now = self.clock()
         new = phase(
             self.enrolment is not None,
-            self.last_contact,
-            now,
+            self._contact_mono,
+            self.monotonic(),
             self._interval_s,
             self.fleet.grace_period_s,
         )

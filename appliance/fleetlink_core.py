@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from appliance.fill.plan import FillPlan, PlanError, parse_plan
-from edgeflix.proto.codec import Counts, pack_counts
+from edgeflix.proto.codec import MAX_COUNT_ENTRIES, MAX_COUNTS_BYTES, Counts, pack_counts
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned
 
@@ -39,6 +39,25 @@ MIN_SECRET_BYTES = 16
 class CountBatch:
     sequence: int
     counts: Mapping[str, Counts]
+
+
+def batch_titles(pending: Mapping[str, Counts]) -> list[str]:
+    """The titles one beat carries: all of them, unless more than the fleet takes in one
+    batch (codec.MAX_COUNT_ENTRIES entries, MAX_COUNTS_BYTES once unpacked; after a long
+    outage, say). Then the most watched go first and the rest wait for the next beats,
+    rather than a batch the fleet refuses being resent forever."""
+    # An entry serialised: the id, its field tags and lengths, two varints (at most 10 each).
+    size = {t: len(t.encode()) + 28 for t in pending}
+    if len(pending) <= MAX_COUNT_ENTRIES and sum(size.values()) <= MAX_COUNTS_BYTES:
+        return list(pending)
+    taken: list[str] = []
+    total = 0
+    for title in sorted(pending, key=lambda t: pending[t].bytes, reverse=True):
+        if len(taken) == MAX_COUNT_ENTRIES or total + size[title] > MAX_COUNTS_BYTES:
+            break
+        taken.append(title)
+        total += size[title]
+    return taken
 
 
 @dataclass
@@ -79,8 +98,8 @@ class CountLedger:
         if self.sequence == 1:
             self.outstanding = CountBatch(1, {})
         else:
-            self.outstanding = CountBatch(self.sequence, dict(self.pending))
-            self.pending.clear()
+            taken = batch_titles(self.pending)
+            self.outstanding = CountBatch(self.sequence, {t: self.pending.pop(t) for t in taken})
         return self.outstanding
 
     def acknowledge(self, sequence: int) -> None:
@@ -273,11 +292,14 @@ class FleetKey:
     activates: float
     retires: float  # 0: still signing
     verify_until: float  # 0: open-ended
+    # After `retires`, how long it verifies (Key.verify_for_s); 0: the fleet did not say.
+    verify_for_s: float = 0.0
 
 
 def keys_from_proto(keyset: fleet_pb2.KeySet) -> Versioned[tuple[FleetKey, ...]]:
     keys = tuple(
-        FleetKey(k.id, bytes(k.secret), k.activates, k.retires, k.verify_until) for k in keyset.keys
+        FleetKey(k.id, bytes(k.secret), k.activates, k.retires, k.verify_until, k.verify_for_s)
+        for k in keyset.keys
     )
     return Versioned("keys", keyset.version, keys)
 
@@ -317,12 +339,15 @@ def phase(
     missed: int = 3,
 ) -> Phase:
     """connected: the fleet answered within `missed` beats; grace: silent for longer, cached
-    keys and plan in force; expired: silent for longer than the grace period."""
+    keys and plan in force; expired: silent for longer than the grace period. A contact
+    after `now` (kept while the clock was ahead) counts as now: silence is never negative.
+    The shell passes monotonic readings within a run, so a wall clock stepped back neither
+    reads as "connected" while the fleet is away nor stretches the grace period."""
     if not enrolled:
         return "unenrolled"
     if last_contact is None:
         return "expired"
-    silent = now - last_contact
+    silent = now - min(last_contact, now)
     if silent <= missed * interval_s:
         return "connected"
     return "grace" if silent <= grace_s else "expired"
@@ -341,6 +366,18 @@ def signing_key(keys: tuple[FleetKey, ...], now: float) -> FleetKey | None:
     alive = [k for k in keys if k.retires == 0 or now < k.retires]
     usable = [k for k in alive if k.activates <= now or k.retires != 0] or alive
     return max(usable, key=lambda k: k.activates, default=None)
+
+
+def verified_until(key: FleetKey, now: float) -> float | None:
+    """Until when every appliance is sure to verify a token of `key` signed at `now`: its
+    `verify_until` once the fleet has retired it; for a key still signing, `now` plus
+    `verify_for_s` (the fleet may retire it at once, and it verifies that long after). None
+    when the key set does not say (a fleet from before `verify_for_s`)."""
+    if key.verify_until:
+        return key.verify_until
+    if not key.verify_for_s:
+        return None
+    return max(key.retires, now) + key.verify_for_s
 
 
 def sign_peer_sources(

@@ -14,6 +14,7 @@ import grpc
 
 from appliance.config import FleetLinkConfig
 from appliance.fleetlink_state import LinkState, LinkStateError
+from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2_grpc
@@ -48,12 +49,18 @@ class CallFailed(EdgeflixError):
         self.details = details  # the fleet's own words, for edgeflix.proto.auth.refusal_of
 
 
+def grpc_target(address: str) -> str:
+    """`[fleet] url` / `enrol_url` as gRPC takes it: `:PORT` gets its default host, and an
+    IPv6 host its brackets (a raw `::1:PORT` is a target gRPC cannot resolve, for ever)."""
+    return format_hostport(*parse_hostport(address))
+
+
 def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
     """Plaintext without `[fleet] ca`; else TLS: to `enrol_url` with the CA alone until the
     fleet has issued a client certificate, then mutual TLS to `url`."""
     assert fleet.url is not None
     if fleet.ca is None or fleet.enrol_url is None:
-        return grpc.insecure_channel(fleet.url, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(grpc_target(fleet.url), options=CHANNEL_OPTIONS)
     try:
         ca = fleet.ca.read_bytes()
     except OSError as exc:
@@ -61,9 +68,9 @@ def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
     cert = state.client_cert()
     if cert is None:
         creds = grpc.ssl_channel_credentials(ca)
-        return grpc.secure_channel(fleet.enrol_url, creds, options=CHANNEL_OPTIONS)
+        return grpc.secure_channel(grpc_target(fleet.enrol_url), creds, options=CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(ca, state.tls_key(), cert)
-    return grpc.secure_channel(fleet.url, creds, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(grpc_target(fleet.url), creds, options=CHANNEL_OPTIONS)
 
 
 class FleetRpc:

@@ -215,6 +215,7 @@ class LinkState:
                     _number(k["activates"]),
                     _number(k["retires"]),
                     _number(k["verify_until"]),
+                    _number(k.get("verify_for_s", 0)),  # files from before it: not said
                 )
                 for k in data["keys"]
             )
@@ -241,12 +242,17 @@ class LinkState:
         }
         write_atomic(self.folder / KEYS_FILE, json.dumps(body, sort_keys=True).encode())
 
-    def last_contact(self) -> float | None:
+    def last_contact(self, now: float | None = None) -> float | None:
         """When the fleet last answered; None when unknown. A damaged contact.json counts as
         absent (with a warning): it only feeds the grace clock, which then starts from the
         enrolment, earlier than any real contact, so the grace period can only end sooner,
         never later than configured; the first answered beat writes it anew. Refusing to
-        start would instead stop a box serving over a file that guards nothing."""
+        start would instead stop a box serving over a file that guards nothing.
+
+        A contact after `now` was saved while the clock was ahead (a box without an RTC,
+        set right by NTP since): it counts as `now`, with a warning. Taken as it is, the box
+        would read as connected while the fleet is away, and the grace period would last as
+        much longer as the clock was ahead."""
         path = self.folder / CONTACT_FILE
         try:
             data = _read_json(path)
@@ -254,7 +260,7 @@ class LinkState:
                 return None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            return _number(data["at"])
+            at = _number(data["at"])
         except (LinkStateError, KeyError, ValueError):
             event(
                 log,
@@ -265,6 +271,18 @@ class LinkState:
                 "answers",
             )
             return None
+        if now is not None and at > now:
+            event(
+                log,
+                "fleet.contact_ahead",
+                logging.WARNING,
+                file=str(path),
+                at=at,
+                now=now,
+                action="saved while the clock was ahead: the grace period counts from now",
+            )
+            return now
+        return at
 
     def save_contact(self, at: float) -> None:
         write_atomic(self.folder / CONTACT_FILE, json.dumps({"at": at}).encode(), 0o644)

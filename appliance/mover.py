@@ -166,9 +166,14 @@ class RateBook:
 
     def rates(self) -> dict[str, float]:
         now = self._clock()
+        rows = self._conn.execute("SELECT title, value, at FROM rates").fetchall()
+        if any(at > now for _, _, at in rows):
+            # Stamped while the clock was ahead, and set right since: stamped now in the file
+            # too, or every later read would take them as fresh again (tiering.rebased).
+            self._conn.execute("UPDATE rates SET at = ? WHERE at > ?", (now, now))
         return {
             title_id: tiering.decayed(tiering.Rate(value, at), now, self._half_life)
-            for title_id, value, at in self._conn.execute("SELECT title, value, at FROM rates")
+            for title_id, value, at in rows
         }
 
     def rate(self, title_id: str) -> float:

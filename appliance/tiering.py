@@ -36,19 +36,26 @@ class Move:
     rate: float
 
 
+def rebased(rate: Rate, now: float) -> Rate:
+    """`rate` stamped no later than `now`. One stamped ahead of the clock (written while it
+    was ahead, and set right since) is taken as stamped now: left ahead, it would not decay
+    until the clock caught up (a month, after an RTC a month fast), and a title hot then
+    would hold the fast tier all that time. Never grown: it keeps the value it had."""
+    return rate if rate.at <= now else Rate(rate.value, now)
+
+
 def decayed(rate: Rate, now: float, half_life_s: float) -> float:
     """The rate's value at `now`, decayed since it was last updated."""
-    elapsed = max(0.0, now - rate.at)
+    elapsed = now - rebased(rate, now).at
     return rate.value * math.pow(0.5, elapsed / half_life_s)
 
 
 def observe(rate: Rate | None, count: int, now: float, half_life_s: float) -> Rate:
     """Add `count` requests seen at `now`. Each request adds ln2/half_life, which makes the
-    value converge to the true requests/s of a steady stream."""
+    value converge to the true requests/s of a steady stream. Stamped `now`, even when the
+    old rate was stamped later (see `rebased`)."""
     base = decayed(rate, now, half_life_s) if rate else 0.0
-    return Rate(
-        value=base + count * math.log(2) / half_life_s, at=max(now, rate.at if rate else now)
-    )
+    return Rate(value=base + count * math.log(2) / half_life_s, at=now)
 
 
 def wanted_tier(rate: float, hot_rate: float, tiers: Iterable[Tier]) -> Tier:

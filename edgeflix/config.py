@@ -109,13 +109,41 @@ def load_config(
         raise ConfigError(describe_validation_error(source, exc)) from None
 
 
+# ASCII digits only: str.isdigit also takes '²' (int() then fails) and '٣' (int() reads 3).
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """`HOST:PORT`, `:PORT` or `[v6]:PORT` → (host, port); port 0 asks the kernel for one."""
+    """`HOST:PORT`, `:PORT` or `[v6]:PORT` → (host, port); port 0 asks the kernel for one.
+    A host with a ':' must be bracketed, and only an IPv6 address may be: `::1:8080` is
+    both [::1]:8080 and the address ::1:8080, and a misread address binds or dials elsewhere."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError(f"'{value}' is not HOST:PORT")
-    host = host.strip("[]") or default_host
-    return host, int(port_text)
+    if host.startswith("[") or host.endswith("]"):
+        inner = host[1:-1] if host.startswith("[") and host.endswith("]") else ""
+        if not _is_ipv6(inner):
+            raise ConfigError(f"'{value}' is not HOST:PORT (brackets are for an IPv6 address only)")
+        return inner, int(port_text)
+    if ":" in host or "[" in host or "]" in host:
+        raise ConfigError(
+            f"'{value}' is not HOST:PORT (an IPv6 address goes in brackets: [::1]:8080)"
+        )
+    return host or default_host, int(port_text)
+
+
+def format_hostport(host: str, port: int) -> str:
+    """(host, port) → `HOST:PORT`, an IPv6 host bracketed: what parse_hostport reads back,
+    and the target form gRPC and URLs take."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _valid_hostport(value: str) -> str:
@@ -162,14 +190,26 @@ def parse_base_url(value: str) -> str:
         parts = None
     if (
         parts is None
+        or not value.isprintable()  # a tab, a NUL, a zero-width space: HTTP clients refuse them
+        or " " in value
         or parts.scheme not in ("http", "https")
         or not parts.hostname
         or parts.path not in ("", "/")
         or parts.query
         or parts.fragment
+        or not _brackets_hold_ipv6(parts.netloc.rpartition("@")[2])
     ):
         raise ConfigError(f"'{value}' is not http(s)://HOST[:PORT]")
     return value.rstrip("/")
+
+
+def _brackets_hold_ipv6(hostport: str) -> bool:
+    """urlsplit lets `[v1.x]` and `[::1]x:80` through; HTTP clients refuse them (httpx's
+    InvalidURL) on every request."""
+    if not hostport.startswith("["):
+        return "[" not in hostport and "]" not in hostport
+    inner, _, rest = hostport[1:].partition("]")
+    return _is_ipv6(inner) and (rest == "" or rest.startswith(":"))
 
 
 def _valid_base_url(value: str) -> str:
@@ -181,6 +221,30 @@ def _valid_base_url(value: str) -> str:
 
 # A config field holding a base URL, checked at load (see parse_base_url).
 BaseUrl = Annotated[str, AfterValidator(_valid_base_url)]
+
+
+def parse_reachable_url(value: str) -> str:
+    """A base URL (parse_base_url) a client can be sent to: its host is no wildcard address
+    (0.0.0.0, [::]), which means "all interfaces" to a listener and nowhere to a client."""
+    base = parse_base_url(value)
+    host = urlsplit(base).hostname or ""
+    if is_wildcard_host(host):
+        raise ConfigError(
+            f"'{value}' is a wildcard address (all interfaces), which no client can reach: "
+            "give the address or name the server is reached at"
+        )
+    return base
+
+
+def _valid_reachable_url(value: str) -> str:
+    try:
+        return parse_reachable_url(value)
+    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
+        raise ValueError(str(exc)) from None
+
+
+# A config field holding a base URL clients are sent to (see parse_reachable_url).
+ReachableUrl = Annotated[str, AfterValidator(_valid_reachable_url)]
 
 # Names of appliances and sites: one safe token for URLs, logs, certificates and the registry.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")

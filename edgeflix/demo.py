@@ -11,6 +11,7 @@ asks the fleet's steering for the title and gets a signed appliance URL, printed
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from types import FrameType
 
 import typer
 
+from edgeflix.config import format_hostport, is_wildcard_host, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.samples import sample_clip
 
@@ -88,19 +90,31 @@ def check_free(addresses: dict[str, str]) -> None:
     """Every address the demo listens on must be free: else its checks would be answered
     by whatever holds it (a demo left running, say), not by the daemons it starts."""
     for name, address in addresses.items():
-        host, _, port = address.rpartition(":")
+        try:
+            host, port = parse_hostport(address)  # as the daemons read it: ":8080" is loopback
+        except EdgeflixError:
+            raise EdgeflixError(f"{address} ({name}) is not HOST:PORT") from None
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             # As the daemons bind: a port in TIME_WAIT from an earlier run is free to use.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind((host.strip("[]"), int(port)))
+                sock.bind((host, port))
             except OSError as exc:
                 raise EdgeflixError(
                     f"{address} ({name}) is taken: {exc.strerror or exc}; another demo still "
                     "running? stop it, or pass other addresses (see --help)"
                 ) from None
-            except ValueError:
-                raise EdgeflixError(f"{address} ({name}) is not HOST:PORT") from None
+
+
+def reachable(address: str) -> str:
+    """The HOST:PORT a client on this machine dials for a listen address: loopback for a
+    wildcard (all interfaces, which is no address to send a client to; the fleet refuses
+    it as its origin URL) or for an empty host (which listens on 127.0.0.1)."""
+    host, port = parse_hostport(address)
+    if is_wildcard_host(host):
+        v6 = ":" in host and ipaddress.IPv6Address(host).ipv4_mapped is None
+        host = "::1" if v6 else "127.0.0.1"
+    return format_hostport(host, port)
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -108,7 +122,11 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def write_appliance_config(var: Path, listen: str, admin: str, fleet_grpc: str) -> Path:
+    """The appliance, enrolling with the fleet at `fleet_grpc`; listening on all interfaces,
+    it registers its loopback URL (the fleet steers this machine's player there)."""
     config = var / "appliance.toml"
+    wildcard = is_wildcard_host(parse_hostport(listen)[0])
+    public = f'public_url = "http://{reachable(listen)}"\n' if wildcard else ""
     disk = var / "appliance" / "disk0"
     disk.mkdir(parents=True, exist_ok=True)
     config.write_text(
@@ -117,7 +135,7 @@ def write_appliance_config(var: Path, listen: str, admin: str, fleet_grpc: str) 
         f'[serve]\nlisten = "{listen}"\n\n[admin]\nlisten = "{admin}"\n\n'
         f'[auth]\ntokens = "required"\n\n'
         f'[fill]\nstaging = "{var / "appliance" / "staging"}"\n\n'
-        f'[fleet]\nurl = "{fleet_grpc}"\nheartbeat_s = 1.0\n'
+        f'[fleet]\nurl = "{reachable(fleet_grpc)}"\nheartbeat_s = 1.0\n{public}'
     )
     return config
 
@@ -195,7 +213,11 @@ def demo(
         )
     var = var.resolve()
     config = write_appliance_config(var, appliance_listen, admin_listen, fleet_grpc)
-    fleet_config = write_fleet_config(var, fleet_grpc, fleet_http, f"http://{origin_listen}")
+    # Where this machine's clients (and the fleet's origin URL) reach each listener.
+    origin_at, edge_at, admin_at, fleet_at = map(
+        reachable, (origin_listen, appliance_listen, admin_listen, fleet_http)
+    )
+    fleet_config = write_fleet_config(var, fleet_grpc, fleet_http, f"http://{origin_at}")
     run_step(
         "load the title onto the appliance",
         edgeflix("appliance", "load", "--config", str(config), "--title", TITLE_ID,
@@ -208,20 +230,20 @@ def demo(
         background(edgeflix("fleet", "serve", "--config", str(fleet_config))) as fleet,
         background(edgeflix("appliance", "run", "--config", str(config))) as appliance,
     ):
-        origin_url = f"http://{origin_listen}/titles/{TITLE_ID}/master.m3u8"
+        origin_url = f"http://{origin_at}/titles/{TITLE_ID}/master.m3u8"
         wait_for(origin_url, proc=origin, name="origin serve")
-        wait_for(f"http://{fleet_http}/healthz", proc=fleet, name="fleet serve")
-        wait_for(f"http://{admin_listen}/healthz", proc=appliance, name="appliance run")
-        played = steer_until_edge(f"http://{fleet_http}", f"http://{appliance_listen}/")
+        wait_for(f"http://{fleet_at}/healthz", proc=fleet, name="fleet serve")
+        wait_for(f"http://{admin_at}/healthz", proc=appliance, name="appliance run")
+        played = steer_until_edge(f"http://{fleet_at}", f"http://{edge_at}/")
         # Up and running: from here Ctrl-C (or SIGTERM) is how the demo is meant to end,
         # a normal stop with status 0, not an interruption.
         with contextlib.suppress(KeyboardInterrupt):
             typer.echo(
                 f"\norigin:     {origin_url}\n"
-                f"steering:   http://{fleet_http}/steer?client_ip=127.0.0.1&title={TITLE_ID}\n"
+                f"steering:   http://{fleet_at}/steer?client_ip=127.0.0.1&title={TITLE_ID}\n"
                 f"play:       {played}\n"
-                f"appliance:  http://{admin_listen}/status  http://{admin_listen}/metrics\n"
-                f"fleet CLI:  edgeflix fleet ls --fleet http://{fleet_http}\n"
+                f"appliance:  http://{admin_at}/status  http://{admin_at}/metrics\n"
+                f"fleet CLI:  edgeflix fleet ls --fleet http://{fleet_at}\n"
             )
             if check:
                 return

@@ -5,7 +5,8 @@ open, when does it next open or close. Pure: `now` is always passed in (an aware
 A window is a daily interval of wall-clock time, across midnight when end < start. Each
 day's interval is turned into UTC instants through zoneinfo, so DST days are simply shorter
 or longer windows, never skipped or doubled: a time inside a spring-forward gap means the
-gap's end, a time that happens twice its first.
+gap's end, a time that happens twice its first. "00:00-24:00" (start == end) is the whole
+day: open at every instant, never closing.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ class WindowError(EdgeflixError):
 @dataclass(frozen=True)
 class FillWindow:
     start: time
-    end: time
+    end: time  # == start: the whole day ("00:00-24:00", see parse_times)
     zone: tzinfo
+
+    @property
+    def always_open(self) -> bool:
+        return self.start == self.end
 
     def intervals(self, around: datetime) -> list[tuple[datetime, datetime]]:
         """The window's [open, close) instants for the local days near `around`, in order;
@@ -72,7 +77,7 @@ class FillWindow:
 
     def is_open(self, now: datetime) -> bool:
         now = _utc(now)
-        return any(a <= now < b for a, b in self.intervals(now))
+        return self.always_open or any(a <= now < b for a, b in self.intervals(now))
 
     def next_open(self, now: datetime) -> datetime:
         """`now` itself when open, else the next opening instant (UTC)."""
@@ -81,9 +86,13 @@ class FillWindow:
             return now
         return min(a for a, _ in self.intervals(now) if a > now)
 
-    def next_close(self, now: datetime) -> datetime:
-        """The end of the interval holding `now`, or of the next one when closed."""
+    def next_close(self, now: datetime) -> datetime | None:
+        """The end of the interval holding `now`, or of the next one when closed; None for a
+        window that never closes (always open): its days' spans join at each midnight, and a
+        fill must not take one of those for a close."""
         now = _utc(now)
+        if self.always_open:
+            return None
         return min(b for _, b in self.intervals(now) if b > now)
 
     def seconds_until_open(self, now: datetime) -> float:
@@ -114,18 +123,30 @@ def _utc(now: datetime) -> datetime:
 
 
 def parse_times(spec: str) -> tuple[time, time]:
-    """`"02:00-06:00"` → (02:00, 06:00); "24:00" as an end means midnight."""
+    """`"02:00-06:00"` → (02:00, 06:00); "24:00" as an end means midnight. "00:00-24:00" is
+    the whole day, (00:00, 00:00): a window that is always open (`FillWindow.always_open`);
+    any other window starting as it ends is empty, and refused."""
     match = _SPEC.match(spec)
     if not match:
         raise WindowError(f"fill window {spec!r} is not HH:MM-HH:MM")
     h1, m1, h2, m2 = (int(g) for g in match.groups())
+    whole_day = (h1, m1, h2, m2) == (0, 0, 24, 0)
     if h2 == 24 and m2 == 0:
         h2 = 0  # "22:00-24:00" means until midnight
     if not (0 <= h1 < 24 and 0 <= h2 < 24 and m1 < 60 and m2 < 60):
         raise WindowError(f"fill window {spec!r}: hours 00-23, minutes 00-59")
-    if (h1, m1) == (h2, m2):
-        raise WindowError(f"fill window {spec!r} is empty (it starts as it ends)")
+    if (h1, m1) == (h2, m2) and not whole_day:
+        raise WindowError(
+            f"fill window {spec!r} is empty (it starts as it ends); 00:00-24:00 is always open"
+        )
     return time(h1, m1), time(h2, m2)
+
+
+def format_times(start: time, end: time) -> str:
+    """The spec parse_times reads back as (start, end): "00:00-24:00" for the whole day."""
+    if start == end:
+        return "00:00-24:00"
+    return f"{start:%H:%M}-{end:%H:%M}"
 
 
 def iana_zone(name: str) -> ZoneInfo:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgeflix.config import ConfigModel, HostPort, Name, load_config
+from edgeflix.config import ConfigModel, HostPort, Name, ReachableUrl, load_config
 from edgeflix.tokens import MAX_TTL_S
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
@@ -70,8 +70,9 @@ class SiteConfig(ConfigModel):
 
 
 class OriginConfig(ConfigModel):
-    # Where the origin serves /titles/<id>/…: the last-resort steering target and fill source.
-    url: str = "http://127.0.0.1:8080"
+    # Where the origin serves /titles/<id>/…: the last-resort steering target and fill source,
+    # so an address players and appliances can reach (http(s)://HOST[:PORT], no wildcard).
+    url: ReachableUrl = "http://127.0.0.1:8080"
     # How often the catalog (GET /titles) is read from the origin.
     poll_s: float = Field(30.0, gt=0)
 

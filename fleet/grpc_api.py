@@ -6,6 +6,7 @@ also come over a TLS connection whose client certificate (fleet/tls.py) names th
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Mapping
 
@@ -19,6 +20,7 @@ from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, Health
 from fleet.service import FleetService
+from fleet.steering import MAX_RATE_BPS
 from fleet.store import EnrolmentRefused, StoreError
 from fleet.tls import CertAuthority
 
@@ -28,6 +30,10 @@ _HEALTH: dict[int, Health] = {
     fleet_pb2.HEALTH_FAILING: "failing",
 }
 _METHOD = "/edgeflix.fleet.v1.Fleet/"
+# The most titles a beat may say its appliance holds: a 50,000-title catalogue, twice over
+# (as edgeflix/proto/codec.py MAX_COUNT_ENTRIES). Each new one is checked and becomes an
+# object the manager keeps; 320 k made-up ones a beat held the loop ~1 s each time.
+MAX_HELD_TITLES = 100_000
 
 
 def _status(exc: FleetError) -> grpc.StatusCode:
@@ -55,18 +61,22 @@ def beat_from_proto(
 ) -> Beat:
     """The beat as the registry keeps it; FleetInputError for figures no appliance sends:
     a NaN or infinite rate would pass every load comparison (NaN >= x is False) and, in a
-    site's mean, switch off bounded loads for all its appliances. A title id no origin can
-    have is left out (it would become a path in URLs and plans), not the whole beat."""
+    site's mean, switch off bounded loads for all its appliances; so would 1e308, which is
+    why rates are clamped to MAX_RATE_BPS. More than MAX_HELD_TITLES titles is refused. A
+    title id no origin can have is left out (it would become a path in URLs and plans), not
+    the whole beat."""
     for field in ("capacity_bps", "load_bps"):
         if not math.isfinite(getattr(req, field)):
             raise FleetInputError(f"heartbeat: {field} is not a finite number")
+    if len(req.titles) > MAX_HELD_TITLES:
+        raise FleetInputError(f"heartbeat: {len(req.titles)} titles held, over {MAX_HELD_TITLES}")
     return Beat(
         at=now,
         sequence=req.sequence,
         health=_HEALTH.get(req.health, "failing"),
         health_detail=req.health_detail[:200],
-        capacity_bps=max(req.capacity_bps, 0.0),
-        load_bps=max(req.load_bps, 0.0),
+        capacity_bps=min(max(req.capacity_bps, 0.0), MAX_RATE_BPS),
+        load_bps=min(max(req.load_bps, 0.0), MAX_RATE_BPS),
         connections=req.connections,
         tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
         titles=(
@@ -83,6 +93,16 @@ def beat_from_proto(
         keys_digest=req.keys_digest[:64],
         plan_digest=req.plan_digest[:64],
     )
+
+
+def read_beat(
+    req: fleet_pb2.HeartbeatRequest, now: float, previous: Beat | None
+) -> tuple[Beat, dict[str, int]]:
+    """The beat and its bytes per title (ids no origin can have left out); CodecError or
+    FleetInputError when it is beyond the protocol's limits. Touches no shared state."""
+    counts = unpack_counts(req.counts_zstd)
+    beat = beat_from_proto(req, now, previous)
+    return beat, {t: c.bytes for t, c in counts.items() if valid_title(t)}
 
 
 def held_titles(
@@ -177,19 +197,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def Heartbeat(
         self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.HeartbeatResponse:
+        if len(request.titles) > MAX_HELD_TITLES:  # refused before any work per title
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"heartbeat: {len(request.titles)} titles held, over {MAX_HELD_TITLES}",
+            )
         body = request.SerializeToString(deterministic=True)
         name = await self._caller(context, "Heartbeat", body)
         await _only_its_own(request.appliance, name, context)
         svc = self.service
         verdict = "taken"
         try:
-            counts = unpack_counts(request.counts_zstd)
-            verdict = svc.heartbeat(
-                name,
-                beat_from_proto(request, svc.clock(), svc.beats.get(name)),
-                {t: c.bytes for t, c in counts.items() if valid_title(t)},
-                request.url,
+            # Tens of ms for a large catalogue's beat (more for its first): read off the
+            # loop that answers /steer. The service's state is only touched back on it.
+            beat, counts = await asyncio.to_thread(
+                read_beat, request, svc.clock(), svc.beats.get(name)
             )
+            verdict = svc.heartbeat(name, beat, counts, request.url)
         except CodecError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FleetError as exc:
@@ -243,6 +267,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 activates=k.activates,
                 retires=k.retires or 0.0,
                 verify_until=k.verify_until(policy) or 0.0,
+                # How long it verifies once retired: what `appliance sign --ttl` may promise.
+                verify_for_s=k.ttl_s(policy) + policy.skew_s,
             )
             for k in svc.keys.keys
             if k.id in valid

@@ -100,8 +100,9 @@ def check_appliance_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class FillWindow:
-    """A site's daily local-time window such as 02:00-06:00; it may wrap past midnight. Open
-    or not by the appliances' own rule, DST nights included (edgeflix/fillwindow.py)."""
+    """A site's daily local-time window such as 02:00-06:00; it may wrap past midnight, and
+    00:00-24:00 (start == end) is always open. Open or not by the appliances' own rule, DST
+    nights included (edgeflix/fillwindow.py)."""
 
     start: dt.time
     end: dt.time
@@ -118,7 +119,9 @@ class FillWindow:
         return fillwindow.FillWindow(self.start, self.end, zone).is_open(now)
 
     def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+        # What plans carry to the appliances: it must parse back ("00:00-24:00", never the
+        # empty "00:00-00:00").
+        return fillwindow.format_times(self.start, self.end)
 
 
 @dataclass(frozen=True)

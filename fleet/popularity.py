@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,17 @@ class DecayedCounts:
             if count > 0:
                 self._scaled[title] = self._scaled.get(title, 0.0) + count * scale
                 self._total += count * scale
+
+    def titles(self) -> set[str]:
+        return set(self._scaled)
+
+    def retain(self, keep: Container[str]) -> int:
+        """Forget every title not in `keep`; how many went. The totals keep their traffic:
+        it was served, and the checkpoints before it hold it too."""
+        gone = [t for t in self._scaled if t not in keep]
+        for title in gone:
+            del self._scaled[title]
+        return len(gone)
 
     def _checkpoint(self, now: float) -> None:
         self._times.append(now)
@@ -194,6 +205,15 @@ class Popularity:
     def add(self, deltas: Mapping[str, float], now: float) -> None:
         self.long.add(deltas, now)
         self.short.add(deltas, now)
+
+    def titles(self) -> set[str]:
+        """Every title with a count."""
+        return self.long.titles() | self.short.titles()
+
+    def retain(self, keep: Container[str]) -> int:
+        """Forget the titles not in `keep` (left the catalogue, or never in it); how many
+        entries went."""
+        return self.long.retain(keep) + self.short.retain(keep)
 
     def to_dict(self) -> dict[str, Any]:
         return {"long": self.long.to_dict(), "short": self.short.to_dict()}

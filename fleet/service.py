@@ -12,10 +12,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,11 +90,13 @@ class FleetService:
         self.sites = config.site_list()
         self.records: dict[str, ApplianceRecord] = store.appliances()
         now = clock()
-        # The last beats saved before a restart, as if just received: appliances stay
+        # The last beats saved before a restart, with the age they had: appliances stay
         # steerable for the usual missed-beats grace instead of every session going to the
-        # origin until each one beats again (gRPC reconnects within 2 s of our return).
+        # origin until each one beats again (gRPC reconnects within 2 s of our return);
+        # liveness counts their silence from here (snapshot), `fleet ls` shows all of it.
+        self._started = monotonic()
         self.beats: dict[str, Beat] = _restore_beats(
-            store.meta(BEATS_META), self.records, now, monotonic()
+            store.meta(BEATS_META), self.records, now, self._started
         )
         popularity = config.popularity_policy()
         self._miss_share = popularity.miss_session_share
@@ -104,6 +107,11 @@ class FleetService:
             s.name: Popularity.restore(popularity, kept.get("sites", {}).get(s.name, {}), now)
             for s in self.sites
         }
+        # Counted before the restart: kept until the origin lists its titles (see
+        # _prune_popularity), whether or not an appliance holds them now.
+        self._restored_titles = frozenset(
+            t for p in (self.popularity, *self.site_popularity.values()) for t in p.titles()
+        )
         self.origin_titles: dict[str, OriginTitle] = {}
         self.origin_read = False  # its catalogue read at least once (see catalog)
         self.releases: dict[str, float] = {}
@@ -133,12 +141,17 @@ class FleetService:
     def save_soft_state(self) -> None:
         """Keep the decayed counts and the last beats (the server calls this every few
         minutes and on stop): what a restart would otherwise have to learn again."""
+        self._prune_popularity()
         doc = {
             "fleet": self.popularity.to_dict(),
             "sites": {name: p.to_dict() for name, p in self.site_popularity.items()},
         }
         self.store.set_meta(POPULARITY_META, json.dumps(doc, separators=(",", ":")))
-        beats = {name: beat_to_dict(b) for name, b in self.beats.items() if name in self.records}
+        beats = {
+            name: {**beat_to_dict(b), "at": b.at}
+            for name, b in self.beats.items()
+            if name in self.records
+        }
         self.store.set_meta(BEATS_META, json.dumps(beats, separators=(",", ":")))
 
     # -- registry --------------------------------------------------------------------
@@ -151,7 +164,7 @@ class FleetService:
             self._snapshot = build_snapshot(
                 self.sites,
                 self.records,
-                self.beats,
+                _heard_since(self.beats, self._started),
                 mono,
                 hb.interval_s,
                 hb.missed_beats,
@@ -233,7 +246,7 @@ class FleetService:
             # and reports it, one beat later.
             beat = replace(beat, keys_version=0)
         self.beats[name] = beat
-        deltas = {t: float(b) for t, b in counts.items()}
+        deltas = {t: float(b) for t, b in counts.items() if self._countable(t, beat)}
         self.popularity.add(deltas, beat.at)
         site = self.site_popularity.get(self.records[name].site)
         if site is not None:
@@ -243,6 +256,31 @@ class FleetService:
         # resend of the same sequence is dropped, so nothing is counted twice.
         self._catch_up_versions(name, reported)
         return verdict
+
+    def _countable(self, title: str, beat: Beat) -> bool:
+        """Whether a beat's count for `title` is kept: the origin lists it, or (until the
+        origin has listed titles) it listed it once or the sender holds it. Each title
+        counted is an entry in popularity, kept for weeks and saved: an appliance's made-up
+        ids, a million a beat, made gigabytes of them and stalled every planning round."""
+        if self.origin_read:
+            return title in self.origin_titles
+        return title in self.releases or title in beat.titles
+
+    def _prune_popularity(self) -> None:
+        """Forget the counts of titles out of the catalogue (withdrawn, or never in it), at
+        each planning round and save. Until the origin has listed titles (unreachable since
+        the start, or listing none) its catalogue is unknown, not empty: then only titles
+        counted since the start that nobody holds go (a hostile appliance's rotating ids),
+        never those kept from before the restart nor those the origin listed once."""
+        keep: Container[str]
+        if self.origin_read:
+            keep, self._restored_titles = self.origin_titles, frozenset()
+        else:
+            held = (t for b in self.beats.values() for t in b.titles)
+            keep = {*self._restored_titles, *self.releases, *held}
+        gone = sum(p.retain(keep) for p in (self.popularity, *self.site_popularity.values()))
+        if gone:
+            event(log, "fleet.popularity_pruned", entries=gone)
 
     def keys_digest(self) -> bytes:
         """KeySet.digest of the current key set (appliances report it back)."""
@@ -459,6 +497,7 @@ class FleetService:
         """A planning round's inputs as they are now (fleet/planning.py plans them)."""
         self.replan_due = False
         now = self.clock()
+        self._prune_popularity()
         catalog = self.catalog()
         policy = self.config.popularity_policy()
         fleet_wide = self.popularity.rates(now, self.releases)
@@ -467,8 +506,9 @@ class FleetService:
         floor = dict.fromkeys(catalog, 1.0)
 
         def demand(observed: dict[str, float]) -> dict[str, float]:
+            # Only what can be planned crosses to the planner (it skips the rest anyway).
             predicted = predicted_demand(observed, self.releases, now, policy)
-            return {**floor, **{t: v + 1.0 for t, v in predicted.items()}}
+            return {**floor, **{t: v + 1.0 for t, v in predicted.items() if t in catalog}}
 
         site_demand = {
             site: demand(
@@ -596,14 +636,36 @@ def _json_or_empty(raw: str | None) -> dict[str, Any]:
 def _restore_beats(
     raw: str | None, records: Mapping[str, ApplianceRecord], now: float, mono: float
 ) -> dict[str, Beat]:
-    """Saved beats of appliances still enrolled; one of another shape is skipped (its
+    """Saved beats of appliances still enrolled, received when they were (`at`, on the wall
+    clock `now` reads; `seen` that long before `mono`); one of another shape is skipped (its
     appliance is unreachable until it beats, as it would be with nothing saved)."""
     beats = {}
     for name, doc in _json_or_empty(raw).items():
         if name not in records or not isinstance(doc, dict):
             continue
         try:
-            beats[name] = beat_from_dict(doc, now, mono)
+            at = _saved_at(doc.get("at"), now)
+            beats[name] = beat_from_dict(doc, at, mono - (now - at))
         except (AttributeError, KeyError, TypeError, ValueError):
             event(log, "fleet.beat_unrestored", logging.WARNING, appliance=name)
     return beats
+
+
+def _saved_at(value: Any, now: float) -> float:
+    """When a saved beat arrived: `now` if not saved (a file from before it was) or not a
+    time, and at the latest `now` (saved while the clock was ahead, and set right since)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return now
+    return min(float(value), now)
+
+
+def _heard_since(beats: dict[str, Beat], started: float) -> dict[str, Beat]:
+    """The beats as liveness measures them: one restored from before this manager started
+    counts as received at its start (it could hear none before), so its appliance has the
+    usual missed-beats grace to beat again; its real age stays in `beats` for display."""
+    if all(b.seen is None or b.seen >= started for b in beats.values()):
+        return beats
+    return {
+        name: b if b.seen is None or b.seen >= started else replace(b, seen=started)
+        for name, b in beats.items()
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +51,14 @@ OUTCOMES: tuple[Outcome, ...] = (
     "none",
 )
 ORIGIN_NAME = "origin"
+# The fastest rate an appliance may claim (1 Tb/s, beyond any box's network ports): the
+# registry clamps capacity and load to it, and the site mean reads no more of either.
+MAX_RATE_BPS = 1e12
+# In a site's mean utilisation no appliance weighs more than this many times the median
+# capacity of its site: one claiming far more than its peers (misconfigured, or lying) and
+# carrying nothing would pull the mean to zero, put every peer "over the bound", and so
+# switch bounded loads off for the whole site.
+MAX_WEIGHT_OF_MEDIAN = 10.0
 
 
 @dataclass(frozen=True)
@@ -151,10 +160,29 @@ def exclusion_reason(
 
 
 def site_mean_utilisation(members: tuple[Appliance, ...]) -> float:
-    """Load over capacity of the site's serving appliances taken together."""
-    serving = [a for a in members if a.state in SERVING_STATES and a.capacity_bps > 0]
-    capacity = sum(a.capacity_bps for a in serving)
-    return sum(a.load_bps for a in serving) / capacity if capacity else 0.0
+    """Load over capacity of the site's serving appliances taken together, each weighing
+    its capacity up to MAX_WEIGHT_OF_MEDIAN x the site's median one, and counted at most
+    full: one reporting a thousand times its capacity in load would otherwise raise the
+    bound above every peer (the same switch, the other way). Figures that are not finite
+    count as none; capacity is read up to MAX_RATE_BPS."""
+    rates = [
+        (min(a.capacity_bps, MAX_RATE_BPS), a.load_bps)
+        for a in members
+        if a.state in SERVING_STATES
+        and math.isfinite(a.capacity_bps)
+        and math.isfinite(a.load_bps)
+        and a.capacity_bps > 0
+        and a.load_bps >= 0
+    ]
+    if not rates:
+        return 0.0
+    ceiling = MAX_WEIGHT_OF_MEDIAN * statistics.median_low(c for c, _ in rates)
+    load = capacity = 0.0
+    for cap, used in rates:
+        weight = min(cap, ceiling)
+        capacity += weight
+        load += weight * (min(used, cap) / cap)  # no overflow, whatever the ratio
+    return load / capacity
 
 
 _OLDER = {False: "", True: ", older version"}  # in a candidate's reason

@@ -108,12 +108,21 @@ class StoreError(FleetError):
 # so a write gives up after this long and the caller gets a retryable error instead.
 BUSY_TIMEOUT_S = 2.0
 EXPIRED_TOKENS_KEPT_S = 30 * 86_400.0
+# Unused, unexpired join tokens a site may have at once: more than any install day needs,
+# and few enough that a script minting them in a loop cannot grow the database for ever.
+MAX_OPEN_JOIN_TOKENS = 1000
 
 
 class EnrolmentRefused(FleetError):
     """A join token that is unknown, used or expired, or a name taken by another key."""
 
     http_status = 403
+
+
+class JoinTokenLimit(FleetError):
+    """The site has MAX_OPEN_JOIN_TOKENS tokens nobody has used yet."""
+
+    http_status = 429
 
 
 class Store:
@@ -164,6 +173,16 @@ class Store:
                 " OR used_by NOT IN (SELECT name FROM appliances))",
                 (now - EXPIRED_TOKENS_KEPT_S,),
             )
+            (open_tokens,) = c.execute(
+                "SELECT COUNT(*) FROM join_tokens WHERE site = ? AND used_at IS NULL"
+                " AND expires_at >= ?",
+                (site, now),
+            ).fetchone()
+            if open_tokens >= MAX_OPEN_JOIN_TOKENS:
+                raise JoinTokenLimit(
+                    f"site '{site}' has {open_tokens} unused join tokens: use those, or mint"
+                    " more once some are used or have expired"
+                )
             c.execute(
                 "INSERT INTO join_tokens (hash, site, created_at, expires_at) VALUES (?,?,?,?)",
                 (token_hash(token), site, now, now + ttl_s),
@@ -279,8 +298,12 @@ class Store:
             )
 
     def first_seen(self, titles: list[str], now: float) -> dict[str, float]:
-        """When each title was first seen (recorded now if new): the release-boost date."""
+        """When each title was first seen (recorded now if new): the release-boost date. A
+        date after `now` was recorded while the clock was ahead (and set right since): it
+        becomes `now`, or the title would wait for a boost until the clock reached it, and
+        be boosted weeks after its release."""
         with self.transaction() as c:
+            c.execute("UPDATE catalog SET first_seen = ? WHERE first_seen > ?", (now, now))
             c.executemany(
                 "INSERT OR IGNORE INTO catalog (title, first_seen) VALUES (?, ?)",
                 [(t, now) for t in titles],

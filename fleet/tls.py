@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeflix.atomicfile import write_atomic
+from edgeflix.config import is_wildcard_host
 from fleet.errors import FleetError, FleetInputError
 
 CA_KEY = "fleet-ca.key"
@@ -60,7 +61,7 @@ def listener_hosts(addresses: list[str], extra: tuple[str, ...]) -> tuple[str, .
     stands for this machine's name and loopback) plus the operator's extra names."""
     hosts: list[str] = []
     for host in addresses:
-        if host in ("0.0.0.0", "::", ""):
+        if not host or is_wildcard_host(host):  # any spelling: [0:0::0], 0, ::ffff:0.0.0.0
             hosts += [socket.gethostname(), "localhost", "127.0.0.1", "::1"]
         else:
             hosts.append(host)

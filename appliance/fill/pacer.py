@@ -39,6 +39,8 @@ class Pacer:
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     sleep: Sleep = asyncio.sleep
     _bucket: TokenBucket | None = None
+    # The [open, close) span of the window the streams run in (None: never closes).
+    _open_at: datetime | None = None
     _close_at: datetime | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,12 +61,18 @@ class Pacer:
             event(log, "fill.window_wait", seconds=round(wait))
             # Re-check at least hourly: the wall clock may be stepped by NTP meanwhile.
             await self.sleep(min(max(wait, 0.05), 3600))
-        self._close_at = self.window.next_close(now)
+        self._open_at, self._close_at = _span(self.window, now)
 
     def closed(self) -> bool:
         """The window this run's streams started in has closed (a stream thread stops before
-        its next file, as `charge` stops it mid-file)."""
-        return self._close_at is not None and self.now() >= self._close_at
+        its next file, as `charge` stops it mid-file). So has it when the clock reads before
+        its opening: stepped back (NTP), the close kept would let the fill run outside the
+        window for as long as the step, days of it; the streams wait for the window again,
+        which sets the span anew."""
+        if self._close_at is None:
+            return False
+        now = self.now()
+        return now >= self._close_at or (self._open_at is not None and now < self._open_at)
 
     def charge(self, nbytes: int) -> float:
         """Account for `nbytes` received; WindowClosed once the window has closed, else the
@@ -88,3 +96,13 @@ class Pacer:
         if not self.cap_bps:
             return BUFFER
         return max(64 * 1024, min(BUFFER, self.cap_bps // 8 // 16))
+
+
+def _span(window: FillWindow, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """The [open, close) span of the open `window` holding `now`; (None, None) when it never
+    closes (00:00-24:00)."""
+    close = window.next_close(now)
+    if close is None:
+        return None, None
+    opens = max((a for a, _ in window.intervals(now) if a <= now), default=None)
+    return opens, close

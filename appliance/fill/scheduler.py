@@ -60,17 +60,27 @@ def next_due(
     A failed run (`retry_s` given) is tried again `retry_s` later when that is still inside
     the window it ended in: an origin down for a minute at the window's start must not cost
     the whole night."""
+    # None without a window, and for 00:00-24:00, which never closes: the same rules.
+    close = window.next_close(finished) if window is not None else None
     if retry_s is not None:
         soon = finished + timedelta(seconds=retry_s)
-        if window is None:
+        if window is None or close is None:
             return soon
-        if window.is_open(finished) and soon < window.next_close(finished):
+        if window.is_open(finished) and soon < close:
             return soon
-    if window is None:
+    if window is None or close is None:
         return finished + timedelta(seconds=recheck_s)
     if window.is_open(finished):
-        return window.next_open(window.next_close(finished))
+        return window.next_open(close)
     return window.next_open(finished)
+
+
+def latest_due(window: FillWindow | None, now: datetime, recheck_s: float) -> datetime:
+    """The furthest ahead a due run can lie at `now`: where `next_due` puts the next run after
+    one finishing now (after a failed one, at most `RETRY_MAX_S` later, as without a window).
+    A due run further ahead was set before the clock was stepped back (NTP, a box without an
+    RTC): kept, it would skip every fill until the clock got there again, whole nights."""
+    return next_due(window, now, max(recheck_s, RETRY_MAX_S))
 
 
 class ServiceStorage(StoreStorage):
@@ -201,13 +211,36 @@ class FillScheduler:
         """Read the plan file; run a fill when one is due and the window is open. True when
         a run happened (look again at once), False to nap."""
         self._read_plan_file()
+        now = self._due_after_clock_step()
         plan, due = self._sched.plan, self._sched.due
-        now = self.now()
         ready = plan is not None and due is not None and now >= due
         if plan is not None and ready and start_at(plan.fill_window(), now) <= now:
             await self._run(plan)
             return True
         return False
+
+    def _due_after_clock_step(self) -> datetime:
+        """Reads the clock once; a due run further ahead than it can be (`latest_due`) is
+        due now: the clock went back, and whether the fill ran for this window is unknown
+        (another run finds what is done and fetches only the rest). Returns the reading."""
+        now = self.now()
+        with self._lock:
+            s = self._sched
+            if s.plan is None or s.due is None:
+                return now
+            latest = latest_due(s.plan.fill_window(), now, self.recheck_s)
+            if s.due <= latest:
+                return now
+            was, s.due = s.due, now
+        event(
+            log,
+            "fill.clock_stepped_back",
+            logging.WARNING,
+            due=was.isoformat(),
+            now=now.isoformat(),
+            action="the run is due now, in the open or next window",
+        )
+        return now
 
     def _failed_turn(self, exc: Exception) -> None:
         """A bug or an unforeseen error in a turn: logged, shown in status, and the plan is

@@ -17,6 +17,14 @@ from edgeflix.errors import EdgeflixError
 from edgeflix.proto.gen import fleet_pb2
 
 MAX_BYTES = 32 * 1024 * 1024
+# The most titles one counts batch may list: every title of a 50,000-title catalogue (more
+# than one appliance holds) watched since its last beat, twice over.
+MAX_COUNT_ENTRIES = 100_000
+# The most a counts batch may inflate to: 48 bytes an entry, a 32-character id with large
+# counts (a 50,000-title batch of ids up to 80 characters fits). Parsing runs in C holding
+# the GIL: the 2.4 M two-byte entries this could hold take ~0.1 s to parse and refuse, what
+# gRPC itself spends on any 4 MiB message; the 3.7 M that 32 MiB held took 6.5 s.
+MAX_COUNTS_BYTES = MAX_COUNT_ENTRIES * 48
 _LEVEL = 3
 _PIECE = 64 * 1024
 
@@ -81,17 +89,22 @@ def pack_counts(counts: Mapping[str, Counts]) -> bytes:
     return _compress(batch.SerializeToString(deterministic=True)) if counts else b""
 
 
-def unpack_counts(blob: bytes, max_bytes: int = MAX_BYTES) -> dict[str, Counts]:
-    """Title → counts; a title listed twice is summed (a batch may merge several beats)."""
+def unpack_counts(
+    blob: bytes, max_bytes: int = MAX_COUNTS_BYTES, max_entries: int = MAX_COUNT_ENTRIES
+) -> dict[str, Counts]:
+    """Title → counts. CodecError for more than `max_entries` titles or a title listed
+    twice: pack_counts writes each once (an appliance merges its beats before packing), and
+    each entry is an object the manager builds and holds while it reads the beat."""
     batch = fleet_pb2.TitleCountsBatch()
     try:
         batch.ParseFromString(_decompress(blob, "counts", max_bytes))
     except DecodeError:
         raise CodecError("counts: not a TitleCountsBatch") from None
-    out: dict[str, Counts] = {}
-    for c in batch.counts:
-        prev = out.get(c.title_id, Counts(0, 0))
-        out[c.title_id] = Counts(prev.requests + c.requests, prev.bytes + c.bytes)
+    if len(batch.counts) > max_entries:
+        raise CodecError(f"counts: {len(batch.counts)} titles, over {max_entries}")
+    out = {c.title_id: Counts(c.requests, c.bytes) for c in batch.counts}
+    if len(out) != len(batch.counts):
+        raise CodecError("counts: a title is listed twice")
     return out
 
 

@@ -89,3 +89,47 @@ def test_no_window_no_cap_never_waits() -> None:
 
     asyncio.run(scenario())
     assert t.slept == []
+
+
+def test_a_clock_stepped_back_stops_the_streams_until_the_window_is_open_again() -> None:
+    """NTP steps the clock back while a fill runs: the close kept from before the step must
+    not let the streams run outside the window for as long as the step (a month here)."""
+    t = FakeTime(datetime(2024, 5, 1, 3, 0, tzinfo=UTC))
+    pacer = Pacer(None, parse_window("02:00-06:00", "UTC"), clock=t.mono, now=t.wall, sleep=t.sleep)
+
+    async def scenario() -> None:
+        await pacer.wait_open()
+        await pacer.spend(1000)
+        t.now = datetime(2024, 4, 1, 1, 0, tzinfo=UTC)  # a month back, before the opening
+        with pytest.raises(WindowClosed):
+            await pacer.spend(1000)
+        await pacer.wait_open()
+        assert t.now == datetime(2024, 4, 1, 2, 0, tzinfo=UTC)  # waited for the window
+        await pacer.spend(1000)
+        t.now = datetime(2024, 4, 1, 6, 0, tzinfo=UTC)  # and it closes at that day's close
+        with pytest.raises(WindowClosed):
+            await pacer.spend(1000)
+        t.now = datetime(2024, 3, 1, 3, 0, tzinfo=UTC)  # back again, into an open window
+        assert pacer.closed()
+        await pacer.wait_open()
+        await pacer.spend(1000)  # on at once, until this day's close
+        t.now = datetime(2024, 3, 1, 5, 59, tzinfo=UTC)
+        assert not pacer.closed()
+
+    asyncio.run(scenario())
+
+
+def test_an_always_open_window_never_stops_a_running_fill() -> None:
+    """00:00-24:00: open at every instant; a fill running through midnight goes on."""
+    t = FakeTime(datetime(2024, 5, 1, 23, 59, tzinfo=UTC))
+    window = parse_window("00:00-24:00", "Europe/Berlin")
+    pacer = Pacer(None, window, clock=t.mono, now=t.wall, sleep=t.sleep)
+
+    async def scenario() -> None:
+        await pacer.wait_open()
+        for _ in range(4 * 24):  # four days, a reading every hour
+            t.now += timedelta(hours=1)
+            await pacer.spend(1000)
+
+    asyncio.run(scenario())
+    assert t.slept == []

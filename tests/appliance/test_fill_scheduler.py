@@ -18,10 +18,17 @@ from appliance import config as appliance_config
 from appliance.config import ApplianceConfig
 from appliance.fill.plan import FillPlan, PlannedTitle
 from appliance.fill.runner import read_state
-from appliance.fill.scheduler import FillScheduler, next_due, retry_delay_s, start_at
+from appliance.fill.scheduler import (
+    FillScheduler,
+    latest_due,
+    next_due,
+    retry_delay_s,
+    start_at,
+)
 from appliance.fill.storage import RUN_LOCK
 from appliance.fill.window import parse_window
 from appliance.store import Store, locks_folder
+from edgeflix.fillwindow import FillWindow
 from tests.appliance.storage_fixtures import make_title, storage_toml
 
 WINDOW = parse_window("02:00-03:00", "UTC")
@@ -64,6 +71,33 @@ def test_next_due_is_always_a_future_opening(minutes: int) -> None:
     assert due > finished
     assert WINDOW.is_open(due) and not WINDOW.is_open(due - timedelta(seconds=1))
     assert due - finished <= timedelta(days=1)
+
+
+BERLIN = parse_window("02:00-06:00", "Europe/Berlin")  # DST nights included
+
+
+@given(
+    st.sampled_from([WINDOW, BERLIN, parse_window("22:00-02:00", "Europe/Berlin"), None]),
+    st.integers(0, 24 * 60 * 400),
+    st.integers(0, 24 * 60 * 3),
+    st.sampled_from([None, 60.0, 3600.0]),
+)
+def test_no_due_run_lies_beyond_latest_due(
+    window: FillWindow | None, minutes: int, later: int, retry_s: float | None
+) -> None:
+    """Every due time next_due gives after a run finishing at or before `now` is within
+    latest_due at `now`: only a clock stepped back puts one beyond it."""
+    finished = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    now = finished + timedelta(minutes=later)
+    due = next_due(window, finished, 600.0, retry_s)
+    assert due <= latest_due(window, now, 600.0)
+
+
+def test_an_always_open_window_is_due_as_without_one() -> None:
+    always = parse_window("00:00-24:00", "Europe/Berlin")
+    assert always.is_open(at(0)) and start_at(always, at(0)) == at(0)
+    assert next_due(always, at(23, 59), 600) == at(0, 9, day=11)  # not at some "opening"
+    assert next_due(always, at(12), 600, retry_s=60) == at(12, 1)
 
 
 def _wait_for(cond, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -225,5 +259,37 @@ def test_an_error_in_a_scheduler_turn_does_not_end_the_thread(tmp_path: Path) ->
         _replace(plan_file, '{"titles": [], "window": "04:00-05:30", "timezone": "UTC"}')
         assert _wait_for(lambda: sched.state()["window"] == "04:00-05:30")
         assert sched._thread.is_alive()
+    finally:
+        sched.stop()
+
+
+def test_a_clock_stepped_back_does_not_skip_the_nights_until_it_catches_up(
+    tmp_path: Path,
+) -> None:
+    """The run on 10 March puts the next at 11 March 02:00; then NTP steps the clock back a
+    month (it booted with an RTC a month fast). Kept, that due time would skip every night's
+    fill for a month. It is due now instead: in the window at once, or at its opening."""
+    cfg = _appliance_holding_bunny(tmp_path)
+    clock = {"now": at(2, 5)}
+    sched = FillScheduler(cfg, now=lambda: clock["now"], poll_s=0.02)
+    sched.start()
+    try:
+        sched.submit_plan(_bunny_plan())
+        assert _wait_for(lambda: sched.state()["runs"] == 1)
+        assert sched.state()["next_run"] == at(2, day=11).isoformat()
+
+        clock["now"] = datetime(2026, 2, 8, 12, 0, tzinfo=UTC)  # a month back, window shut
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["next_run"] == clock["now"].isoformat())
+        assert sched.state()["runs"] == 1
+        clock["now"] = datetime(2026, 2, 9, 2, 10, tzinfo=UTC)  # that night's window
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 2)
+        assert sched.state()["next_run"] == datetime(2026, 2, 10, 2, 0, tzinfo=UTC).isoformat()
+
+        clock["now"] = datetime(2026, 1, 9, 2, 30, tzinfo=UTC)  # back again, window open
+        sched.wake()
+        assert _wait_for(lambda: sched.state()["runs"] == 3)
+        assert sched.state()["next_run"] == datetime(2026, 1, 10, 2, 0, tzinfo=UTC).isoformat()
     finally:
         sched.stop()

@@ -67,7 +67,28 @@ def test_window_in_utc_and_24() -> None:
     assert not w.is_open(datetime(2024, 1, 2, 0, 0, tzinfo=UTC))
 
 
-@pytest.mark.parametrize("spec", ["", "2-6", "02:00", "25:00-06:00", "02:60-03:00", "03:00-03:00"])
+def test_the_whole_day_is_always_open_and_never_closes() -> None:
+    """00:00-24:00 was refused as empty; it is the whole day, DST days included."""
+    w = parse_window("00:00-24:00", "Europe/Berlin")
+    assert w.always_open
+    for moment in (
+        at(2024, 5, 1, 0, 0),
+        at(2024, 5, 1, 23, 59, 59),
+        at(2024, 3, 31, 2, 30),  # the spring-forward night
+        at(2024, 10, 27, 2, 30, fold=1),  # the fall-back night's second 02:30
+    ):
+        # In UTC: a time in a DST gap or fold never equals one in another zone (PEP 495).
+        assert w.is_open(moment) and w.next_open(moment) == moment.astimezone(UTC)
+        assert w.next_close(moment) is None  # a fill running at midnight goes on
+        assert w.seconds_until_open(moment) == 0.0
+    assert parse_window(" 0:00 - 24:00 ", "UTC").always_open
+    assert not parse_window("02:00-06:00", "UTC").always_open
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "2-6", "02:00", "25:00-06:00", "02:60-03:00", "03:00-03:00", "00:00-00:00", "24:00-24:00"],
+)
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(WindowError):
         parse_window(spec, "UTC")

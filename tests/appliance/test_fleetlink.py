@@ -53,8 +53,18 @@ def config(tmp: Path, **fleet: Any) -> ApplianceConfig:
     )
 
 
-def link(tmp: Path, sinks: Sinks, clock: Clock, **fleet: Any) -> FleetLink:
-    return FleetLink(config(tmp, **fleet), "http://127.0.0.1:8081", sinks.build(), clock=clock)
+def link(
+    tmp: Path, sinks: Sinks, clock: Clock, monotonic: Clock | None = None, **fleet: Any
+) -> FleetLink:
+    """`monotonic`: the clock silence is measured on; the wall clock's readings unless the
+    test steps the two apart."""
+    return FleetLink(
+        config(tmp, **fleet),
+        "http://127.0.0.1:8081",
+        sinks.build(),
+        clock=clock,
+        monotonic=monotonic or clock,
+    )
 
 
 def doc(*titles: str, sources: tuple[str, ...] = (ORIGIN,)) -> dict[str, Any]:
@@ -107,16 +117,56 @@ def test_plans_apply_whole_never_backwards_and_survive_a_restart(tmp_path: Path)
     assert later.state()["plan_version"] == 3 and later.state()["keys_version"] == 2
 
 
-def grace_link(tmp: Path, clock: Clock, **fleet: Any) -> tuple[FleetLink, Sinks]:
+def grace_link(
+    tmp: Path, clock: Clock, monotonic: Clock | None = None, **fleet: Any
+) -> tuple[FleetLink, Sinks]:
     sinks = Sinks()
     state = LinkState(tmp / "fleet")
     state.save_enrolment(Enrolment("appliance", "home", "127.0.0.1:9", "http://x:1", 500, 0.0))
     state.save_contact(clock.now)
-    lk = link(tmp, sinks, clock, **fleet)
+    lk = link(tmp, sinks, clock, monotonic, **fleet)
     lk.restore()
     assert lk.apply_plan(1, doc("film"), {"film": 1}) == "applied"
     assert lk.apply_keys(keyset(1, "k1")) == "applied"
     return lk, sinks
+
+
+def test_a_contact_saved_while_the_clock_was_ahead_counts_from_now(tmp_path: Path) -> None:
+    """contact.json from a run whose clock was a month ahead (no RTC; NTP set it right
+    since), and the fleet away: the grace period starts now and ends an hour on, not "connected"
+    for the month until the clock reaches the saved contact."""
+    clock = Clock(10_000.0)
+    state = LinkState(tmp_path / "fleet")
+    state.save_enrolment(Enrolment("appliance", "home", "127.0.0.1:9", "http://x:1", 500, 0.0))
+    state.save_contact(10_000.0 + 30 * 86_400)
+    assert state.last_contact(10_000.0) == 10_000.0
+    sinks = Sinks()
+    lk = link(tmp_path, sinks, clock)
+    lk.restore()
+    assert lk.state()["phase"] == "connected" and lk.state()["last_contact"] == 10_000.0
+    clock.now += 60.0
+    lk.check_grace()
+    assert lk.state()["phase"] == "grace"
+    clock.now += 3600.0
+    lk.check_grace()
+    assert lk.state()["phase"] == "expired"
+
+
+def test_a_wall_clock_step_within_a_run_is_no_silence_and_no_contact(tmp_path: Path) -> None:
+    """Silence is measured on the monotonic clock: the wall clock jumping a year ahead does
+    not end the grace period at once, and stepped back it does not hold it off."""
+    wall, steady = Clock(10_000.0), Clock(500.0)
+    lk, _ = grace_link(tmp_path, wall, monotonic=steady)
+    wall.now += 365 * 86_400.0
+    lk.check_grace()
+    assert lk.state()["phase"] == "connected"
+    wall.now -= 2 * 365 * 86_400.0
+    steady.now += 60.0
+    lk.check_grace()
+    assert lk.state()["phase"] == "grace"
+    steady.now += 3600.0
+    lk.check_grace()
+    assert lk.state()["phase"] == "expired"
 
 
 @pytest.mark.parametrize("after_grace", ["degrade", "stop"])

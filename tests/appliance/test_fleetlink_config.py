@@ -60,3 +60,16 @@ url = "127.0.0.1:9"
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and "listening on" not in proc.stdout
     assert "public_url" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("url", ["::1:7070", "::1", "[127.0.0.1]:7070", "[::1:7070"])
+def test_a_fleet_url_grpc_cannot_dial_is_refused(url: str) -> None:
+    """`::1:7070` passed the checks and gRPC dialled it for ever, never connecting."""
+    with pytest.raises(ValidationError, match=r"fleet\.url\n.*not HOST:PORT"):
+        ApplianceConfig.model_validate({"fleet": {"url": url}})
+    with pytest.raises(ValidationError, match=r"fleet\.enrol_url\n.*not HOST:PORT"):
+        ApplianceConfig.model_validate(
+            {"fleet": {"url": "[::1]:7070", "ca": "ca.pem", "enrol_url": url}}
+        )
+    cfg = ApplianceConfig.model_validate({"fleet": {"url": "[::1]:7070"}})
+    assert cfg.fleet.url == "[::1]:7070"

@@ -25,6 +25,7 @@ from appliance.fleetlink_core import (
     signing_key,
     to_fill_plan,
     usable_keys,
+    verified_until,
 )
 from edgeflix.proto.codec import Counts, unpack_counts
 from edgeflix.proto.gen import fleet_pb2
@@ -259,6 +260,20 @@ def test_a_key_set_is_checked_whole() -> None:
     assert got.version == 4 and got.payload == (key("k1"),)
 
 
+def test_how_long_a_key_is_sure_to_verify_comes_from_the_fleet() -> None:
+    """Retired: its verify_until. Still signing: the fleet may retire it now, and it verifies
+    `verify_for_s` after that. A key set from a fleet that does not say: None."""
+    ks = fleet_pb2.KeySet(version=2, keys=[fleet_pb2.Key(id="k1", secret=b"s" * 32,
+                                                         verify_for_s=14_460.0)])  # fmt: skip
+    signing = keys_from_proto(ks).payload[0]
+    assert signing.verify_for_s == 14_460.0
+    assert verified_until(signing, 1000.0) == 15_460.0
+    assert verified_until(FleetKey("k0", b"s" * 32, 0.0, 900.0, 2000.0, 1100.0), 1000.0) == 2000.0
+    # During a rotation's lead it retires later than now: from then.
+    assert verified_until(FleetKey("k", b"s" * 32, 0.0, 1060.0, 0.0, 100.0), 1000.0) == 1160.0
+    assert verified_until(key("k1"), 1000.0) is None
+
+
 def proto_plan(*sources: str) -> fleet_pb2.Plan:
     return fleet_pb2.Plan(
         version=7,
@@ -304,3 +319,21 @@ def test_fill_progress_counts_titles_held_with_the_planned_digest() -> None:
     held = {"a": SHA, "b": "x", "c": "b" * 64}
     assert fill_progress(plan, {"a": 10, "b": 20, "c": 40}, held) == (30, 70)
     assert fill_progress(None, {}, held) == (0, 0)
+
+
+def test_a_batch_the_fleet_would_refuse_is_split_over_beats_most_watched_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a long outage the counts may list more titles than the fleet takes in one batch
+    (codec.MAX_COUNT_ENTRIES): a whole batch was refused, and resent, forever."""
+    import appliance.fleetlink_core as core
+
+    monkeypatch.setattr(core, "MAX_COUNT_ENTRIES", 3)
+    ledger = CountLedger()
+    ledger.acknowledge(ledger.next_batch().sequence)
+    ledger.observe({f"t{i}": (1, 1000 * i) for i in range(1, 6)})
+    first = ledger.next_batch()
+    assert set(first.counts) == {"t5", "t4", "t3"}
+    unpack_counts(build_beat("h1", first, figures()).counts_zstd, max_entries=3)
+    ledger.acknowledge(first.sequence)
+    assert set(ledger.next_batch().counts) == {"t2", "t1"}

@@ -132,3 +132,28 @@ def test_a_promotion_waiting_for_room_is_said_once_and_done_once_there_is_room(
     recorder.flush()
     assert [(m.title_id, m.to_tier) for m in tiering.tick()] == [("hot", "ssd")]
     store.close()
+
+
+def test_a_rate_kept_while_the_clock_was_ahead_decays_once_it_is_set_right(
+    tmp_path: Path,
+) -> None:
+    """A box booted with its clock a month fast counts a burst; NTP steps the clock back.
+    The burst's rate must decay from then on (in the file too, across reads and restarts),
+    not hold the fast tier for the month until the clock reaches its stamp."""
+    index = tmp_path / "index.sqlite"
+    clock = [1_800_000_000.0 + 30 * 86_400]
+    book = RateBook(index, 600.0, clock=lambda: clock[0])
+    recorder = HitRecorder(index)
+    recorder.hit("burst", 5000)
+    recorder.close()
+    book.drain()
+    peak = book.rate("burst")
+    clock[0] = 1_800_000_000.0  # stepped back a month
+    assert book.rate("burst") == pytest.approx(peak)  # not grown
+    clock[0] += 600.0
+    assert book.rate("burst") == pytest.approx(peak / 2)
+    book.close()
+    clock[0] += 600.0
+    reopened = RateBook(index, 600.0, clock=lambda: clock[0])
+    assert reopened.rate("burst") == pytest.approx(peak / 4)
+    reopened.close()

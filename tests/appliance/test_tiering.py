@@ -68,3 +68,14 @@ def test_plan_moves_promotes_hottest_first_and_demotes_with_hysteresis() -> None
         Move("cold-on-ssd", "hdd", 0.0),
     ]
     assert plan_moves(placed, rates, 1.0, {"hdd"}) == []  # type: ignore[arg-type]
+
+
+def test_a_rate_stamped_ahead_of_the_clock_decays_from_now() -> None:
+    """Written while the clock was a month ahead, then NTP set it right: the rate must start
+    decaying at once, not a month later when the clock reaches its stamp."""
+    ahead = Rate(value=8.0, at=1_000_000.0)
+    assert decayed(ahead, 100.0, 60.0) == 8.0  # never grown
+    again = observe(ahead, 0, 100.0, 60.0)
+    assert again.at == 100.0
+    assert decayed(again, 160.0, 60.0) == pytest.approx(4.0)
+    assert decayed(observe(ahead, 0, 100.0, 60.0), 220.0, 60.0) == pytest.approx(2.0)

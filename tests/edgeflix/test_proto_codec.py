@@ -14,12 +14,15 @@ from hypothesis import strategies as st
 
 from edgeflix.proto.codec import (
     MAX_BYTES,
+    MAX_COUNT_ENTRIES,
+    MAX_COUNTS_BYTES,
     CodecError,
     Counts,
     pack_counts,
     unpack_counts,
     unpack_plan,
 )
+from edgeflix.proto.gen import fleet_pb2
 
 GIB = 1 << 30
 _BLOCK = 128 * 1024  # the largest zstd block
@@ -105,3 +108,40 @@ def test_any_bytes_are_counts_or_a_codec_error(tail: bytes, magic: bool) -> None
     except CodecError:
         return
     assert all(isinstance(c, Counts) for c in counts.values())
+
+
+def counts_frame(entry: bytes, n: int) -> bytes:
+    return zstandard.ZstdCompressor(level=19).compress(entry * n)
+
+
+def one_entry(title_id: str) -> bytes:
+    inner = fleet_pb2.TitleCounts(title_id=title_id, requests=1, bytes=1).SerializeToString()
+    return b"\x0a" + bytes([len(inner)]) + inner
+
+
+def test_counts_inflating_far_past_any_catalogue_are_refused_from_the_header() -> None:
+    """/tmp/rev_abuse/t5.py: 2.8 KB inflating to 32 MiB, 3.7 M entries, held the fleet's
+    loop 6.5 s. Counts may inflate to MAX_COUNTS_BYTES (MAX_COUNT_ENTRIES real entries)."""
+    entry = one_entry("t")
+    bomb = counts_frame(entry, (32 * 1024 * 1024 - 16) // len(entry))
+    assert len(bomb) < 4096
+    with pytest.raises(CodecError, match=f"over {MAX_COUNTS_BYTES}"):
+        unpack_counts(bomb)
+    assert MAX_COUNTS_BYTES < 8 * 1024 * 1024
+
+
+def test_more_entries_than_the_cap_are_refused() -> None:
+    entry = one_entry("t")
+    assert (MAX_COUNT_ENTRIES + 1) * len(entry) < MAX_COUNTS_BYTES  # under the byte cap
+    with pytest.raises(CodecError, match=f"over {MAX_COUNT_ENTRIES}"):
+        unpack_counts(counts_frame(entry, MAX_COUNT_ENTRIES + 1))
+    # Two-byte empty entries, the most the byte cap holds, are refused the same way.
+    with pytest.raises(CodecError, match=f"over {MAX_COUNT_ENTRIES}"):
+        unpack_counts(counts_frame(b"\x0a\x00", MAX_COUNTS_BYTES // 2))
+
+
+def test_a_large_catalogues_counts_pass() -> None:
+    """Every title of a 50,000-title catalogue with traffic in one batch, ids of 36
+    characters (a UUID) and large counts: well inside both caps."""
+    counts = {f"{i:08d}-0000-4000-8000-{i:012d}": Counts(500, 9 * 10**9) for i in range(50_000)}
+    assert unpack_counts(pack_counts(counts)) == counts

@@ -8,6 +8,7 @@ import pytest
 
 from edgeflix.errors import ConfigError
 from fleet.config import load
+from tests.conftest import run_cli
 
 FLEET_TOML = """
 [server]
@@ -72,3 +73,41 @@ def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_configs_name_the_problem(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://::1:33080", "not http"),  # httpx: InvalidURL on every poll
+        ("[::1]:33080", "not http"),  # no scheme
+        ("http://[::]:33080", "wildcard address"),  # handed to players as the origin
+        ("http://0.0.0.0:33080", "wildcard address"),
+        ("http://[::1]:33080/base", "not http"),  # /titles/… is appended to it
+    ],
+)
+def test_origin_url_is_one_players_and_the_poller_can_use(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    path = write(tmp_path, f'[origin]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError, match=rf"fleet\.toml: key 'origin\.url': .*{message}"):
+        load(path)
+
+
+def test_origin_url_forms_that_work(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, '[origin]\nurl = "http://[::1]:33080/"\n'))
+    assert cfg.origin.url == "http://[::1]:33080"
+    assert load(None).origin.url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize("grpc", ["::1:7070", "[127.0.0.1]:7070", "[::1:7070"])
+def test_listeners_take_no_loose_ipv6_form(tmp_path: Path, grpc: str) -> None:
+    with pytest.raises(ConfigError, match=r"key 'server\.grpc': .*not HOST:PORT"):
+        load(write(tmp_path, f'[server]\ngrpc = "{grpc}"\n'))
+
+
+def test_fleet_serve_refuses_a_wildcard_origin_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[origin]\nurl = "http://[::]:33080"\n')
+    proc = run_cli(["fleet", "serve", "--config", str(path)], timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(path) in last and "origin.url" in last and "wildcard" in last

@@ -29,7 +29,18 @@ def test_fill_window_wraps_midnight() -> None:
     assert str(w) == "22:30-04:00"
 
 
-@pytest.mark.parametrize("text", ["2-6", "02:00", "02:00-02:00", "25:00-03:00"])
+def test_a_site_window_open_all_day_is_accepted_and_published_as_it_parses() -> None:
+    """00:00-24:00: the site fills at any hour; plans carry it in a form the appliances read
+    back as always open (never "00:00-00:00", which they refuse as empty)."""
+    site = Site.build("home", ["192.168.1.0/24"], "00:00-24:00", "Europe/Berlin")
+    assert str(site.fill_window) == "00:00-24:00"
+    assert FillWindow.parse(str(site.fill_window)) == site.fill_window
+    for hour in range(24):
+        assert site.in_fill_window(dt.datetime(2026, 3, 29, hour, 30, tzinfo=dt.UTC))
+    assert str(FillWindow.parse("22:00-24:00")) == "22:00-00:00"
+
+
+@pytest.mark.parametrize("text", ["2-6", "02:00", "02:00-02:00", "25:00-03:00", "00:00-00:00"])
 def test_bad_fill_windows_are_refused(text: str) -> None:
     with pytest.raises(FleetInputError):
         FillWindow.parse(text)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.popularity import DAY_S, DecayedCounts, Popularity, PopularityPolicy
+from fleet.popularity import DAY_S, DecayedCounts, Popularity, PopularityPolicy, predicted_demand
+from fleet.store import Store
 
 T = 1.78e9
 YEAR = 365 * DAY_S
@@ -96,3 +98,26 @@ def test_any_clock_sequence_reads_finite_non_negative(
         for counter in (p.long, p.short):
             since = counter.total_since(now - DAY_S, now)
             assert math.isfinite(since) and since >= 0
+
+
+def test_a_title_first_seen_while_the_clock_was_ahead_is_boosted_as_released_now(
+    tmp_path: Path,
+) -> None:
+    """The fleet's clock was 20 days ahead when the origin first listed `newfilm`; then it
+    was set right. Its release boost belongs to now, not to 20 days from now (when it would
+    be boosted as a new release while nobody watches it any more). The date is set right
+    where it is kept: `releases` may hold dates to come on purpose (a catalog's release
+    dates, boosted from the night before), so predicted_demand takes them as they are."""
+    store = Store(tmp_path / "fleet.sqlite")
+    policy = PopularityPolicy()
+    observed = {f"old{i}": 100.0 - i for i in range(10)}  # rank 5 scores 96
+    store.first_seen(["newfilm"], T + 20 * DAY_S)
+    releases = store.first_seen(["newfilm", "other"], T)  # the next round, clock right
+    assert releases == {"newfilm": T, "other": T}  # rewritten in the database
+    assert store.first_seen(["newfilm"], T + DAY_S)["newfilm"] == T  # and kept as it is
+    demand = [
+        predicted_demand(observed, releases, T + d * DAY_S, policy, ["newfilm"])["newfilm"]
+        for d in (0, 1, 2, 3, 20)
+    ]
+    assert demand == [96.0, 48.0, 0.0, 0.0, 0.0]
+    store.close()

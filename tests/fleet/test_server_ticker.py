@@ -99,3 +99,45 @@ def test_a_wall_clock_stepped_back_stops_no_poll_and_no_save(
         store.close()
     assert polls >= 2, "origin polls stopped when the wall clock went back"
     assert saved, "soft-state saves stopped when the wall clock went back"
+
+
+def test_an_origin_url_httpx_cannot_use_is_an_unreadable_origin_not_a_failed_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx.InvalidURL is no httpx.HTTPError: it failed the whole tick, every tick, so no
+    plan and no soft-state save ran while the origin's URL was one httpx refuses."""
+    monkeypatch.setattr(server, "TICK_S", 0.05)
+    monkeypatch.setattr(server, "SOFT_STATE_SAVE_S", 0.3)
+    cfg = FleetConfig.model_validate(
+        {
+            "server": {"db": str(tmp_path / "fleet.sqlite")},
+            # A well-formed URL whose name is no IDNA name: httpx refuses it per request.
+            "origin": {"url": "http://ü..de:1", "poll_s": 0.1},
+        }
+    )
+    store = Store(cfg.server.db)
+    svc = FleetService(cfg, store)
+
+    async def run() -> bool:
+        planning = Planning(svc)
+        task = asyncio.create_task(server.ticker(svc, cfg, planning))
+        try:
+            store.set_meta(POPULARITY_META, "")
+            for _ in range(100):  # several polls, and a save in at most 10 s
+                await asyncio.sleep(0.1)
+                if store.meta(POPULARITY_META):
+                    return True
+            return False
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            planning.close()
+
+    with caplog.at_level("WARNING", logger="fleet"):
+        saved = asyncio.run(run())
+    store.close()
+    events = [r.getMessage() for r in caplog.records]
+    assert "fleet.tick_failed" not in events
+    assert "fleet.origin_unreadable" in events
+    assert saved, "the soft-state save stopped behind a failing origin poll"

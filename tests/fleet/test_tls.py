@@ -61,3 +61,12 @@ def test_tls_needs_an_enrolment_listener() -> None:
     with pytest.raises(ValidationError, match="enrol_grpc"):
         ServerConfig(tls=True)
     assert ServerConfig(tls=True, enrol_grpc="127.0.0.1:0").tls
+
+
+@pytest.mark.parametrize(
+    "wildcard", ["0.0.0.0", "::", "0:0:0:0:0:0:0:0", "0::0", "::ffff:0.0.0.0", "0"]
+)
+def test_every_spelling_of_a_wildcard_listener_stands_for_this_machine(wildcard: str) -> None:
+    hosts = listener_hosts([wildcard], ())
+    assert wildcard not in hosts  # no client dials it: a useless SAN
+    assert {"localhost", "127.0.0.1", "::1"} <= set(hosts)

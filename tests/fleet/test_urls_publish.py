@@ -71,6 +71,14 @@ def test_plan_document_is_what_the_appliance_reads() -> None:
     assert (parsed.window, parsed.timezone) == ("02:00-06:00", "Europe/Berlin")
 
 
+def test_a_site_open_all_day_publishes_a_plan_the_appliance_fills_at_any_hour() -> None:
+    always = Site.build("home", ["192.168.1.0/24"], "00:00-24:00", "Europe/Berlin")
+    doc = to_document(ENTRY, always, {"h1": "http://10.0.0.1:8081/"}, "http://origin:8080")
+    window = parse_plan(json.dumps(doc).encode(), "fleet").fill_window()
+    assert window is not None and window.always_open
+    assert to_proto(ENTRY, 4, always, {}, "http://origin:8080").fill_window == "00:00-24:00"
+
+
 def test_plan_proto_keeps_order_version_and_sources() -> None:
     plan = to_proto(ENTRY, 4, HOME, {"h1": "http://10.0.0.1:8081"}, "http://origin:8080")
     assert plan.version == 4 and plan.fill_window == "02:00-06:00"

@@ -350,6 +350,21 @@ def test_key_rotation_keeps_issued_urls_valid(
     assert f"/t/{rotated['keys'][-1]}." in steer(fleet, "192.168.1.50")["urls"][0]  # type: ignore[index]
 
 
+def test_keys_say_how_long_they_verify_once_retired(
+    fleet: Server, boxes: dict[str, ApplianceClient], agents: Agents
+) -> None:
+    """`appliance sign --ttl` may promise no longer than this (appliance/keyfile.py)."""
+    cli(fleet, "keys", "rotate", "--immediate")
+    box = boxes["h1"]
+    req = fleet_pb2.GetKeysRequest(appliance=box.name)
+    keys = box.stub.GetKeys(req, metadata=box._md("GetKeys", req), timeout=10).keys.keys
+    assert keys and all(k.verify_for_s > 0 for k in keys)
+    retired = [k for k in keys if k.retires]
+    assert retired
+    for k in retired:
+        assert k.verify_until == pytest.approx(k.retires + k.verify_for_s)
+
+
 def test_metrics_count_outcomes_and_grpc_health_serves(fleet: Server, agents: Agents) -> None:
     # Both outcomes steered here, as players ask (`fleet steer` probes count nowhere);
     # under xdist this test may not share a fleet with the others, nor run after them:

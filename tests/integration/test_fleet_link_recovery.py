@@ -57,7 +57,19 @@ def join_token(fleet: Server) -> str:
     return str(json.loads(out.stdout)["token"])
 
 
-def link(tmp: Path, grpc: str, clock: Clock, token: str = "") -> FleetLink:
+class Steady:
+    """The appliance's monotonic clock, which only the test moves (forward)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def link(
+    tmp: Path, grpc: str, clock: Clock, token: str = "", monotonic: Steady | None = None
+) -> FleetLink:
     connect_writer(tmp / "index.sqlite").close()  # an empty store: beats report no titles
     config = ApplianceConfig.model_validate(
         {
@@ -73,7 +85,8 @@ def link(tmp: Path, grpc: str, clock: Clock, token: str = "") -> FleetLink:
         submit_plan=lambda plan: None,
         set_keys=lambda keys: None,
     )
-    lk = FleetLink(config, "http://192.168.1.20:8081", sinks, clock=clock)
+    steady = {"monotonic": monotonic} if monotonic is not None else {}
+    lk = FleetLink(config, "http://192.168.1.20:8081", sinks, clock=clock, **steady)
     lk.restore()
     return lk
 
@@ -180,3 +193,29 @@ def test_a_refused_reenrolment_is_not_final(tmp_path: Path, fleet: Server) -> No
     st = lk.state()
     assert st["refused"] is None and st["beats"] >= 1 and st["phase"] == "connected", st
     lk.stop()
+
+
+def test_a_clock_stepped_back_while_the_fleet_is_away_still_runs_the_grace_period(
+    tmp_path: Path, fleet: Server
+) -> None:
+    """Beats answered, then the fleet manager goes away and NTP steps the box's clock back a
+    month. The silence counts, not the wall clock: the box is in its grace period after a
+    few missed beats and past it 72 h on, not "connected" for the month until the clock is
+    back at the last contact; and the contact saved at stop is on the wall clock as it
+    reads now, so the next start does not stretch the grace period either."""
+    clock, steady = Clock(), Steady()
+    enrolled(tmp_path, fleet, clock)
+    lk = link(tmp_path, fleet.urls["grpc"], clock, monotonic=steady)
+    steps(lk, 2)
+    assert lk.state()["phase"] == "connected" and lk.state()["beats"] >= 1, lk.state()
+    fleet.stop()
+    clock.skew = -30 * 86_400.0
+    steady.now += 10.0  # 20 beats at 0.5 s, none answered
+    lk.step()
+    assert lk.state()["phase"] == "grace", lk.state()
+    steady.now += 72 * 3600.0
+    lk.step()
+    assert lk.state()["phase"] == "expired", lk.state()
+    lk.stop()
+    saved = json.loads((tmp_path / "fleet" / "contact.json").read_text())["at"]
+    assert saved <= clock() - 72 * 3600.0

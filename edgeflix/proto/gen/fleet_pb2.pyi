@@ -205,18 +205,20 @@ class PlanResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., plan_zstd: _Optional[bytes] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Key(_message.Message):
-    __slots__ = ("id", "secret", "activates", "retires", "verify_until")
+    __slots__ = ("id", "secret", "activates", "retires", "verify_until", "verify_for_s")
     ID_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     ACTIVATES_FIELD_NUMBER: _ClassVar[int]
     RETIRES_FIELD_NUMBER: _ClassVar[int]
     VERIFY_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FOR_S_FIELD_NUMBER: _ClassVar[int]
     id: str
     secret: bytes
     activates: float
     retires: float
     verify_until: float
-    def __init__(self, id: _Optional[str] = ..., secret: _Optional[bytes] = ..., activates: _Optional[float] = ..., retires: _Optional[float] = ..., verify_until: _Optional[float] = ...) -> None: ...
+    verify_for_s: float
+    def __init__(self, id: _Optional[str] = ..., secret: _Optional[bytes] = ..., activates: _Optional[float] = ..., retires: _Optional[float] = ..., verify_until: _Optional[float] = ..., verify_for_s: _Optional[float] = ...) -> None: ...
 
 class KeySet(_message.Message):
     __slots__ = ("version", "keys", "digest")
