@@ -2,9 +2,9 @@
 so a SIGHUP reload reaches every worker without restarting it or closing a connection.
 
 The supervisor (daemon.py) writes the file atomically with a rising generation; each worker
-(worker.py) checks it on its periodic tick and reports the generation it applied in its
-counters, which is how the supervisor knows the reload is complete. Stdlib only: workers
-import this and stay small.
+(worker.py) checks it with its storage view, forgetting the routes it remembered when the
+grants changed, and reports the generation it applied in its counters, which is how the
+supervisor knows the reload is complete. Stdlib only: workers import this and stay small.
 """
 
 from __future__ import annotations
@@ -55,13 +55,16 @@ def read_keys(path: Path) -> KeySet:
 
 class KeyFile:
     """A worker's view of the key file: `refresh(site)` re-reads it only when it changed
-    (a new inode after each atomic replace), so the tick costs one stat()."""
+    (a new inode after each atomic replace), so each check costs one stat()."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: tuple[int, int] | None = None
 
     def refresh(self, site: KeyedSite) -> bool:
+        """Apply the file if it was replaced; True when that changed what a URL grants
+        (tokens turned on or off, a key added, dropped or changed): any routing decision
+        taken before is void then, such as a route remembered while tokens were off."""
         try:
             st = os.stat(self.path)
         except OSError:
@@ -72,9 +75,10 @@ class KeyFile:
         try:
             keys = read_keys(self.path)
         except (OSError, ValueError, KeyError):
-            return False  # half-visible or damaged: keep the keys we have, retry next tick
+            return False  # half-visible or damaged: keep the keys we have, retry next check
         self._seen = stamp
+        changed = site.required != keys.tokens_required or site.keys != keys.keys
         site.keys = dict(keys.keys)
         site.required = keys.tokens_required
         site.keys_generation = keys.generation
-        return True
+        return changed

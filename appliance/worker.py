@@ -11,9 +11,10 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from appliance.keyfile import KeyFile
+from appliance.keyfile import KeyedSite, KeyFile
 from appliance.server import ApplianceSite, HitSink
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import ServerSettings, bind
@@ -47,6 +48,34 @@ class CounterFile:
             self.hits.flush()
 
 
+class ServingView:
+    """The server's `refresh`: a value that moves whenever a route it remembered may be void,
+    because the index changed or the key file changed what a URL grants (a SIGHUP reload,
+    the fleet's keys). The keys are applied here, not on the tick, so no request falls
+    between the site's new grants and the server forgetting its routes: one remembered
+    while tokens were off would go on serving without a token. The counters report the new
+    generation only after both happened."""
+
+    def __init__(
+        self, storage: Callable[[], object], key_file: KeyFile | None, site: KeyedSite
+    ) -> None:
+        self.storage, self.key_file, self.site = storage, key_file, site
+        self.grants = 0  # bumped whenever the key file changed what a URL grants
+
+    def __call__(self) -> object:
+        changed = self.key_file is not None and self.key_file.refresh(self.site)
+        if changed:
+            self.grants += 1
+        storage: object
+        try:
+            storage = self.storage()
+        except Exception:
+            if not changed:
+                raise  # the server logs it and keeps its view
+            storage = object()  # a view never seen: the routes go now, the index error later
+        return self.grants, storage
+
+
 def main() -> None:
     from appliance.index import IndexReader
     from appliance.mover import HitRecorder
@@ -59,22 +88,13 @@ def main() -> None:
     hits = HitRecorder(index)
     keys = {kid: base64.b64decode(secret) for kid, secret in spec["keys"].items()}
     site = ApplianceSite(locator, tokens_required=spec["tokens_required"], keys=keys)
-    # SIGHUP reloads reach the worker through this file, checked on every tick.
+    # SIGHUP reloads (and the fleet's keys) reach the worker through this file.
     key_file = KeyFile(Path(spec["keys_file"])) if spec.get("keys_file") else None
     if key_file is not None:
         key_file.refresh(site)
     counters = CounterFile(Path(spec["counters"]), site, hits)
-
-    def tick(stats: ServerStats) -> None:
-        if key_file is not None:
-            key_file.refresh(site)
-        counters(stats)
-
     sock = bind(spec["host"], spec["port"], reuse_port=True)
-
-    def refresh() -> object:
-        # The server forgets the routes it remembered whenever this value moves.
-        return locator.refresh()
+    refresh = ServingView(locator.refresh, key_file, site)
 
     def ready() -> None:
         sys.stdout.write("ready\n")
@@ -87,7 +107,7 @@ def main() -> None:
             sock,
             ready=ready,
             stop_timeout_s=spec["stop_timeout_s"],
-            tick=tick,
+            tick=counters,
             refresh=refresh,
         )
     finally:

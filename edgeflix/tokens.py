@@ -4,7 +4,8 @@
 Token text: `<key id>.<expiry>.<scope>.<mac>[.<client mac>]`, url-safe base64 MACs without
 padding. `mac` is HMAC-SHA256 over (key id, expiry, scope, title prefix); when scope is `ip`,
 `client mac` binds it to one client address too. Sign and verify are pure: keys and the clock
-come in as arguments; comparisons are constant-time.
+come in as arguments; comparisons are constant-time. Each grant has exactly one text: the
+expiry is canonical decimal (no sign, no leading zero), the MACs compare as text.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ from edgeflix.errors import EdgeflixError
 _VERSION = "edgeflix-token-v1"
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}\Z")
 _B64 = re.compile(r"^[A-Za-z0-9_-]+\Z")
+# Canonical decimal, ASCII digits, at most 12 of them: `0<exp>` would be a second text for
+# one grant (int() takes it), and a 12-digit bound keeps int() cheap.
+_EXPIRY = re.compile(r"^(?:0|[1-9][0-9]{0,11})\Z")
 CLIENT_MAC_BYTES = 16
 # verify() refuses an expiry of more than 12 digits, so no token may be signed past it.
 MAX_EXPIRES = 10**12 - 1
 # The longest lifetime a signer hands out (`appliance sign --ttl`, fleet's token_ttl_s): ten
 # years, far inside MAX_EXPIRES, and bounded so a typo cannot mint a URL valid forever.
 MAX_TTL_S = 10 * 365 * 24 * 3600
+# How far a signer's clock may run ahead of the verifier's: verify() refuses an expiry later
+# than now + MAX_TTL_S + this, which no signer hands out (a leaked key's forever-URL).
+EXPIRY_SKEW_S = 24 * 3600
 
 
 class TokenError(EdgeflixError):
@@ -46,6 +53,10 @@ class UnknownKey(TokenError):
 
 class ExpiredToken(TokenError):
     reason = "expired"
+
+
+class ExpiryTooFar(TokenError):
+    reason = "expiry_too_far"
 
 
 class WrongTitle(TokenError):
@@ -142,9 +153,7 @@ def verify(
     key_id, exp_text, scope, mac_text = parts[:4]
     if (
         not _KEY_ID.match(key_id)
-        or not exp_text.isdigit()
-        or not exp_text.isascii()
-        or len(exp_text) > 12
+        or not _EXPIRY.match(exp_text)
         or scope not in ("any", "ip")
         or (scope == "ip") != (len(parts) == 5)
         or not all(_B64.match(p) for p in parts[3:])
@@ -159,6 +168,8 @@ def verify(
         raise WrongTitle(f"token is not valid for title {title_id}")
     if now > expires:
         raise ExpiredToken("token has expired")
+    if expires > now + MAX_TTL_S + EXPIRY_SKEW_S:
+        raise ExpiryTooFar("token expires further ahead than any signer grants")
     bound: str | None = None
     if scope == "ip":
         if client_ip is None:

@@ -97,3 +97,44 @@ def test_title_id_rule_matches_titlefiles() -> None:
     from edgeflix.titlefiles import TITLE_ID_RE as SHARED
 
     assert TITLE_ID_RE.pattern == SHARED.pattern
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda e: "0" + e,  # int() reads it as the same expiry: a second text for one grant
+        lambda e: "00" + e,
+        lambda e: "+" + e,
+        lambda e: e + "\n",
+        lambda e: " " + e,
+        lambda e: e[:-1] + "\u0661",  # ARABIC-INDIC DIGIT ONE: isdigit() and int() take it
+        lambda e: e[:-1] + "\uff11",  # FULLWIDTH DIGIT ONE
+        lambda e: "1_" + e,  # int() accepts underscores between digits
+    ],
+)
+def test_one_grant_has_one_text(spell: object) -> None:
+    """Only the signer's own spelling of the expiry verifies, not another that int() reads
+    as the same number (the MAC covers the number, so each would verify otherwise)."""
+    for ip in (None, "10.0.0.1"):
+        token = tokens.sign("t1", KEY, NOW + 60, client_ip=ip)
+        exp = str(NOW + 60)
+        other = token.replace(f".{exp}.", f".{spell(exp)}.")  # type: ignore[operator]
+        assert other != token
+        with pytest.raises(tokens.MalformedToken):
+            check(other, ip=ip)
+
+
+def test_expiry_zero_is_canonical_and_expired() -> None:
+    with pytest.raises(tokens.ExpiredToken):
+        check(tokens.sign("t1", KEY, 0))
+
+
+def test_expiry_past_any_signers_lifetime_is_refused() -> None:
+    """Signers grant MAX_TTL_S at most (`appliance sign --ttl`, fleet's token_ttl_s); a later
+    expiry, however well signed, is a leaked key's forever-URL, not a grant."""
+    limit = NOW + tokens.MAX_TTL_S + tokens.EXPIRY_SKEW_S
+    assert check(tokens.sign("t1", KEY, NOW + tokens.MAX_TTL_S))
+    assert check(tokens.sign("t1", KEY, limit))  # a signer's clock a little ahead of ours
+    for expires in (limit + 1, 253402300799, tokens.MAX_EXPIRES):
+        with pytest.raises(tokens.ExpiryTooFar):
+            check(tokens.sign("t1", KEY, expires))
