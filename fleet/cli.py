@@ -23,13 +23,17 @@ from edgeflix.config import parse_base_url
 from edgeflix.errors import ConfigError
 from fleet.admin import ENV_TOKEN
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
+from fleet.keys import is_key_id
 from fleet.model import check_name
 
 # httpx logs every request at INFO: noise on a CLI whose output is the answer.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = typer.Typer(no_args_is_help=True)
-keys_app = typer.Typer(no_args_is_help=True, help="URL-token signing keys.")
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="URL-token signing keys: `rotate` on schedule or at will, `revoke` a leaked one.",
+)
 app.add_typer(keys_app, name="keys")
 
 DEFAULT_FLEET = "http://127.0.0.1:7080"
@@ -395,8 +399,35 @@ def keys_rotate_cmd(
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Rotate the URL-token signing key now; URLs already issued stay valid until they expire."""
+    """Rotate the URL-token signing key now; URLs already issued stay valid until they expire.
+
+    Rotation is not revocation: the old key keeps verifying its URLs for their whole
+    lifetime. For a leaked key, `edgeflix fleet keys revoke KEY_ID`."""
     out = _call(fleet, "POST", "/keys/rotate", params={"immediate": immediate})
     ui.print_json(out) if as_json else typer.echo(
         f"key set version {out['version']}: {' '.join(out['keys'])}"
+    )
+
+
+@keys_app.command("revoke")
+@_shaped
+def keys_revoke_cmd(
+    key_id: str = typer.Argument(
+        ...,
+        callback=_given,
+        help="The key's id (`keys rotate --json` lists them; a URL's token starts with it).",
+    ),
+    fleet: str | None = FleetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Revoke a leaked URL-token key now: each appliance drops it on its next sync (a
+    heartbeat or two) and from then refuses every URL signed with it, unexpired or not.
+    If it was the signing key, a new key signs from now (appliances are left out of
+    steering until they fetch it). `keys rotate` is not this: a rotated key keeps
+    verifying until its URLs expire."""
+    if not is_key_id(key_id):
+        raise UnknownNameError(f"no key {key_id!r} (not a valid key id)")
+    out = _call(fleet, "POST", f"/keys/{key_id}/revoke")
+    ui.print_json(out) if as_json else typer.echo(
+        f"revoked {out['revoked']}; key set version {out['version']}: {' '.join(out['keys'])}"
     )

@@ -382,4 +382,10 @@ def create_api(svc: FleetService, planning: Planning) -> FastAPI:
         svc.rotate_keys(immediate=immediate)
         return {"version": svc.keys.version, "keys": [k.id for k in svc.keys.keys]}
 
+    @app.post("/keys/{key_id}/revoke")
+    async def revoke_key(key_id: str) -> dict[str, Any]:
+        svc.revoke_key(key_id)
+        keys = [k.id for k in svc.keys.keys]
+        return {"revoked": key_id, "version": svc.keys.version, "keys": keys}
+
     return app

@@ -6,6 +6,7 @@ channel. A new key is handed out `lead_s` before it signs anything (appliances l
 heartbeat first), and a retired key keeps verifying, after its last signature, for the
 longest token lifetime ever signed with it (`KeyRecord.token_ttl_s`, kept with the key, not
 read from today's config), so no URL issued before a rotation breaks before it expires.
+A leaked key is revoked instead (`revoke_now`): gone from the next key set, at once.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from edgeflix.tokens import SigningKey
+from edgeflix.tokens import SigningKey, TokenError
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,33 @@ def revoke(keys: KeySet, key_id: str) -> KeySet:
     """Forget a (compromised) key at once: its URLs stop working everywhere on next sync."""
     kept = tuple(k for k in keys.keys if k.id != key_id)
     return keys if len(kept) == len(keys.keys) else KeySet(keys.version + 1, kept)
+
+
+def revoke_now(
+    keys: KeySet, key_id: str, now: float, policy: KeyPolicy, secret: bytes
+) -> KeySet | None:
+    """`keys` without `key_id` (None when no key has that id), under a new version. When it
+    was the key URLs are signed with (or no key is left to sign), a key made of `secret`
+    signs from `now`, not after the lead: no URL is signed with the revoked key again, and
+    until an appliance fetches the new set steering leaves it out (it holds no usable key)
+    rather than hand out URLs it would refuse. Unlike `rotate`, nothing keeps verifying the
+    revoked key for the lifetime of its tokens: appliances drop it on their next sync."""
+    kept = revoke(keys, key_id)
+    if kept is keys:
+        return None
+    best = signers(keys, now, policy)[:1]
+    if (best and best[0].key.id == key_id) or not signers(kept, now, policy):
+        return rotate(kept, now, policy, secret, immediate=True)
+    return kept
+
+
+def is_key_id(text: str) -> bool:
+    """Whether `text` can name a key at all (the token format's rule, edgeflix.tokens)."""
+    try:
+        SigningKey(text, bytes(16))
+    except TokenError:
+        return False
+    return True
 
 
 def signing_key(keys: KeySet, now: float) -> SigningKey | None:

@@ -39,7 +39,7 @@ from fleet.http import create_app, steering_protocol
 from fleet.model import check_title
 from fleet.planning import Planning
 from fleet.service import FleetService, OriginTitle
-from fleet.store import Store
+from fleet.store import Store, private_folder
 from fleet.tls import CertAuthority, listener_hosts
 
 log = logging.getLogger("fleet")
@@ -85,17 +85,23 @@ class OriginCatalog:
     def __init__(self, origin_url: str) -> None:
         self.url = origin_url.rstrip("/") + "/titles"
         self._digest = b""
+        self._read = b""
 
     async def read(self, client: httpx.AsyncClient) -> list[OriginTitle] | None:
-        """The titles, or None when the answer is the one read last time."""
+        """The titles, or None when the answer is the one applied last time."""
         resp = await client.get(self.url)
         resp.raise_for_status()
         digest = hashlib.sha256(resp.content).digest()
         if digest == self._digest:
             return None
         titles = catalog_from_json(resp.json())
-        self._digest = digest  # only once it parsed: a bad answer is tried again
+        self._read = digest
         return titles
+
+    def applied(self) -> None:
+        """The titles read last are stored: the same answer is not applied again. Not
+        before: a listing whose database write failed is applied again on the next poll."""
+        self._digest = self._read
 
 
 def catalog_from_json(doc: Any) -> list[OriginTitle]:
@@ -116,6 +122,9 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
             continue
         digest = t.get("digest")
         out.append(OriginTitle(title_id, digest if isinstance(digest, str) else "", total))
+    if titles and not out:
+        # Read as an empty catalogue it would withdraw every title from steering.
+        raise ValueError(f"none of the {len(titles)} entries of GET /titles is a title")
     return out
 
 
@@ -143,6 +152,7 @@ async def ticker(
                         titles = await origin.read(client)
                         if titles is not None:
                             svc.set_origin_titles(titles)
+                            origin.applied()
                     # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's
                     # fault, not a failed tick that skips planning and saves.
                     except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
@@ -175,7 +185,12 @@ def sole_manager(db: Path) -> pidlock.ProcessLock:
 
 
 async def serve(config: FleetConfig) -> None:
-    with sole_manager(Path(config.server.db)):
+    db = Path(config.server.db)
+    try:
+        private_folder(db)  # 0700 before the lock file is made in it
+    except OSError as exc:
+        raise FleetError(f"cannot prepare the database {db}: {exc.strerror or exc}") from None
+    with sole_manager(db):
         await _serve(config)
 
 

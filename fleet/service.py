@@ -32,6 +32,7 @@ from fleet.keys import (
     cover_token_ttl,
     digest,
     key_for,
+    revoke_now,
     rotate,
     rotation_due,
     signers,
@@ -115,7 +116,9 @@ class FleetService:
         self.origin_titles: dict[str, OriginTitle] = {}
         self.origin_read = False  # its catalogue read at least once (see catalog)
         self.releases: dict[str, float] = {}
-        self.withdrawn: frozenset[str] = frozenset()  # see FleetSnapshot.withdrawn
+        # See FleetSnapshot.withdrawn. As of the origin's last listing, kept in the store:
+        # a restart with the origin unreachable refuses them still.
+        self.withdrawn: frozenset[str] = store.withdrawn_titles()
         self.keys = store.keyset()
         # Every key that may sign from now on is marked with this config's token TTL (its
         # verification after retiring lasts that long), raised, never lowered.
@@ -458,25 +461,42 @@ class FleetService:
         self._changed()  # which appliances hold a usable key may change with it
         event(log, "fleet.keys_rotated", version=keys.version, newest=keys.keys[-1].id)
 
+    def revoke_key(self, key_id: str) -> None:
+        """Take a (leaked) key out of the key set now: appliances drop it on their next
+        sync (the new version's number is in every heartbeat answer) and refuse its URLs,
+        unexpired or not; if it signed, a new key signs from now (fleet/keys.py)."""
+        policy = self.config.key_policy()
+        keys = revoke_now(self.keys, key_id, self.clock(), policy, self.entropy(32))
+        if keys is None:
+            known = ", ".join(k.id for k in self.keys.keys) or "none"
+            raise UnknownNameError(f"no key '{key_id}' in the key set (keys: {known})")
+        self.store.save_keyset(keys)
+        self.keys = keys
+        self._changed()  # which appliances hold a usable key may change with it
+        event(log, "fleet.key_revoked", logging.WARNING, key=key_id, version=keys.version,
+              signing=self._signers(self.clock())[0].key.id)  # fmt: skip
+
     def verification_keys(self) -> dict[str, bytes]:
         return verification_keys(self.keys, self.clock(), self.config.key_policy())
 
     # -- catalog and planning ---------------------------------------------------------
 
     def set_origin_titles(self, titles: Iterable[OriginTitle]) -> None:
-        self.origin_titles = {t.id: t for t in titles}
+        """The origin answered its listing (the server calls this only then: an origin it
+        cannot read leaves everything as the last listing made it)."""
+        listing = {t.id: t for t in titles}
+        # Stored first: if that fails, the last listing's state stays whole, here too.
+        releases, withdrawn = self.store.record_listing(sorted(listing), self.clock())
+        self.origin_titles, self.releases, self.withdrawn = listing, releases, withdrawn
         self._changed()  # steering prefers holders of each title's current version
-        # An empty listing is not taken as every title withdrawn (an origin pointed at the
-        # wrong or a fresh store): that would prune every appliance of the fleet at once.
-        self.origin_read = bool(self.origin_titles)
-        if not self.origin_titles:
-            event(log, "fleet.origin_empty", logging.WARNING,
-                  action="titles the appliances hold stay planned until it lists some")  # fmt: skip
-        self.releases = self.store.first_seen(sorted(self.origin_titles), self.clock())
-        # Every title ever listed is in `releases` (the fleet's database keeps them).
-        self.withdrawn = frozenset(
-            t for t in self.releases if self.origin_read and t not in self.origin_titles
-        )
+        # An empty listing withdraws every title it listed before from steering (a store
+        # whose titles were all removed lists nothing), but planning does not take it as
+        # the catalogue (an origin pointed at the wrong or a fresh store would prune every
+        # appliance of the fleet at once): what they hold stays, unsteered, until it lists.
+        self.origin_read = bool(listing)
+        if not listing:
+            kept = "not steered; appliances keep them until the origin lists some"
+            event(log, "fleet.origin_empty", logging.WARNING, withdrawn=len(withdrawn), action=kept)
 
     def catalog(self) -> dict[str, CatalogTitle]:
         """The origin's titles. Until it has listed some (unreachable since the manager

@@ -1,15 +1,21 @@
 """The fleet manager's SQLite state (I/O shell): enrolled appliances, join tokens, URL-token
-keys, the current plan, and when each title was first seen. WAL mode; every write is one
-`BEGIN IMMEDIATE` transaction, so a crash leaves no half-made enrolment or plan.
+keys, the current plan, and when each title was first seen (and withdrawn). WAL mode; every
+write is one `BEGIN IMMEDIATE` transaction, so a crash leaves no half-made enrolment or plan.
+The database holds every URL-signing secret: its files are the owner's alone (0600), like
+the admin token beside it.
 
 Heartbeats are not stored: they are rebuilt within seconds after a restart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +23,7 @@ from pathlib import Path
 
 import zstandard
 
+from edgeflix.log import event
 from fleet.errors import FleetError, UnknownNameError
 from fleet.keys import KeyRecord, KeySet
 from fleet.plans import ApplianceFillPlan, FillPlan, PlanDiff, PlannedTitle
@@ -35,8 +42,12 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS plan (
     id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS catalog (title TEXT PRIMARY KEY, first_seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS catalog (
+    title TEXT PRIMARY KEY, first_seen REAL NOT NULL, withdrawn_at REAL);
 """
+log = logging.getLogger("fleet")
+# The database and what SQLite keeps beside it (the -wal holds recent writes, keys too).
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
@@ -50,7 +61,9 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(SCHEMA)
             _add_key_since(conn)
-            _add_key_column(conn, "token_ttl_s", "REAL NOT NULL DEFAULT 0")
+            _add_column(conn, "keys", "token_ttl_s", "REAL NOT NULL DEFAULT 0")
+            # NULL: listed by the origin's last listing (or never read since it was added).
+            _add_column(conn, "catalog", "withdrawn_at", "REAL")
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
@@ -61,11 +74,11 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
 def _add_key_since(conn: sqlite3.Connection) -> None:
     """Databases from before `keys.since`: their keys were named `k<version of the set that
     added them>`, which is what the column records."""
-    if "since" in _key_columns(conn):
+    if "since" in _columns(conn, "keys"):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if "since" in _key_columns(conn):  # another process migrated it meanwhile
+        if "since" in _columns(conn, "keys"):  # another process migrated it meanwhile
             conn.execute("COMMIT")
             return
         conn.execute("ALTER TABLE keys ADD COLUMN since INTEGER NOT NULL DEFAULT 0")
@@ -78,22 +91,67 @@ def _add_key_since(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _add_key_column(conn: sqlite3.Connection, name: str, decl: str) -> None:
-    """A column added to `keys` since the database was made (its default for old rows)."""
-    if name in _key_columns(conn):
+def _add_column(conn: sqlite3.Connection, table: str, name: str, decl: str) -> None:
+    """A column added to `table` since the database was made (its default for old rows)."""
+    if name in _columns(conn, table):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if name not in _key_columns(conn):  # another process may have added it meanwhile
-            conn.execute(f"ALTER TABLE keys ADD COLUMN {name} {decl}")
+        if name not in _columns(conn, table):  # another process may have added it meanwhile
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
 
 
-def _key_columns(conn: sqlite3.Connection) -> set[str]:
-    return {row[1] for row in conn.execute("PRAGMA table_info(keys)")}
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def private_folder(path: Path) -> Path:
+    """The database's folder, made 0700 if it is missing (a folder that exists is left as
+    it is). `fleet serve` makes it before the lock file it puts there."""
+    folder = path.parent
+    if not folder.is_dir():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another: as it is
+            folder.mkdir(mode=0o700)
+    return folder
+
+
+def make_private(path: Path) -> None:
+    """Make the database's folder (0700) if it is missing, the database file 0600 if it is
+    missing, and tighten to 0600 the database files an older version left readable to
+    others (logged, so once per install). SQLite gives the -wal and -shm it makes the
+    database file's mode, whatever the umask. A folder that exists is left as it is: it
+    may be shared (`/var/lib`), and is not ours to change."""
+    folder = private_folder(path)
+    # O_EXCL: never an open and close of a database in use, which would drop the POSIX
+    # locks this process's SQLite holds on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    tightened = [t for t in (_tighten(Path(f"{path}{s}")) for s in DB_SUFFIXES) if t]
+    if tightened:
+        event(log, "fleet.db_made_private", logging.WARNING, folder=str(folder),
+              files=", ".join(tightened), mode="0600")  # fmt: skip
+
+
+def _tighten(file: Path) -> str:
+    """chmod 0600 a file others may read or write; what it was ("" if nothing changed)."""
+    try:
+        mode = stat.S_IMODE(file.stat().st_mode)
+    except FileNotFoundError:
+        return ""
+    if not mode & 0o077:
+        return ""
+    try:
+        file.chmod(0o600)
+    except OSError as exc:  # not its owner: said, not fatal (the operator's to fix)
+        event(log, "fleet.db_not_private", logging.ERROR, file=str(file), mode=f"{mode:04o}",
+              error=exc.strerror or str(exc))  # fmt: skip
+        return ""
+    return f"{file.name} was {mode:04o}"
 
 
 class StoreError(FleetError):
@@ -128,7 +186,7 @@ class JoinTokenLimit(FleetError):
 class Store:
     def __init__(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(path)
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
             _set_up(self.conn, time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
@@ -303,13 +361,42 @@ class Store:
         becomes `now`, or the title would wait for a boost until the clock reached it, and
         be boosted weeks after its release."""
         with self.transaction() as c:
-            c.execute("UPDATE catalog SET first_seen = ? WHERE first_seen > ?", (now, now))
-            c.executemany(
-                "INSERT OR IGNORE INTO catalog (title, first_seen) VALUES (?, ?)",
-                [(t, now) for t in titles],
-            )
-        rows = self.conn.execute("SELECT title, first_seen FROM catalog").fetchall()
-        return dict(rows)
+            self._first_seen(c, titles, now)
+        return self._releases()
+
+    def record_listing(
+        self, titles: list[str], now: float
+    ) -> tuple[dict[str, float], frozenset[str]]:
+        """The origin's whole listing, answered now: `first_seen` of its titles, and every
+        title listed before that it does not list marked withdrawn (an empty listing
+        withdraws them all), one listed again unmarked. Returns the release dates and the
+        withdrawn titles. Kept here so that neither a restart nor an origin unreachable
+        since (no listing, nothing recorded) steers a withdrawn title again."""
+        listed = set(titles)
+        with self.transaction() as c:
+            self._first_seen(c, titles, now)
+            rows = c.execute("SELECT title, withdrawn_at FROM catalog").fetchall()
+            back = [(t,) for t, w in rows if w is not None and t in listed]
+            gone = [(now, t) for t, w in rows if w is None and t not in listed]
+            c.executemany("UPDATE catalog SET withdrawn_at = NULL WHERE title = ?", back)
+            c.executemany("UPDATE catalog SET withdrawn_at = ? WHERE title = ?", gone)
+        return self._releases(), self.withdrawn_titles()
+
+    def withdrawn_titles(self) -> frozenset[str]:
+        """Titles the origin listed once and did not list in its last listing."""
+        rows = self.conn.execute("SELECT title FROM catalog WHERE withdrawn_at IS NOT NULL")
+        return frozenset(r[0] for r in rows)
+
+    @staticmethod
+    def _first_seen(c: sqlite3.Connection, titles: list[str], now: float) -> None:
+        c.execute("UPDATE catalog SET first_seen = ? WHERE first_seen > ?", (now, now))
+        c.executemany(
+            "INSERT OR IGNORE INTO catalog (title, first_seen) VALUES (?, ?)",
+            [(t, now) for t in titles],
+        )
+
+    def _releases(self) -> dict[str, float]:
+        return dict(self.conn.execute("SELECT title, first_seen FROM catalog").fetchall())
 
     def meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

@@ -242,8 +242,9 @@ def rm_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Remove a published title (and the segments kept for its earlier versions' players).
-    The fleet then plans it nowhere, so appliances drop it too (unless the store is left
-    empty: an origin listing no titles is not taken as every title withdrawn)."""
+    The fleet then steers no player to it and plans it nowhere, so appliances drop it too
+    (a store left empty stops steering to every title, but plans keep what appliances hold:
+    an origin pointed at a wrong store does not wipe the fleet)."""
     from edgeflix import ui
     from origin.store import remove_title
 

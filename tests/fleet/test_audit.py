@@ -424,6 +424,7 @@ def test_the_origin_catalog_is_parsed_only_when_it_changed() -> None:
         seen: list[Any] = []
         async with httpx.AsyncClient(timeout=10) as client:
             seen.append(await origin.read(client))
+            origin.applied()
             seen.append(await origin.read(client))
             bodies.append(b'{"titles": "not a list"}')
             with pytest.raises(ValueError):
@@ -432,12 +433,23 @@ def test_the_origin_catalog_is_parsed_only_when_it_changed() -> None:
                 await origin.read(client)  # not remembered as read
             bodies.append(b'{"titles": [{"id": "film", "total_bytes": 5}, {"id": "new"}]}')
             seen.append(await origin.read(client))
+            # Not applied (the database write failed): read again at the next poll.
+            seen.append(await origin.read(client))
+            origin.applied()
             seen.append(await origin.read(client))
         return seen
 
     try:
-        first, same, changed, again = asyncio.run(polls())
+        first, same, changed, unapplied, again = asyncio.run(polls())
     finally:
         server.shutdown()
     assert first == [OriginTitle("film", "", 5)] and same is None
-    assert changed == [OriginTitle("film", "", 5), OriginTitle("new", "", 0)] and again is None
+    assert changed == unapplied == [OriginTitle("film", "", 5), OriginTitle("new", "", 0)]
+    assert again is None
+
+
+def test_an_origin_catalog_of_entries_none_usable_is_no_empty_catalogue() -> None:
+    """Read as empty, it would withdraw every title from steering."""
+    with pytest.raises(ValueError, match="none of the 2 entries"):
+        catalog_from_json({"titles": [{"id": "../etc"}, "junk"]})
+    assert catalog_from_json({"titles": []}) == []

@@ -399,10 +399,13 @@ def test_a_title_the_origin_withdraws_is_planned_nowhere(tmp_path: Path) -> None
     with pytest.raises(UnknownNameError, match="withdrawn"):
         svc.steer("192.168.1.2", "a")
     assert svc.steer("192.168.1.2", "new")[0].candidates[-1].name == "origin"
-    # An origin listing nothing (a wrong or fresh store) is not every title withdrawn.
+    # An origin listing nothing (every title removed, or a wrong or fresh store): every
+    # title it listed is withdrawn from steering, but appliances are not all pruned at once.
     svc.set_origin_titles([])
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a"]
-    assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"
+    for title in ("a", "b"):
+        with pytest.raises(UnknownNameError, match="withdrawn"):
+            svc.steer("192.168.1.2", title)
     # Published again: steered again.
     svc.set_origin_titles([OriginTitle(t, "d" + t, GB) for t in ("a", "b")])
     assert svc.steer("192.168.1.2", "a")[0].candidates[0].name == "h1"

@@ -105,11 +105,13 @@ def test_two_daemons_sharing_a_fleet_state_folder_are_refused(tmp_path: Path) ->
 
 
 def test_a_second_fleet_manager_on_the_same_database_is_refused(tmp_path: Path) -> None:
-    db = tmp_path / "fleet.sqlite"
+    db = tmp_path / "state" / "fleet.sqlite"  # a folder yet to be made
     for name in ("first", "second"):  # two files, other ports (port 0), one database
         (tmp_path / f"{name}.toml").write_text(FLEET_TOML.format(db=db))
     first = start(["fleet", "serve", "--config", str(tmp_path / "first.toml")], ("grpc", "http"))
     try:
+        # The signing keys' folder is the owner's alone, lock file and all.
+        assert db.parent.stat().st_mode & 0o777 == 0o700
         started = time.monotonic()
         code, err = refused(["fleet", "serve", "--config", str(tmp_path / "second.toml")])
         assert code == 1

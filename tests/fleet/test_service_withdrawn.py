@@ -1,0 +1,78 @@
+"""A title the origin stopped listing stays withdrawn from steering (fleet/service.py,
+fleet/store.py record_listing): across a listing of nothing (every title removed), while
+the origin cannot be read, and across a restart of the manager with the origin away. A
+title published since the last listing is steered as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import UnknownNameError
+from fleet.service import FleetService, OriginTitle
+from fleet.store import Store
+from tests.fleet.test_service import GB, Clock, beat, config, enrol
+
+CLIENT = "192.168.1.2"
+
+
+def service(tmp_path: Path, clock: Clock) -> FleetService:
+    cfg = config(tmp_path)
+    return FleetService(cfg, Store(cfg.server.db), clock, monotonic=clock)
+
+
+def listing(*titles: str) -> list[OriginTitle]:
+    return [OriginTitle(t, "d" + t, GB) for t in titles]
+
+
+def steered(svc: FleetService, title: str) -> bool:
+    try:
+        svc.steer(CLIENT, title)
+    except UnknownNameError as exc:
+        assert "withdrawn" in str(exc)
+        return False
+    return True
+
+
+def test_a_listing_of_nothing_withdraws_every_title_it_listed(tmp_path: Path) -> None:
+    svc = service(tmp_path, Clock())
+    svc.set_origin_titles(listing("a", "b", "c"))
+    svc.set_origin_titles(listing("b", "c"))  # origin rm a
+    assert not steered(svc, "a") and steered(svc, "b")
+    svc.set_origin_titles([])  # origin rm b, origin rm c
+    assert [steered(svc, t) for t in ("a", "b", "c")] == [False, False, False]
+    # Published since the last listing: the origin serves it, so it is steered.
+    assert steered(svc, "new")
+    svc.set_origin_titles(listing("c"))  # c published again
+    assert [steered(svc, t) for t in ("a", "b", "c")] == [False, False, True]
+
+
+def test_withdrawals_outlive_a_restart_with_the_origin_away(tmp_path: Path) -> None:
+    clock = Clock()
+    svc = service(tmp_path, clock)
+    svc.set_origin_titles(listing("a", "b"))
+    svc.set_origin_titles(listing("b"))
+    svc.store.close()
+    # Started again; the origin does not answer (set_origin_titles is never called).
+    again = service(tmp_path, clock)
+    assert not steered(again, "a") and steered(again, "b") and steered(again, "new")
+    again.set_origin_titles([])
+    again.store.close()
+    third = service(tmp_path, clock)
+    assert not steered(third, "a") and not steered(third, "b")
+    third.set_origin_titles(listing("a", "b"))  # both back
+    assert steered(third, "a") and steered(third, "b")
+
+
+def test_planning_keeps_held_titles_while_the_origin_lists_nothing(tmp_path: Path) -> None:
+    """Not steered, but not pruned from every appliance at once either: an origin pointed
+    at a wrong store lists nothing too, and the titles come back when it lists them."""
+    svc = service(tmp_path, Clock())
+    enrol(svc, "h1", "home")
+    beat(svc, "h1", 1)  # holds "a"
+    svc.set_origin_titles(listing("a"))
+    svc.set_origin_titles([])
+    assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a"]
+    with pytest.raises(UnknownNameError, match="'a' was withdrawn"):
+        svc.steer(CLIENT, "a")

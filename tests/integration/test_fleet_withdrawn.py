@@ -1,0 +1,100 @@
+"""Titles removed at the origin (`edgeflix origin rm`) stay withdrawn from a real fleet
+manager's steering: when the origin's store is left with none, and when the manager is
+restarted while the origin is away. A title published again is steered again.
+
+An origin on a fixed loopback port (it comes back) and a fleet manager, through the CLI.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import run_cli
+from tests.integration.serve_support import Server, make_title, start
+from tests.integration.test_fleet_appliances import fleet_toml, free_port, wait_for
+
+TITLES = ("film", "show", "extra")
+
+
+class Setup:
+    def __init__(self, top: Path) -> None:
+        self.store = top / "origin"
+        self.origin_addr = f"127.0.0.1:{free_port()}"
+        self.config = fleet_toml(top, f"http://{self.origin_addr}", free_port(), free_port())
+        self.db = top / "fleet.sqlite"
+        self.origin: Server | None = None
+        self.fleet: Server | None = None
+
+    def start_origin(self) -> None:
+        args = ["origin", "serve", "--store", str(self.store), "--listen", self.origin_addr]
+        self.origin = start(args, ("listening",))
+
+    def start_fleet(self) -> None:
+        self.fleet = start(["fleet", "serve", "--config", str(self.config)], ("grpc", "http"))
+
+    def steer(self, title: str) -> tuple[int, str]:
+        assert self.fleet is not None
+        params = {"client_ip": "192.168.1.50", "title": title, "probe": "1"}
+        resp = httpx.get(self.fleet.urls["http"] + "/steer", params=params, timeout=10)
+        return resp.status_code, resp.text
+
+    def withdrawn(self, title: str) -> bool:
+        status, text = self.steer(title)
+        assert status in (200, 404), text
+        return status == 404 and "withdrawn" in text
+
+    def origin_rm(self, title: str) -> None:
+        run_cli(["origin", "rm", "--id", title, "--store", str(self.store)], check=True)
+
+    def listed_once(self) -> set[str]:
+        """What the manager has seen the origin list (read from its database)."""
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True) as conn:
+            return {r[0] for r in conn.execute("SELECT title FROM catalog")}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(tmp_path)
+    for title in TITLES:
+        make_title(s.store / "titles" / title, title)
+    try:
+        s.start_origin()
+        s.start_fleet()
+        yield s
+    finally:
+        for server in (s.fleet, s.origin):
+            if server is not None:
+                server.stop()
+
+
+def test_removed_titles_stay_withdrawn_when_none_are_left_and_across_a_restart(
+    setup: Setup,
+) -> None:
+    wait_for(lambda: setup.listed_once() == set(TITLES), 15, "the origin's titles read")
+    setup.origin_rm("show")
+    wait_for(lambda: setup.withdrawn("show"), 15, "show withdrawn")
+    assert not setup.withdrawn("film")
+    # Every other title removed too: the origin lists nothing, and means it.
+    setup.origin_rm("film")
+    setup.origin_rm("extra")
+    wait_for(lambda: setup.withdrawn("film"), 15, "film withdrawn by an empty listing")
+    assert setup.withdrawn("show") and setup.withdrawn("extra")
+    assert setup.steer("never-listed")[0] == 200  # not seen yet: the origin may serve it
+
+    # The origin goes away and the manager restarts: the withdrawals hold.
+    assert setup.origin is not None and setup.fleet is not None
+    setup.origin.stop()
+    setup.fleet.stop()
+    setup.start_fleet()
+    assert all(setup.withdrawn(t) for t in TITLES)
+
+    # Published again, the origin back: steered again.
+    make_title(setup.store / "titles" / "film", "film")
+    setup.start_origin()
+    wait_for(lambda: not setup.withdrawn("film"), 15, "film steered again")
+    assert setup.withdrawn("show") and setup.withdrawn("extra")
