@@ -5,7 +5,8 @@ connection), HEAD (part of a head received; header deadline counted from its fir
 a slowloris client cannot extend it), SEND (a response in flight; deadline pushed on progress),
 LINGER (we answered and closed our side; reading and discarding until EOF so the peer sees
 the answer rather than a reset). An IDLE connection is on the server's idle list, least
-recently used first: at the connection cap the first one there is closed to let a newcomer in.
+recently used first, once it has been answered: at the connection cap the first one there is
+closed to let a newcomer in.
 """
 
 from __future__ import annotations
@@ -92,7 +93,9 @@ class Connection:
         # The first request must arrive within the header timeout, not the keep-alive one.
         server = self.server
         self.deadline = server.loop.time() + server.settings.header_timeout_s
-        server.idle[self] = None  # no request in progress: first to go when the server is full
+        # Not on the idle list until it has been answered once: its first request may be in
+        # the socket already, unread, and closing it for a newcomer would answer neither
+        # (a burst at the cap then gets empty replies instead of 503s).
         self._resume_reading()
 
     # -- reading ---------------------------------------------------------------------------
@@ -160,7 +163,9 @@ class Connection:
                                 counts[1] += sent
                                 self.status = 200
                                 self.deadline = server.idle_deadline
-                                # Idle again, now the most recently used (O(1), ~20 ns).
+                                # Idle again, now the most recently used (O(1)); on
+                                # the list from its first answer on.
+                                server.idle[self] = None
                                 server.idle.move_to_end(self)
                                 return
                         self._continue_armed(route, head, n, sent)

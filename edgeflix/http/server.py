@@ -232,6 +232,7 @@ class FileServer:
             return False
         oldest = next(iter(self.idle))
         oldest.close()  # leaves `idle` and `connections` through forget()
+        self.stats.evicted_connections += 1
         return True
 
     def _reject(self, sock: socket.socket) -> None:

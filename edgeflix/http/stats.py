@@ -17,6 +17,7 @@ class ServerStats:
     open_connections: int = 0
     connections_total: int = 0
     rejected_connections: int = 0  # over serve.max_connections
+    evicted_connections: int = 0  # idle ones closed at the cap to let a newcomer in
     header_timeouts: int = 0  # dropped while still sending request headers (slowloris)
     accept_errors: int = 0  # accept() failed: out of file descriptors (EMFILE/ENFILE)
     sendfile_errors: int = 0
@@ -46,6 +47,7 @@ class ServerStats:
             "open_connections": self.open_connections,
             "connections_total": self.connections_total,
             "rejected_connections": self.rejected_connections,
+            "evicted_connections": self.evicted_connections,
             "header_timeouts": self.header_timeouts,
             "accept_errors": self.accept_errors,
             "sendfile_errors": self.sendfile_errors,
@@ -64,6 +66,7 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
         total.open_connections += int(snap.get("open_connections", 0))
         total.connections_total += int(snap.get("connections_total", 0))
         total.rejected_connections += int(snap.get("rejected_connections", 0))
+        total.evicted_connections += int(snap.get("evicted_connections", 0))
         total.header_timeouts += int(snap.get("header_timeouts", 0))
         total.accept_errors += int(snap.get("accept_errors", 0))
         total.sendfile_errors += int(snap.get("sendfile_errors", 0))

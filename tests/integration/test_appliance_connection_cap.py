@@ -68,3 +68,31 @@ def test_idle_keepalives_make_room_busy_connections_do_not(tmp_path: Path) -> No
         for sock in socks:
             sock.close()
         assert server.stop() == 0
+
+
+def test_a_burst_at_the_cap_gets_answers_never_empty_replies(tmp_path: Path) -> None:
+    """A fresh connection is not idle: its request may be in the socket, unread. Closing it
+    for the next newcomer answered neither (each of a burst closed the one before it)."""
+    source = make_title(tmp_path / "src" / "bunny", "bunny")
+    config = write_config(tmp_path, workers=1, max_connections=3, header_timeout_s=30.0)
+    config.write_text(config.read_text().replace('tokens = "required"', 'tokens = "off"'))
+    seed(config, source)
+    server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
+    socks: list[socket.socket] = []
+    try:
+        busy = [connect(server.addr) for _ in range(2)]
+        socks += busy
+        for sock in busy:
+            sock.sendall(LINE)  # mid-request: not to be closed
+        time.sleep(0.3)
+        burst = [connect(server.addr) for _ in range(5)]
+        socks += burst
+        for sock in burst:
+            sock.sendall(REQUEST)
+        answers = [read_until_closed(sock, timeout=5)[0][:13] for sock in burst[1:]]
+        assert read_response(burst[0], bytearray()).status == 200  # the last free slot
+        assert answers == [b"HTTP/1.1 503 "] * 4
+    finally:
+        for sock in socks:
+            sock.close()
+        assert server.stop() == 0
