@@ -489,14 +489,13 @@ class FleetService:
         releases, withdrawn = self.store.record_listing(sorted(listing), self.clock())
         self.origin_titles, self.releases, self.withdrawn = listing, releases, withdrawn
         self._changed()  # steering prefers holders of each title's current version
-        # An empty listing withdraws every title it listed before from steering (a store
-        # whose titles were all removed lists nothing), but planning does not take it as
-        # the catalogue (an origin pointed at the wrong or a fresh store would prune every
-        # appliance of the fleet at once): what they hold stays, unsteered, until it lists.
+        # An empty listing is taken as neither the catalogue nor a withdrawal (an origin
+        # pointed at a mistyped or fresh store would prune every appliance and refuse every
+        # title at once): appliances keep and serve what they hold until it lists titles.
         self.origin_read = bool(listing)
         if not listing:
-            kept = "not steered; appliances keep them until the origin lists some"
-            event(log, "fleet.origin_empty", logging.WARNING, withdrawn=len(withdrawn), action=kept)
+            kept = "appliances keep and serve what they hold until the origin lists titles"
+            event(log, "fleet.origin_empty", logging.WARNING, action=kept)
 
     def catalog(self) -> dict[str, CatalogTitle]:
         """The origin's titles. Until it has listed some (unreachable since the manager

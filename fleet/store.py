@@ -368,11 +368,15 @@ class Store:
         self, titles: list[str], now: float
     ) -> tuple[dict[str, float], frozenset[str]]:
         """The origin's whole listing, answered now: `first_seen` of its titles, and every
-        title listed before that it does not list marked withdrawn (an empty listing
-        withdraws them all), one listed again unmarked. Returns the release dates and the
-        withdrawn titles. Kept here so that neither a restart nor an origin unreachable
-        since (no listing, nothing recorded) steers a withdrawn title again."""
+        title listed before that it does not list marked withdrawn, one listed again
+        unmarked. Returns the release dates and the withdrawn titles. Kept here so that
+        neither a restart nor an origin unreachable since (no listing, nothing recorded)
+        steers a withdrawn title again. An empty listing changes no mark: an origin started
+        on a mistyped or fresh store would otherwise make every title unplayable, fleet-wide
+        (what it withdrew before stays withdrawn)."""
         listed = set(titles)
+        if not listed:
+            return self._releases(), self.withdrawn_titles()
         with self.transaction() as c:
             self._first_seen(c, titles, now)
             rows = c.execute("SELECT title, withdrawn_at FROM catalog").fetchall()
