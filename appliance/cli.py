@@ -143,6 +143,8 @@ def ls_cmd(
 
 def _files_cell(t: TitleListing) -> str | int:
     notes = [f"{t.missing} missing"] if t.missing else []
+    if t.unconfigured:  # until a reconcile sets them aside (missing), as the daemon does
+        notes += [f"{t.unconfigured} on disks not in [storage] disks"]
     notes += [f"{t.unavailable} on disks out of service"] if t.unavailable else []
     if t.kept_files and t.kept_until is not None:
         until = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.kept_until))

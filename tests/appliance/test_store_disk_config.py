@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.cli import _files_cell
 from appliance.config import DiskConfig, StorageConfig
 from appliance.fill.storage import restore_disk
 from appliance.index import INCOMPLETE, MISSING, OK, READY, IndexReader, get_title, title_files
@@ -161,6 +162,8 @@ def test_files_on_a_disk_no_longer_configured_are_not_served_until_it_is_back(
         assert on_d1 and on_d0
         listing = {t.id: t for t in store.listing()}
         assert listing["movie"].unconfigured == len(on_d1)
+        # `appliance ls` says so before a reconcile has marked them missing.
+        assert f"{len(on_d1)} on disks not in [storage] disks" in str(_files_cell(listing["movie"]))
         assert d1 not in listing["movie"].disks
         report = reconcile(store)
         held = sum(1 for t in ("movie", "other") for f in title_files(store.conn, t)
