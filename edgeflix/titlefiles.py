@@ -10,11 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeflix.errors import EdgeflixError
 
@@ -23,6 +30,18 @@ FILES_JSON = "files.json"
 # Title ids are path components in URLs and on disk: keep them boring.
 TITLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 CHUNK = 1 << 20
+# Names the fill gives a file while it stages it, beside it: `<file>.part`, the If-Range
+# validator `<file>.part.validator` and its `.tmp` (appliance/fill/layout.py, partfile.py).
+# A title's own file named so would overwrite another's staging; the origin never writes one.
+STAGING_SUFFIXES = (".part", ".part.validator", ".part.validator.tmp")
+# Bytes (UTF-8) of one path component: NAME_MAX (255) with room for the longest staging
+# suffix, so the staged name fits too (else ENAMETOOLONG mid-fill); and of a whole path,
+# leaving PATH_MAX (4096) room for the disk's and the title's folders.
+MAX_NAME_BYTES = 255 - max(len(suffix) for suffix in STAGING_SUFFIXES)
+MAX_PATH_BYTES = 1024
+# Files one title may list: a 3-hour title of 2 s segments in 8 renditions and audio is
+# ~50,000; every file costs the fill and the store memory and time (300,000 took 1 GB).
+MAX_FILES = 100_000
 
 
 class TitleFilesError(EdgeflixError):
@@ -41,17 +60,53 @@ def check_title_id(title_id: str) -> str:
 
 def check_rel_path(path: str) -> str:
     """A relative POSIX path inside a title: no absolute paths, no `..`, no empty parts, no
-    control characters (a NUL cannot name a file; a newline would break playlists)."""
+    control characters (a NUL cannot name a file; a newline would break playlists), valid
+    UTF-8, no part longer than MAX_NAME_BYTES nor path longer than MAX_PATH_BYTES, and no
+    part named like a staged file (STAGING_SUFFIXES)."""
     pure = PurePosixPath(path)
+    parts = path.split("/")
     if (
         not path
         or pure.is_absolute()
         or "\\" in path
-        or any(part in ("", ".", "..") for part in path.split("/"))
+        or any(part in ("", ".", "..") for part in parts)
         or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in path)
     ):
         raise TitleFilesError(f"invalid file path {path!r} in title")
+    try:
+        size = len(path.encode("utf-8"))  # a lone surrogate cannot name a file
+    except UnicodeEncodeError:
+        raise TitleFilesError(f"invalid file path {path!r} in title: not UTF-8") from None
+    if size > MAX_PATH_BYTES:
+        raise TitleFilesError(
+            f"file path {path[:60]!r}… in title is {size} bytes long (at most {MAX_PATH_BYTES})"
+        )
+    for part in parts:
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise TitleFilesError(
+                f"file path {path[:60]!r}… in title has a name longer than {MAX_NAME_BYTES} bytes"
+            )
+        if part.endswith(STAGING_SUFFIXES):
+            raise TitleFilesError(
+                f"file path {path!r} in title ends like a file being staged ({part!r})"
+            )
     return path
+
+
+def check_layout(paths: Collection[str]) -> None:
+    """The paths of one title can all be files at once: none is also a folder of another
+    (`c` and `c/d`), and none is, or is under, the title's own files.json."""
+    folders: set[str] = set()
+    for path in paths:
+        if path.split("/", 1)[0] == FILES_JSON:
+            raise TitleFilesError(f"file path {path!r} in title is the title's own {FILES_JSON}")
+        slash = path.find("/")
+        while slash >= 0:
+            folders.add(path[:slash])
+            slash = path.find("/", slash + 1)
+    clash = next((p for p in paths if p in folders), None)
+    if clash is not None:
+        raise TitleFilesError(f"file path {clash!r} in title is also a folder of other files")
 
 
 class _Model(BaseModel):
@@ -99,6 +154,11 @@ class TitleFiles(_Model):
     def _safe_id(cls, value: str) -> str:
         return check_title_id(value)
 
+    @model_validator(mode="after")
+    def _files_fit_together(self) -> TitleFiles:
+        check_layout([f.path for f in self.files])
+        return self
+
     def entry(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
 
@@ -122,7 +182,19 @@ def digest_bytes(raw: bytes) -> str:
 def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
     try:
         data: Any = json.loads(raw)
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, list) and len(files) > MAX_FILES:  # before a model per entry
+            raise TitleFilesError(
+                f"{source}: lists {len(files)} files, more than a title may ({MAX_FILES})"
+            )
         model = TitleFiles.model_validate(data)
+    except RecursionError:  # json's decoder recurses per level: "[[[[…" exhausts the stack
+        raise TitleFilesError(f"{source}: not a valid files.json: nested too deeply") from None
+    except TitleFilesError as exc:  # a bad path, raised as is through the model's validators
+        message = str(exc)
+        if not message.startswith(source):
+            message = f"{source}: {message}"
+        raise TitleFilesError(message) from None
     except (ValueError, ValidationError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TitleFilesError(f"{source}: not a valid files.json: {first}") from None

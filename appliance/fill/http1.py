@@ -17,6 +17,10 @@ from enum import Enum
 MAX_HEAD = 64 * 1024  # bytes of status line + fields, like common servers' limits
 MAX_FIELDS = 100
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions, or one trailer field
+# A chunked body's framing (size lines, extensions, CRLFs, trailers) may not outgrow its data
+# by more than this: a source padding each byte with kilobytes of chunk extensions or an
+# endless trailer section would otherwise keep a stream busy without moving the file on.
+MAX_CHUNK_OVERHEAD = 2 * MAX_HEAD
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)")
 _FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\t\x20-\x7e\x80-\xff]*?)[ \t]*")
@@ -206,19 +210,45 @@ class ChunkedDecoder:
     """Turns the bytes of a chunked body into its data; trailers are read and dropped.
 
     `feed(data)` returns (body pieces, bytes of `data` used); bytes after the last chunk's
-    trailer section belong to the next response and are left unused."""
+    trailer section belong to the next response and are left unused. Bad framing after
+    some data in the same `feed` is raised by the next call (and `check`): the data before
+    it is returned first, as it would have been had it come in an earlier recv.
+
+    Bounded like a head: the trailer section to MAX_HEAD bytes and MAX_FIELDS lines, and all
+    the framing to MAX_CHUNK_OVERHEAD bytes more than the data (1-byte chunks each with a
+    4 KB extension are a source stalling us, not a body)."""
 
     state: _Chunk = _Chunk.SIZE
     remaining: int = 0
+    data_bytes: int = 0  # body bytes decoded so far
+    framing_bytes: int = 0  # every other byte used: size lines, CRLFs, trailers
+    trailer_bytes: int = 0
+    trailer_lines: int = 0
+    error: ProtocolError | None = None  # the framing went bad: raised by every later call
     _line: bytearray = field(default_factory=bytearray)
 
     @property
     def done(self) -> bool:
         return self.state is _Chunk.DONE
 
+    def check(self) -> None:
+        """Raise the framing error found after the data last returned, if any."""
+        if self.error is not None:
+            raise self.error
+
     def feed(self, data: bytes | bytearray | memoryview) -> tuple[list[memoryview], int]:
-        view = memoryview(data)
+        self.check()
         out: list[memoryview] = []
+        try:
+            pos = self._feed(memoryview(data), out)
+        except ProtocolError as exc:
+            self.error = exc  # the body is broken: every later call says so
+            if not out:
+                raise
+            return out, len(data)
+        return out, pos
+
+    def _feed(self, view: memoryview, out: list[memoryview]) -> int:
         pos = 0
         while pos < len(view) and self.state is not _Chunk.DONE:
             if self.state is _Chunk.DATA:
@@ -226,13 +256,27 @@ class ChunkedDecoder:
                 out.append(view[pos : pos + take])
                 pos += take
                 self.remaining -= take
+                self.data_bytes += take
                 if self.remaining == 0:
                     self.state = _Chunk.DATA_END
                 continue
+            start = pos
             line, pos = self._take_line(view, pos)
+            self._count_framing(pos - start)
             if line is not None:
                 self._on_line(line)
-        return out, pos
+        return pos
+
+    def _count_framing(self, used: int) -> None:
+        self.framing_bytes += used
+        if self.framing_bytes > self.data_bytes + MAX_CHUNK_OVERHEAD:
+            raise ProtocolError(
+                f"chunked framing of {self.framing_bytes} bytes for {self.data_bytes} bytes of data"
+            )
+        if self.state is _Chunk.TRAILER:
+            self.trailer_bytes += used
+            if self.trailer_bytes > MAX_HEAD:
+                raise ProtocolError(f"chunked trailer section longer than {MAX_HEAD} bytes")
 
     def _take_line(self, view: memoryview, pos: int) -> tuple[bytes | None, int]:
         end = bytes(view[pos : pos + MAX_CHUNK_LINE + 2]).find(b"\n")
@@ -262,5 +306,9 @@ class ChunkedDecoder:
         elif self.state is _Chunk.TRAILER:
             if not line:
                 self.state = _Chunk.DONE
-            elif _FIELD.fullmatch(line) is None:
+                return
+            self.trailer_lines += 1
+            if self.trailer_lines > MAX_FIELDS:
+                raise ProtocolError(f"more than {MAX_FIELDS} trailer fields")
+            if _FIELD.fullmatch(line) is None:
                 raise ProtocolError(f"bad trailer field {line[:40]!r}")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from edgeflix.titlefiles import FILES_JSON
 
+# A staged name (and partfile.py's validator beside it) ends in one of the suffixes
+# titlefiles.STAGING_SUFFIXES refuses in files.json: no title's file can take its place.
 PART = ".part"
 DISK_STAGING = ".staging"  # at a disk's root, beside its titles/ folder (which the store owns)
 

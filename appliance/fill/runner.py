@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -260,17 +260,17 @@ class FillRun:
                 self._publish()
                 return Deferral(title_id, exc.wait_s)
             except (OSError, ExceptionGroup) as exc:
-                local = local_failure(exc)
-                if local is None:
+                failed = staging_failure(exc)
+                if failed is None:
                     raise
-                if local.errno == errno.ENOSPC:
+                if failed.errno == errno.ENOSPC:
                     # The title cannot finish on this disk: its partial files would only keep
                     # the disk full for every other load (the next run starts it afresh).
                     for folder in staged.folders():
                         shutil.rmtree(folder, ignore_errors=True)
                 raise FillError(
                     f"title {title_id}: cannot write its files on this appliance: "
-                    f"{local.strerror or local}"
+                    f"{failed.strerror or failed}"
                 ) from None
             prog.state = "loading"
             self._publish()
@@ -329,16 +329,28 @@ class FillRun:
 LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
-def local_failure(exc: BaseException) -> OSError | None:
-    """The local I/O error (disk full, disk failing) behind a download stream's failure, or
-    None when anything else failed too (a bug must still surface as itself)."""
+def staging_failure(exc: BaseException) -> OSError | None:
+    """The OSError that stopped a title's download streams (its disk's own error first), or
+    None when anything but OSErrors failed (a bug must still surface as itself). Whatever
+    the errno (a name too long, a folder where a file should be, a permission), it is that
+    title's staging that failed: the title fails with one line and the run goes on. Network
+    errors never get here as OSError: transport.py turns them into source failures."""
     if isinstance(exc, OSError):
-        return exc if exc.errno in LOCAL_ERRNOS else None
+        return exc
     if isinstance(exc, ExceptionGroup):
-        match, rest = exc.split(lambda e: isinstance(e, OSError) and e.errno in LOCAL_ERRNOS)
+        match, rest = exc.split(OSError)
         if match is not None and rest is None:
-            return local_failure(match.exceptions[0])
+            errors = list(_leaves(match))
+            return next((e for e in errors if e.errno in LOCAL_ERRNOS), errors[0])
     return None
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> Iterator[OSError]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def raise_for_failures(report: FillReport) -> None:

@@ -332,7 +332,8 @@ class FileStream:
         validator: tuple[str, ResponseHead] | None = None,
     ) -> tuple[int, bool]:
         """Body → .part file and hasher, one batch at a time: fill the buffer, charge the
-        pacer, write, hash. Bytes already written stay written when the body breaks off.
+        pacer, write, hash. Bytes already received stay written when the body breaks off
+        (a transport error, or framing gone bad after them).
         `validator` (URL and head that answered), when given, is kept beside the .part before the
         first bytes that leave it short of the whole file (the only .part a resume sees).
         Returns the end offset and whether a validator may be beside the .part (written
@@ -347,7 +348,9 @@ class FileStream:
                 try:
                     while filled < batch and (n := resp.readinto(view[filled:batch])):
                         filled += n
-                except transport.TransportError as exc:
+                except (transport.TransportError, ProtocolError) as exc:
+                    # Bytes before the break are kept either way (an endless chunked
+                    # trailer comes after them all): the SHA-256 at the end checks them.
                     broken = exc
                 if filled:
                     wait = self.pacer.charge(filled)

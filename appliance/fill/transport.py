@@ -260,21 +260,28 @@ class Response:
             return 0
         if self.framing.kind is Framing.CLOSE:
             raise ProtocolError("response body without Content-Length or chunked framing")
-        started = time.monotonic()
         try:
-            n = self._read_chunked(view) if self._chunks is not None else self._read_length(view)
+            if self._chunks is not None:
+                return self._read_chunked(view)
+            started = time.monotonic()
+            n = self._read_length(view)
+            self._progress(time.monotonic() - started, n)
+            return n
         except TimeoutError:
             raise Timeout("no data from the source within the read timeout") from None
         except OSError as exc:  # not only ConnectionError: EHOSTUNREACH is a plain OSError
             raise connection_lost(exc, "connection lost mid-body") from None
-        floor = self._floor.feed(time.monotonic() - started, n)
+
+    def _progress(self, waited: float, nbytes: int) -> None:
+        """Feed the speed floor `nbytes` of body data after `waited` seconds on the socket;
+        Timeout when the source is too slow."""
+        floor = self._floor.feed(waited, nbytes)
         if floor is None:
             raise Timeout(
                 f"source too slow: under {self._floor.min_bps:.0f} bytes/s for "
                 f"{self._floor.period_s:g} s"
             )
         self._floor = floor
-        return n
 
     def _read_length(self, view: memoryview) -> int:
         want = min(len(view), self._left)
@@ -291,15 +298,22 @@ class Response:
         return n
 
     def _read_chunked(self, view: memoryview) -> int:
+        """Reads until a chunk's data or the end of the body, feeding the speed floor each
+        recv with the body data it brought: framing alone (trailers, extensions) is no
+        progress, so a source sending only that is too slow, never a stream kept alive."""
         assert self._chunks is not None
         while not self._pieces and not self._chunks.done:
+            self._chunks.check()
+            started = time.monotonic()
             data = bytes(self._conn.pending) or self._conn.sock.recv(_RECV)
+            waited = time.monotonic() - started
             self._conn.pending.clear()
             if not data:
                 raise BodyTruncated("connection closed inside a chunked body")
             pieces, used = self._chunks.feed(data)
             self._pieces = [p for p in pieces if len(p)]
             self._conn.pending += data[used:]  # the next response's bytes, if any
+            self._progress(waited, sum(len(p) for p in self._pieces))
         if not self._pieces:
             return 0
         piece = self._pieces[0]

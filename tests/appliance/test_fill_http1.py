@@ -10,6 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.fill.http1 import (
+    MAX_CHUNK_OVERHEAD,
+    MAX_FIELDS,
     MAX_HEAD,
     ChunkedDecoder,
     ContentRange,
@@ -190,8 +192,66 @@ def test_chunked_any_split(
     ],
 )
 def test_chunked_rejects(data: bytes) -> None:
+    decoder = ChunkedDecoder()
     with pytest.raises(ProtocolError):
-        ChunkedDecoder().feed(data)
+        decoder.feed(data)
+        decoder.check()  # data came first: returned, and the error raised after it
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"more")
+
+
+def test_data_before_bad_framing_is_returned_first() -> None:
+    """Framing that goes bad in the same recv as a chunk's data (an endless trailer sent as
+    fast as the socket goes): the data comes out, the error on the next call."""
+    decoder = ChunkedDecoder()
+    out, _ = decoder.feed(b"5\r\nhello\r\n0\r\n" + b"X-Pad: a\r\n" * (MAX_FIELDS + 1))
+    assert b"".join(out) == b"hello" and decoder.error is not None
+    with pytest.raises(ProtocolError, match="trailer fields"):
+        decoder.check()
+    with pytest.raises(ProtocolError, match="trailer fields"):
+        decoder.feed(b"\r\n")
+
+
+def feed_all(decoder: ChunkedDecoder, data: bytes, step: int = 4096) -> bytes:
+    """Feed `data` in pieces of `step` bytes (as recvs bring it); the body decoded."""
+    body = bytearray()
+    for i in range(0, len(data), step):
+        out, _ = decoder.feed(data[i : i + step])
+        body += b"".join(out)
+    return bytes(body)
+
+
+def test_an_endless_trailer_section_is_refused() -> None:
+    """Trailer fields alone are never body data: without a bound a source could send them
+    forever, each recv inside the read timeout, the speed floor never fed."""
+    start = b"5\r\nhello\r\n0\r\n"
+    many_lines = start + b"X-Pad: a\r\n" * (MAX_FIELDS + 1)
+    with pytest.raises(ProtocolError, match="trailer fields"):
+        feed_all(ChunkedDecoder(), many_lines, step=7)
+    long_lines = start + (b"X-Pad: " + b"a" * 4000 + b"\r\n") * 17  # under MAX_FIELDS lines
+    with pytest.raises(ProtocolError, match="trailer section longer"):
+        feed_all(ChunkedDecoder(), long_lines)
+    # A trailer section within the limits is read and dropped, as before.
+    fine = start + b"X-Pad: a\r\n" * MAX_FIELDS + b"\r\n"
+    decoder = ChunkedDecoder()
+    assert feed_all(decoder, fine, step=5) == b"hello" and decoder.done
+
+
+def test_framing_padding_is_refused() -> None:
+    """One byte of data per chunk, each with a 4 KB extension: thousands of times the file
+    over the wire. Framing may outgrow the data by MAX_CHUNK_OVERHEAD bytes, no more."""
+    padded = b"".join(b"1;" + b"e" * 4000 + b"\r\n" + b"%c\r\n" % (65 + i % 26) for i in range(100))
+    decoder = ChunkedDecoder()
+    with pytest.raises(ProtocolError, match="chunked framing"):
+        feed_all(decoder, padded)
+    assert decoder.data_bytes <= MAX_CHUNK_OVERHEAD // 4000 + 1
+    # Ordinary small chunks (a few bytes of framing for kilobytes of data) are fine.
+    body = bytes(range(256)) * 4000
+    decoder = ChunkedDecoder()
+    assert (
+        feed_all(decoder, chunked([body[i : i + 1000] for i in range(0, len(body), 1000)])) == body
+    )
+    assert decoder.done
 
 
 _VALUE = st.sampled_from([b"", b" ", b"\t", b"5", b'"v1"', b"a b", b"\xe9", b"\r", b"\n", b"\x00"])

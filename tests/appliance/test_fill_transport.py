@@ -175,6 +175,51 @@ def test_a_dribbled_head_and_a_trickled_body_time_out() -> None:
         assert server.connections == 2
 
 
+def test_an_endless_trailer_or_padding_cannot_keep_a_body_alive() -> None:
+    """After its data a chunked body sends trailer fields forever: dripped (each well inside
+    the read timeout), the speed floor ends it, for trailers are no data; as fast as the
+    socket goes, the trailer section's size does. Padded chunks end on the framing cap."""
+    body = os.urandom(20_000)
+    pad_line = b"X-Pad: " + b"a" * 50 + b"\r\n"
+
+    def handler(sock: socket.socket, number: int) -> None:
+        read_request(sock)
+        sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if number == 3:  # 1 byte of data per chunk, a 4 KB extension each
+            for i in range(len(body)):
+                sock.sendall(b"1;" + b"e" * 4000 + b"\r\n" + body[i : i + 1] + b"\r\n")
+            return
+        sock.sendall(b"%x\r\n%s\r\n0\r\n" % (len(body), body))
+        for _ in range(100_000):  # bounded: the client hangs up long before
+            sock.sendall(pad_line * (1 if number == 1 else 100))
+            if number == 1:
+                time.sleep(0.05)
+
+    def read(pool: Pool, url: str) -> bytes:
+        out = bytearray()
+        buf = memoryview(bytearray(65536))
+        with pool.get(url) as resp:
+            while n := resp.readinto(buf):
+                out += buf[:n]
+        return bytes(out)
+
+    with scripted(handler) as server:
+        pool = Pool(Timeouts(read=2, head=2, low_speed_bps=1000, low_speed_s=0.5))
+        try:
+            started = time.monotonic()
+            with pytest.raises(Timeout, match="too slow"):
+                read(pool, server.url + "/")
+            assert time.monotonic() - started < 5
+            started = time.monotonic()
+            with pytest.raises(ProtocolError, match="trailer"):
+                read(pool, server.url + "/")
+            with pytest.raises(ProtocolError, match="chunked framing"):
+                read(pool, server.url + "/")
+            assert time.monotonic() - started < 5
+        finally:
+            pool.close()
+
+
 def test_truncated_body_and_missing_framing() -> None:
     def handler(sock: socket.socket, number: int) -> None:
         read_request(sock)
