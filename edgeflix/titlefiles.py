@@ -90,6 +90,9 @@ def check_rel_path(path: str) -> str:
             raise TitleFilesError(
                 f"file path {path!r} in title ends like a file being staged ({part!r})"
             )
+        if part.startswith(".") and part.endswith(".tmp"):
+            # How the appliance names a file it is writing: reconcile sweeps such leftovers.
+            raise TitleFilesError(f"file path {path!r} in title is named like a temporary file")
     return path
 
 

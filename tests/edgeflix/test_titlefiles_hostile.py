@@ -62,6 +62,7 @@ def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
         ("v/s.m4s.part.validator.tmp", "staged"),
         ("v.part/s.m4s", "staged"),  # a folder where `v`'s .part would go
         ("files.json.part", "staged"),
+        ("v/.seg.m4s.1a2b3c4d.tmp", "temporary"),  # reconcile would sweep it as debris
     ],
 )
 def test_bad_paths_are_refused(path: str, says: str) -> None:
@@ -72,7 +73,16 @@ def test_paths_at_the_limits_are_fine() -> None:
     longest = "n" * titlefiles.MAX_NAME_BYTES
     deep = "/".join(["d" * 99] * 10) + "/" + "f" * 24  # exactly MAX_PATH_BYTES
     assert len(deep.encode()) == titlefiles.MAX_PATH_BYTES
-    names = [longest, deep, "a.part.m4s", "partial.m4s", "v/files.json", "x.validator"]
+    names = [
+        longest,
+        deep,
+        "a.part.m4s",
+        "partial.m4s",
+        "v/files.json",
+        "x.validator",
+        ".x",
+        "y.tmp",
+    ]
     model = titlefiles.parse(doc([{**HELLO, "path": p} for p in names]))
     assert [f.path for f in model.files] == names
 
