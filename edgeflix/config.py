@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -146,16 +146,23 @@ def format_hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _valid_hostport(value: str) -> str:
-    try:
-        parse_hostport(value)
-    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
-        raise ValueError(str(exc)) from None
-    return value
+def _checked(parse: Callable[[str], object], keep: bool = False) -> AfterValidator:
+    """A pydantic check by `parse`, its ConfigError turned into a ValueError so pydantic
+    names the file and key. The field holds what `parse` returns, or with `keep` the string
+    the user wrote."""
+
+    def check(value: str) -> Any:
+        try:
+            parsed = parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value if keep else parsed
+
+    return AfterValidator(check)
 
 
 # A config field holding `HOST:PORT` (checked at load, kept as the string the user wrote).
-HostPort = Annotated[str, AfterValidator(_valid_hostport)]
+HostPort = Annotated[str, _checked(parse_hostport, keep=True)]
 
 
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
@@ -212,15 +219,8 @@ def _brackets_hold_ipv6(hostport: str) -> bool:
     return _is_ipv6(inner) and (rest == "" or rest.startswith(":"))
 
 
-def _valid_base_url(value: str) -> str:
-    try:
-        return parse_base_url(value)
-    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
-        raise ValueError(str(exc)) from None
-
-
 # A config field holding a base URL, checked at load (see parse_base_url).
-BaseUrl = Annotated[str, AfterValidator(_valid_base_url)]
+BaseUrl = Annotated[str, _checked(parse_base_url)]
 
 
 def parse_reachable_url(value: str) -> str:
@@ -236,15 +236,8 @@ def parse_reachable_url(value: str) -> str:
     return base
 
 
-def _valid_reachable_url(value: str) -> str:
-    try:
-        return parse_reachable_url(value)
-    except ConfigError as exc:  # as ValueError, so pydantic names the file and key
-        raise ValueError(str(exc)) from None
-
-
 # A config field holding a base URL clients are sent to (see parse_reachable_url).
-ReachableUrl = Annotated[str, AfterValidator(_valid_reachable_url)]
+ReachableUrl = Annotated[str, _checked(parse_reachable_url)]
 
 # Names of appliances and sites: one safe token for URLs, logs, certificates and the registry.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
