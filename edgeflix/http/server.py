@@ -46,6 +46,9 @@ _CONDITIONAL = frozenset(
 _CACHED_HEADS = ("GET", "HEAD")
 # Errors opening a file that mean "not ours to serve" (404), not a failure of the box (500).
 _NOT_SERVABLE = frozenset((errno.ENOTDIR, errno.EACCES, errno.ENAMETOOLONG))
+# At the connection cap, an idle keep-alive connection is closed for a newcomer once idle
+# this long (or half the keep-alive timeout, if shorter): see FileServer.make_room.
+EVICT_IDLE_S = 5.0
 # How old the Date header and idle deadline may get (see FileServer.fresh).
 _TICK_S = 0.01
 # Out of file descriptors, accepting pauses this long before it is tried again.
@@ -226,11 +229,19 @@ class FileServer:
     def make_room(self) -> bool:
         """At the cap, close the connection idle the longest (no request in progress, as
         nginx reuses its keep-alive connections): one client holding every slot with idle
-        keep-alives must not lock everyone else out for the keep-alive timeout. False when
-        every connection is busy: then the newcomer gets a 503."""
+        keep-alives must not lock everyone else out for the keep-alive timeout. Only one
+        idle a while (EVICT_IDLE_S, at most half the keep-alive timeout): a player between
+        two segment requests is not hoarding a slot, and closing its connection only sends
+        it back into the same full server (a burst at the cap became a chain of evictions).
+        False when none is: then the newcomer gets a 503."""
         if not self.idle:
             return False
         oldest = next(iter(self.idle))
+        keepalive = self.settings.keepalive_timeout_s
+        # An idle connection's deadline is when it went idle plus the keep-alive timeout.
+        idle_since = oldest.deadline - keepalive
+        if self.loop.time() - idle_since < min(EVICT_IDLE_S, keepalive / 2):
+            return False
         oldest.close()  # leaves `idle` and `connections` through forget()
         self.stats.evicted_connections += 1
         return True

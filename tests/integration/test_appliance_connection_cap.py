@@ -1,6 +1,6 @@
 """At `serve.max_connections`, `appliance run` closes the connection idle the longest to let
-a newcomer in (as nginx reuses keep-alive connections), and answers 503 only when every
-connection is in the middle of a request (edgeflix/http/server.py, make_room)."""
+a newcomer in (as nginx reuses keep-alive connections) once it has been idle a while, and
+answers 503 when none has (edgeflix/http/server.py, make_room)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ def closed(sock: socket.socket) -> bool:
 
 def test_idle_keepalives_make_room_busy_connections_do_not(tmp_path: Path) -> None:
     source = make_title(tmp_path / "src" / "bunny", "bunny")
-    config = write_config(tmp_path, workers=1, max_connections=3, header_timeout_s=30.0)
+    config = write_config(
+        tmp_path, workers=1, max_connections=3, header_timeout_s=30.0, keepalive_timeout_s=3.0
+    )
     config.write_text(config.read_text().replace('tokens = "required"', 'tokens = "off"'))
     seed(config, source)
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
@@ -43,12 +45,17 @@ def test_idle_keepalives_make_room_busy_connections_do_not(tmp_path: Path) -> No
         a, b, c = socks[:] = [connect(server.addr) for _ in range(3)]
         for sock in (a, b, c):
             assert served(sock) == 200  # idle keep-alives now, a the longest
+        # Idle only a moment (a player between two segments): not closed for a newcomer.
+        with connect(server.addr) as early:
+            early.sendall(REQUEST)
+            assert read_until_closed(early)[0].startswith(b"HTTP/1.1 503 ")
+        time.sleep(1.6)  # idle longer than half the keep-alive timeout: evictable
         assert served(b) == 200  # the same head again: b was used since (an armed route)
         d = connect(server.addr)
         socks.append(d)
         assert served(d) == 200  # the cap is reached, yet the newcomer is served ...
         assert closed(a)  # ... in the place of the connection idle the longest
-        e = connect(server.addr)
+        e = connect(server.addr)  # c has been idle for 1.6 s, b only a moment
         socks.append(e)
         assert served(e) == 200
         assert closed(c)  # not b, which was used after c
