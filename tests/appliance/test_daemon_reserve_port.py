@@ -5,30 +5,19 @@ with only an IPv6 address was reserved as IPv4 (and refused)."""
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import pytest
 
 from appliance.daemon import DaemonError, _reserve_port
 from edgeflix.http.server import bind
-
-V6_ONLY = "v6only.edgeflix.test"  # the resolver below gives it ::1 alone
-NOWHERE = "nowhere.invalid"  # and this one nothing, without asking DNS
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _resolver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-    if host == V6_ONLY:
-        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", int(port), 0, 0))]
-    if host == NOWHERE:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    return _real_getaddrinfo(host, port, *args, **kwargs)
+from tests import fake_names
+from tests.fake_names import NOWHERE, V6_ONLY
 
 
 def test_a_name_with_only_an_ipv6_address_is_reserved_as_ipv6(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(socket, "getaddrinfo", _resolver)
+    fake_names.install(monkeypatch)
     reserved, port = _reserve_port(V6_ONLY, 0)
     try:
         assert reserved.family == socket.AF_INET6 and reserved.getsockname()[0] == "::1"
@@ -39,7 +28,7 @@ def test_a_name_with_only_an_ipv6_address_is_reserved_as_ipv6(
 
 
 def test_a_name_that_does_not_resolve_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "getaddrinfo", _resolver)
+    fake_names.install(monkeypatch)
     with pytest.raises(DaemonError, match=r"cannot listen on nowhere\.invalid:0: Name or service"):
         _reserve_port(NOWHERE, 0)
 

@@ -19,12 +19,13 @@ HELLO = {"size": 5, "sha256": hashlib.sha256(b"hello").hexdigest()}
 EMPTY = {"size": 0, "sha256": hashlib.sha256(b"").hexdigest()}
 
 
-def doc(files: list[dict[str, Any]]) -> bytes:
+def doc(files: list[dict[str, Any]], title_id: str = "h1") -> bytes:
+    """A files.json of these entries, as raw bytes (a hostile source may send anything)."""
     return json.dumps(
         {
             "format": 1,
-            "id": "h1",
-            "title": "h1",
+            "id": title_id,
+            "title": title_id,
             "duration": 1.0,
             "segment_seconds": 1.0,
             "created": "2024-01-01T00:00:00Z",

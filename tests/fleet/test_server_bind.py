@@ -4,29 +4,18 @@ its spelling: a name with only an IPv6 address was bound as IPv4 (and refused)."
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import pytest
 
 from fleet import server
 from fleet.errors import FleetError
-
-V6_ONLY = "v6only.edgeflix.test"  # the resolver below gives it ::1 alone
-NOWHERE = "nowhere.invalid"  # and this one nothing, without asking DNS
-_real_getaddrinfo = socket.getaddrinfo
-
-
-def _resolver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-    if host == V6_ONLY:
-        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", int(port), 0, 0))]
-    if host == NOWHERE:
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    return _real_getaddrinfo(host, port, *args, **kwargs)
+from tests import fake_names
+from tests.fake_names import NOWHERE, V6_ONLY
 
 
 @pytest.fixture
 def v6_only_name(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(socket, "getaddrinfo", _resolver)
+    fake_names.install(monkeypatch)
     return V6_ONLY
 
 
@@ -55,6 +44,6 @@ def test_the_grpc_check_resolves_the_same_way(v6_only_name: str) -> None:
 
 
 def test_a_name_that_does_not_resolve_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(socket, "getaddrinfo", _resolver)
+    fake_names.install(monkeypatch)
     with pytest.raises(FleetError, match=r"cannot listen on nowhere\.invalid:0: Name or service"):
         server._bind(f"{NOWHERE}:0")

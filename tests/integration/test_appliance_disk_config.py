@@ -16,31 +16,15 @@ import pytest
 from appliance.safefiles import UNLINK_GRACE_S
 from tests.appliance.storage_fixtures import make_title
 from tests.integration.serve_support import Server, start
+from tests.integration.test_appliance_storage_audit import write_config as audit_config
 from tests.integration.test_appliance_store import cli
 
 SPREAD = [9_000] * 16  # enough files that rendezvous hashing puts some on every disk
 
 
 def write_config(tmp: Path, disks: Sequence[tuple[str, str]], extra: str = "") -> Path:
-    for name, _ in disks:
-        (tmp / name).mkdir(exist_ok=True)
-    listed = ", ".join(f'{{ path = "{tmp / name}", tier = "{tier}" }}' for name, tier in disks)
-    config = tmp / "appliance.toml"
-    config.write_text(
-        f"""
-[storage]
-index = "{tmp / "var" / "index.sqlite"}"
-disks = [ {listed} ]
-{extra}
-[serve]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[fill]
-staging = "{tmp / "staging"}"
-"""
-    )
-    return config
+    """An appliance config with these (folder name under `tmp`, tier) disks."""
+    return audit_config(tmp, [(tmp / name, tier) for name, tier in disks], extra)
 
 
 def load(config: Path, tmp: Path, *titles: str) -> None:

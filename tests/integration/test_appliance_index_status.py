@@ -5,11 +5,7 @@ on a full filesystem is named as such, by `status` and by the commands that open
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.appliance.storage_fixtures import make_title
 from tests.integration.test_appliance_storage_audit import write_config
@@ -48,21 +44,6 @@ def test_status_of_a_sound_index_says_nothing_of_it(tmp_path: Path) -> None:
     assert cli("load", "--config", str(config), "--title", "film", "--from", str(src))[0] == 0
     _, health = status(config)
     assert not [r for r in health["reasons"] if "index" in r], health  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs (root only), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill_up(folder: Path) -> Path:

@@ -205,21 +205,6 @@ def test_rm_while_a_response_is_in_flight(tmp_path: Path, daemons: list[Server])
     assert code == 1 and "no title 'film'" in error_line(err)
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs (root only), unmounted afterwards."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                          capture_output=True, check=False)  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_two_disks_on_one_small_filesystem_refuse_what_does_not_fit(
     tmp_path: Path, small_fs: Path
 ) -> None:

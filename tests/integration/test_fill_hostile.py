@@ -23,6 +23,7 @@ import pytest
 
 from tests.appliance.fill_server import ScriptedServer, read_request
 from tests.conftest import run_cli
+from tests.edgeflix.test_titlefiles_hostile import doc
 
 BOUND_S = 60  # every run here ends well within this; old code that hangs fails on it
 HELLO = b"hello"
@@ -30,19 +31,7 @@ GOOD = {"a.m4s": bytes(range(256)) * 800, "v/b.m4s": b"b" * 70_000}
 
 
 def files_json(title_id: str, files: list[dict[str, Any]]) -> bytes:
-    return json.dumps(
-        {
-            "format": 1,
-            "id": title_id,
-            "title": title_id,
-            "duration": 1.0,
-            "segment_seconds": 1.0,
-            "created": "2024-01-01T00:00:00Z",
-            "renditions": [],
-            "files": files,
-            "total_bytes": sum(f["size"] for f in files),
-        }
-    ).encode()
+    return doc(files, title_id)
 
 
 def entry(path: str, data: bytes) -> dict[str, Any]:
