@@ -136,6 +136,9 @@ class FleetLink:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # The digest of the held-titles list the fleet last said it keeps: beats leave the
+        # list out while ours matches it. Forgotten with the connection it came over.
+        self._fleet_titles = b""
         self._thread = threading.Thread(target=self._main, name="fleet-link", daemon=True)
         self.rpc = FleetRpc(fleet, self.state_store, self.name, self.key, clock)
 
@@ -289,6 +292,7 @@ class FleetLink:
                 self._reopen = False
                 self.rpc.fleet = self.fleet
                 self.rpc.reopen()
+                self._fleet_titles = b""
             enrol = self.enrolment is None or self._reenrol
             wait = self._try_enrol() if enrol else self._beat()
             self.check_grace()
@@ -391,6 +395,7 @@ class FleetLink:
             self.enrolment = e
             again, self._reenrol = self._reenrol, False
             self._rebase = True
+        self._fleet_titles = b""  # a new registration: the fleet keeps no list of ours yet
         self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
         if not again:
             # Enrolling again proves nothing about the beats (a clock too far off is also
@@ -457,7 +462,14 @@ class FleetLink:
             self._rebase = False
         figures = self.figures()
         batch = self.ledger.next_batch()
-        req = build_beat(self.enrolment.appliance, batch, figures, self.url, self.ledger.boot)
+        req = build_beat(
+            self.enrolment.appliance,
+            batch,
+            figures,
+            self.url,
+            self.ledger.boot,
+            self._fleet_titles,
+        )
         try:
             resp = self.rpc.call("Heartbeat", req)
         except CallFailed as exc:
@@ -471,6 +483,7 @@ class FleetLink:
             self.ledger.requeue(batch.sequence)
         else:
             self.ledger.acknowledge(batch.sequence)
+        self._fleet_titles = resp.titles_digest
         self._contact()
         self.beats += 1
         self._heard()

@@ -179,10 +179,19 @@ def titles_digest(titles: Iterable[HeldTitle]) -> bytes:
 
 
 def build_beat(
-    name: str, batch: CountBatch, f: BeatFigures, url: str = "", boot: bytes = b""
+    name: str,
+    batch: CountBatch,
+    f: BeatFigures,
+    url: str = "",
+    boot: bytes = b"",
+    fleet_titles: bytes = b"",
 ) -> fleet_pb2.HeartbeatRequest:
-    """`url`: where the box serves now, so the fleet follows a change since enrolment."""
+    """`url`: where the box serves now, so the fleet follows a change since enrolment.
+    `fleet_titles`: the digest of the held list the fleet said it keeps; while ours is the
+    same, the list itself is left out (megabytes for tens of thousands of titles)."""
     held = sorted(f.titles, key=lambda t: t.id)
+    digest = titles_digest(held)
+    omit = bool(fleet_titles) and fleet_titles == digest
     return fleet_pb2.HeartbeatRequest(
         appliance=name,
         url=url,
@@ -204,9 +213,10 @@ def build_beat(
                 size_bytes=t.size_bytes,
                 tier=t.tier,
             )
-            for t in held
+            for t in ([] if omit else held)
         ],
-        titles_digest=titles_digest(held),
+        titles_digest=digest,
+        titles_omitted=omit,
         counts_zstd=pack_counts(batch.counts),
         plan_version=f.plan_version,
         keys_version=f.keys_version,

@@ -17,6 +17,7 @@ from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.proto import auth
+from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2_grpc
 
 METHOD = "/edgeflix.fleet.v1.Fleet/"
@@ -27,6 +28,8 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.min_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
 )
 # The fleet's answers to an enrolment that retrying cannot change.
 FINAL_REFUSALS = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import grpc
 
+from edgeflix.bucket import TokenBucket
 from edgeflix.proto import auth
 from edgeflix.proto.codec import CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
@@ -70,6 +71,7 @@ def beat_from_proto(
             raise FleetInputError(f"heartbeat: {field} is not a finite number")
     if len(req.titles) > MAX_HELD_TITLES:
         raise FleetInputError(f"heartbeat: {len(req.titles)} titles held, over {MAX_HELD_TITLES}")
+    titles, digest = beat_titles(req, previous)
     return Beat(
         at=now,
         sequence=req.sequence,
@@ -79,12 +81,8 @@ def beat_from_proto(
         load_bps=min(max(req.load_bps, 0.0), MAX_RATE_BPS),
         connections=req.connections,
         tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
-        titles=(
-            previous.titles
-            if previous and req.titles_digest and req.titles_digest == previous.titles_digest
-            else held_titles(req.titles, previous.titles if previous else {})
-        ),
-        titles_digest=req.titles_digest[:64],
+        titles=titles,
+        titles_digest=digest,
         plan_version=req.plan_version,
         keys_version=req.keys_version,
         fill_done=req.fill.bytes_done,
@@ -93,6 +91,20 @@ def beat_from_proto(
         keys_digest=req.keys_digest[:64],
         plan_digest=req.plan_digest[:64],
     )
+
+
+def beat_titles(
+    req: fleet_pb2.HeartbeatRequest, previous: Beat | None
+) -> tuple[Mapping[str, HeldTitle], bytes]:
+    """The titles a beat says the appliance holds, and the digest they go by. The same
+    digest as the previous beat's: that list, not read again. Left out (`titles_omitted`)
+    under another digest than ours (we restarted, or the appliance missed our answer): the
+    previous list stands, under its own digest, which our answer returns, so the appliance
+    sends the list with its next beat."""
+    before, kept = (previous.titles, previous.titles_digest) if previous else ({}, b"")
+    if req.titles_omitted or (req.titles_digest and req.titles_digest == kept):
+        return before, kept
+    return held_titles(req.titles, before), req.titles_digest[:64]
 
 
 def read_beat(
@@ -136,10 +148,28 @@ async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerConte
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
 
 
+# The manager's time one appliance's beats may take: a share of its loop, saved up to a
+# burst. A beat costs a few ms; a maximal one (100k held titles, 100k counts) up to ~0.4 s,
+# and it is the loop that answers /steer. What is limited is that time, not the number of
+# beats: an appliance that beats often but cheaply costs nothing, while one sending maximal
+# beats back to back (hostile or broken) is refused once its share is spent.
+BEAT_WORK_SHARE = 0.1
+BEAT_WORK_BURST_S = 2.0
+
+
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def __init__(self, service: FleetService, authority: CertAuthority | None = None) -> None:
         self.service = service
         self.authority = authority
+        self._beat_work: dict[str, TokenBucket] = {}  # per enrolled name: its share left
+
+    def _beat_work_left(self, name: str, now: float) -> float:
+        bucket = self._beat_work.get(name)
+        return bucket.refill(now).tokens if bucket else BEAT_WORK_BURST_S
+
+    def _charge_beat(self, name: str, start: float, now: float) -> None:
+        full = TokenBucket.full(BEAT_WORK_SHARE, BEAT_WORK_BURST_S, start)
+        self._beat_work[name], _ = self._beat_work.get(name, full).take(now - start, now)
 
     def _public_key(self, name: str) -> bytes | None:
         record = self.service.records.get(name)
@@ -202,12 +232,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"heartbeat: {len(request.titles)} titles held, over {MAX_HELD_TITLES}",
             )
+        svc = self.service
+        start = svc.monotonic()
         body = request.SerializeToString(deterministic=True)
         name = await self._caller(context, "Heartbeat", body)
         await _only_its_own(request.appliance, name, context)
-        svc = self.service
         verdict = "taken"
         try:
+            if self._beat_work_left(name, start) <= 0:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"heartbeat: '{name}' beats too often for their size (over "
+                    f"{BEAT_WORK_SHARE:.0%} of the manager's time); beat every "
+                    f"{svc.config.heartbeat.interval_s:g} s",
+                )
             # Tens of ms for a large catalogue's beat (more for its first): read off the
             # loop that answers /steer. The service's state is only touched back on it.
             beat, counts = await asyncio.to_thread(
@@ -218,6 +256,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
+        finally:
+            self._charge_beat(name, start, svc.monotonic())
         current = svc.current_plan
         return fleet_pb2.HeartbeatResponse(
             plan_version=current.version if current and name in current.appliances else 0,
@@ -226,6 +266,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             heartbeat_interval_ms=int(svc.config.heartbeat.interval_s * 1000),
             fill_now=svc.take_fill_now(name),
             stale=verdict == "stale",
+            titles_digest=kept.titles_digest if (kept := svc.beats.get(name)) else b"",
         )
 
     async def GetPlan(

@@ -30,6 +30,7 @@ from edgeflix import pidlock
 from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.http.server import bind
 from edgeflix.log import event
+from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.admin import AdminAccess, load_or_create_token
 from fleet.config import FleetConfig
@@ -208,7 +209,13 @@ async def _serve(config: FleetConfig) -> None:
     authority = CertAuthority.load_or_create(Path(tls.db).parent) if tls.tls else None
     # No SO_REUSEPORT: a second manager started on the same port must fail, not silently
     # take half of the appliances' connections.
-    grpc_server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+    grpc_server = grpc.aio.server(
+        options=(
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        )
+    )
     fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc, authority), grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

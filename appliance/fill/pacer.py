@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from appliance.fill.bucket import TokenBucket
+from edgeflix.bucket import TokenBucket
 from edgeflix.fillwindow import FillWindow
 from edgeflix.log import event
 

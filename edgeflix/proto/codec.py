@@ -25,6 +25,10 @@ MAX_COUNT_ENTRIES = 100_000
 # the GIL: the 2.4 M two-byte entries this could hold take ~0.1 s to parse and refuse, what
 # gRPC itself spends on any 4 MiB message; the 3.7 M that 32 MiB held took 6.5 s.
 MAX_COUNTS_BYTES = MAX_COUNT_ENTRIES * 48
+# The largest gRPC message either side takes (gRPC's default is 4 MiB): a beat listing the
+# most held titles the manager accepts (fleet/grpc_api.py MAX_HELD_TITLES, 100,000) with
+# 128-character ids is about 21 MB; 4 MiB refused the beats of an appliance holding ~50k.
+MAX_MESSAGE_BYTES = 24 * 1024 * 1024
 _LEVEL = 3
 _PIECE = 64 * 1024
 

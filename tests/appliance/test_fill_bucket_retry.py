@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance import config as appliance_config
-from appliance.fill.bucket import TokenBucket
 from appliance.fill.retry import (
     Failure,
     Outcome,
@@ -19,6 +18,7 @@ from appliance.fill.retry import (
     failure_for_status,
     retry_after_s,
 )
+from edgeflix.bucket import TokenBucket
 from edgeflix.errors import ConfigError
 
 

@@ -102,6 +102,21 @@ def test_each_start_beats_under_a_boot_of_its_own() -> None:
     assert (req.boot, req.keys_digest, req.plan_digest) == (first.boot, b"k" * 16, b"p" * 16)
 
 
+def test_held_titles_are_left_out_while_the_fleet_keeps_the_same_list() -> None:
+    ledger = CountLedger()
+    first = build_beat("h1", ledger.next_batch(), figures())
+    assert [t.title_id for t in first.titles] == ["a", "b"] and not first.titles_omitted
+    again = build_beat("h1", ledger.next_batch(), figures(), fleet_titles=first.titles_digest)
+    assert again.titles_omitted and not again.titles
+    assert again.titles_digest == first.titles_digest
+    # The list changed, or the fleet keeps another one (restarted, restored): sent whole.
+    fewer = figures(titles=(HeldTitle("a", SHA, True, 9, "ssd"),))
+    changed = build_beat("h1", ledger.next_batch(), fewer, fleet_titles=first.titles_digest)
+    assert [t.title_id for t in changed.titles] == ["a"] and not changed.titles_omitted
+    other = build_beat("h1", ledger.next_batch(), figures(), fleet_titles=b"x" * 16)
+    assert len(other.titles) == 2 and not other.titles_omitted
+
+
 def test_a_counter_reset_counts_from_zero() -> None:
     ledger = CountLedger()
     ledger.observe({"a": (10, 100)})

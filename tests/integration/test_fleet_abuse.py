@@ -235,3 +235,66 @@ def test_an_absurd_capacity_does_not_switch_bounded_loads_off(fleet: Server) -> 
     assert first_choices() == {"idle"}
     send(hostile, capacity_bps=1e308, load_bps=0.0)
     assert first_choices() == {"idle"}
+
+
+def steered_to(fleet: Server, title: str) -> set[str]:
+    params = {"client_ip": "127.0.0.1", "title": title, "probe": "1"}
+    answer = httpx.get(fleet.urls["http"] + "/steer", params=params).raise_for_status()
+    return {c["name"] for c in answer.json()["candidates"]}
+
+
+def test_a_beat_may_leave_out_the_held_titles_the_fleet_keeps(fleet: Server) -> None:
+    """The list is megabytes for tens of thousands of titles: sent when it changes, not
+    every few seconds. Under a digest the fleet does not keep, the list it has stands and
+    its answer asks for the new one."""
+    box = appliance(fleet, "omit1", 40121)
+    resp = send(box, titles=held(*TITLES), titles_digest=b"v1")
+    assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
+    resp = send(box, titles_omitted=True, titles_digest=b"v1")
+    assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
+    assert "omit1" in steered_to(fleet, TITLES[0])
+    resp = send(box, titles_omitted=True, titles_digest=b"v2")
+    assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
+    assert "omit1" in steered_to(fleet, TITLES[0])
+    resp = send(box, titles=held(*TITLES[1:]), titles_digest=b"v2")
+    assert resp.titles_digest == b"v2"  # type: ignore[attr-defined]
+    assert "omit1" not in steered_to(fleet, TITLES[0])
+    assert "omit1" in steered_to(fleet, TITLES[1])
+
+
+def test_a_beat_over_grpcs_default_4_mib_is_taken(fleet: Server) -> None:
+    """60 k held titles with their SHA-256 digests: about 6 MB, which gRPC's default
+    message limit refused, so an appliance that large could never beat."""
+    box = appliance(fleet, "huge1", 40122)
+    titles = [
+        fleet_pb2.HeldTitle(
+            title_id=f"catalogue-title-{i:06d}", digest=f"{i:064x}", complete=True, tier="hdd"
+        )
+        for i in range(60_000)
+    ]
+    assert sum(t.ByteSize() + 3 for t in titles) > 4 << 20
+    resp = send(box, titles=titles, titles_digest=b"big")
+    assert resp.titles_digest == b"big"  # type: ignore[attr-defined]
+
+
+def test_large_beats_back_to_back_are_refused_small_ones_are_not(fleet: Server) -> None:
+    """A large beat costs the manager's loop up to tenths of a second: one appliance
+    sending them back to back (hostile or broken) is refused once it has had its share of
+    the manager's time, while beats as cheap as an unchanged list's go on at any pace."""
+    small = appliance(fleet, "calm1", 40124)
+    for _ in range(100):
+        send(small, titles=held(*TITLES))
+    box = appliance(fleet, "rapid1", 40123)
+    titles = [
+        fleet_pb2.HeldTitle(title_id=f"catalogue-title-{i:06d}", digest=f"{i:064x}")
+        for i in range(60_000)
+    ]
+    counts = pack_counts({f"catalogue-title-{i:06d}": Counts(1, 10**6) for i in range(60_000)})
+    taken = 0
+    with pytest.raises(grpc.RpcError) as err:
+        for i in range(100):  # ~0.1 s of work each: refused after about 2 s of them
+            send(box, titles=titles, counts_zstd=counts, titles_digest=b"%d" % i)
+            taken += 1
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+    assert "beats too often" in (err.value.details() or "") and taken >= 2
+    send(small, titles=held(*TITLES))  # another appliance's share is its own

@@ -99,7 +99,7 @@ class FillProgress(_message.Message):
     def __init__(self, plan_version: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., failed_titles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest", "keys_digest", "plan_digest", "boot")
+    __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest", "keys_digest", "plan_digest", "boot", "titles_omitted")
     APPLIANCE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class HeartbeatRequest(_message.Message):
     KEYS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     BOOT_FIELD_NUMBER: _ClassVar[int]
+    TITLES_OMITTED_FIELD_NUMBER: _ClassVar[int]
     appliance: str
     sequence: int
     health: Health
@@ -136,23 +137,26 @@ class HeartbeatRequest(_message.Message):
     keys_digest: bytes
     plan_digest: bytes
     boot: bytes
-    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ..., titles_digest: _Optional[bytes] = ..., keys_digest: _Optional[bytes] = ..., plan_digest: _Optional[bytes] = ..., boot: _Optional[bytes] = ...) -> None: ...
+    titles_omitted: bool
+    def __init__(self, appliance: _Optional[str] = ..., sequence: _Optional[int] = ..., health: _Optional[_Union[Health, str]] = ..., health_detail: _Optional[str] = ..., capacity_bps: _Optional[float] = ..., load_bps: _Optional[float] = ..., connections: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierSpace, _Mapping]]] = ..., titles: _Optional[_Iterable[_Union[HeldTitle, _Mapping]]] = ..., counts_zstd: _Optional[bytes] = ..., plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., fill: _Optional[_Union[FillProgress, _Mapping]] = ..., url: _Optional[str] = ..., titles_digest: _Optional[bytes] = ..., keys_digest: _Optional[bytes] = ..., plan_digest: _Optional[bytes] = ..., boot: _Optional[bytes] = ..., titles_omitted: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("plan_version", "keys_version", "drained", "heartbeat_interval_ms", "fill_now", "stale")
+    __slots__ = ("plan_version", "keys_version", "drained", "heartbeat_interval_ms", "fill_now", "stale", "titles_digest")
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_VERSION_FIELD_NUMBER: _ClassVar[int]
     DRAINED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     FILL_NOW_FIELD_NUMBER: _ClassVar[int]
     STALE_FIELD_NUMBER: _ClassVar[int]
+    TITLES_DIGEST_FIELD_NUMBER: _ClassVar[int]
     plan_version: int
     keys_version: int
     drained: bool
     heartbeat_interval_ms: int
     fill_now: bool
     stale: bool
-    def __init__(self, plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., drained: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., fill_now: _Optional[bool] = ..., stale: _Optional[bool] = ...) -> None: ...
+    titles_digest: bytes
+    def __init__(self, plan_version: _Optional[int] = ..., keys_version: _Optional[int] = ..., drained: _Optional[bool] = ..., heartbeat_interval_ms: _Optional[int] = ..., fill_now: _Optional[bool] = ..., stale: _Optional[bool] = ..., titles_digest: _Optional[bytes] = ...) -> None: ...
 
 class GetPlanRequest(_message.Message):
     __slots__ = ("appliance", "have_version")

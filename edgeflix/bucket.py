@@ -1,8 +1,10 @@
-"""A token bucket for the fill bandwidth cap: pure arithmetic over an injected clock.
+"""A token bucket: pure arithmetic over an injected clock. It paces the appliance's fill
+(bytes against the bandwidth cap) and the fleet manager's work on one appliance's beats.
 
 `take(n, now)` always grants and returns how long the caller must wait before sending, so
-a chunk larger than the burst is allowed but paid for (the bucket goes into debt). The
-downloader owns the waiting; one bucket is shared by all streams.
+a chunk larger than the burst is allowed but paid for (the bucket goes into debt): the fill's
+downloader owns the waiting, one bucket shared by all streams; the manager refuses beats
+while an appliance's bucket is in debt.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, replace
 
 @dataclass(frozen=True)
 class TokenBucket:
-    rate: float  # tokens (bytes) per second
+    rate: float  # tokens (bytes; seconds of work) per second
     burst: float  # most tokens saved up while idle
     tokens: float
     updated: float  # clock reading of the last refill
