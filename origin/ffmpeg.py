@@ -121,7 +121,9 @@ def cmaf_output_args(folder: Path, settings: EncodeSettings) -> list[str]:
         # edit lists; FFmpeg's mov demuxer (ffplay, mpv, VLC) shows every picture late by
         # the largest negative offset it has read (`dts_shift`), and with an edit list on
         # top by that too. B-frames thus start the picture a frame or two after 0; ingest
-        # moves the other renditions' timelines to start with it (`align_starts`).
+        # moves the other renditions' timelines to start with it (`align_starts`). Hence no
+        # movflags=+cmaf either (it forces negative offsets): ingest adds the CMAF brand to
+        # init.mp4 itself (origin/segments.py `brand_cmaf`).
         "-hls_segment_options", "use_editlist=0",
         str(folder / SCRATCH_PLAYLIST),
     ]  # fmt: skip

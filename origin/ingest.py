@@ -86,8 +86,10 @@ def check_request(req: IngestRequest) -> None:
         raise SourceError(f"--codecs names a codec twice: {','.join(req.codecs)}")
     if not req.title.strip() or not req.title.isprintable():
         raise SourceError("--title must be one line of printable text")
+    if not req.codecs:
+        raise SourceError(f"--codecs is empty; choose from {', '.join(CODECS)}")
     unknown = [c for c in req.codecs if c not in CODECS]
-    if unknown or not req.codecs:
+    if unknown:
         raise SourceError(f"unknown codec {', '.join(unknown)}; choose from {', '.join(CODECS)}")
     if not 0.5 <= req.segment_seconds <= 30:
         raise SourceError("--segment-seconds must be between 0.5 and 30")
@@ -193,13 +195,15 @@ def package(
     with start_ffmpeg(args, f"encoding {source.path.name}") as encode:
         # ffmpeg is running: load the packaging code now (its -progress lines wait in the pipe).
         from origin import dash, hls
-        from origin.segments import measure, name_by_content
+        from origin.segments import brand_cmaf, measure, name_by_content
 
         reporter.stage("encoding", source.duration, [r.id for r in rungs])
         encode.wait(reporter.update)
     check_space(out, f"encoding {source.path.name}")
     if not poster.path.is_file() or poster.path.stat().st_size == 0:
         raise EncodeError(f"ffmpeg wrote no poster (frame {frame} of {source.path.name})")
+    for folder in [*(r.id for r in rungs), *([AUDIO_ID] if source.has_audio else [])]:
+        brand_cmaf(out / folder)  # before measuring: sizes and digests of the final bytes
     videos = [measure(out / r.id, settings.frame_rate) for r in rungs]
     audio = measure(out / AUDIO_ID) if source.has_audio else None
     decoded = sum(s.frames for s in videos[0].segments)

@@ -2,8 +2,9 @@
 configuration (PyAV) and, per media segment, its size, start, duration, frame count and
 whether it opens on a keyframe (its fragment boxes, origin/fmp4.py). The manifests are
 written from these facts, never from intentions. A rendition's timeline can be moved
-later (`shift_timeline`, its tfdt boxes), and then each rendition's files take names made
-from a digest of their bytes (`name_by_content`), which caches may keep for ever.
+later (`shift_timeline`, its tfdt and sidx boxes), its init segment declared CMAF
+(`brand_cmaf`), and then each rendition's files take names made from a digest of their bytes
+(`name_by_content`), which caches may keep for ever.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from origin.errors import EncodeError
 from origin.ffmpeg import INIT_NAME
 
 _DECODER_CODEC = {"libdav1d": "av1", "libaom-av1": "av1", "av1": "av1"}
+# ISO/IEC 23000-19 (CMAF) 7.2: a CMAF header's FileTypeBox lists this structural brand among
+# its compatible brands. ffmpeg writes it only with movflags=+cmaf, which also forces negative
+# composition offsets (origin/ffmpeg.py avoids them), so ingest adds it (`brand_cmaf`).
+CMAF_BRAND = b"cmfc"
 
 
 @dataclass(frozen=True)
@@ -188,39 +193,108 @@ def name_by_content(folder: Path, media: Media) -> Media:
     return replace(media, init_name=new_init, segments=tuple(segments))
 
 
+def brand_cmaf(folder: Path) -> None:
+    """Add the CMAF brand to the compatible brands of the init segment ffmpeg wrote into
+    `folder`, in place (before `measure`, so sizes and digests are those of the patched file)."""
+    path = folder / INIT_NAME
+    try:
+        init = path.read_bytes()
+    except OSError as exc:
+        raise EncodeError(f"{path}: ffmpeg wrote no init segment ({exc.strerror})") from None
+    try:
+        branded = with_brand(init, CMAF_BRAND)
+    except (fmp4.BoxError, struct.error) as exc:
+        raise EncodeError(f"{path}: unreadable init segment ({exc})") from None
+    if branded != init:
+        path.write_bytes(branded)
+
+
+def with_brand(init: bytes, brand: bytes) -> bytes:
+    """`init` with `brand` among its ftyp's compatible brands (as it was if there already).
+    The ftyp grows by 4 bytes and moves what follows it: refused if the init holds chunk
+    offsets (samples inside it, counted from the file's start), which a fragmented init,
+    its sample tables empty, does not."""
+    body = bytearray(init)
+    top = _spans(body, 0, len(body))
+    if not top or top[0][0] != b"ftyp":
+        raise fmp4.BoxError("init segment does not start with an ftyp box")
+    at, end = top[0][1]
+    ftyp = bytes(body[at:end])  # major brand, minor version, compatible brands
+    if len(ftyp) < 8 or len(ftyp) % 4:
+        raise fmp4.BoxError("ftyp is not a whole list of brands")
+    if brand in (ftyp[i : i + 4] for i in range(8, len(ftyp), 4)):
+        return init
+    if _has_chunk_offsets(body, top):
+        raise fmp4.BoxError("init segment holds chunk offsets a longer ftyp would break")
+    return struct.pack(">I4s", 8 + len(ftyp) + 4, b"ftyp") + ftyp + brand + init[end:]
+
+
+_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl"}
+
+
+def _has_chunk_offsets(body: bytearray, spans: list[tuple[bytes, tuple[int, int]]]) -> bool:
+    """Whether any stco/co64 under moov lists a chunk (its entry count is not 0)."""
+    for kind, (at, end) in spans:
+        if kind in (b"stco", b"co64"):
+            (count,) = struct.unpack_from(">I", body, at + 4)
+            if count:
+                return True
+        elif kind in _CONTAINERS and _has_chunk_offsets(body, _spans(body, at, end)):
+            return True
+    return False
+
+
 def shift_timeline(folder: Path, media: Media, ticks: int) -> Media:
-    """Add `ticks` (the rendition's timescale) to the decode time (tfdt) of every fragment
-    of every segment, in place: every sample presents that much later, nothing else
-    changes. Return `media` with its starts and digest as they now are."""
+    """Add `ticks` (the rendition's timescale) to every time the segments state, in place
+    (`shift_segment`): every sample presents that much later, nothing else changes. Return
+    `media` with its starts and digest as they now are."""
     digest = hashlib.sha256()
     _feed(digest, (folder / media.init_name).read_bytes())
     segments = []
     for seg in media.segments:
         path = folder / seg.name
-        body = bytearray(path.read_bytes())
         try:
-            _shift_tfdt(body, ticks)
+            body = shift_segment(path.read_bytes(), ticks, media.timescale)
         except (fmp4.BoxError, struct.error) as exc:
             raise EncodeError(f"{path}: unreadable media segment ({exc})") from None
         path.write_bytes(body)
-        _feed(digest, bytes(body))
+        _feed(digest, body)
         segments.append(replace(seg, start=seg.start + ticks))
     return replace(media, segments=tuple(segments), digest=digest.hexdigest())
 
 
-def _shift_tfdt(body: bytearray, ticks: int) -> None:
-    """moof/traf/tfdt: the only boxes holding an absolute time in a CMAF segment."""
-    for kind, moof in _spans(body, 0, len(body)):
+def shift_segment(segment: bytes, ticks: int, timescale: int) -> bytes:
+    """`segment` presenting `ticks` (of `timescale`) later. The times it holds, as ffmpeg
+    writes it (no prft, no emsg): each fragment's decode time (moof/traf/tfdt) and each
+    segment index's earliest presentation time (sidx, ISO/IEC 14496-12 8.16.3: the
+    segment's earliest presentation time, in the sidx's own timescale). Sizes, durations
+    and offsets stay as they are. BoxError if a time would overflow its field."""
+    body = bytearray(segment)
+    top = _spans(body, 0, len(body))
+    for kind, (at, end) in top:
         if kind == b"moof":
-            for tkind, traf in _spans(body, *moof):
+            for tkind, traf in _spans(body, at, end):
                 if tkind == b"traf":
-                    for bkind, (at, _) in _spans(body, *traf):
+                    for bkind, (tfdt, _) in _spans(body, *traf):
                         if bkind == b"tfdt":
-                            fmt = ">Q" if body[at] == 1 else ">I"
-                            (value,) = struct.unpack_from(fmt, body, at + 4)
-                            if value + ticks >= 1 << (64 if body[at] == 1 else 32):
-                                raise fmp4.BoxError("tfdt overflows its field")
-                            struct.pack_into(fmt, body, at + 4, value + ticks)
+                            _add(body, tfdt, 4, ticks, "tfdt")
+        elif kind == b"sidx":
+            (sidx_scale,) = struct.unpack_from(">I", body, at + 8)
+            if not sidx_scale:
+                raise fmp4.BoxError("sidx with a timescale of 0")
+            # After version/flags, reference_ID and timescale.
+            _add(body, at, 12, round(Fraction(ticks * sidx_scale, timescale)), "sidx")
+    return bytes(body)
+
+
+def _add(body: bytearray, at: int, field: int, ticks: int, what: str) -> None:
+    """Add `ticks` to the time at body[at + field] of the full box whose payload starts at
+    `at`: 64 bits wide in version 1, else 32. Refused, never wrapped, past its width."""
+    fmt, bits = (">Q", 64) if body[at] == 1 else (">I", 32)
+    (value,) = struct.unpack_from(fmt, body, at + field)
+    if not 0 <= value + ticks < 1 << bits:
+        raise fmp4.BoxError(f"{what} time {value + ticks} does not fit its {bits}-bit field")
+    struct.pack_into(fmt, body, at + field, value + ticks)
 
 
 def _spans(body: bytearray, start: int, end: int) -> list[tuple[bytes, tuple[int, int]]]:
