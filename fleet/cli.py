@@ -53,11 +53,15 @@ FleetOpt = typer.Option(
     None,
     "--fleet",
     callback=_given,
-    help="Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or 127.0.0.1:7080).",
+    help=f"Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or {DEFAULT_FLEET}).",
 )
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+# metavar: usage errors name the argument as the usage line shows it, not as Python does.
 NameArg = typer.Argument(
-    ..., callback=_given, help="The appliance's name (as `edgeflix fleet ls` lists it)."
+    ...,
+    callback=_given,
+    metavar="NAME",
+    help="The appliance's name (as `edgeflix fleet ls` lists it).",
 )
 
 
@@ -87,15 +91,23 @@ def _redacted(url: str) -> str:
 
 def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
     base = fleet_url(fleet)
+    shown = _redacted(base)
     try:
         resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), **kw)
+    except httpx.ProtocolError as exc:  # something answered, not in HTTP/1.1 (a gRPC port)
+        raise FleetUnreachable(
+            f"fleet manager at {shown} did not answer in HTTP ({exc}): {_IS_IT_THE_FLEET}"
+        ) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        shown = _redacted(base)
         raise FleetUnreachable(f"fleet manager at {shown} is unreachable: {exc}") from None
     try:
         body = resp.json()
     except ValueError:
         body = None
+    if resp.status_code == 404 and not _manager_error(body):
+        # No route of the manager's: an origin's, an appliance's or another server's port.
+        what = f"HTTP 404 for {method} {path}"
+        raise FleetError(_NOT_A_FLEET.format(base=shown, what=what))
     if resp.status_code >= 400:
         detail = body.get("error") or body.get("detail") if isinstance(body, dict) else None
         if not isinstance(detail, str):
@@ -105,10 +117,17 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
         detail = " ".join(detail.split())[:200] or resp.reason_phrase
         raise FleetError(f"fleet manager: {detail} (HTTP {resp.status_code})")
     if body is None:
-        raise FleetError(_NOT_A_FLEET.format(base=base, what="an answer that is not JSON"))
+        raise FleetError(_NOT_A_FLEET.format(base=shown, what="an answer that is not JSON"))
     if not isinstance(body, want):
-        raise FleetError(_NOT_A_FLEET.format(base=base, what=f"JSON that is not a {want.__name__}"))
+        raise FleetError(
+            _NOT_A_FLEET.format(base=shown, what=f"JSON that is not a {want.__name__}")
+        )
     return body
+
+
+def _manager_error(body: Any) -> bool:
+    """`body` is the manager's own error answer: {"error": "<what is wrong>"}."""
+    return isinstance(body, dict) and isinstance(body.get("error"), str)
 
 
 def _auth() -> dict[str, str]:
@@ -122,7 +141,8 @@ def _auth() -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-_NOT_A_FLEET = "{base} sent {what}: is it the fleet manager's HTTP address?"
+_IS_IT_THE_FLEET = "is it the fleet manager's HTTP address?"
+_NOT_A_FLEET = "{base} sent {what}: " + _IS_IT_THE_FLEET
 
 
 def _shaped(command: Callable[..., None]) -> Callable[..., None]:
@@ -134,7 +154,7 @@ def _shaped(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except (KeyError, TypeError, AttributeError, IndexError):
             what = "JSON of another shape than the fleet manager's"
-            base = fleet_url(kwargs.get("fleet"))
+            base = _redacted(fleet_url(kwargs.get("fleet")))
             raise FleetError(_NOT_A_FLEET.format(base=base, what=what)) from None
 
     return run
@@ -415,6 +435,7 @@ def keys_revoke_cmd(
     key_id: str = typer.Argument(
         ...,
         callback=_given,
+        metavar="KEY_ID",
         help="The key's id (`keys rotate --json` lists them; a URL's token starts with it).",
     ),
     fleet: str | None = FleetOpt,

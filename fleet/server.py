@@ -40,7 +40,7 @@ from fleet.http import create_app, steering_protocol
 from fleet.model import check_title
 from fleet.planning import Planning
 from fleet.service import FleetService, OriginTitle
-from fleet.store import Store, private_folder
+from fleet.store import Store, check_db_path, private_folder
 from fleet.tls import CertAuthority, listener_hosts
 
 log = logging.getLogger("fleet")
@@ -187,15 +187,30 @@ def sole_manager(db: Path) -> pidlock.ProcessLock:
 
 async def serve(config: FleetConfig) -> None:
     db = Path(config.server.db)
+    check_db_path(db)  # a folder named by mistake: refused before a lock is made beside it
     try:
         private_folder(db)  # 0700 before the lock file is made in it
     except OSError as exc:
         raise FleetError(f"cannot prepare the database {db}: {exc.strerror or exc}") from None
-    with sole_manager(db):
-        await _serve(config)
+    lock = sole_manager(db)
+    started = False
+
+    def up() -> None:
+        nonlocal started
+        started = True
+
+    try:
+        await _serve(config, up)
+    finally:
+        # A start that failed (a file that is no database, a port in use) leaves no lock
+        # file it made; one that ran keeps it for the next start.
+        if started:
+            lock.release()
+        else:
+            lock.discard()
 
 
-async def _serve(config: FleetConfig) -> None:
+async def _serve(config: FleetConfig, started: Callable[[], None]) -> None:
     # Before anything else is made or logged (only the lock above is): a second manager on
     # the same ports stops here.
     for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
@@ -279,6 +294,7 @@ async def _serve(config: FleetConfig) -> None:
     print(f"http on http://{http_at}", flush=True)
     if enrol_at:
         print(f"grpc-enrol on {enrol_at}", flush=True)
+    started()
     event(log, "fleet.started", grpc=grpc_at, http=http_at, admin=config.server.admin,
           admin_token=str(token_path))  # fmt: skip
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")

@@ -120,38 +120,79 @@ def private_folder(path: Path) -> Path:
     return folder
 
 
-def make_private(path: Path) -> None:
-    """Make the database's folder (0700) if it is missing, the database file 0600 if it is
-    missing, and tighten to 0600 the database files an older version left readable to
-    others (logged, so once per install). SQLite gives the -wal and -shm it makes the
-    database file's mode, whatever the umask. A folder that exists is left as it is: it
-    may be shared (`/var/lib`), and is not ours to change."""
-    folder = private_folder(path)
-    # O_EXCL: never an open and close of a database in use, which would drop the POSIX
-    # locks this process's SQLite holds on it.
+def check_db_path(path: Path) -> None:
+    """Refuse a `db` that names something other than a file (a folder, a device) before
+    anything is made or changed for it: a typo (`db = "/home/alice"`) must get neither a
+    lock file beside it nor a chmod. Whether a file is a database is SQLite's to say."""
+    try:
+        kind = path.stat().st_mode  # followed, as SQLite follows it
+    except OSError:  # missing (made later), or unreachable: the open says why
+        return
+    if stat.S_ISDIR(kind):
+        raise StoreError(
+            f"cannot open the fleet database {path}: it is a folder, not a file"
+            " ([server] db names the database file)"
+        )
+    if not stat.S_ISREG(kind):
+        raise StoreError(f"cannot open the fleet database {path}: it is not a regular file")
+
+
+def _create(path: Path) -> None:
+    """The database file, 0600, if it is missing; its folder (0700) too. SQLite gives the
+    -wal and -shm it makes the database file's mode, whatever the umask. O_EXCL: never an
+    open and close of a database in use, which would drop the POSIX locks this process's
+    SQLite holds on it."""
+    private_folder(path)
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+def make_private(path: Path) -> None:
+    """Tighten to 0600 the database files an older version left readable to others (logged,
+    so once per install). Only once SQLite has read the file as a database (a path naming
+    something else is refused, unchanged), and only regular files: a symlink's target is
+    not ours to change. The folder is left as it is: it may be shared (`/var/lib`)."""
     tightened = [t for t in (_tighten(Path(f"{path}{s}")) for s in DB_SUFFIXES) if t]
     if tightened:
-        event(log, "fleet.db_made_private", logging.WARNING, folder=str(folder),
+        event(log, "fleet.db_made_private", logging.WARNING, folder=str(path.parent),
               files=", ".join(tightened), mode="0600")  # fmt: skip
 
 
 def _tighten(file: Path) -> str:
-    """chmod 0600 a file others may read or write; what it was ("" if nothing changed)."""
+    """chmod 0600 a regular file others may read or write; what it was ("" if nothing
+    changed). Through an O_PATH fd: it names the very file lstat-ed (never a symlink's
+    target, nor a file swapped in since), and closing it drops none of SQLite's locks."""
     try:
-        mode = stat.S_IMODE(file.stat().st_mode)
+        fd = os.open(file, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return ""
-    if not mode & 0o077:
-        return ""
     try:
-        file.chmod(0o600)
-    except OSError as exc:  # not its owner: said, not fatal (the operator's to fix)
-        event(log, "fleet.db_not_private", logging.ERROR, file=str(file), mode=f"{mode:04o}",
-              error=exc.strerror or str(exc))  # fmt: skip
-        return ""
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISLNK(kind):
+            _say_symlink(file)
+            return ""
+        mode = stat.S_IMODE(kind)
+        if not stat.S_ISREG(kind) or not mode & 0o077:
+            return ""
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", 0o600)  # chmod follows this link to the fd's file
+        except OSError as exc:  # not its owner: said, not fatal (the operator's to fix)
+            event(log, "fleet.db_not_private", logging.ERROR, file=str(file), mode=f"{mode:04o}",
+                  error=exc.strerror or str(exc))  # fmt: skip
+            return ""
+    finally:
+        os.close(fd)
     return f"{file.name} was {mode:04o}"
+
+
+def _say_symlink(link: Path) -> None:
+    """A database reached through a symlink stays as the operator made it: said when others
+    may read what it leads to."""
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(link.stat().st_mode)
+        if mode & 0o077:
+            event(log, "fleet.db_not_private", logging.ERROR, file=str(link), mode=f"{mode:04o}",
+                  error="a symbolic link: its target is left as it is")  # fmt: skip
 
 
 class StoreError(FleetError):
@@ -185,11 +226,20 @@ class JoinTokenLimit(FleetError):
 
 class Store:
     def __init__(self, path: Path) -> None:
+        check_db_path(path)
         try:
-            make_private(path)
+            _create(path)
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
+        try:
+            # A read first: a file that is no database ("file is not a database") is refused
+            # before anything about it is changed.
+            self.conn.execute("PRAGMA schema_version")
+            make_private(path)
             _set_up(self.conn, time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
+            self.conn.close()
             raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
 
     def close(self) -> None:
