@@ -44,7 +44,7 @@ try:  # Ctrl-C while the libraries load (a tenth of a second here, more on a Pi)
     import typer
 
     from edgeflix import __version__
-    from edgeflix.errors import EdgeflixError
+    from edgeflix.errors import EdgeflixError, OutputError
     from edgeflix.log import setup_logging
 except KeyboardInterrupt:
     sys.stderr.write("error: interrupted\n")
@@ -52,7 +52,7 @@ except KeyboardInterrupt:
 
 app = typer.Typer(
     name="edgeflix",
-    help="Self-hostable video delivery: origin, edge appliances, fleet, services.",
+    help="Self-hostable video delivery: origin, edge appliances, fleet.",  # what is mounted below
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -96,7 +96,7 @@ def root(
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        _main(argv)
+        _main_or_output_error(argv)
     except KeyboardInterrupt:  # before the command ran (its imports, ui's too) or reporting
         from edgeflix import ui  # imported again if the Ctrl-C cut its first import short
 
@@ -127,8 +127,21 @@ def _unless_stdout_gone(failed: bool) -> None:
             sys.stdout.flush()
     except BrokenPipeError:
         ui.stdout_gone()
+    except OutputError as exc:  # a full disk: the command's output is not all there
+        ui.fail(str(exc), exc.exit_code)
     if failed and ui.stdout_reader_gone():
         ui.stdout_gone()
+
+
+def _main_or_output_error(argv: list[str] | None) -> None:
+    """_main, where stdout failing (a full disk) is one line, also when it fails while help
+    or a usage error is being told (inside _main's own handlers)."""
+    try:
+        _main(argv)
+    except OutputError as exc:
+        from edgeflix import ui
+
+        ui.fail(str(exc), exc.exit_code)
 
 
 def _main(argv: list[str] | None) -> None:
@@ -141,6 +154,7 @@ def _main(argv: list[str] | None) -> None:
     click = ui.click_exceptions()
     command = typer.main.get_command(app)  # what app() runs, with its arguments checked
     ui.require_text(command)
+    ui.tidy_help(command)
     try:
         # Not standalone: usage errors and Ctrl-C come back here, to be told the house way
         # (one line, exit 2 or 130) instead of typer's panels or a silent exit.

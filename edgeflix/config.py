@@ -41,25 +41,32 @@ def parse_env_value(raw: str) -> Any:
         return raw
 
 
+def env_overrides(env: Mapping[str, str], prefix: str) -> dict[tuple[str, ...], str]:
+    """The key each `PREFIX__A__B` variable in `env` sets, ('a', 'b'), → the variable's name."""
+    marker = prefix.upper() + "__"
+    found: dict[tuple[str, ...], str] = {}
+    for name in sorted(env):
+        if not name.startswith(marker):
+            continue
+        keys = tuple(k.lower() for k in name[len(marker) :].split("__") if k)
+        if keys:
+            found[keys] = name
+    return found
+
+
 def apply_env_overrides(
     data: dict[str, Any], env: Mapping[str, str], prefix: str
 ) -> dict[str, Any]:
     """Return a copy of `data` with `PREFIX__A__B=value` overrides set at data[a][b]."""
     merged: dict[str, Any] = _deep_copy(data)
-    marker = prefix.upper() + "__"
-    for name, raw in sorted(env.items()):
-        if not name.startswith(marker):
-            continue
-        keys = [k.lower() for k in name[len(marker) :].split("__") if k]
-        if not keys:
-            continue
+    for keys, name in env_overrides(env, prefix).items():
         node = merged
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"{name}: {'.'.join(keys)} is not inside a table")
             node = child
-        node[keys[-1]] = parse_env_value(raw)
+        node[keys[-1]] = parse_env_value(env[name])
     return merged
 
 
@@ -67,16 +74,35 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
-def describe_validation_error(source: str, err: ValidationError) -> str:
-    """One line naming the source and the first offending key."""
+def describe_validation_error(
+    source: str | None,
+    err: ValidationError,
+    overrides: Mapping[tuple[str, ...], str] | None = None,
+) -> str:
+    """One line naming where the first offending value came from and its key: the variable
+    that set it (see env_overrides), else the file `source` (None: no file, defaults)."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    blamed = _blamed(tuple(str(p).lower() for p in first["loc"]), source, overrides or {})
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
+        return f"{blamed}: unknown key '{key}'"
     if first["type"] == "missing":
-        return f"{source}: missing key '{key}'"
+        return f"{blamed}: missing key '{key}'"
     message = first["msg"].removeprefix("Value error, ")  # pydantic's wrapper for ValueError
-    return f"{source}: key '{key}': {message}"
+    return f"{blamed}: key '{key}': {message}"
+
+
+def _blamed(
+    loc: tuple[str, ...], source: str | None, overrides: Mapping[tuple[str, ...], str]
+) -> str:
+    """The variable whose value is at `loc` or holds it; a check of a whole table (`loc` its
+    key) names the file and the variables that set keys inside it."""
+    holding = [keys for keys in overrides if loc[: len(keys)] == keys]
+    if holding:
+        return overrides[max(holding, key=len)]
+    inside = [name for keys, name in overrides.items() if keys[: len(loc)] == loc]
+    where = source or "defaults"
+    return f"{where} with {', '.join(inside)}" if inside else where
 
 
 def load_config(
@@ -88,7 +114,6 @@ def load_config(
 ) -> M:
     """Read `path` (or nothing: all defaults), apply env overrides, validate into `model`."""
     data: dict[str, Any] = {}
-    source = str(path) if path else "defaults"
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -102,11 +127,14 @@ def load_config(
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    data = apply_env_overrides(data, os.environ if env is None else env, env_prefix)
+    env = os.environ if env is None else env
+    data = apply_env_overrides(data, env, env_prefix)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(source, exc)) from None
+        source = str(path) if path else None
+        overrides = env_overrides(env, env_prefix)
+        raise ConfigError(describe_validation_error(source, exc, overrides)) from None
 
 
 # ASCII digits only: str.isdigit also takes '²' (int() then fails) and '٣' (int() reads 3).

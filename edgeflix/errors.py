@@ -15,3 +15,8 @@ class ConfigError(EdgeflixError):
     """A configuration file or override is missing, unparsable or invalid."""
 
     exit_code = 2
+
+
+class OutputError(EdgeflixError):
+    """Standard output refused what the command printed (a full disk, a failing device). A
+    reader that has gone (EPIPE) is no error: the command ends as `cat` would."""

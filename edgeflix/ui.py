@@ -5,17 +5,22 @@ JSON on request, progress bars only when someone is watching.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from edgeflix.errors import OutputError
+
 if TYPE_CHECKING:  # imported where used: a command in a pipe never pays for them
     from types import ModuleType
 
+    from _typeshed import ReadableBuffer
     from rich.console import Console
     from rich.progress import Progress
 
@@ -158,9 +163,79 @@ def standard_streams() -> None:
             os.close(null)
             null = fd
         mode = "r" if fd == 0 else "w"
-        stream = open(null, mode, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        # A standard descriptor is never closed by its stream (Python's own are made so).
+        stream = open(null, mode, encoding="utf-8", errors="backslashreplace",  # noqa: SIM115
+                      closefd=null != fd)  # fmt: skip
         setattr(sys, name, stream)
         setattr(sys, f"__{name}__", stream)
+    _whole_writes_to_stdout()
+
+
+class _Stdout(io.FileIO):
+    """Descriptor 1 under sys.stdout: each write is written whole, or raises.
+
+    Python's unbuffered stdout (PYTHONUNBUFFERED, as containers and services often set)
+    makes one write(2) per write and drops what a short one left: a pipe whose reader left
+    mid-way, a signal. `--json | head -1` then exited 0 with the listing cut at 64 KiB,
+    where the table, written line by line, got EPIPE and the SIGPIPE exit. Any other
+    failure (a full disk) becomes an OutputError, told in one line at the CLI's edge; the
+    rest of the output then goes nowhere, so the interpreter's last flush stays quiet."""
+
+    failed = False
+
+    def write(self, data: ReadableBuffer) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view) and not self.failed:
+            try:
+                written: int | None = super().write(view[done:])
+            except BrokenPipeError:
+                raise
+            except OSError as exc:
+                self.failed = True
+                raise OutputError(f"cannot write output: {exc.strerror or exc}") from None
+            if written is None:  # a non-blocking descriptor, full for now
+                import select
+
+                select.select([], [self], [])
+            elif written == 0:  # no progress, and none to come
+                self.failed = True
+                raise OutputError("cannot write output: nothing was written")
+            else:
+                done += written
+        return len(view)
+
+
+def _whole_writes_to_stdout() -> None:
+    """sys.stdout again, with the same encoding and buffering, over a _Stdout."""
+    old = sys.stdout
+    if not isinstance(old, io.TextIOWrapper) or isinstance(_raw(old), _Stdout):
+        return
+    try:
+        if old.fileno() != 1:
+            return
+        old.flush()
+    except (OSError, ValueError):  # not a descriptor, or already failing: left as it is
+        return
+    raw = _Stdout(1, "w", closefd=False)
+    raw.name = "<stdout>"
+    buffered = not isinstance(old.buffer, io.RawIOBase)
+    stream = io.TextIOWrapper(
+        io.BufferedWriter(raw) if buffered else raw,
+        encoding=old.encoding,
+        errors=old.errors,
+        newline="\n",  # as Python's own on POSIX: no translation
+        line_buffering=old.line_buffering,
+        write_through=old.write_through,
+    )
+    if sys.__stdout__ is old:
+        setattr(sys, "__stdout__", stream)  # noqa: B010 - typeshed has it Final
+    sys.stdout = stream
+
+
+def _raw(stream: io.TextIOWrapper) -> object:
+    buffer = stream.buffer
+    return getattr(buffer, "raw", buffer)
 
 
 def stdout_reader_gone() -> bool:
@@ -219,6 +294,44 @@ def require_text(command: Any) -> None:
         return invoke(ctx)
 
     command.invoke = checked
+
+
+def tidy_help(command: Any) -> None:
+    """typer 0.29's help writes `--json <bool>` on a terminal (as if a flag took a value),
+    `{src}` for a required argument and `--title <list[str]>` for a repeatable option. Say
+    `--json`, `SRC` and `--title <str>` instead, as click does, for every command and
+    sub-command of `command`, through click's own metavar and usage pieces."""
+    for sub in getattr(command, "commands", {}).values():
+        tidy_help(sub)
+    for param in command.params:
+        _tidy_param(param)
+    help_option = command.get_help_option  # made on first use, for the context asking
+
+    def tidied_help_option(ctx: Any) -> Any:
+        option = help_option(ctx)
+        if option is not None:
+            _tidy_param(option)
+        return option
+
+    command.get_help_option = tidied_help_option
+
+
+def _tidy_param(param: Any) -> None:
+    if param.param_type_name == "argument":
+        param.metavar = param.metavar or param.name.upper()
+        piece = param.metavar if param.required else f"[{param.metavar}]"
+        piece += "..." if param.nargs != 1 else ""
+        param.get_usage_pieces = lambda ctx: [piece]
+    elif getattr(param, "is_flag", False) or getattr(param, "count", False):
+        param.metavar = ""  # the type column of a flag stays empty
+    elif getattr(param, "multiple", False) and param.metavar is None:
+        try:
+            shown = str(param.display_type(None))  # typer 0.2x: '<list[str]>'
+        except (AttributeError, TypeError, ValueError):  # another typer: its own words
+            return
+        listed = re.fullmatch(r"<list\[(.+)\]>", shown)
+        if listed:
+            param.metavar = f"<{listed[1]}>"
 
 
 def _is_text(value: str) -> bool:

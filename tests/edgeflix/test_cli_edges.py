@@ -52,7 +52,7 @@ NOT_TEXT = [
     (["fleet", "steer", "--client-ip", b"\xff", "--title", "movie"], "--client-ip"),
     (["fleet", "join-token", "--site", b"caf\xe9"], "--site"),
     (["fleet", "plan", "--site", b"\xff"], "--site"),
-    (["fleet", "show", b"caf\xe9"], "name"),
+    (["fleet", "show", b"caf\xe9"], "NAME"),  # an argument, named as usage shows it
     (["fleet", "ls", "--fleet", b"http://127.0.0.1:9/\xff"], "--fleet"),
     (["appliance", "sign", "--title", b"caf\xe9"], "--title"),
     (["appliance", "fill", "--from", b"http://x\xff", "--title", "a"], "--from"),
