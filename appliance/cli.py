@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -53,19 +54,25 @@ def _open_store(
     *,
     check: bool = True,
     only: Collection[str] | None = None,
+    create: bool = False,
 ) -> Store:
     """Load the config, open the store and, with `check`, reconcile it (only the titles in
     `only`, when given), reporting findings on stderr (and into `findings`, for a command
     that reports them itself). A reconcile reads every stored file's folder: a command that
-    only reads the index (`ls`) does without, or it would take minutes on a full appliance."""
+    only reads the index (`ls`) does without, or it would take minutes on a full appliance.
+    Only with `create` (`load`) is a missing index made: for the others it is a mistyped
+    path or an appliance with nothing on it, told in one line."""
     from appliance import config as appliance_config
     from appliance.findings import grouped, summary_line
+    from appliance.index import no_index
     from appliance.repair import reconcile
     from appliance.store import Store
     from edgeflix.ui import warn
 
     storage = appliance_config.load(config).storage
-    store = Store(storage, out_of_service=_disks_out_of_service(storage))
+    if not create and not storage.index.exists():
+        raise no_index(storage.index)  # before the disk probes warn of anything
+    store = Store(storage, out_of_service=_disks_out_of_service(storage), create=create)
     if not check:
         return store
     report = reconcile(store, only)
@@ -88,7 +95,7 @@ def load_cmd(
     from appliance.mover import title_rate
     from edgeflix import titlefiles, ui
 
-    store = _open_store(config)
+    store = _open_store(config, create=True)
     try:
         rate = title_rate(store.config.index, store.config.decay_half_life_s, title)
         try:
@@ -304,6 +311,9 @@ def sign_cmd(
 
     cfg = appliance_config.load(config)
     check_title_id(title)
+    if key_id is not None and not key_id.strip():
+        raise typer.BadParameter("the key id is empty; leave out --key to sign with the first "
+                                 "key", param_hint="--key")  # fmt: skip
     keys = [k for k in cfg.auth.keys if key_id is None or k.id == key_id]
     now = time.time()
     expires = int(now) + ttl
@@ -312,7 +322,9 @@ def sign_cmd(
     elif not cfg.auth.keys and cfg.fleet.url is not None:  # the fleet's keys, as cached
         key = _fleet_signing_key(cfg.fleet_state_dir(), key_id, now, expires)
     else:
-        raise ConfigError("no such key in [auth] keys" if key_id else "[auth] keys is empty")
+        raise ConfigError(
+            "no such key in [auth] keys" if key_id is not None else "[auth] keys is empty"
+        )
     token = tokens.sign(title, key, expires, client_ip)
     path = tokens.signed_path(token, title, "master.m3u8")
     if cfg.fleet.public_url is not None:  # where players reach this appliance
@@ -368,8 +380,11 @@ def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float, expires:
             None,
         )
     if picked is None:
-        raise ConfigError(f"no such key in the fleet's keys ({path})" if key_id else
-                          f"no fleet key in {path} signs now")  # fmt: skip
+        raise ConfigError(
+            f"no fleet key in {path} signs now"
+            if key_id is None
+            else f"no such key in the fleet's keys ({path})"
+        )
     until = verified_until(picked, now)
     if until is None:
         from edgeflix.ui import warn
@@ -401,6 +416,19 @@ def _refuse_ttl(key_id: str, until: float, now: float) -> NoReturn:
 # -- fill and status ------------------------------------------------------------------------
 
 
+# At most 1 Tbit/s: 1e308 Mbit/s overflowed on the way to bit/s.
+_CAP_MBPS_MAX = 1_000_000
+
+
+def _check_cap_mbps(value: float | None) -> float | None:
+    # Not click's range: nan fails every comparison, and was told it was over the maximum.
+    if value is not None and not (math.isfinite(value) and 0 <= value <= _CAP_MBPS_MAX):
+        raise typer.BadParameter(
+            f"must be a finite number of Mbit/s from 0 to {_CAP_MBPS_MAX} (0: no cap)"
+        )
+    return value
+
+
 @app.command("fill")
 def fill_cmd(
     sources: list[str] = typer.Option(
@@ -408,26 +436,37 @@ def fill_cmd(
     ),
     titles: list[str] = typer.Option([], "--title", help="Title id to fill; repeatable."),
     plan: Path | None = typer.Option(None, "--plan", help="Fill plan JSON (default: [fill] plan)."),
-    cap_mbps: float | None = typer.Option(  # at most 1 Tbit/s: 1e308 overflowed to bit/s
+    cap_mbps: float | None = typer.Option(
         None,
         "--cap-mbps",
-        min=0,
-        max=1_000_000,
-        help="Bandwidth cap, Mbit/s (0: none; default: the plan's).",
+        callback=_check_cap_mbps,
+        help=f"Bandwidth cap, Mbit/s, 0 to {_CAP_MBPS_MAX} (0: none; default: the plan's).",
     ),
     streams: int | None = typer.Option(None, "--streams", min=1, max=64, help="Parallel streams."),
     now: bool = typer.Option(False, "--now", help="Ignore the plan's fill window."),
+    prune_all: bool = typer.Option(
+        False,
+        "--prune-all",
+        help="Let a plan file that lists none of the titles held remove them all (refused "
+        "without it).",
+    ),
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable report."),
 ) -> None:
-    """Download titles from an origin or peer, verified, and make them servable when complete."""
+    """Download titles from an origin or peer, verified, and make them servable when complete.
+
+    A plan file (--plan, or [fill] plan) lists every title to hold: with its `prune` (the
+    default) the titles held but not listed are removed once the listed ones are complete."""
     from appliance import config as appliance_config
     from appliance.fill.runner import raise_for_failures
-    from appliance.fill.session import plan_from_cli, run_foreground
+    from appliance.fill.session import held_titles, plan_from_cli, run_foreground
     from edgeflix import ui
 
     cfg = appliance_config.load(config)
-    fill_plan = plan_from_cli(cfg, sources, titles, plan, cap_mbps, streams, now)
+    fill_plan = plan_from_cli(
+        cfg, sources, titles, plan, cap_mbps, streams, now,
+        held=held_titles(cfg.storage.index), prune_all=prune_all,
+    )  # fmt: skip
     out_of_service = _disks_out_of_service(cfg.storage)
     try:
         report = run_foreground(cfg, fill_plan, out_of_service)
@@ -451,12 +490,17 @@ def status_cmd(
 ) -> None:
     """Hardware profile, health (ok / degraded / failing, with reasons) and fill state.
 
-    Exit status: 0 healthy, 2 degraded (serving, with reasons), 1 failing."""
+    Exit status: 0 healthy, 3 degraded (serving, with reasons), 4 failing; 1 or 2 when no
+    status could be taken (2: a bad command line or config)."""
     from appliance import config as appliance_config
+    from appliance.index import no_index
     from appliance.status import exit_code, status_document
     from edgeflix import ui
 
-    doc = status_document(appliance_config.load(config))
+    cfg = appliance_config.load(config)
+    if not cfg.storage.index.exists():  # `run` makes it: mistyped, or never run
+        raise no_index(cfg.storage.index)
+    doc = status_document(cfg)
     code = exit_code(doc["health"]["state"])
     if as_json:
         ui.print_json(doc)

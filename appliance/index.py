@@ -136,11 +136,25 @@ def create_schema(conn: sqlite3.Connection) -> None:
     )
 
 
-def connect_writer(index: Path) -> sqlite3.Connection:
-    """The writer's connection; creates the index and its folder on first use."""
+def no_index(index: Path) -> StorageError:
+    """For a command that works on titles already stored: it makes no index."""
+    return StorageError(f"no index at {index}: nothing loaded yet, or [storage] index is mistyped")
+
+
+def connect_writer(index: Path, *, create: bool = True) -> sqlite3.Connection:
+    """The writer's connection; creates the index and its folder on first use, unless not
+    `create` (then no_index() when there is none: a mistyped path makes nothing)."""
+    if not create and not index.exists():
+        raise no_index(index)
     try:
-        index.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(index, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000)
+        if create:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            target: str | Path = index
+        else:  # mode=rw: SQLite never creates the file, should it go after the check
+            target = f"{index.resolve().as_uri()}?mode=rw"
+        conn = sqlite3.connect(
+            target, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, uri=not create
+        )
         # FULL: a committed row must outlive a power cut, like the fsynced file it describes.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -298,7 +312,7 @@ class IndexReader:
 
     def __init__(self, index: Path, *, refresh_per_call: bool = True) -> None:
         if not index.exists():
-            raise StorageError(f"no index at {index}: open the store once (e.g. `appliance ls`)")
+            raise StorageError(f"no index at {index}: `appliance run` or `load` makes it")
         uri = f"{index.resolve().as_uri()}?mode=ro"
         try:
             self._conn = sqlite3.connect(

@@ -27,14 +27,15 @@ from appliance.health import (
 )
 from appliance.index import disks_with_files, full_filesystem, open_problem
 
-# `appliance status` exit codes, so a monitoring script need not parse the output: 1 for
-# failing like any command failure, 2 (distinct) for degraded, a box that still serves.
-EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 2, "failing": 1}
+# `appliance status` exit codes, so a monitoring script need not parse the output. None is
+# 1 (any command's failure) nor 2 (a bad command line or config): a mistyped --config must
+# not read as a degraded or failing box, nor a box's state as a broken check.
+EXIT_CODES: Mapping[str, int] = {"ok": 0, "degraded": 3, "failing": 4}
 
 
 def exit_code(state: str) -> int:
     """The exit status of `appliance status` for a health state (unknown counts as failing)."""
-    return EXIT_CODES.get(state, 1)
+    return EXIT_CODES.get(state, EXIT_CODES["failing"])
 
 
 def index_health(health: Health, index: Path) -> Health:

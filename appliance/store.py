@@ -52,6 +52,7 @@ from appliance.index import (
     disks_with_files,
     file_path,
     get_title,
+    no_index,
     title_files,
     transaction,
 )
@@ -190,11 +191,16 @@ class Store:
         out_of_service: Collection[str] = (),
         grace_s: float = UNLINK_GRACE_S,
         sleep: Callable[[float], None] = time.sleep,
+        create: bool = True,
     ) -> None:
         """`out_of_service`: disk paths the daemon's DiskWatch took out (dead, read-only,
         erroring). They are not opened or touched, and placement only sees the disks left, so
         a re-fill after a disk loss lands on the remaining disks of the tier. `grace_s`: how
-        long the old version of an updated title stays after the swap (see UNLINK_GRACE_S)."""
+        long the old version of an updated title stays after the swap (see UNLINK_GRACE_S).
+        Not `create`: StorageError when there is no index yet, before anything is made (for
+        the commands that only work on titles already stored)."""
+        if not create and not config.index.exists():
+            raise no_index(config.index)
         self.grace_s = grace_s
         self.sleep = sleep
         # Folders of replaced versions, deleted once their grace is over. Left behind by a
@@ -229,7 +235,7 @@ class Store:
                     f"disk {disk.path}: cannot create {disk.titles_dir}: {exc}"
                 ) from None
         self.index_path = config.index
-        self.conn = connect_writer(config.index)
+        self.conn = connect_writer(config.index, create=create)
         self.locks = TitleLocks(locks_folder(config.index))
 
     def close(self) -> None:

@@ -65,6 +65,8 @@ class PlannedTitle(_Model):
 
 
 class FillPlan(_Model):
+    # Built in code it may be empty; a JSON document must name it (parse_plan), since with
+    # `prune` a plan without titles deletes every title held.
     titles: tuple[PlannedTitle, ...] = ()
     # "HH:MM-HH:MM" local wall time in `timezone`; None fills at any hour.
     window: str | None = None
@@ -98,6 +100,8 @@ class FillPlan(_Model):
 
 
 def parse_plan(raw: bytes, source: str) -> FillPlan:
+    """A plan document (a file, or the fleet's): PlanError (one line, naming `source`) for
+    anything wrong in it, a missing `titles` too."""
     try:
         plan = FillPlan.model_validate(json.loads(raw))
     except RecursionError:  # json's decoder recurses per level: "[[[[…" exhausts the stack
@@ -110,9 +114,16 @@ def parse_plan(raw: bytes, source: str) -> FillPlan:
             detail = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
         raise PlanError(f"{source}: not a valid fill plan: {detail}") from None
     try:
-        return plan.check()
+        plan.check()
     except WindowError as exc:
         raise PlanError(f"{source}: {exc}") from None
+    if "titles" not in plan.model_fields_set:
+        # `{}` (a truncated export, a placeholder) would mean "hold nothing": prune it all.
+        raise PlanError(
+            f'{source}: not a valid fill plan: titles: missing (write "titles": [] to mean '
+            "that this appliance holds no title)"
+        )
+    return plan
 
 
 def load_plan(path: Path) -> FillPlan:

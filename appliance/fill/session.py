@@ -17,6 +17,7 @@ from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, PlannedTitle, load_plan
 from appliance.fill.runner import FillReport, FillRun, peer_waiting, tuning
+from appliance.index import READY, query_read_only
 from edgeflix import ui
 
 
@@ -28,10 +29,14 @@ def plan_from_cli(
     cap_mbps: float | None,
     streams: int | None,
     ignore_window: bool,
+    *,
+    held: Collection[str] = (),
+    prune_all: bool = False,
 ) -> FillPlan:
     """`--from/--title` make an ad-hoc plan (no window, never deletes other titles); else the
     plan file (`--plan` or `[fill] plan`). Options override the plan's cap and streams.
-    PlanError (one line) for anything the command line got wrong."""
+    PlanError (one line) for anything the command line got wrong, and for a plan file that
+    would delete every title in `held` (the servable titles) unless `prune_all`."""
     if titles or sources:
         if not (titles and sources):
             raise PlanError("give both --from URL and at least one --title ID")
@@ -41,6 +46,8 @@ def plan_from_cli(
         if path is None:
             raise PlanError("nothing to fill: give --from URL --title ID, or set [fill] plan")
         plan = load_plan(path)
+        if not prune_all:
+            refuse_emptying(plan, held, str(path))
     update: dict[str, object] = {}
     if cap_mbps is not None:
         update["cap_bps"] = cap_bps_of(cap_mbps)
@@ -55,6 +62,29 @@ def plan_from_cli(
         return FillPlan.model_validate({**plan.model_dump(), **update}).check()
     except ValidationError as exc:
         raise PlanError(_first_error(exc, with_field=True)) from None
+
+
+def refuse_emptying(plan: FillPlan, held: Collection[str], source: str) -> None:
+    """PlanError when `plan` would delete every title in `held` (none of them in it, and it
+    prunes): a plan meant for another appliance, or a placeholder, is far likelier than an
+    operator wanting an empty box (who says so with --prune-all)."""
+    if not plan.prune or not held or {t.id for t in plan.titles} & set(held):
+        return
+    names = sorted(held)
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    if len(names) == 1:
+        what = f"does not list the one title this appliance holds ({shown}): the fill removes it"
+    else:
+        what = (f"lists none of the {len(names)} titles this appliance holds ({shown}): the "
+                "fill removes them all")  # fmt: skip
+    raise PlanError(f"{source} {what}; check the plan, or give --prune-all to mean it")
+
+
+def held_titles(index: Path) -> list[str]:
+    """The servable titles the index has (those a plan's prune deletes), read without
+    opening the store or making an index; none when there is no index."""
+    rows = query_read_only(index, f"SELECT id FROM titles WHERE state = '{READY}'")
+    return [str(row[0]) for row in rows]
 
 
 def _adhoc_plan(titles: Sequence[str], sources: Sequence[str]) -> FillPlan:

@@ -1,5 +1,5 @@
 """What the CLI says of an index the daemon cannot open, through real commands: `appliance
-status` reports failing (exit 1) with the reason where `appliance run` refuses, and an index
+status` reports failing (exit 4) with the reason where `appliance run` refuses, and an index
 on a full filesystem is named as such, by `status` and by the commands that open it."""
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ def test_status_fails_on_an_index_run_refuses(tmp_path: Path) -> None:
     code, _, err = cli("run", "--config", str(config))
     assert code == 1 and "index" in error_line(err)
     code, health = status(config)
-    assert code == 1 and health["state"] == "failing", health
+    assert code == 4 and health["state"] == "failing", health
     reasons = health["reasons"]
     assert isinstance(reasons, list)
     assert reasons[0].startswith(f"cannot open the index {index}: file is not a database")
     assert "move it (and its -wal and -shm files) aside" in reasons[0]
     # The table says it too, and the index is left as it was.
     code, out, _ = cli("status", "--config", str(config))
-    assert code == 1 and "failing" in out and "file is not a database" in out
+    assert code == 4 and "failing" in out and "file is not a database" in out
     assert index.read_bytes().startswith(b"this is no SQLite")
 
 
@@ -73,7 +73,7 @@ def test_an_index_on_a_full_filesystem_is_named_so(tmp_path: Path, small_fs: Pat
                            "index is full ("), line  # fmt: skip
     assert line.endswith(" bytes free)") and "disk I/O error" not in line, line
     code, health = status(config)
-    assert code == 1 and health["state"] == "failing", health
+    assert code == 4 and health["state"] == "failing", health
     assert "the filesystem holding the index is full" in str(health["reasons"]), health
 
     ballast.unlink()

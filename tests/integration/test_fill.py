@@ -123,11 +123,11 @@ def test_fill_from_scratch_then_status(origin: tuple[str, Path], tmp_path: Path)
     again = fill(config, "--from", url, "--title", "small")
     assert again.returncode == 0 and json.loads(again.stdout)["kept"] == ["small"]
 
-    # Exit 2 when degraded (a busy test machine can be): the state is checked, not a 0.
+    # Exit 3 when degraded (a busy test machine can be): the state is checked, not a 0.
     status = run_cli(["appliance", "status", "--config", str(config), "--json"])
     doc = json.loads(status.stdout)
     assert doc["health"]["state"] in ("ok", "degraded")
-    assert status.returncode == {"ok": 0, "degraded": 2}[doc["health"]["state"]], status.stderr
+    assert status.returncode == {"ok": 0, "degraded": 3}[doc["health"]["state"]], status.stderr
     assert doc["health"]["disks_out_of_service"] == []
     assert len(doc["profile"]["disks"]) == 2 and doc["profile"]["cpu"]["logical_cores"] >= 1
     assert doc["fill"]["titles"]["small"]["state"] == "held"
@@ -257,13 +257,16 @@ def test_plan_file_prunes_after_new_titles_are_complete(
     plan.write_text(json.dumps({"titles": [{"id": "small", "digest": digest, "sources": [url]}]}))
     assert fill(config).returncode == 0
     plan.write_text(json.dumps({"titles": [{"id": "other", "sources": [url]}], "streams": 2}))
-    proc = fill(config)
+    # None of the titles held is in it: refused as a likely mistake, unless meant.
+    refused = fill(config)
+    assert refused.returncode != 0 and "--prune-all" in refused.stderr
+    proc = fill(config, "--prune-all")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["deleted"] == ["small"]
     assert set(listing(config)) == {"other"}
     wrong = "0" * 64
     plan.write_text(json.dumps({"titles": [{"id": "small", "digest": wrong, "sources": [url]}]}))
-    proc = fill(config)
+    proc = fill(config, "--prune-all")
     assert proc.returncode != 0 and "digest" in proc.stderr
     assert set(listing(config)) == {"other"}  # a failed fill deletes nothing
 
