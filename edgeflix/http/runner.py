@@ -1,7 +1,8 @@
 """Run one FileServer process on uvloop until SIGTERM/SIGINT, then stop it gracefully.
 
 Shared by `origin serve` and each `appliance run` worker; `tick` runs periodically (a worker
-publishes its counters there) and once more after the stop.
+publishes its counters there) and once more after the stop. `install_signals` is the one way
+a long-running process here takes SIGTERM/SIGINT/SIGHUP: no signal ends one ungracefully.
 """
 
 from __future__ import annotations
@@ -64,6 +65,25 @@ def fit_connections(settings: ServerSettings) -> ServerSettings:
     return dataclasses.replace(settings, max_connections=cap)
 
 
+def install_signals(
+    loop: asyncio.AbstractEventLoop,
+    stop: asyncio.Event,
+    reload: Callable[[], object] | None = None,
+) -> None:
+    """SIGTERM and SIGINT set `stop` (the caller drains); SIGHUP calls `reload`, or, for a
+    process with nothing to reload, says so in one line: its default action would end the
+    process on the spot, cutting every response in flight (a `systemctl reload` or a HUP
+    sent to a whole process group does that)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload or _reload_unsupported)
+
+
+def _reload_unsupported() -> None:
+    event(log, "reload.unsupported", logging.WARNING,
+          detail="reload not supported; restart to apply changes")  # fmt: skip
+
+
 class _Ticker:
     """`tick` that outlives a failure: a full or vanished run folder must not end the
     worker (and every connection on it); logged once per failing spell."""
@@ -100,8 +120,7 @@ def serve_forever(
         loop = asyncio.get_running_loop()
         server = FileServer(site, settings, refresh=refresh)
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        install_signals(loop, stop)
         server.serve(sock)
         ready()
         while not stop.is_set():
