@@ -51,7 +51,7 @@ SOFT_STATE_SAVE_S = 300.0
 
 
 class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT."""
+    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT/SIGHUP."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -185,7 +185,42 @@ def sole_manager(db: Path) -> pidlock.ProcessLock:
         raise FleetError(f"another fleet manager{pid} uses this database: {db}") from None
 
 
+def _on_signals() -> asyncio.Event:
+    """The event SIGTERM and SIGINT set. Installed as the coroutine's first act: a Ctrl-C
+    in start-up raised KeyboardInterrupt into gRPC's half-started tasks (tracebacks on the
+    terminal) and left what had started unstopped. SIGHUP (`kill -HUP` meant for an
+    appliance, a closed terminal) killed the manager on the spot, its soft state unsaved:
+    nothing here reloads in place, so it is one line and the manager keeps running."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_unsupported)
+    return stop
+
+
+def _reload_unsupported() -> None:
+    event(log, "fleet.reload_unsupported", logging.WARNING,
+          detail="SIGHUP ignored: restart the manager to apply config changes")  # fmt: skip
+
+
+def _start_planning(svc: FleetService) -> Planning:
+    """Planning(svc), called off the main thread (asyncio.to_thread) with SIGINT and SIGHUP
+    blocked: its planner process and multiprocessing's resource tracker inherit the mask, so
+    a closed terminal (SIGHUP to the whole process group) kills neither (the relaunched
+    tracker printed tracebacks at exit). On the main thread Planning ignores SIGINT while it
+    spawns, and a Ctrl-C then was lost, the manager starting anyway; the main thread's
+    handlers stay untouched here. The planner's parent-death signal follows the spawning
+    thread: a thread of the loop's default executor, alive until asyncio.run() ends."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+    try:
+        return Planning(svc)  # its process starts now, ready by the first round
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 async def serve(config: FleetConfig) -> None:
+    stop = _on_signals()
     db = Path(config.server.db)
     check_db_path(db)  # a folder named by mistake: refused before a lock is made beside it
     try:
@@ -200,7 +235,7 @@ async def serve(config: FleetConfig) -> None:
         started = True
 
     try:
-        await _serve(config, up)
+        await _serve(config, stop, up)
     finally:
         # A start that failed (a file that is no database, a port in use) leaves no lock
         # file it made; one that ran keeps it for the next start.
@@ -210,7 +245,7 @@ async def serve(config: FleetConfig) -> None:
             lock.discard()
 
 
-async def _serve(config: FleetConfig, started: Callable[[], None]) -> None:
+async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[], None]) -> None:
     # Before anything else is made or logged (only the lock above is): a second manager on
     # the same ports stops here.
     for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
@@ -262,7 +297,7 @@ async def _serve(config: FleetConfig, started: Callable[[], None]) -> None:
         ) from None
     admin = AdminAccess(config.server.admin, token, str(token_path))
     http_sock = _bind(config.server.http)
-    planning = Planning(svc)  # its process starts now, ready by the first round
+    planning = await asyncio.to_thread(_start_planning, svc)
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
         uvicorn.Config(
@@ -278,12 +313,12 @@ async def _serve(config: FleetConfig, started: Callable[[], None]) -> None:
     await grpc_server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    if stop.is_set():  # a signal during start-up: stop what started, announce nothing
+        http_sock.close()
+        await _stop(health_servicer, grpc_server, planning, svc, store)
+        return
     http_task = asyncio.create_task(http.serve(sockets=[http_sock]))
     tick_task = asyncio.create_task(ticker(svc, config, planning))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     # What is alive now (modules, schemas, the registry, the loaded state) lives as long as
     # the process. Frozen, it is out of the collector's sight: a full collection walked it
     # all, ~35 ms with the loop stopped, which was most of /steer's p99.
@@ -298,18 +333,33 @@ async def _serve(config: FleetConfig, started: Callable[[], None]) -> None:
     event(log, "fleet.started", grpc=grpc_at, http=http_at, admin=config.server.admin,
           admin_token=str(token_path))  # fmt: skip
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    await _stop(health_servicer, grpc_server, planning, svc, store, http, http_task, tick_task)
 
-    # Shutdown, in order: 1. health says NOT_SERVING so clients move on; 2. HTTP stops
-    # accepting and finishes requests in flight; 3. gRPC gets a grace period for calls in
-    # flight; 4. background ticks stop; 5. the database closes (every write is committed).
+
+async def _stop(
+    health_servicer: health.aio.HealthServicer,
+    grpc_server: grpc.aio.Server,
+    planning: Planning,
+    svc: FleetService,
+    store: Store,
+    http: _HttpServer | None = None,
+    http_task: asyncio.Task[None] | None = None,
+    tick_task: asyncio.Task[None] | None = None,
+) -> None:
+    """Shutdown, in order: 1. health says NOT_SERVING so clients move on; 2. HTTP stops
+    accepting and finishes requests in flight; 3. gRPC gets a grace period for calls in
+    flight; 4. background ticks stop; 5. the database closes (every write is committed).
+    The HTTP server and the ticks are absent when a signal came during start-up."""
     await health_servicer.enter_graceful_shutdown()
-    http.should_exit = True
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(http_task, SHUTDOWN_GRACE_S)
+    if http is not None and http_task is not None:
+        http.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(http_task, SHUTDOWN_GRACE_S)
     await grpc_server.stop(SHUTDOWN_GRACE_S)
-    tick_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await tick_task
+    if tick_task is not None:
+        tick_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tick_task
     planning.close()
     try:
         svc.save_soft_state()
