@@ -29,6 +29,11 @@ _BUSY_TIMEOUT_MS = 30_000
 # Titles are recorded in the index only, but every title's files.json is on its disks:
 # reconcile adopts complete titles it finds there (repair.py), so a new index loses nothing.
 _DAMAGED_HINT = "; move it (and its -wal and -shm files) aside and start again to rebuild it"
+# Index files this process found undamaged, by path: the main file's identity and last change
+# then. Background threads open a store every round (seconds apart), and the check reads the
+# whole index (~2 s at 3M files): it runs again only when the file is another one, or was
+# written since (a checkpoint, or damage done behind SQLite's back).
+_checked: dict[str, tuple[int, ...]] = {}
 _CACHE_MAX = 65_536
 # Paths that found nothing are remembered too (a player retrying a missing segment), but few:
 # they come from clients, and 65,536 junk paths of up to 16 KiB each would hold hundreds of
@@ -160,8 +165,13 @@ def connect_writer(index: Path, *, create: bool = True) -> sqlite3.Connection:
         conn.execute("PRAGMA foreign_keys = ON")
         create_schema(conn)
         # A damaged page otherwise surfaces in whichever query first reads it, half-way
-        # through a command; the index is small (a row per file), so the check is cheap.
-        problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        # through a command: checked once per process and file (see _checked). The stamp is
+        # taken first, so a write during the check makes the next open check again.
+        key, stamp = os.path.abspath(index), _stamp(index)
+        if _checked.get(key) == stamp:
+            problem = "ok"
+        else:
+            problem = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
     except (OSError, sqlite3.Error) as exc:
         # Only damage is mended by a new index; I/O errors, a full disk or a lock are not.
         damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(
@@ -174,7 +184,15 @@ def connect_writer(index: Path, *, create: bool = True) -> sqlite3.Connection:
         conn.close()
         detail = " ".join(str(problem).split())  # one line: SQLite's report spans several
         raise StorageError(f"the index {index} is damaged ({detail}){_DAMAGED_HINT}")
+    _checked[key] = stamp
     return conn
+
+
+def _stamp(index: Path) -> tuple[int, ...]:
+    """The main file's identity and last change: a file put in its place (a backup restored,
+    a new index) has another inode, and a write changes its ctime, which no tool can set."""
+    st = os.stat(index)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def full_filesystem(index: Path) -> str | None:
@@ -292,10 +310,19 @@ def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:
         return []
 
 
+# Each disk found by one seek in the files(disk) index, not a DISTINCT that reads all of it
+# (a row per file: ~60 ms at 200k files, and every store a background round opens asks).
+_DISKS_OF_FILES = (
+    "WITH RECURSIVE d(disk) AS (SELECT MIN(disk) FROM files UNION ALL "
+    "SELECT (SELECT MIN(disk) FROM files WHERE disk > d.disk) FROM d WHERE d.disk IS NOT NULL) "
+    "SELECT disk FROM d WHERE disk IS NOT NULL"
+)
+
+
 def disks_with_files(index: Path) -> set[str]:
     """Disks the index places any file on (for the disk probes that run before the store
     is opened)."""
-    found = query_read_only(index, "SELECT DISTINCT disk FROM files")
+    found = query_read_only(index, _DISKS_OF_FILES)
     kept = query_read_only(index, "SELECT DISTINCT disk FROM superseded")  # none: older index
     return {row[0] for row in (*found, *kept)}
 
