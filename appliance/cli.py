@@ -5,21 +5,44 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Literal, NoReturn, TypeAlias, TypeVar
 
 import typer
 
 from edgeflix.tokens import MAX_TTL_S
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection
 
     from appliance.config import StorageConfig
+    from appliance.index import TitleRow
     from appliance.repair import Finding
     from appliance.store import Store, TitleListing
     from edgeflix.tokens import SigningKey
 
 app = typer.Typer(no_args_is_help=True)
+
+_F = TypeVar("_F", bound="Callable[..., object]")
+
+
+def _literal(text: str) -> str:
+    """Help text that names a config section (`[fill] plan`), shown as written: typer's rich
+    help, on a terminal, reads `[fill]` as a style tag and drops it; plain help, in a pipe,
+    prints the text as it is (and would print an escape). Decided as edgeflix.ui decides
+    which help is shown (plain_help_unless_terminal), once this module is imported."""
+    from edgeflix import ui
+
+    if not ui.interactive():
+        return text
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _literal_doc(command: _F) -> _F:
+    """_literal for a command's docstring, its help."""
+    command.__doc__ = _literal(command.__doc__ or "")
+    return command
 
 
 # -- storage: load / ls / rm / verify ------------------------------------------------------
@@ -96,6 +119,7 @@ def load_cmd(
     from edgeflix import titlefiles, ui
 
     store = _open_store(config, create=True)
+    before = _title_now(store, title)
     try:
         rate = title_rate(store.config.index, store.config.decay_half_life_s, title)
         try:
@@ -114,7 +138,8 @@ def load_cmd(
                 on_bytes=lambda n: bar.advance(task, n),
             )
     except KeyboardInterrupt:
-        ui.interrupted(f"load interrupted; no part of {title} was kept")
+        _no_more_interrupts()
+        ui.interrupted(load_interrupted(title, before, _title_now(store, title)))
     finally:
         store.close()
     if as_json:
@@ -122,6 +147,65 @@ def load_cmd(
                        "digest": row.digest})  # fmt: skip
         return
     typer.echo(f"loaded {row.id}: {row.bytes} bytes on the {row.tier} tier")
+
+
+# What a command interrupted by Ctrl-C left of a title, told from its row in the index
+# (None: no row; "unknown": the index could not be read).
+_Row: TypeAlias = "TitleRow | Literal['unknown'] | None"
+_RECONCILED = "the next reconcile removes it (`appliance reconcile`, or the daemon's start)"
+
+
+def _no_more_interrupts() -> None:
+    """Stopped, its undo done, the command only tells what is left: another Ctrl-C (the
+    second of a double press) has nothing to stop, and would add a second error line."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _title_now(store: Store, title_id: str) -> _Row:
+    from sqlite3 import Error
+
+    from appliance.index import get_title
+
+    try:
+        return get_title(store.conn, title_id)
+    except Error:
+        return "unknown"
+
+
+def load_interrupted(title: str, before: _Row, after: _Row) -> str:
+    """The line for a load stopped by Ctrl-C. The store undoes a load stopped half-way to
+    its end, whatever Ctrl-C follows: one whole version is left, or none."""
+    from appliance.index import LOADING, READY, REMOVING
+
+    if after == "unknown":
+        return f"load interrupted; `appliance ls` shows what is left of {title}"
+    if after is None:
+        if before is None or before == "unknown" or before.state == REMOVING:
+            return f"load interrupted; no part of {title} was kept"
+        return (f"load interrupted; no part of {title} was kept, and its old version is gone "
+                "too (it was deleted to make room for the new one)")  # fmt: skip
+    if after == before:
+        return f"load interrupted; {title} is as it was (no part of the new copy was kept)"
+    if after.state == READY:
+        return f"load interrupted, but not before {title} was loaded: it is ready"
+    if after.state in (LOADING, REMOVING):
+        return f"load interrupted; what is left of {title} is not served, and {_RECONCILED}"
+    return f"load interrupted; {title} is {after.state}"
+
+
+def rm_interrupted(title: str, after: _Row) -> str:
+    """The line for an `rm` stopped by Ctrl-C: a removal that has begun runs to its end."""
+    from appliance.index import LOADING, REMOVING
+
+    if after == "unknown":
+        return f"rm interrupted; `appliance ls` shows what is left of {title}"
+    if after is None:
+        return f"rm interrupted, but not before {title} was removed: it is gone"
+    if after.state not in (LOADING, REMOVING):
+        return f"rm interrupted; {title} was not removed"
+    return f"rm interrupted; what is left of {title} is not served, and {_RECONCILED}"
 
 
 @app.command("ls")
@@ -174,6 +258,9 @@ def rm_cmd(
     store = _open_store(config, only=[title])
     try:
         pending = store.remove(title)
+    except KeyboardInterrupt:
+        _no_more_interrupts()
+        ui.interrupted(rm_interrupted(title, _title_now(store, title)))
     finally:
         store.close()
     if as_json:
@@ -430,12 +517,15 @@ def _check_cap_mbps(value: float | None) -> float | None:
 
 
 @app.command("fill")
+@_literal_doc
 def fill_cmd(
     sources: list[str] = typer.Option(
         [], "--from", help="Source URL (origin or peer); repeat to give fallbacks in order."
     ),
     titles: list[str] = typer.Option([], "--title", help="Title id to fill; repeatable."),
-    plan: Path | None = typer.Option(None, "--plan", help="Fill plan JSON (default: [fill] plan)."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help=_literal("Fill plan JSON (default: [fill] plan).")
+    ),
     cap_mbps: float | None = typer.Option(
         None,
         "--cap-mbps",

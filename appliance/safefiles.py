@@ -1,4 +1,5 @@
-"""Crash-safe file primitives for the store: verified copies, directory fsyncs, per-title locks.
+"""Crash-safe file primitives for the store: verified copies, directory fsyncs, per-title locks,
+and clean-ups that a second Ctrl-C cannot cut short.
 
 A file reaches its final name only complete and fsynced (temporary name, fsync, rename, fsync of
 the directory), so after a crash a final name is either absent or whole; temporary names start
@@ -14,13 +15,16 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from appliance.disks import StorageError
 from edgeflix.atomicfile import fsync_dir
@@ -255,3 +259,115 @@ class TitleLocks:
             yield True
         finally:
             os.close(fd)  # closing releases the lock
+
+
+# -- clean-ups that run to their end ---------------------------------------------------------
+# A store operation that fails (an error, Ctrl-C) undoes what it did: a load interrupted
+# half-way deletes its partial copy. A second Ctrl-C a moment later used to land inside that
+# undo and leave half of it (a title `removing`, hundreds of MB on the disks until the next
+# reconcile). So, on the main thread of a command (Python's own handlers in place), the first
+# SIGINT raises KeyboardInterrupt as always, and from then on SIGINT and SIGTERM wait until the
+# undo is over. A signal mask would not do: Python runs its handlers on the main thread,
+# whichever thread the kernel gave the signal to (a progress bar's, say). The undo only
+# renames and deletes one title's files and updates its rows: it stays short. Elsewhere (the
+# daemon's threads, its own handlers) nothing changes: the daemon stops its work itself.
+
+_DEFAULT_HANDLERS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
+
+@dataclass
+class _Signals:
+    """The main thread's SIGINT/SIGTERM handler while a store operation runs."""
+
+    held: int = 0  # depth of `uninterrupted` blocks
+    stopping: bool = False  # interrupted or failed: everything waits for the undo
+    arrived: list[int] = field(default_factory=list)
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.held or self.stopping:
+            self.arrived.append(signum)
+            return
+        self.stopping = True  # the undo this starts runs to its end
+        if signum != signal.SIGINT:
+            self.arrived.append(signum)  # delivered once the undo is done: the process ends
+        raise KeyboardInterrupt
+
+    def deliver(self, in_flight: BaseException | None) -> None:
+        """With the previous handlers back: what arrived meanwhile, now. A SIGTERM ends the
+        process as it would have; a Ctrl-C is a KeyboardInterrupt, unless one is on its way."""
+        if signal.SIGTERM in self.arrived:
+            signal.raise_signal(signal.SIGTERM)
+        if signal.SIGINT in self.arrived and not isinstance(in_flight, KeyboardInterrupt):
+            raise KeyboardInterrupt
+
+
+_signals: _Signals | None = None  # set while installed (main thread only)
+
+
+@contextmanager
+def _guarded() -> Iterator[_Signals | None]:
+    """The handler in force for the block: the enclosing operation's, or one installed here
+    until the block is left; None off the main thread or under handlers of someone else's."""
+    global _signals
+    if threading.current_thread() is not threading.main_thread():
+        yield None  # signals are the main thread's business: never held for another's work
+        return
+    if _signals is not None:
+        yield _signals
+        return
+    ours = [s for s, default in _DEFAULT_HANDLERS.items() if signal.getsignal(s) == default]
+    if not ours:
+        yield None
+        return
+    previous = {s: signal.getsignal(s) for s in ours}
+    guard = _Signals()
+    for sig in ours:
+        signal.signal(sig, guard.on_signal)
+    _signals = guard
+    in_flight: BaseException | None = None
+    try:
+        yield guard
+    except BaseException as exc:
+        in_flight = exc
+        raise
+    finally:
+        guard.stopping = True  # nothing raises while the handlers are put back
+        _signals = None
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        guard.deliver(in_flight)
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A step that must not stop half-way (a removal): SIGINT and SIGTERM that arrive during
+    it take effect once it is over."""
+    with _guarded() as guard:
+        if guard is None:
+            yield
+            return
+        guard.held += 1
+        try:
+            yield
+        finally:
+            guard.held -= 1
+        if not guard.held and not guard.stopping and guard.arrived:
+            guard.stopping = True  # inside an operation: it stops now, and is undone
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def undone_on_failure(undo: Callable[[], None]) -> Iterator[None]:
+    """Run the block; if anything stops it (an error, Ctrl-C, SIGTERM), `undo` runs to its
+    end before the exception goes on: from the first interrupt on, SIGINT and SIGTERM wait
+    until the undo is over."""
+    with _guarded() as guard:
+        try:
+            yield
+        except BaseException:
+            if guard is not None:
+                # First, before any call (where Python runs pending handlers): from here a
+                # signal waits.
+                guard.stopping = True
+            undo()
+            raise

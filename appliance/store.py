@@ -68,6 +68,8 @@ from appliance.safefiles import (
     move_verified,
     prune_empty_dirs,
     remove_entry,
+    undone_on_failure,
+    uninterrupted,
     unlink_synced,
 )
 from edgeflix import titlefiles
@@ -643,16 +645,22 @@ class Store:
 
     def _copy_in(self, copy: _Copy) -> TitleRow:
         """A title new to the index: recorded as loading first, so that a crash half-way
-        leaves a row reconcile purges; ready once every file is in."""
+        leaves a row reconcile purges; ready once every file is in. Stopped half-way (an
+        error, Ctrl-C), nothing of it is left, whatever Ctrl-C follows (undone_on_failure)."""
         title_id = copy.title_id
-        with transaction(self.conn) as conn:
-            conn.execute(
-                "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (title_id, copy.digest, LOADING, copy.tier, copy.total, time.time()),
-            )
         moved: list[tuple[Path, Path]] = []
-        try:
+
+        def undo() -> None:
+            _put_back(moved)
+            self.purge(title_id)
+
+        with undone_on_failure(undo):
+            with transaction(self.conn) as conn:
+                conn.execute(
+                    "INSERT INTO titles (id, digest, state, tier, bytes, loaded_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (title_id, copy.digest, LOADING, copy.tier, copy.total, time.time()),
+                )
             rows = self._write_files(copy, title_id, moved)
             with transaction(self.conn) as conn:
                 conn.executemany(_INSERT_FILE, rows)
@@ -660,10 +668,6 @@ class Store:
                     "UPDATE titles SET state = ?, loaded_at = ? WHERE id = ?",
                     (READY, time.time(), title_id),
                 )
-        except BaseException:
-            _put_back(moved)
-            self.purge(title_id)
-            raise
         event(log, "title.loaded", title=title_id, tier=copy.tier, bytes=copy.total,
               files=len(copy.entries))  # fmt: skip
         return self.title(title_id)
@@ -685,7 +689,12 @@ class Store:
             if f.path not in kept_paths:
                 old_bytes[f.disk] = old_bytes.get(f.disk, 0) + f.size
         moved: list[tuple[Path, Path]] = []
-        try:
+
+        def undo() -> None:
+            _put_back(moved)
+            self._remove_folder(title_id, folder)
+
+        with undone_on_failure(undo):
             rows = self._write_files(copy, folder, moved)
             with transaction(self.conn) as conn:
                 emptied = replaced.record(conn, title_id, kept, new_paths, time.time() + keep_s)
@@ -696,10 +705,6 @@ class Store:
                     (copy.digest, READY, copy.tier, copy.total, time.time(), folder, title_id),
                 )
                 conn.executemany(_INSERT_FILE, rows)
-        except BaseException:
-            _put_back(moved)
-            self._remove_folder(title_id, folder)
-            raise
         event(log, "title.replaced", title=title_id, tier=copy.tier, bytes=copy.total,
               files=len(copy.entries), old=old.digest[:12], new=copy.digest[:12],
               kept=len(kept))  # fmt: skip
@@ -795,7 +800,13 @@ class Store:
         (dead, unmounted) cannot be deleted now: with `wait_for_disks` their rows and the
         title's stay, so the removal is finished when the disk is back rather than its
         files forgotten there (a whole title left there would even be adopted back).
-        Returns those files' count per disk."""
+        Returns those files' count per disk. A Ctrl-C or SIGTERM during it takes effect once
+        it is over: stopped half-way, it would leave the title `removing` and most of its
+        bytes on the disks until the next reconcile."""
+        with uninterrupted():
+            return self._purge(title_id, wait_for_disks)
+
+    def _purge(self, title_id: str, wait_for_disks: bool) -> dict[str, int]:
         row = get_title(self.conn, title_id)
         with transaction(self.conn) as conn:
             conn.execute("UPDATE titles SET state = ? WHERE id = ?", (REMOVING, title_id))
@@ -865,7 +876,8 @@ class Store:
             )
             self._check_fit(title_id, to_tier, needed, {}, "low")
             copies: list[Path] = []
-            try:
+            keep = [f.location for f in files]
+            with undone_on_failure(lambda: self._drop_files(title_id, copies, keep=keep)):
                 for f in moving:
                     dst = _destination(f, placement)
                     try:
@@ -883,9 +895,6 @@ class Store:
                         ) from None
                     copies.append(dst)
                 self._flip(row, to_tier, moving, placement)
-            except BaseException:
-                self._drop_files(title_id, copies, keep=[f.location for f in files])
-                raise
             event(log, "title.moved", title=title_id, frm=row.tier, to=to_tier, bytes=row.bytes,
                   relabelled=staying)  # fmt: skip
             if not moving:
