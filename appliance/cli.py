@@ -86,24 +86,49 @@ def _open_store(
     Only with `create` (`load`) is a missing index made: for the others it is a mistyped
     path or an appliance with nothing on it, told in one line."""
     from appliance import config as appliance_config
-    from appliance.findings import grouped, summary_line
     from appliance.index import no_index
-    from appliance.repair import reconcile
     from appliance.store import Store
-    from edgeflix.ui import warn
 
     storage = appliance_config.load(config).storage
     if not create and not storage.index.exists():
         raise no_index(storage.index)  # before the disk probes warn of anything
     store = Store(storage, out_of_service=_disks_out_of_service(storage), create=create)
-    if not check:
-        return store
+    if check:
+        _reconcile(store, only, findings)
+    return store
+
+
+def _reconcile(
+    store: Store, only: Collection[str] | None, findings: list[Finding] | None = None
+) -> bool:
+    """reconcile(store, only), its findings on stderr (and into `findings`); True when it
+    found anything."""
+    from appliance.findings import grouped, summary_line
+    from appliance.repair import reconcile
+    from edgeflix.ui import warn
+
     report = reconcile(store, only)
     for group in grouped(report.findings):  # a lost disk's thousands of files: a few lines
         warn(summary_line(group))
     if findings is not None:
         findings.extend(report.findings)
-    return store
+    return bool(report.findings)
+
+
+def _load_fitting(store: Store, load: Callable[[], TitleRow]) -> TitleRow:
+    """`load()`, once more after a full reconcile when the title did not fit: `load` only
+    reconciles its own title and the unsettled ones (Store.unsettled), and the leftovers of
+    the others (partial files, a killed update's version folder) take room on a disk's
+    filesystem until the daemon's next reconcile sweeps them. Nothing found, nothing freed:
+    the refusal stands."""
+    from appliance.disks import CapacityError
+
+    try:
+        return load()
+    except CapacityError:
+        if not _reconcile(store, None):
+            raise
+    return load()
 
 
 @app.command("load")
@@ -118,7 +143,12 @@ def load_cmd(
     from appliance.mover import title_rate
     from edgeflix import titlefiles, ui
 
-    store = _open_store(config, create=True)
+    # Only this title, and the few the index says a crash or a config edit left unsettled,
+    # are reconciled before the load (not every stored file: 15 s on a full appliance, for
+    # any title); the rest is the daemon's (every reconcile_interval_s), or a full
+    # reconcile's when the title does not fit (_load_fitting).
+    store = _open_store(config, check=False, create=True)
+    _reconcile(store, {title, *store.unsettled()})
     before = _title_now(store, title)
     try:
         rate = title_rate(store.config.index, store.config.decay_half_life_s, title)
@@ -130,13 +160,13 @@ def load_cmd(
             total = 0  # store.load says what is wrong with the folder
         with ui.progress(transfer=True) as bar:
             task = bar.add_task(f"load {title}", total=total)
-            row = store.load(
-                title,
-                source,
-                replace=replace,
-                rate=rate,
-                on_bytes=lambda n: bar.advance(task, n),
-            )
+            row = _load_fitting(
+                store,
+                lambda: store.load(
+                    title, source, replace=replace, rate=rate,
+                    on_bytes=lambda n: bar.advance(task, n),
+                ),
+            )  # fmt: skip
     except KeyboardInterrupt:
         _no_more_interrupts()
         ui.interrupted(load_interrupted(title, before, _title_now(store, title)))

@@ -127,6 +127,42 @@ class TitleListing:
     unconfigured: int = 0
 
 
+class _DiskCount(NamedTuple):
+    """A title's files the index places on one disk: all of them, missing, served (ok)."""
+
+    disk: str
+    files: int
+    missing: int
+    ok: int
+
+
+def _listed(
+    row: TitleRow,
+    per_disk: Sequence[_DiskCount],
+    configured: Collection[str],
+    out: Collection[str],
+    old: replaced.KeptSummary | None,
+) -> TitleListing:
+    """A title's line of `appliance ls`. `configured`: the disks of the config (`out`, those
+    out of service, among them); `old`: the files kept for its replaced versions."""
+    serving = [c.disk for c in per_disk if c.ok and c.disk in configured and c.disk not in out]
+    return TitleListing(
+        id=row.id,
+        state=row.state,
+        tier=row.tier,
+        disks=tuple(sorted(serving)),
+        bytes=row.bytes,
+        files=sum(c.files for c in per_disk),
+        missing=sum(c.missing for c in per_disk),
+        digest=row.digest,
+        unavailable=sum(c.ok for c in per_disk if c.disk in out),
+        kept_files=old.files if old else 0,
+        kept_bytes=old.bytes if old else 0,
+        kept_until=old.until if old else None,
+        unconfigured=sum(c.ok for c in per_disk if c.disk not in configured),
+    )
+
+
 _INSERT_FILE = (
     "INSERT INTO files (title, path, disk, size, sha256, mtime_ns, state) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -320,37 +356,52 @@ class Store:
         return row
 
     def listing(self) -> list[TitleListing]:
-        per_title: dict[str, list[tuple[str, int, str]]] = {}
-        for title, disk, size, state in self.conn.execute(
-            "SELECT title, disk, size, state FROM files ORDER BY title, disk"
+        # Counted by SQLite per title and disk, a few rows a title: read into Python file by
+        # file, ~200 bytes each, a listing of a few thousand lines took a GB at 3M files.
+        per_title: dict[str, list[_DiskCount]] = {}
+        for title, disk, files, missing, ok in self.conn.execute(
+            "SELECT title, disk, COUNT(*), SUM(state = ?), SUM(state = ?) FROM files "
+            "GROUP BY title, disk",
+            (MISSING, OK),
         ):
-            per_title.setdefault(title, []).append((disk, size, state))
-        result = []
+            per_title.setdefault(title, []).append(_DiskCount(disk, files, missing, ok))
         out = set(self.out_of_service)
         configured = out | {d.id for d in self.disks}
         kept = replaced.summaries(self.conn)
-        for row in all_titles(self.conn):
-            files = per_title.get(row.id, [])
-            old = kept.get(row.id)
-            ok = [disk for disk, _, state in files if state == OK]
-            result.append(
-                TitleListing(
-                    id=row.id,
-                    state=row.state,
-                    tier=row.tier,
-                    disks=tuple(sorted({d for d in ok if d in configured and d not in out})),
-                    bytes=row.bytes,
-                    files=len(files),
-                    missing=sum(1 for _, _, state in files if state == MISSING),
-                    digest=row.digest,
-                    unavailable=sum(1 for disk in ok if disk in out),
-                    kept_files=old.files if old else 0,
-                    kept_bytes=old.bytes if old else 0,
-                    kept_until=old.until if old else None,
-                    unconfigured=sum(1 for disk in ok if disk not in configured),
+        return [
+            _listed(row, per_title.get(row.id, []), configured, out, kept.get(row.id))
+            for row in all_titles(self.conn)
+        ]
+
+    def unsettled(self) -> set[str]:
+        """Titles whose leftovers change the room a load finds, told by the index and one
+        listing of each disk's titles folder (no title's own folder is read): loading or
+        removing (an interrupted load or `rm`), with served files or kept files the index
+        places on a disk no longer configured (followed or set aside: counted on the wrong
+        disk until then), or with a folder on a disk but no title in the index (adopted, or
+        swept). A command reconciling only its own title (`load`) reconciles these too; a
+        settled appliance has none, so it costs no more than the title itself."""
+        conn = self.conn
+        busy = conn.execute("SELECT id FROM titles WHERE state IN (?, ?)", (LOADING, REMOVING))
+        ids = {title_id for (title_id,) in busy}
+        known = {d.id for d in self.disks} | set(self.out_of_service)
+        # The few disk ids from `files`' disk index; then the titles on the unknown ones
+        # whose files still serve (once set aside, missing, they are not asked for again).
+        for (disk,) in conn.execute("SELECT disk FROM files GROUP BY disk").fetchall():
+            if disk not in known:
+                rows = conn.execute(
+                    "SELECT DISTINCT title FROM files WHERE disk = ? AND state = ?", (disk, OK)
                 )
-            )
-        return result
+                ids |= {title_id for (title_id,) in rows}
+        kept = conn.execute("SELECT title, disk FROM superseded")
+        ids |= {title_id for (title_id, disk) in kept if disk not in known}
+        indexed = {title_id for (title_id,) in conn.execute("SELECT id FROM titles")}
+        for disk in self.disks:
+            folders: set[str | None] = set()  # none: a read-only disk that never held one
+            with contextlib.suppress(OSError), os.scandir(disk.titles_dir) as entries:
+                folders = {folder_title(entry.name) for entry in entries}
+            ids |= {t for t in folders if t is not None and t not in indexed}
+        return ids
 
     def _check_fit(
         self,

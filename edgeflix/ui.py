@@ -60,37 +60,37 @@ def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
 ) -> None:
     """A rich table on a terminal (one record per block when the table is wider than the
-    terminal); tab-separated lines with a header in a pipe."""
+    terminal); tab-separated lines with a header in a pipe. Cells, headers and the title
+    are text, never markup: a cell quoting `[storage]` (or `:smile:`) shows as written."""
     if not interactive():
         sys.stdout.write("\t".join(columns) + "\n")
         for row in rows:
             sys.stdout.write("\t".join(str(c) for c in row) + "\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
     out = console()
-    table = Table(title=title)
+    table = Table(title=Text(title, style="table.title") if title else None)
     for column in columns:
-        table.add_column(column)
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*(str(c) for c in row))
+        table.add_row(*(Text(str(c)) for c in row))
     natural = out.measure(table, options=out.options.update_width(100_000)).maximum
     if natural <= out.width:
         out.print(table)
         return
     # Too wide: folded cells would split the URL, path or digest a user copies out of the
     # table, and '…' would hide it. One block per record instead, each value on its line.
-    from rich.markup import escape
-
     if title:
-        out.print(f"[italic]{escape(title)}[/]", highlight=False)
+        out.print(Text(title, style="italic"))
     width = max(len(c) for c in columns)
     for i, row in enumerate(rows):
         if i:
             out.print()
         for column, cell in zip(columns, row, strict=True):
             out.print(
-                f"[bold]{escape(column.rjust(width))}[/]  {escape(str(cell))}",
+                Text.assemble((column.rjust(width), "bold"), "  ", str(cell)),
                 highlight=False,
                 soft_wrap=True,
             )
