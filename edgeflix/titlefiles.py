@@ -2,16 +2,18 @@
 
 It is the unit of fill: the origin writes it last when it packages a title, appliances verify
 every file against it before a title becomes servable, and the fleet compares titles by the
-SHA-256 of its bytes (`digest`). One reader and one writer live here so all agree.
+SHA-256 of its bytes (`digest`). One reader and one writer live here so all agree; a
+listing of titles (`origin ls`, `GET /titles`) reads only the header (`read_header`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Collection
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -58,20 +60,23 @@ def check_title_id(title_id: str) -> str:
     return title_id
 
 
+# What no path may hold: C0 and C1 controls (a NUL cannot name a file; a newline would break
+# playlists), DEL, the Unicode line and paragraph separators, and a backslash.
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")
+_BAD_PARTS = frozenset(("", ".", ".."))  # "" also stands for an empty or absolute path
+
+
 def check_rel_path(path: str) -> str:
     """A relative POSIX path inside a title: no absolute paths, no `..`, no empty parts, no
     control characters (a NUL cannot name a file; a newline would break playlists), valid
     UTF-8, no part longer than MAX_NAME_BYTES nor path longer than MAX_PATH_BYTES, and no
-    part named like a staged file (STAGING_SUFFIXES)."""
-    pure = PurePosixPath(path)
+    part named like a staged file (STAGING_SUFFIXES).
+
+    Runs once per entry of every files.json read (tens of thousands for a long title): a
+    split, a set test and one regex, with each part looked at only when a rule may refuse it.
+    """
     parts = path.split("/")
-    if (
-        not path
-        or pure.is_absolute()
-        or "\\" in path
-        or any(part in ("", ".", "..") for part in parts)
-        or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 or c in "\u2028\u2029" for c in path)
-    ):
+    if not _BAD_PARTS.isdisjoint(parts) or _BAD_CHAR.search(path):
         raise TitleFilesError(f"invalid file path {path!r} in title")
     try:
         size = len(path.encode("utf-8"))  # a lone surrogate cannot name a file
@@ -81,19 +86,28 @@ def check_rel_path(path: str) -> str:
         raise TitleFilesError(
             f"file path {path[:60]!r}… in title is {size} bytes long (at most {MAX_PATH_BYTES})"
         )
-    for part in parts:
-        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
-            raise TitleFilesError(
-                f"file path {path[:60]!r}… in title has a name longer than {MAX_NAME_BYTES} bytes"
-            )
-        if part.endswith(STAGING_SUFFIXES):
-            raise TitleFilesError(
-                f"file path {path!r} in title ends like a file being staged ({part!r})"
-            )
-        if part.startswith(".") and part.endswith(".tmp"):
-            # How the appliance names a file it is writing: reconcile sweeps such leftovers.
-            raise TitleFilesError(f"file path {path!r} in title is named like a temporary file")
+    # Every staging suffix holds ".part"; a temporary name ends in ".tmp".
+    if size > MAX_NAME_BYTES or ".part" in path or ".tmp" in path:
+        for part in parts:
+            _check_name(path, part)
     return path
+
+
+def _check_name(path: str, part: str) -> None:
+    if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+        raise TitleFilesError(
+            f"file path {path[:60]!r}… in title has a name longer than {MAX_NAME_BYTES} bytes"
+        )
+    if part.endswith(STAGING_SUFFIXES):
+        raise TitleFilesError(
+            f"file path {path!r} in title ends like a file being staged ({part!r})"
+        )
+    if part.startswith(".") and part.endswith(".tmp"):
+        # How the appliance names a file it is writing: reconcile sweeps such leftovers.
+        raise TitleFilesError(f"file path {path!r} in title is named like a temporary file")
+
+
+_UNDER_FILES_JSON = FILES_JSON + "/"
 
 
 def check_layout(paths: Collection[str]) -> None:
@@ -101,12 +115,14 @@ def check_layout(paths: Collection[str]) -> None:
     (`c` and `c/d`), and none is, or is under, the title's own files.json."""
     folders: set[str] = set()
     for path in paths:
-        if path.split("/", 1)[0] == FILES_JSON:
+        if path == FILES_JSON or path.startswith(_UNDER_FILES_JSON):
             raise TitleFilesError(f"file path {path!r} in title is the title's own {FILES_JSON}")
-        slash = path.find("/")
-        while slash >= 0:
-            folders.add(path[:slash])
-            slash = path.find("/", slash + 1)
+        # Its folders, deepest first, up to one already seen (whose own are in too): most
+        # paths share their folder with the one before, so this is one set lookup each.
+        folder = path.rpartition("/")[0]
+        while folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
     clash = next((p for p in paths if p in folders), None)
     if clash is not None:
         raise TitleFilesError(f"file path {clash!r} in title is also a folder of other files")
@@ -141,7 +157,9 @@ class RenditionInfo(_Model):
     segments: int = 0
 
 
-class TitleFiles(_Model):
+class TitleHeader(_Model):
+    """A files.json without its list of files: what a catalogue of titles shows."""
+
     format: int = FORMAT
     id: str
     title: str
@@ -149,13 +167,16 @@ class TitleFiles(_Model):
     segment_seconds: float = Field(gt=0)
     created: str  # ISO 8601 UTC
     renditions: tuple[RenditionInfo, ...]
-    files: tuple[FileEntry, ...]
     total_bytes: int = Field(ge=0)
 
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
         return check_title_id(value)
+
+
+class TitleFiles(TitleHeader):
+    files: tuple[FileEntry, ...]
 
     @model_validator(mode="after")
     def _files_fit_together(self) -> TitleFiles:
@@ -182,15 +203,11 @@ def digest_bytes(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
+@contextlib.contextmanager
+def _refusals(source: str) -> Iterator[None]:
+    """Whatever parsing `source` raises, as one TitleFilesError line naming it."""
     try:
-        data: Any = json.loads(raw)
-        files = data.get("files") if isinstance(data, dict) else None
-        if isinstance(files, list) and len(files) > MAX_FILES:  # before a model per entry
-            raise TitleFilesError(
-                f"{source}: lists {len(files)} files, more than a title may ({MAX_FILES})"
-            )
-        model = TitleFiles.model_validate(data)
+        yield
     except RecursionError:  # json's decoder recurses per level: "[[[[…" exhausts the stack
         raise TitleFilesError(f"{source}: not a valid files.json: nested too deeply") from None
     except TitleFilesError as exc:  # a bad path, raised as is through the model's validators
@@ -201,8 +218,23 @@ def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
     except (ValueError, ValidationError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TitleFilesError(f"{source}: not a valid files.json: {first}") from None
+
+
+def _check_format(model: TitleHeader, source: str) -> None:
     if model.format != FORMAT:
         raise TitleFilesError(f"{source}: unsupported files.json format {model.format}")
+
+
+def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
+    with _refusals(source):
+        data: Any = json.loads(raw)
+        files = data.get("files") if isinstance(data, dict) else None
+        if isinstance(files, list) and len(files) > MAX_FILES:  # before a model per entry
+            raise TitleFilesError(
+                f"{source}: lists {len(files)} files, more than a title may ({MAX_FILES})"
+            )
+        model = TitleFiles.model_validate(data)
+    _check_format(model, source)
     paths = [f.path for f in model.files]
     if len(set(paths)) != len(paths):
         raise TitleFilesError(f"{source}: duplicate file paths")
@@ -211,16 +243,82 @@ def parse(raw: bytes, source: str = FILES_JSON) -> TitleFiles:
     return model
 
 
-def read(title_dir: Path) -> tuple[TitleFiles, str]:
-    """Read and validate `title_dir/files.json`; return it with its digest."""
+def parse_header(raw: bytes, source: str = FILES_JSON) -> TitleHeader:
+    """The header of a files.json, checked as `parse` checks it, with its list of files
+    skipped, not parsed: for listing titles verified when they were published (a long title
+    lists tens of thousands of files; a catalogue, thousands of titles)."""
+    with _refusals(source):
+        data: Any = _loads_header(raw)
+        if isinstance(data, dict) and not isinstance(data.pop("files", None), list):
+            raise TitleFilesError(f"{source}: not a valid files.json: no list of files")
+        model = TitleHeader.model_validate(data)
+    _check_format(model, source)
+    return model
+
+
+def _loads_header(raw: bytes) -> Any:
+    """json.loads(raw) with the list of files read as [] when it is laid out as `render`
+    writes it (else all of it is parsed): its entries are not looked at, the rest is."""
+    cut = _cut_files(raw)
+    if cut is not None:
+        with contextlib.suppress(ValueError, RecursionError):
+            return json.loads(cut)
+    return json.loads(raw)  # says what is wrong, if anything
+
+
+# `render` writes the short members first (sorted: created, duration), then the files. This
+# matches up to the files' `[` when each member before is a plain string or a bare number:
+# json.loads then reads the same tokens in what is left, so that `[` opens the top-level list.
+_WS = rb"[ \t\n\r]*"
+_PLAIN = rb'"[^"\\]*"'  # a string without escapes
+# A number, true, false or null (json.loads checks which). No whitespace in it, so each
+# member matches one way only: a match that fails gives up in linear time, not exponential.
+_BARE = rb'[^"\\\[\]{}, \t\n\r]*'
+_MEMBER = _WS + _PLAIN + _WS + b":" + _WS + b"(?:" + _PLAIN + b"|" + _BARE + b")" + _WS + b","
+_FILES_AT = re.compile(
+    _WS + rb"\{(?:" + _MEMBER + b")*" + _WS + b'"files"' + _WS + rb":" + _WS + rb"\["
+)
+
+
+def _cut_files(raw: bytes) -> bytes | None:
+    """`raw` with the body of its list of files cut out, or None when the list is not
+    plainly flat. Scans at C speed, no copy of the list: its end is its first `]` when no
+    `[` nor `\\` is in between (so each `"` opens or closes a string) and an even count of
+    `"` since the last newline before it (JSON has none inside a string) leaves it outside
+    any string."""
+    match = _FILES_AT.match(raw)
+    if match is None:
+        return None
+    start = match.end() - 1
+    end = raw.find(b"]", start)
+    if end < 0 or raw.find(b"[", start + 1, end) >= 0 or raw.find(b"\\", start + 1, end) >= 0:
+        return None
+    line = max(raw.rfind(b"\n", start, end), start)
+    if raw.count(b'"', line + 1, end) % 2:
+        return None  # that `]` is in a name
+    return raw[: start + 1] + raw[end:]
+
+
+def _read_raw(title_dir: Path) -> bytes:
     path = title_dir / FILES_JSON
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise TitleFilesError(f"{title_dir}: no files.json (not a packaged title)") from None
     except OSError as exc:
         raise TitleFilesError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse(raw, str(path)), digest_bytes(raw)
+
+
+def read(title_dir: Path) -> tuple[TitleFiles, str]:
+    """Read and validate `title_dir/files.json`; return it with its digest."""
+    raw = _read_raw(title_dir)
+    return parse(raw, str(title_dir / FILES_JSON)), digest_bytes(raw)
+
+
+def read_header(title_dir: Path) -> tuple[TitleHeader, str]:
+    """`read` for a listing: the header (parse_header) and the digest of the whole file."""
+    raw = _read_raw(title_dir)
+    return parse_header(raw, str(title_dir / FILES_JSON)), digest_bytes(raw)
 
 
 def render(model: TitleFiles) -> bytes:

@@ -3,6 +3,8 @@
 `/titles/<id>/<path>` through the shared file-serving core (Range, ETag, sendfile) and
 `GET /titles`: every published title with its files.json digest, as JSON, encoded once per
 view of the store (a publish or removal) and answered from memory with an ETag in between.
+The first read of a large store (every files.json hashed) runs beside the serving: segments
+answer at once, `GET /titles` answers 503 with Retry-After until that read is done.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +24,19 @@ from edgeflix.http.plan import CORS, Headers, ResponsePlan, plan_error, plan_sim
 from edgeflix.http.request import RequestHead
 from edgeflix.http.runner import serve_forever
 from edgeflix.http.server import FileTarget, ServerSettings, bind, url_of
+from edgeflix.titlefiles import FILES_JSON, TitleFilesError, check_title_id
 from origin.errors import OriginError
 from origin.replaced import KeptSegments, replaced_dir
 from origin.store import PublishedTitle, PublishedTitles, check_store, titles_dir
 
 # The listing has no Last-Modified, so only the entity-tag preconditions apply to it.
 _TAG_CONDITIONS = ("if-match", "if-none-match")
+# How long `serve` waits for the first read of the catalogue before it answers anyway: a
+# small store is read by then, and its first GET /titles is complete as before; thousands
+# of long titles take seconds to hash (more from a cold disk), which segments need not wait.
+FIRST_READ_WAIT_S = 1.0
+RETRY_AFTER_S = 1
+_READING = b"the catalogue is being read: retry shortly\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +86,33 @@ def plan_listing(listing: Listing, request: RequestHead) -> ResponsePlan:
     return listing.head if request.method == "HEAD" else listing.get
 
 
+class _FirstRead:
+    """The catalogue's first read, on a thread of its own. The loop looks at what it found
+    only once `done` is set (the thread writes nothing after), and then takes it over."""
+
+    def __init__(self, catalog: PublishedTitles, view: tuple[int, ...]) -> None:
+        self.view = view  # the store before the read: a change meanwhile is read again
+        self.done = threading.Event()
+        self.titles: list[PublishedTitle] = []
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, args=(catalog,), name="catalogue", daemon=True).start()
+
+    def _run(self, catalog: PublishedTitles) -> None:
+        try:
+            self.titles = catalog.titles()
+        except Exception as exc:  # raised in the loop, where a failed look is handled
+            self.error = exc
+        finally:
+            self.done.set()
+
+
 class OriginSite:
     """Maps `/titles/<id>/<path>` onto STORE/titles/<id>/<path> for published titles only
-    (a folder without a valid files.json naming it is not one); nothing else is a file."""
+    (a folder without a valid files.json naming it is not one); nothing else is a file.
+    `background`: the first read of the catalogue runs on a thread; until it is done, every
+    folder holding a files.json serves, and GET /titles answers 503."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, background: bool = False) -> None:
         self.store = store
         self.root = titles_dir(store).resolve()
         self.catalog = PublishedTitles(store)
@@ -88,7 +121,27 @@ class OriginSite:
         self._titles: list[PublishedTitle] = []
         self._listing: Listing | None = None  # encoded on first ask after each view change
         self._kept = KeptSegments(store)
-        self.refresh()
+        self._first: _FirstRead | None = None
+        if background:
+            self._first = _FirstRead(self.catalog, self._look())
+            self._ids = frozenset(_title_folders(titles_dir(store)))
+            self._kept.refresh({i: titles_dir(store) / i for i in self._ids})
+        else:
+            self.refresh()
+
+    @property
+    def ready(self) -> bool:
+        """The catalogue was read once: GET /titles lists it."""
+        return self._view is not None
+
+    def _look(self) -> tuple[int, ...]:
+        view: tuple[int, ...] = (0, 0, 0, 0)
+        with contextlib.suppress(OSError):
+            st = self.root.stat()
+            view = (st.st_ino, st.st_mtime_ns, 0, 0)
+            kept = replaced_dir(self.store).stat()
+            view = (st.st_ino, st.st_mtime_ns, kept.st_ino, kept.st_mtime_ns)
+        return view
 
     def refresh(self) -> object:
         """The titles folder's (inode, mtime): it moves at every publish or removal (a
@@ -96,21 +149,32 @@ class OriginSite:
         remembers: else the old title's open files would keep serving at its paths until
         the replaced folder is deleted. The segments kept for players of replaced
         versions (origin/replaced.py) are looked up again then too, and `GET /titles` is
-        encoded afresh: between changes it is the same bytes, so it is kept, not rebuilt."""
-        view: tuple[int, ...] = (0, 0, 0, 0)
-        with contextlib.suppress(OSError):
-            st = self.root.stat()
-            view = (st.st_ino, st.st_mtime_ns, 0, 0)
-            kept = replaced_dir(self.store).stat()
-            view = (st.st_ino, st.st_mtime_ns, kept.st_ino, kept.st_mtime_ns)
+        encoded afresh: between changes it is the same bytes, so it is kept, not rebuilt.
+        While the first read runs, nothing is read here (its view is marked as such)."""
+        view = self._look()
+        first = self._first
+        if first is not None:
+            if not first.done.is_set():
+                return ("reading", *view)
+            self._first = None
+            if first.error is not None:
+                raise first.error  # the next look reads the catalogue here instead
+            self._take(first.titles, first.view)
         if view != self._view:
-            titles = self.catalog.titles()
-            self._kept.refresh({t.id: t.path for t in titles})
-            self._ids = frozenset(t.id for t in titles)
-            self._titles = titles
-            self._listing = None
-            self._view = view  # only once all is read: a failure is tried again next time
+            self._take(self.catalog.titles(), view)
         return view
+
+    def _take(self, titles: list[PublishedTitle], view: tuple[int, ...]) -> None:
+        self._kept.refresh({t.id: t.path for t in titles})
+        self._ids = frozenset(t.id for t in titles)
+        self._titles = titles
+        self._listing = None
+        self._view = view  # only once all is read: a failure is tried again next time
+
+    def wait_first_read(self, timeout: float) -> None:
+        """Up to `timeout` for the first read, taken over if it is done (its error raised)."""
+        if self._first is not None and self._first.done.wait(timeout):
+            self.refresh()
 
     def route(
         self, request: RequestHead, segments: tuple[str, ...], client_ip: str
@@ -131,6 +195,9 @@ class OriginSite:
         return None  # the origin never moves files behind a request
 
     def listing(self, request: RequestHead) -> ResponsePlan:
+        if not self.ready:  # a part of the catalogue would read as titles removed
+            retry: Headers = (("Retry-After", str(RETRY_AFTER_S)), ("Cache-Control", "no-store"))
+            return plan_simple(503, _READING, headers=retry, head_only=request.method == "HEAD")
         listing = self._listing
         if listing is None:
             listing = self._listing = encode_listing(self._titles)
@@ -149,5 +216,18 @@ def serve(store: Path, host: str, port: int, settings: ServerSettings) -> None:
         sys.stdout.write(f"listening on {url_of(sock)}\n")
         sys.stdout.flush()
 
-    site = OriginSite(store)
+    site = OriginSite(store, background=True)
+    site.wait_first_read(FIRST_READ_WAIT_S)
     serve_forever(site, settings, sock, ready=ready, refresh=site.refresh)
+
+
+def _title_folders(root: Path) -> list[str]:
+    """Folders named like a title that hold a files.json: what serves while the catalogue
+    is first read (a stat each, where the read parses and hashes each files.json)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            with contextlib.suppress(TitleFilesError, OSError):
+                if entry.is_dir() and (root / check_title_id(entry.name) / FILES_JSON).is_file():
+                    found.append(entry.name)
+    return found

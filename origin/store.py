@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from edgeflix.atomicfile import fsync_dir
-from edgeflix.titlefiles import FILES_JSON, TitleFilesError, check_title_id, read
+from edgeflix.titlefiles import FILES_JSON, TitleFilesError, check_title_id, read, read_header
 from origin import replaced
 from origin.errors import StoreError
 
@@ -103,8 +103,11 @@ class PublishedTitles:
 
 
 def _published(folder: Path) -> PublishedTitle | None:
+    """The title in `folder` as listed, from its files.json's header: its list of files was
+    checked when it was published, and parsing it again would cost each listing seconds
+    per hundred long titles. A files.json that does not parse that far lists nothing."""
     try:
-        model, digest = read(folder)
+        model, digest = read_header(folder)
     except TitleFilesError:
         return None
     if model.id != folder.name:
