@@ -1,10 +1,13 @@
 """`edgeflix appliance run`: the supervisor process of the appliance and its subsystems.
 
-The supervisor reconciles the store, runs `serve.workers` serving workers (fresh interpreters
-running appliance/worker.py, their spec as JSON on stdin, sharing the port by SO_REUSEPORT),
-restarts any that die, and runs the background subsystems, each a small object with
-start/stop: the health monitor (monitor.py: disks, health, hardware profile), the tier mover,
-the fill scheduler (fill/scheduler.py) and the admin listener (/healthz, /metrics, /status).
+The supervisor settles the store (repair.settle: what the index alone says must change), runs
+`serve.workers` serving workers (fresh interpreters running appliance/worker.py, their spec as
+JSON on stdin, sharing the port by SO_REUSEPORT), restarts any that die, and runs the
+background subsystems, each a small object with start/stop: the start-up check (the rest of
+the reconcile: a stat per stored file, so never before serving), the health monitor
+(monitor.py: disks, health, hardware profile), and once the check is over the tier mover, the
+scrub, the sweeper and the fill scheduler (fill/scheduler.py); the admin listener serves
+/healthz, /metrics and /status.
 Lifecycle (sd_notify READY/WATCHDOG/RELOADING/STOPPING, SIGTERM drain, SIGHUP reload) is here.
 """
 
@@ -25,9 +28,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import uvloop
 
@@ -46,6 +49,10 @@ from edgeflix.http.server import FileServer, ServerSettings, bind, url_of
 from edgeflix.http.stats import merge
 from edgeflix.log import event
 
+if TYPE_CHECKING:
+    from appliance.config import StorageConfig
+    from appliance.findings import Report
+
 log = logging.getLogger("appliance.daemon")
 READY_TIMEOUT_S = 30.0
 RESTART_BACKOFF_S = 1.0
@@ -63,6 +70,10 @@ WORKER_SILENT_S = 10.0
 FIRST_WRITE_S = READY_TIMEOUT_S + WORKER_SILENT_S
 # SIGTERM to a worker's exit: its shutdown_timeout_s and this much for the last counters.
 DRAIN_SLACK_S = 2.0
+# A stopping daemon waits this long for the start-up check to reach its next title (it asks
+# between titles); one busy longer (re-hashing a returned disk) is left to the exit, which
+# loses nothing: every step of a reconcile is safe to cut short.
+CHECK_STOP_S = 5.0
 
 
 class DaemonError(EdgeflixError):
@@ -487,33 +498,132 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return sock, sock.getsockname()[1]
 
 
-def _prepare_store(config: ApplianceConfig, out_of_service: set[str]) -> None:
-    """Open the store on the disks in service (creates the index), give disks that are back
-    their files again after re-verifying them, then reconcile the index with the disks.
-    Restore runs before reconcile: reconcile would sweep a returned disk's files away."""
-    from appliance.fill.storage import restore_disk
-    from appliance.index import MISSING
-    from appliance.repair import reconcile
+def _settle_store(config: ApplianceConfig, out_of_service: set[str]) -> Report:
+    """Open the store on the disks in service (creates the index) and settle it: what must be
+    right before anything serves, found in the index alone (repair.settle). The rest of the
+    start-up reconcile is StartupCheck's, once the daemon serves."""
+    from appliance.repair import settle
     from appliance.store import Store
 
     store = Store(config.storage, out_of_service=out_of_service)
     try:
-        for disk in store.disks:
-            row = store.conn.execute(
-                "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
-            ).fetchone()
-            if row:
-                ready, bad = restore_disk(store, disk.id)
-                event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
-        # reconcile logs what it found, summarised per title and disk: only the totals here.
-        report = reconcile(store)
-        if report.findings:
-            lost = sum(1 for f in report.findings if f.damage)
-            event(log, "store.reconciled", logging.WARNING if lost else logging.INFO,
-                  findings=len(report.findings), lost=lost,
-                  titles=len({f.title for f in report.findings if f.title}))  # fmt: skip
+        return settle(store)  # it logs what it found, summarised per title and disk
     finally:
         store.close()
+
+
+class StartupCheck(threading.Thread):
+    """The start-up reconcile's walk, in the background once the daemon serves: a stat per
+    stored file takes seconds at 500k files with a warm cache, far longer cold on disks, and
+    nothing was served meanwhile when it ran first. Disks back in service get their missing
+    files re-verified (restore_disk: before the walk, which would sweep them away), then
+    repair.reconcile checks every file's size and sweeps what the index does not place
+    (unfinished versions, partial files, strays) and aligns tier labels. Until it has reached
+    a file, a request for it is safe anyway: the server compares the size of each file it
+    opens with the index's, so a missing or cut-short file is a 404, never a wrong body.
+    Then `then` starts what must find a checked store, once, unless the daemon is stopping."""
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        out_of_service: Callable[[], set[str]],
+        settled: Report,
+        then: Callable[[], None],
+    ) -> None:
+        super().__init__(name="startup-check", daemon=True)
+        self._config, self._out_of_service = config, out_of_service
+        self._settled, self._then = settled, then
+        self._halted = threading.Event()
+        self._then_lock = threading.Lock()  # `then` runs whole or not at all once halted
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "state": "running",  # then done, stopped (the daemon was) or failed
+            "started": time.time(),
+            "finished": None,
+            "titles": None,  # to check, once known
+            "titles_checked": 0,
+            "checked_files": None,
+            "findings": None,
+            "lost": None,
+            "error": None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """For /status: whether the check still runs, how far it got, what it found."""
+        with self._lock:
+            return dict(self._status)
+
+    def halt(self) -> None:
+        """The daemon stops: the walk ends at its next title, and `then` never runs after
+        this returns (one already running has finished)."""
+        self._halted.set()
+        with self._then_lock:
+            pass
+
+    def run(self) -> None:
+        began = time.monotonic()
+        try:
+            report = self._check()
+        except Exception as exc:  # logged and shown (not only on stderr); the rest must start
+            reason = str(exc) if isinstance(exc, (EdgeflixError, OSError)) else repr(exc)
+            self._update(state="failed", finished=time.time(), error=reason)
+            event(log, "store.check_failed", logging.ERROR, reason=reason,
+                  action="the sweeper checks again every reconcile_interval_s")  # fmt: skip
+        else:
+            self._report(report, time.monotonic() - began)
+        with self._then_lock:
+            if self._halted.is_set():
+                return
+            try:
+                self._then()
+            except Exception as exc:  # a thread's error would otherwise only reach stderr
+                self._update(error=f"background subsystems did not start: {exc!r}")
+                event(log, "appliance.subsystems_failed", logging.ERROR, reason=repr(exc))
+
+    def _check(self) -> Report:
+        from appliance.fill.storage import restore_disk
+        from appliance.index import MISSING
+        from appliance.repair import reconcile
+        from appliance.store import Store
+
+        store = Store(self._config, out_of_service=self._out_of_service())
+        try:
+            for disk in store.disks:
+                if self._halted.is_set():
+                    break
+                row = store.conn.execute(
+                    "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
+                ).fetchone()
+                if row:
+                    ready, bad = restore_disk(store, disk.id)
+                    event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
+            return reconcile(store, stop=self._halted.is_set, progress=self._progress)
+        finally:
+            store.close()
+
+    def _progress(self, done: int, total: int) -> None:
+        self._update(titles=total, titles_checked=done)
+
+    def _report(self, report: Report, seconds: float) -> None:
+        """Totals of both parts (reconcile logged each finding, summarised): one line."""
+        found = [*self._settled.findings, *report.findings]
+        lost = sum(1 for f in found if f.damage)
+        with self._lock:
+            status = self._status
+            if not report.stopped:  # every title checked (None: there was none to check)
+                total = status["titles"] or 0
+                status.update(titles=total, titles_checked=total)
+            status["state"] = "stopped" if report.stopped else "done"
+            status.update(finished=time.time(), checked_files=report.checked_files,
+                          findings=len(found), lost=lost)  # fmt: skip
+        event(log, "store.reconciled", logging.WARNING if lost else logging.INFO,
+              findings=len(found), lost=lost, titles=len({f.title for f in found if f.title}),
+              files=report.checked_files, busy=len(report.busy), seconds=round(seconds, 2),
+              complete=not report.stopped)  # fmt: skip
+
+    def _update(self, **fields: Any) -> None:
+        with self._lock:
+            self._status.update(fields)
 
 
 def run_folder(config: ApplianceConfig, env: Mapping[str, str] = os.environ) -> Path:
@@ -563,6 +673,7 @@ class Daemon:
         self.sweeper: Any = None  # appliance/sweeper.py
         self.scheduler: FillScheduler | None = None
         self.link: Any = None  # appliance/fleetlink.py, with a [fleet] url
+        self.check: StartupCheck | None = None
         self.admin_sock: socket.socket | None = None
         self.admin_site: AdminSite | None = None
         self.reloads = 0
@@ -573,18 +684,16 @@ class Daemon:
     # -- start, in order ---------------------------------------------------------------------
 
     def start(self) -> None:
-        from appliance.mover import MoverThread
-        from appliance.scrub import ScrubThread
-        from appliance.sweeper import SweepThread
-
         config = self.config
         # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
         #    is out of service (its files marked missing) before anything serves.
         errors = ServingErrors(lambda: status_totals(self.supervisor.view().stats.requests))
         self.monitor = HealthMonitor(config, errors, on_disk_change=self._disks_changed)
         self.monitor.first_sample()
-        # 2. Store: restore disks that came back, reconcile the index with the disks.
-        _prepare_store(config, self.monitor.out_of_service())
+        # 2. Store: settled from the index alone (interrupted loads and removals finished,
+        #    files of disks gone from the config set aside); the walk over every stored file
+        #    is the start-up check's, in step 5.
+        settled = _settle_store(config, self.monitor.out_of_service())
         # 3. Sockets: the serving port (reserved, shared by the workers) and the admin one.
         host, port = parse_hostport(config.serve.listen)
         reserved, port = _reserve_port(host, port)
@@ -599,21 +708,18 @@ class Daemon:
             self.supervisor.start_workers(host, port)
         finally:
             reserved.close()
-        # 5. Background subsystems.
-        self.mover = MoverThread(config.storage, out_of_service=self.monitor.out_of_service)
-        self.mover.start()
-        if config.storage.scrub_bytes_per_s:
-            self.scrub = ScrubThread(config.storage, out_of_service=self.monitor.out_of_service)
-            self.scrub.start()
-        self.sweeper = SweepThread(config.storage, out_of_service=self.monitor.out_of_service)
-        self.sweeper.start()
+        # 5. Background subsystems: the health monitor, the fleet link (its keys serve), and
+        #    the start-up check, which starts the rest once the store is checked.
         self.monitor.start()
         self.scheduler = FillScheduler(
             config, self.monitor.out_of_service, plan_file=config.fill.plan
-        )
-        self.scheduler.start()
+        )  # it takes plans now (the fleet link's cached one), and runs them once started
         if config.fleet.url is not None:
             self._start_fleet_link(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
+        self.check = StartupCheck(
+            config.storage, self.monitor.out_of_service, settled, self._start_storage_work
+        )
+        self.check.start()
         # 6. Announce: the URLs on stdout (tests and scripts wait for them), READY=1 to systemd.
         shown = f"[{host}]" if ":" in host else host
         sys.stdout.write(
@@ -622,6 +728,26 @@ class Daemon:
         sys.stdout.flush()
         event(log, "appliance.started", port=port, workers=config.serve.workers)
         sdnotify.ready(status=f"serving on {shown}:{port}")
+
+    def _start_storage_work(self) -> None:
+        """Once the start-up check is over (in its thread): what acts on the stored titles
+        and must find them checked, as it did when the check ran before serving. A fill run
+        would take a title with a file cut short for one held, the mover would move a
+        title by a tier label the check corrects, the scrub and sweeper would repeat it."""
+        from appliance.mover import MoverThread
+        from appliance.scrub import ScrubThread
+        from appliance.sweeper import SweepThread
+
+        assert self.monitor is not None and self.scheduler is not None
+        storage, out = self.config.storage, self.monitor.out_of_service
+        self.mover = MoverThread(storage, out_of_service=out)
+        self.mover.start()
+        if storage.scrub_bytes_per_s:
+            self.scrub = ScrubThread(storage, out_of_service=out)
+            self.scrub.start()
+        self.sweeper = SweepThread(storage, out_of_service=out)
+        self.sweeper.start()
+        self.scheduler.start()
 
     def _start_fleet_link(self, url: str) -> None:
         """Enrol and heartbeat (a thread); cached keys and plan apply before start() returns."""
@@ -772,16 +898,26 @@ class Daemon:
             "health_age_s": round(time.monotonic() - report.at, 3),
             "fill_schedule": self.scheduler.state() if self.scheduler else None,
             "fleet": self.link.state() if self.link else None,
+            # "running" while the start-up check walks the store: damage it has not reached
+            # yet is answered 404 but not yet logged, counted, or re-filled.
+            "startup_check": self.check.status() if self.check else None,
         }
         return assemble(self.config, report.profile, report.inputs, report.health, daemon)
 
     # -- stop, in order ----------------------------------------------------------------------
 
     def stop(self) -> None:
-        # 1. Serving workers drain: stop accepting, finish in-flight responses up to
-        #    serve.shutdown_timeout_s, then close (a little slack before SIGKILL).
+        # 1. The start-up check starts nothing more; serving workers drain: stop accepting,
+        #    finish in-flight responses up to serve.shutdown_timeout_s, then close (a little
+        #    slack before SIGKILL).
+        if self.check is not None:
+            self.check.halt()
         self.supervisor.stop_workers()
-        # 2. Background subsystems (a fill in progress keeps its .part files for later).
+        # 2. Background subsystems (a fill in progress keeps its .part files for later; the
+        #    start-up check ends at its next title, and what it did not check waits for the
+        #    next start).
+        if self.check is not None:
+            self.check.join(CHECK_STOP_S)
         if self.link is not None:
             self.link.stop()
         if self.scheduler is not None:

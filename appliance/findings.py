@@ -44,6 +44,7 @@ class Report:
     off_config: dict[str, dict[str, int]] = field(default_factory=dict)
     # (old tier, new tier) → titles relabelled to the tier of the disks holding them.
     relabelled: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    stopped: bool = False  # asked to stop (the daemon was): titles after that went unchecked
 
     def add(
         self, title: str, path: str, problem: str, damage: bool = False, disk: str = ""

@@ -1,5 +1,7 @@
-"""Bring the index and the disks back into agreement: `reconcile` (cheap, on every start) and
-`verify` (re-hash everything, on demand).
+"""Bring the index and the disks back into agreement: `reconcile` (a stat per stored file: the
+daemon's start-up check, in the background once it serves, and every few minutes after),
+`settle` (what must be right before the daemon serves, from the index alone) and `verify`
+(re-hash everything, on demand).
 
 Reconcile removes what a crash left behind (temporary files, half-loaded or half-removed titles,
 copies a tier move did not finish, stray files) and drops files whose size no longer matches the
@@ -71,10 +73,17 @@ def _folders_on_disks(store: Store, only: Collection[str] | None) -> dict[str, s
     return folders
 
 
-def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
+def reconcile(
+    store: Store,
+    only: Collection[str] | None = None,
+    *,
+    stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
     """Check every title the index or the disks know, or only the titles in `only` (a
     command about one title need not pay for a scan of them all); skip titles another
-    process holds."""
+    process holds. `stop` is asked between titles (a daemon stopping ends the check there,
+    what it found so far logged); `progress` hears (titles done, titles in all) before each."""
     report = Report()
     folders = _folders_on_disks(store, only)
     if only is None:
@@ -82,7 +91,12 @@ def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
         ids = {t.id for t in all_titles(store.conn)} | set(folders)
     else:  # a title neither indexed nor on a disk has nothing to check (nor a valid id, maybe)
         ids = {t for t in only if t in folders or get_title(store.conn, t) is not None}
-    for title_id in sorted(ids):
+    for done, title_id in enumerate(sorted(ids)):
+        if stop is not None and stop():
+            report.stopped = True
+            break
+        if progress is not None:
+            progress(done, len(ids))
         with store.locks.hold(title_id, wait=False) as held:
             if not held:
                 report.busy.append(title_id)
@@ -93,11 +107,65 @@ def reconcile(store: Store, only: Collection[str] | None = None) -> Report:
     return report
 
 
-def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Report) -> None:
-    row = get_title(store.conn, title_id)
-    tier = adopt(store, title_id, folders) if row is None else None
+def settle(store: Store) -> Report:
+    """The part of reconcile a daemon does before it serves: the titles the index and one
+    listing of each disk's titles folder say are unsettled (Store.unsettled; no title's own
+    folder read, no stored file looked at). Interrupted loads and removals are finished;
+    files placed on a disk no longer in [storage] disks are followed to their new path or set
+    aside, as they would go on serving from a disk nothing checks; title folders the index
+    lacks are adopted when whole (a lost index: all of them, so the box serves what it holds
+    from its first request). The rest (sizes, strays, other versions, tier labels) is
+    reconcile's, which may come later: meanwhile a stored file missing or cut short is
+    answered 404, never sent, since the server compares the size of each file it opens with
+    the index's (edgeflix/http/server.py)."""
+    report = Report()
+    ids = store.unsettled()
+    folders = _folders_on_disks(store, ids) if ids else {}  # a settled box: nothing to list
+    for title_id in sorted(ids):
+        with store.locks.hold(title_id, wait=False) as held:
+            if not held:
+                report.busy.append(title_id)
+                continue
+            row = get_title(store.conn, title_id)
+            if row is None:
+                # Adoption checks each file's size as it finds it, so the title serves at
+                # once; a folder that is not a whole title is the walk's to sweep.
+                _adopt(store, title_id, folders.get(title_id, set()), report)
+            elif row.state in (LOADING, REMOVING):
+                _finish_interrupted(store, row, report)
+            else:
+                diskconfig.set_aside(store, row, diskconfig.rehome(store, row, report), report)
+    diskconfig.add_findings(report)
+    log_findings(report.findings)
+    return report
+
+
+def _adopt(store: Store, title_id: str, folders: set[str], report: Report) -> bool:
+    tier = adopt(store, title_id, folders)
     if tier is not None:
         report.add(title_id, "", f"adopted from its files on the {tier} tier (not in the index)")
+    return tier is not None
+
+
+def _finish_interrupted(store: Store, row: TitleRow, report: Report) -> None:
+    """Finish a load or removal a crash stopped: its title is not served, its files go."""
+    what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
+    try:
+        pending = store.purge(row.id)
+    except StorageError as exc:
+        # A read-only disk holds some of it: the title stays out of service and the next
+        # reconcile finishes it; the other titles and disks must still be checked.
+        report.add(row.id, "", f"cannot finish {what}: {exc}")
+        return
+    if not pending:
+        report.add(row.id, "", f"removed {what}")
+    # else: its last files are on a disk out of service (`appliance rm` said so, and
+    # `ls` shows it removing): the reconcile after that disk's return finishes it.
+
+
+def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Report) -> None:
+    row = get_title(store.conn, title_id)
+    if row is None and _adopt(store, title_id, folders, report):
         row = get_title(store.conn, title_id)
     if row is None:
         store.drop_replaced(title_id=title_id, everything=True)  # a title gone: nothing kept
@@ -107,18 +175,7 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         return
     _drop_other_versions(store, row, folders, report)
     if row.state in (LOADING, REMOVING):
-        what = "an interrupted load" if row.state == LOADING else "an interrupted removal"
-        try:
-            pending = store.purge(title_id)
-        except StorageError as exc:
-            # A read-only disk holds some of it: the title stays out of service and the next
-            # reconcile finishes it; the other titles and disks must still be checked.
-            report.add(title_id, "", f"cannot finish {what}: {exc}")
-            return
-        if not pending:
-            report.add(title_id, "", f"removed {what}")
-        # else: its last files are on a disk out of service (`appliance rm` said so, and
-        # `ls` shows it removing): the reconcile after that disk's return finishes it.
+        _finish_interrupted(store, row, report)
         return
     files = diskconfig.set_aside(store, row, diskconfig.rehome(store, row, report), report)
     # One scan of the title's folder per disk serves both the size checks and the sweep.

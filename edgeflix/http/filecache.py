@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 # O_NOFOLLOW: a file in a store is never a symlink (load, fill and ingest write real files), so
 # one there was planted to point outside the store; it is refused (ELOOP), not served.
-_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+# O_NONBLOCK: a FIFO planted there would block the open, and with it the worker's loop, until
+# something wrote to it; opened at once, it is refused as not a regular file. Regular files
+# ignore the flag.
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class OpenFile:

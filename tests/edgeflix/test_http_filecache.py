@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,29 @@ def test_capacity_zero_opens_per_use_and_refuses_directories(tmp_path: Path) -> 
     assert len(cache) == 0 and not _is_open(entry.fd)
     with pytest.raises(IsADirectoryError):
         cache.acquire(str(tmp_path))
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: the worker's whole loop with it."""
+    fifo = tmp_path / "seg.m4s"
+    os.mkfifo(fifo)
+    outcome: list[BaseException] = []
+
+    def acquire() -> None:
+        try:
+            FileCache(8).acquire(str(fifo))
+        except OSError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=acquire, daemon=True)
+    thread.start()
+    thread.join(5)
+    waited = thread.is_alive()
+    if waited:  # blocked in open(): a writer lets it go before the test ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+    assert not waited, "the open waited on the FIFO"
+    assert outcome and isinstance(outcome[0], IsADirectoryError)
 
 
 def test_sweep_closes_files_left_unused(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from appliance.safefiles import UNLINK_GRACE_S
 from tests.appliance.storage_fixtures import make_title
+from tests.integration.daemon_support import poll
 from tests.integration.serve_support import Server, start
 from tests.integration.test_appliance_storage_audit import write_config as audit_config
 from tests.integration.test_appliance_store import cli
@@ -60,6 +61,9 @@ def run_daemon() -> Iterator[Callable[[Path, Path], Server]]:
             server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"),
                            stderr=out)  # fmt: skip
         started.append(server)
+        # What these tests look at is the start's: its check of the disks runs once serving.
+        checked = poll(server, lambda doc: doc["daemon"]["startup_check"]["state"] == "done", 30)
+        assert checked is not None, "the start-up check did not end"
         return server
 
     yield run

@@ -90,6 +90,10 @@ def test_damage_is_404_while_running_and_reported_after_restart(
 
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
     try:
+        # Damage while running, i.e. after the start's check of every file (it runs once the
+        # daemon serves, and would find it too soon).
+        done = poll(server, lambda doc: doc["daemon"]["startup_check"]["state"] == "done", 30)
+        assert done is not None, "the start-up check did not end"
         # Served once first, so the worker holds the file open (its fd cache) when it shrinks.
         assert get(server, "/titles/bunny/v0/seg1.m4s") == (200, seg)
         os.truncate(on_disk(tmp_path, "bunny", "v0/seg1.m4s"), 1000)
@@ -112,6 +116,9 @@ def test_damage_is_404_while_running_and_reported_after_restart(
         for entry in titlefiles.read(sources["intact"])[0].files:
             status, body = get(again, f"/titles/intact/{entry.path}")
             assert status == 200 and hashlib.sha256(body).hexdigest() == entry.sha256
+        # The restart's check of every file runs once it serves: reported when it is over.
+        done = poll(again, lambda doc: doc["daemon"]["startup_check"]["state"] == "done", 30)
+        assert done is not None, "the start-up check did not end"
     finally:
         assert again.stop() == 0
     text = log.read_text()

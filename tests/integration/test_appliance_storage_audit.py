@@ -22,6 +22,7 @@ import pytest
 
 from tests.appliance.storage_fixtures import make_title
 from tests.conftest import run_cli
+from tests.integration.daemon_support import poll
 from tests.integration.serve_support import Server, connect, read_response, start
 from tests.integration.test_appliance_store import cli, error_line
 
@@ -134,6 +135,9 @@ def test_daemon_starts_and_serves_around_damage_done_while_it_was_down(
     for rel in ("v0/seg0004.m4s", "master.m3u8"):
         reply = httpx.get(f"{server.url}/titles/film/{rel}", timeout=5)
         assert reply.status_code == 200 and reply.content == (src / rel).read_bytes()
+    # The start's check of every file (it drops and sweeps) runs once the daemon serves.
+    done = poll(server, lambda doc: doc["daemon"]["startup_check"]["state"] == "done", 30)
+    assert done is not None, "the start-up check did not end"
     assert (outside / "same.m4s").exists() and Path("/etc/passwd").exists()
     assert not (disk / "titles" / "evil").exists()
     film = ls(config)["film"]

@@ -106,8 +106,13 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path) -> None:
     for args, expected in cases:
         code, _, err = cli(*args, "--config", str(config))
         assert code != 0 and expected in error_line(err), (args, err)
+    code, _, err = cli("load", "--title", "bunny", "--from", str(src), "--config", str(config))
+    assert code == 0, err
     missing_disk = tmp_path / "missing.toml"
-    missing_disk.write_text(f'[storage]\ndisks = [ {{ path = "{tmp_path / "gone"}" }} ]\n')
+    index = tmp_path / "var" / "index.sqlite"  # the one the load made (storage_toml's)
+    missing_disk.write_text(
+        f'[storage]\nindex = "{index}"\ndisks = [ {{ path = "{tmp_path / "gone"}" }} ]\n'
+    )
     # A missing disk is one out of service (a dead or unmounted disk looks the same): `ls`
     # still lists from the index and says so in one line; writing to it is an error.
     code, _, err = cli("ls", "--config", str(missing_disk))
