@@ -53,7 +53,7 @@ from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, Stor
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
-from edgeflix.proto.codec import CodecError, unpack_plan
+from edgeflix.proto.codec import TITLES_NEEDED, CodecError, unpack_plan
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
 
@@ -475,6 +475,10 @@ class FleetLink:
         except CallFailed as exc:
             if exc.code == grpc.StatusCode.UNAUTHENTICATED:
                 return self._beat_refused(exc)
+            if req.titles_omitted and exc.details == TITLES_NEEDED:
+                # The fleet keeps no list under our digest (it restarted): send it, now.
+                self._fleet_titles = b""
+                return 0.0
             self._note_error(str(exc))
             return self._interval_s
         if resp.stale:

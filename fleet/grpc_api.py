@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import grpc
 
 from edgeflix.bucket import TokenBucket
 from edgeflix.proto import auth
-from edgeflix.proto.codec import CodecError, pack_plan, unpack_counts
+from edgeflix.proto.codec import TITLES_NEEDED, CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace, check_name, check_title
@@ -97,13 +99,11 @@ def beat_titles(
     req: fleet_pb2.HeartbeatRequest, previous: Beat | None
 ) -> tuple[Mapping[str, HeldTitle], bytes]:
     """The titles a beat says the appliance holds, and the digest they go by. The same
-    digest as the previous beat's: that list, not read again. Left out (`titles_omitted`)
-    under another digest than ours (we restarted, or the appliance missed our answer): the
-    previous list stands, under its own digest, which our answer returns, so the appliance
-    sends the list with its next beat."""
+    digest as the previous beat's, or left out (`titles_omitted`, which the handler takes only
+    under the digest we keep: TITLES_NEEDED): that list, not read again."""
     before, kept = (previous.titles, previous.titles_digest) if previous else ({}, b"")
     if req.titles_omitted or (req.titles_digest and req.titles_digest == kept):
-        return before, kept
+        return before, kept  # left out only under ours: the handler refused the others
     return held_titles(req.titles, before), req.titles_digest[:64]
 
 
@@ -141,6 +141,19 @@ def held_titles(
     return out
 
 
+def _timed_read(
+    req: fleet_pb2.HeartbeatRequest, now: float, previous: Beat | None
+) -> tuple[tuple[Beat, dict[str, int]] | CodecError | FleetError, float]:
+    """read_beat (or what it raised), and the CPU seconds it took on its thread: what the
+    beat is charged, refused or not."""
+    start = time.thread_time()
+    try:
+        out: tuple[Beat, dict[str, int]] | CodecError | FleetError = read_beat(req, now, previous)
+    except (CodecError, FleetError) as exc:
+        out = exc
+    return out, time.thread_time() - start
+
+
 async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerContext) -> None:
     """A request naming an appliance (optional) must name the caller: one appliance's
     beats, plan and keys are never another's business."""
@@ -148,11 +161,14 @@ async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerConte
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
 
 
-# The manager's time one appliance's beats may take: a share of its loop, saved up to a
-# burst. A beat costs a few ms; a maximal one (100k held titles, 100k counts) up to ~0.4 s,
-# and it is the loop that answers /steer. What is limited is that time, not the number of
+# The manager's CPU time one appliance's beats may take: a share, saved up to a burst. A beat
+# costs a few ms; a maximal one (100k held titles, 100k counts) up to ~0.4 s, on the loop
+# that answers /steer or holding its GIL. What is limited is that time, not the number of
 # beats: an appliance that beats often but cheaply costs nothing, while one sending maximal
-# beats back to back (hostile or broken) is refused once its share is spent.
+# beats back to back (hostile or broken) is refused once its share is spent. CPU time of its
+# own beat only (thread_time), not the wall time it waited behind others: after a restart
+# every appliance sends its whole list at once, and none must be refused for the queue. The
+# debt stops at one burst, so even a slow beat costs at most a few refused ones.
 BEAT_WORK_SHARE = 0.1
 BEAT_WORK_BURST_S = 2.0
 
@@ -167,9 +183,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         bucket = self._beat_work.get(name)
         return bucket.refill(now).tokens if bucket else BEAT_WORK_BURST_S
 
-    def _charge_beat(self, name: str, start: float, now: float) -> None:
-        full = TokenBucket.full(BEAT_WORK_SHARE, BEAT_WORK_BURST_S, start)
-        self._beat_work[name], _ = self._beat_work.get(name, full).take(now - start, now)
+    def _charge_beat(self, name: str, cpu_s: float, now: float) -> None:
+        full = TokenBucket.full(BEAT_WORK_SHARE, BEAT_WORK_BURST_S, now)
+        bucket, _ = self._beat_work.get(name, full).take(cpu_s, now)
+        self._beat_work[name] = replace(bucket, tokens=max(bucket.tokens, -BEAT_WORK_BURST_S))
 
     def _public_key(self, name: str) -> bytes | None:
         record = self.service.records.get(name)
@@ -233,31 +250,43 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 f"heartbeat: {len(request.titles)} titles held, over {MAX_HELD_TITLES}",
             )
         svc = self.service
-        start = svc.monotonic()
+        start = time.thread_time()  # no await until the beat is read: all of it is this beat's
         body = request.SerializeToString(deterministic=True)
         name = await self._caller(context, "Heartbeat", body)
         await _only_its_own(request.appliance, name, context)
         verdict = "taken"
+        cpu: float | None = None  # CPU seconds of this beat, once it is read
         try:
-            if self._beat_work_left(name, start) <= 0:
+            if self._beat_work_left(name, svc.monotonic()) <= 0:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"heartbeat: '{name}' beats too often for their size (over "
                     f"{BEAT_WORK_SHARE:.0%} of the manager's time); beat every "
                     f"{svc.config.heartbeat.interval_s:g} s",
                 )
+            kept = svc.beats.get(name)
+            if request.titles_omitted and (
+                kept is None or request.titles_digest != kept.titles_digest
+            ):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, TITLES_NEEDED)
+            checks = time.thread_time() - start
             # Tens of ms for a large catalogue's beat (more for its first): read off the
             # loop that answers /steer. The service's state is only touched back on it.
-            beat, counts = await asyncio.to_thread(
-                read_beat, request, svc.clock(), svc.beats.get(name)
-            )
-            verdict = svc.heartbeat(name, beat, counts, request.url)
+            read, read_cpu = await asyncio.to_thread(_timed_read, request, svc.clock(), kept)
+            cpu = checks + read_cpu
+            if not isinstance(read, tuple):
+                raise read
+            on_loop = time.thread_time()
+            verdict = svc.heartbeat(name, *read, request.url)
+            cpu += time.thread_time() - on_loop
         except CodecError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
         finally:
-            self._charge_beat(name, start, svc.monotonic())
+            # A beat refused before it was read: what its checks cost (no await since start).
+            spent = cpu if cpu is not None else time.thread_time() - start
+            self._charge_beat(name, max(spent, 0.0), svc.monotonic())
         current = svc.current_plan
         return fleet_pb2.HeartbeatResponse(
             plan_version=current.version if current and name in current.appliances else 0,

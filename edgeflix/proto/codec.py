@@ -29,6 +29,10 @@ MAX_COUNTS_BYTES = MAX_COUNT_ENTRIES * 48
 # most held titles the manager accepts (fleet/grpc_api.py MAX_HELD_TITLES, 100,000) with
 # 128-character ids is about 21 MB; 4 MiB refused the beats of an appliance holding ~50k.
 MAX_MESSAGE_BYTES = 24 * 1024 * 1024
+# The manager's refusal (FAILED_PRECONDITION) of a beat that leaves its held titles out under a
+# digest the manager does not keep (it restarted, or missed a change): the appliance sends
+# the list at once, so the manager never steers on a list it does not have.
+TITLES_NEEDED = "heartbeat: send the held titles (the manager keeps no list under this digest)"
 _LEVEL = 3
 _PIECE = 64 * 1024
 

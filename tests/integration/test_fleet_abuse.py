@@ -19,9 +19,9 @@ import httpx
 import pytest
 import zstandard
 
-from edgeflix.proto.codec import Counts, pack_counts
+from edgeflix.proto.codec import TITLES_NEEDED, Counts, pack_counts
 from edgeflix.proto.gen import fleet_pb2
-from fleet.grpc_api import MAX_HELD_TITLES
+from fleet.grpc_api import BEAT_WORK_BURST_S, BEAT_WORK_SHARE, MAX_HELD_TITLES, FleetServicer
 from tests.integration.serve_support import Server, start
 from tests.integration.test_fleet import ApplianceClient
 
@@ -253,13 +253,30 @@ def test_a_beat_may_leave_out_the_held_titles_the_fleet_keeps(fleet: Server) -> 
     resp = send(box, titles_omitted=True, titles_digest=b"v1")
     assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
     assert "omit1" in steered_to(fleet, TITLES[0])
-    resp = send(box, titles_omitted=True, titles_digest=b"v2")
-    assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as err:  # a digest it does not keep: not taken
+        send(box, titles_omitted=True, titles_digest=b"v2")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == TITLES_NEEDED
     assert "omit1" in steered_to(fleet, TITLES[0])
     resp = send(box, titles=held(*TITLES[1:]), titles_digest=b"v2")
     assert resp.titles_digest == b"v2"  # type: ignore[attr-defined]
     assert "omit1" not in steered_to(fleet, TITLES[0])
     assert "omit1" in steered_to(fleet, TITLES[1])
+
+
+def test_a_first_beat_without_its_titles_is_refused_not_taken_as_holding_none(
+    fleet: Server,
+) -> None:
+    """A manager restarted without this appliance's last beat keeps no list for it: a beat
+    leaving the list out is refused (the appliance sends it at once), never read as none."""
+    box = appliance(fleet, "omit2", 40125)
+    with pytest.raises(grpc.RpcError) as err:
+        send(box, titles_omitted=True, titles_digest=b"v1")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details() == TITLES_NEEDED
+    resp = send(box, titles=held(*TITLES), titles_digest=b"v1")
+    assert resp.titles_digest == b"v1"  # type: ignore[attr-defined]
+    assert "omit2" in steered_to(fleet, TITLES[0])
 
 
 def test_a_beat_over_grpcs_default_4_mib_is_taken(fleet: Server) -> None:
@@ -298,3 +315,12 @@ def test_large_beats_back_to_back_are_refused_small_ones_are_not(fleet: Server) 
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
     assert "beats too often" in (err.value.details() or "") and taken >= 2
     send(small, titles=held(*TITLES))  # another appliance's share is its own
+
+
+def test_one_slow_beat_costs_at_most_a_few_refused_ones() -> None:
+    """The debt stops at one burst: a beat that took 12 s of CPU (an overloaded manager)
+    does not keep a healthy appliance out of steering for minutes."""
+    servicer = FleetServicer(None)  # type: ignore[arg-type]
+    servicer._charge_beat("b", 12.0, 100.0)
+    assert servicer._beat_work_left("b", 101.0) <= 0
+    assert servicer._beat_work_left("b", 100.0 + 2 * BEAT_WORK_BURST_S / BEAT_WORK_SHARE) > 0

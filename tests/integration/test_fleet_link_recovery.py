@@ -22,6 +22,7 @@ from appliance.index import connect_writer
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, start
 from tests.integration.test_fleet import FLEET_TOML  # two sites, fast beats and planning
+from tests.integration.test_fleet_appliances import free_port
 
 
 class Clock:
@@ -219,3 +220,41 @@ def test_a_clock_stepped_back_while_the_fleet_is_away_still_runs_the_grace_perio
     lk.stop()
     saved = json.loads((tmp_path / "fleet" / "contact.json").read_text())["at"]
     assert saved <= clock() - 72 * 3600.0
+
+
+def test_a_manager_restarted_without_our_last_beat_gets_the_titles_at_once(
+    tmp_path: Path,
+) -> None:
+    """Beats leave the held list out while the manager keeps it (its digest). A manager
+    killed before it saved our beat keeps none: the first beat after its return is refused
+    for that, and the link sends the list at once, rather than the manager taking the
+    appliance, for a beat, as holding nothing."""
+    config = tmp_path / "fleet.toml"
+    grpc_port, http_port = free_port(), free_port()
+    config.write_text(
+        FLEET_TOML.format(db=tmp_path / "fleet.sqlite")
+        .replace('grpc = "127.0.0.1:0"', f'grpc = "127.0.0.1:{grpc_port}"')
+        .replace('http = "127.0.0.1:0"', f'http = "127.0.0.1:{http_port}"')
+    )
+    fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
+    lk = link(tmp_path, fleet.urls["grpc"], Clock(), join_token(fleet))
+    try:
+        steps(lk, 4)
+        before = lk.state()["beats"]
+        assert before >= 3, lk.state()
+        fleet.proc.kill()  # SIGKILL: the last beats are not saved
+        fleet.proc.wait(10)
+        fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
+        waits = []
+        for _ in range(40):  # until a call reaches it (the channel reconnects first)
+            waits.append(lk.step())
+            if waits[-1] == 0.0 or lk.state()["beats"] > before:
+                break
+            time.sleep(0.25)
+        assert waits[-1] == 0.0 and lk.state()["beats"] == before, (waits, lk.state())
+        assert lk.state()["last_error"] is None  # not an error: a request for the list
+        steps(lk, 1)
+        assert lk.state()["beats"] == before + 1, lk.state()
+    finally:
+        lk.stop()
+        fleet.stop()
