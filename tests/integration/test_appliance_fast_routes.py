@@ -14,6 +14,7 @@ import httpx
 
 from edgeflix import titlefiles
 from tests.conftest import run_cli
+from tests.integration.daemon_support import poll
 from tests.integration.serve_support import connect, make_title, read_response, start
 from tests.integration.test_appliance_serve_more import on_disk, seed, write_config
 
@@ -30,6 +31,10 @@ def test_repeated_heads_follow_index_and_file_changes(tmp_path: Path) -> None:
 
     server = start(["appliance", "run", "--config", str(config)], ("listening", "admin"))
     try:
+        # The start's check of every file runs once serving; it would undo the index edit
+        # below (the files are whole on disk): edit after it.
+        done = poll(server, lambda doc: doc["daemon"]["startup_check"]["state"] == "done", 30)
+        assert done is not None, "the start-up check did not end"
         with connect(server.addr) as sock:
             buf = bytearray()
             # Pipelined: the same head four times, then HEAD and a conditional of the same path
