@@ -14,7 +14,6 @@ import ctypes
 import multiprocessing
 import os
 import signal
-import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -95,19 +94,18 @@ def run_job(job: PlanJob) -> FillPlan:
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while a planner process is spawned (see die_with). Only the main
-    thread may change a handler, and one not set from Python could not be put back:
-    otherwise nothing changes."""
-    before = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or before is None:
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _interrupts_held() -> Iterator[None]:
+    """SIGINT and SIGHUP blocked in this thread while a planner process is spawned: the child
+    inherits the mask through exec, so a terminal's Ctrl-C or hang-up, sent to the whole
+    group, does not kill it before die_with runs (the manager stops it); one reaching the
+    manager meanwhile waits for the unblock rather than being lost, as it was while the
+    handler was swapped to SIG_IGN (which only the main thread could do)."""
+    held = {signal.SIGINT, signal.SIGHUP}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, before)
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 class Planning:
@@ -124,13 +122,15 @@ class Planning:
             self._start()
 
     def _start(self) -> None:
-        self._pool = ProcessPoolExecutor(
-            1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with,
-            initargs=(os.getpid(),),
-        )
-        with _sigint_ignored():  # inherited through exec: no Ctrl-C while it starts either
+        # Inherited through exec by the planner, and by multiprocessing's resource tracker
+        # (started with the pool's first semaphore): no Ctrl-C or hang-up kills either.
+        with _interrupts_held():
+            self._pool = ProcessPoolExecutor(
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with,
+                initargs=(os.getpid(),),
+            )
             self._pool.submit(int)  # start it now, not at the first round
 
     async def replan(self) -> FillPlan | None:
