@@ -12,7 +12,6 @@ import contextlib
 import gc
 import hashlib
 import logging
-import signal
 import socket
 import sqlite3
 import time
@@ -28,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeflix import pidlock
 from edgeflix.config import format_hostport, parse_hostport
+from edgeflix.http.runner import install_signals
 from edgeflix.http.server import bind
 from edgeflix.log import event
 from edgeflix.proto.codec import MAX_MESSAGE_BYTES
@@ -185,42 +185,13 @@ def sole_manager(db: Path) -> pidlock.ProcessLock:
         raise FleetError(f"another fleet manager{pid} uses this database: {db}") from None
 
 
-def _on_signals() -> asyncio.Event:
-    """The event SIGTERM and SIGINT set. Installed as the coroutine's first act: a Ctrl-C
-    in start-up raised KeyboardInterrupt into gRPC's half-started tasks (tracebacks on the
-    terminal) and left what had started unstopped. SIGHUP (`kill -HUP` meant for an
-    appliance, a closed terminal) killed the manager on the spot, its soft state unsaved:
-    nothing here reloads in place, so it is one line and the manager keeps running."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload_unsupported)
-    return stop
-
-
-def _reload_unsupported() -> None:
-    event(log, "fleet.reload_unsupported", logging.WARNING,
-          detail="SIGHUP ignored: restart the manager to apply config changes")  # fmt: skip
-
-
-def _start_planning(svc: FleetService) -> Planning:
-    """Planning(svc), called off the main thread (asyncio.to_thread) with SIGINT and SIGHUP
-    blocked: its planner process and multiprocessing's resource tracker inherit the mask, so
-    a closed terminal (SIGHUP to the whole process group) kills neither (the relaunched
-    tracker printed tracebacks at exit). On the main thread Planning ignores SIGINT while it
-    spawns, and a Ctrl-C then was lost, the manager starting anyway; the main thread's
-    handlers stay untouched here. The planner's parent-death signal follows the spawning
-    thread: a thread of the loop's default executor, alive until asyncio.run() ends."""
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
-    try:
-        return Planning(svc)  # its process starts now, ready by the first round
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
 async def serve(config: FleetConfig) -> None:
-    stop = _on_signals()
+    # First: a Ctrl-C in start-up raised KeyboardInterrupt into gRPC's half-started tasks
+    # (tracebacks on the terminal) and left what had started unstopped. SIGHUP (`kill -HUP`
+    # meant for an appliance, a closed terminal) killed the manager, its soft state unsaved;
+    # nothing here reloads in place, so it is one line and the manager keeps running.
+    stop = asyncio.Event()
+    install_signals(asyncio.get_running_loop(), stop)
     db = Path(config.server.db)
     check_db_path(db)  # a folder named by mistake: refused before a lock is made beside it
     try:
@@ -297,7 +268,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
         ) from None
     admin = AdminAccess(config.server.admin, token, str(token_path))
     http_sock = _bind(config.server.http)
-    planning = await asyncio.to_thread(_start_planning, svc)
+    planning = Planning(svc)  # its process starts now, ready by the first round
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
         uvicorn.Config(

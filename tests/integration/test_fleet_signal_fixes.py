@@ -57,7 +57,7 @@ def test_sighup_is_one_line_and_the_manager_keeps_running(tmp_path: Path) -> Non
         rc = server.stop(60)
     err = log_path.read_text()
     assert rc == 0, err
-    assert err.count("event=fleet.reload_unsupported") == 2, err
+    assert err.count("event=reload.unsupported") == 2, err
     assert "event=fleet.stopped" in err, err  # soft state saved, gRPC given its grace
     assert not [n for n in NOISE if n in err], err
     assert gone(planner)
