@@ -312,3 +312,9 @@ def test_many_members_before_the_files_read_in_linear_work(tail: bytes) -> None:
     members = b"".join(b'"k%d": 1    ,' % n for n in range(5000))
     with pytest.raises(TitleFilesError):
         titlefiles.parse_header(b"{" + members + tail)
+
+
+def test_every_staging_suffix_holds_what_the_path_check_looks_for() -> None:
+    """check_rel_path looks at each part only when the path holds ".part" (or ".tmp"): a
+    staging suffix without it would pass unseen."""
+    assert all(".part" in suffix for suffix in STAGING_SUFFIXES)
