@@ -8,19 +8,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-
 from appliance.status import exit_code
 from tests.conftest import run_cli
+from tests.integration.conftest import Notifications
 from tests.integration.daemon_support import (
     load_spread_title,
     poll,
@@ -47,38 +44,6 @@ def _signed_path(config: Path, key: str) -> str:
 def _get(sock: socket.socket, buf: bytearray, path: str) -> int:
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     return read_response(sock, buf).status
-
-
-class Notifications:
-    """A datagram socket in the abstract namespace standing in for systemd's."""
-
-    def __init__(self) -> None:
-        self.name = f"@edgeflix-test-{os.getpid()}-{secrets.token_hex(4)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(b"\0" + self.name[1:].encode())
-        self.seen: list[str] = []
-
-    def wait_for(self, word: str, timeout: float = 15.0, count: int = 1) -> bool:
-        deadline = time.monotonic() + timeout
-        while sum(word in m for m in self.seen) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.sock.settimeout(left)
-            try:
-                self.seen.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                return False
-        return True
-
-
-@pytest.fixture()
-def notify() -> Iterator[Notifications]:
-    n = Notifications()
-    try:
-        yield n
-    finally:
-        n.sock.close()
 
 
 def test_sd_notify_ready_watchdog_reload_stopping(tmp_path: Path, notify: Notifications) -> None:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
 from appliance.daemon import WORKER_SILENT_S
 from tests.conftest import run_cli
+from tests.integration.conftest import Notifications
 from tests.integration.daemon_support import poll, status, write_config
 from tests.integration.serve_support import Server, connect, make_title, read_response, start
 
@@ -212,41 +210,8 @@ def test_a_replaced_worker_keeps_the_longer_shutdown_timeout(tmp_path: Path) -> 
         server.stop()
 
 
-class _Notifications:
-    """A datagram socket standing in for systemd's; each message with its arrival time."""
-
-    def __init__(self) -> None:
-        self.name = f"@edgeflix-lifecycle-{os.getpid()}-{secrets.token_hex(4)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(b"\0" + self.name[1:].encode())
-        self.seen: list[tuple[float, str]] = []
-
-    def wait_for(self, word: str, count: int = 1, timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while sum(word in m for _, m in self.seen) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.sock.settimeout(left)
-            try:
-                message = self.sock.recv(4096).decode()
-            except TimeoutError:
-                return False
-            self.seen.append((time.monotonic(), message))
-        return True
-
-
-@pytest.fixture()
-def notify() -> Iterator[_Notifications]:
-    n = _Notifications()
-    try:
-        yield n
-    finally:
-        n.sock.close()
-
-
 def test_the_watchdog_pings_while_a_reload_rolls_the_workers(
-    tmp_path: Path, notify: _Notifications
+    tmp_path: Path, notify: Notifications
 ) -> None:
     """The roll used to run with the supervisor loop blocked: no WATCHDOG=1 from RELOADING=1
     to READY=1, a second or more per worker (systemd kills a unit silent for WatchdogSec)."""
@@ -259,9 +224,10 @@ def test_the_watchdog_pings_while_a_reload_rolls_the_workers(
         _set_serve(config, keepalive_timeout_s=30)  # a new worker spec: every worker rolls
         os.kill(server.proc.pid, signal.SIGHUP)
         assert notify.wait_for("READY=1", count=2), notify.seen
-        begin = next(t for t, m in notify.seen if "RELOADING=1" in m)
-        end = [t for t, m in notify.seen if "READY=1" in m][1]
-        pings = [t for t, m in notify.seen if m == "WATCHDOG=1" and begin < t < end]
+        seen = notify.timed()
+        begin = next(t for t, m in seen if "RELOADING=1" in m)
+        end = [t for t, m in seen if "READY=1" in m][1]
+        pings = [t for t, m in seen if m == "WATCHDOG=1" and begin < t < end]
         assert end - begin > 1.0, "the roll was too quick to tell"
         stamps = [begin, *pings, end]
         gap = max(b - a for a, b in itertools.pairwise(stamps))
