@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from appliance import replaced, tiering
+from appliance import diskclaim, replaced, tiering
 from appliance.config import StorageConfig, Tier
 from appliance.disks import (
     SYSFS,
@@ -259,6 +259,7 @@ class Store:
         self.out_of_service = tuple(sorted({*self.out_of_service, *vanished}))
         self.disks: tuple[Disk, ...] = tuple(d for d in opened if d.id not in vanished)
         check_layout(self.disks, config.index)
+        unclaimed = diskclaim.check(self.disks, config.index)  # before anything is made
         for disk in self.disks:
             if not disk.writable:
                 continue  # nothing can be created there; its titles (if any) still serve
@@ -268,13 +269,21 @@ class Store:
                 if not disk.titles_dir.is_dir():
                     disk.titles_dir.mkdir()
                     fsync_dir(disk.path)
+            except FileExistsError:
+                pass  # another command on a new box made it just now (a link is refused above)
             except OSError as exc:
                 raise DiskError(
                     f"disk {disk.path}: cannot create {disk.titles_dir}: {exc}"
                 ) from None
         self.index_path = config.index
         self.conn = connect_writer(config.index, create=create)
-        self.locks = TitleLocks(locks_folder(config.index))
+        try:
+            self.locks = TitleLocks(locks_folder(config.index))
+            if create and unclaimed:
+                diskclaim.claim(unclaimed, config.index, self.locks.folder / diskclaim.LOCK)
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         """Delete the replaced versions still in their grace (waiting it out), then close."""

@@ -90,8 +90,11 @@ def test_a_disk_not_mounted_at_start_is_left_alone(tmp_path: Path) -> None:
     lost, kept = files_on(d1), files_on(tmp_path / "d0")
     assert lost and kept, "the title must be spread over both disks"
     bodies = {rel: (d1 / "titles" / "spread" / rel).read_bytes() for rel in lost}
-    # Not mounted: the mount point is there, empty (the disk's folder moved away).
-    os.rename(d1 / "titles", tmp_path / "d1-disk")
+    # Not mounted: the mount point is there, empty (what the disk holds moved away).
+    unmounted = tmp_path / "d1-disk"
+    unmounted.mkdir()
+    for name in os.listdir(d1):
+        os.rename(d1 / name, unmounted / name)
 
     out = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
     assert f"disk {d1} is out of service (missing: no titles folder (is the disk mounted?" in (
@@ -115,7 +118,8 @@ def test_a_disk_not_mounted_at_start_is_left_alone(tmp_path: Path) -> None:
         assert os.listdir(d1) == []
         assert all(_get(server, rel).status_code == 200 for rel in kept)
         assert all(_get(server, rel).status_code == 404 for rel in lost)
-        os.rename(tmp_path / "d1-disk", d1 / "titles")  # mounted: re-verified, then served
+        for name in os.listdir(unmounted):  # mounted: re-verified, then served
+            os.rename(unmounted / name, d1 / name)
         doc = poll(server, lambda d: d["health"]["disks_out_of_service"] == [], timeout=20)
         assert doc is not None, "the mounted disk was not taken back into service"
         for rel in lost:

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from appliance.diskclaim import is_marker
 from tests.appliance.storage_fixtures import make_title
 from tests.conftest import run_cli
 from tests.integration.daemon_support import poll
@@ -56,7 +57,8 @@ def ls(config: Path) -> dict[str, dict[str, object]]:
 
 
 def files_under(*folders: Path) -> list[Path]:
-    return sorted(p for f in folders for p in f.rglob("*") if p.is_file() or p.is_symlink())
+    found = (p for f in folders for p in f.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(p for p in found if not is_marker(p.name))  # the disk's own, not a title's
 
 
 def run_daemon(config: Path) -> Server:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from appliance import config as appliance_config
+from appliance.diskclaim import is_marker
 from appliance.safefiles import TitleLocks
 from appliance.store import locks_folder
 from tests.appliance.storage_fixtures import make_title, storage_toml, title_bytes
@@ -36,7 +37,8 @@ def ls(config: Path) -> list[dict[str, object]]:
 
 
 def disk_files(tmp_path: Path) -> list[Path]:
-    return sorted(p for d in ("ssd0", "hdd1") for p in (tmp_path / d).rglob("*") if p.is_file())
+    disks = [tmp_path / d for d in ("ssd0", "hdd1")]
+    return sorted(p for d in disks for p in d.rglob("*") if p.is_file() and not is_marker(p.name))
 
 
 def test_load_ls_verify_rm(tmp_path: Path) -> None:
