@@ -1,7 +1,7 @@
 """URL-token keys handed from the supervisor to its serving workers through a small JSON file,
 so a SIGHUP reload reaches every worker without restarting it or closing a connection.
 
-The supervisor (daemon.py) writes the file atomically with a rising generation; each worker
+The supervisor (supervisor.py) writes the file atomically with a rising generation; each worker
 (worker.py) checks it with its storage view, forgetting the routes it remembered when the
 grants changed, and reports the generation it applied in its counters, which is how the
 supervisor knows the reload is complete. Stdlib only: workers import this and stay small.

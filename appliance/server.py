@@ -2,7 +2,7 @@
 
 What it needs from storage is two narrow protocols: a `FileLocator` (the index reader) and a
 `HitSink` (per-title request counts for tiering). The file-serving core lives in edgeflix/http;
-the worker and supervisor processes in daemon.py; the admin site (/healthz, /metrics) here too.
+the processes in worker.py and supervisor.py; the admin site (/healthz, /metrics) here too.
 """
 
 from __future__ import annotations

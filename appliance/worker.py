@@ -1,4 +1,4 @@
-"""One serving worker of `appliance run` (started by daemon.py as `python -m appliance.worker`).
+"""One serving worker of `appliance run` (started by supervisor.py as `python -m appliance.worker`).
 
 Single-threaded uvloop server on a SO_REUSEPORT socket shared with its siblings; reads the
 index through its own read-only connection; writes its counters for the supervisor to merge.

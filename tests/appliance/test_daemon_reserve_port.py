@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from appliance.daemon import DaemonError, _reserve_port
+from appliance.daemon import _reserve_port
+from appliance.supervisor import DaemonError
 from edgeflix.http.server import bind
 from tests import fake_names
 from tests.fake_names import NOWHERE, V6_ONLY

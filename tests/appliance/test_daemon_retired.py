@@ -1,4 +1,4 @@
-"""The supervisor's memory of replaced serving workers (appliance/daemon.py): their counters
+"""The supervisor's memory of replaced serving workers (appliance/supervisor.py): their counters
 keep the totals from going backwards, in one running sum however many restarts and reloads a
 box sees over months, not one snapshot per replaced worker."""
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from appliance.config import ApplianceConfig
-from appliance.daemon import Supervisor, Worker, fold_retired
+from appliance.supervisor import Supervisor, Worker, fold_retired
 
 
 def _dead_worker(tmp_path: Path, n: int) -> Worker:

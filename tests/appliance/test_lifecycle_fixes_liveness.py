@@ -1,4 +1,4 @@
-"""How the supervisor (appliance/daemon.py) tells a hung serving worker from a busy or a
+"""How the supervisor (appliance/supervisor.py) tells a hung serving worker from a busy or a
 starting one, on the clock it is given: silence of the counters file for WORKER_SILENT_S
 once the worker is ready or has written, FIRST_WRITE_S before; a run folder that refuses
 writes makes silence prove nothing. And which config changes need new workers."""
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ApplianceConfig
-from appliance.daemon import (
+from appliance.daemon import run_folder
+from appliance.supervisor import (
     FIRST_WRITE_S,
     WORKER_SILENT_S,
     Supervisor,
     Worker,
-    run_folder,
     serving_spec,
 )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from appliance.daemon import WORKER_SILENT_S
+from appliance.supervisor import WORKER_SILENT_S
 from tests.conftest import run_cli
 from tests.integration.conftest import Notifications
 from tests.integration.daemon_support import poll, status, write_config

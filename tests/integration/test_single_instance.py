@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ApplianceConfig
-from appliance.daemon import DaemonError
+from appliance.supervisor import DaemonError
 from tests.integration.daemon_support import start_daemon, write_config
 from tests.integration.serve_support import make_title, start
 from tests.integration.test_appliance_store import cli

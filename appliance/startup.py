@@ -1,0 +1,149 @@
+"""The appliance daemon's start-up reconcile: settled from the index alone before anything
+serves (repair.settle), then the walk over every stored file in the background once the
+daemon serves (StartupCheck), after which the subsystems that need a checked store start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
+
+if TYPE_CHECKING:
+    from appliance.config import ApplianceConfig, StorageConfig
+    from appliance.findings import Report
+
+log = logging.getLogger("appliance.daemon")  # the daemon's own lines, as before the split
+
+
+def settle_store(config: ApplianceConfig, out_of_service: set[str]) -> Report:
+    """Open the store on the disks in service (creates the index) and settle it: what must be
+    right before anything serves, found in the index alone (repair.settle). The rest of the
+    start-up reconcile is StartupCheck's, once the daemon serves."""
+    from appliance.repair import settle
+    from appliance.store import Store
+
+    store = Store(config.storage, out_of_service=out_of_service)
+    try:
+        return settle(store)  # it logs what it found, summarised per title and disk
+    finally:
+        store.close()
+
+
+class StartupCheck(threading.Thread):
+    """The start-up reconcile's walk, in the background once the daemon serves: a stat per
+    stored file takes seconds at 500k files with a warm cache, far longer cold on disks, and
+    nothing was served meanwhile when it ran first. Disks back in service get their missing
+    files re-verified (restore_disk: before the walk, which would sweep them away), then
+    repair.reconcile checks every file's size and sweeps what the index does not place
+    (unfinished versions, partial files, strays) and aligns tier labels. Until it has reached
+    a file, a request for it is safe anyway: the server compares the size of each file it
+    opens with the index's, so a missing or cut-short file is a 404, never a wrong body.
+    Then `then` starts what must find a checked store, once, unless the daemon is stopping."""
+
+    def __init__(
+        self,
+        config: StorageConfig,
+        out_of_service: Callable[[], set[str]],
+        settled: Report,
+        then: Callable[[], None],
+    ) -> None:
+        super().__init__(name="startup-check", daemon=True)
+        self._config, self._out_of_service = config, out_of_service
+        self._settled, self._then = settled, then
+        self._halted = threading.Event()
+        self._then_lock = threading.Lock()  # `then` runs whole or not at all once halted
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {
+            "state": "running",  # then done, stopped (the daemon was) or failed
+            "started": time.time(),
+            "finished": None,
+            "titles": None,  # to check, once known
+            "titles_checked": 0,
+            "checked_files": None,
+            "findings": None,
+            "lost": None,
+            "error": None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """For /status: whether the check still runs, how far it got, what it found."""
+        with self._lock:
+            return dict(self._status)
+
+    def halt(self) -> None:
+        """The daemon stops: the walk ends at its next title, and `then` never runs after
+        this returns (one already running has finished)."""
+        self._halted.set()
+        with self._then_lock:
+            pass
+
+    def run(self) -> None:
+        began = time.monotonic()
+        try:
+            report = self._check()
+        except Exception as exc:  # logged and shown (not only on stderr); the rest must start
+            reason = str(exc) if isinstance(exc, (EdgeflixError, OSError)) else repr(exc)
+            self._update(state="failed", finished=time.time(), error=reason)
+            event(log, "store.check_failed", logging.ERROR, reason=reason,
+                  action="the sweeper checks again every reconcile_interval_s")  # fmt: skip
+        else:
+            self._report(report, time.monotonic() - began)
+        with self._then_lock:
+            if self._halted.is_set():
+                return
+            try:
+                self._then()
+            except Exception as exc:  # a thread's error would otherwise only reach stderr
+                self._update(error=f"background subsystems did not start: {exc!r}")
+                event(log, "appliance.subsystems_failed", logging.ERROR, reason=repr(exc))
+
+    def _check(self) -> Report:
+        from appliance.fill.storage import restore_disk
+        from appliance.index import MISSING
+        from appliance.repair import reconcile
+        from appliance.store import Store
+
+        store = Store(self._config, out_of_service=self._out_of_service())
+        try:
+            for disk in store.disks:
+                if self._halted.is_set():
+                    break
+                row = store.conn.execute(
+                    "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
+                ).fetchone()
+                if row:
+                    ready, bad = restore_disk(store, disk.id)
+                    event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
+            return reconcile(store, stop=self._halted.is_set, progress=self._progress)
+        finally:
+            store.close()
+
+    def _progress(self, done: int, total: int) -> None:
+        self._update(titles=total, titles_checked=done)
+
+    def _report(self, report: Report, seconds: float) -> None:
+        """Totals of both parts (reconcile logged each finding, summarised): one line."""
+        found = [*self._settled.findings, *report.findings]
+        lost = sum(1 for f in found if f.damage)
+        with self._lock:
+            status = self._status
+            if not report.stopped:  # every title checked (None: there was none to check)
+                total = status["titles"] or 0
+                status.update(titles=total, titles_checked=total)
+            status["state"] = "stopped" if report.stopped else "done"
+            status.update(finished=time.time(), checked_files=report.checked_files,
+                          findings=len(found), lost=lost)  # fmt: skip
+        event(log, "store.reconciled", logging.WARNING if lost else logging.INFO,
+              findings=len(found), lost=lost, titles=len({f.title for f in found if f.title}),
+              files=report.checked_files, busy=len(report.busy), seconds=round(seconds, 2),
+              complete=not report.stopped)  # fmt: skip
+
+    def _update(self, **fields: Any) -> None:
+        with self._lock:
+            self._status.update(fields)
