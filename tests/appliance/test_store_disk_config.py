@@ -184,7 +184,7 @@ def test_files_on_a_disk_no_longer_configured_are_not_served_until_it_is_back(
     finally:
         store.close()
 
-    # Back in the config: the daemon's start re-verifies them (daemon.StartupCheck).
+    # Back in the config: the daemon's start re-verifies them (startup.StartupCheck).
     store = Store(config(tmp_path, both))
     try:
         assert reconcile(store).findings == []  # not swept: they wait for the re-verification
