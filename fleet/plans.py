@@ -5,8 +5,8 @@ since the one before (diff_plans)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ORIGIN = "origin"
@@ -150,3 +150,20 @@ def next_version(previous: FillPlan | None, plans: Mapping[str, ApplianceFillPla
         previous.appliances[n].content() == p.content() for n, p in plans.items()
     )
     return previous.version if same else previous.version + 1
+
+
+def without_appliances(plan: FillPlan, gone: Collection[str]) -> dict[str, ApplianceFillPlan]:
+    """`plan`'s parts without the appliances in `gone`: neither their own parts nor as a
+    peer's source (those peers fill from the origin, as publish.source_urls already sends
+    them for a source it does not know, until a round picks a new filler among them)."""
+    parts = {}
+    for name, part in plan.appliances.items():
+        if name in gone:
+            continue
+        if any(t.source in gone for t in part.titles):
+            titles = tuple(
+                replace(t, source=ORIGIN) if t.source in gone else t for t in part.titles
+            )
+            part = replace(part, titles=titles)
+        parts[name] = part
+    return parts

@@ -40,7 +40,7 @@ from fleet.keys import (
 )
 from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
 from fleet.planning import PlanJob
-from fleet.plans import CatalogTitle, FillPlan, next_version
+from fleet.plans import CatalogTitle, FillPlan, next_version, without_appliances
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
 from fleet.registry import (
     ApplianceRecord,
@@ -382,6 +382,16 @@ class FleetService:
         # Its titles go to its site peers on the next tick, not the next planning round.
         self.replan_due = True
         event(log, "fleet.removed", appliance=name)
+        # Out of the current plan at once: once `fleet rm` answers, no plan shown or stored
+        # names it; and a round planning meanwhile sees its plan moved on (adopt_plan).
+        current = self.current_plan
+        if current is not None:
+            parts = without_appliances(current, {name})
+            version = next_version(current, parts)
+            if version != current.version:
+                plan = FillPlan(version, parts)
+                self.store.save_plan(plan)
+                self.current_plan = plan
 
     # -- steering ----------------------------------------------------------------------
 
@@ -547,11 +557,18 @@ class FleetService:
     def adopt_plan(self, job: PlanJob, new: FillPlan) -> FillPlan | None:
         """Make `new` (planned from `job`) the current plan. Dropped, and planned again on
         the next tick, when the current plan moved on while it was made (an appliance's
-        version caught up): versions only ever rise, from the plan they were made from."""
+        version caught up, one was removed): versions only ever rise, from the plan they
+        were made from. Appliances removed meanwhile are never in what it adopts."""
         current = self.current_plan
         if current is not job.previous:
             self.replan_due = True
             return current
+        gone = {a.name for a in job.appliances if a.name not in self.records}
+        if gone:
+            # Removed while this was planned, with no plan to move on (none yet): taken out
+            # before anyone sees it; its titles go to its peers in the round planned next.
+            new = FillPlan(new.version, without_appliances(new, gone))
+            self.replan_due = True
         new = self.with_schedules(new, job.previous)
         if current is not None and new.version == current.version:
             # Same content: keep the version as made, with its diff against the one before

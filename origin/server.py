@@ -192,7 +192,14 @@ class OriginSite:
         return FileTarget(str(self.root / segments[1] / rel), rel, segments[1])
 
     def relocate(self, target: FileTarget) -> FileTarget | None:
-        return None  # the origin never moves files behind a request
+        """A routed file vanished, and the server has just looked at the store again. The
+        one move the origin makes is a replace: a name only the old version has was routed
+        to the live folder with the kept map of before the swap (up to a storage check
+        ago), and answers from its kept copy now, not 404."""
+        kept = self._kept.lookup(target.title_id, target.rel_path)
+        if kept is None or str(kept) == target.path:  # no copy, or the copy itself went
+            return None
+        return FileTarget(str(kept), target.rel_path, target.title_id)
 
     def listing(self, request: RequestHead) -> ResponsePlan:
         if not self.ready:  # a part of the catalogue would read as titles removed
