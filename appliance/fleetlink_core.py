@@ -395,7 +395,13 @@ def sign_peer_sources(
 ) -> dict[str, Any]:
     """Peers check URL tokens like players do, and share the fleet's keys: every source but
     the last (the origin, fleet/publish.py puts it last) becomes `PEER/t/<token>`, so the
-    fill client's `SOURCE/titles/<id>/<path>` is a signed appliance URL."""
+    fill client's `SOURCE/titles/<id>/<path>` is a signed appliance URL.
+
+    Signed when the plan is handed to the fill (a new plan, `fill --now`, a new signing key:
+    daily), not at each run: the scheduler runs the plan at every window opening, and a run
+    the window's close paused goes on at the next. So `ttl_s` spans from any hour to the end
+    of the next window and beyond. The token plays the title anywhere until then: the fill
+    sends it in requests and shows it nowhere (appliance/fill/redact.py)."""
     from edgeflix import tokens
 
     key = signing_key(keys, now)

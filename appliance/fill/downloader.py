@@ -10,6 +10,7 @@ asyncio side, which keeps the decisions: retries and source fallback
 (retry.py), waiting for a site peer still filling the title (peerwait.py), the fill window
 and the shared bandwidth cap (the Pacer). runner.py hands the finished title to the storage
 side and defers a title its peer lacks yet. Clock, sleep and jitter are injected.
+A peer's source carries a token (redact.py): requests use it, and nothing else shows it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.peerwait import decide as decide_peer_wait
 from appliance.fill.plan import PlannedTitle
 from appliance.fill.reconcile import FileTask, file_tasks
+from appliance.fill.redact import redact
 from appliance.fill.retry import (
     Failure,
     Outcome,
@@ -193,7 +195,7 @@ class TitleFetcher:
                         log,
                         "fill.source_failed",
                         title=self.title.id,
-                        source=self.title.sources[index],
+                        source=redact(self.title.sources[index]),
                         reason=exc.detail,
                     )
                 self._last, self._source, attempts = exc.detail, index + 1, 0
@@ -213,7 +215,7 @@ class TitleFetcher:
         )
         if self.progress is not None:
             self.progress.last_failure = exc.detail
-        source = self.title.sources[index]
+        source = redact(self.title.sources[index])
         if decision.wait_s is not None:
             event(
                 log,
@@ -273,25 +275,24 @@ class TitleFetcher:
     async def _check_source(self, index: int) -> TitleFiles:
         """Fetch files.json from source `index`; it must be the planned (or first seen) version."""
         source = self.title.sources[index]
+        shown = redact(source)
         assert self._files is not None
         raw = await self._in_thread(self._files.get_files_json, source)
         digest = titlefiles.digest_bytes(raw)
         want = self.title.digest or self._digest
         if want is not None and digest != want:
             self._peer_bytes = _total_bytes(raw)  # another version: about the title's size
-            raise SourceFailure(
-                Failure.TITLE_CHANGED, f"{source}: files.json digest {digest[:12]}…"
-            )
+            raise SourceFailure(Failure.TITLE_CHANGED, f"{shown}: files.json digest {digest[:12]}…")
         try:
-            model = titlefiles.parse(raw, f"{source} files.json")
+            model = titlefiles.parse(raw, f"{shown} files.json")
         except titlefiles.TitleFilesError as exc:
             raise SourceFailure(Failure.CLIENT, str(exc)) from None
         if model.id != self.title.id:
-            raise SourceFailure(Failure.CLIENT, f"{source}: files.json is for {model.id}")
+            raise SourceFailure(Failure.CLIENT, f"{shown}: files.json is for {model.id}")
         self._digest = digest
         self._checked.add(index)
         if self.progress is not None:
-            self.progress.source = source
+            self.progress.source = shown
         prepare_staging(self.staging, raw, digest)
         return model
 
@@ -304,7 +305,7 @@ class TitleFetcher:
                     "fill.source_failed",
                     logging.WARNING,
                     title=self.title.id,
-                    source=self.title.sources[failed],
+                    source=redact(self.title.sources[failed]),
                     reason=reason,
                 )
                 self._last, self._source = reason, failed + 1

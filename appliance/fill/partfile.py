@@ -1,6 +1,7 @@
 """A download's `.part` file and the If-Range validator kept beside it (`<file>.part.validator`:
-the URL that answered and its strong ETag or Last-Modified), so a resume asks the same
-server for the rest of the same version. stream.py writes both; downloader.py discards them.
+the URL that answered, as redact.py shows it, and its strong ETag or Last-Modified), so a
+resume asks the same server for the rest of the same version. stream.py writes both;
+downloader.py discards them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 from appliance.fill.http1 import ResponseHead
+from appliance.fill.redact import redact
 from edgeflix.http.content import parse_http_date
 
 VALIDATOR = ".validator"  # beside `<file>.part`: where its bytes came from, for If-Range
@@ -90,24 +92,26 @@ def discard_part(part: Path) -> None:
 
 
 def read_validator(part: Path) -> tuple[str, str] | None:
-    """(URL that answered, If-Range value) kept for `part`; None when absent or unreadable
-    (a .part from an older version, a torn write): the resume then goes without If-Range."""
+    """(URL that answered, redacted; If-Range value) kept for `part`; None when absent or
+    unreadable (a .part from an older version, a torn write): the resume then goes without
+    If-Range. A validator from before redaction (a peer's token in its URL) still matches."""
     try:
         kept = json.loads(validator_path(part).read_text(encoding="utf-8"))
         source, value = kept["source"], kept["if_range"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if isinstance(source, str) and isinstance(value, str):
-        return source, value
+        return redact(source), value
     return None
 
 
 def write_validator(part: Path, source: str, value: str | None) -> None:
-    """Keep the validator of the bytes about to be appended to `part` (none: remove it)."""
+    """Keep the validator of the bytes about to be appended to `part` (none: remove it).
+    `source` is kept redacted: the file outlives the run, and a peer's token must not."""
     path = validator_path(part)
     if value is None:
         path.unlink(missing_ok=True)
         return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"source": source, "if_range": value}), encoding="utf-8")
+    tmp.write_text(json.dumps({"source": redact(source), "if_range": value}), encoding="utf-8")
     os.replace(tmp, path)

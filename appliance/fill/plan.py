@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from appliance.fill.http1 import render_get
+from appliance.fill.redact import redact
 from appliance.fill.transport import split_url
 from appliance.fill.window import parse_window, resolve_zone
 from edgeflix.errors import EdgeflixError
@@ -29,14 +30,15 @@ class _Model(BaseModel):
 def _check_url(url: str) -> str:
     """A source the fill can make requests of (the same checks as transport's), so one bad
     URL is refused with the plan instead of failing every run that reaches it."""
+    shown = redact(url)  # a peer's source carries a token, and errors are logged
     if not url.startswith(("http://", "https://")) or len(url) < 8:
-        raise ValueError(f"source {url!r} must be an http:// or https:// URL")
+        raise ValueError(f"source {shown!r} must be an http:// or https:// URL")
     url = url.rstrip("/")
     try:
         origin, target = split_url(url)
         render_get(origin.host_field, target.rstrip("/") + "/titles/")
     except ValueError as exc:
-        raise ValueError(f"source {url!r} is not a usable URL: {exc}") from None
+        raise ValueError(f"source {shown!r} is not a usable URL: {redact(str(exc))}") from None
     return url
 
 

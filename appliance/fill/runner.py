@@ -39,6 +39,7 @@ from appliance.fill.layout import StagingLayout
 from appliance.fill.peerwait import PeerWaitPolicy
 from appliance.fill.plan import FillPlan
 from appliance.fill.reconcile import reconcile
+from appliance.fill.redact import redact
 from appliance.fill.retry import RetryPolicy
 from appliance.fill.transport import Pool, Timeouts
 from edgeflix.errors import EdgeflixError
@@ -133,12 +134,14 @@ def peer_waiting(config: FillConfig) -> PeerWaitPolicy:
 
 def write_state(staging_root: Path, report: FillReport, now: float) -> None:
     """Atomically publish progress for `appliance status` (another process reads it).
-    OSError when it cannot (a full disk); no half-written temporary file is left."""
+    OSError when it cannot (a full disk); no half-written temporary file is left.
+    Sources and failures are redacted where they are made, and the whole text once more:
+    no message from elsewhere puts a peer's token in this file (readable by all)."""
     body = {"updated": now, **report.as_json()}
     tmp = staging_root / (STATE_FILE + ".tmp")
     try:
         staging_root.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(body, indent=2, sort_keys=True))
+        tmp.write_text(redact(json.dumps(body, indent=2, sort_keys=True)))
         os.replace(tmp, staging_root / STATE_FILE)
     except OSError:
         with contextlib.suppress(OSError):
@@ -147,8 +150,9 @@ def write_state(staging_root: Path, report: FillReport, now: float) -> None:
 
 
 def read_state(staging_root: Path) -> dict[str, Any] | None:
+    """The last progress published; redacted too, for a state.json from before redaction."""
     try:
-        data = json.loads((staging_root / STATE_FILE).read_text())
+        data = json.loads(redact((staging_root / STATE_FILE).read_text()))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -26,6 +26,7 @@ from typing import Any
 from appliance.config import ApplianceConfig
 from appliance.fill.downloader import Pacer
 from appliance.fill.plan import FillPlan, PlanError, load_plan
+from appliance.fill.redact import redact
 from appliance.fill.runner import FillReport, FillRun, peer_waiting, tuning
 from appliance.fill.storage import StoreStorage
 from appliance.store import Store
@@ -245,7 +246,7 @@ class FillScheduler:
     def _failed_turn(self, exc: Exception) -> None:
         """A bug or an unforeseen error in a turn: logged, shown in status, and the plan is
         tried again later rather than in a tight loop."""
-        reason = str(exc) if isinstance(exc, EdgeflixError) else repr(exc)
+        reason = redact(str(exc) if isinstance(exc, EdgeflixError) else repr(exc))
         event(log, "fill.scheduler_error", logging.ERROR, reason=reason)
         with self._lock:
             s = self._sched
@@ -275,9 +276,10 @@ class FillScheduler:
         try:
             plan = load_plan(path)
         except PlanError as exc:
+            reason = redact(str(exc))  # it may quote a source of the plan
             with self._lock:
-                self._sched.last_error = str(exc)
-            event(log, "fill.plan_rejected", logging.ERROR, reason=str(exc))
+                self._sched.last_error = reason
+            event(log, "fill.plan_rejected", logging.ERROR, reason=reason)
             return
         self.submit_plan(plan, str(path))
 
@@ -308,7 +310,7 @@ class FillScheduler:
             try:
                 report = task.result()
             except Exception as exc:  # the scheduler outlives any one run; the log says why
-                error = str(exc) if isinstance(exc, EdgeflixError) else repr(exc)
+                error = redact(str(exc) if isinstance(exc, EdgeflixError) else repr(exc))
                 event(log, "fill.run_failed", logging.ERROR, reason=error)
         finished = self.now()
         with self._lock:

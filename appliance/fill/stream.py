@@ -33,6 +33,7 @@ from appliance.fill.partfile import (
     write_validator,
 )
 from appliance.fill.reconcile import FileTask
+from appliance.fill.redact import redact
 from appliance.fill.retry import Failure, failure_for_status
 from edgeflix import titlefiles
 from edgeflix.titlefiles import FILES_JSON, FileEntry
@@ -42,6 +43,8 @@ MAX_FILES_JSON = 64 << 20
 
 class SourceFailure(Exception):
     def __init__(self, failure: Failure, detail: str, retry_after: str | None = None):
+        # Details name sources, and go to logs, status and state.json: never a peer's token.
+        detail = redact(detail)
         super().__init__(detail)
         self.failure = failure
         self.detail = detail
@@ -69,7 +72,7 @@ class TitleProgress:
     retries: int = 0
     digest_failures: int = 0
     last_failure: str | None = None
-    source: str | None = None
+    source: str | None = None  # as redact() shows it
     deferrals: int = 0  # times the title waited for its site peer to finish filling it
 
 
@@ -260,7 +263,8 @@ class FileStream:
         headers = [("Range", f"bytes={offset}-")] if offset else []
         try:
             with self.pool.get(url, headers, job.watch, known) as resp:
-                if_range = known[1] if known is not None and known[0] == resp.url else None
+                answered = redact(resp.url)  # validators keep URLs as redact() shows them
+                if_range = known[1] if known is not None and known[0] == answered else None
                 start = self._accept(resp, entry, source, offset, if_range)
                 validator: tuple[str, ResponseHead] | None = None
                 wrote = False
@@ -268,15 +272,15 @@ class FileStream:
                     os.truncate(part, 0)  # before the new validator: never old bytes with it
                     count_progress(self.progress, start - offset, 0)
                     offset, hasher = start, hashlib.sha256()
-                    write_validator(part, resp.url, if_range_value(resp.head))
+                    write_validator(part, answered, if_range_value(resp.head))
                     wrote = True
                 elif start == 0:
                     # Written only if bytes reach the .part before the body ends (_receive):
                     # a file received whole in one batch never needs it, and this saves two
                     # file creations and a rename per small file.
-                    validator = (resp.url, resp.head)
+                    validator = (answered, resp.head)
                 elif if_range is None:
-                    write_validator(part, resp.url, if_range_value(resp.head))
+                    write_validator(part, answered, if_range_value(resp.head))
                     wrote = True
                 end, kept = self._receive(resp, entry, part, offset, hasher, job, validator)
                 return end, hasher, wrote or kept

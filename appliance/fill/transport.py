@@ -32,6 +32,7 @@ from appliance.fill.http1 import (
     parse_head,
     render_get,
 )
+from appliance.fill.redact import redact
 from appliance.fill.retry import SpeedFloor
 
 # How late past its head deadline a response may be noticed (a shorter recv timeout is set
@@ -385,14 +386,15 @@ class Pool:
         """Send a GET and return the response once its head is in, after following any
         redirects (with the same `headers`: a Range holds for the file wherever it moved);
         the caller reads the body and closes the response (a `with` block) to give the
-        connection back. `if_range` (URL, validator) adds If-Range only on a request to that
-        URL: a validator belongs to the server that gave it, and a redirect (a balancer in
-        front of replicas) may lead elsewhere this time. `watch` is told each connection
-        used, so another thread can abort() it while we wait."""
+        connection back. `if_range` (URL as redact() shows it, validator) adds If-Range only
+        on a request to that URL: a validator belongs to the server that gave it (a peer's
+        token, re-signed daily, does not change which server that is), and a redirect (a
+        balancer in front of replicas) may lead elsewhere this time. `watch` is told each
+        connection used, so another thread can abort() it while we wait."""
         seen = [url]
         while True:
             asked = headers
-            if if_range is not None and if_range[0] == seen[-1]:
+            if if_range is not None and if_range[0] == redact(seen[-1]):
                 asked = [*headers, ("If-Range", if_range[1])]
             resp = self._get_once(seen[-1], asked, watch)
             if resp.status not in REDIRECTS:
