@@ -118,7 +118,7 @@ def claim(disks: Sequence[Disk], index: Path, lock: Path) -> None:
                 raise DiskError(
                     f"disk {disk.path}: cannot write {MARKER}: {exc.strerror}"
                 ) from None
-            event(log, "disk.claimed", disk=disk.id, index=ours)
+            event(log, "disk.claimed", logging.DEBUG, disk=disk.id, index=ours)
 
 
 @contextmanager

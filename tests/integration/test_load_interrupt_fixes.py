@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.diskclaim import is_marker
 from tests.appliance.storage_fixtures import make_title, storage_toml
 from tests.conftest import run_cli
 from tests.integration.tty_support import run_in_pty
@@ -57,7 +58,8 @@ def _titles(config: Path) -> list[str]:
 
 
 def _files_on_disks(tmp_path: Path) -> list[Path]:
-    return sorted(p for d in ("ssd0", "hdd1") for p in (tmp_path / d).rglob("*") if p.is_file())
+    disks = [tmp_path / d for d in ("ssd0", "hdd1")]
+    return sorted(p for d in disks for p in d.rglob("*") if p.is_file() and not is_marker(p.name))
 
 
 def _load_under_way(tmp_path: Path, config: Path, source: Path) -> subprocess.Popen[str]:
