@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# Options for `make demo`, e.g. DEMO_ARGS="--origin-listen 127.0.0.1:9080" (see DEMO_ARGS=--help).
+DEMO_ARGS ?=
 
 .PHONY: setup test test-slow lint bench demo clean proto
 
@@ -48,7 +50,7 @@ proto: setup
 		> edgeflix/proto/gen/__init__.py
 
 demo: setup
-	$(PY) -m edgeflix.demo
+	$(PY) -m edgeflix.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -148,7 +148,10 @@ def _main(argv: list[str] | None) -> None:
     from edgeflix import ui
 
     ui.standard_streams()
-    setup_logging()
+    try:  # a bad EDGEFLIX_LOG_LEVEL or EDGEFLIX_LOG_JSON: one line, exit 2, as a bad config
+        setup_logging()
+    except EdgeflixError as exc:
+        ui.fail(str(exc), exc.exit_code)
     _mount(wanted_components(sys.argv[1:] if argv is None else argv))
     ui.plain_help_unless_terminal()
     click = ui.click_exceptions()

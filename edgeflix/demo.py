@@ -1,8 +1,8 @@
 """`make demo` / `edgeflix demo`: the product on one machine, from the real sample clip.
 
 Runs each component as its own process through the same CLI a user has (they talk over
-the wire, never by import): ingest the clip into ./var/origin, start the origin server and
-the fleet manager, seed an appliance from the origin store (sneakernet) and start it with
+the wire, never by import): ingest the clip into ./var/demo/origin, start the origin server
+and the fleet manager, seed an appliance from the origin store (sneakernet) and start it with
 URL tokens required; it enrols with the fleet and takes its signing keys from it. A player
 asks the fleet's steering for the title and gets a signed appliance URL, printed here.
 `--check` plays that URL's playlist once and exits (the smoke test CI runs).
@@ -34,6 +34,10 @@ from edgeflix.samples import sample_clip
 TITLE_ID = "bbb"
 TITLE_NAME = "Big Buck Bunny"
 STARTUP_TIMEOUT_S = 30.0
+# All the demo's state (stores, index, fleet database, configs) is kept here, not in ./var:
+# the commands' defaults there (var/origin, var/appliance/index.sqlite, var/fleet/fleet.sqlite)
+# are a by-hand setup's, and sharing them, each would rewrite the other's titles.
+DEMO_VAR = Path("var/demo")
 
 
 def edgeflix(*args: str) -> list[str]:
@@ -173,7 +177,9 @@ def steer_until_edge(fleet_http: str, edge_base: str, timeout_s: float = STARTUP
 
 
 def demo(
-    var: Path = typer.Option(Path("var"), help="Where the demo keeps its data."),
+    var: Path = typer.Option(
+        DEMO_VAR, help="Where the demo keeps all its data (apart from a by-hand setup's)."
+    ),
     origin_listen: str = typer.Option("127.0.0.1:8080", help="Origin HTTP address."),
     appliance_listen: str = typer.Option("127.0.0.1:8081", help="Appliance HTTP address."),
     admin_listen: str = typer.Option("127.0.0.1:8082", help="Appliance admin address."),

@@ -2,6 +2,8 @@
 
 Call `event(log, "title.published", id=..., bytes=...)`; the message is the event name and
 the fields follow, quoted when they hold spaces, so lines stay grep- and parse-friendly.
+EDGEFLIX_LOG_LEVEL and EDGEFLIX_LOG_JSON are read once, by `log_settings`: a value it does
+not know is a ConfigError (one line, exit 2 at the CLI), not a traceback or a silent default.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from edgeflix.errors import ConfigError
 
 _FIELDS = "edgeflix_fields"
 
@@ -62,17 +68,57 @@ class StderrHandler(logging.StreamHandler):
         pass  # always sys.stderr, looked up per line
 
 
+LEVELS: Mapping[str, int] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,  # what logging itself took before the names were checked
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+# The spellings a service manager, a .env file or a shell script use for a switch.
+_YES = frozenset({"1", "true", "yes", "on"})
+_NO = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: int = logging.INFO
+    as_json: bool = False
+
+
+def log_settings(env: Mapping[str, str], level: str | None = None) -> LogSettings:
+    """The settings `env` asks for (`level`, when given, over EDGEFLIX_LOG_LEVEL). An empty
+    variable counts as unset, as `EDGEFLIX_LOG_LEVEL= edgeflix …` means."""
+    level_raw = level or env.get("EDGEFLIX_LOG_LEVEL", "")
+    level_name = level_raw.strip().lower() or "info"
+    if level_name not in LEVELS:
+        raise ConfigError(
+            f"EDGEFLIX_LOG_LEVEL={level_raw!r} is not a log level: "
+            "use debug, info, warning, error or critical"
+        )
+    json_raw = env.get("EDGEFLIX_LOG_JSON", "")
+    json_switch = json_raw.strip().lower()
+    if json_switch and json_switch not in _YES | _NO:
+        raise ConfigError(
+            f"EDGEFLIX_LOG_JSON={json_raw!r} is neither yes nor no: use 1, true, yes or on "
+            "for JSON lines; 0, false, no or off (or leave it unset) for key=value lines"
+        )
+    return LogSettings(level=LEVELS[level_name], as_json=json_switch in _YES)
+
+
 def setup_logging(level: str | None = None) -> None:
-    """Configure the root logger once per process; idempotent."""
+    """Configure the root logger once per process; idempotent. Raises ConfigError, before
+    anything is configured, on a log setting it does not know (see log_settings)."""
+    settings = log_settings(os.environ, level)
     root = logging.getLogger()
     if any(getattr(h, "_edgeflix", False) for h in root.handlers):
         return
     handler = StderrHandler()
     handler._edgeflix = True  # type: ignore[attr-defined]
-    as_json = os.environ.get("EDGEFLIX_LOG_JSON") == "1"
-    handler.setFormatter(JsonFormatter() if as_json else KeyValueFormatter())
+    handler.setFormatter(JsonFormatter() if settings.as_json else KeyValueFormatter())
     root.addHandler(handler)
-    root.setLevel((level or os.environ.get("EDGEFLIX_LOG_LEVEL", "info")).upper())
+    root.setLevel(settings.level)
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
