@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from edgeflix.samples import sample_clip
+from tests.edgeflix.test_newuser_fixes import UNIT, readme_by_hand, unit_settings
 from tests.integration.serve_support import make_title
 from tests.integration.test_demo import free_port
-from tests.test_newuser_fixes import UNIT, readme_by_hand, unit_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
