@@ -77,8 +77,8 @@ def open_channel(fleet: FleetLinkConfig, state: LinkState) -> grpc.Channel:
 
 
 class FleetRpc:
-    """One channel to the fleet; `call` signs as `name`, `enrol` goes unsigned (the join
-    token is the credential). Both raise CallFailed naming the call."""
+    """One channel to the fleet; `call` and `enrol` sign as `name`. Both raise CallFailed
+    naming the call."""
 
     def __init__(
         self,
@@ -102,7 +102,10 @@ class FleetRpc:
         self.channel.close()
 
     def enrol(self, request: Any) -> Any:
-        return self._invoke("Enrol", request, None)
+        """The join token is what enrols a new name; the signature is what the fleet asks
+        of a name it has enrolled with this key (a lost reply, a lost client certificate),
+        as a spent token and the public key are no proof of being this appliance."""
+        return self.call("Enrol", request)
 
     def call(self, method: str, request: Any) -> Any:
         body = request.SerializeToString(deterministic=True)

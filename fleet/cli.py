@@ -276,12 +276,32 @@ def undrain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool
     ui.print_json(out) if as_json else typer.echo(f"{name}: back in steering")
 
 
+def removed_advice(name: str) -> str:
+    """What to do about the URL-signing keys a removed appliance still holds: all
+    appliances share them, so the box (retired, stolen) can sign URLs the others accept.
+    A rotation retires them: they verify until URLs signed with them expire (fleet/keys.py),
+    then no more. A revocation ends them at once, and the players' URLs signed with them."""
+    return (
+        f"{name} still holds the fleet's URL-signing keys and can sign URLs every appliance "
+        "accepts. Run `edgeflix fleet keys rotate` now: those keys then stop verifying once "
+        "URLs signed with them have expired ([steering] token_ttl_s after the new key "
+        "signs). To stop them at once (a stolen box), also run `edgeflix fleet keys revoke "
+        "KEY_ID` for each key id `keys rotate` lists but the last, new one; players' URLs "
+        "signed with them stop working too."
+    )
+
+
 @app.command("rm")
 @_shaped
 def rm_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
-    """Forget an appliance (it must enrol again with a new join token)."""
+    """Forget an appliance (it must enrol again with a new join token). It keeps the
+    URL-signing keys it fetched: rotate them (the advice printed says how)."""
     out = _call(fleet, "DELETE", f"/appliances/{_path_name(name)}")
-    ui.print_json(out) if as_json else typer.echo(f"{name}: removed")
+    if as_json:
+        ui.print_json({**out, "advice": removed_advice(name)})
+        return
+    typer.echo(f"{name}: removed")
+    ui.warn(removed_advice(name))
 
 
 @app.command("sites")

@@ -2,6 +2,7 @@
 proto out. Every call but Enrol and Steer must carry the appliance's signature
 (edgeflix/proto/auth.py) made with the key it enrolled with; with `[server] tls` it must
 also come over a TLS connection whose client certificate (fleet/tls.py) names that appliance.
+Enrol needs that signature too once its name is enrolled with its key (see `_repeat_proven`).
 """
 
 from __future__ import annotations
@@ -211,10 +212,41 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # abort raises; this keeps type checkers satisfied
 
+    def _repeat_proven(
+        self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        """An Enrol for a name enrolled with this very key (its reply was lost, its client
+        certificate is gone) must be signed with that key, like every later call: the public
+        key and a spent join token are no secret (both crossed the network; the token stays
+        in appliance.toml), and an unsigned repeat passed for the appliance, moving its URL
+        or getting a certificate in its name for another TLS key. AuthError if it is not.
+        A name enrolled with another key is the store's to refuse; a new one needs only its
+        join token."""
+        enrolled = self._public_key(request.name)
+        if enrolled is None or enrolled != request.public_key:
+            return
+        metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
+        body = request.SerializeToString(deterministic=True)
+        try:
+            signer = auth.verify_call(
+                metadata, self._public_key, _METHOD + "Enrol", body, self.service.clock()
+            )
+        except auth.AuthError as exc:
+            raise auth.AuthError(
+                f"appliance '{request.name}' is enrolled already: enrolling it again must be "
+                f"signed with its key ({exc})"
+            ) from None
+        if signer != request.name:
+            raise auth.AuthError(
+                f"appliance '{request.name}' is enrolled already: '{signer}' cannot enrol it"
+            )
+
     async def Enrol(
         self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.EnrolResponse:
         ca = self.authority
+        # No await from the check of a repeat to the store's write: no other Enrol comes
+        # between them on this loop.
         try:
             if ca is not None:
                 if not request.tls_public_key:
@@ -224,12 +256,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 # Checked before the join token is spent; the name becomes the
                 # certificate's CN and SAN, which take no more than a safe name.
                 check_name(request.name, "appliance")
+            self._repeat_proven(request, context)  # before any certificate is issued
+            if ca is not None:
                 cert = ca.client_cert(request.name, request.tls_public_key)
             rec = self.service.enrol(
                 request.join_token, request.name, request.url, request.public_key
             )
             if ca is not None and rec.name != request.name:
                 cert = ca.client_cert(rec.name, request.tls_public_key)
+        except auth.AuthError as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
             raise

@@ -15,7 +15,7 @@ import logging
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ from edgeflix.http.server import bind
 from edgeflix.log import event
 from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
-from fleet.admin import AdminAccess, load_or_create_token
-from fleet.config import FleetConfig
+from fleet.admin import AdminAccess, is_loopback, load_or_create_token
+from fleet.config import FleetConfig, ServerConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
 from fleet.http import create_app, steering_protocol
@@ -76,6 +76,38 @@ def _check_free(address: str) -> None:
     if parse_hostport(address)[1] == 0:  # any free port: nothing to check
         return
     _bind(address).close()  # as the HTTP listener binds, so the same words for the same fault
+
+
+def _addresses(host: str) -> list[str]:
+    """The addresses `host` names, as the listener binds it."""
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)]
+
+
+def grpc_in_clear(
+    server: ServerConfig, resolve: Callable[[str], Iterable[str]] = _addresses
+) -> bool:
+    """Whether other machines reach the gRPC listener without TLS: there the URL-signing
+    key secrets (GetKeys) and join tokens (Enrol) cross the network in clear. A host that
+    does not resolve counts as beyond loopback: said rather than not."""
+    if server.tls:
+        return False
+    host, _ = parse_hostport(server.grpc)
+    try:
+        addresses = list(resolve(host))
+    except OSError:  # gaierror too
+        return True
+    return not addresses or not all(is_loopback(a) for a in addresses)
+
+
+def warn_in_clear(grpc_at: str) -> None:
+    """Said once at start when `grpc_in_clear`; a home lab's LAN may accept that, so the
+    manager starts anyway."""
+    event(log, "fleet.grpc_in_clear", logging.WARNING, grpc=grpc_at,
+          reason="[server] tls is off and gRPC listens beyond loopback: the URL-signing keys "
+          "and join tokens cross the network unencrypted",
+          action="set [server] tls = true and [server] enrol_grpc = HOST:PORT; give each "
+          "appliance fleet-ca.pem (made beside [server] db) as [fleet] ca, and enrol_grpc as "
+          "[fleet] enrol_url")  # fmt: skip
 
 
 class OriginCatalog:
@@ -222,6 +254,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
         if address is not None:
             _check_free(address)
+    in_clear = grpc_in_clear(config.server)  # resolved here: nothing is served yet
     store = Store(Path(config.server.db))
     svc = FleetService(config, store)
     svc.maybe_rotate_keys()
@@ -303,6 +336,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     started()
     event(log, "fleet.started", grpc=grpc_at, http=http_at, admin=config.server.admin,
           admin_token=str(token_path))  # fmt: skip
+    if in_clear:
+        warn_in_clear(grpc_at)
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
     await _stop(health_servicer, grpc_server, planning, svc, store, http, http_task, tick_task)
 

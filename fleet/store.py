@@ -301,8 +301,11 @@ class Store:
     ) -> ApplianceRecord:
         """Consume `token` (None: open enrolment, `site` given) and record the appliance.
 
-        Enrolling again with the same key is idempotent (a lost reply); another key under
-        a taken name is refused until the operator removes the old one (`fleet rm`).
+        Enrolling again with the same key is idempotent (a lost reply) and changes nothing
+        of the appliance, not its URL either: its signed beats move that (fleet/service.py
+        heartbeat). The gRPC shell lets a repeat through only when signed with that key
+        (fleet/grpc_api.py). Another key under a taken name is refused until the operator
+        removes the old one (`fleet rm`).
         """
         with self.transaction() as c:
             row = c.execute(
@@ -342,9 +345,6 @@ class Store:
                     " VALUES (?,?,?,?,?,0)",
                     (name, site, url, public_key, now),
                 )
-            else:
-                site = row[1]
-                c.execute("UPDATE appliances SET url = ? WHERE name = ?", (url, name))
         record = self.appliances().get(name)
         assert record is not None
         return record

@@ -66,6 +66,8 @@ class FleetServicer:
 
     def Enrol(self, request, context):
         """Trade a one-time join token (or nothing, with enrolment = "open") for an identity.
+        Enrolling again under a name already enrolled with this key (a lost reply, a lost
+        client certificate) must be signed with that key, like every other call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
