@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.disks import TITLES_DIR, StorageError
 from edgeflix.http.content import is_content_named
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 # Title states: loading → ready (servable) → incomplete (a file went missing or bad);
 # removing while `rm` deletes files. Only 'ready' is served.
@@ -26,6 +30,7 @@ LOADING, READY, INCOMPLETE, REMOVING = "loading", "ready", "incomplete", "removi
 # File states: ok, or missing (gone, truncated or failed verification: kept for the record).
 OK, MISSING = "ok", "missing"
 _BUSY_TIMEOUT_MS = 30_000
+_WAL_RETRY_S = 0.02
 # Titles are recorded in the index only, but every title's files.json is on its disks:
 # reconcile adopts complete titles it finds there (repair.py), so a new index loses nothing.
 _DAMAGED_HINT = "; move it (and its -wal and -shm files) aside and start again to rebuild it"
@@ -90,11 +95,60 @@ def file_path(disk: str, folder: str, rel_path: str) -> Path:
     return Path(disk) / TITLES_DIR / folder / rel_path
 
 
-def create_schema(conn: sqlite3.Connection) -> None:
-    import sqlite_utils  # the writer's only: serving workers never load it
+# What the schema of this version has (sqlite_master names; `folder` checked apart): an index
+# that has it all opens without any DDL, as nearly every open does.
+_SCHEMA_NAMES = frozenset({"titles", "files", "idx_files_disk", "superseded", "scrub", "reserved"})
 
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
+
+def schema_current(conn: sqlite3.Connection) -> bool:
+    """The index is in WAL mode and has every table, column and index create_schema makes."""
+    if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        return False
+    names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    if not _SCHEMA_NAMES.issubset(names):
+        return False
+    return any(row[1] == "folder" for row in conn.execute("PRAGMA table_info(titles)"))
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Make what the index lacks. The first commands on a new box often start together: the
+    DDL runs in one `BEGIN IMMEDIATE` transaction, which waits out the busy timeout for the
+    write lock. A deferred one (sqlite_utils' own) reads the schema first, and a read lock
+    that must become a write lock after another connection committed fails at once with
+    "database is locked", whatever the timeout."""
+    if schema_current(conn):
+        return
+    import sqlite_utils  # the writer's only, on a new or older index: workers never load it
+
+    _enable_wal(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _create_tables(sqlite_utils.Database(conn))
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new index to WAL (outside any transaction, as SQLite requires). The switch
+    waits out the busy timeout for its lock, but on a new file other processes are switching
+    at the same moment it can fail at once: then it is tried again, up to the busy timeout."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(_WAL_RETRY_S)
+
+
+def _create_tables(db: sqlite_utils.Database) -> None:
+    conn = db.conn
     titles = db["titles"]
     titles.create(  # type: ignore[union-attr]
         {
@@ -138,6 +192,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS scrub (id INTEGER PRIMARY KEY CHECK (id = 0), "
         "title TEXT NOT NULL, path TEXT NOT NULL, passes INTEGER NOT NULL, bad INTEGER NOT NULL)"
+    )
+    # Room a load or tier move in progress takes on each disk, from its room check until its
+    # files' rows are in (store.py): counted while its title's lock is held.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS reserved (title TEXT NOT NULL, disk TEXT NOT NULL, "
+        "size INTEGER NOT NULL, PRIMARY KEY (title, disk))"
     )
 
 
@@ -292,6 +352,24 @@ def bytes_by_disk(conn: sqlite3.Connection) -> dict[str, int]:
         "SELECT disk, size FROM superseded) GROUP BY disk"
     ).fetchall()
     return {disk: int(total or 0) for disk, total in rows}
+
+
+def room_taken(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """bytes_by_disk(), and the room loads and tier moves in progress reserved (title → disk
+    → bytes), read in one statement: one snapshot, so a load that ends meanwhile (its files'
+    rows in, its reservation gone, in one transaction) is counted once, never not at all."""
+    taken: dict[str, int] = {}
+    reserved: dict[str, dict[str, int]] = {}
+    for disk, title, size in conn.execute(
+        "SELECT disk, NULL, SUM(size) FROM (SELECT disk, size FROM files UNION ALL "
+        "SELECT disk, size FROM superseded) GROUP BY disk "
+        "UNION ALL SELECT disk, title, size FROM reserved"
+    ):
+        if title is None:
+            taken[disk] = int(size or 0)
+        else:
+            reserved.setdefault(title, {})[disk] = int(size)
+    return taken, reserved
 
 
 def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:

@@ -8,12 +8,14 @@ safefiles.py (temporary name, fsync, rename, fsync directory) and only then into
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import fcntl
 import logging
 import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -47,12 +49,12 @@ from appliance.index import (
     FileRow,
     TitleRow,
     all_titles,
-    bytes_by_disk,
     connect_writer,
     disks_with_files,
     file_path,
     get_title,
     no_index,
+    room_taken,
     title_files,
     transaction,
 )
@@ -218,6 +220,37 @@ def locks_folder(index: Path) -> Path:
     return index.parent / f"{index.name}.locks"
 
 
+# Every load and tier move holds this lock (in the locks folder; no title's lock is named so,
+# as ids start with a letter or digit) from its room check until the room it takes is reserved
+# in the index: two checks at once would each find the room the other is about to fill.
+ROOM_LOCK = ".room.lock"
+_RELEASE = "DELETE FROM reserved WHERE title = ?"
+_RESERVING = "SELECT DISTINCT title FROM reserved"
+
+
+def reserved_on_disks(
+    reserved: Mapping[str, Mapping[str, int]], live: Collection[str]
+) -> dict[str, int]:
+    """Room reserved on each disk (title → disk → bytes) by the titles in `live`: those whose
+    load or move is still going on (one killed half-way reserves nothing)."""
+    total: dict[str, int] = {}
+    for title_id, per_disk in reserved.items():
+        if title_id in live:
+            for disk, size in per_disk.items():
+                total[disk] = total.get(disk, 0) + size
+    return total
+
+
+def less_room(usage: DiskUsage, reserved: int) -> DiskUsage:
+    """A disk's usage once `reserved` more bytes are on it."""
+    return dataclasses.replace(
+        usage,
+        used=usage.used + reserved,
+        free_below_high=max(0, usage.free_below_high - reserved),
+        free_below_low=max(0, usage.free_below_low - reserved),
+    )
+
+
 class Store:
     """The appliance's titles on its disks. One per process; the index serialises writers."""
 
@@ -344,13 +377,72 @@ class Store:
         return [d for d in self.disks if d.tier == tier]
 
     def usage(self) -> list[DiskUsage]:
-        indexed = bytes_by_disk(self.conn)
+        """Each disk's usage, counting the room that loads and tier moves in progress (in
+        any process) have reserved: their files are not in the index until they are whole."""
+        return self._usage_and_reserved()[0]
+
+    def _usage_and_reserved(self) -> tuple[list[DiskUsage], dict[str, int]]:
+        """usage(), and the room reserved on each disk by loads and moves in progress."""
+        # Whose reservation is live is asked first: a load that ends after its rows were
+        # read, and lets go of its title's lock before the question, would count nowhere.
+        # A title reserving after the question is live (it holds the lock the while).
+        asked = {t: self._worked_on(t) for (t,) in self.conn.execute(_RESERVING)}
+        indexed, reserved = room_taken(self.conn)
         # A version in its grace is out of the index but still on disk: under max_bytes,
         # where only the index counts as used, it must count too.
         for retired in self._retired:
             for disk, size in retired.bytes_on.items():
                 indexed[disk] = indexed.get(disk, 0) + size
-        return [measure(d, indexed.get(d.id, 0)) for d in self.disks]
+        live = reserved_on_disks(reserved, {t for t in reserved if asked.get(t, True)})
+        usage = [less_room(measure(d, indexed.get(d.id, 0)), live.get(d.id, 0)) for d in self.disks]
+        return usage, live
+
+    def _worked_on(self, title_id: str) -> bool:
+        """Some process (this one included) holds the title's lock: a reservation of it is
+        live. Its holder dead, the kernel dropped the lock, and the reservation is void."""
+        with self.locks.hold(title_id, wait=False) as free:
+            return not free
+
+    @contextlib.contextmanager
+    def _deciding_room(self) -> Iterator[None]:
+        """Held (ROOM_LOCK) from a load's or move's room check until its room is reserved."""
+        path = self.locks.folder / ROOM_LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a room check and one transaction
+            yield
+        finally:
+            os.close(fd)
+
+    def _reserve(self, title_id: str, sizes: Mapping[str, int]) -> None:
+        """Record the room (disk → bytes) the title's load or move is about to fill, under
+        the room lock, after its check; it holds the title's lock until the room is released
+        (in the transaction that indexes its files, or _released). Reservations of titles
+        nobody works on (a process killed half-way) go now: none can be made meanwhile."""
+        titles = [t for (t,) in self.conn.execute(_RESERVING)]
+        void = [t for t in titles if t != title_id and not self._worked_on(t)]
+        rows = [(title_id, disk, size) for disk, size in sorted(sizes.items()) if size > 0]
+        with transaction(self.conn) as conn:
+            conn.executemany(_RELEASE, [(t,) for t in (title_id, *void)])
+            conn.executemany("INSERT INTO reserved (title, disk, size) VALUES (?, ?, ?)", rows)
+
+    def _release(self, title_id: str) -> None:
+        if self.conn.execute("SELECT 1 FROM reserved WHERE title = ?", (title_id,)).fetchone():
+            with transaction(self.conn) as conn:
+                conn.execute(_RELEASE, (title_id,))
+
+    @contextlib.contextmanager
+    def _released(self, title_id: str) -> Iterator[None]:
+        """The title's reservation is gone once the block ends, however it ends. A failure
+        to delete it is let be: void once the title's lock goes, it counts for nothing."""
+        try:
+            yield
+        finally:
+            with contextlib.suppress(StorageError):
+                self._release(title_id)
 
     def servable_bytes(self) -> int:
         row = self.conn.execute("SELECT COALESCE(SUM(size), 0) FROM files WHERE state = ?", (OK,))
@@ -420,9 +512,12 @@ class Store:
         freeing: Mapping[str, int],
         watermark: Watermark = "high",
     ) -> None:
-        rooms = [room(u, watermark) for u in self.usage()]
+        usage, reserved = self._usage_and_reserved()
+        rooms = [room(u, watermark) for u in usage]
         rooms = [type(r)(disk=r.disk, free=r.free + freeing.get(r.disk, 0)) for r in rooms]
-        short = shortfalls(needed, rooms) or shared_fs_shortfalls(self.disks, needed, freeing)
+        # A filesystem several disks share must also hold what is reserved on any of them.
+        net = {d.id: freeing.get(d.id, 0) - reserved.get(d.id, 0) for d in self.disks}
+        short = shortfalls(needed, rooms) or shared_fs_shortfalls(self.disks, needed, net)
         if short:
             detail = "; ".join(
                 f"{s.needed} bytes on {s.disk} with {s.free} free below its {watermark} watermark"
@@ -613,38 +708,59 @@ class Store:
             staged = self._staged_bytes(entries, placement, where) if adopt_verified else {}
             return _Layout(placement, bytes_per_disk(placement, sizes), staged)
 
-        tier = self.choose_tier(title_id, rate, layout)
-        placement, needed, staged = layout(tier)
         with self.locks.hold(title_id):
-            existing = get_title(self.conn, title_id)
-            # A title being removed (its files on a disk that is out wait for it: `purge`)
-            # is no longer loaded: the new version replaces what waits.
-            if existing is not None and not replace and existing.state != REMOVING:
-                raise LoadError(
-                    f"title {title_id} is already loaded ({existing.state}); "
-                    "use --replace to reload it"
-                )
-            beside, in_place = self._freeing(None, staged), self._freeing(title_id, staged)
-            # Refused before anything is dropped when it cannot fit even in place.
-            self._check_fit(title_id, tier, needed, self._plus_kept(in_place))
+            with self._deciding_room():
+                self._release(title_id)  # a killed load's, void: this process holds the title
+                tier = self.choose_tier(title_id, rate, layout)
+                placement, needed, staged = layout(tier)
+                existing = get_title(self.conn, title_id)
+                # A title being removed (its files on a disk that is out wait for it: `purge`)
+                # is no longer loaded: the new version replaces what waits.
+                if existing is not None and not replace and existing.state != REMOVING:
+                    raise LoadError(
+                        f"title {title_id} is already loaded ({existing.state}); "
+                        "use --replace to reload it"
+                    )
+                side_by_side = self._take_room(title_id, tier, needed, staged, existing)
             copy = _Copy(
                 title_id, where, entries, placement, tier, digest, on_bytes, adopt_verified
             )
-            # Files kept for sessions of replaced versions go before a title is taken out
-            # of service for its update (in place), and before one is refused.
-            if existing is None:
-                self._make_room(title_id, tier, needed, beside)
-                self._check_fit(title_id, tier, needed, beside)
-                return self._copy_in(copy)
-            if self._make_room(title_id, tier, needed, beside):
-                # The old version serves until the new one is whole beside it.
-                row = self._replace(existing, copy)
-            else:
-                self._make_room(title_id, tier, needed, in_place)
-                self._check_fit(title_id, tier, needed, in_place)
-                row = self._replace_in_place(source, model, copy, adopt_verified)
+            with self._released(title_id):
+                if existing is None:
+                    return self._copy_in(copy)
+                if side_by_side:
+                    row = self._replace(existing, copy)
+                else:
+                    row = self._replace_in_place(source, model, copy, adopt_verified)
         self._drop_retired()  # a grace of 0 (tests) is over at once
         return row
+
+    def _take_room(
+        self,
+        title_id: str,
+        tier: Tier,
+        needed: Mapping[str, int],
+        staged: Mapping[str, int],
+        existing: TitleRow | None,
+    ) -> bool:
+        """Check that a load fits (CapacityError if not), making room for it from the kept
+        files of replaced versions, and reserve it; under the room lock. True when a new
+        version fits beside the old one, which serves until the new one is whole."""
+        beside, in_place = self._freeing(None, staged), self._freeing(title_id, staged)
+        # Refused before anything is dropped when it cannot fit even in place.
+        self._check_fit(title_id, tier, needed, self._plus_kept(in_place))
+        # Files kept for sessions of replaced versions go before a title is taken out of
+        # service for its update (in place), and before one is refused.
+        side_by_side = False
+        if existing is None:
+            self._make_room(title_id, tier, needed, beside)
+            self._check_fit(title_id, tier, needed, beside)
+        elif not (side_by_side := self._make_room(title_id, tier, needed, beside)):
+            self._make_room(title_id, tier, needed, in_place)
+            self._check_fit(title_id, tier, needed, in_place)
+        # Staged bytes renamed in are on their disk's filesystem, counted as used already.
+        self._reserve(title_id, {d: n - beside.get(d, 0) for d, n in needed.items()})
+        return side_by_side
 
     def _replace_in_place(
         self, source: Path, model: titlefiles.TitleFiles, copy: _Copy, adopt_verified: bool
@@ -728,6 +844,7 @@ class Store:
                     "UPDATE titles SET state = ?, loaded_at = ? WHERE id = ?",
                     (READY, time.time(), title_id),
                 )
+                conn.execute(_RELEASE, (title_id,))  # its room now counted by these rows
         event(log, "title.loaded", title=title_id, tier=copy.tier, bytes=copy.total,
               files=len(copy.entries))  # fmt: skip
         return self.title(title_id)
@@ -765,6 +882,7 @@ class Store:
                     (copy.digest, READY, copy.tier, copy.total, time.time(), folder, title_id),
                 )
                 conn.executemany(_INSERT_FILE, rows)
+                conn.execute(_RELEASE, (title_id,))
         event(log, "title.replaced", title=title_id, tier=copy.tier, bytes=copy.total,
               files=len(copy.entries), old=old.digest[:12], new=copy.digest[:12],
               kept=len(kept))  # fmt: skip
@@ -925,19 +1043,23 @@ class Store:
             if not self.writable_disks_of(to_tier):
                 return False
             files = title_files(self.conn, title_id)
-            placement = self._placement(title_id, to_tier, [f.path for f in files])
-            # A file already where the placement puts it (its disk's tier was changed in the
-            # config) is only relabelled: copied onto itself, its "old copy" would be dropped
-            # after the flip, and with it the only one.
-            moving = [f for f in files if _destination(f, placement) != f.location]
+            with self._deciding_room():
+                self._release(title_id)  # a killed move's, void: this process holds the title
+                placement = self._placement(title_id, to_tier, [f.path for f in files])
+                # A file already where the placement puts it (its disk's tier was changed in
+                # the config) is only relabelled: copied onto itself, its "old copy" would be
+                # dropped after the flip, and with it the only one.
+                moving = [f for f in files if _destination(f, placement) != f.location]
+                needed = bytes_per_disk(
+                    {f.path: placement[f.path] for f in moving}, {f.path: f.size for f in moving}
+                )
+                self._check_fit(title_id, to_tier, needed, {}, "low")
+                self._reserve(title_id, needed)
             staying = len(files) - len(moving)
-            needed = bytes_per_disk(
-                {f.path: placement[f.path] for f in moving}, {f.path: f.size for f in moving}
-            )
-            self._check_fit(title_id, to_tier, needed, {}, "low")
             copies: list[Path] = []
             keep = [f.location for f in files]
-            with undone_on_failure(lambda: self._drop_files(title_id, copies, keep=keep)):
+            undo = undone_on_failure(lambda: self._drop_files(title_id, copies, keep=keep))
+            with self._released(title_id), undo:
                 for f in moving:
                     dst = _destination(f, placement)
                     try:
@@ -997,6 +1119,7 @@ class Store:
                         "the move is tried again later"
                     )
             conn.execute("UPDATE titles SET tier = ? WHERE id = ?", (to_tier, title_id))
+            conn.execute(_RELEASE, (title_id,))
             left = conn.execute(
                 "SELECT COUNT(*) FROM files WHERE title = ? AND state != ?", (title_id, OK)
             ).fetchone()[0]
