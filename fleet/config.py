@@ -31,6 +31,9 @@ class ServerConfig(ConfigModel):
     # "token": appliances need a one-time join token; "open": anyone on the network may
     # enrol (loopback demos only).
     enrolment: Literal["token", "open"] = "token"
+    # With "open": at most this many appliances enrolled, past which Enrol is refused (each
+    # one is a row, a planner entry and a share of every snapshot). Join tokens: no limit.
+    open_enrolment_limit: int = Field(1000, ge=1)
     # The HTTP admin API (all but /steer, /healthz, /metrics; fleet/admin.py): "loopback"
     # lets callers on this machine in without the token (admin-token beside `db`), "token"
     # asks every caller for it.

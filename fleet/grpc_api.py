@@ -22,8 +22,8 @@ from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
-from fleet.registry import Beat, Health
-from fleet.service import FleetService
+from fleet.registry import Beat, Health, held_title, known_tier
+from fleet.service import FleetService, OpenEnrolmentFull
 from fleet.steering import MAX_RATE_BPS
 from fleet.store import EnrolmentRefused, StoreError
 from fleet.tls import CertAuthority
@@ -45,6 +45,8 @@ def _status(exc: FleetError) -> grpc.StatusCode:
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(exc, UnknownNameError):
         return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, OpenEnrolmentFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, FleetInputError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, StoreError):
@@ -66,9 +68,10 @@ def beat_from_proto(
     """The beat as the registry keeps it; FleetInputError for figures no appliance sends:
     a NaN or infinite rate would pass every load comparison (NaN >= x is False) and, in a
     site's mean, switch off bounded loads for all its appliances; so would 1e308, which is
-    why rates are clamped to MAX_RATE_BPS. More than MAX_HELD_TITLES titles is refused. A
-    title id no origin can have is left out (it would become a path in URLs and plans), not
-    the whole beat."""
+    why rates are clamped to MAX_RATE_BPS. More than MAX_HELD_TITLES titles is refused, and
+    so is a held title's digest or tier, or a tier space, that no appliance sends. A title
+    id no origin can have is left out (it would become a path in URLs and plans), not the
+    whole beat."""
     for field in ("capacity_bps", "load_bps"):
         if not math.isfinite(getattr(req, field)):
             raise FleetInputError(f"heartbeat: {field} is not a finite number")
@@ -83,7 +86,7 @@ def beat_from_proto(
         capacity_bps=min(max(req.capacity_bps, 0.0), MAX_RATE_BPS),
         load_bps=min(max(req.load_bps, 0.0), MAX_RATE_BPS),
         connections=req.connections,
-        tiers=tuple(TierSpace(t.tier, t.capacity_bytes) for t in req.tiers),
+        tiers=tier_spaces(req.tiers),
         titles=titles,
         titles_digest=digest,
         plan_version=req.plan_version,
@@ -94,6 +97,18 @@ def beat_from_proto(
         keys_digest=req.keys_digest[:64],
         plan_digest=req.plan_digest[:64],
     )
+
+
+def tier_spaces(sent: Iterable[fleet_pb2.TierSpace]) -> tuple[TierSpace, ...]:
+    """A beat's disk space per tier: each of registry.TIERS at most once, as appliances send
+    it; FleetInputError otherwise (a list of any length was kept, an object per entry)."""
+    out: dict[str, TierSpace] = {}
+    for t in sent:
+        tier = known_tier(t.tier, "tier space")
+        if tier in out:
+            raise FleetInputError(f"heartbeat: tier space {tier!r} is listed twice")
+        out[tier] = TierSpace(tier, t.capacity_bytes)
+    return tuple(out.values())
 
 
 def beat_titles(
@@ -125,7 +140,8 @@ def held_titles(
     changed (almost all, beat after beat): a new object per title per beat was the
     manager's main garbage, thousands of objects a second that lived just long enough for
     the collector to walk them, each walk a pause on the loop that also answers /steer.
-    A title seen before was checked then."""
+    A title seen before was checked then; a new or changed one is checked now (its digest
+    and tier: registry.held_title), and the first bad one refuses the beat."""
     out: dict[str, HeldTitle] = {}
     for t in sent:
         old = before.get(t.title_id)
@@ -138,7 +154,7 @@ def held_titles(
         ):
             out[t.title_id] = old
         elif old is not None or valid_title(t.title_id):
-            out[t.title_id] = HeldTitle(t.digest, t.complete, t.size_bytes, t.tier)
+            out[t.title_id] = held_title(t.title_id, t.digest, t.complete, t.size_bytes, t.tier)
     return out
 
 
@@ -146,12 +162,15 @@ def _timed_read(
     req: fleet_pb2.HeartbeatRequest, now: float, previous: Beat | None
 ) -> tuple[tuple[Beat, dict[str, int]] | CodecError | FleetError, float]:
     """read_beat (or what it raised), and the CPU seconds it took on its thread: what the
-    beat is charged, refused or not."""
+    beat is charged, refused or not. What it raised comes without its traceback, which held
+    this frame, which holds the error: a cycle only the collector frees, holding the request
+    (up to 24 MiB) in the frames below until it does (see Heartbeat)."""
     start = time.thread_time()
     try:
         out: tuple[Beat, dict[str, int]] | CodecError | FleetError = read_beat(req, now, previous)
     except (CodecError, FleetError) as exc:
-        out = exc
+        exc.__context__ = exc.__cause__ = None
+        out = exc.with_traceback(None)
     return out, time.thread_time() - start
 
 
@@ -160,6 +179,14 @@ async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerConte
     beats, plan and keys are never another's business."""
     if asked and asked != caller:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
+
+
+class _Refused(Exception):
+    """A heartbeat refused with `code` (FleetServicer.Heartbeat answers it)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
 
 
 # The manager's CPU time one appliance's beats may take: a share, saved up to a burst. A beat
@@ -194,23 +221,25 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return record.public_key if record is not None else None
 
     async def _caller(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
-        metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
         try:
-            verified = auth.verify_call(
-                metadata, self._public_key, _METHOD + method, body, self.service.clock()
-            )
-            if self.authority is not None:
-                # The mTLS listener verified the chain against our CA; the enrolment
-                # listener asks for no certificate, so nothing but Enrol/Steer passes there.
-                names = (context.auth_context() or {}).get("x509_common_name", [])
-                if names != [verified.encode()]:
-                    raise auth.AuthError(
-                        f"no client certificate for '{verified}' on this connection"
-                    )
-            return verified
+            return self._verified(context, method, body)
         except auth.AuthError as exc:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise  # abort raises; this keeps type checkers satisfied
+
+    def _verified(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
+        """The enrolled appliance that signed the call; AuthError if none did."""
+        metadata = [(k, v) for k, v in (context.invocation_metadata() or ())]
+        verified = auth.verify_call(
+            metadata, self._public_key, _METHOD + method, body, self.service.clock()
+        )
+        if self.authority is not None:
+            # The mTLS listener verified the chain against our CA; the enrolment
+            # listener asks for no certificate, so nothing but Enrol/Steer passes there.
+            names = (context.auth_context() or {}).get("x509_common_name", [])
+            if names != [verified.encode()]:
+                raise auth.AuthError(f"no client certificate for '{verified}' on this connection")
+        return verified
 
     def _repeat_proven(
         self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
@@ -281,21 +310,39 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def Heartbeat(
         self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.HeartbeatResponse:
+        """A beat's refusals are answered by status, not context.abort: grpc.aio keeps an
+        abort's exception on the call, whose traceback holds the frames holding the request,
+        a cycle only the collector frees. Refused beats of up to 24 MiB, from anyone before
+        their signature is checked, piled up there (~50 MB each on an idle manager)."""
+        try:
+            return await self._beat(request, context)
+        except _Refused as refused:
+            context.set_code(refused.code)
+            context.set_details(str(refused))
+        return fleet_pb2.HeartbeatResponse()
+
+    async def _beat(
+        self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> fleet_pb2.HeartbeatResponse:
         if len(request.titles) > MAX_HELD_TITLES:  # refused before any work per title
-            await context.abort(
+            raise _Refused(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"heartbeat: {len(request.titles)} titles held, over {MAX_HELD_TITLES}",
             )
         svc = self.service
         start = time.thread_time()  # no await until the beat is read: all of it is this beat's
         body = request.SerializeToString(deterministic=True)
-        name = await self._caller(context, "Heartbeat", body)
-        await _only_its_own(request.appliance, name, context)
+        try:
+            name = self._verified(context, "Heartbeat", body)
+        except auth.AuthError as exc:
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+        if request.appliance and request.appliance != name:  # as _only_its_own
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
         verdict = "taken"
         cpu: float | None = None  # CPU seconds of this beat, once it is read
         try:
             if self._beat_work_left(name, svc.monotonic()) <= 0:
-                await context.abort(
+                raise _Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"heartbeat: '{name}' beats too often for their size (over "
                     f"{BEAT_WORK_SHARE:.0%} of the manager's time); beat every "
@@ -305,21 +352,21 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if request.titles_omitted and (
                 kept is None or request.titles_digest != kept.titles_digest
             ):
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, TITLES_NEEDED)
+                raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, TITLES_NEEDED)
             checks = time.thread_time() - start
             # Tens of ms for a large catalogue's beat (more for its first): read off the
             # loop that answers /steer. The service's state is only touched back on it.
             read, read_cpu = await asyncio.to_thread(_timed_read, request, svc.clock(), kept)
             cpu = checks + read_cpu
-            if not isinstance(read, tuple):
-                raise read
+            if isinstance(read, CodecError):
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(read))
+            if isinstance(read, FleetError):
+                raise _Refused(_status(read), str(read))
             on_loop = time.thread_time()
             verdict = svc.heartbeat(name, *read, request.url)
             cpu += time.thread_time() - on_loop
-        except CodecError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FleetError as exc:
-            await context.abort(_status(exc), str(exc))
+            raise _Refused(_status(exc), str(exc)) from None
         finally:
             # A beat refused before it was read: what its checks cost (no await since start).
             spent = cpu if cpu is not None else time.thread_time() - start

@@ -10,14 +10,27 @@ passes.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgeflix.proto import auth
+from fleet.errors import FleetInputError
 from fleet.model import Appliance, ApplianceState, FleetSnapshot, HeldTitle, Site, TierSpace
 
 Health = Literal["ok", "degraded", "failing"]
+# An appliance's storage tiers, as its beats name them (edgeflix/proto/fleet.proto; the
+# appliance's own list is appliance/disks.py TIERS: components share only the wire).
+TIERS: tuple[str, ...] = ("ssd", "hdd")
+# Every tier name a beat carries becomes one of these objects: each read of a proto string
+# is a new one, and 100 k held titles kept 100 k copies of "hdd" (or of anything sent).
+# "": a held title whose tier is not said (the proto's unset value), as HeldTitle's default.
+_TIER_NAMES: dict[str, str] = {t: t for t in ("", *TIERS)}
+_TIERS_SAID = " or ".join(TIERS)
+# A title's digest: the SHA-256 of its files.json in lowercase hex (edgeflix/titlefiles.py
+# digest_bytes), all an appliance ever reports.
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,33 @@ class Beat:
     # What the appliance runs, beside the versions (KeySet.digest, PlanResponse.digest).
     keys_digest: bytes = b""
     plan_digest: bytes = b""
+
+
+def known_tier(tier: str, where: str) -> str:
+    """The shared object for `tier` (one of TIERS); FleetInputError naming `where` if it is
+    not one."""
+    shared = _TIER_NAMES.get(tier)
+    if not tier or shared is None:
+        raise FleetInputError(f"heartbeat: {where}: tier {tier[:40]!r} is not {_TIERS_SAID}")
+    return shared
+
+
+def held_title(title_id: str, digest: str, complete: bool, size_bytes: int, tier: str) -> HeldTitle:
+    """A held title as a beat reports it; FleetInputError naming it when its digest is not a
+    SHA-256 in lowercase hex or its tier is none of TIERS (nor unsaid). The manager keeps
+    each one and sends them all to the planner: one beat of 100 k titles with 60-character
+    digests and tiers took it from 97 to 194 MB, none of it anything an appliance sends."""
+    if len(digest) != 64 or not _SHA256_HEX.fullmatch(digest):
+        raise FleetInputError(
+            f"heartbeat: title {title_id[:80]!r}: digest {digest[:80]!r} is not the SHA-256"
+            " of its files.json in lowercase hex"
+        )
+    shared = _TIER_NAMES.get(tier)
+    if shared is None:
+        raise FleetInputError(
+            f"heartbeat: title {title_id[:80]!r}: tier {tier[:40]!r} is not {_TIERS_SAID}"
+        )
+    return HeldTitle(digest, complete, size_bytes, shared)
 
 
 def state_of(
@@ -155,9 +195,9 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
         capacity_bps=float(doc["capacity_bps"]),
         load_bps=float(doc["load_bps"]),
         connections=int(doc["connections"]),
-        tiers=tuple(TierSpace(str(t), int(c)) for t, c in doc["tiers"]),
+        tiers=tuple(TierSpace(_shared_tier(t), int(c)) for t, c in doc["tiers"]),
         titles={
-            str(k): HeldTitle(str(d), bool(c), int(n), str(t))
+            str(k): HeldTitle(str(d), bool(c), int(n), _shared_tier(t))
             for k, (d, c, n, t) in doc["titles"].items()
         },
         plan_version=int(doc["plan_version"]),
@@ -165,6 +205,13 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
         fill_done=int(doc["fill_done"]),
         fill_total=int(doc["fill_total"]),
     )
+
+
+def _shared_tier(value: Any) -> str:
+    """A saved tier name, as the shared object when it is one of TIERS (JSON makes a new
+    string per occurrence)."""
+    tier = str(value)
+    return _TIER_NAMES.get(tier, tier)
 
 
 # A signed call is accepted only within auth.MAX_SKEW_S of our clock either way, so a

@@ -25,7 +25,7 @@ from edgeflix.log import event
 from edgeflix.metrics import Sample, render
 from edgeflix.tokens import SigningKey
 from fleet.config import FleetConfig
-from fleet.errors import FleetInputError, UnknownNameError
+from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.keys import (
     KeySet,
     Signer,
@@ -65,6 +65,12 @@ POPULARITY_META = "popularity"
 BEATS_META = "last_beats"
 # How much the fleet's taste counts in a site's demand, relative to the site's own.
 SITE_BLEND = 0.25
+
+
+class OpenEnrolmentFull(FleetError):
+    """Open enrolment has enrolled `[server] open_enrolment_limit` appliances."""
+
+    http_status = 429
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,14 @@ class FleetService:
             raise UnknownNameError(f"no appliance named '{name}'")
         return rec
 
+    def _reread(self, name: str) -> None:
+        """One record as stored after a change to it (the table holds every appliance)."""
+        rec = self.store.appliance(name)
+        if rec is None:
+            self.records.pop(name, None)
+        else:
+            self.records[name] = rec
+
     def join_token(self, site: str) -> str:
         if site not in {s.name for s in self.sites}:
             known = ", ".join(s.name for s in self.sites) or "none configured"
@@ -203,21 +217,39 @@ class FleetService:
         check_name(name, "appliance")
         url = check_appliance_url(url)
         open_mode = self.config.server.enrolment == "open" and not token
+        if open_mode:
+            self._check_open_room(name)
         site = self._site_for_url(url) if open_mode else ""
         rec = self.store.enrol(
             None if open_mode else token, name, url, public_key, site, self.clock()
         )
+        # The one record changes; the snapshot is rebuilt when next read (as after a beat),
+        # not once per enrolment: a burst of them cost more each, quadratic in all.
         self.records[name] = rec
         self._changed()
         self.replan_due = True
         event(log, "fleet.enrolled", appliance=name, site=rec.site)
         return rec
 
+    def _check_open_room(self, name: str) -> None:
+        """Open enrolment takes anyone who reaches the port, so it stops at a limit (each
+        appliance is a row, a log line, a planner entry): one client enrolled 2,777 made-up
+        ones in 50 s. A name enrolled already may enrol again (a lost reply); join tokens,
+        each made by an operator, have no limit."""
+        limit = self.config.server.open_enrolment_limit
+        if name not in self.records and len(self.records) >= limit:
+            raise OpenEnrolmentFull(
+                f"open enrolment is full: {len(self.records)} appliances enrolled, "
+                f"[server] open_enrolment_limit is {limit}; open enrolment is for loopback "
+                'demos: a real fleet uses enrolment = "token" and `edgeflix fleet join-token`'
+            )
+
     def _site_for_url(self, url: str) -> str:
         """Open enrolment: the site whose prefixes hold the appliance's address, else the first."""
         host = urlsplit(url).hostname or ""
         try:
-            site = self.snapshot().site_of(parse_address(host))
+            # Sites only: the fleet's snapshot (every appliance) is not rebuilt for this.
+            site = FleetSnapshot(self.sites, ()).site_of(parse_address(host))
         except FleetInputError:
             site = None
         if site is None and not self.sites:
@@ -239,7 +271,7 @@ class FleetService:
             return verdict
         if url != rec.url:
             self.store.set_url(name, url)
-            self.records = self.store.appliances()
+            self._reread(name)
             event(log, "fleet.url_changed", appliance=name, url=url, previous=rec.url)
         reported = beat
         if self._foreign_keys(beat):
@@ -368,7 +400,7 @@ class FleetService:
 
     def set_drained(self, name: str, drained: bool) -> None:
         self.store.set_drained(name, drained)
-        self.records = self.store.appliances()
+        self._reread(name)
         self._changed()
         self.replan_due = True  # its site peers take over its titles at the next tick
         event(log, "fleet.drain" if drained else "fleet.undrain", appliance=name)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -265,10 +266,13 @@ class Store:
     # -- appliances and enrolment ------------------------------------------------------
 
     def appliances(self) -> dict[str, ApplianceRecord]:
-        rows = self.conn.execute(
-            "SELECT name, site, url, public_key, enrolled_at, drained FROM appliances"
-        ).fetchall()
-        return {r[0]: ApplianceRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
+        rows = self.conn.execute(f"SELECT {_RECORD_COLUMNS} FROM appliances").fetchall()
+        return {r[0]: _record(r) for r in rows}
+
+    def appliance(self, name: str) -> ApplianceRecord | None:
+        """One appliance's record: what a change to it re-reads, not the whole table (which
+        made each enrolment cost more than the one before)."""
+        return _appliance(self.conn, name)
 
     def add_join_token(self, token: str, site: str, now: float, ttl_s: float) -> None:
         with self.transaction() as c:
@@ -345,7 +349,7 @@ class Store:
                     " VALUES (?,?,?,?,?,0)",
                     (name, site, url, public_key, now),
                 )
-        record = self.appliances().get(name)
+            record = _appliance(c, name)  # read in the transaction: what it commits
         assert record is not None
         return record
 
@@ -467,6 +471,20 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+_RECORD_COLUMNS = "name, site, url, public_key, enrolled_at, drained"
+
+
+def _record(row: tuple[Any, ...]) -> ApplianceRecord:
+    return ApplianceRecord(row[0], row[1], row[2], row[3], row[4], bool(row[5]))
+
+
+def _appliance(conn: sqlite3.Connection, name: str) -> ApplianceRecord | None:
+    row = conn.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM appliances WHERE name = ?", (name,)
+    ).fetchone()
+    return _record(row) if row is not None else None
 
 
 def plan_to_json(plan: FillPlan) -> bytes:

@@ -136,7 +136,9 @@ def test_absurd_heartbeat_figures_are_clamped_and_odd_titles_left_out() -> None:
         connections=2**32 - 1,
         titles=[
             fleet_pb2.HeldTitle(title_id="../etc", digest="x", complete=True),
-            fleet_pb2.HeldTitle(title_id="film", digest="d", complete=True, size_bytes=2**64 - 1),
+            fleet_pb2.HeldTitle(
+                title_id="film", digest="d" * 64, complete=True, size_bytes=2**64 - 1
+            ),
         ],
     )
     beat = beat_from_proto(req, 5.0)
@@ -150,16 +152,16 @@ def test_a_beat_reuses_unchanged_titles_and_takes_changed_ones() -> None:
             sequence=1,
             titles=[
                 fleet_pb2.HeldTitle(title_id="film", digest=film_digest, complete=True),
-                fleet_pb2.HeldTitle(title_id="show", digest="s", complete=False, tier=tier),
+                fleet_pb2.HeldTitle(title_id="show", digest="5" * 64, complete=False, tier=tier),
             ],
         )
 
-    first = beat_from_proto(req("d1", "hdd"), 1.0)
-    same = beat_from_proto(req("d1", "hdd"), 2.0, first)
+    first = beat_from_proto(req("d1" * 32, "hdd"), 1.0)
+    same = beat_from_proto(req("d1" * 32, "hdd"), 2.0, first)
     assert same.titles == first.titles
     assert same.titles["film"] is first.titles["film"]  # no new object per title per beat
-    changed = beat_from_proto(req("d2", "ssd"), 3.0, same)
-    assert changed.titles["film"].digest == "d2" and changed.titles["show"].tier == "ssd"
+    changed = beat_from_proto(req("d2" * 32, "ssd"), 3.0, same)
+    assert changed.titles["film"].digest == "d2" * 32 and changed.titles["show"].tier == "ssd"
     assert (
         set(beat_from_proto(fleet_pb2.HeartbeatRequest(sequence=1), 4.0, changed).titles) == set()
     )
@@ -167,7 +169,7 @@ def test_a_beat_reuses_unchanged_titles_and_takes_changed_ones() -> None:
 
 def test_a_beat_with_the_previous_titles_digest_keeps_the_titles_read_before() -> None:
     def req(digest: bytes, *ids: str) -> fleet_pb2.HeartbeatRequest:
-        held = [fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in ids]
+        held = [fleet_pb2.HeldTitle(title_id=t, digest="d" * 64, complete=True) for t in ids]
         return fleet_pb2.HeartbeatRequest(sequence=1, titles=held, titles_digest=digest)
 
     first = beat_from_proto(req(b"v1", "film", "show"), 1.0)

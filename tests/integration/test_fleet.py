@@ -4,6 +4,7 @@ talking real gRPC (signed with their enrolled Ed25519 key), the CLI over HTTP.""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -46,6 +47,11 @@ METHOD = "/edgeflix.fleet.v1.Fleet/"
 GB = 10**9
 
 
+def sha256(title: str) -> str:
+    """A digest as appliances report it (of files.json; here of the title id)."""
+    return hashlib.sha256(title.encode()).hexdigest()
+
+
 class ApplianceClient:
     """What an appliance's fleet agent sends: enrol once, then signed calls."""
 
@@ -83,7 +89,7 @@ class ApplianceClient:
             load_bps=load,
             tiers=[fleet_pb2.TierSpace(tier="hdd", capacity_bytes=100 * GB)],
             titles=[
-                fleet_pb2.HeldTitle(title_id=t, digest="d" + t, complete=True, size_bytes=s)
+                fleet_pb2.HeldTitle(title_id=t, digest=sha256(t), complete=True, size_bytes=s)
                 for t, s in titles.items()
             ],
             counts_zstd=pack_counts({t: Counts(1, 1000) for t in titles}),

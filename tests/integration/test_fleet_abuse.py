@@ -23,7 +23,7 @@ from edgeflix.proto.codec import TITLES_NEEDED, Counts, pack_counts
 from edgeflix.proto.gen import fleet_pb2
 from fleet.grpc_api import BEAT_WORK_BURST_S, BEAT_WORK_SHARE, MAX_HELD_TITLES, FleetServicer
 from tests.integration.serve_support import Server, start
-from tests.integration.test_fleet import ApplianceClient
+from tests.integration.test_fleet import ApplianceClient, sha256
 
 TITLES = [f"title{i:05d}" for i in range(20)]
 FLEET_TOML = """
@@ -50,7 +50,7 @@ class Origin(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _OriginHandler)
         self.reads = 0
-        listing = [{"id": t, "digest": "d" + t, "total_bytes": 10**9} for t in TITLES]
+        listing = [{"id": t, "digest": sha256(t), "total_bytes": 10**9} for t in TITLES]
         self.body = json.dumps({"titles": listing}).encode()
 
 
@@ -130,7 +130,7 @@ def send(box: ApplianceClient, timeout: float = 30, **fields: object) -> object:
 
 def held(*titles: str) -> list[fleet_pb2.HeldTitle]:
     return [
-        fleet_pb2.HeldTitle(title_id=t, digest="d" + t, complete=True, size_bytes=10**9)
+        fleet_pb2.HeldTitle(title_id=t, digest=sha256(t), complete=True, size_bytes=10**9)
         for t in titles
     ]
 
