@@ -354,8 +354,11 @@ def steer_cmd(
             for i, c in enumerate(out["candidates"])
         ],
     )
-    for line in out["excluded"]:
+    # Only an admin hears which appliances were left out (the list names every one).
+    for line in out.get("excluded", []):
         typer.echo(f"left out: {line}")
+    if "excluded" not in out:
+        typer.echo(f"left out: shown only with the admin token (${ENV_TOKEN})")
 
 
 @app.command("plan")

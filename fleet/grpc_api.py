@@ -450,5 +450,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             outcome=decision.outcome,
             client_site=decision.client_site or "",
             expires=urls.expires,
-            excluded=list(decision.excluded),
+            # `excluded` stays empty: listing every appliance left out cost O(fleet) per
+            # call and named them all; `edgeflix fleet steer` (HTTP, admin) shows it.
         )

@@ -6,8 +6,9 @@ and FleetService is only ever touched from that one thread.
 HTTP protocol answers it straight from the parser's callback (SteeringHttpProtocol): no
 ASGI request cycle, task, event or header re-validation, which together cost more than the
 decision itself. Whatever that path does not take (another HTTP version, a request queued
-behind one in flight) reaches a plain ASGI handler in front of FastAPI, with the same
-answer; every other route goes to FastAPI.
+behind one in flight, an operator's probe) reaches a plain ASGI handler in front of
+FastAPI, with the same answer; every other route goes to FastAPI. The port is public, so
+every connection is bounded in head size, head time and number (BoundedHttpToolsProtocol).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import httptools
@@ -27,7 +29,10 @@ from pydantic import BaseModel
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from fleet.admin import AdminAccess
+from edgeflix.http.connection import LINGER_S
+from edgeflix.http.request import MAX_HEADER_COUNT, MAX_TARGET_BYTES
+from edgeflix.http.server import ServerSettings
+from fleet.admin import AdminAccess, Refusal
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import Appliance
 from fleet.planning import Planning
@@ -40,6 +45,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON_HEADERS = (b"content-type", b"application/json")
+# `excluded` names every appliance, as this admin route does: a probe gets it only from a
+# caller who may read that route.
+EXPLAIN_AS = "/appliances"
+_LIMITS = ServerSettings()  # the appliance's and origin's defaults: the same threats
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -47,10 +56,14 @@ class JoinTokenRequest(BaseModel):
     site: str
 
 
-def steer_json(svc: FleetService, client_ip: str, title: str, probe: bool = False) -> bytes:
+def steer_json(
+    svc: FleetService, client_ip: str, title: str, probe: bool = False, explain: bool = False
+) -> bytes:
     """The /steer answer: `urls` best first, plus each candidate and why (the CLI shows it).
     `probe` (`&probe=1`, what `fleet steer` sends): an operator asking, not a session, so
-    neither the outcome counters nor the demand the planner sees count it."""
+    neither the outcome counters nor the demand the planner sees count it. `explain` adds
+    `excluded`, every appliance left out and why: only for a probe by an admin (it names
+    the whole fleet, and at a few thousand appliances outweighs the rest of the answer)."""
     decision, urls = svc.steer(client_ip, title, count=not probe)
     body = {
         "urls": list(urls.urls),
@@ -63,8 +76,9 @@ def steer_json(svc: FleetService, client_ip: str, title: str, probe: bool = Fals
         "client_site": decision.client_site,
         "title": decision.title_id,
         "expires": urls.expires,
-        "excluded": list(decision.excluded),
     }
+    if explain:
+        body["excluded"] = list(decision.excluded)
     return _encode(body).encode()
 
 
@@ -99,18 +113,23 @@ class SteerFastPath:
                 status, body = 405, _encode({"error": "/steer only answers GET"}).encode()
             else:
                 client_ip, title, probe = steer_params(scope["query_string"])
-                status, body = 200, steer_json(self.svc, client_ip, title, probe)
+                explain = probe and self._admin(scope, EXPLAIN_AS) is None
+                status, body = 200, steer_json(self.svc, client_ip, title, probe, explain)
         except FleetError as exc:
             status, body = exc.http_status, _encode({"error": str(exc)}).encode()
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _refused(self, scope: Scope, send: Send) -> bool:
-        """Answer 401 when the admin API is not this caller's to use (fleet/admin.py)."""
+    def _admin(self, scope: Scope, path: str) -> Refusal | None:
+        """Why this caller may not use `path` as an admin, or None (fleet/admin.py)."""
         client = scope.get("client")
         auth = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        refusal = self.admin.check(scope["path"], client[0] if client else None, auth)
+        return self.admin.check(path, client[0] if client else None, auth)
+
+    async def _refused(self, scope: Scope, send: Send) -> bool:
+        """Answer 401 when the admin API is not this caller's to use."""
+        refusal = self._admin(scope, scope["path"])
         if refusal is None:
             return False
         body = _encode({"error": refusal.message}).encode()
@@ -155,6 +174,10 @@ class _CoalescingTransport:
         self._flush()  # a close after a write (Connection: close) must still send it
         self._transport.close()
 
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
@@ -165,6 +188,180 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+
+class _HeadRefused(Exception):
+    """Raised in a parser callback to stop parsing a head we refuse (`send_400_response`)."""
+
+
+class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
+    """What one client may make the manager hold, bounded as the appliance and the origin
+    bound it (edgeflix/http, same defaults), since uvicorn bounds none of it: `/steer` is
+    public, and this loop also serves every appliance's gRPC.
+
+    - A request head of at most `max_header_bytes` and MAX_HEADER_COUNT fields, else 414
+      (the target) or 431, then close: uvicorn keeps every header, and grows the URL a
+      chunk at a time (quadratic in its length).
+    - A head finished within `header_timeout_s` of the connection opening or of bytes
+      arriving with no request in flight, else the connection closes: silent and slowloris
+      connections held descriptors for good. Idle after an answer, uvicorn's keep-alive
+      timer applies.
+    - At most `max_connections` connections: a newcomer at the cap closes the one idle
+      longest (answered, nothing since), else the one that has owed a head longest (a
+      player's head takes a round trip: a crowd of silent connections yields first), and
+      is answered 503 when every other has a request in flight.
+    """
+
+    header_timeout_s: float = _LIMITS.header_timeout_s
+    max_header_bytes: int = _LIMITS.max_header_bytes
+    max_connections: int = _LIMITS.max_connections
+    # The server's idle connections, longest idle first, and those owing a head, longest
+    # owing first: one of each per bound class, as a class is bound per server
+    # (`steering_protocol`).
+    idle: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
+    owing: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._in_head = True  # reading a request head (or waiting for one)
+        self._head_bytes = 0
+        self._refusal: tuple[int, str] | None = None
+        self._refused = False
+        # Since when the client owes us the rest of a head; None while it owes nothing.
+        # Checked by one timer per connection, not one armed per request: /steer is hot.
+        self._waiting_since: float | None = self.loop.time()
+        self.owing[self] = None
+        self._head_timer = self.loop.call_later(self.header_timeout_s, self._check_head)
+        if len(self.connections) > self.max_connections and not self._make_room():
+            self._refuse(503, "the fleet manager is at its connection limit: retry shortly")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._forget()  # the connection is the websocket protocol's from here on
+        super().handle_websocket_upgrade()
+
+    def _forget(self) -> None:
+        self.idle.pop(self, None)
+        self.owing.pop(self, None)
+        self._head_timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: what comes is read and dropped
+        self.idle.pop(self, None)
+        if self._waiting_since is None and (self.cycle is None or self.cycle.response_complete):
+            self._waiting_since = self.loop.time()
+            self.owing[self] = None
+        # Fed in pieces that end where the head in progress would pass its limit: one still
+        # unfinished there is refused. (A head that begins in a piece after a request ended
+        # counts from the next piece on: at most one piece more.)
+        while self._in_head and len(data) > (room := self.max_header_bytes - self._head_bytes):
+            if room > 0:
+                self._head_bytes += room
+                super().data_received(data[:room])
+                data = data[room:]
+                if self._refused or self.transport.is_closing():
+                    return
+                if not self._in_head or self._head_bytes < self.max_header_bytes:
+                    continue  # the head ended in this piece
+            self._refuse_head()
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+
+    def on_message_complete(self) -> None:
+        self._in_head = True  # what comes next is the next request's head
+        self._head_bytes = 0
+        super().on_message_complete()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADER_COUNT:
+            self._refusal = (431, f"more than {MAX_HEADER_COUNT} header fields")
+            raise _HeadRefused  # stops the parser; uvicorn then calls send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._waiting_since = None
+        self.owing.pop(self, None)
+        self.on_request_head()
+
+    def on_request_head(self) -> None:
+        """A head within the limits, complete: uvicorn's request cycle takes it."""
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        if self._refusal is not None:
+            self._refuse(*self._refusal)
+        else:
+            super().send_400_response(msg)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle: answered, nothing pipelined
+            self.idle[self] = None
+            self.idle.move_to_end(self)
+
+    def _refuse_head(self) -> None:
+        """414 when the target alone outgrew the limit (nginx's and the appliance's choice)."""
+        if len(getattr(self, "url", b"")) > MAX_TARGET_BYTES:
+            self._refuse(414, "request target too long")
+        else:
+            self._refuse(431, "request header fields too large")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer `status` and close, dropping whatever else the client sends meanwhile."""
+        self._refused = True
+        self._waiting_since = None
+        self.owing.pop(self, None)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request in flight answers first, and alone: the connection closes after it.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.write_json(status, _encode({"error": message}).encode(), close=True)
+        if status == 503:
+            self.transport.close()  # at the connection cap: the descriptor back at once
+            return
+        # Half-close, then drop input until the client closes (or LINGER_S): closing with
+        # its request unread would reset the connection and could destroy the answer.
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def write_json(self, status: int, body: bytes, close: bool) -> None:
+        out = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            out += [name, b": ", value, b"\r\n"]
+        out += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
+        out += [b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n", body]
+        self.transport.write(b"".join(out))
+
+    def _check_head(self) -> None:
+        """The connection's timer: close it once the client owed a head for too long."""
+        since, now = self._waiting_since, self.loop.time()
+        if since is not None and now - since >= self.header_timeout_s:
+            self.transport.close()
+            return
+        wait = self.header_timeout_s if since is None else since + self.header_timeout_s - now
+        self._head_timer = self.loop.call_later(wait, self._check_head)
+
+    def _make_room(self) -> bool:
+        """Close the connection idle longest, else the one owing a head longest (never
+        this newcomer), for a newcomer at the cap."""
+        for waiting in (self.idle, self.owing):
+            for other in waiting:
+                if other is not self and not other.transport.is_closing():
+                    waiting.pop(other)
+                    other.transport.close()
+                    return True
+        return False
 
 
 class _NoEvent:
@@ -186,15 +383,15 @@ class _Answered:
 _ANSWERED = _Answered()
 
 
-class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
+class SteeringHttpProtocol(BoundedHttpToolsProtocol):
     """Answers `GET /steer` inline when nothing else is in flight on the connection
     (see the module's docstring); made per service by `steering_protocol`."""
 
     svc: FleetService
 
-    def on_headers_complete(self) -> None:
+    def on_request_head(self) -> None:
         if not self._answer_steer():
-            super().on_headers_complete()
+            super().on_request_head()
 
     def _answer_steer(self) -> bool:
         parser = self.parser
@@ -211,16 +408,13 @@ class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
             return False
         try:
             client_ip, title, probe = steer_params(url.query or b"")
-            status, body = 200, steer_json(self.svc, client_ip, title, probe)
+            if probe:
+                return False  # an operator's: SteerFastPath knows whether to explain
+            status, body = 200, steer_json(self.svc, client_ip, title)
         except FleetError as exc:
             status, body = exc.http_status, _encode({"error": str(exc)}).encode()
         keep_alive = parser.should_keep_alive()
-        out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        out += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
-        out += [b"\r\n\r\n" if keep_alive else b"\r\nconnection: close\r\n\r\n", body]
-        self.transport.write(b"".join(out))
+        self.write_json(status, body, close=not keep_alive)
         self.cycle = _ANSWERED  # type: ignore[assignment]
         if keep_alive:
             self.on_response_complete()  # re-arms the keep-alive timer, as uvicorn's own
@@ -230,9 +424,18 @@ class SteeringHttpProtocol(CoalescingHttpToolsProtocol):
         return True
 
 
-def steering_protocol(svc: FleetService) -> type[SteeringHttpProtocol]:
-    """The protocol class for `uvicorn.Config(http=…)`, bound to this service."""
-    return type("BoundSteeringHttpProtocol", (SteeringHttpProtocol,), {"svc": svc})
+def steering_protocol(
+    svc: FleetService, max_connections: int = _LIMITS.max_connections
+) -> type[SteeringHttpProtocol]:
+    """The protocol class for `uvicorn.Config(http=…)`, bound to this service (and to
+    `max_connections`, what the descriptor limit fits: edgeflix.http.runner)."""
+    bound = {
+        "svc": svc,
+        "max_connections": max_connections,
+        "idle": OrderedDict(),
+        "owing": OrderedDict(),
+    }
+    return type("BoundSteeringHttpProtocol", (SteeringHttpProtocol,), bound)
 
 
 def _silence(svc: FleetService, beat: Beat | None) -> float | None:

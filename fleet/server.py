@@ -27,8 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from edgeflix import pidlock
 from edgeflix.config import format_hostport, parse_hostport
-from edgeflix.http.runner import install_signals
-from edgeflix.http.server import bind
+from edgeflix.http.runner import fit_connections, install_signals
+from edgeflix.http.server import ServerSettings, bind
 from edgeflix.log import event
 from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
@@ -255,6 +255,11 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
         if address is not None:
             _check_free(address)
     in_clear = grpc_in_clear(config.server)  # resolved here: nothing is served yet
+    # Descriptors: the soft limit raised toward the hard one (a shell's 1024 is common), and
+    # the public HTTP port's connections capped to fit in half of it (fleet/http.py makes
+    # room past the cap), so a crowd there leaves the rest to the appliances' gRPC, the
+    # database and the planner.
+    limits = fit_connections(ServerSettings(open_files=0))
     store = Store(Path(config.server.db))
     svc = FleetService(config, store)
     svc.maybe_rotate_keys()
@@ -306,7 +311,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     http = _HttpServer(
         uvicorn.Config(
             create_app(svc, admin, planning),
-            http=steering_protocol(svc),
+            http=steering_protocol(svc, max_connections=limits.max_connections),
+            ws="none",  # no websocket route: an upgrade request is answered as HTTP
             log_level="warning",
             access_log=False,
             lifespan="off",

@@ -21,7 +21,7 @@ import hashlib
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from fleet.errors import UnknownNameError
@@ -98,8 +98,16 @@ class SteeringDecision:
     client_site: str | None
     outcome: Outcome
     candidates: tuple[Candidate, ...]
-    # Why appliances were left out: "name: reason", for `edgeflix fleet steer`.
-    excluded: tuple[str, ...]
+    # What `excluded` is worked out from, when read.
+    snapshot: FleetSnapshot = field(repr=False, compare=False)
+    policy: SteeringPolicy = field(repr=False, compare=False)
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """Why appliances were left out, "name: reason", for `edgeflix fleet steer`. Worked
+        out only when read: it names every ineligible appliance of the fleet (68 KB per
+        answer at ~2,800), which a player's answer neither needs nor may see."""
+        return exclusions(self.snapshot, self.title_id, self.policy)
 
 
 _MASK64 = (1 << 64) - 1
@@ -142,10 +150,25 @@ def rendezvous_score(title_id: str, name: str, weight: float) -> float:
     return rendezvous_scores(title_id, [(_hash64(name), weight)])[0]
 
 
+def may_serve(
+    appliance: Appliance, title_id: str, policy: SteeringPolicy, min_keys_version: int = 0
+) -> bool:
+    """Whether `appliance` may take a new session for `title_id`: `exclusion_reason` is
+    None, without making the reason (this runs for every appliance on every steer)."""
+    return (
+        appliance.state in SERVING_STATES
+        and appliance.keys_version >= min_keys_version
+        and appliance.holds_complete(title_id)
+        and appliance.capacity_bps > 0
+        and not appliance.utilisation >= policy.load_threshold  # NaN: as exclusion_reason
+    )
+
+
 def exclusion_reason(
     appliance: Appliance, title_id: str, policy: SteeringPolicy, min_keys_version: int = 0
 ) -> str | None:
-    """Why `appliance` may not take a new session for `title_id`, or None if it may."""
+    """Why `appliance` may not take a new session for `title_id`, or None if it may
+    (`may_serve`, in words)."""
     if appliance.state not in SERVING_STATES:
         return appliance.state
     if appliance.keys_version < min_keys_version:
@@ -241,14 +264,8 @@ def steer(
         # session starts on it meanwhile.
         raise UnknownNameError(f"title '{title_id}' was withdrawn from the origin")
     site: Site | None = snapshot.site_of(parse_address(client_ip))
-    eligible: list[Appliance] = []
-    excluded: list[str] = []
-    for appliance in snapshot.appliances:
-        why = exclusion_reason(appliance, title_id, policy, snapshot.min_keys_version)
-        if why is None:
-            eligible.append(appliance)
-        else:
-            excluded.append(f"{appliance.name}: {why}")
+    keys = snapshot.min_keys_version
+    eligible = [a for a in snapshot.appliances if may_serve(a, title_id, policy, keys)]
 
     ranked: list[Candidate] = []
     digest = snapshot.digests.get(title_id)
@@ -272,7 +289,18 @@ def steer(
         client_site=site.name if site else None,
         outcome=classify(snapshot, site, title_id, ranked),
         candidates=tuple(ranked),
-        excluded=tuple(excluded),
+        snapshot=snapshot,
+        policy=policy,
+    )
+
+
+def exclusions(snapshot: FleetSnapshot, title_id: str, policy: SteeringPolicy) -> tuple[str, ...]:
+    """ "name: reason" for each appliance `steer` leaves out of `title_id`'s ranking."""
+    keys = snapshot.min_keys_version
+    return tuple(
+        f"{a.name}: {why}"
+        for a in snapshot.appliances
+        if (why := exclusion_reason(a, title_id, policy, keys)) is not None
     )
 
 
