@@ -12,23 +12,22 @@ damaged index moved aside and rebuilt by reconcile's adoption is still that disk
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from appliance.disks import Disk, DiskError, StorageError
+from appliance.disks import Disk, DiskError
 from edgeflix.atomicfile import write_atomic
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.diskclaim")
 MARKER = ".edgeflix-disk.json"
-# The lock file (in the index's locks folder) that claims are written under.
+# The store-wide lock (safefiles.TitleLocks.store_wide) claims are written under.
 LOCK = ".disk-claim.lock"
 # A marker is a few hundred bytes; a bigger file there is not ours (read no further).
 _MAX_MARKER_BYTES = 64 * 1024
@@ -103,14 +102,14 @@ def check(disks: Sequence[Disk], index: Path) -> list[Disk]:
     return unclaimed
 
 
-def claim(disks: Sequence[Disk], index: Path, lock: Path) -> None:
+def claim(disks: Sequence[Disk], index: Path, lock: AbstractContextManager[None]) -> None:
     """Mark `disks` (writable ones; a read-only disk stays as it is) as the index's, under
-    `lock` (beside the index): the first commands on a new box often start together, and
+    `lock` (store-wide, beside the index): the first commands on a new box often start together, and
     two writers of one marker would share its temporary file. Checked again under the lock,
     so a disk another index claimed meanwhile is refused, not taken over."""
     ours = str(index.resolve())
     data = json.dumps({"index": ours}).encode() + b"\n"
-    with _held(lock):
+    with lock:
         for disk in check([d for d in disks if d.writable], index):
             try:
                 write_atomic(disk.path / MARKER, data, 0o644)
@@ -119,19 +118,6 @@ def claim(disks: Sequence[Disk], index: Path, lock: Path) -> None:
                     f"disk {disk.path}: cannot write {MARKER}: {exc.strerror}"
                 ) from None
             event(log, "disk.claimed", logging.DEBUG, disk=disk.id, index=ours)
-
-
-@contextmanager
-def _held(path: Path) -> Iterator[None]:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # held for a few small writes at most
-        yield
-    finally:
-        os.close(fd)
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -260,6 +260,22 @@ class TitleLocks:
         finally:
             os.close(fd)  # closing releases the lock
 
+    @contextmanager
+    def store_wide(self, name: str) -> Iterator[None]:
+        """Hold the store-wide lock `name` (waiting for it), for short decisions that must
+        not interleave across processes (room checks, disk claims). Names start with '.': a
+        title id starts with a letter or digit, so they never clash with a title's lock."""
+        path = self.folder / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
 
 # -- clean-ups that run to their end ---------------------------------------------------------
 # A store operation that fails (an error, Ctrl-C) undoes what it did: a load interrupted

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import re
@@ -313,7 +312,7 @@ class Store:
         try:
             self.locks = TitleLocks(locks_folder(config.index))
             if create and unclaimed:
-                diskclaim.claim(unclaimed, config.index, self.locks.folder / diskclaim.LOCK)
+                diskclaim.claim(unclaimed, config.index, self.locks.store_wide(diskclaim.LOCK))
         except BaseException:
             self.conn.close()
             raise
@@ -403,19 +402,10 @@ class Store:
         with self.locks.hold(title_id, wait=False) as free:
             return not free
 
-    @contextlib.contextmanager
-    def _deciding_room(self) -> Iterator[None]:
-        """Held (ROOM_LOCK) from a load's or move's room check until its room is reserved."""
-        path = self.locks.folder / ROOM_LOCK
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a room check and one transaction
-            yield
-        finally:
-            os.close(fd)
+    def _deciding_room(self) -> contextlib.AbstractContextManager[None]:
+        """Held (ROOM_LOCK) from a load's or move's room check until its room is reserved:
+        a room check and one transaction."""
+        return self.locks.store_wide(ROOM_LOCK)
 
     def _reserve(self, title_id: str, sizes: Mapping[str, int]) -> None:
         """Record the room (disk → bytes) the title's load or move is about to fill, under

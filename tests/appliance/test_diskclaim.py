@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from appliance import diskclaim
 from appliance.disks import Disk, DiskError
+from appliance.safefiles import TitleLocks
 
 
 def disk(path: Path, writable: bool = True) -> Disk:
     path.mkdir(parents=True, exist_ok=True)
     return Disk(id=str(path), path=path, tier="ssd", capacity=1 << 30, high_watermark=0.9,
                 low_watermark=0.8, max_bytes=None, writable=writable)  # fmt: skip
+
+
+def lock(root: Path) -> AbstractContextManager[None]:
+    """The store-wide lock a Store writes claims under (in its index's locks folder)."""
+    return TitleLocks(root / "locks").store_wide(diskclaim.LOCK)
 
 
 @pytest.mark.parametrize(
@@ -51,31 +58,35 @@ def test_another_existing_index_is_refused_and_a_moved_one_is_taken_over(tmp_pat
     first.parent.mkdir()
     first.write_bytes(b"")
     assert diskclaim.check([d0], first) == [d0]
-    diskclaim.claim([d0], first, tmp_path / "lock")
+    diskclaim.claim([d0], first, lock(tmp_path))
     assert json.loads((d0.path / diskclaim.MARKER).read_text()) == {"index": str(first)}
     assert diskclaim.check([d0], first) == []  # claimed: nothing to write any more
 
     with pytest.raises(DiskError, match=f"holds the titles of the appliance index {first}"):
         diskclaim.check([d0], second)
     with pytest.raises(DiskError):  # checked again under the lock: never taken over
-        diskclaim.claim([d0], second, tmp_path / "lock")
+        diskclaim.claim([d0], second, lock(tmp_path))
 
     first.rename(tmp_path / "a" / "moved.sqlite")  # the old index is gone from its path
     assert diskclaim.check([d0], second) == [d0]
-    diskclaim.claim([d0], second, tmp_path / "lock")
+    diskclaim.claim([d0], second, lock(tmp_path))
     assert diskclaim.check([d0], second) == []
 
 
 def test_a_read_only_disk_is_checked_but_never_written(tmp_path: Path) -> None:
     ro = disk(tmp_path / "ro", writable=False)
-    diskclaim.claim([ro], tmp_path / "i.sqlite", tmp_path / "lock")
+    diskclaim.claim([ro], tmp_path / "i.sqlite", lock(tmp_path))
     assert not (ro.path / diskclaim.MARKER).exists()
 
 
 def _claim_many(root: str, rounds: int) -> None:
     disks = [disk(Path(root) / f"d{i}") for i in range(3)]
     for _ in range(rounds):
-        diskclaim.claim(disks, Path(root) / "i.sqlite", Path(root) / "lock")
+        diskclaim.claim(
+            disks,
+            Path(root) / "i.sqlite",
+            lock(Path(root)),
+        )
 
 
 def test_processes_claiming_at_once_all_succeed(tmp_path: Path) -> None:

@@ -39,9 +39,8 @@ def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def tls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
-    top = tmp_path_factory.mktemp("fleet-tls")
+def write_tls_fleet_config(top: Path) -> Path:
+    """A TLS fleet on loopback ports of its own, its database (and CA) under `top`."""
     config = top / "fleet.toml"
     config.write_text(f"""
 [server]
@@ -58,6 +57,13 @@ url = "http://127.0.0.1:9"
 name = "home"
 prefixes = ["192.168.1.0/24"]
 """)
+    return config
+
+
+@pytest.fixture(scope="module")
+def tls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    top = tmp_path_factory.mktemp("fleet-tls")
+    config = write_tls_fleet_config(top)
     fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http", "grpc-enrol"))
     try:
         yield fleet, top

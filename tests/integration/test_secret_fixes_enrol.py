@@ -29,7 +29,7 @@ from tests.conftest import run_cli
 from tests.integration.serve_support import Server, start
 from tests.integration.test_fleet import FLEET_TOML, ApplianceClient, cli, token
 from tests.integration.test_fleet_link_recovery import Clock
-from tests.integration.test_fleet_tls import _spki
+from tests.integration.test_fleet_tls import _spki, write_tls_fleet_config
 
 METHOD = "/edgeflix.fleet.v1.Fleet/"
 HOME_URL = "http://127.0.0.31:8081"
@@ -210,22 +210,7 @@ def test_a_box_whose_fleet_state_was_wiped_needs_rm_and_a_fresh_token(
 def tls_fleet(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
     top = tmp_path / "fleet-tls"
     top.mkdir()
-    config = top / "fleet.toml"
-    config.write_text(f"""
-[server]
-grpc = "127.0.0.1:0"
-enrol_grpc = "127.0.0.1:0"
-http = "127.0.0.1:0"
-db = "{top}/db/fleet.sqlite"
-tls = true
-[heartbeat]
-interval_s = 0.5
-[origin]
-url = "http://127.0.0.1:9"
-[[sites]]
-name = "home"
-prefixes = ["192.168.1.0/24"]
-""")
+    config = write_tls_fleet_config(top)
     fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http", "grpc-enrol"))
     try:
         yield fleet, top / "db" / "fleet-ca.pem"
