@@ -8,18 +8,16 @@ ASGI request cycle, task, event or header re-validation, which together cost mor
 decision itself. Whatever that path does not take (another HTTP version, a request queued
 behind one in flight, an operator's probe) reaches a plain ASGI handler in front of
 FastAPI, with the same answer; every other route goes to FastAPI. The port is public, so
-every connection is bounded in head size, head time and number (BoundedHttpToolsProtocol).
+every connection is bounded in head size, head time and number (fleet/http_protocol.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import json
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qsl
 
 import httptools
@@ -27,13 +25,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edgeflix.http.connection import LINGER_S
-from edgeflix.http.request import MAX_HEADER_COUNT, MAX_TARGET_BYTES
-from edgeflix.http.server import ServerSettings
 from fleet.admin import AdminAccess, Refusal
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
+from fleet.http_protocol import LIMITS, BoundedHttpToolsProtocol, encode_json
 from fleet.model import Appliance
 from fleet.planning import Planning
 from fleet.registry import Beat
@@ -48,8 +43,6 @@ _JSON_HEADERS = (b"content-type", b"application/json")
 # `excluded` names every appliance, as this admin route does: a probe gets it only from a
 # caller who may read that route.
 EXPLAIN_AS = "/appliances"
-_LIMITS = ServerSettings()  # the appliance's and origin's defaults: the same threats
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class JoinTokenRequest(BaseModel):
@@ -79,7 +72,7 @@ def steer_json(
     }
     if explain:
         body["excluded"] = list(decision.excluded)
-    return _encode(body).encode()
+    return encode_json(body).encode()
 
 
 def steer_params(query_string: bytes) -> tuple[str, str, bool]:
@@ -110,13 +103,13 @@ class SteerFastPath:
         try:
             if scope["method"] != "GET":
                 headers.append((b"allow", b"GET"))
-                status, body = 405, _encode({"error": "/steer only answers GET"}).encode()
+                status, body = 405, encode_json({"error": "/steer only answers GET"}).encode()
             else:
                 client_ip, title, probe = steer_params(scope["query_string"])
                 explain = probe and self._admin(scope, EXPLAIN_AS) is None
                 status, body = 200, steer_json(self.svc, client_ip, title, probe, explain)
         except FleetError as exc:
-            status, body = exc.http_status, _encode({"error": str(exc)}).encode()
+            status, body = exc.http_status, encode_json({"error": str(exc)}).encode()
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -132,7 +125,7 @@ class SteerFastPath:
         refusal = self._admin(scope, scope["path"])
         if refusal is None:
             return False
-        body = _encode({"error": refusal.message}).encode()
+        body = encode_json({"error": refusal.message}).encode()
         headers = [
             _JSON_HEADERS,
             (b"www-authenticate", b'Bearer realm="edgeflix-fleet"'),
@@ -141,227 +134,6 @@ class SteerFastPath:
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return True
-
-
-class _CoalescingTransport:
-    """A transport whose writes made in one loop step leave in one send: uvicorn writes a
-    response's head and body separately, and on loopback each send costs a delivery and a
-    wake-up of the reader, worth more than the whole /steer decision."""
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-        self._pending_bytes += len(data)
-
-    def get_write_buffer_size(self) -> int:
-        # What is not yet sent includes what waits here for the flush.
-        return self._pending_bytes + self._transport.get_write_buffer_size()
-
-    def _flush(self) -> None:
-        if self._pending:
-            data, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()  # a close after a write (Connection: close) must still send it
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a _CoalescingTransport (`uvicorn.Config(http=…)`)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
-
-
-class _HeadRefused(Exception):
-    """Raised in a parser callback to stop parsing a head we refuse (`send_400_response`)."""
-
-
-class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
-    """What one client may make the manager hold, bounded as the appliance and the origin
-    bound it (edgeflix/http, same defaults), since uvicorn bounds none of it: `/steer` is
-    public, and this loop also serves every appliance's gRPC.
-
-    - A request head of at most `max_header_bytes` and MAX_HEADER_COUNT fields, else 414
-      (the target) or 431, then close: uvicorn keeps every header, and grows the URL a
-      chunk at a time (quadratic in its length).
-    - A head finished within `header_timeout_s` of the connection opening or of bytes
-      arriving with no request in flight, else the connection closes: silent and slowloris
-      connections held descriptors for good. Idle after an answer, uvicorn's keep-alive
-      timer applies.
-    - At most `max_connections` connections: a newcomer at the cap closes the one idle
-      longest (answered, nothing since), else the one that has owed a head longest (a
-      player's head takes a round trip: a crowd of silent connections yields first), and
-      is answered 503 when every other has a request in flight.
-    """
-
-    header_timeout_s: float = _LIMITS.header_timeout_s
-    max_header_bytes: int = _LIMITS.max_header_bytes
-    max_connections: int = _LIMITS.max_connections
-    # The server's idle connections, longest idle first, and those owing a head, longest
-    # owing first: one of each per bound class, as a class is bound per server
-    # (`steering_protocol`).
-    idle: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
-    owing: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._in_head = True  # reading a request head (or waiting for one)
-        self._head_bytes = 0
-        self._refusal: tuple[int, str] | None = None
-        self._refused = False
-        # Since when the client owes us the rest of a head; None while it owes nothing.
-        # Checked by one timer per connection, not one armed per request: /steer is hot.
-        self._waiting_since: float | None = self.loop.time()
-        self.owing[self] = None
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._check_head)
-        if len(self.connections) > self.max_connections and not self._make_room():
-            self._refuse(503, "the fleet manager is at its connection limit: retry shortly")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._forget()
-        super().connection_lost(exc)
-
-    def handle_websocket_upgrade(self) -> None:
-        self._forget()  # the connection is the websocket protocol's from here on
-        super().handle_websocket_upgrade()
-
-    def _forget(self) -> None:
-        self.idle.pop(self, None)
-        self.owing.pop(self, None)
-        self._head_timer.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return  # lingering after a refusal: what comes is read and dropped
-        self.idle.pop(self, None)
-        if self._waiting_since is None and (self.cycle is None or self.cycle.response_complete):
-            self._waiting_since = self.loop.time()
-            self.owing[self] = None
-        # Fed in pieces that end where the head in progress would pass its limit: one still
-        # unfinished there is refused. (A head that begins in a piece after a request ended
-        # counts from the next piece on: at most one piece more.)
-        while self._in_head and len(data) > (room := self.max_header_bytes - self._head_bytes):
-            if room > 0:
-                self._head_bytes += room
-                super().data_received(data[:room])
-                data = data[room:]
-                if self._refused or self.transport.is_closing():
-                    return
-                if not self._in_head or self._head_bytes < self.max_header_bytes:
-                    continue  # the head ended in this piece
-            self._refuse_head()
-            return
-        if self._in_head:
-            self._head_bytes += len(data)
-        super().data_received(data)
-
-    def on_message_complete(self) -> None:
-        self._in_head = True  # what comes next is the next request's head
-        self._head_bytes = 0
-        super().on_message_complete()
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= MAX_HEADER_COUNT:
-            self._refusal = (431, f"more than {MAX_HEADER_COUNT} header fields")
-            raise _HeadRefused  # stops the parser; uvicorn then calls send_400_response
-        super().on_header(name, value)
-
-    def on_headers_complete(self) -> None:
-        self._in_head = False
-        self._waiting_since = None
-        self.owing.pop(self, None)
-        self.on_request_head()
-
-    def on_request_head(self) -> None:
-        """A head within the limits, complete: uvicorn's request cycle takes it."""
-        super().on_headers_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        if self._refusal is not None:
-            self._refuse(*self._refusal)
-        else:
-            super().send_400_response(msg)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.timeout_keep_alive_task is not None:  # idle: answered, nothing pipelined
-            self.idle[self] = None
-            self.idle.move_to_end(self)
-
-    def _refuse_head(self) -> None:
-        """414 when the target alone outgrew the limit (nginx's and the appliance's choice)."""
-        if len(getattr(self, "url", b"")) > MAX_TARGET_BYTES:
-            self._refuse(414, "request target too long")
-        else:
-            self._refuse(431, "request header fields too large")
-
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` and close, dropping whatever else the client sends meanwhile."""
-        self._refused = True
-        self._waiting_since = None
-        self.owing.pop(self, None)
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A request in flight answers first, and alone: the connection closes after it.
-            self.cycle.keep_alive = False
-            self.flow.pause_reading()
-            return
-        self.write_json(status, _encode({"error": message}).encode(), close=True)
-        if status == 503:
-            self.transport.close()  # at the connection cap: the descriptor back at once
-            return
-        # Half-close, then drop input until the client closes (or LINGER_S): closing with
-        # its request unread would reset the connection and could destroy the answer.
-        if not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.close)
-
-    def write_json(self, status: int, body: bytes, close: bool) -> None:
-        out = [STATUS_LINE[status]]
-        for name, value in self.server_state.default_headers:
-            out += [name, b": ", value, b"\r\n"]
-        out += [b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode()]
-        out += [b"\r\nconnection: close\r\n\r\n" if close else b"\r\n\r\n", body]
-        self.transport.write(b"".join(out))
-
-    def _check_head(self) -> None:
-        """The connection's timer: close it once the client owed a head for too long."""
-        since, now = self._waiting_since, self.loop.time()
-        if since is not None and now - since >= self.header_timeout_s:
-            self.transport.close()
-            return
-        wait = self.header_timeout_s if since is None else since + self.header_timeout_s - now
-        self._head_timer = self.loop.call_later(wait, self._check_head)
-
-    def _make_room(self) -> bool:
-        """Close the connection idle longest, else the one owing a head longest (never
-        this newcomer), for a newcomer at the cap."""
-        for waiting in (self.idle, self.owing):
-            for other in waiting:
-                if other is not self and not other.transport.is_closing():
-                    waiting.pop(other)
-                    other.transport.close()
-                    return True
-        return False
 
 
 class _NoEvent:
@@ -412,7 +184,7 @@ class SteeringHttpProtocol(BoundedHttpToolsProtocol):
                 return False  # an operator's: SteerFastPath knows whether to explain
             status, body = 200, steer_json(self.svc, client_ip, title)
         except FleetError as exc:
-            status, body = exc.http_status, _encode({"error": str(exc)}).encode()
+            status, body = exc.http_status, encode_json({"error": str(exc)}).encode()
         keep_alive = parser.should_keep_alive()
         self.write_json(status, body, close=not keep_alive)
         self.cycle = _ANSWERED  # type: ignore[assignment]
@@ -425,7 +197,7 @@ class SteeringHttpProtocol(BoundedHttpToolsProtocol):
 
 
 def steering_protocol(
-    svc: FleetService, max_connections: int = _LIMITS.max_connections
+    svc: FleetService, max_connections: int = LIMITS.max_connections
 ) -> type[SteeringHttpProtocol]:
     """The protocol class for `uvicorn.Config(http=…)`, bound to this service (and to
     `max_connections`, what the descriptor limit fits: edgeflix.http.runner)."""
