@@ -8,6 +8,7 @@ its SQLite file and WAL, and the rows of every table.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import random
@@ -115,7 +116,10 @@ class SimAppliance:
 
     def beat(self, titles: list[str], rng: random.Random) -> None:
         self.sequence += 1
-        held = tuple(HeldTitle(t, f"sha256:{t}", True, 50 << 20, "ssd") for t in titles)
+        held = tuple(
+            HeldTitle(t, hashlib.sha256(t.encode()).hexdigest(), True, 50 << 20, "ssd")
+            for t in titles
+        )
         counts = {
             t: Counts(rng.randrange(1, 50), rng.randrange(1, 50) << 20)
             for t in rng.sample(titles, 8)

@@ -75,6 +75,9 @@ interval_s = {plan_s}
     f'[[sites]]\nname = "{name}"\nprefixes = ["{net}.0/24"]\n' for name, net in SITES.items()
 )
 
+# One files.json digest for every title, in the shape the manager takes (SHA-256 hex).
+DIGEST = "d" * 64
+
 
 class Catalog(threading.Thread):
     """The origin's GET /titles, so the manager knows every title's size as in production:
@@ -82,7 +85,7 @@ class Catalog(threading.Thread):
 
     def __init__(self, titles: int) -> None:
         super().__init__(daemon=True)
-        doc = {"titles": [{"id": f"t{i:04d}", "digest": "d", "total_bytes": 3 * 10**9}
+        doc = {"titles": [{"id": f"t{i:04d}", "digest": DIGEST, "total_bytes": 3 * 10**9}
                           for i in range(titles + 20)]}  # fmt: skip
         body = json.dumps(doc).encode()
         read = self.read = threading.Event()
@@ -163,7 +166,7 @@ class Beater(threading.Thread):
                     timeout=10,
                 )
                 held_ids = title_set(rng, titles)
-                held = [HeldTitleFigure(t, "d", True, 0, "") for t in held_ids]
+                held = [HeldTitleFigure(t, DIGEST, True, 0, "") for t in held_ids]
                 self.boxes.append((name, key, held_ids, titles_digest(held)))
         self.sequence = 0
         self.beat_s = beat_s
@@ -196,7 +199,9 @@ class Beater(threading.Thread):
                 health=fleet_pb2.HEALTH_OK,
                 capacity_bps=10e9,
                 load_bps=random.uniform(1e9, 5e9),
-                titles=[fleet_pb2.HeldTitle(title_id=t, digest="d", complete=True) for t in titles],
+                titles=[
+                    fleet_pb2.HeldTitle(title_id=t, digest=DIGEST, complete=True) for t in titles
+                ],
                 titles_digest=digest,  # as appliances send it (appliance/fleetlink_core.py)
             )
             md = self.metadata(name, key, "Heartbeat", req)
