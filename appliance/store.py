@@ -302,7 +302,12 @@ class Store:
                     disk.titles_dir.mkdir()
                     fsync_dir(disk.path)
             except FileExistsError:
-                pass  # another command on a new box made it just now (a link is refused above)
+                # Another command on a new box made it just now (a link is refused above);
+                # anything else by that name is no titles folder.
+                if not disk.titles_dir.is_dir():
+                    raise DiskError(
+                        f"disk {disk.path}: {disk.titles_dir} is not a folder; move it away"
+                    ) from None
             except OSError as exc:
                 raise DiskError(
                     f"disk {disk.path}: cannot create {disk.titles_dir}: {exc}"

@@ -61,3 +61,13 @@ def test_a_second_index_over_the_same_disks_is_refused(tmp_path: Path) -> None:
     assert appliance("load", "--config", str(moved_config), "--title", "film", "--from", str(src2))
     marker = json.loads((tmp_path / "hdd1" / diskclaim.MARKER).read_text())
     assert marker == {"index": str(moved)}
+
+
+def test_a_file_where_the_titles_folder_goes_is_one_line(tmp_path: Path) -> None:
+    config = storage_toml(tmp_path)
+    (tmp_path / "ssd0" / "titles").write_bytes(b"not a folder")
+    src = make_title(tmp_path / "src", "bunny")
+    proc = appliance("load", "--config", str(config), "--title", "bunny", "--from", str(src))
+    assert proc.returncode == 1
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert f"{tmp_path / 'ssd0' / 'titles'} is not a folder" in line
