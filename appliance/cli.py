@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
     from appliance.config import StorageConfig
     from appliance.index import TitleRow
+    from appliance.listing import TitleListing
     from appliance.repair import Finding
-    from appliance.store import Store, TitleListing
+    from appliance.store import Store
     from edgeflix.tokens import SigningKey
 
 app = typer.Typer(no_args_is_help=True)

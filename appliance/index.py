@@ -91,7 +91,7 @@ class FileRow:
 
 
 def file_path(disk: str, folder: str, rel_path: str) -> Path:
-    """Where a title's file lives on a disk: DISK/titles/FOLDER/PATH (FOLDER: see store.py)."""
+    """Where a title's file lives on a disk: DISK/titles/FOLDER/PATH (FOLDER: see folders.py)."""
     return Path(disk) / TITLES_DIR / folder / rel_path
 
 
@@ -194,7 +194,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         "title TEXT NOT NULL, path TEXT NOT NULL, passes INTEGER NOT NULL, bad INTEGER NOT NULL)"
     )
     # Room a load or tier move in progress takes on each disk, from its room check until its
-    # files' rows are in (store.py): counted while its title's lock is held.
+    # files' rows are in (capacity.py): counted while its title's lock is held.
     conn.execute(
         "CREATE TABLE IF NOT EXISTS reserved (title TEXT NOT NULL, disk TEXT NOT NULL, "
         "size INTEGER NOT NULL, PRIMARY KEY (title, disk))"

@@ -270,7 +270,7 @@ class Tiering:
         title's lock, and only while the file is the one the move read and still fails its
         check: nothing changed in between."""
         from appliance.repair import Report, check_content, drop
-        from appliance.store import DamagedSource
+        from appliance.tiermove import DamagedSource
 
         if not isinstance(exc, DamagedSource):
             return

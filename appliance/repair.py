@@ -26,6 +26,7 @@ from appliance.adopt import adopt
 from appliance.disks import StorageError
 from appliance.findings import Finding as Finding  # re-exported: the CLI reports them
 from appliance.findings import Report, log_findings
+from appliance.folders import folder_title, recently_retired
 from appliance.folderscan import FolderScan, scan_folder
 from appliance.index import (
     INCOMPLETE,
@@ -50,7 +51,7 @@ from appliance.safefiles import (
     unlink_synced,
     walk_files,
 )
-from appliance.store import Store, folder_title, recently_retired
+from appliance.store import Store
 from edgeflix.titlefiles import sha256_file
 
 log = logging.getLogger("appliance.repair")
@@ -214,7 +215,7 @@ def scanned_size_problem(f: FileRow, scan: FolderScan | None) -> str | None:
 
 def _drop_other_versions(store: Store, row: TitleRow, folders: set[str], report: Report) -> None:
     """Folders of the title other than the one the index names: a version an update was
-    writing when it stopped, or the one it replaced (store.py, FOLDER_TAG_SEP)."""
+    writing when it stopped, or the one it replaced (folders.py, FOLDER_TAG_SEP)."""
     now = time.time()
     for folder in sorted(folders - {row.folder}):
         if any(recently_retired(d.titles_dir / folder, now) for d in store.disks):

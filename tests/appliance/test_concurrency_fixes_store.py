@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from appliance.capacity import less_room, reserved_on_disks
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError, DiskUsage, LoadError
 from appliance.index import READY, schema_current
-from appliance.store import Store, less_room, reserved_on_disks
+from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title, title_bytes
 
 SEGMENTS = [50_000] * 6  # ~300 kB a title

@@ -13,7 +13,8 @@ from pathlib import Path
 from appliance import replaced
 from appliance.config import DiskConfig, StorageConfig
 from appliance.index import MISSING, OK, all_titles, transaction
-from appliance.store import Store, TitleListing
+from appliance.listing import TitleListing
+from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title
 
 SPREAD = [4_000] * 24  # enough files that rendezvous hashing puts some on every disk

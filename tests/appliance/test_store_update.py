@@ -15,9 +15,10 @@ import pytest
 
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError, Disk, LoadError, StorageError
+from appliance.folders import folder_title
 from appliance.index import READY, IndexReader, get_title, title_files
 from appliance.repair import reconcile
-from appliance.store import Store, folder_title
+from appliance.store import Store
 from tests.appliance.storage_fixtures import make_title
 
 
@@ -344,10 +345,10 @@ def test_purging_frees_only_files_no_hard_link_keeps(
     kept = next(p for p in (disk.titles_dir / "bunny").rglob("*.m4s"))
     (tmp_path / "staging").mkdir()
     os.link(kept, tmp_path / "staging" / kept.name)
-    freed = store._freeing("bunny", {})
+    freed = store.capacity.freeing("bunny", {})
     total = sum(f.size for f in title_files(store.conn, "bunny"))
     assert sum(freed.values()) == total - kept.stat().st_size
-    assert store._freeing(None, {disk.id: 5}) == {disk.id: 5}
+    assert store.capacity.freeing(None, {disk.id: 5}) == {disk.id: 5}
     store.close()
 
 
