@@ -85,6 +85,12 @@ class ServeConfig(ConfigModel):
     max_header_bytes: int = Field(16 * 1024, ge=1024)
     # Off: bodies are copied through user space (file systems without sendfile; tests of both).
     sendfile: bool = True
+    # A response whose bytes are not cached waits this long for a reader thread to read them
+    # from the disk (the event loop never does: a dying disk would stall every connection of
+    # the worker), then gets a 503, or is cut if its head went out.
+    disk_timeout_s: float = Field(10.0, gt=0)
+    # Reader threads per worker for those reads; a disk stuck in a read holds one.
+    disk_threads: int = Field(4, ge=1, le=64)
     # SIGTERM: stop accepting, let in-flight responses finish for this long, then close.
     shutdown_timeout_s: float = Field(10.0, ge=0)
 

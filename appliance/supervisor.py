@@ -59,6 +59,8 @@ def serving_spec(config: ApplianceConfig) -> dict[str, Any]:
             "max_connections": s.max_connections,
             "max_header_bytes": s.max_header_bytes,
             "use_sendfile": s.sendfile,
+            "disk_timeout_s": s.disk_timeout_s,
+            "disk_threads": s.disk_threads,
         },
         "stop_timeout_s": s.shutdown_timeout_s,
     }

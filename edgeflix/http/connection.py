@@ -4,9 +4,10 @@ Phases: IDLE (waiting for a request; keep-alive deadline, or the header deadline
 connection), HEAD (part of a head received; header deadline counted from its first byte, so
 a slowloris client cannot extend it), SEND (a response in flight; deadline pushed on progress),
 LINGER (we answered and closed our side; reading and discarding until EOF so the peer sees
-the answer rather than a reset). An IDLE connection is on the server's idle list, least
-recently used first, once it has been answered: at the connection cap the first one there is
-closed to let a newcomer in.
+the answer rather than a reset), DISK (a response waiting for a reader thread to bring its
+next bytes into the page cache: residency.py; neither reading nor writing meanwhile). An
+IDLE connection is on the server's idle list, least recently used first, once it has been
+answered: at the connection cap the first one there is closed to let a newcomer in.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 from edgeflix.http.errors import HttpError
 from edgeflix.http.ranges import Span
 from edgeflix.http.request import parse_head
+from edgeflix.http.residency import CHECK_MAX
 from edgeflix.log import event
 
 if TYPE_CHECKING:
@@ -29,10 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgeflix.http")
 
-IDLE, HEAD, SEND, LINGER, CLOSED = range(5)
+IDLE, HEAD, SEND, LINGER, CLOSED, DISK = range(6)
 RECV_BYTES = 64 * 1024
 FALLBACK_CHUNK = 256 * 1024
 LINGER_S = 2.0
+# A read-in slower than this is logged and counted against the file's disk (stats.slow_reads).
+SLOW_READ_S = 2.0
 # Heads longer than this are never remembered as routes (routes.py): a player's are a few hundred
 # bytes, while 1024 remembered 16 KiB heads (junk query strings, padded headers) held 16 MB more
 # per worker.
@@ -54,10 +58,12 @@ class Connection:
         "file",
         "file_fd",
         "ip",
+        "just_read",
         "phase",
         "piece",
         "piece_off",
         "pieces",
+        "read_in",
         "reading",
         "sendfile",
         "sent",
@@ -88,6 +94,8 @@ class Connection:
         self.status = 0
         self.title = ""
         self.sendfile = server.settings.use_sendfile
+        self.read_in: OpenFile | None = None  # the file a reader thread is reading in
+        self.just_read = False  # its bytes came in: send them without asking again
 
     def start(self) -> None:
         # The first request must arrive within the header timeout, not the keep-alive one.
@@ -131,7 +139,16 @@ class Connection:
                 # calls and objects as it takes, because this is what nearly every request of
                 # a player is. Anything unusual goes on in the general path.
                 file = route.file
-                if not file.evicted and not server.stopping:
+                # Only bytes already cached go out from here (residency.py): a read from the
+                # disk would stop every connection of this worker while it lasts.
+                if (
+                    not file.evicted
+                    and not server.stopping
+                    and (
+                        file.cached_epoch == server.epoch
+                        or file.cached(route.start, route.length, server.epoch)
+                    )
+                ):
                     # Per request the size (lseek: a truncated file must become a 404, never a
                     # short body); the whole fstat (unlinked, replaced, rewritten) once an epoch.
                     if route.checked == server.epoch:
@@ -234,6 +251,13 @@ class Connection:
         self.sent = -len(head)  # count body bytes only
         if file is not None:
             self.file_fd = file.fd
+            first = body[0] if body else None
+            if isinstance(first, Span) and not file.cached(first.start, first.length, server.epoch):
+                # Not cached: read in before the head goes out, so a disk that fails the
+                # read gets the client an error status rather than a head and a cut.
+                self.pieces = (head, *body)
+                self._read_ahead(first.start, first.length)
+                return False
             if len(body) == 1 and self.sendfile:
                 # The common file answer, head then one span: two syscalls when the socket
                 # takes it all (MSG_MORE packs the head with the first body bytes).
@@ -311,7 +335,7 @@ class Connection:
         self.piece = 1
         self.sent = 0
         try:
-            n = os.sendfile(self.fd, self.file_fd, span.start, span.length)
+            n = os.sendfile(self.fd, self.file_fd, span.start, min(span.length, CHECK_MAX))
         except OSError:
             return None
         self.sent = n
@@ -351,6 +375,14 @@ class Connection:
                     n = sock.send(piece if not off else memoryview(piece)[off:], flags)
                     done = off + n >= len(piece)
                 else:
+                    file = self.file
+                    if self.just_read:
+                        self.just_read = False
+                    elif file is not None and not file.cached(
+                        piece.start + off, piece.length - off, self.server.epoch
+                    ):
+                        self._read_ahead(piece.start + off, piece.length - off)
+                        return False
                     n = self._send_span(piece, off)
                     if n == 0:
                         event(log, "file.truncated", logging.WARNING, title=self.title)
@@ -368,6 +400,7 @@ class Connection:
                     # on it), so the next request opens it afresh and gets an error status
                     # instead of a head and a cut connection.
                     self.server.files.discard(self.file)
+                    self.server.stats.disk_fault(self.file.dev, False, True)
                 # A file piece failing other than on the socket is our failure, not the client's.
                 self._abort(local=not isinstance(piece, bytes) and exc.errno not in _PEER_GONE)
                 return False
@@ -387,7 +420,8 @@ class Connection:
         return True
 
     def _send_span(self, span: Span, off: int) -> int:
-        remaining = span.length - off
+        # At most what was checked to be cached (residency.CHECK_MAX) per call.
+        remaining = min(span.length - off, CHECK_MAX)
         if self.sendfile:
             try:
                 return os.sendfile(self.fd, self.file_fd, span.start + off, remaining)
@@ -404,6 +438,61 @@ class Connection:
         if not data:
             return 0
         return self.sock.send(data)
+
+    def _read_ahead(self, start: int, length: int) -> None:
+        """Have a reader thread bring bytes [start, start + length) of the response's file
+        into the page cache (up to CHECK_MAX); the response resumes in `_read_done`."""
+        server = self.server
+        file = self.file
+        assert file is not None
+        if not server.disk_reader.submit(file.fd, start, length, self._read_done):
+            self._disk_failed(None)  # as many read-ins wait already as are allowed
+            return
+        file.refs += 1  # its fd stays open until the read-in reports, whatever happens here
+        self.read_in = file
+        self.phase = DISK
+        if self.writing:
+            server.loop.remove_writer(self.fd)
+            self.writing = False
+        self._pause_reading()
+        server.idle.pop(self, None)
+        self.deadline = server.loop.time() + server.settings.disk_timeout_s
+
+    def _read_done(self, error: OSError | None, seconds: float) -> None:
+        server = self.server
+        file = self.read_in
+        assert file is not None
+        self.read_in = None
+        slow = seconds >= SLOW_READ_S
+        if slow:
+            event(log, "disk.slow_read", logging.WARNING, path=file.path, seconds=round(seconds, 1))
+        if error is not None:
+            event(log, "disk.read_failed", logging.WARNING, path=file.path, error=error.strerror)
+            server.files.discard(file)  # opened afresh next time, to an error status
+        if slow or error is not None:
+            server.stats.disk_fault(file.dev, slow, error is not None)
+        server.files.release(file)
+        if self.phase != DISK:
+            return  # closed, or answered, while it read (client gone, disk_timeout_s)
+        if error is not None:
+            self._disk_failed(error)
+            return
+        self.phase = SEND
+        self.just_read = True
+        self._wait_writable()  # resumes in _on_writable as after a full socket buffer
+
+    def _disk_failed(self, error: OSError | None) -> None:
+        """The bytes the response needs could not be read in (`error`), or not in time or not
+        now (None). Before its head went out, the client gets 500 or 503 (a player's cue to
+        move to its next URL); after, the response can only be cut."""
+        if self.piece or self.piece_off:
+            self._abort(local=True)
+            return
+        self._release_file()
+        status = 500 if error is not None else 503
+        reason = "reading the file failed" if error is not None else "the disk is busy"
+        self.phase = SEND
+        self._begin(self.server.prepare_error(HttpError(status, reason, close=True)), False)
 
     def _finish(self) -> None:
         sent = self.sent
@@ -447,7 +536,11 @@ class Connection:
         self._resume_reading()
 
     def expire(self) -> None:
-        """The phase deadline passed: a slow or silent client, or a finished linger."""
+        """The phase deadline passed: a slow or silent client, a finished linger, or a
+        read-in that the disk has not answered in disk_timeout_s."""
+        if self.phase == DISK:
+            self._disk_failed(None)
+            return
         if self.phase == HEAD or (self.phase == IDLE and self.status == 0):
             # Never finished a request head in time (a fresh connection counts too).
             self.server.stats.header_timeouts += 1

@@ -20,6 +20,8 @@ import stat
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from edgeflix.http.residency import CHECK_MAX, map_file, resident, unmap
+
 if TYPE_CHECKING:
     from edgeflix.http.server import Prepared
 
@@ -32,9 +34,13 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 class OpenFile:
-    """One open file: fd, the stat seen by the last use, responses using it, cached heads."""
+    """One open file: fd, the stat seen by the last use, responses using it, cached heads,
+    and its mapping, for asking which of its pages are cached (residency.py)."""
 
-    __slots__ = ("evicted", "fd", "heads", "idle", "mtime_ns", "path", "refs", "size")
+    __slots__ = (
+        "addr", "cached_epoch", "dev", "evicted", "fd", "heads", "idle", "mtime_ns", "path",
+        "refs", "size",
+    )  # fmt: skip
 
     def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
         self.fd = fd
@@ -44,14 +50,40 @@ class OpenFile:
         self.evicted = False
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
+        self.dev = st.st_dev  # the file system (disk) it is on
+        self.addr = map_file(fd, st.st_size)
+        # The server epoch (100 ms) in which every page was last seen cached: mincore costs
+        # microseconds, so a file is asked about once an epoch, not per request.
+        self.cached_epoch = -1
         # Plain GET/HEAD answers by method, ready to send: valid for this size and mtime. (They
         # point back at this entry; `_drop` and `refresh` clear them, which breaks the cycle.)
         self.heads: dict[str, Prepared] = {}
 
     def refresh(self, st: os.stat_result) -> None:
         if st.st_size != self.size or st.st_mtime_ns != self.mtime_ns:
+            if st.st_size != self.size:
+                unmap(self.addr, self.size)
+                self.addr = map_file(self.fd, st.st_size)
+            self.cached_epoch = -1
             self.size, self.mtime_ns = st.st_size, st.st_mtime_ns
             self.heads = {}
+
+    def cached(self, start: int, length: int, epoch: int) -> bool:
+        """Bytes [start, start + length) are in the page cache (residency.py): a file up to
+        CHECK_MAX is asked about whole, and then taken as cached for the rest of `epoch`."""
+        if self.cached_epoch == epoch:
+            return True
+        if self.size > CHECK_MAX:
+            return resident(self.addr, start, length)
+        if not resident(self.addr, 0, self.size):
+            return False
+        self.cached_epoch = epoch
+        return True
+
+    def close(self) -> None:
+        unmap(self.addr, self.size)
+        self.addr = 0
+        os.close(self.fd)
 
 
 class FileCache:
@@ -114,7 +146,7 @@ class FileCache:
     def release(self, entry: OpenFile) -> None:
         entry.refs -= 1
         if entry.evicted and entry.refs <= 0:
-            os.close(entry.fd)
+            entry.close()
 
     def discard(self, entry: OpenFile) -> None:
         """Stop caching `entry` (damaged or unexpected): closed once no response uses it."""
@@ -152,7 +184,7 @@ class FileCache:
         entry.evicted = True
         entry.heads = {}
         if entry.refs <= 0:
-            os.close(entry.fd)
+            entry.close()
 
 
 def _refuse_symlinked_folders(path: str, rel_path: str) -> None:

@@ -34,6 +34,7 @@ from edgeflix.http.plan import (
 )
 from edgeflix.http.ranges import Span
 from edgeflix.http.request import RequestHead
+from edgeflix.http.residency import DiskReader
 from edgeflix.http.routes import FastRoute
 from edgeflix.http.stats import NO_TITLE, ServerStats
 from edgeflix.log import event
@@ -103,6 +104,13 @@ class ServerSettings:
     # (3 syscalls and the pager's code, cold after a large sendfile), so it is not done per
     # request; a file that vanished meanwhile is still caught (fstat, then a forced look).
     storage_check_s: float = 0.01
+    # A response whose bytes a reader thread is bringing in from the disk (residency.py)
+    # waits this long for them, then gets a 503 (or, mid-body, is cut): a player moves to its
+    # next URL well before its own fragment timeout (hls.js: 20 s).
+    disk_timeout_s: float = 10.0
+    # Reader threads per worker for those read-ins: a stuck disk holds one each, the others
+    # keep reading for the other disks.
+    disk_threads: int = 4
 
 
 class Prepared(NamedTuple):
@@ -143,6 +151,7 @@ class FileServer:
         self._listeners: list[socket.socket] = []
         self._accept_failing = False  # in a spell of failed accepts (logged once)
         self.files = FileCache(settings.open_files)
+        self.disk_reader = DiskReader(self.loop.call_soon_threadsafe, settings.disk_threads)
         self._tail_date = b""
         self.tails = (b"", b"")
         # Brings the site's view of storage up to date (the index reader's freshness check) and
@@ -476,6 +485,7 @@ class FileServer:
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.disk_reader.close()
         self.files.clear()
 
 

@@ -21,6 +21,13 @@ class ServerStats:
     header_timeouts: int = 0  # dropped while still sending request headers (slowloris)
     accept_errors: int = 0  # accept() failed: out of file descriptors (EMFILE/ENFILE)
     sendfile_errors: int = 0
+    # Read-ins of uncached bytes (residency.py) that took >= 2 s, or failed (EIO): a disk
+    # dying under the files it serves.
+    slow_reads: int = 0
+    read_errors: int = 0
+    # The same by the file system they happened on (st_dev → [slow reads, read errors]), for
+    # a caller that knows which disk that is (the appliance's health).
+    disk_faults: dict[int, list[int]] = field(default_factory=dict)
     # Responses cut after their head by a failure on our side (the disk's EIO, a file
     # truncated under us), by title: not in `requests`, whose status the client never got whole.
     aborted: dict[str, int] = field(default_factory=dict)
@@ -32,6 +39,13 @@ class ServerStats:
         else:
             counts[0] += 1
             counts[1] += nbytes
+
+    def disk_fault(self, dev: int, slow: bool, failed: bool) -> None:
+        faults = self.disk_faults.setdefault(dev, [0, 0])
+        faults[0] += slow
+        faults[1] += failed
+        self.slow_reads += slow
+        self.read_errors += failed
 
     def counter(self, status: int, title: str) -> list[int]:
         """The [requests, bytes] list kept for (status, title), for a caller that adds to it
@@ -51,6 +65,9 @@ class ServerStats:
             "header_timeouts": self.header_timeouts,
             "accept_errors": self.accept_errors,
             "sendfile_errors": self.sendfile_errors,
+            "slow_reads": self.slow_reads,
+            "read_errors": self.read_errors,
+            "disk_faults": {str(dev): f for dev, f in sorted(self.disk_faults.items())},
             "aborted": dict(sorted(self.aborted.items())),
         }
 
@@ -70,6 +87,12 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
         total.header_timeouts += int(snap.get("header_timeouts", 0))
         total.accept_errors += int(snap.get("accept_errors", 0))
         total.sendfile_errors += int(snap.get("sendfile_errors", 0))
+        total.slow_reads += int(snap.get("slow_reads", 0))
+        total.read_errors += int(snap.get("read_errors", 0))
+        for dev, (slow, failed) in snap.get("disk_faults", {}).items():
+            faults = total.disk_faults.setdefault(int(dev), [0, 0])
+            faults[0] += int(slow)
+            faults[1] += int(failed)
         for title, n in snap.get("aborted", {}).items():
             total.aborted[str(title)] = total.aborted.get(str(title), 0) + int(n)
     return total
