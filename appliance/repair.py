@@ -7,9 +7,13 @@ Reconcile removes what a crash left behind (temporary files, half-loaded or half
 copies a tier move did not finish, stray files) and drops files whose size no longer matches the
 index; verify does the same for content. A title with a dropped file is marked incomplete and is
 no longer served. Both work title by title under store.py's per-title locks. A title found
-on the disks but not in the index is adopted back (adopt.py); each title folder is read once
-(folderscan.py); edits of [storage] disks are followed (diskconfig.py). What they find is a
-Report of Findings, logged summarised (findings.py).
+on the disks but not in the index is adopted back (adopt.py), and so, by the daemon's periodic
+reconcile, are files marked missing that are whole on their disk again; each title folder is
+read once (folderscan.py); edits of [storage] disks are followed (diskconfig.py). What they
+find is a Report of Findings, logged summarised (findings.py).
+
+A stat or read that fails (EIO) is looked at once more after RETRY_AFTER_S before its file is
+dropped, and nothing is deleted on the word of a scan that could not read a folder.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import os
 import stat
 import time
 from collections.abc import Callable, Collection
+from functools import partial
 from pathlib import Path
 
 from appliance import diskconfig, replaced
-from appliance.adopt import adopt
+from appliance.adopt import Readopt, adopt
 from appliance.disks import StorageError
 from appliance.findings import Finding as Finding  # re-exported: the CLI reports them
 from appliance.findings import Report, log_findings
@@ -56,6 +61,28 @@ from edgeflix.titlefiles import sha256_file
 
 log = logging.getLogger("appliance.repair")
 
+# A file whose stat or read fails is checked once more this long after before it is dropped: a
+# disk or its path that hiccups (a bus reset, a multipath fail-over, a brief EIO) is back by
+# then, and a file dropped for it would serve no more until a fill. One failing longer is
+# dropped; if its deletion failed with it, the daemon's periodic reconcile takes it back once
+# it reads whole again (adopt.Readopt).
+RETRY_AFTER_S = 2.0
+UNREADABLE = "unreadable"  # how check_size and check_content's problems for an OSError begin
+
+
+def unreadable(problem: str | None) -> bool:
+    """The problem is an I/O error (worth a second look), not what the file is."""
+    return problem is not None and problem.startswith(UNREADABLE)
+
+
+def check_twice(check: Callable[[], str | None], wait: Callable[[float], object]) -> str | None:
+    """`check()`'s problem, asked once more after RETRY_AFTER_S when it was an I/O error."""
+    problem = check()
+    if unreadable(problem):
+        wait(RETRY_AFTER_S)
+        problem = check()
+    return problem
+
 
 def _folders_on_disks(store: Store, only: Collection[str] | None) -> dict[str, set[str]]:
     """Title id → the names of its folders on the disks (its id, and `id~tag` versions), of
@@ -80,11 +107,16 @@ def reconcile(
     *,
     stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    wait: Callable[[float], object] = time.sleep,
+    readopt: Readopt | None = None,
 ) -> Report:
     """Check every title the index or the disks know, or only the titles in `only` (a
     command about one title need not pay for a scan of them all); skip titles another
     process holds. `stop` is asked between titles (a daemon stopping ends the check there,
-    what it found so far logged); `progress` hears (titles done, titles in all) before each."""
+    what it found so far logged); `progress` hears (titles done, titles in all) before each.
+    A title with a file that could not be read is left as it is and checked once more after
+    one `wait(RETRY_AFTER_S)` for them all, at the end. `readopt` (the daemon's): files
+    marked missing found whole again serve again, within its budget."""
     report = Report()
     folders = _folders_on_disks(store, only)
     if only is None:
@@ -92,6 +124,7 @@ def reconcile(
         ids = {t.id for t in all_titles(store.conn)} | set(folders)
     else:  # a title neither indexed nor on a disk has nothing to check (nor a valid id, maybe)
         ids = {t for t in only if t in folders or get_title(store.conn, t) is not None}
+    again: list[str] = []  # titles with a file unreadable: checked again after the wait
     for done, title_id in enumerate(sorted(ids)):
         if stop is not None and stop():
             report.stopped = True
@@ -101,8 +134,19 @@ def reconcile(
         with store.locks.hold(title_id, wait=False) as held:
             if not held:
                 report.busy.append(title_id)
-                continue
-            _reconcile_title(store, title_id, folders.get(title_id, set()), report)
+            elif not _reconcile_title(store, title_id, folders, report, readopt, may_defer=True):
+                again.append(title_id)
+    if again and not report.stopped:
+        wait(RETRY_AFTER_S)  # once per pass, not per title: a failing disk must not stall it
+        for title_id in again:
+            if stop is not None and stop():
+                report.stopped = True
+                break
+            with store.locks.hold(title_id, wait=False) as held:
+                if not held:
+                    report.busy.append(title_id)
+                else:
+                    _reconcile_title(store, title_id, folders, report, readopt, may_defer=False)
     diskconfig.add_findings(report)
     log_findings(report.findings)
     return report
@@ -164,7 +208,18 @@ def _finish_interrupted(store: Store, row: TitleRow, report: Report) -> None:
     # `ls` shows it removing): the reconcile after that disk's return finishes it.
 
 
-def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Report) -> None:
+def _reconcile_title(
+    store: Store,
+    title_id: str,
+    on_disks: dict[str, set[str]],
+    report: Report,
+    readopt: Readopt | None,
+    *,
+    may_defer: bool,
+) -> bool:
+    """Check one title (its lock held); False when, `may_defer`, a file of it could not be
+    read: then nothing of it was dropped or deleted, and it is to be checked again later."""
+    folders = on_disks.get(title_id, set())
     row = get_title(store.conn, title_id)
     if row is None and _adopt(store, title_id, folders, report):
         row = get_title(store.conn, title_id)
@@ -173,27 +228,29 @@ def _reconcile_title(store: Store, title_id: str, folders: set[str], report: Rep
         removed = sum(_wipe(store, folder, title_id, report) for folder in sorted(folders))
         if removed:
             report.add(title_id, "", f"removed {removed} stray files of a title not in the index")
-        return
+        return True
     _drop_other_versions(store, row, folders, report)
     if row.state in (LOADING, REMOVING):
         _finish_interrupted(store, row, report)
-        return
+        return True
     files = diskconfig.set_aside(store, row, diskconfig.rehome(store, row, report), report)
-    # One scan of the title's folder per disk serves both the size checks and the sweep.
+    # One scan of the title's folder per disk serves the size checks, readopt and the sweep.
     scans = _scan(store, row)
-    dropped = []
-    for f in files:
-        if f.state != OK or f.disk in store.out_of_service:
-            continue  # a disk out of service: the daemon's take-out and re-scan own its files
-        report.checked_files += 1
-        problem = scanned_size_problem(f, scans.get(f.disk))
-        if problem:
-            dropped.append((f, problem))
+    # A disk out of service: the daemon's take-out and re-scan own its files.
+    checked = [f for f in files if f.state == OK and f.disk not in store.out_of_service]
+    found = ((f, scanned_size_problem(f, scans.get(f.disk))) for f in checked)
+    dropped = [(f, problem) for f, problem in found if problem]
+    if may_defer and any(unreadable(problem) for _, problem in dropped):
+        return False
+    report.checked_files += len(checked)
     drop(store, title_id, dropped, report, announce=False)
+    if readopt is not None:  # files missing before this check; those just dropped stay so
+        readopt.take_back(store, row, files, scans, report)
     if dropped:  # their deletion changed the folders: the sweep sees them as they are now
         scans = _scan(store, row)
     _sweep(store, row, files, scans, report)
     diskconfig.align_tier(store, row, report)
+    return True
 
 
 def _scan(store: Store, row: TitleRow) -> dict[str, FolderScan | None]:
@@ -280,18 +337,22 @@ def _sweep(
 ) -> None:
     """Delete files under the title's folders (as `scans` found them) that the index does not
     place there. A file the index marks missing is kept: its disk was out of service and is
-    back, and the daemon re-verifies it (fill/storage.py restore_disk) rather than filling it
-    again."""
+    back, or an I/O error had it dropped, and the daemon re-verifies it (fill/storage.py
+    restore_disk, adopt.Readopt) rather than filling it again."""
     title_id = row.id
     wanted = {(f.disk, f.path) for f in files}
     for disk in store.disks:
         top = disk.titles_dir / row.folder
         scan = scans.get(disk.id)
         if scan is None:  # absent, or a link or file in the folder's place
-            if _remove(top, title_id, report):
+            if _sweepable(top) and _remove(top, title_id, report):
                 report.add(title_id, "", f"removed a non-folder in the title's place on {disk.id}")
             continue
-        strays = [top / rel for rel in scan.entries if (disk.id, rel) not in wanted]
+        strays = [
+            top / rel
+            for rel in scan.entries
+            if (disk.id, rel) not in wanted and _sweepable(top / rel)
+        ]
         if not strays or not disk.writable:
             continue  # a read-only disk: its strays are swept once it is writable again
         try:
@@ -308,6 +369,17 @@ def _sweep(
             what = "partial file" if is_temp_name(path.name) else "file not in the index"
             report.add(title_id, rel, f"removed {what} on {disk.id}", disk=disk.id)
             prune_empty_dirs(path.parent, disk.titles_dir)
+
+
+def _sweepable(path: Path) -> bool:
+    """Something not a folder is at `path` now. The scan lists only non-folders (and None for
+    a title folder that is not one), so a folder here is one it met an I/O error on: deleting
+    it would take a whole rendition or title with it once the error passes. What cannot be
+    looked at now cannot be deleted either: the next pass sees it."""
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _remove(path: Path, title_id: str, report: Report) -> bool:
@@ -332,8 +404,13 @@ def _wipe(store: Store, folder: str, title_id: str, report: Report) -> int:
     return removed
 
 
-def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Report:
-    """Re-hash every file the index serves; mismatches are dropped like reconcile's."""
+def verify(
+    store: Store,
+    on_bytes: Callable[[int], None] | None = None,
+    wait: Callable[[float], object] = time.sleep,
+) -> Report:
+    """Re-hash every file the index serves; mismatches are dropped like reconcile's, and an
+    unreadable file after a second look (check_twice)."""
     report = Report()
     for title in all_titles(store.conn):
         with store.locks.hold(title.id) as _held:
@@ -346,7 +423,7 @@ def verify(store: Store, on_bytes: Callable[[int], None] | None = None) -> Repor
                 if f.state != OK:
                     continue
                 report.checked_files += 1
-                problem = check_content(f)
+                problem = check_twice(partial(check_content, f), wait)
                 report.checked_bytes += f.size
                 if on_bytes:
                     on_bytes(f.size)
@@ -364,7 +441,7 @@ def check_size(f: FileRow) -> str | None:
     except FileNotFoundError:
         return "missing from its disk"
     except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+        return f"{UNREADABLE} ({exc.strerror})"
     if stat.S_ISLNK(st.st_mode):
         return "a symbolic link in the file's place"
     if not stat.S_ISREG(st.st_mode):
@@ -388,5 +465,5 @@ def check_content(f: FileRow, on_chunk: Callable[[int], None] | None = None) -> 
     except FileNotFoundError:
         return "missing from its disk"
     except OSError as exc:
-        return f"unreadable ({exc.strerror})"
+        return f"{UNREADABLE} ({exc.strerror})"
     return None

@@ -7,7 +7,9 @@ next fill fetches the title again.
 The core (`scrub_step`) walks the index in (title, path) order from a cursor kept in the index
 itself, so a restart resumes where the last one stopped; it reads at most a byte budget per
 step, throttled, and skips what another process holds (a load, a move, a removal) until the
-next pass. `ScrubThread` is the daemon's shell around it, at idle I/O priority.
+next pass. A file that cannot be read is read once more after a short wait before it is
+dropped (repair.check_twice): a brief I/O error must not cost a title its files. `ScrubThread`
+is the daemon's shell around it, at idle I/O priority.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psutil
@@ -25,7 +29,7 @@ import psutil
 from appliance.config import StorageConfig
 from appliance.disks import SYSFS, StorageError
 from appliance.index import INCOMPLETE, OK, READY, FileRow, query_read_only, transaction
-from appliance.repair import Report, check_content, drop
+from appliance.repair import Report, check_content, check_twice, drop
 from appliance.safefiles import Throttle
 from appliance.store import Store
 from edgeflix.log import event
@@ -117,9 +121,11 @@ def scrub_step(
     budget_bytes: int,
     throttle: Throttle | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    wait: Callable[[float], object] = time.sleep,
 ) -> tuple[ScrubState, Report]:
     """Check files from `state`'s cursor on until `budget_bytes` are read or the pass ends
-    (the cursor then goes back to the start); returns the new state and what was found."""
+    (the cursor then goes back to the start); returns the new state and what was found.
+    `wait` passes the time before an unreadable file is read again."""
     report = Report()
     title, path, passes, bad = state.title, state.path, state.passes, state.bad
     spent = 0
@@ -143,7 +149,7 @@ def scrub_step(
                     if f.title not in report.busy:
                         report.busy.append(f.title)
                     continue
-                problem = check_content(f, on_chunk)
+                problem = check_twice(partial(check_content, f, on_chunk), wait)
                 report.checked_files += 1
                 report.checked_bytes += f.size
                 spent += f.size
@@ -199,7 +205,9 @@ class ScrubThread(threading.Thread):
         store = Store(self._config, out_of_service=self._out_of_service(), sysfs=SYSFS)
         try:
             before = load_state(store.conn) or ScrubState()
-            state, report = scrub_step(store, before, budget, throttle, self._stop_event.is_set)
+            state, report = scrub_step(
+                store, before, budget, throttle, self._stop_event.is_set, self._rest
+            )
             save_state(store.conn, state)
         finally:
             store.close()

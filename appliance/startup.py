@@ -120,7 +120,9 @@ class StartupCheck(threading.Thread):
                 if row:
                     ready, bad = restore_disk(store, disk.id)
                     event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
-            return reconcile(store, stop=self._halted.is_set, progress=self._progress)
+            return reconcile(
+                store, stop=self._halted.is_set, progress=self._progress, wait=self._halted.wait
+            )
         finally:
             store.close()
 

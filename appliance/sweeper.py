@@ -2,7 +2,9 @@
 what a one-off command killed mid-way left on the disks (an unfinished version's folder of
 `load --replace`, a title stuck loading or half removed) goes without waiting for the next
 start, so its space comes back and the accounting matches the disks. Titles another process
-is working on are skipped (their lock), as every reconcile does.
+is working on are skipped (their lock), as every reconcile does. Files an I/O error had
+dropped that are whole on their disk again serve again (adopt.Readopt, a budget per round):
+without it only a restart or a fill would bring them back.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class SweepThread(threading.Thread):
                 event(log, "sweep.failed", logging.WARNING, reason=str(exc))
 
     def sweep(self) -> None:
+        from appliance.adopt import Readopt
         from appliance.health import probe_disks, unusable
         from appliance.repair import reconcile
         from appliance.store import Store
@@ -48,12 +51,19 @@ class SweepThread(threading.Thread):
         probed = unusable(probe_disks([d.path for d in self._config.disks], self._config.index))
         out = self._out_of_service() | set(probed)
         store = Store(self._config, out_of_service=out, sysfs=SYSFS)
+        # A disk the monitor takes out during the round keeps its files missing.
+        readopt = Readopt(out_of_service=lambda: self._out_of_service() | set(probed))
         try:
-            report = reconcile(store)
+            # Stopping ends the round at its next title, and the wait before unreadable
+            # files are looked at again.
+            report = reconcile(
+                store, stop=self._stop_event.is_set, wait=self._stop_event.wait, readopt=readopt
+            )
         finally:
             store.close()
-        if report.findings:
-            event(log, "sweep.done", findings=len(report.findings), busy=len(report.busy))
+        if report.findings or readopt.files:
+            event(log, "sweep.done", findings=len(report.findings), busy=len(report.busy),
+                  readopted=readopt.files, ready_again=len(readopt.titles))  # fmt: skip
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop_event.set()
