@@ -7,7 +7,8 @@ with start/stop: the start-up check (startup.py: the rest of the reconcile, a st
 file, so never before serving), the health monitor
 (monitor.py: disks, health, hardware profile), and once the check is over the tier mover, the
 scrub, the sweeper and the fill scheduler (fill/scheduler.py); the admin listener serves
-/healthz, /metrics and /status.
+/healthz, /metrics and /status. The fill and the mover report their failed writes to the
+monitor's DiskWatch and place nothing on the disks it says take no writes (`_write_failed`).
 Lifecycle (sd_notify READY/WATCHDOG/RELOADING/STOPPING, SIGTERM drain, SIGHUP reload) is here.
 """
 
@@ -145,7 +146,10 @@ class Daemon:
         # 1. Health: hardware profile and a first probe of every disk, so a disk already dead
         #    is out of service (its files marked missing) before anything serves.
         errors = ServingErrors(lambda: status_totals(self.supervisor.view().stats.requests))
-        self.monitor = HealthMonitor(config, errors, on_disk_change=self._disks_changed)
+        self.monitor = HealthMonitor(
+            config, errors, on_disk_change=self._disks_changed,
+            serving_faults=lambda: self.supervisor.view().stats.disk_faults,
+        )  # fmt: skip
         self.monitor.first_sample()
         # 2. Store: settled from the index alone (interrupted loads and removals finished,
         #    files of disks gone from the config set aside); the walk over every stored file
@@ -168,9 +172,12 @@ class Daemon:
         # 5. Background subsystems: the health monitor, the fleet link (its keys serve), and
         #    the start-up check, which starts the rest once the store is checked.
         self.monitor.start()
+        # The scheduler takes plans now (the fleet link's cached one), and runs them once
+        # started.
         self.scheduler = FillScheduler(
-            config, self.monitor.out_of_service, plan_file=config.fill.plan
-        )  # it takes plans now (the fleet link's cached one), and runs them once started
+            config, self.monitor.out_of_service, plan_file=config.fill.plan,
+            not_writable=self.monitor.watch.not_writable, on_write_error=self._write_failed,
+        )  # fmt: skip
         if config.fleet.url is not None:
             self._start_fleet_link(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
         self.check = StartupCheck(
@@ -197,7 +204,10 @@ class Daemon:
 
         assert self.monitor is not None and self.scheduler is not None
         storage, out = self.config.storage, self.monitor.out_of_service
-        self.mover = MoverThread(storage, out_of_service=out)
+        self.mover = MoverThread(
+            storage, out_of_service=out, not_writable=self.monitor.watch.not_writable,
+            on_write_error=self._write_failed,
+        )  # fmt: skip
         self.mover.start()
         if storage.scrub_bytes_per_s:
             self.scrub = ScrubThread(storage, out_of_service=out)
@@ -230,8 +240,19 @@ class Daemon:
         self.link.start()
 
     def _admin_view(self) -> AdminView:
-        out = self.monitor.out_of_service() if self.monitor is not None else set()
-        return dataclasses.replace(self.supervisor.view(), out_of_service=frozenset(out))
+        monitor = self.monitor
+        out = monitor.out_of_service() if monitor is not None else set()
+        held = monitor.watch.not_writable() if monitor is not None else set()
+        return dataclasses.replace(
+            self.supervisor.view(), out_of_service=frozenset(out), not_writable=frozenset(held)
+        )
+
+    def _write_failed(self, disk: str, error: OSError) -> None:
+        """A fill or tier move failed to write on `disk` (their threads): counted by the
+        disk watch, and the health thread woken to act on the count and publish it now."""
+        if self.monitor is not None:
+            self.monitor.watch.write_failed(disk, error)
+            self.monitor.wake()
 
     def _disks_changed(self) -> None:
         # A lost disk's titles are re-filled onto the disks left, in the open or next window.

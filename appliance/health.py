@@ -2,10 +2,12 @@
 are out of service.
 
 Pure cores: `summarise` (inputs + thresholds-as-data → Health), `rates` (two counter snapshots
-→ per-second figures) and `decide_disks` (probe outcomes → disk states and actions). Thin
-shells: `HealthSampler` (psutil, injected clock) and `DiskWatch` (stat + canary read/write in
-a thread with a timeout, so a dead disk never hangs the caller). The daemon wires DiskWatch's
-actions to the storage index; hardware.py lowers advertised capacity from a Health.
+→ per-second figures), `decide_disks` (probe outcomes → disk states and actions) and
+`write_verdict` (failed data writes → no new writes, or out). Thin shells: `HealthSampler`
+(psutil, injected clock) and `DiskWatch` (stat + canary read/write in a thread with a timeout,
+so a dead disk never hangs the caller; the fill and the tier mover report their failed writes
+to it, since a disk can pass a 64-byte canary and fail its data writes). The daemon wires
+DiskWatch's actions to the storage index; hardware.py lowers advertised capacity from a Health.
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ from typing import Literal
 import psutil
 
 from appliance.disks import TITLES_DIR, titles_read_only
+from appliance.placement import WRITE_ERRNOS
 
 HealthState = Literal["ok", "degraded", "failing"]
-ProbeOutcome = Literal["ok", "missing", "unreadable", "read_only", "full", "io_error", "timeout"]
+ProbeOutcome = Literal[
+    "ok", "missing", "unreadable", "read_only", "full", "write_errors", "io_error", "timeout"
+]
 # read_only: its files keep serving, but nothing new is written there (ext4 remounted itself
 # read-only on errors, or an operator did): loads, fills and moves go to the other disks.
 # full: the canary write found no space (ENOSPC, EDQUOT): the disk reads and deletes fine, so
 # it is kept serving like a read-only one, and takes writes again once it has room.
-WRITE_ONLY_FAILURES: frozenset[ProbeOutcome] = frozenset({"read_only", "full"})
+# write_errors: the canary passes but the fill's or a move's data writes failed (WriteLimits).
+WRITE_ONLY_FAILURES: frozenset[ProbeOutcome] = frozenset({"read_only", "full", "write_errors"})
+WriteVerdict = Literal["ok", "no_writes", "out"]
 DiskState = Literal["serving", "read_only", "out", "rescanning"]
 CANARY = ".edgeflix-probe"
 
@@ -48,11 +55,12 @@ class NicRate:
 class DiskSample:
     path: str
     used_fraction: float | None
-    io_errors: int  # failed probes / I/O errors seen in the last interval
+    io_errors: int  # failed probes and failed data writes in the last interval
     latency_ms: float | None  # mean per I/O over the last interval
     in_service: bool
     reason: str | None = None
     writable: bool = True
+    write_errors: int = 0  # failed data writes (fill, tier moves) within WriteLimits.window_s
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,9 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
             continue
         if not disk.writable:
             why = disk.reason or "read-only"
-            what = "full" if why.startswith("full") else "read-only"
+            what = {"full": "full", "write_errors": "not writable"}.get(
+                why.partition(":")[0], "read-only"
+            )
             graded.append((1, f"disk {disk.path} {what} ({why}): serving, no new writes"))
         graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
         graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
@@ -198,7 +208,7 @@ class DiskStatus:
     state: DiskState = "serving"
     reason: str | None = None
     ok_streak: int = 0
-    errors: int = 0  # failed probes since the last report
+    errors: int = 0  # failed probes and data writes since the last report
     slow_streak: int = 0  # timed-out probes in a row
 
 
@@ -272,6 +282,67 @@ def decide_disks(
                 cur = replace(cur, state="serving", reason=None)
             new[p.path] = cur
     return new, actions
+
+
+@dataclass(frozen=True)
+class WriteLimits:
+    """When failed data writes (the fill's staging, tier moves' copies) stop new writes to a
+    disk and when they take it out. Apache Traffic Server calls a cache disk failing from its
+    first I/O error and takes it offline past proxy.config.cache.max_disk_errors (default 5):
+    the same 5 take ours out. New writes stop at the second already: ATS loses a cached
+    object to a bad write, we lose a title a night's fill brought, and the other disks have
+    room. One error only shows (io_errors, write_errors): one bad sector must not cut the
+    box's advertised capacity for a day. Counted within a window, since a box runs for
+    months and rare, unrelated errors must not add up to a take-out."""
+
+    no_writes_after: int = 2
+    take_out_after: int = 5
+    window_s: float = 24 * 3600.0
+    # A disk without writes is tried again this long after its last error (nothing can fail
+    # while nothing is written): each write that fails then counts on towards the take-out.
+    rest_s: float = 3600.0
+
+
+def write_verdict(errors: Sequence[float], now: float, limits: WriteLimits) -> WriteVerdict:
+    """What failed writes at times `errors` (the watch's clock) say of a disk at `now`."""
+    recent = [t for t in errors if now - t < limits.window_s]
+    if len(recent) >= limits.take_out_after:
+        return "out"
+    if len(recent) >= limits.no_writes_after and now - max(recent) < limits.rest_s:
+        return "no_writes"
+    return "ok"
+
+
+def fault_increase(
+    prev: Mapping[int, Sequence[int]], cur: Mapping[int, Sequence[int]]
+) -> dict[int, int]:
+    """Serving's read errors per file system (st_dev → [slow reads, read errors], the merged
+    worker counters of edgeflix/http/stats.py) since `prev`. A worker replaced meanwhile
+    starts its counts from 0 again, so a count that fell counts from there."""
+    grown = {}
+    for dev, counts in cur.items():
+        before = prev.get(dev, (0, 0))[1]
+        now = counts[1]
+        if now != before:
+            grown[dev] = now - before if now > before else now
+    return {dev: n for dev, n in grown.items() if n > 0}
+
+
+def with_write_errors(
+    probes: Sequence[DiskProbe], verdicts: Mapping[str, tuple[WriteVerdict, str]]
+) -> list[DiskProbe]:
+    """The canary's probes as failed data writes amend them (disk → verdict, detail): a disk
+    that passes its canary is taken out (an I/O error) or written no more all the same. A
+    probe that found worse (gone, unreadable, read-only, slow) stands."""
+    amended = []
+    for p in probes:
+        verdict, detail = verdicts.get(p.path, ("ok", ""))
+        if verdict == "out" and (p.outcome == "ok" or p.outcome in WRITE_ONLY_FAILURES):
+            p = DiskProbe(p.path, "io_error", detail)
+        elif verdict == "no_writes" and p.outcome == "ok":
+            p = DiskProbe(p.path, "write_errors", detail)
+        amended.append(p)
+    return amended
 
 
 def probe_disks(disks: Sequence[Path], index: Path) -> list[DiskProbe]:
@@ -374,11 +445,14 @@ class DiskWatch:
         recover_after: int = 3,
         probe: Callable[[Path, bool], DiskProbe] | None = None,
         held: Collection[str] = (),
+        write_limits: WriteLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         """`held`: disks the index places files on (index.disks_with_files). Without their
         titles folder they are missing from the first probe on, so a command or a daemon
         started while a disk is not mounted leaves its empty mount point alone: no titles
-        folder made there, no fill onto the root filesystem, no files dropped as lost."""
+        folder made there, no fill onto the root filesystem, no files dropped as lost.
+        `write_limits` and `clock`: how failed data writes (`write_failed`) count."""
         self.paths = [Path(p) for p in paths]
         self._probe = probe or _probe_once  # tests stand in a probe the kernel blocks
         self.timeout_s = timeout_s
@@ -387,6 +461,10 @@ class DiskWatch:
         self._stuck: dict[str, threading.Thread] = {}
         # Disks seen with their titles folder (or known to the index to hold files).
         self._held_titles: set[str] = {str(p) for p in self.paths} & set(held)
+        self.write_limits = write_limits or WriteLimits()
+        self._clock = clock
+        # Failed data writes per disk, within the window: (clock time, what failed).
+        self._write_errors: dict[str, list[tuple[float, str]]] = {}
         self._lock = threading.Lock()
 
     def statuses(self) -> dict[str, DiskStatus]:
@@ -426,8 +504,70 @@ class DiskWatch:
         """Probe all disks and return what the caller must do (TakeOut / Rescan)."""
         probes = self.probe_all()
         with self._lock:
+            # A disk whose own probe fails (dead, gone, stuck) goes out for that, and comes
+            # back only through a re-verify of its files: the I/O errors its death caused
+            # are history then, and must not keep the mended disk out for a day.
+            for p in probes:
+                if p.outcome != "ok" and p.outcome not in WRITE_ONLY_FAILURES:
+                    self._write_errors.pop(p.path, None)
+            probes = with_write_errors(probes, self._write_verdicts())
             self._statuses, actions = decide_disks(self._statuses, probes, self.recover_after)
         return actions
+
+    def write_failed(self, disk: str, error: OSError) -> None:
+        """A data write of the fill or a tier move on `disk` failed: an EIO or EROFS counts
+        against it (health shows it at the next sample; `not_writable` and the next poll
+        apply what the count says). Other errors, and paths that are no disk, are ignored.
+        Any thread."""
+        if error.errno not in WRITE_ERRNOS or disk not in self._statuses:
+            return
+        if self._statuses[disk].state in ("out", "rescanning"):
+            return  # errors of its death, reported late: its probe took it out already
+        named = f": {error.filename}" if error.filename else ""
+        with self._lock:
+            now = self._clock()
+            kept = [e for e in self._write_errors.get(disk, []) if self._recent(e[0], now)]
+            self._write_errors[disk] = [*kept, (now, f"{error.strerror or error}{named}")]
+            cur = self._statuses[disk]
+            self._statuses[disk] = replace(cur, errors=cur.errors + 1)
+
+    def read_failed(self, disk: str, count: int) -> None:
+        """Serving's reads of files on `disk` failed `count` times (EIO: each client got a
+        500 or a cut response): counted with its failed writes, as Traffic Server counts
+        every I/O error of a cache disk towards taking it offline."""
+        for _ in range(min(count, self.write_limits.take_out_after)):
+            self.write_failed(disk, OSError(errno.EIO, "serving reads failed"))
+
+    def not_writable(self) -> set[str]:
+        """Disks that take no new files now: read-only, full, or failing their writes."""
+        with self._lock:
+            held_back = {p for p, s in self._statuses.items() if s.state == "read_only"}
+            return held_back | set(self._write_verdicts())
+
+    def write_errors(self) -> dict[str, int]:
+        """Failed data writes per disk within the window."""
+        with self._lock:
+            now = self._clock()
+            return {
+                disk: sum(self._recent(t, now) for t, _ in errors)
+                for disk, errors in self._write_errors.items()
+            }
+
+    def _recent(self, at: float, now: float) -> bool:
+        return now - at < self.write_limits.window_s
+
+    def _write_verdicts(self) -> dict[str, tuple[WriteVerdict, str]]:
+        """Disk → (verdict, detail) for the disks whose failed writes hold them back; under
+        the lock."""
+        now, limits = self._clock(), self.write_limits
+        verdicts: dict[str, tuple[WriteVerdict, str]] = {}
+        for disk, errors in self._write_errors.items():
+            verdict = write_verdict([t for t, _ in errors], now, limits)
+            if verdict != "ok":
+                count, last = sum(self._recent(t, now) for t, _ in errors), errors[-1][1]
+                hours = limits.window_s / 3600
+                verdicts[disk] = (verdict, f"{count} I/O errors in {hours:g} h, last: {last}")
+        return verdicts
 
     def rescanned(self, path: str, ok: bool, reason: str = "re-verify failed") -> None:
         """The storage side finished re-scanning a returned disk."""
@@ -479,6 +619,7 @@ class HealthSampler:
         prev, self._prev = self._prev or cur, cur
         r = rates(prev, cur)
         errors = self.disks.take_errors()
+        failed_writes = self.disks.write_errors()
         disks = []
         for path, status in self.disks.statuses().items():
             used: float | None = None
@@ -498,6 +639,7 @@ class HealthSampler:
                     in_service=status.state in ("serving", "read_only"),
                     reason=status.reason,
                     writable=status.state != "read_only",
+                    write_errors=failed_writes.get(path, 0),
                 )
             )
         nics = tuple(

@@ -9,7 +9,9 @@ changes go through `DiskService` (store.py, fill/storage.py) on this thread only
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +28,7 @@ from appliance.health import (
     HealthSampler,
     Rescan,
     TakeOut,
+    fault_increase,
     summarise,
 )
 from appliance.index import disks_with_files
@@ -177,8 +180,13 @@ class HealthMonitor(threading.Thread):
         probe_timeout_s: float = 1.5,
         on_disk_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        serving_faults: Callable[[], Mapping[int, Sequence[int]]] = dict,
     ) -> None:
+        """`serving_faults()`: the workers' slow reads and read errors by st_dev (merged
+        ServerStats.disk_faults); each sample counts the new errors against their disk."""
         super().__init__(name="health", daemon=True)
+        self.serving_faults = serving_faults
+        self._faults_seen: Mapping[int, Sequence[int]] = {}
         self.config = config
         self.disk_interval_s = disk_interval_s
         self.sample_interval_s = sample_interval_s
@@ -346,7 +354,27 @@ class HealthMonitor(threading.Thread):
         self.sampler.device_of = {d.path: d.device for d in self._profile.disks}
         self.sampler.nic_speeds = {n.name: n.speed_bps for n in self._profile.nics}
 
+    def _count_serving_faults(self) -> None:
+        """Serving's failed reads since the last sample, counted against their disk by the
+        watch. A file system several configured disks share names none of them: counted for
+        none (the metrics still show it)."""
+        cur = self.serving_faults()
+        grown = fault_increase(self._faults_seen, cur)
+        self._faults_seen = {dev: tuple(counts) for dev, counts in cur.items()}
+        if not grown:
+            return
+        on_dev: dict[int, list[str]] = {}
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                on_dev.setdefault(os.stat(path).st_dev, []).append(str(path))
+        for dev, errors in grown.items():
+            named = on_dev.get(dev, [])
+            if len(named) == 1:
+                event(log, "disk.read_errors", logging.WARNING, disk=named[0], errors=errors)
+                self.watch.read_failed(named[0], errors)
+
     def _publish(self) -> None:
+        self._count_serving_faults()
         inputs = self.sampler.sample()
         health = summarise(inputs)
         with self._lock:

@@ -7,6 +7,9 @@ writer). One process, the daemon's main process, owns a `Tiering`: `tick()` drai
 into decayed per-title rates (tiering.py; persisted in the same file, so a restart does not make
 every title look cold), plans moves and runs them through `Store.move`, throttled to
 `storage.move_bytes_per_s`. `MoverThread` calls `tick()` periodically; serving never waits on it.
+A failed move waits out a backoff (tiering.backoff_after) before its title is tried again, and
+its write errors are reported against their disk (health.DiskWatch.write_failed, through the
+daemon); disks whose writes fail take no moves (`not_writable`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING
 from appliance import tiering
 from appliance.disks import SYSFS, CapacityError, StorageError
 from appliance.index import READY, all_titles, title_files
+from appliance.placement import blamed_disks, withheld
 from appliance.safefiles import UNLINK_GRACE_S, Throttle
 from edgeflix.log import event
 
@@ -215,12 +219,19 @@ class Tiering:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         grace_s: float = UNLINK_GRACE_S,
+        backoffs: dict[str, tiering.Backoff] | None = None,
+        on_write_error: Callable[[str, OSError], None] | None = None,
     ) -> None:
+        """`backoffs`: titles whose last moves failed (title → when to try again, on
+        `clock`), updated in place, so the caller keeps them from round to round.
+        `on_write_error(disk, error)`: a move's failed write, with the disk it was on."""
         self.store, self.book = store, book
         self._clock, self._sleep, self._grace = clock, sleep, grace_s
         # Titles whose move waits for room: said once, not every round (the figures in the
         # reason drift with every write), and tried each round, to move once room appears.
         self._waiting: set[str] = set()
+        self.backoffs = {} if backoffs is None else backoffs
+        self._on_write_error = on_write_error
 
     def tick(self, should_stop: Callable[[], bool] = lambda: False) -> list[tiering.Move]:
         """Returns the moves that were carried out."""
@@ -234,7 +245,9 @@ class Tiering:
         done = []
         planned = {m.title_id for m in plan}
         self._waiting &= planned
-        for move in plan:
+        for title_id in set(self.backoffs) - planned:
+            del self.backoffs[title_id]  # no longer to be moved: a later move starts afresh
+        for move in tiering.due(plan, self.backoffs, self._clock()):
             if should_stop():
                 break
             try:
@@ -252,16 +265,34 @@ class Tiering:
                           title=move.title_id, to=move.to_tier, reason=str(exc))  # fmt: skip
                 self._waiting.add(move.title_id)
                 continue
-            except (StorageError, OSError, InterruptedError) as exc:
+            except InterruptedError as exc:  # stopping: the title is not to blame
                 event(
                     log, "title.move_failed", logging.WARNING, title=move.title_id, reason=str(exc)
                 )
-                self._drop_if_damaged(exc)
+                continue
+            except (StorageError, OSError) as exc:
+                self._failed(move, exc)
                 continue
             self._waiting.discard(move.title_id)
+            self.backoffs.pop(move.title_id, None)
             if moved:
                 done.append(move)
         return done
+
+    def _failed(self, move: tiering.Move, exc: StorageError | OSError) -> None:
+        """Log it, back the title off, report a failed write against its disk, and drop a
+        file the move found damaged."""
+        now = self._clock()
+        wait = tiering.backoff_after(self.backoffs.get(move.title_id), now)
+        self.backoffs[move.title_id] = wait
+        event(log, "title.move_failed", logging.WARNING, title=move.title_id, reason=str(exc),
+              failures=wait.failures, retry_in_s=round(wait.until - now, 1))  # fmt: skip
+        if isinstance(exc, OSError) and self._on_write_error is not None:
+            # Only the destination tier's disks are written; a path elsewhere is the source.
+            written = [d.id for d in self.store.disks_of(move.to_tier)]
+            for disk, error in blamed_disks([exc], written).items():
+                self._on_write_error(disk, error)
+        self._drop_if_damaged(exc)
 
     def _drop_if_damaged(self, exc: BaseException) -> None:
         """A file the move found damaged is dropped as verify and the scrub drop one
@@ -297,11 +328,17 @@ class MoverThread(threading.Thread):
         interval_s: float | None = None,
         sysfs: Path | None = None,
         out_of_service: Callable[[], set[str]] = set,
+        not_writable: Callable[[], set[str]] = set,
+        on_write_error: Callable[[str, OSError], None] | None = None,
     ):
+        """`not_writable`: disks that take no moves now (the health monitor's: read-only,
+        full, failing their writes); `on_write_error`: see Tiering."""
         super().__init__(name="tier-mover", daemon=True)
         self._config, self._sysfs, self._out_of_service = config, sysfs, out_of_service
+        self._not_writable, self._on_write_error = not_writable, on_write_error
         self._interval = config.move_interval_s if interval_s is None else interval_s
         self._stop_event = threading.Event()
+        self._backoffs: dict[str, tiering.Backoff] = {}  # kept from round to round
 
     def run(self) -> None:
         # The book is opened inside the loop: a hits file that cannot be opened now (a
@@ -328,7 +365,12 @@ class MoverThread(threading.Thread):
         sysfs = SYSFS if self._sysfs is None else self._sysfs
         store = Store(self._config, out_of_service=self._out_of_service(), sysfs=sysfs)
         try:
-            Tiering(store, book, sleep=self._interruptible_sleep).tick(self._stop_event.is_set)
+            store.disks = withheld(store.disks, self._not_writable())
+            tiers = Tiering(
+                store, book, sleep=self._interruptible_sleep, backoffs=self._backoffs,
+                on_write_error=self._on_write_error,
+            )  # fmt: skip
+            tiers.tick(self._stop_event.is_set)
         finally:
             store.close()
 

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -182,6 +182,8 @@ class AdminView:
     token_rejections: Mapping[str, int]
     # Disk ids (resolved paths) the health monitor has taken out of service.
     out_of_service: frozenset[str] = frozenset()
+    # Disks in service that take no new files (read-only, full, failing their writes).
+    not_writable: frozenset[str] = frozenset()
 
 
 class AdminSite:
@@ -249,6 +251,12 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
          [Sample({}, stats.accept_errors)]),
         (p + "sendfile_errors_total", "counter", "sendfile(2) failures.",
          [Sample({}, stats.sendfile_errors)]),
+        (p + "slow_reads_total", "counter",
+         "Reads of uncached bytes for a response that took 2 s or more (a dying disk).",
+         [Sample({}, stats.slow_reads)]),
+        (p + "read_errors_total", "counter",
+         "Reads for a response that failed (EIO): the client got a 500 or a cut response.",
+         [Sample({}, stats.read_errors)]),
         (p + "responses_aborted_total", "counter",
          "Responses cut after their head by a disk error or a truncated file, by title "
          "(not in requests_total).",
@@ -258,7 +266,7 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
         (p + "workers", "gauge", "Serving worker processes alive.",
          [Sample({}, view.workers_alive)]),
     ]  # fmt: skip
-    families += disk_families(config, view.out_of_service)
+    families += disk_families(config, view.out_of_service, stats.disk_faults, view.not_writable)
     # Imported here: the serving workers import this module and never need these.
     from appliance import replaced, scrub
     from appliance.fill.figures import read_families
@@ -270,16 +278,22 @@ def metrics_text(config: ApplianceConfig, view: AdminView) -> str:
 
 
 def disk_families(
-    config: ApplianceConfig, out_of_service: Collection[str] = ()
+    config: ApplianceConfig,
+    out_of_service: Collection[str] = (),
+    faults: Mapping[int, Sequence[int]] | None = None,
+    not_writable: Collection[str] = (),
 ) -> list[tuple[str, str, str, list[Sample]]]:
+    """Per-disk figures; `faults`: serving's slow reads and read errors by st_dev."""
     from appliance.disks import detect_tier
 
-    size, used, serving = [], [], []
+    size, used, serving, writable, slow, failed = [], [], [], [], [], []
     for disk in config.storage.disks:
         out = str(disk.path.resolve()) in out_of_service
         serving.append(Sample({"disk": str(disk.path)}, 0 if out else 1))
         if out:
             continue  # unmounted, its mount point's figures are the root filesystem's
+        held = {str(disk.path), str(disk.path.resolve())} & set(not_writable)
+        writable.append(Sample({"disk": str(disk.path)}, 0 if held else 1))
         try:
             # Both inside: a missing or dead disk must not fail the whole scrape (its stat
             # for the tier raised out of the admin site, and /metrics never answered).
@@ -289,12 +303,25 @@ def disk_families(
             continue
         size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))
         used.append(Sample(labels, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize))
+        try:
+            counts = (faults or {}).get(os.stat(disk.path).st_dev, (0, 0))
+        except OSError:
+            continue
+        slow.append(Sample({"disk": str(disk.path)}, counts[0]))
+        failed.append(Sample({"disk": str(disk.path)}, counts[1]))
     return [
         ("edgeflix_appliance_disk_in_service", "gauge",
          "1 while the disk serves and takes titles; 0 once taken out (dead, unmounted).",
          serving),
+        ("edgeflix_appliance_disk_writable", "gauge",
+         "1 while a disk in service takes new titles; 0 when read-only, full or failing writes.",
+         writable),
         ("edgeflix_appliance_disk_size_bytes", "gauge", "File system size per disk in service.",
          size),
         ("edgeflix_appliance_disk_used_bytes", "gauge",
          "File system bytes used per disk in service.", used),
+        ("edgeflix_appliance_disk_slow_reads_total", "counter",
+         "Serving reads of 2 s or more on the disk's file system.", slow),
+        ("edgeflix_appliance_disk_read_errors_total", "counter",
+         "Serving reads that failed on the disk's file system.", failed),
     ]  # fmt: skip

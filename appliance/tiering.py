@@ -3,7 +3,8 @@ that follow from them. Pure: the caller passes the clock's readings in.
 
 A rate is an exponentially weighted average of requests/s with a configured half-life; titles
 at or above `hot_rate` belong on the ssd tier, the rest on hdd. mover.py feeds it hit counts
-and carries out the moves through store.py.
+and carries out the moves through store.py; a move that failed waits (`backoff_after`)
+before it is tried again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
 # A hot title is demoted only once its rate falls below half of hot_rate, so a title hovering
 # around the threshold is not copied back and forth between tiers.
 DEMOTE_FRACTION = 0.5
+# A failed move is tried again a minute later, then after twice as long each time it fails
+# again, at most an hour apart (as the fill retries a failed run): a title whose copy keeps
+# failing must not re-read its source and rewrite a failing disk every few seconds.
+MOVE_RETRY_S = 60.0
+MOVE_RETRY_MAX_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -95,3 +101,27 @@ def plan_moves(
     promote.sort(key=lambda m: (-m.rate, m.title_id))
     demote.sort(key=lambda m: (m.rate, m.title_id))
     return promote + demote
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A title whose move failed `failures` times in a row is not moved before `until`."""
+
+    failures: int
+    until: float
+
+
+def backoff_after(
+    prev: Backoff | None,
+    now: float,
+    first_s: float = MOVE_RETRY_S,
+    max_s: float = MOVE_RETRY_MAX_S,
+) -> Backoff:
+    """The wait after one more failed move at `now`: `first_s`, doubling, at most `max_s`."""
+    failures = (prev.failures if prev else 0) + 1
+    return Backoff(failures, now + min(first_s * 2 ** min(failures - 1, 32), max_s))
+
+
+def due(moves: Iterable[Move], backoffs: Mapping[str, Backoff], now: float) -> list[Move]:
+    """The moves whose title is not waiting out a backoff at `now`."""
+    return [m for m in moves if m.title_id not in backoffs or now >= backoffs[m.title_id].until]

@@ -9,7 +9,9 @@ staging/state.json for `appliance status`. The storage side is reached through t
 
 Each file is staged on the disk it will be stored on (layout.py), so the hand-off renames
 it into the store: no second write or hash, and a title being updated is out of service
-only for the renames.
+only for the renames. A disk whose writes fail (EIO, EROFS) is reported (`on_write_error`,
+the daemon's health.DiskWatch), its staging of the title dropped, and given up for the rest
+of the run: the title is tried again on the other disks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from appliance.fill.reconcile import reconcile
 from appliance.fill.redact import redact
 from appliance.fill.retry import RetryPolicy
 from appliance.fill.transport import Pool, Timeouts
+from appliance.placement import blamed_disks
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.titlefiles import TitleFiles
@@ -76,6 +79,10 @@ class Storage(Protocol):
         ...
 
     def remove(self, title_id: str) -> None: ...
+
+    def avoid(self, disk: str) -> None:
+        """Place nothing more on `disk` (a disk id) in this run: a write there failed."""
+        ...
 
     def exclusive(self) -> AbstractContextManager[None]:
         """Held for the whole run: one fill per store at a time (FillError when busy)."""
@@ -176,7 +183,11 @@ class FillRun:
     # Waiting for site peers (when the plan's wait_for_peers is on).
     peer_wait: PeerWaitPolicy = field(default_factory=PeerWaitPolicy)
     report: FillReport = field(default_factory=FillReport)
+    # A failed write on one of the disks (disk id, the error), for the disk's health.
+    on_write_error: Callable[[str, OSError], None] | None = None
     _state_failed: bool = False  # the state file could not be written: said once per run
+    _avoided: set[str] = field(default_factory=set)  # disks given up in this run
+    _again: deque[str] = field(default_factory=deque)  # titles to try on the other disks
     _thread: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="fill-storage")
     )
@@ -236,6 +247,11 @@ class FillRun:
             if wait is not None:
                 due = self.pacer.now() + timedelta(seconds=wait.wait_s)
                 heapq.heappush(deferred, (due, next(order), wait.title, wait.wait_s))
+            while self._again:  # at most once per disk given up: bounded
+                again = self._again.popleft()
+                self.report.titles[again].state = "waiting"
+                self.report.titles[again].error = None
+                queue.append(again)
             while deferred and deferred[0][0] <= self.pacer.now():
                 queue.append(heapq.heappop(deferred)[2])
 
@@ -272,9 +288,12 @@ class FillRun:
                     # the disk full for every other load (the next run starts it afresh).
                     for folder in staged.folders():
                         shutil.rmtree(folder, ignore_errors=True)
+                failing = await self._writes_failed(title_id, exc, staged)
+                where = ", ".join(failing) or "this appliance"
+                again = " (tried again on the other disks)" if title_id in self._again else ""
                 raise FillError(
-                    f"title {title_id}: cannot write its files on this appliance: "
-                    f"{failed.strerror or failed}"
+                    f"title {title_id}: cannot write its files on {where}: "
+                    f"{failed.strerror or failed}{again}"
                 ) from None
             prog.state = "loading"
             self._publish()
@@ -292,9 +311,34 @@ class FillRun:
             )
         except EdgeflixError as exc:
             prog.state, prog.error = "failed", str(exc)
-            event(log, "fill.title_failed", logging.WARNING, title=title_id, error=str(exc))
+            # Queued again on the other disks: not failed yet (title_failed is what alerts).
+            said = "fill.title_retried" if title_id in self._again else "fill.title_failed"
+            event(log, said, logging.WARNING, title=title_id, error=str(exc))
         self._publish()
         return None
+
+    async def _writes_failed(
+        self, title_id: str, exc: BaseException, staged: StagingLayout
+    ) -> list[str]:
+        """The disks the title's failed writes were on: each is reported, its staging of
+        the title dropped (when it still deletes), and given up for this run; a disk newly
+        given up queues the title to be tried again on the others."""
+        disks = {str(folder.parent.parent): folder for folder in staged.disk_folders}
+        used = await asyncio.to_thread(lambda: [d for d, f in disks.items() if f.is_dir()])
+        # A write() or fsync() names no file: the title's one staging disk, if it has one.
+        blamed = blamed_disks(_os_errors(exc), disks, used[0] if len(used) == 1 else None)
+        for disk, error in blamed.items():
+            event(log, "fill.write_failed", logging.WARNING, title=title_id, disk=disk,
+                  error=redact(str(error)))  # fmt: skip
+            if self.on_write_error is not None:
+                self.on_write_error(disk, error)
+            await asyncio.to_thread(shutil.rmtree, disks[disk], ignore_errors=True)
+            if disk not in self._avoided:
+                self._avoided.add(disk)
+                await self._storage(self.storage.avoid, disk)
+                if title_id not in self._again:
+                    self._again.append(title_id)
+        return sorted(blamed)
 
     async def _delete(self, ids: tuple[str, ...]) -> tuple[str, ...]:
         deleted = []
@@ -347,6 +391,16 @@ def staging_failure(exc: BaseException) -> OSError | None:
             errors = list(_leaves(match))
             return next((e for e in errors if e.errno in LOCAL_ERRNOS), errors[0])
     return None
+
+
+def _os_errors(exc: BaseException) -> list[OSError]:
+    """Every OSError in `exc` (itself, or the leaves of an exception group)."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        match, _ = exc.split(OSError)
+        return list(_leaves(match)) if match is not None else []
+    return []
 
 
 def _leaves(group: BaseExceptionGroup[OSError]) -> Iterator[OSError]:

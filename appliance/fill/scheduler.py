@@ -87,15 +87,17 @@ def latest_due(window: FillWindow | None, now: datetime, recheck_s: float) -> da
 class ServiceStorage(StoreStorage):
     """StoreStorage on the disks in service only (the health monitor's view at run start)."""
 
-    def __init__(self, config: ApplianceConfig, out_of_service: Callable[[], set[str]]) -> None:
-        super().__init__(config.storage)
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        out_of_service: Callable[[], set[str]],
+        not_writable: Callable[[], set[str]] = set,
+    ) -> None:
+        super().__init__(config.storage, not_writable)
         self._out = out_of_service
 
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self._store = Store(self.config, out_of_service=self._out())
-        return self._store
+    def _open(self) -> Store:
+        return Store(self.config, out_of_service=self._out())
 
 
 @dataclass
@@ -120,9 +122,15 @@ class FillScheduler:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         recheck_s: float = 3600.0,
         poll_s: float = 1.0,
+        not_writable: Callable[[], set[str]] = set,
+        on_write_error: Callable[[str, OSError], None] | None = None,
     ) -> None:
+        """`not_writable` and `on_write_error`: the health monitor's disks whose writes
+        fail, and where a run reports a failed write (health.DiskWatch)."""
         self.config = config
         self.out_of_service = out_of_service
+        self.not_writable = not_writable
+        self.on_write_error = on_write_error
         self.plan_file = plan_file
         self.now = now
         self.recheck_s = recheck_s
@@ -288,11 +296,11 @@ class FillScheduler:
         with self._lock:
             self._sched.running, self._sched.due = True, None
         pacer = Pacer(cap_bps=plan.cap_bps, window=plan.fill_window(), now=self.now)
-        storage = ServiceStorage(self.config, self.out_of_service)
+        storage = ServiceStorage(self.config, self.out_of_service, self.not_writable)
         policy, timeouts = tuning(self.config.fill)
         run = FillRun(
             plan, storage, self.config.fill.staging, pacer, policy, timeouts,
-            peer_wait=peer_waiting(self.config.fill),
+            peer_wait=peer_waiting(self.config.fill), on_write_error=self.on_write_error,
         )  # fmt: skip
         task = asyncio.create_task(run.run())
         error: str | None = None

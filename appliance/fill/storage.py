@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from appliance.config import StorageConfig
-from appliance.disks import DiskError
+from appliance.disks import Disk, DiskError
 from appliance.fill.downloader import FillError
 from appliance.fill.layout import DISK_STAGING, PART, StagingLayout, disk_staging, stale_folders
 from appliance.index import (
@@ -27,6 +27,7 @@ from appliance.index import (
     transaction,
 )
 from appliance.mover import RateBook
+from appliance.placement import withheld
 from appliance.store import Store, locks_folder
 from edgeflix import titlefiles
 from edgeflix.titlefiles import FILES_JSON, TitleFiles, sha256_file
@@ -37,10 +38,17 @@ RUN_LOCK = "fill-run"
 
 class StoreStorage:
     """Adapts Store to runner.Storage. SQLite connections belong to the thread that opened
-    them, so the Store is opened lazily by the first call, in the runner's storage thread."""
+    them, so the Store is opened lazily by the first call, in the runner's storage thread.
+    `not_writable`: disks whose writes fail now (the daemon's health.DiskWatch), asked as
+    each title is laid out; they and the disks this run gave up (`avoid`) get no new files."""
 
-    def __init__(self, config: StorageConfig) -> None:
+    def __init__(
+        self, config: StorageConfig, not_writable: Callable[[], Collection[str]] = set
+    ) -> None:
         self.config = config
+        self._not_writable = not_writable
+        self._avoided: set[str] = set()
+        self._opened: tuple[Disk, ...] = ()  # the store's disks as it opened them
         self._store: Store | None = None
         self._rates: RateBook | None = None
         # Title → file path → disk id: where staging puts each file, set before files.json
@@ -51,8 +59,21 @@ class StoreStorage:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store(self.config)
+            self._store = self._open()
+            self._opened = self._store.disks
         return self._store
+
+    def _open(self) -> Store:
+        return Store(self.config)
+
+    def avoid(self, disk: str) -> None:
+        self._avoided.add(disk)
+
+    def _withhold(self) -> None:
+        """Placement passes over the disks whose writes fail, as over read-only ones; a disk
+        whose writes work again (the health monitor says so) takes files again."""
+        store = self.store
+        store.disks = withheld(self._opened, {*self._not_writable(), *self._avoided})
 
     def close(self) -> None:
         if self._rates is not None:
@@ -74,6 +95,7 @@ class StoreStorage:
         """Each file staged on the disk the store will place it on (at the tier today's rate
         picks; a tier change by hand-off time only costs a copy). No disk of the tier in
         service: everything in `folder`, copied in later as before."""
+        self._withhold()
         disks = self.store.disks
         on_disks = tuple(disk_staging(d.path, title_id) for d in disks)
         try:
@@ -203,7 +225,14 @@ class StoreStorage:
             self._placers.pop(title_id, None)  # a later fill of it lays out staging anew
 
     def remove(self, title_id: str) -> None:
-        self.store.remove(title_id)
+        # Only placement passes over a disk whose writes fail: the titles on it are deleted
+        # as any (Store.remove refuses a disk it takes for read-only).
+        store = self.store
+        held_back, store.disks = store.disks, self._opened
+        try:
+            store.remove(title_id)
+        finally:
+            store.disks = held_back
 
 
 def mark_disk_missing(store: Store, disk_id: str) -> list[str]:
