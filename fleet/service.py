@@ -121,6 +121,9 @@ class FleetService:
         )
         self.origin_titles: dict[str, OriginTitle] = {}
         self.origin_read = False  # its catalogue read at least once (see catalog)
+        # What /steer may hand out: the titles of the origin's last listing of any since
+        # this start, None until one (see set_origin_titles).
+        self.listed: frozenset[str] | None = None
         self.releases: dict[str, float] = {}
         # See FleetSnapshot.withdrawn. As of the origin's last listing, kept in the store:
         # a restart with the origin unreachable refuses them still.
@@ -430,7 +433,7 @@ class FleetService:
     def steer(
         self, client_ip: str, title_id: str, *, count: bool = True
     ) -> tuple[SteeringDecision, SignedUrls]:
-        decision = steer(self.snapshot(), client_ip, title_id, self._steering_policy)
+        decision = steer(self.snapshot(), client_ip, title_id, self._steering_policy, self.listed)
         now = self.clock()
         s = self.config.steering
         usable = self._signers(now)
@@ -535,7 +538,17 @@ class FleetService:
         # pointed at a mistyped or fresh store would prune every appliance and refuse every
         # title at once): appliances keep and serve what they hold until it lists titles.
         self.origin_read = bool(listing)
-        if not listing:
+        if listing:
+            # Steering refuses (404) a title not listed: its origin URL would 404 and no
+            # appliance is planned to hold it. One ingested since the last poll is refused
+            # until the next one reads it, about [origin] poll_s (30 s by default): the
+            # player is told plainly and may retry, nothing at the edge holds it yet, and
+            # asking the origin on the request path would let any client make the manager
+            # call it at will. Before a listing of titles since this start (the origin
+            # unreachable, or listing nothing) nothing is refused this way, and a title no
+            # appliance holds goes to the origin; an empty listing keeps the one before.
+            self.listed = frozenset(listing)
+        else:
             kept = "appliances keep and serve what they hold until the origin lists titles"
             event(log, "fleet.origin_empty", logging.WARNING, action=kept)
 

@@ -10,17 +10,24 @@ Ranking, best first:
    above (1 + epsilon) x its site's mean utilisation drops behind those within the bound
    (consistent hashing with bounded loads), so a hot title spills to peers instead of
    saturating one box;
-2. eligible appliances of other sites, least utilised first (also for clients in no site);
+2. eligible appliances of other sites (of any site, for a client in no site), ranked the
+   same way over them all, the bound from their mean: titles spread over them and each
+   title keeps one order, so sessions from every site that misses it meet one cache;
 3. the origin, only when fewer than `min_urls` appliances qualify and the policy allows it.
+
+A title withdrawn from the origin, or (once its catalogue is known) never listed by it, is
+refused (UnknownNameError, a 404): no appliance is planned to hold it, and the origin has
+nothing to serve.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -182,12 +189,13 @@ def exclusion_reason(
     return None
 
 
-def site_mean_utilisation(members: tuple[Appliance, ...]) -> float:
+def site_mean_utilisation(members: Iterable[Appliance]) -> float:
     """Load over capacity of the site's serving appliances taken together, each weighing
     its capacity up to MAX_WEIGHT_OF_MEDIAN x the site's median one, and counted at most
     full: one reporting a thousand times its capacity in load would otherwise raise the
     bound above every peer (the same switch, the other way). Figures that are not finite
-    count as none; capacity is read up to MAX_RATE_BPS."""
+    count as none; capacity is read up to MAX_RATE_BPS. Also the mean of the other sites'
+    appliances that may serve a title, for the sessions their own site cannot take."""
     rates = [
         (min(a.capacity_bps, MAX_RATE_BPS), a.load_bps)
         for a in members
@@ -211,42 +219,47 @@ def site_mean_utilisation(members: tuple[Appliance, ...]) -> float:
 _OLDER = {False: "", True: ", older version"}  # in a candidate's reason
 
 
-def rank_in_site(
-    eligible: list[Appliance],
-    members: tuple[Appliance, ...],
+def rank_rendezvous(
+    eligible: Sequence[Appliance],
+    bound: float,
     title_id: str,
-    eps: float,
+    where: str,
+    limit: int,
     digest: str | None = None,
 ) -> list[Candidate]:
-    """Appliances holding the title's current version (`digest`) first: while an update
-    fills, a new session goes to the new version, and the others stay as fallbacks."""
-    bound = (1 + eps) * site_mean_utilisation(members)
-    keyed = []
-    for a in eligible:
-        over = a.load_bps > 0 and a.utilisation > bound
-        older = a.holds_older(title_id, digest)
-        score = rendezvous_score(title_id, a.name, a.capacity_bps)
-        keyed.append(((older, over, a.state != "ok", -score, -a.spare_bps, a.name), a, over))
-    keyed.sort(key=lambda k: k[0])
-    ranked = []
-    for key, a, over in keyed:
-        why = f"in site, over bound {a.utilisation:.0%} > {bound:.0%}" if over else "in site"
-        why = why if over else why + ", rendezvous"
-        ranked.append(Candidate(a.name, a.site, a.url, why + _OLDER[key[0]]))
-    return ranked
-
-
-def rank_least_loaded(
-    eligible: list[Appliance], reason: str, title_id: str = "", digest: str | None = None
-) -> list[Candidate]:
-    ranked = sorted(
-        eligible,
-        key=lambda a: (a.holds_older(title_id, digest), a.state != "ok", a.utilisation, a.name),
-    )
-    return [
-        Candidate(a.name, a.site, a.url, reason + _OLDER[a.holds_older(title_id, digest)])
-        for a in ranked
+    """The best `limit` of `eligible` for `title_id`, best first: holders of the title's
+    current version (`digest`) first (while an update fills, a new session goes to the new
+    version, the others stay as fallbacks); then those within `bound`, the utilisation past
+    which an appliance drops behind its peers (bounded loads); healthy before degraded; then
+    by capacity-weighted rendezvous score, so that each title has an order of its own
+    (titles spread, and a title's sessions find its cache), ties by spare capacity and
+    name. `where` opens each candidate's reason."""
+    if not eligible or limit <= 0:
+        return []
+    keys = rendezvous_keys((a.name for a in eligible), (a.capacity_bps for a in eligible))
+    # Per appliance of the pool on every steer: the figures are read inline, not through
+    # the properties (capacity is above 0 here, load below it: may_serve).
+    keyed = [
+        (
+            bool(digest) and a.holds_older(title_id, digest),
+            a.load_bps > 0 and a.load_bps > bound * a.capacity_bps,
+            a.state != "ok",
+            -score,
+            a.load_bps - a.capacity_bps,  # most spare first
+            a.name,
+            i,  # never compares `a`, even were two names the same
+            a,
+        )
+        for i, (a, score) in enumerate(
+            zip(eligible, rendezvous_scores(title_id, keys), strict=True)
+        )
     ]
+    ranked = []
+    # Only `limit` (max_urls) are kept: for a client in no site, of the whole fleet.
+    for older, over, *_, a in heapq.nsmallest(limit, keyed):
+        why = f"over bound {a.utilisation:.0%} > {bound:.0%}" if over else "rendezvous"
+        ranked.append(Candidate(a.name, a.site, a.url, f"{where}, {why}{_OLDER[older]}"))
+    return ranked
 
 
 def steer(
@@ -254,30 +267,42 @@ def steer(
     client_ip: str,
     title_id: str,
     policy: SteeringPolicy | None = None,
+    listed: Container[str] | None = None,
 ) -> SteeringDecision:
     """Rank where `client_ip` should stream `title_id` from. Raises FleetInputError on a bad IP
-    or title id (it becomes a path in every URL)."""
+    or title id (it becomes a path in every URL); UnknownNameError on a title withdrawn, or
+    one the origin's catalogue does not list (`listed`: None while that is unknown)."""
     policy = policy or SteeringPolicy()
     check_title(title_id)
     if title_id in snapshot.withdrawn:
         # `origin rm`: appliances still holding it drop it at their next fill, but no new
         # session starts on it meanwhile.
         raise UnknownNameError(f"title '{title_id}' was withdrawn from the origin")
+    if listed is not None and title_id not in listed:
+        # No appliance is planned to hold it and the origin would answer 404 to its URL.
+        raise UnknownNameError(f"unknown title '{title_id}': the origin does not list it")
     site: Site | None = snapshot.site_of(parse_address(client_ip))
     keys = snapshot.min_keys_version
     eligible = [a for a in snapshot.appliances if may_serve(a, title_id, policy, keys)]
+    digest = snapshot.digests.get(title_id)
+    eps, limit = policy.epsilon, policy.max_urls
 
     ranked: list[Candidate] = []
-    digest = snapshot.digests.get(title_id)
     if site is not None:
-        members = snapshot.in_site(site.name)
         local = [a for a in eligible if a.site == site.name]
-        ranked += rank_in_site(local, members, title_id, policy.epsilon, digest)
-        remote = [a for a in eligible if a.site != site.name]
-        ranked += rank_least_loaded(remote, "other site, least loaded", title_id, digest)
-    else:
-        ranked += rank_least_loaded(eligible, "client in no site, least loaded", title_id, digest)
-    ranked = ranked[: policy.max_urls]
+        if local:
+            bound = (1 + eps) * site_mean_utilisation(snapshot.in_site(site.name))
+            ranked += rank_rendezvous(local, bound, title_id, "in site", limit, digest)
+    if len(ranked) < limit:
+        # Other sites (anywhere, for a client in no site) by the same rule, over them all,
+        # the bound from their own mean: boxes far above it (a busy site's) go behind the
+        # rest. Least loaded first sent every title to one box, and a burst to the box
+        # whose last beat was lowest; rendezvous gives each title one order, the same
+        # from every site that cannot serve it, so its sessions meet one cache.
+        others = eligible if site is None else [a for a in eligible if a.site != site.name]
+        bound = (1 + eps) * site_mean_utilisation(others)
+        where = "other site" if site is not None else "client in no site"
+        ranked += rank_rendezvous(others, bound, title_id, where, limit - len(ranked), digest)
 
     if policy.origin_fallback and len(ranked) < policy.min_urls and snapshot.origin_url:
         ranked.append(

@@ -394,10 +394,13 @@ def test_a_title_the_origin_withdraws_is_planned_nowhere(tmp_path: Path) -> None
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["a", "b"]
     svc.set_origin_titles([OriginTitle("b", "db", GB)])  # "a" withdrawn
     assert [t.title_id for t in svc.replan().appliances["h1"].titles] == ["b"]
-    # Nor steered, though h1 holds it until its next fill; a title published since the
-    # last read is (the origin serves it).
+    # Nor steered, though h1 holds it until its next fill; nor a title the origin has not
+    # listed (its origin URL would 404; one published since is, once the next read lists it).
     with pytest.raises(UnknownNameError, match="withdrawn"):
         svc.steer("192.168.1.2", "a")
+    with pytest.raises(UnknownNameError, match="unknown title 'new'"):
+        svc.steer("192.168.1.2", "new")
+    svc.set_origin_titles([OriginTitle(t, "d" + t, GB) for t in ("b", "new")])
     assert svc.steer("192.168.1.2", "new")[0].candidates[-1].name == "origin"
     # An origin listing nothing (every title removed, or a wrong or fresh store): taken as
     # no withdrawal (appliances are not all pruned, nor every title refused, at once), but

@@ -1,6 +1,7 @@
 """Titles removed at the origin (`edgeflix origin rm`) stay withdrawn from a real fleet
 manager's steering: when the origin's store is left with none, and when the manager is
-restarted while the origin is away. A title published again is steered again.
+restarted while the origin is away. A title published again is steered again. A title
+the origin never listed is refused as unknown once it has listed titles since the start.
 
 An origin on a fixed loopback port (it comes back) and a fleet manager, through the CLI.
 """
@@ -54,6 +55,10 @@ class Setup:
         assert status in (200, 404), text
         return status == 404 and "withdrawn" in text
 
+    def unknown(self, title: str) -> bool:
+        status, text = self.steer(title)
+        return status == 404 and "unknown title" in text
+
     def origin_rm(self, title: str) -> None:
         run_cli(["origin", "rm", "--id", title, "--store", str(self.store)], check=True)
 
@@ -92,7 +97,10 @@ def test_removed_titles_stay_withdrawn_when_none_are_left_and_across_a_restart(
     setup.origin_rm("extra")
     wait_for(lambda: setup.origin_empty_logged(), 15, "the empty listing read")
     assert setup.withdrawn("show") and setup.withdrawn("film") and not setup.withdrawn("extra")
-    assert setup.steer("never-listed")[0] == 200  # not seen yet: the origin may serve it
+    # Never listed: refused too, as unknown (not withdrawn). It used to be steered to the
+    # origin ("it may serve it"), whose URL then 404s; one ingested since the last poll
+    # is refused until the next poll lists it ([origin] poll_s).
+    assert setup.unknown("never-listed")
 
     # The origin goes away and the manager restarts: the withdrawals hold.
     assert setup.origin is not None and setup.fleet is not None
@@ -100,9 +108,12 @@ def test_removed_titles_stay_withdrawn_when_none_are_left_and_across_a_restart(
     setup.fleet.stop()
     setup.start_fleet()
     assert setup.withdrawn("show") and setup.withdrawn("film") and not setup.withdrawn("extra")
+    # No listing since this start: the catalogue is unknown, the origin may have it.
+    assert setup.steer("never-listed")[0] == 200
 
     # Published again, the origin back: steered again; extra, not listed, withdrawn now.
     make_title(setup.store / "titles" / "film", "film")
     setup.start_origin()
     wait_for(lambda: not setup.withdrawn("film"), 15, "film steered again")
     assert setup.withdrawn("show") and setup.withdrawn("extra")
+    assert setup.unknown("never-listed")
