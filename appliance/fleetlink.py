@@ -46,7 +46,7 @@ from appliance.fleetlink_figures import (
     Traffic,
     fill_figures,
     held_titles,
-    tier_space,
+    tier_figures,
 )
 from appliance.fleetlink_rpc import CallFailed, FleetRpc
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
@@ -432,7 +432,8 @@ class FleetLink:
         bps = load_bps(self._load_prev, now, traffic.bytes_total)
         self._load_prev = (now, traffic.bytes_total)
         titles = held_titles(self.config.storage.index)
-        done, total, failed = fill_figures(self.config, self.plan, titles)
+        fill = fill_figures(self.config, self.plan, titles)
+        space = tier_figures(self.config, self.sinks.out_of_service())
         lost = self._silent_s()
         state, reasons = link_health(box.state, box.reasons, self.phase, lost)
         return BeatFigures(
@@ -441,15 +442,17 @@ class FleetLink:
             capacity_bps=box.capacity_bps,
             load_bps=bps,
             connections=traffic.connections,
-            tiers=tier_space(self.config, self.sinks.out_of_service()),
+            tiers=space.space,
+            fillable=space.fillable,
             titles=titles,
             plan_version=self.plan.version if self.plan else 0,
             keys_version=self.keys.version if self.keys else 0,
             keys_digest=self.keys_digest,
             plan_digest=self.plan.digest if self.plan else b"",
-            fill_done=done,
-            fill_total=total,
-            fill_failed=failed,
+            fill_done=fill.done,
+            fill_total=fill.total,
+            fill_failed=tuple(fill.failed),
+            fill_reasons=fill.failed,
         )
 
     def _beat(self) -> float:

@@ -8,7 +8,9 @@ what these functions decide; tests/appliance/test_fleetlink_core.py drives them 
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping
@@ -157,6 +159,37 @@ class BeatFigures:
     # KeySet.digest / PlanResponse.digest of what it runs (b"": unknown).
     keys_digest: bytes = b""
     plan_digest: bytes = b""
+    # Tier → the used bytes at which it takes no more titles (its disks' high watermarks).
+    fillable: Mapping[str, int] = field(default_factory=dict)
+    # Failed title → the fill's message (those of `fill_failed` it has one for).
+    fill_reasons: Mapping[str, str] = field(default_factory=dict)
+
+
+# What the fill says of a title there was no room for: the store's CapacityError ("title T
+# does not fit on the hdd tier: …", appliance/capacity.py) or a disk full under its download.
+_NO_ROOM = ("does not fit on the", os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
+# A reason as the fleet keeps it (fleet/grpc_api.py MAX_FAILURE_REASON).
+MAX_REASON = 300
+# Failures a beat details (the others go as ids in `failed_titles` only): every beat carries
+# them, and a run that failed everything (the origin down) failed thousands of titles.
+MAX_DETAILED_FAILURES = 256
+
+
+def no_room(reason: str) -> bool:
+    """Whether a failed title's message says it found no room on this appliance."""
+    return any(marker in reason for marker in _NO_ROOM)
+
+
+def fill_failures(failed: Iterable[str], reasons: Mapping[str, str]) -> list[fleet_pb2.FillFailure]:
+    """The first MAX_DETAILED_FAILURES failed titles with their reasons, shortened."""
+    return [
+        fleet_pb2.FillFailure(
+            title_id=t,
+            reason=reasons.get(t, "")[:MAX_REASON],
+            no_room=no_room(reasons.get(t, "")),
+        )
+        for t in list(failed)[:MAX_DETAILED_FAILURES]
+    ]
 
 
 def link_health(
@@ -202,7 +235,9 @@ def build_beat(
         load_bps=max(f.load_bps, 0.0),
         connections=max(f.connections, 0),
         tiers=[
-            fleet_pb2.TierSpace(tier=t, capacity_bytes=cap, used_bytes=used)
+            fleet_pb2.TierSpace(
+                tier=t, capacity_bytes=cap, used_bytes=used, fillable_bytes=f.fillable.get(t, 0)
+            )
             for t, (cap, used) in sorted(f.tiers.items())
         ],
         titles=[
@@ -228,6 +263,7 @@ def build_beat(
             bytes_done=f.fill_done,
             bytes_total=f.fill_total,
             failed_titles=list(f.fill_failed),
+            failures=fill_failures(f.fill_failed, f.fill_reasons),
         ),
     )
 

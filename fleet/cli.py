@@ -199,7 +199,8 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
         ui.print_json(rows)
         return
     ui.print_table(
-        ["name", "site", "state", "load Mb/s", "capacity Mb/s", "conns", "titles", "seen s ago"],
+        ["name", "site", "state", "load Mb/s", "capacity Mb/s", "conns", "complete", "held",
+         "filled", "failed", "seen s ago"],
         [
             [
                 r["name"],
@@ -209,11 +210,20 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
                 _mbps(r["capacity_bps"]),
                 r["connections"],
                 r["titles"],
+                # A manager from before these fields: what it says, nothing made up.
+                r.get("titles_held", "-"),
+                _filled(r.get("fill_bytes_done", 0), r.get("fill_bytes_total", 0)),
+                r.get("fill_failed", "-"),
                 r["last_seen_s"] if r["last_seen_s"] is not None else "-",
             ]
             for r in rows
         ],
-    )
+    )  # fmt: skip
+
+
+def _filled(done: int, total: int) -> str:
+    """Share of the running plan's bytes held ("-": no plan, or an empty one)."""
+    return f"{min(done / total, 1.0):.0%}" if total > 0 else "-"
 
 
 @app.command("show")
@@ -238,7 +248,29 @@ def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = 
         typer.echo(f"{key}: {'-' if info[key] in (None, '') else info[key]}")
     typer.echo(f"load: {_mbps(info['load_bps'])} of {_mbps(info['capacity_bps'])} Mb/s")
     typer.echo(f"disk: {info['disk_bytes'] / 1e9:.2f} GB")
+    for t in info.get("tiers", ()):
+        fillable = t["fillable_bytes"] or t["capacity_bytes"]
+        typer.echo(
+            f"disk {t['tier']}: {t['used_bytes'] / 1e9:.2f} GB used, fills up to "
+            f"{fillable / 1e9:.2f} of {t['capacity_bytes'] / 1e9:.2f} GB"
+        )
+    complete = sum(1 for h in info["held"].values() if h["complete"])
     typer.echo(f"held: {len(info['held'])} titles")
+    typer.echo(f"complete: {complete} of them (servable)")
+    done, total = info.get("fill_bytes_done", 0), info.get("fill_bytes_total", 0)
+    typer.echo(
+        f"fill: {done / 1e9:.2f} of {total / 1e9:.2f} GB of its plan held ({_filled(done, total)})"
+    )
+    failures = info.get("fill_failures", [])
+    typer.echo(f"fill failures: {len(failures)} titles")
+    if failures:
+        ui.print_table(
+            ["title", "no room", "reason"],
+            [[f["title_id"], f["no_room"], f["reason"] or "-"] for f in failures],
+            title="fill failures",
+        )
+        if not ui.interactive():
+            typer.echo()
     ui.print_table(
         ["title", "complete", "tier", "GB", "digest"],
         [
@@ -381,7 +413,8 @@ def plan_cmd(
         return
     typer.echo(f"plan version {out['version']}")
     ui.print_table(
-        ["appliance", "site", "titles", "GB", "added", "removed", "retiered", "updated"],
+        ["appliance", "site", "titles", "GB", "added", "removed", "retiered", "updated",
+         "fill failed"],
         [
             [
                 p["name"],
@@ -392,10 +425,11 @@ def plan_cmd(
                 " ".join(p["diff"]["removed"]) or "-",
                 " ".join(p["diff"]["retiered"]) or "-",
                 " ".join(p["diff"].get("updated", ())) or "-",
+                " ".join(p.get("fill_failed", ())) or "-",
             ]
             for p in out["appliances"]
         ],
-    )
+    )  # fmt: skip
 
 
 @app.command("fill")

@@ -103,6 +103,8 @@ class PlannerConfig(ConfigModel):
     interval_s: float = Field(300.0, gt=0)
     hysteresis: float = Field(0.25, ge=0)
     replica_load_share: float = Field(0.5, gt=0)
+    # Share of what each appliance tier takes (its high watermarks) that plans fill: the rest
+    # is headroom for files.json, which the origin's sizes leave out, and size drift.
     fill_ratio: float = Field(0.98, gt=0, le=1)
     max_fill_bytes: int | None = Field(None, gt=0)
     half_life_s: float = Field(14 * 86_400.0, gt=0)

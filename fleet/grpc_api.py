@@ -22,7 +22,7 @@ from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
-from fleet.registry import Beat, Health, held_title, known_tier
+from fleet.registry import Beat, FillFailure, Health, held_title, known_tier
 from fleet.service import FleetService, OpenEnrolmentFull
 from fleet.steering import MAX_RATE_BPS
 from fleet.store import EnrolmentRefused, StoreError
@@ -38,6 +38,9 @@ _METHOD = "/edgeflix.fleet.v1.Fleet/"
 # (as edgeflix/proto/codec.py MAX_COUNT_ENTRIES). Each new one is checked and becomes an
 # object the manager keeps; 320 k made-up ones a beat held the loop ~1 s each time.
 MAX_HELD_TITLES = 100_000
+# A failed title's reason as the manager keeps it (the fill's message, which names the title,
+# the tier and the bytes it lacked, fits well within).
+MAX_FAILURE_REASON = 300
 
 
 def _status(exc: FleetError) -> grpc.StatusCode:
@@ -78,6 +81,7 @@ def beat_from_proto(
     if len(req.titles) > MAX_HELD_TITLES:
         raise FleetInputError(f"heartbeat: {len(req.titles)} titles held, over {MAX_HELD_TITLES}")
     titles, digest = beat_titles(req, previous)
+    failures = fill_failures(req.fill, previous.fill_failures if previous else ())
     return Beat(
         at=now,
         sequence=req.sequence,
@@ -93,6 +97,7 @@ def beat_from_proto(
         keys_version=req.keys_version,
         fill_done=req.fill.bytes_done,
         fill_total=req.fill.bytes_total,
+        fill_failures=failures,
         boot=req.boot[:32],
         keys_digest=req.keys_digest[:64],
         plan_digest=req.plan_digest[:64],
@@ -107,8 +112,31 @@ def tier_spaces(sent: Iterable[fleet_pb2.TierSpace]) -> tuple[TierSpace, ...]:
         tier = known_tier(t.tier, "tier space")
         if tier in out:
             raise FleetInputError(f"heartbeat: tier space {tier!r} is listed twice")
-        out[tier] = TierSpace(tier, t.capacity_bytes)
+        # What it fills up to is no more than its capacity, whatever it says.
+        fillable = min(t.fillable_bytes, t.capacity_bytes)
+        out[tier] = TierSpace(tier, t.capacity_bytes, t.used_bytes, fillable)
     return tuple(out.values())
+
+
+def fill_failures(
+    fill: fleet_pb2.FillProgress, before: tuple[FillFailure, ...] = ()
+) -> tuple[FillFailure, ...]:
+    """The titles the appliance's last fill run failed: those of `failures` with why, the
+    rest of `failed_titles` (all of them, from an older appliance) with no reason. The
+    previous beat's tuple when nothing changed (beat after beat, the same run's report). At
+    most MAX_HELD_TITLES of each (FleetInputError beyond: a plan never holds more); ids no
+    origin can have are left out, and reasons cut to MAX_FAILURE_REASON characters."""
+    count = max(len(fill.failures), len(fill.failed_titles))
+    if count > MAX_HELD_TITLES:
+        raise FleetInputError(f"heartbeat: {count} failed titles, over {MAX_HELD_TITLES}")
+    sent = [(f.title_id, f.reason[:MAX_FAILURE_REASON], f.no_room) for f in fill.failures]
+    sent += [(t, "", False) for t in fill.failed_titles]
+    out: dict[str, FillFailure] = {}
+    for title_id, reason, no_room in sent:
+        if title_id not in out and valid_title(title_id):
+            out[title_id] = FillFailure(title_id, " ".join(reason.split()), no_room)
+    failures = tuple(out.values())
+    return before if failures == before else failures
 
 
 def beat_titles(

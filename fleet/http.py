@@ -232,14 +232,40 @@ def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
         "capacity_bps": a.capacity_bps,
         "load_bps": a.load_bps,
         "connections": a.connections,
+        # Complete (servable) titles; `titles_held` counts the incomplete ones too.
         "titles": sum(1 for t in a.titles.values() if t.complete),
+        "titles_held": len(a.titles),
         "disk_bytes": a.disk_bytes,
         "last_seen_s": _silence(svc, beat),
         "health_detail": beat.health_detail if beat else "",
         "plan_version": beat.plan_version if beat else 0,
         "keys_version": beat.keys_version if beat else 0,
         "planned_titles": len(planned.titles) if planned else 0,
+        # The plan it runs: its bytes held and in all (FillProgress), and how many titles its
+        # last fill run failed (`fill_failures` in /appliances/NAME says which and why).
+        "fill_bytes_done": beat.fill_done if beat else 0,
+        "fill_bytes_total": beat.fill_total if beat else 0,
+        "fill_failed": len(beat.fill_failures) if beat else 0,
     }
+
+
+def appliance_detail(svc: FleetService, a: Appliance) -> dict[str, Any]:
+    """`/appliances/NAME`: its row, its disks, what it holds, its plan and its failures."""
+    beat = svc.beats.get(a.name)
+    current = svc.current_plan
+    planned = current.for_appliance(a.name) if current else None
+    return {
+        **appliance_json(svc, a),
+        "tiers": [dataclasses.asdict(t) for t in a.tiers],
+        "held": {t: dataclasses.asdict(h) for t, h in sorted(a.titles.items())},
+        "plan": [dataclasses.asdict(t) for t in planned.titles] if planned else [],
+        "fill_failures": [dataclasses.asdict(f) for f in beat.fill_failures] if beat else [],
+    }
+
+
+def failed_titles(beat: Beat | None) -> list[str]:
+    """What the appliance's last fill run failed, as its last beat says."""
+    return [f.title_id for f in beat.fill_failures] if beat else []
 
 
 def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
@@ -257,6 +283,7 @@ def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
                 "planned_bytes": p.planned_bytes,
                 "titles": [dataclasses.asdict(t) for t in p.titles],
                 "diff": dataclasses.asdict(p.diff),
+                "fill_failed": failed_titles(svc.beats.get(p.appliance)),
             }
             for p in entries
             if site is None or p.site == site
@@ -294,13 +321,7 @@ def create_api(svc: FleetService, planning: Planning) -> FastAPI:
     async def appliance(name: str) -> dict[str, Any]:
         svc.record(name)
         a = next(a for a in svc.snapshot().appliances if a.name == name)
-        current = svc.current_plan
-        planned = current.for_appliance(name) if current else None
-        return {
-            **appliance_json(svc, a),
-            "held": {t: dataclasses.asdict(h) for t, h in sorted(a.titles.items())},
-            "plan": [dataclasses.asdict(t) for t in planned.titles] if planned else [],
-        }
+        return appliance_detail(svc, a)
 
     @app.post("/appliances/{name}/drain")
     async def drain(name: str) -> dict[str, Any]:

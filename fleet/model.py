@@ -176,6 +176,19 @@ class TierSpace:
 
     tier: str
     capacity_bytes: int
+    # Room taken on its disks: the appliance's titles (files.json included) and, on a disk
+    # without max_bytes, other data on the filesystem too (fleet.proto TierSpace).
+    used_bytes: int = 0
+    # The most `used_bytes` may reach before the appliance refuses titles there (its high
+    # watermarks); 0: not said (an older appliance), take `capacity_bytes`.
+    fillable_bytes: int = 0
+
+    @property
+    def limit_bytes(self) -> int:
+        """What the appliance fills the tier up to."""
+        if 0 < self.fillable_bytes < self.capacity_bytes:
+            return self.fillable_bytes
+        return self.capacity_bytes
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,9 @@ class Appliance:
     titles: Mapping[str, HeldTitle] = field(default_factory=dict)
     tiers: tuple[TierSpace, ...] = ()
     keys_version: int = 0  # the URL-token key set it reported running
+    # Titles its last fill run found no room for (FillProgress.failures): the planner
+    # places them elsewhere until a run of it succeeds or no longer tries them.
+    no_room: frozenset[str] = frozenset()
 
     @property
     def utilisation(self) -> float:
@@ -229,7 +245,7 @@ class Appliance:
         )
         return _appliance_from_columns, (
             self.name, self.site, self.url, self.state, self.capacity_bps, self.load_bps,
-            self.connections, self.tiers, columns, self.keys_version,
+            self.connections, self.tiers, columns, self.keys_version, self.no_room,
         )  # fmt: skip
 
 
@@ -244,11 +260,13 @@ def _appliance_from_columns(
     tiers: tuple[TierSpace, ...],
     columns: tuple[tuple[str, ...], tuple[str, ...], bytes, tuple[int, ...], tuple[str, ...]],
     keys_version: int,
+    no_room: frozenset[str] = frozenset(),
 ) -> Appliance:
     titles = {t: HeldTitle(d, bool(c), n, tier) for t, d, c, n, tier in zip(*columns, strict=True)}
     return Appliance(
-        name, site, url, state, capacity_bps, load_bps, connections, titles, tiers, keys_version
-    )
+        name, site, url, state, capacity_bps, load_bps, connections, titles, tiers, keys_version,
+        no_room,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

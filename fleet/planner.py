@@ -12,6 +12,12 @@ anyway while its appliance has room); replicas go where the title already is, th
 rendezvous (as steering ranks them); a new placement takes the fastest tier with room, so
 the hottest titles land on the fast tier, and an incumbent stays on its tier. One appliance
 per site fills a title from the origin, its peers fill from it, and it stays their source.
+
+Room is what the appliance accepts: `fill_ratio` of its tiers' high watermarks (or their
+capacity, from an appliance that does not say), less what else is on its disks (used bytes
+that are none of its titles). A title it must fetch has to fit beside everything it holds
+now, dropped titles included (it prunes those once the plan's titles are in), or it waits
+for the next round; and a title its last fill found no room for goes to another appliance.
 """
 
 from __future__ import annotations
@@ -62,16 +68,47 @@ def holds_version(appliance: Appliance, title_id: str, entry: CatalogTitle) -> b
     return held is not None and held.complete and (not entry.digest or held.digest == entry.digest)
 
 
+def title_sizes(
+    appliances: tuple[Appliance, ...] | list[Appliance], catalog: Mapping[str, CatalogTitle]
+) -> dict[str, int]:
+    """Title → the bytes it takes on an appliance's disks: the catalog's size, or what an
+    appliance holding this version whole reports when more. The catalog counts files.json
+    too (the origin lists its size); from an older origin it does not, and for a title
+    nobody holds yet `fill_ratio`'s headroom absorbs that."""
+    sizes = {t: e.size_bytes for t, e in catalog.items()}
+    for a in appliances:
+        for t, held in a.titles.items():
+            entry = catalog.get(t)
+            if (
+                entry is not None
+                and held.size_bytes > sizes[t]
+                and held.complete
+                and (not entry.digest or held.digest == entry.digest)
+            ):
+                sizes[t] = held.size_bytes
+    return sizes
+
+
+def held_bytes(a: Appliance, tier: str) -> int:
+    """Bytes of the titles `a` reports on `tier` (complete or not, any version)."""
+    return sum(h.size_bytes for h in a.titles.values() if h.tier == tier)
+
+
+def tier_room(a: Appliance, t: TierSpace, policy: PlannerPolicy) -> int:
+    """Bytes of titles `t` may hold as planned: `fill_ratio` of what the appliance fills it
+    up to, less its used bytes that are none of its titles (other data on its filesystem,
+    replaced versions kept a while). Its titles, kept or dropped, are not taken off: those
+    it keeps are charged as they are placed, those it drops go (see defer_unfitting)."""
+    foreign = max(0, t.used_bytes - held_bytes(a, t.tier))
+    return int(t.limit_bytes * policy.fill_ratio) - foreign
+
+
 class _Bins:
     """Free bytes per (appliance, tier) and the fill budget per appliance, while placing."""
 
     def __init__(self, members: list[Appliance], policy: PlannerPolicy) -> None:
         self.order = {a.name: tier_order(a.tiers, policy.fast_tiers) for a in members}
-        self.free = {
-            (a.name, t.tier): int(t.capacity_bytes * policy.fill_ratio)
-            for a in members
-            for t in a.tiers
-        }
+        self.free = {(a.name, t.tier): tier_room(a, t, policy) for a in members for t in a.tiers}
         budget = policy.max_fill_bytes
         self.budget = {a.name: budget if budget is not None else math.inf for a in members}
 
@@ -102,10 +139,13 @@ def plan_site(
     incumbents: Mapping[str, Mapping[str, str]],
     policy: PlannerPolicy,
     fillers: Mapping[str, str] | None = None,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, list[PlannedTitle]]:
     """Place titles on one site's appliances; returns appliance name → titles, hottest first.
     `incumbents`: appliance → the titles it holds or was planned, each with its tier there.
-    `fillers`: title → the appliance the previous plan had fill it from the origin."""
+    `fillers`: title → the appliance the previous plan had fill it from the origin.
+    `sizes`: title → bytes it takes on disk (title_sizes; from `members` when not given)."""
+    sizes = sizes if sizes is not None else title_sizes(members, catalog)
     site_incumbents = frozenset().union(*incumbents.values()) if incumbents else frozenset()
     total = sum(v for t, v in demand.items() if t in catalog and v > 0)
     candidates = [
@@ -116,7 +156,7 @@ def plan_site(
 
     def density(title: str) -> tuple[float, str]:
         value = demand.get(title, 0.0) * (1 + policy.hysteresis * (title in site_incumbents))
-        return (-value / catalog[title].size_bytes, title)
+        return (-value / sizes[title], title)
 
     candidates.sort(key=density)
     bins = _Bins(members, policy)
@@ -128,12 +168,12 @@ def plan_site(
     # (title, member, tier) held copies beyond the wanted count
     spare: list[tuple[str, int, str]] = []
     # Smallest size from each position on: once no tier has room for it, planning is done.
-    smallest = list(accumulate(reversed([catalog[t].size_bytes for t in candidates]), min))[::-1]
+    smallest = list(accumulate(reversed([sizes[t] for t in candidates]), min))[::-1]
     for i, title in enumerate(candidates):
         room = bins.largest_free()
         if room < smallest[i]:
             break
-        size = catalog[title].size_bytes
+        size = sizes[title]
         if size > room:
             continue  # leftover space goes to the next smaller title that fits
         share = demand.get(title, 0.0) / total if total > 0 else 0.0
@@ -154,6 +194,8 @@ def plan_site(
             # Bytes it must still fetch: a title planned last round but not yet fetched
             # (outside the window, say) is charged again, or the budget added up per round.
             fetch = not holds_version(a, title, catalog[title])
+            if fetch and title in a.no_room:
+                continue  # its last fill had no room for it: another appliance tries
             # An incumbent stays on its tier: taking the fast tier because a title a hair
             # hotter was placed first left no room for the one that was there.
             tier = bins.tier_with_room(a.name, size, fetch, held[k].get(title, ""))
@@ -161,10 +203,11 @@ def plan_site(
                 bins.take(a.name, tier, size, fetch)
                 placed[a.name].append((title, tier))
                 count += 1
-    if keep_spare_replicas(members, spare, catalog, bins, placed):
+    if keep_spare_replicas(members, spare, catalog, bins, placed, sizes):
         rank = {t: i for i, t in enumerate(candidates)}
         for rows in placed.values():
             rows.sort(key=lambda row: rank[row[0]])  # hottest first again
+    defer_unfitting(members, placed, catalog, sizes, policy)
     return assign_sources(members, placed, catalog, fillers or {})
 
 
@@ -174,19 +217,61 @@ def keep_spare_replicas(
     catalog: Mapping[str, CatalogTitle],
     bins: _Bins,
     placed: dict[str, list[tuple[str, str]]],
+    sizes: Mapping[str, int],
 ) -> bool:
     """Held copies beyond what a title needs stay where no title wanted the room: deleting
     them frees nothing of use, and a rise in demand would fetch them again. True if any."""
     kept = False
     for title, k, keep in spare:  # hottest first
-        a, size = members[k], catalog[title].size_bytes
+        a, size = members[k], sizes[title]
         fetch = not holds_version(a, title, catalog[title])
+        if fetch and title in a.no_room:
+            continue
         tier = bins.tier_with_room(a.name, size, fetch, keep)
         if tier is not None:
             bins.take(a.name, tier, size, fetch)
             placed[a.name].append((title, tier))
             kept = True
     return kept
+
+
+def new_bytes(a: Appliance, title: str, entry: CatalogTitle, size: int) -> int:
+    """The room `a` needs to hold `title` as planned: none when it holds this version; the
+    growth when it holds another version or part of it (which the new one replaces)."""
+    held = a.titles.get(title)
+    if held is None:
+        return size
+    if holds_version(a, title, entry):
+        return 0
+    return max(0, size - held.size_bytes)
+
+
+def defer_unfitting(
+    members: list[Appliance],
+    placed: dict[str, list[tuple[str, str]]],
+    catalog: Mapping[str, CatalogTitle],
+    sizes: Mapping[str, int],
+    policy: PlannerPolicy,
+) -> None:
+    """Leave out, this round, the new titles an appliance has no room for yet beside all
+    it holds now. It deletes what its plan drops only once every planned title is in
+    (appliance/fill/runner.py): such a title would fail for want of room, and its failure
+    keep the drop from ever happening. Without it, the drop happens; the next round, with
+    the room freed, plans it. Hottest first; an appliance reporting no used bytes (it
+    cannot say) is planned as before."""
+    for a in members:
+        if not any(t.used_bytes for t in a.tiers):
+            continue
+        room = {t.tier: int(t.limit_bytes * policy.fill_ratio) - t.used_bytes for t in a.tiers}
+        rows = []
+        for title, tier in placed[a.name]:
+            need = new_bytes(a, title, catalog[title], sizes[title])
+            if need and tier in room:
+                if room[tier] < need:
+                    continue  # after the prune
+                room[tier] -= need
+            rows.append((title, tier))
+        placed[a.name] = rows
 
 
 def assign_sources(
@@ -254,6 +339,7 @@ def plan(
     policy = policy or PlannerPolicy()
     sites = sorted({a.site for a in appliances})
     rows: dict[str, tuple[str, tuple[PlannedTitle, ...]]] = {}
+    sizes = title_sizes(appliances, catalog)
     for site in sites:
         members = sorted(
             (a for a in appliances if a.site == site and plannable(a)), key=lambda a: a.name
@@ -261,7 +347,7 @@ def plan(
         incumbents = {a.name: incumbent_tiers(a, previous, catalog) for a in members}
         wanted = (site_demand or {}).get(site, demand)
         fillers = previous_fillers(members, previous, catalog)
-        placed = plan_site(members, wanted, catalog, incumbents, policy, fillers)
+        placed = plan_site(members, wanted, catalog, incumbents, policy, fillers, sizes)
         for name, titles in placed.items():
             rows[name] = (site, tuple(titles))
     for a in appliances:  # not plannable now: keep what they were told last

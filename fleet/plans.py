@@ -29,7 +29,9 @@ class PlannerPolicy:
     # A title gets another replica for each `replica_load_share` of one appliance's fair
     # share of the site's demand it carries (0.5: no copy serves over half its box's share).
     replica_load_share: float = 0.5
-    # Plan at most this share of each tier; the rest absorbs size drift and partial fills.
+    # Plan at most this share of what each tier takes: the appliance's high watermarks of
+    # its disks (TierSpace.fillable_bytes; the capacity from one that does not say). The rest
+    # absorbs files.json (catalog sizes leave it out), size drift and partial fills.
     fill_ratio: float = 0.98
     fast_tiers: tuple[str, ...] = ("nvme", "ssd")
     # Bytes one appliance may be asked to fetch, all planned titles it does not hold complete

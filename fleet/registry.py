@@ -46,6 +46,15 @@ class ApplianceRecord:
 
 
 @dataclass(frozen=True)
+class FillFailure:
+    """A title the appliance's last fill run could not fill (FillProgress.failures)."""
+
+    title_id: str
+    reason: str = ""  # "": not said (an older appliance sends the ids only)
+    no_room: bool = False  # below its disks' high watermarks there was no room for it
+
+
+@dataclass(frozen=True)
 class Beat:
     """The latest heartbeat of one appliance (in memory; a copy is saved every few minutes)."""
 
@@ -62,6 +71,7 @@ class Beat:
     keys_version: int = 0
     fill_done: int = 0
     fill_total: int = 0
+    fill_failures: tuple[FillFailure, ...] = ()
     # The appliance's identifier of `titles` (HeartbeatRequest.titles_digest); b"": none.
     titles_digest: bytes = b""
     # Monotonic reading at receipt (the service stamps it), what silence is measured on: on
@@ -146,11 +156,19 @@ def build_snapshot(
                 titles=beat.titles if beat else {},
                 tiers=beat.tiers if beat else (),
                 keys_version=beat.keys_version if beat else 0,
+                no_room=no_room(beat),
             )
         )
     return FleetSnapshot(
         sites, tuple(appliances), origin_url, min_keys_version, digests or {}, withdrawn
     )
+
+
+def no_room(beat: Beat | None) -> frozenset[str]:
+    """The titles the appliance's last fill run found no room for."""
+    if beat is None or not beat.fill_failures:
+        return frozenset()
+    return frozenset(f.title_id for f in beat.fill_failures if f.no_room)
 
 
 def beat_to_dict(beat: Beat) -> dict[str, Any]:
@@ -163,12 +181,13 @@ def beat_to_dict(beat: Beat) -> dict[str, Any]:
         "capacity_bps": beat.capacity_bps,
         "load_bps": beat.load_bps,
         "connections": beat.connections,
-        "tiers": [[t.tier, t.capacity_bytes] for t in beat.tiers],
+        "tiers": [[t.tier, t.capacity_bytes, t.used_bytes, t.fillable_bytes] for t in beat.tiers],
         "titles": {k: [v.digest, v.complete, v.size_bytes, v.tier] for k, v in beat.titles.items()},
         "plan_version": beat.plan_version,
         "keys_version": beat.keys_version,
         "fill_done": beat.fill_done,
         "fill_total": beat.fill_total,
+        "fill_failures": [[f.title_id, f.reason, f.no_room] for f in beat.fill_failures],
     }
 
 
@@ -195,7 +214,7 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
         capacity_bps=float(doc["capacity_bps"]),
         load_bps=float(doc["load_bps"]),
         connections=int(doc["connections"]),
-        tiers=tuple(TierSpace(_shared_tier(t), int(c)) for t, c in doc["tiers"]),
+        tiers=tuple(_tier_space(*t) for t in doc["tiers"]),
         titles={
             str(k): HeldTitle(str(d), bool(c), int(n), _shared_tier(t))
             for k, (d, c, n, t) in doc["titles"].items()
@@ -204,7 +223,17 @@ def beat_from_dict(doc: Mapping[str, Any], at: float, seen: float | None = None)
         keys_version=int(doc["keys_version"]),
         fill_done=int(doc["fill_done"]),
         fill_total=int(doc["fill_total"]),
+        # Saved before failures were kept: none.
+        fill_failures=tuple(
+            FillFailure(str(t), str(why), bool(full))
+            for t, why, full in doc.get("fill_failures", ())
+        ),
     )
+
+
+def _tier_space(tier: Any, capacity: Any, used: Any = 0, fillable: Any = 0) -> TierSpace:
+    """A saved tier space; one saved before used and fillable bytes were kept has neither."""
+    return TierSpace(_shared_tier(tier), int(capacity), int(used), int(fillable))
 
 
 def _shared_tier(value: Any) -> str:

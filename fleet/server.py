@@ -150,7 +150,9 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
             continue
         try:
             title_id = check_title(t["id"])
-            total = int(t.get("total_bytes") or 0)
+            # What an appliance stores: the media and files.json (an older origin lists
+            # only the media; the planner's headroom absorbs the difference then).
+            total = int(t.get("total_bytes") or 0) + int(t.get("files_json_bytes") or 0)
         except (FleetInputError, TypeError, ValueError):
             continue
         digest = t.get("digest")

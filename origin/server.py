@@ -58,6 +58,7 @@ def encode_listing(titles: Sequence[PublishedTitle]) -> Listing:
             "renditions": list(t.renditions),
             "total_bytes": t.total_bytes,
             "files_json": f"/titles/{t.id}/files.json",
+            "files_json_bytes": t.files_json_bytes,
         }
         for t in titles
     ]

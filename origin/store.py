@@ -48,6 +48,7 @@ class PublishedTitle:
     total_bytes: int
     digest: str  # SHA-256 of files.json as published
     path: Path
+    files_json_bytes: int = 0  # files.json itself, which total_bytes leaves out
 
 
 def titles_dir(store: Path) -> Path:
@@ -108,7 +109,8 @@ def _published(folder: Path) -> PublishedTitle | None:
     per hundred long titles. A files.json that does not parse that far lists nothing."""
     try:
         model, digest = read_header(folder)
-    except TitleFilesError:
+        manifest_size = (folder / FILES_JSON).stat().st_size
+    except (TitleFilesError, OSError):
         return None
     if model.id != folder.name:
         return None  # copied or renamed by hand: its URLs (by id) would not find it
@@ -120,6 +122,7 @@ def _published(folder: Path) -> PublishedTitle | None:
         total_bytes=model.total_bytes,
         digest=digest,
         path=folder,
+        files_json_bytes=manifest_size,
     )
 
 

@@ -455,3 +455,8 @@ def test_an_origin_catalog_of_entries_none_usable_is_no_empty_catalogue() -> Non
     with pytest.raises(ValueError, match="none of the 2 entries"):
         catalog_from_json({"titles": [{"id": "../etc"}, "junk"]})
     assert catalog_from_json({"titles": []}) == []
+
+
+def test_origin_catalog_sizes_count_files_json_as_appliances_store_it() -> None:
+    doc = {"titles": [{"id": "film", "digest": "d", "total_bytes": 5, "files_json_bytes": 2}]}
+    assert catalog_from_json(doc) == [OriginTitle("film", "d", 7)]

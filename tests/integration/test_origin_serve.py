@@ -62,6 +62,8 @@ def test_titles_listing_carries_digests(origin: tuple[Server, Path]) -> None:
     assert [(t["id"], t["digest"]) for t in listing["titles"]] == [("bunny", digest)]
     files = httpx.get(server.url + listing["titles"][0]["files_json"])
     assert titlefiles.digest_bytes(files.content) == digest
+    # What an appliance stores of it, for the fleet's plans: the media and files.json.
+    assert listing["titles"][0]["files_json_bytes"] == len(files.content)
 
 
 @pytest.mark.parametrize(

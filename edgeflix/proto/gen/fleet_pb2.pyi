@@ -47,14 +47,16 @@ class EnrolResponse(_message.Message):
     def __init__(self, appliance: _Optional[str] = ..., site: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., client_cert_pem: _Optional[bytes] = ..., ca_cert_pem: _Optional[bytes] = ...) -> None: ...
 
 class TierSpace(_message.Message):
-    __slots__ = ("tier", "capacity_bytes", "used_bytes")
+    __slots__ = ("tier", "capacity_bytes", "used_bytes", "fillable_bytes")
     TIER_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILLABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     tier: str
     capacity_bytes: int
     used_bytes: int
-    def __init__(self, tier: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ...) -> None: ...
+    fillable_bytes: int
+    def __init__(self, tier: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., fillable_bytes: _Optional[int] = ...) -> None: ...
 
 class HeldTitle(_message.Message):
     __slots__ = ("title_id", "digest", "complete", "size_bytes", "tier")
@@ -86,17 +88,29 @@ class TitleCountsBatch(_message.Message):
     counts: _containers.RepeatedCompositeFieldContainer[TitleCounts]
     def __init__(self, counts: _Optional[_Iterable[_Union[TitleCounts, _Mapping]]] = ...) -> None: ...
 
+class FillFailure(_message.Message):
+    __slots__ = ("title_id", "reason", "no_room")
+    TITLE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NO_ROOM_FIELD_NUMBER: _ClassVar[int]
+    title_id: str
+    reason: str
+    no_room: bool
+    def __init__(self, title_id: _Optional[str] = ..., reason: _Optional[str] = ..., no_room: _Optional[bool] = ...) -> None: ...
+
 class FillProgress(_message.Message):
-    __slots__ = ("plan_version", "bytes_done", "bytes_total", "failed_titles")
+    __slots__ = ("plan_version", "bytes_done", "bytes_total", "failed_titles", "failures")
     PLAN_VERSION_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FAILED_TITLES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
     plan_version: int
     bytes_done: int
     bytes_total: int
     failed_titles: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, plan_version: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., failed_titles: _Optional[_Iterable[str]] = ...) -> None: ...
+    failures: _containers.RepeatedCompositeFieldContainer[FillFailure]
+    def __init__(self, plan_version: _Optional[int] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., failed_titles: _Optional[_Iterable[str]] = ..., failures: _Optional[_Iterable[_Union[FillFailure, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("appliance", "sequence", "health", "health_detail", "capacity_bps", "load_bps", "connections", "tiers", "titles", "counts_zstd", "plan_version", "keys_version", "fill", "url", "titles_digest", "keys_digest", "plan_digest", "boot", "titles_omitted")
