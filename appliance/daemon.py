@@ -148,7 +148,7 @@ class Daemon:
         errors = ServingErrors(lambda: status_totals(self.supervisor.view().stats.requests))
         self.monitor = HealthMonitor(
             config, errors, on_disk_change=self._disks_changed,
-            serving_faults=lambda: self.supervisor.view().stats.disk_faults,
+            serving=lambda: self.supervisor.view().stats,
         )  # fmt: skip
         self.monitor.first_sample()
         # 2. Store: settled from the index alone (interrupted loads and removals finished,

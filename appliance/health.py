@@ -26,7 +26,6 @@ from typing import Literal
 import psutil
 
 from appliance.disks import TITLES_DIR, titles_read_only
-from appliance.placement import WRITE_ERRNOS
 
 HealthState = Literal["ok", "degraded", "failing"]
 ProbeOutcome = Literal[
@@ -300,15 +299,20 @@ class WriteLimits:
     window_s: float = 24 * 3600.0
     # A disk without writes is tried again this long after its last error (nothing can fail
     # while nothing is written): each write that fails then counts on towards the take-out.
+    # One taken out is re-verified then (every file hashed, the bad ones dropped and filled
+    # again); passed, it serves with its errors forgotten, so one bad file cannot keep a
+    # disk out for a day.
     rest_s: float = 3600.0
 
 
 def write_verdict(errors: Sequence[float], now: float, limits: WriteLimits) -> WriteVerdict:
     """What failed writes at times `errors` (the watch's clock) say of a disk at `now`."""
     recent = [t for t in errors if now - t < limits.window_s]
+    if not recent or now - max(recent) >= limits.rest_s:
+        return "ok"
     if len(recent) >= limits.take_out_after:
         return "out"
-    if len(recent) >= limits.no_writes_after and now - max(recent) < limits.rest_s:
+    if len(recent) >= limits.no_writes_after:
         return "no_writes"
     return "ok"
 
@@ -519,7 +523,10 @@ class DiskWatch:
         against it (health shows it at the next sample; `not_writable` and the next poll
         apply what the count says). Other errors, and paths that are no disk, are ignored.
         Any thread."""
-        if error.errno not in WRITE_ERRNOS or disk not in self._statuses:
+        if error.errno != errno.EIO or disk not in self._statuses:
+            # EROFS: the disk went read-only (an operator's remount, ext4's errors=remount-ro)
+            # and its canary says so at the next probe; it must serve on, not count as
+            # failing.
             return
         if self._statuses[disk].state in ("out", "rescanning"):
             return  # errors of its death, reported late: its probe took it out already
@@ -574,6 +581,8 @@ class DiskWatch:
         with self._lock:
             cur = self._statuses[path]
             if cur.state == "rescanning":
+                if ok:  # every file re-verified: its past I/O errors are answered
+                    self._write_errors.pop(path, None)
                 state: DiskState = "serving" if ok else "out"
                 self._statuses[path] = replace(
                     cur, state=state, reason=None if ok else reason, ok_streak=0

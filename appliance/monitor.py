@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance.config import ApplianceConfig
 from appliance.disks import StorageError
@@ -31,7 +32,8 @@ from appliance.health import (
     fault_increase,
     summarise,
 )
-from appliance.index import disks_with_files
+from appliance.index import OK, disks_with_files, title_files
+from edgeflix.http.stats import FAILED_PATHS_MAX, ServerStats
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.monitor")
@@ -98,6 +100,33 @@ class DiskService:
         store = Store(self.config.storage, out_of_service=out | {disk})
         try:
             return mark_disk_missing(store, disk)
+        finally:
+            store.close()
+
+    def drop_unreadable(self, paths: Sequence[str], out: set[str]) -> None:
+        """Mark the stored files at `paths` missing (repair.drop), each under its title's
+        lock; a file no longer the one indexed there, or a title busy, is left alone."""
+        from appliance.folders import folder_title
+        from appliance.repair import Report, drop
+        from appliance.store import Store
+
+        store = Store(self.config.storage, out_of_service=out)
+        try:
+            for path in map(Path, paths):
+                disk = next((d for d in store.disks if d.titles_dir in path.parents), None)
+                if disk is None:
+                    continue
+                title_id = folder_title(path.relative_to(disk.titles_dir).parts[0])
+                if title_id is None:
+                    continue
+                with store.locks.hold(title_id, wait=False) as held:
+                    if not held:
+                        continue
+                    rows = title_files(store.conn, title_id)
+                    found = [f for f in rows if f.location == path and f.state == OK]
+                    if found:
+                        why = "unreadable while serving (I/O error)"
+                        drop(store, title_id, [(found[0], why)], Report())
         finally:
             store.close()
 
@@ -180,13 +209,14 @@ class HealthMonitor(threading.Thread):
         probe_timeout_s: float = 1.5,
         on_disk_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
-        serving_faults: Callable[[], Mapping[int, Sequence[int]]] = dict,
+        serving: Callable[[], ServerStats] = ServerStats,
     ) -> None:
-        """`serving_faults()`: the workers' slow reads and read errors by st_dev (merged
-        ServerStats.disk_faults); each sample counts the new errors against their disk."""
+        """`serving()`: the workers' merged counters; each sample counts their new read
+        errors against their disk, and drops the files whose reads failed."""
         super().__init__(name="health", daemon=True)
-        self.serving_faults = serving_faults
+        self.serving = serving
         self._faults_seen: Mapping[int, Sequence[int]] = {}
+        self._failed_seen: set[str] = set()
         self.config = config
         self.disk_interval_s = disk_interval_s
         self.sample_interval_s = sample_interval_s
@@ -358,7 +388,9 @@ class HealthMonitor(threading.Thread):
         """Serving's failed reads since the last sample, counted against their disk by the
         watch. A file system several configured disks share names none of them: counted for
         none (the metrics still show it)."""
-        cur = self.serving_faults()
+        stats = self.serving()
+        self._drop_failed(stats.failed_paths)
+        cur = stats.disk_faults
         grown = fault_increase(self._faults_seen, cur)
         self._faults_seen = {dev: tuple(counts) for dev, counts in cur.items()}
         if not grown:
@@ -372,6 +404,23 @@ class HealthMonitor(threading.Thread):
             if len(named) == 1:
                 event(log, "disk.read_errors", logging.WARNING, disk=named[0], errors=errors)
                 self.watch.read_failed(named[0], errors)
+
+    def _drop_failed(self, paths: Sequence[str]) -> None:
+        """Files whose reads failed while serving are dropped once (404 from then on, so
+        players move on, and the fill fetches them again), not answered 500 at every request
+        until the scrub reaches them. One fine after all is re-adopted by the next
+        reconcile."""
+        new = [p for p in paths if p not in self._failed_seen]
+        if not new:
+            return
+        if len(self._failed_seen) > 4 * FAILED_PATHS_MAX:
+            self._failed_seen.clear()  # a bound; the workers list only their newest
+        try:
+            self.storage.drop_unreadable(new, self.out_of_service())
+        except (OSError, StorageError, sqlite3.Error) as exc:
+            event(log, "disk.drop_failed", logging.ERROR, files=len(new), error=str(exc))
+            return  # tried again at the next sample
+        self._failed_seen.update(new)
 
     def _publish(self) -> None:
         self._count_serving_faults()

@@ -26,6 +26,7 @@ from edgeflix.log import event
 
 if TYPE_CHECKING:
     from edgeflix.http.filecache import OpenFile
+    from edgeflix.http.residency import ReadJob
     from edgeflix.http.routes import FastRoute
     from edgeflix.http.server import FileServer, Prepared
 
@@ -64,6 +65,7 @@ class Connection:
         "piece_off",
         "pieces",
         "read_in",
+        "read_job",
         "reading",
         "sendfile",
         "sent",
@@ -95,6 +97,7 @@ class Connection:
         self.title = ""
         self.sendfile = server.settings.use_sendfile
         self.read_in: OpenFile | None = None  # the file a reader thread is reading in
+        self.read_job: ReadJob | None = None  # and that read-in, until it reports
         self.just_read = False  # its bytes came in: send them without asking again
 
     def start(self) -> None:
@@ -400,7 +403,8 @@ class Connection:
                     # on it), so the next request opens it afresh and gets an error status
                     # instead of a head and a cut connection.
                     self.server.files.discard(self.file)
-                    self.server.stats.disk_fault(self.file.dev, False, True)
+                    file = self.file
+                    self.server.stats.disk_fault(file.dev, file.ino, False, True, file.path)
                 # A file piece failing other than on the socket is our failure, not the client's.
                 self._abort(local=not isinstance(piece, bytes) and exc.errno not in _PEER_GONE)
                 return False
@@ -445,11 +449,12 @@ class Connection:
         server = self.server
         file = self.file
         assert file is not None
-        if not server.disk_reader.submit(file.fd, start, length, self._read_done):
-            self._disk_failed(None)  # as many read-ins wait already as are allowed
+        job = server.disk_reader.submit(file.dev, file.fd, start, length, self._read_done)
+        if job is None:
+            self._disk_failed(None)  # as many read-ins wait on that disk as are allowed
             return
-        file.refs += 1  # its fd stays open until the read-in reports, whatever happens here
-        self.read_in = file
+        file.refs += 1  # its fd stays open until the read-in reports or is cancelled
+        self.read_in, self.read_job = file, job
         self.phase = DISK
         if self.writing:
             server.loop.remove_writer(self.fd)
@@ -462,7 +467,7 @@ class Connection:
         server = self.server
         file = self.read_in
         assert file is not None
-        self.read_in = None
+        self.read_in = self.read_job = None
         slow = seconds >= SLOW_READ_S
         if slow:
             event(log, "disk.slow_read", logging.WARNING, path=file.path, seconds=round(seconds, 1))
@@ -470,7 +475,7 @@ class Connection:
             event(log, "disk.read_failed", logging.WARNING, path=file.path, error=error.strerror)
             server.files.discard(file)  # opened afresh next time, to an error status
         if slow or error is not None:
-            server.stats.disk_fault(file.dev, slow, error is not None)
+            server.stats.disk_fault(file.dev, file.ino, slow, error is not None, file.path)
         server.files.release(file)
         if self.phase != DISK:
             return  # closed, or answered, while it read (client gone, disk_timeout_s)
@@ -539,6 +544,7 @@ class Connection:
         """The phase deadline passed: a slow or silent client, a finished linger, or a
         read-in that the disk has not answered in disk_timeout_s."""
         if self.phase == DISK:
+            self._cancel_read_in()
             self._disk_failed(None)
             return
         if self.phase == HEAD or (self.phase == IDLE and self.status == 0):
@@ -575,6 +581,15 @@ class Connection:
         if self.writing:
             loop.remove_writer(self.fd)
         self.reading = self.writing = False
+        self._cancel_read_in()
         self._release_file()
         self.sock.close()
         self.server.forget(self)
+
+    def _cancel_read_in(self) -> None:
+        """Nobody waits for the read-in any more: one not started yet is dropped (its reader
+        thread freed for those still waiting on that disk), and its file let go."""
+        job, file = self.read_job, self.read_in
+        if job is not None and file is not None and self.server.disk_reader.cancel(job):
+            self.read_in = self.read_job = None
+            self.server.files.release(file)

@@ -38,8 +38,8 @@ class OpenFile:
     and its mapping, for asking which of its pages are cached (residency.py)."""
 
     __slots__ = (
-        "addr", "cached_epoch", "dev", "evicted", "fd", "heads", "idle", "mtime_ns", "path",
-        "refs", "size",
+        "addr", "cached_epoch", "dev", "evicted", "fd", "heads", "idle", "ino", "mtime_ns",
+        "path", "refs", "size",
     )  # fmt: skip
 
     def __init__(self, fd: int, path: str, st: os.stat_result) -> None:
@@ -50,7 +50,7 @@ class OpenFile:
         self.evicted = False
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
-        self.dev = st.st_dev  # the file system (disk) it is on
+        self.dev, self.ino = st.st_dev, st.st_ino  # the file system (disk) it is on, and it
         self.addr = map_file(fd, st.st_size)
         # The server epoch (100 ms) in which every page was last seen cached: mincore costs
         # microseconds, so a file is asked about once an epoch, not per request.
@@ -73,12 +73,11 @@ class OpenFile:
         CHECK_MAX is asked about whole, and then taken as cached for the rest of `epoch`."""
         if self.cached_epoch == epoch:
             return True
-        if self.size > CHECK_MAX:
-            return resident(self.addr, start, length)
-        if not resident(self.addr, 0, self.size):
-            return False
-        self.cached_epoch = epoch
-        return True
+        if self.size <= CHECK_MAX and resident(self.addr, 0, self.size):
+            self.cached_epoch = epoch
+            return True
+        # Big, or cached in part (a range read before): the span asked for is what counts.
+        return resident(self.addr, start, length)
 
     def close(self) -> None:
         unmap(self.addr, self.size)

@@ -17,11 +17,11 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import queue
 import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 PAGE = mmap.PAGESIZE
 # The most a span is checked (and sent) ahead in one go: a socket takes less per call, and a
@@ -76,49 +76,95 @@ def resident(addr: int, start: int, length: int) -> bool:
 
 # What a read-in reports to the loop: the error (None when the bytes are in) and its seconds.
 Done = Callable[[OSError | None, float], None]
+QUEUED, RUNNING, CANCELLED = range(3)
+
+
+class ReadJob:
+    """One read-in: queued, running in a reader thread, or cancelled before it ran."""
+
+    __slots__ = ("done", "fd", "length", "pool", "start", "state")
+
+    def __init__(self, pool: _Pool, fd: int, start: int, length: int, done: Done) -> None:
+        self.pool, self.fd, self.start, self.length, self.done = pool, fd, start, length, done
+        self.state = QUEUED
+
+
+class _Pool:
+    """The reader threads and queue of one file system: a disk stuck in a read holds only
+    its own threads, and its backlog only its own `pending` slots."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[ReadJob] = queue.SimpleQueue()
+        self.threads = 0
+        self.pending = 0  # queued or running; counted on the loop's thread only
+        self.lock = threading.Lock()  # a job's QUEUED → RUNNING or CANCELLED
 
 
 class DiskReader:
     """Reader threads that bring a span of an open file into the page cache, then call back
-    on the event loop. At most `max_pending` read-ins wait at once (`submit` says False past
-    it: the caller answers 503 rather than queue without bound behind a stuck disk)."""
+    on the event loop: `threads` per file system (st_dev), started as needed, at most
+    `max_pending` read-ins waiting on one file system (`submit` says None past it: the
+    caller answers 503 rather than queue without bound behind a stuck disk). Daemon
+    threads: one stuck in a read never holds up the process's exit."""
 
-    def __init__(self, call_soon: Callable[..., object], threads: int = 4, max_pending: int = 256):
+    def __init__(self, call_soon: Callable[..., object], threads: int = 4, max_pending: int = 64):
         self._call_soon = call_soon  # loop.call_soon_threadsafe
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="disk-read")
-        self._local = threading.local()
+        self.threads = threads
         self.max_pending = max_pending
-        self.pending = 0
+        self._pools: dict[int, _Pool] = {}
+        self.closed = False
 
-    def submit(self, fd: int, start: int, length: int, done: Done) -> bool:
-        if self.pending >= self.max_pending:
-            return False
-        self.pending += 1
-        self._pool.submit(self._read, fd, start, min(length, CHECK_MAX), done)
+    def submit(self, dev: int, fd: int, start: int, length: int, done: Done) -> ReadJob | None:
+        pool = self._pools.get(dev)
+        if pool is None:
+            pool = self._pools[dev] = _Pool()
+        if self.closed or pool.pending >= self.max_pending:
+            return None
+        job = ReadJob(pool, fd, start, min(length, CHECK_MAX), done)
+        pool.pending += 1
+        pool.jobs.put(job)
+        if pool.threads < min(pool.pending, self.threads):
+            pool.threads += 1
+            threading.Thread(target=self._work, args=(pool,), name="disk-read", daemon=True).start()
+        return job
+
+    def cancel(self, job: ReadJob) -> bool:
+        """Drop a read-in nobody waits for any more (its response answered or closed): True
+        when it had not started, so `done` will never be called and its slot is free."""
+        with job.pool.lock:
+            if job.state != QUEUED:
+                return False
+            job.state = CANCELLED
+        job.pool.pending -= 1
         return True
 
-    def _read(self, fd: int, start: int, length: int, done: Done) -> None:
-        began = time.monotonic()
-        error: OSError | None = None
-        try:
-            read_in(fd, start, length, self._buffer())
-        except OSError as exc:
-            error = exc
-        self._call_soon(self._finished, done, error, time.monotonic() - began)
+    def _work(self, pool: _Pool) -> None:
+        buf = memoryview(bytearray(_READ_CHUNK))
+        while not self.closed:
+            job = pool.jobs.get()
+            with pool.lock:
+                if job.state == CANCELLED:
+                    continue
+                job.state = RUNNING
+            began = time.monotonic()
+            error: OSError | None = None
+            try:
+                read_in(job.fd, job.start, job.length, buf)
+            except OSError as exc:
+                error = exc
+            try:
+                self._call_soon(self._finished, job, error, time.monotonic() - began)
+            except RuntimeError:
+                return  # the loop is closed: the server stopped meanwhile
 
-    def _finished(self, done: Done, error: OSError | None, seconds: float) -> None:
-        self.pending -= 1
-        done(error, seconds)
-
-    def _buffer(self) -> memoryview:
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(_READ_CHUNK))
-        return buf
+    def _finished(self, job: ReadJob, error: OSError | None, seconds: float) -> None:
+        job.pool.pending -= 1
+        job.done(error, seconds)
 
     def close(self) -> None:
-        # Threads stuck in a disk read cannot be interrupted: not waited for.
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Idle threads end at their next job; one stuck in a disk read cannot be interrupted
+        # and is not waited for (a daemon thread).
+        self.closed = True
 
 
 def read_in(fd: int, start: int, length: int, buf: memoryview) -> None:

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 NO_TITLE = "-"  # requests that reached no file (404s, 400s): one label, not one per junk path
+# Files whose read failed, remembered so each counts once (a bound on a worker's memory).
+_FAILED_FILES_MAX = 4096
+FAILED_PATHS_MAX = 256
 
 
 @dataclass
@@ -28,6 +31,10 @@ class ServerStats:
     # The same by the file system they happened on (st_dev → [slow reads, read errors]), for
     # a caller that knows which disk that is (the appliance's health).
     disk_faults: dict[int, list[int]] = field(default_factory=dict)
+    # Paths of the files whose read failed, first failure each, the newest FAILED_PATHS_MAX:
+    # for the appliance to drop them (filled again) rather than answer 500 for them on.
+    failed_paths: list[str] = field(default_factory=list)
+    _failed_files: set[tuple[int, int]] = field(default_factory=set, repr=False)
     # Responses cut after their head by a failure on our side (the disk's EIO, a file
     # truncated under us), by title: not in `requests`, whose status the client never got whole.
     aborted: dict[str, int] = field(default_factory=dict)
@@ -40,7 +47,18 @@ class ServerStats:
             counts[0] += 1
             counts[1] += nbytes
 
-    def disk_fault(self, dev: int, slow: bool, failed: bool) -> None:
+    def disk_fault(self, dev: int, ino: int, slow: bool, failed: bool, path: str = "") -> None:
+        """A read-in that was slow or failed. A file's failures count once: every player
+        asking for one bad segment would otherwise add up to a disk's take-out in seconds
+        (as Traffic Server, which drops an object on its read error, counts it once)."""
+        if failed:
+            if (dev, ino) in self._failed_files:
+                failed = False
+            else:
+                if len(self._failed_files) < _FAILED_FILES_MAX:
+                    self._failed_files.add((dev, ino))
+                if path:
+                    self.failed_paths = [*self.failed_paths, path][-FAILED_PATHS_MAX:]
         faults = self.disk_faults.setdefault(dev, [0, 0])
         faults[0] += slow
         faults[1] += failed
@@ -68,6 +86,7 @@ class ServerStats:
             "slow_reads": self.slow_reads,
             "read_errors": self.read_errors,
             "disk_faults": {str(dev): f for dev, f in sorted(self.disk_faults.items())},
+            "failed_paths": self.failed_paths,
             "aborted": dict(sorted(self.aborted.items())),
         }
 
@@ -89,6 +108,9 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> ServerStats:
         total.sendfile_errors += int(snap.get("sendfile_errors", 0))
         total.slow_reads += int(snap.get("slow_reads", 0))
         total.read_errors += int(snap.get("read_errors", 0))
+        for path in snap.get("failed_paths", ()):
+            if path not in total.failed_paths:
+                total.failed_paths.append(str(path))
         for dev, (slow, failed) in snap.get("disk_faults", {}).items():
             faults = total.disk_faults.setdefault(int(dev), [0, 0])
             faults[0] += int(slow)

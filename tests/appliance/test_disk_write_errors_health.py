@@ -162,11 +162,16 @@ def test_diskwatch_takes_a_disk_out_after_five_failed_writes(tmp_path: Path) -> 
         clock.now += 1
         assert watch.poll() == []
     assert watch.statuses()[bad].state == "out"
-    # ...once they have aged out, it is re-verified like any returned disk.
-    clock.now += LIMITS.window_s
+    # ...an hour after the last one, it is re-verified like any returned disk, and a passed
+    # re-verify forgets them: one more error does not take it straight out again.
+    clock.now += LIMITS.rest_s
     actions = watch.poll() + watch.poll()
     assert actions == [Rescan(bad)]
     assert watch.statuses()[good].state == "serving"
+    watch.rescanned(bad, ok=True)
+    assert watch.statuses()[bad].state == "serving" and watch.write_errors().get(bad, 0) == 0
+    watch.write_failed(bad, EIO)
+    assert watch.poll() == [] and watch.not_writable() == set()
 
 
 def test_diskwatch_ignores_what_is_no_failing_disk(tmp_path: Path) -> None:
@@ -174,6 +179,8 @@ def test_diskwatch_ignores_what_is_no_failing_disk(tmp_path: Path) -> None:
     watch, _good, bad = _watch(tmp_path, clock)
     for _ in range(6):
         watch.write_failed(bad, OSError(errno.ENOSPC, "No space left on device"))
+        # Gone read-only (an operator's remount): its canary says so; it serves on.
+        watch.write_failed(bad, OSError(errno.EROFS, "Read-only file system"))
         watch.write_failed("/not/a/disk", EIO)
     assert watch.poll() == [] and watch.not_writable() == set()
     assert watch.write_errors() == {}

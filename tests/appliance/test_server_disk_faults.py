@@ -24,9 +24,10 @@ def test_worker_counts_merge_and_show_per_disk(tmp_path: Path) -> None:
     ssd, hdd = (d.path for d in cfg.storage.disks)
     dev = os.stat(hdd).st_dev
     one, two = ServerStats(), ServerStats()
-    one.disk_fault(dev, slow=True, failed=False)
-    two.disk_fault(dev, slow=False, failed=True)
-    two.disk_fault(dev, slow=True, failed=True)
+    one.disk_fault(dev, 1, slow=True, failed=False)
+    two.disk_fault(dev, 2, slow=False, failed=True)
+    two.disk_fault(dev, 3, slow=True, failed=True)
+    two.disk_fault(dev, 3, slow=False, failed=True)  # the same bad file again: counted once
     stats = merge([one.snapshot(), two.snapshot()])
     assert (stats.slow_reads, stats.read_errors, stats.disk_faults) == (2, 2, {dev: [2, 2]})
     view = AdminView(stats, 2, 2, {}, not_writable=frozenset({str(hdd)}))

@@ -7,16 +7,21 @@ one part played (CI has no FUSE): the read-in of one named file waits or raises 
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from edgeflix.http.residency import map_file, resident, unmap
+from edgeflix.http import residency
+from edgeflix.http.filecache import OpenFile
+from edgeflix.http.residency import DiskReader, map_file, resident, unmap
 from tests.integration.serve_support import make_title, read_until_closed
 
 SERVER = textwrap.dedent(
@@ -158,3 +163,78 @@ def test_a_read_slower_than_disk_timeout_gets_503_and_a_failed_one_500(store: Pa
     finally:
         err = stop(proc)
     assert "event=disk.read_failed" in err
+
+
+def test_a_stuck_disk_holds_only_its_own_readers_and_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reader threads and the backlog cap are per file system: read-ins for another disk
+    go on while one disk is stuck, and a read-in nobody waits for is dropped unstarted."""
+    stuck = threading.Event()
+    slow_fd = os.open(tmp_path / "on_a", os.O_RDWR | os.O_CREAT)
+    fast_fd = os.open(tmp_path / "on_b", os.O_RDWR | os.O_CREAT)
+    real = residency.read_in
+
+    def read_in(fd: int, start: int, length: int, buf: memoryview) -> None:
+        if fd == slow_fd:
+            stuck.wait(10)
+        real(fd, start, length, buf)
+
+    monkeypatch.setattr(residency, "read_in", read_in)
+    reports: queue.SimpleQueue[tuple[str, OSError | None]] = queue.SimpleQueue()
+
+    def call_soon(fn: Callable[..., object], *args: object) -> None:
+        fn(*args)  # the test's "loop": the reader thread itself
+
+    reader = DiskReader(call_soon, threads=1, max_pending=2)
+    try:
+        a1 = reader.submit(1, slow_fd, 0, 10, lambda e, s: reports.put(("a1", e)))
+        a2 = reader.submit(1, slow_fd, 0, 10, lambda e, s: reports.put(("a2", e)))
+        assert a1 is not None and a2 is not None
+        assert reader.submit(1, slow_fd, 0, 10, lambda e, s: None) is None  # disk A is full
+        b = reader.submit(2, fast_fd, 0, 10, lambda e, s: reports.put(("b", e)))
+        assert b is not None
+        assert reports.get(timeout=5) == ("b", None)  # disk B's read is not behind A's
+        assert reader.cancel(a2)  # its client was answered 503: never read
+        assert not reader.cancel(a1)  # already reading: it reports when the disk answers
+        stuck.set()
+        assert reports.get(timeout=5) == ("a1", None)
+        time.sleep(0.2)
+        assert reports.empty()
+    finally:
+        stuck.set()
+        reader.close()
+        os.close(slow_fd)
+        os.close(fast_fd)
+
+
+def test_a_read_stuck_on_the_disk_does_not_hold_up_a_stop(store: Path) -> None:
+    proc, addr = start(store, "60", disk_timeout_s=1)
+    try:
+        data, _ = get(addr, SEG)
+        assert data.startswith(b"HTTP/1.1 503 ")  # the read-in is still stuck in the disk
+        started = time.monotonic()
+        proc.terminate()
+        proc.wait(timeout=20)
+        assert time.monotonic() - started < 10, "the stop waited for the stuck read"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_a_cached_range_of_a_partly_cached_file_is_sent_from_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(3 << 20))
+    if not evict(path):
+        pytest.skip("this file system keeps every page cached")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 100_000, 0)  # a player's range request read this much
+        file = OpenFile(fd, str(path), os.fstat(fd))
+        assert file.cached(0, 100_000, epoch=1)  # its range: no reader thread again
+        assert not file.cached(2 << 20, 100_000, epoch=1)
+        assert file.cached_epoch == -1  # the whole file is not, so it is asked again
+        unmap(file.addr, file.size)
+    finally:
+        os.close(fd)

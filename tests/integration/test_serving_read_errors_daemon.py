@@ -9,6 +9,7 @@ cache before each request so that the worker must read them."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.daemon_support import poll
+from tests.integration.daemon_support import poll, status
 from tests.integration.serve_support import make_title, start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,20 +99,35 @@ staging = "{tmp_path / "staging"}"
         checked = poll(daemon, lambda d: d["daemon"]["startup_check"]["state"] == "done", BOUND_S)
         assert checked is not None
         url = daemon.url + "/titles/film/v0/seg1.m4s"
-        for i in range(1, 3):
-            evict(stored)
-            assert httpx.get(url, timeout=10).status_code == 500
-            counted = poll(daemon, lambda d, n=i: _disk(d, hdd_id)["write_errors"] == n, BOUND_S)
-            assert counted is not None, f"read error {i} was not counted against the disk"
+        evict(stored)
+        assert httpx.get(url, timeout=10).status_code == 500
+        counted = poll(daemon, lambda d: _disk(d, hdd_id)["write_errors"] == 1, BOUND_S)
+        assert counted is not None, "the read error was not counted against the disk"
+        # The bad file is dropped: players get 404 and move on, the fill fetches it again;
+        # asked for again meanwhile, it counts once.
+        deadline = time.monotonic() + BOUND_S
+        while httpx.get(url, timeout=10).status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert httpx.get(url, timeout=10).status_code == 404
+        assert not stored.exists()
+        listed = run_cli(["appliance", "ls", "--config", str(config), "--json"], check=True)
+        assert '"incomplete"' in listed.stdout
+        time.sleep(3.5)  # a health sample later: still one
+        assert _disk(status(daemon), hdd_id)["write_errors"] == 1
+        stored = hdd / "titles" / "film" / "v0" / "init.mp4"
+        url = daemon.url + "/titles/film/v0/init.mp4"
+        evict(stored)
+        assert httpx.get(url, timeout=10).status_code == 500
+        counted = poll(daemon, lambda d: _disk(d, hdd_id)["write_errors"] == 2, BOUND_S)
+        assert counted is not None, "a second bad file was not counted"
         held_back = poll(daemon, lambda d: not _disk(d, hdd_id)["writable"], BOUND_S)
         assert held_back is not None and held_back["health"]["state"] == "degraded"
         assert any("serving reads failed" in r for r in held_back["health"]["reasons"])
-        for _ in range(3):
-            evict(stored)
-            httpx.get(url, timeout=10)  # 500s until the disk is out, then 404
+        for name in ("poster.jpg", "master.m3u8", "manifest.mpd"):  # three more bad files
+            evict(hdd / "titles" / "film" / name)
+            httpx.get(f"{daemon.url}/titles/film/{name}", timeout=10)  # 500, or 404 once out
         out = poll(daemon, lambda d: not _disk(d, hdd_id)["in_service"], BOUND_S)
-        assert out is not None, "five read errors did not take the disk out"
-        evict(stored)
+        assert out is not None, "five bad files did not take the disk out"
         assert httpx.get(url, timeout=10).status_code == 404  # out: the player moves on
     finally:
         assert daemon.stop() == 0
