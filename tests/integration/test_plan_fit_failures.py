@@ -1,22 +1,22 @@
 """A fill failure reaches the fleet, with real processes on loopback: an origin, a fleet
 manager and two appliances of one site, all through the CLI.
 
-"tight" is planned a title that fits at the origin's size but not once its files.json is
-stored too (the manager plans with `fill_ratio = 1.0`, so nothing absorbs the difference).
-Its fill fails for want of room; the failure must show in `fleet ls`, `fleet show` and
+"tight" (a 3 MiB tmpfs) is planned a title it has room for; then other data fills its
+disk before the fill runs (the manager re-plans only when asked, so the plan stands), and
+its fill fails for want of room. The failure must show in `fleet ls`, `fleet show` and
 `fleet plan` (text and --json), and the next plan must put the title on "roomy" only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgeflix import titlefiles
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, make_title, start
 from tests.integration.test_fleet_appliances import (
@@ -26,8 +26,6 @@ from tests.integration.test_fleet_appliances import (
     launch,
     wait_for,
 )
-
-HIGH_WATERMARK = 0.9  # the appliance's default
 
 
 def fleet_toml(folder: Path, origin: str) -> Path:
@@ -41,8 +39,7 @@ db = "{folder}/fleet.sqlite"
 interval_s = 0.5
 missed_beats = 6
 [planner]
-interval_s = 1.0
-fill_ratio = 1.0
+interval_s = 3600.0
 [origin]
 url = "{origin}"
 poll_s = 1.0
@@ -54,13 +51,13 @@ fill_window = "{closed_window()}"
     return path
 
 
-def appliance_toml(root: Path, name: str, grpc: str, token: str, max_bytes: int) -> Path:
-    (root / "d0").mkdir(parents=True, exist_ok=True)
+def appliance_toml(root: Path, name: str, grpc: str, token: str, disk: Path) -> Path:
+    disk.mkdir(parents=True, exist_ok=True)
     path = root / "appliance.toml"
     path.write_text(f"""
 name = "{name}"
 [storage]
-disks = [ {{ path = "{root}/d0", tier = "hdd", max_bytes = {max_bytes} }} ]
+disks = [ {{ path = "{disk}", tier = "hdd" }} ]
 index = "{root}/index.sqlite"
 [serve]
 listen = "127.0.0.1:{free_port()}"
@@ -98,13 +95,9 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Site, dict[str, Box]]]:
+def site(tmp_path: Path, small_fs: Path) -> Iterator[tuple[Site, dict[str, Box]]]:
     store = tmp_path / "origin"
-    film = make_title(store / "titles" / "film", "film")
-    model, _ = titlefiles.read(film)
-    manifest = (film / titlefiles.FILES_JSON).stat().st_size
-    # "tight" takes the title's listed bytes below its high watermark, not its files.json too.
-    tight_bytes = int((model.total_bytes + manifest // 2) / HIGH_WATERMARK)
+    make_title(store / "titles" / "film", "film")
     servers: list[Server] = []
     boxes: dict[str, Box] = {}
     try:
@@ -115,10 +108,11 @@ def site(tmp_path: Path) -> Iterator[tuple[Site, dict[str, Box]]]:
                       ("grpc", "http"))  # fmt: skip
         servers.append(fleet)
         home = Site(fleet.urls["http"])
-        for name, max_bytes in (("tight", tight_bytes), ("roomy", 2_000_000_000)):
+        for name, disk in (("tight", small_fs / "d0"), ("roomy", tmp_path / "roomy" / "d0")):
             root = tmp_path / name
+            root.mkdir(exist_ok=True)
             token = home.cli("join-token", "--site", "home")["token"]
-            cfg = appliance_toml(root, name, fleet.urls["grpc"], token, max_bytes)
+            cfg = appliance_toml(root, name, fleet.urls["grpc"], token, disk)
             box = Box(name, root, cfg, root / "log.jsonl")
             box.server = launch(["appliance", "run", "--config", str(cfg)], box.log)
             boxes[name] = box
@@ -132,18 +126,21 @@ def site(tmp_path: Path) -> Iterator[tuple[Site, dict[str, Box]]]:
 
 
 def test_a_title_that_found_no_room_shows_in_the_fleet_and_moves(
-    site: tuple[Site, dict[str, Box]],
+    site: tuple[Site, dict[str, Box]], small_fs: Path
 ) -> None:
     home, boxes = site
     tight = boxes["tight"]
 
-    def runs_film_plan() -> bool:
+    def has_film_plan() -> bool:
         if "film" not in home.planned("tight"):
+            home.cli("plan", "--now")  # once both have beaten, the plan has film on tight
             return False
-        version = home.cli("plan")["version"]
-        return bool(tight.status()["plan_version"] >= version)
+        return bool(tight.status()["plan_version"] >= home.cli("plan")["version"])
 
-    wait_for(runs_film_plan, 60, "tight runs a plan with film")
+    wait_for(has_film_plan, 60, "tight runs a plan with film")
+    # Other data takes tight's disk before its fill: the plan, made before, still has film.
+    free = os.statvfs(small_fs)
+    (small_fs / "other.bin").write_bytes(b"x" * (free.f_bavail * free.f_frsize - 100_000))
     home.cli("fill", "--now", "--site", "home")
 
     def failed() -> list[dict[str, Any]]:
@@ -168,6 +165,7 @@ def test_a_title_that_found_no_room_shows_in_the_fleet_and_moves(
     assert row["filled"] in ("0%", "-")
 
     # The next plan leaves film to the box with room, and says what tight failed.
+    home.cli("plan", "--now")
     wait_for(lambda: home.planned("tight") == [], 30, "film planned off tight")
     assert home.planned("roomy") == ["film"]
     assert home.part("tight")["fill_failed"] == ["film"]
