@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,11 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path: Path, small_fs: Path) -> Iterator[tuple[Site, dict[str, Box]]]:
+def site(
+    tmp_path: Path, small_fs: Path
+) -> Iterator[tuple[Site, dict[str, Box], Callable[[], None]]]:
+    """The fleet with "tight" alone (so the plan puts the title there); the third item
+    starts "roomy"."""
     store = tmp_path / "origin"
     make_title(store / "titles" / "film", "film")
     servers: list[Server] = []
@@ -108,7 +112,8 @@ def site(tmp_path: Path, small_fs: Path) -> Iterator[tuple[Site, dict[str, Box]]
                       ("grpc", "http"))  # fmt: skip
         servers.append(fleet)
         home = Site(fleet.urls["http"])
-        for name, disk in (("tight", small_fs / "d0"), ("roomy", tmp_path / "roomy" / "d0")):
+
+        def add(name: str, disk: Path) -> None:
             root = tmp_path / name
             root.mkdir(exist_ok=True)
             token = home.cli("join-token", "--site", "home")["token"]
@@ -116,7 +121,9 @@ def site(tmp_path: Path, small_fs: Path) -> Iterator[tuple[Site, dict[str, Box]]
             box = Box(name, root, cfg, root / "log.jsonl")
             box.server = launch(["appliance", "run", "--config", str(cfg)], box.log)
             boxes[name] = box
-        yield home, boxes
+
+        add("tight", small_fs / "d0")
+        yield home, boxes, lambda: add("roomy", tmp_path / "roomy" / "d0")
     finally:
         for box in boxes.values():
             if box.server is not None:
@@ -126,9 +133,9 @@ def site(tmp_path: Path, small_fs: Path) -> Iterator[tuple[Site, dict[str, Box]]
 
 
 def test_a_title_that_found_no_room_shows_in_the_fleet_and_moves(
-    site: tuple[Site, dict[str, Box]], small_fs: Path
+    site: tuple[Site, dict[str, Box], Callable[[], None]], small_fs: Path
 ) -> None:
-    home, boxes = site
+    home, boxes, add_roomy = site
     tight = boxes["tight"]
 
     def has_film_plan() -> bool:
@@ -164,10 +171,15 @@ def test_a_title_that_found_no_room_shows_in_the_fleet_and_moves(
     assert (row["complete"], row["held"], row["failed"]) == ("0", "0", "1")
     assert row["filled"] in ("0%", "-")
 
-    # The next plan leaves film to the box with room, and says what tight failed.
-    home.cli("plan", "--now")
-    wait_for(lambda: home.planned("tight") == [], 30, "film planned off tight")
-    assert home.planned("roomy") == ["film"]
+    # With a box that has room, the next plan leaves film to it, and says what tight failed.
+    add_roomy()
+
+    def replanned() -> bool:
+        home.cli("plan", "--now")  # once roomy has beaten with its disks, film goes there
+        return home.planned("roomy") == ["film"]
+
+    wait_for(replanned, 60, "film planned on roomy")
+    assert home.planned("tight") == []
     assert home.part("tight")["fill_failed"] == ["film"]
     header, *lines = (line.split("\t") for line in home.cli("plan", as_json=False).splitlines()[1:])
     row = dict(zip(header, next(line for line in lines if line[0] == "tight"), strict=True))
