@@ -56,7 +56,7 @@ def _disks_out_of_service(storage: StorageConfig) -> set[str]:
     """Probe the disks once, for a one-off command: a dead disk (EIO, gone, hung), or one not
     mounted, is left alone rather than failing the command or having its files dropped (the
     daemon takes it out and re-verifies it when it is back). Warnings on stderr."""
-    from appliance.health import probe_disks, unusable
+    from appliance.diskwatch import probe_disks, unusable
     from edgeflix.ui import warn
 
     probes = probe_disks([d.path for d in storage.disks], storage.index)

@@ -21,17 +21,9 @@ from pathlib import Path
 
 from appliance.config import ApplianceConfig
 from appliance.disks import StorageError
+from appliance.diskwatch import DiskWatch, Rescan, TakeOut, fault_increase
 from appliance.hardware import HardwareProfile, probe
-from appliance.health import (
-    DiskWatch,
-    Health,
-    HealthInputs,
-    HealthSampler,
-    Rescan,
-    TakeOut,
-    fault_increase,
-    summarise,
-)
+from appliance.health import Health, HealthInputs, HealthSampler, summarise
 from appliance.index import OK, disks_with_files, title_files
 from edgeflix.http.stats import FAILED_PATHS_MAX, ServerStats
 from edgeflix.log import event

@@ -8,7 +8,7 @@ into decayed per-title rates (tiering.py; persisted in the same file, so a resta
 every title look cold), plans moves and runs them through `Store.move`, throttled to
 `storage.move_bytes_per_s`. `MoverThread` calls `tick()` periodically; serving never waits on it.
 A failed move waits out a backoff (tiering.backoff_after) before its title is tried again, and
-its write errors are reported against their disk (health.DiskWatch.write_failed, through the
+its write errors are reported against their disk (diskwatch.DiskWatch.write_failed, through the
 daemon); disks whose writes fail take no moves (`not_writable`).
 """
 

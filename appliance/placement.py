@@ -3,7 +3,7 @@
 Files are spread by weighted rendezvous (highest-random-weight) hashing of `title/path`, weighted
 by disk capacity, so each disk holds its share, losing one disk costs only that share, and adding
 a disk moves only the files the new disk wins. store.py turns these decisions into writes.
-Also which disk a failed write was on (`blamed_disks`, for health.DiskWatch's count) and the
+Also which disk a failed write was on (`blamed_disks`, for diskwatch.DiskWatch's count) and the
 disks placement must pass over while their writes fail (`withheld`).
 """
 

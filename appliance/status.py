@@ -15,16 +15,10 @@ from typing import Any
 
 from appliance import scrub
 from appliance.config import ApplianceConfig
+from appliance.diskwatch import DiskWatch
 from appliance.fill.runner import read_state
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
-from appliance.health import (
-    DiskWatch,
-    Health,
-    HealthInputs,
-    HealthSampler,
-    HealthState,
-    summarise,
-)
+from appliance.health import Health, HealthInputs, HealthSampler, HealthState, summarise
 from appliance.index import disks_with_files, full_filesystem, open_problem
 
 # `appliance status` exit codes, so a monitoring script need not parse the output. None is

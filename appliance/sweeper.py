@@ -40,7 +40,7 @@ class SweepThread(threading.Thread):
 
     def sweep(self) -> None:
         from appliance.adopt import Readopt
-        from appliance.health import probe_disks, unusable
+        from appliance.diskwatch import probe_disks, unusable
         from appliance.repair import reconcile
         from appliance.store import Store
 

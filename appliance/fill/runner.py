@@ -10,7 +10,7 @@ staging/state.json for `appliance status`. The storage side is reached through t
 Each file is staged on the disk it will be stored on (layout.py), so the hand-off renames
 it into the store: no second write or hash, and a title being updated is out of service
 only for the renames. A disk whose writes fail (EIO, EROFS) is reported (`on_write_error`,
-the daemon's health.DiskWatch), its staging of the title dropped, and given up for the rest
+the daemon's diskwatch.DiskWatch), its staging of the title dropped, and given up for the rest
 of the run: the title is tried again on the other disks.
 """
 

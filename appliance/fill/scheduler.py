@@ -126,7 +126,7 @@ class FillScheduler:
         on_write_error: Callable[[str, OSError], None] | None = None,
     ) -> None:
         """`not_writable` and `on_write_error`: the health monitor's disks whose writes
-        fail, and where a run reports a failed write (health.DiskWatch)."""
+        fail, and where a run reports a failed write (diskwatch.DiskWatch)."""
         self.config = config
         self.out_of_service = out_of_service
         self.not_writable = not_writable

@@ -39,7 +39,7 @@ RUN_LOCK = "fill-run"
 class StoreStorage:
     """Adapts Store to runner.Storage. SQLite connections belong to the thread that opened
     them, so the Store is opened lazily by the first call, in the runner's storage thread.
-    `not_writable`: disks whose writes fail now (the daemon's health.DiskWatch), asked as
+    `not_writable`: disks whose writes fail now (the daemon's diskwatch.DiskWatch), asked as
     each title is laid out; they and the disks this run gave up (`avoid`) get no new files."""
 
     def __init__(

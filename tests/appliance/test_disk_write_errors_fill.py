@@ -18,6 +18,7 @@ import pytest
 
 from appliance import config as appliance_config
 from appliance.config import ApplianceConfig
+from appliance.diskwatch import DiskProbe, DiskWatch
 from appliance.fill import stream
 from appliance.fill.downloader import Pacer
 from appliance.fill.layout import StagingLayout
@@ -25,7 +26,6 @@ from appliance.fill.plan import FillPlan, PlannedTitle
 from appliance.fill.runner import FillReport, FillRun, Storage
 from appliance.fill.scheduler import ServiceStorage
 from appliance.fill.storage import StoreStorage
-from appliance.health import DiskProbe, DiskWatch
 from appliance.index import title_files
 from appliance.store import Store
 from tests.appliance.fill_server import ScriptedServer, serve_files

@@ -1,4 +1,4 @@
-"""Failed data writes count against their disk (health.DiskWatch), not only failed canary
+"""Failed data writes count against their disk (diskwatch.DiskWatch), not only failed canary
 probes: one is shown, the second stops new writes there (health degraded, naming the disk),
 the fifth takes the disk out as a dead one is, all within a window. The counting rule and
 the attribution of an error to a disk are pure; DiskWatch runs on an injected clock with a
@@ -9,17 +9,16 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from appliance.health import (
+from appliance.diskwatch import (
     DiskProbe,
     DiskWatch,
-    HealthSampler,
     Rescan,
     TakeOut,
     WriteLimits,
-    summarise,
     with_write_errors,
     write_verdict,
 )
+from appliance.health import HealthSampler, summarise
 from appliance.placement import blamed_disks, disk_of
 
 LIMITS = WriteLimits()  # 2 → no writes, 5 → out, within 24 h; writes tried again after 1 h

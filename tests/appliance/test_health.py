@@ -15,25 +15,27 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.health import (
+from appliance.diskwatch import (
     DiskProbe,
-    DiskSample,
     DiskStatus,
     DiskWatch,
+    Rescan,
+    TakeOut,
+    _write_failure,
+    decide_disks,
+    unusable,
+)
+from appliance.health import (
+    DiskSample,
     HealthInputs,
     HealthSampler,
     IoCounters,
     Limit,
     NicRate,
-    Rescan,
     Snapshot,
-    TakeOut,
     Thresholds,
-    _write_failure,
-    decide_disks,
     rates,
     summarise,
-    unusable,
 )
 
 
@@ -330,7 +332,7 @@ def test_a_probe_killed_midway_leaves_nothing_on_the_disk(tmp_path: Path) -> Non
     disk = tmp_path / "disk"
     disk.mkdir()
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom appliance.health import _probe_once\n"
+        "import sys, time\nfrom pathlib import Path\nfrom appliance.diskwatch import _probe_once\n"
         "print('ready', flush=True)\nend = time.monotonic() + 30\n"
         "while time.monotonic() < end:\n    _probe_once(Path(sys.argv[1]))\n"
     )

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from appliance import config as appliance_config
-from appliance.health import DiskProbe, DiskWatch, Rescan, TakeOut, fault_increase
+from appliance.diskwatch import DiskProbe, DiskWatch, Rescan, TakeOut, fault_increase
 from appliance.server import AdminView, metrics_text
 from edgeflix.http.stats import ServerStats, merge
 from tests.appliance.storage_fixtures import storage_toml
