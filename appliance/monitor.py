@@ -398,10 +398,9 @@ class HealthMonitor(threading.Thread):
                 self.watch.read_failed(named[0], errors)
 
     def _drop_failed(self, paths: Sequence[str]) -> None:
-        """Files whose reads failed while serving are dropped once (404 from then on, so
-        players move on, and the fill fetches them again), not answered 500 at every request
-        until the scrub reaches them. One fine after all is re-adopted by the next
-        reconcile."""
+        """Files whose reads failed while serving are dropped once (deleted, 404 from then
+        on, so players move on, and the fill fetches them again), not answered 500 at every
+        request until the scrub reaches them."""
         new = [p for p in paths if p not in self._failed_seen]
         if not new:
             return
