@@ -16,8 +16,9 @@ per site fills a title from the origin, its peers fill from it, and it stays the
 Room is what the appliance accepts: `fill_ratio` of its tiers' high watermarks (or their
 capacity, from an appliance that does not say), less what else is on its disks (used bytes
 that are none of its titles). A title it must fetch has to fit beside everything it holds
-now, dropped titles included (it prunes those once the plan's titles are in), or it waits
-for the next round; and a title its last fill found no room for goes to another appliance.
+now, dropped titles included (it prunes those once the plan's titles are in), or it goes
+to another appliance or waits for the next round; and a title its last fill found no room
+for goes to another appliance.
 """
 
 from __future__ import annotations
@@ -85,8 +86,16 @@ def title_sizes(
                 and held.complete
                 and (not entry.digest or held.digest == entry.digest)
             ):
-                sizes[t] = held.size_bytes
+                # At most a files.json more than the catalog says: one appliance's odd
+                # report must not price a title out of every site.
+                sizes[t] = min(held.size_bytes, entry.size_bytes + files_json_allowance(entry))
     return sizes
+
+
+def files_json_allowance(entry: CatalogTitle) -> int:
+    """What a title's files.json may add to its media bytes (an older origin lists only
+    those): a few hundred bytes a file, MBs for a long title."""
+    return max(1 << 20, entry.size_bytes // 100)
 
 
 def held_bytes(a: Appliance, tier: str) -> int:
@@ -98,7 +107,7 @@ def tier_room(a: Appliance, t: TierSpace, policy: PlannerPolicy) -> int:
     """Bytes of titles `t` may hold as planned: `fill_ratio` of what the appliance fills it
     up to, less its used bytes that are none of its titles (other data on its filesystem,
     replaced versions kept a while). Its titles, kept or dropped, are not taken off: those
-    it keeps are charged as they are placed, those it drops go (see defer_unfitting)."""
+    it keeps are charged as they are placed, those it drops go (see _Bins.now)."""
     foreign = max(0, t.used_bytes - held_bytes(a, t.tier))
     return int(t.limit_bytes * policy.fill_ratio) - foreign
 
@@ -109,25 +118,39 @@ class _Bins:
     def __init__(self, members: list[Appliance], policy: PlannerPolicy) -> None:
         self.order = {a.name: tier_order(a.tiers, policy.fast_tiers) for a in members}
         self.free = {(a.name, t.tier): tier_room(a, t, policy) for a in members for t in a.tiers}
+        # Room beside everything the appliance holds now, dropped titles included: it deletes
+        # what its plan drops only once every planned title is in (appliance/fill/runner.py),
+        # so a title it must fetch has to fit here too, or its fill fails for want of room
+        # and the drop never happens. An appliance that reports no used bytes cannot say.
+        self.now = {
+            (a.name, t.tier): int(t.limit_bytes * policy.fill_ratio) - t.used_bytes
+            if any(x.used_bytes for x in a.tiers)
+            else math.inf
+            for a in members
+            for t in a.tiers
+        }
         budget = policy.max_fill_bytes
         self.budget = {a.name: budget if budget is not None else math.inf for a in members}
 
-    def tier_with_room(self, name: str, size: int, fetch: bool, keep: str = "") -> str | None:
-        """The tier `keep` (where the title is now) if it has room, else the fastest that has."""
+    def tier_with_room(
+        self, name: str, size: int, fetch: bool, keep: str = "", need: int = 0
+    ) -> str | None:
+        """The tier `keep` (where the title is now) if it has room, else the fastest that has;
+        `need`: the bytes it must fetch, which must also fit beside what it holds now."""
         if fetch and self.budget[name] < size:
             return None
-        if self.free.get((name, keep), -1) >= size:
-            return keep
-        for tier in self.order[name]:
-            if self.free[(name, tier.tier)] >= size:
-                return tier.tier
+        for tier in [keep, *(t.tier for t in self.order[name])]:
+            key = (name, tier)
+            if key in self.free and self.free[key] >= size and self.now[key] >= need:
+                return tier
         return None
 
     def largest_free(self) -> int:
         return max(self.free.values(), default=0)
 
-    def take(self, name: str, tier: str, size: int, fetch: bool) -> None:
+    def take(self, name: str, tier: str, size: int, fetch: bool, need: int = 0) -> None:
         self.free[(name, tier)] -= size
+        self.now[(name, tier)] -= need
         if fetch:
             self.budget[name] -= size
 
@@ -186,6 +209,7 @@ def plan_site(
                 strict=True)
         )  # fmt: skip
         count = 0
+        later: list[Appliance] = []  # room for it once their drops are pruned, not now
         for j, (_, _, k) in enumerate(preference):
             if count == wanted:
                 spare.extend((title, m, held[m][title]) for new, _, m in preference[j:] if not new)
@@ -198,16 +222,26 @@ def plan_site(
                 continue  # its last fill had no room for it: another appliance tries
             # An incumbent stays on its tier: taking the fast tier because a title a hair
             # hotter was placed first left no room for the one that was there.
-            tier = bins.tier_with_room(a.name, size, fetch, held[k].get(title, ""))
+            keep = held[k].get(title, "")
+            need = new_bytes(a, title, catalog[title], size)
+            tier = bins.tier_with_room(a.name, size, fetch, keep, need)
             if tier is not None:
-                bins.take(a.name, tier, size, fetch)
+                bins.take(a.name, tier, size, fetch, need)
                 placed[a.name].append((title, tier))
                 count += 1
+            elif fetch and bins.tier_with_room(a.name, size, fetch, keep) is not None:
+                later.append(a)
+        # Copies no appliance can fetch beside what it holds now: the room is kept on the
+        # first that has it once its dropped titles are pruned, so colder titles are
+        # dropped this round and this one fits the next (a swap on a full box).
+        for a in later[: max(0, wanted - count)]:
+            tier = bins.tier_with_room(a.name, size, False)
+            if tier is not None:
+                bins.take(a.name, tier, size, False)
     if keep_spare_replicas(members, spare, catalog, bins, placed, sizes):
         rank = {t: i for i, t in enumerate(candidates)}
         for rows in placed.values():
             rows.sort(key=lambda row: rank[row[0]])  # hottest first again
-    defer_unfitting(members, placed, catalog, sizes, policy)
     return assign_sources(members, placed, catalog, fillers or {})
 
 
@@ -227,9 +261,10 @@ def keep_spare_replicas(
         fetch = not holds_version(a, title, catalog[title])
         if fetch and title in a.no_room:
             continue
-        tier = bins.tier_with_room(a.name, size, fetch, keep)
+        need = new_bytes(a, title, catalog[title], size)
+        tier = bins.tier_with_room(a.name, size, fetch, keep, need)
         if tier is not None:
-            bins.take(a.name, tier, size, fetch)
+            bins.take(a.name, tier, size, fetch, need)
             placed[a.name].append((title, tier))
             kept = True
     return kept
@@ -239,39 +274,13 @@ def new_bytes(a: Appliance, title: str, entry: CatalogTitle, size: int) -> int:
     """The room `a` needs to hold `title` as planned: none when it holds this version; the
     growth when it holds another version or part of it (which the new one replaces)."""
     held = a.titles.get(title)
-    if held is None:
+    if held is None or not held.complete:
+        # Partly lost (a disk out): it reports the whole title's size, but only what is
+        # left counts in its used bytes, so the refill is charged whole.
         return size
     if holds_version(a, title, entry):
         return 0
     return max(0, size - held.size_bytes)
-
-
-def defer_unfitting(
-    members: list[Appliance],
-    placed: dict[str, list[tuple[str, str]]],
-    catalog: Mapping[str, CatalogTitle],
-    sizes: Mapping[str, int],
-    policy: PlannerPolicy,
-) -> None:
-    """Leave out, this round, the new titles an appliance has no room for yet beside all
-    it holds now. It deletes what its plan drops only once every planned title is in
-    (appliance/fill/runner.py): such a title would fail for want of room, and its failure
-    keep the drop from ever happening. Without it, the drop happens; the next round, with
-    the room freed, plans it. Hottest first; an appliance reporting no used bytes (it
-    cannot say) is planned as before."""
-    for a in members:
-        if not any(t.used_bytes for t in a.tiers):
-            continue
-        room = {t.tier: int(t.limit_bytes * policy.fill_ratio) - t.used_bytes for t in a.tiers}
-        rows = []
-        for title, tier in placed[a.name]:
-            need = new_bytes(a, title, catalog[title], sizes[title])
-            if need and tier in room:
-                if room[tier] < need:
-                    continue  # after the prune
-                room[tier] -= need
-            rows.append((title, tier))
-        placed[a.name] = rows
 
 
 def assign_sources(

@@ -167,3 +167,54 @@ def test_a_title_it_holds_is_kept_whatever_its_last_fill_said() -> None:
         titles=held(cat, "t0"), no_room=frozenset({"t0"}),
     )  # fmt: skip
     assert titles(plan((box,), {"t0": 1.0}, cat, policy=POLICY), "a1") == ["t0"]
+
+
+# -- a review of these changes ----------------------------------------------------------------
+
+D = "{:064x}".format
+
+
+def where(p: FillPlan, title: str) -> list[str]:
+    return sorted(n for n, a in p.appliances.items() if any(t.title_id == title for t in a.titles))
+
+
+def test_a_title_that_fits_only_after_a_prune_goes_to_a_peer_with_room_now() -> None:
+    """`a` holds x (60 of 100): the hot y (50) would fit there only once x is pruned, and `b`
+    has room now. Before, y was placed on `a`, then left out there, so it went nowhere and x
+    was moved to `b`, fetched from the origin for nothing."""
+    for other in "bcdefgh":  # whichever name the rendezvous favours
+        cat = {"x": CatalogTitle(60, D(1)), "y": CatalogTitle(50, D(2))}
+        demand = {"y": 1.0, "x": 0.5}
+        for i in range(6):  # small titles, so y's share asks for one copy
+            cat[f"z{i}"], demand[f"z{i}"] = CatalogTitle(1, D(10 + i)), 0.5
+        a = Appliance("a", "s", "", tiers=(TierSpace("hdd", 100, 60, fillable_bytes=100),),
+                      titles={"x": HeldTitle(D(1), True, 60, "hdd")})  # fmt: skip
+        b = Appliance(other, "s", "", tiers=(TierSpace("hdd", 100, 1, fillable_bytes=100),))
+        p = plan((a, b), demand, cat)
+        assert where(p, "y") == [other] and where(p, "x") == ["a"], other
+
+
+def test_a_swap_on_a_full_box_drops_first_then_fetches() -> None:
+    """w (hot, 80) lost its disk; x (60) is held whole on the one left (100). w cannot be
+    fetched beside x: this round x is dropped, the next w is planned; a refill of a partly
+    lost title is charged whole (only what is left counts in used bytes)."""
+    cat = {"x": CatalogTitle(60, D(1)), "w": CatalogTitle(80, D(2))}
+    demand = {"w": 1.0, "x": 0.5}
+    held_now = {"x": HeldTitle(D(1), True, 60, "hdd"), "w": HeldTitle(D(2), False, 80, "hdd")}
+    box = Appliance("a", "s", "", tiers=(TierSpace("hdd", 100, 60, fillable_bytes=100),),
+                    titles=held_now)  # fmt: skip
+    assert titles(plan((box,), demand, cat), "a") == []  # x dropped, w not yet
+    emptied = Appliance("a", "s", "", tiers=(TierSpace("hdd", 100, 0, fillable_bytes=100),),
+                        titles={"w": held_now["w"]})  # fmt: skip
+    assert titles(plan((emptied,), demand, cat), "a") == ["w"]
+
+
+def test_one_appliances_odd_size_report_does_not_price_a_title_out_everywhere() -> None:
+    size = 3_000_000_000
+    cat = {"x": CatalogTitle(size, D(1))}
+    odd = Appliance("odd", "s1", "", tiers=(TierSpace("hdd", 10**13),),
+                    titles={"x": HeldTitle(D(1), True, 10**12, "hdd")})  # fmt: skip
+    good = Appliance("good", "s2", "", tiers=(TierSpace("hdd", 3_200_000_000),),
+                     titles={"x": HeldTitle(D(1), True, size, "hdd")})  # fmt: skip
+    p = plan((odd, good), {"x": 1.0}, cat)
+    assert where(p, "x") == ["good", "odd"]
