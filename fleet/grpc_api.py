@@ -134,7 +134,9 @@ def fill_failures(
     out: dict[str, FillFailure] = {}
     for title_id, reason, no_room in sent:
         if title_id not in out and valid_title(title_id):
-            out[title_id] = FillFailure(title_id, " ".join(reason.split()), no_room)
+            # One line of printable text: `fleet show` puts it on the operator's terminal.
+            line = "".join(c for c in " ".join(reason.split()) if c.isprintable())
+            out[title_id] = FillFailure(title_id, line, no_room)
     failures = tuple(out.values())
     return before if failures == before else failures
 

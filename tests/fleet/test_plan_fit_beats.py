@@ -193,3 +193,13 @@ def test_a_beat_details_a_bounded_number_of_failures_and_the_manager_keeps_all()
     assert [f.title_id for f in kept] == list(ids)
     assert all(f.no_room for f in kept[:MAX_DETAILED_FAILURES])
     assert not any(f.no_room or f.reason for f in kept[MAX_DETAILED_FAILURES:])
+
+
+def test_a_failure_reason_reaches_the_operators_terminal_without_control_characters() -> None:
+    # An appliance's reason is printed by `fleet show`: an escape sequence in it would drive
+    # the operator's terminal (clear it, retitle it, hide lines).
+    hostile = "no room\x1b]0;pwned\x07 \x1b[2J\x00here"
+    got = fill_failures(
+        fleet_pb2.FillProgress(failures=[fleet_pb2.FillFailure(title_id="film", reason=hostile)])
+    )
+    assert got == (FillFailure("film", "no room]0;pwned [2Jhere", False),)
