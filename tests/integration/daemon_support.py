@@ -4,6 +4,7 @@ folders on one tier, a title spread over both, /status polled with a bound."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,6 +14,8 @@ import httpx
 
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, make_title, start
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(
@@ -47,6 +50,38 @@ staging = "{tmp / "staging"}"
 """
     )
     return path
+
+
+def two_tier_config(tmp: Path, ssd: Path, hdd: Path, extra: str = "") -> Path:
+    """A one-worker appliance config over an ssd and an hdd disk (made here if missing; a
+    new, cold title goes to the hdd), with the index and fill staging under `tmp`."""
+    for disk in (ssd, hdd):
+        disk.mkdir(parents=True, exist_ok=True)
+    path = tmp / "appliance.toml"
+    path.write_text(f"""
+[storage]
+index = "{tmp / "index.sqlite"}"
+disks = [ {{ path = "{ssd}", tier = "ssd" }}, {{ path = "{hdd}", tier = "hdd" }} ]
+[serve]
+listen = "127.0.0.1:0"
+workers = 1
+[admin]
+listen = "127.0.0.1:0"
+[fill]
+staging = "{tmp / "staging"}"
+{extra}
+""")
+    return path
+
+
+def seam_env(tmp: Path, sitecustomize: str, **env: str) -> dict[str, str]:
+    """The environment that makes every Python process the test starts (the daemon, its
+    workers, the CLI) run `sitecustomize` first: a fault injected at a seam of ours, where
+    this machine cannot make a disk fail (no FUSE or device-mapper in CI)."""
+    seam = tmp / "seam"
+    seam.mkdir(exist_ok=True)
+    (seam / "sitecustomize.py").write_text(sitecustomize)
+    return {"PYTHONPATH": os.pathsep.join([str(seam), str(REPO)]), **env}
 
 
 def load_spread_title(tmp: Path, config: Path, title_id: str = "spread") -> None:

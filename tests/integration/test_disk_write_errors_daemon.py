@@ -17,11 +17,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.daemon_support import poll, start_daemon
+from tests.integration.daemon_support import poll, seam_env, start_daemon, two_tier_config
 from tests.integration.serve_support import serving_origin
 from tests.integration.test_fill import make_title
 
-REPO = Path(__file__).resolve().parents[2]
 SEAM = """
 import errno, os
 _under = os.environ.get("EDGEFLIX_TEST_EIO_UNDER")
@@ -53,29 +52,8 @@ def _setup(tmp: Path) -> tuple[Path, Path, Path, dict[str, str]]:
     """A config with an ssd and an hdd disk (cold titles go to the hdd first), and the env
     that makes the hdd's data writes fail."""
     ssd, hdd = tmp / "ssd", tmp / "hdd"
-    for disk in (ssd, hdd):
-        disk.mkdir()
-    config = tmp / "appliance.toml"
-    config.write_text(f"""
-[storage]
-index = "{tmp / "index.sqlite"}"
-disks = [ {{ path = "{ssd}", tier = "ssd" }}, {{ path = "{hdd}", tier = "hdd" }} ]
-[serve]
-listen = "127.0.0.1:0"
-workers = 1
-[admin]
-listen = "127.0.0.1:0"
-[fill]
-staging = "{tmp / "staging"}"
-plan = "{tmp / "plan.json"}"
-""")
-    seam = tmp / "seam"
-    seam.mkdir()
-    (seam / "sitecustomize.py").write_text(SEAM)
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(seam), str(REPO)]),
-        "EDGEFLIX_TEST_EIO_UNDER": str(hdd.resolve()),
-    }
+    config = two_tier_config(tmp, ssd, hdd, f'plan = "{tmp / "plan.json"}"')
+    env = seam_env(tmp, SEAM, EDGEFLIX_TEST_EIO_UNDER=str(hdd.resolve()))
     return config, ssd, hdd, env
 
 

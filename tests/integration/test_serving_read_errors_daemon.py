@@ -17,10 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import run_cli
-from tests.integration.daemon_support import poll, status
+from tests.integration.daemon_support import poll, seam_env, status, two_tier_config
 from tests.integration.serve_support import make_title, start
 
-REPO = Path(__file__).resolve().parents[2]
 SEAM = """
 import errno, os
 _under = os.environ.get("EDGEFLIX_TEST_READ_EIO_UNDER")
@@ -56,21 +55,8 @@ def test_failed_serving_reads_take_the_disk_out(tmp_path: Path, small_fs: Path) 
     # The failing disk on this file system, the healthy one a tmpfs of its own: errors are
     # told apart by file system (two folders of one would share their counts).
     hdd = tmp_path / "hdd"
-    hdd.mkdir()
     ssd = small_fs
-    config = tmp_path / "appliance.toml"
-    config.write_text(f"""
-[storage]
-index = "{tmp_path / "index.sqlite"}"
-disks = [ {{ path = "{ssd}", tier = "ssd" }}, {{ path = "{hdd}", tier = "hdd" }} ]
-[serve]
-listen = "127.0.0.1:0"
-workers = 1
-[admin]
-listen = "127.0.0.1:0"
-[fill]
-staging = "{tmp_path / "staging"}"
-""")
+    config = two_tier_config(tmp_path, ssd, hdd)
     src = make_title(tmp_path / "src" / "film", "film")
     run_cli(["appliance", "load", "--config", str(config), "--title", "film", "--from",
              str(src)], check=True)  # fmt: skip
@@ -82,13 +68,7 @@ staging = "{tmp_path / "staging"}"
     evict(stored)
     if os.stat(hdd).st_dev == os.stat(ssd).st_dev:
         pytest.skip("the tmpfs shares the test folder's file system")
-    seam = tmp_path / "seam"
-    seam.mkdir()
-    (seam / "sitecustomize.py").write_text(SEAM)
-    env = {
-        "PYTHONPATH": os.pathsep.join([str(seam), str(REPO)]),
-        "EDGEFLIX_TEST_READ_EIO_UNDER": str(hdd.resolve()),
-    }
+    env = seam_env(tmp_path, SEAM, EDGEFLIX_TEST_READ_EIO_UNDER=str(hdd.resolve()))
     log = tmp_path / "daemon.log"
     with log.open("wb") as sink:
         daemon = start(["appliance", "run", "--config", str(config)], ("listening", "admin"),
