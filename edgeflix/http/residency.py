@@ -42,7 +42,8 @@ _munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _mincore = _libc.mincore
 _mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
 _MAP_FAILED = ctypes.c_void_p(-1).value
-# One page flag per byte; a span checked is at most CHECK_MAX (+ a page either side).
+# One page flag per byte; a span checked is at most CHECK_MAX (+ a page either side). One
+# buffer: `resident` runs on the event loop's thread only (reader threads never ask).
 _VEC = ctypes.create_string_buffer(CHECK_MAX // PAGE + 2)
 
 
