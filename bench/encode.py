@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -17,12 +18,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from quiet import wait_for_quiet
 
 from edgeflix.samples import sample_clip
 from edgeflix.ui import print_table
+from origin import config as origin_config
+from origin.config import Preset
 from origin.ffmpeg import AUDIO_ID, EncodeSettings, audio_codec_args, filter_graph, video_codec_args
 from origin.ladder import default_ladder
 from origin.pertitle import score
@@ -33,12 +36,13 @@ SEGMENT_SECONDS = 4.0
 REPEATS = 5
 
 
-def plain_ffmpeg(ffmpeg: str, source: Source, out: Path) -> list[str]:
+def plain_ffmpeg(ffmpeg: str, source: Source, out: Path, preset: str) -> list[str]:
     """The reference: the same decode, filter graph and encoders, one plain MP4 per output."""
     rungs = default_ladder(source.width, source.height, ["h264"], fps=source.fps)
     settings = EncodeSettings(
         frame_rate=source.frame_rate,
         segment_seconds=SEGMENT_SECONDS,
+        preset=preset,
         hdr_transfer=source.hdr_transfer,
         video_stream=source.video_stream,
         audio_stream=source.audio.index if source.audio else None,
@@ -59,11 +63,12 @@ def plain_ffmpeg(ffmpeg: str, source: Source, out: Path) -> list[str]:
     return args
 
 
-def ingest(src: Path, store: Path, title_id: str, *extra: str) -> dict[str, Any]:
+def ingest(src: Path, store: Path, title_id: str, preset: str, *extra: str) -> dict[str, Any]:
+    env = {**os.environ, "EDGEFLIX_ORIGIN__ENCODE__PRESET": preset}
     cmd = [sys.executable, "-m", "edgeflix.cli", "origin", "ingest", str(src), "--id", title_id,
            "--title", title_id, "--store", str(store), "--segment-seconds", str(SEGMENT_SECONDS),
            "--json", "--replace", *extra]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"ingest failed: {proc.stderr.strip().splitlines()[-1]}")
     return json.loads(proc.stdout)
@@ -76,18 +81,18 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - start, _children_cpu() - cpu
 
 
-def overhead(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, ...]]:
+def overhead(ffmpeg: str, clips: dict[str, Path], work: Path, preset: str) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for name, src in clips.items():
         source = probe(src)
-        plain_dir = work / f"plain-{name}"
+        plain_dir = work / f"plain-{name}-{preset}"
         plain_dir.mkdir()
         ours: list[float] = []
         theirs: list[float] = []
         ours_cpu: list[float] = []
         theirs_cpu: list[float] = []
-        plain = partial(run_ffmpeg, plain_ffmpeg(ffmpeg, source, plain_dir), "bench")
-        ours_run = partial(ingest, src, work / "store", f"{name}-default")
+        plain = partial(run_ffmpeg, plain_ffmpeg(ffmpeg, source, plain_dir, preset), "bench")
+        ours_run = partial(ingest, src, work / "store", f"{name}-default", preset)
         wait_for_quiet()
         for _ in range(REPEATS):  # interleaved, so drift in machine load hits both alike
             for fn, walls, cpus in ((plain, theirs, theirs_cpu), (ours_run, ours, ours_cpu)):
@@ -103,7 +108,7 @@ def overhead(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str,
         # CPU seconds (user + system, the ingest's Python and its ffmpeg) barely move with
         # the machine's load, so they show what packaging costs when wall times are noisy.
         cpu_ratio = statistics.median(ours_cpu) / statistics.median(theirs_cpu)
-        rows.append((name, f"{source.duration:.1f}", f"{b:.2f}", f"{a:.2f}",
+        rows.append((name, preset, f"{source.duration:.1f}", f"{b:.2f}", f"{a:.2f}",
                      f"{extra:+.2f}", f"{(ratio - 1) * 100:+.1f}%",
                      f"{(cpu_ratio - 1) * 100:+.1f}%"))  # fmt: skip
     return rows
@@ -128,7 +133,7 @@ def title_vmaf(
     return score(ffmpeg, source, 0.0, source.duration, files, work)
 
 
-def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, ...]]:
+def ladders(ffmpeg: str, clips: dict[str, Path], work: Path, preset: str) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     store = work / "store"
     for name, src in clips.items():
@@ -136,7 +141,7 @@ def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, 
         results = {}
         for ladder in ("default", "auto"):
             before = _children_cpu()
-            title = ingest(src, store, f"{name}-{ladder}", "--ladder", ladder)
+            title = ingest(src, store, f"{name}-{ladder}", preset, "--ladder", ladder)
             cpu = _children_cpu() - before  # the ingest and its ffmpegs: trials cost this
             videos = [r for r in title["renditions"] if r["kind"] == "video"]
             scores = title_vmaf(ffmpeg, source, title, store, work)
@@ -150,8 +155,8 @@ def ladders(ffmpeg: str, clips: dict[str, Path], work: Path) -> list[tuple[str, 
             # The lowest rung is what a player on a weak network gets: average and peak.
             low = min(videos, key=lambda r: r["average_bandwidth"])
             floor = f"{low['average_bandwidth'] / 1000:.0f}/{low['bandwidth'] / 1000:.0f}"
-            rows.append((name, ladder, per_rung, f"{kbps:.0f}", f"{vmaf:.2f}", "", "", floor,
-                         f"{cpu:.1f}"))  # fmt: skip
+            rows.append((name, f"{ladder} ({preset})", per_rung, f"{kbps:.0f}", f"{vmaf:.2f}",
+                         "", "", floor, f"{cpu:.1f}"))  # fmt: skip
         (dk, dv), (ak, av) = results["default"], results["auto"]
         rows[-1] = (*rows[-1][:5], f"{(1 - ak / dk) * 100:+.1f}%", f"{av - dv:+.2f}", *rows[-1][7:])
     return rows
@@ -170,7 +175,18 @@ def main() -> None:
         default="all",
         help="overhead: ingest vs plain ffmpeg; ladders: --ladder auto vs default",
     )
-    part = parser.parse_args().part
+    parser.add_argument(
+        "--preset",
+        choices=get_args(Preset),
+        default=None,
+        help="x264 preset of both sides (default: the origin's, $EDGEFLIX_ORIGIN__ENCODE__PRESET)",
+    )
+    args = parser.parse_args()
+    part = args.part
+    preset = args.preset or origin_config.load(None).encode.preset
+    # The overhead is a fixed cost per ingest, so it also shows at the fastest common preset,
+    # where the encode it is compared with is shortest.
+    presets = [preset] + ([] if preset == "veryfast" else ["veryfast"])
     ffmpeg = find_ffmpeg()
     with tempfile.TemporaryDirectory(prefix="edgeflix-bench-") as tmp:
         work = Path(tmp)
@@ -184,6 +200,7 @@ def main() -> None:
             print_table(
                 [
                     "clip",
+                    "preset",
                     "seconds",
                     "plain ffmpeg s",
                     "origin ingest s",
@@ -191,7 +208,7 @@ def main() -> None:
                     "overhead",
                     "CPU overhead",
                 ],
-                overhead(ffmpeg, clips, work),
+                [row for p in presets for row in overhead(ffmpeg, clips, work, p)],
                 title=f"Packaging overhead (default ladder, median of {REPEATS} paired rounds; "
                 "goal <= +10%)",
             )
@@ -211,7 +228,7 @@ def main() -> None:
                 "lowest rung kbit/s avg/peak",
                 "ingest CPU s",
             ],
-            ladders(ffmpeg, {"bunny": bunny, "bikes": bikes}, work),
+            ladders(ffmpeg, {"bunny": bunny, "bikes": bikes}, work, preset),
             title="Per-title ladder (goal: auto >= 20% fewer bits at equal or better VMAF)",
         )
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgeflix.config import ConfigModel, load_config
+from origin.ffmpeg import DEFAULT_PRESET
 from origin.replaced import KEEP_S
 
 ENV_PREFIX = "EDGEFLIX_ORIGIN"
@@ -20,7 +21,7 @@ Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium
 class EncodeConfig(ConfigModel):
     # Empty: the ffmpeg of the imageio-ffmpeg wheel (or $EDGEFLIX_FFMPEG).
     ffmpeg: str | None = None
-    preset: Preset = "veryfast"
+    preset: Preset = DEFAULT_PRESET
     audio_kbps: int = Field(128, ge=32, le=512)
     # Encoder threads per rendition; 0 lets each encoder decide.
     threads: int = Field(0, ge=0, le=64)

@@ -12,7 +12,7 @@ from origin import config, replaced
 
 def test_defaults_without_a_file() -> None:
     cfg = config.load(None)
-    assert cfg.encode.preset == "veryfast"
+    assert cfg.encode.preset == "medium"
     assert cfg.publish.replaced_keep_s == replaced.KEEP_S
 
 
