@@ -1,6 +1,7 @@
 """`edgeflix fleet …`: run the fleet manager (`serve`) and talk to a running one over its
-HTTP API (`--fleet URL` or EDGEFLIX_FLEET). Tables on a terminal, plain text in a pipe,
-`--json` everywhere; an unknown name or an unreachable manager is one clear line.
+HTTP API (`--fleet URL` or EDGEFLIX_FLEET; https:// verified against EDGEFLIX_FLEET_CA when
+set). Tables on a terminal, plain text in a pipe, `--json` everywhere; an unknown name, an
+unreachable manager or a certificate that does not verify is one clear line.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import functools
 import json
 import logging
 import os
+import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +40,14 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 
 DEFAULT_FLEET = "http://127.0.0.1:7080"
+# The manager's CA (fleet-ca.pem beside its [server] db) for an https:// URL; without it,
+# httpx's default trust store.
+ENV_CA = "EDGEFLIX_FLEET_CA"
 # A manager that accepts and never answers is reported after this long, not waited on.
 CALL_TIMEOUT_S = 10.0
+# The TLS handshake that tells an HTTPS listener given an http:// URL (`_speaks_https`).
+PROBE_TIMEOUT_S = 3.0
+_X509_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
 
 
 def _given(value: str | None) -> str | None:
@@ -53,7 +62,8 @@ FleetOpt = typer.Option(
     None,
     "--fleet",
     callback=_given,
-    help=f"Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or {DEFAULT_FLEET}).",
+    help=f"Fleet manager HTTP URL (default: $EDGEFLIX_FLEET or {DEFAULT_FLEET}); an "
+    f"https:// one is verified against ${ENV_CA} (its fleet-ca.pem) when set.",
 )
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 # metavar: usage errors name the argument as the usage line shows it, not as Python does.
@@ -92,12 +102,23 @@ def _redacted(url: str) -> str:
 def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
     base = fleet_url(fleet)
     shown = _redacted(base)
+    https = urllib.parse.urlsplit(base).scheme == "https"
+    verify = _verify() if https else True
     try:
-        resp = httpx.request(method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), **kw)
+        resp = httpx.request(
+            method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), verify=verify, **kw
+        )
     except httpx.ProtocolError as exc:  # something answered, not in HTTP/1.1 (a gRPC port)
+        if not https and _speaks_https(base):  # it hung up on plain HTTP: HTTPS it takes
+            raise FleetUnreachable(
+                f"fleet manager at {shown} serves HTTPS ([server] tls = true): use "
+                f"https://{shown.partition('://')[2]} and set ${ENV_CA} to its fleet-ca.pem"
+            ) from None
         raise FleetUnreachable(
             f"fleet manager at {shown} did not answer in HTTP ({exc}): {_IS_IT_THE_FLEET}"
         ) from None
+    except httpx.ConnectError as exc:
+        raise FleetUnreachable(_connect_failure(shown, exc)) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise FleetUnreachable(f"fleet manager at {shown} is unreachable: {exc}") from None
     try:
@@ -123,6 +144,66 @@ def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: An
             _NOT_A_FLEET.format(base=shown, what=f"JSON that is not a {want.__name__}")
         )
     return body
+
+
+def _verify() -> ssl.SSLContext | bool:
+    """What an https:// manager's certificate is checked against: $EDGEFLIX_FLEET_CA, else
+    httpx's default trust store (a manager behind a proxy with a public certificate)."""
+    path = os.environ.get(ENV_CA, "").strip()
+    if not path:
+        return True
+    try:
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:
+        # ssl.SSLError (an OSError too): the file holds no certificate OpenSSL can read.
+        what = "no PEM certificate in it" if isinstance(exc, ssl.SSLError) else exc.strerror
+        raise FleetInputError(f"${ENV_CA}: cannot use {path} as a CA file ({what})") from None
+
+
+def _connect_failure(shown: str, exc: httpx.ConnectError) -> str:
+    """One line for a failed connection; a TLS failure says what to change."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        why = cause.verify_message or cause.reason or "certificate verify failed"
+        if cause.verify_code == _X509_HOSTNAME_MISMATCH:
+            return (
+                f"fleet manager at {shown}: its certificate does not name that host ({why}): "
+                "use its [server] http host, or add this one to its [server] tls_names"
+            )
+        ca = os.environ.get(ENV_CA, "").strip()
+        against = f" against ${ENV_CA} ({ca})" if ca else ""
+        return (
+            f"fleet manager at {shown}: its certificate did not verify{against} ({why}): set "
+            f"${ENV_CA} to that manager's fleet-ca.pem (beside its [server] db)"
+        )
+    if isinstance(cause, ssl.SSLError):
+        plain = f"http://{shown.partition('://')[2]}"
+        return (
+            f"fleet manager at {shown} did not answer in TLS ({cause.reason or cause}): if it "
+            f"serves plain HTTP ([server] tls = false), use {plain}"
+        )
+    return f"fleet manager at {shown} is unreachable: {exc}"
+
+
+def _speaks_https(base: str) -> bool:
+    """Whether `base`'s host and port complete a TLS handshake that picks HTTP/1.1 (the
+    manager's HTTPS listener says so; its gRPC ones do not). Nothing is sent over it."""
+    parts = urllib.parse.urlsplit(base)
+    context = ssl.create_default_context()
+    context.check_hostname = False  # only what it speaks, not who it is
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    address = (parts.hostname or "", parts.port or 80)
+    try:
+        with (
+            socket.create_connection(address, PROBE_TIMEOUT_S) as sock,
+            context.wrap_socket(sock) as tls,
+        ):
+            return tls.selected_alpn_protocol() == "http/1.1"
+    except (OSError, ValueError):  # ssl.SSLError, timeouts, refusals
+        return False
 
 
 def _manager_error(body: Any) -> bool:

@@ -38,10 +38,13 @@ class ServerConfig(ConfigModel):
     # lets callers on this machine in without the token (admin-token beside `db`), "token"
     # asks every caller for it.
     admin: Literal["loopback", "token"] = "loopback"
-    # TLS on gRPC (fleet/tls.py): `grpc` then requires a client certificate issued at
-    # enrolment; `enrol_grpc` is a second, server-authenticated listener where appliances
-    # without a certificate yet call Enrol (and services call Steer). The CA is made at
-    # first start beside `db` (fleet-ca.pem: copy it to appliances as `[fleet] ca`).
+    # TLS on every listener (fleet/tls.py), one server certificate from the fleet's own CA
+    # naming their hosts and `tls_names`: `grpc` then requires a client certificate issued
+    # at enrolment; `enrol_grpc` is a second, server-authenticated listener where appliances
+    # without a certificate yet call Enrol (and services call Steer); `http` serves HTTPS
+    # only (TLS 1.2 at least), since it carries the admin token and signed /steer URLs. The
+    # CA is made at first start beside `db` (fleet-ca.pem: copy it to appliances as `[fleet]
+    # ca`, and give its path to the CLI as $EDGEFLIX_FLEET_CA with an https:// --fleet URL).
     tls: bool = False
     enrol_grpc: HostPort | None = None
     # Extra names (DNS or IP) for the server certificate, beyond the listeners' hosts.

@@ -1,8 +1,9 @@
 """`edgeflix fleet serve`: gRPC (appliances; health checking and reflection on) and HTTP
 (FastAPI: CLI, services, /metrics) on one asyncio loop over one FleetService and SQLite.
+With `[server] tls = true` both serve TLS only, under the fleet's CA (fleet/tls.py).
 
 Background ticks rotate keys on schedule, re-plan, and read the origin's catalog. Prints
-`grpc on HOST:PORT` and `http on http://HOST:PORT` once bound (port 0 works).
+`grpc on HOST:PORT` and `http on http(s)://HOST:PORT` once bound (port 0 works).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import logging
 import socket
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -41,7 +43,7 @@ from fleet.model import check_title
 from fleet.planning import Planning
 from fleet.service import FleetService, OriginTitle
 from fleet.store import Store, check_db_path, private_folder
-from fleet.tls import CertAuthority, listener_hosts
+from fleet.tls import CertAuthority, https_context, listener_hosts
 
 log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
@@ -285,12 +287,18 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     )
     ghost, gport = parse_hostport(config.server.grpc)
     enrol_at = ""
+    https: ssl.SSLContext | None = None
     try:
         if authority is None or tls.enrol_grpc is None:
             bound = grpc_server.add_insecure_port(format_hostport(ghost, gport))
         else:
             ehost, eport = parse_hostport(tls.enrol_grpc)
-            ident = authority.server_identity(listener_hosts([ghost, ehost], tls.tls_names))
+            # One certificate for every listener: the HTTP API carries the admin token and
+            # signed URLs, so it is TLS too, under the CA the CLI is given (EDGEFLIX_FLEET_CA).
+            http_host = parse_hostport(tls.http)[0]
+            hosts = listener_hosts([ghost, ehost, http_host], tls.tls_names)
+            ident = authority.server_identity(hosts)
+            https = https_context(ident, Path(tls.db).parent)
             pairs = [(ident.key_pem, ident.cert_pem)]
             mtls = grpc.ssl_server_credentials(pairs, ident.ca_pem, require_client_auth=True)
             bound = grpc_server.add_secure_port(format_hostport(ghost, gport), mtls)
@@ -319,8 +327,12 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
             access_log=False,
             lifespan="off",
             proxy_headers=False,  # players reach the manager directly; no proxy to trust
+            # Ours, built and loaded above (TLS 1.2 at least): a bad key or certificate
+            # stops the start here, not the HTTP task after "started" is announced.
+            ssl_context_factory=None if https is None else lambda _config, _default: https,
         )
     )
+    scheme = "http" if https is None else "https"
 
     await grpc_server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -338,12 +350,12 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     gc.freeze()
     grpc_at, http_at = format_hostport(ghost, bound), format_hostport(hhost, hport)
     print(f"grpc on {grpc_at}", flush=True)
-    print(f"http on http://{http_at}", flush=True)
+    print(f"http on {scheme}://{http_at}", flush=True)
     if enrol_at:
         print(f"grpc-enrol on {enrol_at}", flush=True)
     started()
-    event(log, "fleet.started", grpc=grpc_at, http=http_at, admin=config.server.admin,
-          admin_token=str(token_path))  # fmt: skip
+    event(log, "fleet.started", grpc=grpc_at, http=http_at, http_scheme=scheme,
+          admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
     if in_clear:
         warn_in_clear(grpc_at)
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")

@@ -1,6 +1,7 @@
 """The fleet's own certificate authority for `[server] tls = true`: a P-256 CA made at first
-start and kept (0600) next to the database, a server certificate for the gRPC listeners, and
-client certificates issued at enrolment (fleet/grpc_api.py) for the appliance's TLS key.
+start and kept (0600) next to the database, one server certificate for the gRPC listeners and
+the HTTPS one (`https_context`), and client certificates issued at enrolment
+(fleet/grpc_api.py) for the appliance's TLS key.
 
 P-256 throughout: grpc's BoringSSL refuses Ed25519 client certificates, so the appliance's
 Ed25519 call-signing key (edgeflix/proto/auth.py) stays separate from its TLS key.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from fleet.errors import FleetError, FleetInputError
 
 CA_KEY = "fleet-ca.key"
 CA_CERT = "fleet-ca.pem"
+HTTP_KEY = "fleet-http.key"
+HTTP_CERT = "fleet-http.pem"
 CA_DAYS = 3650
 # No renewal protocol yet: a client certificate lives as long as the CA; `fleet rm` plus a
 # new enrolment is how an appliance's certificate is replaced.
@@ -159,3 +163,22 @@ class CertAuthority:
         return self._issue(
             appliance, key, [x509.DNSName(appliance)], ExtendedKeyUsageOID.CLIENT_AUTH, CLIENT_DAYS
         )
+
+
+def https_context(ident: ServerIdentity, folder: Path) -> ssl.SSLContext:
+    """The HTTP listener's TLS (1.2 at least) with `ident`. Python's ssl loads a certificate
+    and key only from files: they are written (0600, replaced each start) into `folder`,
+    beside the CA's own key."""
+    key_path, cert_path = folder / HTTP_KEY, folder / HTTP_CERT
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Said in the handshake: what the CLI's probe (fleet/cli.py) tells from a gRPC port's TLS.
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        write_atomic(key_path, ident.key_pem)
+        write_atomic(cert_path, ident.cert_pem)
+        context.load_cert_chain(cert_path, key_path)
+    except OSError as exc:  # ssl.SSLError too
+        why = exc.strerror or exc
+        raise FleetError(f"cannot keep the HTTPS certificate in {folder}: {why}") from None
+    return context

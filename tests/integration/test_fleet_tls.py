@@ -66,7 +66,10 @@ def tls_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server
     config = write_tls_fleet_config(top)
     fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http", "grpc-enrol"))
     try:
-        yield fleet, top
+        with pytest.MonkeyPatch.context() as env:
+            # Its HTTP API is HTTPS under the fleet's CA: the CLI verifies it with this.
+            env.setenv("EDGEFLIX_FLEET_CA", str(top / "db" / "fleet-ca.pem"))
+            yield fleet, top
     finally:
         fleet.stop()
 

@@ -207,11 +207,13 @@ def test_a_box_whose_fleet_state_was_wiped_needs_rm_and_a_fresh_token(
 
 
 @pytest.fixture
-def tls_fleet(tmp_path: Path) -> Iterator[tuple[Server, Path]]:
+def tls_fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Server, Path]]:
     top = tmp_path / "fleet-tls"
     top.mkdir()
     config = write_tls_fleet_config(top)
     fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http", "grpc-enrol"))
+    # Its HTTP API is HTTPS under the fleet's CA: the CLI verifies it with this.
+    monkeypatch.setenv("EDGEFLIX_FLEET_CA", str(top / "db" / "fleet-ca.pem"))
     try:
         yield fleet, top / "db" / "fleet-ca.pem"
     finally:
