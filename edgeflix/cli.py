@@ -1,7 +1,8 @@
 """The umbrella `edgeflix` command: mounts each component's own CLI as a sub-command.
 
 Errors of the `EdgeflixError` family become one line on stderr and a non-zero exit here,
-at the edge, so no user ever sees a traceback for a mistake they can fix.
+at the edge, so no user ever sees a traceback for a mistake they can fix; with JSON logs
+(EDGEFLIX_LOG_JSON=1) that line is a JSON event too, `cli.error` (edgeflix/ui.py `fail`).
 """
 
 from __future__ import annotations

@@ -2,17 +2,21 @@
 
 Every daemon declares its schema as `ConfigModel` subclasses; unknown keys are errors
 that name the file and the key. Environment variables override file values:
-`<PREFIX>__SECTION__KEY=value` (value parsed as a TOML value, else taken as a string).
+`<PREFIX>__SECTION__KEY=value` (value parsed as a TOML value, else taken as a string); a
+variable that nearly has that form (one `_`, lower case, a plural) is logged as ignored.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
+import logging
 import os
 import re
+import shlex
 import socket
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +24,9 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from edgeflix.errors import ConfigError
+from edgeflix.log import event
+
+log = logging.getLogger(__name__)
 
 
 class ConfigModel(BaseModel):
@@ -54,6 +61,45 @@ def env_overrides(env: Mapping[str, str], prefix: str) -> dict[tuple[str, ...], 
     return found
 
 
+# EDGEFLIX_ variables that are not config overrides: read by the CLIs, the logger, the
+# origin's runner. They never count as a misspelt override (see ignored_overrides).
+NOT_OVERRIDES = frozenset(
+    {
+        "EDGEFLIX_FLEET",  # the manager's HTTP URL for `edgeflix fleet …` (fleet/cli.py)
+        "EDGEFLIX_FLEET_CA",  # the CA an https:// manager is checked against (fleet/cli.py)
+        "EDGEFLIX_FLEET_TOKEN",  # the manager's admin token (fleet/admin.py)
+        "EDGEFLIX_FFMPEG",  # the ffmpeg binary (origin/runner.py)
+        "EDGEFLIX_LOG_LEVEL",  # edgeflix/log.py
+        "EDGEFLIX_LOG_JSON",  # edgeflix/log.py
+    }
+)
+
+
+def ignored_overrides(
+    names: Iterable[str], prefix: str, not_overrides: frozenset[str] = NOT_OVERRIDES
+) -> list[str]:
+    """The variables in `names` meant as `PREFIX__SECTION__KEY` overrides, by the look of
+    them, that env_overrides ignores: the prefix in another case, followed by one `_` (or
+    none), in the plural, or with no key after it. Other tools may set EDGEFLIX_ variables
+    too, so the caller only warns."""
+    exact = prefix.upper() + "__"
+    ignored = []
+    for name in sorted(names):
+        if name in not_overrides:
+            continue
+        if name.startswith(exact):
+            if not name[len(exact) :].strip("_"):  # `PREFIX__` alone sets nothing
+                ignored.append(name)
+            continue
+        upper = name.upper()
+        if not upper.startswith(prefix.upper()):
+            continue
+        rest = upper[len(prefix) :]
+        if rest in ("", "S") or rest.startswith(("_", "S_")):
+            ignored.append(name)
+    return ignored
+
+
 def apply_env_overrides(
     data: dict[str, Any], env: Mapping[str, str], prefix: str
 ) -> dict[str, Any]:
@@ -78,18 +124,31 @@ def describe_validation_error(
     source: str | None,
     err: ValidationError,
     overrides: Mapping[tuple[str, ...], str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """One line naming where the first offending value came from and its key: the variable
-    that set it (see env_overrides), else the file `source` (None: no file, defaults)."""
+    that set it (see env_overrides), else the file `source` (None: no file, defaults). `env`
+    holds the variables' values, for a hint to quote one read as a number where a string
+    is wanted."""
     first = err.errors()[0]
+    loc = tuple(str(p).lower() for p in first["loc"])
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    blamed = _blamed(tuple(str(p).lower() for p in first["loc"]), source, overrides or {})
+    blamed = _blamed(loc, source, overrides or {})
     if first["type"] == "extra_forbidden":
         return f"{blamed}: unknown key '{key}'"
     if first["type"] == "missing":
         return f"{blamed}: missing key '{key}'"
     message = first["msg"].removeprefix("Value error, ")  # pydantic's wrapper for ValueError
+    setter = (overrides or {}).get(loc)
+    if first["type"] == "string_type" and setter is not None and env and setter in env:
+        # The value was read as TOML (`1`, `true`, a date): in TOML a string is quoted.
+        message += f" (quote it to keep it text: {setter}={quote_for_shell(env[setter])})"
     return f"{blamed}: key '{key}': {message}"
+
+
+def quote_for_shell(raw: str) -> str:
+    """`raw` as a TOML string, quoted for a POSIX shell: 1 → '"1"'."""
+    return shlex.quote(json.dumps(raw))
 
 
 def _blamed(
@@ -128,17 +187,27 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     env = os.environ if env is None else env
+    ignored = ignored_overrides(env, env_prefix)
+    if ignored:
+        event(
+            log, "config.env_ignored", logging.WARNING, variables=" ".join(ignored),
+            reason=f"not {env_prefix.upper()}__SECTION__KEY (that prefix in capitals, two "
+            "underscores between the parts)",
+        )  # fmt: skip
     data = apply_env_overrides(data, env, env_prefix)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         source = str(path) if path else None
         overrides = env_overrides(env, env_prefix)
-        raise ConfigError(describe_validation_error(source, exc, overrides)) from None
+        raise ConfigError(describe_validation_error(source, exc, overrides, env)) from None
 
 
 # ASCII digits only: str.isdigit also takes '²' (int() then fails) and '٣' (int() reads 3).
 _PORT_RE = re.compile(r"[0-9]{1,5}")
+# `http://`, `grpc://`: a URL given where HOST:PORT is wanted (the manager's HTTP URL for
+# the appliance's [fleet] url is the usual one); RFC 3986's scheme syntax.
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _is_ipv6(text: str) -> bool:
@@ -153,6 +222,11 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     """`HOST:PORT`, `:PORT` or `[v6]:PORT` → (host, port); port 0 asks the kernel for one.
     A host with a ':' must be bracketed, and only an IPv6 address may be: `::1:8080` is
     both [::1]:8080 and the address ::1:8080, and a misread address binds or dials elsewhere."""
+    if _SCHEME_RE.match(value):
+        raise ConfigError(
+            f"'{value}' is a URL; give HOST:PORT "
+            "(for a fleet manager: its gRPC [server] grpc address, not its HTTP URL)"
+        )
     host, sep, port_text = value.rpartition(":")
     if not sep or not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError(f"'{value}' is not HOST:PORT")

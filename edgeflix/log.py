@@ -29,6 +29,17 @@ def _quote(value: Any) -> str:
     return text
 
 
+def _trace(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, str]:
+    """The traceback (`exc`, from `log.exception` or exc_info=) and the call stack (`stack`,
+    from stack_info=True) a record carries, as text: both formats add them after the fields."""
+    trace: dict[str, str] = {}
+    if record.exc_info:
+        trace["exc"] = formatter.formatException(record.exc_info)
+    if record.stack_info:
+        trace["stack"] = formatter.formatStack(record.stack_info)
+    return trace
+
+
 class KeyValueFormatter(logging.Formatter):
     """`2026-11-25T19:53:37Z level=info logger=origin event=x k=v`."""
 
@@ -38,8 +49,7 @@ class KeyValueFormatter(logging.Formatter):
         parts = [stamp, f"level={record.levelname.lower()}", f"logger={record.name}"]
         parts.append(f"event={_quote(record.getMessage())}")
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items())
-        if record.exc_info:
-            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+        parts.extend(f"{k}={_quote(v)}" for k, v in _trace(self, record).items())
         return " ".join(parts)
 
 
@@ -49,6 +59,7 @@ class JsonFormatter(logging.Formatter):
         body = {"ts": record.created, "level": record.levelname.lower(), "logger": record.name}
         body["event"] = record.getMessage()
         body.update(fields)
+        body.update(_trace(self, record))  # escaped newlines: still one line per event
         return json.dumps(body, default=str)
 
 
@@ -112,13 +123,32 @@ def setup_logging(level: str | None = None) -> None:
     anything is configured, on a log setting it does not know (see log_settings)."""
     settings = log_settings(os.environ, level)
     root = logging.getLogger()
-    if any(getattr(h, "_edgeflix", False) for h in root.handlers):
+    if _installed_handler() is not None:
         return
     handler = StderrHandler()
     handler._edgeflix = True  # type: ignore[attr-defined]
     handler.setFormatter(JsonFormatter() if settings.as_json else KeyValueFormatter())
     root.addHandler(handler)
     root.setLevel(settings.level)
+
+
+def _installed_handler() -> logging.Handler | None:
+    return next((h for h in logging.getLogger().handlers if getattr(h, "_edgeflix", False)), None)
+
+
+def fatal_event(message: str, exit_code: int) -> bool:
+    """In JSON mode, write the CLI's fatal error as one `cli.error` event at level error and
+    return True; else return False, for the caller to print its plain `error: …` line. A
+    per-line JSON reader then parses the line saying why the process ended, too. Written
+    whatever the log level, as the plain line is: it is the command's last word."""
+    handler = _installed_handler()
+    if handler is None or not isinstance(handler.formatter, JsonFormatter):
+        return False
+    fields = {"message": message, "exit_code": exit_code}
+    record = logging.LogRecord("edgeflix.cli", logging.ERROR, __file__, 0, "cli.error", (), None)
+    setattr(record, _FIELDS, fields)
+    handler.handle(record)  # the handler's own checks only: no logger level, no disable()
+    return True
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -97,7 +97,13 @@ def print_table(
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """One line on stderr, then exit: the CLI's only way to report a user-facing error."""
+    """One line on stderr, then exit: the CLI's only way to report a user-facing error. With
+    JSON logs (EDGEFLIX_LOG_JSON=1) the line is a `cli.error` event, so a reader parsing each
+    line as JSON also reads why the command ended."""
+    from edgeflix.log import fatal_event
+
+    if fatal_event(message, code):
+        raise SystemExit(code)
     from rich.markup import escape
 
     # Escaped: a message quoting `[storage]` or a path with brackets is text, not markup.
