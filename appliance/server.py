@@ -287,6 +287,11 @@ def disk_families(
     from appliance.disks import detect_tier
 
     size, used, serving, writable, slow, failed = [], [], [], [], [], []
+    # Faults are counted per file system, not per folder. Disks sharing one (var/disk0 and
+    # var/disk1 on one file system) would each show all its faults and a sum over `disk`
+    # count each twice, so the first of them in config order carries the counts and the
+    # others 0: summed by disk they equal the file system's, as an operator expects.
+    counted: set[int] = set()
     for disk in config.storage.disks:
         out = str(disk.path.resolve()) in out_of_service
         serving.append(Sample({"disk": str(disk.path)}, 0 if out else 1))
@@ -304,9 +309,11 @@ def disk_families(
         size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))
         used.append(Sample(labels, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize))
         try:
-            counts = (faults or {}).get(os.stat(disk.path).st_dev, (0, 0))
+            dev = os.stat(disk.path).st_dev
         except OSError:
             continue
+        counts = (0, 0) if dev in counted else (faults or {}).get(dev, (0, 0))
+        counted.add(dev)
         slow.append(Sample({"disk": str(disk.path)}, counts[0]))
         failed.append(Sample({"disk": str(disk.path)}, counts[1]))
     return [
@@ -321,7 +328,9 @@ def disk_families(
         ("edgeflix_appliance_disk_used_bytes", "gauge",
          "File system bytes used per disk in service.", used),
         ("edgeflix_appliance_disk_slow_reads_total", "counter",
-         "Serving reads of 2 s or more on the disk's file system.", slow),
+         "Serving reads of 2 s or more on the disk's file system (on the first disk of a "
+         "shared one).", slow),
         ("edgeflix_appliance_disk_read_errors_total", "counter",
-         "Serving reads that failed on the disk's file system.", failed),
+         "Serving reads that failed on the disk's file system (on the first disk of a "
+         "shared one).", failed),
     ]  # fmt: skip

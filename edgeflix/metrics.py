@@ -1,7 +1,8 @@
 """Prometheus text exposition (format 0.0.4) for every daemon's `/metrics`.
 
 Daemons gather their numbers however suits them and hand families of samples here; this module
-only renders them, escaping label values so a hostile title id cannot break the format.
+only renders them, escaping label values so a hostile title id (or a path that is not UTF-8)
+cannot break the format.
 """
 
 from __future__ import annotations
@@ -19,7 +20,21 @@ class Sample:
 
 
 def _escape(value: str) -> str:
+    value = _utf8(value)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _utf8(value: str) -> str:
+    """`value` as text UTF-8 can encode: a path's undecodable bytes (os.fsdecode's surrogate
+    escapes) as `\\xNN`, any other lone surrogate as `\\uNNNN`. One such label (a disk path
+    that is not UTF-8) must not make every scrape's body fail to encode."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoding produced: spell it out
+        raw = value.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _number(value: float) -> str:

@@ -38,7 +38,13 @@ from fleet.keys import (
     signers,
     verification_keys,
 )
-from fleet.model import FleetSnapshot, check_appliance_url, check_name, parse_address
+from fleet.model import (
+    APPLIANCE_STATES,
+    FleetSnapshot,
+    check_appliance_url,
+    check_name,
+    parse_address,
+)
 from fleet.planning import PlanJob
 from fleet.plans import CatalogTitle, FillPlan, next_version, without_appliances
 from fleet.popularity import Popularity, blend_site_demand, predicted_demand
@@ -674,7 +680,10 @@ class FleetService:
 
     def metrics(self) -> str:
         snap = self.snapshot()
-        states = Counter(a.state for a in snap.appliances)
+        # Every state, 0 when none is in it: a state that empties must read 0, not vanish (a
+        # query or alert on `state="failing"` would keep its last value or show no data).
+        states = Counter({s: 0 for s in APPLIANCE_STATES})
+        states.update(a.state for a in snap.appliances)
         return render(
             [
                 (

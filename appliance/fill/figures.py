@@ -39,7 +39,9 @@ def fill_families(doc: Mapping[str, Any] | None, now: float) -> list[Family]:
         (P + "titles", "gauge", "Titles of the current or last fill run, by state.",
          [Sample({"state": s}, n) for s, n in sorted(states.items())]),
         (P + "bytes_done", "gauge", "Bytes of a title verified or staged so far.", done),
-        (P + "bytes_total", "gauge", "Bytes of a title to fill.", total),
+        # Not `bytes_total`: this is a gauge, and `_total` is the counter suffix (promtool
+        # lint, OpenMetrics); rate() over it would mean nothing.
+        (P + "bytes_planned", "gauge", "Bytes of a title to fill, by its file list.", total),
         (P + "retries", "gauge", "Failed attempts in the run (resets, timeouts, 5xx...).",
          retries),
         (P + "hash_failures", "gauge", "Files whose bytes failed SHA-256 in the run (never "

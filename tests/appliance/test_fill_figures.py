@@ -22,7 +22,7 @@ def test_families_from_a_run() -> None:
     assert 'edgeflix_appliance_fill_titles{state="downloading"} 0' in text
     assert 'edgeflix_appliance_fill_hash_failures{title="b"} 3' in text
     assert 'edgeflix_appliance_fill_retries{title="a"} 3' in text
-    assert 'edgeflix_appliance_fill_bytes_total{title="b"} 9' in text
+    assert 'edgeflix_appliance_fill_bytes_planned{title="b"} 9' in text
     assert "edgeflix_appliance_fill_state_age_seconds 30" in text
 
 
@@ -33,3 +33,10 @@ def test_no_run_yet_still_has_the_families() -> None:
     # A dashboard can chart titles waiting for their site peer before any has had to.
     assert 'edgeflix_appliance_fill_titles{state="deferred"} 0' in text
     assert "edgeflix_appliance_fill_state_age_seconds" in text  # HELP/TYPE, no sample
+
+
+def test_only_counters_end_in_total() -> None:
+    """`_total` is the counter suffix (promtool check metrics, OpenMetrics): a gauge named so
+    reads as a counter to rate() and lint."""
+    for name, kind, _, _ in fill_families(None, now=0.0):
+        assert name.endswith("_total") == (kind == "counter"), name
