@@ -67,31 +67,43 @@ class CountLedger:
     """Per-title (requests, bytes) between beats.
 
     The workers' counters only rise (the supervisor keeps a replaced worker's totals), so
-    each beat takes the difference to the totals it saw last. A batch stays outstanding,
-    resent unchanged under the same sequence, until a beat carrying it is answered: the
-    fleet drops a sequence it already has (the answer was lost, not the beat), so counts
-    are neither lost nor added twice. Sequence 1 (a restart, which the fleet always
-    accepts) carries no counts for the same reason.
+    each beat takes what a total rose by over the highest seen before (see observe). A
+    batch stays outstanding, resent unchanged under the same sequence, until a beat
+    carrying it is answered: the fleet drops a sequence it already has (the answer was
+    lost, not the beat), so counts are neither lost nor added twice. Sequence 1 (a restart,
+    which the fleet always accepts) carries no counts for the same reason.
     """
 
     sequence: int = 0
     # Chosen at each start (HeartbeatRequest.boot): the fleet compares sequences within
     # one boot only, so a restart is never taken for a late beat.
     boot: bytes = field(default_factory=lambda: secrets.token_bytes(16))
-    seen: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Per title, the highest (requests, bytes) observed, kept while a title is missing from
+    # a reading (at most as many titles as the totals themselves hold).
+    highest: dict[str, tuple[int, int]] = field(default_factory=dict)
     pending: dict[str, Counts] = field(default_factory=dict)
     outstanding: CountBatch | None = None
 
     def observe(self, totals: Mapping[str, tuple[int, int]]) -> None:
+        """Add to `pending` what each total rose by over its highest; a total at or below
+        its highest adds nothing.
+
+        No total of this ledger is ever reset: ledger and supervisor both live as long as
+        the daemon (a restart makes a new ledger, under a new boot), and the supervisor
+        keeps a replaced worker's counts. So a total that falls is a reading that missed a
+        worker's counts (its file unreadable or deleted under it), which come back in a
+        later one. Taking the fall for a reset and adding the whole new total sent the
+        title's lifetime demand to the fleet again (1000, 1010, 1005 made 2015 pending);
+        counting nothing until the total passes its old high counts each request once. A
+        true reset, if one ever came, would be under-counted by the old high: less harm
+        than phantom demand steering fill and replication."""
         for title, (requests, nbytes) in totals.items():
-            r0, b0 = self.seen.get(title, (0, 0))
-            # A total below the last one (counters reset) counts from zero, never negative.
-            dr = requests - r0 if requests >= r0 else requests
-            db = nbytes - b0 if nbytes >= b0 else nbytes
+            r0, b0 = self.highest.get(title, (0, 0))
+            dr, db = max(requests - r0, 0), max(nbytes - b0, 0)
             if dr or db:
                 prev = self.pending.get(title, Counts(0, 0))
                 self.pending[title] = Counts(prev.requests + dr, prev.bytes + db)
-        self.seen = dict(totals)
+                self.highest[title] = (max(requests, r0), max(nbytes, b0))
 
     def next_batch(self) -> CountBatch:
         if self.outstanding is not None:

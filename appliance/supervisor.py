@@ -215,7 +215,13 @@ def _readline(stream: IO[bytes], timeout: float) -> bytes:
 class Supervisor:
     """The serving workers: start, restart the dead, replace the hung, reshape to a new config
     (a reload), drain on stop. A reshape runs in a thread while the loop goes on checking
-    workers: the lists change only under `_lock`, each time briefly."""
+    workers, and view() is read from other threads (the health monitor, the fleet link).
+
+    A worker's counts are in exactly one place: its counters file while it is in `workers`
+    or `draining`, `retired` once it is gone. Moving it (and deleting its file) happens
+    under `_lock` in one step, and view() reads under `_lock`: a view taken halfway would
+    count a worker twice or not at all, and its totals would jump and fall back. Nothing
+    under `_lock` waits on a process; reading and deleting small counters files is all."""
 
     def __init__(self, config: ApplianceConfig, run_dir: Path) -> None:
         self.config = config
@@ -224,7 +230,7 @@ class Supervisor:
         self.keys_generation = 0
         self.fleet_keys: dict[str, bytes] = {}
         self._keys_lock = threading.Lock()  # SIGHUP and the fleet link both publish
-        self._lock = threading.RLock()  # `workers` and `draining`: the loop and a reshape
+        self._lock = threading.RLock()  # `workers`, `draining`, `retired`: see the class
         self._abort = threading.Event()  # stopping: a reshape ends after its current worker
         self.workers: list[Worker] = []
         self.draining: list[Worker] = []  # replaced, finishing their connections (or killed)
@@ -252,7 +258,8 @@ class Supervisor:
         for i in range(self.config.serve.workers):
             worker = self._new_worker(i)
             worker.spawn()
-            self.workers.append(worker)
+            with self._lock:
+                self.workers.append(worker)
         for worker in self.workers:
             worker.wait_ready(READY_TIMEOUT_S)
 
@@ -314,9 +321,12 @@ class Supervisor:
         return fresh
 
     def _retire(self, worker: Worker) -> None:
-        self.retired = fold_retired(self.retired, worker.snapshot())
-        with contextlib.suppress(OSError):
-            worker.counters.unlink()
+        """Its counts move from its file to `retired`: one step for view() (the caller
+        holds `_lock` also while it takes the worker out of its list)."""
+        with self._lock:
+            self.retired = fold_retired(self.retired, worker.snapshot())
+            with contextlib.suppress(OSError):
+                worker.counters.unlink()
 
     def serving(self) -> list[Worker]:
         """The workers that serve: running, their loop turning (or not yet due to write)."""
@@ -327,13 +337,17 @@ class Supervisor:
         return len(self.serving())
 
     def view(self) -> AdminView:
-        snaps = [w.snapshot() for w in [*self.workers, *self.draining]]
-        snaps.append(self.retired)
+        """The sum of every worker's counts, as of one moment (see the class): the lists,
+        their files and `retired` read under `_lock`, the merging done after."""
+        with self._lock:
+            snaps = [w.snapshot() for w in [*self.workers, *self.draining]]
+            snaps.append(self.retired)
+            alive, slots = self.alive(), len(self.workers)
         rejections: dict[str, int] = {}
         for snap in snaps:
             for reason, n in snap.get("token_rejections", {}).items():
                 rejections[reason] = rejections.get(reason, 0) + int(n)
-        return AdminView(merge(snaps), self.alive(), len(self.workers), rejections)
+        return AdminView(merge(snaps), alive, slots, rejections)
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -403,6 +417,7 @@ class Supervisor:
             raise DaemonError(f"worker slots {kept} kept their old settings (see log above)")
 
     def _drain(self, worker: Worker) -> None:
+        """Called under `_lock`, in the same hold that took `worker` out of `workers`."""
         worker.drain()
         self.draining.append(worker)
 
