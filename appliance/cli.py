@@ -609,7 +609,7 @@ def status_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Hardware profile, health (ok / degraded / failing, with reasons) and fill state.
+    """Hardware profile, health (ok / degraded / failing, with reasons), fleet link and fill state.
 
     Exit status: 0 healthy, 3 degraded (serving, with reasons), 4 failing; 1 or 2 when no
     status could be taken (2: a bad command line or config)."""
@@ -630,6 +630,11 @@ def status_cmd(
     rows: list[tuple[str, str]] = [
         ("health", health["state"]),
         *(("reason", r) for r in health["reasons"]),
+        *(("warning", w) for w in health["warnings"]),
+    ]
+    if doc["fleet"] is not None:
+        rows.append(("fleet", f"{doc['fleet']['phase']} ({doc['fleet']['url']})"))
+    rows += [
         ("capacity", f"{doc['capacity_bps'] / 1e9:.2f} Gbit/s"),
         ("cpu", f"{profile['cpu']['model']} ({profile['cpu']['logical_cores']} cores)"),
         ("memory", f"{profile['memory_bytes'] / 2**30:.1f} GiB"),

@@ -27,16 +27,44 @@ ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
 
 
+def _shown_bytes(text: str) -> str:
+    """`text` as typed, its undecodable bytes as \\xNN ('/srv/d\\xe9sk')."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no decoding produced
+        return ascii(text)
+    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
+
+
 class DiskConfig(ConfigModel):
     path: Path
     # Left out: detected from the block device under `path` (rotational flag).
     tier: Tier | None = None
-    # Stop accepting new titles above `high`; tier moves and eviction aim for `low`.
+    # Loads and fills place no title that would take the disk above `high`; a tier move
+    # lands a title only below `low`, so moves leave room for the next load. Nothing
+    # deletes titles to get a disk back down: the fleet's plan decides what a box holds
+    # (titles dropped from it go at the next fill), or `appliance rm` by hand.
     high_watermark: float = Field(0.90, gt=0, le=1)
     low_watermark: float = Field(0.80, gt=0, le=1)
     # Cap on the bytes the appliance keeps on this disk (a disk shared with other data, or
     # tests); left out, the whole filesystem counts and the watermarks apply to its usage.
+    # With it, what the index holds there counts, for placement and for health alike.
     max_bytes: int | None = Field(None, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _path_is_text(cls, path: Path) -> Path:
+        # A disk's path is its key in the index (SQLite text) and a label in /metrics and
+        # /status: bytes that are not UTF-8 (an environment override decodes them as lone
+        # surrogates) would fail there at every use, long after the config was accepted.
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{_shown_bytes(str(path))} is not UTF-8 text; rename the folder or mount "
+                "the disk at a UTF-8 path"
+            ) from None
+        return path
 
     @model_validator(mode="after")
     def _watermarks_ordered(self) -> DiskConfig:

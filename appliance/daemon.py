@@ -36,7 +36,7 @@ from appliance.fill.scheduler import FillScheduler
 from appliance.monitor import HealthMonitor, ServingErrors, status_totals
 from appliance.server import AdminSite, AdminView
 from appliance.startup import StartupCheck, settle_store
-from appliance.status import assemble
+from appliance.status import assemble, count_max_bytes
 from appliance.supervisor import DaemonError, Supervisor
 from edgeflix import pidlock
 from edgeflix.config import format_hostport, parse_hostport
@@ -150,6 +150,9 @@ class Daemon:
             config, errors, on_disk_change=self._disks_changed,
             serving=lambda: self.supervisor.view().stats,
         )  # fmt: skip
+        # Disks with max_bytes count what the store holds on them (monitor.py's sampler
+        # knows no config).
+        count_max_bytes(self.monitor.sampler, config)
         self.monitor.first_sample()
         # 2. Store: settled from the index alone (interrupted loads and removals finished,
         #    files of disks gone from the config set aside); the walk over every stored file
@@ -380,7 +383,9 @@ class Daemon:
             # yet is answered 404 but not yet logged, counted, or re-filled.
             "startup_check": self.check.status() if self.check else None,
         }
-        return assemble(self.config, report.profile, report.inputs, report.health, daemon)
+        required = self.config.auth.tokens == "required"
+        fleet = self.link.health_view(required) if self.link else None
+        return assemble(self.config, report.profile, report.inputs, report.health, daemon, fleet)
 
     # -- stop, in order ----------------------------------------------------------------------
 

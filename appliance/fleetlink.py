@@ -23,6 +23,7 @@ import grpc
 from appliance.config import ApplianceConfig, FleetLinkConfig
 from appliance.fill.plan import FillPlan
 from appliance.fleetlink_core import (
+    CONTACT_SAVE_S,
     BeatFigures,
     CountLedger,
     FleetKey,
@@ -50,6 +51,7 @@ from appliance.fleetlink_figures import (
 )
 from appliance.fleetlink_rpc import CallFailed, FleetRpc
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
+from appliance.health import FleetLinkView
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
@@ -59,7 +61,6 @@ from edgeflix.versioning import Versioned, receive
 
 log = logging.getLogger("appliance.fleet")
 ENROL_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-CONTACT_SAVE_S = 60.0
 # Fill requests to site peers carry a token this long-lived; a plan whose window opens later
 # than that falls back to the origin for those titles.
 PEER_TOKEN_TTL_S = 2 * 86_400.0
@@ -220,6 +221,23 @@ class FleetLink:
                 "keys_version": self.keys.version if self.keys else 0,
                 "counts_unacknowledged": len(self.ledger.unsent()),
             }
+
+    def health_view(self, tokens_required: bool) -> FleetLinkView:
+        """The link as the box's own health counts it (/status: health.with_link).
+        `tokens_required`: the daemon's config now (a SIGHUP may have changed it)."""
+        with self._lock:
+            problem = self.refused or self.last_error
+            contact, last = self._contact_mono, self.last_contact
+        return FleetLinkView(
+            url=self.fleet.url or "",
+            phase=self.phase,
+            silent_s=None if contact is None else round(self._silent_s(), 1),
+            last_contact=last,
+            grace_period_s=self.fleet.grace_period_s,
+            after_grace=self.fleet.after_grace,
+            tokens_required=tokens_required,
+            problem=problem,
+        )
 
     def restore(self) -> None:
         st = self.state_store
@@ -717,6 +735,14 @@ class FleetLink:
         if new == self.phase:
             return
         old, self.phase = self.phase, new
+        if old == "connected" and self._contact_mono is not None:
+            # Saved at most once a minute while connected: the fleet's last answer exactly,
+            # now that it is lost, so the grace period read back (the next start,
+            # `appliance status`) ends when this one does.
+            try:
+                self.state_store.save_contact(self._contact_on_wall_clock())
+            except LinkStateError as exc:
+                event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
         level = logging.ERROR if new == "expired" else logging.WARNING
         if new == "connected":
             level = logging.INFO

@@ -388,13 +388,20 @@ def usable_keys(
 # -- the control plane against the grace period --------------------------------------------
 
 
+# Silent for this many beats, the fleet is lost (phase).
+MISSED_BEATS = 3
+# A connected link saves the fleet's last answer this often (and when it loses the fleet):
+# `appliance status`, reading the saved files, allows for that lag (status.saved_phase).
+CONTACT_SAVE_S = 60.0
+
+
 def phase(
     enrolled: bool,
     last_contact: float | None,
     now: float,
     interval_s: float,
     grace_s: float,
-    missed: int = 3,
+    missed: int = MISSED_BEATS,
 ) -> Phase:
     """connected: the fleet answered within `missed` beats; grace: silent for longer, cached
     keys and plan in force; expired: silent for longer than the grace period. A contact

@@ -1,9 +1,9 @@
 """How healthy the appliance is: `ok`, `degraded` (with reasons) or `failing`.
 
-Pure cores: `summarise` (inputs + thresholds-as-data → Health) and `rates` (two counter
-snapshots → per-second figures). Thin shell: `HealthSampler` (psutil, injected clock), fed
-the disks' states by diskwatch.py's DiskWatch. hardware.py lowers advertised capacity from a
-Health.
+Pure cores: `summarise` (inputs + thresholds-as-data → Health), `rates` (two counter
+snapshots → per-second figures) and `with_link` (the fleet link's phase added to a Health).
+Thin shell: `HealthSampler` (psutil, injected clock), fed the disks' states by diskwatch.py's
+DiskWatch. hardware.py lowers advertised capacity from a Health.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import psutil
@@ -41,6 +41,9 @@ class DiskSample:
     reason: str | None = None
     writable: bool = True
     write_errors: int = 0  # failed data writes (fill, tier moves) within WriteLimits.window_s
+    # The disk's `max_bytes`: then `used_fraction` is what the store holds there over it
+    # (above 1 once over it), not the filesystem's use.
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class Health:
     state: HealthState
     reasons: tuple[str, ...] = ()
     disks_out_of_service: tuple[str, ...] = ()
+    # What an operator should know that does not lower the state (the fleet manager away
+    # within the grace period): shown beside the reasons.
+    warnings: tuple[str, ...] = ()
 
 
 def _grade(value: float | None, limit: Limit, what: str) -> tuple[int, str | None]:
@@ -117,7 +123,7 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
                 why.partition(":")[0], "read-only"
             )
             graded.append((1, f"disk {disk.path} {what} ({why}): serving, no new writes"))
-        graded.append(_grade(disk.used_fraction, t.disk_used_fraction, f"disk {disk.path} used"))
+        graded.append(_disk_use(disk, t.disk_used_fraction))
         graded.append(_grade(disk.latency_ms, t.disk_latency_ms, f"disk {disk.path} latency ms"))
         if disk.io_errors:
             graded.append((1, f"disk {disk.path}: {disk.io_errors} I/O errors"))
@@ -127,6 +133,96 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
     reasons = tuple(r for g, r in graded if r is not None and g > 0)
     state: HealthState = ("ok", "degraded", "failing")[level]
     return Health(state=state, reasons=reasons, disks_out_of_service=out)
+
+
+def _disk_use(disk: DiskSample, limit: Limit) -> tuple[int, str | None]:
+    if disk.max_bytes is None or disk.used_fraction is None:
+        return _grade(disk.used_fraction, limit, f"disk {disk.path} used")
+    if disk.used_fraction > 1:
+        # Nothing deletes to get it back under (the fleet's plan does, at the next fill):
+        # said plainly, as a share of a filesystem would hide it.
+        held = round(disk.used_fraction * disk.max_bytes)
+        return 1, (
+            f"disk {disk.path} over its max_bytes: holds {held} of {disk.max_bytes} bytes "
+            f"({disk.used_fraction:.0%}); no new titles there"
+        )
+    return _grade(disk.used_fraction, limit, f"disk {disk.path} used of max_bytes")
+
+
+# --- the fleet link ------------------------------------------------------------------------
+
+LinkPhase = Literal["unenrolled", "connected", "grace", "expired", "unknown"]
+
+
+@dataclass(frozen=True)
+class FleetLinkView:
+    """Where the box stands with its fleet manager, as its health needs it: from the
+    daemon's link (fleetlink.py) or, for `appliance status`, from the files it keeps."""
+
+    url: str
+    phase: LinkPhase  # fleetlink_core.phase; "unknown": its files could not be read
+    silent_s: float | None  # since the fleet last answered; None: never
+    last_contact: float | None  # the same, on the wall clock
+    grace_period_s: float
+    after_grace: Literal["degrade", "stop"]
+    tokens_required: bool
+    problem: str | None = None  # the link's last error or refusal, when known
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def link_grade(link: FleetLinkView) -> tuple[int, str | None]:
+    """0 (with a warning or none), 1 degraded or 2 failing, with what to tell the operator.
+
+    - grace: a manager restarting or briefly away is normal operation (cached keys and plan
+      serve as before): ok, with a warning.
+    - expired: degraded, as `after_grace = "degrade"` promises. Under "stop" with tokens
+      required, failing: the keys are dropped, so every URL the fleet signed is refused and
+      the box serves none of the players steered to it.
+    - unenrolled with a [fleet] url: degraded; without an enrolment the box gets no keys
+      and no plan (a wrong url, say the manager's HTTP port instead of its gRPC one).
+    - unknown (the link's files unreadable to this user): a warning; nothing known is wrong.
+    """
+    why = f" ({link.problem})" if link.problem else ""
+    if link.phase == "connected":
+        return 0, None
+    if link.phase == "unknown":
+        return 0, f"fleet link state unknown{why}"
+    if link.phase == "unenrolled":
+        return 1, f"not enrolled with the fleet manager at {link.url}: no keys or plan{why}"
+    lost = "never heard" if link.silent_s is None else f"for {_duration(link.silent_s)}"
+    if link.phase == "grace":
+        left = link.grace_period_s - (link.silent_s or 0.0)
+        return 0, (
+            f"fleet manager at {link.url} unreachable {lost}: serving on cached keys and "
+            f"plan, grace period over in {_duration(max(left, 0.0))}{why}"
+        )
+    over = f"fleet manager at {link.url} unreachable {lost} (grace period over)"
+    if link.after_grace == "stop":
+        if link.tokens_required:
+            return 2, f"{over}: fleet keys dropped (after_grace = stop), token URLs refused"
+        return 1, f"{over}: fleet keys dropped (after_grace = stop)"
+    return 1, f"{over}: serving on cached keys, nothing deleted on the stale plan"
+
+
+def with_link(health: Health, link: FleetLinkView | None) -> Health:
+    """`health` with the fleet link's grade (None: no [fleet] url, nothing to add)."""
+    if link is None:
+        return health
+    level, why = link_grade(link)
+    if why is None:
+        return health
+    if level == 0:
+        return replace(health, warnings=(*health.warnings, why))
+    states: tuple[HealthState, ...] = ("ok", "degraded", "failing")
+    state = states[max(level, states.index(health.state))]
+    return replace(health, state=state, reasons=(*health.reasons, why))
 
 
 # --- rates from counter snapshots ---------------------------------------------------------
@@ -172,6 +268,14 @@ def rates(prev: Snapshot, cur: Snapshot) -> Rates:
     return Rates(cpu_percent=min(cpu, 100.0), nic_bps=nics, disk_latency_ms=latency)
 
 
+def _filesystem_use(path: str) -> float | None:
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return None
+    return usage.used / usage.total if usage.total else None
+
+
 # --- the sampler shell ---------------------------------------------------------------------
 
 
@@ -185,6 +289,10 @@ class HealthSampler:
     nic_speeds: Mapping[str, int | None] = field(default_factory=dict)
     serving_errors: Callable[[], float] = lambda: 0.0
     clock: Callable[[], float] = time.monotonic
+    # Disks with `max_bytes` (path → it): their use is what the store holds there, which
+    # `held_bytes` reads (disk → bytes; None when it cannot tell), as placement counts it.
+    max_bytes: Mapping[str, int] = field(default_factory=dict)
+    held_bytes: Callable[[], Mapping[str, int] | None] = dict
     _prev: Snapshot | None = None
 
     def snapshot(self) -> Snapshot:
@@ -205,23 +313,25 @@ class HealthSampler:
         r = rates(prev, cur)
         errors = self.disks.take_errors()
         failed_writes = self.disks.write_errors()
+        held = self.held_bytes() if self.max_bytes else None
         disks = []
         for path, status in self.disks.statuses().items():
+            in_service = status.state in ("serving", "read_only")
+            quota = self.max_bytes.get(path)
             used: float | None = None
-            if status.state in ("serving", "read_only"):
-                try:
-                    usage = shutil.disk_usage(path)
-                    used = usage.used / usage.total if usage.total else None
-                except OSError:
-                    used = None
+            if in_service and quota:
+                used = held.get(path, 0) / quota if held is not None else None
+            elif in_service:
+                used = _filesystem_use(path)
             device = self.device_of.get(path)
             disks.append(
                 DiskSample(
                     path=path,
                     used_fraction=used,
+                    max_bytes=quota,
                     io_errors=errors.get(path, 0),
                     latency_ms=r.disk_latency_ms.get(device) if device else None,
-                    in_service=status.state in ("serving", "read_only"),
+                    in_service=in_service,
                     reason=status.reason,
                     writable=status.state != "read_only",
                     write_errors=failed_writes.get(path, 0),

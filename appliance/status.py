@@ -1,12 +1,15 @@
-"""The appliance's status document: hardware profile, health and advertised capacity, and
-fill state per title. `edgeflix appliance status` builds it with a one-off sampler; the
-daemon's admin listener serves the same document at /status from its health thread's latest
-report (appliance/monitor.py), plus a `daemon` section (workers, reloads, fill schedule).
+"""The appliance's status document: hardware profile, health and advertised capacity, the
+fleet link, and fill state per title. `edgeflix appliance status` builds it with a one-off
+sampler and reads the fleet link from the files the link keeps; the daemon's admin listener
+serves the same document at /status from its health thread's latest report
+(appliance/monitor.py) and its running link, plus a `daemon` section (workers, reloads, fill
+schedule).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -17,9 +20,20 @@ from appliance import scrub
 from appliance.config import ApplianceConfig
 from appliance.diskwatch import DiskWatch
 from appliance.fill.runner import read_state
+from appliance.fleetlink_core import CONTACT_SAVE_S, MISSED_BEATS, phase
+from appliance.fleetlink_state import LinkState, LinkStateError
 from appliance.hardware import HardwareProfile, advertised_capacity_bps, probe
-from appliance.health import Health, HealthInputs, HealthSampler, HealthState, summarise
-from appliance.index import disks_with_files, full_filesystem, open_problem
+from appliance.health import (
+    FleetLinkView,
+    Health,
+    HealthInputs,
+    HealthSampler,
+    HealthState,
+    LinkPhase,
+    summarise,
+    with_link,
+)
+from appliance.index import bytes_by_disk, disks_with_files, full_filesystem, open_problem
 
 # `appliance status` exit codes, so a monitoring script need not parse the output. None is
 # 1 (any command's failure) nor 2 (a bad command line or config): a mistyped --config must
@@ -48,13 +62,89 @@ def index_health(health: Health, index: Path) -> Health:
     return dataclasses.replace(health, state=state, reasons=(problem, *health.reasons))
 
 
+def held_bytes(index: Path) -> dict[str, int] | None:
+    """Bytes the store holds on each disk, as placement counts them under max_bytes (files
+    and kept replaced versions: index.bytes_by_disk), read-only; None when unreadable."""
+    if not index.exists():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return bytes_by_disk(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def count_max_bytes(sampler: HealthSampler, config: ApplianceConfig) -> None:
+    """Let `sampler` measure disks with max_bytes against it, by what the store holds there
+    (a disk shared with other data is far below its filesystem's size)."""
+    sampler.max_bytes = {
+        str(d.path.resolve()): d.max_bytes for d in config.storage.disks if d.max_bytes
+    }
+    index = config.storage.index
+    sampler.held_bytes = lambda: held_bytes(index)
+
+
 def sampler_for(config: ApplianceConfig, profile: HardwareProfile) -> HealthSampler:
     paths = [d.path.resolve() for d in config.storage.disks]
     watch = DiskWatch(paths, held=disks_with_files(config.storage.index))
-    return HealthSampler(
+    sampler = HealthSampler(
         disks=watch,
         device_of={d.path: d.device for d in profile.disks},
         nic_speeds={n.name: n.speed_bps for n in profile.nics},
+    )
+    count_max_bytes(sampler, config)
+    return sampler
+
+
+def saved_phase(
+    enrolled: bool, contact: float | None, now: float, interval_s: float, grace_s: float
+) -> LinkPhase:
+    """The link's phase from its saved files. A connected link saves the fleet's answer only
+    every CONTACT_SAVE_S (and exactly when it loses the fleet), so a saved contact that old
+    still reads as connected, unless the grace period is over: a box beating fine is never
+    reported in its grace period, and one past it is never hidden."""
+    found = phase(enrolled, contact, now, interval_s, grace_s)
+    saved_lag_s = CONTACT_SAVE_S + MISSED_BEATS * interval_s
+    if found == "grace" and contact is not None and now - contact <= saved_lag_s:
+        return "connected"
+    return found
+
+
+def saved_link(config: ApplianceConfig, now: float) -> FleetLinkView | None:
+    """The fleet link as its files tell it (None: no [fleet] url), for `appliance status`,
+    which runs beside the daemon, not in it."""
+    fleet = config.fleet
+    if fleet.url is None:
+        return None
+    view = FleetLinkView(
+        url=fleet.url,
+        phase="unenrolled",
+        silent_s=None,
+        last_contact=None,
+        grace_period_s=fleet.grace_period_s,
+        after_grace=fleet.after_grace,
+        tokens_required=config.auth.tokens == "required",
+    )
+    folder = config.fleet_state_dir()
+    if not folder.is_dir():
+        return view  # never run with this [fleet] section
+    try:
+        state = LinkState(folder)
+        enrolment = state.enrolment()
+        contact = state.last_contact(now)
+    except LinkStateError as exc:
+        return dataclasses.replace(view, phase="unknown", problem=str(exc))
+    # Enrolled under another name, the link enrols again (fleetlink.FleetLink.restore).
+    if enrolment is None or enrolment.appliance != (fleet.name or config.name):
+        return view
+    contact = contact or min(enrolment.enrolled_at, now)
+    interval_s = enrolment.heartbeat_interval_ms / 1000 or fleet.heartbeat_s
+    found = saved_phase(True, contact, now, interval_s, fleet.grace_period_s)
+    return dataclasses.replace(
+        view, phase=found, silent_s=max(now - contact, 0.0), last_contact=contact
     )
 
 
@@ -64,14 +154,18 @@ def assemble(
     inputs: HealthInputs,
     health: Health,
     daemon: Mapping[str, Any] | None = None,
+    fleet: FleetLinkView | None = None,
 ) -> dict[str, Any]:
-    """The document itself, from figures already gathered (cheap: /status calls it)."""
+    """The document itself, from figures already gathered (cheap: /status calls it).
+    `health` goes in with the fleet link's grade added (health.with_link)."""
+    health = with_link(health, fleet)
     doc: dict[str, Any] = {
         "name": config.name,
         "health": asdict(health),
         "capacity_bps": advertised_capacity_bps(profile, health),
         "profile": asdict(profile),
         "metrics": asdict(inputs),
+        "fleet": asdict(fleet) if fleet is not None else None,
         "fill": read_state(config.fill.staging),
         "scrub": scrub.status(config.storage),
     }
@@ -95,4 +189,5 @@ def status_document(
         time.sleep(interval_s)
     sampler.disks.poll()
     inputs = sampler.sample()
-    return assemble(config, profile, inputs, index_health(summarise(inputs), config.storage.index))
+    health = index_health(summarise(inputs), config.storage.index)
+    return assemble(config, profile, inputs, health, fleet=saved_link(config, time.time()))
