@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,16 +178,11 @@ def staged_bytes(disk: Path) -> int:
 
 def replaced_bytes(index: Path) -> dict[str, int]:
     """Disk → bytes of replaced versions' files kept a while (appliance/replaced.py)."""
+    from appliance.index import read_only
     from appliance.replaced import bytes_on_disks
 
-    try:
-        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return bytes_on_disks(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return {}  # an index from before replaced versions were kept: none
+    # Unreadable: an index from before replaced versions were kept holds none.
+    return read_only(index, bytes_on_disks, {}, {})
 
 
 @dataclass(frozen=True)

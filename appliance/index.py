@@ -12,17 +12,19 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from appliance.disks import TITLES_DIR, StorageError
 from edgeflix.http.content import is_content_named
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+T = TypeVar("T")
 
 # Title states: loading → ready (servable) → incomplete (a file went missing or bad);
 # removing while `rm` deletes files. Only 'ready' is served.
@@ -372,20 +374,26 @@ def room_taken(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, dict
     return taken, reserved
 
 
-def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of one query on the index, read without opening the store (no writer, no schema
-    made); none when there is no index yet or it cannot be read (opening the store says
+def read_only(index: Path, read: Callable[[sqlite3.Connection], T], missing: T, failed: T) -> T:
+    """`read` on the index, opened without the store (no writer, no schema made): `missing`
+    when there is no index yet, `failed` when it cannot be read (opening the store says
     why)."""
     if not index.exists():
-        return []
+        return missing
     try:
         conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            return conn.execute(sql).fetchall()
+            return read(conn)
         finally:
             conn.close()
     except sqlite3.Error:
-        return []
+        return failed
+
+
+def query_read_only(index: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on the index (read_only); none when there is none or it cannot be
+    read."""
+    return read_only(index, lambda conn: conn.execute(sql).fetchall(), [], [])
 
 
 # Each disk found by one seek in the files(disk) index, not a DISTINCT that reads all of it

@@ -9,7 +9,6 @@ schedule).
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -33,7 +32,13 @@ from appliance.health import (
     summarise,
     with_link,
 )
-from appliance.index import bytes_by_disk, disks_with_files, full_filesystem, open_problem
+from appliance.index import (
+    bytes_by_disk,
+    disks_with_files,
+    full_filesystem,
+    open_problem,
+    read_only,
+)
 
 # `appliance status` exit codes, so a monitoring script need not parse the output. None is
 # 1 (any command's failure) nor 2 (a bad command line or config): a mistyped --config must
@@ -65,16 +70,8 @@ def index_health(health: Health, index: Path) -> Health:
 def held_bytes(index: Path) -> dict[str, int] | None:
     """Bytes the store holds on each disk, as placement counts them under max_bytes (files
     and kept replaced versions: index.bytes_by_disk), read-only; None when unreadable."""
-    if not index.exists():
-        return {}
-    try:
-        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            return bytes_by_disk(conn)
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None
+    none: dict[str, int] = {}
+    return read_only(index, bytes_by_disk, none, None)
 
 
 def count_max_bytes(sampler: HealthSampler, config: ApplianceConfig) -> None:
