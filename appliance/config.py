@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from edgeflix.config import (
     ConfigModel,
+    FleetGrpcAddress,
     HostPort,
     Name,
     ReachableUrl,
@@ -199,7 +200,7 @@ class FleetLinkConfig(ConfigModel):
     Without `url` the appliance runs on its own config alone."""
 
     # The fleet manager's gRPC address, HOST:PORT.
-    url: HostPort | None = None
+    url: FleetGrpcAddress | None = None
     # Name in the fleet registry (and on the steering answer); left out: the top-level name.
     name: Name | None = None
     # One-time token from `edgeflix fleet join-token --site S`; the site comes from it.
@@ -222,7 +223,7 @@ class FleetLinkConfig(ConfigModel):
     # operator) and its enrolment listener (`[server] enrol_grpc`); after enrolment the
     # link uses `url` with the client certificate the fleet issued.
     ca: Path | None = None
-    enrol_url: HostPort | None = None
+    enrol_url: FleetGrpcAddress | None = None
 
     @model_validator(mode="after")
     def _tls_pair(self) -> FleetLinkConfig:

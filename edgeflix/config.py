@@ -223,10 +223,7 @@ def parse_hostport(value: str, *, default_host: str = "127.0.0.1") -> tuple[str,
     A host with a ':' must be bracketed, and only an IPv6 address may be: `::1:8080` is
     both [::1]:8080 and the address ::1:8080, and a misread address binds or dials elsewhere."""
     if _SCHEME_RE.match(value):
-        raise ConfigError(
-            f"'{value}' is a URL; give HOST:PORT "
-            "(for a fleet manager: its gRPC [server] grpc address, not its HTTP URL)"
-        )
+        raise ConfigError(f"'{value}' is a URL; give HOST:PORT")
     host, sep, port_text = value.rpartition(":")
     if not sep or not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
         raise ConfigError(f"'{value}' is not HOST:PORT")
@@ -265,6 +262,20 @@ def _checked(parse: Callable[[str], object], keep: bool = False) -> AfterValidat
 
 # A config field holding `HOST:PORT` (checked at load, kept as the string the user wrote).
 HostPort = Annotated[str, _checked(parse_hostport, keep=True)]
+
+
+def parse_fleet_grpc(value: str) -> tuple[str, int]:
+    """parse_hostport for an appliance's address of its fleet manager, which is its gRPC
+    listener: the manager's HTTP URL (what `edgeflix fleet --fleet` takes) is the usual slip."""
+    if _SCHEME_RE.match(value):
+        raise ConfigError(
+            f"'{value}' is a URL; give the fleet manager's gRPC HOST:PORT ([server] grpc, "
+            "or enrol_grpc for enrol_url), not its HTTP URL"
+        )
+    return parse_hostport(value)
+
+
+FleetGrpcAddress = Annotated[str, _checked(parse_fleet_grpc, keep=True)]
 
 
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")

@@ -22,6 +22,7 @@ from edgeflix.config import (
     HostPort,
     ignored_overrides,
     load_config,
+    parse_fleet_grpc,
     parse_hostport,
     quote_for_shell,
 )
@@ -44,8 +45,13 @@ def test_a_url_is_called_a_url_not_a_bad_ipv6_address(value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_hostport(value)
     message = str(caught.value)
-    assert message.startswith(f"'{value}' is a URL; give HOST:PORT"), message
-    assert "gRPC" in message and "IPv6" not in message
+    # Generic: parse_hostport also reads listen addresses, where a fleet hint would mislead.
+    assert message == f"'{value}' is a URL; give HOST:PORT", message
+    with pytest.raises(ConfigError) as caught:
+        parse_fleet_grpc(value)
+    message = str(caught.value)
+    assert message.startswith(f"'{value}' is a URL; give the fleet manager's gRPC HOST:PORT")
+    assert "IPv6" not in message
 
 
 def test_host_port_forms_still_parse() -> None:
@@ -243,9 +249,16 @@ def test_appliance_with_a_url_for_fleet_url_says_so(tmp_path: Path) -> None:
     proc = _edgeflix(["appliance", "ls", "--config", str(toml)])
     assert proc.returncode == 2
     assert proc.stderr == (
-        f"error: {toml}: key 'fleet.url': 'http://127.0.0.1:7080' is a URL; give HOST:PORT "
-        "(for a fleet manager: its gRPC [server] grpc address, not its HTTP URL)\n"
+        f"error: {toml}: key 'fleet.url': 'http://127.0.0.1:7080' is a URL; give the fleet "
+        "manager's gRPC HOST:PORT ([server] grpc, or enrol_grpc for enrol_url), not its HTTP "
+        "URL\n"
     )
+
+
+def test_the_fleet_manager_own_http_key_gets_no_fleet_url_hint(tmp_path: Path) -> None:
+    proc = _edgeflix(["fleet", "serve"], EDGEFLIX_FLEET__SERVER__HTTP='"https://127.0.0.1:7080"')
+    assert proc.returncode == 2
+    assert proc.stderr.endswith("'https://127.0.0.1:7080' is a URL; give HOST:PORT\n")
 
 
 def test_appliance_with_a_number_for_its_join_token_says_to_quote_it(tmp_path: Path) -> None:
