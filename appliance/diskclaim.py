@@ -41,9 +41,9 @@ class Marker:
 
 
 def is_marker(name: str) -> bool:
-    """The marker's name, or that of its temporary copy (left by a kill while it is written,
-    until the next claim replaces it)."""
-    return name in (MARKER, f".{MARKER}.tmp")
+    """The marker's name, or that of a temporary copy left by a kill while it was written
+    (write_atomic's `.<name>.<random>.tmp`, or `.<name>.tmp` from before)."""
+    return name == MARKER or (name.startswith(f".{MARKER}.") and name.endswith(".tmp"))
 
 
 def verdict(recorded: str | None, ours: str, recorded_exists: bool, same_file: bool) -> Verdict:

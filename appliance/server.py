@@ -284,17 +284,42 @@ def disk_families(
     not_writable: Collection[str] = (),
 ) -> list[tuple[str, str, str, list[Sample]]]:
     """Per-disk figures; `faults`: serving's slow reads and read errors by st_dev."""
-    from appliance.disks import detect_tier
+    from appliance.disks import TITLES_DIR, detect_tier
 
-    size, used, serving, writable, slow, failed = [], [], [], [], [], []
+    def device(disk: Path, out: bool) -> int | None:
+        # The titles folder's: the served files, whose st_dev the faults are counted by, are
+        # there. An in-service disk without one yet is its folder's; an out-of-service one
+        # is not (an unmounted mount point shows the root file system).
+        for where in (disk / TITLES_DIR,) if out else (disk / TITLES_DIR, disk):
+            try:
+                return os.stat(where).st_dev
+            except OSError:
+                pass
+        return None
+
     # Faults are counted per file system, not per folder. Disks sharing one (var/disk0 and
     # var/disk1 on one file system) would each show all its faults and a sum over `disk`
-    # count each twice, so the first of them in config order carries the counts and the
-    # others 0: summed by disk they equal the file system's, as an operator expects.
-    counted: set[int] = set()
-    for disk in config.storage.disks:
-        out = str(disk.path.resolve()) in out_of_service
+    # count each twice, so one of them carries the counts and the others 0. The carrier is
+    # the first of them in config order, in service or not: were it the first in service,
+    # taking var/disk0 out would move the counts to var/disk1, its counter jumping from 0 and
+    # increase() and per-disk alerts firing there for old errors. A disk whose device is not
+    # known (out of service and its titles folder cannot be stat'ed: dead, unmounted) cannot
+    # be matched to its file system: it has no fault samples and the next disk of that file
+    # system carries the counts, the one case they still move.
+    disks = config.storage.disks
+    outs = [str(d.path.resolve()) in out_of_service for d in disks]
+    devices = [device(d.path, out) for d, out in zip(disks, outs, strict=True)]
+    carrier: dict[int, int] = {}
+    for i, dev in enumerate(devices):
+        if dev is not None:
+            carrier.setdefault(dev, i)
+    size, used, serving, writable, slow, failed = [], [], [], [], [], []
+    for i, (disk, out, dev) in enumerate(zip(disks, outs, devices, strict=True)):
         serving.append(Sample({"disk": str(disk.path)}, 0 if out else 1))
+        if dev is not None:
+            counts = (faults or {}).get(dev, (0, 0)) if carrier[dev] == i else (0, 0)
+            slow.append(Sample({"disk": str(disk.path)}, counts[0]))
+            failed.append(Sample({"disk": str(disk.path)}, counts[1]))
         if out:
             continue  # unmounted, its mount point's figures are the root filesystem's
         held = {str(disk.path), str(disk.path.resolve())} & set(not_writable)
@@ -308,14 +333,6 @@ def disk_families(
             continue
         size.append(Sample(labels, vfs.f_blocks * vfs.f_frsize))
         used.append(Sample(labels, (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize))
-        try:
-            dev = os.stat(disk.path).st_dev
-        except OSError:
-            continue
-        counts = (0, 0) if dev in counted else (faults or {}).get(dev, (0, 0))
-        counted.add(dev)
-        slow.append(Sample({"disk": str(disk.path)}, counts[0]))
-        failed.append(Sample({"disk": str(disk.path)}, counts[1]))
     return [
         ("edgeflix_appliance_disk_in_service", "gauge",
          "1 while the disk serves and takes titles; 0 once taken out (dead, unmounted).",
@@ -328,9 +345,9 @@ def disk_families(
         ("edgeflix_appliance_disk_used_bytes", "gauge",
          "File system bytes used per disk in service.", used),
         ("edgeflix_appliance_disk_slow_reads_total", "counter",
-         "Serving reads of 2 s or more on the disk's file system (on the first disk of a "
-         "shared one).", slow),
+         "Serving reads of 2 s or more on the disk's file system (a shared one's on its first "
+         "disk in config order, in service or not; 0 on the others).", slow),
         ("edgeflix_appliance_disk_read_errors_total", "counter",
-         "Serving reads that failed on the disk's file system (on the first disk of a "
-         "shared one).", failed),
+         "Serving reads that failed on the disk's file system (a shared one's on its first "
+         "disk in config order, in service or not; 0 on the others).", failed),
     ]  # fmt: skip

@@ -1,12 +1,14 @@
-"""Small files written whole or not at all: temporary name, fsync, rename, fsync of the folder.
-For keys, tokens and control-plane state (fleet/tls.py, fleet/admin.py,
+"""Small files written whole or not at all: a fresh temporary name, fsync, rename, fsync of
+the folder. For keys, tokens and control-plane state (fleet/tls.py, fleet/admin.py,
 appliance/fleetlink_state.py); segment files have their own path (appliance/safefiles.py),
 which shares `fsync_dir` with it and with the origin's publish (origin/store.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -21,15 +23,23 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` (mode 0600 unless told: most of these files are secrets).
     Raises OSError; a crash leaves the old file or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A fresh name opened O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600 (mkstemp), not a fixed one:
+    # a symlink planted at `.name.tmp` would have been followed, its target truncated,
+    # written and chmod'd, and then renamed onto `path`. Named `.{name}.<random>.tmp`, as
+    # the store's temporary files (appliance/safefiles.py).
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode)  # O_CREAT's mode does not apply to a leftover tmp file
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)  # mkstemp's is 0600 whatever is asked
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a failed or interrupted write leaves nothing behind
+        raise
     fsync_dir(path.parent)

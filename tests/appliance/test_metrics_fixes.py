@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from appliance import config as appliance_config
 from appliance.config import ApplianceConfig
+from appliance.disks import TITLES_DIR
 from appliance.server import AdminSite, AdminView, disk_families
 from edgeflix.http.plan import ResponsePlan
 from edgeflix.http.request import RequestHead
@@ -141,9 +142,41 @@ def test_faults_of_a_shared_file_system_count_once_on_its_first_disk(tmp_path: P
     assert slow == {str(first): "1", str(second): "0"}
     assert failed == {str(first): "3", str(second): "0"}
 
-    # The first taken out of service: the file system's counts go on the disk still in it.
-    gone = disk_families(cfg, {str(first.resolve())}, faults={dev: [1, 3]})
-    assert fault_counts(gone, "edgeflix_appliance_disk_slow_reads_total") == {str(second): "1"}
+
+def test_a_shared_file_system_keeps_its_carrier_when_that_disk_goes_out_of_service(
+    tmp_path: Path,
+) -> None:
+    """The counts stay on the first disk of the file system in config order: moved to the next
+    one in service, its counter would jump 0 -> 7 and increase() and per-disk alerts fire on
+    it for errors it never had."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "hdd")))
+    first, second = (d.path for d in cfg.storage.disks)
+    for disk in (first, second):
+        (disk / TITLES_DIR).mkdir()  # as the store leaves a disk it opened
+    dev = os.stat(first).st_dev
+    name = "edgeflix_appliance_disk_read_errors_total"
+    both = disk_families(cfg, faults={dev: (2, 7)})
+    assert fault_counts(both, name) == {str(first): "7", str(second): "0"}
+    for out in ({str(first.resolve())}, {str(first.resolve()), str(second.resolve())}):
+        gone = disk_families(cfg, out, faults={dev: (2, 7)})
+        assert fault_counts(gone, name) == {str(first): "7", str(second): "0"}
+        slow = fault_counts(gone, "edgeflix_appliance_disk_slow_reads_total")
+        assert slow == {str(first): "2", str(second): "0"}
+    second_out = disk_families(cfg, {str(second.resolve())}, faults={dev: (2, 7)})
+    assert fault_counts(second_out, name) == {str(first): "7", str(second): "0"}
+
+
+def test_an_out_of_service_disk_without_its_titles_folder_is_matched_to_no_file_system(
+    tmp_path: Path,
+) -> None:
+    """Unmounted, its mount point is the root file system's: it carries nothing (its
+    device is not known) and the next disk of that file system carries the counts."""
+    cfg = appliance_config.load(storage_toml(tmp_path, tiers=("ssd", "hdd")))
+    first, second = (d.path for d in cfg.storage.disks)
+    (second / TITLES_DIR).mkdir()
+    dev = os.stat(second).st_dev
+    gone = disk_families(cfg, {str(first.resolve())}, faults={dev: (2, 7)})
+    assert fault_counts(gone, "edgeflix_appliance_disk_read_errors_total") == {str(second): "7"}
 
 
 def test_disks_on_their_own_file_systems_each_keep_their_own_faults(tmp_path: Path) -> None:
