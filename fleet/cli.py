@@ -1,30 +1,23 @@
 """`edgeflix fleet …`: run the fleet manager (`serve`) and talk to a running one over its
-HTTP API (`--fleet URL` or EDGEFLIX_FLEET; https:// verified against EDGEFLIX_FLEET_CA when
-set). Tables on a terminal, plain text in a pipe, `--json` everywhere; an unknown name, an
-unreachable manager or a certificate that does not verify is one clear line.
+HTTP API (fleet/client.py: `--fleet URL` or EDGEFLIX_FLEET). Tables on a terminal, plain text
+in a pipe, `--json` everywhere; an unknown name, an unreachable manager or a certificate that
+does not verify is one clear line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import os
-import socket
-import ssl
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import typer
 
 from edgeflix import ui
-from edgeflix.config import parse_base_url
-from edgeflix.errors import ConfigError
 from fleet.admin import ENV_TOKEN
+from fleet.client import DEFAULT_FLEET, ENV_CA, NOT_A_FLEET, call, fleet_url, redacted
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.keys import is_key_id
 from fleet.model import check_name
@@ -38,16 +31,6 @@ keys_app = typer.Typer(
     help="URL-token signing keys: `rotate` on schedule or at will, `revoke` a leaked one.",
 )
 app.add_typer(keys_app, name="keys")
-
-DEFAULT_FLEET = "http://127.0.0.1:7080"
-# The manager's CA (fleet-ca.pem beside its [server] db) for an https:// URL; without it,
-# httpx's default trust store.
-ENV_CA = "EDGEFLIX_FLEET_CA"
-# A manager that accepts and never answers is reported after this long, not waited on.
-CALL_TIMEOUT_S = 10.0
-# The TLS handshake that tells an HTTPS listener given an http:// URL (`_speaks_https`).
-PROBE_TIMEOUT_S = 3.0
-_X509_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
 
 
 def _given(value: str | None) -> str | None:
@@ -75,157 +58,6 @@ NameArg = typer.Argument(
 )
 
 
-class FleetUnreachable(FleetError):
-    """The fleet manager did not answer."""
-
-
-def fleet_url(fleet: str | None) -> str:
-    """The manager's base URL from --fleet, else $EDGEFLIX_FLEET, else the default."""
-    raw = fleet if fleet is not None else os.environ.get("EDGEFLIX_FLEET") or DEFAULT_FLEET
-    try:
-        return parse_base_url(raw.strip())
-    except ConfigError:
-        raise FleetError(
-            f"fleet manager URL '{_redacted(raw)}' is not http(s)://HOST[:PORT] "
-            "(--fleet or EDGEFLIX_FLEET)"
-        ) from None
-
-
-def _redacted(url: str) -> str:
-    """`url` fit for a message: a password given in it (user:pw@host) is not echoed."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rpartition('@')[2]}").geturl()
-
-
-def _call(fleet: str | None, method: str, path: str, want: type = dict, **kw: Any) -> Any:
-    base = fleet_url(fleet)
-    shown = _redacted(base)
-    https = urllib.parse.urlsplit(base).scheme == "https"
-    verify = _verify() if https else True
-    try:
-        resp = httpx.request(
-            method, base + path, timeout=CALL_TIMEOUT_S, headers=_auth(), verify=verify, **kw
-        )
-    except httpx.ProtocolError as exc:  # something answered, not in HTTP/1.1 (a gRPC port)
-        if not https and _speaks_https(base):  # it hung up on plain HTTP: HTTPS it takes
-            raise FleetUnreachable(
-                f"fleet manager at {shown} serves HTTPS ([server] tls = true): use "
-                f"https://{shown.partition('://')[2]} and set ${ENV_CA} to its fleet-ca.pem"
-            ) from None
-        raise FleetUnreachable(
-            f"fleet manager at {shown} did not answer in HTTP ({exc}): {_IS_IT_THE_FLEET}"
-        ) from None
-    except httpx.ConnectError as exc:
-        raise FleetUnreachable(_connect_failure(shown, exc)) from None
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise FleetUnreachable(f"fleet manager at {shown} is unreachable: {exc}") from None
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if resp.status_code == 404 and not _manager_error(body):
-        # No route of the manager's: an origin's, an appliance's or another server's port.
-        what = f"HTTP 404 for {method} {path}"
-        raise FleetError(_NOT_A_FLEET.format(base=shown, what=what))
-    if resp.status_code >= 400:
-        detail = body.get("error") or body.get("detail") if isinstance(body, dict) else None
-        if not isinstance(detail, str):
-            # FastAPI's validation errors are a list; anything else is not ours.
-            detail = json.dumps(detail) if detail else resp.text
-        # One line, even for a proxy's HTML error page.
-        detail = " ".join(detail.split())[:200] or resp.reason_phrase
-        raise FleetError(f"fleet manager: {detail} (HTTP {resp.status_code})")
-    if body is None:
-        raise FleetError(_NOT_A_FLEET.format(base=shown, what="an answer that is not JSON"))
-    if not isinstance(body, want):
-        raise FleetError(
-            _NOT_A_FLEET.format(base=shown, what=f"JSON that is not a {want.__name__}")
-        )
-    return body
-
-
-def _verify() -> ssl.SSLContext | bool:
-    """What an https:// manager's certificate is checked against: $EDGEFLIX_FLEET_CA, else
-    httpx's default trust store (a manager behind a proxy with a public certificate)."""
-    path = os.environ.get(ENV_CA, "").strip()
-    if not path:
-        return True
-    try:
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:
-        # ssl.SSLError (an OSError too): the file holds no certificate OpenSSL can read.
-        what = "no PEM certificate in it" if isinstance(exc, ssl.SSLError) else exc.strerror
-        raise FleetInputError(f"${ENV_CA}: cannot use {path} as a CA file ({what})") from None
-
-
-def _connect_failure(shown: str, exc: httpx.ConnectError) -> str:
-    """One line for a failed connection; a TLS failure says what to change."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, ssl.SSLError):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        why = cause.verify_message or cause.reason or "certificate verify failed"
-        if cause.verify_code == _X509_HOSTNAME_MISMATCH:
-            return (
-                f"fleet manager at {shown}: its certificate does not name that host ({why}): "
-                "use its [server] http host, or add this one to its [server] tls_names"
-            )
-        ca = os.environ.get(ENV_CA, "").strip()
-        against = f" against ${ENV_CA} ({ca})" if ca else ""
-        return (
-            f"fleet manager at {shown}: its certificate did not verify{against} ({why}): set "
-            f"${ENV_CA} to that manager's fleet-ca.pem (beside its [server] db)"
-        )
-    if isinstance(cause, ssl.SSLError):
-        plain = f"http://{shown.partition('://')[2]}"
-        return (
-            f"fleet manager at {shown} did not answer in TLS ({cause.reason or cause}): if it "
-            f"serves plain HTTP ([server] tls = false), use {plain}"
-        )
-    return f"fleet manager at {shown} is unreachable: {exc}"
-
-
-def _speaks_https(base: str) -> bool:
-    """Whether `base`'s host and port complete a TLS handshake that picks HTTP/1.1 (the
-    manager's HTTPS listener says so; its gRPC ones do not). Nothing is sent over it."""
-    parts = urllib.parse.urlsplit(base)
-    context = ssl.create_default_context()
-    context.check_hostname = False  # only what it speaks, not who it is
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
-    address = (parts.hostname or "", parts.port or 80)
-    try:
-        with (
-            socket.create_connection(address, PROBE_TIMEOUT_S) as sock,
-            context.wrap_socket(sock) as tls,
-        ):
-            return tls.selected_alpn_protocol() == "http/1.1"
-    except (OSError, ValueError):  # ssl.SSLError, timeouts, refusals
-        return False
-
-
-def _manager_error(body: Any) -> bool:
-    """`body` is the manager's own error answer: {"error": "<what is wrong>"}."""
-    return isinstance(body, dict) and isinstance(body.get("error"), str)
-
-
-def _auth() -> dict[str, str]:
-    """The admin token from the environment (fleet/admin.py), when there is one."""
-    token = os.environ.get(ENV_TOKEN, "").strip()
-    if not token:
-        return {}
-    if not token.isascii() or not token.isprintable() or " " in token:
-        # It goes into an HTTP header: refuse it here, in one line, not as an encoding error.
-        raise FleetInputError(f"${ENV_TOKEN} is not a token (printable ASCII, no spaces)")
-    return {"authorization": f"Bearer {token}"}
-
-
-_IS_IT_THE_FLEET = "is it the fleet manager's HTTP address?"
-_NOT_A_FLEET = "{base} sent {what}: " + _IS_IT_THE_FLEET
-
-
 def _shaped(command: Callable[..., None]) -> Callable[..., None]:
     """Rendering an answer of the wrong shape (another server's JSON) is one line, too."""
 
@@ -235,8 +67,8 @@ def _shaped(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except (KeyError, TypeError, AttributeError, IndexError):
             what = "JSON of another shape than the fleet manager's"
-            base = _redacted(fleet_url(kwargs.get("fleet")))
-            raise FleetError(_NOT_A_FLEET.format(base=base, what=what)) from None
+            base = redacted(fleet_url(kwargs.get("fleet")))
+            raise FleetError(NOT_A_FLEET.format(base=base, what=what)) from None
 
     return run
 
@@ -275,7 +107,7 @@ def serve_cmd(
 @_shaped
 def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Every enrolled appliance with its site, state and load."""
-    rows = _call(fleet, "GET", "/appliances", list)
+    rows = call(fleet, "GET", "/appliances", list)
     if as_json:
         ui.print_json(rows)
         return
@@ -311,7 +143,7 @@ def _filled(done: int, total: int) -> str:
 @_shaped
 def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """One appliance: state, load, what it holds and what its plan wants."""
-    info = _call(fleet, "GET", f"/appliances/{_path_name(name)}")
+    info = call(fleet, "GET", f"/appliances/{_path_name(name)}")
     if as_json:
         ui.print_json(info)
         return
@@ -377,7 +209,7 @@ def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = 
 @_shaped
 def drain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Take an appliance out of steering (it keeps its titles) for maintenance."""
-    out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/drain")
+    out = call(fleet, "POST", f"/appliances/{_path_name(name)}/drain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: drained")
 
 
@@ -385,7 +217,7 @@ def drain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool =
 @_shaped
 def undrain_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Put a drained appliance back into steering."""
-    out = _call(fleet, "POST", f"/appliances/{_path_name(name)}/undrain")
+    out = call(fleet, "POST", f"/appliances/{_path_name(name)}/undrain")
     ui.print_json(out) if as_json else typer.echo(f"{name}: back in steering")
 
 
@@ -409,7 +241,7 @@ def removed_advice(name: str) -> str:
 def rm_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Forget an appliance (it must enrol again with a new join token). It keeps the
     URL-signing keys it fetched: rotate them (the advice printed says how)."""
-    out = _call(fleet, "DELETE", f"/appliances/{_path_name(name)}")
+    out = call(fleet, "DELETE", f"/appliances/{_path_name(name)}")
     if as_json:
         ui.print_json({**out, "advice": removed_advice(name)})
         return
@@ -421,7 +253,7 @@ def rm_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = Js
 @_shaped
 def sites_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
     """Configured sites with their prefixes and fill windows."""
-    rows = _call(fleet, "GET", "/sites", list)
+    rows = call(fleet, "GET", "/sites", list)
     if as_json:
         ui.print_json(rows)
         return
@@ -455,7 +287,7 @@ def steer_cmd(
     # A probe: the manager answers as for a player, but counts it neither as an outcome
     # nor as demand for the title.
     params = {"client_ip": client_ip, "title": title, "probe": "1"}
-    out = _call(fleet, "GET", "/steer", params=params)
+    out = call(fleet, "GET", "/steer", params=params)
     if as_json:
         ui.print_json(out)
         return
@@ -488,7 +320,7 @@ def plan_cmd(
 ) -> None:
     """The current fill plan per appliance and what changed since the previous one."""
     params = {"site": site} if site is not None else {}
-    out = _call(fleet, "POST" if now else "GET", "/plan", params=params)
+    out = call(fleet, "POST" if now else "GET", "/plan", params=params)
     if as_json:
         ui.print_json(out)
         return
@@ -528,7 +360,7 @@ def fill_cmd(
         raise ui.click_exceptions().UsageError(
             "appliances fill inside their window by themselves; pass --now to fill at once"
         )
-    out = _call(fleet, "POST", "/fill-now", params={"site": site} if site is not None else {})
+    out = call(fleet, "POST", "/fill-now", params={"site": site} if site is not None else {})
     ui.print_json(out) if as_json else typer.echo(
         "fill now: " + (" ".join(out["appliances"]) or "(no appliances)")
     )
@@ -544,7 +376,7 @@ def join_token_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Print a one-time join token for a new appliance (its fleet.join_token setting)."""
-    out = _call(fleet, "POST", "/join-tokens", json={"site": site})
+    out = call(fleet, "POST", "/join-tokens", json={"site": site})
     ui.print_json(out) if as_json else typer.echo(out["token"])
 
 
@@ -561,7 +393,7 @@ def keys_rotate_cmd(
 
     Rotation is not revocation: the old key keeps verifying its URLs for their whole
     lifetime. For a leaked key, `edgeflix fleet keys revoke KEY_ID`."""
-    out = _call(fleet, "POST", "/keys/rotate", params={"immediate": immediate})
+    out = call(fleet, "POST", "/keys/rotate", params={"immediate": immediate})
     ui.print_json(out) if as_json else typer.echo(
         f"key set version {out['version']}: {' '.join(out['keys'])}"
     )
@@ -586,7 +418,7 @@ def keys_revoke_cmd(
     verifying until its URLs expire."""
     if not is_key_id(key_id):
         raise UnknownNameError(f"no key {key_id!r} (not a valid key id)")
-    out = _call(fleet, "POST", f"/keys/{key_id}/revoke")
+    out = call(fleet, "POST", f"/keys/{key_id}/revoke")
     ui.print_json(out) if as_json else typer.echo(
         f"revoked {out['revoked']}; key set version {out['version']}: {' '.join(out['keys'])}"
     )

@@ -43,18 +43,33 @@ class ServerConfig(ConfigModel):
     # at enrolment; `enrol_grpc` is a second, server-authenticated listener where appliances
     # without a certificate yet call Enrol (and services call Steer); `http` serves HTTPS
     # only (TLS 1.2 at least), since it carries the admin token and signed /steer URLs. The
-    # CA is made at first start beside `db` (fleet-ca.pem: copy it to appliances as `[fleet]
-    # ca`, and give its path to the CLI as $EDGEFLIX_FLEET_CA with an https:// --fleet URL).
+    # CA is made at first start beside `db` (fleet-ca.pem, public: copy it to appliances as
+    # `[fleet] ca`, and give its path to the CLI as $EDGEFLIX_FLEET_CA with an https:// URL).
     tls: bool = False
     enrol_grpc: HostPort | None = None
     # Extra names (DNS or IP) for the server certificate, beyond the listeners' hosts.
     tls_names: tuple[str, ...] = ()
+    # Whether `http` is HTTPS: unset, as `tls` says. false keeps it plain HTTP with tls on
+    # (Prometheus scrapes and health checks as before tls covered HTTP); the admin token of
+    # callers from other machines then crosses the network in clear, which `fleet serve`
+    # warns of (fleet.http_in_clear). true needs tls: the certificate comes from its CA.
+    http_tls: bool | None = None
 
     @model_validator(mode="after")
     def _tls_listeners(self) -> ServerConfig:
         if self.tls and self.enrol_grpc is None:
             raise ValueError("server.tls needs server.enrol_grpc (HOST:PORT for enrolment)")
+        if self.http_tls and not self.tls:
+            raise ValueError(
+                "server.http_tls = true needs server.tls = true (the HTTPS certificate comes "
+                "from the fleet's CA)"
+            )
         return self
+
+    @property
+    def https(self) -> bool:
+        """Whether the HTTP listener serves HTTPS (only)."""
+        return self.tls if self.http_tls is None else self.http_tls
 
 
 class SiteConfig(ConfigModel):

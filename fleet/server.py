@@ -1,6 +1,7 @@
 """`edgeflix fleet serve`: gRPC (appliances; health checking and reflection on) and HTTP
 (FastAPI: CLI, services, /metrics) on one asyncio loop over one FleetService and SQLite.
-With `[server] tls = true` both serve TLS only, under the fleet's CA (fleet/tls.py).
+With `[server] tls = true` both serve TLS only, under the fleet's CA (fleet/tls.py); HTTP
+stays plain if `http_tls = false`.
 
 Background ticks rotate keys on schedule, re-plan, and read the origin's catalog. Prints
 `grpc on HOST:PORT` and `http on http(s)://HOST:PORT` once bound (port 0 works).
@@ -85,20 +86,33 @@ def _addresses(host: str) -> list[str]:
     return [str(info[4][0]) for info in socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)]
 
 
-def grpc_in_clear(
-    server: ServerConfig, resolve: Callable[[str], Iterable[str]] = _addresses
-) -> bool:
-    """Whether other machines reach the gRPC listener without TLS: there the URL-signing
-    key secrets (GetKeys) and join tokens (Enrol) cross the network in clear. A host that
-    does not resolve counts as beyond loopback: said rather than not."""
-    if server.tls:
-        return False
-    host, _ = parse_hostport(server.grpc)
+def _beyond_loopback(address: str, resolve: Callable[[str], Iterable[str]]) -> bool:
+    """Whether other machines reach a listener on `address`. A host that does not resolve
+    counts as beyond loopback: said rather than not."""
+    host, _ = parse_hostport(address)
     try:
         addresses = list(resolve(host))
     except OSError:  # gaierror too
         return True
     return not addresses or not all(is_loopback(a) for a in addresses)
+
+
+def grpc_in_clear(
+    server: ServerConfig, resolve: Callable[[str], Iterable[str]] = _addresses
+) -> bool:
+    """Whether other machines reach the gRPC listener without TLS: there the URL-signing
+    key secrets (GetKeys) and join tokens (Enrol) cross the network in clear."""
+    return not server.tls and _beyond_loopback(server.grpc, resolve)
+
+
+def http_in_clear(
+    server: ServerConfig, resolve: Callable[[str], Iterable[str]] = _addresses
+) -> bool:
+    """Whether `http_tls = false` keeps the HTTP listener plain, with tls on, where other
+    machines reach it: their callers' admin token crosses the network in clear (with either
+    `admin` mode: only callers on this machine go without it). With tls off,
+    `grpc_in_clear` already asks for tls, which covers HTTP too."""
+    return server.tls and not server.https and _beyond_loopback(server.http, resolve)
 
 
 def warn_in_clear(grpc_at: str) -> None:
@@ -110,6 +124,16 @@ def warn_in_clear(grpc_at: str) -> None:
           action="set [server] tls = true and [server] enrol_grpc = HOST:PORT; give each "
           "appliance fleet-ca.pem (made beside [server] db) as [fleet] ca, and enrol_grpc as "
           "[fleet] enrol_url")  # fmt: skip
+
+
+def warn_http_in_clear(http_at: str) -> None:
+    """Said once at start when `http_in_clear`: an operator's choice (plain scrapes and
+    health checks), so the manager starts anyway."""
+    event(log, "fleet.http_in_clear", logging.WARNING, http=http_at,
+          reason="[server] http_tls = false and HTTP listens beyond loopback: the admin token "
+          "of callers from other machines crosses the network unencrypted",
+          action="remove [server] http_tls (it then follows tls: HTTPS), or keep [server] "
+          "http on loopback")  # fmt: skip
 
 
 class OriginCatalog:
@@ -258,7 +282,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     for address in (config.server.grpc, config.server.enrol_grpc if config.server.tls else None):
         if address is not None:
             _check_free(address)
-    in_clear = grpc_in_clear(config.server)  # resolved here: nothing is served yet
+    # Resolved here: nothing is served yet.
+    in_clear, http_clear = grpc_in_clear(config.server), http_in_clear(config.server)
     # Descriptors: the soft limit raised toward the hard one (a shell's 1024 is common), and
     # the public HTTP port's connections capped to fit in half of it (fleet/http.py makes
     # room past the cap), so a crowd there leaves the rest to the appliances' gRPC, the
@@ -294,11 +319,13 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
         else:
             ehost, eport = parse_hostport(tls.enrol_grpc)
             # One certificate for every listener: the HTTP API carries the admin token and
-            # signed URLs, so it is TLS too, under the CA the CLI is given (EDGEFLIX_FLEET_CA).
-            http_host = parse_hostport(tls.http)[0]
-            hosts = listener_hosts([ghost, ehost, http_host], tls.tls_names)
+            # signed URLs, so it is TLS too (unless http_tls = false), under the CA the CLI
+            # is given (EDGEFLIX_FLEET_CA).
+            http_hosts = [parse_hostport(tls.http)[0]] if tls.https else []
+            hosts = listener_hosts([ghost, ehost, *http_hosts], tls.tls_names)
             ident = authority.server_identity(hosts)
-            https = https_context(ident, Path(tls.db).parent)
+            if tls.https:
+                https = https_context(ident, Path(tls.db).parent)
             pairs = [(ident.key_pem, ident.cert_pem)]
             mtls = grpc.ssl_server_credentials(pairs, ident.ca_pem, require_client_auth=True)
             bound = grpc_server.add_secure_port(format_hostport(ghost, gport), mtls)
@@ -358,6 +385,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
           admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
     if in_clear:
         warn_in_clear(grpc_at)
+    if http_clear:
+        warn_http_in_clear(http_at)
     await asyncio.wait([http_task, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
     await _stop(health_servicer, grpc_server, planning, svc, store, http, http_task, tick_task)
 

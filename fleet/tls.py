@@ -1,7 +1,7 @@
 """The fleet's own certificate authority for `[server] tls = true`: a P-256 CA made at first
-start and kept (0600) next to the database, one server certificate for the gRPC listeners and
-the HTTPS one (`https_context`), and client certificates issued at enrolment
-(fleet/grpc_api.py) for the appliance's TLS key.
+start and kept next to the database (its key 0600, its certificate 0644: public), one server
+certificate for the gRPC listeners and the HTTPS one (`https_context`), and client
+certificates issued at enrolment (fleet/grpc_api.py) for the appliance's TLS key.
 
 P-256 throughout: grpc's BoringSSL refuses Ed25519 client certificates, so the appliance's
 Ed25519 call-signing key (edgeflix/proto/auth.py) stays separate from its TLS key.
@@ -9,10 +9,13 @@ Ed25519 call-signing key (edgeflix/proto/auth.py) stays separate from its TLS ke
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,9 @@ CA_KEY = "fleet-ca.key"
 CA_CERT = "fleet-ca.pem"
 HTTP_KEY = "fleet-http.key"
 HTTP_CERT = "fleet-http.pem"
+# Public, unlike its key: every appliance and CLI user needs it, and a copy made with cp or
+# install (to /etc/edgeflix/, say) keeps the mode, so others can read it there.
+CA_CERT_MODE = 0o644
 CA_DAYS = 3650
 # No renewal protocol yet: a client certificate lives as long as the CA; `fleet rm` plus a
 # new enrolment is how an appliance's certificate is replaced.
@@ -72,6 +78,16 @@ def listener_hosts(addresses: list[str], extra: tuple[str, ...]) -> tuple[str, .
     return tuple(dict.fromkeys([*hosts, *extra]))
 
 
+def _publish(cert_path: Path) -> None:
+    """Earlier versions wrote the CA certificate 0600: widened to 0644 when it is ours. A
+    mode the operator chose otherwise is left, and so is a file the chmod cannot change (a
+    read-only mount): only other users' reading is at stake, not the start."""
+    info = cert_path.stat()
+    if stat.S_IMODE(info.st_mode) == 0o600 and info.st_uid == os.geteuid():
+        with contextlib.suppress(OSError):
+            cert_path.chmod(CA_CERT_MODE)
+
+
 @dataclass(frozen=True)
 class ServerIdentity:
     key_pem: bytes
@@ -94,6 +110,7 @@ class CertAuthority:
                 key = serialization.load_pem_private_key(key_path.read_bytes(), None)
                 if not isinstance(key, ec.EllipticCurvePrivateKey):
                     raise FleetError(f"{key_path} is not an EC key; remove both CA files")
+                _publish(cert_path)
                 return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
             key = ec.generate_private_key(ec.SECP256R1())
             now = _now()
@@ -109,7 +126,7 @@ class CertAuthority:
                 .sign(key, hashes.SHA256())
             )
             write_atomic(key_path, _pem_key(key))
-            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), CA_CERT_MODE)
             return cls(key, cert)
         except OSError as exc:
             raise FleetError(f"cannot keep the fleet CA in {folder}: {exc.strerror}") from None

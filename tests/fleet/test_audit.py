@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
-from fleet.cli import fleet_url
+from fleet.client import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.grpc_api import _status, beat_from_proto

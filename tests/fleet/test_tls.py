@@ -27,8 +27,9 @@ def test_ca_is_created_once_and_kept_private(tmp_path: Path) -> None:
     first = CertAuthority.load_or_create(tmp_path / "db")
     again = CertAuthority.load_or_create(tmp_path / "db")
     assert first.ca_pem == again.ca_pem
-    for name in ("fleet-ca.key", "fleet-ca.pem"):
-        assert stat.S_IMODE((tmp_path / "db" / name).stat().st_mode) == 0o600
+    # The key is secret; the certificate is public (the CLI's users read it).
+    assert stat.S_IMODE((tmp_path / "db" / "fleet-ca.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "db" / "fleet-ca.pem").stat().st_mode) == 0o644
 
 
 def test_certificates_name_their_holder_and_chain_to_the_ca(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.cli import DEFAULT_FLEET, fleet_url
+from fleet.client import DEFAULT_FLEET, fleet_url
 from tests.conftest import run_cli
 from tests.edgeflix.test_cli import one_error_line
 from tests.integration.serve_support import Server, serving_origin, start
