@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from appliance import tiermove
-from appliance.config import DiskConfig, StorageConfig
+from appliance.config import ApplianceConfig, DiskConfig, StorageConfig
 from appliance.mover import HitRecorder, MoverThread, RateBook, Tiering
 from appliance.store import Store
 from appliance.tiering import (
@@ -137,15 +137,23 @@ def _mover_rounds(config: StorageConfig, seconds: float, **kwargs: Any) -> None:
     assert not mover.is_alive()
 
 
-def test_the_mover_thread_keeps_the_backoff_from_round_to_round(
+def _hot_title_with_failing_ssd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[ApplianceConfig, Store, FailingCopy]:
+    """Title `t` on the hdd, hot enough to move, with every copy to the ssd failing."""
     config = _two_tiers(tmp_path, hot_rate=0.001, decay_half_life_s=600.0)
     store = Store(config)
     store.load("t", make_title(tmp_path / "src", "t"))
     copy = FailingCopy(tmp_path / "ssd", tiermove.copy_verified)
     monkeypatch.setattr(tiermove, "copy_verified", copy)
     _hot(config, "t", 5)
+    return config, store, copy
+
+
+def test_the_mover_thread_keeps_the_backoff_from_round_to_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, store, copy = _hot_title_with_failing_ssd(tmp_path, monkeypatch)
     reported: list[str] = []
     try:
         _mover_rounds(config, 1.0, on_write_error=lambda disk, _exc: reported.append(disk))
@@ -158,12 +166,7 @@ def test_the_mover_thread_keeps_the_backoff_from_round_to_round(
 def test_a_disk_held_back_by_the_health_monitor_takes_no_moves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _two_tiers(tmp_path, hot_rate=0.001, decay_half_life_s=600.0)
-    store = Store(config)
-    store.load("t", make_title(tmp_path / "src", "t"))
-    copy = FailingCopy(tmp_path / "ssd", tiermove.copy_verified)
-    monkeypatch.setattr(tiermove, "copy_verified", copy)
-    _hot(config, "t", 5)
+    config, store, copy = _hot_title_with_failing_ssd(tmp_path, monkeypatch)
     ssd = str((tmp_path / "ssd").resolve())
     try:
         _mover_rounds(config, 0.5, not_writable=lambda: {ssd})

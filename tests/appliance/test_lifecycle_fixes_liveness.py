@@ -9,10 +9,7 @@ import base64
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from appliance.config import ApplianceConfig
 from appliance.daemon import run_folder
@@ -30,17 +27,6 @@ def _write(path: Path, n: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(f'{{"connections_total": {n}}}')
     os.replace(tmp, path)
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """A real running process to stand for a worker's (no pipe: nothing to say `ready`)."""
-    proc = subprocess.Popen(["sleep", "60"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def _worker(tmp_path: Path, proc: subprocess.Popen[bytes], t0: float) -> Worker:

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path, PosixPath
 from typing import Any
 
@@ -80,17 +80,6 @@ class Move:
         assert not self.thread.is_alive()
         if self.errors:
             raise self.errors[0]
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    """A real running process to stand for a worker's."""
-    proc = subprocess.Popen(["sleep", "60"])
-    try:
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 # -- each move, held halfway ------------------------------------------------------------------
