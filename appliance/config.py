@@ -23,18 +23,10 @@ from edgeflix.config import (
     load_config,
     parse_hostport,
 )
+from edgeflix.text import shown_bytes
 
 ENV_PREFIX = "EDGEFLIX_APPLIANCE"
 Tier = Literal["ssd", "hdd"]
-
-
-def _shown_bytes(text: str) -> str:
-    """`text` as typed, its undecodable bytes as \\xNN ('/srv/d\\xe9sk')."""
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a lone surrogate no decoding produced
-        return ascii(text)
-    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
 
 
 class DiskConfig(ConfigModel):
@@ -62,7 +54,7 @@ class DiskConfig(ConfigModel):
             str(path).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(
-                f"{_shown_bytes(str(path))} is not UTF-8 text; rename the folder or mount "
+                f"{shown_bytes(str(path))} is not UTF-8 text; rename the folder or mount "
                 "the disk at a UTF-8 path"
             ) from None
         return path

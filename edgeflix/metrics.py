@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from edgeflix.text import escaped_bytes
+
 Family = tuple[str, str, str, list["Sample"]]  # name, type, help, samples
 
 
@@ -20,21 +22,9 @@ class Sample:
 
 
 def _escape(value: str) -> str:
-    value = _utf8(value)
+    # One label that is not UTF-8 (a disk path) must not make every scrape fail to encode.
+    value = escaped_bytes(value)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _utf8(value: str) -> str:
-    """`value` as text UTF-8 can encode: a path's undecodable bytes (os.fsdecode's surrogate
-    escapes) as `\\xNN`, any other lone surrogate as `\\uNNNN`. One such label (a disk path
-    that is not UTF-8) must not make every scrape's body fail to encode."""
-    if value.isascii():
-        return value
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate no decoding produced: spell it out
-        raw = value.encode("utf-8", "backslashreplace")
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def _number(value: float) -> str:

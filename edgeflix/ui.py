@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from edgeflix.errors import OutputError
+from edgeflix.text import shown_bytes
 
 if TYPE_CHECKING:  # imported where used: a command in a pipe never pays for them
     from types import ModuleType
@@ -295,7 +296,7 @@ def require_text(command: Any) -> None:
             value = ctx.params.get(param.name)
             for text in value if isinstance(value, list | tuple) else (value,):
                 if isinstance(text, str) and not _is_text(text):
-                    shown = _shown_bytes(text)
+                    shown = shown_bytes(text)
                     raise click.BadParameter(f"{shown} is not UTF-8 text", ctx=ctx, param=param)
         return invoke(ctx)
 
@@ -346,15 +347,6 @@ def _is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _shown_bytes(value: str) -> str:
-    """`value` as the user typed it, its undecodable bytes as \\xNN: 'caf\\xe9'."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return ascii(value)
-    return "'" + raw.decode("utf-8", "backslashreplace") + "'"
 
 
 # -- help, usage errors, Ctrl-C -------------------------------------------------------------
