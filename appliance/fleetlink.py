@@ -52,6 +52,7 @@ from appliance.fleetlink_figures import (
 from appliance.fleetlink_rpc import CallFailed, FleetRpc
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
 from appliance.health import FleetLinkView
+from edgeflix import wallclock
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
@@ -119,6 +120,8 @@ class FleetLink:
         self._fill_now_runs: int | None = None
         self._fill_now_pending = False
         self._contact_saved: float | None = None  # `monotonic` at the last save
+        # `clock` - `monotonic` at the last look: a change is the wall clock stepped (NTP).
+        self._clock_offset: float | None = None
         self._load_prev: tuple[float, int] | None = None
         self._interval_s = fleet.heartbeat_s
         self._enrol_attempts = 0
@@ -276,9 +279,13 @@ class FleetLink:
         self.plan, self.keys = st.plan(), st.keys()
         self.keys_digest = st.keys_digest() if self.keys is not None else b""
         now = self.clock()
-        # Neither a contact nor an enrolment saved while the clock was ahead counts as later
-        # than now (LinkState.last_contact): the grace period runs from then at the latest.
-        contact = st.last_contact(now) or (min(e.enrolled_at, now) if e else None)
+        self._clock_offset = now - self.monotonic()
+        # Neither a contact nor an enrolment saved while the clock was ahead, or before it
+        # was set (1970), counts as earlier or later than now (wallclock.counted_since): the
+        # grace period runs from then at the latest.
+        contact = st.last_contact(now, settle=True)
+        if contact is None and e is not None:
+            contact = self._enrolled_since(e, now)
         with self._lock:
             self.last_contact = contact
             self._contact_mono = None if contact is None else self.monotonic() - (now - contact)
@@ -293,6 +300,22 @@ class FleetLink:
             plan=self.plan.version if self.plan else 0,
             keys=self.keys.version if self.keys else 0,
         )
+
+    def _enrolled_since(self, e: Enrolment, now: float) -> float:
+        """No contact saved: the grace period counts from the enrolment (or from now, as
+        LinkState.last_contact says why)."""
+        since, why = wallclock.counted_since(e.enrolled_at, now)
+        if why == "implausible":
+            event(
+                log,
+                "fleet.contact_implausible",
+                logging.WARNING,
+                enrolled_at=e.enrolled_at,
+                now=now,
+                action=f"enrolled while the clock read {wallclock.iso(e.enrolled_at)}, not "
+                "yet set (NTP), and no contact saved: the grace period counts from now",
+            )
+        return since
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -320,9 +343,33 @@ class FleetLink:
         return wait
 
     def _note_error(self, why: str) -> None:
-        if why != self.last_error:
+        dates = wallclock.certificate_dates_refused(why)
+        if dates is not None:
+            why = self._certificate_skew(why, dates)
+        elif why != self.last_error:
             event(log, "fleet.call_failed", logging.WARNING, reason=why)
         self.last_error = why
+
+    def _certificate_skew(self, reason: str, dates: str) -> str:
+        """TLS refused the fleet's certificate for its dates, checked on this box's clock:
+        said (once) as the clock skew it most likely is, as a box behind the fleet by more
+        than the certificate's backdating sees it, not as a raw handshake failure. Returns
+        the problem /status shows."""
+        now = self.clock()
+        if not self._skewed:
+            self._skewed = True
+            event(
+                log,
+                "fleet.clock_skew",
+                logging.ERROR,
+                reason=reason,
+                clock=now,
+                action="set this box's clock right (NTP)",
+            )
+        return (
+            f"the fleet's TLS certificate is {dates} on this box's clock (reads "
+            f"{wallclock.iso(now)}): set this box's clock right (NTP)"
+        )
 
     def _call(self, method: str, request: Any) -> Any | None:
         """A signed call; None (and the error noted for /status) when it failed."""
@@ -709,9 +756,31 @@ class FleetLink:
     def check_grace(self) -> None:
         """Where the control plane stands now; the keys the workers hold follow it, and so
         do the peer URLs of the plan."""
+        self._follow_clock()
         self._update_phase()
         self._publish_keys()
         self._resign_peer_sources()
+
+    def _follow_clock(self) -> None:
+        """The wall clock was stepped (NTP syncing a box that booted at 1970, or setting
+        one that ran ahead): the last contact, saved at the old reading, is saved again on
+        the new one, as the next start and `appliance status` read it. Else a contact saved
+        at 1970 outlives the clock's fix, and a power cut then reads as 56 years without
+        the fleet."""
+        now, mono = self.clock(), self.monotonic()
+        before, self._clock_offset = self._clock_offset, now - mono
+        if before is None or not wallclock.stepped(before, now - mono):
+            return
+        event(log, "fleet.clock_stepped", by_s=round(now - mono - before, 1), clock=now)
+        if self._contact_mono is None:
+            return
+        contact = now - max(mono - self._contact_mono, 0.0)
+        with self._lock:
+            self.last_contact = contact
+        try:
+            self.state_store.save_contact(contact)
+        except LinkStateError as exc:
+            event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
 
     def _resign_peer_sources(self) -> None:
         """Peer fill URLs are signed when the plan is handed to the fill; a key the fleet

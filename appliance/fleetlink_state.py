@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.fleetlink_core import FleetKey, check_keys, check_plan
-from edgeflix import atomicfile
+from edgeflix import atomicfile, wallclock
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
@@ -242,17 +242,12 @@ class LinkState:
         }
         write_atomic(self.folder / KEYS_FILE, json.dumps(body, sort_keys=True).encode())
 
-    def last_contact(self, now: float | None = None) -> float | None:
-        """When the fleet last answered; None when unknown. A damaged contact.json counts as
-        absent (with a warning): it only feeds the grace clock, which then starts from the
-        enrolment, earlier than any real contact, so the grace period can only end sooner,
-        never later than configured; the first answered beat writes it anew. Refusing to
-        start would instead stop a box serving over a file that guards nothing.
-
-        A contact after `now` was saved while the clock was ahead (a box without an RTC,
-        set right by NTP since): it counts as `now`, with a warning. Taken as it is, the box
-        would read as connected while the fleet is away, and the grace period would last as
-        much longer as the clock was ahead."""
+    def saved_contact(self) -> float | None:
+        """contact.json as saved; None when absent. A damaged one counts as absent (with a
+        warning): it only feeds the grace clock, which then starts from the enrolment,
+        earlier than any real contact, so the grace period can only end sooner, never later
+        than configured; the first answered beat writes it anew. Refusing to start would
+        instead stop a box serving over a file that guards nothing."""
         path = self.folder / CONTACT_FILE
         try:
             data = _read_json(path)
@@ -260,7 +255,7 @@ class LinkState:
                 return None
             if not isinstance(data, dict):
                 raise ValueError("not an object")
-            at = _number(data["at"])
+            return _number(data["at"])
         except (LinkStateError, KeyError, ValueError):
             event(
                 log,
@@ -271,18 +266,46 @@ class LinkState:
                 "answers",
             )
             return None
-        if now is not None and at > now:
-            event(
-                log,
-                "fleet.contact_ahead",
-                logging.WARNING,
-                file=str(path),
-                at=at,
-                now=now,
-                action="saved while the clock was ahead: the grace period counts from now",
-            )
-            return now
-        return at
+
+    def last_contact(self, now: float | None = None, *, settle: bool = False) -> float | None:
+        """When the fleet last answered, as the grace period counts it at `now`
+        (wallclock.counted_since); None when unknown. Said with a warning when not as saved:
+
+        - after `now`: saved while the clock was ahead (a box without an RTC, set right by
+          NTP since). Taken as it is, the box would read as connected while the fleet is
+          away, and the grace period would last as much longer as the clock was ahead.
+        - below wallclock.FLOOR while `now` is not: saved at a 1970 reading, before NTP
+          set the clock. Taken as it is, the fleet would count as gone for 56 years.
+
+        Both count as `now`. `settle` (the daemon's start) saves that, so a restart, and
+        `appliance status`, count from the same time, not from each new start."""
+        at = self.saved_contact()
+        if at is None or now is None:
+            return at
+        counted, why = wallclock.counted_since(at, now)
+        if why == "as_saved":
+            return at
+        said = {
+            "ahead": "later than the clock reads now (ahead then, or behind now)",
+            "implausible": f"while the clock read {wallclock.iso(at)}, not yet set (NTP)",
+        }[why]
+        event(
+            log,
+            f"fleet.contact_{why}",
+            logging.WARNING,
+            file=str(self.folder / CONTACT_FILE),
+            at=at,
+            saved_at=wallclock.iso(at),
+            now=now,
+            action=f"saved {said}: when the fleet last answered is unknown; the grace "
+            "period counts from now",
+        )
+        if settle:
+            try:
+                self.save_contact(counted)
+            except LinkStateError as exc:
+                event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
+        return counted
 
     def save_contact(self, at: float) -> None:
         write_atomic(self.folder / CONTACT_FILE, json.dumps({"at": at}).encode(), 0o644)

@@ -19,6 +19,7 @@ from typing import Literal
 import psutil
 
 from appliance.diskwatch import DiskWatch
+from edgeflix import wallclock
 
 HealthState = Literal["ok", "degraded", "failing"]
 
@@ -54,6 +55,7 @@ class HealthInputs:
     nics: tuple[NicRate, ...] = ()
     disks: tuple[DiskSample, ...] = ()
     serving_error_rate: float = 0.0  # fraction of responses that were 5xx
+    wall_clock: float | None = None  # time.time() at the sample; None: not read
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
         _grade(inputs.memory_percent, t.memory_percent, "memory %"),
         _grade(inputs.load_per_core, t.load_per_core, "load per core"),
         _grade(inputs.serving_error_rate, t.serving_error_rate, "serving 5xx rate"),
+        _clock(inputs.wall_clock),
     ]
     for nic in inputs.nics:
         if nic.speed_bps:
@@ -133,6 +136,16 @@ def summarise(inputs: HealthInputs, thresholds: Thresholds | None = None) -> Hea
     reasons = tuple(r for g, r in graded if r is not None and g > 0)
     state: HealthState = ("ok", "degraded", "failing")[level]
     return Health(state=state, reasons=reasons, disks_out_of_service=out)
+
+
+def _clock(now: float | None) -> tuple[int, str | None]:
+    """A clock not yet set (1970 on a box without an RTC, before NTP): every URL token
+    expires further ahead of it than any signer grants (403 expiry_too_far), and nothing
+    else says why. Degraded, not failing: what needs no token serves, and all of it does
+    again, without a restart, once NTP sets the clock."""
+    if now is None or wallclock.plausible(now):
+        return 0, None
+    return 1, f"wall clock implausible (reads {wallclock.iso(now)}): set it right (NTP)"
 
 
 def _disk_use(disk: DiskSample, limit: Limit) -> tuple[int, str | None]:
@@ -197,6 +210,12 @@ def link_grade(link: FleetLinkView) -> tuple[int, str | None]:
     if link.phase == "unenrolled":
         return 1, f"not enrolled with the fleet manager at {link.url}: no keys or plan{why}"
     lost = "never heard" if link.silent_s is None else f"for {_duration(link.silent_s)}"
+    if link.phase == "grace" and link.silent_s is None:
+        # `appliance status` on a last contact saved off a clock not yet set (status.py).
+        return 0, (
+            f"fleet manager at {link.url}: last contact unknown, serving on cached keys and "
+            f"plan within the grace period{why}"
+        )
     if link.phase == "grace":
         left = link.grace_period_s - (link.silent_s or 0.0)
         return 0, (
@@ -289,6 +308,7 @@ class HealthSampler:
     nic_speeds: Mapping[str, int | None] = field(default_factory=dict)
     serving_errors: Callable[[], float] = lambda: 0.0
     clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time  # only checked for plausibility (summarise)
     # Disks with `max_bytes` (path → it): their use is what the store holds there, which
     # `held_bytes` reads (disk → bytes; None when it cannot tell), as placement counts it.
     max_bytes: Mapping[str, int] = field(default_factory=dict)
@@ -348,4 +368,5 @@ class HealthSampler:
             nics=nics,
             disks=tuple(disks),
             serving_error_rate=self.serving_errors(),
+            wall_clock=self.wall(),
         )

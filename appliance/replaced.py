@@ -22,6 +22,7 @@ from appliance.config import StorageConfig
 from appliance.disks import Disk
 from appliance.index import OK, FileRow, query_read_only
 from appliance.safefiles import fsync_dir, prune_empty_dirs, walk_files
+from edgeflix import wallclock
 from edgeflix.http.content import is_content_named
 from edgeflix.metrics import Sample
 
@@ -100,17 +101,49 @@ def bytes_on_disks(conn: sqlite3.Connection) -> dict[str, int]:
     return {disk: int(total or 0) for disk, total in rows}
 
 
+def due(until: float, now: float, keep_s: float) -> float:
+    """When kept files recorded to go at `until` (wall clock, at the replace) go, seen at
+    `now`: never later than `keep_s` from now, as one recorded while the clock was years
+    ahead would keep its files for years; and `keep_s` from now when recorded off a clock
+    not yet set (1970, before NTP), now set, as they would go at the first reconcile after
+    the step, under players still on that version."""
+    cap = now + keep_s
+    if not wallclock.comparable(until, now):
+        return cap
+    return min(until, cap)
+
+
+def settle(conn: sqlite3.Connection, now: float, keep_s: float) -> int:
+    """Record `due`'s times for the rows whose `until` it changes, in the caller's
+    transaction; returns how many changed."""
+    rows = conn.execute(
+        "SELECT title, path, until FROM superseded WHERE until > ? OR until < ?",
+        (now + keep_s, wallclock.FLOOR),
+    ).fetchall()
+    changed: list[tuple[float, str, str]] = []
+    for title, path, until in rows:
+        at = due(until, now, keep_s)
+        if at != until:
+            changed.append((at, title, path))
+    conn.executemany("UPDATE superseded SET until = ? WHERE title = ? AND path = ?", changed)
+    return len(changed)
+
+
 def take(
     conn: sqlite3.Connection,
     now: float,
+    keep_s: float,
     *,
     title_id: str | None = None,
     folder: str | None = None,
     everything: bool = False,
 ) -> list[tuple[str, str]]:
-    """Delete the rows whose time is up (all of them with `everything`; only `title_id`'s,
-    or its `folder`'s, when given) in the caller's transaction; returns the (title, folder)
-    pairs they named, whose files the caller deletes once no row names the folder."""
+    """Delete the rows whose time is up (`due`, with `keep_s` the [storage] replaced_keep_s
+    now; all of them with `everything`; only `title_id`'s, or its `folder`'s, when given) in
+    the caller's transaction; returns the (title, folder) pairs they named, whose files the
+    caller deletes once no row names the folder."""
+    if not everything:
+        settle(conn, now, keep_s)
     where, args = "1 = 1", list[object]()
     if title_id is not None:
         where, args = "title = ?", [title_id]

@@ -39,6 +39,7 @@ from appliance.index import (
     open_problem,
     read_only,
 )
+from edgeflix import wallclock
 
 # `appliance status` exit codes, so a monitoring script need not parse the output. None is
 # 1 (any command's failure) nor 2 (a bad command line or config): a mistyped --config must
@@ -131,13 +132,25 @@ def saved_link(config: ApplianceConfig, now: float) -> FleetLinkView | None:
     try:
         state = LinkState(folder)
         enrolment = state.enrolment()
-        contact = state.last_contact(now)
+        saved = state.saved_contact()
     except LinkStateError as exc:
         return dataclasses.replace(view, phase="unknown", problem=str(exc))
     # Enrolled under another name, the link enrols again (fleetlink.FleetLink.restore).
     if enrolment is None or enrolment.appliance != (fleet.name or config.name):
         return view
-    contact = contact or min(enrolment.enrolled_at, now)
+    since = enrolment.enrolled_at if saved is None else saved
+    contact, why = wallclock.counted_since(since, now)
+    if why == "implausible":
+        # Saved at a 1970 reading: the daemon counts its grace period from its start (and
+        # saves that), or, running since before NTP set the clock, saves the contact again
+        # on the new clock within a beat. Until then, within the grace period: the safe
+        # side, never "expired" off a value that says nothing.
+        return dataclasses.replace(
+            view,
+            phase="grace",
+            problem=f"last contact saved while the clock read {wallclock.iso(since)}, not "
+            "yet set (NTP): unknown",
+        )
     interval_s = enrolment.heartbeat_interval_ms / 1000 or fleet.heartbeat_s
     found = saved_phase(True, contact, now, interval_s, fleet.grace_period_s)
     return dataclasses.replace(

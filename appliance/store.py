@@ -204,7 +204,12 @@ class Store:
         file being deleted."""
         with transaction(self.conn) as conn:
             taken = replaced.take(
-                conn, time.time(), title_id=title_id, folder=folder, everything=everything
+                conn,
+                time.time(),
+                self.config.replaced_keep_s,
+                title_id=title_id,
+                folder=folder,
+                everything=everything,
             )
         gone = 0
         for title, folder in taken:

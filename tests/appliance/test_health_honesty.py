@@ -128,7 +128,8 @@ def config(tmp: Path, **fleet: Any) -> ApplianceConfig:
 
 def enrol(cfg: ApplianceConfig, name: str = "a1") -> LinkState:
     state = LinkState(cfg.fleet_state_dir())
-    state.save_enrolment(Enrolment(name, "home", "127.0.0.1:7070", "http://x", 5000, 100.0))
+    month_ago = time.time() - 30 * 86_400  # on a set clock: 1970 would be unknown (wallclock)
+    state.save_enrolment(Enrolment(name, "home", "127.0.0.1:7070", "http://x", 5000, month_ago))
     return state
 
 
@@ -160,7 +161,7 @@ def test_saved_link_enrolled_under_another_name_or_damaged(tmp_path: Path) -> No
 
 def test_without_a_contact_the_grace_period_runs_from_the_enrolment(tmp_path: Path) -> None:
     cfg = config(tmp_path)
-    enrol(cfg)  # enrolled_at 100.0: long ago
+    enrol(cfg)  # a month ago
     assert status.saved_link(cfg, time.time()).phase == "expired"  # type: ignore[union-attr]
 
 

@@ -169,7 +169,8 @@ def test_reconcile_keeps_the_kept_files_and_drops_them_once_due(tmp_path: Path) 
     reader = IndexReader(store.index_path, refresh_per_call=False)
     rel = sorted(segments(v1))[0]
     assert served(reader, "film", rel) == segments(v1)[rel]
-    store.conn.execute("UPDATE superseded SET until = 0")
+    # Due a second ago (0 would read as a deadline set at 1970, before NTP: kept on).
+    store.conn.execute("UPDATE superseded SET until = ?", (time.time() - 1,))
     reconcile(store)
     assert not any(p.startswith(old_folder + "/") for p in on_disks(store))
     assert served(reader, "film", rel) is None
