@@ -2,7 +2,8 @@
 keys, the current plan, and when each title was first seen (and withdrawn). WAL mode; every
 write is one `BEGIN IMMEDIATE` transaction, so a crash leaves no half-made enrolment or plan.
 The database holds every URL-signing secret: its files are the owner's alone (0600), like
-the admin token beside it.
+the admin token beside it. The schema's number is SQLite's user_version: a database a newer
+Edgeflix wrote is refused, and a plan it stored is read without what this one does not know.
 
 Heartbeats are not stored: they are rebuilt within seconds after a restart.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -46,16 +48,20 @@ CREATE TABLE IF NOT EXISTS plan (
 CREATE TABLE IF NOT EXISTS catalog (
     title TEXT PRIMARY KEY, first_seen REAL NOT NULL, withdrawn_at REAL);
 """
+# The schema's number, in SQLite's `user_version` (0: made before it was kept). Raised with
+# each migration: an Edgeflix refuses a database of a higher number than its own.
+SCHEMA_VERSION = 1
 log = logging.getLogger("fleet")
 # The database and what SQLite keeps beside it (the -wal holds recent writes, keys too).
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
-def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
-    """WAL, the schema and its migrations; idempotent. Two processes opening one database
-    at once (the manager and a CLI command, after an upgrade) can get "database is locked"
-    at once from the journal-mode switch or a lock upgrade, where SQLite skips its busy
-    wait to avoid a deadlock: those are retried until `deadline`."""
+def _set_up(conn: sqlite3.Connection, path: Path, deadline: float) -> None:
+    """WAL, the schema and its migrations, then the schema's number; idempotent. Two
+    processes opening one database at once (the manager and a CLI command, after an
+    upgrade) can get "database is locked" at once from the journal-mode switch or a lock
+    upgrade, where SQLite skips its busy wait to avoid a deadlock: those are retried until
+    `deadline`."""
     while True:
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -65,6 +71,7 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
             _add_column(conn, "keys", "token_ttl_s", "REAL NOT NULL DEFAULT 0")
             # NULL: listed by the origin's last listing (or never read since it was added).
             _add_column(conn, "catalog", "withdrawn_at", "REAL")
+            _stamp(conn, path)
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
@@ -72,38 +79,65 @@ def _set_up(conn: sqlite3.Connection, deadline: float) -> None:
             time.sleep(0.02)
 
 
+def _refuse_newer(conn: sqlite3.Connection, path: Path) -> int:
+    """The database's schema number; one above SCHEMA_VERSION is refused: a newer Edgeflix
+    wrote it, and its rows may mean what this one does not know."""
+    (number,) = conn.execute("PRAGMA user_version").fetchone()
+    if number > SCHEMA_VERSION:
+        raise StoreError(
+            f"fleet database {path} was written by a newer Edgeflix (schema {number}, this"
+            f" one knows {SCHEMA_VERSION}): run that version, or restore a backup taken"
+            " before the upgrade"
+        )
+    return int(number)
+
+
+def _stamp(conn: sqlite3.Connection, path: Path) -> None:
+    """SCHEMA_VERSION on a database migrated to it. Checked again under the write lock: a
+    newer Edgeflix may have stamped it since it was opened, and a number never goes down."""
+    if _refuse_newer(conn, path) == SCHEMA_VERSION:
+        return
+    with _migration(conn):
+        if _refuse_newer(conn, path) < SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+@contextmanager
+def _migration(conn: sqlite3.Connection) -> Iterator[None]:
+    """One change of the schema, whole or not at all. SQLite ends the transaction itself on
+    some failures (a full disk at COMMIT): a ROLLBACK then fails, and must not hide why."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the first failure is the one to say
+                conn.execute("ROLLBACK")
+        raise
+
+
 def _add_key_since(conn: sqlite3.Connection) -> None:
     """Databases from before `keys.since`: their keys were named `k<version of the set that
     added them>`, which is what the column records."""
     if "since" in _columns(conn, "keys"):
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _migration(conn):
         if "since" in _columns(conn, "keys"):  # another process migrated it meanwhile
-            conn.execute("COMMIT")
             return
         conn.execute("ALTER TABLE keys ADD COLUMN since INTEGER NOT NULL DEFAULT 0")
         conn.execute(
             "UPDATE keys SET since = CAST(substr(id, 2) AS INTEGER) WHERE id GLOB 'k[0-9]*'"
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _add_column(conn: sqlite3.Connection, table: str, name: str, decl: str) -> None:
     """A column added to `table` since the database was made (its default for old rows)."""
     if name in _columns(conn, table):
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _migration(conn):
         if name not in _columns(conn, table):  # another process may have added it meanwhile
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -203,6 +237,36 @@ class StoreError(FleetError):
     http_status = 503
 
 
+# Less free space than this where a write failed: the filesystem is full (as appliance/index.py
+# says of its index; a helper in edgeflix/ could serve both).
+DB_ROOM_BYTES = 1 << 20
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_SQLITE = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+
+
+def _reason(exc: OSError | sqlite3.Error, path: Path) -> str:
+    """SQLite's (or the system's) reason, with the filesystem's free space when that is the
+    cause: SQLite says "database or disk is full", or only "disk I/O error" when its -wal
+    or -shm could not grow, and neither says where."""
+    if isinstance(exc, OSError):
+        suspect = exc.errno in _FULL_ERRNOS
+    else:
+        suspect = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _FULL_SQLITE
+    free = _free_bytes(path) if suspect else None
+    if free is None or free >= DB_ROOM_BYTES:
+        return str(exc)
+    return f"{exc} ({free} bytes free on the filesystem holding it)"
+
+
+def _free_bytes(path: Path) -> int | None:
+    """What this process may still write beside `path` (root may use the reserved blocks)."""
+    try:
+        st = os.statvfs(path if path.exists() else path.parent)
+    except OSError:
+        return None
+    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+
+
 # Every write runs on the event loop that also answers heartbeats and /steer: waiting on a
 # lock another process holds (a backup, an operator's sqlite3 shell) stalls all of them,
 # so a write gives up after this long and the caller gets a retryable error instead.
@@ -232,16 +296,25 @@ class Store:
             _create(path)
             self.conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
+            raise StoreError(
+                f"cannot open the fleet database {path}: {_reason(exc, path)}"
+            ) from None
+        self.path = path
         try:
-            # A read first: a file that is no database ("file is not a database") is refused
-            # before anything about it is changed.
+            # Reads first: a file that is no database ("file is not a database"), or one a
+            # newer Edgeflix wrote, is refused before anything about it is changed.
             self.conn.execute("PRAGMA schema_version")
+            _refuse_newer(self.conn, path)
             make_private(path)
-            _set_up(self.conn, time.monotonic() + BUSY_TIMEOUT_S)
+            _set_up(self.conn, path, time.monotonic() + BUSY_TIMEOUT_S)
         except (OSError, sqlite3.Error) as exc:
             self.conn.close()
-            raise StoreError(f"cannot open the fleet database {path}: {exc}") from None
+            raise StoreError(
+                f"cannot open the fleet database {path}: {_reason(exc, path)}"
+            ) from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -252,7 +325,9 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(f"the fleet database is not writable now: {exc}") from None
+            raise StoreError(
+                f"the fleet database is not writable now: {_reason(exc, self.path)}"
+            ) from None
         try:
             yield self.conn
             self.conn.execute("COMMIT")
@@ -260,7 +335,9 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"the fleet database is not writable now: {exc}") from None
+                raise StoreError(
+                    f"the fleet database is not writable now: {_reason(exc, self.path)}"
+                ) from None
             raise
 
     # -- appliances and enrolment ------------------------------------------------------
@@ -397,8 +474,19 @@ class Store:
     # -- plan, catalog, meta -------------------------------------------------------
 
     def plan(self) -> FillPlan | None:
-        row = self.conn.execute("SELECT body FROM plan WHERE id = 1").fetchone()
-        return plan_from_json(zstandard.decompress(row[0])) if row else None
+        """The stored plan. One this code cannot read (damaged, or in a form of another
+        Edgeflix it cannot take) is dropped, said, for an empty plan under its version (kept
+        in its own column): the next round plans anew above it, as appliances fetch only a
+        version above the one they run."""
+        row = self.conn.execute("SELECT version, body FROM plan WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        try:
+            return plan_from_json(zstandard.decompress(row[1]))
+        except (ValueError, zstandard.ZstdError) as exc:
+            event(log, "fleet.plan_unreadable", logging.WARNING, version=row[0],
+                  error=f"{type(exc).__name__}: {exc}", action="dropped, planned anew")  # fmt: skip
+            return FillPlan(row[0], {})
 
     def save_plan(self, plan: FillPlan) -> None:
         body = zstandard.compress(plan_to_json(plan))
@@ -496,12 +584,45 @@ def plan_to_json(plan: FillPlan) -> bytes:
 
 
 def plan_from_json(raw: bytes) -> FillPlan:
+    """The plan plan_to_json wrote. Keys this code does not know (a newer Edgeflix's) are
+    left out; a value of the wrong type, or a missing one with no default, is ValueError."""
     doc = json.loads(raw)
     plans = {}
-    for p in doc["appliances"]:
-        titles = tuple(PlannedTitle(**t) for t in p["titles"])
-        diff = PlanDiff(**{k: tuple(v) for k, v in p["diff"].items()})
-        plans[p["appliance"]] = ApplianceFillPlan(
-            p["appliance"], p["site"], titles, diff, p.get("schedule", "")
-        )
-    return FillPlan(doc["version"], plans)
+    for p in _list(doc, "appliances"):
+        part = _fields(ApplianceFillPlan, p, skip=("titles", "diff"))
+        titles = tuple(PlannedTitle(**_fields(PlannedTitle, t)) for t in _list(p, "titles"))
+        diff = PlanDiff(**_fields(PlanDiff, p.get("diff", {})))
+        plans[part["appliance"]] = ApplianceFillPlan(**part, titles=titles, diff=diff)
+    return FillPlan(**_fields(FillPlan, doc, skip=("appliances",)), appliances=plans)
+
+
+# What each field type of the plan's dataclasses is in JSON (a bool is no int here).
+_JSON_TYPES: dict[str, type] = {"str": str, "int": int, "tuple[str, ...]": list}
+
+
+def _fields(cls: Any, doc: object, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`doc`'s values for the fields of dataclass `cls` but `skip`, checked for type."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"{cls.__name__}: {type(doc).__name__}, not an object")
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        if f.name not in doc:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ValueError(f"{cls.__name__}: no {f.name!r}")
+            continue
+        value, kind = doc[f.name], _JSON_TYPES[str(f.type)]
+        if kind is list and isinstance(value, list) and all(type(v) is str for v in value):
+            value = tuple(value)
+        elif type(value) is not kind or kind is list:
+            raise ValueError(f"{cls.__name__}.{f.name}: {value!r:.60} is not {f.type}")
+        out[f.name] = value
+    return out
+
+
+def _list(doc: object, key: str) -> list[Any]:
+    value = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(value, list):
+        raise ValueError(f"{key!r}: {value!r:.60}, not a list")
+    return value
