@@ -87,12 +87,13 @@ def _open_store(
     Only with `create` (`load`) is a missing index made: for the others it is a mistyped
     path or an appliance with nothing on it, told in one line."""
     from appliance import config as appliance_config
-    from appliance.index import no_index
+    from appliance.index import no_index, refuse_newer
     from appliance.store import Store
 
     storage = appliance_config.load(config).storage
     if not create and not storage.index.exists():
         raise no_index(storage.index)  # before the disk probes warn of anything
+    refuse_newer(storage.index)  # so too: a newer Edgeflix's index, this one may misread
     store = Store(storage, out_of_service=_disks_out_of_service(storage), create=create)
     if check:
         _reconcile(store, only, findings)
@@ -315,14 +316,17 @@ def reconcile_cmd(
     config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Bring the index and the disks into agreement now, as the daemon does at start: finish
-    interrupted loads and removals, drop missing or truncated files, delete partial and stray
-    files. Exit status 1 when a stored file was lost (its title is marked incomplete)."""
+    """Bring the index and the disks into agreement now, as the daemon does at start: serve
+    again files marked missing that are back (verified), finish interrupted loads and
+    removals, drop missing or truncated files, delete partial and stray files. Exit status 1
+    when a stored file was lost (its title is marked incomplete)."""
     from appliance.repair import reconcile
+    from appliance.startup import restore_disks
     from edgeflix import ui
 
     store = _open_store(config, check=False)
     try:
+        restored = restore_disks(store)  # first, as the daemon does at start
         report = reconcile(store)
     finally:
         store.close()
@@ -335,9 +339,12 @@ def reconcile_cmd(
                     for f in report.findings
                 ],
                 "busy": report.busy,
+                "restored": restored,
             }
         )
     else:
+        for title_id in restored:
+            typer.echo(f"{title_id}: ready again (its missing files are back, and verified)")
         for finding in report.findings:
             typer.echo(str(finding))
         for title_id in report.busy:

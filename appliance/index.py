@@ -97,13 +97,47 @@ def file_path(disk: str, folder: str, rel_path: str) -> Path:
     return Path(disk) / TITLES_DIR / folder / rel_path
 
 
+# The index's format, stamped in its `PRAGMA user_version` by create_schema. Raise it with
+# any change that code of an earlier version would misread (as code from before `titles.folder`
+# looks for an updated title in the bare id's folder, and 404s all of it): that code then
+# refuses the index, in one line, instead of serving off it. 0: an index made before the stamp
+# (any shape up to this one's), which create_schema brings to this shape and stamps.
+INDEX_SCHEMA = 1
+
 # What the schema of this version has (sqlite_master names; `folder` checked apart): an index
 # that has it all opens without any DDL, as nearly every open does.
 _SCHEMA_NAMES = frozenset({"titles", "files", "idx_files_disk", "superseded", "scrub", "reserved"})
 
 
+class NewerIndexError(StorageError):
+    """The index was written by a newer Edgeflix, in a format this one may misread."""
+
+
+def newer_index(index: Path | str, version: int) -> NewerIndexError | None:
+    """The refusal for an index stamped `version`, when that is past what this code knows."""
+    if version <= INDEX_SCHEMA:
+        return None
+    return NewerIndexError(
+        f"index {index} was written by a newer Edgeflix (schema {version}, this one knows "
+        f"{INDEX_SCHEMA}): run that version"
+    )
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(conn: sqlite3.Connection, index: Path | str) -> None:
+    refusal = newer_index(index, _schema_version(conn))
+    if refusal is not None:
+        raise refusal
+
+
 def schema_current(conn: sqlite3.Connection) -> bool:
-    """The index is in WAL mode and has every table, column and index create_schema makes."""
+    """The index is in WAL mode, stamped INDEX_SCHEMA, and has every table, column and index
+    create_schema makes."""
+    if _schema_version(conn) != INDEX_SCHEMA:
+        return False
     if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
         return False
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -117,15 +151,21 @@ def create_schema(conn: sqlite3.Connection) -> None:
     DDL runs in one `BEGIN IMMEDIATE` transaction, which waits out the busy timeout for the
     write lock. A deferred one (sqlite_utils' own) reads the schema first, and a read lock
     that must become a write lock after another connection committed fails at once with
-    "database is locked", whatever the timeout."""
+    "database is locked", whatever the timeout. A newer Edgeflix's index is refused before
+    anything is changed (NewerIndexError); an older one is stamped INDEX_SCHEMA once it has
+    all this version makes."""
     if schema_current(conn):
         return
+    index = conn.execute("PRAGMA database_list").fetchone()[2]
+    _refuse_newer(conn, index)
     import sqlite_utils  # the writer's only, on a new or older index: workers never load it
 
     _enable_wal(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
+        _refuse_newer(conn, index)  # a newer Edgeflix may have made it meanwhile
         _create_tables(sqlite_utils.Database(conn))
+        conn.execute(f"PRAGMA user_version = {INDEX_SCHEMA}")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -222,6 +262,11 @@ def connect_writer(index: Path, *, create: bool = True) -> sqlite3.Connection:
         conn = sqlite3.connect(
             target, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000, uri=not create
         )
+        try:
+            _refuse_newer(conn, index)  # before anything is set or made
+        except NewerIndexError:
+            conn.close()
+            raise
         # FULL: a committed row must outlive a power cut, like the fsynced file it describes.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -273,13 +318,16 @@ def full_filesystem(index: Path) -> str | None:
 def open_problem(index: Path) -> str | None:
     """Why the writer could not open the index, found read-only (nothing made or changed but
     what SQLite itself needs to read a WAL database): unreadable, damaged, or on a full
-    filesystem. None when it opens and passes SQLite's quick check, or when there is no
-    index yet (the daemon makes one)."""
+    filesystem, or written by a newer Edgeflix. None when it opens and passes SQLite's quick
+    check, or when there is no index yet (the daemon makes one)."""
     if not index.exists():
         return None
     try:
-        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+        conn = _connect_read_only(index)
         try:
+            refusal = newer_index(index, _schema_version(conn))
+            if refusal is not None:
+                return str(refusal)
             problem = str(conn.execute("PRAGMA quick_check(1)").fetchone()[0])
         finally:
             conn.close()
@@ -374,15 +422,42 @@ def room_taken(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, dict
     return taken, reserved
 
 
+def _connect_read_only(index: Path, **options: Any) -> sqlite3.Connection:
+    """A connection that can neither make nor change the index (SQLite itself may still
+    make the -shm it needs to read a WAL database)."""
+    return sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True, **options)
+
+
+def refuse_newer(index: Path) -> None:
+    """NewerIndexError when the index was written by a newer Edgeflix, found read-only (for a
+    command to refuse before it probes or touches anything). Nothing when there is no index
+    or it cannot be read: opening the store says why."""
+    if not index.exists():
+        return
+    try:
+        conn = _connect_read_only(index)
+        try:
+            version = _schema_version(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return
+    refusal = newer_index(index, version)
+    if refusal is not None:
+        raise refusal
+
+
 def read_only(index: Path, read: Callable[[sqlite3.Connection], T], missing: T, failed: T) -> T:
     """`read` on the index, opened without the store (no writer, no schema made): `missing`
-    when there is no index yet, `failed` when it cannot be read (opening the store says
-    why)."""
+    when there is no index yet, `failed` when it cannot be read, or was written by a newer
+    Edgeflix that this code may misread (opening the store says why)."""
     if not index.exists():
         return missing
     try:
-        conn = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
+        conn = _connect_read_only(index)
         try:
+            if newer_index(index, _schema_version(conn)) is not None:
+                return failed
             return read(conn)
         finally:
             conn.close()
@@ -426,15 +501,16 @@ class IndexReader:
     def __init__(self, index: Path, *, refresh_per_call: bool = True) -> None:
         if not index.exists():
             raise StorageError(f"no index at {index}: `appliance run` or `load` makes it")
-        uri = f"{index.resolve().as_uri()}?mode=ro"
         try:
-            self._conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, check_same_thread=False
-            )
+            self._conn = _connect_read_only(index, isolation_level=None, check_same_thread=False)
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            refusal = newer_index(index, _schema_version(self._conn))
             self._version = self._data_version()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot read the index {index}: {exc}") from None
+        if refusal is not None:
+            self._conn.close()
+            raise refusal
         self._cache: dict[tuple[str, str], LocatedFile] = {}
         self._misses: set[tuple[str, str]] = set()
         self._known: dict[str, bool] = {}  # title id → in the index (bounded like misses)

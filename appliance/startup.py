@@ -17,6 +17,7 @@ from edgeflix.log import event
 if TYPE_CHECKING:
     from appliance.config import ApplianceConfig, StorageConfig
     from appliance.findings import Report
+    from appliance.store import Store
 
 log = logging.getLogger("appliance.daemon")  # the daemon's own lines, as before the split
 
@@ -35,11 +36,33 @@ def settle_store(config: ApplianceConfig, out_of_service: set[str]) -> Report:
         store.close()
 
 
+def restore_disks(store: Store, stop: Callable[[], bool] = lambda: False) -> list[str]:
+    """Re-verify the files marked missing on the store's disks in service (restore_disk): a
+    disk back, or files an older Edgeflix could not find, serve again once their bytes
+    check out. Before repair.reconcile, as the daemon's start and `appliance reconcile` do.
+    Returns the titles ready again."""
+    from appliance.fill.storage import restore_disk
+    from appliance.index import MISSING
+
+    restored: list[str] = []
+    for disk in store.disks:
+        if stop():
+            break
+        row = store.conn.execute(
+            "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
+        ).fetchone()
+        if row:
+            ready, bad = restore_disk(store, disk.id)
+            event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
+            restored += ready
+    return sorted(set(restored))
+
+
 class StartupCheck(threading.Thread):
     """The start-up reconcile's walk, in the background once the daemon serves: a stat per
     stored file takes seconds at 500k files with a warm cache, far longer cold on disks, and
     nothing was served meanwhile when it ran first. Disks back in service get their missing
-    files re-verified (restore_disk: before the walk, which would sweep them away), then
+    files re-verified (restore_disks: before the walk, which would sweep them away), then
     repair.reconcile checks every file's size and sweeps what the index does not place
     (unfinished versions, partial files, strays) and aligns tier labels. Until it has reached
     a file, a request for it is safe anyway: the server compares the size of each file it
@@ -104,22 +127,12 @@ class StartupCheck(threading.Thread):
                 event(log, "appliance.subsystems_failed", logging.ERROR, reason=repr(exc))
 
     def _check(self) -> Report:
-        from appliance.fill.storage import restore_disk
-        from appliance.index import MISSING
         from appliance.repair import reconcile
         from appliance.store import Store
 
         store = Store(self._config, out_of_service=self._out_of_service())
         try:
-            for disk in store.disks:
-                if self._halted.is_set():
-                    break
-                row = store.conn.execute(
-                    "SELECT 1 FROM files WHERE disk = ? AND state = ? LIMIT 1", (disk.id, MISSING)
-                ).fetchone()
-                if row:
-                    ready, bad = restore_disk(store, disk.id)
-                    event(log, "store.restored", disk=disk.id, titles=len(ready), bad=len(bad))
+            restore_disks(store, self._halted.is_set)
             return reconcile(
                 store, stop=self._halted.is_set, progress=self._progress, wait=self._halted.wait
             )
