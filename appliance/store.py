@@ -41,6 +41,7 @@ from appliance.index import (
     disks_with_files,
     get_title,
     no_index,
+    refuse_newer,
     title_files,
     transaction,
 )
@@ -109,6 +110,7 @@ class Store:
         the commands that only work on titles already stored)."""
         if not create and not config.index.exists():
             raise no_index(config.index)
+        refuse_newer(config.index)  # a newer Edgeflix's index: nothing made on its disks
         self.grace_s = grace_s
         self.sleep = sleep
         # Folders of replaced versions, deleted once their grace is over. Left behind by a

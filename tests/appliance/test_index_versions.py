@@ -97,6 +97,18 @@ def test_every_reader_refuses_a_newer_index_and_changes_nothing(tmp_path: Path) 
     assert "reserved" not in names and user_version(index) == NEWER
 
 
+def test_a_store_on_a_newer_index_makes_nothing_on_its_disks(tmp_path: Path) -> None:
+    config = storage(tmp_path)
+    Store(config).close()
+    set_user_version(config.index, NEWER)
+    disk = config.disks[0].path
+    shutil.rmtree(disk)
+    disk.mkdir()
+    with pytest.raises(NewerIndexError):
+        Store(config)
+    assert list(disk.iterdir()) == []
+
+
 def newer_appliance(tmp_path: Path) -> tuple[Path, Path]:
     """An appliance config whose index (a title loaded) a newer Edgeflix has stamped."""
     config = write_config(tmp_path)
