@@ -27,18 +27,24 @@ from appliance.fleetlink_core import (
     BeatFigures,
     CountLedger,
     FleetKey,
+    KeyHistory,
+    KeyUpdate,
     Phase,
+    TlsRefusal,
     build_beat,
     check_keys,
     check_plan,
+    effective_keys,
     keys_from_proto,
     link_health,
     load_bps,
+    next_key_history,
     phase,
     plan_document,
     plan_sizes,
     sign_peer_sources,
     signing_key,
+    tls_refusal,
     to_fill_plan,
     usable_keys,
 )
@@ -50,7 +56,13 @@ from appliance.fleetlink_figures import (
     tier_figures,
 )
 from appliance.fleetlink_rpc import CallFailed, FleetRpc
-from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
+from appliance.fleetlink_state import (
+    Enrolment,
+    LinkState,
+    LinkStateError,
+    StoredPlan,
+    token_digest,
+)
 from appliance.health import FleetLinkView
 from edgeflix import wallclock
 from edgeflix.errors import EdgeflixError
@@ -109,6 +121,9 @@ class FleetLink:
         self.plan: StoredPlan | None = None
         self.keys: Versioned[tuple[FleetKey, ...]] | None = None
         self.keys_digest = b""  # KeySet.digest of `keys`, reported in every beat
+        # Keys revoked (refused even when a set carries them again) and carried past their
+        # set (a restored manager's lacks them): fleetlink_core.next_key_history.
+        self.key_history = KeyHistory()
         self.last_contact: float | None = None  # wall clock, for /status and contact.json
         self._contact_mono: float | None = None  # the same contact on `monotonic`
         self.refused: str | None = None
@@ -130,6 +145,13 @@ class FleetLink:
         self._reenrol = False
         self._auth_failures = 0  # beats refused in a row (UNAUTHENTICATED): the backoff
         self._skewed = False  # the fleet said this box's clock is off (logged once)
+        self._tls_said: TlsRefusal | None = None  # a TLS refusal logged (once, until heard)
+        # A join token this enrolment was not made with (a SIGHUP, or the config at start):
+        # used to enrol again if the link cannot reach or authenticate with the fleet
+        # (its CA changed, say); `_afresh_due`: the SIGHUP asked for that now.
+        self._new_token = False
+        self._afresh_due = False
+        self._problem_saved: str | None = None  # problem.json as last written
         self._reopen = False  # a SIGHUP changed the fleet's address: a new channel
         # Set by every enrolment: the fleet's versions may belong to another lineage (its
         # database was reset, or this is another fleet), so its key set and plan are taken
@@ -174,18 +196,27 @@ class FleetLink:
                 self.fleet.enrol_url,
             )
             new_token = fleet.join_token != self.fleet.join_token
+            if new_token:
+                self._new_token = self._token_is_new(fleet.join_token, self.fleet.join_token)
+            e, unheard = self.enrolment, self._unheard()
+            # Enrolled but unheard since (the fleet's CA changed and this box's certificate
+            # is from the old one, say): the new token is what enrols it again. Forgotten by
+            # the fleet, the next refused beat enrols with it already.
+            afresh = e is not None and self._new_token and unheard and not self._forgotten()
+            self._afresh_due = self._afresh_due or afresh
             # Enrolled and heard: the fleet knows this key, so a token is only ever used to
             # enrol again if it forgets it. Said, as an operator moving the box to another
             # site expects the new token to take.
-            e = self.enrolment
-            unused = new_token and e is not None and not self._forgotten()
+            unused = new_token and e is not None and not self._forgotten() and not afresh
             if new_token or moved:
                 self.refused = None
                 self._enrol_attempts = 0
                 # Beats refused before (`fleet rm`, then a new token) must not hold the
                 # enrolment with it back by up to the longest backoff.
                 self._auth_failures = 0
-            self._reopen = self._reopen or moved
+            # Failing over TLS, a new channel even at the same paths: the operator may have
+            # copied the manager's new CA over the old file.
+            self._reopen = self._reopen or moved or (fleet.ca is not None and unheard)
             self.fleet = fleet
         if unused and e is not None:
             event(
@@ -200,6 +231,22 @@ class FleetLink:
                 f"{e.appliance}` first: it then enrols with this token",
             )
         self._wake.set()
+
+    def _token_is_new(self, token: str, previous: str | None) -> bool:
+        """Whether `token` is not the one the enrolment was made with (join.json; without
+        it, not the one configured before)."""
+        if not token:
+            return False
+        used = self.state_store.used_token()
+        if used is not None:
+            return token_digest(token) != used
+        return previous is not None and token != previous
+
+    def _unheard(self) -> bool:
+        """The link is failing and has not been answered since this start, or for longer
+        than a few beats."""
+        failing = self.last_error is not None or self.refused is not None
+        return failing and (self.beats == 0 or self.phase != "connected")
 
     def _forgotten(self) -> bool:
         """The fleet refused this enrolment (its beats, or enrolling again): a new token is
@@ -276,8 +323,17 @@ class FleetLink:
                     action="beating with the enrolment it has; enrolling again only if "
                     "the fleet there does not know this appliance",
                 )
-        self.plan, self.keys = st.plan(), st.keys()
-        self.keys_digest = st.keys_digest() if self.keys is not None else b""
+        self.plan, saved = st.plan(), st.saved_keys()
+        if saved is not None:
+            self.keys, self.keys_digest = saved.keys, saved.digest
+            self.key_history = history = saved.history
+            # Said again at each start while the fleet's set still carries a revoked key.
+            back = {k.id for k in saved.keys.payload} & history.revoked.keys()
+            self._say_keys(KeyUpdate(history, tuple(sorted(back))))
+        self._new_token = self.enrolment is not None and self._token_is_new(
+            self.fleet.join_token, None
+        )
+        self._problem_saved = st.saved_problem()
         now = self.clock()
         self._clock_offset = now - self.monotonic()
         # Neither a contact nor an enrolment saved while the clock was ahead, or before it
@@ -329,6 +385,9 @@ class FleetLink:
         returns how long to wait before the next."""
         wait = self._interval_s
         try:
+            if self._afresh_due:
+                self._afresh_due = False
+                self._enrol_afresh()
             if self._reopen:
                 self._reopen = False
                 self.rpc.fleet = self.fleet
@@ -340,15 +399,57 @@ class FleetLink:
             self._follow_fill_now()
         except (EdgeflixError, OSError) as exc:  # the link outlives any one failure
             self._note_error(str(exc))
+        self._save_problem()
         return wait
+
+    def _save_problem(self) -> None:
+        """problem.json follows what /status says the link failed on, when that changes:
+        `appliance status` reads it, and the contact with it (saved exactly when a problem
+        begins, so the status need not allow for the link saving it only once a minute)."""
+        with self._lock:
+            problem = self.refused or self.last_error
+        if problem == self._problem_saved:
+            return
+        try:
+            if problem is not None and self._contact_mono is not None:
+                self.state_store.save_contact(self._contact_on_wall_clock())
+            self.state_store.save_problem(problem)
+            self._problem_saved = problem
+        except LinkStateError as exc:
+            event(log, "fleet.state_unwritable", logging.ERROR, reason=str(exc))
 
     def _note_error(self, why: str) -> None:
         dates = wallclock.certificate_dates_refused(why)
+        tls = None if dates else tls_refusal(why, self.state_store.presents_client_cert())
         if dates is not None:
             why = self._certificate_skew(why, dates)
+        elif tls is not None:
+            why = self._tls_refused(why, tls)
         elif why != self.last_error:
             event(log, "fleet.call_failed", logging.WARNING, reason=why)
-        self.last_error = why
+        with self._lock:
+            self.last_error = why
+
+    def _tls_refused(self, reason: str, kind: TlsRefusal) -> str:
+        """The TLS handshake failed as it does after the manager's CA changed (a move, a
+        restore without its CA files): said (once) as what to do, not as a raw gRPC error,
+        which would otherwise repeat at every beat for ever. Returns the problem /status
+        shows."""
+        if kind == "untrusted":
+            problem = (
+                f"the fleet's certificate does not verify against [fleet] ca ({self.fleet.ca}): "
+                "if the manager's CA changed, copy its fleet-ca.pem there"
+            )
+        else:
+            problem = (
+                "the fleet closed the TLS connection: if its CA changed, this box's client "
+                "certificate is from the old one: give it a new join token (it then enrols "
+                "again)"
+            )
+        if self._tls_said != kind:
+            self._tls_said = kind
+            event(log, f"fleet.tls_{kind}", logging.WARNING, reason=reason, action=problem)
+        return problem
 
     def _certificate_skew(self, reason: str, dates: str) -> str:
         """TLS refused the fleet's certificate for its dates, checked on this box's clock:
@@ -384,6 +485,7 @@ class FleetLink:
         with self._lock:
             self.last_contact, self._contact_mono = now, mono
             self.last_error = None
+        self._tls_said = None
         if self._contact_saved is None or mono - self._contact_saved >= CONTACT_SAVE_S:
             self.state_store.save_contact(now)
             self._contact_saved = mono
@@ -454,8 +556,12 @@ class FleetLink:
                 self._note_error("enrolment: the fleet issued no client certificate (no TLS?)")
                 return ENROL_BACKOFF_S[-1]
             self.state_store.save_client_cert(resp.client_cert_pem)
+            self.state_store.withhold_client_cert = False
             self.rpc.reopen()
         self.state_store.save_enrolment(e)
+        if self.fleet.join_token:
+            self.state_store.save_used_token(self.fleet.join_token)
+        self._new_token = False
         with self._lock:
             self.enrolment = e
             again, self._reenrol = self._reenrol, False
@@ -469,6 +575,31 @@ class FleetLink:
         event(log, "fleet.enrolled", appliance=e.appliance, site=e.site, fleet=e.fleet)
         return 0.0  # first beat right away
 
+    def _enrol_afresh(self) -> None:
+        """A join token the enrolment was not made with, while the fleet cannot be reached
+        or refuses this box: enrol again with it, over the enrolment listener (the CA alone:
+        a manager whose CA changed closes connections presenting the old client
+        certificate). That certificate is replaced only once the new enrolment succeeds;
+        a refused token goes back to it (_keep_enrolment)."""
+        self._new_token = False
+        with self._lock:
+            self._reenrol = True
+            self.refused = None
+        self._enrol_attempts = 0
+        self._auth_failures = 0
+        if self.fleet.ca is not None:
+            self.state_store.withhold_client_cert = True
+            self._reopen = True
+        event(
+            log,
+            "fleet.enrolling_again",
+            logging.WARNING,
+            reason=f"a new [fleet] join_token, and the fleet unreachable or refusing this box "
+            f"({self.last_error})",
+            action="enrolling again with it; the enrolment and client certificate held stay "
+            "until it succeeds",
+        )
+
     def _keep_enrolment(self, why: str) -> float:
         """Enrolling again failed for good: beat on with the enrolment this box has (the
         fleet answers again once it knows the key, e.g. its database came back), with
@@ -476,6 +607,9 @@ class FleetLink:
         with self._lock:
             self.refused = why
             self._reenrol = False
+        if self.state_store.withhold_client_cert:  # enrolling afresh: back to the old one
+            self.state_store.withhold_client_cert = False
+            self._reopen = True
         event(
             log,
             "fleet.reenrolment_refused",
@@ -548,6 +682,9 @@ class FleetLink:
                 self._fleet_titles = b""
                 return 0.0
             self._note_error(str(exc))
+            if self._new_token and self._unheard():
+                self._enrol_afresh()
+                return 0.0
             return self._interval_s
         if resp.stale:
             # Answered, but its counts were not taken (the fleet holds a later sequence of
@@ -675,7 +812,7 @@ class FleetLink:
         return "applied"
 
     def _submit(self, stored: StoredPlan, *, window: bool = True) -> None:
-        keys = self.keys.payload if self.keys else ()
+        keys = self._verifying_keys()
         now = self.clock()
         doc = sign_peer_sources(stored.document, keys, now, PEER_TOKEN_TTL_S)
         key = signing_key(keys, now)
@@ -734,18 +871,61 @@ class FleetLink:
                 reason=result.reason,
             )
             return result.action
-        self.state_store.save_keys(incoming, digest)
+        running = self.keys
+        # Enrolling again, a version not above ours is another database's (restored, new).
+        other = rebase and running is not None and incoming.version <= running.version
+        held = running.payload if running is not None else ()
+        update = next_key_history(
+            held, self.key_history, incoming.payload, self.clock(), other_lineage=other
+        )
+        self.state_store.save_keys(incoming, digest, update.history)
         with self._lock:
             self.keys = incoming
             self.keys_digest = digest
+            self.key_history = update.history
+        self._say_keys(update)
         self._publish_keys()
         event(log, "fleet.keys_applied", version=incoming.version, keys=len(incoming.payload))
         return "applied"
 
+    def _say_keys(self, update: KeyUpdate) -> None:
+        for key_id in update.returned:
+            until = update.history.revoked[key_id]
+            event(
+                log,
+                "fleet.revoked_key_returned",
+                logging.ERROR,
+                key=key_id,
+                reason=f"the fleet's key set carries key {key_id} again, which it revoked "
+                f"before: refused here (until {wallclock.iso(until)} at least)",
+                action="the fleet manager was restored from a backup older than the "
+                f"revocation: revoke it again there (edgeflix fleet keys revoke {key_id})",
+            )
+        if update.revoked:
+            event(log, "fleet.keys_revoked", keys=" ".join(update.revoked))
+        if update.carried:
+            carried = [k for k in update.history.carried if k.id in update.carried]
+            until = max(k.verify_until for k in carried)
+            event(
+                log,
+                "fleet.keys_carried",
+                logging.WARNING,
+                keys=" ".join(update.carried),
+                until=wallclock.iso(until),
+                reason="the fleet's key set lacks keys this box verified with, and is not "
+                "their successor (a fleet manager restored from a backup, or a new one)",
+                action="URLs signed with them before keep working until they expire; "
+                "nothing is signed with them any more",
+            )
+
+    def _verifying_keys(self) -> tuple[FleetKey, ...]:
+        """The keys tokens are checked (and peer URLs signed) with: fleetlink_core."""
+        return effective_keys(self.keys.payload if self.keys else (), self.key_history)
+
     def _publish_keys(self) -> None:
         """Hand the workers the keys usable now, when that set changed (a key's verification
         period ended, a new set arrived, the grace period ran out)."""
-        keys = self.keys.payload if self.keys else ()
+        keys = self._verifying_keys()
         usable = usable_keys(keys, self.clock(), self.phase, self.fleet.after_grace)
         if usable != self._published_keys:
             self.sinks.set_keys(usable)
@@ -789,7 +969,7 @@ class FleetLink:
         peer would be refused, and fall back to the origin."""
         if self.plan is None or self._fill_now_runs is not None:
             return
-        key = signing_key(self.keys.payload if self.keys else (), self.clock())
+        key = signing_key(self._verifying_keys(), self.clock())
         if (key.id if key else None) != self._peer_key:
             self._submit(self.plan)
 

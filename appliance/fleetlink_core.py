@@ -8,6 +8,7 @@ what these functions decide; tests/appliance/test_fleetlink_core.py drives them 
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
@@ -335,10 +336,12 @@ def check_plan(document: Mapping[str, Any]) -> None:
 
 
 def to_fill_plan(document: Mapping[str, Any]) -> FillPlan:
+    """The fill plan of a document the fleet built: fields this version does not know (a
+    later one saved it, before a rollback) are dropped, not refused (parse_plan)."""
     import json
 
     try:
-        return parse_plan(json.dumps(document).encode(), "fleet plan")
+        return parse_plan(json.dumps(document).encode(), "fleet plan", ignore_unknown=True)
     except PlanError as exc:
         raise ValueError(str(exc)) from None
 
@@ -383,6 +386,135 @@ def usable_keys(
     if phase == "expired" and after_grace == "stop":
         return {}
     return {k.id: k.secret for k in keys if k.verify_until == 0 or k.verify_until > now}
+
+
+# -- revoked and carried keys: key sets of a manager restored from a backup ---------------
+
+# A key the fleet drops this close to its end (or after it) retired; earlier, it was revoked
+# (fleet/keys.py: `rotate` drops a key once its last token expired, `revoke` at once). The
+# margin allows for a clock behind the fleet's.
+RETIRE_MARGIN_S = 600.0
+# How long a revoked key stays refused, at least, once the fleet's sets no longer carry it:
+# a backup older than the revocation, restored later, brings it back, often as a key that
+# still signs (no end at all). Backups are kept for weeks; an id and a time cost bytes.
+REVOKED_KEPT_S = 30 * 86_400.0
+# So that a fleet dropping hundreds of keys a set cannot grow the file for a month.
+MAX_REVOKED = 256
+# How long a carried key with no end of its own verifies: the fleet's default longest token
+# lifetime plus its clock allowance (fleet/keys.py KeyPolicy), for a fleet from before
+# `verify_for_s`.
+DEFAULT_VERIFY_FOR_S = 6 * 3600.0 + 60.0
+
+
+@dataclass(frozen=True)
+class KeyHistory:
+    """What the appliance remembers beside the key set the fleet sent last."""
+
+    # Key id → until when it stays refused: the fleet dropped it before its end (revoked).
+    revoked: Mapping[str, float] = field(default_factory=dict)
+    # Keys of an earlier set that a restored (or another) manager's set lacks: they verify,
+    # never sign, until their end, so URLs issued before the restore work until they expire.
+    carried: tuple[FleetKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyUpdate:
+    history: KeyHistory
+    returned: tuple[str, ...] = ()  # revoked ids the new set carries again: still refused
+    revoked: tuple[str, ...] = ()  # ids the new set revoked
+    carried: tuple[str, ...] = ()  # ids carried over from the set it replaces
+
+
+def _ended(key: FleetKey, now: float) -> bool:
+    return key.verify_until != 0 and key.verify_until <= now + RETIRE_MARGIN_S
+
+
+def _carry(key: FleetKey, now: float) -> FleetKey:
+    """`key` kept past its key set: retired by now (the fleet it came from signs with it no
+    more), verifying until its end, or for as long as a key retired now does."""
+    retires = key.retires if 0 < key.retires <= now else now
+    until = key.verify_until or now + (key.verify_for_s or DEFAULT_VERIFY_FOR_S)
+    return dataclasses.replace(key, retires=retires, verify_until=until)
+
+
+def next_key_history(
+    running: tuple[FleetKey, ...],
+    history: KeyHistory,
+    incoming: tuple[FleetKey, ...],
+    now: float,
+    *,
+    other_lineage: bool = False,
+) -> KeyUpdate:
+    """The history once `incoming` replaces `running` (the fleet's previous set).
+
+    A key of `running` that `incoming` lacks before its end was revoked: it stays refused
+    until then (REVOKED_KEPT_S at least, and while a set carries it), even when a later set
+    carries it again. Only a manager restored from a backup older than the revocation does
+    that, and its set is no successor of `running`: the keys of `running` it lacks were made
+    after the backup, not revoked, so they are carried until their end instead.
+    `other_lineage` says the same without a returning key: a set fetched on enrolling again
+    under a version not above ours (versions only rise within one fleet database)."""
+    ids = {k.id for k in incoming}
+    revoked = {i: u for i, u in history.revoked.items() if u > now or i in ids}
+    returned = tuple(sorted(ids & revoked.keys()))
+    restored = bool(returned) or other_lineage
+    carried = {k.id: k for k in history.carried if k.verify_until > now and k.id not in ids}
+    newly_revoked: list[str] = []
+    newly_carried: list[str] = []
+    for k in running:
+        if k.id in ids or _ended(k, now):
+            continue
+        if not restored:
+            revoked[k.id] = max(revoked.get(k.id, 0.0), k.verify_until, now + REVOKED_KEPT_S)
+            newly_revoked.append(k.id)
+        elif k.id not in revoked:
+            carried[k.id] = _carry(k, now)
+            newly_carried.append(k.id)
+    if len(revoked) > MAX_REVOKED:  # those a set still carries, then the latest to end
+        kept = sorted(revoked, key=lambda i: (i in ids, revoked[i]), reverse=True)
+        revoked = {i: revoked[i] for i in kept[:MAX_REVOKED]}
+    history = KeyHistory(revoked, tuple(carried.values()))
+    return KeyUpdate(history, returned, tuple(newly_revoked), tuple(newly_carried))
+
+
+def effective_keys(fleet: tuple[FleetKey, ...], history: KeyHistory) -> tuple[FleetKey, ...]:
+    """The keys this box verifies (and signs peer URLs) with: the fleet's set but its
+    revoked keys, and the carried keys it lacks."""
+    ids = {k.id for k in fleet}
+    kept = tuple(k for k in fleet if k.id not in history.revoked)
+    return kept + tuple(k for k in history.carried if k.id not in ids)
+
+
+# -- TLS failures an operator can act on ----------------------------------------------------
+
+# What BoringSSL (grpc) and OpenSSL say of a peer certificate that does not verify against
+# the CA given; refused for its dates: edgeflix.wallclock.certificate_dates_refused.
+_UNTRUSTED = (
+    "certificate_verify_failed",
+    "certificate verify failed",
+    "bad_signature",
+    "certificate signature failure",
+    "unable to get local issuer certificate",
+    "self signed certificate",
+    "self-signed certificate",
+)
+# gRPC's words for a connection the peer closed before it was up (the TLS handshake).
+_NOT_CONNECTED = "failed to connect to all addresses"
+_CLOSED = ("socket closed", "connection reset by peer")
+TlsRefusal = Literal["untrusted", "closed"]
+
+
+def tls_refusal(error: str, client_cert: bool) -> TlsRefusal | None:
+    """What a failed call's text says of its TLS handshake: "untrusted", the fleet's
+    certificate does not verify against this box's CA; "closed", the fleet hung up while
+    this box presented a client certificate (`client_cert`), as one no longer trusts a
+    certificate from an old CA does. None for anything else."""
+    text = error.lower()
+    if any(marker in text for marker in _UNTRUSTED):
+        return "untrusted"
+    if client_cert and _NOT_CONNECTED in text and any(c in text for c in _CLOSED):
+        return "closed"
+    return None
 
 
 # -- the control plane against the grace period --------------------------------------------

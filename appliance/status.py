@@ -135,6 +135,12 @@ def saved_link(config: ApplianceConfig, now: float) -> FleetLinkView | None:
         saved = state.saved_contact()
     except LinkStateError as exc:
         return dataclasses.replace(view, phase="unknown", problem=str(exc))
+    # What the link last failed on (the fleet's refusal, say), as the daemon's /status says
+    # it: saved on change, read here rather than asked of the daemon, whose admin listener
+    # may be on a port chosen at its start (`:0`), and which may be stopped: then the file
+    # still tells why it last failed.
+    problem = state.saved_problem()
+    view = dataclasses.replace(view, problem=problem)
     # Enrolled under another name, the link enrols again (fleetlink.FleetLink.restore).
     if enrolment is None or enrolment.appliance != (fleet.name or config.name):
         return view
@@ -145,14 +151,18 @@ def saved_link(config: ApplianceConfig, now: float) -> FleetLinkView | None:
         # saves that), or, running since before NTP set the clock, saves the contact again
         # on the new clock within a beat. Until then, within the grace period: the safe
         # side, never "expired" off a value that says nothing.
-        return dataclasses.replace(
-            view,
-            phase="grace",
-            problem=f"last contact saved while the clock read {wallclock.iso(since)}, not "
-            "yet set (NTP): unknown",
+        unknown = (
+            f"last contact saved while the clock read {wallclock.iso(since)}, not yet set "
+            "(NTP): unknown"
         )
+        said = f"{problem}; {unknown}" if problem else unknown
+        return dataclasses.replace(view, phase="grace", problem=said)
     interval_s = enrolment.heartbeat_interval_ms / 1000 or fleet.heartbeat_s
-    found = saved_phase(True, contact, now, interval_s, fleet.grace_period_s)
+    # With a problem the link saved its last contact exactly (fleetlink._save_problem):
+    # nothing to allow for, and a link failing for minutes is not read as connected.
+    found = (phase if problem else saved_phase)(
+        True, contact, now, interval_s, fleet.grace_period_s
+    )
     return dataclasses.replace(
         view, phase=found, silent_s=max(now - contact, 0.0), last_contact=contact
     )

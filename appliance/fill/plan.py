@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from appliance.fill.http1 import render_get
 from appliance.fill.redact import redact
@@ -23,8 +32,20 @@ class PlanError(EdgeflixError):
     """A fill plan that cannot be read or does not make sense."""
 
 
+# The validation context under which fields a model does not know are dropped, not refused.
+_IGNORE_UNKNOWN = {"unknown": "ignore"}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        """Under _IGNORE_UNKNOWN, keys this model lacks are left out (parse_plan says when)."""
+        if isinstance(data, dict) and info.context == _IGNORE_UNKNOWN:
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
 
 
 def _check_url(url: str) -> str:
@@ -101,11 +122,17 @@ class FillPlan(_Model):
         return self
 
 
-def parse_plan(raw: bytes, source: str) -> FillPlan:
+def parse_plan(raw: bytes, source: str, *, ignore_unknown: bool = False) -> FillPlan:
     """A plan document (a file, or the fleet's): PlanError (one line, naming `source`) for
-    anything wrong in it, a missing `titles` too."""
+    anything wrong in it, a missing `titles` too.
+
+    `ignore_unknown`: a plan the fleet built (and the appliance saved) drops fields it does
+    not know: a later version's (a rollback after it saved the plan, a newer manager) must
+    not make the plan, or the daemon, unusable. A file an operator writes (`[fill] plan`,
+    `appliance fill --plan`) refuses them: a misspelt `"prnue": false` must not pass."""
+    context = _IGNORE_UNKNOWN if ignore_unknown else None
     try:
-        plan = FillPlan.model_validate(json.loads(raw))
+        plan = FillPlan.model_validate(json.loads(raw), context=context)
     except RecursionError:  # json's decoder recurses per level: "[[[[…" exhausts the stack
         raise PlanError(f"{source}: not a valid fill plan: nested too deeply") from None
     except (ValueError, ValidationError) as exc:

@@ -12,7 +12,12 @@ import pytest
 from appliance.config import ApplianceConfig
 from appliance.fill.plan import FillPlan
 from appliance.fleetlink import FleetLink, LinkSinks
-from appliance.fleetlink_core import FleetKey, sign_peer_sources
+from appliance.fleetlink_core import (
+    DEFAULT_VERIFY_FOR_S,
+    FleetKey,
+    sign_peer_sources,
+    signing_key,
+)
 from appliance.fleetlink_figures import BoxHealth, Traffic
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError
 from edgeflix import tokens
@@ -240,11 +245,20 @@ def test_after_enrolling_again_the_fleets_versions_are_taken_as_they_are(
     tmp_path: Path,
 ) -> None:
     """A fleet whose database was reset starts its versions again: its key set 1 is not
-    the cached key set 1, and must replace it."""
+    the cached key set 1, and must replace it. The old set's key is not the new fleet's
+    to revoke: it verifies (never signs) as long as a key retired now would, so URLs
+    signed before the reset work until they expire."""
     clock = Clock(10_000.0)
     lk, sinks = grace_link(tmp_path, clock)  # runs key set 1 ("k1") and plan 1
     assert lk.apply_keys(keyset(1, "k1-new")) == "rejected"  # same version, other content
     assert lk.apply_keys(keyset(1, "k1-new"), rebase=True) == "applied"
+    assert sinks.keys[-1] == {"k1-new": b"k1-new" * 16, "k1": b"k1" * 16}
+    held = LinkState(tmp_path / "fleet").keys()  # as `appliance sign` reads them
+    assert held is not None and {k.id for k in held.payload} == {"k1-new", "k1"}
+    signer = signing_key(held.payload, clock.now)
+    assert signer is not None and signer.id == "k1-new"  # the old one signs nothing more
+    clock.now += DEFAULT_VERIFY_FOR_S + 1
+    lk.check_grace()
     assert sinks.keys[-1] == {"k1-new": b"k1-new" * 16}
     assert lk.apply_plan(1, doc("other"), {}, rebase=True) == "applied"
     assert [t.id for t in sinks.plans[-1].titles] == ["other"]

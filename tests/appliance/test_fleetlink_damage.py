@@ -1,10 +1,12 @@
-"""Damaged files in the fleet link's state folder: one clear error naming the file (so the
-CLI prints one line and exits non-zero), never a traceback; a damaged contact.json counts
-as absent, since it only feeds the grace clock (appliance/fleetlink_state.py says why)."""
+"""Damaged files in the fleet link's state folder, never a traceback: a damaged enrolment is
+one clear error naming the file (so the CLI prints one line and exits non-zero); a damaged
+plan, key set or contact.json reads as absent, with a warning naming the file
+(appliance/fleetlink_state.py says why)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,10 @@ import pytest
 
 from appliance.config import ApplianceConfig
 from appliance.fleetlink import FleetLink, LinkSinks
+from appliance.fleetlink_core import FleetKey
 from appliance.fleetlink_figures import BoxHealth, Traffic
 from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
+from edgeflix.versioning import Versioned
 from tests.conftest import run_cli
 
 SHA = "c" * 64
@@ -49,9 +53,24 @@ def enrolment_with(**changes: Any) -> bytes:
 
 
 DAMAGED = {
-    "interval a string": ("enrolment.json", enrolment_with(heartbeat_interval_ms="500")),
-    "enrolled_at null": ("enrolment.json", enrolment_with(enrolled_at=None)),
-    "site a number": ("enrolment.json", enrolment_with(site=5)),
+    "interval a string": enrolment_with(heartbeat_interval_ms="500"),
+    "enrolled_at null": enrolment_with(enrolled_at=None),
+    "site a number": enrolment_with(site=5),
+    "not an object": b"[1]",
+    "format not a number": enrolment_with(format="2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_enrolment_is_named_in_one_error(tmp_path: Path, case: str) -> None:
+    """The enrolment is the box's identity with the fleet: never guessed."""
+    state = good_state(tmp_path)
+    (tmp_path / "enrolment.json").write_bytes(DAMAGED[case])
+    with pytest.raises(LinkStateError, match=r"enrolment\.json is damaged; remove it"):
+        state.enrolment()
+
+
+UNUSABLE = {
     "titles a number": (
         "plan.json",
         b'{"version": 3, "document": {"titles": 5}, "sizes": {}}',
@@ -61,21 +80,40 @@ DAMAGED = {
         "plan.json",
         b'{"version": 3, "document": {"titles": [5]}, "sizes": {}}',
     ),
+    "plan not JSON": ("plan.json", b'{"version": 3, "docu'),
+    "plan of a later format": (
+        "plan.json",
+        b'{"format": 2, "version": 3, "document": {"titles": []}, "sizes": {}}',
+    ),
     "secret not base64": (
         "keys.json",
         b'{"version": 1, "keys": [{"id": "k", "secret": "@@@", "activates": 0,'
         b' "retires": 0, "verify_until": 0}]}',
     ),
+    "keys of a later format": (
+        "keys.json",
+        b'{"format": 3, "version": 1, "keys": []}',
+    ),
 }
 
 
-@pytest.mark.parametrize("case", sorted(DAMAGED))
-def test_a_damaged_state_file_is_named_in_one_error(tmp_path: Path, case: str) -> None:
-    name, data = DAMAGED[case]
+@pytest.mark.parametrize("case", sorted(UNUSABLE))
+def test_a_damaged_plan_or_key_set_reads_as_none_with_a_warning(
+    tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No plan: the box serves what it holds and waits for the fleet's; no keys: no token
+    verifies until the fleet sends its set. Either beats refusing to start."""
+    name, data = UNUSABLE[case]
     state = good_state(tmp_path)
+    state.save_keys(Versioned("keys", 1, (FleetKey("k1", b"s" * 32, 0.0, 0.0, 0.0),)))
     (tmp_path / name).write_bytes(data)
-    with pytest.raises(LinkStateError, match=f"{name} is damaged; remove it"):
-        state.enrolment(), state.plan(), state.keys()
+    caplog.set_level(logging.WARNING, logger="appliance.fleet")
+    assert (state.plan() if name == "plan.json" else state.keys()) is None
+    said = [
+        getattr(r, "edgeflix_fields", {}) for r in caplog.records
+        if r.getMessage() == "fleet.state_unusable"
+    ]  # fmt: skip
+    assert len(said) == 1 and name in said[0]["file"]
 
 
 @pytest.mark.parametrize("data", [b"{}", b'{"at": null}', b'{"at": "x"}', b"[1]", b"{", b"NaN"])
@@ -104,10 +142,10 @@ def test_a_damaged_contact_file_counts_as_absent(tmp_path: Path, data: bytes) ->
     lk.rpc.close()
 
 
-def test_appliance_run_says_one_line_for_a_damaged_plan(tmp_path: Path) -> None:
+def test_appliance_run_says_one_line_for_a_damaged_enrolment(tmp_path: Path) -> None:
     state_dir = tmp_path / "fleet"
     good_state(state_dir)
-    (state_dir / "plan.json").write_bytes(b'{"version": 3, "document": {"titles": 5}, "sizes": {}}')
+    (state_dir / "enrolment.json").write_bytes(enrolment_with(site=5))
     (tmp_path / "d0").mkdir()
     config = tmp_path / "appliance.toml"
     config.write_text(
@@ -132,4 +170,4 @@ state_dir = "{state_dir}"
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert "plan.json is damaged; remove it" in last, proc.stderr
+    assert "enrolment.json is damaged; remove it" in last, proc.stderr
