@@ -2,10 +2,15 @@
 once enrolled, the client certificate it issued) and calls signed with the appliance's
 Ed25519 key, every failure raised in one shape (CallFailed). appliance/fleetlink.py
 decides what to call and when; this module only knows how.
+
+A box whose clock is off (no RTC, no NTP) signs at its clock plus the correction it learned
+from the fleet's refusal of a call for its time (as AWS SDKs do on RequestTimeTooSkewed):
+the next call is taken. The correction changes the signed time and nothing else.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +21,12 @@ from appliance.config import FleetLinkConfig
 from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
+from edgeflix.log import event
 from edgeflix.proto import auth
 from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2_grpc
 
+log = logging.getLogger("appliance.fleet")
 METHOD = "/edgeflix.fleet.v1.Fleet/"
 CALL_TIMEOUT_S = 5.0
 # gRPC's own reconnect backoff grows to minutes; a fleet manager back from a restart
@@ -45,11 +52,13 @@ class CallFailed(EdgeflixError):
         final: bool = False,
         code: grpc.StatusCode | None = None,
         details: str = "",
+        trailers: tuple[tuple[str, str | bytes], ...] = (),
     ) -> None:
         super().__init__(message)
         self.final = final
         self.code = code
         self.details = details  # the fleet's own words, for edgeflix.proto.auth.refusal_of
+        self.trailers = trailers  # its trailing metadata (its time, with a clock skew)
 
 
 def grpc_target(address: str) -> str:
@@ -89,6 +98,8 @@ class FleetRpc:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.fleet, self.state, self.name, self.key, self.clock = fleet, state, name, key, clock
+        # Seconds added to `clock` for the time calls are signed at (see the module's doc).
+        self.correction = 0.0
         self.channel = open_channel(fleet, state)
         self.stub = fleet_pb2_grpc.FleetStub(self.channel)
 
@@ -109,8 +120,37 @@ class FleetRpc:
 
     def call(self, method: str, request: Any) -> Any:
         body = request.SerializeToString(deterministic=True)
-        metadata = auth.sign_call(self.name, self.key, METHOD + method, body, self.clock())
-        return self._invoke(method, request, metadata)
+        sent, correction = self.clock(), self.correction
+        metadata = auth.sign_call(self.name, self.key, METHOD + method, body, sent + correction)
+        if correction:  # said, so that the fleet can show how far off this box's clock is
+            metadata += ((auth.CORRECTION, f"{correction:.3f}"),)
+        try:
+            return self._invoke(method, request, metadata)
+        except CallFailed as exc:
+            skewed = auth.refusal_of(exc.details) == "clock_skew"
+            if exc.code == grpc.StatusCode.UNAUTHENTICATED and skewed:
+                self._relearn(auth.learned_correction(exc.trailers, sent, self.clock()))
+            raise
+
+    def _relearn(self, learned: float | None) -> None:
+        """A call refused for its time: the correction the fleet's time says, or none (it
+        sent no usable time: the one signed with is no better than none). Logged when it
+        changes: the signed time is all it corrects."""
+        new = 0.0 if learned is None else learned
+        if new == self.correction:
+            return
+        self.correction = new
+        event(
+            log,
+            "fleet.clock_offset",
+            logging.WARNING,
+            offset_s=round(new, 3),
+            clock=self.clock(),
+            action="calls to the fleet are signed at this box's clock plus offset_s, but URL "
+            "tokens, keys and fill windows still go by its clock: set it right (NTP)"
+            if new
+            else "calls to the fleet are signed at this box's clock again",
+        )
 
     def _invoke(self, method: str, request: Any, metadata: Any) -> Any:
         try:
@@ -122,4 +162,5 @@ class FleetRpc:
                 final=code in FINAL_REFUSALS,
                 code=code,
                 details=exc.details() or "",
+                trailers=tuple(exc.trailing_metadata() or ()),
             ) from None

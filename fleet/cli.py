@@ -113,7 +113,7 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
         return
     ui.print_table(
         ["name", "site", "state", "load Mb/s", "capacity Mb/s", "conns", "complete", "held",
-         "filled", "failed", "seen s ago"],
+         "filled", "failed", "seen s ago", "clock off s"],
         [
             [
                 r["name"],
@@ -128,10 +128,34 @@ def ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
                 _filled(r.get("fill_bytes_done", 0), r.get("fill_bytes_total", 0)),
                 r.get("fill_failed", "-"),
                 r["last_seen_s"] if r["last_seen_s"] is not None else "-",
+                _clock_cell(r),
             ]
             for r in rows
         ],
     )  # fmt: skip
+
+
+def _clock_cell(row: dict[str, Any]) -> str:
+    """How far off its clock was seen: "+600 refused" (its calls are), "+600 corrected" (it
+    signs with the manager's time), "-" (not seen off, or a manager from before)."""
+    offset = row.get("clock_offset_s")
+    if offset is None:
+        return "-"
+    return f"{offset:+.0f} {'refused' if row.get('clock_refused') else 'corrected'}"
+
+
+def clock_line(info: dict[str, Any]) -> str | None:
+    """`fleet show`'s word on an appliance whose clock was seen off (None: it was not)."""
+    offset = info.get("clock_offset_s")
+    if offset is None:
+        return None
+    off = f"clock off by {offset:+.0f} s"
+    if info.get("clock_refused"):
+        return f"{off}: its calls are refused; set its clock right (NTP)"
+    return (
+        f"{off}: it signs its calls with the fleet manager's time, but checks URL-token "
+        "expiry with its own; set its clock right (NTP)"
+    )
 
 
 def _filled(done: int, total: int) -> str:
@@ -159,6 +183,9 @@ def show_cmd(name: str = NameArg, fleet: str | None = FleetOpt, as_json: bool = 
         "last_seen_s",
     ):
         typer.echo(f"{key}: {'-' if info[key] in (None, '') else info[key]}")
+    clock = clock_line(info)
+    if clock is not None:
+        typer.echo(f"clock: {clock}")
     typer.echo(f"load: {_mbps(info['load_bps'])} of {_mbps(info['capacity_bps'])} Mb/s")
     typer.echo(f"disk: {info['disk_bytes'] / 1e9:.2f} GB")
     for t in info.get("tiers", ()):

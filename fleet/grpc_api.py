@@ -214,9 +214,12 @@ async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerConte
 class _Refused(Exception):
     """A heartbeat refused with `code` (FleetServicer.Heartbeat answers it)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(details)
         self.code = code
+        self.trailers = trailers
 
 
 # The manager's CPU time one appliance's beats may take: a share, saved up to a burst. A beat
@@ -254,8 +257,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         try:
             return self._verified(context, method, body)
         except auth.AuthError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            trailers = self._auth_refused(exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers)
             raise  # abort raises; this keeps type checkers satisfied
+
+    def _auth_refused(self, exc: auth.AuthError) -> tuple[tuple[str, str], ...]:
+        """Counted (and noted, a clock off: FleetService.auth_refused); the trailing metadata
+        to refuse it with: our time when the call's was too far from it, from which the
+        appliance learns how to sign so we take its calls. The details stay what
+        auth.refusal_of reads, for appliances that know no trailer."""
+        self.service.auth_refused(exc)
+        return auth.fleet_time(self.service.clock()) if exc.reason == "clock_skew" else ()
 
     def _verified(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
         """The enrolled appliance that signed the call; AuthError if none did."""
@@ -268,7 +280,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             # listener asks for no certificate, so nothing but Enrol/Steer passes there.
             names = (context.auth_context() or {}).get("x509_common_name", [])
             if names != [verified.encode()]:
-                raise auth.AuthError(f"no client certificate for '{verified}' on this connection")
+                raise auth.AuthError(
+                    f"no client certificate for '{verified}' on this connection", "no_client_cert"
+                )
+        self.service.auth_accepted(verified, auth.correction_of(metadata))
         return verified
 
     def _repeat_proven(
@@ -293,12 +308,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         except auth.AuthError as exc:
             raise auth.AuthError(
                 f"appliance '{request.name}' is enrolled already: enrolling it again must be "
-                f"signed with its key ({exc})"
+                f"signed with its key ({exc})",
+                exc.reason,
+                exc.skewed,
             ) from None
         if signer != request.name:
             raise auth.AuthError(
-                f"appliance '{request.name}' is enrolled already: '{signer}' cannot enrol it"
+                f"appliance '{request.name}' is enrolled already: '{signer}' cannot enrol it",
+                "other_appliance",
             )
+        self.service.auth_accepted(signer, auth.correction_of(metadata))
 
     async def Enrol(
         self, request: fleet_pb2.EnrolRequest, context: grpc.aio.ServicerContext
@@ -324,7 +343,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if ca is not None and rec.name != request.name:
                 cert = ca.client_cert(rec.name, request.tls_public_key)
         except auth.AuthError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            trailers = self._auth_refused(exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers)
             raise
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
@@ -349,6 +369,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         except _Refused as refused:
             context.set_code(refused.code)
             context.set_details(str(refused))
+            if refused.trailers:
+                context.set_trailing_metadata(refused.trailers)
         return fleet_pb2.HeartbeatResponse()
 
     async def _beat(
@@ -365,7 +387,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         try:
             name = self._verified(context, "Heartbeat", body)
         except auth.AuthError as exc:
-            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+            trailers = self._auth_refused(exc)
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers) from None
         if request.appliance and request.appliance != name:  # as _only_its_own
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
         verdict = "taken"

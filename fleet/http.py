@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
 import httptools
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
+from edgeflix.metrics import Sample, render
 from fleet.admin import AdminAccess, Refusal
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.http_protocol import LIMITS, BoundedHttpToolsProtocol, encode_json
@@ -47,6 +48,14 @@ EXPLAIN_AS = "/appliances"
 
 class JoinTokenRequest(BaseModel):
     site: str
+
+
+class ManagerHealth(Protocol):
+    """What /healthz and /metrics say of the manager's own work (server.TickHealth)."""
+
+    def problem(self) -> str | None: ...
+
+    def store_writable(self) -> bool: ...
 
 
 def steer_json(
@@ -246,6 +255,17 @@ def appliance_json(svc: FleetService, a: Appliance) -> dict[str, Any]:
         "fill_bytes_done": beat.fill_done if beat else 0,
         "fill_bytes_total": beat.fill_total if beat else 0,
         "fill_failed": len(beat.fill_failures) if beat else 0,
+        **clock_json(svc, a.name),
+    }
+
+
+def clock_json(svc: FleetService, name: str) -> dict[str, Any]:
+    """How far off the appliance's clock was seen (its less ours, None: not seen off) and
+    whether its calls are refused for it (else it signs with a correction it learned)."""
+    seen = svc.clocks.get(name)
+    return {
+        "clock_offset_s": round(seen.offset_s, 1) if seen else None,
+        "clock_refused": seen.refused if seen else False,
     }
 
 
@@ -292,12 +312,25 @@ def plan_json(svc: FleetService, site: str | None) -> dict[str, Any]:
 
 
 def create_app(
-    svc: FleetService, admin: AdminAccess, planning: Planning | None = None
+    svc: FleetService,
+    admin: AdminAccess,
+    planning: Planning | None = None,
+    health: ManagerHealth | None = None,
 ) -> SteerFastPath:
-    return SteerFastPath(svc, create_api(svc, planning or Planning(svc, in_process=True)), admin)
+    api = create_api(svc, planning or Planning(svc, in_process=True), health)
+    return SteerFastPath(svc, api, admin)
 
 
-def create_api(svc: FleetService, planning: Planning) -> FastAPI:
+def health_metrics(health: ManagerHealth | None) -> str:
+    writable = 1 if health is None or health.store_writable() else 0
+    help_text = ("1 while the fleet database takes writes; 0 from a failed write until one "
+                 "goes through (a full disk: plans, keys and counts are not saved).")  # fmt: skip
+    return render([("edgeflix_fleet_store_writable", "gauge", help_text, [Sample({}, writable)])])
+
+
+def create_api(
+    svc: FleetService, planning: Planning, health: ManagerHealth | None = None
+) -> FastAPI:
     """Every route but the hot `GET /steer` (see SteerFastPath)."""
     app = FastAPI(title="Edgeflix fleet manager", version="1")
 
@@ -307,11 +340,16 @@ def create_api(svc: FleetService, planning: Planning) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        # "degraded" with a 200, not a 503: steering and beats still work, and a probe that
+        # restarts or unroutes a manager on a 503 would take those away without freeing a
+        # byte. As an appliance's /healthz stays 200 for its full disk (its 503 is for a
+        # serving worker down); monitoring alerts on the status, or on the gauge below.
+        problem = health.problem() if health is not None else None
+        return {"status": "ok"} if problem is None else {"status": "degraded", "reason": problem}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
-        return svc.metrics()
+        return svc.metrics() + health_metrics(health)
 
     @app.get("/appliances")
     async def appliances() -> list[dict[str, Any]]:

@@ -344,7 +344,9 @@ def plan(
     policy: PlannerPolicy | None = None,
     site_demand: Mapping[str, Mapping[str, float]] | None = None,
 ) -> FillPlan:
-    """Plan every appliance. `site_demand[site]`, when given, replaces `demand` for that site."""
+    """Plan every appliance that can be (`plannable`); one that cannot keeps its previous
+    part, and one with none is left out. `site_demand[site]`, when given, replaces `demand`
+    for that site."""
     policy = policy or PlannerPolicy()
     sites = sorted({a.site for a in appliances})
     rows: dict[str, tuple[str, tuple[PlannedTitle, ...]]] = {}
@@ -360,9 +362,14 @@ def plan(
         for name, titles in placed.items():
             rows[name] = (site, tuple(titles))
     for a in appliances:  # not plannable now: keep what they were told last
-        if a.name not in rows:
-            kept = previous.for_appliance(a.name) if previous else None
-            rows[a.name] = (a.site, kept.titles if kept else ())
+        kept = previous.for_appliance(a.name) if previous and a.name not in rows else None
+        if kept is not None:
+            rows[a.name] = (a.site, kept.titles)
+        # With nothing told before (just enrolled or re-enrolled, no beat yet; its registry
+        # lost or `fleet rm`): left out, not planned empty. An empty plan is an order to
+        # prune, and the appliance deleted its whole library for it, to fetch it all again
+        # once its beat had said what it holds. Left out, it is answered "no plan" and
+        # keeps what it has until it is planned from a beat.
     plans = {
         name: ApplianceFillPlan(
             name,

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import hashlib
 import logging
+import os
 import socket
 import sqlite3
 import ssl
@@ -35,7 +36,7 @@ from edgeflix.http.server import ServerSettings, bind
 from edgeflix.log import event
 from edgeflix.proto.codec import MAX_MESSAGE_BYTES
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
-from fleet.admin import AdminAccess, is_loopback, load_or_create_token
+from fleet.admin import TOKEN_FILE, AdminAccess, is_loopback, load_or_create_token
 from fleet.config import FleetConfig, ServerConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.grpc_api import FleetServicer
@@ -43,14 +44,19 @@ from fleet.http import create_app, steering_protocol
 from fleet.model import check_title
 from fleet.planning import Planning
 from fleet.service import FleetService, OriginTitle
-from fleet.store import Store, check_db_path, private_folder
-from fleet.tls import CertAuthority, https_context, listener_hosts
+from fleet.store import Store, StoreError, check_db_path, private_folder
+from fleet.tls import CA_CERT, CA_KEY, CertAuthority, https_context, listener_hosts
 
 log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
 SHUTDOWN_GRACE_S = 5.0
 TICK_S = 1.0
 SOFT_STATE_SAVE_S = 300.0
+# Sooner while the database took no write since one failed: the save is retried, and its
+# going through is what says the database takes writes again when nothing else writes.
+SOFT_STATE_RETRY_S = 30.0
+# A tick failing tick after tick (the database's disk full) is said once, then this often.
+TICK_FAILED_LOG_S = 60.0
 
 
 class _HttpServer(uvicorn.Server):
@@ -189,16 +195,94 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
     return out
 
 
+class TickHealth:
+    """How the background ticks fare, for the log, `/healthz` and `/metrics`. A failing
+    tick is logged when the trouble starts, then once a minute with how many failed since:
+    with the database's disk full every planning round failed, a line every 2 s that said
+    nothing new and buried the rest.
+
+    A failed store write stays the problem until the store takes one again (its changes
+    count moves on a tick that does not fail): ticks that write nothing say nothing of the
+    disk, and clearing on them made a full disk read healthy between planning rounds."""
+
+    def __init__(self, db: str | Path, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.db = str(db)
+        self.monotonic = monotonic
+        self.tick_problem: str | None = None  # why the last tick failed
+        self.store_problem: str | None = None  # why the store's last write failed
+        self._changes = 0  # the store's changes count when that write failed
+        self._failed = 0  # ticks failed since the trouble started
+        self._unlogged = 0  # of which not said yet
+        self._logged_at = float("-inf")
+
+    def problem(self) -> str | None:
+        """What /healthz reports: None when all is well."""
+        if self.store_problem is not None:
+            return f"writes to {self.db} fail: {self.store_problem}"
+        if self.tick_problem is not None:
+            return f"background work (key rotation, planning) is failing: {self.tick_problem}"
+        return None
+
+    def store_writable(self) -> bool:
+        return self.store_problem is None
+
+    def failed(self, error: str, store: bool, changes: int) -> None:
+        now = self.monotonic()
+        first = self.problem() is None
+        self.tick_problem = error
+        if store:
+            self.store_problem, self._changes = error, changes
+        self._failed += 1
+        self._unlogged += 1
+        if not first and now - self._logged_at < TICK_FAILED_LOG_S:
+            return
+        if store:
+            action = (
+                "free space on, or repair, the filesystem holding it: until then no plan, key "
+                "rotation or count is saved (steering and beats go on)"
+            )
+        else:
+            action = "retried every tick; key rotation and planning wait for it"
+        fields: dict[str, Any] = {"error": error, "db": self.db, "action": action}
+        if not first:
+            fields["failed_ticks"] = self._unlogged
+        event(log, "fleet.tick_failed", logging.ERROR, **fields)
+        self._logged_at, self._unlogged = now, 0
+
+    def passed(self, changes: int) -> None:
+        if self.problem() is None:
+            return
+        self.tick_problem = None
+        if self.store_problem is not None and changes != self._changes:
+            self.store_problem = None
+        if self.problem() is None:
+            event(log, "fleet.tick_recovered", failed_ticks=self._failed, db=self.db)
+            self._failed = self._unlogged = 0
+            self._logged_at = float("-inf")
+
+
+def _store_changes(svc: FleetService) -> int:
+    """Rows the manager's database connection has written since it opened (a statement
+    whose transaction then failed counts too: read after a failure, it is the baseline)."""
+    try:
+        return svc.store.conn.total_changes
+    except sqlite3.Error:  # closed: the manager is stopping
+        return -1
+
+
 async def ticker(
     svc: FleetService,
     config: FleetConfig,
     planning: Planning,
     monotonic: Callable[[], float] = time.monotonic,
+    health: TickHealth | None = None,
 ) -> None:
     """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
-    logged, never fatal. Intervals are timed on `monotonic`, not the wall clock: a wall
-    clock stepped back (NTP, an RTC kept in local time) stopped planning, origin polls and
-    soft-state saves for as long as the step, for good after a step of years."""
+    logged (TickHealth), never fatal. Intervals are timed on `monotonic`, not the wall
+    clock: a wall clock stepped back (NTP, an RTC kept in local time) stopped planning,
+    origin polls and soft-state saves for as long as the step, for good after a step of
+    years."""
+    health = health if health is not None else TickHealth(config.server.db, monotonic)
     last_plan = last_poll = float("-inf")
     last_save = monotonic()
     origin = OriginCatalog(config.origin.url)
@@ -223,26 +307,87 @@ async def ticker(
                 if fresh or now - last_plan >= config.planner.interval_s:
                     last_plan = now
                     await planning.replan()
-                if now - last_save >= SOFT_STATE_SAVE_S:
+                every = SOFT_STATE_SAVE_S if health.store_writable() else SOFT_STATE_RETRY_S
+                if now - last_save >= every:
                     last_save = now
                     svc.save_soft_state()
             except (FleetError, sqlite3.Error) as exc:
-                event(log, "fleet.tick_failed", logging.ERROR, error=str(exc))
+                store = isinstance(exc, StoreError | sqlite3.Error)
+                health.failed(str(exc), store, _store_changes(svc))
             except Exception as exc:
                 # Anything else too: a ticker that died would silently stop key rotation
                 # and planning for as long as the manager runs.
-                event(log, "fleet.tick_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+                health.failed(f"{type(exc).__name__}: {exc}", False, _store_changes(svc))
+            else:
+                health.passed(_store_changes(svc))
             await asyncio.sleep(TICK_S)
 
 
 def sole_manager(db: Path) -> pidlock.ProcessLock:
     """A lock beside `db` held for the manager's life (the kernel drops it if it dies): two
-    managers on one database would each rotate keys and plan, and one's writes be lost."""
+    managers on one database would each rotate keys and plan, and one's writes be lost.
+
+    Beside the database's real path (symlinks and `..` resolved), where SQLite opens it
+    too: a second manager given a symlink to the database locked a file of its own and
+    ran. Not on the database file itself: closing any descriptor of that file drops every
+    POSIX lock this process's SQLite holds on it, and pidlock writes its pid into the file
+    it locks and removes it after a failed start. A hard link, another name of the file in
+    another folder, no lock file beside one name can see: refused (hard_linked)."""
     try:
-        return pidlock.take(Path(f"{db}.lock"))
+        real = db.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before 3.13
+        raise FleetError(f"cannot resolve the database path {db}: {exc}") from None
+    hard_linked(real)
+    try:
+        return pidlock.take(Path(f"{real}.lock"))
     except pidlock.LockHeld as exc:
         pid = f" (pid {exc.pid})" if exc.pid else ""
-        raise FleetError(f"another fleet manager{pid} uses this database: {db}") from None
+        shown = str(db) if real == Path(os.path.abspath(db)) else f"{db} (which is {real})"
+        raise FleetError(f"another fleet manager{pid} uses this database: {shown}") from None
+
+
+def hard_linked(db: Path) -> None:
+    """Refuse a database file with more than one name (a hard link): each name gets its own
+    -wal and -shm from SQLite, so a manager (or `fleet` command) on the other name writes
+    past this one's, and no lock file beside one name is seen from the other."""
+    try:
+        links = db.stat().st_nlink
+    except OSError:  # missing (made new), or unreadable: the store's open says why
+        return
+    if links > 1:
+        raise FleetError(
+            f"the fleet database {db} has {links} names (hard links): SQLite keeps a -wal "
+            f"and -shm per name, so another name's users would corrupt it; remove the other "
+            f"links (find / -xdev -samefile {db}) or use a copy"
+        )
+
+
+def warn_new_database(db: Path) -> None:
+    """Said at start when the database is new while files made with an earlier one are
+    beside it: the database was lost, or a backup restored to the wrong place. Those files
+    outlive it (the admin token, the CA), but the enrolments went with it, so every
+    appliance is refused until it enrols again. A -wal or -shm beside it is the old one's:
+    one restoring a backup over them would have SQLite apply them to it."""
+    try:
+        new = db.stat().st_size == 0  # SQLite takes an empty file as a new database
+    except FileNotFoundError:
+        new = True
+    except OSError:  # unreadable: the store's open says why
+        return
+    if not new:
+        return
+    beside = [Path(f"{db}-wal"), Path(f"{db}-shm")]
+    beside += [db.parent / name for name in (TOKEN_FILE, CA_CERT, CA_KEY)]
+    earlier = ", ".join(str(p) for p in beside if p.exists())
+    if earlier:
+        event(
+            log,
+            "fleet.database_new",
+            logging.WARNING,
+            reason=f"fleet database {db} is new but {earlier} from an earlier one are beside it",
+            action="appliances enrolled before must be given new join tokens; if you meant "
+            f"to restore a backup, stop and copy it in (delete {db.name}-wal and -shm first)",
+        )
 
 
 async def serve(config: FleetConfig) -> None:
@@ -289,8 +434,10 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     # room past the cap), so a crowd there leaves the rest to the appliances' gRPC, the
     # database and the planner.
     limits = fit_connections(ServerSettings(open_files=0))
+    warn_new_database(Path(config.server.db))  # before the store makes it
     store = Store(Path(config.server.db))
     svc = FleetService(config, store)
+    ticks = TickHealth(config.server.db)
     svc.maybe_rotate_keys()
 
     tls = config.server
@@ -347,7 +494,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     hhost, hport = http_sock.getsockname()[:2]
     http = _HttpServer(
         uvicorn.Config(
-            create_app(svc, admin, planning),
+            create_app(svc, admin, planning, ticks),
             http=steering_protocol(svc, max_connections=limits.max_connections),
             ws="none",  # no websocket route: an upgrade request is answered as HTTP
             log_level="warning",
@@ -369,7 +516,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
         await _stop(health_servicer, grpc_server, planning, svc, store)
         return
     http_task = asyncio.create_task(http.serve(sockets=[http_sock]))
-    tick_task = asyncio.create_task(ticker(svc, config, planning))
+    tick_task = asyncio.create_task(ticker(svc, config, planning, health=ticks))
     # What is alive now (modules, schemas, the registry, the loaded state) lives as long as
     # the process. Frozen, it is out of the collector's sight: a full collection walked it
     # all, ~35 ms with the loop stopped, which was most of /steer's p99.

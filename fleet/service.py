@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 
 from edgeflix.log import event
 from edgeflix.metrics import Sample, render
+from edgeflix.proto import auth
 from edgeflix.tokens import SigningKey
+from fleet.clocks import ApplianceClocks
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.keys import (
@@ -145,6 +147,8 @@ class FleetService:
         self.current_plan: FillPlan | None = store.plan()
         self._plan_digest: tuple[FillPlan, bytes] | None = None
         self.outcomes: Counter[str] = Counter()
+        self.auth_refusals: Counter[str] = Counter()  # signed calls refused, by reason
+        self.clocks = ApplianceClocks()
         self.fill_now: set[str] = set()
         # Set when the fleet changed enough that waiting for the next planning round is wasteful.
         self.replan_due = True
@@ -407,6 +411,35 @@ class FleetService:
                 version=plan.version,
             )
 
+    def auth_refused(self, error: auth.AuthError) -> None:
+        """A signed call refused: counted by reason; one refused for its time (an appliance
+        whose clock is off: no RTC, no NTP) is also noted for `fleet ls`/`show` and logged,
+        once in a while per appliance. The manager answers it with its own time, which the
+        appliance corrects the time it signs at with (appliance/fleetlink_rpc.py)."""
+        self.auth_refusals[error.reason] += 1
+        call = error.skewed
+        if call is None:
+            return
+        now, mono = self.clock(), self.monotonic()
+        seen = self.clocks.refused(call.name, call.signed_at, call.correction, now, mono)
+        if seen is not None:
+            event(
+                log,
+                "fleet.clock_skew",
+                logging.WARNING,
+                appliance=call.name,
+                signed=round(call.signed_at, 3),
+                fleet=round(now, 3),
+                clock_offset_s=round(seen.offset_s, 1),
+                action=f"its calls are refused while more than {auth.MAX_SKEW_S:g} s off this "
+                "manager's clock; it corrects the time it signs at from our answer (a version "
+                "that can), but set its clock right (NTP), or this manager's if that is off",
+            )
+
+    def auth_accepted(self, name: str, correction: float) -> None:
+        """A signed call of `name` accepted, signed at its clock plus `correction`."""
+        self.clocks.accepted(name, correction, self.clock())
+
     def set_drained(self, name: str, drained: bool) -> None:
         self.store.set_drained(name, drained)
         self._reread(name)
@@ -419,6 +452,7 @@ class FleetService:
         self.records.pop(name, None)
         self.beats.pop(name, None)
         self.fill_now.discard(name)
+        self.clocks.forget(name)
         self._changed()
         # Its titles go to its site peers on the next tick, not the next planning round.
         self.replan_due = True
@@ -697,6 +731,13 @@ class FleetService:
                     "gauge",
                     "Enrolled appliances by state.",
                     [Sample({"state": s}, n) for s, n in sorted(states.items())],
+                ),
+                (
+                    "edgeflix_fleet_auth_refusals_total",
+                    "counter",
+                    "Signed gRPC calls refused, by reason (clock_skew: signed more than "
+                    f"{auth.MAX_SKEW_S:g} s from this manager's clock).",
+                    [Sample({"reason": r}, self.auth_refusals[r]) for r in auth.REFUSAL_REASONS],
                 ),
                 (
                     "edgeflix_fleet_plan_version",

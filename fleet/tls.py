@@ -41,6 +41,11 @@ CA_DAYS = 3650
 # new enrolment is how an appliance's certificate is replaced.
 CLIENT_DAYS = 3650
 SERVER_DAYS = 825
+# Every certificate is valid from a day before it is made: appliances without a real-time
+# clock or NTP (a Raspberry Pi) often run minutes or hours behind the manager, and the server
+# certificate is made anew at each manager start, so a box behind by more than a few minutes
+# failed TLS after every restart. Each certificate still lives its `*_DAYS` in all.
+BACKDATE = datetime.timedelta(days=1)
 
 
 def _now() -> datetime.datetime:
@@ -113,15 +118,15 @@ class CertAuthority:
                 _publish(cert_path)
                 return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
             key = ec.generate_private_key(ec.SECP256R1())
-            now = _now()
+            since = _now() - BACKDATE
             cert = (
                 x509.CertificateBuilder()
                 .subject_name(_name("edgeflix fleet CA"))
                 .issuer_name(_name("edgeflix fleet CA"))
                 .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+                .not_valid_before(since)
+                .not_valid_after(since + datetime.timedelta(days=CA_DAYS))
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .sign(key, hashes.SHA256())
             )
@@ -141,15 +146,15 @@ class CertAuthority:
         usage: x509.ObjectIdentifier,
         days: int,
     ) -> bytes:
-        now = _now()
+        since = _now() - BACKDATE  # see BACKDATE
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(since)
+            .not_valid_after(since + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

@@ -220,7 +220,8 @@ def test_a_plan_made_while_the_plan_moved_on_is_dropped_and_made_again(tmp_path:
 def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> None:
     svc = service(tmp_path)
     svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))
-    svc.heartbeat("h1", Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
+    disks = (TierSpace("hdd", 10**12),)  # planned once a beat says what its disks hold
+    svc.heartbeat("h1", Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=disks), {})
     svc.replan()
     assert [p["name"] for p in plan_json(svc, "home")["appliances"]] == ["h1"]
     assert plan_json(svc, "lab")["appliances"] == []
@@ -296,7 +297,8 @@ def test_a_removed_appliance_leaves_the_plan_at_the_next_tick(tmp_path: Path) ->
     svc = service(tmp_path)
     for name in ("h1", "h2"):
         svc.enrol("", name, f"http://192.168.1.2{name[1]}:8081", auth.public_key(b"k" * 32))
-        svc.heartbeat(name, Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
+        disks = (TierSpace("hdd", 10**12),)
+        svc.heartbeat(name, Beat(at=svc.clock(), sequence=1, capacity_bps=1e9, tiers=disks), {})
     svc.replan()
     assert not svc.replan_due
     svc.remove("h1")

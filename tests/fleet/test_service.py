@@ -447,6 +447,8 @@ def test_a_sites_new_fill_window_reaches_its_appliances_as_a_new_version(tmp_pat
     svc = service(tmp_path, clock)
     enrol(svc, "h1", "home")
     enrol(svc, "l1", "lab")
+    beat(svc, "h1", 1)  # planned once beating (an appliance not heard from is left out)
+    beat(svc, "l1", 1)
     svc.set_origin_titles([OriginTitle("a", "da", 4 * GB)])
     first = svc.replan()
     assert svc.replan().version == first.version  # nothing changed: no new version
