@@ -40,10 +40,10 @@ from fleet.model import (
     parse_address,
 )
 from fleet.registry import Beat
-from fleet.server import OriginCatalog, catalog_from_json
 from fleet.service import FleetService, OriginTitle
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
+from fleet.ticker import OriginCatalog, catalog_from_json
 from tests.fleet.test_http import get
 
 SITES = (

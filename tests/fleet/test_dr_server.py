@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fleet import server
+from fleet import ticker
 from tests.conftest import run_cli
 from tests.integration.realdisk_support import MakeDisks, real_disks
 from tests.integration.serve_support import Server, start
@@ -204,7 +204,7 @@ def test_a_failing_tick_is_said_at_once_then_once_a_minute_with_a_count(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = Steady()
-    health = server.TickHealth("/srv/fleet/fleet.sqlite", clock)
+    health = ticker.TickHealth("/srv/fleet/fleet.sqlite", clock)
     said = lambda: [r for r in caplog.records if r.getMessage() == "fleet.tick_failed"]  # noqa: E731
     with caplog.at_level("INFO", logger="fleet"):
         health.failed("database or disk is full", True, 7)
@@ -224,7 +224,7 @@ def test_a_failing_tick_is_said_at_once_then_once_a_minute_with_a_count(
 
 
 def test_a_tick_failing_for_another_reason_clears_on_the_next_tick_that_passes() -> None:
-    health = server.TickHealth("fleet.sqlite", Steady())
+    health = ticker.TickHealth("fleet.sqlite", Steady())
     health.failed("UnavailableError: the planner process died twice", False, 3)
     assert health.store_writable() and "planner" in (health.problem() or "")
     health.passed(3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet import server
+from fleet import ticker
 from fleet.config import FleetConfig, SiteConfig
 from fleet.planning import Planning
 from fleet.service import POPULARITY_META, FleetService
@@ -61,8 +61,8 @@ class SteppingClock:
 def test_a_wall_clock_stepped_back_stops_no_poll_and_no_save(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server, "TICK_S", 0.05)
-    monkeypatch.setattr(server, "SOFT_STATE_SAVE_S", 0.3)
+    monkeypatch.setattr(ticker, "TICK_S", 0.05)
+    monkeypatch.setattr(ticker, "SOFT_STATE_SAVE_S", 0.3)
     clock = SteppingClock()
     with origin() as (url, handler):
         cfg = FleetConfig.model_validate(
@@ -77,7 +77,7 @@ def test_a_wall_clock_stepped_back_stops_no_poll_and_no_save(
 
         async def run() -> tuple[int, bool]:
             planning = Planning(svc)
-            task = asyncio.create_task(server.ticker(svc, cfg, planning))
+            task = asyncio.create_task(ticker.ticker(svc, cfg, planning))
             try:
                 for _ in range(100):  # the first poll, in at most 10 s
                     if handler.reads:
@@ -106,8 +106,8 @@ def test_an_origin_url_httpx_cannot_use_is_an_unreadable_origin_not_a_failed_tic
 ) -> None:
     """httpx.InvalidURL is no httpx.HTTPError: it failed the whole tick, every tick, so no
     plan and no soft-state save ran while the origin's URL was one httpx refuses."""
-    monkeypatch.setattr(server, "TICK_S", 0.05)
-    monkeypatch.setattr(server, "SOFT_STATE_SAVE_S", 0.3)
+    monkeypatch.setattr(ticker, "TICK_S", 0.05)
+    monkeypatch.setattr(ticker, "SOFT_STATE_SAVE_S", 0.3)
     cfg = FleetConfig.model_validate(
         {
             "server": {"db": str(tmp_path / "fleet.sqlite")},
@@ -120,7 +120,7 @@ def test_an_origin_url_httpx_cannot_use_is_an_unreadable_origin_not_a_failed_tic
 
     async def run() -> bool:
         planning = Planning(svc)
-        task = asyncio.create_task(server.ticker(svc, cfg, planning))
+        task = asyncio.create_task(ticker.ticker(svc, cfg, planning))
         try:
             store.set_meta(POPULARITY_META, "")
             for _ in range(100):  # several polls, and a save in at most 10 s

@@ -1,0 +1,216 @@
+"""The fleet manager's background ticks (fleet/server.py runs `ticker` beside its
+listeners): key rotation on schedule, re-planning, reading the origin's catalogue, saving
+soft state; and `TickHealth`, which says when the database stopped taking the ticks' writes
+(a full disk), for /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgeflix.log import event
+from fleet.config import FleetConfig
+from fleet.errors import FleetError, FleetInputError
+from fleet.model import check_title
+from fleet.planning import Planning
+from fleet.service import FleetService, OriginTitle
+from fleet.store import StoreError
+
+log = logging.getLogger("fleet")
+TICK_S = 1.0
+SOFT_STATE_SAVE_S = 300.0
+# Sooner while the database took no write since one failed: the save is retried, and its
+# going through is what says the database takes writes again when nothing else writes.
+SOFT_STATE_RETRY_S = 30.0
+# A tick failing tick after tick (the database's disk full) is said once, then this often.
+TICK_FAILED_LOG_S = 60.0
+
+
+class OriginCatalog:
+    """The origin's `GET /titles`, read every poll and parsed only when its bytes changed:
+    thousands of titles parsed and looked up in the database every few seconds were, on
+    the loop that answers /steer, tens of ms of stall for a catalogue that rarely moves."""
+
+    def __init__(self, origin_url: str) -> None:
+        self.url = origin_url.rstrip("/") + "/titles"
+        self._digest = b""
+        self._read = b""
+
+    async def read(self, client: httpx.AsyncClient) -> list[OriginTitle] | None:
+        """The titles, or None when the answer is the one applied last time."""
+        resp = await client.get(self.url)
+        resp.raise_for_status()
+        digest = hashlib.sha256(resp.content).digest()
+        if digest == self._digest:
+            return None
+        titles = catalog_from_json(resp.json())
+        self._read = digest
+        return titles
+
+    def applied(self) -> None:
+        """The titles read last are stored: the same answer is not applied again. Not
+        before: a listing whose database write failed is applied again on the next poll."""
+        self._digest = self._read
+
+
+def catalog_from_json(doc: Any) -> list[OriginTitle]:
+    """The origin's `GET /titles` answer; ValueError when it is not one (`[origin] url`
+    names another server). Entries no origin makes (a title id that is no safe path
+    component, a record that is not an object) are left out, not planned."""
+    titles = doc.get("titles") if isinstance(doc, dict) else None
+    if not isinstance(titles, list):
+        raise ValueError("the answer to GET /titles has no 'titles' list: is [origin] url right?")
+    out = []
+    for t in titles:
+        if not isinstance(t, dict) or not isinstance(t.get("id"), str):
+            continue
+        try:
+            title_id = check_title(t["id"])
+            # What an appliance stores: the media and files.json (an older origin lists
+            # only the media; the planner's headroom absorbs the difference then).
+            total = int(t.get("total_bytes") or 0) + int(t.get("files_json_bytes") or 0)
+        except (FleetInputError, TypeError, ValueError):
+            continue
+        digest = t.get("digest")
+        out.append(OriginTitle(title_id, digest if isinstance(digest, str) else "", total))
+    if titles and not out:
+        # Read as an empty catalogue it would withdraw every title from steering.
+        raise ValueError(f"none of the {len(titles)} entries of GET /titles is a title")
+    return out
+
+
+class TickHealth:
+    """How the background ticks fare, for the log, `/healthz` and `/metrics`. A failing
+    tick is logged when the trouble starts, then once a minute with how many failed since:
+    with the database's disk full every planning round failed, a line every 2 s that said
+    nothing new and buried the rest.
+
+    A failed store write stays the problem until the store takes one again (its changes
+    count moves on a tick that does not fail): ticks that write nothing say nothing of the
+    disk, and clearing on them made a full disk read healthy between planning rounds."""
+
+    def __init__(self, db: str | Path, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.db = str(db)
+        self.monotonic = monotonic
+        self.tick_problem: str | None = None  # why the last tick failed
+        self.store_problem: str | None = None  # why the store's last write failed
+        self._changes = 0  # the store's changes count when that write failed
+        self._failed = 0  # ticks failed since the trouble started
+        self._unlogged = 0  # of which not said yet
+        self._logged_at = float("-inf")
+
+    def problem(self) -> str | None:
+        """What /healthz reports: None when all is well."""
+        if self.store_problem is not None:
+            return f"writes to {self.db} fail: {self.store_problem}"
+        if self.tick_problem is not None:
+            return f"background work (key rotation, planning) is failing: {self.tick_problem}"
+        return None
+
+    def store_writable(self) -> bool:
+        return self.store_problem is None
+
+    def failed(self, error: str, store: bool, changes: int) -> None:
+        now = self.monotonic()
+        first = self.problem() is None
+        self.tick_problem = error
+        if store:
+            self.store_problem, self._changes = error, changes
+        self._failed += 1
+        self._unlogged += 1
+        if not first and now - self._logged_at < TICK_FAILED_LOG_S:
+            return
+        if store:
+            action = (
+                "free space on, or repair, the filesystem holding it: until then no plan, key "
+                "rotation or count is saved (steering and beats go on)"
+            )
+        else:
+            action = "retried every tick; key rotation and planning wait for it"
+        fields: dict[str, Any] = {"error": error, "db": self.db, "action": action}
+        if not first:
+            fields["failed_ticks"] = self._unlogged
+        event(log, "fleet.tick_failed", logging.ERROR, **fields)
+        self._logged_at, self._unlogged = now, 0
+
+    def passed(self, changes: int) -> None:
+        if self.problem() is None:
+            return
+        self.tick_problem = None
+        if self.store_problem is not None and changes != self._changes:
+            self.store_problem = None
+        if self.problem() is None:
+            event(log, "fleet.tick_recovered", failed_ticks=self._failed, db=self.db)
+            self._failed = self._unlogged = 0
+            self._logged_at = float("-inf")
+
+
+def _store_changes(svc: FleetService) -> int:
+    """Rows the manager's database connection has written since it opened (a statement
+    whose transaction then failed counts too: read after a failure, it is the baseline)."""
+    try:
+        return svc.store.conn.total_changes
+    except sqlite3.Error:  # closed: the manager is stopping
+        return -1
+
+
+async def ticker(
+    svc: FleetService,
+    config: FleetConfig,
+    planning: Planning,
+    monotonic: Callable[[], float] = time.monotonic,
+    health: TickHealth | None = None,
+) -> None:
+    """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
+    logged (TickHealth), never fatal. Intervals are timed on `monotonic`, not the wall
+    clock: a wall clock stepped back (NTP, an RTC kept in local time) stopped planning,
+    origin polls and soft-state saves for as long as the step, for good after a step of
+    years."""
+    health = health if health is not None else TickHealth(config.server.db, monotonic)
+    last_plan = last_poll = float("-inf")
+    last_save = monotonic()
+    origin = OriginCatalog(config.origin.url)
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        while True:
+            now = monotonic()
+            try:
+                svc.maybe_rotate_keys()
+                if now - last_poll >= config.origin.poll_s:
+                    last_poll = now
+                    try:
+                        titles = await origin.read(client)
+                        if titles is not None:
+                            svc.set_origin_titles(titles)
+                            origin.applied()
+                    # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's
+                    # fault, not a failed tick that skips planning and saves.
+                    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
+                        event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
+                # A new appliance gets its first plan on its first beats, not minutes later.
+                fresh = svc.replan_due and all(n in svc.beats for n in svc.records)
+                if fresh or now - last_plan >= config.planner.interval_s:
+                    last_plan = now
+                    await planning.replan()
+                every = SOFT_STATE_SAVE_S if health.store_writable() else SOFT_STATE_RETRY_S
+                if now - last_save >= every:
+                    last_save = now
+                    svc.save_soft_state()
+            except (FleetError, sqlite3.Error) as exc:
+                store = isinstance(exc, StoreError | sqlite3.Error)
+                health.failed(str(exc), store, _store_changes(svc))
+            except Exception as exc:
+                # Anything else too: a ticker that died would silently stop key rotation
+                # and planning for as long as the manager runs.
+                health.failed(f"{type(exc).__name__}: {exc}", False, _store_changes(svc))
+            else:
+                health.passed(_store_changes(svc))
+            await asyncio.sleep(TICK_S)
