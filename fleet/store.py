@@ -259,12 +259,21 @@ def _reason(exc: OSError | sqlite3.Error, path: Path) -> str:
 
 
 def _free_bytes(path: Path) -> int | None:
-    """What this process may still write beside `path` (root may use the reserved blocks)."""
+    """The free space beside `path` as `df` shows it: f_bavail, without the blocks reserved
+    for root. Not f_bfree for root: whether this process may use those is the filesystem's
+    to say (a root in a user namespace may not), and f_bfree then showed the reserve (5% of
+    an ext4 disk: gigabytes) beside a write refused for room, hiding the "full" hint."""
     try:
         st = os.statvfs(path if path.exists() else path.parent)
     except OSError:
         return None
-    return (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    return st.f_bavail * st.f_frsize
+
+
+def _not_writable(exc: OSError | sqlite3.Error, path: Path) -> str:
+    """Which database a refused write was for: a host may run more than one manager, and
+    the CLI shows this line far from the manager's config."""
+    return f"the fleet database is not writable now: {path}: {_reason(exc, path)}"
 
 
 # Every write runs on the event loop that also answers heartbeats and /steer: waiting on a
@@ -325,9 +334,7 @@ class Store:
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise StoreError(
-                f"the fleet database is not writable now: {_reason(exc, self.path)}"
-            ) from None
+            raise StoreError(_not_writable(exc, self.path)) from None
         try:
             yield self.conn
             self.conn.execute("COMMIT")
@@ -335,9 +342,7 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(
-                    f"the fleet database is not writable now: {_reason(exc, self.path)}"
-                ) from None
+                raise StoreError(_not_writable(exc, self.path)) from None
             raise
 
     # -- appliances and enrolment ------------------------------------------------------
