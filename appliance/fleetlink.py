@@ -850,7 +850,9 @@ class FleetLink:
         if resp is None:
             return False
         if not resp.unchanged:
-            self.apply_keys(keys_from_proto(resp.keys), rebase=rebase, digest=resp.keys.digest)
+            incoming = keys_from_proto(resp.keys)
+            self.apply_keys(incoming, rebase=rebase, digest=resp.keys.digest,
+                            rebased=resp.keys.rebased)  # fmt: skip
         return True
 
     def apply_keys(
@@ -859,7 +861,9 @@ class FleetLink:
         *,
         rebase: bool = False,
         digest: bytes = b"",
+        rebased: bool = False,
     ) -> str:
+        """`rebased`: the fleet marked the set re-stamped after a restore (KeySet.rebased)."""
         result = receive(None if rebase else self.keys, incoming, check_keys)
         if result.action != "applied":
             level = logging.ERROR if result.action == "rejected" else logging.INFO
@@ -872,8 +876,9 @@ class FleetLink:
             )
             return result.action
         running = self.keys
-        # Enrolling again, a version not above ours is another database's (restored, new).
-        other = rebase and running is not None and incoming.version <= running.version
+        # Enrolling again, a version not above ours is another database's (restored, new);
+        # so is a set the fleet marks rebased: it restored a backup and moved past our set.
+        other = rebased or (rebase and running is not None and incoming.version <= running.version)
         held = running.payload if running is not None else ()
         update = next_key_history(
             held, self.key_history, incoming.payload, self.clock(), other_lineage=other

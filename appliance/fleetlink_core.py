@@ -453,7 +453,10 @@ def next_key_history(
     that, and its set is no successor of `running`: the keys of `running` it lacks were made
     after the backup, not revoked, so they are carried until their end instead.
     `other_lineage` says the same without a returning key: a set fetched on enrolling again
-    under a version not above ours (versions only rise within one fleet database)."""
+    under a version not above ours (versions only rise within one fleet database), or one
+    the fleet marks rebased (KeySet.rebased: re-stamped above ours by a manager restored
+    from a backup, which cannot tell a revocation from a key made after its backup). A key
+    revoked before stays revoked, never carried."""
     ids = {k.id for k in incoming}
     revoked = {i: u for i, u in history.revoked.items() if u > now or i in ids}
     returned = tuple(sorted(ids & revoked.keys()))

@@ -204,6 +204,14 @@ def _timed_read(
     return out, time.thread_time() - start
 
 
+def _claimed_name(context: grpc.aio.ServicerContext) -> str:
+    """The appliance name a call says it comes from (unverified: for the log only)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == auth.NAME:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return ""
+
+
 async def _only_its_own(asked: str, caller: str, context: grpc.aio.ServicerContext) -> None:
     """A request naming an appliance (optional) must name the caller: one appliance's
     beats, plan and keys are never another's business."""
@@ -257,16 +265,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         try:
             return self._verified(context, method, body)
         except auth.AuthError as exc:
-            trailers = self._auth_refused(exc)
+            trailers = self._auth_refused(exc, context)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers)
             raise  # abort raises; this keeps type checkers satisfied
 
-    def _auth_refused(self, exc: auth.AuthError) -> tuple[tuple[str, str], ...]:
-        """Counted (and noted, a clock off: FleetService.auth_refused); the trailing metadata
-        to refuse it with: our time when the call's was too far from it, from which the
-        appliance learns how to sign so we take its calls. The details stay what
-        auth.refusal_of reads, for appliances that know no trailer."""
-        self.service.auth_refused(exc)
+    def _auth_refused(
+        self, exc: auth.AuthError, context: grpc.aio.ServicerContext
+    ) -> tuple[tuple[str, str], ...]:
+        """Counted (and noted, a clock off or a name not enrolled: FleetService.auth_refused);
+        the trailing metadata to refuse it with: our time when the call's was too far from
+        it, from which the appliance learns how to sign so we take its calls. The details
+        stay what auth.refusal_of reads, for appliances that know no trailer."""
+        self.service.auth_refused(exc, _claimed_name(context), context.peer() or "")
         return auth.fleet_time(self.service.clock()) if exc.reason == "clock_skew" else ()
 
     def _verified(self, context: grpc.aio.ServicerContext, method: str, body: bytes) -> str:
@@ -343,10 +353,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if ca is not None and rec.name != request.name:
                 cert = ca.client_cert(rec.name, request.tls_public_key)
         except auth.AuthError as exc:
-            trailers = self._auth_refused(exc)
+            trailers = self._auth_refused(exc, context)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers)
             raise
         except FleetError as exc:
+            if isinstance(exc, EnrolmentRefused | OpenEnrolmentFull):
+                self.service.enrolment_refused(str(exc), request.name, context.peer() or "")
             await context.abort(_status(exc), str(exc))
             raise
         return fleet_pb2.EnrolResponse(
@@ -387,7 +399,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         try:
             name = self._verified(context, "Heartbeat", body)
         except auth.AuthError as exc:
-            trailers = self._auth_refused(exc)
+            trailers = self._auth_refused(exc, context)
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc), trailers) from None
         if request.appliance and request.appliance != name:  # as _only_its_own
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED, "a call for another appliance")
@@ -481,7 +493,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             if k.id in valid
         ]
         return fleet_pb2.KeysResponse(
-            keys=fleet_pb2.KeySet(version=svc.keys.version, keys=keys, digest=svc.keys_digest())
+            keys=fleet_pb2.KeySet(
+                version=svc.keys.version,
+                keys=keys,
+                digest=svc.keys_digest(),
+                rebased=svc.keys_rebased(),
+            )
         )
 
     async def Steer(

@@ -118,6 +118,16 @@ def rotate(
     return KeySet(version=version, keys=(*kept, new))
 
 
+def rebase(keys: KeySet, above: int, now: float, policy: KeyPolicy, secret: bytes) -> KeySet:
+    """`keys` moved past a key set this fleet did not issue (appliances run version `above`,
+    or this version with other content: the database was restored from a backup), under a
+    version above both, with a key made of `secret` signing from `now`. Not re-stamped as
+    it is: the backup's signing key may have been revoked after the backup, a revocation
+    this database lost and appliances remember (they refuse that key's URLs)."""
+    return rotate(replace(keys, version=max(above, keys.version)), now, policy, secret,
+                  immediate=True)  # fmt: skip
+
+
 def cover_token_ttl(keys: KeySet, now: float, policy: KeyPolicy) -> KeySet:
     """`keys` with every key that may still sign (see `signers`) marked as signing tokens
     of `policy.max_token_ttl_s`, under a new version when a mark rose (appliances must learn
@@ -200,7 +210,9 @@ class Signer:
     since: int  # the key set version an appliance must run to hold it
 
 
-def signers(keys: KeySet, now: float, policy: KeyPolicy) -> tuple[Signer, ...]:
+def signers(
+    keys: KeySet, now: float, policy: KeyPolicy, *, newest_only: bool = False
+) -> tuple[Signer, ...]:
     """The keys a URL may be signed with at `now`, best first: the signing key, then, for
     appliances that have not fetched the key set carrying it yet (for a heartbeat or two
     after a rotation, longer for one that cannot reach the fleet), the keys it replaced,
@@ -216,9 +228,16 @@ def signers(keys: KeySet, now: float, policy: KeyPolicy) -> tuple[Signer, ...]:
     (appliance/fleetlink_core.py usable_keys) and never look at `activates`, so such a URL
     is accepted by every appliance holding the key (`since`, see key_for), while an
     unsigned one is refused by each with tokens required. Best first is by key set
-    version: after a clock step back, the newest key is not the one activating last."""
+    version: after a clock step back, the newest key is not the one activating last.
+
+    `newest_only`: the set was rebased (see `rebase`): its older keys are a backup's, which
+    appliances may have revoked since; an appliance that has not fetched the newest key is
+    left out (for a beat) rather than handed a URL signed with one of them."""
     alive = [k for k in keys.keys if k.retires is None or now < k.retires + policy.skew_s]
     usable = [k for k in alive if k.activates <= now or k.retires is not None] or alive
+    if newest_only and keys.keys:
+        # (Or all of them, when the newest waits out its lead: a rotation's, not a rebase's.)
+        usable = [k for k in usable if k.since >= _newest(keys).since] or usable
     usable.sort(key=lambda k: (k.since, k.activates), reverse=True)
     return tuple(Signer(SigningKey(k.id, k.secret), k.since) for k in usable)
 

@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,7 +25,7 @@ from edgeflix.log import event
 from edgeflix.metrics import Sample, render
 from edgeflix.proto import auth
 from edgeflix.tokens import SigningKey
-from fleet.clocks import ApplianceClocks
+from fleet.clocks import LOG_EVERY_S, MAX_TRACKED, ApplianceClocks
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.keys import (
@@ -34,6 +34,7 @@ from fleet.keys import (
     cover_token_ttl,
     digest,
     key_for,
+    rebase,
     revoke_now,
     rotate,
     rotation_due,
@@ -71,8 +72,62 @@ SNAPSHOT_MAX_AGE_S = 1.0
 MAX_VERSION_JUMP = 1_000_000
 POPULARITY_META = "popularity"
 BEATS_META = "last_beats"
+# The key ids of the set a catch-up made (see _rebase_keys): while the key set holds exactly
+# these (no rotation or revocation since), it goes out marked `rebased`.
+KEYS_REBASED_META = "keys_rebased"
+# Of the names a refusal is about (made up by anyone who reaches the port), this many are
+# logged in LOG_EVERY_S at most; the rest are counted at /metrics only.
+MAX_NAMES_LOGGED = 50
+RESTORED_ACTION = (
+    "key revocations and rotations made after the backup are lost here: revoke again any key "
+    "revoked since (edgeflix fleet keys revoke ID); appliances keep refusing the ones they saw "
+    "revoked"
+)
+UNKNOWN_ACTION = (
+    "not in this fleet's database (removed, or the database was lost or restored): give it a "
+    "new join token (edgeflix fleet join-token --site S)"
+)
 # How much the fleet's taste counts in a site's demand, relative to the site's own.
 SITE_BLEND = 0.25
+
+
+class NameLog:
+    """Which names a refusal is logged for now: each at most once in `every_s`, at most
+    `per_window` names in `every_s` in all, `limit` names remembered (the least recently
+    logged forgotten first), as fleet/clocks.py keeps its readings. The names come from
+    callers nobody enrolled, so neither memory nor the log grows with how many they make
+    up. `mono`: monotonic seconds."""
+
+    def __init__(
+        self,
+        every_s: float = LOG_EVERY_S,
+        limit: int = MAX_TRACKED,
+        per_window: int = MAX_NAMES_LOGGED,
+    ) -> None:
+        self.every_s, self.limit, self.per_window = every_s, limit, per_window
+        self._logged: OrderedDict[str, float] = OrderedDict()
+        self._window = (float("-inf"), 0)  # its start, names logged in it
+
+    def due(self, name: str, mono: float) -> bool:
+        last = self._logged.get(name)
+        if last is not None and 0 <= mono - last < self.every_s:
+            return False
+        start, count = self._window
+        if not 0 <= mono - start < self.every_s:
+            start, count = mono, 0
+        if count >= self.per_window:
+            return False
+        self._window = (start, count + 1)
+        self._logged.pop(name, None)
+        self._logged[name] = mono
+        while len(self._logged) > self.limit:
+            self._logged.popitem(last=False)
+        return True
+
+
+def said_name(text: str) -> str:
+    """A name a caller sent, as a log line may show it: printable, 80 characters at most."""
+    return "".join(c for c in text[:80] if c.isprintable())
 
 
 class OpenEnrolmentFull(FleetError):
@@ -144,11 +199,24 @@ class FleetService:
             store.save_keyset(covered)
             self.keys = covered
         self._keys_digest: tuple[KeySet, bytes] | None = None
+        self._rebased_ids = _key_ids(store.meta(KEYS_REBASED_META))
+        # A catch-up rotates once per start (a restore is a restart): an appliance reporting
+        # a higher version beat after beat must not make a key each time.
+        self._rotated_on_catch_up = False
         self.current_plan: FillPlan | None = store.plan()
+        # Set by a catch-up of the plan (see _catch_up_plan): the plan a round must go above,
+        # and from then on the plans adopted leave out appliances not heard since this start
+        # (their beats are the backup's); the round in flight with whom it leaves out.
+        self._plan_floor = 0
+        self._plan_restored = False
+        self._job_left_out: tuple[PlanJob, frozenset[str]] | None = None
+        self._heard: set[str] = set()  # appliances with a beat taken since this start
         self._plan_digest: tuple[FillPlan, bytes] | None = None
         self.outcomes: Counter[str] = Counter()
         self.auth_refusals: Counter[str] = Counter()  # signed calls refused, by reason
         self.clocks = ApplianceClocks()
+        self._unknown_log = NameLog()
+        self._enrolment_log = NameLog()
         self.fill_now: set[str] = set()
         # Set when the fleet changed enough that waiting for the next planning round is wasteful.
         self.replan_due = True
@@ -294,6 +362,10 @@ class FleetService:
             # and reports it, one beat later.
             beat = replace(beat, keys_version=0)
         self.beats[name] = beat
+        if name not in self._heard:
+            self._heard.add(name)
+            # Left out of the plans since a catch-up until now: planned from this beat.
+            self.replan_due = self.replan_due or self._plan_restored
         deltas = {t: float(b) for t, b in counts.items() if self._countable(t, beat)}
         self.popularity.add(deltas, beat.at)
         site = self.site_popularity.get(self.records[name].site)
@@ -368,8 +440,8 @@ class FleetService:
         appliance may run a higher version, or the same version with other content (the
         backup's next rotation made another key under the number the appliance already
         runs). Appliances fetch only a version above their own and never apply one version
-        twice with other content; so ours is re-stamped above theirs (same content), which
-        they then fetch and apply whole.
+        twice with other content; so ours moves above theirs, which they then fetch and
+        apply whole.
 
         Why this rules the race out rather than narrowing it: a version number may be
         reused, but never silently. Every beat carries the digest of what the appliance
@@ -378,45 +450,97 @@ class FleetService:
         first beat to a restored manager, or days later, back from an outage), a conflict
         is seen and moved past. Learning the highest version before issuing one could not
         do that: an appliance that is off during the restore reports only later."""
-        keys, current = self.keys, self.current_plan
-        if self._foreign_keys(beat) and beat.keys_version <= keys.version + MAX_VERSION_JUMP:
-            self.store.save_keyset(replace(keys, version=max(beat.keys_version, keys.version) + 1))
-            self.keys = self.store.keyset()
-            self._changed()
+        if self._foreign_keys(beat) and beat.keys_version <= self.keys.version + MAX_VERSION_JUMP:
+            self._rebase_keys(name, beat.keys_version)
+        current = self.current_plan
+        ours = current.version if current is not None else 0
+        if ours < beat.plan_version <= ours + MAX_VERSION_JUMP or (
+            current is not None
+            and beat.plan_version == ours
+            and beat.plan_digest
+            and beat.plan_digest != self.plan_digest()
+        ):
+            self._catch_up_plan(name, beat.plan_version, ours)
+
+    def _rebase_keys(self, name: str, reported: int) -> None:
+        """Our key set above the version `name` reports, marked rebased (KeySet.rebased):
+        the keys it holds that ours lacks were made after the backup, not revoked. With a
+        new key signing at once: the backup's signing key may have been revoked since, and
+        appliances refuse it (they remember revocations), so every URL signed with it until
+        the next scheduled rotation (up to a day) would fail."""
+        keys, rotated = self.keys, not self._rotated_on_catch_up
+        if rotated:
+            policy = self.config.key_policy()
+            new = rebase(keys, reported, self.clock(), policy, self.entropy(32))
+        else:  # rotated at this start already: that key is this manager's own
+            new = replace(keys, version=max(reported, keys.version) + 1)
+        ids = sorted(k.id for k in new.keys)
+        # The mark first: alone (the key set's write failing) it names ids no key set holds.
+        self.store.set_meta(KEYS_REBASED_META, json.dumps(ids))
+        self._rebased_ids = frozenset(ids)
+        self.store.save_keyset(new)
+        self.keys = self.store.keyset()
+        self._rotated_on_catch_up = True
+        self._changed()
+        event(log, "fleet.keys_version_caught_up", logging.WARNING, appliance=name,
+              reported=reported, version=self.keys.version)  # fmt: skip
+        if rotated:
             event(
                 log,
-                "fleet.keys_version_caught_up",
-                logging.WARNING,
+                "fleet.restored_from_backup",
+                logging.ERROR,
                 appliance=name,
-                reported=beat.keys_version,
+                reported=reported,
                 version=self.keys.version,
+                signing=self._signers(self.clock())[0].key.id,
+                reason=f"appliance {name} runs key set {reported}, which this manager did not "
+                f"issue (it had {keys.version}): its database was restored from a backup, or "
+                "replaced; a new key signs from now",
+                action=RESTORED_ACTION,
             )
-        if current is not None and (
-            current.version < beat.plan_version <= current.version + MAX_VERSION_JUMP
-            or (
-                beat.plan_version == current.version
-                and beat.plan_digest
-                and beat.plan_digest != self.plan_digest()
-            )
-        ):
-            plan = replace(current, version=max(beat.plan_version, current.version) + 1)
-            self.store.save_plan(plan)
-            self.current_plan = plan
+
+    def _catch_up_plan(self, name: str, reported: int, ours: int) -> None:
+        """The plan `name` runs is not ours (version `reported`): the next round's plan goes
+        out above it. Ours is not re-stamped and sent as it is: it is the backup's, and an
+        appliance applying it deletes the titles planned since (a plan moments later
+        fetches them again). A round planned before this beat is not adopted, and the rounds
+        from now leave out appliances not heard from since this start (their beats, like the
+        plan, are the backup's): they keep what they run until they beat."""
+        if reported > self._plan_floor:
             event(
                 log,
                 "fleet.plan_version_caught_up",
                 logging.WARNING,
                 appliance=name,
-                reported=beat.plan_version,
-                version=plan.version,
+                reported=reported,
+                version=ours,
+                action="the next plan, made from what appliances report holding, goes out "
+                "above it; appliances not heard from since this start keep their plans until "
+                "they beat",
             )
+        self._plan_floor = max(self._plan_floor, reported)
+        self._plan_restored = True
+        self._job_left_out = None
+        self.replan_due = True
 
-    def auth_refused(self, error: auth.AuthError) -> None:
+    def keys_rebased(self) -> bool:
+        """Whether the key set is one a catch-up made (no rotation or revocation since)."""
+        return bool(self.keys.keys) and self._rebased_ids == {k.id for k in self.keys.keys}
+
+    def auth_refused(self, error: auth.AuthError, name: str = "", peer: str = "") -> None:
         """A signed call refused: counted by reason; one refused for its time (an appliance
         whose clock is off: no RTC, no NTP) is also noted for `fleet ls`/`show` and logged,
         once in a while per appliance. The manager answers it with its own time, which the
-        appliance corrects the time it signs at with (appliance/fleetlink_rpc.py)."""
+        appliance corrects the time it signs at with (appliance/fleetlink_rpc.py).
+
+        One from a name not enrolled (`name`, as the call says; `peer`, where it came from)
+        is logged once in a while per name: a box that calls in to a manager whose database
+        was lost or restored, or after `fleet rm`, is otherwise refused in silence."""
         self.auth_refusals[error.reason] += 1
+        shown = said_name(name)
+        if error.reason == "unknown_appliance" and self._unknown_log.due(shown, self.monotonic()):
+            event(log, "fleet.unknown_appliance", logging.WARNING, appliance=shown,
+                  peer=said_name(peer), action=UNKNOWN_ACTION)  # fmt: skip
         call = error.skewed
         if call is None:
             return
@@ -436,6 +560,14 @@ class FleetService:
                 "that can), but set its clock right (NTP), or this manager's if that is off",
             )
 
+    def enrolment_refused(self, reason: str, name: str, peer: str) -> None:
+        """An Enrol refused (an unknown, used or expired join token, a name taken by another
+        key, open enrolment full): logged once in a while per name, as unknown names are."""
+        shown = said_name(name)
+        if self._enrolment_log.due(shown, self.monotonic()):
+            event(log, "fleet.enrolment_refused", logging.WARNING, reason=reason,
+                  appliance=shown, peer=said_name(peer))  # fmt: skip
+
     def auth_accepted(self, name: str, correction: float) -> None:
         """A signed call of `name` accepted, signed at its clock plus `correction`."""
         self.clocks.accepted(name, correction, self.clock())
@@ -451,6 +583,7 @@ class FleetService:
         self.store.remove(name)
         self.records.pop(name, None)
         self.beats.pop(name, None)
+        self._heard.discard(name)
         self.fill_now.discard(name)
         self.clocks.forget(name)
         self._changed()
@@ -525,7 +658,7 @@ class FleetService:
         ]
         since = max((t for t in edges if t <= now), default=float("-inf"))
         until = min((t for t in edges if t > now), default=float("inf"))
-        found = signers(self.keys, now, self.config.key_policy())
+        found = signers(self.keys, now, self.config.key_policy(), newest_only=self.keys_rebased())
         self._signing = (self.keys, since, until, found)
         return found
 
@@ -630,7 +763,7 @@ class FleetService:
             )
             for site, counts in self.site_popularity.items()
         }
-        return PlanJob(
+        job = PlanJob(
             self.snapshot().appliances,
             demand(fleet_wide),
             catalog,
@@ -638,23 +771,32 @@ class FleetService:
             self.config.planner_policy(),
             site_demand,
         )
+        if self._plan_restored:  # see _catch_up_plan
+            unheard = frozenset(a.name for a in job.appliances if a.name not in self._heard)
+            self._job_left_out = (job, unheard)
+        return job
 
     def adopt_plan(self, job: PlanJob, new: FillPlan) -> FillPlan | None:
         """Make `new` (planned from `job`) the current plan. Dropped, and planned again on
-        the next tick, when the current plan moved on while it was made (an appliance's
-        version caught up, one was removed): versions only ever rise, from the plan they
-        were made from. Appliances removed meanwhile are never in what it adopts."""
+        the next tick, when the current plan moved on while it was made (one was removed),
+        or an appliance's plan caught up since: versions only ever rise, from the plan they
+        were made from. Appliances removed meanwhile are never in what it adopts; after a
+        catch-up, nor are those not heard from since this start (see _catch_up_plan)."""
         current = self.current_plan
-        if current is not job.previous:
+        left_out = self._left_out_of(job)
+        if current is not job.previous or left_out is None:
             self.replan_due = True
             return current
         gone = {a.name for a in job.appliances if a.name not in self.records}
         if gone:
             # Removed while this was planned, with no plan to move on (none yet): taken out
             # before anyone sees it; its titles go to its peers in the round planned next.
-            new = FillPlan(new.version, without_appliances(new, gone))
             self.replan_due = True
+        if gone or left_out:
+            new = FillPlan(new.version, without_appliances(new, gone | left_out))
         new = self.with_schedules(new, job.previous)
+        if new.version <= self._plan_floor:  # above what appliances run (_catch_up_plan)
+            new = FillPlan(self._plan_floor + 1, new.appliances)
         if current is not None and new.version == current.version:
             # Same content: keep the version as made, with its diff against the one before
             # (a new diff against itself would say nothing changed, unlike the stored one).
@@ -663,6 +805,14 @@ class FleetService:
         event(log, "fleet.plan", version=new.version, appliances=len(new.appliances))
         self.current_plan = new
         return new
+
+    def _left_out_of(self, job: PlanJob) -> frozenset[str] | None:
+        """Who `job`'s plan leaves out (see _catch_up_plan); None: it is not to be adopted,
+        planned before a catch-up."""
+        if not self._plan_restored:
+            return frozenset()
+        made = self._job_left_out
+        return made[1] if made is not None and made[0] is job else None
 
     def with_schedules(self, new: FillPlan, previous: FillPlan | None) -> FillPlan:
         """`new` with what each appliance's part is published with (its site's window and
@@ -753,6 +903,17 @@ class FleetService:
                 ),
             ]
         )
+
+
+def _key_ids(raw: str | None) -> frozenset[str] | None:
+    """The ids KEYS_REBASED_META keeps (None: none, or not readable)."""
+    try:
+        ids = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
+    return frozenset(ids)
 
 
 def _json_or_empty(raw: str | None) -> dict[str, Any]:

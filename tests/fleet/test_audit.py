@@ -196,9 +196,9 @@ def test_equal_prefixes_in_two_sites_are_refused_nested_ones_allowed(tmp_path: P
 
 
 def test_a_plan_made_while_the_plan_moved_on_is_dropped_and_made_again(tmp_path: Path) -> None:
-    """Planning runs beside the loop (fleet/planning.py): when the current plan changed in
-    the meantime (an appliance's version caught up), the result was made from an old plan
-    and is not adopted; the next tick plans again."""
+    """Planning runs beside the loop (fleet/planning.py): when an appliance's version caught
+    up in the meantime, the result was made before its beat and is not adopted; the next
+    tick plans again, above the version it runs."""
     svc = service(tmp_path)
     svc.enrol("", "h1", "http://192.168.1.20:8081", auth.public_key(auth.new_private_key()))
     svc.heartbeat("h1", Beat(at=svc.clock(), sequence=1, capacity_bps=1e9), {})
@@ -210,11 +210,10 @@ def test_a_plan_made_while_the_plan_moved_on_is_dropped_and_made_again(tmp_path:
         "h1", Beat(at=svc.clock(), sequence=2, capacity_bps=1e9, plan_version=first.version + 5),
         {},
     )  # fmt: skip
-    moved = svc.current_plan
-    assert moved is not None and moved.version == first.version + 6
-    assert svc.adopt_plan(job, job.run()) is moved and svc.current_plan is moved
+    assert svc.current_plan is first  # not re-stamped and sent as it is (the backup's)
+    assert svc.adopt_plan(job, job.run()) is first and svc.current_plan is first
     assert svc.replan_due
-    assert svc.replan().version == moved.version  # made from the current one: same content
+    assert svc.replan().version == first.version + 6  # made after the beat, above its version
 
 
 def test_plan_of_an_unknown_site_is_a_404_not_an_empty_plan(tmp_path: Path) -> None:
@@ -358,6 +357,7 @@ def test_a_manager_restored_from_a_backup_overtakes_the_versions_appliances_run(
         {},
     )
     assert restored.keys.version > running_keys
+    restored.replan()  # the next round, made from h1's beat, goes out above what it runs
     assert restored.current_plan is not None and restored.current_plan.version > running_plan
     # What an appliance does with the versions it now hears of: applies them.
     mine = Versioned("keys", running_keys, ("lost timeline",))

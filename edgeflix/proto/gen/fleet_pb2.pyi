@@ -239,14 +239,16 @@ class Key(_message.Message):
     def __init__(self, id: _Optional[str] = ..., secret: _Optional[bytes] = ..., activates: _Optional[float] = ..., retires: _Optional[float] = ..., verify_until: _Optional[float] = ..., verify_for_s: _Optional[float] = ...) -> None: ...
 
 class KeySet(_message.Message):
-    __slots__ = ("version", "keys", "digest")
+    __slots__ = ("version", "keys", "digest", "rebased")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REBASED_FIELD_NUMBER: _ClassVar[int]
     version: int
     keys: _containers.RepeatedCompositeFieldContainer[Key]
     digest: bytes
-    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., digest: _Optional[bytes] = ...) -> None: ...
+    rebased: bool
+    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., digest: _Optional[bytes] = ..., rebased: _Optional[bool] = ...) -> None: ...
 
 class GetKeysRequest(_message.Message):
     __slots__ = ("appliance", "have_version")
