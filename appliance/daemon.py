@@ -231,11 +231,16 @@ class Daemon:
             supervisor.fleet_keys = dict(keys)
             supervisor.publish_keys(self.config)
 
+        def set_clock_correction(correction: float) -> None:
+            supervisor.fleet_correction = correction
+            supervisor.publish_keys(self.config)
+
         sinks = LinkSinks(
             health=lambda: box_health(monitor.report()),
             traffic=lambda: traffic_of(supervisor.view().stats),
             submit_plan=scheduler.submit_plan,
             set_keys=set_keys,
+            set_clock_correction=set_clock_correction,
             fill_state=scheduler.state,
             out_of_service=monitor.out_of_service,
         )

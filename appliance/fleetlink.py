@@ -34,6 +34,7 @@ from appliance.fleetlink_core import (
     build_beat,
     check_keys,
     check_plan,
+    clock_note,
     effective_keys,
     keys_from_proto,
     link_health,
@@ -90,6 +91,9 @@ class LinkSinks:
     set_keys: Callable[[dict[str, bytes]], None]
     fill_state: Callable[[], dict[str, Any]] = dict
     out_of_service: Callable[[], set[str]] = set
+    # The workers check token expiries at their clock plus this (fleetlink_rpc's correction:
+    # the fleet signs them on its clock); it goes to them with the keys (appliance/keyfile.py).
+    set_clock_correction: Callable[[float], None] = lambda correction: None
 
 
 class FleetLink:
@@ -132,6 +136,7 @@ class FleetLink:
         self.last_error: str | None = None
         self.beats = 0
         self._published_keys: dict[str, bytes] | None = None
+        self._published_correction = 0.0  # the workers start with none
         self._fill_now_runs: int | None = None
         self._fill_now_pending = False
         self._contact_saved: float | None = None  # `monotonic` at the last save
@@ -270,6 +275,8 @@ class FleetLink:
                 "plan_version": self.plan.version if self.plan else 0,
                 "keys_version": self.keys.version if self.keys else 0,
                 "counts_unacknowledged": len(self.ledger.unsent()),
+                "clock_correction_s": round(self.rpc.correction, 1),
+                "clock": clock_note(self.rpc.correction),
             }
 
     def health_view(self, tokens_required: bool) -> FleetLinkView:
@@ -385,6 +392,9 @@ class FleetLink:
         returns how long to wait before the next."""
         wait = self._interval_s
         try:
+            # Before any call: one signed with a correction a clock step made wrong would be
+            # refused, and the refusal taken for this box's clock being off.
+            self._follow_clock()
             if self._afresh_due:
                 self._afresh_due = False
                 self._enrol_afresh()
@@ -813,7 +823,7 @@ class FleetLink:
 
     def _submit(self, stored: StoredPlan, *, window: bool = True) -> None:
         keys = self._verifying_keys()
-        now = self.clock()
+        now = self._fleet_now()  # peers check the tokens at the fleet's time too
         doc = sign_peer_sources(stored.document, keys, now, PEER_TOKEN_TTL_S)
         key = signing_key(keys, now)
         self._peer_key = key.id if key else None
@@ -880,8 +890,10 @@ class FleetLink:
         # so is a set the fleet marks rebased: it restored a backup and moved past our set.
         other = rebased or (rebase and running is not None and incoming.version <= running.version)
         held = running.payload if running is not None else ()
+        # At the fleet's time, as it retires keys: a box behind it would take a key dropped
+        # at its end for one revoked before it, and refuse it after a restore.
         update = next_key_history(
-            held, self.key_history, incoming.payload, self.clock(), other_lineage=other
+            held, self.key_history, incoming.payload, self._fleet_now(), other_lineage=other
         )
         self.state_store.save_keys(incoming, digest, update.history)
         with self._lock:
@@ -923,18 +935,27 @@ class FleetLink:
                 "nothing is signed with them any more",
             )
 
+    def _fleet_now(self) -> float:
+        """The fleet's time, which key periods and token expiries are on."""
+        return self.rpc.fleet_time()
+
     def _verifying_keys(self) -> tuple[FleetKey, ...]:
         """The keys tokens are checked (and peer URLs signed) with: fleetlink_core."""
         return effective_keys(self.keys.payload if self.keys else (), self.key_history)
 
     def _publish_keys(self) -> None:
         """Hand the workers the keys usable now, when that set changed (a key's verification
-        period ended, a new set arrived, the grace period ran out)."""
+        period ended, a new set arrived, the grace period ran out), and the clock correction
+        they check tokens with, when it changed."""
         keys = self._verifying_keys()
-        usable = usable_keys(keys, self.clock(), self.phase, self.fleet.after_grace)
+        usable = usable_keys(keys, self._fleet_now(), self.phase, self.fleet.after_grace)
         if usable != self._published_keys:
             self.sinks.set_keys(usable)
             self._published_keys = usable
+        correction = self.rpc.correction
+        if correction != self._published_correction:
+            self.sinks.set_clock_correction(correction)
+            self._published_correction = correction
 
     # -- the grace period ------------------------------------------------------------------
 
@@ -951,12 +972,14 @@ class FleetLink:
         one that ran ahead): the last contact, saved at the old reading, is saved again on
         the new one, as the next start and `appliance status` read it. Else a contact saved
         at 1970 outlives the clock's fix, and a power cut then reads as 56 years without
-        the fleet."""
+        the fleet. A correction learned of the fleet's time moves back by the step (the
+        fleet's time did not move), and the workers get it with the next keys' check."""
         now, mono = self.clock(), self.monotonic()
         before, self._clock_offset = self._clock_offset, now - mono
         if before is None or not wallclock.stepped(before, now - mono):
             return
         event(log, "fleet.clock_stepped", by_s=round(now - mono - before, 1), clock=now)
+        self.rpc.follow_step(now - mono - before)
         if self._contact_mono is None:
             return
         contact = now - max(mono - self._contact_mono, 0.0)
@@ -974,7 +997,7 @@ class FleetLink:
         peer would be refused, and fall back to the origin."""
         if self.plan is None or self._fill_now_runs is not None:
             return
-        key = signing_key(self._verifying_keys(), self.clock())
+        key = signing_key(self._verifying_keys(), self._fleet_now())
         if (key.id if key else None) != self._peer_key:
             self._submit(self.plan)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from appliance.fill.plan import FillPlan, PlanError, parse_plan
+from edgeflix.proto.auth import MAX_CORRECTION_S, MIN_CORRECTION_S
 from edgeflix.proto.codec import MAX_COUNT_ENTRIES, MAX_COUNTS_BYTES, Counts, pack_counts
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned
@@ -391,8 +392,9 @@ def usable_keys(
 # -- revoked and carried keys: key sets of a manager restored from a backup ---------------
 
 # A key the fleet drops this close to its end (or after it) retired; earlier, it was revoked
-# (fleet/keys.py: `rotate` drops a key once its last token expired, `revoke` at once). The
-# margin allows for a clock behind the fleet's.
+# (fleet/keys.py: `rotate` drops a key once its last token expired, `revoke` at once). Judged
+# at the fleet's time (the shell passes its clock plus the learned correction); the margin
+# allows for a clock the fleet takes uncorrected (auth.MAX_SKEW_S) and a beat's lag.
 RETIRE_MARGIN_S = 600.0
 # How long a revoked key stays refused, at least, once the fleet's sets no longer carry it:
 # a backup older than the revocation, restored later, brings it back, often as a key that
@@ -486,6 +488,35 @@ def effective_keys(fleet: tuple[FleetKey, ...], history: KeyHistory) -> tuple[Fl
     ids = {k.id for k in fleet}
     kept = tuple(k for k in fleet if k.id not in history.revoked)
     return kept + tuple(k for k in history.carried if k.id not in ids)
+
+
+# -- this box's clock against the fleet's ---------------------------------------------------
+
+
+def correction_after_step(correction: float, step_s: float) -> float:
+    """The correction (fleet time less this box's clock, fleetlink_rpc) once this box's
+    clock stepped by `step_s` (NTP, `date -s`): the fleet's time did not move, so it shrinks
+    by the step. 0.0 (none) when none was held (the clock read right, or too far off to
+    learn: nothing to go by), and when what is left is a round trip's noise or further than
+    any correction learned (the next refusal says what it is)."""
+    if not correction:
+        return 0.0
+    left = correction - step_s
+    if not MIN_CORRECTION_S <= abs(left) <= MAX_CORRECTION_S:  # NaN too
+        return 0.0
+    return left
+
+
+def clock_note(correction: float) -> str | None:
+    """What /status says of a correction: how far off the box's clock is, and what it is
+    used for (None: none held)."""
+    if not correction:
+        return None
+    return (
+        f"clock off by {-correction:+.0f} s from the fleet manager's: corrected for fleet "
+        "calls, token checks and key periods (fill windows go by this box's clock): set it "
+        "right (NTP)"
+    )
 
 
 # -- TLS failures an operator can act on ----------------------------------------------------

@@ -5,7 +5,9 @@ decides what to call and when; this module only knows how.
 
 A box whose clock is off (no RTC, no NTP) signs at its clock plus the correction it learned
 from the fleet's refusal of a call for its time (as AWS SDKs do on RequestTimeTooSkewed):
-the next call is taken. The correction changes the signed time and nothing else.
+the next call is taken. The link also checks URL tokens and key periods at that time
+(`fleet_time`), as the fleet made them on its clock; a step of this box's clock (NTP) moves
+the correction back by as much (`follow_step`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import grpc
 
 from appliance.config import FleetLinkConfig
+from appliance.fleetlink_core import correction_after_step
 from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
@@ -112,6 +115,10 @@ class FleetRpc:
     def close(self) -> None:
         self.channel.close()
 
+    def fleet_time(self) -> float:
+        """The fleet manager's time as this box knows it: its clock plus the correction."""
+        return self.clock() + self.correction
+
     def enrol(self, request: Any) -> Any:
         """The join token is what enrols a new name; the signature is what the fleet asks
         of a name it has enrolled with this key (a lost reply, a lost client certificate),
@@ -135,21 +142,34 @@ class FleetRpc:
     def _relearn(self, learned: float | None) -> None:
         """A call refused for its time: the correction the fleet's time says, or none (it
         sent no usable time: the one signed with is no better than none). Logged when it
-        changes: the signed time is all it corrects."""
-        new = 0.0 if learned is None else learned
+        changes."""
+        self._set(0.0 if learned is None else learned)
+
+    def follow_step(self, step_s: float) -> None:
+        """This box's clock was stepped by `step_s` (NTP set it): the fleet's time was not,
+        so the correction moves back by as much, rather than the next call being refused
+        for a clock just set right."""
+        self._set(correction_after_step(self.correction, step_s), stepped_s=step_s)
+
+    def _set(self, new: float, stepped_s: float | None = None) -> None:
         if new == self.correction:
             return
         self.correction = new
+        fields = {} if stepped_s is None else {"stepped_s": round(stepped_s, 3)}
+        action = (
+            "calls to the fleet are signed, and URL tokens and key periods checked, at this "
+            "box's clock plus offset_s; fill windows still go by its clock: set it right (NTP)"
+        )
+        if not new:
+            action = "calls to the fleet are signed, and URL tokens checked, at its clock again"
         event(
             log,
             "fleet.clock_offset",
             logging.WARNING,
             offset_s=round(new, 3),
             clock=self.clock(),
-            action="calls to the fleet are signed at this box's clock plus offset_s, but URL "
-            "tokens, keys and fill windows still go by its clock: set it right (NTP)"
-            if new
-            else "calls to the fleet are signed at this box's clock again",
+            action=action,
+            **fields,
         )
 
     def _invoke(self, method: str, request: Any, metadata: Any) -> Any:

@@ -1,5 +1,7 @@
 """URL-token keys handed from the supervisor to its serving workers through a small JSON file,
-so a SIGHUP reload reaches every worker without restarting it or closing a connection.
+so a SIGHUP reload reaches every worker without restarting it or closing a connection. The
+fleet link's clock correction goes with them: the fleet signs token expiries on its clock,
+so a box whose clock is off checks them at its clock plus that correction.
 
 The supervisor (supervisor.py) writes the file atomically with a rising generation; each worker
 (worker.py) checks it with its storage view, forgetting the routes it remembered when the
@@ -17,12 +19,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+# A correction further than this is no clock a box was left at (edgeflix.proto.auth
+# MAX_CORRECTION_S, repeated: workers import the standard library only; a test keeps them
+# equal).
+MAX_CLOCK_CORRECTION_S = 30 * 86_400.0
+
 
 @dataclass(frozen=True)
 class KeySet:
     generation: int
     tokens_required: bool
     keys: Mapping[str, bytes]
+    # Seconds added to this box's clock to check token expiries at the fleet manager's time
+    # (appliance/fleetlink_rpc.py learns it); 0.0 without a fleet or with the clock right.
+    clock_correction: float = 0.0
+
+
+def checked_correction(value: object) -> float:
+    """`value` as a correction; ValueError unless a finite number within the bound."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"clock correction {value!r} is not a number")
+    if not abs(value) <= MAX_CLOCK_CORRECTION_S:  # NaN too
+        raise ValueError(f"clock correction {value!r} is out of range")
+    return float(value)
 
 
 class KeyedSite(Protocol):
@@ -31,6 +50,7 @@ class KeyedSite(Protocol):
     required: bool
     keys: dict[str, bytes]
     keys_generation: int
+    clock_correction: float
 
 
 def write_keys(path: Path, keys: KeySet) -> None:
@@ -38,6 +58,7 @@ def write_keys(path: Path, keys: KeySet) -> None:
         "generation": keys.generation,
         "tokens_required": keys.tokens_required,
         "keys": {kid: base64.b64encode(secret).decode() for kid, secret in keys.keys.items()},
+        "clock_correction": checked_correction(keys.clock_correction),
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
@@ -50,7 +71,9 @@ def write_keys(path: Path, keys: KeySet) -> None:
 def read_keys(path: Path) -> KeySet:
     body = json.loads(path.read_text())
     keys = {str(k): base64.b64decode(v) for k, v in body["keys"].items()}
-    return KeySet(int(body["generation"]), bool(body["tokens_required"]), keys)
+    # Absent in a file from before the correction: none.
+    correction = checked_correction(body.get("clock_correction", 0.0))
+    return KeySet(int(body["generation"]), bool(body["tokens_required"]), keys, correction)
 
 
 class KeyFile:
@@ -81,4 +104,6 @@ class KeyFile:
         site.keys = dict(keys.keys)
         site.required = keys.tokens_required
         site.keys_generation = keys.generation
+        # Not a change of grants: tokens are checked per request, no route is remembered.
+        site.clock_correction = keys.clock_correction
         return changed

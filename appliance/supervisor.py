@@ -83,11 +83,15 @@ def worker_spec(
 
 
 def key_set(
-    config: ApplianceConfig, generation: int, fleet_keys: Mapping[str, bytes] | None = None
+    config: ApplianceConfig,
+    generation: int,
+    fleet_keys: Mapping[str, bytes] | None = None,
+    clock_correction: float = 0.0,
 ) -> KeySet:
-    # The fleet's keys (appliance/fleetlink.py) join the configured ones.
+    # The fleet's keys (appliance/fleetlink.py) join the configured ones; with them, the
+    # correction its link learned of this box's clock (token expiries are the fleet's).
     keys = {**{k.id: k.secret_bytes() for k in config.auth.keys}, **(fleet_keys or {})}
-    return KeySet(generation, config.auth.tokens == "required", keys)
+    return KeySet(generation, config.auth.tokens == "required", keys, clock_correction)
 
 
 # -- serving workers ------------------------------------------------------------------------
@@ -229,6 +233,7 @@ class Supervisor:
         self.keys_file = run_dir / "keys.json"
         self.keys_generation = 0
         self.fleet_keys: dict[str, bytes] = {}
+        self.fleet_correction = 0.0  # seconds the workers add to their clock for tokens
         self._keys_lock = threading.Lock()  # SIGHUP and the fleet link both publish
         self._lock = threading.RLock()  # `workers`, `draining`, `retired`: see the class
         self._abort = threading.Event()  # stopping: a reshape ends after its current worker
@@ -254,7 +259,8 @@ class Supervisor:
 
     def start_workers(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        write_keys(self.keys_file, key_set(self.config, self.keys_generation, self.fleet_keys))
+        keys = key_set(self.config, self.keys_generation, self.fleet_keys, self.fleet_correction)
+        write_keys(self.keys_file, keys)
         for i in range(self.config.serve.workers):
             worker = self._new_worker(i)
             worker.spawn()
@@ -359,7 +365,8 @@ class Supervisor:
             self.config = config
             self.keys_generation += 1
             generation = self.keys_generation
-            write_keys(self.keys_file, key_set(config, generation, self.fleet_keys))
+            keys = key_set(config, generation, self.fleet_keys, self.fleet_correction)
+            write_keys(self.keys_file, keys)
         deadline = time.monotonic() + KEYS_ACK_TIMEOUT_S
         while time.monotonic() < deadline and not self._abort.is_set():
             if all(w.snapshot().get("keys_generation", 0) >= generation for w in self.serving()):

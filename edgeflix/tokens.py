@@ -146,7 +146,11 @@ def verify(
     keys: Mapping[str, bytes],
     now: float,
 ) -> TokenClaims:
-    """The token's claims if it grants `title_id` to `client_ip` at `now`; else a TokenError."""
+    """The token's claims if it grants `title_id` to `client_ip` at `now`; else a TokenError.
+
+    `now` is on the signer's clock, as the expiry is: an appliance in a fleet passes its
+    clock plus the correction its fleet link learned (appliance/keyfile.py), as both the
+    expiry and the bound on it (ExpiryTooFar) are the fleet manager's."""
     parts = token.split(".")
     if len(parts) not in (4, 5) or len(token) > 256:
         raise MalformedToken("token is malformed")

@@ -169,8 +169,9 @@ def test_show_says_what_to_do_about_a_clock_seen_off() -> None:
     refused = clock_line({"clock_offset_s": 600.4, "clock_refused": True})
     assert refused == "clock off by +600 s: its calls are refused; set its clock right (NTP)"
     corrected = clock_line({"clock_offset_s": -600.0, "clock_refused": False}) or ""
-    assert corrected.startswith("clock off by -600 s: it signs its calls with the fleet")
-    assert "URL-token expiry" in corrected and "NTP" in corrected
+    assert corrected.startswith("clock off by -600 s: it uses the fleet manager's time")
+    assert "URL-token expiry" in corrected and "fill windows" in corrected
+    assert "NTP" in corrected
 
 
 # -- fleet/tls.py --------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def test_a_box_ten_minutes_ahead_is_refused_once_then_signs_at_the_fleets_time(
         row = _listed(server, "b1")
         assert row["clock_refused"] is False
         assert row["clock_offset_s"] == pytest.approx(600.0, abs=5)
-        assert "it signs its calls with the fleet manager's time" in _show(server, "b1")
+        assert "it uses the fleet manager's time" in _show(server, "b1")
 
         # NTP sets the box's clock right: the learned correction is now wrong, refused
         # once more, and relearned (to none) from that refusal.
