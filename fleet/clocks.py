@@ -1,10 +1,11 @@
 """What the fleet manager knows of its appliances' clocks: how far off one was when its
 signed calls were refused for their time (edgeflix/proto/auth.py MAX_SKEW_S), or the
 correction it says it signs with since it learned ours. `fleet ls`/`fleet show` show it
-(fleet/http.py); fleet/service.py logs it. Pure: the times come in.
+(fleet/http.py); fleet/refusals.py logs it. Pure: the times come in.
 
 Only enrolled appliances' own calls reach it (their signature is checked before their time),
-and it holds at most `limit` of them, the least recently seen forgotten first.
+and it holds at most `limit` of them, the least recently seen forgotten first. `log_due` is
+the once-in-a-while rule it logs by, shared with fleet/refusals.py's NameLog.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 # logged once in this long, not once a beat.
 LOG_EVERY_S = 300.0
 MAX_TRACKED = 4096
+
+
+def log_due(last: float | None, mono: float, every_s: float) -> bool:
+    """Whether a thing last logged at `last` (monotonic seconds; None: never) is logged again
+    at `mono`: once in `every_s`, and at once if the clock reads before `last`."""
+    return last is None or not 0 <= mono - last < every_s
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class ApplianceClocks:
             return None
         old = self._seen.pop(name, None)
         last = old.logged if old is not None else None
-        due = last is None or not 0 <= mono - last < self.log_every_s
+        due = log_due(last, mono, self.log_every_s)
         reading = ClockReading(offset, True, now, mono if due else last)
         self._keep(name, reading)
         return reading if due else None

@@ -19,11 +19,12 @@ from edgeflix.bucket import TokenBucket
 from edgeflix.proto import auth
 from edgeflix.proto.codec import TITLES_NEEDED, CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.enrolment import OpenEnrolmentFull
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, FillFailure, Health, held_title, known_tier
-from fleet.service import FleetService, OpenEnrolmentFull
+from fleet.service import FleetService
 from fleet.steering import MAX_RATE_BPS
 from fleet.store import EnrolmentRefused, StoreError
 from fleet.tls import CertAuthority

@@ -147,7 +147,7 @@ def cover_token_ttl(keys: KeySet, now: float, policy: KeyPolicy) -> KeySet:
 def digest(keys: KeySet) -> bytes:
     """Identifies a key set's content at its version: appliances report it back beside the
     version, so one version number issued twice with other content (a database restored
-    from a backup, then a rotation) is seen and moved past (fleet/service.py)."""
+    from a backup, then a rotation) is seen and moved past (fleet/catchup.py)."""
     h = hashlib.blake2b(digest_size=16, person=b"edgeflix-keyset")
     h.update(str(keys.version).encode())
     for k in sorted(keys.keys, key=lambda k: k.id):

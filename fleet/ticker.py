@@ -18,11 +18,12 @@ from typing import Any
 import httpx
 
 from edgeflix.log import event
+from fleet.catalogue import OriginTitle
 from fleet.config import FleetConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.model import check_title
 from fleet.planning import Planning
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import StoreError
 
 log = logging.getLogger("fleet")

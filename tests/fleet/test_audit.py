@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
 from edgeflix.versioning import Versioned, receive
+from fleet.catalogue import OriginTitle
 from fleet.client import fleet_url
 from fleet.config import FleetConfig, SiteConfig
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
@@ -40,7 +41,7 @@ from fleet.model import (
     parse_address,
 )
 from fleet.registry import Beat
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.steering import steer
 from fleet.store import EnrolmentRefused, Store, StoreError
 from fleet.ticker import OriginCatalog, catalog_from_json

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fleet.catalogue import OriginTitle
 from fleet.plans import ORIGIN, ApplianceFillPlan, FillPlan, PlannedTitle, without_appliances
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import Store
 from tests.fleet.test_service import GB, Clock, beat, enrol, service
 

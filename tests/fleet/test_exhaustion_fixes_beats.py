@@ -21,10 +21,11 @@ import fleet.service
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from fleet.config import FleetConfig
+from fleet.enrolment import OpenEnrolmentFull
 from fleet.errors import FleetInputError
 from fleet.grpc_api import MAX_HELD_TITLES, FleetServicer, beat_from_proto, tier_spaces
 from fleet.registry import TIERS, beat_from_dict, beat_to_dict, held_title, known_tier
-from fleet.service import FleetService, OpenEnrolmentFull
+from fleet.service import FleetService
 from fleet.store import Store
 
 SHA = hashlib.sha256(b"files.json").hexdigest()

@@ -12,8 +12,8 @@ import pytest
 
 from edgeflix.proto import auth
 from fleet import store as fleet_store
+from fleet.enrolment import JOIN_TOKEN_TTL_S
 from fleet.http import create_app
-from fleet.service import JOIN_TOKEN_TTL_S
 from fleet.store import JoinTokenLimit
 from tests.fleet.test_http import ADMIN
 from tests.fleet.test_service import Clock, service

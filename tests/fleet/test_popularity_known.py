@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from fleet.catalogue import OriginTitle
 from fleet.model import HeldTitle
 from fleet.popularity import DecayedCounts
 from fleet.registry import Beat
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import Store
 from tests.fleet.test_service import GB, Clock, enrol, service
 

@@ -279,7 +279,7 @@ def test_a_box_the_manager_does_not_know_is_said_once_in_a_while(
 
 
 def test_names_are_logged_once_in_a_while_in_bounded_memory() -> None:
-    from fleet.service import NameLog  # here: the other tests run against older code too
+    from fleet.refusals import NameLog  # here: the other tests run against older code too
 
     names = NameLog(every_s=300.0, limit=3, per_window=4)
     assert names.due("a", 0.0) and not names.due("a", 299.0) and names.due("a", 300.0)

@@ -16,7 +16,8 @@ import pytest
 from fleet import ticker
 from fleet.config import FleetConfig, SiteConfig
 from fleet.planning import Planning
-from fleet.service import POPULARITY_META, FleetService
+from fleet.service import FleetService
+from fleet.softstate import POPULARITY_META
 from fleet.store import Store
 
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from edgeflix.proto import auth
+from fleet.catalogue import OriginTitle
 from fleet.config import FleetConfig, SiteConfig
+from fleet.enrolment import JOIN_TOKEN_TTL_S
 from fleet.errors import FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace
 from fleet.registry import REPLAY_WINDOW_S, Beat, beat_to_dict
-from fleet.service import JOIN_TOKEN_TTL_S, FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import EnrolmentRefused, Store
 
 GB = 10**9

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from fleet.http import appliance_json
 from fleet.registry import Beat
-from fleet.service import BEATS_META, FleetService
+from fleet.service import FleetService
+from fleet.softstate import BEATS_META
 from fleet.store import Store
 from tests.fleet.test_service import Clock, config, enrol
 

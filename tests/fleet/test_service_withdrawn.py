@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from fleet.catalogue import OriginTitle
 from fleet.errors import UnknownNameError
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import Store
 from tests.fleet.test_service import GB, Clock, beat, config, enrol
 

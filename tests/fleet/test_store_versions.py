@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import zstandard
 
+from fleet.catalogue import OriginTitle
 from fleet.plans import FillPlan
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import SCHEMA_VERSION, Store, StoreError
 from tests.conftest import run_cli
 from tests.fleet.test_service import GB, Clock, beat, config, enrol, service

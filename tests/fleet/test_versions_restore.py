@@ -11,11 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeflix.versioning import Versioned, receive
+from fleet.catalogue import OriginTitle
 from fleet.config import FleetConfig
 from fleet.keys import KeyPolicy, KeySet, rotate, verification_keys
 from fleet.model import HeldTitle, TierSpace
 from fleet.registry import Beat
-from fleet.service import FleetService, OriginTitle
+from fleet.service import FleetService
 from fleet.store import Store
 from tests.fleet.test_service import GB, Clock, enrol, service
 

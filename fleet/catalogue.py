@@ -1,0 +1,93 @@
+"""The origin's titles as its listings said them (fleet/ticker.py reads `GET /titles` and
+hands each answer to FleetService.set_origin_titles): what is planned, what steering may hand
+out, which counts popularity keeps (fleet/demand.py). No I/O but a log line: the store's
+record of listings (release times, withdrawn titles) comes in with each one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edgeflix.log import event
+from fleet.plans import CatalogTitle
+from fleet.registry import Beat
+
+log = logging.getLogger("fleet")
+
+
+@dataclass(frozen=True)
+class OriginTitle:
+    id: str
+    digest: str
+    total_bytes: int
+
+
+class Catalogue:
+    """The last listing's state. `withdrawn`: see FleetSnapshot.withdrawn, as of the
+    origin's last listing, kept in the store: a restart with the origin unreachable refuses
+    them still."""
+
+    def __init__(self, withdrawn: frozenset[str]) -> None:
+        self.titles: dict[str, OriginTitle] = {}
+        self.read = False  # the origin listed titles at least once (see planned)
+        # What /steer may hand out: the titles of the origin's last listing of any since
+        # this start, None until one (see take).
+        self.listed: frozenset[str] | None = None
+        self.releases: dict[str, float] = {}
+        self.withdrawn = withdrawn
+
+    def take(
+        self,
+        listing: dict[str, OriginTitle],
+        releases: dict[str, float],
+        withdrawn: frozenset[str],
+    ) -> None:
+        """The origin answered its listing, recorded in the store as `releases`, `withdrawn`."""
+        self.titles, self.releases, self.withdrawn = listing, releases, withdrawn
+        # An empty listing is taken as neither the catalogue nor a withdrawal (an origin
+        # pointed at a mistyped or fresh store would prune every appliance and refuse every
+        # title at once): appliances keep and serve what they hold until it lists titles.
+        self.read = bool(listing)
+        if listing:
+            # Steering refuses (404) a title not listed: its origin URL would 404 and no
+            # appliance is planned to hold it. One ingested since the last poll is refused
+            # until the next one reads it, about [origin] poll_s (30 s by default): the
+            # player is told plainly and may retry, nothing at the edge holds it yet, and
+            # asking the origin on the request path would let any client make the manager
+            # call it at will. Before a listing of titles since this start (the origin
+            # unreachable, or listing nothing) nothing is refused this way, and a title no
+            # appliance holds goes to the origin; an empty listing keeps the one before.
+            self.listed = frozenset(listing)
+        else:
+            kept = "appliances keep and serve what they hold until the origin lists titles"
+            event(log, "fleet.origin_empty", logging.WARNING, action=kept)
+
+    def planned(self, beats: Iterable[Beat]) -> dict[str, CatalogTitle]:
+        """The origin's titles. Until it has listed some (unreachable since the manager
+        started, or listing none), the titles appliances report (`beats`) stand in for it;
+        after that, a title the origin no longer lists (withdrawn) is planned nowhere, so
+        appliances prune it."""
+        out: dict[str, CatalogTitle] = {}
+        if not self.read:
+            for beat in beats:
+                for tid, held in beat.titles.items():
+                    if held.complete and held.size_bytes > 0:
+                        out.setdefault(tid, CatalogTitle(held.size_bytes, held.digest))
+        for t in self.titles.values():
+            out[t.id] = CatalogTitle(t.total_bytes, t.digest)
+        return out
+
+    def digests(self) -> dict[str, str]:
+        """Each listed title's digest (steering prefers holders of its current version)."""
+        return {t.id: t.digest for t in self.titles.values()}
+
+    def countable(self, title: str, beat: Beat) -> bool:
+        """Whether a beat's count for `title` is kept: the origin lists it, or (until the
+        origin has listed titles) it listed it once or the sender holds it. Each title
+        counted is an entry in popularity, kept for weeks and saved: an appliance's made-up
+        ids, a million a beat, made gigabytes of them and stalled every planning round."""
+        if self.read:
+            return title in self.titles
+        return title in self.releases or title in beat.titles
