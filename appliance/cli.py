@@ -482,8 +482,9 @@ def _fleet_signing_key(state_dir: Path, key_id: str | None, now: float, expires:
     error naming the longest --ttl): the URL would die early, when the fleet rotates keys."""
     import os
 
-    from appliance.fleetlink_core import signing_key, verified_until
-    from appliance.fleetlink_state import KEYS_FILE, LinkState
+    from appliance.fleetlink_files import KEYS_FILE
+    from appliance.fleetlink_keys import signing_key, verified_until
+    from appliance.fleetlink_state import LinkState
     from edgeflix.errors import ConfigError
     from edgeflix.tokens import SigningKey
 

@@ -15,7 +15,7 @@ from appliance.config import ApplianceConfig
 from appliance.fill.layout import DISK_STAGING
 from appliance.fill.runner import read_state
 from appliance.fleetlink_core import HealthState, HeldTitle, fill_progress, to_fill_plan
-from appliance.fleetlink_state import StoredPlan
+from appliance.fleetlink_files import StoredPlan
 from appliance.hardware import advertised_capacity_bps
 from appliance.monitor import HealthReport
 from edgeflix.http.stats import ServerStats, title_traffic

@@ -1,7 +1,8 @@
 """The fleet link's gRPC plumbing: the channel (plaintext, or TLS with the fleet's CA and,
 once enrolled, the client certificate it issued) and calls signed with the appliance's
-Ed25519 key, every failure raised in one shape (CallFailed). appliance/fleetlink.py
-decides what to call and when; this module only knows how.
+Ed25519 key, every failure raised in one shape (CallFailed). appliance/fleetlink.py and its
+parts (fleetlink_enrol.py, fleetlink_received.py) decide what to call and when; this module
+only knows how.
 
 A box whose clock is off (no RTC, no NTP) signs at its clock plus the correction it learned
 from the fleet's refusal of a call for its time (as AWS SDKs do on RequestTimeTooSkewed):
@@ -20,7 +21,7 @@ from typing import Any
 import grpc
 
 from appliance.config import FleetLinkConfig
-from appliance.fleetlink_core import correction_after_step
+from appliance.fleetlink_clock import correction_after_step
 from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix.config import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError

@@ -4,97 +4,59 @@ and when the fleet last answered. A restart while the fleet manager is down star
 these, so the box serves and verifies tokens without it.
 
 Every file is written whole (temporary name, fsync, rename, fsync of the directory) and the
-secret ones are mode 0600. appliance/fleetlink.py is the only writer.
-
-Versions of the appliance come and go over the same folder (an upgrade, a rollback), so a
-reader ignores fields it does not know, and each file may say its `format` (absent: 1). A
-file of a later format than this code knows is read as one it cannot read. Only the
-enrolment (the box's identity with the fleet) refuses the start then; without a plan the box
-serves what it holds and waits for the fleet's; without keys it refuses token URLs until the
-fleet sends its set; without a contact the grace period counts from the enrolment.
+secret ones are mode 0600. appliance/fleetlink.py is the only writer. What each file holds,
+and how its JSON is checked, is fleetlink_files.py's; here is what a file that does not read
+means for the box (refuse the start, or read it as absent, said with a warning).
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
-import dataclasses
-import hashlib
 import json
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from appliance.fleetlink_core import (
-    FleetKey,
-    KeyHistory,
-    check_keys,
-    check_plan,
-    effective_keys,
+from appliance.fleetlink_files import (
+    CONTACT_FILE,
+    ENROLMENT_FILE,
+    FORMATS,
+    JOIN_FILE,
+    KEY_FILE,
+    KEYS_FILE,
+    PLAN_FILE,
+    PROBLEM_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
+    Enrolment,
+    NewerFormat,
+    SavedKeys,
+    StoredPlan,
+    check_format,
+    enrolment_json,
+    keys_json,
+    parse_contact,
+    parse_enrolment,
+    parse_keys,
+    parse_plan,
+    plan_json,
+    token_digest,
 )
+from appliance.fleetlink_keys import FleetKey, KeyHistory, effective_keys
 from edgeflix import atomicfile, wallclock
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth
 from edgeflix.versioning import Versioned
 
-KEY_FILE = "appliance.key"
-ENROLMENT_FILE = "enrolment.json"
-PLAN_FILE = "plan.json"
-KEYS_FILE = "keys.json"
-CONTACT_FILE = "contact.json"
-TLS_KEY_FILE = "tls.key"  # P-256: grpc's BoringSSL takes no Ed25519 client certificate
-TLS_CERT_FILE = "tls.crt"  # issued by the fleet's CA at enrolment
-PROBLEM_FILE = "problem.json"  # what the link last failed on, for `appliance status`
-JOIN_FILE = "join.json"  # a digest of the join token the enrolment was made with
-
-# The `format` this code reads and writes, per file (absent from a file: 1). A later one is
-# a file this code cannot read. keys.json 2: revoked and carried keys, which a reader that
-# ignored them would verify a revoked key with.
-FORMATS = {
-    ENROLMENT_FILE: 1,
-    PLAN_FILE: 1,
-    KEYS_FILE: 2,
-    CONTACT_FILE: 1,
-    PROBLEM_FILE: 1,
-    JOIN_FILE: 1,
-}
-
 log = logging.getLogger("appliance.fleet")
 
 
 class LinkStateError(EdgeflixError):
     """The fleet link's state folder cannot be read or written."""
-
-
-@dataclass(frozen=True)
-class Enrolment:
-    appliance: str
-    site: str
-    fleet: str  # the gRPC address enrolled with
-    url: str  # the URL the fleet steers players to
-    heartbeat_interval_ms: int
-    enrolled_at: float
-
-
-@dataclass(frozen=True)
-class SavedKeys:
-    keys: Versioned[tuple[FleetKey, ...]]  # the fleet's set, as it sent it
-    digest: bytes  # KeySet.digest (b"": saved without one)
-    history: KeyHistory  # revoked and carried keys (fleetlink_core.next_key_history)
-
-
-@dataclass(frozen=True)
-class StoredPlan:
-    version: int
-    document: dict[str, Any]  # the fill-plan JSON (appliance/fill/plan.py)
-    sizes: dict[str, int]  # title → bytes, for fill progress
-    digest: bytes = b""  # PlanResponse.digest: reported in beats (b"": unknown)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -104,21 +66,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         raise LinkStateError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _number(value: Any) -> float:
-    """A finite JSON number (not a bool, a string or null); ValueError otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a number")
-    return float(value)
-
-
-def _digest(data: dict[str, Any]) -> bytes:
-    """The fleet's digest kept beside a plan or key set (files from before it: none)."""
-    raw = data.get("digest", "")
-    if not isinstance(raw, str):
-        raise ValueError("digest is not a string")
-    return bytes.fromhex(raw)
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
@@ -126,54 +73,6 @@ def _read_json(path: Path) -> Any:
         return None
     except (OSError, ValueError) as exc:
         raise LinkStateError(f"{path} is unreadable ({exc}); remove it to start afresh") from None
-
-
-class NewerFormat(ValueError):
-    """A file written by a later version of the appliance, in a format this one does not know."""
-
-
-def _check_format(data: dict[str, Any], name: str) -> None:
-    """NewerFormat for a `format` above what this code knows; ValueError for one not a
-    whole number."""
-    found = data.get("format", 1)
-    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
-        raise ValueError(f"format {found!r} is not a whole number")
-    if found > FORMATS[name]:
-        raise NewerFormat(
-            f"format {found} (a later version of the appliance wrote it; this one reads "
-            f"{FORMATS[name]})"
-        )
-
-
-def _key(k: Any) -> FleetKey:
-    return FleetKey(
-        str(k["id"]),
-        base64.b64decode(k["secret"], validate=True),
-        _number(k["activates"]),
-        _number(k["retires"]),
-        _number(k["verify_until"]),
-        _number(k.get("verify_for_s", 0)),  # files from before it: not said
-    )
-
-
-def _key_json(k: FleetKey) -> dict[str, Any]:
-    return {**k.__dict__, "secret": base64.b64encode(k.secret).decode()}
-
-
-def _history(data: dict[str, Any]) -> KeyHistory:
-    """Revoked and carried keys beside a saved key set (files from before them: none)."""
-    revoked = data.get("revoked", {})
-    if not isinstance(revoked, dict):
-        raise ValueError("revoked is not an object")
-    carried = tuple(_key(k) for k in data.get("carried", []))
-    if carried:
-        check_keys(carried)
-    return KeyHistory({str(i): _number(u) for i, u in revoked.items()}, carried)
-
-
-def token_digest(token: str) -> str:
-    """What join.json keeps of a join token: enough to tell a new one, nothing to enrol with."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class LinkState:
@@ -259,7 +158,7 @@ class LinkState:
             if not isinstance(data, dict):
                 raise ValueError("not an object")
             try:
-                _check_format(data, ENROLMENT_FILE)
+                check_format(data, ENROLMENT_FILE)
             except NewerFormat as exc:
                 event(
                     log,
@@ -269,23 +168,12 @@ class LinkState:
                     reason=str(exc),
                     action="reading the fields this version knows",
                 )
-            known = {f.name for f in dataclasses.fields(Enrolment)}
-            e = Enrolment(**{k: v for k, v in data.items() if k in known})
-            texts = (e.appliance, e.site, e.fleet, e.url)
-            if not all(isinstance(t, str) for t in texts) or not e.appliance:
-                raise ValueError("a name or address is not text")
-            interval = e.heartbeat_interval_ms
-            if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
-                raise ValueError("heartbeat_interval_ms is not a whole number of ms")
-            return Enrolment(e.appliance, e.site, e.fleet, e.url, interval, _number(e.enrolled_at))
+            return parse_enrolment(data)
         except (TypeError, ValueError):
             raise LinkStateError(f"{path} is damaged; remove it") from None
 
     def save_enrolment(self, e: Enrolment) -> None:
-        # No "format" while it is 1: versions before this one refuse a field they do not
-        # know in this file, and a rollback to one must still start.
-        body = json.dumps(e.__dict__, indent=2, sort_keys=True).encode()
-        write_atomic(self.folder / ENROLMENT_FILE, body, 0o644)
+        write_atomic(self.folder / ENROLMENT_FILE, enrolment_json(e), 0o644)
 
     def _unusable(self, name: str, reason: str, action: str) -> None:
         """A saved file that is read as absent: said, with what the link does instead."""
@@ -302,9 +190,10 @@ class LinkState:
         """The plan last applied; None when there is none, or none this version can read
         (damaged, or of a later format): the box then serves what it holds and deletes
         nothing until the fleet's plan arrives, where refusing to start would serve nothing.
-        Fields of the plan it does not know are ignored (fleetlink_core.to_fill_plan)."""
+        Fields of the plan it does not know are ignored (fleetlink_files.parse_plan)."""
         try:
-            return self._plan()
+            data = _read_json(self.folder / PLAN_FILE)
+            return None if data is None else parse_plan(data)
         except (LinkStateError, ValueError) as exc:
             self._unusable(
                 PLAN_FILE,
@@ -313,41 +202,8 @@ class LinkState:
             )
             return None
 
-    def _plan(self) -> StoredPlan | None:
-        data = _read_json(self.folder / PLAN_FILE)
-        if data is None:
-            return None
-        try:
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-            _check_format(data, PLAN_FILE)
-            version, document, sizes = data["version"], data["document"], data["sizes"]
-            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-                raise ValueError("version is not a positive whole number")
-            if not isinstance(document, dict) or not isinstance(sizes, dict):
-                raise ValueError("document and sizes are not objects")
-            if not isinstance(document.get("titles"), list):
-                raise ValueError("the document lists no titles")
-            # The plan goes to the fill scheduler (and its titles are walked to sign peer
-            # URLs) at once: checked here as a plan from the fleet is, whole.
-            check_plan(document)
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in sizes.values()):
-                raise ValueError("a size is not a whole number")
-            return StoredPlan(version, document, sizes, _digest(data))
-        except NewerFormat:
-            raise
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"damaged ({exc})") from None
-
     def save_plan(self, plan: StoredPlan) -> None:
-        body = {
-            "format": FORMATS[PLAN_FILE],
-            "version": plan.version,
-            "document": plan.document,
-            "sizes": plan.sizes,
-            "digest": plan.digest.hex(),
-        }
-        write_atomic(self.folder / PLAN_FILE, json.dumps(body, sort_keys=True).encode(), 0o644)
+        write_atomic(self.folder / PLAN_FILE, plan_json(plan), 0o644)
 
     def saved_keys(self) -> SavedKeys | None:
         """The key set last applied, with its history; None when there is none, or none this
@@ -356,15 +212,7 @@ class LinkState:
         path = self.folder / KEYS_FILE
         try:
             data = _read_json(path)
-            if data is None:
-                return None
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-            _check_format(data, KEYS_FILE)
-            keys = tuple(_key(k) for k in data["keys"])
-            check_keys(keys)  # what the fleet's key sets must pass, before the workers see it
-            versioned = Versioned("keys", int(data["version"]), keys)
-            return SavedKeys(versioned, _digest(data), _history(data))
+            return None if data is None else parse_keys(data)
         except (LinkStateError, KeyError, TypeError, ValueError, binascii.Error) as exc:
             self._unusable(
                 KEYS_FILE,
@@ -388,16 +236,8 @@ class LinkState:
         digest: bytes = b"",
         history: KeyHistory | None = None,
     ) -> None:
-        history = history or KeyHistory()
-        body = {
-            "format": FORMATS[KEYS_FILE],
-            "digest": digest.hex(),
-            "version": keys.version,
-            "keys": [_key_json(k) for k in keys.payload],
-            "revoked": dict(history.revoked),
-            "carried": [_key_json(k) for k in history.carried],
-        }
-        write_atomic(self.folder / KEYS_FILE, json.dumps(body, sort_keys=True).encode())
+        body = keys_json(keys, digest, history or KeyHistory())
+        write_atomic(self.folder / KEYS_FILE, body)
 
     def saved_contact(self) -> float | None:
         """contact.json as saved; None when absent. A damaged one counts as absent (with a
@@ -408,12 +248,7 @@ class LinkState:
         path = self.folder / CONTACT_FILE
         try:
             data = _read_json(path)
-            if data is None:
-                return None
-            if not isinstance(data, dict):
-                raise ValueError("not an object")
-            _check_format(data, CONTACT_FILE)
-            return _number(data["at"])
+            return None if data is None else parse_contact(data)
         except (LinkStateError, KeyError, ValueError):
             event(
                 log,
@@ -476,7 +311,7 @@ class LinkState:
             data = _read_json(self.folder / name)
             if not isinstance(data, dict):
                 return None
-            _check_format(data, name)
+            check_format(data, name)
             return data
         except (LinkStateError, ValueError):
             return None

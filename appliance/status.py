@@ -141,7 +141,7 @@ def saved_link(config: ApplianceConfig, now: float) -> FleetLinkView | None:
     # still tells why it last failed.
     problem = state.saved_problem()
     view = dataclasses.replace(view, problem=problem)
-    # Enrolled under another name, the link enrols again (fleetlink.FleetLink.restore).
+    # Enrolled under another name, the link enrols again (fleetlink_enrol.Enrolling.restore).
     if enrolment is None or enrolment.appliance != (fleet.name or config.name):
         return view
     since = enrolment.enrolled_at if saved is None else saved

@@ -225,7 +225,7 @@ def signers(
     once), until its retirement plus the skew, like any retired key. `activates` only
     orders the schedule, giving appliances a lead to fetch a key before URLs carry it.
     Appliances verify a token with any key they hold until its `verify_until`
-    (appliance/fleetlink_core.py usable_keys) and never look at `activates`, so such a URL
+    (appliance/fleetlink_keys.py usable_keys) and never look at `activates`, so such a URL
     is accepted by every appliance holding the key (`since`, see key_for), while an
     unsigned one is refused by each with tokens required. Best first is by key set
     version: after a clock step back, the newest key is not the one activating last.

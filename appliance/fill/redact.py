@@ -1,5 +1,5 @@
 """Sources as the fill shows them. A site peer's source is `PEER/t/<token>`
-(appliance/fleetlink_core.py sign_peer_sources): a token any client address may use, on
+(appliance/fleetlink_keys.py sign_peer_sources): a token any client address may use, on
 every appliance of the fleet (they share the keys), until it expires. It goes in requests
 only; status, state.json, log events, error details and the validators beside `.part`
 files name the source through `redact`.

@@ -30,15 +30,9 @@ import pytest
 from appliance.config import ApplianceConfig
 from appliance.config import load as load_config
 from appliance.fleetlink import FleetLink, LinkSinks
-from appliance.fleetlink_core import (
-    FleetKey,
-    KeyHistory,
-    clock_note,
-    correction_after_step,
-    next_key_history,
-    signing_key,
-)
+from appliance.fleetlink_clock import clock_note, correction_after_step
 from appliance.fleetlink_figures import BoxHealth, Traffic
+from appliance.fleetlink_keys import FleetKey, KeyHistory, next_key_history, signing_key
 from appliance.keyfile import MAX_CLOCK_CORRECTION_S, KeyFile, KeySet, read_keys, write_keys
 from appliance.server import ApplianceSite, DirectoryLocator
 from appliance.supervisor import worker_spec
@@ -168,7 +162,7 @@ def test_a_box_days_behind_takes_the_longest_lived_token_a_signer_hands_out(
     assert site.token_rejections == {"expiry_too_far": 1}
 
 
-# -- appliance/fleetlink_core.py ------------------------------------------------------------
+# -- appliance/fleetlink_clock.py -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(

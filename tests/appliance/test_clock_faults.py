@@ -28,7 +28,8 @@ from cryptography.x509.oid import NameOID
 
 from appliance import status
 from appliance.diskwatch import DiskWatch
-from appliance.fleetlink_state import Enrolment, LinkState
+from appliance.fleetlink_files import Enrolment
+from appliance.fleetlink_state import LinkState
 from appliance.health import HealthInputs, HealthSampler, link_grade, summarise, with_link
 from appliance.index import IndexReader
 from appliance.repair import reconcile

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from appliance.fleetlink_core import FleetKey
-from appliance.fleetlink_state import Enrolment, LinkState
+from appliance.fleetlink_files import Enrolment
+from appliance.fleetlink_keys import FleetKey
+from appliance.fleetlink_state import LinkState
 from edgeflix.versioning import Versioned
 from tests.conftest import run_cli
 from tests.integration.daemon_support import poll, write_config

@@ -12,14 +12,15 @@ import pytest
 from appliance.config import ApplianceConfig
 from appliance.fill.plan import FillPlan
 from appliance.fleetlink import FleetLink, LinkSinks
-from appliance.fleetlink_core import (
+from appliance.fleetlink_figures import BoxHealth, Traffic
+from appliance.fleetlink_files import Enrolment
+from appliance.fleetlink_keys import (
     DEFAULT_VERIFY_FOR_S,
     FleetKey,
     sign_peer_sources,
     signing_key,
 )
-from appliance.fleetlink_figures import BoxHealth, Traffic
-from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError
+from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix import tokens
 from edgeflix.versioning import Versioned
 

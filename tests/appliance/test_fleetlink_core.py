@@ -11,19 +11,21 @@ from appliance.fill.plan import FillPlan, PlannedTitle
 from appliance.fleetlink_core import (
     BeatFigures,
     CountLedger,
-    FleetKey,
     HeldTitle,
     build_beat,
-    check_keys,
     check_plan,
     fill_progress,
-    keys_from_proto,
     link_health,
     load_bps,
     phase,
     plan_document,
-    signing_key,
     to_fill_plan,
+)
+from appliance.fleetlink_keys import (
+    FleetKey,
+    check_keys,
+    keys_from_proto,
+    signing_key,
     usable_keys,
     verified_until,
 )

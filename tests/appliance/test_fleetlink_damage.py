@@ -14,9 +14,10 @@ import pytest
 
 from appliance.config import ApplianceConfig
 from appliance.fleetlink import FleetLink, LinkSinks
-from appliance.fleetlink_core import FleetKey
 from appliance.fleetlink_figures import BoxHealth, Traffic
-from appliance.fleetlink_state import Enrolment, LinkState, LinkStateError, StoredPlan
+from appliance.fleetlink_files import Enrolment, StoredPlan
+from appliance.fleetlink_keys import FleetKey
+from appliance.fleetlink_state import LinkState, LinkStateError
 from edgeflix.versioning import Versioned
 from tests.conftest import run_cli
 

@@ -13,7 +13,8 @@ import pytest
 from appliance.config import ApplianceConfig
 from appliance.fleetlink import FleetLink, LinkSinks
 from appliance.fleetlink_figures import BoxHealth, Traffic
-from appliance.fleetlink_state import Enrolment, LinkState
+from appliance.fleetlink_files import Enrolment
+from appliance.fleetlink_state import LinkState
 
 
 def link(tmp: Path, name: str, **fleet: Any) -> FleetLink:

@@ -16,7 +16,8 @@ import pytest
 from appliance import status
 from appliance.config import ApplianceConfig
 from appliance.diskwatch import DiskWatch
-from appliance.fleetlink_state import Enrolment, LinkState
+from appliance.fleetlink_files import Enrolment
+from appliance.fleetlink_state import LinkState
 from appliance.health import (
     DiskSample,
     FleetLinkView,

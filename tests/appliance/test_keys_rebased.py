@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.fleetlink_core import FleetKey
+from appliance.fleetlink_keys import FleetKey
 from edgeflix.versioning import Versioned
 from tests.appliance.test_keys_restore import (
     HOUR,

@@ -6,7 +6,7 @@ restored from an older backup hands it out again; the keys that manager lacks (m
 the backup) keep verifying until they expire, so URLs issued before the restore still play.
 TLS: a CA changed under the box is said as what to do, and a new join token enrols it again.
 
-The pure rules (fleetlink_core.next_key_history) on their own, then the link in this
+The pure rules (fleetlink_keys.next_key_history) on their own, then the link in this
 process against a real `edgeflix fleet serve` on loopback, as tests/integration's recovery
 tests run it.
 """
@@ -25,7 +25,9 @@ import pytest
 
 from appliance.config import ApplianceConfig
 from appliance.fleetlink import FleetLink, LinkSinks
-from appliance.fleetlink_core import (
+from appliance.fleetlink_diagnosis import tls_refusal
+from appliance.fleetlink_figures import BoxHealth, Traffic
+from appliance.fleetlink_keys import (
     DEFAULT_VERIFY_FOR_S,
     MAX_REVOKED,
     REVOKED_KEPT_S,
@@ -33,9 +35,7 @@ from appliance.fleetlink_core import (
     KeyHistory,
     effective_keys,
     next_key_history,
-    tls_refusal,
 )
-from appliance.fleetlink_figures import BoxHealth, Traffic
 from appliance.fleetlink_state import LinkState
 from appliance.index import connect_writer
 from edgeflix import tokens

@@ -9,7 +9,7 @@ import re
 import time
 from pathlib import Path
 
-from appliance.fleetlink_core import FleetKey
+from appliance.fleetlink_keys import FleetKey
 from appliance.fleetlink_state import LinkState
 from edgeflix import tokens
 from edgeflix.versioning import Versioned

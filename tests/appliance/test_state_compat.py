@@ -19,7 +19,8 @@ import pytest
 from appliance.config import ApplianceConfig
 from appliance.fill.plan import PlanError, load_plan
 from appliance.fleetlink_core import to_fill_plan
-from appliance.fleetlink_state import Enrolment, LinkState, StoredPlan
+from appliance.fleetlink_files import Enrolment, StoredPlan
+from appliance.fleetlink_state import LinkState
 from appliance.status import saved_link
 from tests.conftest import run_cli
 from tests.integration.serve_support import Server, make_title, start

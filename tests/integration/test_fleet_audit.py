@@ -559,7 +559,7 @@ def test_enrolling_again_does_not_hold_off_the_grace_period(fleet: Server, tmp_p
         link.step()
     state = link.state()
     assert "too far" in (state["last_error"] or "")
-    # The same moment, as the stepped clock reads it (FleetLink._follow_clock): not later.
+    # The same moment, as the stepped clock reads it (fleetlink_clock.Contact.follow): not later.
     assert state["beats"] == 1 and abs(state["last_contact"] - contact - clock["skew"]) < 5
     link.rpc.close()
 

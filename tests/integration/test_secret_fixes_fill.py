@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from appliance.fleetlink_core import FleetKey, sign_peer_sources
+from appliance.fleetlink_keys import FleetKey, sign_peer_sources
 from edgeflix import titlefiles
 from tests.conftest import run_cli
 from tests.integration import faultproxy as fp
