@@ -29,14 +29,10 @@ from fleet.backup import MANIFEST, BackupError, take_backup
 from fleet.store import SCHEMA_VERSION, Store, StoreError
 from fleet.tls import CA_CERT, CA_KEY
 from tests.conftest import run_cli
-from tests.integration.serve_support import Server, make_title, start
+from tests.integration.serve_support import Server, start
 from tests.integration.test_fleet_appliances import (
-    Box,
     Cluster,
-    appliance_toml,
-    fleet_toml,
-    free_port,
-    launch,
+    one_box_fleet,
     wait_for,
 )
 
@@ -75,33 +71,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    store = tmp_path / "origin"
-    make_title(store / "titles" / "film", "film")
-    origin = start(
-        ["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"], ("listening",)
-    )
-    config = fleet_toml(tmp_path, origin.url, free_port(), free_port())
-    fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
-    c = Cluster(config, fleet, fleet.urls["http"], origin, store, {})
-    try:
-        root = tmp_path / "a1"
-        token = c.cli("join-token", "--site", "home")["token"]
-        cfg = appliance_toml(root, "a1", fleet.urls["grpc"], token)
-        run_cli(
-            ["appliance", "load", "--title", "film", "--from", str(store / "titles/film"),
-             "--config", str(cfg)],
-            check=True,
-        )  # fmt: skip
-        box = Box("a1", root, cfg, root / "log.jsonl")
-        c.boxes["a1"] = box
-        box.server = launch(["appliance", "run", "--config", str(cfg)], box.log)
+    with one_box_fleet(tmp_path) as c:
         yield c
-    finally:
-        for b in c.boxes.values():
-            if b.server is not None:
-                b.server.stop()
-        c.fleet.stop()
-        origin.stop()
 
 
 def rotated(c: Cluster) -> int:

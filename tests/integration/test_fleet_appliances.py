@@ -162,6 +162,39 @@ heartbeat_s = 0.5
     return path
 
 
+@contextlib.contextmanager
+def one_box_fleet(top: Path) -> Iterator[Cluster]:
+    """An origin holding `film`, a fleet manager, and one appliance `a1` (site home) that
+    holds `film` and runs; all stopped on the way out."""
+    store = top / "origin"
+    make_title(store / "titles" / "film", "film")
+    origin = start(
+        ["origin", "serve", "--store", str(store), "--listen", "127.0.0.1:0"], ("listening",)
+    )
+    config = fleet_toml(top, origin.url, free_port(), free_port())
+    fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"))
+    c = Cluster(config, fleet, fleet.urls["http"], origin, store, {})
+    try:
+        root = top / "a1"
+        token = c.cli("join-token", "--site", "home")["token"]
+        cfg = appliance_toml(root, "a1", fleet.urls["grpc"], token)
+        run_cli(
+            ["appliance", "load", "--title", "film", "--from", str(store / "titles/film"),
+             "--config", str(cfg)],
+            check=True,
+        )  # fmt: skip
+        box = Box("a1", root, cfg, root / "log.jsonl")
+        c.boxes["a1"] = box
+        box.server = launch(["appliance", "run", "--config", str(cfg)], box.log)
+        yield c
+    finally:
+        for b in c.boxes.values():
+            if b.server is not None:
+                b.server.stop()
+        c.fleet.stop()
+        origin.stop()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     top = tmp_path_factory.mktemp("fleet-appliances")
