@@ -31,6 +31,13 @@ def test_files_dropped_but_whole_serve_again_without_a_restart(tmp_path: Path) -
     url = f"{server.url}/titles/spread/v0/extra00.m4s"
     try:
         assert httpx.get(url, timeout=10).status_code == 200
+        # The start-up check runs in the background once the daemon serves, and restores
+        # files marked missing too: wait it out, or under load it (not the reconcile tested
+        # here) finds the files below.
+        deadline = time.monotonic() + 30
+        while "event=store.reconciled" not in log_path.read_text():
+            assert time.monotonic() < deadline, "the start-up check did not end"
+            time.sleep(0.1)
         # What a scrub or reconcile leaves when an I/O error hid the files and failed their
         # deletion too: rows missing, the title incomplete, every file whole on its disk.
         # The title's lock keeps the daemon's reconcile off it until the 404 is seen.
