@@ -112,32 +112,24 @@ class Diagnosis:
         said (once) as the clock skew it most likely is, as a box behind the fleet by more
         than the certificate's backdating sees it, not as a raw handshake failure."""
         now = self.clock()
-        if not self.skewed:
-            self.skewed = True
-            event(
-                log,
-                "fleet.clock_skew",
-                logging.ERROR,
-                reason=reason,
-                clock=now,
-                action="set this box's clock right (NTP)",
-            )
+        self._say_skew(reason, now, "set this box's clock right (NTP)")
         return certificate_problem(dates, now)
 
     def clock_refused(self, reason: str) -> None:
         """The fleet refused a beat for this box's clock: its to fix, and enrolling again
         would neither help nor, with the one-time token spent, succeed."""
+        self._say_skew(
+            reason,
+            self.clock(),
+            "set this box's clock right (NTP): the next calls go at the fleet's time if its "
+            "answer said it, and the enrolment stays",
+        )
+
+    def _say_skew(self, reason: str, now: float, action: str) -> None:
+        """`fleet.clock_skew`, once until a beat is answered again."""
         if not self.skewed:
             self.skewed = True
-            event(
-                log,
-                "fleet.clock_skew",
-                logging.ERROR,
-                reason=reason,
-                clock=self.clock(),
-                action="set this box's clock right (NTP): beats go on, with backoff, "
-                "and the enrolment stays",
-            )
+            event(log, "fleet.clock_skew", logging.ERROR, reason=reason, clock=now, action=action)
 
     def answered(self) -> None:
         """The fleet answered a call: a TLS refusal that comes back is said again."""
