@@ -24,7 +24,7 @@ from typing import Annotated, BinaryIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeflix import __version__
-from edgeflix.atomicfile import fsync_dir
+from edgeflix.atomicfile import fsync_dir, write_all
 from fleet.admin import TOKEN_FILE
 from fleet.errors import FleetError
 from fleet.server import sole_manager
@@ -292,9 +292,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask's cut undone (0644 for the CA certificate)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
