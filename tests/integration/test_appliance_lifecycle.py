@@ -180,12 +180,7 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path
         path = "/titles/spread/master.m3u8"
         with connect(server.addr) as sock:
             assert _get(sock, bytearray(), path) == 200
-        for index in tmp_path.glob("index.sqlite*"):
-            if index.is_file():  # the database, its WAL and shared memory: not the locks
-                index.rename(aside / index.name)
-        # A folder in its place: the daemon's own writers would otherwise make a new, empty
-        # index within a second, and a new worker could open that.
-        (tmp_path / "index.sqlite").mkdir()
+        _swap_index_for_a_folder(tmp_path, aside)
         config.write_text(
             config.read_text().replace("[serve]", "[serve]\nkeepalive_timeout_s = 30")
         )
@@ -204,5 +199,24 @@ def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones_serving(tmp_path
         if (tmp_path / "index.sqlite").is_dir():
             (tmp_path / "index.sqlite").rmdir()
         for index in aside.iterdir():
-            index.rename(tmp_path / index.name)
+            if index.is_file():
+                index.rename(tmp_path / index.name)
     assert code == 0
+
+
+def _swap_index_for_a_folder(home: Path, aside: Path) -> None:
+    """Move the index (database, WAL, shared memory; not the locks) into `aside` and put a
+    folder in its place, so a new worker cannot open one. The daemon's own writers may make
+    a new, empty index between the move and the folder; that one is moved away too."""
+    for attempt in range(50):
+        into = aside if attempt == 0 else aside / f"made-{attempt}"
+        into.mkdir(exist_ok=True)
+        for index in home.glob("index.sqlite*"):
+            if index.is_file():
+                index.rename(into / index.name)
+        try:
+            (home / "index.sqlite").mkdir()
+            return
+        except FileExistsError:
+            continue
+    raise AssertionError("the daemon kept making a new index")
