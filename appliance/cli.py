@@ -87,10 +87,23 @@ def _open_store(
     Only with `create` (`load`) is a missing index made: for the others it is a mistyped
     path or an appliance with nothing on it, told in one line."""
     from appliance import config as appliance_config
+
+    storage = appliance_config.load(config).storage
+    return _store_of(storage, findings, check=check, only=only, create=create)
+
+
+def _store_of(
+    storage: StorageConfig,
+    findings: list[Finding] | None = None,
+    *,
+    check: bool = True,
+    only: Collection[str] | None = None,
+    create: bool = False,
+) -> Store:
+    """_open_store on a loaded config's [storage]."""
     from appliance.index import no_index, refuse_newer
     from appliance.store import Store
 
-    storage = appliance_config.load(config).storage
     if not create and not storage.index.exists():
         raise no_index(storage.index)  # before the disk probes warn of anything
     refuse_newer(storage.index)  # so too: a newer Edgeflix's index, this one may misread
@@ -250,18 +263,37 @@ def ls_cmd(
     `appliance reconcile` and `appliance verify`."""
     from dataclasses import asdict
 
+    from appliance import config as appliance_config
+    from appliance.listing import never_loaded
     from edgeflix import ui
 
-    store = _open_store(config, check=False)
-    try:
-        titles = store.listing()
-    finally:
-        store.close()
+    storage = appliance_config.load(config).storage
+    # A fresh box has no index until its first load, fill or run: it holds no titles, and
+    # `ls`, often a new user's first command, says so (making no index, nor probing disks).
+    fresh = never_loaded(storage.index)
+    titles: list[TitleListing] = []
+    if not fresh:
+        store = _store_of(storage, check=False)
+        try:
+            titles = store.listing()
+        finally:
+            store.close()
     if as_json:
         ui.print_json([asdict(t) for t in titles])
         return
+    if not titles and ui.interactive():
+        ui.console().print(_no_titles(storage.index, fresh), markup=False, highlight=False)
+        return
     rows = [(t.id, t.state, t.tier, ",".join(t.disks), t.bytes, _files_cell(t)) for t in titles]
     ui.print_table(("title", "state", "tier", "disks", "bytes", "files"), rows)
+
+
+def _no_titles(index: Path, fresh: bool) -> str:
+    """What `ls` on a terminal says of a box holding no titles; with no index yet, its path,
+    where a mistyped [storage] index shows."""
+    if not fresh:
+        return "no titles on this appliance"
+    return f"no titles on this appliance yet (no index at {index} until the first load or run)"
 
 
 def _files_cell(t: TitleListing) -> str | int:
@@ -622,13 +654,13 @@ def status_cmd(
     Exit status: 0 healthy, 3 degraded (serving, with reasons), 4 failing; 1 or 2 when no
     status could be taken (2: a bad command line or config)."""
     from appliance import config as appliance_config
-    from appliance.index import no_index
+    from appliance.listing import never_loaded
     from appliance.status import exit_code, status_document
     from edgeflix import ui
 
     cfg = appliance_config.load(config)
-    if not cfg.storage.index.exists():  # `run` makes it: mistyped, or never run
-        raise no_index(cfg.storage.index)
+    # A fresh box (no index until its first load, fill or run) has a state all the same.
+    fresh = never_loaded(cfg.storage.index)
     doc = status_document(cfg)
     code = exit_code(doc["health"]["state"])
     if as_json:
@@ -642,6 +674,7 @@ def status_cmd(
     ]
     if doc["fleet"] is not None:
         rows.append(("fleet", f"{doc['fleet']['phase']} ({doc['fleet']['url']})"))
+    rows.append(("titles", _titles_cell(doc["titles"], cfg.storage.index, fresh)))
     rows += [
         ("capacity", f"{doc['capacity_bps'] / 1e9:.2f} Gbit/s"),
         ("cpu", f"{profile['cpu']['model']} ({profile['cpu']['logical_cores']} cores)"),
@@ -663,3 +696,15 @@ def status_cmd(
         rows.append(("fill", f"{title_id} {p['state']} {p['done']}/{p['total']} bytes"))
     ui.print_table(["what", "value"], rows)
     raise typer.Exit(code)
+
+
+def _titles_cell(held: dict[str, int] | None, index: Path, fresh: bool) -> str:
+    """The titles row of `status`: how many, or why none (a fresh box names its index path,
+    where a mistyped [storage] index shows)."""
+    if held is None:
+        return "unknown (the index cannot be read)"
+    if held["count"]:
+        return f"{held['count']} ({held['bytes'] / 1e9:.2f} GB)"
+    if fresh:
+        return f"none yet (no index at {index})"
+    return "none"

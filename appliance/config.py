@@ -14,7 +14,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edgeflix.config import (
+    ConfigList,
     ConfigModel,
+    ConfigPath,
     FleetGrpcAddress,
     HostPort,
     Name,
@@ -30,7 +32,7 @@ Tier = Literal["ssd", "hdd"]
 
 
 class DiskConfig(ConfigModel):
-    path: Path
+    path: ConfigPath
     # Left out: detected from the block device under `path` (rotational flag).
     tier: Tier | None = None
     # Loads and fills place no title that would take the disk above `high`; a tier move
@@ -67,8 +69,8 @@ class DiskConfig(ConfigModel):
 
 
 class StorageConfig(ConfigModel):
-    disks: tuple[DiskConfig, ...] = (DiskConfig(path=Path("var/appliance/disk0")),)
-    index: Path = Path("var/appliance/index.sqlite")
+    disks: ConfigList[DiskConfig] = (DiskConfig(path=Path("var/appliance/disk0")),)
+    index: ConfigPath = Path("var/appliance/index.sqlite")
     # Requests per second (decayed) above which a title belongs on the fast tier.
     hot_rate: float = Field(1.0, ge=0)
     decay_half_life_s: float = Field(600.0, gt=0)
@@ -137,7 +139,7 @@ class KeyConfig(ConfigModel):
 
 class AuthConfig(ConfigModel):
     tokens: Literal["required", "off"] = "off"
-    keys: tuple[KeyConfig, ...] = ()
+    keys: ConfigList[KeyConfig] = ()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> AuthConfig:
@@ -154,10 +156,10 @@ class AdminConfig(ConfigModel):
 
 class FillConfig(ConfigModel):
     # A JSON fill plan (appliance/fill/plan.py); the fleet manager delivers it later.
-    plan: Path | None = None
+    plan: ConfigPath | None = None
     # Fill state and each title's files.json; the files themselves download, resumable,
     # into `.staging/` on the disk each will be stored on (renamed in once verified).
-    staging: Path = Path("var/appliance/fill")
+    staging: ConfigPath = Path("var/appliance/fill")
     # Against sick sources (appliance/fill/transport.py Timeouts, retry.py RetryPolicy):
     # a response head must arrive whole within head_timeout_s, each read within
     # read_timeout_s, and a body slower than low_speed_bps over low_speed_s is dropped.
@@ -210,11 +212,11 @@ class FleetLinkConfig(ConfigModel):
     # URLs are refused (Open Connect's behaviour).
     after_grace: Literal["degrade", "stop"] = "degrade"
     # Key pair, enrolment, plan and keys; left out: `fleet/` next to the storage index.
-    state_dir: Path | None = None
+    state_dir: ConfigPath | None = None
     # A fleet with `[server] tls = true`: its CA certificate (fleet-ca.pem, copied by the
     # operator) and its enrolment listener (`[server] enrol_grpc`); after enrolment the
     # link uses `url` with the client certificate the fleet issued.
-    ca: Path | None = None
+    ca: ConfigPath | None = None
     enrol_url: FleetGrpcAddress | None = None
 
     @model_validator(mode="after")

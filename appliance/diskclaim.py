@@ -8,6 +8,10 @@ names another index that still exists is refused before anything is opened or cr
 index that moved (the marker names a path where no file is any more) takes the disk over,
 and so does the index at the marker's own path, whatever happened to the file in between (a
 damaged index moved aside and rebuilt by reconcile's adoption is still that disk's index).
+
+The marker also tells one disk from another at the same mount point (`identity`: a disk
+replaced has a new one, written at its claim), and a marker's temporary file that a killed
+claim left is swept under the claim's lock (`sweep_temporaries`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from appliance.disks import Disk, DiskError
+from edgeflix import atomicfile
 from edgeflix.atomicfile import write_atomic
 from edgeflix.log import event
 
@@ -43,7 +49,39 @@ class Marker:
 def is_marker(name: str) -> bool:
     """The marker's name, or that of a temporary copy left by a kill while it was written
     (write_atomic's `.<name>.<random>.tmp`, or `.<name>.tmp` from before)."""
-    return name == MARKER or (name.startswith(f".{MARKER}.") and name.endswith(".tmp"))
+    return name == MARKER or atomicfile.is_temporary_of(name, MARKER)
+
+
+def identity(disk: Path) -> str | None:
+    """Which disk is mounted at `disk`: the inode and write time of its marker, written once
+    at the disk's claim and carried by the disk (a disk put in its place has another, or
+    none until claimed). None: no marker there. Raises OSError when it cannot be looked at
+    (a failing disk: the caller cannot tell)."""
+    try:
+        st = os.lstat(disk / MARKER)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return f"{st.st_ino}:{st.st_mtime_ns}"
+
+
+def sweep_temporaries(disks: Sequence[Disk], lock: AbstractContextManager[None]) -> list[Path]:
+    """Remove the marker's temporary files a claim killed mid-way left on `disks` (writable
+    ones), under `lock`, the one claims are written under: none is in progress meanwhile,
+    whatever their age. A disk that cannot be read is left for its own checks."""
+    removed: list[Path] = []
+    with lock:
+        for disk in disks:
+            if not disk.writable:
+                continue
+            try:
+                removed += atomicfile.sweep_temporaries(disk.path, (MARKER,))
+            except OSError as exc:
+                event(log, "disk.sweep_failed", logging.WARNING, disk=disk.id, error=exc.strerror)
+    for path in removed:
+        event(log, "disk.temporary_swept", disk=str(path.parent), file=path.name)
+    return removed
 
 
 def verdict(recorded: str | None, ours: str, recorded_exists: bool, same_file: bool) -> Verdict:

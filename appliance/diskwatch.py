@@ -5,7 +5,8 @@ and fail its data.
 
 Pure cores: `decide_disks` (probe outcomes → disk states and actions) and `write_verdict`
 (I/O errors → no new writes, or out). Shell: `DiskWatch`. The daemon wires its actions to
-the storage index (monitor.py); health.py grades the box from what it reports.
+the storage index (monitor.py); health.py grades the box from what it reports; the daemon's
+watch keeps its I/O error counts across restarts (diskerrors.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from appliance.disks import TITLES_DIR, titles_read_only
+
+if TYPE_CHECKING:
+    from appliance.diskerrors import ErrorMemory
 
 ProbeOutcome = Literal[
     "ok", "missing", "unreadable", "read_only", "full", "write_errors", "io_error", "timeout"
@@ -292,12 +296,15 @@ class DiskWatch:
         held: Collection[str] = (),
         write_limits: WriteLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        memory: ErrorMemory | None = None,
     ):
         """`held`: disks the index places files on (index.disks_with_files). Without their
         titles folder they are missing from the first probe on, so a command or a daemon
         started while a disk is not mounted leaves its empty mount point alone: no titles
         folder made there, no fill onto the root filesystem, no files dropped as lost.
-        `write_limits` and `clock`: how failed data writes (`write_failed`) count."""
+        `write_limits` and `clock`: how failed data writes (`write_failed`) count. `memory`:
+        where they are kept across restarts (the daemon's watch): read here, written at
+        each change."""
         self.paths = [Path(p) for p in paths]
         self._probe = probe or _probe_once  # tests stand in a probe the kernel blocks
         self.timeout_s = timeout_s
@@ -311,6 +318,11 @@ class DiskWatch:
         # Failed data writes per disk, within the window: (clock time, what failed).
         self._write_errors: dict[str, list[tuple[float, str]]] = {}
         self._lock = threading.Lock()
+        self._memory = memory
+        self._memory_lock = threading.Lock()  # one write of the file at a time, the last last
+        if memory is not None:
+            watched = [str(p) for p in self.paths]
+            self._write_errors = memory.recall(watched, clock(), self.write_limits.window_s)
 
     def statuses(self) -> dict[str, DiskStatus]:
         with self._lock:
@@ -348,15 +360,18 @@ class DiskWatch:
     def poll(self) -> list[DiskAction]:
         """Probe all disks and return what the caller must do (TakeOut / Rescan)."""
         probes = self.probe_all()
+        forgotten = False
         with self._lock:
             # A disk whose own probe fails (dead, gone, stuck) goes out for that, and comes
             # back only through a re-verify of its files: the I/O errors its death caused
             # are history then, and must not keep the mended disk out for a day.
             for p in probes:
                 if p.outcome != "ok" and p.outcome not in WRITE_ONLY_FAILURES:
-                    self._write_errors.pop(p.path, None)
+                    forgotten |= self._write_errors.pop(p.path, None) is not None
             probes = with_write_errors(probes, self._write_verdicts())
             self._statuses, actions = decide_disks(self._statuses, probes, self.recover_after)
+        if forgotten:
+            self._remember()
         return actions
 
     def write_failed(self, disk: str, error: OSError) -> None:
@@ -364,13 +379,29 @@ class DiskWatch:
         against it (health shows it at the next sample; `not_writable` and the next poll
         apply what the count says). Other errors, and paths that are no disk, are ignored.
         Any thread."""
+        if self._count(disk, error):
+            self._remember()
+
+    def read_failed(self, disk: str, count: int) -> None:
+        """Serving's reads of files on `disk` failed `count` times (EIO: each client got a
+        500 or a cut response): counted with its failed writes, as Traffic Server counts
+        every I/O error of a cache disk towards taking it offline."""
+        error = OSError(errno.EIO, "serving reads failed")
+        counted = [
+            self._count(disk, error) for _ in range(min(count, self.write_limits.take_out_after))
+        ]
+        if any(counted):
+            self._remember()
+
+    def _count(self, disk: str, error: OSError) -> bool:
+        """write_failed's count, without keeping it; False: it does not count."""
         if error.errno != errno.EIO or disk not in self._statuses:
             # EROFS: the disk went read-only (an operator's remount, ext4's errors=remount-ro)
             # and its canary says so at the next probe; it must serve on, not count as
             # failing.
-            return
+            return False
         if self._statuses[disk].state in ("out", "rescanning"):
-            return  # errors of its death, reported late: its probe took it out already
+            return False  # errors of its death, reported late: its probe took it out already
         named = f": {error.filename}" if error.filename else ""
         with self._lock:
             now = self._clock()
@@ -378,13 +409,18 @@ class DiskWatch:
             self._write_errors[disk] = [*kept, (now, f"{error.strerror or error}{named}")]
             cur = self._statuses[disk]
             self._statuses[disk] = replace(cur, errors=cur.errors + 1)
+        return True
 
-    def read_failed(self, disk: str, count: int) -> None:
-        """Serving's reads of files on `disk` failed `count` times (EIO: each client got a
-        500 or a cut response): counted with its failed writes, as Traffic Server counts
-        every I/O error of a cache disk towards taking it offline."""
-        for _ in range(min(count, self.write_limits.take_out_after)):
-            self.write_failed(disk, OSError(errno.EIO, "serving reads failed"))
+    def _remember(self) -> None:
+        """Write the errors as they are now to the memory, outside the state lock (a slow
+        write must not hold up the probes): the last change is written last."""
+        if self._memory is None:
+            return
+        with self._memory_lock:
+            with self._lock:
+                now = self._clock()
+                errors = {d: list(e) for d, e in self._write_errors.items()}
+            self._memory.keep(errors, now, self.write_limits.window_s)
 
     def not_writable(self) -> set[str]:
         """Disks that take no new files now: read-only, full, or failing their writes."""
@@ -419,15 +455,18 @@ class DiskWatch:
 
     def rescanned(self, path: str, ok: bool, reason: str = "re-verify failed") -> None:
         """The storage side finished re-scanning a returned disk."""
+        forgotten = False
         with self._lock:
             cur = self._statuses[path]
             if cur.state == "rescanning":
                 if ok:  # every file re-verified: its past I/O errors are answered
-                    self._write_errors.pop(path, None)
+                    forgotten = self._write_errors.pop(path, None) is not None
                 state: DiskState = "serving" if ok else "out"
                 self._statuses[path] = replace(
                     cur, state=state, reason=None if ok else reason, ok_streak=0
                 )
+        if forgotten:
+            self._remember()
 
     def take_errors(self) -> dict[str, int]:
         """Failed probes per disk since the last call (the health interval's I/O errors)."""

@@ -1,6 +1,7 @@
 """What the store holds, as `appliance ls` and reconcile ask (part of the store's I/O shell):
 a line per title counted by SQLite per title and disk, and the titles whose leftovers a
-reconcile must settle before a load can trust the room it finds.
+reconcile must settle before a load can trust the room it finds. A box that never loaded a
+title has no index yet: it holds nothing, which `ls` and `status` say without making one.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import os
 import sqlite3
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from appliance import replaced
-from appliance.disks import Disk
+from appliance.disks import Disk, StorageError
 from appliance.folders import folder_title
 from appliance.index import LOADING, MISSING, OK, REMOVING, TitleRow, all_titles
 
@@ -40,6 +42,20 @@ class TitleListing:
     # Files the index has on a disk no longer in [storage] disks: not listed in `disks`; the
     # next reconcile (the daemon's start, or a command's) marks them missing.
     unconfigured: int = 0
+
+
+def never_loaded(index: Path) -> bool:
+    """Whether there is no index at `index` yet: a fresh box, before its first `load`, `fill`
+    or `run` makes one, holds no titles (a mistyped [storage] index looks the same, so the
+    commands name the path). A path that cannot be looked up is a StorageError, not a box
+    that holds nothing."""
+    try:
+        os.stat(index)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError as exc:
+        raise StorageError(f"cannot read the index {index}: {exc.strerror or exc}") from None
+    return False
 
 
 class _DiskCount(NamedTuple):

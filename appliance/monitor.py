@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.config import ApplianceConfig
+from appliance.diskerrors import ErrorMemory, errors_file
 from appliance.disks import StorageError
 from appliance.diskwatch import DiskWatch, Rescan, TakeOut, fault_increase
 from appliance.hardware import HardwareProfile, probe
@@ -216,9 +217,12 @@ class HealthMonitor(threading.Thread):
         self.on_disk_change = on_disk_change
         self.clock = clock
         self.paths = [d.path.resolve() for d in config.storage.disks]
+        # Its I/O error counts outlive a restart: a disk that was failing stays held back
+        # or out (diskerrors.py), not trusted again by the next start.
         self.watch = DiskWatch(
-            self.paths, timeout_s=probe_timeout_s, held=disks_with_files(config.storage.index)
-        )
+            self.paths, timeout_s=probe_timeout_s, held=disks_with_files(config.storage.index),
+            memory=ErrorMemory(errors_file(config.storage.index)),
+        )  # fmt: skip
         self.storage = DiskService(config)
         self.events = DiskEvents(self._udev)
         self._wake = threading.Event()

@@ -1,6 +1,8 @@
 """The appliance daemon's start-up reconcile: settled from the index alone before anything
 serves (repair.settle), then the walk over every stored file in the background once the
 daemon serves (StartupCheck), after which the subsystems that need a checked store start.
+Before the settle, the temporary files of its state that a killed daemon left are swept
+(sweep_state_temporaries).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeflix.errors import EdgeflixError
@@ -25,15 +28,56 @@ log = logging.getLogger("appliance.daemon")  # the daemon's own lines, as before
 def settle_store(config: ApplianceConfig, out_of_service: set[str]) -> Report:
     """Open the store on the disks in service (creates the index) and settle it: what must be
     right before anything serves, found in the index alone (repair.settle). The rest of the
-    start-up reconcile is StartupCheck's, once the daemon serves."""
+    start-up reconcile is StartupCheck's, once the daemon serves. First, what killed writers
+    left of the daemon's state and the disks' markers is swept."""
+    from appliance import diskclaim
     from appliance.repair import settle
     from appliance.store import Store
 
+    sweep_state_temporaries(config)
     store = Store(config.storage, out_of_service=out_of_service)
     try:
+        # Markers a command killed while claiming a disk left (the periodic sweeper's too).
+        diskclaim.sweep_temporaries(store.disks, store.locks.store_wide(diskclaim.LOCK))
         return settle(store)  # it logs what it found, summarised per title and disk
     finally:
         store.close()
+
+
+def state_files(config: ApplianceConfig) -> dict[Path, tuple[str, ...]]:
+    """Folder → the files the daemon alone writes there with write_atomic, under its locks
+    (daemon.single_instance): the disks' error memory beside the index, and the fleet
+    link's state, whose lock is held only with a [fleet] url."""
+    from appliance.diskerrors import errors_file
+
+    memory = errors_file(config.storage.index)
+    folders: dict[Path, tuple[str, ...]] = {memory.parent: (memory.name,)}
+    if config.fleet.url is not None:
+        from appliance import fleetlink_files as f
+
+        # Every JSON file of the link has its format there; the keys and certificate not.
+        names = {*f.FORMATS, f.KEY_FILE, f.TLS_KEY_FILE, f.TLS_CERT_FILE}
+        folders[config.fleet_state_dir()] = tuple(sorted(names))
+    return folders
+
+
+def sweep_state_temporaries(config: ApplianceConfig) -> list[Path]:
+    """Remove the temporary files of the daemon's own state that a daemon killed mid-write
+    left (write_atomic's `.<name>.<random>.tmp`). At start, under the daemon's locks and
+    before anything of it writes: none is in progress, whatever its age. Only those names
+    are touched; a folder that cannot be read is said and left."""
+    from edgeflix.atomicfile import sweep_temporaries
+
+    removed: list[Path] = []
+    for folder, names in state_files(config).items():
+        try:
+            removed += sweep_temporaries(folder, names)
+        except OSError as exc:
+            event(log, "state.sweep_failed", logging.WARNING, folder=str(folder),
+                  error=exc.strerror or str(exc))  # fmt: skip
+    for path in removed:
+        event(log, "state.temporary_swept", folder=str(path.parent), file=path.name)
+    return removed
 
 
 def restore_disks(store: Store, stop: Callable[[], bool] = lambda: False) -> list[str]:

@@ -3,12 +3,14 @@ fleet link, and fill state per title. `edgeflix appliance status` builds it with
 sampler and reads the fleet link from the files the link keeps; the daemon's admin listener
 serves the same document at /status from its health thread's latest report
 (appliance/monitor.py) and its running link, plus a `daemon` section (workers, reloads, fill
-schedule).
+schedule). Both count the titles held: none on a fresh box, which has no index until its
+first load, fill or run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -73,6 +75,22 @@ def held_bytes(index: Path) -> dict[str, int] | None:
     and kept replaced versions: index.bytes_by_disk), read-only; None when unreadable."""
     none: dict[str, int] = {}
     return read_only(index, bytes_by_disk, none, None)
+
+
+def titles_held(index: Path) -> dict[str, int] | None:
+    """How many titles the index holds and their bytes, read-only: none on a box that never
+    loaded one (no index yet, or one with no tables yet); None when the index cannot be read
+    (index_health says why)."""
+    none = {"count": 0, "bytes": 0}
+    return read_only(index, _count_titles, none, None)
+
+
+def _count_titles(conn: sqlite3.Connection) -> dict[str, int]:
+    made = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'titles'")
+    if made.fetchone() is None:
+        return {"count": 0, "bytes": 0}
+    count, size = conn.execute("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM titles").fetchone()
+    return {"count": int(count), "bytes": int(size)}
 
 
 def count_max_bytes(sampler: HealthSampler, config: ApplianceConfig) -> None:
@@ -188,6 +206,7 @@ def assemble(
         "fleet": asdict(fleet) if fleet is not None else None,
         "fill": read_state(config.fill.staging),
         "scrub": scrub.status(config.storage),
+        "titles": titles_held(config.storage.index),
     }
     if daemon is not None:
         doc["daemon"] = dict(daemon)

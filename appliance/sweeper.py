@@ -4,7 +4,9 @@ what a one-off command killed mid-way left on the disks (an unfinished version's
 start, so its space comes back and the accounting matches the disks. Titles another process
 is working on are skipped (their lock), as every reconcile does. Files an I/O error had
 dropped that are whole on their disk again serve again (adopt.Readopt, a budget per round):
-without it only a restart or a fill would bring them back.
+without it only a restart or a fill would bring them back. The temporary file of a disk's
+marker that a command killed while claiming the disk left goes too (diskclaim): the daemon's
+own state files are swept at its start (startup.sweep_state_temporaries).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SweepThread(threading.Thread):
                 event(log, "sweep.failed", logging.WARNING, reason=str(exc))
 
     def sweep(self) -> None:
+        from appliance import diskclaim
         from appliance.adopt import Readopt
         from appliance.diskwatch import probe_disks, unusable
         from appliance.repair import reconcile
@@ -54,6 +57,7 @@ class SweepThread(threading.Thread):
         # A disk the monitor takes out during the round keeps its files missing.
         readopt = Readopt(out_of_service=lambda: self._out_of_service() | set(probed))
         try:
+            diskclaim.sweep_temporaries(store.disks, store.locks.store_wide(diskclaim.LOCK))
             # Stopping ends the round at its next title, and the wait before unreadable
             # files are looked at again.
             report = reconcile(

@@ -1,9 +1,12 @@
 """TOML configuration into frozen, validated pydantic models, once, at start.
 
 Every daemon declares its schema as `ConfigModel` subclasses; unknown keys are errors
-that name the file and the key. Environment variables override file values:
-`<PREFIX>__SECTION__KEY=value` (value parsed as a TOML value, else taken as a string); a
-variable that nearly has that form (one `_`, lower case, a plural) is logged as ignored.
+that name the file and the key, and so is a value of the wrong type (`workers = "4"`):
+models are strict, but for an integer where a float is wanted, and a string for a path
+(`ConfigPath`) and an array for a tuple (`ConfigList`), the only forms TOML has.
+Environment variables override file values: `<PREFIX>__SECTION__KEY=value` (value parsed
+as a TOML value, else taken as a string); a variable that nearly has that form (one `_`,
+lower case, a plural) is logged as ignored.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationError
 
 from edgeflix.errors import ConfigError
 from edgeflix.log import event
@@ -30,14 +34,22 @@ log = logging.getLogger(__name__)
 
 
 class ConfigModel(BaseModel):
-    """Base of every config section: frozen, and strict about unknown keys."""
+    """Base of every config section: frozen, and strict about unknown keys and types."""
 
     # No inf or nan: `peer_wait_s = inf` is valid TOML and reads as "for ever", but every
     # duration and rate here ends in arithmetic that cannot take it (timedelta, round()).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Strict: `workers = "4"` or `sendfile = "no"` is a typo to name, not a value to coerce
+    # (lax pydantic reads "no" as False and 4.0 as 4); an integer still goes for a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 M = TypeVar("M", bound=ConfigModel)
+T = TypeVar("T")
+
+# A path in a config: TOML writes it as a string, which strict pydantic refuses for a Path.
+ConfigPath = Annotated[Path, Strict(False)]
+# A TOML array held as a tuple (strict pydantic takes only a tuple); its items stay strict.
+ConfigList = Annotated[tuple[T, ...], Strict(False)]
 
 
 def parse_env_value(raw: str) -> Any:
@@ -143,7 +155,34 @@ def describe_validation_error(
     if first["type"] == "string_type" and setter is not None and env and setter in env:
         # The value was read as TOML (`1`, `true`, a date): in TOML a string is quoted.
         message += f" (quote it to keep it text: {setter}={quote_for_shell(env[setter])})"
+    elif first["type"] in _SCALAR_TYPES and isinstance(first.get("input"), str):
+        hint = _text_for_scalar(first["input"], first["type"], str(first["loc"][-1]), setter)
+        message += hint
     return f"{blamed}: key '{key}': {message}"
+
+
+# Strict models' errors for text where a number or a boolean is wanted (`workers = "4"`).
+_SCALAR_TYPES = frozenset({"int_type", "float_type", "bool_type"})
+
+
+def _text_for_scalar(text: str, error: str, name: str, setter: str | None) -> str:
+    """What describe_validation_error adds when a number or boolean was given as text: the
+    quotes to drop from a file's value that is one without them (`workers = "4"`)."""
+    shown = repr(text[:80])
+    if setter is not None:  # a variable's value that TOML does not read: `yes`, `4 s`
+        return f", not {shown}"
+    if _reads_as(parse_env_value(text), error):
+        return f", not the string {shown} (write it without quotes: {name} = {text.strip()})"
+    return f", not the string {shown}"
+
+
+def _reads_as(value: object, error: str) -> bool:
+    """Whether `value` is what a strict model's `error` (int_type...) asked for."""
+    if isinstance(value, bool):
+        return error == "bool_type"
+    if isinstance(value, int):
+        return error in ("int_type", "float_type")
+    return isinstance(value, float) and math.isfinite(value) and error == "float_type"
 
 
 def quote_for_shell(raw: str) -> str:

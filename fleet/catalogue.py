@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from edgeflix.log import event
 from fleet.plans import CatalogTitle
@@ -52,13 +53,13 @@ class Catalogue:
         self.read = bool(listing)
         if listing:
             # Steering refuses (404) a title not listed: its origin URL would 404 and no
-            # appliance is planned to hold it. One ingested since the last poll is refused
-            # until the next one reads it, about [origin] poll_s (30 s by default): the
-            # player is told plainly and may retry, nothing at the edge holds it yet, and
-            # asking the origin on the request path would let any client make the manager
-            # call it at will. Before a listing of titles since this start (the origin
-            # unreachable, or listing nothing) nothing is refused this way, and a title no
-            # appliance holds goes to the origin; an empty listing keeps the one before.
+            # appliance is planned to hold it. One ingested since the last poll makes
+            # /steer read the catalogue at once (see miss_read: one read at a time, none
+            # sooner than [origin] miss_refresh_s after the last, so no client makes the
+            # manager call the origin at will). Before a listing of titles since this start
+            # (the origin unreachable, or listing nothing) nothing is refused this way, and
+            # a title no appliance holds goes to the origin; an empty listing keeps the one
+            # before.
             self.listed = frozenset(listing)
         else:
             kept = "appliances keep and serve what they hold until the origin lists titles"
@@ -91,3 +92,16 @@ class Catalogue:
         if self.read:
             return title in self.titles
         return title in self.releases or title in beat.titles
+
+
+MissRead = Literal["join", "read", "refuse"]
+
+
+def miss_read(now: float, last_read: float, in_flight: bool, every_s: float) -> MissRead:
+    """What a /steer for a title the catalogue does not list does: `join` the read of the
+    catalogue in flight, start a `read` now, or `refuse` (404 at once) when one started
+    less than `every_s` ago. Any read counts (the ticker's polls too): a flood of made-up
+    names costs the origin at most one read per `every_s`, one at a time."""
+    if in_flight:
+        return "join"
+    return "read" if now - last_read >= every_s else "refuse"

@@ -12,7 +12,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgeflix.config import ConfigModel, HostPort, Name, ReachableUrl, load_config
+from edgeflix.config import (
+    ConfigList,
+    ConfigModel,
+    ConfigPath,
+    HostPort,
+    Name,
+    ReachableUrl,
+    load_config,
+)
 from edgeflix.tokens import MAX_TTL_S
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy
@@ -27,7 +35,7 @@ ENV_PREFIX = "EDGEFLIX_FLEET"
 class ServerConfig(ConfigModel):
     grpc: HostPort = "127.0.0.1:7070"
     http: HostPort = "127.0.0.1:7080"
-    db: Path = Path("var/fleet/fleet.sqlite")
+    db: ConfigPath = Path("var/fleet/fleet.sqlite")
     # "token": appliances need a one-time join token; "open": anyone on the network may
     # enrol (loopback demos only).
     enrolment: Literal["token", "open"] = "token"
@@ -48,12 +56,17 @@ class ServerConfig(ConfigModel):
     tls: bool = False
     enrol_grpc: HostPort | None = None
     # Extra names (DNS or IP) for the server certificate, beyond the listeners' hosts.
-    tls_names: tuple[str, ...] = ()
+    tls_names: ConfigList[str] = ()
     # Whether `http` is HTTPS: unset, as `tls` says. false keeps it plain HTTP with tls on
     # (Prometheus scrapes and health checks as before tls covered HTTP); the admin token of
     # callers from other machines then crosses the network in clear, which `fleet serve`
     # warns of (fleet.http_in_clear). true needs tls: the certificate comes from its CA.
     http_tls: bool | None = None
+    # Longest a client may take over the TLS handshake on the HTTPS listener before its
+    # connection is closed. asyncio's own default (60 s) let a client that trickles or
+    # withholds its hello hold a descriptor that long before any HTTP bound applies (those
+    # start once the handshake is done); a real handshake takes a few round trips.
+    tls_handshake_timeout_s: float = Field(10.0, gt=0, le=60)
 
     @model_validator(mode="after")
     def _tls_listeners(self) -> ServerConfig:
@@ -74,7 +87,7 @@ class ServerConfig(ConfigModel):
 
 class SiteConfig(ConfigModel):
     name: Name
-    prefixes: tuple[str, ...] = ()
+    prefixes: ConfigList[str] = ()
     fill_window: str = "02:00-06:00"
     timezone: str = "UTC"
 
@@ -96,6 +109,12 @@ class OriginConfig(ConfigModel):
     url: ReachableUrl = "http://127.0.0.1:8080"
     # How often the catalog (GET /titles) is read from the origin.
     poll_s: float = Field(30.0, gt=0)
+    # A /steer for a title the last read did not list reads the catalogue at once (and asks
+    # again), so a title published since that read plays at once, not after up to poll_s:
+    # at most one read in flight, and none sooner than this after the one before, so a
+    # flood of /steer for made-up names makes no flood of origin reads.
+    refresh_on_miss: bool = True
+    miss_refresh_s: float = Field(5.0, gt=0)
 
 
 class HeartbeatConfig(ConfigModel):
@@ -141,7 +160,7 @@ class KeysConfig(ConfigModel):
 
 class FleetConfig(ConfigModel):
     server: ServerConfig = ServerConfig()
-    sites: tuple[SiteConfig, ...] = ()
+    sites: ConfigList[SiteConfig] = ()
     origin: OriginConfig = OriginConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
     steering: SteeringConfig = SteeringConfig()

@@ -9,6 +9,11 @@ decision itself. Whatever that path does not take (another HTTP version, a reque
 behind one in flight, an operator's probe) reaches a plain ASGI handler in front of
 FastAPI, with the same answer; every other route goes to FastAPI. The port is public, so
 every connection is bounded in head size, head time and number (fleet/http_protocol.py).
+
+A title the catalogue does not list (published since the last poll, say) is the one /steer
+that waits: it goes the ASGI way, which has the catalogue read (`CatalogueMisses`, shared
+and rate-limited: fleet/ticker.py) and asks steering once more, or answers 404 at once when
+no read may start yet.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from fleet.model import Appliance
 from fleet.planning import Planning
 from fleet.registry import Beat
 from fleet.service import FleetService
+from fleet.steering import UnlistedTitleError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +54,14 @@ EXPLAIN_AS = "/appliances"
 
 class JoinTokenRequest(BaseModel):
     site: str
+
+
+class CatalogueMisses(Protocol):
+    """A fresh read of the origin's catalogue for /steer's misses (ticker.CatalogueReads)."""
+
+    def may_help(self) -> bool: ...
+
+    async def after_miss(self) -> bool: ...
 
 
 class ManagerHealth(Protocol):
@@ -97,10 +111,17 @@ def steer_params(query_string: bytes) -> tuple[str, str, bool]:
 class SteerFastPath:
     """`GET /steer` answered here, every other request passed on to the FastAPI app."""
 
-    def __init__(self, svc: FleetService, api: FastAPI, admin: AdminAccess) -> None:
+    def __init__(
+        self,
+        svc: FleetService,
+        api: FastAPI,
+        admin: AdminAccess,
+        misses: CatalogueMisses | None = None,
+    ) -> None:
         self.svc = svc
         self.api = api
         self.admin = admin
+        self.misses = misses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/steer":
@@ -116,7 +137,15 @@ class SteerFastPath:
             else:
                 client_ip, title, probe = steer_params(scope["query_string"])
                 explain = probe and self._admin(scope, EXPLAIN_AS) is None
-                status, body = 200, steer_json(self.svc, client_ip, title, probe, explain)
+                try:
+                    body = steer_json(self.svc, client_ip, title, probe, explain)
+                except UnlistedTitleError:
+                    # Published since the last read? Once more after a fresh one, if one
+                    # may start (or is under way) and lands in time; else the 404 stands.
+                    if self.misses is None or not await self.misses.after_miss():
+                        raise
+                    body = steer_json(self.svc, client_ip, title, probe, explain)
+                status = 200
         except FleetError as exc:
             status, body = exc.http_status, encode_json({"error": str(exc)}).encode()
         headers.append((b"content-length", str(len(body)).encode()))
@@ -169,6 +198,7 @@ class SteeringHttpProtocol(BoundedHttpToolsProtocol):
     (see the module's docstring); made per service by `steering_protocol`."""
 
     svc: FleetService
+    misses: CatalogueMisses | None
 
     def on_request_head(self) -> None:
         if not self._answer_steer():
@@ -192,6 +222,10 @@ class SteeringHttpProtocol(BoundedHttpToolsProtocol):
             if probe:
                 return False  # an operator's: SteerFastPath knows whether to explain
             status, body = 200, steer_json(self.svc, client_ip, title)
+        except UnlistedTitleError as exc:
+            if self.misses is not None and self.misses.may_help():
+                return False  # SteerFastPath has the catalogue read, and asks again
+            status, body = exc.http_status, encode_json({"error": str(exc)}).encode()
         except FleetError as exc:
             status, body = exc.http_status, encode_json({"error": str(exc)}).encode()
         keep_alive = parser.should_keep_alive()
@@ -206,12 +240,16 @@ class SteeringHttpProtocol(BoundedHttpToolsProtocol):
 
 
 def steering_protocol(
-    svc: FleetService, max_connections: int = LIMITS.max_connections
+    svc: FleetService,
+    max_connections: int = LIMITS.max_connections,
+    misses: CatalogueMisses | None = None,
 ) -> type[SteeringHttpProtocol]:
     """The protocol class for `uvicorn.Config(http=…)`, bound to this service (and to
-    `max_connections`, what the descriptor limit fits: edgeflix.http.runner)."""
-    bound = {
+    `max_connections`, what the descriptor limit fits: edgeflix.http.runner, and to the
+    catalogue reads /steer's misses may ask for)."""
+    bound: dict[str, object] = {
         "svc": svc,
+        "misses": misses,
         "max_connections": max_connections,
         "idle": OrderedDict(),
         "owing": OrderedDict(),
@@ -316,9 +354,10 @@ def create_app(
     admin: AdminAccess,
     planning: Planning | None = None,
     health: ManagerHealth | None = None,
+    misses: CatalogueMisses | None = None,
 ) -> SteerFastPath:
     api = create_api(svc, planning or Planning(svc, in_process=True), health)
-    return SteerFastPath(svc, api, admin)
+    return SteerFastPath(svc, api, admin, misses)
 
 
 def health_metrics(health: ManagerHealth | None) -> str:

@@ -41,8 +41,15 @@ from fleet.http import create_app, steering_protocol
 from fleet.planning import Planning
 from fleet.service import FleetService
 from fleet.store import Store, check_db_path, private_folder
-from fleet.ticker import TickHealth, ticker
-from fleet.tls import CA_CERT, CA_KEY, CertAuthority, https_context, listener_hosts
+from fleet.ticker import CatalogueReads, TickHealth, ticker
+from fleet.tls import (
+    CA_CERT,
+    CA_KEY,
+    CertAuthority,
+    https_context,
+    listener_hosts,
+    retire_https_pair,
+)
 
 log = logging.getLogger("fleet")
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["Fleet"].full_name
@@ -50,11 +57,46 @@ SHUTDOWN_GRACE_S = 5.0
 
 
 class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: this process owns SIGTERM/SIGINT/SIGHUP."""
+    """uvicorn without its own signal handling (this process owns SIGTERM/SIGINT/SIGHUP),
+    and with a bound on the TLS handshake (`[server] tls_handshake_timeout_s`)."""
+
+    def __init__(self, config: uvicorn.Config, handshake_timeout_s: float) -> None:
+        super().__init__(config)
+        self.handshake_timeout_s = handshake_timeout_s
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start on our bound sockets, with `ssl_handshake_timeout`, which uvicorn
+        never passes: a connection's HTTP bounds (fleet/http_protocol.py) start only once
+        its handshake is done, and until then asyncio's 60 s was the only limit."""
+        if sockets is None or self.config.ssl is None:
+            await super().startup(sockets)
+            return
+        await self.lifespan.startup()  # lifespan "off": nothing, as in uvicorn's own
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        self.servers = [
+            await loop.create_server(
+                create_protocol,
+                sock=sock,
+                ssl=config.ssl,
+                backlog=config.backlog,
+                ssl_handshake_timeout=self.handshake_timeout_s,
+            )
+            for sock in sockets
+        ]
+        self.started = True
 
 
 def _bind(address: str) -> socket.socket:
@@ -301,10 +343,13 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     http_sock = _bind(config.server.http)
     planning = Planning(svc)  # its process starts now, ready by the first round
     hhost, hport = http_sock.getsockname()[:2]
+    # The origin's catalogue, read by the ticker's polls and at once for a /steer of a title
+    # it did not list (a new one), one read at a time; the ticker closes it.
+    catalogue = CatalogueReads(svc, config.origin)
     http = _HttpServer(
         uvicorn.Config(
-            create_app(svc, admin, planning, ticks),
-            http=steering_protocol(svc, max_connections=limits.max_connections),
+            create_app(svc, admin, planning, ticks, catalogue),
+            http=steering_protocol(svc, limits.max_connections, catalogue),
             ws="none",  # no websocket route: an upgrade request is answered as HTTP
             log_level="warning",
             access_log=False,
@@ -313,7 +358,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
             # Ours, built and loaded above (TLS 1.2 at least): a bad key or certificate
             # stops the start here, not the HTTP task after "started" is announced.
             ssl_context_factory=None if https is None else lambda _config, _default: https,
-        )
+        ),
+        config.server.tls_handshake_timeout_s,
     )
     scheme = "http" if https is None else "https"
 
@@ -325,7 +371,9 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
         await _stop(health_servicer, grpc_server, planning, svc, store)
         return
     http_task = asyncio.create_task(http.serve(sockets=[http_sock]))
-    tick_task = asyncio.create_task(ticker(svc, config, planning, health=ticks))
+    tick_task = asyncio.create_task(
+        ticker(svc, config, planning, health=ticks, catalogue=catalogue)
+    )
     # What is alive now (modules, schemas, the registry, the loaded state) lives as long as
     # the process. Frozen, it is out of the collector's sight: a full collection walked it
     # all, ~35 ms with the loop stopped, which was most of /steer's p99.
@@ -339,6 +387,8 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     started()
     event(log, "fleet.started", grpc=grpc_at, http=http_at, http_scheme=scheme,
           admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
+    if https is None:  # once started: a start that fails changes nothing beside the db
+        retire_https_pair(Path(tls.db).parent)
     if in_clear:
         warn_in_clear(grpc_at)
     if http_clear:

@@ -16,8 +16,8 @@ Ranking, best first:
 3. the origin, only when fewer than `min_urls` appliances qualify and the policy allows it.
 
 A title withdrawn from the origin, or (once its catalogue is known) never listed by it, is
-refused (UnknownNameError, a 404): no appliance is planned to hold it, and the origin has
-nothing to serve.
+refused (UnlistedTitleError, a 404): no appliance is planned to hold it, and the origin has
+nothing to serve. The HTTP shell may read the catalogue anew and ask once more (fleet/http.py).
 """
 
 from __future__ import annotations
@@ -262,6 +262,11 @@ def rank_rendezvous(
     return ranked
 
 
+class UnlistedTitleError(UnknownNameError):
+    """A valid title id the origin's last listing did not list, or listed as withdrawn: one
+    published or restored since then is listed by the next read of the catalogue."""
+
+
 def steer(
     snapshot: FleetSnapshot,
     client_ip: str,
@@ -270,17 +275,17 @@ def steer(
     listed: Container[str] | None = None,
 ) -> SteeringDecision:
     """Rank where `client_ip` should stream `title_id` from. Raises FleetInputError on a bad IP
-    or title id (it becomes a path in every URL); UnknownNameError on a title withdrawn, or
-    one the origin's catalogue does not list (`listed`: None while that is unknown)."""
+    or title id (it becomes a path in every URL); UnlistedTitleError on a title withdrawn,
+    or one the origin's catalogue does not list (`listed`: None while that is unknown)."""
     policy = policy or SteeringPolicy()
     check_title(title_id)
     if title_id in snapshot.withdrawn:
         # `origin rm`: appliances still holding it drop it at their next fill, but no new
         # session starts on it meanwhile.
-        raise UnknownNameError(f"title '{title_id}' was withdrawn from the origin")
+        raise UnlistedTitleError(f"title '{title_id}' was withdrawn from the origin")
     if listed is not None and title_id not in listed:
         # No appliance is planned to hold it and the origin would answer 404 to its URL.
-        raise UnknownNameError(f"unknown title '{title_id}': the origin does not list it")
+        raise UnlistedTitleError(f"unknown title '{title_id}': the origin does not list it")
     site: Site | None = snapshot.site_of(parse_address(client_ip))
     keys = snapshot.min_keys_version
     eligible = [a for a in snapshot.appliances if may_serve(a, title_id, policy, keys)]

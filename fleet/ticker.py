@@ -1,12 +1,14 @@
 """The fleet manager's background ticks (fleet/server.py runs `ticker` beside its
 listeners): key rotation on schedule, re-planning, reading the origin's catalogue, saving
-soft state; and `TickHealth`, which says when the database stopped taking the ticks' writes
-(a full disk), for /healthz and /metrics.
+soft state; `TickHealth`, which says when the database stopped taking the ticks' writes
+(a full disk), for /healthz and /metrics; and `CatalogueReads`, the one way the catalogue
+is read, shared by the ticker's polls and /steer's misses (fleet/http.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
@@ -18,8 +20,8 @@ from typing import Any
 import httpx
 
 from edgeflix.log import event
-from fleet.catalogue import OriginTitle
-from fleet.config import FleetConfig
+from fleet.catalogue import OriginTitle, miss_read
+from fleet.config import FleetConfig, OriginConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.model import check_title
 from fleet.planning import Planning
@@ -34,6 +36,11 @@ SOFT_STATE_SAVE_S = 300.0
 SOFT_STATE_RETRY_S = 30.0
 # A tick failing tick after tick (the database's disk full) is said once, then this often.
 TICK_FAILED_LOG_S = 60.0
+ORIGIN_TIMEOUT_S = 10.0
+# Longest a /steer for an unlisted title waits for the catalogue read it triggered or
+# joined: a player's first request stays fast, and a slow origin is answered 404 (the read
+# goes on, and the player's retry finds the title).
+MISS_WAIT_S = 1.0
 
 
 class OriginCatalog:
@@ -61,6 +68,99 @@ class OriginCatalog:
         """The titles read last are stored: the same answer is not applied again. Not
         before: a listing whose database write failed is applied again on the next poll."""
         self._digest = self._read
+
+
+class CatalogueReads:
+    """The origin's catalogue read and applied one read at a time: the ticker's polls
+    (`poll`) and /steer's misses (`after_miss`) share the read in flight, and misses start
+    one only as `miss_read` allows, so a flood of /steer for made-up names costs the origin
+    at most one read per `[origin] miss_refresh_s`."""
+
+    def __init__(
+        self,
+        svc: FleetService,
+        origin: OriginConfig,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.svc = svc
+        self.origin = OriginCatalog(origin.url)
+        self.on_miss = origin.refresh_on_miss
+        self.every_s = origin.miss_refresh_s
+        self.monotonic = monotonic
+        self.reads = 0  # started, for tests and curious operators
+        self._client: httpx.AsyncClient | None = None
+        self._task: asyncio.Task[Exception | None] | None = None
+        self._last = float("-inf")  # when the last read started
+        self._closed = False
+
+    def _in_flight(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _read_now(self, trigger: str) -> asyncio.Task[Exception | None]:
+        """The read in flight, or a new one."""
+        if self._task is None or self._task.done():
+            self._last = self.monotonic()
+            self.reads += 1
+            self._task = asyncio.get_running_loop().create_task(self._read(trigger))
+        return self._task
+
+    async def poll(self) -> Exception | None:
+        """The ticker's poll: what the read failed with (an unreadable origin is logged
+        here; a store error is the caller's to report), None when it was applied."""
+        if self._closed:
+            return None
+        return await asyncio.shield(self._read_now("poll"))
+
+    def may_help(self) -> bool:
+        """Whether a /steer miss now would read the catalogue or wait for the read in
+        flight (else it is a 404 at once, with no wait)."""
+        if not self.on_miss or self._closed:
+            return False
+        return miss_read(self.monotonic(), self._last, self._in_flight(), self.every_s) != "refuse"
+
+    async def after_miss(self, wait_s: float = MISS_WAIT_S) -> bool:
+        """A /steer for an unlisted title: True once a read (the one in flight, or one
+        started now) has applied the catalogue within `wait_s`, so the lookup is worth one
+        more try; False when no read may start yet, it failed, or it is slower."""
+        if not self.may_help():
+            return False
+        task = self._read_now("steer")
+        done, _ = await asyncio.wait({task}, timeout=wait_s)
+        return bool(done) and not task.cancelled() and task.result() is None
+
+    async def _read(self, trigger: str) -> Exception | None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=ORIGIN_TIMEOUT_S)
+        try:
+            titles = await self.origin.read(self._client)
+        # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's fault, not a
+        # failed tick that skips planning and saves.
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
+            # A steer's read fails at most once per miss_refresh_s; the ticker's polls
+            # say the origin's state at the warning level.
+            level = logging.WARNING if trigger == "poll" else logging.INFO
+            event(log, "fleet.origin_unreadable", level, error=str(exc), trigger=trigger)
+            return exc
+        if titles is None:
+            return None
+        try:
+            self.svc.set_origin_titles(titles)
+        except (FleetError, sqlite3.Error) as exc:
+            if trigger != "poll":  # the ticker's next poll reads it again and reports it
+                event(log, "fleet.origin_listing_unsaved", logging.WARNING, error=str(exc))
+            return exc
+        self.origin.applied()
+        return None
+
+    async def aclose(self) -> None:
+        """No more reads: the one in flight is cancelled, the client closed."""
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.aclose()
 
 
 def catalog_from_json(doc: Any) -> list[OriginTitle]:
@@ -170,32 +270,27 @@ async def ticker(
     planning: Planning,
     monotonic: Callable[[], float] = time.monotonic,
     health: TickHealth | None = None,
+    catalogue: CatalogueReads | None = None,
 ) -> None:
-    """Key rotation, re-planning, catalog reads and keeping popularity; a failure is
-    logged (TickHealth), never fatal. Intervals are timed on `monotonic`, not the wall
-    clock: a wall clock stepped back (NTP, an RTC kept in local time) stopped planning,
-    origin polls and soft-state saves for as long as the step, for good after a step of
-    years."""
+    """Key rotation, re-planning, catalog reads (through `catalogue`, shared with /steer)
+    and keeping popularity; a failure is logged (TickHealth), never fatal. Intervals are
+    timed on `monotonic`, not the wall clock: a wall clock stepped back (NTP, an RTC kept
+    in local time) stopped planning, origin polls and soft-state saves for as long as the
+    step, for good after a step of years. Closes `catalogue` when it stops."""
     health = health if health is not None else TickHealth(config.server.db, monotonic)
     last_plan = last_poll = float("-inf")
     last_save = monotonic()
-    origin = OriginCatalog(config.origin.url)
-    async with httpx.AsyncClient(timeout=10.0) as client:
+    reads = catalogue if catalogue is not None else CatalogueReads(svc, config.origin, monotonic)
+    try:
         while True:
             now = monotonic()
             try:
                 svc.maybe_rotate_keys()
                 if now - last_poll >= config.origin.poll_s:
                     last_poll = now
-                    try:
-                        titles = await origin.read(client)
-                        if titles is not None:
-                            svc.set_origin_titles(titles)
-                            origin.applied()
-                    # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's
-                    # fault, not a failed tick that skips planning and saves.
-                    except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
-                        event(log, "fleet.origin_unreadable", logging.WARNING, error=str(exc))
+                    error = await reads.poll()  # an unreadable origin is logged there
+                    if isinstance(error, FleetError | sqlite3.Error):
+                        raise error
                 # A new appliance gets its first plan on its first beats, not minutes later.
                 fresh = svc.replan_due and all(n in svc.beats for n in svc.records)
                 if fresh or now - last_plan >= config.planner.interval_s:
@@ -215,3 +310,5 @@ async def ticker(
             else:
                 health.passed(_store_changes(svc))
             await asyncio.sleep(TICK_S)
+    finally:
+        await reads.aclose()

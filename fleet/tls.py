@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -20,14 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeflix.atomicfile import write_atomic
 from edgeflix.config import is_wildcard_host
+from edgeflix.log import event
 from fleet.errors import FleetError, FleetInputError
+
+log = logging.getLogger("fleet")
 
 CA_KEY = "fleet-ca.key"
 CA_CERT = "fleet-ca.pem"
@@ -204,3 +208,70 @@ def https_context(ident: ServerIdentity, folder: Path) -> ssl.SSLContext:
         why = exc.strerror or exc
         raise FleetError(f"cannot keep the HTTPS certificate in {folder}: {why}") from None
     return context
+
+
+def https_pair_not_ours(key_pem: bytes | None, cert_pem: bytes, ca_pem: bytes) -> str | None:
+    """Why an HTTPS key and certificate (`key_pem` None: the key is gone) are not the pair
+    `https_context` made under this CA, or None when they are: the certificate issued by
+    the CA, and the key the certificate's. Pure: the caller reads the files."""
+    try:
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return f"{HTTP_CERT} or {CA_CERT} is no PEM certificate"
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+        return f"{HTTP_CERT} was not issued by {CA_CERT}"
+    if key_pem is None:
+        return None
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return f"{HTTP_KEY} is no unencrypted PEM private key"
+    if key.public_key() != cert.public_key():
+        return f"{HTTP_KEY} is not the key of {HTTP_CERT}"
+    return None
+
+
+def _own_file(path: Path) -> bytes | None:
+    """The file's bytes if it is a regular file (not a link) of this user, else None."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        return None
+    return path.read_bytes()
+
+
+def retire_https_pair(folder: Path) -> None:
+    """With the HTTP listener plain (`http_tls = false`, or tls off), remove the HTTPS key
+    and certificate an earlier HTTPS start wrote into `folder`: a private key nothing uses
+    is only something to leak (a backup, a copy of the folder). Only the pair this manager
+    made (see https_pair_not_ours, and regular files of ours): anything else there is left,
+    and said, for the operator to judge. Never fatal."""
+    key_path, cert_path = folder / HTTP_KEY, folder / HTTP_CERT
+    present = [p for p in (key_path, cert_path) if p.is_symlink() or p.exists()]
+    if not present:
+        return
+    try:
+        cert = _own_file(cert_path) if cert_path in present else None
+        key = _own_file(key_path) if key_path in present else None
+        ca = (folder / CA_CERT).read_bytes() if (folder / CA_CERT).is_file() else None
+        if cert is None or (key is None and key_path in present):
+            why: str | None = "not a regular file of this user, or no certificate beside the key"
+        elif ca is None:
+            why = f"no {CA_CERT} beside it to tell this manager made it"
+        else:
+            why = https_pair_not_ours(key, cert, ca)
+        if why is None:
+            for path in present:  # the key first: it is the secret
+                path.unlink()
+            event(log, "fleet.https_files_removed", files=", ".join(str(p) for p in present),
+                  reason="HTTP is plain ([server] tls or http_tls off): the HTTPS key and "
+                  "certificate an earlier start made are not used")  # fmt: skip
+            return
+    except OSError as exc:
+        why = f"cannot read or remove them: {exc.strerror or exc}"
+    event(log, "fleet.https_files_kept", logging.WARNING,
+          files=", ".join(str(p) for p in present),
+          reason=f"HTTP is plain but these are beside the database and were left: {why}",
+          action="remove them if nothing else uses them")  # fmt: skip

@@ -99,8 +99,8 @@ def _json_lines(stderr: str) -> list[dict[str, object]]:
 
 
 def test_a_fatal_error_in_json_mode_is_a_json_event(tmp_path: Path) -> None:
-    config = storage_toml(tmp_path)  # no index yet: `ls` fails with a ConfigError-like line
-    proc = _edgeflix(["appliance", "ls", "--config", str(config)], EDGEFLIX_LOG_JSON="1")
+    config = storage_toml(tmp_path)  # no index yet: `verify` fails with a ConfigError-like line
+    proc = _edgeflix(["appliance", "verify", "--config", str(config)], EDGEFLIX_LOG_JSON="1")
     assert proc.returncode == 1, proc.stderr
     last = _json_lines(proc.stderr)[-1]
     assert last["level"] == "error" and last["event"] == "cli.error"

@@ -1,0 +1,73 @@
+"""A title published since the manager's last read of the catalogue plays at once: the
+first /steer for it has the manager read the catalogue and ask again (200), not answer 404
+for up to `[origin] poll_s`. A title the origin does not list is still a clean 404, and a
+flood of /steer for made-up names makes at most one catalogue read per `miss_refresh_s`
+(5 s by default), each /steer answered fast. A real manager process; an origin on loopback
+that counts its reads.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from pathlib import Path
+
+from tests.integration.catalogue_origin import origin
+from tests.integration.serve_support import start
+
+
+def _steer(conn: http.client.HTTPConnection, title: str) -> tuple[int, dict[str, object]]:
+    conn.request("GET", f"/steer?client_ip=10.0.0.1&title={title}")
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read())
+
+
+def test_a_title_published_since_the_last_poll_is_steered_at_once(tmp_path: Path) -> None:
+    with origin("film") as (url, handler):
+        config = tmp_path / "fleet.toml"
+        config.write_text(f"""
+[server]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{tmp_path}/db/fleet.sqlite"
+[origin]
+url = "{url}"
+poll_s = 3600
+""")
+        with (tmp_path / "fleet.log").open("wb") as log:
+            fleet = start(["fleet", "serve", "--config", str(config)], ("http",), stderr=log)
+        try:
+            host, _, port = fleet.urls["http"].partition("://")[2].rpartition(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            deadline = time.monotonic() + 20
+            while _steer(conn, "film")[0] != 200:  # the ticker's first poll
+                assert time.monotonic() < deadline, "the manager never read the catalogue"
+                time.sleep(0.1)
+            conn.close()
+            time.sleep(5.5)  # miss_refresh_s past that poll: a miss may read at once
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            reads = handler.reads
+            handler.titles.append("new-film")
+
+            status, body = _steer(conn, "new-film")
+            assert status == 200, body
+            assert body["title"] == "new-film" and body["urls"], body
+            assert handler.reads == reads + 1
+
+            # Made-up names, as fast as the manager answers: each a 404 at once.
+            started, slowest, asked = time.monotonic(), 0.0, 0
+            while time.monotonic() - started < 3:
+                t0 = time.monotonic()
+                status, body = _steer(conn, f"no-such-title-{asked}")
+                slowest = max(slowest, time.monotonic() - t0)
+                asked += 1
+                assert status == 404, body
+                assert "does not list it" in str(body["error"]), body
+            elapsed = time.monotonic() - started
+            assert asked > 100, asked
+            assert handler.reads - (reads + 1) <= 1 + elapsed / 5, (handler.reads, reads)
+            assert slowest < 1.5, slowest
+            conn.close()
+        finally:
+            assert fleet.stop() == 0

@@ -1,0 +1,141 @@
+"""The manager's HTTPS listener bounds the TLS handshake (`[server] tls_handshake_timeout_s`,
+10 s by default): a client that connects and says nothing, or trickles its hello a byte at a
+time, is dropped then, not after asyncio's 60 s. The HTTP bounds (head size and time,
+connection cap: fleet/http_protocol.py) begin only once a handshake is done, so this is the
+only limit on a connection until then. A real client still gets its answer.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.serve_support import Server, start
+
+
+def _start(top: Path, extra: str = "") -> Server:
+    top.mkdir(parents=True, exist_ok=True)
+    config = top / "fleet.toml"
+    config.write_text(f"""
+[server]
+grpc = "127.0.0.1:0"
+enrol_grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{top}/db/fleet.sqlite"
+tls = true
+{extra}
+[origin]
+url = "http://127.0.0.1:9"
+""")
+    with (top / "fleet.log").open("wb") as log:
+        return start(["fleet", "serve", "--config", str(config)], ("grpc", "http"), stderr=log)
+
+
+@pytest.fixture(scope="module")
+def default_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    top = tmp_path_factory.mktemp("fleet-handshake")
+    fleet = _start(top)
+    try:
+        yield fleet, top / "db"
+    finally:
+        fleet.stop()
+
+
+def _addr(fleet: Server) -> tuple[str, int]:
+    host, _, port = fleet.urls["http"].partition("://")[2].rpartition(":")
+    return host, int(port)
+
+
+def _client_hello() -> bytes:
+    """A real TLS ClientHello, as a client's first flight."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    out = ssl.MemoryBIO()
+    tls = context.wrap_bio(ssl.MemoryBIO(), out, server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the server closed `sock` (EOF or reset); call only when it is readable."""
+    try:
+        return sock.recv(4096) == b""
+    except OSError:  # reset
+        return True
+
+
+def _dropped_after(addr: tuple[str, int], limit_s: float) -> tuple[float, float]:
+    """Seconds until the server drops a silent client and one that trickles its hello a
+    byte every 0.2 s (each inf if still open after `limit_s`)."""
+    start = time.monotonic()
+    silent = socket.create_connection(addr, timeout=5)
+    slow = socket.create_connection(addr, timeout=5)
+    hello = _client_hello()[:-1]  # never complete
+    dropped = {silent: float("inf"), slow: float("inf")}
+    sent = 0
+    try:
+        while time.monotonic() - start < limit_s:
+            open_ = [s for s, at in dropped.items() if at == float("inf")]
+            if not open_:
+                break
+            if slow in open_ and sent < len(hello):
+                try:
+                    slow.send(hello[sent : sent + 1])
+                    sent += 1
+                except OSError:  # reset: dropped, said by the read below
+                    pass
+            ready, _, _ = select.select(open_, [], [], 0.2)
+            for sock in ready:
+                if _closed(sock):
+                    dropped[sock] = time.monotonic() - start
+    finally:
+        silent.close()
+        slow.close()
+    assert sent > 3, "the trickling client never got going"
+    return dropped[silent], dropped[slow]
+
+
+def _healthz(fleet: Server, db: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(db / "fleet-ca.pem"))
+    host, port = _addr(fleet)
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    chunks = []
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request.encode())
+        while data := tls.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)
+
+
+def test_clients_that_never_finish_the_handshake_are_dropped_after_10_s_by_default(
+    default_fleet: tuple[Server, Path],
+) -> None:
+    fleet, db = default_fleet
+    silent, slow = _dropped_after(_addr(fleet), limit_s=20)
+    # asyncio's own default held both for 60 s.
+    assert 9 <= silent <= 14, silent
+    assert 9 <= slow <= 14, slow  # bytes arriving do not restart the clock
+    assert _healthz(fleet, db).startswith(b"HTTP/1.1 200 ")
+
+
+def test_the_handshake_timeout_is_configurable(tmp_path: Path) -> None:
+    fleet = _start(tmp_path, "tls_handshake_timeout_s = 1")
+    try:
+        silent, slow = _dropped_after(_addr(fleet), limit_s=8)
+        assert 0.8 <= silent <= 4, silent
+        assert 0.8 <= slow <= 4, slow
+        # A real client's handshake fits well within it.
+        assert _healthz(fleet, tmp_path / "db").startswith(b"HTTP/1.1 200 ")
+    finally:
+        fleet.stop()
