@@ -232,6 +232,8 @@ class Daemon:
             supervisor.publish_keys(self.config)
 
         def set_clock_correction(correction: float) -> None:
+            # Tokens and fill windows are the fleet's: both go by its time from now on.
+            scheduler.set_clock_correction(correction)
             supervisor.fleet_correction = correction
             supervisor.publish_keys(self.config)
 

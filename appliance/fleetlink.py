@@ -25,7 +25,7 @@ import grpc
 
 from appliance.config import ApplianceConfig, FleetLinkConfig
 from appliance.fill.plan import FillPlan
-from appliance.fleetlink_clock import Contact, clock_note
+from appliance.fleetlink_clock import Contact, KeptCorrection, boot_id, clock_note
 from appliance.fleetlink_core import (
     BeatFigures,
     CountLedger,
@@ -71,7 +71,8 @@ class LinkSinks:
     fill_state: Callable[[], dict[str, Any]] = dict
     out_of_service: Callable[[], set[str]] = set
     # The workers check token expiries at their clock plus this (fleetlink_rpc's correction:
-    # the fleet signs them on its clock); it goes to them with the keys (appliance/keyfile.py).
+    # the fleet signs them on its clock); it goes to them with the keys (appliance/keyfile.py),
+    # and to the fill scheduler, whose windows are the fleet's too.
     set_clock_correction: Callable[[float], None] = lambda correction: None
 
 
@@ -84,7 +85,10 @@ class FleetLink:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        boot: str | None = None,
     ) -> None:
+        """`boot`: the kernel's boot id (None: read it), which says whether a monotonic
+        reading the last run saved can be compared with this one's (KeptCorrection)."""
         fleet = config.fleet
         if fleet.url is None:
             raise ValueError("FleetLink needs [fleet] url")
@@ -118,7 +122,16 @@ class FleetLink:
         # list out while ours matches it. Forgotten with the connection it came over.
         self._fleet_titles = b""
         self._thread = threading.Thread(target=self._main, name="fleet-link", daemon=True)
-        self.rpc = FleetRpc(fleet, self.state_store, self.name, self.key, clock)
+        self.kept = KeptCorrection(
+            self.state_store,
+            lambda: self.fleet.url or "",
+            clock,
+            monotonic,
+            boot_id() if boot is None else boot,
+        )
+        self.rpc = FleetRpc(
+            fleet, self.state_store, self.name, self.key, clock, on_change=self.kept.changed
+        )
         self.contact = Contact(self.state_store, clock, monotonic, self._lock, self.rpc.follow_step)
         self.diagnosis = Diagnosis(self.state_store, clock)
         self.enrolling = Enrolling(
@@ -259,6 +272,9 @@ class FleetLink:
 
     def restore(self) -> None:
         st = self.state_store
+        # First: the keys usable now, the workers' token checks and peer URLs signed below
+        # all go by the fleet's time, and so does the first call.
+        self.rpc.correction = self.kept.restore()
         e = self.enrolling.restore()
         if e is not None and e is self.enrolment:  # held: enrolled under this name
             self._interval_s = e.heartbeat_interval_ms / 1000 or self.fleet.heartbeat_s
@@ -347,6 +363,7 @@ class FleetLink:
             self.last_error = None
         self.diagnosis.answered()
         self.contact.save_now_and_then(now, mono)
+        self.kept.taken(self.rpc.correction)
 
     # -- enrolment and heartbeats ----------------------------------------------------------
 

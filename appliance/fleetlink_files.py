@@ -9,7 +9,8 @@ reader ignores fields it does not know, and each file may say its `format` (abse
 file of a later format than this code knows is read as one it cannot read. Only the
 enrolment (the box's identity with the fleet) refuses the start then; without a plan the box
 serves what it holds and waits for the fleet's; without keys it refuses token URLs until the
-fleet sends its set; without a contact the grace period counts from the enrolment.
+fleet sends its set; without a contact the grace period counts from the enrolment; without
+a clock correction the first call refused for this box's clock learns it again.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TLS_KEY_FILE = "tls.key"  # P-256: grpc's BoringSSL takes no Ed25519 client cert
 TLS_CERT_FILE = "tls.crt"  # issued by the fleet's CA at enrolment
 PROBLEM_FILE = "problem.json"  # what the link last failed on, for `appliance status`
 JOIN_FILE = "join.json"  # a digest of the join token the enrolment was made with
+CLOCK_FILE = "clock.json"  # the correction learned of the fleet's time (fleetlink_clock.py)
 
 # The `format` this code reads and writes, per file (absent from a file: 1). A later one is
 # a file this code cannot read. keys.json 2: revoked and carried keys, which a reader that
@@ -46,6 +48,7 @@ FORMATS = {
     CONTACT_FILE: 1,
     PROBLEM_FILE: 1,
     JOIN_FILE: 1,
+    CLOCK_FILE: 1,
 }
 
 
@@ -72,6 +75,18 @@ class StoredPlan:
     document: dict[str, Any]  # the fill-plan JSON (appliance/fill/plan.py)
     sizes: dict[str, int]  # title → bytes, for fill progress
     digest: bytes = b""  # PlanResponse.digest: reported in beats (b"": unknown)
+
+
+@dataclass(frozen=True)
+class SavedCorrection:
+    """The correction the link held (fleet time less this box's clock, fleetlink_rpc), with
+    the readings that say whether it still applies (fleetlink_clock.restored_correction)."""
+
+    correction: float
+    at: float  # this box's wall clock when it was learned, or last taken by the fleet
+    mono: float  # its monotonic clock then: within one boot, a step since shows against it
+    boot: str  # the kernel's boot id then ("": unknown); `mono` means nothing in another
+    fleet: str  # the fleet's gRPC address it was learned of
 
 
 class NewerFormat(ValueError):
@@ -236,3 +251,23 @@ def parse_contact(data: Any) -> float:
 def token_digest(token: str) -> str:
     """What join.json keeps of a join token: enough to tell a new one, nothing to enrol with."""
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- clock.json -----------------------------------------------------------------------------
+
+
+def parse_clock(data: Any) -> SavedCorrection:
+    """clock.json; ValueError (or KeyError) when damaged, NewerFormat of a later format.
+    Fields it does not know are ignored."""
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    check_format(data, CLOCK_FILE)
+    boot, fleet = data.get("boot", ""), data["fleet"]
+    if not isinstance(boot, str) or not isinstance(fleet, str):
+        raise ValueError("boot or fleet is not text")
+    correction, at, mono = (_number(data[k]) for k in ("correction", "at", "mono"))
+    return SavedCorrection(correction, at, mono, boot, fleet)
+
+
+def clock_json(saved: SavedCorrection) -> bytes:
+    return json.dumps({"format": FORMATS[CLOCK_FILE], **saved.__dict__}, sort_keys=True).encode()

@@ -8,7 +8,8 @@ A box whose clock is off (no RTC, no NTP) signs at its clock plus the correction
 from the fleet's refusal of a call for its time (as AWS SDKs do on RequestTimeTooSkewed):
 the next call is taken. The link also checks URL tokens and key periods at that time
 (`fleet_time`), as the fleet made them on its clock; a step of this box's clock (NTP) moves
-the correction back by as much (`follow_step`).
+the correction back by as much (`follow_step`). Each change goes to `on_change`, which keeps
+it for the next start (fleetlink_clock.KeptCorrection).
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ class FleetRpc:
         name: str,
         key: bytes,
         clock: Callable[[], float] = time.time,
+        *,
+        on_change: Callable[[float, bool], None] = lambda correction, stepped: None,
     ) -> None:
         self.fleet, self.state, self.name, self.key, self.clock = fleet, state, name, key, clock
         # Seconds added to `clock` for the time calls are signed at (see the module's doc).
         self.correction = 0.0
+        self.on_change = on_change  # (the new correction, moved by a step of the clock)
         self.channel = open_channel(fleet, state)
         self.stub = fleet_pb2_grpc.FleetStub(self.channel)
 
@@ -158,11 +162,14 @@ class FleetRpc:
         self.correction = new
         fields = {} if stepped_s is None else {"stepped_s": round(stepped_s, 3)}
         action = (
-            "calls to the fleet are signed, and URL tokens and key periods checked, at this "
-            "box's clock plus offset_s; fill windows still go by its clock: set it right (NTP)"
+            "calls to the fleet are signed, and URL tokens, key periods and fill windows "
+            "judged, at this box's clock plus offset_s: set it right (NTP)"
         )
         if not new:
-            action = "calls to the fleet are signed, and URL tokens checked, at its clock again"
+            action = (
+                "calls to the fleet are signed, and URL tokens and fill windows judged, at its "
+                "clock again"
+            )
         event(
             log,
             "fleet.clock_offset",
@@ -172,6 +179,7 @@ class FleetRpc:
             action=action,
             **fields,
         )
+        self.on_change(new, stepped_s is not None)
 
     def _invoke(self, method: str, request: Any, metadata: Any) -> Any:
         try:

@@ -1,7 +1,8 @@
 """What the fleet link keeps on disk under `[fleet] state_dir` (default: `fleet/` beside the
 storage index): the appliance's Ed25519 key, its enrolment, the plan and key set it runs,
-and when the fleet last answered. A restart while the fleet manager is down starts from
-these, so the box serves and verifies tokens without it.
+when the fleet last answered, and how far this box's clock is off the fleet's. A restart
+while the fleet manager is down starts from these, so the box serves and verifies tokens
+without it (on the fleet's time, when the clock was off).
 
 Every file is written whole (temporary name, fsync, rename, fsync of the directory) and the
 secret ones are mode 0600. appliance/fleetlink.py is the only writer. What each file holds,
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from appliance.fleetlink_files import (
+    CLOCK_FILE,
     CONTACT_FILE,
     ENROLMENT_FILE,
     FORMATS,
@@ -33,11 +35,14 @@ from appliance.fleetlink_files import (
     TLS_KEY_FILE,
     Enrolment,
     NewerFormat,
+    SavedCorrection,
     SavedKeys,
     StoredPlan,
     check_format,
+    clock_json,
     enrolment_json,
     keys_json,
+    parse_clock,
     parse_contact,
     parse_enrolment,
     parse_keys,
@@ -303,6 +308,24 @@ class LinkState:
     def save_contact(self, at: float) -> None:
         body = {"format": FORMATS[CONTACT_FILE], "at": at}
         write_atomic(self.folder / CONTACT_FILE, json.dumps(body).encode(), 0o644)
+
+    def saved_correction(self) -> SavedCorrection | None:
+        """clock.json as saved; None when absent, or damaged or of a later format (said with
+        a warning): without it the first call refused for this box's clock learns the
+        correction again, where a guessed one would sign calls and check tokens off."""
+        try:
+            data = _read_json(self.folder / CLOCK_FILE)
+            return None if data is None else parse_clock(data)
+        except (LinkStateError, KeyError, ValueError) as exc:
+            self._unusable(
+                CLOCK_FILE,
+                str(exc) or type(exc).__name__,
+                "no clock correction until the fleet refuses a call for this box's clock",
+            )
+            return None
+
+    def save_correction(self, saved: SavedCorrection) -> None:
+        write_atomic(self.folder / CLOCK_FILE, clock_json(saved), 0o644)
 
     def _small(self, name: str) -> dict[str, Any] | None:
         """A small file only shown or compared (problem.json, join.json): None when absent,

@@ -7,6 +7,9 @@ day's interval is turned into UTC instants through zoneinfo, so DST days are sim
 or longer windows, never skipped or doubled: a time inside a spring-forward gap means the
 gap's end, a time that happens twice its first. "00:00-24:00" (start == end) is the whole
 day: open at every instant, never closing.
+
+A window is the site's, kept on the fleet manager's clock: an appliance whose clock is off
+judges it at `fleet_now` (its clock plus the correction its fleet link learned).
 """
 
 from __future__ import annotations
@@ -97,6 +100,14 @@ class FillWindow:
 
     def seconds_until_open(self, now: datetime) -> float:
         return max((self.next_open(now) - _utc(now)).total_seconds(), 0.0)
+
+
+def fleet_now(now: datetime, correction_s: float) -> datetime:
+    """`now`, read off a box's clock, as the fleet manager's clock reads it: plus the
+    correction the box's fleet link learned (appliance/fleetlink_rpc.py; 0.0: none, or the
+    clock reads right). A window judged at the box's clock alone opens and closes as far off
+    as that clock is, hours into the sites' peak."""
+    return now + timedelta(seconds=correction_s) if correction_s else now
 
 
 def _gap_end(zone: tzinfo, wall: datetime, after: datetime) -> datetime:

@@ -9,13 +9,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from edgeflix.log import event
 from fleet.plans import CatalogTitle
 from fleet.registry import Beat
 
 log = logging.getLogger("fleet")
+
+
+class CatalogueMisses(Protocol):
+    """A fresh read of the origin's catalogue for steering's misses, HTTP /steer and gRPC
+    Steer (ticker.CatalogueReads)."""
+
+    def may_help(self) -> bool: ...
+
+    async def after_miss(self) -> bool: ...
 
 
 @dataclass(frozen=True)

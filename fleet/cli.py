@@ -222,8 +222,8 @@ def clock_line(info: dict[str, Any]) -> str | None:
     if info.get("clock_refused"):
         return f"{off}: its calls are refused; set its clock right (NTP)"
     return (
-        f"{off}: it uses the fleet manager's time for its calls and URL-token expiry, "
-        "but its own for fill windows; set its clock right (NTP)"
+        f"{off}: it uses the fleet manager's time for its calls, URL-token expiry "
+        "and fill windows; set its clock right (NTP)"
     )
 
 

@@ -19,13 +19,14 @@ from edgeflix.bucket import TokenBucket
 from edgeflix.proto import auth
 from edgeflix.proto.codec import TITLES_NEEDED, CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
+from fleet.catalogue import CatalogueMisses
 from fleet.enrolment import OpenEnrolmentFull
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.model import HeldTitle, TierSpace, check_name, check_title
 from fleet.publish import to_proto
 from fleet.registry import Beat, FillFailure, Health, held_title, known_tier
 from fleet.service import FleetService
-from fleet.steering import MAX_RATE_BPS
+from fleet.steering import MAX_RATE_BPS, UnlistedTitleError
 from fleet.store import EnrolmentRefused, StoreError
 from fleet.tls import CertAuthority
 
@@ -244,9 +245,15 @@ BEAT_WORK_BURST_S = 2.0
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, service: FleetService, authority: CertAuthority | None = None) -> None:
+    def __init__(
+        self,
+        service: FleetService,
+        authority: CertAuthority | None = None,
+        misses: CatalogueMisses | None = None,
+    ) -> None:
         self.service = service
         self.authority = authority
+        self.misses = misses  # a fresh catalogue read for a title published since the last
         self._beat_work: dict[str, TokenBucket] = {}  # per enrolled name: its share left
 
     def _beat_work_left(self, name: str, now: float) -> float:
@@ -506,7 +513,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.SteerRequest, context: grpc.aio.ServicerContext
     ) -> fleet_pb2.SteerResponse:
         try:
-            decision, urls = self.service.steer(request.client_ip, request.title_id)
+            try:
+                decision, urls = self.service.steer(request.client_ip, request.title_id)
+            except UnlistedTitleError:
+                # Published since the last read? Once more after a fresh one (shared and
+                # rate-limited as /steer's: ticker.CatalogueReads), else the NOT_FOUND stands.
+                if self.misses is None or not await self.misses.after_miss():
+                    raise
+                decision, urls = self.service.steer(request.client_ip, request.title_id)
         except FleetError as exc:
             await context.abort(_status(exc), str(exc))
             raise

@@ -33,6 +33,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 
 from edgeflix.metrics import Sample, render
 from fleet.admin import AdminAccess, Refusal
+from fleet.catalogue import CatalogueMisses
 from fleet.errors import FleetError, FleetInputError, UnknownNameError
 from fleet.http_protocol import LIMITS, BoundedHttpToolsProtocol, encode_json
 from fleet.model import Appliance
@@ -54,14 +55,6 @@ EXPLAIN_AS = "/appliances"
 
 class JoinTokenRequest(BaseModel):
     site: str
-
-
-class CatalogueMisses(Protocol):
-    """A fresh read of the origin's catalogue for /steer's misses (ticker.CatalogueReads)."""
-
-    def may_help(self) -> bool: ...
-
-    async def after_miss(self) -> bool: ...
 
 
 class ManagerHealth(Protocol):

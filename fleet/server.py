@@ -302,7 +302,11 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         )
     )
-    fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(svc, authority), grpc_server)
+    # The origin's catalogue, read by the ticker's polls and at once for a Steer of a title
+    # it did not list (a new one), HTTP or gRPC, one read at a time; the ticker closes it.
+    catalogue = CatalogueReads(svc, config.origin)
+    servicer = FleetServicer(svc, authority, catalogue)
+    fleet_pb2_grpc.add_FleetServicer_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
     reflection.enable_server_reflection(
@@ -343,9 +347,6 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     http_sock = _bind(config.server.http)
     planning = Planning(svc)  # its process starts now, ready by the first round
     hhost, hport = http_sock.getsockname()[:2]
-    # The origin's catalogue, read by the ticker's polls and at once for a /steer of a title
-    # it did not list (a new one), one read at a time; the ticker closes it.
-    catalogue = CatalogueReads(svc, config.origin)
     http = _HttpServer(
         uvicorn.Config(
             create_app(svc, admin, planning, ticks, catalogue),

@@ -36,6 +36,8 @@ class Pacer:
     cap_bps: int | None
     window: FillWindow | None
     clock: Callable[[], float] = time.monotonic
+    # The time the window is judged at: the daemon's scheduler passes its own, this box's
+    # clock plus the fleet link's correction (FillScheduler.now).
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     sleep: Sleep = asyncio.sleep
     _bucket: TokenBucket | None = None

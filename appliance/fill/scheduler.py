@@ -8,7 +8,9 @@ next one is due at the next window (or `recheck_s` later without a window), soon
 plan changes or `kick()` says storage changed (a disk lost: its titles are re-filled onto the
 disks left, in the open window or the next), or a minute after a failed run (backing off) when
 the window is still open then. `next_due` and `start_at` are the pure rules.
-The clock is injected: tests set it and `wake()` the loop instead of sleeping.
+The clock is injected: tests set it and `wake()` the loop instead of sleeping. Windows are
+judged at that clock plus the fleet link's correction (`set_clock_correction`: the fleet's
+time, when this box's clock is off), for the run's start and its Pacer alike.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from appliance.fill.runner import FillReport, FillRun, peer_waiting, tuning
 from appliance.fill.storage import StoreStorage
 from appliance.store import Store
 from edgeflix.errors import EdgeflixError
-from edgeflix.fillwindow import FillWindow
+from edgeflix.fillwindow import FillWindow, fleet_now
 from edgeflix.log import event
 
 log = logging.getLogger("appliance.fill")
@@ -126,13 +129,16 @@ class FillScheduler:
         on_write_error: Callable[[str, OSError], None] | None = None,
     ) -> None:
         """`not_writable` and `on_write_error`: the health monitor's disks whose writes
-        fail, and where a run reports a failed write (diskwatch.DiskWatch)."""
+        fail, and where a run reports a failed write (diskwatch.DiskWatch). `now`: this
+        box's clock (`now()` adds the fleet link's correction)."""
         self.config = config
         self.out_of_service = out_of_service
         self.not_writable = not_writable
         self.on_write_error = on_write_error
         self.plan_file = plan_file
-        self.now = now
+        self._clock = now
+        # Seconds the fleet's clock reads ahead of this box's (the fleet link's correction).
+        self.clock_correction = 0.0
         self.recheck_s = recheck_s
         self.poll_s = poll_s
         self._sched = _Schedule()
@@ -145,6 +151,29 @@ class FillScheduler:
         self._started = threading.Event()
 
     # -- what others call (any thread) ------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The time windows are judged at: this box's clock plus the fleet link's correction,
+        as the sites' windows are the fleet manager's (edgeflix.fillwindow.fleet_now)."""
+        return fleet_now(self._clock(), self.clock_correction)
+
+    def set_clock_correction(self, correction: float) -> None:
+        """The fleet link learned (or dropped) how far this box's clock is off the fleet's:
+        windows go by the fleet's time from now on, a running fill's Pacer too. A run not
+        running is due now, in the open or next window: its due time was read off the old
+        time (a plan submitted at the box's 07:00 is not due at the fleet's 07:00), and
+        another run finds what is done and fetches only the rest."""
+        if not math.isfinite(correction):
+            raise ValueError(f"clock correction {correction!r} is not a number")
+        with self._lock:
+            if correction == self.clock_correction:
+                return
+            self.clock_correction = correction
+            now, s = self.now(), self._sched
+            if s.plan is not None and not s.running:
+                s.due = now
+        event(log, "fill.clock_corrected", offset_s=round(correction, 3), now=now.isoformat())
+        self.wake()
 
     def start(self) -> None:
         self._thread.start()
@@ -197,6 +226,8 @@ class FillScheduler:
                 "running": s.running,
                 "runs": s.runs,
                 "last_error": s.last_error,
+                # Windows are judged at this box's clock plus this (the fleet's time).
+                "clock_correction_s": round(self.clock_correction, 1),
             }
 
     # -- the scheduler thread ---------------------------------------------------------------

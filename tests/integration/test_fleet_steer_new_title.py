@@ -13,6 +13,10 @@ import json
 import time
 from pathlib import Path
 
+import grpc
+import pytest
+
+from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from tests.integration.catalogue_origin import origin
 from tests.integration.serve_support import start
 
@@ -36,7 +40,7 @@ url = "{url}"
 poll_s = 3600
 """)
         with (tmp_path / "fleet.log").open("wb") as log:
-            fleet = start(["fleet", "serve", "--config", str(config)], ("http",), stderr=log)
+            fleet = start(["fleet", "serve", "--config", str(config)], ("grpc", "http"), stderr=log)
         try:
             host, _, port = fleet.urls["http"].partition("://")[2].rpartition(":")
             conn = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -69,5 +73,21 @@ poll_s = 3600
             assert handler.reads - (reads + 1) <= 1 + elapsed / 5, (handler.reads, reads)
             assert slowest < 1.5, slowest
             conn.close()
+
+            # gRPC Steer (the playback service's way in) reads again too, as rate-limited.
+            time.sleep(5.5)
+            handler.titles.append("grpc-film")
+            with grpc.insecure_channel(fleet.urls["grpc"]) as channel:
+                stub = fleet_pb2_grpc.FleetStub(channel)
+                answer = stub.Steer(
+                    fleet_pb2.SteerRequest(client_ip="10.0.0.1", title_id="grpc-film"), timeout=10
+                )
+                assert answer.urls
+                with pytest.raises(grpc.RpcError) as missing:
+                    stub.Steer(
+                        fleet_pb2.SteerRequest(client_ip="10.0.0.1", title_id="no-such"),
+                        timeout=10,
+                    )
+                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         finally:
             assert fleet.stop() == 0
