@@ -2,11 +2,13 @@
 
 Every daemon declares its schema as `ConfigModel` subclasses; unknown keys are errors
 that name the file and the key, and so is a value of the wrong type (`workers = "4"`):
-models are strict, but for an integer where a float is wanted, and a string for a path
-(`ConfigPath`) and an array for a tuple (`ConfigList`), the only forms TOML has.
-Environment variables override file values: `<PREFIX>__SECTION__KEY=value` (value parsed
-as a TOML value, else taken as a string); a variable that nearly has that form (one `_`,
-lower case, a plural) is logged as ignored.
+models are strict, but for the forms the release before took that read one way (see
+toml_form): an integer where a float is wanted, a whole float where an integer is, the
+boolean spellings (`no`, `0`, `False`), a string for a path (`ConfigPath`) and an array for
+a tuple (`ConfigList`). Environment variables override file values:
+`<PREFIX>__SECTION__KEY=value` (value parsed as a TOML value, else taken as text, which is
+read as a number where one is wanted: `04`, `.5`); a variable that nearly has that form
+(one `_`, lower case, a plural) is logged as ignored.
 """
 
 from __future__ import annotations
@@ -20,12 +22,24 @@ import re
 import shlex
 import socket
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Strict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from edgeflix.errors import ConfigError
 from edgeflix.log import event
@@ -38,9 +52,15 @@ class ConfigModel(BaseModel):
 
     # No inf or nan: `peer_wait_s = inf` is valid TOML and reads as "for ever", but every
     # duration and rate here ends in arithmetic that cannot take it (timedelta, round()).
-    # Strict: `workers = "4"` or `sendfile = "no"` is a typo to name, not a value to coerce
-    # (lax pydantic reads "no" as False and 4.0 as 4); an integer still goes for a float.
+    # Strict: `workers = "4"` is a typo to name, not a value to coerce. The forms lax
+    # pydantic took that have one reading still load (toml_form): configs that started
+    # before the models were strict start after.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _toml_form(cls, value: Any, info: ValidationInfo) -> Any:
+        return toml_form(value, cls.model_fields[str(info.field_name)].annotation)
 
 
 M = TypeVar("M", bound=ConfigModel)
@@ -52,12 +72,97 @@ ConfigPath = Annotated[Path, Strict(False)]
 ConfigList = Annotated[tuple[T, ...], Strict(False)]
 
 
+class EnvText(str):
+    """A variable's value TOML does not read (`no`, `04`, `.5`, `a.example`): text, which
+    toml_form reads as a number where one is wanted, as lax pydantic did before."""
+
+
 def parse_env_value(raw: str) -> Any:
     """Parse an override as a TOML value (`8`, `true`, `["a"]`), else keep the string."""
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        return raw
+        return EnvText(raw)
+
+
+# Lax pydantic, for the forms strict models took before: its boolean table (true/false,
+# yes/no, on/off, t/f, y/n, 1/0 in any case; the numbers 0 and 1) and numbers as text.
+_LAX_BOOL: TypeAdapter[bool] = TypeAdapter(bool)
+_LAX_NUMBER: dict[type, TypeAdapter[Any]] = {int: TypeAdapter(int), float: TypeAdapter(float)}
+
+
+def toml_form(value: Any, annotation: Any) -> Any:
+    """`value` for a field of type `annotation` in the form a strict model takes, where it
+    was given in another with one reading: a boolean's spellings, a whole float for an
+    integer (3600.0, 1e4), a variable's text for a number. Anything else is returned for
+    the strict model to refuse; a fractional float for an integer and a non-array for an
+    array are refused here, in words a TOML user knows."""
+    kinds = _kinds(annotation)
+    if isinstance(value, EnvText):
+        value = _env_text(str(value), kinds)
+    if kinds == {bool} and isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            return _LAX_BOOL.validate_python(value)
+        except ValidationError:
+            return value
+    if kinds == {int} and isinstance(value, float) and math.isfinite(value):
+        if not value.is_integer():
+            raise PydanticCustomError(
+                "int_from_float", "Input should be a valid integer, got a number with a "
+                "fractional part"
+            )  # fmt: skip
+        return int(value)
+    if kinds == {tuple} and not isinstance(value, list | tuple):
+        items = _kinds(_array_item(annotation))
+        of = "text" if items <= {str} else "table" if items == {dict} else "value"
+        raise PydanticCustomError("array_type", "Input should be an array", {"items": of})
+    return value
+
+
+def _env_text(text: str, kinds: frozenset[type]) -> Any:
+    """A variable's text TOML does not read as a number (`04`, `.5`, `1.`), read as lax
+    pydantic did where a number is wanted; else the text, for the strict model to judge."""
+    adapter = _LAX_NUMBER.get(next(iter(kinds))) if len(kinds) == 1 else None
+    if adapter is None:
+        return text
+    try:
+        return adapter.validate_python(text)
+    except ValidationError:
+        return text
+
+
+def _kinds(annotation: Any) -> frozenset[type]:
+    """The kinds of TOML value a field of type `annotation` holds: bool, int, float, str,
+    tuple (an array), dict (a table), object (another); None is left out."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return frozenset().union(*(_kinds(arg) for arg in typing.get_args(annotation)))
+    if origin is Literal:
+        return frozenset(type(arg) for arg in typing.get_args(annotation))
+    if origin in (tuple, list):
+        return frozenset({tuple})
+    if annotation is type(None):
+        return frozenset()
+    if annotation in (bool, int, float, str):
+        return frozenset({annotation})
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return frozenset({str})
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return frozenset({dict})
+    return frozenset({object})
+
+
+def _array_item(annotation: Any) -> Any:
+    """The item type of the tuple (or list) in `annotation`; object if there is none."""
+    if typing.get_origin(annotation) in (tuple, list):
+        return typing.get_args(annotation)[0]
+    for arg in typing.get_args(annotation):
+        item = _array_item(arg)
+        if item is not object:
+            return item
+    return object
 
 
 def env_overrides(env: Mapping[str, str], prefix: str) -> dict[tuple[str, ...], str]:
@@ -155,34 +260,63 @@ def describe_validation_error(
     if first["type"] == "string_type" and setter is not None and env and setter in env:
         # The value was read as TOML (`1`, `true`, a date): in TOML a string is quoted.
         message += f" (quote it to keep it text: {setter}={quote_for_shell(env[setter])})"
-    elif first["type"] in _SCALAR_TYPES and isinstance(first.get("input"), str):
-        hint = _text_for_scalar(first["input"], first["type"], str(first["loc"][-1]), setter)
+    elif first["type"] in _NUMBER_TYPES and isinstance(first.get("input"), str):
+        hint = _text_for_number(first["input"], first["type"], str(first["loc"][-1]), setter)
         message += hint
+    elif first["type"] in _NUMBER_TYPES:
+        message += _shown(first.get("input"), setter)  # `workers = true`
+    elif first["type"] == "bool_type":
+        message += f"{_shown(first.get('input'), setter)} (write true or false)"
+    elif first["type"] == "array_type":
+        message += _array_hint(first, key, setter)
     return f"{blamed}: key '{key}': {message}"
 
 
-# Strict models' errors for text where a number or a boolean is wanted (`workers = "4"`).
-_SCALAR_TYPES = frozenset({"int_type", "float_type", "bool_type"})
+# Strict models' errors for text where a number is wanted (`workers = "4"`).
+_NUMBER_TYPES = frozenset({"int_type", "float_type"})
 
 
-def _text_for_scalar(text: str, error: str, name: str, setter: str | None) -> str:
-    """What describe_validation_error adds when a number or boolean was given as text: the
-    quotes to drop from a file's value that is one without them (`workers = "4"`)."""
-    shown = repr(text[:80])
-    if setter is not None:  # a variable's value that TOML does not read: `yes`, `4 s`
-        return f", not {shown}"
-    if _reads_as(parse_env_value(text), error):
-        return f", not the string {shown} (write it without quotes: {name} = {text.strip()})"
-    return f", not the string {shown}"
+def _text_for_number(text: str, error: str, name: str, setter: str | None) -> str:
+    """What describe_validation_error adds when a number was given as text: the quotes to
+    drop from a file's value that is one without them (`workers = "4"`)."""
+    shown = _shown(text, setter)
+    if setter is None and _reads_as(parse_env_value(text), error):
+        return f"{shown} (write it without quotes: {name} = {text.strip()})"
+    return shown
+
+
+def _shown(value: object, setter: str | None) -> str:
+    """`, not …` for a refused scalar: text from a file is "the string", as it was quoted;
+    a variable's is not (`yes`, `4 s`)."""
+    if isinstance(value, str):
+        return f", not {value[:80]!r}" if setter else f", not the string {value[:80]!r}"
+    if isinstance(value, int | float):  # a bool is an int: `true` shown as TOML has it
+        return f", not {str(value).lower() if isinstance(value, bool) else value}"
+    return ""
 
 
 def _reads_as(value: object, error: str) -> bool:
-    """Whether `value` is what a strict model's `error` (int_type...) asked for."""
-    if isinstance(value, bool):
-        return error == "bool_type"
+    """Whether `value` is what a strict model's number `error` (int_type...) asked for."""
+    if isinstance(value, bool):  # an int to Python, but `"true"` is no number unquoted
+        return False
     if isinstance(value, int):
         return error in ("int_type", "float_type")
     return isinstance(value, float) and math.isfinite(value) and error == "float_type"
+
+
+def _array_hint(error: Any, key: str, setter: str | None) -> str:
+    """What describe_validation_error adds to toml_form's `array_type`: the value in an
+    array, or the `[[…]]` header an array of tables is written with."""
+    given, items = error.get("input"), error.get("ctx", {}).get("items")
+    if isinstance(given, str) and items == "text":
+        array = json.dumps([given])
+        if setter is not None:
+            return f", e.g. {setter}={shlex.quote(array)}"
+        return f", e.g. {error['loc'][-1]} = {array}"
+    in_tables = all(isinstance(part, str) for part in error["loc"])  # no array on the way
+    if isinstance(given, dict) and items == "table" and setter is None and in_tables:
+        return f" of tables: a [[{key}]] section for each, not [{key}]"
+    return ""
 
 
 def quote_for_shell(raw: str) -> str:
