@@ -1,16 +1,20 @@
 """The fleet's public HTTP port as a transport: uvicorn's httptools protocol, with a response's
 head and body leaving in one send (_CoalescingTransport), and every connection bounded as the
 appliance and the origin bound theirs (edgeflix/http, same defaults): head size, head time,
-number of connections (BoundedHttpToolsProtocol). fleet/http.py builds the steering protocol
-on it.
+number of connections (BoundedHttpToolsProtocol), counted from the accept with HTTPS too
+(TlsHandshake). fleet/http.py builds the steering protocol on it; fleet/server.py listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
+import ssl
 from collections import OrderedDict
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
@@ -88,7 +92,8 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     - At most `max_connections` connections: a newcomer at the cap closes the one idle
       longest (answered, nothing since), else the one that has owed a head longest (a
       player's head takes a round trip: a crowd of silent connections yields first), and
-      is answered 503 when every other has a request in flight.
+      is answered 503 when every other has a request in flight. With HTTPS, a connection
+      counts from its accept, owing its head while its handshake runs (TlsHandshake).
     """
 
     header_timeout_s: float = LIMITS.header_timeout_s
@@ -99,17 +104,41 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     # (`steering_protocol`).
     idle: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
     owing: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
+    # Set while `transport` is the raw TCP one of a TLS handshake in progress (tls_accepted).
+    _handshaking = False
+
+    def tls_accepted(self, raw: asyncio.Transport) -> bool:
+        """A TLS connection accepted, its handshake about to run (TlsHandshake): counted
+        against the cap from now on, as owing its head, and closed over `raw` if a newcomer
+        needs its room. At the cap with every other connection busy, `raw` is aborted (no
+        503 can be said before the handshake) and False returned."""
+        self.transport, self._handshaking = raw, True
+        self.connections.add(self)
+        self.owing[self] = None
+        if len(self.connections) > self.max_connections and not self._make_room():
+            self.tls_failed()
+            raw.abort()
+            return False
+        return True
+
+    def tls_failed(self) -> None:
+        """The handshake of a `tls_accepted` connection failed (or it was closed meanwhile):
+        connection_made and connection_lost will never come, so it is uncounted here."""
+        self.connections.discard(self)
+        self.owing.pop(self, None)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._handshaking = False
         self._in_head = True  # reading a request head (or waiting for one)
         self._head_bytes = 0
         self._refusal: tuple[int, str] | None = None
         self._refused = False
         # Since when the client owes us the rest of a head; None while it owes nothing.
         # Checked by one timer per connection, not one armed per request: /steer is hot.
+        # (The handshake has its own timeout: the head's time starts after it.)
         self._waiting_since: float | None = self.loop.time()
-        self.owing[self] = None
+        self.owing[self] = None  # counted since its accept, a TLS one keeps its place
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._check_head)
         if len(self.connections) > self.max_connections and not self._make_room():
             self._refuse(503, "the fleet manager is at its connection limit: retry shortly")
@@ -238,6 +267,107 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             for other in waiting:
                 if other is not self and not other.transport.is_closing():
                     waiting.pop(other)
-                    other.transport.close()
+                    if other._handshaking:
+                        other.transport.abort()  # nothing said yet that a close would flush
+                    else:
+                        other.transport.close()
                     return True
         return False
+
+
+class TlsHandshake(asyncio.Protocol):
+    """A connection of the HTTPS listener from its accept: the listener accepts plain TCP
+    and the handshake runs here (`loop.start_tls`), the HTTP protocol (`app`) given the TLS
+    transport once it is done. A listener made with `ssl=` makes its protocol only after the
+    handshake, so the cap never counted connections in one: 420 silent connects held every
+    descriptor of a manager at `ulimit -n 400` until their handshake timed out. Here each
+    counts from its accept (`BoundedHttpToolsProtocol.tls_accepted`).
+
+    Until `app` takes over, what the TLS layer hands up is kept for it, in order: asyncio's
+    passes the first data on as the handshake ends, before start_tls returns."""
+
+    def __init__(
+        self, app: BoundedHttpToolsProtocol, context: ssl.SSLContext, timeout_s: float
+    ) -> None:
+        self.app = app
+        self._context = context
+        self._timeout_s = timeout_s
+        self._raw: asyncio.Transport | None = None
+        self._hello: list[bytes] = []  # read off the raw transport before start_tls took it
+        self._early: list[Callable[[], object]] | None = []  # None once `app` has taken over
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = raw = cast(asyncio.Transport, transport)
+        # The hello waits for start_tls (uvloop starts reading after this returns, though:
+        # what it reads meanwhile is kept in _hello).
+        raw.pause_reading()
+        if self.app.tls_accepted(raw):
+            self._task = asyncio.get_running_loop().create_task(self._handshake(raw))
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        tls: asyncio.Transport | None = None
+        if not raw.is_closing():  # else closed for room, or reset, before this step
+            loop = asyncio.get_running_loop()
+            start: Awaitable[asyncio.Transport | None] = loop.start_tls(
+                raw, self, self._context, server_side=True, ssl_handshake_timeout=self._timeout_s
+            )
+            if self._hello:
+                start = asyncio.ensure_future(start)
+                await asyncio.sleep(0)  # start_tls has taken `raw`, its connection_made queued
+                loop.call_soon(_hand_on, raw, b"".join(self._hello))  # next after it
+            # A client's failure (ssl.SSLError, a reset, the timeout's ConnectionAbortedError)
+            # is its own: dropped unsaid, as a listener made with `ssl=` drops it.
+            with contextlib.suppress(OSError):
+                tls = await start
+        # A connection closed in its handshake (for room, say) may still "complete" it: with
+        # no transport (asyncio's), or a closed one (uvloop's).
+        if tls is None or tls.is_closing():
+            self.app.tls_failed()
+            raw.abort()
+            return
+        tls.set_protocol(self.app)
+        self.app.connection_made(tls)
+        early, self._early = self._early or [], None
+        for call in early:
+            call()
+
+    def _raw_phase(self) -> bool:
+        """Whether a call comes from the raw transport (not yet start_tls's)."""
+        return self._raw is not None and self._raw.get_protocol() is self
+
+    def _hand_up(self, call: Callable[[], object]) -> None:
+        if self._early is None:
+            call()
+        else:
+            self._early.append(call)
+
+    def data_received(self, data: bytes) -> None:
+        if self._raw_phase():
+            assert self._raw is not None
+            self._hello.append(data)
+            self._raw.pause_reading()
+            return
+        self._hand_up(functools.partial(self.app.data_received, data))
+
+    def eof_received(self) -> bool | None:
+        if not self._raw_phase():
+            self._hand_up(self.app.eof_received)
+        return None  # the raw transport's: it closes, and the handshake fails with it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._raw_phase():  # the raw transport's: the handshake fails with it
+            self._hand_up(functools.partial(self.app.connection_lost, exc))
+
+
+def _hand_on(raw: asyncio.Transport, data: bytes) -> None:
+    """Give `data` to the protocol start_tls put on `raw`, as `raw` would have: TLS
+    protocols are buffered ones (asyncio.BufferedProtocol)."""
+    protocol = raw.get_protocol()
+    view = memoryview(data)
+    while view and not raw.is_closing():
+        buffer = protocol.get_buffer(len(view))  # type: ignore[attr-defined]
+        n = min(len(buffer), len(view))
+        buffer[:n] = view[:n]
+        protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        view = view[n:]

@@ -20,6 +20,7 @@ import sqlite3
 import ssl
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
 import grpc
 import uvicorn
@@ -38,6 +39,7 @@ from fleet.config import FleetConfig, ServerConfig
 from fleet.errors import FleetError
 from fleet.grpc_api import FleetServicer
 from fleet.http import create_app, steering_protocol
+from fleet.http_protocol import BoundedHttpToolsProtocol, TlsHandshake
 from fleet.planning import Planning
 from fleet.service import FleetService
 from fleet.store import Store, check_db_path, private_folder
@@ -58,7 +60,7 @@ SHUTDOWN_GRACE_S = 5.0
 
 class _HttpServer(uvicorn.Server):
     """uvicorn without its own signal handling (this process owns SIGTERM/SIGINT/SIGHUP),
-    and with a bound on the TLS handshake (`[server] tls_handshake_timeout_s`)."""
+    and with HTTPS handshakes run by fleet/http_protocol.py's TlsHandshake."""
 
     def __init__(self, config: uvicorn.Config, handshake_timeout_s: float) -> None:
         super().__init__(config)
@@ -69,31 +71,26 @@ class _HttpServer(uvicorn.Server):
         yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        """uvicorn's start on our bound sockets, with `ssl_handshake_timeout`, which uvicorn
-        never passes: a connection's HTTP bounds (fleet/http_protocol.py) start only once
-        its handshake is done, and until then asyncio's 60 s was the only limit."""
+        """uvicorn's start on our bound sockets, with HTTPS accepted as plain TCP and the
+        handshake run by TlsHandshake: so a connection counts against the cap from its
+        accept, and the handshake is bounded (`[server] tls_handshake_timeout_s`; asyncio's
+        60 s otherwise, which uvicorn never changes)."""
         if sockets is None or self.config.ssl is None:
             await super().startup(sockets)
             return
         await self.lifespan.startup()  # lifespan "off": nothing, as in uvicorn's own
-        config, loop = self.config, asyncio.get_running_loop()
+        config, context, loop = self.config, self.config.ssl, asyncio.get_running_loop()
 
-        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
-            return config.http_protocol_class(  # type: ignore[call-arg]
-                config=config,
-                server_state=self.server_state,
-                app_state=self.lifespan.state,
-                _loop=_loop,
+        def create_protocol() -> asyncio.Protocol:
+            app = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            return TlsHandshake(
+                cast(BoundedHttpToolsProtocol, app), context, self.handshake_timeout_s
             )
 
         self.servers = [
-            await loop.create_server(
-                create_protocol,
-                sock=sock,
-                ssl=config.ssl,
-                backlog=config.backlog,
-                ssl_handshake_timeout=self.handshake_timeout_s,
-            )
+            await loop.create_server(create_protocol, sock=sock, backlog=config.backlog)
             for sock in sockets
         ]
         self.started = True
@@ -389,7 +386,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     event(log, "fleet.started", grpc=grpc_at, http=http_at, http_scheme=scheme,
           admin=config.server.admin, admin_token=str(token_path))  # fmt: skip
     if https is None:  # once started: a start that fails changes nothing beside the db
-        retire_https_pair(Path(tls.db).parent)
+        retire_https_pair(Path(tls.db).parent, Path(tls.db))
     if in_clear:
         warn_in_clear(grpc_at)
     if http_clear:

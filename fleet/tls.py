@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
 import os
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edgeflix import pidlock
 from edgeflix.atomicfile import write_atomic
 from edgeflix.config import is_wildcard_host
 from edgeflix.log import event
@@ -242,26 +244,67 @@ def _own_file(path: Path) -> bytes | None:
     return path.read_bytes()
 
 
-def retire_https_pair(folder: Path) -> None:
+def _held(lock: Path) -> bool:
+    """Whether a process holds `lock` (pidlock's flock); True when it cannot be told. The
+    probe's own lock is shared and dropped at once: a manager starting just then is not
+    kept out by more than that instant."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held
+        return True
+    finally:
+        os.close(fd)  # drops the probe's lock
+    return False
+
+
+def other_manager(folder: Path, db: Path) -> str | None:
+    """Why another running manager may use the HTTPS pair in `folder` (one pair per folder,
+    one manager per database): the database in `folder`, not `db`, whose lock
+    (fleet/server.py `sole_manager`: DB.lock beside it) is held; None when there is none."""
+    own = f"{os.path.realpath(db)}.lock"  # as sole_manager names it
+    for lock in sorted(folder.glob("*.lock")):
+        if os.path.realpath(lock) == own or not lock.with_suffix("").is_file():
+            continue  # ours, or a lock of no database
+        if _held(lock):
+            pid = pidlock.holder(lock)
+            by = f" (pid {pid})" if pid else ""
+            return f"another fleet manager{by} runs on {lock.with_suffix('')} in this folder"
+    return None
+
+
+def _not_ours(folder: Path, present: list[Path]) -> str | None:
+    """Why the HTTPS files `present` in `folder` may not be the pair https_context made
+    there, or None when they are."""
+    key_path, cert_path = folder / HTTP_KEY, folder / HTTP_CERT
+    cert = _own_file(cert_path) if cert_path in present else None
+    key = _own_file(key_path) if key_path in present else None
+    ca = (folder / CA_CERT).read_bytes() if (folder / CA_CERT).is_file() else None
+    if cert is None or (key is None and key_path in present):
+        return "not a regular file of this user, or no certificate beside the key"
+    if ca is None:
+        return f"no {CA_CERT} beside it to tell this manager made it"
+    return https_pair_not_ours(key, cert, ca)
+
+
+def retire_https_pair(folder: Path, db: Path) -> None:
     """With the HTTP listener plain (`http_tls = false`, or tls off), remove the HTTPS key
-    and certificate an earlier HTTPS start wrote into `folder`: a private key nothing uses
-    is only something to leak (a backup, a copy of the folder). Only the pair this manager
-    made (see https_pair_not_ours, and regular files of ours): anything else there is left,
-    and said, for the operator to judge. Never fatal."""
+    and certificate an earlier HTTPS start wrote into `folder` (beside `db`): a private key
+    nothing uses is only something to leak (a backup, a copy of the folder). Only the pair
+    this manager made (see https_pair_not_ours, and regular files of ours), and only while
+    no other manager runs on a database in `folder` (`other_manager`: it may be serving
+    them): anything else there is left, and said, for the operator to judge. Never fatal."""
     key_path, cert_path = folder / HTTP_KEY, folder / HTTP_CERT
     present = [p for p in (key_path, cert_path) if p.is_symlink() or p.exists()]
     if not present:
         return
     try:
-        cert = _own_file(cert_path) if cert_path in present else None
-        key = _own_file(key_path) if key_path in present else None
-        ca = (folder / CA_CERT).read_bytes() if (folder / CA_CERT).is_file() else None
-        if cert is None or (key is None and key_path in present):
-            why: str | None = "not a regular file of this user, or no certificate beside the key"
-        elif ca is None:
-            why = f"no {CA_CERT} beside it to tell this manager made it"
-        else:
-            why = https_pair_not_ours(key, cert, ca)
+        why = other_manager(folder, db) or _not_ours(folder, present)
         if why is None:
             for path in present:  # the key first: it is the secret
                 path.unlink()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeflix import pidlock
 from fleet.tls import (
     CA_CERT,
     HTTP_CERT,
@@ -19,6 +20,8 @@ from fleet.tls import (
     https_pair_not_ours,
     retire_https_pair,
 )
+
+DB = "fleet.sqlite"
 
 
 def _made(folder: Path) -> CertAuthority:
@@ -50,19 +53,19 @@ def test_the_pair_a_start_made_is_ours(tmp_path: Path) -> None:
 def test_our_pair_is_removed_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="fleet")
     _made(tmp_path)
-    retire_https_pair(tmp_path)
+    retire_https_pair(tmp_path, tmp_path / DB)
     assert not (tmp_path / HTTP_KEY).exists() and not (tmp_path / HTTP_CERT).exists()
     assert (tmp_path / CA_CERT).exists() and (tmp_path / "fleet-ca.key").exists()
     assert len(_said(caplog, "fleet.https_files_removed")) == 1
     caplog.clear()
-    retire_https_pair(tmp_path)  # nothing left: nothing said
+    retire_https_pair(tmp_path, tmp_path / DB)  # nothing left: nothing said
     assert not caplog.records
 
 
 def test_a_lone_certificate_of_ours_is_removed(tmp_path: Path) -> None:
     _made(tmp_path)
     (tmp_path / HTTP_KEY).unlink()
-    retire_https_pair(tmp_path)
+    retire_https_pair(tmp_path, tmp_path / DB)
     assert not (tmp_path / HTTP_CERT).exists()
 
 
@@ -88,9 +91,30 @@ def test_what_we_cannot_tell_we_made_is_left_and_said(
     else:
         key.write_bytes((other / HTTP_KEY).read_bytes())
     left = {p: p.read_bytes() for p in (key, cert) if p.exists()}
-    retire_https_pair(tmp_path)
+    retire_https_pair(tmp_path, tmp_path / DB)
     assert {p: p.read_bytes() for p in (key, cert) if p.exists()} == left
     assert (other / HTTP_KEY).exists()
     (kept,) = _said(caplog, "fleet.https_files_kept")
     assert kept.levelno == logging.WARNING
     assert not _said(caplog, "fleet.https_files_removed")
+
+
+def test_the_pair_is_kept_while_another_manager_runs_in_the_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pair is one per folder, a manager's lock one per database: a plain manager on
+    a.sqlite removed the pair an HTTPS one on b.sqlite was serving with."""
+    caplog.set_level(logging.INFO, logger="fleet")
+    _made(tmp_path)
+    (tmp_path / "b.sqlite").touch()
+    with pidlock.take(tmp_path / "b.sqlite.lock"):  # the HTTPS manager, running
+        own = pidlock.take(tmp_path / f"{DB}.lock")  # ours: not another's
+        retire_https_pair(tmp_path, tmp_path / DB)
+        own.release()
+    assert (tmp_path / HTTP_KEY).exists() and (tmp_path / HTTP_CERT).exists()
+    (kept,) = _said(caplog, "fleet.https_files_kept")
+    reason = kept.__dict__["edgeflix_fields"]["reason"]
+    assert "another fleet manager" in reason and "b.sqlite" in reason, reason
+    # Gone (its lock file left behind, unheld): nothing keeps the pair any more.
+    retire_https_pair(tmp_path, tmp_path / DB)
+    assert not (tmp_path / HTTP_KEY).exists()

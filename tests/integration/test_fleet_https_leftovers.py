@@ -15,14 +15,15 @@ from tests.integration.serve_support import start
 PAIR = ("fleet-http.key", "fleet-http.pem")
 
 
-def _run(top: Path, server: str) -> str:
-    """Start a manager with `server` lines in [server], stop it; its log."""
+def _run(top: Path, server: str, db: Path | None = None) -> str:
+    """Start a manager with `server` lines in [server] (its database `db`, by default
+    top/db/fleet.sqlite), stop it; its log."""
     config = top / "fleet.toml"
     config.write_text(f"""
 [server]
 grpc = "127.0.0.1:0"
 http = "127.0.0.1:0"
-db = "{top}/db/fleet.sqlite"
+db = "{db or top / "db" / "fleet.sqlite"}"
 {server}
 [origin]
 url = "http://127.0.0.1:9"
@@ -54,3 +55,39 @@ def test_the_https_pair_of_an_earlier_start_is_removed_when_http_turns_plain(
     assert "http_tls" in removed[0], removed[0]
     # Nothing more to say on the next start.
     assert "fleet.https_files" not in _run(tmp_path, plain)
+
+
+def test_a_plain_manager_leaves_the_pair_of_an_https_one_running_in_the_folder(
+    tmp_path: Path,
+) -> None:
+    """One lock per database, one pair per folder: a plain manager started beside a running
+    HTTPS one (another database file in the same folder) deleted the key it serves with."""
+    db = tmp_path / "db"
+    https_top, plain_top = tmp_path / "https", tmp_path / "plain"
+    https_top.mkdir()
+    plain_top.mkdir()
+    (https_top / "fleet.toml").write_text(f"""
+[server]
+grpc = "127.0.0.1:0"
+enrol_grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{db}/a.sqlite"
+tls = true
+[origin]
+url = "http://127.0.0.1:9"
+""")
+    with (https_top / "fleet.log").open("wb") as err:
+        args = ["fleet", "serve", "--config", str(https_top / "fleet.toml")]
+        https = start(args, ("grpc", "http"), stderr=err)
+    try:
+        assert all((db / name).exists() for name in PAIR)
+        log = _run(plain_top, "tls = false", db / "b.sqlite")
+        assert all((db / name).exists() for name in PAIR), sorted(p.name for p in db.iterdir())
+        kept = [line for line in log.splitlines() if "fleet.https_files_kept" in line]
+        assert len(kept) == 1 and "another fleet manager" in kept[0], log
+        assert "fleet.https_files_removed" not in log
+    finally:
+        assert https.stop() == 0
+    # Alone in the folder now: the next plain start retires the pair.
+    _run(plain_top, "tls = false", db / "b.sqlite")
+    assert not any((db / name).exists() for name in PAIR)

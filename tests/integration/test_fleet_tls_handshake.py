@@ -1,15 +1,18 @@
 """The manager's HTTPS listener bounds the TLS handshake (`[server] tls_handshake_timeout_s`,
 10 s by default): a client that connects and says nothing, or trickles its hello a byte at a
-time, is dropped then, not after asyncio's 60 s. The HTTP bounds (head size and time,
-connection cap: fleet/http_protocol.py) begin only once a handshake is done, so this is the
-only limit on a connection until then. A real client still gets its answer.
+time, is dropped then, not after asyncio's 60 s. A connection in its handshake counts against
+the connection cap (fleet/http_protocol.py) as one owing its head: a crowd of silent connects
+past the cap closes its oldest, not every descriptor. A real client still gets its answer.
 """
 
 from __future__ import annotations
 
+import resource
 import select
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,13 +106,13 @@ def _dropped_after(addr: tuple[str, int], limit_s: float) -> tuple[float, float]
     return dropped[silent], dropped[slow]
 
 
-def _healthz(fleet: Server, db: Path) -> bytes:
+def _healthz(fleet: Server, db: Path, timeout: float = 10) -> bytes:
     context = ssl.create_default_context(cafile=str(db / "fleet-ca.pem"))
     host, port = _addr(fleet)
     request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     chunks = []
     with (
-        socket.create_connection((host, port), timeout=10) as raw,
+        socket.create_connection((host, port), timeout=timeout) as raw,
         context.wrap_socket(raw, server_hostname=host) as tls,
     ):
         tls.sendall(request.encode())
@@ -139,3 +142,67 @@ def test_the_handshake_timeout_is_configurable(tmp_path: Path) -> None:
         assert _healthz(fleet, tmp_path / "db").startswith(b"HTTP/1.1 200 ")
     finally:
         fleet.stop()
+
+
+NOFILE = 400  # the manager's descriptors, soft and hard: its connection cap is fitted to it
+
+
+def _low_nofile() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+def _start_low_nofile(top: Path) -> Server:
+    """`_start`'s manager, under `ulimit -n NOFILE`."""
+    top.mkdir(parents=True, exist_ok=True)
+    config = top / "fleet.toml"
+    config.write_text(f"""
+[server]
+grpc = "127.0.0.1:0"
+enrol_grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{top}/db/fleet.sqlite"
+tls = true
+[origin]
+url = "http://127.0.0.1:9"
+""")
+    with (top / "fleet.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeflix.cli", "fleet", "serve", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=log, bufsize=0, preexec_fn=_low_nofile,
+        )  # fmt: skip
+    fleet = Server(proc)
+    deadline = time.monotonic() + 60
+    assert proc.stdout is not None
+    while "http" not in fleet.urls and time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 1)[0]:
+            word, _, url = proc.stdout.readline().decode().strip().partition(" on ")
+            if not url:
+                fleet.stop()
+                raise AssertionError("edgeflix fleet serve did not start")
+            fleet.urls[word] = url
+    return fleet
+
+
+def test_silent_connects_past_the_cap_close_the_oldest_not_every_descriptor(
+    tmp_path: Path,
+) -> None:
+    """Counted only once their handshake was done, 420 silent connects took every one of the
+    manager's 400 descriptors for the 10 s of the handshake timeout: every real client was
+    refused meanwhile (SSLEOFError, a reset), and nothing said why."""
+    fleet = _start_low_nofile(tmp_path)
+    crowd: list[socket.socket] = []
+    try:
+        addr = _addr(fleet)
+        for _ in range(NOFILE + 20):
+            crowd.append(socket.create_connection(addr, timeout=5))
+        began = time.monotonic()
+        assert _healthz(fleet, tmp_path / "db", timeout=5).startswith(b"HTTP/1.1 200 ")
+        assert time.monotonic() - began < 3  # not after the crowd's handshakes time out
+        # Room was made oldest first: the first connects are closed, the last still open.
+        oldest, newest = crowd[0], crowd[-1]
+        assert select.select([oldest], [], [], 3)[0] and _closed(oldest)
+        assert not select.select([newest], [], [], 0)[0]
+    finally:
+        for sock in crowd:
+            sock.close()
+        assert fleet.stop() == 0
