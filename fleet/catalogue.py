@@ -65,10 +65,10 @@ class Catalogue:
             # appliance is planned to hold it. One ingested since the last poll makes
             # /steer read the catalogue at once (see miss_read: one read at a time, none
             # sooner than [origin] miss_refresh_s after the last, so no client makes the
-            # manager call the origin at will). Before a listing of titles since this start
-            # (the origin unreachable, or listing nothing) nothing is refused this way, and
-            # a title no appliance holds goes to the origin; an empty listing keeps the one
-            # before.
+            # manager call the origin at will, nor waits long on a slow one). Before a
+            # listing of titles since this start (the origin unreachable, or listing
+            # nothing) nothing is refused this way, and a title no appliance holds goes to
+            # the origin; an empty listing keeps the one before.
             self.listed = frozenset(listing)
         else:
             kept = "appliances keep and serve what they hold until the origin lists titles"
@@ -103,14 +103,40 @@ class Catalogue:
         return title in self.releases or title in beat.titles
 
 
-MissRead = Literal["join", "read", "refuse"]
+MissRead = Literal["join", "read", "start", "refuse"]
+# A miss waits only for a read that started this recently: a healthy origin answers in
+# tens of ms, so a read out longer is a slow or hung origin's. A miss waiting on it held its
+# connection (a request in flight, which the connection cap never evicts) for up to
+# ticker.MISS_WAIT_S, and with the origin hung a read was out all the time: a flood of
+# made-up names held every connection and locked players out.
+MISS_JOIN_S = 0.2
+# The most misses waiting at once, however healthy the origin; the rest are 404 at once.
+MISS_WAITERS_MAX = 32
 
 
-def miss_read(now: float, last_read: float, in_flight: bool, every_s: float) -> MissRead:
-    """What a /steer for a title the catalogue does not list does: `join` the read of the
-    catalogue in flight, start a `read` now, or `refuse` (404 at once) when one started
-    less than `every_s` ago. Any read counts (the ticker's polls too): a flood of made-up
-    names costs the origin at most one read per `every_s`, one at a time."""
+def miss_read(
+    now: float,
+    last_read: float,
+    in_flight: bool,
+    every_s: float,
+    *,
+    origin_ok: bool,
+    waiting: int,
+    join_s: float = MISS_JOIN_S,
+    waiters_max: int = MISS_WAITERS_MAX,
+) -> MissRead:
+    """What a /steer for a title the catalogue does not list does: `join` (wait for) the
+    read of the catalogue in flight, start a `read` and wait for it, `start` one and answer
+    404 now, or `refuse` (404 at once, no read). Any read counts (the ticker's polls too): a
+    flood of made-up names costs the origin at most one read per `every_s`, one at a time.
+
+    A miss waits only while the origin is healthy (`origin_ok`: the last read that finished
+    was applied), fewer than `waiters_max` wait already (`waiting`), and for a read that
+    started less than `join_s` ago: no slow or hung origin holds players' connections. With
+    the origin failing a read still starts (`start`), so its recovery is seen."""
+    may_wait = origin_ok and waiting < waiters_max
     if in_flight:
-        return "join"
-    return "read" if now - last_read >= every_s else "refuse"
+        return "join" if may_wait and now - last_read < join_s else "refuse"
+    if now - last_read < every_s:
+        return "refuse"
+    return "read" if may_wait else "start"

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from edgeflix.log import event
-from fleet.catalogue import OriginTitle, miss_read
+from fleet.catalogue import MissRead, OriginTitle, miss_read
 from fleet.config import FleetConfig, OriginConfig
 from fleet.errors import FleetError, FleetInputError
 from fleet.model import check_title
@@ -39,8 +39,11 @@ TICK_FAILED_LOG_S = 60.0
 ORIGIN_TIMEOUT_S = 10.0
 # Longest a /steer for an unlisted title waits for the catalogue read it triggered or
 # joined: a player's first request stays fast, and a slow origin is answered 404 (the read
-# goes on, and the player's retry finds the title).
+# goes on, and the player's retry finds the title). Which misses wait at all: miss_read.
 MISS_WAIT_S = 1.0
+# The largest size a listing may give a title (what SQLite and the protos' size fields
+# hold): a bigger one is no origin's, and overflowed float arithmetic on /steer's count.
+MAX_TITLE_BYTES = 2**63 - 1
 
 
 class OriginCatalog:
@@ -74,7 +77,8 @@ class CatalogueReads:
     """The origin's catalogue read and applied one read at a time: the ticker's polls
     (`poll`) and /steer's misses (`after_miss`) share the read in flight, and misses start
     one only as `miss_read` allows, so a flood of /steer for made-up names costs the origin
-    at most one read per `[origin] miss_refresh_s`."""
+    at most one read per `[origin] miss_refresh_s`, and holds no connection waiting on an
+    origin slow to answer."""
 
     def __init__(
         self,
@@ -91,6 +95,8 @@ class CatalogueReads:
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[Exception | None] | None = None
         self._last = float("-inf")  # when the last read started
+        self._ok = False  # the last read that finished was applied (the origin is healthy)
+        self._waiting = 0  # misses waiting for a read now
         self._closed = False
 
     def _in_flight(self) -> bool:
@@ -111,35 +117,58 @@ class CatalogueReads:
             return None
         return await asyncio.shield(self._read_now("poll"))
 
+    def _miss(self) -> MissRead:
+        if not self.on_miss or self._closed:
+            return "refuse"
+        now, in_flight = self.monotonic(), self._in_flight()
+        return miss_read(
+            now, self._last, in_flight, self.every_s, origin_ok=self._ok, waiting=self._waiting
+        )
+
     def may_help(self) -> bool:
         """Whether a /steer miss now would read the catalogue or wait for the read in
         flight (else it is a 404 at once, with no wait)."""
-        if not self.on_miss or self._closed:
-            return False
-        return miss_read(self.monotonic(), self._last, self._in_flight(), self.every_s) != "refuse"
+        return self._miss() != "refuse"
 
     async def after_miss(self, wait_s: float = MISS_WAIT_S) -> bool:
         """A /steer for an unlisted title: True once a read (the one in flight, or one
         started now) has applied the catalogue within `wait_s`, so the lookup is worth one
-        more try; False when no read may start yet, it failed, or it is slower."""
-        if not self.may_help():
+        more try; False at once when `miss_read` says not to wait, else when the read
+        failed or is slower. Never raises: the 404 stands."""
+        action = self._miss()
+        if action == "refuse":
             return False
         task = self._read_now("steer")
-        done, _ = await asyncio.wait({task}, timeout=wait_s)
-        return bool(done) and not task.cancelled() and task.result() is None
+        if action == "start":
+            return False
+        self._waiting += 1
+        try:
+            done, _ = await asyncio.wait({task}, timeout=wait_s)
+        finally:
+            self._waiting -= 1
+        if not done or task.cancelled() or task.exception() is not None:
+            return False
+        return task.result() is None
 
     async def _read(self, trigger: str) -> Exception | None:
+        error = await self._read_apply(trigger)
+        self._ok = error is None
+        return error
+
+    async def _read_apply(self, trigger: str) -> Exception | None:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=ORIGIN_TIMEOUT_S)
         try:
             titles = await self.origin.read(self._client)
-        # InvalidURL is no HTTPError: a URL httpx cannot use is the origin's fault, not a
-        # failed tick that skips planning and saves.
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError, KeyError) as exc:
+        # Whatever reading and parsing its answer raises is the origin's fault (InvalidURL,
+        # which is no HTTPError; JSON nested past the recursion limit), not a failed tick
+        # that skips planning and saves, nor a /steer answered 500.
+        except Exception as exc:
             # A steer's read fails at most once per miss_refresh_s; the ticker's polls
             # say the origin's state at the warning level.
             level = logging.WARNING if trigger == "poll" else logging.INFO
-            event(log, "fleet.origin_unreadable", level, error=str(exc), trigger=trigger)
+            error = str(exc) or type(exc).__name__  # a timeout's str is empty
+            event(log, "fleet.origin_unreadable", level, error=error, trigger=trigger)
             return exc
         if titles is None:
             return None
@@ -166,7 +195,8 @@ class CatalogueReads:
 def catalog_from_json(doc: Any) -> list[OriginTitle]:
     """The origin's `GET /titles` answer; ValueError when it is not one (`[origin] url`
     names another server). Entries no origin makes (a title id that is no safe path
-    component, a record that is not an object) are left out, not planned."""
+    component, a record that is not an object, a size that is no int64 count of bytes) are
+    left out, not planned."""
     titles = doc.get("titles") if isinstance(doc, dict) else None
     if not isinstance(titles, list):
         raise ValueError("the answer to GET /titles has no 'titles' list: is [origin] url right?")
@@ -179,7 +209,10 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
             # What an appliance stores: the media and files.json (an older origin lists
             # only the media; the planner's headroom absorbs the difference then).
             total = int(t.get("total_bytes") or 0) + int(t.get("files_json_bytes") or 0)
-        except (FleetInputError, TypeError, ValueError):
+        # OverflowError: a size of 1e400, which JSON reads as infinity.
+        except (FleetInputError, TypeError, ValueError, OverflowError):
+            continue
+        if not 0 <= total <= MAX_TITLE_BYTES:
             continue
         digest = t.get("digest")
         out.append(OriginTitle(title_id, digest if isinstance(digest, str) else "", total))
