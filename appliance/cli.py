@@ -462,7 +462,7 @@ def sign_cmd(
 
     from appliance import config as appliance_config
     from edgeflix import tokens
-    from edgeflix.config import is_wildcard_host, parse_hostport
+    from edgeflix.configtypes import is_wildcard_host, parse_hostport
     from edgeflix.errors import ConfigError
     from edgeflix.titlefiles import check_title_id
 

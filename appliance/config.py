@@ -13,16 +13,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edgeflix.config import (
-    ConfigList,
-    ConfigModel,
-    ConfigPath,
+from edgeflix.config import ConfigList, ConfigModel, ConfigPath, load_config
+from edgeflix.configtypes import (
     FleetGrpcAddress,
     HostPort,
     Name,
     ReachableUrl,
     is_wildcard_host,
-    load_config,
     parse_hostport,
 )
 from edgeflix.text import shown_bytes

@@ -39,7 +39,7 @@ from appliance.startup import StartupCheck, settle_store
 from appliance.status import assemble, count_max_bytes
 from appliance.supervisor import DaemonError, Supervisor
 from edgeflix import pidlock
-from edgeflix.config import format_hostport, parse_hostport
+from edgeflix.configtypes import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.http.runner import install_signals
 from edgeflix.http.server import FileServer, ServerSettings, bind, url_of

@@ -24,7 +24,7 @@ import grpc
 from appliance.config import FleetLinkConfig
 from appliance.fleetlink_clock import correction_after_step
 from appliance.fleetlink_state import LinkState, LinkStateError
-from edgeflix.config import format_hostport, parse_hostport
+from edgeflix.configtypes import format_hostport, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.log import event
 from edgeflix.proto import auth

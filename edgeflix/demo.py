@@ -27,7 +27,7 @@ from types import FrameType
 
 import typer
 
-from edgeflix.config import format_hostport, is_wildcard_host, parse_hostport
+from edgeflix.configtypes import format_hostport, is_wildcard_host, parse_hostport
 from edgeflix.errors import EdgeflixError
 from edgeflix.samples import sample_clip
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from edgeflix.config import parse_base_url
+from edgeflix.configtypes import parse_base_url
 from edgeflix.errors import ConfigError
 from fleet.admin import ENV_TOKEN
 from fleet.errors import FleetError, FleetInputError

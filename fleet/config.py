@@ -12,15 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edgeflix.config import (
-    ConfigList,
-    ConfigModel,
-    ConfigPath,
-    HostPort,
-    Name,
-    ReachableUrl,
-    load_config,
-)
+from edgeflix.config import ConfigList, ConfigModel, ConfigPath, load_config
+from edgeflix.configtypes import HostPort, Name, ReachableUrl
 from edgeflix.tokens import MAX_TTL_S
 from fleet.errors import FleetInputError
 from fleet.keys import KeyPolicy

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edgeflix import fillwindow
-from edgeflix.config import NAME_RE, is_wildcard_host, parse_base_url
+from edgeflix.configtypes import NAME_RE, is_wildcard_host, parse_base_url
 from edgeflix.errors import ConfigError
 from edgeflix.titlefiles import TitleFilesError, check_title_id
 from fleet.errors import FleetInputError

@@ -28,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgeflix import pidlock
-from edgeflix.config import format_hostport, parse_hostport
+from edgeflix.configtypes import format_hostport, parse_hostport
 from edgeflix.http.runner import fit_connections, install_signals
 from edgeflix.http.server import ServerSettings, bind
 from edgeflix.log import event

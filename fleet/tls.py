@@ -29,7 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeflix import pidlock
 from edgeflix.atomicfile import write_atomic
-from edgeflix.config import is_wildcard_host
+from edgeflix.configtypes import is_wildcard_host
 from edgeflix.log import event
 from fleet.errors import FleetError, FleetInputError
 

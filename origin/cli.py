@@ -267,7 +267,7 @@ def serve_cmd(
     ),
 ) -> None:
     """Serve STORE/titles over HTTP (Range, ETag) and list titles at GET /titles."""
-    from edgeflix.config import parse_hostport
+    from edgeflix.configtypes import parse_hostport
     from edgeflix.http.server import ServerSettings
     from origin.server import serve
 

@@ -5,15 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from edgeflix.config import (
-    BaseUrl,
-    ConfigModel,
-    HostPort,
-    Name,
-    load_config,
-    parse_base_url,
-    parse_hostport,
-)
+from edgeflix.config import ConfigModel, load_config
+from edgeflix.configtypes import BaseUrl, HostPort, Name, parse_base_url, parse_hostport
 from edgeflix.errors import ConfigError
 
 

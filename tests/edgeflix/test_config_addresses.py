@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from edgeflix.config import (
-    ConfigModel,
+from edgeflix.config import ConfigModel
+from edgeflix.configtypes import (
     ReachableUrl,
     format_hostport,
     parse_base_url,

@@ -19,13 +19,11 @@ from appliance.index import connect_writer
 from edgeflix.config import (
     NOT_OVERRIDES,
     ConfigModel,
-    HostPort,
     ignored_overrides,
     load_config,
-    parse_fleet_grpc,
-    parse_hostport,
     quote_for_shell,
 )
+from edgeflix.configtypes import HostPort, parse_fleet_grpc, parse_hostport
 from edgeflix.errors import ConfigError
 from fleet.config import ENV_PREFIX as FLEET
 from origin.config import ENV_PREFIX as ORIGIN
