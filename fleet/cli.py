@@ -28,8 +28,8 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 app = typer.Typer(no_args_is_help=True)
 keys_app = typer.Typer(
-    no_args_is_help=True,
-    help="URL-token signing keys: `rotate` on schedule or at will, `revoke` a leaked one.",
+    help="URL-token signing keys: list them (alone, or `ls`), `rotate` on schedule or at "
+    "will, `revoke` a leaked one."
 )
 app.add_typer(keys_app, name="keys")
 
@@ -476,6 +476,52 @@ def join_token_cmd(
     ui.print_json(out) if as_json else typer.echo(out["token"])
 
 
+def _when(t: float | None) -> str:
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _show_keys(fleet: str | None, as_json: bool) -> None:
+    out = call(fleet, "GET", "/keys")
+    if as_json:
+        ui.print_json(out)
+        return
+    typer.echo(f"key set version {out['version']}")
+    ui.print_table(
+        ["id", "since", "signs", "activates UTC", "retires UTC", "verifies until UTC"],
+        [
+            [k["id"], k["since"], "yes" if k["signing"] else "-", _when(k["activates"]),
+             _when(k["retires"]), _when(k["verify_until"])]
+            for k in out["keys"]
+        ],
+    )  # fmt: skip
+    rebased = out.get("rebased")  # (a manager from before it: nothing to say)
+    if rebased:
+        if not ui.interactive():
+            typer.echo()  # in a pipe: a blank line ends the table
+        typer.echo(f"rebased: {rebased['note']}")
+
+
+@keys_app.callback(invoke_without_command=True)
+@_shaped
+def keys_cmd(ctx: typer.Context, fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """The URL-token signing keys: which signs, until when each verifies, and whether the
+    set was re-stamped after a restore from backup (then appliances keep the keys made
+    after the backup for verifying only)."""
+    if ctx.invoked_subcommand is None:
+        _show_keys(fleet, as_json)
+    elif fleet is not None or as_json:
+        raise ui.click_exceptions().UsageError(
+            f"--fleet and --json go after the sub-command: keys {ctx.invoked_subcommand} ..."
+        )
+
+
+@keys_app.command("ls")
+@_shaped
+def keys_ls_cmd(fleet: str | None = FleetOpt, as_json: bool = JsonOpt) -> None:
+    """The URL-token signing keys (what `edgeflix fleet keys` alone shows)."""
+    _show_keys(fleet, as_json)
+
+
 @keys_app.command("rotate")
 @_shaped
 def keys_rotate_cmd(
@@ -502,7 +548,7 @@ def keys_revoke_cmd(
         ...,
         callback=_given,
         metavar="KEY_ID",
-        help="The key's id (`keys rotate --json` lists them; a URL's token starts with it).",
+        help="The key's id (`edgeflix fleet keys` lists them; a URL's token starts with it).",
     ),
     fleet: str | None = FleetOpt,
     as_json: bool = JsonOpt,

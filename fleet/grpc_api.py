@@ -8,6 +8,7 @@ Enrol needs that signature too once its name is enrolled with its key (see `_rep
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,7 @@ from dataclasses import replace
 import grpc
 
 from edgeflix.bucket import TokenBucket
+from edgeflix.log import event
 from edgeflix.proto import auth
 from edgeflix.proto.codec import TITLES_NEEDED, CodecError, pack_plan, unpack_counts
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
@@ -28,8 +30,10 @@ from fleet.registry import Beat, FillFailure, Health, held_title, known_tier
 from fleet.service import FleetService
 from fleet.steering import MAX_RATE_BPS, UnlistedTitleError
 from fleet.store import EnrolmentRefused, StoreError
+from fleet.ticker import TickHealth, store_changes
 from fleet.tls import CertAuthority
 
+log = logging.getLogger("fleet")
 _HEALTH: dict[int, Health] = {
     fleet_pb2.HEALTH_OK: "ok",
     fleet_pb2.HEALTH_DEGRADED: "degraded",
@@ -43,6 +47,9 @@ MAX_HELD_TITLES = 100_000
 # A failed title's reason as the manager keeps it (the fill's message, which names the title,
 # the tier and the bytes it lacked, fits well within).
 MAX_FAILURE_REASON = 300
+# What an Enrol the database could not save is answered: the caller is not enrolled, so not
+# told the store's error (it names the database's path on the manager); the log has it.
+ENROL_UNSAVED = "the fleet manager cannot save enrolments now; retry later"
 
 
 def _status(exc: FleetError) -> grpc.StatusCode:
@@ -250,10 +257,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         service: FleetService,
         authority: CertAuthority | None = None,
         misses: CatalogueMisses | None = None,
+        health: TickHealth | None = None,
     ) -> None:
         self.service = service
         self.authority = authority
         self.misses = misses  # a fresh catalogue read for a title published since the last
+        self.health = health  # told of enrolments the database refused, or took
         self._beat_work: dict[str, TokenBucket] = {}  # per enrolled name: its share left
 
     def _beat_work_left(self, name: str, now: float) -> float:
@@ -367,8 +376,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         except FleetError as exc:
             if isinstance(exc, EnrolmentRefused | OpenEnrolmentFull):
                 self.service.enrolment_refused(str(exc), request.name, context.peer() or "")
+            if isinstance(exc, StoreError):
+                self._enrol_unsaved(exc, request.name, context.peer() or "")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, ENROL_UNSAVED)
             await context.abort(_status(exc), str(exc))
             raise
+        if self.health is not None:
+            self.health.wrote(store_changes(self.service))
         return fleet_pb2.EnrolResponse(
             appliance=rec.name,
             site=rec.site,
@@ -376,6 +390,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             client_cert_pem=cert if ca is not None else b"",
             ca_cert_pem=ca.ca_pem if ca is not None else b"",
         )
+
+    def _enrol_unsaved(self, exc: StoreError, name: str, peer: str) -> None:
+        """The store's error, with its path, to the log (and /healthz, through `health`,
+        which says it once while the database refuses writes), never to the caller."""
+        if self.health is not None:
+            self.health.write_failed(str(exc), store_changes(self.service), "enrolment")
+        else:
+            event(log, "fleet.enrolment_unsaved", logging.ERROR, error=str(exc),
+                  appliance=name, peer=peer)  # fmt: skip
 
     async def Heartbeat(
         self, request: fleet_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext

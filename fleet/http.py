@@ -41,6 +41,8 @@ from fleet.planning import Planning
 from fleet.registry import Beat
 from fleet.service import FleetService
 from fleet.steering import UnlistedTitleError
+from fleet.store import StoreError
+from fleet.ticker import store_changes
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,11 +60,16 @@ class JoinTokenRequest(BaseModel):
 
 
 class ManagerHealth(Protocol):
-    """What /healthz and /metrics say of the manager's own work (server.TickHealth)."""
+    """What /healthz and /metrics say of the manager's own work (ticker.TickHealth), told
+    here of the admin API's writes too."""
 
     def problem(self) -> str | None: ...
 
     def store_writable(self) -> bool: ...
+
+    def write_failed(self, error: str, changes: int, what: str) -> None: ...
+
+    def wrote(self, changes: int) -> None: ...
 
 
 def steer_json(
@@ -368,7 +375,17 @@ def create_api(
 
     @app.exception_handler(FleetError)
     async def _fleet_error(request: Request, exc: FleetError) -> JSONResponse:
+        if isinstance(exc, StoreError) and health is not None:
+            # An operator's change the database refused (a full disk): /healthz says so
+            # too, not only this answer.
+            what = f"{request.method} {request.url.path}"
+            health.write_failed(str(exc), store_changes(svc), what)
         return JSONResponse({"error": str(exc)}, status_code=exc.http_status)
+
+    def saved() -> None:
+        """An admin change the database took: it takes writes again (TickHealth.wrote)."""
+        if health is not None:
+            health.wrote(store_changes(svc))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -396,16 +413,19 @@ def create_api(
     @app.post("/appliances/{name}/drain")
     async def drain(name: str) -> dict[str, Any]:
         svc.set_drained(name, True)
+        saved()
         return {"name": name, "drained": True}
 
     @app.post("/appliances/{name}/undrain")
     async def undrain(name: str) -> dict[str, Any]:
         svc.set_drained(name, False)
+        saved()
         return {"name": name, "drained": False}
 
     @app.delete("/appliances/{name}")
     async def remove(name: str) -> dict[str, Any]:
         svc.remove(name)
+        saved()
         return {"name": name, "removed": True}
 
     @app.get("/sites")
@@ -433,6 +453,7 @@ def create_api(
     async def replan(site: str | None = None) -> dict[str, Any]:
         plan_json(svc, site)  # an unknown site is refused before any work
         await planning.replan()
+        saved()
         return plan_json(svc, site)
 
     @app.post("/fill-now")
@@ -441,16 +462,24 @@ def create_api(
 
     @app.post("/join-tokens")
     async def join_token(body: JoinTokenRequest) -> dict[str, Any]:
-        return {"site": body.site, "token": svc.join_token(body.site)}
+        token = svc.join_token(body.site)
+        saved()
+        return {"site": body.site, "token": token}
+
+    @app.get("/keys")
+    async def keys() -> dict[str, Any]:
+        return dataclasses.asdict(svc.keyring.listing())
 
     @app.post("/keys/rotate")
     async def rotate_keys(immediate: bool = False) -> dict[str, Any]:
         svc.rotate_keys(immediate=immediate)
+        saved()
         return {"version": svc.keys.version, "keys": [k.id for k in svc.keys.keys]}
 
     @app.post("/keys/{key_id}/revoke")
     async def revoke_key(key_id: str) -> dict[str, Any]:
         svc.revoke_key(key_id)
+        saved()
         keys = [k.id for k in svc.keys.keys]
         return {"revoked": key_id, "version": svc.keys.version, "keys": keys}
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from edgeflix.log import event
 from fleet.config import FleetConfig
 from fleet.errors import UnknownNameError
 from fleet.keys import (
+    KeyPolicy,
     KeySet,
     Signer,
     cover_token_ttl,
@@ -29,6 +31,64 @@ from fleet.keys import (
 from fleet.store import Store
 
 log = logging.getLogger("fleet")
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One key as `edgeflix fleet keys` shows it: never its secret."""
+
+    id: str
+    since: int  # the key set version that brought it
+    activates: float
+    retires: float | None  # None: signs until the next rotation
+    verify_until: float | None  # None: still signs
+    signing: bool  # the key URLs are signed with now
+
+
+@dataclass(frozen=True)
+class Rebased:
+    """The key set is the one a catch-up made after a restore from backup (fleet/catchup.py),
+    no rotation or revocation since: the backup's keys sign no more, and appliances keep
+    the keys made after the backup (which this database never saw) for verifying only."""
+
+    at: float  # when: its newest key, made by the catch-up, signs from then
+    carried_until: float  # about when those keys stop verifying on appliances
+    note: str
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    version: int
+    keys: tuple[KeyRow, ...]
+    rebased: Rebased | None
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def rebased_state(keys: KeySet, policy: KeyPolicy) -> Rebased:
+    """What a rebased `keys` means for an operator. An appliance keeps a key its set lacks
+    for as long as a key retired when it fetched the set verifies (appliance/fleetlink_keys.py
+    _carry): from the catch-up, the token lifetime and the skew, later for one that fetches
+    it later (it was off)."""
+    at = max(keys.keys, key=lambda k: (k.since, k.activates)).activates
+    until = at + policy.max_token_ttl_s + policy.skew_s
+    note = (
+        f"re-stamped after a restore from backup at {_utc(at)}; keys made after the backup "
+        f"kept for verifying until about {_utc(until)} (later on an appliance that fetches "
+        "this key set later)"
+    )
+    return Rebased(at, until, note)
+
+
+def key_listing(keys: KeySet, policy: KeyPolicy, signing: str | None, rebased: bool) -> KeyListing:
+    rows = tuple(
+        KeyRow(k.id, k.since, k.activates, k.retires, k.verify_until(policy), k.id == signing)
+        for k in sorted(keys.keys, key=lambda k: (k.since, k.activates))
+    )
+    state = rebased_state(keys, policy) if rebased and keys.keys else None
+    return KeyListing(keys.version, rows, state)
 
 
 class Keyring:
@@ -79,6 +139,13 @@ class Keyring:
         found = signers(self.keys, now, policy, newest_only=self.rebased(self.keys))
         self._signing = (self.keys, since, until, found)
         return found
+
+    def listing(self) -> KeyListing:
+        """The key set as `edgeflix fleet keys` shows it, with its rebased state."""
+        found = self.signers(self.clock())
+        signing = found[0].key.id if found else None
+        policy = self.config.key_policy()
+        return key_listing(self.keys, policy, signing, self.rebased(self.keys))
 
     def signing_id(self) -> str:
         """The id of the key that signs now (what a log line names)."""

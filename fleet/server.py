@@ -302,7 +302,7 @@ async def _serve(config: FleetConfig, stop: asyncio.Event, started: Callable[[],
     # The origin's catalogue, read by the ticker's polls and at once for a Steer of a title
     # it did not list (a new one), HTTP or gRPC, one read at a time; the ticker closes it.
     catalogue = CatalogueReads(svc, config.origin)
-    servicer = FleetServicer(svc, authority, catalogue)
+    servicer = FleetServicer(svc, authority, catalogue, health=ticks)
     fleet_pb2_grpc.add_FleetServicer_to_server(servicer, grpc_server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)

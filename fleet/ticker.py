@@ -37,6 +37,10 @@ SOFT_STATE_RETRY_S = 30.0
 # A tick failing tick after tick (the database's disk full) is said once, then this often.
 TICK_FAILED_LOG_S = 60.0
 ORIGIN_TIMEOUT_S = 10.0
+STORE_ACTION = (
+    "free space on, or repair, the filesystem holding it: until then no enrolment, admin "
+    "change, plan, key rotation or count is saved (steering and beats go on)"
+)
 # Longest a /steer for an unlisted title waits for the catalogue read it triggered or
 # joined: a player's first request stays fast, and a slow origin is answered 404 (the read
 # goes on, and the player's retry finds the title). Which misses wait at all: miss_read.
@@ -223,14 +227,17 @@ def catalog_from_json(doc: Any) -> list[OriginTitle]:
 
 
 class TickHealth:
-    """How the background ticks fare, for the log, `/healthz` and `/metrics`. A failing
-    tick is logged when the trouble starts, then once a minute with how many failed since:
-    with the database's disk full every planning round failed, a line every 2 s that said
-    nothing new and buried the rest.
+    """How the background ticks and the database's writes fare, for the log, `/healthz` and
+    `/metrics`. A failing tick is logged when the trouble starts, then once a minute with how
+    many failed since: with the database's disk full every planning round failed, a line
+    every 2 s that said nothing new and buried the rest.
 
     A failed store write stays the problem until the store takes one again (its changes
     count moves on a tick that does not fail): ticks that write nothing say nothing of the
-    disk, and clearing on them made a full disk read healthy between planning rounds."""
+    disk, and clearing on them made a full disk read healthy between planning rounds.
+    Writes outside the ticks report here too (`write_failed`, `wrote`): an enrolment
+    (fleet/grpc_api.py) or an operator's change through the admin API (fleet/http.py) that
+    the database refused left /healthz "ok" while each one failed."""
 
     def __init__(self, db: str | Path, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.db = str(db)
@@ -264,10 +271,7 @@ class TickHealth:
         if not first and now - self._logged_at < TICK_FAILED_LOG_S:
             return
         if store:
-            action = (
-                "free space on, or repair, the filesystem holding it: until then no plan, key "
-                "rotation or count is saved (steering and beats go on)"
-            )
+            action = STORE_ACTION
         else:
             action = "retried every tick; key rotation and planning wait for it"
         fields: dict[str, Any] = {"error": error, "db": self.db, "action": action}
@@ -282,13 +286,34 @@ class TickHealth:
         self.tick_problem = None
         if self.store_problem is not None and changes != self._changes:
             self.store_problem = None
+        self._recovered("fleet.tick_recovered")
+
+    def write_failed(self, error: str, changes: int, what: str) -> None:
+        """A write outside the ticks (`what`: "enrolment", "drain"…) failed for the store;
+        `changes`: the store's changes count read after the failure. Logged when the store
+        stops taking writes; while it does not, the ticks' own line (once a minute) says so."""
+        first = self.store_problem is None
+        self.store_problem, self._changes = error, changes
+        if first:
+            event(log, "fleet.store_write_failed", logging.ERROR, error=error, db=self.db,
+                  write=what, action=STORE_ACTION)  # fmt: skip
+
+    def wrote(self, changes: int) -> None:
+        """A write outside the ticks went through; the store takes writes again if its
+        changes count moved since the last one that failed (as `passed`)."""
+        if self.store_problem is None or changes == self._changes:
+            return
+        self.store_problem = None
+        self._recovered("fleet.store_recovered")
+
+    def _recovered(self, name: str) -> None:
         if self.problem() is None:
-            event(log, "fleet.tick_recovered", failed_ticks=self._failed, db=self.db)
+            event(log, name, failed_ticks=self._failed, db=self.db)
             self._failed = self._unlogged = 0
             self._logged_at = float("-inf")
 
 
-def _store_changes(svc: FleetService) -> int:
+def store_changes(svc: FleetService) -> int:
     """Rows the manager's database connection has written since it opened (a statement
     whose transaction then failed counts too: read after a failure, it is the baseline)."""
     try:
@@ -335,13 +360,13 @@ async def ticker(
                     svc.save_soft_state()
             except (FleetError, sqlite3.Error) as exc:
                 store = isinstance(exc, StoreError | sqlite3.Error)
-                health.failed(str(exc), store, _store_changes(svc))
+                health.failed(str(exc), store, store_changes(svc))
             except Exception as exc:
                 # Anything else too: a ticker that died would silently stop key rotation
                 # and planning for as long as the manager runs.
-                health.failed(f"{type(exc).__name__}: {exc}", False, _store_changes(svc))
+                health.failed(f"{type(exc).__name__}: {exc}", False, store_changes(svc))
             else:
-                health.passed(_store_changes(svc))
+                health.passed(store_changes(svc))
             await asyncio.sleep(TICK_S)
     finally:
         await reads.aclose()
