@@ -130,10 +130,11 @@ def miss_read(
     404 now, or `refuse` (404 at once, no read). Any read counts (the ticker's polls too): a
     flood of made-up names costs the origin at most one read per `every_s`, one at a time.
 
-    A miss waits only while the origin is healthy (`origin_ok`: the last read that finished
-    was applied), fewer than `waiters_max` wait already (`waiting`), and for a read that
-    started less than `join_s` ago: no slow or hung origin holds players' connections. With
-    the origin failing a read still starts (`start`), so its recovery is seen."""
+    A miss waits only while the origin answers promptly (`origin_ok`: the last read ended
+    within a miss's wait, applied or not: a down origin refuses at once, a hung one does
+    not), fewer than `waiters_max` wait already (`waiting`), and for a read that started
+    less than `join_s` ago: no slow or hung origin holds players' connections. With the
+    origin slow a read still starts (`start`), so its recovery is seen."""
     may_wait = origin_ok and waiting < waiters_max
     if in_flight:
         return "join" if may_wait and now - last_read < join_s else "refuse"

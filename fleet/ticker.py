@@ -99,7 +99,9 @@ class CatalogueReads:
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[Exception | None] | None = None
         self._last = float("-inf")  # when the last read started
-        self._ok = False  # the last read that finished was applied (the origin is healthy)
+        # The last read finished within a miss's wait (MISS_WAIT_S), applied or not: a down
+        # origin refuses at once and a miss may wait for the next read; a hung one does not.
+        self._ok = False
         self._waiting = 0  # misses waiting for a read now
         self._closed = False
 
@@ -155,8 +157,9 @@ class CatalogueReads:
         return task.result() is None
 
     async def _read(self, trigger: str) -> Exception | None:
+        started = self.monotonic()
         error = await self._read_apply(trigger)
-        self._ok = error is None
+        self._ok = self.monotonic() - started < MISS_WAIT_S
         return error
 
     async def _read_apply(self, trigger: str) -> Exception | None:

@@ -21,7 +21,7 @@ from fleet.errors import UnknownNameError
 from fleet.service import FleetService
 from fleet.steering import UnlistedTitleError
 from fleet.store import Store
-from fleet.ticker import CatalogueReads, catalog_from_json
+from fleet.ticker import MISS_WAIT_S, CatalogueReads, catalog_from_json
 from tests.integration.catalogue_origin import CatalogueOrigin, origin
 
 
@@ -40,8 +40,8 @@ from tests.integration.catalogue_origin import CatalogueOrigin, origin
         # 32 waiting already: the rest are 404 at once.
         (100.0, 99.9, True, True, 32, "refuse"),
         (100.0, 95.0, False, True, 32, "start"),
-        # The origin's last read failed (hung, down, unparseable): a read may start, so its
-        # recovery is seen, but no miss waits for it.
+        # The origin's last read was slow (hung, or slower than a miss waits): a read may
+        # start, so its recovery is seen, but no miss waits for it.
         (100.0, 99.9, True, False, 0, "refuse"),
         (100.0, 95.0, False, False, 0, "start"),
         (100.0, 95.1, False, False, 0, "refuse"),
@@ -201,17 +201,21 @@ def test_a_hung_origin_holds_no_miss_past_the_first(fleet: Fleet) -> None:
     asyncio.run(run())
 
 
-def test_after_a_failed_read_a_miss_starts_the_next_but_waits_for_none(fleet: Fleet) -> None:
-    """An origin whose last read failed (hung, down, unparseable) holds no connection: a
-    miss still starts a read, so its recovery is seen, and is answered at once."""
+def test_after_a_slow_read_a_miss_starts_the_next_but_waits_for_none(fleet: Fleet) -> None:
+    """An origin whose last read took longer than a miss waits (hung, slow) holds no
+    connection: a miss still starts a read, so its recovery is seen, and is answered at
+    once."""
     svc, handler, clock, reads = fleet
 
     async def run() -> None:
         try:
             assert await reads.poll() is None
-            handler.body = b"not json"
+            handler.body, handler.delay_s = b"not json", 0.3
             clock.now += 5.0
-            assert isinstance(await reads.poll(), ValueError)
+            slow = asyncio.ensure_future(reads.poll())
+            await asyncio.sleep(0.1)
+            clock.now += MISS_WAIT_S  # the read is out that long on the manager's clock
+            assert isinstance(await slow, ValueError)
             handler.body, handler.delay_s = None, 0.5
             handler.titles.append("new-film")
             clock.now += 5.0
@@ -220,6 +224,29 @@ def test_after_a_failed_read_a_miss_starts_the_next_but_waits_for_none(fleet: Fl
             assert time.monotonic() - started < 0.2 and reads.reads == 3
             assert await reads.poll() is None  # joins that read, which lands
             assert handler.reads == 3 and _steers(svc, "new-film")
+        finally:
+            await reads.aclose()
+
+    asyncio.run(run())
+
+
+def test_after_a_prompt_failure_a_miss_waits_for_the_next_read(fleet: Fleet) -> None:
+    """A failure that came at once (an unparseable listing; a down origin refuses the same
+    way) says nothing of a hang: the first miss after it waits for the read it starts, and
+    a title published meanwhile is found by that miss, not only by a retry."""
+    svc, handler, clock, reads = fleet
+
+    async def run() -> None:
+        try:
+            assert await reads.poll() is None
+            handler.body = b"not json"
+            clock.now += 5.0
+            assert isinstance(await reads.poll(), ValueError)
+            handler.body = None
+            handler.titles.append("new-film")
+            clock.now += 5.0
+            assert await reads.after_miss() and reads.reads == 3
+            assert _steers(svc, "new-film")
         finally:
             await reads.aclose()
 
