@@ -23,6 +23,14 @@ from edgeflix.http.request import MAX_HEADER_COUNT, MAX_TARGET_BYTES
 from edgeflix.http.server import ServerSettings
 
 LIMITS = ServerSettings()  # the appliance's and origin's defaults: the same threats
+# How many HTTPS connections past the cap may finish their handshake at once to hear the 503
+# (the handshake timeout bounds each): a few descriptors past the cap, well within what
+# edgeflix.http.runner leaves (FD_RESERVE, and two a connection where this uses one), never
+# a flood's worth. Those beyond are aborted unanswered.
+MAX_TLS_REFUSALS = 16
+# How long an idle TLS connection closed at shutdown may wait for the client's close_notify
+# (the TLS layer waits 30 s): a plain one is gone at once.
+SHUTDOWN_TLS_CLOSE_S = 0.2
 encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -93,7 +101,9 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
       longest (answered, nothing since), else the one that has owed a head longest (a
       player's head takes a round trip: a crowd of silent connections yields first), and
       is answered 503 when every other has a request in flight. With HTTPS, a connection
-      counts from its accept, owing its head while its handshake runs (TlsHandshake).
+      counts from its accept, owing its head while its handshake runs (TlsHandshake); one
+      with no room at its accept finishes its handshake to hear the 503 (MAX_TLS_REFUSALS
+      at once, the rest aborted), without a place of its own meanwhile.
     """
 
     header_timeout_s: float = LIMITS.header_timeout_s
@@ -104,32 +114,53 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
     # (`steering_protocol`).
     idle: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
     owing: ClassVar[OrderedDict[BoundedHttpToolsProtocol, None]] = OrderedDict()
+    # TLS connections accepted past the cap, from their accept until they are gone (or find
+    # room when their handshake is done): among `connections` (descriptors), but taking no
+    # place under the cap. One per class (__init_subclass__), as `idle` and `owing`.
+    refusing: ClassVar[set[BoundedHttpToolsProtocol]] = set()
     # Set while `transport` is the raw TCP one of a TLS handshake in progress (tls_accepted).
     _handshaking = False
+    # Set once tls_accepted gave the connection its place: connection_made keeps it.
+    _admitted = False
+    _tls = False  # set once the HTTP protocol has a TLS transport
+    _abort_timer: asyncio.TimerHandle | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "refusing" not in cls.__dict__:
+            cls.refusing = set()
 
     def tls_accepted(self, raw: asyncio.Transport) -> bool:
         """A TLS connection accepted, its handshake about to run (TlsHandshake): counted
         against the cap from now on, as owing its head, and closed over `raw` if a newcomer
-        needs its room. At the cap with every other connection busy, `raw` is aborted (no
-        503 can be said before the handshake) and False returned."""
+        needs its room; connection_made keeps its place. At the cap with every other
+        connection busy, it is one of the `refusing` (its handshake done, connection_made
+        answers 503 unless room came meanwhile), or past MAX_TLS_REFUSALS of those, `raw`
+        is aborted and False returned: nothing can be said before the handshake."""
         self.transport, self._handshaking = raw, True
         self.connections.add(self)
-        self.owing[self] = None
-        if len(self.connections) > self.max_connections and not self._make_room():
-            self.tls_failed()
-            raw.abort()
-            return False
-        return True
+        if not self._over_cap() or self._make_room():
+            self._admitted = True
+            self.owing[self] = None
+            return True
+        if len(self.refusing) < MAX_TLS_REFUSALS:
+            self.refusing.add(self)
+            return True
+        self.tls_failed()
+        raw.abort()
+        return False
 
     def tls_failed(self) -> None:
         """The handshake of a `tls_accepted` connection failed (or it was closed meanwhile):
         connection_made and connection_lost will never come, so it is uncounted here."""
         self.connections.discard(self)
         self.owing.pop(self, None)
+        self.refusing.discard(self)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._handshaking = False
+        self._tls = transport.get_extra_info("ssl_object") is not None
         self._in_head = True  # reading a request head (or waiting for one)
         self._head_bytes = 0
         self._refusal: tuple[int, str] | None = None
@@ -138,10 +169,15 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         # Checked by one timer per connection, not one armed per request: /steer is hot.
         # (The handshake has its own timeout: the head's time starts after it.)
         self._waiting_since: float | None = self.loop.time()
-        self.owing[self] = None  # counted since its accept, a TLS one keeps its place
+        self.owing[self] = None
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._check_head)
-        if len(self.connections) > self.max_connections and not self._make_room():
+        # A TLS connection given its place at its accept keeps it: checked again, it would
+        # close a second connection for its room, or be refused, as the one closed for it
+        # is still among `connections` (its TLS close awaits the client's close_notify).
+        if not self._admitted and self._over_cap() and not self._make_room():
             self._refuse(503, "the fleet manager is at its connection limit: retry shortly")
+        else:
+            self.refusing.discard(self)  # room came during its handshake
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
@@ -151,10 +187,30 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self._forget()  # the connection is the websocket protocol's from here on
         super().handle_websocket_upgrade()
 
+    def shutdown(self) -> None:
+        """The server's shutdown: as uvicorn's, but a TLS connection it closes (an idle one)
+        is aborted if its client has not answered our close_notify shortly: an idle client
+        does not, and the TLS layer would hold the shutdown 30 s (all of its grace)."""
+        if not self._tls:
+            super().shutdown()
+            return
+        if not self.transport.is_closing():  # asyncio's TLS transport closed twice cannot abort
+            super().shutdown()
+        if self.transport.is_closing():
+            self._abort_later(SHUTDOWN_TLS_CLOSE_S)
+
+    def _abort_later(self, delay_s: float) -> None:
+        """Abort the (closing) transport in `delay_s` unless the connection is gone by then."""
+        if self._abort_timer is None:
+            self._abort_timer = self.loop.call_later(delay_s, self.transport.abort)
+
     def _forget(self) -> None:
         self.idle.pop(self, None)
         self.owing.pop(self, None)
+        self.refusing.discard(self)
         self._head_timer.cancel()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -234,6 +290,8 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
         self.write_json(status, encode_json({"error": message}).encode(), close=True)
         if status == 503:
             self.transport.close()  # at the connection cap: the descriptor back at once
+            if self in self.refusing:  # a TLS one, past the cap: not 30 s of close_notify
+                self._abort_later(LINGER_S)
             return
         # Half-close, then drop input until the client closes (or LINGER_S): closing with
         # its request unread would reset the connection and could destroy the answer.
@@ -259,6 +317,12 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
             return
         wait = self.header_timeout_s if since is None else since + self.header_timeout_s - now
         self._head_timer = self.loop.call_later(wait, self._check_head)
+
+    def _over_cap(self) -> bool:
+        """Whether this connection takes the server past its cap, counting every connection
+        but the `refusing` (this one aside): they are bounded apart, and brief."""
+        others_refusing = len(self.refusing) - (self in self.refusing)
+        return len(self.connections) - others_refusing > self.max_connections
 
     def _make_room(self) -> bool:
         """Close the connection idle longest, else the one owing a head longest (never

@@ -206,3 +206,27 @@ def test_silent_connects_past_the_cap_close_the_oldest_not_every_descriptor(
         for sock in crowd:
             sock.close()
         assert fleet.stop() == 0
+
+
+def test_idle_https_clients_do_not_hold_a_sigterm(tmp_path: Path) -> None:
+    """Closed at shutdown, a TLS connection awaited its client's close_notify, which an idle
+    keep-alive client never sends: `fleet serve` took the whole 5 s grace to exit."""
+    fleet = _start(tmp_path)
+    context = ssl.create_default_context(cafile=str(tmp_path / "db" / "fleet-ca.pem"))
+    host, port = _addr(fleet)
+    idle: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(5):
+            tls = context.wrap_socket(
+                socket.create_connection((host, port), timeout=5), server_hostname=host
+            )
+            idle.append(tls)
+            tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
+        began = time.monotonic()
+        assert fleet.stop() == 0
+        assert time.monotonic() - began < 3
+    finally:
+        for sock in idle:
+            sock.close()
+        fleet.stop()
