@@ -335,6 +335,8 @@ class BoundedHttpToolsProtocol(CoalescingHttpToolsProtocol):
                         other.transport.abort()  # nothing said yet that a close would flush
                     else:
                         other.transport.close()
+                        if other._tls:  # its close_notify unanswered, it holds a descriptor
+                            other._abort_later(SHUTDOWN_TLS_CLOSE_S)
                     return True
         return False
 
@@ -373,8 +375,16 @@ class TlsHandshake(asyncio.Protocol):
         tls: asyncio.Transport | None = None
         if not raw.is_closing():  # else closed for room, or reset, before this step
             loop = asyncio.get_running_loop()
+            # A TLS close waits for the client's close_notify: 30 s by default, a descriptor
+            # and a place under the cap held that long by every client that goes quiet (the
+            # keep-alive and head timeouts close them): ~cap of them locked players out.
             start: Awaitable[asyncio.Transport | None] = loop.start_tls(
-                raw, self, self._context, server_side=True, ssl_handshake_timeout=self._timeout_s
+                raw,
+                self,
+                self._context,
+                server_side=True,
+                ssl_handshake_timeout=self._timeout_s,
+                ssl_shutdown_timeout=LINGER_S,
             )
             if self._hello:
                 start = asyncio.ensure_future(start)

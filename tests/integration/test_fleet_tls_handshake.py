@@ -7,6 +7,8 @@ past the cap closes its oldest, not every descriptor. A real client still gets i
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import select
 import socket
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeflix.http.connection import LINGER_S
 from tests.integration.serve_support import Server, start
 
 
@@ -230,3 +233,64 @@ def test_idle_https_clients_do_not_hold_a_sigterm(tmp_path: Path) -> None:
         for sock in idle:
             sock.close()
         fleet.stop()
+
+
+def test_https_clients_gone_quiet_give_their_places_back(tmp_path: Path) -> None:
+    """A cap's worth of HTTPS clients that make one request and go quiet: the keep-alive
+    timeout closes them, and each TLS close awaited its client's close_notify for 30 s,
+    holding its descriptor and its place under the cap: every player got 503 meanwhile.
+    Now a quiet client's place is back within LINGER_S of its close."""
+    fleet = _start_low_nofile(tmp_path)
+    context = ssl.create_default_context(cafile=str(tmp_path / "db" / "fleet-ca.pem"))
+    host, port = _addr(fleet)
+    lowered = re.search(
+        rb"max_connections\.lowered .*?now=(\d+)", (tmp_path / "fleet.log").read_bytes()
+    )
+    assert lowered, "the manager did not fit its cap to its descriptors"
+    quiet: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(int(lowered[1])):
+            tls = context.wrap_socket(
+                socket.create_connection((host, port), timeout=5), server_hostname=host
+            )
+            quiet.append(tls)
+            tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
+        # uvicorn's keep-alive timeout (5 s) closes them; their places are back LINGER_S on.
+        time.sleep(5 + LINGER_S + 1.5)
+        assert _healthz(fleet, tmp_path / "db", timeout=5).startswith(b"HTTP/1.1 200 ")
+        held = len(os.listdir(f"/proc/{fleet.proc.pid}/fd"))
+        assert held < len(quiet) // 2, held
+    finally:
+        for sock in quiet:
+            sock.close()
+        assert fleet.stop() == 0
+
+
+def test_evicted_https_clients_give_their_descriptors_back(tmp_path: Path) -> None:
+    """At the cap, each newcomer evicts the client idle longest; a TLS one, closed, awaited
+    its close_notify for 30 s with its descriptor: a cap's worth of newcomers took every
+    descriptor of the manager (its own origin reads failed) and the rest were reset."""
+    fleet = _start_low_nofile(tmp_path)
+    context = ssl.create_default_context(cafile=str(tmp_path / "db" / "fleet-ca.pem"))
+    host, port = _addr(fleet)
+    log = (tmp_path / "fleet.log").read_bytes()
+    lowered = re.search(rb"max_connections\.lowered .*?now=(\d+)", log)
+    assert lowered, "the manager did not fit its cap to its descriptors"
+    cap = int(lowered[1])
+    idle: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(2 * cap):  # the first fill the cap; each after evicts the oldest
+            tls = context.wrap_socket(
+                socket.create_connection((host, port), timeout=5), server_hostname=host
+            )
+            idle.append(tls)
+            tls.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
+        held = len(os.listdir(f"/proc/{fleet.proc.pid}/fd"))
+        assert held < NOFILE - 40, (held, cap)
+        assert _healthz(fleet, tmp_path / "db", timeout=5).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in idle:
+            sock.close()
+        assert fleet.stop() == 0
