@@ -1,6 +1,6 @@
 """safefiles.undone_on_failure / uninterrupted: an undo, or a removal, runs to its end whatever
 signal arrives meanwhile, which then takes effect; and the lines `appliance load` and `rm`
-print when Ctrl-C stops them say what is left (appliance/cli.py)."""
+print when Ctrl-C stops them say what is left (appliance/cli_titles.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.cli import load_interrupted, rm_interrupted
+from appliance.cli_titles import load_interrupted, rm_interrupted
 from appliance.index import LOADING, READY, REMOVING, TitleRow
 from appliance.safefiles import undone_on_failure, uninterrupted
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import _files_cell
+from appliance.cli_inspect import _files_cell
 from appliance.config import DiskConfig, StorageConfig
 from appliance.fill.storage import restore_disk
 from appliance.index import INCOMPLETE, MISSING, OK, READY, IndexReader, get_title, title_files

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import _files_cell
+from appliance.cli_inspect import _files_cell
 from appliance.config import DiskConfig, StorageConfig
 from appliance.disks import CapacityError
 from appliance.index import IndexReader
