@@ -33,7 +33,7 @@ from appliance.fleetlink_rpc import CallFailed, FleetRpc
 from appliance.fleetlink_state import LinkState
 from edgeflix.proto import auth
 from edgeflix.proto.gen import fleet_pb2
-from fleet.cli import clock_line
+from fleet.cli_appliances import clock_line
 from fleet.clocks import ApplianceClocks
 from fleet.tls import SERVER_DAYS, CertAuthority
 from tests.conftest import run_cli

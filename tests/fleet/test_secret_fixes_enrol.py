@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgeflix.proto import auth
-from fleet.cli import removed_advice
+from fleet.cli_appliances import removed_advice
 from fleet.config import ServerConfig
 from fleet.server import _addresses, grpc_in_clear
 from fleet.store import EnrolmentRefused, Store

@@ -6,7 +6,7 @@ sends no admin token in clear to a manager that serves HTTPS, nor advises http:/
 it when they cannot read it where the manager keeps it.
 
 127.0.0.2 and 127.0.0.3 stand for other machines: the CLI counts only 127.0.0.1, ::1 and
-localhost as its own (fleet/cli.py `token_stays_local`). A relay there keeps every byte the
+localhost as its own (fleet/client.py `token_stays_local`). A relay there keeps every byte the
 CLI sent, i.e. what would have crossed the network.
 """
 
