@@ -13,6 +13,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,8 +88,14 @@ class LoopDisk:
         self.mounted = False
 
     def fsck(self) -> int:
-        """e2fsck -fy on the unmounted disk; its exit code (0 clean, 1 errors fixed)."""
-        result = _run("e2fsck", "-fy", self.device, check=False)
+        """e2fsck -fy on the unmounted disk; its exit code (0 clean, 1 errors fixed). The
+        device can stay held for a moment after umount returns (udev's probe of the change,
+        a shut-down filesystem's last release): "is in use" is retried, for up to 5 s."""
+        for _ in range(50):
+            result = _run("e2fsck", "-fy", self.device, check=False)
+            if "is in use" not in result.stdout + result.stderr:
+                break
+            time.sleep(0.1)
         self.log.append(result.stdout)
         return result.returncode
 
