@@ -391,8 +391,10 @@ class TlsHandshake(asyncio.Protocol):
                 await asyncio.sleep(0)  # start_tls has taken `raw`, its connection_made queued
                 loop.call_soon(_hand_on, raw, b"".join(self._hello))  # next after it
             # A client's failure (ssl.SSLError, a reset, the timeout's ConnectionAbortedError)
-            # is its own: dropped unsaid, as a listener made with `ssl=` drops it.
-            with contextlib.suppress(OSError):
+            # is its own: dropped unsaid, as a listener made with `ssl=` drops it. Anything
+            # else the loop raises (a RuntimeError on a transport closed meanwhile) ends the
+            # same way: a connection left counted would hold its place under the cap.
+            with contextlib.suppress(Exception):
                 tls = await start
         # A connection closed in its handshake (for room, say) may still "complete" it: with
         # no transport (asyncio's), or a closed one (uvloop's).
