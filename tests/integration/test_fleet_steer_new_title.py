@@ -18,7 +18,7 @@ import pytest
 
 from edgeflix.proto.gen import fleet_pb2, fleet_pb2_grpc
 from tests.integration.catalogue_origin import origin
-from tests.integration.serve_support import start
+from tests.integration.serve_support import make_title, serving_origin, start
 
 
 def _steer(conn: http.client.HTTPConnection, title: str) -> tuple[int, dict[str, object]]:
@@ -89,5 +89,53 @@ poll_s = 3600
                         timeout=10,
                     )
                 assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        finally:
+            assert fleet.stop() == 0
+
+
+def test_a_title_published_on_a_real_origin_is_steered_at_once(tmp_path: Path) -> None:
+    """The same end to end with `edgeflix origin serve`: a title moved into its store (as a
+    publish renames a finished folder in) is steered on its first /steer, an hour before the
+    manager's next poll would have listed it."""
+    store = tmp_path / "origin"
+    make_title(store / "titles" / "film", "film")
+    with serving_origin(store) as real_origin:
+        config = tmp_path / "fleet.toml"
+        config.write_text(f"""
+[server]
+grpc = "127.0.0.1:0"
+http = "127.0.0.1:0"
+db = "{tmp_path}/db/fleet.sqlite"
+[origin]
+url = "{real_origin.url}"
+poll_s = 3600
+""")
+        with (tmp_path / "fleet.log").open("wb") as log:
+            fleet = start(["fleet", "serve", "--config", str(config)], ("http",), stderr=log)
+        try:
+            host, _, port = fleet.urls["http"].partition("://")[2].rpartition(":")
+
+            def steer(title: str) -> tuple[int, dict[str, object]]:
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+                try:
+                    return _steer(conn, title)
+                finally:
+                    conn.close()
+
+            # Until the manager has read the listing it steers any title to the origin; a
+            # made-up one is a 404 once it has (the origin answers 503 while it first reads
+            # its store, and each miss may read again, miss_refresh_s apart).
+            deadline = time.monotonic() + 30
+            while steer("no-such-title")[0] != 404:
+                assert time.monotonic() < deadline, "the manager never read the catalogue"
+                time.sleep(0.5)
+            assert steer("film")[0] == 200
+            time.sleep(5.5)  # miss_refresh_s past the last miss's read
+            make_title(tmp_path / "staging" / "new-film", "new-film")
+            (tmp_path / "staging" / "new-film").rename(store / "titles" / "new-film")
+
+            status, body = steer("new-film")
+            assert status == 200, body
+            assert body["title"] == "new-film" and body["urls"], body
         finally:
             assert fleet.stop() == 0
