@@ -1,14 +1,12 @@
 """The manager's background ticker under a wall clock stepped back: origin polls and
 soft-state saves go on (intervals are timed on the monotonic clock, not the wall clock).
-A real loopback origin, a real SQLite store and a real planner process."""
+A loopback origin listing (tests/integration/catalogue_origin.py), a real SQLite store
+and a real planner process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,36 +17,7 @@ from fleet.planning import Planning
 from fleet.service import FleetService
 from fleet.softstate import POPULARITY_META
 from fleet.store import Store
-
-
-class _Origin(BaseHTTPRequestHandler):
-    reads = 0
-
-    def do_GET(self) -> None:
-        type(self).reads += 1
-        body = b'{"titles": [{"id": "film", "digest": "d", "total_bytes": 10}]}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def origin() -> Iterator[tuple[str, type[_Origin]]]:
-    handler = type("Origin", (_Origin,), {"reads": 0})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+from tests.integration.catalogue_origin import origin
 
 
 class SteppingClock:
@@ -65,7 +34,7 @@ def test_a_wall_clock_stepped_back_stops_no_poll_and_no_save(
     monkeypatch.setattr(ticker, "TICK_S", 0.05)
     monkeypatch.setattr(ticker, "SOFT_STATE_SAVE_S", 0.3)
     clock = SteppingClock()
-    with origin() as (url, handler):
+    with origin("film") as (url, handler):
         cfg = FleetConfig.model_validate(
             {
                 "server": {"db": str(tmp_path / "fleet.sqlite")},
